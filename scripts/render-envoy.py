@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Renders one of the repository's Envoy YAML files for a local run.
+
+The files under envoy/ are the single source of truth, used as they are by
+docker-compose (module at /etc/appguard/appguard.wasm). For a loopback run or
+`envoy --mode validate` this swaps in the local module path and, optionally,
+another appguard configuration (an example file). Nothing else changes.
+
+Usage: render-envoy.py --wasm PATH [--config FILE.json] ENVOY.yaml > out.yaml
+       render-envoy.py --wasm PATH --check-config FILE.json ENVOY.yaml
+"""
+import argparse
+import json
+import sys
+
+import yaml
+
+
+def walk(node, fn):
+    if isinstance(node, dict):
+        fn(node)
+        for v in node.values():
+            walk(v, fn)
+    elif isinstance(node, list):
+        for v in node:
+            walk(v, fn)
+
+
+def render(doc, wasm, config_text):
+    def fix(node):
+        local = node.get("local")
+        if isinstance(local, dict) and str(local.get("filename", "")).endswith("appguard.wasm"):
+            local["filename"] = wasm
+        if config_text is not None and node.get("root_id") == "appguard" and "configuration" in node:
+            node["configuration"]["value"] = config_text
+
+    walk(doc, fix)
+    return doc
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--wasm", required=True)
+    ap.add_argument("--config")
+    ap.add_argument("--check-config", metavar="FILE.json",
+                    help="exit 1 unless the inline appguard configuration equals FILE.json")
+    ap.add_argument("envoy_yaml")
+    a = ap.parse_args()
+    with open(a.envoy_yaml) as f:
+        doc = yaml.safe_load(f)
+    if a.check_config:
+        with open(a.check_config) as f:
+            want = json.load(f)
+        found = []
+        walk(doc, lambda n: found.append(json.loads(n["configuration"]["value"]))
+             if n.get("root_id") == "appguard" and "configuration" in n else None)
+        if not found or any(c != want for c in found):
+            sys.exit(f"{a.envoy_yaml}: inline appguard configuration differs from {a.check_config}")
+        print(f"{a.envoy_yaml}: inline configuration equals {a.check_config}")
+        return
+    text = None
+    if a.config:
+        with open(a.config) as f:
+            text = json.dumps(json.load(f))
+    yaml.safe_dump(render(doc, a.wasm, text), sys.stdout, sort_keys=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""`make run`: the whole stack on loopback, in the foreground.
+
+Starts an upstream echo server, and Envoy with envoy/envoy.yaml loading the
+built module with an example configuration; then prints the URLs and curl
+lines for the example's demo requests, runs them to show the real results,
+and waits. Ctrl-C stops everything.
+"""
+import argparse
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import importlib.util  # noqa: E402
+
+spec = importlib.util.spec_from_file_location("render", os.path.join(HERE, "render-envoy.py"))
+render = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(render)
+
+import yaml  # noqa: E402
+
+ENVOY_PORT, ADMIN_PORT, UPSTREAM_PORT = 10000, 9901, 18080
+
+
+class Echo(http.server.BaseHTTPRequestHandler):
+    """Answers 200 with what arrived, so the stripped and added headers show."""
+
+    def _echo(self):
+        n = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(n) if n else b""
+        out = json.dumps({
+            "upstream": "echo",
+            "method": self.command,
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body": body.decode("utf-8", "replace"),
+        }, indent=1).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _echo
+
+    def log_message(self, *args):
+        pass
+
+
+def wait_ready(timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/ready", timeout=1) as r:
+                if r.status == 200:
+                    return True
+        except Exception:
+            time.sleep(0.2)
+    return False
+
+
+def demo(example):
+    path = example[: -len(".json")] + ".demo.json"
+    if not os.path.exists(path):
+        return
+    print("\nTry it (each line was just run; the result is shown after it):\n")
+    for d in json.load(open(path)):
+        headers = d.get("headers", {})
+        body = d.get("body")
+        curl = ["curl", "-si", "-X", d["method"], f"http://127.0.0.1:{ENVOY_PORT}{d['path']}"]
+        for k, v in headers.items():
+            curl += ["-H", f"'{k}: {v}'"]
+        if body is not None:
+            curl += ["-H", "'content-type: application/json'", "-d", f"'{json.dumps(body)}'"]
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{ENVOY_PORT}{d['path']}", method=d["method"],
+            headers=dict(headers, **({"content-type": "application/json"} if body is not None else {})),
+            data=json.dumps(body).encode() if body is not None else None)
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                status, reason = r.status, r.headers.get("x-appguard-reason")
+        except urllib.error.HTTPError as e:
+            status, reason = e.code, e.headers.get("x-appguard-reason")
+        ok = "ok" if status == d["expect"] else f"UNEXPECTED (wanted {d['expect']})"
+        print(f"  # {d['what']}")
+        print(f"  {' '.join(curl)}")
+        print(f"  -> {status}{' ' + reason if reason else ''}  {ok}\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--wasm", required=True)
+    ap.add_argument("--envoy", required=True)
+    ap.add_argument("--example", required=True)
+    a = ap.parse_args()
+
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", UPSTREAM_PORT), Echo)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+
+    with open(os.path.join(ROOT, "envoy/envoy.yaml")) as f:
+        doc = yaml.safe_load(f)
+    with open(a.example) as f:
+        cfg = json.dumps(json.load(f))
+    work = tempfile.mkdtemp(prefix="appguard-run-")
+    conf = os.path.join(work, "envoy.yaml")
+    with open(conf, "w") as f:
+        yaml.safe_dump(render.render(doc, a.wasm, cfg), f, sort_keys=False)
+    log = os.path.join(work, "envoy.log")
+    envoy = subprocess.Popen(
+        [a.envoy, "-c", conf, "--concurrency", "2", "--base-id-path", os.path.join(work, "base-id"),
+         "--use-dynamic-base-id", "--log-path", log, "--component-log-level", "wasm:info"],
+        stdin=subprocess.DEVNULL)
+
+    def stop(*_):
+        envoy.terminate()
+        try:
+            envoy.wait(5)
+        except subprocess.TimeoutExpired:
+            envoy.kill()
+        upstream.shutdown()
+        print("\nstopped.")
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    if not wait_ready() or envoy.poll() is not None:
+        print(open(log).read() if os.path.exists(log) else "no Envoy log")
+        print("Envoy did not start.")
+        envoy.kill()
+        sys.exit(1)
+    print(f"appguard is running ({a.example}):")
+    print(f"  Envoy + appguard  http://127.0.0.1:{ENVOY_PORT}")
+    print(f"  Envoy admin       http://127.0.0.1:{ADMIN_PORT}  (stats: /stats/prometheus)")
+    print(f"  upstream echo     http://127.0.0.1:{UPSTREAM_PORT}")
+    print(f"  Envoy log         {log}")
+    demo(a.example)
+    print("Ctrl-C stops everything.")
+    while envoy.poll() is None:
+        time.sleep(0.5)
+    print("Envoy exited; see", log)
+    upstream.shutdown()
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+//! What the core decides about a request, as plain values the adapter carries out.
+
+/// Why a request was refused. The string form ([`Reason::code`]) is the stable
+/// reason code of SPEC §4: it is the `error` of the JSON body, the value of
+/// `x-appguard-reason`, a metric label and a log field, so it never changes
+/// once released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// No token was found where the route's providers look for one.
+    TokenMissing,
+    /// The token is not a well-formed compact JWS, is too large, or names a
+    /// key or algorithm that the provider does not have.
+    TokenMalformed,
+    /// The signature does not verify with the provider's key.
+    TokenSignature,
+    /// `exp` has passed (beyond the clock skew).
+    TokenExpired,
+    /// `nbf` or `iat` lies in the future (beyond the clock skew).
+    TokenNotYetValid,
+    /// The token lives longer than `max_lifetime_seconds`.
+    TokenLifetime,
+    /// Issuer, audience or a required claim does not match.
+    TokenClaims,
+    /// The token-binding claim does not match the bound request headers.
+    TokenBinding,
+    /// The token's `jti` was already used.
+    TokenReplayed,
+    /// The HTTP Message Signature (RFC 9421) is missing, stale or wrong.
+    SignatureInvalid,
+    /// The matched route (or `default_action`) denies the request.
+    RouteDenied,
+    /// The client IP is outside the allow list or inside the deny list.
+    IpDenied,
+    /// The client's country is outside the allow list or inside the deny list.
+    CountryDenied,
+    /// The route needs an API key and none was sent.
+    ApiKeyMissing,
+    /// The API key is not configured, or is disabled.
+    ApiKeyInvalid,
+    /// The API key is valid but restricted away from this app, IP or route.
+    ApiKeyRestricted,
+    /// The request's platform is not allowed on the route or by the provider.
+    PlatformDenied,
+    /// The app named by the token or headers is not registered in `apps`.
+    AppUnknown,
+    /// The token, the API key and the platform headers name different apps.
+    AppMismatch,
+    /// A web request's `Origin`/`Referer` matches no allowed origin pattern.
+    OriginDenied,
+    /// The phone number in the body starts with a denied prefix.
+    PhoneDenied,
+    /// The body could not be read as the route expects (JSON, field, phone).
+    BodyInvalid,
+    /// The body is larger than `max_body_bytes`.
+    BodyTooLarge,
+    /// A rate limit is exceeded.
+    RateLimited,
+    /// The shared rate-limit service did not answer in time (`failure_mode: deny`).
+    RatelimitUnavailable,
+    /// No keys of a remote JWKS are available (`failure_mode: deny`).
+    JwksUnavailable,
+}
+
+impl Reason {
+    /// Every reason, in declaration order: used to define metrics up front.
+    pub const ALL: [Reason; 26] = [
+        Reason::TokenMissing,
+        Reason::TokenMalformed,
+        Reason::TokenSignature,
+        Reason::TokenExpired,
+        Reason::TokenNotYetValid,
+        Reason::TokenLifetime,
+        Reason::TokenClaims,
+        Reason::TokenBinding,
+        Reason::TokenReplayed,
+        Reason::SignatureInvalid,
+        Reason::RouteDenied,
+        Reason::IpDenied,
+        Reason::CountryDenied,
+        Reason::ApiKeyMissing,
+        Reason::ApiKeyInvalid,
+        Reason::ApiKeyRestricted,
+        Reason::PlatformDenied,
+        Reason::AppUnknown,
+        Reason::AppMismatch,
+        Reason::OriginDenied,
+        Reason::PhoneDenied,
+        Reason::BodyInvalid,
+        Reason::BodyTooLarge,
+        Reason::RateLimited,
+        Reason::RatelimitUnavailable,
+        Reason::JwksUnavailable,
+    ];
+
+    /// The stable reason code of SPEC §4.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Reason::TokenMissing => "token_missing",
+            Reason::TokenMalformed => "token_malformed",
+            Reason::TokenSignature => "token_signature",
+            Reason::TokenExpired => "token_expired",
+            Reason::TokenNotYetValid => "token_not_yet_valid",
+            Reason::TokenLifetime => "token_lifetime",
+            Reason::TokenClaims => "token_claims",
+            Reason::TokenBinding => "token_binding",
+            Reason::TokenReplayed => "token_replayed",
+            Reason::SignatureInvalid => "signature_invalid",
+            Reason::RouteDenied => "route_denied",
+            Reason::IpDenied => "ip_denied",
+            Reason::CountryDenied => "country_denied",
+            Reason::ApiKeyMissing => "api_key_missing",
+            Reason::ApiKeyInvalid => "api_key_invalid",
+            Reason::ApiKeyRestricted => "api_key_restricted",
+            Reason::PlatformDenied => "platform_denied",
+            Reason::AppUnknown => "app_unknown",
+            Reason::AppMismatch => "app_mismatch",
+            Reason::OriginDenied => "origin_denied",
+            Reason::PhoneDenied => "phone_denied",
+            Reason::BodyInvalid => "body_invalid",
+            Reason::BodyTooLarge => "body_too_large",
+            Reason::RateLimited => "rate_limited",
+            Reason::RatelimitUnavailable => "ratelimit_unavailable",
+            Reason::JwksUnavailable => "jwks_unavailable",
+        }
+    }
+
+    /// The HTTP status of a local reply for this reason (SPEC §4).
+    pub const fn status(self) -> u16 {
+        match self {
+            Reason::TokenMissing
+            | Reason::TokenMalformed
+            | Reason::TokenSignature
+            | Reason::TokenExpired
+            | Reason::TokenNotYetValid
+            | Reason::TokenLifetime
+            | Reason::TokenClaims
+            | Reason::TokenBinding
+            | Reason::TokenReplayed
+            | Reason::SignatureInvalid => 401,
+            Reason::RouteDenied
+            | Reason::IpDenied
+            | Reason::CountryDenied
+            | Reason::ApiKeyMissing
+            | Reason::ApiKeyInvalid
+            | Reason::ApiKeyRestricted
+            | Reason::PlatformDenied
+            | Reason::AppUnknown
+            | Reason::AppMismatch
+            | Reason::OriginDenied
+            | Reason::PhoneDenied => 403,
+            Reason::BodyInvalid => 400,
+            Reason::BodyTooLarge => 413,
+            Reason::RateLimited => 429,
+            Reason::RatelimitUnavailable | Reason::JwksUnavailable => 503,
+        }
+    }
+
+    /// The JSON body of the local reply: `{"error":"<code>"}`. Codes are plain
+    /// ASCII identifiers, so no escaping is needed.
+    pub fn body(self) -> String {
+        format!("{{\"error\":\"{}\"}}", self.code())
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A refusal: the reason plus any extra response headers (rate-limit headers,
+/// `retry-after`, headers the rate-limit service asked for).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    /// The stable reason code; it fixes the status too.
+    pub reason: Reason,
+    /// Extra headers on the local reply, beyond `x-appguard-reason`.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Denial {
+    /// A denial with no extra headers.
+    pub fn new(reason: Reason) -> Self {
+        Denial {
+            reason,
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl From<Reason> for Denial {
+    fn from(reason: Reason) -> Self {
+        Denial::new(reason)
+    }
+}
+
+/// What an allowed request carries upstream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// Headers to set on the upstream request (identity headers, forwarded
+    /// claims, headers the rate-limit service asked for).
+    pub set_headers: Vec<(String, String)>,
+    /// Request headers to remove before the request goes upstream (the token,
+    /// unless the provider forwards it).
+    pub remove_headers: Vec<String>,
+    /// Headers to add to the response sent back to the client.
+    pub response_headers: Vec<(String, String)>,
+    /// In monitor mode: the denial that enforce mode would have answered.
+    pub would_deny: Option<Reason>,
+}
+
+/// The final word on a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Let the request continue upstream, changed as the grant says.
+    Allow(Grant),
+    /// Answer locally with the denial.
+    Deny(Denial),
+}
+
+impl Decision {
+    /// The reason of a denial, or `None` when allowed.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Decision::Allow(_) => None,
+            Decision::Deny(d) => Some(d.reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn codes_are_unique_and_statuses_follow_the_spec() {
+        let mut codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), Reason::ALL.len());
+        assert_eq!(Reason::TokenReplayed.status(), 401);
+        assert_eq!(Reason::OriginDenied.status(), 403);
+        assert_eq!(Reason::BodyTooLarge.status(), 413);
+        assert_eq!(Reason::BodyInvalid.status(), 400);
+        assert_eq!(Reason::RateLimited.status(), 429);
+        assert_eq!(Reason::JwksUnavailable.status(), 503);
+        assert_eq!(Reason::RouteDenied.body(), r#"{"error":"route_denied"}"#);
+    }
+}

@@ -1,0 +1,153 @@
+//! The request as a value the core reads: the adapter fills it from Envoy's
+//! header map once, and tests build it directly.
+
+use std::net::IpAddr;
+
+/// Header names the filter sets upstream; any copy the client sent is removed
+/// first (together with every other `x-appguard-*` header).
+pub const HEADER_PREFIX: &str = "x-appguard-";
+
+/// One HTTP request as seen by the decision core.
+#[derive(Clone, Debug)]
+pub struct Request<'a> {
+    /// All request headers in the order Envoy holds them, pseudo-headers
+    /// (`:method`, `:path`, `:authority`) included. Names are lower case, as
+    /// Envoy normalises them for both HTTP/1 and HTTP/2.
+    pub headers: &'a [(String, String)],
+    /// Envoy's downstream remote address (`source.address`), the client IP
+    /// unless `client_ip.xff_trusted_hops` says to read X-Forwarded-For.
+    pub downstream_ip: Option<IpAddr>,
+}
+
+impl<'a> Request<'a> {
+    /// A request over the given header list.
+    pub fn new(headers: &'a [(String, String)], downstream_ip: Option<IpAddr>) -> Self {
+        Request {
+            headers,
+            downstream_ip,
+        }
+    }
+
+    /// The first value of a header (name in lower case).
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All values of a header, in order.
+    pub fn header_all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a str> + 's {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The single value of a security-relevant header. A header sent more than
+    /// once with different values is ambiguous (which copy does the upstream
+    /// read?), so it is reported as `Err(())` and refused by the caller.
+    #[allow(clippy::result_unit_err)]
+    pub fn header_unique(&self, name: &str) -> Result<Option<&'a str>, ()> {
+        let mut found: Option<&'a str> = None;
+        for (k, v) in self.headers {
+            if k == name {
+                match found {
+                    None => found = Some(v),
+                    Some(prev) if prev == v => {}
+                    Some(_) => return Err(()),
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// `:method`, or empty when absent.
+    pub fn method(&self) -> &'a str {
+        self.header(":method").unwrap_or("")
+    }
+
+    /// `:path` without the query string or fragment.
+    pub fn path(&self) -> &'a str {
+        let p = self.header(":path").unwrap_or("");
+        match p.find(['?', '#']) {
+            Some(i) => &p[..i],
+            None => p,
+        }
+    }
+
+    /// The query string of `:path` (after `?`, before `#`), if any.
+    pub fn query(&self) -> Option<&'a str> {
+        let p = self.header(":path").unwrap_or("");
+        let q = &p[p.find('?')? + 1..];
+        Some(match q.find('#') {
+            Some(i) => &q[..i],
+            None => q,
+        })
+    }
+
+    /// `:authority` without its port, as written (compare case-insensitively).
+    pub fn host(&self) -> &'a str {
+        let a = self.header(":authority").unwrap_or("");
+        strip_port(a)
+    }
+}
+
+/// `host[:port]` or `[v6]:port` → host.
+fn strip_port(a: &str) -> &str {
+    if let Some(rest) = a.strip_prefix('[') {
+        return match rest.find(']') {
+            Some(i) => &rest[..i],
+            None => a,
+        };
+    }
+    match a.rfind(':') {
+        Some(i) if a[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &a[..i],
+        _ => a,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Builds an owned header list from string pairs.
+    pub fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::headers;
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn pseudo_headers_are_split() {
+        let h = headers(&[
+            (":method", "POST"),
+            (":path", "/v1/sms?x=1#frag"),
+            (":authority", "API.example.com:8443"),
+        ]);
+        let r = Request::new(&h, None);
+        assert_eq!(r.method(), "POST");
+        assert_eq!(r.path(), "/v1/sms");
+        assert_eq!(r.query(), Some("x=1"));
+        assert_eq!(r.host(), "API.example.com");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        assert_eq!(strip_port("example.com"), "example.com");
+    }
+
+    #[test]
+    fn duplicated_headers_with_different_values_are_ambiguous() {
+        let h = headers(&[("a", "1"), ("a", "1"), ("b", "1"), ("b", "2")]);
+        let r = Request::new(&h, None);
+        assert_eq!(r.header_unique("a"), Ok(Some("1")));
+        assert_eq!(r.header_unique("b"), Err(()));
+        assert_eq!(r.header_unique("c"), Ok(None));
+        assert_eq!(r.header_all("b").collect::<Vec<_>>(), vec!["1", "2"]);
+    }
+}

@@ -1,0 +1,170 @@
+//! A small HTTP/1.1 client for tests: one request per connection, exact
+//! control over headers (duplicates, odd values), no hidden normalisation.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// A request to send.
+#[derive(Clone, Debug)]
+pub struct Req {
+    /// Method, e.g. `GET`.
+    pub method: String,
+    /// Request target, e.g. `/v1/sms?x=1`.
+    pub path: String,
+    /// Headers in order; `host` is added when missing.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes; `content-length` is added when non-empty.
+    pub body: Vec<u8>,
+}
+
+impl Req {
+    /// A GET with no headers.
+    pub fn get(path: &str) -> Req {
+        Req::new("GET", path)
+    }
+
+    /// A POST of a JSON body.
+    pub fn post_json(path: &str, body: &str) -> Req {
+        Req::new("POST", path)
+            .header("content-type", "application/json")
+            .body(body.as_bytes())
+    }
+
+    /// A request with the given method and target.
+    pub fn new(method: &str, path: &str) -> Req {
+        Req {
+            method: method.into(),
+            path: path.into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// Adds a header (repeat the call to send it twice).
+    pub fn header(mut self, k: &str, v: &str) -> Req {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, b: &[u8]) -> Req {
+        self.body = b.to_vec();
+        self
+    }
+}
+
+/// A response.
+#[derive(Clone, Debug)]
+pub struct Resp {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes (chunked encoding undone).
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    /// First value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON (panics with the body when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+
+    /// `x-appguard-reason` of a local reply.
+    pub fn reason(&self) -> Option<&str> {
+        self.header("x-appguard-reason")
+    }
+}
+
+/// GET `path` on 127.0.0.1:`port`.
+pub fn get(port: u16, path: &str) -> std::io::Result<Resp> {
+    send(port, &Req::get(path))
+}
+
+/// Sends `req` to 127.0.0.1:`port` and reads the whole response.
+pub fn send(port: u16, req: &Req) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut head = format!("{} {} HTTP/1.1\r\n", req.method, req.path);
+    if !req
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("host"))
+    {
+        head.push_str("host: localhost\r\n");
+    }
+    for (k, v) in &req.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !req.body.is_empty() || req.method == "POST" || req.method == "PUT" {
+        head.push_str(&format!("content-length: {}\r\n", req.body.len()));
+    }
+    head.push_str("connection: close\r\n\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&req.body);
+    s.write_all(&out)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    parse_response(&buf)
+}
+
+fn parse_response(buf: &[u8]) -> std::io::Result<Resp> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("headers not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or_else(|| bad("no status line"))?;
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let raw = &buf[end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked { dechunk(raw) } else { raw.to_vec() };
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&raw[..i])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+            .unwrap_or(0);
+        if size == 0 || raw.len() < i + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&raw[i + 2..i + 2 + size]);
+        raw = &raw[(i + 4 + size).min(raw.len())..];
+    }
+    out
+}

