@@ -38,7 +38,7 @@ export ENVOY_BIN := $(ENVOY)
 WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/\1/p}' Cargo.lock)
 WASM_TEST_RUNNER := $(TOOLS)/bin/wasm-bindgen-test-runner
 
-EXAMPLE ?= examples/quickstart.json
+EXAMPLE ?= examples/three-platform.json
 
 .PHONY: help deps build test fmt-check lint unit wasm-test imports validate e2e run bench clean
 
@@ -90,7 +90,7 @@ validate: ## envoy --mode validate on every Envoy YAML in the repository
 	@set -e; for f in $$(git ls-files 'envoy/*.yaml' 'examples/*.yaml' 'examples/**/*.yaml' | grep -v -e istio -e compose -e ratelimit -e prometheus); do \
 	  echo "validate $$f"; $(PYTHON) scripts/render-envoy.py --wasm $(WASM) $$f > target/validate.yaml; \
 	  $(ENVOY) --mode validate -c target/validate.yaml --log-level error >/dev/null || { echo "INVALID: $$f"; exit 1; }; done
-	$(PYTHON) scripts/render-envoy.py --wasm $(WASM) --check-config examples/quickstart.json envoy/envoy.yaml
+	$(PYTHON) scripts/render-envoy.py --wasm $(WASM) --check-config examples/three-platform.json envoy/envoy.yaml
 
 e2e: ## end-to-end tests: real Envoy loading the built module (needs `make build`)
 	@[ -f $(WASM) ] || $(MAKE) build

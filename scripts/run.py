@@ -7,6 +7,9 @@ lines for the example's demo requests, runs them to show the real results,
 and waits. Ctrl-C stops everything.
 """
 import argparse
+import base64
+import hashlib
+import hmac
 import http.server
 import json
 import os
@@ -69,13 +72,28 @@ def wait_ready(timeout=30):
     return False
 
 
+def mint(spec):
+    """An HS256 token from a demo spec: valid for 5 minutes from now."""
+    now = int(time.time())
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    header = {"alg": "HS256", "typ": "JWT"}
+    if spec.get("kid"):
+        header["kid"] = spec["kid"]
+    claims = dict(spec.get("claims", {}), iat=now, exp=now + 300)
+    signing_input = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
+    mac = hmac.new(base64.b64decode(spec["secret_base64"]), signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(mac)
+
+
 def demo(example):
     path = example[: -len(".json")] + ".demo.json"
     if not os.path.exists(path):
         return
     print("\nTry it (each line was just run; the result is shown after it):\n")
     for d in json.load(open(path)):
-        headers = d.get("headers", {})
+        headers = dict(d.get("headers", {}))
+        if "token" in d:
+            headers[d["token"]["header"]] = mint(d["token"])
         body = d.get("body")
         curl = ["curl", "-si", "-X", d["method"], f"http://127.0.0.1:{ENVOY_PORT}{d['path']}"]
         for k, v in headers.items():

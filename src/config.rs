@@ -8,6 +8,10 @@
 
 use serde::Deserialize;
 
+use crate::identity::{self, ApiKeys, App, Platform};
+use crate::net::CidrSet;
+use crate::token::{self, Provider};
+
 /// A configuration error: the field path and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
@@ -83,7 +87,54 @@ struct RawConfig {
     #[serde(default)]
     default_action: Action,
     #[serde(default)]
+    client_ip: Option<RawClientIp>,
+    #[serde(default)]
+    network: Option<RawNetwork>,
+    #[serde(default)]
+    platform_headers: Option<RawPlatformHeaders>,
+    #[serde(default)]
+    apps: Vec<identity::RawApp>,
+    #[serde(default)]
+    api_keys: Option<identity::RawApiKeys>,
+    #[serde(default)]
+    tokens: Vec<token::RawProvider>,
+    #[serde(default)]
     routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientIp {
+    #[serde(default)]
+    xff_trusted_hops: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    #[serde(default)]
+    ip_allow: Vec<String>,
+    #[serde(default)]
+    ip_deny: Vec<String>,
+    #[serde(default)]
+    country_header: Option<String>,
+    #[serde(default)]
+    country_allow: Vec<String>,
+    #[serde(default)]
+    country_deny: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlatformHeaders {
+    #[serde(default)]
+    android_package: Option<String>,
+    #[serde(default)]
+    android_cert: Option<String>,
+    #[serde(default)]
+    ios_bundle_id: Option<String>,
+    #[serde(default)]
+    ios_team_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +147,29 @@ struct RawRoute {
     action: Action,
     #[serde(default)]
     mode: Option<Mode>,
+    #[serde(default)]
+    platforms: Vec<Platform>,
+    #[serde(default)]
+    tokens: Vec<String>,
+    #[serde(default)]
+    token_required: Option<bool>,
+    #[serde(default)]
+    api_key: KeyRequirement,
+    #[serde(default)]
+    network: Option<RawNetwork>,
+}
+
+/// Whether a route reads an API key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyRequirement {
+    /// Keys are not read on this route.
+    #[default]
+    None,
+    /// A key is checked when sent; requests without one go on.
+    Optional,
+    /// A key is required (`api_key_missing` without one).
+    Required,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,8 +197,52 @@ pub struct Config {
     pub mode: Mode,
     /// What happens to requests that match no route.
     pub default_action: Action,
+    /// `client_ip.xff_trusted_hops`: 0 uses Envoy's downstream address; N
+    /// takes the N-th X-Forwarded-For entry from the right. Set it to the
+    /// number of trusted proxies in front of Envoy that append to the header.
+    pub xff_trusted_hops: u32,
+    /// Global network rules, checked for every request (routed or not).
+    pub network: Network,
+    /// Header names the platforms prove themselves with.
+    pub platform_headers: PlatformHeaderNames,
+    /// Every genuine client build.
+    pub apps: Vec<App>,
+    /// API keys by SHA-256, with their restrictions.
+    pub api_keys: ApiKeys,
+    /// Token providers.
+    pub providers: Vec<Provider>,
     /// Routes, tried in order; the first match names the policy.
     pub routes: Vec<Route>,
+}
+
+/// Client IP and country rules (SPEC §1 step 2).
+#[derive(Debug, Default)]
+pub struct Network {
+    /// When non-empty, the client IP must be in one of these ranges.
+    pub ip_allow: CidrSet,
+    /// The client IP must not be in any of these ranges (checked first).
+    pub ip_deny: CidrSet,
+    /// Header holding the client's ISO 3166 alpha-2 country, set by a
+    /// trusted component (Envoy's geoip filter or a CDN) that overwrites any
+    /// client copy before appguard runs.
+    pub country_header: Option<String>,
+    /// When non-empty, the country must be one of these (upper case).
+    pub country_allow: Vec<String>,
+    /// The country must not be one of these (upper case).
+    pub country_deny: Vec<String>,
+}
+
+/// Names of the headers apps prove their platform identity with (lower case).
+#[derive(Debug)]
+pub struct PlatformHeaderNames {
+    /// Android package name (default `x-android-package`, as Google APIs use).
+    pub android_package: String,
+    /// Android signing-cert fingerprint (default `x-android-cert`).
+    pub android_cert: String,
+    /// iOS bundle id (default `x-ios-bundle-identifier`).
+    pub ios_bundle_id: String,
+    /// iOS team id (default `x-ios-team-id`).
+    pub ios_team_id: String,
 }
 
 /// One route: which requests it matches and the policy that applies to them.
@@ -142,6 +260,16 @@ pub struct Route {
     pub action: Action,
     /// The route's mode, or the global mode when not set.
     pub mode: Mode,
+    /// Platforms allowed on the route; empty = any (including none shown).
+    pub platforms: Vec<Platform>,
+    /// Indexes into `Config::providers` whose tokens the route accepts.
+    pub providers: Vec<usize>,
+    /// Whether a token is required (default: true when `tokens` is set).
+    pub token_required: bool,
+    /// Whether an API key is read, and required.
+    pub api_key: KeyRequirement,
+    /// Route-specific network rules, checked after the global ones.
+    pub network: Option<Network>,
 }
 
 /// How a route matches the request path (query string excluded).
@@ -179,6 +307,19 @@ impl Config {
 }
 
 fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+    let apps = identity::compile_apps(raw.apps)?;
+    let mut providers: Vec<Provider> = Vec::with_capacity(raw.tokens.len());
+    for (i, p) in raw.tokens.into_iter().enumerate() {
+        let at = format!("tokens[{i}]");
+        let p = token::compile_provider(&at, p)?;
+        if providers.iter().any(|x| x.name == p.name) {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                format!("duplicate provider name {:?}", p.name),
+            ));
+        }
+        providers.push(p);
+    }
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.into_iter().enumerate() {
         let at = format!("routes[{i}]");
@@ -188,16 +329,105 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 format!("duplicate route name {:?}", r.name),
             ));
         }
-        routes.push(compile_route(&at, r, raw.mode)?);
+        routes.push(compile_route(&at, r, raw.mode, &providers)?);
     }
+    let route_names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+    let api_keys = identity::compile_api_keys(raw.api_keys, &apps, &route_names)?;
+    let network = compile_network("network", raw.network.unwrap_or_default())?;
+    let ph = raw.platform_headers;
+    let ph_name = |field: &str, v: Option<String>, default: &str| -> Result<String, ConfigError> {
+        header_name(
+            &format!("platform_headers.{field}"),
+            v.as_deref().unwrap_or(default),
+        )
+    };
+    let platform_headers = match ph {
+        Some(h) => PlatformHeaderNames {
+            android_package: ph_name("android_package", h.android_package, "x-android-package")?,
+            android_cert: ph_name("android_cert", h.android_cert, "x-android-cert")?,
+            ios_bundle_id: ph_name("ios_bundle_id", h.ios_bundle_id, "x-ios-bundle-identifier")?,
+            ios_team_id: ph_name("ios_team_id", h.ios_team_id, "x-ios-team-id")?,
+        },
+        None => PlatformHeaderNames {
+            android_package: "x-android-package".into(),
+            android_cert: "x-android-cert".into(),
+            ios_bundle_id: "x-ios-bundle-identifier".into(),
+            ios_team_id: "x-ios-team-id".into(),
+        },
+    };
     Ok(Config {
         mode: raw.mode,
         default_action: raw.default_action,
+        xff_trusted_hops: raw.client_ip.map_or(0, |c| c.xff_trusted_hops),
+        network,
+        platform_headers,
+        apps,
+        api_keys,
+        providers,
         routes,
     })
 }
 
-fn compile_route(at: &str, r: RawRoute, global_mode: Mode) -> Result<Route, ConfigError> {
+fn compile_network(at: &str, n: RawNetwork) -> Result<Network, ConfigError> {
+    let ip_allow = CidrSet::parse(&n.ip_allow)
+        .map_err(|(i, m)| ConfigError::new(format!("{at}.ip_allow[{i}]"), m))?;
+    let ip_deny = CidrSet::parse(&n.ip_deny)
+        .map_err(|(i, m)| ConfigError::new(format!("{at}.ip_deny[{i}]"), m))?;
+    let country_header = match n.country_header {
+        Some(h) => Some(header_name(&format!("{at}.country_header"), &h)?),
+        None => None,
+    };
+    let countries = |field: &str, list: Vec<String>| -> Result<Vec<String>, ConfigError> {
+        list.into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    Ok(c.to_ascii_uppercase())
+                } else {
+                    Err(ConfigError::new(
+                        format!("{at}.{field}[{i}]"),
+                        format!("{c:?} is not an ISO 3166 alpha-2 code"),
+                    ))
+                }
+            })
+            .collect()
+    };
+    let country_allow = countries("country_allow", n.country_allow)?;
+    let country_deny = countries("country_deny", n.country_deny)?;
+    if country_header.is_none() && (!country_allow.is_empty() || !country_deny.is_empty()) {
+        return Err(ConfigError::new(
+            format!("{at}.country_header"),
+            "required when country_allow or country_deny is set",
+        ));
+    }
+    Ok(Network {
+        ip_allow,
+        ip_deny,
+        country_header,
+        country_allow,
+        country_deny,
+    })
+}
+
+/// Validates a header name and returns it in lower case (Envoy's form).
+pub(crate) fn header_name(at: &str, h: &str) -> Result<String, ConfigError> {
+    let ok = !h.is_empty()
+        && h.len() <= 128
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(h.to_ascii_lowercase())
+    } else {
+        Err(ConfigError::new(at, format!("{h:?} is not a header name")))
+    }
+}
+
+fn compile_route(
+    at: &str,
+    r: RawRoute,
+    global_mode: Mode,
+    providers: &[Provider],
+) -> Result<Route, ConfigError> {
     if !valid_name(&r.name) {
         return Err(ConfigError::new(
             format!("{at}.name"),
@@ -235,6 +465,29 @@ fn compile_route(at: &str, r: RawRoute, global_mode: Mode) -> Result<Route, Conf
     for (j, h) in m.hosts.iter().enumerate() {
         hosts.push(compile_host(&format!("{at}.match.hosts[{j}]"), h)?);
     }
+    let mut route_providers = Vec::with_capacity(r.tokens.len());
+    for (j, name) in r.tokens.iter().enumerate() {
+        let idx = providers
+            .iter()
+            .position(|p| &p.name == name)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    format!("{at}.tokens[{j}]"),
+                    format!("no token provider named {name:?}"),
+                )
+            })?;
+        route_providers.push(idx);
+    }
+    if r.token_required == Some(true) && route_providers.is_empty() {
+        return Err(ConfigError::new(
+            format!("{at}.token_required"),
+            "set `tokens` to say which providers are accepted",
+        ));
+    }
+    let network = match r.network {
+        Some(n) => Some(compile_network(&format!("{at}.network"), n)?),
+        None => None,
+    };
     Ok(Route {
         name: r.name,
         path,
@@ -242,6 +495,11 @@ fn compile_route(at: &str, r: RawRoute, global_mode: Mode) -> Result<Route, Conf
         hosts,
         action: r.action,
         mode: r.mode.unwrap_or(global_mode),
+        platforms: r.platforms,
+        token_required: r.token_required.unwrap_or(!route_providers.is_empty()),
+        providers: route_providers,
+        api_key: r.api_key,
+        network,
     })
 }
 

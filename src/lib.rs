@@ -13,8 +13,12 @@
 
 pub mod config;
 pub mod decision;
+pub mod identity;
+pub mod net;
 pub mod policy;
 pub mod request;
+pub mod store;
+pub mod token;
 
 #[cfg(feature = "proxy")]
 pub mod proxy;

@@ -6,6 +6,9 @@
 //! abort the VM for every later request of the worker.
 
 mod filter;
+mod host;
+mod jwks;
+mod metrics;
 mod root;
 
 use proxy_wasm::types::LogLevel;

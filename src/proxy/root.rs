@@ -1,20 +1,49 @@
 //! The root context: one per worker VM. It parses the configuration once in
-//! `on_configure` and hands it to every HTTP context behind an `Rc`.
+//! `on_configure`, owns the worker's state (shared with every HTTP context
+//! through an `Rc`), and refreshes remote JWKS from its tick.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Duration;
 
-use log::{error, info};
+use log::{error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
 
 use super::filter::GuardFilter;
+use super::host::{self, now_seconds};
+use super::jwks::{self, JwksSlot};
+use super::metrics::Metrics;
 use crate::config::Config;
+use crate::policy::{RemoteKeys, TokenCache};
 
-/// Owns the compiled configuration of one worker.
+/// Everything one worker keeps between requests.
+pub struct Worker {
+    /// The compiled configuration.
+    pub config: Config,
+    /// Verified tokens, until their `exp`.
+    pub token_cache: RefCell<TokenCache>,
+    /// Remote JWKS state per provider (same index as `config.providers`).
+    pub jwks: RefCell<Vec<JwksSlot>>,
+    /// Stats counters.
+    pub metrics: Metrics,
+}
+
+impl Worker {
+    /// The remote keys as the policy reads them.
+    pub fn remote_keys(&self) -> Vec<RemoteKeys> {
+        self.jwks.borrow().iter().map(|s| s.keys.clone()).collect()
+    }
+}
+
+/// Owns the worker of one root context.
 pub struct FilterRoot {
     context_id: u32,
-    config: Option<Rc<Config>>,
+    worker: Option<Rc<Worker>>,
+    /// In-flight JWKS refreshes: call token → provider index.
+    refreshes: HashMap<u32, usize>,
 }
 
 impl FilterRoot {
@@ -22,22 +51,53 @@ impl FilterRoot {
     pub fn new(context_id: u32) -> Self {
         FilterRoot {
             context_id,
-            config: None,
+            worker: None,
+            refreshes: HashMap::new(),
         }
     }
 }
 
-impl Context for FilterRoot {}
+impl Context for FilterRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(p) = self.refreshes.remove(&token_id) else {
+            return;
+        };
+        let Some(worker) = &self.worker else { return };
+        let Some(provider) = worker.config.providers.get(p) else {
+            return;
+        };
+        let (status, body) = host::http_call_response(body_size, jwks::MAX_JWKS_BYTES);
+        let now = now_seconds();
+        let mut slots = worker.jwks.borrow_mut();
+        let Some(slot) = slots.get_mut(p) else { return };
+        match (status, body) {
+            (200, Some(body)) => {
+                if let Err(e) = jwks::store(slot, &provider.name, &body, now) {
+                    warn!(
+                        "jwks {}: refresh refused: {e}; keeping the previous keys",
+                        provider.name
+                    );
+                }
+            }
+            (s, _) => warn!(
+                "jwks {}: refresh failed (status {s}); keeping the previous keys",
+                provider.name
+            ),
+        }
+    }
+}
 
 impl RootContext for FilterRoot {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
         // Follow Envoy's own level for the wasm component, so that debug
         // lines are not even formatted when Envoy would drop them.
-        if let Ok(level) = hostcalls::get_log_level() {
-            proxy_wasm::set_log_level(level);
-        } else {
-            proxy_wasm::set_log_level(LogLevel::Info);
-        }
+        proxy_wasm::set_log_level(hostcalls::get_log_level().unwrap_or(LogLevel::Info));
         true
     }
 
@@ -53,22 +113,74 @@ impl RootContext for FilterRoot {
                 return false;
             }
         };
-        match Config::from_json(&bytes) {
-            Ok(config) => {
-                info!(
-                    "configured (root {}): {} routes, mode {:?}",
-                    self.context_id,
-                    config.routes.len(),
-                    config.mode
-                );
-                self.config = Some(Rc::new(config));
-                true
-            }
+        let config = match Config::from_json(&bytes) {
+            Ok(c) => c,
             Err(e) => {
-                // Returning false makes Envoy refuse the configuration: nothing
-                // half-works. The message names the field.
+                // Returning false makes Envoy refuse the configuration:
+                // nothing half-works. The message names the field.
                 error!("{e}");
-                false
+                return false;
+            }
+        };
+        info!(
+            "configured (root {}): {} routes, {} apps, {} keys, {} token providers, mode {:?}",
+            self.context_id,
+            config.routes.len(),
+            config.apps.len(),
+            config.api_keys.keys.len(),
+            config.providers.len(),
+            config.mode
+        );
+        let slots = config
+            .providers
+            .iter()
+            .map(|_| JwksSlot::default())
+            .collect();
+        let metrics = Metrics::new(&config);
+        let has_remote = config.providers.iter().any(|p| p.remote_jwks.is_some());
+        self.worker = Some(Rc::new(Worker {
+            config,
+            token_cache: RefCell::new(TokenCache::default()),
+            jwks: RefCell::new(slots),
+            metrics,
+        }));
+        if has_remote {
+            if let Err(s) = hostcalls::set_tick_period(Duration::from_secs(1)) {
+                warn!("cannot set the tick period ({s:?}): JWKS refresh only on demand");
+            }
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let now = now_seconds();
+        for (p, provider) in worker.config.providers.iter().enumerate() {
+            let Some(remote) = &provider.remote_jwks else {
+                continue;
+            };
+            let mut slots = worker.jwks.borrow_mut();
+            let Some(slot) = slots.get_mut(p) else {
+                continue;
+            };
+            jwks::sync(slot, &provider.name, remote, now);
+            if self.refreshes.values().any(|x| *x == p) {
+                continue;
+            }
+            if jwks::take_refresh_lease(slot, &provider.name, remote, now) {
+                match host::http_get(
+                    &remote.cluster,
+                    &remote.authority,
+                    &remote.path,
+                    remote.timeout_ms,
+                ) {
+                    Ok(token) => {
+                        self.refreshes.insert(token, p);
+                    }
+                    Err(s) => warn!("jwks {}: cannot dispatch the fetch: {s:?}", provider.name),
+                }
             }
         }
     }
@@ -76,7 +188,7 @@ impl RootContext for FilterRoot {
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never None: the SDK panics on None. Without a configuration the
         // filter fails closed (see `GuardFilter`).
-        Some(Box::new(GuardFilter::new(context_id, self.config.clone())))
+        Some(Box::new(GuardFilter::new(context_id, self.worker.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {

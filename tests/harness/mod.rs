@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod tokens;
 pub mod upstream;
 
 use std::fs;

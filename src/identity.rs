@@ -1,0 +1,867 @@
+//! Platforms, apps and API keys (SPEC §1 steps 3 and 5, SPEC §2).
+//!
+//! Every genuine client build is an [`App`] of one [`Platform`]. The request's
+//! app is established once — from the verified token's app claim when there
+//! is one, else from the platform headers (or, for `server`, the client IP) —
+//! and the token, the API key's restriction and the headers must all agree.
+
+use std::net::IpAddr;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::ConfigError;
+use crate::decision::Reason;
+use crate::net::CidrSet;
+
+/// The kind of client a request comes from. Each has its own flow: a key or
+/// token minted for one platform is refused on the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Platform {
+    /// An Android app: package name plus signing-certificate fingerprint.
+    Android,
+    /// An iOS app: bundle identifier (and optionally team id).
+    Ios,
+    /// A browser: `Origin` (or `Referer`) matching an allowed origin.
+    Web,
+    /// A server-to-server client: the client IP inside allowed ranges.
+    Server,
+}
+
+impl Platform {
+    /// The lower-case name, as used in headers, descriptors and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Platform::Android => "android",
+            Platform::Ios => "ios",
+            Platform::Web => "web",
+            Platform::Server => "server",
+        }
+    }
+}
+
+/// `apps[]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApp {
+    id: String,
+    platform: Platform,
+    #[serde(default)]
+    package: Option<String>,
+    #[serde(default)]
+    cert_fingerprints: Vec<String>,
+    #[serde(default)]
+    bundle_id: Option<String>,
+    #[serde(default)]
+    team_id: Option<String>,
+    #[serde(default)]
+    origins: Vec<String>,
+    #[serde(default)]
+    cidrs: Vec<String>,
+    #[serde(default)]
+    token_app_ids: Vec<String>,
+}
+
+/// One genuine client build.
+#[derive(Debug)]
+pub struct App {
+    /// Operator-chosen id: sent upstream as `x-appguard-app`, used in key
+    /// restrictions, descriptors and logs.
+    pub id: String,
+    /// The platform of this build.
+    pub platform: Platform,
+    /// How the build proves itself in headers.
+    pub proof: AppProof,
+    /// Values of a token's app claim that name this app (e.g. the Firebase
+    /// app id `1:123:android:abc`). When empty, the claim must equal `id`.
+    pub token_app_ids: Vec<String>,
+}
+
+/// What a request must show for its app, per platform.
+#[derive(Debug)]
+pub enum AppProof {
+    /// Android package and the accepted signing-certificate fingerprints
+    /// (raw SHA-256 or SHA-1 digests). Empty: the cert is not checked.
+    Android {
+        /// Package name, e.g. `com.example.shop`.
+        package: String,
+        /// SHA-256 (32 bytes) or SHA-1 (20 bytes) certificate digests.
+        certs: Vec<Vec<u8>>,
+    },
+    /// iOS bundle id and optional team id.
+    Ios {
+        /// Bundle identifier, e.g. `com.example.shop`.
+        bundle_id: String,
+        /// Apple team id; when set, a team-id header that disagrees is refused.
+        team_id: Option<String>,
+    },
+    /// Allowed web origins.
+    Web {
+        /// Patterns such as `https://*.example.com`.
+        origins: Vec<OriginPattern>,
+    },
+    /// Allowed client IP ranges.
+    Server {
+        /// Ranges the server's IP must be in.
+        cidrs: CidrSet,
+    },
+}
+
+pub(crate) fn compile_apps(raw: Vec<RawApp>) -> Result<Vec<App>, ConfigError> {
+    let mut apps: Vec<App> = Vec::with_capacity(raw.len());
+    for (i, a) in raw.into_iter().enumerate() {
+        let at = format!("apps[{i}]");
+        if !crate::config::valid_name(&a.id) {
+            return Err(ConfigError::new(
+                format!("{at}.id"),
+                "must be 1-64 characters of [A-Za-z0-9_-]",
+            ));
+        }
+        if apps.iter().any(|x| x.id == a.id) {
+            return Err(ConfigError::new(
+                format!("{at}.id"),
+                format!("duplicate app id {:?}", a.id),
+            ));
+        }
+        let not_for = |field: &str, set: bool| -> Result<(), ConfigError> {
+            if set {
+                Err(ConfigError::new(
+                    format!("{at}.{field}"),
+                    format!("not allowed for platform {}", a.platform.as_str()),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let proof = match a.platform {
+            Platform::Android => {
+                not_for("bundle_id", a.bundle_id.is_some())?;
+                not_for("team_id", a.team_id.is_some())?;
+                not_for("origins", !a.origins.is_empty())?;
+                not_for("cidrs", !a.cidrs.is_empty())?;
+                let package = a.package.ok_or_else(|| {
+                    ConfigError::new(format!("{at}.package"), "required for platform android")
+                })?;
+                if !valid_app_name(&package) {
+                    return Err(ConfigError::new(
+                        format!("{at}.package"),
+                        format!("{package:?} is not an Android package name"),
+                    ));
+                }
+                let mut certs = Vec::new();
+                for (j, f) in a.cert_fingerprints.iter().enumerate() {
+                    certs.push(parse_fingerprint(f).ok_or_else(|| {
+                        ConfigError::new(
+                            format!("{at}.cert_fingerprints[{j}]"),
+                            "must be a SHA-256 (64 hex digits) or SHA-1 (40 hex digits) fingerprint, colons optional",
+                        )
+                    })?);
+                }
+                AppProof::Android { package, certs }
+            }
+            Platform::Ios => {
+                not_for("package", a.package.is_some())?;
+                not_for("cert_fingerprints", !a.cert_fingerprints.is_empty())?;
+                not_for("origins", !a.origins.is_empty())?;
+                not_for("cidrs", !a.cidrs.is_empty())?;
+                let bundle_id = a.bundle_id.ok_or_else(|| {
+                    ConfigError::new(format!("{at}.bundle_id"), "required for platform ios")
+                })?;
+                if !valid_app_name(&bundle_id) {
+                    return Err(ConfigError::new(
+                        format!("{at}.bundle_id"),
+                        format!("{bundle_id:?} is not a bundle identifier"),
+                    ));
+                }
+                AppProof::Ios {
+                    bundle_id,
+                    team_id: a.team_id,
+                }
+            }
+            Platform::Web => {
+                not_for("package", a.package.is_some())?;
+                not_for("cert_fingerprints", !a.cert_fingerprints.is_empty())?;
+                not_for("bundle_id", a.bundle_id.is_some())?;
+                not_for("team_id", a.team_id.is_some())?;
+                not_for("cidrs", !a.cidrs.is_empty())?;
+                if a.origins.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{at}.origins"),
+                        "at least one origin is required for platform web",
+                    ));
+                }
+                let mut origins = Vec::new();
+                for (j, o) in a.origins.iter().enumerate() {
+                    origins.push(
+                        OriginPattern::parse(o)
+                            .map_err(|m| ConfigError::new(format!("{at}.origins[{j}]"), m))?,
+                    );
+                }
+                AppProof::Web { origins }
+            }
+            Platform::Server => {
+                not_for("package", a.package.is_some())?;
+                not_for("cert_fingerprints", !a.cert_fingerprints.is_empty())?;
+                not_for("bundle_id", a.bundle_id.is_some())?;
+                not_for("team_id", a.team_id.is_some())?;
+                not_for("origins", !a.origins.is_empty())?;
+                if a.cidrs.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{at}.cidrs"),
+                        "at least one range is required for platform server",
+                    ));
+                }
+                let cidrs = CidrSet::parse(&a.cidrs)
+                    .map_err(|(j, m)| ConfigError::new(format!("{at}.cidrs[{j}]"), m))?;
+                AppProof::Server { cidrs }
+            }
+        };
+        apps.push(App {
+            id: a.id,
+            platform: a.platform,
+            proof,
+            token_app_ids: a.token_app_ids,
+        });
+    }
+    Ok(apps)
+}
+
+fn valid_app_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Parses a certificate fingerprint: hex, colons optional, any case; 32 bytes
+/// (SHA-256) or 20 bytes (SHA-1, accepted for Google API-key compatibility).
+pub fn parse_fingerprint(s: &str) -> Option<Vec<u8>> {
+    if s.len() > 128 {
+        return None;
+    }
+    let hex: Vec<u8> = s.bytes().filter(|b| *b != b':').collect();
+    if hex.len() != 64 && hex.len() != 40 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(hex.len() / 2);
+    for pair in hex.chunks_exact(2) {
+        let hi = hex_val(*pair.first()?)?;
+        let lo = hex_val(*pair.get(1)?)?;
+        out.push(hi << 4 | lo);
+    }
+    Some(out)
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// An allowed web origin: scheme, host pattern and port. `*.` in front of the
+/// host stands for one or more whole sub-domain labels. Host comparison is
+/// exact and case-insensitive on whole labels, so `evil-example.com` and
+/// `example.com.evil.io` never match `https://*.example.com`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginPattern {
+    scheme: String,
+    /// Lower-case host; for a wildcard, the suffix without `*.`.
+    host: String,
+    wildcard: bool,
+    port: u16,
+}
+
+impl OriginPattern {
+    /// Parses `scheme://host[:port]` where host may start with `*.`.
+    pub fn parse(s: &str) -> Result<OriginPattern, String> {
+        let o = parse_origin(s)
+            .ok_or_else(|| format!("{s:?} is not an origin like https://app.example.com[:port] or https://*.example.com"))?;
+        let (wildcard, host) = match o.host.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, o.host),
+        };
+        if host.contains('*') || !valid_host(&host) {
+            return Err(format!(
+                "{s:?}: `*` is only allowed as a whole first label (`*.example.com`)"
+            ));
+        }
+        Ok(OriginPattern {
+            scheme: o.scheme,
+            host,
+            wildcard,
+            port: o.port,
+        })
+    }
+
+    /// Whether a parsed request origin matches.
+    pub fn matches(&self, o: &Origin) -> bool {
+        if o.scheme != self.scheme || o.port != self.port {
+            return false;
+        }
+        if self.wildcard {
+            o.host.len() > self.host.len() + 1
+                && o.host.ends_with(self.host.as_str())
+                && o.host.as_bytes().get(o.host.len() - self.host.len() - 1) == Some(&b'.')
+        } else {
+            o.host == self.host
+        }
+    }
+}
+
+/// A request origin: scheme, lower-case host, port (defaulted by scheme).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// Lower-case ASCII host.
+    pub host: String,
+    /// Explicit port, or 443/80 by scheme.
+    pub port: u16,
+}
+
+/// Parses an `Origin` value, or the origin part of a `Referer` URL. Only
+/// `http`/`https`, ASCII hosts (browsers send IDNs as punycode), no user
+/// info. `null` and anything else odd give `None`.
+pub fn parse_origin(s: &str) -> Option<Origin> {
+    if s.len() > 2048 || !s.is_ascii() {
+        return None;
+    }
+    let (scheme, rest) = s.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "https" => 443,
+        "http" => 80,
+        _ => return None,
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = rest.get(..end)?;
+    if authority.contains('@') || authority.contains('%') || authority.contains('\\') {
+        return None;
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(']') || h.ends_with(']') => {
+            if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            (h, p.parse::<u16>().ok()?)
+        }
+        _ => (authority, default_port),
+    };
+    let host = host.to_ascii_lowercase();
+    let host = host.strip_suffix('.').map(str::to_owned).unwrap_or(host);
+    if host.starts_with("*.") {
+        // Only patterns carry `*`; checked by OriginPattern::parse.
+        return Some(Origin { scheme, host, port });
+    }
+    if !valid_host(&host) {
+        return None;
+    }
+    Some(Origin { scheme, host, port })
+}
+
+fn valid_host(h: &str) -> bool {
+    if h.starts_with('[') && h.ends_with(']') {
+        return h
+            .get(1..h.len() - 1)
+            .is_some_and(|inner| inner.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// `api_keys` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApiKeys {
+    #[serde(default = "default_key_header")]
+    header: String,
+    #[serde(default)]
+    query_param: Option<String>,
+    #[serde(default)]
+    keys: Vec<RawApiKey>,
+}
+
+fn default_key_header() -> String {
+    "x-api-key".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiKey {
+    id: String,
+    sha256: String,
+    #[serde(default)]
+    apps: Vec<String>,
+    #[serde(default)]
+    ips: Vec<String>,
+    #[serde(default)]
+    routes: Vec<String>,
+    #[serde(default)]
+    disabled: bool,
+}
+
+/// API keys, configured by their SHA-256 only, with Google-style application
+/// restrictions.
+#[derive(Debug, Default)]
+pub struct ApiKeys {
+    /// Request header carrying the key (lower case).
+    pub header: String,
+    /// Query parameter carrying the key, when keys may come in the URL.
+    pub query_param: Option<String>,
+    /// The configured keys.
+    pub keys: Vec<ApiKey>,
+}
+
+/// One API key.
+#[derive(Debug)]
+pub struct ApiKey {
+    /// Public id of the key: sent upstream as `x-appguard-key-id` and logged
+    /// instead of the key.
+    pub id: String,
+    /// SHA-256 of the key.
+    pub sha256: [u8; 32],
+    /// Indexes into `Config::apps` the key may be used by; empty = any app.
+    pub apps: Vec<usize>,
+    /// Client IP ranges the key may be used from; empty = anywhere.
+    pub ips: CidrSet,
+    /// Route names the key may be used on; empty = any route.
+    pub routes: Vec<String>,
+    /// Revoked: refused as `api_key_invalid`.
+    pub disabled: bool,
+}
+
+pub(crate) fn compile_api_keys(
+    raw: Option<RawApiKeys>,
+    apps: &[App],
+    route_names: &[&str],
+) -> Result<ApiKeys, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(ApiKeys {
+            header: default_key_header(),
+            ..ApiKeys::default()
+        });
+    };
+    let header = crate::config::header_name("api_keys.header", &raw.header)?;
+    if let Some(q) = &raw.query_param {
+        if q.is_empty()
+            || !q
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(ConfigError::new(
+                "api_keys.query_param",
+                "must be a plain parameter name",
+            ));
+        }
+    }
+    let mut keys: Vec<ApiKey> = Vec::with_capacity(raw.keys.len());
+    for (i, k) in raw.keys.into_iter().enumerate() {
+        let at = format!("api_keys.keys[{i}]");
+        if !crate::config::valid_name(&k.id) {
+            return Err(ConfigError::new(
+                format!("{at}.id"),
+                "must be 1-64 characters of [A-Za-z0-9_-]",
+            ));
+        }
+        if keys.iter().any(|x| x.id == k.id) {
+            return Err(ConfigError::new(
+                format!("{at}.id"),
+                format!("duplicate key id {:?}", k.id),
+            ));
+        }
+        let digest = parse_sha256_hex(&k.sha256).ok_or_else(|| {
+            ConfigError::new(
+                format!("{at}.sha256"),
+                "must be the key's SHA-256 as 64 hex digits (`appguard-cli hash-key`); plaintext keys are not accepted",
+            )
+        })?;
+        if keys.iter().any(|x| x.sha256 == digest) {
+            return Err(ConfigError::new(
+                format!("{at}.sha256"),
+                "the same key is configured twice",
+            ));
+        }
+        let mut app_idx = Vec::new();
+        for (j, name) in k.apps.iter().enumerate() {
+            let idx = apps.iter().position(|a| &a.id == name).ok_or_else(|| {
+                ConfigError::new(
+                    format!("{at}.apps[{j}]"),
+                    format!("no app with id {name:?}"),
+                )
+            })?;
+            app_idx.push(idx);
+        }
+        for (j, r) in k.routes.iter().enumerate() {
+            if !route_names.contains(&r.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{at}.routes[{j}]"),
+                    format!("no route named {r:?}"),
+                ));
+            }
+        }
+        let ips = CidrSet::parse(&k.ips)
+            .map_err(|(j, m)| ConfigError::new(format!("{at}.ips[{j}]"), m))?;
+        keys.push(ApiKey {
+            id: k.id,
+            sha256: digest,
+            apps: app_idx,
+            ips,
+            routes: k.routes,
+            disabled: k.disabled,
+        });
+    }
+    Ok(ApiKeys {
+        header,
+        query_param: raw.query_param,
+        keys,
+    })
+}
+
+fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = hex_val(*b.get(2 * i)?)? << 4 | hex_val(*b.get(2 * i + 1)?)?;
+    }
+    Some(out)
+}
+
+/// The SHA-256 of an API key as lower-case hex: what goes into the config.
+pub fn hash_api_key(key: &str) -> String {
+    let d = Sha256::digest(key.as_bytes());
+    let mut s = String::with_capacity(64);
+    for b in d {
+        s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    s
+}
+
+/// Constant-time equality of two digests.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    // black_box keeps the optimiser from turning the fold into an early exit.
+    std::hint::black_box(diff) == 0
+}
+
+impl ApiKeys {
+    /// Finds the key whose SHA-256 equals the presented key's. Every
+    /// configured key is compared, in constant time, whatever matches.
+    pub fn lookup(&self, presented: &str) -> Option<(usize, &ApiKey)> {
+        let d = Sha256::digest(presented.as_bytes());
+        let mut found = None;
+        for (i, k) in self.keys.iter().enumerate() {
+            if ct_eq(&k.sha256, &d) && found.is_none() {
+                found = Some((i, k));
+            }
+        }
+        found
+    }
+}
+
+/// The platform headers a request carries (values as sent).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlatformHeaders<'a> {
+    /// Android package name header.
+    pub android_package: Option<&'a str>,
+    /// Android signing-cert fingerprint header.
+    pub android_cert: Option<&'a str>,
+    /// iOS bundle id header.
+    pub ios_bundle_id: Option<&'a str>,
+    /// iOS team id header.
+    pub ios_team_id: Option<&'a str>,
+    /// `Origin`.
+    pub origin: Option<&'a str>,
+    /// `Referer`, used when `Origin` is absent.
+    pub referer: Option<&'a str>,
+}
+
+impl PlatformHeaders<'_> {
+    fn any_mobile(&self) -> bool {
+        self.android_package.is_some()
+            || self.android_cert.is_some()
+            || self.ios_bundle_id.is_some()
+            || self.ios_team_id.is_some()
+    }
+
+    fn web_origin(&self) -> Option<&str> {
+        self.origin.or(self.referer)
+    }
+}
+
+/// Checks that the headers agree with an app established otherwise (by the
+/// token's app claim). Headers of another platform are a mismatch: a stolen
+/// mobile token used from a web page still carries the browser's `Origin`.
+pub fn headers_agree(app: &App, h: &PlatformHeaders<'_>, ip: Option<IpAddr>) -> Result<(), Reason> {
+    match &app.proof {
+        AppProof::Android { package, certs } => {
+            if h.ios_bundle_id.is_some() || h.ios_team_id.is_some() || h.web_origin().is_some() {
+                return Err(Reason::AppMismatch);
+            }
+            if let Some(p) = h.android_package {
+                if p != package {
+                    return Err(Reason::AppMismatch);
+                }
+            }
+            if let Some(c) = h.android_cert {
+                if !certs.is_empty() && !cert_matches(certs, c) {
+                    return Err(Reason::AppMismatch);
+                }
+            }
+            Ok(())
+        }
+        AppProof::Ios { bundle_id, team_id } => {
+            if h.android_package.is_some() || h.android_cert.is_some() || h.web_origin().is_some() {
+                return Err(Reason::AppMismatch);
+            }
+            if let Some(b) = h.ios_bundle_id {
+                if b != bundle_id {
+                    return Err(Reason::AppMismatch);
+                }
+            }
+            if let (Some(t), Some(want)) = (h.ios_team_id, team_id) {
+                if t != want {
+                    return Err(Reason::AppMismatch);
+                }
+            }
+            Ok(())
+        }
+        AppProof::Web { origins } => {
+            if h.any_mobile() {
+                return Err(Reason::AppMismatch);
+            }
+            match h.web_origin().and_then(parse_origin) {
+                Some(o) if origins.iter().any(|p| p.matches(&o)) => Ok(()),
+                _ => Err(Reason::OriginDenied),
+            }
+        }
+        AppProof::Server { cidrs } => {
+            if h.any_mobile() || h.web_origin().is_some() {
+                return Err(Reason::AppMismatch);
+            }
+            match ip {
+                Some(ip) if cidrs.contains(ip) => Ok(()),
+                _ => Err(Reason::IpDenied),
+            }
+        }
+    }
+}
+
+fn cert_matches(certs: &[Vec<u8>], header: &str) -> bool {
+    match parse_fingerprint(header) {
+        Some(fp) => certs.iter().any(|c| ct_eq(c, &fp)),
+        None => false,
+    }
+}
+
+/// Establishes the app from the platform headers alone (no token): the
+/// weakest evidence, since headers are forgeable; routes that matter should
+/// require a token. `Ok(None)` when the request shows no platform at all.
+pub fn app_from_headers<'c>(
+    apps: &'c [App],
+    h: &PlatformHeaders<'_>,
+    ip: Option<IpAddr>,
+) -> Result<Option<&'c App>, Reason> {
+    let android = h.android_package.is_some() || h.android_cert.is_some();
+    let ios = h.ios_bundle_id.is_some() || h.ios_team_id.is_some();
+    let web = h.web_origin().is_some();
+    if u8::from(android) + u8::from(ios) + u8::from(web) > 1 {
+        return Err(Reason::AppMismatch);
+    }
+    if android {
+        let package = h.android_package.ok_or(Reason::AppUnknown)?;
+        let mut known = false;
+        for app in apps {
+            if let AppProof::Android { package: p, certs } = &app.proof {
+                if p == package {
+                    known = true;
+                    let cert_ok =
+                        certs.is_empty() || h.android_cert.is_some_and(|c| cert_matches(certs, c));
+                    if cert_ok {
+                        return Ok(Some(app));
+                    }
+                }
+            }
+        }
+        return Err(if known {
+            Reason::AppMismatch
+        } else {
+            Reason::AppUnknown
+        });
+    }
+    if ios {
+        let bundle = h.ios_bundle_id.ok_or(Reason::AppUnknown)?;
+        let mut known = false;
+        for app in apps {
+            if let AppProof::Ios { bundle_id, team_id } = &app.proof {
+                if bundle_id == bundle {
+                    known = true;
+                    if team_id.is_none()
+                        || h.ios_team_id.is_none()
+                        || h.ios_team_id == team_id.as_deref()
+                    {
+                        return Ok(Some(app));
+                    }
+                }
+            }
+        }
+        return Err(if known {
+            Reason::AppMismatch
+        } else {
+            Reason::AppUnknown
+        });
+    }
+    if let Some(value) = h.web_origin() {
+        let origin = parse_origin(value).ok_or(Reason::OriginDenied)?;
+        return apps
+            .iter()
+            .find(|a| matches!(&a.proof, AppProof::Web { origins } if origins.iter().any(|p| p.matches(&origin))))
+            .map(Some)
+            .ok_or(Reason::OriginDenied);
+    }
+    if let Some(ip) = ip {
+        if let Some(app) = apps
+            .iter()
+            .find(|a| matches!(&a.proof, AppProof::Server { cidrs } if cidrs.contains(ip)))
+        {
+            return Ok(Some(app));
+        }
+    }
+    Ok(None)
+}
+
+/// Finds the app a token's app claim names. `firebase` claims look like
+/// `1:<project number>:<android|ios|web>:<hex>`; the platform in the claim
+/// must be the app's platform.
+pub fn app_from_claim<'c>(apps: &'c [App], claim: &str, firebase: bool) -> Result<&'c App, Reason> {
+    let app = apps
+        .iter()
+        .find(|a| {
+            if a.token_app_ids.is_empty() {
+                a.id == claim
+            } else {
+                a.token_app_ids.iter().any(|v| v == claim)
+            }
+        })
+        .ok_or(Reason::AppUnknown)?;
+    if firebase {
+        let platform = claim.split(':').nth(2).ok_or(Reason::AppUnknown)?;
+        if platform != app.platform.as_str() {
+            return Err(Reason::AppMismatch);
+        }
+    }
+    Ok(app)
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    fn origin(s: &str) -> Origin {
+        parse_origin(s).unwrap()
+    }
+
+    #[test]
+    fn origin_patterns_match_whole_labels_only() {
+        let p = OriginPattern::parse("https://*.example.com").unwrap();
+        assert!(p.matches(&origin("https://app.example.com")));
+        assert!(p.matches(&origin("https://a.b.example.com")));
+        assert!(p.matches(&origin("https://APP.Example.COM:443")));
+        assert!(!p.matches(&origin("https://example.com")), "needs a label");
+        assert!(!p.matches(&origin("https://evil-example.com")));
+        assert!(!p.matches(&origin("https://app.example.com.evil.io")));
+        assert!(!p.matches(&origin("https://appexample.com")));
+        assert!(!p.matches(&origin("http://app.example.com")), "scheme");
+        assert!(!p.matches(&origin("https://app.example.com:8443")), "port");
+        let exact = OriginPattern::parse("https://shop.example.com:8443").unwrap();
+        assert!(exact.matches(&origin("https://shop.example.com:8443/path?x")));
+        assert!(!exact.matches(&origin("https://shop.example.com")));
+        for bad in [
+            "example.com",
+            "ftp://x.com",
+            "https://*",
+            "https://a.*.com",
+            "https://*example.com",
+            "https://x.com:99999",
+        ] {
+            assert!(OriginPattern::parse(bad).is_err(), "{bad}");
+        }
+        for bad in [
+            "null",
+            "https://user@example.com",
+            "https://exa%6Dple.com",
+            "https://ex\u{e4}mple.com",
+            "https://",
+            "javascript:alert(1)",
+        ] {
+            assert!(parse_origin(bad).is_none(), "{bad}");
+        }
+        assert_eq!(origin("https://example.com./x").host, "example.com");
+    }
+
+    #[test]
+    fn fingerprints_with_or_without_colons_any_case() {
+        let a = parse_fingerprint("AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89").unwrap();
+        let b =
+            parse_fingerprint("abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789")
+                .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 32);
+        assert_eq!(
+            parse_fingerprint("da39a3ee5e6b4b0d3255bfef95601890afd80709")
+                .unwrap()
+                .len(),
+            20
+        );
+        assert!(parse_fingerprint("xyz").is_none());
+        assert!(parse_fingerprint(&"a".repeat(62)).is_none());
+        assert!(parse_fingerprint(&"g".repeat(64)).is_none());
+    }
+
+    #[test]
+    fn api_key_hash_and_constant_time_lookup() {
+        assert_eq!(
+            hash_api_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let keys = ApiKeys {
+            header: "x-api-key".into(),
+            query_param: None,
+            keys: vec![ApiKey {
+                id: "k1".into(),
+                sha256: parse_sha256_hex(&hash_api_key("secret-1")).unwrap(),
+                apps: vec![],
+                ips: CidrSet::default(),
+                routes: vec![],
+                disabled: false,
+            }],
+        };
+        assert_eq!(
+            keys.lookup("secret-1").map(|(_, k)| k.id.as_str()),
+            Some("k1")
+        );
+        assert!(keys.lookup("secret-2").is_none());
+        assert!(ct_eq(b"ab", b"ab") && !ct_eq(b"ab", b"ac") && !ct_eq(b"a", b"ab"));
+    }
+}

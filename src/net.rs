@@ -1,0 +1,310 @@
+//! Client IP and CIDR matching (SPEC §1 step 2).
+//!
+//! IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) are compared as IPv4, so
+//! a dual-stack listener cannot be used to slip past an IPv4 rule. Addresses
+//! with an IPv6 zone id (`fe80::1%eth0`) are not valid client addresses and
+//! are refused.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// One CIDR range, e.g. `10.0.0.0/8` or `2001:db8::/32`. A bare address is a
+/// /32 or /128.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cidr {
+    /// An IPv4 network: address bits and prefix length.
+    V4(u32, u8),
+    /// An IPv6 network: address bits and prefix length.
+    V6(u128, u8),
+}
+
+impl Cidr {
+    /// Parses `addr[/len]`. Host bits must be zero (`10.0.0.1/8` is a typo
+    /// for `10.0.0.0/8` or `10.0.0.1/32`, so it is refused rather than
+    /// guessed).
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let ip: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR range"))?;
+        let parse_len = |max: u8| -> Result<u8, String> {
+            match len {
+                None => Ok(max),
+                Some(l) => match l.parse::<u8>() {
+                    Ok(n) if n <= max && !l.starts_with('+') => Ok(n),
+                    _ => Err(format!("{s:?}: prefix length must be 0..={max}")),
+                },
+            }
+        };
+        if let (IpAddr::V6(v6), Some(_)) = (ip, len) {
+            if v6.to_ipv4_mapped().is_some() {
+                return Err(format!("{s:?}: write IPv4-mapped ranges in IPv4 form"));
+            }
+        }
+        let cidr = match canonical(ip) {
+            IpAddr::V4(v4) => {
+                let n = parse_len(32)?;
+                Cidr::V4(u32::from(v4), n)
+            }
+            IpAddr::V6(v6) => {
+                let n = parse_len(128)?;
+                Cidr::V6(u128::from(v6), n)
+            }
+        };
+        if cidr.network() != cidr {
+            return Err(format!(
+                "{s:?} has host bits set; write the network address (e.g. {})",
+                cidr.network().to_string_repr()
+            ));
+        }
+        Ok(cidr)
+    }
+
+    fn network(self) -> Cidr {
+        match self {
+            Cidr::V4(a, n) => Cidr::V4(a & mask32(n), n),
+            Cidr::V6(a, n) => Cidr::V6(a & mask128(n), n),
+        }
+    }
+
+    fn to_string_repr(self) -> String {
+        match self {
+            Cidr::V4(a, n) => format!("{}/{n}", Ipv4Addr::from(a)),
+            Cidr::V6(a, n) => format!("{}/{n}", Ipv6Addr::from(a)),
+        }
+    }
+
+    /// Whether the address lies in this range (mapped IPv4 compared as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self, canonical(ip)) {
+            (Cidr::V4(net, n), IpAddr::V4(a)) => u32::from(a) & mask32(*n) == *net,
+            (Cidr::V6(net, n), IpAddr::V6(a)) => u128::from(a) & mask128(*n) == *net,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_string_repr())
+    }
+}
+
+fn mask32(n: u8) -> u32 {
+    if n == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(n))
+    }
+}
+
+fn mask128(n: u8) -> u128 {
+    if n == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(n))
+    }
+}
+
+/// IPv4-mapped IPv6 → IPv4; everything else unchanged.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+/// A list of ranges.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CidrSet(pub Vec<Cidr>);
+
+impl CidrSet {
+    /// Parses every entry; the error carries the index of the bad one.
+    pub fn parse(items: &[String]) -> Result<CidrSet, (usize, String)> {
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Cidr::parse(s.trim()).map_err(|e| (i, e)))
+            .collect::<Result<Vec<_>, _>>()
+            .map(CidrSet)
+    }
+
+    /// No ranges configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether any range contains the address.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// Parses one client address as it appears in X-Forwarded-For: an IPv4 or
+/// IPv6 address, optionally in brackets and with a port. Zone ids are refused.
+pub fn parse_client_ip(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 64 || s.contains('%') {
+        return None;
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some(canonical(sa.ip()));
+    }
+    None
+}
+
+/// The client IP: the downstream address, or with `trusted_hops = N > 0`
+/// the N-th X-Forwarded-For entry counted from the right (1 = rightmost).
+/// All X-Forwarded-For headers are read as one comma-separated list, in
+/// order. `None` when the chain is shorter than N or the entry is not an
+/// address: the caller fails closed.
+pub fn client_ip<'a>(
+    downstream: Option<IpAddr>,
+    xff_values: impl Iterator<Item = &'a str>,
+    trusted_hops: u32,
+) -> Option<IpAddr> {
+    if trusted_hops == 0 {
+        return downstream.map(canonical);
+    }
+    // Bounded: at most 64 hops are considered, the rest is refused.
+    let mut entries: Vec<&str> = Vec::new();
+    for v in xff_values {
+        for e in v.split(',') {
+            if entries.len() >= 64 {
+                return None;
+            }
+            entries.push(e);
+        }
+    }
+    let n = usize::try_from(trusted_hops).ok()?;
+    let idx = entries.len().checked_sub(n)?;
+    parse_client_ip(entries.get(idx)?)
+}
+
+/// The address masked to a prefix, for rate-limit descriptors by network
+/// (e.g. a /24 or a /64). Returns the network as `addr/len`.
+pub fn masked(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> String {
+    match canonical(ip) {
+        IpAddr::V4(a) => {
+            let n = v4_prefix.min(32);
+            if n == 32 {
+                a.to_string()
+            } else {
+                format!("{}/{n}", Ipv4Addr::from(u32::from(a) & mask32(n)))
+            }
+        }
+        IpAddr::V6(a) => {
+            let n = v6_prefix.min(128);
+            if n == 128 {
+                a.to_string()
+            } else {
+                format!("{}/{n}", Ipv6Addr::from(u128::from(a) & mask128(n)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidr_parsing_and_matching() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains(ip("10.1.2.3")));
+        assert!(!c.contains(ip("11.0.0.1")));
+        assert!(
+            c.contains(ip("::ffff:10.9.9.9")),
+            "mapped IPv4 compares as IPv4"
+        );
+        let c6 = Cidr::parse("2001:db8::/32").unwrap();
+        assert!(c6.contains(ip("2001:db8:1::5")));
+        assert!(!c6.contains(ip("2001:db9::1")));
+        assert!(!c6.contains(ip("10.0.0.1")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("1.2.3.4")));
+        assert_eq!(Cidr::parse("1.2.3.4").unwrap(), Cidr::V4(0x01020304, 32));
+        // a mapped range is an IPv4 range
+        assert!(Cidr::parse("::ffff:10.0.0.0/104")
+            .unwrap_err()
+            .contains("IPv4 form"));
+        assert_eq!(
+            Cidr::parse("::ffff:10.0.0.0").unwrap(),
+            Cidr::V4(0x0a000000, 32)
+        );
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "x",
+            "10.0.0.0/-1",
+            "10.0.0.0/+8",
+            "fe80::1%eth0",
+            "",
+        ] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn client_ip_from_downstream_or_xff() {
+        let down = Some(ip("192.0.2.1"));
+        assert_eq!(client_ip(down, std::iter::empty(), 0), down);
+        assert_eq!(
+            client_ip(Some(ip("::ffff:192.0.2.1")), std::iter::empty(), 0),
+            down
+        );
+        // the client controls the left part; N counts from the right
+        let xff = ["6.6.6.6, 203.0.113.9", "198.51.100.7"];
+        assert_eq!(
+            client_ip(down, xff.iter().copied(), 1),
+            Some(ip("198.51.100.7"))
+        );
+        assert_eq!(
+            client_ip(down, xff.iter().copied(), 2),
+            Some(ip("203.0.113.9"))
+        );
+        assert_eq!(client_ip(down, xff.iter().copied(), 3), Some(ip("6.6.6.6")));
+        assert_eq!(
+            client_ip(down, xff.iter().copied(), 4),
+            None,
+            "chain too short"
+        );
+        assert_eq!(client_ip(down, ["garbage"].iter().copied(), 1), None);
+        assert_eq!(
+            client_ip(down, ["fe80::1%eth0"].iter().copied(), 1),
+            None,
+            "zone id"
+        );
+        assert_eq!(
+            client_ip(down, ["[2001:db8::1]:443"].iter().copied(), 1),
+            Some(ip("2001:db8::1"))
+        );
+        let long = vec!["1.1.1.1"; 100].join(",");
+        assert_eq!(client_ip(down, [long.as_str()].iter().copied(), 1), None);
+    }
+
+    #[test]
+    fn masking() {
+        assert_eq!(masked(ip("192.0.2.77"), 24, 64), "192.0.2.0/24");
+        assert_eq!(masked(ip("192.0.2.77"), 32, 64), "192.0.2.77");
+        assert_eq!(
+            masked(ip("2001:db8:1:2:3:4:5:6"), 24, 64),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(masked(ip("::ffff:192.0.2.77"), 16, 64), "192.0.0.0/16");
+    }
+}

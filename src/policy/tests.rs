@@ -1,0 +1,639 @@
+//! The policy end to end on request values: routes, network, keys, tokens
+//! and identity, as a matrix of platform × route × token × key × headers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use super::*;
+use crate::identity::hash_api_key;
+use crate::request::test_support::headers;
+use crate::store::MemStore;
+use crate::token::tests_support::{hs256_raw, SECRET};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::{json, Value};
+
+const NOW: u64 = 1_900_000_000;
+const ANDROID_CERT: &str = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89";
+
+fn config_json() -> Value {
+    json!({
+        "default_action": "deny",
+        "client_ip": {"xff_trusted_hops": 0},
+        "network": {"ip_deny": ["203.0.113.0/24", "2001:db8:bad::/48"], "country_header": "x-country", "country_deny": ["KP"]},
+        "apps": [
+            {"id": "shop-android", "platform": "android", "package": "com.example.shop", "cert_fingerprints": [ANDROID_CERT]},
+            {"id": "shop-ios", "platform": "ios", "bundle_id": "com.example.shop", "team_id": "TEAM123456"},
+            {"id": "shop-web", "platform": "web", "origins": ["https://*.example.com", "https://example.com"]},
+            {"id": "backend", "platform": "server", "cidrs": ["10.0.0.0/8"]},
+            {"id": "fb-android", "platform": "android", "package": "com.example.fb", "token_app_ids": ["1:123:android:abc"]},
+            {"id": "fb-ios", "platform": "ios", "bundle_id": "com.example.fb", "token_app_ids": ["1:123:ios:def"]}
+        ],
+        "api_keys": {
+            "header": "x-api-key",
+            "query_param": "key",
+            "keys": [
+                {"id": "k-android", "sha256": hash_api_key("key-android"), "apps": ["shop-android"]},
+                {"id": "k-web", "sha256": hash_api_key("key-web"), "apps": ["shop-web"]},
+                {"id": "k-any", "sha256": hash_api_key("key-any")},
+                {"id": "k-office", "sha256": hash_api_key("key-office"), "ips": ["192.0.2.0/24"]},
+                {"id": "k-sms-only", "sha256": hash_api_key("key-sms"), "routes": ["sms"]},
+                {"id": "k-revoked", "sha256": hash_api_key("key-revoked"), "disabled": true}
+            ]
+        },
+        "tokens": [
+            {"name": "own", "from": [{"header": "x-app-token"}],
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+             "app_claim": {"claim": "app"}, "platforms": ["android", "ios"],
+             "binding": {"claim": "pay", "headers": ["authorization"]},
+             "replay": {"claim": "jti"},
+             "claim_to_headers": [{"claim": "sub", "header": "x-user"}]},
+            {"name": "firebase", "from": [{"header": "x-firebase-appcheck"}],
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+             "issuer": "https://firebaseappcheck.googleapis.com/123",
+             "audiences": ["projects/123"],
+             "app_claim": {"claim": "sub", "format": "firebase"}}
+        ],
+        "routes": [
+            {"name": "mobile", "match": {"prefix": "/mobile/"}, "platforms": ["android", "ios"], "api_key": "required"},
+            {"name": "web", "match": {"prefix": "/web/"}, "platforms": ["web"], "api_key": "required"},
+            {"name": "sms", "match": {"prefix": "/sms"}, "api_key": "required"},
+            {"name": "attested", "match": {"prefix": "/attested/"}, "tokens": ["own"]},
+            {"name": "appcheck", "match": {"prefix": "/appcheck/"}, "tokens": ["firebase"], "api_key": "optional"},
+            {"name": "internal", "match": {"prefix": "/internal/"}, "platforms": ["server"]},
+            {"name": "office", "match": {"prefix": "/office/"}, "api_key": "required", "network": {"ip_allow": ["192.0.2.0/24"]}},
+            {"name": "open", "match": {"prefix": "/open/"}}
+        ]
+    })
+}
+
+struct World {
+    config: Config,
+    store: MemStore,
+    cache: RefCell<TokenCache>,
+}
+
+impl World {
+    fn new() -> World {
+        World::from(config_json())
+    }
+    fn from(v: Value) -> World {
+        World {
+            config: Config::from_json(v.to_string().as_bytes()).unwrap(),
+            store: MemStore::default(),
+            cache: RefCell::new(TokenCache::default()),
+        }
+    }
+    fn run(&self, path: &str, ip: &str, hs: &[(&str, &str)]) -> (Decision, Facts) {
+        let mut all = vec![
+            (":method", "POST"),
+            (":path", path),
+            (":authority", "api.example.com"),
+        ];
+        all.extend_from_slice(hs);
+        let h = headers(&all);
+        let ctx = Ctx {
+            config: &self.config,
+            store: &self.store,
+            token_cache: &self.cache,
+            remote_keys: &[],
+            may_fetch_keys: false,
+        };
+        match evaluate(&ctx, &Request::new(&h, Some(ip.parse().unwrap())), NOW) {
+            Step::Done(d, f) => (d, f),
+            s => panic!("{s:?}"),
+        }
+    }
+    fn reason(&self, path: &str, hs: &[(&str, &str)]) -> Option<Reason> {
+        self.run(path, "198.51.100.1", hs).0.reason()
+    }
+}
+
+fn set_headers(d: &Decision) -> Vec<(String, String)> {
+    match d {
+        Decision::Allow(g) => g.set_headers.clone(),
+        Decision::Deny(_) => panic!("denied: {d:?}"),
+    }
+}
+
+fn own_token(app: &str, jti: &str, auth: &str) -> String {
+    hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &json!({"iat": NOW, "exp": NOW + 60, "app": app, "jti": jti, "sub": "user-7", "pay": crate::token::binding_digest(&[auth])}),
+    )
+}
+
+fn firebase_token(sub: &str) -> String {
+    hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &json!({"iat": NOW, "exp": NOW + 60, "sub": sub, "iss": "https://firebaseappcheck.googleapis.com/123", "aud": ["projects/123", "projects/shop"]}),
+    )
+}
+
+const ANDROID: [(&str, &str); 2] = [
+    ("x-android-package", "com.example.shop"),
+    (
+        "x-android-cert",
+        "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789",
+    ),
+];
+
+#[test]
+fn platform_route_key_header_matrix() {
+    let w = World::new();
+    let ios = [("x-ios-bundle-identifier", "com.example.shop")];
+    let web = [("origin", "https://app.example.com")];
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Option<Reason>);
+    let cases: Vec<Case> = vec![
+        // mobile route: android and ios apps with a matching key
+        ("/mobile/a", "key-android", ANDROID.to_vec(), None),
+        ("/mobile/a", "key-any", ios.to_vec(), None),
+        ("/mobile/a", "key-any", ANDROID.to_vec(), None),
+        // a web key on the mobile route, from the web: platform refused
+        (
+            "/mobile/a",
+            "key-web",
+            web.to_vec(),
+            Some(Reason::PlatformDenied),
+        ),
+        (
+            "/mobile/a",
+            "key-any",
+            web.to_vec(),
+            Some(Reason::PlatformDenied),
+        ),
+        // the android key from iOS, from the web, or with no platform at all
+        (
+            "/mobile/a",
+            "key-android",
+            ios.to_vec(),
+            Some(Reason::ApiKeyRestricted),
+        ),
+        (
+            "/web/a",
+            "key-android",
+            web.to_vec(),
+            Some(Reason::ApiKeyRestricted),
+        ),
+        (
+            "/sms",
+            "key-android",
+            vec![],
+            Some(Reason::ApiKeyRestricted),
+        ),
+        // the android key with another package or a wrong cert
+        (
+            "/mobile/a",
+            "key-android",
+            vec![("x-android-package", "com.evil.clone"), ANDROID[1]],
+            Some(Reason::AppUnknown),
+        ),
+        (
+            "/mobile/a",
+            "key-android",
+            vec![ANDROID[0], ("x-android-cert", "00".repeat(32).leak())],
+            Some(Reason::AppMismatch),
+        ),
+        (
+            "/mobile/a",
+            "key-android",
+            vec![ANDROID[0]],
+            Some(Reason::AppMismatch),
+        ),
+        // web route
+        ("/web/a", "key-web", web.to_vec(), None),
+        (
+            "/web/a",
+            "key-web",
+            vec![("referer", "https://shop.example.com/cart?x=1")],
+            None,
+        ),
+        (
+            "/web/a",
+            "key-web",
+            vec![("origin", "https://evil-example.com")],
+            Some(Reason::OriginDenied),
+        ),
+        (
+            "/web/a",
+            "key-web",
+            vec![("origin", "https://example.com.evil.io")],
+            Some(Reason::OriginDenied),
+        ),
+        (
+            "/web/a",
+            "key-web",
+            vec![("origin", "null")],
+            Some(Reason::OriginDenied),
+        ),
+        ("/web/a", "key-web", vec![], Some(Reason::ApiKeyRestricted)),
+        ("/web/a", "key-any", vec![], Some(Reason::PlatformDenied)),
+        // mixed platform headers are a mismatch
+        (
+            "/mobile/a",
+            "key-any",
+            vec![
+                ANDROID[0],
+                ANDROID[1],
+                ("origin", "https://app.example.com"),
+            ],
+            Some(Reason::AppMismatch),
+        ),
+        // keys: missing, unknown, revoked, route-restricted
+        (
+            "/mobile/a",
+            "",
+            ANDROID.to_vec(),
+            Some(Reason::ApiKeyMissing),
+        ),
+        (
+            "/mobile/a",
+            "nope",
+            ANDROID.to_vec(),
+            Some(Reason::ApiKeyInvalid),
+        ),
+        (
+            "/mobile/a",
+            "key-revoked",
+            ANDROID.to_vec(),
+            Some(Reason::ApiKeyInvalid),
+        ),
+        (
+            "/mobile/a",
+            "key-sms",
+            ANDROID.to_vec(),
+            Some(Reason::ApiKeyRestricted),
+        ),
+        ("/sms", "key-sms", vec![], None),
+        // a key restricted to an IP range, from elsewhere
+        ("/sms", "key-office", vec![], Some(Reason::ApiKeyRestricted)),
+    ];
+    for (path, key, hs, want) in cases {
+        let mut all = hs.clone();
+        if !key.is_empty() {
+            all.push(("x-api-key", key));
+        }
+        assert_eq!(
+            w.reason(path, &all),
+            want,
+            "{path} key={key} headers={hs:?}"
+        );
+    }
+}
+
+#[test]
+fn identity_headers_go_upstream() {
+    let w = World::new();
+    let (d, f) = w.run(
+        "/mobile/x",
+        "198.51.100.1",
+        &[ANDROID[0], ANDROID[1], ("x-api-key", "key-android")],
+    );
+    let set = set_headers(&d);
+    assert!(set.contains(&("x-appguard-app".into(), "shop-android".into())));
+    assert!(set.contains(&("x-appguard-platform".into(), "android".into())));
+    assert!(set.contains(&("x-appguard-key-id".into(), "k-android".into())));
+    assert_eq!(f.app, Some(0));
+    assert_eq!(f.key, Some(0));
+}
+
+#[test]
+fn api_key_from_query_parameter() {
+    let w = World::new();
+    assert_eq!(w.reason("/sms?key=key-sms", &[]), None);
+    assert_eq!(
+        w.reason("/sms?key=key-sms&key=other", &[]),
+        Some(Reason::ApiKeyInvalid)
+    );
+    assert_eq!(w.reason("/sms?key=", &[]), Some(Reason::ApiKeyMissing));
+}
+
+#[test]
+fn network_rules() {
+    let w = World::new();
+    let key = [("x-api-key", "key-office")];
+    assert_eq!(w.run("/office/x", "192.0.2.5", &key).0.reason(), None);
+    assert_eq!(
+        w.run("/office/x", "::ffff:192.0.2.5", &key).0.reason(),
+        None,
+        "mapped IPv4"
+    );
+    assert_eq!(
+        w.run("/office/x", "198.51.100.1", &key).0.reason(),
+        Some(Reason::IpDenied)
+    );
+    assert_eq!(
+        w.run("/open/x", "203.0.113.77", &[]).0.reason(),
+        Some(Reason::IpDenied)
+    );
+    assert_eq!(
+        w.run("/open/x", "::ffff:203.0.113.77", &[]).0.reason(),
+        Some(Reason::IpDenied)
+    );
+    assert_eq!(
+        w.run("/open/x", "2001:db8:bad::1", &[]).0.reason(),
+        Some(Reason::IpDenied)
+    );
+    assert_eq!(w.run("/open/x", "2001:db8:600d::1", &[]).0.reason(), None);
+    assert_eq!(
+        w.reason("/open/x", &[("x-country", "kp")]),
+        Some(Reason::CountryDenied)
+    );
+    assert_eq!(w.reason("/open/x", &[("x-country", "GB")]), None);
+    assert_eq!(
+        w.reason("/open/x", &[("x-country", "GB"), ("x-country", "KP")]),
+        Some(Reason::CountryDenied)
+    );
+    // the route check comes first; with default_action allow, the global
+    // deny list applies to unmatched requests too
+    assert_eq!(
+        w.run("/nowhere", "203.0.113.1", &[]).0.reason(),
+        Some(Reason::RouteDenied)
+    );
+    let mut v = config_json();
+    v["default_action"] = json!("allow");
+    let w = World::from(v);
+    assert_eq!(
+        w.run("/nowhere", "203.0.113.1", &[]).0.reason(),
+        Some(Reason::IpDenied)
+    );
+    assert_eq!(w.run("/nowhere", "198.51.100.1", &[]).0.reason(), None);
+}
+
+#[test]
+fn xff_spoofing_does_not_move_the_client_ip() {
+    let mut v = config_json();
+    v["client_ip"]["xff_trusted_hops"] = json!(1);
+    let w = World::from(v);
+    // The client prepends a "clean" address; the trusted proxy appended the real one.
+    let h = [("x-forwarded-for", "192.0.2.9, 203.0.113.50")];
+    assert_eq!(
+        w.run("/open/x", "10.0.0.1", &h).0.reason(),
+        Some(Reason::IpDenied)
+    );
+    let h = [("x-forwarded-for", "203.0.113.50, 198.51.100.20")];
+    assert_eq!(w.run("/open/x", "10.0.0.1", &h).0.reason(), None);
+    // no XFF at all from behind a trusted proxy: cannot tell, refused where IP rules apply
+    assert_eq!(
+        w.run("/office/x", "10.0.0.1", &[("x-api-key", "key-office")])
+            .0
+            .reason(),
+        Some(Reason::IpDenied)
+    );
+}
+
+#[test]
+fn server_platform_by_ip() {
+    let w = World::new();
+    assert_eq!(w.run("/internal/x", "10.1.2.3", &[]).0.reason(), None);
+    assert_eq!(
+        w.run("/internal/x", "198.51.100.1", &[]).0.reason(),
+        Some(Reason::PlatformDenied)
+    );
+}
+
+#[test]
+fn attested_route_identity_comes_from_the_token() {
+    let w = World::new();
+    let auth = "Bearer u1";
+    let t = own_token("shop-android", "j1", auth);
+    let (d, _) = w.run(
+        "/attested/x",
+        "198.51.100.1",
+        &[("x-app-token", &t), ("authorization", auth), ANDROID[0]],
+    );
+    let set = set_headers(&d);
+    assert!(set.contains(&("x-appguard-app".into(), "shop-android".into())));
+    assert!(
+        set.contains(&("x-user".into(), "user-7".into())),
+        "claim_to_headers"
+    );
+    match &d {
+        Decision::Allow(g) => assert_eq!(g.remove_headers, vec!["x-app-token".to_string()]),
+        _ => unreachable!(),
+    }
+    // the same token again: replayed (jti once), even though the signature is cached
+    assert_eq!(
+        w.reason(
+            "/attested/x",
+            &[("x-app-token", &t), ("authorization", auth)]
+        ),
+        Some(Reason::TokenReplayed)
+    );
+    // token says android, headers claim iOS
+    let t2 = own_token("shop-android", "j2", auth);
+    assert_eq!(
+        w.reason(
+            "/attested/x",
+            &[
+                ("x-app-token", &t2),
+                ("authorization", auth),
+                ("x-ios-bundle-identifier", "com.example.shop")
+            ]
+        ),
+        Some(Reason::AppMismatch)
+    );
+    // a mobile token used from a web page (the browser adds Origin)
+    let t3 = own_token("shop-ios", "j3", auth);
+    assert_eq!(
+        w.reason(
+            "/attested/x",
+            &[
+                ("x-app-token", &t3),
+                ("authorization", auth),
+                ("origin", "https://app.example.com")
+            ]
+        ),
+        Some(Reason::AppMismatch)
+    );
+    // provider restricted to mobile: a token naming the web app is refused
+    let t4 = own_token("shop-web", "j4", auth);
+    assert_eq!(
+        w.reason(
+            "/attested/x",
+            &[("x-app-token", &t4), ("authorization", auth)]
+        ),
+        Some(Reason::PlatformDenied)
+    );
+    // unknown app
+    let t5 = own_token("who", "j5", auth);
+    assert_eq!(
+        w.reason(
+            "/attested/x",
+            &[("x-app-token", &t5), ("authorization", auth)]
+        ),
+        Some(Reason::AppUnknown)
+    );
+    // binding: the token was minted for another Authorization
+    let t6 = own_token("shop-ios", "j6", auth);
+    assert_eq!(
+        w.reason(
+            "/attested/x",
+            &[("x-app-token", &t6), ("authorization", "Bearer u2")]
+        ),
+        Some(Reason::TokenBinding)
+    );
+    // missing token
+    assert_eq!(w.reason("/attested/x", &[]), Some(Reason::TokenMissing));
+}
+
+#[test]
+fn firebase_app_check_sub_names_the_app_and_its_platform() {
+    let w = World::new();
+    let t = firebase_token("1:123:ios:def");
+    let (d, _) = w.run(
+        "/appcheck/x",
+        "198.51.100.1",
+        &[("x-firebase-appcheck", &t)],
+    );
+    assert!(set_headers(&d).contains(&("x-appguard-platform".into(), "ios".into())));
+    // the sub says ios, the headers say android
+    let t = firebase_token("1:123:ios:def");
+    assert_eq!(
+        w.reason(
+            "/appcheck/x",
+            &[
+                ("x-firebase-appcheck", &t),
+                ("x-android-package", "com.example.fb")
+            ]
+        ),
+        Some(Reason::AppMismatch)
+    );
+    // an app id registered as android but the sub's platform says web
+    let mut v = config_json();
+    v["apps"][4]["token_app_ids"] = json!(["1:123:web:abc"]);
+    let w2 = World::from(v);
+    let t = firebase_token("1:123:web:abc");
+    assert_eq!(
+        w2.reason("/appcheck/x", &[("x-firebase-appcheck", &t)]),
+        Some(Reason::AppMismatch)
+    );
+    // unregistered app id
+    let t = firebase_token("1:123:android:zzz");
+    assert_eq!(
+        w.reason("/appcheck/x", &[("x-firebase-appcheck", &t)]),
+        Some(Reason::AppUnknown)
+    );
+    // an optional key that names another app than the token
+    let t = firebase_token("1:123:android:abc");
+    assert_eq!(
+        w.reason(
+            "/appcheck/x",
+            &[("x-firebase-appcheck", &t), ("x-api-key", "key-android")]
+        ),
+        Some(Reason::ApiKeyRestricted)
+    );
+    assert_eq!(
+        w.reason(
+            "/appcheck/x",
+            &[("x-firebase-appcheck", &t), ("x-api-key", "key-any")]
+        ),
+        None
+    );
+}
+
+#[test]
+fn verified_tokens_are_cached_but_rules_still_run() {
+    let w = World::new();
+    let t = firebase_token("1:123:android:abc");
+    assert_eq!(
+        w.reason("/appcheck/x", &[("x-firebase-appcheck", &t)]),
+        None
+    );
+    assert_eq!(w.cache.borrow().len(), 1);
+    assert_eq!(
+        w.reason("/appcheck/x", &[("x-firebase-appcheck", &t)]),
+        None
+    );
+    // a cached token with mismatching headers is still refused
+    assert_eq!(
+        w.reason(
+            "/appcheck/x",
+            &[
+                ("x-firebase-appcheck", &t),
+                ("origin", "https://app.example.com")
+            ]
+        ),
+        Some(Reason::AppMismatch)
+    );
+}
+
+#[test]
+fn monitor_mode_keeps_the_grant_and_records_the_reason() {
+    let mut v = config_json();
+    v["mode"] = json!("monitor");
+    let w = World::from(v);
+    let (d, _) = w.run(
+        "/mobile/a",
+        "198.51.100.1",
+        &[
+            ("x-api-key", "key-web"),
+            ("origin", "https://app.example.com"),
+        ],
+    );
+    match d {
+        Decision::Allow(g) => {
+            assert_eq!(g.would_deny, Some(Reason::PlatformDenied));
+            assert!(g
+                .set_headers
+                .contains(&("x-appguard-key-id".into(), "k-web".into())));
+        }
+        d => panic!("{d:?}"),
+    }
+}
+
+#[test]
+fn identity_config_errors_name_the_field() {
+    let err = |patch: &dyn Fn(&mut Value)| {
+        let mut v = config_json();
+        patch(&mut v);
+        Config::from_json(v.to_string().as_bytes()).unwrap_err()
+    };
+    assert_eq!(
+        err(&|v| v["apps"][0]["bundle_id"] = json!("x")).path,
+        "apps[0].bundle_id"
+    );
+    assert_eq!(
+        err(&|v| v["apps"][0]["cert_fingerprints"] = json!(["zz"])).path,
+        "apps[0].cert_fingerprints[0]"
+    );
+    assert_eq!(
+        err(&|v| v["apps"][2]["origins"] = json!(["https://a.*.com"])).path,
+        "apps[2].origins[0]"
+    );
+    assert_eq!(
+        err(&|v| v["apps"][3]["cidrs"] = json!(["10.0.0.1/8"])).path,
+        "apps[3].cidrs[0]"
+    );
+    assert_eq!(
+        err(&|v| v["api_keys"]["keys"][0]["sha256"] = json!("key-android")).path,
+        "api_keys.keys[0].sha256"
+    );
+    assert_eq!(
+        err(&|v| v["api_keys"]["keys"][0]["apps"] = json!(["ghost"])).path,
+        "api_keys.keys[0].apps[0]"
+    );
+    assert_eq!(
+        err(&|v| v["api_keys"]["keys"][4]["routes"] = json!(["ghost"])).path,
+        "api_keys.keys[4].routes[0]"
+    );
+    assert_eq!(
+        err(&|v| v["routes"][3]["tokens"] = json!(["ghost"])).path,
+        "routes[3].tokens[0]"
+    );
+    assert_eq!(
+        err(&|v| v["routes"][0]["platforms"] = json!(["desktop"])).path,
+        "routes[0].platforms[0]"
+    );
+    assert_eq!(
+        err(&|v| v["network"]["country_deny"] = json!(["North Korea"])).path,
+        "network.country_deny[0]"
+    );
+    assert_eq!(
+        err(&|v| v["network"]["ip_allow"] = json!(["x"])).path,
+        "network.ip_allow[0]"
+    );
+}

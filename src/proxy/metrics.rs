@@ -1,0 +1,60 @@
+//! Envoy stats counters, defined once per worker (at configure time for the
+//! fixed ones, on first use for per-route/reason ones) and never per request.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+use crate::config::Config;
+use crate::decision::Reason;
+
+/// A counter's identity: route index (None = unmatched), denial reason
+/// (None = allowed), monitored (true = a would-be denial let through).
+type CounterKey = (Option<usize>, Option<Reason>, bool);
+
+/// Counter ids of one worker.
+pub struct Metrics {
+    route_names: Vec<String>,
+    ids: RefCell<HashMap<CounterKey, u32>>,
+}
+
+impl Metrics {
+    /// Metrics for the configured routes.
+    pub fn new(config: &Config) -> Self {
+        Metrics {
+            route_names: config.routes.iter().map(|r| r.name.clone()).collect(),
+            ids: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one decision: `route` index (None = unmatched), the denial
+    /// reason (None = allowed), and whether it was only monitored.
+    pub fn count(&self, route: Option<usize>, reason: Option<Reason>, monitored: bool) {
+        let key = (route, reason, monitored);
+        let id = self.ids.borrow().get(&key).copied();
+        let id = match id {
+            Some(id) => id,
+            None => {
+                let route_name = route
+                    .and_then(|r| self.route_names.get(r))
+                    .map_or("_unmatched", String::as_str);
+                let decision = match (reason, monitored) {
+                    (None, _) => "allow",
+                    (Some(_), true) => "monitor",
+                    (Some(_), false) => "deny",
+                };
+                let reason_code = reason.map_or("none", Reason::code);
+                let name =
+                    format!("appguard.route.{route_name}.decision.{decision}.reason.{reason_code}");
+                let Ok(id) = hostcalls::define_metric(MetricType::Counter, &name) else {
+                    return;
+                };
+                self.ids.borrow_mut().insert(key, id);
+                id
+            }
+        };
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}

@@ -1,0 +1,218 @@
+//! State shared by the workers of one Envoy instance — replayed `jti`s,
+//! local token buckets, the verification budget — kept in proxy-wasm shared
+//! data, which is a key/value map with compare-and-swap.
+//!
+//! The core reaches it through [`SharedStore`] so that it stays pure and
+//! testable; the adapter implements the trait with host calls. Memory is
+//! bounded by construction: every table is a fixed number of buckets, each a
+//! shared-data key holding a small fixed-capacity array of entries.
+//!
+//! Creating a key ignores CAS in the host, so a write that must not clobber a
+//! concurrent creation passes a CAS value that is never issued
+//! ([`CAS_CREATE`]): the host then creates the key if it is absent and
+//! reports a mismatch if someone else created it first.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// CAS sentinel for "create only": the host's CAS counter starts at 1 and
+/// would take years to reach this value.
+pub const CAS_CREATE: u32 = u32::MAX;
+
+/// Why a shared-data write failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// Someone else wrote the key since it was read: read again and retry.
+    CasMismatch,
+    /// The host refused the call.
+    Host,
+}
+
+/// A compare-and-swap key/value store shared by the workers.
+pub trait SharedStore {
+    /// The value and its CAS token, or `None` when the key was never set.
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// Writes the value if the key's CAS is still `cas` (or creates it when
+    /// absent; see [`CAS_CREATE`]).
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
+}
+
+/// An in-memory store with the host's semantics, for tests and fuzzing.
+#[derive(Default)]
+pub struct MemStore {
+    map: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    next: RefCell<u32>,
+}
+
+impl SharedStore for MemStore {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.map.borrow().get(key).cloned()
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        let mut map = self.map.borrow_mut();
+        let mut next = self.next.borrow_mut();
+        *next += 1;
+        match map.get_mut(key) {
+            Some(entry) => {
+                if cas != 0 && cas != entry.1 {
+                    return Err(StoreError::CasMismatch);
+                }
+                *entry = (value.to_vec(), *next);
+            }
+            None => {
+                map.insert(key.to_owned(), (value.to_vec(), *next));
+            }
+        }
+        Ok(())
+    }
+}
+
+const MAX_ATTEMPTS: usize = 16;
+
+/// Reads a key, lets `update` compute the new value from the current one,
+/// and writes it with CAS, retrying on concurrent writes. `update` returns
+/// `None` to leave the value unchanged (its result is then returned as is).
+pub fn update<S: SharedStore + ?Sized, T>(
+    store: &S,
+    key: &str,
+    mut update: impl FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
+) -> Result<T, StoreError> {
+    for _ in 0..MAX_ATTEMPTS {
+        let current = store.get(key);
+        let (value, cas) = match &current {
+            Some((v, cas)) => (Some(v.as_slice()), *cas),
+            None => (None, CAS_CREATE),
+        };
+        let (new, result) = update(value);
+        let Some(new) = new else { return Ok(result) };
+        match store.set(key, &new, cas) {
+            Ok(()) => return Ok(result),
+            Err(StoreError::CasMismatch) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::CasMismatch)
+}
+
+/// FNV-1a, 64 bit: picks buckets. Not a security boundary (entries keep a
+/// 128-bit digest), just a stable spread that is the same on every worker.
+pub fn bucket_of(digest: &[u8], buckets: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in digest {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    u32::try_from(h % u64::from(buckets.max(1))).unwrap_or(0)
+}
+
+/// Entries per replay bucket.
+pub const REPLAY_BUCKET_ENTRIES: usize = 16;
+const REPLAY_ENTRY: usize = 24; // 16-byte digest + 8-byte expiry
+
+/// Result of recording a one-time value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayOutcome {
+    /// First use: recorded until its expiry.
+    Fresh,
+    /// Seen before, still within its lifetime.
+    Replayed,
+    /// The bucket is full of live entries: refused (fail closed) rather than
+    /// forgetting a value that might be replayed.
+    Full,
+}
+
+/// Records `digest` (until `expires`) in the replay table `table` of
+/// `capacity` entries; tells whether it was already there.
+pub fn replay_check<S: SharedStore + ?Sized>(
+    store: &S,
+    table: &str,
+    capacity: u32,
+    digest: &[u8; 16],
+    expires: u64,
+    now: u64,
+) -> Result<ReplayOutcome, StoreError> {
+    let buckets = (capacity / REPLAY_BUCKET_ENTRIES as u32).max(1);
+    let key = format!("appguard/replay/{table}/{}", bucket_of(digest, buckets));
+    update(store, &key, |current| {
+        let mut kept: Vec<u8> = Vec::with_capacity((REPLAY_BUCKET_ENTRIES + 1) * REPLAY_ENTRY);
+        for e in current.unwrap_or(&[]).chunks_exact(REPLAY_ENTRY) {
+            let (d, exp) = e.split_at(16);
+            let exp = u64::from_le_bytes(exp.try_into().unwrap_or([0; 8]));
+            if exp < now {
+                continue;
+            }
+            if d == digest {
+                return (None, ReplayOutcome::Replayed);
+            }
+            kept.extend_from_slice(e);
+        }
+        if kept.len() / REPLAY_ENTRY >= REPLAY_BUCKET_ENTRIES {
+            return (None, ReplayOutcome::Full);
+        }
+        kept.extend_from_slice(digest);
+        kept.extend_from_slice(&expires.to_le_bytes());
+        (Some(kept), ReplayOutcome::Fresh)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn replay_table_remembers_until_expiry() {
+        let s = MemStore::default();
+        let d = [7u8; 16];
+        assert_eq!(
+            replay_check(&s, "p", 64, &d, 100, 50),
+            Ok(ReplayOutcome::Fresh)
+        );
+        assert_eq!(
+            replay_check(&s, "p", 64, &d, 100, 60),
+            Ok(ReplayOutcome::Replayed)
+        );
+        assert_eq!(
+            replay_check(&s, "p", 64, &d, 200, 101),
+            Ok(ReplayOutcome::Fresh),
+            "expired entry forgotten"
+        );
+        assert_eq!(
+            replay_check(&s, "other", 64, &d, 200, 101),
+            Ok(ReplayOutcome::Fresh),
+            "tables are separate"
+        );
+    }
+
+    #[test]
+    fn full_bucket_fails_closed() {
+        let s = MemStore::default();
+        // capacity 16 = one bucket of 16
+        for i in 0..16u8 {
+            assert_eq!(
+                replay_check(&s, "p", 16, &[i; 16], 100, 0),
+                Ok(ReplayOutcome::Fresh)
+            );
+        }
+        assert_eq!(
+            replay_check(&s, "p", 16, &[99; 16], 100, 0),
+            Ok(ReplayOutcome::Full)
+        );
+        assert_eq!(
+            replay_check(&s, "p", 16, &[99; 16], 200, 101),
+            Ok(ReplayOutcome::Fresh)
+        );
+    }
+
+    #[test]
+    fn cas_create_does_not_clobber() {
+        let s = MemStore::default();
+        assert_eq!(s.set("k", b"a", CAS_CREATE), Ok(()));
+        assert_eq!(s.set("k", b"b", CAS_CREATE), Err(StoreError::CasMismatch));
+        let (_, cas) = s.get("k").unwrap();
+        assert_eq!(s.set("k", b"c", cas), Ok(()));
+        assert_eq!(s.get("k").unwrap().0, b"c");
+    }
+}

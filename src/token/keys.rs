@@ -1,0 +1,459 @@
+//! Verification keys: HMAC secrets, public keys as PEM or JWK, JWK Sets.
+//!
+//! The algorithm is fixed by the key, never taken from the token: a key is
+//! configured (or published in a JWKS) with exactly one algorithm, and a
+//! token whose header names another is refused. That closes `alg: none` and
+//! the HMAC-with-a-public-key confusion by construction.
+
+use base64::Engine;
+use jwt_simple::prelude::*;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A JWS algorithm appguard verifies (RFC 7518 names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+pub enum Alg {
+    /// HMAC SHA-256.
+    HS256,
+    /// HMAC SHA-384.
+    HS384,
+    /// HMAC SHA-512.
+    HS512,
+    /// RSASSA-PKCS1-v1_5 SHA-256.
+    RS256,
+    /// RSASSA-PKCS1-v1_5 SHA-384.
+    RS384,
+    /// RSASSA-PKCS1-v1_5 SHA-512.
+    RS512,
+    /// RSASSA-PSS SHA-256.
+    PS256,
+    /// RSASSA-PSS SHA-384.
+    PS384,
+    /// RSASSA-PSS SHA-512.
+    PS512,
+    /// ECDSA P-256 SHA-256.
+    ES256,
+    /// ECDSA P-384 SHA-384.
+    ES384,
+    /// Ed25519.
+    EdDSA,
+}
+
+impl Alg {
+    /// The `alg` header value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Alg::HS256 => "HS256",
+            Alg::HS384 => "HS384",
+            Alg::HS512 => "HS512",
+            Alg::RS256 => "RS256",
+            Alg::RS384 => "RS384",
+            Alg::RS512 => "RS512",
+            Alg::PS256 => "PS256",
+            Alg::PS384 => "PS384",
+            Alg::PS512 => "PS512",
+            Alg::ES256 => "ES256",
+            Alg::ES384 => "ES384",
+            Alg::EdDSA => "EdDSA",
+        }
+    }
+
+    /// Parses an `alg` value exactly (case-sensitive, as RFC 7515 says).
+    pub fn from_name(s: &str) -> Option<Alg> {
+        Some(match s {
+            "HS256" => Alg::HS256,
+            "HS384" => Alg::HS384,
+            "HS512" => Alg::HS512,
+            "RS256" => Alg::RS256,
+            "RS384" => Alg::RS384,
+            "RS512" => Alg::RS512,
+            "PS256" => Alg::PS256,
+            "PS384" => Alg::PS384,
+            "PS512" => Alg::PS512,
+            "ES256" => Alg::ES256,
+            "ES384" => Alg::ES384,
+            "EdDSA" => Alg::EdDSA,
+            _ => return None,
+        })
+    }
+
+    /// HMAC algorithms take a shared secret; the others a public key.
+    pub const fn is_hmac(self) -> bool {
+        matches!(self, Alg::HS256 | Alg::HS384 | Alg::HS512)
+    }
+
+    const fn min_secret_len(self) -> usize {
+        // RFC 7518 §3.2: a key of the same size as the hash output or larger.
+        match self {
+            Alg::HS384 => 48,
+            Alg::HS512 => 64,
+            _ => 32,
+        }
+    }
+}
+
+/// The key material, typed by algorithm.
+pub enum KeyMaterial {
+    /// HS256 secret.
+    Hs256(HS256Key),
+    /// HS384 secret.
+    Hs384(HS384Key),
+    /// HS512 secret.
+    Hs512(HS512Key),
+    /// RS256 public key.
+    Rs256(RS256PublicKey),
+    /// RS384 public key.
+    Rs384(RS384PublicKey),
+    /// RS512 public key.
+    Rs512(RS512PublicKey),
+    /// PS256 public key.
+    Ps256(PS256PublicKey),
+    /// PS384 public key.
+    Ps384(PS384PublicKey),
+    /// PS512 public key.
+    Ps512(PS512PublicKey),
+    /// ES256 public key.
+    Es256(ES256PublicKey),
+    /// ES384 public key.
+    Es384(ES384PublicKey),
+    /// Ed25519 public key.
+    EdDsa(Ed25519PublicKey),
+}
+
+impl std::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material (secrets in particular).
+        f.write_str("KeyMaterial(..)")
+    }
+}
+
+/// One verification key: optional `kid`, fixed algorithm, material.
+#[derive(Debug)]
+pub struct Key {
+    /// Key id matched against the token's `kid` header.
+    pub kid: Option<String>,
+    /// The only algorithm this key verifies.
+    pub alg: Alg,
+    /// The key itself.
+    pub material: KeyMaterial,
+}
+
+/// `tokens[].keys[]` as written: exactly one of `secret_base64`, `pem`, `jwk`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKey {
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    alg: Option<Alg>,
+    #[serde(default)]
+    secret_base64: Option<String>,
+    #[serde(default)]
+    pem: Option<String>,
+    #[serde(default)]
+    jwk: Option<Value>,
+}
+
+/// Decodes base64 in any of the common forms: standard or url-safe alphabet,
+/// with or without padding (Approov and Kong hand out both).
+pub fn decode_base64_any(s: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let s = s.trim();
+    [STANDARD, URL_SAFE, STANDARD_NO_PAD, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|e| e.decode(s).ok())
+}
+
+/// Builds an HMAC key of the given algorithm from raw secret bytes.
+pub fn hmac_key(alg: Alg, secret: &[u8]) -> Result<KeyMaterial, String> {
+    if secret.len() < alg.min_secret_len() {
+        return Err(format!(
+            "{} needs a secret of at least {} bytes (RFC 7518 §3.2); this one has {}",
+            alg.name(),
+            alg.min_secret_len(),
+            secret.len()
+        ));
+    }
+    Ok(match alg {
+        Alg::HS256 => KeyMaterial::Hs256(HS256Key::from_bytes(secret)),
+        Alg::HS384 => KeyMaterial::Hs384(HS384Key::from_bytes(secret)),
+        Alg::HS512 => KeyMaterial::Hs512(HS512Key::from_bytes(secret)),
+        _ => return Err(format!("{} is not an HMAC algorithm", alg.name())),
+    })
+}
+
+fn from_pem(alg: Alg, pem: &str) -> Result<KeyMaterial, String> {
+    let err = |e: jwt_simple::Error| format!("not a {} public key in PEM: {e}", alg.name());
+    Ok(match alg {
+        Alg::RS256 => KeyMaterial::Rs256(RS256PublicKey::from_pem(pem).map_err(err)?),
+        Alg::RS384 => KeyMaterial::Rs384(RS384PublicKey::from_pem(pem).map_err(err)?),
+        Alg::RS512 => KeyMaterial::Rs512(RS512PublicKey::from_pem(pem).map_err(err)?),
+        Alg::PS256 => KeyMaterial::Ps256(PS256PublicKey::from_pem(pem).map_err(err)?),
+        Alg::PS384 => KeyMaterial::Ps384(PS384PublicKey::from_pem(pem).map_err(err)?),
+        Alg::PS512 => KeyMaterial::Ps512(PS512PublicKey::from_pem(pem).map_err(err)?),
+        Alg::ES256 => KeyMaterial::Es256(ES256PublicKey::from_pem(pem).map_err(err)?),
+        Alg::ES384 => KeyMaterial::Es384(ES384PublicKey::from_pem(pem).map_err(err)?),
+        Alg::EdDSA => KeyMaterial::EdDsa(Ed25519PublicKey::from_pem(pem).map_err(err)?),
+        Alg::HS256 | Alg::HS384 | Alg::HS512 => {
+            return Err("HMAC keys are given as `secret_base64`, not PEM".into())
+        }
+    })
+}
+
+fn b64url_field(jwk: &Value, name: &str) -> Result<Vec<u8>, String> {
+    let s = jwk
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("JWK member `{name}` is missing"))?;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .map_err(|_| format!("JWK member `{name}` is not base64url"))
+}
+
+/// Parses one JWK (RFC 7517/7518) into a key. `alg` from the configuration
+/// wins; otherwise the JWK's own `alg`; RSA keys without either default to
+/// RS256 (what Firebase and most IdPs publish). Private keys are refused:
+/// they do not belong in a proxy's configuration.
+pub fn key_from_jwk(jwk: &Value, alg: Option<Alg>, kid: Option<String>) -> Result<Key, String> {
+    let obj = jwk.as_object().ok_or("a JWK must be a JSON object")?;
+    if obj.contains_key("d") || obj.contains_key("p") {
+        return Err("the JWK contains private key material; give the public key only".into());
+    }
+    if let Some(u) = obj.get("use").and_then(Value::as_str) {
+        if u != "sig" {
+            return Err(format!("JWK `use` is {u:?}, not \"sig\""));
+        }
+    }
+    let jwk_alg = match obj.get("alg").and_then(Value::as_str) {
+        Some(a) => Some(Alg::from_name(a).ok_or_else(|| format!("unsupported JWK alg {a:?}"))?),
+        None => None,
+    };
+    if let (Some(a), Some(j)) = (alg, jwk_alg) {
+        if a != j {
+            return Err(format!(
+                "alg {} disagrees with the JWK's alg {}",
+                a.name(),
+                j.name()
+            ));
+        }
+    }
+    let kid = kid.or_else(|| obj.get("kid").and_then(Value::as_str).map(str::to_owned));
+    let kty = obj
+        .get("kty")
+        .and_then(Value::as_str)
+        .ok_or("JWK `kty` is missing")?;
+    let (alg, material) = match kty {
+        "oct" => {
+            let alg = alg
+                .or(jwk_alg)
+                .ok_or("an `oct` JWK needs an alg (HS256/384/512)")?;
+            let k = b64url_field(jwk, "k")?;
+            (alg, hmac_key(alg, &k)?)
+        }
+        "RSA" => {
+            let alg = alg.or(jwk_alg).unwrap_or(Alg::RS256);
+            let n = b64url_field(jwk, "n")?;
+            let e = b64url_field(jwk, "e")?;
+            if n.len() < 256 {
+                return Err("RSA modulus shorter than 2048 bits".into());
+            }
+            let err = |e: jwt_simple::Error| format!("bad RSA JWK: {e}");
+            let m = match alg {
+                Alg::RS256 => {
+                    KeyMaterial::Rs256(RS256PublicKey::from_components(&n, &e).map_err(err)?)
+                }
+                Alg::RS384 => {
+                    KeyMaterial::Rs384(RS384PublicKey::from_components(&n, &e).map_err(err)?)
+                }
+                Alg::RS512 => {
+                    KeyMaterial::Rs512(RS512PublicKey::from_components(&n, &e).map_err(err)?)
+                }
+                Alg::PS256 => {
+                    KeyMaterial::Ps256(PS256PublicKey::from_components(&n, &e).map_err(err)?)
+                }
+                Alg::PS384 => {
+                    KeyMaterial::Ps384(PS384PublicKey::from_components(&n, &e).map_err(err)?)
+                }
+                Alg::PS512 => {
+                    KeyMaterial::Ps512(PS512PublicKey::from_components(&n, &e).map_err(err)?)
+                }
+                other => return Err(format!("an RSA JWK cannot be used with {}", other.name())),
+            };
+            (alg, m)
+        }
+        "EC" => {
+            let crv = obj.get("crv").and_then(Value::as_str).unwrap_or("");
+            let x = b64url_field(jwk, "x")?;
+            let y = b64url_field(jwk, "y")?;
+            let mut point = Vec::with_capacity(1 + x.len() + y.len());
+            point.push(4u8);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            let err = |e: jwt_simple::Error| format!("bad EC JWK: {e}");
+            match (crv, alg.or(jwk_alg)) {
+                ("P-256", None | Some(Alg::ES256)) if x.len() == 32 && y.len() == 32 => (
+                    Alg::ES256,
+                    KeyMaterial::Es256(ES256PublicKey::from_bytes(&point).map_err(err)?),
+                ),
+                ("P-384", None | Some(Alg::ES384)) if x.len() == 48 && y.len() == 48 => (
+                    Alg::ES384,
+                    KeyMaterial::Es384(ES384PublicKey::from_bytes(&point).map_err(err)?),
+                ),
+                _ => {
+                    return Err(format!(
+                        "unsupported EC JWK (crv {crv:?}) or alg/coordinate mismatch"
+                    ))
+                }
+            }
+        }
+        "OKP" => {
+            let crv = obj.get("crv").and_then(Value::as_str).unwrap_or("");
+            if crv != "Ed25519" || !matches!(alg.or(jwk_alg), None | Some(Alg::EdDSA)) {
+                return Err(format!("unsupported OKP JWK (crv {crv:?})"));
+            }
+            let x = b64url_field(jwk, "x")?;
+            let pk =
+                Ed25519PublicKey::from_bytes(&x).map_err(|e| format!("bad Ed25519 JWK: {e}"))?;
+            (Alg::EdDSA, KeyMaterial::EdDsa(pk))
+        }
+        other => return Err(format!("unsupported JWK kty {other:?}")),
+    };
+    Ok(Key { kid, alg, material })
+}
+
+/// Parses a JWK Set. Keys that cannot be used for signatures here (other
+/// `kty`, `use: enc`) are skipped when `lenient` (a remote JWKS may publish
+/// more than we need); in configuration every key must parse.
+pub fn keys_from_jwks(jwks: &Value, lenient: bool) -> Result<Vec<Key>, String> {
+    let arr = jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or("a JWKS is an object with a `keys` array")?;
+    if arr.len() > 64 {
+        return Err("more than 64 keys in the JWKS".into());
+    }
+    let mut out = Vec::with_capacity(arr.len());
+    for (i, k) in arr.iter().enumerate() {
+        match key_from_jwk(k, None, None) {
+            Ok(key) => out.push(key),
+            Err(e) if !lenient => return Err(format!("keys[{i}]: {e}")),
+            Err(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn compile_key(raw: RawKey) -> Result<Key, (&'static str, String)> {
+    let set = [
+        raw.secret_base64.is_some(),
+        raw.pem.is_some(),
+        raw.jwk.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if set != 1 {
+        return Err((
+            "",
+            "give exactly one of `secret_base64`, `pem`, `jwk`".into(),
+        ));
+    }
+    if let Some(secret) = raw.secret_base64 {
+        let alg = raw.alg.unwrap_or(Alg::HS256);
+        if !alg.is_hmac() {
+            return Err((
+                "alg",
+                format!(
+                    "{} is not an HMAC algorithm; use `pem` or `jwk`",
+                    alg.name()
+                ),
+            ));
+        }
+        let bytes = decode_base64_any(&secret).ok_or((
+            "secret_base64",
+            "not valid base64 (standard or url-safe)".to_string(),
+        ))?;
+        let material = hmac_key(alg, &bytes).map_err(|e| ("secret_base64", e))?;
+        return Ok(Key {
+            kid: raw.kid,
+            alg,
+            material,
+        });
+    }
+    if let Some(pem) = raw.pem {
+        let alg = raw.alg.ok_or((
+            "alg",
+            "required with `pem` (the algorithm is fixed per key)".to_string(),
+        ))?;
+        let material = from_pem(alg, &pem).map_err(|e| ("pem", e))?;
+        return Ok(Key {
+            kid: raw.kid,
+            alg,
+            material,
+        });
+    }
+    match raw.jwk {
+        Some(jwk) => key_from_jwk(&jwk, raw.alg, raw.kid).map_err(|e| ("jwk", e)),
+        None => Err(("", "no key material".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn base64_variants_decode_to_the_same_secret() {
+        let raw: Vec<u8> = (0u8..40)
+            .map(|i| i.wrapping_mul(37).wrapping_add(250))
+            .collect();
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        assert_eq!(decode_base64_any(&STANDARD.encode(&raw)).unwrap(), raw);
+        assert_eq!(
+            decode_base64_any(&URL_SAFE_NO_PAD.encode(&raw)).unwrap(),
+            raw
+        );
+        assert!(decode_base64_any("not base64!").is_none());
+    }
+
+    #[test]
+    fn short_hmac_secrets_are_refused() {
+        assert!(hmac_key(Alg::HS256, &[1; 31]).is_err());
+        assert!(hmac_key(Alg::HS256, &[1; 32]).is_ok());
+        assert!(hmac_key(Alg::HS512, &[1; 32]).is_err());
+    }
+
+    #[test]
+    fn jwks_parsing() {
+        let kp = ES256KeyPair::generate();
+        let pk = kp.key_pair().public_key().to_bytes_uncompressed();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwks = json!({"keys": [
+            {"kty": "EC", "crv": "P-256", "kid": "e1", "x": b64(&pk[1..33]), "y": b64(&pk[33..65]), "use": "sig"},
+            {"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
+            {"kty": "oct", "kid": "h1", "alg": "HS256", "k": b64(&[7u8; 32])}
+        ]});
+        let keys = keys_from_jwks(&jwks, true).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(
+            (keys[0].kid.as_deref(), keys[0].alg),
+            (Some("e1"), Alg::ES256)
+        );
+        assert_eq!(
+            (keys[1].kid.as_deref(), keys[1].alg),
+            (Some("h1"), Alg::HS256)
+        );
+        assert!(
+            keys_from_jwks(&jwks, false).is_err(),
+            "strict mode refuses the enc key"
+        );
+        let private = json!({"kty": "EC", "crv": "P-256", "x": "", "y": "", "d": "secret"});
+        assert!(key_from_jwk(&private, None, None)
+            .unwrap_err()
+            .contains("private"));
+    }
+}

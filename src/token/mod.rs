@@ -1,0 +1,817 @@
+//! Attestation tokens (SPEC §3): where a provider's token is, its keys and
+//! rules, and strict verification.
+//!
+//! Verification runs the cheap refusals first and the signature last:
+//! 1. size, then compact structure (three base64url parts, no padding);
+//! 2. the header: a known `alg`, no `crit`/`jwk`/`jku`/`x5u`/`x5c`, a key
+//!    for the `kid` whose fixed algorithm is the header's;
+//! 3. the claims, unverified: `exp` required, expiry, not-before, lifetime,
+//!    issuer, audience, required values — refusing on them is safe, since
+//!    they can only refuse;
+//! 4. only then the signature, through jwt-simple with the same rules.
+
+pub mod keys;
+pub mod strict_json;
+
+use base64::Engine;
+use jwt_simple::prelude::*;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::ConfigError;
+use crate::decision::Reason;
+use crate::identity::{ct_eq, Platform};
+use crate::request::Request;
+pub use keys::{Alg, Key, KeyMaterial};
+
+/// Where a provider looks for its token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenSource {
+    /// Header name (lower case).
+    pub header: String,
+    /// A prefix the value must start with, removed before decoding, e.g.
+    /// `Bearer ` (compared case-insensitively). Empty for none.
+    pub prefix: String,
+}
+
+/// Token binding (Approov `pay`): the claim holds base64(SHA-256) of the
+/// named request header values, concatenated in order. A token copied from
+/// one request is then useless with another `Authorization`, say.
+#[derive(Clone, Debug)]
+pub struct Binding {
+    /// The claim carrying the digest (default `pay`).
+    pub claim: String,
+    /// The bound headers, in order (lower case).
+    pub headers: Vec<String>,
+    /// Refuse tokens that lack the claim (`token_binding`); otherwise such
+    /// tokens pass unbound.
+    pub required: bool,
+}
+
+/// Where replayed `jti`s are remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayScope {
+    /// Within one Envoy instance, shared by its workers (proxy-wasm shared data).
+    Local,
+    /// Across every instance, through the shared rate-limit service: a
+    /// descriptor `{jti: <hash>}` that the service limits to 1.
+    Service,
+}
+
+/// Replay protection: each value of `claim` is accepted once within its
+/// token's lifetime.
+#[derive(Clone, Debug)]
+pub struct Replay {
+    /// The claim (default `jti`).
+    pub claim: String,
+    /// Local or service-wide.
+    pub scope: ReplayScope,
+    /// Capacity of the local table (values remembered at once).
+    pub max_entries: u32,
+}
+
+/// How the app claim is read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppClaimFormat {
+    /// The claim value is matched against the apps' `token_app_ids` (or id).
+    #[default]
+    Plain,
+    /// Firebase App Check `sub`: `1:<project number>:<platform>:<hex>`; the
+    /// platform inside must be the app's.
+    Firebase,
+}
+
+/// The claim naming the app (SPEC §2).
+#[derive(Clone, Debug)]
+pub struct AppClaim {
+    /// Claim name, e.g. `sub` or `app`.
+    pub claim: String,
+    /// How to read it.
+    pub format: AppClaimFormat,
+}
+
+/// A remote JWKS fetched through an Envoy cluster and cached.
+#[derive(Clone, Debug)]
+pub struct RemoteJwks {
+    /// Envoy cluster that reaches the JWKS server.
+    pub cluster: String,
+    /// `:authority` of the fetch (default: the cluster name).
+    pub authority: String,
+    /// Path of the JWKS, e.g. `/.well-known/jwks.json`.
+    pub path: String,
+    /// Refresh this often (seconds), in the background.
+    pub refresh_seconds: u64,
+    /// Keep serving the last keys this long after a refresh starts failing.
+    pub grace_seconds: u64,
+    /// Fetch timeout; requests held for the first keys wait at most this.
+    pub timeout_ms: u64,
+    /// At most one re-fetch for an unknown `kid` per this many seconds.
+    pub min_refetch_seconds: u64,
+}
+
+/// A token provider (`tokens[]`).
+#[derive(Debug)]
+pub struct Provider {
+    /// Name used by routes, metrics and logs.
+    pub name: String,
+    /// Where the token is looked for, in order.
+    pub sources: Vec<TokenSource>,
+    /// Configured keys (`keys` and inline `jwks`).
+    pub keys: Vec<Key>,
+    /// Remote JWKS, if any.
+    pub remote_jwks: Option<RemoteJwks>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Accepted audiences; the token's `aud` must contain one. Empty: any.
+    pub audiences: Vec<String>,
+    /// Claims that must be present with exactly these values.
+    pub required_claims: Vec<(String, Value)>,
+    /// Longest accepted lifetime, `exp - iat` and `exp - now` (default 300).
+    pub max_lifetime_seconds: u64,
+    /// Tolerated clock difference (default 5).
+    pub clock_skew_seconds: u64,
+    /// Largest accepted token, checked before any decoding (default 4096).
+    pub max_token_bytes: usize,
+    /// Token binding, if configured.
+    pub binding: Option<Binding>,
+    /// Replay protection, if configured.
+    pub replay: Option<Replay>,
+    /// The app claim, if configured.
+    pub app_claim: Option<AppClaim>,
+    /// Platforms whose apps may present this provider's tokens; empty = any.
+    pub platforms: Vec<Platform>,
+    /// Keep the token on the upstream request (default: removed).
+    pub forward: bool,
+    /// Claims copied to upstream request headers: (claim, header).
+    pub claim_to_headers: Vec<(String, String)>,
+    /// The payload was already verified by Envoy's `jwt_authn` and is read
+    /// from dynamic metadata: (filter namespace, key).
+    pub verified_by: Option<(String, String)>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSource {
+    header: String,
+    #[serde(default)]
+    prefix: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBinding {
+    #[serde(default = "default_pay")]
+    claim: String,
+    headers: Vec<String>,
+    #[serde(default)]
+    required: bool,
+}
+
+fn default_pay() -> String {
+    "pay".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawReplay {
+    #[serde(default = "default_jti")]
+    claim: String,
+    #[serde(default = "default_scope")]
+    scope: ReplayScope,
+    #[serde(default = "default_replay_entries")]
+    max_entries: u32,
+}
+
+fn default_jti() -> String {
+    "jti".into()
+}
+fn default_scope() -> ReplayScope {
+    ReplayScope::Local
+}
+fn default_replay_entries() -> u32 {
+    65_536
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAppClaim {
+    claim: String,
+    #[serde(default)]
+    format: AppClaimFormat,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRemoteJwks {
+    cluster: String,
+    #[serde(default)]
+    authority: Option<String>,
+    path: String,
+    #[serde(default = "default_refresh")]
+    refresh_seconds: u64,
+    #[serde(default = "default_grace")]
+    grace_seconds: u64,
+    #[serde(default = "default_jwks_timeout")]
+    timeout_ms: u64,
+    #[serde(default = "default_refetch")]
+    min_refetch_seconds: u64,
+}
+
+fn default_refresh() -> u64 {
+    600
+}
+fn default_grace() -> u64 {
+    3600
+}
+fn default_jwks_timeout() -> u64 {
+    2000
+}
+fn default_refetch() -> u64 {
+    30
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawClaimHeader {
+    claim: String,
+    header: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawVerifiedBy {
+    #[serde(default = "default_jwt_authn")]
+    filter: String,
+    key: String,
+}
+
+fn default_jwt_authn() -> String {
+    "envoy.filters.http.jwt_authn".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProvider {
+    name: String,
+    from: Vec<RawSource>,
+    #[serde(default)]
+    keys: Vec<keys::RawKey>,
+    #[serde(default)]
+    jwks: Option<Value>,
+    #[serde(default)]
+    remote_jwks: Option<RawRemoteJwks>,
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default)]
+    required_claims: Map<String, Value>,
+    #[serde(default = "default_lifetime")]
+    max_lifetime_seconds: u64,
+    #[serde(default = "default_skew")]
+    clock_skew_seconds: u64,
+    #[serde(default = "default_max_token")]
+    max_token_bytes: usize,
+    #[serde(default)]
+    binding: Option<RawBinding>,
+    #[serde(default)]
+    replay: Option<RawReplay>,
+    #[serde(default)]
+    app_claim: Option<RawAppClaim>,
+    #[serde(default)]
+    platforms: Vec<Platform>,
+    #[serde(default)]
+    forward: bool,
+    #[serde(default)]
+    claim_to_headers: Vec<RawClaimHeader>,
+    #[serde(default)]
+    verified_by: Option<RawVerifiedBy>,
+}
+
+fn default_lifetime() -> u64 {
+    300
+}
+fn default_skew() -> u64 {
+    5
+}
+fn default_max_token() -> usize {
+    4096
+}
+
+pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, ConfigError> {
+    let err = |field: &str, msg: String| ConfigError::new(format!("{at}.{field}"), msg);
+    if !crate::config::valid_name(&raw.name) {
+        return Err(err(
+            "name",
+            "must be 1-64 characters of [A-Za-z0-9_-]".into(),
+        ));
+    }
+    if raw.from.is_empty() {
+        return Err(err(
+            "from",
+            "at least one source (header) is required".into(),
+        ));
+    }
+    let mut sources = Vec::new();
+    for (i, s) in raw.from.into_iter().enumerate() {
+        let header = crate::config::header_name(&format!("{at}.from[{i}].header"), &s.header)?;
+        sources.push(TokenSource {
+            header,
+            prefix: s.prefix,
+        });
+    }
+    let mut keyset = Vec::new();
+    for (i, k) in raw.keys.into_iter().enumerate() {
+        let key = keys::compile_key(k).map_err(|(field, msg)| {
+            let path = if field.is_empty() {
+                format!("{at}.keys[{i}]")
+            } else {
+                format!("{at}.keys[{i}].{field}")
+            };
+            ConfigError::new(path, msg)
+        })?;
+        keyset.push(key);
+    }
+    if let Some(jwks) = &raw.jwks {
+        keyset.extend(keys::keys_from_jwks(jwks, false).map_err(|m| err("jwks", m))?);
+    }
+    let remote_jwks = match raw.remote_jwks {
+        Some(r) => {
+            if r.cluster.is_empty() {
+                return Err(err("remote_jwks.cluster", "required".into()));
+            }
+            if !r.path.starts_with('/') {
+                return Err(err("remote_jwks.path", "must start with `/`".into()));
+            }
+            if r.timeout_ms == 0 || r.timeout_ms > 60_000 {
+                return Err(err("remote_jwks.timeout_ms", "must be 1..=60000".into()));
+            }
+            if r.refresh_seconds < 10 {
+                return Err(err(
+                    "remote_jwks.refresh_seconds",
+                    "must be at least 10".into(),
+                ));
+            }
+            Some(RemoteJwks {
+                authority: r.authority.unwrap_or_else(|| r.cluster.clone()),
+                cluster: r.cluster,
+                path: r.path,
+                refresh_seconds: r.refresh_seconds,
+                grace_seconds: r.grace_seconds,
+                timeout_ms: r.timeout_ms,
+                min_refetch_seconds: r.min_refetch_seconds,
+            })
+        }
+        None => None,
+    };
+    let verified_by = match raw.verified_by {
+        Some(v) => Some((v.filter, v.key)),
+        None => None,
+    };
+    if keyset.is_empty() && remote_jwks.is_none() && verified_by.is_none() {
+        return Err(err(
+            "keys",
+            "a provider needs `keys`, `jwks`, `remote_jwks` or `verified_by`".into(),
+        ));
+    }
+    for (i, a) in keyset.iter().enumerate() {
+        if keyset
+            .iter()
+            .skip(i + 1)
+            .any(|b| a.kid.is_some() && a.kid == b.kid)
+        {
+            return Err(err(
+                "keys",
+                format!("duplicate kid {:?}", a.kid.as_deref().unwrap_or("")),
+            ));
+        }
+    }
+    if raw.max_lifetime_seconds == 0 || raw.max_lifetime_seconds > 86_400 {
+        return Err(err("max_lifetime_seconds", "must be 1..=86400".into()));
+    }
+    if raw.clock_skew_seconds > 300 {
+        return Err(err("clock_skew_seconds", "must be at most 300".into()));
+    }
+    if !(64..=65_536).contains(&raw.max_token_bytes) {
+        return Err(err("max_token_bytes", "must be 64..=65536".into()));
+    }
+    let binding = match raw.binding {
+        Some(b) => {
+            if b.headers.is_empty() {
+                return Err(err(
+                    "binding.headers",
+                    "at least one header is required".into(),
+                ));
+            }
+            let mut headers = Vec::new();
+            for (i, h) in b.headers.iter().enumerate() {
+                headers.push(crate::config::header_name(
+                    &format!("{at}.binding.headers[{i}]"),
+                    h,
+                )?);
+            }
+            Some(Binding {
+                claim: b.claim,
+                headers,
+                required: b.required,
+            })
+        }
+        None => None,
+    };
+    let replay = match raw.replay {
+        Some(r) => {
+            if !(16..=4_194_304).contains(&r.max_entries) {
+                return Err(err("replay.max_entries", "must be 16..=4194304".into()));
+            }
+            Some(Replay {
+                claim: r.claim,
+                scope: r.scope,
+                max_entries: r.max_entries,
+            })
+        }
+        None => None,
+    };
+    let mut claim_to_headers = Vec::new();
+    for (i, c) in raw.claim_to_headers.into_iter().enumerate() {
+        let h =
+            crate::config::header_name(&format!("{at}.claim_to_headers[{i}].header"), &c.header)?;
+        if h.starts_with(crate::request::HEADER_PREFIX) {
+            return Err(err(
+                &format!("claim_to_headers[{i}].header"),
+                "x-appguard-* headers are reserved for appguard's own identity headers".into(),
+            ));
+        }
+        claim_to_headers.push((c.claim, h));
+    }
+    Ok(Provider {
+        name: raw.name,
+        sources,
+        keys: keyset,
+        remote_jwks,
+        issuer: raw.issuer,
+        audiences: raw.audiences,
+        required_claims: raw.required_claims.into_iter().collect(),
+        max_lifetime_seconds: raw.max_lifetime_seconds,
+        clock_skew_seconds: raw.clock_skew_seconds,
+        max_token_bytes: raw.max_token_bytes,
+        binding,
+        replay,
+        app_claim: raw.app_claim.map(|a| AppClaim {
+            claim: a.claim,
+            format: a.format,
+        }),
+        platforms: raw.platforms,
+        forward: raw.forward,
+        claim_to_headers,
+        verified_by,
+    })
+}
+
+/// Why a token was refused, in more detail than the reason code (for logs
+/// and tests). [`TokenError::reason`] maps it onto SPEC §4.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenError {
+    /// No token in any source.
+    Missing,
+    /// Not a well-formed token, or a forbidden header member.
+    Malformed(&'static str),
+    /// No configured key has this `kid` (a JWKS re-fetch may help).
+    UnknownKid,
+    /// A key exists but for another algorithm, or the signature is wrong.
+    Signature(&'static str),
+    /// `exp` has passed.
+    Expired,
+    /// `nbf` or `iat` is in the future.
+    NotYetValid,
+    /// No `exp`, or a lifetime beyond the maximum.
+    Lifetime,
+    /// Issuer, audience or a required claim does not match.
+    Claims(&'static str),
+}
+
+impl TokenError {
+    /// The SPEC §4 reason code.
+    pub fn reason(&self) -> Reason {
+        match self {
+            TokenError::Missing => Reason::TokenMissing,
+            TokenError::Malformed(_) => Reason::TokenMalformed,
+            TokenError::UnknownKid | TokenError::Signature(_) => Reason::TokenSignature,
+            TokenError::Expired => Reason::TokenExpired,
+            TokenError::NotYetValid => Reason::TokenNotYetValid,
+            TokenError::Lifetime => Reason::TokenLifetime,
+            TokenError::Claims(_) => Reason::TokenClaims,
+        }
+    }
+}
+
+/// A token whose signature and rules have been checked.
+#[derive(Clone, Debug)]
+pub struct VerifiedToken {
+    /// Index of the provider in `Config::providers`.
+    pub provider: usize,
+    /// `exp`, seconds since the epoch.
+    pub exp: u64,
+    /// The whole payload.
+    pub claims: Map<String, Value>,
+}
+
+impl VerifiedToken {
+    /// A claim as text: strings as they are, numbers and booleans printed.
+    pub fn claim_text(&self, name: &str) -> Option<String> {
+        claim_text(&self.claims, name)
+    }
+}
+
+/// A claim as text: strings as they are, numbers and booleans printed.
+pub fn claim_text(claims: &Map<String, Value>, name: &str) -> Option<String> {
+    match claims.get(name)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Finds the provider's token in the request. `Err(Malformed)` when the
+/// source header is sent twice with different values (which copy would the
+/// upstream read?).
+pub fn extract<'r>(provider: &Provider, req: &Request<'r>) -> Result<Option<&'r str>, TokenError> {
+    for src in &provider.sources {
+        let value = req
+            .header_unique(&src.header)
+            .map_err(|()| TokenError::Malformed("token header repeated"))?;
+        let Some(value) = value else { continue };
+        if src.prefix.is_empty() {
+            return Ok(Some(value.trim()));
+        }
+        let p = src.prefix.len();
+        if value.len() > p
+            && value.is_char_boundary(p)
+            && value[..p].eq_ignore_ascii_case(&src.prefix)
+        {
+            return Ok(Some(value[p..].trim()));
+        }
+    }
+    Ok(None)
+}
+
+/// What the cheap checks learned about a token: the claims (unverified until
+/// the signature is checked) and the key to check it with.
+#[derive(Debug)]
+pub struct Prechecked<'k> {
+    /// The key chosen by `kid` and algorithm.
+    pub key: &'k Key,
+    /// `exp`.
+    pub exp: u64,
+    /// The payload.
+    pub claims: Map<String, Value>,
+}
+
+fn b64url(part: &str) -> Result<Vec<u8>, TokenError> {
+    if part.is_empty()
+        || !part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(TokenError::Malformed("not base64url without padding"));
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| TokenError::Malformed("bad base64url"))
+}
+
+/// The cheap refusals, in order: size, structure, header, key, claims. No
+/// signature work. `keys` are the provider's keys (configured plus remote).
+pub fn precheck<'k>(
+    provider: &Provider,
+    keys: &'k [Key],
+    extra_keys: &'k [Key],
+    token: &str,
+    now: u64,
+) -> Result<Prechecked<'k>, TokenError> {
+    if token.len() > provider.max_token_bytes {
+        return Err(TokenError::Malformed("token too large"));
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed("not three parts"));
+    };
+    // The signature part must be well-formed too (and non-empty: an
+    // unsigned token is never accepted).
+    b64url(s)?;
+    let header = strict_json::parse_object(&b64url(h)?)
+        .ok_or(TokenError::Malformed("header is not a JSON object"))?;
+    for forbidden in ["crit", "jwk", "jku", "x5u", "x5c", "b64", "zip", "enc"] {
+        if header.contains_key(forbidden) {
+            return Err(TokenError::Malformed("forbidden header member"));
+        }
+    }
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .and_then(Alg::from_name)
+        .ok_or(TokenError::Malformed("unsupported alg"))?;
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(k)) if k.len() <= 256 => Some(k.as_str()),
+        Some(_) => return Err(TokenError::Malformed("bad kid")),
+    };
+    if let Some(typ) = header.get("typ") {
+        let ok = typ.as_str().is_some_and(|t| {
+            t.eq_ignore_ascii_case("JWT") || t.to_ascii_uppercase().ends_with("+JWT")
+        });
+        if !ok {
+            return Err(TokenError::Malformed("typ is not JWT"));
+        }
+    }
+    let key = select_key(keys.iter().chain(extra_keys.iter()), alg, kid)?;
+    let claims = strict_json::parse_object(&b64url(p)?)
+        .ok_or(TokenError::Malformed("payload is not a JSON object"))?;
+    let exp = check_claims(provider, &claims, now)?;
+    Ok(Prechecked { key, exp, claims })
+}
+
+fn select_key<'k>(
+    keys: impl Iterator<Item = &'k Key>,
+    alg: Alg,
+    kid: Option<&str>,
+) -> Result<&'k Key, TokenError> {
+    let mut same_kid_other_alg = false;
+    for k in keys {
+        let kid_ok = match (kid, &k.kid) {
+            (Some(want), Some(have)) => want == have,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        if !kid_ok {
+            continue;
+        }
+        if k.alg == alg {
+            return Ok(k);
+        }
+        same_kid_other_alg = true;
+    }
+    if same_kid_other_alg {
+        // e.g. HS256 signed with an RSA public key as the secret.
+        Err(TokenError::Signature("algorithm does not match the key"))
+    } else if kid.is_some() {
+        Err(TokenError::UnknownKid)
+    } else {
+        Err(TokenError::Signature("no key for this algorithm"))
+    }
+}
+
+fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, TokenError> {
+    match claims.get(name) {
+        None => Ok(None),
+        // Integers only: floats, negatives, strings and overflow are malformed.
+        Some(Value::Number(n)) => {
+            n.as_u64()
+                .filter(|v| *v < 1 << 40)
+                .map(Some)
+                .ok_or(TokenError::Malformed(
+                    "time claim is not a non-negative integer",
+                ))
+        }
+        Some(_) => Err(TokenError::Malformed("time claim is not a number")),
+    }
+}
+
+/// The claim rules, on unverified claims (they can only refuse). Returns `exp`.
+pub fn check_claims(
+    provider: &Provider,
+    claims: &Map<String, Value>,
+    now: u64,
+) -> Result<u64, TokenError> {
+    let skew = provider.clock_skew_seconds;
+    let exp = time_claim(claims, "exp")?.ok_or(TokenError::Lifetime)?;
+    let nbf = time_claim(claims, "nbf")?;
+    let iat = time_claim(claims, "iat")?;
+    if exp.saturating_add(skew) < now {
+        return Err(TokenError::Expired);
+    }
+    if nbf.is_some_and(|n| n > now.saturating_add(skew))
+        || iat.is_some_and(|i| i > now.saturating_add(skew))
+    {
+        return Err(TokenError::NotYetValid);
+    }
+    let max = provider.max_lifetime_seconds;
+    if iat.is_some_and(|i| exp.saturating_sub(i) > max)
+        || exp.saturating_sub(now) > max.saturating_add(skew)
+    {
+        return Err(TokenError::Lifetime);
+    }
+    if let Some(iss) = &provider.issuer {
+        if claims.get("iss").and_then(Value::as_str) != Some(iss.as_str()) {
+            return Err(TokenError::Claims("issuer"));
+        }
+    }
+    if !provider.audiences.is_empty() {
+        let ok = match claims.get("aud") {
+            Some(Value::String(a)) => provider.audiences.iter().any(|x| x == a),
+            Some(Value::Array(list)) => list
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|a| provider.audiences.iter().any(|x| x == a)),
+            _ => false,
+        };
+        if !ok {
+            return Err(TokenError::Claims("audience"));
+        }
+    }
+    for (name, want) in &provider.required_claims {
+        if claims.get(name) != Some(want) {
+            return Err(TokenError::Claims("required claim"));
+        }
+    }
+    Ok(exp)
+}
+
+/// The signature check, through jwt-simple with the key's fixed algorithm,
+/// the same clock and skew, and `exp` already required by [`check_claims`].
+pub fn check_signature(
+    provider: &Provider,
+    key: &Key,
+    token: &str,
+    now: u64,
+) -> Result<(), TokenError> {
+    let options = VerificationOptions {
+        time_tolerance: Some(Duration::from_secs(provider.clock_skew_seconds)),
+        artificial_time: Some(Duration::from_secs(now)),
+        max_token_length: Some(provider.max_token_bytes),
+        accept_future: false,
+        ..VerificationOptions::default()
+    };
+    let o = Some(options);
+    let result = match &key.material {
+        KeyMaterial::Hs256(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
+        KeyMaterial::Hs384(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
+        KeyMaterial::Hs512(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
+        KeyMaterial::Rs256(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
+        KeyMaterial::Rs384(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
+        KeyMaterial::Rs512(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
+        KeyMaterial::Ps256(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
+        KeyMaterial::Ps384(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
+        KeyMaterial::Ps512(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
+        KeyMaterial::Es256(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
+        KeyMaterial::Es384(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
+        KeyMaterial::EdDsa(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
+    };
+    result.map_err(|_| TokenError::Signature("signature does not verify"))
+}
+
+/// Token binding: the claim must equal base64(SHA-256(header values
+/// concatenated in order)), compared in constant time on the digest bytes.
+pub fn check_binding(
+    binding: &Binding,
+    claims: &Map<String, Value>,
+    req: &Request<'_>,
+) -> Result<(), Reason> {
+    let Some(claim) = claims.get(&binding.claim) else {
+        return if binding.required {
+            Err(Reason::TokenBinding)
+        } else {
+            Ok(())
+        };
+    };
+    let claimed = claim
+        .as_str()
+        .and_then(keys::decode_base64_any)
+        .ok_or(Reason::TokenBinding)?;
+    let mut h = Sha256::new();
+    for name in &binding.headers {
+        match req.header_unique(name) {
+            Ok(Some(v)) => h.update(v.as_bytes()),
+            _ => return Err(Reason::TokenBinding),
+        }
+    }
+    if ct_eq(&claimed, &h.finalize()) {
+        Ok(())
+    } else {
+        Err(Reason::TokenBinding)
+    }
+}
+
+/// base64(SHA-256(values concatenated)): the value a token's binding claim
+/// must carry (used by the CLI's `mint` and by tests).
+pub fn binding_digest(values: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for v in values {
+        h.update(v.as_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Token helpers shared by the core's tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) use super::tests::{hs256_raw, SECRET};
+}

@@ -1,0 +1,399 @@
+//! Token rules, one by one, with fixed keys (tests/fixtures) and a pinned
+//! clock. Also compiled to wasm and run under Node (`make wasm-test`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use super::*;
+use crate::request::test_support::headers;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde_json::json;
+
+/// The tests' HS256 secret (tests/fixtures/README.md), 64 bytes.
+pub(crate) const SECRET: &[u8] =
+    b"appguard-test-secret-0123456789-appguard-test-secret-0123456789!";
+pub(crate) const RSA_PRIV: &str = include_str!("../../tests/fixtures/rsa-test-key.pem");
+pub(crate) const RSA_PUB: &str = include_str!("../../tests/fixtures/rsa-test-key.pub.pem");
+pub(crate) const EC_PRIV: &str = include_str!("../../tests/fixtures/ec-p256-test-key.pem");
+pub(crate) const EC_PUB: &str = include_str!("../../tests/fixtures/ec-p256-test-key.pub.pem");
+const NOW: u64 = 1_900_000_000;
+
+fn provider(extra: Value) -> Provider {
+    let mut raw = json!({
+        "name": "p",
+        "from": [{"header": "authorization", "prefix": "Bearer "}, {"header": "x-token"}],
+        "keys": [
+            {"kid": "hs", "alg": "HS256", "secret_base64": STANDARD.encode(SECRET)},
+            {"kid": "rs", "alg": "RS256", "pem": RSA_PUB},
+            {"kid": "es", "alg": "ES256", "pem": EC_PUB}
+        ]
+    });
+    if let (Some(o), Some(e)) = (raw.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    let raw: RawProvider = serde_json::from_value(raw).unwrap();
+    compile_provider("tokens[0]", raw).unwrap()
+}
+
+/// A compact JWS signed with HMAC-SHA256 over any header and claims.
+pub(crate) fn hs256_raw(secret: &[u8], header: &Value, claims: &Value) -> String {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let mac = hmac_sha256::HMAC::mac(input.as_bytes(), secret);
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac))
+}
+
+fn claims_at(now: u64, lifetime: u64) -> Value {
+    json!({"iat": now, "exp": now + lifetime, "sub": "user", "jti": "j-1"})
+}
+
+fn hs(claims: &Value) -> String {
+    hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "typ": "JWT", "kid": "hs"}),
+        claims,
+    )
+}
+
+fn signed_claims(extra: Map<String, Value>, iat: u64, exp: u64) -> JWTClaims<Map<String, Value>> {
+    let mut c = Claims::with_custom_claims(extra, Duration::from_secs(1));
+    c.issued_at = Some(Duration::from_secs(iat));
+    c.expires_at = Some(Duration::from_secs(exp));
+    c.invalid_before = None;
+    c
+}
+
+fn es256(iat: u64, exp: u64) -> String {
+    let kp = ES256KeyPair::from_pem(EC_PRIV).unwrap().with_key_id("es");
+    kp.sign(signed_claims(Map::new(), iat, exp)).unwrap()
+}
+
+fn rs256(iat: u64, exp: u64) -> String {
+    let kp = RS256KeyPair::from_pem(RSA_PRIV).unwrap().with_key_id("rs");
+    kp.sign(signed_claims(Map::new(), iat, exp)).unwrap()
+}
+
+fn verify(p: &Provider, token: &str, now: u64) -> Result<u64, TokenError> {
+    let pre = precheck(p, &p.keys, &[], token, now)?;
+    check_signature(p, pre.key, token, now)?;
+    Ok(pre.exp)
+}
+
+#[test]
+fn valid_tokens_of_each_algorithm_verify() {
+    let p = provider(json!({}));
+    assert_eq!(verify(&p, &hs(&claims_at(NOW, 300)), NOW), Ok(NOW + 300));
+    assert_eq!(verify(&p, &es256(NOW, NOW + 60), NOW), Ok(NOW + 60));
+    assert_eq!(verify(&p, &rs256(NOW, NOW + 60), NOW), Ok(NOW + 60));
+}
+
+#[test]
+fn time_rules() {
+    let p = provider(json!({}));
+    // expired, beyond the 5 s skew; within the skew still fine
+    assert_eq!(
+        verify(&p, &hs(&claims_at(NOW - 100, 90)), NOW),
+        Err(TokenError::Expired)
+    );
+    assert!(verify(&p, &hs(&claims_at(NOW - 100, 96)), NOW).is_ok());
+    // iat / nbf in the future
+    assert_eq!(
+        verify(&p, &hs(&claims_at(NOW + 10, 60)), NOW),
+        Err(TokenError::NotYetValid)
+    );
+    assert!(verify(&p, &hs(&claims_at(NOW + 4, 60)), NOW).is_ok());
+    let nbf = json!({"exp": NOW + 60, "nbf": NOW + 30});
+    assert_eq!(verify(&p, &hs(&nbf), NOW), Err(TokenError::NotYetValid));
+    // lifetime: exp - iat, and exp - now without iat
+    assert_eq!(
+        verify(&p, &hs(&claims_at(NOW, 301)), NOW),
+        Err(TokenError::Lifetime)
+    );
+    assert_eq!(
+        verify(&p, &hs(&json!({"exp": NOW + 3600})), NOW),
+        Err(TokenError::Lifetime)
+    );
+    // exp required
+    assert_eq!(
+        verify(&p, &hs(&json!({"iat": NOW})), NOW),
+        Err(TokenError::Lifetime)
+    );
+    // a longer configured lifetime
+    let long = provider(json!({"max_lifetime_seconds": 3600}));
+    assert!(verify(&long, &hs(&claims_at(NOW, 3600)), NOW).is_ok());
+}
+
+#[test]
+fn time_claims_must_be_plain_integers() {
+    let p = provider(json!({}));
+    for exp in [
+        json!(1.9e9),
+        json!(-1),
+        json!("1900000060"),
+        json!(u64::MAX),
+        json!(1e300),
+        json!(null),
+    ] {
+        let t = hs(&json!({"exp": exp, "iat": NOW}));
+        assert!(
+            matches!(verify(&p, &t, NOW), Err(TokenError::Malformed(_))),
+            "exp {exp}"
+        );
+    }
+    let t = hs(&json!({"exp": NOW + 10, "iat": 1.5}));
+    assert!(matches!(verify(&p, &t, NOW), Err(TokenError::Malformed(_))));
+}
+
+#[test]
+fn issuer_audience_and_required_claims() {
+    let p = provider(
+        json!({"issuer": "https://iss", "audiences": ["a1", "a2"], "required_claims": {"tier": "gold"}}),
+    );
+    let good = json!({"exp": NOW + 60, "iss": "https://iss", "aud": ["x", "a2"], "tier": "gold"});
+    assert!(verify(&p, &hs(&good), NOW).is_ok());
+    let mut bad = good.clone();
+    bad["iss"] = json!("https://other");
+    assert_eq!(
+        verify(&p, &hs(&bad), NOW),
+        Err(TokenError::Claims("issuer"))
+    );
+    let mut bad = good.clone();
+    bad["aud"] = json!("x");
+    assert_eq!(
+        verify(&p, &hs(&bad), NOW),
+        Err(TokenError::Claims("audience"))
+    );
+    let mut bad = good.clone();
+    bad["tier"] = json!("silver");
+    assert_eq!(
+        verify(&p, &hs(&bad), NOW),
+        Err(TokenError::Claims("required claim"))
+    );
+    let mut single = good;
+    single["aud"] = json!("a1");
+    assert!(verify(&p, &hs(&single), NOW).is_ok());
+}
+
+#[test]
+fn signature_and_algorithm_attacks() {
+    let p = provider(json!({}));
+    let claims = claims_at(NOW, 60);
+    // wrong secret
+    let t = hs256_raw(&[9u8; 64], &json!({"alg": "HS256", "kid": "hs"}), &claims);
+    assert_eq!(
+        verify(&p, &t, NOW).unwrap_err().reason(),
+        Reason::TokenSignature
+    );
+    // alg none, in any case, with or without a signature
+    for alg in ["none", "None", "NONE"] {
+        let h = URL_SAFE_NO_PAD.encode(json!({"alg": alg}).to_string());
+        let c = URL_SAFE_NO_PAD.encode(claims.to_string());
+        for t in [
+            format!("{h}.{c}."),
+            format!("{h}.{c}"),
+            format!("{h}.{c}.AAAA"),
+        ] {
+            assert_eq!(
+                verify(&p, &t, NOW).unwrap_err().reason(),
+                Reason::TokenMalformed,
+                "{t}"
+            );
+        }
+    }
+    // signature stripped from a good token
+    let good = hs(&claims);
+    let stripped = &good[..good.rfind('.').unwrap() + 1];
+    assert_eq!(
+        verify(&p, stripped, NOW).unwrap_err().reason(),
+        Reason::TokenMalformed
+    );
+    // the RSA public key (PEM bytes) used as an HMAC secret, header claiming HS256 with the RSA kid
+    let t = hs256_raw(
+        RSA_PUB.as_bytes(),
+        &json!({"alg": "HS256", "kid": "rs"}),
+        &claims,
+    );
+    assert_eq!(
+        verify(&p, &t, NOW),
+        Err(TokenError::Signature("algorithm does not match the key"))
+    );
+    // ES256 token relabelled RS256
+    let es = es256(NOW, NOW + 60);
+    let mut parts: Vec<String> = es.split('.').map(str::to_owned).collect();
+    parts[0] = URL_SAFE_NO_PAD.encode(json!({"alg": "RS256", "kid": "es"}).to_string());
+    assert_eq!(
+        verify(&p, &parts.join("."), NOW).unwrap_err().reason(),
+        Reason::TokenSignature
+    );
+    // psychic signature (CVE-2022-21449): r = s = 0
+    let mut parts: Vec<&str> = es.split('.').collect();
+    let zero = URL_SAFE_NO_PAD.encode([0u8; 64]);
+    parts[2] = &zero;
+    assert_eq!(
+        verify(&p, &parts.join("."), NOW),
+        Err(TokenError::Signature("signature does not verify"))
+    );
+    // unknown kid
+    let t = hs256_raw(SECRET, &json!({"alg": "HS256", "kid": "nope"}), &claims);
+    assert_eq!(verify(&p, &t, NOW), Err(TokenError::UnknownKid));
+}
+
+#[test]
+fn forbidden_and_odd_headers() {
+    let p = provider(json!({}));
+    let claims = claims_at(NOW, 60);
+    for extra in [
+        json!({"jwk": {"kty": "oct", "k": "AAAA"}}),
+        json!({"jku": "https://evil/jwks"}),
+        json!({"x5u": "https://evil/cert"}),
+        json!({"x5c": ["MII..."]}),
+        json!({"crit": ["exp"]}),
+        json!({"kid": 5}),
+        json!({"kid": "x".repeat(300)}),
+        json!({"typ": "JWE"}),
+    ] {
+        let mut h = json!({"alg": "HS256", "kid": "hs"});
+        for (k, v) in extra.as_object().unwrap() {
+            h[k] = v.clone();
+        }
+        let t = hs256_raw(SECRET, &h, &claims);
+        assert_eq!(
+            verify(&p, &t, NOW).unwrap_err().reason(),
+            Reason::TokenMalformed,
+            "{h}"
+        );
+    }
+    // kid with traversal or injection characters is just an unknown kid
+    for kid in ["../../etc/passwd", "' OR 1=1 --", "$(reboot)"] {
+        let t = hs256_raw(SECRET, &json!({"alg": "HS256", "kid": kid}), &claims);
+        assert_eq!(verify(&p, &t, NOW), Err(TokenError::UnknownKid));
+    }
+}
+
+#[test]
+fn structure_encoding_and_size() {
+    let p = provider(json!({}));
+    let good = hs(&claims_at(NOW, 60));
+    // padding and the standard alphabet are not base64url-without-padding
+    let padded = good.replacen('.', "=.", 1);
+    assert_eq!(
+        verify(&p, &padded, NOW).unwrap_err().reason(),
+        Reason::TokenMalformed
+    );
+    let plus = good.replace('-', "+").replace('_', "/");
+    if plus != good {
+        assert_eq!(
+            verify(&p, &plus, NOW).unwrap_err().reason(),
+            Reason::TokenMalformed
+        );
+    }
+    for t in ["", "a", "a.b", "a.b.c.d", "..", "....", "e30.e30.e30"] {
+        assert!(verify(&p, t, NOW).is_err(), "{t}");
+    }
+    // duplicated claims
+    let h = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","kid":"hs"}"#);
+    let c = URL_SAFE_NO_PAD.encode(format!(r#"{{"exp":{},"exp":{}}}"#, NOW + 60, NOW + 99999));
+    let input = format!("{h}.{c}");
+    let t = format!(
+        "{input}.{}",
+        URL_SAFE_NO_PAD.encode(hmac_sha256::HMAC::mac(input.as_bytes(), SECRET))
+    );
+    assert_eq!(
+        verify(&p, &t, NOW).unwrap_err().reason(),
+        Reason::TokenMalformed
+    );
+    // 1 MB token: refused by size before decoding
+    let huge = format!("{}.{}.{}", "a".repeat(500_000), "b".repeat(500_000), "c");
+    assert_eq!(
+        verify(&p, &huge, NOW),
+        Err(TokenError::Malformed("token too large"))
+    );
+}
+
+#[test]
+fn extraction_from_sources() {
+    let p = provider(json!({}));
+    let h = headers(&[("authorization", "bearer abc.def.ghi")]);
+    assert_eq!(
+        extract(&p, &Request::new(&h, None)),
+        Ok(Some("abc.def.ghi"))
+    );
+    let h = headers(&[("authorization", "Basic xyz"), ("x-token", "t.t.t")]);
+    assert_eq!(extract(&p, &Request::new(&h, None)), Ok(Some("t.t.t")));
+    let h = headers(&[("x-token", "a.b.c"), ("x-token", "d.e.f")]);
+    assert!(extract(&p, &Request::new(&h, None)).is_err());
+    let h = headers(&[]);
+    assert_eq!(extract(&p, &Request::new(&h, None)), Ok(None));
+}
+
+#[test]
+fn binding_compares_digest_of_headers_in_order() {
+    let b = Binding {
+        claim: "pay".into(),
+        headers: vec!["authorization".into(), "x-device".into()],
+        required: true,
+    };
+    let pay = binding_digest(&["Bearer user-token", "dev-1"]);
+    let claims: Map<String, Value> = json!({"pay": pay}).as_object().unwrap().clone();
+    let h = headers(&[
+        ("authorization", "Bearer user-token"),
+        ("x-device", "dev-1"),
+    ]);
+    assert_eq!(check_binding(&b, &claims, &Request::new(&h, None)), Ok(()));
+    let h = headers(&[("authorization", "Bearer other"), ("x-device", "dev-1")]);
+    assert_eq!(
+        check_binding(&b, &claims, &Request::new(&h, None)),
+        Err(Reason::TokenBinding)
+    );
+    let h = headers(&[("authorization", "Bearer user-token")]);
+    assert_eq!(
+        check_binding(&b, &claims, &Request::new(&h, None)),
+        Err(Reason::TokenBinding)
+    );
+    // absent claim: refused only when required
+    let empty = Map::new();
+    assert_eq!(
+        check_binding(&b, &empty, &Request::new(&h, None)),
+        Err(Reason::TokenBinding)
+    );
+    let optional = Binding {
+        required: false,
+        ..b
+    };
+    assert_eq!(
+        check_binding(&optional, &empty, &Request::new(&h, None)),
+        Ok(())
+    );
+}
+
+#[test]
+fn provider_config_errors_name_the_field() {
+    let bad = |v: Value| -> ConfigError {
+        let raw: RawProvider = serde_json::from_value(v).unwrap();
+        compile_provider("tokens[0]", raw).unwrap_err()
+    };
+    let e = bad(
+        json!({"name": "p", "from": [{"header": "x"}], "keys": [{"alg": "HS256", "secret_base64": "c2hvcnQ="}]}),
+    );
+    assert_eq!(e.path, "tokens[0].keys[0].secret_base64");
+    let e = bad(json!({"name": "p", "from": [{"header": "x"}], "keys": [{"pem": EC_PUB}]}));
+    assert_eq!(e.path, "tokens[0].keys[0].alg");
+    let e = bad(
+        json!({"name": "p", "from": [{"header": "x"}], "keys": [{"alg": "RS256", "pem": "garbage"}]}),
+    );
+    assert_eq!(e.path, "tokens[0].keys[0].pem");
+    let e = bad(json!({"name": "p", "from": [{"header": "x"}]}));
+    assert_eq!(e.path, "tokens[0].keys");
+    let e = bad(json!({"name": "p", "from": [], "keys": []}));
+    assert_eq!(e.path, "tokens[0].from");
+    let e = bad(
+        json!({"name": "p", "from": [{"header": "x"}], "keys": [{"alg": "RS256", "secret_base64": "AAAA"}]}),
+    );
+    assert_eq!(e.path, "tokens[0].keys[0].alg");
+}

@@ -1,0 +1,213 @@
+//! Platforms, apps and API keys through a real Envoy, with the shipped
+//! three-platform example (examples/three-platform.json): separate Android,
+//! iOS and web flows that leaked keys and tokens cannot cross.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+use harness::http::Req;
+use harness::tokens::{claims, hs256_raw, SECRET};
+use harness::upstream::Upstream;
+use harness::{repo_root, Envoy, EnvoyBuilder};
+use serde_json::{json, Value};
+
+fn example() -> Value {
+    let text = std::fs::read_to_string(repo_root().join("examples/three-platform.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The example's demo App Check secret (examples/three-platform.json).
+fn demo_secret(cfg: &Value) -> Vec<u8> {
+    use base64::Engine;
+    let b64 = cfg["tokens"][0]["keys"][0]["secret_base64"]
+        .as_str()
+        .unwrap();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+}
+
+fn app_check(cfg: &Value, sub: &str) -> String {
+    hs256_raw(
+        &demo_secret(cfg),
+        &json!({"alg": "HS256", "typ": "JWT", "kid": "demo"}),
+        &claims(
+            300,
+            json!({"iss": "https://firebaseappcheck.googleapis.com/123456789", "aud": ["projects/123456789"], "sub": sub}),
+        ),
+    )
+}
+
+const ANDROID_SUB: &str = "1:123456789:android:0a1b2c3d4e5f";
+const IOS_SUB: &str = "1:123456789:ios:6f5e4d3c2b1a";
+const WEB_SUB: &str = "1:123456789:web:a1b2c3d4e5f6";
+const CERT: &str = "14:6d:e9:83:c5:73:06:50:d8:ee:b9:95:2f:34:fc:64:16:a0:83:42:e6:1d:be:a8:8a:04:96:b2:3f:cf:44:e5";
+
+fn start() -> (Upstream, Envoy, Value) {
+    let cfg = example();
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg.clone(), up.port).start();
+    (up, envoy, cfg)
+}
+
+fn android(req: Req) -> Req {
+    req.header("x-api-key", "demo-android-key")
+        .header("x-android-package", "com.example.shop")
+        .header("x-android-cert", CERT)
+}
+
+#[test]
+fn allowed_requests_carry_identity_headers_and_spoofed_copies_are_removed() {
+    let (up, envoy, cfg) = start();
+    let r = envoy.request(
+        android(Req::get("/v1/mobile/profile"))
+            .header("x-firebase-appcheck", &app_check(&cfg, ANDROID_SUB))
+            .header("x-appguard-app", "spoofed")
+            .header("x-appguard-key-id", "spoofed")
+            .header("x-appguard-platform", "server"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    let ours: Vec<(&str, &str)> = seen
+        .headers
+        .iter()
+        .filter(|(k, _)| k.starts_with("x-appguard-"))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut ours_sorted = ours.clone();
+    ours_sorted.sort();
+    assert_eq!(
+        ours_sorted,
+        vec![
+            ("x-appguard-app", "shop-android"),
+            ("x-appguard-key-id", "android-2026"),
+            ("x-appguard-platform", "android")
+        ],
+        "exactly appguard's identity headers, once each"
+    );
+    assert_eq!(
+        seen.header("x-firebase-appcheck"),
+        None,
+        "token removed upstream"
+    );
+    // iOS and web flows
+    let r = envoy.request(
+        Req::get("/v1/mobile/orders")
+            .header("x-api-key", "demo-ios-key")
+            .header("x-ios-bundle-identifier", "com.example.shop")
+            .header("x-firebase-appcheck", &app_check(&cfg, IOS_SUB)),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().header("x-appguard-platform"), Some("ios"));
+    let r = envoy.request(
+        Req::get("/v1/web/cart")
+            .header("x-api-key", "demo-web-key")
+            .header("origin", "https://eu.shop.example.com")
+            .header("x-firebase-appcheck", &app_check(&cfg, WEB_SUB)),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().header("x-appguard-app"), Some("shop-web"));
+}
+
+#[test]
+fn android_only_route_refuses_a_web_request_with_a_valid_web_key() {
+    let (up, envoy, cfg) = start();
+    let r = envoy.request(
+        Req::get("/v1/mobile/profile")
+            .header("x-api-key", "demo-web-key")
+            .header("origin", "https://shop.example.com")
+            .header("x-firebase-appcheck", &app_check(&cfg, WEB_SUB)),
+    );
+    assert_eq!(
+        (r.status, r.reason()),
+        (403, Some("platform_denied")),
+        "{}",
+        r.text()
+    );
+    // and the reverse: the Android key and token from a web page
+    let r = envoy.request(
+        android(Req::get("/v1/web/cart"))
+            .header("origin", "https://shop.example.com")
+            .header("x-firebase-appcheck", &app_check(&cfg, ANDROID_SUB)),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        matches!(r.reason(), Some("app_mismatch" | "platform_denied")),
+        "{:?}",
+        r.reason()
+    );
+    assert!(up.seen().is_empty());
+}
+
+#[test]
+fn android_key_with_another_package_is_refused() {
+    let (up, envoy, _) = start();
+    let r = envoy.request(
+        Req::get("/v1/catalog/items")
+            .header("x-api-key", "demo-android-key")
+            .header("x-android-package", "com.example.shop")
+            .header("x-android-cert", CERT),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // a package that is not registered at all
+    let r = envoy.request(
+        Req::get("/v1/catalog/items")
+            .header("x-api-key", "demo-android-key")
+            .header("x-android-package", "com.evil.clone")
+            .header("x-android-cert", CERT),
+    );
+    assert_eq!((r.status, r.reason()), (403, Some("app_unknown")));
+    // a registered app of another platform
+    let r = envoy.request(
+        Req::get("/v1/catalog/items")
+            .header("x-api-key", "demo-android-key")
+            .header("x-ios-bundle-identifier", "com.example.shop"),
+    );
+    assert_eq!((r.status, r.reason()), (403, Some("api_key_restricted")));
+    // the right package re-signed with another certificate
+    let r = envoy.request(
+        Req::get("/v1/catalog/items")
+            .header("x-api-key", "demo-android-key")
+            .header("x-android-package", "com.example.shop")
+            .header("x-android-cert", &"AB".repeat(32)),
+    );
+    assert_eq!((r.status, r.reason()), (403, Some("app_mismatch")));
+    assert_eq!(up.seen().len(), 1);
+}
+
+#[test]
+fn ios_token_with_android_headers_is_app_mismatch() {
+    let (up, envoy, cfg) = start();
+    let r = envoy.request(
+        android(Req::get("/v1/mobile/profile"))
+            .header("x-firebase-appcheck", &app_check(&cfg, IOS_SUB)),
+    );
+    assert_eq!(
+        (r.status, r.reason()),
+        (403, Some("app_mismatch")),
+        "{}",
+        r.text()
+    );
+    assert!(up.seen().is_empty());
+}
+
+#[test]
+fn denied_country_is_refused() {
+    let (up, envoy, _) = start();
+    let r = envoy.request(
+        Req::get("/v1/catalog/items")
+            .header("x-api-key", "demo-web-key")
+            .header("origin", "https://shop.example.com")
+            .header("x-country-code", "KP"),
+    );
+    assert_eq!((r.status, r.reason()), (403, Some("country_denied")));
+    let r = envoy.request(
+        Req::get("/v1/catalog/items")
+            .header("x-api-key", "demo-web-key")
+            .header("origin", "https://shop.example.com")
+            .header("x-country-code", "GB"),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(up.seen().len(), 1);
+    let _ = SECRET;
+}

@@ -1,0 +1,320 @@
+//! Attestation tokens through a real Envoy: HS256 (base64 secret), ES256 and
+//! RS256 (inline JWKS), a remote JWKS through an Envoy cluster with rotation
+//! and unknown kids, and every refusal with its exact status and reason.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+use std::sync::{Arc, Mutex};
+
+use harness::http::Req;
+use harness::tokens::{self, claims, hs256, hs256_raw, now, SECRET};
+use harness::upstream::{Seen, Upstream};
+use harness::EnvoyBuilder;
+use jwt_simple::prelude::ES256KeyPair;
+use serde_json::{json, Value};
+
+fn config(providers: Value) -> Value {
+    json!({
+        "default_action": "deny",
+        "tokens": providers,
+        "routes": [
+            {"name": "hs", "match": {"prefix": "/hs"}, "tokens": ["hs"]},
+            {"name": "inline", "match": {"prefix": "/inline"}, "tokens": ["inline"]},
+            {"name": "remote", "match": {"prefix": "/remote"}, "tokens": ["remote"]}
+        ]
+    })
+}
+
+fn providers(jwks_cluster: bool) -> Value {
+    let mut p = json!([
+        {"name": "hs", "from": [{"header": "approov-token"}],
+         "keys": [{"alg": "HS256", "secret_base64": tokens::secret_b64()}],
+         "issuer": "https://issuer.example", "audiences": ["api"],
+         "binding": {"claim": "pay", "headers": ["authorization"]},
+         "replay": {"claim": "jti", "scope": "local"},
+         "claim_to_headers": [{"claim": "sub", "header": "x-token-sub"}]},
+        {"name": "inline", "from": [{"header": "authorization", "prefix": "Bearer "}],
+         "jwks": {"keys": [tokens::ec_fixture_jwk("ec1"), tokens::rsa_fixture_jwk("rsa1")]}}
+    ]);
+    if jwks_cluster {
+        p.as_array_mut().unwrap().push(json!(
+            {"name": "remote", "from": [{"header": "x-token"}],
+             "remote_jwks": {"cluster": "jwks", "path": "/jwks.json", "timeout_ms": 1000, "min_refetch_seconds": 30, "refresh_seconds": 60}}
+        ));
+    } else {
+        p.as_array_mut().unwrap().push(json!(
+            {"name": "remote", "from": [{"header": "x-token"}], "keys": [{"alg": "HS256", "secret_base64": tokens::secret_b64()}]}
+        ));
+    }
+    p
+}
+
+fn good_hs(jti: &str, auth: &str) -> String {
+    hs256(&claims(
+        60,
+        json!({"iss": "https://issuer.example", "aud": "api", "sub": "user-42", "jti": jti, "pay": tokens::binding(&[auth])}),
+    ))
+}
+
+#[test]
+fn hs256_valid_token_passes_and_is_removed_upstream() {
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config(providers(false)), up.port).start();
+    let t = good_hs("a-1", "Bearer user");
+    let r = envoy.request(
+        Req::get("/hs/x")
+            .header("approov-token", &t)
+            .header("authorization", "Bearer user"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(
+        seen.header("approov-token"),
+        None,
+        "token forwarded upstream"
+    );
+    assert_eq!(
+        seen.header("x-token-sub"),
+        Some("user-42"),
+        "claim_to_headers"
+    );
+    // replay of the same jti
+    let r = envoy.request(
+        Req::get("/hs/x")
+            .header("approov-token", &t)
+            .header("authorization", "Bearer user"),
+    );
+    assert_eq!((r.status, r.reason()), (401, Some("token_replayed")));
+}
+
+#[test]
+fn every_refusal_has_its_status_and_reason() {
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config(providers(false)), up.port).start();
+    let n = now();
+    let base = json!({"iss": "https://issuer.example", "aud": "api", "pay": tokens::binding(&["Bearer user"])});
+    let with = |extra: Value| {
+        let mut c = base.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let rsa_pub_as_secret = hs256_raw(
+        tokens::RSA_PUB.as_bytes(),
+        &json!({"alg": "HS256", "kid": "rsa1"}),
+        &claims(60, json!({})),
+    );
+    let none_alg = {
+        use base64::Engine;
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            e.encode(json!({"alg": "none"}).to_string()),
+            e.encode(claims(60, base.clone()).to_string())
+        )
+    };
+    let cases: Vec<(&str, &str, String, &str)> = vec![
+        (
+            "/hs/x",
+            "approov-token",
+            hs256(&with(json!({"iat": n - 400, "exp": n - 100}))),
+            "token_expired",
+        ),
+        (
+            "/hs/x",
+            "approov-token",
+            hs256(&with(json!({"iat": n, "exp": n + 60, "nbf": n + 60}))),
+            "token_not_yet_valid",
+        ),
+        (
+            "/hs/x",
+            "approov-token",
+            hs256(&with(json!({"iat": n, "exp": n + 3600}))),
+            "token_lifetime",
+        ),
+        (
+            "/hs/x",
+            "approov-token",
+            hs256(&with(json!({"iat": n}))),
+            "token_lifetime",
+        ),
+        (
+            "/hs/x",
+            "approov-token",
+            hs256_raw(
+                &[7u8; 64],
+                &json!({"alg": "HS256"}),
+                &claims(60, base.clone()),
+            ),
+            "token_signature",
+        ),
+        ("/hs/x", "approov-token", none_alg, "token_malformed"),
+        (
+            "/hs/x",
+            "approov-token",
+            "not-a-token".into(),
+            "token_malformed",
+        ),
+        (
+            "/hs/x",
+            "approov-token",
+            hs256(&with(
+                json!({"iat": n, "exp": n + 60, "iss": "https://evil"}),
+            )),
+            "token_claims",
+        ),
+        (
+            "/hs/x",
+            "approov-token",
+            hs256(&with(json!({"iat": n, "exp": n + 60, "aud": "other"}))),
+            "token_claims",
+        ),
+        (
+            "/hs/x",
+            "approov-token",
+            hs256(&with(
+                json!({"iat": n, "exp": n + 60, "pay": tokens::binding(&["Bearer someone-else"])}),
+            )),
+            "token_binding",
+        ),
+        (
+            "/inline/x",
+            "authorization",
+            format!("Bearer {rsa_pub_as_secret}"),
+            "token_signature",
+        ),
+    ];
+    for (path, header, token, reason) in cases {
+        let mut req = Req::get(path).header(header, &token);
+        if header != "authorization" {
+            req = req.header("authorization", "Bearer user");
+        }
+        let r = envoy.request(req);
+        assert_eq!(
+            (r.status, r.reason()),
+            (401, Some(reason)),
+            "{path} {token}: {}",
+            r.text()
+        );
+    }
+    let r = envoy.request(Req::get("/hs/x"));
+    assert_eq!((r.status, r.reason()), (401, Some("token_missing")));
+    assert!(up.seen().is_empty(), "a refused token reached upstream");
+}
+
+#[test]
+fn es256_and_rs256_from_inline_jwks() {
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config(providers(false)), up.port).start();
+    let es = tokens::es256("ec1", &claims(60, json!({})));
+    let r = envoy.request(Req::get("/inline/a").header("authorization", &format!("Bearer {es}")));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rs = tokens::rs256("rsa1", &claims(60, json!({})));
+    let r = envoy.request(Req::get("/inline/b").header("authorization", &format!("Bearer {rs}")));
+    assert_eq!(r.status, 200, "{}", r.text());
+    // the RS256 token re-labelled with the EC kid
+    let relabelled = tokens::rs256("ec1", &claims(60, json!({})));
+    let r = envoy
+        .request(Req::get("/inline/c").header("authorization", &format!("Bearer {relabelled}")));
+    assert_eq!((r.status, r.reason()), (401, Some("token_signature")));
+}
+
+/// A JWKS server whose document the test changes while Envoy runs.
+struct JwksServer {
+    doc: Arc<Mutex<(u16, String)>>,
+    server: Upstream,
+}
+
+impl JwksServer {
+    fn start(jwks: Value) -> JwksServer {
+        let doc = Arc::new(Mutex::new((200u16, jwks.to_string())));
+        let d = doc.clone();
+        let server = Upstream::with_handler(Arc::new(move |_s: &Seen| {
+            let (status, body) = d.lock().unwrap().clone();
+            (
+                status,
+                vec![("content-type".into(), "application/json".into())],
+                body.into_bytes(),
+            )
+        }));
+        JwksServer { doc, server }
+    }
+    fn set(&self, status: u16, body: &str) {
+        *self.doc.lock().unwrap() = (status, body.to_string());
+    }
+    fn fetches(&self) -> usize {
+        self.server.seen().len()
+    }
+}
+
+#[test]
+fn remote_jwks_through_a_cluster_with_rotation_and_unknown_kid() {
+    let k1 = ES256KeyPair::generate().with_key_id("k1");
+    let k2 = ES256KeyPair::generate().with_key_id("k2");
+    let jwks = JwksServer::start(json!({"keys": [tokens::es256_jwk(&k1, "k1")]}));
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config(providers(true)), up.port)
+        .http_cluster("jwks", jwks.server.port)
+        .start();
+    // the first request may arrive before any keys: held, then resumed
+    let t1 = tokens::es256_with(&k1, &claims(60, json!({})));
+    let r = envoy.request(Req::get("/remote/a").header("x-token", &t1));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(jwks.fetches() >= 1);
+    assert_eq!(jwks.server.last().path, "/jwks.json");
+    // rotation: the server now publishes k2; a k2 token triggers a re-fetch
+    jwks.set(
+        200,
+        &json!({"keys": [tokens::es256_jwk(&k2, "k2")]}).to_string(),
+    );
+    let t2 = tokens::es256_with(&k2, &claims(60, json!({})));
+    let r = envoy.request(Req::get("/remote/b").header("x-token", &t2));
+    assert_eq!(r.status, 200, "rotated key: {}", r.text());
+    // a kid nobody publishes: refused without hammering the JWKS server
+    let k3 = ES256KeyPair::generate().with_key_id("k3");
+    let t3 = tokens::es256_with(&k3, &claims(60, json!({})));
+    let before = jwks.fetches();
+    for _ in 0..5 {
+        let r = envoy.request(Req::get("/remote/c").header("x-token", &t3));
+        assert_eq!((r.status, r.reason()), (401, Some("token_signature")));
+    }
+    let paths: Vec<String> = jwks.server.seen().iter().map(|s| s.path.clone()).collect();
+    assert!(
+        jwks.fetches() - before <= 1,
+        "unknown kid re-fetches are rate-limited: {before} then {paths:?}"
+    );
+}
+
+#[test]
+fn jwks_down_before_first_keys_is_503_jwks_unavailable() {
+    let jwks = JwksServer::start(json!({}));
+    jwks.set(500, "oops");
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config(providers(true)), up.port)
+        .http_cluster("jwks", jwks.server.port)
+        .start();
+    let k1 = ES256KeyPair::generate().with_key_id("k1");
+    let t = tokens::es256_with(&k1, &claims(60, json!({})));
+    let r = envoy.request(Req::get("/remote/a").header("x-token", &t));
+    assert_eq!(
+        (r.status, r.reason()),
+        (503, Some("jwks_unavailable")),
+        "{}",
+        r.text()
+    );
+    // garbage is no better
+    jwks.set(200, "{not json");
+    let r = envoy.request(Req::get("/remote/a").header("x-token", &t));
+    assert_eq!((r.status, r.reason()), (503, Some("jwks_unavailable")));
+    // and once the server is back, keys come in and the token passes
+    jwks.set(
+        200,
+        &json!({"keys": [tokens::es256_jwk(&k1, "k1")]}).to_string(),
+    );
+    let r = envoy.request(Req::get("/remote/a").header("x-token", &t));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(up.seen().len() == 1);
+    let _ = SECRET;
+}
