@@ -1,0 +1,217 @@
+//! The in-memory counter store, for a single instance.
+//!
+//! Memory stays bounded: every key is indexed by the end of its window, and
+//! keys whose window is over are swept (on every batch and by a periodic task
+//! in `main`). A hard cap on live keys protects against a flood of distinct
+//! values inside one long window; when it is reached the store answers with
+//! an error, which the service reports as UNAVAILABLE so the caller's
+//! failure mode decides.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use super::{BackendError, Increment};
+
+/// Counters in a hash map, with an expiry index.
+#[derive(Debug)]
+pub struct MemoryBackend {
+    /// The counters and their expiry index.
+    state: Mutex<State>,
+    /// Most keys alive at once.
+    max_keys: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Key to count.
+    counts: HashMap<String, u64>,
+    /// Window end (Unix second) to the keys that expire then.
+    expiries: BTreeMap<i64, Vec<String>>,
+}
+
+impl MemoryBackend {
+    /// An empty store holding at most `max_keys` live counters.
+    pub fn new(max_keys: usize) -> Self {
+        MemoryBackend {
+            state: Mutex::new(State::default()),
+            max_keys,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means another thread panicked mid-update of
+        // plain counters; the map is still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Drops every counter whose window ended at or before `now`; returns how
+    /// many were dropped.
+    pub fn sweep(&self, now: i64) -> usize {
+        let mut state = self.lock();
+        sweep_locked(&mut state, now)
+    }
+
+    /// Number of live counters (for tests and stats).
+    pub fn len(&self) -> usize {
+        self.lock().counts.len()
+    }
+
+    /// Whether no counter is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds hits to the counters, all or nothing, and returns the new counts.
+    pub fn increment(&self, items: &[Increment], now: i64) -> Result<Vec<u64>, BackendError> {
+        let mut state = self.lock();
+        sweep_locked(&mut state, now);
+
+        let mut new_keys: Vec<&str> = items
+            .iter()
+            .map(|i| i.key.as_str())
+            .filter(|k| !state.counts.contains_key(*k))
+            .collect();
+        new_keys.sort_unstable();
+        new_keys.dedup();
+        if state.counts.len() + new_keys.len() > self.max_keys {
+            return Err(BackendError::MemoryFull {
+                max_keys: self.max_keys,
+            });
+        }
+
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            let count = match state.counts.get_mut(&item.key) {
+                Some(count) => count,
+                None => {
+                    state
+                        .expiries
+                        .entry(item.window_end)
+                        .or_default()
+                        .push(item.key.clone());
+                    state.counts.entry(item.key.clone()).or_insert(0)
+                }
+            };
+            *count = count.saturating_add(item.hits);
+            results.push(*count);
+        }
+        Ok(results)
+    }
+}
+
+fn sweep_locked(state: &mut State, now: i64) -> usize {
+    let mut dropped = 0;
+    while let Some(entry) = state.expiries.first_entry() {
+        if *entry.key() > now {
+            break;
+        }
+        for key in entry.remove() {
+            if state.counts.remove(&key).is_some() {
+                dropped += 1;
+            }
+        }
+    }
+    dropped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::{window_end, Unit};
+
+    fn inc(key: &str, hits: u64, now: i64, unit: Unit) -> Increment {
+        Increment {
+            key: key.to_owned(),
+            hits,
+            window_seconds: unit.seconds(),
+            window_end: window_end(now, unit),
+        }
+    }
+
+    #[test]
+    fn counts_add_up_per_key() {
+        let m = MemoryBackend::new(100);
+        let now = 1_000_000;
+        assert_eq!(
+            m.increment(&[inc("a", 1, now, Unit::Minute)], now).unwrap(),
+            vec![1]
+        );
+        assert_eq!(
+            m.increment(&[inc("a", 1, now, Unit::Minute)], now).unwrap(),
+            vec![2]
+        );
+        assert_eq!(
+            m.increment(
+                &[
+                    inc("a", 3, now, Unit::Minute),
+                    inc("b", 0, now, Unit::Minute)
+                ],
+                now
+            )
+            .unwrap(),
+            vec![5, 0]
+        );
+        // The same key twice in one batch counts twice, in order.
+        assert_eq!(
+            m.increment(
+                &[
+                    inc("c", 1, now, Unit::Minute),
+                    inc("c", 1, now, Unit::Minute)
+                ],
+                now
+            )
+            .unwrap(),
+            vec![1, 2]
+        );
+        assert_eq!(m.len(), 3);
+    }
+
+    #[test]
+    fn expired_windows_are_swept() {
+        let m = MemoryBackend::new(100);
+        let now = 1_000_020; // window [1_000_020 - 1_000_020 % 60, …) ends at 1_000_080
+        m.increment(&[inc("minute", 1, now, Unit::Minute)], now)
+            .unwrap();
+        m.increment(&[inc("second", 1, now, Unit::Second)], now)
+            .unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.sweep(now), 0);
+        assert_eq!(m.sweep(now + 1), 1, "the one-second window is over");
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.sweep(window_end(now, Unit::Minute) - 1), 0);
+        assert_eq!(m.sweep(window_end(now, Unit::Minute)), 1);
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn the_key_cap_holds_and_frees_up_after_the_window() {
+        let m = MemoryBackend::new(2);
+        let now = 1_000_000;
+        m.increment(
+            &[
+                inc("a", 1, now, Unit::Second),
+                inc("b", 1, now, Unit::Second),
+            ],
+            now,
+        )
+        .unwrap();
+        let err = m
+            .increment(&[inc("c", 1, now, Unit::Second)], now)
+            .unwrap_err();
+        assert!(matches!(err, BackendError::MemoryFull { max_keys: 2 }));
+        // All or nothing: the existing key was not counted by the failed batch.
+        assert_eq!(
+            m.increment(&[inc("a", 0, now, Unit::Second)], now).unwrap(),
+            vec![1]
+        );
+        // Next second, the old keys are gone and there is room again.
+        assert_eq!(
+            m.increment(&[inc("c", 1, now + 1, Unit::Second)], now + 1)
+                .unwrap(),
+            vec![1]
+        );
+        assert_eq!(m.len(), 1);
+    }
+}

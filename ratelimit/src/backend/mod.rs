@@ -1,0 +1,89 @@
+//! Counter stores: where the per-window hit counts live.
+//!
+//! Both stores do the same thing for a batch of counters: add each
+//! increment's hits to its key and return the counts after adding. The key
+//! already names the window (it ends with the window start), so a counter is
+//! never reset, it just expires once its window is over.
+
+pub mod memory;
+pub mod redis;
+
+use std::time::Duration;
+
+pub use self::memory::MemoryBackend;
+pub use self::redis::RedisBackend;
+
+/// One counter to increase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Increment {
+    /// The counter key (see [`crate::service::cache_key`]).
+    pub key: String,
+    /// Hits to add (may be 0: a check that does not consume).
+    pub hits: u64,
+    /// The window length in seconds: the key's time to live in Redis, as in
+    /// envoyproxy/ratelimit.
+    pub window_seconds: i64,
+    /// Unix second at which the key's window ends: after it, the in-memory
+    /// store drops the key.
+    pub window_end: i64,
+}
+
+/// Why a counter store could not answer. The service turns every one of these
+/// into a gRPC error (UNAVAILABLE), never into an OK.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// Redis refused the command or the connection failed.
+    #[error("redis error: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    /// Redis did not answer in time.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis answered with something other than the expected counts.
+    #[error("unexpected redis reply: {0}")]
+    UnexpectedReply(String),
+    /// The in-memory store is full of keys whose windows are still open.
+    #[error("in-memory counter store is full ({max_keys} live keys)")]
+    MemoryFull {
+        /// The configured bound.
+        max_keys: usize,
+    },
+}
+
+/// The configured counter store.
+#[derive(Debug)]
+pub enum Backend {
+    /// Counts in this process (one instance, the default).
+    Memory(MemoryBackend),
+    /// Counts in Redis, shared by every replica using the same Redis.
+    Redis(RedisBackend),
+}
+
+impl Backend {
+    /// Adds every increment's hits to its counter, all or nothing, and returns
+    /// the counts after adding, in order. `now` is the current Unix second.
+    pub async fn increment(&self, items: &[Increment], now: i64) -> Result<Vec<u64>, BackendError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Backend::Memory(memory) => memory.increment(items, now),
+            Backend::Redis(redis) => redis.increment(items).await,
+        }
+    }
+
+    /// Whether the store can take requests now (Redis: a PING).
+    pub async fn check(&self) -> Result<(), BackendError> {
+        match self {
+            Backend::Memory(_) => Ok(()),
+            Backend::Redis(redis) => redis.ping().await,
+        }
+    }
+
+    /// A short name for logs: `memory` or `redis`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Backend::Memory(_) => "memory",
+            Backend::Redis(_) => "redis",
+        }
+    }
+}

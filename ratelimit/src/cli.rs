@@ -1,0 +1,328 @@
+//! Command line and process life cycle: load the configuration, bind the
+//! ports, serve until SIGINT/SIGTERM, stop cleanly.
+//!
+//! Exit codes: 0 after a clean shutdown (or a successful `--validate`),
+//! 2 for a bad command line or configuration (including a malformed
+//! `--redis` URL), 1 when the service cannot run (a port cannot be bound, a
+//! server fails).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use crate::backend::{Backend, MemoryBackend, RedisBackend};
+use crate::config::{unknown_replaced_names, Quota, RateLimitConfig};
+use crate::logging::{self, LogFormat};
+use crate::service::{unix_now, RateLimiter, RlsService, ServiceOptions, Stats};
+
+/// How long servers get to finish in-flight calls after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often the in-memory store drops expired windows in the background.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// appguard's rate-limit service: Envoy RLS v3 over gRPC, configured with
+/// envoyproxy/ratelimit YAML, counting in memory or in Redis.
+#[derive(Debug, Parser)]
+#[command(name = "appguard-ratelimit", version, about)]
+pub struct Cli {
+    /// Address of the gRPC server (RateLimitService/ShouldRateLimit).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub grpc_addr: SocketAddr,
+
+    /// Address of the HTTP server (GET /healthcheck, GET /stats).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// A YAML file in envoyproxy/ratelimit's format, or a directory whose
+    /// *.yaml/*.yml files are all loaded. Repeatable; domains must be unique.
+    #[arg(long, required = true, value_name = "FILE_OR_DIR")]
+    pub config: Vec<PathBuf>,
+
+    /// Count in Redis (e.g. redis://127.0.0.1:6379) so that replicas share
+    /// counts. Without it, counts live in this process.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// Bound on each Redis call, in milliseconds; past it the call fails
+    /// with UNAVAILABLE.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub redis_timeout_ms: u64,
+
+    /// Prefix for every counter key (envoyproxy/ratelimit's CACHE_KEY_PREFIX).
+    #[arg(long, default_value = "", value_name = "PREFIX")]
+    pub cache_key_prefix: String,
+
+    /// Most counters the in-memory store keeps at once; past it calls fail
+    /// with UNAVAILABLE until windows expire.
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    pub memory_max_keys: usize,
+
+    /// Global shadow mode: count and log, but always answer OK.
+    #[arg(long)]
+    pub shadow_mode: bool,
+
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+
+    /// Log level or filter directive (error, warn, info, debug, trace).
+    /// Descriptor values are only logged at debug.
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    pub log_level: String,
+
+    /// Load and check the configuration, print a summary, and exit.
+    #[arg(long)]
+    pub validate: bool,
+}
+
+/// Runs the service as described by `cli`; returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
+        eprintln!("appguard-ratelimit: {e}");
+        return ExitCode::from(2);
+    }
+
+    let loaded = match RateLimitConfig::load_paths(&cli.config) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            error!("invalid rate-limit configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for warning in &loaded.warnings {
+        warn!(file = %warning.file, path = %warning.path, "configuration: {}", warning.message);
+    }
+    for name in unknown_replaced_names(&loaded.config) {
+        warn!(name = %name, "configuration: `replaces` names a limit that no rate_limit defines");
+    }
+    let limits = loaded.config.limits();
+    for limit in &limits {
+        let (requests_per_unit, unit) = match limit.quota {
+            Quota::PerUnit {
+                requests_per_unit,
+                unit,
+            } => (i64::from(requests_per_unit), unit.name()),
+            Quota::Unlimited => (-1, "unlimited"),
+        };
+        debug!(
+            limit = %limit.full_key,
+            requests_per_unit,
+            unit,
+            shadow_mode = limit.shadow_mode,
+            "limit loaded"
+        );
+    }
+    info!(
+        files = %loaded.files.join(","),
+        domains = %loaded.config.domains().join(","),
+        limits = limits.len(),
+        "configuration loaded"
+    );
+    if cli.validate {
+        println!(
+            "configuration OK: {} file(s), domains: {}, {} limit(s)",
+            loaded.files.len(),
+            loaded.config.domains().join(", "),
+            limits.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(serve(cli, loaded.config))
+}
+
+async fn serve(cli: Cli, config: RateLimitConfig) -> ExitCode {
+    let backend = match &cli.redis {
+        Some(url) => match RedisBackend::new(url, Duration::from_millis(cli.redis_timeout_ms)) {
+            Ok(redis) => {
+                info!(url = %redis.display_url(), "counting in redis");
+                Backend::Redis(redis)
+            }
+            Err(e) => {
+                error!("invalid --redis URL: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => {
+            info!(max_keys = cli.memory_max_keys, "counting in memory");
+            Backend::Memory(MemoryBackend::new(cli.memory_max_keys))
+        }
+    };
+    let backend = Arc::new(backend);
+    let stats = Arc::new(Stats::default());
+    let limiter = Arc::new(RateLimiter::new(
+        Arc::new(config),
+        Arc::clone(&backend),
+        ServiceOptions {
+            cache_key_prefix: cli.cache_key_prefix.clone(),
+            global_shadow_mode: cli.shadow_mode,
+        },
+        Arc::clone(&stats),
+    ));
+
+    let grpc_listener = match tokio::net::TcpListener::bind(cli.grpc_addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!(addr = %cli.grpc_addr, error = %e, "cannot bind the gRPC address");
+            return ExitCode::from(1);
+        }
+    };
+    let http_listener = match tokio::net::TcpListener::bind(cli.http_addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!(addr = %cli.http_addr, error = %e, "cannot bind the HTTP address");
+            return ExitCode::from(1);
+        }
+    };
+
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let signals = {
+        let shutting_down = Arc::clone(&shutting_down);
+        tokio::spawn(async move {
+            match wait_for_signal().await {
+                Ok(signal) => info!(signal, "shutting down"),
+                Err(e) => error!(error = %e, "cannot listen for signals; shutting down"),
+            }
+            shutting_down.store(true, Ordering::Relaxed);
+            // Nobody listening only means the servers already stopped.
+            let _ = shutdown_tx.send(true);
+        })
+    };
+
+    if let Backend::Memory(_) = backend.as_ref() {
+        let backend = Arc::clone(&backend);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                interval.tick().await;
+                if let Backend::Memory(memory) = backend.as_ref() {
+                    memory.sweep(unix_now());
+                }
+            }
+        });
+    }
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(RateLimitServiceServer::new(RlsService::new(limiter)))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc_listener),
+            shutdown_signalled(shutdown_rx.clone()),
+        );
+    let http_state = crate::http::HttpState {
+        backend: Arc::clone(&backend),
+        stats,
+        shutting_down: Arc::clone(&shutting_down),
+    };
+    let http = axum::serve(http_listener, crate::http::router(http_state))
+        .with_graceful_shutdown(shutdown_signalled(shutdown_rx.clone()));
+
+    info!(
+        grpc_addr = %cli.grpc_addr,
+        http_addr = %cli.http_addr,
+        backend = backend.kind(),
+        "listening"
+    );
+
+    let servers = async { tokio::join!(grpc, http) };
+    let deadline = async {
+        shutdown_signalled(shutdown_rx).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let code = tokio::select! {
+        (grpc_result, http_result) = servers => {
+            let mut code = ExitCode::SUCCESS;
+            if let Err(e) = grpc_result {
+                error!(error = %e, "gRPC server failed");
+                code = ExitCode::from(1);
+            }
+            if let Err(e) = http_result {
+                error!(error = %e, "HTTP server failed");
+                code = ExitCode::from(1);
+            }
+            code
+        }
+        () = deadline => {
+            warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; exiting");
+            ExitCode::SUCCESS
+        }
+    };
+    signals.abort();
+    if !shutting_down.load(Ordering::Relaxed) {
+        // A server stopped on its own: that is a failure.
+        error!("a server stopped without a shutdown signal");
+        return ExitCode::from(1);
+    }
+    info!("stopped");
+    code
+}
+
+/// Resolves when the shutdown flag becomes true (or its sender is gone).
+async fn shutdown_signalled(mut rx: watch::Receiver<bool>) {
+    // An error means the sender was dropped: treat it as shutdown too.
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Waits for SIGINT or SIGTERM; returns the signal's name.
+async fn wait_for_signal() -> std::io::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = interrupt.recv() => Ok("SIGINT"),
+        _ = terminate.recv() => Ok("SIGTERM"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = Cli::try_parse_from(["appguard-ratelimit", "--config", "a.yaml"]).unwrap();
+        assert_eq!(cli.grpc_addr, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(cli.http_addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(cli.redis.is_none());
+        let cli = Cli::try_parse_from([
+            "appguard-ratelimit",
+            "--config",
+            "a.yaml",
+            "--config",
+            "dir",
+            "--log-format",
+            "text",
+            "--redis",
+            "redis://127.0.0.1:1",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.len(), 2);
+        assert_eq!(cli.log_format, LogFormat::Text);
+        assert!(Cli::try_parse_from(["appguard-ratelimit"]).is_err());
+    }
+}

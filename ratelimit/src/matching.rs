@@ -1,0 +1,472 @@
+//! Finding the limit that applies to one request descriptor.
+//!
+//! The walk is envoyproxy/ratelimit's `GetLimit` (`src/config/config_impl.go`):
+//!
+//! - an unknown domain matches nothing;
+//! - a descriptor that carries its own `limit` override uses it as is (when
+//!   the domain is known);
+//! - otherwise the entries are walked from the domain root, one tree level
+//!   per entry. At each level the exact `key_value` child is preferred, then
+//!   the first wildcard child (file order) whose pattern matches
+//!   `key_value`, then the key-only child;
+//! - the limit applied is the one on the node reached by the **last** entry;
+//!   a limit on a node reached earlier applies only to descriptors that stop
+//!   there. The walk stops at a node without children, so a descriptor longer
+//!   than the configured branch matches nothing.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+
+use crate::config::{Node, Quota, RateLimit, RateLimitConfig};
+use crate::window::Unit;
+
+/// The limit found for a descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchedLimit {
+    /// The limit.
+    pub limit: Arc<RateLimit>,
+    /// For each entry index, the wildcard value pattern to count under
+    /// instead of the request value (`share_threshold`); empty when no entry
+    /// shares a threshold.
+    pub shared_values: Vec<Option<String>>,
+}
+
+/// A descriptor the service cannot evaluate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    /// The descriptor's `limit` override has an unknown unit.
+    #[error("descriptor limit override has an unknown unit ({0})")]
+    InvalidOverrideUnit(i32),
+}
+
+/// Whether `value` matches a pattern split on `*`: each `*` stands for zero
+/// or more characters, the pattern's first part must start the value, its
+/// last part end it, and the middle parts appear in order in between.
+pub fn wildcard_match(parts: &[String], value: &str) -> bool {
+    let (Some(first), Some(last)) = (parts.first(), parts.last()) else {
+        return false;
+    };
+    if parts.len() == 1 {
+        return first == value;
+    }
+    let fixed: usize = parts.iter().map(String::len).sum();
+    if value.len() < fixed || !value.starts_with(first.as_str()) || !value.ends_with(last.as_str())
+    {
+        return false;
+    }
+    // Safe: value.len() >= first.len() + last.len(), and both ends matched
+    // whole strings, so these are character boundaries.
+    let Some(mut rest) = value.get(first.len()..value.len() - last.len()) else {
+        return false;
+    };
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part.as_str()) {
+            Some(index) => rest = &rest[index + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+impl RateLimitConfig {
+    /// The limit for `descriptor` in `domain`, or `None` when no configured
+    /// limit applies (the descriptor is then answered OK without counting).
+    pub fn get_limit(
+        &self,
+        domain: &str,
+        descriptor: &RateLimitDescriptor,
+    ) -> Result<Option<MatchedLimit>, LookupError> {
+        let Some(root) = self.domains.get(domain) else {
+            return Ok(None);
+        };
+
+        if let Some(limit_override) = &descriptor.limit {
+            let unit = Unit::from_pb(limit_override.unit)
+                .ok_or(LookupError::InvalidOverrideUnit(limit_override.unit))?;
+            return Ok(Some(MatchedLimit {
+                limit: Arc::new(RateLimit {
+                    full_key: override_key(domain, descriptor),
+                    quota: Quota::PerUnit {
+                        requests_per_unit: limit_override.requests_per_unit,
+                        unit,
+                    },
+                    name: String::new(),
+                    replaces: Vec::new(),
+                    // An override from Envoy is never in shadow mode.
+                    shadow_mode: false,
+                    quota_mode: false,
+                }),
+                shared_values: Vec::new(),
+            }));
+        }
+
+        let last = descriptor.entries.len().saturating_sub(1);
+        let mut level: &Node = root;
+        let mut found: Option<Arc<RateLimit>> = None;
+        let mut shared_values: Vec<Option<String>> = Vec::new();
+
+        for (i, entry) in descriptor.entries.iter().enumerate() {
+            let key_value = format!("{}_{}", entry.key, entry.value);
+            let mut next = level.children.get(&key_value);
+            let mut via_wildcard = false;
+            if next.is_none() {
+                if let Some(wildcard) = level
+                    .wildcards
+                    .iter()
+                    .find(|w| wildcard_match(&w.parts, &key_value))
+                {
+                    next = level.children.get(&wildcard.key);
+                    via_wildcard = next.is_some();
+                }
+            }
+            if next.is_none() {
+                next = level.children.get(&entry.key);
+            }
+            let Some(node) = next else {
+                break;
+            };
+
+            if via_wildcard {
+                if let Some(pattern) = &node.share_threshold_pattern {
+                    let prefix = format!("{}_", entry.key);
+                    let shared = pattern.strip_prefix(&prefix).unwrap_or(pattern);
+                    if shared_values.len() < descriptor.entries.len() {
+                        shared_values.resize(descriptor.entries.len(), None);
+                    }
+                    shared_values[i] = Some(shared.to_owned());
+                }
+            }
+
+            if i == last {
+                found = node.limit.clone();
+            }
+            if node.children.is_empty() {
+                break;
+            }
+            level = node;
+        }
+
+        Ok(found.map(|limit| MatchedLimit {
+            limit,
+            shared_values,
+        }))
+    }
+}
+
+/// Stats key of a limit override: `domain.key_value.key_value…`.
+fn override_key(domain: &str, descriptor: &RateLimitDescriptor) -> String {
+    let mut key = String::from(domain);
+    for entry in &descriptor.entries {
+        key.push('.');
+        key.push_str(&entry.key);
+        if !entry.value.is_empty() {
+            key.push('_');
+            key.push_str(&entry.value);
+        }
+    }
+    key
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
+        Entry, RateLimitOverride,
+    };
+
+    /// A request descriptor from `(key, value)` pairs.
+    pub(crate) fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+        RateLimitDescriptor {
+            entries: entries
+                .iter()
+                .map(|(k, v)| Entry {
+                    key: (*k).to_owned(),
+                    value: (*v).to_owned(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn config(text: &str) -> RateLimitConfig {
+        RateLimitConfig::from_sources(&[("t.yaml".to_owned(), text.to_owned())])
+            .unwrap()
+            .0
+    }
+
+    fn key_of(config: &RateLimitConfig, domain: &str, entries: &[(&str, &str)]) -> Option<String> {
+        config
+            .get_limit(domain, &descriptor(entries))
+            .unwrap()
+            .map(|m| m.limit.full_key.clone())
+    }
+
+    const MESSAGING: &str = r#"
+domain: messaging
+descriptors:
+  - key: message_type
+    value: marketing
+    descriptors:
+      - key: to_number
+        rate_limit: {unit: day, requests_per_unit: 5}
+  - key: to_number
+    rate_limit: {unit: day, requests_per_unit: 100}
+"#;
+
+    #[test]
+    fn nested_match_uses_the_last_entry() {
+        let c = config(MESSAGING);
+        assert_eq!(
+            key_of(
+                &c,
+                "messaging",
+                &[("message_type", "marketing"), ("to_number", "2061111111")]
+            ),
+            Some("messaging.message_type_marketing.to_number".to_owned())
+        );
+        assert_eq!(
+            key_of(&c, "messaging", &[("to_number", "2061111111")]),
+            Some("messaging.to_number".to_owned())
+        );
+        // The placeholder node has no limit of its own.
+        assert_eq!(
+            key_of(&c, "messaging", &[("message_type", "marketing")]),
+            None
+        );
+        // An unknown value at the first level matches nothing (no key-only node).
+        assert_eq!(
+            key_of(
+                &c,
+                "messaging",
+                &[("message_type", "transactional"), ("to_number", "1")]
+            ),
+            None
+        );
+        // Unknown key, unknown domain, empty descriptor: nothing.
+        assert_eq!(key_of(&c, "messaging", &[("other", "x")]), None);
+        assert_eq!(key_of(&c, "nope", &[("to_number", "1")]), None);
+        assert_eq!(key_of(&c, "messaging", &[]), None);
+    }
+
+    #[test]
+    fn key_value_is_preferred_over_key_only() {
+        let c = config(
+            r#"
+domain: edge_proxy_per_ip
+descriptors:
+  - key: remote_address
+    rate_limit: {unit: second, requests_per_unit: 10}
+  - key: remote_address
+    value: 50.0.0.5
+    rate_limit: {unit: second, requests_per_unit: 0}
+"#,
+        );
+        let m = c
+            .get_limit(
+                "edge_proxy_per_ip",
+                &descriptor(&[("remote_address", "50.0.0.5")]),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            m.limit.full_key,
+            "edge_proxy_per_ip.remote_address_50.0.0.5"
+        );
+        assert_eq!(
+            m.limit.quota,
+            Quota::PerUnit {
+                requests_per_unit: 0,
+                unit: Unit::Second
+            }
+        );
+        assert_eq!(
+            key_of(&c, "edge_proxy_per_ip", &[("remote_address", "50.0.0.1")]),
+            Some("edge_proxy_per_ip.remote_address".to_owned())
+        );
+    }
+
+    #[test]
+    fn depth_must_match() {
+        // README example 4: a longer request descriptor does not match a
+        // shorter branch, a shorter one does not take a deeper limit.
+        let c = config(
+            "domain: example4\ndescriptors:\n  - key: key\n    value: value\n    rate_limit: {unit: second, requests_per_unit: 300}\n",
+        );
+        assert_eq!(
+            key_of(&c, "example4", &[("key", "value"), ("subkey", "subvalue")]),
+            None
+        );
+        let c = config(
+            "domain: example4\ndescriptors:\n  - key: key\n    value: value\n    descriptors:\n      - key: subkey\n        rate_limit: {unit: second, requests_per_unit: 300}\n",
+        );
+        assert_eq!(
+            key_of(&c, "example4", &[("key", "value"), ("subkey", "subvalue")]),
+            Some("example4.key_value.subkey".to_owned())
+        );
+        assert_eq!(key_of(&c, "example4", &[("key", "value")]), None);
+    }
+
+    #[test]
+    fn a_level_with_a_limit_and_children() {
+        let c = config(
+            r#"
+domain: d
+descriptors:
+  - key: app
+    rate_limit: {unit: minute, requests_per_unit: 100}
+    descriptors:
+      - key: route
+        value: /sms
+        rate_limit: {unit: minute, requests_per_unit: 5}
+"#,
+        );
+        assert_eq!(key_of(&c, "d", &[("app", "a")]), Some("d.app".to_owned()));
+        assert_eq!(
+            key_of(&c, "d", &[("app", "a"), ("route", "/sms")]),
+            Some("d.app.route_/sms".to_owned())
+        );
+        // The second entry matches no child: no limit, not even the parent's.
+        assert_eq!(key_of(&c, "d", &[("app", "a"), ("route", "/other")]), None);
+    }
+
+    #[test]
+    fn unlimited_shadow_and_flags_are_carried() {
+        let c = config(
+            r#"
+domain: internal
+descriptors:
+  - key: ldap
+    rate_limit: {unlimited: true}
+  - key: service
+    descriptors:
+      - key: user
+        value: user-a
+        shadow_mode: true
+        rate_limit: {requests_per_unit: 10, unit: second}
+"#,
+        );
+        let m = c
+            .get_limit("internal", &descriptor(&[("ldap", "x")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.limit.quota, Quota::Unlimited);
+        let m = c
+            .get_limit(
+                "internal",
+                &descriptor(&[("service", "auth"), ("user", "user-a")]),
+            )
+            .unwrap()
+            .unwrap();
+        assert!(m.limit.shadow_mode);
+        assert_eq!(
+            key_of(&c, "internal", &[("service", "auth"), ("user", "user-b")]),
+            None
+        );
+    }
+
+    #[test]
+    fn wildcards_match_in_file_order_after_exact_values() {
+        let c = config(
+            r#"
+domain: w
+descriptors:
+  - key: path
+    value: /api/*/action
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: path
+    value: /api/*
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: path
+    value: /api/exact/action
+    rate_limit: {unit: minute, requests_per_unit: 3}
+  - key: path
+    rate_limit: {unit: minute, requests_per_unit: 4}
+  - key: files
+    value: files/*
+    share_threshold: true
+    rate_limit: {unit: hour, requests_per_unit: 10}
+"#,
+        );
+        assert_eq!(
+            key_of(&c, "w", &[("path", "/api/123/action")]),
+            Some("w.path_/api/*/action".to_owned())
+        );
+        assert_eq!(
+            key_of(&c, "w", &[("path", "/api/123/other")]),
+            Some("w.path_/api/*".to_owned())
+        );
+        assert_eq!(
+            key_of(&c, "w", &[("path", "/api/exact/action")]),
+            Some("w.path_/api/exact/action".to_owned())
+        );
+        assert_eq!(
+            key_of(&c, "w", &[("path", "/other")]),
+            Some("w.path".to_owned())
+        );
+        let m = c
+            .get_limit("w", &descriptor(&[("files", "files/a.pdf")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.shared_values, vec![Some("files/*".to_owned())]);
+        let m = c
+            .get_limit("w", &descriptor(&[("path", "/api/1/action")]))
+            .unwrap()
+            .unwrap();
+        assert!(m.shared_values.is_empty());
+    }
+
+    #[test]
+    fn wildcard_matching() {
+        let p = |s: &str| s.split('*').map(str::to_owned).collect::<Vec<_>>();
+        assert!(wildcard_match(&p("k_value*"), "k_value1"));
+        assert!(wildcard_match(&p("k_value*"), "k_value"));
+        assert!(!wildcard_match(&p("k_value*"), "k_valu"));
+        assert!(wildcard_match(&p("k_/api/*/action"), "k_/api/1/action"));
+        assert!(!wildcard_match(&p("k_/api/*/action"), "k_/api/1/other"));
+        assert!(wildcard_match(
+            &p("k_/api/*/resource/*/action"),
+            "k_/api/v1/resource/123/action"
+        ));
+        assert!(!wildcard_match(
+            &p("k_/api/*/resource/*/action"),
+            "k_/api/v1/action"
+        ));
+        // Prefix and suffix may not overlap.
+        assert!(!wildcard_match(&p("ab*ba"), "aba"));
+        assert!(wildcard_match(&p("ab*ba"), "abba"));
+        assert!(wildcard_match(&p("exact"), "exact"));
+        assert!(!wildcard_match(&p("exact"), "exactly"));
+        assert!(wildcard_match(&p("é*ü"), "éxü"));
+        assert!(!wildcard_match(&[], "x"));
+    }
+
+    #[test]
+    fn limit_override_is_used_for_known_domains() {
+        let c = config(MESSAGING);
+        let mut d = descriptor(&[("to_number", "1")]);
+        d.limit = Some(RateLimitOverride {
+            requests_per_unit: 7,
+            unit: Unit::Hour.to_pb() as i32,
+        });
+        let m = c.get_limit("messaging", &d).unwrap().unwrap();
+        assert_eq!(
+            m.limit.quota,
+            Quota::PerUnit {
+                requests_per_unit: 7,
+                unit: Unit::Hour
+            }
+        );
+        assert_eq!(m.limit.full_key, "messaging.to_number_1");
+        assert!(!m.limit.shadow_mode);
+        assert_eq!(c.get_limit("other", &d).unwrap(), None);
+        d.limit = Some(RateLimitOverride {
+            requests_per_unit: 7,
+            unit: 0,
+        });
+        assert_eq!(
+            c.get_limit("messaging", &d),
+            Err(LookupError::InvalidOverrideUnit(0))
+        );
+    }
+}

@@ -1,0 +1,862 @@
+//! `ShouldRateLimit`: from a request to a response.
+//!
+//! The steps and the response are envoyproxy/ratelimit's
+//! (`src/service/ratelimit.go`, `src/limiter/base_limiter.go`):
+//!
+//! 1. each descriptor gets its limit ([`crate::matching`]); a limit with
+//!    `unlimited` is not counted, and a named limit that another matched
+//!    limit `replaces` is dropped;
+//! 2. the hits of each descriptor are its own `hits_addend` when set (0
+//!    allowed: a check that does not consume), else the request's
+//!    `hits_addend`, at least 1;
+//! 3. all counters of the request are increased in one batch; a descriptor is
+//!    over limit when its count after adding exceeds `requests_per_unit`;
+//! 4. each descriptor gets a status, in request order: unmatched → OK with no
+//!    limit; unlimited → OK with `limit_remaining` = u32::MAX; otherwise the
+//!    code, `current_limit`, `limit_remaining` (0 when over) and
+//!    `duration_until_reset`. A shadow-mode limit that is over is reported
+//!    OK (and counted);
+//! 5. the overall code is OVER_LIMIT when a (non-quota) descriptor is over
+//!    limit, or when every quota-mode descriptor is; global shadow mode turns
+//!    it back to OK.
+//!
+//! Not implemented from envoyproxy/ratelimit (all off by default there):
+//! its over-limit local cache, `STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT`, a
+//! separate per-second Redis, expiry jitter, `x-ratelimit-*` response
+//! headers and response dynamic metadata; `detailed_metric` and
+//! `value_to_metric` only shape its metrics. Like envoyproxy/ratelimit, the
+//! descriptor field `is_negative_hits` is not read: hits always add.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus, RateLimit as PbRateLimit,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use serde::Serialize;
+use tracing::{debug, info, warn};
+
+use crate::backend::{Backend, BackendError, Increment};
+use crate::config::{Quota, RateLimitConfig};
+use crate::matching::{LookupError, MatchedLimit};
+use crate::window::{seconds_until_reset, window_end, window_start};
+
+/// Why a request got a gRPC error instead of an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// `domain` is empty (envoyproxy/ratelimit refuses it too).
+    #[error("rate limit domain must not be empty")]
+    EmptyDomain,
+    /// No descriptor in the request.
+    #[error("rate limit descriptor list must not be empty")]
+    NoDescriptors,
+    /// A descriptor cannot be evaluated.
+    #[error("descriptor {index}: {source}")]
+    Lookup {
+        /// Position of the descriptor in the request.
+        index: usize,
+        /// The problem.
+        source: LookupError,
+    },
+    /// A `hits_addend` larger than a counter can take.
+    #[error("descriptor {index}: hits_addend {hits} is too large")]
+    HitsTooLarge {
+        /// Position of the descriptor in the request.
+        index: usize,
+        /// The hits asked for.
+        hits: u64,
+    },
+    /// The counter store failed: the answer is unknown, so no answer is given.
+    #[error("counter store unavailable: {0}")]
+    Backend(#[from] BackendError),
+}
+
+impl ServiceError {
+    /// The gRPC status for this error: UNAVAILABLE when the store failed (the
+    /// caller's failure mode then decides), INVALID_ARGUMENT for a bad
+    /// request.
+    pub fn to_status(&self) -> tonic::Status {
+        match self {
+            ServiceError::Backend(_) => tonic::Status::unavailable(self.to_string()),
+            _ => tonic::Status::invalid_argument(self.to_string()),
+        }
+    }
+}
+
+/// Service-wide counters, served as JSON on `GET /stats`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// `ShouldRateLimit` calls answered.
+    pub requests: AtomicU64,
+    /// Calls answered OVER_LIMIT.
+    pub over_limit: AtomicU64,
+    /// Descriptors over their limit (whether or not reported as such).
+    pub descriptors_over_limit: AtomicU64,
+    /// Descriptors over a shadow-mode limit, reported OK.
+    pub shadow_mode: AtomicU64,
+    /// Calls whose OVER_LIMIT was turned into OK by global shadow mode.
+    pub global_shadow_mode: AtomicU64,
+    /// Calls that failed because the counter store failed.
+    pub backend_errors: AtomicU64,
+    /// Calls refused as malformed.
+    pub invalid_requests: AtomicU64,
+}
+
+/// A point-in-time copy of [`Stats`], for serialisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StatsSnapshot {
+    /// See [`Stats::requests`].
+    pub requests: u64,
+    /// See [`Stats::over_limit`].
+    pub over_limit: u64,
+    /// See [`Stats::descriptors_over_limit`].
+    pub descriptors_over_limit: u64,
+    /// See [`Stats::shadow_mode`].
+    pub shadow_mode: u64,
+    /// See [`Stats::global_shadow_mode`].
+    pub global_shadow_mode: u64,
+    /// See [`Stats::backend_errors`].
+    pub backend_errors: u64,
+    /// See [`Stats::invalid_requests`].
+    pub invalid_requests: u64,
+}
+
+impl Stats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            requests: get(&self.requests),
+            over_limit: get(&self.over_limit),
+            descriptors_over_limit: get(&self.descriptors_over_limit),
+            shadow_mode: get(&self.shadow_mode),
+            global_shadow_mode: get(&self.global_shadow_mode),
+            backend_errors: get(&self.backend_errors),
+            invalid_requests: get(&self.invalid_requests),
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Options that apply to every request.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceOptions {
+    /// Prepended to every counter key (envoyproxy/ratelimit's
+    /// `CACHE_KEY_PREFIX`), to share one Redis between unrelated services.
+    pub cache_key_prefix: String,
+    /// Global shadow mode (envoyproxy/ratelimit's `SHADOW_MODE`): everything
+    /// is counted, but the overall answer is always OK.
+    pub global_shadow_mode: bool,
+}
+
+/// The counter key of a descriptor, as envoyproxy/ratelimit builds it
+/// (`GenerateCacheKey`):
+/// `prefix + domain + "_" + (key + "_" + value + "_")… + window_start`.
+/// The key holds the request's values (so a key-only config
+/// entry counts each value separately), except where a `share_threshold`
+/// wildcard replaces the value by its pattern.
+pub fn cache_key(
+    prefix: &str,
+    domain: &str,
+    descriptor: &RateLimitDescriptor,
+    shared_values: &[Option<String>],
+    window_start: i64,
+) -> String {
+    let mut key = String::with_capacity(64);
+    key.push_str(prefix);
+    key.push_str(domain);
+    key.push('_');
+    for (i, entry) in descriptor.entries.iter().enumerate() {
+        key.push_str(&entry.key);
+        key.push('_');
+        match shared_values.get(i).and_then(Option::as_deref) {
+            Some(pattern) => key.push_str(pattern),
+            None => key.push_str(&entry.value),
+        }
+        key.push('_');
+    }
+    key.push_str(&window_start.to_string());
+    key
+}
+
+/// Hits a descriptor adds: its own `hits_addend` when set (0 allowed), else
+/// the request's, at least 1.
+pub fn hits_for(request: &RateLimitRequest, descriptor: &RateLimitDescriptor) -> u64 {
+    match &descriptor.hits_addend {
+        Some(own) => own.value,
+        None => u64::from(request.hits_addend.max(1)),
+    }
+}
+
+/// The rate limiter: configuration, counter store and stats.
+#[derive(Debug)]
+pub struct RateLimiter {
+    /// The loaded limits (read-only; a new configuration needs a restart).
+    config: Arc<RateLimitConfig>,
+    /// Where counts live.
+    backend: Arc<Backend>,
+    /// Key prefix and global shadow mode.
+    options: ServiceOptions,
+    /// Counters served on `/stats`.
+    stats: Arc<Stats>,
+}
+
+/// What the request's descriptor `i` turned into before counting.
+enum Plan {
+    /// No configured limit: OK, not counted.
+    Unmatched,
+    /// `unlimited: true`: OK with u32::MAX remaining, not counted.
+    Unlimited,
+    /// Counted against this limit, as batch item `item`.
+    Counted {
+        /// The matched limit (name, flags).
+        matched: MatchedLimit,
+        /// Its allowance per window.
+        requests_per_unit: u32,
+        /// Its window.
+        unit: crate::window::Unit,
+        /// Hits this descriptor adds.
+        hits: u64,
+        /// Index of its counter in the batch.
+        item: usize,
+    },
+}
+
+impl RateLimiter {
+    /// A limiter over `config` counting in `backend`.
+    pub fn new(
+        config: Arc<RateLimitConfig>,
+        backend: Arc<Backend>,
+        options: ServiceOptions,
+        stats: Arc<Stats>,
+    ) -> Self {
+        RateLimiter {
+            config,
+            backend,
+            options,
+            stats,
+        }
+    }
+
+    /// The stats this limiter updates.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Answers one request at Unix second `now`.
+    pub async fn should_rate_limit(
+        &self,
+        request: &RateLimitRequest,
+        now: i64,
+    ) -> Result<RateLimitResponse, ServiceError> {
+        let result = self.evaluate(request, now).await;
+        match &result {
+            Ok(response) => {
+                bump(&self.stats.requests);
+                if response.overall_code == Code::OverLimit as i32 {
+                    bump(&self.stats.over_limit);
+                }
+            }
+            Err(ServiceError::Backend(e)) => {
+                bump(&self.stats.backend_errors);
+                warn!(domain = %request.domain, error = %e, "counter store failed; answering UNAVAILABLE");
+            }
+            Err(e) => {
+                bump(&self.stats.invalid_requests);
+                info!(domain = %request.domain, error = %e, "invalid request");
+            }
+        }
+        result
+    }
+
+    async fn evaluate(
+        &self,
+        request: &RateLimitRequest,
+        now: i64,
+    ) -> Result<RateLimitResponse, ServiceError> {
+        if request.domain.is_empty() {
+            return Err(ServiceError::EmptyDomain);
+        }
+        if request.descriptors.is_empty() {
+            return Err(ServiceError::NoDescriptors);
+        }
+        let domain = request.domain.as_str();
+
+        // 1. Limits, then unlimited and replaced ones.
+        let mut matches = Vec::with_capacity(request.descriptors.len());
+        let mut replaced: HashSet<&str> = HashSet::new();
+        for (index, descriptor) in request.descriptors.iter().enumerate() {
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let entries: Vec<String> = descriptor
+                    .entries
+                    .iter()
+                    .map(|e| format!("({}={})", e.key, e.value))
+                    .collect();
+                debug!(domain, index, entries = %entries.join(","), "descriptor");
+            }
+            let matched = self
+                .config
+                .get_limit(domain, descriptor)
+                .map_err(|source| ServiceError::Lookup { index, source })?;
+            matches.push(matched);
+        }
+        for matched in matches.iter().flatten() {
+            replaced.extend(matched.limit.replaces.iter().map(String::as_str));
+        }
+
+        // 2. Plans and the counter batch.
+        let mut plans = Vec::with_capacity(matches.len());
+        let mut items = Vec::new();
+        for (index, (descriptor, matched)) in request.descriptors.iter().zip(&matches).enumerate() {
+            let Some(matched) = matched else {
+                plans.push(Plan::Unmatched);
+                continue;
+            };
+            let limit = &matched.limit;
+            let (requests_per_unit, unit) = match limit.quota {
+                Quota::Unlimited => {
+                    plans.push(Plan::Unlimited);
+                    continue;
+                }
+                Quota::PerUnit {
+                    requests_per_unit,
+                    unit,
+                } => (requests_per_unit, unit),
+            };
+            if !limit.name.is_empty() && replaced.contains(limit.name.as_str()) {
+                debug!(domain, limit = %limit.full_key, "limit replaced by another");
+                plans.push(Plan::Unmatched);
+                continue;
+            }
+            let hits = hits_for(request, descriptor);
+            if i64::try_from(hits).is_err() {
+                return Err(ServiceError::HitsTooLarge { index, hits });
+            }
+            let key = cache_key(
+                &self.options.cache_key_prefix,
+                domain,
+                descriptor,
+                &matched.shared_values,
+                window_start(now, unit),
+            );
+            items.push(Increment {
+                key,
+                hits,
+                window_seconds: unit.seconds(),
+                window_end: window_end(now, unit),
+            });
+            plans.push(Plan::Counted {
+                matched: matched.clone(),
+                requests_per_unit,
+                unit,
+                hits,
+                item: items.len() - 1,
+            });
+        }
+
+        // 3. Count.
+        let counts = self.backend.increment(&items, now).await?;
+
+        // 4. Statuses.
+        let mut statuses = Vec::with_capacity(plans.len());
+        let mut failed = 0usize;
+        let mut quota_total = 0usize;
+        let mut quota_failed = 0usize;
+        for plan in plans {
+            match plan {
+                Plan::Unmatched => statuses.push(DescriptorStatus {
+                    code: Code::Ok as i32,
+                    ..Default::default()
+                }),
+                Plan::Unlimited => statuses.push(DescriptorStatus {
+                    code: Code::Ok as i32,
+                    limit_remaining: u32::MAX,
+                    ..Default::default()
+                }),
+                Plan::Counted {
+                    matched,
+                    requests_per_unit,
+                    unit,
+                    hits,
+                    item,
+                } => {
+                    let limit = &matched.limit;
+                    let after = counts.get(item).copied().unwrap_or(u64::MAX);
+                    let over = after > u64::from(requests_per_unit);
+                    let remaining = if over {
+                        0
+                    } else {
+                        // after <= requests_per_unit, so this fits in u32.
+                        u32::try_from(u64::from(requests_per_unit) - after).unwrap_or(0)
+                    };
+                    let mut code = if over { Code::OverLimit } else { Code::Ok };
+                    if over {
+                        bump(&self.stats.descriptors_over_limit);
+                        if limit.shadow_mode {
+                            code = Code::Ok;
+                            bump(&self.stats.shadow_mode);
+                            info!(
+                                domain,
+                                limit = %limit.full_key,
+                                count = after,
+                                requests_per_unit,
+                                hits,
+                                "over limit in shadow mode: reported OK"
+                            );
+                        } else {
+                            info!(
+                                domain,
+                                limit = %limit.full_key,
+                                count = after,
+                                requests_per_unit,
+                                hits,
+                                "over limit"
+                            );
+                        }
+                    }
+                    if limit.quota_mode {
+                        quota_total += 1;
+                        if code == Code::OverLimit {
+                            quota_failed += 1;
+                        }
+                    } else if code == Code::OverLimit {
+                        failed += 1;
+                    }
+                    statuses.push(DescriptorStatus {
+                        code: code as i32,
+                        current_limit: Some(PbRateLimit {
+                            name: limit.name.clone(),
+                            requests_per_unit,
+                            unit: unit.to_pb() as i32,
+                        }),
+                        limit_remaining: remaining,
+                        duration_until_reset: Some(PbDuration {
+                            seconds: seconds_until_reset(now, unit),
+                            nanos: 0,
+                        }),
+                        quota: None,
+                    });
+                }
+            }
+        }
+
+        // 5. Overall code.
+        let mut overall = if failed > 0 || (quota_total > 0 && quota_total == quota_failed) {
+            Code::OverLimit
+        } else {
+            Code::Ok
+        };
+        if overall == Code::OverLimit && self.options.global_shadow_mode {
+            overall = Code::Ok;
+            bump(&self.stats.global_shadow_mode);
+            info!(domain, "over limit in global shadow mode: reported OK");
+        }
+
+        Ok(RateLimitResponse {
+            overall_code: overall as i32,
+            statuses,
+            ..Default::default()
+        })
+    }
+}
+
+/// The gRPC face of [`RateLimiter`].
+#[derive(Debug, Clone)]
+pub struct RlsService {
+    limiter: Arc<RateLimiter>,
+}
+
+impl RlsService {
+    /// Serves `limiter` over gRPC.
+    pub fn new(limiter: Arc<RateLimiter>) -> Self {
+        RlsService { limiter }
+    }
+}
+
+/// The current Unix second.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[tonic::async_trait]
+impl RateLimitService for RlsService {
+    async fn should_rate_limit(
+        &self,
+        request: tonic::Request<RateLimitRequest>,
+    ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
+        let request = request.into_inner();
+        self.limiter
+            .should_rate_limit(&request, unix_now())
+            .await
+            .map(tonic::Response::new)
+            .map_err(|e| e.to_status())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemoryBackend;
+    use crate::matching::tests::{config, descriptor};
+    use crate::window::Unit;
+    use envoy_types::pb::google::protobuf::UInt64Value;
+
+    const NOW: i64 = 1_699_999_990; // 10 s into a minute
+
+    fn limiter(yaml: &str) -> RateLimiter {
+        limiter_with(yaml, ServiceOptions::default())
+    }
+
+    fn limiter_with(yaml: &str, options: ServiceOptions) -> RateLimiter {
+        RateLimiter::new(
+            Arc::new(config(yaml)),
+            Arc::new(Backend::Memory(MemoryBackend::new(1000))),
+            options,
+            Arc::new(Stats::default()),
+        )
+    }
+
+    fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+        RateLimitRequest {
+            domain: domain.to_owned(),
+            descriptors,
+            hits_addend: 0,
+        }
+    }
+
+    async fn ask(l: &RateLimiter, req: &RateLimitRequest, now: i64) -> RateLimitResponse {
+        l.should_rate_limit(req, now).await.unwrap()
+    }
+
+    const APP: &str = r#"
+domain: appguard
+descriptors:
+  - key: ip
+    rate_limit: {unit: minute, requests_per_unit: 3, name: per_ip}
+  - key: jti
+    rate_limit: {unit: hour, requests_per_unit: 1}
+  - key: internal
+    rate_limit: {unlimited: true}
+  - key: trial
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: vip
+    rate_limit: {unit: minute, requests_per_unit: 10, replaces: [{name: per_ip}]}
+  - key: q1
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: q2
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+"#;
+
+    #[tokio::test]
+    async fn n_allowed_then_over_limit() {
+        let l = limiter(APP);
+        let req = request("appguard", vec![descriptor(&[("ip", "1.2.3.4")])]);
+        for remaining in [2, 1, 0] {
+            let r = ask(&l, &req, NOW).await;
+            assert_eq!(r.overall_code, Code::Ok as i32);
+            let s = &r.statuses[0];
+            assert_eq!(s.code, Code::Ok as i32);
+            assert_eq!(s.limit_remaining, remaining);
+            assert_eq!(
+                s.current_limit,
+                Some(PbRateLimit {
+                    name: "per_ip".to_owned(),
+                    requests_per_unit: 3,
+                    unit: Unit::Minute.to_pb() as i32
+                })
+            );
+            assert_eq!(s.duration_until_reset.unwrap().seconds, 50);
+        }
+        let r = ask(&l, &req, NOW + 5).await;
+        assert_eq!(r.overall_code, Code::OverLimit as i32);
+        assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
+        assert_eq!(r.statuses[0].limit_remaining, 0);
+        assert_eq!(r.statuses[0].duration_until_reset.unwrap().seconds, 45);
+        // Another value of the key-only entry has its own counter.
+        let other = request("appguard", vec![descriptor(&[("ip", "5.6.7.8")])]);
+        assert_eq!(ask(&l, &other, NOW).await.overall_code, Code::Ok as i32);
+        // The next window starts afresh.
+        let r = ask(&l, &req, NOW + 50).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses[0].limit_remaining, 2);
+        assert_eq!(r.statuses[0].duration_until_reset.unwrap().seconds, 60);
+        let stats = l.stats().snapshot();
+        assert_eq!(stats.requests, 6);
+        assert_eq!(stats.over_limit, 1);
+    }
+
+    #[tokio::test]
+    async fn replay_descriptor_allows_one_use() {
+        let l = limiter(APP);
+        let req = request("appguard", vec![descriptor(&[("jti", "hash-of-token")])]);
+        assert_eq!(ask(&l, &req, NOW).await.overall_code, Code::Ok as i32);
+        assert_eq!(
+            ask(&l, &req, NOW).await.overall_code,
+            Code::OverLimit as i32
+        );
+        let fresh = request("appguard", vec![descriptor(&[("jti", "another")])]);
+        assert_eq!(ask(&l, &fresh, NOW).await.overall_code, Code::Ok as i32);
+    }
+
+    #[tokio::test]
+    async fn statuses_follow_request_order_for_mixed_descriptors() {
+        let l = limiter(APP);
+        let req = request(
+            "appguard",
+            vec![
+                descriptor(&[("nothing", "x")]),
+                descriptor(&[("internal", "svc")]),
+                descriptor(&[("jti", "t1")]),
+            ],
+        );
+        let r = ask(&l, &req, NOW).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses.len(), 3);
+        // Unmatched: OK, no limit, nothing remaining reported.
+        assert_eq!(
+            r.statuses[0],
+            DescriptorStatus {
+                code: Code::Ok as i32,
+                ..Default::default()
+            }
+        );
+        // Unlimited: OK with u32::MAX remaining.
+        assert_eq!(
+            r.statuses[1],
+            DescriptorStatus {
+                code: Code::Ok as i32,
+                limit_remaining: u32::MAX,
+                ..Default::default()
+            }
+        );
+        assert_eq!(r.statuses[2].limit_remaining, 0);
+        let r = ask(&l, &req, NOW).await;
+        assert_eq!(r.overall_code, Code::OverLimit as i32);
+        assert_eq!(r.statuses[0].code, Code::Ok as i32);
+        assert_eq!(r.statuses[1].code, Code::Ok as i32);
+        assert_eq!(r.statuses[2].code, Code::OverLimit as i32);
+    }
+
+    #[tokio::test]
+    async fn unknown_domain_is_ok_and_not_counted() {
+        let l = limiter(APP);
+        let req = request("other", vec![descriptor(&[("ip", "1")])]);
+        for _ in 0..5 {
+            let r = ask(&l, &req, NOW).await;
+            assert_eq!(r.overall_code, Code::Ok as i32);
+            assert_eq!(r.statuses[0].current_limit, None);
+        }
+    }
+
+    #[tokio::test]
+    async fn shadow_mode_reports_ok_but_counts() {
+        let l = limiter(APP);
+        let req = request("appguard", vec![descriptor(&[("trial", "u1")])]);
+        assert_eq!(ask(&l, &req, NOW).await.statuses[0].limit_remaining, 0);
+        let r = ask(&l, &req, NOW).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses[0].code, Code::Ok as i32);
+        assert_eq!(r.statuses[0].limit_remaining, 0);
+        let stats = l.stats().snapshot();
+        assert_eq!(stats.shadow_mode, 1);
+        assert_eq!(stats.descriptors_over_limit, 1);
+        assert_eq!(stats.over_limit, 0);
+    }
+
+    #[tokio::test]
+    async fn global_shadow_mode_reports_ok() {
+        let l = limiter_with(
+            APP,
+            ServiceOptions {
+                global_shadow_mode: true,
+                ..Default::default()
+            },
+        );
+        let req = request("appguard", vec![descriptor(&[("jti", "x")])]);
+        ask(&l, &req, NOW).await;
+        let r = ask(&l, &req, NOW).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        // The descriptor status still says what happened.
+        assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
+        assert_eq!(l.stats().snapshot().global_shadow_mode, 1);
+    }
+
+    #[tokio::test]
+    async fn replaced_limits_are_not_applied_or_counted() {
+        let l = limiter(APP);
+        let both = request(
+            "appguard",
+            vec![
+                descriptor(&[("ip", "9.9.9.9")]),
+                descriptor(&[("vip", "u")]),
+            ],
+        );
+        for _ in 0..5 {
+            let r = ask(&l, &both, NOW).await;
+            assert_eq!(r.overall_code, Code::Ok as i32);
+            assert_eq!(r.statuses[0].current_limit, None, "per_ip is replaced");
+        }
+        // The per-IP counter was never touched.
+        let alone = request("appguard", vec![descriptor(&[("ip", "9.9.9.9")])]);
+        assert_eq!(ask(&l, &alone, NOW).await.statuses[0].limit_remaining, 2);
+    }
+
+    #[tokio::test]
+    async fn quota_mode_is_over_only_when_all_quota_descriptors_are() {
+        let l = limiter(APP);
+        let req = request(
+            "appguard",
+            vec![descriptor(&[("q1", "a")]), descriptor(&[("q2", "a")])],
+        );
+        assert_eq!(ask(&l, &req, NOW).await.overall_code, Code::Ok as i32);
+        // q1 over (2 > 1), q2 at its limit (2): still OK overall.
+        let r = ask(&l, &req, NOW).await;
+        assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
+        assert_eq!(r.statuses[1].code, Code::Ok as i32);
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        // Both over: OVER_LIMIT.
+        let r = ask(&l, &req, NOW).await;
+        assert_eq!(r.overall_code, Code::OverLimit as i32);
+    }
+
+    #[tokio::test]
+    async fn hits_addend_on_request_and_descriptor() {
+        let l = limiter(APP);
+        let mut req = request("appguard", vec![descriptor(&[("ip", "h")])]);
+        req.hits_addend = 2;
+        assert_eq!(ask(&l, &req, NOW).await.statuses[0].limit_remaining, 1);
+        // A descriptor's own hits_addend wins; 0 checks without consuming.
+        let mut check = descriptor(&[("ip", "h")]);
+        check.hits_addend = Some(UInt64Value { value: 0 });
+        let mut req0 = request("appguard", vec![check]);
+        req0.hits_addend = 5;
+        let r = ask(&l, &req0, NOW).await;
+        assert_eq!(r.statuses[0].code, Code::Ok as i32);
+        assert_eq!(r.statuses[0].limit_remaining, 1);
+        // 2 more on a count of 2: 4 > 3.
+        assert_eq!(
+            ask(&l, &req, NOW).await.overall_code,
+            Code::OverLimit as i32
+        );
+        let mut huge = descriptor(&[("ip", "h")]);
+        huge.hits_addend = Some(UInt64Value { value: u64::MAX });
+        let err = l
+            .should_rate_limit(&request("appguard", vec![huge]), NOW)
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_status().code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn malformed_requests_are_refused() {
+        let l = limiter(APP);
+        let err = l
+            .should_rate_limit(&request("", vec![descriptor(&[("ip", "1")])]), NOW)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ServiceError::EmptyDomain));
+        assert_eq!(err.to_status().code(), tonic::Code::InvalidArgument);
+        let err = l
+            .should_rate_limit(&request("appguard", vec![]), NOW)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ServiceError::NoDescriptors));
+        assert_eq!(l.stats().snapshot().invalid_requests, 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_store_is_unavailable_not_ok() {
+        let l = RateLimiter::new(
+            Arc::new(config(APP)),
+            Arc::new(Backend::Memory(MemoryBackend::new(1))),
+            ServiceOptions::default(),
+            Arc::new(Stats::default()),
+        );
+        ask(
+            &l,
+            &request("appguard", vec![descriptor(&[("ip", "1")])]),
+            NOW,
+        )
+        .await;
+        let err = l
+            .should_rate_limit(&request("appguard", vec![descriptor(&[("ip", "2")])]), NOW)
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_status().code(), tonic::Code::Unavailable);
+        assert_eq!(l.stats().snapshot().backend_errors, 1);
+    }
+
+    #[test]
+    fn cache_keys_follow_envoyproxy_ratelimit() {
+        let d = descriptor(&[("message_type", "marketing"), ("to_number", "2061111111")]);
+        assert_eq!(
+            cache_key("", "messaging", &d, &[], 1_700_000_000),
+            "messaging_message_type_marketing_to_number_2061111111_1700000000"
+        );
+        assert_eq!(
+            cache_key("pre_", "d", &descriptor(&[("k", "")]), &[], 60),
+            "pre_d_k__60"
+        );
+        let shared = vec![Some("files/*".to_owned())];
+        assert_eq!(
+            cache_key(
+                "",
+                "d",
+                &descriptor(&[("files", "files/a.pdf")]),
+                &shared,
+                0
+            ),
+            "d_files_files/*_0"
+        );
+    }
+
+    #[tokio::test]
+    async fn share_threshold_counts_all_matches_together() {
+        let l = limiter(
+            "domain: d\ndescriptors:\n  - key: files\n    value: files/*\n    share_threshold: true\n    rate_limit: {unit: hour, requests_per_unit: 2}\n  - key: own\n    value: own/*\n    rate_limit: {unit: hour, requests_per_unit: 1}\n",
+        );
+        let a = request("d", vec![descriptor(&[("files", "files/a")])]);
+        let b = request("d", vec![descriptor(&[("files", "files/b")])]);
+        assert_eq!(ask(&l, &a, NOW).await.overall_code, Code::Ok as i32);
+        assert_eq!(ask(&l, &b, NOW).await.overall_code, Code::Ok as i32);
+        assert_eq!(ask(&l, &a, NOW).await.overall_code, Code::OverLimit as i32);
+        let own_a = request("d", vec![descriptor(&[("own", "own/a")])]);
+        let own_b = request("d", vec![descriptor(&[("own", "own/b")])]);
+        assert_eq!(ask(&l, &own_a, NOW).await.overall_code, Code::Ok as i32);
+        assert_eq!(ask(&l, &own_b, NOW).await.overall_code, Code::Ok as i32);
+    }
+
+    #[tokio::test]
+    async fn limit_override_from_the_request() {
+        let l = limiter(APP);
+        let mut d = descriptor(&[("anything", "x")]);
+        d.limit = Some(
+            envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride {
+                requests_per_unit: 1,
+                unit: Unit::Second.to_pb() as i32,
+            },
+        );
+        let req = request("appguard", vec![d]);
+        let r = ask(&l, &req, NOW).await;
+        assert_eq!(r.statuses[0].duration_until_reset.unwrap().seconds, 1);
+        assert_eq!(
+            ask(&l, &req, NOW).await.overall_code,
+            Code::OverLimit as i32
+        );
+    }
+}

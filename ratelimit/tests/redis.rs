@@ -1,0 +1,168 @@
+//! End-to-end tests with a real `redis-server`: shared counts across
+//! instances, the counter key format, and behaviour while Redis is down.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use redis::Commands;
+
+const HOUR: i64 = 3600;
+
+fn redis_args(redis: &Redis) -> Vec<String> {
+    vec![
+        "--config".to_owned(),
+        fixture("appguard.yaml").display().to_string(),
+        "--redis".to_owned(),
+        redis.url(),
+        "--redis-timeout-ms".to_owned(),
+        "500".to_owned(),
+    ]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[tokio::test]
+async fn two_instances_share_counts_through_redis() {
+    avoid_window_edge(HOUR, 10);
+    let redis = Redis::start();
+    let args = redis_args(&redis);
+    let a = Service::start_healthy(&strs(&args));
+    let b = Service::start_healthy(&strs(&args));
+    let mut ca = a.client().await;
+    let mut cb = b.client().await;
+    let req = request("appguard", vec![descriptor(&[("client_ip", "192.0.2.10")])]);
+
+    // Limit 3 per hour, calls alternating between the two instances.
+    let r = ask(&mut ca, &req).await;
+    assert_eq!(r.statuses[0].limit_remaining, 2);
+    let r = ask(&mut cb, &req).await;
+    assert_eq!(r.statuses[0].limit_remaining, 1);
+    let r = ask(&mut ca, &req).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 0);
+    let r = ask(&mut cb, &req).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
+    let r = ask(&mut ca, &req).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+
+    // The counter is envoyproxy/ratelimit's key: domain_key_value_windowstart,
+    // with the window length as its time to live.
+    let now = unix_now();
+    let key = format!("appguard_client_ip_192.0.2.10_{}", now - now % HOUR);
+    let mut conn = redis.conn();
+    let count: i64 = conn.get(&key).unwrap();
+    assert_eq!(count, 5);
+    let ttl: i64 = conn.ttl(&key).unwrap();
+    assert!(ttl > 0 && ttl <= HOUR, "ttl {ttl}");
+    let keys: Vec<String> = conn.keys("*").unwrap();
+    assert_eq!(keys, vec![key]);
+}
+
+#[tokio::test]
+async fn redis_down_is_unavailable_and_unhealthy_then_recovers() {
+    avoid_window_edge(HOUR, 15);
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let service = Service::start_healthy(&strs(&redis_args(&redis)));
+    let mut client = service.client().await;
+    let req = request("appguard", vec![descriptor(&[("jti", "token-1")])]);
+    assert_eq!(ask(&mut client, &req).await.overall_code, Code::Ok as i32);
+    assert_eq!(service.http_get("/healthcheck"), (200, "OK".to_owned()));
+
+    redis.stop();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = client.should_rate_limit(req.clone()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "too slow to fail"
+        );
+    }
+    // Unmatched descriptors need no counter: still answered.
+    let unmatched = request("appguard", vec![descriptor(&[("nothing", "x")])]);
+    assert_eq!(
+        ask(&mut client, &unmatched).await.overall_code,
+        Code::Ok as i32
+    );
+    let (status, body) = service.http_get("/healthcheck");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("redis"), "{body}");
+    let stats: serde_json::Value = serde_json::from_str(&service.http_get("/stats").1).unwrap();
+    assert_eq!(stats["backend_errors"], 3);
+
+    // Redis back on the same port (empty: no persistence): the service
+    // reconnects by itself.
+    let _redis = Redis::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while service.http_get("/healthcheck").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "service did not reconnect to redis"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let fresh = request("appguard", vec![descriptor(&[("jti", "token-2")])]);
+    let r = ask(&mut client, &fresh).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(
+        ask(&mut client, &fresh).await.overall_code,
+        Code::OverLimit as i32
+    );
+}
+
+#[tokio::test]
+async fn starts_while_redis_is_down_and_reports_unhealthy() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let config = fixture("appguard.yaml").display().to_string();
+    let service = Service::start(&[
+        "--config",
+        &config,
+        "--redis",
+        &url,
+        "--redis-timeout-ms",
+        "300",
+    ]);
+    assert_eq!(service.http_get("/healthcheck").0, 500);
+    let mut client = service.client().await;
+    let err = client
+        .should_rate_limit(request("appguard", vec![descriptor(&[("jti", "t")])]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+
+    let _redis = Redis::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while service.http_get("/healthcheck").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "service did not connect to redis"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_malformed_redis_url_exits_2() {
+    let config = fixture("appguard.yaml").display().to_string();
+    let (code, stderr) = run_to_exit(&[
+        "--config",
+        &config,
+        "--redis",
+        "http://127.0.0.1:1",
+        "--grpc-addr",
+        &format!("127.0.0.1:{}", free_port()),
+        "--http-addr",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--redis"), "{stderr}");
+}

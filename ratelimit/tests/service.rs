@@ -1,0 +1,364 @@
+//! End-to-end tests of the binary with the in-memory store: gRPC answers,
+//! health, stats, logs, shutdown and configuration errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus, RateLimit,
+};
+use envoy_types::pb::google::protobuf::UInt64Value;
+
+const HOUR: i64 = 3600;
+const DAY: i64 = 86_400;
+
+fn appguard_args() -> Vec<String> {
+    vec![
+        "--config".to_owned(),
+        fixture("appguard.yaml").display().to_string(),
+    ]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// `duration_until_reset` is the time to the end of the window, measured
+/// against this process's clock (one second of slack each way).
+fn assert_reset(status: &DescriptorStatus, unit_seconds: i64) {
+    let expected = unit_seconds - unix_now() % unit_seconds;
+    let got = status
+        .duration_until_reset
+        .expect("duration_until_reset")
+        .seconds;
+    assert!(
+        (got - expected).abs() <= 1 && got >= 1 && got <= unit_seconds,
+        "duration_until_reset {got}, expected about {expected}"
+    );
+}
+
+#[tokio::test]
+async fn allows_n_then_answers_over_limit() {
+    avoid_window_edge(HOUR, 10);
+    let service = Service::start_healthy(&strs(&appguard_args()));
+    let mut client = service.client().await;
+    let req = request(
+        "appguard",
+        vec![descriptor(&[("client_ip", "203.0.113.7")])],
+    );
+    let limit = Some(RateLimit {
+        name: "per_ip".to_owned(),
+        requests_per_unit: 3,
+        unit: Unit::Hour as i32,
+    });
+
+    for remaining in [2, 1, 0] {
+        let r = ask(&mut client, &req).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses.len(), 1);
+        let s = &r.statuses[0];
+        assert_eq!(s.code, Code::Ok as i32);
+        assert_eq!(s.current_limit, limit);
+        assert_eq!(s.limit_remaining, remaining);
+        assert_reset(s, HOUR);
+    }
+    for _ in 0..2 {
+        let r = ask(&mut client, &req).await;
+        assert_eq!(r.overall_code, Code::OverLimit as i32);
+        let s = &r.statuses[0];
+        assert_eq!(s.code, Code::OverLimit as i32);
+        assert_eq!(s.current_limit, limit);
+        assert_eq!(s.limit_remaining, 0);
+        assert_reset(s, HOUR);
+    }
+
+    // Another IP has its own counter; the blocked IP (key + value entry,
+    // preferred over key-only) is over limit at once.
+    let other = request(
+        "appguard",
+        vec![descriptor(&[("client_ip", "203.0.113.8")])],
+    );
+    assert_eq!(
+        ask(&mut client, &other).await.statuses[0].limit_remaining,
+        2
+    );
+    let blocked = request(
+        "appguard",
+        vec![descriptor(&[("client_ip", "198.51.100.66")])],
+    );
+    let r = ask(&mut client, &blocked).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    assert_eq!(
+        r.statuses[0]
+            .current_limit
+            .as_ref()
+            .unwrap()
+            .requests_per_unit,
+        0
+    );
+
+    let (status, body) = service.http_get("/stats");
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["requests"], 7);
+    assert_eq!(stats["over_limit"], 3);
+}
+
+#[tokio::test]
+async fn one_status_per_descriptor_in_request_order() {
+    avoid_window_edge(DAY, 10);
+    let service = Service::start_healthy(&strs(&appguard_args()));
+    let mut client = service.client().await;
+    let req = request(
+        "appguard",
+        vec![
+            descriptor(&[("no_such_key", "x")]),
+            descriptor(&[("internal", "batch")]),
+            descriptor(&[
+                ("app", "com.example"),
+                ("route", "sms_send"),
+                ("phone_hash", "ab12"),
+            ]),
+            descriptor(&[
+                ("app", "com.example"),
+                ("route", "other"),
+                ("phone_hash", "ab12"),
+            ]),
+        ],
+    );
+    let r = ask(&mut client, &req).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses.len(), 4);
+    assert_eq!(
+        r.statuses[0],
+        DescriptorStatus {
+            code: Code::Ok as i32,
+            ..Default::default()
+        },
+        "unmatched: OK, no limit"
+    );
+    assert_eq!(
+        r.statuses[1],
+        DescriptorStatus {
+            code: Code::Ok as i32,
+            limit_remaining: u32::MAX,
+            ..Default::default()
+        },
+        "unlimited: OK, u32::MAX remaining"
+    );
+    assert_eq!(r.statuses[2].limit_remaining, 1);
+    assert_eq!(
+        r.statuses[2].current_limit.as_ref().unwrap().unit,
+        Unit::Day as i32
+    );
+    assert_reset(&r.statuses[2], DAY);
+    assert_eq!(
+        r.statuses[3].current_limit, None,
+        "route 'other' has no entry"
+    );
+
+    // hits_addend on the request counts for every descriptor.
+    let mut heavy = request(
+        "appguard",
+        vec![descriptor(&[
+            ("app", "com.example"),
+            ("route", "sms_send"),
+            ("phone_hash", "cd34"),
+        ])],
+    );
+    heavy.hits_addend = 2;
+    let r = ask(&mut client, &heavy).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 0);
+    // A descriptor's own hits_addend of 0 checks without consuming.
+    let mut check = descriptor(&[
+        ("app", "com.example"),
+        ("route", "sms_send"),
+        ("phone_hash", "cd34"),
+    ]);
+    check.hits_addend = Some(UInt64Value { value: 0 });
+    let r = ask(&mut client, &request("appguard", vec![check])).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 0);
+    let r = ask(&mut client, &heavy).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+}
+
+#[tokio::test]
+async fn replayed_jti_is_over_limit() {
+    avoid_window_edge(HOUR, 10);
+    let service = Service::start_healthy(&strs(&appguard_args()));
+    let mut client = service.client().await;
+    let token = request("appguard", vec![descriptor(&[("jti", "9f86d081884c7d65")])]);
+    let r = ask(&mut client, &token).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 0);
+    let r = ask(&mut client, &token).await;
+    assert_eq!(
+        r.overall_code,
+        Code::OverLimit as i32,
+        "a replay is refused"
+    );
+    let other = request("appguard", vec![descriptor(&[("jti", "2c26b46b68ffc68f")])]);
+    assert_eq!(ask(&mut client, &other).await.overall_code, Code::Ok as i32);
+}
+
+#[tokio::test]
+async fn shadow_mode_answers_ok_and_counts() {
+    avoid_window_edge(HOUR, 10);
+    let service = Service::start_healthy(&strs(&appguard_args()));
+    let mut client = service.client().await;
+    let req = request("appguard", vec![descriptor(&[("api_key", "key-id-1")])]);
+    for _ in 0..3 {
+        let r = ask(&mut client, &req).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses[0].code, Code::Ok as i32);
+    }
+    let stats: serde_json::Value = serde_json::from_str(&service.http_get("/stats").1).unwrap();
+    assert_eq!(stats["shadow_mode"], 2);
+    assert_eq!(stats["over_limit"], 0);
+    let logs = service.stderr();
+    assert!(
+        logs.contains("over limit in shadow mode"),
+        "shadow-mode hit not logged: {logs}"
+    );
+    assert!(
+        !logs.contains("key-id-1"),
+        "descriptor value logged at info"
+    );
+}
+
+#[tokio::test]
+async fn malformed_requests_get_invalid_argument() {
+    let service = Service::start_healthy(&strs(&appguard_args()));
+    let mut client = service.client().await;
+    let err = client
+        .should_rate_limit(request("", vec![descriptor(&[("jti", "x")])]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = client
+        .should_rate_limit(request("appguard", vec![]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // An unknown domain is not an error: nothing is limited.
+    let r = ask(
+        &mut client,
+        &request("elsewhere", vec![descriptor(&[("jti", "x")])]),
+    )
+    .await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+}
+
+#[tokio::test]
+async fn loads_a_directory_of_files() {
+    let dir = fixture("conf.d").display().to_string();
+    let service = Service::start_healthy(&["--config", &dir]);
+    let mut client = service.client().await;
+    let one = request("one", vec![descriptor(&[("k", "v")])]);
+    let two = request("two", vec![descriptor(&[("k", "v")])]);
+    assert_eq!(ask(&mut client, &one).await.statuses[0].limit_remaining, 0);
+    assert_eq!(ask(&mut client, &two).await.statuses[0].limit_remaining, 1);
+}
+
+#[test]
+fn logs_are_json_lines_and_sigterm_exits_zero() {
+    let mut service = Service::start_healthy(&strs(&appguard_args()));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &service.guard.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = service
+        .guard
+        .wait_timeout(Duration::from_secs(10))
+        .expect("no exit after SIGTERM");
+    assert_eq!(exit.code(), Some(0), "{}", service.stderr());
+    let logs = service.stderr();
+    let lines: Vec<&str> = logs.lines().collect();
+    assert!(lines.len() >= 3, "{logs}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(v["ts"].is_string(), "{line}");
+        assert!(v["level"].is_string(), "{line}");
+        assert!(v["msg"].is_string(), "{line}");
+        assert!(v["fields"].is_object(), "{line}");
+    }
+    assert!(logs.contains("\"msg\":\"listening\""), "{logs}");
+    assert!(logs.contains("SIGTERM"), "{logs}");
+}
+
+#[test]
+fn sigint_exits_zero() {
+    let mut service = Service::start_healthy(&strs(&appguard_args()));
+    std::process::Command::new("kill")
+        .args(["-INT", &service.guard.pid().to_string()])
+        .status()
+        .unwrap();
+    let exit = service
+        .guard
+        .wait_timeout(Duration::from_secs(10))
+        .expect("no exit after SIGINT");
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[test]
+fn bad_configuration_exits_2_with_a_clear_message() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "bad/unknown_key.yaml",
+            &["descriptors[0].rate_limit.burst", "unknown key 'burst'"],
+        ),
+        (
+            "bad/invalid_unit.yaml",
+            &[
+                "descriptors[0].descriptors[0].rate_limit.unit",
+                "invalid rate limit unit 'fortnight'",
+            ],
+        ),
+        ("bad/malformed.yaml", &["line 5"]),
+    ];
+    for (file, expected) in cases {
+        let path = fixture(file).display().to_string();
+        let (code, stderr) = run_to_exit(&["--config", &path]);
+        assert_eq!(code, Some(2), "{file}: {stderr}");
+        assert!(stderr.contains(&path), "{file}: file not named: {stderr}");
+        for needle in *expected {
+            assert!(
+                stderr.contains(needle),
+                "{file}: '{needle}' missing: {stderr}"
+            );
+        }
+    }
+
+    // Domains must be unique across files.
+    let a = fixture("appguard.yaml").display().to_string();
+    let b = fixture("bad/duplicate_domain.yaml").display().to_string();
+    let (code, stderr) = run_to_exit(&["--config", &a, "--config", &b, "--log-format", "text"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("duplicate domain 'appguard'"), "{stderr}");
+
+    // A missing file, and a missing --config.
+    let (code, stderr) = run_to_exit(&["--config", "/nonexistent/limits.yaml"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("/nonexistent/limits.yaml"), "{stderr}");
+    let (code, stderr) = run_to_exit(&[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--config"), "{stderr}");
+}
+
+#[test]
+fn validate_checks_and_exits() {
+    let (code, stderr) = run_to_exit(&[
+        "--config",
+        &fixture("appguard.yaml").display().to_string(),
+        "--validate",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+}
