@@ -17,6 +17,7 @@ pub mod identity;
 pub mod net;
 pub mod policy;
 pub mod request;
+pub mod signing;
 pub mod store;
 pub mod token;
 
