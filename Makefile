@@ -92,12 +92,15 @@ validate: ## envoy --mode validate on every Envoy YAML in the repository
 	  $(ENVOY) --mode validate -c target/validate.yaml --log-level error >/dev/null || { echo "INVALID: $$f"; exit 1; }; done
 	$(PYTHON) scripts/render-envoy.py --wasm $(WASM) --check-config examples/three-platform.json envoy/envoy.yaml
 
-e2e: ## end-to-end tests: real Envoy loading the built module (needs `make build`)
+e2e: ## end-to-end tests: real Envoy + module, the rate-limit service, Redis (needs `make build`)
 	@[ -f $(WASM) ] || $(MAKE) build
+	cargo build -p appguard-ratelimit
+	cargo test -p appguard-ratelimit --test '*'
 	cargo test -p appguard --test '*' -- --test-threads 2
 
-run: deps build ## start Envoy + module + upstream on loopback with an example config (EXAMPLE=...)
-	$(PYTHON) scripts/run.py --wasm $(WASM) --envoy $(ENVOY) --example $(EXAMPLE)
+run: deps build ## start Envoy + module + rate-limit service + upstream on loopback (EXAMPLE=...)
+	cargo build -q -p appguard-ratelimit
+	$(PYTHON) scripts/run.py --wasm $(WASM) --envoy $(ENVOY) --example $(EXAMPLE) --ratelimit target/debug/appguard-ratelimit
 
 bench: ## performance table against native Envoy filters
 	@echo "make bench: not yet (see the performance issue)"

@@ -33,6 +33,7 @@ spec.loader.exec_module(render)
 import yaml  # noqa: E402
 
 ENVOY_PORT, ADMIN_PORT, UPSTREAM_PORT = 10000, 9901, 18080
+RLS_GRPC_PORT, RLS_HTTP_PORT = 18081, 18082
 
 
 class Echo(http.server.BaseHTTPRequestHandler):
@@ -106,13 +107,14 @@ def demo(example):
             data=json.dumps(body).encode() if body is not None else None)
         try:
             with urllib.request.urlopen(req, timeout=5) as r:
-                status, reason = r.status, r.headers.get("x-appguard-reason")
+                status, reason, extra = r.status, r.headers.get("x-appguard-reason"), ""
         except urllib.error.HTTPError as e:
             status, reason = e.code, e.headers.get("x-appguard-reason")
+            extra = f" retry-after={e.headers['retry-after']}" if e.headers.get("retry-after") else ""
         ok = "ok" if status == d["expect"] else f"UNEXPECTED (wanted {d['expect']})"
         print(f"  # {d['what']}")
         print(f"  {' '.join(curl)}")
-        print(f"  -> {status}{' ' + reason if reason else ''}  {ok}\n")
+        print(f"  -> {status}{' ' + reason if reason else ''}{extra}  {ok}\n")
 
 
 def main():
@@ -120,6 +122,7 @@ def main():
     ap.add_argument("--wasm", required=True)
     ap.add_argument("--envoy", required=True)
     ap.add_argument("--example", required=True)
+    ap.add_argument("--ratelimit", required=True, help="the appguard-ratelimit binary")
     a = ap.parse_args()
 
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", UPSTREAM_PORT), Echo)
@@ -133,6 +136,11 @@ def main():
     conf = os.path.join(work, "envoy.yaml")
     with open(conf, "w") as f:
         yaml.safe_dump(render.render(doc, a.wasm, cfg), f, sort_keys=False)
+    rls_log = open(os.path.join(work, "ratelimit.log"), "w")
+    rls = subprocess.Popen(
+        [a.ratelimit, "--config", os.path.join(ROOT, "envoy/ratelimit.yaml"),
+         "--grpc-addr", f"127.0.0.1:{RLS_GRPC_PORT}", "--http-addr", f"127.0.0.1:{RLS_HTTP_PORT}"],
+        stdin=subprocess.DEVNULL, stdout=rls_log, stderr=rls_log)
     log = os.path.join(work, "envoy.log")
     envoy = subprocess.Popen(
         [a.envoy, "-c", conf, "--concurrency", "2", "--base-id-path", os.path.join(work, "base-id"),
@@ -140,11 +148,12 @@ def main():
         stdin=subprocess.DEVNULL)
 
     def stop(*_):
-        envoy.terminate()
-        try:
-            envoy.wait(5)
-        except subprocess.TimeoutExpired:
-            envoy.kill()
+        for p in (envoy, rls):
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
         upstream.shutdown()
         print("\nstopped.")
         sys.exit(0)
@@ -155,17 +164,20 @@ def main():
         print(open(log).read() if os.path.exists(log) else "no Envoy log")
         print("Envoy did not start.")
         envoy.kill()
+        rls.kill()
         sys.exit(1)
     print(f"appguard is running ({a.example}):")
     print(f"  Envoy + appguard  http://127.0.0.1:{ENVOY_PORT}")
     print(f"  Envoy admin       http://127.0.0.1:{ADMIN_PORT}  (stats: /stats/prometheus)")
     print(f"  upstream echo     http://127.0.0.1:{UPSTREAM_PORT}")
+    print(f"  rate-limit svc    grpc 127.0.0.1:{RLS_GRPC_PORT}, http://127.0.0.1:{RLS_HTTP_PORT}/healthcheck (envoy/ratelimit.yaml)")
     print(f"  Envoy log         {log}")
     demo(a.example)
     print("Ctrl-C stops everything.")
     while envoy.poll() is None:
         time.sleep(0.5)
     print("Envoy exited; see", log)
+    rls.kill()
     upstream.shutdown()
     sys.exit(1)
 

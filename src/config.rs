@@ -9,7 +9,9 @@
 use serde::Deserialize;
 
 use crate::identity::{self, ApiKeys, App, Platform};
+use crate::limits::{self, RateLimit};
 use crate::net::CidrSet;
+use crate::phone::{PhoneRules, PrefixSet};
 use crate::token::{self, Provider};
 
 /// A configuration error: the field path and what is wrong with it.
@@ -99,7 +101,48 @@ struct RawConfig {
     #[serde(default)]
     tokens: Vec<token::RawProvider>,
     #[serde(default)]
+    rate_limit_service: Option<RawRls>,
+    #[serde(default)]
+    phone: Option<RawPhone>,
+    #[serde(default = "default_max_body")]
+    max_body_bytes: usize,
+    #[serde(default)]
     routes: Vec<RawRoute>,
+}
+
+fn default_max_body() -> usize {
+    16 * 1024
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRls {
+    cluster: String,
+    domain: String,
+    #[serde(default = "default_rls_timeout")]
+    timeout_ms: u64,
+    #[serde(default)]
+    failure_mode: FailureMode,
+}
+
+fn default_rls_timeout() -> u64 {
+    200
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPhone {
+    #[serde(default)]
+    default_calling_code: Option<String>,
+    #[serde(default = "default_national_prefix")]
+    national_prefix: String,
+    #[serde(default)]
+    denied_prefixes: Vec<String>,
+    hash_key_base64: String,
+}
+
+fn default_national_prefix() -> String {
+    "0".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +200,24 @@ struct RawRoute {
     api_key: KeyRequirement,
     #[serde(default)]
     network: Option<RawNetwork>,
+    #[serde(default)]
+    rate_limits: Vec<limits::RawRateLimit>,
+    #[serde(default)]
+    failure_mode: Option<FailureMode>,
+    #[serde(default)]
+    max_body_bytes: Option<usize>,
+}
+
+/// What happens when the shared rate-limit service does not answer in time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Refuse with 503 `ratelimit_unavailable` (fail closed; the default for
+    /// a security control).
+    #[default]
+    Deny,
+    /// Let the request go on, and count it.
+    Allow,
 }
 
 /// Whether a route reads an API key.
@@ -211,8 +272,41 @@ pub struct Config {
     pub api_keys: ApiKeys,
     /// Token providers.
     pub providers: Vec<Provider>,
+    /// The shared rate-limit service (Envoy RLS v3), when configured.
+    pub rate_limit_service: Option<RateLimitService>,
+    /// Phone-number rules for body values marked `phone`.
+    pub phone: Option<PhoneConfig>,
+    /// Largest request body buffered (default 16 KiB); beyond it,
+    /// `body_too_large` (413). Only routes that read the body buffer it.
+    pub max_body_bytes: usize,
     /// Routes, tried in order; the first match names the policy.
     pub routes: Vec<Route>,
+}
+
+/// The shared rate-limit service: one `ShouldRateLimit` call per request
+/// with all of its service descriptors.
+#[derive(Debug)]
+pub struct RateLimitService {
+    /// Envoy cluster of the service (HTTP/2).
+    pub cluster: String,
+    /// The RLS domain, as in the service's YAML.
+    pub domain: String,
+    /// Call timeout; then `failure_mode` decides.
+    pub timeout_ms: u64,
+    /// Default failure mode (routes may override).
+    pub failure_mode: FailureMode,
+}
+
+/// Phone numbers read from bodies (SMS/OTP routes).
+#[derive(Debug)]
+pub struct PhoneConfig {
+    /// How national numbers become E.164.
+    pub rules: PhoneRules,
+    /// E.164 prefixes refused with `phone_denied` (premium ranges, countries).
+    pub denied: PrefixSet,
+    /// Key of the HMAC-SHA256 that turns a number into its descriptor value;
+    /// the number itself never leaves the filter.
+    pub hash_key: Vec<u8>,
 }
 
 /// Client IP and country rules (SPEC §1 step 2).
@@ -270,6 +364,19 @@ pub struct Route {
     pub api_key: KeyRequirement,
     /// Route-specific network rules, checked after the global ones.
     pub network: Option<Network>,
+    /// The route's rate limits, in order.
+    pub rate_limits: Vec<RateLimit>,
+    /// What a rate-limit service failure does on this route.
+    pub failure_mode: FailureMode,
+    /// Largest body buffered on this route.
+    pub max_body_bytes: usize,
+}
+
+impl Route {
+    /// Whether a rate limit of this route reads the body.
+    pub fn limits_need_body(&self) -> bool {
+        self.rate_limits.iter().any(RateLimit::needs_body)
+    }
 }
 
 /// How a route matches the request path (query string excluded).
@@ -320,6 +427,58 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         providers.push(p);
     }
+    let rate_limit_service = match raw.rate_limit_service {
+        Some(r) => {
+            if r.cluster.is_empty() {
+                return Err(ConfigError::new("rate_limit_service.cluster", "required"));
+            }
+            if r.domain.is_empty() {
+                return Err(ConfigError::new("rate_limit_service.domain", "required"));
+            }
+            if r.timeout_ms == 0 || r.timeout_ms > 10_000 {
+                return Err(ConfigError::new(
+                    "rate_limit_service.timeout_ms",
+                    "must be 1..=10000",
+                ));
+            }
+            Some(RateLimitService {
+                cluster: r.cluster,
+                domain: r.domain,
+                timeout_ms: r.timeout_ms,
+                failure_mode: r.failure_mode,
+            })
+        }
+        None => None,
+    };
+    let phone = match raw.phone {
+        Some(p) => {
+            let rules = PhoneRules {
+                default_calling_code: p.default_calling_code,
+                national_prefix: p.national_prefix,
+            };
+            rules.validate().map_err(|m| ConfigError::new("phone", m))?;
+            let denied = PrefixSet::new(&p.denied_prefixes).map_err(|e| {
+                ConfigError::new(format!("phone.denied_prefixes[{}]", e.index), e.to_string())
+            })?;
+            let hash_key = crate::token::keys::decode_base64_any(&p.hash_key_base64)
+                .filter(|k| k.len() >= 16)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "phone.hash_key_base64",
+                        "base64 of at least 16 random bytes (32 recommended)",
+                    )
+                })?;
+            Some(PhoneConfig {
+                rules,
+                denied,
+                hash_key,
+            })
+        }
+        None => None,
+    };
+    if raw.max_body_bytes == 0 || raw.max_body_bytes > 1024 * 1024 {
+        return Err(ConfigError::new("max_body_bytes", "must be 1..=1048576"));
+    }
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.into_iter().enumerate() {
         let at = format!("routes[{i}]");
@@ -329,7 +488,49 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 format!("duplicate route name {:?}", r.name),
             ));
         }
-        routes.push(compile_route(&at, r, raw.mode, &providers)?);
+        let default_failure = rate_limit_service
+            .as_ref()
+            .map_or(FailureMode::Deny, |s| s.failure_mode);
+        let route = compile_route(
+            &at,
+            r,
+            raw.mode,
+            &providers,
+            default_failure,
+            raw.max_body_bytes,
+        )?;
+        for (j, rl) in route.rate_limits.iter().enumerate() {
+            if rl.local.is_none() && rate_limit_service.is_none() {
+                return Err(ConfigError::new(
+                    format!("{at}.rate_limits[{j}]"),
+                    "no `local` limit and no `rate_limit_service` configured to enforce it",
+                ));
+            }
+            if rl
+                .entries
+                .iter()
+                .any(|e| matches!(e.source, limits::Source::Body { phone: true, .. }))
+                && phone.is_none()
+            {
+                return Err(ConfigError::new(
+                    format!("{at}.rate_limits[{j}]"),
+                    "a `phone` body entry needs the top-level `phone` section",
+                ));
+            }
+        }
+        routes.push(route);
+    }
+    for (i, p) in providers.iter().enumerate() {
+        if p.replay
+            .as_ref()
+            .is_some_and(|r| r.scope == token::ReplayScope::Service)
+            && rate_limit_service.is_none()
+        {
+            return Err(ConfigError::new(
+                format!("tokens[{i}].replay.scope"),
+                "`service` needs `rate_limit_service`",
+            ));
+        }
     }
     let route_names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
     let api_keys = identity::compile_api_keys(raw.api_keys, &apps, &route_names)?;
@@ -364,6 +565,9 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         apps,
         api_keys,
         providers,
+        rate_limit_service,
+        phone,
+        max_body_bytes: raw.max_body_bytes,
         routes,
     })
 }
@@ -427,6 +631,8 @@ fn compile_route(
     r: RawRoute,
     global_mode: Mode,
     providers: &[Provider],
+    default_failure: FailureMode,
+    default_max_body: usize,
 ) -> Result<Route, ConfigError> {
     if !valid_name(&r.name) {
         return Err(ConfigError::new(
@@ -488,6 +694,14 @@ fn compile_route(
         Some(n) => Some(compile_network(&format!("{at}.network"), n)?),
         None => None,
     };
+    let rate_limits = limits::compile(&format!("{at}.rate_limits"), &r.name, r.rate_limits)?;
+    let max_body_bytes = r.max_body_bytes.unwrap_or(default_max_body);
+    if max_body_bytes == 0 || max_body_bytes > 1024 * 1024 {
+        return Err(ConfigError::new(
+            format!("{at}.max_body_bytes"),
+            "must be 1..=1048576",
+        ));
+    }
     Ok(Route {
         name: r.name,
         path,
@@ -500,6 +714,9 @@ fn compile_route(
         providers: route_providers,
         api_key: r.api_key,
         network,
+        rate_limits,
+        failure_mode: r.failure_mode.unwrap_or(default_failure),
+        max_body_bytes,
     })
 }
 

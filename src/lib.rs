@@ -14,8 +14,11 @@
 pub mod config;
 pub mod decision;
 pub mod identity;
+pub mod limits;
 pub mod net;
+pub mod phone;
 pub mod policy;
+pub mod ratelimit;
 pub mod request;
 pub mod signing;
 pub mod store;

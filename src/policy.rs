@@ -13,11 +13,17 @@ use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{Action, Config, HostPattern, KeyRequirement, Mode, Network, PathMatch, Route};
+use crate::config::{
+    Action, Config, FailureMode, HostPattern, KeyRequirement, Mode, Network, PathMatch, Route,
+};
 use crate::decision::{Decision, Denial, Grant, Reason};
 use crate::identity::{self, PlatformHeaders};
+use crate::limits::{self, Descriptor, OverLimitCache, Source};
 use crate::net;
+use crate::phone;
+use crate::ratelimit::{self, RateLimitResponse};
 use crate::request::Request;
+use crate::signing::{self, InstallKey, Message};
 use crate::store::{self, ReplayOutcome, SharedStore};
 use crate::token::{self, AppClaimFormat, Key, ReplayScope, TokenError, VerifiedToken};
 
@@ -80,6 +86,10 @@ pub struct Ctx<'a> {
     /// unknown `kid` outside the re-fetch rate limit). When false, missing
     /// keys answer `jwks_unavailable` and an unknown `kid` `token_signature`.
     pub may_fetch_keys: bool,
+    /// The worker's over-limit cache (descriptors the service refused).
+    pub over_limit: &'a RefCell<OverLimitCache>,
+    /// Milliseconds since the epoch (local token buckets refill by the ms).
+    pub now_ms: u64,
 }
 
 /// Facts established while evaluating, for logs, metrics and later phases.
@@ -95,6 +105,48 @@ pub struct Facts {
     pub key: Option<usize>,
     /// The verified token.
     pub token: Option<Rc<VerifiedToken>>,
+    /// The replay descriptor for the service (`replay.scope: service`).
+    pub replay: Option<Descriptor>,
+}
+
+/// An evaluation that waits for the body or the rate-limit service: what
+/// the header checks established, carried to the next phase.
+#[derive(Debug)]
+pub struct Pending {
+    mode: Mode,
+    /// What the request carries upstream if allowed, as decided so far.
+    pub grant: Grant,
+    /// What is known so far (route, client IP, app, key, token).
+    pub facts: Facts,
+    /// Request signing left for the body phase: (provider, install key).
+    signing: Option<(usize, InstallKey)>,
+    /// Service descriptors sent, and their digests (over-limit cache keys).
+    service: Vec<(Descriptor, [u8; 16])>,
+    /// Index in `service` of the replay descriptor (`replay.scope: service`).
+    replay_index: Option<usize>,
+    /// Replay descriptor waiting for the body phase to finish.
+    replay: Option<Descriptor>,
+}
+
+impl Pending {
+    /// Largest body the route buffers.
+    pub fn max_body_bytes(&self, config: &Config) -> usize {
+        self.facts
+            .route
+            .and_then(|r| config.routes.get(r))
+            .map_or(config.max_body_bytes, |r| r.max_body_bytes)
+    }
+}
+
+/// A `ShouldRateLimit` call to make.
+#[derive(Debug)]
+pub struct RlsCall {
+    /// Envoy cluster of the service.
+    pub cluster: String,
+    /// Encoded `RateLimitRequest`.
+    pub message: Vec<u8>,
+    /// Call timeout.
+    pub timeout_ms: u64,
 }
 
 /// What the core asks the adapter to do next.
@@ -108,6 +160,11 @@ pub enum Step {
         /// Provider index.
         provider: usize,
     },
+    /// Buffer the whole body (up to `Pending::max_body_bytes`), then call
+    /// [`evaluate_body`].
+    NeedBody(Box<Pending>),
+    /// Call the rate-limit service, then [`evaluate_rls`] with its answer.
+    NeedRateLimit(Box<Pending>, RlsCall),
 }
 
 /// Finds the first route that matches the request, if any.
@@ -166,18 +223,355 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
         ..Facts::default()
     };
     let mut grant = Grant::default();
-    match check(
-        ctx,
-        req,
-        now,
-        matched.map(|(_, r)| r),
-        &mut facts,
-        &mut grant,
-    ) {
-        Ok(()) => Step::Done(Decision::Allow(grant), facts),
-        Err(Flow::NeedKeys(p)) => Step::NeedKeys { provider: p },
-        Err(Flow::Deny(d)) => Step::Done(finish(mode, grant, d), facts),
+    let route = matched.map(|(_, r)| r);
+    let signing = match check(ctx, req, now, route, &mut facts, &mut grant) {
+        Ok(s) => s,
+        Err(Flow::NeedKeys(p)) => return Step::NeedKeys { provider: p },
+        Err(Flow::Deny(d)) => return Step::Done(finish(mode, grant, d), facts),
+    };
+    let replay = facts.replay.take();
+    let pending = Box::new(Pending {
+        mode,
+        grant,
+        facts,
+        signing,
+        service: Vec::new(),
+        replay_index: None,
+        replay,
+    });
+    let Some(route) = route else {
+        return done(pending);
+    };
+    if pending.signing.is_some() || route.limits_need_body() {
+        return Step::NeedBody(pending);
     }
+    limits_phase(ctx, req, route, &HashMap::new(), pending, now)
+}
+
+/// The decision for a pending evaluation refused by the adapter (a body
+/// over the size limit), with the mode applied.
+pub fn finish_pending(p: Box<Pending>, d: Denial) -> Decision {
+    let p = *p;
+    finish(p.mode, p.grant, d)
+}
+
+fn done(p: Box<Pending>) -> Step {
+    let p = *p;
+    Step::Done(Decision::Allow(p.grant), p.facts)
+}
+
+fn deny(p: Box<Pending>, d: Denial) -> Step {
+    let p = *p;
+    Step::Done(finish(p.mode, p.grant, d), p.facts)
+}
+
+/// Continues with the whole body (the adapter already refused bodies over
+/// `max_body_bytes`): body values, request signing, then rate limits.
+pub fn evaluate_body(
+    ctx: &Ctx<'_>,
+    req: &Request<'_>,
+    body: &[u8],
+    mut pending: Box<Pending>,
+    now: u64,
+) -> Step {
+    let config = ctx.config;
+    let Some(route) = pending.facts.route.and_then(|r| config.routes.get(r)) else {
+        return done(pending);
+    };
+    if body.len() > route.max_body_bytes {
+        return deny(pending, Reason::BodyTooLarge.into());
+    }
+    let values = match body_values(config, route, body) {
+        Ok(v) => v,
+        Err(r) => return deny(pending, r.into()),
+    };
+    if let Some((pi, key)) = pending.signing.take() {
+        if let Err(r) = verify_signature(config, pi, &key, req, Some(body), now) {
+            return deny(pending, r.into());
+        }
+    }
+    limits_phase(ctx, req, route, &values, pending, now)
+}
+
+/// Body values the route's descriptors read, by JSON pointer. Phone numbers
+/// are normalised, checked against denied prefixes and hashed here, so the
+/// number itself goes no further.
+fn body_values(
+    config: &Config,
+    route: &Route,
+    body: &[u8],
+) -> Result<HashMap<String, String>, Reason> {
+    let mut out = HashMap::new();
+    if !route.limits_need_body() {
+        return Ok(out);
+    }
+    let doc = token::strict_json::parse_value(body).ok_or(Reason::BodyInvalid)?;
+    for rl in &route.rate_limits {
+        for e in &rl.entries {
+            let Source::Body {
+                pointer,
+                phone: is_phone,
+            } = &e.source
+            else {
+                continue;
+            };
+            if out.contains_key(pointer) {
+                continue;
+            }
+            let raw = limits::pointer_text(&doc, pointer).ok_or(Reason::BodyInvalid)?;
+            let value = if *is_phone {
+                let pc = config.phone.as_ref().ok_or(Reason::BodyInvalid)?;
+                let number = phone::normalize(&raw, &pc.rules).map_err(|_| Reason::BodyInvalid)?;
+                if pc.denied.contains_prefix_of(&number) {
+                    return Err(Reason::PhoneDenied);
+                }
+                phone::hash(&pc.hash_key, &number)
+            } else {
+                if raw.len() > 256 {
+                    return Err(Reason::BodyInvalid);
+                }
+                raw
+            };
+            out.insert(pointer.clone(), value);
+        }
+    }
+    Ok(out)
+}
+
+/// The value of one descriptor entry, or `None` when the request has none
+/// (the whole descriptor is then skipped, as Envoy's rate-limit actions do).
+fn entry_value(
+    config: &Config,
+    route: &Route,
+    source: &Source,
+    req: &Request<'_>,
+    facts: &Facts,
+    body: &HashMap<String, String>,
+) -> Option<String> {
+    match source {
+        Source::ClientIp {
+            v4_prefix,
+            v6_prefix,
+        } => facts
+            .client_ip
+            .map(|ip| limits::ip_value(ip, *v4_prefix, *v6_prefix)),
+        Source::ApiKey => facts
+            .key
+            .and_then(|k| config.api_keys.keys.get(k))
+            .map(|k| k.id.clone()),
+        Source::App => facts
+            .app
+            .and_then(|a| config.apps.get(a))
+            .map(|a| a.id.clone()),
+        Source::Platform => facts
+            .app
+            .and_then(|a| config.apps.get(a))
+            .map(|a| a.platform.as_str().to_owned()),
+        Source::Route => Some(route.name.clone()),
+        Source::Value(v) => Some(v.clone()),
+        Source::Header(h) => req
+            .header_unique(h)
+            .ok()
+            .flatten()
+            .filter(|v| !v.is_empty() && v.len() <= 256)
+            .map(str::to_owned),
+        Source::Claim(c) => facts
+            .token
+            .as_ref()
+            .and_then(|t| t.claim_text(c))
+            .filter(|v| v.len() <= 256),
+        Source::Body { pointer, .. } => body.get(pointer).cloned(),
+    }
+}
+
+/// Local limits, the over-limit cache, then one call to the service with
+/// every service descriptor.
+fn limits_phase(
+    ctx: &Ctx<'_>,
+    req: &Request<'_>,
+    route: &Route,
+    body: &HashMap<String, String>,
+    mut pending: Box<Pending>,
+    now: u64,
+) -> Step {
+    let config = ctx.config;
+    let mut service: Vec<(Descriptor, [u8; 16])> = Vec::new();
+    for rl in &route.rate_limits {
+        let mut d: Descriptor = Vec::with_capacity(rl.entries.len());
+        for e in &rl.entries {
+            match entry_value(config, route, &e.source, req, &pending.facts, body) {
+                Some(v) => d.push((e.key.clone(), v)),
+                None => {
+                    d.clear();
+                    break;
+                }
+            }
+        }
+        if d.is_empty() {
+            continue;
+        }
+        let digest = limits::descriptor_digest(&route.name, &d);
+        match rl.local {
+            Some(local) => match limits::take_local(ctx.store, &digest, local, ctx.now_ms) {
+                Ok(o) if o.allowed => {}
+                Ok(o) => {
+                    let headers = vec![
+                        ("retry-after".to_owned(), o.retry_after.to_string()),
+                        ("x-ratelimit-limit".to_owned(), local.requests.to_string()),
+                        ("x-ratelimit-remaining".to_owned(), "0".to_owned()),
+                        ("x-ratelimit-reset".to_owned(), o.retry_after.to_string()),
+                    ];
+                    return deny(
+                        pending,
+                        Denial {
+                            reason: Reason::RateLimited,
+                            headers,
+                        },
+                    );
+                }
+                // Shared data refused the update: the count cannot be kept,
+                // so the route's failure mode decides.
+                Err(_) if route.failure_mode == FailureMode::Allow => {}
+                Err(_) => return deny(pending, Reason::RatelimitUnavailable.into()),
+            },
+            None => service.push((d, digest)),
+        }
+    }
+    // Over-limit cache: the service already said no for this descriptor.
+    let cached = {
+        let cache = ctx.over_limit.borrow();
+        service
+            .iter()
+            .filter_map(|(_, dg)| cache.until(dg, now))
+            .max()
+    };
+    if let Some(until) = cached {
+        let secs = until.saturating_sub(now).max(1).to_string();
+        let headers = vec![
+            ("retry-after".to_owned(), secs.clone()),
+            ("x-ratelimit-remaining".to_owned(), "0".to_owned()),
+            ("x-ratelimit-reset".to_owned(), secs),
+        ];
+        return deny(
+            pending,
+            Denial {
+                reason: Reason::RateLimited,
+                headers,
+            },
+        );
+    }
+    if let Some(replay) = pending.replay.take() {
+        pending.replay_index = Some(service.len());
+        let digest = limits::descriptor_digest("", &replay);
+        service.push((replay, digest));
+    }
+    let Some(svc) = &config.rate_limit_service else {
+        return done(pending);
+    };
+    if service.is_empty() {
+        return done(pending);
+    }
+    let descriptors: Vec<&Descriptor> = service.iter().map(|(d, _)| d).collect();
+    let message = ratelimit::encode_request(&svc.domain, &descriptors, 1);
+    pending.service = service;
+    Step::NeedRateLimit(
+        pending,
+        RlsCall {
+            cluster: svc.cluster.clone(),
+            message,
+            timeout_ms: svc.timeout_ms,
+        },
+    )
+}
+
+/// Finishes with the service's answer: `Ok(response)`, or `Err(())` when the
+/// call failed or timed out (the route's failure mode decides).
+pub fn evaluate_rls(
+    ctx: &Ctx<'_>,
+    pending: Box<Pending>,
+    answer: Result<&RateLimitResponse, ()>,
+    now: u64,
+) -> Step {
+    let config = ctx.config;
+    let failure_mode = pending
+        .facts
+        .route
+        .and_then(|r| config.routes.get(r))
+        .map_or(FailureMode::Deny, |r| r.failure_mode);
+    let verdict = answer
+        .and_then(|resp| ratelimit::interpret(resp, pending.service.len(), now).map_err(|_| ()));
+    let verdict = match verdict {
+        Ok(v) => v,
+        Err(()) => {
+            return match failure_mode {
+                FailureMode::Allow => done(pending),
+                FailureMode::Deny => deny(pending, Reason::RatelimitUnavailable.into()),
+            }
+        }
+    };
+    let mut pending = pending;
+    if verdict.over_limit {
+        let replayed = verdict
+            .over_limit_descriptors
+            .iter()
+            .any(|o| Some(o.index) == pending.replay_index);
+        if replayed {
+            return deny(pending, Reason::TokenReplayed.into());
+        }
+        {
+            let mut cache = ctx.over_limit.borrow_mut();
+            for o in &verdict.over_limit_descriptors {
+                if let (Some(until), Some((_, digest))) = (o.until, pending.service.get(o.index)) {
+                    cache.insert(*digest, until, now);
+                }
+            }
+        }
+        return deny(
+            pending,
+            Denial {
+                reason: Reason::RateLimited,
+                headers: verdict.denial_headers(),
+            },
+        );
+    }
+    pending
+        .grant
+        .set_headers
+        .extend(verdict.request_headers.iter().cloned());
+    pending
+        .grant
+        .response_headers
+        .extend(verdict.response_headers.iter().cloned());
+    done(pending)
+}
+
+/// Verifies the request's RFC 9421 signature with the token's install key.
+fn verify_signature(
+    config: &Config,
+    provider: usize,
+    key: &InstallKey,
+    req: &Request<'_>,
+    body: Option<&[u8]>,
+    now: u64,
+) -> Result<(), Reason> {
+    let p = config
+        .providers
+        .get(provider)
+        .ok_or(Reason::SignatureInvalid)?;
+    let ms = p.message_signing.as_ref().ok_or(Reason::SignatureInvalid)?;
+    let token_header = p.sources.first().map_or("", |s| s.header.as_str());
+    let msg = Message::request(
+        req.method(),
+        req.header(":scheme").unwrap_or("https"),
+        req.header(":authority").unwrap_or(""),
+        req.path(),
+        req.query(),
+        req.headers,
+        body,
+    );
+    signing::verify(&ms.policy, &msg, key, token_header, now)
+        .map(|_| ())
+        .map_err(|_| Reason::SignatureInvalid)
 }
 
 fn check(
@@ -187,7 +581,7 @@ fn check(
     route: Option<&Route>,
     facts: &mut Facts,
     grant: &mut Grant,
-) -> Result<(), Flow> {
+) -> Result<Option<(usize, InstallKey)>, Flow> {
     let config = ctx.config;
     // 1. route
     let action = route.map_or(config.default_action, |r| r.action);
@@ -203,7 +597,7 @@ fn check(
     facts.client_ip = ip;
     check_network(&config.network, req, ip)?;
     let Some(route) = route else {
-        return Ok(());
+        return Ok(None);
     };
     if let Some(n) = &route.network {
         check_network(n, req, ip)?;
@@ -239,7 +633,7 @@ fn check(
         }
     };
     // 4. token
-    let token = check_token(ctx, req, now, route, grant)?;
+    let token = check_token(ctx, req, now, route, grant, &mut facts.replay)?;
     // 5. platform and app identity
     let ph = platform_headers(config, req);
     let app = match &token {
@@ -286,7 +680,6 @@ fn check(
         return Err(Reason::PlatformDenied.into());
     }
     facts.app = app_idx;
-    facts.token = token;
     if let Some(app) = app {
         grant
             .set_headers
@@ -295,7 +688,35 @@ fn check(
             .set_headers
             .push(("x-appguard-platform".into(), app.platform.as_str().into()));
     }
-    Ok(())
+    // 6. request signing with the token's install key: now, or with the
+    // body when the signature must cover its digest.
+    let mut deferred = None;
+    if let Some(t) = &token {
+        let p = config
+            .providers
+            .get(t.provider)
+            .ok_or(Reason::SignatureInvalid)?;
+        if let Some(ms) = &p.message_signing {
+            match t.claim_text(&ms.claim) {
+                None if ms.required => return Err(Reason::SignatureInvalid.into()),
+                None => {}
+                Some(ipk) => {
+                    let key = InstallKey::from_ipk(&ipk).map_err(|_| Reason::SignatureInvalid)?;
+                    let has_body = req
+                        .header("content-length")
+                        .is_some_and(|v| v.trim() != "0")
+                        || req.header("transfer-encoding").is_some();
+                    if has_body && ms.policy.require_content_digest {
+                        deferred = Some((t.provider, key));
+                    } else {
+                        verify_signature(config, t.provider, &key, req, None, now)?;
+                    }
+                }
+            }
+        }
+    }
+    facts.token = token;
+    Ok(deferred)
 }
 
 fn check_network(n: &Network, req: &Request<'_>, ip: Option<IpAddr>) -> Result<(), Flow> {
@@ -368,6 +789,7 @@ fn check_token(
     now: u64,
     route: &Route,
     grant: &mut Grant,
+    replay_out: &mut Option<Descriptor>,
 ) -> Result<Option<Rc<VerifiedToken>>, Flow> {
     if route.providers.is_empty() {
         return Ok(None);
@@ -438,6 +860,17 @@ fn check_token(
         token::check_binding(b, &verified.claims, req)?;
     }
     if let Some(r) = &provider.replay {
+        if r.scope == ReplayScope::Service {
+            // Checked by the service with the other descriptors (limit 1).
+            let value = verified.claim_text(&r.claim).ok_or(Reason::TokenClaims)?;
+            let mut h = Sha256::new();
+            h.update(provider.name.as_bytes());
+            h.update(b":");
+            h.update(value.as_bytes());
+            let d = h.finalize();
+            let hex: String = d.iter().take(16).map(|b| format!("{b:02x}")).collect();
+            *replay_out = Some(vec![(r.claim.clone(), hex)]);
+        }
         if r.scope == ReplayScope::Local {
             let value = verified.claim_text(&r.claim).ok_or(Reason::TokenClaims)?;
             let mut h = Sha256::new();

@@ -6,6 +6,7 @@
 mod harness;
 
 use harness::http::Req;
+use harness::services::RateLimitService;
 use harness::tokens::{claims, hs256_raw, SECRET};
 use harness::upstream::Upstream;
 use harness::{repo_root, Envoy, EnvoyBuilder};
@@ -43,11 +44,22 @@ const IOS_SUB: &str = "1:123456789:ios:6f5e4d3c2b1a";
 const WEB_SUB: &str = "1:123456789:web:a1b2c3d4e5f6";
 const CERT: &str = "14:6d:e9:83:c5:73:06:50:d8:ee:b9:95:2f:34:fc:64:16:a0:83:42:e6:1d:be:a8:8a:04:96:b2:3f:cf:44:e5";
 
+/// The example with its rate-limit service (envoy/ratelimit.yaml), as
+/// `make run` starts it.
 fn start() -> (Upstream, Envoy, Value) {
     let cfg = example();
+    let rls = RateLimitService::start(&repo_root().join("envoy/ratelimit.yaml"), None);
     let up = Upstream::start();
-    let envoy = EnvoyBuilder::new(cfg.clone(), up.port).start();
+    let envoy = EnvoyBuilder::new(cfg.clone(), up.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .start();
+    RLS.with(|r| r.borrow_mut().push(rls));
     (up, envoy, cfg)
+}
+
+thread_local! {
+    /// Keeps each test's rate-limit service alive until the test ends.
+    static RLS: std::cell::RefCell<Vec<RateLimitService>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn android(req: Req) -> Req {

@@ -72,6 +72,7 @@ struct World {
     config: Config,
     store: MemStore,
     cache: RefCell<TokenCache>,
+    over: RefCell<OverLimitCache>,
 }
 
 impl World {
@@ -83,6 +84,7 @@ impl World {
             config: Config::from_json(v.to_string().as_bytes()).unwrap(),
             store: MemStore::default(),
             cache: RefCell::new(TokenCache::default()),
+            over: RefCell::new(OverLimitCache::default()),
         }
     }
     fn run(&self, path: &str, ip: &str, hs: &[(&str, &str)]) -> (Decision, Facts) {
@@ -99,6 +101,8 @@ impl World {
             token_cache: &self.cache,
             remote_keys: &[],
             may_fetch_keys: false,
+            over_limit: &self.over,
+            now_ms: NOW * 1000,
         };
         match evaluate(&ctx, &Request::new(&h, Some(ip.parse().unwrap())), NOW) {
             Step::Done(d, f) => (d, f),
@@ -636,4 +640,264 @@ fn identity_config_errors_name_the_field() {
         err(&|v| v["network"]["ip_allow"] = json!(["x"])).path,
         "network.ip_allow[0]"
     );
+}
+
+fn limits_world() -> World {
+    World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+        "phone": {"default_calling_code": "44", "denied_prefixes": ["+882", "+44 70"], "hash_key_base64": STANDARD.encode([5u8; 32])},
+        "routes": [
+            {"name": "sms", "match": {"path": "/sms"}, "failure_mode": "deny", "max_body_bytes": 256,
+             "rate_limits": [
+                {"entries": [{"type": "client_ip", "v4_prefix": 24}], "local": {"requests": 2, "per": "minute"}},
+                {"entries": [{"type": "route"}, {"type": "body", "pointer": "/to", "phone": true}]}
+             ]},
+            {"name": "open", "match": {"prefix": "/open"}, "failure_mode": "allow",
+             "rate_limits": [{"entries": [{"type": "header", "name": "x-user"}]}]}
+        ]
+    }))
+}
+
+impl World {
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            config: &self.config,
+            store: &self.store,
+            token_cache: &self.cache,
+            remote_keys: &[],
+            may_fetch_keys: false,
+            over_limit: &self.over,
+            now_ms: NOW * 1000,
+        }
+    }
+
+    /// Headers, then the body phase when asked; returns the final step
+    /// (Done or NeedRateLimit).
+    fn post(&self, path: &str, ip: &str, hs: &[(&str, &str)], body: &str) -> Step {
+        let mut all = vec![
+            (":method", "POST"),
+            (":path", path),
+            (":authority", "api.example.com"),
+        ];
+        all.extend_from_slice(hs);
+        let h = headers(&all);
+        let req = Request::new(&h, Some(ip.parse().unwrap()));
+        match evaluate(&self.ctx(), &req, NOW) {
+            Step::NeedBody(p) => evaluate_body(&self.ctx(), &req, body.as_bytes(), p, NOW),
+            s => s,
+        }
+    }
+}
+
+fn rls_descriptors(call: &RlsCall) -> Vec<Vec<(String, String)>> {
+    use prost::Message;
+    let r = crate::ratelimit::rls::RateLimitRequest::decode(call.message.as_slice()).unwrap();
+    assert_eq!(r.domain, "appguard");
+    r.descriptors
+        .iter()
+        .map(|d| {
+            d.entries
+                .iter()
+                .map(|e| (e.key.clone(), e.value.clone()))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn phone_formats_give_one_descriptor_and_denied_prefixes_are_refused() {
+    let w = limits_world();
+    let mut seen = Vec::new();
+    for (i, to) in [
+        "+44 7700 900123",
+        "0044-7700-900-123",
+        "07700 900123",
+        "(0)7700.900.123",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let ip = format!("198.51.{i}.1");
+        match w.post(
+            "/sms",
+            &ip,
+            &[],
+            &json!({"to": to, "text": "hi"}).to_string(),
+        ) {
+            Step::NeedRateLimit(_, call) => seen.push(rls_descriptors(&call)),
+            s => panic!("{to}: {s:?}"),
+        }
+    }
+    assert!(seen.windows(2).all(|p| p[0] == p[1]), "{seen:?}");
+    let d = &seen[0][0];
+    assert_eq!(d[0], ("route".to_string(), "sms".to_string()));
+    assert_eq!(d[1].0, "phone");
+    assert!(!d[1].1.contains("7700"), "the number is hashed: {}", d[1].1);
+    assert_eq!(d[1].1.len(), 32);
+    let reason = |to: &str| match w.post("/sms", "192.0.2.50", &[], &json!({"to": to}).to_string())
+    {
+        Step::Done(d, _) => d.reason(),
+        Step::NeedRateLimit(..) => None,
+        s => panic!("{s:?}"),
+    };
+    assert_eq!(reason("+882 123 456 789"), Some(Reason::PhoneDenied));
+    assert_eq!(reason("070 1234 5678"), Some(Reason::PhoneDenied));
+    assert_eq!(
+        reason("+44 77OO 900123"),
+        Some(Reason::BodyInvalid),
+        "letters"
+    );
+}
+
+#[test]
+fn bodies_that_cannot_be_read_are_body_invalid_or_too_large() {
+    let w = limits_world();
+    let reason = |body: &str| match w.post("/sms", "192.0.2.60", &[], body) {
+        Step::Done(d, _) => d.reason(),
+        s => panic!("{s:?}"),
+    };
+    assert_eq!(reason("not json"), Some(Reason::BodyInvalid));
+    assert_eq!(
+        reason(r#"{"text": "no number"}"#),
+        Some(Reason::BodyInvalid)
+    );
+    assert_eq!(
+        reason(r#"{"to": "+447700900123", "to": "+447700900124"}"#),
+        Some(Reason::BodyInvalid),
+        "duplicate keys"
+    );
+    assert_eq!(
+        reason(&format!("{}1{}", "[".repeat(100), "]".repeat(100))),
+        Some(Reason::BodyInvalid),
+        "deep"
+    );
+    assert_eq!(
+        reason(&format!(
+            r#"{{"to": "+447700900123", "pad": "{}"}}"#,
+            "x".repeat(300)
+        )),
+        Some(Reason::BodyTooLarge)
+    );
+}
+
+#[test]
+fn local_limit_then_429_with_headers() {
+    let w = limits_world();
+    let body = json!({"to": "+447700900123"}).to_string();
+    for _ in 0..2 {
+        assert!(matches!(
+            w.post("/sms", "203.0.113.7", &[], &body),
+            Step::NeedRateLimit(..)
+        ));
+    }
+    // same /24, third request
+    match w.post("/sms", "203.0.113.99", &[], &body) {
+        Step::Done(Decision::Deny(d), _) => {
+            assert_eq!(d.reason, Reason::RateLimited);
+            let h: HashMap<_, _> = d.headers.into_iter().collect();
+            assert_eq!(h.get("x-ratelimit-limit").map(String::as_str), Some("2"));
+            assert_eq!(
+                h.get("x-ratelimit-remaining").map(String::as_str),
+                Some("0")
+            );
+            assert_eq!(h.get("retry-after").map(String::as_str), Some("30"));
+        }
+        s => panic!("{s:?}"),
+    }
+}
+
+fn over_limit_response(reset: i64) -> RateLimitResponse {
+    use crate::ratelimit::rls::*;
+    RateLimitResponse {
+        overall_code: Code::OverLimit as i32,
+        statuses: vec![DescriptorStatus {
+            code: Code::OverLimit as i32,
+            current_limit: Some(RateLimit {
+                name: String::new(),
+                requests_per_unit: 5,
+                unit: Unit::Minute as i32,
+            }),
+            limit_remaining: 0,
+            duration_until_reset: Some(Duration {
+                seconds: reset,
+                nanos: 0,
+            }),
+        }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn service_over_limit_is_cached_and_failures_follow_the_failure_mode() {
+    let w = limits_world();
+    let body = json!({"to": "+447700900123"}).to_string();
+    let Step::NeedRateLimit(p, _) = w.post("/sms", "192.0.2.1", &[], &body) else {
+        panic!()
+    };
+    let resp = over_limit_response(42);
+    match evaluate_rls(&w.ctx(), p, Ok(&resp), NOW) {
+        Step::Done(Decision::Deny(d), _) => {
+            assert_eq!(d.reason, Reason::RateLimited);
+            assert!(
+                d.headers.contains(&("retry-after".into(), "42".into())),
+                "{:?}",
+                d.headers
+            );
+            assert!(d
+                .headers
+                .contains(&("x-ratelimit-limit".into(), "5".into())));
+        }
+        s => panic!("{s:?}"),
+    }
+    // same descriptor: refused locally, no call
+    match w.post("/sms", "192.0.3.2", &[], &body) {
+        Step::Done(Decision::Deny(d), _) => assert_eq!(d.reason, Reason::RateLimited),
+        s => panic!("expected a local 429: {s:?}"),
+    }
+    // another number still goes to the service
+    assert!(matches!(
+        w.post(
+            "/sms",
+            "192.0.4.3",
+            &[],
+            &json!({"to": "+447700900999"}).to_string()
+        ),
+        Step::NeedRateLimit(..)
+    ));
+    // service down: deny on /sms, allow on /open
+    let Step::NeedRateLimit(p, _) = w.post(
+        "/sms",
+        "192.0.5.4",
+        &[],
+        &json!({"to": "+447700900555"}).to_string(),
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        evaluate_rls(&w.ctx(), p, Err(()), NOW).done_reason(),
+        Some(Reason::RatelimitUnavailable)
+    );
+    let Step::NeedRateLimit(p, call) = w.post("/open/x", "192.0.2.4", &[("x-user", "u1")], "")
+    else {
+        panic!()
+    };
+    assert_eq!(
+        rls_descriptors(&call),
+        vec![vec![("x-user".to_string(), "u1".to_string())]]
+    );
+    assert_eq!(evaluate_rls(&w.ctx(), p, Err(()), NOW).done_reason(), None);
+    // no header: descriptor skipped, no call at all
+    assert!(matches!(
+        w.post("/open/x", "192.0.2.4", &[], ""),
+        Step::Done(Decision::Allow(_), _)
+    ));
+}
+
+impl Step {
+    fn done_reason(&self) -> Option<Reason> {
+        match self {
+            Step::Done(d, _) => d.reason(),
+            s => panic!("{s:?}"),
+        }
+    }
 }

@@ -7,24 +7,47 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 use log::{info, warn};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::Action;
 
-use super::host::{self, now_seconds, HostStore};
+use super::abi::{self, Buffer, Map};
+
+use super::host::{self, now_millis, HostStore};
 use super::jwks;
 use super::root::Worker;
 use crate::decision::{Decision, Denial, Grant};
-use crate::policy::{self, Ctx, Facts, Step};
+use crate::policy::{self, Ctx, Facts, Pending, RlsCall, Step};
+use crate::ratelimit::{decode_response, MAX_RESPONSE_BYTES};
 use crate::request::{Request, HEADER_PREFIX};
 
+/// The gRPC service and method of Envoy's rate-limit service API v3.
+const RLS_SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
+const RLS_METHOD: &str = "ShouldRateLimit";
+/// Request headers passed on to the rate-limit service as gRPC metadata, so
+/// its logs and traces join the request's.
+const TRACE_HEADERS: [&str; 9] = [
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-ot-span-context",
+];
+
 /// Where a request is in its life.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum State {
     /// Headers not seen yet.
     Start,
     /// Held until a JWKS fetch (call `token`) for `provider` answers.
     AwaitingKeys { token: u32, provider: usize },
+    /// Buffering the body for the body phase.
+    AwaitingBody(Box<Pending>),
+    /// Held until the rate-limit service (call `token`) answers.
+    AwaitingRateLimit { token: u32, pending: Box<Pending> },
     /// Decided: allowed upstream or answered locally.
     Done,
 }
@@ -36,6 +59,10 @@ pub struct GuardFilter {
     state: State,
     headers: Vec<(String, String)>,
     downstream_ip: Option<IpAddr>,
+    /// The request ended with its headers (no body to wait for).
+    headers_end_stream: bool,
+    /// Headers the rate-limit service asked to add to the response.
+    response_headers: Vec<(String, String)>,
 }
 
 impl GuardFilter {
@@ -47,6 +74,8 @@ impl GuardFilter {
             state: State::Start,
             headers: Vec::new(),
             downstream_ip: None,
+            headers_end_stream: false,
+            response_headers: Vec::new(),
         }
     }
 
@@ -56,7 +85,7 @@ impl GuardFilter {
             // but fail closed rather than pass traffic unchecked.
             return self.reply_raw(503, "appguard_unconfigured");
         }
-        self.headers = match hostcalls::get_map(MapType::HttpRequestHeaders) {
+        self.headers = match abi::map_pairs(Map::RequestHeaders) {
             Ok(h) => h,
             Err(status) => {
                 warn!(
@@ -72,7 +101,7 @@ impl GuardFilter {
             .iter()
             .filter(|(n, _)| n.starts_with(HEADER_PREFIX))
         {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+            let _ = abi::remove_header(Map::RequestHeaders, name);
         }
         self.downstream_ip = downstream_ip();
         self.run(true)
@@ -83,7 +112,8 @@ impl GuardFilter {
         let Some(worker) = self.worker.clone() else {
             return self.reply_raw(503, "appguard_unconfigured");
         };
-        let now = now_seconds();
+        let now_ms = now_millis();
+        let now = now_ms / 1000;
         let remote_keys = worker.remote_keys();
         let step = {
             let ctx = Ctx {
@@ -92,13 +122,108 @@ impl GuardFilter {
                 token_cache: &worker.token_cache,
                 remote_keys: &remote_keys,
                 may_fetch_keys,
+                over_limit: &worker.over_limit,
+                now_ms,
             };
             let req = Request::new(&self.headers, self.downstream_ip);
             policy::evaluate(&ctx, &req, now)
         };
+        self.step(&worker, step, now)
+    }
+
+    /// Carries out what the core asked for.
+    fn step(&mut self, worker: &Rc<Worker>, step: Step, now: u64) -> Action {
         match step {
-            Step::Done(decision, facts) => self.execute(&worker, decision, &facts),
-            Step::NeedKeys { provider } => self.fetch_keys(&worker, provider, now),
+            Step::Done(decision, facts) => self.execute(worker, decision, &facts),
+            Step::NeedKeys { provider } => self.fetch_keys(worker, provider, now),
+            Step::NeedBody(pending) => {
+                if self.headers_end_stream {
+                    self.body_complete(worker, pending, &[])
+                } else {
+                    // Envoy's Wasm host turns a paused headers callback into
+                    // "stop all", which holds the body back from this filter
+                    // too. So the headers go on (with the identity headers
+                    // and token removal decided so far: they cannot change
+                    // after this point), and the body is held here instead.
+                    // An `envoy.filters.http.buffer` filter after appguard
+                    // keeps the headers from the upstream until the body is
+                    // decided (see envoy/envoy.yaml).
+                    self.apply_headers(&pending.grant);
+                    self.state = State::AwaitingBody(pending);
+                    Action::Continue
+                }
+            }
+            Step::NeedRateLimit(pending, call) => self.call_rls(worker, pending, &call),
+        }
+    }
+
+    fn ctx_step(
+        &self,
+        worker: &Worker,
+        f: impl FnOnce(&Ctx<'_>, &Request<'_>, u64) -> Step,
+    ) -> (Step, u64) {
+        let now_ms = now_millis();
+        let remote_keys = worker.remote_keys();
+        let ctx = Ctx {
+            config: &worker.config,
+            store: &HostStore,
+            token_cache: &worker.token_cache,
+            remote_keys: &remote_keys,
+            may_fetch_keys: false,
+            over_limit: &worker.over_limit,
+            now_ms,
+        };
+        let req = Request::new(&self.headers, self.downstream_ip);
+        (f(&ctx, &req, now_ms / 1000), now_ms / 1000)
+    }
+
+    fn body_complete(&mut self, worker: &Rc<Worker>, pending: Box<Pending>, body: &[u8]) -> Action {
+        let (step, now) = self.ctx_step(worker, |ctx, req, now| {
+            policy::evaluate_body(ctx, req, body, pending, now)
+        });
+        self.step(worker, step, now)
+    }
+
+    fn call_rls(&mut self, worker: &Rc<Worker>, pending: Box<Pending>, call: &RlsCall) -> Action {
+        let metadata: Vec<(&str, &[u8])> = TRACE_HEADERS
+            .iter()
+            .filter_map(|name| {
+                self.headers
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            })
+            .collect();
+        match abi::grpc_call(
+            &call.cluster,
+            RLS_SERVICE,
+            RLS_METHOD,
+            &metadata,
+            &call.message,
+            u32::try_from(call.timeout_ms).unwrap_or(u32::MAX),
+        ) {
+            Ok(token) => {
+                self.state = State::AwaitingRateLimit { token, pending };
+                Action::Pause
+            }
+            Err(s) => {
+                warn!(
+                    "#{} cannot call the rate-limit service: {s:?}",
+                    self.context_id
+                );
+                let (step, now) = self.ctx_step(worker, |ctx, _, now| {
+                    policy::evaluate_rls(ctx, pending, Err(()), now)
+                });
+                self.step(worker, step, now)
+            }
+        }
+    }
+
+    /// After the headers were paused: carry out the step and, when the
+    /// request may go on, resume it.
+    fn resume_with(&mut self, worker: &Rc<Worker>, step: Step, now: u64) {
+        if let Action::Continue = self.step(worker, step, now) {
+            let _ = abi::resume_request();
         }
     }
 
@@ -165,6 +290,9 @@ impl GuardFilter {
     }
 
     fn execute(&mut self, worker: &Worker, decision: Decision, facts: &Facts) -> Action {
+        if let Decision::Allow(g) = &decision {
+            self.response_headers = g.response_headers.clone();
+        }
         self.state = State::Done;
         match decision {
             Decision::Allow(grant) => {
@@ -181,13 +309,20 @@ impl GuardFilter {
         }
     }
 
-    fn apply_grant(&self, worker: &Worker, grant: &Grant, facts: &Facts) {
+    /// Removes and sets request headers as the grant says. After a body
+    /// phase the headers have already gone on and the host refuses changes
+    /// (ignored: everything decided before the body was applied then).
+    fn apply_headers(&self, grant: &Grant) {
         for name in &grant.remove_headers {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+            let _ = abi::remove_header(Map::RequestHeaders, name);
         }
         for (name, value) in &grant.set_headers {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+            let _ = abi::set_header(Map::RequestHeaders, name, value);
         }
+    }
+
+    fn apply_grant(&self, worker: &Worker, grant: &Grant, facts: &Facts) {
+        self.apply_headers(grant);
         if let Some(reason) = grant.would_deny {
             info!(
                 "#{} monitor would_deny reason={} {}",
@@ -195,11 +330,7 @@ impl GuardFilter {
                 reason,
                 describe(worker, facts)
             );
-            let _ = hostcalls::set_map_value(
-                MapType::HttpRequestHeaders,
-                "x-appguard-would-deny",
-                Some(reason.code()),
-            );
+            let _ = abi::set_header(Map::RequestHeaders, "x-appguard-would-deny", reason.code());
         }
     }
 
@@ -217,11 +348,9 @@ impl GuardFilter {
         headers.push(("x-appguard-reason", reason.code()));
         headers.extend(denial.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let body = reason.body();
-        if let Err(status) = hostcalls::send_http_response(
-            u32::from(reason.status()),
-            headers,
-            Some(body.as_bytes()),
-        ) {
+        if let Err(status) =
+            abi::send_local_response(u32::from(reason.status()), &headers, body.as_bytes())
+        {
             warn!("#{} cannot send local reply: {status:?}", self.context_id);
         }
         Action::Pause
@@ -230,13 +359,13 @@ impl GuardFilter {
     fn reply_raw(&mut self, status: u32, code: &str) -> Action {
         self.state = State::Done;
         let body = format!("{{\"error\":\"{code}\"}}");
-        let _ = hostcalls::send_http_response(
+        let _ = abi::send_local_response(
             status,
-            vec![
+            &[
                 ("content-type", "application/json"),
                 ("x-appguard-reason", code),
             ],
-            Some(body.as_bytes()),
+            body.as_bytes(),
         );
         Action::Pause
     }
@@ -265,6 +394,41 @@ fn describe(worker: &Worker, facts: &Facts) -> String {
 }
 
 impl Context for GuardFilter {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let State::AwaitingRateLimit { token, .. } = &self.state else {
+            return;
+        };
+        if *token != token_id {
+            return;
+        }
+        let State::AwaitingRateLimit { pending, .. } =
+            std::mem::replace(&mut self.state, State::Done)
+        else {
+            return;
+        };
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let response = if status_code == 0 && response_size <= MAX_RESPONSE_BYTES {
+            abi::buffer(Buffer::GrpcReceive, 0, response_size)
+                .ok()
+                .flatten()
+                .and_then(|b| decode_response(&b).ok())
+        } else {
+            None
+        };
+        if response.is_none() {
+            warn!(
+                "#{} rate-limit service failed (grpc status {status_code}, {response_size} bytes)",
+                self.context_id
+            );
+        }
+        let (step, now) = self.ctx_step(&worker, |ctx, _, now| {
+            policy::evaluate_rls(ctx, pending, response.as_ref().ok_or(()), now)
+        });
+        self.resume_with(&worker, step, now);
+    }
+
     fn on_http_call_response(
         &mut self,
         token_id: u32,
@@ -281,7 +445,7 @@ impl Context for GuardFilter {
         let Some(worker) = self.worker.clone() else {
             return;
         };
-        let now = now_seconds();
+        let now = now_millis() / 1000;
         let (status, body) = host::http_call_response(body_size, jwks::MAX_JWKS_BYTES);
         if let Some(p) = worker.config.providers.get(provider) {
             let mut slots = worker.jwks.borrow_mut();
@@ -301,32 +465,90 @@ impl Context for GuardFilter {
         }
         self.state = State::Start;
         if let Action::Continue = self.run(false) {
-            let _ = hostcalls::resume_http_request();
+            let _ = abi::resume_request();
         }
     }
 }
 
 impl HttpContext for GuardFilter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.state != State::Start {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if !matches!(self.state, State::Start) {
             return Action::Continue;
         }
+        self.headers_end_stream = end_of_stream;
         self.on_headers()
     }
 
-    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
-        // While a decision is pending the body must wait too: Continue here
-        // would release the paused headers upstream.
-        match self.state {
-            State::AwaitingKeys { .. } => Action::Pause,
-            _ => Action::Continue,
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match &self.state {
+            State::AwaitingBody(_) => self.on_body(body_size, end_of_stream),
+            // While a decision is pending the body must wait too: Continue
+            // here would release the paused headers upstream.
+            State::AwaitingKeys { .. } | State::AwaitingRateLimit { .. } => Action::Pause,
+            State::Start | State::Done => Action::Continue,
         }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        match &self.state {
+            // Trailers end the body: evaluate what was buffered.
+            State::AwaitingBody(_) => {
+                let size = abi::buffer(Buffer::RequestBody, 0, usize::MAX)
+                    .ok()
+                    .flatten()
+                    .map_or(0, |b| b.len());
+                self.on_body(size, true)
+            }
+            State::AwaitingKeys { .. } | State::AwaitingRateLimit { .. } => Action::Pause,
+            State::Start | State::Done => Action::Continue,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for (k, v) in &self.response_headers {
+            let _ = abi::add_header(Map::ResponseHeaders, k, v);
+        }
+        Action::Continue
+    }
+}
+
+impl GuardFilter {
+    fn on_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(worker) = self.worker.clone() else {
+            return self.reply_raw(503, "appguard_unconfigured");
+        };
+        let State::AwaitingBody(pending) = std::mem::replace(&mut self.state, State::Done) else {
+            return Action::Continue;
+        };
+        let max = pending.max_body_bytes(&worker.config);
+        if body_size > max {
+            // Refused by size before reading or parsing any of it.
+            let (step, now) = self.ctx_step(&worker, |_, _, _| {
+                Step::Done(
+                    policy::finish_pending(pending, crate::decision::Reason::BodyTooLarge.into()),
+                    Facts::default(),
+                )
+            });
+            return self.step(&worker, step, now);
+        }
+        if !end_of_stream {
+            self.state = State::AwaitingBody(pending);
+            return Action::Pause;
+        }
+        let body = match abi::buffer(Buffer::RequestBody, 0, body_size) {
+            Ok(b) => b.unwrap_or_default(),
+            Err(s) => {
+                warn!("#{} cannot read the request body: {s:?}", self.context_id);
+                Vec::new()
+            }
+        };
+        self.body_complete(&worker, pending, &body)
     }
 }
 
 /// Envoy's downstream remote address (`source.address`, "ip:port").
 fn downstream_ip() -> Option<IpAddr> {
-    let bytes = hostcalls::get_property(vec!["source", "address"]).ok()??;
+    let bytes = abi::property(&["source", "address"]).ok()??;
     let text = std::str::from_utf8(&bytes).ok()?;
     text.parse::<SocketAddr>()
         .map(|s| s.ip())

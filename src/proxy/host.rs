@@ -1,10 +1,6 @@
-//! Host services for the core, implemented with proxy-wasm host calls.
+//! Host services for the core, implemented with the host calls of [`abi`].
 
-use std::time::{Duration, UNIX_EPOCH};
-
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, Status};
-
+use super::abi::{self, Buffer, Map, CAS_MISMATCH};
 use crate::store::{SharedStore, StoreError};
 
 /// Proxy-wasm shared data: one map per VM id, shared by every worker.
@@ -12,17 +8,13 @@ pub struct HostStore;
 
 impl SharedStore for HostStore {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(v), Some(cas))) => Some((v, cas)),
-            _ => None,
-        }
+        abi::shared_get(key).ok().flatten()
     }
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
-        let cas = if cas == 0 { None } else { Some(cas) };
-        match hostcalls::set_shared_data(key, Some(value), cas) {
+        match abi::shared_set(key, value, cas) {
             Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(e) if e == CAS_MISMATCH => Err(StoreError::CasMismatch),
             Err(_) => Err(StoreError::Host),
         }
     }
@@ -31,10 +23,12 @@ impl SharedStore for HostStore {
 /// Seconds since the Unix epoch, from the host clock (0 if unavailable,
 /// which makes every token look expired: fail closed).
 pub fn now_seconds() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
+    now_millis() / 1000
+}
+
+/// Milliseconds since the Unix epoch, from the host clock.
+pub fn now_millis() -> u64 {
+    abi::now_nanos().map_or(0, |n| n / 1_000_000)
 }
 
 /// Dispatches a GET through an Envoy cluster.
@@ -43,24 +37,22 @@ pub fn http_get(
     authority: &str,
     path: &str,
     timeout_ms: u64,
-) -> Result<u32, Status> {
-    hostcalls::dispatch_http_call(
+) -> Result<u32, abi::HostError> {
+    abi::http_call(
         cluster,
-        vec![
+        &[
             (":method", "GET"),
             (":path", path),
             (":authority", authority),
             ("accept", "application/json"),
         ],
-        None,
-        vec![],
-        Duration::from_millis(timeout_ms),
+        u32::try_from(timeout_ms).unwrap_or(u32::MAX),
     )
 }
 
 /// Status and body of the HTTP call response being delivered (body capped).
 pub fn http_call_response(body_size: usize, cap: usize) -> (u16, Option<Vec<u8>>) {
-    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+    let status = abi::map_value(Map::HttpCallResponseHeaders, ":status")
         .ok()
         .flatten()
         .and_then(|s| s.parse().ok())
@@ -68,7 +60,7 @@ pub fn http_call_response(body_size: usize, cap: usize) -> (u16, Option<Vec<u8>>
     if body_size > cap {
         return (status, None);
     }
-    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+    let body = abi::buffer(Buffer::HttpCallResponseBody, 0, body_size)
         .ok()
         .flatten();
     (status, body)

@@ -4,8 +4,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
+use super::abi;
 
 use crate::config::Config;
 use crate::decision::Reason;
@@ -48,13 +47,13 @@ impl Metrics {
                 let reason_code = reason.map_or("none", Reason::code);
                 let name =
                     format!("appguard.route.{route_name}.decision.{decision}.reason.{reason_code}");
-                let Ok(id) = hostcalls::define_metric(MetricType::Counter, &name) else {
+                let Ok(id) = abi::define_counter(&name) else {
                     return;
                 };
                 self.ids.borrow_mut().insert(key, id);
                 id
             }
         };
-        let _ = hostcalls::increment_metric(id, 1);
+        let _ = abi::increment(id, 1);
     }
 }

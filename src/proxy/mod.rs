@@ -1,19 +1,20 @@
 //! The proxy-wasm adapter: the only module that talks to the host. It reads
 //! the request from Envoy, calls the pure core, and carries out the decision.
 //!
-//! Host calls go through `proxy_wasm::hostcalls`, which return `Result`, never
-//! through the SDK's trait helpers that unwrap host errors: a panic would
-//! abort the VM for every later request of the worker.
+//! Host calls go through [`abi`], which returns every host status as a
+//! `Result`, never through the SDK's `hostcalls` or trait helpers, which
+//! panic on unexpected statuses and on non-UTF-8 header bytes: a panic
+//! aborts the VM for every later request of the worker. The SDK is used
+//! only for its context dispatcher and memory allocator.
 
+pub mod abi;
 mod filter;
 mod host;
 mod jwks;
 mod metrics;
 mod root;
 
-use proxy_wasm::types::LogLevel;
-
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
+    abi::init_logging(log::LevelFilter::Info);
     proxy_wasm::set_root_context(|context_id| Box::new(root::FilterRoot::new(context_id)));
 }}

@@ -5,18 +5,19 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Duration;
 
 use log::{error, info, warn};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, LogLevel};
+use proxy_wasm::types::ContextType;
+
+use super::abi::{self, Buffer};
 
 use super::filter::GuardFilter;
 use super::host::{self, now_seconds};
 use super::jwks::{self, JwksSlot};
 use super::metrics::Metrics;
 use crate::config::Config;
+use crate::limits::OverLimitCache;
 use crate::policy::{RemoteKeys, TokenCache};
 
 /// Everything one worker keeps between requests.
@@ -29,6 +30,8 @@ pub struct Worker {
     pub jwks: RefCell<Vec<JwksSlot>>,
     /// Stats counters.
     pub metrics: Metrics,
+    /// Descriptors the rate-limit service refused, until their reset.
+    pub over_limit: RefCell<OverLimitCache>,
 }
 
 impl Worker {
@@ -97,12 +100,12 @@ impl RootContext for FilterRoot {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
         // Follow Envoy's own level for the wasm component, so that debug
         // lines are not even formatted when Envoy would drop them.
-        proxy_wasm::set_log_level(hostcalls::get_log_level().unwrap_or(LogLevel::Info));
+        abi::init_logging(abi::level_filter(abi::log_level().unwrap_or(2)));
         true
     }
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+        let bytes = match abi::buffer(Buffer::PluginConfiguration, 0, usize::MAX) {
             Ok(Some(b)) => b,
             Ok(None) => {
                 error!("no plugin configuration: set plugin_config.configuration");
@@ -143,9 +146,10 @@ impl RootContext for FilterRoot {
             token_cache: RefCell::new(TokenCache::default()),
             jwks: RefCell::new(slots),
             metrics,
+            over_limit: RefCell::new(OverLimitCache::default()),
         }));
         if has_remote {
-            if let Err(s) = hostcalls::set_tick_period(Duration::from_secs(1)) {
+            if let Err(s) = abi::set_tick_period_ms(1000) {
                 warn!("cannot set the tick period ({s:?}): JWKS refresh only on demand");
             }
         }

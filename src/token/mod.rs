@@ -150,6 +150,24 @@ pub struct Provider {
     /// The payload was already verified by Envoy's `jwt_authn` and is read
     /// from dynamic metadata: (filter namespace, key).
     pub verified_by: Option<(String, String)>,
+    /// Request signing with the install key the token carries (RFC 9421).
+    pub message_signing: Option<MessageSigning>,
+}
+
+/// `message_signing`: the request must carry an HTTP Message Signature made
+/// with the private half of the install key in the token, so that a token
+/// copied out of one request is useless without the install's key.
+#[derive(Clone, Debug)]
+pub struct MessageSigning {
+    /// The claim with the install public key (default `ipk`: base64 DER
+    /// SubjectPublicKeyInfo of a P-256 or Ed25519 key).
+    pub claim: String,
+    /// What the signature must cover, its label and its age limits.
+    pub policy: crate::signing::SigningPolicy,
+    /// Refuse tokens without the key claim (`signature_invalid`); when false
+    /// such tokens pass unsigned, but a token that has the claim must
+    /// always come with a valid signature.
+    pub required: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,6 +272,39 @@ fn default_jwt_authn() -> String {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(crate) struct RawMessageSigning {
+    #[serde(default = "default_ipk")]
+    claim: String,
+    #[serde(default = "default_label")]
+    label: String,
+    #[serde(default)]
+    components: Vec<String>,
+    #[serde(default = "default_sig_age")]
+    max_age_seconds: u64,
+    #[serde(default = "default_sig_skew")]
+    clock_skew_seconds: u64,
+    #[serde(default = "default_true")]
+    required: bool,
+}
+
+fn default_ipk() -> String {
+    "ipk".into()
+}
+fn default_label() -> String {
+    crate::signing::SigningPolicy::DEFAULT_LABEL.into()
+}
+fn default_sig_age() -> u64 {
+    crate::signing::SigningPolicy::DEFAULT_MAX_AGE_SECONDS
+}
+fn default_sig_skew() -> u64 {
+    crate::signing::SigningPolicy::DEFAULT_CLOCK_SKEW_SECONDS
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct RawProvider {
     name: String,
     from: Vec<RawSource>,
@@ -289,6 +340,8 @@ pub(crate) struct RawProvider {
     claim_to_headers: Vec<RawClaimHeader>,
     #[serde(default)]
     verified_by: Option<RawVerifiedBy>,
+    #[serde(default)]
+    message_signing: Option<RawMessageSigning>,
 }
 
 fn default_lifetime() -> u64 {
@@ -446,7 +499,53 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
         }
         claim_to_headers.push((c.claim, h));
     }
+    let message_signing = match raw.message_signing {
+        Some(m) => {
+            if m.label.is_empty()
+                || !m
+                    .label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            {
+                return Err(err(
+                    "message_signing.label",
+                    "a structured-field key: lower case letters, digits, `-`, `_`".into(),
+                ));
+            }
+            if m.max_age_seconds == 0 || m.max_age_seconds > 86_400 {
+                return Err(err(
+                    "message_signing.max_age_seconds",
+                    "must be 1..=86400".into(),
+                ));
+            }
+            let mut policy = crate::signing::SigningPolicy::new(
+                m.label,
+                m.max_age_seconds,
+                m.clock_skew_seconds,
+            );
+            for (i, c) in m.components.into_iter().enumerate() {
+                let ok = c.starts_with('@') || crate::config::header_name("", &c).is_ok();
+                if !ok || c.len() > 64 {
+                    return Err(err(
+                        &format!("message_signing.components[{i}]"),
+                        format!("{c:?} is not a component name"),
+                    ));
+                }
+                let c = c.to_ascii_lowercase();
+                if !policy.required_components.contains(&c) {
+                    policy.required_components.push(c);
+                }
+            }
+            Some(MessageSigning {
+                claim: m.claim,
+                policy,
+                required: m.required,
+            })
+        }
+        None => None,
+    };
     Ok(Provider {
+        message_signing,
         name: raw.name,
         sources,
         keys: keyset,

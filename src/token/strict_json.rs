@@ -91,6 +91,15 @@ pub fn parse_object(bytes: &[u8]) -> Option<Map<String, Value>> {
     }
 }
 
+/// Parses any JSON value with the same rules as [`parse_object`] (used for
+/// request bodies: duplicate keys, deep nesting and invalid UTF-8 refused).
+pub fn parse_value(bytes: &[u8]) -> Option<Value> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let v = de::DeserializeSeed::deserialize(StrictVisitor { depth: 0 }, &mut de).ok()?;
+    de.end().ok()?;
+    Some(v.0)
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]

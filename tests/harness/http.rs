@@ -99,7 +99,12 @@ pub fn get(port: u16, path: &str) -> std::io::Result<Resp> {
 /// Sends `req` to 127.0.0.1:`port` and reads the whole response.
 pub fn send(port: u16, req: &Req) -> std::io::Result<Resp> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.set_read_timeout(Some(Duration::from_secs(
+        std::env::var("HTTP_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20),
+    )))?;
     let mut head = format!("{} {} HTTP/1.1\r\n", req.method, req.path);
     if !req
         .headers

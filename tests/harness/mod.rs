@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod services;
 pub mod tokens;
 pub mod upstream;
 
@@ -202,6 +203,12 @@ impl EnvoyBuilder {
     pub fn bootstrap(&self, listen_port: u16, admin_port: u16) -> Value {
         let mut filters = self.filters_before.clone();
         filters.push(wasm_filter(&self.plugin_config, &wasm_path()));
+        // Holds the headers back from the upstream until appguard has decided
+        // on the body (see envoy/envoy.yaml).
+        filters.push(json!({
+            "name": "envoy.filters.http.buffer",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": 1048576}
+        }));
         filters.push(json!({
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
@@ -272,7 +279,7 @@ impl EnvoyBuilder {
             .arg("--log-level")
             .arg("info")
             .arg("--component-log-level")
-            .arg("wasm:debug");
+            .arg(std::env::var("ENVOY_COMPONENT_LOG").unwrap_or_else(|_| "wasm:debug".into()));
         let mut svc = Service::start("envoy", cmd, None);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -1,0 +1,561 @@
+//! Rate limits (SPEC §1 steps 6–7): descriptors built per route from the
+//! request, the body and what earlier checks established; local limits
+//! enforced inside the Envoy instance; the over-limit cache in front of the
+//! shared rate-limit service.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::config::ConfigError;
+use crate::store::{self, SharedStore};
+
+/// A window unit, as envoyproxy/ratelimit names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Per {
+    /// One second.
+    Second,
+    /// One minute.
+    Minute,
+    /// One hour.
+    Hour,
+    /// One day.
+    Day,
+}
+
+impl Per {
+    /// The unit in seconds.
+    pub const fn seconds(self) -> u64 {
+        match self {
+            Per::Second => 1,
+            Per::Minute => 60,
+            Per::Hour => 3600,
+            Per::Day => 86_400,
+        }
+    }
+}
+
+/// `routes[].rate_limits[].entries[]` as written: where one descriptor
+/// entry's value comes from.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum RawEntry {
+    ClientIp {
+        #[serde(default)]
+        key: Option<String>,
+        #[serde(default = "v4_default")]
+        v4_prefix: u8,
+        #[serde(default = "v6_default")]
+        v6_prefix: u8,
+    },
+    ApiKey {
+        #[serde(default)]
+        key: Option<String>,
+    },
+    App {
+        #[serde(default)]
+        key: Option<String>,
+    },
+    Platform {
+        #[serde(default)]
+        key: Option<String>,
+    },
+    Route {
+        #[serde(default)]
+        key: Option<String>,
+    },
+    Value {
+        key: String,
+        value: String,
+    },
+    Header {
+        name: String,
+        #[serde(default)]
+        key: Option<String>,
+    },
+    Claim {
+        name: String,
+        #[serde(default)]
+        key: Option<String>,
+    },
+    Body {
+        pointer: String,
+        #[serde(default)]
+        key: Option<String>,
+        #[serde(default)]
+        phone: bool,
+    },
+}
+
+fn v4_default() -> u8 {
+    32
+}
+fn v6_default() -> u8 {
+    128
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLocal {
+    requests: u32,
+    per: Per,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    #[serde(default)]
+    name: Option<String>,
+    entries: Vec<RawEntry>,
+    #[serde(default)]
+    local: Option<RawLocal>,
+}
+
+/// Where one descriptor entry's value comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The client IP, masked to the prefixes (e.g. /24 and /64 to limit
+    /// networks rather than single addresses).
+    ClientIp {
+        /// IPv4 prefix length.
+        v4_prefix: u8,
+        /// IPv6 prefix length.
+        v6_prefix: u8,
+    },
+    /// The API key's id (never the key).
+    ApiKey,
+    /// The established app's id.
+    App,
+    /// The established platform.
+    Platform,
+    /// The route's name.
+    Route,
+    /// A fixed value.
+    Value(String),
+    /// A request header's value.
+    Header(String),
+    /// A verified token claim.
+    Claim(String),
+    /// A JSON body value by JSON pointer (RFC 6901); with `phone`, an E.164
+    /// number that is checked against denied prefixes and hashed.
+    Body {
+        /// The JSON pointer, e.g. `/to`.
+        pointer: String,
+        /// Normalise as a phone number, check, and hash.
+        phone: bool,
+    },
+}
+
+/// One descriptor entry: its key and where its value comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntrySpec {
+    /// The descriptor key, as the rate-limit service's YAML names it.
+    pub key: String,
+    /// The value's source.
+    pub source: Source,
+}
+
+/// A limit enforced inside the Envoy instance (no service needed): a token
+/// bucket of `requests` tokens refilled over `per`, shared by the workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalLimit {
+    /// Bucket size and refill per period.
+    pub requests: u32,
+    /// The period in seconds.
+    pub per_seconds: u64,
+}
+
+/// One rate limit of a route: a descriptor and, optionally, a local limit.
+/// Without `local`, the descriptor goes to the shared rate-limit service,
+/// whose YAML decides the limit.
+#[derive(Clone, Debug)]
+pub struct RateLimit {
+    /// A name for logs (default `<route>#<index>`).
+    pub name: String,
+    /// The ordered entries.
+    pub entries: Vec<EntrySpec>,
+    /// Enforced locally when set.
+    pub local: Option<LocalLimit>,
+}
+
+impl RateLimit {
+    /// Whether a value comes from the body.
+    pub fn needs_body(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| matches!(e.source, Source::Body { .. }))
+    }
+}
+
+pub(crate) fn compile(
+    at: &str,
+    route: &str,
+    raw: Vec<RawRateLimit>,
+) -> Result<Vec<RateLimit>, ConfigError> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let at = format!("{at}[{i}]");
+        if r.entries.is_empty() || r.entries.len() > 8 {
+            return Err(ConfigError::new(format!("{at}.entries"), "1 to 8 entries"));
+        }
+        let mut entries = Vec::with_capacity(r.entries.len());
+        for (j, e) in r.entries.into_iter().enumerate() {
+            let eat = format!("{at}.entries[{j}]");
+            let (key, source) = match e {
+                RawEntry::ClientIp {
+                    key,
+                    v4_prefix,
+                    v6_prefix,
+                } => {
+                    if v4_prefix == 0 || v4_prefix > 32 || v6_prefix == 0 || v6_prefix > 128 {
+                        return Err(ConfigError::new(
+                            eat,
+                            "v4_prefix must be 1..=32 and v6_prefix 1..=128",
+                        ));
+                    }
+                    (
+                        key.unwrap_or_else(|| "client_ip".into()),
+                        Source::ClientIp {
+                            v4_prefix,
+                            v6_prefix,
+                        },
+                    )
+                }
+                RawEntry::ApiKey { key } => {
+                    (key.unwrap_or_else(|| "api_key".into()), Source::ApiKey)
+                }
+                RawEntry::App { key } => (key.unwrap_or_else(|| "app".into()), Source::App),
+                RawEntry::Platform { key } => {
+                    (key.unwrap_or_else(|| "platform".into()), Source::Platform)
+                }
+                RawEntry::Route { key } => (key.unwrap_or_else(|| "route".into()), Source::Route),
+                RawEntry::Value { key, value } => (key, Source::Value(value)),
+                RawEntry::Header { name, key } => {
+                    let h = crate::config::header_name(&format!("{eat}.name"), &name)?;
+                    (key.unwrap_or_else(|| h.clone()), Source::Header(h))
+                }
+                RawEntry::Claim { name, key } => {
+                    (key.unwrap_or_else(|| name.clone()), Source::Claim(name))
+                }
+                RawEntry::Body {
+                    pointer,
+                    key,
+                    phone,
+                } => {
+                    if !(pointer.is_empty() || pointer.starts_with('/')) || pointer.len() > 256 {
+                        return Err(ConfigError::new(
+                            format!("{eat}.pointer"),
+                            "a JSON pointer (RFC 6901) such as `/to`",
+                        ));
+                    }
+                    let default = if phone { "phone" } else { "body" };
+                    (
+                        key.unwrap_or_else(|| default.into()),
+                        Source::Body { pointer, phone },
+                    )
+                }
+            };
+            if key.is_empty() || key.len() > 64 {
+                return Err(ConfigError::new(format!("{eat}.key"), "1-64 characters"));
+            }
+            entries.push(EntrySpec { key, source });
+        }
+        let local = match r.local {
+            Some(l) => {
+                if l.requests == 0 || l.requests > 1_000_000 {
+                    return Err(ConfigError::new(
+                        format!("{at}.local.requests"),
+                        "must be 1..=1000000",
+                    ));
+                }
+                Some(LocalLimit {
+                    requests: l.requests,
+                    per_seconds: l.per.seconds(),
+                })
+            }
+            None => None,
+        };
+        out.push(RateLimit {
+            name: r.name.unwrap_or_else(|| format!("{route}#{i}")),
+            entries,
+            local,
+        });
+    }
+    Ok(out)
+}
+
+/// A built descriptor: ordered (key, value) entries.
+pub type Descriptor = Vec<(String, String)>;
+
+/// The 128-bit digest of a descriptor: the key of local buckets and of the
+/// over-limit cache. `route` separates identical descriptors of two routes.
+pub fn descriptor_digest(scope: &str, d: &Descriptor) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(scope.as_bytes());
+    for (k, v) in d {
+        h.update([0]);
+        h.update(k.as_bytes());
+        h.update([1]);
+        h.update(v.as_bytes());
+    }
+    let full = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(full.get(..16).unwrap_or(&[0; 16]));
+    out
+}
+
+/// Reads a value by JSON pointer as text: strings as they are, integers
+/// printed; anything else (objects, arrays, floats, booleans, null) is not
+/// a usable value.
+pub fn pointer_text(doc: &Value, pointer: &str) -> Option<String> {
+    match doc.pointer(pointer)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The client IP as a descriptor value.
+pub fn ip_value(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> String {
+    crate::net::masked(ip, v4_prefix, v6_prefix)
+}
+
+/// Entries per local-limit bucket; one more slot is the bucket's overflow.
+pub const LOCAL_BUCKET_ENTRIES: usize = 16;
+/// Buckets of the local-limit table (so at most 16 × 4096 = 65 536 live
+/// descriptors per instance, about 2 MiB of shared data).
+pub const LOCAL_BUCKETS: u32 = 4096;
+const LOCAL_ENTRY: usize = 32; // digest 16 + milli-tokens 8 + last refill ms 8
+const OVERFLOW: [u8; 16] = [0xff; 16];
+
+/// The state of one local limit after taking a token (or failing to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalOutcome {
+    /// A token was taken: the request may go on.
+    pub allowed: bool,
+    /// Whole tokens left.
+    pub remaining: u32,
+    /// Seconds until the next token (0 when some are left).
+    pub retry_after: u64,
+}
+
+/// Takes one token from the descriptor's bucket. Buckets live in shared
+/// data, updated with CAS, so every worker of the instance shares them.
+///
+/// Memory is bounded: a descriptor lives in one of [`LOCAL_BUCKETS`] buckets
+/// of [`LOCAL_BUCKET_ENTRIES`] entries. When a bucket is full, a full (idle)
+/// entry is evicted — it carries no state worth keeping. When none is idle,
+/// the descriptor shares the bucket's overflow entry with every other
+/// descriptor in that position: the limit then holds for them together,
+/// which is stricter, never looser.
+pub fn take_local<S: SharedStore + ?Sized>(
+    s: &S,
+    digest: &[u8; 16],
+    limit: LocalLimit,
+    now_ms: u64,
+) -> Result<LocalOutcome, store::StoreError> {
+    let cap_milli = u64::from(limit.requests) * 1000;
+    let period_ms = limit.per_seconds * 1000;
+    // milli-tokens gained per ms = cap_milli / period_ms
+    let refill = |tokens: u64, last: u64| -> u64 {
+        let elapsed = now_ms.saturating_sub(last);
+        let gained = u128::from(elapsed) * u128::from(cap_milli) / u128::from(period_ms.max(1));
+        let total = u128::from(tokens) + gained;
+        u64::try_from(total.min(u128::from(cap_milli))).unwrap_or(cap_milli)
+    };
+    let key = format!("appguard/local/{}", store::bucket_of(digest, LOCAL_BUCKETS));
+    store::update(s, &key, |current| {
+        let mut entries: Vec<([u8; 16], u64, u64)> = current
+            .unwrap_or(&[])
+            .chunks_exact(LOCAL_ENTRY)
+            .map(|e| {
+                let mut d = [0u8; 16];
+                d.copy_from_slice(e.get(..16).unwrap_or(&[0; 16]));
+                let t = e
+                    .get(16..24)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u64::from_le_bytes);
+                let l = e
+                    .get(24..32)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u64::from_le_bytes);
+                (d, t, l)
+            })
+            .collect();
+        let idx = match entries.iter().position(|(d, _, _)| d == digest) {
+            Some(i) => i,
+            None => {
+                let live = entries.iter().filter(|(d, _, _)| *d != OVERFLOW).count();
+                if live < LOCAL_BUCKET_ENTRIES {
+                    entries.push((*digest, cap_milli, now_ms));
+                    entries.len() - 1
+                } else if let Some(i) = entries
+                    .iter()
+                    .position(|(d, t, l)| *d != OVERFLOW && refill(*t, *l) >= cap_milli)
+                {
+                    if let Some(e) = entries.get_mut(i) {
+                        *e = (*digest, cap_milli, now_ms);
+                    }
+                    i
+                } else if let Some(i) = entries.iter().position(|(d, _, _)| *d == OVERFLOW) {
+                    i
+                } else {
+                    entries.push((OVERFLOW, cap_milli, now_ms));
+                    entries.len() - 1
+                }
+            }
+        };
+        let Some(entry) = entries.get_mut(idx) else {
+            return (
+                None,
+                LocalOutcome {
+                    allowed: false,
+                    remaining: 0,
+                    retry_after: 1,
+                },
+            );
+        };
+        let tokens = refill(entry.1, entry.2);
+        let outcome = if tokens >= 1000 {
+            entry.1 = tokens - 1000;
+            entry.2 = now_ms;
+            LocalOutcome {
+                allowed: true,
+                remaining: u32::try_from((tokens - 1000) / 1000).unwrap_or(0),
+                retry_after: 0,
+            }
+        } else {
+            entry.1 = tokens;
+            entry.2 = now_ms;
+            let missing = 1000 - tokens;
+            let ms =
+                (u128::from(missing) * u128::from(period_ms) / u128::from(cap_milli.max(1))) as u64;
+            LocalOutcome {
+                allowed: false,
+                remaining: 0,
+                retry_after: ms.div_ceil(1000).max(1),
+            }
+        };
+        let mut bytes = Vec::with_capacity(entries.len() * LOCAL_ENTRY);
+        for (d, t, l) in &entries {
+            bytes.extend_from_slice(d);
+            bytes.extend_from_slice(&t.to_le_bytes());
+            bytes.extend_from_slice(&l.to_le_bytes());
+        }
+        (Some(bytes), outcome)
+    })
+}
+
+/// Descriptors the service said are over their limit, until their window
+/// resets: answered 429 locally without asking the service again. Per
+/// worker, bounded.
+#[derive(Default)]
+pub struct OverLimitCache {
+    map: HashMap<[u8; 16], u64>,
+}
+
+/// Largest number of descriptors the over-limit cache holds per worker.
+pub const OVER_LIMIT_ENTRIES: usize = 4096;
+
+impl OverLimitCache {
+    /// Until when a descriptor is known to be over its limit.
+    pub fn until(&self, digest: &[u8; 16], now: u64) -> Option<u64> {
+        self.map.get(digest).copied().filter(|u| *u > now)
+    }
+
+    /// Remembers a descriptor as over its limit until `until`.
+    pub fn insert(&mut self, digest: [u8; 16], until: u64, now: u64) {
+        if self.map.len() >= OVER_LIMIT_ENTRIES {
+            self.map.retain(|_, u| *u > now);
+            if self.map.len() >= OVER_LIMIT_ENTRIES {
+                self.map.clear();
+            }
+        }
+        self.map.insert(digest, until);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::store::MemStore;
+
+    #[test]
+    fn token_bucket_allows_n_then_refills() {
+        let s = MemStore::default();
+        let d = [1u8; 16];
+        let l = LocalLimit {
+            requests: 3,
+            per_seconds: 60,
+        };
+        let t0 = 1_000_000;
+        for i in 0..3 {
+            let o = take_local(&s, &d, l, t0).unwrap();
+            assert!(o.allowed, "request {i}");
+            assert_eq!(o.remaining, 2 - i);
+        }
+        let o = take_local(&s, &d, l, t0).unwrap();
+        assert!(!o.allowed);
+        assert_eq!(o.retry_after, 20, "one token per 20 s");
+        assert!(!take_local(&s, &d, l, t0 + 19_000).unwrap().allowed);
+        assert!(take_local(&s, &d, l, t0 + 20_000).unwrap().allowed);
+        // another descriptor has its own bucket
+        assert!(take_local(&s, &[2u8; 16], l, t0).unwrap().allowed);
+    }
+
+    #[test]
+    fn full_buckets_evict_idle_entries_or_share_an_overflow() {
+        let s = MemStore::default();
+        let l = LocalLimit {
+            requests: 1,
+            per_seconds: 3600,
+        };
+        // Find 18 digests that land in the same bucket.
+        let mut same = Vec::new();
+        let target = store::bucket_of(&[0u8; 16], LOCAL_BUCKETS);
+        let mut i: u32 = 0;
+        while same.len() < 18 {
+            let mut d = [0u8; 16];
+            d[..4].copy_from_slice(&i.to_le_bytes());
+            if store::bucket_of(&d, LOCAL_BUCKETS) == target {
+                same.push(d);
+            }
+            i += 1;
+        }
+        for d in same.iter().take(16) {
+            assert!(take_local(&s, d, l, 0).unwrap().allowed);
+        }
+        // 16 busy entries: the 17th shares the overflow, the 18th is refused with it
+        assert!(take_local(&s, &same[16], l, 0).unwrap().allowed);
+        assert!(!take_local(&s, &same[17], l, 0).unwrap().allowed);
+        // the first 16 are still limited
+        assert!(!take_local(&s, &same[0], l, 0).unwrap().allowed);
+    }
+
+    #[test]
+    fn pointer_values() {
+        let v: Value =
+            serde_json::from_str(r#"{"to":"+44 7700","n":447700,"f":1.5,"o":{"x":"y"}}"#).unwrap();
+        assert_eq!(pointer_text(&v, "/to").as_deref(), Some("+44 7700"));
+        assert_eq!(pointer_text(&v, "/n").as_deref(), Some("447700"));
+        assert_eq!(pointer_text(&v, "/f"), None);
+        assert_eq!(pointer_text(&v, "/o"), None);
+        assert_eq!(pointer_text(&v, "/o/x").as_deref(), Some("y"));
+        assert_eq!(pointer_text(&v, "/missing"), None);
+    }
+
+    #[test]
+    fn digests_separate_scopes_and_entries() {
+        let a = vec![("k".to_string(), "v".to_string())];
+        let b = vec![("kv".to_string(), String::new())];
+        assert_ne!(descriptor_digest("r", &a), descriptor_digest("r", &b));
+        assert_ne!(descriptor_digest("r1", &a), descriptor_digest("r2", &a));
+    }
+}

@@ -1,0 +1,777 @@
+//! Phone numbers read from request bodies (SPEC §1 steps 6–7): normalised to
+//! E.164 so that formatting cannot evade a per-number rate limit, checked
+//! against denied prefixes (premium-rate ranges, whole countries), and hashed
+//! with a key before they enter a rate-limit descriptor, a log or a metric.
+//!
+//! # Normalisation rules
+//!
+//! [`normalize`] turns what a client typed into one canonical string,
+//! `+` followed by the digits of the number, so that every spelling of one
+//! number counts against the same limit:
+//!
+//! 1. **Size first.** Inputs longer than [`MAX_INPUT_BYTES`] (64) bytes are
+//!    refused before any other work.
+//! 2. **Characters.** Only ASCII digits `0`–`9`, the separators space, `-`,
+//!    `.`, `(`, `)` and `/`, and one `+` are accepted. Separators are ignored
+//!    wherever they appear (parentheses are not checked for balance).
+//!    Anything else is refused: letters (so no `ext. 12` or vanity numbers),
+//!    tabs, newlines and other control characters, and every non-ASCII
+//!    character. That includes digits of other scripts, such as Arabic-Indic
+//!    `٤٤` or full-width `４４`, and the full-width plus `＋`: they would be
+//!    another spelling of the same number, and refusing them is the safe
+//!    default (a genuine app sends ASCII digits).
+//! 3. **The `+`.** A `+` may appear once, before the first digit (separators
+//!    may come before it, as in `(+44) 20 …`). A second `+`, or a `+` after a
+//!    digit, is refused.
+//! 4. **International numbers.** A leading `+`, or leading digits `00` (the
+//!    ITU international call prefix, which is dropped), make the number
+//!    international: the digits that follow are country calling code and
+//!    national number. Other international call prefixes, such as North
+//!    America's `011`, are not recognised: such input is read as a national
+//!    number.
+//! 5. **The `(0)` convention.** In an international number, a group `(0)`
+//!    after the first digit (as in `+44 (0)20 7946 0000`) marks the national
+//!    trunk prefix that callers from abroad leave out, so it is dropped. A `0`
+//!    written without parentheses is kept: `+44 020 …` and `+44 20 …` are
+//!    different strings (the filter carries no numbering plan to know that
+//!    one of them is invalid).
+//! 6. **National numbers.** Anything else is a national number. It needs
+//!    [`PhoneRules::default_calling_code`] (otherwise [`PhoneError::NoCountry`]);
+//!    the national (trunk) prefix, `0` by default, is stripped once if the
+//!    number starts with it, and the calling code is put in front.
+//! 7. **The result** is `+` followed by [`MIN_DIGITS`] (7) to [`MAX_DIGITS`]
+//!    (15, the E.164 maximum) digits, the first of which is not `0` (no
+//!    country calling code starts with 0).
+//!
+//! For a UK default (`default_calling_code: "44"`, national prefix `0`), all of
+//! `+44 7700 900123`, `+44 (0)7700-900123`, `0044 7700 900123`,
+//! `(+44) 7700.900.123`, `07700 900123` and `7700900123` give `+447700900123`.
+//!
+//! # Hashing
+//!
+//! [`hash`] is HMAC-SHA256 (RFC 2104) keyed with the configured secret over the
+//! ASCII bytes of the E.164 string (with its `+`), rendered as lower-case hex
+//! of the first 16 bytes (128 bits): plenty to keep distinct numbers apart in
+//! a rate-limit key, and short in descriptors and logs. An unkeyed hash would
+//! not protect the numbers: the space of phone numbers is small enough to
+//! hash every one of them.
+
+use std::fmt;
+
+/// Inputs longer than this many bytes are refused before any parsing: the
+/// longest sensible formatted number (15 digits, `+`, separators) fits easily.
+pub const MAX_INPUT_BYTES: usize = 64;
+
+/// The fewest digits (calling code included) of a normalised number. Seven
+/// admits the shortest real numbers (Niue `+683` and Tokelau `+690` have
+/// four-digit national numbers) while refusing fragments such as `+1234`.
+pub const MIN_DIGITS: usize = 7;
+
+/// The most digits (calling code included) of a normalised number: the E.164
+/// maximum (ITU-T E.164 §6).
+pub const MAX_DIGITS: usize = 15;
+
+/// The shortest key [`hash`] should be given. Configuration should refuse
+/// shorter secrets: a guessable key makes the hash as reversible as none.
+pub const MIN_KEY_BYTES: usize = 16;
+
+/// Bytes of the HMAC output kept by [`hash`] (rendered as twice as many hex
+/// characters).
+pub const HASH_BYTES: usize = 16;
+
+/// How national numbers are read (the rules in the module documentation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PhoneRules {
+    /// Country calling code put in front of national numbers, as digits
+    /// without `+` (e.g. `"44"`). `None` refuses national numbers: every
+    /// number must then start with `+` or `00`. A value that is not one to
+    /// three digits starting with 1–9 is treated as `None` (see
+    /// [`PhoneRules::validate`]).
+    pub default_calling_code: Option<String>,
+    /// Trunk prefix dialled before national numbers (`"0"` in most of Europe,
+    /// `"1"` in North America, empty in Italy where the `0` is part of the
+    /// number); it is stripped once from national numbers before the calling
+    /// code is added.
+    pub national_prefix: String,
+}
+
+impl Default for PhoneRules {
+    /// No default country (international numbers only), national prefix `0`.
+    fn default() -> Self {
+        PhoneRules {
+            default_calling_code: None,
+            national_prefix: "0".to_owned(),
+        }
+    }
+}
+
+impl PhoneRules {
+    /// Rules with a default country calling code and the usual trunk prefix `0`.
+    pub fn with_calling_code(code: &str) -> Self {
+        PhoneRules {
+            default_calling_code: Some(code.to_owned()),
+            ..PhoneRules::default()
+        }
+    }
+
+    /// Checks the rules as configuration: the calling code is one to three
+    /// ASCII digits not starting with 0, the national prefix at most three
+    /// ASCII digits. The error says which field is wrong, for `on_configure`.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if let Some(code) = &self.default_calling_code {
+            if !is_calling_code(code) {
+                return Err("default_calling_code must be 1 to 3 digits, not starting with 0");
+            }
+        }
+        if self.national_prefix.len() > 3
+            || !self.national_prefix.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err("national_prefix must be at most 3 digits");
+        }
+        Ok(())
+    }
+}
+
+fn is_calling_code(code: &str) -> bool {
+    (1..=3).contains(&code.len())
+        && code.bytes().all(|b| b.is_ascii_digit())
+        && !code.starts_with('0')
+}
+
+/// Why a phone number (or a configured prefix) was refused. The messages
+/// never contain the number itself, so they are safe to log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PhoneError {
+    /// The input holds no digits at all (empty, only separators, a lone `+`).
+    Empty,
+    /// The input is longer than [`MAX_INPUT_BYTES`]; it was not parsed.
+    TooLong,
+    /// A byte that is neither an ASCII digit, an accepted separator nor an
+    /// accepted `+`, at this byte offset (non-ASCII characters included).
+    InvalidCharacter {
+        /// Byte offset of the offending character in the input.
+        at: usize,
+    },
+    /// A second `+`, or a `+` after a digit.
+    MisplacedPlus,
+    /// A national number (no `+` or `00`) and no default calling code.
+    NoCountry,
+    /// A configured prefix that is not international (`+` or `00`).
+    NotInternational,
+    /// The first digit after the international prefix is 0: no country
+    /// calling code starts with 0.
+    InvalidCountryCode,
+    /// Fewer than [`MIN_DIGITS`] digits after normalisation.
+    TooShort,
+    /// More than [`MAX_DIGITS`] digits after normalisation.
+    TooLongDigits,
+}
+
+impl fmt::Display for PhoneError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PhoneError::Empty => f.write_str("no digits"),
+            PhoneError::TooLong => write!(f, "longer than {MAX_INPUT_BYTES} bytes"),
+            PhoneError::InvalidCharacter { at } => {
+                write!(f, "invalid character at byte {at} (only ASCII digits, one leading '+', space - . ( ) /)")
+            }
+            PhoneError::MisplacedPlus => {
+                f.write_str("'+' only allowed once, before the first digit")
+            }
+            PhoneError::NoCountry => f.write_str(
+                "national number without a country calling code (no default_calling_code)",
+            ),
+            PhoneError::NotInternational => f.write_str("must start with '+' or '00'"),
+            PhoneError::InvalidCountryCode => f.write_str("country calling code starts with 0"),
+            PhoneError::TooShort => write!(f, "fewer than {MIN_DIGITS} digits"),
+            PhoneError::TooLongDigits => write!(f, "more than {MAX_DIGITS} digits"),
+        }
+    }
+}
+
+impl std::error::Error for PhoneError {}
+
+/// A phone number in E.164 form: `+` and 7 to 15 ASCII digits, the first not
+/// 0. Only [`normalize`] makes one, so holding an `E164` means the rules held.
+///
+/// `Debug` does not print the number (a struct holding one may be logged);
+/// use [`E164::as_str`] where the number itself is needed, and [`hash`]
+/// wherever it leaves the filter.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct E164(String);
+
+impl E164 {
+    /// The canonical form, e.g. `"+447700900123"`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The digits without the `+`, e.g. `"447700900123"`.
+    pub fn digits(&self) -> &str {
+        self.0.strip_prefix('+').unwrap_or(&self.0)
+    }
+}
+
+impl fmt::Debug for E164 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("E164(<redacted>)")
+    }
+}
+
+/// The result of scanning an input: its digits (capped by the input size)
+/// and whether it started with `+`.
+struct Scanned {
+    plus: bool,
+    digits: String,
+}
+
+/// Applies rules 1–3 and 5 of the module documentation: size, characters,
+/// `+` placement, `(0)` groups in international numbers.
+fn scan(input: &str) -> Result<Scanned, PhoneError> {
+    if input.len() > MAX_INPUT_BYTES {
+        return Err(PhoneError::TooLong);
+    }
+    let bytes = input.as_bytes();
+    let mut digits = String::with_capacity(MAX_DIGITS + 2);
+    let mut plus = false;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'0'..=b'9' => digits.push(char::from(b)),
+            b'+' => {
+                if plus || !digits.is_empty() {
+                    return Err(PhoneError::MisplacedPlus);
+                }
+                plus = true;
+            }
+            b'(' => {
+                // `(0)` after the first digit of an international number
+                // (after `00` and one more digit when `00` introduced it).
+                let international_started = (plus && !digits.is_empty())
+                    || (!plus && digits.len() > 2 && digits.starts_with("00"));
+                if international_started
+                    && bytes.get(i + 1) == Some(&b'0')
+                    && bytes.get(i + 2) == Some(&b')')
+                {
+                    i += 3;
+                    continue;
+                }
+            }
+            b' ' | b'-' | b'.' | b')' | b'/' => {}
+            _ => return Err(PhoneError::InvalidCharacter { at: i }),
+        }
+        i += 1;
+    }
+    if digits.is_empty() {
+        return Err(PhoneError::Empty);
+    }
+    Ok(Scanned { plus, digits })
+}
+
+/// Normalises a phone number to E.164 by the rules of the module
+/// documentation. The error never contains the number.
+pub fn normalize(input: &str, rules: &PhoneRules) -> Result<E164, PhoneError> {
+    let Scanned { plus, digits } = scan(input)?;
+    let number = if plus {
+        digits
+    } else if let Some(rest) = digits.strip_prefix("00") {
+        rest.to_owned()
+    } else {
+        let code = rules
+            .default_calling_code
+            .as_deref()
+            .filter(|c| is_calling_code(c))
+            .ok_or(PhoneError::NoCountry)?;
+        let prefix = rules.national_prefix.as_str();
+        let national = if prefix.is_empty() {
+            digits.as_str()
+        } else {
+            digits.strip_prefix(prefix).unwrap_or(&digits)
+        };
+        let mut number = String::with_capacity(code.len() + national.len());
+        number.push_str(code);
+        number.push_str(national);
+        number
+    };
+    check_digits(&number, MIN_DIGITS)?;
+    Ok(E164(format!("+{number}")))
+}
+
+/// Rule 7: length and first digit. `number` holds only ASCII digits.
+fn check_digits(number: &str, min: usize) -> Result<(), PhoneError> {
+    if number.len() > MAX_DIGITS {
+        return Err(PhoneError::TooLongDigits);
+    }
+    if number.starts_with('0') {
+        return Err(PhoneError::InvalidCountryCode);
+    }
+    if number.len() < min {
+        return Err(if number.is_empty() {
+            PhoneError::Empty
+        } else {
+            PhoneError::TooShort
+        });
+    }
+    Ok(())
+}
+
+/// A configured denied prefix that could not be read: its position in the
+/// list and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixError {
+    /// Index of the prefix in the configured list.
+    pub index: usize,
+    /// What is wrong with it.
+    pub error: PhoneError,
+}
+
+impl fmt::Display for PrefixError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}]: {}", self.index, self.error)
+    }
+}
+
+impl std::error::Error for PrefixError {}
+
+/// Denied number prefixes (premium-rate ranges, whole countries), compiled
+/// once at configuration time. Each configured prefix is written like a
+/// number (`"+882"`, `"+44 70"`, `"0044 909"`) and read by the same character
+/// rules as [`normalize`], but must be international (`+` or `00`) and may
+/// have 1 to 15 digits. A number is denied when its E.164 form starts with
+/// any of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PrefixSet {
+    /// `+digits`, sorted and without duplicates, for binary search.
+    prefixes: Vec<String>,
+}
+
+impl PrefixSet {
+    /// Compiles the configured prefixes; the error names the first bad one by
+    /// its index in the list.
+    pub fn new<I, S>(prefixes: I) -> Result<PrefixSet, PrefixError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut out = Vec::new();
+        for (index, prefix) in prefixes.into_iter().enumerate() {
+            let normalized =
+                normalize_prefix(prefix.as_ref()).map_err(|error| PrefixError { index, error })?;
+            out.push(normalized);
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(PrefixSet { prefixes: out })
+    }
+
+    /// Whether the number starts with one of the denied prefixes.
+    pub fn contains_prefix_of(&self, number: &E164) -> bool {
+        self.matching_prefix(number).is_some()
+    }
+
+    /// The shortest denied prefix the number starts with, in `+digits` form.
+    /// A prefix is not a number, so it may be logged to say why a number was
+    /// denied.
+    pub fn matching_prefix(&self, number: &E164) -> Option<&str> {
+        let s = number.as_str();
+        // Every candidate is `+` and 1..=15 digits: at most 15 lookups.
+        (2..=s.len())
+            .filter_map(|end| s.get(..end))
+            .find_map(|candidate| {
+                self.prefixes
+                    .binary_search_by(|p| p.as_str().cmp(candidate))
+                    .ok()
+                    .and_then(|i| self.prefixes.get(i))
+                    .map(String::as_str)
+            })
+    }
+
+    /// The number of distinct prefixes.
+    pub fn len(&self) -> usize {
+        self.prefixes.len()
+    }
+
+    /// Whether no prefix is denied.
+    pub fn is_empty(&self) -> bool {
+        self.prefixes.is_empty()
+    }
+}
+
+/// A configured prefix in `+digits` form: international, 1..=15 digits.
+fn normalize_prefix(input: &str) -> Result<String, PhoneError> {
+    let Scanned { plus, digits } = scan(input)?;
+    let number = if plus {
+        digits.as_str()
+    } else {
+        digits
+            .strip_prefix("00")
+            .ok_or(PhoneError::NotInternational)?
+    };
+    check_digits(number, 1)?;
+    Ok(format!("+{number}"))
+}
+
+/// The keyed hash of a number, for rate-limit descriptors, logs and metrics:
+/// HMAC-SHA256(`key`, the ASCII bytes of [`E164::as_str`], `+` included),
+/// as lower-case hex of the first [`HASH_BYTES`] (16) bytes, 32 characters.
+/// The same key and number always give the same string, so every Envoy
+/// instance counts one number under one key; without the key the value
+/// cannot be traced back to the number. `key` should be at least
+/// [`MIN_KEY_BYTES`] random bytes (32 is the natural size for HMAC-SHA256).
+pub fn hash(key: &[u8], number: &E164) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mac = hmac_sha256::HMAC::mac(number.as_str().as_bytes(), key);
+    let mut out = String::with_capacity(HASH_BYTES * 2);
+    for b in mac.iter().take(HASH_BYTES) {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn uk() -> PhoneRules {
+        PhoneRules::with_calling_code("44")
+    }
+
+    fn norm(input: &str, rules: &PhoneRules) -> Result<String, PhoneError> {
+        normalize(input, rules).map(|n| n.as_str().to_owned())
+    }
+
+    #[test]
+    fn many_spellings_of_one_number_give_one_e164() {
+        let spellings = [
+            "+447700900123",
+            "+44 7700 900123",
+            "+44 7700-900-123",
+            "+44.7700.900.123",
+            "+44 (7700) 900123",
+            "(+44) 7700 900123",
+            "+44 (0)7700 900123",
+            "+44 (0) 7700 900 123",
+            "+44/7700/900123",
+            " +44 7700 900123 ",
+            "+ 44 7700 900123",
+            "00447700900123",
+            "0044 7700 900123",
+            "0044 (0)7700 900123",
+            "07700 900123",
+            "07700-900-123",
+            "(07700) 900123",
+            "(0)7700 900123",
+            "7700900123",
+        ];
+        for s in spellings {
+            assert_eq!(norm(s, &uk()), Ok("+447700900123".to_owned()), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn international_numbers_need_no_default_country() {
+        let rules = PhoneRules::default();
+        assert_eq!(
+            norm("+1 (415) 555-2671", &rules),
+            Ok("+14155552671".to_owned())
+        );
+        assert_eq!(
+            norm("0033 6 12 34 56 78", &rules),
+            Ok("+33612345678".to_owned())
+        );
+        assert_eq!(norm("07700 900123", &rules), Err(PhoneError::NoCountry));
+    }
+
+    #[test]
+    fn national_prefix_is_configurable() {
+        let us = PhoneRules {
+            default_calling_code: Some("1".to_owned()),
+            national_prefix: "1".to_owned(),
+        };
+        assert_eq!(norm("1 (415) 555-2671", &us), Ok("+14155552671".to_owned()));
+        assert_eq!(norm("(415) 555-2671", &us), Ok("+14155552671".to_owned()));
+        // Italy: no trunk prefix, the leading 0 belongs to the number.
+        let it = PhoneRules {
+            default_calling_code: Some("39".to_owned()),
+            national_prefix: String::new(),
+        };
+        assert_eq!(norm("06 1234 5678", &it), Ok("+390612345678".to_owned()));
+        assert_eq!(
+            norm("+39 06 1234 5678", &it),
+            Ok("+390612345678".to_owned())
+        );
+        // The prefix is stripped once only.
+        assert_eq!(norm("007700900123", &uk()), Ok("+7700900123".to_owned()));
+        assert_eq!(norm("0 07700 900123", &uk()), Ok("+7700900123".to_owned()));
+    }
+
+    #[test]
+    fn bad_default_calling_code_refuses_national_numbers() {
+        for code in ["", "0", "044", "4444", "4a", "+44"] {
+            let rules = PhoneRules::with_calling_code(code);
+            assert!(rules.validate().is_err(), "{code:?}");
+            assert_eq!(
+                norm("07700 900123", &rules),
+                Err(PhoneError::NoCountry),
+                "{code:?}"
+            );
+            assert_eq!(
+                norm("+447700900123", &rules),
+                Ok("+447700900123".to_owned())
+            );
+        }
+        assert!(uk().validate().is_ok());
+        assert!(PhoneRules::default().validate().is_ok());
+        let bad_prefix = PhoneRules {
+            national_prefix: "x".to_owned(),
+            ..uk()
+        };
+        assert!(bad_prefix.validate().is_err());
+    }
+
+    #[test]
+    fn letters_and_control_characters_are_refused() {
+        let cases = [
+            ("+44 7700 900123 ext 5", 16),
+            ("+44 7700 9OO123", 10),
+            ("tel:+447700900123", 0),
+            ("+44\t7700900123", 3),
+            ("+44\n7700900123", 3),
+            ("+44\u{0}7700900123", 3),
+            ("+44_7700900123", 3),
+            ("+44,7700900123", 3),
+            ("*447700900123", 0),
+            ("#447700900123", 0),
+        ];
+        for (s, at) in cases {
+            assert_eq!(
+                norm(s, &uk()),
+                Err(PhoneError::InvalidCharacter { at }),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_ascii_digits_and_spaces_are_refused() {
+        for s in [
+            "+٤٤٧٧٠٠٩٠٠١٢٣",              // Arabic-Indic digits
+            "+۴۴۷۷۰۰۹۰۰۱۲۳",              // Extended Arabic-Indic (Persian)
+            "＋４４７７００９００１２３", // full-width plus and digits
+            "+４４７７００９００１２３",  // full-width digits
+            "+44 7700\u{a0}900123",       // no-break space
+            "+44 7700\u{2011}900123",     // non-breaking hyphen
+            "+44 7700 90012３",
+            "+4477009001२३", // Devanagari
+        ] {
+            assert!(
+                matches!(
+                    norm(s, &uk()),
+                    Err(PhoneError::InvalidCharacter { .. } | PhoneError::TooLong)
+                ),
+                "{s:?}"
+            );
+        }
+        // The offset of the first non-ASCII byte is reported, not a char index.
+        assert_eq!(
+            norm("+44٤", &uk()),
+            Err(PhoneError::InvalidCharacter { at: 3 })
+        );
+    }
+
+    #[test]
+    fn plus_only_once_and_first() {
+        for s in [
+            "++447700900123",
+            "+44+7700900123",
+            "44+7700900123",
+            "+44 7700 900123+",
+            "+ +447700900123",
+        ] {
+            assert_eq!(norm(s, &uk()), Err(PhoneError::MisplacedPlus), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_are_capped() {
+        assert_eq!(norm("", &uk()), Err(PhoneError::Empty));
+        assert_eq!(norm("   ", &uk()), Err(PhoneError::Empty));
+        assert_eq!(norm("+", &uk()), Err(PhoneError::Empty));
+        assert_eq!(norm("( ) - .", &uk()), Err(PhoneError::Empty));
+        assert_eq!(norm("00", &uk()), Err(PhoneError::Empty));
+        let long = "1".repeat(MAX_INPUT_BYTES + 1);
+        assert_eq!(norm(&long, &uk()), Err(PhoneError::TooLong));
+        let huge = "+44 ".repeat(100_000);
+        assert_eq!(norm(&huge, &uk()), Err(PhoneError::TooLong));
+        // 64 bytes of separators and a short number: parsed, then too short.
+        let padded = format!("{}+44 123", " ".repeat(MAX_INPUT_BYTES - 7));
+        assert_eq!(padded.len(), MAX_INPUT_BYTES);
+        assert_eq!(norm(&padded, &uk()), Err(PhoneError::TooShort));
+        assert_eq!(norm("+1234", &uk()), Err(PhoneError::TooShort));
+        assert_eq!(norm("+683 4002", &uk()), Ok("+6834002".to_owned()));
+        assert_eq!(
+            norm("+123456789012345", &uk()),
+            Ok("+123456789012345".to_owned())
+        );
+        assert_eq!(
+            norm("+1234567890123456", &uk()),
+            Err(PhoneError::TooLongDigits)
+        );
+        // A national number that the calling code pushes past 15 digits.
+        assert_eq!(
+            norm("12345678901234", &uk()),
+            Err(PhoneError::TooLongDigits)
+        );
+    }
+
+    #[test]
+    fn country_code_never_starts_with_zero() {
+        assert_eq!(
+            norm("+0447700900123", &uk()),
+            Err(PhoneError::InvalidCountryCode)
+        );
+        assert_eq!(
+            norm("+00447700900123", &uk()),
+            Err(PhoneError::InvalidCountryCode)
+        );
+        assert_eq!(
+            norm("000447700900123", &uk()),
+            Err(PhoneError::InvalidCountryCode)
+        );
+    }
+
+    #[test]
+    fn zero_in_parentheses_only_dropped_inside_international_numbers() {
+        // `(0)` before the first digit after `+` is not the trunk marker.
+        assert_eq!(
+            norm("+(0)447700900123", &uk()),
+            Err(PhoneError::InvalidCountryCode)
+        );
+        // `(0)` right after `00` neither.
+        assert_eq!(
+            norm("00(0)447700900123", &uk()),
+            Err(PhoneError::InvalidCountryCode)
+        );
+        // `(01)` is an ordinary group.
+        assert_eq!(
+            norm("+44 (01) 7700 900123", &uk()),
+            Ok("+44017700900123".to_owned())
+        );
+        // A bare 0 after the calling code is kept (no numbering plan here).
+        assert_eq!(
+            norm("+44 07700 900123", &uk()),
+            Ok("+4407700900123".to_owned())
+        );
+    }
+
+    #[test]
+    fn debug_does_not_show_the_number() {
+        let n = normalize("+447700900123", &uk()).unwrap();
+        assert!(!format!("{n:?}").contains("7700"));
+        assert_eq!(n.digits(), "447700900123");
+    }
+
+    #[test]
+    fn errors_do_not_show_the_number() {
+        for s in ["+44 7700 900123 x", "07700900123"] {
+            let e = norm(s, &PhoneRules::default()).unwrap_err();
+            assert!(!e.to_string().contains("7700"), "{e}");
+        }
+    }
+
+    #[test]
+    fn denied_prefixes() {
+        let set = PrefixSet::new(["+882", "+44 70", "0044 909", "+44 (0)871", "+882"]).unwrap();
+        assert_eq!(set.len(), 4);
+        let denied = |s: &str| set.contains_prefix_of(&normalize(s, &uk()).unwrap());
+        assert!(denied("+882 1234 5678"));
+        assert!(denied("07000 123456"));
+        assert!(denied("+44 909 879 0000"));
+        assert!(denied("0871 234 5678"));
+        assert!(!denied("+447700900123"));
+        assert!(!denied("+88 1234 5678"));
+        assert!(!denied("+44 90 1234 5678"));
+        let n = normalize("+44 70 1234 5678", &uk()).unwrap();
+        assert_eq!(set.matching_prefix(&n), Some("+4470"));
+        // Shortest match wins when prefixes nest.
+        let nested = PrefixSet::new(["+4470", "+44"]).unwrap();
+        assert_eq!(nested.matching_prefix(&n), Some("+44"));
+        assert!(PrefixSet::default().is_empty());
+        assert!(!PrefixSet::default().contains_prefix_of(&n));
+    }
+
+    #[test]
+    fn bad_prefixes_are_named_by_index() {
+        let e = |list: &[&str]| PrefixSet::new(list).unwrap_err();
+        assert_eq!(
+            e(&["+882", "070"]),
+            PrefixError {
+                index: 1,
+                error: PhoneError::NotInternational
+            }
+        );
+        assert_eq!(e(&["+"]).error, PhoneError::Empty);
+        assert_eq!(e(&["00"]).error, PhoneError::Empty);
+        assert_eq!(e(&["+0"]).error, PhoneError::InvalidCountryCode);
+        assert_eq!(e(&["+44a"]).error, PhoneError::InvalidCharacter { at: 3 });
+        assert_eq!(e(&["+1234567890123456"]).error, PhoneError::TooLongDigits);
+        assert_eq!(e(&["+1", "+４４"]).to_string(), "[1]: invalid character at byte 1 (only ASCII digits, one leading '+', space - . ( ) /)");
+        // A one-digit prefix (a whole zone) is allowed.
+        assert!(PrefixSet::new(["+7"]).is_ok());
+    }
+
+    #[test]
+    fn hash_is_keyed_stable_hex() {
+        let n = normalize("+447700900123", &uk()).unwrap();
+        let same = normalize("07700 900123", &uk()).unwrap();
+        let other = normalize("+447700900124", &uk()).unwrap();
+        let k1 = [1u8; 32];
+        let k2 = [2u8; 32];
+        let h = hash(&k1, &n);
+        assert_eq!(h.len(), 32);
+        assert!(
+            h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{h}"
+        );
+        assert_eq!(h, hash(&k1, &same));
+        assert_ne!(h, hash(&k2, &n));
+        assert_ne!(h, hash(&k1, &other));
+        assert!(!h.contains("7700"));
+    }
+
+    #[test]
+    fn hash_is_hmac_sha256_truncated() {
+        // RFC 4231 test case 2 is HMAC-SHA256("Jefe", "what do ya want for
+        // nothing?"); a number cannot hold that text, so check the
+        // construction on a number against an independent HMAC built from
+        // `sha2`: H((K^opad) || H((K^ipad) || m)).
+        use sha2::{Digest, Sha256};
+        let key = b"appguard-test-key-0123456789abcdef";
+        let n = normalize("+14155552671", &PhoneRules::default()).unwrap();
+        let mut k = [0u8; 64];
+        k[..key.len()].copy_from_slice(key);
+        let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+        let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+        let inner = Sha256::new()
+            .chain_update(&ipad)
+            .chain_update(n.as_str())
+            .finalize();
+        let outer = Sha256::new()
+            .chain_update(&opad)
+            .chain_update(inner)
+            .finalize();
+        let expected: String = outer[..16].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hash(key, &n), expected);
+        // And the HMAC itself against RFC 4231 test case 2.
+        let mac = hmac_sha256::HMAC::mac(b"what do ya want for nothing?", b"Jefe");
+        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

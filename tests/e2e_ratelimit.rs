@@ -1,0 +1,269 @@
+//! Shared rate limits end to end: real Envoy, the real appguard-ratelimit
+//! service over gRPC (RLS v3), and a real Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::http::Req;
+use harness::services::{test_limits, RateLimitService, Redis};
+use harness::tokens::{claims, hs256};
+use harness::upstream::Upstream;
+use harness::{free_port, EnvoyBuilder};
+use serde_json::{json, Value};
+
+fn config(failure_mode: &str, timeout_ms: u64) -> Value {
+    json!({
+        "client_ip": {"xff_trusted_hops": 1},
+        "rate_limit_service": {"cluster": "ratelimit", "domain": "appguard", "timeout_ms": timeout_ms, "failure_mode": failure_mode},
+        "phone": {"default_calling_code": "44", "denied_prefixes": ["+882", "+44 909"], "hash_key_base64": "c2VjcmV0LWtleS1mb3ItcGhvbmUtaGFzaGluZy0wMTIz"},
+        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": harness::tokens::secret_b64()}],
+                    "replay": {"claim": "jti", "scope": "service"}}],
+        "routes": [
+            {"name": "api", "match": {"prefix": "/api"},
+             "rate_limits": [{"entries": [{"type": "client_ip"}]}]},
+            {"name": "sms", "match": {"path": "/sms", "methods": ["POST"]},
+             "rate_limits": [{"entries": [{"type": "route"}, {"type": "body", "pointer": "/to", "phone": true}]}]},
+            {"name": "user", "match": {"prefix": "/user"},
+             "rate_limits": [{"entries": [{"type": "header", "name": "x-user", "key": "user"}]}]},
+            {"name": "local", "match": {"prefix": "/local"},
+             "rate_limits": [{"entries": [{"type": "client_ip"}], "local": {"requests": 5, "per": "minute"}}]},
+            {"name": "once", "match": {"prefix": "/once"}, "tokens": ["t"]}
+        ]
+    })
+}
+
+fn from_ip(req: Req, ip: &str) -> Req {
+    req.header("x-forwarded-for", ip)
+}
+
+#[test]
+fn per_ip_limit_gives_429_with_headers_on_the_fourth_request() {
+    let rls = RateLimitService::start(&test_limits(), None);
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("deny", 500), up.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .start();
+    for i in 0..3 {
+        let r = envoy.request(from_ip(Req::get("/api/x"), "192.0.2.10"));
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    let r = envoy.request(from_ip(Req::get("/api/x"), "192.0.2.10"));
+    assert_eq!(
+        (r.status, r.reason()),
+        (429, Some("rate_limited")),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.header("x-ratelimit-limit"), Some("3"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+    let reset: u64 = r.header("x-ratelimit-reset").unwrap().parse().unwrap();
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (1..=3600).contains(&reset) && retry == reset,
+        "reset {reset} retry {retry}"
+    );
+    // another IP is unaffected
+    assert_eq!(
+        envoy
+            .request(from_ip(Req::get("/api/x"), "192.0.2.11"))
+            .status,
+        200
+    );
+    assert_eq!(up.seen().len(), 4);
+}
+
+#[test]
+fn per_phone_limit_holds_across_formats_and_denied_prefixes_are_refused() {
+    let rls = RateLimitService::start(&test_limits(), None);
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("deny", 500), up.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .start();
+    let send = |to: &str| {
+        envoy.request(Req::post_json(
+            "/sms",
+            &json!({"to": to, "text": "code 1234"}).to_string(),
+        ))
+    };
+    assert_eq!(send("+44 7700 900123").status, 200);
+    assert_eq!(send("07700-900-123").status, 200);
+    let r = send("0044 (7700) 900.123");
+    assert_eq!(
+        (r.status, r.reason()),
+        (429, Some("rate_limited")),
+        "a reformatted number is the same number"
+    );
+    assert_eq!(
+        send("+447700900456").status,
+        200,
+        "another number has its own limit"
+    );
+    let r = send("+882 1234 5678");
+    assert_eq!((r.status, r.reason()), (403, Some("phone_denied")));
+    let r = send("0909 876 5432");
+    assert_eq!((r.status, r.reason()), (403, Some("phone_denied")));
+    let r = send("call me maybe");
+    assert_eq!((r.status, r.reason()), (400, Some("body_invalid")));
+    let r = envoy.request(Req::post_json(
+        "/sms",
+        &format!(r#"{{"to":"+447700900999","pad":"{}"}}"#, "x".repeat(20_000)),
+    ));
+    assert_eq!((r.status, r.reason()), (413, Some("body_too_large")));
+    // the number never reaches the upstream changed, and never appears in Envoy's log
+    assert_eq!(up.seen().len(), 3);
+    assert!(!envoy.log().contains("7700900123") && !envoy.log().contains("7700 900123"));
+}
+
+#[test]
+fn two_envoys_with_one_service_and_redis_share_the_limit() {
+    let redis = Redis::start();
+    let rls_a = RateLimitService::start(&test_limits(), Some(&redis.url()));
+    let rls_b = RateLimitService::start(&test_limits(), Some(&redis.url()));
+    let up = Upstream::start();
+    let a = EnvoyBuilder::new(config("deny", 500), up.port)
+        .grpc_cluster("ratelimit", rls_a.grpc_port)
+        .start();
+    let b = EnvoyBuilder::new(config("deny", 500), up.port)
+        .grpc_cluster("ratelimit", rls_b.grpc_port)
+        .start();
+    let req = || Req::get("/user/me").header("x-user", "alice");
+    assert_eq!(a.request(req()).status, 200);
+    assert_eq!(b.request(req()).status, 200);
+    let r = a.request(req());
+    assert_eq!(
+        (r.status, r.reason()),
+        (429, Some("rate_limited")),
+        "third request across two Envoys"
+    );
+    let r = b.request(req());
+    assert_eq!(r.status, 429);
+}
+
+#[test]
+fn service_down_gives_503_under_deny_and_200_under_allow_within_the_timeout() {
+    let dead = free_port(); // nothing listens here
+    let up = Upstream::start();
+    let deny = EnvoyBuilder::new(config("deny", 300), up.port)
+        .grpc_cluster("ratelimit", dead)
+        .start();
+    let allow = EnvoyBuilder::new(config("allow", 300), up.port)
+        .grpc_cluster("ratelimit", dead)
+        .start();
+    let t = Instant::now();
+    let r = deny.request(from_ip(Req::get("/api/x"), "192.0.2.20"));
+    assert_eq!(
+        (r.status, r.reason()),
+        (503, Some("ratelimit_unavailable")),
+        "{}",
+        r.text()
+    );
+    let r = allow.request(from_ip(Req::get("/api/x"), "192.0.2.20"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "answered within the timeout: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(up.seen().len(), 1);
+    // a service that was up and is stopped
+    let mut rls = RateLimitService::start(&test_limits(), None);
+    let deny2 = EnvoyBuilder::new(config("deny", 300), up.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .start();
+    assert_eq!(
+        deny2
+            .request(from_ip(Req::get("/api/x"), "192.0.2.21"))
+            .status,
+        200
+    );
+    rls.service.stop();
+    let r = deny2.request(from_ip(Req::get("/api/x"), "192.0.2.21"));
+    assert_eq!((r.status, r.reason()), (503, Some("ratelimit_unavailable")));
+}
+
+#[test]
+fn over_limit_cache_spares_the_service() {
+    let rls = RateLimitService::start(&test_limits(), None);
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("deny", 500), up.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .start();
+    // an hourly limit: a window boundary cannot fall inside the test
+    let req = || Req::get("/user/me").header("x-user", "bob");
+    for _ in 0..2 {
+        assert_eq!(envoy.request(req()).status, 200);
+    }
+    assert_eq!(envoy.request(req()).status, 429);
+    let calls = rls.stats()["requests"].as_u64().unwrap();
+    assert_eq!(calls, 3);
+    for _ in 0..20 {
+        let r = envoy.request(req());
+        assert_eq!((r.status, r.reason()), (429, Some("rate_limited")));
+        assert!(r.header("retry-after").is_some());
+    }
+    assert_eq!(
+        rls.stats()["requests"].as_u64().unwrap(),
+        calls,
+        "no further calls while over the limit"
+    );
+}
+
+#[test]
+fn local_limits_hold_across_two_workers() {
+    let up = Upstream::start();
+    let cfg = config("deny", 500);
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .grpc_cluster("ratelimit", free_port())
+        .concurrency(2)
+        .start();
+    // Separate connections spread over both workers.
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(
+            envoy
+                .request(from_ip(Req::get("/local/x"), "192.0.2.40"))
+                .status,
+        );
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        7,
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn a_jti_replayed_through_another_instance_is_refused() {
+    let redis = Redis::start();
+    let rls = RateLimitService::start(&test_limits(), Some(&redis.url()));
+    let up = Upstream::start();
+    let a = EnvoyBuilder::new(config("deny", 500), up.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .start();
+    let b = EnvoyBuilder::new(config("deny", 500), up.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .start();
+    let t = hs256(&claims(60, json!({"jti": "once-only-1"})));
+    let r = a.request(Req::get("/once").header("x-token", &t));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = b.request(Req::get("/once").header("x-token", &t));
+    assert_eq!(
+        (r.status, r.reason()),
+        (401, Some("token_replayed")),
+        "{}",
+        r.text()
+    );
+    let t2 = hs256(&claims(60, json!({"jti": "once-only-2"})));
+    assert_eq!(
+        b.request(Req::get("/once").header("x-token", &t2)).status,
+        200
+    );
+}
