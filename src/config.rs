@@ -107,6 +107,8 @@ struct RawConfig {
     #[serde(default = "default_max_body")]
     max_body_bytes: usize,
     #[serde(default)]
+    alerts: Option<crate::alerts::RawAlerts>,
+    #[serde(default)]
     routes: Vec<RawRoute>,
 }
 
@@ -279,6 +281,8 @@ pub struct Config {
     /// Largest request body buffered (default 16 KiB); beyond it,
     /// `body_too_large` (413). Only routes that read the body buffer it.
     pub max_body_bytes: usize,
+    /// The denial-alert webhook, when configured.
+    pub alerts: Option<crate::alerts::Alerts>,
     /// Routes, tried in order; the first match names the policy.
     pub routes: Vec<Route>,
 }
@@ -568,6 +572,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         rate_limit_service,
         phone,
         max_body_bytes: raw.max_body_bytes,
+        alerts: raw.alerts.map(crate::alerts::compile).transpose()?,
         routes,
     })
 }

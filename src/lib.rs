@@ -11,6 +11,7 @@
 //!   from Envoy, calls the core, carries out the decision.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod alerts;
 pub mod config;
 pub mod decision;
 pub mod identity;

@@ -114,6 +114,7 @@ impl GuardFilter {
         };
         let now_ms = now_millis();
         let now = now_ms / 1000;
+        worker.maintain_jwks(self.context_id, now);
         let remote_keys = worker.remote_keys();
         let step = {
             let ctx = Ctx {
@@ -304,6 +305,18 @@ impl GuardFilter {
                 worker
                     .metrics
                     .count(facts.route, Some(denial.reason), false);
+                if let Some(a) = &worker.config.alerts {
+                    let route = facts
+                        .route
+                        .and_then(|r| worker.config.routes.get(r))
+                        .map_or("_unmatched", |r| r.name.as_str());
+                    let now = now_millis() / 1000;
+                    if let Some(alert) =
+                        crate::alerts::record(&HostStore, a, route, denial.reason, now)
+                    {
+                        worker.send_alert(self.context_id, &alert);
+                    }
+                }
                 self.deny(worker, &denial, facts)
             }
         }
@@ -436,6 +449,12 @@ impl Context for GuardFilter {
         body_size: usize,
         _num_trailers: usize,
     ) {
+        if let Some(worker) = &self.worker {
+            // A background refresh this request started for the root.
+            if worker.refresh_answered(token_id, body_size) {
+                return;
+            }
+        }
         let State::AwaitingKeys { token, provider } = self.state else {
             return;
         };

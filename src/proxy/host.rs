@@ -46,6 +46,7 @@ pub fn http_get(
             (":authority", authority),
             ("accept", "application/json"),
         ],
+        None,
         u32::try_from(timeout_ms).unwrap_or(u32::MAX),
     )
 }
@@ -64,4 +65,25 @@ pub fn http_call_response(body_size: usize, cap: usize) -> (u16, Option<Vec<u8>>
         .ok()
         .flatten();
     (status, body)
+}
+
+/// POSTs a JSON body through an Envoy cluster (fire and forget).
+pub fn post_json(
+    cluster: &str,
+    authority: &str,
+    path: &str,
+    body: &str,
+    timeout_ms: u64,
+) -> Result<u32, abi::HostError> {
+    abi::http_call(
+        cluster,
+        &[
+            (":method", "POST"),
+            (":path", path),
+            (":authority", authority),
+            ("content-type", "application/json"),
+        ],
+        Some(body.as_bytes()),
+        u32::try_from(timeout_ms).unwrap_or(u32::MAX),
+    )
 }

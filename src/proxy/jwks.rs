@@ -31,6 +31,8 @@ pub struct JwksSlot {
     pub keys: RemoteKeys,
     /// Last unknown-`kid` re-fetch from this worker.
     pub last_refetch: u64,
+    /// Last second this worker looked at the shared copy.
+    pub last_maintained: u64,
 }
 
 fn data_key(provider: &str) -> String {

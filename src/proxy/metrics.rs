@@ -1,5 +1,11 @@
-//! Envoy stats counters, defined once per worker (at configure time for the
-//! fixed ones, on first use for per-route/reason ones) and never per request.
+//! Envoy stats counters, defined once per worker on first use of each
+//! (route, decision, reason) and then only incremented.
+//!
+//! Names are `appguard_decisions.route.<route>.decision.<allow|deny|monitor>
+//! .reason.<reason|none>`; Envoy prefixes custom Wasm stats with
+//! `wasmcustom.`. The `stats_tags` in envoy/envoy.yaml turn the three parts
+//! into labels, so Prometheus sees
+//! `envoy_wasmcustom_appguard_decisions{route,decision,reason}`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -46,7 +52,7 @@ impl Metrics {
                 };
                 let reason_code = reason.map_or("none", Reason::code);
                 let name =
-                    format!("appguard.route.{route_name}.decision.{decision}.reason.{reason_code}");
+                    format!("appguard_decisions.route.{route_name}.decision.{decision}.reason.{reason_code}");
                 let Ok(id) = abi::define_counter(&name) else {
                     return;
                 };

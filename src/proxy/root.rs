@@ -32,9 +32,112 @@ pub struct Worker {
     pub metrics: Metrics,
     /// Descriptors the rate-limit service refused, until their reset.
     pub over_limit: RefCell<OverLimitCache>,
+    /// The root context's id: background calls (JWKS refreshes, alerts) are
+    /// dispatched on its behalf so they outlive the request that started them.
+    pub root_context_id: u32,
+    /// Background JWKS refreshes in flight: call token → provider index.
+    pub refreshes: RefCell<HashMap<u32, usize>>,
 }
 
 impl Worker {
+    /// Handles the answer to a background JWKS refresh, if `token` is one.
+    /// Returns whether it was.
+    pub fn refresh_answered(&self, token: u32, body_size: usize) -> bool {
+        let Some(p) = self.refreshes.borrow_mut().remove(&token) else {
+            return false;
+        };
+        let Some(provider) = self.config.providers.get(p) else {
+            return true;
+        };
+        let (status, body) = host::http_call_response(body_size, jwks::MAX_JWKS_BYTES);
+        let now = now_seconds();
+        let mut slots = self.jwks.borrow_mut();
+        if let Some(slot) = slots.get_mut(p) {
+            match (status, body) {
+                (200, Some(body)) => {
+                    if let Err(e) = jwks::store(slot, &provider.name, &body, now) {
+                        warn!(
+                            "jwks {}: refresh refused: {e}; keeping the previous keys",
+                            provider.name
+                        );
+                    }
+                }
+                (s, _) => warn!(
+                    "jwks {}: refresh failed (status {s}); keeping the previous keys",
+                    provider.name
+                ),
+            }
+        }
+        true
+    }
+
+    /// Request-driven upkeep of remote JWKS (there is no tick): at most once
+    /// a second per worker, load what another worker stored, and when the
+    /// keys are due for refresh and this worker wins the instance-wide lease,
+    /// fetch them in the background on behalf of the root context.
+    pub fn maintain_jwks(&self, current_context: u32, now: u64) {
+        for (p, provider) in self.config.providers.iter().enumerate() {
+            let Some(remote) = &provider.remote_jwks else {
+                continue;
+            };
+            let refresh = {
+                let mut slots = self.jwks.borrow_mut();
+                let Some(slot) = slots.get_mut(p) else {
+                    continue;
+                };
+                if slot.last_maintained == now {
+                    continue;
+                }
+                slot.last_maintained = now;
+                jwks::sync(slot, &provider.name, remote, now);
+                slot.keys.keys.is_some()
+                    && !self.refreshes.borrow().values().any(|x| *x == p)
+                    && jwks::take_refresh_lease(slot, &provider.name, remote, now)
+            };
+            if refresh {
+                let _ = abi::set_effective_context(self.root_context_id);
+                let token = host::http_get(
+                    &remote.cluster,
+                    &remote.authority,
+                    &remote.path,
+                    remote.timeout_ms,
+                );
+                let _ = abi::set_effective_context(current_context);
+                match token {
+                    Ok(t) => {
+                        self.refreshes.borrow_mut().insert(t, p);
+                    }
+                    Err(s) => warn!("jwks {}: cannot dispatch the refresh: {s:?}", provider.name),
+                }
+            }
+        }
+    }
+
+    /// Posts an alert on behalf of the root context (the denied request's
+    /// own context ends at once, which would cancel its calls).
+    pub fn send_alert(&self, current_context: u32, alert: &crate::alerts::Alert) {
+        let Some(a) = &self.config.alerts else { return };
+        let _ = abi::set_effective_context(self.root_context_id);
+        let sent = host::post_json(
+            &a.cluster,
+            &a.authority,
+            &a.path,
+            &alert.body(a),
+            a.timeout_ms,
+        );
+        let _ = abi::set_effective_context(current_context);
+        match sent {
+            Ok(_) => info!(
+                "alert sent route={} reason={} denials={}",
+                alert.route, alert.reason, alert.count
+            ),
+            Err(e) => warn!(
+                "alert not sent ({e:?}) route={} reason={}",
+                alert.route, alert.reason
+            ),
+        }
+    }
+
     /// The remote keys as the policy reads them.
     pub fn remote_keys(&self) -> Vec<RemoteKeys> {
         self.jwks.borrow().iter().map(|s| s.keys.clone()).collect()
@@ -45,8 +148,6 @@ impl Worker {
 pub struct FilterRoot {
     context_id: u32,
     worker: Option<Rc<Worker>>,
-    /// In-flight JWKS refreshes: call token → provider index.
-    refreshes: HashMap<u32, usize>,
 }
 
 impl FilterRoot {
@@ -55,7 +156,6 @@ impl FilterRoot {
         FilterRoot {
             context_id,
             worker: None,
-            refreshes: HashMap::new(),
         }
     }
 }
@@ -68,30 +168,10 @@ impl Context for FilterRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let Some(p) = self.refreshes.remove(&token_id) else {
-            return;
-        };
-        let Some(worker) = &self.worker else { return };
-        let Some(provider) = worker.config.providers.get(p) else {
-            return;
-        };
-        let (status, body) = host::http_call_response(body_size, jwks::MAX_JWKS_BYTES);
-        let now = now_seconds();
-        let mut slots = worker.jwks.borrow_mut();
-        let Some(slot) = slots.get_mut(p) else { return };
-        match (status, body) {
-            (200, Some(body)) => {
-                if let Err(e) = jwks::store(slot, &provider.name, &body, now) {
-                    warn!(
-                        "jwks {}: refresh refused: {e}; keeping the previous keys",
-                        provider.name
-                    );
-                }
-            }
-            (s, _) => warn!(
-                "jwks {}: refresh failed (status {s}); keeping the previous keys",
-                provider.name
-            ),
+        // Answers to calls dispatched for the root (background JWKS
+        // refreshes; alert posts are fire and forget and end here).
+        if let Some(worker) = &self.worker {
+            Worker::refresh_answered(worker, token_id, body_size);
         }
     }
 }
@@ -147,46 +227,14 @@ impl RootContext for FilterRoot {
             jwks: RefCell::new(slots),
             metrics,
             over_limit: RefCell::new(OverLimitCache::default()),
+            root_context_id: self.context_id,
+            refreshes: RefCell::new(HashMap::new()),
         }));
-        if has_remote {
-            if let Err(s) = abi::set_tick_period_ms(1000) {
-                warn!("cannot set the tick period ({s:?}): JWKS refresh only on demand");
-            }
-        }
+        // No tick: with a tick period set, Envoy 1.40 holds every local reply
+        // until the next tick (seen in the e2e tests: each denial took one
+        // tick period). Periodic work is driven by requests instead.
+        let _ = has_remote;
         true
-    }
-
-    fn on_tick(&mut self) {
-        let Some(worker) = self.worker.clone() else {
-            return;
-        };
-        let now = now_seconds();
-        for (p, provider) in worker.config.providers.iter().enumerate() {
-            let Some(remote) = &provider.remote_jwks else {
-                continue;
-            };
-            let mut slots = worker.jwks.borrow_mut();
-            let Some(slot) = slots.get_mut(p) else {
-                continue;
-            };
-            jwks::sync(slot, &provider.name, remote, now);
-            if self.refreshes.values().any(|x| *x == p) {
-                continue;
-            }
-            if jwks::take_refresh_lease(slot, &provider.name, remote, now) {
-                match host::http_get(
-                    &remote.cluster,
-                    &remote.authority,
-                    &remote.path,
-                    remote.timeout_ms,
-                ) {
-                    Ok(token) => {
-                        self.refreshes.insert(token, p);
-                    }
-                    Err(s) => warn!("jwks {}: cannot dispatch the fetch: {s:?}", provider.name),
-                }
-            }
-        }
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

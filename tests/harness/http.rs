@@ -123,9 +123,41 @@ pub fn send(port: u16, req: &Req) -> std::io::Result<Resp> {
     let mut out = head.into_bytes();
     out.extend_from_slice(&req.body);
     s.write_all(&out)?;
+    // Read until the response is complete (by content-length or the last
+    // chunk), not until EOF: after a local reply Envoy waits for the client
+    // to close first (HCM delayed_close_timeout, 1 s by default).
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if response_complete(&buf) {
+            break;
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
     parse_response(&buf)
+}
+
+fn response_complete(buf: &[u8]) -> bool {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let body = &buf[end + 4..];
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return body.len() >= len;
+    }
+    if head.contains("transfer-encoding: chunked") {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    false
 }
 
 fn parse_response(buf: &[u8]) -> std::io::Result<Resp> {

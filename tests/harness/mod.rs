@@ -235,6 +235,7 @@ impl EnvoyBuilder {
         clusters.extend(self.clusters.iter().cloned());
         json!({
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+            "stats_config": stats_config(),
             "static_resources": {
                 "listeners": [{
                     "name": "ingress",
@@ -340,6 +341,27 @@ impl Envoy {
                 .and_then(|v| v.trim().parse().ok())
         })
     }
+}
+
+/// The `stats_config` of envoy/envoy.yaml: appguard's decision counters
+/// get `route`, `decision` and `reason` labels.
+pub fn stats_config() -> Value {
+    let text =
+        std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).expect("envoy/envoy.yaml");
+    // The tags are the lines between the two markers of envoy/envoy.yaml.
+    let mut tags = Vec::new();
+    let mut name = None;
+    for line in text.lines() {
+        let l = line.trim();
+        if let Some(n) = l.strip_prefix("- tag_name: ") {
+            name = Some(n.trim().to_string());
+        } else if let (Some(r), Some(n)) = (l.strip_prefix("regex: "), name.take()) {
+            let r = r.trim().trim_matches('\'');
+            tags.push(json!({"tag_name": n, "regex": r}));
+        }
+    }
+    assert!(tags.len() == 3, "stats_tags not found in envoy/envoy.yaml");
+    json!({"stats_tags": tags})
 }
 
 /// The Envoy wasm HTTP filter entry loading appguard with `config`.

@@ -1,0 +1,177 @@
+//! Operating appguard: monitor mode, stats at /stats/prometheus, denial
+//! alerts to a webhook, and logs that never carry secrets.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::http::{self, Req};
+use harness::tokens::{claims, hs256};
+use harness::upstream::Upstream;
+use harness::EnvoyBuilder;
+use serde_json::json;
+
+const API_KEY: &str = "key-0123-secret-value";
+
+fn config(mode: &str) -> serde_json::Value {
+    json!({
+        "mode": mode,
+        "default_action": "deny",
+        "phone": {"default_calling_code": "44", "denied_prefixes": ["+882"], "hash_key_base64": "c2VjcmV0LWtleS1mb3ItcGhvbmUtaGFzaGluZy0wMTIz"},
+        "api_keys": {"keys": [{"id": "ops-key", "sha256": appguard::identity::hash_api_key(API_KEY)}]},
+        "tokens": [{"name": "t", "from": [{"header": "x-token"}], "keys": [{"alg": "HS256", "secret_base64": harness::tokens::secret_b64()}]}],
+        "routes": [
+            {"name": "keyed", "match": {"prefix": "/keyed"}, "api_key": "required"},
+            {"name": "attested", "match": {"prefix": "/attested"}, "tokens": ["t"]},
+            {"name": "sms", "match": {"path": "/sms"}, "rate_limits": [{"entries": [{"type": "body", "pointer": "/to", "phone": true}], "local": {"requests": 100, "per": "minute"}}]},
+            {"name": "beta", "match": {"prefix": "/beta"}, "mode": "monitor", "api_key": "required"}
+        ]
+    })
+}
+
+#[test]
+fn monitor_mode_passes_what_enforce_would_deny_and_marks_it() {
+    let up = Upstream::start();
+    let enforce = EnvoyBuilder::new(config("enforce"), up.port).start();
+    let monitor = EnvoyBuilder::new(config("monitor"), up.port).start();
+    let r = enforce.request(Req::get("/keyed/x"));
+    assert_eq!((r.status, r.reason()), (403, Some("api_key_missing")));
+    let r = monitor.request(Req::get("/keyed/x"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        up.last().header("x-appguard-would-deny"),
+        Some("api_key_missing")
+    );
+    // a per-route monitor in an enforcing config
+    let r = enforce.request(Req::get("/beta/x").header("x-api-key", "wrong"));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        up.last().header("x-appguard-would-deny"),
+        Some("api_key_invalid")
+    );
+    // allowed requests carry no mark
+    let r = monitor.request(Req::get("/keyed/x").header("x-api-key", API_KEY));
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().header("x-appguard-would-deny"), None);
+    assert!(monitor
+        .log()
+        .contains("monitor would_deny reason=api_key_missing"));
+}
+
+fn prometheus(admin: u16) -> String {
+    http::get(admin, "/stats/prometheus").unwrap().text()
+}
+
+fn counter(text: &str, route: &str, decision: &str, reason: &str) -> u64 {
+    let want = format!(
+        "appguard_decisions{{route=\"{route}\",decision=\"{decision}\",reason=\"{reason}\"}} "
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn decision_counters_move_at_stats_prometheus() {
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("enforce"), up.port).start();
+    for _ in 0..3 {
+        envoy.request(Req::get("/keyed/x").header("x-api-key", API_KEY));
+    }
+    for _ in 0..2 {
+        envoy.request(Req::get("/keyed/x"));
+    }
+    envoy.request(Req::get("/nowhere"));
+    envoy.request(Req::get("/beta/x"));
+    let text = prometheus(envoy.admin_port);
+    assert_eq!(counter(&text, "keyed", "allow", "none"), 3, "{text}");
+    assert_eq!(counter(&text, "keyed", "deny", "api_key_missing"), 2);
+    assert_eq!(counter(&text, "_unmatched", "deny", "route_denied"), 1);
+    assert_eq!(counter(&text, "beta", "monitor", "api_key_missing"), 1);
+    assert!(text.contains("# TYPE appguard_decisions counter"), "{text}");
+}
+
+#[test]
+fn a_flood_of_denials_sends_a_handful_of_alerts() {
+    let hook = Upstream::start();
+    let up = Upstream::start();
+    let mut cfg = config("enforce");
+    cfg["alerts"] = json!({"cluster": "alerts", "path": "/hook", "threshold": 5, "window_seconds": 3600, "max_alerts_per_window": 2});
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .http_cluster("alerts", hook.port)
+        .concurrency(2)
+        .start();
+    for i in 0..60 {
+        let path = if i % 2 == 0 {
+            "/keyed/x"
+        } else {
+            "/attested/x"
+        };
+        envoy.request(Req::get(path));
+    }
+    envoy.request(Req::get("/nowhere")); // a third route/reason pair: over the window budget
+    for _ in 0..10 {
+        envoy.request(Req::get("/nowhere"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hook.seen().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(2500)); // any extra posts would arrive within ticks
+    let posts = hook.seen();
+    assert_eq!(
+        posts.len(),
+        2,
+        "{posts:?}\n{}",
+        envoy
+            .log()
+            .lines()
+            .filter(|l| l.contains("alert"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for p in &posts {
+        assert_eq!((p.method.as_str(), p.path.as_str()), ("POST", "/hook"));
+        let body: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(body["denials"], 5);
+        assert!(
+            ["api_key_missing", "token_missing"].contains(&body["reason"].as_str().unwrap()),
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn no_log_line_carries_a_token_key_or_phone_number() {
+    let up = Upstream::start();
+    // debug level for the filter: even then nothing secret is logged
+    let envoy = EnvoyBuilder::new(config("enforce"), up.port).start();
+    let token = hs256(&claims(60, json!({"sub": "someone"})));
+    let bad_token = format!("{token}x");
+    envoy.request(Req::get("/keyed/x").header("x-api-key", API_KEY));
+    envoy.request(Req::get("/keyed/x").header("x-api-key", "wrong-key-material-123"));
+    envoy.request(Req::get("/attested/x").header("x-token", &token));
+    envoy.request(Req::get("/attested/x").header("x-token", &bad_token));
+    envoy.request(Req::post_json("/sms", r#"{"to": "+44 7700 900461"}"#));
+    envoy.request(Req::post_json("/sms", r#"{"to": "+882 1234 5678"}"#));
+    let log = envoy.log();
+    assert!(
+        log.contains("deny reason=token_signature"),
+        "denials are logged:\n{log}"
+    );
+    for secret in [
+        API_KEY,
+        "wrong-key-material-123",
+        &token,
+        &bad_token[..40],
+        "7700900461",
+        "7700 900461",
+        "12345678",
+        "1234 5678",
+        &harness::tokens::secret_b64(),
+    ] {
+        assert!(!log.contains(secret), "the log contains {secret:?}");
+    }
+}
