@@ -24,6 +24,7 @@ pub mod request;
 pub mod signing;
 pub mod store;
 pub mod token;
+pub mod wire;
 
 #[cfg(feature = "proxy")]
 pub mod proxy;

@@ -450,6 +450,38 @@ pub fn take_local<S: SharedStore + ?Sized>(
     })
 }
 
+/// Whether the descriptor's bucket has a whole token left, without taking
+/// it (a read of shared data, no write).
+pub fn peek_local<S: SharedStore + ?Sized>(
+    s: &S,
+    digest: &[u8; 16],
+    limit: LocalLimit,
+    now_ms: u64,
+) -> bool {
+    let cap_milli = u64::from(limit.requests) * 1000;
+    let period_ms = limit.per_seconds.saturating_mul(1000).max(1);
+    let key = format!("appguard/local/{}", store::bucket_of(digest, LOCAL_BUCKETS));
+    let Some((bytes, _)) = s.get(&key) else {
+        return true;
+    };
+    for e in bytes.chunks_exact(LOCAL_ENTRY) {
+        if e.get(..16) == Some(digest.as_slice()) {
+            let t = e
+                .get(16..24)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes);
+            let l = e
+                .get(24..32)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes);
+            let gained = u128::from(now_ms.saturating_sub(l)) * u128::from(cap_milli)
+                / u128::from(period_ms);
+            return u128::from(t) + gained >= 1000;
+        }
+    }
+    true
+}
+
 /// Descriptors the service said are over their limit, until their window
 /// resets: answered 429 locally without asking the service again. Per
 /// worker, bounded.

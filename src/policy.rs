@@ -65,6 +65,32 @@ impl TokenCache {
     }
 }
 
+/// Tokens whose signature failed, until their `exp` (at most 10 minutes):
+/// refused again without verifying. Per worker, bounded.
+#[derive(Default)]
+pub struct NegativeCache {
+    map: HashMap<Box<str>, u64>,
+}
+
+/// Upper bound of the negative cache.
+pub const NEGATIVE_CACHE_ENTRIES: usize = 4096;
+
+impl NegativeCache {
+    fn contains(&self, token: &str, now: u64) -> bool {
+        self.map.get(token).is_some_and(|until| *until >= now)
+    }
+
+    fn insert(&mut self, token: &str, until: u64, now: u64) {
+        if self.map.len() >= NEGATIVE_CACHE_ENTRIES {
+            self.map.retain(|_, u| *u >= now);
+            if self.map.len() >= NEGATIVE_CACHE_ENTRIES {
+                self.map.clear();
+            }
+        }
+        self.map.insert(token.into(), until);
+    }
+}
+
 /// Remote JWKS keys currently known for one provider.
 #[derive(Clone, Default)]
 pub struct RemoteKeys {
@@ -88,6 +114,8 @@ pub struct Ctx<'a> {
     pub may_fetch_keys: bool,
     /// The worker's over-limit cache (descriptors the service refused).
     pub over_limit: &'a RefCell<OverLimitCache>,
+    /// The worker's cache of tokens whose signature failed.
+    pub negative: &'a RefCell<NegativeCache>,
     /// Milliseconds since the epoch (local token buckets refill by the ms).
     pub now_ms: u64,
 }
@@ -107,6 +135,9 @@ pub struct Facts {
     pub token: Option<Rc<VerifiedToken>>,
     /// The replay descriptor for the service (`replay.scope: service`).
     pub replay: Option<Descriptor>,
+    /// The token was refused without verification: the client's signature
+    /// failure budget is spent (counted and logged by the adapter).
+    pub budget_refused: bool,
 }
 
 /// An evaluation that waits for the body or the rate-limit service: what
@@ -250,9 +281,8 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
 
 /// The decision for a pending evaluation refused by the adapter (a body
 /// over the size limit), with the mode applied.
-pub fn finish_pending(p: Box<Pending>, d: Denial) -> Decision {
-    let p = *p;
-    finish(p.mode, p.grant, d)
+pub fn finish_pending(p: Box<Pending>, d: Denial) -> Step {
+    deny(p, d)
 }
 
 fn done(p: Box<Pending>) -> Step {
@@ -633,7 +663,7 @@ fn check(
         }
     };
     // 4. token
-    let token = check_token(ctx, req, now, route, grant, &mut facts.replay)?;
+    let token = check_token(ctx, req, now, route, grant, facts)?;
     // 5. platform and app identity
     let ph = platform_headers(config, req);
     let app = match &token {
@@ -789,18 +819,49 @@ fn check_token(
     now: u64,
     route: &Route,
     grant: &mut Grant,
-    replay_out: &mut Option<Descriptor>,
+    facts: &mut Facts,
 ) -> Result<Option<Rc<VerifiedToken>>, Flow> {
     if route.providers.is_empty() {
         return Ok(None);
     }
     let config = ctx.config;
+    // Delegated providers: the payload jwt_authn verified, from metadata.
+    for &pi in &route.providers {
+        let Some(p) = config.providers.get(pi) else {
+            continue;
+        };
+        if p.verified_by.is_none() {
+            continue;
+        }
+        let Some((_, claims)) = req.delegated.iter().find(|(i, _)| *i == pi) else {
+            continue;
+        };
+        let exp = token::check_claims(p, claims, now).map_err(|e| Flow::from(e.reason()))?;
+        if !p.forward {
+            for src in &p.sources {
+                if req.header(&src.header).is_some() {
+                    grant.remove_headers.push(src.header.clone());
+                }
+            }
+        }
+        let verified = Rc::new(VerifiedToken {
+            provider: pi,
+            exp,
+            claims: claims.clone(),
+        });
+        token_rules(ctx, req, now, p, &verified, grant, &mut facts.replay)?;
+        return Ok(Some(verified));
+    }
     // The first provider (in the route's order) whose sources hold a token.
     let mut found = None;
     for &pi in &route.providers {
         let Some(p) = config.providers.get(pi) else {
             continue;
         };
+        if p.verified_by.is_some() {
+            // Only metadata counts for a delegated provider, never the header.
+            continue;
+        }
         let t = token::extract(p, req).map_err(|e| Flow::from(e.reason()))?;
         if let Some(t) = t {
             found = Some((pi, p, t));
@@ -845,8 +906,46 @@ fn check_token(
                     Flow::from(e.reason())
                 }
             })?;
-            token::check_signature(provider, pre.key, raw, now)
-                .map_err(|e| Flow::from(e.reason()))?;
+            // Cheap refusals passed; before any signature work: a token that
+            // already failed, or a client whose failure budget is spent.
+            if ctx.negative.borrow().contains(raw, now) {
+                return Err(Reason::TokenSignature.into());
+            }
+            let budget = provider.failure_budget;
+            let budget_key = match (budget.failures, facts.client_ip) {
+                (0, _) | (_, None) => None,
+                (_, Some(ip)) => {
+                    let d: Descriptor = vec![(
+                        "ip".into(),
+                        limits::ip_value(ip, budget.v4_prefix, budget.v6_prefix),
+                    )];
+                    Some(limits::descriptor_digest(
+                        &format!("budget:{}", provider.name),
+                        &d,
+                    ))
+                }
+            };
+            let budget_limit = limits::LocalLimit {
+                requests: budget.failures,
+                per_seconds: budget.window_seconds,
+            };
+            if let Some(k) = &budget_key {
+                if !limits::peek_local(ctx.store, k, budget_limit, ctx.now_ms) {
+                    facts.budget_refused = true;
+                    return Err(Reason::TokenSignature.into());
+                }
+            }
+            if let Err(e) = token::check_signature(provider, pre.key, raw, now) {
+                let until = pre
+                    .exp
+                    .min(now.saturating_add(600))
+                    .max(now.saturating_add(1));
+                ctx.negative.borrow_mut().insert(raw, until, now);
+                if let Some(k) = &budget_key {
+                    let _ = limits::take_local(ctx.store, k, budget_limit, ctx.now_ms);
+                }
+                return Err(e.reason().into());
+            }
             let v = Rc::new(VerifiedToken {
                 provider: pi,
                 exp: pre.exp,
@@ -856,44 +955,55 @@ fn check_token(
             v
         }
     };
+    token_rules(ctx, req, now, provider, &verified, grant, &mut facts.replay)?;
+    Ok(Some(verified))
+}
+
+/// The rules that run on every request with a verified token, cached or
+/// not: binding, replay and claim headers.
+fn token_rules(
+    ctx: &Ctx<'_>,
+    req: &Request<'_>,
+    now: u64,
+    provider: &token::Provider,
+    verified: &VerifiedToken,
+    grant: &mut Grant,
+    replay_out: &mut Option<Descriptor>,
+) -> Result<(), Flow> {
     if let Some(b) = &provider.binding {
         token::check_binding(b, &verified.claims, req)?;
     }
     if let Some(r) = &provider.replay {
-        if r.scope == ReplayScope::Service {
+        let value = verified.claim_text(&r.claim).ok_or(Reason::TokenClaims)?;
+        let mut h = Sha256::new();
+        h.update(provider.name.as_bytes());
+        h.update(b":");
+        h.update(value.as_bytes());
+        let d = h.finalize();
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(d.get(..16).unwrap_or(&[0; 16]));
+        match r.scope {
             // Checked by the service with the other descriptors (limit 1).
-            let value = verified.claim_text(&r.claim).ok_or(Reason::TokenClaims)?;
-            let mut h = Sha256::new();
-            h.update(provider.name.as_bytes());
-            h.update(b":");
-            h.update(value.as_bytes());
-            let d = h.finalize();
-            let hex: String = d.iter().take(16).map(|b| format!("{b:02x}")).collect();
-            *replay_out = Some(vec![(r.claim.clone(), hex)]);
-        }
-        if r.scope == ReplayScope::Local {
-            let value = verified.claim_text(&r.claim).ok_or(Reason::TokenClaims)?;
-            let mut h = Sha256::new();
-            h.update(provider.name.as_bytes());
-            h.update(b":");
-            h.update(value.as_bytes());
-            let d = h.finalize();
-            let mut digest = [0u8; 16];
-            digest.copy_from_slice(d.get(..16).unwrap_or(&[0; 16]));
-            let expires = verified.exp.saturating_add(provider.clock_skew_seconds);
-            match store::replay_check(
-                ctx.store,
-                &provider.name,
-                r.max_entries,
-                &digest,
-                expires,
-                now,
-            ) {
-                Ok(ReplayOutcome::Fresh) => {}
-                // A full table or a store failure cannot prove freshness:
-                // fail closed.
-                Ok(ReplayOutcome::Replayed | ReplayOutcome::Full) | Err(_) => {
-                    return Err(Reason::TokenReplayed.into())
+            ReplayScope::Service => {
+                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                *replay_out = Some(vec![(r.claim.clone(), hex)]);
+            }
+            ReplayScope::Local => {
+                let expires = verified.exp.saturating_add(provider.clock_skew_seconds);
+                match store::replay_check(
+                    ctx.store,
+                    &provider.name,
+                    r.max_entries,
+                    &digest,
+                    expires,
+                    now,
+                ) {
+                    Ok(ReplayOutcome::Fresh) => {}
+                    // A full table or a store failure cannot prove freshness:
+                    // fail closed.
+                    Ok(ReplayOutcome::Replayed | ReplayOutcome::Full) | Err(_) => {
+                        return Err(Reason::TokenReplayed.into())
+                    }
                 }
             }
         }
@@ -905,7 +1015,7 @@ fn check_token(
             }
         }
     }
-    Ok(Some(verified))
+    Ok(())
 }
 
 /// Applies the mode: in monitor mode a denial becomes an allow that carries

@@ -17,6 +17,10 @@ pub struct Request<'a> {
     /// Envoy's downstream remote address (`source.address`), the client IP
     /// unless `client_ip.xff_trusted_hops` says to read X-Forwarded-For.
     pub downstream_ip: Option<IpAddr>,
+    /// Token payloads already verified by Envoy's `jwt_authn`, read from
+    /// dynamic metadata by the adapter: (provider index, claims). Only
+    /// metadata, never a header, can fill this.
+    pub delegated: &'a [(usize, serde_json::Map<String, serde_json::Value>)],
 }
 
 impl<'a> Request<'a> {
@@ -25,6 +29,7 @@ impl<'a> Request<'a> {
         Request {
             headers,
             downstream_ip,
+            delegated: &[],
         }
     }
 

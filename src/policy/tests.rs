@@ -73,6 +73,7 @@ struct World {
     store: MemStore,
     cache: RefCell<TokenCache>,
     over: RefCell<OverLimitCache>,
+    neg: RefCell<NegativeCache>,
 }
 
 impl World {
@@ -85,6 +86,7 @@ impl World {
             store: MemStore::default(),
             cache: RefCell::new(TokenCache::default()),
             over: RefCell::new(OverLimitCache::default()),
+            neg: RefCell::new(NegativeCache::default()),
         }
     }
     fn run(&self, path: &str, ip: &str, hs: &[(&str, &str)]) -> (Decision, Facts) {
@@ -102,6 +104,7 @@ impl World {
             remote_keys: &[],
             may_fetch_keys: false,
             over_limit: &self.over,
+            negative: &self.neg,
             now_ms: NOW * 1000,
         };
         match evaluate(&ctx, &Request::new(&h, Some(ip.parse().unwrap())), NOW) {
@@ -667,6 +670,7 @@ impl World {
             remote_keys: &[],
             may_fetch_keys: false,
             over_limit: &self.over,
+            negative: &self.neg,
             now_ms: NOW * 1000,
         }
     }
@@ -900,4 +904,53 @@ impl Step {
             s => panic!("{s:?}"),
         }
     }
+}
+
+#[test]
+fn failed_signatures_are_cached_and_a_client_budget_stops_verification() {
+    let w = World::from(json!({
+        "tokens": [{"name": "t", "from": [{"header": "x-t"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "failure_budget": {"failures": 3, "window_seconds": 60}}],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
+    }));
+    let forged = |i: u32| {
+        hs256_raw(
+            &[9u8; 64],
+            &json!({"alg": "HS256"}),
+            &json!({"exp": NOW + 60, "n": i}),
+        )
+    };
+    let run = |ip: &str, t: &str| w.run("/x", ip, &[("x-t", t)]);
+    // three distinct forgeries from one client: verified and refused
+    for i in 0..3 {
+        let (d, f) = run("198.51.100.9", &forged(i));
+        assert_eq!(d.reason(), Some(Reason::TokenSignature));
+        assert!(!f.budget_refused, "{i}");
+    }
+    // budget spent: refused without verification, even a valid token
+    let good = hs256_raw(SECRET, &json!({"alg": "HS256"}), &json!({"exp": NOW + 60}));
+    let (d, f) = run("198.51.100.9", &good);
+    assert_eq!(d.reason(), Some(Reason::TokenSignature));
+    assert!(f.budget_refused);
+    // another client is unaffected, and a failed token stays refused (negative cache)
+    assert_eq!(run("198.51.100.10", &good).0.reason(), None);
+    assert_eq!(w.neg.borrow().map.len(), 3);
+    let (d, f) = run("198.51.100.11", &forged(0));
+    assert_eq!(d.reason(), Some(Reason::TokenSignature));
+    assert!(!f.budget_refused, "negative cache, not the budget");
+    assert_eq!(w.neg.borrow().map.len(), 3, "no new verification");
+    // cheap refusals never touch the budget: expired tokens from a fresh client
+    for _ in 0..10 {
+        let t = hs256_raw(
+            &[9u8; 64],
+            &json!({"alg": "HS256"}),
+            &json!({"exp": NOW - 100}),
+        );
+        assert_eq!(
+            run("198.51.100.12", &t).0.reason(),
+            Some(Reason::TokenExpired)
+        );
+    }
+    assert_eq!(run("198.51.100.12", &good).0.reason(), None);
 }

@@ -532,54 +532,24 @@ pub fn increment(id: u32, by: i64) -> Result<(), HostError> {
     check(unsafe { ffi::proxy_increment_metric(id, by) })
 }
 
-/// The ABI's map encoding: count, then (key length, value length) pairs,
-/// then each key and value followed by a NUL byte; lengths little-endian.
+/// Encodes pairs in the ABI's map encoding ([`crate::wire`]).
 pub fn encode_pairs<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Vec<u8> {
-    let n = pairs.clone().count();
-    let mut out = Vec::with_capacity(4 + n * 10);
-    out.extend_from_slice(&u32::try_from(n).unwrap_or(0).to_le_bytes());
-    for (k, v) in pairs.clone() {
-        out.extend_from_slice(&u32::try_from(k.len()).unwrap_or(0).to_le_bytes());
-        out.extend_from_slice(&u32::try_from(v.len()).unwrap_or(0).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k);
-        out.push(0);
-        out.extend_from_slice(v);
-        out.push(0);
-    }
-    out
+    crate::wire::encode_pairs(pairs)
 }
 
-/// Decodes the ABI's map encoding, checking every length against the buffer
-/// (`None` when it does not add up); bytes decoded lossily as UTF-8.
+/// Decodes the ABI's map encoding, bytes decoded lossily as UTF-8.
 pub fn decode_pairs(bytes: &[u8]) -> Option<Vec<(String, String)>> {
-    if bytes.is_empty() {
-        return Some(Vec::new());
-    }
-    let u32_at = |i: usize| -> Option<usize> {
-        let b: [u8; 4] = bytes.get(i..i.checked_add(4)?)?.try_into().ok()?;
-        usize::try_from(u32::from_le_bytes(b)).ok()
-    };
-    let n = u32_at(0)?;
-    let mut p = n.checked_mul(8)?.checked_add(4)?;
-    if p > bytes.len() {
-        return None;
-    }
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let ks = u32_at(4 + i * 8)?;
-        let vs = u32_at(8 + i * 8)?;
-        let k = bytes.get(p..p.checked_add(ks)?)?;
-        p = p.checked_add(ks)?.checked_add(1)?;
-        let v = bytes.get(p..p.checked_add(vs)?)?;
-        p = p.checked_add(vs)?.checked_add(1)?;
-        out.push((
-            String::from_utf8_lossy(k).into_owned(),
-            String::from_utf8_lossy(v).into_owned(),
-        ));
-    }
-    Some(out)
+    Some(
+        crate::wire::decode_pairs(bytes)?
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

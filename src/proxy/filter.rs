@@ -63,6 +63,8 @@ pub struct GuardFilter {
     headers_end_stream: bool,
     /// Headers the rate-limit service asked to add to the response.
     response_headers: Vec<(String, String)>,
+    /// Payloads verified by `jwt_authn`, from dynamic metadata.
+    delegated: Vec<(usize, serde_json::Map<String, serde_json::Value>)>,
 }
 
 impl GuardFilter {
@@ -76,6 +78,7 @@ impl GuardFilter {
             downstream_ip: None,
             headers_end_stream: false,
             response_headers: Vec::new(),
+            delegated: Vec::new(),
         }
     }
 
@@ -104,6 +107,9 @@ impl GuardFilter {
             let _ = abi::remove_header(Map::RequestHeaders, name);
         }
         self.downstream_ip = downstream_ip();
+        if let Some(worker) = &self.worker {
+            self.delegated = delegated_payloads(&worker.config);
+        }
         self.run(true)
     }
 
@@ -124,9 +130,11 @@ impl GuardFilter {
                 remote_keys: &remote_keys,
                 may_fetch_keys,
                 over_limit: &worker.over_limit,
+                negative: &worker.negative,
                 now_ms,
             };
-            let req = Request::new(&self.headers, self.downstream_ip);
+            let mut req = Request::new(&self.headers, self.downstream_ip);
+            req.delegated = &self.delegated;
             policy::evaluate(&ctx, &req, now)
         };
         self.step(&worker, step, now)
@@ -172,9 +180,11 @@ impl GuardFilter {
             remote_keys: &remote_keys,
             may_fetch_keys: false,
             over_limit: &worker.over_limit,
+            negative: &worker.negative,
             now_ms,
         };
-        let req = Request::new(&self.headers, self.downstream_ip);
+        let mut req = Request::new(&self.headers, self.downstream_ip);
+        req.delegated = &self.delegated;
         (f(&ctx, &req, now_ms / 1000), now_ms / 1000)
     }
 
@@ -305,6 +315,9 @@ impl GuardFilter {
                 worker
                     .metrics
                     .count(facts.route, Some(denial.reason), false);
+                if facts.budget_refused {
+                    worker.metrics.budget_refusal();
+                }
                 if let Some(a) = &worker.config.alerts {
                     let route = facts
                         .route
@@ -350,11 +363,16 @@ impl GuardFilter {
     fn deny(&self, worker: &Worker, denial: &Denial, facts: &Facts) -> Action {
         let reason = denial.reason;
         info!(
-            "#{} deny reason={} status={} {}",
+            "#{} deny reason={} status={} {}{}",
             self.context_id,
             reason,
             reason.status(),
-            describe(worker, facts)
+            describe(worker, facts),
+            if facts.budget_refused {
+                " budget=exhausted"
+            } else {
+                ""
+            }
         );
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2 + denial.headers.len());
         headers.push(("content-type", "application/json"));
@@ -543,10 +561,7 @@ impl GuardFilter {
         if body_size > max {
             // Refused by size before reading or parsing any of it.
             let (step, now) = self.ctx_step(&worker, |_, _, _| {
-                Step::Done(
-                    policy::finish_pending(pending, crate::decision::Reason::BodyTooLarge.into()),
-                    Facts::default(),
-                )
+                policy::finish_pending(pending, crate::decision::Reason::BodyTooLarge.into())
             });
             return self.step(&worker, step, now);
         }
@@ -563,6 +578,27 @@ impl GuardFilter {
         };
         self.body_complete(&worker, pending, &body)
     }
+}
+
+/// The payloads `jwt_authn` verified for delegated providers, read from the
+/// request's dynamic metadata (`payload_in_metadata`): only metadata, which
+/// clients cannot write, never a header.
+fn delegated_payloads(
+    config: &crate::config::Config,
+) -> Vec<(usize, serde_json::Map<String, serde_json::Value>)> {
+    let mut out = Vec::new();
+    for (i, p) in config.providers.iter().enumerate() {
+        let Some((filter, key)) = &p.verified_by else {
+            continue;
+        };
+        let bytes = abi::property(&["metadata", "filter_metadata", filter, key])
+            .ok()
+            .flatten();
+        if let Some(map) = bytes.as_deref().and_then(crate::token::delegated::payload) {
+            out.push((i, map));
+        }
+    }
+    out
 }
 
 /// Envoy's downstream remote address (`source.address`, "ip:port").

@@ -3,9 +3,9 @@
 //!
 //! Names are `appguard_decisions.route.<route>.decision.<allow|deny|monitor>
 //! .reason.<reason|none>`; Envoy prefixes custom Wasm stats with
-//! `wasmcustom.`. The `stats_tags` in envoy/envoy.yaml turn the three parts
-//! into labels, so Prometheus sees
-//! `envoy_wasmcustom_appguard_decisions{route,decision,reason}`.
+//! `wasmcustom.` (and drops it again in Prometheus output). The
+//! `stats_tags` in envoy/envoy.yaml turn the three parts into labels, so
+//! Prometheus sees `appguard_decisions{route,decision,reason}`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -23,6 +23,7 @@ type CounterKey = (Option<usize>, Option<Reason>, bool);
 pub struct Metrics {
     route_names: Vec<String>,
     ids: RefCell<HashMap<CounterKey, u32>>,
+    budget_refusals: Option<u32>,
 }
 
 impl Metrics {
@@ -31,6 +32,15 @@ impl Metrics {
         Metrics {
             route_names: config.routes.iter().map(|r| r.name.clone()).collect(),
             ids: RefCell::new(HashMap::new()),
+            budget_refusals: abi::define_counter("appguard_verification_budget_refusals").ok(),
+        }
+    }
+
+    /// Counts a token refused without verification because its client's
+    /// signature-failure budget is spent.
+    pub fn budget_refusal(&self) {
+        if let Some(id) = self.budget_refusals {
+            let _ = abi::increment(id, 1);
         }
     }
 

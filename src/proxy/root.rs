@@ -18,7 +18,7 @@ use super::jwks::{self, JwksSlot};
 use super::metrics::Metrics;
 use crate::config::Config;
 use crate::limits::OverLimitCache;
-use crate::policy::{RemoteKeys, TokenCache};
+use crate::policy::{NegativeCache, RemoteKeys, TokenCache};
 
 /// Everything one worker keeps between requests.
 pub struct Worker {
@@ -32,6 +32,8 @@ pub struct Worker {
     pub metrics: Metrics,
     /// Descriptors the rate-limit service refused, until their reset.
     pub over_limit: RefCell<OverLimitCache>,
+    /// Tokens whose signature failed, refused again without verifying.
+    pub negative: RefCell<NegativeCache>,
     /// The root context's id: background calls (JWKS refreshes, alerts) are
     /// dispatched on its behalf so they outlive the request that started them.
     pub root_context_id: u32,
@@ -227,6 +229,7 @@ impl RootContext for FilterRoot {
             jwks: RefCell::new(slots),
             metrics,
             over_limit: RefCell::new(OverLimitCache::default()),
+            negative: RefCell::new(NegativeCache::default()),
             root_context_id: self.context_id,
             refreshes: RefCell::new(HashMap::new()),
         }));

@@ -10,6 +10,7 @@
 //!    they can only refuse;
 //! 4. only then the signature, through jwt-simple with the same rules.
 
+pub mod delegated;
 pub mod keys;
 pub mod strict_json;
 
@@ -152,6 +153,63 @@ pub struct Provider {
     pub verified_by: Option<(String, String)>,
     /// Request signing with the install key the token carries (RFC 9421).
     pub message_signing: Option<MessageSigning>,
+    /// Signature failures a client may cause before its further tokens are
+    /// refused without verification (a flood of forged RS/ES tokens would
+    /// otherwise buy up to a millisecond of CPU each).
+    pub failure_budget: FailureBudget,
+}
+
+/// `failure_budget`: after `failures` signature failures from one client
+/// (IP, or network with the prefixes) within `window_seconds`, that
+/// client's unverified tokens get `token_signature` without any signature
+/// work until the budget refills. Shared by the workers of an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailureBudget {
+    /// Failures allowed per window; 0 disables the budget.
+    pub failures: u32,
+    /// The window, in seconds.
+    pub window_seconds: u64,
+    /// IPv4 prefix the budget is kept per (32 = per address).
+    pub v4_prefix: u8,
+    /// IPv6 prefix the budget is kept per (64 = per typical subnet).
+    pub v6_prefix: u8,
+}
+
+impl Default for FailureBudget {
+    fn default() -> Self {
+        FailureBudget {
+            failures: 20,
+            window_seconds: 60,
+            v4_prefix: 32,
+            v6_prefix: 64,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFailureBudget {
+    #[serde(default = "default_budget_failures")]
+    failures: u32,
+    #[serde(default = "default_budget_window")]
+    window_seconds: u64,
+    #[serde(default = "default_budget_v4")]
+    v4_prefix: u8,
+    #[serde(default = "default_budget_v6")]
+    v6_prefix: u8,
+}
+
+fn default_budget_failures() -> u32 {
+    FailureBudget::default().failures
+}
+fn default_budget_window() -> u64 {
+    FailureBudget::default().window_seconds
+}
+fn default_budget_v4() -> u8 {
+    FailureBudget::default().v4_prefix
+}
+fn default_budget_v6() -> u8 {
+    FailureBudget::default().v6_prefix
 }
 
 /// `message_signing`: the request must carry an HTTP Message Signature made
@@ -342,6 +400,8 @@ pub(crate) struct RawProvider {
     verified_by: Option<RawVerifiedBy>,
     #[serde(default)]
     message_signing: Option<RawMessageSigning>,
+    #[serde(default)]
+    failure_budget: Option<RawFailureBudget>,
 }
 
 fn default_lifetime() -> u64 {
@@ -544,7 +604,31 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
         }
         None => None,
     };
+    let failure_budget = match raw.failure_budget {
+        Some(b) => {
+            if b.window_seconds == 0 || b.window_seconds > 86_400 {
+                return Err(err(
+                    "failure_budget.window_seconds",
+                    "must be 1..=86400".into(),
+                ));
+            }
+            if b.v4_prefix == 0 || b.v4_prefix > 32 || b.v6_prefix == 0 || b.v6_prefix > 128 {
+                return Err(err(
+                    "failure_budget",
+                    "v4_prefix must be 1..=32 and v6_prefix 1..=128".into(),
+                ));
+            }
+            FailureBudget {
+                failures: b.failures,
+                window_seconds: b.window_seconds,
+                v4_prefix: b.v4_prefix,
+                v6_prefix: b.v6_prefix,
+            }
+        }
+        None => FailureBudget::default(),
+    };
     Ok(Provider {
+        failure_budget,
         message_signing,
         name: raw.name,
         sources,

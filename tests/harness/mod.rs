@@ -333,13 +333,18 @@ impl Envoy {
         self.service.log_text()
     }
 
-    /// One stat's value from the admin endpoint (`/stats?filter=`).
+    /// One stat's value from the admin endpoint (`/stats`); custom Wasm
+    /// stats are also found under their `wasmcustom.` name.
     pub fn stat(&self, name: &str) -> Option<u64> {
-        let r = http::get(self.admin_port, &format!("/stats?filter=^{name}$")).ok()?;
-        r.text().lines().find_map(|l| {
-            l.strip_prefix(&format!("{name}: "))
-                .and_then(|v| v.trim().parse().ok())
-        })
+        let text = http::get(self.admin_port, "/stats").ok()?.text();
+        [name.to_string(), format!("wasmcustom.{name}")]
+            .iter()
+            .find_map(|n| {
+                text.lines().find_map(|l| {
+                    l.strip_prefix(&format!("{n}: "))
+                        .and_then(|v| v.trim().parse().ok())
+                })
+            })
     }
 }
 

@@ -1,0 +1,239 @@
+//! Asymmetric tokens: cheap refusals before any signature work, the negative
+//! cache and per-client verification budget against forged-token floods,
+//! and delegated verification behind a real Envoy `jwt_authn`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+use base64::Engine;
+use harness::http::Req;
+use harness::tokens::{self, claims, now};
+use harness::upstream::Upstream;
+use harness::EnvoyBuilder;
+use serde_json::{json, Value};
+
+fn rs_config() -> Value {
+    json!({
+        "tokens": [{"name": "rs", "from": [{"header": "x-token"}],
+                    "jwks": {"keys": [tokens::rsa_fixture_jwk("rsa1")]},
+                    "issuer": "https://issuer.example", "audiences": ["api"],
+                    "failure_budget": {"failures": 3, "window_seconds": 3600}}],
+        "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["rs"]}]
+    })
+}
+
+/// An RS256-looking token with a random 256-byte signature: what a flood of
+/// forgeries looks like.
+fn forged(kid: &str, c: &Value) -> String {
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let sig: Vec<u8> = (0..256u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    format!(
+        "{}.{}.{}",
+        e.encode(json!({"alg": "RS256", "typ": "JWT", "kid": kid}).to_string()),
+        e.encode(c.to_string()),
+        e.encode(sig)
+    )
+}
+
+fn good_claims() -> Value {
+    claims(
+        60,
+        json!({"iss": "https://issuer.example", "aud": "api", "sub": "u1"}),
+    )
+}
+
+#[test]
+fn cheap_refusals_each_with_their_reason() {
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(rs_config(), up.port).start();
+    let n = now();
+    let cases = [
+        (
+            forged(
+                "rsa1",
+                &json!({"iss": "https://issuer.example", "aud": "api", "iat": n - 500, "exp": n - 200}),
+            ),
+            "token_expired",
+        ),
+        (
+            forged(
+                "rsa1",
+                &json!({"iss": "https://issuer.example", "aud": "api", "iat": n, "exp": n + 3600}),
+            ),
+            "token_lifetime",
+        ),
+        (
+            forged(
+                "rsa1",
+                &json!({"iss": "https://other", "aud": "api", "iat": n, "exp": n + 60}),
+            ),
+            "token_claims",
+        ),
+        (
+            forged(
+                "rsa1",
+                &json!({"iss": "https://issuer.example", "aud": "x", "iat": n, "exp": n + 60}),
+            ),
+            "token_claims",
+        ),
+        (forged("nope", &good_claims()), "token_signature"),
+        ("x".repeat(5000), "token_malformed"),
+    ];
+    for (t, reason) in &cases {
+        let r = envoy.request(Req::get("/a").header("x-token", t));
+        assert_eq!(
+            (r.status, r.reason()),
+            (401, Some(*reason)),
+            "{}",
+            &t[..40.min(t.len())]
+        );
+    }
+    // none of those cost a verification: the budget (3) is untouched
+    let good = tokens::rs256("rsa1", &good_claims());
+    assert_eq!(
+        envoy
+            .request(Req::get("/a").header("x-token", &good))
+            .status,
+        200
+    );
+    assert_eq!(
+        envoy
+            .stat("appguard_verification_budget_refusals")
+            .unwrap_or(0),
+        0
+    );
+}
+
+#[test]
+fn forged_floods_spend_a_small_budget_then_cost_no_verification() {
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(rs_config(), up.port).start();
+    let attacker = "198.51.100.66";
+    for i in 0..3 {
+        let t = forged(
+            "rsa1",
+            &claims(
+                60,
+                json!({"iss": "https://issuer.example", "aud": "api", "n": i}),
+            ),
+        );
+        let r = envoy.request(
+            Req::get("/a")
+                .header("x-token", &t)
+                .header("x-forwarded-for", attacker),
+        );
+        assert_eq!((r.status, r.reason()), (401, Some("token_signature")));
+    }
+    for i in 3..40 {
+        let t = forged(
+            "rsa1",
+            &claims(
+                60,
+                json!({"iss": "https://issuer.example", "aud": "api", "n": i}),
+            ),
+        );
+        let r = envoy.request(
+            Req::get("/a")
+                .header("x-token", &t)
+                .header("x-forwarded-for", attacker),
+        );
+        assert_eq!((r.status, r.reason()), (401, Some("token_signature")));
+    }
+    assert_eq!(
+        envoy.stat("appguard_verification_budget_refusals"),
+        Some(37),
+        "refused without verification"
+    );
+    assert!(envoy.log().contains("budget=exhausted"));
+    // the same forged token again is refused from the negative cache, from anywhere
+    let t0 = forged(
+        "rsa1",
+        &claims(
+            60,
+            json!({"iss": "https://issuer.example", "aud": "api", "n": 0}),
+        ),
+    );
+    let r = envoy.request(Req::get("/a").header("x-token", &t0));
+    assert_eq!(r.status, 401);
+    // genuine clients elsewhere are unaffected
+    let good = tokens::rs256("rsa1", &good_claims());
+    assert_eq!(
+        envoy
+            .request(Req::get("/a").header("x-token", &good))
+            .status,
+        200
+    );
+}
+
+fn delegated_envoy(up: &Upstream) -> harness::Envoy {
+    let cfg = json!({
+        "tokens": [{"name": "appcheck", "from": [{"header": "x-token"}],
+                    "verified_by": {"key": "appcheck_payload"},
+                    "issuer": "https://issuer.example", "max_lifetime_seconds": 300,
+                    "claim_to_headers": [{"claim": "sub", "header": "x-token-sub"}]}],
+        "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["appcheck"]}]
+    });
+    let jwks = json!({"keys": [tokens::rsa_fixture_jwk("rsa1")]}).to_string();
+    let jwt_authn = json!({
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"appcheck": {
+                "issuer": "https://issuer.example",
+                "from_headers": [{"name": "x-token"}],
+                "local_jwks": {"inline_string": jwks},
+                "payload_in_metadata": "appcheck_payload",
+                "forward": true
+            }},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
+                {"provider_name": "appcheck"}, {"allow_missing": {}}
+            ]}}}]
+        }
+    });
+    EnvoyBuilder::new(cfg, up.port)
+        .filter_before(jwt_authn)
+        .start()
+}
+
+#[test]
+fn delegated_mode_behind_a_real_jwt_authn() {
+    let up = Upstream::start();
+    let envoy = delegated_envoy(&up);
+    // a valid RS256 token: jwt_authn verifies, appguard reads the payload
+    let good = tokens::rs256("rsa1", &good_claims());
+    let r = envoy.request(Req::get("/a").header("x-token", &good));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        up.last().header("x-token-sub"),
+        Some("u1"),
+        "claims came from metadata"
+    );
+    assert_eq!(up.last().header("x-token"), None, "token removed upstream");
+    // a forged token is refused by jwt_authn and never reaches appguard
+    let bad = forged("rsa1", &good_claims());
+    let r = envoy.request(Req::get("/a").header("x-token", &bad));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.reason(), None, "jwt_authn answered, not appguard");
+    // no token: jwt_authn lets it through, appguard finds no metadata
+    let r = envoy.request(Req::get("/a"));
+    assert_eq!((r.status, r.reason()), (401, Some("token_missing")));
+    // spoofed payload headers are ignored
+    let fake = base64::engine::general_purpose::STANDARD.encode(good_claims().to_string());
+    let r = envoy.request(
+        Req::get("/a")
+            .header("x-jwt-payload", &fake)
+            .header("appcheck_payload", &fake)
+            .header("x-appguard-payload", &fake),
+    );
+    assert_eq!((r.status, r.reason()), (401, Some("token_missing")));
+    // appguard's own rules on top: a token jwt_authn accepts but that lives too long
+    let long = tokens::rs256(
+        "rsa1",
+        &claims(3600, json!({"iss": "https://issuer.example", "sub": "u2"})),
+    );
+    let r = envoy.request(Req::get("/a").header("x-token", &long));
+    assert_eq!((r.status, r.reason()), (401, Some("token_lifetime")));
+    assert_eq!(up.seen().len(), 1);
+}
