@@ -86,16 +86,20 @@ wasm-test: ## the core's unit tests compiled to wasm, run in Node with wasm-bind
 imports: ## check the built module imports only env.proxy_* and wasi_snapshot_preview1.*
 	python3 scripts/check-imports.py $(WASM)
 
-validate: ## envoy --mode validate on every Envoy YAML in the repository
+validate: ## envoy --mode validate on every Envoy YAML; CLI and Envoy agree on every example; compose file parses
 	@set -e; for f in $$(git ls-files 'envoy/*.yaml' 'examples/*.yaml' 'examples/**/*.yaml' | grep -v -e istio -e compose -e ratelimit -e prometheus); do \
 	  echo "validate $$f"; $(PYTHON) scripts/render-envoy.py --wasm $(WASM) $$f > target/validate.yaml; \
 	  $(ENVOY) --mode validate -c target/validate.yaml --log-level error >/dev/null || { echo "INVALID: $$f"; exit 1; }; done
 	$(PYTHON) scripts/render-envoy.py --wasm $(WASM) --check-config examples/three-platform.json envoy/envoy.yaml
+	docker-compose -f envoy/docker-compose.yaml config -q && echo "envoy/docker-compose.yaml: docker-compose config ok"
+	cargo build -q -p appguard-cli
+	scripts/check-config-agreement.sh $(WASM) $(ENVOY)
 
 e2e: ## end-to-end tests: real Envoy + module, the rate-limit service, Redis (needs `make build`)
 	@[ -f $(WASM) ] || $(MAKE) build
-	cargo build -p appguard-ratelimit
+	cargo build -p appguard-ratelimit -p appguard-cli
 	cargo test -p appguard-ratelimit --test '*'
+	cargo test -p appguard-cli --test '*'
 	cargo test -p appguard --test '*' -- --test-threads 2
 
 run: deps build ## start Envoy + module + rate-limit service + upstream on loopback (EXAMPLE=...)

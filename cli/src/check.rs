@@ -1,0 +1,508 @@
+//! `check-config`: find the appguard configuration(s) in a file and parse
+//! each with [`appguard::config::Config::from_json`], the parser the filter
+//! runs in `on_configure`, so the verdict and the message are the ones Envoy
+//! logs (``invalid configuration at `PATH`: MESSAGE``).
+//!
+//! Three kinds of file are understood, in JSON or YAML:
+//! - the plugin configuration itself (what goes into
+//!   `plugin_config.configuration`);
+//! - an Envoy bootstrap: every object with `root_id: appguard` (the `config`
+//!   of an `envoy.filters.http.wasm` filter, wherever it sits: listeners,
+//!   ECDS, per-route config) has its `configuration` checked;
+//! - an Istio `WasmPlugin`: `spec.pluginConfig` is checked (resources of
+//!   other kinds in a multi-document file are skipped).
+
+use std::path::Path;
+
+use appguard::config::{Config, ConfigError};
+use base64::Engine as _;
+use serde_json::Value;
+
+use crate::error::{read_file, CliError};
+
+/// What a checked file turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// An appguard plugin configuration.
+    PluginConfig,
+    /// An Envoy bootstrap (or any Envoy config) with appguard Wasm filters.
+    Envoy,
+    /// Kubernetes resources with one or more Istio `WasmPlugin`s.
+    Istio,
+}
+
+/// One appguard configuration found in a file, with its verdict.
+#[derive(Debug)]
+pub struct Checked {
+    /// Where in the file it was found, e.g.
+    /// `static_resources.listeners[0]…http_filters[0].typed_config.config`
+    /// or `WasmPlugin istio-system/appguard`; empty for a plugin
+    /// configuration file.
+    pub location: String,
+    /// The filter's verdict.
+    pub result: Result<Config, ConfigError>,
+}
+
+/// The outcome of checking one file.
+#[derive(Debug)]
+pub struct Report {
+    /// What the file is.
+    pub kind: FileKind,
+    /// Every appguard configuration in it, in file order (at least one).
+    pub configs: Vec<Checked>,
+}
+
+impl Report {
+    /// Whether every configuration in the file was accepted.
+    pub fn all_valid(&self) -> bool {
+        self.configs.iter().all(|c| c.result.is_ok())
+    }
+}
+
+/// A configuration's one-line summary, counted as the filter logs them in
+/// `on_configure`.
+pub fn summary(c: &Config) -> String {
+    format!(
+        "{}, {}, {}, {} (mode {}, default_action {})",
+        plural(c.routes.len(), "route"),
+        plural(c.apps.len(), "app"),
+        plural(c.api_keys.keys.len(), "API key"),
+        plural(c.providers.len(), "token provider"),
+        format!("{:?}", c.mode).to_ascii_lowercase(),
+        format!("{:?}", c.default_action).to_ascii_lowercase(),
+    )
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// Reads and checks a file. `Err` only when it cannot be read, is not a
+/// kind of file this understands, or holds no appguard configuration
+/// (exit 2); refused configurations are in the report.
+pub fn check_file(path: &Path) -> Result<Report, CliError> {
+    let bytes = read_file(path)?;
+    check_bytes(path, &bytes)
+}
+
+/// Checks the contents of a file; `path` only decides the format by its
+/// extension (`.json`, `.yaml`, `.yml`), else the content does (`{` or `[`
+/// first means JSON).
+pub fn check_bytes(path: &Path, bytes: &[u8]) -> Result<Report, CliError> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let json = match ext.as_deref() {
+        Some("json") => true,
+        Some("yaml" | "yml") => false,
+        _ => matches!(
+            bytes.iter().find(|b| !b.is_ascii_whitespace()),
+            Some(b'{' | b'[')
+        ),
+    };
+    if json {
+        check_json(bytes)
+    } else {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| CliError::input(format!("{} is not UTF-8 text", path.display())))?;
+        check_yaml(path, text)
+    }
+}
+
+fn check_json(bytes: &[u8]) -> Result<Report, CliError> {
+    // Not even JSON: to the filter this is a configuration with a syntax
+    // error, and it says so in its own words.
+    let Ok(doc) = serde_json::from_slice::<Value>(bytes) else {
+        return Ok(plugin_report(bytes));
+    };
+    match classify(&doc) {
+        // The exact bytes, not a re-serialisation: duplicate keys and
+        // positions in messages stay what the filter would see.
+        Kind::Plugin => Ok(plugin_report(bytes)),
+        Kind::Envoy => envoy_report(&doc),
+        Kind::WasmPlugin => Ok(Report {
+            kind: FileKind::Istio,
+            configs: wasm_plugin(&doc).into_iter().collect(),
+        }),
+        Kind::OtherResource(k) => Err(not_ours(&k)),
+    }
+}
+
+fn check_yaml(path: &Path, text: &str) -> Result<Report, CliError> {
+    let mut docs = Vec::new();
+    for de in serde_norway::Deserializer::from_str(text) {
+        let mut v: serde_norway::Value = serde::Deserialize::deserialize(de)
+            .map_err(|e| CliError::input(format!("{}: not valid YAML: {e}", path.display())))?;
+        v.apply_merge()
+            .map_err(|e| CliError::input(format!("{}: YAML merge keys: {e}", path.display())))?;
+        let v = serde_json::to_value(v).map_err(|e| {
+            CliError::input(format!(
+                "{}: YAML that has no JSON form: {e}",
+                path.display()
+            ))
+        })?;
+        docs.push(v);
+    }
+    docs.retain(|d| !d.is_null());
+    match docs.as_slice() {
+        [] => Err(CliError::input(format!(
+            "{}: empty document",
+            path.display()
+        ))),
+        [doc] if classify(doc) == Kind::Plugin => {
+            let json = serde_json::to_vec(doc).map_err(|e| CliError::input(e.to_string()))?;
+            Ok(plugin_report(&json))
+        }
+        _ => {
+            let mut kind = None;
+            let mut configs = Vec::new();
+            let mut skipped = Vec::new();
+            for doc in &docs {
+                match classify(doc) {
+                    Kind::Envoy => {
+                        kind.get_or_insert(FileKind::Envoy);
+                        configs.extend(envoy_report(doc)?.configs);
+                    }
+                    Kind::WasmPlugin => {
+                        kind.get_or_insert(FileKind::Istio);
+                        configs.extend(wasm_plugin(doc));
+                    }
+                    Kind::OtherResource(k) => skipped.push(k),
+                    // A plugin configuration among Kubernetes resources is
+                    // not something Envoy or Istio would ever read.
+                    Kind::Plugin => skipped.push("a document of unknown kind".into()),
+                }
+            }
+            match kind {
+                Some(kind) if !configs.is_empty() => Ok(Report { kind, configs }),
+                Some(FileKind::Istio) => Err(CliError::input(format!(
+                    "{}: nothing to check: no WasmPlugin for appguard (pluginName `appguard`)",
+                    path.display()
+                ))),
+                _ => Err(not_ours(&skipped.join(", "))),
+            }
+        }
+    }
+}
+
+fn not_ours(what: &str) -> CliError {
+    CliError::input(format!(
+        "not an appguard configuration, an Envoy configuration with an appguard filter, or an Istio WasmPlugin ({what})"
+    ))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Kind {
+    Plugin,
+    Envoy,
+    WasmPlugin,
+    OtherResource(String),
+}
+
+/// Top-level fields of an Envoy bootstrap (config.bootstrap.v3.Bootstrap)
+/// that an appguard configuration never has.
+const BOOTSTRAP_FIELDS: &[&str] = &[
+    "static_resources",
+    "dynamic_resources",
+    "admin",
+    "node",
+    "layered_runtime",
+    "cluster_manager",
+    "overload_manager",
+    "stats_config",
+];
+
+fn classify(doc: &Value) -> Kind {
+    let Some(obj) = doc.as_object() else {
+        return Kind::Plugin;
+    };
+    if let Some(kind) = obj.get("kind").and_then(Value::as_str) {
+        if obj.contains_key("apiVersion") {
+            return if kind == "WasmPlugin" {
+                Kind::WasmPlugin
+            } else {
+                Kind::OtherResource(kind.to_owned())
+            };
+        }
+    }
+    if BOOTSTRAP_FIELDS.iter().any(|f| obj.contains_key(*f)) {
+        return Kind::Envoy;
+    }
+    let mut found = false;
+    walk(doc, &mut String::new(), &mut |_, node| {
+        found |= is_appguard_filter(node);
+    });
+    if found {
+        Kind::Envoy
+    } else {
+        Kind::Plugin
+    }
+}
+
+fn plugin_report(bytes: &[u8]) -> Report {
+    Report {
+        kind: FileKind::PluginConfig,
+        configs: vec![Checked {
+            location: String::new(),
+            result: Config::from_json(bytes),
+        }],
+    }
+}
+
+/// The `config` of an appguard Wasm filter: `root_id: appguard` (Envoy's
+/// `PluginConfig`).
+fn is_appguard_filter(node: &Value) -> bool {
+    node.get("root_id").and_then(Value::as_str) == Some("appguard")
+}
+
+fn walk(node: &Value, path: &mut String, f: &mut dyn FnMut(&str, &Value)) {
+    f(path, node);
+    let len = path.len();
+    match node {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                walk(v, path, f);
+                path.truncate(len);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                path.push_str(&format!("[{i}]"));
+                walk(v, path, f);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn envoy_report(doc: &Value) -> Result<Report, CliError> {
+    let mut configs = Vec::new();
+    walk(doc, &mut String::new(), &mut |path, node| {
+        if is_appguard_filter(node) {
+            configs.push(Checked {
+                location: path.to_owned(),
+                result: envoy_plugin_bytes(node).and_then(|b| Config::from_json(&b)),
+            });
+        }
+    });
+    if configs.is_empty() {
+        return Err(CliError::input(
+            "nothing to check: an Envoy configuration without an appguard Wasm filter (`root_id: appguard`)",
+        ));
+    }
+    Ok(Report {
+        kind: FileKind::Envoy,
+        configs,
+    })
+}
+
+/// The bytes Envoy hands the plugin in `on_configure`: Envoy's
+/// `PluginConfig.configuration` is an `Any`; `StringValue` and `BytesValue`
+/// are passed without the wrapper, a `Struct` as JSON.
+fn envoy_plugin_bytes(config: &Value) -> Result<Vec<u8>, ConfigError> {
+    const NONE: &str = "no plugin configuration: set plugin_config.configuration";
+    let Some(conf) = config.get("configuration") else {
+        return Err(ConfigError::new("", NONE));
+    };
+    let ty = conf.get("@type").and_then(Value::as_str).unwrap_or("");
+    let value = conf.get("value");
+    let bytes = match ty.rsplit('/').next().unwrap_or("") {
+        "google.protobuf.StringValue" | "" => match value {
+            Some(Value::String(s)) => s.clone().into_bytes(),
+            None => Vec::new(),
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "",
+                    "plugin_config.configuration.value is not a string",
+                ))
+            }
+        },
+        "google.protobuf.BytesValue" => {
+            let s = value.and_then(Value::as_str).unwrap_or("");
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(|_| {
+                    ConfigError::new(
+                        "",
+                        "plugin_config.configuration (BytesValue) is not base64",
+                    )
+                })?
+        }
+        "google.protobuf.Struct" => match value {
+            Some(v) => serde_json::to_vec(v).map_err(|e| ConfigError::new("", e.to_string()))?,
+            None => b"{}".to_vec(),
+        },
+        other => {
+            return Err(ConfigError::new(
+                "",
+                format!(
+                    "plugin_config.configuration of type {other} is not passed as JSON; use google.protobuf.StringValue"
+                ),
+            ))
+        }
+    };
+    if bytes.is_empty() {
+        return Err(ConfigError::new("", NONE));
+    }
+    Ok(bytes)
+}
+
+/// `spec.pluginConfig` of a WasmPlugin for appguard; `None` for a
+/// WasmPlugin that names another plugin.
+fn wasm_plugin(doc: &Value) -> Option<Checked> {
+    let spec = doc.get("spec");
+    let plugin_name = spec
+        .and_then(|s| s.get("pluginName"))
+        .and_then(Value::as_str);
+    if plugin_name.is_some_and(|n| n != "appguard") {
+        return None;
+    }
+    let meta = doc.get("metadata");
+    let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
+    let location = match (field("namespace"), field("name")) {
+        (Some(ns), Some(n)) => format!("WasmPlugin {ns}/{n}"),
+        (None, Some(n)) => format!("WasmPlugin {n}"),
+        _ => "WasmPlugin".to_owned(),
+    };
+    // Istio hands pluginConfig (a protobuf Struct) to the filter as JSON.
+    let result = match spec.and_then(|s| s.get("pluginConfig")) {
+        Some(pc) => serde_json::to_vec(pc)
+            .map_err(|e| ConfigError::new("", e.to_string()))
+            .and_then(|b| Config::from_json(&b)),
+        None => Err(ConfigError::new(
+            "",
+            "no plugin configuration: set spec.pluginConfig",
+        )),
+    };
+    Some(Checked { location, result })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(name: &str, text: &str) -> Report {
+        check_bytes(Path::new(name), text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn plugin_config_json_keeps_the_filters_message() {
+        let r = report("c.json", r#"{"mdoe": "monitor"}"#);
+        assert_eq!(r.kind, FileKind::PluginConfig);
+        let e = r.configs[0].result.as_ref().unwrap_err();
+        assert_eq!(e.path, "mdoe");
+        assert!(e.message.ends_with("at line 1 column 7"), "{e}");
+    }
+
+    #[test]
+    fn plugin_config_yaml() {
+        let r = report(
+            "c.yaml",
+            "mode: monitor\nroutes:\n- name: a\n  match: {prefix: /}\n",
+        );
+        assert_eq!(r.kind, FileKind::PluginConfig);
+        let c = r.configs[0].result.as_ref().unwrap();
+        assert_eq!(
+            summary(c),
+            "1 route, 0 apps, 0 API keys, 0 token providers (mode monitor, default_action allow)"
+        );
+    }
+
+    #[test]
+    fn envoy_filters_are_found_by_root_id() {
+        let yaml = r#"
+static_resources:
+  listeners:
+  - filter_chains:
+    - filters:
+      - typed_config:
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              config:
+                root_id: appguard
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{"routes": [{"name": "a b", "match": {"prefix": "/"}}]}'
+          - name: other
+            typed_config:
+              config:
+                root_id: someone-else
+                configuration: {value: 'not json'}
+          - name: struct
+            typed_config:
+              config:
+                root_id: appguard
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.Struct
+                  value: {mode: monitor}
+"#;
+        let r = report("envoy.yaml", yaml);
+        assert_eq!(r.kind, FileKind::Envoy);
+        assert_eq!(r.configs.len(), 2);
+        let e = r.configs[0].result.as_ref().unwrap_err();
+        assert_eq!(e.path, "routes[0].name");
+        assert!(r.configs[0]
+            .location
+            .ends_with("http_filters[0].typed_config.config"));
+        assert!(r.configs[1].result.is_ok());
+    }
+
+    #[test]
+    fn missing_configuration_is_refused_like_the_filter() {
+        let r = report("e.yaml", "static_resources: {x: {root_id: appguard}}\n");
+        let e = r.configs[0].result.as_ref().unwrap_err();
+        assert!(e.message.starts_with("no plugin configuration"));
+    }
+
+    #[test]
+    fn istio_wasm_plugins_in_multi_document_files() {
+        let yaml = r#"
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: appguard, namespace: istio-system}
+spec:
+  pluginName: appguard
+  pluginConfig:
+    default_action: deny
+    routes:
+    - {name: a, match: {prefix: /v1/}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: buffer}
+spec: {}
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: other}
+spec: {pluginName: other, pluginConfig: {anything: 1}}
+"#;
+        let r = report("w.yaml", yaml);
+        assert_eq!(r.kind, FileKind::Istio);
+        assert_eq!(r.configs.len(), 1);
+        assert_eq!(r.configs[0].location, "WasmPlugin istio-system/appguard");
+        assert!(r.all_valid());
+    }
+
+    #[test]
+    fn unknown_kinds_and_bad_yaml_are_input_errors() {
+        let e = check_bytes(Path::new("x.yaml"), b"apiVersion: v1\nkind: ConfigMap\n").unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let e = check_bytes(Path::new("x.yaml"), b"a: [unclosed\n").unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        // Not JSON at all: the filter's own syntax error, exit 1.
+        let r = report("x.json", "{not json");
+        assert!(r.configs[0].result.is_err());
+    }
+}

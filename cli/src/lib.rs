@@ -1,0 +1,48 @@
+//! The operator tool for appguard (SPEC §6): validate a configuration
+//! offline with the filter's own parser, hash API keys, normalise
+//! certificate fingerprints, mint development tokens, install keys and
+//! request signatures.
+//!
+//! Everything that decides is the filter's own code (the `appguard` crate
+//! without its proxy-wasm adapter), so a verdict here is the filter's
+//! verdict. The binary (`src/main.rs`) only parses arguments and prints.
+//!
+//! Secrets are never printed: API keys, HMAC secrets and private keys go in
+//! (from files or standard input where possible) and only hashes, public
+//! keys, and the tokens and signatures the user asked for come out.
+#![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod check;
+pub mod error;
+pub mod fingerprint;
+pub mod install_key;
+pub mod mint;
+pub mod pem;
+pub mod sign;
+
+pub use error::CliError;
+
+/// Seconds since the Unix epoch, from the system clock.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Hashes each API key read from `input`, one per line, with the filter's
+/// [`appguard::identity::hash_api_key`]; returns the hashes in input order.
+/// Surrounding whitespace is dropped (a header value never carries it:
+/// Envoy strips it) and blank lines are skipped.
+pub fn hash_keys(input: &str) -> Result<Vec<String>, CliError> {
+    let hashes: Vec<String> = input
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(appguard::identity::hash_api_key)
+        .collect();
+    if hashes.is_empty() {
+        return Err(CliError::invalid("no API key on standard input"));
+    }
+    Ok(hashes)
+}

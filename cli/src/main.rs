@@ -1,0 +1,410 @@
+//! `appguard-cli`: the operator tool. Argument parsing and printing only;
+//! the work is in the library (and, below it, the filter's own code).
+//!
+//! Exit codes: 0 success, 1 the input is invalid (a configuration the filter
+//! refuses, a bad fingerprint or key), 2 the input could not be read or the
+//! arguments are wrong.
+
+use std::io::{IsTerminal as _, Read as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use appguard::signing::{InstallKey, SignatureOptions};
+use appguard::token::keys::Alg;
+use appguard_cli::error::{read_file, read_text};
+use appguard_cli::install_key::{self, KeyType};
+use appguard_cli::mint::{self, SigningMaterial, TokenSpec};
+use appguard_cli::{check, fingerprint, pem, sign, CliError};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use serde_json::Value;
+
+/// appguard's operator tool: check configurations with the filter's own
+/// parser, hash API keys, normalise certificate fingerprints, mint
+/// development tokens.
+#[derive(Debug, Parser)]
+#[command(name = "appguard-cli", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate an appguard configuration (JSON or YAML), an Envoy
+    /// configuration with appguard filters, or an Istio WasmPlugin, exactly
+    /// as the filter would. Exit 0 valid, 1 refused, 2 unreadable.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Print the SHA-256 of an API key, as `api_keys.keys[].sha256` wants it.
+    /// Without KEY, reads keys from standard input, one per line (keeps them
+    /// out of shell history). Never prints a key.
+    HashKey {
+        /// The key (prefer standard input).
+        key: Option<String>,
+    },
+    /// Print an Android signing certificate's SHA-256 and SHA-1 fingerprints
+    /// (from PEM or DER), or normalise a fingerprint given as hex, in the form
+    /// `apps[].cert_fingerprints` accepts.
+    Fingerprint(FingerprintArgs),
+    /// Mint a development token with a provider's test key (or, with a
+    /// subcommand, an install key or a request signature).
+    Mint(Box<MintArgs>),
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("input").required(true).args(["pem", "der", "hex"])))]
+struct FingerprintArgs {
+    /// A PEM certificate file (the first CERTIFICATE block), e.g. from
+    /// `keytool -exportcert -rfc`.
+    #[arg(long, value_name = "FILE")]
+    pem: Option<PathBuf>,
+    /// A DER certificate file.
+    #[arg(long, value_name = "FILE")]
+    der: Option<PathBuf>,
+    /// A fingerprint in hex (colons optional, any case) to normalise.
+    hex: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct MintArgs {
+    #[command(subcommand)]
+    action: Option<MintAction>,
+    #[command(flatten)]
+    token: TokenArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("key").required(true).args(["secret_base64", "secret_file", "key_pem"])))]
+struct TokenArgs {
+    /// The signing algorithm (must match the provider's key).
+    #[arg(long, required = true, value_parser = mint::parse_alg)]
+    alg: Option<Alg>,
+    /// HMAC secret in base64 (standard or URL-safe, padding optional), as in
+    /// `tokens[].keys[].secret_base64`. Visible in the process list: prefer
+    /// --secret-file.
+    #[arg(long, value_name = "B64")]
+    secret_base64: Option<String>,
+    /// A file holding the HMAC secret in base64.
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// A private key PEM for RS*/PS*/ES256/ES384/EdDSA.
+    #[arg(long, value_name = "FILE")]
+    key_pem: Option<PathBuf>,
+    /// The `kid` header.
+    #[arg(long)]
+    kid: Option<String>,
+    /// The `iss` claim.
+    #[arg(long)]
+    iss: Option<String>,
+    /// An `aud` value (repeatable).
+    #[arg(long)]
+    aud: Vec<String>,
+    /// The `sub` claim (e.g. a Firebase App Check app id
+    /// `1:123:android:abc`).
+    #[arg(long)]
+    sub: Option<String>,
+    /// Another claim, NAME=VALUE (repeatable); VALUE is JSON when it parses,
+    /// else a string.
+    #[arg(long = "claim", value_name = "NAME=VALUE", value_parser = mint::parse_claim)]
+    claims: Vec<(String, Value)>,
+    /// Seconds until `exp` (appguard's default `max_lifetime_seconds` is 300).
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    lifetime: u64,
+    /// The `jti` claim.
+    #[arg(long, conflicts_with = "random_jti")]
+    jti: Option<String>,
+    /// A random `jti` (16 bytes from the OS, hex).
+    #[arg(long)]
+    random_jti: bool,
+    /// A bound header value (repeatable, in the provider's `binding.headers`
+    /// order): sets the binding claim to base64(SHA-256(values)).
+    #[arg(long, value_name = "VALUE")]
+    bind_header: Vec<String>,
+    /// The binding claim's name (`binding.claim`).
+    #[arg(long, default_value = "pay", value_name = "NAME")]
+    bind_claim: String,
+    /// Put this install public key in the `ipk` claim: a private key PEM from
+    /// `mint install-key`, a PUBLIC KEY PEM, or a file with the ipk value.
+    #[arg(long, value_name = "FILE")]
+    ipk_from: Option<PathBuf>,
+    /// The install key claim's name (`message_signing.claim`).
+    #[arg(long, default_value = "ipk", value_name = "NAME")]
+    ipk_claim: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum MintAction {
+    /// Generate an install key pair from OS randomness: the private key goes
+    /// to --out (PKCS#8 PEM, mode 0600), the `ipk` claim value to standard
+    /// output.
+    InstallKey {
+        /// Where to write the private key.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Ed25519 instead of P-256.
+        #[arg(long)]
+        ed25519: bool,
+        /// Replace --out if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a request with an install key (RFC 9421) as the filter's
+    /// `message_signing` expects, and print the headers and a curl line.
+    SignRequest(Box<SignArgs>),
+}
+
+#[derive(Debug, Args)]
+struct SignArgs {
+    /// The install private key (PKCS#8 PEM, from `mint install-key` or
+    /// `openssl genpkey`).
+    #[arg(long, value_name = "FILE")]
+    install_key: PathBuf,
+    /// The method.
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// The absolute URL, e.g. https://api.example.com/v1/sms?x=1.
+    #[arg(long)]
+    url: String,
+    /// A header, 'Name: value' (repeatable).
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE", value_parser = sign::parse_header)]
+    headers: Vec<(String, String)>,
+    /// The body.
+    #[arg(long, conflicts_with = "body_file")]
+    body: Option<String>,
+    /// A file holding the body (curl sends it with --data-binary @FILE).
+    #[arg(long, value_name = "FILE")]
+    body_file: Option<PathBuf>,
+    /// The header carrying the token (the provider's `from[].header`).
+    #[arg(long, default_value = "approov-token")]
+    token_header: String,
+    /// The token (whose `ipk` is this key's public half).
+    #[arg(long)]
+    token: String,
+    /// The signature label (`message_signing.label`).
+    #[arg(long, default_value_t = sign::default_label())]
+    label: String,
+    /// `created`, seconds since the epoch (default: now).
+    #[arg(long, value_name = "SECONDS")]
+    created: Option<u64>,
+    /// Add `expires`, this many seconds after `created`.
+    #[arg(long, value_name = "SECONDS")]
+    expires_in: Option<u64>,
+    /// The `nonce` parameter.
+    #[arg(long)]
+    nonce: Option<String>,
+    /// The `keyid` parameter.
+    #[arg(long)]
+    keyid: Option<String>,
+    /// A covered component (repeatable), replacing the default coverage:
+    /// @method @authority @path [@query] TOKEN-HEADER [content-digest].
+    #[arg(long = "component", value_name = "NAME")]
+    components: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("appguard-cli: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode, CliError> {
+    match command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::HashKey { key } => {
+            let input = match key {
+                Some(k) => k,
+                None => read_stdin("API key(s), one per line")?,
+            };
+            for h in appguard_cli::hash_keys(&input)? {
+                println!("{h}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fingerprint(a) => {
+            if let Some(path) = a.pem {
+                let fp = fingerprint::of_pem(&read_text(&path)?)?;
+                println!("SHA256: {}", fp.sha256);
+                println!("SHA1: {}", fp.sha1);
+            } else if let Some(path) = a.der {
+                let fp = fingerprint::of_der(&read_file(&path)?)?;
+                println!("SHA256: {}", fp.sha256);
+                println!("SHA1: {}", fp.sha1);
+            } else if let Some(hex) = a.hex {
+                println!("{}", fingerprint::normalise(&hex)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mint(m) => match m.action {
+            Some(MintAction::InstallKey {
+                out,
+                ed25519,
+                force,
+            }) => {
+                let kind = if ed25519 {
+                    KeyType::Ed25519
+                } else {
+                    KeyType::P256
+                };
+                let (key, der) = install_key::generate(kind)?;
+                install_key::write_private(&out, &pem::encode("PRIVATE KEY", &der), force)?;
+                eprintln!(
+                    "wrote the {} install private key to {} (PKCS#8 PEM); its ipk:",
+                    key.algorithm(),
+                    out.display()
+                );
+                println!("{}", key.public_key().to_ipk());
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(MintAction::SignRequest(s)) => sign_request(*s),
+            None => mint_token(m.token),
+        },
+    }
+}
+
+fn check_config(file: &Path) -> Result<ExitCode, CliError> {
+    let report = check::check_file(file)?;
+    let name = file.display();
+    for c in &report.configs {
+        let at = if c.location.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", c.location)
+        };
+        match &c.result {
+            Ok(config) => println!("{name}{at}: valid: {}", check::summary(config)),
+            Err(e) => eprintln!("{name}{at}: {e}"),
+        }
+    }
+    Ok(if report.all_valid() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn read_stdin(what: &str) -> Result<String, CliError> {
+    let mut stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("reading {what} from standard input; end with Ctrl-D");
+    }
+    let mut s = String::new();
+    stdin
+        .read_to_string(&mut s)
+        .map_err(|e| CliError::input(format!("cannot read standard input: {e}")))?;
+    Ok(s)
+}
+
+fn mint_token(t: TokenArgs) -> Result<ExitCode, CliError> {
+    let alg = t.alg.ok_or_else(|| CliError::input("--alg is required"))?;
+    let decode = |b64: &str| {
+        appguard::token::keys::decode_base64_any(b64)
+            .ok_or_else(|| CliError::invalid("the HMAC secret is not base64"))
+    };
+    let key = match (t.secret_base64, t.secret_file, t.key_pem) {
+        (Some(b64), _, _) => SigningMaterial::Secret(decode(&b64)?),
+        (_, Some(path), _) => SigningMaterial::Secret(decode(&read_text(&path)?)?),
+        (_, _, Some(path)) => SigningMaterial::PrivatePem(read_text(&path)?),
+        _ => {
+            return Err(CliError::input(
+                "one of --secret-base64, --secret-file, --key-pem is required",
+            ))
+        }
+    };
+    let mut claims = t.claims;
+    let reserved = |claims: &[(String, Value)], name: &str, option: &str| {
+        if claims.iter().any(|(n, _)| n == name) {
+            return Err(CliError::invalid(format!(
+                "claim `{name}` is set by {option}; drop the --claim"
+            )));
+        }
+        Ok(())
+    };
+    if !t.bind_header.is_empty() {
+        reserved(&claims, &t.bind_claim, "--bind-header")?;
+        let values: Vec<&str> = t.bind_header.iter().map(String::as_str).collect();
+        claims.push((
+            t.bind_claim.clone(),
+            Value::String(appguard::token::binding_digest(&values)),
+        ));
+    }
+    if let Some(path) = &t.ipk_from {
+        reserved(&claims, &t.ipk_claim, "--ipk-from")?;
+        let ipk = install_key::read_public(path)?.to_ipk();
+        claims.push((t.ipk_claim.clone(), Value::String(ipk)));
+    }
+    let jwt_id = match (t.jti, t.random_jti) {
+        (Some(j), _) => Some(j),
+        (None, true) => Some(mint::random_jti()?),
+        (None, false) => None,
+    };
+    if t.lifetime > 300 {
+        eprintln!(
+            "note: a provider refuses tokens living longer than its max_lifetime_seconds (default 300)"
+        );
+    }
+    let token = mint::mint(&TokenSpec {
+        alg,
+        key,
+        kid: t.kid,
+        issuer: t.iss,
+        audiences: t.aud,
+        subject: t.sub,
+        jwt_id,
+        claims,
+        lifetime_seconds: t.lifetime,
+    })?;
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign_request(s: SignArgs) -> Result<ExitCode, CliError> {
+    let key = install_key::read_private(&s.install_key)?;
+    let body = match (&s.body, &s.body_file) {
+        (Some(b), _) => Some(b.clone().into_bytes()),
+        (None, Some(path)) => Some(read_file(path)?),
+        (None, None) => None,
+    };
+    let req = sign::RequestSpec {
+        method: s.method,
+        url: s.url,
+        headers: s.headers,
+        body,
+        token_header: s.token_header,
+        token: s.token,
+    };
+    if let Some(ipk) = sign::token_claim(&req.token, "ipk") {
+        if InstallKey::from_ipk(&ipk).ok() != Some(key.public_key()) {
+            eprintln!(
+                "warning: the token's `ipk` is not this install key's public half; the filter will refuse the signature"
+            );
+        }
+    }
+    let created = s.created.unwrap_or_else(appguard_cli::now);
+    let mut options = SignatureOptions::new(s.label, Vec::new(), created);
+    options.expires = s.expires_in.map(|e| created.saturating_add(e));
+    options.nonce = s.nonce;
+    options.keyid = s.keyid;
+    let components = (!s.components.is_empty()).then_some(s.components);
+    let signed = sign::sign(&key, &req, &options, components)?;
+    let h = &signed.headers;
+    if let Some(d) = &h.content_digest {
+        println!("Content-Digest: {d}");
+    }
+    println!("Signature-Input: {}", h.signature_input);
+    println!("Signature: {}", h.signature);
+    println!();
+    let body_file = s
+        .body_file
+        .as_deref()
+        .map(|p| p.to_string_lossy().into_owned());
+    println!("{}", sign::curl_line(&req, &signed, body_file.as_deref()));
+    Ok(ExitCode::SUCCESS)
+}

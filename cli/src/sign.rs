@@ -1,0 +1,267 @@
+//! `mint sign-request`: an RFC 9421 signature over a request with an install
+//! key, made by the filter's own [`appguard::signing::sign_request`] with the
+//! coverage its default policy asks for, printed as headers and as a curl
+//! command line.
+
+use appguard::signing::{
+    default_covered_components, sign_request, InstallSigningKey, Message, SignatureHeaders,
+    SignatureOptions, SigningPolicy,
+};
+
+use crate::error::CliError;
+
+/// A request to sign.
+#[derive(Debug, Clone)]
+pub struct RequestSpec {
+    /// The method, as sent.
+    pub method: String,
+    /// The absolute `http://` or `https://` URL.
+    pub url: String,
+    /// Header fields other than the token, as `(name, value)`; names are
+    /// lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body, when there is one.
+    pub body: Option<Vec<u8>>,
+    /// The token header's name (e.g. `approov-token`), covered by the
+    /// signature.
+    pub token_header: String,
+    /// The token sent in it.
+    pub token: String,
+}
+
+/// The parts of an absolute URL RFC 9421 derives components from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlParts {
+    /// `http` or `https`, lower case.
+    pub scheme: String,
+    /// `host[:port]`.
+    pub authority: String,
+    /// The path, `/` when empty.
+    pub path: String,
+    /// The query without `?`, when the URL has a `?`.
+    pub query: Option<String>,
+}
+
+/// Splits an absolute URL; the fragment is dropped (it is never sent).
+pub fn split_url(url: &str) -> Result<UrlParts, CliError> {
+    let bad = |why: &str| CliError::invalid(format!("--url {url:?}: {why}"));
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| bad("not an absolute URL"))?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err(bad("scheme must be http or https"));
+    }
+    let rest = rest.split('#').next().unwrap_or_default();
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, target) = rest.split_at(end);
+    if authority.is_empty() || authority.contains('@') {
+        return Err(bad("needs a host (and no user info)"));
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (target, None),
+    };
+    Ok(UrlParts {
+        scheme,
+        authority: authority.to_owned(),
+        path: if path.is_empty() { "/" } else { path }.to_owned(),
+        query,
+    })
+}
+
+/// Parses a `--header` argument, `Name: value`.
+pub fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected 'Name: value'"))?;
+    let name = name.trim();
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !ok {
+        return Err(format!("{name:?} is not a header name"));
+    }
+    Ok((name.to_ascii_lowercase(), value.trim().to_owned()))
+}
+
+/// What signing produced.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    /// The header values.
+    pub headers: SignatureHeaders,
+    /// The covered components, in order.
+    pub components: Vec<String>,
+}
+
+/// Signs a request. `components` overrides the default coverage (that of
+/// [`default_covered_components`], which the filter's default
+/// [`SigningPolicy`] accepts).
+pub fn sign(
+    key: &InstallSigningKey,
+    req: &RequestSpec,
+    options: &SignatureOptions,
+    components: Option<Vec<String>>,
+) -> Result<Signed, CliError> {
+    let url = split_url(&req.url)?;
+    let headers = message_headers(req)?;
+    let message = Message::request(
+        &req.method,
+        &url.scheme,
+        &url.authority,
+        &url.path,
+        url.query.as_deref(),
+        &headers,
+        req.body.as_deref(),
+    );
+    let components =
+        components.unwrap_or_else(|| default_covered_components(&message, &req.token_header));
+    let mut options = options.clone();
+    options.components = components.clone();
+    let headers = sign_request(key, &message, &options)
+        .map_err(|e| CliError::invalid(format!("cannot sign: {e}")))?;
+    Ok(Signed {
+        headers,
+        components,
+    })
+}
+
+/// The header fields of the signed message: the token and the given
+/// headers. Fields the signature produces may not be given.
+pub fn message_headers(req: &RequestSpec) -> Result<Vec<(String, String)>, CliError> {
+    let token_header = req.token_header.to_ascii_lowercase();
+    let mut headers = vec![(token_header.clone(), req.token.clone())];
+    for (name, value) in &req.headers {
+        if *name == token_header {
+            return Err(CliError::invalid(format!(
+                "--header {name}: the token header comes from --token"
+            )));
+        }
+        if ["signature", "signature-input", "content-digest"].contains(&name.as_str()) {
+            return Err(CliError::invalid(format!(
+                "--header {name}: produced by the signature, not an input"
+            )));
+        }
+        headers.push((name.clone(), value.clone()));
+    }
+    Ok(headers)
+}
+
+/// A string claim of a JWT, read without verifying it (to warn about a
+/// token whose `ipk` is not the signing key's).
+pub fn token_claim(token: &str, name: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.trim().split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get(name)?.as_str().map(str::to_owned)
+}
+
+/// The default signature label (`install`), as the filter's policy expects.
+pub fn default_label() -> String {
+    SigningPolicy::DEFAULT_LABEL.to_owned()
+}
+
+/// Quotes a word for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+%".contains(&b));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// The curl command that sends the signed request. `body_file`, when set,
+/// is sent with `--data-binary @FILE` instead of inline.
+pub fn curl_line(req: &RequestSpec, signed: &Signed, body_file: Option<&str>) -> String {
+    let mut args = vec![
+        "curl".to_owned(),
+        "-sS".to_owned(),
+        "-X".to_owned(),
+        shell_quote(&req.method),
+        shell_quote(&req.url),
+        "-H".to_owned(),
+        shell_quote(&format!("{}: {}", req.token_header, req.token)),
+    ];
+    for (name, value) in &req.headers {
+        args.push("-H".to_owned());
+        args.push(shell_quote(&format!("{name}: {value}")));
+    }
+    let h = &signed.headers;
+    if let Some(d) = &h.content_digest {
+        args.push("-H".to_owned());
+        args.push(shell_quote(&format!("Content-Digest: {d}")));
+    }
+    args.push("-H".to_owned());
+    args.push(shell_quote(&format!(
+        "Signature-Input: {}",
+        h.signature_input
+    )));
+    args.push("-H".to_owned());
+    args.push(shell_quote(&format!("Signature: {}", h.signature)));
+    match (body_file, &req.body) {
+        (Some(file), _) => {
+            args.push("--data-binary".to_owned());
+            args.push(shell_quote(&format!("@{file}")));
+        }
+        (None, Some(body)) => {
+            args.push("--data-binary".to_owned());
+            args.push(shell_quote(&String::from_utf8_lossy(body)));
+        }
+        (None, None) => {}
+    }
+    args.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_into_components() {
+        let u = split_url("https://api.example.com:8443/v1/sms?x=1&y=2#frag").unwrap();
+        assert_eq!(u.scheme, "https");
+        assert_eq!(u.authority, "api.example.com:8443");
+        assert_eq!(u.path, "/v1/sms");
+        assert_eq!(u.query.as_deref(), Some("x=1&y=2"));
+        let u = split_url("HTTP://h?q").unwrap();
+        assert_eq!((u.scheme.as_str(), u.path.as_str()), ("http", "/"));
+        assert!(split_url("/v1/sms").is_err());
+        assert!(split_url("ftp://h/").is_err());
+        assert!(split_url("https://user@h/").is_err());
+    }
+
+    #[test]
+    fn headers_parse() {
+        assert_eq!(
+            parse_header("Content-Type: application/json").unwrap(),
+            ("content-type".into(), "application/json".into())
+        );
+        assert!(parse_header("no colon").is_err());
+        assert!(parse_header("bad name: x").is_err());
+    }
+
+    #[test]
+    fn claims_are_read_from_the_payload() {
+        // {"ipk":"abc"} in base64url.
+        assert_eq!(
+            token_claim("e30.eyJpcGsiOiJhYmMifQ.sig", "ipk").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(token_claim("e30.eyJpcGsiOiJhYmMifQ.sig", "x"), None);
+        assert_eq!(token_claim("garbage", "ipk"), None);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("abc"), "abc");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("a b"), "'a b'");
+    }
+}

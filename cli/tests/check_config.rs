@@ -1,0 +1,160 @@
+//! `appguard-cli check-config`: the filter's own verdicts on the shipped
+//! examples, the broken examples in examples/bad/, Envoy and Istio files.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{cli, ok, repo, s};
+
+#[test]
+fn three_platform_example_is_valid_with_a_summary() {
+    let out = ok(&["check-config", "examples/three-platform.json"]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.contains("valid: 5 routes, 3 apps, 4 API keys, 1 token provider"),
+        "{out}"
+    );
+}
+
+#[test]
+fn every_shipped_example_is_valid() {
+    for entry in std::fs::read_dir(repo().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.ends_with(".json") && !name.ends_with(".demo.json") {
+            ok(&["check-config", s(&path)]);
+        }
+    }
+}
+
+#[test]
+fn envoy_bootstrap_yaml_is_checked_inside() {
+    let out = ok(&["check-config", "envoy/envoy.yaml"]);
+    assert!(out.contains("http_filters[0].typed_config.config"), "{out}");
+    assert!(out.contains("valid: 5 routes"), "{out}");
+}
+
+#[test]
+fn istio_wasm_plugin_is_checked() {
+    let out = ok(&["check-config", "examples/istio/wasmplugin.yaml"]);
+    assert!(out.contains("WasmPlugin istio-system/appguard"), "{out}");
+    assert!(out.contains("valid:"), "{out}");
+}
+
+/// Each file in examples/bad/ and the field its mistake is reported at.
+const BAD: &[(&str, &str, &str)] = &[
+    (
+        "unknown-field.json",
+        "routes[0].match.prefx",
+        "unknown field `prefx`",
+    ),
+    ("bad-cidr.json", "network.ip_deny[1]", "prefix length"),
+    (
+        "short-hmac-secret.json",
+        "tokens[0].keys[0].secret_base64",
+        "at least 32 bytes",
+    ),
+    (
+        "unknown-provider.json",
+        "routes[0].tokens[0]",
+        "no token provider named \"firebase\"",
+    ),
+    (
+        "duplicate-route.json",
+        "routes[2].name",
+        "duplicate route name",
+    ),
+    ("bad-origin.json", "apps[0].origins[1]", "is not an origin"),
+];
+
+#[test]
+fn bad_examples_are_refused_with_their_field() {
+    let listed: Vec<_> = std::fs::read_dir(repo().join("examples/bad"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    assert_eq!(
+        listed.len(),
+        BAD.len(),
+        "examples/bad/ and BAD differ: {listed:?}"
+    );
+    for (file, path, words) in BAD {
+        let r = cli(&["check-config", &format!("examples/bad/{file}")]);
+        assert_eq!(r.code, 1, "{file}: {}", r.all());
+        let want = format!("invalid configuration at `{path}`: ");
+        assert!(r.all().contains(&want), "{file}: want {want}: {}", r.all());
+        assert!(r.all().contains(words), "{file}: want {words}: {}", r.all());
+    }
+}
+
+#[test]
+fn unknown_field_in_yaml_plugin_config_and_in_envoy_yaml() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("plugin.yaml");
+    std::fs::write(
+        &plugin,
+        "mode: monitor\nroutes:\n- name: a\n  match: {prefix: /, mehtods: [GET]}\n",
+    )
+    .unwrap();
+    let r = cli(&["check-config", s(&plugin)]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.all().contains("`routes[0].match.mehtods`"), "{}", r.all());
+
+    // envoy/envoy.yaml with a typo in its inline configuration.
+    let envoy = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
+    let broken = envoy.replacen("\"default_action\"", "\"default_acton\"", 1);
+    assert_ne!(broken, envoy);
+    let file = dir.path().join("envoy.yaml");
+    std::fs::write(&file, broken).unwrap();
+    let r = cli(&["check-config", s(&file)]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.all()
+            .contains("invalid configuration at `default_acton`: unknown field"),
+        "{}",
+        r.all()
+    );
+}
+
+#[test]
+fn format_is_detected_from_content_without_extension() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("config");
+    std::fs::write(&json, r#"{"default_action": "deny"}"#).unwrap();
+    assert!(ok(&["check-config", s(&json)]).contains("default_action deny"));
+    let yaml = dir.path().join("config2");
+    std::fs::write(&yaml, "default_action: deny\n").unwrap();
+    assert!(ok(&["check-config", s(&yaml)]).contains("default_action deny"));
+}
+
+#[test]
+fn unreadable_or_foreign_input_exits_2() {
+    let r = cli(&["check-config", "does/not/exist.json"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("cannot read"), "{}", r.stderr);
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad_yaml = dir.path().join("x.yaml");
+    std::fs::write(&bad_yaml, "a: [unclosed\n").unwrap();
+    assert_eq!(cli(&["check-config", s(&bad_yaml)]).code, 2);
+
+    // Kubernetes resources without a WasmPlugin: nothing to check.
+    let r = cli(&["check-config", "examples/istio/jwt-authn-delegated.yaml"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+}
+
+#[test]
+fn json_syntax_errors_are_the_filters_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.json");
+    std::fs::write(&f, "{\"mode\": \"enforce\",}").unwrap();
+    let r = cli(&["check-config", s(&f)]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("invalid configuration"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("trailing comma at line 1 column 20"),
+        "{}",
+        r.stderr
+    );
+}

@@ -1,0 +1,104 @@
+//! `appguard-cli hash-key` and `appguard-cli fingerprint`, checked against
+//! independent implementations (known SHA-256 values, openssl).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{cli, cli_with_stdin, ok, openssl_run, s};
+
+/// SHA-256("abc"), FIPS 180-2 Appendix B.1.
+const SHA256_ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+#[test]
+fn hash_key_from_argument_matches_the_known_digest() {
+    assert_eq!(ok(&["hash-key", "abc"]), format!("{SHA256_ABC}\n"));
+}
+
+#[test]
+fn hash_key_from_stdin_never_echoes_the_key() {
+    let key = "k3y-from-stdin-0123456789";
+    let r = cli_with_stdin(&["hash-key"], Some(&format!("{key}\n")));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(r.stdout.trim(), appguard::identity::hash_api_key(key));
+    assert!(!r.all().contains(key), "the key was printed: {}", r.all());
+}
+
+#[test]
+fn hash_key_reads_one_key_per_line() {
+    let r = cli_with_stdin(&["hash-key"], Some("abc\r\n\nabc\n"));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(r.stdout, format!("{SHA256_ABC}\n{SHA256_ABC}\n"));
+    let r = cli_with_stdin(&["hash-key"], Some(""));
+    assert_eq!(r.code, 1, "{}", r.all());
+}
+
+#[test]
+fn fingerprint_of_a_pem_certificate_equals_openssls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    openssl_run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        s(&key),
+        "-out",
+        s(&cert),
+        "-subj",
+        "/CN=appguard test signer",
+        "-days",
+        "1",
+    ]);
+    let out = ok(&["fingerprint", "--pem", s(&cert)]);
+    let want = |alg: &str| {
+        let o = openssl_run(&["x509", "-in", s(&cert), "-noout", "-fingerprint", alg]);
+        // "sha256 Fingerprint=AB:CD:..." (OpenSSL 3) or "SHA256 Fingerprint=..."
+        let o = String::from_utf8(o).unwrap();
+        o.trim().split_once('=').unwrap().1.to_owned()
+    };
+    let sha256 = want("-sha256");
+    let sha1 = want("-sha1");
+    assert_eq!(out, format!("SHA256: {sha256}\nSHA1: {sha1}\n"));
+    // The filter accepts what we print.
+    assert_eq!(
+        appguard::identity::parse_fingerprint(&sha256).map(|b| b.len()),
+        Some(32)
+    );
+
+    // The same certificate as DER, and a PEM with a key block before it.
+    let der = dir.path().join("cert.der");
+    openssl_run(&["x509", "-in", s(&cert), "-outform", "DER", "-out", s(&der)]);
+    assert_eq!(ok(&["fingerprint", "--der", s(&der)]), out);
+    let both = dir.path().join("both.pem");
+    let text = std::fs::read_to_string(&key).unwrap() + &std::fs::read_to_string(&cert).unwrap();
+    std::fs::write(&both, text).unwrap();
+    assert_eq!(ok(&["fingerprint", "--pem", s(&both)]), out);
+
+    // PEM given as DER, and a key without a certificate: refused.
+    assert_eq!(cli(&["fingerprint", "--der", s(&cert)]).code, 1);
+    assert_eq!(cli(&["fingerprint", "--pem", s(&key)]).code, 1);
+    assert_eq!(cli(&["fingerprint", "--pem", "no/such.pem"]).code, 2);
+}
+
+#[test]
+fn fingerprint_hex_is_normalised() {
+    let upper = "14:6D:E9:83:C5:73:06:50:D8:EE:B9:95:2F:34:FC:64:16:A0:83:42:E6:1D:BE:A8:8A:04:96:B2:3F:CF:44:E5";
+    let bare = upper.replace(':', "").to_lowercase();
+    assert_eq!(ok(&["fingerprint", &bare]), format!("{upper}\n"));
+    assert_eq!(
+        ok(&["fingerprint", &upper.to_lowercase()]),
+        format!("{upper}\n")
+    );
+    // SHA-1 (20 bytes) is accepted too.
+    assert_eq!(
+        ok(&["fingerprint", "da39a3ee5e6b4b0d3255bfef95601890afd80709"]),
+        "DA:39:A3:EE:5E:6B:4B:0D:32:55:BF:EF:95:60:18:90:AF:D8:07:09\n"
+    );
+    let r = cli(&["fingerprint", "14:6D:E9"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    // One of the three inputs is required.
+    assert_eq!(cli(&["fingerprint"]).code, 2);
+}

@@ -1,0 +1,486 @@
+//! `appguard-cli mint`: tokens verified independently with jwt-simple,
+//! install keys checked against openssl, and request signatures verified
+//! with the filter's own `appguard::signing::verify`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashSet;
+
+use appguard::signing::{verify, InstallKey, Message, SigningPolicy};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use common::{cli, ok, openssl_run, s};
+use jwt_simple::prelude::*;
+use serde_json::{Map, Value};
+
+type Custom = Map<String, Value>;
+
+/// A 32-byte test secret (the length HS256 needs), base64.
+fn secret() -> (Vec<u8>, String) {
+    let bytes: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
+    let b64 = STANDARD.encode(&bytes);
+    (bytes, b64)
+}
+
+fn set(items: &[&str]) -> HashSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[test]
+fn hs256_token_verifies_with_its_claims() {
+    let (bytes, b64) = secret();
+    let token = ok(&[
+        "mint",
+        "--alg",
+        "HS256",
+        "--secret-base64",
+        &b64,
+        "--kid",
+        "dev",
+        "--iss",
+        "https://issuer.example",
+        "--aud",
+        "api",
+        "--sub",
+        "1:123:android:abc",
+        "--claim",
+        "app=com.example.shop",
+        "--claim",
+        "level=3",
+        "--claim",
+        "tags=[\"a\",\"b\"]",
+        "--jti",
+        "id-1",
+        "--lifetime",
+        "120",
+        "--bind-header",
+        "Bearer abc",
+        "--bind-header",
+        "x",
+    ]);
+    let token = token.trim();
+    let key = HS256Key::from_bytes(&bytes);
+    let opts = VerificationOptions {
+        allowed_issuers: Some(set(&["https://issuer.example"])),
+        allowed_audiences: Some(set(&["api"])),
+        required_key_id: Some("dev".into()),
+        required_subject: Some("1:123:android:abc".into()),
+        ..Default::default()
+    };
+    let claims = key.verify_token::<Custom>(token, Some(opts)).unwrap();
+    assert_eq!(claims.jwt_id.as_deref(), Some("id-1"));
+    let iat = claims.issued_at.unwrap().as_secs();
+    let exp = claims.expires_at.unwrap().as_secs();
+    assert_eq!(exp - iat, 120);
+    let c = &claims.custom;
+    assert_eq!(c["app"], "com.example.shop");
+    assert_eq!(c["level"], 3);
+    assert_eq!(c["tags"], serde_json::json!(["a", "b"]));
+    assert_eq!(
+        c["pay"],
+        appguard::token::binding_digest(&["Bearer abc", "x"])
+    );
+    // The secret itself never appears.
+    assert!(!token.contains(&b64));
+}
+
+#[test]
+fn secret_from_file_and_random_jti() {
+    let (bytes, b64) = secret();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("secret.b64");
+    std::fs::write(&f, format!("{b64}\n")).unwrap();
+    let t1 = ok(&[
+        "mint",
+        "--alg",
+        "HS256",
+        "--secret-file",
+        s(&f),
+        "--random-jti",
+    ]);
+    let t2 = ok(&[
+        "mint",
+        "--alg",
+        "HS256",
+        "--secret-file",
+        s(&f),
+        "--random-jti",
+    ]);
+    let key = HS256Key::from_bytes(&bytes);
+    let j1 = key
+        .verify_token::<Custom>(t1.trim(), None)
+        .unwrap()
+        .jwt_id
+        .unwrap();
+    let j2 = key
+        .verify_token::<Custom>(t2.trim(), None)
+        .unwrap()
+        .jwt_id
+        .unwrap();
+    assert_eq!(j1.len(), 32);
+    assert_ne!(j1, j2);
+}
+
+#[test]
+fn hs512_needs_a_64_byte_secret_like_the_filter() {
+    let (_, b64) = secret();
+    let r = cli(&["mint", "--alg", "HS512", "--secret-base64", &b64]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("at least 64 bytes"), "{}", r.stderr);
+    assert!(!r.all().contains(&b64), "the secret was printed");
+}
+
+#[test]
+fn mint_refuses_mismatched_keys_and_reserved_claims() {
+    let (_, b64) = secret();
+    // An HMAC algorithm with a PEM key, and a claim that has its own option.
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("ec.pem");
+    openssl_run(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        s(&pem),
+    ]);
+    assert_eq!(
+        cli(&["mint", "--alg", "HS256", "--key-pem", s(&pem)]).code,
+        1
+    );
+    assert_eq!(
+        cli(&["mint", "--alg", "RS256", "--key-pem", s(&pem)]).code,
+        1
+    );
+    assert_eq!(
+        cli(&["mint", "--alg", "ES256", "--secret-base64", &b64]).code,
+        1
+    );
+    assert_eq!(
+        cli(&[
+            "mint",
+            "--alg",
+            "HS256",
+            "--secret-base64",
+            &b64,
+            "--claim",
+            "exp=1"
+        ])
+        .code,
+        1
+    );
+    assert_eq!(
+        cli(&[
+            "mint",
+            "--alg",
+            "HS256",
+            "--secret-base64",
+            &b64,
+            "--bind-header",
+            "v",
+            "--claim",
+            "pay=x"
+        ])
+        .code,
+        1
+    );
+    // Usage errors: no key, unknown algorithm.
+    assert_eq!(cli(&["mint", "--alg", "HS256"]).code, 2);
+    assert_eq!(
+        cli(&["mint", "--alg", "none", "--secret-base64", &b64]).code,
+        2
+    );
+}
+
+#[test]
+fn asymmetric_tokens_verify_with_the_public_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "ES256",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        ),
+        (
+            "ES384",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        ),
+        ("EdDSA", &["-algorithm", "ed25519"]),
+        (
+            "RS256",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        ),
+    ];
+    for (alg, gen) in cases {
+        let private = dir.path().join(format!("{alg}.pem"));
+        let public = dir.path().join(format!("{alg}.pub.pem"));
+        let mut args = vec!["genpkey"];
+        args.extend_from_slice(gen);
+        args.extend_from_slice(&["-out", s(&private)]);
+        openssl_run(&args);
+        openssl_run(&["pkey", "-in", s(&private), "-pubout", "-out", s(&public)]);
+        let public = std::fs::read_to_string(&public).unwrap();
+        let token = ok(&[
+            "mint",
+            "--alg",
+            alg,
+            "--key-pem",
+            s(&private),
+            "--kid",
+            "k",
+            "--sub",
+            "me",
+        ]);
+        let token = token.trim();
+        let sub = match *alg {
+            "ES256" => ES256PublicKey::from_pem(&public)
+                .unwrap()
+                .verify_token::<Custom>(token, None),
+            "ES384" => ES384PublicKey::from_pem(&public)
+                .unwrap()
+                .verify_token::<Custom>(token, None),
+            "EdDSA" => Ed25519PublicKey::from_pem(&public)
+                .unwrap()
+                .verify_token::<Custom>(token, None),
+            _ => RS256PublicKey::from_pem(&public)
+                .unwrap()
+                .verify_token::<Custom>(token, None),
+        }
+        .unwrap_or_else(|e| panic!("{alg}: {e}"))
+        .subject;
+        assert_eq!(sub.as_deref(), Some("me"), "{alg}");
+    }
+}
+
+#[test]
+fn install_keys_match_openssl_and_are_private() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, extra) in [("p256.pem", None), ("ed.pem", Some("--ed25519"))] {
+        let out = dir.path().join(name);
+        let mut args = vec!["mint", "install-key", "--out", s(&out)];
+        args.extend(extra);
+        let r = cli(&args);
+        assert_eq!(r.code, 0, "{}", r.all());
+        let ipk = r.stdout.trim();
+        // openssl reads the private key and derives the same public key.
+        let spki = openssl_run(&["pkey", "-in", s(&out), "-pubout", "-outform", "DER"]);
+        assert_eq!(ipk, STANDARD.encode(spki), "{name}");
+        InstallKey::from_ipk(ipk).unwrap();
+        // Nothing secret on the terminal.
+        let pem = std::fs::read_to_string(&out).unwrap();
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert!(!r.all().contains(&body));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{name} readable by others: {mode:o}");
+        }
+        // Never overwritten by accident.
+        let r = cli(&["mint", "install-key", "--out", s(&out)]);
+        assert_eq!(r.code, 2, "{}", r.all());
+    }
+}
+
+/// The signed request parsed back from `sign-request`'s output.
+struct SignedOutput {
+    headers: Vec<(String, String)>,
+    curl: String,
+}
+
+fn parse_sign_output(out: &str) -> SignedOutput {
+    let mut headers = Vec::new();
+    let mut curl = String::new();
+    for line in out.lines() {
+        if let Some(rest) = line.strip_prefix("curl ") {
+            curl = format!("curl {rest}");
+        } else if let Some((name, value)) = line.split_once(": ") {
+            headers.push((name.to_ascii_lowercase(), value.to_owned()));
+        }
+    }
+    SignedOutput { headers, curl }
+}
+
+fn token_claim(token: &str, name: &str) -> String {
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    v[name].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn signed_requests_verify_with_the_filters_verifier() {
+    let (_, b64) = secret();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, extra) in [("p256.pem", None), ("ed.pem", Some("--ed25519"))] {
+        let key_file = dir.path().join(name);
+        let mut args = vec!["mint", "install-key", "--out", s(&key_file)];
+        args.extend(extra);
+        let ipk = ok(&args).trim().to_owned();
+
+        // The token carries the install key's public half.
+        let token = ok(&[
+            "mint",
+            "--alg",
+            "HS256",
+            "--secret-base64",
+            &b64,
+            "--ipk-from",
+            s(&key_file),
+        ]);
+        let token = token.trim().to_owned();
+        assert_eq!(token_claim(&token, "ipk"), ipk);
+
+        let body = r#"{"to": "+447700900123"}"#;
+        let r = cli(&[
+            "mint",
+            "sign-request",
+            "--install-key",
+            s(&key_file),
+            "--method",
+            "POST",
+            "--url",
+            "https://api.example.com/v1/sms?lang=en",
+            "--header",
+            "Content-Type: application/json",
+            "--body",
+            body,
+            "--token-header",
+            "approov-token",
+            "--token",
+            &token,
+        ]);
+        assert_eq!(r.code, 0, "{}", r.all());
+        assert!(r.stderr.is_empty(), "unexpected warning: {}", r.stderr);
+        let out = parse_sign_output(&r.stdout);
+        for h in ["content-digest", "signature-input", "signature"] {
+            assert!(
+                out.headers.iter().any(|(n, _)| n == h),
+                "no {h}: {}",
+                r.stdout
+            );
+        }
+        assert!(out.curl.contains("--data-binary"), "{}", out.curl);
+        assert!(out.curl.contains("'approov-token: "), "{}", out.curl);
+
+        // The request as the filter sees it: the token header, the given
+        // headers and the three produced ones.
+        let mut headers = vec![
+            ("approov-token".to_owned(), token.clone()),
+            ("content-type".to_owned(), "application/json".to_owned()),
+        ];
+        headers.extend(out.headers.iter().cloned());
+        let install_key = InstallKey::from_ipk(&token_claim(&token, "ipk")).unwrap();
+        let message = |body: &'static [u8]| {
+            Message::request(
+                "POST",
+                "https",
+                "api.example.com",
+                "/v1/sms",
+                Some("lang=en"),
+                &headers,
+                Some(body),
+            )
+        };
+        let policy = SigningPolicy::default();
+        let now = appguard_cli::now();
+        let v = verify(
+            &policy,
+            &message(body.as_bytes()),
+            &install_key,
+            "approov-token",
+            now,
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            v.covered.contains(&"\"@query\"".to_owned()),
+            "{:?}",
+            v.covered
+        );
+        assert!(v.content_digest.is_some());
+        // A changed body does not verify.
+        assert!(verify(
+            &policy,
+            &message(br#"{"to": "+447700900999"}"#),
+            &install_key,
+            "approov-token",
+            now
+        )
+        .is_err());
+        // Another install's key does not verify.
+        let other = dir.path().join(format!("other-{name}"));
+        let mut args = vec!["mint", "install-key", "--out", s(&other)];
+        args.extend(extra);
+        let other_ipk = ok(&args);
+        let other_key = InstallKey::from_ipk(other_ipk.trim()).unwrap();
+        assert!(verify(
+            &policy,
+            &message(body.as_bytes()),
+            &other_key,
+            "approov-token",
+            now
+        )
+        .is_err());
+    }
+}
+
+#[test]
+fn ipk_from_public_key_pem_and_a_mismatch_warning() {
+    let (_, b64) = secret();
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("k.pem");
+    let public = dir.path().join("k.pub.pem");
+    openssl_run(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        s(&private),
+    ]);
+    openssl_run(&["pkey", "-in", s(&private), "-pubout", "-out", s(&public)]);
+    let from_private = ok(&[
+        "mint",
+        "--alg",
+        "HS256",
+        "--secret-base64",
+        &b64,
+        "--ipk-from",
+        s(&private),
+    ]);
+    let from_public = ok(&[
+        "mint",
+        "--alg",
+        "HS256",
+        "--secret-base64",
+        &b64,
+        "--ipk-from",
+        s(&public),
+    ]);
+    assert_eq!(
+        token_claim(from_private.trim(), "ipk"),
+        token_claim(from_public.trim(), "ipk")
+    );
+
+    // Signing with a key that is not the token's: signed, with a warning.
+    let other = dir.path().join("other.pem");
+    ok(&["mint", "install-key", "--out", s(&other)]);
+    let r = cli(&[
+        "mint",
+        "sign-request",
+        "--install-key",
+        s(&other),
+        "--url",
+        "https://api.example.com/",
+        "--token",
+        from_private.trim(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("warning"), "{}", r.stderr);
+    // No body: no Content-Digest.
+    assert!(!r.stdout.contains("Content-Digest"), "{}", r.stdout);
+}
