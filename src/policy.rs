@@ -138,6 +138,9 @@ pub struct Facts {
     /// The token was refused without verification: the client's signature
     /// failure budget is spent (counted and logged by the adapter).
     pub budget_refused: bool,
+    /// A dependency was down and the route's `failure_mode: allow` let the
+    /// request go on without it (counted and logged by the adapter).
+    pub degraded: Option<Reason>,
 }
 
 /// An evaluation that waits for the body or the rate-limit service: what
@@ -534,7 +537,11 @@ pub fn evaluate_rls(
         Ok(v) => v,
         Err(()) => {
             return match failure_mode {
-                FailureMode::Allow => done(pending),
+                FailureMode::Allow => {
+                    let mut pending = pending;
+                    pending.facts.degraded = Some(Reason::RatelimitUnavailable);
+                    done(pending)
+                }
                 FailureMode::Deny => deny(pending, Reason::RatelimitUnavailable.into()),
             }
         }
@@ -892,6 +899,13 @@ fn check_token(
             let remote = ctx.remote_keys.get(pi).and_then(|r| r.keys.clone());
             let has_remote = provider.remote_jwks.is_some();
             if has_remote && remote.is_none() && provider.keys.is_empty() {
+                if !ctx.may_fetch_keys && route.failure_mode == FailureMode::Allow {
+                    // Fail open, as the route asks: the token cannot be
+                    // checked, so it is treated as absent (identity then
+                    // comes from the headers alone). Counted and logged.
+                    facts.degraded = Some(Reason::JwksUnavailable);
+                    return Ok(None);
+                }
                 return Err(if ctx.may_fetch_keys {
                     Flow::NeedKeys(pi)
                 } else {

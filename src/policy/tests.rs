@@ -954,3 +954,23 @@ fn failed_signatures_are_cached_and_a_client_budget_stops_verification() {
     }
     assert_eq!(run("198.51.100.12", &good).0.reason(), None);
 }
+
+#[test]
+fn jwks_unavailable_follows_the_route_failure_mode() {
+    let w = World::from(json!({
+        "tokens": [{"name": "r", "from": [{"header": "x-t"}], "remote_jwks": {"cluster": "jwks", "path": "/jwks"}}],
+        "routes": [
+            {"name": "strict", "match": {"prefix": "/strict"}, "tokens": ["r"]},
+            {"name": "open", "match": {"prefix": "/open"}, "tokens": ["r"], "failure_mode": "allow"}
+        ]
+    }));
+    let t = hs256_raw(SECRET, &json!({"alg": "HS256", "kid": "k"}), &json!({"exp": NOW + 60}));
+    let (d, f) = w.run("/strict", "192.0.2.1", &[("x-t", &t)]);
+    assert_eq!(d.reason(), Some(Reason::JwksUnavailable));
+    assert_eq!(Reason::JwksUnavailable.status(), 503);
+    assert_eq!(f.degraded, None);
+    let (d, f) = w.run("/open", "192.0.2.1", &[("x-t", &t)]);
+    assert_eq!(d.reason(), None, "fails open as configured");
+    assert_eq!(f.degraded, Some(Reason::JwksUnavailable));
+    assert!(f.token.is_none(), "the token was not trusted");
+}

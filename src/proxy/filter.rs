@@ -14,6 +14,7 @@ use super::abi::{self, Buffer, Map};
 
 use super::host::{self, now_millis, HostStore};
 use super::jwks;
+use super::metrics::Counted;
 use super::root::Worker;
 use crate::decision::{Decision, Denial, Grant};
 use crate::policy::{self, Ctx, Facts, Pending, RlsCall, Step};
@@ -307,14 +308,33 @@ impl GuardFilter {
         self.state = State::Done;
         match decision {
             Decision::Allow(grant) => {
-                worker.metrics.count(facts.route, grant.would_deny, true);
+                if let Some(reason) = facts.degraded {
+                    worker
+                        .metrics
+                        .count(facts.route, Counted::Degraded, Some(reason));
+                    warn!(
+                        "#{} failure_mode=allow let the request through without {} {}",
+                        self.context_id,
+                        if reason == crate::decision::Reason::JwksUnavailable {
+                            "token verification (jwks_unavailable)"
+                        } else {
+                            "the rate-limit service (ratelimit_unavailable)"
+                        },
+                        describe(worker, facts)
+                    );
+                }
+                match (grant.would_deny, facts.degraded) {
+                    (Some(r), _) => worker.metrics.count(facts.route, Counted::Monitor, Some(r)),
+                    (None, Some(_)) => {} // counted as degraded above
+                    (None, None) => worker.metrics.count(facts.route, Counted::Allow, None),
+                }
                 self.apply_grant(worker, &grant, facts);
                 Action::Continue
             }
             Decision::Deny(denial) => {
                 worker
                     .metrics
-                    .count(facts.route, Some(denial.reason), false);
+                    .count(facts.route, Counted::Deny, Some(denial.reason));
                 if facts.budget_refused {
                     worker.metrics.budget_refusal();
                 }

@@ -1,9 +1,11 @@
 //! Envoy stats counters, defined once per worker on first use of each
 //! (route, decision, reason) and then only incremented.
 //!
-//! Names are `appguard_decisions.route.<route>.decision.<allow|deny|monitor>
-//! .reason.<reason|none>`; Envoy prefixes custom Wasm stats with
-//! `wasmcustom.` (and drops it again in Prometheus output). The
+//! Names are `appguard_decisions.route.<route>.decision.<decision>.reason.
+//! <reason|none>`, decision one of `allow`, `deny`, `monitor` (a would-be
+//! denial let through) and `degraded` (let through by `failure_mode:
+//! allow` while a dependency was down). Envoy prefixes custom Wasm stats
+//! with `wasmcustom.` (and drops it again in Prometheus output). The
 //! `stats_tags` in envoy/envoy.yaml turn the three parts into labels, so
 //! Prometheus sees `appguard_decisions{route,decision,reason}`.
 
@@ -15,9 +17,33 @@ use super::abi;
 use crate::config::Config;
 use crate::decision::Reason;
 
-/// A counter's identity: route index (None = unmatched), denial reason
-/// (None = allowed), monitored (true = a would-be denial let through).
-type CounterKey = (Option<usize>, Option<Reason>, bool);
+/// What happened to a request, as counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Counted {
+    /// Allowed.
+    Allow,
+    /// Denied with a local reply.
+    Deny,
+    /// Would have been denied; monitor mode let it through.
+    Monitor,
+    /// Let through by `failure_mode: allow` while a dependency was down.
+    Degraded,
+}
+
+impl Counted {
+    const fn name(self) -> &'static str {
+        match self {
+            Counted::Allow => "allow",
+            Counted::Deny => "deny",
+            Counted::Monitor => "monitor",
+            Counted::Degraded => "degraded",
+        }
+    }
+}
+
+/// A counter's identity: route index (None = unmatched), what happened,
+/// and the reason (None for a plain allow).
+type CounterKey = (Option<usize>, Counted, Option<Reason>);
 
 /// Counter ids of one worker.
 pub struct Metrics {
@@ -44,10 +70,9 @@ impl Metrics {
         }
     }
 
-    /// Counts one decision: `route` index (None = unmatched), the denial
-    /// reason (None = allowed), and whether it was only monitored.
-    pub fn count(&self, route: Option<usize>, reason: Option<Reason>, monitored: bool) {
-        let key = (route, reason, monitored);
+    /// Counts one decision.
+    pub fn count(&self, route: Option<usize>, what: Counted, reason: Option<Reason>) {
+        let key = (route, what, reason);
         let id = self.ids.borrow().get(&key).copied();
         let id = match id {
             Some(id) => id,
@@ -55,14 +80,11 @@ impl Metrics {
                 let route_name = route
                     .and_then(|r| self.route_names.get(r))
                     .map_or("_unmatched", String::as_str);
-                let decision = match (reason, monitored) {
-                    (None, _) => "allow",
-                    (Some(_), true) => "monitor",
-                    (Some(_), false) => "deny",
-                };
-                let reason_code = reason.map_or("none", Reason::code);
-                let name =
-                    format!("appguard_decisions.route.{route_name}.decision.{decision}.reason.{reason_code}");
+                let name = format!(
+                    "appguard_decisions.route.{route_name}.decision.{}.reason.{}",
+                    what.name(),
+                    reason.map_or("none", Reason::code)
+                );
                 let Ok(id) = abi::define_counter(&name) else {
                     return;
                 };
