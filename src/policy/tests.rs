@@ -964,7 +964,11 @@ fn jwks_unavailable_follows_the_route_failure_mode() {
             {"name": "open", "match": {"prefix": "/open"}, "tokens": ["r"], "failure_mode": "allow"}
         ]
     }));
-    let t = hs256_raw(SECRET, &json!({"alg": "HS256", "kid": "k"}), &json!({"exp": NOW + 60}));
+    let t = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "kid": "k"}),
+        &json!({"exp": NOW + 60}),
+    );
     let (d, f) = w.run("/strict", "192.0.2.1", &[("x-t", &t)]);
     assert_eq!(d.reason(), Some(Reason::JwksUnavailable));
     assert_eq!(Reason::JwksUnavailable.status(), 503);
