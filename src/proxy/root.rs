@@ -32,6 +32,9 @@ pub struct Worker {
     pub metrics: Metrics,
     /// Descriptors the rate-limit service refused, until their reset.
     pub over_limit: RefCell<OverLimitCache>,
+    /// Whether any provider has a remote JWKS (else there is nothing to
+    /// maintain or hand to the policy).
+    pub has_remote_jwks: bool,
     /// Tokens whose signature failed, refused again without verifying.
     pub negative: RefCell<NegativeCache>,
     /// The root context's id: background calls (JWKS refreshes, alerts) are
@@ -78,6 +81,9 @@ impl Worker {
     /// keys are due for refresh and this worker wins the instance-wide lease,
     /// fetch them in the background on behalf of the root context.
     pub fn maintain_jwks(&self, current_context: u32, now: u64) {
+        if !self.has_remote_jwks {
+            return;
+        }
         for (p, provider) in self.config.providers.iter().enumerate() {
             let Some(remote) = &provider.remote_jwks else {
                 continue;
@@ -142,6 +148,10 @@ impl Worker {
 
     /// The remote keys as the policy reads them.
     pub fn remote_keys(&self) -> Vec<RemoteKeys> {
+        if !self.has_remote_jwks {
+            // The common case: no allocation on the request path.
+            return Vec::new();
+        }
         self.jwks.borrow().iter().map(|s| s.keys.clone()).collect()
     }
 }
@@ -231,12 +241,12 @@ impl RootContext for FilterRoot {
             over_limit: RefCell::new(OverLimitCache::default()),
             negative: RefCell::new(NegativeCache::default()),
             root_context_id: self.context_id,
+            has_remote_jwks: has_remote,
             refreshes: RefCell::new(HashMap::new()),
         }));
         // No tick: with a tick period set, Envoy 1.40 holds every local reply
         // until the next tick (seen in the e2e tests: each denial took one
         // tick period). Periodic work is driven by requests instead.
-        let _ = has_remote;
         true
     }
 
