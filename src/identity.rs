@@ -278,7 +278,7 @@ pub struct OriginPattern {
 impl OriginPattern {
     /// Parses `scheme://host[:port]` where host may start with `*.`.
     pub fn parse(s: &str) -> Result<OriginPattern, String> {
-        let o = parse_origin(s)
+        let o = parse_origin_inner(s, true)
             .ok_or_else(|| format!("{s:?} is not an origin like https://app.example.com[:port] or https://*.example.com"))?;
         let (wildcard, host) = match o.host.strip_prefix("*.") {
             Some(rest) => (true, rest.to_owned()),
@@ -327,6 +327,12 @@ pub struct Origin {
 /// `http`/`https`, ASCII hosts (browsers send IDNs as punycode), no user
 /// info. `null` and anything else odd give `None`.
 pub fn parse_origin(s: &str) -> Option<Origin> {
+    parse_origin_inner(s, false)
+}
+
+/// `allow_wildcard` is for configured patterns only: a request origin with
+/// `*` in its host is not an origin at all.
+fn parse_origin_inner(s: &str, allow_wildcard: bool) -> Option<Origin> {
     if s.len() > 2048 || !s.is_ascii() {
         return None;
     }
@@ -353,8 +359,8 @@ pub fn parse_origin(s: &str) -> Option<Origin> {
     };
     let host = host.to_ascii_lowercase();
     let host = host.strip_suffix('.').map(str::to_owned).unwrap_or(host);
-    if host.starts_with("*.") {
-        // Only patterns carry `*`; checked by OriginPattern::parse.
+    if allow_wildcard && host.starts_with("*.") {
+        // Only patterns carry `*`; the rest is checked by OriginPattern::parse.
         return Some(Origin { scheme, host, port });
     }
     if !valid_host(&host) {

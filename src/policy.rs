@@ -672,7 +672,7 @@ fn check(
     // 4. token
     let token = check_token(ctx, req, now, route, grant, facts)?;
     // 5. platform and app identity
-    let ph = platform_headers(config, req);
+    let ph = platform_headers(config, req)?;
     let app = match &token {
         Some(t) => {
             let provider = config
@@ -808,16 +808,20 @@ fn api_key_of<'r>(config: &Config, req: &Request<'r>) -> Result<Option<&'r str>,
     Ok(None)
 }
 
-fn platform_headers<'r>(config: &Config, req: &Request<'r>) -> PlatformHeaders<'r> {
+/// The platform headers. One sent twice with different values claims two
+/// identities at once (and the upstream might read the other copy):
+/// `app_mismatch`.
+fn platform_headers<'r>(config: &Config, req: &Request<'r>) -> Result<PlatformHeaders<'r>, Reason> {
     let names = &config.platform_headers;
-    PlatformHeaders {
-        android_package: req.header(&names.android_package),
-        android_cert: req.header(&names.android_cert),
-        ios_bundle_id: req.header(&names.ios_bundle_id),
-        ios_team_id: req.header(&names.ios_team_id),
-        origin: req.header("origin"),
-        referer: req.header("referer"),
-    }
+    let one = |name: &str| req.header_unique(name).map_err(|()| Reason::AppMismatch);
+    Ok(PlatformHeaders {
+        android_package: one(&names.android_package)?,
+        android_cert: one(&names.android_cert)?,
+        ios_bundle_id: one(&names.ios_bundle_id)?,
+        ios_team_id: one(&names.ios_team_id)?,
+        origin: one("origin")?,
+        referer: one("referer")?,
+    })
 }
 
 fn check_token(

@@ -115,7 +115,6 @@ mod ffi {
             grpc_status: i32,
         ) -> u32;
         pub fn proxy_continue_stream(stream_type: u32) -> u32;
-        pub fn proxy_set_effective_context(context_id: u32) -> u32;
         pub fn proxy_define_metric(t: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
         pub fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     }
@@ -219,9 +218,6 @@ mod ffi {
     ) -> u32 {
         FAIL
     }
-    pub unsafe fn proxy_set_effective_context(_: u32) -> u32 {
-        FAIL
-    }
     pub unsafe fn proxy_continue_stream(_: u32) -> u32 {
         FAIL
     }
@@ -317,13 +313,6 @@ pub fn log_level() -> Result<u32, HostError> {
     // SAFETY: the host writes one u32.
     check(unsafe { ffi::proxy_get_log_level(&mut level) })?;
     Ok(level)
-}
-
-/// Makes later host calls act for another context (e.g. the root context,
-/// so that a call it dispatches outlives the request that started it).
-pub fn set_effective_context(context_id: u32) -> Result<(), HostError> {
-    // SAFETY: plain value.
-    check(unsafe { ffi::proxy_set_effective_context(context_id) })
 }
 
 /// Host time in nanoseconds since the epoch.

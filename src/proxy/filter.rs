@@ -121,7 +121,6 @@ impl GuardFilter {
         };
         let now_ms = now_millis();
         let now = now_ms / 1000;
-        worker.maintain_jwks(self.context_id, now);
         let remote_keys = worker.remote_keys();
         let step = {
             let ctx = Ctx {
@@ -347,7 +346,7 @@ impl GuardFilter {
                     if let Some(alert) =
                         crate::alerts::record(&HostStore, a, route, denial.reason, now)
                     {
-                        worker.send_alert(self.context_id, &alert);
+                        worker.pending_alerts.borrow_mut().push(alert);
                     }
                 }
                 self.deny(worker, &denial, facts)

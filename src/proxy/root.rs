@@ -37,9 +37,8 @@ pub struct Worker {
     pub has_remote_jwks: bool,
     /// Tokens whose signature failed, refused again without verifying.
     pub negative: RefCell<NegativeCache>,
-    /// The root context's id: background calls (JWKS refreshes, alerts) are
-    /// dispatched on its behalf so they outlive the request that started them.
-    pub root_context_id: u32,
+    /// Alerts fired by requests, posted from the next tick.
+    pub pending_alerts: RefCell<Vec<crate::alerts::Alert>>,
     /// Background JWKS refreshes in flight: call token → provider index.
     pub refreshes: RefCell<HashMap<u32, usize>>,
 }
@@ -76,11 +75,11 @@ impl Worker {
         true
     }
 
-    /// Request-driven upkeep of remote JWKS (there is no tick): at most once
+    /// Upkeep of remote JWKS, from the root's tick: at most once
     /// a second per worker, load what another worker stored, and when the
     /// keys are due for refresh and this worker wins the instance-wide lease,
-    /// fetch them in the background on behalf of the root context.
-    pub fn maintain_jwks(&self, current_context: u32, now: u64) {
+    /// fetch them in the background.
+    pub fn maintain_jwks(&self, now: u64) {
         if !self.has_remote_jwks {
             return;
         }
@@ -103,14 +102,12 @@ impl Worker {
                     && jwks::take_refresh_lease(slot, &provider.name, remote, now)
             };
             if refresh {
-                let _ = abi::set_effective_context(self.root_context_id);
                 let token = host::http_get(
                     &remote.cluster,
                     &remote.authority,
                     &remote.path,
                     remote.timeout_ms,
                 );
-                let _ = abi::set_effective_context(current_context);
                 match token {
                     Ok(t) => {
                         self.refreshes.borrow_mut().insert(t, p);
@@ -121,28 +118,28 @@ impl Worker {
         }
     }
 
-    /// Posts an alert on behalf of the root context (the denied request's
-    /// own context ends at once, which would cancel its calls).
-    pub fn send_alert(&self, current_context: u32, alert: &crate::alerts::Alert) {
+    /// Posts the alerts the requests queued (from the root's tick, so the
+    /// call belongs to the root context and outlives the denied request).
+    pub fn send_alerts(&self) {
         let Some(a) = &self.config.alerts else { return };
-        let _ = abi::set_effective_context(self.root_context_id);
-        let sent = host::post_json(
-            &a.cluster,
-            &a.authority,
-            &a.path,
-            &alert.body(a),
-            a.timeout_ms,
-        );
-        let _ = abi::set_effective_context(current_context);
-        match sent {
-            Ok(_) => info!(
-                "alert sent route={} reason={} denials={}",
-                alert.route, alert.reason, alert.count
-            ),
-            Err(e) => warn!(
-                "alert not sent ({e:?}) route={} reason={}",
-                alert.route, alert.reason
-            ),
+        let alerts: Vec<_> = self.pending_alerts.borrow_mut().drain(..).collect();
+        for alert in alerts {
+            match host::post_json(
+                &a.cluster,
+                &a.authority,
+                &a.path,
+                &alert.body(a),
+                a.timeout_ms,
+            ) {
+                Ok(_) => info!(
+                    "alert sent route={} reason={} denials={}",
+                    alert.route, alert.reason, alert.count
+                ),
+                Err(e) => warn!(
+                    "alert not sent ({e:?}) route={} reason={}",
+                    alert.route, alert.reason
+                ),
+            }
         }
     }
 
@@ -240,14 +237,31 @@ impl RootContext for FilterRoot {
             metrics,
             over_limit: RefCell::new(OverLimitCache::default()),
             negative: RefCell::new(NegativeCache::default()),
-            root_context_id: self.context_id,
+            pending_alerts: RefCell::new(Vec::new()),
             has_remote_jwks: has_remote,
             refreshes: RefCell::new(HashMap::new()),
         }));
-        // No tick: with a tick period set, Envoy 1.40 holds every local reply
-        // until the next tick (seen in the e2e tests: each denial took one
-        // tick period). Periodic work is driven by requests instead.
+        // A 1 s tick keeps remote JWKS fresh and posts queued alerts. Calls
+        // made from the root's own callback are answered to the root, so a
+        // refresh survives the request that happened to be running.
+        let has_alerts = self
+            .worker
+            .as_ref()
+            .is_some_and(|w| w.config.alerts.is_some());
+        if has_remote || has_alerts {
+            if let Err(e) = abi::set_tick_period_ms(1000) {
+                warn!("cannot set the tick period ({e:?}): JWKS refresh and alerts need it");
+            }
+        }
         true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        worker.maintain_jwks(now_seconds());
+        worker.send_alerts();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
