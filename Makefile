@@ -40,7 +40,7 @@ WASM_TEST_RUNNER := $(TOOLS)/bin/wasm-bindgen-test-runner
 
 EXAMPLE ?= examples/three-platform.json
 
-.PHONY: help deps build test fmt-check lint unit wasm-test imports validate e2e run bench clean
+.PHONY: help deps build test fmt-check lint unit wasm-test imports validate e2e fuzz soak run bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,7 +57,7 @@ build: ## build the filter module (wasm32-wasip1, release) and the native tools
 	$(WASM_ENV) $(WASM_CARGO) build --release $(WASM_ARGS) -p appguard
 	@ls -l $(WASM)
 
-test: deps ## everything CI runs: format, lints, unit tests (native + wasm), import check, Envoy config validation, e2e
+test: deps ## everything CI runs: format, lints, unit tests (native + wasm), import check, Envoy config validation, e2e, a short fuzz pass
 	$(MAKE) fmt-check
 	$(MAKE) lint
 	$(MAKE) unit
@@ -66,6 +66,7 @@ test: deps ## everything CI runs: format, lints, unit tests (native + wasm), imp
 	$(MAKE) imports
 	$(MAKE) validate
 	$(MAKE) e2e
+	$(MAKE) fuzz FUZZ_SECONDS=5
 	@echo "make test: all passed"
 
 fmt-check: ## check formatting (cargo fmt)
@@ -105,6 +106,15 @@ e2e: ## end-to-end tests: real Envoy + module, the rate-limit service, Redis (ne
 run: deps build ## start Envoy + module + rate-limit service + upstream on loopback (EXAMPLE=...)
 	cargo build -q -p appguard-ratelimit
 	$(PYTHON) scripts/run.py --wasm $(WASM) --envoy $(ENVOY) --example $(EXAMPLE) --ratelimit target/debug/appguard-ratelimit
+
+FUZZ_SECONDS ?= 60
+SOAK_REQUESTS ?= 1000000
+
+fuzz: ## fuzz the core (cargo-fuzz, libFuzzer + ASan), FUZZ_SECONDS per target (default 60)
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+soak: deps build ## 1M valid and hostile requests through Envoy --concurrency 2: no crash, flat memory, expected answers (not in CI)
+	$(PYTHON) scripts/soak.py --wasm $(WASM) --envoy $(ENVOY) --requests $(SOAK_REQUESTS)
 
 bench: ## performance table against native Envoy filters
 	@echo "make bench: not yet (see the performance issue)"

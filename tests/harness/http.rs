@@ -16,6 +16,9 @@ pub struct Req {
     pub headers: Vec<(String, String)>,
     /// Body bytes; `content-length` is added when non-empty.
     pub body: Vec<u8>,
+    /// Headers whose values are raw bytes (e.g. not UTF-8), sent after
+    /// `headers`.
+    pub raw_headers: Vec<(String, Vec<u8>)>,
 }
 
 impl Req {
@@ -38,12 +41,19 @@ impl Req {
             path: path.into(),
             headers: Vec::new(),
             body: Vec::new(),
+            raw_headers: Vec::new(),
         }
     }
 
     /// Adds a header (repeat the call to send it twice).
     pub fn header(mut self, k: &str, v: &str) -> Req {
         self.headers.push((k.into(), v.into()));
+        self
+    }
+
+    /// Adds a header whose value is sent as these exact bytes.
+    pub fn header_bytes(mut self, k: &str, v: &[u8]) -> Req {
+        self.raw_headers.push((k.into(), v.to_vec()));
         self
     }
 
@@ -116,11 +126,17 @@ pub fn send(port: u16, req: &Req) -> std::io::Result<Resp> {
     for (k, v) in &req.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
-    if !req.body.is_empty() || req.method == "POST" || req.method == "PUT" {
-        head.push_str(&format!("content-length: {}\r\n", req.body.len()));
-    }
-    head.push_str("connection: close\r\n\r\n");
     let mut out = head.into_bytes();
+    for (k, v) in &req.raw_headers {
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !req.body.is_empty() || req.method == "POST" || req.method == "PUT" {
+        out.extend_from_slice(format!("content-length: {}\r\n", req.body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"connection: close\r\n\r\n");
     out.extend_from_slice(&req.body);
     s.write_all(&out)?;
     // Read until the response is complete (by content-length or the last

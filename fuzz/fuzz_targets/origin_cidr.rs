@@ -1,0 +1,79 @@
+//! Origin and CIDR matching: `identity::parse_origin`, `OriginPattern`,
+//! `net::Cidr::parse`, `net::parse_client_ip` and `net::client_ip`.
+//!
+//! The input is lines: a pattern, an origin, a CIDR, then X-Forwarded-For
+//! values; the first byte also gives the trusted hop count.
+//!
+//! Oracles: a parsed origin is lower-case ASCII without `%`, `@` or `\`; an
+//! exact pattern matches only its own host; a wildcard match ends in
+//! `.<suffix>`; a CIDR round-trips through its text form and contains its
+//! own network address; a client IP has no zone id.
+#![no_main]
+
+use std::net::IpAddr;
+
+use appguard::identity::{parse_origin, OriginPattern};
+use appguard::net::{client_ip, parse_client_ip, Cidr};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&hops, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    let mut lines = text.split('\n');
+    let pattern = lines.next().unwrap_or("");
+    let origin = lines.next().unwrap_or("");
+    let cidr = lines.next().unwrap_or("");
+    let xff: Vec<&str> = lines.collect();
+
+    let parsed = parse_origin(origin);
+    if let Some(o) = &parsed {
+        assert!(o.host.is_ascii(), "non-ASCII host {:?}", o.host);
+        assert_eq!(o.host, o.host.to_ascii_lowercase());
+        assert!(
+            !o.host.contains(['%', '@', '\\', '/', '?', '#']),
+            "{:?}",
+            o.host
+        );
+        assert!(o.scheme == "http" || o.scheme == "https");
+    }
+    if let (Ok(p), Some(o)) = (OriginPattern::parse(pattern), &parsed) {
+        if p.matches(o) {
+            // The pattern's own host, as the origin parser reads it.
+            let want = parse_origin(pattern).map(|w| w.host).unwrap_or_default();
+            match want.strip_prefix("*.") {
+                Some(suffix) => assert!(
+                    o.host.ends_with(&format!(".{suffix}")) && o.host.len() > suffix.len() + 1,
+                    "{pattern:?} matched {:?}",
+                    o.host
+                ),
+                None => assert_eq!(o.host, want, "{pattern:?} matched {:?}", o.host),
+            }
+        }
+    }
+
+    if let Ok(c) = Cidr::parse(cidr) {
+        let again = Cidr::parse(&c.to_string());
+        assert_eq!(again, Ok(c), "{cidr:?} does not round-trip");
+        let net: IpAddr = match c {
+            Cidr::V4(a, _) => IpAddr::V4(a.into()),
+            Cidr::V6(a, _) => IpAddr::V6(a.into()),
+        };
+        assert!(c.contains(net), "{cidr:?} does not contain its network");
+        if let Some(ip) = parse_client_ip(origin) {
+            let _ = c.contains(ip);
+        }
+    }
+
+    for v in &xff {
+        if let Some(ip) = parse_client_ip(v) {
+            assert!(!v.contains('%'), "zone id accepted: {v:?}");
+            let _ = ip;
+        }
+    }
+    let ip = client_ip(None, xff.iter().copied(), u32::from(hops % 8));
+    if hops % 8 == 0 {
+        assert_eq!(ip, None);
+    }
+});

@@ -1,0 +1,129 @@
+//! The whole per-request decision, `policy::evaluate` then `evaluate_body`
+//! and `evaluate_rls` (service down), on a fixed configuration with a deny
+//! route, a token route, an API-key route, a web route, a phone-limited
+//! body route and network rules.
+//!
+//! Input: a line `METHOD PATH`, header lines `name: value`, an empty line,
+//! the body.
+//!
+//! Oracle: nothing under the deny prefix is ever allowed, and a request on
+//! the token route is never allowed without a token header.
+#![no_main]
+
+use std::cell::RefCell;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::OnceLock;
+
+use appguard::config::Config;
+use appguard::decision::Decision;
+use appguard::limits::OverLimitCache;
+use appguard::policy::{
+    evaluate, evaluate_body, evaluate_rls, Ctx, NegativeCache, Step, TokenCache,
+};
+use appguard::request::Request;
+use appguard::store::MemStore;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use libfuzzer_sys::fuzz_target;
+
+const NOW: u64 = 1_900_000_000;
+const SECRET: &[u8] = b"appguard-test-secret-0123456789-appguard-test-secret-0123456789!";
+
+fn config() -> &'static Config {
+    static CONFIG: OnceLock<Config> = OnceLock::new();
+    CONFIG.get_or_init(|| {
+        let doc = serde_json::json!({
+            "default_action": "allow",
+            "client_ip": {"xff_trusted_hops": 1},
+            "network": {"country_header": "x-country-code", "country_deny": ["KP"]},
+            "apps": [
+                {"id": "web", "platform": "web", "origins": ["https://*.example.com"]},
+                {"id": "droid", "platform": "android", "package": "com.example.app"}
+            ],
+            "api_keys": {"keys": [{"id": "k", "sha256": appguard::identity::hash_api_key("key-1"), "apps": ["droid"]}]},
+            "phone": {"default_calling_code": "44", "denied_prefixes": ["+882"],
+                      "hash_key_base64": STANDARD.encode(b"fuzz-phone-hash-key-0123456789ab")},
+            "rate_limit_service": {"cluster": "rls", "domain": "d", "failure_mode": "deny"},
+            "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                        "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                        "binding": {"headers": ["authorization"]},
+                        "replay": {"scope": "local"},
+                        "app_claim": {"claim": "app"}}],
+            "routes": [
+                {"name": "admin", "match": {"prefix": "/admin"}, "action": "deny"},
+                {"name": "tok", "match": {"prefix": "/tok"}, "tokens": ["t"]},
+                {"name": "key", "match": {"prefix": "/key"}, "api_key": "required", "platforms": ["android"]},
+                {"name": "web", "match": {"prefix": "/web"}, "platforms": ["web"],
+                 "network": {"ip_deny": ["10.0.0.0/8"]}},
+                {"name": "sms", "match": {"path": "/sms"},
+                 "rate_limits": [
+                     {"entries": [{"type": "body", "pointer": "/to", "phone": true}], "local": {"requests": 3, "per": "hour"}},
+                     {"entries": [{"type": "client_ip"}, {"type": "header", "name": "x-user"}]}
+                 ]}
+            ]
+        });
+        match Config::from_json(doc.to_string().as_bytes()) {
+            Ok(c) => c,
+            Err(e) => panic!("the fixed configuration is refused: {e}"),
+        }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let (head, body) = match text.split_once("\n\n") {
+        Some((h, b)) => (h, b.as_bytes()),
+        None => (text.as_ref(), &b""[..]),
+    };
+    let mut lines = head.split('\n');
+    let first = lines.next().unwrap_or("");
+    let (method, path) = first.split_once(' ').unwrap_or(("GET", first));
+    let mut headers = vec![
+        (":method".to_owned(), method.to_owned()),
+        (":path".to_owned(), path.to_owned()),
+        (":authority".to_owned(), "api.example.com".to_owned()),
+    ];
+    headers.extend(
+        lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())),
+    );
+    let store = MemStore::default();
+    let token_cache = RefCell::new(TokenCache::default());
+    let over_limit = RefCell::new(OverLimitCache::default());
+    let negative = RefCell::new(NegativeCache::default());
+    let ctx = Ctx {
+        config: config(),
+        store: &store,
+        token_cache: &token_cache,
+        remote_keys: &[],
+        may_fetch_keys: false,
+        over_limit: &over_limit,
+        negative: &negative,
+        now_ms: NOW * 1000,
+    };
+    let req = Request::new(&headers, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    let mut step = evaluate(&ctx, &req, NOW);
+    for _ in 0..3 {
+        step = match step {
+            Step::NeedBody(p) => evaluate_body(&ctx, &req, body, p, NOW),
+            Step::NeedRateLimit(p, _) => evaluate_rls(&ctx, p, Err(()), NOW),
+            other => other,
+        };
+    }
+    let Step::Done(decision, _) = step else {
+        panic!("not decided after the body and the service: {step:?}");
+    };
+    if let Decision::Allow(_) = decision {
+        assert!(
+            !req.path().starts_with("/admin"),
+            "deny route allowed: {path:?}"
+        );
+        if req.path().starts_with("/tok") {
+            assert!(
+                req.header("x-token").is_some(),
+                "token route allowed without a token"
+            );
+        }
+    }
+});

@@ -1,0 +1,92 @@
+//! Token parsing and verification, `token::precheck` then
+//! `token::check_signature`, against one fixed provider (HS256, RS256 and
+//! ES256 keys from tests/fixtures, an issuer and an audience).
+//!
+//! The first byte picks the input's shape:
+//! - even: the rest is the token as a client sends it;
+//! - odd: the rest is header JSON, a NUL byte, payload JSON, encoded and
+//!   signed here with the HS256 secret, so that the claim rules are reached
+//!   behind a valid MAC (random bytes never forge one).
+//!
+//! Oracle: a token that verifies respects the time rules and the issuer.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use appguard::config::Config;
+use appguard::token::{check_signature, precheck};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use libfuzzer_sys::fuzz_target;
+
+const NOW: u64 = 1_900_000_000;
+/// The tests' HS256 secret (tests/fixtures/README.md).
+const SECRET: &[u8] = b"appguard-test-secret-0123456789-appguard-test-secret-0123456789!";
+
+fn config() -> &'static Config {
+    static CONFIG: OnceLock<Config> = OnceLock::new();
+    CONFIG.get_or_init(|| {
+        let doc = serde_json::json!({
+            "tokens": [{
+                "name": "p",
+                "from": [{"header": "x-token"}],
+                "keys": [
+                    {"kid": "hs", "alg": "HS256", "secret_base64": STANDARD.encode(SECRET)},
+                    {"kid": "rs", "alg": "RS256", "pem": include_str!("../../tests/fixtures/rsa-test-key.pub.pem")},
+                    {"kid": "es", "alg": "ES256", "pem": include_str!("../../tests/fixtures/ec-p256-test-key.pub.pem")}
+                ],
+                "issuer": "https://issuer.example",
+                "audiences": ["api"]
+            }]
+        });
+        match Config::from_json(doc.to_string().as_bytes()) {
+            Ok(c) => c,
+            Err(e) => panic!("the fixed configuration is refused: {e}"),
+        }
+    })
+}
+
+fn signed(header: &[u8], payload: &[u8]) -> String {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(payload)
+    );
+    let mac = hmac_sha256::HMAC::mac(input.as_bytes(), SECRET);
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let token = if mode % 2 == 0 {
+        String::from_utf8_lossy(rest).into_owned()
+    } else {
+        let mut parts = rest.splitn(2, |b| *b == 0);
+        let header = parts.next().unwrap_or_default();
+        let payload = parts.next().unwrap_or_default();
+        signed(header, payload)
+    };
+    let p = &config().providers[0];
+    let Ok(pre) = precheck(p, &p.keys, &[], &token, NOW) else {
+        return;
+    };
+    if check_signature(p, pre.key, &token, NOW).is_err() {
+        return;
+    }
+    let skew = p.clock_skew_seconds;
+    assert!(
+        pre.exp.saturating_add(skew) >= NOW,
+        "expired token verified"
+    );
+    assert!(
+        pre.exp <= NOW + p.max_lifetime_seconds + skew,
+        "token beyond max_lifetime verified"
+    );
+    assert_eq!(
+        pre.claims.get("iss").and_then(|v| v.as_str()),
+        Some("https://issuer.example"),
+        "token with another issuer verified"
+    );
+});

@@ -1,0 +1,1414 @@
+//! Hostile input through a real Envoy: token attacks that the unit tests
+//! (src/token/tests.rs) prove on the core, proven here end to end with the
+//! reason the client sees, and input attacks on headers, paths, origins,
+//! client addresses, phone numbers and JSON bodies. After each suite the
+//! Wasm VM must still be the one Envoy started (no crash, no reload) and
+//! still decide correctly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use harness::http::{Req, Resp};
+use harness::tokens::{self, now, SECRET};
+use harness::upstream::{Seen, Upstream};
+use harness::{Envoy, EnvoyBuilder};
+use jwt_simple::prelude::*;
+use serde_json::{json, Value};
+
+const ISS: &str = "https://issuer.example";
+const API_KEY: &str = "attack-suite-key-1";
+
+/// The JWKS server of the `remote` provider; it also answers any other path,
+/// so a token that made the filter fetch a URL of its choosing would show.
+fn jwks_server() -> Upstream {
+    let jwks = json!({"keys": [tokens::ec_fixture_jwk("ec1")]}).to_string();
+    Upstream::with_handler(Arc::new(move |_s: &Seen| {
+        (
+            200,
+            vec![("content-type".into(), "application/json".into())],
+            jwks.clone().into_bytes(),
+        )
+    }))
+}
+
+fn config() -> Value {
+    // failure_budget off: these suites send many forged tokens from one
+    // address, and a spent budget would answer for the signature check.
+    let no_budget = json!({"failures": 0});
+    json!({
+        "default_action": "allow",
+        "client_ip": {"xff_trusted_hops": 1},
+        "network": {"country_header": "x-country-code", "country_deny": ["KP"]},
+        "apps": [
+            {"id": "shop-web", "platform": "web",
+             "origins": ["https://shop.example.com", "https://*.shop.example.com"]},
+            {"id": "shop-android", "platform": "android", "package": "com.example.shop"}
+        ],
+        "api_keys": {"keys": [{"id": "k1", "sha256": appguard::identity::hash_api_key(API_KEY)}]},
+        "phone": {"default_calling_code": "44", "denied_prefixes": ["+882"],
+                  "hash_key_base64": STANDARD.encode(b"attack-suite-phone-hash-key-0123")},
+        "tokens": [
+            {"name": "hs", "from": [{"header": "approov-token"}],
+             "keys": [{"kid": "hs1", "alg": "HS256", "secret_base64": tokens::secret_b64()}],
+             "issuer": ISS, "audiences": ["api"], "failure_budget": no_budget},
+            {"name": "bearer", "from": [{"header": "authorization", "prefix": "Bearer "}],
+             "keys": [{"alg": "HS256", "secret_base64": tokens::secret_b64()}],
+             "failure_budget": no_budget},
+            {"name": "es", "from": [{"header": "x-token"}],
+             "jwks": {"keys": [tokens::ec_fixture_jwk("ec1"), tokens::rsa_fixture_jwk("rsa1")]},
+             "failure_budget": no_budget},
+            {"name": "remote", "from": [{"header": "x-remote-token"}],
+             "remote_jwks": {"cluster": "jwks", "path": "/jwks.json", "timeout_ms": 1000,
+                             "min_refetch_seconds": 30, "refresh_seconds": 600},
+             "failure_budget": no_budget}
+        ],
+        "routes": [
+            {"name": "hs", "match": {"prefix": "/hs"}, "tokens": ["hs"]},
+            {"name": "bearer", "match": {"prefix": "/bearer"}, "tokens": ["bearer"]},
+            {"name": "es", "match": {"prefix": "/es"}, "tokens": ["es"]},
+            {"name": "remote", "match": {"prefix": "/remote"}, "tokens": ["remote"]},
+            {"name": "sms-admin", "match": {"prefix": "/v1/sms"}, "action": "deny"},
+            {"name": "admin", "match": {"path": "/v1/admin"}, "action": "deny"},
+            {"name": "web", "match": {"prefix": "/web"}, "platforms": ["web"]},
+            {"name": "android", "match": {"prefix": "/android"}, "platforms": ["android"]},
+            {"name": "key", "match": {"prefix": "/key"}, "api_key": "required"},
+            {"name": "net", "match": {"prefix": "/net"},
+             "network": {"ip_deny": ["2001:db8::/32", "10.0.0.0/8"]}},
+            {"name": "link-local", "match": {"prefix": "/only-fe80"},
+             "network": {"ip_allow": ["fe80::/10"]}},
+            {"name": "sms", "match": {"path": "/sms", "methods": ["POST"]},
+             "rate_limits": [{"entries": [{"type": "body", "pointer": "/to", "phone": true}],
+                              "local": {"requests": 2, "per": "hour"}}]}
+        ]
+    })
+}
+
+/// Envoy with the attack configuration, its upstream and the JWKS server.
+struct Rig {
+    envoy: Envoy,
+    up: Upstream,
+    jwks: Upstream,
+}
+
+fn start() -> Rig {
+    let jwks = jwks_server();
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config(), up.port)
+        .http_cluster("jwks", jwks.port)
+        .start();
+    Rig { envoy, up, jwks }
+}
+
+/// The VM that answered is the one Envoy started: no trap, no reload, no
+/// failed callback in the log.
+fn assert_vm_healthy(envoy: &Envoy) {
+    for s in [
+        "wasm.appguard.vm_reload",
+        "wasm.appguard.vm_reload_success",
+        "wasm.appguard.vm_reload_failure",
+        "wasm.appguard.vm_reload_backoff",
+    ] {
+        assert_eq!(envoy.stat(s), Some(0), "{s}: the VM crashed or reloaded");
+    }
+    let log = envoy.log();
+    for bad in [
+        "panicked",
+        "Function: proxy_on_",
+        "Wasm VM failed",
+        "RuntimeError",
+    ] {
+        assert!(!log.contains(bad), "Envoy log has {bad:?}:\n{log}");
+    }
+}
+
+/// A compact JWS over these exact header and payload texts (duplicate
+/// members, odd numbers: what serde_json would never write), HS256 with the
+/// tests' secret.
+fn hs_raw(header: &str, payload: &str) -> String {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(payload)
+    );
+    let mac = hmac_sha256::HMAC::mac(input.as_bytes(), SECRET);
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac))
+}
+
+/// Claims the `hs` provider accepts, plus `extra`.
+fn hs_claims(extra: Value) -> Value {
+    let mut c = tokens::claims(60, json!({"iss": ISS, "aud": "api"}));
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+fn hs_with(header: Value, extra: Value) -> String {
+    tokens::hs256_raw(SECRET, &header, &hs_claims(extra))
+}
+
+fn good_hs() -> String {
+    hs_with(
+        json!({"alg": "HS256", "typ": "JWT", "kid": "hs1"}),
+        json!({}),
+    )
+}
+
+fn hs_req(token: &str) -> Req {
+    Req::get("/hs/x").header("approov-token", token)
+}
+
+/// Sends every (label, request) and expects 401 with `reason`.
+fn expect_401(envoy: &Envoy, reason: &str, cases: Vec<(String, Req)>) {
+    for (label, req) in cases {
+        let r = envoy.request(req);
+        assert_eq!(
+            (r.status, r.reason()),
+            (401, Some(reason)),
+            "{label}: {}",
+            r.text()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Token attacks
+// ---------------------------------------------------------------------------
+
+#[test]
+fn crit_jwk_jku_x5u_x5c_headers_are_malformed_and_no_key_url_is_fetched() {
+    let rig = start();
+    let jwks = format!("http://127.0.0.1:{}", rig.jwks.port);
+    // Each is correctly signed with the genuine secret: only the header
+    // member is wrong.
+    let base = json!({"alg": "HS256", "kid": "hs1"});
+    let with = |k: &str, v: Value| {
+        let mut h = base.clone();
+        h[k] = v;
+        hs_with(h, json!({}))
+    };
+    let mut cases = vec![
+        ("crit exp".to_string(), with("crit", json!(["exp"]))),
+        ("crit unknown".into(), with("crit", json!(["x-ext"]))),
+        ("crit empty".into(), with("crit", json!([]))),
+        (
+            "jku to attacker".into(),
+            with("jku", json!(format!("{jwks}/attacker-jwks.json"))),
+        ),
+        (
+            "x5u to attacker".into(),
+            with("x5u", json!(format!("{jwks}/attacker-cert.pem"))),
+        ),
+        ("x5c".into(), with("x5c", json!(["MIIBszCCAVmgAwIBAgIU"]))),
+        (
+            "jwk oct".into(),
+            with(
+                "jwk",
+                json!({"kty": "oct", "k": URL_SAFE_NO_PAD.encode(SECRET)}),
+            ),
+        ),
+    ]
+    .into_iter()
+    .map(|(l, t)| (l, hs_req(&t)))
+    .collect::<Vec<_>>();
+    // An attacker's own EC key, offered in `jwk` and used to sign: the
+    // classic embedded-key attack on the ES provider.
+    let attacker = ES256KeyPair::generate();
+    let jwk = tokens::es256_jwk(&attacker, "ec1");
+    let claims = tokens::claims(60, json!({}));
+    let signed_by_attacker = |header: Value| {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        // jwt-simple signs its own header; re-sign the input with p256.
+        let sk = p256::ecdsa::SigningKey::from_slice(&attacker.to_bytes()).unwrap();
+        let sig: p256::ecdsa::Signature =
+            p256::ecdsa::signature::Signer::sign(&sk, input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+    };
+    for (label, h) in [
+        (
+            "jwk with kid",
+            json!({"alg": "ES256", "kid": "ec1", "jwk": jwk}),
+        ),
+        ("jwk without kid", json!({"alg": "ES256", "jwk": jwk})),
+    ] {
+        let t = signed_by_attacker(h);
+        cases.push((label.into(), Req::get("/es/x").header("x-token", &t)));
+    }
+    expect_401(&rig.envoy, "token_malformed", cases);
+    // Without the `jwk` member the attacker's token is just a bad signature:
+    // the member changes the reason, never the outcome.
+    let plain = signed_by_attacker(json!({"alg": "ES256", "kid": "ec1"}));
+    let r = rig
+        .envoy
+        .request(Req::get("/es/x").header("x-token", &plain));
+    assert_eq!((r.status, r.reason()), (401, Some("token_signature")));
+    // No URL a token named was ever fetched.
+    let fetched: Vec<String> = rig.jwks.seen().iter().map(|s| s.path.clone()).collect();
+    assert!(
+        fetched.iter().all(|p| p == "/jwks.json"),
+        "a token-supplied URL was fetched: {fetched:?}"
+    );
+    assert!(rig.up.seen().is_empty(), "a refused token reached upstream");
+    // The genuine token still passes.
+    assert_eq!(rig.envoy.request(hs_req(&good_hs())).status, 200);
+    assert_vm_healthy(&rig.envoy);
+}
+
+#[test]
+fn psychic_and_degenerate_ecdsa_signatures_are_refused() {
+    let rig = start();
+    let good = tokens::es256("ec1", &tokens::claims(60, json!({})));
+    let (input, sig) = good.rsplit_once('.').unwrap();
+    let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+    // The order n of P-256: r = s = n is r = s = 0 modulo n.
+    let n = hex("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551");
+    let mut variants: Vec<(&str, Vec<u8>)> = vec![
+        ("r = s = 0 (CVE-2022-21449)", vec![0; 64]),
+        ("r = s = n", [n.clone(), n.clone()].concat()),
+        (
+            "r = 0, s genuine",
+            [vec![0; 32], sig[32..].to_vec()].concat(),
+        ),
+        (
+            "r genuine, s = 0",
+            [sig[..32].to_vec(), vec![0; 32]].concat(),
+        ),
+        ("all ones", vec![0xff; 64]),
+        ("r = s = 1", [one32(), one32()].concat()),
+        ("one byte short", sig[..63].to_vec()),
+        ("one byte long", [sig.clone(), vec![0]].concat()),
+    ];
+    // DER instead of the raw r||s of JWS (RFC 7518 §3.4): refused, not
+    // re-interpreted.
+    let der = p256::ecdsa::Signature::from_slice(&sig).unwrap().to_der();
+    variants.push(("DER encoded", der.as_bytes().to_vec()));
+    let cases = variants
+        .into_iter()
+        .map(|(label, s)| {
+            let t = format!("{input}.{}", URL_SAFE_NO_PAD.encode(s));
+            (label.to_string(), Req::get("/es/x").header("x-token", &t))
+        })
+        .collect();
+    expect_401(&rig.envoy, "token_signature", cases);
+    assert!(rig.up.seen().is_empty());
+    let r = rig
+        .envoy
+        .request(Req::get("/es/x").header("x-token", &good));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_vm_healthy(&rig.envoy);
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn one32() -> Vec<u8> {
+    let mut v = vec![0; 32];
+    v[31] = 1;
+    v
+}
+
+#[test]
+fn kid_injection_is_only_ever_an_unknown_kid() {
+    let rig = start();
+    let hostile = [
+        "../../../../etc/passwd",
+        "/dev/null",
+        "file:///etc/shadow",
+        "' OR '1'='1",
+        "hs1' --",
+        "hs1\"; DROP TABLE keys; --",
+        "$(touch /tmp/appguard-pwned)",
+        "`id`",
+        "hs1\u{0000}",
+        "hs1%00",
+        "hs1/../hs1",
+        "HS1",
+        "hs1 ",
+        " hs1",
+        "hs\u{0131}",
+        "http://127.0.0.1:1/jwks",
+    ];
+    let mut cases: Vec<(String, Req)> = hostile
+        .iter()
+        .map(|kid| {
+            let t = hs_with(json!({"alg": "HS256", "kid": kid}), json!({}));
+            (format!("kid {kid:?}"), hs_req(&t))
+        })
+        .collect();
+    // The longest kid accepted by size (256 bytes) is just unknown too.
+    let t = hs_with(json!({"alg": "HS256", "kid": "k".repeat(256)}), json!({}));
+    cases.push(("256-byte kid".into(), hs_req(&t)));
+    // Against a remote JWKS an unknown kid may trigger one re-fetch: of the
+    // configured path, never of anything the kid says.
+    for kid in ["../../admin?x=", "/etc/passwd", "http://127.0.0.1:1/x"] {
+        let t = tokens::es256(kid, &tokens::claims(60, json!({})));
+        cases.push((
+            format!("remote kid {kid:?}"),
+            Req::get("/remote/x").header("x-remote-token", &t),
+        ));
+    }
+    expect_401(&rig.envoy, "token_signature", cases);
+    // Over 256 bytes, and far over (the whole token past max_token_bytes):
+    // refused by size before any lookup.
+    let long = hs_with(json!({"alg": "HS256", "kid": "k".repeat(257)}), json!({}));
+    let huge = hs_with(json!({"alg": "HS256", "kid": "k".repeat(4000)}), json!({}));
+    let not_text = hs_with(json!({"alg": "HS256", "kid": ["hs1"]}), json!({}));
+    expect_401(
+        &rig.envoy,
+        "token_malformed",
+        vec![
+            ("257-byte kid".into(), hs_req(&long)),
+            ("4000-byte kid".into(), hs_req(&huge)),
+            ("kid not a string".into(), hs_req(&not_text)),
+        ],
+    );
+    let fetched: Vec<String> = rig.jwks.seen().iter().map(|s| s.path.clone()).collect();
+    assert!(!fetched.is_empty(), "the remote provider fetched its keys");
+    assert!(
+        fetched.iter().all(|p| p == "/jwks.json"),
+        "the kid reached the fetch: {fetched:?}"
+    );
+    assert!(rig.up.seen().is_empty());
+    assert_eq!(rig.envoy.request(hs_req(&good_hs())).status, 200);
+    let remote_ok = tokens::es256("ec1", &tokens::claims(60, json!({})));
+    let r = rig
+        .envoy
+        .request(Req::get("/remote/x").header("x-remote-token", &remote_ok));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_vm_healthy(&rig.envoy);
+}
+
+#[test]
+fn duplicated_and_nested_claims_are_refused() {
+    let rig = start();
+    let n = now();
+    let (iat, exp) = (n, n + 60);
+    let std = format!(r#""iss":"{ISS}","aud":"api","iat":{iat}"#);
+    let h = r#"{"alg":"HS256","kid":"hs1"}"#;
+    let malformed = [
+        (
+            "duplicate exp",
+            format!(r#"{{{std},"exp":{exp},"exp":{}}}"#, exp + 99_999),
+        ),
+        (
+            "duplicate iss",
+            format!(r#"{{{std},"exp":{exp},"iss":"https://evil"}}"#),
+        ),
+        (
+            "duplicate nested",
+            format!(r#"{{{std},"exp":{exp},"ctx":{{"a":1,"a":2}}}}"#),
+        ),
+        (
+            "duplicate by escape",
+            format!(r#"{{{std},"exp":{exp},"\u0065xp":{}}}"#, exp + 99_999),
+        ),
+        (
+            "exp nested in an object",
+            format!(r#"{{{std},"exp":{{"exp":{exp}}}}}"#),
+        ),
+        ("exp in an array", format!(r#"{{{std},"exp":[{exp}]}}"#)),
+        (
+            "nested 20 deep",
+            format!(
+                r#"{{{std},"exp":{exp},"x":{}1{}}}"#,
+                r#"{"a":"#.repeat(20),
+                "}".repeat(20)
+            ),
+        ),
+        ("trailing data", format!(r#"{{{std},"exp":{exp}}} {{}}"#)),
+        ("not an object", format!(r#"[{{{std},"exp":{exp}}}]"#)),
+        (
+            "byte order mark",
+            format!("\u{feff}{{{std},\"exp\":{exp}}}"),
+        ),
+        ("a comment", format!(r#"{{{std},"exp":{exp} /* hi */}}"#)),
+        (
+            "lone surrogate",
+            format!(r#"{{{std},"exp":{exp},"s":"\ud800"}}"#),
+        ),
+    ];
+    let mut cases: Vec<(String, Req)> = malformed
+        .iter()
+        .map(|(l, p)| (l.to_string(), hs_req(&hs_raw(h, p))))
+        .collect();
+    // Duplicates in the header: which `alg` would a second parser read?
+    let p = format!(r#"{{{std},"exp":{exp}}}"#);
+    for (l, hh) in [
+        (
+            "duplicate alg",
+            r#"{"alg":"HS256","alg":"none","kid":"hs1"}"#,
+        ),
+        (
+            "duplicate kid",
+            r#"{"alg":"HS256","kid":"other","kid":"hs1"}"#,
+        ),
+    ] {
+        cases.push((l.into(), hs_req(&hs_raw(hh, &p))));
+    }
+    expect_401(&rig.envoy, "token_malformed", cases);
+    // Claims of the wrong shape are not the configured issuer or audience.
+    let claims = [
+        ("iss in an array", json!({"iss": [ISS]})),
+        ("iss as an object", json!({"iss": {"iss": ISS}})),
+        ("aud nested twice", json!({"aud": [["api"]]})),
+        ("aud as an object", json!({"aud": {"api": true}})),
+        ("aud as a number", json!({"aud": 1})),
+        ("iss with a NUL", json!({"iss": format!("{ISS}\u{0000}")})),
+    ];
+    let cases = claims
+        .iter()
+        .map(|(l, c)| {
+            (
+                l.to_string(),
+                hs_req(&hs_with(json!({"alg": "HS256"}), c.clone())),
+            )
+        })
+        .collect();
+    expect_401(&rig.envoy, "token_claims", cases);
+    assert!(rig.up.seen().is_empty());
+    // The same token with each claim once passes.
+    let r = rig.envoy.request(hs_req(&hs_raw(h, &p)));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_vm_healthy(&rig.envoy);
+}
+
+#[test]
+fn time_claims_that_are_not_plain_integers_are_malformed() {
+    let rig = start();
+    let n = now();
+    let good_exp = (n + 60).to_string();
+    let good_iat = n.to_string();
+    // As JSON text, so that overflowing and odd numbers are sent as written.
+    let odd = [
+        "\"1900000000\"",
+        "-1",
+        "-0",
+        "1.5",
+        "1.0",
+        "1e3",
+        "1E+3",
+        "1e300",
+        "18446744073709551616",
+        "99999999999999999999999999",
+        "18446744073709551615",
+        "1099511627776",
+        "true",
+        "null",
+        "[1]",
+        "{\"$numberLong\":\"1\"}",
+    ];
+    let h = r#"{"alg":"HS256","kid":"hs1"}"#;
+    let mut cases = Vec::new();
+    for v in odd {
+        for (claim, payload) in [
+            (
+                "exp",
+                format!(r#"{{"iss":"{ISS}","aud":"api","iat":{good_iat},"exp":{v}}}"#),
+            ),
+            (
+                "iat",
+                format!(r#"{{"iss":"{ISS}","aud":"api","iat":{v},"exp":{good_exp}}}"#),
+            ),
+            (
+                "nbf",
+                format!(
+                    r#"{{"iss":"{ISS}","aud":"api","iat":{good_iat},"nbf":{v},"exp":{good_exp}}}"#
+                ),
+            ),
+        ] {
+            cases.push((format!("{claim} = {v}"), hs_req(&hs_raw(h, &payload))));
+        }
+    }
+    expect_401(&rig.envoy, "token_malformed", cases);
+    assert!(rig.up.seen().is_empty());
+    let p = format!(
+        r#"{{"iss":"{ISS}","aud":"api","iat":{good_iat},"nbf":{good_iat},"exp":{good_exp}}}"#
+    );
+    assert_eq!(rig.envoy.request(hs_req(&hs_raw(h, &p))).status, 200);
+    assert_vm_healthy(&rig.envoy);
+}
+
+#[test]
+fn base64_padding_alphabet_and_structure_variants_are_malformed() {
+    let rig = start();
+    // A token whose signature holds a `-` or `_`, so that the standard
+    // alphabet gives a different string.
+    let (good, (h, p, s)) = (0..)
+        .map(|i| hs_with(json!({"alg": "HS256", "kid": "hs1"}), json!({"n": i})))
+        .find_map(|t| {
+            let mut it = t.split('.');
+            let parts = (
+                it.next().unwrap().to_string(),
+                it.next().unwrap().to_string(),
+                it.next().unwrap().to_string(),
+            );
+            (parts.2.contains('-') || parts.2.contains('_')).then_some((t, parts))
+        })
+        .unwrap();
+    // The 32-byte HMAC is 43 characters; the last one carries 4 unused
+    // bits. Setting them gives a non-canonical encoding of the same bytes.
+    let last = s.chars().last().unwrap();
+    let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let idx = alphabet.find(last).unwrap();
+    let noncanonical_last = alphabet.chars().nth(idx | 0b11).unwrap();
+    let noncanonical = format!("{h}.{p}.{}{noncanonical_last}", &s[..s.len() - 1]);
+    assert_ne!(
+        noncanonical, good,
+        "the fixture needs a canonical last char"
+    );
+    let variants = [
+        ("padded header", format!("{h}=.{p}.{s}")),
+        ("padded payload", format!("{h}.{p}==.{s}")),
+        ("padded signature", format!("{h}.{p}.{s}=")),
+        (
+            "standard alphabet",
+            format!("{h}.{p}.{}", s.replace('-', "+").replace('_', "/")),
+        ),
+        ("non-canonical last character", noncanonical),
+        ("space inside", format!("{h}. {p}.{s}")),
+        ("tab inside", format!("{h}.{p}\t.{s}")),
+        ("leading dot", format!(".{h}.{p}.{s}")),
+        ("trailing dot", format!("{h}.{p}.{s}.")),
+        ("empty payload", format!("{h}..{s}")),
+        ("percent-encoded dots", format!("{h}%2E{p}%2E{s}")),
+        ("four parts", format!("{h}.{p}.{s}.{s}")),
+        ("header as JSON", format!(r#"{{"alg":"HS256"}}.{p}.{s}"#)),
+    ];
+    let cases = variants
+        .iter()
+        .map(|(l, t)| (l.to_string(), hs_req(t)))
+        .collect();
+    expect_401(&rig.envoy, "token_malformed", cases);
+    assert!(rig.up.seen().is_empty());
+    assert_eq!(rig.envoy.request(hs_req(&good)).status, 200);
+    assert_vm_healthy(&rig.envoy);
+}
+
+/// Sends raw request bytes and reads whatever comes back, tolerating a
+/// connection Envoy closes while the request is still being written.
+fn send_raw(port: u16, raw: &[u8]) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(raw);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&buf);
+    line.split(' ').nth(1).and_then(|c| c.parse().ok())
+}
+
+#[test]
+fn a_one_megabyte_token_is_refused_by_envoy_and_a_large_one_by_appguard() {
+    let rig = start();
+    // 1 MB: over Envoy's own request-header limit (max_request_headers_kb,
+    // 60 KiB by default), so Envoy's codec answers 431 before any filter
+    // runs; the connection may also be reset while the client still writes.
+    let big = format!(
+        "{}.{}.{}",
+        "a".repeat(500_000),
+        "b".repeat(500_000),
+        "c".repeat(48_576)
+    );
+    let raw = format!(
+        "GET /hs/x HTTP/1.1\r\nhost: localhost\r\napproov-token: {big}\r\nconnection: close\r\n\r\n"
+    );
+    let status = send_raw(rig.envoy.port, raw.as_bytes());
+    eprintln!("1 MB token: Envoy answered {status:?}");
+    assert!(
+        matches!(status, Some(431) | None),
+        "1 MB token: expected Envoy's 431 (or a reset), got {status:?}"
+    );
+    // Many headers that together pass the limit: 431 as well.
+    let many: String = (0..70)
+        .map(|i| format!("x-pad-{i}: {}\r\n", "p".repeat(1000)))
+        .collect();
+    let raw = format!("GET /hs/x HTTP/1.1\r\nhost: localhost\r\n{many}connection: close\r\n\r\n");
+    assert_eq!(send_raw(rig.envoy.port, raw.as_bytes()), Some(431));
+    // More than 100 headers (max_headers_count): 431.
+    let count: String = (0..120).map(|i| format!("x-h-{i}: v\r\n")).collect();
+    let raw = format!("GET /hs/x HTTP/1.1\r\nhost: localhost\r\n{count}connection: close\r\n\r\n");
+    assert_eq!(send_raw(rig.envoy.port, raw.as_bytes()), Some(431));
+    // Under Envoy's limit but over max_token_bytes (4096): appguard refuses
+    // it by size, before decoding. A real signed token, 40 KB of claims.
+    let fat = hs_with(
+        json!({"alg": "HS256", "kid": "hs1"}),
+        json!({"pad": "z".repeat(40_000)}),
+    );
+    // The shortest such token just over the limit.
+    let just_over = (2000..)
+        .map(|pad| {
+            hs_with(
+                json!({"alg": "HS256", "kid": "hs1"}),
+                json!({"pad": "z".repeat(pad)}),
+            )
+        })
+        .find(|t| t.len() > 4096)
+        .unwrap();
+    assert!(just_over.len() <= 4099);
+    expect_401(
+        &rig.envoy,
+        "token_malformed",
+        vec![
+            (format!("{} KB token", fat.len() / 1024), hs_req(&fat)),
+            (
+                format!("{}-byte token", just_over.len()),
+                hs_req(&just_over),
+            ),
+        ],
+    );
+    assert!(
+        rig.up.seen().is_empty(),
+        "an oversized token reached upstream"
+    );
+    assert_eq!(rig.envoy.request(hs_req(&good_hs())).status, 200);
+    assert_vm_healthy(&rig.envoy);
+}
+
+#[test]
+fn a_token_header_repeated_with_different_values_is_refused() {
+    let rig = start();
+    let good = good_hs();
+    let other = hs_with(
+        json!({"alg": "HS256", "kid": "hs1"}),
+        json!({"sub": "other"}),
+    );
+    let bearer = tokens::hs256(&tokens::claims(60, json!({})));
+    let cases = vec![
+        (
+            "valid then garbage".to_string(),
+            Req::get("/hs/x")
+                .header("approov-token", &good)
+                .header("approov-token", "garbage"),
+        ),
+        (
+            "garbage then valid".into(),
+            Req::get("/hs/x")
+                .header("approov-token", "garbage")
+                .header("approov-token", &good),
+        ),
+        (
+            "two valid tokens".into(),
+            Req::get("/hs/x")
+                .header("approov-token", &good)
+                .header("approov-token", &other),
+        ),
+        (
+            "same name, other case".into(),
+            Req::get("/hs/x")
+                .header("Approov-Token", &good)
+                .header("APPROOV-TOKEN", &other),
+        ),
+        (
+            "empty second copy".into(),
+            Req::get("/hs/x")
+                .header("approov-token", &good)
+                .header("approov-token", ""),
+        ),
+        (
+            // Envoy joins repeated `authorization` lines into one value
+            // ("Bearer a,Bearer b"), which is no token.
+            "two bearer tokens".into(),
+            Req::get("/bearer/x")
+                .header("authorization", &format!("Bearer {bearer}"))
+                .header("authorization", "Bearer x.y.z"),
+        ),
+    ];
+    expect_401(&rig.envoy, "token_malformed", cases);
+    assert!(rig.up.seen().is_empty());
+    // Two identical copies are not ambiguous.
+    let r = rig.envoy.request(
+        Req::get("/hs/x")
+            .header("approov-token", &good)
+            .header("approov-token", &good),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(rig.up.last().header("approov-token"), None, "token removed");
+    assert_vm_healthy(&rig.envoy);
+}
+
+// ---------------------------------------------------------------------------
+// Input attacks
+// ---------------------------------------------------------------------------
+
+fn deny(envoy: &Envoy, req: Req, status: u16, reason: &str, label: &str) {
+    let r = envoy.request(req);
+    assert_eq!(
+        (r.status, r.reason()),
+        (status, Some(reason)),
+        "{label}: {}",
+        r.text()
+    );
+}
+
+#[test]
+fn duplicated_security_headers_are_refused_or_read_unambiguously() {
+    let rig = start();
+    let e = &rig.envoy;
+    deny(
+        e,
+        Req::get("/key/x")
+            .header("x-api-key", API_KEY)
+            .header("x-api-key", "another-key"),
+        403,
+        "api_key_invalid",
+        "valid key then another",
+    );
+    deny(
+        e,
+        Req::get("/key/x")
+            .header("x-api-key", "another-key")
+            .header("x-api-key", API_KEY),
+        403,
+        "api_key_invalid",
+        "another key then the valid one",
+    );
+    deny(
+        e,
+        Req::get("/key/x")
+            .header("x-country-code", "US")
+            .header("x-country-code", "KP")
+            .header("x-api-key", API_KEY),
+        403,
+        "country_denied",
+        "two countries",
+    );
+    // X-Forwarded-For lines are one list (Envoy joins them, RFC 9110
+    // §5.3); the trusted hop is the rightmost entry whatever the split.
+    deny(
+        e,
+        Req::get("/net/x")
+            .header("x-forwarded-for", "192.0.2.1")
+            .header("x-forwarded-for", "10.1.2.3"),
+        403,
+        "ip_denied",
+        "denied address in the second XFF line",
+    );
+    let r = e.request(
+        Req::get("/net/x")
+            .header("x-forwarded-for", "10.1.2.3")
+            .header("x-forwarded-for", "192.0.2.1"),
+    );
+    assert_eq!(r.status, 200, "a client-written entry left of the hop");
+    // Envoy joins repeated `origin` lines too: the joined value is no origin.
+    deny(
+        e,
+        Req::get("/web/x")
+            .header("origin", "https://shop.example.com")
+            .header("origin", "https://evil.example"),
+        403,
+        "origin_denied",
+        "two origins",
+    );
+    assert_eq!(rig.up.seen().len(), 1);
+    assert_vm_healthy(e);
+}
+
+#[test]
+fn a_platform_header_repeated_with_different_values_is_app_mismatch() {
+    let rig = start();
+    // One copy names the genuine app, the other another package: the
+    // evidence disagrees with itself, so it cannot agree with anything.
+    for (first, second) in [
+        ("com.example.shop", "com.evil.app"),
+        ("com.evil.app", "com.example.shop"),
+    ] {
+        let r = rig.envoy.request(
+            Req::get("/android/x")
+                .header("x-android-package", first)
+                .header("x-android-package", second),
+        );
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, Some("app_mismatch")),
+            "{first} + {second}: {}",
+            r.text()
+        );
+    }
+    assert!(rig.up.seen().is_empty());
+}
+
+#[test]
+fn oversized_header_values_are_refused_without_harm() {
+    let rig = start();
+    let e = &rig.envoy;
+    let big = "k".repeat(59 * 1024);
+    // Keys over 256 bytes are not read as keys at all.
+    deny(
+        e,
+        Req::get("/key/x").header("x-api-key", &big),
+        403,
+        "api_key_missing",
+        "59 KB API key",
+    );
+    deny(
+        e,
+        Req::get("/web/x").header("origin", &format!("https://{big}.shop.example.com")),
+        403,
+        "origin_denied",
+        "59 KB origin",
+    );
+    deny(
+        e,
+        Req::get("/net/x").header("x-forwarded-for", &big),
+        403,
+        "ip_denied",
+        "59 KB XFF entry",
+    );
+    let hops = vec!["192.0.2.1"; 3000].join(",");
+    deny(
+        e,
+        Req::get("/net/x").header("x-forwarded-for", &hops),
+        403,
+        "ip_denied",
+        "3000 XFF hops",
+    );
+    deny(
+        e,
+        Req::get("/android/x").header("x-android-package", &big),
+        403,
+        "app_unknown",
+        "59 KB package",
+    );
+    assert!(e.log().contains("deny"), "decisions were logged");
+    assert!(
+        !e.log().contains(&big[..1024]),
+        "a header value was logged in full"
+    );
+    assert!(rig.up.seen().is_empty());
+    assert_vm_healthy(e);
+}
+
+#[test]
+fn header_values_that_are_not_utf8_never_crash_the_vm() {
+    let rig = start();
+    let e = &rig.envoy;
+    // Invalid UTF-8: a lone continuation byte, an overlong `/`, a UTF-16
+    // surrogate, bytes that never occur, a truncated sequence.
+    let junk: [&[u8]; 5] = [
+        b"\x80abc",
+        b"\xc0\xaf",
+        b"\xed\xa0\x80",
+        b"\xff\xfe",
+        b"ok\xe2\x82",
+    ];
+    for j in junk {
+        let label = format!("{j:x?}");
+        let good = good_hs();
+        let mut token = good.clone().into_bytes();
+        token.extend_from_slice(j);
+        let r = e.request(Req::get("/hs/x").header_bytes("approov-token", &token));
+        assert_eq!(
+            (r.status, r.reason()),
+            (401, Some("token_malformed")),
+            "token {label}"
+        );
+        let r = e.request(Req::get("/key/x").header_bytes("x-api-key", j));
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, Some("api_key_invalid")),
+            "key {label}"
+        );
+        let mut origin = b"https://shop.example.com".to_vec();
+        origin.extend_from_slice(j);
+        let r = e.request(Req::get("/web/x").header_bytes("origin", &origin));
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, Some("origin_denied")),
+            "origin {label}"
+        );
+        let r = e.request(Req::get("/net/x").header_bytes("x-forwarded-for", j));
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, Some("ip_denied")),
+            "xff {label}"
+        );
+        let r = e.request(Req::get("/android/x").header_bytes("x-android-package", j));
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, Some("app_unknown")),
+            "package {label}"
+        );
+        // A spoofed identity header with junk bytes is still removed (the
+        // test upstream cannot read a header that is not UTF-8: had it been
+        // forwarded, the upstream would have reset and Envoy answered 503).
+        let r = e.request(
+            Req::get("/hs/x")
+                .header("approov-token", &good)
+                .header_bytes("x-appguard-app", j)
+                .header_bytes("x-appguard-platform", j),
+        );
+        assert_eq!(r.status, 200, "spoof {label}: {}", r.text());
+        let seen = rig.up.last();
+        assert!(
+            seen.headers
+                .iter()
+                .all(|(k, _)| !k.starts_with("x-appguard-")),
+            "spoofed header reached upstream: {:?}",
+            seen.headers
+        );
+        // A country that is not two letters is no country: the checks go on.
+        let r = e.request(Req::get("/key/x").header_bytes("x-country-code", j));
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, Some("api_key_missing")),
+            "country {label}"
+        );
+    }
+    // A name that is not a token (RFC 9110 §5.1) is refused by Envoy's codec.
+    let status = send_raw(
+        e.port,
+        b"GET /hs/x HTTP/1.1\r\nhost: localhost\r\nx-\xffname: 1\r\nconnection: close\r\n\r\n",
+    );
+    assert_eq!(status, Some(400));
+    assert_eq!(rig.up.seen().len(), junk.len());
+    // Later requests are still decided, by the same VM.
+    assert_eq!(e.request(hs_req(&good_hs())).status, 200);
+    deny(e, hs_req("x.y.z"), 401, "token_malformed", "after the junk");
+    assert_vm_healthy(e);
+}
+
+/// Path variants against the deny routes `/v1/sms` (prefix) and `/v1/admin`
+/// (exact), with `default_action: allow`, so that a bypass would reach the
+/// upstream. Envoy's connection manager normalises the path before any
+/// filter (`normalize_path`: RFC 3986 dot segments and percent-decoding of
+/// unreserved characters, backslashes as slashes; `merge_slashes`;
+/// `path_with_escaped_slashes_action: REJECT_REQUEST` answers 400 to
+/// `%2F`/`%5C`), and appguard and the upstream both see that path.
+#[test]
+fn path_tricks_cannot_bypass_a_deny_route() {
+    let rig = start();
+    let e = &rig.envoy;
+    // Normalised onto the denied path, then refused by appguard.
+    let refused_by_appguard = [
+        "/v1/sms",
+        "/v1/sms/send",
+        "/v1/%73ms",
+        "/v1/%73%6D%73/send",
+        "/v1/%73%6d%73",
+        "/v1//sms",
+        "/v1///sms",
+        "//v1/sms",
+        "/v1/./sms",
+        "/v1/x/../sms",
+        "/v1/%2e/sms",
+        "/v1/%2E%2E/v1/sms",
+        "/x/%2e%2e/v1/sms",
+        "/v1\\sms",
+        "/v1/sms/../sms/send",
+        "/v1/sms-bulk",
+        "/v1/sms;x=1",
+        "/v1/sms?to=/public",
+        "/v1/admin",
+        "/v1//admin",
+        "/v1/%61dmin",
+        "/v1/./admin",
+        "/v1/admin?x=1",
+    ];
+    for p in refused_by_appguard {
+        deny(e, Req::get(p), 403, "route_denied", p);
+    }
+    // Refused by Envoy before any filter: encoded slashes and backslashes,
+    // NUL, a fragment, no leading slash, raw non-ASCII.
+    let refused_by_envoy: [&[u8]; 10] = [
+        b"/v1%2Fsms",
+        b"/v1%2fsms",
+        b"/v1/sms%2F",
+        b"/v1%5Csms",
+        b"/v1/%2e%2e%2Fv1/sms",
+        b"/v1/%00sms",
+        b"/v1/sms#frag",
+        b"v1/sms",
+        b"/v1/s\xc5\xbfms",
+        b"/v1/s\xffms",
+    ];
+    for p in refused_by_envoy {
+        let mut raw = b"GET ".to_vec();
+        raw.extend_from_slice(p);
+        raw.extend_from_slice(b" HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+        assert_eq!(
+            send_raw(e.port, &raw),
+            Some(400),
+            "{}",
+            String::from_utf8_lossy(p)
+        );
+    }
+    // Paths that normalise to something else are that something else, for
+    // appguard and the upstream alike (matching is case-sensitive, as
+    // Envoy's own routes are).
+    let elsewhere = [
+        ("/v1/sms/..", "/v1/"),
+        ("/v1/sms/%2e%2e", "/v1/"),
+        ("/V1/SMS", "/V1/SMS"),
+        ("/v1/%53ms", "/v1/Sms"),
+        ("/v1/%C5%BFms", "/v1/%C5%BFms"),
+        ("/v1/sm%2573", "/v1/sm%2573"),
+        ("/v1/admin/", "/v1/admin/"),
+        ("/v1/admin;jsessionid=1", "/v1/admin;jsessionid=1"),
+    ];
+    for (sent, upstream_path) in elsewhere {
+        let r = e.request(Req::get(sent));
+        assert_eq!(r.status, 200, "{sent}: {}", r.text());
+        assert_eq!(rig.up.last().path, upstream_path, "{sent}");
+    }
+    // Whatever reached the upstream is not under the denied prefix.
+    for s in rig.up.seen() {
+        assert!(!s.path.starts_with("/v1/sms"), "bypass: {}", s.path);
+        assert_ne!(s.path, "/v1/admin", "bypass");
+    }
+    assert_eq!(rig.up.seen().len(), elsewhere.len());
+    assert_vm_healthy(e);
+}
+
+#[test]
+fn origin_tricks_are_origin_denied() {
+    let rig = start();
+    let e = &rig.envoy;
+    let allowed = [
+        "https://shop.example.com",
+        "https://a.shop.example.com",
+        "https://a.b.shop.example.com",
+        // RFC 6454 §6.1 serialises scheme and host in lower case; the same
+        // origin in upper case is the same origin.
+        "HTTPS://SHOP.EXAMPLE.COM",
+        // The fully qualified form of the same DNS name.
+        "https://shop.example.com.",
+        "https://shop.example.com:443",
+    ];
+    for o in allowed {
+        let r = e.request(Req::get("/web/x").header("origin", o));
+        assert_eq!(r.status, 200, "{o}: {}", r.text());
+        assert_eq!(rig.up.last().header("x-appguard-app"), Some("shop-web"));
+    }
+    let denied = [
+        "https://evil.com%2eshop.example.com",
+        "https://evil.com%2Eshop.example.com",
+        "https://shop.example.com%2eevil.com",
+        "https://shop%2eexample.com",
+        "https://shop.example.com.evil.com",
+        "https://evilshop.example.com",
+        "https://shop-example.com",
+        "https://shop.example.com@evil.com",
+        "https://evil.com@shop.example.com",
+        "https://evil.com\\@shop.example.com",
+        "https://evil.com\\.shop.example.com",
+        "https://shop.example.com:8443",
+        "https://shop.example.com:99999",
+        "http://shop.example.com",
+        "wss://shop.example.com",
+        "null",
+        "",
+        "https://",
+        "https://.shop.example.com",
+        "https://shop..example.com",
+        "https://xn--shp-lna.example.com",
+        "shop.example.com",
+        "//shop.example.com",
+        "javascript://shop.example.com",
+    ];
+    for o in denied {
+        deny(
+            e,
+            Req::get("/web/x").header("origin", o),
+            403,
+            "origin_denied",
+            o,
+        );
+    }
+    // IDN lookalikes and other non-ASCII hosts, as raw UTF-8: browsers send
+    // punycode, so any non-ASCII origin is refused.
+    for o in [
+        "https://sh\u{043e}p.example.com",
+        "https://shop\u{ff0e}example\u{ff0e}com",
+        "https://shop.example.com\u{3002}",
+        "https://ｓhop.example.com",
+    ] {
+        deny(
+            e,
+            Req::get("/web/x").header_bytes("origin", o.as_bytes()),
+            403,
+            "origin_denied",
+            o,
+        );
+    }
+    // Referer stands in for Origin only when Origin is absent.
+    deny(
+        e,
+        Req::get("/web/x").header("referer", "https://shop.example.com.evil.com/x"),
+        403,
+        "origin_denied",
+        "referer lookalike",
+    );
+    deny(
+        e,
+        Req::get("/web/x")
+            .header("origin", "https://evil.com")
+            .header("referer", "https://shop.example.com/page"),
+        403,
+        "origin_denied",
+        "good referer, bad origin",
+    );
+    let r = e.request(Req::get("/web/x").header("referer", "https://shop.example.com/page?q=1"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(rig.up.seen().len(), allowed.len() + 1);
+    assert_vm_healthy(e);
+}
+
+#[test]
+fn a_wildcard_in_a_request_origin_is_origin_denied() {
+    let rig = start();
+    for o in [
+        "https://*.shop.example.com",
+        "https://*.*.shop.example.com",
+        "https://*.example.com",
+    ] {
+        deny(
+            &rig.envoy,
+            Req::get("/web/x").header("origin", o),
+            403,
+            "origin_denied",
+            o,
+        );
+    }
+    assert!(rig.up.seen().is_empty());
+}
+
+#[test]
+fn ipv6_zone_ids_and_address_spellings_in_xff_fail_closed() {
+    let rig = start();
+    let e = &rig.envoy;
+    // `/net` denies 2001:db8::/32 and 10.0.0.0/8. An address it cannot
+    // read is no address: refused (ip_denied), never let through.
+    let denied = [
+        "2001:db8::1%eth0",
+        "2001:db8::1%25eth0",
+        "[2001:db8::1%eth0]:443",
+        "fe80::1%1",
+        "2001:db8::1%",
+        "::ffff:10.1.2.3",
+        "::ffff:a01:203",
+        "[::ffff:10.1.2.3]:80",
+        "2001:0db8:0000:0000:0000:0000:0000:0001",
+        "2001:DB8::1",
+        "[2001:db8::1]:8080",
+        " 2001:db8::1 ",
+        "010.1.2.3",
+        "0x0a.1.2.3",
+        "167838211",
+        "10.1.2.3.nip.io",
+        "10.1.2.3:80:80",
+        "unknown",
+        "",
+    ];
+    for ip in denied {
+        deny(
+            e,
+            Req::get("/net/x").header("x-forwarded-for", ip),
+            403,
+            "ip_denied",
+            ip,
+        );
+    }
+    // `/only-fe80` allows fe80::/10: an address with a zone id is refused
+    // even there (a zone id names a link of the proxy, not a client).
+    deny(
+        e,
+        Req::get("/only-fe80/x").header("x-forwarded-for", "fe80::1%eth0"),
+        403,
+        "ip_denied",
+        "zone id in the allowed range",
+    );
+    for (path, ip) in [
+        ("/net/x", "2001:db9::1"),
+        ("/net/x", "192.0.2.1"),
+        ("/net/x", "[2001:db9::1]:443"),
+        ("/only-fe80/x", "fe80::1"),
+    ] {
+        let r = e.request(Req::get(path).header("x-forwarded-for", ip));
+        assert_eq!(r.status, 200, "{path} {ip}: {}", r.text());
+    }
+    assert_eq!(rig.up.seen().len(), 4);
+    assert_vm_healthy(e);
+}
+
+fn sms(envoy: &Envoy, body: &[u8]) -> Resp {
+    envoy.request(
+        Req::new("POST", "/sms")
+            .header("content-type", "application/json")
+            .body(body),
+    )
+}
+
+#[test]
+fn phone_numbers_with_letters_foreign_digits_or_excess_length_are_body_invalid() {
+    let rig = start();
+    let e = &rig.envoy;
+    // The local limit is 2 per number per hour: two genuine sends.
+    for to in ["+44 7700 900123", "07700 900123"] {
+        let r = sms(e, json!({"to": to}).to_string().as_bytes());
+        assert_eq!(r.status, 200, "{to}: {}", r.text());
+    }
+    // Spellings of the same number that are not ASCII digits are refused,
+    // not counted as new numbers.
+    let long = "1".repeat(10_000);
+    let spaced = format!("+44 7700 900123{}", " ".repeat(60));
+    let invalid = [
+        "+44 77OO 900123",
+        "+44 7700 9OO123",
+        "+44 7700 900l23",
+        "+\u{0664}\u{0664} \u{0667}\u{0667}\u{0660}\u{0660} \u{0669}\u{0660}\u{0660}\u{0661}\u{0662}\u{0663}",
+        "+\u{ff14}\u{ff14} \u{ff17}\u{ff17}\u{ff10}\u{ff10} \u{ff19}\u{ff10}\u{ff10}\u{ff11}\u{ff12}\u{ff13}",
+        "\u{ff0b}447700900123",
+        "+447700900123\u{200b}",
+        "+44\u{00a0}7700900123",
+        "+44\u{2007}7700900123",
+        "+44 7700 900123 ext. 1",
+        "tel:+447700900123",
+        "+44 7700 900123\n",
+        "+44\t7700900123",
+        "++447700900123",
+        "+44+7700900123",
+        "+",
+        "",
+        "1e10",
+        long.as_str(),
+        spaced.as_str(),
+    ];
+    for to in invalid {
+        let r = sms(e, json!({"to": to}).to_string().as_bytes());
+        assert_eq!(
+            (r.status, r.reason()),
+            (400, Some("body_invalid")),
+            "{to:?}: {}",
+            r.text()
+        );
+    }
+    // JSON escapes decode to the same ASCII number: counted, over the limit.
+    let r = sms(e, br#"{"to": "\u002b\u0034\u0034 7700 900123"}"#);
+    assert_eq!((r.status, r.reason()), (429, Some("rate_limited")));
+    let r = sms(
+        e,
+        json!({"to": "(+44) 7700.900.123"}).to_string().as_bytes(),
+    );
+    assert_eq!((r.status, r.reason()), (429, Some("rate_limited")));
+    // A value that is not a string or number is no phone number.
+    for body in [
+        r#"{"to": ["+447700900123"]}"#,
+        r#"{"to": {"n": 1}}"#,
+        r#"{"to": null}"#,
+    ] {
+        let r = sms(e, body.as_bytes());
+        assert_eq!(
+            (r.status, r.reason()),
+            (400, Some("body_invalid")),
+            "{body}"
+        );
+    }
+    assert_eq!(rig.up.seen().len(), 2);
+    assert!(!e.log().contains("7700900123") && !e.log().contains("7700 900123"));
+    assert_vm_healthy(e);
+}
+
+#[test]
+fn hostile_json_bodies_are_body_invalid() {
+    let rig = start();
+    let e = &rig.envoy;
+    let deep_array = format!("{}{}", "[".repeat(8000), "]".repeat(8000));
+    let deep_object = format!(
+        "{}\"+447700900777\"{}",
+        "{\"to\":".repeat(2000),
+        "}".repeat(2000)
+    );
+    let nested20 = format!(
+        "{{\"to\":\"+447700900777\",\"x\":{}1{}}}",
+        "{\"a\":".repeat(20),
+        "}".repeat(20)
+    );
+    let mut utf16 = vec![0xff, 0xfe];
+    for u in r#"{"to":"+447700900777"}"#.encode_utf16() {
+        utf16.extend_from_slice(&u.to_le_bytes());
+    }
+    let bodies: Vec<(&str, Vec<u8>)> = vec![
+        ("8000 nested arrays", deep_array.into_bytes()),
+        ("2000 nested objects", deep_object.into_bytes()),
+        ("nested 20 deep beside the number", nested20.into_bytes()),
+        (
+            "duplicate key",
+            br#"{"to":"+447700900111","to":"+447700900222"}"#.to_vec(),
+        ),
+        (
+            "duplicate key by escape",
+            br#"{"to":"+447700900111","\u0074o":"+447700900222"}"#.to_vec(),
+        ),
+        (
+            "duplicate key elsewhere",
+            br#"{"to":"+447700900111","x":{"y":1,"y":2}}"#.to_vec(),
+        ),
+        (
+            "invalid UTF-8 in another field",
+            b"{\"to\":\"+447700900111\",\"x\":\"\xff\"}".to_vec(),
+        ),
+        (
+            "invalid UTF-8 in the number",
+            b"{\"to\":\"+44770090\xc0\xb1111\"}".to_vec(),
+        ),
+        ("UTF-16 with a BOM", utf16),
+        (
+            "UTF-8 BOM",
+            b"\xef\xbb\xbf{\"to\":\"+447700900111\"}".to_vec(),
+        ),
+        ("trailing data", br#"{"to":"+447700900111"} {}"#.to_vec()),
+        (
+            "two documents",
+            br#"{"to":"+447700900111"}{"to":"+1"}"#.to_vec(),
+        ),
+        ("NaN", br#"{"to":"+447700900111","x":NaN}"#.to_vec()),
+        (
+            "huge exponent",
+            br#"{"to":"+447700900111","x":1e999}"#.to_vec(),
+        ),
+        (
+            "lone surrogate",
+            br#"{"to":"+447700900111","x":"\ud800"}"#.to_vec(),
+        ),
+        (
+            "NUL in the number",
+            br#"{"to":"+447700900111\u0000"}"#.to_vec(),
+        ),
+        ("single quotes", br#"{'to':'+447700900111'}"#.to_vec()),
+        ("no number", br#"{"from":"+447700900111"}"#.to_vec()),
+        ("empty", Vec::new()),
+    ];
+    for (label, body) in &bodies {
+        let r = sms(e, body);
+        assert_eq!(
+            (r.status, r.reason()),
+            (400, Some("body_invalid")),
+            "{label}: {}",
+            r.text()
+        );
+    }
+    assert!(rig.up.seen().is_empty(), "a refused body reached upstream");
+    let r = sms(e, json!({"to": "+447700900111"}).to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_vm_healthy(e);
+}

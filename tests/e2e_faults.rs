@@ -1,0 +1,812 @@
+//! Dependency faults and fail-closed deployment, through a real Envoy.
+//!
+//! The peers are the real ones where a real one exists (the appguard
+//! rate-limit service over Redis, an HTTP JWKS server); where the fault is
+//! the peer misbehaving (answering nothing, answering garbage), the peer is
+//! a deliberately broken server written here: a TCP listener that never
+//! answers, one that writes garbage, and a minimal HTTP/2 gRPC responder
+//! whose framing is right but whose message is not. Every case must give
+//! the documented status, let nothing through that should not pass, and
+//! leave the Wasm VM as Envoy started it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use harness::http::{self, Req};
+use harness::services::{RateLimitService, Redis};
+use harness::tokens::{self, claims};
+use harness::upstream::{Seen, Upstream};
+use harness::{envoy_bin, free_port, temp_file, Envoy, EnvoyBuilder, Service};
+use jwt_simple::prelude::ES256KeyPair;
+use serde_json::{json, Value};
+
+/// The VM that answered is the one Envoy started: no trap, no reload.
+fn assert_vm_healthy(envoy: &Envoy) {
+    for s in [
+        "wasm.appguard.vm_reload",
+        "wasm.appguard.vm_reload_success",
+        "wasm.appguard.vm_reload_failure",
+        "wasm.appguard.vm_reload_backoff",
+    ] {
+        assert_eq!(envoy.stat(s), Some(0), "{s}: the VM crashed or reloaded");
+    }
+    let log = envoy.log();
+    for bad in [
+        "panicked",
+        "Function: proxy_on_",
+        "Wasm VM failed",
+        "RuntimeError",
+    ] {
+        assert!(!log.contains(bad), "Envoy log has {bad:?}:\n{log}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The rate-limit service
+// ---------------------------------------------------------------------------
+
+const RLS_TIMEOUT_MS: u64 = 300;
+
+fn rls_config(failure_mode: &str) -> Value {
+    json!({
+        "rate_limit_service": {"cluster": "ratelimit", "domain": "appguard",
+                               "timeout_ms": RLS_TIMEOUT_MS, "failure_mode": failure_mode},
+        "routes": [{"name": "api", "match": {"prefix": "/api"},
+                    "rate_limits": [{"entries": [{"type": "route"}]}]}]
+    })
+}
+
+/// An Envoy whose route `api` asks the service on `rls_port`, failing `mode`.
+fn rls_envoy(up: &Upstream, rls_port: u16, mode: &str) -> Envoy {
+    EnvoyBuilder::new(rls_config(mode), up.port)
+        .grpc_cluster("ratelimit", rls_port)
+        .start()
+}
+
+/// Under `deny` the request gets 503 `ratelimit_unavailable`, under `allow`
+/// it passes and is counted as degraded; both within the call timeout.
+fn assert_fails_by_mode(deny: &Envoy, allow: &Envoy, up: &Upstream, what: &str) {
+    let before = up.seen().len();
+    let t = Instant::now();
+    let r = deny.request(Req::get("/api/x"));
+    assert_eq!(
+        (r.status, r.reason()),
+        (503, Some("ratelimit_unavailable")),
+        "{what}, deny: {}",
+        r.text()
+    );
+    assert_eq!(
+        up.seen().len(),
+        before,
+        "{what}: deny let a request through"
+    );
+    let degraded = "appguard_decisions.route.api.decision.degraded.reason.ratelimit_unavailable";
+    let counted = allow.stat(degraded).unwrap_or(0);
+    let r = allow.request(Req::get("/api/x"));
+    assert_eq!(r.status, 200, "{what}, allow: {}", r.text());
+    assert_eq!(up.seen().len(), before + 1);
+    assert_eq!(allow.stat(degraded), Some(counted + 1), "{what}: counted");
+    assert!(
+        t.elapsed() < Duration::from_millis(4 * RLS_TIMEOUT_MS + 2000),
+        "{what}: answered in {:?}",
+        t.elapsed()
+    );
+}
+
+/// What a deliberately broken rate-limit service does with a connection.
+#[derive(Clone)]
+enum Broken {
+    /// Accepts and reads, never writes: every call runs into its timeout.
+    Silent,
+    /// Writes these bytes instead of HTTP/2, then closes.
+    Garbage(&'static [u8]),
+    /// Speaks just enough HTTP/2 to answer each gRPC call with this message
+    /// and `grpc-status`.
+    Grpc(Arc<Mutex<(Vec<u8>, u32)>>),
+}
+
+/// Starts a broken service on a free port; returns the port and a counter of
+/// connections (Silent, Garbage) or answered calls (Grpc).
+fn broken_service(b: Broken) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let (b, c) = (b.clone(), c.clone());
+            thread::spawn(move || serve_broken(conn, &b, &c));
+        }
+    });
+    (port, count)
+}
+
+fn serve_broken(mut conn: TcpStream, b: &Broken, count: &AtomicUsize) {
+    let mut buf = [0u8; 16 * 1024];
+    match b {
+        Broken::Silent => {
+            count.fetch_add(1, Ordering::SeqCst);
+            while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+        }
+        Broken::Garbage(bytes) => {
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(bytes);
+        }
+        Broken::Grpc(answer) => {
+            let _ = grpc_answers(&mut conn, answer, count);
+        }
+    }
+}
+
+/// An HTTP/2 frame (RFC 9113 §4.1).
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK (RFC 7541) literal header field without indexing, new name.
+fn literal(name: &str, value: &str) -> Vec<u8> {
+    let mut out = vec![0x00, u8::try_from(name.len()).unwrap()];
+    out.extend_from_slice(name.as_bytes());
+    out.push(u8::try_from(value.len()).unwrap());
+    out.extend_from_slice(value.as_bytes());
+    out
+}
+
+/// Answers every gRPC call on the connection: settings and pings are
+/// acknowledged, and each stream that ends gets `:status 200`, one gRPC
+/// message, and `grpc-status` in the trailers.
+fn grpc_answers(
+    conn: &mut TcpStream,
+    answer: &Mutex<(Vec<u8>, u32)>,
+    count: &AtomicUsize,
+) -> std::io::Result<()> {
+    const DATA: u8 = 0x0;
+    const HEADERS: u8 = 0x1;
+    const SETTINGS: u8 = 0x4;
+    const PING: u8 = 0x6;
+    const END_STREAM: u8 = 0x1;
+    const ACK: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    let mut preface = [0u8; 24];
+    conn.read_exact(&mut preface)?;
+    conn.write_all(&frame(SETTINGS, 0, 0, &[]))?;
+    loop {
+        let mut head = [0u8; 9];
+        conn.read_exact(&mut head)?;
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let (kind, flags) = (head[3], head[4]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        conn.read_exact(&mut payload)?;
+        match kind {
+            SETTINGS if flags & ACK == 0 => conn.write_all(&frame(SETTINGS, ACK, 0, &[]))?,
+            PING if flags & ACK == 0 => conn.write_all(&frame(PING, ACK, 0, &payload))?,
+            DATA | HEADERS if flags & END_STREAM != 0 && stream != 0 => {
+                let (message, status) = answer.lock().unwrap().clone();
+                // :status 200 (static index 8), content-type (static name 31).
+                let mut h = vec![0x88, 0x0f, 0x10, 16];
+                h.extend_from_slice(b"application/grpc");
+                let mut data = vec![0u8];
+                data.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+                data.extend_from_slice(&message);
+                let trailers = literal("grpc-status", &status.to_string());
+                let mut out = frame(HEADERS, END_HEADERS, stream, &h);
+                out.extend(frame(DATA, 0, stream, &data));
+                out.extend(frame(HEADERS, END_HEADERS | END_STREAM, stream, &trailers));
+                conn.write_all(&out)?;
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_rate_limit_service_that_never_answers_times_out_to_the_failure_mode() {
+    let (port, connections) = broken_service(Broken::Silent);
+    let up = Upstream::start();
+    let deny = rls_envoy(&up, port, "deny");
+    let allow = rls_envoy(&up, port, "allow");
+    for _ in 0..3 {
+        assert_fails_by_mode(&deny, &allow, &up, "silent service");
+    }
+    assert!(
+        connections.load(Ordering::SeqCst) >= 1,
+        "Envoy never reached the silent service: the test would prove nothing"
+    );
+    assert_vm_healthy(&deny);
+    assert_vm_healthy(&allow);
+}
+
+#[test]
+fn a_rate_limit_service_answering_garbage_fails_by_the_failure_mode() {
+    // Control first: the hand-made gRPC server is understood when its
+    // message is a RateLimitResponse with overall_code OK (field 1 = 1).
+    let answer = Arc::new(Mutex::new((vec![0x08, 0x01], 0u32)));
+    let (port, calls) = broken_service(Broken::Grpc(answer.clone()));
+    let up = Upstream::start();
+    let deny = rls_envoy(&up, port, "deny");
+    let allow = rls_envoy(&up, port, "allow");
+    let r = deny.request(Req::get("/api/x"));
+    assert_eq!(r.status, 200, "control answer: {}", r.text());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // The same server answering OVER_LIMIT (2) is obeyed: it is really read.
+    *answer.lock().unwrap() = (vec![0x08, 0x02], 0);
+    let r = deny.request(Req::get("/api/x"));
+    assert_eq!((r.status, r.reason()), (429, Some("rate_limited")));
+    let cases: [(&str, Vec<u8>, u32); 6] = [
+        // Not protobuf: field 1 with wire type 7, which does not exist.
+        (
+            "bytes that are not protobuf",
+            vec![0x0f, 0xff, 0xff, 0xff],
+            0,
+        ),
+        ("text", b"<html>502 Bad Gateway</html>".to_vec(), 0),
+        // A length that runs past the message.
+        ("truncated field", vec![0x12, 0x40, 0x08], 0),
+        // overall_code UNKNOWN (0): no decision in it.
+        ("overall_code UNKNOWN", Vec::new(), 0),
+        ("overall_code out of range", vec![0x08, 0x63], 0),
+        // A clean OK message, but the call failed (UNAVAILABLE).
+        ("grpc-status 14", vec![0x08, 0x01], 14),
+    ];
+    for (what, message, status) in cases {
+        *answer.lock().unwrap() = (message, status);
+        assert_fails_by_mode(&deny, &allow, &up, what);
+    }
+    // Garbage where HTTP/2 should be: a reset before any answer.
+    for bytes in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..],
+        &[0xffu8; 64][..],
+    ] {
+        let (gport, conns) = broken_service(Broken::Garbage(bytes));
+        let d = rls_envoy(&up, gport, "deny");
+        let a = rls_envoy(&up, gport, "allow");
+        assert_fails_by_mode(&d, &a, &up, "garbage bytes");
+        assert!(conns.load(Ordering::SeqCst) >= 1);
+        assert_vm_healthy(&d);
+        assert_vm_healthy(&a);
+    }
+    assert_vm_healthy(&deny);
+    assert_vm_healthy(&allow);
+}
+
+/// Starts redis-server on `port` (to bring one back where it was).
+fn redis_on(port: u16) -> Service {
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    Service::start("redis", cmd, Some(port))
+}
+
+#[test]
+fn redis_stopped_under_the_real_service_fails_by_the_failure_mode_then_recovers() {
+    let (_dir, limits) = temp_file(
+        "limits.yaml",
+        "domain: appguard\ndescriptors:\n  - key: route\n    value: api\n    rate_limit: {unit: hour, requests_per_unit: 1000}\n",
+    );
+    let mut redis = Redis::start();
+    let redis_port = redis.port;
+    let rls = RateLimitService::start(&limits, Some(&redis.url()));
+    let up = Upstream::start();
+    let deny = rls_envoy(&up, rls.grpc_port, "deny");
+    let allow = rls_envoy(&up, rls.grpc_port, "allow");
+    assert_eq!(deny.request(Req::get("/api/x")).status, 200);
+    assert_eq!(allow.request(Req::get("/api/x")).status, 200);
+    redis.service.stop();
+    for _ in 0..3 {
+        assert_fails_by_mode(&deny, &allow, &up, "redis stopped");
+    }
+    // The service reconnects when Redis is back; requests pass again.
+    let _redis_again = redis_on(redis_port);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = deny.request(Req::get("/api/x"));
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.reason(), Some("ratelimit_unavailable"));
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after Redis came back"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_vm_healthy(&deny);
+    assert_vm_healthy(&allow);
+}
+
+// ---------------------------------------------------------------------------
+// The JWKS server
+// ---------------------------------------------------------------------------
+
+const JWKS_TIMEOUT_MS: u64 = 500;
+
+/// How the JWKS server answers.
+#[derive(Clone)]
+enum Jwks {
+    /// 200 with this document.
+    Doc(String),
+    /// This status and body.
+    Status(u16, String),
+    /// The document, after holding the response this long.
+    Slow(Duration, String),
+}
+
+/// A JWKS endpoint whose behaviour the test changes while Envoy runs.
+struct JwksServer {
+    mode: Arc<Mutex<Jwks>>,
+    server: Upstream,
+}
+
+impl JwksServer {
+    fn start(mode: Jwks) -> JwksServer {
+        let mode = Arc::new(Mutex::new(mode));
+        let m = mode.clone();
+        let server = Upstream::with_handler(Arc::new(move |_s: &Seen| {
+            let current = m.lock().unwrap().clone();
+            let (status, body) = match current {
+                Jwks::Doc(d) => (200, d),
+                Jwks::Status(s, b) => (s, b),
+                Jwks::Slow(wait, d) => {
+                    thread::sleep(wait);
+                    (200, d)
+                }
+            };
+            (
+                status,
+                vec![("content-type".into(), "application/json".into())],
+                body.into_bytes(),
+            )
+        }));
+        JwksServer { mode, server }
+    }
+
+    fn set(&self, mode: Jwks) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    fn fetches(&self) -> usize {
+        self.server.seen().len()
+    }
+}
+
+fn jwks_config(refresh: u64, grace: u64, failure_mode: &str) -> Value {
+    json!({
+        "tokens": [{"name": "remote", "from": [{"header": "x-token"}],
+                    "remote_jwks": {"cluster": "jwks", "path": "/jwks.json",
+                                    "timeout_ms": JWKS_TIMEOUT_MS, "refresh_seconds": refresh,
+                                    "grace_seconds": grace, "min_refetch_seconds": 30}}],
+        "routes": [{"name": "api", "match": {"prefix": "/api"}, "tokens": ["remote"],
+                    "failure_mode": failure_mode}]
+    })
+}
+
+fn jwks_envoy(up: &Upstream, jwks_port: u16, failure_mode: &str) -> Envoy {
+    EnvoyBuilder::new(jwks_config(600, 3600, failure_mode), up.port)
+        .http_cluster("jwks", jwks_port)
+        .start()
+}
+
+fn key() -> (ES256KeyPair, String) {
+    let k = ES256KeyPair::generate().with_key_id("k1");
+    let doc = json!({"keys": [tokens::es256_jwk(&k, "k1")]}).to_string();
+    (k, doc)
+}
+
+fn token_req(k: &ES256KeyPair) -> Req {
+    Req::get("/api/x").header("x-token", &tokens::es256_with(k, &claims(60, json!({}))))
+}
+
+fn expect_jwks_unavailable(envoy: &Envoy, k: &ES256KeyPair, what: &str) {
+    let t = Instant::now();
+    let r = envoy.request(token_req(k));
+    assert_eq!(
+        (r.status, r.reason()),
+        (503, Some("jwks_unavailable")),
+        "{what}: {}",
+        r.text()
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(4 * JWKS_TIMEOUT_MS + 2000),
+        "{what}: answered in {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn jwks_down_slow_or_garbage_before_the_first_keys_is_503_and_nothing_passes() {
+    let (k, doc) = key();
+    let up = Upstream::start();
+    // Nothing listens on the cluster's port.
+    let closed = free_port();
+    let e = jwks_envoy(&up, closed, "deny");
+    expect_jwks_unavailable(&e, &k, "connection refused");
+    assert_vm_healthy(&e);
+    // Garbage instead of HTTP.
+    let (gport, conns) = broken_service(Broken::Garbage(&[0x16, 0x03, 0x01, 0xff, 0xff]));
+    let e = jwks_envoy(&up, gport, "deny");
+    expect_jwks_unavailable(&e, &k, "garbage bytes");
+    assert!(conns.load(Ordering::SeqCst) >= 1);
+    assert_vm_healthy(&e);
+    // A real server: slow past timeout_ms, then over the size cap, then a
+    // document with no usable key; each refused. Then the real document.
+    let jwks = JwksServer::start(Jwks::Slow(
+        Duration::from_millis(3 * JWKS_TIMEOUT_MS),
+        doc.clone(),
+    ));
+    let e = jwks_envoy(&up, jwks.server.port, "deny");
+    expect_jwks_unavailable(&e, &k, "slow server");
+    thread::sleep(Duration::from_millis(3 * JWKS_TIMEOUT_MS));
+    let pad = "x".repeat(70 * 1024);
+    jwks.set(Jwks::Doc(
+        json!({"keys": [tokens::es256_jwk(&k, "k1")], "pad": pad}).to_string(),
+    ));
+    expect_jwks_unavailable(&e, &k, "JWKS over 64 KiB");
+    for unusable in [
+        r#"{"keys": []}"#,
+        r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#,
+        r#"{"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}"#,
+        r#"{"keys": {"kty": "EC"}}"#,
+        "\u{feff}[]",
+    ] {
+        jwks.set(Jwks::Doc(unusable.to_string()));
+        expect_jwks_unavailable(&e, &k, unusable);
+    }
+    assert!(up.seen().is_empty(), "a token passed without keys");
+    jwks.set(Jwks::Doc(doc));
+    let r = e.request(token_req(&k));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_vm_healthy(&e);
+}
+
+#[test]
+fn jwks_down_under_failure_mode_allow_passes_without_the_token() {
+    let (k, _doc) = key();
+    let up = Upstream::start();
+    let e = jwks_envoy(&up, free_port(), "allow");
+    let r = e.request(token_req(&k));
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The token could not be checked: it is not forwarded as if it had been.
+    assert_eq!(up.last().header("x-token"), None);
+    assert_eq!(
+        e.stat("appguard_decisions.route.api.decision.degraded.reason.jwks_unavailable"),
+        Some(1)
+    );
+    assert_vm_healthy(&e);
+}
+
+#[test]
+fn keys_survive_failed_refreshes_until_refresh_plus_grace() {
+    const REFRESH: u64 = 10;
+    const GRACE: u64 = 8;
+    let (k, doc) = key();
+    let jwks = JwksServer::start(Jwks::Doc(doc.clone()));
+    let up = Upstream::start();
+    let e = EnvoyBuilder::new(jwks_config(REFRESH, GRACE, "deny"), up.port)
+        .http_cluster("jwks", jwks.server.port)
+        .start();
+    let loaded = Instant::now();
+    assert_eq!(e.request(token_req(&k)).status, 200);
+    assert_eq!(jwks.fetches(), 1);
+    // Every refresh after this fails, in a different way each time.
+    let failures = [
+        Jwks::Status(500, "oops".into()),
+        Jwks::Doc("{not json".into()),
+        Jwks::Slow(Duration::from_millis(3 * JWKS_TIMEOUT_MS), doc.clone()),
+        Jwks::Status(200, r#"{"keys": []}"#.into()),
+    ];
+    jwks.set(failures[0].clone());
+    thread::sleep(Duration::from_secs(REFRESH + 1));
+    let mut i = 0;
+    // Until refresh + grace has passed, the last good keys still verify.
+    while loaded.elapsed() < Duration::from_secs(REFRESH + GRACE - 2) {
+        jwks.set(failures[i % failures.len()].clone());
+        let before = jwks.fetches();
+        let r = e.request(token_req(&k));
+        assert_eq!(
+            r.status,
+            200,
+            "keys dropped after a failed refresh: {}",
+            r.text()
+        );
+        // The request started a background refresh, which fails.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while jwks.fetches() == before && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(100));
+        }
+        i += 1;
+        thread::sleep(Duration::from_millis(1200));
+    }
+    assert!(
+        jwks.fetches() >= 3,
+        "refreshes were attempted: {}",
+        jwks.fetches()
+    );
+    // After refresh + grace the stale keys are dropped: refused, not trusted
+    // forever.
+    jwks.set(Jwks::Status(503, "down".into()));
+    thread::sleep(Duration::from_secs(REFRESH + GRACE + 2).saturating_sub(loaded.elapsed()));
+    expect_jwks_unavailable(&e, &k, "stale keys");
+    assert!(
+        e.log().contains("keys older than refresh + grace, dropped"),
+        "dropped for age"
+    );
+    jwks.set(Jwks::Doc(doc));
+    let r = e.request(token_req(&k));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_vm_healthy(&e);
+}
+
+// ---------------------------------------------------------------------------
+// Fail closed: a VM that cannot start, or that crashes
+// ---------------------------------------------------------------------------
+
+/// A hand-assembled proxy-wasm (ABI 0.2.1) module, about 250 bytes: it
+/// starts (`proxy_on_vm_start` returns `vm_start`), configures (returns
+/// `configure`), and runs `headers_body` (a function body after its local
+/// declarations) in `proxy_on_request_headers`. `[0x00]` is `unreachable`,
+/// a trap; `[0x41, 0x00]` returns 0, Continue.
+fn proxy_wasm_module(headers_body: &[u8], vm_start: u8, configure: u8) -> Vec<u8> {
+    /// Unsigned LEB128, the length encoding of the binary format.
+    fn leb(mut n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let byte = u8::try_from(n & 0x7f).unwrap();
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return out;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    fn vec_of(items: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = leb(items.len());
+        for i in items {
+            out.extend_from_slice(i);
+        }
+        out
+    }
+    fn section(id: u8, body: Vec<u8>) -> Vec<u8> {
+        let mut out = vec![id];
+        out.extend(leb(body.len()));
+        out.extend(body);
+        out
+    }
+    fn name(s: &str) -> Vec<u8> {
+        let mut out = leb(s.len());
+        out.extend_from_slice(s.as_bytes());
+        out
+    }
+    const I32: u8 = 0x7f;
+    const FUNC: u8 = 0x60;
+    let types = vec_of(&[
+        vec![FUNC, 1, I32, 1, I32],
+        vec![FUNC, 0, 0],
+        vec![FUNC, 2, I32, I32, 0],
+        vec![FUNC, 2, I32, I32, 1, I32],
+        vec![FUNC, 3, I32, I32, I32, 1, I32],
+    ]);
+    // function i has type funcs[i]
+    let funcs = vec_of(&[vec![0], vec![1], vec![2], vec![3], vec![3], vec![4]]);
+    let body = |code: &[u8]| {
+        let mut b = vec![0x00]; // no locals
+        b.extend_from_slice(code);
+        b.push(0x0b); // end
+        let mut out = leb(b.len());
+        out.extend(b);
+        out
+    };
+    let code = vec_of(&[
+        body(&[0x41, 0x80, 0x08]), // malloc: i32.const 1024
+        body(&[]),
+        body(&[]),
+        body(&[0x41, vm_start]),
+        body(&[0x41, configure]),
+        body(headers_body),
+    ]);
+    let export = |n: &str, kind: u8, index: u8| {
+        let mut e = name(n);
+        e.extend([kind, index]);
+        e
+    };
+    let exports = vec_of(&[
+        export("memory", 2, 0),
+        export("proxy_on_memory_allocate", 0, 0),
+        export("malloc", 0, 0),
+        export("proxy_abi_version_0_2_1", 0, 1),
+        export("proxy_on_context_create", 0, 2),
+        export("proxy_on_vm_start", 0, 3),
+        export("proxy_on_configure", 0, 4),
+        export("proxy_on_request_headers", 0, 5),
+    ]);
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    m.extend(section(1, types));
+    m.extend(section(3, funcs));
+    m.extend(section(5, vec![1, 0x00, 2])); // one memory, min 2 pages
+    m.extend(section(7, exports));
+    m.extend(section(10, code));
+    m
+}
+
+/// An Envoy started from the harness's bootstrap with another module file
+/// and failure policy in the wasm filter.
+struct RawEnvoy {
+    port: u16,
+    admin_port: u16,
+    service: Service,
+    _dir: tempfile::TempDir,
+}
+
+impl RawEnvoy {
+    fn stat(&self, name: &str) -> u64 {
+        let text = http::get(self.admin_port, "/stats").unwrap().text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Starts Envoy; `Ok` once ready, `Err(log)` when it exits first.
+fn start_envoy(up: &Upstream, module: &Path, failure_policy: &str) -> Result<RawEnvoy, String> {
+    let (port, admin_port) = (free_port(), free_port());
+    let mut bootstrap = EnvoyBuilder::new(json!({}), up.port).bootstrap(port, admin_port);
+    let filters = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"]
+        .as_array_mut()
+        .unwrap();
+    let wasm = filters
+        .iter_mut()
+        .find(|f| f["name"] == "envoy.filters.http.wasm")
+        .unwrap();
+    let cfg = &mut wasm["typed_config"]["config"];
+    assert_eq!(cfg["failure_policy"], "FAIL_RELOAD", "the harness default");
+    cfg["failure_policy"] = json!(failure_policy);
+    cfg["vm_config"]["code"]["local"]["filename"] = json!(module.display().to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("envoy.json");
+    std::fs::write(&path, bootstrap.to_string()).unwrap();
+    let mut cmd = Command::new(envoy_bin());
+    cmd.arg("-c")
+        .arg(&path)
+        .args([
+            "--concurrency",
+            "1",
+            "--use-dynamic-base-id",
+            "--log-level",
+            "info",
+        ])
+        .arg("--base-id-path")
+        .arg(dir.path().join("base-id"));
+    let mut service = Service::start("envoy", cmd, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = service.wait_exit(Duration::from_millis(50)) {
+            // Envoy's own lines about the module, not its list of extensions.
+            let log = service.log_text();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("[wasm]") || l.contains("[critical]"))
+                .collect();
+            return Err(format!("exit {status}\n{}", lines.join("\n")));
+        }
+        if http::get(admin_port, "/ready").is_ok_and(|r| r.status == 200)
+            && TcpStream::connect(("127.0.0.1", port)).is_ok()
+        {
+            return Ok(RawEnvoy {
+                port,
+                admin_port,
+                service,
+                _dir: dir,
+            });
+        }
+        assert!(Instant::now() < deadline, "Envoy neither ready nor exited");
+    }
+}
+
+#[test]
+fn envoy_refuses_to_start_when_the_vm_cannot_start() {
+    let up = Upstream::start();
+    let real = std::fs::read(harness::wasm_path()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let modules: [(&str, Vec<u8>); 5] = [
+        ("not wasm", b"this is not a wasm module\n".to_vec()),
+        ("empty file", Vec::new()),
+        ("truncated appguard", real[..real.len() / 2].to_vec()),
+        (
+            "proxy_on_vm_start fails",
+            proxy_wasm_module(&[0x41, 0x00], 0, 1),
+        ),
+        (
+            "proxy_on_configure fails",
+            proxy_wasm_module(&[0x41, 0x00], 1, 0),
+        ),
+    ];
+    for (what, bytes) in modules {
+        let path = dir.path().join(format!("{}.wasm", what.replace(' ', "-")));
+        std::fs::write(&path, bytes).unwrap();
+        match start_envoy(&up, &path, "FAIL_RELOAD") {
+            Ok(e) => panic!(
+                "{what}: Envoy started and serves on {}:\n{}",
+                e.port,
+                e.service.log_text()
+            ),
+            Err(log) => {
+                assert!(
+                    log.contains("Plugin configured to fail closed failed to load"),
+                    "{what}: not the fail-closed refusal:\n{log}"
+                );
+                assert!(!log.contains("starting main dispatch loop"), "{what}");
+            }
+        }
+    }
+    // Control: the hand-assembled module that starts is served.
+    let ok = dir.path().join("ok.wasm");
+    std::fs::write(&ok, proxy_wasm_module(&[0x41, 0x00], 1, 1)).unwrap();
+    let e = start_envoy(&up, &ok, "FAIL_RELOAD").unwrap();
+    let r = http::send(e.port, &Req::get("/x")).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.seen().len(), 1);
+}
+
+#[test]
+fn a_vm_that_crashes_on_every_request_refuses_every_request() {
+    let up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let trap = dir.path().join("trap.wasm");
+    std::fs::write(&trap, proxy_wasm_module(&[0x00], 1, 1)).unwrap();
+    let e = start_envoy(&up, &trap, "FAIL_RELOAD").unwrap();
+    for i in 0..8 {
+        let r = http::send(e.port, &Req::get("/x")).unwrap();
+        assert_eq!(r.status, 503, "request {i} after a crash: {}", r.text());
+        assert_eq!(r.reason(), None, "answered by Envoy, not by a filter");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(up.seen().is_empty(), "a request passed a crashed VM");
+    let log = e.service.log_text();
+    assert!(
+        log.contains("Function: proxy_on_request_headers failed"),
+        "{log}"
+    );
+    let reloads =
+        e.stat("wasm.appguard.vm_reload_success") + e.stat("wasm.appguard.vm_reload_backoff");
+    assert!(
+        reloads >= 1,
+        "FAIL_RELOAD reloaded (or backed off): {reloads}"
+    );
+    // The contrast that makes this test mean something: the same module
+    // with FAIL_OPEN lets requests through unchecked after the first crash.
+    let open = start_envoy(&up, &trap, "FAIL_OPEN").unwrap();
+    for _ in 0..3 {
+        let _ = http::send(open.port, &Req::get("/x")).unwrap();
+    }
+    assert!(
+        !up.seen().is_empty(),
+        "FAIL_OPEN passed nothing either: the crash test is not discriminating"
+    );
+}
