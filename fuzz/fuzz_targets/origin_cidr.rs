@@ -40,9 +40,17 @@ fuzz_target!(|data: &[u8]| {
     }
     if let (Ok(p), Some(o)) = (OriginPattern::parse(pattern), &parsed) {
         if p.matches(o) {
-            // The pattern's own host, as the origin parser reads it.
-            let want = parse_origin(pattern).map(|w| w.host).unwrap_or_default();
-            match want.strip_prefix("*.") {
+            // The pattern's own host, as the origin parser reads it. Request
+            // origins never carry `*`, so a wildcard pattern is read without
+            // its `*.` and the rest is the suffix a match must end with.
+            let (wildcard, base) = match pattern.split_once("://") {
+                Some((scheme, rest)) if rest.starts_with("*.") => {
+                    (true, format!("{scheme}://{}", &rest[2..]))
+                }
+                _ => (false, pattern.to_owned()),
+            };
+            let want = parse_origin(&base).map(|w| w.host).unwrap_or_default();
+            match wildcard.then_some(want.as_str()) {
                 Some(suffix) => assert!(
                     o.host.ends_with(&format!(".{suffix}")) && o.host.len() > suffix.len() + 1,
                     "{pattern:?} matched {:?}",
