@@ -108,8 +108,14 @@ struct RawConfig {
     max_body_bytes: usize,
     #[serde(default)]
     alerts: Option<crate::alerts::RawAlerts>,
+    #[serde(default = "default_decision_log_per_second")]
+    decision_log_per_second: u32,
     #[serde(default)]
     routes: Vec<RawRoute>,
+}
+
+fn default_decision_log_per_second() -> u32 {
+    20
 }
 
 fn default_max_body() -> usize {
@@ -283,6 +289,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// The denial-alert webhook, when configured.
     pub alerts: Option<crate::alerts::Alerts>,
+    /// Most per-request decision log lines (deny, monitor, degraded) each
+    /// worker writes per second (default 20; 0: none). A flood of bad
+    /// requests must not become a flood of log lines; the stats counters
+    /// stay complete, and the log says how many lines it left out.
+    pub decision_log_per_second: u32,
     /// Routes, tried in order; the first match names the policy.
     pub routes: Vec<Route>,
 }
@@ -407,8 +418,13 @@ pub enum HostPattern {
 impl Config {
     /// Parses and validates a configuration document (JSON).
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        // Two steps: JSON syntax first (one small parser), then the typed
+        // walk over the parsed tree. Walking a `Value` instead of the byte
+        // stream keeps the per-type deserializer code small: this halves the
+        // config code in the module.
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::new("", e.to_string()))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(&value).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
             ConfigError::new(path, e.into_inner().to_string())
@@ -573,6 +589,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         phone,
         max_body_bytes: raw.max_body_bytes,
         alerts: raw.alerts.map(crate::alerts::compile).transpose()?,
+        decision_log_per_second: raw.decision_log_per_second,
         routes,
     })
 }

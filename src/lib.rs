@@ -16,6 +16,7 @@ pub mod config;
 pub mod decision;
 pub mod identity;
 pub mod limits;
+pub mod lograte;
 pub mod net;
 pub mod phone;
 pub mod policy;

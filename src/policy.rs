@@ -916,16 +916,12 @@ fn check_token(
                     Reason::JwksUnavailable.into()
                 });
             }
-            let extra: &[Key] = remote.as_deref().map_or(&[], |v| v.as_slice());
-            let pre = token::precheck(provider, &provider.keys, extra, raw, now).map_err(|e| {
-                if e == TokenError::UnknownKid && has_remote && ctx.may_fetch_keys {
-                    Flow::NeedKeys(pi)
-                } else {
-                    Flow::from(e.reason())
-                }
-            })?;
-            // Cheap refusals passed; before any signature work: a token that
-            // already failed, or a client whose failure budget is spent.
+            // Before any work on a token that is not verified already: a
+            // token that failed before, or a client whose failure budget is
+            // spent, is refused at once, without even parsing it. A flood
+            // of forged tokens then costs a hash lookup per request, and a
+            // spent client cannot make the filter re-fetch a JWKS either.
+            // Tokens verified earlier (the cache above) still pass.
             if ctx.negative.borrow().contains(raw, now) {
                 return Err(Reason::TokenSignature.into());
             }
@@ -953,6 +949,16 @@ fn check_token(
                     return Err(Reason::TokenSignature.into());
                 }
             }
+            // The cheap refusals: size, structure, algorithm and key, then
+            // the unverified claims. Only then the signature.
+            let extra: &[Key] = remote.as_deref().map_or(&[], |v| v.as_slice());
+            let pre = token::precheck(provider, &provider.keys, extra, raw, now).map_err(|e| {
+                if e == TokenError::UnknownKid && has_remote && ctx.may_fetch_keys {
+                    Flow::NeedKeys(pi)
+                } else {
+                    Flow::from(e.reason())
+                }
+            })?;
             if let Err(e) = token::check_signature(provider, pre.key, raw, now) {
                 let until = pre
                     .exp

@@ -175,3 +175,44 @@ fn no_log_line_carries_a_token_key_or_phone_number() {
         assert!(!log.contains(secret), "the log contains {secret:?}");
     }
 }
+
+#[test]
+fn a_flood_of_denials_is_not_a_flood_of_log_lines() {
+    let up = Upstream::start();
+    let mut cfg = config("enforce");
+    cfg["decision_log_per_second"] = json!(3);
+    let envoy = EnvoyBuilder::new(cfg, up.port).start();
+    let started = Instant::now();
+    for _ in 0..60 {
+        let r = envoy.request(Req::get("/keyed/x"));
+        assert_eq!((r.status, r.reason()), (403, Some("api_key_missing")));
+    }
+    let seconds = started.elapsed().as_secs() + 2; // windows touched, at most
+    let lines = |log: &str| log.matches("deny reason=api_key_missing").count() as u64;
+    let written = lines(&envoy.log());
+    assert!(written >= 3, "the first lines are written");
+    assert!(
+        written <= 3 * seconds && written < 60,
+        "{written} deny lines for 60 denials in under {seconds} s"
+    );
+    // every denial is still counted
+    assert_eq!(
+        envoy.stat("appguard_decisions.route.keyed.decision.deny.reason.api_key_missing"),
+        Some(60)
+    );
+    // the next written line says how many were left out
+    std::thread::sleep(Duration::from_millis(1100));
+    envoy.request(Req::get("/keyed/x"));
+    let log = envoy.log();
+    let left_out: u64 = log
+        .lines()
+        .filter_map(|l| {
+            l.split(" decision log lines left out")
+                .next()
+                .filter(|_| l.contains("decision log lines left out"))
+                .and_then(|head| head.rsplit(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum();
+    assert_eq!(left_out + lines(&log), 61, "{log}");
+}

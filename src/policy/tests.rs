@@ -933,8 +933,14 @@ fn failed_signatures_are_cached_and_a_client_budget_stops_verification() {
     let (d, f) = run("198.51.100.9", &good);
     assert_eq!(d.reason(), Some(Reason::TokenSignature));
     assert!(f.budget_refused);
+    // a spent client's tokens are not even parsed: garbage gets the same answer
+    let (d, f) = run("198.51.100.9", "not-a-token");
+    assert_eq!(d.reason(), Some(Reason::TokenSignature));
+    assert!(f.budget_refused);
     // another client is unaffected, and a failed token stays refused (negative cache)
     assert_eq!(run("198.51.100.10", &good).0.reason(), None);
+    // a token verified already (now in the cache) passes, even from the spent client
+    assert_eq!(run("198.51.100.9", &good).0.reason(), None);
     assert_eq!(w.neg.borrow().map.len(), 3);
     let (d, f) = run("198.51.100.11", &forged(0));
     assert_eq!(d.reason(), Some(Reason::TokenSignature));

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
-use log::{info, warn};
+use log::warn;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
@@ -17,6 +17,7 @@ use super::jwks;
 use super::metrics::Counted;
 use super::root::Worker;
 use crate::decision::{Decision, Denial, Grant};
+use crate::lograte::Admit;
 use crate::policy::{self, Ctx, Facts, Pending, RlsCall, Step};
 use crate::ratelimit::{decode_response, MAX_RESPONSE_BYTES};
 use crate::request::{Request, HEADER_PREFIX};
@@ -311,16 +312,18 @@ impl GuardFilter {
                     worker
                         .metrics
                         .count(facts.route, Counted::Degraded, Some(reason));
-                    warn!(
-                        "#{} failure_mode=allow let the request through without {} {}",
-                        self.context_id,
-                        if reason == crate::decision::Reason::JwksUnavailable {
-                            "token verification (jwks_unavailable)"
-                        } else {
-                            "the rate-limit service (ratelimit_unavailable)"
-                        },
-                        describe(worker, facts)
-                    );
+                    decision_log(worker, log::Level::Warn, || {
+                        format!(
+                            "#{} failure_mode=allow let the request through without {} {}",
+                            self.context_id,
+                            if reason == crate::decision::Reason::JwksUnavailable {
+                                "token verification (jwks_unavailable)"
+                            } else {
+                                "the rate-limit service (ratelimit_unavailable)"
+                            },
+                            describe(worker, facts)
+                        )
+                    });
                 }
                 match (grant.would_deny, facts.degraded) {
                     (Some(r), _) => worker.metrics.count(facts.route, Counted::Monitor, Some(r)),
@@ -369,30 +372,34 @@ impl GuardFilter {
     fn apply_grant(&self, worker: &Worker, grant: &Grant, facts: &Facts) {
         self.apply_headers(grant);
         if let Some(reason) = grant.would_deny {
-            info!(
-                "#{} monitor would_deny reason={} {}",
-                self.context_id,
-                reason,
-                describe(worker, facts)
-            );
+            decision_log(worker, log::Level::Info, || {
+                format!(
+                    "#{} monitor would_deny reason={} {}",
+                    self.context_id,
+                    reason,
+                    describe(worker, facts)
+                )
+            });
             let _ = abi::set_header(Map::RequestHeaders, "x-appguard-would-deny", reason.code());
         }
     }
 
     fn deny(&self, worker: &Worker, denial: &Denial, facts: &Facts) -> Action {
         let reason = denial.reason;
-        info!(
-            "#{} deny reason={} status={} {}{}",
-            self.context_id,
-            reason,
-            reason.status(),
-            describe(worker, facts),
-            if facts.budget_refused {
-                " budget=exhausted"
-            } else {
-                ""
-            }
-        );
+        decision_log(worker, log::Level::Info, || {
+            format!(
+                "#{} deny reason={} status={} {}{}",
+                self.context_id,
+                reason,
+                reason.status(),
+                describe(worker, facts),
+                if facts.budget_refused {
+                    " budget=exhausted"
+                } else {
+                    ""
+                }
+            )
+        });
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2 + denial.headers.len());
         headers.push(("content-type", "application/json"));
         headers.push(("x-appguard-reason", reason.code()));
@@ -423,6 +430,27 @@ impl GuardFilter {
 
 /// `route=… ip=… app=… key=…` for a log line: names and ids only, never a
 /// token, key or phone number.
+/// Writes one per-request decision line, within the worker's
+/// `decision_log_per_second`; the first line after a gap says how many were
+/// left out. The line is only formatted when it is written.
+fn decision_log(worker: &Worker, level: log::Level, line: impl FnOnce() -> String) {
+    if !log::log_enabled!(level) {
+        return;
+    }
+    let admit = worker.decision_log.borrow_mut().admit(now_millis() / 1000);
+    if let Admit::Write { suppressed } = admit {
+        if suppressed > 0 {
+            log::log!(
+                level,
+                "{suppressed} decision log lines left out (decision_log_per_second = {}; \
+                 the appguard_decisions counters count every request)",
+                worker.config.decision_log_per_second
+            );
+        }
+        log::log!(level, "{}", line());
+    }
+}
+
 fn describe(worker: &Worker, facts: &Facts) -> String {
     let c = &worker.config;
     let route = facts

@@ -39,6 +39,8 @@ pub struct Worker {
     pub negative: RefCell<NegativeCache>,
     /// Alerts fired by requests, posted from the next tick.
     pub pending_alerts: RefCell<Vec<crate::alerts::Alert>>,
+    /// Keeps per-request decision log lines to `decision_log_per_second`.
+    pub decision_log: RefCell<crate::lograte::LogLimiter>,
     /// Background JWKS refreshes in flight: call token → provider index.
     pub refreshes: RefCell<HashMap<u32, usize>>,
 }
@@ -230,7 +232,9 @@ impl RootContext for FilterRoot {
             .collect();
         let metrics = Metrics::new(&config);
         let has_remote = config.providers.iter().any(|p| p.remote_jwks.is_some());
+        let decision_log = crate::lograte::LogLimiter::new(config.decision_log_per_second);
         self.worker = Some(Rc::new(Worker {
+            decision_log: RefCell::new(decision_log),
             config,
             token_cache: RefCell::new(TokenCache::default()),
             jwks: RefCell::new(slots),

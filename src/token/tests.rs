@@ -245,6 +245,35 @@ fn signature_and_algorithm_attacks() {
 }
 
 #[test]
+fn hmac_tag_covers_header_and_payload_exactly() {
+    let p = provider(json!({}));
+    let good = hs(&claims_at(NOW, 60));
+    assert!(verify(&p, &good, NOW).is_ok());
+    let parts: Vec<&str> = good.split('.').collect();
+    // another payload under the good tag
+    let other = URL_SAFE_NO_PAD.encode(claims_at(NOW, 61).to_string());
+    let swapped = format!("{}.{other}.{}", parts[0], parts[2]);
+    assert_eq!(
+        verify(&p, &swapped, NOW),
+        Err(TokenError::Signature("signature does not verify"))
+    );
+    // the tag cut short, extended, or with one bit flipped
+    let tag = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
+    let mut flipped = tag.clone();
+    flipped[31] ^= 1;
+    let mut longer = tag.clone();
+    longer.push(0);
+    for bad in [&tag[..16], &longer[..], &flipped[..]] {
+        let t = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(bad));
+        assert_eq!(
+            verify(&p, &t, NOW).unwrap_err().reason(),
+            Reason::TokenSignature,
+            "{t}"
+        );
+    }
+}
+
+#[test]
 fn forbidden_and_odd_headers() {
     let p = provider(json!({}));
     let claims = claims_at(NOW, 60);
