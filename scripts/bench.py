@@ -802,6 +802,11 @@ def bench(args, wasm, noop, procs, workdir, started):
               extra_loads=[Load(headers={"x-token": rs_one, "x-forwarded-for": VALID_IP}, connections=2)]),
         Setup("flood-valid-only", "valid RS256 (c2) alone, same Envoy", ag_fl,
               Load(headers={"x-token": rs_one, "x-forwarded-for": VALID_IP}, connections=2), group="flood"),
+        # The control: how much the p99 of 2 connections rises when 16 others
+        # saturate the same single worker, with no filter at all.
+        Setup("control-flood", "no filter: c16 load + c2 (control)", baseline, Load(), group="flood",
+              extra_loads=[Load(connections=2)]),
+        Setup("control-c2-only", "no filter: c2 alone (control)", baseline, Load(connections=2), group="flood"),
         Setup("ag-signing", "appguard RFC 9421 signed POST (P-256), HS256 token", ag_sig, None, group="signing"),
     ]
     if args.only:
@@ -1114,6 +1119,10 @@ def build_report(args, S, wasm, noop, memory, flood_stats, profile, started, loa
         a, b = R["flood"]["valid_p99"], R["flood-valid-only"]["p99"]
         target("valid p99 during the flood vs without it", a / b if a and b else None, "≤ 2.00×",
                lambda v: v <= 2.0, "×")
+    if "control-flood" in R and "control-c2-only" in R:
+        a, b = R["control-flood"]["valid_p99"], R["control-c2-only"]["p99"]
+        target("control, no filter: c2 p99 under a c16 load vs alone", a / b if a and b else None,
+               "(for reading the row above)", lambda v: None, "×")
     size = wasm.stat().st_size
     target("module size", size / 1048576, "≤ 1.00 MiB", lambda v: v <= 1.0, " MiB")
     target("HS256 repeated token vs jwt_authn default (CPU/request ratio)", R.get("ag-hs256", {}).get("cpu_vs_peer"),
