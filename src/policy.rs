@@ -19,7 +19,6 @@ use crate::config::{
 use crate::decision::{Decision, Denial, Grant, Reason};
 use crate::identity::{self, PlatformHeaders};
 use crate::limits::{self, Descriptor, OverLimitCache, Source};
-use crate::net;
 use crate::phone;
 use crate::ratelimit::{self, RateLimitResponse};
 use crate::request::Request;
@@ -258,7 +257,9 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
     };
     let mut grant = Grant::default();
     let route = matched.map(|(_, r)| r);
-    let signing = match check(ctx, req, now, route, &mut facts, &mut grant) {
+    let checked = check(ctx, req, now, route, &mut facts, &mut grant);
+    facts.client_ip = req.client_ip_if_known();
+    let signing = match checked {
         Ok(s) => s,
         Err(Flow::NeedKeys(p)) => return Step::NeedKeys { provider: p },
         Err(Flow::Deny(d)) => return Step::Done(finish(mode, grant, d), facts),
@@ -385,8 +386,8 @@ fn entry_value(
         Source::ClientIp {
             v4_prefix,
             v6_prefix,
-        } => facts
-            .client_ip
+        } => req
+            .client_ip(config.xff_trusted_hops)
             .map(|ip| limits::ip_value(ip, *v4_prefix, *v6_prefix)),
         Source::ApiKey => facts
             .key
@@ -625,19 +626,14 @@ fn check(
     if action == Action::Deny {
         return Err(Reason::RouteDenied.into());
     }
-    // 2. network
-    let ip = net::client_ip(
-        req.downstream_ip,
-        req.header_all("x-forwarded-for"),
-        config.xff_trusted_hops,
-    );
-    facts.client_ip = ip;
-    check_network(&config.network, req, ip)?;
+    // 2. network (the client IP is worked out only when a rule needs it)
+    let hops = config.xff_trusted_hops;
+    check_network(&config.network, req, hops)?;
     let Some(route) = route else {
         return Ok(None);
     };
     if let Some(n) = &route.network {
-        check_network(n, req, ip)?;
+        check_network(n, req, hops)?;
     }
     // 3. API key (validity, IP and route restrictions; app restriction in 5)
     let key = match route.api_key {
@@ -654,7 +650,9 @@ fn check(
                     if key.disabled {
                         return Err(Reason::ApiKeyInvalid.into());
                     }
-                    if !key.ips.is_empty() && !ip.is_some_and(|ip| key.ips.contains(ip)) {
+                    if !key.ips.is_empty()
+                        && !req.client_ip(hops).is_some_and(|ip| key.ips.contains(ip))
+                    {
                         return Err(Reason::ApiKeyRestricted.into());
                     }
                     if !key.routes.is_empty() && !key.routes.iter().any(|r| r == &route.name) {
@@ -673,6 +671,16 @@ fn check(
     let token = check_token(ctx, req, now, route, grant, facts)?;
     // 5. platform and app identity
     let ph = platform_headers(config, req)?;
+    // Only server-to-server apps are proven by the client IP.
+    let ip = if config
+        .apps
+        .iter()
+        .any(|a| matches!(a.proof, identity::AppProof::Server { .. }))
+    {
+        req.client_ip(hops)
+    } else {
+        None
+    };
     let app = match &token {
         Some(t) => {
             let provider = config
@@ -756,9 +764,9 @@ fn check(
     Ok(deferred)
 }
 
-fn check_network(n: &Network, req: &Request<'_>, ip: Option<IpAddr>) -> Result<(), Flow> {
+fn check_network(n: &Network, req: &Request<'_>, hops: u32) -> Result<(), Flow> {
     if !n.ip_deny.is_empty() || !n.ip_allow.is_empty() {
-        let ip = ip.ok_or(Reason::IpDenied)?;
+        let ip = req.client_ip(hops).ok_or(Reason::IpDenied)?;
         if n.ip_deny.contains(ip) {
             return Err(Reason::IpDenied.into());
         }
@@ -926,7 +934,11 @@ fn check_token(
                 return Err(Reason::TokenSignature.into());
             }
             let budget = provider.failure_budget;
-            let budget_key = match (budget.failures, facts.client_ip) {
+            let budget_ip = match budget.failures {
+                0 => None,
+                _ => req.client_ip(ctx.config.xff_trusted_hops),
+            };
+            let budget_key = match (budget.failures, budget_ip) {
                 (0, _) | (_, None) => None,
                 (_, Some(ip)) => {
                     let d: Descriptor = vec![(

@@ -984,3 +984,73 @@ fn jwks_unavailable_follows_the_route_failure_mode() {
     assert_eq!(f.degraded, Some(Reason::JwksUnavailable));
     assert!(f.token.is_none(), "the token was not trusted");
 }
+
+thread_local! {
+    static PEER_READS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+fn counted_peer() -> Option<std::net::IpAddr> {
+    PEER_READS.with(|c| c.set(c.get() + 1));
+    "192.0.2.7".parse().ok()
+}
+
+#[test]
+fn the_downstream_address_is_read_only_when_a_check_needs_it() {
+    let run = |w: &World, path: &str, hs: &[(&str, &str)]| {
+        let mut all = vec![(":method", "GET"), (":path", path), (":authority", "a")];
+        all.extend_from_slice(hs);
+        let h = headers(&all);
+        let ctx = Ctx {
+            config: &w.config,
+            store: &w.store,
+            token_cache: &w.cache,
+            remote_keys: &[],
+            may_fetch_keys: false,
+            over_limit: &w.over,
+            negative: &w.neg,
+            now_ms: NOW * 1000,
+        };
+        PEER_READS.with(|c| c.set(0));
+        let req = Request::with_peer(&h, crate::request::Peer::Lazy(counted_peer));
+        let step = evaluate(&ctx, &req, NOW);
+        let reads = PEER_READS.with(|c| c.get());
+        match step {
+            Step::Done(d, f) => (d.reason(), f.client_ip, reads),
+            s => panic!("{s:?}"),
+        }
+    };
+    let token = hs256_raw(SECRET, &json!({"alg": "HS256"}), &json!({"exp": NOW + 60}));
+    let ip = "192.0.2.7".parse().ok();
+    // no IP rule anywhere: verifying a new token consults the client's
+    // failure budget (one read); the same token again, from the cache, needs
+    // no address at all
+    let plain = World::from(json!({
+        "tokens": [{"name": "t", "from": [{"header": "x-t"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]}],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
+    }));
+    assert_eq!(run(&plain, "/x", &[("x-t", &token)]), (None, ip, 1));
+    assert_eq!(run(&plain, "/x", &[("x-t", &token)]), (None, None, 0));
+    let forged = hs256_raw(
+        &[7u8; 64],
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60}),
+    );
+    assert_eq!(
+        run(&plain, "/x", &[("x-t", &forged)]),
+        (Some(Reason::TokenSignature), ip, 1)
+    );
+    // IP rules read it once, however many checks use it
+    let ruled = World::from(json!({
+        "network": {"ip_deny": ["203.0.113.0/24"]},
+        "api_keys": {"keys": [{"id": "k", "sha256": hash_api_key("key-1"), "ips": ["192.0.2.0/24"]}]},
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "api_key": "required",
+                    "network": {"ip_allow": ["192.0.2.0/24"]},
+                    "rate_limits": [{"entries": [{"type": "client_ip"}], "local": {"requests": 5, "per": "minute"}}]}]
+    }));
+    assert_eq!(run(&ruled, "/x", &[("x-api-key", "key-1")]), (None, ip, 1));
+    // the world's main config (a server app, global IP rules) as well
+    let w = World::new();
+    let (_, f, reads) = run(&w, "/open/x", &[]);
+    assert_eq!((f, reads), (ip, 1));
+}

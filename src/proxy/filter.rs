@@ -20,7 +20,7 @@ use crate::decision::{Decision, Denial, Grant};
 use crate::lograte::Admit;
 use crate::policy::{self, Ctx, Facts, Pending, RlsCall, Step};
 use crate::ratelimit::{decode_response, MAX_RESPONSE_BYTES};
-use crate::request::{Request, HEADER_PREFIX};
+use crate::request::{Peer, Request, HEADER_PREFIX};
 
 /// The gRPC service and method of Envoy's rate-limit service API v3.
 const RLS_SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -60,7 +60,6 @@ pub struct GuardFilter {
     worker: Option<Rc<Worker>>,
     state: State,
     headers: Vec<(String, String)>,
-    downstream_ip: Option<IpAddr>,
     /// The request ended with its headers (no body to wait for).
     headers_end_stream: bool,
     /// Headers the rate-limit service asked to add to the response.
@@ -77,7 +76,6 @@ impl GuardFilter {
             worker,
             state: State::Start,
             headers: Vec::new(),
-            downstream_ip: None,
             headers_end_stream: false,
             response_headers: Vec::new(),
             delegated: Vec::new(),
@@ -108,7 +106,6 @@ impl GuardFilter {
         {
             let _ = abi::remove_header(Map::RequestHeaders, name);
         }
-        self.downstream_ip = downstream_ip();
         if let Some(worker) = &self.worker {
             self.delegated = delegated_payloads(&worker.config);
         }
@@ -134,7 +131,7 @@ impl GuardFilter {
                 negative: &worker.negative,
                 now_ms,
             };
-            let mut req = Request::new(&self.headers, self.downstream_ip);
+            let mut req = Request::with_peer(&self.headers, Peer::Lazy(downstream_ip));
             req.delegated = &self.delegated;
             policy::evaluate(&ctx, &req, now)
         };
@@ -184,7 +181,7 @@ impl GuardFilter {
             negative: &worker.negative,
             now_ms,
         };
-        let mut req = Request::new(&self.headers, self.downstream_ip);
+        let mut req = Request::with_peer(&self.headers, Peer::Lazy(downstream_ip));
         req.delegated = &self.delegated;
         (f(&ctx, &req, now_ms / 1000), now_ms / 1000)
     }
@@ -321,7 +318,7 @@ impl GuardFilter {
                             } else {
                                 "the rate-limit service (ratelimit_unavailable)"
                             },
-                            describe(worker, facts)
+                            describe(worker, facts, &self.headers)
                         )
                     });
                 }
@@ -377,7 +374,7 @@ impl GuardFilter {
                     "#{} monitor would_deny reason={} {}",
                     self.context_id,
                     reason,
-                    describe(worker, facts)
+                    describe(worker, facts, &self.headers)
                 )
             });
             let _ = abi::set_header(Map::RequestHeaders, "x-appguard-would-deny", reason.code());
@@ -392,7 +389,7 @@ impl GuardFilter {
                 self.context_id,
                 reason,
                 reason.status(),
-                describe(worker, facts),
+                describe(worker, facts, &self.headers),
                 if facts.budget_refused {
                     " budget=exhausted"
                 } else {
@@ -451,7 +448,9 @@ fn decision_log(worker: &Worker, level: log::Level, line: impl FnOnce() -> Strin
     }
 }
 
-fn describe(worker: &Worker, facts: &Facts) -> String {
+/// The request's route, client IP, app and key for a log line. The IP is
+/// read from the host here if no check needed it (only for lines written).
+fn describe(worker: &Worker, facts: &Facts, headers: &[(String, String)]) -> String {
     let c = &worker.config;
     let route = facts
         .route
@@ -467,6 +466,9 @@ fn describe(worker: &Worker, facts: &Facts) -> String {
         .map_or("-", |k| k.id.as_str());
     let ip = facts
         .client_ip
+        .or_else(|| {
+            Request::with_peer(headers, Peer::Lazy(downstream_ip)).client_ip(c.xff_trusted_hops)
+        })
         .map_or_else(|| "-".to_owned(), |ip| ip.to_string());
     format!("route={route} ip={ip} app={app} key={key}")
 }
