@@ -115,7 +115,7 @@ struct RawConfig {
 }
 
 fn default_decision_log_per_second() -> u32 {
-    20
+    100
 }
 
 fn default_max_body() -> usize {
@@ -290,7 +290,7 @@ pub struct Config {
     /// The denial-alert webhook, when configured.
     pub alerts: Option<crate::alerts::Alerts>,
     /// Most per-request decision log lines (deny, monitor, degraded) each
-    /// worker writes per second (default 20; 0: none). A flood of bad
+    /// worker writes per second (default 100; 0: none). A flood of bad
     /// requests must not become a flood of log lines; the stats counters
     /// stay complete, and the log says how many lines it left out.
     pub decision_log_per_second: u32,

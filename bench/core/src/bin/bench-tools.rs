@@ -65,6 +65,15 @@ fn main() {
                         out.push('\n');
                     }
                 }
+                "PS256" => {
+                    let kp = PS256KeyPair::from_pem(&pem)
+                        .unwrap_or_else(|e| fail(&e.to_string()))
+                        .with_key_id(&kid);
+                    for i in 0..count {
+                        out.push_str(&kp.sign(claims(i)).unwrap_or_else(|e| fail(&e.to_string())));
+                        out.push('\n');
+                    }
+                }
                 other => fail(&format!("unsupported --alg {other}")),
             }
             print!("{out}");
