@@ -418,13 +418,10 @@ pub enum HostPattern {
 impl Config {
     /// Parses and validates a configuration document (JSON).
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
-        // Two steps: JSON syntax first (one small parser), then the typed
-        // walk over the parsed tree. Walking a `Value` instead of the byte
-        // stream keeps the per-type deserializer code small: this halves the
-        // config code in the module.
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| ConfigError::new("", e.to_string()))?;
-        let raw: RawConfig = serde_path_to_error::deserialize(&value).map_err(|e| {
+        // Straight from the bytes, so that every error keeps its line and
+        // column as well as its field path.
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
             ConfigError::new(path, e.into_inner().to_string())
