@@ -109,12 +109,12 @@ pub enum KeyMaterial {
     Rs384(RsaPublicKey),
     /// RS512 public key.
     Rs512(RsaPublicKey),
-    /// PS256 public key.
-    Ps256(PS256PublicKey),
+    /// PS256 public key (verified by [`super::rsa`] too).
+    Ps256(RsaPublicKey),
     /// PS384 public key.
-    Ps384(PS384PublicKey),
+    Ps384(RsaPublicKey),
     /// PS512 public key.
-    Ps512(PS512PublicKey),
+    Ps512(RsaPublicKey),
     /// ES256 public key.
     Es256(ES256PublicKey),
     /// ES384 public key.
@@ -201,9 +201,15 @@ fn from_pem(alg: Alg, pem: &str) -> Result<KeyMaterial, String> {
         Alg::RS512 => KeyMaterial::Rs512(rsa_key(
             RS512PublicKey::from_pem(pem).map_err(err)?.to_components(),
         )?),
-        Alg::PS256 => KeyMaterial::Ps256(PS256PublicKey::from_pem(pem).map_err(err)?),
-        Alg::PS384 => KeyMaterial::Ps384(PS384PublicKey::from_pem(pem).map_err(err)?),
-        Alg::PS512 => KeyMaterial::Ps512(PS512PublicKey::from_pem(pem).map_err(err)?),
+        Alg::PS256 => KeyMaterial::Ps256(rsa_key(
+            PS256PublicKey::from_pem(pem).map_err(err)?.to_components(),
+        )?),
+        Alg::PS384 => KeyMaterial::Ps384(rsa_key(
+            PS384PublicKey::from_pem(pem).map_err(err)?.to_components(),
+        )?),
+        Alg::PS512 => KeyMaterial::Ps512(rsa_key(
+            PS512PublicKey::from_pem(pem).map_err(err)?.to_components(),
+        )?),
         Alg::ES256 => KeyMaterial::Es256(ES256PublicKey::from_pem(pem).map_err(err)?),
         Alg::ES384 => KeyMaterial::Es384(ES384PublicKey::from_pem(pem).map_err(err)?),
         Alg::EdDSA => KeyMaterial::EdDsa(Ed25519PublicKey::from_pem(pem).map_err(err)?),
@@ -270,20 +276,13 @@ pub fn key_from_jwk(jwk: &Value, alg: Option<Alg>, kid: Option<String>) -> Resul
             if n.len() < 256 {
                 return Err("RSA modulus shorter than 2048 bits".into());
             }
-            let err = |e: jwt_simple::Error| format!("bad RSA JWK: {e}");
             let m = match alg {
                 Alg::RS256 => KeyMaterial::Rs256(RsaPublicKey::new(&n, &e)?),
                 Alg::RS384 => KeyMaterial::Rs384(RsaPublicKey::new(&n, &e)?),
                 Alg::RS512 => KeyMaterial::Rs512(RsaPublicKey::new(&n, &e)?),
-                Alg::PS256 => {
-                    KeyMaterial::Ps256(PS256PublicKey::from_components(&n, &e).map_err(err)?)
-                }
-                Alg::PS384 => {
-                    KeyMaterial::Ps384(PS384PublicKey::from_components(&n, &e).map_err(err)?)
-                }
-                Alg::PS512 => {
-                    KeyMaterial::Ps512(PS512PublicKey::from_components(&n, &e).map_err(err)?)
-                }
+                Alg::PS256 => KeyMaterial::Ps256(RsaPublicKey::new(&n, &e)?),
+                Alg::PS384 => KeyMaterial::Ps384(RsaPublicKey::new(&n, &e)?),
+                Alg::PS512 => KeyMaterial::Ps512(RsaPublicKey::new(&n, &e)?),
                 other => return Err(format!("an RSA JWK cannot be used with {}", other.name())),
             };
             (alg, m)
