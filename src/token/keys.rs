@@ -94,6 +94,23 @@ impl Alg {
     }
 }
 
+impl Alg {
+    /// For RS* and PS*: the hash, and whether the padding is PSS (else
+    /// PKCS #1 v1.5). `None` for every other algorithm.
+    pub fn rsa_scheme(self) -> Option<(super::rsa::Hash, bool)> {
+        use super::rsa::Hash;
+        Some(match self {
+            Alg::RS256 => (Hash::Sha256, false),
+            Alg::RS384 => (Hash::Sha384, false),
+            Alg::RS512 => (Hash::Sha512, false),
+            Alg::PS256 => (Hash::Sha256, true),
+            Alg::PS384 => (Hash::Sha384, true),
+            Alg::PS512 => (Hash::Sha512, true),
+            _ => return None,
+        })
+    }
+}
+
 /// The key material, typed by algorithm.
 pub enum KeyMaterial {
     /// HS256 secret.
@@ -102,19 +119,10 @@ pub enum KeyMaterial {
     Hs384(HS384Key),
     /// HS512 secret.
     Hs512(HS512Key),
-    /// RS256 public key (verified by [`super::rsa`], not jwt-simple: see
-    /// there why).
-    Rs256(RsaPublicKey),
-    /// RS384 public key.
-    Rs384(RsaPublicKey),
-    /// RS512 public key.
-    Rs512(RsaPublicKey),
-    /// PS256 public key (verified by [`super::rsa`] too).
-    Ps256(RsaPublicKey),
-    /// PS384 public key.
-    Ps384(RsaPublicKey),
-    /// PS512 public key.
-    Ps512(RsaPublicKey),
+    /// RSA public key for RS256/384/512 or PS256/384/512, verified by
+    /// [`super::rsa`] (not jwt-simple: see there why); the padding and hash
+    /// come from the key's algorithm ([`Alg::rsa_scheme`]).
+    Rsa(RsaPublicKey),
     /// ES256 public key.
     Es256(ES256PublicKey),
     /// ES384 public key.
@@ -185,31 +193,14 @@ pub fn hmac_key(alg: Alg, secret: &[u8]) -> Result<KeyMaterial, String> {
     })
 }
 
-fn rsa_key(c: jwt_simple::algorithms::RSAPublicKeyComponents) -> Result<RsaPublicKey, String> {
-    RsaPublicKey::new(&c.n, &c.e)
-}
-
 fn from_pem(alg: Alg, pem: &str) -> Result<KeyMaterial, String> {
     let err = |e: jwt_simple::Error| format!("not a {} public key in PEM: {e}", alg.name());
     Ok(match alg {
-        Alg::RS256 => KeyMaterial::Rs256(rsa_key(
-            RS256PublicKey::from_pem(pem).map_err(err)?.to_components(),
-        )?),
-        Alg::RS384 => KeyMaterial::Rs384(rsa_key(
-            RS384PublicKey::from_pem(pem).map_err(err)?.to_components(),
-        )?),
-        Alg::RS512 => KeyMaterial::Rs512(rsa_key(
-            RS512PublicKey::from_pem(pem).map_err(err)?.to_components(),
-        )?),
-        Alg::PS256 => KeyMaterial::Ps256(rsa_key(
-            PS256PublicKey::from_pem(pem).map_err(err)?.to_components(),
-        )?),
-        Alg::PS384 => KeyMaterial::Ps384(rsa_key(
-            PS384PublicKey::from_pem(pem).map_err(err)?.to_components(),
-        )?),
-        Alg::PS512 => KeyMaterial::Ps512(rsa_key(
-            PS512PublicKey::from_pem(pem).map_err(err)?.to_components(),
-        )?),
+        // The same SubjectPublicKeyInfo for every RS*/PS* algorithm.
+        Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512 => {
+            let c = RS256PublicKey::from_pem(pem).map_err(err)?.to_components();
+            KeyMaterial::Rsa(RsaPublicKey::new(&c.n, &c.e)?)
+        }
         Alg::ES256 => KeyMaterial::Es256(ES256PublicKey::from_pem(pem).map_err(err)?),
         Alg::ES384 => KeyMaterial::Es384(ES384PublicKey::from_pem(pem).map_err(err)?),
         Alg::EdDSA => KeyMaterial::EdDsa(Ed25519PublicKey::from_pem(pem).map_err(err)?),
@@ -276,16 +267,10 @@ pub fn key_from_jwk(jwk: &Value, alg: Option<Alg>, kid: Option<String>) -> Resul
             if n.len() < 256 {
                 return Err("RSA modulus shorter than 2048 bits".into());
             }
-            let m = match alg {
-                Alg::RS256 => KeyMaterial::Rs256(RsaPublicKey::new(&n, &e)?),
-                Alg::RS384 => KeyMaterial::Rs384(RsaPublicKey::new(&n, &e)?),
-                Alg::RS512 => KeyMaterial::Rs512(RsaPublicKey::new(&n, &e)?),
-                Alg::PS256 => KeyMaterial::Ps256(RsaPublicKey::new(&n, &e)?),
-                Alg::PS384 => KeyMaterial::Ps384(RsaPublicKey::new(&n, &e)?),
-                Alg::PS512 => KeyMaterial::Ps512(RsaPublicKey::new(&n, &e)?),
-                other => return Err(format!("an RSA JWK cannot be used with {}", other.name())),
-            };
-            (alg, m)
+            if alg.rsa_scheme().is_none() {
+                return Err(format!("an RSA JWK cannot be used with {}", alg.name()));
+            }
+            (alg, KeyMaterial::Rsa(RsaPublicKey::new(&n, &e)?))
         }
         "EC" => {
             let crv = obj.get("crv").and_then(Value::as_str).unwrap_or("");

@@ -934,33 +934,16 @@ pub fn check_signature(
         ..VerificationOptions::default()
     };
     let o = Some(options);
-    // HMAC: `precheck` has already parsed and checked the header and claims
-    // strictly, so only the tag is left to check. jwt-simple computes it over
-    // the signing input; letting `verify_token` decode and parse the whole
-    // token a second time would double the cost of a cache miss.
-    let hmac = |tag: Vec<u8>| -> Result<(), TokenError> {
-        let sig = token
-            .rsplit_once('.')
-            .map(|(_, s)| s)
-            .ok_or(TokenError::Malformed("not three parts"))?;
-        if ct_eq(&tag, &b64url(sig)?) {
-            Ok(())
-        } else {
-            Err(TokenError::Signature("signature does not verify"))
-        }
-    };
-    let input = token.rsplit_once('.').map_or("", |(i, _)| i).as_bytes();
-    let rsa_sig = |k: &rsa::RsaPublicKey, h: rsa::Hash, pss: bool| -> Result<(), TokenError> {
-        let sig = token
-            .rsplit_once('.')
-            .map(|(_, s)| s)
-            .ok_or(TokenError::Malformed("not three parts"))?;
-        let sig = b64url(sig)?;
-        let ok = if pss {
-            k.verify_pss(h, input, &sig)
-        } else {
-            k.verify_pkcs1v15(h, input, &sig)
-        };
+    // HMAC, RS* and PS*: `precheck` has already parsed and checked the
+    // header and claims strictly, so only the signature is left. Letting
+    // jwt-simple's `verify_token` decode and parse the whole token again
+    // would double the cost of a cache miss; the RSA verifier is ours (see
+    // `rsa`), ~5x faster than jwt-simple's in V8.
+    let (input, sig) = token
+        .rsplit_once('.')
+        .ok_or(TokenError::Malformed("not three parts"))?;
+    let input = input.as_bytes();
+    let verdict = |ok: bool| {
         if ok {
             Ok(())
         } else {
@@ -968,18 +951,27 @@ pub fn check_signature(
         }
     };
     let result = match &key.material {
-        KeyMaterial::Hs256(k) => return hmac(k.authentication_tag(input)),
-        KeyMaterial::Hs384(k) => return hmac(k.authentication_tag(input)),
-        KeyMaterial::Hs512(k) => return hmac(k.authentication_tag(input)),
-        // RS* and PS*: like HMAC, only the signature is left after
-        // `precheck`; the verifier is ours (see `rsa`), ~5x faster than
-        // jwt-simple's in V8.
-        KeyMaterial::Rs256(k) => return rsa_sig(k, rsa::Hash::Sha256, false),
-        KeyMaterial::Rs384(k) => return rsa_sig(k, rsa::Hash::Sha384, false),
-        KeyMaterial::Rs512(k) => return rsa_sig(k, rsa::Hash::Sha512, false),
-        KeyMaterial::Ps256(k) => return rsa_sig(k, rsa::Hash::Sha256, true),
-        KeyMaterial::Ps384(k) => return rsa_sig(k, rsa::Hash::Sha384, true),
-        KeyMaterial::Ps512(k) => return rsa_sig(k, rsa::Hash::Sha512, true),
+        KeyMaterial::Hs256(k) => {
+            return verdict(ct_eq(&k.authentication_tag(input), &b64url(sig)?))
+        }
+        KeyMaterial::Hs384(k) => {
+            return verdict(ct_eq(&k.authentication_tag(input), &b64url(sig)?))
+        }
+        KeyMaterial::Hs512(k) => {
+            return verdict(ct_eq(&k.authentication_tag(input), &b64url(sig)?))
+        }
+        KeyMaterial::Rsa(k) => {
+            let (hash, pss) = key
+                .alg
+                .rsa_scheme()
+                .ok_or(TokenError::Signature("algorithm does not match the key"))?;
+            let sig = b64url(sig)?;
+            return verdict(if pss {
+                k.verify_pss(hash, input, &sig)
+            } else {
+                k.verify_pkcs1v15(hash, input, &sig)
+            });
+        }
         KeyMaterial::Es256(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
         KeyMaterial::Es384(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
         KeyMaterial::EdDsa(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),

@@ -137,15 +137,9 @@ impl RsaPublicKey {
     /// modulus and smaller than it, and `sig^e mod n` is the one expected
     /// encoding of the message's digest.
     pub fn verify_pkcs1v15(&self, hash: Hash, msg: &[u8], sig: &[u8]) -> bool {
-        if sig.len() != self.k {
+        let Some(em) = self.open(sig) else {
             return false;
-        }
-        let s = from_be(sig, self.n.len());
-        if !less_than(&s, &self.n) {
-            return false;
-        }
-        let m = self.modpow_e(&s);
-        let em = to_be(&m, self.k);
+        };
         let prefix = hash.digest_info_prefix();
         let digest = hash.digest(msg);
         let t_len = prefix.len() + digest.len();
@@ -165,18 +159,12 @@ impl RsaPublicKey {
     /// for both the message and MGF1, and a salt as long as the hash
     /// (RFC 7518 §3.5; the only length jwt-simple and JWA signers use).
     pub fn verify_pss(&self, hash: Hash, msg: &[u8], sig: &[u8]) -> bool {
-        if sig.len() != self.k {
+        let Some(full) = self.open(sig) else {
             return false;
-        }
-        let s = from_be(sig, self.n.len());
-        if !less_than(&s, &self.n) {
-            return false;
-        }
-        let m = self.modpow_e(&s);
+        };
         // EMSA-PSS-VERIFY (RFC 8017 §9.1.2) on EM = I2OSP(m, emLen).
         let em_bits = self.bits - 1;
         let em_len = em_bits.div_ceil(8);
-        let full = to_be(&m, self.k);
         let (lead, em) = full.split_at(self.k - em_len);
         if lead.iter().any(|&b| b != 0) {
             return false;
@@ -211,6 +199,19 @@ impl RsaPublicKey {
         m_prime.extend_from_slice(&hash.digest(msg));
         m_prime.extend_from_slice(salt);
         ct_eq(&hash.digest(&m_prime), h)
+    }
+
+    /// RSAVP1 (RFC 8017 §5.2.2) and I2OSP: the signature as long as the
+    /// modulus and smaller than it, raised to `e`, as `k` big-endian bytes.
+    fn open(&self, sig: &[u8]) -> Option<Vec<u8>> {
+        if sig.len() != self.k {
+            return None;
+        }
+        let s = from_be(sig, self.n.len());
+        if !less_than(&s, &self.n) {
+            return None;
+        }
+        Some(to_be(&self.modpow_e(&s), self.k))
     }
 
     /// `s^e mod n`, left to right over the exponent's bits.
@@ -367,6 +368,14 @@ mod tests {
 
     use super::*;
 
+    /// A token's signing input and decoded signature.
+    fn split(token: &str) -> (String, Vec<u8>) {
+        let (input, sig) = token.rsplit_once('.').expect("three parts");
+        let sig = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig)
+            .expect("base64url");
+        (input.to_owned(), sig)
+    }
+
     /// A 2048-bit modulus: the tests' RSA key (tests/fixtures).
     fn key() -> (RsaPublicKey, jwt_simple::prelude::RS256KeyPair) {
         use jwt_simple::prelude::*;
@@ -382,9 +391,7 @@ mod tests {
         let token = kp
             .sign(Claims::create(Duration::from_secs(60)))
             .expect("sign");
-        let (input, sig) = token.rsplit_once('.').expect("three parts");
-        let sig = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig)
-            .expect("base64url");
+        let (input, sig) = split(&token);
         assert!(pk.verify_pkcs1v15(Hash::Sha256, input.as_bytes(), &sig));
         // another message, another hash, a flipped bit, the wrong length
         assert!(!pk.verify_pkcs1v15(Hash::Sha256, b"other", &sig));
@@ -416,10 +423,7 @@ mod tests {
     fn agrees_with_the_rsa_crate_on_3072_and_4096_bit_keys() {
         use jwt_simple::prelude::*;
         let check = |pk: RsaPublicKey, hash: Hash, token: String| {
-            let (input, sig) = token.rsplit_once('.').expect("three parts");
-            let mut sig =
-                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig)
-                    .expect("base64url");
+            let (input, mut sig) = split(&token);
             assert!(pk.verify_pkcs1v15(hash, input.as_bytes(), &sig), "{pk:?}");
             sig[7] ^= 0x80;
             assert!(!pk.verify_pkcs1v15(hash, input.as_bytes(), &sig), "{pk:?}");
@@ -459,9 +463,7 @@ mod tests {
         let token = kp
             .sign(Claims::create(Duration::from_secs(60)))
             .expect("sign");
-        let (input, sig) = token.rsplit_once('.').expect("three parts");
-        let sig = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig)
-            .expect("base64url");
+        let (input, sig) = split(&token);
         assert!(pk.verify_pss(Hash::Sha256, input.as_bytes(), &sig));
         assert!(!pk.verify_pss(Hash::Sha256, b"other", &sig));
         assert!(!pk.verify_pss(Hash::Sha384, input.as_bytes(), &sig));
@@ -480,9 +482,7 @@ mod tests {
         let t = rs
             .sign(Claims::create(Duration::from_secs(60)))
             .expect("sign");
-        let (input, sig) = t.rsplit_once('.').expect("three parts");
-        let sig = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig)
-            .expect("base64url");
+        let (input, sig) = split(&t);
         assert!(!pk.verify_pss(Hash::Sha256, input.as_bytes(), &sig));
     }
 
@@ -500,10 +500,7 @@ mod tests {
         let t = kp
             .sign(Claims::create(Duration::from_secs(60)))
             .expect("sign");
-        let (input, sig) = t.rsplit_once('.').expect("three parts");
-        let mut sig =
-            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig)
-                .expect("base64url");
+        let (input, mut sig) = split(&t);
         assert!(pk.verify_pss(Hash::Sha384, input.as_bytes(), &sig));
         sig[9] ^= 1;
         assert!(!pk.verify_pss(Hash::Sha384, input.as_bytes(), &sig));
@@ -516,9 +513,7 @@ mod tests {
         let t = kp
             .sign(Claims::create(Duration::from_secs(60)))
             .expect("sign");
-        let (input, sig) = t.rsplit_once('.').expect("three parts");
-        let sig = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig)
-            .expect("base64url");
+        let (input, sig) = split(&t);
         assert!(pk.verify_pss(Hash::Sha512, input.as_bytes(), &sig));
         let kp = PS256KeyPair::from_pem(include_str!("../../tests/fixtures/rsa-2050-test-key.pem"))
             .expect("2050-bit key");
@@ -528,9 +523,7 @@ mod tests {
         let t = kp
             .sign(Claims::create(Duration::from_secs(60)))
             .expect("sign");
-        let (input, sig) = t.rsplit_once('.').expect("three parts");
-        let sig = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig)
-            .expect("base64url");
+        let (input, sig) = split(&t);
         assert!(pk.verify_pss(Hash::Sha256, input.as_bytes(), &sig));
     }
 
