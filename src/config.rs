@@ -276,6 +276,10 @@ pub struct Config {
     pub platform_headers: PlatformHeaderNames,
     /// Every genuine client build.
     pub apps: Vec<App>,
+    /// Whether any app is a `server` app, proven by the client IP: only then
+    /// does establishing the app need the address (worked out once here,
+    /// not per request).
+    pub has_server_apps: bool,
     /// API keys by SHA-256, with their restrictions.
     pub api_keys: ApiKeys,
     /// Token providers.
@@ -579,6 +583,9 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         xff_trusted_hops: raw.client_ip.map_or(0, |c| c.xff_trusted_hops),
         network,
         platform_headers,
+        has_server_apps: apps
+            .iter()
+            .any(|a| matches!(a.proof, identity::AppProof::Server { .. })),
         apps,
         api_keys,
         providers,

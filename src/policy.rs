@@ -672,11 +672,7 @@ fn check(
     // 5. platform and app identity
     let ph = platform_headers(config, req)?;
     // Only server-to-server apps are proven by the client IP.
-    let ip = if config
-        .apps
-        .iter()
-        .any(|a| matches!(a.proof, identity::AppProof::Server { .. }))
-    {
+    let ip = if config.has_server_apps {
         req.client_ip(hops)
     } else {
         None
