@@ -44,6 +44,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from proclib import b64u, free_port, rss_kib
+
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY = Path(os.environ.get("ENVOY_BIN", ROOT / ".venv/bin/envoy"))
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
@@ -108,12 +110,6 @@ class Procs:
         self.procs = []
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_port(port, timeout=30):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -148,24 +144,10 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # --------------------------------------------------------------------------
 # keys and tokens
-
-
-def b64u(b):
-    if isinstance(b, str):
-        b = b.encode()
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
 def pem_der(path):

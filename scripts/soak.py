@@ -45,13 +45,11 @@ import tempfile
 import time
 import urllib.request
 
+from proclib import b64u, free_port, rss_kib
+
 SECRET = b"appguard-soak-secret-0123456789-appguard-soak-secret-0123456789"
 ISS = "https://issuer.example"
 API_KEY = "soak-key-android-1"
-
-
-def b64u(b):
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
 def hs256(claims, secret=SECRET, header=None):
@@ -59,14 +57,6 @@ def hs256(claims, secret=SECRET, header=None):
     p = b64u(json.dumps(claims).encode())
     mac = hmac.new(secret, f"{h}.{p}".encode(), hashlib.sha256).digest()
     return f"{h}.{p}.{b64u(mac)}"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def appguard_config():
@@ -335,14 +325,6 @@ def stats(admin):
             except ValueError:
                 pass
     return out
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def heap_bytes(admin):
