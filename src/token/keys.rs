@@ -10,6 +10,7 @@ use jwt_simple::prelude::*;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::ecdsa::P256Key;
 use super::rsa::RsaPublicKey;
 
 /// A JWS algorithm appguard verifies (RFC 7518 names).
@@ -123,8 +124,9 @@ pub enum KeyMaterial {
     /// [`super::rsa`] (not jwt-simple: see there why); the padding and hash
     /// come from the key's algorithm ([`Alg::rsa_scheme`]).
     Rsa(RsaPublicKey),
-    /// ES256 public key.
-    Es256(ES256PublicKey),
+    /// ES256 public key, verified by [`super::ecdsa`] (not jwt-simple: see
+    /// there why), with its table of multiples computed at load.
+    Es256(P256Key),
     /// ES384 public key.
     Es384(ES384PublicKey),
     /// Ed25519 public key.
@@ -193,6 +195,17 @@ pub fn hmac_key(alg: Alg, secret: &[u8]) -> Result<KeyMaterial, String> {
     })
 }
 
+/// An ES256 key from a SEC1 point, compressed or not: the `p256` crate
+/// decodes it and checks it is on the curve, [`P256Key`] keeps it ready
+/// for verification.
+fn es256(sec1: &[u8]) -> Result<KeyMaterial, String> {
+    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(sec1)
+        .map_err(|_| "not a valid P-256 public key".to_string())?;
+    Ok(KeyMaterial::Es256(P256Key::from_sec1(
+        key.to_encoded_point(false).as_bytes(),
+    )?))
+}
+
 fn from_pem(alg: Alg, pem: &str) -> Result<KeyMaterial, String> {
     let err = |e: jwt_simple::Error| format!("not a {} public key in PEM: {e}", alg.name());
     Ok(match alg {
@@ -201,7 +214,7 @@ fn from_pem(alg: Alg, pem: &str) -> Result<KeyMaterial, String> {
             let c = RS256PublicKey::from_pem(pem).map_err(err)?.to_components();
             KeyMaterial::Rsa(RsaPublicKey::new(&c.n, &c.e)?)
         }
-        Alg::ES256 => KeyMaterial::Es256(ES256PublicKey::from_pem(pem).map_err(err)?),
+        Alg::ES256 => es256(&ES256PublicKey::from_pem(pem).map_err(err)?.to_bytes())?,
         Alg::ES384 => KeyMaterial::Es384(ES384PublicKey::from_pem(pem).map_err(err)?),
         Alg::EdDSA => KeyMaterial::EdDsa(Ed25519PublicKey::from_pem(pem).map_err(err)?),
         Alg::HS256 | Alg::HS384 | Alg::HS512 => {
@@ -282,10 +295,9 @@ pub fn key_from_jwk(jwk: &Value, alg: Option<Alg>, kid: Option<String>) -> Resul
             point.extend_from_slice(&y);
             let err = |e: jwt_simple::Error| format!("bad EC JWK: {e}");
             match (crv, alg.or(jwk_alg)) {
-                ("P-256", None | Some(Alg::ES256)) if x.len() == 32 && y.len() == 32 => (
-                    Alg::ES256,
-                    KeyMaterial::Es256(ES256PublicKey::from_bytes(&point).map_err(err)?),
-                ),
+                ("P-256", None | Some(Alg::ES256)) if x.len() == 32 && y.len() == 32 => {
+                    (Alg::ES256, es256(&point)?)
+                }
                 ("P-384", None | Some(Alg::ES384)) if x.len() == 48 && y.len() == 48 => (
                     Alg::ES384,
                     KeyMaterial::Es384(ES384PublicKey::from_bytes(&point).map_err(err)?),

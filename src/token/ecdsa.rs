@@ -1,0 +1,890 @@
+//! ECDSA verification over P-256 with SHA-256 (ES256, RFC 7518 §3.4, and
+//! `ecdsa-p256-sha256`, RFC 9421 §3.3.4), written for speed inside the Wasm
+//! VM.
+//!
+//! Why not the `p256` crate underneath jwt-simple: it is built to *sign*
+//! safely, so everything is constant time — `u1·G + u2·Q` is two separate
+//! 4-bit-window multiplications with complete addition formulas and
+//! constant-time table scans. Verification handles public data only (the
+//! key, the message and the signature are all known to an attacker), so
+//! none of that is needed here. What this file does instead:
+//!
+//! - field elements are eight little-endian `u32` limbs: a limb product is
+//!   one `i64.mul` in Wasm, and the product is reduced with the special form
+//!   of p (NIST's word-wise reduction, FIPS 186-4 §D.2.3), no Montgomery
+//!   multiplications;
+//! - points are Jacobian, with the `a = −3` doubling (3M+5S) and mixed
+//!   additions (7M+4S) against affine tables;
+//! - `u1·G + u2·Q` is one interleaved (Straus/Shamir) pass over width-7
+//!   NAFs of both scalars: 256 doublings shared by both, one addition per
+//!   ~8 bits of each; the table of odd multiples of G is built once per VM,
+//!   that of Q once per key ([`P256Key`]) or per call ([`verify_once`]);
+//! - `u1 = e/s` and `u2 = r/s` mod n are two binary divisions, no
+//!   multiplication mod n at all;
+//! - the result is never made affine: `x(R) ≡ r (mod n)` is checked as
+//!   `X = r·Z²` (or `(r+n)·Z²`) in the field.
+//!
+//! The key itself is parsed and checked to lie on the curve by the `p256`
+//! crate; this file only verifies.
+
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+
+/// A field element or scalar: eight little-endian 32-bit limbs.
+type Fe = [u32; 8];
+
+/// p = 2²⁵⁶ − 2²²⁴ + 2¹⁹² + 2⁹⁶ − 1.
+const P: Fe = [
+    0xffff_ffff,
+    0xffff_ffff,
+    0xffff_ffff,
+    0,
+    0,
+    0,
+    1,
+    0xffff_ffff,
+];
+
+/// The group order n.
+const N: Fe = [
+    0xfc63_2551,
+    0xf3b9_cac2,
+    0xa717_9e84,
+    0xbce6_faad,
+    0xffff_ffff,
+    0xffff_ffff,
+    0,
+    0xffff_ffff,
+];
+
+/// The generator G (SEC 2 §2.4.2), affine.
+const G: Affine = Affine {
+    x: [
+        0xd898_c296,
+        0xf4a1_3945,
+        0x2deb_33a0,
+        0x7703_7d81,
+        0x63a4_40f2,
+        0xf8bc_e6e5,
+        0xe12c_4247,
+        0x6b17_d1f2,
+    ],
+    y: [
+        0x37bf_51f5,
+        0xcbb6_4068,
+        0x6b31_5ece,
+        0x2bce_3357,
+        0x7c0f_9e16,
+        0x8ee7_eb4a,
+        0xfe1a_7f9b,
+        0x4fe3_42e2,
+    ],
+};
+
+/// The curve's `b` (y² = x³ − 3x + b).
+const B: Fe = [
+    0x27d2_604b,
+    0x3bce_3c3e,
+    0xcc53_b0f6,
+    0x651d_06b0,
+    0x7698_86bc,
+    0xb3eb_bd55,
+    0xaa3a_93e7,
+    0x5ac6_35d8,
+];
+
+/// NAF width for tables built once (G, and keys kept by [`P256Key`]):
+/// 32 odd multiples, one addition per ~8 scalar bits.
+const WIDE: u32 = 7;
+/// NAF width for a key used once ([`verify_once`]): 8 odd multiples, so
+/// that building the table does not cost more than it saves.
+const NARROW: u32 = 5;
+
+// ---------------------------------------------------------------- integers
+
+fn is_zero(a: &Fe) -> bool {
+    a.iter().all(|&l| l == 0)
+}
+
+/// `a >= b` as integers.
+fn geq(a: &Fe, b: &Fe) -> bool {
+    for i in (0..8).rev() {
+        if a[i] != b[i] {
+            return a[i] > b[i];
+        }
+    }
+    true
+}
+
+/// `a + b`, and the carry out.
+fn add_raw(a: &Fe, b: &Fe) -> (Fe, bool) {
+    let mut r = [0u32; 8];
+    let mut carry = 0u64;
+    for i in 0..8 {
+        let v = u64::from(a[i]) + u64::from(b[i]) + carry;
+        r[i] = v as u32;
+        carry = v >> 32;
+    }
+    (r, carry != 0)
+}
+
+/// `a − b`, and the borrow out.
+fn sub_raw(a: &Fe, b: &Fe) -> (Fe, bool) {
+    let mut r = [0u32; 8];
+    let mut borrow = 0i64;
+    for i in 0..8 {
+        let v = i64::from(a[i]) - i64::from(b[i]) + borrow;
+        r[i] = v as u32;
+        borrow = v >> 32;
+    }
+    (r, borrow != 0)
+}
+
+/// `(a + b) mod m` for `a, b < m`.
+fn add_mod(a: &Fe, b: &Fe, m: &Fe) -> Fe {
+    let (r, carry) = add_raw(a, b);
+    if carry || geq(&r, m) {
+        sub_raw(&r, m).0
+    } else {
+        r
+    }
+}
+
+/// `(a − b) mod m` for `a, b < m`.
+fn sub_mod(a: &Fe, b: &Fe, m: &Fe) -> Fe {
+    let (r, borrow) = sub_raw(a, b);
+    if borrow {
+        add_raw(&r, m).0
+    } else {
+        r
+    }
+}
+
+/// `x / 2 mod m` for odd `m` and `x < m`.
+fn half_mod(x: &Fe, m: &Fe) -> Fe {
+    let (v, top) = if x[0] & 1 == 1 {
+        add_raw(x, m)
+    } else {
+        (*x, false)
+    };
+    let mut r = [0u32; 8];
+    for i in 0..7 {
+        r[i] = (v[i] >> 1) | (v[i + 1] << 31);
+    }
+    r[7] = (v[7] >> 1) | (u32::from(top) << 31);
+    r
+}
+
+fn shr1(a: &mut Fe) {
+    for i in 0..7 {
+        a[i] = (a[i] >> 1) | (a[i + 1] << 31);
+    }
+    a[7] >>= 1;
+}
+
+/// `b / a mod m` for an odd prime `m`, `0 < a < m` and `b < m`, by binary
+/// division (Menezes et al., Handbook of Applied Cryptography, alg. 14.61,
+/// carrying `b` instead of 1). Variable time: for public values only.
+/// `None` when `a` is zero (it has no inverse).
+fn div_mod(b: &Fe, a: &Fe, m: &Fe) -> Option<Fe> {
+    if is_zero(a) {
+        return None;
+    }
+    const ONE: Fe = [1, 0, 0, 0, 0, 0, 0, 0];
+    // Invariants: x1·a ≡ u·b and x2·a ≡ v·b (mod m); gcd(u, v) = 1.
+    let (mut u, mut v) = (*a, *m);
+    let (mut x1, mut x2) = (*b, [0u32; 8]);
+    // Each round removes at least one bit from u or v: 2·256 rounds at most.
+    for _ in 0..1024 {
+        if u == ONE {
+            return Some(x1);
+        }
+        if v == ONE {
+            return Some(x2);
+        }
+        while u[0] & 1 == 0 {
+            shr1(&mut u);
+            x1 = half_mod(&x1, m);
+        }
+        while v[0] & 1 == 0 {
+            shr1(&mut v);
+            x2 = half_mod(&x2, m);
+        }
+        if geq(&u, &v) {
+            u = sub_raw(&u, &v).0;
+            x1 = sub_mod(&x1, &x2, m);
+        } else {
+            v = sub_raw(&v, &u).0;
+            x2 = sub_mod(&x2, &x1, m);
+        }
+    }
+    None
+}
+
+/// Big-endian bytes (exactly 32) to limbs.
+fn from_be(bytes: &[u8]) -> Option<Fe> {
+    let bytes: &[u8; 32] = bytes.try_into().ok()?;
+    let mut r = [0u32; 8];
+    for (i, chunk) in bytes.rchunks_exact(4).enumerate() {
+        r[i] = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    Some(r)
+}
+
+// ------------------------------------------------------------------ field
+
+/// `a·b mod p`: 64 limb products, then NIST's reduction for p.
+#[inline]
+fn fe_mul(a: &Fe, b: &Fe) -> Fe {
+    let mut t = [0u32; 16];
+    for i in 0..8 {
+        let ai = u64::from(a[i]);
+        let mut carry = 0u64;
+        for j in 0..8 {
+            let v = u64::from(t[i + j]) + ai * u64::from(b[j]) + carry;
+            t[i + j] = v as u32;
+            carry = v >> 32;
+        }
+        t[i + 8] = carry as u32;
+    }
+    reduce(&t)
+}
+
+/// `a² mod p`: the 28 cross products once, doubled, plus the 8 squares.
+#[inline]
+fn fe_sqr(a: &Fe) -> Fe {
+    let mut t = [0u32; 16];
+    for i in 0..7 {
+        let ai = u64::from(a[i]);
+        let mut carry = 0u64;
+        for j in (i + 1)..8 {
+            let v = u64::from(t[i + j]) + ai * u64::from(a[j]) + carry;
+            t[i + j] = v as u32;
+            carry = v >> 32;
+        }
+        t[i + 8] = carry as u32;
+    }
+    // Double the cross products, then add the squares a[i]² at 2i.
+    let mut top = 0u32;
+    for limb in t.iter_mut() {
+        let v = *limb;
+        *limb = (v << 1) | top;
+        top = v >> 31;
+    }
+    let mut carry = 0u64;
+    for i in 0..8 {
+        let sq = u64::from(a[i]) * u64::from(a[i]);
+        let lo = u64::from(t[2 * i]) + (sq & 0xffff_ffff) + carry;
+        t[2 * i] = lo as u32;
+        let hi = u64::from(t[2 * i + 1]) + (sq >> 32) + (lo >> 32);
+        t[2 * i + 1] = hi as u32;
+        carry = hi >> 32;
+    }
+    reduce(&t)
+}
+
+/// A 512-bit product mod p (FIPS 186-4 §D.2.3: with `c0..c15` its words,
+/// the result is `s1 + 2s2 + 2s3 + s4 + s5 − d1 − d2 − d3 − d4`), each word
+/// summed in an `i64`, then the few multiples of 2²⁵⁶ left over folded
+/// back with 2²⁵⁶ ≡ 2²²⁴ − 2¹⁹² − 2⁹⁶ + 1.
+#[inline]
+fn reduce(t: &[u32; 16]) -> Fe {
+    let c = |i: usize| i64::from(t[i]);
+    let acc = [
+        c(0) + c(8) + c(9) - c(11) - c(12) - c(13) - c(14),
+        c(1) + c(9) + c(10) - c(12) - c(13) - c(14) - c(15),
+        c(2) + c(10) + c(11) - c(13) - c(14) - c(15),
+        c(3) + 2 * (c(11) + c(12)) + c(13) - c(15) - c(8) - c(9),
+        c(4) + 2 * (c(12) + c(13)) + c(14) - c(9) - c(10),
+        c(5) + 2 * (c(13) + c(14)) + c(15) - c(10) - c(11),
+        c(6) + 3 * c(14) + 2 * c(15) + c(13) - c(8) - c(9),
+        c(7) + 3 * c(15) + c(8) - c(10) - c(11) - c(12) - c(13),
+    ];
+    let mut r = [0u32; 8];
+    let mut carry = 0i64;
+    for i in 0..8 {
+        let v = acc[i] + carry;
+        r[i] = v as u32;
+        carry = v >> 32;
+    }
+    // |carry| ≤ 7 here; two folds always bring it to zero (the first leaves
+    // at most ±1, and folding ±1 cannot carry out again).
+    for _ in 0..3 {
+        if carry == 0 {
+            break;
+        }
+        let mut acc = [0i64; 8];
+        for i in 0..8 {
+            acc[i] = i64::from(r[i]);
+        }
+        acc[0] += carry;
+        acc[3] -= carry;
+        acc[6] -= carry;
+        acc[7] += carry;
+        carry = 0;
+        for i in 0..8 {
+            let v = acc[i] + carry;
+            r[i] = v as u32;
+            carry = v >> 32;
+        }
+    }
+    if geq(&r, &P) {
+        r = sub_raw(&r, &P).0;
+    }
+    r
+}
+
+fn fe_add(a: &Fe, b: &Fe) -> Fe {
+    add_mod(a, b, &P)
+}
+
+fn fe_sub(a: &Fe, b: &Fe) -> Fe {
+    sub_mod(a, b, &P)
+}
+
+fn fe_neg(a: &Fe) -> Fe {
+    sub_mod(&[0; 8], a, &P)
+}
+
+// ----------------------------------------------------------------- points
+
+/// An affine point (never the point at infinity).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Affine {
+    x: Fe,
+    y: Fe,
+}
+
+/// A Jacobian point (X/Z², Y/Z³); Z = 0 is the point at infinity.
+#[derive(Clone, Copy, Debug)]
+struct Jacobian {
+    x: Fe,
+    y: Fe,
+    z: Fe,
+}
+
+const ONE: Fe = [1, 0, 0, 0, 0, 0, 0, 0];
+
+impl Jacobian {
+    const INFINITY: Jacobian = Jacobian {
+        x: ONE,
+        y: ONE,
+        z: [0; 8],
+    };
+
+    fn from_affine(p: &Affine) -> Jacobian {
+        Jacobian {
+            x: p.x,
+            y: p.y,
+            z: ONE,
+        }
+    }
+
+    fn is_infinity(&self) -> bool {
+        is_zero(&self.z)
+    }
+
+    /// 2P, `dbl-2001-b` (a = −3): 3M + 5S.
+    fn double(&self) -> Jacobian {
+        if self.is_infinity() {
+            return *self;
+        }
+        let delta = fe_sqr(&self.z);
+        let gamma = fe_sqr(&self.y);
+        let beta = fe_mul(&self.x, &gamma);
+        let t = fe_mul(&fe_sub(&self.x, &delta), &fe_add(&self.x, &delta));
+        let alpha = fe_add(&fe_add(&t, &t), &t);
+        let beta4 = fe_add(&beta, &beta);
+        let beta4 = fe_add(&beta4, &beta4);
+        let beta8 = fe_add(&beta4, &beta4);
+        let x3 = fe_sub(&fe_sqr(&alpha), &beta8);
+        let z3 = fe_sub(&fe_sub(&fe_sqr(&fe_add(&self.y, &self.z)), &gamma), &delta);
+        let g2 = fe_sqr(&gamma);
+        let g4 = fe_add(&g2, &g2);
+        let g8 = fe_add(&g4, &g4);
+        let y3 = fe_sub(&fe_mul(&alpha, &fe_sub(&beta4, &x3)), &fe_add(&g8, &g8));
+        Jacobian {
+            x: x3,
+            y: y3,
+            z: z3,
+        }
+    }
+
+    /// P + Q for affine Q, `madd-2007-bl`: 7M + 4S. Handles P = ∞, P = Q
+    /// and P = −Q.
+    fn add_affine(&self, q: &Affine) -> Jacobian {
+        if self.is_infinity() {
+            return Jacobian::from_affine(q);
+        }
+        let z1z1 = fe_sqr(&self.z);
+        let u2 = fe_mul(&q.x, &z1z1);
+        let s2 = fe_mul(&q.y, &fe_mul(&self.z, &z1z1));
+        let h = fe_sub(&u2, &self.x);
+        let r = fe_sub(&s2, &self.y);
+        if is_zero(&h) {
+            return if is_zero(&r) {
+                self.double()
+            } else {
+                Jacobian::INFINITY
+            };
+        }
+        let r = fe_add(&r, &r);
+        let hh = fe_sqr(&h);
+        let i = fe_add(&hh, &hh);
+        let i = fe_add(&i, &i);
+        let j = fe_mul(&h, &i);
+        let v = fe_mul(&self.x, &i);
+        let x3 = fe_sub(&fe_sub(&fe_sqr(&r), &j), &fe_add(&v, &v));
+        let y1j = fe_mul(&self.y, &j);
+        let y3 = fe_sub(&fe_mul(&r, &fe_sub(&v, &x3)), &fe_add(&y1j, &y1j));
+        let z3 = fe_sub(&fe_sub(&fe_sqr(&fe_add(&self.z, &h)), &z1z1), &hh);
+        Jacobian {
+            x: x3,
+            y: y3,
+            z: z3,
+        }
+    }
+}
+
+impl Affine {
+    fn neg(&self) -> Affine {
+        Affine {
+            x: self.x,
+            y: fe_neg(&self.y),
+        }
+    }
+
+    /// Whether the point satisfies y² = x³ − 3x + b with coordinates < p.
+    fn on_curve(&self) -> bool {
+        if geq(&self.x, &P) || geq(&self.y, &P) {
+            return false;
+        }
+        let x3 = fe_mul(&fe_sqr(&self.x), &self.x);
+        let three_x = fe_add(&fe_add(&self.x, &self.x), &self.x);
+        let rhs = fe_add(&fe_sub(&x3, &three_x), &B);
+        fe_sqr(&self.y) == rhs
+    }
+}
+
+/// The odd multiples P, 3P, 5P, … (2^(w−1) − 1)·P, affine, with one
+/// inversion for all of them (Montgomery's trick). `None` only if a
+/// multiple is the point at infinity, which cannot happen for a point of
+/// the prime-order group.
+fn odd_multiples(p: &Affine, w: u32) -> Option<Vec<Affine>> {
+    let count = 1usize << (w - 2);
+    let two_p = Jacobian::from_affine(p).double();
+    let mut jac = Vec::with_capacity(count);
+    jac.push(Jacobian::from_affine(p));
+    let mut two_p_affine = None;
+    for i in 1..count {
+        let prev = jac[i - 1];
+        // prev + 2P: 2P is made affine once, after the first addition
+        // needs it, by an inversion of its own (cheap next to the rest).
+        let tp = match two_p_affine {
+            Some(a) => a,
+            None => {
+                let a = to_affine(&two_p)?;
+                two_p_affine = Some(a);
+                a
+            }
+        };
+        jac.push(prev.add_affine(&tp));
+    }
+    // Batch inversion of all Z.
+    let mut prefix = Vec::with_capacity(count);
+    let mut acc = ONE;
+    for j in &jac {
+        if j.is_infinity() {
+            return None;
+        }
+        prefix.push(acc);
+        acc = fe_mul(&acc, &j.z);
+    }
+    let mut inv = div_mod(&ONE, &acc, &P)?;
+    let mut out = vec![G; count];
+    for i in (0..count).rev() {
+        let zinv = fe_mul(&inv, &prefix[i]);
+        inv = fe_mul(&inv, &jac[i].z);
+        let zinv2 = fe_sqr(&zinv);
+        out[i] = Affine {
+            x: fe_mul(&jac[i].x, &zinv2),
+            y: fe_mul(&jac[i].y, &fe_mul(&zinv2, &zinv)),
+        };
+    }
+    Some(out)
+}
+
+fn to_affine(p: &Jacobian) -> Option<Affine> {
+    let zinv = div_mod(&ONE, &p.z, &P)?;
+    let zinv2 = fe_sqr(&zinv);
+    Some(Affine {
+        x: fe_mul(&p.x, &zinv2),
+        y: fe_mul(&p.y, &fe_mul(&zinv2, &zinv)),
+    })
+}
+
+/// The width-`w` NAF of `k`, least significant digit first: odd digits in
+/// (−2^(w−1), 2^(w−1)), at least w−1 zeros after each non-zero one.
+/// Returns the digits and how many are used.
+fn wnaf(k: &Fe, w: u32) -> ([i8; 258], usize) {
+    let mut digits = [0i8; 258];
+    // One limb more than k: adding back a negative digit may carry.
+    let mut v = [0u32; 9];
+    v[..8].copy_from_slice(k);
+    let window = 1u32 << w;
+    let mut len = 0;
+    while v.iter().any(|&l| l != 0) && len < digits.len() {
+        if v[0] & 1 == 1 {
+            let m = v[0] & (window - 1);
+            if m >= window / 2 {
+                // Digit m − 2^w (negative): v += 2^w − m.
+                let mut carry = u64::from(window - m);
+                for limb in v.iter_mut() {
+                    let s = u64::from(*limb) + carry;
+                    *limb = s as u32;
+                    carry = s >> 32;
+                    if carry == 0 {
+                        break;
+                    }
+                }
+                digits[len] = (i64::from(m) - i64::from(window)) as i8;
+            } else {
+                // Digit m (positive): v −= m, only clears low bits.
+                v[0] -= m;
+                digits[len] = m as i8;
+            }
+        }
+        for i in 0..8 {
+            v[i] = (v[i] >> 1) | (v[i + 1] << 31);
+        }
+        v[8] >>= 1;
+        len += 1;
+    }
+    (digits, len)
+}
+
+/// The table of odd multiples of G, built on first use (once per VM).
+fn g_table() -> Option<&'static [Affine]> {
+    static TABLE: OnceLock<Option<Vec<Affine>>> = OnceLock::new();
+    TABLE.get_or_init(|| odd_multiples(&G, WIDE)).as_deref()
+}
+
+/// `u1·G + u2·Q` in one pass over both NAFs.
+fn double_mul(u1: &Fe, g: &[Affine], u2: &Fe, q: &[Affine], wq: u32) -> Jacobian {
+    let (n1, l1) = wnaf(u1, WIDE);
+    let (n2, l2) = wnaf(u2, wq);
+    let mut acc = Jacobian::INFINITY;
+    let add = |acc: Jacobian, table: &[Affine], d: i8| -> Jacobian {
+        let idx = usize::from(d.unsigned_abs() / 2);
+        match table.get(idx) {
+            Some(p) if d > 0 => acc.add_affine(p),
+            Some(p) if d < 0 => acc.add_affine(&p.neg()),
+            _ => acc,
+        }
+    };
+    for i in (0..l1.max(l2)).rev() {
+        acc = acc.double();
+        acc = add(acc, g, n1[i]);
+        acc = add(acc, q, n2[i]);
+    }
+    acc
+}
+
+/// The checks and arithmetic of ECDSA verification (FIPS 186-4 §6.4.2,
+/// SEC 1 §4.1.4) once the table of Q is at hand.
+fn verify_with(q: &[Affine], wq: u32, msg: &[u8], sig: &[u8]) -> bool {
+    let Some(g) = g_table() else {
+        return false;
+    };
+    let (Some(r), Some(s)) = (
+        sig.get(..32).and_then(from_be),
+        sig.get(32..).and_then(from_be),
+    ) else {
+        return false;
+    };
+    if sig.len() != 64 || is_zero(&r) || is_zero(&s) || geq(&r, &N) || geq(&s, &N) {
+        return false;
+    }
+    // e: the digest as an integer (256 bits, no truncation for SHA-256),
+    // reduced once below n (e < 2²⁵⁶ < 2n).
+    let Some(mut e) = from_be(&Sha256::digest(msg)) else {
+        return false;
+    };
+    if geq(&e, &N) {
+        e = sub_raw(&e, &N).0;
+    }
+    let (Some(u1), Some(u2)) = (div_mod(&e, &s, &N), div_mod(&r, &s, &N)) else {
+        return false;
+    };
+    let point = double_mul(&u1, g, &u2, q, wq);
+    if point.is_infinity() {
+        return false;
+    }
+    // x(R) mod n = r  ⇔  X = r·Z² or, when r + n < p, X = (r + n)·Z².
+    let z2 = fe_sqr(&point.z);
+    if fe_mul(&r, &z2) == point.x {
+        return true;
+    }
+    let (rn, carry) = add_raw(&r, &N);
+    !carry && !geq(&rn, &P) && fe_mul(&rn, &z2) == point.x
+}
+
+/// Affine coordinates from an uncompressed SEC1 point (`04 || x || y`),
+/// checked to be on the curve.
+fn parse_point(sec1: &[u8]) -> Option<Affine> {
+    if sec1.len() != 65 || sec1.first() != Some(&4) {
+        return None;
+    }
+    let p = Affine {
+        x: from_be(sec1.get(1..33)?)?,
+        y: from_be(sec1.get(33..)?)?,
+    };
+    p.on_curve().then_some(p)
+}
+
+/// A P-256 public key prepared for many verifications: its 32 odd
+/// multiples are computed once, when the key is loaded (about a quarter of
+/// one verification), and make every later verification cheaper.
+#[derive(Clone)]
+pub struct P256Key {
+    table: Vec<Affine>,
+    sec1: Vec<u8>,
+}
+
+impl std::fmt::Debug for P256Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("P256Key(..)")
+    }
+}
+
+impl P256Key {
+    /// A key from its uncompressed SEC1 encoding (`04 || x || y`). Refuses
+    /// points not on the curve (the point at infinity has no such
+    /// encoding).
+    pub fn from_sec1(sec1: &[u8]) -> Result<Self, String> {
+        let point = parse_point(sec1).ok_or("not a P-256 point")?;
+        let table = odd_multiples(&point, WIDE).ok_or("not a P-256 point")?;
+        Ok(P256Key {
+            table,
+            sec1: sec1.to_vec(),
+        })
+    }
+
+    /// The uncompressed SEC1 encoding the key was made from.
+    pub fn to_sec1(&self) -> &[u8] {
+        &self.sec1
+    }
+
+    /// Whether `sig` (`r || s`, 32 bytes each, big-endian) is a valid
+    /// ECDSA P-256 signature of SHA-256(`msg`). Like the `p256` crate and
+    /// FIPS 186-4, both `s` and `n − s` are accepted.
+    pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+        verify_with(&self.table, WIDE, msg, sig)
+    }
+}
+
+/// [`P256Key::verify`] for a key used once (an install key carried in a
+/// token): a smaller table of Q, built for this call only.
+pub fn verify_once(sec1: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    let Some(q) = parse_point(sec1).and_then(|p| odd_multiples(&p, NARROW)) else {
+        return false;
+    };
+    verify_with(&q, NARROW, msg, sig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p256::ecdsa::signature::Signer as _;
+
+    fn fe(hex: &str) -> Fe {
+        let bytes: Vec<u8> = (0..64)
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        from_be(&bytes).unwrap()
+    }
+
+    /// Reference a·b mod m by double-and-add: only add_mod, so it checks
+    /// the multiplication and the reduction independently.
+    fn mul_ref(a: &Fe, b: &Fe, m: &Fe) -> Fe {
+        let mut acc = [0u32; 8];
+        for i in (0..256).rev() {
+            acc = add_mod(&acc, &acc, m);
+            if (b[i / 32] >> (i % 32)) & 1 == 1 {
+                acc = add_mod(&acc, a, m);
+            }
+        }
+        acc
+    }
+
+    /// A deterministic stream of field-sized values, edge cases first.
+    fn samples(m: &Fe) -> Vec<Fe> {
+        let mut out = vec![
+            [0; 8],
+            ONE,
+            sub_raw(m, &ONE).0,
+            sub_raw(m, &[2, 0, 0, 0, 0, 0, 0, 0]).0,
+            [0xffff_ffff, 0, 0, 0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0, 0, 0, 0xffff_0000],
+            [0xffff_ffff; 8],
+        ];
+        out.retain(|x| !geq(x, m));
+        let mut h = Sha256::digest(b"seed");
+        for _ in 0..200 {
+            h = Sha256::digest(h);
+            let mut x = from_be(&h).unwrap();
+            if geq(&x, m) {
+                x = sub_raw(&x, m).0;
+            }
+            out.push(x);
+        }
+        out
+    }
+
+    #[test]
+    fn field_multiplication_and_squaring_match_the_reference() {
+        let s = samples(&P);
+        for (i, a) in s.iter().enumerate() {
+            for b in s.iter().skip(i).take(12) {
+                assert_eq!(fe_mul(a, b), mul_ref(a, b, &P), "{a:x?} * {b:x?}");
+            }
+            assert_eq!(fe_sqr(a), mul_ref(a, a, &P), "{a:x?}^2");
+        }
+    }
+
+    #[test]
+    fn division_mod_n_and_p_inverts_multiplication() {
+        for m in [N, P] {
+            let s = samples(&m);
+            for w in s.windows(2) {
+                let (a, b) = (w[0], w[1]);
+                match div_mod(&b, &a, &m) {
+                    None => assert!(is_zero(&a)),
+                    Some(q) => assert_eq!(mul_ref(&q, &a, &m), b),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wnaf_digits_add_up_to_the_scalar() {
+        for k in samples(&N) {
+            for w in [NARROW, WIDE] {
+                let (d, len) = wnaf(&k, w);
+                // Horner from the top digit, mod n.
+                let mut acc = [0u32; 8];
+                for i in (0..len).rev() {
+                    acc = add_mod(&acc, &acc, &N);
+                    let mag = [u32::from(d[i].unsigned_abs()), 0, 0, 0, 0, 0, 0, 0];
+                    acc = if d[i] >= 0 {
+                        add_mod(&acc, &mag, &N)
+                    } else {
+                        sub_mod(&acc, &mag, &N)
+                    };
+                    assert!(d[i] == 0 || d[i] % 2 != 0);
+                    assert!(i32::from(d[i]).abs() < 1 << (w - 1));
+                }
+                assert_eq!(acc, k);
+            }
+        }
+    }
+
+    #[test]
+    fn generator_is_on_the_curve_and_its_table_matches_p256() {
+        assert!(G.on_curve());
+        let table = g_table().unwrap();
+        for (i, pt) in table.iter().enumerate() {
+            let k = p256::Scalar::from(2 * i as u64 + 1);
+            let want = (p256::ProjectivePoint::GENERATOR * k).to_affine();
+            use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+            let enc = want.to_encoded_point(false);
+            assert_eq!(from_be(enc.x().unwrap()).unwrap(), pt.x, "{}G", 2 * i + 1);
+            assert_eq!(from_be(enc.y().unwrap()).unwrap(), pt.y, "{}G", 2 * i + 1);
+        }
+    }
+
+    #[test]
+    fn n_times_g_is_infinity_and_constants_are_right() {
+        // (n−1)·G = −G: checks N and the point arithmetic together.
+        let nm1 = sub_raw(&N, &ONE).0;
+        let p = double_mul(&nm1, g_table().unwrap(), &[0; 8], &[], WIDE);
+        let a = to_affine(&p).unwrap();
+        assert_eq!(a, G.neg());
+        assert_eq!(
+            P,
+            fe("ffffffff00000001000000000000000000000000ffffffffffffffffffffffff")
+        );
+    }
+
+    /// Signatures made by the `p256` crate: ours must agree with its
+    /// verifier on valid signatures, on `n − s`, and on every kind of
+    /// tampering.
+    #[test]
+    fn agrees_with_the_p256_crate() {
+        use p256::ecdsa::signature::Verifier as _;
+        for i in 0u32..40 {
+            let seed = Sha256::digest(i.to_be_bytes());
+            let sk = p256::ecdsa::SigningKey::from_slice(&seed).unwrap();
+            let vk = p256::ecdsa::VerifyingKey::from(&sk);
+            let sec1 = vk.to_encoded_point(false);
+            let key = P256Key::from_sec1(sec1.as_bytes()).unwrap();
+            let msg = format!("message {i}").into_bytes();
+            let sig: p256::ecdsa::Signature = sk.sign(&msg);
+            let sig = sig.to_bytes().to_vec();
+            assert!(key.verify(&msg, &sig), "valid signature {i}");
+            assert!(verify_once(sec1.as_bytes(), &msg, &sig), "valid, once {i}");
+
+            // s → n − s: still valid for both.
+            let s = from_be(&sig[32..]).unwrap();
+            let ns = sub_raw(&N, &s).0;
+            let mut high = sig.clone();
+            for (j, limb) in ns.iter().rev().enumerate() {
+                high[32 + 4 * j..36 + 4 * j].copy_from_slice(&limb.to_be_bytes());
+            }
+            let theirs = p256::ecdsa::Signature::from_slice(&high)
+                .map(|s| vk.verify(&msg, &s).is_ok())
+                .unwrap_or(false);
+            assert_eq!(key.verify(&msg, &high), theirs, "n - s {i}");
+
+            // Any flipped bit in the message or the signature.
+            let bit = (i as usize * 37) % (sig.len() * 8);
+            let mut bad = sig.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(!key.verify(&msg, &bad), "flipped signature bit {bit}");
+            assert!(!verify_once(sec1.as_bytes(), &msg, &bad));
+            let mut other = msg.clone();
+            other[0] ^= 1;
+            assert!(!key.verify(&other, &sig));
+        }
+    }
+
+    #[test]
+    fn refuses_out_of_range_and_malformed_input() {
+        let sk = p256::ecdsa::SigningKey::from_slice(&[7; 32]).unwrap();
+        let vk = p256::ecdsa::VerifyingKey::from(&sk);
+        let sec1 = vk.to_encoded_point(false);
+        let key = P256Key::from_sec1(sec1.as_bytes()).unwrap();
+        let n_be: Vec<u8> = N.iter().rev().flat_map(|l| l.to_be_bytes()).collect();
+        let one_be: Vec<u8> = [0u8; 31].iter().copied().chain([1]).collect();
+        for (r, s) in [
+            (vec![0u8; 32], one_be.clone()),
+            (one_be.clone(), vec![0u8; 32]),
+            (n_be.clone(), one_be.clone()),
+            (one_be.clone(), n_be.clone()),
+            (vec![0xff; 32], one_be.clone()),
+        ] {
+            assert!(!key.verify(b"m", &[r, s].concat()));
+        }
+        assert!(!key.verify(b"m", &[0u8; 63]));
+        assert!(!key.verify(b"m", &[1u8; 65]));
+        // Not on the curve, compressed, wrong length.
+        let mut off = sec1.as_bytes().to_vec();
+        off[64] ^= 1;
+        assert!(P256Key::from_sec1(&off).is_err());
+        assert!(P256Key::from_sec1(vk.to_encoded_point(true).as_bytes()).is_err());
+        assert!(P256Key::from_sec1(&[4u8; 65]).is_err());
+        assert!(!verify_once(&off, b"m", &[1u8; 64]));
+    }
+}
