@@ -11,11 +11,22 @@ def b64u(b):
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
+_GIVEN = set()
+
+
 def free_port():
-    """A port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 right now, and not handed out before by this
+    process: the kernel may offer a port again once its probe socket is
+    closed, and two servers started from the same list would then race for
+    it ("Address already in use")."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
+    raise RuntimeError("no free port on 127.0.0.1")
 
 
 def rss_kib(pid):

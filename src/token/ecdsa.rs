@@ -103,45 +103,92 @@ const NARROW: u32 = 5;
 
 // ---------------------------------------------------------------- integers
 
+/// Repeats `$body` with `$i` bound to 0, 1, … 7. The crate is built for
+/// size (`opt-level = "s"`), which does not unroll loops; unrolled, every
+/// limb array is indexed by constants only and lives in Wasm locals
+/// instead of linear memory. That alone makes verification about 1.6×
+/// faster in V8.
+macro_rules! unroll8 {
+    ($i:ident => $body:block) => {{
+        {
+            let $i: usize = 0;
+            $body
+        }
+        {
+            let $i: usize = 1;
+            $body
+        }
+        {
+            let $i: usize = 2;
+            $body
+        }
+        {
+            let $i: usize = 3;
+            $body
+        }
+        {
+            let $i: usize = 4;
+            $body
+        }
+        {
+            let $i: usize = 5;
+            $body
+        }
+        {
+            let $i: usize = 6;
+            $body
+        }
+        {
+            let $i: usize = 7;
+            $body
+        }
+    }};
+}
+
+#[inline(always)]
 fn is_zero(a: &Fe) -> bool {
-    a.iter().all(|&l| l == 0)
+    (a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7]) == 0
 }
 
 /// `a >= b` as integers.
+#[inline(always)]
 fn geq(a: &Fe, b: &Fe) -> bool {
-    for i in (0..8).rev() {
-        if a[i] != b[i] {
-            return a[i] > b[i];
-        }
-    }
-    true
+    // a − b without keeping the difference: no borrow out ⇔ a ≥ b.
+    let mut borrow = 0i64;
+    unroll8!(i => {
+        borrow = (i64::from(a[i]) - i64::from(b[i]) + borrow) >> 32;
+    });
+    borrow == 0
 }
 
 /// `a + b`, and the carry out.
+#[inline(always)]
 fn add_raw(a: &Fe, b: &Fe) -> (Fe, bool) {
     let mut r = [0u32; 8];
     let mut carry = 0u64;
-    for i in 0..8 {
+    unroll8!(i => {
         let v = u64::from(a[i]) + u64::from(b[i]) + carry;
         r[i] = v as u32;
         carry = v >> 32;
-    }
+    });
     (r, carry != 0)
 }
 
 /// `a − b`, and the borrow out.
+#[inline(always)]
 fn sub_raw(a: &Fe, b: &Fe) -> (Fe, bool) {
     let mut r = [0u32; 8];
     let mut borrow = 0i64;
-    for i in 0..8 {
+    unroll8!(i => {
         let v = i64::from(a[i]) - i64::from(b[i]) + borrow;
         r[i] = v as u32;
         borrow = v >> 32;
-    }
+    });
     (r, borrow != 0)
 }
 
 /// `(a + b) mod m` for `a, b < m`.
+#[inline(always)]
 fn add_mod(a: &Fe, b: &Fe, m: &Fe) -> Fe {
     let (r, carry) = add_raw(a, b);
     if carry || geq(&r, m) {
@@ -152,6 +199,7 @@ fn add_mod(a: &Fe, b: &Fe, m: &Fe) -> Fe {
 }
 
 /// `(a − b) mod m` for `a, b < m`.
+#[inline(always)]
 fn sub_mod(a: &Fe, b: &Fe, m: &Fe) -> Fe {
     let (r, borrow) = sub_raw(a, b);
     if borrow {
@@ -168,19 +216,18 @@ fn half_mod(x: &Fe, m: &Fe) -> Fe {
     } else {
         (*x, false)
     };
-    let mut r = [0u32; 8];
-    for i in 0..7 {
-        r[i] = (v[i] >> 1) | (v[i + 1] << 31);
-    }
-    r[7] = (v[7] >> 1) | (u32::from(top) << 31);
+    let mut r = v;
+    shr1(&mut r);
+    r[7] |= u32::from(top) << 31;
     r
 }
 
+#[inline(always)]
 fn shr1(a: &mut Fe) {
-    for i in 0..7 {
-        a[i] = (a[i] >> 1) | (a[i + 1] << 31);
-    }
-    a[7] >>= 1;
+    unroll8!(i => {
+        let next = if i < 7 { a[(i + 1) & 7] << 31 } else { 0 };
+        a[i] = (a[i] >> 1) | next;
+    });
 }
 
 /// `b / a mod m` for an odd prime `m`, `0 < a < m` and `b < m`, by binary
@@ -235,52 +282,59 @@ fn from_be(bytes: &[u8]) -> Option<Fe> {
 // ------------------------------------------------------------------ field
 
 /// `a·b mod p`: 64 limb products, then NIST's reduction for p.
-#[inline]
+#[inline(never)]
 fn fe_mul(a: &Fe, b: &Fe) -> Fe {
     let mut t = [0u32; 16];
-    for i in 0..8 {
+    unroll8!(i => {
         let ai = u64::from(a[i]);
         let mut carry = 0u64;
-        for j in 0..8 {
+        unroll8!(j => {
             let v = u64::from(t[i + j]) + ai * u64::from(b[j]) + carry;
             t[i + j] = v as u32;
             carry = v >> 32;
-        }
+        });
         t[i + 8] = carry as u32;
-    }
+    });
     reduce(&t)
 }
 
 /// `a² mod p`: the 28 cross products once, doubled, plus the 8 squares.
-#[inline]
+#[inline(never)]
+#[allow(unused_assignments)] // the carries out of the last unrolled step
 fn fe_sqr(a: &Fe) -> Fe {
     let mut t = [0u32; 16];
-    for i in 0..7 {
+    unroll8!(i => {
         let ai = u64::from(a[i]);
         let mut carry = 0u64;
-        for j in (i + 1)..8 {
-            let v = u64::from(t[i + j]) + ai * u64::from(a[j]) + carry;
-            t[i + j] = v as u32;
-            carry = v >> 32;
+        unroll8!(j => {
+            if j > i {
+                let v = u64::from(t[i + j]) + ai * u64::from(a[j]) + carry;
+                t[i + j] = v as u32;
+                carry = v >> 32;
+            }
+        });
+        if i < 7 {
+            t[i + 8] = carry as u32;
         }
-        t[i + 8] = carry as u32;
-    }
+    });
     // Double the cross products, then add the squares a[i]² at 2i.
     let mut top = 0u32;
-    for limb in t.iter_mut() {
-        let v = *limb;
-        *limb = (v << 1) | top;
-        top = v >> 31;
-    }
+    unroll8!(i => {
+        let lo = t[2 * i];
+        let hi = t[2 * i + 1];
+        t[2 * i] = (lo << 1) | top;
+        t[2 * i + 1] = (hi << 1) | (lo >> 31);
+        top = hi >> 31;
+    });
     let mut carry = 0u64;
-    for i in 0..8 {
+    unroll8!(i => {
         let sq = u64::from(a[i]) * u64::from(a[i]);
         let lo = u64::from(t[2 * i]) + (sq & 0xffff_ffff) + carry;
         t[2 * i] = lo as u32;
         let hi = u64::from(t[2 * i + 1]) + (sq >> 32) + (lo >> 32);
         t[2 * i + 1] = hi as u32;
         carry = hi >> 32;
-    }
+    });
     reduce(&t)
 }
 
@@ -288,7 +342,7 @@ fn fe_sqr(a: &Fe) -> Fe {
 /// the result is `s1 + 2s2 + 2s3 + s4 + s5 − d1 − d2 − d3 − d4`), each word
 /// summed in an `i64`, then the few multiples of 2²⁵⁶ left over folded
 /// back with 2²⁵⁶ ≡ 2²²⁴ − 2¹⁹² − 2⁹⁶ + 1.
-#[inline]
+#[inline(always)]
 fn reduce(t: &[u32; 16]) -> Fe {
     let c = |i: usize| i64::from(t[i]);
     let acc = [
@@ -303,31 +357,29 @@ fn reduce(t: &[u32; 16]) -> Fe {
     ];
     let mut r = [0u32; 8];
     let mut carry = 0i64;
-    for i in 0..8 {
+    unroll8!(i => {
         let v = acc[i] + carry;
         r[i] = v as u32;
         carry = v >> 32;
-    }
+    });
     // |carry| ≤ 7 here; two folds always bring it to zero (the first leaves
     // at most ±1, and folding ±1 cannot carry out again).
     for _ in 0..3 {
         if carry == 0 {
             break;
         }
-        let mut acc = [0i64; 8];
-        for i in 0..8 {
-            acc[i] = i64::from(r[i]);
-        }
-        acc[0] += carry;
-        acc[3] -= carry;
-        acc[6] -= carry;
-        acc[7] += carry;
+        let fold = carry;
         carry = 0;
-        for i in 0..8 {
-            let v = acc[i] + carry;
+        unroll8!(i => {
+            let add = match i {
+                0 | 7 => fold,
+                3 | 6 => -fold,
+                _ => 0,
+            };
+            let v = i64::from(r[i]) + add + carry;
             r[i] = v as u32;
             carry = v >> 32;
-        }
+        });
     }
     if geq(&r, &P) {
         r = sub_raw(&r, &P).0;
