@@ -819,6 +819,9 @@ pub fn verify_once(sec1: &[u8], msg: &[u8], sig: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
     use p256::ecdsa::signature::Signer as _;
 

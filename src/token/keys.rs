@@ -112,10 +112,54 @@ impl Alg {
     }
 }
 
+/// An HS256 secret with HMAC's two padded key blocks already hashed
+/// (RFC 2104 §2): a tag then costs the message's SHA-256 blocks plus two,
+/// instead of plus four. Unique HS256 tokens are the busiest verification
+/// path, and this is about a tenth of its work.
+pub struct Hs256Secret {
+    /// The secret as jwt-simple's key (the CLI signs with it).
+    pub key: HS256Key,
+    /// SHA-256 state after `K ⊕ ipad`.
+    inner: hmac_sha256::Hash,
+    /// SHA-256 state after `K ⊕ opad`.
+    outer: hmac_sha256::Hash,
+}
+
+impl Hs256Secret {
+    /// Prepares `secret` (a key longer than the 64-byte block is hashed
+    /// first, as RFC 2104 says).
+    pub fn new(secret: &[u8]) -> Self {
+        let mut block = [0u8; 64];
+        if secret.len() > block.len() {
+            block[..32].copy_from_slice(&hmac_sha256::Hash::hash(secret));
+        } else {
+            block[..secret.len()].copy_from_slice(secret);
+        }
+        let mut inner = hmac_sha256::Hash::new();
+        inner.update(block.map(|b| b ^ 0x36));
+        let mut outer = hmac_sha256::Hash::new();
+        outer.update(block.map(|b| b ^ 0x5c));
+        Hs256Secret {
+            key: HS256Key::from_bytes(secret),
+            inner,
+            outer,
+        }
+    }
+
+    /// HMAC-SHA256 of `msg`.
+    pub fn tag(&self, msg: &[u8]) -> [u8; 32] {
+        let mut inner = self.inner;
+        inner.update(msg);
+        let mut outer = self.outer;
+        outer.update(inner.finalize());
+        outer.finalize()
+    }
+}
+
 /// The key material, typed by algorithm.
 pub enum KeyMaterial {
-    /// HS256 secret.
-    Hs256(HS256Key),
+    /// HS256 secret, with HMAC's padded key blocks hashed once.
+    Hs256(Box<Hs256Secret>),
     /// HS384 secret.
     Hs384(HS384Key),
     /// HS512 secret.
@@ -188,7 +232,7 @@ pub fn hmac_key(alg: Alg, secret: &[u8]) -> Result<KeyMaterial, String> {
         ));
     }
     Ok(match alg {
-        Alg::HS256 => KeyMaterial::Hs256(HS256Key::from_bytes(secret)),
+        Alg::HS256 => KeyMaterial::Hs256(Box::new(Hs256Secret::new(secret))),
         Alg::HS384 => KeyMaterial::Hs384(HS384Key::from_bytes(secret)),
         Alg::HS512 => KeyMaterial::Hs512(HS512Key::from_bytes(secret)),
         _ => return Err(format!("{} is not an HMAC algorithm", alg.name())),
@@ -408,6 +452,21 @@ mod tests {
 
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn prepared_hmac_matches_jwt_simple_for_every_key_length() {
+        for len in [32usize, 63, 64, 65, 100] {
+            let secret: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let k = Hs256Secret::new(&secret);
+            for msg in [&b""[..], b"a.b", &[0x61; 200]] {
+                assert_eq!(
+                    k.tag(msg).to_vec(),
+                    k.key.authentication_tag(msg),
+                    "len {len}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn base64_variants_decode_to_the_same_secret() {

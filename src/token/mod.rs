@@ -953,9 +953,7 @@ pub fn check_signature(
         }
     };
     let result = match &key.material {
-        KeyMaterial::Hs256(k) => {
-            return verdict(ct_eq(&k.authentication_tag(input), &b64url(sig)?))
-        }
+        KeyMaterial::Hs256(k) => return verdict(ct_eq(&k.tag(input), &b64url(sig)?)),
         KeyMaterial::Hs384(k) => {
             return verdict(ct_eq(&k.authentication_tag(input), &b64url(sig)?))
         }
