@@ -236,28 +236,36 @@ impl RsaPublicKey {
     fn mont_mul(&self, a: &[u32], b: &[u32]) -> Vec<u32> {
         let l = self.n.len();
         let n = &self.n;
-        let mut t = vec![0u32; l + 2];
+        let (Some((&a0, a_rest)), Some((&n0, n_rest))) =
+            (a.get(..l).and_then(<[u32]>::split_first), n.split_first())
+        else {
+            return vec![0; l];
+        };
+        // CIOS with the multiplication and the reduction in one pass over
+        // the limbs (m depends only on the lowest limb): each limb of t is
+        // read and written once per round instead of twice. t and u take
+        // turns as the round's input and output, so that the loop reads
+        // and writes through iterators, without bounds checks.
+        let mut t = vec![0u32; l + 1];
+        let mut u = vec![0u32; l + 1];
         for &bi in b.iter().take(l) {
-            let mut c: u64 = 0;
-            for (tj, &aj) in t.iter_mut().zip(a.iter()).take(l) {
-                let s = u64::from(*tj) + u64::from(aj) * u64::from(bi) + c;
-                *tj = s as u32;
-                c = s >> 32;
+            let bi = u64::from(bi);
+            let s1 = u64::from(t[0]) + u64::from(a0) * bi;
+            let m = u64::from((s1 as u32).wrapping_mul(self.n0inv));
+            // The low limb of s1 + m·n0 is zero by the choice of m.
+            let s2 = (s1 & 0xffff_ffff) + m * u64::from(n0);
+            let (mut c1, mut c2) = (s1 >> 32, s2 >> 32);
+            for (((uj, &tj), &aj), &nj) in u.iter_mut().zip(&t[1..]).zip(a_rest).zip(n_rest) {
+                let s1 = u64::from(tj) + u64::from(aj) * bi + c1;
+                c1 = s1 >> 32;
+                let s2 = (s1 & 0xffff_ffff) + m * u64::from(nj) + c2;
+                c2 = s2 >> 32;
+                *uj = s2 as u32;
             }
-            let s = u64::from(t[l]) + c;
-            t[l] = s as u32;
-            t[l + 1] = (s >> 32) as u32;
-            let m = t[0].wrapping_mul(self.n0inv);
-            let s = u64::from(t[0]) + u64::from(m) * u64::from(n[0]);
-            let mut c = s >> 32;
-            for j in 1..l {
-                let s = u64::from(t[j]) + u64::from(m) * u64::from(n[j]) + c;
-                t[j - 1] = s as u32;
-                c = s >> 32;
-            }
-            let s = u64::from(t[l]) + c;
-            t[l - 1] = s as u32;
-            t[l] = t[l + 1] + (s >> 32) as u32;
+            let s = u64::from(t[l]) + c1 + c2;
+            u[l - 1] = s as u32;
+            u[l] = (s >> 32) as u32;
+            std::mem::swap(&mut t, &mut u);
         }
         let mut r = t[..l].to_vec();
         if t[l] != 0 || !less_than(&r, n) {
