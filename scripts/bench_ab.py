@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""A/B of appguard module builds, interleaved in one run: what a change did.
+
+    scripts/bench_ab.py before=/tmp/before.wasm after=target/appguard.wasm
+    KINDS=es256u,rs256u,hs256u,hs256 ROUNDS=4 DUR=5 scripts/bench_ab.py A=a.wasm B=b.wasm
+
+Absolute numbers on these shared VMs drift by ±20 % (more when a
+neighbour is busy), so a change is judged only against the other build
+measured in the same rounds. Every variant gets its own Envoy with the
+same token-only config as `make bench` (`ag_token_only`), pinned like
+there; the setups run interleaved (A B A B …) and the medians are
+printed with each variant's CPU per request relative to the first.
+
+Kinds: `hs256`, `es256`, `rs256` (one repeated token: the cache path) and
+`hs256u`, `es256u`, `rs256u`, `ps256u` (unique tokens: every one
+verified). Needs what `make bench` builds (bench-tools for the token
+streams).
+"""
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench as B  # noqa: E402
+
+
+def main():
+    variants = [a.split("=", 1) for a in sys.argv[1:]]
+    if len(variants) < 2 or any(len(v) != 2 or not Path(v[1]).exists() for v in variants):
+        sys.exit(__doc__)
+    kinds = os.environ.get("KINDS", "es256u,hs256u").split(",")
+    rounds, dur = int(os.environ.get("ROUNDS", "4")), int(os.environ.get("DUR", "5"))
+    procs = B.Procs()
+    workdir = Path(tempfile.mkdtemp(prefix="appguard-ab-"))
+    lua = workdir / "stream.lua"
+    lua.write_text(B.LUA_STREAM)
+    streams = {}
+
+    def stream(alg):
+        if alg not in streams:
+            streams[alg] = B.token_stream(alg, B.UNIQUE_TOKENS)
+        return streams[alg]
+
+    def load(kind):
+        unique = kind.endswith("u")
+        alg = (kind[:-1] if unique else kind).upper()
+        path, tokens = stream(alg)
+        if unique:
+            return alg, B.Load(script=lua, script_args=["x-token", str(path)])
+        return alg, B.Load(headers={"x-token": tokens[0]})
+
+    try:
+        setups = []
+        for kind in kinds:
+            alg, ld = load(kind)
+            for name, path in variants:
+                e = B.Envoy(f"{kind}-{name}", [B.wasm_filter(Path(path), B.ag_token_only(alg))])
+                setups.append((kind, name, e, ld))
+        for s in setups:
+            s[2].start(procs, workdir)
+        for s in setups:
+            s[2].wait_ready()
+        for s in setups:  # warm-up: JIT tiers, caches, tables
+            B.run_load(s[2], [s[3]], 1)
+        res = {}
+        for r in range(rounds):
+            for kind, name, e, ld in setups:
+                out, cpu, _ = B.run_load(e, [ld], dur)
+                res.setdefault((kind, name), []).append((cpu, out[0]["rps"], out[0]["bad"]))
+                B.log(f"  round {r + 1}/{rounds} {kind:8s} {name:12s} cpu {cpu:7.1f} µs/req")
+                time.sleep(0.2)
+        print(f"A/B, {rounds} rounds x {dur} s, interleaved; medians")
+        for kind in kinds:
+            first = None
+            for name, _ in variants:
+                v = res[(kind, name)]
+                cpu = statistics.median(x[0] for x in v)
+                rps = statistics.median(x[1] for x in v)
+                bad = sum(x[2] for x in v)
+                first = first or cpu
+                print(f"{kind:8s} {name:14s} CPU {cpu:8.1f} µs/req  {rps:9,.0f} req/s  "
+                      f"CPU vs {variants[0][0]} {cpu / first:5.2f}x" + (f"  BAD {bad}" if bad else ""))
+    finally:
+        procs.kill_all()
+
+
+if __name__ == "__main__":
+    main()
