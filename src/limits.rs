@@ -458,12 +458,23 @@ pub fn peek_local<S: SharedStore + ?Sized>(
     limit: LocalLimit,
     now_ms: u64,
 ) -> bool {
+    local_refill_at(s, digest, limit, now_ms).is_none()
+}
+
+/// When the descriptor's bucket will next hold a whole token (ms since the
+/// epoch), or `None` if it holds one now. A read of shared data, no write.
+/// Other workers can only take tokens, never add them, so the bucket stays
+/// empty at least until then: a worker may remember the answer.
+pub fn local_refill_at<S: SharedStore + ?Sized>(
+    s: &S,
+    digest: &[u8; 16],
+    limit: LocalLimit,
+    now_ms: u64,
+) -> Option<u64> {
     let cap_milli = u64::from(limit.requests) * 1000;
     let period_ms = limit.per_seconds.saturating_mul(1000).max(1);
     let key = format!("appguard/local/{}", store::bucket_of(digest, LOCAL_BUCKETS));
-    let Some((bytes, _)) = s.get(&key) else {
-        return true;
-    };
+    let (bytes, _) = s.get(&key)?;
     for e in bytes.chunks_exact(LOCAL_ENTRY) {
         if e.get(..16) == Some(digest.as_slice()) {
             let t = e
@@ -476,10 +487,21 @@ pub fn peek_local<S: SharedStore + ?Sized>(
                 .map_or(0, u64::from_le_bytes);
             let gained = u128::from(now_ms.saturating_sub(l)) * u128::from(cap_milli)
                 / u128::from(period_ms);
-            return u128::from(t) + gained >= 1000;
+            if u128::from(t) + gained >= 1000 {
+                return None;
+            }
+            // The first ms at which t + gained reaches a whole token.
+            let missing = u128::from(1000u64.saturating_sub(t));
+            let wait = (missing * u128::from(period_ms)).div_ceil(u128::from(cap_milli.max(1)));
+            let at = u128::from(l).saturating_add(wait);
+            return Some(
+                u64::try_from(at)
+                    .unwrap_or(u64::MAX)
+                    .max(now_ms.saturating_add(1)),
+            );
         }
     }
-    true
+    None
 }
 
 /// Descriptors the service said are over their limit, until their window
@@ -536,6 +558,13 @@ mod tests {
         let o = take_local(&s, &d, l, t0).unwrap();
         assert!(!o.allowed);
         assert_eq!(o.retry_after, 20, "one token per 20 s");
+        // Peeking says exactly when the next token comes, and takes none.
+        assert_eq!(local_refill_at(&s, &d, l, t0), Some(t0 + 20_000));
+        assert_eq!(local_refill_at(&s, &d, l, t0 + 19_999), Some(t0 + 20_000));
+        assert_eq!(local_refill_at(&s, &d, l, t0 + 20_000), None);
+        assert!(!peek_local(&s, &d, l, t0 + 19_999));
+        assert!(peek_local(&s, &d, l, t0 + 20_000));
+        assert_eq!(local_refill_at(&s, &[3u8; 16], l, t0), None, "unseen");
         assert!(!take_local(&s, &d, l, t0 + 19_000).unwrap().allowed);
         assert!(take_local(&s, &d, l, t0 + 20_000).unwrap().allowed);
         // another descriptor has its own bucket

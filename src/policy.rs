@@ -65,10 +65,14 @@ impl TokenCache {
 }
 
 /// Tokens whose signature failed, until their `exp` (at most 10 minutes):
-/// refused again without verifying. Per worker, bounded.
+/// refused again without verifying. Per worker, bounded. Also the clients
+/// this worker saw with a spent failure budget, until their budget refills,
+/// so that a flood from a spent client costs a map lookup per request, not
+/// a shared-data read and a digest.
 #[derive(Default)]
 pub struct NegativeCache {
     map: HashMap<Box<str>, u64>,
+    spent: HashMap<(usize, IpAddr), u64>,
 }
 
 /// Upper bound of the negative cache.
@@ -87,6 +91,25 @@ impl NegativeCache {
             }
         }
         self.map.insert(token.into(), until);
+    }
+
+    /// Whether `ip`'s failure budget for provider `provider` is known to be
+    /// spent at `now_ms`.
+    fn budget_spent(&self, provider: usize, ip: IpAddr, now_ms: u64) -> bool {
+        self.spent
+            .get(&(provider, ip))
+            .is_some_and(|until| *until > now_ms)
+    }
+
+    /// Remembers that `ip`'s budget stays spent until `until_ms`.
+    fn note_spent(&mut self, provider: usize, ip: IpAddr, until_ms: u64, now_ms: u64) {
+        if self.spent.len() >= NEGATIVE_CACHE_ENTRIES {
+            self.spent.retain(|_, u| *u > now_ms);
+            if self.spent.len() >= NEGATIVE_CACHE_ENTRIES {
+                self.spent.clear();
+            }
+        }
+        self.spent.insert((provider, ip), until_ms);
     }
 }
 
@@ -934,6 +957,12 @@ fn check_token(
                 0 => None,
                 _ => req.client_ip(ctx.config.xff_trusted_hops),
             };
+            if let Some(ip) = budget_ip {
+                if ctx.negative.borrow().budget_spent(pi, ip, ctx.now_ms) {
+                    facts.budget_refused = true;
+                    return Err(Reason::TokenSignature.into());
+                }
+            }
             let budget_key = match (budget.failures, budget_ip) {
                 (0, _) | (_, None) => None,
                 (_, Some(ip)) => {
@@ -951,8 +980,12 @@ fn check_token(
                 requests: budget.failures,
                 per_seconds: budget.window_seconds,
             };
-            if let Some(k) = &budget_key {
-                if !limits::peek_local(ctx.store, k, budget_limit, ctx.now_ms) {
+            if let (Some(k), Some(ip)) = (&budget_key, budget_ip) {
+                if let Some(until) = limits::local_refill_at(ctx.store, k, budget_limit, ctx.now_ms)
+                {
+                    ctx.negative
+                        .borrow_mut()
+                        .note_spent(pi, ip, until, ctx.now_ms);
                     facts.budget_refused = true;
                     return Err(Reason::TokenSignature.into());
                 }

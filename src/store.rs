@@ -44,6 +44,14 @@ pub struct MemStore {
     next: RefCell<u32>,
 }
 
+#[cfg(test)]
+impl MemStore {
+    /// Forgets every key (a test's stand-in for an Envoy restart).
+    pub fn clear(&self) {
+        self.map.borrow_mut().clear();
+    }
+}
+
 impl SharedStore for MemStore {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         self.map.borrow().get(key).cloned()

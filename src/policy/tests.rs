@@ -937,6 +937,21 @@ fn failed_signatures_are_cached_and_a_client_budget_stops_verification() {
     let (d, f) = run("198.51.100.9", "not-a-token");
     assert_eq!(d.reason(), Some(Reason::TokenSignature));
     assert!(f.budget_refused);
+    // the worker remembers the spent budget until it refills (20 s here),
+    // without reading shared data again: with the shared bucket gone, the
+    // client is still refused
+    assert!(w
+        .neg
+        .borrow()
+        .budget_spent(0, "198.51.100.9".parse().unwrap(), NOW * 1000));
+    assert!(!w
+        .neg
+        .borrow()
+        .budget_spent(0, "198.51.100.9".parse().unwrap(), NOW * 1000 + 20_000));
+    w.store.clear();
+    let (d, f) = run("198.51.100.9", "still-not-a-token");
+    assert_eq!(d.reason(), Some(Reason::TokenSignature));
+    assert!(f.budget_refused);
     // another client is unaffected, and a failed token stays refused (negative cache)
     assert_eq!(run("198.51.100.10", &good).0.reason(), None);
     // a token verified already (now in the cache) passes, even from the spent client
