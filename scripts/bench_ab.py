@@ -11,9 +11,11 @@ same token-only config as `make bench` (`ag_token_only`), pinned like
 there; the setups run interleaved (A B A B …) and the medians are
 printed with each variant's CPU per request relative to the first.
 
-Kinds: `hs256`, `es256`, `rs256` (one repeated token: the cache path) and
+Kinds: `hs256`, `es256`, `rs256` (one repeated token: the cache path),
 `hs256u`, `es256u`, `rs256u`, `ps256u` (unique tokens: every one
-verified). Needs what `make bench` builds (bench-tools for the token
+verified) and `forged` (the flood row's forged RS256 tokens from one
+client, whose failure budget is spent after the warm-up: the refusal
+path). Needs what `make bench` builds (bench-tools for the token
 streams).
 """
 import os
@@ -45,6 +47,10 @@ def main():
         return streams[alg]
 
     def load(kind):
+        if kind == "forged":
+            path, _ = stream("RS256-forged")
+            return "flood", B.Load(script=lua, script_args=["x-token", str(path)],
+                                   headers={"x-forwarded-for": B.FLOOD_IP}, expect=401)
         unique = kind.endswith("u")
         alg = (kind[:-1] if unique else kind).upper()
         path, tokens = stream(alg)
@@ -57,7 +63,8 @@ def main():
         for kind in kinds:
             alg, ld = load(kind)
             for name, path in variants:
-                e = B.Envoy(f"{kind}-{name}", [B.wasm_filter(Path(path), B.ag_token_only(alg))])
+                config = B.ag_flood() if alg == "flood" else B.ag_token_only(alg)
+                e = B.Envoy(f"{kind}-{name}", [B.wasm_filter(Path(path), config)])
                 setups.append((kind, name, e, ld))
         for s in setups:
             s[2].start(procs, workdir)
