@@ -15,10 +15,15 @@
 //!   multiplications;
 //! - points are Jacobian, with the `a = −3` doubling (3M+5S) and mixed
 //!   additions (7M+4S) against affine tables;
-//! - `u1·G + u2·Q` is one interleaved (Straus/Shamir) pass over width-7
-//!   NAFs of both scalars: 256 doublings shared by both, one addition per
-//!   ~8 bits of each; the table of odd multiples of G is built once per VM,
-//!   that of Q once per key ([`P256Key`]) or per call ([`verify_once`]);
+//! - for a key kept across tokens ([`P256Key`]), `u1·G + u2·Q` uses comb
+//!   tables (Lim–Lee, 8 teeth 32 bits apart) of G (once per VM) and of Q
+//!   (once per key): 31 doublings shared by both and ~64 additions;
+//! - for a key used once ([`verify_once`], an install key), it is one
+//!   interleaved (Straus/Shamir) pass over NAFs of both scalars (width 7
+//!   for G, 5 for Q, whose table is built for the call): 256 doublings
+//!   shared by both, one addition per ~6–8 bits of each;
+//! - every limb loop is unrolled (`unroll8!`), so the limbs stay in Wasm
+//!   locals even though the crate is built for size;
 //! - `u1 = e/s` and `u2 = r/s` mod n are two binary divisions, no
 //!   multiplication mod n at all;
 //! - the result is never made affine: `x(R) ≡ r (mod n)` is checked as
