@@ -299,8 +299,8 @@ impl SigningPolicy {
     pub const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 30;
 
     /// A policy with the given label and time limits and the default coverage:
-    /// `@method`, the target (`@target-uri`, or `@path` + `@authority` [+
-    /// `@query`]), the token header, `content-digest` when there is a body,
+    /// `@method`, the target (`@target-uri`, or `@path` + `@authority` \[+
+    /// `@query`\]), the token header, `content-digest` when there is a body,
     /// and `created` required.
     pub fn new(label: impl Into<String>, max_age_seconds: u64, clock_skew_seconds: u64) -> Self {
         SigningPolicy {
