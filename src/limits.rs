@@ -450,17 +450,6 @@ pub fn take_local<S: SharedStore + ?Sized>(
     })
 }
 
-/// Whether the descriptor's bucket has a whole token left, without taking
-/// it (a read of shared data, no write).
-pub fn peek_local<S: SharedStore + ?Sized>(
-    s: &S,
-    digest: &[u8; 16],
-    limit: LocalLimit,
-    now_ms: u64,
-) -> bool {
-    local_refill_at(s, digest, limit, now_ms).is_none()
-}
-
 /// When the descriptor's bucket will next hold a whole token (ms since the
 /// epoch), or `None` if it holds one now. A read of shared data, no write.
 /// Other workers can only take tokens, never add them, so the bucket stays
@@ -562,8 +551,6 @@ mod tests {
         assert_eq!(local_refill_at(&s, &d, l, t0), Some(t0 + 20_000));
         assert_eq!(local_refill_at(&s, &d, l, t0 + 19_999), Some(t0 + 20_000));
         assert_eq!(local_refill_at(&s, &d, l, t0 + 20_000), None);
-        assert!(!peek_local(&s, &d, l, t0 + 19_999));
-        assert!(peek_local(&s, &d, l, t0 + 20_000));
         assert_eq!(local_refill_at(&s, &[3u8; 16], l, t0), None, "unseen");
         assert!(!take_local(&s, &d, l, t0 + 19_000).unwrap().allowed);
         assert!(take_local(&s, &d, l, t0 + 20_000).unwrap().allowed);

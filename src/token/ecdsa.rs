@@ -600,13 +600,9 @@ fn normalize(jac: &[Jacobian]) -> Option<Vec<Affine>> {
     Some(out)
 }
 
+/// One point made affine ([`normalize`] of one); `None` for infinity.
 fn to_affine(p: &Jacobian) -> Option<Affine> {
-    let zinv = div_mod(&ONE, &p.z, &P)?;
-    let zinv2 = fe_sqr(&zinv);
-    Some(Affine {
-        x: fe_mul(&p.x, &zinv2),
-        y: fe_mul(&p.y, &fe_mul(&zinv2, &zinv)),
-    })
+    normalize(std::slice::from_ref(p))?.pop()
 }
 
 /// The width-`w` NAF of `k`, least significant digit first: odd digits in
@@ -778,7 +774,6 @@ fn parse_point(sec1: &[u8]) -> Option<Affine> {
 #[derive(Clone)]
 pub struct P256Key {
     table: std::sync::Arc<[Affine]>,
-    sec1: Vec<u8>,
 }
 
 impl std::fmt::Debug for P256Key {
@@ -794,15 +789,7 @@ impl P256Key {
     pub fn from_sec1(sec1: &[u8]) -> Result<Self, String> {
         let point = parse_point(sec1).ok_or("not a P-256 point")?;
         let table = comb_table(&point).ok_or("not a P-256 point")?.into();
-        Ok(P256Key {
-            table,
-            sec1: sec1.to_vec(),
-        })
-    }
-
-    /// The uncompressed SEC1 encoding the key was made from.
-    pub fn to_sec1(&self) -> &[u8] {
-        &self.sec1
+        Ok(P256Key { table })
     }
 
     /// Whether `sig` (`r || s`, 32 bytes each, big-endian) is a valid
