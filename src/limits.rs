@@ -450,6 +450,50 @@ pub fn take_local<S: SharedStore + ?Sized>(
     })
 }
 
+/// The shared-data key holding the time (ms) of the last signature failure
+/// counted against `scope`'s failure budgets, by any worker.
+fn failure_mark_key(scope: &str) -> String {
+    format!("appguard/failed/{scope}")
+}
+
+/// Records a failure against `scope`'s budgets at `now_ms` (kept as the
+/// latest of all workers' marks). Written before the failure is taken from
+/// the client's bucket, so that a bucket seen empty always comes with a
+/// recent mark (see [`failed_within`]).
+pub fn mark_failure<S: SharedStore + ?Sized>(s: &S, scope: &str, now_ms: u64) {
+    let _ = store::update(s, &failure_mark_key(scope), |current| {
+        let last = current
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_le_bytes);
+        if last >= now_ms {
+            (None, ())
+        } else {
+            (Some(now_ms.to_le_bytes().to_vec()), ())
+        }
+    });
+}
+
+/// Whether any failure was counted against `scope`'s budgets within the
+/// last window of `limit`. If not, no client's budget can be spent: an empty
+/// bucket holds a whole token again at most `per_seconds / requests` after
+/// its last take, and every take is marked first. Lets the common case (no
+/// one failing) skip the client address, its digest and its bucket. A mark
+/// that cannot be read as a time counts as recent.
+pub fn failed_within<S: SharedStore + ?Sized>(
+    s: &S,
+    scope: &str,
+    limit: LocalLimit,
+    now_ms: u64,
+) -> bool {
+    let Some((bytes, _)) = s.get(&failure_mark_key(scope)) else {
+        return false;
+    };
+    let Ok(raw) = <[u8; 8]>::try_from(bytes.as_slice()) else {
+        return true;
+    };
+    now_ms.saturating_sub(u64::from_le_bytes(raw)) < limit.per_seconds.saturating_mul(1000)
+}
+
 /// When the descriptor's bucket will next hold a whole token (ms since the
 /// epoch), or `None` if it holds one now. A read of shared data, no write.
 /// Other workers can only take tokens, never add them, so the bucket stays
@@ -556,6 +600,40 @@ mod tests {
         assert!(take_local(&s, &d, l, t0 + 20_000).unwrap().allowed);
         // another descriptor has its own bucket
         assert!(take_local(&s, &[2u8; 16], l, t0).unwrap().allowed);
+    }
+
+    #[test]
+    fn a_spent_bucket_always_comes_with_a_recent_failure_mark() {
+        let s = MemStore::default();
+        let d = [4u8; 16];
+        let l = LocalLimit {
+            requests: 2,
+            per_seconds: 10,
+        };
+        let t0 = 5_000_000;
+        assert!(!failed_within(&s, "p", l, t0), "nothing failed yet");
+        for t in [t0, t0 + 1_000] {
+            mark_failure(&s, "p", t);
+            let _ = take_local(&s, &d, l, t);
+        }
+        // Spent from t0 + 1 s until a token is back (5 s per token): the
+        // mark says so for the whole of that time, and for the window.
+        let back = local_refill_at(&s, &d, l, t0 + 1_000).unwrap();
+        assert_eq!(back, t0 + 5_000);
+        for t in (t0 + 1_000..back).step_by(250) {
+            assert!(local_refill_at(&s, &d, l, t).is_some());
+            assert!(failed_within(&s, "p", l, t), "{t}");
+        }
+        assert!(failed_within(&s, "p", l, t0 + 10_999));
+        assert!(!failed_within(&s, "p", l, t0 + 11_000), "a window later");
+        // A late mark from a slower worker never moves the time back; other
+        // scopes are apart.
+        mark_failure(&s, "p", t0);
+        assert!(failed_within(&s, "p", l, t0 + 10_999));
+        assert!(!failed_within(&s, "q", l, t0 + 1_000));
+        // A mark that is not a time counts as recent.
+        s.set("appguard/failed/q", b"?", 0).unwrap();
+        assert!(failed_within(&s, "q", l, u64::MAX));
     }
 
     #[test]

@@ -73,6 +73,8 @@ impl TokenCache {
 pub struct NegativeCache {
     map: HashMap<Box<str>, u64>,
     spent: HashMap<(usize, IpAddr), u64>,
+    /// The latest `until` in `spent`: past it, every entry has expired.
+    spent_latest: u64,
 }
 
 /// Upper bound of the negative cache.
@@ -101,8 +103,19 @@ impl NegativeCache {
             .is_some_and(|until| *until > now_ms)
     }
 
+    /// Whether any remembered spent budget may still hold at `now_ms`; if
+    /// none can, forgets them all (so a past flood costs nothing later).
+    fn may_hold_spent(&mut self, now_ms: u64) -> bool {
+        if self.spent_latest > now_ms {
+            return true;
+        }
+        self.spent.clear();
+        false
+    }
+
     /// Remembers that `ip`'s budget stays spent until `until_ms`.
     fn note_spent(&mut self, provider: usize, ip: IpAddr, until_ms: u64, now_ms: u64) {
+        self.spent_latest = self.spent_latest.max(until_ms);
         if self.spent.len() >= NEGATIVE_CACHE_ENTRIES {
             self.spent.retain(|_, u| *u > now_ms);
             if self.spent.len() >= NEGATIVE_CACHE_ENTRIES {
@@ -953,41 +966,50 @@ fn check_token(
                 return Err(Reason::TokenSignature.into());
             }
             let budget = provider.failure_budget;
-            let budget_ip = match budget.failures {
-                0 => None,
-                _ => req.client_ip(ctx.config.xff_trusted_hops),
-            };
-            if let Some(ip) = budget_ip {
-                if ctx.negative.borrow().budget_spent(pi, ip, ctx.now_ms) {
-                    facts.budget_refused = true;
-                    return Err(Reason::TokenSignature.into());
-                }
-            }
-            let budget_key = match (budget.failures, budget_ip) {
-                (0, _) | (_, None) => None,
-                (_, Some(ip)) => {
-                    let d: Descriptor = vec![(
-                        "ip".into(),
-                        limits::ip_value(ip, budget.v4_prefix, budget.v6_prefix),
-                    )];
-                    Some(limits::descriptor_digest(
-                        &format!("budget:{}", provider.name),
-                        &d,
-                    ))
-                }
-            };
             let budget_limit = limits::LocalLimit {
                 requests: budget.failures,
                 per_seconds: budget.window_seconds,
             };
-            if let (Some(k), Some(ip)) = (&budget_key, budget_ip) {
-                if let Some(until) = limits::local_refill_at(ctx.store, k, budget_limit, ctx.now_ms)
-                {
-                    ctx.negative
-                        .borrow_mut()
-                        .note_spent(pi, ip, until, ctx.now_ms);
-                    facts.budget_refused = true;
-                    return Err(Reason::TokenSignature.into());
+            let budget_key = |ip: IpAddr| {
+                let d: Descriptor = vec![(
+                    "ip".into(),
+                    limits::ip_value(ip, budget.v4_prefix, budget.v6_prefix),
+                )];
+                limits::descriptor_digest(&format!("budget:{}", provider.name), &d)
+            };
+            if budget.failures > 0 {
+                // A client this worker already found spent: a map lookup.
+                let remembered = ctx.negative.borrow_mut().may_hold_spent(ctx.now_ms);
+                let ip = if remembered {
+                    req.client_ip(ctx.config.xff_trusted_hops)
+                } else {
+                    None
+                };
+                if let Some(ip) = ip {
+                    if ctx.negative.borrow().budget_spent(pi, ip, ctx.now_ms) {
+                        facts.budget_refused = true;
+                        return Err(Reason::TokenSignature.into());
+                    }
+                }
+                // No budget can be spent if no signature failed within a
+                // window: then the client's address, its digest and its
+                // bucket are not needed (one shared-data read instead).
+                if limits::failed_within(ctx.store, &provider.name, budget_limit, ctx.now_ms) {
+                    let ip = ip.or_else(|| req.client_ip(ctx.config.xff_trusted_hops));
+                    if let Some(ip) = ip {
+                        if let Some(until) = limits::local_refill_at(
+                            ctx.store,
+                            &budget_key(ip),
+                            budget_limit,
+                            ctx.now_ms,
+                        ) {
+                            ctx.negative
+                                .borrow_mut()
+                                .note_spent(pi, ip, until, ctx.now_ms);
+                            facts.budget_refused = true;
+                            return Err(Reason::TokenSignature.into());
+                        }
+                    }
                 }
             }
             // The cheap refusals: size, structure, algorithm and key, then
@@ -1006,8 +1028,18 @@ fn check_token(
                     .min(now.saturating_add(600))
                     .max(now.saturating_add(1));
                 ctx.negative.borrow_mut().insert(raw, until, now);
-                if let Some(k) = &budget_key {
-                    let _ = limits::take_local(ctx.store, k, budget_limit, ctx.now_ms);
+                if budget.failures > 0 {
+                    if let Some(ip) = req.client_ip(ctx.config.xff_trusted_hops) {
+                        // The mark first: a worker that sees the bucket
+                        // spent must also see a recent failure.
+                        limits::mark_failure(ctx.store, &provider.name, ctx.now_ms);
+                        let _ = limits::take_local(
+                            ctx.store,
+                            &budget_key(ip),
+                            budget_limit,
+                            ctx.now_ms,
+                        );
+                    }
                 }
                 return Err(e.reason().into());
             }

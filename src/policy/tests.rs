@@ -1036,16 +1036,17 @@ fn the_downstream_address_is_read_only_when_a_check_needs_it() {
     };
     let token = hs256_raw(SECRET, &json!({"alg": "HS256"}), &json!({"exp": NOW + 60}));
     let ip = "192.0.2.7".parse().ok();
-    // no IP rule anywhere: verifying a new token consults the client's
-    // failure budget (one read); the same token again, from the cache, needs
-    // no address at all
+    // no IP rule anywhere, and no signature has failed yet: no client's
+    // failure budget can be spent, so verifying a new token needs no
+    // address; the same token again, from the cache, needs none either
     let plain = World::from(json!({
         "tokens": [{"name": "t", "from": [{"header": "x-t"}],
                     "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]}],
         "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
     }));
-    assert_eq!(run(&plain, "/x", &[("x-t", &token)]), (None, ip, 1));
     assert_eq!(run(&plain, "/x", &[("x-t", &token)]), (None, None, 0));
+    assert_eq!(run(&plain, "/x", &[("x-t", &token)]), (None, None, 0));
+    // a failure is counted against the client's budget (one read) ...
     let forged = hs256_raw(
         &[7u8; 64],
         &json!({"alg": "HS256"}),
@@ -1055,6 +1056,14 @@ fn the_downstream_address_is_read_only_when_a_check_needs_it() {
         run(&plain, "/x", &[("x-t", &forged)]),
         (Some(Reason::TokenSignature), ip, 1)
     );
+    // ... and from then on, within the budget's window, a new token's
+    // client budget is consulted again (one read)
+    let other = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "n": 2}),
+    );
+    assert_eq!(run(&plain, "/x", &[("x-t", &other)]), (None, ip, 1));
     // IP rules read it once, however many checks use it
     let ruled = World::from(json!({
         "network": {"ip_deny": ["203.0.113.0/24"]},
@@ -1068,4 +1077,68 @@ fn the_downstream_address_is_read_only_when_a_check_needs_it() {
     let w = World::new();
     let (_, f, reads) = run(&w, "/open/x", &[]);
     assert_eq!((f, reads), (ip, 1));
+}
+
+#[test]
+fn a_budget_spent_on_one_worker_stops_verification_on_another() {
+    let w = World::from(json!({
+        "tokens": [{"name": "t", "from": [{"header": "x-t"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "failure_budget": {"failures": 2, "window_seconds": 60}}],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
+    }));
+    // Worker B: the same instance's shared data, its own caches.
+    let b_cache = RefCell::new(TokenCache::default());
+    let b_neg = RefCell::new(NegativeCache::default());
+    let on_b = |ip: &str, token: &str| {
+        let h = headers(&[
+            (":method", "GET"),
+            (":path", "/x"),
+            (":authority", "a"),
+            ("x-t", token),
+        ]);
+        let ctx = Ctx {
+            config: &w.config,
+            store: &w.store,
+            token_cache: &b_cache,
+            remote_keys: &[],
+            may_fetch_keys: false,
+            over_limit: &w.over,
+            negative: &b_neg,
+            now_ms: NOW * 1000,
+        };
+        match evaluate(&ctx, &Request::new(&h, ip.parse().ok()), NOW) {
+            Step::Done(d, f) => (d.reason(), f.budget_refused),
+            s => panic!("{s:?}"),
+        }
+    };
+    let valid = |n: u32| {
+        hs256_raw(
+            SECRET,
+            &json!({"alg": "HS256"}),
+            &json!({"exp": NOW + 60, "n": n}),
+        )
+    };
+    // Before any failure B verifies new tokens from anyone.
+    assert_eq!(on_b("198.51.100.20", &valid(0)), (None, false));
+    // Worker A sees two forgeries from one client: its budget is spent.
+    for i in 0..2 {
+        let forged = hs256_raw(
+            &[9u8; 64],
+            &json!({"alg": "HS256"}),
+            &json!({"exp": NOW + 60, "n": i}),
+        );
+        let (d, f) = w.run("/x", "198.51.100.20", &[("x-t", &forged)]);
+        assert_eq!(d.reason(), Some(Reason::TokenSignature));
+        assert!(!f.budget_refused);
+    }
+    // B has seen no failure itself, yet refuses that client's new tokens
+    // without verifying them, and still verifies another client's.
+    assert_eq!(
+        on_b("198.51.100.20", &valid(1)),
+        (Some(Reason::TokenSignature), true)
+    );
+    assert_eq!(on_b("198.51.100.21", &valid(2)), (None, false));
+    // The token B verified before the budget ran out is cached there.
+    assert_eq!(on_b("198.51.100.20", &valid(0)), (None, false));
 }
