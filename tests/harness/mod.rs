@@ -23,13 +23,26 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released; races are unlikely
-/// enough on a test machine and reported clearly when they happen).
+/// A TCP port on 127.0.0.1 that was free a moment ago and that this test
+/// process has not handed out before. Binding port 0 and letting go can give
+/// two test threads the same port before either binds it; Envoy binds its
+/// listeners with `SO_REUSEPORT`, so two Envoys would then both listen on it
+/// and take each other's connections (seen as a connection reset when the
+/// other test's Envoy stops). Remembering every port handed out rules that
+/// out within the process (test binaries run one after another).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on 127.0.0.1")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port on 127.0.0.1");
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// The built filter module: `APPGUARD_WASM`, or the Makefile's output paths.
@@ -325,8 +338,19 @@ pub struct Envoy {
 impl Envoy {
     /// Sends a request through Envoy.
     pub fn request(&self, req: http::Req) -> http::Resp {
-        http::send(self.port, &req)
-            .unwrap_or_else(|e| panic!("request through Envoy failed: {e}\n"))
+        http::send(self.port, &req).unwrap_or_else(|e| {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "{} {} ({} body bytes) through Envoy on port {} failed: {e}\n\
+                 last lines of Envoy's log:\n{}",
+                req.method,
+                req.path,
+                req.body.len(),
+                self.port,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })
     }
 
     /// Envoy's log so far.

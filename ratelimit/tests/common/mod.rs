@@ -17,13 +17,24 @@ use tonic::transport::Channel;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_appguard-ratelimit");
 
-/// A port nothing listens on right now (bound to port 0, then released).
+/// A port nothing listens on right now (bound to port 0, then released)
+/// and that this test process has not handed out before: two test threads
+/// binding port 0 and letting go could otherwise both get the same port
+/// before either service binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 pub fn fixture(name: &str) -> PathBuf {
