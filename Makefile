@@ -36,7 +36,9 @@ else
 endif
 # Cargo's output keeps its name section (for profiles and traps with
 # function names); the module users load is target/appguard.wasm, the same
-# code after `wasm-opt -Oz` with names and producers stripped.
+# code after `wasm-opt -Oz` with names and producers stripped, and without
+# the SDK's exports of callbacks appguard does not use (scripts/exports.py:
+# Envoy then skips those calls into V8 altogether).
 WASM_RAW := $(ROOT)/$(WASM_DIR)/wasm32-wasip1/release/appguard.wasm
 WASM     := $(ROOT)/target/appguard.wasm
 WASM_OPT_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
@@ -67,7 +69,11 @@ build: ## build the filter module → target/appguard.wasm (wasm32-wasip1, relea
 	@if [ ! -f $(WASM) ] || [ $(WASM_RAW) -nt $(WASM) ]; then \
 	  command -v wasm-opt >/dev/null || { echo "wasm-opt missing: make deps (Debian package binaryen)"; exit 1; }; \
 	  echo "wasm-opt -Oz $(WASM_RAW) -> $(WASM)"; \
-	  wasm-opt -Oz --strip-debug --strip-producers $(WASM_OPT_FEATURES) $(WASM_RAW) -o $(WASM).tmp && mv $(WASM).tmp $(WASM); fi
+	  wasm-opt -Oz --strip-debug --strip-producers $(WASM_OPT_FEATURES) $(WASM_RAW) -o $(WASM).tmp && \
+	  echo "wasm-metadce: keep only the callbacks appguard uses (scripts/exports.py)" && \
+	  python3 scripts/exports.py graph > target/exports-graph.json && \
+	  wasm-metadce $(WASM_OPT_FEATURES) -f target/exports-graph.json $(WASM).tmp -o $(WASM).dce >/dev/null && \
+	  rm $(WASM).tmp && mv $(WASM).dce $(WASM); fi
 	@ls -l $(WASM)
 
 test: deps ## everything CI runs: format, lints, unit tests (native + wasm), import check, Envoy config validation, e2e, a short fuzz pass
@@ -97,8 +103,9 @@ wasm-test: ## the core's unit tests compiled to wasm, run in Node with wasm-bind
 	  RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 /usr/bin/cargo test --target wasm32-unknown-unknown \
 	  -Z build-std=std,panic_abort --target-dir target/wasm --no-default-features --lib -p appguard
 
-imports: ## check the built module imports only env.proxy_* and wasi_snapshot_preview1.*
+imports: ## check the built module imports only env.proxy_* and wasi_snapshot_preview1.*, and exports only the callbacks appguard uses
 	python3 scripts/check-imports.py $(WASM)
+	python3 scripts/exports.py check $(WASM)
 
 validate: ## envoy --mode validate on every Envoy YAML; CLI and Envoy agree on every example; compose file parses
 	@set -e; for f in $$(git ls-files 'envoy/*.yaml' 'examples/*.yaml' 'examples/**/*.yaml' | grep -v -e istio -e compose -e ratelimit -e prometheus); do \
@@ -136,7 +143,11 @@ bench: deps build ## performance table: appguard vs native jwt_authn/ratelimit, 
 	$(WASM_ENV) $(WASM_CARGO) build --release $(WASM_ARGS) --manifest-path bench/noop/Cargo.toml
 	wasm-opt -Oz --strip-debug --strip-producers $(WASM_OPT_FEATURES) \
 	  $$(ls -t $(WASM_DIR)/wasm32-wasip1/release/appguard_bench_noop.wasm bench/noop/target/wasm32-wasip1/release/appguard_bench_noop.wasm 2>/dev/null | head -1) \
-	  -o target/appguard_bench_noop.wasm
+	  -o target/appguard_bench_noop.wasm.tmp
+	python3 scripts/exports.py graph noop > target/exports-graph-noop.json
+	wasm-metadce $(WASM_OPT_FEATURES) -f target/exports-graph-noop.json target/appguard_bench_noop.wasm.tmp \
+	  -o target/appguard_bench_noop.wasm >/dev/null && rm target/appguard_bench_noop.wasm.tmp
+	python3 scripts/exports.py check noop target/appguard_bench_noop.wasm
 	cargo build -q --release -p appguard-ratelimit
 	cargo build -q --release --manifest-path bench/core/Cargo.toml --target-dir target/bench-core
 	$(PYTHON) scripts/bench.py --wasm $(WASM) $(BENCH_ARGS)
