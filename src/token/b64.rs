@@ -33,13 +33,13 @@ const TABLE: [u8; 256] = {
     t
 };
 
-/// The 6-bit values of up to four characters, or `None` if one is not in
-/// the alphabet.
+/// The 6-bit values of `N` (2 to 4) characters, most significant first, or
+/// `None` if one is not in the alphabet. A fixed `N` lets the loop unroll.
 #[inline]
-fn sextets(chunk: &[u8]) -> Option<u32> {
+fn sextets<const N: usize>(chars: [u8; N]) -> Option<u32> {
     let mut acc = 0u32;
     let mut bad = 0u8;
-    for &c in chunk {
+    for c in chars {
         let v = TABLE[usize::from(c)];
         bad |= v;
         acc = (acc << 6) | u32::from(v & 0x3f);
@@ -70,22 +70,17 @@ fn decode_into(input: &[u8], out: &mut [u8]) -> Option<()> {
         let (&[a, b, c, d], [x, y, z]) = (q, o) else {
             return None;
         };
-        let [a, b, c, d] = [a, b, c, d].map(|ch| TABLE[usize::from(ch)]);
-        // Only INVALID has the top two bits set.
-        if (a | b | c | d) & 0xc0 != 0 {
-            return None;
-        }
-        let v = u32::from(a) << 18 | u32::from(b) << 12 | u32::from(c) << 6 | u32::from(d);
+        let v = sextets([a, b, c, d])?;
         *x = (v >> 16) as u8;
         *y = (v >> 8) as u8;
         *z = v as u8;
     }
     let tail = quads.remainder();
     let rest = triples.into_remainder();
-    match (tail.len(), rest) {
-        (0, []) => Some(()),
-        (2, [a]) => {
-            let v = sextets(tail)?;
+    match (tail, rest) {
+        ([], []) => Some(()),
+        (&[c0, c1], [a]) => {
+            let v = sextets([c0, c1])?;
             // 12 bits carry 8: the low 4 must be zero.
             if v & 0xf != 0 {
                 return None;
@@ -93,8 +88,8 @@ fn decode_into(input: &[u8], out: &mut [u8]) -> Option<()> {
             *a = (v >> 4) as u8;
             Some(())
         }
-        (3, [a, b]) => {
-            let v = sextets(tail)?;
+        (&[c0, c1, c2], [a, b]) => {
+            let v = sextets([c0, c1, c2])?;
             // 18 bits carry 16: the low 2 must be zero.
             if v & 0x3 != 0 {
                 return None;
