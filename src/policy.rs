@@ -86,12 +86,7 @@ impl NegativeCache {
     }
 
     fn insert(&mut self, token: &str, until: u64, now: u64) {
-        if self.map.len() >= NEGATIVE_CACHE_ENTRIES {
-            self.map.retain(|_, u| *u >= now);
-            if self.map.len() >= NEGATIVE_CACHE_ENTRIES {
-                self.map.clear();
-            }
-        }
+        make_room(&mut self.map, |u| u >= now);
         self.map.insert(token.into(), until);
     }
 
@@ -116,13 +111,20 @@ impl NegativeCache {
     /// Remembers that `ip`'s budget stays spent until `until_ms`.
     fn note_spent(&mut self, provider: usize, ip: IpAddr, until_ms: u64, now_ms: u64) {
         self.spent_latest = self.spent_latest.max(until_ms);
-        if self.spent.len() >= NEGATIVE_CACHE_ENTRIES {
-            self.spent.retain(|_, u| *u > now_ms);
-            if self.spent.len() >= NEGATIVE_CACHE_ENTRIES {
-                self.spent.clear();
-            }
-        }
+        make_room(&mut self.spent, |u| u > now_ms);
         self.spent.insert((provider, ip), until_ms);
+    }
+}
+
+/// Keeps one of the negative cache's maps under [`NEGATIVE_CACHE_ENTRIES`]:
+/// when full, drops the entries whose `until` is no longer `live`, and
+/// everything if that is not enough.
+fn make_room<K>(map: &mut HashMap<K, u64>, live: impl Fn(u64) -> bool) {
+    if map.len() >= NEGATIVE_CACHE_ENTRIES {
+        map.retain(|_, u| live(*u));
+        if map.len() >= NEGATIVE_CACHE_ENTRIES {
+            map.clear();
+        }
     }
 }
 
