@@ -972,12 +972,17 @@ fn check_token(
                 requests: budget.failures,
                 per_seconds: budget.window_seconds,
             };
+            // The client's bucket digest, computed at most once per request
+            // (the client is the same for the check and a failure's take).
+            let budget_digest = std::cell::OnceCell::new();
             let budget_key = |ip: IpAddr| {
-                let d: Descriptor = vec![(
-                    "ip".into(),
-                    limits::ip_value(ip, budget.v4_prefix, budget.v6_prefix),
-                )];
-                limits::descriptor_digest(&format!("budget:{}", provider.name), &d)
+                *budget_digest.get_or_init(|| {
+                    let d: Descriptor = vec![(
+                        "ip".into(),
+                        limits::ip_value(ip, budget.v4_prefix, budget.v6_prefix),
+                    )];
+                    limits::descriptor_digest(&format!("budget:{}", provider.name), &d)
+                })
             };
             if budget.failures > 0 {
                 // A client this worker already found spent: a map lookup.
