@@ -39,44 +39,44 @@ from pathlib import Path
 #     proxy_on_upstream_data, proxy_on_downstream_connection_close,
 #     proxy_on_upstream_connection_close: network filters only;
 #   proxy_on_queue_ready, proxy_on_foreign_function: not used.
-KEEP = [
+# What every proxy-wasm HTTP filter built with the SDK needs: the memory,
+# start-up, the ABI version, the host's allocations, the VM and plugin
+# start, a context per request with its request headers, and its deletion
+# (which frees the SDK's context).
+BASE = [
     "memory",
     "_initialize",
     "proxy_abi_version_0_2_1",
     "proxy_on_memory_allocate",
     "proxy_on_vm_start",
     "proxy_on_configure",
-    "proxy_on_tick",
     "proxy_on_context_create",
     "proxy_on_request_headers",
+    "proxy_on_delete",
+]
+
+KEEP = BASE + [
+    "proxy_on_tick",
     "proxy_on_request_body",
     "proxy_on_request_trailers",
     "proxy_on_response_headers",
     "proxy_on_http_call_response",
     "proxy_on_grpc_receive",
     "proxy_on_grpc_close",
-    "proxy_on_delete",
 ]
 
 # The no-op filter only reads one request header.
-NOOP_KEEP = [
-    "memory",
-    "_initialize",
-    "proxy_abi_version_0_2_1",
-    "proxy_on_memory_allocate",
-    "proxy_on_vm_start",
-    "proxy_on_configure",
-    "proxy_on_context_create",
-    "proxy_on_request_headers",
-    "proxy_on_delete",
-]
+NOOP_KEEP = BASE
+
+# The wasm section readers of check-imports.py (a file name with a dash,
+# so loaded by path).
+_spec = util.spec_from_file_location("check_imports", Path(__file__).with_name("check-imports.py"))
+ci = util.module_from_spec(_spec)
+_spec.loader.exec_module(ci)
 
 
 def exports(data):
     """The export names of a wasm module."""
-    spec = util.spec_from_file_location("check_imports", Path(__file__).with_name("check-imports.py"))
-    ci = util.module_from_spec(spec)
-    spec.loader.exec_module(ci)
     if data[:4] != b"\0asm":
         raise ValueError("not a wasm module")
     i = 8
