@@ -47,6 +47,9 @@ def main():
         return streams[alg]
 
     def load(kind):
+        if kind == "delegated":
+            path, _ = stream("RS256")
+            return "delegated", B.Load(script=lua, script_args=["x-token", str(path)])
         if kind == "forged":
             path, _ = stream("RS256-forged")
             return "flood", B.Load(script=lua, script_args=["x-token", str(path)],
@@ -63,8 +66,11 @@ def main():
         for kind in kinds:
             alg, ld = load(kind)
             for name, path in variants:
-                config = B.ag_flood() if alg == "flood" else B.ag_token_only(alg)
-                e = B.Envoy(f"{kind}-{name}", [B.wasm_filter(Path(path), config)])
+                filters = [B.wasm_filter(Path(path), B.ag_token_only(alg) if len(alg) == 5 else
+                                         B.ag_flood() if alg == "flood" else B.ag_delegated())]
+                if alg == "delegated":
+                    filters.insert(0, B.jwt_authn("RS256", metadata="bench_payload"))
+                e = B.Envoy(f"{kind}-{name}", filters)
                 setups.append((kind, name, e, ld))
         for s in setups:
             s[2].start(procs, workdir)
