@@ -66,10 +66,13 @@ def main():
         for kind in kinds:
             alg, ld = load(kind)
             for name, path in variants:
-                filters = [B.wasm_filter(Path(path), B.ag_token_only(alg) if len(alg) == 5 else
-                                         B.ag_flood() if alg == "flood" else B.ag_delegated())]
-                if alg == "delegated":
-                    filters.insert(0, B.jwt_authn("RS256", metadata="bench_payload"))
+                if alg == "flood":
+                    filters = [B.wasm_filter(Path(path), B.ag_flood())]
+                elif alg == "delegated":
+                    filters = [B.jwt_authn("RS256", metadata="bench_payload"),
+                               B.wasm_filter(Path(path), B.ag_delegated())]
+                else:
+                    filters = [B.wasm_filter(Path(path), B.ag_token_only(alg))]
                 e = B.Envoy(f"{kind}-{name}", filters)
                 setups.append((kind, name, e, ld))
         for s in setups:
