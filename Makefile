@@ -116,18 +116,22 @@ validate: ## envoy --mode validate on every Envoy YAML; CLI and Envoy agree on e
 	  $(ENVOY) --mode validate -c target/validate.yaml --log-level error >/dev/null || { echo "INVALID: $$f"; exit 1; }; done
 	$(PYTHON) scripts/render-envoy.py --wasm $(WASM) --check-config examples/three-platform.json envoy/envoy.yaml
 	docker-compose -f envoy/docker-compose.yaml config -q && echo "envoy/docker-compose.yaml: docker-compose config ok"
-	cargo build -q -p appguard-cli
+	cargo build -q --workspace --bins
 	scripts/check-config-agreement.sh $(WASM) $(ENVOY)
 
+# Host builds name the whole workspace (`--workspace`), never one package:
+# cargo unifies features over the packages of each invocation, and the CLI
+# takes appguard without its `proxy` feature. With `-p`, every switch
+# between packages rebuilt appguard (its cdylib has one output for any
+# feature set) and the dependencies shared with the rate-limit service:
+# three minutes of a fresh `make test`, now one.
 e2e: ## end-to-end tests: real Envoy + module, the rate-limit service, Redis (needs `make build`)
 	@[ -f $(WASM) ] || $(MAKE) build
-	cargo build -p appguard-ratelimit -p appguard-cli
-	cargo test -p appguard-ratelimit --test '*'
-	cargo test -p appguard-cli --test '*'
-	cargo test -p appguard --test '*' -- --test-threads 2
+	cargo build --workspace --bins
+	cargo test --workspace --test '*' -- --test-threads 2
 
 run: deps build ## start Envoy + module + rate-limit service + upstream on loopback (EXAMPLE=...)
-	cargo build -q -p appguard-ratelimit
+	cargo build -q --workspace --bins
 	$(PYTHON) scripts/run.py --wasm $(WASM) --envoy $(ENVOY) --example $(EXAMPLE) --ratelimit target/debug/appguard-ratelimit
 
 FUZZ_SECONDS ?= 60
