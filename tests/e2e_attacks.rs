@@ -106,28 +106,6 @@ fn start() -> Rig {
     Rig { envoy, up, jwks }
 }
 
-/// The VM that answered is the one Envoy started: no trap, no reload, no
-/// failed callback in the log.
-fn assert_vm_healthy(envoy: &Envoy) {
-    for s in [
-        "wasm.appguard.vm_reload",
-        "wasm.appguard.vm_reload_success",
-        "wasm.appguard.vm_reload_failure",
-        "wasm.appguard.vm_reload_backoff",
-    ] {
-        assert_eq!(envoy.stat(s), Some(0), "{s}: the VM crashed or reloaded");
-    }
-    let log = envoy.log();
-    for bad in [
-        "panicked",
-        "Function: proxy_on_",
-        "Wasm VM failed",
-        "RuntimeError",
-    ] {
-        assert!(!log.contains(bad), "Envoy log has {bad:?}:\n{log}");
-    }
-}
-
 /// A compact JWS over these exact header and payload texts (duplicate
 /// members, odd numbers: what serde_json would never write), HS256 with the
 /// tests' secret.
@@ -262,7 +240,7 @@ fn crit_jwk_jku_x5u_x5c_headers_are_malformed_and_no_key_url_is_fetched() {
     assert!(rig.up.seen().is_empty(), "a refused token reached upstream");
     // The genuine token still passes.
     assert_eq!(rig.envoy.request(hs_req(&good_hs())).status, 200);
-    assert_vm_healthy(&rig.envoy);
+    rig.envoy.assert_vm_healthy();
 }
 
 #[test]
@@ -306,7 +284,7 @@ fn psychic_and_degenerate_ecdsa_signatures_are_refused() {
         .envoy
         .request(Req::get("/es/x").header("x-token", &good));
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_vm_healthy(&rig.envoy);
+    rig.envoy.assert_vm_healthy();
 }
 
 fn hex(s: &str) -> Vec<u8> {
@@ -390,7 +368,7 @@ fn kid_injection_is_only_ever_an_unknown_kid() {
         .envoy
         .request(Req::get("/remote/x").header("x-remote-token", &remote_ok));
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_vm_healthy(&rig.envoy);
+    rig.envoy.assert_vm_healthy();
 }
 
 #[test]
@@ -484,7 +462,7 @@ fn duplicated_and_nested_claims_are_refused() {
     // The same token with each claim once passes.
     let r = rig.envoy.request(hs_req(&hs_raw(h, &p)));
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_vm_healthy(&rig.envoy);
+    rig.envoy.assert_vm_healthy();
 }
 
 #[test]
@@ -540,7 +518,7 @@ fn time_claims_that_are_not_plain_integers_are_malformed() {
         r#"{{"iss":"{ISS}","aud":"api","iat":{good_iat},"nbf":{good_iat},"exp":{good_exp}}}"#
     );
     assert_eq!(rig.envoy.request(hs_req(&hs_raw(h, &p))).status, 200);
-    assert_vm_healthy(&rig.envoy);
+    rig.envoy.assert_vm_healthy();
 }
 
 #[test]
@@ -596,7 +574,7 @@ fn base64_padding_alphabet_and_structure_variants_are_malformed() {
     expect_401(&rig.envoy, "token_malformed", cases);
     assert!(rig.up.seen().is_empty());
     assert_eq!(rig.envoy.request(hs_req(&good)).status, 200);
-    assert_vm_healthy(&rig.envoy);
+    rig.envoy.assert_vm_healthy();
 }
 
 /// Sends raw request bytes and reads whatever comes back, tolerating a
@@ -681,7 +659,7 @@ fn a_one_megabyte_token_is_refused_by_envoy_and_a_large_one_by_appguard() {
         "an oversized token reached upstream"
     );
     assert_eq!(rig.envoy.request(hs_req(&good_hs())).status, 200);
-    assert_vm_healthy(&rig.envoy);
+    rig.envoy.assert_vm_healthy();
 }
 
 #[test]
@@ -743,7 +721,7 @@ fn a_token_header_repeated_with_different_values_is_refused() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(rig.up.last().header("approov-token"), None, "token removed");
-    assert_vm_healthy(&rig.envoy);
+    rig.envoy.assert_vm_healthy();
 }
 
 // ---------------------------------------------------------------------------
@@ -820,7 +798,7 @@ fn duplicated_security_headers_are_refused_or_read_unambiguously() {
         "two origins",
     );
     assert_eq!(rig.up.seen().len(), 1);
-    assert_vm_healthy(e);
+    e.assert_vm_healthy();
 }
 
 #[test]
@@ -895,7 +873,7 @@ fn oversized_header_values_are_refused_without_harm() {
         "a header value was logged in full"
     );
     assert!(rig.up.seen().is_empty());
-    assert_vm_healthy(e);
+    e.assert_vm_healthy();
 }
 
 #[test]
@@ -984,7 +962,7 @@ fn header_values_that_are_not_utf8_never_crash_the_vm() {
     // Later requests are still decided, by the same VM.
     assert_eq!(e.request(hs_req(&good_hs())).status, 200);
     deny(e, hs_req("x.y.z"), 401, "token_malformed", "after the junk");
-    assert_vm_healthy(e);
+    e.assert_vm_healthy();
 }
 
 /// Path variants against the deny routes `/v1/sms` (prefix) and `/v1/admin`
@@ -1076,7 +1054,7 @@ fn path_tricks_cannot_bypass_a_deny_route() {
         assert_ne!(s.path, "/v1/admin", "bypass");
     }
     assert_eq!(rig.up.seen().len(), elsewhere.len());
-    assert_vm_healthy(e);
+    e.assert_vm_healthy();
 }
 
 #[test]
@@ -1170,7 +1148,7 @@ fn origin_tricks_are_origin_denied() {
     let r = e.request(Req::get("/web/x").header("referer", "https://shop.example.com/page?q=1"));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(rig.up.seen().len(), allowed.len() + 1);
-    assert_vm_healthy(e);
+    e.assert_vm_healthy();
 }
 
 #[test]
@@ -1247,7 +1225,7 @@ fn ipv6_zone_ids_and_address_spellings_in_xff_fail_closed() {
         assert_eq!(r.status, 200, "{path} {ip}: {}", r.text());
     }
     assert_eq!(rig.up.seen().len(), 4);
-    assert_vm_healthy(e);
+    e.assert_vm_healthy();
 }
 
 fn sms(envoy: &Envoy, body: &[u8]) -> Resp {
@@ -1325,7 +1303,7 @@ fn phone_numbers_with_letters_foreign_digits_or_excess_length_are_body_invalid()
     }
     assert_eq!(rig.up.seen().len(), 2);
     assert!(!e.log().contains("7700900123") && !e.log().contains("7700 900123"));
-    assert_vm_healthy(e);
+    e.assert_vm_healthy();
 }
 
 #[test]
@@ -1410,5 +1388,5 @@ fn hostile_json_bodies_are_body_invalid() {
     assert!(rig.up.seen().is_empty(), "a refused body reached upstream");
     let r = sms(e, json!({"to": "+447700900111"}).to_string().as_bytes());
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_vm_healthy(e);
+    e.assert_vm_healthy();
 }

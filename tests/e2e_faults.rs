@@ -29,27 +29,6 @@ use harness::{envoy_bin, free_port, temp_file, Envoy, EnvoyBuilder, Service};
 use jwt_simple::prelude::ES256KeyPair;
 use serde_json::{json, Value};
 
-/// The VM that answered is the one Envoy started: no trap, no reload.
-fn assert_vm_healthy(envoy: &Envoy) {
-    for s in [
-        "wasm.appguard.vm_reload",
-        "wasm.appguard.vm_reload_success",
-        "wasm.appguard.vm_reload_failure",
-        "wasm.appguard.vm_reload_backoff",
-    ] {
-        assert_eq!(envoy.stat(s), Some(0), "{s}: the VM crashed or reloaded");
-    }
-    let log = envoy.log();
-    for bad in [
-        "panicked",
-        "Function: proxy_on_",
-        "Wasm VM failed",
-        "RuntimeError",
-    ] {
-        assert!(!log.contains(bad), "Envoy log has {bad:?}:\n{log}");
-    }
-}
-
 // ---------------------------------------------------------------------------
 // The rate-limit service
 // ---------------------------------------------------------------------------
@@ -229,8 +208,8 @@ fn a_rate_limit_service_that_never_answers_times_out_to_the_failure_mode() {
         connections.load(Ordering::SeqCst) >= 1,
         "Envoy never reached the silent service: the test would prove nothing"
     );
-    assert_vm_healthy(&deny);
-    assert_vm_healthy(&allow);
+    deny.assert_vm_healthy();
+    allow.assert_vm_healthy();
 }
 
 #[test]
@@ -279,27 +258,11 @@ fn a_rate_limit_service_answering_garbage_fails_by_the_failure_mode() {
         let a = rls_envoy(&up, gport, "allow");
         assert_fails_by_mode(&d, &a, &up, "garbage bytes");
         assert!(conns.load(Ordering::SeqCst) >= 1);
-        assert_vm_healthy(&d);
-        assert_vm_healthy(&a);
+        d.assert_vm_healthy();
+        a.assert_vm_healthy();
     }
-    assert_vm_healthy(&deny);
-    assert_vm_healthy(&allow);
-}
-
-/// Starts redis-server on `port` (to bring one back where it was).
-fn redis_on(port: u16) -> Service {
-    let mut cmd = Command::new("redis-server");
-    cmd.args([
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]);
-    Service::start("redis", cmd, Some(port))
+    deny.assert_vm_healthy();
+    allow.assert_vm_healthy();
 }
 
 #[test]
@@ -321,7 +284,7 @@ fn redis_stopped_under_the_real_service_fails_by_the_failure_mode_then_recovers(
         assert_fails_by_mode(&deny, &allow, &up, "redis stopped");
     }
     // The service reconnects when Redis is back; requests pass again.
-    let _redis_again = redis_on(redis_port);
+    let _redis_again = Redis::on_port(redis_port);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let r = deny.request(Req::get("/api/x"));
@@ -335,8 +298,8 @@ fn redis_stopped_under_the_real_service_fails_by_the_failure_mode_then_recovers(
         );
         thread::sleep(Duration::from_millis(200));
     }
-    assert_vm_healthy(&deny);
-    assert_vm_healthy(&allow);
+    deny.assert_vm_healthy();
+    allow.assert_vm_healthy();
 }
 
 // ---------------------------------------------------------------------------
@@ -445,13 +408,13 @@ fn jwks_down_slow_or_garbage_before_the_first_keys_is_503_and_nothing_passes() {
     let closed = free_port();
     let e = jwks_envoy(&up, closed, "deny");
     expect_jwks_unavailable(&e, &k, "connection refused");
-    assert_vm_healthy(&e);
+    e.assert_vm_healthy();
     // Garbage instead of HTTP.
     let (gport, conns) = broken_service(Broken::Garbage(&[0x16, 0x03, 0x01, 0xff, 0xff]));
     let e = jwks_envoy(&up, gport, "deny");
     expect_jwks_unavailable(&e, &k, "garbage bytes");
     assert!(conns.load(Ordering::SeqCst) >= 1);
-    assert_vm_healthy(&e);
+    e.assert_vm_healthy();
     // A real server: slow past timeout_ms, then over the size cap, then a
     // document with no usable key; each refused. Then the real document.
     let jwks = JwksServer::start(Jwks::Slow(
@@ -480,7 +443,7 @@ fn jwks_down_slow_or_garbage_before_the_first_keys_is_503_and_nothing_passes() {
     jwks.set(Jwks::Doc(doc));
     let r = e.request(token_req(&k));
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_vm_healthy(&e);
+    e.assert_vm_healthy();
 }
 
 #[test]
@@ -496,7 +459,7 @@ fn jwks_down_under_failure_mode_allow_passes_without_the_token() {
         e.stat("appguard_decisions.route.api.decision.degraded.reason.jwks_unavailable"),
         Some(1)
     );
-    assert_vm_healthy(&e);
+    e.assert_vm_healthy();
 }
 
 #[test]
@@ -558,7 +521,7 @@ fn keys_survive_failed_refreshes_until_refresh_plus_grace() {
     jwks.set(Jwks::Doc(doc));
     let r = e.request(token_req(&k));
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_vm_healthy(&e);
+    e.assert_vm_healthy();
 }
 
 // ---------------------------------------------------------------------------

@@ -358,6 +358,28 @@ impl Envoy {
         self.service.log_text()
     }
 
+    /// The VM that answered is the one Envoy started: no trap, no reload,
+    /// no failed callback in the log.
+    pub fn assert_vm_healthy(&self) {
+        for s in [
+            "wasm.appguard.vm_reload",
+            "wasm.appguard.vm_reload_success",
+            "wasm.appguard.vm_reload_failure",
+            "wasm.appguard.vm_reload_backoff",
+        ] {
+            assert_eq!(self.stat(s), Some(0), "{s}: the VM crashed or reloaded");
+        }
+        let log = self.log();
+        for bad in [
+            "panicked",
+            "Function: proxy_on_",
+            "Wasm VM failed",
+            "RuntimeError",
+        ] {
+            assert!(!log.contains(bad), "Envoy log has {bad:?}:\n{log}");
+        }
+    }
+
     /// One stat's value from the admin endpoint (`/stats`); custom Wasm
     /// stats are also found under their `wasmcustom.` name.
     pub fn stat(&self, name: &str) -> Option<u64> {

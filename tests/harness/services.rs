@@ -18,7 +18,11 @@ pub struct Redis {
 impl Redis {
     /// Starts redis-server on a free port.
     pub fn start() -> Redis {
-        let port = free_port();
+        Redis::on_port(free_port())
+    }
+
+    /// Starts redis-server on `port` (to bring one back where it was).
+    pub fn on_port(port: u16) -> Redis {
         let mut cmd = Command::new("redis-server");
         cmd.args([
             "--port",
