@@ -117,24 +117,7 @@ impl GuardFilter {
         let Some(worker) = self.worker.clone() else {
             return self.reply_raw(503, "appguard_unconfigured");
         };
-        let now_ms = now_millis();
-        let now = now_ms / 1000;
-        let remote_keys = worker.remote_keys();
-        let step = {
-            let ctx = Ctx {
-                config: &worker.config,
-                store: &HostStore,
-                token_cache: &worker.token_cache,
-                remote_keys: &remote_keys,
-                may_fetch_keys,
-                over_limit: &worker.over_limit,
-                negative: &worker.negative,
-                now_ms,
-            };
-            let mut req = Request::with_peer(&self.headers, Peer::Lazy(downstream_ip));
-            req.delegated = &self.delegated;
-            policy::evaluate(&ctx, &req, now)
-        };
+        let (step, now) = self.ctx_step(&worker, may_fetch_keys, policy::evaluate);
         self.step(&worker, step, now)
     }
 
@@ -164,9 +147,12 @@ impl GuardFilter {
         }
     }
 
+    /// Runs one of the core's phases with this request and the worker's
+    /// state; `may_fetch_keys` only for the headers phase before a fetch.
     fn ctx_step(
         &self,
         worker: &Worker,
+        may_fetch_keys: bool,
         f: impl FnOnce(&Ctx<'_>, &Request<'_>, u64) -> Step,
     ) -> (Step, u64) {
         let now_ms = now_millis();
@@ -176,7 +162,7 @@ impl GuardFilter {
             store: &HostStore,
             token_cache: &worker.token_cache,
             remote_keys: &remote_keys,
-            may_fetch_keys: false,
+            may_fetch_keys,
             over_limit: &worker.over_limit,
             negative: &worker.negative,
             now_ms,
@@ -187,7 +173,7 @@ impl GuardFilter {
     }
 
     fn body_complete(&mut self, worker: &Rc<Worker>, pending: Box<Pending>, body: &[u8]) -> Action {
-        let (step, now) = self.ctx_step(worker, |ctx, req, now| {
+        let (step, now) = self.ctx_step(worker, false, |ctx, req, now| {
             policy::evaluate_body(ctx, req, body, pending, now)
         });
         self.step(worker, step, now)
@@ -220,7 +206,7 @@ impl GuardFilter {
                     "#{} cannot call the rate-limit service: {s:?}",
                     self.context_id
                 );
-                let (step, now) = self.ctx_step(worker, |ctx, _, now| {
+                let (step, now) = self.ctx_step(worker, false, |ctx, _, now| {
                     policy::evaluate_rls(ctx, pending, Err(()), now)
                 });
                 self.step(worker, step, now)
@@ -503,7 +489,7 @@ impl Context for GuardFilter {
                 self.context_id
             );
         }
-        let (step, now) = self.ctx_step(&worker, |ctx, _, now| {
+        let (step, now) = self.ctx_step(&worker, false, |ctx, _, now| {
             policy::evaluate_rls(ctx, pending, response.as_ref().ok_or(()), now)
         });
         self.resume_with(&worker, step, now);
@@ -609,7 +595,7 @@ impl GuardFilter {
         let max = pending.max_body_bytes(&worker.config);
         if body_size > max {
             // Refused by size before reading or parsing any of it.
-            let (step, now) = self.ctx_step(&worker, |_, _, _| {
+            let (step, now) = self.ctx_step(&worker, false, |_, _, _| {
                 policy::finish_pending(pending, crate::decision::Reason::BodyTooLarge.into())
             });
             return self.step(&worker, step, now);
