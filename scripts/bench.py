@@ -411,6 +411,43 @@ def ag_delegated():
             "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["bench"]}]}
 
 
+def kind_setup(kind, wasm, lua, noop=None):
+    """(filters, load) of one named setup, for the tools that measure a few
+    setups of `make bench` on their own (bench_ab.py, perf_split.py):
+
+    - `baseline`: no filter; `noop`: the no-op Wasm filter (module `noop`);
+    - `hs256`, `es256`, `rs256`, `ps256`: appguard's token check with one
+      repeated token (the cache path); with a `u` suffix (`hs256u`, …) a
+      unique token per request (every one verified);
+    - `meta`: `jwt_authn` RS256 with the payload in metadata, alone;
+    - `delegated`: that `jwt_authn` in front of appguard (`verified_by`);
+    - `flood` (or `forged`): forged RS256 tokens from one client whose
+      failure budget is spent after the warm-up (the refusal path).
+    """
+    if kind == "baseline":
+        return [], Load()
+    if kind == "noop":
+        return [wasm_filter(noop)], Load(headers={"x-token": "abc"})
+    if kind in ("meta", "delegated"):
+        path, _ = token_stream("RS256", UNIQUE_TOKENS)
+        filters = [jwt_authn("RS256", metadata="bench_payload")]
+        if kind == "delegated":
+            filters.append(wasm_filter(wasm, ag_delegated()))
+        return filters, Load(script=lua, script_args=["x-token", str(path)])
+    if kind in ("flood", "forged"):
+        path, _ = token_stream("RS256-forged", UNIQUE_TOKENS)
+        return [wasm_filter(wasm, ag_flood())], Load(
+            script=lua, script_args=["x-token", str(path)], headers={"x-forwarded-for": FLOOD_IP}, expect=401)
+    unique = kind.endswith("u")
+    alg = (kind[:-1] if unique else kind).upper()
+    if alg not in ("HS256", "ES256", "RS256", "PS256"):
+        raise ValueError(f"unknown setup kind {kind!r}")
+    path, tokens = token_stream(alg, UNIQUE_TOKENS)
+    load = (Load(script=lua, script_args=["x-token", str(path)]) if unique
+            else Load(headers={"x-token": tokens[0]}))
+    return [wasm_filter(wasm, ag_token_only(alg))], load
+
+
 def ag_signing():
     return {"default_action": "deny",
             "tokens": [ag_token_provider("HS256", message_signing={"max_age_seconds": 86400})],

@@ -39,40 +39,11 @@ def main():
     workdir = Path(tempfile.mkdtemp(prefix="appguard-ab-"))
     lua = workdir / "stream.lua"
     lua.write_text(B.LUA_STREAM)
-    streams = {}
-
-    def stream(alg):
-        if alg not in streams:
-            streams[alg] = B.token_stream(alg, B.UNIQUE_TOKENS)
-        return streams[alg]
-
-    def load(kind):
-        if kind == "delegated":
-            path, _ = stream("RS256")
-            return "delegated", B.Load(script=lua, script_args=["x-token", str(path)])
-        if kind == "forged":
-            path, _ = stream("RS256-forged")
-            return "flood", B.Load(script=lua, script_args=["x-token", str(path)],
-                                   headers={"x-forwarded-for": B.FLOOD_IP}, expect=401)
-        unique = kind.endswith("u")
-        alg = (kind[:-1] if unique else kind).upper()
-        path, tokens = stream(alg)
-        if unique:
-            return alg, B.Load(script=lua, script_args=["x-token", str(path)])
-        return alg, B.Load(headers={"x-token": tokens[0]})
-
     try:
         setups = []
         for kind in kinds:
-            alg, ld = load(kind)
             for name, path in variants:
-                if alg == "flood":
-                    filters = [B.wasm_filter(Path(path), B.ag_flood())]
-                elif alg == "delegated":
-                    filters = [B.jwt_authn("RS256", metadata="bench_payload"),
-                               B.wasm_filter(Path(path), B.ag_delegated())]
-                else:
-                    filters = [B.wasm_filter(Path(path), B.ag_token_only(alg))]
+                filters, ld = B.kind_setup(kind, Path(path), lua)
                 e = B.Envoy(f"{kind}-{name}", filters)
                 setups.append((kind, name, e, ld))
         for s in setups:

@@ -37,28 +37,6 @@ import bench as B  # noqa: E402
 KINDS = ["baseline", "noop", "hs256", "meta", "delegated", "flood"]
 
 
-def setup(kind, wasm, noop, lua):
-    """(filters, load) for one kind."""
-    if kind == "baseline":
-        return [], B.Load()
-    if kind == "noop":
-        return [B.wasm_filter(noop)], B.Load(headers={"x-token": "abc"})
-    if kind == "hs256":
-        _, toks = B.token_stream("HS256", B.UNIQUE_TOKENS)
-        return [B.wasm_filter(wasm, B.ag_token_only("HS256"))], B.Load(headers={"x-token": toks[0]})
-    if kind in ("meta", "delegated"):
-        path, _ = B.token_stream("RS256", B.UNIQUE_TOKENS)
-        filters = [B.jwt_authn("RS256", metadata="bench_payload")]
-        if kind == "delegated":
-            filters.append(B.wasm_filter(wasm, B.ag_delegated()))
-        return filters, B.Load(script=lua, script_args=["x-token", str(path)])
-    if kind == "flood":
-        path, _ = B.token_stream("RS256-forged", B.UNIQUE_TOKENS)
-        return [B.wasm_filter(wasm, B.ag_flood())], B.Load(
-            script=lua, script_args=["x-token", str(path)], headers={"x-forwarded-for": B.FLOOD_IP}, expect=401)
-    sys.exit(f"unknown kind {kind!r}; known: {' '.join(KINDS)}")
-
-
 def split(data):
     """Share of samples per region, from `perf report --sort dso`."""
     out = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "dso", "-g", "none",
@@ -92,7 +70,7 @@ def main():
     rows = []
     try:
         for kind in kinds:
-            filters, load = setup(kind, wasm, noop, lua)
+            filters, load = B.kind_setup(kind, wasm, lua, noop)
             e = B.Envoy(f"perf-{kind}", filters)
             e.start(procs, work)
             e.wait_ready()
