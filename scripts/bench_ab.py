@@ -7,16 +7,16 @@
 Absolute numbers on these shared VMs drift by ±20 % (more when a
 neighbour is busy), so a change is judged only against the other build
 measured in the same rounds. Every variant gets its own Envoy with the
-same token-only config as `make bench` (`ag_token_only`), pinned like
-there; the setups run interleaved (A B A B …) and the medians are
-printed with each variant's CPU per request relative to the first.
+same config as `make bench` (bench.py's `kind_setup`), pinned like there;
+the setups run interleaved (A B A B …) and the medians are printed with
+each variant's CPU per request relative to the first.
 
 Kinds: `hs256`, `es256`, `rs256` (one repeated token: the cache path),
 `hs256u`, `es256u`, `rs256u`, `ps256u` (unique tokens: every one
-verified) and `forged` (the flood row's forged RS256 tokens from one
-client, whose failure budget is spent after the warm-up: the refusal
-path). Needs what `make bench` builds (bench-tools for the token
-streams).
+verified), `forged` (the flood row's forged RS256 tokens from one client,
+whose failure budget is spent after the warm-up: the refusal path) and
+`delegated` (`jwt_authn` RS256 in front, appguard reading its payload).
+Needs what `make bench` builds (bench-tools for the token streams).
 """
 import os
 import statistics
