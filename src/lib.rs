@@ -9,6 +9,9 @@
 //!   under fuzzers;
 //! - the proxy-wasm adapter ([`proxy`], feature `proxy`): reads the request
 //!   from Envoy, calls the core, carries out the decision.
+// Every public item says what it is and why (the quality bar of the
+// project's guide); the build fails otherwise.
+#![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod alerts;

@@ -14,7 +14,14 @@ mod jwks;
 mod metrics;
 mod root;
 
-proxy_wasm::main! {{
-    abi::init_logging(log::LevelFilter::Info);
-    proxy_wasm::set_root_context(|context_id| Box::new(root::FilterRoot::new(context_id)));
-}}
+/// The module's entry (`_initialize`, run by the host once per VM): the
+/// logger, and a root context per plugin configuration. A private module,
+/// so the SDK's generated function needs no public documentation.
+mod start {
+    use super::{abi, root};
+
+    proxy_wasm::main! {{
+        abi::init_logging(log::LevelFilter::Info);
+        proxy_wasm::set_root_context(|context_id| Box::new(root::FilterRoot::new(context_id)));
+    }}
+}
