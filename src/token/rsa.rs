@@ -243,9 +243,8 @@ impl RsaPublicKey {
         let Some(a) = a.get(..l) else {
             return vec![0; l];
         };
-        // t = a², 2l limbs (a < n < 2^(32l)), and one spare limb for the
-        // reduction's carry.
-        let mut t = vec![0u32; 2 * l + 1];
+        // t = a², 2l limbs (a < n < 2^(32l)).
+        let mut t = vec![0u32; 2 * l];
         // The cross products: row i adds a_i·a_j for j > i at t[i + j].
         for (i, &ai) in a.iter().enumerate() {
             let ai = u64::from(ai);
@@ -261,7 +260,7 @@ impl RsaPublicKey {
         // Doubled (the sum of cross products is below a²/2, so no bit is
         // lost), then the squares a_i² added at t[2i], t[2i + 1].
         let mut top = 0u32;
-        for x in t.iter_mut().take(2 * l) {
+        for x in &mut t {
             let next = (*x << 1) | top;
             top = *x >> 31;
             *x = next;
@@ -278,7 +277,8 @@ impl RsaPublicKey {
         // Montgomery reduction: l rounds, each making the lowest remaining
         // limb zero by adding m·n; the result is t / R, below 2n. A round's
         // carry lands on t[i + l]; what overflows that limb (`ov`) is added
-        // one limb higher by the next round, whose own limbs end below it.
+        // one limb higher by the next round, whose own limbs end below it,
+        // and after the last round it is the result's bit above 2^(32l).
         let mut ov = 0u64;
         for i in 0..l {
             let m = u64::from(t[i].wrapping_mul(self.n0inv));
@@ -292,12 +292,7 @@ impl RsaPublicKey {
             t[i + l] = s as u32;
             ov = s >> 32;
         }
-        t[2 * l] = ov as u32;
-        let mut r = t[l..2 * l].to_vec();
-        if t[2 * l] != 0 || !less_than(&r, n) {
-            sub_in_place(&mut r, n);
-        }
-        r
+        below_n(t[l..].to_vec(), ov != 0, n)
     }
 
     /// `a·b·R⁻¹ mod n` for `a, b < n` (CIOS).
@@ -335,12 +330,17 @@ impl RsaPublicKey {
             u[l] = (s >> 32) as u32;
             std::mem::swap(&mut t, &mut u);
         }
-        let mut r = t[..l].to_vec();
-        if t[l] != 0 || !less_than(&r, n) {
-            sub_in_place(&mut r, n);
-        }
-        r
+        below_n(t[..l].to_vec(), t[l] != 0, n)
     }
+}
+
+/// A Montgomery product's last step: `r` (with `carry`, its bit above
+/// 2^(32l)) is below 2n; one subtraction of `n` brings it below `n`.
+fn below_n(mut r: Vec<u32>, carry: bool, n: &[u32]) -> Vec<u32> {
+    if carry || !less_than(&r, n) {
+        sub_in_place(&mut r, n);
+    }
+    r
 }
 
 /// MGF1 (RFC 8017 B.2.1) with `hash`: `len` bytes.
