@@ -1,9 +1,8 @@
 //! Attestation tokens through a real Envoy: HS256 (base64 secret), ES256 and
 //! RS256 (inline JWKS), a remote JWKS through an Envoy cluster with rotation
 //! and unknown kids, and every refusal with its exact status and reason.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod harness;
+use crate::harness;
 
 use std::sync::{Arc, Mutex};
 

@@ -8,13 +8,13 @@ use serde_json::{json, Value};
 /// The tests' HS256 secret, 64 bytes (tests/fixtures/README.md).
 pub const SECRET: &[u8] = b"appguard-test-secret-0123456789-appguard-test-secret-0123456789!";
 /// RSA 2048 test key pair, PEM.
-pub const RSA_PRIV: &str = include_str!("../fixtures/rsa-test-key.pem");
+pub const RSA_PRIV: &str = include_str!("../../fixtures/rsa-test-key.pem");
 /// Its public half.
-pub const RSA_PUB: &str = include_str!("../fixtures/rsa-test-key.pub.pem");
+pub const RSA_PUB: &str = include_str!("../../fixtures/rsa-test-key.pub.pem");
 /// P-256 test key pair, PEM (PKCS#8).
-pub const EC_PRIV: &str = include_str!("../fixtures/ec-p256-test-key.pem");
+pub const EC_PRIV: &str = include_str!("../../fixtures/ec-p256-test-key.pem");
 /// Its public half.
-pub const EC_PUB: &str = include_str!("../fixtures/ec-p256-test-key.pub.pem");
+pub const EC_PUB: &str = include_str!("../../fixtures/ec-p256-test-key.pub.pem");
 
 /// The secret as configured (`secret_base64`).
 pub fn secret_b64() -> String {

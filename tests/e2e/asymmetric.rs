@@ -1,9 +1,8 @@
 //! Asymmetric tokens: cheap refusals before any signature work, the negative
 //! cache and per-client verification budget against forged-token floods,
 //! and delegated verification behind a real Envoy `jwt_authn`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod harness;
+use crate::harness;
 
 use base64::Engine;
 use harness::http::Req;

@@ -1,8 +1,7 @@
 //! Operating appguard: monitor mode, stats at /stats/prometheus, denial
 //! alerts to a webhook, and logs that never carry secrets.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod harness;
+use crate::harness;
 
 use std::time::{Duration, Instant};
 

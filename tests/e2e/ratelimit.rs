@@ -1,8 +1,7 @@
 //! Shared rate limits end to end: real Envoy, the real appguard-ratelimit
 //! service over gRPC (RLS v3), and a real Redis.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod harness;
+use crate::harness;
 
 use std::time::{Duration, Instant};
 

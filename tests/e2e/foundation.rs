@@ -1,9 +1,8 @@
 //! Foundation end to end: a real Envoy loads the module, routes decide, local
 //! replies follow SPEC §4, spoofed identity headers never reach upstream, and
 //! a bad configuration is refused with its field named.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod harness;
+use crate::harness;
 
 use harness::http::Req;
 use harness::upstream::Upstream;

@@ -1,9 +1,8 @@
 //! Platforms, apps and API keys through a real Envoy, with the shipped
 //! three-platform example (examples/three-platform.json): separate Android,
 //! iOS and web flows that leaked keys and tokens cannot cross.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod harness;
+use crate::harness;
 
 use harness::http::Req;
 use harness::services::RateLimitService;

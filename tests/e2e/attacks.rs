@@ -4,9 +4,8 @@
 //! client addresses, phone numbers and JSON bodies. After each suite the
 //! Wasm VM must still be the one Envoy started (no crash, no reload) and
 //! still decide correctly.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod harness;
+use crate::harness;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

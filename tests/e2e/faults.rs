@@ -8,9 +8,8 @@
 //! whose framing is right but whose message is not. Every case must give
 //! the documented status, let nothing through that should not pass, and
 //! leave the Wasm VM as Envoy started it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod harness;
+use crate::harness;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

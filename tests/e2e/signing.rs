@@ -1,8 +1,7 @@
 //! Request signing (RFC 9421) bound to the attested install, through a real
 //! Envoy: a copied token is useless without the install's private key.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod harness;
+use crate::harness;
 
 use appguard::signing::{
     default_covered_components, sign_request, InstallSigningKey, Message, SignatureOptions,

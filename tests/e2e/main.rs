@@ -1,0 +1,32 @@
+//! End-to-end tests: a real Envoy 1.40 loading the built module
+//! (`target/appguard.wasm`), with the real rate-limit service, Redis and
+//! JWKS servers where a test needs them; see `harness` for what is started
+//! and how it is stopped.
+//!
+//! One test binary with a module per area, so that the harness and the
+//! dependencies are compiled and linked once, and one port registry
+//! (`harness::free_port`) serves every test of the run. Run one area with
+//! `cargo test --test e2e tokens::`, one test by its name.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+/// Asymmetric tokens: cheap refusals, negative cache, failure budget,
+/// delegated verification behind `jwt_authn`.
+mod asymmetric;
+/// Hostile input: token and input attacks, the VM survives.
+mod attacks;
+/// Dependency faults and fail-closed deployment.
+mod faults;
+/// Routes, local replies, spoofed identity headers, bad configuration.
+mod foundation;
+/// Platforms, apps and API keys (the three-platform example).
+mod identity;
+/// Monitor mode, stats, alerts, logs without secrets.
+mod operations;
+/// Shared rate limits through the rate-limit service and Redis.
+mod ratelimit;
+/// Request signing (RFC 9421) bound to the attested install.
+mod signing;
+/// Attestation tokens: HS256, ES256, RS256, remote JWKS.
+mod tokens;
