@@ -159,5 +159,5 @@ bench: deps build ## performance table: appguard vs native jwt_authn/ratelimit, 
 	cargo build -q --release --manifest-path bench/core/Cargo.toml --target-dir target/bench-core
 	$(PYTHON) scripts/bench.py --wasm $(WASM) $(BENCH_ARGS)
 
-clean: ## remove build output (keeps target/wasm's std build unless FULL=1)
+clean: ## remove target/debug (the native test builds); FULL=1 removes all of target/, the wasm std build too
 	cargo clean $(if $(FULL),,--target-dir target/debug)

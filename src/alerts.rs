@@ -89,6 +89,9 @@ pub(crate) fn compile(raw: RawAlerts) -> Result<Alerts, ConfigError> {
             "must be at least 1",
         ));
     }
+    if raw.timeout_ms == 0 || raw.timeout_ms > 60_000 {
+        return Err(ConfigError::new("alerts.timeout_ms", "must be 1..=60000"));
+    }
     Ok(Alerts {
         authority: raw.authority.unwrap_or_else(|| raw.cluster.clone()),
         cluster: raw.cluster,
@@ -96,7 +99,7 @@ pub(crate) fn compile(raw: RawAlerts) -> Result<Alerts, ConfigError> {
         threshold: raw.threshold,
         window_seconds: raw.window_seconds,
         max_alerts_per_window: raw.max_alerts_per_window,
-        timeout_ms: raw.timeout_ms.clamp(1, 60_000),
+        timeout_ms: raw.timeout_ms,
     })
 }
 

@@ -852,6 +852,25 @@ mod tests {
     }
 
     #[test]
+    fn alert_settings_out_of_range_are_refused_with_their_field() {
+        let base = r#""cluster":"hooks","path":"/alerts""#;
+        for (field, bad) in [
+            ("threshold", "0"),
+            ("window_seconds", "0"),
+            ("window_seconds", "86401"),
+            ("max_alerts_per_window", "0"),
+            ("timeout_ms", "0"),
+            ("timeout_ms", "60001"),
+        ] {
+            let e = err(&format!(r#"{{"alerts":{{{base},"{field}":{bad}}}}}"#));
+            assert_eq!(e.path, format!("alerts.{field}"), "{field}: {bad}");
+        }
+        let ok =
+            Config::from_json(format!(r#"{{"alerts":{{{base},"timeout_ms":60000}}}}"#).as_bytes());
+        assert_eq!(ok.unwrap().alerts.map(|a| a.timeout_ms), Some(60_000));
+    }
+
+    #[test]
     fn routes_compile() {
         let c = Config::from_json(
             br#"{"mode":"monitor","routes":[

@@ -8,8 +8,9 @@
 pub enum Reason {
     /// No token was found where the route's providers look for one.
     TokenMissing,
-    /// The token is not a well-formed compact JWS, is too large, or names a
-    /// key or algorithm that the provider does not have.
+    /// The token is not a well-formed compact JWS (structure, base64url,
+    /// JSON header and claims, `alg` and `typ` values), or is too large. A
+    /// `kid` or algorithm the provider has no key for is `TokenSignature`.
     TokenMalformed,
     /// The signature does not verify with the provider's key.
     TokenSignature,
