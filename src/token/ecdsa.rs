@@ -16,23 +16,25 @@
 //! - points are Jacobian, with the `a = −3` doubling (3M+5S) and mixed
 //!   additions (7M+4S) against affine tables;
 //! - for a key kept across tokens ([`P256Key`]), `u1·G + u2·Q` uses comb
-//!   tables (Lim–Lee, 8 teeth 32 bits apart) of G (once per VM) and of Q
-//!   (once per key): 31 doublings shared by both and ~64 additions;
+//!   tables (Lim–Lee, 8 teeth 32 bits apart, four tables per point) of G
+//!   (once per VM) and of Q (once per key, reused while the key stays
+//!   loaded): 7 doublings shared by both and ~64 additions;
 //! - for a key used once ([`verify_once`], an install key), it is one
 //!   interleaved (Straus/Shamir) pass over NAFs of both scalars (width 7
 //!   for G, 5 for Q, whose table is built for the call): 256 doublings
 //!   shared by both, one addition per ~6–8 bits of each;
 //! - every limb loop is unrolled (`unroll8!`), so the limbs stay in Wasm
 //!   locals even though the crate is built for size;
-//! - `u1 = e/s` and `u2 = r/s` mod n are two binary divisions, no
-//!   multiplication mod n at all;
+//! - `u1 = e/s` and `u2 = r/s` mod n come from one binary division
+//!   (`2²⁵⁶/s`) and two Montgomery multiplications;
 //! - the result is never made affine: `x(R) ≡ r (mod n)` is checked as
 //!   `X = r·Z²` (or `(r+n)·Z²`) in the field.
 //!
 //! The key itself is parsed and checked to lie on the curve by the `p256`
 //! crate; this file only verifies.
 
-use std::sync::OnceLock;
+use std::cell::RefCell;
+use std::sync::{Arc, OnceLock, Weak};
 
 use sha2::{Digest, Sha256};
 
@@ -110,6 +112,49 @@ const TEETH: usize = 8;
 /// Bits between teeth: 256 / [`TEETH`], one limb, so that a column of the
 /// comb is bit `j` of every limb.
 const SPACING: usize = 32;
+/// Comb tables per point. The 32 columns of a scalar are read as this many
+/// blocks of [`COLS`] columns, block `s` from a table of 2^(s·COLS)·P, so
+/// the blocks share their doublings: COLS − 1 of them per verification
+/// instead of 31, for the same ~64 additions. Each table is 255 points
+/// (16 KB). Measured natively per unique ES256 token (callgrind, the
+/// bench's scenario): 1 table 894k instructions, 2 tables 726k, 4 tables
+/// 678k; loading a key costs ~4.6M, ~7.7M and ~13.9M. Four: a key is
+/// loaded once (and kept across JWKS refreshes), its tokens are many.
+const TABLES: usize = 4;
+/// Columns per comb table: [`SPACING`] / [`TABLES`].
+const COLS: usize = SPACING / TABLES;
+/// Points in one comb table: every non-empty combination of the teeth.
+const COMB: usize = (1 << TEETH) - 1;
+/// −n⁻¹ mod 2³², for Montgomery multiplication mod n.
+const N0INV: u32 = neg_inverse(N[0]);
+/// 2²⁵⁶ mod n (= 2²⁵⁶ − n, since n > 2²⁵⁵): the Montgomery form of 1.
+const R_MOD_N: Fe = negate(&N);
+
+/// `−x⁻¹ mod 2³²` for odd `x` (Newton's iteration; `x` is its own inverse
+/// to 3 bits, and each round doubles the correct bits).
+const fn neg_inverse(x: u32) -> u32 {
+    let mut y = x;
+    let mut i = 0;
+    while i < 4 {
+        y = y.wrapping_mul(2u32.wrapping_sub(x.wrapping_mul(y)));
+        i += 1;
+    }
+    y.wrapping_neg()
+}
+
+/// `2²⁵⁶ − a` for `0 < a < 2²⁵⁶`.
+const fn negate(a: &Fe) -> Fe {
+    let mut r = [0u32; 8];
+    let mut carry = 1u64;
+    let mut i = 0;
+    while i < 8 {
+        let v = (!a[i]) as u64 + carry;
+        r[i] = v as u32;
+        carry = v >> 32;
+        i += 1;
+    }
+    r
+}
 
 // ---------------------------------------------------------------- integers
 
@@ -277,6 +322,47 @@ fn div_mod(b: &Fe, a: &Fe, m: &Fe) -> Option<Fe> {
         }
     }
     None
+}
+
+/// `a·b·2⁻²⁵⁶ mod n` for `a, b < n` (Montgomery multiplication, CIOS).
+/// With `w = 2²⁵⁶/s mod n` from one binary division, `u1 = e/s` and
+/// `u2 = r/s` are each one of these instead of a division of their own.
+#[inline(never)]
+fn mont_n(a: &Fe, b: &Fe) -> Fe {
+    // t[8] and t[9] take the carries above 2²⁵⁶ of each round.
+    let mut t = [0u32; 10];
+    for &ai in a {
+        let ai = u64::from(ai);
+        let mut carry = 0u64;
+        unroll8!(j => {
+            let v = u64::from(t[j]) + ai * u64::from(b[j]) + carry;
+            t[j] = v as u32;
+            carry = v >> 32;
+        });
+        let v = u64::from(t[8]) + carry;
+        t[8] = v as u32;
+        t[9] = (v >> 32) as u32;
+        // Add m·n so that the low limb becomes zero, then shift it out.
+        let m = u64::from(t[0].wrapping_mul(N0INV));
+        let mut carry = (u64::from(t[0]) + m * u64::from(N[0])) >> 32;
+        unroll8!(j => {
+            if j > 0 {
+                let v = u64::from(t[j]) + m * u64::from(N[j]) + carry;
+                t[j - 1] = v as u32;
+                carry = v >> 32;
+            }
+        });
+        let v = u64::from(t[8]) + carry;
+        t[7] = v as u32;
+        t[8] = t[9] + (v >> 32) as u32;
+    }
+    // t < 2n: at most one subtraction.
+    let r: Fe = [t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]];
+    if t[8] != 0 || geq(&r, &N) {
+        sub_raw(&r, &N).0
+    } else {
+        r
+    }
 }
 
 /// Big-endian bytes (exactly 32) to limbs.
@@ -544,32 +630,37 @@ fn odd_multiples(p: &Affine, w: u32) -> Option<Vec<Affine>> {
     normalize(&jac)
 }
 
-/// The comb table of P (Lim–Lee, 8 teeth 32 bits apart): entry `b − 1`,
-/// for b in 1..256, is Σ bᵢ·2^(32·i)·P over the bits bᵢ of b. With it,
-/// k·P takes 31 doublings and ~32 additions instead of 256 doublings.
-/// 255 affine points (16 KB); building them costs about two verifications,
-/// so it is done once per key.
-fn comb_table(p: &Affine) -> Option<Vec<Affine>> {
-    let mut powers = Vec::with_capacity(TEETH);
+/// The comb tables of P (Lim–Lee, 8 teeth 32 bits apart, [`TABLES`]
+/// tables): entry `s·COMB + b − 1`, for b in 1..256, is
+/// Σ bᵢ·2^(32·i + s·COLS)·P over the bits bᵢ of b. With them, k·P takes
+/// COLS − 1 doublings and ~32 additions instead of 256 doublings. Building
+/// them costs about 5 verifications per table, so it is done once per key.
+fn comb_tables(p: &Affine) -> Option<Vec<Affine>> {
+    // powers[k] = 2^(k·COLS)·P: table s has the teeth k = TABLES·i + s.
+    let mut powers = Vec::with_capacity(TEETH * TABLES);
     let mut cur = Jacobian::from_affine(p);
-    for i in 0..TEETH {
-        if i > 0 {
-            for _ in 0..SPACING {
+    for k in 0..TEETH * TABLES {
+        if k > 0 {
+            for _ in 0..COLS {
                 cur = cur.double();
             }
         }
         powers.push(cur);
     }
     let powers = normalize(&powers)?;
-    let mut jac: Vec<Jacobian> = Vec::with_capacity(255);
-    for b in 1usize..256 {
-        let top = (usize::BITS - 1 - b.leading_zeros()) as usize;
-        let rest = b & !(1 << top);
-        let next = match rest.checked_sub(1).and_then(|r| jac.get(r)) {
-            Some(partial) => partial.add_affine(powers.get(top)?),
-            None => Jacobian::from_affine(powers.get(top)?),
-        };
-        jac.push(next);
+    let mut jac: Vec<Jacobian> = Vec::with_capacity(TABLES * COMB);
+    for s in 0..TABLES {
+        let start = jac.len();
+        for b in 1usize..=COMB {
+            let top = (usize::BITS - 1 - b.leading_zeros()) as usize;
+            let rest = b & !(1 << top);
+            let tooth = powers.get(TABLES * top + s)?;
+            let next = match rest.checked_sub(1).and_then(|r| jac.get(start + r)) {
+                Some(partial) => partial.add_affine(tooth),
+                None => Jacobian::from_affine(tooth),
+            };
+            jac.push(next);
+        }
     }
     normalize(&jac)
 }
@@ -651,10 +742,11 @@ fn g_table() -> Option<&'static [Affine]> {
     TABLE.get_or_init(|| odd_multiples(&G, WIDE)).as_deref()
 }
 
-/// The comb table of G, built on first use (once per VM).
+/// The comb tables of G, built on first use (once per VM, when the first
+/// ES256 key is loaded).
 fn g_comb() -> Option<&'static [Affine]> {
     static TABLE: OnceLock<Option<Vec<Affine>>> = OnceLock::new();
-    TABLE.get_or_init(|| comb_table(&G)).as_deref()
+    TABLE.get_or_init(|| comb_tables(&G)).as_deref()
 }
 
 /// Column `j` of the comb for `k`: bit `j` of each limb, limb `i` as bit
@@ -668,14 +760,18 @@ fn comb_index(k: &Fe, j: usize) -> usize {
     b
 }
 
-/// `u1·G + u2·Q` with both comb tables: 31 doublings shared by both.
+/// `u1·G + u2·Q` with the comb tables of both ([`comb_tables`]): COLS − 1
+/// doublings shared by both scalars and all their tables.
 fn comb_mul(u1: &Fe, g: &[Affine], u2: &Fe, q: &[Affine]) -> Jacobian {
     let mut acc = Jacobian::INFINITY;
-    for j in (0..SPACING).rev() {
+    for j in (0..COLS).rev() {
         acc = acc.double();
-        for (k, table) in [(u1, g), (u2, q)] {
-            if let Some(p) = comb_index(k, j).checked_sub(1).and_then(|b| table.get(b)) {
-                acc = acc.add_affine(p);
+        for s in 0..TABLES {
+            for (k, tables) in [(u1, g), (u2, q)] {
+                let b = comb_index(k, j + s * COLS);
+                if let Some(p) = b.checked_sub(1).and_then(|b| tables.get(s * COMB + b)) {
+                    acc = acc.add_affine(p);
+                }
             }
         }
     }
@@ -730,9 +826,11 @@ fn verify_with(q: QTable<'_>, msg: &[u8], sig: &[u8]) -> bool {
     if geq(&e, &N) {
         e = sub_raw(&e, &N).0;
     }
-    let (Some(u1), Some(u2)) = (div_mod(&e, &s, &N), div_mod(&r, &s, &N)) else {
+    // w = 2²⁵⁶/s mod n; then e·w and r·w in Montgomery form are e/s, r/s.
+    let Some(w) = div_mod(&R_MOD_N, &s, &N) else {
         return false;
     };
+    let (u1, u2) = (mont_n(&e, &w), mont_n(&r, &w));
     let point = match q {
         QTable::Comb(q) => match g_comb() {
             Some(g) => comb_mul(&u1, g, &u2, q),
@@ -768,12 +866,24 @@ fn parse_point(sec1: &[u8]) -> Option<Affine> {
     p.on_curve().then_some(p)
 }
 
-/// A P-256 public key prepared for many verifications: its comb table is
-/// computed once, when the key is loaded (about two verifications' work,
-/// 16 KB), and cuts every later verification from 256 doublings to 31.
+/// Loaded keys' tables by SEC1 encoding (see `LOADED`).
+type LoadedTables = Vec<([u8; 65], Weak<[Affine]>)>;
+
+thread_local! {
+    /// The tables of the keys loaded in this VM, by SEC1 encoding: a JWKS
+    /// refresh that brings the same keys again (every `refresh_seconds`)
+    /// reuses their tables instead of building them again, which costs a
+    /// few milliseconds per key in V8. Weak: a table lives only as long as
+    /// a loaded key uses it.
+    static LOADED: RefCell<LoadedTables> = const { RefCell::new(Vec::new()) };
+}
+
+/// A P-256 public key prepared for many verifications: its comb tables are
+/// computed once, when the key is loaded (about 20 verifications' work,
+/// 64 KB), and cut every later verification from 256 doublings to 7.
 #[derive(Clone)]
 pub struct P256Key {
-    table: std::sync::Arc<[Affine]>,
+    table: Arc<[Affine]>,
 }
 
 impl std::fmt::Debug for P256Key {
@@ -788,7 +898,25 @@ impl P256Key {
     /// encoding).
     pub fn from_sec1(sec1: &[u8]) -> Result<Self, String> {
         let point = parse_point(sec1).ok_or("not a P-256 point")?;
-        let table = comb_table(&point).ok_or("not a P-256 point")?.into();
+        let id: [u8; 65] = sec1.try_into().map_err(|_| "not a P-256 point")?;
+        let loaded = LOADED.with(|l| {
+            l.borrow()
+                .iter()
+                .find(|(k, _)| *k == id)
+                .and_then(|(_, table)| table.upgrade())
+        });
+        if let Some(table) = loaded {
+            return Ok(P256Key { table });
+        }
+        // G's tables now too, at load time, rather than in the first
+        // request that carries a token.
+        g_comb().ok_or("P-256 generator tables")?;
+        let table: Arc<[Affine]> = comb_tables(&point).ok_or("not a P-256 point")?.into();
+        LOADED.with(|l| {
+            let mut l = l.borrow_mut();
+            l.retain(|(_, t)| t.strong_count() > 0);
+            l.push((id, Arc::downgrade(&table)));
+        });
         Ok(P256Key { table })
     }
 
@@ -887,6 +1015,64 @@ mod tests {
         }
     }
 
+    /// A key loaded again while it is still loaded (a JWKS refresh with the
+    /// same keys) shares its tables; once no key uses them they are gone.
+    #[test]
+    fn a_key_loaded_again_reuses_its_tables() {
+        let point = |k: u64| {
+            let q = to_affine(&double_mul(
+                &[k as u32, 0, 0, 0, 0, 0, 0, 0],
+                g_table().unwrap(),
+                &[0; 8],
+                &[],
+                WIDE,
+            ))
+            .unwrap();
+            let mut sec1 = vec![4u8];
+            for limb in q.x.iter().rev().chain(q.y.iter().rev()) {
+                sec1.extend_from_slice(&limb.to_be_bytes());
+            }
+            sec1
+        };
+        let (a, b) = (point(11), point(13));
+        let first = P256Key::from_sec1(&a).unwrap();
+        let again = P256Key::from_sec1(&a).unwrap();
+        let other = P256Key::from_sec1(&b).unwrap();
+        assert!(Arc::ptr_eq(&first.table, &again.table));
+        assert!(!Arc::ptr_eq(&first.table, &other.table));
+        let weak = Arc::downgrade(&first.table);
+        drop((first, again));
+        assert!(weak.upgrade().is_none(), "the table went with its keys");
+        let reloaded = P256Key::from_sec1(&a).unwrap();
+        assert_eq!(reloaded.table.len(), TABLES * COMB);
+        LOADED.with(|l| assert!(l.borrow().iter().all(|(_, t)| t.strong_count() > 0)));
+        drop((reloaded, other));
+    }
+
+    /// The Montgomery route to `b/a mod n` (one division by `a` carrying
+    /// 2²⁵⁶, then one multiplication) gives what a division gives.
+    #[test]
+    fn montgomery_multiplication_mod_n_matches_division() {
+        assert_eq!(N[0].wrapping_mul(N0INV), u32::MAX, "N0INV = -1/n mod 2^32");
+        assert_eq!(add_raw(&R_MOD_N, &N), ([0; 8], true), "R_MOD_N = 2^256 - n");
+        let s = samples(&N);
+        for w in s.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let Some(inv) = div_mod(&R_MOD_N, &a, &N) else {
+                assert!(is_zero(&a));
+                continue;
+            };
+            assert_eq!(Some(mont_n(&b, &inv)), div_mod(&b, &a, &N), "{a:x?} {b:x?}");
+        }
+        // Operands at the top of the range: the result must still be < n.
+        let top = sub_raw(&N, &ONE).0;
+        let r = mont_n(&top, &top);
+        assert!(!geq(&r, &N));
+        // (n−1)² = 1 mod n, so (n−1)·(n−1)·2⁻²⁵⁶ = 2⁻²⁵⁶, and times 2²⁵⁶ again is 1.
+        let rr = mul_ref(&R_MOD_N, &R_MOD_N, &N);
+        assert_eq!(mont_n(&r, &rr), ONE);
+    }
+
     #[test]
     fn wnaf_digits_add_up_to_the_scalar() {
         for k in samples(&N) {
@@ -940,7 +1126,7 @@ mod tests {
     #[test]
     fn comb_and_naf_multiplications_agree() {
         let q = odd_multiples(&G, 4).unwrap()[3]; // 7G
-        let q_comb = comb_table(&q).unwrap();
+        let q_comb = comb_tables(&q).unwrap();
         let q_naf = odd_multiples(&q, NARROW).unwrap();
         let s = samples(&N);
         for w in s.windows(2) {
