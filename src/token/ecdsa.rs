@@ -799,7 +799,7 @@ fn double_mul(u1: &Fe, g: &[Affine], u2: &Fe, q: &[Affine], wq: u32) -> Jacobian
     acc
 }
 
-/// How `u2·Q` is computed: with a key's comb table ([`P256Key`]) or a
+/// How `u2·Q` is computed: with a key's comb tables ([`P256Key`]) or a
 /// one-off table of odd multiples ([`verify_once`]).
 enum QTable<'a> {
     Comb(&'a [Affine]),
