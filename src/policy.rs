@@ -886,10 +886,10 @@ fn check_token(
         if p.verified_by.is_none() {
             continue;
         }
-        let Some((_, claims)) = req.delegated.iter().find(|(i, _)| *i == pi) else {
+        let Some(claims) = req.delegated.payload(pi) else {
             continue;
         };
-        let exp = token::check_claims(p, claims, now).map_err(|e| Flow::from(e.reason()))?;
+        let exp = token::check_claims(p, &claims, now).map_err(|e| Flow::from(e.reason()))?;
         if !p.forward {
             for src in &p.sources {
                 if req.header(&src.header).is_some() {
@@ -900,7 +900,7 @@ fn check_token(
         let verified = Rc::new(VerifiedToken {
             provider: pi,
             exp,
-            claims: claims.clone(),
+            claims,
         });
         token_rules(ctx, req, now, p, &verified, grant, &mut facts.replay)?;
         return Ok(Some(verified));

@@ -8,6 +8,7 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 use super::*;
 use crate::identity::hash_api_key;
 use crate::request::test_support::headers;
+use crate::request::{Claims, Delegated};
 use crate::store::MemStore;
 use crate::token::tests_support::{hs256_raw, SECRET};
 use base64::engine::general_purpose::STANDARD;
@@ -1141,4 +1142,64 @@ fn a_budget_spent_on_one_worker_stops_verification_on_another() {
     assert_eq!(on_b("198.51.100.21", &valid(2)), (None, false));
     // The token B verified before the budget ran out is cached there.
     assert_eq!(on_b("198.51.100.20", &valid(0)), (None, false));
+}
+
+/// A delegated provider's payload is asked of the host (a metadata read in
+/// Envoy) only on routes that take that provider's token, once per
+/// evaluation; other routes never pay for it.
+#[test]
+fn delegated_payloads_are_read_only_for_routes_that_need_them() {
+    let w = World::from(json!({
+        "tokens": [{"name": "mesh", "from": [{"header": "x-token"}],
+                    "verified_by": {"key": "mesh_payload"},
+                    "issuer": "https://issuer.example", "max_lifetime_seconds": 300}],
+        "routes": [
+            {"name": "meshed", "match": {"prefix": "/meshed/"}, "tokens": ["mesh"]},
+            {"name": "open", "match": {"prefix": "/open/"}}
+        ]
+    }));
+    let reads = std::cell::Cell::new(0);
+    let claims: Claims = serde_json::from_value(json!({
+        "iss": "https://issuer.example", "iat": NOW - 10, "exp": NOW + 100, "sub": "device-1"
+    }))
+    .unwrap();
+    let read = |p: usize| {
+        reads.set(reads.get() + 1);
+        (p == 0).then(|| claims.clone())
+    };
+    let run = |path: &str| {
+        let h = headers(&[
+            (":method", "GET"),
+            (":path", path),
+            (":authority", "api.example.com"),
+        ]);
+        let ctx = Ctx {
+            config: &w.config,
+            store: &w.store,
+            token_cache: &w.cache,
+            remote_keys: &[],
+            may_fetch_keys: false,
+            over_limit: &w.over,
+            negative: &w.neg,
+            now_ms: NOW * 1000,
+        };
+        let mut req = Request::new(&h, Some("198.51.100.1".parse().unwrap()));
+        req.delegated = Delegated::Lazy(&read);
+        match evaluate(&ctx, &req, NOW) {
+            Step::Done(d, _) => d,
+            s => panic!("{s:?}"),
+        }
+    };
+    assert_eq!(run("/open/x").reason(), None);
+    assert_eq!(
+        reads.get(),
+        0,
+        "a route without the provider read no metadata"
+    );
+    assert_eq!(run("/meshed/x").reason(), None);
+    assert_eq!(
+        reads.get(),
+        1,
+        "one read for the route's delegated provider"
+    );
 }

@@ -20,7 +20,7 @@ use crate::decision::{Decision, Denial, Grant};
 use crate::lograte::Admit;
 use crate::policy::{self, Ctx, Facts, Pending, RlsCall, Step};
 use crate::ratelimit::{decode_response, MAX_RESPONSE_BYTES};
-use crate::request::{Peer, Request, HEADER_PREFIX};
+use crate::request::{Claims, Delegated, Peer, Request, HEADER_PREFIX};
 
 /// The gRPC service and method of Envoy's rate-limit service API v3.
 const RLS_SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -64,8 +64,6 @@ pub struct GuardFilter {
     headers_end_stream: bool,
     /// Headers the rate-limit service asked to add to the response.
     response_headers: Vec<(String, String)>,
-    /// Payloads verified by `jwt_authn`, from dynamic metadata.
-    delegated: Vec<(usize, serde_json::Map<String, serde_json::Value>)>,
 }
 
 impl GuardFilter {
@@ -78,7 +76,6 @@ impl GuardFilter {
             headers: Vec::new(),
             headers_end_stream: false,
             response_headers: Vec::new(),
-            delegated: Vec::new(),
         }
     }
 
@@ -105,9 +102,6 @@ impl GuardFilter {
             .filter(|(n, _)| n.starts_with(HEADER_PREFIX))
         {
             let _ = abi::remove_header(Map::RequestHeaders, name);
-        }
-        if let Some(worker) = &self.worker {
-            self.delegated = delegated_payloads(&worker.config);
         }
         self.run(true)
     }
@@ -167,8 +161,9 @@ impl GuardFilter {
             negative: &worker.negative,
             now_ms,
         };
+        let read = |p: usize| delegated_payload(&worker.config, p);
         let mut req = Request::with_peer(&self.headers, Peer::Lazy(downstream_ip));
-        req.delegated = &self.delegated;
+        req.delegated = Delegated::Lazy(&read);
         (f(&ctx, &req, now_ms / 1000), now_ms / 1000)
     }
 
@@ -615,25 +610,16 @@ impl GuardFilter {
     }
 }
 
-/// The payloads `jwt_authn` verified for delegated providers, read from the
-/// request's dynamic metadata (`payload_in_metadata`): only metadata, which
-/// clients cannot write, never a header.
-fn delegated_payloads(
-    config: &crate::config::Config,
-) -> Vec<(usize, serde_json::Map<String, serde_json::Value>)> {
-    let mut out = Vec::new();
-    for (i, p) in config.providers.iter().enumerate() {
-        let Some((filter, key)) = &p.verified_by else {
-            continue;
-        };
-        let bytes = abi::property(&["metadata", "filter_metadata", filter, key])
-            .ok()
-            .flatten();
-        if let Some(map) = bytes.as_deref().and_then(crate::token::delegated::payload) {
-            out.push((i, map));
-        }
-    }
-    out
+/// The payload `jwt_authn` verified for provider `index` if it has
+/// `verified_by`, read from the request's dynamic metadata
+/// (`payload_in_metadata`): only metadata, which clients cannot write,
+/// never a header. Read when a route needs the provider, not per request.
+fn delegated_payload(config: &crate::config::Config, index: usize) -> Option<Claims> {
+    let (filter, key) = config.providers.get(index)?.verified_by.as_ref()?;
+    let bytes = abi::property(&["metadata", "filter_metadata", filter, key])
+        .ok()
+        .flatten()?;
+    crate::token::delegated::payload(&bytes)
 }
 
 /// Envoy's downstream remote address (`source.address`, "ip:port").
