@@ -98,16 +98,7 @@ impl World {
         ];
         all.extend_from_slice(hs);
         let h = headers(&all);
-        let ctx = Ctx {
-            config: &self.config,
-            store: &self.store,
-            token_cache: &self.cache,
-            remote_keys: &[],
-            may_fetch_keys: false,
-            over_limit: &self.over,
-            negative: &self.neg,
-            now_ms: NOW * 1000,
-        };
+        let ctx = self.ctx();
         match evaluate(&ctx, &Request::new(&h, Some(ip.parse().unwrap())), NOW) {
             Step::Done(d, f) => (d, f),
             s => panic!("{s:?}"),
@@ -1016,16 +1007,7 @@ fn the_downstream_address_is_read_only_when_a_check_needs_it() {
         let mut all = vec![(":method", "GET"), (":path", path), (":authority", "a")];
         all.extend_from_slice(hs);
         let h = headers(&all);
-        let ctx = Ctx {
-            config: &w.config,
-            store: &w.store,
-            token_cache: &w.cache,
-            remote_keys: &[],
-            may_fetch_keys: false,
-            over_limit: &w.over,
-            negative: &w.neg,
-            now_ms: NOW * 1000,
-        };
+        let ctx = w.ctx();
         PEER_READS.with(|c| c.set(0));
         let req = Request::with_peer(&h, crate::request::Peer::Lazy(counted_peer));
         let step = evaluate(&ctx, &req, NOW);
@@ -1173,16 +1155,7 @@ fn delegated_payloads_are_read_only_for_routes_that_need_them() {
             (":path", path),
             (":authority", "api.example.com"),
         ]);
-        let ctx = Ctx {
-            config: &w.config,
-            store: &w.store,
-            token_cache: &w.cache,
-            remote_keys: &[],
-            may_fetch_keys: false,
-            over_limit: &w.over,
-            negative: &w.neg,
-            now_ms: NOW * 1000,
-        };
+        let ctx = w.ctx();
         let mut req = Request::new(&h, Some("198.51.100.1".parse().unwrap()));
         req.delegated = Delegated::Lazy(&read);
         match evaluate(&ctx, &req, NOW) {
