@@ -126,21 +126,9 @@ const COLS: usize = SPACING / TABLES;
 /// Points in one comb table: every non-empty combination of the teeth.
 const COMB: usize = (1 << TEETH) - 1;
 /// −n⁻¹ mod 2³², for Montgomery multiplication mod n.
-const N0INV: u32 = neg_inverse(N[0]);
+const N0INV: u32 = super::rsa::neg_inverse(N[0]);
 /// 2²⁵⁶ mod n (= 2²⁵⁶ − n, since n > 2²⁵⁵): the Montgomery form of 1.
 const R_MOD_N: Fe = negate(&N);
-
-/// `−x⁻¹ mod 2³²` for odd `x` (Newton's iteration; `x` is its own inverse
-/// to 3 bits, and each round doubles the correct bits).
-const fn neg_inverse(x: u32) -> u32 {
-    let mut y = x;
-    let mut i = 0;
-    while i < 4 {
-        y = y.wrapping_mul(2u32.wrapping_sub(x.wrapping_mul(y)));
-        i += 1;
-    }
-    y.wrapping_neg()
-}
 
 /// `2²⁵⁶ − a` for `0 < a < 2²⁵⁶`.
 const fn negate(a: &Fe) -> Fe {

@@ -406,11 +406,15 @@ fn sub_in_place(a: &mut [u32], b: &[u32]) {
     }
 }
 
-/// `-n⁻¹ mod 2³²` for odd `n0` (Newton's iteration doubles the correct bits).
-fn neg_inverse(n0: u32) -> u32 {
+/// `-n⁻¹ mod 2³²` for odd `n0` (Newton's iteration doubles the correct
+/// bits), for Montgomery reduction: here per RSA key, and at compile time
+/// for P-256's group order in [`super::ecdsa`].
+pub(super) const fn neg_inverse(n0: u32) -> u32 {
     let mut x: u32 = 1;
-    for _ in 0..5 {
+    let mut i = 0;
+    while i < 5 {
         x = x.wrapping_mul(2u32.wrapping_sub(n0.wrapping_mul(x)));
+        i += 1;
     }
     x.wrapping_neg()
 }
