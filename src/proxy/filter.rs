@@ -118,7 +118,7 @@ impl GuardFilter {
     /// Carries out what the core asked for.
     fn step(&mut self, worker: &Rc<Worker>, step: Step, now: u64) -> Action {
         match step {
-            Step::Done(decision, facts) => self.execute(worker, decision, &facts),
+            Step::Done(decision, facts) => self.execute(worker, decision, &facts, now),
             Step::NeedKeys { provider } => self.fetch_keys(worker, provider, now),
             Step::NeedBody(pending) => {
                 if self.headers_end_stream {
@@ -279,7 +279,10 @@ impl GuardFilter {
         }
     }
 
-    fn execute(&mut self, worker: &Worker, decision: Decision, facts: &Facts) -> Action {
+    /// Acts on the core's decision. `now` is the evaluation's clock reading
+    /// (seconds), reused for the log limiter and alerts: each host call
+    /// costs a crossing out of V8.
+    fn execute(&mut self, worker: &Worker, decision: Decision, facts: &Facts, now: u64) -> Action {
         if let Decision::Allow(g) = &decision {
             self.response_headers = g.response_headers.clone();
         }
@@ -290,7 +293,7 @@ impl GuardFilter {
                     worker
                         .metrics
                         .count(facts.route, Counted::Degraded, Some(reason));
-                    decision_log(worker, log::Level::Warn, || {
+                    decision_log(worker, log::Level::Warn, now, || {
                         format!(
                             "#{} failure_mode=allow let the request through without {} {}",
                             self.context_id,
@@ -308,7 +311,7 @@ impl GuardFilter {
                     (None, Some(_)) => {} // counted as degraded above
                     (None, None) => worker.metrics.count(facts.route, Counted::Allow, None),
                 }
-                self.apply_grant(worker, &grant, facts);
+                self.apply_grant(worker, &grant, facts, now);
                 Action::Continue
             }
             Decision::Deny(denial) => {
@@ -323,14 +326,13 @@ impl GuardFilter {
                         .route
                         .and_then(|r| worker.config.routes.get(r))
                         .map_or("_unmatched", |r| r.name.as_str());
-                    let now = now_millis() / 1000;
                     if let Some(alert) =
                         crate::alerts::record(&HostStore, a, route, denial.reason, now)
                     {
                         worker.pending_alerts.borrow_mut().push(alert);
                     }
                 }
-                self.deny(worker, &denial, facts)
+                self.deny(worker, &denial, facts, now)
             }
         }
     }
@@ -347,10 +349,10 @@ impl GuardFilter {
         }
     }
 
-    fn apply_grant(&self, worker: &Worker, grant: &Grant, facts: &Facts) {
+    fn apply_grant(&self, worker: &Worker, grant: &Grant, facts: &Facts, now: u64) {
         self.apply_headers(grant);
         if let Some(reason) = grant.would_deny {
-            decision_log(worker, log::Level::Info, || {
+            decision_log(worker, log::Level::Info, now, || {
                 format!(
                     "#{} monitor would_deny reason={} {}",
                     self.context_id,
@@ -362,9 +364,9 @@ impl GuardFilter {
         }
     }
 
-    fn deny(&self, worker: &Worker, denial: &Denial, facts: &Facts) -> Action {
+    fn deny(&self, worker: &Worker, denial: &Denial, facts: &Facts, now: u64) -> Action {
         let reason = denial.reason;
-        decision_log(worker, log::Level::Info, || {
+        decision_log(worker, log::Level::Info, now, || {
             format!(
                 "#{} deny reason={} status={} {}{}",
                 self.context_id,
@@ -411,11 +413,11 @@ impl GuardFilter {
 /// Writes one per-request decision line, within the worker's
 /// `decision_log_per_second`; the first line after a gap says how many were
 /// left out. The line is only formatted when it is written.
-fn decision_log(worker: &Worker, level: log::Level, line: impl FnOnce() -> String) {
+fn decision_log(worker: &Worker, level: log::Level, now: u64, line: impl FnOnce() -> String) {
     if !log::log_enabled!(level) {
         return;
     }
-    let admit = worker.decision_log.borrow_mut().admit(now_millis() / 1000);
+    let admit = worker.decision_log.borrow_mut().admit(now);
     if let Admit::Write { suppressed } = admit {
         if suppressed > 0 {
             log::log!(
