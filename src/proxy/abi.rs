@@ -117,6 +117,7 @@ mod ffi {
         pub fn proxy_continue_stream(stream_type: u32) -> u32;
         pub fn proxy_define_metric(t: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
         pub fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+        pub fn proxy_record_metric(id: u32, value: u64) -> u32;
     }
 }
 
@@ -225,6 +226,9 @@ mod ffi {
         FAIL
     }
     pub unsafe fn proxy_increment_metric(_: u32, _: i64) -> u32 {
+        FAIL
+    }
+    pub unsafe fn proxy_record_metric(_: u32, _: u64) -> u32 {
         FAIL
     }
 }
@@ -509,10 +513,25 @@ pub fn grpc_call(
 
 /// Defines a counter; returns its id.
 pub fn define_counter(name: &str) -> Result<u32, HostError> {
+    define_metric(0, name)
+}
+
+/// Defines a gauge; returns its id.
+pub fn define_gauge(name: &str) -> Result<u32, HostError> {
+    define_metric(1, name)
+}
+
+fn define_metric(kind: u32, name: &str) -> Result<u32, HostError> {
     let mut id = 0u32;
     // SAFETY: live slice; out-pointer to a local.
-    check(unsafe { ffi::proxy_define_metric(0, name.as_ptr(), name.len(), &mut id) })?;
+    check(unsafe { ffi::proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) })?;
     Ok(id)
+}
+
+/// Sets a gauge.
+pub fn record(id: u32, value: u64) -> Result<(), HostError> {
+    // SAFETY: plain values.
+    check(unsafe { ffi::proxy_record_metric(id, value) })
 }
 
 /// Adds to a counter.

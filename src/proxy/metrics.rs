@@ -8,6 +8,9 @@
 //! with `wasmcustom.` (and drops it again in Prometheus output). The
 //! `stats_tags` in envoy/envoy.yaml turn the three parts into labels, so
 //! Prometheus sees `appguard_decisions{route,decision,reason}`.
+//!
+//! Two more: `appguard_verification_budget_refusals` (a counter) and
+//! `appguard_vm_memory_bytes`, a gauge of the Wasm VM's linear memory.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -50,6 +53,7 @@ pub struct Metrics {
     route_names: Vec<String>,
     ids: RefCell<HashMap<CounterKey, u32>>,
     budget_refusals: Option<u32>,
+    vm_memory: Option<u32>,
 }
 
 impl Metrics {
@@ -59,6 +63,19 @@ impl Metrics {
             route_names: config.routes.iter().map(|r| r.name.clone()).collect(),
             ids: RefCell::new(HashMap::new()),
             budget_refusals: abi::define_counter("appguard_verification_budget_refusals").ok(),
+            vm_memory: abi::define_gauge("appguard_vm_memory_bytes").ok(),
+        }
+    }
+
+    /// Sets `appguard_vm_memory_bytes` to this VM's linear memory: all the
+    /// filter's state (configuration, caches, key tables, requests in
+    /// flight) lives there, and it never shrinks, so a VM that keeps
+    /// growing shows here. Envoy has no gauge of its own for a Wasm VM's
+    /// memory. Every worker's VM sets the one gauge (from its tick, once a
+    /// second); they run the same configuration.
+    pub fn report_vm_memory(&self) {
+        if let Some(id) = self.vm_memory {
+            let _ = abi::record(id, linear_memory_bytes());
         }
     }
 
@@ -94,4 +111,16 @@ impl Metrics {
         };
         let _ = abi::increment(id, 1);
     }
+}
+
+/// The VM's linear memory in bytes (pages of 64 KiB).
+#[cfg(target_arch = "wasm32")]
+fn linear_memory_bytes() -> u64 {
+    (core::arch::wasm32::memory_size::<0>() as u64).saturating_mul(65_536)
+}
+
+/// Native builds have no VM.
+#[cfg(not(target_arch = "wasm32"))]
+fn linear_memory_bytes() -> u64 {
+    0
 }

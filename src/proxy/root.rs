@@ -245,17 +245,18 @@ impl RootContext for FilterRoot {
             has_remote_jwks: has_remote,
             refreshes: RefCell::new(HashMap::new()),
         }));
-        // A 1 s tick keeps remote JWKS fresh and posts queued alerts. Calls
-        // made from the root's own callback are answered to the root, so a
-        // refresh survives the request that happened to be running.
-        let has_alerts = self
-            .worker
-            .as_ref()
-            .is_some_and(|w| w.config.alerts.is_some());
-        if has_remote || has_alerts {
-            if let Err(e) = abi::set_tick_period_ms(1000) {
-                warn!("cannot set the tick period ({e:?}): JWKS refresh and alerts need it");
-            }
+        // A 1 s tick reports the VM's memory, keeps remote JWKS fresh and
+        // posts queued alerts. Calls made from the root's own callback are
+        // answered to the root, so a refresh survives the request that
+        // happened to be running.
+        if let Some(w) = &self.worker {
+            w.metrics.report_vm_memory();
+        }
+        if let Err(e) = abi::set_tick_period_ms(1000) {
+            warn!(
+                "cannot set the tick period ({e:?}): JWKS refresh, alerts and \
+                 appguard_vm_memory_bytes need it"
+            );
         }
         true
     }
@@ -264,6 +265,7 @@ impl RootContext for FilterRoot {
         let Some(worker) = self.worker.clone() else {
             return;
         };
+        worker.metrics.report_vm_memory();
         worker.maintain_jwks(now_seconds());
         worker.send_alerts();
     }

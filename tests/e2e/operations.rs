@@ -92,6 +92,48 @@ fn decision_counters_move_at_stats_prometheus() {
     assert!(text.contains("# TYPE appguard_decisions counter"), "{text}");
 }
 
+/// `appguard_vm_memory_bytes`: the Wasm VM's linear memory, a gauge set
+/// once a second. It is whole 64 KiB pages, and it follows the VM as it
+/// grows: 1,000 verified tokens of ~3 KB each, kept in the verified-token
+/// cache, take more than a MiB.
+#[test]
+fn vm_memory_gauge_follows_the_linear_memory() {
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("enforce"), up.port).start();
+    let name = "appguard_vm_memory_bytes";
+    let first = envoy.stat(name).expect("the gauge is defined at start");
+    assert!(
+        (1 << 20..64 << 20).contains(&first) && first % 65_536 == 0,
+        "{first} bytes"
+    );
+    let text = prometheus(envoy.admin_port);
+    assert!(
+        text.contains("# TYPE appguard_vm_memory_bytes gauge"),
+        "{text}"
+    );
+    let padding = "p".repeat(2000);
+    for i in 0..1000 {
+        let token = hs256(&claims(
+            300,
+            json!({"sub": format!("user-{i}"), "pad": padding}),
+        ));
+        let r = envoy.request(Req::get("/attested/x").header("x-token", &token));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // the next tick (1 s) sets the gauge
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut now = first;
+    while now < first + (1 << 20) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        now = envoy.stat(name).unwrap_or(0);
+    }
+    assert!(
+        now >= first + (1 << 20) && now % 65_536 == 0,
+        "{first} -> {now} bytes after 1,000 cached tokens of ~3 KB"
+    );
+    envoy.assert_vm_healthy();
+}
+
 #[test]
 fn a_flood_of_denials_sends_a_handful_of_alerts() {
     let hook = Upstream::start();
