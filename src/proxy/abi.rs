@@ -117,7 +117,6 @@ mod ffi {
         pub fn proxy_continue_stream(stream_type: u32) -> u32;
         pub fn proxy_define_metric(t: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
         pub fn proxy_increment_metric(id: u32, offset: i64) -> u32;
-        pub fn proxy_record_metric(id: u32, value: u64) -> u32;
     }
 }
 
@@ -226,9 +225,6 @@ mod ffi {
         FAIL
     }
     pub unsafe fn proxy_increment_metric(_: u32, _: i64) -> u32 {
-        FAIL
-    }
-    pub unsafe fn proxy_record_metric(_: u32, _: u64) -> u32 {
         FAIL
     }
 }
@@ -528,13 +524,7 @@ fn define_metric(kind: u32, name: &str) -> Result<u32, HostError> {
     Ok(id)
 }
 
-/// Sets a gauge.
-pub fn record(id: u32, value: u64) -> Result<(), HostError> {
-    // SAFETY: plain values.
-    check(unsafe { ffi::proxy_record_metric(id, value) })
-}
-
-/// Adds to a counter.
+/// Adds to a counter, or to a gauge (`by` < 0 subtracts).
 pub fn increment(id: u32, by: i64) -> Result<(), HostError> {
     // SAFETY: plain values.
     check(unsafe { ffi::proxy_increment_metric(id, by) })

@@ -10,9 +10,10 @@
 //! Prometheus sees `appguard_decisions{route,decision,reason}`.
 //!
 //! Two more: `appguard_verification_budget_refusals` (a counter) and
-//! `appguard_vm_memory_bytes`, a gauge of the Wasm VM's linear memory.
+//! `appguard_vm_memory_bytes`, a gauge of the linear memory of appguard's
+//! Wasm VMs in this Envoy (their sum).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use super::abi;
@@ -67,15 +68,32 @@ impl Metrics {
         }
     }
 
-    /// Sets `appguard_vm_memory_bytes` to this VM's linear memory: all the
-    /// filter's state (configuration, caches, key tables, requests in
-    /// flight) lives there, and it never shrinks, so a VM that keeps
-    /// growing shows here. Envoy has no gauge of its own for a Wasm VM's
-    /// memory. Every worker's VM sets the one gauge (from its tick, once a
-    /// second); they run the same configuration.
+    /// Brings `appguard_vm_memory_bytes` up to date with this VM's linear
+    /// memory. All the filter's state (configuration, caches, key tables,
+    /// requests in flight) lives there. Envoy has no gauge of its own for a
+    /// Wasm VM's memory. Every VM of the plugin (one per worker thread and
+    /// one on Envoy's main thread) adds what its memory grew by since it
+    /// last reported, so the gauge is their sum; a VM that is torn down
+    /// takes its share back ([`Metrics::withdraw_vm_memory`]).
     pub fn report_vm_memory(&self) {
-        if let Some(id) = self.vm_memory {
-            let _ = abi::record(id, linear_memory_bytes());
+        let Some(id) = self.vm_memory else { return };
+        let now = linear_memory_bytes();
+        let before = REPORTED.with(|r| r.replace(now));
+        let delta = i64::try_from(now).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(0);
+        if delta != 0 && abi::increment(id, delta).is_err() {
+            REPORTED.with(|r| r.set(before));
+        }
+    }
+
+    /// Takes this VM's share out of `appguard_vm_memory_bytes`, when its
+    /// root context goes. If another root context of the same VM lives on
+    /// (a configuration update that kept the VM), its next tick adds the
+    /// share back.
+    pub fn withdraw_vm_memory(&self) {
+        let Some(id) = self.vm_memory else { return };
+        let before = REPORTED.with(|r| r.replace(0));
+        if before > 0 && abi::increment(id, -i64::try_from(before).unwrap_or(0)).is_err() {
+            REPORTED.with(|r| r.set(before));
         }
     }
 
@@ -111,6 +129,13 @@ impl Metrics {
         };
         let _ = abi::increment(id, 1);
     }
+}
+
+thread_local! {
+    /// This VM's linear memory as last added to `appguard_vm_memory_bytes`.
+    /// Every VM has its own (a static of the module instance), shared by
+    /// its root contexts.
+    static REPORTED: Cell<u64> = const { Cell::new(0) };
 }
 
 /// The VM's linear memory in bytes (pages of 64 KiB).

@@ -171,6 +171,16 @@ impl FilterRoot {
     }
 }
 
+impl Drop for FilterRoot {
+    /// The SDK drops a root context when Envoy deletes it (the VM or this
+    /// configuration is going away).
+    fn drop(&mut self) {
+        if let Some(w) = &self.worker {
+            w.metrics.withdraw_vm_memory();
+        }
+    }
+}
+
 impl Context for FilterRoot {
     fn on_http_call_response(
         &mut self,
@@ -248,10 +258,9 @@ impl RootContext for FilterRoot {
         // A 1 s tick reports the VM's memory, keeps remote JWKS fresh and
         // posts queued alerts. Calls made from the root's own callback are
         // answered to the root, so a refresh survives the request that
-        // happened to be running.
-        if let Some(w) = &self.worker {
-            w.metrics.report_vm_memory();
-        }
+        // happened to be running. The memory is not reported from here:
+        // Envoy configures a canary VM first and discards it without
+        // deleting its root context, so its share would stay in the gauge.
         if let Err(e) = abi::set_tick_period_ms(1000) {
             warn!(
                 "cannot set the tick period ({e:?}): JWKS refresh, alerts and \
