@@ -115,6 +115,23 @@ def demo(example):
         print(f"  # {d['what']}")
         print(f"  {' '.join(curl)}")
         print(f"  -> {status}{' ' + reason if reason else ''}{extra}  {ok}\n")
+    stats()
+
+
+def stats():
+    """What Envoy counted for those requests, as Prometheus scrapes it."""
+    time.sleep(1.2)  # the VM memory gauge is brought up to date once a second
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/stats/prometheus", timeout=5) as r:
+            text = r.read().decode()
+    except Exception as e:
+        print(f"  (cannot read Envoy's stats: {e})\n")
+        return
+    lines = [l for l in text.splitlines() if l.startswith("appguard_") and not l.endswith(" 0")]
+    print(f"What Envoy counted (curl -s http://127.0.0.1:{ADMIN_PORT}/stats/prometheus | grep ^appguard_):\n")
+    for l in lines:
+        print(f"  {l}")
+    print()
 
 
 def main():
