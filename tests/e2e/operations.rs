@@ -146,6 +146,73 @@ fn vm_memory_gauge_follows_the_linear_memory() {
     envoy.assert_vm_healthy();
 }
 
+/// A configuration pushed through LDS, as Istio and other control planes
+/// do, takes effect without a restart: here enforce → monitor, in new VMs
+/// (another `vm_id`). The VMs it replaced take their share out of
+/// `appguard_vm_memory_bytes` once their listener has drained, so the
+/// gauge does not count every VM an Envoy ever ran.
+#[test]
+fn an_lds_update_swaps_the_configuration_and_old_vms_leave_the_memory_gauge() {
+    let up = Upstream::start();
+    let builder = EnvoyBuilder::new(config("enforce"), up.port).listener_from_file();
+    let envoy = builder.start();
+    let r = envoy.request(Req::get("/keyed/x"));
+    assert_eq!((r.status, r.reason()), (403, Some("api_key_missing")));
+    let name = "appguard_vm_memory_bytes";
+    // the VMs' level before the update, once every VM has reported
+    let mut before = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        std::thread::sleep(Duration::from_millis(1200));
+        let now = envoy.stat(name).unwrap_or(0);
+        if (now > 0 && now == before) || Instant::now() > deadline {
+            break;
+        }
+        before = now;
+    }
+    assert!(before >= 1 << 20, "{before} bytes before the update");
+
+    envoy.update_listener(
+        &builder
+            .clone()
+            .plugin_config(config("monitor"))
+            .vm_id("appguard-2"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = envoy.request(Req::get("/keyed/x"));
+        if r.status == 200 {
+            assert_eq!(
+                up.last().header("x-appguard-would-deny"),
+                Some("api_key_missing")
+            );
+            break;
+        }
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert!(Instant::now() < deadline, "the update never took effect");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Old VMs count while their listener drains (one second here), then
+    // leave. The new VMs, configured before the first answer above, have
+    // added their share from their first tick (a second) by then: a gauge
+    // still holding the old VMs' share reads about twice `before`.
+    std::thread::sleep(Duration::from_secs(3));
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let mut after;
+    loop {
+        after = envoy.stat(name).unwrap_or(0);
+        if (after > 0 && after < before + (1 << 20)) || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        after > 0 && after < before + (1 << 20),
+        "{before} bytes before the update, {after} after the old VMs drained"
+    );
+    envoy.assert_vm_healthy();
+}
+
 #[test]
 fn a_flood_of_denials_sends_a_handful_of_alerts() {
     let hook = Upstream::start();

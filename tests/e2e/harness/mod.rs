@@ -174,6 +174,8 @@ pub struct EnvoyBuilder {
     concurrency: u32,
     filters_before: Vec<Value>,
     hcm_extra: serde_json::Map<String, Value>,
+    vm_id: String,
+    listener_from_file: bool,
 }
 
 impl EnvoyBuilder {
@@ -186,7 +188,32 @@ impl EnvoyBuilder {
             concurrency: 1,
             filters_before: Vec::new(),
             hcm_extra: serde_json::Map::new(),
+            vm_id: "appguard".into(),
+            listener_from_file: false,
         }
+    }
+
+    /// The same Envoy with another appguard configuration (for
+    /// [`Envoy::update_listener`]).
+    pub fn plugin_config(mut self, config: Value) -> Self {
+        self.plugin_config = config;
+        self
+    }
+
+    /// The `vm_config.vm_id`: another id makes Envoy start new VMs on an
+    /// update instead of configuring the running ones again.
+    pub fn vm_id(mut self, id: &str) -> Self {
+        self.vm_id = id.into();
+        self
+    }
+
+    /// The listener comes from a file Envoy watches (LDS with a
+    /// `path_config_source`, as a control plane would push it) instead of
+    /// the bootstrap, so that [`Envoy::update_listener`] can replace it
+    /// while Envoy runs. Listener drains take one second.
+    pub fn listener_from_file(mut self) -> Self {
+        self.listener_from_file = true;
+        self
     }
 
     /// Adds a plain HTTP/1.1 cluster named `name` pointing at 127.0.0.1:`port`.
@@ -215,8 +242,47 @@ impl EnvoyBuilder {
 
     /// The bootstrap as JSON, with the listener and admin ports given.
     pub fn bootstrap(&self, listen_port: u16, admin_port: u16) -> Value {
+        let mut clusters = vec![cluster("upstream", self.upstream_port, false)];
+        clusters.extend(self.clusters.iter().cloned());
+        json!({
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+            "stats_config": stats_config(),
+            "static_resources": {
+                "listeners": [self.listener(listen_port)],
+                "clusters": clusters
+            }
+        })
+    }
+
+    /// The bootstrap of [`EnvoyBuilder::listener_from_file`]: the listener
+    /// is read from `lds` (see [`EnvoyBuilder::lds_file`]).
+    fn bootstrap_lds(&self, admin_port: u16, lds: &Path) -> Value {
+        let mut b = self.bootstrap(0, admin_port);
+        b["static_resources"]["listeners"] = json!([]);
+        b["node"] = json!({"id": "appguard-e2e", "cluster": "appguard-e2e"});
+        b["dynamic_resources"] = json!({"lds_config": {
+            "resource_api_version": "V3",
+            "path_config_source": {"path": lds.display().to_string()}
+        }});
+        b
+    }
+
+    /// The LDS file's content: this builder's listener on `listen_port`.
+    fn lds_file(&self, listen_port: u16) -> Value {
+        let mut l = self.listener(listen_port);
+        l["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+        json!({"resources": [l]})
+    }
+
+    /// The listener: HTTP connection manager with appguard, the buffer
+    /// filter and the router.
+    fn listener(&self, listen_port: u16) -> Value {
         let mut filters = self.filters_before.clone();
-        filters.push(wasm_filter(&self.plugin_config, &wasm_path()));
+        filters.push(wasm_filter_in_vm(
+            &self.plugin_config,
+            &wasm_path(),
+            &self.vm_id,
+        ));
         // Holds the headers back from the upstream until appguard has decided
         // on the body (see envoy/envoy.yaml).
         filters.push(json!({
@@ -245,22 +311,13 @@ impl EnvoyBuilder {
         for (k, v) in &self.hcm_extra {
             hcm[k] = v.clone();
         }
-        let mut clusters = vec![cluster("upstream", self.upstream_port, false)];
-        clusters.extend(self.clusters.iter().cloned());
         json!({
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-            "stats_config": stats_config(),
-            "static_resources": {
-                "listeners": [{
-                    "name": "ingress",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-                    "filter_chains": [{"filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": hcm
-                    }]}]
-                }],
-                "clusters": clusters
-            }
+            "name": "ingress",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": hcm
+            }]}]
         })
     }
 
@@ -278,9 +335,16 @@ impl EnvoyBuilder {
         let admin_port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg_path = dir.path().join("envoy.json");
+        let lds_path = dir.path().join("lds.json");
+        let bootstrap = if self.listener_from_file {
+            write_atomically(&lds_path, &self.lds_file(listen_port));
+            self.bootstrap_lds(admin_port, &lds_path)
+        } else {
+            self.bootstrap(listen_port, admin_port)
+        };
         fs::write(
             &cfg_path,
-            serde_json::to_vec_pretty(&self.bootstrap(listen_port, admin_port)).expect("json"),
+            serde_json::to_vec_pretty(&bootstrap).expect("json"),
         )
         .expect("write envoy config");
         let mut cmd = Command::new(envoy_bin());
@@ -295,6 +359,9 @@ impl EnvoyBuilder {
             .arg("info")
             .arg("--component-log-level")
             .arg(std::env::var("ENVOY_COMPONENT_LOG").unwrap_or_else(|_| "wasm:debug".into()));
+        if self.listener_from_file {
+            cmd.arg("--drain-time-s").arg("1");
+        }
         let mut svc = Service::start("envoy", cmd, None);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -319,6 +386,7 @@ impl EnvoyBuilder {
             port: listen_port,
             admin_port,
             service: svc,
+            lds_path: self.listener_from_file.then_some(lds_path),
             _dir: dir,
         })
     }
@@ -332,10 +400,22 @@ pub struct Envoy {
     pub admin_port: u16,
     /// The process, for its log.
     pub service: Service,
+    lds_path: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
 impl Envoy {
+    /// Pushes `builder`'s listener (same port) to an Envoy started with
+    /// [`EnvoyBuilder::listener_from_file`], as a control plane's LDS
+    /// update would.
+    pub fn update_listener(&self, builder: &EnvoyBuilder) {
+        let path = self
+            .lds_path
+            .as_ref()
+            .expect("started with listener_from_file()");
+        write_atomically(path, &builder.lds_file(self.port));
+    }
+
     /// Sends a request through Envoy.
     pub fn request(&self, req: http::Req) -> http::Resp {
         http::send(self.port, &req).unwrap_or_else(|e| {
@@ -416,8 +496,21 @@ pub fn stats_config() -> Value {
     json!({"stats_tags": tags})
 }
 
+/// Writes JSON to `path` through a rename, so that Envoy's file watch sees
+/// one whole new file.
+fn write_atomically(path: &Path, value: &Value) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(value).expect("json")).expect("write");
+    fs::rename(&tmp, path).expect("rename");
+}
+
 /// The Envoy wasm HTTP filter entry loading appguard with `config`.
 pub fn wasm_filter(config: &Value, wasm: &Path) -> Value {
+    wasm_filter_in_vm(config, wasm, "appguard")
+}
+
+/// [`wasm_filter`] in the VM `vm_id`.
+pub fn wasm_filter_in_vm(config: &Value, wasm: &Path, vm_id: &str) -> Value {
     json!({
         "name": "envoy.filters.http.wasm",
         "typed_config": {
@@ -431,7 +524,7 @@ pub fn wasm_filter(config: &Value, wasm: &Path) -> Value {
                     "value": config.to_string()
                 },
                 "vm_config": {
-                    "vm_id": "appguard",
+                    "vm_id": vm_id,
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {"local": {"filename": wasm.display().to_string()}}
                 }
