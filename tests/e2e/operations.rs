@@ -148,7 +148,7 @@ fn vm_memory_gauge_follows_the_linear_memory() {
 
 /// A configuration pushed through LDS, as Istio and other control planes
 /// do, takes effect without a restart: here enforce → monitor, in new VMs
-/// (another `vm_id`). The VMs it replaced take their share out of
+/// (another `vm_id`), after a bad one was rejected without harm. The VMs it replaced take their share out of
 /// `appguard_vm_memory_bytes` once their listener has drained, so the
 /// gauge does not count every VM an Envoy ever ran.
 #[test]
@@ -171,6 +171,27 @@ fn an_lds_update_swaps_the_configuration_and_old_vms_leave_the_memory_gauge() {
         before = now;
     }
     assert!(before >= 1 << 20, "{before} bytes before the update");
+
+    // A configuration appguard refuses is rejected as a whole: the running
+    // one stays.
+    envoy.update_listener(&builder.clone().plugin_config(json!({"mode": "audit"})));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while envoy
+        .stat("listener_manager.lds.update_rejected")
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the bad update was not rejected");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = envoy.request(Req::get("/keyed/x"));
+    assert_eq!((r.status, r.reason()), (403, Some("api_key_missing")));
+    let log = envoy.log();
+    assert!(
+        log.contains("invalid configuration at `mode`")
+            && log.contains("listener 'ingress' config rejected"),
+        "{log}"
+    );
 
     envoy.update_listener(
         &builder
@@ -210,7 +231,19 @@ fn an_lds_update_swaps_the_configuration_and_old_vms_leave_the_memory_gauge() {
         after > 0 && after < before + (1 << 20),
         "{before} bytes before the update, {after} after the old VMs drained"
     );
-    envoy.assert_vm_healthy();
+    // No VM crashed; the one "Wasm VM failed" line is the refused update.
+    for s in [
+        "vm_reload_success",
+        "vm_reload_failure",
+        "vm_reload_backoff",
+    ] {
+        assert_eq!(envoy.stat(&format!("wasm.appguard.{s}")), Some(0), "{s}");
+    }
+    let log = envoy.log();
+    for bad in ["panicked", "Function: proxy_on_", "RuntimeError"] {
+        assert!(!log.contains(bad), "Envoy log has {bad:?}:\n{log}");
+    }
+    assert_eq!(log.matches("Wasm VM failed").count(), 1, "{log}");
 }
 
 #[test]
