@@ -675,8 +675,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10, help="seconds per run")
     ap.add_argument("--quick", action="store_true", help="2 rounds x 3 s")
-    ap.add_argument("--memory", action="store_true", help="VM memory before/after 1M full-pipeline requests")
+    ap.add_argument("--memory", action="store_true", help="VM memory before/after 1M requests of --memory-setup")
     ap.add_argument("--memory-requests", type=int, default=MEMORY_REQUESTS)
+    ap.add_argument("--memory-setup", default="ag-full",
+                    help="the setup --memory drives (ag-hs256-uniq: every request a new token, the cache churning)")
     ap.add_argument("--profile", action="store_true", help="callgrind of the pure core (bench/core)")
     ap.add_argument("--only", default="", help="comma-separated setup keys (baseline and noop always run)")
     ap.add_argument("--wasm", default=os.environ.get("APPGUARD_WASM"))
@@ -905,8 +907,8 @@ def bench(args, wasm, noop, procs, workdir, started):
 
     memory = None
     if args.memory:
-        memory = measure_memory(E["ag-full"] if "ag-full" in E and E["ag-full"].proc else None,
-                                next((s for s in S if s.key == "ag-full"), None), args.memory_requests)
+        ms = next((s for s in S if s.key == args.memory_setup), None)
+        memory = measure_memory(ms.envoy if ms and ms.envoy.proc else None, ms, args.memory_requests)
 
     profile = run_profile(workdir) if args.profile else None
 
@@ -941,8 +943,8 @@ def measure_memory(envoy, setup, n):
     """Wasm VM memory (Envoy stats, when it has them) and process RSS before
     and after n requests through the full pipeline."""
     if not envoy or not setup:
-        return {"error": "ag-full setup not running"}
-    log(f"bench: memory: {n:,} requests through the full pipeline")
+        return {"error": "the --memory-setup is not running (see --only)"}
+    log(f"bench: memory: {n:,} requests through {setup.key}")
 
     def snapshot():
         time.sleep(1.5)  # appguard sets its VM memory gauge from its 1 s tick
@@ -956,7 +958,7 @@ def measure_memory(envoy, setup, n):
         run_load(envoy, [setup.load], 20)
     after = snapshot()
     return {"requests": after["served"] - before["served"], "seconds": time.time() - t0,
-            "before": before, "after": after}
+            "before": before, "after": after, "setup": setup.key, "label": setup.label}
 
 
 def run_profile(workdir):
@@ -1160,10 +1162,10 @@ def build_report(args, S, wasm, noop, memory, flood_stats, profile, started, loa
     if memory and "after" in memory:
         vm = [m.get("wasm_stats", {}).get(VM_MEMORY_STAT) for m in (memory["before"], memory["after"])]
         if None not in vm:
-            target(f"appguard VM memory growth over {memory['requests']:,} full-pipeline requests",
+            target(f"appguard VM memory growth over {memory['requests']:,} {memory.get('setup', 'ag-full')} requests",
                    (vm[1] - vm[0]) / 1048576, "≤ 1 MiB", lambda v: v <= 1.0, " MiB")
         growth = (memory["after"]["rss_kib"] - memory["before"]["rss_kib"]) / 1024
-        target(f"Envoy RSS growth over {memory['requests']:,} full-pipeline requests", growth, "≤ 1 MiB (VM)",
+        target(f"Envoy RSS growth over {memory['requests']:,} {memory.get('setup', 'ag-full')} requests", growth, "≤ 1 MiB (VM)",
                lambda v: v <= 1.0, " MiB")
 
     machine = machine_info()
@@ -1223,7 +1225,8 @@ def build_report(args, S, wasm, noop, memory, flood_stats, profile, started, loa
         md.append("")
         if "after" in memory:
             b, a = memory["before"], memory["after"]
-            md.append(f"Memory over {memory['requests']:,} full-pipeline requests ({memory['seconds']:.0f} s): "
+            md.append(f"Memory over {memory['requests']:,} requests of `{memory.get('setup')}` "
+                      f"({memory.get('label')}, {memory['seconds']:.0f} s): "
                       f"Envoy RSS {b['rss_kib'] / 1024:.1f} → {a['rss_kib'] / 1024:.1f} MiB"
                       + (f"; appguard's VM memory (`{VM_MEMORY_STAT}`, the Wasm linear memory) "
                          f"{b['wasm_stats'][VM_MEMORY_STAT] / 1048576:.2f} → {a['wasm_stats'][VM_MEMORY_STAT] / 1048576:.2f} MiB"
