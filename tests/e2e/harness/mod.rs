@@ -441,6 +441,13 @@ impl Envoy {
     /// The VM that answered is the one Envoy started: no trap, no reload,
     /// no failed callback in the log.
     pub fn assert_vm_healthy(&self) {
+        self.assert_vm_healthy_after_refused_configs(0);
+    }
+
+    /// [`Envoy::assert_vm_healthy`] for an Envoy that was pushed
+    /// `refused` configurations appguard rejected: each logs one "Wasm VM
+    /// failed" line (the canary's configure), and nothing else may.
+    pub fn assert_vm_healthy_after_refused_configs(&self, refused: usize) {
         for s in [
             "wasm.appguard.vm_reload",
             "wasm.appguard.vm_reload_success",
@@ -450,14 +457,14 @@ impl Envoy {
             assert_eq!(self.stat(s), Some(0), "{s}: the VM crashed or reloaded");
         }
         let log = self.log();
-        for bad in [
-            "panicked",
-            "Function: proxy_on_",
-            "Wasm VM failed",
-            "RuntimeError",
-        ] {
+        for bad in ["panicked", "Function: proxy_on_", "RuntimeError"] {
             assert!(!log.contains(bad), "Envoy log has {bad:?}:\n{log}");
         }
+        assert_eq!(
+            log.matches("Wasm VM failed").count(),
+            refused,
+            "Envoy log has \"Wasm VM failed\" other than for refused configurations:\n{log}"
+        );
     }
 
     /// One stat's value from the admin endpoint (`/stats`); custom Wasm
