@@ -108,6 +108,7 @@ pub(crate) struct RawLocal {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRateLimit {
+    /// The rule's name, unique in its route (see [`RateLimit::name`]).
     #[serde(default)]
     name: Option<String>,
     entries: Vec<RawEntry>,
@@ -174,7 +175,10 @@ pub struct LocalLimit {
 /// whose YAML decides the limit.
 #[derive(Clone, Debug)]
 pub struct RateLimit {
-    /// A name for logs (default `<route>#<index>`).
+    /// The rule's name (default `<route>#<index>`), unique in its route:
+    /// it names the rule in logs and scopes its counts, so that two rules
+    /// with the same entries (a burst and a sustained limit) keep separate
+    /// buckets.
     pub name: String,
     /// The ordered entries.
     pub entries: Vec<EntrySpec>,
@@ -279,8 +283,17 @@ pub(crate) fn compile(
             }
             None => None,
         };
+        let name = r.name.unwrap_or_else(|| format!("{route}#{i}"));
+        // The name scopes the rule's counts: two rules with one name would
+        // share a bucket.
+        if name.is_empty() || out.iter().any(|o: &RateLimit| o.name == name) {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                format!("must be non-empty and unique in its route: {name:?} is taken"),
+            ));
+        }
         out.push(RateLimit {
-            name: r.name.unwrap_or_else(|| format!("{route}#{i}")),
+            name,
             entries,
             local,
         });
@@ -291,16 +304,27 @@ pub(crate) fn compile(
 /// A built descriptor: ordered (key, value) entries.
 pub type Descriptor = Vec<(String, String)>;
 
-/// The 128-bit digest of a descriptor: the key of local buckets and of the
-/// over-limit cache. `route` separates identical descriptors of two routes.
-pub fn descriptor_digest(scope: &str, d: &Descriptor) -> [u8; 16] {
+/// The 128-bit digest of a descriptor: the key of local buckets, of the
+/// over-limit cache, of replay and failure-budget counts. `scope` names
+/// whose count it is (a route and its rule, `replay`, a provider's budget),
+/// so that two rules with the same entries keep their own buckets. Every
+/// part is length-prefixed: values come from headers and JSON bodies, and
+/// no choice of bytes in one value can make two different descriptors (or
+/// scopes) hash alike.
+pub fn descriptor_digest(scope: &[&str], d: &Descriptor) -> [u8; 16] {
+    fn part(h: &mut Sha256, bytes: &[u8]) {
+        h.update(u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_le_bytes());
+        h.update(bytes);
+    }
     let mut h = Sha256::new();
-    h.update(scope.as_bytes());
+    h.update(u64::try_from(scope.len()).unwrap_or(u64::MAX).to_le_bytes());
+    for s in scope {
+        part(&mut h, s.as_bytes());
+    }
+    h.update(u64::try_from(d.len()).unwrap_or(u64::MAX).to_le_bytes());
     for (k, v) in d {
-        h.update([0]);
-        h.update(k.as_bytes());
-        h.update([1]);
-        h.update(v.as_bytes());
+        part(&mut h, k.as_bytes());
+        part(&mut h, v.as_bytes());
     }
     let full = h.finalize();
     let mut out = [0u8; 16];
@@ -679,9 +703,42 @@ mod tests {
 
     #[test]
     fn digests_separate_scopes_and_entries() {
-        let a = vec![("k".to_string(), "v".to_string())];
-        let b = vec![("kv".to_string(), String::new())];
-        assert_ne!(descriptor_digest("r", &a), descriptor_digest("r", &b));
-        assert_ne!(descriptor_digest("r1", &a), descriptor_digest("r2", &a));
+        let d = |e: &[(&str, &str)]| -> Descriptor {
+            e.iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect()
+        };
+        let a = d(&[("k", "v")]);
+        assert_ne!(
+            descriptor_digest(&["r"], &a),
+            descriptor_digest(&["r"], &d(&[("kv", "")]))
+        );
+        assert_ne!(
+            descriptor_digest(&["r1"], &a),
+            descriptor_digest(&["r2"], &a)
+        );
+        // Two rules of one route with the same entries.
+        assert_ne!(
+            descriptor_digest(&["r", "burst"], &a),
+            descriptor_digest(&["r", "sustained"], &a)
+        );
+        assert_ne!(
+            descriptor_digest(&["ab", "c"], &a),
+            descriptor_digest(&["a", "bc"], &a)
+        );
+        // A JSON body value may hold any byte: one entry that spells out a
+        // separator and a second entry is still one entry.
+        assert_ne!(
+            descriptor_digest(&["r"], &d(&[("a", "x\0b\u{1}y"), ("c", "z")])),
+            descriptor_digest(&["r"], &d(&[("a", "x"), ("b", "y\0c\u{1}z")]))
+        );
+        assert_ne!(
+            descriptor_digest(&["r"], &d(&[("a", "x\0b\u{1}y")])),
+            descriptor_digest(&["r"], &d(&[("a", "x"), ("b", "y")]))
+        );
+        assert_eq!(
+            descriptor_digest(&["r", "n"], &a),
+            descriptor_digest(&["r", "n"], &d(&[("k", "v")]))
+        );
     }
 }

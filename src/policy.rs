@@ -482,7 +482,7 @@ fn limits_phase(
         if d.is_empty() {
             continue;
         }
-        let digest = limits::descriptor_digest(&route.name, &d);
+        let digest = limits::descriptor_digest(&[&route.name, &rl.name], &d);
         match rl.local {
             Some(local) => match limits::take_local(ctx.store, &digest, local, ctx.now_ms) {
                 Ok(o) if o.allowed => {}
@@ -534,7 +534,7 @@ fn limits_phase(
     }
     if let Some(replay) = pending.replay.take() {
         pending.replay_index = Some(service.len());
-        let digest = limits::descriptor_digest("", &replay);
+        let digest = limits::descriptor_digest(&["replay"], &replay);
         service.push((replay, digest));
     }
     let Some(svc) = &config.rate_limit_service else {
@@ -981,7 +981,7 @@ fn check_token(
                         "ip".into(),
                         limits::ip_value(ip, budget.v4_prefix, budget.v6_prefix),
                     )];
-                    limits::descriptor_digest(&format!("budget:{}", provider.name), &d)
+                    limits::descriptor_digest(&["budget", &provider.name], &d)
                 })
             };
             if budget.failures > 0 {

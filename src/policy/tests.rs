@@ -1176,3 +1176,45 @@ fn delegated_payloads_are_read_only_for_routes_that_need_them() {
         "one read for the route's delegated provider"
     );
 }
+
+#[test]
+fn two_local_limits_on_one_descriptor_keep_their_own_buckets() {
+    // A burst limit and a sustained limit on the same descriptor (the usual
+    // "2 a minute and 100 an hour per client"): each has its own bucket, so
+    // the generous one does not drain the strict one.
+    let w = World::from(json!({
+        "routes": [{"name": "otp", "match": {"path": "/otp"}, "rate_limits": [
+            {"name": "burst", "entries": [{"type": "client_ip"}], "local": {"requests": 2, "per": "minute"}},
+            {"name": "sustained", "entries": [{"type": "client_ip"}], "local": {"requests": 100, "per": "hour"}}
+        ]}]
+    }));
+    for i in 0..2 {
+        assert!(
+            matches!(
+                w.post("/otp", "203.0.113.7", &[], ""),
+                Step::Done(Decision::Allow(_), _)
+            ),
+            "request {i} is within both limits"
+        );
+    }
+    match w.post("/otp", "203.0.113.7", &[], "") {
+        Step::Done(Decision::Deny(d), _) => {
+            assert_eq!(d.reason, Reason::RateLimited);
+            let h: HashMap<_, _> = d.headers.into_iter().collect();
+            assert_eq!(h.get("x-ratelimit-limit").map(String::as_str), Some("2"));
+        }
+        s => panic!("the burst limit refuses the third: {s:?}"),
+    }
+    // One name for both would put them in one bucket again: refused.
+    let e = Config::from_json(
+        json!({"routes": [{"name": "otp", "match": {"path": "/otp"}, "rate_limits": [
+            {"name": "per-ip", "entries": [{"type": "client_ip"}], "local": {"requests": 2, "per": "minute"}},
+            {"name": "per-ip", "entries": [{"type": "client_ip"}], "local": {"requests": 100, "per": "hour"}}
+        ]}]})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap_err();
+    assert_eq!(e.path, "routes[0].rate_limits[1].name");
+    assert!(e.to_string().contains("unique"), "{e}");
+}

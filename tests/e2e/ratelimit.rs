@@ -29,6 +29,10 @@ fn config(failure_mode: &str, timeout_ms: u64) -> Value {
              "rate_limits": [{"entries": [{"type": "header", "name": "x-user", "key": "user"}]}]},
             {"name": "local", "match": {"prefix": "/local"},
              "rate_limits": [{"entries": [{"type": "client_ip"}], "local": {"requests": 5, "per": "minute"}}]},
+            {"name": "otp", "match": {"prefix": "/otp"},
+             "rate_limits": [
+                {"name": "burst", "entries": [{"type": "client_ip"}], "local": {"requests": 2, "per": "minute"}},
+                {"name": "sustained", "entries": [{"type": "client_ip"}], "local": {"requests": 100, "per": "hour"}}]},
             {"name": "once", "match": {"prefix": "/once"}, "tokens": ["t"]}
         ]
     })
@@ -237,6 +241,37 @@ fn local_limits_hold_across_two_workers() {
         7,
         "{statuses:?}"
     );
+}
+
+#[test]
+fn a_burst_and_a_sustained_limit_on_one_descriptor_keep_their_own_counts() {
+    // "2 a minute and 100 an hour per client": before each rule had its own
+    // bucket, the hourly rule drained the per-minute one and the second
+    // request was refused.
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("deny", 500), up.port)
+        .grpc_cluster("ratelimit", free_port())
+        .start();
+    for i in 0..2 {
+        let r = envoy.request(from_ip(Req::get("/otp/send"), "192.0.2.50"));
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    let r = envoy.request(from_ip(Req::get("/otp/send"), "192.0.2.50"));
+    assert_eq!((r.status, r.reason()), (429, Some("rate_limited")));
+    assert_eq!(
+        r.header("x-ratelimit-limit"),
+        Some("2"),
+        "the burst rule refused"
+    );
+    assert_eq!(
+        envoy
+            .request(from_ip(Req::get("/otp/send"), "192.0.2.51"))
+            .status,
+        200,
+        "another client has its own buckets"
+    );
+    assert_eq!(up.seen().len(), 3);
+    envoy.assert_vm_healthy();
 }
 
 #[test]
