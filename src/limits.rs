@@ -343,6 +343,19 @@ pub fn pointer_text(doc: &Value, pointer: &str) -> Option<String> {
     }
 }
 
+/// The `client_ip` descriptor value of a request whose client IP is not
+/// known: an `X-Forwarded-For` chain shorter than `xff_trusted_hops` (a
+/// request that did not come through the trusted proxies) or longer than
+/// 64 entries. Skipping the descriptor would let a client escape its
+/// per-IP limit by padding the header; instead every such request shares
+/// this one value, and so one bucket per rule.
+pub const UNKNOWN_CLIENT: &str = "unknown";
+
+/// Who a failure budget charges when the client IP is not known: the
+/// unspecified address `::`, never a real client, so that every such client
+/// shares one budget instead of having none.
+pub const UNKNOWN_CLIENT_IP: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
 /// The client IP as a descriptor value.
 pub fn ip_value(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> String {
     crate::net::masked(ip, v4_prefix, v6_prefix)
@@ -367,11 +380,25 @@ pub struct LocalOutcome {
     pub retry_after: u64,
 }
 
+/// The shared-data key of the bucket that holds `digest` under `limit`.
+/// One table per limit: every entry of a table refills at the same rate,
+/// so whether an entry is idle (full again, safe to evict) and how the
+/// overflow entry refills are judged with the entry's own limit, never
+/// with the limit of whichever rule touches the table next.
+fn local_key(digest: &[u8; 16], limit: LocalLimit) -> String {
+    format!(
+        "appguard/local/{}-{}/{}",
+        limit.requests,
+        limit.per_seconds,
+        store::bucket_of(digest, LOCAL_BUCKETS)
+    )
+}
+
 /// Takes one token from the descriptor's bucket. Buckets live in shared
 /// data, updated with CAS, so every worker of the instance shares them.
 ///
 /// Memory is bounded: a descriptor lives in one of [`LOCAL_BUCKETS`] buckets
-/// of [`LOCAL_BUCKET_ENTRIES`] entries. When a bucket is full, a full (idle)
+/// of [`LOCAL_BUCKET_ENTRIES`] entries, in its limit's own table. When a bucket is full, a full (idle)
 /// entry is evicted — it carries no state worth keeping. When none is idle,
 /// the descriptor shares the bucket's overflow entry with every other
 /// descriptor in that position: the limit then holds for them together,
@@ -391,7 +418,7 @@ pub fn take_local<S: SharedStore + ?Sized>(
         let total = u128::from(tokens) + gained;
         u64::try_from(total.min(u128::from(cap_milli))).unwrap_or(cap_milli)
     };
-    let key = format!("appguard/local/{}", store::bucket_of(digest, LOCAL_BUCKETS));
+    let key = local_key(digest, limit);
     store::update(s, &key, |current| {
         let mut entries: Vec<([u8; 16], u64, u64)> = current
             .unwrap_or(&[])
@@ -530,7 +557,7 @@ pub fn local_refill_at<S: SharedStore + ?Sized>(
 ) -> Option<u64> {
     let cap_milli = u64::from(limit.requests) * 1000;
     let period_ms = limit.per_seconds.saturating_mul(1000).max(1);
-    let key = format!("appguard/local/{}", store::bucket_of(digest, LOCAL_BUCKETS));
+    let key = local_key(digest, limit);
     let (bytes, _) = s.get(&key)?;
     for e in bytes.chunks_exact(LOCAL_ENTRY) {
         if e.get(..16) == Some(digest.as_slice()) {
@@ -687,6 +714,43 @@ mod tests {
         assert!(!take_local(&s, &same[17], l, 0).unwrap().allowed);
         // the first 16 are still limited
         assert!(!take_local(&s, &same[0], l, 0).unwrap().allowed);
+    }
+
+    #[test]
+    fn a_generous_limit_never_evicts_or_refills_a_strict_one() {
+        let s = MemStore::default();
+        let strict = LocalLimit {
+            requests: 1,
+            per_seconds: 3600,
+        };
+        let generous = LocalLimit {
+            requests: 1000,
+            per_seconds: 1,
+        };
+        let target = store::bucket_of(&[0u8; 16], LOCAL_BUCKETS);
+        let mut same = Vec::new();
+        let mut i: u32 = 0;
+        while same.len() < 17 {
+            let mut d = [0u8; 16];
+            d[..4].copy_from_slice(&i.to_le_bytes());
+            if store::bucket_of(&d, LOCAL_BUCKETS) == target {
+                same.push(d);
+            }
+            i += 1;
+        }
+        // 16 strict descriptors, each spent, fill their bucket position.
+        for d in same.iter().take(16) {
+            assert!(take_local(&s, d, strict, 0).unwrap().allowed);
+        }
+        // A second later a generous rule's descriptor lands in the same
+        // position: a full entry by *its* rate, but not by the entry's own.
+        assert!(take_local(&s, &same[16], generous, 1_000).unwrap().allowed);
+        for d in same.iter().take(16) {
+            assert!(
+                !take_local(&s, d, strict, 2_000).unwrap().allowed,
+                "a strict bucket spent an hour long stays spent"
+            );
+        }
     }
 
     #[test]

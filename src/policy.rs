@@ -71,7 +71,11 @@ impl TokenCache {
 /// a shared-data read and a digest.
 #[derive(Default)]
 pub struct NegativeCache {
-    map: HashMap<Box<str>, u64>,
+    /// Token text → the providers it failed for, each with its `until`.
+    /// By provider: a token that fails one provider's keys (two providers
+    /// may read the same header on different routes) says nothing of the
+    /// other's.
+    map: HashMap<Box<str>, Vec<(usize, u64)>>,
     spent: HashMap<(usize, IpAddr), u64>,
     /// The latest `until` in `spent`: past it, every entry has expired.
     spent_latest: u64,
@@ -81,13 +85,17 @@ pub struct NegativeCache {
 pub const NEGATIVE_CACHE_ENTRIES: usize = 4096;
 
 impl NegativeCache {
-    fn contains(&self, token: &str, now: u64) -> bool {
-        self.map.get(token).is_some_and(|until| *until >= now)
+    fn contains(&self, provider: usize, token: &str, now: u64) -> bool {
+        self.map
+            .get(token)
+            .is_some_and(|f| f.iter().any(|&(p, until)| p == provider && until >= now))
     }
 
-    fn insert(&mut self, token: &str, until: u64, now: u64) {
-        make_room(&mut self.map, |u| u >= now);
-        self.map.insert(token.into(), until);
+    fn insert(&mut self, provider: usize, token: &str, until: u64, now: u64) {
+        make_room(&mut self.map, |f| f.iter().any(|&(_, u)| u >= now));
+        let failed = self.map.entry(token.into()).or_default();
+        failed.retain(|&(p, u)| p != provider && u >= now);
+        failed.push((provider, until));
     }
 
     /// Whether `ip`'s failure budget for provider `provider` is known to be
@@ -111,7 +119,7 @@ impl NegativeCache {
     /// Remembers that `ip`'s budget stays spent until `until_ms`.
     fn note_spent(&mut self, provider: usize, ip: IpAddr, until_ms: u64, now_ms: u64) {
         self.spent_latest = self.spent_latest.max(until_ms);
-        make_room(&mut self.spent, |u| u > now_ms);
+        make_room(&mut self.spent, |&u| u > now_ms);
         self.spent.insert((provider, ip), until_ms);
     }
 }
@@ -119,9 +127,9 @@ impl NegativeCache {
 /// Keeps one of the negative cache's maps under [`NEGATIVE_CACHE_ENTRIES`]:
 /// when full, drops the entries whose `until` is no longer `live`, and
 /// everything if that is not enough.
-fn make_room<K>(map: &mut HashMap<K, u64>, live: impl Fn(u64) -> bool) {
+fn make_room<K, V>(map: &mut HashMap<K, V>, live: impl Fn(&V) -> bool) {
     if map.len() >= NEGATIVE_CACHE_ENTRIES {
-        map.retain(|_, u| live(*u));
+        map.retain(|_, u| live(u));
         if map.len() >= NEGATIVE_CACHE_ENTRIES {
             map.clear();
         }
@@ -412,6 +420,8 @@ fn body_values(
 
 /// The value of one descriptor entry, or `None` when the request has none
 /// (the whole descriptor is then skipped, as Envoy's rate-limit actions do).
+/// A client IP always has a value: [`limits::UNKNOWN_CLIENT`] when it is
+/// not known, so that hiding it does not lift the limit.
 fn entry_value(
     config: &Config,
     route: &Route,
@@ -424,9 +434,10 @@ fn entry_value(
         Source::ClientIp {
             v4_prefix,
             v6_prefix,
-        } => req
-            .client_ip(config.xff_trusted_hops)
-            .map(|ip| limits::ip_value(ip, *v4_prefix, *v6_prefix)),
+        } => Some(req.client_ip(config.xff_trusted_hops).map_or_else(
+            || limits::UNKNOWN_CLIENT.to_owned(),
+            |ip| limits::ip_value(ip, *v4_prefix, *v6_prefix),
+        )),
         Source::ApiKey => facts
             .key
             .and_then(|k| config.api_keys.keys.get(k))
@@ -482,7 +493,7 @@ fn limits_phase(
         if d.is_empty() {
             continue;
         }
-        let digest = limits::descriptor_digest(&[&route.name, &rl.name], &d);
+        let digest = limits::descriptor_digest(&["rate_limit", &route.name, &rl.name], &d);
         match rl.local {
             Some(local) => match limits::take_local(ctx.store, &digest, local, ctx.now_ms) {
                 Ok(o) if o.allowed => {}
@@ -964,7 +975,7 @@ fn check_token(
             // of forged tokens then costs a hash lookup per request, and a
             // spent client cannot make the filter re-fetch a JWKS either.
             // Tokens verified earlier (the cache above) still pass.
-            if ctx.negative.borrow().contains(raw, now) {
+            if ctx.negative.borrow().contains(pi, raw, now) {
                 return Err(Reason::TokenSignature.into());
             }
             let budget = provider.failure_budget;
@@ -987,11 +998,14 @@ fn check_token(
             if budget.failures > 0 {
                 // A client this worker already found spent: a map lookup.
                 let remembered = ctx.negative.borrow_mut().may_hold_spent(ctx.now_ms);
-                let ip = if remembered {
+                // A client whose IP is not known (see `client_ip`) is
+                // charged as the unknown client: hiding the address must
+                // not lift the budget.
+                let client = || {
                     req.client_ip(ctx.config.xff_trusted_hops)
-                } else {
-                    None
+                        .unwrap_or(limits::UNKNOWN_CLIENT_IP)
                 };
+                let ip = remembered.then(client);
                 if let Some(ip) = ip {
                     if ctx.negative.borrow().budget_spent(pi, ip, ctx.now_ms) {
                         facts.budget_refused = true;
@@ -1002,20 +1016,18 @@ fn check_token(
                 // window: then the client's address, its digest and its
                 // bucket are not needed (one shared-data read instead).
                 if limits::failed_within(ctx.store, &provider.name, budget_limit, ctx.now_ms) {
-                    let ip = ip.or_else(|| req.client_ip(ctx.config.xff_trusted_hops));
-                    if let Some(ip) = ip {
-                        if let Some(until) = limits::local_refill_at(
-                            ctx.store,
-                            &budget_key(ip),
-                            budget_limit,
-                            ctx.now_ms,
-                        ) {
-                            ctx.negative
-                                .borrow_mut()
-                                .note_spent(pi, ip, until, ctx.now_ms);
-                            facts.budget_refused = true;
-                            return Err(Reason::TokenSignature.into());
-                        }
+                    let ip = ip.unwrap_or_else(client);
+                    if let Some(until) = limits::local_refill_at(
+                        ctx.store,
+                        &budget_key(ip),
+                        budget_limit,
+                        ctx.now_ms,
+                    ) {
+                        ctx.negative
+                            .borrow_mut()
+                            .note_spent(pi, ip, until, ctx.now_ms);
+                        facts.budget_refused = true;
+                        return Err(Reason::TokenSignature.into());
                     }
                 }
             }
@@ -1034,19 +1046,16 @@ fn check_token(
                     .exp
                     .min(now.saturating_add(600))
                     .max(now.saturating_add(1));
-                ctx.negative.borrow_mut().insert(raw, until, now);
+                ctx.negative.borrow_mut().insert(pi, raw, until, now);
                 if budget.failures > 0 {
-                    if let Some(ip) = req.client_ip(ctx.config.xff_trusted_hops) {
-                        // The mark first: a worker that sees the bucket
-                        // spent must also see a recent failure.
-                        limits::mark_failure(ctx.store, &provider.name, ctx.now_ms);
-                        let _ = limits::take_local(
-                            ctx.store,
-                            &budget_key(ip),
-                            budget_limit,
-                            ctx.now_ms,
-                        );
-                    }
+                    let ip = req
+                        .client_ip(ctx.config.xff_trusted_hops)
+                        .unwrap_or(limits::UNKNOWN_CLIENT_IP);
+                    // The mark first: a worker that sees the bucket spent
+                    // must also see a recent failure.
+                    limits::mark_failure(ctx.store, &provider.name, ctx.now_ms);
+                    let _ =
+                        limits::take_local(ctx.store, &budget_key(ip), budget_limit, ctx.now_ms);
                 }
                 return Err(e.reason().into());
             }

@@ -1218,3 +1218,126 @@ fn two_local_limits_on_one_descriptor_keep_their_own_buckets() {
     assert_eq!(e.path, "routes[0].rate_limits[1].name");
     assert!(e.to_string().contains("unique"), "{e}");
 }
+
+#[test]
+fn a_token_that_failed_one_provider_still_passes_another() {
+    // Two providers read the same header on different routes: a token of
+    // `b` sent to `a`'s route fails there, and must still pass on `b`'s.
+    let other = [7u8; 32];
+    let w = World::from(json!({
+        "tokens": [
+            {"name": "a", "from": [{"header": "x-t"}], "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]},
+            {"name": "b", "from": [{"header": "x-t"}], "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(other)}]}
+        ],
+        "routes": [
+            {"name": "ra", "match": {"prefix": "/a/"}, "tokens": ["a"]},
+            {"name": "rb", "match": {"prefix": "/b/"}, "tokens": ["b"]}
+        ]
+    }));
+    let b_token = hs256_raw(&other, &json!({"alg": "HS256"}), &json!({"exp": NOW + 60}));
+    let on = |path: &str| w.run(path, "198.51.100.7", &[("x-t", &b_token)]).0.reason();
+    assert_eq!(on("/a/x"), Some(Reason::TokenSignature));
+    assert_eq!(on("/a/x"), Some(Reason::TokenSignature), "remembered for a");
+    assert_eq!(on("/b/x"), None, "the failure on a says nothing of b");
+}
+
+/// 64 entries before the one Envoy appends: more than the 64 hops
+/// appguard reads, so the client IP is not known.
+fn padded_xff() -> String {
+    vec!["192.0.2.1"; 64].join(",") + ",203.0.113.9"
+}
+
+#[test]
+fn a_client_that_hides_its_ip_shares_one_bucket_instead_of_escaping_the_limit() {
+    let w = World::from(json!({
+        "client_ip": {"xff_trusted_hops": 1},
+        "routes": [{"name": "otp", "match": {"path": "/otp"}, "rate_limits": [
+            {"entries": [{"type": "client_ip"}], "local": {"requests": 2, "per": "minute"}}
+        ]}]
+    }));
+    let xff = padded_xff();
+    let from = |hs: &[(&str, &str)]| w.run("/otp", "10.0.0.1", hs).0.reason();
+    assert_eq!(from(&[("x-forwarded-for", &xff)]), None);
+    // No X-Forwarded-For at all (the request did not come through the
+    // trusted proxy): also unknown, the same bucket.
+    assert_eq!(from(&[]), None);
+    assert_eq!(
+        from(&[("x-forwarded-for", &xff)]),
+        Some(Reason::RateLimited),
+        "the unknown client's bucket is spent"
+    );
+    assert_eq!(
+        from(&[("x-forwarded-for", "203.0.113.10")]),
+        None,
+        "known clients keep theirs"
+    );
+}
+
+#[test]
+fn a_client_that_hides_its_ip_is_charged_a_failure_budget() {
+    let w = World::from(json!({
+        "client_ip": {"xff_trusted_hops": 1},
+        "tokens": [{"name": "t", "from": [{"header": "x-t"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "failure_budget": {"failures": 2, "window_seconds": 60}}],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
+    }));
+    let xff = padded_xff();
+    let forged = |n: u32| {
+        hs256_raw(
+            &[9u8; 64],
+            &json!({"alg": "HS256"}),
+            &json!({"exp": NOW + 60, "n": n}),
+        )
+    };
+    for n in 0..2 {
+        let (d, f) = w.run(
+            "/x",
+            "10.0.0.1",
+            &[("x-forwarded-for", &xff), ("x-t", &forged(n))],
+        );
+        assert_eq!(
+            (d.reason(), f.budget_refused),
+            (Some(Reason::TokenSignature), false)
+        );
+    }
+    let (d, f) = w.run(
+        "/x",
+        "10.0.0.1",
+        &[("x-forwarded-for", &xff), ("x-t", &forged(2))],
+    );
+    assert_eq!(
+        (d.reason(), f.budget_refused),
+        (Some(Reason::TokenSignature), true),
+        "the third forgery is refused without verification"
+    );
+}
+
+#[test]
+fn a_route_named_like_a_budget_does_not_share_its_bucket() {
+    // Scopes differ in kind and arity: a route "budget" with a rule "t"
+    // keyed "ip" is not provider t's failure budget.
+    let w = World::from(json!({
+        "tokens": [{"name": "t", "from": [{"header": "x-t"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "failure_budget": {"failures": 2, "window_seconds": 60}}],
+        "routes": [
+            {"name": "budget", "match": {"prefix": "/budget"}, "rate_limits": [
+                {"name": "t", "entries": [{"type": "client_ip", "key": "ip"}], "local": {"requests": 3, "per": "minute"}}]},
+            {"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}
+        ]
+    }));
+    for _ in 0..4 {
+        w.run("/budget", "198.51.100.7", &[]);
+    }
+    // One failure somewhere marks "a signature failed recently".
+    let forged = hs256_raw(
+        &[9u8; 64],
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60}),
+    );
+    w.run("/x", "192.0.2.99", &[("x-t", &forged)]);
+    let good = hs256_raw(SECRET, &json!({"alg": "HS256"}), &json!({"exp": NOW + 60}));
+    let (d, f) = w.run("/x", "198.51.100.7", &[("x-t", &good)]);
+    assert_eq!((d.reason(), f.budget_refused), (None, false));
+}
