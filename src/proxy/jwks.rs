@@ -14,7 +14,7 @@ use log::{info, warn};
 use super::host::HostStore;
 use crate::policy::RemoteKeys;
 use crate::store::{self, SharedStore};
-use crate::token::keys::keys_from_jwks;
+use crate::token::keys::{keys_from_jwks, JwksOrigin};
 use crate::token::RemoteJwks;
 
 /// Largest JWKS accepted.
@@ -65,14 +65,15 @@ pub fn sync(slot: &mut JwksSlot, provider: &str, remote: &RemoteJwks, now: u64) 
     }
 }
 
-/// Parses a fetched JWKS (lenient: unusable keys skipped, at least one key).
+/// Parses a fetched JWKS: unusable and symmetric (`oct`) keys skipped, at
+/// least one key left.
 pub fn parse(body: &[u8]) -> Result<Vec<crate::token::Key>, String> {
     if body.len() > MAX_JWKS_BYTES {
         return Err("JWKS too large".into());
     }
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-    let keys = keys_from_jwks(&v, true)?;
+    let keys = keys_from_jwks(&v, JwksOrigin::Fetched)?;
     if keys.is_empty() {
         return Err("no usable signing keys".into());
     }
@@ -120,4 +121,20 @@ pub fn take_lease(provider: &str, kind: &str, seconds: u64, now: u64) -> bool {
         }
     })
     .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetched_jwks_with_only_oct_keys_is_refused() {
+        let oct = br#"{"keys": [{"kty": "oct", "kid": "h1", "alg": "HS256",
+            "k": "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc"}]}"#;
+        assert_eq!(parse(oct).unwrap_err(), "no usable signing keys");
+        // The same set in the configuration is accepted: the refusal is
+        // the fetched-JWKS rule, not a malformed key.
+        let v: serde_json::Value = serde_json::from_slice(oct).unwrap();
+        assert_eq!(keys_from_jwks(&v, JwksOrigin::Configured).unwrap().len(), 1);
+    }
 }

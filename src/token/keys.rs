@@ -368,10 +368,25 @@ pub fn key_from_jwk(jwk: &Value, alg: Option<Alg>, kid: Option<String>) -> Resul
     Ok(Key { kid, alg, material })
 }
 
-/// Parses a JWK Set. Keys that cannot be used for signatures here (other
-/// `kty`, `use: enc`) are skipped when `lenient` (a remote JWKS may publish
-/// more than we need); in configuration every key must parse.
-pub fn keys_from_jwks(jwks: &Value, lenient: bool) -> Result<Vec<Key>, String> {
+/// Where a JWK Set comes from, which decides what [`keys_from_jwks`]
+/// accepts from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JwksOrigin {
+    /// Inline in the configuration (`jwks`): every key must parse, and HMAC
+    /// (`oct`) secrets are allowed, the configuration being as private as
+    /// the secrets it holds.
+    Configured,
+    /// Fetched over the network (`remote_jwks`): public material. Keys that
+    /// cannot be used for signatures here (other `kty`, `use: enc`) are
+    /// skipped, an IdP may publish more than we need; HMAC (`oct`) keys are
+    /// skipped too, since a secret anyone can fetch lets anyone forge tokens.
+    Fetched,
+}
+
+/// Parses a JWK Set from `origin` (see [`JwksOrigin`]): in configuration
+/// every key must parse; a fetched set keeps only its usable asymmetric
+/// keys, possibly none (the caller decides whether that is an error).
+pub fn keys_from_jwks(jwks: &Value, origin: JwksOrigin) -> Result<Vec<Key>, String> {
     let arr = jwks
         .get("keys")
         .and_then(Value::as_array)
@@ -381,10 +396,13 @@ pub fn keys_from_jwks(jwks: &Value, lenient: bool) -> Result<Vec<Key>, String> {
     }
     let mut out = Vec::with_capacity(arr.len());
     for (i, k) in arr.iter().enumerate() {
-        match key_from_jwk(k, None, None) {
-            Ok(key) => out.push(key),
-            Err(e) if !lenient => return Err(format!("keys[{i}]: {e}")),
-            Err(_) => {}
+        match (key_from_jwk(k, None, None), origin) {
+            // Decided on the parsed key, not on `kty`: whatever the JWK
+            // says, no HMAC key comes from a fetched set.
+            (Ok(key), JwksOrigin::Fetched) if key.alg.is_hmac() => {}
+            (Ok(key), _) => out.push(key),
+            (Err(e), JwksOrigin::Configured) => return Err(format!("keys[{i}]: {e}")),
+            (Err(_), JwksOrigin::Fetched) => {}
         }
     }
     Ok(out)
@@ -499,23 +517,51 @@ mod tests {
             {"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
             {"kty": "oct", "kid": "h1", "alg": "HS256", "k": b64(&[7u8; 32])}
         ]});
-        let keys = keys_from_jwks(&jwks, true).unwrap();
-        assert_eq!(keys.len(), 2);
+        let keys = keys_from_jwks(&jwks, JwksOrigin::Fetched).unwrap();
+        assert_eq!(keys.len(), 1, "the enc and oct keys are skipped");
         assert_eq!(
             (keys[0].kid.as_deref(), keys[0].alg),
             (Some("e1"), Alg::ES256)
         );
-        assert_eq!(
-            (keys[1].kid.as_deref(), keys[1].alg),
-            (Some("h1"), Alg::HS256)
-        );
         assert!(
-            keys_from_jwks(&jwks, false).is_err(),
+            keys_from_jwks(&jwks, JwksOrigin::Configured).is_err(),
             "strict mode refuses the enc key"
         );
         let private = json!({"kty": "EC", "crv": "P-256", "x": "", "y": "", "d": "secret"});
         assert!(key_from_jwk(&private, None, None)
             .unwrap_err()
             .contains("private"));
+    }
+
+    /// A fetched JWKS is public: an HMAC secret in it would let anyone who
+    /// fetched it forge tokens, so only its asymmetric keys are kept. In
+    /// the configuration an `oct` key is still accepted.
+    #[test]
+    fn fetched_jwks_skips_oct_keys() {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let rsa = RS256KeyPair::from_pem(super::super::tests::RSA_PRIV).unwrap();
+        let c = rsa.public_key().to_components();
+        let oct = json!({"kty": "oct", "kid": "h1", "alg": "HS256", "k": b64(&[7u8; 32])});
+        let oct_no_alg = json!({"kty": "oct", "kid": "h2", "k": b64(&[7u8; 32])});
+        let rsa_jwk = json!({"kty": "RSA", "kid": "r1", "n": b64(&c.n), "e": b64(&c.e)});
+
+        let mixed = json!({"keys": [oct.clone(), rsa_jwk]});
+        let keys = keys_from_jwks(&mixed, JwksOrigin::Fetched).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(
+            (keys[0].kid.as_deref(), keys[0].alg),
+            (Some("r1"), Alg::RS256)
+        );
+
+        let only_oct = json!({"keys": [oct.clone(), oct_no_alg]});
+        assert!(keys_from_jwks(&only_oct, JwksOrigin::Fetched)
+            .unwrap()
+            .is_empty());
+
+        let configured = keys_from_jwks(&json!({"keys": [oct]}), JwksOrigin::Configured).unwrap();
+        assert_eq!(
+            (configured[0].kid.as_deref(), configured[0].alg),
+            (Some("h1"), Alg::HS256)
+        );
     }
 }

@@ -452,7 +452,9 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
         keyset.push(key);
     }
     if let Some(jwks) = &raw.jwks {
-        keyset.extend(keys::keys_from_jwks(jwks, false).map_err(|m| err("jwks", m))?);
+        keyset.extend(
+            keys::keys_from_jwks(jwks, keys::JwksOrigin::Configured).map_err(|m| err("jwks", m))?,
+        );
     }
     let remote_jwks = match raw.remote_jwks {
         Some(r) => {
