@@ -241,6 +241,7 @@ impl GuardFilter {
                     } else if now.saturating_sub(slot.last_refetch) >= remote.min_refetch_seconds
                         && jwks::take_lease(
                             &provider.name,
+                            remote,
                             "refetch",
                             remote.min_refetch_seconds.max(1),
                             now,
@@ -516,12 +517,13 @@ impl Context for GuardFilter {
         };
         let now = now_millis() / 1000;
         let (status, body) = host::http_call_response(body_size, jwks::MAX_JWKS_BYTES);
-        if let Some(p) = worker.config.providers.get(provider) {
+        let configured = worker.config.providers.get(provider);
+        if let Some((p, Some(remote))) = configured.map(|p| (p, &p.remote_jwks)) {
             let mut slots = worker.jwks.borrow_mut();
             if let Some(slot) = slots.get_mut(provider) {
                 match (status, body) {
                     (200, Some(body)) => {
-                        if let Err(e) = jwks::store(slot, &p.name, &body, now) {
+                        if let Err(e) = jwks::store(slot, &p.name, remote, &body, now) {
                             warn!("#{} jwks {}: {e}", self.context_id, p.name);
                         }
                     }

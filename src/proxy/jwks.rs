@@ -1,15 +1,23 @@
 //! Remote JWKS: fetched through an Envoy cluster, shared by the workers of an
 //! instance through shared data, parsed once per worker per version.
 //!
-//! Shared-data layout: `appguard/jwks/<provider>` holds 8 bytes of fetch time
-//! (little-endian seconds) followed by the JWKS JSON; its CAS value is the
-//! version a worker compares against. `appguard/jwks-lease/<provider>` holds
-//! the time until which one worker owns the next fetch, so that a refresh
-//! is done by one worker, not all of them.
+//! Shared-data layout: `appguard/jwks/<provider>/<source>` holds 8 bytes of
+//! fetch time (little-endian seconds) followed by the JWKS JSON; its CAS
+//! value is the version a worker compares against.
+//! `appguard/jwks-lease/<provider>/<source>` holds the time until which one
+//! worker owns the next fetch, so that a refresh is done by one worker, not
+//! all of them (`jwks-refetch` likewise for unknown-`kid` re-fetches).
+//!
+//! `<source>` is a digest of the provider name and where its JWKS comes from
+//! (cluster, authority, path): shared data belongs to the VM and outlives a
+//! configuration, and several plugins may share a VM, so a key scoped by the
+//! name only would serve one source's keys to a provider configured with
+//! another (after a configuration update, or between two plugins).
 
 use std::rc::Rc;
 
 use log::{info, warn};
+use sha2::{Digest, Sha256};
 
 use super::host::HostStore;
 use crate::policy::RemoteKeys;
@@ -35,14 +43,40 @@ pub struct JwksSlot {
     pub last_maintained: u64,
 }
 
-fn data_key(provider: &str) -> String {
-    format!("appguard/jwks/{provider}")
+/// The shared-data key of one kind of a provider's JWKS state: `jwks` (the
+/// fetched JWKS), `jwks-lease`, `jwks-refetch`. It depends on the provider
+/// name and on the JWKS source (cluster, authority, path), so that a worker
+/// only ever loads keys fetched from the source its configuration names,
+/// whatever other configurations of the VM, or earlier ones, stored. Every
+/// part of the digest is length-prefixed, so no choice of names makes two
+/// different sources hash alike.
+pub fn shared_key(kind: &str, provider: &str, remote: &RemoteJwks) -> String {
+    fn part(h: &mut Sha256, bytes: &[u8]) {
+        h.update(u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_le_bytes());
+        h.update(bytes);
+    }
+    let mut h = Sha256::new();
+    for field in [
+        provider,
+        remote.cluster.as_str(),
+        remote.authority.as_str(),
+        remote.path.as_str(),
+    ] {
+        part(&mut h, field.as_bytes());
+    }
+    let digest = h.finalize();
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("appguard/{kind}/{provider}/{hex}")
+}
+
+fn data_key(provider: &str, remote: &RemoteJwks) -> String {
+    shared_key("jwks", provider, remote)
 }
 
 /// Reloads the worker's keys from shared data when another worker stored a
 /// newer version. Drops keys older than refresh + grace.
 pub fn sync(slot: &mut JwksSlot, provider: &str, remote: &RemoteJwks, now: u64) {
-    if let Some((bytes, cas)) = HostStore.get(&data_key(provider)) {
+    if let Some((bytes, cas)) = HostStore.get(&data_key(provider, remote)) {
         if slot.loaded_cas != Some(cas) && bytes.len() > 8 {
             let (ts, json) = bytes.split_at(8);
             let fetched_at = u64::from_le_bytes(ts.try_into().unwrap_or([0; 8]));
@@ -80,15 +114,23 @@ pub fn parse(body: &[u8]) -> Result<Vec<crate::token::Key>, String> {
     Ok(keys)
 }
 
-/// Stores a freshly fetched JWKS for every worker, and loads it here.
-pub fn store(slot: &mut JwksSlot, provider: &str, body: &[u8], now: u64) -> Result<(), String> {
+/// Stores a freshly fetched JWKS for every worker of the same provider and
+/// source (see [`shared_key`]), and loads it here.
+pub fn store(
+    slot: &mut JwksSlot,
+    provider: &str,
+    remote: &RemoteJwks,
+    body: &[u8],
+    now: u64,
+) -> Result<(), String> {
     let keys = parse(body)?;
+    let key = data_key(provider, remote);
     let mut value = Vec::with_capacity(8 + body.len());
     value.extend_from_slice(&now.to_le_bytes());
     value.extend_from_slice(body);
     // Last writer wins: every stored version is a complete, valid JWKS.
-    let _ = HostStore.set(&data_key(provider), &value, 0);
-    slot.loaded_cas = HostStore.get(&data_key(provider)).map(|(_, cas)| cas);
+    let _ = HostStore.set(&key, &value, 0);
+    slot.loaded_cas = HostStore.get(&key).map(|(_, cas)| cas);
     slot.keys.keys = Some(Rc::new(keys));
     slot.fetched_at = now;
     info!("jwks {provider}: {} bytes loaded", body.len());
@@ -100,12 +142,13 @@ pub fn store(slot: &mut JwksSlot, provider: &str, body: &[u8], now: u64) -> Resu
 pub fn take_refresh_lease(slot: &JwksSlot, provider: &str, remote: &RemoteJwks, now: u64) -> bool {
     let due =
         slot.keys.keys.is_none() || now.saturating_sub(slot.fetched_at) >= remote.refresh_seconds;
-    due && take_lease(provider, "lease", remote.timeout_ms / 1000 + 1, now)
+    due && take_lease(provider, remote, "lease", remote.timeout_ms / 1000 + 1, now)
 }
 
-/// A shared lease: true for exactly one caller per `seconds`.
-pub fn take_lease(provider: &str, kind: &str, seconds: u64, now: u64) -> bool {
-    let key = format!("appguard/jwks-{kind}/{provider}");
+/// A shared lease: true for exactly one caller per `seconds`, among the
+/// workers of the same provider and source (see [`shared_key`]).
+pub fn take_lease(provider: &str, remote: &RemoteJwks, kind: &str, seconds: u64, now: u64) -> bool {
+    let key = shared_key(&format!("jwks-{kind}"), provider, remote);
     store::update(&HostStore, &key, |cur| {
         let until = cur
             .and_then(|b| b.get(..8))
@@ -126,6 +169,70 @@ pub fn take_lease(provider: &str, kind: &str, seconds: u64, now: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn remote(cluster: &str, authority: &str, path: &str) -> RemoteJwks {
+        RemoteJwks {
+            cluster: cluster.into(),
+            authority: authority.into(),
+            path: path.into(),
+            refresh_seconds: 600,
+            grace_seconds: 3600,
+            timeout_ms: 2000,
+            min_refetch_seconds: 30,
+        }
+    }
+
+    #[test]
+    fn shared_keys_depend_on_provider_and_source() {
+        let base = remote("idp_jwks", "idp.example", "/jwks.json");
+        let key = |p: &str, r: &RemoteJwks| shared_key("jwks", p, r);
+        let k = key("idp", &base);
+        assert!(k.starts_with("appguard/jwks/idp/"), "{k}");
+
+        // Same provider and source: same key, whatever the timings.
+        let mut timings = base.clone();
+        timings.refresh_seconds = 60;
+        timings.grace_seconds = 0;
+        timings.timeout_ms = 100;
+        timings.min_refetch_seconds = 1;
+        assert_eq!(k, key("idp", &timings));
+        assert_eq!(k, key("idp", &base.clone()));
+
+        // Another cluster, authority, path or provider: another key.
+        let others = [
+            key("idp", &remote("other_jwks", "idp.example", "/jwks.json")),
+            key("idp", &remote("idp_jwks", "other.example", "/jwks.json")),
+            key("idp", &remote("idp_jwks", "idp.example", "/other.json")),
+            key("idp2", &base),
+        ];
+        for o in &others {
+            assert_ne!(&k, o);
+        }
+        // Length-prefixed: moving bytes from one field to the next changes
+        // the key.
+        assert_ne!(
+            key("idp", &remote("ab", "c", "/p")),
+            key("idp", &remote("a", "bc", "/p"))
+        );
+        assert_ne!(
+            key("idp", &remote("c", "ab", "")),
+            key("idp", &remote("c", "a", "b"))
+        );
+
+        // The lease and refetch keys are scoped the same way, and apart.
+        let lease = shared_key("jwks-lease", "idp", &base);
+        let refetch = shared_key("jwks-refetch", "idp", &base);
+        assert!(lease.starts_with("appguard/jwks-lease/idp/"), "{lease}");
+        assert_ne!(lease, refetch);
+        assert_ne!(
+            lease,
+            shared_key(
+                "jwks-lease",
+                "idp",
+                &remote("idp_jwks", "idp.example", "/other.json")
+            )
+        );
+    }
 
     #[test]
     fn fetched_jwks_with_only_oct_keys_is_refused() {

@@ -55,13 +55,16 @@ impl Worker {
         let Some(provider) = self.config.providers.get(p) else {
             return true;
         };
+        let Some(remote) = &provider.remote_jwks else {
+            return true;
+        };
         let (status, body) = host::http_call_response(body_size, jwks::MAX_JWKS_BYTES);
         let now = now_seconds();
         let mut slots = self.jwks.borrow_mut();
         if let Some(slot) = slots.get_mut(p) {
             match (status, body) {
                 (200, Some(body)) => {
-                    if let Err(e) = jwks::store(slot, &provider.name, &body, now) {
+                    if let Err(e) = jwks::store(slot, &provider.name, remote, &body, now) {
                         warn!(
                             "jwks {}: refresh refused: {e}; keeping the previous keys",
                             provider.name
