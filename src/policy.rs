@@ -953,27 +953,11 @@ fn check_token(
     let verified = match cached {
         Some(v) => v,
         None => {
-            let remote = ctx.remote_keys.get(pi).and_then(|r| r.keys.clone());
-            let has_remote = provider.remote_jwks.is_some();
-            if has_remote && remote.is_none() && provider.keys.is_empty() {
-                if !ctx.may_fetch_keys && route.failure_mode == FailureMode::Allow {
-                    // Fail open, as the route asks: the token cannot be
-                    // checked, so it is treated as absent (identity then
-                    // comes from the headers alone). Counted and logged.
-                    facts.degraded = Some(Reason::JwksUnavailable);
-                    return Ok(None);
-                }
-                return Err(if ctx.may_fetch_keys {
-                    Flow::NeedKeys(pi)
-                } else {
-                    Reason::JwksUnavailable.into()
-                });
-            }
             // Before any work on a token that is not verified already: a
             // token that failed before, or a client whose failure budget is
             // spent, is refused at once, without even parsing it. A flood
             // of forged tokens then costs a hash lookup per request, and a
-            // spent client cannot make the filter re-fetch a JWKS either.
+            // spent client cannot make the filter fetch a JWKS either.
             // Tokens verified earlier (the cache above) still pass.
             if ctx.negative.borrow().contains(pi, raw, now) {
                 return Err(Reason::TokenSignature.into());
@@ -1030,6 +1014,25 @@ fn check_token(
                         return Err(Reason::TokenSignature.into());
                     }
                 }
+            }
+            // No keys yet: fetch them (or answer by the failure mode). Only
+            // after the negative cache and the budget, so that a spent
+            // client or a known forgery never starts a fetch.
+            let remote = ctx.remote_keys.get(pi).and_then(|r| r.keys.clone());
+            let has_remote = provider.remote_jwks.is_some();
+            if has_remote && remote.is_none() && provider.keys.is_empty() {
+                if !ctx.may_fetch_keys && route.failure_mode == FailureMode::Allow {
+                    // Fail open, as the route asks: the token cannot be
+                    // checked, so it is treated as absent (identity then
+                    // comes from the headers alone). Counted and logged.
+                    facts.degraded = Some(Reason::JwksUnavailable);
+                    return Ok(None);
+                }
+                return Err(if ctx.may_fetch_keys {
+                    Flow::NeedKeys(pi)
+                } else {
+                    Reason::JwksUnavailable.into()
+                });
             }
             // The cheap refusals: size, structure, algorithm and key, then
             // the unverified claims. Only then the signature.

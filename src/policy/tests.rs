@@ -1341,3 +1341,50 @@ fn a_route_named_like_a_budget_does_not_share_its_bucket() {
     let (d, f) = w.run("/x", "198.51.100.7", &[("x-t", &good)]);
     assert_eq!((d.reason(), f.budget_refused), (None, false));
 }
+
+#[test]
+fn without_keys_a_known_forgery_or_a_spent_client_starts_no_fetch() {
+    let w = World::from(json!({
+        "tokens": [{"name": "r", "from": [{"header": "x-t"}], "remote_jwks": {"cluster": "jwks", "path": "/jwks"},
+                    "failure_budget": {"failures": 2, "window_seconds": 60}}],
+        "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["r"]}]
+    }));
+    let step = |ip: &str, token: &str| {
+        let h = headers(&[
+            (":method", "GET"),
+            (":path", "/x"),
+            (":authority", "a"),
+            ("x-t", token),
+        ]);
+        let mut ctx = w.ctx();
+        ctx.may_fetch_keys = true;
+        evaluate(&ctx, &Request::new(&h, ip.parse().ok()), NOW)
+    };
+    let t = |n: u32| {
+        hs256_raw(
+            SECRET,
+            &json!({"alg": "HS256", "kid": "k"}),
+            &json!({"exp": NOW + 60, "n": n}),
+        )
+    };
+    // No keys loaded: a new token asks for them.
+    assert!(matches!(step("192.0.2.1", &t(0)), Step::NeedKeys { .. }));
+    // A token that failed before: refused, no fetch.
+    w.neg.borrow_mut().insert(0, &t(1), NOW + 60, NOW);
+    match step("192.0.2.1", &t(1)) {
+        Step::Done(d, _) => assert_eq!(d.reason(), Some(Reason::TokenSignature)),
+        s => panic!("a known forgery must not start a fetch: {s:?}"),
+    }
+    // A client this worker knows to be spent: refused, no fetch.
+    let ip: IpAddr = "192.0.2.66".parse().unwrap();
+    w.neg
+        .borrow_mut()
+        .note_spent(0, ip, NOW * 1000 + 30_000, NOW * 1000);
+    match step("192.0.2.66", &t(2)) {
+        Step::Done(d, f) => assert_eq!(
+            (d.reason(), f.budget_refused),
+            (Some(Reason::TokenSignature), true)
+        ),
+        s => panic!("a spent client must not start a fetch: {s:?}"),
+    }
+}
