@@ -40,6 +40,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::R
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, BackendError, Increment};
@@ -158,12 +159,28 @@ pub struct ServiceOptions {
     pub global_shadow_mode: bool,
 }
 
-/// The counter key of a descriptor, as envoyproxy/ratelimit builds it
-/// (`GenerateCacheKey`):
-/// `prefix + domain + "_" + (key + "_" + value + "_")… + window_start`.
-/// The key holds the request's values (so a key-only config
-/// entry counts each value separately), except where a `share_threshold`
-/// wildcard replaces the value by its pattern.
+/// Longest domain, key or value copied into a counter key as is; a longer
+/// one is replaced by its SHA-256 digest, so a key stays short whatever a
+/// client puts in a header or JSON body.
+pub const MAX_KEY_PART_LEN: usize = 128;
+
+/// The counter key of a descriptor:
+/// `prefix + part(domain) + "_" + (part(key) + "=" + part(value) + "_")… + window_start`,
+/// where `part(s)` is `len(s) + ":" + s` (the length in bytes, in decimal),
+/// or `"#" + hex(sha256(s))` when `s` is longer than [`MAX_KEY_PART_LEN`];
+/// e.g. `8:appguard_3:jti=6:9f86d0_1700002800`.
+///
+/// The layout follows envoyproxy/ratelimit's `GenerateCacheKey` (domain,
+/// entries in order, window start), but every part is length-prefixed:
+/// descriptor values come from clients, and joining them with a bare `_`
+/// let `[(a, "x_b_y")]` and `[(a, "x"), (b, "y")]` share one counter. With
+/// the prefixes no choice of bytes in a value can spell out another entry,
+/// so the keys are not those of envoyproxy/ratelimit (the two cannot share
+/// counters in one Redis).
+///
+/// The key holds the request's values (so a key-only config entry counts
+/// each value separately), except where a `share_threshold` wildcard
+/// replaces the value by its pattern.
 pub fn cache_key(
     prefix: &str,
     domain: &str,
@@ -173,19 +190,37 @@ pub fn cache_key(
 ) -> String {
     let mut key = String::with_capacity(64);
     key.push_str(prefix);
-    key.push_str(domain);
+    push_key_part(&mut key, domain);
     key.push('_');
     for (i, entry) in descriptor.entries.iter().enumerate() {
-        key.push_str(&entry.key);
-        key.push('_');
+        push_key_part(&mut key, &entry.key);
+        key.push('=');
         match shared_values.get(i).and_then(Option::as_deref) {
-            Some(pattern) => key.push_str(pattern),
-            None => key.push_str(&entry.value),
+            Some(pattern) => push_key_part(&mut key, pattern),
+            None => push_key_part(&mut key, &entry.value),
         }
         key.push('_');
     }
     key.push_str(&window_start.to_string());
     key
+}
+
+/// Appends one self-delimiting part of a counter key: `len:text`, or
+/// `#sha256hex` for text longer than [`MAX_KEY_PART_LEN`]. A part starts
+/// with a digit or `#`, so the two forms never read alike.
+fn push_key_part(key: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    if text.len() <= MAX_KEY_PART_LEN {
+        key.push_str(&text.len().to_string());
+        key.push(':');
+        key.push_str(text);
+    } else {
+        key.push('#');
+        for byte in Sha256::digest(text.as_bytes()) {
+            key.push(char::from(HEX[usize::from(byte >> 4)]));
+            key.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+    }
 }
 
 /// Hits a descriptor adds: its own `hits_addend` when set (0 allowed), else
@@ -802,15 +837,19 @@ descriptors:
     }
 
     #[test]
-    fn cache_keys_follow_envoyproxy_ratelimit() {
+    fn cache_keys_hold_prefix_domain_entries_and_window_start() {
         let d = descriptor(&[("message_type", "marketing"), ("to_number", "2061111111")]);
         assert_eq!(
             cache_key("", "messaging", &d, &[], 1_700_000_000),
-            "messaging_message_type_marketing_to_number_2061111111_1700000000"
+            "9:messaging_12:message_type=9:marketing_9:to_number=10:2061111111_1700000000"
         );
         assert_eq!(
             cache_key("pre_", "d", &descriptor(&[("k", "")]), &[], 60),
-            "pre_d_k__60"
+            "pre_1:d_1:k=0:_60"
+        );
+        assert_eq!(
+            cache_key("", "d", &descriptor(&[("k", "v")]), &[], -60),
+            "1:d_1:k=1:v_-60"
         );
         let shared = vec![Some("files/*".to_owned())];
         assert_eq!(
@@ -821,7 +860,96 @@ descriptors:
                 &shared,
                 0
             ),
-            "d_files_files/*_0"
+            "1:d_5:files=7:files/*_0"
+        );
+    }
+
+    #[test]
+    fn a_value_cannot_spell_out_another_entry() {
+        // Joined with a bare `_`, both were `d_a_x_b_y_60`: one counter.
+        let one = descriptor(&[("a", "x_b_y")]);
+        let two = descriptor(&[("a", "x"), ("b", "y")]);
+        assert_ne!(
+            cache_key("", "d", &one, &[], 60),
+            cache_key("", "d", &two, &[], 60)
+        );
+        // Equal descriptors still share their counter.
+        assert_eq!(
+            cache_key("", "d", &one, &[], 60),
+            cache_key("", "d", &descriptor(&[("a", "x_b_y")]), &[], 60)
+        );
+        assert_eq!(
+            cache_key("", "d", &two, &[], 60),
+            cache_key("", "d", &descriptor(&[("a", "x"), ("b", "y")]), &[], 60)
+        );
+        // Nor with the length-prefix syntax itself, nor through the domain.
+        assert_ne!(
+            cache_key("", "d", &descriptor(&[("a", "1:x_1:b=1:y")]), &[], 60),
+            cache_key("", "d", &two, &[], 60)
+        );
+        assert_ne!(
+            cache_key("", "d", &descriptor(&[("a", "x=1:b")]), &[], 60),
+            cache_key("", "d", &descriptor(&[("a", "x"), ("b", "")]), &[], 60)
+        );
+        assert_ne!(
+            cache_key("", "d_1:a=1:x", &descriptor(&[]), &[], 60),
+            cache_key("", "d", &descriptor(&[("a", "x")]), &[], 60)
+        );
+        // Nor the window start.
+        assert_ne!(
+            cache_key("", "d", &descriptor(&[("a", "x_60")]), &[], 0),
+            cache_key("", "d", &descriptor(&[("a", "x")]), &[], 60)
+        );
+    }
+
+    #[test]
+    fn long_parts_are_digested_and_keys_stay_short() {
+        let long = "v".repeat(1_000_000);
+        let key = cache_key("", "d", &descriptor(&[("a", &long)]), &[], 60);
+        assert!(key.starts_with("1:d_1:a=#"), "{key}");
+        assert!(key.ends_with("_60"), "{key}");
+        assert_eq!(key.len(), "1:d_1:a=#".len() + 64 + "_60".len());
+        // Deterministic, and distinct from a near value and from a value
+        // that spells out the digest form.
+        assert_eq!(
+            key,
+            cache_key("", "d", &descriptor(&[("a", &long)]), &[], 60)
+        );
+        let mut other = long.clone();
+        other.push('w');
+        assert_ne!(
+            key,
+            cache_key("", "d", &descriptor(&[("a", &other)]), &[], 60)
+        );
+        let digest = &key["1:d_1:a=".len()..key.len() - "_60".len()];
+        assert_ne!(
+            key,
+            cache_key("", "d", &descriptor(&[("a", digest)]), &[], 60)
+        );
+        // At the bound, the value is still copied as is.
+        let edge = "v".repeat(MAX_KEY_PART_LEN);
+        assert_eq!(
+            cache_key("", "d", &descriptor(&[("a", &edge)]), &[], 60),
+            format!("1:d_1:a={MAX_KEY_PART_LEN}:{edge}_60")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_value_spelling_out_two_entries_has_its_own_counter() {
+        let l = limiter(
+            "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: hour, requests_per_unit: 1}\n    descriptors:\n      - key: b\n        rate_limit: {unit: hour, requests_per_unit: 1}\n",
+        );
+        let one = request("d", vec![descriptor(&[("a", "x_b_y")])]);
+        let two = request("d", vec![descriptor(&[("a", "x"), ("b", "y")])]);
+        assert_eq!(ask(&l, &one, NOW).await.overall_code, Code::Ok as i32);
+        assert_eq!(ask(&l, &two, NOW).await.overall_code, Code::Ok as i32);
+        assert_eq!(
+            ask(&l, &one, NOW).await.overall_code,
+            Code::OverLimit as i32
+        );
+        assert_eq!(
+            ask(&l, &two, NOW).await.overall_code,
+            Code::OverLimit as i32
         );
     }
 
