@@ -186,6 +186,11 @@ pub struct Facts {
     /// A dependency was down and the route's `failure_mode: allow` let the
     /// request go on without it (counted and logged by the adapter).
     pub degraded: Option<Reason>,
+    /// The rate-limit service answered without a limit for the replay
+    /// descriptor (`replay.scope: service`): its YAML has no rule for it,
+    /// so it counts nothing and replays would pass. Treated as the service
+    /// failing (the route's `failure_mode`); the adapter logs the cause.
+    pub replay_unlimited: bool,
 }
 
 /// An evaluation that waits for the body or the rate-limit service: what
@@ -581,14 +586,26 @@ pub fn evaluate_rls(
         .route
         .and_then(|r| config.routes.get(r))
         .map_or(FailureMode::Deny, |r| r.failure_mode);
+    // Replay protection through the service holds only if the service
+    // limits the replay descriptor: an answer without a limit for it (no
+    // rule in its YAML, a misspelt key or domain) protects nothing.
+    let replay_unlimited = match (answer, pending.replay_index) {
+        (Ok(resp), Some(i)) => resp
+            .statuses
+            .get(i)
+            .is_none_or(|s| s.current_limit.is_none()),
+        _ => false,
+    };
+    let mut pending = pending;
+    pending.facts.replay_unlimited = replay_unlimited;
     let verdict = answer
-        .and_then(|resp| ratelimit::interpret(resp, pending.service.len(), now).map_err(|_| ()));
+        .and_then(|resp| ratelimit::interpret(resp, pending.service.len(), now).map_err(|_| ()))
+        .and_then(|v| if replay_unlimited { Err(()) } else { Ok(v) });
     let verdict = match verdict {
         Ok(v) => v,
         Err(()) => {
             return match failure_mode {
                 FailureMode::Allow => {
-                    let mut pending = pending;
                     pending.facts.degraded = Some(Reason::RatelimitUnavailable);
                     done(pending)
                 }
@@ -596,7 +613,6 @@ pub fn evaluate_rls(
             }
         }
     };
-    let mut pending = pending;
     if verdict.over_limit {
         let replayed = verdict
             .over_limit_descriptors

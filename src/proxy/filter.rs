@@ -288,6 +288,22 @@ impl GuardFilter {
             self.response_headers = g.response_headers.clone();
         }
         self.state = State::Done;
+        if facts.replay_unlimited {
+            decision_log(worker, log::Level::Warn, now, || {
+                format!(
+                    "#{} the rate-limit service set no limit for the replay descriptor \
+                     (replay.scope: service): its configuration needs a rule limiting it \
+                     to 1 for domain {:?}; handled as the service failing (failure_mode) {}",
+                    self.context_id,
+                    worker
+                        .config
+                        .rate_limit_service
+                        .as_ref()
+                        .map_or("", |s| s.domain.as_str()),
+                    describe(worker, facts, &self.headers)
+                )
+            });
+        }
         match decision {
             Decision::Allow(grant) => {
                 if let Some(reason) = facts.degraded {
