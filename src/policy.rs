@@ -253,19 +253,42 @@ pub enum Step {
 
 /// Finds the first route that matches the request, if any.
 pub fn match_route<'c>(config: &'c Config, req: &Request<'_>) -> Option<(usize, &'c Route)> {
-    let path = req.path();
+    let path = without_path_parameters(req.path());
     let method = req.method();
     let host = req.host();
     config
         .routes
         .iter()
         .enumerate()
-        .find(|(_, r)| route_matches(r, path, method, host))
+        .find(|(_, r)| route_matches(r, &path, method, host))
+}
+
+/// The path without its segments' `;` parameters (`/v1/pay;x/charge` →
+/// `/v1/pay/charge`), for route matching only. Envoy's normalisation keeps
+/// them, while many upstreams (Tomcat, Spring, Jetty) drop them and serve
+/// the same handler: matched with them, such a request could take a
+/// weaker route than the handler it reaches. Without them it takes the
+/// route of the path the upstream serves; for an upstream that keeps them
+/// it can only meet stricter checks.
+fn without_path_parameters(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains(';') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(segment.split(';').next().unwrap_or(""));
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn route_matches(r: &Route, path: &str, method: &str, host: &str) -> bool {
     let path_ok = match &r.path {
-        PathMatch::Exact(p) => path == p,
+        // One trailing slash more is the same resource to most upstreams
+        // (`/sms/` for `/sms`): it takes the exact route, not a weaker one.
+        PathMatch::Exact(p) => path == p || path.strip_suffix('/') == Some(p.as_str()),
         PathMatch::Prefix(p) => path.starts_with(p.as_str()),
     };
     path_ok

@@ -173,7 +173,11 @@ impl<'a> Request<'a> {
     /// `:authority` without its port, as written (compare case-insensitively).
     pub fn host(&self) -> &'a str {
         let a = self.header(":authority").unwrap_or("");
-        strip_port(a)
+        let h = strip_port(a);
+        // `api.example.com.` is the same name (fully qualified), and Envoy
+        // routes it unless `strip_trailing_host_dot` is set: it must match
+        // the same routes.
+        h.strip_suffix('.').unwrap_or(h)
     }
 }
 
@@ -222,6 +226,10 @@ mod tests {
         assert_eq!(r.query(), Some("x=1"));
         assert_eq!(r.host(), "API.example.com");
         assert_eq!(strip_port("[::1]:80"), "::1");
+        for authority in ["api.example.com.", "api.example.com.:443"] {
+            let h = headers(&[(":authority", authority)]);
+            assert_eq!(Request::new(&h, None).host(), "api.example.com");
+        }
         assert_eq!(strip_port("example.com"), "example.com");
     }
 

@@ -1388,3 +1388,55 @@ fn without_keys_a_known_forgery_or_a_spent_client_starts_no_fetch() {
         s => panic!("a spent client must not start a fetch: {s:?}"),
     }
 }
+
+#[test]
+fn path_parameters_trailing_slashes_and_host_dots_take_the_route_the_upstream_serves() {
+    let w = World::from(json!({
+        "routes": [
+            {"name": "payments", "match": {"prefix": "/v1/payments/"}},
+            {"name": "sms", "match": {"path": "/v1/sms", "methods": ["POST"]}},
+            {"name": "admin", "match": {"prefix": "/", "hosts": ["admin.example.com"]}},
+            {"name": "api", "match": {"prefix": "/v1/"}}
+        ]
+    }));
+    let route = |method: &str, path: &str, authority: &str| {
+        let h = headers(&[
+            (":method", method),
+            (":path", path),
+            (":authority", authority),
+        ]);
+        match_route(&w.config, &Request::new(&h, None)).map(|(_, r)| r.name.clone())
+    };
+    let api = "api.example.com";
+    // `;` parameters, which Tomcat or Spring drop before routing.
+    assert_eq!(
+        route("GET", "/v1/payments;jsessionid=1/charge", api).as_deref(),
+        Some("payments")
+    );
+    assert_eq!(
+        route("GET", "/v1;x/payments;y/charge?z=1", api).as_deref(),
+        Some("payments")
+    );
+    assert_eq!(
+        route("GET", "/v1/paymentsX/charge", api).as_deref(),
+        Some("api")
+    );
+    // One trailing slash on an exact path.
+    assert_eq!(route("POST", "/v1/sms/", api).as_deref(), Some("sms"));
+    assert_eq!(route("POST", "/v1/sms;x", api).as_deref(), Some("sms"));
+    assert_eq!(
+        route("POST", "/v1/sms//", api).as_deref(),
+        Some("api"),
+        "merge_slashes is Envoy's"
+    );
+    // A fully qualified host name.
+    assert_eq!(
+        route("GET", "/v1/x", "admin.example.com.").as_deref(),
+        Some("admin")
+    );
+    assert_eq!(
+        route("GET", "/v1/x", "admin.example.com.:8443").as_deref(),
+        Some("admin")
+    );
+    assert_eq!(route("GET", "/v1/x", api).as_deref(), Some("api"));
+}
