@@ -237,7 +237,7 @@ impl GuardFilter {
                     if slot.loaded_cas != before && had_keys {
                         false
                     } else if !had_keys {
-                        true
+                        slot.request_fetches < jwks::MAX_REQUEST_FETCHES
                     } else if now.saturating_sub(slot.last_refetch) >= remote.min_refetch_seconds
                         && jwks::take_lease(
                             &provider.name,
@@ -267,6 +267,9 @@ impl GuardFilter {
             remote.timeout_ms,
         ) {
             Ok(token) => {
+                if let Some(slot) = worker.jwks.borrow_mut().get_mut(p) {
+                    slot.request_fetches = slot.request_fetches.saturating_add(1);
+                }
                 self.state = State::AwaitingKeys { token, provider: p };
                 Action::Pause
             }
@@ -537,6 +540,7 @@ impl Context for GuardFilter {
         if let Some((p, Some(remote))) = configured.map(|p| (p, &p.remote_jwks)) {
             let mut slots = worker.jwks.borrow_mut();
             if let Some(slot) = slots.get_mut(provider) {
+                slot.request_fetches = slot.request_fetches.saturating_sub(1);
                 match (status, body) {
                     (200, Some(body)) => {
                         if let Err(e) = jwks::store(slot, &p.name, remote, &body, now) {
@@ -553,6 +557,20 @@ impl Context for GuardFilter {
         self.state = State::Start;
         if let Action::Continue = self.run(false) {
             let _ = abi::resume_request();
+        }
+    }
+}
+
+impl Drop for GuardFilter {
+    /// A request that ends while its JWKS fetch is in flight (the client
+    /// went away; Envoy cancels the call) gives its fetch slot back.
+    fn drop(&mut self) {
+        if let (State::AwaitingKeys { provider, .. }, Some(worker)) = (&self.state, &self.worker) {
+            if let Ok(mut slots) = worker.jwks.try_borrow_mut() {
+                if let Some(slot) = slots.get_mut(*provider) {
+                    slot.request_fetches = slot.request_fetches.saturating_sub(1);
+                }
+            }
         }
     }
 }

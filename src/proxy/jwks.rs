@@ -41,7 +41,18 @@ pub struct JwksSlot {
     pub last_refetch: u64,
     /// Last second this worker looked at the shared copy.
     pub last_maintained: u64,
+    /// Fetches started by requests of this worker that have not answered
+    /// yet (at most [`MAX_REQUEST_FETCHES`]).
+    pub request_fetches: u32,
 }
+
+/// How many fetches the requests of one worker may have in flight for one
+/// provider. While no keys are loaded (a cold start, a JWKS down past its
+/// grace) each request with a token would otherwise send its own GET and
+/// wait for it: a flood would become a flood on the JWKS endpoint, just
+/// when it is struggling. Requests beyond this answer by the route's
+/// `failure_mode` at once; the root's background refresh keeps trying.
+pub const MAX_REQUEST_FETCHES: u32 = 4;
 
 /// The shared-data key of one kind of a provider's JWKS state: `jwks` (the
 /// fetched JWKS), `jwks-lease`, `jwks-refetch`. It depends on the provider

@@ -379,6 +379,10 @@ fn key() -> (ES256KeyPair, String) {
     (k, doc)
 }
 
+fn key_doc(k: &ES256KeyPair) -> String {
+    json!({"keys": [tokens::es256_jwk(k, "k1")]}).to_string()
+}
+
 fn token_req(k: &ES256KeyPair) -> Req {
     Req::get("/api/x").header("x-token", &tokens::es256_with(k, &claims(60, json!({}))))
 }
@@ -442,6 +446,53 @@ fn jwks_down_slow_or_garbage_before_the_first_keys_is_503_and_nothing_passes() {
     jwks.set(Jwks::Doc(doc));
     let r = e.request(token_req(&k));
     assert_eq!(r.status, 200, "{}", r.text());
+    e.assert_vm_healthy();
+}
+
+#[test]
+fn without_keys_a_burst_of_requests_sends_a_bounded_number_of_fetches() {
+    // A JWKS endpoint slower than timeout_ms: every fetch times out. 16
+    // requests at once on one worker: at most MAX_REQUEST_FETCHES (4) of
+    // them fetch; the others answer 503 at once instead of each sending a
+    // GET to an endpoint that is already struggling.
+    let (k, doc) = key();
+    let up = Upstream::start();
+    let jwks = JwksServer::start(Jwks::Slow(Duration::from_millis(3 * JWKS_TIMEOUT_MS), doc));
+    let e = jwks_envoy(&up, jwks.server.port, "deny");
+    let before = e.stat("cluster.jwks.upstream_rq_total").unwrap_or(0);
+    let answers: Vec<(u16, Option<String>)> = thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = e.request(token_req(&k));
+                    (r.status, r.reason().map(str::to_owned))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for a in &answers {
+        assert_eq!((a.0, a.1.as_deref()), (503, Some("jwks_unavailable")));
+    }
+    let sent = e.stat("cluster.jwks.upstream_rq_total").unwrap_or(0) - before;
+    // 4 from requests, plus the root's background refresh (one per second
+    // while no keys are loaded) during the burst.
+    assert!(
+        (1..=7).contains(&sent),
+        "{sent} JWKS requests for 16 concurrent requests"
+    );
+    assert!(up.seen().is_empty());
+    // Once the endpoint answers in time, keys load and requests pass.
+    jwks.set(Jwks::Doc(key_doc(&k)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = e.request(token_req(&k));
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {}", r.text());
+        thread::sleep(Duration::from_millis(200));
+    }
     e.assert_vm_healthy();
 }
 
