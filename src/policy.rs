@@ -401,14 +401,15 @@ pub fn evaluate_body(
     limits_phase(ctx, req, route, &values, pending, now)
 }
 
-/// Body values the route's descriptors read, by JSON pointer. Phone numbers
-/// are normalised, checked against denied prefixes and hashed here, so the
-/// number itself goes no further.
-fn body_values(
-    config: &Config,
-    route: &Route,
-    body: &[u8],
-) -> Result<HashMap<String, String>, Reason> {
+/// Values read from a JSON body: (pointer, read as a phone number) → value.
+type BodyValues = HashMap<(String, bool), String>;
+
+/// Body values the route's descriptors read, by JSON pointer and whether
+/// the entry reads a phone number. Phone numbers are normalised, checked
+/// against denied prefixes and hashed here, so the number itself goes no
+/// further: even when another entry reads the same pointer as plain text,
+/// the phone entry gets the hash and the prefix check still runs.
+fn body_values(config: &Config, route: &Route, body: &[u8]) -> Result<BodyValues, Reason> {
     let mut out = HashMap::new();
     if !route.limits_need_body() {
         return Ok(out);
@@ -423,7 +424,8 @@ fn body_values(
             else {
                 continue;
             };
-            if out.contains_key(pointer) {
+            let key = (pointer.clone(), *is_phone);
+            if out.contains_key(&key) {
                 continue;
             }
             let raw = limits::pointer_text(&doc, pointer).ok_or(Reason::BodyInvalid)?;
@@ -440,7 +442,7 @@ fn body_values(
                 }
                 raw
             };
-            out.insert(pointer.clone(), value);
+            out.insert(key, value);
         }
     }
     Ok(out)
@@ -456,7 +458,7 @@ fn entry_value(
     source: &Source,
     req: &Request<'_>,
     facts: &Facts,
-    body: &HashMap<String, String>,
+    body: &BodyValues,
 ) -> Option<String> {
     match source {
         Source::ClientIp {
@@ -491,7 +493,7 @@ fn entry_value(
             .as_ref()
             .and_then(|t| t.claim_text(c))
             .filter(|v| v.len() <= 256),
-        Source::Body { pointer, .. } => body.get(pointer).cloned(),
+        Source::Body { pointer, phone } => body.get(&(pointer.clone(), *phone)).cloned(),
     }
 }
 
@@ -501,7 +503,7 @@ fn limits_phase(
     ctx: &Ctx<'_>,
     req: &Request<'_>,
     route: &Route,
-    body: &HashMap<String, String>,
+    body: &BodyValues,
     mut pending: Box<Pending>,
     now: u64,
 ) -> Step {

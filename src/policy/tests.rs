@@ -1440,3 +1440,45 @@ fn path_parameters_trailing_slashes_and_host_dots_take_the_route_the_upstream_se
     );
     assert_eq!(route("GET", "/v1/x", api).as_deref(), Some("api"));
 }
+
+#[test]
+fn a_pointer_read_as_text_and_as_a_phone_number_still_hashes_and_checks_the_number() {
+    for plain_first in [true, false] {
+        let plain =
+            json!({"name": "raw", "entries": [{"type": "body", "pointer": "/to", "key": "to"}]});
+        let phone = json!({"name": "per-number", "entries": [{"type": "body", "pointer": "/to", "phone": true}]});
+        let rules = if plain_first {
+            vec![plain, phone]
+        } else {
+            vec![phone, plain]
+        };
+        let w = World::from(json!({
+            "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+            "phone": {"default_calling_code": "44", "denied_prefixes": ["+882"], "hash_key_base64": STANDARD.encode([5u8; 32])},
+            "routes": [{"name": "sms", "match": {"path": "/sms"}, "rate_limits": rules}]
+        }));
+        match w.post(
+            "/sms",
+            "192.0.2.1",
+            &[],
+            &json!({"to": "+882 123 456 789"}).to_string(),
+        ) {
+            Step::Done(d, _) => assert_eq!(d.reason(), Some(Reason::PhoneDenied)),
+            s => panic!("plain first {plain_first}: a denied prefix must be refused: {s:?}"),
+        }
+        let body = json!({"to": "+44 7700 900123"}).to_string();
+        let Step::NeedRateLimit(_, call) = w.post("/sms", "192.0.2.1", &[], &body) else {
+            panic!("plain first {plain_first}")
+        };
+        for d in rls_descriptors(&call) {
+            match d[0].0.as_str() {
+                "to" => assert_eq!(d[0].1, "+44 7700 900123", "a plain entry reads the text"),
+                "phone" => {
+                    assert!(!d[0].1.contains("7700"), "the number is hashed: {}", d[0].1);
+                    assert_eq!(d[0].1.len(), 32);
+                }
+                k => panic!("{k}"),
+            }
+        }
+    }
+}
