@@ -300,6 +300,13 @@ pub struct Config {
     pub decision_log_per_second: u32,
     /// Routes, tried in order; the first match names the policy.
     pub routes: Vec<Route>,
+    /// Every header some provider's `claim_to_headers` sets from a verified
+    /// claim. An upstream trusts these as verified, so a client's copy is
+    /// removed from every request, on every route, before anything else
+    /// (as the `x-appguard-*` identity headers are): it would otherwise
+    /// reach the upstream whenever appguard sets nothing (no token on an
+    /// optional-token route, a claim missing or too long, monitor mode).
+    pub claim_headers: Vec<String>,
 }
 
 /// The shared rate-limit service: one `ShouldRateLimit` call per request
@@ -503,6 +510,14 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.into_iter().enumerate() {
         let at = format!("routes[{i}]");
+        if r.name == "_unmatched" {
+            // The route label of requests no route matches, in metrics,
+            // logs and alerts.
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                "`_unmatched` is reserved for requests that match no route",
+            ));
+        }
         if routes.iter().any(|x: &Route| x.name == r.name) {
             return Err(ConfigError::new(
                 format!("{at}.name"),
@@ -555,6 +570,46 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let route_names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
     let api_keys = identity::compile_api_keys(raw.api_keys, &apps, &route_names)?;
+    let mut claim_headers: Vec<String> = Vec::new();
+    for (i, p) in providers.iter().enumerate() {
+        for (j, (_, h)) in p.claim_to_headers.iter().enumerate() {
+            // Stripped from every request: it must not be a header clients
+            // legitimately send for appguard to read.
+            let read = providers
+                .iter()
+                .flat_map(|q| q.sources.iter().map(|src| &src.header))
+                .any(|src| src == h)
+                || *h == api_keys.header;
+            if read {
+                return Err(ConfigError::new(
+                    format!("tokens[{i}].claim_to_headers[{j}].header"),
+                    "a header appguard reads from clients (a token source or the API key \
+                     header) cannot carry a verified claim",
+                ));
+            }
+            if !claim_headers.contains(h) {
+                claim_headers.push(h.clone());
+            }
+        }
+    }
+    // A descriptor read from a header appguard removes (its own identity
+    // headers, claim headers) would read the client's copy: a value the
+    // client picks, or omits to skip the limit.
+    for (i, r) in routes.iter().enumerate() {
+        for (j, rl) in r.rate_limits.iter().enumerate() {
+            for (k, e) in rl.entries.iter().enumerate() {
+                if let limits::Source::Header(h) = &e.source {
+                    if h.starts_with(crate::request::HEADER_PREFIX) || claim_headers.contains(h) {
+                        return Err(ConfigError::new(
+                            format!("routes[{i}].rate_limits[{j}].entries[{k}].name"),
+                            "appguard sets this header itself (identity or claim header): \
+                             use the `app`, `platform`, `api_key` or `claim` entry instead",
+                        ));
+                    }
+                }
+            }
+        }
+    }
     let network = compile_network("network", raw.network.unwrap_or_default())?;
     let ph = raw.platform_headers;
     let ph_name = |field: &str, v: Option<String>, default: &str| -> Result<String, ConfigError> {
@@ -595,6 +650,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         alerts: raw.alerts.map(crate::alerts::compile).transpose()?,
         decision_log_per_second: raw.decision_log_per_second,
         routes,
+        claim_headers,
     })
 }
 

@@ -711,6 +711,27 @@ fn check(
     grant: &mut Grant,
 ) -> Result<Option<(usize, InstallKey)>, Flow> {
     let config = ctx.config;
+    // Token headers first, whatever the outcome: with `forward: false`
+    // (the default) no token of any provider the route accepts goes
+    // upstream — not the one verified, not a second one beside it, and
+    // not one let through by monitor mode after an earlier check failed.
+    if let Some(route) = route {
+        for p in route
+            .providers
+            .iter()
+            .filter_map(|&pi| config.providers.get(pi))
+        {
+            if p.forward {
+                continue;
+            }
+            for src in &p.sources {
+                if req.header(&src.header).is_some() && !grant.remove_headers.contains(&src.header)
+                {
+                    grant.remove_headers.push(src.header.clone());
+                }
+            }
+        }
+    }
     // 1. route
     let action = route.map_or(config.default_action, |r| r.action);
     if action == Action::Deny {
@@ -942,13 +963,6 @@ fn check_token(
             continue;
         };
         let exp = token::check_claims(p, &claims, now).map_err(|e| Flow::from(e.reason()))?;
-        if !p.forward {
-            for src in &p.sources {
-                if req.header(&src.header).is_some() {
-                    grant.remove_headers.push(src.header.clone());
-                }
-            }
-        }
         let verified = Rc::new(VerifiedToken {
             provider: pi,
             exp,
@@ -980,13 +994,6 @@ fn check_token(
             Ok(None)
         };
     };
-    if !provider.forward {
-        for src in &provider.sources {
-            if req.header(&src.header).is_some() {
-                grant.remove_headers.push(src.header.clone());
-            }
-        }
-    }
     let cached = ctx
         .token_cache
         .borrow()

@@ -1482,3 +1482,82 @@ fn a_pointer_read_as_text_and_as_a_phone_number_still_hashes_and_checks_the_numb
         }
     }
 }
+
+#[test]
+fn every_token_header_of_the_route_is_removed_whatever_the_outcome() {
+    let w = World::from(json!({
+        "api_keys": {"keys": [{"id": "k", "sha256": hash_api_key("key")}]},
+        "tokens": [
+            {"name": "own", "from": [{"header": "x-app-token"}], "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]},
+            {"name": "firebase", "from": [{"header": "x-firebase-appcheck"}], "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]},
+            {"name": "fwd", "from": [{"header": "x-fwd"}], "forward": true, "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]}
+        ],
+        "routes": [
+            {"name": "both", "match": {"prefix": "/both"}, "tokens": ["own", "firebase", "fwd"]},
+            {"name": "watch", "match": {"prefix": "/watch"}, "tokens": ["own"], "api_key": "required", "mode": "monitor"}
+        ]
+    }));
+    let good = hs256_raw(SECRET, &json!({"alg": "HS256"}), &json!({"exp": NOW + 60}));
+    let removed = |d: &Decision| match d {
+        Decision::Allow(g) => {
+            let mut r = g.remove_headers.clone();
+            r.sort();
+            r
+        }
+        Decision::Deny(_) => panic!("{d:?}"),
+    };
+    // A verified token and an unverified one of a second provider beside it:
+    // neither goes upstream (a forwarded provider's token stays).
+    let (d, _) = w.run(
+        "/both",
+        "192.0.2.1",
+        &[
+            ("x-app-token", &good),
+            ("x-firebase-appcheck", "forged.unverified.token"),
+            ("x-fwd", "x"),
+        ],
+    );
+    assert_eq!(removed(&d), vec!["x-app-token", "x-firebase-appcheck"]);
+    // Monitor mode lets a request through that an earlier check refused:
+    // its token is still removed.
+    let (d, _) = w.run("/watch", "192.0.2.1", &[("x-app-token", &good)]);
+    match &d {
+        Decision::Allow(g) => assert_eq!(g.would_deny, Some(Reason::ApiKeyMissing)),
+        d => panic!("{d:?}"),
+    }
+    assert_eq!(removed(&d), vec!["x-app-token"]);
+}
+
+#[test]
+fn headers_appguard_sets_cannot_be_read_from_clients_or_carry_claims() {
+    let err = |v: Value| Config::from_json(v.to_string().as_bytes()).unwrap_err();
+    let key = STANDARD.encode(SECRET);
+    let e = err(
+        json!({"tokens": [{"name": "t", "from": [{"header": "x-t"}], "keys": [{"alg": "HS256", "secret_base64": key}],
+                                   "claim_to_headers": [{"claim": "sub", "header": "x-t"}]}]}),
+    );
+    assert_eq!(e.path, "tokens[0].claim_to_headers[0].header");
+    let e = err(
+        json!({"tokens": [{"name": "t", "from": [{"header": "x-t"}], "keys": [{"alg": "HS256", "secret_base64": key}],
+                                   "claim_to_headers": [{"claim": "sub", "header": "x-user"}]}],
+                       "routes": [{"name": "r", "match": {"prefix": "/"}, "rate_limits": [
+                           {"entries": [{"type": "header", "name": "x-user"}], "local": {"requests": 1, "per": "minute"}}]}]}),
+    );
+    assert_eq!(e.path, "routes[0].rate_limits[0].entries[0].name");
+    let e = err(
+        json!({"routes": [{"name": "r", "match": {"prefix": "/"}, "rate_limits": [
+                           {"entries": [{"type": "header", "name": "x-appguard-app"}], "local": {"requests": 1, "per": "minute"}}]}]}),
+    );
+    assert_eq!(e.path, "routes[0].rate_limits[0].entries[0].name");
+    let e = err(json!({"routes": [{"name": "_unmatched", "match": {"prefix": "/"}}]}));
+    assert_eq!(e.path, "routes[0].name");
+    // The claim headers, for the adapter to strip from every request.
+    let c = Config::from_json(
+        json!({"tokens": [{"name": "t", "from": [{"header": "x-t"}], "keys": [{"alg": "HS256", "secret_base64": key}],
+                           "claim_to_headers": [{"claim": "sub", "header": "x-user"}, {"claim": "tier", "header": "x-tier"}]}]})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(c.claim_headers, vec!["x-user", "x-tier"]);
+}

@@ -95,11 +95,16 @@ impl GuardFilter {
                 return self.reply_raw(503, "appguard_host_error");
             }
         };
-        // Identity headers are ours: a client's copy must never reach upstream.
+        // Identity headers and the headers set from verified claims are
+        // ours: a client's copy must never reach upstream.
+        let claim_headers = self
+            .worker
+            .as_ref()
+            .map_or(&[][..], |w| w.config.claim_headers.as_slice());
         for (name, _) in self
             .headers
             .iter()
-            .filter(|(n, _)| n.starts_with(HEADER_PREFIX))
+            .filter(|(n, _)| n.starts_with(HEADER_PREFIX) || claim_headers.contains(n))
         {
             let _ = abi::remove_header(Map::RequestHeaders, name);
         }

@@ -88,6 +88,43 @@ fn hs256_valid_token_passes_and_is_removed_upstream() {
 }
 
 #[test]
+fn a_client_copy_of_a_claim_header_never_reaches_the_upstream() {
+    // `x-token-sub` is what the `hs` provider sets from a verified `sub`:
+    // an upstream trusts it. A client's copy is removed on every request,
+    // also where appguard sets nothing (another provider's route, no route).
+    let up = Upstream::start();
+    let mut cfg = config(providers(false));
+    cfg["default_action"] = json!("allow");
+    let envoy = EnvoyBuilder::new(cfg, up.port).start();
+    let remote = hs256(&claims(60, json!({"sub": "someone"})));
+    let r = envoy.request(
+        Req::get("/remote/x")
+            .header("x-token", &remote)
+            .header("x-token-sub", "victim-42"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        up.last().header("x-token-sub"),
+        None,
+        "on another provider's route"
+    );
+    let r = envoy.request(Req::get("/elsewhere").header("x-token-sub", "victim-42"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().header("x-token-sub"), None, "on no route");
+    // Where the provider sets it, the upstream sees the verified value only.
+    let t = good_hs("claim-1", "Bearer user");
+    let r = envoy.request(
+        Req::get("/hs/x")
+            .header("approov-token", &t)
+            .header("authorization", "Bearer user")
+            .header("x-token-sub", "victim-42"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().header("x-token-sub"), Some("user-42"));
+    envoy.assert_vm_healthy();
+}
+
+#[test]
 fn every_refusal_has_its_status_and_reason() {
     let up = Upstream::start();
     let envoy = EnvoyBuilder::new(config(providers(false)), up.port).start();
