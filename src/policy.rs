@@ -687,7 +687,14 @@ fn verify_signature(
         .get(provider)
         .ok_or(Reason::SignatureInvalid)?;
     let ms = p.message_signing.as_ref().ok_or(Reason::SignatureInvalid)?;
-    let token_header = p.sources.first().map_or("", |s| s.header.as_str());
+    // The header the token came from (a provider may read several); for a
+    // delegated token no longer in the request, the first source.
+    let token_header = token::extract_with_source(p, req)
+        .ok()
+        .flatten()
+        .map(|(h, _)| h)
+        .or_else(|| p.sources.first().map(|s| s.header.as_str()))
+        .unwrap_or("");
     let msg = Message::request(
         req.method(),
         req.header(":scheme").unwrap_or("https"),
@@ -854,11 +861,7 @@ fn check(
                 None => {}
                 Some(ipk) => {
                     let key = InstallKey::from_ipk(&ipk).map_err(|_| Reason::SignatureInvalid)?;
-                    let has_body = req
-                        .header("content-length")
-                        .is_some_and(|v| v.trim() != "0")
-                        || req.header("transfer-encoding").is_some();
-                    if has_body && ms.policy.require_content_digest {
+                    if req.has_body() && ms.policy.require_content_digest {
                         deferred = Some((t.provider, key));
                     } else {
                         verify_signature(config, t.provider, &key, req, None, now)?;

@@ -24,6 +24,11 @@ pub struct Request<'a> {
     /// providers with `verified_by`. Only dynamic metadata, never a header,
     /// can fill this.
     pub delegated: Delegated<'a>,
+    /// Whether a body follows the headers, as Envoy told the filter (the
+    /// headers did not end the stream). HTTP/2 and HTTP/3 requests need no
+    /// `content-length`, so the headers alone cannot say; `false` where
+    /// only the headers are known (tests, tools), which then decide.
+    pub body_follows: bool,
 }
 
 /// Claims of a token payload.
@@ -87,7 +92,19 @@ impl<'a> Request<'a> {
             peer,
             client_ip: OnceCell::new(),
             delegated: Delegated::Known(&[]),
+            body_follows: false,
         }
+    }
+
+    /// Whether the request has a body: the stream goes on after the
+    /// headers, or they declare one (`content-length` other than 0, or
+    /// `transfer-encoding`).
+    pub fn has_body(&self) -> bool {
+        self.body_follows
+            || self
+                .header("content-length")
+                .is_some_and(|v| v.trim() != "0")
+            || self.header("transfer-encoding").is_some()
     }
 
     /// The client IP (SPEC §1 step 2): the downstream address, or the

@@ -1561,3 +1561,64 @@ fn headers_appguard_sets_cannot_be_read_from_clients_or_carry_claims() {
     .unwrap();
     assert_eq!(c.claim_headers, vec!["x-user", "x-tier"]);
 }
+
+#[test]
+fn a_signature_covers_the_header_the_token_came_from() {
+    use crate::signing::{sign_request, InstallSigningKey, SignatureOptions};
+    let w = World::from(json!({
+        "tokens": [{"name": "t",
+                    "from": [{"header": "approov-token"}, {"header": "authorization", "prefix": "Bearer "}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "message_signing": {"claim": "ipk", "max_age_seconds": 60}}],
+        "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"]}]
+    }));
+    let key = InstallSigningKey::p256_from_bytes(&[7u8; 32]).unwrap();
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "ipk": key.public_key().to_ipk()}),
+    );
+    let bearer = format!("Bearer {token}");
+    let sign = |token_header: &str, value: &str| {
+        let hs = vec![(token_header.to_string(), value.to_string())];
+        let msg = crate::signing::Message::request(
+            "GET",
+            "https",
+            "api.example.com",
+            "/v1/x",
+            None,
+            &hs,
+            None,
+        );
+        let comps = vec![
+            "@method".into(),
+            "@authority".into(),
+            "@path".into(),
+            token_header.into(),
+        ];
+        let sig = sign_request(&key, &msg, &SignatureOptions::new("install", comps, NOW)).unwrap();
+        (sig.signature_input, sig.signature)
+    };
+    let run = |token_header: &str, value: &str| {
+        let (input, sig) = sign(token_header, value);
+        let h = headers(&[
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":path", "/v1/x"),
+            (":authority", "api.example.com"),
+            (token_header, value),
+            ("signature-input", &input),
+            ("signature", &sig),
+        ]);
+        match evaluate(&w.ctx(), &Request::new(&h, None), NOW) {
+            Step::Done(d, _) => d.reason(),
+            s => panic!("{s:?}"),
+        }
+    };
+    assert_eq!(run("approov-token", &token), None, "the first source");
+    assert_eq!(
+        run("authorization", &bearer),
+        None,
+        "the second source, covered"
+    );
+}

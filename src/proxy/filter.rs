@@ -169,6 +169,7 @@ impl GuardFilter {
         let read = |p: usize| delegated_payload(&worker.config, p);
         let mut req = Request::with_peer(&self.headers, Peer::Lazy(downstream_ip));
         req.delegated = Delegated::Lazy(&read);
+        req.body_follows = !self.headers_end_stream;
         (f(&ctx, &req, now_ms / 1000), now_ms / 1000)
     }
 

@@ -583,6 +583,14 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
                     "must be 1..=86400".into(),
                 ));
             }
+            // Like the token's own skew: a larger one would turn off the
+            // signature's freshness check (`created`, `expires`).
+            if m.clock_skew_seconds > 300 {
+                return Err(err(
+                    "message_signing.clock_skew_seconds",
+                    "must be at most 300".into(),
+                ));
+            }
             let mut policy = crate::signing::SigningPolicy::new(
                 m.label,
                 m.max_age_seconds,
@@ -727,20 +735,30 @@ pub fn claim_text(claims: &Map<String, Value>, name: &str) -> Option<String> {
 /// source header is sent twice with different values (which copy would the
 /// upstream read?).
 pub fn extract<'r>(provider: &Provider, req: &Request<'r>) -> Result<Option<&'r str>, TokenError> {
+    Ok(extract_with_source(provider, req)?.map(|(_, t)| t))
+}
+
+/// [`extract`], with the header the token came from: the header a request
+/// signature must cover (`message_signing`), whichever of the provider's
+/// sources the client used.
+pub fn extract_with_source<'p, 'r>(
+    provider: &'p Provider,
+    req: &Request<'r>,
+) -> Result<Option<(&'p str, &'r str)>, TokenError> {
     for src in &provider.sources {
         let value = req
             .header_unique(&src.header)
             .map_err(|()| TokenError::Malformed("token header repeated"))?;
         let Some(value) = value else { continue };
         if src.prefix.is_empty() {
-            return Ok(Some(value.trim()));
+            return Ok(Some((src.header.as_str(), value.trim())));
         }
         let p = src.prefix.len();
         if value.len() > p
             && value.is_char_boundary(p)
             && value[..p].eq_ignore_ascii_case(&src.prefix)
         {
-            return Ok(Some(value[p..].trim()));
+            return Ok(Some((src.header.as_str(), value[p..].trim())));
         }
     }
     Ok(None)

@@ -425,4 +425,8 @@ fn provider_config_errors_name_the_field() {
         json!({"name": "p", "from": [{"header": "x"}], "keys": [{"alg": "RS256", "secret_base64": "AAAA"}]}),
     );
     assert_eq!(e.path, "tokens[0].keys[0].alg");
+    let e = bad(json!({"name": "p", "from": [{"header": "x"}],
+                       "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                       "message_signing": {"claim": "ipk", "clock_skew_seconds": 301}}));
+    assert_eq!(e.path, "tokens[0].message_signing.clock_skew_seconds");
 }
