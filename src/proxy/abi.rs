@@ -26,6 +26,8 @@ const EMPTY: u32 = 7;
 pub enum Map {
     /// The request headers.
     RequestHeaders = 0,
+    /// The request trailers (after a body, HTTP/2 and chunked HTTP/1.1).
+    RequestTrailers = 1,
     /// The response headers.
     ResponseHeaders = 2,
     /// An HTTP call's response headers.

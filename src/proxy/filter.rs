@@ -97,18 +97,20 @@ impl GuardFilter {
         };
         // Identity headers and the headers set from verified claims are
         // ours: a client's copy must never reach upstream.
-        let claim_headers = self
-            .worker
-            .as_ref()
-            .map_or(&[][..], |w| w.config.claim_headers.as_slice());
-        for (name, _) in self
-            .headers
-            .iter()
-            .filter(|(n, _)| n.starts_with(HEADER_PREFIX) || claim_headers.contains(n))
-        {
+        for (name, _) in self.headers.iter().filter(|(n, _)| self.is_ours(n)) {
             let _ = abi::remove_header(Map::RequestHeaders, name);
         }
         self.run(true)
+    }
+
+    /// Whether only appguard may set this header: `x-appguard-*`, and the
+    /// headers `claim_to_headers` sets from verified claims.
+    fn is_ours(&self, name: &str) -> bool {
+        name.starts_with(HEADER_PREFIX)
+            || self
+                .worker
+                .as_ref()
+                .is_some_and(|w| w.config.claim_headers.iter().any(|h| h == name))
     }
 
     /// Evaluates (or re-evaluates, after keys arrived) and acts on the step.
@@ -601,6 +603,14 @@ impl HttpContext for GuardFilter {
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // Trailers reach an HTTP/2 upstream too: a client's identity or
+        // claim header sent as a trailer is removed like one sent as a
+        // header.
+        if let Ok(trailers) = abi::map_pairs(Map::RequestTrailers) {
+            for (name, _) in trailers.iter().filter(|(n, _)| self.is_ours(n)) {
+                let _ = abi::remove_header(Map::RequestTrailers, name);
+            }
+        }
         match &self.state {
             // Trailers end the body: evaluate what was buffered.
             State::AwaitingBody(_) => {
