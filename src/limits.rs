@@ -687,18 +687,12 @@ mod tests {
         assert!(failed_within(&s, "q", l, u64::MAX));
     }
 
-    #[test]
-    fn full_buckets_evict_idle_entries_or_share_an_overflow() {
-        let s = MemStore::default();
-        let l = LocalLimit {
-            requests: 1,
-            per_seconds: 3600,
-        };
-        // Find 18 digests that land in the same bucket.
-        let mut same = Vec::new();
+    /// `n` digests that land in the same bucket position.
+    fn digests_in_one_bucket(n: usize) -> Vec<[u8; 16]> {
         let target = store::bucket_of(&[0u8; 16], LOCAL_BUCKETS);
+        let mut same = Vec::new();
         let mut i: u32 = 0;
-        while same.len() < 18 {
+        while same.len() < n {
             let mut d = [0u8; 16];
             d[..4].copy_from_slice(&i.to_le_bytes());
             if store::bucket_of(&d, LOCAL_BUCKETS) == target {
@@ -706,6 +700,17 @@ mod tests {
             }
             i += 1;
         }
+        same
+    }
+
+    #[test]
+    fn full_buckets_evict_idle_entries_or_share_an_overflow() {
+        let s = MemStore::default();
+        let l = LocalLimit {
+            requests: 1,
+            per_seconds: 3600,
+        };
+        let same = digests_in_one_bucket(18);
         for d in same.iter().take(16) {
             assert!(take_local(&s, d, l, 0).unwrap().allowed);
         }
@@ -727,17 +732,7 @@ mod tests {
             requests: 1000,
             per_seconds: 1,
         };
-        let target = store::bucket_of(&[0u8; 16], LOCAL_BUCKETS);
-        let mut same = Vec::new();
-        let mut i: u32 = 0;
-        while same.len() < 17 {
-            let mut d = [0u8; 16];
-            d[..4].copy_from_slice(&i.to_le_bytes());
-            if store::bucket_of(&d, LOCAL_BUCKETS) == target {
-                same.push(d);
-            }
-            i += 1;
-        }
+        let same = digests_in_one_bucket(17);
         // 16 strict descriptors, each spent, fill their bucket position.
         for d in same.iter().take(16) {
             assert!(take_local(&s, d, strict, 0).unwrap().allowed);
