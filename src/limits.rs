@@ -180,6 +180,8 @@ pub struct RateLimit {
     /// with the same entries (a burst and a sustained limit) keep separate
     /// buckets.
     pub name: String,
+    /// `["rate_limit", route, name]`, absorbed once: see [`DigestScope`].
+    pub scope: DigestScope,
     /// The ordered entries.
     pub entries: Vec<EntrySpec>,
     /// Enforced locally when set.
@@ -293,6 +295,7 @@ pub(crate) fn compile(
             ));
         }
         out.push(RateLimit {
+            scope: DigestScope::new(&["rate_limit", route, &name]),
             name,
             entries,
             local,
@@ -304,28 +307,75 @@ pub(crate) fn compile(
 /// A built descriptor: ordered (key, value) entries.
 pub type Descriptor = Vec<(String, String)>;
 
-/// The 128-bit digest of a descriptor: the key of local buckets, of the
-/// over-limit cache, of replay and failure-budget counts. `scope` names
-/// whose count it is (a route and its rule, `replay`, a provider's budget),
-/// so that two rules with the same entries keep their own buckets. Every
-/// part is length-prefixed: values come from headers and JSON bodies, and
-/// no choice of bytes in one value can make two different descriptors (or
-/// scopes) hash alike.
-pub fn descriptor_digest(scope: &[&str], d: &Descriptor) -> [u8; 16] {
-    fn part(h: &mut Sha256, bytes: &[u8]) {
-        h.update(u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_le_bytes());
-        h.update(bytes);
+/// Whose counts a descriptor digest keys (a route and its rule, `replay`, a
+/// provider's failure budget), absorbed into SHA-256 once: at configuration
+/// time for a rule, so a request hashes only its descriptor.
+///
+/// The scope is length-prefixed parts, zero-padded to whole 64-byte blocks
+/// (the total length is then a multiple of 64 and the prefixes say where
+/// the parts end, so the padding cannot be confused with a part), and the
+/// hasher keeps the state after those blocks. Two scopes are apart, and no
+/// scope can spell out another.
+#[derive(Clone)]
+pub struct DigestScope(Sha256);
+
+impl DigestScope {
+    /// The scope of these parts, e.g. `["rate_limit", route, rule]`.
+    pub fn new(parts: &[&str]) -> DigestScope {
+        let mut bytes = Vec::with_capacity(64);
+        push_part(
+            &mut bytes,
+            &u64::try_from(parts.len()).unwrap_or(u64::MAX).to_le_bytes(),
+        );
+        for p in parts {
+            push_part(&mut bytes, p.as_bytes());
+        }
+        let padded = bytes.len().div_ceil(64).max(1) * 64;
+        bytes.resize(padded, 0);
+        let mut h = Sha256::new();
+        h.update(&bytes);
+        DigestScope(h)
     }
-    let mut h = Sha256::new();
-    h.update(u64::try_from(scope.len()).unwrap_or(u64::MAX).to_le_bytes());
-    for s in scope {
-        part(&mut h, s.as_bytes());
+}
+
+impl std::fmt::Debug for DigestScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DigestScope")
     }
-    h.update(u64::try_from(d.len()).unwrap_or(u64::MAX).to_le_bytes());
+}
+
+/// Appends `bytes` with its length in front (LEB128).
+fn push_part(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut n = bytes.len();
+    loop {
+        let low = u8::try_from(n & 0x7f).unwrap_or(0);
+        n >>= 7;
+        if n == 0 {
+            out.push(low);
+            break;
+        }
+        out.push(low | 0x80);
+    }
+    out.extend_from_slice(bytes);
+}
+
+/// The 128-bit digest of a descriptor within its scope: the key of local
+/// buckets, of the over-limit cache, of replay and failure-budget counts.
+/// Every part is length-prefixed: values come from headers and JSON bodies,
+/// and no choice of bytes in one value can make two different descriptors
+/// hash alike.
+pub fn descriptor_digest(scope: &DigestScope, d: &Descriptor) -> [u8; 16] {
+    let mut bytes = Vec::with_capacity(64);
+    push_part(
+        &mut bytes,
+        &u64::try_from(d.len()).unwrap_or(u64::MAX).to_le_bytes(),
+    );
     for (k, v) in d {
-        part(&mut h, k.as_bytes());
-        part(&mut h, v.as_bytes());
+        push_part(&mut bytes, k.as_bytes());
+        push_part(&mut bytes, v.as_bytes());
     }
+    let mut h = scope.0.clone();
+    h.update(&bytes);
     let full = h.finalize();
     let mut out = [0u8; 16];
     out.copy_from_slice(full.get(..16).unwrap_or(&[0; 16]));
@@ -769,35 +819,41 @@ mod tests {
         };
         let a = d(&[("k", "v")]);
         assert_ne!(
-            descriptor_digest(&["r"], &a),
-            descriptor_digest(&["r"], &d(&[("kv", "")]))
+            descriptor_digest(&DigestScope::new(&["r"]), &a),
+            descriptor_digest(&DigestScope::new(&["r"]), &d(&[("kv", "")]))
         );
         assert_ne!(
-            descriptor_digest(&["r1"], &a),
-            descriptor_digest(&["r2"], &a)
+            descriptor_digest(&DigestScope::new(&["r1"]), &a),
+            descriptor_digest(&DigestScope::new(&["r2"]), &a)
         );
         // Two rules of one route with the same entries.
         assert_ne!(
-            descriptor_digest(&["r", "burst"], &a),
-            descriptor_digest(&["r", "sustained"], &a)
+            descriptor_digest(&DigestScope::new(&["r", "burst"]), &a),
+            descriptor_digest(&DigestScope::new(&["r", "sustained"]), &a)
         );
         assert_ne!(
-            descriptor_digest(&["ab", "c"], &a),
-            descriptor_digest(&["a", "bc"], &a)
+            descriptor_digest(&DigestScope::new(&["ab", "c"]), &a),
+            descriptor_digest(&DigestScope::new(&["a", "bc"]), &a)
         );
         // A JSON body value may hold any byte: one entry that spells out a
         // separator and a second entry is still one entry.
         assert_ne!(
-            descriptor_digest(&["r"], &d(&[("a", "x\0b\u{1}y"), ("c", "z")])),
-            descriptor_digest(&["r"], &d(&[("a", "x"), ("b", "y\0c\u{1}z")]))
+            descriptor_digest(
+                &DigestScope::new(&["r"]),
+                &d(&[("a", "x\0b\u{1}y"), ("c", "z")])
+            ),
+            descriptor_digest(
+                &DigestScope::new(&["r"]),
+                &d(&[("a", "x"), ("b", "y\0c\u{1}z")])
+            )
         );
         assert_ne!(
-            descriptor_digest(&["r"], &d(&[("a", "x\0b\u{1}y")])),
-            descriptor_digest(&["r"], &d(&[("a", "x"), ("b", "y")]))
+            descriptor_digest(&DigestScope::new(&["r"]), &d(&[("a", "x\0b\u{1}y")])),
+            descriptor_digest(&DigestScope::new(&["r"]), &d(&[("a", "x"), ("b", "y")]))
         );
         assert_eq!(
-            descriptor_digest(&["r", "n"], &a),
-            descriptor_digest(&["r", "n"], &d(&[("k", "v")]))
+            descriptor_digest(&DigestScope::new(&["r", "n"]), &a),
+            descriptor_digest(&DigestScope::new(&["r", "n"]), &d(&[("k", "v")]))
         );
     }
 }

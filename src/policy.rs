@@ -523,7 +523,7 @@ fn limits_phase(
         if d.is_empty() {
             continue;
         }
-        let digest = limits::descriptor_digest(&["rate_limit", &route.name, &rl.name], &d);
+        let digest = limits::descriptor_digest(&rl.scope, &d);
         match rl.local {
             Some(local) => match limits::take_local(ctx.store, &digest, local, ctx.now_ms) {
                 Ok(o) if o.allowed => {}
@@ -575,7 +575,7 @@ fn limits_phase(
     }
     if let Some(replay) = pending.replay.take() {
         pending.replay_index = Some(service.len());
-        let digest = limits::descriptor_digest(&["replay"], &replay);
+        let digest = limits::descriptor_digest(&limits::DigestScope::new(&["replay"]), &replay);
         service.push((replay, digest));
     }
     let Some(svc) = &config.rate_limit_service else {
@@ -1027,7 +1027,10 @@ fn check_token(
                         "ip".into(),
                         limits::ip_value(ip, budget.v4_prefix, budget.v6_prefix),
                     )];
-                    limits::descriptor_digest(&["budget", &provider.name], &d)
+                    limits::descriptor_digest(
+                        &limits::DigestScope::new(&["budget", &provider.name]),
+                        &d,
+                    )
                 })
             };
             if budget.failures > 0 {
