@@ -154,17 +154,26 @@ impl RateLimitConfig {
     }
 }
 
-/// Stats key of a limit override: `domain.key_value.key_value…`.
+/// Marks the name of a limit that came from the request's `limit` override
+/// rather than from the configuration.
+pub const OVERRIDE_MARKER: &str = "(override)";
+
+/// Name of a limit override for logs and stats:
+/// `domain.key.key…(override)`, e.g. `appguard.api_key(override)`.
+///
+/// Only the descriptor **keys** go in, never their values: an override's
+/// values are the request's own (an API key, a phone number, a token id),
+/// and this name is logged at `info` on every over-limit answer, where
+/// values must not appear (they are logged at `debug` only). The counter
+/// key ([`crate::service::cache_key`]) still holds the values, so each
+/// value keeps its own counter.
 fn override_key(domain: &str, descriptor: &RateLimitDescriptor) -> String {
     let mut key = String::from(domain);
     for entry in &descriptor.entries {
         key.push('.');
         key.push_str(&entry.key);
-        if !entry.value.is_empty() {
-            key.push('_');
-            key.push_str(&entry.value);
-        }
     }
+    key.push_str(OVERRIDE_MARKER);
     key
 }
 
@@ -457,7 +466,7 @@ descriptors:
                 unit: Unit::Hour
             }
         );
-        assert_eq!(m.limit.full_key, "messaging.to_number_1");
+        assert_eq!(m.limit.full_key, "messaging.to_number(override)");
         assert!(!m.limit.shadow_mode);
         assert_eq!(c.get_limit("other", &d).unwrap(), None);
         d.limit = Some(RateLimitOverride {
@@ -468,5 +477,21 @@ descriptors:
             c.get_limit("messaging", &d),
             Err(LookupError::InvalidOverrideUnit(0))
         );
+    }
+
+    #[test]
+    fn limit_override_name_holds_keys_not_values() {
+        let c = config("domain: appguard\ndescriptors:\n  - key: api_key\n    rate_limit: {unit: hour, requests_per_unit: 9}\n");
+        let mut d = descriptor(&[("api_key", "SECRET-KEY-123"), ("route", "+15551234567")]);
+        d.limit = Some(RateLimitOverride {
+            requests_per_unit: 1,
+            unit: Unit::Minute.to_pb() as i32,
+        });
+        let m = c.get_limit("appguard", &d).unwrap().unwrap();
+        assert_eq!(m.limit.full_key, "appguard.api_key.route(override)");
+        assert!(m.limit.name.is_empty());
+        for value in ["SECRET-KEY-123", "+15551234567"] {
+            assert!(!m.limit.full_key.contains(value), "{}", m.limit.full_key);
+        }
     }
 }

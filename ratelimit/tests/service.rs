@@ -233,6 +233,37 @@ async fn shadow_mode_answers_ok_and_counts() {
 }
 
 #[tokio::test]
+async fn limit_override_logs_keys_not_values() {
+    avoid_window_edge(60, 5);
+    let service = Service::start_healthy(&strs(&appguard_args()));
+    let mut client = service.client().await;
+    let mut d = descriptor(&[("api_key", "SECRET-KEY-123")]);
+    d.limit = Some(
+        envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride {
+            requests_per_unit: 1,
+            unit: Unit::Minute as i32,
+        },
+    );
+    let req = request("appguard", vec![d]);
+    assert_eq!(ask(&mut client, &req).await.overall_code, Code::Ok as i32);
+    let r = ask(&mut client, &req).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    let logs = service.stderr();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("\"msg\":\"over limit\""))
+        .unwrap_or_else(|| panic!("over-limit answer not logged: {logs}"));
+    assert!(
+        line.contains("\"limit\":\"appguard.api_key(override)\""),
+        "{line}"
+    );
+    assert!(
+        !logs.contains("SECRET-KEY-123"),
+        "override descriptor value logged at info: {logs}"
+    );
+}
+
+#[tokio::test]
 async fn malformed_requests_get_invalid_argument() {
     let service = Service::start_healthy(&strs(&appguard_args()));
     let mut client = service.client().await;
