@@ -106,14 +106,106 @@ impl RedisBackend {
     }
 }
 
-/// `redis://user:secret@host` → `redis://*****@host`.
+/// Query parameters whose value is a password: the `redis` crate reads
+/// `pass` in `redis+unix://` URLs; `password` is masked too, as other
+/// clients spell it so and a URL may be shared between them.
+const SECRET_QUERY_PARAMS: &[&str] = &["pass", "password"];
+
+/// The URL as it may be logged: the user-info of the authority
+/// (`redis://user:secret@host` → `redis://*****@host`) and the value of a
+/// `pass`/`password` query parameter
+/// (`redis+unix:///tmp/r.sock?db=1&pass=secret` →
+/// `redis+unix:///tmp/r.sock?db=1&pass=*****`) are replaced by `*****`.
+///
+/// The URL is logged at `info` when the service starts, and a password
+/// must never reach the logs, whichever place in the URL holds it.
 pub fn mask_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}*****{}", &url[..scheme_end + 3], &url[at..])
+    const MASK: &str = "*****";
+    // Fragment, then query, then the rest, as a URL parser splits them.
+    let (before_fragment, fragment) = match url.find('#') {
+        Some(i) => url.split_at(i),
+        None => (url, ""),
+    };
+    let (before_query, query) = match before_fragment.find('?') {
+        Some(i) => (&before_fragment[..i], Some(&before_fragment[i + 1..])),
+        None => (before_fragment, None),
+    };
+
+    let mut out = String::with_capacity(url.len());
+    // User-info: between `scheme://` and the last `@` of the authority,
+    // which ends at the first `/` after it (query and fragment are already
+    // split off).
+    match before_query.find("://") {
+        Some(scheme_end) => {
+            let authority_start = scheme_end + 3;
+            let rest = &before_query[authority_start..];
+            let authority_len = rest.find('/').unwrap_or(rest.len());
+            let authority = &rest[..authority_len];
+            out.push_str(&before_query[..authority_start]);
+            match authority.rfind('@') {
+                Some(at) => {
+                    out.push_str(MASK);
+                    out.push_str(&authority[at..]);
+                }
+                None => out.push_str(authority),
+            }
+            out.push_str(&rest[authority_len..]);
         }
-        _ => url.to_owned(),
+        None => out.push_str(before_query),
     }
+
+    if let Some(query) = query {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, _)) if is_secret_param(name) => {
+                    out.push_str(name);
+                    out.push('=');
+                    out.push_str(MASK);
+                }
+                _ => out.push_str(pair),
+            }
+        }
+    }
+    out.push_str(fragment);
+    out
+}
+
+/// Whether a query parameter name (possibly percent-encoded, any case)
+/// names a password.
+fn is_secret_param(name: &str) -> bool {
+    let decoded = percent_decode(name);
+    SECRET_QUERY_PARAMS
+        .iter()
+        .any(|secret| decoded.eq_ignore_ascii_case(secret))
+}
+
+/// `%XX` sequences decoded and `+` read as a space, as in a query string;
+/// invalid sequences are kept as they are.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        if byte == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(value) = hex {
+                out.push(value);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if byte == b'+' { b' ' } else { byte });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -134,6 +226,62 @@ mod tests {
             mask_password("rediss://:secret@host"),
             "rediss://*****@host"
         );
+    }
+
+    #[test]
+    fn query_passwords_are_masked() {
+        let cases = [
+            (
+                "redis+unix:///tmp/x.sock?pass=hunter2",
+                "redis+unix:///tmp/x.sock?pass=*****",
+            ),
+            (
+                "redis+unix:///tmp/x.sock?db=1&pass=hunter2&user=u",
+                "redis+unix:///tmp/x.sock?db=1&pass=*****&user=u",
+            ),
+            (
+                "redis://10.0.0.1:6379/0?password=hunter2&protocol=resp3",
+                "redis://10.0.0.1:6379/0?password=*****&protocol=resp3",
+            ),
+            (
+                "redis+unix:///tmp/x.sock?PASS=hunter2",
+                "redis+unix:///tmp/x.sock?PASS=*****",
+            ),
+            (
+                "redis+unix:///tmp/x.sock?pa%73s=hunter2",
+                "redis+unix:///tmp/x.sock?pa%73s=*****",
+            ),
+            // Both places at once, and an `@` inside the query is not
+            // taken for the end of a user-info.
+            (
+                "redis://u:hunter2@host:6379?password=hunter2",
+                "redis://*****@host:6379?password=*****",
+            ),
+            (
+                "redis+unix:///tmp/x.sock?pass=hun@ter2",
+                "redis+unix:///tmp/x.sock?pass=*****",
+            ),
+            (
+                "redis+unix:///tmp/x.sock?db=2",
+                "redis+unix:///tmp/x.sock?db=2",
+            ),
+        ];
+        for (url, masked) in cases {
+            assert_eq!(mask_password(url), masked, "{url}");
+            assert!(!mask_password(url).contains("hunter2"), "{url}");
+            assert!(!mask_password(url).contains("ter2"), "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_unix_socket_password_is_not_in_the_display_url() {
+        let backend = RedisBackend::new(
+            "redis+unix:///tmp/appguard-test-none.sock?pass=hunter2",
+            Duration::from_millis(200),
+        )
+        .unwrap();
+        assert!(!backend.display_url().contains("hunter2"));
+        assert!(!format!("{backend:?}").contains("hunter2"));
     }
 
     #[tokio::test]
