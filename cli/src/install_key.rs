@@ -85,25 +85,60 @@ pub fn generate(kind: KeyType) -> Result<(InstallSigningKey, Vec<u8>), CliError>
     Err(CliError::input("could not generate a key"))
 }
 
-/// Writes PEM to a new file readable by its owner only; refuses to replace
-/// an existing file unless `force`.
+/// Writes PEM to a file readable by its owner only (mode 0600 on Unix);
+/// refuses to replace an existing file unless `force`.
+///
+/// The key is always written to a file this call creates with mode 0600:
+/// `path` itself when it does not exist, else (with `force`) a new
+/// temporary file next to it that is then renamed over it. Truncating and
+/// rewriting the existing file would keep that file's mode, so a private
+/// key written over a 0644 file would be readable by everyone; the rename
+/// also means `path` never holds half a key.
 pub fn write_private(path: &Path, pem_text: &str, force: bool) -> Result<(), CliError> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true);
-    if force {
-        opts.create(true).truncate(true);
-    } else {
-        opts.create_new(true);
+    if !force {
+        return write_new(path, path, pem_text);
     }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| CliError::input(format!("{} is not a file name", path.display())))?;
+    let suffix: String = random_32()?
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(".{suffix}.tmp"));
+    let temp = dir.join(temp_name);
+    let result = write_new(&temp, path, pem_text).and_then(|()| {
+        std::fs::rename(&temp, path)
+            .map_err(|e| CliError::input(format!("cannot replace {}: {e}", path.display())))
+    });
+    if result.is_err() {
+        // Nothing to do if it was never created or already renamed.
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Creates `file` (which must not exist) with mode 0600 on Unix and writes
+/// `pem_text` to it; errors name `shown`, the path the user asked for.
+fn write_new(file: &Path, shown: &Path, pem_text: &str) -> Result<(), CliError> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt as _;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).map_err(|e| {
+    let mut f = opts.open(file).map_err(|e| {
         CliError::input(format!(
             "cannot create {}: {e}{}",
-            path.display(),
+            shown.display(),
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 " (use --force to replace it)"
             } else {
@@ -112,7 +147,8 @@ pub fn write_private(path: &Path, pem_text: &str, force: bool) -> Result<(), Cli
         ))
     })?;
     f.write_all(pem_text.as_bytes())
-        .map_err(|e| CliError::input(format!("cannot write {}: {e}", path.display())))
+        .and_then(|()| f.sync_all())
+        .map_err(|e| CliError::input(format!("cannot write {}: {e}", shown.display())))
 }
 
 /// Reads a private install key: PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`),
@@ -173,5 +209,29 @@ mod tests {
             let ipk = key.public_key().to_ipk();
             assert_eq!(InstallKey::from_ipk(&ipk).unwrap(), key.public_key());
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn force_over_a_world_readable_file_leaves_it_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        std::fs::write(&path, "old contents that are longer than nothing\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, "NEW KEY\n", true).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "NEW KEY\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("key.pem")]);
+        // Without --force the existing file is left alone.
+        let e = write_private(&path, "OTHER\n", false).unwrap_err();
+        assert!(e.to_string().contains("--force"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "NEW KEY\n");
     }
 }

@@ -147,7 +147,7 @@ enum MintAction {
         /// Ed25519 instead of P-256.
         #[arg(long)]
         ed25519: bool,
-        /// Replace --out if it exists.
+        /// Replace --out if it exists (with a new file of mode 0600).
         #[arg(long)]
         force: bool,
     },

@@ -283,6 +283,22 @@ fn install_keys_match_openssl_and_are_private() {
     }
 }
 
+#[cfg(unix)]
+#[test]
+fn install_key_force_over_a_world_readable_file_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("key.pem");
+    std::fs::write(&out, "placeholder\n").unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = cli(&["mint", "install-key", "--out", s(&out), "--force"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "private key left at mode {mode:o}");
+    let spki = openssl_run(&["pkey", "-in", s(&out), "-pubout", "-outform", "DER"]);
+    assert_eq!(r.stdout.trim(), STANDARD.encode(spki));
+}
+
 /// The signed request parsed back from `sign-request`'s output.
 struct SignedOutput {
     headers: Vec<(String, String)>,
