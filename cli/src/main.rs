@@ -110,7 +110,8 @@ struct TokenArgs {
     /// else a string.
     #[arg(long = "claim", value_name = "NAME=VALUE", value_parser = mint::parse_claim)]
     claims: Vec<(String, Value)>,
-    /// Seconds until `exp` (appguard's default `max_lifetime_seconds` is 300).
+    /// Seconds until `exp` (appguard's default `max_lifetime_seconds` is 300);
+    /// at most 31622400 (366 days).
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     lifetime: u64,
     /// The `jti` claim.

@@ -33,6 +33,15 @@ impl std::fmt::Debug for SigningMaterial {
 /// token never carries a claim twice (appguard refuses duplicate members).
 pub const REGISTERED_CLAIMS: &[&str] = &["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
 
+/// Longest `--lifetime` accepted: 366 days, in seconds.
+///
+/// A development token never needs more (appguard's providers refuse tokens
+/// living longer than their `max_lifetime_seconds`, 300 by default), and
+/// jwt-simple adds the lifetime to the current time unchecked: a value near
+/// `u32::MAX` seconds or above overflows (a panic in debug builds, a wrapped
+/// `exp` in release builds).
+pub const MAX_LIFETIME_SECONDS: u64 = 366 * 24 * 60 * 60;
+
 /// What goes into a minted token.
 #[derive(Debug)]
 pub struct TokenSpec {
@@ -82,6 +91,12 @@ pub fn parse_alg(s: &str) -> Result<Alg, String> {
 pub fn mint(spec: &TokenSpec) -> Result<String, CliError> {
     if spec.lifetime_seconds == 0 {
         return Err(CliError::invalid("--lifetime must be at least 1 second"));
+    }
+    if spec.lifetime_seconds > MAX_LIFETIME_SECONDS {
+        return Err(CliError::invalid(format!(
+            "--lifetime {} is too long: at most {MAX_LIFETIME_SECONDS} seconds (366 days)",
+            spec.lifetime_seconds
+        )));
     }
     let mut custom = Map::new();
     for (name, value) in &spec.claims {
@@ -212,6 +227,27 @@ mod tests {
             lifetime_seconds: 60,
         };
         assert!(mint(&spec).is_err());
+    }
+
+    #[test]
+    fn lifetimes_past_the_cap_are_refused_without_overflow() {
+        let spec = |lifetime_seconds| TokenSpec {
+            alg: Alg::HS256,
+            key: SigningMaterial::Secret(vec![7; 32]),
+            kid: None,
+            issuer: None,
+            audiences: vec![],
+            subject: None,
+            jwt_id: None,
+            claims: vec![],
+            lifetime_seconds,
+        };
+        for too_long in [MAX_LIFETIME_SECONDS + 1, 3_000_000_000, u64::MAX] {
+            let e = mint(&spec(too_long)).unwrap_err();
+            assert_eq!(e.exit_code(), 1, "{e}");
+            assert!(e.to_string().contains("--lifetime"), "{e}");
+        }
+        assert!(mint(&spec(MAX_LIFETIME_SECONDS)).is_ok());
     }
 
     #[test]

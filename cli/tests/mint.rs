@@ -186,6 +186,21 @@ fn mint_refuses_mismatched_keys_and_reserved_claims() {
         .code,
         1
     );
+    // A lifetime past 366 days: refused (it used to overflow in jwt-simple).
+    for lifetime in ["31622401", "3000000000"] {
+        let r = cli(&[
+            "mint",
+            "--alg",
+            "HS256",
+            "--secret-base64",
+            &b64,
+            "--lifetime",
+            lifetime,
+        ]);
+        assert_eq!(r.code, 1, "--lifetime {lifetime}: {}", r.all());
+        assert!(r.stderr.contains("--lifetime"), "{}", r.stderr);
+        assert!(!r.all().contains("panicked"), "{}", r.all());
+    }
     // Usage errors: no key, unknown algorithm.
     assert_eq!(cli(&["mint", "--alg", "HS256"]).code, 2);
     assert_eq!(
