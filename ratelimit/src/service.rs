@@ -20,6 +20,11 @@
 //!    limit, or when every quota-mode descriptor is; global shadow mode turns
 //!    it back to OK.
 //!
+//! Before step 1, a request with more than [`MAX_DESCRIPTORS`] descriptors
+//! or a descriptor with more than [`MAX_ENTRIES_PER_DESCRIPTOR`] entries is
+//! refused with INVALID_ARGUMENT, and nothing is counted (envoyproxy/ratelimit
+//! has no such bound).
+//!
 //! Not implemented from envoyproxy/ratelimit (all off by default there):
 //! its over-limit local cache, `STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT`, a
 //! separate per-second Redis, expiry jitter, `x-ratelimit-*` response
@@ -57,6 +62,22 @@ pub enum ServiceError {
     /// No descriptor in the request.
     #[error("rate limit descriptor list must not be empty")]
     NoDescriptors,
+    /// More descriptors than [`MAX_DESCRIPTORS`].
+    #[error("{count} descriptors in one request; at most {MAX_DESCRIPTORS} are accepted")]
+    TooManyDescriptors {
+        /// Descriptors in the request.
+        count: usize,
+    },
+    /// A descriptor with more entries than [`MAX_ENTRIES_PER_DESCRIPTOR`].
+    #[error(
+        "descriptor {index}: {count} entries; at most {MAX_ENTRIES_PER_DESCRIPTOR} are accepted"
+    )]
+    TooManyEntries {
+        /// Position of the descriptor in the request.
+        index: usize,
+        /// Entries in the descriptor.
+        count: usize,
+    },
     /// A descriptor cannot be evaluated.
     #[error("descriptor {index}: {source}")]
     Lookup {
@@ -89,6 +110,23 @@ impl ServiceError {
         }
     }
 }
+
+/// Most descriptors accepted in one `ShouldRateLimit` request; a request
+/// with more is refused with INVALID_ARGUMENT before anything is counted.
+///
+/// Without a bound, one call of a few megabytes (tonic's message limit)
+/// could carry 100,000 distinct descriptors and create as many counters,
+/// filling the in-memory store for every other caller. appguard sends one
+/// descriptor per service rate limit of the route plus at most one replay
+/// (`jti`) descriptor; Envoy's own ratelimit filter one per matching
+/// action. 64 leaves room for any realistic route.
+pub const MAX_DESCRIPTORS: usize = 64;
+
+/// Most entries accepted in one descriptor. appguard's rate limits have at
+/// most 8 entries (its configuration refuses more); 16 leaves room for
+/// Envoy's own rate-limit actions. A request with a longer descriptor is
+/// refused with INVALID_ARGUMENT before anything is counted.
+pub const MAX_ENTRIES_PER_DESCRIPTOR: usize = 16;
 
 /// Service-wide counters, served as JSON on `GET /stats`.
 #[derive(Debug, Default)]
@@ -323,6 +361,22 @@ impl RateLimiter {
         }
         if request.descriptors.is_empty() {
             return Err(ServiceError::NoDescriptors);
+        }
+        if request.descriptors.len() > MAX_DESCRIPTORS {
+            return Err(ServiceError::TooManyDescriptors {
+                count: request.descriptors.len(),
+            });
+        }
+        if let Some((index, descriptor)) = request
+            .descriptors
+            .iter()
+            .enumerate()
+            .find(|(_, d)| d.entries.len() > MAX_ENTRIES_PER_DESCRIPTOR)
+        {
+            return Err(ServiceError::TooManyEntries {
+                index,
+                count: descriptor.entries.len(),
+            });
         }
         let domain = request.domain.as_str();
 
@@ -812,6 +866,70 @@ descriptors:
             .unwrap_err();
         assert!(matches!(err, ServiceError::NoDescriptors));
         assert_eq!(l.stats().snapshot().invalid_requests, 2);
+    }
+
+    #[tokio::test]
+    async fn too_many_descriptors_or_entries_are_refused_without_counting() {
+        let memory = Arc::new(Backend::Memory(MemoryBackend::new(1_000_000)));
+        let l = RateLimiter::new(
+            Arc::new(config(APP)),
+            Arc::clone(&memory),
+            ServiceOptions::default(),
+            Arc::new(Stats::default()),
+        );
+        let stored = || match memory.as_ref() {
+            Backend::Memory(m) => m.len(),
+            _ => unreachable!(),
+        };
+        let ips = |n: usize| -> Vec<RateLimitDescriptor> {
+            (0..n)
+                .map(|i| descriptor(&[("ip", &format!("10.0.{}.{}", i / 256, i % 256))]))
+                .collect()
+        };
+
+        // At the bounds: answered and counted.
+        let r = ask(&l, &request("appguard", ips(MAX_DESCRIPTORS)), NOW).await;
+        assert_eq!(r.statuses.len(), MAX_DESCRIPTORS);
+        assert_eq!(stored(), MAX_DESCRIPTORS);
+        let longest: Vec<(String, String)> = (0..MAX_ENTRIES_PER_DESCRIPTOR)
+            .map(|i| (format!("k{i}"), "v".to_owned()))
+            .collect();
+        let pairs = |v: &[(String, String)]| -> RateLimitDescriptor {
+            let refs: Vec<(&str, &str)> = v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            descriptor(&refs)
+        };
+        ask(&l, &request("appguard", vec![pairs(&longest)]), NOW).await;
+
+        // One over: refused as INVALID_ARGUMENT, nothing counted.
+        let before = stored();
+        for many in [MAX_DESCRIPTORS + 1, 100_000] {
+            let err = l
+                .should_rate_limit(&request("appguard", ips(many)), NOW)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, ServiceError::TooManyDescriptors { count } if count == many),
+                "{err}"
+            );
+            assert_eq!(err.to_status().code(), tonic::Code::InvalidArgument);
+        }
+        let mut too_long = longest.clone();
+        too_long.push(("ip".to_owned(), "1".to_owned()));
+        let req = request(
+            "appguard",
+            vec![descriptor(&[("ip", "192.0.2.1")]), pairs(&too_long)],
+        );
+        let err = l.should_rate_limit(&req, NOW).await.unwrap_err();
+        assert!(
+            matches!(err, ServiceError::TooManyEntries { index: 1, count } if count == MAX_ENTRIES_PER_DESCRIPTOR + 1),
+            "{err}"
+        );
+        assert_eq!(err.to_status().code(), tonic::Code::InvalidArgument);
+        assert_eq!(stored(), before, "a refused request created counters");
+        // The valid descriptor of the refused request was not counted either.
+        let alone = request("appguard", vec![descriptor(&[("ip", "192.0.2.1")])]);
+        assert_eq!(ask(&l, &alone, NOW).await.statuses[0].limit_remaining, 2);
+        assert_eq!(l.stats().snapshot().invalid_requests, 3);
     }
 
     #[tokio::test]
