@@ -1,6 +1,13 @@
 //! Command line and process life cycle: load the configuration, bind the
 //! ports, serve until SIGINT/SIGTERM, stop cleanly.
 //!
+//! Shutdown drains: on the first SIGINT/SIGTERM `/healthcheck` starts
+//! answering 500 while both servers keep accepting and answering for
+//! `--drain-seconds` (default 5), so load balancers and Kubernetes see the
+//! instance leave and move traffic away before its ports close; then both
+//! listeners stop, in-flight calls get up to 5 more seconds, and the
+//! process exits 0. A second signal during the drain ends it at once.
+//!
 //! Exit codes: 0 after a clean shutdown (or a successful `--validate`),
 //! 2 for a bad command line or configuration (including a malformed
 //! `--redis` URL), 1 when the service cannot run (a port cannot be bound, a
@@ -23,7 +30,7 @@ use crate::config::{unknown_replaced_names, Quota, RateLimitConfig};
 use crate::logging::{self, LogFormat};
 use crate::service::{unix_now, RateLimiter, RlsService, ServiceOptions, Stats};
 
-/// How long servers get to finish in-flight calls after a shutdown signal.
+/// How long servers get to finish in-flight calls once the listeners stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often the in-memory store drops expired windows in the background.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -77,6 +84,12 @@ pub struct Cli {
     /// Descriptor values are only logged at debug.
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
+
+    /// On SIGINT/SIGTERM, keep serving this many seconds with /healthcheck
+    /// answering 500, so load balancers stop sending traffic before the
+    /// ports close; 0 stops the listeners at once.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub drain_seconds: u64,
 
     /// Load and check the configuration, print a summary, and exit.
     #[arg(long)]
@@ -195,14 +208,39 @@ async fn serve(cli: Cli, config: RateLimitConfig) -> ExitCode {
 
     let shutting_down = Arc::new(AtomicBool::new(false));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let drain = Duration::from_secs(cli.drain_seconds);
     let signals = {
         let shutting_down = Arc::clone(&shutting_down);
         tokio::spawn(async move {
-            match wait_for_signal().await {
-                Ok(signal) => info!(signal, "shutting down"),
-                Err(e) => error!(error = %e, "cannot listen for signals; shutting down"),
+            let mut signals = match Signals::new() {
+                Ok(signals) => Some(signals),
+                Err(e) => {
+                    error!(error = %e, "cannot listen for signals; shutting down");
+                    None
+                }
+            };
+            if let Some(signals) = signals.as_mut() {
+                let signal = signals.next().await;
+                // From here /healthcheck answers 500; both servers still
+                // accept and answer until the drain ends.
+                shutting_down.store(true, Ordering::Relaxed);
+                info!(
+                    signal,
+                    drain_seconds = drain.as_secs(),
+                    "shutting down: draining"
+                );
+                if !drain.is_zero() {
+                    tokio::select! {
+                        () = tokio::time::sleep(drain) => {}
+                        signal = signals.next() => {
+                            warn!(signal, "second signal: ending the drain early");
+                        }
+                    }
+                }
             }
+            // Also when signals could not be listened for.
             shutting_down.store(true, Ordering::Relaxed);
+            info!("closing the listeners");
             // Nobody listening only means the servers already stopped.
             let _ = shutdown_tx.send(true);
         })
@@ -281,14 +319,29 @@ async fn shutdown_signalled(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Waits for SIGINT or SIGTERM; returns the signal's name.
-async fn wait_for_signal() -> std::io::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = interrupt.recv() => Ok("SIGINT"),
-        _ = terminate.recv() => Ok("SIGTERM"),
+/// The SIGINT and SIGTERM streams, registered once so that a second signal
+/// during the drain is not missed.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts listening for SIGINT and SIGTERM.
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for the next SIGINT or SIGTERM; returns the signal's name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
     }
 }
 
@@ -309,6 +362,7 @@ mod tests {
         assert_eq!(cli.http_addr, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(cli.log_format, LogFormat::Json);
         assert!(cli.redis.is_none());
+        assert_eq!(cli.drain_seconds, 5);
         let cli = Cli::try_parse_from([
             "appguard-ratelimit",
             "--config",

@@ -2,9 +2,10 @@
 //!
 //! `/healthcheck` answers 200 `OK` when the service can answer rate-limit
 //! calls: always for the in-memory store, and for Redis only when a PING
-//! succeeds. It answers 500 once shutdown has begun, so a load balancer
-//! stops sending traffic before the gRPC port closes (as envoyproxy/ratelimit
-//! does on SIGTERM).
+//! succeeds. It answers 500 once shutdown has begun: on SIGINT/SIGTERM both
+//! ports keep serving for `--drain-seconds` (see [`crate::cli`]) with this
+//! 500, so a load balancer stops sending traffic before the gRPC port
+//! closes (as envoyproxy/ratelimit does on SIGTERM).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -299,7 +299,9 @@ async fn loads_a_directory_of_files() {
 
 #[test]
 fn logs_are_json_lines_and_sigterm_exits_zero() {
-    let mut service = Service::start_healthy(&strs(&appguard_args()));
+    let mut args = appguard_args();
+    args.extend(["--drain-seconds".to_owned(), "0".to_owned()]);
+    let mut service = Service::start_healthy(&strs(&args));
     let status = std::process::Command::new("kill")
         .args(["-TERM", &service.guard.pid().to_string()])
         .status()
@@ -327,7 +329,9 @@ fn logs_are_json_lines_and_sigterm_exits_zero() {
 
 #[test]
 fn sigint_exits_zero() {
-    let mut service = Service::start_healthy(&strs(&appguard_args()));
+    let mut args = appguard_args();
+    args.extend(["--drain-seconds".to_owned(), "0".to_owned()]);
+    let mut service = Service::start_healthy(&strs(&args));
     std::process::Command::new("kill")
         .args(["-INT", &service.guard.pid().to_string()])
         .status()
@@ -337,6 +341,75 @@ fn sigint_exits_zero() {
         .wait_timeout(Duration::from_secs(10))
         .expect("no exit after SIGINT");
     assert_eq!(exit.code(), Some(0));
+}
+
+// Multi-threaded: the client's connection must keep running (answer the
+// server's GOAWAY ping) while this thread waits for the process to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn sigterm_drains_with_healthcheck_500_then_closes_both_ports() {
+    avoid_window_edge(HOUR, 10);
+    let mut args = appguard_args();
+    args.extend(["--drain-seconds".to_owned(), "2".to_owned()]);
+    let mut service = Service::start_healthy(&strs(&args));
+    let req = request("appguard", vec![descriptor(&[("client_ip", "192.0.2.9")])]);
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &service.guard.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let signalled = std::time::Instant::now();
+
+    // The health check turns to 500 at once, on a new connection.
+    let health = loop {
+        let answer = service.try_http_get("/healthcheck");
+        if answer.as_ref().is_some_and(|(code, _)| *code != 200) {
+            break answer;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(1),
+            "healthcheck still {answer:?} after SIGTERM: {}",
+            service.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        health.map(|(code, _)| code),
+        Some(500),
+        "{}",
+        service.stderr()
+    );
+    // gRPC still accepts a new connection and answers while draining.
+    let mut client = service.client().await;
+    let r = ask(&mut client, &req).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 2);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "the checks took the whole drain"
+    );
+
+    // Then both ports close and the process exits 0.
+    drop(client);
+    let exit = service
+        .guard
+        .wait_timeout(Duration::from_secs(10))
+        .expect("no exit after SIGTERM and the drain");
+    assert_eq!(exit.code(), Some(0), "{}", service.stderr());
+    let took = signalled.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "exited before the drain ended"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "exit took {took:?}: {}",
+        service.stderr()
+    );
+    assert!(service.try_http_get("/healthcheck").is_none());
+    assert!(std::net::TcpStream::connect(service.grpc).is_err());
+    let logs = service.stderr();
+    assert!(logs.contains("draining"), "{logs}");
+    assert!(!logs.contains("grace period"), "{logs}");
 }
 
 #[test]
