@@ -736,7 +736,7 @@ def bench(args, wasm, noop, procs, workdir, started):
     rls_grpc, rls_http = free_port(), free_port()
     rl_yaml = workdir / "ratelimit.yaml"
     rl_yaml.write_text(RATELIMIT_YAML)
-    rls = procs.start([str(RLS), "--config", str(rl_yaml), "--grpc-addr", f"127.0.0.1:{rls_grpc}",
+    rls = procs.start([str(RLS), "--config", str(rl_yaml), "--drain-seconds", "0", "--grpc-addr", f"127.0.0.1:{rls_grpc}",
                        "--http-addr", f"127.0.0.1:{rls_http}", "--log-level", "warn"],
                       workdir / "ratelimit.log", cpu=CLIENT_CPU)
     if not wait_port(rls_grpc, 20):

@@ -156,7 +156,9 @@ def main():
     rls_log = open(os.path.join(work, "ratelimit.log"), "w")
     rls = subprocess.Popen(
         [a.ratelimit, "--config", os.path.join(ROOT, "envoy/ratelimit.yaml"),
-         "--grpc-addr", f"127.0.0.1:{RLS_GRPC_PORT}", "--http-addr", f"127.0.0.1:{RLS_HTTP_PORT}"],
+         "--grpc-addr", f"127.0.0.1:{RLS_GRPC_PORT}", "--http-addr", f"127.0.0.1:{RLS_HTTP_PORT}",
+         # a local demo: no load balancer to drain, Ctrl-C stops at once
+         "--drain-seconds", "0"],
         stdin=subprocess.DEVNULL, stdout=rls_log, stderr=rls_log)
     log = os.path.join(work, "envoy.log")
     envoy = subprocess.Popen(

@@ -197,11 +197,24 @@ impl RateLimit {
     }
 }
 
+/// Most `rate_limits` on one route: each is one descriptor of the call to
+/// the rate-limit service, which refuses calls of more than 64 (with a
+/// replay descriptor, 33 at most here).
+pub const MAX_RULES_PER_ROUTE: usize = 32;
+
 pub(crate) fn compile(
     at: &str,
     route: &str,
     raw: Vec<RawRateLimit>,
 ) -> Result<Vec<RateLimit>, ConfigError> {
+    // One descriptor per rule (plus a replay descriptor) goes to the
+    // rate-limit service, which refuses requests of more than 64.
+    if raw.len() > MAX_RULES_PER_ROUTE {
+        return Err(ConfigError::new(
+            at,
+            format!("at most {MAX_RULES_PER_ROUTE} rate limits per route"),
+        ));
+    }
     let mut out = Vec::with_capacity(raw.len());
     for (i, r) in raw.into_iter().enumerate() {
         let at = format!("{at}[{i}]");

@@ -1622,3 +1622,18 @@ fn a_signature_covers_the_header_the_token_came_from() {
         "the second source, covered"
     );
 }
+
+#[test]
+fn a_route_has_at_most_32_rate_limits() {
+    // More rules than the rate-limit service takes descriptors: refused.
+    let many: Vec<Value> = (0..33)
+        .map(|i| json!({"name": format!("r{i}"), "entries": [{"type": "client_ip"}], "local": {"requests": 1, "per": "minute"}}))
+        .collect();
+    let e = Config::from_json(
+        json!({"routes": [{"name": "r", "match": {"prefix": "/"}, "rate_limits": many}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap_err();
+    assert_eq!(e.path, "routes[0].rate_limits");
+}
