@@ -98,11 +98,11 @@ impl NegativeCache {
         failed.push((provider, until));
     }
 
-    /// Whether `ip`'s failure budget for provider `provider` is known to be
-    /// spent at `now_ms`.
-    fn budget_spent(&self, provider: usize, ip: IpAddr, now_ms: u64) -> bool {
+    /// Whether `ip`'s failure budget `slot` (see [`budget_slot`]) is known
+    /// to be spent at `now_ms`.
+    fn budget_spent(&self, slot: usize, ip: IpAddr, now_ms: u64) -> bool {
         self.spent
-            .get(&(provider, ip))
+            .get(&(slot, ip))
             .is_some_and(|until| *until > now_ms)
     }
 
@@ -116,12 +116,18 @@ impl NegativeCache {
         false
     }
 
-    /// Remembers that `ip`'s budget stays spent until `until_ms`.
-    fn note_spent(&mut self, provider: usize, ip: IpAddr, until_ms: u64, now_ms: u64) {
+    /// Remembers that `ip`'s budget `slot` stays spent until `until_ms`.
+    fn note_spent(&mut self, slot: usize, ip: IpAddr, until_ms: u64, now_ms: u64) {
         self.spent_latest = self.spent_latest.max(until_ms);
         make_room(&mut self.spent, |&u| u > now_ms);
-        self.spent.insert((provider, ip), until_ms);
+        self.spent.insert((slot, ip), until_ms);
     }
+}
+
+/// Which failure budget of provider `provider` a route spends: enforce
+/// routes share one, monitor-mode routes another (`2 × provider + mode`).
+fn budget_slot(provider: usize, monitor: bool) -> usize {
+    provider.saturating_mul(2) + usize::from(monitor)
 }
 
 /// Keeps one of the negative cache's maps under [`NEGATIVE_CACHE_ENTRIES`]:
@@ -1018,6 +1024,12 @@ fn check_token(
                 requests: budget.failures,
                 per_seconds: budget.window_seconds,
             };
+            // Monitor-mode routes keep budgets of their own: rolling out a
+            // provider in monitor mode (keys not right yet, every signature
+            // failing) must not spend the budgets its enforce routes refuse
+            // by. They still spare the CPU of a flood on the monitor route.
+            let monitor = route.mode == Mode::Monitor;
+            let slot = budget_slot(pi, monitor);
             // The client's bucket digest, computed at most once per request
             // (the client is the same for the check and a failure's take).
             let budget_digest = std::cell::OnceCell::new();
@@ -1027,10 +1039,12 @@ fn check_token(
                         "ip".into(),
                         limits::ip_value(ip, budget.v4_prefix, budget.v6_prefix),
                     )];
-                    limits::descriptor_digest(
-                        &limits::DigestScope::new(&["budget", &provider.name]),
-                        &d,
-                    )
+                    let scope = if monitor {
+                        limits::DigestScope::new(&["budget", &provider.name, "monitor"])
+                    } else {
+                        limits::DigestScope::new(&["budget", &provider.name])
+                    };
+                    limits::descriptor_digest(&scope, &d)
                 })
             };
             if budget.failures > 0 {
@@ -1045,7 +1059,7 @@ fn check_token(
                 };
                 let ip = remembered.then(client);
                 if let Some(ip) = ip {
-                    if ctx.negative.borrow().budget_spent(pi, ip, ctx.now_ms) {
+                    if ctx.negative.borrow().budget_spent(slot, ip, ctx.now_ms) {
                         facts.budget_refused = true;
                         return Err(Reason::TokenSignature.into());
                     }
@@ -1063,7 +1077,7 @@ fn check_token(
                     ) {
                         ctx.negative
                             .borrow_mut()
-                            .note_spent(pi, ip, until, ctx.now_ms);
+                            .note_spent(slot, ip, until, ctx.now_ms);
                         facts.budget_refused = true;
                         return Err(Reason::TokenSignature.into());
                     }

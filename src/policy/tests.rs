@@ -1637,3 +1637,45 @@ fn a_route_has_at_most_32_rate_limits() {
     .unwrap_err();
     assert_eq!(e.path, "routes[0].rate_limits");
 }
+
+#[test]
+fn failures_on_a_monitor_route_do_not_spend_the_budget_of_enforce_routes() {
+    // Rolling out a provider in monitor mode with keys that are not right
+    // yet: every signature fails there. Its enforce routes keep refusing by
+    // their own budget only.
+    let w = World::from(json!({
+        "tokens": [{"name": "t", "from": [{"header": "x-t"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "failure_budget": {"failures": 2, "window_seconds": 60}}],
+        "routes": [
+            {"name": "watch", "match": {"prefix": "/watch"}, "tokens": ["t"], "mode": "monitor"},
+            {"name": "api", "match": {"prefix": "/api"}, "tokens": ["t"]}
+        ]
+    }));
+    let forged = |n: u32| {
+        hs256_raw(
+            &[9u8; 64],
+            &json!({"alg": "HS256"}),
+            &json!({"exp": NOW + 60, "n": n}),
+        )
+    };
+    for n in 0..3 {
+        let (d, _) = w.run("/watch", "198.51.100.7", &[("x-t", &forged(n))]);
+        match d {
+            Decision::Allow(g) => assert_eq!(g.would_deny, Some(Reason::TokenSignature)),
+            d => panic!("monitor mode never blocks: {d:?}"),
+        }
+    }
+    // The monitor route's own budget is spent: a flood there stops costing
+    // verifications.
+    let (_, f) = w.run("/watch", "198.51.100.7", &[("x-t", &forged(3))]);
+    assert!(f.budget_refused);
+    // The same client's genuine token on the enforce route passes.
+    let good = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "n": 99}),
+    );
+    let (d, f) = w.run("/api", "198.51.100.7", &[("x-t", &good)]);
+    assert_eq!((d.reason(), f.budget_refused), (None, false));
+}
