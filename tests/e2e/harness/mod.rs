@@ -330,7 +330,24 @@ impl EnvoyBuilder {
     }
 
     /// Starts Envoy; `Err(log)` when it exits or never becomes ready.
+    ///
+    /// A port from [`free_port`] is free when handed out, but the kernel
+    /// may give it to an outgoing connection (as its ephemeral source
+    /// port) before Envoy binds it; Envoy then exits with "Address already
+    /// in use". That is the machine, not the test: start again on other
+    /// ports (at most three times).
     pub fn try_start(&self) -> Result<Envoy, String> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_start_once() {
+                Err(log) if attempt < 3 && log.contains("Address already in use") => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn try_start_once(&self) -> Result<Envoy, String> {
         let listen_port = free_port();
         let admin_port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
