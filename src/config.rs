@@ -321,6 +321,9 @@ pub struct RateLimitService {
     pub timeout_ms: u64,
     /// Default failure mode (routes may override).
     pub failure_mode: FailureMode,
+    /// The digest scope of replay descriptors (`replay.scope: service`),
+    /// absorbed once here so that a request hashes only its `jti`.
+    pub replay_scope: crate::limits::DigestScope,
 }
 
 /// Phone numbers read from bodies (SMS/OTP routes).
@@ -474,6 +477,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 domain: r.domain,
                 timeout_ms: r.timeout_ms,
                 failure_mode: r.failure_mode,
+                replay_scope: crate::limits::DigestScope::new(&["replay"]),
             })
         }
         None => None,

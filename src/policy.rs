@@ -579,14 +579,14 @@ fn limits_phase(
             },
         );
     }
-    if let Some(replay) = pending.replay.take() {
-        pending.replay_index = Some(service.len());
-        let digest = limits::descriptor_digest(&limits::DigestScope::new(&["replay"]), &replay);
-        service.push((replay, digest));
-    }
     let Some(svc) = &config.rate_limit_service else {
         return done(pending);
     };
+    if let Some(replay) = pending.replay.take() {
+        pending.replay_index = Some(service.len());
+        let digest = limits::descriptor_digest(&svc.replay_scope, &replay);
+        service.push((replay, digest));
+    }
     if service.is_empty() {
         return done(pending);
     }
