@@ -216,15 +216,17 @@ struct RawRoute {
     max_body_bytes: Option<usize>,
 }
 
-/// What happens when the shared rate-limit service does not answer in time.
+/// What happens when a dependency fails: the shared rate-limit service does
+/// not answer in time (or errors), or a remote JWKS has no keys.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureMode {
-    /// Refuse with 503 `ratelimit_unavailable` (fail closed; the default for
-    /// a security control).
+    /// Refuse with 503 `ratelimit_unavailable` or `jwks_unavailable` (fail
+    /// closed; the default for a security control).
     #[default]
     Deny,
-    /// Let the request go on, and count it.
+    /// Let the request go on (without the rate-limit call, or with the token
+    /// treated as absent), log it and count it as `degraded`.
     Allow,
 }
 
@@ -395,7 +397,8 @@ pub struct Route {
     pub network: Option<Network>,
     /// The route's rate limits, in order.
     pub rate_limits: Vec<RateLimit>,
-    /// What a rate-limit service failure does on this route.
+    /// What a dependency failure (rate-limit service, remote JWKS) does on
+    /// this route.
     pub failure_mode: FailureMode,
     /// Largest body buffered on this route.
     pub max_body_bytes: usize,

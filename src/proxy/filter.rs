@@ -436,8 +436,6 @@ impl GuardFilter {
     }
 }
 
-/// `route=… ip=… app=… key=…` for a log line: names and ids only, never a
-/// token, key or phone number.
 /// Writes one per-request decision line, within the worker's
 /// `decision_log_per_second`; the first line after a gap says how many were
 /// left out. The line is only formatted when it is written.
@@ -459,8 +457,10 @@ fn decision_log(worker: &Worker, level: log::Level, now: u64, line: impl FnOnce(
     }
 }
 
-/// The request's route, client IP, app and key for a log line. The IP is
-/// read from the host here if no check needed it (only for lines written).
+/// `route=… ip=… app=… key=…`: the request's route, client IP, app and key
+/// for a log line, names and ids only, never a token, key or phone number.
+/// The IP is read from the host here if no check needed it (only for lines
+/// written).
 fn describe(worker: &Worker, facts: &Facts, headers: &[(String, String)]) -> String {
     let c = &worker.config;
     let route = facts
