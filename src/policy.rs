@@ -771,6 +771,9 @@ fn check(
                 None => None,
                 Some(k) => {
                     let (idx, key) = config.api_keys.lookup(k).ok_or(Reason::ApiKeyInvalid)?;
+                    // Named from here on, also when refused below: its id is
+                    // public, and the denial's log line shows which key it was.
+                    facts.key = Some(idx);
                     if key.disabled {
                         return Err(Reason::ApiKeyInvalid.into());
                     }
@@ -782,7 +785,6 @@ fn check(
                     if !key.routes.is_empty() && !key.routes.iter().any(|r| r == &route.name) {
                         return Err(Reason::ApiKeyRestricted.into());
                     }
-                    facts.key = Some(idx);
                     grant
                         .set_headers
                         .push(("x-appguard-key-id".into(), key.id.clone()));

@@ -311,6 +311,46 @@ fn api_key_from_query_parameter() {
 }
 
 #[test]
+fn refused_keys_are_named_in_the_facts_the_log_line_reads() {
+    // A revoked or restricted key is configured, so its public id belongs
+    // in the denial's log line (`key=...`): rotation (README "API-key
+    // rotation") watches the revoked id's `api_key_invalid` there.
+    let w = World::new();
+    let id = |f: Facts| f.key.map(|k| w.config.api_keys.keys[k].id.clone());
+    for (path, ip, key, reason, want) in [
+        (
+            "/sms",
+            "198.51.100.1",
+            "key-revoked",
+            Reason::ApiKeyInvalid,
+            "k-revoked",
+        ),
+        (
+            "/sms",
+            "198.51.100.1",
+            "key-office",
+            Reason::ApiKeyRestricted,
+            "k-office",
+        ),
+        (
+            "/mobile/a",
+            "198.51.100.1",
+            "key-sms",
+            Reason::ApiKeyRestricted,
+            "k-sms-only",
+        ),
+    ] {
+        let (d, f) = w.run(path, ip, &[("x-api-key", key)]);
+        assert_eq!(d.reason(), Some(reason), "{key} on {path}");
+        assert_eq!(id(f).as_deref(), Some(want), "{key} on {path}");
+    }
+    // An unknown key names nothing.
+    let (d, f) = w.run("/sms", "198.51.100.1", &[("x-api-key", "nope")]);
+    assert_eq!(d.reason(), Some(Reason::ApiKeyInvalid));
+    assert_eq!(f.key, None);
+}
+
+#[test]
 fn network_rules() {
     let w = World::new();
     let key = [("x-api-key", "key-office")];
