@@ -380,7 +380,7 @@ fn deny(p: Box<Pending>, d: Denial) -> Step {
 }
 
 /// Continues with the whole body (the adapter already refused bodies over
-/// `max_body_bytes`): body values, request signing, then rate limits.
+/// `max_body_bytes`): request signing, body values, then rate limits.
 pub fn evaluate_body(
     ctx: &Ctx<'_>,
     req: &Request<'_>,
@@ -395,15 +395,18 @@ pub fn evaluate_body(
     if body.len() > route.max_body_bytes {
         return deny(pending, Reason::BodyTooLarge.into());
     }
-    let values = match body_values(config, route, body) {
-        Ok(v) => v,
-        Err(r) => return deny(pending, r.into()),
-    };
+    // Request signing belongs to the token (SPEC §1 step 4), so it decides
+    // before the body checks (step 6): without the install's key a client
+    // learns nothing about the body rules (denied prefixes, format).
     if let Some((pi, key)) = pending.signing.take() {
         if let Err(r) = verify_signature(config, pi, &key, req, Some(body), now) {
             return deny(pending, r.into());
         }
     }
+    let values = match body_values(config, route, body) {
+        Ok(v) => v,
+        Err(r) => return deny(pending, r.into()),
+    };
     limits_phase(ctx, req, route, &values, pending, now)
 }
 

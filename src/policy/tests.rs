@@ -1719,3 +1719,45 @@ fn failures_on_a_monitor_route_do_not_spend_the_budget_of_enforce_routes() {
     let (d, f) = w.run("/api", "198.51.100.7", &[("x-t", &good)]);
     assert_eq!((d.reason(), f.budget_refused), (None, false));
 }
+
+#[test]
+fn request_signing_is_checked_before_the_body_checks() {
+    // SPEC §1: the token (step 4, request signing included) comes before
+    // the body checks (step 6), and the first failure decides. A request
+    // whose signature is missing or forged is `signature_invalid`, whatever
+    // its body says: it learns nothing about denied prefixes or the body
+    // format without the install's key.
+    let w = World::from(json!({
+        "phone": {"default_calling_code": "44", "denied_prefixes": ["+882"], "hash_key_base64": STANDARD.encode([5u8; 32])},
+        "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "message_signing": {"claim": "ipk"}}],
+        "routes": [{"name": "sms", "match": {"path": "/sms"}, "tokens": ["t"],
+                    "rate_limits": [{"entries": [{"type": "body", "pointer": "/to", "phone": true}],
+                                     "local": {"requests": 10, "per": "minute"}}]}]
+    }));
+    let key = crate::signing::InstallSigningKey::p256_from_bytes(&[7u8; 32]).unwrap();
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "ipk": key.public_key().to_ipk()}),
+    );
+    let reason = |body: &str| match w.post(
+        "/sms",
+        "198.51.100.1",
+        &[("approov-token", &token), ("content-length", "20")],
+        body,
+    ) {
+        Step::Done(d, _) => d.reason(),
+        s => panic!("{s:?}"),
+    };
+    assert_eq!(
+        reason(r#"{"to":"+882123456789"}"#),
+        Some(Reason::SignatureInvalid)
+    );
+    assert_eq!(reason("not json"), Some(Reason::SignatureInvalid));
+    assert_eq!(
+        reason(r#"{"to":"+447911123456"}"#),
+        Some(Reason::SignatureInvalid)
+    );
+}
