@@ -653,10 +653,11 @@ pub fn local_refill_at<S: SharedStore + ?Sized>(
 
 /// Descriptors the service said are over their limit, until their window
 /// resets: answered 429 locally without asking the service again. Per
-/// worker, bounded.
+/// worker, bounded. Each entry keeps the limit the service named too, so
+/// that the cached 429 carries the same `x-ratelimit-limit` as the first.
 #[derive(Default)]
 pub struct OverLimitCache {
-    map: HashMap<[u8; 16], u64>,
+    map: HashMap<[u8; 16], (u64, Option<u32>)>,
 }
 
 /// Largest number of descriptors the over-limit cache holds per worker.
@@ -665,18 +666,25 @@ pub const OVER_LIMIT_ENTRIES: usize = 4096;
 impl OverLimitCache {
     /// Until when a descriptor is known to be over its limit.
     pub fn until(&self, digest: &[u8; 16], now: u64) -> Option<u64> {
-        self.map.get(digest).copied().filter(|u| *u > now)
+        self.get(digest, now).map(|(until, _)| until)
     }
 
-    /// Remembers a descriptor as over its limit until `until`.
-    pub fn insert(&mut self, digest: [u8; 16], until: u64, now: u64) {
+    /// Until when a descriptor is known to be over its limit, and the
+    /// limit's `requests_per_unit` when the service said it.
+    pub fn get(&self, digest: &[u8; 16], now: u64) -> Option<(u64, Option<u32>)> {
+        self.map.get(digest).copied().filter(|(u, _)| *u > now)
+    }
+
+    /// Remembers a descriptor as over its `limit` (requests per unit, when
+    /// known) until `until`.
+    pub fn insert(&mut self, digest: [u8; 16], until: u64, limit: Option<u32>, now: u64) {
         if self.map.len() >= OVER_LIMIT_ENTRIES {
-            self.map.retain(|_, u| *u > now);
+            self.map.retain(|_, (u, _)| *u > now);
             if self.map.len() >= OVER_LIMIT_ENTRIES {
                 self.map.clear();
             }
         }
-        self.map.insert(digest, until);
+        self.map.insert(digest, (until, limit));
     }
 }
 

@@ -560,20 +560,24 @@ fn limits_phase(
         }
     }
     // Over-limit cache: the service already said no for this descriptor.
+    // The one that resets last decides (ties: the smaller limit), as it
+    // does in the service's own answer (`ratelimit::interpret`).
     let cached = {
         let cache = ctx.over_limit.borrow();
         service
             .iter()
-            .filter_map(|(_, dg)| cache.until(dg, now))
-            .max()
+            .filter_map(|(_, dg)| cache.get(dg, now))
+            .min_by_key(|&(until, limit)| (std::cmp::Reverse(until), limit.unwrap_or(u32::MAX)))
     };
-    if let Some(until) = cached {
+    if let Some((until, limit)) = cached {
         let secs = until.saturating_sub(now).max(1).to_string();
-        let headers = vec![
-            ("retry-after".to_owned(), secs.clone()),
-            ("x-ratelimit-remaining".to_owned(), "0".to_owned()),
-            ("x-ratelimit-reset".to_owned(), secs),
-        ];
+        let mut headers = Vec::with_capacity(4);
+        headers.push(("retry-after".to_owned(), secs.clone()));
+        if let Some(limit) = limit {
+            headers.push(("x-ratelimit-limit".to_owned(), limit.to_string()));
+        }
+        headers.push(("x-ratelimit-remaining".to_owned(), "0".to_owned()));
+        headers.push(("x-ratelimit-reset".to_owned(), secs));
         return deny(
             pending,
             Denial {
@@ -659,7 +663,7 @@ pub fn evaluate_rls(
             let mut cache = ctx.over_limit.borrow_mut();
             for o in &verdict.over_limit_descriptors {
                 if let (Some(until), Some((_, digest))) = (o.until, pending.service.get(o.index)) {
-                    cache.insert(*digest, until, now);
+                    cache.insert(*digest, until, o.limit, now);
                 }
             }
         }

@@ -1761,3 +1761,32 @@ fn request_signing_is_checked_before_the_body_checks() {
         Some(Reason::SignatureInvalid)
     );
 }
+
+#[test]
+fn a_429_from_the_over_limit_cache_carries_every_rate_limit_header() {
+    // SPEC §4: a 429 carries `retry-after` and the three `x-ratelimit-*`
+    // headers, whether the service said no just now or said it earlier
+    // and the worker's over-limit cache answers for it.
+    let w = limits_world();
+    let body = json!({"to": "+447700900123"}).to_string();
+    let Step::NeedRateLimit(p, _) = w.post("/sms", "192.0.2.1", &[], &body) else {
+        panic!()
+    };
+    let first = match evaluate_rls(&w.ctx(), p, Ok(&over_limit_response(42)), NOW) {
+        Step::Done(Decision::Deny(d), _) => d.headers,
+        s => panic!("{s:?}"),
+    };
+    let cached = match w.post("/sms", "192.0.3.2", &[], &body) {
+        Step::Done(Decision::Deny(d), _) => d.headers,
+        s => panic!("expected a 429 from the cache: {s:?}"),
+    };
+    let names = |h: &[(String, String)]| {
+        let mut n: Vec<String> = h.iter().map(|(k, _)| k.clone()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&cached), names(&first), "{cached:?} vs {first:?}");
+    assert!(cached.contains(&("x-ratelimit-limit".into(), "5".into())));
+    assert!(cached.contains(&("x-ratelimit-remaining".into(), "0".into())));
+    assert!(cached.contains(&("retry-after".into(), "42".into())));
+}

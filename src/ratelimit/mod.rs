@@ -86,6 +86,9 @@ pub struct OverLimitDescriptor {
     pub reset_secs: Option<u64>,
     /// `now + reset_secs`: the Unix time until which it may be cached.
     pub until: Option<u64>,
+    /// Its limit's `requests_per_unit`, when the service said it: the
+    /// `x-ratelimit-limit` of a 429 answered later from the cache.
+    pub limit: Option<u32>,
 }
 
 /// What a `ShouldRateLimit` answer means for the request.
@@ -207,10 +210,11 @@ pub fn interpret(
         });
         let cached = over
             .iter()
-            .map(|&(index, _, reset)| OverLimitDescriptor {
+            .map(|&(index, s, reset)| OverLimitDescriptor {
                 index,
                 reset_secs: reset,
                 until: reset.map(|r| now.saturating_add(r)),
+                limit: requests_per_unit(s),
             })
             .collect();
         (quota, cached)
@@ -405,12 +409,14 @@ mod tests {
                 OverLimitDescriptor {
                     index: 1,
                     reset_secs: Some(42),
-                    until: Some(NOW + 42)
+                    until: Some(NOW + 42),
+                    limit: Some(5)
                 },
                 OverLimitDescriptor {
                     index: 2,
                     reset_secs: Some(120),
-                    until: Some(NOW + 120)
+                    until: Some(NOW + 120),
+                    limit: Some(3)
                 },
             ]
         );
