@@ -430,3 +430,60 @@ fn provider_config_errors_name_the_field() {
                        "message_signing": {"claim": "ipk", "clock_skew_seconds": 301}}));
     assert_eq!(e.path, "tokens[0].message_signing.clock_skew_seconds");
 }
+
+#[test]
+fn every_key_kind_of_the_spec_verifies_as_pem_jwk_or_secret() {
+    // SPEC §3: HS256/384/512 secrets in base64; RS256/PS256/ES256/ES384/
+    // EdDSA public keys as PEM or JWK. Keys made here, fresh each run.
+    let es384 = ES384KeyPair::generate();
+    let ed = Ed25519KeyPair::generate();
+    let ps = PS256KeyPair::from_pem(RSA_PRIV).unwrap();
+    // SubjectPublicKeyInfo ends with the uncompressed point 04 || x || y.
+    let der = es384.public_key().to_der().unwrap();
+    let p384 = &der[der.len() - 97..];
+    assert_eq!(p384[0], 4);
+    let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+    let rsa = ps.public_key().to_components();
+    let p = provider(json!({"keys": [
+        {"kid": "es384-pem", "alg": "ES384", "pem": es384.public_key().to_pem().unwrap()},
+        {"kid": "es384-jwk", "jwk": {"kty": "EC", "crv": "P-384", "x": b64(&p384[1..49]), "y": b64(&p384[49..97])}},
+        {"kid": "ed-pem", "alg": "EdDSA", "pem": ed.public_key().to_pem()},
+        {"kid": "ed-jwk", "jwk": {"kty": "OKP", "crv": "Ed25519", "x": b64(&ed.public_key().to_bytes())}},
+        {"kid": "ps-pem", "alg": "PS256", "pem": RSA_PUB},
+        {"kid": "ps-jwk", "alg": "PS256", "jwk": {"kty": "RSA", "n": b64(&rsa.n), "e": b64(&rsa.e)}},
+        {"kid": "hs384", "alg": "HS384", "secret_base64": STANDARD.encode([3u8; 48])},
+        {"kid": "hs512", "alg": "HS512", "secret_base64": STANDARD.encode([4u8; 64])}
+    ]}));
+    let claims = || signed_claims(Map::new(), NOW, NOW + 60);
+    let tokens = [
+        ES384KeyPair::from_bytes(&es384.to_bytes())
+            .unwrap()
+            .with_key_id("es384-pem")
+            .sign(claims())
+            .unwrap(),
+        es384.with_key_id("es384-jwk").sign(claims()).unwrap(),
+        ed.clone().with_key_id("ed-pem").sign(claims()).unwrap(),
+        ed.with_key_id("ed-jwk").sign(claims()).unwrap(),
+        ps.clone().with_key_id("ps-pem").sign(claims()).unwrap(),
+        ps.with_key_id("ps-jwk").sign(claims()).unwrap(),
+        HS384Key::from_bytes(&[3u8; 48])
+            .with_key_id("hs384")
+            .authenticate(claims())
+            .unwrap(),
+        HS512Key::from_bytes(&[4u8; 64])
+            .with_key_id("hs512")
+            .authenticate(claims())
+            .unwrap(),
+    ];
+    for t in &tokens {
+        assert_eq!(verify(&p, t, NOW), Ok(NOW + 60), "{t}");
+        // the same token with its signature's last character changed
+        let mut forged = t.to_string();
+        let last = forged.pop().unwrap();
+        forged.push(if last == 'A' { 'Q' } else { 'A' });
+        assert!(
+            matches!(verify(&p, &forged, NOW), Err(TokenError::Signature(_))),
+            "{forged}"
+        );
+    }
+}
