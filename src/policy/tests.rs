@@ -1790,3 +1790,24 @@ fn a_429_from_the_over_limit_cache_carries_every_rate_limit_header() {
     assert!(cached.contains(&("x-ratelimit-remaining".into(), "0".into())));
     assert!(cached.contains(&("retry-after".into(), "42".into())));
 }
+
+#[test]
+fn a_country_allow_list_refuses_every_other_country_and_none() {
+    // SPEC §1 step 2: country allow lists, read from the header a trusted
+    // component set. Outside the list, or no country at all: refused.
+    let w = World::from(json!({
+        "network": {"country_header": "x-country", "country_allow": ["GB", "FR"]},
+        "routes": [{"name": "open", "match": {"prefix": "/"}}]
+    }));
+    assert_eq!(w.reason("/x", &[("x-country", "GB")]), None);
+    assert_eq!(w.reason("/x", &[("x-country", "fr")]), None);
+    assert_eq!(
+        w.reason("/x", &[("x-country", "US")]),
+        Some(Reason::CountryDenied)
+    );
+    assert_eq!(w.reason("/x", &[]), Some(Reason::CountryDenied));
+    assert_eq!(
+        w.reason("/x", &[("x-country", "GBR")]),
+        Some(Reason::CountryDenied)
+    );
+}
