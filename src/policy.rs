@@ -802,6 +802,32 @@ fn check(
     };
     // 4. token
     let token = check_token(ctx, req, now, route, grant, facts)?;
+    // Request signing with the token's install key is part of the token
+    // (SPEC §3 under step 4), so it decides before the identity checks.
+    // When the signature must cover the body's digest it can only be
+    // verified with the body: then the header checks below go first, and
+    // the body phase verifies it before anything else.
+    let mut deferred = None;
+    if let Some(t) = &token {
+        let p = config
+            .providers
+            .get(t.provider)
+            .ok_or(Reason::SignatureInvalid)?;
+        if let Some(ms) = &p.message_signing {
+            match t.claim_text(&ms.claim) {
+                None if ms.required => return Err(Reason::SignatureInvalid.into()),
+                None => {}
+                Some(ipk) => {
+                    let key = InstallKey::from_ipk(&ipk).map_err(|_| Reason::SignatureInvalid)?;
+                    if req.has_body() && ms.policy.require_content_digest {
+                        deferred = Some((t.provider, key));
+                    } else {
+                        verify_signature(config, t.provider, &key, req, None, now)?;
+                    }
+                }
+            }
+        }
+    }
     // 5. platform and app identity
     let ph = platform_headers(config, req)?;
     // Only server-to-server apps are proven by the client IP.
@@ -861,29 +887,6 @@ fn check(
         grant
             .set_headers
             .push(("x-appguard-platform".into(), app.platform.as_str().into()));
-    }
-    // 6. request signing with the token's install key: now, or with the
-    // body when the signature must cover its digest.
-    let mut deferred = None;
-    if let Some(t) = &token {
-        let p = config
-            .providers
-            .get(t.provider)
-            .ok_or(Reason::SignatureInvalid)?;
-        if let Some(ms) = &p.message_signing {
-            match t.claim_text(&ms.claim) {
-                None if ms.required => return Err(Reason::SignatureInvalid.into()),
-                None => {}
-                Some(ipk) => {
-                    let key = InstallKey::from_ipk(&ipk).map_err(|_| Reason::SignatureInvalid)?;
-                    if req.has_body() && ms.policy.require_content_digest {
-                        deferred = Some((t.provider, key));
-                    } else {
-                        verify_signature(config, t.provider, &key, req, None, now)?;
-                    }
-                }
-            }
-        }
     }
     facts.token = token;
     Ok(deferred)

@@ -1811,3 +1811,46 @@ fn a_country_allow_list_refuses_every_other_country_and_none() {
         Some(Reason::CountryDenied)
     );
 }
+
+#[test]
+fn request_signing_is_checked_before_the_platform_and_app() {
+    // SPEC §1: the token (step 4, request signing included) decides before
+    // platform and app identity (step 5). A request without the install's
+    // signature is `signature_invalid`, whatever platform headers it shows.
+    let w = World::from(json!({
+        "apps": [{"id": "a", "platform": "android", "package": "com.example.a"}],
+        "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "message_signing": {"claim": "ipk"}}],
+        "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"], "platforms": ["android"]}]
+    }));
+    let key = crate::signing::InstallSigningKey::p256_from_bytes(&[7u8; 32]).unwrap();
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "ipk": key.public_key().to_ipk()}),
+    );
+    let reason = |extra: &[(&str, &str)]| {
+        let mut all = vec![
+            (":method", "GET"),
+            (":path", "/v1/x"),
+            (":authority", "api.example.com"),
+            ("approov-token", token.as_str()),
+        ];
+        all.extend_from_slice(extra);
+        let h = headers(&all);
+        match evaluate(&w.ctx(), &Request::new(&h, None), NOW) {
+            Step::Done(d, _) => d.reason(),
+            s => panic!("{s:?}"),
+        }
+    };
+    assert_eq!(
+        reason(&[("x-android-package", "com.unknown")]),
+        Some(Reason::SignatureInvalid)
+    );
+    assert_eq!(
+        reason(&[("origin", "https://evil.example")]),
+        Some(Reason::SignatureInvalid)
+    );
+    assert_eq!(reason(&[]), Some(Reason::SignatureInvalid));
+}
