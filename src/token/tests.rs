@@ -434,9 +434,11 @@ fn provider_config_errors_name_the_field() {
 #[test]
 fn every_key_kind_of_the_spec_verifies_as_pem_jwk_or_secret() {
     // SPEC §3: HS256/384/512 secrets in base64; RS256/PS256/ES256/ES384/
-    // EdDSA public keys as PEM or JWK. Keys made here, fresh each run.
-    let es384 = ES384KeyPair::generate();
-    let ed = Ed25519KeyPair::generate();
+    // EdDSA public keys as PEM or JWK. Keys from fixed seeds (no
+    // randomness, so the test runs the same natively and under wasm).
+    let es384 = ES384KeyPair::from_bytes(&[7u8; 48]).unwrap();
+    let seed = ed25519_compact::Seed::new([9u8; 32]);
+    let ed = Ed25519KeyPair::from_bytes(&ed25519_compact::KeyPair::from_seed(seed)[..]).unwrap();
     let ps = PS256KeyPair::from_pem(RSA_PRIV).unwrap();
     // SubjectPublicKeyInfo ends with the uncompressed point 04 || x || y.
     let der = es384.public_key().to_der().unwrap();
