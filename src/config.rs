@@ -542,6 +542,23 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             default_failure,
             raw.max_body_bytes,
         )?;
+        // Routes are tried in order and the first match wins: a route that
+        // an earlier one covers entirely never applies, and its policy
+        // (tokens, keys, limits on a paid endpoint) silently does nothing.
+        if let Some((k, earlier)) = routes
+            .iter()
+            .enumerate()
+            .find(|(_, e)| route_covers(e, &route))
+        {
+            return Err(ConfigError::new(
+                format!("{at}.match"),
+                format!(
+                    "never matches: route {:?} (routes[{k}]) comes first and matches every \
+                     request this one would; put the more specific route first",
+                    earlier.name
+                ),
+            ));
+        }
         for (j, rl) in route.rate_limits.iter().enumerate() {
             if rl.local.is_none() && rate_limit_service.is_none() {
                 return Err(ConfigError::new(
@@ -809,6 +826,38 @@ fn compile_route(
     })
 }
 
+/// Whether every request `later` matches is matched by `earlier` too
+/// (path, methods and hosts all covered), so that `later` is unreachable.
+fn route_covers(earlier: &Route, later: &Route) -> bool {
+    let path = match (&earlier.path, &later.path) {
+        (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
+        (PathMatch::Prefix(a), PathMatch::Exact(b) | PathMatch::Prefix(b)) => b.starts_with(a),
+        (PathMatch::Exact(_), PathMatch::Prefix(_)) => false,
+    };
+    let methods = earlier.methods.is_empty()
+        || (!later.methods.is_empty() && later.methods.iter().all(|m| earlier.methods.contains(m)));
+    let hosts = earlier.hosts.is_empty()
+        || (!later.hosts.is_empty()
+            && later
+                .hosts
+                .iter()
+                .all(|h| earlier.hosts.iter().any(|e| host_covers(e, h))));
+    path && methods && hosts
+}
+
+/// Whether every host `later` matches is matched by `earlier`.
+fn host_covers(earlier: &HostPattern, later: &HostPattern) -> bool {
+    match (earlier, later) {
+        (HostPattern::Exact(a), HostPattern::Exact(b)) => a == b,
+        (HostPattern::Exact(_), HostPattern::Suffix(_)) => false,
+        // `.example.com` covers `api.example.com` and `.api.example.com`.
+        (HostPattern::Suffix(s), HostPattern::Exact(b)) => {
+            b.len() > s.len() && b.ends_with(s.as_str())
+        }
+        (HostPattern::Suffix(s), HostPattern::Suffix(b)) => b.ends_with(s.as_str()),
+    }
+}
+
 /// Names that go into metric names and logs: short and unambiguous.
 pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -931,6 +980,57 @@ mod tests {
         let ok =
             Config::from_json(format!(r#"{{"alerts":{{{base},"timeout_ms":60000}}}}"#).as_bytes());
         assert_eq!(ok.unwrap().alerts.map(|a| a.timeout_ms), Some(60_000));
+    }
+
+    #[test]
+    fn a_route_that_an_earlier_one_covers_is_refused() {
+        // The catch-all first: the SMS route's token and limits would never apply.
+        let e = err(r#"{"routes":[{"name":"all","match":{"prefix":"/"}},
+                {"name":"sms","match":{"path":"/v1/sms","methods":["POST"]}}]}"#);
+        assert_eq!(e.path, "routes[1].match");
+        assert!(e.message.contains("\"all\""), "{e}");
+        let two = |a: &str, b: &str| {
+            format!(r#"{{"routes":[{{"name":"a","match":{a}}},{{"name":"b","match":{b}}}]}}"#)
+        };
+        for (a, b) in [
+            (r#"{"prefix":"/v1/sms"}"#, r#"{"prefix":"/v1/sms/bulk"}"#),
+            (r#"{"path":"/v1/sms"}"#, r#"{"path":"/v1/sms"}"#),
+            (
+                r#"{"prefix":"/v1/","methods":["POST","GET"]}"#,
+                r#"{"prefix":"/v1/x","methods":["post"]}"#,
+            ),
+            (
+                r#"{"prefix":"/","hosts":["*.example.com"]}"#,
+                r#"{"prefix":"/a","hosts":["api.example.com","*.x.example.com"]}"#,
+            ),
+        ] {
+            let json = two(a, b);
+            assert_eq!(err(&json).path, "routes[1].match", "{json}");
+        }
+        // Reachable: narrower first, or the earlier one leaves some requests out.
+        for (a, b) in [
+            (r#"{"path":"/v1/sms"}"#, r#"{"prefix":"/"}"#),
+            (r#"{"path":"/v1/sms"}"#, r#"{"prefix":"/v1/sms"}"#),
+            (
+                r#"{"prefix":"/v1/","methods":["GET"]}"#,
+                r#"{"prefix":"/v1/x"}"#,
+            ),
+            (
+                r#"{"prefix":"/v1/","methods":["GET"]}"#,
+                r#"{"prefix":"/v1/x","methods":["GET","POST"]}"#,
+            ),
+            (
+                r#"{"prefix":"/","hosts":["api.example.com"]}"#,
+                r#"{"prefix":"/a"}"#,
+            ),
+            (
+                r#"{"prefix":"/","hosts":["*.example.com"]}"#,
+                r#"{"prefix":"/a","hosts":["example.com"]}"#,
+            ),
+        ] {
+            let json = two(a, b);
+            assert!(Config::from_json(json.as_bytes()).is_ok(), "{json}");
+        }
     }
 
     #[test]
