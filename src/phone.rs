@@ -34,7 +34,9 @@
 //!    trunk prefix that callers from abroad leave out, so it is dropped. A `0`
 //!    written without parentheses is kept: `+44 020 …` and `+44 20 …` are
 //!    different strings (the filter carries no numbering plan to know that
-//!    one of them is invalid).
+//!    one of them is invalid). Gateways deliver both to one phone, though,
+//!    so denied prefixes and the per-number rate-limit key also read the
+//!    number without that `0` ([`E164::without_trunk_zero`]).
 //! 6. **National numbers.** Anything else is a national number. It needs
 //!    [`PhoneRules::default_calling_code`] (otherwise [`PhoneError::NoCountry`]);
 //!    the national (trunk) prefix, `0` by default, is stripped once if the
@@ -210,6 +212,48 @@ impl E164 {
     pub fn digits(&self) -> &str {
         self.0.strip_prefix('+').unwrap_or(&self.0)
     }
+
+    /// The number without a `0` written right after its country calling
+    /// code (`+44 07700 900123` → `+447700900123`), or `None` when there is
+    /// none. Carriers and SMS gateways drop that trunk `0` (libphonenumber
+    /// strips the national prefix from international input too), so both
+    /// spellings reach one phone: denied prefixes and per-number limits must
+    /// treat them as one. The calling code's length comes from the ITU
+    /// assignment (see [`calling_code_len`]).
+    pub fn without_trunk_zero(&self) -> Option<E164> {
+        let digits = self.digits();
+        let cc = digits.get(..calling_code_len(digits))?;
+        let rest = digits.get(cc.len()..)?.strip_prefix('0')?;
+        let number = format!("{cc}{rest}");
+        check_digits(&number, MIN_DIGITS).ok()?;
+        Some(E164(format!("+{number}")))
+    }
+
+    /// The form per-number rate limits count under: [`E164::without_trunk_zero`]
+    /// when there is a trunk `0`, else the number itself.
+    pub fn canonical(&self) -> E164 {
+        self.without_trunk_zero().unwrap_or_else(|| self.clone())
+    }
+}
+
+/// The length of the country calling code that `digits` (an E.164 number
+/// without `+`) starts with, by the ITU-T E.164 assignment: zones 1 (NANP)
+/// and 7 have one digit; the two-digit codes are listed; every other code
+/// has three digits. Calling codes are a prefix code, so the first digits
+/// decide.
+pub fn calling_code_len(digits: &str) -> usize {
+    const TWO_DIGIT: [&str; 44] = [
+        "20", "27", "30", "31", "32", "33", "34", "36", "39", "40", "41", "43", "44", "45", "46",
+        "47", "48", "49", "51", "52", "53", "54", "55", "56", "57", "58", "60", "61", "62", "63",
+        "64", "65", "66", "81", "82", "84", "86", "90", "91", "92", "93", "94", "95", "98",
+    ];
+    if digits.starts_with('1') || digits.starts_with('7') {
+        1
+    } else if digits.get(..2).is_some_and(|cc| TWO_DIGIT.contains(&cc)) {
+        2
+    } else {
+        3
+    }
 }
 
 impl fmt::Debug for E164 {
@@ -369,10 +413,20 @@ impl PrefixSet {
         self.matching_prefix(number).is_some()
     }
 
-    /// The shortest denied prefix the number starts with, in `+digits` form.
-    /// A prefix is not a number, so it may be logged to say why a number was
-    /// denied.
+    /// The shortest denied prefix the number starts with, in `+digits` form,
+    /// checked for the number as written and without a trunk `0` after its
+    /// calling code (`+44 0909 …` is `+44 909 …` to the carrier; see
+    /// [`E164::without_trunk_zero`]). A prefix is not a number, so it may be
+    /// logged to say why a number was denied.
     pub fn matching_prefix(&self, number: &E164) -> Option<&str> {
+        self.matching_prefix_as_written(number).or_else(|| {
+            number
+                .without_trunk_zero()
+                .and_then(|n| self.matching_prefix_as_written(&n))
+        })
+    }
+
+    fn matching_prefix_as_written(&self, number: &E164) -> Option<&str> {
         let s = number.as_str();
         // Every candidate is `+` and 1..=15 digits: at most 15 lookups.
         (2..=s.len())
@@ -701,6 +755,32 @@ mod tests {
         assert_eq!(nested.matching_prefix(&n), Some("+44"));
         assert!(PrefixSet::default().is_empty());
         assert!(!PrefixSet::default().contains_prefix_of(&n));
+    }
+
+    #[test]
+    fn a_trunk_zero_after_the_calling_code_does_not_evade_denied_prefixes() {
+        // `+44 0909 …` reaches the same premium line as `+44 909 …`.
+        let set = PrefixSet::new(["+44 909", "+44 70", "+33 89"]).unwrap();
+        let denied = |s: &str| set.contains_prefix_of(&normalize(s, &uk()).unwrap());
+        assert!(denied("+44 0909 879 0000"));
+        assert!(denied("0044 070 1234 5678"));
+        assert!(denied("+33 0 89 12 34 56 78"));
+        assert!(!denied("+44 07700 900123"));
+        // The code's length is known: Egypt's `+20 1…` is not Tunisia's
+        // `+216` with a zero left out.
+        let tunisia = PrefixSet::new(["+216"]).unwrap();
+        let egypt = normalize("+20 16 1234 5678", &uk()).unwrap();
+        assert!(!tunisia.contains_prefix_of(&egypt));
+        assert_eq!(egypt.without_trunk_zero(), None);
+        // One number, one rate-limit key.
+        let a = normalize("+44 07700 900123", &uk()).unwrap();
+        let b = normalize("+44 7700 900123", &uk()).unwrap();
+        assert_eq!(a.canonical(), b.canonical());
+        assert_eq!(b.canonical(), b);
+        assert_eq!(calling_code_len("1202"), 1);
+        assert_eq!(calling_code_len("447700"), 2);
+        assert_eq!(calling_code_len("3531"), 3);
+        assert_eq!(calling_code_len(""), 3);
     }
 
     #[test]

@@ -444,7 +444,9 @@ fn body_values(config: &Config, route: &Route, body: &[u8]) -> Result<BodyValues
                 if pc.denied.contains_prefix_of(&number) {
                     return Err(Reason::PhoneDenied);
                 }
-                phone::hash(&pc.hash_key, &number)
+                // One key per phone: a trunk `0` after the calling code
+                // would otherwise double the per-number limit.
+                phone::hash(&pc.hash_key, &number.canonical())
             } else {
                 if raw.len() > 256 {
                     return Err(Reason::BodyInvalid);

@@ -741,6 +741,31 @@ fn rls_descriptors(call: &RlsCall) -> Vec<Vec<(String, String)>> {
 }
 
 #[test]
+fn a_trunk_zero_after_the_calling_code_is_the_same_phone() {
+    // Gateways deliver `+44 07700 900123` to `+44 7700 900123`: one limit,
+    // and `+44 070 …` is the denied `+44 70 …`.
+    let w = limits_world();
+    let descriptors =
+        |to: &str| match w.post("/sms", "198.51.9.1", &[], &json!({"to": to}).to_string()) {
+            Step::NeedRateLimit(_, call) => rls_descriptors(&call),
+            s => panic!("{to}: {s:?}"),
+        };
+    assert_eq!(
+        descriptors("+44 07700 900123"),
+        descriptors("+44 7700 900123")
+    );
+    match w.post(
+        "/sms",
+        "198.51.9.2",
+        &[],
+        &json!({"to": "+44 070 1234 5678"}).to_string(),
+    ) {
+        Step::Done(d, _) => assert_eq!(d.reason(), Some(Reason::PhoneDenied)),
+        s => panic!("{s:?}"),
+    }
+}
+
+#[test]
 fn phone_formats_give_one_descriptor_and_denied_prefixes_are_refused() {
     let w = limits_world();
     let mut seen = Vec::new();
