@@ -779,7 +779,7 @@ fn check(
                 }
                 None => None,
                 Some(k) => {
-                    let (idx, key) = config.api_keys.lookup(k).ok_or(Reason::ApiKeyInvalid)?;
+                    let (idx, key) = config.api_keys.lookup(&k).ok_or(Reason::ApiKeyInvalid)?;
                     // Named from here on, also when refused below: its id is
                     // public, and the denial's log line shows which key it was.
                     facts.key = Some(idx);
@@ -923,27 +923,74 @@ fn check_network(n: &Network, req: &Request<'_>, hops: u32) -> Result<(), Flow> 
     Ok(())
 }
 
-fn api_key_of<'r>(config: &Config, req: &Request<'r>) -> Result<Option<&'r str>, Flow> {
+/// The presented API key. A key sent in the header and the query
+/// parameter at once, or twice in the query, must be one key: with two,
+/// appguard would check one while the upstream may read the other. Query
+/// names and values are read as `application/x-www-form-urlencoded`, as
+/// upstream frameworks read them (`?%6Bey=…` is the parameter `key`). A key
+/// that is sent but over-long, or whose encoding is broken, is
+/// `api_key_invalid`, not "no key": on an optional-key route it must not
+/// pass unchecked.
+fn api_key_of<'r>(
+    config: &Config,
+    req: &Request<'r>,
+) -> Result<Option<std::borrow::Cow<'r, str>>, Flow> {
     let from_header = req
         .header_unique(&config.api_keys.header)
-        .map_err(|()| Reason::ApiKeyInvalid)?;
-    if let Some(k) = from_header {
-        return Ok(Some(k.trim()).filter(|k| !k.is_empty() && k.len() <= 256));
-    }
+        .map_err(|()| Reason::ApiKeyInvalid)?
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    let mut from_query: Option<String> = None;
     if let (Some(param), Some(query)) = (&config.api_keys.query_param, req.query()) {
-        let mut found = None;
         for pair in query.split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if k == param {
-                if found.is_some_and(|f| f != v) {
-                    return Err(Reason::ApiKeyInvalid.into());
-                }
-                found = Some(v);
+            if form_decode(k).as_deref() != Some(param.as_str()) {
+                continue;
             }
+            let v = form_decode(v).ok_or(Reason::ApiKeyInvalid)?;
+            if from_query.as_ref().is_some_and(|f| *f != v) {
+                return Err(Reason::ApiKeyInvalid.into());
+            }
+            from_query = Some(v);
         }
-        return Ok(found.filter(|k| !k.is_empty() && k.len() <= 256));
     }
-    Ok(None)
+    let from_query = from_query.filter(|k| !k.is_empty());
+    let key = match (from_header, from_query) {
+        (Some(h), Some(q)) if h != q => return Err(Reason::ApiKeyInvalid.into()),
+        (Some(h), _) => std::borrow::Cow::Borrowed(h),
+        (None, Some(q)) => std::borrow::Cow::Owned(q),
+        (None, None) => return Ok(None),
+    };
+    if key.len() > 256 {
+        return Err(Reason::ApiKeyInvalid.into());
+    }
+    Ok(Some(key))
+}
+
+/// Decodes a form-urlencoded query name or value (`+` is a space, `%XX` a
+/// byte); `None` when a `%` is not followed by two hex digits, the input is
+/// over-long, or the bytes are not UTF-8.
+fn form_decode(raw: &str) -> Option<String> {
+    if raw.len() > 1024 {
+        return None;
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&c) = bytes.get(i) {
+        match c {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = |j: usize| bytes.get(j).and_then(|&h| char::from(h).to_digit(16));
+                let (hi, lo) = (hex(i + 1)?, hex(i + 2)?);
+                out.push(u8::try_from(hi << 4 | lo).ok()?);
+                i += 2;
+            }
+            _ => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The platform headers. One sent twice with different values claims two

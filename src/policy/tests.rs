@@ -351,6 +351,39 @@ fn refused_keys_are_named_in_the_facts_the_log_line_reads() {
 }
 
 #[test]
+fn an_api_key_sent_twice_or_unreadable_is_invalid_not_absent() {
+    let w = World::new();
+    // Header and query disagree: appguard would check one key while the
+    // upstream may read the other.
+    assert_eq!(
+        w.reason("/sms?key=key-any", &[("x-api-key", "key-sms")]),
+        Some(Reason::ApiKeyInvalid)
+    );
+    assert_eq!(
+        w.reason("/sms?key=key-sms", &[("x-api-key", "key-sms")]),
+        None
+    );
+    // The parameter name and value as the upstream decodes them.
+    assert_eq!(
+        w.reason("/sms?%6Bey=key-any", &[("x-api-key", "key-sms")]),
+        Some(Reason::ApiKeyInvalid)
+    );
+    assert_eq!(w.reason("/sms?k%65y=key%2Dsms", &[]), None);
+    assert_eq!(w.reason("/sms?key=key%2", &[]), Some(Reason::ApiKeyInvalid));
+    // On an optional-key route a key that is sent is checked, even when
+    // it is too long to be one (it used to pass as "no key").
+    let long = "k".repeat(300);
+    assert_eq!(
+        w.reason("/appcheck/x", &[("x-api-key", long.as_str())]),
+        Some(Reason::ApiKeyInvalid)
+    );
+    assert_eq!(
+        w.reason(&format!("/appcheck/x?key={long}"), &[]),
+        Some(Reason::ApiKeyInvalid)
+    );
+}
+
+#[test]
 fn network_rules() {
     let w = World::new();
     let key = [("x-api-key", "key-office")];
