@@ -634,6 +634,18 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         }
     }
+    let xff_trusted_hops = raw.client_ip.map_or(0, |c| c.xff_trusted_hops);
+    if usize::try_from(xff_trusted_hops).map_or(true, |n| n > crate::net::MAX_XFF_ENTRIES) {
+        // No request could ever show a client IP: IP rules would refuse
+        // everyone and per-IP limits would count everyone as one client.
+        return Err(ConfigError::new(
+            "client_ip.xff_trusted_hops",
+            format!(
+                "must be 0..={} (X-Forwarded-For chains longer than that are refused)",
+                crate::net::MAX_XFF_ENTRIES
+            ),
+        ));
+    }
     let network = compile_network("network", raw.network.unwrap_or_default())?;
     let ph = raw.platform_headers;
     let ph_name = |field: &str, v: Option<String>, default: &str| -> Result<String, ConfigError> {
@@ -659,7 +671,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         mode: raw.mode,
         default_action: raw.default_action,
-        xff_trusted_hops: raw.client_ip.map_or(0, |c| c.xff_trusted_hops),
+        xff_trusted_hops,
         network,
         platform_headers,
         has_server_apps: apps
@@ -1031,6 +1043,16 @@ mod tests {
             let json = two(a, b);
             assert!(Config::from_json(json.as_bytes()).is_ok(), "{json}");
         }
+    }
+
+    #[test]
+    fn more_trusted_hops_than_a_chain_may_have_is_refused() {
+        // 65 hops: no request could show a client IP, so every client
+        // would be denied by IP rules or share one per-IP limit.
+        let e = err(r#"{"client_ip":{"xff_trusted_hops":65}}"#);
+        assert_eq!(e.path, "client_ip.xff_trusted_hops");
+        let c = Config::from_json(br#"{"client_ip":{"xff_trusted_hops":64}}"#).unwrap();
+        assert_eq!(c.xff_trusted_hops, 64);
     }
 
     #[test]

@@ -161,6 +161,10 @@ pub fn parse_client_ip(s: &str) -> Option<IpAddr> {
     None
 }
 
+/// The most X-Forwarded-For entries [`client_ip`] reads; a longer chain
+/// gives no client IP. `client_ip.xff_trusted_hops` cannot exceed it.
+pub const MAX_XFF_ENTRIES: usize = 64;
+
 /// The client IP: the downstream address, or with `trusted_hops = N > 0`
 /// the N-th X-Forwarded-For entry counted from the right (1 = rightmost).
 /// All X-Forwarded-For headers are read as one comma-separated list, in
@@ -174,11 +178,11 @@ pub fn client_ip<'a>(
     if trusted_hops == 0 {
         return downstream.map(canonical);
     }
-    // Bounded: at most 64 hops are considered, the rest is refused.
+    // Bounded: at most MAX_XFF_ENTRIES hops are considered, the rest is refused.
     let mut entries: Vec<&str> = Vec::new();
     for v in xff_values {
         for e in v.split(',') {
-            if entries.len() >= 64 {
+            if entries.len() >= MAX_XFF_ENTRIES {
                 return None;
             }
             entries.push(e);
