@@ -566,6 +566,29 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                     "no `local` limit and no `rate_limit_service` configured to enforce it",
                 ));
             }
+            // An entry without a value skips its whole descriptor; one that
+            // can never have a value on this route is a limit that never
+            // applies, which an operator would only find out under attack.
+            for (k, e) in rl.entries.iter().enumerate() {
+                let never = match e.source {
+                    limits::Source::ApiKey => (route.api_key == KeyRequirement::None)
+                        .then_some("the route reads no API key (`api_key` is `none`)"),
+                    limits::Source::Claim(_) => route
+                        .providers
+                        .is_empty()
+                        .then_some("the route accepts no token (`tokens` is empty)"),
+                    limits::Source::App | limits::Source::Platform => apps
+                        .is_empty()
+                        .then_some("no `apps` are configured, so no app is ever established"),
+                    _ => None,
+                };
+                if let Some(why) = never {
+                    return Err(ConfigError::new(
+                        format!("{at}.rate_limits[{j}].entries[{k}]"),
+                        format!("never has a value, so this limit would never apply: {why}"),
+                    ));
+                }
+            }
             if rl
                 .entries
                 .iter()
@@ -1053,6 +1076,31 @@ mod tests {
         assert_eq!(e.path, "client_ip.xff_trusted_hops");
         let c = Config::from_json(br#"{"client_ip":{"xff_trusted_hops":64}}"#).unwrap();
         assert_eq!(c.xff_trusted_hops, 64);
+    }
+
+    #[test]
+    fn a_limit_whose_entry_never_has_a_value_on_its_route_is_refused() {
+        let local = r#""local":{"requests":5,"per":"minute"}"#;
+        for (route, entry) in [
+            (r#""api_key":"none""#, r#"{"type":"api_key"}"#),
+            (r#""api_key":"none""#, r#"{"type":"claim","name":"sub"}"#),
+            (r#""api_key":"none""#, r#"{"type":"app"}"#),
+            (r#""api_key":"none""#, r#"{"type":"platform"}"#),
+        ] {
+            let json = format!(
+                r#"{{"routes":[{{"name":"sms","match":{{"path":"/sms"}},{route},
+                    "rate_limits":[{{"entries":[{{"type":"route"}},{entry}],{local}}}]}}]}}"#
+            );
+            let e = err(&json);
+            assert_eq!(e.path, "routes[0].rate_limits[0].entries[1]", "{json}");
+            assert!(e.message.contains("never"), "{e}");
+        }
+        // A key that may be absent (`optional`) is the documented skip.
+        let ok = format!(
+            r#"{{"routes":[{{"name":"sms","match":{{"path":"/sms"}},"api_key":"optional",
+                "rate_limits":[{{"entries":[{{"type":"api_key"}}],{local}}}]}}]}}"#
+        );
+        assert!(Config::from_json(ok.as_bytes()).is_ok());
     }
 
     #[test]
