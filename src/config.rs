@@ -646,6 +646,25 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         for (j, rl) in r.rate_limits.iter().enumerate() {
             for (k, e) in rl.entries.iter().enumerate() {
                 if let limits::Source::Header(h) = &e.source {
+                    // A descriptor value goes in clear to the rate-limit
+                    // service (its logs, its Redis keys): never a secret.
+                    let secret = *h == api_keys.header
+                        || matches!(
+                            h.as_str(),
+                            "authorization" | "proxy-authorization" | "cookie"
+                        )
+                        || providers
+                            .iter()
+                            .flat_map(|p| p.sources.iter())
+                            .any(|src| src.header == *h);
+                    if secret {
+                        return Err(ConfigError::new(
+                            format!("routes[{i}].rate_limits[{j}].entries[{k}].name"),
+                            "carries a secret (API key, token or credentials) that would reach \
+                             the rate-limit service and its logs in clear: use the `api_key` \
+                             or `claim` entry instead",
+                        ));
+                    }
                     if h.starts_with(crate::request::HEADER_PREFIX) || claim_headers.contains(h) {
                         return Err(ConfigError::new(
                             format!("routes[{i}].rate_limits[{j}].entries[{k}].name"),
@@ -1101,6 +1120,40 @@ mod tests {
                 "rate_limits":[{{"entries":[{{"type":"api_key"}}],{local}}}]}}]}}"#
         );
         assert!(Config::from_json(ok.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_limit_keyed_by_a_secret_header_is_refused() {
+        // The value would go to the rate-limit service (and its logs and
+        // Redis keys) in clear.
+        let rls = r#""rate_limit_service":{"cluster":"rls","domain":"d"}"#;
+        let tokens = r#""tokens":[{"name":"t","from":[{"header":"approov-token"}],
+            "keys":[{"alg":"HS256","secret_base64":"MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE="}]}]"#;
+        for header in ["X-Secret-Key", "approov-token", "authorization", "cookie"] {
+            let json = format!(
+                r#"{{{rls},{tokens},"api_keys":{{"header":"x-secret-key"}},
+                    "routes":[{{"name":"sms","match":{{"path":"/sms"}},
+                    "rate_limits":[{{"entries":[{{"type":"header","name":"{header}"}}]}}]}}]}}"#
+            );
+            let e = err(&json);
+            assert_eq!(
+                e.path, "routes[0].rate_limits[0].entries[0].name",
+                "{header}: {e}"
+            );
+            assert!(e.message.contains("secret"), "{e}");
+        }
+        let one = |header: &str| {
+            format!(
+                r#"{{{rls},"routes":[{{"name":"sms","match":{{"path":"/sms"}},
+                    "rate_limits":[{{"entries":[{{"type":"header","name":"{header}"}}]}}]}}]}}"#
+            )
+        };
+        // The default key header without an `api_keys` section too.
+        assert_eq!(
+            err(&one("x-api-key")).path,
+            "routes[0].rate_limits[0].entries[0].name"
+        );
+        assert!(Config::from_json(one("x-device-id").as_bytes()).is_ok());
     }
 
     #[test]
