@@ -114,6 +114,26 @@ struct RawConfig {
     routes: Vec<RawRoute>,
 }
 
+/// Reads an allow-list whose absence means "no restriction". Written but
+/// empty (`ip_allow: []`, often a template whose list came out empty), it
+/// would read as "allow everything" where the operator most likely meant
+/// "allow nothing": refused, so that the field is either left out or lists
+/// what is allowed.
+pub(crate) fn restriction<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let list = Vec::<T>::deserialize(d)?;
+    if list.is_empty() {
+        return Err(serde::de::Error::custom(
+            "an empty list here would mean \"no restriction\" (allow all): \
+             leave the field out for that, or list what is allowed",
+        ));
+    }
+    Ok(list)
+}
+
 fn default_decision_log_per_second() -> u32 {
     100
 }
@@ -163,13 +183,13 @@ struct RawClientIp {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNetwork {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "restriction")]
     ip_allow: Vec<String>,
     #[serde(default)]
     ip_deny: Vec<String>,
     #[serde(default)]
     country_header: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "restriction")]
     country_allow: Vec<String>,
     #[serde(default)]
     country_deny: Vec<String>,
@@ -198,7 +218,7 @@ struct RawRoute {
     action: Action,
     #[serde(default)]
     mode: Option<Mode>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "restriction")]
     platforms: Vec<Platform>,
     #[serde(default)]
     tokens: Vec<String>,
@@ -1154,6 +1174,43 @@ mod tests {
             "routes[0].rate_limits[0].entries[0].name"
         );
         assert!(Config::from_json(one("x-device-id").as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn an_allow_list_written_empty_is_refused_not_read_as_allow_all() {
+        for (json, path) in [
+            (r#"{"network":{"ip_allow":[]}}"#, "network.ip_allow"),
+            (
+                r#"{"network":{"country_header":"x-c","country_allow":[]}}"#,
+                "network.country_allow",
+            ),
+            (
+                r#"{"routes":[{"name":"a","match":{"prefix":"/"},"platforms":[]}]}"#,
+                "routes[0].platforms",
+            ),
+            (
+                r#"{"routes":[{"name":"a","match":{"prefix":"/"},"network":{"ip_allow":[]}}]}"#,
+                "routes[0].network.ip_allow",
+            ),
+            (
+                r#"{"api_keys":{"keys":[{"id":"k","sha256":"0000000000000000000000000000000000000000000000000000000000000000","ips":[]}]}}"#,
+                "api_keys.keys[0].ips",
+            ),
+            (
+                r#"{"api_keys":{"keys":[{"id":"k","sha256":"0000000000000000000000000000000000000000000000000000000000000000","apps":[]}]}}"#,
+                "api_keys.keys[0].apps",
+            ),
+            (
+                r#"{"api_keys":{"keys":[{"id":"k","sha256":"0000000000000000000000000000000000000000000000000000000000000000","routes":[]}]}}"#,
+                "api_keys.keys[0].routes",
+            ),
+        ] {
+            let e = err(json);
+            assert_eq!(e.path, path, "{json}");
+            assert!(e.message.contains("empty list"), "{e}");
+        }
+        // Left out: no restriction, as documented.
+        assert!(Config::from_json(br#"{"network":{"ip_deny":[]}}"#).is_ok());
     }
 
     #[test]

@@ -405,11 +405,11 @@ fn default_key_header() -> String {
 struct RawApiKey {
     id: String,
     sha256: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::restriction")]
     apps: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::restriction")]
     ips: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::restriction")]
     routes: Vec<String>,
     #[serde(default)]
     disabled: bool,
