@@ -223,6 +223,9 @@ impl E164 {
     pub fn without_trunk_zero(&self) -> Option<E164> {
         let digits = self.digits();
         let cc = digits.get(..calling_code_len(digits))?;
+        if ZERO_IS_SIGNIFICANT.contains(&cc) {
+            return None;
+        }
         let rest = digits.get(cc.len()..)?.strip_prefix('0')?;
         let number = format!("{cc}{rest}");
         check_digits(&number, MIN_DIGITS).ok()?;
@@ -235,6 +238,12 @@ impl E164 {
         self.without_trunk_zero().unwrap_or_else(|| self.clone())
     }
 }
+
+/// Calling codes whose numbers keep their leading `0` in international
+/// form (Italy's `+39 06 …`, San Marino, the Vatican, Côte d'Ivoire, the
+/// Republic of the Congo): there `+39 030 …` (Brescia) and `+39 30 …` are
+/// different numbers, so the `0` is never dropped.
+const ZERO_IS_SIGNIFICANT: [&str; 5] = ["39", "378", "379", "225", "242"];
 
 /// The length of the country calling code that `digits` (an E.164 number
 /// without `+`) starts with, by the ITU-T E.164 assignment: zones 1 (NANP)
@@ -772,6 +781,13 @@ mod tests {
         let egypt = normalize("+20 16 1234 5678", &uk()).unwrap();
         assert!(!tunisia.contains_prefix_of(&egypt));
         assert_eq!(egypt.without_trunk_zero(), None);
+        // Where the `0` is part of the number, it stays: Brescia's
+        // `+39 030 …` is not under a denied `+39 3` (Italian mobiles).
+        let mobiles = PrefixSet::new(["+39 3"]).unwrap();
+        let brescia = normalize("+39 030 1234567", &uk()).unwrap();
+        assert!(!mobiles.contains_prefix_of(&brescia));
+        assert_eq!(brescia.canonical(), brescia);
+        assert!(mobiles.contains_prefix_of(&normalize("+39 347 1234567", &uk()).unwrap()));
         // One number, one rate-limit key.
         let a = normalize("+44 07700 900123", &uk()).unwrap();
         let b = normalize("+44 7700 900123", &uk()).unwrap();
