@@ -944,7 +944,7 @@ fn api_key_of<'r>(
     if let (Some(param), Some(query)) = (&config.api_keys.query_param, req.query()) {
         for pair in query.split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if form_decode(k).as_deref() != Some(param.as_str()) {
+            if !form_name_is(k, param) {
                 continue;
             }
             let v = form_decode(v).ok_or(Reason::ApiKeyInvalid)?;
@@ -965,6 +965,16 @@ fn api_key_of<'r>(
         return Err(Reason::ApiKeyInvalid.into());
     }
     Ok(Some(key))
+}
+
+/// Whether the raw query name `raw` decodes to `want`, without allocating
+/// for the common name that has nothing encoded.
+fn form_name_is(raw: &str, want: &str) -> bool {
+    if raw.bytes().any(|b| b == b'%' || b == b'+') {
+        form_decode(raw).as_deref() == Some(want)
+    } else {
+        raw == want
+    }
 }
 
 /// Decodes a form-urlencoded query name or value (`+` is a space, `%XX` a
