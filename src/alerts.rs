@@ -6,6 +6,16 @@
 //! crosses the threshold is the one that sends it — and at most
 //! `max_alerts_per_window` alerts in all per window, so a flood of denials
 //! produces a handful of posts, not thousands.
+//!
+//! That budget is first come, first served: cheap denials (unmatched paths,
+//! missing API keys) can spend it at the start of a window, and the alert of
+//! the attack that matters would then never be sent. So a route and reason
+//! that crosses the threshold after the budget is spent is not dropped: it is
+//! marked in a bitset (one bit per route and reason, so no number of cheap
+//! pairs can crowd another out), and after the window ends one summary post
+//! lists every such pair. An instance therefore posts at most
+//! `max_alerts_per_window + 1` times per window, and every pair that crossed
+//! the threshold is reported, at the latest about a second after its window.
 
 use serde::Deserialize;
 
@@ -30,6 +40,8 @@ pub(crate) struct RawAlerts {
     max_alerts_per_window: u32,
     #[serde(default = "default_timeout")]
     timeout_ms: u64,
+    #[serde(default = "default_summarize")]
+    summarize_suppressed: bool,
 }
 
 fn default_path() -> String {
@@ -47,6 +59,9 @@ fn default_max() -> u32 {
 fn default_timeout() -> u64 {
     2000
 }
+fn default_summarize() -> bool {
+    true
+}
 
 /// The alert webhook.
 #[derive(Clone, Debug)]
@@ -61,13 +76,23 @@ pub struct Alerts {
     pub threshold: u32,
     /// The counting window, in seconds.
     pub window_seconds: u64,
-    /// Alerts sent at most per window, over all routes and reasons.
+    /// Alerts sent at most per window, over all routes and reasons, as they
+    /// happen. Pairs that cross the threshold once it is spent are reported
+    /// by the summary (see `summarize_suppressed`).
     pub max_alerts_per_window: u32,
     /// Timeout of the POST.
     pub timeout_ms: u64,
+    /// After a window in which `max_alerts_per_window` suppressed alerts,
+    /// post one summary listing each suppressed route and reason (`true`
+    /// by default; `false` drops them, as before this setting existed).
+    pub summarize_suppressed: bool,
+    /// Route names in configuration order: the suppressed-alert bitset
+    /// refers to a route by its position (`_unmatched` first).
+    routes: Vec<String>,
 }
 
-pub(crate) fn compile(raw: RawAlerts) -> Result<Alerts, ConfigError> {
+/// Validates `alerts`; `routes` are the configured route names, in order.
+pub(crate) fn compile(raw: RawAlerts, routes: &[&str]) -> Result<Alerts, ConfigError> {
     if raw.cluster.is_empty() {
         return Err(ConfigError::new("alerts.cluster", "required"));
     }
@@ -100,6 +125,8 @@ pub(crate) fn compile(raw: RawAlerts) -> Result<Alerts, ConfigError> {
         window_seconds: raw.window_seconds,
         max_alerts_per_window: raw.max_alerts_per_window,
         timeout_ms: raw.timeout_ms,
+        summarize_suppressed: raw.summarize_suppressed,
+        routes: routes.iter().map(|r| (*r).to_owned()).collect(),
     })
 }
 
@@ -121,6 +148,7 @@ impl Alert {
     pub fn body(&self, a: &Alerts) -> String {
         serde_json::json!({
             "source": "appguard",
+            "kind": "threshold",
             "route": self.route,
             "reason": self.reason.code(),
             "status": self.reason.status(),
@@ -182,12 +210,188 @@ pub fn record<S: SharedStore + ?Sized>(
         }
     })
     .ok()?;
-    allowed.then(|| Alert {
+    if !allowed {
+        if a.summarize_suppressed {
+            mark_suppressed(s, a, route, reason, window);
+        }
+        return None;
+    }
+    Some(Alert {
         route: route.to_owned(),
         reason,
         count,
         window_start: window,
     })
+}
+
+/// The route and reason pairs of one window whose alert the budget
+/// suppressed: posted as one summary once the window is over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Suppressed {
+    /// Start of the window, seconds since the epoch.
+    pub window_start: u64,
+    /// Each pair that reached the threshold after the budget was spent, in
+    /// configuration order (`_unmatched` first, reasons in code order).
+    pub pairs: Vec<(String, Reason)>,
+}
+
+impl Suppressed {
+    /// The JSON body of the summary POST. Names and numbers only, as
+    /// [`Alert::body`]; each listed pair had `threshold` denials or more.
+    pub fn body(&self, a: &Alerts) -> String {
+        let pairs: Vec<_> = self
+            .pairs
+            .iter()
+            .map(|(route, reason)| {
+                serde_json::json!({
+                    "route": route,
+                    "reason": reason.code(),
+                    "status": reason.status(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "source": "appguard",
+            "kind": "suppressed",
+            "suppressed": pairs,
+            "threshold": a.threshold,
+            "max_alerts_per_window": a.max_alerts_per_window,
+            "window_seconds": a.window_seconds,
+            "window_start": self.window_start,
+        })
+        .to_string()
+    }
+}
+
+/// Windows kept unsent at most: normally one (the current window; the past
+/// one is taken within a tick). Older ones are dropped only if no worker
+/// ticked for several windows.
+const MAX_PENDING_WINDOWS: usize = 4;
+
+fn slots(a: &Alerts) -> usize {
+    (a.routes.len() + 1) * Reason::ALL.len()
+}
+
+/// One key per bitset size, so that a configuration with another number of
+/// routes does not misread the bitsets the previous one left. (A reload
+/// that renames routes keeping their number can misname the pairs of the
+/// window in progress; nothing else is shared across it.)
+fn suppressed_key(a: &Alerts) -> String {
+    format!("appguard/alert-suppressed/{}", slots(a))
+}
+
+/// `(window start, bitset)` entries, each `8 + ceil(slots / 8)` bytes.
+fn read_pending(b: Option<&[u8]>, bytes: usize) -> Vec<(u64, Vec<u8>)> {
+    b.unwrap_or(&[])
+        .chunks_exact(8 + bytes)
+        .filter_map(|c| {
+            let w = c.get(..8)?.try_into().ok().map(u64::from_le_bytes)?;
+            Some((w, c.get(8..)?.to_vec()))
+        })
+        .collect()
+}
+
+fn write_pending(entries: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for (w, bits) in entries {
+        v.extend_from_slice(&w.to_le_bytes());
+        v.extend_from_slice(bits);
+    }
+    v
+}
+
+fn mark_suppressed<S: SharedStore + ?Sized>(
+    s: &S,
+    a: &Alerts,
+    route: &str,
+    reason: Reason,
+    window: u64,
+) {
+    let route_slot = if route == "_unmatched" {
+        Some(0)
+    } else {
+        a.routes.iter().position(|r| r == route).map(|i| i + 1)
+    };
+    let reason_slot = Reason::ALL.iter().position(|r| *r == reason);
+    let (Some(r), Some(q)) = (route_slot, reason_slot) else {
+        return;
+    };
+    let slot = r * Reason::ALL.len() + q;
+    let bytes = slots(a).div_ceil(8);
+    let (byte, bit) = (slot / 8, 1u8 << (slot % 8));
+    // Best effort, like the post itself: a store failure loses the mark.
+    let _ = store::update(s, &suppressed_key(a), |cur| {
+        let mut entries = read_pending(cur, bytes);
+        let at = match entries.iter().position(|(w, _)| *w == window) {
+            Some(at) => at,
+            None => {
+                entries.push((window, vec![0; bytes]));
+                entries.sort_by_key(|(w, _)| *w);
+                if entries.len() > MAX_PENDING_WINDOWS {
+                    entries.remove(0);
+                }
+                match entries.iter().position(|(w, _)| *w == window) {
+                    Some(at) => at,
+                    // older than every kept window: nothing to mark
+                    None => return (None, ()),
+                }
+            }
+        };
+        match entries.get_mut(at).and_then(|(_, bits)| bits.get_mut(byte)) {
+            Some(b) if *b & bit == 0 => {
+                *b |= bit;
+                (Some(write_pending(&entries)), ())
+            }
+            _ => (None, ()),
+        }
+    });
+}
+
+/// Takes the suppressed pairs of the windows that have ended, for one
+/// summary post each; the worker whose write wins takes them, so each
+/// summary is sent once per instance. Called from the tick.
+pub fn take_suppressed<S: SharedStore + ?Sized>(s: &S, a: &Alerts, now: u64) -> Vec<Suppressed> {
+    let window = now - now % a.window_seconds;
+    let bytes = slots(a).div_ceil(8);
+    let Some((cur, _)) = s.get(&suppressed_key(a)) else {
+        // The common case, read without a write: nothing was suppressed.
+        return Vec::new();
+    };
+    if read_pending(Some(&cur), bytes)
+        .iter()
+        .all(|(w, _)| *w >= window)
+    {
+        return Vec::new();
+    }
+    let ended = store::update(s, &suppressed_key(a), |cur| {
+        let (ended, kept): (Vec<_>, Vec<_>) = read_pending(cur, bytes)
+            .into_iter()
+            .partition(|(w, _)| *w < window);
+        if ended.is_empty() {
+            (None, ended)
+        } else {
+            (Some(write_pending(&kept)), ended)
+        }
+    })
+    .unwrap_or_default();
+    ended
+        .into_iter()
+        .map(|(w, bits)| Suppressed {
+            window_start: w,
+            pairs: (0..slots(a))
+                .filter(|i| bits.get(i / 8).is_some_and(|b| b & (1u8 << (i % 8)) != 0))
+                .filter_map(|i| {
+                    let reason = *Reason::ALL.get(i % Reason::ALL.len())?;
+                    let route = match i / Reason::ALL.len() {
+                        0 => "_unmatched",
+                        r => a.routes.get(r - 1)?.as_str(),
+                    };
+                    Some((route.to_owned(), reason))
+                })
+                .collect(),
+        })
+        .filter(|x| !x.pairs.is_empty())
+        .collect()
 }
 
 #[cfg(test)]
@@ -207,6 +411,8 @@ mod tests {
             window_seconds: 60,
             max_alerts_per_window: max,
             timeout_ms: 100,
+            summarize_suppressed: true,
+            routes: vec!["keyed".into(), "api".into(), "sms".into()],
         }
     }
 
@@ -242,5 +448,122 @@ mod tests {
         );
         let body = fired[0].body(&a);
         assert!(body.contains("\"reason\":\"ip_denied\"") && body.contains("\"route\":\"sms\""));
+    }
+
+    /// Drives one pair to its threshold; the alert if one was sent.
+    fn cross(s: &MemStore, a: &Alerts, route: &str, reason: Reason, now: u64) -> Vec<Alert> {
+        (0..a.threshold)
+            .filter_map(|_| record(s, a, route, reason, now))
+            .collect()
+    }
+
+    #[test]
+    fn cheap_denials_spending_the_budget_cannot_hide_the_alert_of_another_pair() {
+        // The review's attack: five cheap denial kinds cross the threshold at
+        // the start of the window and spend the default budget of 5; the
+        // phone_denied and rate_limited denials of the SMS route come next.
+        let s = MemStore::default();
+        let a = alerts(3, 5);
+        let cheap = [
+            ("_unmatched", Reason::RouteDenied),
+            ("keyed", Reason::ApiKeyMissing),
+            ("api", Reason::ApiKeyMissing),
+            ("api", Reason::TokenMissing),
+            ("sms", Reason::ApiKeyMissing),
+        ];
+        for (route, reason) in cheap {
+            assert_eq!(
+                cross(&s, &a, route, reason, 600).len(),
+                1,
+                "{route} {reason:?}"
+            );
+        }
+        assert!(cross(&s, &a, "sms", Reason::PhoneDenied, 601).is_empty());
+        assert!(cross(&s, &a, "sms", Reason::RateLimited, 602).is_empty());
+        // more of the same do not add entries, and nothing is due yet
+        assert!(cross(&s, &a, "sms", Reason::PhoneDenied, 603).is_empty());
+        assert_eq!(take_suppressed(&s, &a, 659), vec![]);
+        // the window is over: one summary names both, once
+        let due = take_suppressed(&s, &a, 660);
+        assert_eq!(
+            due,
+            vec![Suppressed {
+                window_start: 600,
+                pairs: vec![
+                    ("sms".into(), Reason::PhoneDenied),
+                    ("sms".into(), Reason::RateLimited)
+                ],
+            }]
+        );
+        assert_eq!(take_suppressed(&s, &a, 661), vec![]);
+        let body: serde_json::Value = serde_json::from_str(&due[0].body(&a)).unwrap_or_default();
+        assert_eq!(body["kind"], "suppressed");
+        assert_eq!(body["window_start"], 600);
+        assert_eq!(body["suppressed"][0]["route"], "sms");
+        assert_eq!(body["suppressed"][0]["reason"], "phone_denied");
+        assert_eq!(body["suppressed"][0]["status"], 403);
+        assert_eq!(body["suppressed"][1]["reason"], "rate_limited");
+    }
+
+    #[test]
+    fn every_suppressed_pair_is_in_the_one_summary_of_its_window() {
+        // However many pairs the attacker drives over the threshold, the
+        // webhook gets max_alerts_per_window alerts and one summary, and the
+        // summary has room for every pair (one bit each).
+        let s = MemStore::default();
+        let a = alerts(1, 2);
+        let mut sent = 0;
+        for route in ["_unmatched", "keyed", "api", "sms"] {
+            for reason in Reason::ALL {
+                sent += cross(&s, &a, route, reason, 60).len();
+            }
+        }
+        assert_eq!(sent, 2);
+        let due = take_suppressed(&s, &a, 120);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].pairs.len(), 4 * Reason::ALL.len() - 2);
+        assert!(due[0]
+            .pairs
+            .contains(&("sms".into(), Reason::JwksUnavailable)));
+        assert_eq!(take_suppressed(&s, &a, 120), vec![]);
+        // the next window's budget and summary are its own
+        assert_eq!(cross(&s, &a, "sms", Reason::PhoneDenied, 120).len(), 1);
+        assert_eq!(take_suppressed(&s, &a, 180), vec![]);
+    }
+
+    #[test]
+    fn summaries_off_drop_suppressed_alerts_as_before() {
+        let s = MemStore::default();
+        let a = Alerts {
+            summarize_suppressed: false,
+            ..alerts(1, 1)
+        };
+        assert_eq!(cross(&s, &a, "keyed", Reason::ApiKeyMissing, 60).len(), 1);
+        assert!(cross(&s, &a, "sms", Reason::PhoneDenied, 60).is_empty());
+        assert_eq!(take_suppressed(&s, &a, 120), vec![]);
+    }
+
+    #[test]
+    fn pending_summaries_stay_bounded_and_ignore_unknown_routes() {
+        let s = MemStore::default();
+        let a = alerts(1, 1);
+        // ten windows pass without a tick taking their summaries
+        for w in 0..10 {
+            let now = w * 60;
+            assert_eq!(cross(&s, &a, "keyed", Reason::ApiKeyMissing, now).len(), 1);
+            assert!(cross(&s, &a, "sms", Reason::PhoneDenied, now).is_empty());
+            assert!(cross(&s, &a, "renamed", Reason::PhoneDenied, now).is_empty());
+        }
+        let stored = s.get(&suppressed_key(&a)).map_or(0, |(v, _)| v.len());
+        assert_eq!(stored, MAX_PENDING_WINDOWS * (8 + slots(&a).div_ceil(8)));
+        let due = take_suppressed(&s, &a, 600);
+        let windows: Vec<u64> = due.iter().map(|x| x.window_start).collect();
+        assert_eq!(windows, vec![360, 420, 480, 540]);
+        assert!(due
+            .iter()
+            .all(|x| x.pairs == vec![("sms".to_owned(), Reason::PhoneDenied)]));
+        // a stored value of another shape is read as nothing, not a panic
+        let _ = s.set(&suppressed_key(&a), &[1, 2, 3], 0);
+        assert_eq!(take_suppressed(&s, &a, 660), vec![]);
     }
 }

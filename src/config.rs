@@ -745,7 +745,10 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         rate_limit_service,
         phone,
         max_body_bytes: raw.max_body_bytes,
-        alerts: raw.alerts.map(crate::alerts::compile).transpose()?,
+        alerts: raw
+            .alerts
+            .map(|a| crate::alerts::compile(a, &route_names))
+            .transpose()?,
         decision_log_per_second: raw.decision_log_per_second,
         routes,
         claim_headers,
@@ -1047,6 +1050,8 @@ mod tests {
             ("max_alerts_per_window", "0"),
             ("timeout_ms", "0"),
             ("timeout_ms", "60001"),
+            ("summarize_suppressed", r#""yes""#),
+            ("summarize_suppressed", "1"),
         ] {
             let e = err(&format!(r#"{{"alerts":{{{base},"{field}":{bad}}}}}"#));
             assert_eq!(e.path, format!("alerts.{field}"), "{field}: {bad}");
@@ -1054,6 +1059,23 @@ mod tests {
         let ok =
             Config::from_json(format!(r#"{{"alerts":{{{base},"timeout_ms":60000}}}}"#).as_bytes());
         assert_eq!(ok.unwrap().alerts.map(|a| a.timeout_ms), Some(60_000));
+        // summaries of suppressed alerts are on unless turned off
+        let on = Config::from_json(format!(r#"{{"alerts":{{{base}}}}}"#).as_bytes());
+        assert_eq!(
+            on.ok()
+                .and_then(|c| c.alerts)
+                .map(|a| a.summarize_suppressed),
+            Some(true)
+        );
+        let off = Config::from_json(
+            format!(r#"{{"alerts":{{{base},"summarize_suppressed":false}}}}"#).as_bytes(),
+        );
+        assert_eq!(
+            off.ok()
+                .and_then(|c| c.alerts)
+                .map(|a| a.summarize_suppressed),
+            Some(false)
+        );
     }
 
     #[test]

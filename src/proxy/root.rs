@@ -13,7 +13,7 @@ use proxy_wasm::types::ContextType;
 use super::abi::{self, Buffer};
 
 use super::filter::GuardFilter;
-use super::host::{self, now_seconds};
+use super::host::{self, now_seconds, HostStore};
 use super::jwks::{self, JwksSlot};
 use super::metrics::Metrics;
 use crate::config::Config;
@@ -124,8 +124,9 @@ impl Worker {
     }
 
     /// Posts the alerts the requests queued (from the root's tick, so the
-    /// call belongs to the root context and outlives the denied request).
-    pub fn send_alerts(&self) {
+    /// call belongs to the root context and outlives the denied request),
+    /// then the summary of a window that ended with alerts suppressed.
+    pub fn send_alerts(&self, now: u64) {
         let Some(a) = &self.config.alerts else { return };
         let alerts: Vec<_> = self.pending_alerts.borrow_mut().drain(..).collect();
         for alert in alerts {
@@ -143,6 +144,26 @@ impl Worker {
                 Err(e) => warn!(
                     "alert not sent ({e:?}) route={} reason={}",
                     alert.route, alert.reason
+                ),
+            }
+        }
+        for summary in crate::alerts::take_suppressed(&HostStore, a, now) {
+            match host::post_json(
+                &a.cluster,
+                &a.authority,
+                &a.path,
+                &summary.body(a),
+                a.timeout_ms,
+            ) {
+                Ok(_) => info!(
+                    "alert summary sent window_start={} suppressed={}",
+                    summary.window_start,
+                    summary.pairs.len()
+                ),
+                Err(e) => warn!(
+                    "alert summary not sent ({e:?}) window_start={} suppressed={}",
+                    summary.window_start,
+                    summary.pairs.len()
                 ),
             }
         }
@@ -278,8 +299,9 @@ impl RootContext for FilterRoot {
             return;
         };
         worker.metrics.report_vm_memory();
-        worker.maintain_jwks(now_seconds());
-        worker.send_alerts();
+        let now = now_seconds();
+        worker.maintain_jwks(now);
+        worker.send_alerts(now);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
