@@ -286,6 +286,80 @@ fn a_flood_of_denials_sends_a_handful_of_alerts() {
 }
 
 #[test]
+fn an_alert_suppressed_by_the_budget_comes_in_the_summary_after_its_window() {
+    // Cheap denials (no API key) spend the window's one alert; the phone
+    // denials on the SMS route that follow must still reach the webhook.
+    let hook = Upstream::start();
+    let up = Upstream::start();
+    let mut cfg = config("enforce");
+    cfg["alerts"] = json!({"cluster": "alerts", "path": "/hook", "threshold": 2, "window_seconds": 4, "max_alerts_per_window": 1});
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .http_cluster("alerts", hook.port)
+        .concurrency(2)
+        .start();
+    // Start just after a window boundary, so that all the denials fall in
+    // one window (the host clock is this machine's).
+    let epoch_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let ms = epoch_ms();
+    std::thread::sleep(Duration::from_millis(4000 - ms % 4000 + 200));
+    let window_start = epoch_ms() / 1000 / 4 * 4;
+    for _ in 0..2 {
+        envoy.request(Req::get("/keyed/x"));
+    }
+    for _ in 0..3 {
+        let r = envoy.request(Req::post_json("/sms", r#"{"to": "+882 1234 5678"}"#));
+        assert_eq!(r.reason(), Some("phone_denied"));
+    }
+    assert!(
+        epoch_ms() / 1000 / 4 * 4 == window_start,
+        "the denials straddled a window boundary: the machine is too slow for this test"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hook.seen().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(2500)); // any extra posts would arrive within ticks
+    let posts = hook.seen();
+    let alert_log = || {
+        envoy
+            .log()
+            .lines()
+            .filter(|l| l.contains("alert"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(posts.len(), 2, "{posts:?}\n{}", alert_log());
+    let bodies: Vec<serde_json::Value> = posts
+        .iter()
+        .map(|p| serde_json::from_slice(&p.body).unwrap())
+        .collect();
+    assert_eq!(bodies[0]["kind"], "threshold", "{bodies:?}");
+    assert_eq!(
+        (bodies[0]["route"].as_str(), bodies[0]["reason"].as_str()),
+        (Some("keyed"), Some("api_key_missing"))
+    );
+    assert_eq!(bodies[1]["kind"], "suppressed", "{bodies:?}");
+    assert_eq!(bodies[1]["window_start"], window_start);
+    assert_eq!(
+        bodies[1]["suppressed"],
+        json!([{"route": "sms", "reason": "phone_denied", "status": 403}])
+    );
+    // names and numbers only: the phone number is nowhere in the posts
+    for p in &posts {
+        let text = String::from_utf8_lossy(&p.body);
+        assert!(
+            !text.contains("+882") && !text.contains("1234 5678") && !text.contains("12345678"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
 fn no_log_line_carries_a_token_key_or_phone_number() {
     let up = Upstream::start();
     // debug level for the filter: even then nothing secret is logged
