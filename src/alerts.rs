@@ -189,12 +189,21 @@ pub fn record<S: SharedStore + ?Sized>(
     reason: Reason,
     now: u64,
 ) -> Option<Alert> {
-    let window = now - now % a.window_seconds;
     let key = format!("appguard/alert/{route}/{}", reason.code());
-    let count = store::update(s, &key, |cur| {
+    // `now` was read when the request was evaluated, which can be seconds
+    // before it is denied (a rate-limit call in between). A denial decided
+    // in a window that has since ended counts in the newer one instead of
+    // setting the counters back to the old window, which would reset them
+    // and so let a second alert and a second summary through.
+    let now_window = now - now % a.window_seconds;
+    let (window, count) = store::update(s, &key, |cur| {
         let (w, c) = read_pair(cur);
-        let c = if w == window { c.saturating_add(1) } else { 1 };
-        (Some(pair(window, c)), c)
+        let (w, c) = if w >= now_window {
+            (w, c.saturating_add(1))
+        } else {
+            (now_window, 1)
+        };
+        (Some(pair(w, c)), (w, c))
     })
     .ok()?;
     if count != a.threshold {
@@ -202,6 +211,10 @@ pub fn record<S: SharedStore + ?Sized>(
     }
     let allowed = store::update(s, "appguard/alert-budget", |cur| {
         let (w, c) = read_pair(cur);
+        if w > window {
+            // the budget has moved on to a newer window: summarize this one
+            return (None, false);
+        }
         let c = if w == window { c } else { 0 };
         if c >= a.max_alerts_per_window {
             (None, false)
@@ -280,19 +293,36 @@ fn suppressed_key(a: &Alerts) -> String {
     format!("appguard/alert-suppressed/{}", slots(a))
 }
 
-/// `(window start, bitset)` entries, each `8 + ceil(slots / 8)` bytes.
-fn read_pending(b: Option<&[u8]>, bytes: usize) -> Vec<(u64, Vec<u8>)> {
-    b.unwrap_or(&[])
+/// The suppressed-alert record: the start of the oldest window not yet
+/// summarized (windows before it were summarized, so a late mark for one of
+/// them goes to this one, keeping one summary per window), then
+/// `(window start, bitset)` entries of `8 + ceil(slots / 8)` bytes each.
+struct Pending {
+    open_from: u64,
+    entries: Vec<(u64, Vec<u8>)>,
+}
+
+fn read_pending(b: Option<&[u8]>, bytes: usize) -> Pending {
+    let b = b.unwrap_or(&[]);
+    let open_from = b.get(..8).and_then(|x| x.try_into().ok());
+    let (Some(open_from), Some(rest)) = (open_from.map(u64::from_le_bytes), b.get(8..)) else {
+        return Pending {
+            open_from: 0,
+            entries: Vec::new(),
+        };
+    };
+    let entries = rest
         .chunks_exact(8 + bytes)
         .filter_map(|c| {
             let w = c.get(..8)?.try_into().ok().map(u64::from_le_bytes)?;
             Some((w, c.get(8..)?.to_vec()))
         })
-        .collect()
+        .collect();
+    Pending { open_from, entries }
 }
 
-fn write_pending(entries: &[(u64, Vec<u8>)]) -> Vec<u8> {
-    let mut v = Vec::new();
+fn write_pending(open_from: u64, entries: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut v = open_from.to_le_bytes().to_vec();
     for (w, bits) in entries {
         v.extend_from_slice(&w.to_le_bytes());
         v.extend_from_slice(bits);
@@ -321,7 +351,11 @@ fn mark_suppressed<S: SharedStore + ?Sized>(
     let (byte, bit) = (slot / 8, 1u8 << (slot % 8));
     // Best effort, like the post itself: a store failure loses the mark.
     let _ = store::update(s, &suppressed_key(a), |cur| {
-        let mut entries = read_pending(cur, bytes);
+        let Pending {
+            open_from,
+            mut entries,
+        } = read_pending(cur, bytes);
+        let window = window.max(open_from);
         let at = match entries.iter().position(|(w, _)| *w == window) {
             Some(at) => at,
             None => {
@@ -340,7 +374,7 @@ fn mark_suppressed<S: SharedStore + ?Sized>(
         match entries.get_mut(at).and_then(|(_, bits)| bits.get_mut(byte)) {
             Some(b) if *b & bit == 0 => {
                 *b |= bit;
-                (Some(write_pending(&entries)), ())
+                (Some(write_pending(open_from, &entries)), ())
             }
             _ => (None, ()),
         }
@@ -358,19 +392,21 @@ pub fn take_suppressed<S: SharedStore + ?Sized>(s: &S, a: &Alerts, now: u64) -> 
         return Vec::new();
     };
     if read_pending(Some(&cur), bytes)
+        .entries
         .iter()
         .all(|(w, _)| *w >= window)
     {
         return Vec::new();
     }
     let ended = store::update(s, &suppressed_key(a), |cur| {
-        let (ended, kept): (Vec<_>, Vec<_>) = read_pending(cur, bytes)
-            .into_iter()
-            .partition(|(w, _)| *w < window);
+        let pending = read_pending(cur, bytes);
+        let (ended, kept): (Vec<_>, Vec<_>) =
+            pending.entries.into_iter().partition(|(w, _)| *w < window);
         if ended.is_empty() {
             (None, ended)
         } else {
-            (Some(write_pending(&kept)), ended)
+            let open_from = pending.open_from.max(window);
+            (Some(write_pending(open_from, &kept)), ended)
         }
     })
     .unwrap_or_default();
@@ -555,7 +591,10 @@ mod tests {
             assert!(cross(&s, &a, "renamed", Reason::PhoneDenied, now).is_empty());
         }
         let stored = s.get(&suppressed_key(&a)).map_or(0, |(v, _)| v.len());
-        assert_eq!(stored, MAX_PENDING_WINDOWS * (8 + slots(&a).div_ceil(8)));
+        assert_eq!(
+            stored,
+            8 + MAX_PENDING_WINDOWS * (8 + slots(&a).div_ceil(8))
+        );
         let due = take_suppressed(&s, &a, 600);
         let windows: Vec<u64> = due.iter().map(|x| x.window_start).collect();
         assert_eq!(windows, vec![360, 420, 480, 540]);
@@ -565,5 +604,39 @@ mod tests {
         // a stored value of another shape is read as nothing, not a panic
         let _ = s.set(&suppressed_key(&a), &[1, 2, 3], 0);
         assert_eq!(take_suppressed(&s, &a, 660), vec![]);
+    }
+
+    #[test]
+    fn a_denial_decided_before_the_window_turned_counts_in_the_new_one() {
+        // Requests that waited on the rate-limit service are denied with
+        // the `now` of their evaluation, possibly in the last window.
+        let s = MemStore::default();
+        let a = alerts(3, 1);
+        assert!(record(&s, &a, "sms", Reason::RateLimited, 120).is_none());
+        assert!(record(&s, &a, "sms", Reason::RateLimited, 121).is_none());
+        // late: does not reset the window's count to 1, it is the third
+        let fired = record(&s, &a, "sms", Reason::RateLimited, 119);
+        assert_eq!(fired.map(|x| (x.count, x.window_start)), Some((3, 120)));
+    }
+
+    #[test]
+    fn a_late_suppressed_pair_joins_the_next_summary_not_a_second_one() {
+        let s = MemStore::default();
+        let a = alerts(1, 1);
+        assert_eq!(cross(&s, &a, "keyed", Reason::ApiKeyMissing, 60).len(), 1);
+        assert!(cross(&s, &a, "sms", Reason::PhoneDenied, 61).is_empty());
+        let due = take_suppressed(&s, &a, 120);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].window_start, 60);
+        // a pair of window 60 suppressed after its summary was taken
+        assert!(cross(&s, &a, "sms", Reason::RateLimited, 119).is_empty());
+        assert_eq!(take_suppressed(&s, &a, 121), vec![]);
+        assert_eq!(
+            take_suppressed(&s, &a, 180),
+            vec![Suppressed {
+                window_start: 120,
+                pairs: vec![("sms".into(), Reason::RateLimited)],
+            }]
+        );
     }
 }
