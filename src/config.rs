@@ -193,6 +193,9 @@ struct RawNetwork {
     country_allow: Vec<String>,
     #[serde(default)]
     country_deny: Vec<String>,
+    /// See [`Network::country_required`].
+    #[serde(default)]
+    country_required: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -375,6 +378,12 @@ pub struct Network {
     pub country_allow: Vec<String>,
     /// The country must not be one of these (upper case).
     pub country_deny: Vec<String>,
+    /// Refuse a request with no country (the header absent or empty).
+    /// Envoy's geoip filter writes the header only when its lookup
+    /// succeeds, so with a deny list alone an unknown country passes
+    /// (lookup misses, anonymous proxies, new ranges). An allow list
+    /// implies it.
+    pub country_required: bool,
 }
 
 /// Names of the headers apps prove their platform identity with (lower case).
@@ -781,10 +790,12 @@ fn compile_network(at: &str, n: RawNetwork) -> Result<Network, ConfigError> {
     };
     let country_allow = countries("country_allow", n.country_allow)?;
     let country_deny = countries("country_deny", n.country_deny)?;
-    if country_header.is_none() && (!country_allow.is_empty() || !country_deny.is_empty()) {
+    if country_header.is_none()
+        && (!country_allow.is_empty() || !country_deny.is_empty() || n.country_required)
+    {
         return Err(ConfigError::new(
             format!("{at}.country_header"),
-            "required when country_allow or country_deny is set",
+            "required when country_allow, country_deny or country_required is set",
         ));
     }
     Ok(Network {
@@ -793,6 +804,7 @@ fn compile_network(at: &str, n: RawNetwork) -> Result<Network, ConfigError> {
         country_header,
         country_allow,
         country_deny,
+        country_required: n.country_required,
     })
 }
 

@@ -905,22 +905,42 @@ fn check_network(n: &Network, req: &Request<'_>, hops: u32) -> Result<(), Flow> 
         }
     }
     if let Some(h) = &n.country_header {
-        let country = req
-            .header_unique(h)
-            .map_err(|()| Reason::CountryDenied)?
-            .map(str::trim)
-            .filter(|c| c.len() == 2)
-            .map(str::to_ascii_uppercase);
-        if let Some(c) = &country {
-            if n.country_deny.iter().any(|d| d == c) {
-                return Err(Reason::CountryDenied.into());
+        match country_of(req, h)? {
+            Some(c) => {
+                let listed = |list: &[String]| list.iter().any(|l| l.eq_ignore_ascii_case(c));
+                if listed(&n.country_deny)
+                    || (!n.country_allow.is_empty() && !listed(&n.country_allow))
+                {
+                    return Err(Reason::CountryDenied.into());
+                }
             }
-        }
-        if !n.country_allow.is_empty() && !country.is_some_and(|c| n.country_allow.contains(&c)) {
-            return Err(Reason::CountryDenied.into());
+            None => {
+                if n.country_required || !n.country_allow.is_empty() {
+                    return Err(Reason::CountryDenied.into());
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// The country the trusted header names, `None` when it names none (the
+/// header absent, or empty: Envoy's geoip filter leaves it unset when its
+/// lookup fails). A value is one ISO 3166 alpha-2 code, two ASCII letters
+/// in any case, surrounding whitespace ignored. Anything else (`DE,FR`,
+/// `zz1`, Cloudflare's `T1`, the header sent twice with different values)
+/// is refused rather than read as no country: a deny list would let it
+/// through, and no trusted component writes it.
+fn country_of<'r>(req: &Request<'r>, header: &str) -> Result<Option<&'r str>, Flow> {
+    match req
+        .header_unique(header)
+        .map_err(|()| Reason::CountryDenied)?
+        .map(str::trim)
+    {
+        None | Some("") => Ok(None),
+        Some(c) if c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) => Ok(Some(c)),
+        Some(_) => Err(Reason::CountryDenied.into()),
+    }
 }
 
 /// The presented API key. A key sent in the header and the query

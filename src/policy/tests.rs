@@ -1871,6 +1871,133 @@ fn a_country_allow_list_refuses_every_other_country_and_none() {
 }
 
 #[test]
+fn country_required_refuses_an_unknown_country_under_a_deny_list() {
+    // Envoy's geoip filter sets the header only when its lookup succeeds:
+    // with a deny list alone, an unknown country passes, unless the
+    // configuration asks for a country (globally or on a route).
+    let w = World::from(json!({
+        "network": {"country_header": "x-country", "country_deny": ["KP"]},
+        "routes": [
+            {"name": "strict", "match": {"prefix": "/strict/"},
+             "network": {"country_header": "x-country", "country_required": true}},
+            {"name": "open", "match": {"prefix": "/"}}
+        ]
+    }));
+    // Without the field, today's behaviour: no country is no refusal.
+    assert_eq!(w.reason("/x", &[]), None);
+    assert_eq!(w.reason("/x", &[("x-country", "")]), None);
+    assert_eq!(w.reason("/x", &[("x-country", "GB")]), None);
+    // With it, on the route: no header, an empty or blank one, refused.
+    for hs in [
+        &[][..],
+        &[("x-country", "")][..],
+        &[("x-country", "  ")][..],
+    ] {
+        assert_eq!(
+            w.reason("/strict/x", hs),
+            Some(Reason::CountryDenied),
+            "{hs:?}"
+        );
+    }
+    assert_eq!(w.reason("/strict/x", &[("x-country", "GB")]), None);
+    assert_eq!(w.reason("/strict/x", &[("x-country", "gb")]), None);
+    assert_eq!(
+        w.reason("/strict/x", &[("x-country", "KP")]),
+        Some(Reason::CountryDenied)
+    );
+    // And globally, with no list at all.
+    let w = World::from(json!({
+        "network": {"country_header": "x-country", "country_required": true},
+        "routes": [{"name": "open", "match": {"prefix": "/"}}]
+    }));
+    assert_eq!(w.reason("/x", &[]), Some(Reason::CountryDenied));
+    assert_eq!(w.reason("/x", &[("x-country", "FR")]), None);
+}
+
+#[test]
+fn a_country_value_that_is_not_one_code_is_refused_not_read_as_none() {
+    // A deny list must not be dodged by a value no trusted component
+    // writes: a list, a longer code, digits, non-ASCII letters. The case
+    // of a real code does not matter, as in the configured lists.
+    let deny = World::from(json!({
+        "network": {"country_header": "x-country", "country_deny": ["KP", "DE"]},
+        "routes": [{"name": "open", "match": {"prefix": "/"}}]
+    }));
+    let allow = World::from(json!({
+        "network": {"country_header": "x-country", "country_allow": ["GB", "FR"]},
+        "routes": [{"name": "open", "match": {"prefix": "/"}}]
+    }));
+    // The header named with no list at all: still one code, or refused.
+    let header_only = World::from(json!({
+        "network": {"country_header": "x-country"},
+        "routes": [{"name": "open", "match": {"prefix": "/"}}]
+    }));
+    assert_eq!(header_only.reason("/x", &[]), None);
+    assert_eq!(header_only.reason("/x", &[("x-country", "us")]), None);
+    for bad in [
+        "DE,FR", "GB,FR", "GB FR", "zz1", "GBR", "G", "T1", "G1", "\u{e9}", "K\u{130}", "--",
+    ] {
+        for (name, w) in [
+            ("deny", &deny),
+            ("allow", &allow),
+            ("header only", &header_only),
+        ] {
+            assert_eq!(
+                w.reason("/x", &[("x-country", bad)]),
+                Some(Reason::CountryDenied),
+                "{name} {bad:?}"
+            );
+        }
+    }
+    for (value, deny_reason, allow_reason) in [
+        (
+            "de",
+            Some(Reason::CountryDenied),
+            Some(Reason::CountryDenied),
+        ),
+        (
+            "kP",
+            Some(Reason::CountryDenied),
+            Some(Reason::CountryDenied),
+        ),
+        (" gb ", None, None),
+        ("fr", None, None),
+        ("US", None, Some(Reason::CountryDenied)),
+    ] {
+        assert_eq!(
+            deny.reason("/x", &[("x-country", value)]),
+            deny_reason,
+            "deny {value:?}"
+        );
+        assert_eq!(
+            allow.reason("/x", &[("x-country", value)]),
+            allow_reason,
+            "allow {value:?}"
+        );
+    }
+}
+
+#[test]
+fn country_required_needs_the_country_header() {
+    for (json, path) in [
+        (
+            json!({"network": {"country_required": true}}),
+            "network.country_header",
+        ),
+        (
+            json!({"routes": [{"name": "r", "match": {"prefix": "/"},
+                               "network": {"country_required": true}}]}),
+            "routes[0].network.country_header",
+        ),
+    ] {
+        let e = Config::from_json(json.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.path, path, "{e}");
+        assert!(e.message.contains("country_required"), "{e}");
+    }
+    assert!(Config::from_json(br#"{"network":{"country_required":false}}"#).is_ok());
+}
+
+#[test]
 fn request_signing_is_checked_before_the_platform_and_app() {
     // SPEC §1: the token (step 4, request signing included) decides before
     // platform and app identity (step 5). A request without the install's

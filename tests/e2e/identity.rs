@@ -222,3 +222,53 @@ fn denied_country_is_refused() {
     assert_eq!(up.seen().len(), 1);
     let _ = SECRET;
 }
+
+#[test]
+fn country_required_refuses_a_request_without_a_country() {
+    // Envoy's geoip filter sets the header only on a successful lookup: a
+    // deny list alone lets an unknown country through, `country_required`
+    // does not. With Envoy's header_mutation filter first (README, trust
+    // boundaries), a client's own copy does not survive a failed lookup.
+    let cfg = json!({
+        "network": {"country_header": "x-country-code", "country_deny": ["KP"],
+                    "country_required": true},
+        "routes": [{"name": "open", "match": {"prefix": "/"}}]
+    });
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg.clone(), up.port).start();
+    for (label, req) in [
+        ("no header", Req::get("/a")),
+        ("empty", Req::get("/a").header("x-country-code", "")),
+        ("a list", Req::get("/a").header("x-country-code", "GB,FR")),
+        ("denied", Req::get("/a").header("x-country-code", "kp")),
+    ] {
+        let r = envoy.request(req);
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, Some("country_denied")),
+            "{label}: {}",
+            envoy.log()
+        );
+    }
+    let r = envoy.request(Req::get("/a").header("x-country-code", "gb"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.seen().len(), 1);
+
+    let strip = json!({
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {"request_mutations": [{"remove": "x-country-code"}]}
+        }
+    });
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg, up.port).filter_before(strip).start();
+    let r = envoy.request(Req::get("/a").header("x-country-code", "GB"));
+    assert_eq!(
+        (r.status, r.reason()),
+        (403, Some("country_denied")),
+        "the client's copy reached appguard: {}",
+        envoy.log()
+    );
+    assert!(up.seen().is_empty());
+}
