@@ -461,7 +461,21 @@ pub enum HostPattern {
     Suffix(String),
 }
 
+/// The route label of a request that matched no route, in the
+/// `appguard_decisions` metric, denial alerts and decision log lines alike.
+/// Reserved: no configured route may take the name.
+pub const UNMATCHED_ROUTE: &str = "_unmatched";
+
 impl Config {
+    /// The name of route `route` (an index into `routes`), or
+    /// [`UNMATCHED_ROUTE`] when the request matched none: the one label
+    /// metrics, alerts and log lines give it.
+    pub fn route_label(&self, route: Option<usize>) -> &str {
+        route
+            .and_then(|r| self.routes.get(r))
+            .map_or(UNMATCHED_ROUTE, |r| r.name.as_str())
+    }
+
     /// Parses and validates a configuration document (JSON).
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         // Straight from the bytes, so that every error keeps its line and
@@ -546,12 +560,10 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.into_iter().enumerate() {
         let at = format!("routes[{i}]");
-        if r.name == "_unmatched" {
-            // The route label of requests no route matches, in metrics,
-            // logs and alerts.
+        if r.name == UNMATCHED_ROUTE {
             return Err(ConfigError::new(
                 format!("{at}.name"),
-                "`_unmatched` is reserved for requests that match no route",
+                format!("`{UNMATCHED_ROUTE}` is reserved for requests that match no route"),
             ));
         }
         if routes.iter().any(|x: &Route| x.name == r.name) {
@@ -1016,6 +1028,17 @@ mod tests {
         assert_eq!(c.mode, Mode::Enforce);
         assert_eq!(c.default_action, Action::Allow);
         assert!(c.routes.is_empty());
+    }
+
+    #[test]
+    fn an_unmatched_request_has_one_route_label_everywhere() {
+        let c =
+            Config::from_json(br#"{"routes":[{"name":"sms","match":{"prefix":"/sms"}}]}"#).unwrap();
+        assert_eq!(c.route_label(Some(0)), "sms");
+        assert_eq!(c.route_label(None), "_unmatched");
+        assert_eq!(c.route_label(Some(1)), "_unmatched");
+        let e = err(r#"{"routes":[{"name":"_unmatched","match":{"prefix":"/"}}]}"#);
+        assert_eq!(e.path, "routes[0].name");
     }
 
     #[test]

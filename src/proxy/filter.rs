@@ -350,10 +350,7 @@ impl GuardFilter {
                     worker.metrics.budget_refusal();
                 }
                 if let Some(a) = &worker.config.alerts {
-                    let route = facts
-                        .route
-                        .and_then(|r| worker.config.routes.get(r))
-                        .map_or("_unmatched", |r| r.name.as_str());
+                    let route = worker.config.route_label(facts.route);
                     if let Some(alert) =
                         crate::alerts::record(&HostStore, a, route, denial.reason, now)
                     {
@@ -457,16 +454,15 @@ fn decision_log(worker: &Worker, level: log::Level, now: u64, line: impl FnOnce(
     }
 }
 
-/// `route=… ip=… app=… key=…`: the request's route, client IP, app and key
-/// for a log line, names and ids only, never a token, key or phone number.
+/// `route=… ip=… app=… key=…`: the request's route (`_unmatched` when no
+/// route matched), client IP, app and key for a log line, names and ids only, never a token, key or phone number.
 /// The IP is read from the host here if no check needed it (only for lines
 /// written).
 fn describe(worker: &Worker, facts: &Facts, headers: &[(String, String)]) -> String {
     let c = &worker.config;
-    let route = facts
-        .route
-        .and_then(|r| c.routes.get(r))
-        .map_or("-", |r| r.name.as_str());
+    // The label metrics and alerts use too, so that a log line and a
+    // counter of one request name the same route.
+    let route = c.route_label(facts.route);
     let app = facts
         .app
         .and_then(|a| c.apps.get(a))

@@ -114,7 +114,7 @@ impl Metrics {
             None => {
                 let route_name = route
                     .and_then(|r| self.route_names.get(r))
-                    .map_or("_unmatched", String::as_str);
+                    .map_or(crate::config::UNMATCHED_ROUTE, String::as_str);
                 let name = format!(
                     "appguard_decisions.route.{route_name}.decision.{}.reason.{}",
                     what.name(),

@@ -92,6 +92,27 @@ fn decision_counters_move_at_stats_prometheus() {
     assert!(text.contains("# TYPE appguard_decisions counter"), "{text}");
 }
 
+#[test]
+fn a_request_no_route_matches_is_unmatched_in_the_log_as_in_the_metrics() {
+    // One label for one request: an operator who sees `_unmatched` in
+    // appguard_decisions or an alert finds the same word in the log lines.
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("enforce"), up.port).start();
+    let r = envoy.request(Req::get("/nowhere"));
+    assert_eq!((r.status, r.reason()), (403, Some("route_denied")));
+    let text = prometheus(envoy.admin_port);
+    assert_eq!(counter(&text, "_unmatched", "deny", "route_denied"), 1);
+    let log = envoy.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("deny reason=route_denied"))
+        .unwrap_or_else(|| panic!("no denial logged:\n{log}"));
+    assert!(
+        line.contains("deny reason=route_denied status=403 route=_unmatched ip="),
+        "{line}"
+    );
+}
+
 /// `appguard_vm_memory_bytes`: the linear memory of appguard's Wasm VMs,
 /// a gauge each VM brings up to date once a second. It is whole 64 KiB
 /// pages, it follows the VMs as they grow (1,000 verified tokens of ~3 KB
