@@ -789,12 +789,15 @@ fn compile_network(at: &str, n: RawNetwork) -> Result<Network, ConfigError> {
         list.into_iter()
             .enumerate()
             .map(|(i, c)| {
-                if c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) {
+                if crate::policy::is_country_code(&c) {
                     Ok(c.to_ascii_uppercase())
                 } else {
                     Err(ConfigError::new(
                         format!("{at}.{field}[{i}]"),
-                        format!("{c:?} is not an ISO 3166 alpha-2 code"),
+                        format!(
+                            "{c:?} is not a two-character country code (ISO 3166 alpha-2, \
+                             or a geolocation code such as T1)"
+                        ),
                     ))
                 }
             })

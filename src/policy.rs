@@ -926,11 +926,19 @@ fn check_network(n: &Network, req: &Request<'_>, hops: u32) -> Result<(), Flow> 
 
 /// The country the trusted header names, `None` when it names none (the
 /// header absent, or empty: Envoy's geoip filter leaves it unset when its
-/// lookup fails). A value is one ISO 3166 alpha-2 code, two ASCII letters
-/// in any case, surrounding whitespace ignored. Anything else (`DE,FR`,
-/// `zz1`, Cloudflare's `T1`, the header sent twice with different values)
-/// is refused rather than read as no country: a deny list would let it
-/// through, and no trusted component writes it.
+/// lookup fails). A value is one two-character code in any case,
+/// surrounding whitespace ignored: ISO 3166 alpha-2, or the letter-digit
+/// codes geolocation services write besides (Cloudflare's `T1` for Tor,
+/// MaxMind's `A1` anonymous proxy), which the lists can name. Anything
+/// else (`DE,FR`, `zz1`, `GBR`, the header sent twice with different
+/// values) is refused rather than read as no country: a deny list would
+/// let it through, and no trusted component writes it.
+/// Two ASCII letters or digits: an ISO 3166 alpha-2 code, or a
+/// geolocation service's own (`T1`, `A1`, `XX`).
+pub(crate) fn is_country_code(c: &str) -> bool {
+    c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 fn country_of<'r>(req: &Request<'r>, header: &str) -> Result<Option<&'r str>, Flow> {
     match req
         .header_unique(header)
@@ -938,7 +946,7 @@ fn country_of<'r>(req: &Request<'r>, header: &str) -> Result<Option<&'r str>, Fl
         .map(str::trim)
     {
         None | Some("") => Ok(None),
-        Some(c) if c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) => Ok(Some(c)),
+        Some(c) if is_country_code(c) => Ok(Some(c)),
         Some(_) => Err(Reason::CountryDenied.into()),
     }
 }

@@ -1935,7 +1935,7 @@ fn a_country_value_that_is_not_one_code_is_refused_not_read_as_none() {
     assert_eq!(header_only.reason("/x", &[]), None);
     assert_eq!(header_only.reason("/x", &[("x-country", "us")]), None);
     for bad in [
-        "DE,FR", "GB,FR", "GB FR", "zz1", "GBR", "G", "T1", "G1", "\u{e9}", "K\u{130}", "--",
+        "DE,FR", "GB,FR", "GB FR", "zz1", "GBR", "G", "\u{e9}", "K\u{130}", "--", "T-",
     ] {
         for (name, w) in [
             ("deny", &deny),
@@ -1975,6 +1975,41 @@ fn a_country_value_that_is_not_one_code_is_refused_not_read_as_none() {
             "allow {value:?}"
         );
     }
+}
+
+#[test]
+fn geolocation_codes_like_tor_t1_are_codes_the_lists_can_name() {
+    // Cloudflare writes `T1` for Tor and MaxMind `A1` for anonymous
+    // proxies: codes a trusted component sets, so a deny list can name
+    // them, an allow list refuses them, and a deny list without them
+    // lets them through like any other unlisted code.
+    let deny_tor = World::from(json!({
+        "network": {"country_header": "x-country", "country_deny": ["t1", "A1"]},
+        "routes": [{"name": "open", "match": {"prefix": "/"}}]
+    }));
+    let deny_kp = World::from(json!({
+        "network": {"country_header": "x-country", "country_deny": ["KP"]},
+        "routes": [{"name": "open", "match": {"prefix": "/"}}]
+    }));
+    let allow = World::from(json!({
+        "network": {"country_header": "x-country", "country_allow": ["GB"]},
+        "routes": [{"name": "open", "match": {"prefix": "/"}}]
+    }));
+    for code in ["T1", "t1", "A1"] {
+        let h = [("x-country", code)];
+        assert_eq!(
+            deny_tor.reason("/x", &h),
+            Some(Reason::CountryDenied),
+            "{code}"
+        );
+        assert_eq!(deny_kp.reason("/x", &h), None, "{code}");
+        assert_eq!(
+            allow.reason("/x", &h),
+            Some(Reason::CountryDenied),
+            "{code}"
+        );
+    }
+    assert_eq!(deny_tor.reason("/x", &[("x-country", "GB")]), None);
 }
 
 #[test]
