@@ -102,6 +102,92 @@ pub fn update<S: SharedStore + ?Sized, T>(
     Err(StoreError::CasMismatch)
 }
 
+/// The secret that keys every shared table's choice of bucket: one per
+/// Envoy instance (see [`instance_salt`]), the same for all its workers,
+/// since they share the tables.
+///
+/// Buckets hold a fixed number of entries, and a descriptor's digest is
+/// computed from values a client chooses (its address, headers, body). If
+/// anyone could compute which bucket a digest lands in, a client with many
+/// addresses could search offline for values that share a victim's bucket,
+/// fill it, and push the victim into the bucket's shared overflow entry,
+/// which it then keeps drained. Keyed with a secret, the bucket of a value
+/// cannot be known without asking the instance.
+///
+/// Never logged: `Debug` shows no bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct BucketSalt {
+    k0: u64,
+    k1: u64,
+}
+
+impl BucketSalt {
+    /// Bytes of a salt (a SipHash key).
+    pub const LEN: usize = 16;
+
+    /// The salt of these bytes.
+    pub const fn new(bytes: [u8; BucketSalt::LEN]) -> BucketSalt {
+        let [a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7] = bytes;
+        BucketSalt {
+            k0: u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
+            k1: u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
+        }
+    }
+
+    /// The salt stored as `bytes`, if they have the right length.
+    pub fn from_slice(bytes: &[u8]) -> Option<BucketSalt> {
+        <[u8; BucketSalt::LEN]>::try_from(bytes)
+            .ok()
+            .map(BucketSalt::new)
+    }
+}
+
+impl std::fmt::Debug for BucketSalt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BucketSalt(..)")
+    }
+}
+
+/// The shared-data key of the instance's [`BucketSalt`]. Versioned: a later
+/// format takes a new key rather than reading this one differently.
+pub const SALT_KEY: &str = "appguard/bucket-salt/v1";
+
+/// Why the instance's salt could not be had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaltError {
+    /// No random bytes to create it with.
+    Random,
+    /// Shared data refused to store it.
+    Store(StoreError),
+    /// The key holds something that is not a salt.
+    Malformed,
+}
+
+/// The instance's salt: read from shared data, or, by the first worker to
+/// get here, drawn with `random` and stored if the key is still absent (a
+/// "create only" write, see [`CAS_CREATE`]). A worker that loses that race
+/// reads the winner's salt, so every worker of the instance ends up with the
+/// same one; it lives as long as the instance's shared data, like the
+/// tables it keys.
+pub fn instance_salt<S: SharedStore + ?Sized>(
+    store: &S,
+    mut random: impl FnMut() -> Option<[u8; BucketSalt::LEN]>,
+) -> Result<BucketSalt, SaltError> {
+    for _ in 0..MAX_ATTEMPTS {
+        if let Some((bytes, _)) = store.get(SALT_KEY) {
+            return BucketSalt::from_slice(&bytes).ok_or(SaltError::Malformed);
+        }
+        let bytes = random().ok_or(SaltError::Random)?;
+        match store.set(SALT_KEY, &bytes, CAS_CREATE) {
+            Ok(()) => return Ok(BucketSalt::new(bytes)),
+            // Another worker created it first: read theirs.
+            Err(StoreError::CasMismatch) => continue,
+            Err(e) => return Err(SaltError::Store(e)),
+        }
+    }
+    Err(SaltError::Store(StoreError::CasMismatch))
+}
+
 /// FNV-1a, 64 bit: picks buckets. Not a security boundary (entries keep a
 /// 128-bit digest), just a stable spread that is the same on every worker.
 pub fn bucket_of(digest: &[u8], buckets: u32) -> u32 {
@@ -222,5 +308,60 @@ mod tests {
         let (_, cas) = s.get("k").unwrap();
         assert_eq!(s.set("k", b"c", cas), Ok(()));
         assert_eq!(s.get("k").unwrap().0, b"c");
+    }
+
+    #[test]
+    fn every_worker_gets_the_salt_the_first_one_stored() {
+        let s = MemStore::default();
+        let first = instance_salt(&s, || Some([5; 16])).unwrap();
+        assert_eq!(first, BucketSalt::new([5; 16]));
+        // Later workers read it and draw nothing.
+        let second = instance_salt(&s, || panic!("drew a second salt")).unwrap();
+        assert_eq!(second, first);
+        // Without a salt and without randomness, no salt (and no default).
+        let empty = MemStore::default();
+        assert_eq!(instance_salt(&empty, || None), Err(SaltError::Random));
+        assert!(empty.get(SALT_KEY).is_none());
+        // Something else under the key is refused, not used or replaced.
+        empty.set(SALT_KEY, b"short", 0).unwrap();
+        assert_eq!(
+            instance_salt(&empty, || Some([6; 16])),
+            Err(SaltError::Malformed)
+        );
+        assert_eq!(empty.get(SALT_KEY).unwrap().0, b"short");
+        // The salt never shows in logs.
+        assert_eq!(format!("{first:?}"), "BucketSalt(..)");
+    }
+
+    /// A store where another worker creates the salt between this worker's
+    /// read and its write.
+    struct Racing {
+        inner: MemStore,
+        raced: RefCell<bool>,
+    }
+
+    impl SharedStore for Racing {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+            if !self.raced.replace(true) {
+                self.inner.set(key, &[9; 16], CAS_CREATE)?;
+            }
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_worker_that_loses_the_race_takes_the_winners_salt() {
+        let s = Racing {
+            inner: MemStore::default(),
+            raced: RefCell::new(false),
+        };
+        assert_eq!(
+            instance_salt(&s, || Some([1; 16])),
+            Ok(BucketSalt::new([9; 16]))
+        );
+        assert_eq!(s.inner.get(SALT_KEY).unwrap().0, [9; 16]);
     }
 }
