@@ -11,7 +11,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::ConfigError;
-use crate::store::{self, SharedStore};
+use crate::store::{self, BucketSalt, SharedStore};
 
 /// A window unit, as envoyproxy/ratelimit names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -447,13 +447,15 @@ pub struct LocalOutcome {
 /// One table per limit: every entry of a table refills at the same rate,
 /// so whether an entry is idle (full again, safe to evict) and how the
 /// overflow entry refills are judged with the entry's own limit, never
-/// with the limit of whichever rule touches the table next.
-fn local_key(digest: &[u8; 16], limit: LocalLimit) -> String {
+/// with the limit of whichever rule touches the table next. The bucket is
+/// keyed with the instance's `salt`: a client cannot search offline for
+/// values that share a victim's bucket (see [`BucketSalt`]).
+fn local_key(salt: &BucketSalt, digest: &[u8; 16], limit: LocalLimit) -> String {
     format!(
         "appguard/local/{}-{}/{}",
         limit.requests,
         limit.per_seconds,
-        store::bucket_of(digest, LOCAL_BUCKETS)
+        store::bucket_of(salt, digest, LOCAL_BUCKETS)
     )
 }
 
@@ -461,13 +463,15 @@ fn local_key(digest: &[u8; 16], limit: LocalLimit) -> String {
 /// data, updated with CAS, so every worker of the instance shares them.
 ///
 /// Memory is bounded: a descriptor lives in one of [`LOCAL_BUCKETS`] buckets
-/// of [`LOCAL_BUCKET_ENTRIES`] entries, in its limit's own table. When a bucket is full, a full (idle)
+/// of [`LOCAL_BUCKET_ENTRIES`] entries, in its limit's own table, chosen
+/// with the instance's `salt`. When a bucket is full, a full (idle)
 /// entry is evicted — it carries no state worth keeping. When none is idle,
 /// the descriptor shares the bucket's overflow entry with every other
 /// descriptor in that position: the limit then holds for them together,
 /// which is stricter, never looser.
 pub fn take_local<S: SharedStore + ?Sized>(
     s: &S,
+    salt: &BucketSalt,
     digest: &[u8; 16],
     limit: LocalLimit,
     now_ms: u64,
@@ -481,7 +485,7 @@ pub fn take_local<S: SharedStore + ?Sized>(
         let total = u128::from(tokens) + gained;
         u64::try_from(total.min(u128::from(cap_milli))).unwrap_or(cap_milli)
     };
-    let key = local_key(digest, limit);
+    let key = local_key(salt, digest, limit);
     store::update(s, &key, |current| {
         let mut entries: Vec<([u8; 16], u64, u64)> = current
             .unwrap_or(&[])
@@ -614,13 +618,14 @@ pub fn failed_within<S: SharedStore + ?Sized>(
 /// empty at least until then: a worker may remember the answer.
 pub fn local_refill_at<S: SharedStore + ?Sized>(
     s: &S,
+    salt: &BucketSalt,
     digest: &[u8; 16],
     limit: LocalLimit,
     now_ms: u64,
 ) -> Option<u64> {
     let cap_milli = u64::from(limit.requests) * 1000;
     let period_ms = limit.per_seconds.saturating_mul(1000).max(1);
-    let key = local_key(digest, limit);
+    let key = local_key(salt, digest, limit);
     let (bytes, _) = s.get(&key)?;
     for e in bytes.chunks_exact(LOCAL_ENTRY) {
         if e.get(..16) == Some(digest.as_slice()) {
@@ -696,6 +701,8 @@ mod tests {
     use super::*;
     use crate::store::MemStore;
 
+    const SALT: BucketSalt = BucketSalt::new([1; 16]);
+
     #[test]
     fn token_bucket_allows_n_then_refills() {
         let s = MemStore::default();
@@ -706,22 +713,29 @@ mod tests {
         };
         let t0 = 1_000_000;
         for i in 0..3 {
-            let o = take_local(&s, &d, l, t0).unwrap();
+            let o = take_local(&s, &SALT, &d, l, t0).unwrap();
             assert!(o.allowed, "request {i}");
             assert_eq!(o.remaining, 2 - i);
         }
-        let o = take_local(&s, &d, l, t0).unwrap();
+        let o = take_local(&s, &SALT, &d, l, t0).unwrap();
         assert!(!o.allowed);
         assert_eq!(o.retry_after, 20, "one token per 20 s");
         // Peeking says exactly when the next token comes, and takes none.
-        assert_eq!(local_refill_at(&s, &d, l, t0), Some(t0 + 20_000));
-        assert_eq!(local_refill_at(&s, &d, l, t0 + 19_999), Some(t0 + 20_000));
-        assert_eq!(local_refill_at(&s, &d, l, t0 + 20_000), None);
-        assert_eq!(local_refill_at(&s, &[3u8; 16], l, t0), None, "unseen");
-        assert!(!take_local(&s, &d, l, t0 + 19_000).unwrap().allowed);
-        assert!(take_local(&s, &d, l, t0 + 20_000).unwrap().allowed);
+        assert_eq!(local_refill_at(&s, &SALT, &d, l, t0), Some(t0 + 20_000));
+        assert_eq!(
+            local_refill_at(&s, &SALT, &d, l, t0 + 19_999),
+            Some(t0 + 20_000)
+        );
+        assert_eq!(local_refill_at(&s, &SALT, &d, l, t0 + 20_000), None);
+        assert_eq!(
+            local_refill_at(&s, &SALT, &[3u8; 16], l, t0),
+            None,
+            "unseen"
+        );
+        assert!(!take_local(&s, &SALT, &d, l, t0 + 19_000).unwrap().allowed);
+        assert!(take_local(&s, &SALT, &d, l, t0 + 20_000).unwrap().allowed);
         // another descriptor has its own bucket
-        assert!(take_local(&s, &[2u8; 16], l, t0).unwrap().allowed);
+        assert!(take_local(&s, &SALT, &[2u8; 16], l, t0).unwrap().allowed);
     }
 
     #[test]
@@ -736,14 +750,14 @@ mod tests {
         assert!(!failed_within(&s, "p", l, t0), "nothing failed yet");
         for t in [t0, t0 + 1_000] {
             mark_failure(&s, "p", t);
-            let _ = take_local(&s, &d, l, t);
+            let _ = take_local(&s, &SALT, &d, l, t);
         }
         // Spent from t0 + 1 s until a token is back (5 s per token): the
         // mark says so for the whole of that time, and for the window.
-        let back = local_refill_at(&s, &d, l, t0 + 1_000).unwrap();
+        let back = local_refill_at(&s, &SALT, &d, l, t0 + 1_000).unwrap();
         assert_eq!(back, t0 + 5_000);
         for t in (t0 + 1_000..back).step_by(250) {
-            assert!(local_refill_at(&s, &d, l, t).is_some());
+            assert!(local_refill_at(&s, &SALT, &d, l, t).is_some());
             assert!(failed_within(&s, "p", l, t), "{t}");
         }
         assert!(failed_within(&s, "p", l, t0 + 10_999));
@@ -758,20 +772,54 @@ mod tests {
         assert!(failed_within(&s, "q", l, u64::MAX));
     }
 
-    /// `n` digests that land in the same bucket position.
-    fn digests_in_one_bucket(n: usize) -> Vec<[u8; 16]> {
-        let target = store::bucket_of(&[0u8; 16], LOCAL_BUCKETS);
+    /// `n` digests that land in the same bucket position under `salt`,
+    /// `[0; 16]` first.
+    fn digests_in_one_bucket(salt: &BucketSalt, n: usize) -> Vec<[u8; 16]> {
+        let target = store::bucket_of(salt, &[0u8; 16], LOCAL_BUCKETS);
         let mut same = Vec::new();
         let mut i: u32 = 0;
         while same.len() < n {
             let mut d = [0u8; 16];
             d[..4].copy_from_slice(&i.to_le_bytes());
-            if store::bucket_of(&d, LOCAL_BUCKETS) == target {
+            if store::bucket_of(salt, &d, LOCAL_BUCKETS) == target {
                 same.push(d);
             }
             i += 1;
         }
         same
+    }
+
+    #[test]
+    fn values_aimed_at_a_victims_bucket_under_one_salt_miss_it_under_another() {
+        // The attack: a client that knows which values share a victim's
+        // bucket takes a token with 16 of them (16 busy entries fill the
+        // bucket) and a 17th (which drains the shared overflow). The
+        // victim, idle until then, is refused on its first request.
+        let l = LocalLimit {
+            requests: 1,
+            per_seconds: 3600,
+        };
+        let victim = [0u8; 16];
+        let known = BucketSalt::new([0x55; 16]);
+        let aimed = digests_in_one_bucket(&known, 18);
+        let aimed = aimed.get(1..).unwrap();
+        assert_eq!(aimed.len(), 17);
+        for (salt, victim_served) in [(known, false), (BucketSalt::new([0x66; 16]), true)] {
+            let s = MemStore::default();
+            for d in aimed {
+                assert!(take_local(&s, &salt, d, l, 0).unwrap().allowed);
+            }
+            assert_eq!(
+                take_local(&s, &salt, &victim, l, 1_000).unwrap().allowed,
+                victim_served,
+                "the victim's first request, with values aimed using {} salt",
+                if victim_served {
+                    "another"
+                } else {
+                    "the instance's"
+                }
+            );
+        }
     }
 
     #[test]
@@ -781,15 +829,15 @@ mod tests {
             requests: 1,
             per_seconds: 3600,
         };
-        let same = digests_in_one_bucket(18);
+        let same = digests_in_one_bucket(&SALT, 18);
         for d in same.iter().take(16) {
-            assert!(take_local(&s, d, l, 0).unwrap().allowed);
+            assert!(take_local(&s, &SALT, d, l, 0).unwrap().allowed);
         }
         // 16 busy entries: the 17th shares the overflow, the 18th is refused with it
-        assert!(take_local(&s, &same[16], l, 0).unwrap().allowed);
-        assert!(!take_local(&s, &same[17], l, 0).unwrap().allowed);
+        assert!(take_local(&s, &SALT, &same[16], l, 0).unwrap().allowed);
+        assert!(!take_local(&s, &SALT, &same[17], l, 0).unwrap().allowed);
         // the first 16 are still limited
-        assert!(!take_local(&s, &same[0], l, 0).unwrap().allowed);
+        assert!(!take_local(&s, &SALT, &same[0], l, 0).unwrap().allowed);
     }
 
     #[test]
@@ -803,17 +851,21 @@ mod tests {
             requests: 1000,
             per_seconds: 1,
         };
-        let same = digests_in_one_bucket(17);
+        let same = digests_in_one_bucket(&SALT, 17);
         // 16 strict descriptors, each spent, fill their bucket position.
         for d in same.iter().take(16) {
-            assert!(take_local(&s, d, strict, 0).unwrap().allowed);
+            assert!(take_local(&s, &SALT, d, strict, 0).unwrap().allowed);
         }
         // A second later a generous rule's descriptor lands in the same
         // position: a full entry by *its* rate, but not by the entry's own.
-        assert!(take_local(&s, &same[16], generous, 1_000).unwrap().allowed);
+        assert!(
+            take_local(&s, &SALT, &same[16], generous, 1_000)
+                .unwrap()
+                .allowed
+        );
         for d in same.iter().take(16) {
             assert!(
-                !take_local(&s, d, strict, 2_000).unwrap().allowed,
+                !take_local(&s, &SALT, d, strict, 2_000).unwrap().allowed,
                 "a strict bucket spent an hour long stays spent"
             );
         }

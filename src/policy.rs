@@ -23,7 +23,7 @@ use crate::phone;
 use crate::ratelimit::{self, RateLimitResponse};
 use crate::request::Request;
 use crate::signing::{self, InstallKey, Message};
-use crate::store::{self, ReplayOutcome, SharedStore};
+use crate::store::{self, BucketSalt, ReplayOutcome, SharedStore};
 use crate::token::{self, AppClaimFormat, Key, ReplayScope, TokenError, VerifiedToken};
 
 /// Upper bound of the per-worker verified-token cache.
@@ -155,6 +155,9 @@ pub struct Ctx<'a> {
     pub config: &'a Config,
     /// Shared data of the Envoy instance.
     pub store: &'a dyn SharedStore,
+    /// The instance's secret that picks buckets in the shared tables (local
+    /// limits, failure budgets, local replay): the same for every worker.
+    pub bucket_salt: BucketSalt,
     /// The worker's verified-token cache.
     pub token_cache: &'a RefCell<TokenCache>,
     /// Remote JWKS keys per provider (same index as `Config::providers`).
@@ -519,6 +522,7 @@ fn limits_phase(
     now: u64,
 ) -> Step {
     let config = ctx.config;
+    let salt = &ctx.bucket_salt;
     let mut service: Vec<(Descriptor, [u8; 16])> = Vec::new();
     for rl in &route.rate_limits {
         let mut d: Descriptor = Vec::with_capacity(rl.entries.len());
@@ -536,7 +540,7 @@ fn limits_phase(
         }
         let digest = limits::descriptor_digest(&rl.scope, &d);
         match rl.local {
-            Some(local) => match limits::take_local(ctx.store, &digest, local, ctx.now_ms) {
+            Some(local) => match limits::take_local(ctx.store, salt, &digest, local, ctx.now_ms) {
                 Ok(o) if o.allowed => {}
                 Ok(o) => {
                     let headers = vec![
@@ -1170,6 +1174,7 @@ fn check_token(
                     let ip = ip.unwrap_or_else(client);
                     if let Some(until) = limits::local_refill_at(
                         ctx.store,
+                        &ctx.bucket_salt,
                         &budget_key(ip),
                         budget_limit,
                         ctx.now_ms,
@@ -1224,8 +1229,13 @@ fn check_token(
                     // The mark first: a worker that sees the bucket spent
                     // must also see a recent failure.
                     limits::mark_failure(ctx.store, &provider.name, ctx.now_ms);
-                    let _ =
-                        limits::take_local(ctx.store, &budget_key(ip), budget_limit, ctx.now_ms);
+                    let _ = limits::take_local(
+                        ctx.store,
+                        &ctx.bucket_salt,
+                        &budget_key(ip),
+                        budget_limit,
+                        ctx.now_ms,
+                    );
                 }
                 return Err(e.reason().into());
             }
@@ -1275,6 +1285,7 @@ fn token_rules(
                 let expires = verified.exp.saturating_add(provider.clock_skew_seconds);
                 match store::replay_check(
                     ctx.store,
+                    &ctx.bucket_salt,
                     &provider.name,
                     r.max_entries,
                     &digest,

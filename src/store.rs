@@ -5,7 +5,9 @@
 //! The core reaches it through [`SharedStore`] so that it stays pure and
 //! testable; the adapter implements the trait with host calls. Memory is
 //! bounded by construction: every table is a fixed number of buckets, each a
-//! shared-data key holding a small fixed-capacity array of entries.
+//! shared-data key holding a small fixed-capacity array of entries. Which
+//! bucket a value lands in is keyed with a secret of the instance
+//! ([`BucketSalt`]), so that clients cannot aim at one.
 //!
 //! Creating a key ignores CAS in the host, so a write that must not clobber a
 //! concurrent creation passes a CAS value that is never issued
@@ -188,15 +190,20 @@ pub fn instance_salt<S: SharedStore + ?Sized>(
     Err(SaltError::Store(StoreError::CasMismatch))
 }
 
-/// FNV-1a, 64 bit: picks buckets. Not a security boundary (entries keep a
-/// 128-bit digest), just a stable spread that is the same on every worker.
-pub fn bucket_of(digest: &[u8], buckets: u32) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in digest {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    u32::try_from(h % u64::from(buckets.max(1))).unwrap_or(0)
+/// The bucket of `digest` among `buckets`: SipHash-2-4 keyed with the
+/// instance's salt, so that nobody outside the instance can tell which
+/// values share a bucket (see [`BucketSalt`]). Entries keep the full
+/// 128-bit digest; only where they are kept depends on the salt.
+///
+/// `std::hash::SipHasher` is std's SipHash-2-4, deprecated only in favour
+/// of `DefaultHasher`, whose algorithm may change and which takes no key.
+/// Every worker runs the same module, so all of them agree on the bucket.
+#[allow(deprecated)]
+pub fn bucket_of(salt: &BucketSalt, digest: &[u8], buckets: u32) -> u32 {
+    use std::hash::Hasher;
+    let mut h = std::hash::SipHasher::new_with_keys(salt.k0, salt.k1);
+    h.write(digest);
+    u32::try_from(h.finish() % u64::from(buckets.max(1))).unwrap_or(0)
 }
 
 /// Entries per replay bucket.
@@ -216,9 +223,11 @@ pub enum ReplayOutcome {
 }
 
 /// Records `digest` (until `expires`) in the replay table `table` of
-/// `capacity` entries; tells whether it was already there.
+/// `capacity` entries, in the bucket `salt` picks; tells whether it was
+/// already there.
 pub fn replay_check<S: SharedStore + ?Sized>(
     store: &S,
+    salt: &BucketSalt,
     table: &str,
     capacity: u32,
     digest: &[u8; 16],
@@ -226,7 +235,10 @@ pub fn replay_check<S: SharedStore + ?Sized>(
     now: u64,
 ) -> Result<ReplayOutcome, StoreError> {
     let buckets = (capacity / REPLAY_BUCKET_ENTRIES as u32).max(1);
-    let key = format!("appguard/replay/{table}/{}", bucket_of(digest, buckets));
+    let key = format!(
+        "appguard/replay/{table}/{}",
+        bucket_of(salt, digest, buckets)
+    );
     update(store, &key, |current| {
         let mut kept: Vec<u8> = Vec::with_capacity((REPLAY_BUCKET_ENTRIES + 1) * REPLAY_ENTRY);
         for e in current.unwrap_or(&[]).chunks_exact(REPLAY_ENTRY) {
@@ -256,25 +268,27 @@ mod tests {
 
     use super::*;
 
+    const SALT: BucketSalt = BucketSalt::new([1; 16]);
+
     #[test]
     fn replay_table_remembers_until_expiry() {
         let s = MemStore::default();
         let d = [7u8; 16];
         assert_eq!(
-            replay_check(&s, "p", 64, &d, 100, 50),
+            replay_check(&s, &SALT, "p", 64, &d, 100, 50),
             Ok(ReplayOutcome::Fresh)
         );
         assert_eq!(
-            replay_check(&s, "p", 64, &d, 100, 60),
+            replay_check(&s, &SALT, "p", 64, &d, 100, 60),
             Ok(ReplayOutcome::Replayed)
         );
         assert_eq!(
-            replay_check(&s, "p", 64, &d, 200, 101),
+            replay_check(&s, &SALT, "p", 64, &d, 200, 101),
             Ok(ReplayOutcome::Fresh),
             "expired entry forgotten"
         );
         assert_eq!(
-            replay_check(&s, "other", 64, &d, 200, 101),
+            replay_check(&s, &SALT, "other", 64, &d, 200, 101),
             Ok(ReplayOutcome::Fresh),
             "tables are separate"
         );
@@ -286,16 +300,16 @@ mod tests {
         // capacity 16 = one bucket of 16
         for i in 0..16u8 {
             assert_eq!(
-                replay_check(&s, "p", 16, &[i; 16], 100, 0),
+                replay_check(&s, &SALT, "p", 16, &[i; 16], 100, 0),
                 Ok(ReplayOutcome::Fresh)
             );
         }
         assert_eq!(
-            replay_check(&s, "p", 16, &[99; 16], 100, 0),
+            replay_check(&s, &SALT, "p", 16, &[99; 16], 100, 0),
             Ok(ReplayOutcome::Full)
         );
         assert_eq!(
-            replay_check(&s, "p", 16, &[99; 16], 200, 101),
+            replay_check(&s, &SALT, "p", 16, &[99; 16], 200, 101),
             Ok(ReplayOutcome::Fresh)
         );
     }
@@ -308,6 +322,65 @@ mod tests {
         let (_, cas) = s.get("k").unwrap();
         assert_eq!(s.set("k", b"c", cas), Ok(()));
         assert_eq!(s.get("k").unwrap().0, b"c");
+    }
+
+    /// `n` digests whose bucket among `buckets` is that of `[0; 16]`, under
+    /// `salt`: what a client could search for offline if it knew the salt.
+    fn colliding(salt: &BucketSalt, buckets: u32, n: usize) -> Vec<[u8; 16]> {
+        let target = bucket_of(salt, &[0u8; 16], buckets);
+        (1u32..)
+            .map(|i| {
+                let mut d = [0u8; 16];
+                d[..4].copy_from_slice(&i.to_le_bytes());
+                d
+            })
+            .filter(|d| bucket_of(salt, d, buckets) == target)
+            .take(n)
+            .collect()
+    }
+
+    #[test]
+    fn the_bucket_depends_on_the_salt() {
+        let a = BucketSalt::new([0x11; 16]);
+        let b = BucketSalt::new([0x22; 16]);
+        // The same digests spread differently under two salts.
+        let moved = (0u8..64)
+            .filter(|i| bucket_of(&a, &[*i; 16], 4096) != bucket_of(&b, &[*i; 16], 4096))
+            .count();
+        assert!(moved > 60, "{moved} of 64 digests changed bucket");
+        // Values found to share a bucket under one salt are scattered
+        // under another, as if drawn at random.
+        let found = colliding(&a, 4096, 16);
+        let target = bucket_of(&b, &[0u8; 16], 4096);
+        let still = found
+            .iter()
+            .filter(|d| bucket_of(&b, d.as_slice(), 4096) == target)
+            .count();
+        assert!(still <= 1, "{still} of 16 still collide");
+    }
+
+    #[test]
+    fn a_replay_bucket_filled_for_one_salt_is_not_full_under_another() {
+        let known = BucketSalt::new([0x33; 16]);
+        let secret = BucketSalt::new([0x44; 16]);
+        // 1024 entries = 64 buckets of 16: sixteen values aimed at the
+        // bucket of `[0; 16]` fill it when the salt is the one aimed at...
+        for salt in [known, secret] {
+            let s = MemStore::default();
+            for d in colliding(&known, 64, 16) {
+                assert_eq!(
+                    replay_check(&s, &salt, "p", 1024, &d, 100, 0),
+                    Ok(ReplayOutcome::Fresh)
+                );
+            }
+            let victim = replay_check(&s, &salt, "p", 1024, &[0u8; 16], 100, 0);
+            if salt == known {
+                assert_eq!(victim, Ok(ReplayOutcome::Full));
+            } else {
+                // ... and not under the instance's own.
+                assert_eq!(victim, Ok(ReplayOutcome::Fresh));
+            }
+        }
     }
 
     #[test]

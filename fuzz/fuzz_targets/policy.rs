@@ -21,7 +21,7 @@ use appguard::policy::{
     evaluate, evaluate_body, evaluate_rls, Ctx, NegativeCache, Step, TokenCache,
 };
 use appguard::request::Request;
-use appguard::store::MemStore;
+use appguard::store::{BucketSalt, MemStore};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
@@ -95,6 +95,7 @@ fuzz_target!(|data: &[u8]| {
     let ctx = Ctx {
         config: config(),
         store: &store,
+        bucket_salt: BucketSalt::new([7; 16]),
         token_cache: &token_cache,
         remote_keys: &[],
         may_fetch_keys: false,

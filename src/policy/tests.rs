@@ -9,7 +9,7 @@ use super::*;
 use crate::identity::hash_api_key;
 use crate::request::test_support::headers;
 use crate::request::{Claims, Delegated};
-use crate::store::MemStore;
+use crate::store::{BucketSalt, MemStore};
 use crate::token::tests_support::{hs256_raw, SECRET};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -731,6 +731,7 @@ impl World {
         Ctx {
             config: &self.config,
             store: &self.store,
+            bucket_salt: BucketSalt::new([7; 16]),
             token_cache: &self.cache,
             remote_keys: &[],
             may_fetch_keys: false,
@@ -1181,6 +1182,7 @@ fn a_budget_spent_on_one_worker_stops_verification_on_another() {
         let ctx = Ctx {
             config: &w.config,
             store: &w.store,
+            bucket_salt: BucketSalt::new([7; 16]),
             token_cache: &b_cache,
             remote_keys: &[],
             may_fetch_keys: false,

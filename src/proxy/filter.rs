@@ -161,6 +161,7 @@ impl GuardFilter {
         let ctx = Ctx {
             config: &worker.config,
             store: &HostStore,
+            bucket_salt: worker.bucket_salt,
             token_cache: &worker.token_cache,
             remote_keys: &remote_keys,
             may_fetch_keys,

@@ -1,7 +1,7 @@
 //! Host services for the core, implemented with the host calls of [`abi`].
 
 use super::abi::{self, Buffer, Map, CAS_MISMATCH};
-use crate::store::{SharedStore, StoreError};
+use crate::store::{BucketSalt, SharedStore, StoreError};
 
 /// Proxy-wasm shared data: one map per VM id, shared by every worker.
 pub struct HostStore;
@@ -18,6 +18,13 @@ impl SharedStore for HostStore {
             Err(_) => Err(StoreError::Host),
         }
     }
+}
+
+/// Fresh random bytes for the instance's bucket salt (WASI `random_get`,
+/// which Envoy serves from its own random generator), or `None`.
+pub fn random_salt() -> Option<[u8; BucketSalt::LEN]> {
+    let mut bytes = [0u8; BucketSalt::LEN];
+    getrandom::getrandom(&mut bytes).ok().map(|()| bytes)
 }
 
 /// Seconds since the Unix epoch, from the host clock (0 if unavailable,

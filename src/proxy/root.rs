@@ -19,11 +19,15 @@ use super::metrics::Metrics;
 use crate::config::Config;
 use crate::limits::OverLimitCache;
 use crate::policy::{NegativeCache, RemoteKeys, TokenCache};
+use crate::store::{self, BucketSalt};
 
 /// Everything one worker keeps between requests.
 pub struct Worker {
     /// The compiled configuration.
     pub config: Config,
+    /// The instance's secret that picks buckets in the shared tables, the
+    /// same for every worker (see [`store::instance_salt`]). Never logged.
+    pub bucket_salt: BucketSalt,
     /// Verified tokens, until their `exp`.
     pub token_cache: RefCell<TokenCache>,
     /// Remote JWKS state per provider (same index as `config.providers`).
@@ -250,6 +254,22 @@ impl RootContext for FilterRoot {
                 return false;
             }
         };
+        // The instance's bucket salt: local limits, failure budgets and
+        // local replay pick their buckets with it, so that clients cannot
+        // aim at a victim's. Without it those tables cannot be kept safely,
+        // and no stand-in will do: a fixed salt is the guessable bucket the
+        // salt exists to prevent, and one drawn by this VM alone would put
+        // its counts in other buckets than its neighbours' (limits
+        // multiplied by the worker count). Shared data and `random_get` are
+        // in-process calls that do not fail on Envoy, so this is refused
+        // like a bad configuration: loudly, and nothing half-works.
+        let bucket_salt = match store::instance_salt(&host::HostStore, host::random_salt) {
+            Ok(s) => s,
+            Err(e) => {
+                error!("cannot read or create the instance's bucket salt ({e:?}): configuration refused");
+                return false;
+            }
+        };
         info!(
             "configured (root {}): {} routes, {} apps, {} keys, {} token providers, mode {:?}",
             self.context_id,
@@ -270,6 +290,7 @@ impl RootContext for FilterRoot {
         self.worker = Some(Rc::new(Worker {
             decision_log: RefCell::new(decision_log),
             config,
+            bucket_salt,
             token_cache: RefCell::new(TokenCache::default()),
             jwks: RefCell::new(slots),
             metrics,

@@ -29,7 +29,7 @@ use appguard::policy::{self, Ctx, NegativeCache, RemoteKeys, Step, TokenCache};
 use appguard::ratelimit::rls::DescriptorStatus;
 use appguard::ratelimit::{Code, RateLimitResponse};
 use appguard::request::Request;
-use appguard::store::MemStore;
+use appguard::store::{BucketSalt, MemStore};
 use serde_json::Value;
 
 fn main() {
@@ -97,6 +97,7 @@ fn main() {
         let ctx = Ctx {
             config: &config,
             store: &store,
+            bucket_salt: BucketSalt::new([7; 16]),
             token_cache: &token_cache,
             remote_keys: &remote,
             may_fetch_keys: false,
