@@ -1119,9 +1119,6 @@ fn check_token(
             // of forged tokens then costs a hash lookup per request, and a
             // spent client cannot make the filter fetch a JWKS either.
             // Tokens verified earlier (the cache above) still pass.
-            if ctx.negative.borrow().contains(pi, raw, now) {
-                return Err(Reason::TokenSignature.into());
-            }
             let budget = provider.failure_budget;
             let budget_limit = limits::LocalLimit {
                 requests: budget.failures,
@@ -1150,23 +1147,29 @@ fn check_token(
                     limits::descriptor_digest(&scope, &d)
                 })
             };
-            if budget.failures > 0 {
-                // A client this worker already found spent: a map lookup.
-                let remembered = ctx.negative.borrow_mut().may_hold_spent(ctx.now_ms);
-                // A client whose IP is not known (see `client_ip`) is
-                // charged as the unknown client: hiding the address must
-                // not lift the budget.
-                let client = || {
-                    req.client_ip(ctx.config.xff_trusted_hops)
-                        .unwrap_or(limits::UNKNOWN_CLIENT_IP)
-                };
-                let ip = remembered.then(client);
-                if let Some(ip) = ip {
-                    if ctx.negative.borrow().budget_spent(slot, ip, ctx.now_ms) {
-                        facts.budget_refused = true;
-                        return Err(Reason::TokenSignature.into());
-                    }
+            // A client whose IP is not known (see `client_ip`) is charged
+            // as the unknown client: hiding the address must not lift the
+            // budget.
+            let client = || {
+                req.client_ip(ctx.config.xff_trusted_hops)
+                    .unwrap_or(limits::UNKNOWN_CLIENT_IP)
+            };
+            // A client this worker already found spent: a map lookup, and
+            // first, since it spares hashing the (attacker-sized) token for
+            // the negative cache below on every request of a flood.
+            let mut ip = None;
+            if budget.failures > 0 && ctx.negative.borrow_mut().may_hold_spent(ctx.now_ms) {
+                let known = client();
+                ip = Some(known);
+                if ctx.negative.borrow().budget_spent(slot, known, ctx.now_ms) {
+                    facts.budget_refused = true;
+                    return Err(Reason::TokenSignature.into());
                 }
+            }
+            if ctx.negative.borrow().contains(pi, raw, now) {
+                return Err(Reason::TokenSignature.into());
+            }
+            if budget.failures > 0 {
                 // No budget can be spent if no signature failed within a
                 // window: then the client's address, its digest and its
                 // bucket are not needed (one shared-data read instead).
