@@ -428,11 +428,15 @@ impl PrefixSet {
     /// [`E164::without_trunk_zero`]). A prefix is not a number, so it may be
     /// logged to say why a number was denied.
     pub fn matching_prefix(&self, number: &E164) -> Option<&str> {
-        self.matching_prefix_as_written(number).or_else(|| {
-            number
-                .without_trunk_zero()
-                .and_then(|n| self.matching_prefix_as_written(&n))
-        })
+        self.matching_prefix_of(number, number.without_trunk_zero().as_ref())
+    }
+
+    /// [`PrefixSet::matching_prefix`] for a caller that already has the
+    /// number's [`E164::without_trunk_zero`] form (the per-number limits
+    /// count under it), so it is not built twice.
+    pub fn matching_prefix_of(&self, number: &E164, trunkless: Option<&E164>) -> Option<&str> {
+        self.matching_prefix_as_written(number)
+            .or_else(|| trunkless.and_then(|n| self.matching_prefix_as_written(n)))
     }
 
     fn matching_prefix_as_written(&self, number: &E164) -> Option<&str> {

@@ -444,12 +444,17 @@ fn body_values(config: &Config, route: &Route, body: &[u8]) -> Result<BodyValues
             let value = if *is_phone {
                 let pc = config.phone.as_ref().ok_or(Reason::BodyInvalid)?;
                 let number = phone::normalize(&raw, &pc.rules).map_err(|_| Reason::BodyInvalid)?;
-                if pc.denied.contains_prefix_of(&number) {
+                let trunkless = number.without_trunk_zero();
+                if pc
+                    .denied
+                    .matching_prefix_of(&number, trunkless.as_ref())
+                    .is_some()
+                {
                     return Err(Reason::PhoneDenied);
                 }
                 // One key per phone: a trunk `0` after the calling code
                 // would otherwise double the per-number limit.
-                phone::hash(&pc.hash_key, &number.canonical())
+                phone::hash(&pc.hash_key, trunkless.as_ref().unwrap_or(&number))
             } else {
                 if raw.len() > 256 {
                     return Err(Reason::BodyInvalid);
