@@ -177,6 +177,20 @@ pub struct Denial {
     pub reason: Reason,
     /// Extra headers on the local reply, beyond `x-appguard-reason`.
     pub headers: Vec<(String, String)>,
+    /// The API key cut out of the request although it goes no further:
+    /// Envoy's access log still records the refused request's path.
+    pub key_scrub: KeyScrub,
+}
+
+/// The API key taken out of the request (`api_keys.forward: false`): what
+/// the adapter removes before the request goes upstream, or before Envoy
+/// logs a refused one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyScrub {
+    /// The key header to remove, when the request has one.
+    pub header: Option<String>,
+    /// `:path` without the key query parameter, when it had one.
+    pub path: Option<String>,
 }
 
 impl Denial {
@@ -185,6 +199,7 @@ impl Denial {
         Denial {
             reason,
             headers: Vec::new(),
+            key_scrub: KeyScrub::default(),
         }
     }
 }
@@ -204,6 +219,8 @@ pub struct Grant {
     /// Request headers to remove before the request goes upstream (the token,
     /// unless the provider forwards it).
     pub remove_headers: Vec<String>,
+    /// The API key taken out of the request (`api_keys.forward: false`).
+    pub key_scrub: KeyScrub,
     /// Headers to add to the response sent back to the client.
     pub response_headers: Vec<(String, String)>,
     /// In monitor mode: the denial that enforce mode would have answered.

@@ -392,8 +392,14 @@ pub(crate) struct RawApiKeys {
     header: String,
     #[serde(default)]
     query_param: Option<String>,
+    #[serde(default = "forward_by_default")]
+    forward: bool,
     #[serde(default)]
     keys: Vec<RawApiKey>,
+}
+
+fn forward_by_default() -> bool {
+    true
 }
 
 fn default_key_header() -> String {
@@ -417,12 +423,19 @@ struct RawApiKey {
 
 /// API keys, configured by their SHA-256 only, with Google-style application
 /// restrictions.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ApiKeys {
     /// Request header carrying the key (lower case).
     pub header: String,
     /// Query parameter carrying the key, when keys may come in the URL.
     pub query_param: Option<String>,
+    /// Whether the key goes on upstream as the client sent it (the default:
+    /// upstreams often still identify their callers by the key). With
+    /// `false`, on every route that reads keys, the key header is removed
+    /// and the key parameter is cut out of `:path`, so that the key reaches
+    /// neither the upstream nor Envoy's access logs; the upstream gets
+    /// `x-appguard-key-id` instead.
+    pub forward: bool,
     /// The configured keys.
     pub keys: Vec<ApiKey>,
 }
@@ -453,7 +466,9 @@ pub(crate) fn compile_api_keys(
     let Some(raw) = raw else {
         return Ok(ApiKeys {
             header: default_key_header(),
-            ..ApiKeys::default()
+            query_param: None,
+            forward: forward_by_default(),
+            keys: Vec::new(),
         });
     };
     let header = crate::config::header_name("api_keys.header", &raw.header)?;
@@ -528,6 +543,7 @@ pub(crate) fn compile_api_keys(
     Ok(ApiKeys {
         header,
         query_param: raw.query_param,
+        forward: raw.forward,
         keys,
     })
 }
@@ -854,6 +870,7 @@ mod tests {
         let keys = ApiKeys {
             header: "x-api-key".into(),
             query_param: None,
+            forward: true,
             keys: vec![ApiKey {
                 id: "k1".into(),
                 sha256: parse_sha256_hex(&hash_api_key("secret-1")).unwrap(),

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{
     Action, Config, FailureMode, HostPattern, KeyRequirement, Mode, Network, PathMatch, Route,
 };
-use crate::decision::{Decision, Denial, Grant, Reason};
+use crate::decision::{Decision, Denial, Grant, KeyScrub, Reason};
 use crate::identity::{self, PlatformHeaders};
 use crate::limits::{self, Descriptor, OverLimitCache, Source};
 use crate::phone;
@@ -557,8 +557,8 @@ fn limits_phase(
                     return deny(
                         pending,
                         Denial {
-                            reason: Reason::RateLimited,
                             headers,
+                            ..Denial::new(Reason::RateLimited)
                         },
                     );
                 }
@@ -592,8 +592,8 @@ fn limits_phase(
         return deny(
             pending,
             Denial {
-                reason: Reason::RateLimited,
                 headers,
+                ..Denial::new(Reason::RateLimited)
             },
         );
     }
@@ -681,8 +681,8 @@ pub fn evaluate_rls(
         return deny(
             pending,
             Denial {
-                reason: Reason::RateLimited,
                 headers: verdict.denial_headers(),
+                ..Denial::new(Reason::RateLimited)
             },
         );
     }
@@ -761,6 +761,18 @@ fn check(
                     grant.remove_headers.push(src.header.clone());
                 }
             }
+        }
+        // The API key likewise with `api_keys.forward: false`, on routes
+        // that read keys: its header, and its parameter cut out of `:path`.
+        let keys = &config.api_keys;
+        if !keys.forward && route.api_key != KeyRequirement::None {
+            grant.key_scrub = KeyScrub {
+                header: req.header(&keys.header).map(|_| keys.header.clone()),
+                path: keys
+                    .query_param
+                    .as_deref()
+                    .and_then(|param| path_without_param(req.header(":path").unwrap_or(""), param)),
+            };
         }
     }
     // 1. route
@@ -1002,6 +1014,35 @@ fn api_key_of<'r>(
         return Err(Reason::ApiKeyInvalid.into());
     }
     Ok(Some(key))
+}
+
+/// `path` without the query parameters named `param` (names read as
+/// [`api_key_of`] reads them), or `None` when it has none. The other
+/// parameters keep their order and their encoding as sent; a query left
+/// empty goes with its `?`.
+fn path_without_param(path: &str, param: &str) -> Option<String> {
+    let (base, rest) = path.split_once('?')?;
+    let (query, fragment) = match rest.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (rest, None),
+    };
+    let is_param =
+        |pair: &&str| form_name_is(pair.split_once('=').map_or(*pair, |(k, _)| k), param);
+    if !query.split('&').any(|pair| is_param(&pair)) {
+        return None;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|pair| !is_param(pair)).collect();
+    let mut out = String::with_capacity(path.len());
+    out.push_str(base);
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    Some(out)
 }
 
 /// Whether the raw query name `raw` decodes to `want`, without allocating
@@ -1324,7 +1365,12 @@ fn token_rules(
 /// the would-be reason (and whatever the checks before it granted).
 pub fn finish(mode: Mode, grant: Grant, denial: Denial) -> Decision {
     match mode {
-        Mode::Enforce => Decision::Deny(denial),
+        // The request goes no further, but Envoy still logs its path: an
+        // API key cut out of it stays out of the log too.
+        Mode::Enforce => Decision::Deny(Denial {
+            key_scrub: grant.key_scrub,
+            ..denial
+        }),
         Mode::Monitor => Decision::Allow(Grant {
             would_deny: Some(denial.reason),
             ..grant

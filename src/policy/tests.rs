@@ -311,6 +311,77 @@ fn api_key_from_query_parameter() {
 }
 
 #[test]
+fn api_keys_go_upstream_unless_forward_is_false() {
+    let grant = |w: &World, path: &str, hs: &[(&str, &str)]| match w.run(path, "198.51.100.1", hs).0
+    {
+        Decision::Allow(g) => g,
+        d => panic!("{path}: {d:?}"),
+    };
+    let path_set = |g: &Grant| g.key_scrub.path.clone();
+    let header_cut = |g: &Grant| g.key_scrub.header.is_some();
+    // The default: the key goes on as sent.
+    let w = World::new();
+    let g = grant(&w, "/sms?key=key-sms&a=1", &[]);
+    assert_eq!(path_set(&g), None);
+    assert!(!header_cut(&g));
+
+    let mut cfg = config_json();
+    cfg["api_keys"]["forward"] = json!(false);
+    let w = World::from(cfg);
+    for (path, want) in [
+        ("/sms?key=key-sms", "/sms"),
+        ("/sms?a=1&key=key-sms&b=%20x", "/sms?a=1&b=%20x"),
+        ("/sms?%6Bey=key-sms&a=1", "/sms?a=1"),
+        ("/sms?key=key-sms&key=key-sms", "/sms"),
+        ("/sms?a=1&key=key-sms#frag", "/sms?a=1#frag"),
+    ] {
+        let g = grant(&w, path, &[]);
+        assert_eq!(path_set(&g).as_deref(), Some(want), "{path}");
+    }
+    // A parameter merely starting with the name stays.
+    let g = grant(&w, "/sms?keys=1&key=key-sms", &[]);
+    assert_eq!(path_set(&g).as_deref(), Some("/sms?keys=1"));
+    // The header is removed; a path without the parameter is left alone.
+    let g = grant(&w, "/sms?a=1", &[("x-api-key", "key-sms")]);
+    assert!(header_cut(&g));
+    assert_eq!(path_set(&g), None);
+    // A refused request goes no further, but Envoy logs it: the denial
+    // carries the same changes for the adapter to apply.
+    match w
+        .run(
+            "/sms?key=wrong&a=1",
+            "198.51.100.1",
+            &[("x-api-key", "wrong")],
+        )
+        .0
+    {
+        Decision::Deny(d) => {
+            assert_eq!(d.reason, Reason::ApiKeyInvalid);
+            assert_eq!(d.key_scrub.path.as_deref(), Some("/sms?a=1"));
+            assert_eq!(d.key_scrub.header.as_deref(), Some("x-api-key"));
+        }
+        d => panic!("{d:?}"),
+    }
+    // Also when the request is refused in monitor mode (it goes upstream),
+    // and before any other check decides.
+    let mut cfg = config_json();
+    cfg["api_keys"]["forward"] = json!(false);
+    cfg["mode"] = json!("monitor");
+    let w = World::from(cfg);
+    let g = grant(&w, "/sms?key=wrong", &[("x-api-key", "wrong")]);
+    assert_eq!(g.would_deny, Some(Reason::ApiKeyInvalid));
+    assert!(header_cut(&g));
+    assert_eq!(path_set(&g).as_deref(), Some("/sms"));
+    let g = grant(&w, "/office/x?key=key-office", &[]);
+    assert_eq!(g.would_deny, Some(Reason::IpDenied));
+    assert_eq!(path_set(&g).as_deref(), Some("/office/x"));
+    // A route that does not read keys does not touch them.
+    let g = grant(&w, "/open/x?key=key-any", &[("x-api-key", "key-any")]);
+    assert_eq!(path_set(&g), None);
+    assert!(!header_cut(&g));
+}
+
+#[test]
 fn refused_keys_are_named_in_the_facts_the_log_line_reads() {
     // A revoked or restricted key is configured, so its public id belongs
     // in the denial's log line (`key=...`): rotation (README "API-key

@@ -16,7 +16,7 @@ use super::host::{self, now_millis, HostStore};
 use super::jwks;
 use super::metrics::Counted;
 use super::root::Worker;
-use crate::decision::{Decision, Denial, Grant};
+use crate::decision::{Decision, Denial, Grant, KeyScrub};
 use crate::lograte::Admit;
 use crate::policy::{self, Ctx, Facts, Pending, RlsCall, Step};
 use crate::ratelimit::{decode_response, MAX_RESPONSE_BYTES};
@@ -370,6 +370,7 @@ impl GuardFilter {
         for name in &grant.remove_headers {
             let _ = abi::remove_header(Map::RequestHeaders, name);
         }
+        scrub(&grant.key_scrub);
         for (name, value) in &grant.set_headers {
             let _ = abi::set_header(Map::RequestHeaders, name, value);
         }
@@ -406,6 +407,7 @@ impl GuardFilter {
                 }
             )
         });
+        scrub(&denial.key_scrub);
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2 + denial.headers.len());
         headers.push(("content-type", "application/json"));
         headers.push(("x-appguard-reason", reason.code()));
@@ -671,6 +673,18 @@ fn delegated_payload(config: &crate::config::Config, index: usize) -> Option<Cla
         .ok()
         .flatten()?;
     crate::token::delegated::payload(&bytes)
+}
+
+/// Takes the API key out of the request as the core decided (its header,
+/// and `:path` without the key parameter). On a denial too: the request
+/// goes no further, but Envoy's access log reads these headers.
+fn scrub(key: &KeyScrub) {
+    if let Some(name) = &key.header {
+        let _ = abi::remove_header(Map::RequestHeaders, name);
+    }
+    if let Some(path) = &key.path {
+        let _ = abi::set_header(Map::RequestHeaders, ":path", path);
+    }
 }
 
 /// Envoy's downstream remote address (`source.address`, "ip:port").

@@ -272,3 +272,69 @@ fn country_required_refuses_a_request_without_a_country() {
     );
     assert!(up.seen().is_empty());
 }
+
+#[test]
+fn with_forward_false_the_api_key_reaches_neither_upstream_nor_access_log() {
+    const KEY: &str = "e2e-key-0123-secret-value";
+    let cfg = |forward: bool| {
+        json!({
+            "default_action": "deny",
+            "api_keys": {"query_param": "key", "forward": forward,
+                         "keys": [{"id": "k1", "sha256": appguard::identity::hash_api_key(KEY)}]},
+            "routes": [{"name": "keyed", "match": {"prefix": "/keyed"}, "api_key": "required"}]
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg(false), up.port)
+        .access_log(&log)
+        .start();
+    let query = format!("/keyed/x?a=1&key={KEY}&b=%20two");
+    let encoded = format!("/keyed/y?%6Bey={KEY}");
+    for (req, path) in [
+        (Req::get(&query), "/keyed/x?a=1&b=%20two"),
+        (Req::get(&encoded), "/keyed/y"),
+        (
+            Req::get("/keyed/z?a=1").header("x-api-key", KEY),
+            "/keyed/z?a=1",
+        ),
+    ] {
+        let r = envoy.request(req);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let seen = up.last();
+        assert_eq!(seen.path, path);
+        assert_eq!(seen.header("x-api-key"), None, "key header removed");
+        assert_eq!(seen.header("x-appguard-key-id"), Some("k1"));
+    }
+    // A wrong key is refused as before, and its path is logged without it.
+    let r = envoy.request(Req::get("/keyed/w?key=not-the-key"));
+    assert_eq!((r.status, r.reason()), (403, Some("api_key_invalid")));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 4 || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            "/keyed/x?a=1&b=%20two",
+            "/keyed/y",
+            "/keyed/z?a=1",
+            "/keyed/w"
+        ],
+        "Envoy's access log"
+    );
+    assert!(!text.contains(KEY));
+    drop(envoy);
+
+    // The default: the key goes on as sent (upstreams that still read it).
+    let envoy = EnvoyBuilder::new(cfg(true), up.port).start();
+    let r = envoy.request(Req::get(&query).header("x-api-key", KEY));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().path, query);
+    assert_eq!(up.last().header("x-api-key"), Some(KEY));
+}

@@ -240,6 +240,24 @@ impl EnvoyBuilder {
         self
     }
 
+    /// Envoy's access log of the listener, written to `path` as one
+    /// `%REQ(:PATH)%` per line, flushed every 100 ms (so a test can read
+    /// what an operator's access log would hold).
+    pub fn access_log(mut self, path: &Path) -> Self {
+        self.hcm_extra.insert(
+            "access_log".into(),
+            json!([{
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": path.display().to_string(),
+                    "log_format": {"text_format_source": {"inline_string": "%REQ(:PATH)%\n"}}
+                }
+            }]),
+        );
+        self
+    }
+
     /// The bootstrap as JSON, with the listener and admin ports given.
     pub fn bootstrap(&self, listen_port: u16, admin_port: u16) -> Value {
         let mut clusters = vec![cluster("upstream", self.upstream_port, false)];
@@ -372,6 +390,8 @@ impl EnvoyBuilder {
             .arg("--base-id-path")
             .arg(dir.path().join("base-id"))
             .arg("--use-dynamic-base-id")
+            .arg("--file-flush-interval-msec")
+            .arg("100")
             .arg("--log-level")
             .arg("info")
             .arg("--component-log-level")
