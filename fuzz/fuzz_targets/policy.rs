@@ -6,8 +6,10 @@
 //! Input: a line `METHOD PATH`, header lines `name: value`, an empty line,
 //! the body.
 //!
-//! Oracle: nothing under the deny prefix is ever allowed, and a request on
-//! the token route is never allowed without a token header.
+//! Oracle: nothing under the deny prefix is ever allowed, a request on the
+//! token route is never allowed without a token header, and on the API-key
+//! route (`forward: false`) a `key` query parameter never stays in the path
+//! that goes upstream or into Envoy's access log.
 #![no_main]
 
 use std::cell::RefCell;
@@ -40,7 +42,8 @@ fn config() -> &'static Config {
                 {"id": "web", "platform": "web", "origins": ["https://*.example.com"]},
                 {"id": "droid", "platform": "android", "package": "com.example.app"}
             ],
-            "api_keys": {"keys": [{"id": "k", "sha256": appguard::identity::hash_api_key("key-1"), "apps": ["droid"]}]},
+            "api_keys": {"query_param": "key", "forward": false,
+                         "keys": [{"id": "k", "sha256": appguard::identity::hash_api_key("key-1"), "apps": ["droid"]}]},
             "phone": {"default_calling_code": "44", "denied_prefixes": ["+882"],
                       "hash_key_base64": STANDARD.encode(b"fuzz-phone-hash-key-0123456789ab")},
             "rate_limit_service": {"cluster": "rls", "domain": "d", "failure_mode": "deny"},
@@ -115,6 +118,24 @@ fuzz_target!(|data: &[u8]| {
     let Step::Done(decision, _) = step else {
         panic!("not decided after the body and the service: {step:?}");
     };
+    let has_key_param = |query: &str| {
+        query
+            .split('&')
+            .any(|pair| pair.split_once('=').map_or(pair, |(k, _)| k) == "key")
+    };
+    if req.path().starts_with("/key") && req.query().is_some_and(has_key_param) {
+        let scrub = match &decision {
+            Decision::Allow(g) => &g.key_scrub,
+            Decision::Deny(d) => &d.key_scrub,
+        };
+        let Some(cut) = scrub.path.as_deref() else {
+            panic!("the key parameter stayed in {path:?}");
+        };
+        let query = cut.split_once('?').map_or("", |(_, q)| q);
+        let query = query.split_once('#').map_or(query, |(q, _)| q);
+        assert!(!has_key_param(query), "{path:?} became {cut:?}");
+        assert_eq!(cut.split(['?', '#']).next(), Some(req.path()));
+    }
     if let Decision::Allow(_) = decision {
         assert!(
             !req.path().starts_with("/admin"),
