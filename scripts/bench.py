@@ -730,9 +730,9 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def bench(args, wasm, noop, procs, workdir, started):
-    load_before = os.getloadavg()
-    # The rate-limit service (release, memory backend), on the client core.
+def start_rls(procs, workdir):
+    """The project's rate-limit service (release, memory backend) on the
+    client core: (its process, the Envoy cluster that reaches it)."""
     rls_grpc, rls_http = free_port(), free_port()
     rl_yaml = workdir / "ratelimit.yaml"
     rl_yaml.write_text(RATELIMIT_YAML)
@@ -741,7 +741,21 @@ def bench(args, wasm, noop, procs, workdir, started):
                       workdir / "ratelimit.log", cpu=CLIENT_CPU)
     if not wait_port(rls_grpc, 20):
         raise RuntimeError("rate-limit service did not start: " + (workdir / "ratelimit.log").read_text())
-    rl_cluster = grpc_cluster("ratelimit", rls_grpc)
+    return rls, grpc_cluster("ratelimit", rls_grpc)
+
+
+def full_setup(wasm, rl_cluster):
+    """appguard's full pipeline as `make bench` runs it: (filters, clusters,
+    terminal, load)."""
+    headers = {"x-firebase-appcheck": hs256_token(claims("full")), "x-api-key": API_KEY,
+               "x-android-package": ANDROID_PACKAGE, "x-android-cert": ANDROID_CERT, "x-country-code": "GB"}
+    return ([wasm_filter(wasm, ag_full()), BUFFER], [rl_cluster], "fault",
+            Load(path="/v1/mobile/profile", headers=headers))
+
+
+def bench(args, wasm, noop, procs, workdir, started):
+    load_before = os.getloadavg()
+    _, rl_cluster = start_rls(procs, workdir)
 
     # Token streams.
     log("bench: preparing tokens")
@@ -781,7 +795,8 @@ def bench(args, wasm, noop, procs, workdir, started):
     chain = envoy("native-chain", [jwt_authn("HS256"), ratelimit_filter()], [rl_cluster], "fault")
     chain_c = envoy("native-chain-cache", [jwt_authn("HS256", cache=True), ratelimit_filter()], [rl_cluster],
                     "fault")
-    ag_f = envoy("ag-full", [wasm_filter(wasm, ag_full()), BUFFER], [rl_cluster], "fault")
+    f_filters, f_clusters, f_terminal, full_load = full_setup(wasm, rl_cluster)
+    ag_f = envoy("ag-full", f_filters, f_clusters, f_terminal)
     jwt_meta = envoy("jwt-rs256-meta", [jwt_authn("RS256", metadata="bench_payload")])
     ag_del = envoy("ag-delegated", [jwt_authn("RS256", metadata="bench_payload"), wasm_filter(wasm, ag_delegated())])
     ag_fl = envoy("ag-flood", [wasm_filter(wasm, ag_flood())])
@@ -789,9 +804,6 @@ def bench(args, wasm, noop, procs, workdir, started):
 
     # Loads.
     tok = lambda t: Load(headers={"x-token": t})
-    full_headers = {"x-firebase-appcheck": hs256_token(claims("full")), "x-api-key": API_KEY,
-                    "x-android-package": ANDROID_PACKAGE, "x-android-cert": ANDROID_CERT,
-                    "x-country-code": "GB"}
     S = [
         Setup("baseline", "baseline: no filter", baseline, Load(), group="floor"),
         Setup("noop", "no-op Wasm filter (reads one header)", noop_e, Load(headers={"x-token": hs_one}), group="floor"),
@@ -808,7 +820,7 @@ def bench(args, wasm, noop, procs, workdir, started):
         Setup("native-chain-cache", "jwt_authn HS256 cached + ratelimit filter (RLS)", chain_c,
               Load(path="/v1/mobile/profile", headers={"x-token": hs_one}), group="full pipeline"),
         Setup("ag-full", "appguard full: token+platform+API key+RLS", ag_f,
-              Load(path="/v1/mobile/profile", headers=full_headers), "native-chain", "native-chain-cache",
+              full_load, "native-chain", "native-chain-cache",
               group="full pipeline"),
         Setup("jwt-hs256-uniq", "jwt_authn HS256, unique tokens", jwt_hs, stream(hs_path), group="unique tokens"),
         Setup("ag-hs256-uniq", "appguard HS256, unique tokens", ag_hs, stream(hs_path), "jwt-hs256-uniq",

@@ -15,7 +15,9 @@ Kinds: `hs256`, `es256`, `rs256` (one repeated token: the cache path),
 `hs256u`, `es256u`, `rs256u`, `ps256u` (unique tokens: every one
 verified), `forged` (the flood row's forged RS256 tokens from one client,
 whose failure budget is spent after the warm-up: the refusal path) and
-`delegated` (`jwt_authn` RS256 in front, appguard reading its payload).
+`delegated` (`jwt_authn` RS256 in front, appguard reading its payload)
+and `full` (the full pipeline of `make bench`: token, platform, API key
+and a call to the project's rate-limit service, started for the run).
 Needs what `make bench` builds (bench-tools for the token streams).
 """
 import os
@@ -41,10 +43,15 @@ def main():
     lua.write_text(B.LUA_STREAM)
     try:
         setups = []
+        rl_cluster = B.start_rls(procs, workdir)[1] if "full" in kinds else None
         for kind in kinds:
             for name, path in variants:
-                filters, ld = B.kind_setup(kind, Path(path), lua)
-                e = B.Envoy(f"{kind}-{name}", filters)
+                if kind == "full":
+                    filters, clusters, terminal, ld = B.full_setup(Path(path), rl_cluster)
+                    e = B.Envoy(f"{kind}-{name}", filters, clusters, terminal)
+                else:
+                    filters, ld = B.kind_setup(kind, Path(path), lua)
+                    e = B.Envoy(f"{kind}-{name}", filters)
                 setups.append((kind, name, e, ld))
         for s in setups:
             s[2].start(procs, workdir)
