@@ -187,8 +187,9 @@ pub struct Denial {
 /// logs a refused one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyScrub {
-    /// The key header to remove, when the request has one.
-    pub header: Option<String>,
+    /// Whether to remove the key header (`api_keys.header`): the request
+    /// has one. The name itself stays in the configuration.
+    pub header: bool,
     /// `:path` without the key query parameter, when it had one.
     pub path: Option<String>,
 }

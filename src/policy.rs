@@ -767,7 +767,7 @@ fn check(
         let keys = &config.api_keys;
         if !keys.forward && route.api_key != KeyRequirement::None {
             grant.key_scrub = KeyScrub {
-                header: req.header(&keys.header).map(|_| keys.header.clone()),
+                header: req.header(&keys.header).is_some(),
                 path: keys
                     .query_param
                     .as_deref()

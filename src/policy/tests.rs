@@ -318,7 +318,7 @@ fn api_keys_go_upstream_unless_forward_is_false() {
         d => panic!("{path}: {d:?}"),
     };
     let path_set = |g: &Grant| g.key_scrub.path.clone();
-    let header_cut = |g: &Grant| g.key_scrub.header.is_some();
+    let header_cut = |g: &Grant| g.key_scrub.header;
     // The default: the key goes on as sent.
     let w = World::new();
     let g = grant(&w, "/sms?key=key-sms&a=1", &[]);
@@ -358,7 +358,7 @@ fn api_keys_go_upstream_unless_forward_is_false() {
         Decision::Deny(d) => {
             assert_eq!(d.reason, Reason::ApiKeyInvalid);
             assert_eq!(d.key_scrub.path.as_deref(), Some("/sms?a=1"));
-            assert_eq!(d.key_scrub.header.as_deref(), Some("x-api-key"));
+            assert!(d.key_scrub.header);
         }
         d => panic!("{d:?}"),
     }
