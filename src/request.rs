@@ -112,7 +112,11 @@ impl<'a> Request<'a> {
     /// out on first use and remembered for this request.
     pub fn client_ip(&self, xff_trusted_hops: u32) -> Option<IpAddr> {
         *self.client_ip.get_or_init(|| {
+            // With trusted hops the address comes from X-Forwarded-For
+            // alone, so the downstream address (a host property read in
+            // Envoy) is not asked for.
             let downstream = match self.peer {
+                _ if xff_trusted_hops > 0 => None,
                 Peer::Known(ip) => ip,
                 Peer::Lazy(read) => read(),
             };
@@ -258,5 +262,30 @@ mod tests {
         assert_eq!(r.header_unique("b"), Err(()));
         assert_eq!(r.header_unique("c"), Ok(None));
         assert_eq!(r.header_all("b").collect::<Vec<_>>(), vec!["1", "2"]);
+    }
+
+    #[test]
+    fn the_downstream_address_is_read_only_when_no_proxy_is_trusted() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static READS: AtomicUsize = AtomicUsize::new(0);
+        fn read() -> Option<IpAddr> {
+            READS.fetch_add(1, Ordering::SeqCst);
+            "192.0.2.7".parse().ok()
+        }
+        let h = headers(&[("x-forwarded-for", "198.51.100.1, 203.0.113.9")]);
+        // Behind one trusted proxy: the rightmost entry, the host not asked.
+        let r = Request::with_peer(&h, Peer::Lazy(read));
+        assert_eq!(r.client_ip(1), "203.0.113.9".parse().ok());
+        assert_eq!(READS.load(Ordering::SeqCst), 0);
+        // A chain shorter than the trusted hops has no client, and the
+        // downstream address does not stand in for it.
+        let r = Request::with_peer(&h, Peer::Lazy(read));
+        assert_eq!(r.client_ip(3), None);
+        assert_eq!(READS.load(Ordering::SeqCst), 0);
+        // No trusted proxy: the downstream address, read once per request.
+        let r = Request::with_peer(&h, Peer::Lazy(read));
+        assert_eq!(r.client_ip(0), "192.0.2.7".parse().ok());
+        assert_eq!(r.client_ip(0), "192.0.2.7".parse().ok());
+        assert_eq!(READS.load(Ordering::SeqCst), 1);
     }
 }
