@@ -51,7 +51,7 @@ WASM_TEST_RUNNER := $(TOOLS)/bin/wasm-bindgen-test-runner
 
 EXAMPLE ?= examples/three-platform.json
 
-.PHONY: help deps build test fmt-check lint unit wasm-test imports validate e2e fuzz soak run bench clean
+.PHONY: help deps build noop test fmt-check lint unit wasm-test imports validate e2e fuzz soak run bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -149,16 +149,29 @@ soak: deps build ## 1M valid and hostile requests through Envoy --concurrency 2:
 
 BENCH_ARGS ?=
 
-bench: deps build ## performance table: appguard vs native jwt_authn/ratelimit, no-op floor, module size, VM memory (BENCH_ARGS=--quick|--memory|--profile)
-	@command -v taskset >/dev/null && command -v wrk >/dev/null || { echo "bench needs taskset and wrk (make deps)"; exit 1; }
-	$(WASM_ENV) $(WASM_CARGO) build --release $(WASM_ARGS) --manifest-path bench/noop/Cargo.toml
+# The no-op floor (bench/noop). Its features build the variants that
+# take a cost apart in a same-run A/B, e.g. the refusal path:
+#   make noop NOOP_FEATURES=reply NOOP_OUT=target/noop-reply.wasm
+#   make noop NOOP_FEATURES=reply,peer NOOP_OUT=target/noop-reply-peer.wasm
+#   KINDS=baseline,forged scripts/bench_ab.py reply=target/noop-reply.wasm \
+#     peer=target/noop-reply-peer.wasm appguard=target/appguard.wasm
+NOOP_FEATURES ?=
+NOOP_OUT ?= target/appguard_bench_noop.wasm
+
+noop: ## the no-op Wasm filter make bench measures as the floor (NOOP_FEATURES=reply,peer: variants, see bench/noop)
+	$(WASM_ENV) $(WASM_CARGO) build --release $(WASM_ARGS) --manifest-path bench/noop/Cargo.toml \
+	  $(if $(NOOP_FEATURES),--features $(NOOP_FEATURES))
 	wasm-opt -Oz --strip-debug --strip-producers $(WASM_OPT_FEATURES) \
 	  $$(ls -t $(WASM_DIR)/wasm32-wasip1/release/appguard_bench_noop.wasm bench/noop/target/wasm32-wasip1/release/appguard_bench_noop.wasm 2>/dev/null | head -1) \
-	  -o target/appguard_bench_noop.wasm.tmp
+	  -o $(NOOP_OUT).tmp
 	python3 scripts/exports.py graph noop > target/exports-graph-noop.json
-	wasm-metadce $(WASM_OPT_FEATURES) -f target/exports-graph-noop.json target/appguard_bench_noop.wasm.tmp \
-	  -o target/appguard_bench_noop.wasm >/dev/null && rm target/appguard_bench_noop.wasm.tmp
-	python3 scripts/exports.py check noop target/appguard_bench_noop.wasm
+	wasm-metadce $(WASM_OPT_FEATURES) -f target/exports-graph-noop.json $(NOOP_OUT).tmp \
+	  -o $(NOOP_OUT) >/dev/null && rm $(NOOP_OUT).tmp
+	python3 scripts/exports.py check noop $(NOOP_OUT)
+
+bench: deps build ## performance table: appguard vs native jwt_authn/ratelimit, no-op floor, module size, VM memory (BENCH_ARGS=--quick|--memory|--profile)
+	@command -v taskset >/dev/null && command -v wrk >/dev/null || { echo "bench needs taskset and wrk (make deps)"; exit 1; }
+	$(MAKE) noop NOOP_FEATURES= NOOP_OUT=target/appguard_bench_noop.wasm
 	cargo build -q --release -p appguard-ratelimit
 	cargo build -q --release --manifest-path bench/core/Cargo.toml --target-dir target/bench-core
 	$(PYTHON) scripts/bench.py --wasm $(WASM) $(BENCH_ARGS)

@@ -1,7 +1,8 @@
 //! A proxy-wasm HTTP filter that reads one request header and lets the
 //! request continue: the floor under any Rust Wasm filter in Envoy's V8
 //! (VM entry/exit for each callback, the SDK's context bookkeeping, one
-//! host call). `make bench` compares appguard against it.
+//! host call). `make bench` compares appguard against it. The `reply` and
+//! `peer` features build variants for A/B runs (see Cargo.toml).
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -33,6 +34,19 @@ impl HttpContext for Noop {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // One header read, as any real filter does at least once.
         let _ = self.get_http_request_header("x-token");
+        #[cfg(feature = "peer")]
+        let _ = self.get_property(vec!["source", "address"]);
+        if cfg!(feature = "reply") {
+            self.send_http_response(
+                401,
+                vec![
+                    ("content-type", "application/json"),
+                    ("x-appguard-reason", "token_signature"),
+                ],
+                Some(br#"{"error":"token_signature"}"#),
+            );
+            return Action::Pause;
+        }
         Action::Continue
     }
 }
