@@ -170,13 +170,17 @@ pub const MAX_XFF_ENTRIES: usize = 64;
 /// All X-Forwarded-For headers are read as one comma-separated list, in
 /// order. `None` when the chain is shorter than N or the entry is not an
 /// address: the caller fails closed.
+///
+/// `downstream` is called only when `trusted_hops` is 0: in the filter it
+/// is a host property read, which is not worth making when the address
+/// comes from X-Forwarded-For alone.
 pub fn client_ip<'a>(
-    downstream: Option<IpAddr>,
+    downstream: impl FnOnce() -> Option<IpAddr>,
     xff_values: impl Iterator<Item = &'a str>,
     trusted_hops: u32,
 ) -> Option<IpAddr> {
     if trusted_hops == 0 {
-        return downstream.map(canonical);
+        return downstream().map(canonical);
     }
     // Bounded: at most MAX_XFF_ENTRIES hops are considered, the rest is refused.
     let mut entries: Vec<&str> = Vec::new();
@@ -266,39 +270,55 @@ mod tests {
     #[test]
     fn client_ip_from_downstream_or_xff() {
         let down = Some(ip("192.0.2.1"));
-        assert_eq!(client_ip(down, std::iter::empty(), 0), down);
+        assert_eq!(client_ip(|| down, std::iter::empty(), 0), down);
         assert_eq!(
-            client_ip(Some(ip("::ffff:192.0.2.1")), std::iter::empty(), 0),
+            client_ip(|| Some(ip("::ffff:192.0.2.1")), std::iter::empty(), 0),
             down
         );
         // the client controls the left part; N counts from the right
         let xff = ["6.6.6.6, 203.0.113.9", "198.51.100.7"];
         assert_eq!(
-            client_ip(down, xff.iter().copied(), 1),
+            client_ip(|| down, xff.iter().copied(), 1),
             Some(ip("198.51.100.7"))
         );
         assert_eq!(
-            client_ip(down, xff.iter().copied(), 2),
+            client_ip(|| down, xff.iter().copied(), 2),
             Some(ip("203.0.113.9"))
         );
-        assert_eq!(client_ip(down, xff.iter().copied(), 3), Some(ip("6.6.6.6")));
         assert_eq!(
-            client_ip(down, xff.iter().copied(), 4),
+            client_ip(|| down, xff.iter().copied(), 3),
+            Some(ip("6.6.6.6"))
+        );
+        assert_eq!(
+            client_ip(|| down, xff.iter().copied(), 4),
             None,
             "chain too short"
         );
-        assert_eq!(client_ip(down, ["garbage"].iter().copied(), 1), None);
+        assert_eq!(client_ip(|| down, ["garbage"].iter().copied(), 1), None);
         assert_eq!(
-            client_ip(down, ["fe80::1%eth0"].iter().copied(), 1),
+            client_ip(|| down, ["fe80::1%eth0"].iter().copied(), 1),
             None,
             "zone id"
         );
         assert_eq!(
-            client_ip(down, ["[2001:db8::1]:443"].iter().copied(), 1),
+            client_ip(|| down, ["[2001:db8::1]:443"].iter().copied(), 1),
             Some(ip("2001:db8::1"))
         );
         let long = vec!["1.1.1.1"; 100].join(",");
-        assert_eq!(client_ip(down, [long.as_str()].iter().copied(), 1), None);
+        assert_eq!(client_ip(|| down, [long.as_str()].iter().copied(), 1), None);
+        // the downstream address is asked for only when no proxy is trusted
+        let asked = std::cell::Cell::new(0);
+        let read = || {
+            asked.set(asked.get() + 1);
+            down
+        };
+        assert_eq!(
+            client_ip(read, xff.iter().copied(), 1),
+            Some(ip("198.51.100.7"))
+        );
+        assert_eq!(asked.get(), 0);
+        assert_eq!(client_ip(read, xff.iter().copied(), 0), down);
+        assert_eq!(asked.get(), 1);
     }
 
     #[test]

@@ -112,11 +112,9 @@ impl<'a> Request<'a> {
     /// out on first use and remembered for this request.
     pub fn client_ip(&self, xff_trusted_hops: u32) -> Option<IpAddr> {
         *self.client_ip.get_or_init(|| {
-            // With trusted hops the address comes from X-Forwarded-For
-            // alone, so the downstream address (a host property read in
-            // Envoy) is not asked for.
-            let downstream = match self.peer {
-                _ if xff_trusted_hops > 0 => None,
+            // `net::client_ip` asks for the downstream address (a host
+            // property read in Envoy) only when no proxy is trusted.
+            let downstream = || match self.peer {
                 Peer::Known(ip) => ip,
                 Peer::Lazy(read) => read(),
             };
