@@ -17,6 +17,7 @@
 pub mod alerts;
 pub mod config;
 pub mod decision;
+pub mod headers;
 pub mod identity;
 pub mod limits;
 pub mod lograte;

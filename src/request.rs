@@ -4,6 +4,8 @@
 use std::cell::OnceCell;
 use std::net::IpAddr;
 
+use crate::headers::Headers;
+
 /// Header names the filter sets upstream; any copy the client sent is removed
 /// first (together with every other `x-appguard-*` header).
 pub const HEADER_PREFIX: &str = "x-appguard-";
@@ -14,7 +16,7 @@ pub struct Request<'a> {
     /// All request headers in the order Envoy holds them, pseudo-headers
     /// (`:method`, `:path`, `:authority`) included. Names are lower case, as
     /// Envoy normalises them for both HTTP/1 and HTTP/2.
-    pub headers: &'a [(String, String)],
+    pub headers: &'a Headers,
     /// Envoy's downstream remote address (`source.address`), the client IP
     /// unless `client_ip.xff_trusted_hops` says to read X-Forwarded-For.
     pub peer: Peer,
@@ -81,12 +83,12 @@ pub enum Peer {
 
 impl<'a> Request<'a> {
     /// A request over the given header list, with a known downstream address.
-    pub fn new(headers: &'a [(String, String)], downstream_ip: Option<IpAddr>) -> Self {
+    pub fn new(headers: &'a Headers, downstream_ip: Option<IpAddr>) -> Self {
         Self::with_peer(headers, Peer::Known(downstream_ip))
     }
 
     /// A request whose downstream address comes from `peer`.
-    pub fn with_peer(headers: &'a [(String, String)], peer: Peer) -> Self {
+    pub fn with_peer(headers: &'a Headers, peer: Peer) -> Self {
         Request {
             headers,
             peer,
@@ -133,18 +135,12 @@ impl<'a> Request<'a> {
 
     /// The first value of a header (name in lower case).
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 
     /// All values of a header, in order.
     pub fn header_all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a str> + 's {
-        self.headers
-            .iter()
-            .filter(move |(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.get_all(name)
     }
 
     /// The single value of a security-relevant header. A header sent more than
@@ -153,13 +149,11 @@ impl<'a> Request<'a> {
     #[allow(clippy::result_unit_err)]
     pub fn header_unique(&self, name: &str) -> Result<Option<&'a str>, ()> {
         let mut found: Option<&'a str> = None;
-        for (k, v) in self.headers {
-            if k == name {
-                match found {
-                    None => found = Some(v),
-                    Some(prev) if prev == v => {}
-                    Some(_) => return Err(()),
-                }
+        for v in self.headers.get_all(name) {
+            match found {
+                None => found = Some(v),
+                Some(prev) if prev == v => {}
+                Some(_) => return Err(()),
             }
         }
         Ok(found)
@@ -216,12 +210,9 @@ fn strip_port(a: &str) -> &str {
 
 #[cfg(test)]
 pub(crate) mod test_support {
-    /// Builds an owned header list from string pairs.
-    pub fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    /// Builds a header list from string pairs.
+    pub fn headers(pairs: &[(&str, &str)]) -> crate::headers::Headers {
+        pairs.iter().copied().collect()
     }
 }
 

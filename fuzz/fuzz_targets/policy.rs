@@ -18,6 +18,7 @@ use std::sync::OnceLock;
 
 use appguard::config::Config;
 use appguard::decision::Decision;
+use appguard::headers::Headers;
 use appguard::limits::OverLimitCache;
 use appguard::policy::{
     evaluate, evaluate_body, evaluate_rls, Ctx, NegativeCache, Step, TokenCache,
@@ -106,6 +107,10 @@ fuzz_target!(|data: &[u8]| {
         negative: &negative,
         now_ms: NOW * 1000,
     };
+    let headers: Headers = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let req = Request::new(&headers, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
     let mut step = evaluate(&ctx, &req, NOW);
     for _ in 0..3 {

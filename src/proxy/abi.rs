@@ -9,6 +9,8 @@
 
 use std::ptr::{null, null_mut};
 
+use crate::headers::Headers;
+
 /// A host status that is not `Ok` (`1` NotFound, `2` BadArgument, `7` Empty,
 /// `8` CasMismatch, `10` InternalFailure, …).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -349,6 +351,16 @@ pub fn map_pairs(t: Map) -> Result<Vec<(String, String)>, HostError> {
     check(unsafe { ffi::proxy_get_header_map_pairs(t as u32, &mut data, &mut size) })?;
     let bytes = unsafe { take(data, size) };
     decode_pairs(&bytes).ok_or(HostError(3))
+}
+
+/// A whole header map as one [`Headers`] value: one host call, and two
+/// allocations however many headers there are.
+pub fn map_headers(t: Map) -> Result<Headers, HostError> {
+    let (mut data, mut size) = (null_mut(), 0usize);
+    // SAFETY: out-pointers to locals; the host allocates the result.
+    check(unsafe { ffi::proxy_get_header_map_pairs(t as u32, &mut data, &mut size) })?;
+    let bytes = unsafe { take(data, size) };
+    Headers::from_wire(&bytes).ok_or(HostError(3))
 }
 
 /// One header value (lossy), or `None`.

@@ -17,6 +17,7 @@ use super::jwks;
 use super::metrics::Counted;
 use super::root::Worker;
 use crate::decision::{Decision, Denial, Grant, KeyScrub};
+use crate::headers::Headers;
 use crate::lograte::Admit;
 use crate::policy::{self, Ctx, Facts, Pending, RlsCall, Step};
 use crate::ratelimit::{decode_response, MAX_RESPONSE_BYTES};
@@ -59,7 +60,7 @@ pub struct GuardFilter {
     context_id: u32,
     worker: Option<Rc<Worker>>,
     state: State,
-    headers: Vec<(String, String)>,
+    headers: Headers,
     /// The request ended with its headers (no body to wait for).
     headers_end_stream: bool,
     /// Headers the rate-limit service asked to add to the response.
@@ -73,7 +74,7 @@ impl GuardFilter {
             context_id,
             worker,
             state: State::Start,
-            headers: Vec::new(),
+            headers: Headers::default(),
             headers_end_stream: false,
             response_headers: Vec::new(),
         }
@@ -85,7 +86,7 @@ impl GuardFilter {
             // but fail closed rather than pass traffic unchecked.
             return self.reply_raw(503, "appguard_unconfigured");
         }
-        self.headers = match abi::map_pairs(Map::RequestHeaders) {
+        self.headers = match abi::map_headers(Map::RequestHeaders) {
             Ok(h) => h,
             Err(status) => {
                 warn!(
@@ -190,7 +191,7 @@ impl GuardFilter {
                 self.headers
                     .iter()
                     .find(|(k, _)| k == name)
-                    .map(|(k, v)| (k.as_str(), v.as_bytes()))
+                    .map(|(k, v)| (k, v.as_bytes()))
             })
             .collect();
         match abi::grpc_call(
@@ -461,7 +462,7 @@ fn decision_log(worker: &Worker, level: log::Level, now: u64, line: impl FnOnce(
 /// route matched), client IP, app and key for a log line, names and ids only, never a token, key or phone number.
 /// The IP is read from the host here if no check needed it (only for lines
 /// written).
-fn describe(worker: &Worker, facts: &Facts, headers: &[(String, String)]) -> String {
+fn describe(worker: &Worker, facts: &Facts, headers: &Headers) -> String {
     let c = &worker.config;
     // The label metrics and alerts use too, so that a log line and a
     // counter of one request name the same route.

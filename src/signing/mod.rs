@@ -189,13 +189,58 @@ pub struct Message<'a> {
     /// The header fields in message order, names in lower case as Envoy
     /// gives them. Pseudo-headers may be present; they are never read as
     /// fields (a component name cannot start with `:`).
-    pub headers: &'a [(String, String)],
+    pub headers: Fields<'a>,
     /// The body, when buffered. `None` means no body was buffered; see
     /// [`SigningError::BodyUnavailable`].
     pub body: Option<&'a [u8]>,
     /// The status code of a response (`@status`, §2.2.9); `None` for a
     /// request.
     pub status: Option<u16>,
+}
+
+/// A message's header fields in order: the filter's decoded header map, or
+/// a list of owned pairs (the CLI, tests). Either way they are read as
+/// `(name, value)` pairs without copying.
+#[derive(Clone, Copy, Debug)]
+pub enum Fields<'a> {
+    /// The request's headers as the filter read them from Envoy.
+    Map(&'a crate::headers::Headers),
+    /// Owned `(name, value)` pairs.
+    Pairs(&'a [(String, String)]),
+}
+
+impl<'a> Fields<'a> {
+    /// The fields in order, as `(name, value)`.
+    pub fn iter(self) -> impl Iterator<Item = (&'a str, &'a str)> + Clone {
+        let (map, pairs) = match self {
+            Fields::Map(h) => (Some(h), None),
+            Fields::Pairs(p) => (None, Some(p)),
+        };
+        map.into_iter().flat_map(|h| h.iter()).chain(
+            pairs
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+    }
+}
+
+impl<'a> From<&'a crate::headers::Headers> for Fields<'a> {
+    fn from(h: &'a crate::headers::Headers) -> Self {
+        Fields::Map(h)
+    }
+}
+
+impl<'a> From<&'a [(String, String)]> for Fields<'a> {
+    fn from(p: &'a [(String, String)]) -> Self {
+        Fields::Pairs(p)
+    }
+}
+
+impl<'a> From<&'a Vec<(String, String)>> for Fields<'a> {
+    fn from(p: &'a Vec<(String, String)>) -> Self {
+        Fields::Pairs(p)
+    }
 }
 
 impl<'a> Message<'a> {
@@ -206,7 +251,7 @@ impl<'a> Message<'a> {
         authority: &'a str,
         path: &'a str,
         query: Option<&'a str>,
-        headers: &'a [(String, String)],
+        headers: impl Into<Fields<'a>>,
         body: Option<&'a [u8]>,
     ) -> Self {
         Message {
@@ -215,7 +260,7 @@ impl<'a> Message<'a> {
             authority,
             path,
             query,
-            headers,
+            headers: headers.into(),
             body,
             status: None,
         }
@@ -223,14 +268,14 @@ impl<'a> Message<'a> {
 
     /// A response (for `@status`; appguard verifies requests, responses are
     /// here for the RFC's own test vectors and completeness).
-    pub fn response(status: u16, headers: &'a [(String, String)], body: Option<&'a [u8]>) -> Self {
+    pub fn response(status: u16, headers: impl Into<Fields<'a>>, body: Option<&'a [u8]>) -> Self {
         Message {
             method: "",
             scheme: "",
             authority: "",
             path: "",
             query: None,
-            headers,
+            headers: headers.into(),
             body,
             status: Some(status),
         }
@@ -756,20 +801,16 @@ pub fn sign_request(
     let content_digest = names
         .contains(&"content-digest")
         .then(|| content_digest_value(options.digest, message.body.unwrap_or_default()));
-    let headers: Vec<(String, String)>;
+    let headers: crate::headers::Headers;
     let mut signed = *message;
     if let Some(digest) = &content_digest {
         headers = message
             .headers
             .iter()
             .filter(|(name, _)| !name.eq_ignore_ascii_case("content-digest"))
-            .cloned()
-            .chain(std::iter::once((
-                "content-digest".to_owned(),
-                digest.clone(),
-            )))
+            .chain(std::iter::once(("content-digest", digest.as_str())))
             .collect();
-        signed.headers = &headers;
+        signed.headers = Fields::Map(&headers);
     }
     let base = base::signature_base(&signed, &covered)?;
     let signature = key.sign(base.as_bytes())?;

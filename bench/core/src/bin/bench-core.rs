@@ -24,6 +24,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use appguard::config::Config;
+use appguard::headers::Headers;
 use appguard::limits::OverLimitCache;
 use appguard::policy::{self, Ctx, NegativeCache, RemoteKeys, Step, TokenCache};
 use appguard::ratelimit::rls::DescriptorStatus;
@@ -45,7 +46,7 @@ fn main() {
     let config_text = scenario["config"].to_string();
     let config =
         Config::from_json(config_text.as_bytes()).unwrap_or_else(|e| fail(&format!("config: {e}")));
-    let mut headers: Vec<(String, String)> = scenario["headers"]
+    let headers: Vec<(String, String)> = scenario["headers"]
         .as_array()
         .map(|a| {
             a.iter()
@@ -65,11 +66,25 @@ fn main() {
     let unique = scenario["unique"].as_bool().unwrap_or(false);
     let body = scenario["body"].as_str().map(|s| s.as_bytes().to_vec());
     let ip: Option<IpAddr> = scenario["client_ip"].as_str().and_then(|s| s.parse().ok());
-    let token_slot = if tokens.is_empty() {
-        None
+    // One header list per token of the stream, built before the loop: the
+    // filter decodes Envoy's map in the adapter, outside the core measured
+    // here.
+    let lists: Vec<Headers> = if tokens.is_empty() {
+        vec![headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()]
     } else {
-        headers.push((token_header.clone(), tokens[0].clone()));
-        Some(headers.len() - 1)
+        tokens
+            .iter()
+            .map(|t| {
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .chain(std::iter::once((token_header.as_str(), t.as_str())))
+                    .collect()
+            })
+            .collect()
     };
 
     let store = MemStore::default();
@@ -85,12 +100,9 @@ fn main() {
     let mut outcomes = std::collections::BTreeMap::<String, u64>::new();
     let start = Instant::now();
     for i in 0..iterations {
-        if let Some(slot) = token_slot {
-            let t = &tokens[(i as usize) % tokens.len()];
-            headers[slot].1.clone_from(t);
-            if unique {
-                token_cache = RefCell::new(TokenCache::default());
-            }
+        let list = &lists[(i as usize) % lists.len()];
+        if unique && !tokens.is_empty() {
+            token_cache = RefCell::new(TokenCache::default());
         }
         let now_ms = now_millis();
         let now = now_ms / 1000;
@@ -105,7 +117,7 @@ fn main() {
             negative: &negative,
             now_ms,
         };
-        let req = Request::new(&headers, ip);
+        let req = Request::new(list, ip);
         let mut step = policy::evaluate(&ctx, &req, now);
         // Follow the phases as the adapter does.
         let step = loop {

@@ -1,0 +1,251 @@
+//! A request's header list as one string and the positions of its names and
+//! values in it.
+//!
+//! The filter reads every request header on every request. Decoding Envoy's
+//! map into a `Vec<(String, String)>` took two allocations and two copies
+//! per header, more native instructions than the whole cached-token check
+//! (see BENCH.md). [`Headers`] keeps the names and values in one `String`
+//! with one list of positions beside it: two allocations per request, and a
+//! single UTF-8 check over the header bytes when they are all valid, as
+//! they nearly always are.
+
+/// A header list in message order: names in lower case as Envoy gives them,
+/// pseudo-headers included. Bytes that are not UTF-8 are replaced (lossy),
+/// so no header can make a lookup fail.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers {
+    text: String,
+    spans: Vec<Span>,
+}
+
+/// Where one header's name and value lie in [`Headers::text`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl Headers {
+    /// Decodes the proxy-wasm map encoding ([`crate::wire`]); `None` when
+    /// its lengths do not add up. Never panics.
+    pub fn from_wire(bytes: &[u8]) -> Option<Headers> {
+        let pairs = crate::wire::decode_pairs(bytes)?;
+        // The fast path: the names and values are laid out one after the
+        // other (each followed by a NUL), so when that region is UTF-8 it is
+        // copied once and the positions are the wire's own.
+        if let (Some((first, _)), Some((_, last))) = (pairs.first(), pairs.last()) {
+            let start = offset_in(bytes, first)?;
+            let end = offset_in(bytes, last)?.checked_add(last.len())?;
+            if let Some(Ok(text)) = bytes.get(start..end).map(std::str::from_utf8) {
+                let mut spans = Vec::with_capacity(pairs.len());
+                for (k, v) in &pairs {
+                    let k0 = offset_in(bytes, k)?.checked_sub(start)?;
+                    let v0 = offset_in(bytes, v)?.checked_sub(start)?;
+                    spans.push(Span {
+                        name: (to_u32(k0)?, to_u32(k0 + k.len())?),
+                        value: (to_u32(v0)?, to_u32(v0 + v.len())?),
+                    });
+                }
+                return Some(Headers {
+                    text: text.to_owned(),
+                    spans,
+                });
+            }
+        }
+        let mut h = Headers::with_capacity(bytes.len(), pairs.len());
+        for (k, v) in pairs {
+            h.push(&String::from_utf8_lossy(k), &String::from_utf8_lossy(v));
+        }
+        Some(h)
+    }
+
+    /// An empty list with room for `bytes` of text and `n` headers.
+    pub fn with_capacity(bytes: usize, n: usize) -> Headers {
+        Headers {
+            text: String::with_capacity(bytes),
+            spans: Vec::with_capacity(n),
+        }
+    }
+
+    /// Appends a header. A list over 4 GiB is not representable; such a
+    /// header is dropped (Envoy's own limit is 60 KiB by default).
+    pub fn push(&mut self, name: &str, value: &str) {
+        let n0 = self.text.len();
+        let Some(end) = n0
+            .checked_add(name.len())
+            .and_then(|e| e.checked_add(value.len()))
+        else {
+            return;
+        };
+        let (Some(a), Some(b), Some(c)) = (to_u32(n0), to_u32(n0 + name.len()), to_u32(end)) else {
+            return;
+        };
+        self.text.push_str(name);
+        self.text.push_str(value);
+        self.spans.push(Span {
+            name: (a, b),
+            value: (b, c),
+        });
+    }
+
+    /// The headers in order, as `(name, value)`.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + Clone + '_ {
+        self.spans
+            .iter()
+            .map(|s| (self.slice(s.name), self.slice(s.value)))
+    }
+
+    /// The values of the headers called `name` (lower case), in order.
+    /// Names are compared as bytes, length first, and a value is sliced
+    /// only for a header whose name matched: the core looks headers up
+    /// several times per request, and most names do not match.
+    pub fn get_all<'h, 'n>(&'h self, name: &'n str) -> Values<'h, 'n> {
+        Values {
+            headers: self,
+            name,
+            next: 0,
+        }
+    }
+
+    /// The first value of the header called `name` (lower case).
+    pub fn get<'h>(&'h self, name: &str) -> Option<&'h str> {
+        self.get_all(name).next()
+    }
+
+    fn name_is(&self, s: &Span, name: &str) -> bool {
+        let (a, b) = s.name;
+        b.wrapping_sub(a) as usize == name.len()
+            && self.text.as_bytes().get(a as usize..b as usize) == Some(name.as_bytes())
+    }
+
+    /// How many headers (each repetition counted).
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    fn slice(&self, (a, b): (u32, u32)) -> &str {
+        // Positions are char boundaries by construction; "" if they were not.
+        self.text.get(a as usize..b as usize).unwrap_or("")
+    }
+}
+
+/// The values of one header name, in order ([`Headers::get_all`]).
+#[derive(Clone, Debug)]
+pub struct Values<'h, 'n> {
+    headers: &'h Headers,
+    name: &'n str,
+    next: usize,
+}
+
+impl<'h> Iterator for Values<'h, '_> {
+    type Item = &'h str;
+
+    fn next(&mut self) -> Option<&'h str> {
+        let h = self.headers;
+        while let Some(s) = h.spans.get(self.next) {
+            self.next += 1;
+            if h.name_is(s, self.name) {
+                return Some(h.slice(s.value));
+            }
+        }
+        None
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut h = Headers::default();
+        for (k, v) in iter {
+            h.push(k.as_ref(), v.as_ref());
+        }
+        h
+    }
+}
+
+/// Where `part`, a subslice of `whole`, starts in it.
+fn offset_in(whole: &[u8], part: &[u8]) -> Option<usize> {
+    (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)
+}
+
+fn to_u32(n: usize) -> Option<u32> {
+    u32::try_from(n).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::wire::encode_pairs;
+
+    fn wire(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        encode_pairs(pairs.iter().copied())
+    }
+
+    #[test]
+    fn decodes_in_order_with_repeats_and_empty_parts() {
+        let enc = wire(&[
+            (b":path", b"/x?y=1"),
+            (b"a", b"1"),
+            (b"a", b""),
+            (b"", b"v"),
+            (b"x-token", b"t.t.t"),
+        ]);
+        let h = Headers::from_wire(&enc).unwrap();
+        let got: Vec<_> = h.iter().collect();
+        assert_eq!(
+            got,
+            [
+                (":path", "/x?y=1"),
+                ("a", "1"),
+                ("a", ""),
+                ("", "v"),
+                ("x-token", "t.t.t")
+            ]
+        );
+        assert_eq!(h.len(), 5);
+        let built: Headers = got.iter().copied().collect();
+        assert_eq!(built.iter().collect::<Vec<_>>(), got);
+        assert_eq!(h.get("a"), Some("1"));
+        assert_eq!(h.get_all("a").collect::<Vec<_>>(), ["1", ""]);
+        assert_eq!(h.get(""), Some("v"));
+        assert_eq!(h.get("x-token"), Some("t.t.t"));
+        assert_eq!(h.get("x-toke"), None);
+        assert_eq!(h.get("b"), None);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_replaced_not_refused() {
+        let enc = wire(&[(b"a", b"ok"), (b"x-bin", b"\xff\xfeok"), (b"b\xc3", b"2")]);
+        let h = Headers::from_wire(&enc).unwrap();
+        let got: Vec<_> = h.iter().collect();
+        assert_eq!(
+            got,
+            [
+                ("a", "ok"),
+                ("x-bin", "\u{fffd}\u{fffd}ok"),
+                ("b\u{fffd}", "2")
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_and_hostile_encodings_never_panic() {
+        assert!(Headers::from_wire(&[]).unwrap().is_empty());
+        assert!(Headers::from_wire(&wire(&[])).unwrap().is_empty());
+        let enc = wire(&[(b":path", b"/x"), (b"x-bin", b"\xff\xfeok"), (b"", b"")]);
+        for cut in 0..enc.len() {
+            let _ = Headers::from_wire(&enc[..cut]);
+        }
+        assert!(Headers::from_wire(&[255, 255, 255, 255]).is_none());
+        let mut bad = enc.clone();
+        bad[4] = 200;
+        assert!(Headers::from_wire(&bad).is_none());
+    }
+}
