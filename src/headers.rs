@@ -30,33 +30,50 @@ impl Headers {
     /// its lengths do not add up. Never panics.
     pub fn from_wire(bytes: &[u8]) -> Option<Headers> {
         let pairs = crate::wire::decode_pairs(bytes)?;
-        // The fast path: the names and values are laid out one after the
-        // other (each followed by a NUL), so when that region is UTF-8 it is
-        // copied once and the positions are the wire's own.
-        if let (Some((first, _)), Some((_, last))) = (pairs.first(), pairs.last()) {
-            let start = offset_in(bytes, first)?;
-            let end = offset_in(bytes, last)?.checked_add(last.len())?;
-            if let Some(Ok(text)) = bytes.get(start..end).map(std::str::from_utf8) {
-                let mut spans = Vec::with_capacity(pairs.len());
-                for (k, v) in &pairs {
-                    let k0 = offset_in(bytes, k)?.checked_sub(start)?;
-                    let v0 = offset_in(bytes, v)?.checked_sub(start)?;
-                    spans.push(Span {
-                        name: (to_u32(k0)?, to_u32(k0 + k.len())?),
-                        value: (to_u32(v0)?, to_u32(v0 + v.len())?),
-                    });
-                }
-                return Some(Headers {
-                    text: text.to_owned(),
-                    spans,
-                });
-            }
+        if let Some(h) = Self::laid_out(bytes, &pairs) {
+            return Some(h);
         }
         let mut h = Headers::with_capacity(bytes.len(), pairs.len());
         for (k, v) in pairs {
             h.push(&String::from_utf8_lossy(k), &String::from_utf8_lossy(v));
         }
         Some(h)
+    }
+
+    /// The fast path of [`Headers::from_wire`]: the names and values lie
+    /// one after the other in `bytes` (each followed by a NUL), so when
+    /// that region is UTF-8 and every name and value starts and ends on a
+    /// character boundary in it, the region is copied once and the
+    /// positions are the wire's own. `None` sends the caller to the
+    /// per-part decoding. The boundary check matters: the decoder checks
+    /// lengths, not the separators, and a separator that is not NUL could
+    /// join the region into UTF-8 that no single part is (found by the
+    /// `wire_pairs` fuzz target).
+    fn laid_out(bytes: &[u8], pairs: &[(&[u8], &[u8])]) -> Option<Headers> {
+        let ((first, _), (_, last)) = (pairs.first()?, pairs.last()?);
+        let start = offset_in(bytes, first)?;
+        let end = offset_in(bytes, last)?.checked_add(last.len())?;
+        let text = std::str::from_utf8(bytes.get(start..end)?).ok()?;
+        let mut spans = Vec::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            let k0 = offset_in(bytes, k)?.checked_sub(start)?;
+            let v0 = offset_in(bytes, v)?.checked_sub(start)?;
+            let (k1, v1) = (k0.checked_add(k.len())?, v0.checked_add(v.len())?);
+            if ![k0, k1, v0, v1]
+                .into_iter()
+                .all(|i| text.is_char_boundary(i))
+            {
+                return None;
+            }
+            spans.push(Span {
+                name: (to_u32(k0)?, to_u32(k1)?),
+                value: (to_u32(v0)?, to_u32(v1)?),
+            });
+        }
+        Some(Headers {
+            text: text.to_owned(),
+            spans,
+        })
     }
 
     /// An empty list with room for `bytes` of text and `n` headers.
@@ -233,6 +250,23 @@ mod tests {
                 ("b\u{fffd}", "2")
             ]
         );
+    }
+
+    #[test]
+    fn a_separator_that_is_not_nul_cannot_join_parts_into_utf8() {
+        // Found by the wire_pairs fuzz target: the byte before the last
+        // value (a separator, unchecked by the decoder) is 0xd0, which with
+        // the value's 0x87 makes the region valid UTF-8, while the value
+        // alone is not.
+        let mut enc = vec![3, 0, 0, 0];
+        for (k, v) in [(0u32, 0u32), (0, 0), (0, 3)] {
+            enc.extend(k.to_le_bytes());
+            enc.extend(v.to_le_bytes());
+        }
+        enc.extend([5, 0, 0, 0, 0xd0, 0x87, 0, 1, 0]);
+        let h = Headers::from_wire(&enc).unwrap();
+        let got: Vec<_> = h.iter().collect();
+        assert_eq!(got, [("", ""), ("", ""), ("", "\u{fffd}\0\u{1}")]);
     }
 
     #[test]
