@@ -274,6 +274,11 @@ mod tests {
         assert!(Headers::from_wire(&[]).unwrap().is_empty());
         assert!(Headers::from_wire(&wire(&[])).unwrap().is_empty());
         let enc = wire(&[(b":path", b"/x"), (b"x-bin", b"\xff\xfeok"), (b"", b"")]);
+        let h = Headers::from_wire(&enc).unwrap();
+        assert_eq!(
+            h.iter().collect::<Vec<_>>(),
+            [(":path", "/x"), ("x-bin", "\u{fffd}\u{fffd}ok"), ("", "")]
+        );
         for cut in 0..enc.len() {
             let _ = Headers::from_wire(&enc[..cut]);
         }

@@ -344,16 +344,8 @@ pub fn buffer(t: Buffer, start: usize, max: usize) -> Result<Option<Vec<u8>>, Ho
     }
 }
 
-/// All pairs of a header map, names and values decoded lossily.
-pub fn map_pairs(t: Map) -> Result<Vec<(String, String)>, HostError> {
-    let (mut data, mut size) = (null_mut(), 0usize);
-    // SAFETY: out-pointers to locals; the host allocates the result.
-    check(unsafe { ffi::proxy_get_header_map_pairs(t as u32, &mut data, &mut size) })?;
-    let bytes = unsafe { take(data, size) };
-    decode_pairs(&bytes).ok_or(HostError(3))
-}
-
-/// A whole header map as one [`Headers`] value: one host call, and two
+/// A whole header map (request headers or trailers) as one [`Headers`]
+/// value, names and values decoded lossily: one host call, and two
 /// allocations however many headers there are.
 pub fn map_headers(t: Map) -> Result<Headers, HostError> {
     let (mut data, mut size) = (null_mut(), 0usize);
@@ -547,42 +539,4 @@ pub fn increment(id: u32, by: i64) -> Result<(), HostError> {
 /// Encodes pairs in the ABI's map encoding ([`crate::wire`]).
 pub fn encode_pairs<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Vec<u8> {
     crate::wire::encode_pairs(pairs)
-}
-
-/// Decodes the ABI's map encoding, bytes decoded lossily as UTF-8.
-pub fn decode_pairs(bytes: &[u8]) -> Option<Vec<(String, String)>> {
-    Some(
-        crate::wire::decode_pairs(bytes)?
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    String::from_utf8_lossy(k).into_owned(),
-                    String::from_utf8_lossy(v).into_owned(),
-                )
-            })
-            .collect(),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pairs_round_trip_and_hostile_bytes_do_not_panic() {
-        let pairs: Vec<(&[u8], &[u8])> =
-            vec![(b":path", b"/x"), (b"x-bin", b"\xff\xfeok"), (b"", b"")];
-        let enc = encode_pairs(pairs.iter().copied());
-        let dec = decode_pairs(&enc).unwrap();
-        assert_eq!(dec[0], (":path".into(), "/x".into()));
-        assert_eq!(dec[1].1, "\u{fffd}\u{fffd}ok");
-        assert_eq!(dec.len(), 3);
-        for cut in 0..enc.len() {
-            let _ = decode_pairs(&enc[..cut]);
-        }
-        assert!(decode_pairs(&[255, 255, 255, 255]).is_none());
-        let mut bad = enc.clone();
-        bad[4] = 200;
-        assert!(decode_pairs(&bad).is_none());
-    }
 }

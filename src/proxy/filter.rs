@@ -187,12 +187,7 @@ impl GuardFilter {
     fn call_rls(&mut self, worker: &Rc<Worker>, pending: Box<Pending>, call: &RlsCall) -> Action {
         let metadata: Vec<(&str, &[u8])> = TRACE_HEADERS
             .iter()
-            .filter_map(|name| {
-                self.headers
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(k, v)| (k, v.as_bytes()))
-            })
+            .filter_map(|name| self.headers.get(name).map(|v| (*name, v.as_bytes())))
             .collect();
         match abi::grpc_call(
             &call.cluster,
@@ -606,7 +601,7 @@ impl HttpContext for GuardFilter {
         // Trailers reach an HTTP/2 upstream too: a client's identity or
         // claim header sent as a trailer is removed like one sent as a
         // header.
-        if let Ok(trailers) = abi::map_pairs(Map::RequestTrailers) {
+        if let Ok(trailers) = abi::map_headers(Map::RequestTrailers) {
             for (name, _) in trailers.iter().filter(|(n, _)| self.is_ours(n)) {
                 let _ = abi::remove_header(Map::RequestTrailers, name);
             }
