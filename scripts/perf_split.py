@@ -3,6 +3,7 @@
 
     scripts/perf_split.py                          # baseline noop hs256 meta delegated flood
     scripts/perf_split.py hs256 flood              # some of them
+    scripts/perf_split.py chain full               # jwt_authn + ratelimit against appguard's full pipeline
     WASM=/tmp/a.wasm DUR=8 scripts/perf_split.py delegated
 
 Each setup is one Envoy from `make bench` (same configs, pinned the same
@@ -69,9 +70,18 @@ def main():
     lua.write_text(B.LUA_STREAM)
     rows = []
     try:
+        # The full pipeline and the native chain call the rate-limit service
+        # (on the client core, as in `make bench`).
+        rl_cluster = B.start_rls(procs, work)[1] if {"full", "chain"} & set(kinds) else None
         for kind in kinds:
-            filters, load = B.kind_setup(kind, wasm, lua, noop)
-            e = B.Envoy(f"perf-{kind}", filters)
+            if kind == "full":
+                filters, clusters, terminal, load = B.full_setup(wasm, rl_cluster)
+            elif kind == "chain":
+                filters, clusters, terminal = [B.jwt_authn("HS256"), B.ratelimit_filter()], [rl_cluster], "fault"
+                load = B.Load(path="/v1/mobile/profile", headers={"x-token": B.hs256_token(B.claims("full"))})
+            else:
+                (filters, load), clusters, terminal = B.kind_setup(kind, wasm, lua, noop), (), "direct"
+            e = B.Envoy(f"perf-{kind}", filters, clusters, terminal)
             e.start(procs, work)
             e.wait_ready()
             B.run_load(e, [load], 3)  # warm-up: V8 tiers the hot functions up
