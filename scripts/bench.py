@@ -753,6 +753,14 @@ def full_setup(wasm, rl_cluster):
             Load(path="/v1/mobile/profile", headers=headers))
 
 
+def chain_setup(rl_cluster, token, cache=False):
+    """The native peer of the full pipeline: `jwt_authn` HS256 and the
+    `ratelimit` filter calling the same service (filters, clusters,
+    terminal, load)."""
+    return ([jwt_authn("HS256", cache=cache), ratelimit_filter()], [rl_cluster], "fault",
+            Load(path="/v1/mobile/profile", headers={"x-token": token}))
+
+
 def bench(args, wasm, noop, procs, workdir, started):
     load_before = os.getloadavg()
     _, rl_cluster = start_rls(procs, workdir)
@@ -792,9 +800,10 @@ def bench(args, wasm, noop, procs, workdir, started):
     ag_rs = envoy("ag-rs256", [wasm_filter(wasm, ag_token_only("RS256"))])
     jwt_ps = envoy("jwt-ps256", [jwt_authn("PS256")])
     ag_ps = envoy("ag-ps256", [wasm_filter(wasm, ag_token_only("PS256"))])
-    chain = envoy("native-chain", [jwt_authn("HS256"), ratelimit_filter()], [rl_cluster], "fault")
-    chain_c = envoy("native-chain-cache", [jwt_authn("HS256", cache=True), ratelimit_filter()], [rl_cluster],
-                    "fault")
+    *c_setup, chain_load = chain_setup(rl_cluster, hs_one)
+    chain = envoy("native-chain", *c_setup)
+    *c_setup, chain_c_load = chain_setup(rl_cluster, hs_one, cache=True)
+    chain_c = envoy("native-chain-cache", *c_setup)
     f_filters, f_clusters, f_terminal, full_load = full_setup(wasm, rl_cluster)
     ag_f = envoy("ag-full", f_filters, f_clusters, f_terminal)
     jwt_meta = envoy("jwt-rs256-meta", [jwt_authn("RS256", metadata="bench_payload")])
@@ -804,6 +813,7 @@ def bench(args, wasm, noop, procs, workdir, started):
 
     # Loads.
     tok = lambda t: Load(headers={"x-token": t})
+    forged_load = stream(forged_path, headers={"x-forwarded-for": FLOOD_IP}, expect=401)
     S = [
         Setup("baseline", "baseline: no filter", baseline, Load(), group="floor"),
         Setup("noop", "no-op Wasm filter (reads one header)", noop_e, Load(headers={"x-token": hs_one}), group="floor"),
@@ -815,10 +825,9 @@ def bench(args, wasm, noop, procs, workdir, started):
         Setup("jwt-es256-cache", "jwt_authn ES256, jwt_cache_config", jwt_es_c, tok(es_one), group="repeated token"),
         Setup("ag-es256", "appguard ES256, repeated token", ag_es, tok(es_one), "jwt-es256", "jwt-es256-cache",
               group="repeated token"),
-        Setup("native-chain", "jwt_authn HS256 + ratelimit filter (RLS)", chain,
-              Load(path="/v1/mobile/profile", headers={"x-token": hs_one}), group="full pipeline"),
-        Setup("native-chain-cache", "jwt_authn HS256 cached + ratelimit filter (RLS)", chain_c,
-              Load(path="/v1/mobile/profile", headers={"x-token": hs_one}), group="full pipeline"),
+        Setup("native-chain", "jwt_authn HS256 + ratelimit filter (RLS)", chain, chain_load, group="full pipeline"),
+        Setup("native-chain-cache", "jwt_authn HS256 cached + ratelimit filter (RLS)", chain_c, chain_c_load,
+              group="full pipeline"),
         Setup("ag-full", "appguard full: token+platform+API key+RLS", ag_f,
               full_load, "native-chain", "native-chain-cache",
               group="full pipeline"),
@@ -838,13 +847,12 @@ def bench(args, wasm, noop, procs, workdir, started):
               group="delegated"),
         Setup("ag-delegated", "jwt_authn RS256 → appguard verified_by, unique", ag_del, stream(rs_path),
               "jwt-rs256-meta", group="delegated"),
-        Setup("flood", "forged RS256 flood (c16) + valid RS256 (c2)", ag_fl,
-              stream(forged_path, headers={"x-forwarded-for": FLOOD_IP}, expect=401), "baseline", group="flood",
+        Setup("flood", "forged RS256 flood (c16) + valid RS256 (c2)", ag_fl, forged_load, "baseline", group="flood",
               extra_loads=[Load(headers={"x-token": rs_one, "x-forwarded-for": VALID_IP}, connections=2)]),
         # The refusal rate in the same shape as the baseline (one wrk, c16),
         # without the valid traffic sharing the worker and the client core.
-        Setup("flood-forged-only", "forged RS256 flood (c16) alone, same Envoy", ag_fl,
-              stream(forged_path, headers={"x-forwarded-for": FLOOD_IP}, expect=401), "baseline", group="flood"),
+        Setup("flood-forged-only", "forged RS256 flood (c16) alone, same Envoy", ag_fl, forged_load, "baseline",
+              group="flood"),
         Setup("flood-valid-only", "valid RS256 (c2) alone, same Envoy", ag_fl,
               Load(headers={"x-token": rs_one, "x-forwarded-for": VALID_IP}, connections=2), group="flood"),
         # The control: how much the p99 of 2 connections rises when 16 others

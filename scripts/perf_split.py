@@ -77,8 +77,7 @@ def main():
             if kind == "full":
                 filters, clusters, terminal, load = B.full_setup(wasm, rl_cluster)
             elif kind == "chain":
-                filters, clusters, terminal = [B.jwt_authn("HS256"), B.ratelimit_filter()], [rl_cluster], "fault"
-                load = B.Load(path="/v1/mobile/profile", headers={"x-token": B.hs256_token(B.claims("full"))})
+                filters, clusters, terminal, load = B.chain_setup(rl_cluster, B.hs256_token(B.claims("full")))
             else:
                 (filters, load), clusters, terminal = B.kind_setup(kind, wasm, lua, noop), (), "direct"
             e = B.Envoy(f"perf-{kind}", filters, clusters, terminal)
