@@ -237,20 +237,26 @@ fn valid_app_name(s: &str) -> bool {
 /// Parses a certificate fingerprint: hex, colons optional, any case; 32 bytes
 /// (SHA-256) or 20 bytes (SHA-1, accepted for Google API-key compatibility).
 pub fn parse_fingerprint(s: &str) -> Option<Vec<u8>> {
+    let (bytes, len) = fingerprint_bytes(s)?;
+    Some(bytes.get(..len)?.to_vec())
+}
+
+/// [`parse_fingerprint`] into a buffer: the bytes and how many there are.
+/// One pass and no allocation, since every Android request's cert header
+/// is read this way.
+fn fingerprint_bytes(s: &str) -> Option<([u8; 32], usize)> {
     if s.len() > 128 {
         return None;
     }
-    let hex: Vec<u8> = s.bytes().filter(|b| *b != b':').collect();
-    if hex.len() != 64 && hex.len() != 40 {
-        return None;
+    let mut out = [0u8; 32];
+    let mut digits = 0usize;
+    for b in s.bytes().filter(|b| *b != b':') {
+        let v = hex_val(b)?;
+        let slot = out.get_mut(digits / 2)?;
+        *slot = *slot << 4 | v;
+        digits += 1;
     }
-    let mut out = Vec::with_capacity(hex.len() / 2);
-    for pair in hex.chunks_exact(2) {
-        let hi = hex_val(*pair.first()?)?;
-        let lo = hex_val(*pair.get(1)?)?;
-        out.push(hi << 4 | lo);
-    }
-    Some(out)
+    (digits == 64 || digits == 40).then_some((out, digits / 2))
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -688,8 +694,10 @@ pub fn headers_agree(app: &App, h: &PlatformHeaders<'_>, ip: Option<IpAddr>) -> 
 }
 
 fn cert_matches(certs: &[Vec<u8>], header: &str) -> bool {
-    match parse_fingerprint(header) {
-        Some(fp) => certs.iter().any(|c| ct_eq(c, &fp)),
+    match fingerprint_bytes(header) {
+        Some((fp, len)) => fp
+            .get(..len)
+            .is_some_and(|fp| certs.iter().any(|c| ct_eq(c, fp))),
         None => false,
     }
 }
@@ -859,6 +867,32 @@ mod tests {
         assert!(parse_fingerprint("xyz").is_none());
         assert!(parse_fingerprint(&"a".repeat(62)).is_none());
         assert!(parse_fingerprint(&"g".repeat(64)).is_none());
+        for bad in [
+            "a".repeat(65),
+            "a".repeat(66),
+            "a".repeat(41),
+            "a".repeat(39),
+            ":".repeat(64),
+            String::new(),
+            format!("{}\u{e9}", "a".repeat(63)),
+            format!("{}:", "ab:".repeat(43)),
+        ] {
+            assert!(parse_fingerprint(&bad).is_none(), "{bad:?}");
+            assert!(!cert_matches(std::slice::from_ref(&a), &bad), "{bad:?}");
+        }
+        // Colons anywhere, as long as the digits are 40 or 64.
+        assert_eq!(
+            parse_fingerprint(&format!("::{}::", "0f".repeat(20))),
+            Some(vec![0x0f; 20])
+        );
+        assert!(cert_matches(
+            &[vec![1; 20], a.clone()],
+            &"ab:cd:ef:01:23:45:67:89:".repeat(4)
+        ));
+        assert!(!cert_matches(
+            &[vec![1; 20]],
+            &"ab:cd:ef:01:23:45:67:89:".repeat(4)
+        ));
     }
 
     #[test]
