@@ -11,7 +11,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::ConfigError;
-use crate::store::{self, BucketSalt, SharedStore};
+use crate::store::{self, BucketSalt, Keyed128, SharedStore};
 
 /// A window unit, as envoyproxy/ratelimit names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -329,8 +329,11 @@ pub type Descriptor = Vec<(String, String)>;
 /// the parts end, so the padding cannot be confused with a part), and the
 /// hasher keeps the state after those blocks. Two scopes are apart, and no
 /// scope can spell out another.
+///
+/// The same parts, unpadded, also scope the worker's over-limit cache
+/// ([`OverLimitCache::key`]), which keys by a keyed hash instead.
 #[derive(Clone)]
-pub struct DigestScope(Sha256);
+pub struct DigestScope(Sha256, Box<[u8]>);
 
 impl DigestScope {
     /// The scope of these parts, e.g. `["rate_limit", route, rule]`.
@@ -343,11 +346,12 @@ impl DigestScope {
         for p in parts {
             push_part(&mut bytes, p.as_bytes());
         }
+        let unpadded: Box<[u8]> = bytes.as_slice().into();
         let padded = bytes.len().div_ceil(64).max(1) * 64;
         bytes.resize(padded, 0);
         let mut h = Sha256::new();
         h.update(&bytes);
-        DigestScope(h)
+        DigestScope(h, unpadded)
     }
 }
 
@@ -373,7 +377,8 @@ fn push_part(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// The 128-bit digest of a descriptor within its scope: the key of local
-/// buckets, of the over-limit cache, of replay and failure-budget counts.
+/// buckets in shared data (the worker's over-limit cache keys by
+/// [`OverLimitCache::key`] instead).
 /// Every part is length-prefixed: values come from headers and JSON bodies,
 /// and no choice of bytes in one value can make two different descriptors
 /// hash alike.
@@ -660,15 +665,44 @@ pub fn local_refill_at<S: SharedStore + ?Sized>(
 /// resets: answered 429 locally without asking the service again. Per
 /// worker, bounded. Each entry keeps the limit the service named too, so
 /// that the cached 429 carries the same `x-ratelimit-limit` as the first.
-#[derive(Default)]
+///
+/// Every request that has service descriptors looks here first, so its keys
+/// are a keyed hash ([`OverLimitCache::key`], SipHash under the instance's
+/// salt) rather than the SHA-256 digests of the shared tables: the cache
+/// never leaves the worker, and the hash costs a tenth of a SHA-256.
 pub struct OverLimitCache {
     map: HashMap<[u8; 16], (u64, Option<u32>)>,
+    keys: Keyed128,
 }
 
 /// Largest number of descriptors the over-limit cache holds per worker.
 pub const OVER_LIMIT_ENTRIES: usize = 4096;
 
 impl OverLimitCache {
+    /// An empty cache whose keys are derived from the instance's salt.
+    pub fn new(salt: &BucketSalt) -> OverLimitCache {
+        OverLimitCache {
+            map: HashMap::new(),
+            keys: Keyed128::new(salt, "appguard/over-limit"),
+        }
+    }
+
+    /// The cache key of descriptor `d` within `scope` (the rule's, or the
+    /// replay descriptor's). The input is unambiguous, as
+    /// [`descriptor_digest`]'s is: the scope's length-prefixed parts, the
+    /// number of entries, then each key and value with its length in front,
+    /// so that no two descriptors of any scopes are one input.
+    pub fn key(&self, scope: &DigestScope, d: &Descriptor) -> [u8; 16] {
+        let mut h = self.keys.hasher();
+        h.raw(&scope.1);
+        h.raw(&u64::try_from(d.len()).unwrap_or(u64::MAX).to_le_bytes());
+        for (k, v) in d {
+            h.part(k.as_bytes());
+            h.part(v.as_bytes());
+        }
+        h.finish()
+    }
+
     /// Until when a descriptor is known to be over its limit.
     pub fn until(&self, digest: &[u8; 16], now: u64) -> Option<u64> {
         self.get(digest, now).map(|(until, _)| until)
@@ -885,6 +919,27 @@ mod tests {
 
     #[test]
     fn digests_separate_scopes_and_entries() {
+        let cache = OverLimitCache::new(&SALT);
+        // The shared tables' SHA-256 digests and the over-limit cache's keys
+        // keep apart the same things.
+        for digest in [
+            descriptor_digest as fn(&DigestScope, &Descriptor) -> [u8; 16],
+            |s: &DigestScope, d: &Descriptor| OverLimitCache::new(&SALT).key(s, d),
+        ] {
+            digests_separate(digest);
+        }
+        let other = OverLimitCache::new(&BucketSalt::new([9; 16]));
+        let a: Descriptor = vec![("k".into(), "v".into())];
+        let scope = DigestScope::new(&["r"]);
+        assert_ne!(
+            cache.key(&scope, &a),
+            other.key(&scope, &a),
+            "keyed by the salt"
+        );
+        assert_ne!(cache.key(&scope, &a), descriptor_digest(&scope, &a));
+    }
+
+    fn digests_separate(digest: fn(&DigestScope, &Descriptor) -> [u8; 16]) {
         let d = |e: &[(&str, &str)]| -> Descriptor {
             e.iter()
                 .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
@@ -892,41 +947,41 @@ mod tests {
         };
         let a = d(&[("k", "v")]);
         assert_ne!(
-            descriptor_digest(&DigestScope::new(&["r"]), &a),
-            descriptor_digest(&DigestScope::new(&["r"]), &d(&[("kv", "")]))
+            digest(&DigestScope::new(&["r"]), &a),
+            digest(&DigestScope::new(&["r"]), &d(&[("kv", "")]))
         );
         assert_ne!(
-            descriptor_digest(&DigestScope::new(&["r1"]), &a),
-            descriptor_digest(&DigestScope::new(&["r2"]), &a)
+            digest(&DigestScope::new(&["r1"]), &a),
+            digest(&DigestScope::new(&["r2"]), &a)
         );
         // Two rules of one route with the same entries.
         assert_ne!(
-            descriptor_digest(&DigestScope::new(&["r", "burst"]), &a),
-            descriptor_digest(&DigestScope::new(&["r", "sustained"]), &a)
+            digest(&DigestScope::new(&["r", "burst"]), &a),
+            digest(&DigestScope::new(&["r", "sustained"]), &a)
         );
         assert_ne!(
-            descriptor_digest(&DigestScope::new(&["ab", "c"]), &a),
-            descriptor_digest(&DigestScope::new(&["a", "bc"]), &a)
+            digest(&DigestScope::new(&["ab", "c"]), &a),
+            digest(&DigestScope::new(&["a", "bc"]), &a)
         );
         // A JSON body value may hold any byte: one entry that spells out a
         // separator and a second entry is still one entry.
         assert_ne!(
-            descriptor_digest(
+            digest(
                 &DigestScope::new(&["r"]),
                 &d(&[("a", "x\0b\u{1}y"), ("c", "z")])
             ),
-            descriptor_digest(
+            digest(
                 &DigestScope::new(&["r"]),
                 &d(&[("a", "x"), ("b", "y\0c\u{1}z")])
             )
         );
         assert_ne!(
-            descriptor_digest(&DigestScope::new(&["r"]), &d(&[("a", "x\0b\u{1}y")])),
-            descriptor_digest(&DigestScope::new(&["r"]), &d(&[("a", "x"), ("b", "y")]))
+            digest(&DigestScope::new(&["r"]), &d(&[("a", "x\0b\u{1}y")])),
+            digest(&DigestScope::new(&["r"]), &d(&[("a", "x"), ("b", "y")]))
         );
         assert_eq!(
-            descriptor_digest(&DigestScope::new(&["r", "n"]), &a),
-            descriptor_digest(&DigestScope::new(&["r", "n"]), &d(&[("k", "v")]))
+            digest(&DigestScope::new(&["r", "n"]), &a),
+            digest(&DigestScope::new(&["r", "n"]), &d(&[("k", "v")]))
         );
     }
 }

@@ -213,7 +213,7 @@ pub struct Pending {
     pub facts: Facts,
     /// Request signing left for the body phase: (provider, install key).
     signing: Option<(usize, InstallKey)>,
-    /// Service descriptors sent, and their digests (over-limit cache keys).
+    /// Service descriptors sent, and their over-limit cache keys.
     service: Vec<(Descriptor, [u8; 16])>,
     /// Index in `service` of the replay descriptor (`replay.scope: service`).
     replay_index: Option<usize>,
@@ -543,9 +543,14 @@ fn limits_phase(
         if d.is_empty() {
             continue;
         }
-        let digest = limits::descriptor_digest(&rl.scope, &d);
         match rl.local {
-            Some(local) => match limits::take_local(ctx.store, salt, &digest, local, ctx.now_ms) {
+            Some(local) => match limits::take_local(
+                ctx.store,
+                salt,
+                &limits::descriptor_digest(&rl.scope, &d),
+                local,
+                ctx.now_ms,
+            ) {
                 Ok(o) if o.allowed => {}
                 Ok(o) => {
                     let headers = vec![
@@ -567,7 +572,10 @@ fn limits_phase(
                 Err(_) if route.failure_mode == FailureMode::Allow => {}
                 Err(_) => return deny(pending, Reason::RatelimitUnavailable.into()),
             },
-            None => service.push((d, digest)),
+            None => {
+                let key = ctx.over_limit.borrow().key(&rl.scope, &d);
+                service.push((d, key));
+            }
         }
     }
     // Over-limit cache: the service already said no for this descriptor.
@@ -602,8 +610,8 @@ fn limits_phase(
     };
     if let Some(replay) = pending.replay.take() {
         pending.replay_index = Some(service.len());
-        let digest = limits::descriptor_digest(&svc.replay_scope, &replay);
-        service.push((replay, digest));
+        let key = ctx.over_limit.borrow().key(&svc.replay_scope, &replay);
+        service.push((replay, key));
     }
     if service.is_empty() {
         return done(pending);

@@ -206,6 +206,100 @@ pub fn bucket_of(salt: &BucketSalt, digest: &[u8], buckets: u32) -> u32 {
     u32::try_from(h.finish() % u64::from(buckets.max(1))).unwrap_or(0)
 }
 
+/// A keyed 128-bit digest for a worker's own in-memory maps (the
+/// over-limit cache, the memo of API keys already found): two SipHash-2-4
+/// instances whose keys are derived from the instance's [`BucketSalt`] and a
+/// label, so that each map has keys of its own and nobody outside the
+/// instance can make two inputs collide. About a tenth of a SHA-256 for the
+/// short inputs these maps take; shared-data tables keep SHA-256 digests
+/// (see `limits::descriptor_digest`), which outlive any one worker.
+///
+/// Never logged: `Debug` shows no keys.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Keyed128 {
+    a: BucketSalt,
+    b: BucketSalt,
+}
+
+impl Keyed128 {
+    /// The keys for `label`: SipHash-2-4 under the salt of `label` and a
+    /// counter, four times (a PRF used as a key derivation).
+    pub fn new(salt: &BucketSalt, label: &str) -> Keyed128 {
+        let derive = |i: u8| {
+            let mut h = sip(salt);
+            std::hash::Hasher::write(&mut h, label.as_bytes());
+            std::hash::Hasher::write(&mut h, &[0xff, i]);
+            std::hash::Hasher::finish(&h)
+        };
+        Keyed128 {
+            a: BucketSalt {
+                k0: derive(0),
+                k1: derive(1),
+            },
+            b: BucketSalt {
+                k0: derive(2),
+                k1: derive(3),
+            },
+        }
+    }
+
+    /// Starts a digest.
+    pub fn hasher(&self) -> Keyed128Hasher {
+        Keyed128Hasher(sip(&self.a), sip(&self.b))
+    }
+
+    /// The digest of `parts`, each length-prefixed (so that no choice of
+    /// bytes in one part can make two different lists hash alike).
+    pub fn digest(&self, parts: &[&[u8]]) -> [u8; 16] {
+        let mut h = self.hasher();
+        for p in parts {
+            h.part(p);
+        }
+        h.finish()
+    }
+}
+
+impl std::fmt::Debug for Keyed128 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keyed128(..)")
+    }
+}
+
+/// A [`Keyed128`] digest being computed.
+#[allow(deprecated)]
+pub struct Keyed128Hasher(std::hash::SipHasher, std::hash::SipHasher);
+
+impl Keyed128Hasher {
+    /// Absorbs bytes as they are: for a prefix that is already an
+    /// unambiguous encoding (length-prefixed parts).
+    pub fn raw(&mut self, bytes: &[u8]) {
+        std::hash::Hasher::write(&mut self.0, bytes);
+        std::hash::Hasher::write(&mut self.1, bytes);
+    }
+
+    /// Absorbs one part, its length (8 bytes, little-endian) in front.
+    pub fn part(&mut self, bytes: &[u8]) {
+        let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_le_bytes();
+        self.raw(&len);
+        self.raw(bytes);
+    }
+
+    /// The 128-bit digest.
+    pub fn finish(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        let (lo, hi) = out.split_at_mut(8);
+        lo.copy_from_slice(&std::hash::Hasher::finish(&self.0).to_le_bytes());
+        hi.copy_from_slice(&std::hash::Hasher::finish(&self.1).to_le_bytes());
+        out
+    }
+}
+
+/// std's SipHash-2-4 under `salt` (see [`bucket_of`] for why this one).
+#[allow(deprecated)]
+fn sip(salt: &BucketSalt) -> std::hash::SipHasher {
+    std::hash::SipHasher::new_with_keys(salt.k0, salt.k1)
+}
+
 /// Entries per replay bucket.
 pub const REPLAY_BUCKET_ENTRIES: usize = 16;
 const REPLAY_ENTRY: usize = 24; // 16-byte digest + 8-byte expiry
@@ -269,6 +363,35 @@ mod tests {
     use super::*;
 
     const SALT: BucketSalt = BucketSalt::new([1; 16]);
+
+    #[test]
+    fn keyed_digests_depend_on_salt_label_and_part_boundaries() {
+        let k = Keyed128::new(&SALT, "over-limit");
+        let d = k.digest(&[b"ab", b"c"]);
+        assert_eq!(d, k.digest(&[b"ab", b"c"]), "deterministic");
+        assert_ne!(d, k.digest(&[b"a", b"bc"]), "parts are length-prefixed");
+        assert_ne!(d, k.digest(&[b"abc"]));
+        assert_ne!(d, Keyed128::new(&SALT, "api-keys").digest(&[b"ab", b"c"]));
+        let other = BucketSalt::new([2; 16]);
+        assert_ne!(
+            d,
+            Keyed128::new(&other, "over-limit").digest(&[b"ab", b"c"])
+        );
+        let (lo, hi) = d.split_at(8);
+        assert_ne!(lo, hi, "two independent halves");
+        // The hasher and `digest` agree; `raw` absorbs bytes as they are.
+        let mut h = k.hasher();
+        h.part(b"ab");
+        h.part(b"c");
+        assert_eq!(h.finish(), d);
+        let mut r = k.hasher();
+        r.raw(&2u64.to_le_bytes());
+        r.raw(b"ab");
+        r.raw(&1u64.to_le_bytes());
+        r.raw(b"c");
+        assert_eq!(r.finish(), d);
+        assert_eq!(format!("{k:?}"), "Keyed128(..)", "keys never shown");
+    }
 
     #[test]
     fn replay_table_remembers_until_expiry() {

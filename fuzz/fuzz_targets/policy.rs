@@ -94,7 +94,7 @@ fuzz_target!(|data: &[u8]| {
     );
     let store = MemStore::default();
     let token_cache = RefCell::new(TokenCache::default());
-    let over_limit = RefCell::new(OverLimitCache::default());
+    let over_limit = RefCell::new(OverLimitCache::new(&BucketSalt::new([7; 16])));
     let negative = RefCell::new(NegativeCache::default());
     let ctx = Ctx {
         config: config(),

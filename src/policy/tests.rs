@@ -86,7 +86,7 @@ impl World {
             config: Config::from_json(v.to_string().as_bytes()).unwrap(),
             store: MemStore::default(),
             cache: RefCell::new(TokenCache::default()),
-            over: RefCell::new(OverLimitCache::default()),
+            over: RefCell::new(OverLimitCache::new(&BucketSalt::new([7; 16]))),
             neg: RefCell::new(NegativeCache::default()),
         }
     }

@@ -294,7 +294,7 @@ impl RootContext for FilterRoot {
             token_cache: RefCell::new(TokenCache::default()),
             jwks: RefCell::new(slots),
             metrics,
-            over_limit: RefCell::new(OverLimitCache::default()),
+            over_limit: RefCell::new(OverLimitCache::new(&bucket_salt)),
             negative: RefCell::new(NegativeCache::default()),
             pending_alerts: RefCell::new(Vec::new()),
             has_remote_jwks: has_remote,

@@ -89,7 +89,7 @@ fn main() {
 
     let store = MemStore::default();
     let mut token_cache = RefCell::new(TokenCache::default());
-    let over_limit = RefCell::new(OverLimitCache::default());
+    let over_limit = RefCell::new(OverLimitCache::new(&BucketSalt::new([7; 16])));
     let negative = RefCell::new(NegativeCache::default());
     let remote: Vec<RemoteKeys> = config
         .providers
