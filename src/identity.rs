@@ -5,6 +5,7 @@
 //! is one, else from the platform headers (or, for `server`, the client IP) —
 //! and the token, the API key's restriction and the headers must all agree.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use serde::Deserialize;
@@ -13,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::config::ConfigError;
 use crate::decision::Reason;
 use crate::net::CidrSet;
+use crate::store::{BucketSalt, Keyed128};
 
 /// The kind of client a request comes from. Each has its own flow: a key or
 /// token minted for one platform is refused on the others.
@@ -605,6 +607,60 @@ impl ApiKeys {
     }
 }
 
+/// The API keys a worker has already found, by a keyed hash of the key as
+/// sent ([`Keyed128`], SipHash under the instance's salt), so that a key's
+/// later requests skip the SHA-256 and the comparison with every configured
+/// digest ([`ApiKeys::lookup`]): a tenth of the work. Only keys that were
+/// found are remembered, so the memo holds at most one entry per configured
+/// key whatever clients send; a sent key that is not configured always
+/// takes the full lookup. A key's entry answers what the full lookup
+/// answered (same index, same key), and the memo lives and dies with the
+/// worker's configuration. It holds no key, only its keyed hash.
+pub struct KeyMemo {
+    keys: Keyed128,
+    found: HashMap<[u8; 16], usize>,
+}
+
+impl KeyMemo {
+    /// An empty memo whose hash keys are derived from the instance's salt.
+    pub fn new(salt: &BucketSalt) -> KeyMemo {
+        KeyMemo {
+            keys: Keyed128::new(salt, "appguard/api-key-memo"),
+            found: HashMap::new(),
+        }
+    }
+
+    /// [`ApiKeys::lookup`], remembered.
+    pub fn lookup<'k>(
+        &mut self,
+        keys: &'k ApiKeys,
+        presented: &str,
+    ) -> Option<(usize, &'k ApiKey)> {
+        let id = self.keys.digest(&[presented.as_bytes()]);
+        if let Some(k) = self
+            .found
+            .get(&id)
+            .and_then(|&i| Some((i, keys.keys.get(i)?)))
+        {
+            return Some(k);
+        }
+        let found = keys.lookup(presented)?;
+        // Bounded by the configured keys; a stale memo (it cannot be one: a
+        // new configuration builds a new worker) is dropped, not grown.
+        if self.found.len() >= keys.keys.len() {
+            self.found.clear();
+        }
+        self.found.insert(id, found.0);
+        Some(found)
+    }
+}
+
+impl std::fmt::Debug for KeyMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyMemo({} keys found)", self.found.len())
+    }
+}
+
 /// The platform headers a request carries (values as sent).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PlatformHeaders<'a> {
@@ -920,5 +976,42 @@ mod tests {
         );
         assert!(keys.lookup("secret-2").is_none());
         assert!(ct_eq(b"ab", b"ab") && !ct_eq(b"ab", b"ac") && !ct_eq(b"a", b"ab"));
+    }
+
+    #[test]
+    fn key_memo_answers_as_the_lookup_and_stays_bounded() {
+        let key = |id: &str, secret: &str| ApiKey {
+            id: id.into(),
+            sha256: parse_sha256_hex(&hash_api_key(secret)).unwrap(),
+            apps: vec![],
+            ips: CidrSet::default(),
+            routes: vec![],
+            disabled: false,
+        };
+        let keys = ApiKeys {
+            header: "x-api-key".into(),
+            query_param: None,
+            forward: true,
+            keys: vec![key("k1", "secret-1"), key("k2", "secret-2")],
+        };
+        let mut memo = KeyMemo::new(&BucketSalt::new([3; 16]));
+        for _ in 0..3 {
+            for (sent, want) in [
+                ("secret-2", Some((1, "k2"))),
+                ("secret-1", Some((0, "k1"))),
+                ("secret-3", None),
+                ("secret-1 ", None),
+                ("", None),
+            ] {
+                let got = memo.lookup(&keys, sent).map(|(i, k)| (i, k.id.as_str()));
+                assert_eq!(got, want, "{sent:?}");
+                assert_eq!(got, keys.lookup(sent).map(|(i, k)| (i, k.id.as_str())));
+            }
+        }
+        // Only keys that were found are remembered, whatever is sent.
+        for i in 0..1000 {
+            assert!(memo.lookup(&keys, &format!("guess-{i}")).is_none());
+        }
+        assert_eq!(format!("{memo:?}"), "KeyMemo(2 keys found)");
     }
 }

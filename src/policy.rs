@@ -17,7 +17,7 @@ use crate::config::{
     Action, Config, FailureMode, HostPattern, KeyRequirement, Mode, Network, PathMatch, Route,
 };
 use crate::decision::{Decision, Denial, Grant, KeyScrub, Reason};
-use crate::identity::{self, PlatformHeaders};
+use crate::identity::{self, KeyMemo, PlatformHeaders};
 use crate::limits::{self, Descriptor, OverLimitCache, Source};
 use crate::phone;
 use crate::ratelimit::{self, RateLimitResponse};
@@ -168,6 +168,8 @@ pub struct Ctx<'a> {
     pub may_fetch_keys: bool,
     /// The worker's over-limit cache (descriptors the service refused).
     pub over_limit: &'a RefCell<OverLimitCache>,
+    /// The worker's memo of API keys already found.
+    pub key_memo: &'a RefCell<KeyMemo>,
     /// The worker's cache of tokens whose signature failed.
     pub negative: &'a RefCell<NegativeCache>,
     /// Milliseconds since the epoch (local token buckets refill by the ms).
@@ -808,7 +810,11 @@ fn check(
                 }
                 None => None,
                 Some(k) => {
-                    let (idx, key) = config.api_keys.lookup(&k).ok_or(Reason::ApiKeyInvalid)?;
+                    let (idx, key) = ctx
+                        .key_memo
+                        .borrow_mut()
+                        .lookup(&config.api_keys, &k)
+                        .ok_or(Reason::ApiKeyInvalid)?;
                     // Named from here on, also when refused below: its id is
                     // public, and the denial's log line shows which key it was.
                     facts.key = Some(idx);

@@ -74,6 +74,7 @@ struct World {
     store: MemStore,
     cache: RefCell<TokenCache>,
     over: RefCell<OverLimitCache>,
+    keys: RefCell<KeyMemo>,
     neg: RefCell<NegativeCache>,
 }
 
@@ -87,6 +88,7 @@ impl World {
             store: MemStore::default(),
             cache: RefCell::new(TokenCache::default()),
             over: RefCell::new(OverLimitCache::new(&BucketSalt::new([7; 16]))),
+            keys: RefCell::new(KeyMemo::new(&BucketSalt::new([7; 16]))),
             neg: RefCell::new(NegativeCache::default()),
         }
     }
@@ -807,6 +809,7 @@ impl World {
             remote_keys: &[],
             may_fetch_keys: false,
             over_limit: &self.over,
+            key_memo: &self.keys,
             negative: &self.neg,
             now_ms: NOW * 1000,
         }
@@ -1258,6 +1261,7 @@ fn a_budget_spent_on_one_worker_stops_verification_on_another() {
             remote_keys: &[],
             may_fetch_keys: false,
             over_limit: &w.over,
+            key_memo: &w.keys,
             negative: &b_neg,
             now_ms: NOW * 1000,
         };

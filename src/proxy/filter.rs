@@ -167,6 +167,7 @@ impl GuardFilter {
             remote_keys: &remote_keys,
             may_fetch_keys,
             over_limit: &worker.over_limit,
+            key_memo: &worker.key_memo,
             negative: &worker.negative,
             now_ms,
         };

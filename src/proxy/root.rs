@@ -17,6 +17,7 @@ use super::host::{self, now_seconds, HostStore};
 use super::jwks::{self, JwksSlot};
 use super::metrics::Metrics;
 use crate::config::Config;
+use crate::identity::KeyMemo;
 use crate::limits::OverLimitCache;
 use crate::policy::{NegativeCache, RemoteKeys, TokenCache};
 use crate::store::{self, BucketSalt};
@@ -36,6 +37,8 @@ pub struct Worker {
     pub metrics: Metrics,
     /// Descriptors the rate-limit service refused, until their reset.
     pub over_limit: RefCell<OverLimitCache>,
+    /// API keys already found (see [`KeyMemo`]).
+    pub key_memo: RefCell<KeyMemo>,
     /// Whether any provider has a remote JWKS (else there is nothing to
     /// maintain or hand to the policy).
     pub has_remote_jwks: bool,
@@ -295,6 +298,7 @@ impl RootContext for FilterRoot {
             jwks: RefCell::new(slots),
             metrics,
             over_limit: RefCell::new(OverLimitCache::new(&bucket_salt)),
+            key_memo: RefCell::new(KeyMemo::new(&bucket_salt)),
             negative: RefCell::new(NegativeCache::default()),
             pending_alerts: RefCell::new(Vec::new()),
             has_remote_jwks: has_remote,

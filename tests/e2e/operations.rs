@@ -256,6 +256,44 @@ fn an_lds_update_swaps_the_configuration_and_old_vms_leave_the_memory_gauge() {
     envoy.assert_vm_healthy_after_refused_configs(1);
 }
 
+/// A leaked key disabled through an LDS update (README, API-key rotation)
+/// is refused from the update on, also by workers that have just let it
+/// through many times: what they remember of keys they found belongs to
+/// the configuration, and goes with it. Same `vm_id`: the running VMs take
+/// the new configuration.
+#[test]
+fn a_key_disabled_by_an_lds_update_is_refused_at_once() {
+    let up = Upstream::start();
+    let builder = EnvoyBuilder::new(config("enforce"), up.port).listener_from_file();
+    let envoy = builder.start();
+    let keyed = || envoy.request(Req::get("/keyed/x").header("x-api-key", API_KEY));
+    for _ in 0..20 {
+        let r = keyed();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(up.last().header("x-appguard-key-id"), Some("ops-key"));
+    }
+    let mut disabled = config("enforce");
+    disabled["api_keys"]["keys"][0]["disabled"] = json!(true);
+    envoy.update_listener(&builder.clone().plugin_config(disabled));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = keyed();
+        if r.status == 403 {
+            assert_eq!(r.reason(), Some("api_key_invalid"), "{}", r.text());
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(Instant::now() < deadline, "the update never took effect");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Once refused, refused on every request (both workers).
+    for _ in 0..20 {
+        let r = keyed();
+        assert_eq!((r.status, r.reason()), (403, Some("api_key_invalid")));
+    }
+    envoy.assert_vm_healthy();
+}
+
 #[test]
 fn a_flood_of_denials_sends_a_handful_of_alerts() {
     let hook = Upstream::start();

@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use appguard::config::Config;
 use appguard::headers::Headers;
+use appguard::identity::KeyMemo;
 use appguard::limits::OverLimitCache;
 use appguard::policy::{self, Ctx, NegativeCache, RemoteKeys, Step, TokenCache};
 use appguard::ratelimit::rls::DescriptorStatus;
@@ -90,6 +91,7 @@ fn main() {
     let store = MemStore::default();
     let mut token_cache = RefCell::new(TokenCache::default());
     let over_limit = RefCell::new(OverLimitCache::new(&BucketSalt::new([7; 16])));
+    let key_memo = RefCell::new(KeyMemo::new(&BucketSalt::new([7; 16])));
     let negative = RefCell::new(NegativeCache::default());
     let remote: Vec<RemoteKeys> = config
         .providers
@@ -114,6 +116,7 @@ fn main() {
             remote_keys: &remote,
             may_fetch_keys: false,
             over_limit: &over_limit,
+        key_memo: &key_memo,
             negative: &negative,
             now_ms,
         };
