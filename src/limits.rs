@@ -376,13 +376,9 @@ fn push_part(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// The 128-bit digest of a descriptor within its scope: the key of local
-/// buckets in shared data (the worker's over-limit cache keys by
-/// [`OverLimitCache::key`] instead).
-/// Every part is length-prefixed: values come from headers and JSON bodies,
-/// and no choice of bytes in one value can make two different descriptors
-/// hash alike.
-pub fn descriptor_digest(scope: &DigestScope, d: &Descriptor) -> [u8; 16] {
+/// A descriptor as the digests read it: the number of entries, then each
+/// key and value, every part length-prefixed.
+fn descriptor_bytes(d: &Descriptor) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(64);
     push_part(
         &mut bytes,
@@ -392,8 +388,18 @@ pub fn descriptor_digest(scope: &DigestScope, d: &Descriptor) -> [u8; 16] {
         push_part(&mut bytes, k.as_bytes());
         push_part(&mut bytes, v.as_bytes());
     }
+    bytes
+}
+
+/// The 128-bit digest of a descriptor within its scope: the key of local
+/// buckets in shared data (the worker's over-limit cache keys by
+/// [`OverLimitCache::key`] instead).
+/// Every part is length-prefixed: values come from headers and JSON bodies,
+/// and no choice of bytes in one value can make two different descriptors
+/// hash alike.
+pub fn descriptor_digest(scope: &DigestScope, d: &Descriptor) -> [u8; 16] {
     let mut h = scope.0.clone();
-    h.update(&bytes);
+    h.update(descriptor_bytes(d));
     let full = h.finalize();
     let mut out = [0u8; 16];
     out.copy_from_slice(full.get(..16).unwrap_or(&[0; 16]));
@@ -688,18 +694,13 @@ impl OverLimitCache {
     }
 
     /// The cache key of descriptor `d` within `scope` (the rule's, or the
-    /// replay descriptor's). The input is unambiguous, as
-    /// [`descriptor_digest`]'s is: the scope's length-prefixed parts, the
-    /// number of entries, then each key and value with its length in front,
-    /// so that no two descriptors of any scopes are one input.
+    /// replay descriptor's): the same input as [`descriptor_digest`]'s,
+    /// the scope's parts then the descriptor's, all length-prefixed, so
+    /// that no two descriptors of any scopes are one input.
     pub fn key(&self, scope: &DigestScope, d: &Descriptor) -> [u8; 16] {
         let mut h = self.keys.hasher();
         h.raw(&scope.1);
-        h.raw(&u64::try_from(d.len()).unwrap_or(u64::MAX).to_le_bytes());
-        for (k, v) in d {
-            h.part(k.as_bytes());
-            h.part(v.as_bytes());
-        }
+        h.raw(&descriptor_bytes(d));
         h.finish()
     }
 
