@@ -153,6 +153,7 @@ BENCH_ARGS ?=
 # take a cost apart in a same-run A/B, e.g. the refusal path:
 #   make noop NOOP_FEATURES=reply NOOP_OUT=target/noop-reply.wasm
 #   make noop NOOP_FEATURES=reply,peer NOOP_OUT=target/noop-reply-peer.wasm
+#   make noop NOOP_FEATURES=pairs NOOP_OUT=target/noop-pairs.wasm   (also remove, metric, clock)
 #   KINDS=baseline,forged scripts/bench_ab.py reply=target/noop-reply.wasm \
 #     peer=target/noop-reply-peer.wasm appguard=target/appguard.wasm
 NOOP_FEATURES ?=
