@@ -262,7 +262,12 @@ async fn serve(cli: Cli, config: RateLimitConfig) -> ExitCode {
     let grpc = tonic::transport::Server::builder()
         .add_service(RateLimitServiceServer::new(RlsService::new(limiter)))
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc_listener),
+            // TCP_NODELAY: an answer is a few small HTTP/2 frames, and with
+            // Nagle on, one that follows another on a quiet connection waits
+            // for the client's delayed ACK (40 ms on Linux). Envoy sets it on
+            // its side; without it here, sparse calls (leases, quiet hours)
+            // paid 40 ms each.
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             shutdown_signalled(shutdown_rx.clone()),
         );
     let http_state = crate::http::HttpState {
