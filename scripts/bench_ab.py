@@ -17,7 +17,8 @@ verified), `forged` (the flood row's forged RS256 tokens from one client,
 whose failure budget is spent after the warm-up: the refusal path) and
 `delegated` (`jwt_authn` RS256 in front, appguard reading its payload)
 and `full` (the full pipeline of `make bench`: token, platform, API key
-and a call to the project's rate-limit service, started for the run).
+and a call to the project's rate-limit service, started for the run;
+`full-lease` with the per-key limit leased, as the `ag-full-lease` row).
 Needs what `make bench` builds (bench-tools for the token streams).
 """
 import os
@@ -43,11 +44,12 @@ def main():
     lua.write_text(B.LUA_STREAM)
     try:
         setups = []
-        rl_cluster = B.start_rls(procs, workdir)[1] if "full" in kinds else None
+        rl_cluster = B.start_rls(procs, workdir)[1] if {"full", "full-lease"} & set(kinds) else None
         for kind in kinds:
             for name, path in variants:
-                if kind == "full":
-                    filters, clusters, terminal, ld = B.full_setup(Path(path), rl_cluster)
+                if kind in ("full", "full-lease"):
+                    lease = B.FULL_LEASE if kind == "full-lease" else None
+                    filters, clusters, terminal, ld = B.full_setup(Path(path), rl_cluster, lease)
                     e = B.Envoy(f"{kind}-{name}", filters, clusters, terminal)
                 else:
                     filters, ld = B.kind_setup(kind, Path(path), lua)

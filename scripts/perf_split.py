@@ -72,10 +72,11 @@ def main():
     try:
         # The full pipeline and the native chain call the rate-limit service
         # (on the client core, as in `make bench`).
-        rl_cluster = B.start_rls(procs, work)[1] if {"full", "chain"} & set(kinds) else None
+        rl_cluster = B.start_rls(procs, work)[1] if {"full", "full-lease", "chain"} & set(kinds) else None
         for kind in kinds:
-            if kind == "full":
-                filters, clusters, terminal, load = B.full_setup(wasm, rl_cluster)
+            if kind in ("full", "full-lease"):
+                lease = B.FULL_LEASE if kind == "full-lease" else None
+                filters, clusters, terminal, load = B.full_setup(wasm, rl_cluster, lease)
             elif kind == "chain":
                 filters, clusters, terminal, load = B.chain_setup(rl_cluster, B.hs256_token(B.claims("full")))
             else:

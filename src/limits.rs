@@ -114,6 +114,8 @@ pub(crate) struct RawRateLimit {
     entries: Vec<RawEntry>,
     #[serde(default)]
     local: Option<RawLocal>,
+    #[serde(default)]
+    lease: Option<u32>,
 }
 
 /// Where one descriptor entry's value comes from.
@@ -186,7 +188,20 @@ pub struct RateLimit {
     pub entries: Vec<EntrySpec>,
     /// Enforced locally when set.
     pub local: Option<LocalLimit>,
+    /// Hits this worker takes from the service at once for the rule's
+    /// descriptor (`lease`, 2..=[`MAX_LEASE`]); `None`: one per request.
+    /// A lease of `n` sends the descriptor with `hits_addend` `n` and lets
+    /// the next `n - 1` requests with the same descriptor through without a
+    /// call, until the service's window resets. Every hit is counted before
+    /// it is used, so the limit still holds across instances; the price is
+    /// that hits leased by one worker and not used are lost to the others
+    /// (see [`ServiceCache`]).
+    pub lease: Option<u32>,
 }
+
+/// Largest `lease`: beyond it, hits a worker holds and may not use would
+/// make most limits meaningless.
+pub const MAX_LEASE: u32 = 10_000;
 
 impl RateLimit {
     /// Whether a value comes from the body.
@@ -298,6 +313,23 @@ pub(crate) fn compile(
             }
             None => None,
         };
+        let lease = match (r.lease, local) {
+            (None, _) => None,
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    format!("{at}.lease"),
+                    "a lease takes hits from the rate-limit service; a local limit already \
+                     counts inside this Envoy",
+                ))
+            }
+            (Some(n), None) if (2..=MAX_LEASE).contains(&n) => Some(n),
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    format!("{at}.lease"),
+                    format!("must be 2..={MAX_LEASE} (hits taken per call; leave it out for one)"),
+                ))
+            }
+        };
         let name = r.name.unwrap_or_else(|| format!("{route}#{i}"));
         // The name scopes the rule's counts: two rules with one name would
         // share a bucket.
@@ -312,6 +344,7 @@ pub(crate) fn compile(
             name,
             entries,
             local,
+            lease,
         });
     }
     Ok(out)
@@ -331,7 +364,7 @@ pub type Descriptor = Vec<(String, String)>;
 /// scope can spell out another.
 ///
 /// The same parts, unpadded, also scope the worker's over-limit cache
-/// ([`OverLimitCache::key`]), which keys by a keyed hash instead.
+/// ([`ServiceCache::key`]), which keys by a keyed hash instead.
 #[derive(Clone)]
 pub struct DigestScope(Sha256, Box<[u8]>);
 
@@ -393,7 +426,7 @@ fn descriptor_bytes(d: &Descriptor) -> Vec<u8> {
 
 /// The 128-bit digest of a descriptor within its scope: the key of local
 /// buckets in shared data (the worker's over-limit cache keys by
-/// [`OverLimitCache::key`] instead).
+/// [`ServiceCache::key`] instead).
 /// Every part is length-prefixed: values come from headers and JSON bodies,
 /// and no choice of bytes in one value can make two different descriptors
 /// hash alike.
@@ -667,28 +700,57 @@ pub fn local_refill_at<S: SharedStore + ?Sized>(
     None
 }
 
-/// Descriptors the service said are over their limit, until their window
-/// resets: answered 429 locally without asking the service again. Per
-/// worker, bounded. Each entry keeps the limit the service named too, so
-/// that the cached 429 carries the same `x-ratelimit-limit` as the first.
+/// What this worker knows from the rate-limit service's answers, per
+/// descriptor. Per worker, bounded, keyed by [`ServiceCache::key`].
+///
+/// - **Over limit**: descriptors the service refused, until their window
+///   resets: answered 429 locally without asking again. Each keeps the
+///   limit the service named, so that the cached 429 carries the same
+///   `x-ratelimit-limit` as the first.
+/// - **Leases** (rules with `lease`): hits the service counted for this
+///   worker in one call (`hits_addend` n) and not used yet. A request takes
+///   one instead of calling, until the window the service counted them in
+///   resets. Hits are counted before they are used, so the limit holds
+///   across every instance; what a lease costs is accuracy near the limit:
+///   hits one worker holds are not available to the others, and a lease
+///   asked for near the limit can be refused while single hits remain.
+///   The next lease asks for no more than the service last said remained,
+///   which keeps a single worker exact.
 ///
 /// Every request that has service descriptors looks here first, so its keys
-/// are a keyed hash ([`OverLimitCache::key`], SipHash under the instance's
-/// salt) rather than the SHA-256 digests of the shared tables: the cache
-/// never leaves the worker, and the hash costs a tenth of a SHA-256.
-pub struct OverLimitCache {
+/// are a keyed hash (SipHash under the instance's salt) rather than the
+/// SHA-256 digests of the shared tables: the cache never leaves the worker,
+/// and the hash costs a tenth of a SHA-256.
+pub struct ServiceCache {
     map: HashMap<[u8; 16], (u64, Option<u32>)>,
+    leases: HashMap<[u8; 16], Lease>,
     keys: Keyed128,
 }
 
-/// Largest number of descriptors the over-limit cache holds per worker.
+/// Hits leased for one descriptor.
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    /// Hits left to use.
+    remaining: u32,
+    /// Unix time (ms) at which the window they were counted in resets, at
+    /// the latest: the call's start plus the service's
+    /// `duration_until_reset`, rounded down.
+    until_ms: u64,
+    /// What the service said remained of the limit after the lease: the
+    /// most the next lease in this window asks for.
+    service_remaining: u32,
+}
+
+/// Largest number of descriptors the cache holds per worker, for each of
+/// its two tables.
 pub const OVER_LIMIT_ENTRIES: usize = 4096;
 
-impl OverLimitCache {
+impl ServiceCache {
     /// An empty cache whose keys are derived from the instance's salt.
-    pub fn new(salt: &BucketSalt) -> OverLimitCache {
-        OverLimitCache {
+    pub fn new(salt: &BucketSalt) -> ServiceCache {
+        ServiceCache {
             map: HashMap::new(),
+            leases: HashMap::new(),
             keys: Keyed128::new(salt, "appguard/over-limit"),
         }
     }
@@ -718,13 +780,75 @@ impl OverLimitCache {
     /// Remembers a descriptor as over its `limit` (requests per unit, when
     /// known) until `until`.
     pub fn insert(&mut self, digest: [u8; 16], until: u64, limit: Option<u32>, now: u64) {
-        if self.map.len() >= OVER_LIMIT_ENTRIES {
-            self.map.retain(|_, (u, _)| *u > now);
-            if self.map.len() >= OVER_LIMIT_ENTRIES {
-                self.map.clear();
-            }
-        }
+        make_room(&mut self.map, |(u, _)| *u > now);
         self.map.insert(digest, (until, limit));
+    }
+
+    /// Takes one leased hit of a descriptor, if this worker holds one in a
+    /// window that has not reset at `now_ms`.
+    pub fn take_lease(&mut self, digest: &[u8; 16], now_ms: u64) -> bool {
+        match self.leases.get_mut(digest) {
+            Some(l) if l.until_ms > now_ms && l.remaining > 0 => {
+                l.remaining -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How many hits to ask the service for, for a descriptor whose rule
+    /// leases `size`: `size`, or within the window of the last lease no
+    /// more than the service said remained then (at least 1, so that the
+    /// service decides).
+    pub fn lease_ask(&self, digest: &[u8; 16], size: u32, now_ms: u64) -> u32 {
+        match self.leases.get(digest) {
+            Some(l) if l.until_ms > now_ms => size.min(l.service_remaining).max(1),
+            _ => size,
+        }
+    }
+
+    /// Records a lease: the service counted `hits` for the descriptor and
+    /// allowed it; one went to the request that asked, the rest are this
+    /// worker's until `until_ms`. `service_remaining` is the status's
+    /// `limit_remaining`.
+    pub fn grant_lease(
+        &mut self,
+        digest: [u8; 16],
+        hits: u32,
+        service_remaining: u32,
+        until_ms: u64,
+        now_ms: u64,
+    ) {
+        if until_ms <= now_ms {
+            return;
+        }
+        let mut lease = Lease {
+            remaining: hits.saturating_sub(1),
+            until_ms,
+            service_remaining,
+        };
+        // Calls made side by side (concurrent requests before the first
+        // answer) each bring a lease: their hits add up, and all of them
+        // expire at the earliest window end, so none outlives the window
+        // that counted it.
+        if let Some(held) = self.leases.get(&digest).filter(|l| l.until_ms > now_ms) {
+            lease.remaining = lease.remaining.saturating_add(held.remaining);
+            lease.until_ms = lease.until_ms.min(held.until_ms);
+        }
+        make_room(&mut self.leases, |l| l.until_ms > now_ms);
+        self.leases.insert(digest, lease);
+    }
+}
+
+/// Keeps one of the cache's tables under [`OVER_LIMIT_ENTRIES`]: when full,
+/// drops the entries no longer `live`, and everything if that is not
+/// enough.
+fn make_room<V>(map: &mut HashMap<[u8; 16], V>, live: impl Fn(&V) -> bool) {
+    if map.len() >= OVER_LIMIT_ENTRIES {
+        map.retain(|_, v| live(v));
+        if map.len() >= OVER_LIMIT_ENTRIES {
+            map.clear();
+        }
     }
 }
 
@@ -737,6 +861,45 @@ mod tests {
     use crate::store::MemStore;
 
     const SALT: BucketSalt = BucketSalt::new([1; 16]);
+
+    #[test]
+    fn leases_add_up_and_expire_with_the_earliest_window() {
+        let mut c = ServiceCache::new(&SALT);
+        let d = [9u8; 16];
+        let t = 1_000_000;
+        assert!(!c.take_lease(&d, t), "none held");
+        assert_eq!(c.lease_ask(&d, 5, t), 5);
+        // Two calls side by side: 5 and 5 hits, one used by each request.
+        c.grant_lease(d, 5, 40, t + 900, t);
+        c.grant_lease(d, 5, 35, t + 1_000, t);
+        for i in 0..8 {
+            assert!(c.take_lease(&d, t + 10), "hit {i}");
+        }
+        assert!(!c.take_lease(&d, t + 10), "8 kept in all");
+        assert_eq!(c.lease_ask(&d, 50, t + 10), 35, "the latest remaining");
+        assert_eq!(c.lease_ask(&d, 5, t + 10), 5);
+        c.grant_lease(d, 3, 0, t + 1_000, t + 20);
+        assert_eq!(c.lease_ask(&d, 5, t + 20), 1, "none left: ask for one");
+        // The earliest window end holds for all of them.
+        assert!(!c.take_lease(&d, t + 900));
+        assert_eq!(c.lease_ask(&d, 5, t + 900), 5, "a new window");
+        // An answer that arrives after its window ended keeps nothing.
+        c.grant_lease(d, 5, 40, t + 1_000, t + 1_000);
+        assert!(!c.take_lease(&d, t + 1_000));
+        // A full table drops expired leases first.
+        for i in 0..OVER_LIMIT_ENTRIES as u32 {
+            let mut k = [0u8; 16];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            c.grant_lease(k, 2, 1, t + 2_000 + u64::from(i % 2) * 10_000, t + 1_000);
+        }
+        c.grant_lease(d, 2, 1, t + 20_000, t + 5_000);
+        assert!(c.take_lease(&d, t + 5_000));
+        assert!(
+            c.leases.len() <= OVER_LIMIT_ENTRIES / 2 + 1,
+            "{}",
+            c.leases.len()
+        );
+    }
 
     #[test]
     fn token_bucket_allows_n_then_refills() {
@@ -920,16 +1083,16 @@ mod tests {
 
     #[test]
     fn digests_separate_scopes_and_entries() {
-        let cache = OverLimitCache::new(&SALT);
+        let cache = ServiceCache::new(&SALT);
         // The shared tables' SHA-256 digests and the over-limit cache's keys
         // keep apart the same things.
         for digest in [
             descriptor_digest as fn(&DigestScope, &Descriptor) -> [u8; 16],
-            |s: &DigestScope, d: &Descriptor| OverLimitCache::new(&SALT).key(s, d),
+            |s: &DigestScope, d: &Descriptor| ServiceCache::new(&SALT).key(s, d),
         ] {
             digests_separate(digest);
         }
-        let other = OverLimitCache::new(&BucketSalt::new([9; 16]));
+        let other = ServiceCache::new(&BucketSalt::new([9; 16]));
         let a: Descriptor = vec![("k".into(), "v".into())];
         let scope = DigestScope::new(&["r"]);
         assert_ne!(

@@ -18,7 +18,7 @@ use crate::config::{
 };
 use crate::decision::{Decision, Denial, Grant, KeyScrub, Reason};
 use crate::identity::{self, KeyMemo, PlatformHeaders};
-use crate::limits::{self, Descriptor, OverLimitCache, Source};
+use crate::limits::{self, Descriptor, ServiceCache, Source};
 use crate::phone;
 use crate::ratelimit::{self, RateLimitResponse};
 use crate::request::Request;
@@ -166,8 +166,9 @@ pub struct Ctx<'a> {
     /// unknown `kid` outside the re-fetch rate limit). When false, missing
     /// keys answer `jwks_unavailable` and an unknown `kid` `token_signature`.
     pub may_fetch_keys: bool,
-    /// The worker's over-limit cache (descriptors the service refused).
-    pub over_limit: &'a RefCell<OverLimitCache>,
+    /// The worker's memory of the service's answers: descriptors it
+    /// refused, and hits leased from it.
+    pub service_cache: &'a RefCell<ServiceCache>,
     /// The worker's memo of API keys already found.
     pub key_memo: &'a RefCell<KeyMemo>,
     /// The worker's cache of tokens whose signature failed.
@@ -215,8 +216,12 @@ pub struct Pending {
     pub facts: Facts,
     /// Request signing left for the body phase: (provider, install key).
     signing: Option<(usize, InstallKey)>,
-    /// Service descriptors sent, and their over-limit cache keys.
-    service: Vec<(Descriptor, [u8; 16])>,
+    /// Service descriptors sent.
+    service: Vec<Sent>,
+    /// When the call to the service was made (ms since the epoch): the
+    /// start of a lease's time, which the service's `duration_until_reset`
+    /// counts from at the latest.
+    sent_ms: u64,
     /// Index in `service` of the replay descriptor (`replay.scope: service`).
     replay_index: Option<usize>,
     /// Replay descriptor waiting for the body phase to finish.
@@ -231,6 +236,18 @@ impl Pending {
             .and_then(|r| config.routes.get(r))
             .map_or(config.max_body_bytes, |r| r.max_body_bytes)
     }
+}
+
+/// A descriptor for the rate-limit service, as sent.
+#[derive(Debug)]
+struct Sent {
+    descriptor: Descriptor,
+    /// Its [`ServiceCache`] key.
+    key: [u8; 16],
+    /// Hits asked for (above 1 only for a lease).
+    hits: u32,
+    /// Its rule's `lease`, if any: an `OK` status is then kept as a lease.
+    lease: Option<u32>,
 }
 
 /// A `ShouldRateLimit` call to make.
@@ -356,6 +373,7 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
         facts,
         signing,
         service: Vec::new(),
+        sent_ms: 0,
         replay_index: None,
         replay,
     });
@@ -530,7 +548,7 @@ fn limits_phase(
 ) -> Step {
     let config = ctx.config;
     let salt = &ctx.bucket_salt;
-    let mut service: Vec<(Descriptor, [u8; 16])> = Vec::new();
+    let mut service: Vec<Sent> = Vec::new();
     for rl in &route.rate_limits {
         let mut d: Descriptor = Vec::with_capacity(rl.entries.len());
         for e in &rl.entries {
@@ -575,8 +593,13 @@ fn limits_phase(
                 Err(_) => return deny(pending, Reason::RatelimitUnavailable.into()),
             },
             None => {
-                let key = ctx.over_limit.borrow().key(&rl.scope, &d);
-                service.push((d, key));
+                let key = ctx.service_cache.borrow().key(&rl.scope, &d);
+                service.push(Sent {
+                    descriptor: d,
+                    key,
+                    hits: 1,
+                    lease: rl.lease,
+                });
             }
         }
     }
@@ -584,10 +607,10 @@ fn limits_phase(
     // The one that resets last decides (ties: the smaller limit), as it
     // does in the service's own answer (`ratelimit::interpret`).
     let cached = {
-        let cache = ctx.over_limit.borrow();
+        let cache = ctx.service_cache.borrow();
         service
             .iter()
-            .filter_map(|(_, dg)| cache.get(dg, now))
+            .filter_map(|s| cache.get(&s.key, now))
             .min_by_key(|&(until, limit)| (std::cmp::Reverse(until), limit.unwrap_or(u32::MAX)))
     };
     if let Some((until, limit)) = cached {
@@ -610,17 +633,39 @@ fn limits_phase(
     let Some(svc) = &config.rate_limit_service else {
         return done(pending);
     };
+    // Leases: a descriptor whose rule leases and for which this worker
+    // holds a hit takes it and is not sent; the others ask for a lease's
+    // worth of hits (see `ServiceCache`). After the over-limit cache, so
+    // that a refused request takes no leased hit.
+    {
+        let mut cache = ctx.service_cache.borrow_mut();
+        service.retain_mut(|s| match s.lease {
+            Some(_) if cache.take_lease(&s.key, ctx.now_ms) => false,
+            Some(size) => {
+                s.hits = cache.lease_ask(&s.key, size, ctx.now_ms);
+                true
+            }
+            None => true,
+        });
+    }
     if let Some(replay) = pending.replay.take() {
         pending.replay_index = Some(service.len());
-        let key = ctx.over_limit.borrow().key(&svc.replay_scope, &replay);
-        service.push((replay, key));
+        let key = ctx.service_cache.borrow().key(&svc.replay_scope, &replay);
+        service.push(Sent {
+            descriptor: replay,
+            key,
+            hits: 1,
+            lease: None,
+        });
     }
     if service.is_empty() {
         return done(pending);
     }
-    let descriptors: Vec<&Descriptor> = service.iter().map(|(d, _)| d).collect();
-    let message = ratelimit::encode_request(&svc.domain, &descriptors, 1);
+    let descriptors: Vec<&Descriptor> = service.iter().map(|s| &s.descriptor).collect();
+    let hits: Vec<u32> = service.iter().map(|s| s.hits).collect();
+    let message = ratelimit::encode_request_hits(&svc.domain, &descriptors, 1, &hits);
     pending.service = service;
+    pending.sent_ms = ctx.now_ms;
     Step::NeedRateLimit(
         pending,
         RlsCall {
@@ -672,6 +717,20 @@ pub fn evaluate_rls(
             }
         }
     };
+    // Leased descriptors the service allowed: their hits are counted,
+    // whatever the other descriptors say, so the rest are this worker's.
+    if let Ok(resp) = answer {
+        let mut cache = ctx.service_cache.borrow_mut();
+        for (s, status) in pending.service.iter().zip(&resp.statuses) {
+            if s.lease.is_none() {
+                continue;
+            }
+            if let Some((ms, remaining)) = ratelimit::lease_window(status) {
+                let until_ms = pending.sent_ms.saturating_add(ms);
+                cache.grant_lease(s.key, s.hits, remaining, until_ms, ctx.now_ms);
+            }
+        }
+    }
     if verdict.over_limit {
         let replayed = verdict
             .over_limit_descriptors
@@ -681,10 +740,10 @@ pub fn evaluate_rls(
             return deny(pending, Reason::TokenReplayed.into());
         }
         {
-            let mut cache = ctx.over_limit.borrow_mut();
+            let mut cache = ctx.service_cache.borrow_mut();
             for o in &verdict.over_limit_descriptors {
-                if let (Some(until), Some((_, digest))) = (o.until, pending.service.get(o.index)) {
-                    cache.insert(*digest, until, o.limit, now);
+                if let (Some(until), Some(sent)) = (o.until, pending.service.get(o.index)) {
+                    cache.insert(sent.key, until, o.limit, now);
                 }
             }
         }

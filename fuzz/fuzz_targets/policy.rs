@@ -20,7 +20,7 @@ use appguard::config::Config;
 use appguard::decision::Decision;
 use appguard::headers::Headers;
 use appguard::identity::KeyMemo;
-use appguard::limits::OverLimitCache;
+use appguard::limits::ServiceCache;
 use appguard::policy::{
     evaluate, evaluate_body, evaluate_rls, Ctx, NegativeCache, Step, TokenCache,
 };
@@ -95,7 +95,7 @@ fuzz_target!(|data: &[u8]| {
     );
     let store = MemStore::default();
     let token_cache = RefCell::new(TokenCache::default());
-    let over_limit = RefCell::new(OverLimitCache::new(&BucketSalt::new([7; 16])));
+    let over_limit = RefCell::new(ServiceCache::new(&BucketSalt::new([7; 16])));
     let key_memo = RefCell::new(KeyMemo::new(&BucketSalt::new([7; 16])));
     let negative = RefCell::new(NegativeCache::default());
     let ctx = Ctx {
@@ -105,7 +105,7 @@ fuzz_target!(|data: &[u8]| {
         token_cache: &token_cache,
         remote_keys: &[],
         may_fetch_keys: false,
-        over_limit: &over_limit,
+        service_cache: &over_limit,
         key_memo: &key_memo,
         negative: &negative,
         now_ms: NOW * 1000,

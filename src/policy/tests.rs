@@ -73,7 +73,7 @@ struct World {
     config: Config,
     store: MemStore,
     cache: RefCell<TokenCache>,
-    over: RefCell<OverLimitCache>,
+    over: RefCell<ServiceCache>,
     keys: RefCell<KeyMemo>,
     neg: RefCell<NegativeCache>,
 }
@@ -87,7 +87,7 @@ impl World {
             config: Config::from_json(v.to_string().as_bytes()).unwrap(),
             store: MemStore::default(),
             cache: RefCell::new(TokenCache::default()),
-            over: RefCell::new(OverLimitCache::new(&BucketSalt::new([7; 16]))),
+            over: RefCell::new(ServiceCache::new(&BucketSalt::new([7; 16]))),
             keys: RefCell::new(KeyMemo::new(&BucketSalt::new([7; 16]))),
             neg: RefCell::new(NegativeCache::default()),
         }
@@ -808,7 +808,7 @@ impl World {
             token_cache: &self.cache,
             remote_keys: &[],
             may_fetch_keys: false,
-            over_limit: &self.over,
+            service_cache: &self.over,
             key_memo: &self.keys,
             negative: &self.neg,
             now_ms: NOW * 1000,
@@ -834,18 +834,7 @@ impl World {
 }
 
 fn rls_descriptors(call: &RlsCall) -> Vec<Vec<(String, String)>> {
-    use prost::Message;
-    let r = crate::ratelimit::rls::RateLimitRequest::decode(call.message.as_slice()).unwrap();
-    assert_eq!(r.domain, "appguard");
-    r.descriptors
-        .iter()
-        .map(|d| {
-            d.entries
-                .iter()
-                .map(|e| (e.key.clone(), e.value.clone()))
-                .collect()
-        })
-        .collect()
+    rls_hits(call).into_iter().map(|(d, _)| d).collect()
 }
 
 #[test]
@@ -1260,7 +1249,7 @@ fn a_budget_spent_on_one_worker_stops_verification_on_another() {
             token_cache: &b_cache,
             remote_keys: &[],
             may_fetch_keys: false,
-            over_limit: &w.over,
+            service_cache: &w.over,
             key_memo: &w.keys,
             negative: &b_neg,
             now_ms: NOW * 1000,
@@ -2150,4 +2139,273 @@ fn request_signing_is_checked_before_the_platform_and_app() {
         Some(Reason::SignatureInvalid)
     );
     assert_eq!(reason(&[]), Some(Reason::SignatureInvalid));
+}
+
+fn lease_world() -> World {
+    World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+        "routes": [
+            {"name": "open", "match": {"prefix": "/open"}, "failure_mode": "deny",
+             "rate_limits": [
+                {"name": "per-user", "entries": [{"type": "header", "name": "x-user"}], "lease": 3},
+                {"name": "per-ip", "entries": [{"type": "client_ip"}]}
+             ]},
+            {"name": "leased", "match": {"prefix": "/leased"}, "failure_mode": "deny",
+             "rate_limits": [{"name": "per-user", "entries": [{"type": "header", "name": "x-user"}], "lease": 3}]}
+        ]
+    }))
+}
+
+/// The descriptors of a call, each with its own `hits_addend` (None: the
+/// request's).
+fn rls_hits(call: &RlsCall) -> Vec<(Descriptor, Option<u64>)> {
+    use prost::Message;
+    let r = crate::ratelimit::rls::RateLimitRequest::decode(call.message.as_slice()).unwrap();
+    assert_eq!(r.domain, "appguard");
+    r.descriptors
+        .iter()
+        .map(|d| {
+            (
+                d.entries
+                    .iter()
+                    .map(|e| (e.key.clone(), e.value.clone()))
+                    .collect(),
+                d.hits_addend.map(|h| h.value),
+            )
+        })
+        .collect()
+}
+
+/// An `OK` answer: every descriptor within a limit of 10 a minute, with
+/// `remaining` left and the window resetting in `reset_ms`.
+fn ok_response(n: usize, remaining: u32, reset_ms: Option<i64>) -> RateLimitResponse {
+    use crate::ratelimit::rls::*;
+    RateLimitResponse {
+        overall_code: Code::Ok as i32,
+        statuses: (0..n)
+            .map(|_| DescriptorStatus {
+                code: Code::Ok as i32,
+                current_limit: Some(RateLimit {
+                    name: String::new(),
+                    requests_per_unit: 10,
+                    unit: Unit::Minute as i32,
+                }),
+                limit_remaining: remaining,
+                duration_until_reset: reset_ms.map(|ms| Duration {
+                    seconds: ms / 1000,
+                    nanos: i32::try_from(ms % 1000).unwrap() * 1_000_000,
+                }),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+impl World {
+    /// A GET of `path` for user `user` at `now_ms`: the final step.
+    fn leased_get(&self, path: &str, user: &str, now_ms: u64) -> Step {
+        self.leased_get_from(path, user, "192.0.2.7", now_ms)
+    }
+
+    /// [`World::leased_get`] from client `ip`.
+    fn leased_get_from(&self, path: &str, user: &str, ip: &str, now_ms: u64) -> Step {
+        let h = headers(&[
+            (":method", "GET"),
+            (":path", path),
+            (":authority", "api.example.com"),
+            ("x-user", user),
+        ]);
+        let req = Request::new(&h, Some(ip.parse().unwrap()));
+        let ctx = Ctx {
+            now_ms,
+            ..self.ctx()
+        };
+        evaluate(&ctx, &req, now_ms / 1000)
+    }
+
+    /// The service's answer to a pending call, at `now_ms`.
+    fn answer(&self, p: Box<Pending>, resp: &RateLimitResponse, now_ms: u64) -> Step {
+        let ctx = Ctx {
+            now_ms,
+            ..self.ctx()
+        };
+        evaluate_rls(&ctx, p, Ok(resp), now_ms / 1000)
+    }
+}
+
+impl World {
+    /// The call a request for `user` makes at `now_ms` (it must make one),
+    /// and its descriptors with their hits.
+    fn leased_call(
+        &self,
+        user: &str,
+        now_ms: u64,
+    ) -> (Box<Pending>, Vec<(Descriptor, Option<u64>)>) {
+        match self.leased_get("/leased", user, now_ms) {
+            Step::NeedRateLimit(p, call) => {
+                let hits = rls_hits(&call);
+                (p, hits)
+            }
+            s => panic!("expected a call at {now_ms}: {s:?}"),
+        }
+    }
+
+    /// Whether a request for `user` at `now_ms` passes without a call.
+    fn leased_pass(&self, user: &str, now_ms: u64) -> bool {
+        matches!(
+            self.leased_get("/leased", user, now_ms),
+            Step::Done(Decision::Allow(_), _)
+        )
+    }
+
+    /// Answers a call `OK` at `now_ms` (see [`ok_response`]): allowed.
+    fn leased_ok(&self, p: Box<Pending>, remaining: u32, reset_ms: i64, now_ms: u64) {
+        let resp = ok_response(1, remaining, Some(reset_ms));
+        let step = self.answer(p, &resp, now_ms);
+        assert!(
+            matches!(step, Step::Done(Decision::Allow(_), _)),
+            "{step:?}"
+        );
+    }
+}
+
+#[test]
+fn a_lease_spares_the_service_until_its_hits_are_used_or_its_window_resets() {
+    let w = lease_world();
+    let t = NOW * 1000;
+    let u1 = |hits| vec![(vec![("x-user".to_owned(), "u1".to_owned())], hits)];
+    // The first request asks for the lease's 3 hits; the next two take the
+    // kept ones, without a call.
+    let (p, sent) = w.leased_call("u1", t);
+    assert_eq!(sent, u1(Some(3)));
+    w.leased_ok(p, 7, 30_000, t + 5);
+    assert!(w.leased_pass("u1", t + 10) && w.leased_pass("u1", t + 11));
+    // Another user has a descriptor (and a lease) of its own.
+    let _ = w.leased_call("u2", t + 20);
+    // Used up: the next call asks again, for no more than the service said
+    // remained.
+    let (p, sent) = w.leased_call("u1", t + 30);
+    assert_eq!(sent, u1(Some(3)));
+    w.leased_ok(p, 1, 29_000, t + 35);
+    assert!(w.leased_pass("u1", t + 40) && w.leased_pass("u1", t + 41));
+    // One hit remained in the service: a lease of 1 is a plain call.
+    let (p, sent) = w.leased_call("u1", t + 50);
+    assert_eq!(sent, u1(None));
+    w.leased_ok(p, 0, 28_900, t + 55);
+    // Still in that window (it ends at t + 50 + 28.9 s; an answer with
+    // milliseconds is taken as exact): the service said none remained, so
+    // the next call asks for 1 and lets it decide.
+    let (p, sent) = w.leased_call("u1", t + 28_000);
+    assert_eq!(sent, u1(None), "none left in the window");
+    w.leased_ok(p, 0, 950, t + 28_001);
+    // The window reset: a full lease again.
+    let (p, sent) = w.leased_call("u1", t + 30_000);
+    assert_eq!(sent, u1(Some(3)));
+    w.leased_ok(p, 7, 60_000, t + 30_001);
+    // 60 s in whole seconds, counted from the start of the service's
+    // second: the window may end a second sooner, and the lease with it.
+    assert!(w.leased_pass("u1", t + 88_999), "within the window");
+    let (_, sent) = w.leased_call("u1", t + 89_000);
+    assert_eq!(sent, u1(Some(3)), "a new window: the last kept hit is gone");
+}
+
+#[test]
+fn a_leased_descriptor_is_left_out_of_the_call_while_the_others_go() {
+    let w = lease_world();
+    let t = NOW * 1000;
+    let Step::NeedRateLimit(p, call) = w.leased_get("/open", "u1", t) else {
+        panic!()
+    };
+    let sent = rls_hits(&call);
+    assert_eq!(sent.len(), 2);
+    assert_eq!((sent[0].1, sent[1].1), (Some(3), None));
+    // The per-IP limit refuses; the per-user lease was counted all the same.
+    let mut resp = ok_response(2, 7, Some(30_000));
+    resp.overall_code = crate::ratelimit::Code::OverLimit as i32;
+    resp.statuses[1].code = crate::ratelimit::Code::OverLimit as i32;
+    resp.statuses[1].limit_remaining = 0;
+    assert_eq!(
+        w.answer(p, &resp, t + 1).done_reason(),
+        Some(Reason::RateLimited)
+    );
+    // This client's per-IP descriptor is now refused from the over-limit
+    // cache, before any leased hit is taken.
+    assert_eq!(
+        w.leased_get("/open", "u1", t + 2).done_reason(),
+        Some(Reason::RateLimited)
+    );
+    // From another address: the per-user descriptor takes a leased hit and
+    // stays out of the call; only the per-IP one goes.
+    for i in 0..2 {
+        let Step::NeedRateLimit(_, call) = w.leased_get_from("/open", "u1", "192.0.2.8", t + 3 + i)
+        else {
+            panic!()
+        };
+        let sent = rls_hits(&call);
+        assert_eq!(
+            sent,
+            vec![(vec![("client_ip".into(), "192.0.2.8".into())], None)],
+            "leased hit {i}"
+        );
+    }
+    // Both leased hits used: the per-user descriptor is sent again.
+    let Step::NeedRateLimit(_, call) = w.leased_get_from("/open", "u1", "192.0.2.8", t + 5) else {
+        panic!()
+    };
+    assert_eq!(rls_hits(&call).len(), 2);
+}
+
+#[test]
+fn no_lease_is_kept_without_a_window_end_or_a_limit() {
+    let w = lease_world();
+    let t = NOW * 1000;
+    for resp in [
+        ok_response(1, 7, None),
+        RateLimitResponse {
+            overall_code: crate::ratelimit::Code::Ok as i32,
+            statuses: vec![Default::default()],
+            ..Default::default()
+        },
+    ] {
+        let (p, _) = w.leased_call("u9", t);
+        let step = w.answer(p, &resp, t + 1);
+        assert!(
+            matches!(step, Step::Done(Decision::Allow(_), _)),
+            "{step:?}"
+        );
+        let _ = w.leased_call("u9", t + 2);
+    }
+    // A failed call keeps none either.
+    let (p, _) = w.leased_call("u9", t);
+    assert_eq!(
+        evaluate_rls(&w.ctx(), p, Err(()), NOW).done_reason(),
+        Some(Reason::RatelimitUnavailable)
+    );
+    let _ = w.leased_call("u9", t + 2);
+}
+
+#[test]
+fn a_lease_must_be_a_service_limit_of_2_to_10000() {
+    let with = |rule: Value| {
+        Config::from_json(
+            json!({
+                "rate_limit_service": {"cluster": "rls", "domain": "appguard"},
+                "routes": [{"name": "r", "match": {"prefix": "/"}, "rate_limits": [rule]}]
+            })
+            .to_string()
+            .as_bytes(),
+        )
+    };
+    let entries = json!([{"type": "route"}]);
+    assert!(with(json!({"entries": entries, "lease": 2})).is_ok());
+    assert!(with(json!({"entries": entries, "lease": 10000})).is_ok());
+    for bad in [0, 1, 10001] {
+        let e = with(json!({"entries": entries, "lease": bad})).unwrap_err();
+        assert_eq!(e.path, "routes[0].rate_limits[0].lease", "{bad}");
+    }
+    let e =
+        with(json!({"entries": entries, "lease": 5, "local": {"requests": 5, "per": "minute"}}))
+            .unwrap_err();
+    assert_eq!(e.path, "routes[0].rate_limits[0].lease");
+    assert!(e.to_string().contains("local"), "{e}");
 }

@@ -166,7 +166,7 @@ impl GuardFilter {
             token_cache: &worker.token_cache,
             remote_keys: &remote_keys,
             may_fetch_keys,
-            over_limit: &worker.over_limit,
+            service_cache: &worker.service_cache,
             key_memo: &worker.key_memo,
             negative: &worker.negative,
             now_ms,

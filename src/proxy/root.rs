@@ -18,7 +18,7 @@ use super::jwks::{self, JwksSlot};
 use super::metrics::Metrics;
 use crate::config::Config;
 use crate::identity::KeyMemo;
-use crate::limits::OverLimitCache;
+use crate::limits::ServiceCache;
 use crate::policy::{NegativeCache, RemoteKeys, TokenCache};
 use crate::store::{self, BucketSalt};
 
@@ -35,8 +35,9 @@ pub struct Worker {
     pub jwks: RefCell<Vec<JwksSlot>>,
     /// Stats counters.
     pub metrics: Metrics,
-    /// Descriptors the rate-limit service refused, until their reset.
-    pub over_limit: RefCell<OverLimitCache>,
+    /// What the rate-limit service said, per descriptor: refused until
+    /// their reset, and hits leased (see [`ServiceCache`]).
+    pub service_cache: RefCell<ServiceCache>,
     /// API keys already found (see [`KeyMemo`]).
     pub key_memo: RefCell<KeyMemo>,
     /// Whether any provider has a remote JWKS (else there is nothing to
@@ -297,7 +298,7 @@ impl RootContext for FilterRoot {
             token_cache: RefCell::new(TokenCache::default()),
             jwks: RefCell::new(slots),
             metrics,
-            over_limit: RefCell::new(OverLimitCache::new(&bucket_salt)),
+            service_cache: RefCell::new(ServiceCache::new(&bucket_salt)),
             key_memo: RefCell::new(KeyMemo::new(&bucket_salt)),
             negative: RefCell::new(NegativeCache::default()),
             pending_alerts: RefCell::new(Vec::new()),

@@ -13,8 +13,8 @@
 pub mod rls;
 
 pub use rls::{
-    build_request, decode_response, encode_request, Code, RateLimitResponse, RlsError,
-    MAX_RESPONSE_BYTES,
+    build_request, build_request_hits, decode_response, encode_request, encode_request_hits, Code,
+    RateLimitResponse, RlsError, MAX_RESPONSE_BYTES,
 };
 
 use crate::request::HEADER_PREFIX;
@@ -241,6 +241,35 @@ pub fn interpret(
         request_headers,
         skipped_headers: skipped,
     })
+}
+
+/// For a descriptor sent with a lease: how long (ms, rounded down, less a
+/// second when the service answered in whole seconds) the hits it counted
+/// surely stay in its current window, and what it said remains of the
+/// limit. `None` unless the status is `OK` with a limit and
+/// a `duration_until_reset`: without them no lease can be kept (a request
+/// the service does not limit needs none; one whose window end is unknown
+/// cannot be held safely).
+pub fn lease_window(s: &DescriptorStatus) -> Option<(u64, u32)> {
+    if s.code() != Code::Ok {
+        return None;
+    }
+    let limit = s.current_limit.as_ref()?;
+    let window = Unit::try_from(limit.unit)
+        .ok()
+        .and_then(Unit::max_window_secs)
+        .unwrap_or(MAX_RESET_SECS)
+        .min(MAX_RESET_SECS);
+    let d = s.duration_until_reset.as_ref()?;
+    let mut ms = d.floor_millis();
+    // A whole-second answer (envoyproxy/ratelimit's and appguard-ratelimit's:
+    // the unit less the current second's place in it) counts from the start
+    // of the service's current second, so the window may end up to a second
+    // sooner than it says.
+    if d.nanos == 0 {
+        ms = ms.saturating_sub(1000);
+    }
+    Some((ms.min(window.saturating_mul(1000)), s.limit_remaining))
 }
 
 fn requests_per_unit(s: &DescriptorStatus) -> Option<u32> {

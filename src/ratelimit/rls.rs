@@ -219,6 +219,17 @@ impl Duration {
             secs
         }
     }
+
+    /// Whole milliseconds, rounded down; negative spans count as 0.
+    pub fn floor_millis(&self) -> u64 {
+        let secs = u64::try_from(self.seconds).unwrap_or(0);
+        let ms = u64::try_from(self.nanos.clamp(0, 999_999_999) / 1_000_000).unwrap_or(0);
+        if self.seconds >= 0 {
+            secs.saturating_mul(1000).saturating_add(ms)
+        } else {
+            0
+        }
+    }
 }
 
 /// Responses larger than this are refused before decoding. A real answer is
@@ -271,11 +282,29 @@ where
     K: AsRef<str>,
     V: AsRef<str>,
 {
+    build_request_hits(domain, descriptors, hits_addend, &[])
+}
+
+/// [`build_request`] where descriptor `i` adds `descriptor_hits[i]` hits
+/// (its own `hits_addend`) when that is above 1: a lease. Descriptors
+/// beyond the slice, or at 0 or 1, add the request's `hits_addend`.
+pub fn build_request_hits<D, K, V>(
+    domain: &str,
+    descriptors: &[D],
+    hits_addend: u32,
+    descriptor_hits: &[u32],
+) -> RateLimitRequest
+where
+    D: AsRef<[(K, V)]>,
+    K: AsRef<str>,
+    V: AsRef<str>,
+{
     RateLimitRequest {
         domain: domain.to_owned(),
         descriptors: descriptors
             .iter()
-            .map(|d| RateLimitDescriptor {
+            .enumerate()
+            .map(|(i, d)| RateLimitDescriptor {
                 entries: d
                     .as_ref()
                     .iter()
@@ -284,7 +313,12 @@ where
                         value: v.as_ref().to_owned(),
                     })
                     .collect(),
-                hits_addend: None,
+                hits_addend: descriptor_hits
+                    .get(i)
+                    .filter(|&&h| h > 1)
+                    .map(|&h| UInt64Value {
+                        value: u64::from(h),
+                    }),
             })
             .collect(),
         hits_addend,
@@ -299,6 +333,26 @@ where
     V: AsRef<str>,
 {
     prost::Message::encode_to_vec(&build_request(domain, descriptors, hits_addend))
+}
+
+/// The protobuf bytes of [`build_request_hits`].
+pub fn encode_request_hits<D, K, V>(
+    domain: &str,
+    descriptors: &[D],
+    hits_addend: u32,
+    descriptor_hits: &[u32],
+) -> Vec<u8>
+where
+    D: AsRef<[(K, V)]>,
+    K: AsRef<str>,
+    V: AsRef<str>,
+{
+    prost::Message::encode_to_vec(&build_request_hits(
+        domain,
+        descriptors,
+        hits_addend,
+        descriptor_hits,
+    ))
 }
 
 /// Decodes the bytes of `get_grpc_call_response_body`, refusing more than
@@ -385,6 +439,34 @@ mod tests {
         assert_eq!(d(0, i32::MIN), 0);
         assert_eq!(Unit::Week.max_window_secs(), Some(604_800));
         assert_eq!(Unit::Unknown.max_window_secs(), None);
+        // A lease ends no later than the window: rounded down.
+        let f = |seconds, nanos| Duration { seconds, nanos }.floor_millis();
+        assert_eq!(f(1, 999_999_999), 1_999);
+        assert_eq!(f(0, 1), 0);
+        assert_eq!(f(-1, 500_000_000), 0);
+        assert_eq!(f(0, i32::MAX), 999);
+        assert_eq!(f(i64::MAX, 0), u64::MAX);
+    }
+
+    #[test]
+    fn a_lease_sets_its_descriptor_hits_and_only_above_one() {
+        let d: [&[(&str, &str)]; 3] = [&[("a", "1")], &[("b", "2")], &[("c", "3")]];
+        let r = build_request_hits("d", &d, 1, &[5, 1]);
+        let hits: Vec<Option<u64>> = r
+            .descriptors
+            .iter()
+            .map(|x| x.hits_addend.map(|h| h.value))
+            .collect();
+        assert_eq!(hits, vec![Some(5), None, None]);
+        assert_eq!(r.hits_addend, 1);
+        assert_eq!(
+            build_request_hits("d", &d, 0, &[]),
+            build_request("d", &d, 0)
+        );
+        assert_eq!(
+            encode_request_hits("d", &d, 1, &[5]),
+            build_request_hits("d", &d, 1, &[5]).encode_to_vec()
+        );
     }
 
     #[test]

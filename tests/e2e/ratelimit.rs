@@ -33,7 +33,9 @@ fn config(failure_mode: &str, timeout_ms: u64) -> Value {
              "rate_limits": [
                 {"name": "burst", "entries": [{"type": "client_ip"}], "local": {"requests": 2, "per": "minute"}},
                 {"name": "sustained", "entries": [{"type": "client_ip"}], "local": {"requests": 100, "per": "hour"}}]},
-            {"name": "once", "match": {"prefix": "/once"}, "tokens": ["t"]}
+            {"name": "once", "match": {"prefix": "/once"}, "tokens": ["t"]},
+            {"name": "leased", "match": {"prefix": "/leased"},
+             "rate_limits": [{"entries": [{"type": "header", "name": "x-tenant", "key": "tenant"}], "lease": 4}]}
         ]
     })
 }
@@ -118,6 +120,67 @@ fn per_phone_limit_holds_across_formats_and_denied_prefixes_are_refused() {
     // the number never reaches the upstream changed, and never appears in Envoy's log
     assert_eq!(up.seen().len(), 3);
     assert!(!envoy.log().contains("7700900123") && !envoy.log().contains("7700 900123"));
+}
+
+#[test]
+fn a_lease_admits_exactly_the_limit_in_four_calls() {
+    // 10 a day per tenant, leased 4 at a time, counted in Redis: calls for
+    // 4, 4, then 2 (what the service said remained), then 1 that is over.
+    let redis = Redis::start();
+    let rls = RateLimitService::start(&test_limits(), Some(&redis.url()));
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("deny", 500), up.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .start();
+    let req = || Req::get("/leased/x").header("x-tenant", "acme");
+    let statuses: Vec<u16> = (0..14).map(|_| envoy.request(req()).status).collect();
+    assert_eq!(
+        statuses,
+        [vec![200; 10], vec![429; 4]].concat(),
+        "exactly the limit passes"
+    );
+    assert_eq!(
+        rls.stats()["requests"].as_u64().unwrap(),
+        4,
+        "4 calls for 10 admitted and 4 refused"
+    );
+    assert_eq!(up.seen().len(), 10);
+    // Another tenant has its own count and lease.
+    assert_eq!(
+        envoy
+            .request(Req::get("/leased/x").header("x-tenant", "globex"))
+            .status,
+        200
+    );
+}
+
+#[test]
+fn leases_of_two_envoys_never_admit_more_than_the_limit() {
+    // Each instance leases 4 of the tenant's 10 hits a day. Hits one holds
+    // are not the other's: fewer than 10 may pass (8 here), never more.
+    let redis = Redis::start();
+    let rls = RateLimitService::start(&test_limits(), Some(&redis.url()));
+    let up = Upstream::start();
+    let start = || {
+        EnvoyBuilder::new(config("deny", 500), up.port)
+            .grpc_cluster("ratelimit", rls.grpc_port)
+            .start()
+    };
+    let (a, b) = (start(), start());
+    let req = || Req::get("/leased/x").header("x-tenant", "initech");
+    let mut passed = 0;
+    for _ in 0..10 {
+        for e in [&a, &b] {
+            if e.request(req()).status == 200 {
+                passed += 1;
+            }
+        }
+    }
+    assert_eq!(
+        passed, 8,
+        "two leases of 4; the next asks are over the limit"
+    );
+    assert_eq!(up.seen().len(), 8);
 }
 
 #[test]

@@ -26,7 +26,7 @@ use std::time::Instant;
 use appguard::config::Config;
 use appguard::headers::Headers;
 use appguard::identity::KeyMemo;
-use appguard::limits::OverLimitCache;
+use appguard::limits::ServiceCache;
 use appguard::policy::{self, Ctx, NegativeCache, RemoteKeys, Step, TokenCache};
 use appguard::ratelimit::rls::DescriptorStatus;
 use appguard::ratelimit::{Code, RateLimitResponse};
@@ -90,7 +90,7 @@ fn main() {
 
     let store = MemStore::default();
     let mut token_cache = RefCell::new(TokenCache::default());
-    let over_limit = RefCell::new(OverLimitCache::new(&BucketSalt::new([7; 16])));
+    let over_limit = RefCell::new(ServiceCache::new(&BucketSalt::new([7; 16])));
     let key_memo = RefCell::new(KeyMemo::new(&BucketSalt::new([7; 16])));
     let negative = RefCell::new(NegativeCache::default());
     let remote: Vec<RemoteKeys> = config
@@ -115,7 +115,7 @@ fn main() {
             token_cache: &token_cache,
             remote_keys: &remote,
             may_fetch_keys: false,
-            over_limit: &over_limit,
+            service_cache: &over_limit,
         key_memo: &key_memo,
             negative: &negative,
             now_ms,
