@@ -63,7 +63,8 @@ fn config() -> &'static Config {
                 {"name": "sms", "match": {"path": "/sms"},
                  "rate_limits": [
                      {"entries": [{"type": "body", "pointer": "/to", "phone": true}], "local": {"requests": 3, "per": "hour"}},
-                     {"entries": [{"type": "client_ip"}, {"type": "header", "name": "x-user"}]}
+                     {"entries": [{"type": "client_ip"}, {"type": "header", "name": "x-user"}]},
+                     {"name": "leased", "entries": [{"type": "header", "name": "x-tenant"}], "lease": 5}
                  ]}
             ]
         });
