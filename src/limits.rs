@@ -114,6 +114,7 @@ pub(crate) struct RawRateLimit {
     entries: Vec<RawEntry>,
     #[serde(default)]
     local: Option<RawLocal>,
+    /// Hits taken from the service per call (see [`RateLimit::lease`]).
     #[serde(default)]
     lease: Option<u32>,
 }
