@@ -2409,3 +2409,50 @@ fn a_lease_must_be_a_service_limit_of_2_to_10000() {
     assert_eq!(e.path, "routes[0].rate_limits[0].lease");
     assert!(e.to_string().contains("local"), "{e}");
 }
+
+#[test]
+fn a_lease_never_spares_a_replay_descriptor() {
+    // Replay protection through the service is a limit of 1 per token:
+    // leasing the route's other limit must leave it in every call.
+    let w = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "replay": {"claim": "jti", "scope": "service"}}],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"],
+                    "rate_limits": [{"entries": [{"type": "route"}], "lease": 5}]}]
+    }));
+    let get = |jti: &str| {
+        let token = hs256_raw(
+            SECRET,
+            &json!({"alg": "HS256", "typ": "JWT"}),
+            &json!({"iat": NOW, "exp": NOW + 60, "jti": jti}),
+        );
+        let h = headers(&[
+            (":method", "GET"),
+            (":path", "/x"),
+            (":authority", "api.example.com"),
+            ("x-token", &token),
+        ]);
+        match evaluate(&w.ctx(), &Request::new(&h, None), NOW) {
+            Step::NeedRateLimit(p, call) => (p, rls_hits(&call)),
+            s => panic!("{jti}: every token is checked by the service: {s:?}"),
+        }
+    };
+    let (p, sent) = get("a");
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0], (vec![("route".into(), "r".into())], Some(5)));
+    assert_eq!((sent[1].0[0].0.as_str(), sent[1].1), ("jti", None));
+    let step = evaluate_rls(&w.ctx(), p, Ok(&ok_response(2, 10, Some(30_000))), NOW);
+    assert!(
+        matches!(step, Step::Done(Decision::Allow(_), _)),
+        "{step:?}"
+    );
+    // The same token again goes to the service too (which refuses it),
+    // whatever the lease holds; so do new tokens.
+    for jti in ["a", "b"] {
+        let (_, sent) = get(jti);
+        assert_eq!(sent.len(), 1, "the route's hit is leased: {sent:?}");
+        assert_eq!((sent[0].0[0].0.as_str(), sent[0].1), ("jti", None));
+    }
+}
