@@ -734,8 +734,9 @@ struct Lease {
     /// Hits left to use.
     remaining: u32,
     /// Unix time (ms) at which the window they were counted in resets, at
-    /// the latest: the call's start plus the service's
-    /// `duration_until_reset`, rounded down.
+    /// the latest: the call's start plus what
+    /// [`crate::ratelimit::lease_window`] makes of the service's
+    /// `duration_until_reset`.
     until_ms: u64,
     /// What the service said remained of the limit after the lease: the
     /// most the next lease in this window asks for.
@@ -781,7 +782,7 @@ impl ServiceCache {
     /// Remembers a descriptor as over its `limit` (requests per unit, when
     /// known) until `until`.
     pub fn insert(&mut self, digest: [u8; 16], until: u64, limit: Option<u32>, now: u64) {
-        make_room(&mut self.map, |(u, _)| *u > now);
+        make_room(&mut self.map, OVER_LIMIT_ENTRIES, |(u, _)| *u > now);
         self.map.insert(digest, (until, limit));
     }
 
@@ -836,18 +837,20 @@ impl ServiceCache {
             lease.remaining = lease.remaining.saturating_add(held.remaining);
             lease.until_ms = lease.until_ms.min(held.until_ms);
         }
-        make_room(&mut self.leases, |l| l.until_ms > now_ms);
+        make_room(&mut self.leases, OVER_LIMIT_ENTRIES, |l| {
+            l.until_ms > now_ms
+        });
         self.leases.insert(digest, lease);
     }
 }
 
-/// Keeps one of the cache's tables under [`OVER_LIMIT_ENTRIES`]: when full,
-/// drops the entries no longer `live`, and everything if that is not
-/// enough.
-fn make_room<V>(map: &mut HashMap<[u8; 16], V>, live: impl Fn(&V) -> bool) {
-    if map.len() >= OVER_LIMIT_ENTRIES {
+/// Keeps a per-worker table under `max` entries before an insert (the
+/// service cache's two tables, the negative cache's): when full, drops the
+/// entries no longer `live`, and everything if that is not enough.
+pub(crate) fn make_room<K, V>(map: &mut HashMap<K, V>, max: usize, live: impl Fn(&V) -> bool) {
+    if map.len() >= max {
         map.retain(|_, v| live(v));
-        if map.len() >= OVER_LIMIT_ENTRIES {
+        if map.len() >= max {
             map.clear();
         }
     }

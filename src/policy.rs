@@ -92,7 +92,9 @@ impl NegativeCache {
     }
 
     fn insert(&mut self, provider: usize, token: &str, until: u64, now: u64) {
-        make_room(&mut self.map, |f| f.iter().any(|&(_, u)| u >= now));
+        limits::make_room(&mut self.map, NEGATIVE_CACHE_ENTRIES, |f| {
+            f.iter().any(|&(_, u)| u >= now)
+        });
         let failed = self.map.entry(token.into()).or_default();
         failed.retain(|&(p, u)| p != provider && u >= now);
         failed.push((provider, until));
@@ -119,7 +121,7 @@ impl NegativeCache {
     /// Remembers that `ip`'s budget `slot` stays spent until `until_ms`.
     fn note_spent(&mut self, slot: usize, ip: IpAddr, until_ms: u64, now_ms: u64) {
         self.spent_latest = self.spent_latest.max(until_ms);
-        make_room(&mut self.spent, |&u| u > now_ms);
+        limits::make_room(&mut self.spent, NEGATIVE_CACHE_ENTRIES, |&u| u > now_ms);
         self.spent.insert((slot, ip), until_ms);
     }
 }
@@ -128,18 +130,6 @@ impl NegativeCache {
 /// routes share one, monitor-mode routes another (`2 × provider + mode`).
 fn budget_slot(provider: usize, monitor: bool) -> usize {
     provider.saturating_mul(2) + usize::from(monitor)
-}
-
-/// Keeps one of the negative cache's maps under [`NEGATIVE_CACHE_ENTRIES`]:
-/// when full, drops the entries whose `until` is no longer `live`, and
-/// everything if that is not enough.
-fn make_room<K, V>(map: &mut HashMap<K, V>, live: impl Fn(&V) -> bool) {
-    if map.len() >= NEGATIVE_CACHE_ENTRIES {
-        map.retain(|_, u| live(u));
-        if map.len() >= NEGATIVE_CACHE_ENTRIES {
-            map.clear();
-        }
-    }
 }
 
 /// Remote JWKS keys currently known for one provider.
@@ -663,7 +653,7 @@ fn limits_phase(
     }
     let descriptors: Vec<&Descriptor> = service.iter().map(|s| &s.descriptor).collect();
     let hits: Vec<u32> = service.iter().map(|s| s.hits).collect();
-    let message = ratelimit::encode_request_hits(&svc.domain, &descriptors, 1, &hits);
+    let message = ratelimit::encode_request(&svc.domain, &descriptors, 1, &hits);
     pending.service = service;
     pending.sent_ms = ctx.now_ms;
     Step::NeedRateLimit(

@@ -13,8 +13,8 @@
 pub mod rls;
 
 pub use rls::{
-    build_request, build_request_hits, decode_response, encode_request, encode_request_hits, Code,
-    RateLimitResponse, RlsError, MAX_RESPONSE_BYTES,
+    build_request, decode_response, encode_request, Code, RateLimitResponse, RlsError,
+    MAX_RESPONSE_BYTES,
 };
 
 use crate::request::HEADER_PREFIX;
@@ -254,12 +254,7 @@ pub fn lease_window(s: &DescriptorStatus) -> Option<(u64, u32)> {
     if s.code() != Code::Ok {
         return None;
     }
-    let limit = s.current_limit.as_ref()?;
-    let window = Unit::try_from(limit.unit)
-        .ok()
-        .and_then(Unit::max_window_secs)
-        .unwrap_or(MAX_RESET_SECS)
-        .min(MAX_RESET_SECS);
+    s.current_limit.as_ref()?;
     let d = s.duration_until_reset.as_ref()?;
     let mut ms = d.floor_millis();
     // A whole-second answer (envoyproxy/ratelimit's and appguard-ratelimit's:
@@ -269,7 +264,10 @@ pub fn lease_window(s: &DescriptorStatus) -> Option<(u64, u32)> {
     if d.nanos == 0 {
         ms = ms.saturating_sub(1000);
     }
-    Some((ms.min(window.saturating_mul(1000)), s.limit_remaining))
+    Some((
+        ms.min(window_secs(s).saturating_mul(1000)),
+        s.limit_remaining,
+    ))
 }
 
 fn requests_per_unit(s: &DescriptorStatus) -> Option<u32> {
@@ -280,13 +278,18 @@ fn requests_per_unit(s: &DescriptorStatus) -> Option<u32> {
 /// window (when known) and by [`MAX_RESET_SECS`].
 fn reset_secs(s: &DescriptorStatus) -> Option<u64> {
     let secs = s.duration_until_reset.as_ref()?.ceil_secs();
-    let window = s
-        .current_limit
+    Some(secs.min(window_secs(s)))
+}
+
+/// The longest a status's window can last: its limit unit's window (when
+/// known), at most [`MAX_RESET_SECS`].
+fn window_secs(s: &DescriptorStatus) -> u64 {
+    s.current_limit
         .as_ref()
         .and_then(|l| Unit::try_from(l.unit).ok())
         .and_then(Unit::max_window_secs)
-        .unwrap_or(MAX_RESET_SECS);
-    Some(secs.min(window).min(MAX_RESET_SECS))
+        .unwrap_or(MAX_RESET_SECS)
+        .min(MAX_RESET_SECS)
 }
 
 fn service_headers(list: &[HeaderValue], skipped: &mut usize) -> Vec<(String, String)> {

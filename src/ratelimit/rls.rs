@@ -274,21 +274,11 @@ impl std::error::Error for RlsError {}
 
 /// Builds the request message: `descriptors` in order, each a list of
 /// `(key, value)` entries. `hits_addend` 0 means one hit (the service's
-/// default). Accepts `&[Vec<(String, String)>]`, `&[&[(&str, &str)]]`,
-/// arrays, …
-pub fn build_request<D, K, V>(domain: &str, descriptors: &[D], hits_addend: u32) -> RateLimitRequest
-where
-    D: AsRef<[(K, V)]>,
-    K: AsRef<str>,
-    V: AsRef<str>,
-{
-    build_request_hits(domain, descriptors, hits_addend, &[])
-}
-
-/// [`build_request`] where descriptor `i` adds `descriptor_hits[i]` hits
-/// (its own `hits_addend`) when that is above 1: a lease. Descriptors
-/// beyond the slice, or at 0 or 1, add the request's `hits_addend`.
-pub fn build_request_hits<D, K, V>(
+/// default). Descriptor `i` adds `descriptor_hits[i]` hits instead (its own
+/// `hits_addend`: a lease) when that is above 1; descriptors beyond the
+/// slice, or at 0 or 1, add the request's. Accepts
+/// `&[Vec<(String, String)>]`, `&[&[(&str, &str)]]`, arrays, …
+pub fn build_request<D, K, V>(
     domain: &str,
     descriptors: &[D],
     hits_addend: u32,
@@ -326,17 +316,7 @@ where
 }
 
 /// The protobuf bytes of [`build_request`], ready for `dispatch_grpc_call`.
-pub fn encode_request<D, K, V>(domain: &str, descriptors: &[D], hits_addend: u32) -> Vec<u8>
-where
-    D: AsRef<[(K, V)]>,
-    K: AsRef<str>,
-    V: AsRef<str>,
-{
-    prost::Message::encode_to_vec(&build_request(domain, descriptors, hits_addend))
-}
-
-/// The protobuf bytes of [`build_request_hits`].
-pub fn encode_request_hits<D, K, V>(
+pub fn encode_request<D, K, V>(
     domain: &str,
     descriptors: &[D],
     hits_addend: u32,
@@ -347,7 +327,7 @@ where
     K: AsRef<str>,
     V: AsRef<str>,
 {
-    prost::Message::encode_to_vec(&build_request_hits(
+    prost::Message::encode_to_vec(&build_request(
         domain,
         descriptors,
         hits_addend,
@@ -376,18 +356,18 @@ mod tests {
         let owned = vec![vec![("remote_address".to_owned(), "10.0.0.1".to_owned())]];
         let borrowed: [&[(&str, &str)]; 1] = [&[("remote_address", "10.0.0.1")]];
         assert_eq!(
-            encode_request("appguard", &owned, 0),
-            encode_request("appguard", &borrowed, 0)
+            encode_request("appguard", &owned, 0, &[]),
+            encode_request("appguard", &borrowed, 0, &[])
         );
         let none: [Vec<(&str, &str)>; 0] = [];
-        assert_eq!(encode_request("d", &none, 0), vec![0x0a, 0x01, b'd']);
+        assert_eq!(encode_request("d", &none, 0, &[]), vec![0x0a, 0x01, b'd']);
     }
 
     #[test]
     fn request_wire_format_by_hand() {
         // domain "d" (field 1), one descriptor (field 2) with one entry
         // (field 1) k="a" v="b", hits_addend 2 (field 3).
-        let bytes = encode_request("d", &[[("a", "b")]], 2);
+        let bytes = encode_request("d", &[[("a", "b")]], 2, &[]);
         let entry = [0x0a, 0x01, b'a', 0x12, 0x01, b'b'];
         let mut want = vec![0x0a, 0x01, b'd', 0x12, 0x08, 0x0a, 0x06];
         want.extend_from_slice(&entry);
@@ -451,7 +431,7 @@ mod tests {
     #[test]
     fn a_lease_sets_its_descriptor_hits_and_only_above_one() {
         let d: [&[(&str, &str)]; 3] = [&[("a", "1")], &[("b", "2")], &[("c", "3")]];
-        let r = build_request_hits("d", &d, 1, &[5, 1]);
+        let r = build_request("d", &d, 1, &[5, 1]);
         let hits: Vec<Option<u64>> = r
             .descriptors
             .iter()
@@ -459,13 +439,14 @@ mod tests {
             .collect();
         assert_eq!(hits, vec![Some(5), None, None]);
         assert_eq!(r.hits_addend, 1);
+        // Without per-descriptor hits, every descriptor adds the request's.
+        assert!(build_request("d", &d, 0, &[])
+            .descriptors
+            .iter()
+            .all(|x| x.hits_addend.is_none()));
         assert_eq!(
-            build_request_hits("d", &d, 0, &[]),
-            build_request("d", &d, 0)
-        );
-        assert_eq!(
-            encode_request_hits("d", &d, 1, &[5]),
-            build_request_hits("d", &d, 1, &[5]).encode_to_vec()
+            encode_request("d", &d, 1, &[5]),
+            build_request("d", &d, 1, &[5]).encode_to_vec()
         );
     }
 
@@ -534,7 +515,7 @@ mod tests {
                 )],
                 vec![],
             ];
-            let ours = encode_request("appguard", &descriptors, 3);
+            let ours = encode_request("appguard", &descriptors, 3, &[]);
             let theirs = EnvoyRequest::decode(ours.as_slice()).unwrap();
             assert_eq!(
                 theirs,
@@ -562,7 +543,7 @@ mod tests {
 
         #[test]
         fn descriptor_hits_addend_matches_envoys_wrapper() {
-            let mut ours = build_request("d", &[[("k", "v")]], 0);
+            let mut ours = build_request("d", &[[("k", "v")]], 0, &[]);
             if let Some(d) = ours.descriptors.first_mut() {
                 d.hits_addend = Some(UInt64Value { value: 0 });
             }
