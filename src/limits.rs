@@ -717,6 +717,11 @@ pub fn local_refill_at<S: SharedStore + ?Sized>(
 ///   asked for near the limit can be refused while single hits remain.
 ///   The next lease asks for no more than the service last said remained,
 ///   which keeps a single worker exact.
+/// - **Asks in flight**: a lease asked for and not answered yet. While one
+///   is, other requests of the descriptor ask for a single hit: requests
+///   arriving side by side (an HTTP/2 client's streams) would otherwise
+///   each ask for a whole lease, and the service would count n hits for
+///   each of them and refuse far below the limit.
 ///
 /// Every request that has service descriptors looks here first, so its keys
 /// are a keyed hash (SipHash under the instance's salt) rather than the
@@ -725,6 +730,10 @@ pub fn local_refill_at<S: SharedStore + ?Sized>(
 pub struct ServiceCache {
     map: HashMap<[u8; 16], (u64, Option<u32>)>,
     leases: HashMap<[u8; 16], Lease>,
+    /// Lease asks in flight: the call's start (ms), which names the ask,
+    /// and when it is given up (the call's start plus its timeout: an ask
+    /// whose request went away is never answered).
+    asking: HashMap<[u8; 16], (u64, u64)>,
     keys: Keyed128,
 }
 
@@ -753,6 +762,7 @@ impl ServiceCache {
         ServiceCache {
             map: HashMap::new(),
             leases: HashMap::new(),
+            asking: HashMap::new(),
             keys: Keyed128::new(salt, "appguard/over-limit"),
         }
     }
@@ -798,14 +808,50 @@ impl ServiceCache {
         }
     }
 
+    /// Whether this worker holds a leased hit of a descriptor at `now_ms`
+    /// (without taking it).
+    pub fn has_lease(&self, digest: &[u8; 16], now_ms: u64) -> bool {
+        self.leases
+            .get(digest)
+            .is_some_and(|l| l.until_ms > now_ms && l.remaining > 0)
+    }
+
     /// How many hits to ask the service for, for a descriptor whose rule
     /// leases `size`: `size`, or within the window of the last lease no
     /// more than the service said remained then (at least 1, so that the
-    /// service decides).
+    /// service decides); 1 while another ask for a lease is in flight.
     pub fn lease_ask(&self, digest: &[u8; 16], size: u32, now_ms: u64) -> u32 {
+        if self
+            .asking
+            .get(digest)
+            .is_some_and(|&(_, until)| until > now_ms)
+        {
+            return 1;
+        }
         match self.leases.get(digest) {
             Some(l) if l.until_ms > now_ms => size.min(l.service_remaining).max(1),
             _ => size,
+        }
+    }
+
+    /// Records an ask for a lease sent at `sent_ms`, given up at `until_ms`
+    /// if no answer ends it first ([`ServiceCache::end_ask`]).
+    pub fn begin_ask(&mut self, digest: [u8; 16], sent_ms: u64, until_ms: u64) {
+        make_room(&mut self.asking, OVER_LIMIT_ENTRIES, |&(_, until)| {
+            until > sent_ms
+        });
+        self.asking.insert(digest, (sent_ms, until_ms));
+    }
+
+    /// Ends the ask sent at `sent_ms` (answered, or failed): a later ask,
+    /// made after this one was given up, stays.
+    pub fn end_ask(&mut self, digest: &[u8; 16], sent_ms: u64) {
+        if self
+            .asking
+            .get(digest)
+            .is_some_and(|&(sent, _)| sent == sent_ms)
+        {
+            self.asking.remove(digest);
         }
     }
 
@@ -830,12 +876,15 @@ impl ServiceCache {
             service_remaining,
         };
         // Calls made side by side (concurrent requests before the first
-        // answer) each bring a lease: their hits add up, and all of them
-        // expire at the earliest window end, so none outlives the window
-        // that counted it.
+        // answer) each bring hits: they add up, and all of them expire at
+        // the earliest window end, so none outlives the window that
+        // counted it. Within a window the service's count only rises, so
+        // the smallest remainder it named is the latest, whatever order
+        // the answers came back in.
         if let Some(held) = self.leases.get(&digest).filter(|l| l.until_ms > now_ms) {
             lease.remaining = lease.remaining.saturating_add(held.remaining);
             lease.until_ms = lease.until_ms.min(held.until_ms);
+            lease.service_remaining = lease.service_remaining.min(held.service_remaining);
         }
         make_room(&mut self.leases, OVER_LIMIT_ENTRIES, |l| {
             l.until_ms > now_ms
@@ -903,6 +952,50 @@ mod tests {
             "{}",
             c.leases.len()
         );
+    }
+
+    #[test]
+    fn answers_out_of_order_keep_the_smallest_remainder() {
+        // Three asks of 3 counted in the order A, B, C (7, 4 and 1 left),
+        // answered C, B, A: the service's count only rises, so 1 is what
+        // remains, and the next ask is for no more.
+        let mut c = ServiceCache::new(&SALT);
+        let d = [7u8; 16];
+        let t = 1_000_000;
+        c.grant_lease(d, 3, 1, t + 30_000, t + 5);
+        c.grant_lease(d, 3, 4, t + 30_000, t + 6);
+        c.grant_lease(d, 3, 7, t + 30_000, t + 7);
+        for i in 0..6 {
+            assert!(c.take_lease(&d, t + 10), "hit {i}");
+        }
+        assert!(!c.has_lease(&d, t + 10));
+        assert_eq!(c.lease_ask(&d, 3, t + 20), 1);
+    }
+
+    #[test]
+    fn an_ask_in_flight_makes_the_others_ask_for_one_until_it_ends_or_is_given_up() {
+        let mut c = ServiceCache::new(&SALT);
+        let (d, other) = ([3u8; 16], [4u8; 16]);
+        let t = 1_000_000;
+        assert_eq!(c.lease_ask(&d, 5, t), 5);
+        c.begin_ask(d, t, t + 100);
+        assert_eq!(c.lease_ask(&d, 5, t + 1), 1, "one ask in flight");
+        assert_eq!(c.lease_ask(&other, 5, t + 1), 5, "per descriptor");
+        // Given up when the call's timeout passed (its request went away).
+        assert_eq!(c.lease_ask(&d, 5, t + 100), 5);
+        // A later ask is not ended by the answer to an earlier one.
+        c.begin_ask(d, t + 100, t + 200);
+        c.end_ask(&d, t);
+        assert_eq!(c.lease_ask(&d, 5, t + 101), 1);
+        c.end_ask(&d, t + 100);
+        assert_eq!(c.lease_ask(&d, 5, t + 101), 5, "answered");
+        // Bounded like the other tables.
+        for i in 0..2 * OVER_LIMIT_ENTRIES as u32 {
+            let mut k = [0u8; 16];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            c.begin_ask(k, t + 300, t + 400);
+        }
+        assert!(c.asking.len() <= OVER_LIMIT_ENTRIES, "{}", c.asking.len());
     }
 
     #[test]

@@ -238,6 +238,10 @@ struct Sent {
     hits: u32,
     /// Its rule's `lease`, if any: an `OK` status is then kept as a lease.
     lease: Option<u32>,
+    /// Whether this call is the worker's ask in flight for the
+    /// descriptor's lease ([`ServiceCache::begin_ask`]), ended by its
+    /// answer.
+    asking: bool,
 }
 
 /// A `ShouldRateLimit` call to make.
@@ -589,17 +593,22 @@ fn limits_phase(
                     key,
                     hits: 1,
                     lease: rl.lease,
+                    asking: false,
                 });
             }
         }
     }
     // Over-limit cache: the service already said no for this descriptor.
     // The one that resets last decides (ties: the smaller limit), as it
-    // does in the service's own answer (`ratelimit::interpret`).
+    // does in the service's own answer (`ratelimit::interpret`). A leased
+    // descriptor this worker still holds a hit of is not refused here: the
+    // service counted that hit within the limit, before the ask it
+    // refused.
     let cached = {
         let cache = ctx.service_cache.borrow();
         service
             .iter()
+            .filter(|s| !(s.lease.is_some() && cache.has_lease(&s.key, ctx.now_ms)))
             .filter_map(|s| cache.get(&s.key, now))
             .min_by_key(|&(until, limit)| (std::cmp::Reverse(until), limit.unwrap_or(u32::MAX)))
     };
@@ -625,14 +634,22 @@ fn limits_phase(
     };
     // Leases: a descriptor whose rule leases and for which this worker
     // holds a hit takes it and is not sent; the others ask for a lease's
-    // worth of hits (see `ServiceCache`). After the over-limit cache, so
-    // that a refused request takes no leased hit.
+    // worth of hits, or for one while another ask is in flight (see
+    // `ServiceCache`). After the over-limit cache, so that a request
+    // refused from it takes no leased hit. (One the service then refuses
+    // for another descriptor has used its hit: that errs on the strict
+    // side.)
     {
         let mut cache = ctx.service_cache.borrow_mut();
+        let give_up_ms = ctx.now_ms.saturating_add(svc.timeout_ms);
         service.retain_mut(|s| match s.lease {
             Some(_) if cache.take_lease(&s.key, ctx.now_ms) => false,
             Some(size) => {
                 s.hits = cache.lease_ask(&s.key, size, ctx.now_ms);
+                if s.hits > 1 {
+                    cache.begin_ask(s.key, ctx.now_ms, give_up_ms);
+                    s.asking = true;
+                }
                 true
             }
             None => true,
@@ -646,6 +663,7 @@ fn limits_phase(
             key,
             hits: 1,
             lease: None,
+            asking: false,
         });
     }
     if service.is_empty() {
@@ -692,6 +710,13 @@ pub fn evaluate_rls(
     };
     let mut pending = pending;
     pending.facts.replay_unlimited = replay_unlimited;
+    // Whatever the answer, this call's lease asks are no longer in flight.
+    {
+        let mut cache = ctx.service_cache.borrow_mut();
+        for s in pending.service.iter().filter(|s| s.asking) {
+            cache.end_ask(&s.key, pending.sent_ms);
+        }
+    }
     let verdict = answer
         .and_then(|resp| ratelimit::interpret(resp, pending.service.len(), now).map_err(|_| ()))
         .and_then(|v| if replay_unlimited { Err(()) } else { Ok(v) });
@@ -709,6 +734,8 @@ pub fn evaluate_rls(
     };
     // Leased descriptors the service allowed: their hits are counted,
     // whatever the other descriptors say, so the rest are this worker's.
+    // (An answer that cannot be read, or leaves the replay descriptor
+    // unlimited, returned above and keeps none: strict again.)
     if let Ok(resp) = answer {
         let mut cache = ctx.service_cache.borrow_mut();
         for (s, status) in pending.service.iter().zip(&resp.statuses) {

@@ -2309,6 +2309,96 @@ fn a_lease_spares_the_service_until_its_hits_are_used_or_its_window_resets() {
     assert_eq!(sent, u1(Some(3)), "a new window: the last kept hit is gone");
 }
 
+/// A rate-limit service for one descriptor with a limit of 10 per minute,
+/// counting every hit it is asked for (refused ones too, as
+/// envoyproxy/ratelimit and appguard-ratelimit do).
+struct CountingService(std::cell::Cell<u32>);
+
+impl CountingService {
+    /// Counts a call's hits and answers it.
+    fn count(&self, sent: &[(Descriptor, Option<u64>)]) -> RateLimitResponse {
+        let hits = u32::try_from(sent[0].1.unwrap_or(1)).unwrap();
+        let n = self.0.get() + hits;
+        self.0.set(n);
+        let mut r = ok_response(1, 10u32.saturating_sub(n), Some(30_000));
+        if n > 10 {
+            r.overall_code = crate::ratelimit::Code::OverLimit as i32;
+            r.statuses[0].code = crate::ratelimit::Code::OverLimit as i32;
+        }
+        r
+    }
+}
+
+#[test]
+fn requests_side_by_side_ask_for_one_lease_and_a_worker_admits_exactly_the_limit() {
+    // Bursts of 4 requests before any answer (an HTTP/2 client's streams),
+    // answered in the order sent or the reverse: a worker leasing 3 of a
+    // limit of 10 admits 10, not fewer and not more.
+    for reverse in [false, true] {
+        let w = lease_world();
+        let service = CountingService(std::cell::Cell::new(0));
+        let t = NOW * 1000;
+        let (mut admitted, mut asks_of_3) = (0, 0);
+        for burst in 0..6u64 {
+            let at = t + burst * 100;
+            let mut calls = Vec::new();
+            for i in 0..4 {
+                match w.leased_get("/leased", "u1", at + i) {
+                    Step::NeedRateLimit(p, call) => {
+                        let sent = rls_hits(&call);
+                        asks_of_3 += usize::from(sent[0].1 == Some(3));
+                        let answer = service.count(&sent);
+                        calls.push((p, answer));
+                    }
+                    Step::Done(Decision::Allow(_), _) => admitted += 1,
+                    s => assert_eq!(s.done_reason(), Some(Reason::RateLimited)),
+                }
+            }
+            if reverse {
+                calls.reverse();
+            }
+            for (p, answer) in calls {
+                if matches!(
+                    w.answer(p, &answer, at + 50),
+                    Step::Done(Decision::Allow(_), _)
+                ) {
+                    admitted += 1;
+                }
+            }
+        }
+        assert_eq!(admitted, 10, "reverse: {reverse}");
+        assert!(asks_of_3 <= 3, "one lease asked at a time: {asks_of_3}");
+    }
+}
+
+#[test]
+fn hits_held_are_used_after_a_later_ask_was_refused() {
+    // A lease ask and a single-hit ask side by side; other instances used
+    // the rest of the limit, so the single hit is refused, and its answer
+    // comes first. The 2 hits the lease holds were counted within the
+    // limit: the worker still admits them.
+    let w = lease_world();
+    let t = NOW * 1000;
+    let (lease, sent) = w.leased_call("u1", t);
+    assert_eq!(sent[0].1, Some(3));
+    let (single, sent) = w.leased_call("u1", t + 1);
+    assert_eq!(sent[0].1, None, "one lease ask in flight");
+    let mut over = ok_response(1, 0, Some(30_000));
+    over.overall_code = crate::ratelimit::Code::OverLimit as i32;
+    over.statuses[0].code = crate::ratelimit::Code::OverLimit as i32;
+    assert_eq!(
+        w.answer(single, &over, t + 5).done_reason(),
+        Some(Reason::RateLimited)
+    );
+    w.leased_ok(lease, 0, 30_000, t + 6);
+    assert!(w.leased_pass("u1", t + 10) && w.leased_pass("u1", t + 11));
+    // Then the over-limit cache refuses, without a call.
+    assert_eq!(
+        w.leased_get("/leased", "u1", t + 12).done_reason(),
+        Some(Reason::RateLimited)
+    );
+}
+
 #[test]
 fn a_leased_descriptor_is_left_out_of_the_call_while_the_others_go() {
     let w = lease_world();
