@@ -165,10 +165,10 @@ noop: ## the no-op Wasm filter make bench measures as the floor (NOOP_FEATURES=r
 	wasm-opt -Oz --strip-debug --strip-producers $(WASM_OPT_FEATURES) \
 	  $$(ls -t $(WASM_DIR)/wasm32-wasip1/release/appguard_bench_noop.wasm bench/noop/target/wasm32-wasip1/release/appguard_bench_noop.wasm 2>/dev/null | head -1) \
 	  -o $(NOOP_OUT).tmp
-	python3 scripts/exports.py graph noop > target/exports-graph-noop.json
+	python3 scripts/exports.py graph noop:$(NOOP_FEATURES) > target/exports-graph-noop.json
 	wasm-metadce $(WASM_OPT_FEATURES) -f target/exports-graph-noop.json $(NOOP_OUT).tmp \
 	  -o $(NOOP_OUT) >/dev/null && rm $(NOOP_OUT).tmp
-	python3 scripts/exports.py check noop $(NOOP_OUT)
+	python3 scripts/exports.py check noop:$(NOOP_FEATURES) $(NOOP_OUT)
 
 bench: deps build ## performance table: appguard vs native jwt_authn/ratelimit, no-op floor, module size, VM memory (BENCH_ARGS=--quick|--memory|--profile)
 	@command -v taskset >/dev/null && command -v wrk >/dev/null || { echo "bench needs taskset and wrk (make deps)"; exit 1; }

@@ -433,6 +433,9 @@ def kind_setup(kind, wasm, lua, noop=None):
       unique token per request (every one verified);
     - `meta`: `jwt_authn` RS256 with the payload in metadata, alone;
     - `delegated`: that `jwt_authn` in front of appguard (`verified_by`);
+    - `meta-noop`: that `jwt_authn` in front of the no-op Wasm filter (the
+      module `noop`, else the module given, which then must be a no-op
+      variant): what any Wasm filter costs there;
     - `flood` (or `forged`): forged RS256 tokens from one client whose
       failure budget is spent after the warm-up (the refusal path).
     """
@@ -440,11 +443,13 @@ def kind_setup(kind, wasm, lua, noop=None):
         return [], Load()
     if kind == "noop":
         return [wasm_filter(noop)], Load(headers={"x-token": "abc"})
-    if kind in ("meta", "delegated"):
+    if kind in ("meta", "delegated", "meta-noop"):
         path, _ = token_stream("RS256", UNIQUE_TOKENS)
         filters = [jwt_authn("RS256", metadata="bench_payload")]
         if kind == "delegated":
             filters.append(wasm_filter(wasm, ag_delegated()))
+        if kind == "meta-noop":
+            filters.append(wasm_filter(noop or wasm))
         return filters, Load(script=lua, script_args=["x-token", str(path)])
     if kind in ("flood", "forged"):
         path, _ = token_stream("RS256-forged", UNIQUE_TOKENS)
@@ -820,6 +825,8 @@ def bench(args, wasm, noop, procs, workdir, started):
     ag_fl_lease = envoy("ag-full-lease", fl_filters, fl_clusters, fl_terminal)
     jwt_meta = envoy("jwt-rs256-meta", [jwt_authn("RS256", metadata="bench_payload")])
     ag_del = envoy("ag-delegated", [jwt_authn("RS256", metadata="bench_payload"), wasm_filter(wasm, ag_delegated())])
+    meta_noop = envoy("jwt-rs256-meta-noop", [jwt_authn("RS256", metadata="bench_payload"),
+                                              wasm_filter(noop, name="noop")])
     ag_fl = envoy("ag-flood", [wasm_filter(wasm, ag_flood())])
     ag_sig = envoy("ag-signing", [wasm_filter(wasm, ag_signing()), BUFFER])
 
@@ -862,6 +869,9 @@ def bench(args, wasm, noop, procs, workdir, started):
               group="delegated"),
         Setup("ag-delegated", "jwt_authn RS256 → appguard verified_by, unique", ag_del, stream(rs_path),
               "jwt-rs256-meta", group="delegated"),
+        # The floor there: what any Wasm filter behind that jwt_authn costs.
+        Setup("jwt-rs256-meta-noop", "jwt_authn RS256 (payload_in_metadata) → no-op Wasm filter, unique",
+              meta_noop, stream(rs_path), "jwt-rs256-meta", group="delegated"),
         Setup("flood", "forged RS256 flood (c16) + valid RS256 (c2)", ag_fl, forged_load, "baseline", group="flood",
               extra_loads=[Load(headers={"x-token": rs_one, "x-forwarded-for": VALID_IP}, connections=2)]),
         # The refusal rate in the same shape as the baseline (one wrk, c16),
@@ -1026,6 +1036,9 @@ def run_profile(workdir):
             "config": ag_token_only("RS256"), "client_ip": "127.0.0.1", "unique": True,
             "token_header": "x-token", "tokens": token_stream("RS256", UNIQUE_TOKENS)[1][:20],
             "headers": envoy_like_headers("/", {})}, 20),
+        "delegated (jwt_authn's payload from metadata)": ({
+            "config": ag_delegated(), "client_ip": "127.0.0.1", "delegated": claims("delegated"),
+            "headers": envoy_like_headers("/", {})}, 2000),
         "forged RS256, budget spent": ({
             "config": ag_flood(), "client_ip": "127.0.0.1", "unique": True,
             "token_header": "x-token", "tokens": token_stream("RS256-forged", UNIQUE_TOKENS)[1][:2000],
@@ -1184,6 +1197,11 @@ def build_report(args, S, wasm, noop, memory, flood_stats, profile, started, loa
                ratio_cpu(by, "ag-full-lease", "baseline"), "(for reading the row above)", lambda v: None, "×")
     target("delegated RS256 (unique) vs jwt_authn alone (req/s)", R.get("ag-delegated", {}).get("vs_peer"),
            "≥ 0.90×", lambda v: v >= 0.9, "×")
+    target("the no-op Wasm filter behind that jwt_authn vs jwt_authn alone (req/s)",
+           R.get("jwt-rs256-meta-noop", {}).get("vs_peer"), "(the floor of the row above)", lambda v: None, "×")
+    if "ag-delegated" in R and "jwt-rs256-meta-noop" in R:
+        target("delegated: appguard's CPU above that floor", cpu_delta("ag-delegated", "jwt-rs256-meta-noop"),
+               "(for reading the row above)", lambda v: None, " µs")
     if "ag-rs256-uniq" in R:
         cpu = R["ag-rs256-uniq"]["cpu"]
         target("wasm RS256 speed-up vs PERF.md's pure-rust ~1400 µs/request", 1400 / cpu if cpu else None,

@@ -14,10 +14,12 @@ The bench's no-op filter (bench/noop) gets the same treatment with its own
 list, NOOP_KEEP, so that it stays the floor under any Wasm filter.
 
 Usage:
-  exports.py graph [noop]            print the wasm-metadce graph (KEEP or
-                                     NOOP_KEEP as roots)
-  exports.py check [noop] MODULE...  fail unless each module exports exactly
-                                     KEEP (or NOOP_KEEP)
+  exports.py graph [noop[:F,...]]    print the wasm-metadce graph (KEEP or
+                                     NOOP_KEEP as roots; F: the no-op's
+                                     features, some of which export more)
+  exports.py check [noop[:F,...]] MODULE...
+                                     fail unless each module exports exactly
+                                     KEEP (or NOOP_KEEP and its features')
 """
 import json
 import sys
@@ -68,6 +70,9 @@ KEEP = BASE + [
 # The no-op filter only reads one request header.
 NOOP_KEEP = BASE
 
+# Exports a no-op variant adds (`make noop NOOP_FEATURES=...`, bench/noop).
+NOOP_FEATURE_EXPORTS = {"resp": ["proxy_on_response_headers"]}
+
 # The wasm section readers of check-imports.py (a file name with a dash,
 # so loaded by path).
 _spec = util.spec_from_file_location("check_imports", Path(__file__).with_name("check-imports.py"))
@@ -97,8 +102,10 @@ def exports(data):
 
 def main(argv):
     keep, args = KEEP, argv[1:]
-    if args[:1] == ["noop"]:
-        keep, args = NOOP_KEEP, args[1:]
+    if args[:1] and (args[0] == "noop" or args[0].startswith("noop:")):
+        features = [f for f in args[0].partition(":")[2].split(",") if f]
+        keep = NOOP_KEEP + [e for f in features for e in NOOP_FEATURE_EXPORTS.get(f, [])]
+        args = args[1:]
     if argv[:1] == ["graph"] and not args:
         print(json.dumps([{"name": f"export:{e}", "export": e, "root": True} for e in keep]))
         return 0

@@ -2,7 +2,8 @@
 //! request continue: the floor under any Rust Wasm filter in Envoy's V8
 //! (VM entry/exit for each callback, the SDK's context bookkeeping, one
 //! host call). `make bench` compares appguard against it. The features
-//! (`reply`, `peer`, `pairs`, `remove`, `metric`, `clock`) build variants
+//! (`reply`, `peer`, `pairs`, `remove`, `metric`, `clock`, `resp`,
+//! `meta`, `meta-leaf`) build variants
 //! that each add one of appguard's host calls, for A/B runs that put a
 //! price on each (see Cargo.toml).
 
@@ -73,6 +74,21 @@ impl HttpContext for Noop {
         }
         #[cfg(feature = "peer")]
         let _ = self.get_property(vec!["source", "address"]);
+        #[cfg(feature = "meta")]
+        let _ = self.get_property(vec![
+            "metadata",
+            "filter_metadata",
+            "envoy.filters.http.jwt_authn",
+            "bench_payload",
+        ]);
+        #[cfg(feature = "meta-leaf")]
+        let _ = self.get_property(vec![
+            "metadata",
+            "filter_metadata",
+            "envoy.filters.http.jwt_authn",
+            "bench_payload",
+            "sub",
+        ]);
         if cfg!(feature = "reply") {
             self.send_http_response(
                 401,
@@ -84,6 +100,12 @@ impl HttpContext for Noop {
             );
             return Action::Pause;
         }
+        Action::Continue
+    }
+
+    // Exported only in the `resp` variant (see scripts/exports.py): the
+    // price of one more callback per request, with nothing to do in it.
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         Action::Continue
     }
 }

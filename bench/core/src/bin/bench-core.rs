@@ -14,7 +14,12 @@
 //!   sends `tokens[i % len]` in `token_header`, with a fresh verified-token
 //!   cache each time when `unique` is true (every token verified);
 //! - `body` (optional): the request body, for routes that read it;
-//! - `client_ip`: the downstream address.
+//! - `client_ip`: the downstream address;
+//! - `delegated` (optional): the claims `jwt_authn` verified, for the
+//!   config's first provider (`verified_by`): encoded once as Envoy hands
+//!   them over (the proxy-wasm map encoding, `exp`/`iat`/`nbf` as doubles)
+//!   and decoded on every request, as the filter does after its property
+//!   read.
 //!
 //! When the core asks for the rate-limit service, an OK answer for every
 //! descriptor is fed back (`evaluate_rls`), as the service would send.
@@ -67,6 +72,25 @@ fn main() {
     let unique = scenario["unique"].as_bool().unwrap_or(false);
     let body = scenario["body"].as_str().map(|s| s.as_bytes().to_vec());
     let ip: Option<IpAddr> = scenario["client_ip"].as_str().and_then(|s| s.parse().ok());
+    let delegated_wire: Option<Vec<u8>> = scenario["delegated"].as_object().map(|claims| {
+        let values: Vec<(String, Vec<u8>)> = claims
+            .iter()
+            .map(|(k, v)| {
+                let bytes = match v {
+                    Value::Number(n) => n.as_f64().unwrap_or(0.0).to_le_bytes().to_vec(),
+                    Value::String(s) => s.as_bytes().to_vec(),
+                    other => other.to_string().into_bytes(),
+                };
+                (k.clone(), bytes)
+            })
+            .collect();
+        appguard::wire::encode_pairs(values.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())))
+    });
+    let read_delegated = |_: usize| {
+        delegated_wire
+            .as_deref()
+            .and_then(appguard::token::delegated::payload)
+    };
     // One header list per token of the stream, built before the loop: the
     // filter decodes Envoy's map in the adapter, outside the core measured
     // here.
@@ -116,11 +140,14 @@ fn main() {
             remote_keys: &remote,
             may_fetch_keys: false,
             service_cache: &over_limit,
-        key_memo: &key_memo,
+            key_memo: &key_memo,
             negative: &negative,
             now_ms,
         };
-        let req = Request::new(list, ip);
+        let mut req = Request::new(list, ip);
+        if delegated_wire.is_some() {
+            req.delegated = appguard::request::Delegated::Lazy(&read_delegated);
+        }
         let mut step = policy::evaluate(&ctx, &req, now);
         // Follow the phases as the adapter does.
         let step = loop {
