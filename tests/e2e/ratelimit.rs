@@ -155,6 +155,42 @@ fn a_lease_admits_exactly_the_limit_in_four_calls() {
 }
 
 #[test]
+fn a_burst_of_side_by_side_requests_asks_for_one_lease_and_uses_its_hits() {
+    // 14 requests at once on one worker, the tenant's 10 a day leased 4 at
+    // a time. One of them asks for the lease and the others for a hit
+    // each, so the burst and the requests after it admit the limit, less
+    // at most the lease's 3 unused hits if the service counts the lease
+    // after the single hits; never more. (When each asked for 4, the
+    // service counted 4, 8, then refused, and the refusal kept the worker
+    // from using the 6 hits it held: 2 of 20 passed.)
+    let redis = Redis::start();
+    let rls = RateLimitService::start(&test_limits(), Some(&redis.url()));
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("deny", 500), up.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .start();
+    let req = || Req::get("/leased/x").header("x-tenant", "hooli");
+    let burst: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..14)
+            .map(|_| s.spawn(|| envoy.request(req()).status))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let after: Vec<u16> = (0..6).map(|_| envoy.request(req()).status).collect();
+    let statuses: Vec<u16> = burst.iter().chain(&after).copied().collect();
+    assert!(
+        statuses.iter().all(|s| [200, 429].contains(s)),
+        "{statuses:?}"
+    );
+    let passed = statuses.iter().filter(|s| **s == 200).count();
+    assert!(
+        (7..=10).contains(&passed),
+        "{passed} of 20 passed: {burst:?} then {after:?}"
+    );
+    assert_eq!(up.seen().len(), passed);
+}
+
+#[test]
 fn leases_of_two_envoys_never_admit_more_than_the_limit() {
     // Each instance leases 4 of the tenant's 10 hits a day. Hits one holds
     // are not the other's: fewer than 10 may pass (8 here), never more.
