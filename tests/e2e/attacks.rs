@@ -1237,6 +1237,60 @@ fn ipv6_zone_ids_and_address_spellings_in_xff_fail_closed() {
     e.assert_vm_healthy();
 }
 
+#[test]
+fn a_client_written_x_forwarded_for_never_chooses_the_client_ip() {
+    // With `xff_trusted_hops: 0` appguard takes Envoy's downstream address,
+    // and Envoy derives that from X-Forwarded-For unless the connection
+    // manager has `use_remote_address: true` (envoy/envoy.yaml and the
+    // examples set it): then only the connection's peer counts. When Envoy
+    // trusts proxies in front (`xff_num_trusted_hops`, Istio's
+    // `numTrustedProxies`), the entry they wrote is the client, with
+    // appguard's hops still at 0.
+    let up = Upstream::start();
+    let cfg = json!({
+        "default_action": "allow",
+        "client_ip": {"xff_trusted_hops": 0},
+        "routes": [{"name": "r", "match": {"prefix": "/"},
+                    "network": {"ip_deny": ["198.51.100.0/24"]}}]
+    });
+    let spoofed = || Req::get("/x").header("x-forwarded-for", "192.0.2.1");
+    let denied = || Req::get("/x").header("x-forwarded-for", "198.51.100.7");
+    // Envoy's default: the client's own X-Forwarded-For names the client.
+    let default = EnvoyBuilder::new(cfg.clone(), up.port).start();
+    deny(
+        &default,
+        denied(),
+        403,
+        "ip_denied",
+        "Envoy's default reads XFF",
+    );
+    // use_remote_address: the peer (127.0.0.1), whatever the header says.
+    let edge = EnvoyBuilder::new(cfg.clone(), up.port)
+        .hcm("use_remote_address", json!(true))
+        .start();
+    assert_eq!(
+        edge.request(denied()).status,
+        200,
+        "XFF ignored at the edge"
+    );
+    assert_eq!(edge.request(spoofed()).status, 200);
+    // Behind one trusted proxy: the entry it appended is the client; what
+    // the client wrote before it is not.
+    let behind = EnvoyBuilder::new(cfg, up.port)
+        .hcm("use_remote_address", json!(true))
+        .hcm("xff_num_trusted_hops", json!(1))
+        .start();
+    deny(&behind, denied(), 403, "ip_denied", "the proxy's entry");
+    let r = behind.request(Req::get("/x").header("x-forwarded-for", "198.51.100.7, 192.0.2.1"));
+    assert_eq!(
+        r.status,
+        200,
+        "a client-written entry before the proxy's: {}",
+        r.text()
+    );
+    assert_eq!(up.seen().len(), 3);
+}
+
 fn sms(envoy: &Envoy, body: &[u8]) -> Resp {
     envoy.request(
         Req::new("POST", "/sms")

@@ -240,6 +240,13 @@ impl EnvoyBuilder {
         self
     }
 
+    /// A setting of the HTTP connection manager (e.g.
+    /// `use_remote_address`), as in Envoy's YAML.
+    pub fn hcm(mut self, key: &str, value: Value) -> Self {
+        self.hcm_extra.insert(key.into(), value);
+        self
+    }
+
     /// Envoy's access log of the listener, written to `path` as one
     /// `%REQ(:PATH)%` per line, flushed every 100 ms (so a test can read
     /// what an operator's access log would hold).
