@@ -10,6 +10,32 @@ use crate::headers::Headers;
 /// first (together with every other `x-appguard-*` header).
 pub const HEADER_PREFIX: &str = "x-appguard-";
 
+/// Whether a header the client sent is one only appguard may set: an
+/// `x-appguard-*` header or one of `claim_headers` (the headers
+/// `claim_to_headers` sets from verified claims). `_` counts as `-`: Envoy
+/// passes header names with underscores on by default, and upstream
+/// servers that build a CGI-style environment (`HTTP_X_USER`) read
+/// `x_user` as `x-user`, so a client's `x_appguard_app` must go too.
+pub fn reserved_header(name: &str, claim_headers: &[String]) -> bool {
+    fn same(a: &[u8], b: &[u8]) -> bool {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(&x, &y)| {
+                let canon = |c: u8| {
+                    if c == b'_' {
+                        b'-'
+                    } else {
+                        c.to_ascii_lowercase()
+                    }
+                };
+                canon(x) == canon(y)
+            })
+    }
+    let n = name.as_bytes();
+    n.get(..HEADER_PREFIX.len())
+        .is_some_and(|p| same(p, HEADER_PREFIX.as_bytes()))
+        || claim_headers.iter().any(|h| same(n, h.as_bytes()))
+}
+
 /// One HTTP request as seen by the decision core.
 #[derive(Clone, Debug)]
 pub struct Request<'a> {
@@ -222,6 +248,33 @@ mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn reserved_headers_are_found_with_underscores_for_dashes() {
+        let claims = vec!["x-user".to_owned()];
+        for name in [
+            "x-appguard-app",
+            "x_appguard_app",
+            "x-appguard_platform",
+            "X_AppGuard-",
+            "x-user",
+            "x_user",
+        ] {
+            assert!(reserved_header(name, &claims), "{name}");
+        }
+        for name in [
+            "x-appguard",
+            "x_appguar",
+            "x-users",
+            "x_use",
+            "user",
+            "",
+            "x-api-key",
+        ] {
+            assert!(!reserved_header(name, &claims), "{name}");
+        }
+        assert!(!reserved_header("x_user", &[]));
+    }
 
     #[test]
     fn pseudo_headers_are_split() {

@@ -21,7 +21,7 @@ use crate::headers::Headers;
 use crate::lograte::Admit;
 use crate::policy::{self, Ctx, Facts, Pending, RlsCall, Step};
 use crate::ratelimit::{decode_response, MAX_RESPONSE_BYTES};
-use crate::request::{Claims, Delegated, Peer, Request, HEADER_PREFIX};
+use crate::request::{reserved_header, Claims, Delegated, Peer, Request};
 
 /// The gRPC service and method of Envoy's rate-limit service API v3.
 const RLS_SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -106,12 +106,13 @@ impl GuardFilter {
 
     /// Whether only appguard may set this header: `x-appguard-*`, and the
     /// headers `claim_to_headers` sets from verified claims.
+    /// (With `_` read as `-`: see [`reserved_header`].)
     fn is_ours(&self, name: &str) -> bool {
-        name.starts_with(HEADER_PREFIX)
-            || self
-                .worker
-                .as_ref()
-                .is_some_and(|w| w.config.claim_headers.iter().any(|h| h == name))
+        let claim_headers = self
+            .worker
+            .as_ref()
+            .map_or(&[][..], |w| w.config.claim_headers.as_slice());
+        reserved_header(name, claim_headers)
     }
 
     /// Evaluates (or re-evaluates, after keys arrived) and acts on the step.

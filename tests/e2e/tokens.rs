@@ -111,6 +111,24 @@ fn a_client_copy_of_a_claim_header_never_reaches_the_upstream() {
     let r = envoy.request(Req::get("/elsewhere").header("x-token-sub", "victim-42"));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up.last().header("x-token-sub"), None, "on no route");
+    // Spelt with underscores, which Envoy passes on by default and servers
+    // with a CGI-style environment read as the same header (HTTP_X_TOKEN_SUB).
+    let r = envoy.request(
+        Req::get("/elsewhere")
+            .header("x_token_sub", "victim-42")
+            .header("x-token_sub", "victim-42")
+            .header("x_appguard_app", "shop-android"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert!(
+        seen.headers
+            .iter()
+            .all(|(k, _)| !k.replace('_', "-").starts_with("x-token-sub")
+                && !k.replace('_', "-").starts_with("x-appguard-")),
+        "{:?}",
+        seen.headers
+    );
     // Where the provider sets it, the upstream sees the verified value only.
     let t = good_hs("claim-1", "Bearer user");
     let r = envoy.request(
