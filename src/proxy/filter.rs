@@ -244,7 +244,7 @@ impl GuardFilter {
                     if slot.loaded_cas != before && had_keys {
                         false
                     } else if !had_keys {
-                        slot.request_fetches < jwks::MAX_REQUEST_FETCHES
+                        slot.fetches_in_flight(now) < jwks::MAX_REQUEST_FETCHES
                     } else if now.saturating_sub(slot.last_refetch) >= remote.min_refetch_seconds
                         && jwks::take_lease(
                             &provider.name,
@@ -275,7 +275,7 @@ impl GuardFilter {
         ) {
             Ok(token) => {
                 if let Some(slot) = worker.jwks.borrow_mut().get_mut(p) {
-                    slot.request_fetches = slot.request_fetches.saturating_add(1);
+                    slot.fetch_started(token, now, remote.timeout_ms);
                 }
                 self.state = State::AwaitingKeys { token, provider: p };
                 Action::Pause
@@ -545,7 +545,7 @@ impl Context for GuardFilter {
         if let Some((p, Some(remote))) = configured.map(|p| (p, &p.remote_jwks)) {
             let mut slots = worker.jwks.borrow_mut();
             if let Some(slot) = slots.get_mut(provider) {
-                slot.request_fetches = slot.request_fetches.saturating_sub(1);
+                slot.fetch_ended(token_id);
                 match (status, body) {
                     (200, Some(body)) => {
                         if let Err(e) = jwks::store(slot, &p.name, remote, &body, now) {
@@ -562,20 +562,6 @@ impl Context for GuardFilter {
         self.state = State::Start;
         if let Action::Continue = self.run(false) {
             let _ = abi::resume_request();
-        }
-    }
-}
-
-impl Drop for GuardFilter {
-    /// A request that ends while its JWKS fetch is in flight (the client
-    /// went away; Envoy cancels the call) gives its fetch slot back.
-    fn drop(&mut self) {
-        if let (State::AwaitingKeys { provider, .. }, Some(worker)) = (&self.state, &self.worker) {
-            if let Ok(mut slots) = worker.jwks.try_borrow_mut() {
-                if let Some(slot) = slots.get_mut(*provider) {
-                    slot.request_fetches = slot.request_fetches.saturating_sub(1);
-                }
-            }
         }
     }
 }

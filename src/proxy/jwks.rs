@@ -42,8 +42,32 @@ pub struct JwksSlot {
     /// Last second this worker looked at the shared copy.
     pub last_maintained: u64,
     /// Fetches started by requests of this worker that have not answered
-    /// yet (at most [`MAX_REQUEST_FETCHES`]).
-    pub request_fetches: u32,
+    /// yet (at most [`MAX_REQUEST_FETCHES`]): each call's token and the
+    /// second after which it no longer counts (its timeout has passed).
+    /// A request that goes away does not end its fetch: Envoy makes the
+    /// call for the plugin, not the stream, so the GET runs on until it
+    /// answers or times out, and keeps its place until then.
+    pub request_fetches: Vec<(u32, u64)>,
+}
+
+impl JwksSlot {
+    /// How many request fetches are in flight at `now` (seconds), after
+    /// dropping those past their timeout.
+    pub fn fetches_in_flight(&mut self, now: u64) -> usize {
+        self.request_fetches.retain(|&(_, until)| until > now);
+        self.request_fetches.len()
+    }
+
+    /// Records a request fetch dispatched at `now` with `timeout_ms`.
+    pub fn fetch_started(&mut self, token: u32, now: u64, timeout_ms: u64) {
+        let until = now.saturating_add(timeout_ms.div_ceil(1000).saturating_add(1));
+        self.request_fetches.push((token, until));
+    }
+
+    /// The fetch with `token` answered (or failed).
+    pub fn fetch_ended(&mut self, token: u32) {
+        self.request_fetches.retain(|&(t, _)| t != token);
+    }
 }
 
 /// How many fetches the requests of one worker may have in flight for one
@@ -52,7 +76,7 @@ pub struct JwksSlot {
 /// wait for it: a flood would become a flood on the JWKS endpoint, just
 /// when it is struggling. Requests beyond this answer by the route's
 /// `failure_mode` at once; the root's background refresh keeps trying.
-pub const MAX_REQUEST_FETCHES: u32 = 4;
+pub const MAX_REQUEST_FETCHES: usize = 4;
 
 /// The shared-data key of one kind of a provider's JWKS state: `jwks` (the
 /// fetched JWKS), `jwks-lease`, `jwks-refetch`. It depends on the provider
@@ -191,6 +215,19 @@ mod tests {
             timeout_ms: 2000,
             min_refetch_seconds: 30,
         }
+    }
+
+    #[test]
+    fn a_fetch_keeps_its_slot_until_it_answers_or_times_out() {
+        let mut slot = JwksSlot::default();
+        slot.fetch_started(7, 100, 500);
+        slot.fetch_started(8, 100, 2_500);
+        assert_eq!(slot.fetches_in_flight(101), 2);
+        assert_eq!(slot.fetches_in_flight(102), 1, "the first timed out");
+        slot.fetch_ended(8);
+        assert_eq!(slot.fetches_in_flight(102), 0, "the second answered");
+        slot.fetch_ended(8);
+        assert_eq!(slot.fetches_in_flight(102), 0);
     }
 
     #[test]

@@ -450,6 +450,40 @@ fn jwks_down_slow_or_garbage_before_the_first_keys_is_503_and_nothing_passes() {
 }
 
 #[test]
+fn clients_that_go_away_do_not_free_their_fetch_slots() {
+    // The same cap against clients that send a token and hang up while the
+    // fetch is in flight: Envoy keeps the GET running for the plugin, so
+    // a slot is free only when its fetch answers or times out. (When a
+    // request gave its slot back on going away, 12 clients sent 12 GETs.)
+    let (k, doc) = key();
+    let up = Upstream::start();
+    let jwks = JwksServer::start(Jwks::Slow(Duration::from_millis(3 * JWKS_TIMEOUT_MS), doc));
+    let e = jwks_envoy(&up, jwks.server.port, "deny");
+    let before = e.stat("cluster.jwks.upstream_rq_total").unwrap_or(0);
+    let token = tokens::es256_with(&k, &claims(60, json!({})));
+    for _ in 0..12 {
+        let mut s = TcpStream::connect(("127.0.0.1", e.port)).unwrap();
+        write!(
+            s,
+            "GET /api/x HTTP/1.1\r\nhost: localhost\r\nx-token: {token}\r\n\r\n"
+        )
+        .unwrap();
+        thread::sleep(Duration::from_millis(20));
+        drop(s);
+    }
+    thread::sleep(Duration::from_millis(100));
+    let sent = e.stat("cluster.jwks.upstream_rq_total").unwrap_or(0) - before;
+    // 4 from requests, plus the root's background refresh (one per second
+    // while no keys are loaded).
+    assert!(
+        (1..=6).contains(&sent),
+        "{sent} JWKS requests for 12 clients that went away"
+    );
+    assert!(up.seen().is_empty());
+    e.assert_vm_healthy();
+}
+
+#[test]
 fn without_keys_a_burst_of_requests_sends_a_bounded_number_of_fetches() {
     // A JWKS endpoint slower than timeout_ms: every fetch times out. 16
     // requests at once on one worker: at most MAX_REQUEST_FETCHES (4) of
