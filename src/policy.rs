@@ -772,10 +772,15 @@ pub fn evaluate_rls(
             },
         );
     }
-    pending
-        .grant
-        .set_headers
-        .extend(verdict.request_headers.iter().cloned());
+    // Never one of the headers only appguard sets: the upstream trusts
+    // those to come from a verified token or appguard's own checks.
+    pending.grant.set_headers.extend(
+        verdict
+            .request_headers
+            .iter()
+            .filter(|(name, _)| !crate::request::reserved_header(name, &config.claim_headers))
+            .cloned(),
+    );
     pending
         .grant
         .response_headers

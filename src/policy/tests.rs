@@ -2546,3 +2546,36 @@ fn a_lease_never_spares_a_replay_descriptor() {
         assert_eq!((sent[0].0[0].0.as_str(), sent[0].1), ("jti", None));
     }
 }
+
+#[test]
+fn the_rate_limit_service_cannot_set_a_header_only_appguard_sets() {
+    // The service may add request headers, but not a claim header (the
+    // upstream reads `x-user` as a verified `sub`) nor an `x-appguard-*`
+    // one, in either spelling.
+    let w = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "claim_to_headers": [{"claim": "sub", "header": "x-user"}]}],
+        "routes": [{"name": "r", "match": {"prefix": "/"},
+                    "rate_limits": [{"entries": [{"type": "route"}]}]}]
+    }));
+    let h = headers(&[(":method", "GET"), (":path", "/x"), (":authority", "a")]);
+    let Step::NeedRateLimit(p, _) = evaluate(&w.ctx(), &Request::new(&h, None), NOW) else {
+        panic!("a call")
+    };
+    let mut resp = ok_response(1, 5, None);
+    resp.request_headers_to_add = ["x-user", "X_User", "x_appguard_app", "x-tier"]
+        .iter()
+        .map(|k| crate::ratelimit::rls::HeaderValue {
+            key: (*k).into(),
+            value: "gold".into(),
+            raw_value: vec![],
+        })
+        .collect();
+    let step = evaluate_rls(&w.ctx(), p, Ok(&resp), NOW);
+    let Step::Done(d @ Decision::Allow(_), _) = step else {
+        panic!("{step:?}")
+    };
+    assert_eq!(set_headers(&d), vec![("x-tier".into(), "gold".into())]);
+}
