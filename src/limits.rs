@@ -661,6 +661,11 @@ pub fn failed_within<S: SharedStore + ?Sized>(
 /// epoch), or `None` if it holds one now. A read of shared data, no write.
 /// Other workers can only take tokens, never add them, so the bucket stays
 /// empty at least until then: a worker may remember the answer.
+///
+/// A descriptor without an entry of its own is judged where
+/// [`take_local`] would count it: a free or idle slot holds a whole token,
+/// but in a bucket whose 16 entries are all busy it shares the overflow
+/// entry, and that entry's refill time is its own.
 pub fn local_refill_at<S: SharedStore + ?Sized>(
     s: &S,
     salt: &BucketSalt,
@@ -672,8 +677,9 @@ pub fn local_refill_at<S: SharedStore + ?Sized>(
     let period_ms = limit.per_seconds.saturating_mul(1000).max(1);
     let key = local_key(salt, digest, limit);
     let (bytes, _) = s.get(&key)?;
-    for e in bytes.chunks_exact(LOCAL_ENTRY) {
-        if e.get(..16) == Some(digest.as_slice()) {
+    let entries: Vec<(&[u8], u64, u64)> = bytes
+        .chunks_exact(LOCAL_ENTRY)
+        .map(|e| {
             let t = e
                 .get(16..24)
                 .and_then(|b| b.try_into().ok())
@@ -682,23 +688,42 @@ pub fn local_refill_at<S: SharedStore + ?Sized>(
                 .get(24..32)
                 .and_then(|b| b.try_into().ok())
                 .map_or(0, u64::from_le_bytes);
-            let gained = u128::from(now_ms.saturating_sub(l)) * u128::from(cap_milli)
-                / u128::from(period_ms);
-            if u128::from(t) + gained >= 1000 {
-                return None;
-            }
-            // The first ms at which t + gained reaches a whole token.
-            let missing = u128::from(1000u64.saturating_sub(t));
-            let wait = (missing * u128::from(period_ms)).div_ceil(u128::from(cap_milli.max(1)));
-            let at = u128::from(l).saturating_add(wait);
-            return Some(
-                u64::try_from(at)
-                    .unwrap_or(u64::MAX)
-                    .max(now_ms.saturating_add(1)),
-            );
+            (e.get(..16).unwrap_or(&[]), t, l)
+        })
+        .collect();
+    let tokens = |t: u64, l: u64| {
+        u128::from(t)
+            + u128::from(now_ms.saturating_sub(l)) * u128::from(cap_milli) / u128::from(period_ms)
+    };
+    // The first ms at which an entry holds a whole token, if it does not now.
+    let refill_at = |t: u64, l: u64| -> Option<u64> {
+        if tokens(t, l) >= 1000 {
+            return None;
         }
+        let missing = u128::from(1000u64.saturating_sub(t));
+        let wait = (missing * u128::from(period_ms)).div_ceil(u128::from(cap_milli.max(1)));
+        let at = u128::from(l).saturating_add(wait);
+        Some(
+            u64::try_from(at)
+                .unwrap_or(u64::MAX)
+                .max(now_ms.saturating_add(1)),
+        )
+    };
+    if let Some(&(_, t, l)) = entries.iter().find(|(d, _, _)| *d == digest.as_slice()) {
+        return refill_at(t, l);
     }
-    None
+    let busy = entries.iter().filter(|(d, _, _)| *d != OVERFLOW.as_slice());
+    if busy.clone().count() < LOCAL_BUCKET_ENTRIES
+        || busy
+            .clone()
+            .any(|&(_, t, l)| tokens(t, l) >= u128::from(cap_milli))
+    {
+        return None;
+    }
+    entries
+        .iter()
+        .find(|(d, _, _)| *d == OVERFLOW.as_slice())
+        .and_then(|&(_, t, l)| refill_at(t, l))
 }
 
 /// What this worker knows from the rate-limit service's answers, per
@@ -996,6 +1021,58 @@ mod tests {
             c.begin_ask(k, t + 300, t + 400);
         }
         assert!(c.asking.len() <= OVER_LIMIT_ENTRIES, "{}", c.asking.len());
+    }
+
+    #[test]
+    fn a_descriptor_counted_in_the_overflow_entry_is_seen_spent() {
+        // 18 descriptors in one bucket, one token a minute each: 16 spend
+        // their own entries, the 17th and 18th share the overflow entry,
+        // which the 17th spends. The 18th's budget is spent with it.
+        let s = MemStore::default();
+        let limit = LocalLimit {
+            requests: 1,
+            per_seconds: 60,
+        };
+        let bucket = |d: &[u8; 16]| store::bucket_of(&SALT, d, LOCAL_BUCKETS);
+        let first = [0u8; 16];
+        let same: Vec<[u8; 16]> = (0u32..)
+            .map(|i| {
+                let mut d = [0u8; 16];
+                d[..4].copy_from_slice(&i.to_le_bytes());
+                d
+            })
+            .filter(|d| bucket(d) == bucket(&first))
+            .take(18)
+            .collect();
+        let t = 1_000_000;
+        for d in &same[..17] {
+            assert!(take_local(&s, &SALT, d, limit, t).unwrap().allowed);
+        }
+        assert!(!take_local(&s, &SALT, &same[16], limit, t).unwrap().allowed);
+        for d in &same[..16] {
+            assert!(local_refill_at(&s, &SALT, d, limit, t).is_some());
+        }
+        assert!(local_refill_at(&s, &SALT, &same[16], limit, t).is_some());
+        assert!(
+            local_refill_at(&s, &SALT, &same[17], limit, t).is_some(),
+            "shares the spent overflow entry"
+        );
+        assert!(!take_local(&s, &SALT, &same[17], limit, t).unwrap().allowed);
+        // A minute later every entry holds a token again.
+        assert_eq!(
+            local_refill_at(&s, &SALT, &same[17], limit, t + 60_000),
+            None
+        );
+        // Elsewhere, a descriptor without an entry holds a token.
+        let other = (0u32..)
+            .map(|i| {
+                let mut d = [9u8; 16];
+                d[..4].copy_from_slice(&i.to_le_bytes());
+                d
+            })
+            .find(|d| bucket(d) != bucket(&first))
+            .unwrap();
+        assert_eq!(local_refill_at(&s, &SALT, &other, limit, t), None);
     }
 
     #[test]
