@@ -1360,7 +1360,7 @@ fn check_token(
                     Flow::from(e.reason())
                 }
             })?;
-            if let Err(e) = token::check_signature(provider, pre.key, raw, now) {
+            if let Err(e) = pre.check_signature(provider, raw, now) {
                 let until = pre
                     .exp
                     .min(now.saturating_add(600))

@@ -1,5 +1,5 @@
 //! Token parsing and verification, `token::precheck` then
-//! `token::check_signature`, against one fixed provider (HS256, RS256 and
+//! `Prechecked::check_signature`, against one fixed provider (HS256, RS256 and
 //! ES256 keys from tests/fixtures, an issuer and an audience).
 //!
 //! The first byte picks the input's shape:
@@ -14,7 +14,7 @@
 use std::sync::OnceLock;
 
 use appguard::config::Config;
-use appguard::token::{check_signature, precheck};
+use appguard::token::precheck;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
@@ -72,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(pre) = precheck(p, &p.keys, &[], &token, NOW) else {
         return;
     };
-    if check_signature(p, pre.key, &token, NOW).is_err() {
+    if pre.check_signature(p, &token, NOW).is_err() {
         return;
     }
     let skew = p.clock_skew_seconds;

@@ -770,6 +770,11 @@ pub fn extract_with_source<'p, 'r>(
 pub struct Prechecked<'k> {
     /// The key chosen by `kid` and algorithm.
     pub key: &'k Key,
+    /// For a token that names no `kid`: the provider's other keys of its
+    /// algorithm, tried in turn if `key` does not verify it (as Envoy's
+    /// `jwt_authn` does), so that two secrets or a JWKS without `kid`s
+    /// all work. Empty (no allocation) otherwise.
+    pub others: Vec<&'k Key>,
     /// `exp`.
     pub exp: u64,
     /// The payload.
@@ -829,10 +834,46 @@ pub fn precheck<'k>(
         }
     }
     let key = select_key(keys.iter().chain(extra_keys.iter()), alg, kid)?;
+    let others = if kid.is_none() {
+        keys.iter()
+            .chain(extra_keys.iter())
+            .filter(|k| k.alg == alg && !std::ptr::eq(*k, key))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let claims = strict_json::parse_object(&b64url(p)?)
         .ok_or(TokenError::Malformed("payload is not a JSON object"))?;
     let exp = check_claims(provider, &claims, now)?;
-    Ok(Prechecked { key, exp, claims })
+    Ok(Prechecked {
+        key,
+        others,
+        exp,
+        claims,
+    })
+}
+
+impl Prechecked<'_> {
+    /// [`check_signature`] with the chosen key, then with each of
+    /// [`Prechecked::others`] until one verifies; the chosen key's error
+    /// if none does.
+    pub fn check_signature(
+        &self,
+        provider: &Provider,
+        token: &str,
+        now: u64,
+    ) -> Result<(), TokenError> {
+        let first = check_signature(provider, self.key, token, now);
+        if first.is_ok()
+            || self
+                .others
+                .iter()
+                .any(|k| check_signature(provider, k, token, now).is_ok())
+        {
+            return Ok(());
+        }
+        first
+    }
 }
 
 fn select_key<'k>(

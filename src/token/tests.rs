@@ -81,8 +81,40 @@ fn rs256(iat: u64, exp: u64) -> String {
 
 fn verify(p: &Provider, token: &str, now: u64) -> Result<u64, TokenError> {
     let pre = precheck(p, &p.keys, &[], token, now)?;
-    check_signature(p, pre.key, token, now)?;
+    pre.check_signature(p, token, now)?;
     Ok(pre.exp)
+}
+
+#[test]
+fn a_token_without_kid_is_tried_against_every_key_of_its_algorithm() {
+    // Two HS256 secrets without `kid` (a rotation): a token signed with
+    // either verifies, as with Envoy's jwt_authn; one signed with neither
+    // does not, and a token naming a kid is tried against that key only.
+    let old_secret = [1u8; 32];
+    let p = provider(json!({"keys": [
+        {"alg": "HS256", "secret_base64": STANDARD.encode(old_secret)},
+        {"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)},
+        {"kid": "k3", "alg": "HS256", "secret_base64": STANDARD.encode([3u8; 32])}
+    ]}));
+    let header = json!({"alg": "HS256"});
+    for secret in [&old_secret[..], SECRET, &[3u8; 32][..]] {
+        let t = hs256_raw(secret, &header, &claims_at(NOW, 60));
+        assert_eq!(verify(&p, &t, NOW), Ok(NOW + 60));
+    }
+    let forged = hs256_raw(&[9u8; 32], &header, &claims_at(NOW, 60));
+    assert!(matches!(
+        verify(&p, &forged, NOW),
+        Err(TokenError::Signature(_))
+    ));
+    let named = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "kid": "k3"}),
+        &claims_at(NOW, 60),
+    );
+    assert!(matches!(
+        verify(&p, &named, NOW),
+        Err(TokenError::Signature(_))
+    ));
 }
 
 #[test]
