@@ -122,16 +122,40 @@ fn per_phone_limit_holds_across_formats_and_denied_prefixes_are_refused() {
     assert!(!envoy.log().contains("7700900123") && !envoy.log().contains("7700 900123"));
 }
 
+/// Redis, the rate-limit service counting in it (tests/fixtures'
+/// limits), an upstream, and an Envoy calling the service (failure mode
+/// deny, 500 ms).
+struct Stack {
+    /// Kept for the test's length: the service counts in it.
+    _redis: Redis,
+    rls: RateLimitService,
+    up: Upstream,
+    envoy: harness::Envoy,
+}
+
+impl Stack {
+    fn start() -> Stack {
+        let redis = Redis::start();
+        let rls = RateLimitService::start(&test_limits(), Some(&redis.url()));
+        let up = Upstream::start();
+        let envoy = EnvoyBuilder::new(config("deny", 500), up.port)
+            .grpc_cluster("ratelimit", rls.grpc_port)
+            .start();
+        Stack {
+            _redis: redis,
+            rls,
+            up,
+            envoy,
+        }
+    }
+}
+
 #[test]
 fn a_lease_admits_exactly_the_limit_in_four_calls() {
     // 10 a day per tenant, leased 4 at a time, counted in Redis: calls for
     // 4, 4, then 2 (what the service said remained), then 1 that is over.
-    let redis = Redis::start();
-    let rls = RateLimitService::start(&test_limits(), Some(&redis.url()));
-    let up = Upstream::start();
-    let envoy = EnvoyBuilder::new(config("deny", 500), up.port)
-        .grpc_cluster("ratelimit", rls.grpc_port)
-        .start();
+    let stack = Stack::start();
+    let (rls, up, envoy) = (&stack.rls, &stack.up, &stack.envoy);
     let req = || Req::get("/leased/x").header("x-tenant", "acme");
     let statuses: Vec<u16> = (0..14).map(|_| envoy.request(req()).status).collect();
     assert_eq!(
@@ -163,12 +187,8 @@ fn a_burst_of_side_by_side_requests_asks_for_one_lease_and_uses_its_hits() {
     // after the single hits; never more. (When each asked for 4, the
     // service counted 4, 8, then refused, and the refusal kept the worker
     // from using the 6 hits it held: 2 of 20 passed.)
-    let redis = Redis::start();
-    let rls = RateLimitService::start(&test_limits(), Some(&redis.url()));
-    let up = Upstream::start();
-    let envoy = EnvoyBuilder::new(config("deny", 500), up.port)
-        .grpc_cluster("ratelimit", rls.grpc_port)
-        .start();
+    let stack = Stack::start();
+    let (up, envoy) = (&stack.up, &stack.envoy);
     let req = || Req::get("/leased/x").header("x-tenant", "hooli");
     let burst: Vec<u16> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..14)
