@@ -464,6 +464,53 @@ fn provider_config_errors_name_the_field() {
 }
 
 #[test]
+fn es384_and_eddsa_tokens_with_numeric_claims_verify_like_the_others() {
+    // A numeric `sub` or `jti` passes `precheck` for every algorithm; the
+    // signature check must not refuse it as a bad signature for some.
+    let es384 = ES384KeyPair::from_bytes(&[7u8; 48]).unwrap();
+    let seed = ed25519_compact::Seed::new([9u8; 32]);
+    let ed = Ed25519KeyPair::from_bytes(&ed25519_compact::KeyPair::from_seed(seed)[..]).unwrap();
+    let p = provider(json!({"keys": [
+        {"kid": "es384", "alg": "ES384", "pem": es384.public_key().to_pem().unwrap()},
+        {"kid": "ed", "alg": "EdDSA", "pem": ed.public_key().to_pem()}
+    ]}));
+    // jwt-simple would sign typed fields; sign the raw JSON instead.
+    let sign_raw = |kid: &str, alg: &str, sign: &dyn Fn(&[u8]) -> Vec<u8>| {
+        let header = json!({"alg": alg, "kid": kid, "typ": "JWT"});
+        let body = json!({"iat": NOW, "exp": NOW + 60, "sub": 42, "jti": 7});
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(body.to_string())
+        );
+        let sig = sign(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+    };
+    let es_token = sign_raw("es384", "ES384", &|m| {
+        use p384::ecdsa::signature::Signer;
+        let sk = p384::ecdsa::SigningKey::from_slice(&[7u8; 48]).unwrap();
+        let sig: p384::ecdsa::Signature = sk.sign(m);
+        sig.to_bytes().to_vec()
+    });
+    let ed_token = sign_raw("ed", "EdDSA", &|m| {
+        ed25519_compact::KeyPair::from_seed(seed)
+            .sk
+            .sign(m, None)
+            .to_vec()
+    });
+    for t in [&es_token, &ed_token] {
+        assert_eq!(verify(&p, t, NOW), Ok(NOW + 60), "{t}");
+        let mut forged = t.to_string();
+        let last = forged.pop().unwrap();
+        forged.push(if last == 'A' { 'Q' } else { 'A' });
+        assert!(matches!(
+            verify(&p, &forged, NOW),
+            Err(TokenError::Signature(_))
+        ));
+    }
+}
+
+#[test]
 fn every_key_kind_of_the_spec_verifies_as_pem_jwk_or_secret() {
     // SPEC §3: HS256/384/512 secrets in base64; RS256/PS256/ES256/ES384/
     // EdDSA public keys as PEM or JWK. Keys from fixed seeds (no
