@@ -742,11 +742,14 @@ pub fn local_refill_at<S: SharedStore + ?Sized>(
 ///   asked for near the limit can be refused while single hits remain.
 ///   The next lease asks for no more than the service last said remained,
 ///   which keeps a single worker exact.
-/// - **Asks in flight**: a lease asked for and not answered yet. While one
-///   is, other requests of the descriptor ask for a single hit: requests
-///   arriving side by side (an HTTP/2 client's streams) would otherwise
-///   each ask for a whole lease, and the service would count n hits for
-///   each of them and refuse far below the limit.
+/// - **Asks in flight**: leases asked for and not answered yet. Requests
+///   arriving side by side (an HTTP/2 client's streams, or any busy
+///   descriptor when its hits run out) would otherwise each ask for a
+///   whole lease, and near the limit the service would count n hits for
+///   each and refuse far below it. So a new ask is for no more than the
+///   service last said remained less the hits already asked for; while
+///   nothing is known of what remains (the first ask of a window), one
+///   ask at a time, the others asking for a single hit.
 ///
 /// Every request that has service descriptors looks here first, so its keys
 /// are a keyed hash (SipHash under the instance's salt) rather than the
@@ -755,10 +758,8 @@ pub fn local_refill_at<S: SharedStore + ?Sized>(
 pub struct ServiceCache {
     map: HashMap<[u8; 16], (u64, Option<u32>)>,
     leases: HashMap<[u8; 16], Lease>,
-    /// Lease asks in flight: the call's start (ms), which names the ask,
-    /// and when it is given up (the call's start plus its timeout: an ask
-    /// whose request went away is never answered).
-    asking: HashMap<[u8; 16], (u64, u64)>,
+    /// Lease asks in flight, per descriptor.
+    asking: HashMap<[u8; 16], Vec<Ask>>,
     keys: Keyed128,
 }
 
@@ -776,6 +777,22 @@ struct Lease {
     /// most the next lease in this window asks for.
     service_remaining: u32,
 }
+
+/// A lease asked for and not answered yet.
+#[derive(Clone, Copy, Debug)]
+struct Ask {
+    /// The call's start (ms): with `hits`, which ask an answer ends.
+    sent_ms: u64,
+    /// When it is given up: the call's start plus its timeout (an ask whose
+    /// request went away is never answered).
+    until_ms: u64,
+    /// Hits asked for.
+    hits: u32,
+}
+
+/// Most lease asks in flight per descriptor and worker; beyond, requests
+/// ask for a single hit.
+const MAX_ASKS: usize = 32;
 
 /// Largest number of descriptors the cache holds per worker, for each of
 /// its two tables.
@@ -843,40 +860,54 @@ impl ServiceCache {
 
     /// How many hits to ask the service for, for a descriptor whose rule
     /// leases `size`: `size`, or within the window of the last lease no
-    /// more than the service said remained then (at least 1, so that the
-    /// service decides); 1 while another ask for a lease is in flight.
+    /// more than the service said remained then, less the hits of the asks
+    /// still in flight (at least 1, so that the service decides). With
+    /// nothing known of what remains, 1 while another ask is in flight.
     pub fn lease_ask(&self, digest: &[u8; 16], size: u32, now_ms: u64) -> u32 {
-        if self
-            .asking
-            .get(digest)
-            .is_some_and(|&(_, until)| until > now_ms)
-        {
+        let (count, asked) = self.asking.get(digest).map_or((0, 0u32), |asks| {
+            asks.iter()
+                .filter(|a| a.until_ms > now_ms)
+                .fold((0, 0u32), |(n, h), a| (n + 1, h.saturating_add(a.hits)))
+        });
+        if count >= MAX_ASKS {
             return 1;
         }
         match self.leases.get(digest) {
-            Some(l) if l.until_ms > now_ms => size.min(l.service_remaining).max(1),
+            Some(l) if l.until_ms > now_ms => {
+                size.min(l.service_remaining.saturating_sub(asked)).max(1)
+            }
+            _ if count > 0 => 1,
             _ => size,
         }
     }
 
-    /// Records an ask for a lease sent at `sent_ms`, given up at `until_ms`
+    /// Records an ask for `hits` sent at `sent_ms`, given up at `until_ms`
     /// if no answer ends it first ([`ServiceCache::end_ask`]).
-    pub fn begin_ask(&mut self, digest: [u8; 16], sent_ms: u64, until_ms: u64) {
-        make_room(&mut self.asking, OVER_LIMIT_ENTRIES, |&(_, until)| {
-            until > sent_ms
+    pub fn begin_ask(&mut self, digest: [u8; 16], sent_ms: u64, until_ms: u64, hits: u32) {
+        make_room(&mut self.asking, OVER_LIMIT_ENTRIES, |asks| {
+            asks.iter().any(|a| a.until_ms > sent_ms)
         });
-        self.asking.insert(digest, (sent_ms, until_ms));
+        let asks = self.asking.entry(digest).or_default();
+        asks.retain(|a| a.until_ms > sent_ms);
+        asks.push(Ask {
+            sent_ms,
+            until_ms,
+            hits,
+        });
     }
 
-    /// Ends the ask sent at `sent_ms` (answered, or failed): a later ask,
-    /// made after this one was given up, stays.
-    pub fn end_ask(&mut self, digest: &[u8; 16], sent_ms: u64) {
-        if self
-            .asking
-            .get(digest)
-            .is_some_and(|&(sent, _)| sent == sent_ms)
-        {
-            self.asking.remove(digest);
+    /// Ends the ask for `hits` sent at `sent_ms` (answered, or failed).
+    pub fn end_ask(&mut self, digest: &[u8; 16], sent_ms: u64, hits: u32) {
+        if let Some(asks) = self.asking.get_mut(digest) {
+            if let Some(i) = asks
+                .iter()
+                .position(|a| a.sent_ms == sent_ms && a.hits == hits)
+            {
+                asks.swap_remove(i);
+            }
+            if asks.is_empty() {
+                self.asking.remove(digest);
+            }
         }
     }
 
@@ -1003,24 +1034,58 @@ mod tests {
         let (d, other) = ([3u8; 16], [4u8; 16]);
         let t = 1_000_000;
         assert_eq!(c.lease_ask(&d, 5, t), 5);
-        c.begin_ask(d, t, t + 100);
-        assert_eq!(c.lease_ask(&d, 5, t + 1), 1, "one ask in flight");
+        c.begin_ask(d, t, t + 100, 5);
+        assert_eq!(c.lease_ask(&d, 5, t + 1), 1, "nothing known: one ask");
         assert_eq!(c.lease_ask(&other, 5, t + 1), 5, "per descriptor");
         // Given up when the call's timeout passed (its request went away).
         assert_eq!(c.lease_ask(&d, 5, t + 100), 5);
         // A later ask is not ended by the answer to an earlier one.
-        c.begin_ask(d, t + 100, t + 200);
-        c.end_ask(&d, t);
+        c.begin_ask(d, t + 100, t + 200, 5);
+        c.end_ask(&d, t, 5);
         assert_eq!(c.lease_ask(&d, 5, t + 101), 1);
-        c.end_ask(&d, t + 100);
+        c.end_ask(&d, t + 100, 5);
         assert_eq!(c.lease_ask(&d, 5, t + 101), 5, "answered");
         // Bounded like the other tables.
         for i in 0..2 * OVER_LIMIT_ENTRIES as u32 {
             let mut k = [0u8; 16];
             k[..4].copy_from_slice(&i.to_le_bytes());
-            c.begin_ask(k, t + 300, t + 400);
+            c.begin_ask(k, t + 300, t + 400, 2);
         }
         assert!(c.asking.len() <= OVER_LIMIT_ENTRIES, "{}", c.asking.len());
+    }
+
+    #[test]
+    fn with_a_known_remainder_asks_side_by_side_share_it() {
+        // The service said 250 remain: asks in flight may take it all, in
+        // leases of 100 while that fits, then what is left, then single
+        // hits; never more than 250 asked at once.
+        let mut c = ServiceCache::new(&SALT);
+        let d = [5u8; 16];
+        let t = 1_000_000;
+        c.grant_lease(d, 100, 250, t + 60_000, t);
+        for _ in 0..99 {
+            assert!(c.take_lease(&d, t + 1));
+        }
+        let mut asked = Vec::new();
+        for i in 0..5 {
+            let hits = c.lease_ask(&d, 100, t + 2 + i);
+            if hits > 1 {
+                c.begin_ask(d, t + 2 + i, t + 1_000, hits);
+            }
+            asked.push(hits);
+        }
+        assert_eq!(asked, [100, 100, 50, 1, 1]);
+        // The first answer in: its ask ends, and its hits are held.
+        c.end_ask(&d, t + 2, 100);
+        c.grant_lease(d, 100, 150, t + 60_000, t + 10);
+        assert_eq!(c.lease_ask(&d, 100, t + 11), 1, "150 left, 150 asked");
+        // Too many asks at once: single hits.
+        let e = [6u8; 16];
+        c.grant_lease(e, 2, u32::MAX, t + 60_000, t);
+        for i in 0..MAX_ASKS as u64 {
+            c.begin_ask(e, t + i, t + 1_000, 2);
+        }
+        assert_eq!(c.lease_ask(&e, 2, t + 100), 1);
     }
 
     #[test]

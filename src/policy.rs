@@ -634,8 +634,8 @@ fn limits_phase(
     };
     // Leases: a descriptor whose rule leases and for which this worker
     // holds a hit takes it and is not sent; the others ask for a lease's
-    // worth of hits, or for one while another ask is in flight (see
-    // `ServiceCache`). After the over-limit cache, so that a request
+    // worth of hits, within what the service said remained less the asks
+    // in flight (see `ServiceCache`). After the over-limit cache, so that a request
     // refused from it takes no leased hit. (One the service then refuses
     // for another descriptor has used its hit: that errs on the strict
     // side.)
@@ -647,7 +647,7 @@ fn limits_phase(
             Some(size) => {
                 s.hits = cache.lease_ask(&s.key, size, ctx.now_ms);
                 if s.hits > 1 {
-                    cache.begin_ask(s.key, ctx.now_ms, give_up_ms);
+                    cache.begin_ask(s.key, ctx.now_ms, give_up_ms, s.hits);
                     s.asking = true;
                 }
                 true
@@ -714,7 +714,7 @@ pub fn evaluate_rls(
     {
         let mut cache = ctx.service_cache.borrow_mut();
         for s in pending.service.iter().filter(|s| s.asking) {
-            cache.end_ask(&s.key, pending.sent_ms);
+            cache.end_ask(&s.key, pending.sent_ms, s.hits);
         }
     }
     let verdict = answer
