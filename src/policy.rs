@@ -238,10 +238,14 @@ struct Sent {
     hits: u32,
     /// Its rule's `lease`, if any: an `OK` status is then kept as a lease.
     lease: Option<u32>,
-    /// Whether this call is the worker's ask in flight for the
-    /// descriptor's lease ([`ServiceCache::begin_ask`]), ended by its
-    /// answer.
-    asking: bool,
+}
+
+impl Sent {
+    /// Whether this call asks for a lease (more than one hit), recorded
+    /// as in flight ([`ServiceCache::begin_ask`]) until its answer.
+    fn asks_lease(&self) -> bool {
+        self.lease.is_some() && self.hits > 1
+    }
 }
 
 /// A `ShouldRateLimit` call to make.
@@ -593,7 +597,6 @@ fn limits_phase(
                     key,
                     hits: 1,
                     lease: rl.lease,
-                    asking: false,
                 });
             }
         }
@@ -646,9 +649,8 @@ fn limits_phase(
             Some(_) if cache.take_lease(&s.key, ctx.now_ms) => false,
             Some(size) => {
                 s.hits = cache.lease_ask(&s.key, size, ctx.now_ms);
-                if s.hits > 1 {
+                if s.asks_lease() {
                     cache.begin_ask(s.key, ctx.now_ms, give_up_ms, s.hits);
-                    s.asking = true;
                 }
                 true
             }
@@ -663,7 +665,6 @@ fn limits_phase(
             key,
             hits: 1,
             lease: None,
-            asking: false,
         });
     }
     if service.is_empty() {
@@ -713,7 +714,7 @@ pub fn evaluate_rls(
     // Whatever the answer, this call's lease asks are no longer in flight.
     {
         let mut cache = ctx.service_cache.borrow_mut();
-        for s in pending.service.iter().filter(|s| s.asking) {
+        for s in pending.service.iter().filter(|s| s.asks_lease()) {
             cache.end_ask(&s.key, pending.sent_ms, s.hits);
         }
     }
