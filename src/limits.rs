@@ -504,6 +504,61 @@ fn local_key(salt: &BucketSalt, digest: &[u8; 16], limit: LocalLimit) -> String 
     )
 }
 
+/// One entry of a local-limit bucket: the descriptor's digest, its
+/// milli-tokens, and when they were last refilled (ms).
+type LocalEntry = ([u8; 16], u64, u64);
+
+/// The entries of a bucket as shared data holds them.
+fn local_entries(bytes: &[u8]) -> Vec<LocalEntry> {
+    bytes
+        .chunks_exact(LOCAL_ENTRY)
+        .map(|e| {
+            let mut d = [0u8; 16];
+            d.copy_from_slice(e.get(..16).unwrap_or(&[0; 16]));
+            let t = e
+                .get(16..24)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes);
+            let l = e
+                .get(24..32)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes);
+            (d, t, l)
+        })
+        .collect()
+}
+
+/// Where a descriptor is counted in its bucket.
+enum Place {
+    /// Its own entry, at this index.
+    Own(usize),
+    /// A new entry (the bucket has room): it starts full.
+    New,
+    /// A new entry in place of the idle (full) one at this index.
+    Evict(usize),
+    /// The bucket's overflow entry, at this index if it exists yet (a new
+    /// one starts full), shared with every descriptor that found no room.
+    Overflow(Option<usize>),
+}
+
+/// Where [`take_local`] counts `digest` in a bucket with `entries`;
+/// `idle` says whether an entry (milli-tokens, last refill) is full again.
+fn place(entries: &[LocalEntry], digest: &[u8; 16], idle: impl Fn(u64, u64) -> bool) -> Place {
+    if let Some(i) = entries.iter().position(|(d, _, _)| d == digest) {
+        return Place::Own(i);
+    }
+    if entries.iter().filter(|(d, _, _)| *d != OVERFLOW).count() < LOCAL_BUCKET_ENTRIES {
+        return Place::New;
+    }
+    if let Some(i) = entries
+        .iter()
+        .position(|&(d, t, l)| d != OVERFLOW && idle(t, l))
+    {
+        return Place::Evict(i);
+    }
+    Place::Overflow(entries.iter().position(|(d, _, _)| *d == OVERFLOW))
+}
+
 /// Takes one token from the descriptor's bucket. Buckets live in shared
 /// data, updated with CAS, so every worker of the instance shares them.
 ///
@@ -532,44 +587,22 @@ pub fn take_local<S: SharedStore + ?Sized>(
     };
     let key = local_key(salt, digest, limit);
     store::update(s, &key, |current| {
-        let mut entries: Vec<([u8; 16], u64, u64)> = current
-            .unwrap_or(&[])
-            .chunks_exact(LOCAL_ENTRY)
-            .map(|e| {
-                let mut d = [0u8; 16];
-                d.copy_from_slice(e.get(..16).unwrap_or(&[0; 16]));
-                let t = e
-                    .get(16..24)
-                    .and_then(|b| b.try_into().ok())
-                    .map_or(0, u64::from_le_bytes);
-                let l = e
-                    .get(24..32)
-                    .and_then(|b| b.try_into().ok())
-                    .map_or(0, u64::from_le_bytes);
-                (d, t, l)
-            })
-            .collect();
-        let idx = match entries.iter().position(|(d, _, _)| d == digest) {
-            Some(i) => i,
-            None => {
-                let live = entries.iter().filter(|(d, _, _)| *d != OVERFLOW).count();
-                if live < LOCAL_BUCKET_ENTRIES {
-                    entries.push((*digest, cap_milli, now_ms));
-                    entries.len() - 1
-                } else if let Some(i) = entries
-                    .iter()
-                    .position(|(d, t, l)| *d != OVERFLOW && refill(*t, *l) >= cap_milli)
-                {
-                    if let Some(e) = entries.get_mut(i) {
-                        *e = (*digest, cap_milli, now_ms);
-                    }
-                    i
-                } else if let Some(i) = entries.iter().position(|(d, _, _)| *d == OVERFLOW) {
-                    i
-                } else {
-                    entries.push((OVERFLOW, cap_milli, now_ms));
-                    entries.len() - 1
+        let mut entries = local_entries(current.unwrap_or(&[]));
+        let idx = match place(&entries, digest, |t, l| refill(t, l) >= cap_milli) {
+            Place::Own(i) | Place::Overflow(Some(i)) => i,
+            Place::New => {
+                entries.push((*digest, cap_milli, now_ms));
+                entries.len() - 1
+            }
+            Place::Evict(i) => {
+                if let Some(e) = entries.get_mut(i) {
+                    *e = (*digest, cap_milli, now_ms);
                 }
+                i
+            }
+            Place::Overflow(None) => {
+                entries.push((OVERFLOW, cap_milli, now_ms));
+                entries.len() - 1
             }
         };
         let Some(entry) = entries.get_mut(idx) else {
@@ -677,53 +710,31 @@ pub fn local_refill_at<S: SharedStore + ?Sized>(
     let period_ms = limit.per_seconds.saturating_mul(1000).max(1);
     let key = local_key(salt, digest, limit);
     let (bytes, _) = s.get(&key)?;
-    let entries: Vec<(&[u8], u64, u64)> = bytes
-        .chunks_exact(LOCAL_ENTRY)
-        .map(|e| {
-            let t = e
-                .get(16..24)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_le_bytes);
-            let l = e
-                .get(24..32)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_le_bytes);
-            (e.get(..16).unwrap_or(&[]), t, l)
-        })
-        .collect();
+    let entries = local_entries(&bytes);
     let tokens = |t: u64, l: u64| {
         u128::from(t)
             + u128::from(now_ms.saturating_sub(l)) * u128::from(cap_milli) / u128::from(period_ms)
     };
-    // The first ms at which an entry holds a whole token, if it does not now.
-    let refill_at = |t: u64, l: u64| -> Option<u64> {
-        if tokens(t, l) >= 1000 {
-            return None;
-        }
-        let missing = u128::from(1000u64.saturating_sub(t));
-        let wait = (missing * u128::from(period_ms)).div_ceil(u128::from(cap_milli.max(1)));
-        let at = u128::from(l).saturating_add(wait);
-        Some(
-            u64::try_from(at)
-                .unwrap_or(u64::MAX)
-                .max(now_ms.saturating_add(1)),
-        )
+    let i = match place(&entries, digest, |t, l| {
+        tokens(t, l) >= u128::from(cap_milli)
+    }) {
+        Place::Own(i) | Place::Overflow(Some(i)) => i,
+        // A new or evicted entry, or a new overflow entry, starts full.
+        Place::New | Place::Evict(_) | Place::Overflow(None) => return None,
     };
-    if let Some(&(_, t, l)) = entries.iter().find(|(d, _, _)| *d == digest.as_slice()) {
-        return refill_at(t, l);
-    }
-    let busy = entries.iter().filter(|(d, _, _)| *d != OVERFLOW.as_slice());
-    if busy.clone().count() < LOCAL_BUCKET_ENTRIES
-        || busy
-            .clone()
-            .any(|&(_, t, l)| tokens(t, l) >= u128::from(cap_milli))
-    {
+    let &(_, t, l) = entries.get(i)?;
+    if tokens(t, l) >= 1000 {
         return None;
     }
-    entries
-        .iter()
-        .find(|(d, _, _)| *d == OVERFLOW.as_slice())
-        .and_then(|&(_, t, l)| refill_at(t, l))
+    // The first ms at which t + gained reaches a whole token.
+    let missing = u128::from(1000u64.saturating_sub(t));
+    let wait = (missing * u128::from(period_ms)).div_ceil(u128::from(cap_milli.max(1)));
+    let at = u128::from(l).saturating_add(wait);
+    Some(
+        u64::try_from(at)
+            .unwrap_or(u64::MAX)
+            .max(now_ms.saturating_add(1)),
+    )
 }
 
 /// What this worker knows from the rate-limit service's answers, per
