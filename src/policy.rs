@@ -180,8 +180,9 @@ pub struct Facts {
     pub key: Option<usize>,
     /// The verified token.
     pub token: Option<Rc<VerifiedToken>>,
-    /// The replay descriptor for the service (`replay.scope: service`).
-    pub replay: Option<Descriptor>,
+    /// The token's `jti` (or other replay claim), checked once every other
+    /// check of the request has passed: see [`ReplayMark`].
+    pub replay: Option<ReplayMark>,
     /// The token was refused without verification: the client's signature
     /// failure budget is spent (counted and logged by the adapter).
     pub budget_refused: bool,
@@ -193,6 +194,30 @@ pub struct Facts {
     /// so it counts nothing and replays would pass. Treated as the service
     /// failing (the route's `failure_mode`); the adapter logs the cause.
     pub replay_unlimited: bool,
+}
+
+/// A verified token's replay claim, waiting to be recorded as used.
+///
+/// It is recorded last, once the request has passed every other check
+/// (request signing, platform and app, body) and just before the rate
+/// limits. Recorded earlier, a copied token sent without the install's
+/// signature, or with the wrong platform headers, would burn the genuine
+/// client's `jti` although appguard refused the copy.
+#[derive(Clone, Debug)]
+pub enum ReplayMark {
+    /// `replay.scope: service`: a descriptor counted by the rate-limit
+    /// service with limit 1, in the same call as the route's limits.
+    Service(Descriptor),
+    /// `replay.scope: local`: an entry in the instance's shared replay
+    /// table.
+    Local {
+        /// Index of the provider (its name names the table).
+        provider: usize,
+        /// Truncated SHA-256 of the provider name and the claim value.
+        digest: [u8; 16],
+        /// Until when the entry is kept: the token's `exp` plus skew.
+        expires: u64,
+    },
 }
 
 /// An evaluation that waits for the body or the rate-limit service: what
@@ -214,8 +239,8 @@ pub struct Pending {
     sent_ms: u64,
     /// Index in `service` of the replay descriptor (`replay.scope: service`).
     replay_index: Option<usize>,
-    /// Replay descriptor waiting for the body phase to finish.
-    replay: Option<Descriptor>,
+    /// The token's replay claim, recorded once the other checks passed.
+    replay: Option<ReplayMark>,
 }
 
 impl Pending {
@@ -632,6 +657,22 @@ fn limits_phase(
             },
         );
     }
+    // The replay claim last (see `ReplayMark`): the request passed every
+    // check, and the limits counted it without refusing it.
+    let service_replay = match pending.replay.take() {
+        Some(ReplayMark::Local {
+            provider,
+            digest,
+            expires,
+        }) => {
+            if let Err(r) = local_replay(ctx, provider, &digest, expires, now) {
+                return deny(pending, r.into());
+            }
+            None
+        }
+        Some(ReplayMark::Service(d)) => Some(d),
+        None => None,
+    };
     let Some(svc) = &config.rate_limit_service else {
         return done(pending);
     };
@@ -657,7 +698,7 @@ fn limits_phase(
             None => true,
         });
     }
-    if let Some(replay) = pending.replay.take() {
+    if let Some(replay) = service_replay {
         pending.replay_index = Some(service.len());
         let key = ctx.service_cache.borrow().key(&svc.replay_scope, &replay);
         service.push(Sent {
@@ -1222,7 +1263,7 @@ fn check_token(
             exp,
             claims,
         });
-        token_rules(ctx, req, now, p, &verified, grant, &mut facts.replay)?;
+        token_rules(req, p, &verified, grant, &mut facts.replay)?;
         return Ok(Some(verified));
     }
     // The first provider (in the route's order) whose sources hold a token.
@@ -1393,20 +1434,18 @@ fn check_token(
             v
         }
     };
-    token_rules(ctx, req, now, provider, &verified, grant, &mut facts.replay)?;
+    token_rules(req, provider, &verified, grant, &mut facts.replay)?;
     Ok(Some(verified))
 }
 
 /// The rules that run on every request with a verified token, cached or
 /// not: binding, replay and claim headers.
 fn token_rules(
-    ctx: &Ctx<'_>,
     req: &Request<'_>,
-    now: u64,
     provider: &token::Provider,
     verified: &VerifiedToken,
     grant: &mut Grant,
-    replay_out: &mut Option<Descriptor>,
+    replay_out: &mut Option<ReplayMark>,
 ) -> Result<(), Flow> {
     if let Some(b) = &provider.binding {
         token::check_binding(b, &verified.claims, req)?;
@@ -1420,32 +1459,19 @@ fn token_rules(
         let d = h.finalize();
         let mut digest = [0u8; 16];
         digest.copy_from_slice(d.get(..16).unwrap_or(&[0; 16]));
-        match r.scope {
+        // Recorded once the other checks passed (`limits_phase`).
+        *replay_out = Some(match r.scope {
             // Checked by the service with the other descriptors (limit 1).
             ReplayScope::Service => {
                 let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-                *replay_out = Some(vec![(r.claim.clone(), hex)]);
+                ReplayMark::Service(vec![(r.claim.clone(), hex)])
             }
-            ReplayScope::Local => {
-                let expires = verified.exp.saturating_add(provider.clock_skew_seconds);
-                match store::replay_check(
-                    ctx.store,
-                    &ctx.bucket_salt,
-                    &provider.name,
-                    r.max_entries,
-                    &digest,
-                    expires,
-                    now,
-                ) {
-                    Ok(ReplayOutcome::Fresh) => {}
-                    // A full table or a store failure cannot prove freshness:
-                    // fail closed.
-                    Ok(ReplayOutcome::Replayed | ReplayOutcome::Full) | Err(_) => {
-                        return Err(Reason::TokenReplayed.into())
-                    }
-                }
-            }
-        }
+            ReplayScope::Local => ReplayMark::Local {
+                provider: verified.provider,
+                digest,
+                expires: verified.exp.saturating_add(provider.clock_skew_seconds),
+            },
+        });
     }
     for (claim, header) in &provider.claim_to_headers {
         if let Some(v) = verified.claim_text(claim) {
@@ -1455,6 +1481,37 @@ fn token_rules(
         }
     }
     Ok(())
+}
+
+/// Records a token's replay claim in the instance's replay table
+/// (`replay.scope: local`): `Err(token_replayed)` when it was seen before.
+fn local_replay(
+    ctx: &Ctx<'_>,
+    provider: usize,
+    digest: &[u8; 16],
+    expires: u64,
+    now: u64,
+) -> Result<(), Reason> {
+    let (name, capacity) = ctx
+        .config
+        .providers
+        .get(provider)
+        .and_then(|p| Some((&p.name, p.replay.as_ref()?.max_entries)))
+        .ok_or(Reason::TokenReplayed)?;
+    match store::replay_check(
+        ctx.store,
+        &ctx.bucket_salt,
+        name,
+        capacity,
+        digest,
+        expires,
+        now,
+    ) {
+        Ok(ReplayOutcome::Fresh) => Ok(()),
+        // A full table or a store failure cannot prove freshness: fail
+        // closed.
+        Ok(ReplayOutcome::Replayed | ReplayOutcome::Full) | Err(_) => Err(Reason::TokenReplayed),
+    }
 }
 
 /// Applies the mode: in monitor mode a denial becomes an allow that carries

@@ -2579,3 +2579,92 @@ fn the_rate_limit_service_cannot_set_a_header_only_appguard_sets() {
     };
     assert_eq!(set_headers(&d), vec![("x-tier".into(), "gold".into())]);
 }
+
+#[test]
+fn a_token_refused_for_another_reason_keeps_its_jti() {
+    // The jti is recorded only once the request passed every other check:
+    // a copy of the genuine client's token, sent with the wrong platform
+    // headers, must not burn it.
+    let w = World::new();
+    let auth = "Bearer u1";
+    let t = own_token("shop-android", "keep-1", auth);
+    assert_eq!(
+        w.reason(
+            "/attested/x",
+            &[
+                ("x-app-token", &t),
+                ("authorization", auth),
+                ("x-ios-bundle-identifier", "com.example.shop")
+            ]
+        ),
+        Some(Reason::AppMismatch)
+    );
+    let genuine = [("x-app-token", t.as_str()), ("authorization", auth)];
+    assert_eq!(
+        w.reason("/attested/x", &genuine),
+        None,
+        "the genuine request"
+    );
+    assert_eq!(
+        w.reason("/attested/x", &genuine),
+        Some(Reason::TokenReplayed),
+        "and its replay"
+    );
+}
+
+#[test]
+fn a_copied_token_without_the_install_signature_keeps_its_jti() {
+    use crate::signing::{sign_request, InstallSigningKey, SignatureOptions};
+    let w = World::from(json!({
+        "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "replay": {"claim": "jti", "scope": "local"},
+                    "message_signing": {"claim": "ipk", "max_age_seconds": 60}}],
+        "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"]}]
+    }));
+    let key = InstallSigningKey::p256_from_bytes(&[7u8; 32]).unwrap();
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "jti": "once", "ipk": key.public_key().to_ipk()}),
+    );
+    let msg_headers = vec![("approov-token".to_string(), token.clone())];
+    let msg = crate::signing::Message::request(
+        "GET",
+        "https",
+        "api.example.com",
+        "/v1/x",
+        None,
+        &msg_headers,
+        None,
+    );
+    let comps = vec![
+        "@method".into(),
+        "@authority".into(),
+        "@path".into(),
+        "approov-token".into(),
+    ];
+    let sig = sign_request(&key, &msg, &SignatureOptions::new("install", comps, NOW)).unwrap();
+    let run = |signed: bool| {
+        let mut all = vec![
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":path", "/v1/x"),
+            (":authority", "api.example.com"),
+            ("approov-token", token.as_str()),
+        ];
+        if signed {
+            all.push(("signature-input", &sig.signature_input));
+            all.push(("signature", &sig.signature));
+        }
+        let h = headers(&all);
+        match evaluate(&w.ctx(), &Request::new(&h, None), NOW) {
+            Step::Done(d, _) => d.reason(),
+            s => panic!("{s:?}"),
+        }
+    };
+    assert_eq!(run(false), Some(Reason::SignatureInvalid), "the copy");
+    assert_eq!(run(false), Some(Reason::SignatureInvalid), "the copy again");
+    assert_eq!(run(true), None, "the genuine client, after the copies");
+    assert_eq!(run(true), Some(Reason::TokenReplayed), "its replay");
+}

@@ -229,3 +229,48 @@ fn a_streamed_body_without_content_length_is_covered_too() {
     assert_eq!(up.seen().len(), 1);
     envoy.assert_vm_healthy();
 }
+
+#[test]
+fn a_copied_token_sent_first_does_not_burn_the_genuine_clients_jti() {
+    // `replay` with `message_signing`: the jti is recorded only once the
+    // signature (here over the body) and every other check passed. A copy
+    // of the token sent ahead of the genuine client, unsigned or with a
+    // body of its own, is refused and leaves the jti unused.
+    let cfg = json!({
+        "tokens": [{"name": "approov", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": harness::tokens::secret_b64()}],
+                    "replay": {"claim": "jti", "scope": "local"},
+                    "message_signing": {"claim": "ipk", "max_age_seconds": 60}}],
+        "routes": [{"name": "sms", "match": {"prefix": "/v1/"}, "tokens": ["approov"]}]
+    });
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg, up.port).start();
+    let key = install_key(7);
+    let t = hs256(&claims(
+        120,
+        json!({"ipk": key.public_key().to_ipk(), "jti": "burn-me-not"}),
+    ));
+    let genuine = signed(&key, &t, "POST", "/v1/sms", BODY, now(), None);
+    let unsigned = Req::new("POST", "/v1/sms")
+        .header("approov-token", &t)
+        .header("content-type", "application/json")
+        .body(BODY.as_bytes());
+    let other_body = with_body(
+        genuine.clone(),
+        r#"{"to":"+447700900999","template":"otp"}"#,
+    );
+    for (what, copy) in [("unsigned", unsigned), ("other body", other_body)] {
+        let r = envoy.request(copy);
+        assert_eq!(
+            (r.status, r.reason()),
+            (401, Some("signature_invalid")),
+            "{what}: {}",
+            r.text()
+        );
+    }
+    let r = envoy.request(genuine.clone());
+    assert_eq!(r.status, 200, "the genuine client: {}", r.text());
+    assert_eq!(up.seen().len(), 1, "only the genuine request went upstream");
+    let r = envoy.request(genuine);
+    assert_eq!((r.status, r.reason()), (401, Some("token_replayed")));
+}
