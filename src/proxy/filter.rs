@@ -333,6 +333,11 @@ impl GuardFilter {
                         )
                     });
                 }
+                // A monitor-mode route's budget spares the CPU of a flood
+                // as an enforcing one does: counted the same way.
+                if facts.budget_refused {
+                    worker.metrics.budget_refusal();
+                }
                 match (grant.would_deny, facts.degraded) {
                     (Some(r), _) => worker.metrics.count(facts.route, Counted::Monitor, Some(r)),
                     (None, Some(_)) => {} // counted as degraded above
@@ -379,10 +384,11 @@ impl GuardFilter {
         if let Some(reason) = grant.would_deny {
             decision_log(worker, log::Level::Info, now, || {
                 format!(
-                    "#{} monitor would_deny reason={} {}",
+                    "#{} monitor would_deny reason={} {}{}",
                     self.context_id,
                     reason,
-                    describe(worker, facts, &self.headers)
+                    describe(worker, facts, &self.headers),
+                    budget_note(facts)
                 )
             });
             let _ = abi::set_header(Map::RequestHeaders, "x-appguard-would-deny", reason.code());
@@ -398,11 +404,7 @@ impl GuardFilter {
                 reason,
                 reason.status(),
                 describe(worker, facts, &self.headers),
-                if facts.budget_refused {
-                    " budget=exhausted"
-                } else {
-                    ""
-                }
+                budget_note(facts)
             )
         });
         scrub(worker, &denial.key_scrub);
@@ -679,4 +681,14 @@ fn downstream_ip() -> Option<IpAddr> {
         .map(|s| s.ip())
         .or_else(|_| text.parse::<IpAddr>())
         .ok()
+}
+
+/// The log note of a token refused without verification because its
+/// client's failure budget is spent.
+fn budget_note(facts: &Facts) -> &'static str {
+    if facts.budget_refused {
+        " budget=exhausted"
+    } else {
+        ""
+    }
 }

@@ -236,3 +236,43 @@ fn delegated_mode_behind_a_real_jwt_authn() {
     assert_eq!((r.status, r.reason()), (401, Some("token_lifetime")));
     assert_eq!(up.seen().len(), 1);
 }
+
+#[test]
+fn a_monitor_route_counts_and_logs_its_budget_refusals() {
+    // Monitor mode lets the flood through, but the budget still spares the
+    // verification, and operators see it as on an enforcing route.
+    let mut cfg = rs_config();
+    cfg["routes"][0]["mode"] = json!("monitor");
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg, up.port).start();
+    for i in 0..8 {
+        let t = forged(
+            "rsa1",
+            &claims(
+                60,
+                json!({"iss": "https://issuer.example", "aud": "api", "n": i}),
+            ),
+        );
+        let r = envoy.request(
+            Req::get("/a")
+                .header("x-token", &t)
+                .header("x-forwarded-for", "198.51.100.67"),
+        );
+        assert_eq!(r.status, 200, "monitor mode lets it through");
+        assert_eq!(
+            up.last().header("x-appguard-would-deny"),
+            Some("token_signature")
+        );
+    }
+    assert_eq!(
+        envoy.stat("appguard_verification_budget_refusals"),
+        Some(5),
+        "3 failures spend the budget; the other 5 skip verification"
+    );
+    assert!(
+        envoy.log().contains("would_deny reason=token_signature")
+            && envoy.log().contains("budget=exhausted"),
+        "{}",
+        envoy.log()
+    );
+}
