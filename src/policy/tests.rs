@@ -924,6 +924,13 @@ fn bodies_that_cannot_be_read_are_body_invalid_or_too_large() {
         Some(Reason::BodyInvalid),
         "duplicate keys"
     );
+    // A Go or ASP.NET upstream reads "To" as "to" (the last one wins): it
+    // would deliver to the number appguard did not check.
+    assert_eq!(
+        reason(r#"{"to": "+447700900123", "To": "+882 123 456 789"}"#),
+        Some(Reason::BodyInvalid),
+        "keys that differ only in case"
+    );
     assert_eq!(
         reason(&format!("{}1{}", "[".repeat(100), "]".repeat(100))),
         Some(Reason::BodyInvalid),

@@ -1,6 +1,11 @@
 //! JSON for untrusted token parts: duplicate object keys are refused at
 //! every level (serde_json's `Value` silently keeps the last one, which lets
 //! two parsers disagree about a claim), and nesting is bounded.
+//!
+//! Request bodies ([`parse_value`]) also refuse keys that differ only in
+//! case: Go's `encoding/json` and ASP.NET match member names without
+//! regard to case (the last one wins), so an upstream in either would read
+//! `"To"` where appguard checked `"to"`.
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -11,6 +16,26 @@ struct StrictValue(Value);
 
 struct StrictVisitor {
     depth: usize,
+    /// Refuse keys equal under case folding too (request bodies).
+    fold_keys: bool,
+}
+
+/// A key in lower case, close to how Go's `strings.EqualFold` compares:
+/// the Kelvin sign `K` reads as `k`, and the long `ſ` as `s` (the two
+/// letters outside ASCII that fold to an ASCII one), and the final `ς` as
+/// `σ`.
+fn folded(key: &str) -> String {
+    if key.is_ascii() {
+        key.to_ascii_lowercase()
+    } else {
+        key.chars()
+            .flat_map(|c| match c {
+                '\u{17f}' => 's'.to_lowercase(),
+                '\u{3c2}' => '\u{3c3}'.to_lowercase(),
+                c => c.to_lowercase(),
+            })
+            .collect()
+    }
 }
 
 impl<'de> de::DeserializeSeed<'de> for StrictVisitor {
@@ -57,6 +82,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
         let mut out = Vec::new();
         while let Some(StrictValue(v)) = seq.next_element_seed(StrictVisitor {
             depth: self.depth + 1,
+            fold_keys: self.fold_keys,
         })? {
             out.push(v);
         }
@@ -67,9 +93,14 @@ impl<'de> Visitor<'de> for StrictVisitor {
             return Err(de::Error::custom("nested too deeply"));
         }
         let mut out = Map::new();
+        let mut seen = std::collections::HashSet::new();
         while let Some(k) = map.next_key::<String>()? {
+            if self.fold_keys && !seen.insert(folded(&k)) {
+                return Err(de::Error::custom("duplicate key (ignoring case)"));
+            }
             let StrictValue(v) = map.next_value_seed(StrictVisitor {
                 depth: self.depth + 1,
+                fold_keys: self.fold_keys,
             })?;
             if out.insert(k, v).is_some() {
                 return Err(de::Error::custom("duplicate key"));
@@ -83,7 +114,14 @@ impl<'de> Visitor<'de> for StrictVisitor {
 /// than 16, trailing data, and anything that is not an object at the top.
 pub fn parse_object(bytes: &[u8]) -> Option<Map<String, Value>> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let v = de::DeserializeSeed::deserialize(StrictVisitor { depth: 0 }, &mut de).ok()?;
+    let v = de::DeserializeSeed::deserialize(
+        StrictVisitor {
+            depth: 0,
+            fold_keys: false,
+        },
+        &mut de,
+    )
+    .ok()?;
     de.end().ok()?;
     match v.0 {
         Value::Object(m) => Some(m),
@@ -91,11 +129,19 @@ pub fn parse_object(bytes: &[u8]) -> Option<Map<String, Value>> {
     }
 }
 
-/// Parses any JSON value with the same rules as [`parse_object`] (used for
-/// request bodies: duplicate keys, deep nesting and invalid UTF-8 refused).
+/// Parses any JSON value with the same rules as [`parse_object`], and
+/// refuses keys of one object that differ only in case (used for request
+/// bodies: duplicate keys, deep nesting and invalid UTF-8 refused).
 pub fn parse_value(bytes: &[u8]) -> Option<Value> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let v = de::DeserializeSeed::deserialize(StrictVisitor { depth: 0 }, &mut de).ok()?;
+    let v = de::DeserializeSeed::deserialize(
+        StrictVisitor {
+            depth: 0,
+            fold_keys: true,
+        },
+        &mut de,
+    )
+    .ok()?;
     de.end().ok()?;
     Some(v.0)
 }
@@ -106,6 +152,28 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+
+    #[test]
+    fn body_keys_that_differ_only_in_case_are_refused() {
+        // What Go's encoding/json would read as one member (the last).
+        assert!(parse_value(br#"{"to":"+447700900123","To":"+882123"}"#).is_none());
+        assert!(parse_value(br#"{"a":{"msisdn":1,"MSISDN":2}}"#).is_none());
+        assert!(
+            parse_value(br#"[{"x":1},{"X":1}]"#).is_some(),
+            "other objects"
+        );
+        assert!(
+            parse_value("{\"k\":1,\"\u{212a}\":2}".as_bytes()).is_none(),
+            "Kelvin sign"
+        );
+        assert!(
+            parse_value("{\"ms\":1,\"m\u{17f}\":2}".as_bytes()).is_none(),
+            "long s"
+        );
+        assert!(parse_value(br#"{"to":1,"too":2}"#).is_some());
+        // Tokens keep exact-match keys: their issuer signed them.
+        assert!(parse_object(br#"{"sub":"a","Sub":"b"}"#).is_some());
+    }
 
     #[test]
     fn duplicates_and_depth_are_refused() {

@@ -1401,6 +1401,18 @@ fn hostile_json_bodies_are_body_invalid() {
             br#"{"to":"+447700900111","\u0074o":"+447700900222"}"#.to_vec(),
         ),
         (
+            // Go's encoding/json and ASP.NET read "To" as "to", the last
+            // one winning: the upstream would send to the unchecked number.
+            "keys that differ only in case",
+            br#"{"to":"+447700900111","To":"+882123456789"}"#.to_vec(),
+        ),
+        (
+            "keys equal under Unicode case folding (Kelvin sign)",
+            "{\"k\":1,\"\u{212a}\":2,\"to\":\"+447700900111\"}"
+                .as_bytes()
+                .to_vec(),
+        ),
+        (
             "duplicate key elsewhere",
             br#"{"to":"+447700900111","x":{"y":1,"y":2}}"#.to_vec(),
         ),
