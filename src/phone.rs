@@ -30,8 +30,9 @@
 //!    America's `011`, are not recognised: such input is read as a national
 //!    number.
 //! 5. **The `(0)` convention.** In an international number, a group `(0)`
-//!    after the first digit (as in `+44 (0)20 7946 0000`) marks the national
-//!    trunk prefix that callers from abroad leave out, so it is dropped. A `0`
+//!    right after the calling code (as in `+44 (0)20 7946 0000`) marks the
+//!    national trunk prefix that callers from abroad leave out, so it is
+//!    dropped. Anywhere else, `(0)` is the digit `0` in parentheses. A `0`
 //!    written without parentheses is kept: `+44 020 …` and `+44 20 …` are
 //!    different strings (the filter carries no numbering plan to know that
 //!    one of them is invalid). Gateways deliver both to one phone, though,
@@ -292,11 +293,19 @@ fn scan(input: &str) -> Result<Scanned, PhoneError> {
                 plus = true;
             }
             b'(' => {
-                // `(0)` after the first digit of an international number
-                // (after `00` and one more digit when `00` introduced it).
-                let international_started = (plus && !digits.is_empty())
-                    || (!plus && digits.len() > 2 && digits.starts_with("00"));
-                if international_started
+                // `(0)` right after the calling code of an international
+                // number (after `+` or `00`). Anywhere else its `0` is a
+                // digit of the number, as libphonenumber and gateways read
+                // it: dropping it would let `+44 7(0)…` past a `+44 70`
+                // prefix and give one phone several rate-limit keys.
+                let code = if plus {
+                    Some(digits.as_str())
+                } else {
+                    digits.strip_prefix("00")
+                };
+                let after_calling_code =
+                    code.is_some_and(|c| !c.is_empty() && c.len() == calling_code_len(c));
+                if after_calling_code
                     && bytes.get(i + 1) == Some(&b'0')
                     && bytes.get(i + 2) == Some(&b')')
                 {
@@ -715,6 +724,35 @@ mod tests {
         assert_eq!(
             norm("00(0)447700900123", &uk()),
             Err(PhoneError::InvalidCountryCode)
+        );
+        // Past the calling code, `(0)` is the digit 0: libphonenumber reads
+        // `+44 7(0)…` as `+4470…`, and so must the denied prefixes and the
+        // rate-limit key.
+        assert_eq!(
+            norm("+44 7(0) 1234 5678", &uk()),
+            Ok("+447012345678".to_owned())
+        );
+        assert_eq!(
+            norm("+44 770(0) 900123", &uk()),
+            Ok("+447700900123".to_owned())
+        );
+        assert_eq!(
+            norm("+1 9(0)0 555 1234", &uk()),
+            Ok("+19005551234".to_owned())
+        );
+        assert_eq!(
+            norm("0044 7(0)0 1234 5678", &uk()),
+            Ok("+4470012345678".to_owned())
+        );
+        // Inside a calling code neither (`+4(0)4` is `+404…`).
+        assert_eq!(
+            norm("+4(0)4 7700 900123", &uk()),
+            Ok("+4047700900123".to_owned())
+        );
+        // Right after a three-digit code it is the trunk marker again.
+        assert_eq!(
+            norm("+353 (0)87 123 4567", &uk()),
+            Ok("+353871234567".to_owned())
         );
         // `(01)` is an ordinary group.
         assert_eq!(

@@ -901,6 +901,11 @@ fn phone_formats_give_one_descriptor_and_denied_prefixes_are_refused() {
     assert_eq!(reason("+882 123 456 789"), Some(Reason::PhoneDenied));
     assert_eq!(reason("070 1234 5678"), Some(Reason::PhoneDenied));
     assert_eq!(
+        reason("+44 7(0) 1234 5678"),
+        Some(Reason::PhoneDenied),
+        "(0) past the calling code is a digit"
+    );
+    assert_eq!(
         reason("+44 77OO 900123"),
         Some(Reason::BodyInvalid),
         "letters"

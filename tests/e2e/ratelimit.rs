@@ -110,6 +110,12 @@ fn per_phone_limit_holds_across_formats_and_denied_prefixes_are_refused() {
     assert_eq!((r.status, r.reason()), (403, Some("phone_denied")));
     let r = send("0909 876 5432");
     assert_eq!((r.status, r.reason()), (403, Some("phone_denied")));
+    // `(0)` past the calling code is the digit 0, as gateways read it: it
+    // neither slips past a denied prefix nor makes the number a new one.
+    let r = send("+44 9(0)9 876 5432");
+    assert_eq!((r.status, r.reason()), (403, Some("phone_denied")));
+    let r = send("+44 770(0) 900123");
+    assert_eq!((r.status, r.reason()), (429, Some("rate_limited")));
     let r = send("call me maybe");
     assert_eq!((r.status, r.reason()), (400, Some("body_invalid")));
     let r = envoy.request(Req::post_json(
