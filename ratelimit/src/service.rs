@@ -51,7 +51,7 @@ use tracing::{debug, info, warn};
 use crate::backend::{Backend, BackendError, Increment};
 use crate::config::{Quota, RateLimitConfig};
 use crate::matching::{LookupError, MatchedLimit};
-use crate::window::{seconds_until_reset, window_end, window_start};
+use crate::window::{seconds_until_reset, window_end, window_start, Unit};
 
 /// Why a request got a gRPC error instead of an answer.
 #[derive(Debug, thiserror::Error)]
@@ -203,10 +203,15 @@ pub struct ServiceOptions {
 pub const MAX_KEY_PART_LEN: usize = 128;
 
 /// The counter key of a descriptor:
-/// `prefix + part(domain) + "_" + (part(key) + "=" + part(value) + "_")… + window_start`,
+/// `prefix + part(domain) + "_" + (part(key) + "=" + part(value) + "_")… + unit + "_" + window_start`,
 /// where `part(s)` is `len(s) + ":" + s` (the length in bytes, in decimal),
 /// or `"#" + hex(sha256(s))` when `s` is longer than [`MAX_KEY_PART_LEN`];
-/// e.g. `8:appguard_3:jti=6:9f86d0_1700002800`.
+/// e.g. `8:appguard_3:jti=6:9f86d0_hour_1700002800`.
+///
+/// The unit is part of the key: one descriptor limited per minute and per
+/// hour (through `limit` overrides) has two counters, even in the windows
+/// that start at the same second (the first minute of every hour), where
+/// the window start alone would make them one.
 ///
 /// The layout follows envoyproxy/ratelimit's `GenerateCacheKey` (domain,
 /// entries in order, window start), but every part is length-prefixed:
@@ -224,6 +229,7 @@ pub fn cache_key(
     domain: &str,
     descriptor: &RateLimitDescriptor,
     shared_values: &[Option<String>],
+    unit: Unit,
     window_start: i64,
 ) -> String {
     let mut key = String::with_capacity(64);
@@ -239,6 +245,8 @@ pub fn cache_key(
         }
         key.push('_');
     }
+    key.push_str(unit.name());
+    key.push('_');
     key.push_str(&window_start.to_string());
     key
 }
@@ -269,6 +277,13 @@ pub fn hits_for(request: &RateLimitRequest, descriptor: &RateLimitDescriptor) ->
         None => u64::from(request.hits_addend.max(1)),
     }
 }
+
+/// Most hits one descriptor may add in one call: what the request-level
+/// `hits_addend` (a `uint32`) can say. Bounded so that no counter can
+/// overflow: Redis refuses an `INCRBY` past `i64::MAX` and fails the whole
+/// batch, which would leave the descriptor unanswerable until its window
+/// ends (2^31 calls at this bound would be needed within one window).
+pub const MAX_HITS: u64 = u32::MAX as u64;
 
 /// The rate limiter: configuration, counter store and stats.
 #[derive(Debug)]
@@ -427,7 +442,7 @@ impl RateLimiter {
                 continue;
             }
             let hits = hits_for(request, descriptor);
-            if i64::try_from(hits).is_err() {
+            if hits > MAX_HITS {
                 return Err(ServiceError::HitsTooLarge { index, hits });
             }
             let key = cache_key(
@@ -435,6 +450,7 @@ impl RateLimiter {
                 domain,
                 descriptor,
                 &matched.shared_values,
+                unit,
                 window_start(now, unit),
             );
             items.push(Increment {
@@ -958,16 +974,23 @@ descriptors:
     fn cache_keys_hold_prefix_domain_entries_and_window_start() {
         let d = descriptor(&[("message_type", "marketing"), ("to_number", "2061111111")]);
         assert_eq!(
-            cache_key("", "messaging", &d, &[], 1_700_000_000),
-            "9:messaging_12:message_type=9:marketing_9:to_number=10:2061111111_1700000000"
+            cache_key("", "messaging", &d, &[], Unit::Minute, 1_700_000_000),
+            "9:messaging_12:message_type=9:marketing_9:to_number=10:2061111111_minute_1700000000"
         );
         assert_eq!(
-            cache_key("pre_", "d", &descriptor(&[("k", "")]), &[], 60),
-            "pre_1:d_1:k=0:_60"
+            cache_key(
+                "pre_",
+                "d",
+                &descriptor(&[("k", "")]),
+                &[],
+                Unit::Minute,
+                60
+            ),
+            "pre_1:d_1:k=0:_minute_60"
         );
         assert_eq!(
-            cache_key("", "d", &descriptor(&[("k", "v")]), &[], -60),
-            "1:d_1:k=1:v_-60"
+            cache_key("", "d", &descriptor(&[("k", "v")]), &[], Unit::Minute, -60),
+            "1:d_1:k=1:v_minute_-60"
         );
         let shared = vec![Some("files/*".to_owned())];
         assert_eq!(
@@ -976,9 +999,10 @@ descriptors:
                 "d",
                 &descriptor(&[("files", "files/a.pdf")]),
                 &shared,
+                Unit::Minute,
                 0
             ),
-            "1:d_5:files=7:files/*_0"
+            "1:d_5:files=7:files/*_minute_0"
         );
     }
 
@@ -988,67 +1012,122 @@ descriptors:
         let one = descriptor(&[("a", "x_b_y")]);
         let two = descriptor(&[("a", "x"), ("b", "y")]);
         assert_ne!(
-            cache_key("", "d", &one, &[], 60),
-            cache_key("", "d", &two, &[], 60)
+            cache_key("", "d", &one, &[], Unit::Minute, 60),
+            cache_key("", "d", &two, &[], Unit::Minute, 60)
         );
         // Equal descriptors still share their counter.
         assert_eq!(
-            cache_key("", "d", &one, &[], 60),
-            cache_key("", "d", &descriptor(&[("a", "x_b_y")]), &[], 60)
+            cache_key("", "d", &one, &[], Unit::Minute, 60),
+            cache_key(
+                "",
+                "d",
+                &descriptor(&[("a", "x_b_y")]),
+                &[],
+                Unit::Minute,
+                60
+            )
         );
         assert_eq!(
-            cache_key("", "d", &two, &[], 60),
-            cache_key("", "d", &descriptor(&[("a", "x"), ("b", "y")]), &[], 60)
+            cache_key("", "d", &two, &[], Unit::Minute, 60),
+            cache_key(
+                "",
+                "d",
+                &descriptor(&[("a", "x"), ("b", "y")]),
+                &[],
+                Unit::Minute,
+                60
+            )
         );
         // Nor with the length-prefix syntax itself, nor through the domain.
         assert_ne!(
-            cache_key("", "d", &descriptor(&[("a", "1:x_1:b=1:y")]), &[], 60),
-            cache_key("", "d", &two, &[], 60)
+            cache_key(
+                "",
+                "d",
+                &descriptor(&[("a", "1:x_1:b=1:y")]),
+                &[],
+                Unit::Minute,
+                60
+            ),
+            cache_key("", "d", &two, &[], Unit::Minute, 60)
         );
         assert_ne!(
-            cache_key("", "d", &descriptor(&[("a", "x=1:b")]), &[], 60),
-            cache_key("", "d", &descriptor(&[("a", "x"), ("b", "")]), &[], 60)
+            cache_key(
+                "",
+                "d",
+                &descriptor(&[("a", "x=1:b")]),
+                &[],
+                Unit::Minute,
+                60
+            ),
+            cache_key(
+                "",
+                "d",
+                &descriptor(&[("a", "x"), ("b", "")]),
+                &[],
+                Unit::Minute,
+                60
+            )
         );
         assert_ne!(
-            cache_key("", "d_1:a=1:x", &descriptor(&[]), &[], 60),
-            cache_key("", "d", &descriptor(&[("a", "x")]), &[], 60)
+            cache_key("", "d_1:a=1:x", &descriptor(&[]), &[], Unit::Minute, 60),
+            cache_key("", "d", &descriptor(&[("a", "x")]), &[], Unit::Minute, 60)
+        );
+        // Nor the unit: a minute and an hour window that start at the
+        // same second (the first minute of every hour) count apart.
+        assert_ne!(
+            cache_key("", "d", &descriptor(&[("a", "x")]), &[], Unit::Minute, 3600),
+            cache_key("", "d", &descriptor(&[("a", "x")]), &[], Unit::Hour, 3600)
         );
         // Nor the window start.
         assert_ne!(
-            cache_key("", "d", &descriptor(&[("a", "x_60")]), &[], 0),
-            cache_key("", "d", &descriptor(&[("a", "x")]), &[], 60)
+            cache_key("", "d", &descriptor(&[("a", "x_60")]), &[], Unit::Minute, 0),
+            cache_key("", "d", &descriptor(&[("a", "x")]), &[], Unit::Minute, 60)
         );
     }
 
     #[test]
     fn long_parts_are_digested_and_keys_stay_short() {
         let long = "v".repeat(1_000_000);
-        let key = cache_key("", "d", &descriptor(&[("a", &long)]), &[], 60);
+        let key = cache_key("", "d", &descriptor(&[("a", &long)]), &[], Unit::Minute, 60);
         assert!(key.starts_with("1:d_1:a=#"), "{key}");
-        assert!(key.ends_with("_60"), "{key}");
-        assert_eq!(key.len(), "1:d_1:a=#".len() + 64 + "_60".len());
+        assert!(key.ends_with("_minute_60"), "{key}");
+        assert_eq!(key.len(), "1:d_1:a=#".len() + 64 + "_minute_60".len());
         // Deterministic, and distinct from a near value and from a value
         // that spells out the digest form.
         assert_eq!(
             key,
-            cache_key("", "d", &descriptor(&[("a", &long)]), &[], 60)
+            cache_key("", "d", &descriptor(&[("a", &long)]), &[], Unit::Minute, 60)
         );
         let mut other = long.clone();
         other.push('w');
         assert_ne!(
             key,
-            cache_key("", "d", &descriptor(&[("a", &other)]), &[], 60)
+            cache_key(
+                "",
+                "d",
+                &descriptor(&[("a", &other)]),
+                &[],
+                Unit::Minute,
+                60
+            )
         );
         let digest = &key["1:d_1:a=".len()..key.len() - "_60".len()];
         assert_ne!(
             key,
-            cache_key("", "d", &descriptor(&[("a", digest)]), &[], 60)
+            cache_key(
+                "",
+                "d",
+                &descriptor(&[("a", digest)]),
+                &[],
+                Unit::Minute,
+                60
+            )
         );
         // At the bound, the value is still copied as is.
         let edge = "v".repeat(MAX_KEY_PART_LEN);
         assert_eq!(
-            cache_key("", "d", &descriptor(&[("a", &edge)]), &[], 60),
-            format!("1:d_1:a={MAX_KEY_PART_LEN}:{edge}_60")
+            cache_key("", "d", &descriptor(&[("a", &edge)]), &[], Unit::Minute, 60),
+            format!("1:d_1:a={MAX_KEY_PART_LEN}:{edge}_minute_60")
         );
     }
 
@@ -1104,5 +1183,54 @@ descriptors:
             ask(&l, &req, NOW).await.overall_code,
             Code::OverLimit as i32
         );
+    }
+
+    #[tokio::test]
+    async fn a_minute_and_an_hour_limit_on_one_descriptor_count_apart() {
+        // Two overrides on the same entries (two Envoy actions), in the
+        // first minute of an hour: the minute and hour windows start at
+        // the same second, and once shared one counter.
+        use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
+        let l = limiter(APP);
+        let with = |n: u32, unit: Unit| {
+            let mut d = descriptor(&[("user", "u1")]);
+            d.limit = Some(RateLimitOverride {
+                requests_per_unit: n,
+                unit: unit.to_pb() as i32,
+            });
+            d
+        };
+        let hour_start = 1_700_002_800; // a multiple of 3600
+        let req = request("appguard", vec![with(3, Unit::Minute), with(5, Unit::Hour)]);
+        let r = ask(&l, &req, hour_start + 10).await;
+        let remaining: Vec<u32> = r.statuses.iter().map(|s| s.limit_remaining).collect();
+        assert_eq!(remaining, vec![2, 4], "each limit counted one hit");
+        // And the hour's count outlives the minute's window.
+        let hour_only = request("appguard", vec![with(5, Unit::Hour)]);
+        let r = ask(&l, &hour_only, hour_start + 130).await;
+        assert_eq!(r.statuses[0].limit_remaining, 3);
+    }
+
+    #[tokio::test]
+    async fn hits_above_a_u32_are_refused_not_counted() {
+        // A counter must never overflow (Redis would fail the whole batch
+        // for the rest of the window); no caller needs more hits per call
+        // than the request-level `hits_addend` (a u32) can say.
+        let l = limiter(APP);
+        let mut d = descriptor(&[("ip", "h")]);
+        d.hits_addend = Some(UInt64Value {
+            value: u64::from(u32::MAX) + 1,
+        });
+        let err = l
+            .should_rate_limit(&request("appguard", vec![d]), NOW)
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_status().code(), tonic::Code::InvalidArgument);
+        let mut d = descriptor(&[("ip", "h")]);
+        d.hits_addend = Some(UInt64Value {
+            value: u64::from(u32::MAX),
+        });
+        let r = ask(&l, &request("appguard", vec![d]), NOW).await;
+        assert_eq!(r.overall_code, Code::OverLimit as i32);
     }
 }

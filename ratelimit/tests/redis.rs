@@ -53,9 +53,12 @@ async fn two_instances_share_counts_through_redis() {
     assert_eq!(r.overall_code, Code::OverLimit as i32);
 
     // The counter key: length-prefixed domain, key and value, then the
-    // window start; the window length is its time to live.
+    // unit and the window start; the window length is its time to live.
     let now = unix_now();
-    let key = format!("8:appguard_9:client_ip=10:192.0.2.10_{}", now - now % HOUR);
+    let key = format!(
+        "8:appguard_9:client_ip=10:192.0.2.10_hour_{}",
+        now - now % HOUR
+    );
     let mut conn = redis.conn();
     let count: i64 = conn.get(&key).unwrap();
     assert_eq!(count, 5);

@@ -59,7 +59,7 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Adds every increment's hits to its counter, all or nothing, and returns
+    /// Adds every increment's hits to its counter, in one transaction, and returns
     /// the counts after adding, in order. `now` is the current Unix second.
     pub async fn increment(&self, items: &[Increment], now: i64) -> Result<Vec<u64>, BackendError> {
         if items.is_empty() {
