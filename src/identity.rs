@@ -286,6 +286,17 @@ pub struct OriginPattern {
 impl OriginPattern {
     /// Parses `scheme://host[:port]` where host may start with `*.`.
     pub fn parse(s: &str) -> Result<OriginPattern, String> {
+        // An origin has no path, query or fragment (a trailing `/` is
+        // tolerated): a pattern with one would silently allow the whole
+        // origin, not the path its author meant.
+        let beyond = s
+            .split_once("://")
+            .and_then(|(_, rest)| rest.find(['/', '?', '#']).and_then(|i| rest.get(i..)));
+        if beyond.is_some_and(|b| b != "/") {
+            return Err(format!(
+                "{s:?}: an origin is scheme://host[:port], without a path, query or fragment"
+            ));
+        }
         let o = parse_origin_inner(s, true)
             .ok_or_else(|| format!("{s:?} is not an origin like https://app.example.com[:port] or https://*.example.com"))?;
         let (wildcard, host) = match o.host.strip_prefix("*.") {
@@ -356,14 +367,21 @@ fn parse_origin_inner(s: &str, allow_wildcard: bool) -> Option<Origin> {
     if authority.contains('@') || authority.contains('%') || authority.contains('\\') {
         return None;
     }
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.contains(']') || h.ends_with(']') => {
-            if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
+    // An IPv6 host is bracketed (`[2001:db8::1]`): the port, if any,
+    // comes after the `]`.
+    let (host, port) = match authority.find(']') {
+        Some(close) if authority.starts_with('[') => {
+            let (h, after) = authority.split_at(close + 1);
+            match after.strip_prefix(':') {
+                Some(p) => (h, origin_port(p)?),
+                None if after.is_empty() => (h, default_port),
+                None => return None,
             }
-            (h, p.parse::<u16>().ok()?)
         }
-        _ => (authority, default_port),
+        _ => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, origin_port(p)?),
+            None => (authority, default_port),
+        },
     };
     let host = host.to_ascii_lowercase();
     let host = host.strip_suffix('.').map(str::to_owned).unwrap_or(host);
@@ -375,6 +393,14 @@ fn parse_origin_inner(s: &str, allow_wildcard: bool) -> Option<Origin> {
         return None;
     }
     Some(Origin { scheme, host, port })
+}
+
+/// An origin's explicit port: 1–5 ASCII digits that make a `u16`.
+fn origin_port(p: &str) -> Option<u16> {
+    if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    p.parse().ok()
 }
 
 fn valid_host(h: &str) -> bool {
@@ -904,6 +930,44 @@ mod tests {
             assert!(parse_origin(bad).is_none(), "{bad}");
         }
         assert_eq!(origin("https://example.com./x").host, "example.com");
+    }
+
+    #[test]
+    fn ipv6_origins_with_and_without_a_port() {
+        // Browsers leave the default port out: `https://[2001:db8::1]`.
+        let o = origin("https://[2001:db8::1]");
+        assert_eq!((o.host.as_str(), o.port), ("[2001:db8::1]", 443));
+        let o = origin("http://[::1]:8080/x");
+        assert_eq!((o.host.as_str(), o.port), ("[::1]", 8080));
+        let p = OriginPattern::parse("https://[2001:db8::1]").unwrap();
+        assert!(p.matches(&origin("https://[2001:db8::1]")));
+        assert!(p.matches(&origin("https://[2001:DB8::1]:443/")));
+        assert!(!p.matches(&origin("https://[2001:db8::2]")));
+        for bad in [
+            "https://[2001:db8::1]x",
+            "https://[2001:db8::1]:",
+            "https://[2001:db8::1]:1:2",
+            "https://[2001:db8::zz]",
+            "https://2001:db8::1",
+        ] {
+            assert!(parse_origin(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn origin_patterns_with_a_path_query_or_fragment_are_refused() {
+        // An origin cannot say a path: allowing the whole origin instead
+        // of the path its author meant would be silent widening.
+        for bad in [
+            "https://shop.example.com/app",
+            "https://shop.example.com?x=1",
+            "https://shop.example.com#x",
+            "https://*.example.com/a/",
+        ] {
+            let e = OriginPattern::parse(bad).unwrap_err();
+            assert!(e.contains("without a path"), "{bad}: {e}");
+        }
+        assert!(OriginPattern::parse("https://shop.example.com/").is_ok());
     }
 
     #[test]

@@ -158,7 +158,11 @@ pub fn parse_client_ip(s: &str) -> Option<IpAddr> {
     if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
         return Some(canonical(sa.ip()));
     }
-    None
+    // `[2001:db8::1]`: brackets without a port.
+    s.strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|inner| inner.parse::<std::net::Ipv6Addr>().ok())
+        .map(|ip| canonical(IpAddr::V6(ip)))
 }
 
 /// The most X-Forwarded-For entries [`client_ip`] reads; a longer chain
@@ -304,6 +308,14 @@ mod tests {
             client_ip(|| down, ["[2001:db8::1]:443"].iter().copied(), 1),
             Some(ip("2001:db8::1"))
         );
+        assert_eq!(
+            client_ip(|| down, ["[2001:db8::1]"].iter().copied(), 1),
+            Some(ip("2001:db8::1")),
+            "brackets without a port"
+        );
+        for bad in ["[192.0.2.1]", "[2001:db8::1", "[fe80::1%eth0]", "[]"] {
+            assert_eq!(client_ip(|| down, [bad].iter().copied(), 1), None, "{bad}");
+        }
         let long = vec!["1.1.1.1"; 100].join(",");
         assert_eq!(client_ip(|| down, [long.as_str()].iter().copied(), 1), None);
         // the downstream address is asked for only when no proxy is trusted

@@ -202,11 +202,9 @@ impl<'a> Request<'a> {
     /// The query string of `:path` (after `?`, before `#`), if any.
     pub fn query(&self) -> Option<&'a str> {
         let p = self.header(":path").unwrap_or("");
-        let q = &p[p.find('?')? + 1..];
-        Some(match q.find('#') {
-            Some(i) => &q[..i],
-            None => q,
-        })
+        // Only a `?` before any `#`: one inside the fragment starts no query.
+        let p = p.find('#').map_or(p, |i| &p[..i]);
+        Some(&p[p.find('?')? + 1..])
     }
 
     /// `:authority` without its port, as written (compare case-insensitively).
@@ -287,6 +285,12 @@ mod tests {
         assert_eq!(r.method(), "POST");
         assert_eq!(r.path(), "/v1/sms");
         assert_eq!(r.query(), Some("x=1"));
+        // A `?` inside the fragment starts no query (the upstream sees none).
+        let hf = headers(&[(":path", "/sms#frag?key=k")]);
+        let rf = Request::new(&hf, None);
+        assert_eq!((rf.path(), rf.query()), ("/sms", None));
+        let he = headers(&[(":path", "/sms?#x")]);
+        assert_eq!(Request::new(&he, None).query(), Some(""));
         assert_eq!(r.host(), "API.example.com");
         assert_eq!(strip_port("[::1]:80"), "::1");
         for authority in ["api.example.com.", "api.example.com.:443"] {

@@ -310,6 +310,12 @@ fn api_key_from_query_parameter() {
         Some(Reason::ApiKeyInvalid)
     );
     assert_eq!(w.reason("/sms?key=", &[]), Some(Reason::ApiKeyMissing));
+    // A `?` inside the fragment starts no query: the upstream sees no key
+    // there, so neither does appguard.
+    assert_eq!(
+        w.reason("/sms#x?key=key-sms", &[]),
+        Some(Reason::ApiKeyMissing)
+    );
 }
 
 #[test]
