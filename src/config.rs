@@ -600,6 +600,40 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 ),
             ));
         }
+        // A JSON pointer read as a phone number is not also read as plain
+        // text on the same route: that entry would send the number in
+        // clear to the rate-limit service (and its logs).
+        let phone_pointers: Vec<&str> = route
+            .rate_limits
+            .iter()
+            .flat_map(|rl| &rl.entries)
+            .filter_map(|e| match &e.source {
+                limits::Source::Body {
+                    pointer,
+                    phone: true,
+                } => Some(pointer.as_str()),
+                _ => None,
+            })
+            .collect();
+        for (j, rl) in route.rate_limits.iter().enumerate() {
+            for (k, e) in rl.entries.iter().enumerate() {
+                if let limits::Source::Body {
+                    pointer,
+                    phone: false,
+                } = &e.source
+                {
+                    if phone_pointers.contains(&pointer.as_str()) {
+                        return Err(ConfigError::new(
+                            format!("{at}.rate_limits[{j}].entries[{k}]"),
+                            format!(
+                                "{pointer:?} is read as a phone number on this route: without \
+                                 `phone: true` this entry would send the number in clear"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         for (j, rl) in route.rate_limits.iter().enumerate() {
             if rl.local.is_none() && rate_limit_service.is_none() {
                 return Err(ConfigError::new(

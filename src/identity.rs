@@ -126,6 +126,16 @@ pub(crate) fn compile_apps(raw: Vec<RawApp>) -> Result<Vec<App>, ConfigError> {
                 format!("duplicate app id {:?}", a.id),
             ));
         }
+        // A token's app claim must name one app: with two, the first in
+        // the list would silently win.
+        for (j, v) in a.token_app_ids.iter().enumerate() {
+            if let Some(other) = apps.iter().find(|x| x.token_app_ids.contains(v)) {
+                return Err(ConfigError::new(
+                    format!("{at}.token_app_ids[{j}]"),
+                    format!("{v:?} already names app {:?}", other.id),
+                ));
+            }
+        }
         let not_for = |field: &str, set: bool| -> Result<(), ConfigError> {
             if set {
                 Err(ConfigError::new(
@@ -306,6 +316,11 @@ impl OriginPattern {
         if host.contains('*') || !valid_host(&host) {
             return Err(format!(
                 "{s:?}: `*` is only allowed as a whole first label (`*.example.com`)"
+            ));
+        }
+        if wildcard && !host.contains('.') {
+            return Err(format!(
+                "{s:?}: `*.` needs a domain of two labels or more after it, not a top-level domain"
             ));
         }
         Ok(OriginPattern {
@@ -916,6 +931,8 @@ mod tests {
             "https://a.*.com",
             "https://*example.com",
             "https://x.com:99999",
+            "https://*.com",
+            "https://*.localhost",
         ] {
             assert!(OriginPattern::parse(bad).is_err(), "{bad}");
         }
@@ -930,6 +947,18 @@ mod tests {
             assert!(parse_origin(bad).is_none(), "{bad}");
         }
         assert_eq!(origin("https://example.com./x").host, "example.com");
+    }
+
+    #[test]
+    fn a_token_app_id_names_one_app() {
+        let raw: Vec<RawApp> = serde_json::from_value(serde_json::json!([
+            {"id": "a", "platform": "android", "package": "com.example.a", "token_app_ids": ["1:1:android:x"]},
+            {"id": "b", "platform": "android", "package": "com.example.b", "token_app_ids": ["1:1:android:y", "1:1:android:x"]}
+        ]))
+        .unwrap();
+        let e = compile_apps(raw).unwrap_err();
+        assert_eq!(e.path, "apps[1].token_app_ids[1]");
+        assert!(e.message.contains("already names app \"a\""), "{e}");
     }
 
     #[test]

@@ -462,8 +462,9 @@ type BodyValues = HashMap<(String, bool), String>;
 /// Body values the route's descriptors read, by JSON pointer and whether
 /// the entry reads a phone number. Phone numbers are normalised, checked
 /// against denied prefixes and hashed here, so the number itself goes no
-/// further: even when another entry reads the same pointer as plain text,
-/// the phone entry gets the hash and the prefix check still runs.
+/// further: even if another entry read the same pointer as plain text (the
+/// configuration refuses that), the phone entry would get the hash and the
+/// prefix check would still run.
 fn body_values(config: &Config, route: &Route, body: &[u8]) -> Result<BodyValues, Reason> {
     let mut out = HashMap::new();
     if !route.limits_need_body() {
