@@ -990,14 +990,56 @@ fn check(
         }
     }
     // 5. platform and app identity
-    let ph = platform_headers(config, req)?;
     // Only server-to-server apps are proven by the client IP.
     let ip = if config.has_server_apps {
         req.client_ip(hops)
     } else {
         None
     };
-    let app = match &token {
+    // A route that asks nothing of the client (no platforms, and neither an
+    // API key nor a token on this request) does not refuse on platform
+    // headers: a browser's `Origin` or `Referer` from any site, or an app
+    // that is not registered, leaves the app unestablished there, as on an
+    // unmatched request. Headers that name a registered app still establish
+    // it (`x-appguard-app`).
+    let lenient = route.platforms.is_empty() && key.is_none() && token.is_none();
+    let app = match establish_app(config, req, token.as_deref(), ip) {
+        Ok(app) => app,
+        Err(Flow::Deny(_)) if lenient => None,
+        Err(e) => return Err(e),
+    };
+    let app_idx = app.and_then(|a| config.apps.iter().position(|x| std::ptr::eq(x, a)));
+    if let Some(key) = key {
+        if !key.apps.is_empty() && !app_idx.is_some_and(|i| key.apps.contains(&i)) {
+            return Err(Reason::ApiKeyRestricted.into());
+        }
+    }
+    if !route.platforms.is_empty() && !app.is_some_and(|a| route.platforms.contains(&a.platform)) {
+        return Err(Reason::PlatformDenied.into());
+    }
+    facts.app = app_idx;
+    if let Some(app) = app {
+        grant
+            .set_headers
+            .push(("x-appguard-app".into(), app.id.clone()));
+        grant
+            .set_headers
+            .push(("x-appguard-platform".into(), app.platform.as_str().into()));
+    }
+    facts.token = token;
+    Ok(deferred)
+}
+
+/// Step 5: the app the request shows, from the token's app claim (which the
+/// platform headers must agree with) or from the platform headers alone.
+fn establish_app<'c>(
+    config: &'c Config,
+    req: &Request<'_>,
+    token: Option<&VerifiedToken>,
+    ip: Option<IpAddr>,
+) -> Result<Option<&'c identity::App>, Flow> {
+    let ph = platform_headers(config, req)?;
+    let app = match token {
         Some(t) => {
             let provider = config
                 .providers
@@ -1031,26 +1073,7 @@ fn check(
         }
         None => identity::app_from_headers(&config.apps, &ph, ip)?,
     };
-    let app_idx = app.and_then(|a| config.apps.iter().position(|x| std::ptr::eq(x, a)));
-    if let Some(key) = key {
-        if !key.apps.is_empty() && !app_idx.is_some_and(|i| key.apps.contains(&i)) {
-            return Err(Reason::ApiKeyRestricted.into());
-        }
-    }
-    if !route.platforms.is_empty() && !app.is_some_and(|a| route.platforms.contains(&a.platform)) {
-        return Err(Reason::PlatformDenied.into());
-    }
-    facts.app = app_idx;
-    if let Some(app) = app {
-        grant
-            .set_headers
-            .push(("x-appguard-app".into(), app.id.clone()));
-        grant
-            .set_headers
-            .push(("x-appguard-platform".into(), app.platform.as_str().into()));
-    }
-    facts.token = token;
-    Ok(deferred)
+    Ok(app)
 }
 
 fn check_network(n: &Network, req: &Request<'_>, hops: u32) -> Result<(), Flow> {

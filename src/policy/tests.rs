@@ -2687,3 +2687,54 @@ fn a_copied_token_without_the_install_signature_keeps_its_jti() {
     assert_eq!(run(true), None, "the genuine client, after the copies");
     assert_eq!(run(true), Some(Reason::TokenReplayed), "its replay");
 }
+
+#[test]
+fn a_route_that_asks_nothing_does_not_refuse_on_platform_headers() {
+    // A browser sends Origin/Referer from any site; an open route (no
+    // platforms, no API key, no token) must not refuse it, as an
+    // unmatched request is not refused either.
+    let w = World::from(json!({"routes": [{"name": "open", "match": {"prefix": "/"}}]}));
+    for h in [
+        ("referer", "https://www.google.com/search?q=x"),
+        ("origin", "https://other.example"),
+        ("origin", "null"),
+    ] {
+        assert_eq!(w.reason("/x", &[h]), None, "{h:?}");
+    }
+    let w = World::new();
+    for hs in [
+        vec![("referer", "https://www.google.com/")],
+        vec![("x-android-package", "com.unknown")],
+        vec![
+            ("x-android-package", "com.example.shop"),
+            ("origin", "https://app.example.com"),
+        ],
+    ] {
+        let (d, f) = w.run("/open/x", "198.51.100.1", &hs);
+        assert_eq!(d.reason(), None, "{hs:?}");
+        assert_eq!(f.app, None, "{hs:?}: no app established");
+        assert!(
+            !set_headers(&d).iter().any(|(n, _)| n == "x-appguard-app"),
+            "{hs:?}"
+        );
+    }
+    // Headers that name a registered app still establish it.
+    let (d, _) = w.run("/open/x", "198.51.100.1", &[ANDROID[0], ANDROID[1]]);
+    assert!(set_headers(&d).contains(&("x-appguard-app".into(), "shop-android".into())));
+    // Where the request shows an API key, the identity must hold.
+    assert_eq!(
+        w.reason(
+            "/sms",
+            &[("x-api-key", "key-any"), ("origin", "https://evil.example")]
+        ),
+        Some(Reason::OriginDenied)
+    );
+    // And on a route that names platforms.
+    assert_eq!(
+        w.reason(
+            "/web/x",
+            &[("x-api-key", "key-web"), ("origin", "https://evil.example")]
+        ),
+        Some(Reason::OriginDenied)
+    );
+}

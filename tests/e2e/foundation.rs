@@ -40,6 +40,25 @@ fn denying_route_gets_403_route_denied_with_json_body() {
 }
 
 #[test]
+fn a_public_route_serves_browsers_from_any_site() {
+    // No platforms, API key or token on the route: a browser's Origin or
+    // Referer from another site, or an app nobody registered, is no reason
+    // to refuse (there are no apps in this configuration at all).
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(routes_config(), up.port).start();
+    for (name, value) in [
+        ("referer", "https://www.google.com/search?q=appguard"),
+        ("origin", "https://partner.example"),
+        ("x-android-package", "com.example.unknown"),
+    ] {
+        let r = envoy.request(Req::get("/public/page").header(name, value));
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        assert_eq!(up.last().header("x-appguard-app"), None);
+    }
+    assert_eq!(up.seen().len(), 3);
+}
+
+#[test]
 fn allowed_request_reaches_upstream_without_spoofed_appguard_headers() {
     let up = Upstream::start();
     let envoy = EnvoyBuilder::new(routes_config(), up.port).start();
