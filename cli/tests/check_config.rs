@@ -41,6 +41,54 @@ fn istio_wasm_plugin_is_checked() {
     assert!(out.contains("valid:"), "{out}");
 }
 
+#[test]
+fn the_istio_plugin_config_is_three_platform_json_but_for_the_cluster() {
+    // examples/istio/README.md promises the copy; this keeps it true.
+    let text = std::fs::read_to_string(repo().join("examples/istio/wasmplugin.yaml")).unwrap();
+    let plugin = serde_norway::Deserializer::from_str(&text)
+        .map(|d| <serde_json::Value as serde::Deserialize>::deserialize(d).unwrap())
+        .find(|doc| doc["kind"] == "WasmPlugin")
+        .unwrap();
+    let mut from_istio = plugin["spec"]["pluginConfig"].clone();
+    let json = std::fs::read_to_string(repo().join("examples/three-platform.json")).unwrap();
+    let mut shipped: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        from_istio["rate_limit_service"]["cluster"],
+        "outbound|8081||ratelimit.appguard.svc.cluster.local"
+    );
+    from_istio["rate_limit_service"]["cluster"] = serde_json::Value::Null;
+    shipped["rate_limit_service"]["cluster"] = serde_json::Value::Null;
+    assert_eq!(from_istio, shipped);
+    assert_eq!(plugin["spec"]["failStrategy"], "FAIL_RELOAD");
+}
+
+#[test]
+fn every_shipped_kubernetes_and_prometheus_yaml_parses() {
+    // Manifests that check-config does not read (no appguard configuration
+    // inside) are still parsed, each document a mapping with its kind.
+    for dir in ["examples/istio", "examples/prometheus"] {
+        for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let docs: Vec<serde_json::Value> = serde_norway::Deserializer::from_str(&text)
+                .map(|d| {
+                    <serde_json::Value as serde::Deserialize>::deserialize(d)
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                })
+                .collect();
+            assert!(!docs.is_empty(), "{}", path.display());
+            for doc in docs {
+                let ok = doc.get("kind").is_some_and(|k| k.is_string())
+                    || doc.get("groups").is_some_and(|g| g.is_array());
+                assert!(ok, "{}: a document without kind or groups", path.display());
+            }
+        }
+    }
+}
+
 /// Each file in examples/bad/ and the field its mistake is reported at.
 const BAD: &[(&str, &str, &str)] = &[
     (
