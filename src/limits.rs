@@ -94,8 +94,12 @@ pub(crate) enum RawEntry {
 fn v4_default() -> u8 {
     32
 }
+/// IPv6 clients are limited per /64 unless the entry says otherwise: one
+/// subscriber usually holds a whole /64, and per /128 a single client
+/// would have 2^64 descriptors, enough to fill the local-limit table and
+/// refuse every new client.
 fn v6_default() -> u8 {
-    128
+    64
 }
 
 #[derive(Debug, Deserialize)]
@@ -474,8 +478,49 @@ pub const LOCAL_BUCKET_ENTRIES: usize = 16;
 /// Buckets of the local-limit table (so at most 16 × 4096 = 65 536 live
 /// descriptors per instance, about 2 MiB of shared data).
 pub const LOCAL_BUCKETS: u32 = 4096;
-const LOCAL_ENTRY: usize = 32; // digest 16 + milli-tokens 8 + last refill ms 8
+const LOCAL_ENTRY: usize = 32; // digest 16 + units 8 + last refill ms 8
 const OVERFLOW: [u8; 16] = [0xff; 16];
+
+/// A local limit's bucket in exact integer units: one token is `per`
+/// milliseconds' worth of units (`per_seconds × 1000`), and the bucket
+/// gains `requests` units per millisecond. Refill is then exact at any
+/// request rate: no fraction of a token is rounded away when requests come
+/// faster than a token's refill time (which, with rounded milli-tokens,
+/// kept a drained bucket empty for as long as a client kept retrying).
+#[derive(Clone, Copy)]
+struct Units {
+    /// Units of one token (the period in ms).
+    token: u64,
+    /// Units gained per ms (`requests`).
+    per_ms: u64,
+    /// A full bucket (`requests × token`).
+    full: u64,
+}
+
+impl Units {
+    fn of(limit: LocalLimit) -> Units {
+        let token = limit.per_seconds.saturating_mul(1000).max(1);
+        let per_ms = u64::from(limit.requests);
+        Units {
+            token,
+            per_ms,
+            full: per_ms.saturating_mul(token),
+        }
+    }
+
+    /// The units an entry holds at `now_ms`, refilled since `last`.
+    fn at(self, units: u64, last: u64, now_ms: u64) -> u64 {
+        let gained = u128::from(now_ms.saturating_sub(last)) * u128::from(self.per_ms);
+        u64::try_from((u128::from(units) + gained).min(u128::from(self.full))).unwrap_or(self.full)
+    }
+
+    /// Milliseconds until `units` reach a whole token (0 if they do).
+    fn wait_ms(self, units: u64) -> u64 {
+        self.token
+            .saturating_sub(units)
+            .div_ceil(self.per_ms.max(1))
+    }
+}
 
 /// The state of one local limit after taking a token (or failing to).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -488,7 +533,10 @@ pub struct LocalOutcome {
     pub retry_after: u64,
 }
 
-/// The shared-data key of the bucket that holds `digest` under `limit`.
+/// The shared-data key of the bucket that holds `digest` under `limit`
+/// (`v2`: entries hold [`Units`]; the milli-token entries of earlier
+/// modules, which shared data keeps across a module update, are not read
+/// as units).
 /// One table per limit: every entry of a table refills at the same rate,
 /// so whether an entry is idle (full again, safe to evict) and how the
 /// overflow entry refills are judged with the entry's own limit, never
@@ -497,7 +545,7 @@ pub struct LocalOutcome {
 /// values that share a victim's bucket (see [`BucketSalt`]).
 fn local_key(salt: &BucketSalt, digest: &[u8; 16], limit: LocalLimit) -> String {
     format!(
-        "appguard/local/{}-{}/{}",
+        "appguard/local/v2/{}-{}/{}",
         limit.requests,
         limit.per_seconds,
         store::bucket_of(salt, digest, LOCAL_BUCKETS)
@@ -505,7 +553,7 @@ fn local_key(salt: &BucketSalt, digest: &[u8; 16], limit: LocalLimit) -> String 
 }
 
 /// One entry of a local-limit bucket: the descriptor's digest, its
-/// milli-tokens, and when they were last refilled (ms).
+/// [`Units`], and when they were last refilled (ms).
 type LocalEntry = ([u8; 16], u64, u64);
 
 /// The entries of a bucket as shared data holds them.
@@ -542,7 +590,7 @@ enum Place {
 }
 
 /// Where [`take_local`] counts `digest` in a bucket with `entries`;
-/// `idle` says whether an entry (milli-tokens, last refill) is full again.
+/// `idle` says whether an entry (units, last refill) is full again.
 fn place(entries: &[LocalEntry], digest: &[u8; 16], idle: impl Fn(u64, u64) -> bool) -> Place {
     if let Some(i) = entries.iter().position(|(d, _, _)| d == digest) {
         return Place::Own(i);
@@ -576,32 +624,24 @@ pub fn take_local<S: SharedStore + ?Sized>(
     limit: LocalLimit,
     now_ms: u64,
 ) -> Result<LocalOutcome, store::StoreError> {
-    let cap_milli = u64::from(limit.requests) * 1000;
-    let period_ms = limit.per_seconds * 1000;
-    // milli-tokens gained per ms = cap_milli / period_ms
-    let refill = |tokens: u64, last: u64| -> u64 {
-        let elapsed = now_ms.saturating_sub(last);
-        let gained = u128::from(elapsed) * u128::from(cap_milli) / u128::from(period_ms.max(1));
-        let total = u128::from(tokens) + gained;
-        u64::try_from(total.min(u128::from(cap_milli))).unwrap_or(cap_milli)
-    };
+    let u = Units::of(limit);
     let key = local_key(salt, digest, limit);
     store::update(s, &key, |current| {
         let mut entries = local_entries(current.unwrap_or(&[]));
-        let idx = match place(&entries, digest, |t, l| refill(t, l) >= cap_milli) {
+        let idx = match place(&entries, digest, |t, l| u.at(t, l, now_ms) >= u.full) {
             Place::Own(i) | Place::Overflow(Some(i)) => i,
             Place::New => {
-                entries.push((*digest, cap_milli, now_ms));
+                entries.push((*digest, u.full, now_ms));
                 entries.len() - 1
             }
             Place::Evict(i) => {
                 if let Some(e) = entries.get_mut(i) {
-                    *e = (*digest, cap_milli, now_ms);
+                    *e = (*digest, u.full, now_ms);
                 }
                 i
             }
             Place::Overflow(None) => {
-                entries.push((OVERFLOW, cap_milli, now_ms));
+                entries.push((OVERFLOW, u.full, now_ms));
                 entries.len() - 1
             }
         };
@@ -615,25 +655,23 @@ pub fn take_local<S: SharedStore + ?Sized>(
                 },
             );
         };
-        let tokens = refill(entry.1, entry.2);
-        let outcome = if tokens >= 1000 {
-            entry.1 = tokens - 1000;
-            entry.2 = now_ms;
+        // Refill is exact, so `last` can always move to now: nothing
+        // earned since the last request is lost.
+        let units = u.at(entry.1, entry.2, now_ms);
+        entry.2 = now_ms;
+        let outcome = if units >= u.token {
+            entry.1 = units - u.token;
             LocalOutcome {
                 allowed: true,
-                remaining: u32::try_from((tokens - 1000) / 1000).unwrap_or(0),
+                remaining: u32::try_from(entry.1 / u.token).unwrap_or(u32::MAX),
                 retry_after: 0,
             }
         } else {
-            entry.1 = tokens;
-            entry.2 = now_ms;
-            let missing = 1000 - tokens;
-            let ms =
-                (u128::from(missing) * u128::from(period_ms) / u128::from(cap_milli.max(1))) as u64;
+            entry.1 = units;
             LocalOutcome {
                 allowed: false,
                 remaining: 0,
-                retry_after: ms.div_ceil(1000).max(1),
+                retry_after: u.wait_ms(units).div_ceil(1000).max(1),
             }
         };
         let mut bytes = Vec::with_capacity(entries.len() * LOCAL_ENTRY);
@@ -706,35 +744,21 @@ pub fn local_refill_at<S: SharedStore + ?Sized>(
     limit: LocalLimit,
     now_ms: u64,
 ) -> Option<u64> {
-    let cap_milli = u64::from(limit.requests) * 1000;
-    let period_ms = limit.per_seconds.saturating_mul(1000).max(1);
+    let u = Units::of(limit);
     let key = local_key(salt, digest, limit);
     let (bytes, _) = s.get(&key)?;
     let entries = local_entries(&bytes);
-    let tokens = |t: u64, l: u64| {
-        u128::from(t)
-            + u128::from(now_ms.saturating_sub(l)) * u128::from(cap_milli) / u128::from(period_ms)
-    };
-    let i = match place(&entries, digest, |t, l| {
-        tokens(t, l) >= u128::from(cap_milli)
-    }) {
+    let i = match place(&entries, digest, |t, l| u.at(t, l, now_ms) >= u.full) {
         Place::Own(i) | Place::Overflow(Some(i)) => i,
         // A new or evicted entry, or a new overflow entry, starts full.
         Place::New | Place::Evict(_) | Place::Overflow(None) => return None,
     };
     let &(_, t, l) = entries.get(i)?;
-    if tokens(t, l) >= 1000 {
+    if u.at(t, l, now_ms) >= u.token {
         return None;
     }
-    // The first ms at which t + gained reaches a whole token.
-    let missing = u128::from(1000u64.saturating_sub(t));
-    let wait = (missing * u128::from(period_ms)).div_ceil(u128::from(cap_milli.max(1)));
-    let at = u128::from(l).saturating_add(wait);
-    Some(
-        u64::try_from(at)
-            .unwrap_or(u64::MAX)
-            .max(now_ms.saturating_add(1)),
-    )
+    // The first ms at which the entry holds a whole token.
+    Some(l.saturating_add(u.wait_ms(t)).max(now_ms.saturating_add(1)))
 }
 
 /// What this worker knows from the rate-limit service's answers, per
@@ -1396,6 +1420,92 @@ mod tests {
         assert_eq!(
             digest(&DigestScope::new(&["r", "n"]), &a),
             digest(&DigestScope::new(&["r", "n"]), &d(&[("k", "v")]))
+        );
+    }
+
+    /// Requests `every_ms` apart over `for_ms`: how many a bucket allows.
+    fn allowed_when_polled(l: LocalLimit, every_ms: u64, for_ms: u64, drain_first: bool) -> u32 {
+        let s = MemStore::default();
+        let d = [9u8; 16];
+        let t0 = 1_000_000_000u64;
+        if drain_first {
+            for _ in 0..l.requests {
+                assert!(take_local(&s, &SALT, &d, l, t0).unwrap().allowed);
+            }
+        }
+        let mut allowed = 0;
+        let mut t = t0;
+        while t < t0 + for_ms {
+            t += every_ms;
+            if take_local(&s, &SALT, &d, l, t).unwrap().allowed {
+                allowed += 1;
+            }
+        }
+        allowed
+    }
+
+    #[test]
+    fn a_bucket_refills_at_its_rate_whatever_the_request_rate() {
+        // Requests faster than a token's refill time, denied or not, must
+        // not throw away what was earned since the one before: with
+        // rounded milli-tokens a drained bucket stayed empty for as long
+        // as the client kept retrying.
+        let per_day = LocalLimit {
+            requests: 10,
+            per_seconds: 86_400,
+        };
+        // Drained, then one request every 5 s for two days: 20 tokens.
+        assert_eq!(
+            allowed_when_polled(per_day, 5_000, 2 * 86_400_000, true),
+            20
+        );
+        // 100 per hour, one request every 30 ms for two hours: the full
+        // bucket's 100 and a refill of 100 per hour after them.
+        let per_hour = LocalLimit {
+            requests: 100,
+            per_seconds: 3600,
+        };
+        let n = allowed_when_polled(per_hour, 30, 2 * 3_600_000, false);
+        assert!((299..=301).contains(&n), "{n}");
+        // 20 per minute at 500 requests/s for 2 minutes: 20 + 40.
+        let per_minute = LocalLimit {
+            requests: 20,
+            per_seconds: 60,
+        };
+        let n = allowed_when_polled(per_minute, 2, 120_000, false);
+        assert!((59..=61).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn the_retry_after_of_a_drained_bucket_is_kept() {
+        // 10 per day: a token every 8,640 s. A request 9 s after draining
+        // is told 8,631 s, and the bucket does hold a token then.
+        let l = LocalLimit {
+            requests: 10,
+            per_seconds: 86_400,
+        };
+        let s = MemStore::default();
+        let d = [8u8; 16];
+        let t0 = 1_000_000_000u64;
+        for _ in 0..10 {
+            take_local(&s, &SALT, &d, l, t0).unwrap();
+        }
+        let o = take_local(&s, &SALT, &d, l, t0 + 9_000).unwrap();
+        assert!(!o.allowed);
+        assert_eq!(o.retry_after, 8_631);
+        assert_eq!(
+            local_refill_at(&s, &SALT, &d, l, t0 + 9_000),
+            Some(t0 + 8_640_000)
+        );
+        assert!(
+            !take_local(&s, &SALT, &d, l, t0 + 8_639_999)
+                .unwrap()
+                .allowed
+        );
+        assert!(
+            take_local(&s, &SALT, &d, l, t0 + 8_640_000)
+                .unwrap()
+                .allowed
         );
     }
 }

@@ -612,8 +612,11 @@ fn limits_phase(
                     );
                 }
                 // Shared data refused the update: the count cannot be kept,
-                // so the route's failure mode decides.
-                Err(_) if route.failure_mode == FailureMode::Allow => {}
+                // so the route's failure mode decides; letting the request
+                // go unlimited is counted and logged as degraded.
+                Err(_) if route.failure_mode == FailureMode::Allow => {
+                    pending.facts.degraded = Some(Reason::RatelimitUnavailable);
+                }
                 Err(_) => return deny(pending, Reason::RatelimitUnavailable.into()),
             },
             None => {

@@ -2738,3 +2738,58 @@ fn a_route_that_asks_nothing_does_not_refuse_on_platform_headers() {
         Some(Reason::OriginDenied)
     );
 }
+
+#[test]
+fn ipv6_clients_are_limited_per_64_by_default() {
+    // Per /128 one client would hold 2^64 descriptors: enough to fill the
+    // local-limit table. A /64 is one subscriber.
+    let w = World::from(json!({
+        "routes": [{"name": "r", "match": {"prefix": "/"},
+                    "rate_limits": [{"entries": [{"type": "client_ip"}], "local": {"requests": 1, "per": "hour"}}]}]
+    }));
+    assert_eq!(w.run("/x", "2001:db8:1:2::1", &[]).0.reason(), None);
+    assert_eq!(
+        w.run("/x", "2001:db8:1:2:ffff::99", &[]).0.reason(),
+        Some(Reason::RateLimited),
+        "the same /64"
+    );
+    assert_eq!(w.run("/x", "2001:db8:1:3::1", &[]).0.reason(), None);
+    // IPv4 stays per address.
+    assert_eq!(w.run("/x", "192.0.2.1", &[]).0.reason(), None);
+    assert_eq!(w.run("/x", "192.0.2.2", &[]).0.reason(), None);
+}
+
+#[test]
+fn a_local_limit_that_cannot_be_counted_is_degraded_or_refused() {
+    // Shared data refuses every write: the route's failure mode decides,
+    // and letting the request through unlimited is reported as degraded.
+    struct Refusing;
+    impl crate::store::SharedStore for Refusing {
+        fn get(&self, _: &str) -> Option<(Vec<u8>, u32)> {
+            None
+        }
+        fn set(&self, _: &str, _: &[u8], _: u32) -> Result<(), crate::store::StoreError> {
+            Err(crate::store::StoreError::Host)
+        }
+    }
+    let w = World::from(json!({
+        "routes": [
+            {"name": "open", "match": {"prefix": "/open"}, "failure_mode": "allow",
+             "rate_limits": [{"entries": [{"type": "client_ip"}], "local": {"requests": 5, "per": "minute"}}]},
+            {"name": "strict", "match": {"prefix": "/strict"}, "failure_mode": "deny",
+             "rate_limits": [{"entries": [{"type": "client_ip"}], "local": {"requests": 5, "per": "minute"}}]}
+        ]
+    }));
+    let mut ctx = w.ctx();
+    ctx.store = &Refusing;
+    let run = |path: &str| {
+        let h = headers(&[(":method", "GET"), (":path", path), (":authority", "a")]);
+        let req = Request::new(&h, Some("192.0.2.1".parse().unwrap()));
+        match evaluate(&ctx, &req, NOW) {
+            Step::Done(d, f) => (d.reason(), f.degraded),
+            s => panic!("{s:?}"),
+        }
+    };
+    assert_eq!(run("/open"), (None, Some(Reason::RatelimitUnavailable)));
+    assert_eq!(run("/strict"), (Some(Reason::RatelimitUnavailable), None));
+}

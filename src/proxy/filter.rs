@@ -327,7 +327,7 @@ impl GuardFilter {
                             if reason == crate::decision::Reason::JwksUnavailable {
                                 "token verification (jwks_unavailable)"
                             } else {
-                                "the rate-limit service (ratelimit_unavailable)"
+                                "its rate limits (ratelimit_unavailable)"
                             },
                             describe(worker, facts, &self.headers)
                         )
