@@ -244,7 +244,7 @@ impl GuardFilter {
                     if slot.loaded_cas != before && had_keys {
                         false
                     } else if !had_keys {
-                        slot.fetches_in_flight(now) < jwks::MAX_REQUEST_FETCHES
+                        slot.may_start_request_fetch(now)
                     } else if now.saturating_sub(slot.last_refetch) >= remote.min_refetch_seconds
                         && jwks::take_lease(
                             &provider.name,
@@ -551,13 +551,17 @@ impl Context for GuardFilter {
                 match (status, body) {
                     (200, Some(body)) => {
                         if let Err(e) = jwks::store(slot, &p.name, remote, &body, now) {
+                            slot.request_fetch_failed_at = Some(now);
                             warn!("#{} jwks {}: {e}", self.context_id, p.name);
                         }
                     }
-                    (s, _) => warn!(
-                        "#{} jwks {}: fetch failed (status {s})",
-                        self.context_id, p.name
-                    ),
+                    (s, _) => {
+                        slot.request_fetch_failed_at = Some(now);
+                        warn!(
+                            "#{} jwks {}: fetch failed (status {s})",
+                            self.context_id, p.name
+                        );
+                    }
                 }
             }
         }

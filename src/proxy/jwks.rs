@@ -48,6 +48,11 @@ pub struct JwksSlot {
     /// call for the plugin, not the stream, so the GET runs on until it
     /// answers or times out, and keeps its place until then.
     pub request_fetches: Vec<(u32, u64)>,
+    /// The second a request fetch of this worker last failed (an error
+    /// status, no answer, or keys that would not load). No request starts
+    /// another fetch within that second: an endpoint that fails fast would
+    /// otherwise free the slots at once and get one GET per request.
+    pub request_fetch_failed_at: Option<u64>,
 }
 
 impl JwksSlot {
@@ -67,6 +72,13 @@ impl JwksSlot {
     /// The fetch with `token` answered (or failed).
     pub fn fetch_ended(&mut self, token: u32) {
         self.request_fetches.retain(|&(t, _)| t != token);
+    }
+
+    /// Whether a request may start a fetch at `now` (seconds): fewer than
+    /// [`MAX_REQUEST_FETCHES`] in flight, and none failed this second.
+    pub fn may_start_request_fetch(&mut self, now: u64) -> bool {
+        self.request_fetch_failed_at != Some(now)
+            && self.fetches_in_flight(now) < MAX_REQUEST_FETCHES
     }
 }
 
@@ -228,6 +240,19 @@ mod tests {
         assert_eq!(slot.fetches_in_flight(102), 0, "the second answered");
         slot.fetch_ended(8);
         assert_eq!(slot.fetches_in_flight(102), 0);
+    }
+
+    #[test]
+    fn a_failed_fetch_holds_request_fetches_for_the_rest_of_its_second() {
+        let mut slot = JwksSlot::default();
+        assert!(slot.may_start_request_fetch(100));
+        slot.request_fetch_failed_at = Some(100);
+        assert!(!slot.may_start_request_fetch(100));
+        assert!(slot.may_start_request_fetch(101));
+        for t in 0..4 {
+            slot.fetch_started(t, 101, 2_000);
+        }
+        assert!(!slot.may_start_request_fetch(101), "four in flight");
     }
 
     #[test]

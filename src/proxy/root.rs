@@ -110,8 +110,11 @@ impl Worker {
                 }
                 slot.last_maintained = now;
                 jwks::sync(slot, &provider.name, remote, now);
-                slot.keys.keys.is_some()
-                    && !self.refreshes.borrow().values().any(|x| *x == p)
+                // Also while no keys are loaded (a cold start whose first
+                // fetch failed, keys past their grace): then every
+                // `timeout_ms` + 1 s per instance, whether requests come
+                // or not.
+                !self.refreshes.borrow().values().any(|x| *x == p)
                     && jwks::take_refresh_lease(slot, &provider.name, remote, now)
             };
             if refresh {

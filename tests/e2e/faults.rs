@@ -432,6 +432,8 @@ fn jwks_down_slow_or_garbage_before_the_first_keys_is_503_and_nothing_passes() {
         json!({"keys": [tokens::es256_jwk(&k, "k1")], "pad": pad}).to_string(),
     ));
     expect_jwks_unavailable(&e, &k, "JWKS over 64 KiB");
+    // Each document is really fetched (and refused): a request fetches
+    // again only from the second after a failed fetch, so wait for it.
     for unusable in [
         r#"{"keys": []}"#,
         r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#,
@@ -440,10 +442,14 @@ fn jwks_down_slow_or_garbage_before_the_first_keys_is_503_and_nothing_passes() {
         "\u{feff}[]",
     ] {
         jwks.set(Jwks::Doc(unusable.to_string()));
+        let before = jwks.server.seen().len();
+        thread::sleep(Duration::from_millis(1100));
         expect_jwks_unavailable(&e, &k, unusable);
+        assert!(jwks.server.seen().len() > before, "{unusable}: not fetched");
     }
     assert!(up.seen().is_empty(), "a token passed without keys");
     jwks.set(Jwks::Doc(doc));
+    thread::sleep(Duration::from_millis(1100));
     let r = e.request(token_req(&k));
     assert_eq!(r.status, 200, "{}", r.text());
     e.assert_vm_healthy();
@@ -531,6 +537,47 @@ fn without_keys_a_burst_of_requests_sends_a_bounded_number_of_fetches() {
 }
 
 #[test]
+fn without_keys_the_background_keeps_fetching_and_fast_failures_are_not_one_get_per_request() {
+    // A JWKS endpoint that fails at once (503). With no request at all, the
+    // root's background refresh keeps trying (every timeout_ms + 1 s per
+    // instance); and a run of requests with tokens does not turn into one
+    // GET each, although every failed fetch frees its slot at once.
+    let (k, doc) = key();
+    let up = Upstream::start();
+    let jwks = JwksServer::start(Jwks::Status(503, "down".into()));
+    let e = jwks_envoy(&up, jwks.server.port, "deny");
+    thread::sleep(Duration::from_millis(2 * (JWKS_TIMEOUT_MS + 1000) + 500));
+    let idle = jwks.server.seen().len();
+    assert!(
+        idle >= 2,
+        "{idle} background fetches in two periods without requests"
+    );
+    let before = jwks.server.seen().len();
+    let started = Instant::now();
+    for _ in 0..40 {
+        let r = e.request(token_req(&k));
+        assert_eq!((r.status, r.reason()), (503, Some("jwks_unavailable")));
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let sent = (jwks.server.seen().len() - before) as u64;
+    // At most one failed request fetch per second and worker (up to the
+    // four that may be in flight at once), and the background's.
+    assert!(
+        sent <= 5 * seconds + 1,
+        "{sent} GETs for 40 requests in about {seconds} s"
+    );
+    // The background brings the keys in once the endpoint is back.
+    jwks.set(Jwks::Doc(doc));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.request(token_req(&k)).status != 200 {
+        assert!(Instant::now() < deadline, "keys never loaded");
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!up.seen().is_empty());
+    e.assert_vm_healthy();
+}
+
+#[test]
 fn jwks_down_under_failure_mode_allow_passes_without_the_token() {
     let (k, _doc) = key();
     let up = Upstream::start();
@@ -602,7 +649,9 @@ fn keys_survive_failed_refreshes_until_refresh_plus_grace() {
         e.log().contains("keys older than refresh + grace, dropped"),
         "dropped for age"
     );
+    // Back: from the second after the failed fetch, a request fetches again.
     jwks.set(Jwks::Doc(doc));
+    thread::sleep(Duration::from_millis(1100));
     let r = e.request(token_req(&k));
     assert_eq!(r.status, 200, "{}", r.text());
     e.assert_vm_healthy();

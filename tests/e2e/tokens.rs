@@ -362,12 +362,22 @@ fn jwks_down_before_first_keys_is_503_jwks_unavailable() {
     jwks.set(200, "{not json");
     let r = envoy.request(Req::get("/remote/a").header("x-token", &t));
     assert_eq!((r.status, r.reason()), (503, Some("jwks_unavailable")));
-    // and once the server is back, keys come in and the token passes
+    // and once the server is back, keys come in and the token passes: a
+    // request fetches again from the second after the last failed fetch
+    // (the background refresh may be first)
     jwks.set(
         200,
         &json!({"keys": [tokens::es256_jwk(&k1, "k1")]}).to_string(),
     );
-    let r = envoy.request(Req::get("/remote/a").header("x-token", &t));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let r = loop {
+        let r = envoy.request(Req::get("/remote/a").header("x-token", &t));
+        if r.status == 200 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        assert_eq!(r.reason(), Some("jwks_unavailable"));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(up.seen().len() == 1);
     let _ = SECRET;
