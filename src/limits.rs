@@ -624,7 +624,22 @@ pub fn take_local<S: SharedStore + ?Sized>(
     limit: LocalLimit,
     now_ms: u64,
 ) -> Result<LocalOutcome, store::StoreError> {
+    take_local_n(s, salt, digest, limit, 1, now_ms)
+}
+
+/// [`take_local`] for `n` tokens at once: as many whole tokens as the
+/// bucket holds, up to `n`; allowed only if it held all `n`. (A failure
+/// budget charges one failure per key a forged token was tried against.)
+pub fn take_local_n<S: SharedStore + ?Sized>(
+    s: &S,
+    salt: &BucketSalt,
+    digest: &[u8; 16],
+    limit: LocalLimit,
+    n: u32,
+    now_ms: u64,
+) -> Result<LocalOutcome, store::StoreError> {
     let u = Units::of(limit);
+    let want = u.token.saturating_mul(u64::from(n.max(1)));
     let key = local_key(salt, digest, limit);
     store::update(s, &key, |current| {
         let mut entries = local_entries(current.unwrap_or(&[]));
@@ -659,19 +674,20 @@ pub fn take_local<S: SharedStore + ?Sized>(
         // earned since the last request is lost.
         let units = u.at(entry.1, entry.2, now_ms);
         entry.2 = now_ms;
-        let outcome = if units >= u.token {
-            entry.1 = units - u.token;
+        let outcome = if units >= want {
+            entry.1 = units - want;
             LocalOutcome {
                 allowed: true,
                 remaining: u32::try_from(entry.1 / u.token).unwrap_or(u32::MAX),
                 retry_after: 0,
             }
         } else {
-            entry.1 = units;
+            // The whole tokens it holds are taken; a fraction stays.
+            entry.1 = units % u.token;
             LocalOutcome {
                 allowed: false,
                 remaining: 0,
-                retry_after: u.wait_ms(units).div_ceil(1000).max(1),
+                retry_after: u.wait_ms(entry.1).div_ceil(1000).max(1),
             }
         };
         let mut bytes = Vec::with_capacity(entries.len() * LOCAL_ENTRY);

@@ -1444,11 +1444,18 @@ fn check_token(
                     // The mark first: a worker that sees the bucket spent
                     // must also see a recent failure.
                     limits::mark_failure(ctx.store, &provider.name, ctx.now_ms);
-                    let _ = limits::take_local(
+                    // One failure per key the token was tried against: a
+                    // forged token without `kid`, tried against every key
+                    // of its algorithm, spends the budget as fast as that
+                    // many forged tokens would (the budget bounds the
+                    // verifications, not the tokens).
+                    let tried = u32::try_from(1 + pre.others.len()).unwrap_or(u32::MAX);
+                    let _ = limits::take_local_n(
                         ctx.store,
                         &ctx.bucket_salt,
                         &budget_key(ip),
                         budget_limit,
+                        tried.min(budget.failures),
                         ctx.now_ms,
                     );
                 }

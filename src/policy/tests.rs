@@ -2793,3 +2793,33 @@ fn a_local_limit_that_cannot_be_counted_is_degraded_or_refused() {
     assert_eq!(run("/open"), (None, Some(Reason::RatelimitUnavailable)));
     assert_eq!(run("/strict"), (Some(Reason::RatelimitUnavailable), None));
 }
+
+#[test]
+fn a_kidless_forgery_spends_one_failure_per_key_it_was_tried_against() {
+    // Without `kid` a token is tried against every key of its algorithm:
+    // the budget must bound verifications, so each key tried counts.
+    let keys: Vec<Value> = (1..=4u8)
+        .map(|i| json!({"kid": format!("k{i}"), "alg": "HS256", "secret_base64": STANDARD.encode([i; 32])}))
+        .collect();
+    let w = World::from(json!({
+        "tokens": [{"name": "t", "from": [{"header": "x-token"}], "keys": keys,
+                    "failure_budget": {"failures": 4, "window_seconds": 60}}],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
+    }));
+    let forged = |n: u64| {
+        hs256_raw(
+            &[9u8; 32],
+            &json!({"alg": "HS256"}),
+            &json!({"exp": NOW + 60, "n": n}),
+        )
+    };
+    let (d, f) = w.run("/x", "198.51.100.9", &[("x-token", &forged(1))]);
+    assert_eq!(d.reason(), Some(Reason::TokenSignature));
+    assert!(!f.budget_refused, "verified, against 4 keys");
+    let (d, f) = w.run("/x", "198.51.100.9", &[("x-token", &forged(2))]);
+    assert_eq!(d.reason(), Some(Reason::TokenSignature));
+    assert!(f.budget_refused, "4 failures spent the budget of 4");
+    // Another client is not charged.
+    let (_, f) = w.run("/x", "198.51.100.10", &[("x-token", &forged(3))]);
+    assert!(!f.budget_refused);
+}

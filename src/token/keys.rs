@@ -286,9 +286,19 @@ pub fn key_from_jwk(jwk: &Value, alg: Option<Alg>, kid: Option<String>) -> Resul
     if obj.contains_key("d") || obj.contains_key("p") {
         return Err("the JWK contains private key material; give the public key only".into());
     }
-    if let Some(u) = obj.get("use").and_then(Value::as_str) {
-        if u != "sig" {
-            return Err(format!("JWK `use` is {u:?}, not \"sig\""));
+    match obj.get("use") {
+        None => {}
+        Some(Value::String(u)) if u == "sig" => {}
+        Some(u) => return Err(format!("JWK `use` is {u}, not \"sig\"")),
+    }
+    // RFC 7517 §4.3: a key whose operations are listed is usable for those
+    // only.
+    if let Some(ops) = obj.get("key_ops") {
+        let verifies = ops
+            .as_array()
+            .is_some_and(|a| a.iter().any(|o| o.as_str() == Some("verify")));
+        if !verifies {
+            return Err(format!("JWK `key_ops` is {ops}, without \"verify\""));
         }
     }
     let jwk_alg = match obj.get("alg").and_then(Value::as_str) {

@@ -770,10 +770,12 @@ pub fn extract_with_source<'p, 'r>(
 pub struct Prechecked<'k> {
     /// The key chosen by `kid` and algorithm.
     pub key: &'k Key,
-    /// For a token that names no `kid`: the provider's other keys of its
-    /// algorithm, tried in turn if `key` does not verify it (as Envoy's
-    /// `jwt_authn` does), so that two secrets or a JWKS without `kid`s
-    /// all work. Empty (no allocation) otherwise.
+    /// The other keys tried in turn if `key` does not verify the token:
+    /// for a token that names no `kid`, the provider's other keys of its
+    /// algorithm (as Envoy's `jwt_authn` does), so that two secrets or a
+    /// JWKS without `kid`s all work; for one that does, other keys of its
+    /// algorithm under the same `kid` (a fetched JWKS may repeat one).
+    /// Usually empty (no allocation).
     pub others: Vec<&'k Key>,
     /// `exp`.
     pub exp: u64,
@@ -834,14 +836,16 @@ pub fn precheck<'k>(
         }
     }
     let key = select_key(keys.iter().chain(extra_keys.iter()), alg, kid)?;
-    let others = if kid.is_none() {
-        keys.iter()
-            .chain(extra_keys.iter())
-            .filter(|k| k.alg == alg && !std::ptr::eq(*k, key))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    // Without a `kid`, every key of the algorithm; with one, the other keys
+    // of that algorithm under the same `kid` (a fetched JWKS may repeat a
+    // `kid`: the first key alone would refuse tokens of the second).
+    let others = keys
+        .iter()
+        .chain(extra_keys.iter())
+        .filter(|k| {
+            k.alg == alg && !std::ptr::eq(*k, key) && (kid.is_none() || k.kid.as_deref() == kid)
+        })
+        .collect();
     let claims = strict_json::parse_object(&b64url(p)?)
         .ok_or(TokenError::Malformed("payload is not a JSON object"))?;
     let exp = check_claims(provider, &claims, now)?;

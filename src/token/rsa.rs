@@ -103,7 +103,9 @@ impl RsaPublicKey {
     pub fn new(n: &[u8], e: &[u8]) -> Result<Self, String> {
         let n = strip_zeros(n);
         let e = strip_zeros(e);
-        let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+        // An all-zero modulus strips to nothing: 0 bits, not an underflow.
+        let bits =
+            (n.len() * 8).saturating_sub(n.first().map_or(8, |b| b.leading_zeros() as usize));
         if !(MIN_BITS..=MAX_BITS).contains(&bits) {
             return Err(format!(
                 "RSA modulus of {bits} bits; {MIN_BITS} to {MAX_BITS} are accepted"

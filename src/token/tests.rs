@@ -568,3 +568,57 @@ fn every_key_kind_of_the_spec_verifies_as_pem_jwk_or_secret() {
         );
     }
 }
+
+#[test]
+fn a_jwk_restricted_to_other_uses_or_with_a_zero_modulus_is_refused() {
+    let ps = PS256KeyPair::from_pem(RSA_PRIV).unwrap();
+    let rsa = ps.public_key().to_components();
+    let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+    let jwk = |extra: serde_json::Value| {
+        let mut j = json!({"kty": "RSA", "n": b64(&rsa.n), "e": b64(&rsa.e)});
+        for (k, v) in extra.as_object().unwrap() {
+            j[k] = v.clone();
+        }
+        keys::key_from_jwk(&j, None, Some("k".into()))
+    };
+    assert!(jwk(json!({})).is_ok());
+    assert!(jwk(json!({"use": "sig", "key_ops": ["verify"]})).is_ok());
+    // RFC 7517 §4.3: listed operations that do not include verify.
+    let e = jwk(json!({"key_ops": ["encrypt", "wrapKey"]})).unwrap_err();
+    assert!(e.contains("key_ops"), "{e}");
+    assert!(jwk(json!({"key_ops": "verify"})).is_err(), "not a list");
+    // `use` that is not the string "sig" is refused, not ignored.
+    assert!(jwk(json!({"use": ["enc"]})).is_err());
+    assert!(jwk(json!({"use": "enc"})).is_err());
+    // An all-zero modulus is an error, never an arithmetic overflow.
+    let zero = json!({"kty": "RSA", "n": b64(&[0u8; 256]), "e": "AQAB"});
+    let e = keys::key_from_jwk(&zero, None, None).unwrap_err();
+    assert!(e.contains("0 bits"), "{e}");
+}
+
+#[test]
+fn a_kid_repeated_in_a_fetched_jwks_tries_each_of_its_keys() {
+    // A JWKS may list two keys under one kid: a token signed by the
+    // second must verify (the first key alone refused it, and a genuine
+    // client's failures went to the negative cache and its budget).
+    let p = provider(json!({}));
+    let jwk = |secret: &[u8]| {
+        keys::key_from_jwk(
+            &json!({"kty": "oct", "alg": "HS256", "k": URL_SAFE_NO_PAD.encode(secret)}),
+            None,
+            Some("dup".into()),
+        )
+        .unwrap()
+    };
+    let fetched = vec![jwk(&[1u8; 32]), jwk(&[2u8; 32])];
+    let header = json!({"alg": "HS256", "kid": "dup"});
+    for secret in [[1u8; 32], [2u8; 32]] {
+        let t = hs256_raw(&secret, &header, &claims_at(NOW, 60));
+        let pre = precheck(&p, &p.keys, &fetched, &t, NOW).unwrap();
+        assert_eq!(pre.others.len(), 1);
+        assert!(pre.check_signature(&p, &t, NOW).is_ok());
+    }
+    let forged = hs256_raw(&[3u8; 32], &header, &claims_at(NOW, 60));
+    let pre = precheck(&p, &p.keys, &fetched, &forged, NOW).unwrap();
+    assert!(pre.check_signature(&p, &forged, NOW).is_err());
+}
