@@ -95,8 +95,33 @@ for f in "${files[@]}"; do
   fi
 done
 
+# How the configuration is wrapped in Envoy's YAML (StringValue, BytesValue,
+# Struct, no @type): tests/fixtures/envoy-configuration/{accept,refuse}-*.yaml,
+# whole Envoy files. Only the verdicts are compared (Envoy's own parser
+# words a refusal of the wrapper its way).
+wrappers=(tests/fixtures/envoy-configuration/*.yaml)
+for f in "${wrappers[@]}"; do
+  case "$(basename "$f")" in refuse-*) want=refuse ;; *) want=accept ;; esac
+  "$CLI" check-config "$f" >"$TMP/cli.out" 2>"$TMP/cli.err"
+  case $? in 0) cli=accept ;; 1) cli=refuse ;; *) cli=error ;; esac
+  if "$PYTHON" scripts/render-envoy.py --wasm "$WASM" "$f" >"$TMP/envoy.yaml" 2>"$TMP/envoy.err" \
+      && "$ENVOY" --mode validate -c "$TMP/envoy.yaml" --log-level error >"$TMP/envoy.out" 2>"$TMP/envoy.err"; then
+    envoy=accept
+  else
+    envoy=refuse
+  fi
+  result=ok
+  if [ "$cli" != "$envoy" ]; then result=DISAGREE; elif [ "$cli" != "$want" ]; then result="UNEXPECTED (want $want)"; fi
+  printf '%-45s %-7s %-7s %s\n' "$(basename "$f")" "$cli" "$envoy" "$result"
+  if [ "$result" != ok ]; then
+    failed=1
+    sed 's/^/    cli:   /' "$TMP/cli.err" | head -n 5
+    grep -v '^\s*$' "$TMP/envoy.err" | tail -n 3 | sed 's/^/    envoy: /'
+  fi
+done
+
 if [ "$failed" -ne 0 ]; then
   echo "check-config-agreement: appguard-cli and Envoy disagree (see above)" >&2
   exit 1
 fi
-echo "check-config-agreement: appguard-cli and Envoy agree on ${#files[@]} files"
+echo "check-config-agreement: appguard-cli and Envoy agree on $((${#files[@]} + ${#wrappers[@]})) files"

@@ -15,7 +15,6 @@
 use std::path::Path;
 
 use appguard::config::{Config, ConfigError};
-use base64::Engine as _;
 use serde_json::Value;
 
 use crate::error::{read_file, CliError};
@@ -307,17 +306,26 @@ fn envoy_report(doc: &Value) -> Result<Report, CliError> {
 }
 
 /// The bytes Envoy hands the plugin in `on_configure`: Envoy's
-/// `PluginConfig.configuration` is an `Any`; `StringValue` and `BytesValue`
-/// are passed without the wrapper, a `Struct` as JSON.
+/// `PluginConfig.configuration` is an `Any`; a `StringValue` or
+/// `BytesValue` is passed without the wrapper, any other message as its
+/// protobuf encoding (so a `Struct` reaches the filter as bytes it cannot
+/// read as JSON, and Envoy refuses the configuration). An `Any` without
+/// `@type` is refused by Envoy's own parser.
 fn envoy_plugin_bytes(config: &Value) -> Result<Vec<u8>, ConfigError> {
     const NONE: &str = "no plugin configuration: set plugin_config.configuration";
     let Some(conf) = config.get("configuration") else {
         return Err(ConfigError::new("", NONE));
     };
-    let ty = conf.get("@type").and_then(Value::as_str).unwrap_or("");
+    let Some(ty) = conf.get("@type").and_then(Value::as_str) else {
+        return Err(ConfigError::new(
+            "",
+            "plugin_config.configuration has no \"@type\" (Envoy refuses an Any without one): \
+             use type.googleapis.com/google.protobuf.StringValue",
+        ));
+    };
     let value = conf.get("value");
     let bytes = match ty.rsplit('/').next().unwrap_or("") {
-        "google.protobuf.StringValue" | "" => match value {
+        "google.protobuf.StringValue" => match value {
             Some(Value::String(s)) => s.clone().into_bytes(),
             None => Vec::new(),
             Some(_) => {
@@ -328,25 +336,28 @@ fn envoy_plugin_bytes(config: &Value) -> Result<Vec<u8>, ConfigError> {
             }
         },
         "google.protobuf.BytesValue" => {
+            // Protobuf's JSON mapping takes standard or URL-safe base64,
+            // padded or not, as Envoy does.
+            use base64::engine::general_purpose::{
+                STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+            };
+            use base64::Engine as _;
             let s = value.and_then(Value::as_str).unwrap_or("");
-            base64::engine::general_purpose::STANDARD
-                .decode(s)
-                .map_err(|_| {
+            [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+                .iter()
+                .find_map(|e| e.decode(s).ok())
+                .ok_or_else(|| {
                     ConfigError::new(
                         "",
                         "plugin_config.configuration (BytesValue) is not base64",
                     )
                 })?
         }
-        "google.protobuf.Struct" => match value {
-            Some(v) => serde_json::to_vec(v).map_err(|e| ConfigError::new("", e.to_string()))?,
-            None => b"{}".to_vec(),
-        },
         other => {
             return Err(ConfigError::new(
                 "",
                 format!(
-                    "plugin_config.configuration of type {other} is not passed as JSON; use google.protobuf.StringValue"
+                    "plugin_config.configuration of type {other} reaches the filter as protobuf bytes, not JSON; use google.protobuf.StringValue"
                 ),
             ))
         }
@@ -455,7 +466,41 @@ static_resources:
         assert!(r.configs[0]
             .location
             .ends_with("http_filters[0].typed_config.config"));
-        assert!(r.configs[1].result.is_ok());
+        // Envoy hands a Struct over as protobuf bytes: the filter cannot
+        // read them, and Envoy refuses the configuration.
+        let e = r.configs[1].result.as_ref().unwrap_err();
+        assert!(e.message.contains("protobuf bytes"), "{e:?}");
+    }
+
+    #[test]
+    fn configurations_envoy_refuses_or_reads_otherwise() {
+        let conf = |c: &str| {
+            format!("static_resources: {{x: {{root_id: appguard, configuration: {c}}}}}\n")
+        };
+        // No @type: Envoy's parser refuses the Any.
+        let r = report("e.yaml", &conf("{value: '{}'}"));
+        let e = r.configs[0].result.as_ref().unwrap_err();
+        assert!(e.message.contains("@type"), "{e:?}");
+        // BytesValue in either base64 alphabet, padded or not, as Envoy
+        // takes it.
+        let json = br#"{"mode":"monitor"}"#;
+        for engine in [
+            base64::engine::general_purpose::STANDARD,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ] {
+            let b64 = base64::Engine::encode(&engine, json);
+            let r = report(
+                "e.yaml",
+                &conf(&format!(
+                    "{{\"@type\": type.googleapis.com/google.protobuf.BytesValue, value: '{b64}'}}"
+                )),
+            );
+            assert!(
+                r.configs[0].result.is_ok(),
+                "{b64}: {:?}",
+                r.configs[0].result
+            );
+        }
     }
 
     #[test]

@@ -220,9 +220,11 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
     match command {
         Command::CheckConfig { file } => check_config(&file),
         Command::HashKey { key } => {
-            let input = match key {
-                Some(k) => k,
-                None => read_stdin("API key(s), one per line")?,
+            // `-` reads standard input, as the other commands' file
+            // arguments do (it is never an API key to hash).
+            let input = match key.as_deref() {
+                Some("-") | None => read_stdin("API key(s), one per line")?,
+                Some(k) => k.to_owned(),
             };
             for h in appguard_cli::hash_keys(&input)? {
                 println!("{h}");

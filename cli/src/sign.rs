@@ -180,9 +180,12 @@ pub fn shell_quote(s: &str) -> String {
 /// The curl command that sends the signed request. `body_file`, when set,
 /// is sent with `--data-binary @FILE` instead of inline.
 pub fn curl_line(req: &RequestSpec, signed: &Signed, body_file: Option<&str>) -> String {
+    // `--path-as-is`: curl would otherwise resolve `/a/../b` in the URL,
+    // and `@path` was signed as given.
     let mut args = vec![
         "curl".to_owned(),
         "-sS".to_owned(),
+        "--path-as-is".to_owned(),
         "-X".to_owned(),
         shell_quote(&req.method),
         shell_quote(&req.url),
@@ -211,7 +214,9 @@ pub fn curl_line(req: &RequestSpec, signed: &Signed, body_file: Option<&str>) ->
             args.push(shell_quote(&format!("@{file}")));
         }
         (None, Some(body)) => {
-            args.push("--data-binary".to_owned());
+            // `--data-raw`: a body starting with `@` is the body, not a
+            // file name.
+            args.push("--data-raw".to_owned());
             args.push(shell_quote(&String::from_utf8_lossy(body)));
         }
         (None, None) => {}

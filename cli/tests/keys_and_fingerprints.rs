@@ -30,6 +30,10 @@ fn hash_key_reads_one_key_per_line() {
     assert_eq!(r.stdout, format!("{SHA256_ABC}\n{SHA256_ABC}\n"));
     let r = cli_with_stdin(&["hash-key"], Some(""));
     assert_eq!(r.code, 1, "{}", r.all());
+    // `-` is standard input, never a key to hash.
+    let r = cli_with_stdin(&["hash-key", "-"], Some("abc\n"));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(r.stdout, format!("{SHA256_ABC}\n"));
 }
 
 #[test]

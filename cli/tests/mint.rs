@@ -394,7 +394,10 @@ fn signed_requests_verify_with_the_filters_verifier() {
                 r.stdout
             );
         }
-        assert!(out.curl.contains("--data-binary"), "{}", out.curl);
+        // Inline bodies go as they are (a leading `@` is no file name), and
+        // the path as signed.
+        assert!(out.curl.contains("--data-raw"), "{}", out.curl);
+        assert!(out.curl.contains("--path-as-is"), "{}", out.curl);
         assert!(out.curl.contains("'approov-token: "), "{}", out.curl);
 
         // The request as the filter sees it: the token header, the given
