@@ -205,6 +205,16 @@ struct SignArgs {
     components: Vec<String>,
 }
 
+/// Writes a line to standard output. A closed pipe (`| head -1`) or a full
+/// disk is reported as an error (exit 2), never a panic as `println!`'s.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+            .map_err(|e| CliError::input(format!("cannot write to standard output: {e}")))?
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
@@ -227,21 +237,21 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
                 Some(k) => k.to_owned(),
             };
             for h in appguard_cli::hash_keys(&input)? {
-                println!("{h}");
+                out!("{h}");
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Fingerprint(a) => {
             if let Some(path) = a.pem {
                 let fp = fingerprint::of_pem(&read_text(&path)?)?;
-                println!("SHA256: {}", fp.sha256);
-                println!("SHA1: {}", fp.sha1);
+                out!("SHA256: {}", fp.sha256);
+                out!("SHA1: {}", fp.sha1);
             } else if let Some(path) = a.der {
                 let fp = fingerprint::of_der(&read_file(&path)?)?;
-                println!("SHA256: {}", fp.sha256);
-                println!("SHA1: {}", fp.sha1);
+                out!("SHA256: {}", fp.sha256);
+                out!("SHA1: {}", fp.sha1);
             } else if let Some(hex) = a.hex {
-                println!("{}", fingerprint::normalise(&hex)?);
+                out!("{}", fingerprint::normalise(&hex)?);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -263,7 +273,7 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
                     key.algorithm(),
                     out.display()
                 );
-                println!("{}", key.public_key().to_ipk());
+                out!("{}", key.public_key().to_ipk());
                 Ok(ExitCode::SUCCESS)
             }
             Some(MintAction::SignRequest(s)) => sign_request(*s),
@@ -282,7 +292,7 @@ fn check_config(file: &Path) -> Result<ExitCode, CliError> {
             format!(" ({})", c.location)
         };
         match &c.result {
-            Ok(config) => println!("{name}{at}: valid: {}", check::summary(config)),
+            Ok(config) => out!("{name}{at}: valid: {}", check::summary(config)),
             Err(e) => eprintln!("{name}{at}: {e}"),
         }
     }
@@ -364,7 +374,7 @@ fn mint_token(t: TokenArgs) -> Result<ExitCode, CliError> {
         claims,
         lifetime_seconds: t.lifetime,
     })?;
-    println!("{token}");
+    out!("{token}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -399,15 +409,15 @@ fn sign_request(s: SignArgs) -> Result<ExitCode, CliError> {
     let signed = sign::sign(&key, &req, &options, components)?;
     let h = &signed.headers;
     if let Some(d) = &h.content_digest {
-        println!("Content-Digest: {d}");
+        out!("Content-Digest: {d}");
     }
-    println!("Signature-Input: {}", h.signature_input);
-    println!("Signature: {}", h.signature);
-    println!();
+    out!("Signature-Input: {}", h.signature_input);
+    out!("Signature: {}", h.signature);
+    out!();
     let body_file = s
         .body_file
         .as_deref()
         .map(|p| p.to_string_lossy().into_owned());
-    println!("{}", sign::curl_line(&req, &signed, body_file.as_deref()));
+    out!("{}", sign::curl_line(&req, &signed, body_file.as_deref()));
     Ok(ExitCode::SUCCESS)
 }

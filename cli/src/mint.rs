@@ -125,6 +125,12 @@ pub fn mint(spec: &TokenSpec) -> Result<String, CliError> {
         many => claims = claims.with_audiences(many.iter().cloned().collect::<HashSet<_>>()),
     }
     let kid = spec.kid.as_deref();
+    // The filter refuses a `kid` over 256 bytes as malformed.
+    if kid.is_some_and(|k| k.len() > 256) {
+        return Err(CliError::invalid(
+            "--kid: at most 256 bytes (the filter refuses longer ones)",
+        ));
+    }
     let pem = |what: &str| -> Result<&str, CliError> {
         match &spec.key {
             SigningMaterial::PrivatePem(p) => Ok(p),
@@ -227,6 +233,24 @@ mod tests {
             lifetime_seconds: 60,
         };
         assert!(mint(&spec).is_err());
+    }
+
+    #[test]
+    fn a_kid_the_filter_would_refuse_is_refused() {
+        let spec = |kid: String| TokenSpec {
+            alg: Alg::HS256,
+            key: SigningMaterial::Secret(vec![7; 32]),
+            kid: Some(kid),
+            issuer: None,
+            audiences: vec![],
+            subject: None,
+            jwt_id: None,
+            claims: vec![],
+            lifetime_seconds: 60,
+        };
+        assert!(mint(&spec("k".repeat(256))).is_ok());
+        let e = mint(&spec("k".repeat(257))).unwrap_err();
+        assert!(e.to_string().contains("--kid"), "{e}");
     }
 
     #[test]

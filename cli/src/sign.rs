@@ -58,6 +58,13 @@ pub fn split_url(url: &str) -> Result<UrlParts, CliError> {
     if authority.is_empty() || authority.contains('@') {
         return Err(bad("needs a host (and no user info)"));
     }
+    // A port, if any (after an IPv6 literal's `]`), is a number below 65536.
+    let host_end = authority.rfind(']').map_or(0, |i| i + 1);
+    if let Some((_, port)) = authority.get(host_end..).and_then(|a| a.rsplit_once(':')) {
+        if port.parse::<u16>().is_err() {
+            return Err(bad("the port is not a number from 0 to 65535"));
+        }
+    }
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q.to_owned())),
         None => (target, None),
@@ -238,6 +245,13 @@ mod tests {
         let u = split_url("HTTP://h?q").unwrap();
         assert_eq!((u.scheme.as_str(), u.path.as_str()), ("http", "/"));
         assert!(split_url("/v1/sms").is_err());
+        assert!(split_url("http://h:99999999999999999999/").is_err());
+        assert!(split_url("http://h:x/").is_err());
+        assert_eq!(
+            split_url("http://[::1]:8080/a").unwrap().authority,
+            "[::1]:8080"
+        );
+        assert!(split_url("http://[::1]/a").is_ok());
         assert!(split_url("ftp://h/").is_err());
         assert!(split_url("https://user@h/").is_err());
     }

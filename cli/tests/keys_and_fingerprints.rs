@@ -106,3 +106,29 @@ fn fingerprint_hex_is_normalised() {
     // One of the three inputs is required.
     assert_eq!(cli(&["fingerprint"]).code, 2);
 }
+
+#[test]
+fn a_closed_standard_output_is_an_error_not_a_panic() {
+    // `appguard-cli hash-key < keys | head -1`: the reader goes away.
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_appguard-cli"))
+        .arg("hash-key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let keys = "abc\n".repeat(100_000);
+    // The CLI may stop reading once its output fails: ignore our own EPIPE.
+    let _ = child.stdin.take().unwrap().write_all(keys.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot write to standard output"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
