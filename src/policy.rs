@@ -1438,9 +1438,7 @@ fn check_token(
                     .max(now.saturating_add(1));
                 ctx.negative.borrow_mut().insert(pi, raw, until, now);
                 if budget.failures > 0 {
-                    let ip = req
-                        .client_ip(ctx.config.xff_trusted_hops)
-                        .unwrap_or(limits::UNKNOWN_CLIENT_IP);
+                    let ip = ip.unwrap_or_else(client);
                     // The mark first: a worker that sees the bucket spent
                     // must also see a recent failure.
                     limits::mark_failure(ctx.store, &provider.name, ctx.now_ms);

@@ -314,6 +314,11 @@ impl GuardFilter {
                 )
             });
         }
+        // Denied, or let through by monitor mode: either way the budget
+        // spared the verification, and is counted the same way.
+        if facts.budget_refused {
+            worker.metrics.budget_refusal();
+        }
         match decision {
             Decision::Allow(grant) => {
                 if let Some(reason) = facts.degraded {
@@ -333,11 +338,6 @@ impl GuardFilter {
                         )
                     });
                 }
-                // A monitor-mode route's budget spares the CPU of a flood
-                // as an enforcing one does: counted the same way.
-                if facts.budget_refused {
-                    worker.metrics.budget_refusal();
-                }
                 match (grant.would_deny, facts.degraded) {
                     (Some(r), _) => worker.metrics.count(facts.route, Counted::Monitor, Some(r)),
                     (None, Some(_)) => {} // counted as degraded above
@@ -350,9 +350,6 @@ impl GuardFilter {
                 worker
                     .metrics
                     .count(facts.route, Counted::Deny, Some(denial.reason));
-                if facts.budget_refused {
-                    worker.metrics.budget_refusal();
-                }
                 if let Some(a) = &worker.config.alerts {
                     let route = worker.config.route_label(facts.route);
                     if let Some(alert) =
@@ -548,20 +545,13 @@ impl Context for GuardFilter {
             let mut slots = worker.jwks.borrow_mut();
             if let Some(slot) = slots.get_mut(provider) {
                 slot.fetch_ended(token_id);
-                match (status, body) {
-                    (200, Some(body)) => {
-                        if let Err(e) = jwks::store(slot, &p.name, remote, &body, now) {
-                            slot.request_fetch_failed_at = Some(now);
-                            warn!("#{} jwks {}: {e}", self.context_id, p.name);
-                        }
-                    }
-                    (s, _) => {
-                        slot.request_fetch_failed_at = Some(now);
-                        warn!(
-                            "#{} jwks {}: fetch failed (status {s})",
-                            self.context_id, p.name
-                        );
-                    }
+                let loaded = match (status, body) {
+                    (200, Some(body)) => jwks::store(slot, &p.name, remote, &body, now),
+                    (s, _) => Err(format!("fetch failed (status {s})")),
+                };
+                if let Err(e) = loaded {
+                    slot.request_fetch_failed_at = Some(now);
+                    warn!("#{} jwks {}: {e}", self.context_id, p.name);
                 }
             }
         }
