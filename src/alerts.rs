@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::config::ConfigError;
 use crate::decision::Reason;
-use crate::store::{self, SharedStore};
+use crate::store::{self, u32_at, u64_at, SharedStore};
 
 /// `alerts` as written.
 #[derive(Debug, Deserialize)]
@@ -163,15 +163,7 @@ impl Alert {
 
 fn read_pair(b: Option<&[u8]>) -> (u64, u32) {
     let b = b.unwrap_or(&[]);
-    let w = b
-        .get(..8)
-        .and_then(|x| x.try_into().ok())
-        .map_or(0, u64::from_le_bytes);
-    let c = b
-        .get(8..12)
-        .and_then(|x| x.try_into().ok())
-        .map_or(0, u32::from_le_bytes);
-    (w, c)
+    (u64_at(b, 0).unwrap_or(0), u32_at(b, 8).unwrap_or(0))
 }
 
 fn pair(w: u64, c: u32) -> Vec<u8> {
@@ -304,8 +296,7 @@ struct Pending {
 
 fn read_pending(b: Option<&[u8]>, bytes: usize) -> Pending {
     let b = b.unwrap_or(&[]);
-    let open_from = b.get(..8).and_then(|x| x.try_into().ok());
-    let (Some(open_from), Some(rest)) = (open_from.map(u64::from_le_bytes), b.get(8..)) else {
+    let (Some(open_from), Some(rest)) = (u64_at(b, 0), b.get(8..)) else {
         return Pending {
             open_from: 0,
             entries: Vec::new(),
@@ -314,7 +305,7 @@ fn read_pending(b: Option<&[u8]>, bytes: usize) -> Pending {
     let entries = rest
         .chunks_exact(8 + bytes)
         .filter_map(|c| {
-            let w = c.get(..8)?.try_into().ok().map(u64::from_le_bytes)?;
+            let w = u64_at(c, 0)?;
             Some((w, c.get(8..)?.to_vec()))
         })
         .collect();

@@ -11,7 +11,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::ConfigError;
-use crate::store::{self, BucketSalt, Keyed128, SharedStore};
+use crate::store::{self, u64_at, BucketSalt, Keyed128, SharedStore};
 
 /// A window unit, as envoyproxy/ratelimit names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -514,6 +514,12 @@ impl Units {
         u64::try_from((u128::from(units) + gained).min(u128::from(self.full))).unwrap_or(self.full)
     }
 
+    /// Whether an entry is idle at `now_ms`: refilled to a full bucket, so
+    /// forgetting it loses nothing (the slot may go to another client).
+    fn idle(self, units: u64, last: u64, now_ms: u64) -> bool {
+        self.at(units, last, now_ms) >= self.full
+    }
+
     /// Milliseconds until `units` reach a whole token (0 if they do).
     fn wait_ms(self, units: u64) -> u64 {
         self.token
@@ -563,15 +569,7 @@ fn local_entries(bytes: &[u8]) -> Vec<LocalEntry> {
         .map(|e| {
             let mut d = [0u8; 16];
             d.copy_from_slice(e.get(..16).unwrap_or(&[0; 16]));
-            let t = e
-                .get(16..24)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_le_bytes);
-            let l = e
-                .get(24..32)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_le_bytes);
-            (d, t, l)
+            (d, u64_at(e, 16).unwrap_or(0), u64_at(e, 24).unwrap_or(0))
         })
         .collect()
 }
@@ -643,7 +641,7 @@ pub fn take_local_n<S: SharedStore + ?Sized>(
     let key = local_key(salt, digest, limit);
     store::update(s, &key, |current| {
         let mut entries = local_entries(current.unwrap_or(&[]));
-        let idx = match place(&entries, digest, |t, l| u.at(t, l, now_ms) >= u.full) {
+        let idx = match place(&entries, digest, |t, l| u.idle(t, l, now_ms)) {
             Place::Own(i) | Place::Overflow(Some(i)) => i,
             Place::New => {
                 entries.push((*digest, u.full, now_ms));
@@ -764,7 +762,7 @@ pub fn local_refill_at<S: SharedStore + ?Sized>(
     let key = local_key(salt, digest, limit);
     let (bytes, _) = s.get(&key)?;
     let entries = local_entries(&bytes);
-    let i = match place(&entries, digest, |t, l| u.at(t, l, now_ms) >= u.full) {
+    let i = match place(&entries, digest, |t, l| u.idle(t, l, now_ms)) {
         Place::Own(i) | Place::Overflow(Some(i)) => i,
         // A new or evicted entry, or a new overflow entry, starts full.
         Place::New | Place::Evict(_) | Place::Overflow(None) => return None,

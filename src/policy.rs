@@ -1185,13 +1185,8 @@ fn api_key_of<'r>(
 /// parameters keep their order and their encoding as sent; a query left
 /// empty goes with its `?`.
 fn path_without_param(path: &str, param: &str) -> Option<String> {
-    // The query is between the first `?` and a `#`; a `?` inside the
-    // fragment starts none (as in `Request::query`).
-    let (before, fragment) = match path.split_once('#') {
-        Some((b, f)) => (b, Some(f)),
-        None => (path, None),
-    };
-    let (base, query) = before.split_once('?')?;
+    let (base, query, fragment) = crate::request::split_target(path);
+    let query = query?;
     let is_param =
         |pair: &&str| form_name_is(pair.split_once('=').map_or(*pair, |(k, _)| k), param);
     if !query.split('&').any(|pair| is_param(&pair)) {

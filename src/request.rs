@@ -192,19 +192,12 @@ impl<'a> Request<'a> {
 
     /// `:path` without the query string or fragment.
     pub fn path(&self) -> &'a str {
-        let p = self.header(":path").unwrap_or("");
-        match p.find(['?', '#']) {
-            Some(i) => &p[..i],
-            None => p,
-        }
+        split_target(self.header(":path").unwrap_or("")).0
     }
 
     /// The query string of `:path` (after `?`, before `#`), if any.
     pub fn query(&self) -> Option<&'a str> {
-        let p = self.header(":path").unwrap_or("");
-        // Only a `?` before any `#`: one inside the fragment starts no query.
-        let p = p.find('#').map_or(p, |i| &p[..i]);
-        Some(&p[p.find('?')? + 1..])
+        split_target(self.header(":path").unwrap_or("")).1
     }
 
     /// `:authority` without its port, as written (compare case-insensitively).
@@ -215,6 +208,20 @@ impl<'a> Request<'a> {
         // routes it unless `strip_trailing_host_dot` is set: it must match
         // the same routes.
         h.strip_suffix('.').unwrap_or(h)
+    }
+}
+
+/// A request target split into path, query and fragment, the one split
+/// every reader of `:path` uses so that they agree: the query runs from the
+/// first `?` to the first `#`, and a `?` inside the fragment starts none.
+pub fn split_target(target: &str) -> (&str, Option<&str>, Option<&str>) {
+    let (before, fragment) = match target.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (target, None),
+    };
+    match before.split_once('?') {
+        Some((path, query)) => (path, Some(query), fragment),
+        None => (before, None, fragment),
     }
 }
 
@@ -298,6 +305,24 @@ mod tests {
             assert_eq!(Request::new(&h, None).host(), "api.example.com");
         }
         assert_eq!(strip_port("example.com"), "example.com");
+    }
+
+    #[test]
+    fn every_reader_of_the_target_splits_it_the_same_way() {
+        for (target, want) in [
+            ("/a", ("/a", None, None)),
+            ("/a?b=1", ("/a", Some("b=1"), None)),
+            ("/a?b=1#f", ("/a", Some("b=1"), Some("f"))),
+            ("/a#f?b=1", ("/a", None, Some("f?b=1"))),
+            ("/a?b?c#f#g", ("/a", Some("b?c"), Some("f#g"))),
+            ("?", ("", Some(""), None)),
+            ("#", ("", None, Some(""))),
+        ] {
+            assert_eq!(split_target(target), want, "{target}");
+            let h = headers(&[(":path", target)]);
+            let r = Request::new(&h, None);
+            assert_eq!((r.path(), r.query()), (want.0, want.1), "{target}");
+        }
     }
 
     #[test]

@@ -190,6 +190,19 @@ pub fn instance_salt<S: SharedStore + ?Sized>(
     Err(SaltError::Store(StoreError::CasMismatch))
 }
 
+/// The little-endian u64 at byte `at` of a stored value, `None` when the
+/// value is too short: every table here stores its numbers that way.
+pub fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    let b: [u8; 8] = bytes.get(at..at.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_le_bytes(b))
+}
+
+/// The little-endian u32 at byte `at`, as [`u64_at`].
+pub fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    let b: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    Some(u32::from_le_bytes(b))
+}
+
 /// The bucket of `digest` among `buckets`: SipHash-2-4 keyed with the
 /// instance's salt, so that nobody outside the instance can tell which
 /// values share a bucket (see [`BucketSalt`]). Entries keep the full
