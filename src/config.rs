@@ -35,17 +35,32 @@ impl ConfigError {
 }
 
 impl std::fmt::Display for ConfigError {
+    /// One line, whatever the configuration holds: control characters in
+    /// the path or message (an unknown field's name is quoted from the
+    /// configuration) are written escaped, so that whoever can write a
+    /// `WasmPlugin`'s `pluginConfig` cannot forge lines in Envoy's log.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "invalid configuration: {}", self.message)
+        f.write_str("invalid configuration")?;
+        if !self.path.is_empty() {
+            f.write_str(" at `")?;
+            write_escaped(f, &self.path)?;
+            f.write_str("`")?;
+        }
+        f.write_str(": ")?;
+        write_escaped(f, &self.message)
+    }
+}
+
+/// Writes `s` with its control characters escaped (`\n`, `\u{1b}`).
+fn write_escaped(f: &mut std::fmt::Formatter<'_>, s: &str) -> std::fmt::Result {
+    for c in s.chars() {
+        if c.is_control() {
+            write!(f, "{}", c.escape_default())?;
         } else {
-            write!(
-                f,
-                "invalid configuration at `{}`: {}",
-                self.path, self.message
-            )
+            write!(f, "{c}")?;
         }
     }
+    Ok(())
 }
 
 impl std::error::Error for ConfigError {}
@@ -443,12 +458,66 @@ impl Route {
 /// How a route matches the request path (query string excluded).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PathMatch {
-    /// The path equals this string exactly.
+    /// The path equals this string, give or take one trailing slash
+    /// (`/v1/sms` matches `/v1/sms/`, and `/v1/sms/` matches `/v1/sms`):
+    /// most upstreams serve both with one handler, so both must take the
+    /// same route rather than one of them a weaker one.
     Exact(String),
     /// The path starts with this string. Matching is by bytes, as Envoy's
     /// route `prefix` does: `/v1/sms` also matches `/v1/sms-bulk`, so end a
-    /// prefix with `/` where that matters.
+    /// prefix with `/` where that matters. A prefix ending in `/` also
+    /// matches the path without it (`/v1/admin/` matches `/v1/admin`), the
+    /// collection itself, which upstreams serve from the same controller.
     Prefix(String),
+}
+
+impl PathMatch {
+    /// Whether `path` (the request path as routes read it) matches.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => {
+                path == p
+                    || path.strip_suffix('/') == Some(p.as_str())
+                    || p.strip_suffix('/')
+                        .is_some_and(|q| q == path && !q.is_empty())
+            }
+            PathMatch::Prefix(p) => {
+                path.starts_with(p.as_str())
+                    || p.strip_suffix('/')
+                        .is_some_and(|q| q == path && !q.is_empty())
+            }
+        }
+    }
+
+    /// Whether every path `later` matches, this one matches too.
+    fn covers(&self, later: &PathMatch) -> bool {
+        match later {
+            // Exact paths match a handful of spellings: check each.
+            PathMatch::Exact(b) => {
+                let other = match b.strip_suffix('/').filter(|q| !q.is_empty()) {
+                    Some(q) => q.to_owned(),
+                    None => format!("{b}/"),
+                };
+                self.matches(b) && self.matches(&other)
+            }
+            // A prefix matches endless paths: only a shorter prefix covers
+            // them (its slash-less spelling then starts with it too).
+            PathMatch::Prefix(b) => {
+                matches!(self, PathMatch::Prefix(a) if b.starts_with(a.as_str()))
+            }
+        }
+    }
+}
+
+/// Whether a route listing `methods` (upper case; empty: any) matches
+/// `method`. Methods compare without case (an upstream's router may read
+/// `get` as `GET`, and Envoy passes it on), and `HEAD` takes a `GET` route:
+/// upstreams run the GET handler for it, side effects included.
+pub fn method_matches(methods: &[String], method: &str) -> bool {
+    methods.is_empty()
+        || methods.iter().any(|m| {
+            m.eq_ignore_ascii_case(method) || (m == "GET" && method.eq_ignore_ascii_case("HEAD"))
+        })
 }
 
 /// A host name to match `:authority` against.
@@ -967,13 +1036,13 @@ fn compile_route(
 /// Whether every request `later` matches is matched by `earlier` too
 /// (path, methods and hosts all covered), so that `later` is unreachable.
 fn route_covers(earlier: &Route, later: &Route) -> bool {
-    let path = match (&earlier.path, &later.path) {
-        (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
-        (PathMatch::Prefix(a), PathMatch::Exact(b) | PathMatch::Prefix(b)) => b.starts_with(a),
-        (PathMatch::Exact(_), PathMatch::Prefix(_)) => false,
-    };
+    let path = earlier.path.covers(&later.path);
     let methods = earlier.methods.is_empty()
-        || (!later.methods.is_empty() && later.methods.iter().all(|m| earlier.methods.contains(m)));
+        || (!later.methods.is_empty()
+            && later
+                .methods
+                .iter()
+                .all(|m| method_matches(&earlier.methods, m)));
     let hosts = earlier.hosts.is_empty()
         || (!later.hosts.is_empty()
             && later
@@ -1271,6 +1340,22 @@ mod tests {
     }
 
     #[test]
+    fn a_config_error_is_one_line_whatever_the_configuration_holds() {
+        let e = err("{\"tokens\":[{\"x\\nINJECTED line\\u001b[31m\":1}]}");
+        let shown = e.to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains(r"x\nINJECTED line\u{1b}[31m"), "{shown}");
+        assert_eq!(
+            ConfigError::new("a.b", "bad").to_string(),
+            "invalid configuration at `a.b`: bad"
+        );
+        assert_eq!(
+            ConfigError::new("", "bad").to_string(),
+            "invalid configuration: bad"
+        );
+    }
+
+    #[test]
     fn an_allow_list_written_empty_is_refused_not_read_as_allow_all() {
         for (json, path) in [
             (r#"{"network":{"ip_allow":[]}}"#, "network.ip_allow"),
@@ -1297,6 +1382,20 @@ mod tests {
             (
                 r#"{"api_keys":{"keys":[{"id":"k","sha256":"0000000000000000000000000000000000000000000000000000000000000000","routes":[]}]}}"#,
                 "api_keys.keys[0].routes",
+            ),
+            (
+                r#"{"apps":[{"id":"a","platform":"android","package":"com.example.a","cert_fingerprints":[]}]}"#,
+                "apps[0].cert_fingerprints",
+            ),
+            (
+                r#"{"tokens":[{"name":"t","from":[{"header":"x-t"}],"audiences":[],
+                    "keys":[{"alg":"HS256","secret_base64":"MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE="}]}]}"#,
+                "tokens[0].audiences",
+            ),
+            (
+                r#"{"tokens":[{"name":"t","from":[{"header":"x-t"}],"platforms":[],
+                    "keys":[{"alg":"HS256","secret_base64":"MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE="}]}]}"#,
+                "tokens[0].platforms",
             ),
         ] {
             let e = err(json);

@@ -51,7 +51,7 @@ pub(crate) struct RawApp {
     platform: Platform,
     #[serde(default)]
     package: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::restriction")]
     cert_fingerprints: Vec<String>,
     #[serde(default)]
     bundle_id: Option<String>,

@@ -463,6 +463,14 @@ pub fn pointer_text(doc: &Value, pointer: &str) -> Option<String> {
 /// this one value, and so one bucket per rule.
 pub const UNKNOWN_CLIENT: &str = "unknown";
 
+/// The value of a `header` entry whose header is sent twice with different
+/// values, or is longer than 256 bytes. Skipping the descriptor would let a
+/// client escape a per-device limit by adding a second `x-device-id` (the
+/// upstream still reads the first); instead every such request shares this
+/// one value, and so one bucket per rule. (A header that is not sent at all
+/// still skips its descriptor, as Envoy's `request_headers` action does.)
+pub const UNREADABLE_HEADER: &str = "(unreadable)";
+
 /// Who a failure budget charges when the client IP is not known: the
 /// unspecified address `::`, never a real client, so that every such client
 /// shares one budget instead of having none.

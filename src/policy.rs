@@ -14,7 +14,7 @@ use std::rc::Rc;
 use sha2::{Digest, Sha256};
 
 use crate::config::{
-    Action, Config, FailureMode, HostPattern, KeyRequirement, Mode, Network, PathMatch, Route,
+    Action, Config, FailureMode, HostPattern, KeyRequirement, Mode, Network, Route,
 };
 use crate::decision::{Decision, Denial, Grant, KeyScrub, Reason};
 use crate::identity::{self, KeyMemo, PlatformHeaders};
@@ -71,31 +71,44 @@ impl TokenCache {
 /// a shared-data read and a digest.
 #[derive(Default)]
 pub struct NegativeCache {
-    /// Token text → the providers it failed for, each with its `until`.
-    /// By provider: a token that fails one provider's keys (two providers
-    /// may read the same header on different routes) says nothing of the
-    /// other's.
-    map: HashMap<Box<str>, Vec<(usize, u64)>>,
+    /// Keyed digest of the token text (see [`negative_key`]) → the
+    /// providers it failed for, each with its `until`. By provider: a token
+    /// that fails one provider's keys (two providers may read the same
+    /// header on different routes) says nothing of the other's. A digest,
+    /// not the text: forged tokens padded to `max_token_bytes` would
+    /// otherwise hold up to 4096 × 64 KiB of a worker's memory, which Wasm
+    /// never gives back.
+    map: HashMap<[u8; 16], Vec<(usize, u64)>>,
     spent: HashMap<(usize, IpAddr), u64>,
     /// The latest `until` in `spent`: past it, every entry has expired.
     spent_latest: u64,
+}
+
+/// The negative cache's key of a token: a digest keyed with the instance's
+/// salt, so that no one can make two tokens share an entry.
+fn negative_key(salt: &BucketSalt, token: &str) -> [u8; 16] {
+    store::Keyed128::new(salt, "negative-cache").digest(&[token.as_bytes()])
 }
 
 /// Upper bound of the negative cache.
 pub const NEGATIVE_CACHE_ENTRIES: usize = 4096;
 
 impl NegativeCache {
-    fn contains(&self, provider: usize, token: &str, now: u64) -> bool {
-        self.map
-            .get(token)
-            .is_some_and(|f| f.iter().any(|&(p, until)| p == provider && until >= now))
+    /// Whether the token whose [`negative_key`] `key` computes failed for
+    /// `provider` (the key is computed only if anything failed at all).
+    fn contains(&self, provider: usize, key: impl FnOnce() -> [u8; 16], now: u64) -> bool {
+        !self.map.is_empty()
+            && self
+                .map
+                .get(&key())
+                .is_some_and(|f| f.iter().any(|&(p, until)| p == provider && until >= now))
     }
 
-    fn insert(&mut self, provider: usize, token: &str, until: u64, now: u64) {
+    fn insert(&mut self, provider: usize, key: [u8; 16], until: u64, now: u64) {
         limits::make_room(&mut self.map, NEGATIVE_CACHE_ENTRIES, |f| {
             f.iter().any(|&(_, u)| u >= now)
         });
-        let failed = self.map.entry(token.into()).or_default();
+        let failed = self.map.entry(key).or_default();
         failed.retain(|&(p, u)| p != provider && u >= now);
         failed.push((provider, until));
     }
@@ -189,11 +202,13 @@ pub struct Facts {
     /// A dependency was down and the route's `failure_mode: allow` let the
     /// request go on without it (counted and logged by the adapter).
     pub degraded: Option<Reason>,
-    /// The rate-limit service answered without a limit for the replay
-    /// descriptor (`replay.scope: service`): its YAML has no rule for it,
-    /// so it counts nothing and replays would pass. Treated as the service
-    /// failing (the route's `failure_mode`); the adapter logs the cause.
-    pub replay_unlimited: bool,
+    /// The rate-limit service's limit for the replay descriptor
+    /// (`replay.scope: service`) does not make a `jti` single-use: there is
+    /// none (its YAML has no rule for it, so it counts nothing), it allows
+    /// more than 1, or its windows are shorter than a token lives (a token
+    /// would pass once per window). Treated as the service failing (the
+    /// route's `failure_mode`); the adapter logs the cause.
+    pub replay_unprotected: bool,
 }
 
 /// A verified token's replay claim, waiting to be recorded as used.
@@ -241,6 +256,11 @@ pub struct Pending {
     replay_index: Option<usize>,
     /// The token's replay claim, recorded once the other checks passed.
     replay: Option<ReplayMark>,
+    /// The local replay entry recorded before the call to the service:
+    /// (provider, digest), taken back out if the service refuses the
+    /// request, so that the `jti` is not used up by a request that was not
+    /// let through.
+    local_replay: Option<(usize, [u8; 16])>,
 }
 
 impl Pending {
@@ -302,48 +322,64 @@ pub enum Step {
     NeedRateLimit(Box<Pending>, RlsCall),
 }
 
-/// Finds the first route that matches the request, if any.
-pub fn match_route<'c>(config: &'c Config, req: &Request<'_>) -> Option<(usize, &'c Route)> {
-    let path = without_path_parameters(req.path());
+/// A request path that routes cannot be matched against with confidence:
+/// it still has dot or empty segments once its `;` parameters are dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnclearPath;
+
+/// Finds the first route that matches the request, if any; [`UnclearPath`]
+/// when the path could reach a different handler upstream than the one its
+/// spelling names (refused as `route_denied`).
+pub fn match_route<'c>(
+    config: &'c Config,
+    req: &Request<'_>,
+) -> Result<Option<(usize, &'c Route)>, UnclearPath> {
+    let path = route_path(req.path()).ok_or(UnclearPath)?;
     let method = req.method();
     let host = req.host();
-    config
+    Ok(config
         .routes
         .iter()
         .enumerate()
-        .find(|(_, r)| route_matches(r, &path, method, host))
+        .find(|(_, r)| route_matches(r, &path, method, host)))
 }
 
-/// The path without its segments' `;` parameters (`/v1/pay;x/charge` →
-/// `/v1/pay/charge`), for route matching only. Envoy's normalisation keeps
+/// The path as routes read it: without its segments' `;` parameters
+/// (`/v1/pay;x/charge` → `/v1/pay/charge`). Envoy's normalisation keeps
 /// them, while many upstreams (Tomcat, Spring, Jetty) drop them and serve
 /// the same handler: matched with them, such a request could take a
-/// weaker route than the handler it reaches. Without them it takes the
-/// route of the path the upstream serves; for an upstream that keeps them
-/// it can only meet stricter checks.
-fn without_path_parameters(path: &str) -> std::borrow::Cow<'_, str> {
-    if !path.contains(';') {
-        return std::borrow::Cow::Borrowed(path);
+/// weaker route than the handler it reaches.
+///
+/// `None` when the result has a `.` or `..` segment, or an empty one
+/// before the end: Envoy's `normalize_path` and `merge_slashes` leave none
+/// of those, but they come back from `;` (`/v1/public/..;/sms`,
+/// `/v1/;x/sms`, `/v1/sms/.;/send`), or arrive when those settings are off,
+/// and an upstream that resolves them serves another path than the one
+/// appguard would match (`/v1/sms` for `/v1/public/..;/sms`).
+fn route_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    // The common path: nothing to drop, nothing to resolve.
+    if !path.contains(';') && !path.contains("//") && !path.contains("/.") {
+        return Some(std::borrow::Cow::Borrowed(path));
     }
     let mut out = String::with_capacity(path.len());
-    for (i, segment) in path.split('/').enumerate() {
+    let mut segments = path.split('/').enumerate().peekable();
+    while let Some((i, segment)) = segments.next() {
+        let segment = segment.split(';').next().unwrap_or("");
+        let last = segments.peek().is_none();
+        if segment == "." || segment == ".." || (segment.is_empty() && i > 0 && !last) {
+            return None;
+        }
         if i > 0 {
             out.push('/');
         }
-        out.push_str(segment.split(';').next().unwrap_or(""));
+        out.push_str(segment);
     }
-    std::borrow::Cow::Owned(out)
+    Some(std::borrow::Cow::Owned(out))
 }
 
 fn route_matches(r: &Route, path: &str, method: &str, host: &str) -> bool {
-    let path_ok = match &r.path {
-        // One trailing slash more is the same resource to most upstreams
-        // (`/sms/` for `/sms`): it takes the exact route, not a weaker one.
-        PathMatch::Exact(p) => path == p || path.strip_suffix('/') == Some(p.as_str()),
-        PathMatch::Prefix(p) => path.starts_with(p.as_str()),
-    };
-    path_ok
-        && (r.methods.is_empty() || r.methods.iter().any(|m| m == method))
+    r.path.matches(path)
+        && crate::config::method_matches(&r.methods, method)
         && (r.hosts.is_empty() || r.hosts.iter().any(|h| host_matches(h, host)))
 }
 
@@ -374,7 +410,18 @@ impl From<Reason> for Flow {
 /// once per request by the adapter.
 pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
     let config = ctx.config;
-    let matched = match_route(config, req);
+    let Ok(matched) = match_route(config, req) else {
+        // No route can be trusted to name the handler: refused as if
+        // unrouted under `default_action: deny`.
+        let facts = Facts {
+            client_ip: req.client_ip_if_known(),
+            ..Facts::default()
+        };
+        return Step::Done(
+            finish(config.mode, Grant::default(), Reason::RouteDenied.into()),
+            facts,
+        );
+    };
     let mode = matched.map_or(config.mode, |(_, r)| r.mode);
     let mut facts = Facts {
         route: matched.map(|(i, _)| i),
@@ -398,6 +445,7 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
         service: Vec::new(),
         sent_ms: 0,
         replay_index: None,
+        local_replay: None,
         replay,
     });
     let Some(route) = route else {
@@ -514,7 +562,8 @@ fn body_values(config: &Config, route: &Route, body: &[u8]) -> Result<BodyValues
 /// The value of one descriptor entry, or `None` when the request has none
 /// (the whole descriptor is then skipped, as Envoy's rate-limit actions do).
 /// A client IP always has a value: [`limits::UNKNOWN_CLIENT`] when it is
-/// not known, so that hiding it does not lift the limit.
+/// not known, so that hiding it does not lift the limit; a header sent but
+/// unreadable is [`limits::UNREADABLE_HEADER`] for the same reason.
 fn entry_value(
     config: &Config,
     route: &Route,
@@ -545,12 +594,13 @@ fn entry_value(
             .map(|a| a.platform.as_str().to_owned()),
         Source::Route => Some(route.name.clone()),
         Source::Value(v) => Some(v.clone()),
-        Source::Header(h) => req
-            .header_unique(h)
-            .ok()
-            .flatten()
-            .filter(|v| !v.is_empty() && v.len() <= 256)
-            .map(str::to_owned),
+        Source::Header(h) => match req.header_unique(h) {
+            Ok(None) => None,
+            Ok(Some("")) => None,
+            Ok(Some(v)) if v.len() <= 256 => Some(v.to_owned()),
+            // Sent, but not one readable value: one shared bucket.
+            Ok(Some(_)) | Err(()) => Some(limits::UNREADABLE_HEADER.to_owned()),
+        },
         Source::Claim(c) => facts
             .token
             .as_ref()
@@ -672,6 +722,7 @@ fn limits_phase(
             if let Err(r) = local_replay(ctx, provider, &digest, expires, now) {
                 return deny(pending, r.into());
             }
+            pending.local_replay = Some((provider, digest));
             None
         }
         Some(ReplayMark::Service(d)) => Some(d),
@@ -731,8 +782,26 @@ fn limits_phase(
 }
 
 /// Finishes with the service's answer: `Ok(response)`, or `Err(())` when the
-/// call failed or timed out (the route's failure mode decides).
+/// call failed or timed out (the route's failure mode decides). A request
+/// refused here gives back the `jti` its local replay entry took.
 pub fn evaluate_rls(
+    ctx: &Ctx<'_>,
+    mut pending: Box<Pending>,
+    answer: Result<&RateLimitResponse, ()>,
+    now: u64,
+) -> Step {
+    let recorded = pending.local_replay.take();
+    let step = rls_verdict(ctx, pending, answer, now);
+    if let (Some((provider, digest)), Step::Done(Decision::Deny(_), _)) = (recorded, &step) {
+        if let Some((name, capacity)) = replay_table(ctx.config, provider) {
+            // A failure leaves the `jti` used up: strict, as before.
+            let _ = store::replay_forget(ctx.store, &ctx.bucket_salt, name, capacity, &digest);
+        }
+    }
+    step
+}
+
+fn rls_verdict(
     ctx: &Ctx<'_>,
     pending: Box<Pending>,
     answer: Result<&RateLimitResponse, ()>,
@@ -745,17 +814,34 @@ pub fn evaluate_rls(
         .and_then(|r| config.routes.get(r))
         .map_or(FailureMode::Deny, |r| r.failure_mode);
     // Replay protection through the service holds only if the service
-    // limits the replay descriptor: an answer without a limit for it (no
-    // rule in its YAML, a misspelt key or domain) protects nothing.
-    let replay_unlimited = match (answer, pending.replay_index) {
+    // limits the replay descriptor to 1 in windows no shorter than a
+    // token's life: an answer without a limit for it (no rule in its YAML,
+    // a misspelt key or domain) protects nothing, and `5 per minute` lets
+    // a five-minute token through up to 25 times.
+    let lifetime = pending
+        .facts
+        .token
+        .as_ref()
+        .and_then(|t| config.providers.get(t.provider))
+        .map_or(0, |p| {
+            p.max_lifetime_seconds.saturating_add(p.clock_skew_seconds)
+        });
+    let replay_unprotected = match (answer, pending.replay_index) {
         (Ok(resp), Some(i)) => resp
             .statuses
             .get(i)
-            .is_none_or(|s| s.current_limit.is_none()),
+            .and_then(|s| s.current_limit.as_ref())
+            .is_none_or(|l| {
+                l.requests_per_unit != 1
+                    || ratelimit::rls::Unit::try_from(l.unit)
+                        .ok()
+                        .and_then(ratelimit::rls::Unit::min_window_secs)
+                        .is_none_or(|w| w < lifetime)
+            }),
         _ => false,
     };
     let mut pending = pending;
-    pending.facts.replay_unlimited = replay_unlimited;
+    pending.facts.replay_unprotected = replay_unprotected;
     // Whatever the answer, this call's lease asks are no longer in flight.
     {
         let mut cache = ctx.service_cache.borrow_mut();
@@ -765,7 +851,7 @@ pub fn evaluate_rls(
     }
     let verdict = answer
         .and_then(|resp| ratelimit::interpret(resp, pending.service.len(), now).map_err(|_| ()))
-        .and_then(|v| if replay_unlimited { Err(()) } else { Ok(v) });
+        .and_then(|v| if replay_unprotected { Err(()) } else { Ok(v) });
     let verdict = match verdict {
         Ok(v) => v,
         Err(()) => {
@@ -1140,7 +1226,10 @@ fn country_of<'r>(req: &Request<'r>, header: &str) -> Result<Option<&'r str>, Fl
 /// parameter at once, or twice in the query, must be one key: with two,
 /// appguard would check one while the upstream may read the other. Query
 /// names and values are read as `application/x-www-form-urlencoded`, as
-/// upstream frameworks read them (`?%6Bey=…` is the parameter `key`). A key
+/// upstream frameworks read them (`?%6Bey=…` is the parameter `key`), and
+/// read as loosely as any upstream does: names without case (ASP.NET's
+/// `?KEY=`), and `;` between parameters as well as `&` (older Go and
+/// Python parsers), so that no upstream finds a key appguard did not. A key
 /// that is sent but over-long, or whose encoding is broken, is
 /// `api_key_invalid`, not "no key": on an optional-key route it must not
 /// pass unchecked.
@@ -1155,7 +1244,7 @@ fn api_key_of<'r>(
         .filter(|k| !k.is_empty());
     let mut from_query: Option<String> = None;
     if let (Some(param), Some(query)) = (&config.api_keys.query_param, req.query()) {
-        for pair in query.split('&') {
+        for pair in query.split(['&', ';']) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             if !form_name_is(k, param) {
                 continue;
@@ -1181,23 +1270,37 @@ fn api_key_of<'r>(
 }
 
 /// `path` without the query parameters named `param` (names read as
-/// [`api_key_of`] reads them), or `None` when it has none. The other
-/// parameters keep their order and their encoding as sent; a query left
-/// empty goes with its `?`.
+/// [`api_key_of`] reads them, between `&` or `;`), or `None` when it has
+/// none. The other parameters keep their order, their separators and their
+/// encoding as sent; a query left empty goes with its `?`.
 fn path_without_param(path: &str, param: &str) -> Option<String> {
     let (base, query, fragment) = crate::request::split_target(path);
     let query = query?;
-    let is_param =
-        |pair: &&str| form_name_is(pair.split_once('=').map_or(*pair, |(k, _)| k), param);
-    if !query.split('&').any(|pair| is_param(&pair)) {
+    let is_param = |pair: &str| form_name_is(pair.split_once('=').map_or(pair, |(k, _)| k), param);
+    // Each parameter with the separator before it (none for the first).
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut sep = None;
+    for (i, c) in query.char_indices().filter(|&(_, c)| c == '&' || c == ';') {
+        pieces.push((sep, query.get(start..i).unwrap_or("")));
+        sep = Some(c);
+        start = i + 1;
+    }
+    pieces.push((sep, query.get(start..).unwrap_or("")));
+    if !pieces.iter().any(|&(_, p)| is_param(p)) {
         return None;
     }
-    let kept: Vec<&str> = query.split('&').filter(|pair| !is_param(pair)).collect();
     let mut out = String::with_capacity(path.len());
     out.push_str(base);
-    if !kept.is_empty() {
-        out.push('?');
-        out.push_str(&kept.join("&"));
+    let mut first = true;
+    for (sep, piece) in pieces.into_iter().filter(|&(_, p)| !is_param(p)) {
+        match (first, sep) {
+            (true, _) => out.push('?'),
+            (false, Some(c)) => out.push(c),
+            (false, None) => out.push('&'),
+        }
+        first = false;
+        out.push_str(piece);
     }
     if let Some(f) = fragment {
         out.push('#');
@@ -1206,13 +1309,13 @@ fn path_without_param(path: &str, param: &str) -> Option<String> {
     Some(out)
 }
 
-/// Whether the raw query name `raw` decodes to `want`, without allocating
-/// for the common name that has nothing encoded.
+/// Whether the raw query name `raw` decodes to `want` (ASCII case aside),
+/// without allocating for the common name that has nothing encoded.
 fn form_name_is(raw: &str, want: &str) -> bool {
     if raw.bytes().any(|b| b == b'%' || b == b'+') {
-        form_decode(raw).as_deref() == Some(want)
+        form_decode(raw).is_some_and(|d| d.eq_ignore_ascii_case(want))
     } else {
-        raw == want
+        raw.eq_ignore_ascii_case(want)
     }
 }
 
@@ -1373,7 +1476,11 @@ fn check_token(
                     return Err(Reason::TokenSignature.into());
                 }
             }
-            if ctx.negative.borrow().contains(pi, raw, now) {
+            if ctx
+                .negative
+                .borrow()
+                .contains(pi, || negative_key(&ctx.bucket_salt, raw), now)
+            {
                 return Err(Reason::TokenSignature.into());
             }
             if budget.failures > 0 {
@@ -1431,7 +1538,12 @@ fn check_token(
                     .exp
                     .min(now.saturating_add(600))
                     .max(now.saturating_add(1));
-                ctx.negative.borrow_mut().insert(pi, raw, until, now);
+                ctx.negative.borrow_mut().insert(
+                    pi,
+                    negative_key(&ctx.bucket_salt, raw),
+                    until,
+                    now,
+                );
                 if budget.failures > 0 {
                     let ip = ip.unwrap_or_else(client);
                     // The mark first: a worker that sees the bucket spent
@@ -1512,6 +1624,14 @@ fn token_rules(
     Ok(())
 }
 
+/// The local replay table of provider `provider`: its name and capacity.
+fn replay_table(config: &Config, provider: usize) -> Option<(&str, u32)> {
+    config
+        .providers
+        .get(provider)
+        .and_then(|p| Some((p.name.as_str(), p.replay.as_ref()?.max_entries)))
+}
+
 /// Records a token's replay claim in the instance's replay table
 /// (`replay.scope: local`): `Err(token_replayed)` when it was seen before.
 fn local_replay(
@@ -1521,12 +1641,7 @@ fn local_replay(
     expires: u64,
     now: u64,
 ) -> Result<(), Reason> {
-    let (name, capacity) = ctx
-        .config
-        .providers
-        .get(provider)
-        .and_then(|p| Some((&p.name, p.replay.as_ref()?.max_entries)))
-        .ok_or(Reason::TokenReplayed)?;
+    let (name, capacity) = replay_table(ctx.config, provider).ok_or(Reason::TokenReplayed)?;
     match store::replay_check(
         ctx.store,
         &ctx.bucket_salt,

@@ -368,6 +368,37 @@ pub fn replay_check<S: SharedStore + ?Sized>(
     })
 }
 
+/// Takes `digest` back out of the replay table: its request was refused
+/// after it was recorded (by the rate-limit service), so the `jti` was
+/// never accepted and the genuine client may use it again.
+pub fn replay_forget<S: SharedStore + ?Sized>(
+    store: &S,
+    salt: &BucketSalt,
+    table: &str,
+    capacity: u32,
+    digest: &[u8; 16],
+) -> Result<(), StoreError> {
+    let buckets = (capacity / REPLAY_BUCKET_ENTRIES as u32).max(1);
+    let key = format!(
+        "appguard/replay/{table}/{}",
+        bucket_of(salt, digest, buckets)
+    );
+    update(store, &key, |current| {
+        let current = current.unwrap_or(&[]);
+        let kept: Vec<u8> = current
+            .chunks_exact(REPLAY_ENTRY)
+            .filter(|e| e.get(..16) != Some(&digest[..]))
+            .flatten()
+            .copied()
+            .collect();
+        if kept.len() == current.len() {
+            (None, ())
+        } else {
+            (Some(kept), ())
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]

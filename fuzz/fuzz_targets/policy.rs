@@ -6,10 +6,12 @@
 //! Input: a line `METHOD PATH`, header lines `name: value`, an empty line,
 //! the body.
 //!
-//! Oracle: nothing under the deny prefix is ever allowed, a request on the
-//! token route is never allowed without a token header, and on the API-key
-//! route (`forward: false`) a `key` query parameter never stays in the path
-//! that goes upstream or into Envoy's access log.
+//! Oracle: a path with dot or empty segments once its `;` parameters are
+//! dropped is refused (`route_denied`); nothing under the deny prefix is
+//! ever allowed, a request on the token route is never allowed without a
+//! token header, and on the API-key route (`forward: false`) a `key` query
+//! parameter never stays in the path that goes upstream or into Envoy's
+//! access log.
 #![no_main]
 
 use std::cell::RefCell;
@@ -128,11 +130,26 @@ fuzz_target!(|data: &[u8]| {
         panic!("not decided after the body and the service: {step:?}");
     };
     let has_key_param = |query: &str| {
-        query
-            .split('&')
-            .any(|pair| pair.split_once('=').map_or(pair, |(k, _)| k) == "key")
+        // As loosely as appguard reads it: any case, `&` or `;` between.
+        query.split(['&', ';']).any(|pair| {
+            pair.split_once('=')
+                .map_or(pair, |(k, _)| k)
+                .eq_ignore_ascii_case("key")
+        })
     };
-    if req.path().starts_with("/key") && req.query().is_some_and(has_key_param) {
+    let route = appguard::policy::match_route(config(), &req);
+    let Ok(route) = route else {
+        // A path whose spelling cannot be trusted to name its handler
+        // (dot or empty segments once `;` parameters are dropped) is
+        // refused outright, whatever the route it seems to start with.
+        assert!(
+            matches!(&decision, Decision::Deny(d) if d.reason == appguard::decision::Reason::RouteDenied),
+            "{path:?}: {decision:?}"
+        );
+        return;
+    };
+    let on_key_route = route.is_some_and(|(_, r)| r.name == "key");
+    if on_key_route && req.query().is_some_and(has_key_param) {
         let scrub = match &decision {
             Decision::Allow(g) => &g.key_scrub,
             Decision::Deny(d) => &d.key_scrub,

@@ -316,6 +316,22 @@ fn api_key_from_query_parameter() {
         w.reason("/sms#x?key=key-sms", &[]),
         Some(Reason::ApiKeyMissing)
     );
+    // Read as loosely as any upstream reads it: a name in another case
+    // (ASP.NET) or after a `;` (older Go and Python parsers) is the key
+    // too, so a second key there must agree with the first.
+    assert_eq!(w.reason("/sms?KEY=key-sms", &[]), None);
+    assert_eq!(w.reason("/sms?a=1;key=key-sms", &[]), None);
+    for path in [
+        "/sms?key=key-sms&KEY=other",
+        "/sms?key=key-sms;key=other",
+        "/sms?a=1;Key=other",
+    ] {
+        assert_eq!(
+            w.reason(path, &[("x-api-key", "key-sms")]),
+            Some(Reason::ApiKeyInvalid),
+            "{path}"
+        );
+    }
 }
 
 #[test]
@@ -342,6 +358,9 @@ fn api_keys_go_upstream_unless_forward_is_false() {
         ("/sms?%6Bey=key-sms&a=1", "/sms?a=1"),
         ("/sms?key=key-sms&key=key-sms", "/sms"),
         ("/sms?a=1&key=key-sms#frag", "/sms?a=1#frag"),
+        ("/sms?a=1;KEY=key-sms&b=2", "/sms?a=1&b=2"),
+        ("/sms?key=key-sms;a=1&b=2", "/sms?a=1&b=2"),
+        ("/sms?a=1;b=2&Key=key-sms", "/sms?a=1;b=2"),
     ] {
         let g = grant(&w, path, &[]);
         assert_eq!(path_set(&g).as_deref(), Some(want), "{path}");
@@ -1552,7 +1571,10 @@ fn without_keys_a_known_forgery_or_a_spent_client_starts_no_fetch() {
     // No keys loaded: a new token asks for them.
     assert!(matches!(step("192.0.2.1", &t(0)), Step::NeedKeys { .. }));
     // A token that failed before: refused, no fetch.
-    w.neg.borrow_mut().insert(0, &t(1), NOW + 60, NOW);
+    let salt = w.ctx().bucket_salt;
+    w.neg
+        .borrow_mut()
+        .insert(0, negative_key(&salt, &t(1)), NOW + 60, NOW);
     match step("192.0.2.1", &t(1)) {
         Step::Done(d, _) => assert_eq!(d.reason(), Some(Reason::TokenSignature)),
         s => panic!("a known forgery must not start a fetch: {s:?}"),
@@ -1587,7 +1609,10 @@ fn path_parameters_trailing_slashes_and_host_dots_take_the_route_the_upstream_se
             (":path", path),
             (":authority", authority),
         ]);
-        match_route(&w.config, &Request::new(&h, None)).map(|(_, r)| r.name.clone())
+        match match_route(&w.config, &Request::new(&h, None)) {
+            Ok(m) => m.map(|(_, r)| r.name.clone()),
+            Err(UnclearPath) => Some("(unclear)".to_owned()),
+        }
     };
     let api = "api.example.com";
     // `;` parameters, which Tomcat or Spring drop before routing.
@@ -1606,11 +1631,45 @@ fn path_parameters_trailing_slashes_and_host_dots_take_the_route_the_upstream_se
     // One trailing slash on an exact path.
     assert_eq!(route("POST", "/v1/sms/", api).as_deref(), Some("sms"));
     assert_eq!(route("POST", "/v1/sms;x", api).as_deref(), Some("sms"));
+    // The collection a prefix ending in `/` is for.
     assert_eq!(
-        route("POST", "/v1/sms//", api).as_deref(),
-        Some("api"),
-        "merge_slashes is Envoy's"
+        route("GET", "/v1/payments", api).as_deref(),
+        Some("payments")
     );
+    assert_eq!(route("GET", "/v1/payment", api).as_deref(), Some("api"));
+    // Dot and empty segments, which Envoy's normalisation leaves none of,
+    // come back from `;` (or arrive with that normalisation off): an
+    // upstream that resolves them serves another path than the spelling
+    // names, so no route is trusted with them.
+    for path in [
+        "/v1/sms//",
+        "/v1//sms",
+        "/v1/public/..;/sms",
+        "/v1/public/..;x/sms",
+        "/x/..;/v1/sms",
+        "/v1/;x/sms",
+        "/v1/sms/.;/send",
+        "/v1/./sms",
+        "/v1/x/../sms",
+        "/v1/sms/..",
+    ] {
+        assert_eq!(
+            route("POST", path, api).as_deref(),
+            Some("(unclear)"),
+            "{path}"
+        );
+    }
+    // Dots inside a segment are just names.
+    assert_eq!(
+        route("GET", "/v1/.well-known/x", api).as_deref(),
+        Some("api")
+    );
+    assert_eq!(route("GET", "/v1/a..b/", api).as_deref(), Some("api"));
+    assert_eq!(route("GET", "/", "x").as_deref(), None);
+    // Methods: any case, and HEAD takes a GET route (the upstream runs the
+    // GET handler for it).
+    assert_eq!(route("post", "/v1/sms", api).as_deref(), Some("sms"));
+    assert_eq!(route("GET", "/v1/sms", api).as_deref(), Some("api"));
     // A fully qualified host name.
     assert_eq!(
         route("GET", "/v1/x", "admin.example.com.").as_deref(),
@@ -2552,7 +2611,15 @@ fn a_lease_never_spares_a_replay_descriptor() {
     assert_eq!(sent.len(), 2);
     assert_eq!(sent[0], (vec![("route".into(), "r".into())], Some(5)));
     assert_eq!((sent[1].0[0].0.as_str(), sent[1].1), ("jti", None));
-    let step = evaluate_rls(&w.ctx(), p, Ok(&ok_response(2, 10, Some(30_000))), NOW);
+    // The service limits the route to 10 a minute, and the `jti`, as its
+    // rule must, to 1 an hour.
+    let mut resp = ok_response(2, 10, Some(30_000));
+    resp.statuses[1].current_limit = Some(crate::ratelimit::rls::RateLimit {
+        name: String::new(),
+        requests_per_unit: 1,
+        unit: crate::ratelimit::rls::Unit::Hour as i32,
+    });
+    let step = evaluate_rls(&w.ctx(), p, Ok(&resp), NOW);
     assert!(
         matches!(step, Step::Done(Decision::Allow(_), _)),
         "{step:?}"
@@ -2822,4 +2889,218 @@ fn a_kidless_forgery_spends_one_failure_per_key_it_was_tried_against() {
     // Another client is not charged.
     let (_, f) = w.run("/x", "198.51.100.10", &[("x-token", &forged(3))]);
     assert!(!f.budget_refused);
+}
+
+#[test]
+fn head_takes_the_get_route_and_an_unclear_path_is_refused_even_when_unrouted_is_allowed() {
+    let w = World::from(json!({
+        "api_keys": {"keys": [{"id": "k", "sha256": hash_api_key("secret-key")}]},
+        "routes": [
+            {"name": "quote", "match": {"path": "/v1/quote", "methods": ["GET"]}, "api_key": "required"},
+            {"name": "public", "match": {"prefix": "/v1/public/"}}
+        ]
+    }));
+    let reason = |method: &str, path: &str| {
+        let h = headers(&[
+            (":method", method),
+            (":path", path),
+            (":authority", "api.example.com"),
+        ]);
+        match evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW) {
+            Step::Done(d, _) => d.reason(),
+            s => panic!("{s:?}"),
+        }
+    };
+    // Without a key, a HEAD of the quote must not get past as unrouted.
+    assert_eq!(reason("HEAD", "/v1/quote"), Some(Reason::ApiKeyMissing));
+    assert_eq!(reason("get", "/v1/quote"), Some(Reason::ApiKeyMissing));
+    assert_eq!(reason("POST", "/v1/quote"), None, "unrouted, allowed");
+    // `default_action` is `allow`, yet a path whose `;` hides a dot segment
+    // names no route it can be trusted with.
+    assert_eq!(
+        reason("GET", "/v1/public/..;/quote"),
+        Some(Reason::RouteDenied)
+    );
+    assert_eq!(reason("GET", "/v1/public/x"), None);
+    // In monitor mode it is let through, marked.
+    let m = World::from(json!({"mode": "monitor", "routes": [
+        {"name": "public", "match": {"prefix": "/v1/public/"}}
+    ]}));
+    let h = headers(&[(":method", "GET"), (":path", "/v1/public/..;/x")]);
+    match evaluate(&m.ctx(), &Request::new(&h, None), NOW) {
+        Step::Done(Decision::Allow(g), _) => assert_eq!(g.would_deny, Some(Reason::RouteDenied)),
+        s => panic!("{s:?}"),
+    }
+}
+
+#[test]
+fn a_prefix_ending_in_a_slash_covers_its_collection_and_the_later_exact_route_is_refused() {
+    // `/v1/payments` is the collection `/v1/payments/` is for: a later exact
+    // route for it could never match.
+    let e = Config::from_json(
+        json!({"routes": [
+            {"name": "items", "match": {"prefix": "/v1/payments/"}, "action": "deny"},
+            {"name": "list", "match": {"path": "/v1/payments"}}
+        ]})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap_err();
+    assert_eq!(e.path, "routes[1].match");
+    // The other order is the way to give the collection its own policy.
+    assert!(Config::from_json(
+        json!({"routes": [
+            {"name": "list", "match": {"path": "/v1/payments"}},
+            {"name": "items", "match": {"prefix": "/v1/payments/"}, "action": "deny"}
+        ]})
+        .to_string()
+        .as_bytes(),
+    )
+    .is_ok());
+    // A GET route covers a later HEAD route of the same path.
+    let e = Config::from_json(
+        json!({"routes": [
+            {"name": "get", "match": {"path": "/q", "methods": ["GET"]}},
+            {"name": "head", "match": {"path": "/q", "methods": ["HEAD"]}}
+        ]})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap_err();
+    assert_eq!(e.path, "routes[1].match");
+}
+
+#[test]
+fn a_header_limit_holds_when_the_header_is_sent_twice_or_padded() {
+    let w = World::from(json!({
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "rate_limits": [
+            {"entries": [{"type": "header", "name": "x-device"}], "local": {"requests": 1, "per": "hour"}}]}]
+    }));
+    let long = "d".repeat(300);
+    assert_eq!(w.reason("/x", &[("x-device", "d1")]), None);
+    assert_eq!(
+        w.reason("/x", &[("x-device", "d1")]),
+        Some(Reason::RateLimited)
+    );
+    // Two values, or one too long to count: not a way out of the limit,
+    // but one bucket that every such request shares.
+    assert_eq!(
+        w.reason("/x", &[("x-device", "d1"), ("x-device", "zz")]),
+        None
+    );
+    assert_eq!(
+        w.reason("/x", &[("x-device", "d1"), ("x-device", "yy")]),
+        Some(Reason::RateLimited)
+    );
+    assert_eq!(
+        w.reason("/x", &[("x-device", long.as_str())]),
+        Some(Reason::RateLimited)
+    );
+    // Copies of one value are that value.
+    assert_eq!(
+        w.reason("/x", &[("x-device", "d2"), ("x-device", "d2")]),
+        None
+    );
+    // Not sent: no descriptor, as with Envoy's own actions.
+    assert_eq!(w.reason("/x", &[]), None);
+    assert_eq!(w.reason("/x", &[]), None);
+}
+
+#[test]
+fn a_service_replay_rule_must_make_a_jti_single_use_for_the_tokens_life() {
+    use crate::ratelimit::rls::{RateLimit, Unit};
+    let w = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "max_lifetime_seconds": 300,
+                    "replay": {"claim": "jti", "scope": "service"}}],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
+    }));
+    let answer = |limit: Option<(u32, Unit)>| {
+        let token = hs256_raw(
+            SECRET,
+            &json!({"alg": "HS256", "typ": "JWT"}),
+            &json!({"iat": NOW, "exp": NOW + 60, "jti": "j"}),
+        );
+        let h = headers(&[(":method", "GET"), (":path", "/x"), ("x-token", &token)]);
+        let Step::NeedRateLimit(p, _) = evaluate(&w.ctx(), &Request::new(&h, None), NOW) else {
+            panic!("a call")
+        };
+        let mut resp = ok_response(1, 0, Some(1_000));
+        resp.statuses[0].current_limit = limit.map(|(n, unit)| RateLimit {
+            name: String::new(),
+            requests_per_unit: n,
+            unit: unit as i32,
+        });
+        match evaluate_rls(&w.ctx(), p, Ok(&resp), NOW) {
+            Step::Done(d, f) => (d.reason(), f.replay_unprotected),
+            s => panic!("{s:?}"),
+        }
+    };
+    for good in [(1, Unit::Hour), (1, Unit::Day), (1, Unit::Month)] {
+        assert_eq!(answer(Some(good)), (None, false), "{good:?}");
+    }
+    // No rule; more than one use; windows shorter than 300 s + skew, in
+    // which the token would pass once per window.
+    for bad in [
+        None,
+        Some((2, Unit::Hour)),
+        Some((10, Unit::Minute)),
+        Some((1, Unit::Minute)),
+        Some((1, Unit::Second)),
+        Some((1, Unit::Unknown)),
+    ] {
+        assert_eq!(
+            answer(bad),
+            (Some(Reason::RatelimitUnavailable), true),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn a_jti_whose_request_the_service_refused_is_not_used_up() {
+    // `replay.scope: local` and a service limit: the entry is recorded
+    // before the call. A request the service then refuses (over a limit,
+    // or down with `failure_mode: deny`) was never let through, so the
+    // genuine client's retry with the same token must not be a replay.
+    let w = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "replay": {"claim": "jti", "scope": "local"}}],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"],
+                    "rate_limits": [{"entries": [{"type": "route"}]}]}]
+    }));
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &json!({"iat": NOW, "exp": NOW + 60, "jti": "retry-me"}),
+    );
+    let h = headers(&[(":method", "GET"), (":path", "/x"), ("x-token", &token)]);
+    let call_at = |t: u64| match evaluate(&w.ctx(), &Request::new(&h, None), t) {
+        Step::NeedRateLimit(p, _) => p,
+        s => panic!("a call, not {s:?}"),
+    };
+    let over = over_limit_response(1);
+    assert_eq!(
+        evaluate_rls(&w.ctx(), call_at(NOW), Ok(&over), NOW).done_reason(),
+        Some(Reason::RateLimited)
+    );
+    // (The refusal is cached for its second: the retries come after it.)
+    let t = NOW + 2;
+    assert_eq!(
+        evaluate_rls(&w.ctx(), call_at(t), Err(()), t).done_reason(),
+        Some(Reason::RatelimitUnavailable)
+    );
+    assert_eq!(
+        evaluate_rls(&w.ctx(), call_at(t), Ok(&ok_response(1, 5, None)), t).done_reason(),
+        None,
+        "accepted on its first request let through"
+    );
+    match evaluate(&w.ctx(), &Request::new(&h, None), t) {
+        Step::Done(d, _) => assert_eq!(d.reason(), Some(Reason::TokenReplayed)),
+        s => panic!("{s:?}"),
+    }
 }

@@ -298,12 +298,14 @@ impl GuardFilter {
             self.response_headers = g.response_headers.clone();
         }
         self.state = State::Done;
-        if facts.replay_unlimited {
+        if facts.replay_unprotected {
             decision_log(worker, log::Level::Warn, now, || {
                 format!(
-                    "#{} the rate-limit service set no limit for the replay descriptor \
-                     (replay.scope: service): its configuration needs a rule limiting it \
-                     to 1 for domain {:?}; handled as the service failing (failure_mode) {}",
+                    "#{} the rate-limit service's limit for the replay descriptor \
+                     (replay.scope: service) is missing, above 1, or in windows shorter \
+                     than the token's max_lifetime_seconds: its configuration needs a rule \
+                     limiting it to 1 per hour (or per day) for domain {:?}; handled as \
+                     the service failing (failure_mode) {}",
                     self.context_id,
                     worker
                         .config

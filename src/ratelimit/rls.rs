@@ -179,6 +179,18 @@ impl Unit {
     }
 }
 
+impl Unit {
+    /// The shortest a window of this unit lasts, in seconds (a month as 28
+    /// days, a year as 365); `None` for [`Unit::Unknown`].
+    pub fn min_window_secs(self) -> Option<u64> {
+        match self {
+            Unit::Month => Some(28 * 86_400),
+            Unit::Year => Some(365 * 86_400),
+            other => other.max_window_secs(),
+        }
+    }
+}
+
 /// `envoy.config.core.v3.HeaderValue`: a header the service asks to add.
 /// Envoy sends the value in `value`, or in `raw_value` when it is not valid
 /// UTF-8 (or when configured so); appguard reads `raw_value` only when

@@ -15,6 +15,15 @@ use super::{Message, SigningError};
 /// for a few more covered headers while keeping hashing cheap.
 pub const MAX_BASE_BYTES: usize = 16 * 1024;
 
+/// The most input read to build one base, in bytes: the query once per
+/// `@query-param` and a field's values once per component naming it. A
+/// component's value can be small while the input it is read from is not
+/// (`@query-param` of a 60 KiB query, a `key=` member of a long
+/// Dictionary), so the base's own size bounds nothing here: without this, a
+/// request with 32 such components would make appguard read its 60 KiB of
+/// headers 32 times before the signature is even checked.
+pub const MAX_READ_BYTES: usize = 4 * MAX_BASE_BYTES;
+
 /// Limits for a covered Dictionary field read with the `key` parameter.
 const FIELD_DICT_LIMITS: Limits = Limits {
     max_members: 64,
@@ -29,8 +38,23 @@ const FIELD_DICT_LIMITS: Limits = Limits {
 /// (RFC 9421 §2.3, RFC 8941 §4.1.1.1); there is no trailing newline.
 pub fn signature_base(message: &Message<'_>, covered: &InnerList) -> Result<String, SigningError> {
     let mut out = String::with_capacity(512);
+    let mut read = 0usize;
     for (i, component) in covered.items.iter().enumerate() {
         let name = component_name(component)?;
+        // The input this component reads, charged before it is read.
+        read = read.saturating_add(match name {
+            "@query-param" => message.query.map_or(0, str::len),
+            n if n.starts_with('@') => 0,
+            n => message
+                .headers
+                .iter()
+                .filter(|(h, _)| h.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.len())
+                .sum(),
+        });
+        if read > MAX_READ_BYTES {
+            return Err(SigningError::BaseTooLarge);
+        }
         // §2.5 step 2.0: each identifier (name and parameters, parameters
         // compared as a set) at most once.
         if covered
@@ -273,13 +297,16 @@ fn form_reencode(raw: &str) -> String {
         }
         i += 1;
     }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let text = String::from_utf8_lossy(&decoded);
     let mut out = String::with_capacity(text.len());
     for c in text.bytes() {
         if c.is_ascii_alphanumeric() || matches!(c, b'*' | b'-' | b'.' | b'_') {
             out.push(char::from(c));
         } else {
-            out.push_str(&format!("%{c:02X}"));
+            out.push('%');
+            out.push(char::from(HEX[usize::from(c >> 4)]));
+            out.push(char::from(HEX[usize::from(c & 15)]));
         }
     }
     out

@@ -1485,3 +1485,59 @@ fn errors_display_without_request_data() {
         "malformed signature: x"
     );
 }
+
+#[test]
+fn components_cannot_make_the_base_read_the_same_long_input_over_and_over() {
+    // 29 `@query-param`s over a query padded to 58 KB: each value is one
+    // byte, but each would read the whole query. Refused before reading
+    // more than MAX_READ_BYTES in all, whatever the values come to.
+    let junk = "!".repeat(58_000);
+    let mut query: String = (0..29).map(|i| format!("a{i}=1&")).collect();
+    query.push_str(&junk);
+    let h = app_request_headers();
+    let m = Message::request(
+        "GET",
+        "https",
+        "api.example.com",
+        "/v1/x",
+        Some(&query),
+        &h,
+        None,
+    );
+    let components: String = (0..29)
+        .map(|i| format!(r#""@query-param";name="a{i}" "#))
+        .collect();
+    let input = format!("sig=({components});created={NOW}");
+    assert_eq!(base_of(&m, &input), Err(SigningError::BaseTooLarge));
+    // One over that query is read once; two over a query of ordinary size
+    // are fine.
+    let one = format!(r#"sig=("@query-param";name="a0");created={NOW}"#);
+    assert!(base_of(&m, &one).is_ok());
+    let short: String = (0..29).map(|i| format!("a{i}=1&")).collect();
+    let ms = Message::request(
+        "GET",
+        "https",
+        "api.example.com",
+        "/v1/x",
+        Some(&short),
+        &h,
+        None,
+    );
+    let two = format!(r#"sig=("@query-param";name="a0" "@query-param";name="a1");created={NOW}"#);
+    let base = base_of(&ms, &two).unwrap();
+    assert!(
+        base.starts_with("\"@query-param\";name=\"a0\": 1\n\"@query-param\";name=\"a1\": 1\n"),
+        "{base}"
+    );
+    // The same for a Dictionary field read member by member.
+    let dict: String =
+        (0..60).map(|i| format!("k{i}=1, ")).collect::<String>() + "x=" + &"a".repeat(50_000);
+    let mut hd = app_request_headers();
+    hd.push(("x-dict".to_owned(), dict));
+    let md = Message::request("GET", "https", "api.example.com", "/v1/x", None, &hd, None);
+    let keys: String = (0..8).map(|i| format!(r#""x-dict";key="k{i}" "#)).collect();
+    assert_eq!(
+        base_of(&md, &format!("sig=({keys});created={NOW}")),
+        Err(SigningError::BaseTooLarge)
+    );
+}

@@ -129,7 +129,8 @@ pub struct Provider {
     pub remote_jwks: Option<RemoteJwks>,
     /// Required `iss`, when set.
     pub issuer: Option<String>,
-    /// Accepted audiences; the token's `aud` must contain one. Empty: any.
+    /// Accepted audiences; the token's `aud` must contain one. Empty (the
+    /// field left out): any. Written as `[]` it is refused.
     pub audiences: Vec<String>,
     /// Claims that must be present with exactly these values.
     pub required_claims: Vec<(String, Value)>,
@@ -145,7 +146,8 @@ pub struct Provider {
     pub replay: Option<Replay>,
     /// The app claim, if configured.
     pub app_claim: Option<AppClaim>,
-    /// Platforms whose apps may present this provider's tokens; empty = any.
+    /// Platforms whose apps may present this provider's tokens; empty (the
+    /// field left out) = any. Written as `[]` it is refused.
     pub platforms: Vec<Platform>,
     /// Keep the token on the upstream request (default: removed).
     pub forward: bool,
@@ -377,7 +379,7 @@ pub(crate) struct RawProvider {
     remote_jwks: Option<RawRemoteJwks>,
     #[serde(default)]
     issuer: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::restriction")]
     audiences: Vec<String>,
     #[serde(default)]
     required_claims: Map<String, Value>,
@@ -393,7 +395,7 @@ pub(crate) struct RawProvider {
     replay: Option<RawReplay>,
     #[serde(default)]
     app_claim: Option<RawAppClaim>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::restriction")]
     platforms: Vec<Platform>,
     #[serde(default)]
     forward: bool,

@@ -37,6 +37,10 @@ fn denying_route_gets_403_route_denied_with_json_body() {
     let r = envoy.request(Req::new("DELETE", "/public/x"));
     assert_eq!(r.status, 403);
     assert!(up.seen().is_empty(), "denied requests reached upstream");
+    // HEAD takes the GET route, as upstreams serve it with the GET handler.
+    let r = envoy.request(Req::new("HEAD", "/public/x"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(up.last().method, "HEAD");
 }
 
 #[test]

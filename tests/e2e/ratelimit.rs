@@ -402,41 +402,53 @@ fn a_burst_and_a_sustained_limit_on_one_descriptor_keep_their_own_counts() {
 }
 
 #[test]
-fn a_service_without_a_replay_rule_is_a_failure_not_silent_replays() {
-    // The service's YAML forgot the `jti` rule: it answers OK with no limit
-    // for the replay descriptor and counts nothing, so every replay would
-    // pass. appguard treats that as the service failing, and says why.
+fn a_service_whose_replay_rule_lets_a_jti_through_twice_is_a_failure_not_silent_replays() {
+    // The service's YAML forgot the `jti` rule (it answers OK with no limit
+    // for the replay descriptor and counts nothing), or limits it to 5 a
+    // minute (a 60-second token would pass five times): every replay, or
+    // four of them, would pass. appguard treats that as the service
+    // failing, and says why.
     let dir = std::env::temp_dir().join(format!("appguard-no-jti-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let yaml = dir.join("ratelimit.yaml");
-    std::fs::write(
-        &yaml,
-        "domain: appguard\ndescriptors:\n  - key: client_ip\n    rate_limit:\n      unit: hour\n      requests_per_unit: 3\n",
-    )
-    .unwrap();
-    let rls = RateLimitService::start(&yaml, None);
-    let up = Upstream::start();
-    let envoy = EnvoyBuilder::new(config("deny", 500), up.port)
-        .grpc_cluster("ratelimit", rls.grpc_port)
-        .start();
-    let t = hs256(&claims(60, json!({"jti": "no-rule-1"})));
-    for _ in 0..2 {
-        let r = envoy.request(Req::get("/once").header("x-token", &t));
-        assert_eq!(
-            (r.status, r.reason()),
-            (503, Some("ratelimit_unavailable")),
-            "{}",
-            r.text()
+    let client_ip =
+        "  - key: client_ip\n    rate_limit:\n      unit: hour\n      requests_per_unit: 3\n";
+    for (i, jti_rule) in [
+        "",
+        "  - key: jti\n    rate_limit:\n      unit: minute\n      requests_per_unit: 5\n",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let yaml = dir.join(format!("ratelimit-{i}.yaml"));
+        std::fs::write(
+            &yaml,
+            format!("domain: appguard\ndescriptors:\n{client_ip}{jti_rule}"),
+        )
+        .unwrap();
+        let rls = RateLimitService::start(&yaml, None);
+        let up = Upstream::start();
+        let envoy = EnvoyBuilder::new(config("deny", 500), up.port)
+            .grpc_cluster("ratelimit", rls.grpc_port)
+            .start();
+        let t = hs256(&claims(60, json!({"jti": format!("no-rule-{i}")})));
+        for _ in 0..2 {
+            let r = envoy.request(Req::get("/once").header("x-token", &t));
+            assert_eq!(
+                (r.status, r.reason()),
+                (503, Some("ratelimit_unavailable")),
+                "{jti_rule}: {}",
+                r.text()
+            );
+        }
+        assert!(up.seen().is_empty(), "nothing passed unprotected");
+        assert!(
+            envoy.log().contains(
+                "limit for the replay descriptor (replay.scope: service) is missing, above 1"
+            ),
+            "the log names the cause"
         );
+        envoy.assert_vm_healthy();
     }
-    assert!(up.seen().is_empty(), "nothing passed unprotected");
-    assert!(
-        envoy
-            .log()
-            .contains("set no limit for the replay descriptor"),
-        "the log names the cause"
-    );
-    envoy.assert_vm_healthy();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
