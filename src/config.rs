@@ -306,9 +306,13 @@ pub struct Config {
     pub mode: Mode,
     /// What happens to requests that match no route.
     pub default_action: Action,
-    /// `client_ip.xff_trusted_hops`: 0 uses Envoy's downstream address; N
-    /// takes the N-th X-Forwarded-For entry from the right. Set it to the
-    /// number of trusted proxies in front of Envoy that append to the header.
+    /// `client_ip.xff_trusted_hops`: 0 uses Envoy's downstream address
+    /// (the connection's peer only when the connection manager has
+    /// `use_remote_address: true`; otherwise Envoy takes it from the
+    /// client's own X-Forwarded-For); N takes the N-th X-Forwarded-For
+    /// entry from the right. With `use_remote_address: true` Envoy appends
+    /// its peer too, so N is the trusted proxies in front of Envoy plus one.
+    /// Count them here or in Envoy's `xff_num_trusted_hops`, never both.
     pub xff_trusted_hops: u32,
     /// Global network rules, checked for every request (routed or not).
     pub network: Network,
