@@ -959,8 +959,8 @@ fn compile_route(
     }
     let m = r.matcher;
     let path = match (m.prefix, m.path) {
-        (Some(p), None) => PathMatch::Prefix(check_path(&format!("{at}.match.prefix"), p)?),
-        (None, Some(p)) => PathMatch::Exact(check_path(&format!("{at}.match.path"), p)?),
+        (Some(p), None) => PathMatch::Prefix(check_path(&format!("{at}.match.prefix"), p, true)?),
+        (None, Some(p)) => PathMatch::Exact(check_path(&format!("{at}.match.path"), p, false)?),
         (Some(_), Some(_)) => {
             return Err(ConfigError::new(
                 format!("{at}.match"),
@@ -1078,7 +1078,14 @@ pub(crate) fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn check_path(at: &str, p: String) -> Result<String, ConfigError> {
+/// A route's path (or, with `prefix`, path prefix) as requests can have it
+/// by the time appguard sees them: Envoy's normalisation has resolved dot
+/// segments, merged slashes, turned `\` into `/` and decoded `%XX` of
+/// unreserved characters, and routes are matched without `;` parameters.
+/// A path written with any of those could never match: refused, rather
+/// than a route that silently never applies. (In a prefix the last segment
+/// may be partial: `/v1/.` is the prefix of `/v1/.well-known`.)
+fn check_path(at: &str, p: String, prefix: bool) -> Result<String, ConfigError> {
     if !p.starts_with('/') {
         return Err(ConfigError::new(at, format!("{p:?} must start with `/`")));
     }
@@ -1087,6 +1094,46 @@ fn check_path(at: &str, p: String) -> Result<String, ConfigError> {
             at,
             "must not contain `?` or `#`: the query string is not part of the matched path",
         ));
+    }
+    let never = |why: &str| {
+        Err(ConfigError::new(
+            at,
+            format!("{p:?} can never match: {why}"),
+        ))
+    };
+    if p.contains(';') {
+        return never("routes match paths without their `;` parameters; leave them out");
+    }
+    if p.contains('\\') {
+        return never("Envoy's normalize_path turns `\\` into `/`; write `/`");
+    }
+    let segments: Vec<&str> = p.split('/').skip(1).collect();
+    let whole = segments.len().saturating_sub(usize::from(prefix));
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        if seg.is_empty() && !last {
+            return never("Envoy's merge_slashes leaves no `//` (and appguard refuses one)");
+        }
+        if i < whole && (*seg == "." || *seg == "..") {
+            return never("Envoy's normalize_path resolves `.` and `..` segments");
+        }
+    }
+    let bytes = p.as_bytes();
+    for (i, _) in p.match_indices('%') {
+        let hex = |j: usize| bytes.get(j).and_then(|&h| char::from(h).to_digit(16));
+        let Some(byte) = hex(i + 1).zip(hex(i + 2)).map(|(h, l)| h << 4 | l) else {
+            continue;
+        };
+        let c = char::from_u32(byte).unwrap_or('\0');
+        if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~') {
+            return never(&format!(
+                "Envoy's normalize_path decodes `{}` to `{c}`; write `{c}`",
+                p.get(i..i + 3).unwrap_or("%")
+            ));
+        }
+        if matches!(c, '/' | '\\') {
+            return never("Envoy refuses requests with an encoded slash or backslash (`path_with_escaped_slashes_action: REJECT_REQUEST`)");
+        }
     }
     Ok(p)
 }
@@ -1341,6 +1388,47 @@ mod tests {
             "routes[0].rate_limits[0].entries[0].name"
         );
         assert!(Config::from_json(one("x-device-id").as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_route_path_no_normalised_request_can_have_is_refused() {
+        let route = |kind: &str, p: &str| {
+            Config::from_json(
+                format!(r#"{{"routes":[{{"name":"r","match":{{"{kind}":{p:?}}}}}]}}"#).as_bytes(),
+            )
+        };
+        for p in [
+            "/v1/sms;x=1",
+            "/v1//sms",
+            "/v1/./sms",
+            "/v1/x/../sms",
+            "/v1\\sms",
+            "/v1/%73ms",
+            "/v1/%2e/x",
+            "/v1%2Fsms",
+            "/v1%5csms",
+        ] {
+            for kind in ["path", "prefix"] {
+                let e = route(kind, p).unwrap_err();
+                assert_eq!(e.path, format!("routes[0].match.{kind}"), "{p}");
+                assert!(e.message.contains("can never match"), "{p}: {e}");
+            }
+        }
+        assert!(route("path", "/v1/..").is_err());
+        assert!(route("path", "/v1/.").is_err());
+        // What requests do have: a partial last segment of a prefix, dots
+        // inside names, escapes Envoy keeps, a trailing slash.
+        for (kind, p) in [
+            ("prefix", "/v1/."),
+            ("prefix", "/v1/.."),
+            ("path", "/.well-known/jwks.json"),
+            ("path", "/v1/a%20b"),
+            ("prefix", "/v1/"),
+            ("prefix", "/"),
+            ("path", "/v1/sms/"),
+        ] {
+            assert!(route(kind, p).is_ok(), "{kind} {p}");
+        }
     }
 
     #[test]

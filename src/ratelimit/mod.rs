@@ -203,10 +203,21 @@ pub fn interpret(
         let deciding = over.iter().min_by_key(|(_, s, reset)| {
             (Reverse(*reset), requests_per_unit(s).unwrap_or(u32::MAX))
         });
-        let quota = deciding.map(|(_, s, reset)| LimitState {
-            limit: requests_per_unit(s),
-            remaining: 0,
-            reset_secs: *reset,
+        // A 429 always says when to retry (SPEC §4): from the service's
+        // duration, else from the end of the status's fixed window (as
+        // envoyproxy/ratelimit counts them), else in a second. Only the
+        // service's own duration is cached (below): the rest is a hint.
+        let quota = Some(match deciding {
+            Some((_, s, reset)) => LimitState {
+                limit: requests_per_unit(s),
+                remaining: 0,
+                reset_secs: reset.or_else(|| fixed_window_reset(s, now)).or(Some(1)),
+            },
+            None => LimitState {
+                limit: None,
+                remaining: 0,
+                reset_secs: Some(1),
+            },
         });
         let cached = over
             .iter()
@@ -279,6 +290,19 @@ fn requests_per_unit(s: &DescriptorStatus) -> Option<u32> {
 fn reset_secs(s: &DescriptorStatus) -> Option<u64> {
     let secs = s.duration_until_reset.as_ref()?.ceil_secs();
     Some(secs.min(window_secs(s)))
+}
+
+/// Seconds until the end of `s`'s fixed window at `now`, for units whose
+/// windows are whole multiples of a second since the epoch (second to
+/// day), as envoyproxy/ratelimit and appguard-ratelimit count them: for a
+/// service that answers over the limit without `duration_until_reset`.
+fn fixed_window_reset(s: &DescriptorStatus, now: u64) -> Option<u64> {
+    let unit = Unit::try_from(s.current_limit.as_ref()?.unit).ok()?;
+    let w = match unit {
+        Unit::Second | Unit::Minute | Unit::Hour | Unit::Day => unit.max_window_secs()?,
+        _ => return None,
+    };
+    Some(w - now % w)
 }
 
 /// The longest a status's window can last: its limit unit's window (when
@@ -516,7 +540,8 @@ mod tests {
 
     #[test]
     fn over_limit_without_durations_or_statuses() {
-        // No duration: not cacheable, no retry-after, still a 429.
+        // No duration: not cacheable, but the 429 still says when to
+        // retry: at the end of the minute's fixed window.
         let r = response(
             Code::OverLimit,
             vec![status(Code::OverLimit, 5, Unit::Minute, 0, None)],
@@ -524,10 +549,22 @@ mod tests {
         let v = interpret(&r, 1, NOW).unwrap();
         assert!(v.over_limit);
         assert_eq!(v.over_limit_descriptors[0].until, None);
+        let left = (60 - NOW % 60).to_string();
         assert_eq!(
             v.limit_headers(),
-            pairs(&[("x-ratelimit-limit", "5"), ("x-ratelimit-remaining", "0")])
+            pairs(&[
+                ("retry-after", &left),
+                ("x-ratelimit-limit", "5"),
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", &left)
+            ])
         );
+        // A unit whose windows are not counted from the epoch: a second.
+        let r = response(
+            Code::OverLimit,
+            vec![status(Code::OverLimit, 5, Unit::Month, 0, None)],
+        );
+        assert_eq!(interpret(&r, 1, NOW).unwrap().retry_after_secs(), Some(1));
         // A status with a duration resets later than one without.
         let r = response(
             Code::OverLimit,
@@ -537,10 +574,17 @@ mod tests {
             ],
         );
         assert_eq!(interpret(&r, 2, NOW).unwrap().retry_after_secs(), Some(5));
-        // No statuses at all.
+        // No statuses at all: still a retry-after, and nothing remains.
         let v = interpret(&response(Code::OverLimit, vec![]), 1, NOW).unwrap();
         assert!(v.over_limit);
-        assert!(v.denial_headers().is_empty());
+        assert_eq!(
+            v.denial_headers(),
+            pairs(&[
+                ("retry-after", "1"),
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1")
+            ])
+        );
     }
 
     #[test]
@@ -567,7 +611,15 @@ mod tests {
         let v = interpret(&r, 1, NOW).unwrap();
         assert!(v.over_limit);
         assert!(v.over_limit_descriptors.is_empty());
-        assert_eq!(v.quota, None);
+        // Not the ignored status's limit and reset: only the fallback.
+        assert_eq!(
+            v.quota,
+            Some(LimitState {
+                limit: None,
+                remaining: 0,
+                reset_secs: Some(1)
+            })
+        );
     }
 
     #[test]
