@@ -22,7 +22,7 @@ use crate::limits::{self, Descriptor, ServiceCache, Source};
 use crate::phone;
 use crate::ratelimit::{self, RateLimitResponse};
 use crate::request::Request;
-use crate::signing::{self, InstallKey, Message};
+use crate::signing::{self, InstallKey, Message, SigningError};
 use crate::store::{self, BucketSalt, ReplayOutcome, SharedStore};
 use crate::token::{self, AppClaimFormat, Key, ReplayScope, TokenError, VerifiedToken};
 
@@ -82,6 +82,140 @@ pub struct NegativeCache {
     spent: HashMap<(usize, IpAddr), u64>,
     /// The latest `until` in `spent`: past it, every entry has expired.
     spent_latest: u64,
+}
+
+/// A provider's failure budget as one request's checks use it: whether
+/// the client may have a signature verified (a token's or a request's),
+/// and the charge when one fails. The client's IP and its bucket digest
+/// are worked out at most once, and only when needed.
+struct Budget<'a> {
+    ctx: &'a Ctx<'a>,
+    req: &'a Request<'a>,
+    provider: &'a token::Provider,
+    limit: limits::LocalLimit,
+    /// Monitor-mode routes keep budgets of their own: rolling out a
+    /// provider in monitor mode (keys not right yet, every signature
+    /// failing) must not spend the budgets its enforce routes refuse by.
+    /// They still spare the CPU of a flood on the monitor route.
+    monitor: bool,
+    slot: usize,
+    ip: Option<IpAddr>,
+    digest: Option<[u8; 16]>,
+}
+
+impl<'a> Budget<'a> {
+    fn new(
+        ctx: &'a Ctx<'a>,
+        req: &'a Request<'a>,
+        pi: usize,
+        provider: &'a token::Provider,
+        monitor: bool,
+    ) -> Self {
+        let b = provider.failure_budget;
+        Budget {
+            ctx,
+            req,
+            provider,
+            limit: limits::LocalLimit {
+                requests: b.failures,
+                per_seconds: b.window_seconds,
+            },
+            monitor,
+            slot: budget_slot(pi, monitor),
+            ip: None,
+            digest: None,
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.limit.requests > 0
+    }
+
+    /// The client charged: its IP, or, when that is not known (see
+    /// `client_ip`), the unknown client: hiding the address must not lift
+    /// the budget.
+    fn client(&mut self) -> IpAddr {
+        let hops = self.ctx.config.xff_trusted_hops;
+        let req = self.req;
+        *self
+            .ip
+            .get_or_insert_with(|| req.client_ip(hops).unwrap_or(limits::UNKNOWN_CLIENT_IP))
+    }
+
+    /// The client's bucket digest.
+    fn key(&mut self) -> [u8; 16] {
+        if let Some(d) = self.digest {
+            return d;
+        }
+        let ip = self.client();
+        let b = self.provider.failure_budget;
+        let d: Descriptor = vec![("ip".into(), limits::ip_value(ip, b.v4_prefix, b.v6_prefix))];
+        let name = self.provider.name.as_str();
+        let scope = if self.monitor {
+            limits::DigestScope::new(&["budget", name, "monitor"])
+        } else {
+            limits::DigestScope::new(&["budget", name])
+        };
+        let digest = limits::descriptor_digest(&scope, &d);
+        self.digest = Some(digest);
+        digest
+    }
+
+    /// Whether this worker already found the client spent: a map lookup.
+    fn known_spent(&mut self) -> bool {
+        let ctx = self.ctx;
+        if !self.enabled() || !ctx.negative.borrow_mut().may_hold_spent(ctx.now_ms) {
+            return false;
+        }
+        let ip = self.client();
+        ctx.negative
+            .borrow()
+            .budget_spent(self.slot, ip, ctx.now_ms)
+    }
+
+    /// Whether the client's budget is spent in the instance's shared
+    /// table (remembered by this worker if so). No budget can be spent if
+    /// no signature failed within a window: then the client's address, its
+    /// digest and its bucket are not needed (one shared-data read instead).
+    fn shared_spent(&mut self) -> bool {
+        let ctx = self.ctx;
+        if !self.enabled()
+            || !limits::failed_within(ctx.store, &self.provider.name, self.limit, ctx.now_ms)
+        {
+            return false;
+        }
+        let key = self.key();
+        let Some(until) =
+            limits::local_refill_at(ctx.store, &ctx.bucket_salt, &key, self.limit, ctx.now_ms)
+        else {
+            return false;
+        };
+        let ip = self.client();
+        ctx.negative
+            .borrow_mut()
+            .note_spent(self.slot, ip, until, ctx.now_ms);
+        true
+    }
+
+    /// Charges `n` failed verifications (at most the whole budget).
+    fn charge(&mut self, n: u32) {
+        if !self.enabled() {
+            return;
+        }
+        let ctx = self.ctx;
+        // The mark first: a worker that sees the bucket spent must also
+        // see a recent failure.
+        limits::mark_failure(ctx.store, &self.provider.name, ctx.now_ms);
+        let key = self.key();
+        let _ = limits::take_local_n(
+            ctx.store,
+            &ctx.bucket_salt,
+            &key,
+            self.limit,
+            n.min(self.limit.requests),
+            ctx.now_ms,
+        );
+    }
 }
 
 /// The negative cache's key of a token: a digest keyed with the instance's
@@ -493,7 +627,17 @@ pub fn evaluate_body(
     // before the body checks (step 6): without the install's key a client
     // learns nothing about the body rules (denied prefixes, format).
     if let Some((pi, key)) = pending.signing.take() {
-        if let Err(r) = verify_signature(config, pi, &key, req, Some(body), now) {
+        let monitor = route.mode == Mode::Monitor;
+        let checked = verify_signature_within_budget(
+            ctx,
+            req,
+            (pi, &key),
+            Some(body),
+            now,
+            monitor,
+            &mut pending.facts,
+        );
+        if let Err(r) = checked {
             return deny(pending, r.into());
         }
     }
@@ -920,6 +1064,42 @@ fn rls_verdict(
     done(pending)
 }
 
+/// [`verify_signature`], within the token provider's failure budget: a
+/// client whose budget is spent gets `signature_invalid` without the
+/// verification, and a signature that fails is charged to it. A request
+/// signature costs a P-256 or Ed25519 verification, and one genuine token
+/// (or a copied one: its `jti` is recorded only once the signature passed)
+/// would otherwise buy one per request with made-up signatures.
+fn verify_signature_within_budget(
+    ctx: &Ctx<'_>,
+    req: &Request<'_>,
+    (pi, key): (usize, &InstallKey),
+    body: Option<&[u8]>,
+    now: u64,
+    monitor: bool,
+    facts: &mut Facts,
+) -> Result<(), Reason> {
+    let provider = ctx
+        .config
+        .providers
+        .get(pi)
+        .ok_or(Reason::SignatureInvalid)?;
+    let mut budget = Budget::new(ctx, req, pi, provider, monitor);
+    if budget.known_spent() || budget.shared_spent() {
+        facts.budget_refused = true;
+        return Err(Reason::SignatureInvalid);
+    }
+    verify_signature(ctx.config, pi, key, req, body, now).map_err(|e| {
+        // Charged for the verification it cost, as a token's signature is:
+        // malformed fields, a stale `created` or a missing component are
+        // refused before any.
+        if e == SigningError::BadSignature {
+            budget.charge(1);
+        }
+        Reason::SignatureInvalid
+    })
+}
+
 /// Verifies the request's RFC 9421 signature with the token's install key.
 fn verify_signature(
     config: &Config,
@@ -928,12 +1108,12 @@ fn verify_signature(
     req: &Request<'_>,
     body: Option<&[u8]>,
     now: u64,
-) -> Result<(), Reason> {
-    let p = config
+) -> Result<(), SigningError> {
+    let ms = config
         .providers
         .get(provider)
-        .ok_or(Reason::SignatureInvalid)?;
-    let ms = p.message_signing.as_ref().ok_or(Reason::SignatureInvalid)?;
+        .and_then(|p| Some((p, p.message_signing.as_ref()?)));
+    let (p, ms) = ms.ok_or(SigningError::Missing)?;
     // The header the token came from (a provider may read several); for a
     // delegated token no longer in the request, the first source.
     let token_header = token::extract_with_source(p, req)
@@ -951,9 +1131,7 @@ fn verify_signature(
         req.headers,
         body,
     );
-    signing::verify(&ms.policy, &msg, key, token_header, now)
-        .map(|_| ())
-        .map_err(|_| Reason::SignatureInvalid)
+    signing::verify(&ms.policy, &msg, key, token_header, now).map(|_| ())
 }
 
 fn check(
@@ -1072,7 +1250,16 @@ fn check(
                     if req.has_body() && ms.policy.require_content_digest {
                         deferred = Some((t.provider, key));
                     } else {
-                        verify_signature(config, t.provider, &key, req, None, now)?;
+                        let monitor = route.mode == Mode::Monitor;
+                        verify_signature_within_budget(
+                            ctx,
+                            req,
+                            (t.provider, &key),
+                            None,
+                            now,
+                            monitor,
+                            facts,
+                        )?;
                     }
                 }
             }
@@ -1429,52 +1616,13 @@ fn check_token(
             // of forged tokens then costs a hash lookup per request, and a
             // spent client cannot make the filter fetch a JWKS either.
             // Tokens verified earlier (the cache above) still pass.
-            let budget = provider.failure_budget;
-            let budget_limit = limits::LocalLimit {
-                requests: budget.failures,
-                per_seconds: budget.window_seconds,
-            };
-            // Monitor-mode routes keep budgets of their own: rolling out a
-            // provider in monitor mode (keys not right yet, every signature
-            // failing) must not spend the budgets its enforce routes refuse
-            // by. They still spare the CPU of a flood on the monitor route.
-            let monitor = route.mode == Mode::Monitor;
-            let slot = budget_slot(pi, monitor);
-            // The client's bucket digest, computed at most once per request
-            // (the client is the same for the check and a failure's take).
-            let budget_digest = std::cell::OnceCell::new();
-            let budget_key = |ip: IpAddr| {
-                *budget_digest.get_or_init(|| {
-                    let d: Descriptor = vec![(
-                        "ip".into(),
-                        limits::ip_value(ip, budget.v4_prefix, budget.v6_prefix),
-                    )];
-                    let scope = if monitor {
-                        limits::DigestScope::new(&["budget", &provider.name, "monitor"])
-                    } else {
-                        limits::DigestScope::new(&["budget", &provider.name])
-                    };
-                    limits::descriptor_digest(&scope, &d)
-                })
-            };
-            // A client whose IP is not known (see `client_ip`) is charged
-            // as the unknown client: hiding the address must not lift the
-            // budget.
-            let client = || {
-                req.client_ip(ctx.config.xff_trusted_hops)
-                    .unwrap_or(limits::UNKNOWN_CLIENT_IP)
-            };
+            let mut budget = Budget::new(ctx, req, pi, provider, route.mode == Mode::Monitor);
             // A client this worker already found spent: a map lookup, and
             // first, since it spares hashing the (attacker-sized) token for
             // the negative cache below on every request of a flood.
-            let mut ip = None;
-            if budget.failures > 0 && ctx.negative.borrow_mut().may_hold_spent(ctx.now_ms) {
-                let known = client();
-                ip = Some(known);
-                if ctx.negative.borrow().budget_spent(slot, known, ctx.now_ms) {
-                    facts.budget_refused = true;
-                    return Err(Reason::TokenSignature.into());
-                }
+            if budget.known_spent() {
+                facts.budget_refused = true;
+                return Err(Reason::TokenSignature.into());
             }
             if ctx
                 .negative
@@ -1483,26 +1631,9 @@ fn check_token(
             {
                 return Err(Reason::TokenSignature.into());
             }
-            if budget.failures > 0 {
-                // No budget can be spent if no signature failed within a
-                // window: then the client's address, its digest and its
-                // bucket are not needed (one shared-data read instead).
-                if limits::failed_within(ctx.store, &provider.name, budget_limit, ctx.now_ms) {
-                    let ip = ip.unwrap_or_else(client);
-                    if let Some(until) = limits::local_refill_at(
-                        ctx.store,
-                        &ctx.bucket_salt,
-                        &budget_key(ip),
-                        budget_limit,
-                        ctx.now_ms,
-                    ) {
-                        ctx.negative
-                            .borrow_mut()
-                            .note_spent(slot, ip, until, ctx.now_ms);
-                        facts.budget_refused = true;
-                        return Err(Reason::TokenSignature.into());
-                    }
-                }
+            if budget.shared_spent() {
+                facts.budget_refused = true;
+                return Err(Reason::TokenSignature.into());
             }
             // No keys yet: fetch them (or answer by the failure mode). Only
             // after the negative cache and the budget, so that a spent
@@ -1544,26 +1675,12 @@ fn check_token(
                     until,
                     now,
                 );
-                if budget.failures > 0 {
-                    let ip = ip.unwrap_or_else(client);
-                    // The mark first: a worker that sees the bucket spent
-                    // must also see a recent failure.
-                    limits::mark_failure(ctx.store, &provider.name, ctx.now_ms);
-                    // One failure per key the token was tried against: a
-                    // forged token without `kid`, tried against every key
-                    // of its algorithm, spends the budget as fast as that
-                    // many forged tokens would (the budget bounds the
-                    // verifications, not the tokens).
-                    let tried = u32::try_from(1 + pre.others.len()).unwrap_or(u32::MAX);
-                    let _ = limits::take_local_n(
-                        ctx.store,
-                        &ctx.bucket_salt,
-                        &budget_key(ip),
-                        budget_limit,
-                        tried.min(budget.failures),
-                        ctx.now_ms,
-                    );
-                }
+                // One failure per key the token was tried against: a forged
+                // token without `kid`, tried against every key of its
+                // algorithm, spends the budget as fast as that many forged
+                // tokens would (the budget bounds the verifications, not
+                // the tokens).
+                budget.charge(u32::try_from(1 + pre.others.len()).unwrap_or(u32::MAX));
                 return Err(e.reason().into());
             }
             let v = Rc::new(VerifiedToken {

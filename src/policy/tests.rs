@@ -3104,3 +3104,77 @@ fn a_jti_whose_request_the_service_refused_is_not_used_up() {
         s => panic!("{s:?}"),
     }
 }
+
+#[test]
+fn made_up_request_signatures_spend_the_clients_failure_budget() {
+    // One genuine token buys no endless P-256 verifications: each failed
+    // request signature is charged to the token provider's failure budget
+    // of the client, and a spent client is refused without verifying.
+    use crate::signing::{sign_request, InstallSigningKey, SignatureOptions};
+    let w = World::from(json!({
+        "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "message_signing": {"claim": "ipk", "max_age_seconds": 60},
+                    "failure_budget": {"failures": 2, "window_seconds": 60}}],
+        "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"]}]
+    }));
+    let key = InstallSigningKey::p256_from_bytes(&[7u8; 32]).unwrap();
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "ipk": key.public_key().to_ipk()}),
+    );
+    let hs = vec![("approov-token".to_string(), token.clone())];
+    let msg = crate::signing::Message::request(
+        "GET",
+        "https",
+        "api.example.com",
+        "/v1/x",
+        None,
+        &hs,
+        None,
+    );
+    let comps = vec![
+        "@method".into(),
+        "@authority".into(),
+        "@path".into(),
+        "approov-token".into(),
+    ];
+    let good = sign_request(&key, &msg, &SignatureOptions::new("install", comps, NOW)).unwrap();
+    // The same signature with its last bytes changed.
+    let bad = {
+        let mut s = good.signature.clone();
+        let at = s.len() - 3;
+        s.replace_range(at..at + 1, if &s[at..at + 1] == "A" { "B" } else { "A" });
+        s
+    };
+    let run = |ip: &str, sig: &str| {
+        let h = headers(&[
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":path", "/v1/x"),
+            (":authority", "api.example.com"),
+            ("approov-token", &token),
+            ("signature-input", &good.signature_input),
+            ("signature", sig),
+        ]);
+        match evaluate(&w.ctx(), &Request::new(&h, ip.parse().ok()), NOW) {
+            Step::Done(d, f) => (d.reason(), f.budget_refused),
+            s => panic!("{s:?}"),
+        }
+    };
+    let verified_and_failed = (Some(Reason::SignatureInvalid), false);
+    let refused_unverified = (Some(Reason::SignatureInvalid), true);
+    assert_eq!(run("192.0.2.1", &good.signature), (None, false));
+    // Refusals that cost no verification are not charged.
+    for _ in 0..3 {
+        assert_eq!(run("192.0.2.1", "not a dictionary"), verified_and_failed);
+    }
+    assert_eq!(run("192.0.2.1", &bad), verified_and_failed);
+    assert_eq!(run("192.0.2.1", &bad), verified_and_failed);
+    // Spent: not verified any more, even when the signature is right.
+    assert_eq!(run("192.0.2.1", &bad), refused_unverified);
+    assert_eq!(run("192.0.2.1", &good.signature), refused_unverified);
+    // Another client is not affected.
+    assert_eq!(run("198.51.100.9", &good.signature), (None, false));
+}

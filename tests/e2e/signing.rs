@@ -274,3 +274,39 @@ fn a_copied_token_sent_first_does_not_burn_the_genuine_clients_jti() {
     let r = envoy.request(genuine);
     assert_eq!((r.status, r.reason()), (401, Some("token_replayed")));
 }
+
+#[test]
+fn made_up_signatures_spend_the_failure_budget_then_cost_no_verification() {
+    // One genuine token and made-up signatures: each costs a P-256
+    // verification until the client's failure budget (2 here) is spent;
+    // then the client is refused without one, counted in the stats and
+    // logged, even with a right signature, until the window ends.
+    let cfg = json!({
+        "tokens": [{"name": "approov", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": harness::tokens::secret_b64()}],
+                    "message_signing": {"claim": "ipk", "max_age_seconds": 60},
+                    "failure_budget": {"failures": 2, "window_seconds": 60}}],
+        "routes": [{"name": "sms", "match": {"prefix": "/v1/"}, "tokens": ["approov"]}]
+    });
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg, up.port).start();
+    let key = install_key(7);
+    let t = token_for(&key);
+    let good = || signed(&key, &t, "POST", "/v1/sms", BODY, now(), None);
+    assert_eq!(envoy.request(good()).status, 200);
+    let thief = install_key(9);
+    for _ in 0..3 {
+        let r = envoy.request(signed(&thief, &t, "POST", "/v1/sms", BODY, now(), None));
+        assert_eq!(r.reason(), Some("signature_invalid"), "{}", r.text());
+    }
+    let r = envoy.request(good());
+    assert_eq!(r.reason(), Some("signature_invalid"), "spent: not verified");
+    assert_eq!(
+        envoy.stat("appguard_verification_budget_refusals"),
+        Some(2),
+        "the third made-up signature and the right one"
+    );
+    assert!(envoy.log().contains("budget=exhausted"), "logged");
+    assert_eq!(up.seen().len(), 1);
+    envoy.assert_vm_healthy();
+}
