@@ -492,7 +492,7 @@ pub fn match_route<'c>(
 /// appguard would match (`/v1/sms` for `/v1/public/..;/sms`).
 fn route_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
     // The common path: nothing to drop, nothing to resolve.
-    if !path.contains(';') && !path.contains("//") && !path.contains("/.") {
+    if !path.contains(';') && !path.contains("//") && !path.contains("/.") && !path.contains('%') {
         return Some(std::borrow::Cow::Borrowed(path));
     }
     let mut out = String::with_capacity(path.len());
@@ -500,7 +500,7 @@ fn route_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
     while let Some((i, segment)) = segments.next() {
         let segment = segment.split(';').next().unwrap_or("");
         let last = segments.peek().is_none();
-        if segment == "." || segment == ".." || (segment.is_empty() && i > 0 && !last) {
+        if is_dot_segment(segment) || (segment.is_empty() && i > 0 && !last) {
             return None;
         }
         if i > 0 {
@@ -509,6 +509,29 @@ fn route_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
         out.push_str(segment);
     }
     Some(std::borrow::Cow::Owned(out))
+}
+
+/// `.` or `..`, also spelled with `%2e` (which an upstream decodes before
+/// resolving them, and which reaches appguard as such when Envoy's
+/// `normalize_path` is off).
+fn is_dot_segment(segment: &str) -> bool {
+    let b = segment.as_bytes();
+    let mut dots = 0;
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        if c == b'.' {
+            i += 1;
+        } else if b
+            .get(i..i + 3)
+            .is_some_and(|e| e.eq_ignore_ascii_case(b"%2e"))
+        {
+            i += 3;
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 fn route_matches(r: &Route, path: &str, method: &str, host: &str) -> bool {
@@ -546,15 +569,33 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
     let config = ctx.config;
     let Ok(matched) = match_route(config, req) else {
         // No route can be trusted to name the handler: refused as if
-        // unrouted under `default_action: deny`.
+        // unrouted under `default_action: deny`. Enforced whenever any
+        // route is (the handler it reaches may be that route's: monitor
+        // mode must not let it through there), and with the API key cut
+        // out of the path Envoy logs, as a routed refusal would be.
         let facts = Facts {
             client_ip: req.client_ip_if_known(),
             ..Facts::default()
         };
-        return Step::Done(
-            finish(config.mode, Grant::default(), Reason::RouteDenied.into()),
-            facts,
-        );
+        let enforced =
+            config.mode == Mode::Enforce || config.routes.iter().any(|r| r.mode == Mode::Enforce);
+        let mode = if enforced {
+            Mode::Enforce
+        } else {
+            Mode::Monitor
+        };
+        let mut grant = Grant::default();
+        let keys = &config.api_keys;
+        if !keys.forward {
+            grant.key_scrub = KeyScrub {
+                header: req.header(&keys.header).is_some(),
+                path: keys
+                    .query_param
+                    .as_deref()
+                    .and_then(|param| path_without_param(req.header(":path").unwrap_or(""), param)),
+            };
+        }
+        return Step::Done(finish(mode, grant, Reason::RouteDenied.into()), facts);
     };
     let mode = matched.map_or(config.mode, |(_, r)| r.mode);
     let mut facts = Facts {
@@ -959,17 +1000,18 @@ fn rls_verdict(
         .map_or(FailureMode::Deny, |r| r.failure_mode);
     // Replay protection through the service holds only if the service
     // limits the replay descriptor to 1 in windows no shorter than a
-    // token's life: an answer without a limit for it (no rule in its YAML,
-    // a misspelt key or domain) protects nothing, and `5 per minute` lets
-    // a five-minute token through up to 25 times.
+    // token may live (`max_lifetime_seconds`): an answer without a limit
+    // for it (no rule in its YAML, a misspelt key or domain) protects
+    // nothing, and `5 per minute` lets a five-minute token through up to
+    // 30 times.
+    // (Fixed windows still let a token through once on each side of a
+    // boundary it lives across: see README, known limitations.)
     let lifetime = pending
         .facts
         .token
         .as_ref()
         .and_then(|t| config.providers.get(t.provider))
-        .map_or(0, |p| {
-            p.max_lifetime_seconds.saturating_add(p.clock_skew_seconds)
-        });
+        .map_or(0, |p| p.max_lifetime_seconds);
     let replay_unprotected = match (answer, pending.replay_index) {
         (Ok(resp), Some(i)) => resp
             .statuses
@@ -1480,12 +1522,23 @@ fn path_without_param(path: &str, param: &str) -> Option<String> {
     let mut out = String::with_capacity(path.len());
     out.push_str(base);
     let mut first = true;
-    for (sep, piece) in pieces.into_iter().filter(|&(_, p)| !is_param(p)) {
-        match (first, sep) {
-            (true, _) => out.push('?'),
-            (false, Some(c)) => out.push(c),
-            (false, None) => out.push('&'),
+    // The separator before a kept parameter: its own, or, after cut ones,
+    // `&` if any of theirs was (an upstream that splits on `&` only then
+    // still finds the parameters it found before, the key aside).
+    let mut carried: Option<char> = None;
+    for (sep, piece) in pieces {
+        if is_param(piece) {
+            carried = match (carried, sep) {
+                (Some('&'), _) | (_, Some('&')) => Some('&'),
+                (c, s) => c.or(s),
+            };
+            continue;
         }
+        let sep = match (carried.take(), sep) {
+            (Some('&'), _) | (_, Some('&')) => '&',
+            (c, s) => c.or(s).unwrap_or('&'),
+        };
+        out.push(if first { '?' } else { sep });
         first = false;
         out.push_str(piece);
     }

@@ -361,6 +361,8 @@ fn api_keys_go_upstream_unless_forward_is_false() {
         ("/sms?a=1;KEY=key-sms&b=2", "/sms?a=1&b=2"),
         ("/sms?key=key-sms;a=1&b=2", "/sms?a=1&b=2"),
         ("/sms?a=1;b=2&Key=key-sms", "/sms?a=1;b=2"),
+        // An upstream that splits on `&` only still finds `a=1` and `b=2`.
+        ("/sms?a=1&key=key-sms;b=2", "/sms?a=1&b=2"),
     ] {
         let g = grant(&w, path, &[]);
         assert_eq!(path_set(&g).as_deref(), Some(want), "{path}");
@@ -2922,7 +2924,42 @@ fn head_takes_the_get_route_and_an_unclear_path_is_refused_even_when_unrouted_is
         Some(Reason::RouteDenied)
     );
     assert_eq!(reason("GET", "/v1/public/x"), None);
-    // In monitor mode it is let through, marked.
+    // Spelled with `%2e` (as it arrives when Envoy's normalize_path is
+    // off), the same.
+    for path in [
+        "/v1/public/%2e%2e/quote",
+        "/v1/public/%2E%2e;/quote",
+        "/v1/public/.%2e/quote",
+        "/v1/public/%2e/quote",
+    ] {
+        assert_eq!(reason("GET", path), Some(Reason::RouteDenied), "{path}");
+    }
+    assert_eq!(reason("GET", "/v1/public/%2e%2e%2e/x"), None, "a name");
+    // Global monitor mode with an enforce route: the unclear path may
+    // reach that route's handler, so it is refused all the same.
+    let rollout = World::from(json!({"mode": "monitor", "routes": [
+        {"name": "sms", "match": {"path": "/v1/sms"}, "api_key": "required", "mode": "enforce"},
+        {"name": "public", "match": {"prefix": "/v1/public/"}}
+    ]}));
+    let h = headers(&[(":method", "GET"), (":path", "/v1/public/..;/sms")]);
+    match evaluate(&rollout.ctx(), &Request::new(&h, None), NOW) {
+        Step::Done(Decision::Deny(d), _) => assert_eq!(d.reason, Reason::RouteDenied),
+        s => panic!("{s:?}"),
+    }
+    // With `forward: false` the key leaves the path Envoy logs, as on a
+    // routed refusal.
+    let mut cfg = config_json();
+    cfg["api_keys"]["forward"] = json!(false);
+    let scrubbing = World::from(cfg);
+    let h = headers(&[(":method", "GET"), (":path", "/sms/.;/x?a=1&key=key-sms")]);
+    match evaluate(&scrubbing.ctx(), &Request::new(&h, None), NOW) {
+        Step::Done(Decision::Deny(d), _) => {
+            assert_eq!(d.reason, Reason::RouteDenied);
+            assert_eq!(d.key_scrub.path.as_deref(), Some("/sms/.;/x?a=1"));
+        }
+        s => panic!("{s:?}"),
+    }
+    // In monitor mode (every route too) it is let through, marked.
     let m = World::from(json!({"mode": "monitor", "routes": [
         {"name": "public", "match": {"prefix": "/v1/public/"}}
     ]}));
@@ -3041,6 +3078,35 @@ fn a_service_replay_rule_must_make_a_jti_single_use_for_the_tokens_life() {
     for good in [(1, Unit::Hour), (1, Unit::Day), (1, Unit::Month)] {
         assert_eq!(answer(Some(good)), (None, false), "{good:?}");
     }
+    // Hour-long tokens (Firebase App Check's) with the shipped rule, 1 per
+    // hour: protected (the skew does not count against the window).
+    let hourly = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "max_lifetime_seconds": 3600,
+                    "replay": {"claim": "jti", "scope": "service"}}],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
+    }));
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &json!({"iat": NOW, "exp": NOW + 3600, "jti": "h"}),
+    );
+    let h = headers(&[(":method", "GET"), (":path", "/x"), ("x-token", &token)]);
+    let Step::NeedRateLimit(p, _) = evaluate(&hourly.ctx(), &Request::new(&h, None), NOW) else {
+        panic!("a call")
+    };
+    let mut resp = ok_response(1, 0, Some(1_000));
+    resp.statuses[0].current_limit = Some(RateLimit {
+        name: String::new(),
+        requests_per_unit: 1,
+        unit: Unit::Hour as i32,
+    });
+    assert_eq!(
+        evaluate_rls(&hourly.ctx(), p, Ok(&resp), NOW).done_reason(),
+        None
+    );
     // No rule; more than one use; windows shorter than 300 s + skew, in
     // which the token would pass once per window.
     for bad in [

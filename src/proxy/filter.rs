@@ -303,9 +303,10 @@ impl GuardFilter {
                 format!(
                     "#{} the rate-limit service's limit for the replay descriptor \
                      (replay.scope: service) is missing, above 1, or in windows shorter \
-                     than the token's max_lifetime_seconds: its configuration needs a rule \
-                     limiting it to 1 per hour (or per day) for domain {:?}; handled as \
-                     the service failing (failure_mode) {}",
+                     than the provider's max_lifetime_seconds: its configuration needs a \
+                     rule limiting it to 1 per a unit at least that long (hour for tokens \
+                     of up to an hour, else day) for domain {:?}; handled as the service \
+                     failing (failure_mode) {}",
                     self.context_id,
                     worker
                         .config

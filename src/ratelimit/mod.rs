@@ -196,22 +196,28 @@ pub fn interpret(
     let statuses = || response.statuses.iter().take(descriptor_count).enumerate();
 
     let (quota, over_limit_descriptors) = if over_limit {
+        // A 429 always says when to retry (SPEC §4): from the service's
+        // duration, else from the end of the status's fixed window (as
+        // envoyproxy/ratelimit counts them), else in a second. The status
+        // that resets last decides; only the service's own durations are
+        // cached (below): the rest is a hint.
         let over: Vec<(usize, &DescriptorStatus, Option<u64>)> = statuses()
             .filter(|(_, s)| s.code() == Code::OverLimit)
             .map(|(i, s)| (i, s, reset_secs(s).map(|r| r.max(1))))
             .collect();
+        let hint =
+            |s: &DescriptorStatus, reset: Option<u64>| reset.or_else(|| fixed_window_reset(s, now));
         let deciding = over.iter().min_by_key(|(_, s, reset)| {
-            (Reverse(*reset), requests_per_unit(s).unwrap_or(u32::MAX))
+            (
+                Reverse(hint(s, *reset)),
+                requests_per_unit(s).unwrap_or(u32::MAX),
+            )
         });
-        // A 429 always says when to retry (SPEC §4): from the service's
-        // duration, else from the end of the status's fixed window (as
-        // envoyproxy/ratelimit counts them), else in a second. Only the
-        // service's own duration is cached (below): the rest is a hint.
         let quota = Some(match deciding {
             Some((_, s, reset)) => LimitState {
                 limit: requests_per_unit(s),
                 remaining: 0,
-                reset_secs: reset.or_else(|| fixed_window_reset(s, now)).or(Some(1)),
+                reset_secs: hint(s, *reset).or(Some(1)),
             },
             None => LimitState {
                 limit: None,
@@ -559,13 +565,25 @@ mod tests {
                 ("x-ratelimit-reset", &left)
             ])
         );
+        // Two limits over without durations: the one that resets last.
+        let r = response(
+            Code::OverLimit,
+            vec![
+                status(Code::OverLimit, 5, Unit::Minute, 0, None),
+                status(Code::OverLimit, 100, Unit::Day, 0, None),
+            ],
+        );
+        let v = interpret(&r, 2, NOW).unwrap();
+        assert_eq!(v.retry_after_secs(), Some(86_400 - NOW % 86_400));
+        assert_eq!(v.quota.and_then(|q| q.limit), Some(100));
         // A unit whose windows are not counted from the epoch: a second.
         let r = response(
             Code::OverLimit,
             vec![status(Code::OverLimit, 5, Unit::Month, 0, None)],
         );
         assert_eq!(interpret(&r, 1, NOW).unwrap().retry_after_secs(), Some(1));
-        // A status with a duration resets later than one without.
+        // One without a duration is taken to reset at the end of its fixed
+        // window, and the later reset decides; only the other is cached.
         let r = response(
             Code::OverLimit,
             vec![
@@ -573,7 +591,12 @@ mod tests {
                 status(Code::OverLimit, 9, Unit::Minute, 0, Some((5, 0))),
             ],
         );
-        assert_eq!(interpret(&r, 2, NOW).unwrap().retry_after_secs(), Some(5));
+        let v = interpret(&r, 2, NOW).unwrap();
+        let end_of_minute = 60 - NOW % 60;
+        assert!(end_of_minute > 5);
+        assert_eq!(v.retry_after_secs(), Some(end_of_minute));
+        assert_eq!(v.over_limit_descriptors[0].until, None);
+        assert_eq!(v.over_limit_descriptors[1].until, Some(NOW + 5));
         // No statuses at all: still a retry-after, and nothing remains.
         let v = interpret(&response(Code::OverLimit, vec![]), 1, NOW).unwrap();
         assert!(v.over_limit);
