@@ -94,6 +94,7 @@ mod ffi {
             data: *mut *mut u8,
             size: *mut usize,
         ) -> u32;
+        pub fn proxy_set_property(p: *const u8, ps: usize, v: *const u8, vs: usize) -> u32;
         pub fn proxy_get_shared_data(
             k: *const u8,
             ks: usize,
@@ -190,6 +191,9 @@ mod ffi {
         _: *mut *mut u8,
         _: *mut usize,
     ) -> u32 {
+        FAIL
+    }
+    pub unsafe fn proxy_set_property(_: *const u8, _: usize, _: *const u8, _: usize) -> u32 {
         FAIL
     }
     pub unsafe fn proxy_get_shared_data(
@@ -416,6 +420,18 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
     match unsafe { ffi::proxy_get_property(p.as_ptr(), p.len(), &mut data, &mut size) } {
         OK => Ok(Some(unsafe { take(data, size) })),
         NOT_FOUND | EMPTY => Ok(None),
+        s => Err(HostError(s)),
+    }
+}
+
+/// Sets the stream's filter state `wasm.<name>` to `value` (Envoy's
+/// `set_property` on a one-segment path), which access logs can print with
+/// `%FILTER_STATE(wasm.<name>:PLAIN)%`.
+pub fn set_filter_state(name: &str, value: &[u8]) -> Result<(), HostError> {
+    // SAFETY: live slices for the duration of the call.
+    match unsafe { ffi::proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) }
+    {
+        OK => Ok(()),
         s => Err(HostError(s)),
     }
 }

@@ -392,6 +392,10 @@ impl GuardFilter {
                 )
             });
             let _ = abi::set_header(Map::RequestHeaders, "x-appguard-would-deny", reason.code());
+            // Also for the access log: after a body phase the header can no
+            // longer be added (the headers went on before the body was
+            // read), but the stream's filter state can.
+            let _ = abi::set_filter_state(WOULD_DENY_STATE, reason.code().as_bytes());
         }
     }
 
@@ -435,6 +439,11 @@ impl GuardFilter {
         Action::Pause
     }
 }
+
+/// The filter state a monitor-mode would-be denial is recorded in, as
+/// `wasm.appguard_would_deny` (`%FILTER_STATE(wasm.appguard_would_deny:PLAIN)%`
+/// in an access log format).
+const WOULD_DENY_STATE: &str = "appguard_would_deny";
 
 /// Writes one per-request decision line, within the worker's
 /// `decision_log_per_second`; the first line after a gap says how many were

@@ -491,3 +491,61 @@ fn a_flood_of_denials_is_not_a_flood_of_log_lines() {
         .sum();
     assert_eq!(left_out + lines(&log), 61, "{log}");
 }
+
+#[test]
+fn a_would_be_body_denial_in_monitor_mode_reaches_the_access_log() {
+    // On a route that reads the body, the headers go upstream before the
+    // body is decided, so `x-appguard-would-deny` cannot be added then;
+    // the would-be reason still reaches Envoy's access log, through the
+    // stream's filter state `wasm.appguard_would_deny`.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("monitor"), up.port)
+        .hcm(
+            "access_log",
+            json!([{
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": log.display().to_string(),
+                    "log_format": {"text_format_source": {"inline_string":
+                        "%REQ(:PATH)% %RESPONSE_CODE% %FILTER_STATE(wasm.appguard_would_deny:PLAIN)%\n"}}
+                }
+            }]),
+        )
+        .start();
+    for (path, body) in [
+        ("/sms", r#"{"to":"+88212345678"}"#),
+        ("/sms", r#"{"to":"+447700900123"}"#),
+        ("/keyed/x", ""),
+    ] {
+        let req = if body.is_empty() {
+            Req::get(path)
+        } else {
+            Req::post_json(path, body)
+        };
+        assert_eq!(envoy.request(req).status, 200, "{path} {body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 3 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            "/sms 200 phone_denied",
+            "/sms 200 -",
+            "/keyed/x 200 api_key_missing"
+        ],
+        "Envoy's access log"
+    );
+    // The body-phase decision is logged and counted as before.
+    assert!(envoy
+        .log()
+        .contains("monitor would_deny reason=phone_denied"));
+}
