@@ -129,8 +129,7 @@ validate: ## envoy --mode validate on every Envoy YAML; CLI and Envoy agree on e
 # between packages rebuilt appguard (its cdylib has one output for any
 # feature set) and the dependencies shared with the rate-limit service:
 # three minutes of a fresh `make test`, now one.
-e2e: ## end-to-end tests: real Envoy + module, the rate-limit service, Redis (needs `make build`)
-	@[ -f $(WASM) ] || $(MAKE) build
+e2e: build ## end-to-end tests: real Envoy + module (rebuilt if the sources changed), the rate-limit service, Redis
 	cargo build --workspace --bins
 	cargo test --workspace --test '*' -- --test-threads 2
 

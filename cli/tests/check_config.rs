@@ -18,13 +18,16 @@ fn three_platform_example_is_valid_with_a_summary() {
 
 #[test]
 fn every_shipped_example_is_valid() {
+    let mut checked = 0;
     for entry in std::fs::read_dir(repo().join("examples")).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
         if name.ends_with(".json") && !name.ends_with(".demo.json") {
             ok(&["check-config", s(&path)]);
+            checked += 1;
         }
     }
+    assert!(checked >= 5, "only {checked} examples found");
 }
 
 #[test]

@@ -401,6 +401,14 @@ fn binding_compares_digest_of_headers_in_order() {
         required: true,
     };
     let pay = binding_digest(&["Bearer user-token", "dev-1"]);
+    // Known answers, as Approov computes `pay` (standard base64 of the
+    // SHA-256 of the values, concatenated), from
+    // `printf '…' | openssl dgst -sha256 -binary | base64`:
+    assert_eq!(pay, "147FYDkG85UjozBImJwf0NUHQ9YEIHqm3f+H5ZO3Gyg=");
+    assert_eq!(
+        binding_digest(&["Bearer user-token"]),
+        "uPLCXW6NAPzx8oROgrJ5gOz3fspdA7CsIoBvVTLebzo="
+    );
     let claims: Map<String, Value> = json!({"pay": pay}).as_object().unwrap().clone();
     let h = headers(&[
         ("authorization", "Bearer user-token"),

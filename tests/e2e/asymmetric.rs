@@ -97,12 +97,7 @@ fn cheap_refusals_each_with_their_reason() {
             .status,
         200
     );
-    assert_eq!(
-        envoy
-            .stat("appguard_verification_budget_refusals")
-            .unwrap_or(0),
-        0
-    );
+    assert_eq!(envoy.stat("appguard_verification_budget_refusals"), Some(0));
 }
 
 #[test]
@@ -155,7 +150,37 @@ fn forged_floods_spend_a_small_budget_then_cost_no_verification() {
         ),
     );
     let r = envoy.request(Req::get("/a").header("x-token", &t0));
-    assert_eq!(r.status, 401);
+    assert_eq!((r.status, r.reason()), (401, Some("token_signature")));
+    // ... without a verification: four times from a fresh client would
+    // spend its budget of 3 if they were verified, and its next forgery
+    // would then be refused unverified (38).
+    let fresh = "203.0.113.5";
+    for _ in 0..4 {
+        let r = envoy.request(
+            Req::get("/a")
+                .header("x-token", &t0)
+                .header("x-forwarded-for", fresh),
+        );
+        assert_eq!(r.reason(), Some("token_signature"));
+    }
+    let t_new = forged(
+        "rsa1",
+        &claims(
+            60,
+            json!({"iss": "https://issuer.example", "aud": "api", "n": 99}),
+        ),
+    );
+    let r = envoy.request(
+        Req::get("/a")
+            .header("x-token", &t_new)
+            .header("x-forwarded-for", fresh),
+    );
+    assert_eq!(r.reason(), Some("token_signature"));
+    assert_eq!(
+        envoy.stat("appguard_verification_budget_refusals"),
+        Some(37),
+        "the negative cache spent nothing of the fresh client's budget"
+    );
     // genuine clients elsewhere are unaffected
     let good = tokens::rs256("rsa1", &good_claims());
     assert_eq!(

@@ -1380,6 +1380,12 @@ fn phone_numbers_with_letters_foreign_digits_or_excess_length_are_body_invalid()
         );
     }
     assert_eq!(rig.up.seen().len(), 2);
+    // The decision lines are there (so the check below reads them), and
+    // none holds the number.
+    assert!(
+        e.log().contains("deny reason=body_invalid"),
+        "decision lines logged"
+    );
     assert!(!e.log().contains("7700900123") && !e.log().contains("7700 900123"));
     e.assert_vm_healthy();
 }

@@ -23,6 +23,21 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Waits past the next hour boundary if it is less than `margin_secs`
+/// away. The rate-limit service and the alert budgets count in fixed
+/// windows aligned on the epoch (an hour, a day: every day boundary is an
+/// hour boundary too), so a test whose requests straddled one would see a
+/// fresh count halfway and fail for the wrong reason.
+pub fn avoid_hour_edge(margin_secs: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let left = 3600 - now % 3600;
+    if left < margin_secs {
+        std::thread::sleep(std::time::Duration::from_secs(left + 1));
+    }
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago and that this test
 /// process has not handed out before. Binding port 0 and letting go can give
 /// two test threads the same port before either binds it; Envoy binds its

@@ -70,7 +70,12 @@ pub struct RateLimitService {
 impl RateLimitService {
     /// Starts the service with `config` (a YAML path), counting in Redis when
     /// `redis` is given, in memory otherwise.
+    ///
+    /// Its windows are aligned on the epoch, so this first waits past an
+    /// hour boundary that is less than a minute away (a test's counts must
+    /// not restart halfway).
     pub fn start(config: &std::path::Path, redis: Option<&str>) -> RateLimitService {
+        super::avoid_hour_edge(60);
         let grpc_port = free_port();
         let http_port = free_port();
         let mut cmd = Command::new(ratelimit_bin());
