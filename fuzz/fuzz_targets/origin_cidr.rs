@@ -6,8 +6,10 @@
 //!
 //! Oracles: a parsed origin is lower-case ASCII without `%`, `@` or `\`; an
 //! exact pattern matches only its own host; a wildcard match ends in
-//! `.<suffix>`; a CIDR round-trips through its text form and contains its
-//! own network address; a client IP has no zone id.
+//! `.<suffix>`; a CIDR round-trips through its text form, contains its own
+//! network address and contains an address exactly when their first
+//! prefix bits agree; a client IP has no zone id and is the N-th entry from
+//! the right.
 #![no_main]
 
 use std::net::IpAddr;
@@ -70,7 +72,21 @@ fuzz_target!(|data: &[u8]| {
         };
         assert!(c.contains(net), "{cidr:?} does not contain its network");
         if let Some(ip) = parse_client_ip(origin) {
-            let _ = c.contains(ip);
+            // Bit by bit, IPv4-mapped IPv6 read as IPv4.
+            let ip = match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                v4 => v4,
+            };
+            let want = match (c, ip) {
+                (Cidr::V4(net, len), IpAddr::V4(a)) => {
+                    (0..u32::from(len)).all(|i| (u32::from(a) ^ net) & (1 << (31 - i)) == 0)
+                }
+                (Cidr::V6(net, len), IpAddr::V6(a)) => {
+                    (0..u32::from(len)).all(|i| (u128::from(a) ^ net) & (1 << (127 - i)) == 0)
+                }
+                _ => false,
+            };
+            assert_eq!(c.contains(ip), want, "{cidr:?} {ip}");
         }
     }
 
@@ -80,8 +96,19 @@ fuzz_target!(|data: &[u8]| {
             let _ = ip;
         }
     }
-    let ip = client_ip(|| None, xff.iter().copied(), u32::from(hops % 8));
-    if hops % 8 == 0 {
-        assert_eq!(ip, None);
-    }
+    let hops = hops % 8;
+    let ip = client_ip(|| None, xff.iter().copied(), u32::from(hops));
+    // The `hops`-th entry from the right of all the values' entries, none
+    // past 64 entries; with 0 hops the (here absent) downstream address.
+    let entries: Vec<&str> = xff.iter().flat_map(|v| v.split(',')).collect();
+    let want = if hops == 0 || entries.len() > 64 {
+        None
+    } else {
+        entries
+            .iter()
+            .rev()
+            .nth(usize::from(hops) - 1)
+            .and_then(|e| parse_client_ip(e))
+    };
+    assert_eq!(ip, want, "{hops} {xff:?}");
 });

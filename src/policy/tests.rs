@@ -3244,3 +3244,54 @@ fn made_up_request_signatures_spend_the_clients_failure_budget() {
     // Another client is not affected.
     assert_eq!(run("198.51.100.9", &good.signature), (None, false));
 }
+
+#[test]
+fn every_entry_type_sends_the_value_it_names() {
+    // What the service counts: the key's id (never the key), the app id,
+    // its platform, a verified claim, a fixed value and the route name.
+    let w = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+        "apps": [{"id": "droid", "platform": "android", "package": "com.example.a"}],
+        "api_keys": {"keys": [{"id": "k-droid", "sha256": hash_api_key("key-droid"), "apps": ["droid"]}]},
+        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "app_claim": {"claim": "app"}}],
+        "routes": [{"name": "pay", "match": {"prefix": "/pay"}, "api_key": "required", "tokens": ["t"],
+                    "rate_limits": [
+                        {"entries": [{"type": "api_key"}]},
+                        {"entries": [{"type": "app"}, {"type": "platform"}]},
+                        {"entries": [{"type": "claim", "name": "sub"}]},
+                        {"entries": [{"type": "value", "key": "tier", "value": "gold"}, {"type": "route"}]}
+                    ]}]
+    }));
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "app": "droid", "sub": "user-7"}),
+    );
+    let h = headers(&[
+        (":method", "POST"),
+        (":path", "/pay"),
+        ("x-api-key", "key-droid"),
+        ("x-token", &token),
+        ("x-android-package", "com.example.a"),
+    ]);
+    let Step::NeedRateLimit(_, call) = evaluate(&w.ctx(), &Request::new(&h, None), NOW) else {
+        panic!("a call")
+    };
+    let d = |pairs: &[(&str, &str)]| -> Descriptor {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        rls_hits(&call),
+        vec![
+            (d(&[("api_key", "k-droid")]), None),
+            (d(&[("app", "droid"), ("platform", "android")]), None),
+            (d(&[("sub", "user-7")]), None),
+            (d(&[("tier", "gold"), ("route", "pay")]), None),
+        ]
+    );
+}
