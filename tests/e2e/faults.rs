@@ -322,13 +322,17 @@ enum Jwks {
 struct JwksServer {
     mode: Arc<Mutex<Jwks>>,
     server: Upstream,
+    /// When the first fetch arrived (the keys' age counts from it).
+    first_fetch: Arc<Mutex<Option<Instant>>>,
 }
 
 impl JwksServer {
     fn start(mode: Jwks) -> JwksServer {
         let mode = Arc::new(Mutex::new(mode));
-        let m = mode.clone();
+        let first_fetch = Arc::new(Mutex::new(None));
+        let (m, first) = (mode.clone(), first_fetch.clone());
         let server = Upstream::with_handler(Arc::new(move |_s: &Seen| {
+            first.lock().unwrap().get_or_insert_with(Instant::now);
             let current = m.lock().unwrap().clone();
             let (status, body) = match current {
                 Jwks::Doc(d) => (200, d),
@@ -344,7 +348,19 @@ impl JwksServer {
                 body.into_bytes(),
             )
         }));
-        JwksServer { mode, server }
+        JwksServer {
+            mode,
+            server,
+            first_fetch,
+        }
+    }
+
+    /// When the first fetch arrived; now if none has.
+    fn first_fetch(&self) -> Instant {
+        self.first_fetch
+            .lock()
+            .unwrap()
+            .unwrap_or_else(Instant::now)
     }
 
     fn set(&self, mode: Jwks) {
@@ -603,9 +619,11 @@ fn keys_survive_failed_refreshes_until_refresh_plus_grace() {
     let e = EnvoyBuilder::new(jwks_config(REFRESH, GRACE, "deny"), up.port)
         .http_cluster("jwks", jwks.server.port)
         .start();
-    let loaded = Instant::now();
     assert_eq!(e.request(token_req(&k)).status, 200);
     assert_eq!(jwks.fetches(), 1);
+    // The keys' age counts from their fetch, which may have come when the
+    // VM started, before Envoy was ready.
+    let loaded = jwks.first_fetch();
     // Every refresh after this fails, in a different way each time.
     let failures = [
         Jwks::Status(500, "oops".into()),
@@ -768,8 +786,27 @@ impl RawEnvoy {
     }
 }
 
-/// Starts Envoy; `Ok` once ready, `Err(log)` when it exits first.
+/// Starts Envoy; `Ok` once ready, `Err(log)` when it exits first. As the
+/// harness does, it starts again on other ports (at most three times) when
+/// a port handed out as free was taken before Envoy bound it: that is the
+/// machine, not the module under test.
 fn start_envoy(up: &Upstream, module: &Path, failure_policy: &str) -> Result<RawEnvoy, String> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match start_envoy_once(up, module, failure_policy) {
+            Err((_, true)) if attempt < 3 => continue,
+            r => return r.map_err(|(log, _)| log),
+        }
+    }
+}
+
+/// One start: `Err((log, port taken))` when Envoy exits first.
+fn start_envoy_once(
+    up: &Upstream,
+    module: &Path,
+    failure_policy: &str,
+) -> Result<RawEnvoy, (String, bool)> {
     let (port, admin_port) = (free_port(), free_port());
     let mut bootstrap = EnvoyBuilder::new(json!({}), up.port).bootstrap(port, admin_port);
     let filters = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
@@ -805,11 +842,12 @@ fn start_envoy(up: &Upstream, module: &Path, failure_policy: &str) -> Result<Raw
         if let Some(status) = service.wait_exit(Duration::from_millis(50)) {
             // Envoy's own lines about the module, not its list of extensions.
             let log = service.log_text();
+            let port_taken = log.contains("Address already in use");
             let lines: Vec<&str> = log
                 .lines()
                 .filter(|l| l.contains("[wasm]") || l.contains("[critical]"))
                 .collect();
-            return Err(format!("exit {status}\n{}", lines.join("\n")));
+            return Err((format!("exit {status}\n{}", lines.join("\n")), port_taken));
         }
         if http::get(admin_port, "/ready").is_ok_and(|r| r.status == 200)
             && TcpStream::connect(("127.0.0.1", port)).is_ok()
