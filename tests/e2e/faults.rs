@@ -791,10 +791,22 @@ impl RawEnvoy {
 /// a port handed out as free was taken before Envoy bound it: that is the
 /// machine, not the module under test.
 fn start_envoy(up: &Upstream, module: &Path, failure_policy: &str) -> Result<RawEnvoy, String> {
+    let code = json!({"local": {"filename": module.display().to_string()}});
+    start_envoy_code(up, &code, None, failure_policy)
+}
+
+/// [`start_envoy`] with the module's `vm_config.code` as given, and an
+/// extra HTTP cluster (`name`, port) for a remote one.
+fn start_envoy_code(
+    up: &Upstream,
+    code: &Value,
+    cluster: Option<(&str, u16)>,
+    failure_policy: &str,
+) -> Result<RawEnvoy, String> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match start_envoy_once(up, module, failure_policy) {
+        match start_envoy_once(up, code, cluster, failure_policy) {
             Err((_, true)) if attempt < 3 => continue,
             r => return r.map_err(|(log, _)| log),
         }
@@ -804,11 +816,16 @@ fn start_envoy(up: &Upstream, module: &Path, failure_policy: &str) -> Result<Raw
 /// One start: `Err((log, port taken))` when Envoy exits first.
 fn start_envoy_once(
     up: &Upstream,
-    module: &Path,
+    code: &Value,
+    cluster: Option<(&str, u16)>,
     failure_policy: &str,
 ) -> Result<RawEnvoy, (String, bool)> {
     let (port, admin_port) = (free_port(), free_port());
-    let mut bootstrap = EnvoyBuilder::new(json!({}), up.port).bootstrap(port, admin_port);
+    let mut builder = EnvoyBuilder::new(json!({}), up.port);
+    if let Some((name, p)) = cluster {
+        builder = builder.http_cluster(name, p);
+    }
+    let mut bootstrap = builder.bootstrap(port, admin_port);
     let filters = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         ["typed_config"]["http_filters"]
         .as_array_mut()
@@ -820,7 +837,7 @@ fn start_envoy_once(
     let cfg = &mut wasm["typed_config"]["config"];
     assert_eq!(cfg["failure_policy"], "FAIL_RELOAD", "the harness default");
     cfg["failure_policy"] = json!(failure_policy);
-    cfg["vm_config"]["code"]["local"]["filename"] = json!(module.display().to_string());
+    cfg["vm_config"]["code"] = code.clone();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("envoy.json");
     std::fs::write(&path, bootstrap.to_string()).unwrap();
@@ -943,4 +960,66 @@ fn a_vm_that_crashes_on_every_request_refuses_every_request() {
         !up.seen().is_empty(),
         "FAIL_OPEN passed nothing either: the crash test is not discriminating"
     );
+}
+
+#[test]
+fn the_module_loads_from_a_remote_source_only_with_its_sha256() {
+    // SPEC §6: the wasm loaded from a local file or a remote source with
+    // sha256. Served over an Envoy cluster, the right digest gives the
+    // filter (a client's x-appguard-app is removed before the upstream);
+    // a wrong one is refused, closed.
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(harness::wasm_path()).unwrap();
+    let sha: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let body = bytes.clone();
+    let source = Upstream::with_handler(std::sync::Arc::new(move |_s: &Seen| {
+        (
+            200,
+            vec![("content-type".into(), "application/wasm".into())],
+            body.clone(),
+        )
+    }));
+    let up = Upstream::start();
+    let remote = |digest: &str| {
+        json!({"remote": {
+            "http_uri": {"uri": format!("http://127.0.0.1:{}/appguard.wasm", source.port),
+                         "cluster": "wasm_source", "timeout": "10s"},
+            "sha256": digest
+        }})
+    };
+    let e = start_envoy_code(
+        &up,
+        &remote(&sha),
+        Some(("wasm_source", source.port)),
+        "FAIL_RELOAD",
+    )
+    .unwrap_or_else(|log| panic!("the right digest: {log}"));
+    let r = http::send(e.port, &Req::get("/x").header("x-appguard-app", "spoofed")).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().header("x-appguard-app"), None, "appguard ran");
+    drop(e);
+    let wrong = "0".repeat(64);
+    match start_envoy_code(
+        &up,
+        &remote(&wrong),
+        Some(("wasm_source", source.port)),
+        "FAIL_RELOAD",
+    ) {
+        Err(log) => panic!("Envoy 1.40 starts and fails the plugin closed: {log}"),
+        Ok(e) => {
+            // Envoy 1.40 starts, gives up fetching a module whose digest
+            // does not match, fails the plugin closed and answers 503:
+            // nothing passes unchecked.
+            let r = http::send(e.port, &Req::get("/x")).unwrap();
+            assert_eq!(r.status, 503, "{}", r.text());
+            assert!(e
+                .service
+                .log_text()
+                .contains("Plugin configured to fail closed failed to load"));
+        }
+    }
+    assert_eq!(up.seen().len(), 1, "only the request to the right module");
 }
