@@ -382,3 +382,46 @@ fn jwks_down_before_first_keys_is_503_jwks_unavailable() {
     assert!(up.seen().len() == 1);
     let _ = SECRET;
 }
+
+#[test]
+fn a_jti_used_on_one_worker_is_a_replay_on_the_other() {
+    // `replay.scope: local` is per instance, not per worker: the table is
+    // Envoy's shared data. Separate connections, until a replay has been
+    // refused by the worker that did not accept the token.
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config(providers(false)), up.port)
+        .concurrency(2)
+        .start();
+    let cx = |n: u8| {
+        envoy
+            .stat(&format!(
+                "listener.127.0.0.1_{}.worker_{n}.downstream_cx_total",
+                envoy.port
+            ))
+            .unwrap_or(0)
+    };
+    let t = good_hs("two-workers-1", "Bearer user");
+    let send = || {
+        let before = (cx(0), cx(1));
+        let r = envoy.request(
+            Req::get("/hs/x")
+                .header("approov-token", &t)
+                .header("authorization", "Bearer user"),
+        );
+        let worker = if cx(0) > before.0 { 0 } else { 1 };
+        (r, worker)
+    };
+    let (first, accepted_by) = send();
+    assert_eq!(first.status, 200, "{}", first.text());
+    let mut refused_elsewhere = false;
+    for _ in 0..100 {
+        let (r, worker) = send();
+        assert_eq!((r.status, r.reason()), (401, Some("token_replayed")));
+        if worker != accepted_by {
+            refused_elsewhere = true;
+            break;
+        }
+    }
+    assert!(refused_elsewhere, "no request reached the other worker");
+    assert_eq!(up.seen().len(), 1);
+}
