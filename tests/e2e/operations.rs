@@ -263,8 +263,12 @@ fn an_lds_update_swaps_the_configuration_and_old_vms_leave_the_memory_gauge() {
 /// the new configuration.
 #[test]
 fn a_key_disabled_by_an_lds_update_is_refused_at_once() {
+    // Two workers; "at once": from the moment Envoy has taken and warmed
+    // the update, the very first request is refused, on either worker.
     let up = Upstream::start();
-    let builder = EnvoyBuilder::new(config("enforce"), up.port).listener_from_file();
+    let builder = EnvoyBuilder::new(config("enforce"), up.port)
+        .listener_from_file()
+        .concurrency(2);
     let envoy = builder.start();
     let keyed = || envoy.request(Req::get("/keyed/x").header("x-api-key", API_KEY));
     for _ in 0..20 {
@@ -272,25 +276,42 @@ fn a_key_disabled_by_an_lds_update_is_refused_at_once() {
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(up.last().header("x-appguard-key-id"), Some("ops-key"));
     }
+    let stat = |name: &str| envoy.stat(name).unwrap_or(0);
+    let updates = stat("listener_manager.lds.update_success");
     let mut disabled = config("enforce");
     disabled["api_keys"]["keys"][0]["disabled"] = json!(true);
     envoy.update_listener(&builder.clone().plugin_config(disabled));
+    // Envoy has taken the update and warmed the new listener (its VMs
+    // configured): from then on, no request may pass with the key.
     let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = keyed();
-        if r.status == 403 {
-            assert_eq!(r.reason(), Some("api_key_invalid"), "{}", r.text());
-            break;
-        }
-        assert_eq!(r.status, 200, "{}", r.text());
+    while stat("listener_manager.lds.update_success") == updates
+        || stat("listener_manager.total_listeners_warming") > 0
+    {
         assert!(Instant::now() < deadline, "the update never took effect");
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
-    // Once refused, refused on every request (both workers).
-    for _ in 0..20 {
+    // At once, on every request, whichever worker takes it.
+    let cx = |n: u8| {
+        stat(&format!(
+            "listener.127.0.0.1_{}.worker_{n}.downstream_cx_total",
+            envoy.port
+        ))
+    };
+    let before = (cx(0), cx(1));
+    let mut sent = 0;
+    while sent < 20 || (cx(0) == before.0 || cx(1) == before.1) && sent < 200 {
         let r = keyed();
-        assert_eq!((r.status, r.reason()), (403, Some("api_key_invalid")));
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, Some("api_key_invalid")),
+            "request {sent} after the update"
+        );
+        sent += 1;
     }
+    assert!(
+        cx(0) > before.0 && cx(1) > before.1,
+        "both workers refused the key"
+    );
     envoy.assert_vm_healthy();
 }
 
