@@ -57,5 +57,12 @@ fuzz_target!(|data: &[u8]| {
     {
         check_header(k, val);
     }
-    let _ = v.limit_headers();
+    for (k, val) in &v.limit_headers() {
+        check_header(k, val);
+    }
+    // An over-limit answer always says when to retry (SPEC §4), at least a
+    // second from now.
+    if v.over_limit {
+        assert!(v.retry_after_secs().is_some_and(|r| r >= 1));
+    }
 });

@@ -8,7 +8,9 @@
 //!   signed here with the HS256 secret, so that the claim rules are reached
 //!   behind a valid MAC (random bytes never forge one).
 //!
-//! Oracle: a token that verifies respects the time rules and the issuer.
+//! Oracle: a token that verifies respects the time rules (exp, nbf, iat,
+//! lifetime), the issuer and the audience, and says the algorithm it was
+//! signed with.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -89,4 +91,34 @@ fuzz_target!(|data: &[u8]| {
         Some("https://issuer.example"),
         "token with another issuer verified"
     );
+    // The audience: "api", as a string or one of an array's strings.
+    let aud_ok = match pre.claims.get("aud") {
+        Some(serde_json::Value::String(a)) => a == "api",
+        Some(serde_json::Value::Array(a)) => a.iter().any(|v| v.as_str() == Some("api")),
+        _ => false,
+    };
+    assert!(aud_ok, "token for another audience verified");
+    // Not before its time, not issued in the future, and no longer-lived
+    // than allowed from when it was issued.
+    let time = |name: &str| pre.claims.get(name).and_then(serde_json::Value::as_f64);
+    if let Some(nbf) = time("nbf") {
+        assert!(nbf <= (NOW + skew) as f64, "token not yet valid verified");
+    }
+    if let Some(iat) = time("iat") {
+        assert!(iat <= (NOW + skew) as f64, "token issued in the future verified");
+        assert!(
+            (pre.exp as f64) - iat <= (p.max_lifetime_seconds) as f64,
+            "exp - iat beyond max_lifetime verified"
+        );
+    }
+    // Only what the header's `alg` names, with that key's algorithm: a
+    // MAC made here is HS256, so the header must say so.
+    if mode % 2 == 1 {
+        let header = token.split('.').next().unwrap_or("");
+        let header = URL_SAFE_NO_PAD.decode(header).unwrap_or_default();
+        let alg = serde_json::from_slice::<serde_json::Value>(&header)
+            .ok()
+            .and_then(|h| h.get("alg").and_then(|a| a.as_str()).map(str::to_owned));
+        assert_eq!(alg.as_deref(), Some("HS256"), "another alg verified");
+    }
 });
