@@ -572,3 +572,43 @@ fn a_would_be_body_denial_in_monitor_mode_reaches_the_access_log() {
         .log()
         .contains("monitor would_deny reason=phone_denied"));
 }
+
+#[test]
+fn local_counts_carry_over_an_update_with_the_same_vm_id_and_restart_with_a_new_one() {
+    // README, "Changing the configuration": what appguard keeps in shared
+    // data belongs to the vm_id.
+    let up = Upstream::start();
+    let with = |log_rate: u32| {
+        let mut c = config("enforce");
+        c["decision_log_per_second"] = json!(log_rate);
+        c["routes"].as_array_mut().unwrap().insert(
+            0,
+            json!({"name": "limited", "match": {"prefix": "/limited"},
+                   "rate_limits": [{"entries": [{"type": "route"}], "local": {"requests": 2, "per": "hour"}}]}),
+        );
+        c
+    };
+    let builder = EnvoyBuilder::new(with(100), up.port).listener_from_file();
+    let envoy = builder.start();
+    let limited = || envoy.request(Req::get("/limited/x")).status;
+    assert_eq!([limited(), limited(), limited()], [200, 200, 429]);
+    let stat = |name: &str| envoy.stat(name).unwrap_or(0);
+    let apply = |b: &EnvoyBuilder| {
+        let updates = stat("listener_manager.lds.update_success");
+        envoy.update_listener(b);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while stat("listener_manager.lds.update_success") == updates
+            || stat("listener_manager.total_listeners_warming") > 0
+        {
+            assert!(Instant::now() < deadline, "the update never took effect");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Another configuration, the same vm_id: the spent bucket stays spent.
+    apply(&builder.clone().plugin_config(with(99)));
+    assert_eq!(limited(), 429, "carried over");
+    // A new vm_id: new shared data, a full bucket.
+    apply(&builder.clone().plugin_config(with(98)).vm_id("appguard-b"));
+    assert_eq!([limited(), limited(), limited()], [200, 200, 429]);
+    envoy.assert_vm_healthy();
+}
