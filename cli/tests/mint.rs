@@ -146,33 +146,38 @@ fn mint_refuses_mismatched_keys_and_reserved_claims() {
         "-out",
         s(&pem),
     ]);
-    assert_eq!(
-        cli(&["mint", "--alg", "HS256", "--key-pem", s(&pem)]).code,
-        1
+    // Each refused with exit 1 and a message that names the problem.
+    let refused = |args: &[&str], says: &str| {
+        let r = cli(args);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.all());
+        assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
+    };
+    refused(
+        &["mint", "--alg", "HS256", "--key-pem", s(&pem)],
+        "HS256 signs with a shared secret",
     );
-    assert_eq!(
-        cli(&["mint", "--alg", "RS256", "--key-pem", s(&pem)]).code,
-        1
+    refused(
+        &["mint", "--alg", "RS256", "--key-pem", s(&pem)],
+        "is not a RS256 private key",
     );
-    assert_eq!(
-        cli(&["mint", "--alg", "ES256", "--secret-base64", &b64]).code,
-        1
+    refused(
+        &["mint", "--alg", "ES256", "--secret-base64", &b64],
+        "ES256 signs with a private key",
     );
-    assert_eq!(
-        cli(&[
+    refused(
+        &[
             "mint",
             "--alg",
             "HS256",
             "--secret-base64",
             &b64,
             "--claim",
-            "exp=1"
-        ])
-        .code,
-        1
+            "exp=1",
+        ],
+        "claim `exp` has its own option",
     );
-    assert_eq!(
-        cli(&[
+    refused(
+        &[
             "mint",
             "--alg",
             "HS256",
@@ -181,10 +186,9 @@ fn mint_refuses_mismatched_keys_and_reserved_claims() {
             "--bind-header",
             "v",
             "--claim",
-            "pay=x"
-        ])
-        .code,
-        1
+            "pay=x",
+        ],
+        "claim `pay` is set by --bind-header",
     );
     // A lifetime past 366 days: refused (it used to overflow in jwt-simple).
     for lifetime in ["31622401", "3000000000"] {

@@ -35,7 +35,7 @@ fn denying_route_gets_403_route_denied_with_json_body() {
     assert_eq!(r.reason(), Some("route_denied"));
     // method not on the route: unmatched
     let r = envoy.request(Req::new("DELETE", "/public/x"));
-    assert_eq!(r.status, 403);
+    assert_eq!((r.status, r.reason()), (403, Some("route_denied")));
     assert!(up.seen().is_empty(), "denied requests reached upstream");
     // HEAD takes the GET route, as upstreams serve it with the GET handler.
     let r = envoy.request(Req::new("HEAD", "/public/x"));
