@@ -1114,7 +1114,7 @@ fn check_path(at: &str, p: String, prefix: bool) -> Result<String, ConfigError> 
         if seg.is_empty() && !last {
             return never("Envoy's merge_slashes leaves no `//` (and appguard refuses one)");
         }
-        if i < whole && (*seg == "." || *seg == "..") {
+        if i < whole && crate::policy::is_dot_segment(seg) {
             return never("Envoy's normalize_path resolves `.` and `..` segments");
         }
     }

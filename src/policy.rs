@@ -514,7 +514,7 @@ fn route_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
 /// `.` or `..`, also spelled with `%2e` (which an upstream decodes before
 /// resolving them, and which reaches appguard as such when Envoy's
 /// `normalize_path` is off).
-fn is_dot_segment(segment: &str) -> bool {
+pub(crate) fn is_dot_segment(segment: &str) -> bool {
     let b = segment.as_bytes();
     let mut dots = 0;
     let mut i = 0;
@@ -585,15 +585,8 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
             Mode::Monitor
         };
         let mut grant = Grant::default();
-        let keys = &config.api_keys;
-        if !keys.forward {
-            grant.key_scrub = KeyScrub {
-                header: req.header(&keys.header).is_some(),
-                path: keys
-                    .query_param
-                    .as_deref()
-                    .and_then(|param| path_without_param(req.header(":path").unwrap_or(""), param)),
-            };
+        if !config.api_keys.forward {
+            grant.key_scrub = key_scrub(config, req);
         }
         return Step::Done(finish(mode, grant, Reason::RouteDenied.into()), facts);
     };
@@ -1006,24 +999,25 @@ fn rls_verdict(
     // 30 times.
     // (Fixed windows still let a token through once on each side of a
     // boundary it lives across: see README, known limitations.)
-    let lifetime = pending
-        .facts
-        .token
-        .as_ref()
-        .and_then(|t| config.providers.get(t.provider))
-        .map_or(0, |p| p.max_lifetime_seconds);
     let replay_unprotected = match (answer, pending.replay_index) {
-        (Ok(resp), Some(i)) => resp
-            .statuses
-            .get(i)
-            .and_then(|s| s.current_limit.as_ref())
-            .is_none_or(|l| {
-                l.requests_per_unit != 1
-                    || ratelimit::rls::Unit::try_from(l.unit)
-                        .ok()
-                        .and_then(ratelimit::rls::Unit::min_window_secs)
-                        .is_none_or(|w| w < lifetime)
-            }),
+        (Ok(resp), Some(i)) => {
+            let lifetime = pending
+                .facts
+                .token
+                .as_ref()
+                .and_then(|t| config.providers.get(t.provider))
+                .map_or(0, |p| p.max_lifetime_seconds);
+            resp.statuses
+                .get(i)
+                .and_then(|s| s.current_limit.as_ref())
+                .is_none_or(|l| {
+                    l.requests_per_unit != 1
+                        || ratelimit::rls::Unit::try_from(l.unit)
+                            .ok()
+                            .and_then(ratelimit::rls::Unit::min_window_secs)
+                            .is_none_or(|w| w < lifetime)
+                })
+        }
         _ => false,
     };
     let mut pending = pending;
@@ -1207,15 +1201,8 @@ fn check(
         }
         // The API key likewise with `api_keys.forward: false`, on routes
         // that read keys: its header, and its parameter cut out of `:path`.
-        let keys = &config.api_keys;
-        if !keys.forward && route.api_key != KeyRequirement::None {
-            grant.key_scrub = KeyScrub {
-                header: req.header(&keys.header).is_some(),
-                path: keys
-                    .query_param
-                    .as_deref()
-                    .and_then(|param| path_without_param(req.header(":path").unwrap_or(""), param)),
-            };
+        if !config.api_keys.forward && route.api_key != KeyRequirement::None {
+            grant.key_scrub = key_scrub(config, req);
         }
     }
     // 1. route
@@ -1498,6 +1485,19 @@ fn api_key_of<'r>(
     Ok(Some(key))
 }
 
+/// What `api_keys.forward: false` takes off the request: the key header
+/// (if sent), and the key parameter cut out of `:path` (if any).
+fn key_scrub(config: &Config, req: &Request<'_>) -> KeyScrub {
+    let keys = &config.api_keys;
+    KeyScrub {
+        header: req.header(&keys.header).is_some(),
+        path: keys
+            .query_param
+            .as_deref()
+            .and_then(|param| path_without_param(req.header(":path").unwrap_or(""), param)),
+    }
+}
+
 /// `path` without the query parameters named `param` (names read as
 /// [`api_key_of`] reads them, between `&` or `;`), or `None` when it has
 /// none. The other parameters keep their order, their separators and their
@@ -1527,17 +1527,20 @@ fn path_without_param(path: &str, param: &str) -> Option<String> {
     // still finds the parameters it found before, the key aside).
     let mut carried: Option<char> = None;
     for (sep, piece) in pieces {
+        // `&` wins over `;`: of two separators, the one every parser
+        // splits on.
+        let stronger = |a: Option<char>, b: Option<char>| {
+            if a == Some('&') || b == Some('&') {
+                Some('&')
+            } else {
+                a.or(b)
+            }
+        };
         if is_param(piece) {
-            carried = match (carried, sep) {
-                (Some('&'), _) | (_, Some('&')) => Some('&'),
-                (c, s) => c.or(s),
-            };
+            carried = stronger(carried, sep);
             continue;
         }
-        let sep = match (carried.take(), sep) {
-            (Some('&'), _) | (_, Some('&')) => '&',
-            (c, s) => c.or(s).unwrap_or('&'),
-        };
+        let sep = stronger(carried.take(), sep).unwrap_or('&');
         out.push(if first { '?' } else { sep });
         first = false;
         out.push_str(piece);

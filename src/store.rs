@@ -329,6 +329,16 @@ pub enum ReplayOutcome {
     Full,
 }
 
+/// The shared-data key of the bucket `digest` belongs to in the replay
+/// table `table` of `capacity` entries.
+fn replay_bucket_key(salt: &BucketSalt, table: &str, capacity: u32, digest: &[u8; 16]) -> String {
+    let buckets = (capacity / REPLAY_BUCKET_ENTRIES as u32).max(1);
+    format!(
+        "appguard/replay/{table}/{}",
+        bucket_of(salt, digest, buckets)
+    )
+}
+
 /// Records `digest` (until `expires`) in the replay table `table` of
 /// `capacity` entries, in the bucket `salt` picks; tells whether it was
 /// already there.
@@ -341,11 +351,7 @@ pub fn replay_check<S: SharedStore + ?Sized>(
     expires: u64,
     now: u64,
 ) -> Result<ReplayOutcome, StoreError> {
-    let buckets = (capacity / REPLAY_BUCKET_ENTRIES as u32).max(1);
-    let key = format!(
-        "appguard/replay/{table}/{}",
-        bucket_of(salt, digest, buckets)
-    );
+    let key = replay_bucket_key(salt, table, capacity, digest);
     update(store, &key, |current| {
         let mut kept: Vec<u8> = Vec::with_capacity((REPLAY_BUCKET_ENTRIES + 1) * REPLAY_ENTRY);
         for e in current.unwrap_or(&[]).chunks_exact(REPLAY_ENTRY) {
@@ -378,11 +384,7 @@ pub fn replay_forget<S: SharedStore + ?Sized>(
     capacity: u32,
     digest: &[u8; 16],
 ) -> Result<(), StoreError> {
-    let buckets = (capacity / REPLAY_BUCKET_ENTRIES as u32).max(1);
-    let key = format!(
-        "appguard/replay/{table}/{}",
-        bucket_of(salt, digest, buckets)
-    );
+    let key = replay_bucket_key(salt, table, capacity, digest);
     update(store, &key, |current| {
         let current = current.unwrap_or(&[]);
         let kept: Vec<u8> = current
