@@ -204,6 +204,21 @@ pub fn random_jti() -> Result<String, CliError> {
 mod tests {
     use super::*;
 
+    /// An HS256 spec with a 32-byte secret, no options, a minute to live.
+    fn hs256() -> TokenSpec {
+        TokenSpec {
+            alg: Alg::HS256,
+            key: SigningMaterial::Secret(vec![7; 32]),
+            kid: None,
+            issuer: None,
+            audiences: vec![],
+            subject: None,
+            jwt_id: None,
+            claims: vec![],
+            lifetime_seconds: 60,
+        }
+    }
+
     #[test]
     fn claims_parse_as_json_or_string() {
         assert_eq!(parse_claim("n=3").unwrap(), ("n".into(), Value::from(3)));
@@ -222,15 +237,8 @@ mod tests {
     #[test]
     fn registered_claims_have_their_own_options() {
         let spec = TokenSpec {
-            alg: Alg::HS256,
-            key: SigningMaterial::Secret(vec![7; 32]),
-            kid: None,
-            issuer: None,
-            audiences: vec![],
-            subject: None,
-            jwt_id: None,
             claims: vec![("exp".into(), Value::from(1))],
-            lifetime_seconds: 60,
+            ..hs256()
         };
         assert!(mint(&spec).is_err());
     }
@@ -238,15 +246,8 @@ mod tests {
     #[test]
     fn a_kid_the_filter_would_refuse_is_refused() {
         let spec = |kid: String| TokenSpec {
-            alg: Alg::HS256,
-            key: SigningMaterial::Secret(vec![7; 32]),
             kid: Some(kid),
-            issuer: None,
-            audiences: vec![],
-            subject: None,
-            jwt_id: None,
-            claims: vec![],
-            lifetime_seconds: 60,
+            ..hs256()
         };
         assert!(mint(&spec("k".repeat(256))).is_ok());
         let e = mint(&spec("k".repeat(257))).unwrap_err();
@@ -256,15 +257,8 @@ mod tests {
     #[test]
     fn lifetimes_past_the_cap_are_refused_without_overflow() {
         let spec = |lifetime_seconds| TokenSpec {
-            alg: Alg::HS256,
-            key: SigningMaterial::Secret(vec![7; 32]),
-            kid: None,
-            issuer: None,
-            audiences: vec![],
-            subject: None,
-            jwt_id: None,
-            claims: vec![],
             lifetime_seconds,
+            ..hs256()
         };
         for too_long in [MAX_LIFETIME_SECONDS + 1, 3_000_000_000, u64::MAX] {
             let e = mint(&spec(too_long)).unwrap_err();
@@ -277,15 +271,8 @@ mod tests {
     #[test]
     fn short_secrets_are_refused_like_the_filter_does() {
         let spec = TokenSpec {
-            alg: Alg::HS256,
             key: SigningMaterial::Secret(vec![7; 16]),
-            kid: None,
-            issuer: None,
-            audiences: vec![],
-            subject: None,
-            jwt_id: None,
-            claims: vec![],
-            lifetime_seconds: 60,
+            ..hs256()
         };
         let e = mint(&spec).unwrap_err();
         assert!(e.to_string().contains("at least 32 bytes"), "{e}");
