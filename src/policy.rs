@@ -456,26 +456,56 @@ pub enum Step {
     NeedRateLimit(Box<Pending>, RlsCall),
 }
 
-/// A request path that routes cannot be matched against with confidence:
-/// it still has dot or empty segments once its `;` parameters are dropped.
+/// A request that routes cannot be matched against with confidence: its
+/// path still has dot or empty segments once its `;` parameters are
+/// dropped, or a method-override header names a method that would take
+/// another route than the request's own method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnclearPath;
 
+/// Headers through which a client asks the upstream to run another method
+/// than the request's: `X-HTTP-Method-Override` (Express's
+/// `method-override`, Symfony, Laravel, Google APIs), `X-HTTP-Method`
+/// (OData, ASP.NET Web API) and `X-Method-Override`. An upstream that honours
+/// one runs, say, its `DELETE` handler for a `POST`.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// Finds the first route that matches the request, if any; [`UnclearPath`]
-/// when the path could reach a different handler upstream than the one its
-/// spelling names (refused as `route_denied`).
+/// when the request could reach a different handler upstream than the one
+/// its path and method name (refused as `route_denied`): a path with dot or
+/// empty segments, or a method-override header (each comma-separated value
+/// of each copy, as Express reads the first and others the last) naming a
+/// method that takes another route, or none where the method takes one.
+/// An override that keeps the route changes nothing.
 pub fn match_route<'c>(
     config: &'c Config,
     req: &Request<'_>,
 ) -> Result<Option<(usize, &'c Route)>, UnclearPath> {
     let path = route_path(req.path()).ok_or(UnclearPath)?;
-    let method = req.method();
     let host = req.host();
-    Ok(config
-        .routes
-        .iter()
-        .enumerate()
-        .find(|(_, r)| route_matches(r, &path, method, host)))
+    let find = |method: &str| {
+        config
+            .routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| route_matches(r, &path, method, host))
+    };
+    let matched = find(req.method());
+    let index = matched.map(|(i, _)| i);
+    for name in METHOD_OVERRIDE_HEADERS {
+        for value in req.header_all(name) {
+            for method in value.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+                if find(method).map(|(i, _)| i) != index {
+                    return Err(UnclearPath);
+                }
+            }
+        }
+    }
+    Ok(matched)
 }
 
 /// The path as routes read it: without its segments' `;` parameters

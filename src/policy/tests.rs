@@ -3295,3 +3295,86 @@ fn every_entry_type_sends_the_value_it_names() {
         ]
     );
 }
+
+#[test]
+fn a_method_override_that_would_take_another_route_is_refused() {
+    // `POST /v1/orders/1` with `X-HTTP-Method-Override: DELETE` runs the
+    // DELETE handler on an upstream that honours the header: it must not
+    // pass under the POST route's weaker policy (here: no API key).
+    let w = World::from(json!({
+        "api_keys": {"keys": [{"id": "k", "sha256": hash_api_key("secret-key")}]},
+        "routes": [
+            {"name": "delete", "match": {"prefix": "/v1/orders/", "methods": ["DELETE"]}, "api_key": "required"},
+            {"name": "orders", "match": {"prefix": "/v1/orders/", "methods": ["GET", "POST", "PUT"]}},
+            {"name": "public", "match": {"prefix": "/v1/public/"}}
+        ]
+    }));
+    let reason = |method: &str, path: &str, extra: &[(&str, &str)]| {
+        let mut pairs = vec![
+            (":method", method),
+            (":path", path),
+            (":authority", "api.example.com"),
+        ];
+        pairs.extend_from_slice(extra);
+        let h = headers(&pairs);
+        match evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW) {
+            Step::Done(d, _) => d.reason(),
+            s => panic!("{s:?}"),
+        }
+    };
+    let denied = Some(Reason::RouteDenied);
+    assert_eq!(reason("POST", "/v1/orders/1", &[]), None);
+    for name in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ] {
+        for value in [
+            "DELETE",
+            "delete",
+            " DELETE ",
+            "DELETE, POST",
+            "POST,DELETE",
+        ] {
+            assert_eq!(
+                reason("POST", "/v1/orders/1", &[(name, value)]),
+                denied,
+                "{name}: {value}"
+            );
+        }
+        // A method no route takes, where the request's own has one.
+        assert_eq!(reason("POST", "/v1/orders/1", &[(name, "PATCH")]), denied);
+        // Overrides that keep the route change nothing.
+        for value in ["PUT", "get", "POST, PUT", "HEAD", ""] {
+            assert_eq!(
+                reason("POST", "/v1/orders/1", &[(name, value)]),
+                None,
+                "{name}: {value}"
+            );
+        }
+        // A route that takes every method, and no route at all.
+        assert_eq!(reason("POST", "/v1/public/x", &[(name, "DELETE")]), None);
+        assert_eq!(reason("POST", "/elsewhere", &[(name, "DELETE")]), None);
+    }
+    // One copy of the header agreeing is not enough: every copy counts.
+    assert_eq!(
+        reason(
+            "POST",
+            "/v1/orders/1",
+            &[
+                ("x-http-method-override", "PUT"),
+                ("x-http-method-override", "DELETE")
+            ]
+        ),
+        denied
+    );
+    // The genuine DELETE still needs its key, and with it passes.
+    assert_eq!(
+        reason("DELETE", "/v1/orders/1", &[]),
+        Some(Reason::ApiKeyMissing)
+    );
+    assert_eq!(
+        reason("DELETE", "/v1/orders/1", &[("x-api-key", "secret-key")]),
+        None
+    );
+}

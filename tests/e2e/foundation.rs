@@ -41,6 +41,25 @@ fn denying_route_gets_403_route_denied_with_json_body() {
     let r = envoy.request(Req::new("HEAD", "/public/x"));
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(up.last().method, "HEAD");
+    // A method override the upstream may honour names the DELETE that no
+    // route allows: refused, not passed as a GET.
+    let before = up.seen().len();
+    for name in [
+        "X-HTTP-Method-Override",
+        "x-http-method",
+        "x-method-override",
+    ] {
+        let r = envoy.request(Req::get("/public/x").header(name, "DELETE"));
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, Some("route_denied")),
+            "{name}"
+        );
+    }
+    assert_eq!(up.seen().len(), before, "an override reached upstream");
+    // One that keeps the route changes nothing.
+    let r = envoy.request(Req::get("/public/x").header("x-http-method-override", "GET"));
+    assert_eq!(r.status, 200, "{r:?}");
 }
 
 #[test]
