@@ -942,10 +942,7 @@ fn phone_formats_give_one_descriptor_and_denied_prefixes_are_refused() {
 #[test]
 fn bodies_that_cannot_be_read_are_body_invalid_or_too_large() {
     let w = limits_world();
-    let reason = |body: &str| match w.post("/sms", "192.0.2.60", &[], body) {
-        Step::Done(d, _) => d.reason(),
-        s => panic!("{s:?}"),
-    };
+    let reason = |body: &str| w.post("/sms", "192.0.2.60", &[], body).done_reason();
     assert_eq!(reason("not json"), Some(Reason::BodyInvalid));
     assert_eq!(
         reason(r#"{"text": "no number"}"#),
@@ -1854,10 +1851,7 @@ fn a_signature_covers_the_header_the_token_came_from() {
             ("signature-input", &input),
             ("signature", &sig),
         ]);
-        match evaluate(&w.ctx(), &Request::new(&h, None), NOW) {
-            Step::Done(d, _) => d.reason(),
-            s => panic!("{s:?}"),
-        }
+        evaluate(&w.ctx(), &Request::new(&h, None), NOW).done_reason()
     };
     assert_eq!(run("approov-token", &token), None, "the first source");
     assert_eq!(
@@ -1946,14 +1940,14 @@ fn request_signing_is_checked_before_the_body_checks() {
         &json!({"alg": "HS256"}),
         &json!({"exp": NOW + 60, "ipk": key.public_key().to_ipk()}),
     );
-    let reason = |body: &str| match w.post(
-        "/sms",
-        "198.51.100.1",
-        &[("approov-token", &token), ("content-length", "20")],
-        body,
-    ) {
-        Step::Done(d, _) => d.reason(),
-        s => panic!("{s:?}"),
+    let reason = |body: &str| {
+        w.post(
+            "/sms",
+            "198.51.100.1",
+            &[("approov-token", &token), ("content-length", "20")],
+            body,
+        )
+        .done_reason()
     };
     assert_eq!(
         reason(r#"{"to":"+882123456789"}"#),
@@ -2205,10 +2199,7 @@ fn request_signing_is_checked_before_the_platform_and_app() {
         ];
         all.extend_from_slice(extra);
         let h = headers(&all);
-        match evaluate(&w.ctx(), &Request::new(&h, None), NOW) {
-            Step::Done(d, _) => d.reason(),
-            s => panic!("{s:?}"),
-        }
+        evaluate(&w.ctx(), &Request::new(&h, None), NOW).done_reason()
     };
     assert_eq!(
         reason(&[("x-android-package", "com.unknown")]),
@@ -2746,10 +2737,7 @@ fn a_copied_token_without_the_install_signature_keeps_its_jti() {
             all.push(("signature", &sig.signature));
         }
         let h = headers(&all);
-        match evaluate(&w.ctx(), &Request::new(&h, None), NOW) {
-            Step::Done(d, _) => d.reason(),
-            s => panic!("{s:?}"),
-        }
+        evaluate(&w.ctx(), &Request::new(&h, None), NOW).done_reason()
     };
     assert_eq!(run(false), Some(Reason::SignatureInvalid), "the copy");
     assert_eq!(run(false), Some(Reason::SignatureInvalid), "the copy again");
@@ -2908,10 +2896,7 @@ fn head_takes_the_get_route_and_an_unclear_path_is_refused_even_when_unrouted_is
             (":path", path),
             (":authority", "api.example.com"),
         ]);
-        match evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW) {
-            Step::Done(d, _) => d.reason(),
-            s => panic!("{s:?}"),
-        }
+        evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW).done_reason()
     };
     // Without a key, a HEAD of the quote must not get past as unrouted.
     assert_eq!(reason("HEAD", "/v1/quote"), Some(Reason::ApiKeyMissing));
@@ -3317,10 +3302,7 @@ fn a_method_override_that_would_take_another_route_is_refused() {
         ];
         pairs.extend_from_slice(extra);
         let h = headers(&pairs);
-        match evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW) {
-            Step::Done(d, _) => d.reason(),
-            s => panic!("{s:?}"),
-        }
+        evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW).done_reason()
     };
     let denied = Some(Reason::RouteDenied);
     assert_eq!(reason("POST", "/v1/orders/1", &[]), None);
