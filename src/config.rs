@@ -351,6 +351,11 @@ pub struct Config {
     /// reach the upstream whenever appguard sets nothing (no token on an
     /// optional-token route, a claim missing or too long, monitor mode).
     pub claim_headers: Vec<String>,
+    /// Whether any route lists `match.methods`. Only then can a
+    /// method-override header take a request to another route, so only
+    /// then does route matching read those headers (a per-request cost
+    /// the common method-less configuration does not pay).
+    pub routes_by_method: bool,
 }
 
 /// The shared rate-limit service: one `ShouldRateLimit` call per request
@@ -878,6 +883,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             .map(|a| crate::alerts::compile(a, &route_names))
             .transpose()?,
         decision_log_per_second: raw.decision_log_per_second,
+        routes_by_method: routes.iter().any(|r| !r.methods.is_empty()),
         routes,
         claim_headers,
     })

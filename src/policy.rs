@@ -495,6 +495,10 @@ pub fn match_route<'c>(
             .find(|(_, r)| route_matches(r, &path, method, host))
     };
     let matched = find(req.method());
+    if !config.routes_by_method {
+        // Every method takes the same route: no override can change it.
+        return Ok(matched);
+    }
     let index = matched.map(|(i, _)| i);
     for name in METHOD_OVERRIDE_HEADERS {
         for value in req.header_all(name) {
