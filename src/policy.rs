@@ -474,13 +474,22 @@ pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-method-override",
 ];
 
+/// The query parameter through which a client asks the same: `_method`
+/// (Laravel reads it from the query as from a form; Express's
+/// `method-override` can be set to). Read as the API key parameter is: the
+/// name in any case, between `&` or `;`, `%XX` decoded. The `_method` of a
+/// form body is not read.
+pub const METHOD_OVERRIDE_PARAM: &str = "_method";
+
 /// Finds the first route that matches the request, if any; [`UnclearPath`]
 /// when the request could reach a different handler upstream than the one
 /// its path and method name (refused as `route_denied`): a path with dot or
-/// empty segments, or a method-override header (each comma-separated value
-/// of each copy, as Express reads the first and others the last) naming a
-/// method that takes another route, or none where the method takes one.
-/// An override that keeps the route changes nothing.
+/// empty segments, or a method override ([`METHOD_OVERRIDE_HEADERS`], each
+/// comma-separated value of each copy, as Express reads the first and
+/// others the last; [`METHOD_OVERRIDE_PARAM`], each copy) naming a method
+/// that takes another route, or none where the method takes one, or one
+/// that cannot be decoded. An override that keeps the route changes
+/// nothing.
 pub fn match_route<'c>(
     config: &'c Config,
     req: &Request<'_>,
@@ -500,13 +509,22 @@ pub fn match_route<'c>(
         return Ok(matched);
     }
     let index = matched.map(|(i, _)| i);
+    let same_route = |method: &str| {
+        let method = method.trim();
+        method.is_empty() || find(method).map(|(i, _)| i) == index
+    };
     for name in METHOD_OVERRIDE_HEADERS {
         for value in req.header_all(name) {
-            for method in value.split(',').map(str::trim).filter(|m| !m.is_empty()) {
-                if find(method).map(|(i, _)| i) != index {
-                    return Err(UnclearPath);
-                }
+            if !value.split(',').all(same_route) {
+                return Err(UnclearPath);
             }
+        }
+    }
+    for pair in req.query().into_iter().flat_map(|q| q.split(['&', ';'])) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if form_name_is(k, METHOD_OVERRIDE_PARAM) && !form_decode(v).is_some_and(|m| same_route(&m))
+        {
+            return Err(UnclearPath);
         }
     }
     Ok(matched)

@@ -3338,6 +3338,26 @@ fn a_method_override_that_would_take_another_route_is_refused() {
         assert_eq!(reason("POST", "/v1/public/x", &[(name, "DELETE")]), None);
         assert_eq!(reason("POST", "/elsewhere", &[(name, "DELETE")]), None);
     }
+    // The `_method` query parameter (Laravel), read as loosely as the key
+    // parameter.
+    for path in [
+        "/v1/orders/1?_method=DELETE",
+        "/v1/orders/1?a=1&_method=delete",
+        "/v1/orders/1?a=1;_METHOD=DELETE",
+        "/v1/orders/1?%5Fmethod=%44ELETE",
+        "/v1/orders/1?_method=PUT&_method=DELETE",
+        "/v1/orders/1?_method=%zz",
+    ] {
+        assert_eq!(reason("POST", path, &[]), denied, "{path}");
+    }
+    for path in [
+        "/v1/orders/1?_method=PUT",
+        "/v1/orders/1?_method=",
+        "/v1/orders/1?method=DELETE",
+        "/v1/orders/1?x_method=DELETE",
+    ] {
+        assert_eq!(reason("POST", path, &[]), None, "{path}");
+    }
     // One copy of the header agreeing is not enough: every copy counts.
     assert_eq!(
         reason(

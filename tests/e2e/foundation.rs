@@ -56,6 +56,12 @@ fn denying_route_gets_403_route_denied_with_json_body() {
             "{name}"
         );
     }
+    let r = envoy.request(Req::get("/public/x?a=1&_method=DELETE"));
+    assert_eq!(
+        (r.status, r.reason()),
+        (403, Some("route_denied")),
+        "_method"
+    );
     assert_eq!(up.seen().len(), before, "an override reached upstream");
     // One that keeps the route changes nothing.
     let r = envoy.request(Req::get("/public/x").header("x-http-method-override", "GET"));
