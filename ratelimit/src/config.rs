@@ -18,11 +18,15 @@
 //!       requests_per_unit: 10
 //!       name: per_ip          # optional, for `replaces`
 //!       unlimited: false      # true: never limited (then no `unit`)
+//!       rolling: false        # appguard's extension: see `RateLimit::rolling`
 //!       replaces: [{name: other_limit}]
 //!     shadow_mode: false      # count and log, but always answer OK
 //!     quota_mode: false
 //!     descriptors: [ ... ]    # nested entries of the same shape
 //! ```
+//!
+//! One key is this service's own: `rolling` in a `rate_limit` block (see
+//! [`RateLimit::rolling`]). envoyproxy/ratelimit refuses a file with it.
 //!
 //! Like envoyproxy/ratelimit, a key name that the format does not know
 //! anywhere is an error (it is strict), while a known key in a place where it
@@ -56,6 +60,8 @@ const VALID_KEYS: &[&str] = &[
     "value_to_metric",
     "share_threshold",
     "metadata",
+    // This service's own (see `RateLimit::rolling`).
+    "rolling",
 ];
 
 /// Keys that mean something at the top level of a file.
@@ -74,7 +80,14 @@ const DESCRIPTOR_KEYS: &[&str] = &[
     "metadata",
 ];
 /// Keys that mean something in a `rate_limit` block.
-const RATE_LIMIT_KEYS: &[&str] = &["unit", "requests_per_unit", "unlimited", "name", "replaces"];
+const RATE_LIMIT_KEYS: &[&str] = &[
+    "unit",
+    "requests_per_unit",
+    "unlimited",
+    "name",
+    "replaces",
+    "rolling",
+];
 /// Keys that mean something in a `replaces` entry.
 const REPLACES_KEYS: &[&str] = &["name"];
 
@@ -173,6 +186,9 @@ pub enum Problem {
     /// `unlimited: true` together with a unit.
     #[error("should not specify rate limit unit when unlimited (unit '{0}')")]
     UnitWithUnlimited(String),
+    /// `rolling: true` on an `unlimited` limit, which counts nothing.
+    #[error("rolling has no meaning on an unlimited limit: remove one of them")]
+    RollingUnlimited,
     /// A `replaces` entry without a name.
     #[error("should not have an empty replaces entry")]
     EmptyReplaces,
@@ -278,6 +294,10 @@ struct YamlRateLimit {
     /// Limits (by name) that this one switches off when both match.
     #[serde(default)]
     replaces: Option<Vec<YamlReplaces>>,
+    /// Count in a window that starts at the first hit (see
+    /// [`RateLimit::rolling`]).
+    #[serde(default, deserialize_with = "yaml_bool")]
+    rolling: bool,
 }
 
 /// A `replaces` entry.
@@ -352,6 +372,14 @@ pub struct RateLimit {
     /// Quota mode: the request is over limit only if all its quota-mode
     /// descriptors are.
     pub quota_mode: bool,
+    /// `rolling: true` (this service's own key, not envoyproxy/ratelimit's):
+    /// the window starts at a counter's first hit and lasts one `unit`,
+    /// instead of being aligned on the epoch. For appguard's replay
+    /// descriptor (`jti`, 1 per hour): with epoch windows a token that
+    /// lives across a window's end can be used once on each side of it;
+    /// with a rolling window its `jti` stays counted for a whole unit after
+    /// its first use, which covers its lifetime.
+    pub rolling: bool,
 }
 
 /// A wildcard child of a node: its map key and that key split on `*`.
@@ -768,6 +796,12 @@ fn compile_rate_limit(
     };
     let unit_text = rate_limit.unit.unwrap_or_default();
     let unit = Unit::parse(&unit_text);
+    if rate_limit.unlimited && rate_limit.rolling {
+        return Err(invalid(
+            &format!("{path}.rolling"),
+            Problem::RollingUnlimited,
+        ));
+    }
     let quota = if rate_limit.unlimited {
         // envoyproxy/ratelimit refuses a valid unit next to `unlimited`, and
         // ignores an invalid one.
@@ -817,6 +851,7 @@ fn compile_rate_limit(
         replaces,
         shadow_mode,
         quota_mode,
+        rolling: rate_limit.rolling,
     })
 }
 
@@ -853,6 +888,28 @@ mod tests {
             Err(ConfigError::Invalid { path, problem, .. }) => (path, problem),
             other => panic!("expected an Invalid error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn rolling_is_read_and_refused_on_an_unlimited_limit() {
+        let (config, warnings) = load(
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 1, rolling: true}\n  - key: f\n    rate_limit: {unit: hour, requests_per_unit: 1}\n",
+        )
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let rolling: Vec<bool> = ["k", "f"]
+            .iter()
+            .map(|k| {
+                let d = crate::matching::tests::descriptor(&[(k, "v")]);
+                config.get_limit("d", &d).unwrap().unwrap().limit.rolling
+            })
+            .collect();
+        assert_eq!(rolling, [true, false]);
+        let (path, problem) = problem(
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unlimited: true, rolling: true}\n",
+        );
+        assert_eq!(path, "descriptors[0].rate_limit.rolling");
+        assert!(matches!(problem, Problem::RollingUnlimited), "{problem:?}");
     }
 
     #[test]

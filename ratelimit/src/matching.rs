@@ -96,6 +96,7 @@ impl RateLimitConfig {
                     // An override from Envoy is never in shadow mode.
                     shadow_mode: false,
                     quota_mode: false,
+                    rolling: false,
                 }),
                 shared_values: Vec::new(),
             }));

@@ -203,7 +203,8 @@ pub struct ServiceOptions {
 pub const MAX_KEY_PART_LEN: usize = 128;
 
 /// The counter key of a descriptor:
-/// `prefix + part(domain) + "_" + (part(key) + "=" + part(value) + "_")… + unit + "_" + window_start`,
+/// `prefix + part(domain) + "_" + (part(key) + "=" + part(value) + "_")… + unit + "_" + window_start`
+/// (`rolling` instead of the window start for a rolling window: `None`),
 /// where `part(s)` is `len(s) + ":" + s` (the length in bytes, in decimal),
 /// or `"#" + hex(sha256(s))` when `s` is longer than [`MAX_KEY_PART_LEN`];
 /// e.g. `8:appguard_3:jti=6:9f86d0_hour_1700002800`.
@@ -230,7 +231,7 @@ pub fn cache_key(
     descriptor: &RateLimitDescriptor,
     shared_values: &[Option<String>],
     unit: Unit,
-    window_start: i64,
+    window_start: Option<i64>,
 ) -> String {
     let mut key = String::with_capacity(64);
     key.push_str(prefix);
@@ -247,7 +248,12 @@ pub fn cache_key(
     }
     key.push_str(unit.name());
     key.push('_');
-    key.push_str(&window_start.to_string());
+    match window_start {
+        Some(start) => key.push_str(&start.to_string()),
+        // A rolling window: the key is the same in every window (its
+        // expiry ends it), and can never read as an epoch window's.
+        None => key.push_str("rolling"),
+    }
     key
 }
 
@@ -445,19 +451,25 @@ impl RateLimiter {
             if hits > MAX_HITS {
                 return Err(ServiceError::HitsTooLarge { index, hits });
             }
+            let rolling = limit.rolling;
             let key = cache_key(
                 &self.options.cache_key_prefix,
                 domain,
                 descriptor,
                 &matched.shared_values,
                 unit,
-                window_start(now, unit),
+                (!rolling).then(|| window_start(now, unit)),
             );
             items.push(Increment {
                 key,
                 hits,
                 window_seconds: unit.seconds(),
-                window_end: window_end(now, unit),
+                window_end: if rolling {
+                    now.saturating_add(unit.seconds())
+                } else {
+                    window_end(now, unit)
+                },
+                rolling,
             });
             plans.push(Plan::Counted {
                 matched: matched.clone(),
@@ -544,8 +556,14 @@ impl RateLimiter {
                             unit: unit.to_pb() as i32,
                         }),
                         limit_remaining: remaining,
+                        // A rolling window's end is its first hit's: not
+                        // looked up, so at most one unit.
                         duration_until_reset: Some(PbDuration {
-                            seconds: seconds_until_reset(now, unit),
+                            seconds: if limit.rolling {
+                                unit.seconds()
+                            } else {
+                                seconds_until_reset(now, unit)
+                            },
                             nanos: 0,
                         }),
                         quota: None,
@@ -716,6 +734,54 @@ descriptors:
         );
         let fresh = request("appguard", vec![descriptor(&[("jti", "another")])]);
         assert_eq!(ask(&l, &fresh, NOW).await.overall_code, Code::Ok as i32);
+    }
+
+    #[tokio::test]
+    async fn a_rolling_window_holds_a_jti_across_the_epoch_windows_end() {
+        let yaml = "domain: appguard\ndescriptors:\n  - key: jti\n    rate_limit: {unit: hour, requests_per_unit: 1, rolling: true}\n";
+        let rolling = limiter(yaml);
+        let fixed = limiter(APP);
+        let req = request("appguard", vec![descriptor(&[("jti", "hash-of-token")])]);
+        let hour_end = NOW - NOW % 3600 + 3600;
+        for l in [&rolling, &fixed] {
+            assert_eq!(
+                ask(l, &req, hour_end - 5).await.overall_code,
+                Code::Ok as i32
+            );
+        }
+        // Ten seconds later, in the next epoch hour: the fixed window
+        // counts the copy afresh, the rolling one still holds the first use.
+        assert_eq!(
+            ask(&fixed, &req, hour_end + 5).await.overall_code,
+            Code::Ok as i32,
+            "the hole a rolling window closes"
+        );
+        let r = ask(&rolling, &req, hour_end + 5).await;
+        assert_eq!(r.overall_code, Code::OverLimit as i32);
+        let s = &r.statuses[0];
+        assert_eq!(
+            s.duration_until_reset.unwrap().seconds,
+            3600,
+            "at most a unit"
+        );
+        assert_eq!(
+            s.current_limit,
+            Some(PbRateLimit {
+                name: String::new(),
+                requests_per_unit: 1,
+                unit: Unit::Hour.to_pb() as i32
+            })
+        );
+        // Hits after the first do not extend it: an hour after the first
+        // use the window is over.
+        assert_eq!(
+            ask(&rolling, &req, hour_end + 1800).await.overall_code,
+            Code::OverLimit as i32
+        );
+        assert_eq!(
+            ask(&rolling, &req, hour_end - 5 + 3600).await.overall_code,
+            Code::Ok as i32
+        );
     }
 
     #[tokio::test]
@@ -970,11 +1036,25 @@ descriptors:
         assert_eq!(l.stats().snapshot().backend_errors, 1);
     }
 
+    /// The key of a minute window starting at second 60, without prefix.
+    fn minute_key(domain: &str, d: &RateLimitDescriptor) -> String {
+        cache_key("", domain, d, &[], Unit::Minute, Some(60))
+    }
+
+    #[test]
+    fn a_rolling_key_names_no_window() {
+        let d = descriptor(&[("jti", "abc")]);
+        assert_eq!(
+            cache_key("", "appguard", &d, &[], Unit::Hour, None),
+            "8:appguard_3:jti=3:abc_hour_rolling"
+        );
+    }
+
     #[test]
     fn cache_keys_hold_prefix_domain_entries_and_window_start() {
         let d = descriptor(&[("message_type", "marketing"), ("to_number", "2061111111")]);
         assert_eq!(
-            cache_key("", "messaging", &d, &[], Unit::Minute, 1_700_000_000),
+            cache_key("", "messaging", &d, &[], Unit::Minute, Some(1_700_000_000)),
             "9:messaging_12:message_type=9:marketing_9:to_number=10:2061111111_minute_1700000000"
         );
         assert_eq!(
@@ -984,12 +1064,19 @@ descriptors:
                 &descriptor(&[("k", "")]),
                 &[],
                 Unit::Minute,
-                60
+                Some(60)
             ),
             "pre_1:d_1:k=0:_minute_60"
         );
         assert_eq!(
-            cache_key("", "d", &descriptor(&[("k", "v")]), &[], Unit::Minute, -60),
+            cache_key(
+                "",
+                "d",
+                &descriptor(&[("k", "v")]),
+                &[],
+                Unit::Minute,
+                Some(-60)
+            ),
             "1:d_1:k=1:v_minute_-60"
         );
         let shared = vec![Some("files/*".to_owned())];
@@ -1000,7 +1087,7 @@ descriptors:
                 &descriptor(&[("files", "files/a.pdf")]),
                 &shared,
                 Unit::Minute,
-                0
+                Some(0)
             ),
             "1:d_5:files=7:files/*_minute_0"
         );
@@ -1011,122 +1098,89 @@ descriptors:
         // Joined with a bare `_`, both were `d_a_x_b_y_60`: one counter.
         let one = descriptor(&[("a", "x_b_y")]);
         let two = descriptor(&[("a", "x"), ("b", "y")]);
-        assert_ne!(
-            cache_key("", "d", &one, &[], Unit::Minute, 60),
-            cache_key("", "d", &two, &[], Unit::Minute, 60)
-        );
+        assert_ne!(minute_key("d", &one), minute_key("d", &two));
         // Equal descriptors still share their counter.
         assert_eq!(
-            cache_key("", "d", &one, &[], Unit::Minute, 60),
-            cache_key(
-                "",
-                "d",
-                &descriptor(&[("a", "x_b_y")]),
-                &[],
-                Unit::Minute,
-                60
-            )
+            minute_key("d", &one),
+            minute_key("d", &descriptor(&[("a", "x_b_y")]))
         );
         assert_eq!(
-            cache_key("", "d", &two, &[], Unit::Minute, 60),
-            cache_key(
-                "",
-                "d",
-                &descriptor(&[("a", "x"), ("b", "y")]),
-                &[],
-                Unit::Minute,
-                60
-            )
+            minute_key("d", &two),
+            minute_key("d", &descriptor(&[("a", "x"), ("b", "y")]))
         );
         // Nor with the length-prefix syntax itself, nor through the domain.
         assert_ne!(
-            cache_key(
-                "",
-                "d",
-                &descriptor(&[("a", "1:x_1:b=1:y")]),
-                &[],
-                Unit::Minute,
-                60
-            ),
-            cache_key("", "d", &two, &[], Unit::Minute, 60)
+            minute_key("d", &descriptor(&[("a", "1:x_1:b=1:y")])),
+            minute_key("d", &two)
         );
         assert_ne!(
-            cache_key(
-                "",
-                "d",
-                &descriptor(&[("a", "x=1:b")]),
-                &[],
-                Unit::Minute,
-                60
-            ),
-            cache_key(
-                "",
-                "d",
-                &descriptor(&[("a", "x"), ("b", "")]),
-                &[],
-                Unit::Minute,
-                60
-            )
+            minute_key("d", &descriptor(&[("a", "x=1:b")])),
+            minute_key("d", &descriptor(&[("a", "x"), ("b", "")]))
         );
         assert_ne!(
-            cache_key("", "d_1:a=1:x", &descriptor(&[]), &[], Unit::Minute, 60),
-            cache_key("", "d", &descriptor(&[("a", "x")]), &[], Unit::Minute, 60)
+            minute_key("d_1:a=1:x", &descriptor(&[])),
+            minute_key("d", &descriptor(&[("a", "x")]))
         );
         // Nor the unit: a minute and an hour window that start at the
         // same second (the first minute of every hour) count apart.
         assert_ne!(
-            cache_key("", "d", &descriptor(&[("a", "x")]), &[], Unit::Minute, 3600),
-            cache_key("", "d", &descriptor(&[("a", "x")]), &[], Unit::Hour, 3600)
+            cache_key(
+                "",
+                "d",
+                &descriptor(&[("a", "x")]),
+                &[],
+                Unit::Minute,
+                Some(3600)
+            ),
+            cache_key(
+                "",
+                "d",
+                &descriptor(&[("a", "x")]),
+                &[],
+                Unit::Hour,
+                Some(3600)
+            )
         );
         // Nor the window start.
         assert_ne!(
-            cache_key("", "d", &descriptor(&[("a", "x_60")]), &[], Unit::Minute, 0),
-            cache_key("", "d", &descriptor(&[("a", "x")]), &[], Unit::Minute, 60)
+            cache_key(
+                "",
+                "d",
+                &descriptor(&[("a", "x_60")]),
+                &[],
+                Unit::Minute,
+                Some(0)
+            ),
+            minute_key("d", &descriptor(&[("a", "x")]))
         );
     }
 
     #[test]
     fn long_parts_are_digested_and_keys_stay_short() {
         let long = "v".repeat(1_000_000);
-        let key = cache_key("", "d", &descriptor(&[("a", &long)]), &[], Unit::Minute, 60);
+        let key = cache_key(
+            "",
+            "d",
+            &descriptor(&[("a", &long)]),
+            &[],
+            Unit::Minute,
+            Some(60),
+        );
         assert!(key.starts_with("1:d_1:a=#"), "{key}");
         assert!(key.ends_with("_minute_60"), "{key}");
         assert_eq!(key.len(), "1:d_1:a=#".len() + 64 + "_minute_60".len());
         // Deterministic, and distinct from a near value and from a value
         // that spells out the digest form.
-        assert_eq!(
-            key,
-            cache_key("", "d", &descriptor(&[("a", &long)]), &[], Unit::Minute, 60)
-        );
+        assert_eq!(key, minute_key("d", &descriptor(&[("a", &long)])));
         let mut other = long.clone();
         other.push('w');
-        assert_ne!(
-            key,
-            cache_key(
-                "",
-                "d",
-                &descriptor(&[("a", &other)]),
-                &[],
-                Unit::Minute,
-                60
-            )
-        );
+        assert_ne!(key, minute_key("d", &descriptor(&[("a", &other)])));
         let digest = &key["1:d_1:a=".len()..key.len() - "_60".len()];
-        assert_ne!(
-            key,
-            cache_key(
-                "",
-                "d",
-                &descriptor(&[("a", digest)]),
-                &[],
-                Unit::Minute,
-                60
-            )
-        );
+        assert_ne!(key, minute_key("d", &descriptor(&[("a", digest)])));
         // At the bound, the value is still copied as is.
         let edge = "v".repeat(MAX_KEY_PART_LEN);
         assert_eq!(
-            cache_key("", "d", &descriptor(&[("a", &edge)]), &[], Unit::Minute, 60),
+            minute_key("d", &descriptor(&[("a", &edge)])),
             format!("1:d_1:a={MAX_KEY_PART_LEN}:{edge}_minute_60")
         );
     }

@@ -169,3 +169,41 @@ fn a_malformed_redis_url_exits_2() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--redis"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_rolling_counter_expires_an_hour_after_its_first_hit_only() {
+    let redis = Redis::start();
+    let args = vec![
+        "--config".to_owned(),
+        fixture("rolling.yaml").display().to_string(),
+        "--redis".to_owned(),
+        redis.url(),
+        "--redis-timeout-ms".to_owned(),
+        "500".to_owned(),
+    ];
+    let service = Service::start_healthy(&strs(&args));
+    let mut client = service.client().await;
+    let req = request("appguard", vec![descriptor(&[("jti", "token-id-hash")])]);
+    assert_eq!(ask(&mut client, &req).await.overall_code, Code::Ok as i32);
+
+    // One key for every window: no window start in it.
+    let key = "8:appguard_3:jti=13:token-id-hash_hour_rolling";
+    let mut conn = redis.conn();
+    let keys: Vec<String> = conn.keys("*").unwrap();
+    assert_eq!(keys, vec![key.to_owned()]);
+    let ttl: i64 = conn.ttl(key).unwrap();
+    assert!(ttl > HOUR - 10 && ttl <= HOUR, "ttl {ttl}");
+
+    // As if the first use was 59 minutes ago: a replay now is over the
+    // limit, and does not push the end of the window back out.
+    let _: () = conn.expire(key, 60).unwrap();
+    let r = ask(&mut client, &req).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    let count: i64 = conn.get(key).unwrap();
+    assert_eq!(count, 2);
+    let ttl: i64 = conn.ttl(key).unwrap();
+    assert!(
+        ttl > 0 && ttl <= 60,
+        "a hit after the first moved the end: ttl {ttl}"
+    );
+}

@@ -472,6 +472,47 @@ fn a_service_whose_replay_rule_lets_a_jti_through_twice_is_a_failure_not_silent_
 }
 
 #[test]
+fn a_rolling_jti_rule_holds_a_token_for_an_hour_from_its_first_use() {
+    // The shipped envoy/ratelimit.yaml counts `jti`s in a rolling hour
+    // (`rolling: true`): appguard takes its answer as a replay rule (1 per
+    // hour), and Redis keeps each `jti` an hour from its first use, not to
+    // the end of the epoch hour, which a token could outlive.
+    let redis = Redis::start();
+    let rls = RateLimitService::start(
+        &harness::repo_root().join("envoy/ratelimit.yaml"),
+        Some(&redis.url()),
+    );
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("deny", 500), up.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .start();
+    let t = hs256(&claims(60, json!({"jti": "rolling-1"})));
+    let r = envoy.request(Req::get("/once").header("x-token", &t));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let keys = redis.cli(&["--raw", "KEYS", "*jti*"]);
+    let key = keys.lines().next().unwrap_or_default().to_owned();
+    assert!(
+        key.ends_with("_hour_rolling") && keys.lines().count() == 1,
+        "{keys}"
+    );
+    let ttl: i64 = redis.cli(&["TTL", &key]).parse().unwrap();
+    assert!(ttl > 3590 && ttl <= 3600, "ttl {ttl}");
+    // As if the first use was 59 minutes and 55 seconds ago: the replay is
+    // refused, and does not move the end of the window.
+    assert_eq!(redis.cli(&["EXPIRE", &key, "5"]), "1");
+    let r = envoy.request(Req::get("/once").header("x-token", &t));
+    assert_eq!(
+        (r.status, r.reason()),
+        (401, Some("token_replayed")),
+        "{}",
+        r.text()
+    );
+    let ttl: i64 = redis.cli(&["TTL", &key]).parse().unwrap();
+    assert!((0..=5).contains(&ttl), "a replay moved the end: ttl {ttl}");
+    envoy.assert_vm_healthy();
+}
+
+#[test]
 fn a_jti_replayed_through_another_instance_is_refused() {
     let redis = Redis::start();
     let rls = RateLimitService::start(&test_limits(), Some(&redis.url()));

@@ -127,6 +127,7 @@ mod tests {
             hits,
             window_seconds: unit.seconds(),
             window_end: window_end(now, unit),
+            rolling: false,
         }
     }
 

@@ -2,8 +2,9 @@
 //!
 //! Both stores do the same thing for a batch of counters: add each
 //! increment's hits to its key and return the counts after adding. The key
-//! already names the window (it ends with the window start), so a counter is
-//! never reset, it just expires once its window is over.
+//! already names the window (it ends with the window start, or `rolling`
+//! for a window that starts at the first hit), so a counter is never reset,
+//! it just expires once its window is over.
 
 pub mod memory;
 pub mod redis;
@@ -24,8 +25,11 @@ pub struct Increment {
     /// envoyproxy/ratelimit.
     pub window_seconds: i64,
     /// Unix second at which the key's window ends: after it, the in-memory
-    /// store drops the key.
+    /// store drops the key. Set by a key's first hit only.
     pub window_end: i64,
+    /// The window starts at the key's first hit (`rolling: true`): the key
+    /// names no window, and its time to live is set once, never extended.
+    pub rolling: bool,
 }
 
 /// Why a counter store could not answer. The service turns every one of these

@@ -4,6 +4,8 @@
 //! `INCRBY key hits` and `EXPIRE key window_seconds`, the commands
 //! envoyproxy/ratelimit pipelines (`src/redis/fixed_cache_impl.go`), so the
 //! count and its expiry are set together and replicas never lose updates.
+//! A `rolling` counter's `EXPIRE` has `NX` (Redis 7 or later): only its
+//! first hit sets when it ends.
 //!
 //! The connection is a `redis` crate connection manager: it connects lazily
 //! (the service starts, and reports unhealthy, while Redis is down), and
@@ -67,10 +69,13 @@ impl RedisBackend {
         pipe.atomic();
         for item in items {
             pipe.cmd("INCRBY").arg(&item.key).arg(item.hits);
-            pipe.cmd("EXPIRE")
-                .arg(&item.key)
-                .arg(item.window_seconds)
-                .ignore();
+            let expire = pipe.cmd("EXPIRE").arg(&item.key).arg(item.window_seconds);
+            if item.rolling {
+                // Set by the first hit only (Redis 7): the window runs from
+                // there, however often the key is hit after.
+                expire.arg("NX");
+            }
+            expire.ignore();
         }
         let mut conn = self.manager.clone();
         let counts: Vec<i64> = tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
@@ -304,6 +309,7 @@ mod tests {
             hits: 1,
             window_seconds: 60,
             window_end: 60,
+            rolling: false,
         };
         assert!(backend.increment(&[item]).await.is_err());
     }
