@@ -539,3 +539,29 @@ fn a_jti_replayed_through_another_instance_is_refused() {
         200
     );
 }
+
+#[test]
+fn a_rate_limit_cluster_envoy_does_not_have_fails_by_the_failure_mode_without_a_crash() {
+    // `rate_limit_service.cluster` names no cluster of this Envoy (a typo,
+    // or a cluster removed by CDS): Envoy refuses the gRPC call. Every
+    // request that needs the service then takes the failure mode, and the
+    // VM keeps running.
+    let up = Upstream::start();
+    for (mode, status) in [("deny", 503), ("allow", 200)] {
+        let envoy = EnvoyBuilder::new(config(mode, 500), up.port).start();
+        for _ in 0..3 {
+            let r = envoy.request(from_ip(Req::get("/api/x"), "192.0.2.77"));
+            assert_eq!(r.status, status, "{mode}: {}", r.text());
+            if status == 503 {
+                assert_eq!(r.reason(), Some("ratelimit_unavailable"));
+            }
+        }
+        // Refused at once by Envoy, not a call that timed out.
+        let log = envoy.log();
+        assert!(
+            log.contains("cannot call the rate-limit service: HostError("),
+            "{log}"
+        );
+        envoy.assert_vm_healthy();
+    }
+}
