@@ -24,7 +24,7 @@ use crate::ratelimit::{self, RateLimitResponse};
 use crate::request::Request;
 use crate::signing::{self, InstallKey, Message, SigningError};
 use crate::store::{self, BucketSalt, ReplayOutcome, SharedStore};
-use crate::token::{self, AppClaimFormat, Key, ReplayScope, TokenError, VerifiedToken};
+use crate::token::{self, AppClaimFormat, Key, Replay, ReplayScope, TokenError, VerifiedToken};
 
 /// Upper bound of the per-worker verified-token cache.
 pub const TOKEN_CACHE_ENTRIES: usize = 4096;
@@ -1023,9 +1023,15 @@ pub fn evaluate_rls(
     let recorded = pending.local_replay.take();
     let step = rls_verdict(ctx, pending, answer, now);
     if let (Some((provider, digest)), Step::Done(Decision::Deny(_), _)) = (recorded, &step) {
-        if let Some((name, capacity)) = replay_table(ctx.config, provider) {
+        if let Some((name, replay)) = replay_table(ctx.config, provider) {
             // A failure leaves the `jti` used up: strict, as before.
-            let _ = store::replay_forget(ctx.store, &ctx.bucket_salt, name, capacity, &digest);
+            let _ = store::replay_forget(
+                ctx.store,
+                &ctx.bucket_salt,
+                name,
+                replay.max_entries,
+                &digest,
+            );
         }
     }
     step
@@ -1849,12 +1855,12 @@ fn token_rules(
     Ok(())
 }
 
-/// The local replay table of provider `provider`: its name and capacity.
-fn replay_table(config: &Config, provider: usize) -> Option<(&str, u32)> {
+/// The local replay table of provider `provider`: its name and settings.
+fn replay_table(config: &Config, provider: usize) -> Option<(&str, &Replay)> {
     config
         .providers
         .get(provider)
-        .and_then(|p| Some((p.name.as_str(), p.replay.as_ref()?.max_entries)))
+        .and_then(|p| Some((p.name.as_str(), p.replay.as_ref()?)))
 }
 
 /// Records a token's replay claim in the instance's replay table
@@ -1866,12 +1872,13 @@ fn local_replay(
     expires: u64,
     now: u64,
 ) -> Result<(), Reason> {
-    let (name, capacity) = replay_table(ctx.config, provider).ok_or(Reason::TokenReplayed)?;
+    let (name, replay) = replay_table(ctx.config, provider).ok_or(Reason::TokenReplayed)?;
     match store::replay_check(
         ctx.store,
         &ctx.bucket_salt,
         name,
-        capacity,
+        replay.max_entries,
+        &replay.past_layouts,
         digest,
         expires,
         now,

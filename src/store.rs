@@ -339,18 +339,150 @@ fn replay_bucket_key(salt: &BucketSalt, table: &str, capacity: u32, digest: &[u8
     )
 }
 
+/// A capacity a replay table had before a configuration changed it, and
+/// until when (epoch seconds) a value recorded under it may still be live.
+///
+/// A table's capacity decides which bucket a value's digest lands in, so a
+/// value recorded before `max_entries` changed is in a bucket that the new
+/// capacity no longer looks in. Until every such value has expired, a
+/// replay check also looks in the bucket the past capacity names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PastLayout {
+    /// The capacity the table had.
+    pub capacity: u32,
+    /// The last second a value recorded under it can be live.
+    pub until: u64,
+}
+
+/// Past layouts remembered per table: more capacity changes than this
+/// within a token lifetime forget the oldest (the one closest to its end).
+pub const PAST_LAYOUTS_MAX: usize = 8;
+
+const LAYOUT_HEAD: usize = 12; // capacity u32 + horizon u64
+const LAYOUT_PAST: usize = 12; // capacity u32 + until u64
+
+fn layout_key(table: &str) -> String {
+    format!("appguard/replay/{table}/layout")
+}
+
+/// Registers `capacity` as the current layout of replay table `table`,
+/// whose values live at most `horizon` seconds after they are recorded
+/// (the token's longest lifetime plus its clock skew, twice), and returns
+/// the past layouts whose values may still be live at `now`.
+///
+/// Called by every worker when a configuration loads: the first one that
+/// sees a new capacity turns the previous one into a [`PastLayout`] that
+/// lasts `horizon` of the previous configuration from now; the others then
+/// find the record current. While the capacity stays, the horizon kept is
+/// the longest any configuration had, since values recorded under a longer
+/// one are still there.
+pub fn replay_layouts<S: SharedStore + ?Sized>(
+    store: &S,
+    table: &str,
+    capacity: u32,
+    horizon: u64,
+    now: u64,
+) -> Result<Vec<PastLayout>, StoreError> {
+    update(store, &layout_key(table), |current| {
+        let parsed = current.and_then(|b| {
+            let head_capacity = u32_at(b, 0)?;
+            let head_horizon = u64_at(b, 4)?;
+            let rest = b.get(LAYOUT_HEAD..)?;
+            if rest.len() % LAYOUT_PAST != 0 {
+                return None;
+            }
+            let past = rest
+                .chunks_exact(LAYOUT_PAST)
+                .filter_map(|e| {
+                    Some(PastLayout {
+                        capacity: u32_at(e, 0)?,
+                        until: u64_at(e, 4)?,
+                    })
+                })
+                .collect::<Vec<_>>();
+            Some((head_capacity, head_horizon, past))
+        });
+        // No record (the first configuration of this instance, or one
+        // written by a module that is not appguard): nothing was recorded
+        // under another capacity that this module could know of.
+        let Some((old_capacity, old_horizon, old_past)) = parsed else {
+            return (Some(layout_bytes(capacity, horizon, &[])), Vec::new());
+        };
+        let mut past: Vec<PastLayout> = old_past
+            .iter()
+            .copied()
+            .filter(|p| p.until >= now && p.capacity != capacity)
+            .collect();
+        let head_horizon = if old_capacity == capacity {
+            old_horizon.max(horizon)
+        } else {
+            let until = now.saturating_add(old_horizon);
+            match past.iter_mut().find(|p| p.capacity == old_capacity) {
+                Some(p) => p.until = p.until.max(until),
+                None => past.push(PastLayout {
+                    capacity: old_capacity,
+                    until,
+                }),
+            }
+            horizon
+        };
+        past.sort_by_key(|p| std::cmp::Reverse(p.until));
+        past.truncate(PAST_LAYOUTS_MAX);
+        let new = layout_bytes(capacity, head_horizon, &past);
+        let changed = current != Some(new.as_slice());
+        (changed.then_some(new), past)
+    })
+}
+
+fn layout_bytes(capacity: u32, horizon: u64, past: &[PastLayout]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(LAYOUT_HEAD + past.len() * LAYOUT_PAST);
+    out.extend_from_slice(&capacity.to_le_bytes());
+    out.extend_from_slice(&horizon.to_le_bytes());
+    for p in past {
+        out.extend_from_slice(&p.capacity.to_le_bytes());
+        out.extend_from_slice(&p.until.to_le_bytes());
+    }
+    out
+}
+
+/// Whether the bucket of `digest` under a past capacity holds it, live.
+fn seen_under<S: SharedStore + ?Sized>(
+    store: &S,
+    salt: &BucketSalt,
+    table: &str,
+    past: &PastLayout,
+    digest: &[u8; 16],
+    now: u64,
+) -> bool {
+    let Some((bytes, _)) = store.get(&replay_bucket_key(salt, table, past.capacity, digest)) else {
+        return false;
+    };
+    bytes.chunks_exact(REPLAY_ENTRY).any(|e| {
+        let (d, exp) = e.split_at(16);
+        d == digest && u64::from_le_bytes(exp.try_into().unwrap_or([0; 8])) >= now
+    })
+}
+
 /// Records `digest` (until `expires`) in the replay table `table` of
 /// `capacity` entries, in the bucket `salt` picks; tells whether it was
-/// already there.
+/// already there, there or under one of the table's `past` capacities
+/// (see [`PastLayout`]; values are recorded under the current one only).
+#[allow(clippy::too_many_arguments)]
 pub fn replay_check<S: SharedStore + ?Sized>(
     store: &S,
     salt: &BucketSalt,
     table: &str,
     capacity: u32,
+    past: &[PastLayout],
     digest: &[u8; 16],
     expires: u64,
     now: u64,
 ) -> Result<ReplayOutcome, StoreError> {
+    if past.iter().any(|p| {
+        p.until >= now && p.capacity != capacity && seen_under(store, salt, table, p, digest, now)
+    }) {
+        return Ok(ReplayOutcome::Replayed);
+    }
     let key = replay_bucket_key(salt, table, capacity, digest);
     update(store, &key, |current| {
         let mut kept: Vec<u8> = Vec::with_capacity((REPLAY_BUCKET_ENTRIES + 1) * REPLAY_ENTRY);
@@ -444,23 +576,122 @@ mod tests {
         let s = MemStore::default();
         let d = [7u8; 16];
         assert_eq!(
-            replay_check(&s, &SALT, "p", 64, &d, 100, 50),
+            replay_check(&s, &SALT, "p", 64, &[], &d, 100, 50),
             Ok(ReplayOutcome::Fresh)
         );
         assert_eq!(
-            replay_check(&s, &SALT, "p", 64, &d, 100, 60),
+            replay_check(&s, &SALT, "p", 64, &[], &d, 100, 60),
             Ok(ReplayOutcome::Replayed)
         );
         assert_eq!(
-            replay_check(&s, &SALT, "p", 64, &d, 200, 101),
+            replay_check(&s, &SALT, "p", 64, &[], &d, 200, 101),
             Ok(ReplayOutcome::Fresh),
             "expired entry forgotten"
         );
         assert_eq!(
-            replay_check(&s, &SALT, "other", 64, &d, 200, 101),
+            replay_check(&s, &SALT, "other", 64, &[], &d, 200, 101),
             Ok(ReplayOutcome::Fresh),
             "tables are separate"
         );
+    }
+
+    /// A digest other than `not` whose bucket differs between `a` and `b`
+    /// entries.
+    fn moved_by_resize(a: u32, b: u32, not: [u8; 16]) -> [u8; 16] {
+        let per = REPLAY_BUCKET_ENTRIES as u32;
+        (0u8..=255)
+            .map(|i| [i; 16])
+            .filter(|d| *d != not)
+            .find(|d| bucket_of(&SALT, d, a / per) != bucket_of(&SALT, d, b / per))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_value_recorded_before_max_entries_changed_is_still_a_replay() {
+        let s = MemStore::default();
+        let d = moved_by_resize(1024, 65536, [0xff; 16]);
+        // first configuration: 1024 entries, tokens of up to 300 s
+        assert_eq!(replay_layouts(&s, "p", 1024, 300, 1_000), Ok(vec![]));
+        assert_eq!(
+            replay_check(&s, &SALT, "p", 1024, &[], &d, 1_300, 1_000),
+            Ok(ReplayOutcome::Fresh)
+        );
+        // without the past layout the new capacity looks in another bucket
+        assert_eq!(
+            replay_check(
+                &MemStore::default(),
+                &SALT,
+                "p",
+                65536,
+                &[],
+                &d,
+                1_300,
+                1_010
+            ),
+            Ok(ReplayOutcome::Fresh)
+        );
+        // the new configuration: the first worker turns 1024 into a past
+        // layout that lasts the old horizon; the others read the same
+        let past = vec![PastLayout {
+            capacity: 1024,
+            until: 1_310,
+        }];
+        assert_eq!(replay_layouts(&s, "p", 65536, 60, 1_010), Ok(past.clone()));
+        assert_eq!(replay_layouts(&s, "p", 65536, 60, 1_011), Ok(past.clone()));
+        assert_eq!(
+            replay_check(&s, &SALT, "p", 65536, &past, &d, 1_300, 1_020),
+            Ok(ReplayOutcome::Replayed)
+        );
+        // a value first seen after the change is recorded under the new one
+        let e = moved_by_resize(65536, 1024, d);
+        assert_eq!(
+            replay_check(&s, &SALT, "p", 65536, &past, &e, 1_300, 1_020),
+            Ok(ReplayOutcome::Fresh)
+        );
+        assert_eq!(
+            replay_check(&s, &SALT, "p", 65536, &past, &e, 1_300, 1_021),
+            Ok(ReplayOutcome::Replayed)
+        );
+        // once the old horizon has passed the past layout is dropped
+        assert_eq!(replay_layouts(&s, "p", 65536, 60, 1_311), Ok(vec![]));
+    }
+
+    #[test]
+    fn layouts_keep_the_longest_horizon_and_forget_a_capacity_that_returns() {
+        let s = MemStore::default();
+        assert_eq!(replay_layouts(&s, "p", 1024, 86_400, 0), Ok(vec![]));
+        // same capacity, shorter tokens: values recorded under the day-long
+        // horizon are still there, so it is kept
+        assert_eq!(replay_layouts(&s, "p", 1024, 60, 10), Ok(vec![]));
+        let past = replay_layouts(&s, "p", 2048, 60, 20).unwrap();
+        assert_eq!(
+            past,
+            vec![PastLayout {
+                capacity: 1024,
+                until: 86_420
+            }]
+        );
+        // back to 1024: that layout is current again, 2048 becomes past
+        assert_eq!(
+            replay_layouts(&s, "p", 1024, 60, 30),
+            Ok(vec![PastLayout {
+                capacity: 2048,
+                until: 90
+            }])
+        );
+        // tables are separate
+        assert_eq!(replay_layouts(&s, "q", 4096, 60, 30), Ok(vec![]));
+        // a record that is not a layout is replaced, not trusted
+        s.set("appguard/replay/r/layout", b"junk", 0).unwrap();
+        assert_eq!(replay_layouts(&s, "r", 16, 60, 30), Ok(vec![]));
+        // at most PAST_LAYOUTS_MAX, the latest kept
+        for (i, cap) in (1..=10u32).map(|n| n * 16).enumerate() {
+            let _ = replay_layouts(&s, "t", cap, 1_000, i as u64);
+        }
+        let past = replay_layouts(&s, "t", 4096, 1_000, 20).unwrap();
+        assert_eq!(past.len(), PAST_LAYOUTS_MAX);
+        assert_eq!(past[0].capacity, 160);
+        assert!(past.iter().all(|p| p.capacity > 32));
     }
 
     #[test]
@@ -469,16 +700,16 @@ mod tests {
         // capacity 16 = one bucket of 16
         for i in 0..16u8 {
             assert_eq!(
-                replay_check(&s, &SALT, "p", 16, &[i; 16], 100, 0),
+                replay_check(&s, &SALT, "p", 16, &[], &[i; 16], 100, 0),
                 Ok(ReplayOutcome::Fresh)
             );
         }
         assert_eq!(
-            replay_check(&s, &SALT, "p", 16, &[99; 16], 100, 0),
+            replay_check(&s, &SALT, "p", 16, &[], &[99; 16], 100, 0),
             Ok(ReplayOutcome::Full)
         );
         assert_eq!(
-            replay_check(&s, &SALT, "p", 16, &[99; 16], 200, 101),
+            replay_check(&s, &SALT, "p", 16, &[], &[99; 16], 200, 101),
             Ok(ReplayOutcome::Fresh)
         );
     }
@@ -538,11 +769,11 @@ mod tests {
             let s = MemStore::default();
             for d in colliding(&known, 64, 16) {
                 assert_eq!(
-                    replay_check(&s, &salt, "p", 1024, &d, 100, 0),
+                    replay_check(&s, &salt, "p", 1024, &[], &d, 100, 0),
                     Ok(ReplayOutcome::Fresh)
                 );
             }
-            let victim = replay_check(&s, &salt, "p", 1024, &[0u8; 16], 100, 0);
+            let victim = replay_check(&s, &salt, "p", 1024, &[], &[0u8; 16], 100, 0);
             if salt == known {
                 assert_eq!(victim, Ok(ReplayOutcome::Full));
             } else {

@@ -21,6 +21,7 @@ use crate::identity::KeyMemo;
 use crate::limits::ServiceCache;
 use crate::policy::{NegativeCache, RemoteKeys, TokenCache};
 use crate::store::{self, BucketSalt};
+use crate::token::ReplayScope;
 
 /// Everything one worker keeps between requests.
 pub struct Worker {
@@ -252,7 +253,7 @@ impl RootContext for FilterRoot {
                 return false;
             }
         };
-        let config = match Config::from_json(&bytes) {
+        let mut config = match Config::from_json(&bytes) {
             Ok(c) => c,
             Err(e) => {
                 // Returning false makes Envoy refuse the configuration:
@@ -277,6 +278,36 @@ impl RootContext for FilterRoot {
                 return false;
             }
         };
+        // Local replay tables whose capacity changed keep being checked
+        // under the old one until the values recorded there expire.
+        let now = host::now_seconds();
+        for p in &mut config.providers {
+            let horizon = p.replay_horizon();
+            let Some(replay) = p.replay.as_mut().filter(|r| r.scope == ReplayScope::Local) else {
+                continue;
+            };
+            match store::replay_layouts(&host::HostStore, &p.name, replay.max_entries, horizon, now)
+            {
+                Ok(past) => {
+                    for l in &past {
+                        info!(
+                            "tokens {}: replay.max_entries changed; values recorded under {} entries are checked too for {} s",
+                            p.name,
+                            l.capacity,
+                            l.until.saturating_sub(now)
+                        );
+                    }
+                    replay.past_layouts = past;
+                }
+                Err(e) => {
+                    error!(
+                        "tokens {}: cannot read or write the replay table's layout ({e:?}): configuration refused",
+                        p.name
+                    );
+                    return false;
+                }
+            }
+        }
         info!(
             "configured (root {}): {} routes, {} apps, {} keys, {} token providers, mode {:?}",
             self.context_id,

@@ -74,6 +74,12 @@ pub struct Replay {
     pub scope: ReplayScope,
     /// Capacity of the local table (values remembered at once).
     pub max_entries: u32,
+    /// Capacities the local table had under earlier configurations of this
+    /// Envoy instance whose values may still be live: checked as well, so
+    /// that changing `max_entries` does not let a used value through again.
+    /// Empty when compiled; the adapter fills it when the configuration
+    /// loads ([`crate::store::replay_layouts`]).
+    pub past_layouts: Vec<crate::store::PastLayout>,
 }
 
 /// How the app claim is read.
@@ -178,6 +184,17 @@ pub struct FailureBudget {
     pub v4_prefix: u8,
     /// IPv6 prefix the budget is kept per (64 = per typical subnet).
     pub v6_prefix: u8,
+}
+
+impl Provider {
+    /// The longest a replay entry of this provider's tokens is kept after
+    /// it is recorded: an accepted token expires at most
+    /// `max_lifetime_seconds` plus the clock skew from now, and its entry
+    /// is kept for the skew after that.
+    pub fn replay_horizon(&self) -> u64 {
+        self.max_lifetime_seconds
+            .saturating_add(self.clock_skew_seconds.saturating_mul(2))
+    }
 }
 
 impl Default for FailureBudget {
@@ -550,6 +567,7 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
                 claim: r.claim,
                 scope: r.scope,
                 max_entries: r.max_entries,
+                past_layouts: Vec::new(),
             })
         }
         None => None,

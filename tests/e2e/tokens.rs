@@ -425,3 +425,74 @@ fn a_jti_used_on_one_worker_is_a_replay_on_the_other() {
     assert!(refused_elsewhere, "no request reached the other worker");
     assert_eq!(up.seen().len(), 1);
 }
+
+#[test]
+fn a_jti_used_before_max_entries_changed_is_still_a_replay_after() {
+    // `max_entries` decides which bucket of the shared table a `jti` is
+    // looked up in. A control plane that raises it pushes a new listener;
+    // the table (Envoy's shared data) stays, and a `jti` recorded under
+    // the old capacity must still be found under the new one. 16 entries
+    // are one bucket, 65,536 are 4,096: each of these `jti`s lands in
+    // another bucket after the change with odds of 4,095 in 4,096.
+    let with_entries = |n: u32, extra_route: bool| {
+        let mut p = providers(false);
+        p[0]["replay"]["max_entries"] = json!(n);
+        let mut c = config(p);
+        if extra_route {
+            c["routes"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"name": "open", "match": {"prefix": "/open"}}));
+        }
+        c
+    };
+    let up = Upstream::start();
+    let builder = EnvoyBuilder::new(with_entries(16, false), up.port).listener_from_file();
+    let envoy = builder.start();
+    let send = |t: &str| {
+        envoy.request(
+            Req::get("/hs/x")
+                .header("approov-token", t)
+                .header("authorization", "Bearer user"),
+        )
+    };
+    let used: Vec<String> = (0..3)
+        .map(|i| good_hs(&format!("resize-{i}"), "Bearer user"))
+        .collect();
+    for t in &used {
+        let r = send(t);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = send(t);
+        assert_eq!((r.status, r.reason()), (401, Some("token_replayed")));
+    }
+
+    envoy.update_listener(&builder.clone().plugin_config(with_entries(65536, true)));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while envoy.request(Req::get("/open/x")).status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update never took effect"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for t in &used {
+        let r = send(t);
+        assert_eq!(
+            (r.status, r.reason()),
+            (401, Some("token_replayed")),
+            "a jti used before the change passed again"
+        );
+    }
+    // new values are recorded under the new capacity
+    let fresh = good_hs("resize-new", "Bearer user");
+    assert_eq!(send(&fresh).status, 200);
+    assert_eq!(send(&fresh).reason(), Some("token_replayed"));
+    let passed = up.seen().iter().filter(|s| s.path == "/hs/x").count();
+    assert_eq!(passed, 4, "each jti reached the upstream once");
+    let log = envoy.log();
+    assert!(
+        log.contains("tokens hs: replay.max_entries changed; values recorded under 16 entries are checked too"),
+        "{log}"
+    );
+    envoy.assert_vm_healthy();
+}
