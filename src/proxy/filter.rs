@@ -46,7 +46,13 @@ enum State {
     /// Headers not seen yet.
     Start,
     /// Held until a JWKS fetch (call `token`) for `provider` answers.
-    AwaitingKeys { token: u32, provider: usize },
+    AwaitingKeys {
+        token: u32,
+        provider: usize,
+        /// When the GET was dispatched, in milliseconds since the epoch
+        /// (see [`jwks::publish`]).
+        started: u64,
+    },
     /// Buffering the body for the body phase.
     AwaitingBody(Box<Pending>),
     /// Held until the rate-limit service (call `token`) answers.
@@ -277,7 +283,11 @@ impl GuardFilter {
                 if let Some(slot) = worker.jwks.borrow_mut().get_mut(p) {
                     slot.fetch_started(token, now, remote.timeout_ms);
                 }
-                self.state = State::AwaitingKeys { token, provider: p };
+                self.state = State::AwaitingKeys {
+                    token,
+                    provider: p,
+                    started: now_millis(),
+                };
                 Action::Pause
             }
             Err(s) => {
@@ -541,7 +551,12 @@ impl Context for GuardFilter {
                 return;
             }
         }
-        let State::AwaitingKeys { token, provider } = self.state else {
+        let State::AwaitingKeys {
+            token,
+            provider,
+            started,
+        } = self.state
+        else {
             return;
         };
         if token != token_id {
@@ -558,7 +573,7 @@ impl Context for GuardFilter {
             if let Some(slot) = slots.get_mut(provider) {
                 slot.fetch_ended(token_id);
                 let loaded = match (status, body) {
-                    (200, Some(body)) => jwks::store(slot, &p.name, remote, &body, now),
+                    (200, Some(body)) => jwks::store(slot, &p.name, remote, &body, started, now),
                     (s, _) => Err(format!("fetch failed (status {s})")),
                 };
                 if let Err(e) = loaded {

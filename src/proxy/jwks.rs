@@ -1,8 +1,11 @@
 //! Remote JWKS: fetched through an Envoy cluster, shared by the workers of an
 //! instance through shared data, parsed once per worker per version.
 //!
-//! Shared-data layout: `appguard/jwks/<provider>/<source>` holds 8 bytes of
-//! fetch time (little-endian seconds) followed by the JWKS JSON; its CAS
+//! Shared-data layout: `appguard/jwks2/<provider>/<source>` holds 8 bytes of
+//! fetch time (little-endian milliseconds since the epoch at which the GET
+//! was dispatched: a copy is only replaced by a fetch dispatched no earlier;
+//! `jwks` held seconds of arrival, hence the new name) followed by the JWKS
+//! JSON; its CAS
 //! value is the version a worker compares against.
 //! `appguard/jwks-lease/<provider>/<source>` holds the time until which one
 //! worker owns the next fetch, so that a refresh is done by one worker, not
@@ -33,7 +36,8 @@ pub const MAX_JWKS_BYTES: usize = 64 * 1024;
 pub struct JwksSlot {
     /// Shared-data CAS of the loaded version.
     pub loaded_cas: Option<u32>,
-    /// When the loaded keys were fetched (by any worker).
+    /// When the GET that fetched the loaded keys was dispatched (by any
+    /// worker).
     pub fetched_at: u64,
     /// The keys, as the policy sees them.
     pub keys: RemoteKeys,
@@ -117,7 +121,7 @@ pub fn shared_key(kind: &str, provider: &str, remote: &RemoteJwks) -> String {
 }
 
 fn data_key(provider: &str, remote: &RemoteJwks) -> String {
-    shared_key("jwks", provider, remote)
+    shared_key("jwks2", provider, remote)
 }
 
 /// Reloads the worker's keys from shared data when another worker stored a
@@ -126,7 +130,7 @@ pub fn sync(slot: &mut JwksSlot, provider: &str, remote: &RemoteJwks, now: u64) 
     if let Some((bytes, cas)) = HostStore.get(&data_key(provider, remote)) {
         if slot.loaded_cas != Some(cas) && bytes.len() > 8 {
             let (ts, json) = bytes.split_at(8);
-            let fetched_at = u64::from_le_bytes(ts.try_into().unwrap_or([0; 8]));
+            let fetched_at = u64::from_le_bytes(ts.try_into().unwrap_or([0; 8])) / 1000;
             match parse(json) {
                 Ok(keys) => {
                     slot.keys.keys = Some(Rc::new(keys));
@@ -161,25 +165,67 @@ pub fn parse(body: &[u8]) -> Result<Vec<crate::token::Key>, String> {
     Ok(keys)
 }
 
-/// Stores a freshly fetched JWKS for every worker of the same provider and
-/// source (see [`shared_key`]), and loads it here.
+/// Writes a fetched JWKS to the shared copy at `key` unless the copy there
+/// came from a fetch dispatched later than this one (`started_ms`,
+/// milliseconds since the epoch): answers can arrive out of order (a slow
+/// GET sent before a key rotation answering after a quick one sent after
+/// it), and the older keys must not replace the newer ones for every
+/// worker. Within the same millisecond the later answer wins. Returns
+/// whether it was written.
+pub fn publish<S: SharedStore + ?Sized>(
+    shared: &S,
+    key: &str,
+    started_ms: u64,
+    body: &[u8],
+) -> Result<bool, store::StoreError> {
+    store::update(shared, key, |current| {
+        if current
+            .and_then(|b| store::u64_at(b, 0))
+            .is_some_and(|stored| stored > started_ms)
+        {
+            return (None, false);
+        }
+        let mut value = Vec::with_capacity(8 + body.len());
+        value.extend_from_slice(&started_ms.to_le_bytes());
+        value.extend_from_slice(body);
+        (Some(value), true)
+    })
+}
+
+/// Stores a JWKS fetched by a GET dispatched at `started_ms` for every worker
+/// of the same provider and source (see [`shared_key`]), and loads it here;
+/// when a later fetch's keys are already stored ([`publish`]), loads those
+/// instead.
 pub fn store(
     slot: &mut JwksSlot,
     provider: &str,
     remote: &RemoteJwks,
     body: &[u8],
+    started_ms: u64,
     now: u64,
 ) -> Result<(), String> {
     let keys = parse(body)?;
     let key = data_key(provider, remote);
-    let mut value = Vec::with_capacity(8 + body.len());
-    value.extend_from_slice(&now.to_le_bytes());
-    value.extend_from_slice(body);
-    // Last writer wins: every stored version is a complete, valid JWKS.
-    let _ = HostStore.set(&key, &value, 0);
-    slot.loaded_cas = HostStore.get(&key).map(|(_, cas)| cas);
+    match publish(&HostStore, &key, started_ms, body) {
+        Ok(false) => {
+            info!(
+                "jwks {provider}: an answer to an earlier fetch ({} bytes) not stored: a later fetch's keys are",
+                body.len()
+            );
+            slot.loaded_cas = None;
+            sync(slot, provider, remote, now);
+            return Ok(());
+        }
+        Ok(true) => slot.loaded_cas = HostStore.get(&key).map(|(_, cas)| cas),
+        // The keys are valid: this worker uses them, and loads the shared
+        // copy again once one is written.
+        Err(e) => {
+            warn!("jwks {provider}: cannot store the fetched keys for the other workers ({e:?})");
+            slot.loaded_cas = None;
+        }
+    }
     slot.keys.keys = Some(Rc::new(keys));
-    slot.fetched_at = now;
+    slot.fetched_at = started_ms / 1000;
     info!("jwks {provider}: {} bytes loaded", body.len());
     Ok(())
 }
@@ -227,6 +273,21 @@ mod tests {
             timeout_ms: 2000,
             min_refetch_seconds: 30,
         }
+    }
+
+    #[test]
+    fn an_answer_to_an_earlier_fetch_does_not_replace_a_later_ones_keys() {
+        let s = store::MemStore::default();
+        assert_eq!(publish(&s, "k", 100, b"old"), Ok(true), "first copy");
+        assert_eq!(publish(&s, "k", 105, b"rotated"), Ok(true), "a later fetch");
+        // the GET sent at 102 answers last: it must not win
+        assert_eq!(publish(&s, "k", 102, b"stale"), Ok(false));
+        let (v, _) = s.get("k").unwrap();
+        assert_eq!(store::u64_at(&v, 0), Some(105));
+        assert_eq!(&v[8..], b"rotated");
+        // the same millisecond: the answer that comes last is stored
+        assert_eq!(publish(&s, "k", 105, b"again"), Ok(true));
+        assert_eq!(&s.get("k").unwrap().0[8..], b"again");
     }
 
     #[test]

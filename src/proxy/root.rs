@@ -50,15 +50,16 @@ pub struct Worker {
     pub pending_alerts: RefCell<Vec<crate::alerts::Alert>>,
     /// Keeps per-request decision log lines to `decision_log_per_second`.
     pub decision_log: RefCell<crate::lograte::LogLimiter>,
-    /// Background JWKS refreshes in flight: call token → provider index.
-    pub refreshes: RefCell<HashMap<u32, usize>>,
+    /// Background JWKS refreshes in flight: call token → provider index
+    /// and when the GET was dispatched (milliseconds since the epoch).
+    pub refreshes: RefCell<HashMap<u32, (usize, u64)>>,
 }
 
 impl Worker {
     /// Handles the answer to a background JWKS refresh, if `token` is one.
     /// Returns whether it was.
     pub fn refresh_answered(&self, token: u32, body_size: usize) -> bool {
-        let Some(p) = self.refreshes.borrow_mut().remove(&token) else {
+        let Some((p, started)) = self.refreshes.borrow_mut().remove(&token) else {
             return false;
         };
         let Some(provider) = self.config.providers.get(p) else {
@@ -73,7 +74,7 @@ impl Worker {
         if let Some(slot) = slots.get_mut(p) {
             match (status, body) {
                 (200, Some(body)) => {
-                    if let Err(e) = jwks::store(slot, &provider.name, remote, &body, now) {
+                    if let Err(e) = jwks::store(slot, &provider.name, remote, &body, started, now) {
                         warn!(
                             "jwks {}: refresh refused: {e}; keeping the previous keys",
                             provider.name
@@ -115,7 +116,7 @@ impl Worker {
                 // fetch failed, keys past their grace): then every
                 // `timeout_ms` + 1 s per instance, whether requests come
                 // or not.
-                !self.refreshes.borrow().values().any(|x| *x == p)
+                !self.refreshes.borrow().values().any(|(x, _)| *x == p)
                     && jwks::take_refresh_lease(slot, &provider.name, remote, now)
             };
             if refresh {
@@ -127,7 +128,9 @@ impl Worker {
                 );
                 match token {
                     Ok(t) => {
-                        self.refreshes.borrow_mut().insert(t, p);
+                        self.refreshes
+                            .borrow_mut()
+                            .insert(t, (p, host::now_millis()));
                     }
                     Err(s) => warn!("jwks {}: cannot dispatch the refresh: {s:?}", provider.name),
                 }

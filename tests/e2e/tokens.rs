@@ -341,6 +341,92 @@ fn remote_jwks_through_a_cluster_with_rotation_and_unknown_kid() {
     );
 }
 
+/// Answers can come back out of order: a background refresh sent before a
+/// key rotation, and slow to answer, must not replace the rotated keys that
+/// a later fetch already stored for every worker.
+#[test]
+fn a_slow_answer_to_an_earlier_fetch_does_not_undo_a_rotation() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let k1 = ES256KeyPair::generate().with_key_id("k1");
+    let k2 = ES256KeyPair::generate().with_key_id("k2");
+    let only_k1 = json!({"keys": [tokens::es256_jwk(&k1, "k1")]}).to_string();
+    let both =
+        json!({"keys": [tokens::es256_jwk(&k1, "k1"), tokens::es256_jwk(&k2, "k2")]}).to_string();
+    let doc = Arc::new(Mutex::new(only_k1));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let late_sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (d, c, l) = (doc.clone(), calls.clone(), late_sent.clone());
+    // The second GET is the background refresh: it takes the document as it
+    // is when it arrives, then answers 3 s late.
+    let server = Upstream::with_handler(Arc::new(move |_s: &Seen| {
+        let body = d.lock().unwrap().clone();
+        if c.fetch_add(1, Ordering::SeqCst) == 1 {
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            l.store(true, Ordering::SeqCst);
+        }
+        (
+            200,
+            vec![("content-type".into(), "application/json".into())],
+            body.into_bytes(),
+        )
+    }));
+    let mut p = providers(false);
+    p[2] = json!({"name": "remote", "from": [{"header": "x-token"}],
+        "remote_jwks": {"cluster": "jwks", "path": "/jwks.json", "timeout_ms": 5000,
+                        "min_refetch_seconds": 60, "refresh_seconds": 10}});
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config(p), up.port)
+        .http_cluster("jwks", server.port)
+        .start();
+    let t1 = tokens::es256_with(&k1, &claims(60, json!({})));
+    let r = envoy.request(Req::get("/remote/a").header("x-token", &t1));
+    assert_eq!(r.status, 200, "{}", r.text());
+    // wait for the refresh to be under way, then rotate
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while calls.load(Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background refresh"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    *doc.lock().unwrap() = both;
+    let t2 = tokens::es256_with(&k2, &claims(60, json!({})));
+    let r = envoy.request(Req::get("/remote/b").header("x-token", &t2));
+    assert_eq!(
+        r.status,
+        200,
+        "the rotated key, fetched at once: {}",
+        r.text()
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "one re-fetch for the new kid"
+    );
+    // the refresh now answers with the document from before the rotation
+    while !late_sent.load(Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // new tokens, so that the verified-token cache cannot answer
+    for (i, path) in ["/remote/c", "/remote/d"].iter().enumerate() {
+        let t = tokens::es256_with(&k2, &claims(60, json!({"n": i})));
+        let r = envoy.request(Req::get(path).header("x-token", &t));
+        assert_eq!(r.status, 200, "k2 after the late answer: {}", r.text());
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "no more fetches were needed"
+    );
+    assert!(
+        envoy.log().contains("an answer to an earlier fetch"),
+        "the late answer is logged as not stored: {}",
+        envoy.log()
+    );
+}
+
 #[test]
 fn jwks_down_before_first_keys_is_503_jwks_unavailable() {
     let jwks = JwksServer::start(json!({}));
