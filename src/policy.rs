@@ -29,28 +29,39 @@ use crate::token::{self, AppClaimFormat, Key, Replay, ReplayScope, TokenError, V
 /// Upper bound of the per-worker verified-token cache.
 pub const TOKEN_CACHE_ENTRIES: usize = 4096;
 
-/// Tokens whose signature was verified, by token text, until their `exp`.
+/// Tokens whose signature was verified, by token text, until their `exp`,
+/// and only while the provider's fetched keys are the set that verified
+/// them ([`RemoteKeys::version`]): a key taken out of the JWKS stops
+/// passing at the next refresh, cached or not.
 /// Per worker (no locking, no host calls); binding, replay, route and
 /// identity checks still run on every request.
 #[derive(Default)]
 pub struct TokenCache {
-    map: HashMap<Box<str>, Rc<VerifiedToken>>,
+    map: HashMap<Box<str>, (u64, Rc<VerifiedToken>)>,
 }
 
 impl TokenCache {
-    fn get(&self, provider: usize, token: &str, now: u64, skew: u64) -> Option<Rc<VerifiedToken>> {
-        let v = self.map.get(token)?;
-        (v.provider == provider && v.exp.saturating_add(skew) >= now).then(|| v.clone())
+    fn get(
+        &self,
+        provider: usize,
+        keys_version: u64,
+        token: &str,
+        now: u64,
+        skew: u64,
+    ) -> Option<Rc<VerifiedToken>> {
+        let (version, v) = self.map.get(token)?;
+        (v.provider == provider && *version == keys_version && v.exp.saturating_add(skew) >= now)
+            .then(|| v.clone())
     }
 
-    fn put(&mut self, token: &str, v: Rc<VerifiedToken>, now: u64) {
+    fn put(&mut self, token: &str, keys_version: u64, v: Rc<VerifiedToken>, now: u64) {
         if self.map.len() >= TOKEN_CACHE_ENTRIES {
-            self.map.retain(|_, t| t.exp >= now);
+            self.map.retain(|_, (_, t)| t.exp >= now);
             if self.map.len() >= TOKEN_CACHE_ENTRIES {
                 self.map.clear();
             }
         }
-        self.map.insert(token.into(), v);
+        self.map.insert(token.into(), (keys_version, v));
     }
 
     /// Entries held (for tests and stats).
@@ -284,6 +295,10 @@ fn budget_slot(provider: usize, monitor: bool) -> usize {
 pub struct RemoteKeys {
     /// The keys, once fetched.
     pub keys: Option<Rc<Vec<Key>>>,
+    /// A digest of the fetched key set, 0 without keys. Tokens verified
+    /// under one version are verified again under another (see
+    /// [`TokenCache`]), so that removing a key from the JWKS revokes it.
+    pub version: u64,
 }
 
 /// What the core needs besides the request: the worker's state.
@@ -1717,10 +1732,11 @@ fn check_token(
             Ok(None)
         };
     };
-    let cached = ctx
-        .token_cache
-        .borrow()
-        .get(pi, raw, now, provider.clock_skew_seconds);
+    let keys_version = ctx.remote_keys.get(pi).map_or(0, |r| r.version);
+    let cached =
+        ctx.token_cache
+            .borrow()
+            .get(pi, keys_version, raw, now, provider.clock_skew_seconds);
     let verified = match cached {
         Some(v) => v,
         None => {
@@ -1802,7 +1818,9 @@ fn check_token(
                 exp: pre.exp,
                 claims: pre.claims,
             });
-            ctx.token_cache.borrow_mut().put(raw, v.clone(), now);
+            ctx.token_cache
+                .borrow_mut()
+                .put(raw, keys_version, v.clone(), now);
             v
         }
     };

@@ -134,6 +134,7 @@ pub fn sync(slot: &mut JwksSlot, provider: &str, remote: &RemoteJwks, now: u64) 
             match parse(json) {
                 Ok(keys) => {
                     slot.keys.keys = Some(Rc::new(keys));
+                    slot.keys.version = version(json);
                     slot.fetched_at = fetched_at;
                 }
                 Err(e) => warn!("jwks {provider}: shared copy unusable: {e}"),
@@ -147,7 +148,18 @@ pub fn sync(slot: &mut JwksSlot, provider: &str, remote: &RemoteJwks, now: u64) 
     {
         warn!("jwks {provider}: keys older than refresh + grace, dropped");
         slot.keys.keys = None;
+        slot.keys.version = 0;
     }
+}
+
+/// The [`RemoteKeys::version`] of a fetched JWKS: its first 8 digest bytes,
+/// never 0 (which means no keys). A refresh that brings the same document
+/// keeps the version, and with it the worker's verified tokens.
+fn version(body: &[u8]) -> u64 {
+    let d = Sha256::digest(body);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    u64::from_le_bytes(first).max(1)
 }
 
 /// Parses a fetched JWKS: unusable and symmetric (`oct`) keys skipped, at
@@ -225,6 +237,7 @@ pub fn store(
         }
     }
     slot.keys.keys = Some(Rc::new(keys));
+    slot.keys.version = version(body);
     slot.fetched_at = started_ms / 1000;
     info!("jwks {provider}: {} bytes loaded", body.len());
     Ok(())

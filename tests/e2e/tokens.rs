@@ -427,6 +427,55 @@ fn a_slow_answer_to_an_earlier_fetch_does_not_undo_a_rotation() {
     );
 }
 
+/// Taking a key out of the JWKS revokes it: tokens it signed that a worker
+/// had already verified and cached stop passing at the next refresh.
+#[test]
+fn a_key_taken_out_of_the_jwks_stops_its_cached_tokens_at_the_next_refresh() {
+    let k1 = ES256KeyPair::generate().with_key_id("k1");
+    let k2 = ES256KeyPair::generate().with_key_id("k2");
+    let jwks = JwksServer::start(
+        json!({"keys": [tokens::es256_jwk(&k1, "k1"), tokens::es256_jwk(&k2, "k2")]}),
+    );
+    let mut p = providers(false);
+    p[2] = json!({"name": "remote", "from": [{"header": "x-token"}],
+        "remote_jwks": {"cluster": "jwks", "path": "/jwks.json", "timeout_ms": 1000,
+                        "min_refetch_seconds": 60, "refresh_seconds": 10}});
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config(p), up.port)
+        .http_cluster("jwks", jwks.server.port)
+        .concurrency(1)
+        .start();
+    let t1 = tokens::es256_with(&k1, &claims(60, json!({})));
+    let t2 = tokens::es256_with(&k2, &claims(60, json!({})));
+    for t in [&t1, &t1, &t2] {
+        let r = envoy.request(Req::get("/remote/a").header("x-token", t));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // k1 is compromised: the issuer publishes k2 alone
+    jwks.set(
+        200,
+        &json!({"keys": [tokens::es256_jwk(&k2, "k2")]}).to_string(),
+    );
+    let fetched = jwks.fetches();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while jwks.fetches() == fetched {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background refresh"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let r = envoy.request(Req::get("/remote/b").header("x-token", &t1));
+    assert_eq!(
+        (r.status, r.reason()),
+        (401, Some("token_signature")),
+        "a cached token of the removed key"
+    );
+    let r = envoy.request(Req::get("/remote/c").header("x-token", &t2));
+    assert_eq!(r.status, 200, "the kept key's token: {}", r.text());
+}
+
 #[test]
 fn jwks_down_before_first_keys_is_503_jwks_unavailable() {
     let jwks = JwksServer::start(json!({}));
