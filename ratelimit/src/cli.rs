@@ -167,7 +167,7 @@ async fn serve(cli: Cli, config: RateLimitConfig) -> ExitCode {
         Some(url) => match RedisBackend::new(url, Duration::from_millis(cli.redis_timeout_ms)) {
             Ok(redis) => {
                 info!(url = %redis.display_url(), "counting in redis");
-                Backend::Redis(redis)
+                Backend::Redis(Box::new(redis))
             }
             Err(e) => {
                 error!("invalid --redis URL: {e}");

@@ -186,6 +186,12 @@ pub enum Problem {
     /// `unlimited: true` together with a unit.
     #[error("should not specify rate limit unit when unlimited (unit '{0}')")]
     UnitWithUnlimited(String),
+    /// `rolling` outside a `rate_limit` block. It is this service's own key,
+    /// so there is no envoyproxy/ratelimit file to stay lenient for, and
+    /// ignored it would leave the limit in epoch windows (the replay gap
+    /// it closes) without a word.
+    #[error("rolling belongs inside rate_limit (rate_limit: {{unit: …, requests_per_unit: …, rolling: true}})")]
+    MisplacedRolling,
     /// `rolling: true` on an `unlimited` limit, which counts nothing.
     #[error("rolling has no meaning on an unlimited limit: remove one of them")]
     RollingUnlimited,
@@ -619,6 +625,9 @@ fn check_keys(
                     continue;
                 }
                 if let Some(allowed) = level.keys() {
+                    if key == "rolling" && !allowed.contains(&key) {
+                        return Err(invalid(&child_path, Problem::MisplacedRolling));
+                    }
                     if !allowed.contains(&key) {
                         warnings.push(ConfigWarning {
                             file: file.to_owned(),
@@ -910,6 +919,13 @@ mod tests {
         );
         assert_eq!(path, "descriptors[0].rate_limit.rolling");
         assert!(matches!(problem, Problem::RollingUnlimited), "{problem:?}");
+        // Beside `rate_limit` instead of in it: refused, not a warning that
+        // leaves the limit in epoch windows.
+        let (path, problem) = self::problem(
+            "domain: d\ndescriptors:\n  - key: jti\n    rolling: true\n    rate_limit: {unit: hour, requests_per_unit: 1}\n",
+        );
+        assert_eq!(path, "descriptors[0].rolling");
+        assert!(matches!(problem, Problem::MisplacedRolling), "{problem:?}");
     }
 
     #[test]

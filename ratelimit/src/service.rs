@@ -288,7 +288,9 @@ pub fn hits_for(request: &RateLimitRequest, descriptor: &RateLimitDescriptor) ->
 /// `hits_addend` (a `uint32`) can say. Bounded so that no counter can
 /// overflow: Redis refuses an `INCRBY` past `i64::MAX` and fails the whole
 /// batch, which would leave the descriptor unanswerable until its window
-/// ends (2^31 calls at this bound would be needed within one window).
+/// ends. With 64 descriptors of one key in a call, about 2^25 such calls
+/// within one window would be needed; the hits come from the caller's
+/// configuration (appguard's leases), never from a client.
 pub const MAX_HITS: u64 = u32::MAX as u64;
 
 /// The rate limiter: configuration, counter store and stats.
@@ -507,7 +509,8 @@ impl RateLimiter {
                     item,
                 } => {
                     let limit = &matched.limit;
-                    let after = counts.get(item).copied().unwrap_or(u64::MAX);
+                    let counted = counts.get(item).copied();
+                    let after = counted.map_or(u64::MAX, |c| c.count);
                     let over = after > u64::from(requests_per_unit);
                     let remaining = if over {
                         0
@@ -556,13 +559,15 @@ impl RateLimiter {
                             unit: unit.to_pb() as i32,
                         }),
                         limit_remaining: remaining,
-                        // A rolling window's end is its first hit's: not
-                        // looked up, so at most one unit.
+                        // A rolling window ends a unit after its first
+                        // hit: the store says when. Never more than that
+                        // (appguard keeps leased hits until then, so it
+                        // must not outlast the counter), never 0.
                         duration_until_reset: Some(PbDuration {
-                            seconds: if limit.rolling {
-                                unit.seconds()
-                            } else {
-                                seconds_until_reset(now, unit)
+                            seconds: match counted.and_then(|c| c.resets_in) {
+                                Some(left) if limit.rolling => left.clamp(1, unit.seconds()),
+                                _ if limit.rolling => unit.seconds(),
+                                _ => seconds_until_reset(now, unit),
                             },
                             nanos: 0,
                         }),
@@ -761,8 +766,8 @@ descriptors:
         let s = &r.statuses[0];
         assert_eq!(
             s.duration_until_reset.unwrap().seconds,
-            3600,
-            "at most a unit"
+            3590,
+            "the time left of the window its first hit opened, not a whole unit"
         );
         assert_eq!(
             s.current_limit,
@@ -774,10 +779,9 @@ descriptors:
         );
         // Hits after the first do not extend it: an hour after the first
         // use the window is over.
-        assert_eq!(
-            ask(&rolling, &req, hour_end + 1800).await.overall_code,
-            Code::OverLimit as i32
-        );
+        let r = ask(&rolling, &req, hour_end + 1800).await;
+        assert_eq!(r.overall_code, Code::OverLimit as i32);
+        assert_eq!(r.statuses[0].duration_until_reset.unwrap().seconds, 1795);
         assert_eq!(
             ask(&rolling, &req, hour_end - 5 + 3600).await.overall_code,
             Code::Ok as i32
@@ -1280,6 +1284,14 @@ descriptors:
             .await
             .unwrap_err();
         assert_eq!(err.to_status().code(), tonic::Code::InvalidArgument);
+        // Nothing of the refused call was counted: 3 per minute, 1 used.
+        let r = ask(
+            &l,
+            &request("appguard", vec![descriptor(&[("ip", "h")])]),
+            NOW,
+        )
+        .await;
+        assert_eq!(r.statuses[0].limit_remaining, 2);
         let mut d = descriptor(&[("ip", "h")]);
         d.hits_addend = Some(UInt64Value {
             value: u64::from(u32::MAX),

@@ -199,11 +199,116 @@ async fn a_rolling_counter_expires_an_hour_after_its_first_hit_only() {
     let _: () = conn.expire(key, 60).unwrap();
     let r = ask(&mut client, &req).await;
     assert_eq!(r.overall_code, Code::OverLimit as i32);
+    // The answer says when the window really ends (appguard keeps leased
+    // hits until then), not a whole hour.
+    let reset = r.statuses[0].duration_until_reset.unwrap().seconds;
+    assert!(reset > 0 && reset <= 60, "duration_until_reset {reset}");
     let count: i64 = conn.get(key).unwrap();
     assert_eq!(count, 2);
     let ttl: i64 = conn.ttl(key).unwrap();
     assert!(
         ttl > 0 && ttl <= 60,
         "a hit after the first moved the end: ttl {ttl}"
+    );
+}
+
+/// A TCP proxy to Redis whose `silence()` makes every connection open at
+/// that moment go quiet (bytes are swallowed, nothing is closed: a
+/// half-open flow after a failover or a NAT timeout), while connections
+/// opened after it work.
+struct SilencingProxy {
+    port: u16,
+    epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SilencingProxy {
+    fn start(target: u16) -> SilencingProxy {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let epoch = Arc::new(AtomicU64::new(0));
+        let e = epoch.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let born = e.load(Ordering::SeqCst);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let e = e.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if e.load(Ordering::SeqCst) != born {
+                                continue; // silenced: swallowed
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        SilencingProxy { port, epoch }
+    }
+
+    fn silence(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_goes_silent_is_replaced_after_a_few_timeouts() {
+    avoid_window_edge(HOUR, 30);
+    let redis = Redis::start();
+    let proxy = SilencingProxy::start(redis.port);
+    let args = vec![
+        "--config".to_owned(),
+        fixture("appguard.yaml").display().to_string(),
+        "--redis".to_owned(),
+        format!("redis://127.0.0.1:{}", proxy.port),
+        "--redis-timeout-ms".to_owned(),
+        "300".to_owned(),
+    ];
+    let service = Service::start_healthy(&strs(&args));
+    let mut client = service.client().await;
+    let req = request("appguard", vec![descriptor(&[("client_ip", "192.0.2.77")])]);
+    assert_eq!(ask(&mut client, &req).await.overall_code, Code::Ok as i32);
+
+    proxy.silence();
+    // The silent connection times out (UNAVAILABLE, never a guessed OK)
+    // until a new one is opened; then the count goes on where it was.
+    let started = Instant::now();
+    let mut unavailable = 0;
+    let answer = loop {
+        match client.should_rate_limit(req.clone()).await {
+            Ok(r) => break r.into_inner(),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                unavailable += 1;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still unavailable after {unavailable} calls: the silent connection was kept"
+        );
+    };
+    assert!(unavailable >= 1, "the silence was not noticed");
+    assert_eq!(answer.overall_code, Code::Ok as i32);
+    assert_eq!(
+        answer.statuses[0].limit_remaining, 1,
+        "3 per hour, the 2nd hit"
     );
 }

@@ -23,8 +23,8 @@ pub struct MemoryBackend {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Key to count.
-    counts: HashMap<String, u64>,
+    /// Key to its count and the Unix second its window ends.
+    counts: HashMap<String, (u64, i64)>,
     /// Window end (Unix second) to the keys that expire then.
     expiries: BTreeMap<i64, Vec<String>>,
 }
@@ -65,6 +65,20 @@ impl MemoryBackend {
 
     /// Adds hits to the counters, all or nothing, and returns the new counts.
     pub fn increment(&self, items: &[Increment], now: i64) -> Result<Vec<u64>, BackendError> {
+        Ok(self
+            .increment_with_ends(items, now)?
+            .into_iter()
+            .map(|(count, _)| count)
+            .collect())
+    }
+
+    /// [`MemoryBackend::increment`], with the Unix second at which each
+    /// counter's window ends (set by its first hit).
+    pub fn increment_with_ends(
+        &self,
+        items: &[Increment],
+        now: i64,
+    ) -> Result<Vec<(u64, i64)>, BackendError> {
         let mut state = self.lock();
         sweep_locked(&mut state, now);
 
@@ -83,19 +97,22 @@ impl MemoryBackend {
 
         let mut results = Vec::with_capacity(items.len());
         for item in items {
-            let count = match state.counts.get_mut(&item.key) {
-                Some(count) => count,
+            let entry = match state.counts.get_mut(&item.key) {
+                Some(entry) => entry,
                 None => {
                     state
                         .expiries
                         .entry(item.window_end)
                         .or_default()
                         .push(item.key.clone());
-                    state.counts.entry(item.key.clone()).or_insert(0)
+                    state
+                        .counts
+                        .entry(item.key.clone())
+                        .or_insert((0, item.window_end))
                 }
             };
-            *count = count.saturating_add(item.hits);
-            results.push(*count);
+            entry.0 = entry.0.saturating_add(item.hits);
+            results.push(*entry);
         }
         Ok(results)
     }

@@ -32,6 +32,18 @@ pub struct Increment {
     pub rolling: bool,
 }
 
+/// One counter after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    /// The count after adding the increment's hits.
+    pub count: u64,
+    /// For a `rolling` counter, the seconds until its window (set by its
+    /// first hit) ends, as the store reports it: what a client must wait,
+    /// and what a caller that keeps hits (appguard's leases) may use them
+    /// for. `None` for an epoch window, whose end the service computes.
+    pub resets_in: Option<i64>,
+}
+
 /// Why a counter store could not answer. The service turns every one of these
 /// into a gRPC error (UNAVAILABLE), never into an OK.
 #[derive(Debug, thiserror::Error)]
@@ -59,18 +71,30 @@ pub enum Backend {
     /// Counts in this process (one instance, the default).
     Memory(MemoryBackend),
     /// Counts in Redis, shared by every replica using the same Redis.
-    Redis(RedisBackend),
+    Redis(Box<RedisBackend>),
 }
 
 impl Backend {
     /// Adds every increment's hits to its counter, in one transaction, and returns
     /// the counts after adding, in order. `now` is the current Unix second.
-    pub async fn increment(&self, items: &[Increment], now: i64) -> Result<Vec<u64>, BackendError> {
+    pub async fn increment(
+        &self,
+        items: &[Increment],
+        now: i64,
+    ) -> Result<Vec<Counted>, BackendError> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
         match self {
-            Backend::Memory(memory) => memory.increment(items, now),
+            Backend::Memory(memory) => Ok(memory
+                .increment_with_ends(items, now)?
+                .into_iter()
+                .zip(items)
+                .map(|((count, end), item)| Counted {
+                    count,
+                    resets_in: item.rolling.then(|| end.saturating_sub(now)),
+                })
+                .collect()),
             Backend::Redis(redis) => redis.increment(items).await,
         }
     }

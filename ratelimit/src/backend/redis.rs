@@ -10,18 +10,36 @@
 //! The connection is a `redis` crate connection manager: it connects lazily
 //! (the service starts, and reports unhealthy, while Redis is down), and
 //! reconnects after an I/O error. Every call is bounded by a timeout; any
-//! failure is returned as an error, never as a count.
+//! failure is returned as an error, never as a count. A connection that
+//! goes silent without an error (a half-open TCP flow after a failover, a
+//! NAT or firewall dropping it) only ever times out, which the manager does
+//! not take for a broken connection: after [`REBUILD_AFTER_TIMEOUTS`]
+//! timeouts in a row the backend opens a new one, instead of answering
+//! UNAVAILABLE until the kernel gives up on the old flow (minutes).
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tracing::warn;
 
-use super::{BackendError, Increment};
+use super::{BackendError, Counted, Increment};
+
+/// Calls in a row that time out before the connection is replaced.
+pub const REBUILD_AFTER_TIMEOUTS: u32 = 3;
 
 /// A Redis-backed counter store.
 pub struct RedisBackend {
-    /// The shared, reconnecting connection.
-    manager: ConnectionManager,
+    /// Opens connections (a new one after a run of timeouts).
+    client: redis::Client,
+    /// How connections are opened and bounded.
+    config: ConnectionManagerConfig,
+    /// The shared, reconnecting connection; replaced after a run of
+    /// timeouts.
+    manager: Mutex<ConnectionManager>,
+    /// Calls in a row that timed out.
+    timeouts: AtomicU32,
     /// Bound on each call (connect + transaction).
     timeout: Duration,
     /// The URL with any password masked, for logs.
@@ -50,12 +68,77 @@ impl RedisBackend {
             // failure mode; the next request tries to reconnect again.
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(100));
-        let manager = ConnectionManager::new_lazy_with_config(client, config)?;
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
         Ok(RedisBackend {
-            manager,
+            client,
+            config,
+            manager: Mutex::new(manager),
+            timeouts: AtomicU32::new(0),
             timeout,
             display_url: mask_password(url),
         })
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        self.manager
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Runs `call` on the connection within the timeout, and keeps count of
+    /// timeouts in a row (see [`REBUILD_AFTER_TIMEOUTS`]).
+    async fn bounded<T, F>(
+        &self,
+        call: impl FnOnce(ConnectionManager) -> F,
+    ) -> Result<T, BackendError>
+    where
+        F: std::future::Future<Output = Result<T, redis::RedisError>>,
+    {
+        // The manager's own response timeout (the same bound) usually fires
+        // first, as an error: a timeout either way.
+        let answer = match tokio::time::timeout(self.timeout, call(self.connection())).await {
+            Ok(Err(e)) if e.is_timeout() => Err(()),
+            Ok(answer) => Ok(answer),
+            Err(_) => Err(()),
+        };
+        match answer {
+            Ok(answer) => {
+                // Any other answer, an error reply included, shows the
+                // connection carries traffic.
+                self.timeouts.store(0, Ordering::Relaxed);
+                Ok(answer?)
+            }
+            Err(()) => {
+                let run = self
+                    .timeouts
+                    .fetch_add(1, Ordering::Relaxed)
+                    .saturating_add(1);
+                if run >= REBUILD_AFTER_TIMEOUTS {
+                    self.timeouts.store(0, Ordering::Relaxed);
+                    match ConnectionManager::new_lazy_with_config(
+                        self.client.clone(),
+                        self.config.clone(),
+                    ) {
+                        Ok(fresh) => {
+                            warn!(
+                                redis = %self.display_url,
+                                timeouts = run,
+                                "redis: calls in a row timed out; opening a new connection"
+                            );
+                            *self
+                                .manager
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                        }
+                        Err(e) => {
+                            warn!(redis = %self.display_url, error = %e, "redis: cannot open a new connection")
+                        }
+                    }
+                }
+                Err(BackendError::Timeout(self.timeout))
+            }
+        }
     }
 
     /// The URL with any password replaced by `*****`.
@@ -63,8 +146,9 @@ impl RedisBackend {
         &self.display_url
     }
 
-    /// Runs the increments in one transaction and returns the new counts.
-    pub async fn increment(&self, items: &[Increment]) -> Result<Vec<u64>, BackendError> {
+    /// Runs the increments in one transaction and returns the new counts,
+    /// with a rolling counter's time left (`PTTL`, in the same transaction).
+    pub async fn increment(&self, items: &[Increment]) -> Result<Vec<Counted>, BackendError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for item in items {
@@ -73,36 +157,51 @@ impl RedisBackend {
             if item.rolling {
                 // Set by the first hit only (Redis 7): the window runs from
                 // there, however often the key is hit after.
-                expire.arg("NX");
+                expire.arg("NX").ignore();
+                pipe.cmd("PTTL").arg(&item.key);
+            } else {
+                expire.ignore();
             }
-            expire.ignore();
         }
-        let mut conn = self.manager.clone();
-        let counts: Vec<i64> = tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
-            .await
-            .map_err(|_| BackendError::Timeout(self.timeout))??;
-        if counts.len() != items.len() {
+        let replies: Vec<i64> = self
+            .bounded(|mut conn| async move { pipe.query_async(&mut conn).await })
+            .await?;
+        let expected = items.len() + items.iter().filter(|i| i.rolling).count();
+        if replies.len() != expected {
             return Err(BackendError::UnexpectedReply(format!(
-                "{} counts for {} increments",
-                counts.len(),
+                "{} replies for {} increments",
+                replies.len(),
                 items.len()
             )));
         }
-        // A negative count can only come from someone else's DECRBY; treat it
-        // as nothing used.
-        Ok(counts
-            .into_iter()
-            .map(|c| u64::try_from(c).unwrap_or(0))
-            .collect())
+        let mut replies = replies.into_iter();
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            // A negative count can only come from someone else's DECRBY;
+            // treat it as nothing used.
+            let count = u64::try_from(replies.next().unwrap_or(0)).unwrap_or(0);
+            // Milliseconds left, rounded up to whole seconds; a key without
+            // an expiry (-1, someone else's PERSIST) reports the whole unit.
+            let resets_in = if item.rolling {
+                let ms = replies.next().unwrap_or(-1);
+                Some(if ms < 0 {
+                    item.window_seconds
+                } else {
+                    ms.saturating_add(999) / 1000
+                })
+            } else {
+                None
+            };
+            out.push(Counted { count, resets_in });
+        }
+        Ok(out)
     }
 
     /// Sends PING and expects PONG.
     pub async fn ping(&self) -> Result<(), BackendError> {
-        let mut conn = self.manager.clone();
-        let reply: String =
-            tokio::time::timeout(self.timeout, redis::cmd("PING").query_async(&mut conn))
-                .await
-                .map_err(|_| BackendError::Timeout(self.timeout))??;
+        let reply: String = self
+            .bounded(|mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
+            .await?;
         if reply == "PONG" {
             Ok(())
         } else {
