@@ -528,21 +528,72 @@ pub fn match_route<'c>(
         let method = method.trim();
         method.is_empty() || find(method).map(|(i, _)| i) == index
     };
-    for name in METHOD_OVERRIDE_HEADERS {
-        for value in req.header_all(name) {
-            if !value.split(',').all(same_route) {
-                return Err(UnclearPath);
-            }
+    // One pass over the headers: each override name also spelt with `_`
+    // (`X_HTTP_Method_Override`), which Envoy passes on by default and
+    // PHP servers and Symfony's header bag read as the same header.
+    let is_override = |name: &str| {
+        METHOD_OVERRIDE_HEADERS
+            .iter()
+            .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()))
+    };
+    for (name, value) in req.headers.iter() {
+        if name.starts_with('x') && is_override(name) && !value.split(',').all(same_route) {
+            return Err(UnclearPath);
         }
     }
     for pair in req.query().into_iter().flat_map(|q| q.split(['&', ';'])) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if form_name_is(k, METHOD_OVERRIDE_PARAM) && !form_decode(v).is_some_and(|m| same_route(&m))
-        {
+        if is_method_param(k) && !form_decode(v).is_some_and(|m| same_route(&m)) {
             return Err(UnclearPath);
         }
     }
     Ok(matched)
+}
+
+/// Whether a raw query parameter name is [`METHOD_OVERRIDE_PARAM`] as the
+/// upstreams that read it see it: decoded, in any case, and as PHP names
+/// `$_GET` keys (which Symfony and Laravel read): cut at a NUL, without
+/// leading spaces, with `.`, ` ` and `[` read as `_`. So `?.method=`,
+/// `?+_method=`, `?[method=` and `?_method%00x=` are `_method` there. Bytes
+/// are compared as they decode, so no length or encoding of the rest of the
+/// name hides one.
+fn is_method_param(raw: &str) -> bool {
+    let want = METHOD_OVERRIDE_PARAM.as_bytes();
+    let bytes = raw.as_bytes();
+    let hex = |j: usize| bytes.get(j).and_then(|&h| char::from(h).to_digit(16));
+    let mut seen = 0;
+    let mut i = 0;
+    while let Some(&c) = bytes.get(i) {
+        let b = match c {
+            b'+' => b' ',
+            // PHP keeps a `%` that starts no escape as it is.
+            b'%' => match (hex(i + 1), hex(i + 2)) {
+                (Some(hi), Some(lo)) => {
+                    i += 2;
+                    u8::try_from(hi * 16 + lo).unwrap_or(b'%')
+                }
+                _ => b'%',
+            },
+            _ => c,
+        };
+        i += 1;
+        if b == 0 {
+            break;
+        }
+        if seen == 0 && b == b' ' {
+            continue;
+        }
+        let b = if matches!(b, b'.' | b' ' | b'[') {
+            b'_'
+        } else {
+            b.to_ascii_lowercase()
+        };
+        if want.get(seen) != Some(&b) {
+            return false;
+        }
+        seen += 1;
+    }
+    seen == want.len()
 }
 
 /// The path as routes read it: without its segments' `;` parameters

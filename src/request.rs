@@ -17,23 +17,26 @@ pub const HEADER_PREFIX: &str = "x-appguard-";
 /// servers that build a CGI-style environment (`HTTP_X_USER`) read
 /// `x_user` as `x-user`, so a client's `x_appguard_app` must go too.
 pub fn reserved_header(name: &str, claim_headers: &[String]) -> bool {
-    fn same(a: &[u8], b: &[u8]) -> bool {
-        a.len() == b.len()
-            && a.iter().zip(b).all(|(&x, &y)| {
-                let canon = |c: u8| {
-                    if c == b'_' {
-                        b'-'
-                    } else {
-                        c.to_ascii_lowercase()
-                    }
-                };
-                canon(x) == canon(y)
-            })
-    }
     let n = name.as_bytes();
     n.get(..HEADER_PREFIX.len())
-        .is_some_and(|p| same(p, HEADER_PREFIX.as_bytes()))
-        || claim_headers.iter().any(|h| same(n, h.as_bytes()))
+        .is_some_and(|p| same_header_name(p, HEADER_PREFIX.as_bytes()))
+        || claim_headers
+            .iter()
+            .any(|h| same_header_name(n, h.as_bytes()))
+}
+
+/// Whether two header names are the same to an upstream that builds a
+/// CGI-style environment (PHP, Symfony's header bag): compared without
+/// case, `_` counting as `-`.
+pub fn same_header_name(a: &[u8], b: &[u8]) -> bool {
+    let canon = |c: u8| {
+        if c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| canon(x) == canon(y))
 }
 
 /// One HTTP request as seen by the decision core.

@@ -3399,6 +3399,15 @@ fn a_method_override_that_would_take_another_route_is_refused() {
         "/v1/orders/1?%5Fmethod=%44ELETE",
         "/v1/orders/1?_method=PUT&_method=DELETE",
         "/v1/orders/1?_method=%zz",
+        // PHP's `$_GET` names (Symfony, Laravel): `.`, ` ` and `[` are `_`,
+        // leading spaces go, and a NUL ends the name.
+        "/v1/orders/1?.method=DELETE",
+        "/v1/orders/1?%2Emethod=DELETE",
+        "/v1/orders/1?+_method=DELETE",
+        "/v1/orders/1?%20%20_method=DELETE",
+        "/v1/orders/1?[method=DELETE",
+        "/v1/orders/1?_method%00=DELETE",
+        "/v1/orders/1?_method%00%ff%zz=DELETE",
     ] {
         assert_eq!(reason("POST", path, &[]), denied, "{path}");
     }
@@ -3407,9 +3416,32 @@ fn a_method_override_that_would_take_another_route_is_refused() {
         "/v1/orders/1?_method=",
         "/v1/orders/1?method=DELETE",
         "/v1/orders/1?x_method=DELETE",
+        "/v1/orders/1?_method_=DELETE",
+        "/v1/orders/1?%00_method=DELETE",
+        "/v1/orders/1?_meth%zzod=DELETE",
+        // a leading space goes before the others turn into `_`
+        "/v1/orders/1?+method=DELETE",
     ] {
         assert_eq!(reason("POST", path, &[]), None, "{path}");
     }
+    // Header names spelt with `_` are the same header to PHP servers and
+    // Symfony's header bag (Envoy passes them on by default).
+    for name in [
+        "x_http_method_override",
+        "x-http_method-override",
+        "x_http_method",
+        "x_method_override",
+    ] {
+        assert_eq!(
+            reason("POST", "/v1/orders/1", &[(name, "DELETE")]),
+            denied,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        reason("POST", "/v1/orders/1", &[("x_http_method_override", "PUT")]),
+        None
+    );
     // One copy of the header agreeing is not enough: every copy counts.
     assert_eq!(
         reason(
