@@ -182,18 +182,21 @@ pub fn parse(body: &[u8]) -> Result<Vec<crate::token::Key>, String> {
 /// milliseconds since the epoch): answers can arrive out of order (a slow
 /// GET sent before a key rotation answering after a quick one sent after
 /// it), and the older keys must not replace the newer ones for every
-/// worker. Within the same millisecond the later answer wins. Returns
-/// whether it was written.
+/// worker. Within the same millisecond the later answer wins. A stored
+/// time after `now_ms` can only come from a clock that was set back since:
+/// that copy loses, or rotations would stall until the clock caught up.
+/// Returns whether it was written.
 pub fn publish<S: SharedStore + ?Sized>(
     shared: &S,
     key: &str,
     started_ms: u64,
+    now_ms: u64,
     body: &[u8],
 ) -> Result<bool, store::StoreError> {
     store::update(shared, key, |current| {
         if current
             .and_then(|b| store::u64_at(b, 0))
-            .is_some_and(|stored| stored > started_ms)
+            .is_some_and(|stored| stored > started_ms && stored <= now_ms)
         {
             return (None, false);
         }
@@ -218,7 +221,13 @@ pub fn store(
 ) -> Result<(), String> {
     let keys = parse(body)?;
     let key = data_key(provider, remote);
-    match publish(&HostStore, &key, started_ms, body) {
+    match publish(
+        &HostStore,
+        &key,
+        started_ms,
+        super::host::now_millis(),
+        body,
+    ) {
         Ok(false) => {
             info!(
                 "jwks {provider}: an answer to an earlier fetch ({} bytes) not stored: a later fetch's keys are",
@@ -228,7 +237,22 @@ pub fn store(
             sync(slot, provider, remote, now);
             return Ok(());
         }
-        Ok(true) => slot.loaded_cas = HostStore.get(&key).map(|(_, cas)| cas),
+        // The version now stored is ours unless another worker wrote a
+        // later fetch's keys since: then those are loaded, not labelled
+        // with its version.
+        Ok(true) => match HostStore.get(&key) {
+            Some((stored, cas))
+                if stored.get(8..) == Some(body)
+                    && store::u64_at(&stored, 0) == Some(started_ms) =>
+            {
+                slot.loaded_cas = Some(cas);
+            }
+            _ => {
+                slot.loaded_cas = None;
+                sync(slot, provider, remote, now);
+                return Ok(());
+            }
+        },
         // The keys are valid: this worker uses them, and loads the shared
         // copy again once one is written.
         Err(e) => {
@@ -291,16 +315,25 @@ mod tests {
     #[test]
     fn an_answer_to_an_earlier_fetch_does_not_replace_a_later_ones_keys() {
         let s = store::MemStore::default();
-        assert_eq!(publish(&s, "k", 100, b"old"), Ok(true), "first copy");
-        assert_eq!(publish(&s, "k", 105, b"rotated"), Ok(true), "a later fetch");
+        let now = 200;
+        assert_eq!(publish(&s, "k", 100, now, b"old"), Ok(true), "first copy");
+        assert_eq!(
+            publish(&s, "k", 105, now, b"rotated"),
+            Ok(true),
+            "a later fetch"
+        );
         // the GET sent at 102 answers last: it must not win
-        assert_eq!(publish(&s, "k", 102, b"stale"), Ok(false));
+        assert_eq!(publish(&s, "k", 102, now, b"stale"), Ok(false));
         let (v, _) = s.get("k").unwrap();
         assert_eq!(store::u64_at(&v, 0), Some(105));
         assert_eq!(&v[8..], b"rotated");
         // the same millisecond: the answer that comes last is stored
-        assert_eq!(publish(&s, "k", 105, b"again"), Ok(true));
+        assert_eq!(publish(&s, "k", 105, now, b"again"), Ok(true));
         assert_eq!(&s.get("k").unwrap().0[8..], b"again");
+        // the clock was set back to 50: a copy stamped in the future does
+        // not hold every later fetch off until the clock catches up
+        assert_eq!(publish(&s, "k", 40, 50, b"after the step"), Ok(true));
+        assert_eq!(&s.get("k").unwrap().0[8..], b"after the step");
     }
 
     #[test]
