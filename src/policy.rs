@@ -1947,7 +1947,7 @@ fn local_replay(
         &ctx.bucket_salt,
         name,
         replay.max_entries,
-        &replay.past_layouts,
+        &replay.past_layouts.borrow(),
         digest,
         expires,
         now,

@@ -384,24 +384,7 @@ pub fn replay_layouts<S: SharedStore + ?Sized>(
     now: u64,
 ) -> Result<Vec<PastLayout>, StoreError> {
     update(store, &layout_key(table), |current| {
-        let parsed = current.and_then(|b| {
-            let head_capacity = u32_at(b, 0)?;
-            let head_horizon = u64_at(b, 4)?;
-            let rest = b.get(LAYOUT_HEAD..)?;
-            if rest.len() % LAYOUT_PAST != 0 {
-                return None;
-            }
-            let past = rest
-                .chunks_exact(LAYOUT_PAST)
-                .filter_map(|e| {
-                    Some(PastLayout {
-                        capacity: u32_at(e, 0)?,
-                        until: u64_at(e, 4)?,
-                    })
-                })
-                .collect::<Vec<_>>();
-            Some((head_capacity, head_horizon, past))
-        });
+        let parsed = current.and_then(parse_layout);
         // No record (the first configuration of this instance, or one
         // written by a module that is not appguard): nothing was recorded
         // under another capacity that this module could know of.
@@ -426,21 +409,104 @@ pub fn replay_layouts<S: SharedStore + ?Sized>(
             }
             horizon
         };
-        // Over the bound, the layouts closest to their end go first (no
-        // sort: a few entries, and a sort's code is kilobytes of module).
-        while past.len() > PAST_LAYOUTS_MAX {
-            let oldest = (0..past.len()).min_by_key(|&i| past.get(i).map_or(0, |p| p.until));
-            match oldest {
-                Some(i) => {
-                    past.swap_remove(i);
-                }
-                None => break,
-            }
-        }
+        trim_layouts(&mut past);
         let new = layout_bytes(capacity, head_horizon, &past);
         let changed = current != Some(new.as_slice());
         (changed.then_some(new), past)
     })
+}
+
+/// Refreshes, once a second, the layouts a running configuration checks
+/// besides its own `capacity`, from the table's record (see
+/// [`replay_layouts`]):
+/// - for the current configuration, the live past layouts, whose `until`
+///   an older configuration may have pushed out since;
+/// - for an older configuration still running (its listener drains, and
+///   keep-alive connections stay on it), the current capacity and the
+///   other live past ones, so that it finds values the newer one recorded.
+///   While it runs it records under its own capacity, so it keeps that
+///   entry's `until` at least `horizon` ahead (rewritten a minute ahead,
+///   when less than 10 s of margin is left).
+///
+/// Writes only to push that `until` out; without a record, nothing.
+pub fn follow_replay_layouts<S: SharedStore + ?Sized>(
+    store: &S,
+    table: &str,
+    capacity: u32,
+    horizon: u64,
+    now: u64,
+) -> Result<Vec<PastLayout>, StoreError> {
+    update(store, &layout_key(table), |current| {
+        let Some((head, head_horizon, mut past)) = current.and_then(parse_layout) else {
+            return (None, Vec::new());
+        };
+        past.retain(|p| p.until >= now && p.capacity != head);
+        if head == capacity {
+            return (None, past);
+        }
+        let needed = now.saturating_add(horizon).saturating_add(10);
+        let ahead = now.saturating_add(horizon).saturating_add(60);
+        let mut write = false;
+        match past.iter_mut().find(|p| p.capacity == capacity) {
+            Some(p) if p.until >= needed => {}
+            Some(p) => {
+                p.until = ahead;
+                write = true;
+            }
+            None => {
+                past.push(PastLayout {
+                    capacity,
+                    until: ahead,
+                });
+                write = true;
+            }
+        }
+        trim_layouts(&mut past);
+        let new = write.then(|| layout_bytes(head, head_horizon, &past));
+        let mut check: Vec<PastLayout> = past
+            .into_iter()
+            .filter(|p| p.capacity != capacity)
+            .collect();
+        check.push(PastLayout {
+            capacity: head,
+            until: u64::MAX,
+        });
+        (new, check)
+    })
+}
+
+/// A layout record: the current capacity, its horizon, the past layouts.
+fn parse_layout(b: &[u8]) -> Option<(u32, u64, Vec<PastLayout>)> {
+    let head_capacity = u32_at(b, 0)?;
+    let head_horizon = u64_at(b, 4)?;
+    let rest = b.get(LAYOUT_HEAD..)?;
+    if rest.len() % LAYOUT_PAST != 0 {
+        return None;
+    }
+    let past = rest
+        .chunks_exact(LAYOUT_PAST)
+        .filter_map(|e| {
+            Some(PastLayout {
+                capacity: u32_at(e, 0)?,
+                until: u64_at(e, 4)?,
+            })
+        })
+        .collect::<Vec<_>>();
+    Some((head_capacity, head_horizon, past))
+}
+
+/// Over [`PAST_LAYOUTS_MAX`], the layouts closest to their end go first (no
+/// sort: a few entries, and a sort's code is kilobytes of module).
+fn trim_layouts(past: &mut Vec<PastLayout>) {
+    while past.len() > PAST_LAYOUTS_MAX {
+        let oldest = (0..past.len()).min_by_key(|&i| past.get(i).map_or(0, |p| p.until));
+        match oldest {
+            Some(i) => {
+                past.swap_remove(i);
+            }
+            None => break,
+        }
+    }
 }
 
 fn layout_bytes(capacity: u32, horizon: u64, past: &[PastLayout]) -> Vec<u8> {
@@ -663,6 +729,70 @@ mod tests {
         );
         // once the old horizon has passed the past layout is dropped
         assert_eq!(replay_layouts(&s, "p", 65536, 60, 1_311), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_draining_configuration_and_its_successor_find_each_others_values() {
+        let s = MemStore::default();
+        let old_d = moved_by_resize(1024, 65536, [0xff; 16]);
+        let new_d = moved_by_resize(65536, 1024, old_d);
+        // 1024 entries, tokens of up to 300 s; then 65,536 at 1_000
+        assert_eq!(replay_layouts(&s, "p", 1024, 310, 0), Ok(vec![]));
+        let past = replay_layouts(&s, "p", 65536, 310, 1_000).unwrap();
+        assert_eq!(
+            past,
+            vec![PastLayout {
+                capacity: 1024,
+                until: 1_310
+            }]
+        );
+        // The old configuration keeps serving its keep-alive connections
+        // (listener drain) and, ticking, learns the new capacity.
+        let old_checks = follow_replay_layouts(&s, "p", 1024, 310, 1_001).unwrap();
+        assert_eq!(
+            old_checks,
+            vec![PastLayout {
+                capacity: 65536,
+                until: u64::MAX
+            }]
+        );
+        // A value first used on the new configuration is a replay on the old.
+        assert_eq!(
+            replay_check(&s, &SALT, "p", 65536, &past, &new_d, 1_300, 1_002),
+            Ok(ReplayOutcome::Fresh)
+        );
+        assert_eq!(
+            replay_check(&s, &SALT, "p", 1024, &old_checks, &new_d, 1_300, 1_003),
+            Ok(ReplayOutcome::Replayed)
+        );
+        // Still draining at 1_400, it records under 1024 a token that lives
+        // to 1_700, after the 1_310 the change set: ticking, it keeps its
+        // layout ahead of what it records, and the new configuration,
+        // ticking too, keeps checking 1024.
+        for now in (1_001..=1_400).step_by(1) {
+            follow_replay_layouts(&s, "p", 1024, 310, now).unwrap();
+        }
+        assert_eq!(
+            replay_check(&s, &SALT, "p", 1024, &old_checks, &old_d, 1_700, 1_400),
+            Ok(ReplayOutcome::Fresh)
+        );
+        let new_checks = follow_replay_layouts(&s, "p", 65536, 310, 1_420).unwrap();
+        assert!(
+            matches!(new_checks.as_slice(), [PastLayout { capacity: 1024, until }] if *until >= 1_710),
+            "{new_checks:?}"
+        );
+        assert_eq!(
+            replay_check(&s, &SALT, "p", 65536, &new_checks, &old_d, 1_700, 1_420),
+            Ok(ReplayOutcome::Replayed)
+        );
+        // Once the old one is gone, nothing pushes 1024 out: it ends.
+        assert_eq!(
+            follow_replay_layouts(&s, "p", 65536, 310, 1_800),
+            Ok(vec![])
+        );
+        // Without a record, nothing to follow and nothing written.
+        assert_eq!(follow_replay_layouts(&s, "q", 1024, 310, 0), Ok(vec![]));
+        assert!(s.get("appguard/replay/q/layout").is_none());
     }
 
     #[test]

@@ -56,6 +56,41 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Refreshes the layouts each local replay table is checked under
+    /// besides its own (see [`store::follow_replay_layouts`]). A store
+    /// failure keeps the layouts it had.
+    pub fn follow_replay_layouts(&self, now: u64) {
+        for p in &self.config.providers {
+            let Some(replay) = p.replay.as_ref().filter(|r| r.scope == ReplayScope::Local) else {
+                continue;
+            };
+            match store::follow_replay_layouts(
+                &host::HostStore,
+                &p.name,
+                replay.max_entries,
+                p.replay_horizon(),
+                now,
+            ) {
+                Ok(layouts) => {
+                    let capacities =
+                        |l: &[store::PastLayout]| l.iter().map(|l| l.capacity).collect::<Vec<_>>();
+                    let before = replay.past_layouts.replace(layouts);
+                    let now_checked = capacities(&replay.past_layouts.borrow());
+                    if capacities(&before) != now_checked && !now_checked.is_empty() {
+                        info!(
+                            "tokens {}: the replay table is also checked under {now_checked:?} entries",
+                            p.name
+                        );
+                    }
+                }
+                Err(e) => warn!(
+                    "tokens {}: cannot read the replay table's layout ({e:?})",
+                    p.name
+                ),
+            }
+        }
+    }
+
     /// Handles the answer to a background JWKS refresh, if `token` is one.
     /// Returns whether it was.
     pub fn refresh_answered(&self, token: u32, body_size: usize) -> bool {
@@ -300,7 +335,7 @@ impl RootContext for FilterRoot {
                             l.until.saturating_sub(now)
                         );
                     }
-                    replay.past_layouts = past;
+                    replay.past_layouts.replace(past);
                 }
                 Err(e) => {
                     error!(
@@ -365,6 +400,7 @@ impl RootContext for FilterRoot {
         let now = now_seconds();
         worker.maintain_jwks(now);
         worker.send_alerts(now);
+        worker.follow_replay_layouts(now);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -78,8 +78,11 @@ pub struct Replay {
     /// Envoy instance whose values may still be live: checked as well, so
     /// that changing `max_entries` does not let a used value through again.
     /// Empty when compiled; the adapter fills it when the configuration
-    /// loads ([`crate::store::replay_layouts`]).
-    pub past_layouts: Vec<crate::store::PastLayout>,
+    /// loads ([`crate::store::replay_layouts`]) and refreshes it every
+    /// second ([`crate::store::follow_replay_layouts`]), so that a
+    /// configuration still draining and the one that replaced it find each
+    /// other's values.
+    pub past_layouts: std::cell::RefCell<Vec<crate::store::PastLayout>>,
 }
 
 /// How the app claim is read.
@@ -567,7 +570,7 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
                 claim: r.claim,
                 scope: r.scope,
                 max_entries: r.max_entries,
-                past_layouts: Vec::new(),
+                past_layouts: std::cell::RefCell::new(Vec::new()),
             })
         }
         None => None,
