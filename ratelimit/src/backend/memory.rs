@@ -10,7 +10,19 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
+use sha2::{Digest, Sha256};
+
 use super::{BackendError, Increment};
+
+/// A counter key as the store holds it: its SHA-256. Keys run to kilobytes
+/// (16 entries of up to 128 bytes each, and the store keeps each twice),
+/// so a million live counters of client-chosen values would otherwise
+/// hold gigabytes; 32 bytes each keep the cap a bound on memory too.
+type KeyDigest = [u8; 32];
+
+fn digest(key: &str) -> KeyDigest {
+    Sha256::digest(key.as_bytes()).into()
+}
 
 /// Counters in a hash map, with an expiry index.
 #[derive(Debug)]
@@ -24,9 +36,9 @@ pub struct MemoryBackend {
 #[derive(Debug, Default)]
 struct State {
     /// Key to its count and the Unix second its window ends.
-    counts: HashMap<String, (u64, i64)>,
+    counts: HashMap<KeyDigest, (u64, i64)>,
     /// Window end (Unix second) to the keys that expire then.
-    expiries: BTreeMap<i64, Vec<String>>,
+    expiries: BTreeMap<i64, Vec<KeyDigest>>,
 }
 
 impl MemoryBackend {
@@ -82,9 +94,9 @@ impl MemoryBackend {
         let mut state = self.lock();
         sweep_locked(&mut state, now);
 
-        let mut new_keys: Vec<&str> = items
+        let keys: Vec<KeyDigest> = items.iter().map(|i| digest(&i.key)).collect();
+        let mut new_keys: Vec<&KeyDigest> = keys
             .iter()
-            .map(|i| i.key.as_str())
             .filter(|k| !state.counts.contains_key(*k))
             .collect();
         new_keys.sort_unstable();
@@ -96,19 +108,12 @@ impl MemoryBackend {
         }
 
         let mut results = Vec::with_capacity(items.len());
-        for item in items {
-            let entry = match state.counts.get_mut(&item.key) {
+        for (item, key) in items.iter().zip(keys) {
+            let entry = match state.counts.get_mut(&key) {
                 Some(entry) => entry,
                 None => {
-                    state
-                        .expiries
-                        .entry(item.window_end)
-                        .or_default()
-                        .push(item.key.clone());
-                    state
-                        .counts
-                        .entry(item.key.clone())
-                        .or_insert((0, item.window_end))
+                    state.expiries.entry(item.window_end).or_default().push(key);
+                    state.counts.entry(key).or_insert((0, item.window_end))
                 }
             };
             entry.0 = entry.0.saturating_add(item.hits);
@@ -146,6 +151,29 @@ mod tests {
             window_end: window_end(now, unit),
             rolling: false,
         }
+    }
+
+    #[test]
+    fn long_keys_are_held_by_digest_and_stay_distinct() {
+        let m = MemoryBackend::new(100);
+        let now = 1_000_000;
+        let a = format!("{}a", "x".repeat(4096));
+        let b = format!("{}b", "x".repeat(4096));
+        assert_eq!(
+            m.increment(
+                &[
+                    inc(&a, 1, now, Unit::Minute),
+                    inc(&b, 1, now, Unit::Minute),
+                    inc(&a, 1, now, Unit::Minute)
+                ],
+                now
+            )
+            .unwrap(),
+            vec![1, 1, 2]
+        );
+        let state = m.lock();
+        assert_eq!(state.counts.len(), 2);
+        assert!(state.counts.keys().all(|k| k.len() == 32));
     }
 
     #[test]
