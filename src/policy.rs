@@ -1942,16 +1942,19 @@ fn local_replay(
     now: u64,
 ) -> Result<(), Reason> {
     let (name, replay) = replay_table(ctx.config, provider).ok_or(Reason::TokenReplayed)?;
-    match store::replay_check(
-        ctx.store,
-        &ctx.bucket_salt,
-        name,
-        replay.max_entries,
-        &replay.past_layouts.borrow(),
-        digest,
-        expires,
-        now,
-    ) {
+    let checked = replay.past_layouts.with(|past| {
+        store::replay_check(
+            ctx.store,
+            &ctx.bucket_salt,
+            name,
+            replay.max_entries,
+            past,
+            digest,
+            expires,
+            now,
+        )
+    });
+    match checked {
         Ok(ReplayOutcome::Fresh) => Ok(()),
         // A full table or a store failure cannot prove freshness: fail
         // closed.

@@ -354,6 +354,41 @@ pub struct PastLayout {
     pub until: u64,
 }
 
+/// The past layouts a replay table is also checked under: replaced once a
+/// second from the tick ([`follow_replay_layouts`]), read by every replay
+/// check. A lock rather than a `RefCell` so that a compiled configuration
+/// stays `Sync` (tools and fuzzers share one across threads); in the Wasm
+/// VM, one thread, it is never contended.
+#[derive(Debug, Default)]
+pub struct PastLayouts(std::sync::Mutex<Vec<PastLayout>>);
+
+impl Clone for PastLayouts {
+    fn clone(&self) -> Self {
+        PastLayouts(std::sync::Mutex::new(self.with(<[PastLayout]>::to_vec)))
+    }
+}
+
+impl PastLayouts {
+    /// Runs `f` on the layouts.
+    pub fn with<R>(&self, f: impl FnOnce(&[PastLayout]) -> R) -> R {
+        f(&self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Replaces the layouts, returning the previous ones.
+    pub fn replace(&self, layouts: Vec<PastLayout>) -> Vec<PastLayout> {
+        std::mem::replace(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            layouts,
+        )
+    }
+}
+
 /// Past layouts remembered per table: more capacity changes than this
 /// within a token lifetime forget the oldest (the one closest to its end).
 pub const PAST_LAYOUTS_MAX: usize = 8;

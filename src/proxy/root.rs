@@ -74,8 +74,8 @@ impl Worker {
                 Ok(layouts) => {
                     let capacities =
                         |l: &[store::PastLayout]| l.iter().map(|l| l.capacity).collect::<Vec<_>>();
+                    let now_checked = capacities(&layouts);
                     let before = replay.past_layouts.replace(layouts);
-                    let now_checked = capacities(&replay.past_layouts.borrow());
                     if capacities(&before) != now_checked && !now_checked.is_empty() {
                         info!(
                             "tokens {}: the replay table is also checked under {now_checked:?} entries",

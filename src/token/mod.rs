@@ -82,7 +82,7 @@ pub struct Replay {
     /// second ([`crate::store::follow_replay_layouts`]), so that a
     /// configuration still draining and the one that replaced it find each
     /// other's values.
-    pub past_layouts: std::cell::RefCell<Vec<crate::store::PastLayout>>,
+    pub past_layouts: crate::store::PastLayouts,
 }
 
 /// How the app claim is read.
@@ -570,7 +570,7 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
                 claim: r.claim,
                 scope: r.scope,
                 max_entries: r.max_entries,
-                past_layouts: std::cell::RefCell::new(Vec::new()),
+                past_layouts: crate::store::PastLayouts::default(),
             })
         }
         None => None,
