@@ -1396,7 +1396,12 @@ fn check(
             .ok_or(Reason::SignatureInvalid)?;
         if let Some(ms) = &p.message_signing {
             match t.claim_text(&ms.claim) {
-                None if ms.required => return Err(Reason::SignatureInvalid.into()),
+                // Present but not text (a JWK object, null): not a key this
+                // module can use, and a token that has the claim must come
+                // with a valid signature, so it is not taken as unsigned.
+                None if ms.required || t.claims.contains_key(&ms.claim) => {
+                    return Err(Reason::SignatureInvalid.into())
+                }
                 None => {}
                 Some(ipk) => {
                     let key = InstallKey::from_ipk(&ipk).map_err(|_| Reason::SignatureInvalid)?;

@@ -3209,6 +3209,36 @@ fn a_jti_whose_request_the_service_refused_is_not_used_up() {
 }
 
 #[test]
+fn an_install_key_claim_that_is_not_text_is_not_taken_for_an_unsigned_token() {
+    // An issuer that sends `ipk` as a JWK object must not turn signing off
+    // (`required: false` lets tokens without the claim through unsigned).
+    let w = World::from(json!({
+        "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "message_signing": {"claim": "ipk", "required": false}}],
+        "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"]}]
+    }));
+    let run = |claims: Value| {
+        let token = hs256_raw(SECRET, &json!({"alg": "HS256"}), &claims);
+        let h = headers(&[
+            (":method", "GET"),
+            (":path", "/v1/x"),
+            (":authority", "api.example.com"),
+            ("approov-token", &token),
+        ]);
+        evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW).done_reason()
+    };
+    assert_eq!(run(json!({"exp": NOW + 60})), None, "no claim: unsigned");
+    for ipk in [json!({"kty": "EC"}), Value::Null, json!(["x"])] {
+        assert_eq!(
+            run(json!({"exp": NOW + 60, "ipk": ipk})),
+            Some(Reason::SignatureInvalid),
+            "{ipk}"
+        );
+    }
+}
+
+#[test]
 fn made_up_request_signatures_spend_the_clients_failure_budget() {
     // One genuine token buys no endless P-256 verifications: each failed
     // request signature is charged to the token provider's failure budget
@@ -3244,12 +3274,18 @@ fn made_up_request_signatures_spend_the_clients_failure_budget() {
         "approov-token".into(),
     ];
     let good = sign_request(&key, &msg, &SignatureOptions::new("install", comps, NOW)).unwrap();
-    // The same signature with its last bytes changed.
+    // The same signature with one bit of `s` flipped: still 64 bytes, so
+    // it takes a real P-256 verification to refuse (a changed length is
+    // refused before any).
     let bad = {
-        let mut s = good.signature.clone();
-        let at = s.len() - 3;
-        s.replace_range(at..at + 1, if &s[at..at + 1] == "A" { "B" } else { "A" });
-        s
+        let b64 = good
+            .signature
+            .trim_start_matches("install=:")
+            .trim_end_matches(':');
+        let mut bytes = STANDARD.decode(b64).unwrap();
+        assert_eq!(bytes.len(), 64);
+        bytes[40] ^= 1;
+        format!("install=:{}:", STANDARD.encode(bytes))
     };
     let run = |ip: &str, sig: &str| {
         let h = headers(&[

@@ -496,16 +496,21 @@ pub fn verify(
         .collect::<Result<Vec<_>, _>>()?;
     check_coverage(policy, message, covered, token_header)?;
 
-    // 4. The one signature operation (§3.2 steps 7–9).
-    let base = base::signature_base(message, covered)?;
-    key.verify(base.as_bytes(), signature_bytes)?;
-
-    // 5. The body, when its digest is covered (RFC 9530 §6.3).
+    // 4. The body, when its digest is covered (RFC 9530 §6.3), before the
+    // signature: a hash of a body the client sent, where a genuine
+    // signature replayed over another body would otherwise buy a P-256
+    // verification per request that no failure budget counts (it fails
+    // after the signature verified).
     let content_digest = if names.contains(&"content-digest") {
         Some(check_content_digest(message)?)
     } else {
         None
     };
+
+    // 5. The one signature operation (§3.2 steps 7–9): nothing fails after
+    // it but the signature itself, which the caller charges.
+    let base = base::signature_base(message, covered)?;
+    key.verify(base.as_bytes(), signature_bytes)?;
 
     Ok(VerifiedSignature {
         label: policy.label.clone(),
@@ -662,6 +667,23 @@ fn check_coverage(
     if policy.require_content_digest && message.has_body() && !covers("content-digest") {
         return under("content-digest");
     }
+    // A method override that an upstream may honour changes what a request
+    // does as much as `@method`: one that is sent must be covered too, or a
+    // signed POST could be replayed as a DELETE with the header added (the
+    // route match reads overrides only when some route lists `methods`).
+    if message.status.is_none() {
+        for (name, _) in message.headers.iter() {
+            let is_override = crate::policy::METHOD_OVERRIDE_HEADERS
+                .iter()
+                .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()));
+            if is_override {
+                let name = name.to_ascii_lowercase();
+                if !covers(&name) {
+                    return under(&name);
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -734,7 +756,8 @@ pub struct SignatureHeaders {
 
 /// The components the default [`SigningPolicy`] asks for, in signing order:
 /// `@method`, `@authority`, `@path`, `@query` (when the request has a
-/// query), the token header, `content-digest` (when it has a body).
+/// query), the token header, `content-digest` (when it has a body), and
+/// any method-override header it carries (which must be covered).
 /// `@path` + `@authority` rather than `@target-uri`: the scheme Envoy sees
 /// differs from the client's when TLS ends in front of Envoy.
 pub fn default_covered_components(message: &Message<'_>, token_header: &str) -> Vec<String> {
@@ -751,6 +774,16 @@ pub fn default_covered_components(message: &Message<'_>, token_header: &str) -> 
     }
     if message.has_body() {
         components.push("content-digest".to_owned());
+    }
+    // A method override that is sent must be covered (see `check_coverage`).
+    for (name, _) in message.headers.iter() {
+        let name = name.to_ascii_lowercase();
+        let is_override = crate::policy::METHOD_OVERRIDE_HEADERS
+            .iter()
+            .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()));
+        if is_override && !components.contains(&name) {
+            components.push(name);
+        }
     }
     components
 }

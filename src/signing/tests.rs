@@ -539,6 +539,33 @@ fn rfc9421_b24_every_covered_component_matters() {
         ),
         Err(SigningError::DigestMismatch)
     );
+    // The digest is checked first, a hash of the body: a signature replayed
+    // over another body fails there and costs no verification (which no
+    // failure budget would count, since only a bad signature is charged).
+    let forged = format!(
+        "sig-b24=:{}:",
+        base64::engine::general_purpose::STANDARD.encode([1u8; 64])
+    );
+    let h = with(
+        test_response_headers(),
+        &[("signature-input", B24_INPUT), ("signature", &forged)],
+    );
+    let other_body = Message::response(200, &h, Some(br#"{"message": "bad dog"}"#));
+    assert_eq!(
+        verify(&policy, &other_body, &key, "", NOW),
+        Err(SigningError::DigestMismatch)
+    );
+    assert_eq!(
+        verify(
+            &policy,
+            &Message::response(200, &h, Some(RESPONSE_BODY)),
+            &key,
+            "",
+            NOW
+        ),
+        Err(SigningError::BadSignature),
+        "with its own body, the forged signature is what fails"
+    );
 }
 
 #[test]
@@ -764,6 +791,61 @@ fn signed_app_request(key: &InstallSigningKey, created: u64) -> Vec<(String, Str
             ("signature", &signed.signature),
         ],
     )
+}
+
+#[test]
+fn a_method_override_that_is_sent_must_be_covered() {
+    // Otherwise a signed POST replayed with `X-HTTP-Method-Override: DELETE`
+    // added verifies, and an upstream that honours the header deletes.
+    let key = p256_signing_key();
+    for name in [
+        "x-http-method-override",
+        "x_http_method_override",
+        "x-method-override",
+    ] {
+        let mut h = signed_app_request(&key, NOW - 5);
+        h.push((name.to_owned(), "DELETE".to_owned()));
+        assert_eq!(
+            verify(
+                &SigningPolicy::default(),
+                &app_request(&h),
+                &key.public_key(),
+                TOKEN,
+                NOW
+            ),
+            Err(SigningError::UnderCovered {
+                missing: name.to_owned()
+            }),
+            "{name}"
+        );
+    }
+    // An app that sends one signs it: the default components cover it.
+    let mut h = app_request_headers();
+    h.push(("x-http-method-override".to_owned(), "PATCH".to_owned()));
+    let components = default_covered_components(&app_request(&h), TOKEN);
+    assert!(components.contains(&"x-http-method-override".to_owned()));
+    let signed = sign_request(
+        &key,
+        &app_request(&h),
+        &SignatureOptions::new("install", components, NOW),
+    )
+    .unwrap();
+    let h = with(
+        h,
+        &[
+            ("content-digest", &signed.content_digest.unwrap()),
+            ("signature-input", &signed.signature_input),
+            ("signature", &signed.signature),
+        ],
+    );
+    assert!(verify(
+        &SigningPolicy::default(),
+        &app_request(&h),
+        &key.public_key(),
+        TOKEN,
+        NOW
+    )
+    .is_ok());
 }
 
 #[test]

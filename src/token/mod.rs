@@ -589,7 +589,13 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
     }
     let message_signing = match raw.message_signing {
         Some(m) => {
-            if m.label.is_empty()
+            // An RFC 8941 key starts with a lower-case letter: a label such
+            // as `1sig` or `-x` could never be found in a client's fields.
+            if !m
+                .label
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase())
                 || !m
                     .label
                     .bytes()
@@ -597,7 +603,7 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
             {
                 return Err(err(
                     "message_signing.label",
-                    "a structured-field key: lower case letters, digits, `-`, `_`".into(),
+                    "a structured-field key: a lower case letter, then lower case letters, digits, `-`, `_`".into(),
                 ));
             }
             if m.max_age_seconds == 0 || m.max_age_seconds > 86_400 {
@@ -620,7 +626,23 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
                 m.clock_skew_seconds,
             );
             for (i, c) in m.components.into_iter().enumerate() {
-                let ok = c.starts_with('@') || crate::config::header_name("", &c).is_ok();
+                // Derived components that mean something bare on a
+                // request: `@query-param` needs a `name`, `@status` is a
+                // response's, and neither could ever be covered as asked.
+                const DERIVED: [&str; 7] = [
+                    "@method",
+                    "@target-uri",
+                    "@authority",
+                    "@scheme",
+                    "@request-target",
+                    "@path",
+                    "@query",
+                ];
+                let ok = if c.starts_with('@') {
+                    DERIVED.iter().any(|d| d.eq_ignore_ascii_case(&c))
+                } else {
+                    crate::config::header_name("", &c).is_ok()
+                };
                 if !ok || c.len() > 64 {
                     return Err(err(
                         &format!("message_signing.components[{i}]"),

@@ -469,6 +469,39 @@ fn provider_config_errors_name_the_field() {
                        "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
                        "message_signing": {"claim": "ipk", "clock_skew_seconds": 301}}));
     assert_eq!(e.path, "tokens[0].message_signing.clock_skew_seconds");
+    // A label no client field can carry (an RFC 8941 key starts with a
+    // letter), and components a request can never cover as asked.
+    for (signing, path) in [
+        (json!({"claim": "ipk", "label": "1sig"}), "label"),
+        (json!({"claim": "ipk", "label": "-x"}), "label"),
+        (
+            json!({"claim": "ipk", "components": ["@query-param"]}),
+            "components[0]",
+        ),
+        (
+            json!({"claim": "ipk", "components": ["@method", "@status"]}),
+            "components[1]",
+        ),
+        (
+            json!({"claim": "ipk", "components": ["@signature-params"]}),
+            "components[0]",
+        ),
+    ] {
+        let e = bad(json!({"name": "p", "from": [{"header": "x"}],
+                           "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                           "message_signing": signing}));
+        assert_eq!(e.path, format!("tokens[0].message_signing.{path}"), "{e}");
+    }
+    for ok in [
+        "@METHOD",
+        "@target-uri",
+        "@scheme",
+        "@request-target",
+        "@query",
+        "content-type",
+    ] {
+        provider(json!({"message_signing": {"claim": "ipk", "components": [ok]}}));
+    }
 }
 
 #[test]
