@@ -541,7 +541,12 @@ pub fn match_route<'c>(
             return Err(UnclearPath);
         }
     }
-    for pair in req.query().into_iter().flat_map(|q| q.split(['&', ';'])) {
+    // Pairs as `&` and `;` split them (older Go and Python parsers), and as
+    // `&` alone splits them (PHP): `?_method%00;x=DELETE` is a `_method`
+    // without a value to the first reading and `_method=DELETE` to PHP.
+    let query = req.query().unwrap_or("");
+    let pairs = query.split(['&', ';']).chain(query.split('&'));
+    for pair in pairs {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if is_method_param(k) && !form_decode(v).is_some_and(|m| same_route(&m)) {
             return Err(UnclearPath);
@@ -553,8 +558,9 @@ pub fn match_route<'c>(
 /// Whether a raw query parameter name is [`METHOD_OVERRIDE_PARAM`] as the
 /// upstreams that read it see it: decoded, in any case, and as PHP names
 /// `$_GET` keys (which Symfony and Laravel read): cut at a NUL, without
-/// leading spaces, with `.`, ` ` and `[` read as `_`. So `?.method=`,
-/// `?+_method=`, `?[method=` and `?_method%00x=` are `_method` there. Bytes
+/// leading spaces, with `.`, ` ` and `[` read as `_` (PHP maps `[` only
+/// inside a name, so this refuses a little more than it must). So
+/// `?.method=`, `?+_method=` and `?_method%00x=` are `_method` there. Bytes
 /// are compared as they decode, so no length or encoding of the rest of the
 /// name hides one.
 fn is_method_param(raw: &str) -> bool {

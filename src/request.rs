@@ -15,7 +15,8 @@ pub const HEADER_PREFIX: &str = "x-appguard-";
 /// `claim_to_headers` sets from verified claims). `_` counts as `-`: Envoy
 /// passes header names with underscores on by default, and upstream
 /// servers that build a CGI-style environment (`HTTP_X_USER`) read
-/// `x_user` as `x-user`, so a client's `x_appguard_app` must go too.
+/// `x_user` as `x-user`, so a client's `x_appguard_app` must go too (and
+/// `x.appguard.app`, see [`same_header_name`]).
 pub fn reserved_header(name: &str, claim_headers: &[String]) -> bool {
     let n = name.as_bytes();
     n.get(..HEADER_PREFIX.len())
@@ -27,10 +28,12 @@ pub fn reserved_header(name: &str, claim_headers: &[String]) -> bool {
 
 /// Whether two header names are the same to an upstream that builds a
 /// CGI-style environment (PHP, Symfony's header bag): compared without
-/// case, `_` counting as `-`.
+/// case, `_` and `.` counting as `-` (servers that pass `X.Y` on as
+/// `HTTP_X.Y`, such as PHP's built-in server and FrankenPHP, leave PHP to
+/// turn the `.` into `_`).
 pub fn same_header_name(a: &[u8], b: &[u8]) -> bool {
     let canon = |c: u8| {
-        if c == b'_' {
+        if c == b'_' || c == b'.' {
             b'-'
         } else {
             c.to_ascii_lowercase()
@@ -267,6 +270,10 @@ mod tests {
             "X_AppGuard-",
             "x-user",
             "x_user",
+            // PHP's built-in server and FrankenPHP pass `.` on; PHP then
+            // reads it as `_`
+            "x.appguard.app",
+            "x.user",
         ] {
             assert!(reserved_header(name, &claims), "{name}");
         }

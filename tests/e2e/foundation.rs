@@ -50,6 +50,7 @@ fn denying_route_gets_403_route_denied_with_json_body() {
         "x-method-override",
         // Envoy passes `_` names on by default, and PHP reads them as `-`
         "X_HTTP_Method_Override",
+        "x.http.method.override",
     ] {
         let r = envoy.request(Req::get("/public/x").header(name, "DELETE"));
         assert_eq!(
@@ -63,6 +64,7 @@ fn denying_route_gets_403_route_denied_with_json_body() {
         "a=1&_method=DELETE",
         "%2Emethod=DELETE",
         "_method%00x=DELETE",
+        "_method%00;x=DELETE",
     ] {
         let r = envoy.request(Req::get(&format!("/public/x?{query}")));
         assert_eq!(
