@@ -289,8 +289,9 @@ pub fn hits_for(request: &RateLimitRequest, descriptor: &RateLimitDescriptor) ->
 /// overflow: Redis refuses an `INCRBY` past `i64::MAX` and fails the whole
 /// batch, which would leave the descriptor unanswerable until its window
 /// ends. With 64 descriptors of one key in a call, about 2^25 such calls
-/// within one window would be needed; the hits come from the caller's
-/// configuration (appguard's leases), never from a client.
+/// within one window would be needed; appguard sends hits from its
+/// configuration (leases), so only a caller that can reach the service's
+/// port could try (keep it unexposed).
 pub const MAX_HITS: u64 = u32::MAX as u64;
 
 /// The rate limiter: configuration, counter store and stats.

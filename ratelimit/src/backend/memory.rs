@@ -91,10 +91,11 @@ impl MemoryBackend {
         items: &[Increment],
         now: i64,
     ) -> Result<Vec<(u64, i64)>, BackendError> {
+        // Hashed before the lock: keys run to kilobytes.
+        let keys: Vec<KeyDigest> = items.iter().map(|i| digest(&i.key)).collect();
         let mut state = self.lock();
         sweep_locked(&mut state, now);
 
-        let keys: Vec<KeyDigest> = items.iter().map(|i| digest(&i.key)).collect();
         let mut new_keys: Vec<&KeyDigest> = keys
             .iter()
             .filter(|k| !state.counts.contains_key(*k))

@@ -35,10 +35,10 @@ pub struct RedisBackend {
     client: redis::Client,
     /// How connections are opened and bounded.
     config: ConnectionManagerConfig,
-    /// The shared, reconnecting connection; replaced after a run of
-    /// timeouts.
-    manager: Mutex<ConnectionManager>,
-    /// Calls in a row that timed out.
+    /// The shared, reconnecting connection and its generation: how many
+    /// times it was replaced after a run of timeouts.
+    manager: Mutex<(u64, ConnectionManager)>,
+    /// Calls in a row that timed out on the current generation.
     timeouts: AtomicU32,
     /// Bound on each call (connect + transaction).
     timeout: Duration,
@@ -72,18 +72,49 @@ impl RedisBackend {
         Ok(RedisBackend {
             client,
             config,
-            manager: Mutex::new(manager),
+            manager: Mutex::new((0, manager)),
             timeouts: AtomicU32::new(0),
             timeout,
             display_url: mask_password(url),
         })
     }
 
-    fn connection(&self) -> ConnectionManager {
+    fn manager(&self) -> std::sync::MutexGuard<'_, (u64, ConnectionManager)> {
         self.manager
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+    }
+
+    /// Counts a timeout of a call made on connection `generation`, and
+    /// replaces that connection after [`REBUILD_AFTER_TIMEOUTS`] in a row.
+    /// Calls still in flight on a connection already replaced count
+    /// nothing, so a burst of them replaces it once, not once per three.
+    fn timed_out(&self, generation: u64) {
+        let mut current = self.manager();
+        if current.0 != generation {
+            return;
+        }
+        let run = self
+            .timeouts
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if run < REBUILD_AFTER_TIMEOUTS {
+            return;
+        }
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+            Ok(fresh) => {
+                *current = (generation.wrapping_add(1), fresh);
+                self.timeouts.store(0, Ordering::Relaxed);
+                warn!(
+                    redis = %self.display_url,
+                    timeouts = run,
+                    "redis: calls in a row timed out; opening a new connection"
+                );
+            }
+            Err(e) => {
+                warn!(redis = %self.display_url, error = %e, "redis: cannot open a new connection")
+            }
+        }
     }
 
     /// Runs `call` on the connection within the timeout, and keeps count of
@@ -97,7 +128,8 @@ impl RedisBackend {
     {
         // The manager's own response timeout (the same bound) usually fires
         // first, as an error: a timeout either way.
-        let answer = match tokio::time::timeout(self.timeout, call(self.connection())).await {
+        let (generation, conn) = self.manager().clone();
+        let answer = match tokio::time::timeout(self.timeout, call(conn)).await {
             Ok(Err(e)) if e.is_timeout() => Err(()),
             Ok(answer) => Ok(answer),
             Err(_) => Err(()),
@@ -110,32 +142,7 @@ impl RedisBackend {
                 Ok(answer?)
             }
             Err(()) => {
-                let run = self
-                    .timeouts
-                    .fetch_add(1, Ordering::Relaxed)
-                    .saturating_add(1);
-                if run >= REBUILD_AFTER_TIMEOUTS {
-                    self.timeouts.store(0, Ordering::Relaxed);
-                    match ConnectionManager::new_lazy_with_config(
-                        self.client.clone(),
-                        self.config.clone(),
-                    ) {
-                        Ok(fresh) => {
-                            warn!(
-                                redis = %self.display_url,
-                                timeouts = run,
-                                "redis: calls in a row timed out; opening a new connection"
-                            );
-                            *self
-                                .manager
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
-                        }
-                        Err(e) => {
-                            warn!(redis = %self.display_url, error = %e, "redis: cannot open a new connection")
-                        }
-                    }
-                }
+                self.timed_out(generation);
                 Err(BackendError::Timeout(self.timeout))
             }
         }
