@@ -251,7 +251,8 @@ impl GuardFilter {
                         false
                     } else if !had_keys {
                         slot.may_start_request_fetch(now)
-                    } else if now.saturating_sub(slot.last_refetch) >= remote.min_refetch_seconds
+                    } else if (slot.last_refetch > now
+                        || now.saturating_sub(slot.last_refetch) >= remote.min_refetch_seconds)
                         && jwks::take_lease(
                             &provider.name,
                             remote,

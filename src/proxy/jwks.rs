@@ -270,21 +270,34 @@ pub fn store(
 /// Whether this worker should refresh now: the shared copy is due, and this
 /// worker won the lease (so one fetch per instance, not one per worker).
 pub fn take_refresh_lease(slot: &JwksSlot, provider: &str, remote: &RemoteJwks, now: u64) -> bool {
-    let due =
-        slot.keys.keys.is_none() || now.saturating_sub(slot.fetched_at) >= remote.refresh_seconds;
-    due && take_lease(provider, remote, "lease", remote.timeout_ms / 1000 + 1, now)
+    due(slot, remote, now)
+        && take_lease(provider, remote, "lease", remote.timeout_ms / 1000 + 1, now)
+}
+
+/// Whether the keys are due for a refresh: none yet, `refresh_seconds`
+/// old, or fetched "in the future" (the clock was set back since: their
+/// age is unknown, so they are fetched again rather than trusted until the
+/// clock catches up).
+fn due(slot: &JwksSlot, remote: &RemoteJwks, now: u64) -> bool {
+    slot.keys.keys.is_none()
+        || slot.fetched_at > now
+        || now.saturating_sub(slot.fetched_at) >= remote.refresh_seconds
 }
 
 /// A shared lease: true for exactly one caller per `seconds`, among the
 /// workers of the same provider and source (see [`shared_key`]).
 pub fn take_lease(provider: &str, remote: &RemoteJwks, kind: &str, seconds: u64, now: u64) -> bool {
     let key = shared_key(&format!("jwks-{kind}"), provider, remote);
-    store::update(&HostStore, &key, |cur| {
-        let until = cur
-            .and_then(|b| b.get(..8))
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u64::from_le_bytes);
-        if until > now {
+    take_lease_at(&HostStore, &key, seconds, now)
+}
+
+/// [`take_lease`] on `shared` at `key`. A lease held until later than
+/// `now + seconds` was taken before the clock was set back: it is stale,
+/// or no worker would fetch until the clock caught up.
+fn take_lease_at<S: SharedStore + ?Sized>(shared: &S, key: &str, seconds: u64, now: u64) -> bool {
+    store::update(shared, key, |cur| {
+        let until = cur.and_then(|b| store::u64_at(b, 0)).unwrap_or(0);
+        if until > now && until <= now.saturating_add(seconds) {
             (None, false)
         } else {
             (
@@ -334,6 +347,25 @@ mod tests {
         // not hold every later fetch off until the clock catches up
         assert_eq!(publish(&s, "k", 40, 50, b"after the step"), Ok(true));
         assert_eq!(&s.get("k").unwrap().0[8..], b"after the step");
+    }
+
+    #[test]
+    fn after_the_clock_is_set_back_keys_are_due_and_leases_are_free() {
+        let r = remote("jwks", "", "/k");
+        let mut slot = JwksSlot::default();
+        slot.keys.keys = Some(Rc::new(Vec::new()));
+        slot.fetched_at = 10_000;
+        assert!(!due(&slot, &r, 10_010), "fresh keys");
+        assert!(due(&slot, &r, 10_000 + r.refresh_seconds), "old keys");
+        // the clock went back an hour: their age is unknown, fetch again
+        assert!(due(&slot, &r, 6_400));
+        let s = store::MemStore::default();
+        assert!(take_lease_at(&s, "l", 2, 10_000));
+        assert!(!take_lease_at(&s, "l", 2, 10_001), "held");
+        assert!(take_lease_at(&s, "l", 2, 10_002), "expired");
+        // held until 10_004, and now it is 6_400: taken before the step
+        assert!(take_lease_at(&s, "l", 2, 6_400));
+        assert!(!take_lease_at(&s, "l", 2, 6_401), "the new lease holds");
     }
 
     #[test]
