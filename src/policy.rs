@@ -409,7 +409,7 @@ pub struct Pending {
     /// (provider, digest), taken back out if the service refuses the
     /// request, so that the `jti` is not used up by a request that was not
     /// let through.
-    local_replay: Option<(usize, [u8; 16])>,
+    local_replay: Option<(usize, [u8; 16], u32)>,
 }
 
 impl Pending {
@@ -1021,10 +1021,10 @@ fn limits_phase(
             digest,
             expires,
         }) => {
-            if let Err(r) = local_replay(ctx, provider, &digest, expires, now) {
-                return deny(pending, r.into());
+            match local_replay(ctx, provider, &digest, expires, now) {
+                Ok(capacity) => pending.local_replay = Some((provider, digest, capacity)),
+                Err(r) => return deny(pending, r.into()),
             }
-            pending.local_replay = Some((provider, digest));
             None
         }
         Some(ReplayMark::Service(d)) => Some(d),
@@ -1094,16 +1094,12 @@ pub fn evaluate_rls(
 ) -> Step {
     let recorded = pending.local_replay.take();
     let step = rls_verdict(ctx, pending, answer, now);
-    if let (Some((provider, digest)), Step::Done(Decision::Deny(_), _)) = (recorded, &step) {
-        if let Some((name, replay)) = replay_table(ctx.config, provider) {
+    if let (Some((provider, digest, capacity)), Step::Done(Decision::Deny(_), _)) =
+        (recorded, &step)
+    {
+        if let Some((name, _)) = replay_table(ctx.config, provider) {
             // A failure leaves the `jti` used up: strict, as before.
-            let _ = store::replay_forget(
-                ctx.store,
-                &ctx.bucket_salt,
-                name,
-                replay.max_entries,
-                &digest,
-            );
+            let _ = store::replay_forget(ctx.store, &ctx.bucket_salt, name, capacity, &digest);
         }
     }
     step
@@ -1944,29 +1940,32 @@ fn replay_table(config: &Config, provider: usize) -> Option<(&str, &Replay)> {
 }
 
 /// Records a token's replay claim in the instance's replay table
-/// (`replay.scope: local`): `Err(token_replayed)` when it was seen before.
+/// (`replay.scope: local`): `Err(token_replayed)` when it was seen before,
+/// else the capacity it was recorded under (to take it back out).
 fn local_replay(
     ctx: &Ctx<'_>,
     provider: usize,
     digest: &[u8; 16],
     expires: u64,
     now: u64,
-) -> Result<(), Reason> {
+) -> Result<u32, Reason> {
     let (name, replay) = replay_table(ctx.config, provider).ok_or(Reason::TokenReplayed)?;
-    let checked = replay.past_layouts.with(|past| {
-        store::replay_check(
+    let (capacity, checked) = replay.past_layouts.with(|l| {
+        let capacity = l.record_under.unwrap_or(replay.max_entries);
+        let checked = store::replay_check(
             ctx.store,
             &ctx.bucket_salt,
             name,
-            replay.max_entries,
-            past,
+            capacity,
+            &l.past,
             digest,
             expires,
             now,
-        )
+        );
+        (capacity, checked)
     });
     match checked {
-        Ok(ReplayOutcome::Fresh) => Ok(()),
+        Ok(ReplayOutcome::Fresh) => Ok(capacity),
         // A full table or a store failure cannot prove freshness: fail
         // closed.
         Ok(ReplayOutcome::Replayed | ReplayOutcome::Full) | Err(_) => Err(Reason::TokenReplayed),

@@ -354,23 +354,35 @@ pub struct PastLayout {
     pub until: u64,
 }
 
-/// The past layouts a replay table is also checked under: replaced once a
-/// second from the tick ([`follow_replay_layouts`]), read by every replay
-/// check. A lock rather than a `RefCell` so that a compiled configuration
-/// stays `Sync` (tools and fuzzers share one across threads); in the Wasm
-/// VM, one thread, it is never contended.
+/// What a replay check of one configuration uses besides its own capacity.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Layouts {
+    /// The capacity to record under when it is not the configuration's own
+    /// `max_entries`: the table's current one, for a configuration that a
+    /// newer one replaced while it still serves (a listener drain). Both
+    /// then record in the same buckets, so one CAS decides between them.
+    pub record_under: Option<u32>,
+    /// Capacities whose values may still be live: looked up, never written.
+    pub past: Vec<PastLayout>,
+}
+
+/// A table's [`Layouts`]: replaced once a second from the tick
+/// ([`follow_replay_layouts`]), read by every replay check. A lock rather
+/// than a `RefCell` so that a compiled configuration stays `Sync` (tools
+/// and fuzzers share one across threads); in the Wasm VM, one thread, it is
+/// never contended.
 #[derive(Debug, Default)]
-pub struct PastLayouts(std::sync::Mutex<Vec<PastLayout>>);
+pub struct PastLayouts(std::sync::Mutex<Layouts>);
 
 impl Clone for PastLayouts {
     fn clone(&self) -> Self {
-        PastLayouts(std::sync::Mutex::new(self.with(<[PastLayout]>::to_vec)))
+        PastLayouts(std::sync::Mutex::new(self.with(Layouts::clone)))
     }
 }
 
 impl PastLayouts {
     /// Runs `f` on the layouts.
-    pub fn with<R>(&self, f: impl FnOnce(&[PastLayout]) -> R) -> R {
+    pub fn with<R>(&self, f: impl FnOnce(&Layouts) -> R) -> R {
         f(&self
             .0
             .lock()
@@ -378,7 +390,7 @@ impl PastLayouts {
     }
 
     /// Replaces the layouts, returning the previous ones.
-    pub fn replace(&self, layouts: Vec<PastLayout>) -> Vec<PastLayout> {
+    pub fn replace(&self, layouts: Layouts) -> Layouts {
         std::mem::replace(
             &mut *self
                 .0
@@ -392,6 +404,11 @@ impl PastLayouts {
 /// Past layouts remembered per table: more capacity changes than this
 /// within a token lifetime forget the oldest (the one closest to its end).
 pub const PAST_LAYOUTS_MAX: usize = 8;
+
+/// Seconds a past layout outlives its horizon: the old configuration's
+/// first tick after the change (see [`follow_replay_layouts`]) is at most
+/// one away.
+const LAYOUT_SLACK: u64 = 5;
 
 const LAYOUT_HEAD: usize = 12; // capacity u32 + horizon u64
 const LAYOUT_PAST: usize = 12; // capacity u32 + until u64
@@ -434,7 +451,9 @@ pub fn replay_layouts<S: SharedStore + ?Sized>(
         let head_horizon = if old_capacity == capacity {
             old_horizon.max(horizon)
         } else {
-            let until = now.saturating_add(old_horizon);
+            // The old configuration records under its capacity until its
+            // first tick sees the change (a second): a little slack.
+            let until = now.saturating_add(old_horizon).saturating_add(LAYOUT_SLACK);
             match past.iter_mut().find(|p| p.capacity == old_capacity) {
                 Some(p) => p.until = p.until.max(until),
                 None => past.push(PastLayout {
@@ -451,62 +470,48 @@ pub fn replay_layouts<S: SharedStore + ?Sized>(
     })
 }
 
-/// Refreshes, once a second, the layouts a running configuration checks
-/// besides its own `capacity`, from the table's record (see
+/// Refreshes, once a second, the [`Layouts`] of a running configuration
+/// whose table has capacity `capacity`, from the table's record (see
 /// [`replay_layouts`]):
-/// - for the current configuration, the live past layouts, whose `until`
-///   an older configuration may have pushed out since;
+/// - for the current configuration, the live past layouts;
 /// - for an older configuration still running (its listener drains, and
-///   keep-alive connections stay on it), the current capacity and the
-///   other live past ones, so that it finds values the newer one recorded.
-///   While it runs it records under its own capacity, so it keeps that
-///   entry's `until` at least `horizon` ahead (rewritten a minute ahead,
-///   when less than 10 s of margin is left).
+///   keep-alive connections stay on it): record under the current
+///   capacity, so that the same `jti` sent to both at once is decided by
+///   one CAS, and look up the live past ones (its own among them, for what
+///   it recorded before). Its horizon is folded into the current one's, so
+///   that what it records there is remembered as long when the capacity
+///   changes again.
 ///
-/// Writes only to push that `until` out; without a record, nothing.
+/// Writes only to raise that horizon; without a record, nothing.
 pub fn follow_replay_layouts<S: SharedStore + ?Sized>(
     store: &S,
     table: &str,
     capacity: u32,
     horizon: u64,
     now: u64,
-) -> Result<Vec<PastLayout>, StoreError> {
+) -> Result<Layouts, StoreError> {
     update(store, &layout_key(table), |current| {
         let Some((head, head_horizon, mut past)) = current.and_then(parse_layout) else {
-            return (None, Vec::new());
+            return (None, Layouts::default());
         };
         past.retain(|p| p.until >= now && p.capacity != head);
         if head == capacity {
-            return (None, past);
+            return (
+                None,
+                Layouts {
+                    record_under: None,
+                    past,
+                },
+            );
         }
-        let needed = now.saturating_add(horizon).saturating_add(10);
-        let ahead = now.saturating_add(horizon).saturating_add(60);
-        let mut write = false;
-        match past.iter_mut().find(|p| p.capacity == capacity) {
-            Some(p) if p.until >= needed => {}
-            Some(p) => {
-                p.until = ahead;
-                write = true;
-            }
-            None => {
-                past.push(PastLayout {
-                    capacity,
-                    until: ahead,
-                });
-                write = true;
-            }
-        }
-        trim_layouts(&mut past);
-        let new = write.then(|| layout_bytes(head, head_horizon, &past));
-        let mut check: Vec<PastLayout> = past
-            .into_iter()
-            .filter(|p| p.capacity != capacity)
-            .collect();
-        check.push(PastLayout {
-            capacity: head,
-            until: u64::MAX,
-        });
-        (new, check)
+        let new = (horizon > head_horizon).then(|| layout_bytes(head, horizon, &past));
+        (
+            new,
+            Layouts {
+                record_under: Some(head),
+                past,
+            },
+        )
     })
 }
 
@@ -744,7 +749,7 @@ mod tests {
         // layout that lasts the old horizon; the others read the same
         let past = vec![PastLayout {
             capacity: 1024,
-            until: 1_310,
+            until: 1_315,
         }];
         assert_eq!(replay_layouts(&s, "p", 65536, 60, 1_010), Ok(past.clone()));
         assert_eq!(replay_layouts(&s, "p", 65536, 60, 1_011), Ok(past.clone()));
@@ -763,7 +768,7 @@ mod tests {
             Ok(ReplayOutcome::Replayed)
         );
         // once the old horizon has passed the past layout is dropped
-        assert_eq!(replay_layouts(&s, "p", 65536, 60, 1_311), Ok(vec![]));
+        assert_eq!(replay_layouts(&s, "p", 65536, 60, 1_316), Ok(vec![]));
     }
 
     #[test]
@@ -778,55 +783,78 @@ mod tests {
             past,
             vec![PastLayout {
                 capacity: 1024,
-                until: 1_310
+                until: 1_315
             }]
+        );
+        // Recorded by the old configuration just before its first tick.
+        assert_eq!(
+            replay_check(&s, &SALT, "p", 1024, &[], &old_d, 1_300, 1_000),
+            Ok(ReplayOutcome::Fresh)
         );
         // The old configuration keeps serving its keep-alive connections
-        // (listener drain) and, ticking, learns the new capacity.
-        let old_checks = follow_replay_layouts(&s, "p", 1024, 310, 1_001).unwrap();
+        // (listener drain); ticking, it learns it was replaced: it records
+        // under the new capacity, and still looks under its own.
+        let old = follow_replay_layouts(&s, "p", 1024, 310, 1_001).unwrap();
         assert_eq!(
-            old_checks,
+            old,
+            Layouts {
+                record_under: Some(65536),
+                past: vec![PastLayout {
+                    capacity: 1024,
+                    until: 1_315
+                }]
+            }
+        );
+        let new = follow_replay_layouts(&s, "p", 65536, 310, 1_001).unwrap();
+        assert_eq!(
+            new,
+            Layouts {
+                record_under: None,
+                past: past.clone()
+            }
+        );
+        let check = |l: &Layouts, d: &[u8; 16], now: u64| {
+            replay_check(
+                &s,
+                &SALT,
+                "p",
+                l.record_under.unwrap_or(65536),
+                &l.past,
+                d,
+                1_700,
+                now,
+            )
+        };
+        // What it had recorded is a replay on either.
+        assert_eq!(check(&new, &old_d, 1_002), Ok(ReplayOutcome::Replayed));
+        assert_eq!(check(&old, &old_d, 1_002), Ok(ReplayOutcome::Replayed));
+        // A value first used on either is a replay on the other, in the same
+        // bucket (one CAS decides when both see it at once), long after the
+        // old layout ended.
+        assert_eq!(check(&new, &new_d, 1_003), Ok(ReplayOutcome::Fresh));
+        assert_eq!(check(&old, &new_d, 1_004), Ok(ReplayOutcome::Replayed));
+        let e = moved_by_resize(65536, 1024, [0xee; 16]);
+        assert_eq!(check(&old, &e, 1_400), Ok(ReplayOutcome::Fresh));
+        let new = follow_replay_layouts(&s, "p", 65536, 310, 1_400).unwrap();
+        assert_eq!(new, Layouts::default(), "1024 ended at 1_315");
+        assert_eq!(check(&new, &e, 1_401), Ok(ReplayOutcome::Replayed));
+        // An old configuration with longer tokens raises the current
+        // capacity's horizon, so what it records there outlives a later
+        // change as long as its tokens do.
+        follow_replay_layouts(&s, "p", 1024, 3_610, 1_402).unwrap();
+        let later = replay_layouts(&s, "p", 4096, 310, 1_500).unwrap();
+        assert_eq!(
+            later,
             vec![PastLayout {
                 capacity: 65536,
-                until: u64::MAX
+                until: 1_500 + 3_610 + 5
             }]
         );
-        // A value first used on the new configuration is a replay on the old.
-        assert_eq!(
-            replay_check(&s, &SALT, "p", 65536, &past, &new_d, 1_300, 1_002),
-            Ok(ReplayOutcome::Fresh)
-        );
-        assert_eq!(
-            replay_check(&s, &SALT, "p", 1024, &old_checks, &new_d, 1_300, 1_003),
-            Ok(ReplayOutcome::Replayed)
-        );
-        // Still draining at 1_400, it records under 1024 a token that lives
-        // to 1_700, after the 1_310 the change set: ticking, it keeps its
-        // layout ahead of what it records, and the new configuration,
-        // ticking too, keeps checking 1024.
-        for now in (1_001..=1_400).step_by(1) {
-            follow_replay_layouts(&s, "p", 1024, 310, now).unwrap();
-        }
-        assert_eq!(
-            replay_check(&s, &SALT, "p", 1024, &old_checks, &old_d, 1_700, 1_400),
-            Ok(ReplayOutcome::Fresh)
-        );
-        let new_checks = follow_replay_layouts(&s, "p", 65536, 310, 1_420).unwrap();
-        assert!(
-            matches!(new_checks.as_slice(), [PastLayout { capacity: 1024, until }] if *until >= 1_710),
-            "{new_checks:?}"
-        );
-        assert_eq!(
-            replay_check(&s, &SALT, "p", 65536, &new_checks, &old_d, 1_700, 1_420),
-            Ok(ReplayOutcome::Replayed)
-        );
-        // Once the old one is gone, nothing pushes 1024 out: it ends.
-        assert_eq!(
-            follow_replay_layouts(&s, "p", 65536, 310, 1_800),
-            Ok(vec![])
-        );
         // Without a record, nothing to follow and nothing written.
-        assert_eq!(follow_replay_layouts(&s, "q", 1024, 310, 0), Ok(vec![]));
+        assert_eq!(
+            follow_replay_layouts(&s, "q", 1024, 310, 0),
+            Ok(Layouts::default())
+        );
         assert!(s.get("appguard/replay/q/layout").is_none());
     }
 
@@ -842,7 +870,7 @@ mod tests {
             past,
             vec![PastLayout {
                 capacity: 1024,
-                until: 86_420
+                until: 86_425
             }]
         );
         // back to 1024: that layout is current again, 2048 becomes past
@@ -850,7 +878,7 @@ mod tests {
             replay_layouts(&s, "p", 1024, 60, 30),
             Ok(vec![PastLayout {
                 capacity: 2048,
-                until: 90
+                until: 95
             }])
         );
         // tables are separate

@@ -72,15 +72,24 @@ impl Worker {
                 now,
             ) {
                 Ok(layouts) => {
-                    let capacities =
-                        |l: &[store::PastLayout]| l.iter().map(|l| l.capacity).collect::<Vec<_>>();
+                    let capacities = |l: &store::Layouts| {
+                        let past = l.past.iter().map(|l| l.capacity).collect::<Vec<_>>();
+                        (l.record_under, past)
+                    };
                     let now_checked = capacities(&layouts);
                     let before = replay.past_layouts.replace(layouts);
-                    if capacities(&before) != now_checked && !now_checked.is_empty() {
-                        info!(
-                            "tokens {}: the replay table is also checked under {now_checked:?} entries",
-                            p.name
-                        );
+                    if capacities(&before) != now_checked {
+                        match now_checked {
+                            (Some(current), past) => info!(
+                                "tokens {}: replaced by a configuration with {current} replay entries: recording there, also checking {past:?}",
+                                p.name
+                            ),
+                            (None, past) if !past.is_empty() => info!(
+                                "tokens {}: the replay table is also checked under {past:?} entries",
+                                p.name
+                            ),
+                            (None, _) => {}
+                        }
                     }
                 }
                 Err(e) => warn!(
@@ -335,7 +344,10 @@ impl RootContext for FilterRoot {
                             l.until.saturating_sub(now)
                         );
                     }
-                    replay.past_layouts.replace(past);
+                    replay.past_layouts.replace(store::Layouts {
+                        record_under: None,
+                        past,
+                    });
                 }
                 Err(e) => {
                     error!(
