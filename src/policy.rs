@@ -1254,8 +1254,10 @@ fn verify_signature_within_budget(
     verify_signature(ctx.config, pi, key, req, body, now).map_err(|e| {
         // Charged for the verification it cost, as a token's signature is:
         // malformed fields, a stale `created` or a missing component are
-        // refused before any.
-        if e == SigningError::BadSignature {
+        // refused before any. A body that does not match its digest is
+        // charged too, though checked first: no genuine client sends one,
+        // and a flood of them would otherwise hash bodies forever.
+        if matches!(e, SigningError::BadSignature | SigningError::DigestMismatch) {
             budget.charge(1);
         }
         Reason::SignatureInvalid

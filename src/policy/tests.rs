@@ -2744,6 +2744,77 @@ fn a_token_refused_for_another_reason_keeps_its_jti() {
 }
 
 #[test]
+fn bodies_that_do_not_match_their_digest_spend_the_failure_budget() {
+    // A genuine signed POST replayed over other bodies costs a hash each
+    // (the digest is checked before the signature), and is charged, so a
+    // flood of them stops at the budget.
+    use crate::signing::{sign_request, InstallSigningKey, SignatureOptions};
+    let w = World::from(json!({
+        "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "message_signing": {"claim": "ipk", "max_age_seconds": 60},
+                    "failure_budget": {"failures": 2, "window_seconds": 60}}],
+        "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"]}]
+    }));
+    let key = InstallSigningKey::p256_from_bytes(&[7u8; 32]).unwrap();
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "ipk": key.public_key().to_ipk()}),
+    );
+    let body = r#"{"to":"+447700900123"}"#;
+    let hs = vec![
+        ("approov-token".to_string(), token.clone()),
+        ("content-length".to_string(), body.len().to_string()),
+    ];
+    let msg = crate::signing::Message::request(
+        "POST",
+        "https",
+        "api.example.com",
+        "/v1/sms",
+        None,
+        &hs,
+        Some(body.as_bytes()),
+    );
+    let comps = vec![
+        "@method".into(),
+        "@authority".into(),
+        "@path".into(),
+        "approov-token".into(),
+        "content-digest".into(),
+    ];
+    let sig = sign_request(&key, &msg, &SignatureOptions::new("install", comps, NOW)).unwrap();
+    let digest = sig.content_digest.clone().unwrap();
+    let run = |body: &str| {
+        let len = body.len().to_string();
+        let step = w.post(
+            "/v1/sms",
+            "192.0.2.1",
+            &[
+                (":scheme", "https"),
+                ("approov-token", &token),
+                ("content-length", &len),
+                ("content-digest", &digest),
+                ("signature-input", &sig.signature_input),
+                ("signature", &sig.signature),
+            ],
+            body,
+        );
+        match step {
+            Step::Done(d, f) => (d.reason(), f.budget_refused),
+            s => panic!("{s:?}"),
+        }
+    };
+    let other = r#"{"to":"+447700900999"}"#;
+    assert_eq!(run(body), (None, false), "the genuine request");
+    assert_eq!(run(other), (Some(Reason::SignatureInvalid), false));
+    assert_eq!(run(other), (Some(Reason::SignatureInvalid), false));
+    // spent: refused before any work, the genuine body too
+    assert_eq!(run(other), (Some(Reason::SignatureInvalid), true));
+    assert_eq!(run(body), (Some(Reason::SignatureInvalid), true));
+}
+
+#[test]
 fn a_copied_token_without_the_install_signature_keeps_its_jti() {
     use crate::signing::{sign_request, InstallSigningKey, SignatureOptions};
     let w = World::from(json!({

@@ -292,12 +292,14 @@ pub fn take_lease(provider: &str, remote: &RemoteJwks, kind: &str, seconds: u64,
 }
 
 /// [`take_lease`] on `shared` at `key`. A lease held until later than
-/// `now + seconds` was taken before the clock was set back: it is stale,
-/// or no worker would fetch until the clock caught up.
+/// `now + seconds` (and a second of slack) was taken before the clock was
+/// set back: it is stale, or no worker would fetch until the clock caught
+/// up.
 fn take_lease_at<S: SharedStore + ?Sized>(shared: &S, key: &str, seconds: u64, now: u64) -> bool {
     store::update(shared, key, |cur| {
         let until = cur.and_then(|b| store::u64_at(b, 0)).unwrap_or(0);
-        if until > now && until <= now.saturating_add(seconds) {
+        // A second of slack: workers read the clock a moment apart.
+        if until > now && until <= now.saturating_add(seconds).saturating_add(1) {
             (None, false)
         } else {
             (

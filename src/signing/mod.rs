@@ -24,6 +24,11 @@ mod digest;
 mod key;
 mod sfv;
 
+/// Whether `label` is an RFC 8941 key, as a signature label must be.
+pub fn is_sf_key(label: &str) -> bool {
+    sfv::is_key(label)
+}
+
 #[cfg(test)]
 mod tests;
 

@@ -589,21 +589,13 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
     }
     let message_signing = match raw.message_signing {
         Some(m) => {
-            // An RFC 8941 key starts with a lower-case letter: a label such
-            // as `1sig` or `-x` could never be found in a client's fields.
-            if !m
-                .label
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_lowercase())
-                || !m
-                    .label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-            {
+            // An RFC 8941 key (a lower-case letter or `*`, then lower-case
+            // letters, digits, `_`, `-`, `.`, `*`): a label such as `1sig`
+            // or `-x` could never be found in a client's fields.
+            if !crate::signing::is_sf_key(&m.label) {
                 return Err(err(
                     "message_signing.label",
-                    "a structured-field key: a lower case letter, then lower case letters, digits, `-`, `_`".into(),
+                    "a structured-field key: a lower case letter or `*`, then lower case letters, digits, `_`, `-`, `.`, `*`".into(),
                 ));
             }
             if m.max_age_seconds == 0 || m.max_age_seconds > 86_400 {

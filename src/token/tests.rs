@@ -502,6 +502,9 @@ fn provider_config_errors_name_the_field() {
     ] {
         provider(json!({"message_signing": {"claim": "ipk", "components": [ok]}}));
     }
+    for ok in ["sig.v1", "*x", "install"] {
+        provider(json!({"message_signing": {"claim": "ipk", "label": ok}}));
+    }
 }
 
 #[test]

@@ -137,8 +137,11 @@ impl RedisBackend {
         match answer {
             Ok(answer) => {
                 // Any other answer, an error reply included, shows the
-                // connection carries traffic.
-                self.timeouts.store(0, Ordering::Relaxed);
+                // connection carries traffic; a late one from a connection
+                // already replaced says nothing of the current one.
+                if self.manager().0 == generation {
+                    self.timeouts.store(0, Ordering::Relaxed);
+                }
                 Ok(answer?)
             }
             Err(()) => {
