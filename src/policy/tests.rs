@@ -2743,12 +2743,9 @@ fn a_token_refused_for_another_reason_keeps_its_jti() {
     );
 }
 
-#[test]
-fn bodies_that_do_not_match_their_digest_spend_the_failure_budget() {
-    // A genuine signed POST replayed over other bodies costs a hash each
-    // (the digest is checked before the signature), and is charged, so a
-    // flood of them stops at the budget.
-    use crate::signing::{sign_request, InstallSigningKey, SignatureOptions};
+/// A provider with request signing and a failure budget of 2 per minute,
+/// its install key, and a token carrying that key.
+fn budgeted_signing_world() -> (World, crate::signing::InstallSigningKey, String) {
     let w = World::from(json!({
         "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
                     "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
@@ -2756,12 +2753,22 @@ fn bodies_that_do_not_match_their_digest_spend_the_failure_budget() {
                     "failure_budget": {"failures": 2, "window_seconds": 60}}],
         "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"]}]
     }));
-    let key = InstallSigningKey::p256_from_bytes(&[7u8; 32]).unwrap();
+    let key = crate::signing::InstallSigningKey::p256_from_bytes(&[7u8; 32]).unwrap();
     let token = hs256_raw(
         SECRET,
         &json!({"alg": "HS256"}),
         &json!({"exp": NOW + 60, "ipk": key.public_key().to_ipk()}),
     );
+    (w, key, token)
+}
+
+#[test]
+fn bodies_that_do_not_match_their_digest_spend_the_failure_budget() {
+    // A genuine signed POST replayed over other bodies costs a hash each
+    // (the digest is checked before the signature), and is charged, so a
+    // flood of them stops at the budget.
+    use crate::signing::{sign_request, SignatureOptions};
+    let (w, key, token) = budgeted_signing_world();
     let body = r#"{"to":"+447700900123"}"#;
     let hs = vec![
         ("approov-token".to_string(), token.clone()),
@@ -3314,20 +3321,8 @@ fn made_up_request_signatures_spend_the_clients_failure_budget() {
     // One genuine token buys no endless P-256 verifications: each failed
     // request signature is charged to the token provider's failure budget
     // of the client, and a spent client is refused without verifying.
-    use crate::signing::{sign_request, InstallSigningKey, SignatureOptions};
-    let w = World::from(json!({
-        "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
-                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
-                    "message_signing": {"claim": "ipk", "max_age_seconds": 60},
-                    "failure_budget": {"failures": 2, "window_seconds": 60}}],
-        "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"]}]
-    }));
-    let key = InstallSigningKey::p256_from_bytes(&[7u8; 32]).unwrap();
-    let token = hs256_raw(
-        SECRET,
-        &json!({"alg": "HS256"}),
-        &json!({"exp": NOW + 60, "ipk": key.public_key().to_ipk()}),
-    );
+    use crate::signing::{sign_request, SignatureOptions};
+    let (w, key, token) = budgeted_signing_world();
     let hs = vec![("approov-token".to_string(), token.clone())];
     let msg = crate::signing::Message::request(
         "GET",
