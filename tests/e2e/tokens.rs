@@ -566,6 +566,142 @@ fn a_jti_used_on_one_worker_is_a_replay_on_the_other() {
     assert_eq!(up.seen().len(), 1);
 }
 
+/// The `hs` provider's replay table with `n` entries; `extra_route` adds an
+/// open `/open` route, by which a test sees that a listener update took
+/// effect.
+fn with_max_entries(n: u32, extra_route: bool) -> Value {
+    let mut p = providers(false);
+    p[0]["replay"]["max_entries"] = json!(n);
+    let mut c = config(p);
+    if extra_route {
+        c["routes"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "open", "match": {"prefix": "/open"}}));
+    }
+    c
+}
+
+/// Waits until the `/open` route of [`with_max_entries`] answers.
+fn wait_for_the_open_route(envoy: &harness::Envoy) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while envoy.request(Req::get("/open/x")).status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update never took effect"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// One HTTP/1.1 connection kept open across requests, so that it stays on
+/// the listener configuration it was accepted under while that drains.
+struct KeepAlive {
+    reader: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl KeepAlive {
+    fn open(port: u16) -> KeepAlive {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        KeepAlive {
+            reader: std::io::BufReader::new(stream),
+        }
+    }
+
+    /// Sends a GET with `token`; returns the status, the reason of a local
+    /// reply, and whether Envoy announced it closes the connection.
+    fn get(&mut self, token: &str) -> (u16, Option<String>, bool) {
+        use std::io::{BufRead, Read, Write};
+        let req = format!(
+            "GET /hs/x HTTP/1.1\r\nhost: localhost\r\napproov-token: {token}\r\nauthorization: Bearer user\r\n\r\n"
+        );
+        self.reader.get_mut().write_all(req.as_bytes()).unwrap();
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        let (mut len, mut closing) = (0usize, false);
+        loop {
+            let mut h = String::new();
+            self.reader.read_line(&mut h).unwrap();
+            let h = h.trim_end().to_ascii_lowercase();
+            if h.is_empty() {
+                break;
+            }
+            if let Some(v) = h.strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            closing |= h == "connection: close";
+        }
+        let mut body = vec![0; len];
+        self.reader.read_exact(&mut body).unwrap();
+        let reason = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned));
+        (status, reason, closing)
+    }
+}
+
+/// While a listener update drains, connections opened before it stay on the
+/// old configuration: with another `max_entries`, the old and the new
+/// configuration must still see each other's `jti`s.
+#[test]
+fn across_a_listener_drain_old_and_new_configurations_see_each_others_jtis() {
+    let up = Upstream::start();
+    // A day's drain: Envoy closes a draining HTTP/1.1 connection with odds
+    // that grow over the drain time, negligible over these few seconds.
+    let builder = EnvoyBuilder::new(with_max_entries(16, false), up.port)
+        .listener_from_file()
+        .drain_seconds(86_400);
+    let envoy = builder.start();
+    let mut old = KeepAlive::open(envoy.port);
+    let before = good_hs("drain-before", "Bearer user");
+    assert_eq!(old.get(&before).0, 200);
+
+    envoy.update_listener(&builder.clone().plugin_config(with_max_entries(65536, true)));
+    wait_for_the_open_route(&envoy);
+    // Both configurations' ticks have read the new layout.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let send_new = |t: &str| {
+        let r = envoy.request(
+            Req::get("/hs/x")
+                .header("approov-token", t)
+                .header("authorization", "Bearer user"),
+        );
+        (r.status, r.reason().map(str::to_owned))
+    };
+    let replayed = (401, Some("token_replayed".to_owned()));
+    // used on the new configuration, replayed on the old connection
+    let on_new = good_hs("drain-on-new", "Bearer user");
+    assert_eq!(send_new(&on_new), (200, None));
+    let (status, reason, closing) = old.get(&on_new);
+    assert!(!closing, "Envoy closed the draining connection early");
+    assert_eq!(
+        (status, reason),
+        replayed,
+        "the old configuration let a new-configuration jti through"
+    );
+    // used on the old connection, replayed on the new configuration
+    let on_old = good_hs("drain-on-old", "Bearer user");
+    assert_eq!(
+        old.get(&on_old).0,
+        200,
+        "the old configuration still serves"
+    );
+    assert_eq!(send_new(&on_old), replayed);
+    // and what the old one recorded before the change
+    assert_eq!(send_new(&before), replayed);
+    assert_eq!(old.get(&before).0, 401);
+    let log = envoy.log();
+    assert!(
+        log.contains("replaced by a configuration with 65536 replay entries"),
+        "{log}"
+    );
+    envoy.assert_vm_healthy();
+}
+
 #[test]
 fn a_jti_used_before_max_entries_changed_is_still_a_replay_after() {
     // `max_entries` decides which bucket of the shared table a `jti` is
@@ -574,20 +710,8 @@ fn a_jti_used_before_max_entries_changed_is_still_a_replay_after() {
     // the old capacity must still be found under the new one. 16 entries
     // are one bucket, 65,536 are 4,096: each of these `jti`s lands in
     // another bucket after the change with odds of 4,095 in 4,096.
-    let with_entries = |n: u32, extra_route: bool| {
-        let mut p = providers(false);
-        p[0]["replay"]["max_entries"] = json!(n);
-        let mut c = config(p);
-        if extra_route {
-            c["routes"]
-                .as_array_mut()
-                .unwrap()
-                .push(json!({"name": "open", "match": {"prefix": "/open"}}));
-        }
-        c
-    };
     let up = Upstream::start();
-    let builder = EnvoyBuilder::new(with_entries(16, false), up.port).listener_from_file();
+    let builder = EnvoyBuilder::new(with_max_entries(16, false), up.port).listener_from_file();
     let envoy = builder.start();
     let send = |t: &str| {
         envoy.request(
@@ -606,15 +730,8 @@ fn a_jti_used_before_max_entries_changed_is_still_a_replay_after() {
         assert_eq!((r.status, r.reason()), (401, Some("token_replayed")));
     }
 
-    envoy.update_listener(&builder.clone().plugin_config(with_entries(65536, true)));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while envoy.request(Req::get("/open/x")).status != 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the update never took effect"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    envoy.update_listener(&builder.clone().plugin_config(with_max_entries(65536, true)));
+    wait_for_the_open_route(&envoy);
     for t in &used {
         let r = send(t);
         assert_eq!(

@@ -191,6 +191,7 @@ pub struct EnvoyBuilder {
     hcm_extra: serde_json::Map<String, Value>,
     vm_id: String,
     listener_from_file: bool,
+    drain_seconds: u32,
 }
 
 impl EnvoyBuilder {
@@ -205,6 +206,7 @@ impl EnvoyBuilder {
             hcm_extra: serde_json::Map::new(),
             vm_id: "appguard".into(),
             listener_from_file: false,
+            drain_seconds: 1,
         }
     }
 
@@ -228,6 +230,14 @@ impl EnvoyBuilder {
     /// while Envoy runs. Listener drains take one second.
     pub fn listener_from_file(mut self) -> Self {
         self.listener_from_file = true;
+        self
+    }
+
+    /// How long a replaced listener drains (`--drain-time-s`, with
+    /// [`EnvoyBuilder::listener_from_file`]): one second unless a test
+    /// keeps connections on the old configuration.
+    pub fn drain_seconds(mut self, seconds: u32) -> Self {
+        self.drain_seconds = seconds;
         self
     }
 
@@ -419,7 +429,8 @@ impl EnvoyBuilder {
             .arg("--component-log-level")
             .arg(std::env::var("ENVOY_COMPONENT_LOG").unwrap_or_else(|_| "wasm:debug".into()));
         if self.listener_from_file {
-            cmd.arg("--drain-time-s").arg("1");
+            cmd.arg("--drain-time-s")
+                .arg(self.drain_seconds.to_string());
         }
         let mut svc = Service::start("envoy", cmd, None);
         let deadline = Instant::now() + Duration::from_secs(30);
