@@ -489,6 +489,17 @@ pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-method-override",
 ];
 
+/// Whether a header name is one of [`METHOD_OVERRIDE_HEADERS`] to an
+/// upstream, spellings with `_` or `.` included (`X_HTTP_Method_Override`,
+/// which Envoy passes on by default, and which PHP servers and Symfony's
+/// header bag read as the same header; see
+/// [`crate::request::same_header_name`]).
+pub fn is_method_override_header(name: &str) -> bool {
+    METHOD_OVERRIDE_HEADERS
+        .iter()
+        .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()))
+}
+
 /// The query parameter through which a client asks the same: `_method`
 /// (Laravel reads it from the query as from a form; Express's
 /// `method-override` can be set to). Read as the API key parameter is: the
@@ -528,16 +539,9 @@ pub fn match_route<'c>(
         let method = method.trim();
         method.is_empty() || find(method).map(|(i, _)| i) == index
     };
-    // One pass over the headers: each override name also spelt with `_`
-    // (`X_HTTP_Method_Override`), which Envoy passes on by default and
-    // PHP servers and Symfony's header bag read as the same header.
-    let is_override = |name: &str| {
-        METHOD_OVERRIDE_HEADERS
-            .iter()
-            .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()))
-    };
+    // One pass over the headers, every spelling of an override name.
     for (name, value) in req.headers.iter() {
-        if name.starts_with('x') && is_override(name) && !value.split(',').all(same_route) {
+        if is_method_override_header(name) && !value.split(',').all(same_route) {
             return Err(UnclearPath);
         }
     }
@@ -545,8 +549,11 @@ pub fn match_route<'c>(
     // `&` alone splits them (PHP): `?_method%00;x=DELETE` is a `_method`
     // without a value to the first reading and `_method=DELETE` to PHP.
     let query = req.query().unwrap_or("");
-    let pairs = query.split(['&', ';']).chain(query.split('&'));
-    for pair in pairs {
+    let php_pairs = query.contains(';').then(|| query.split('&'));
+    for pair in query
+        .split(['&', ';'])
+        .chain(php_pairs.into_iter().flatten())
+    {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if is_method_param(k) && !form_decode(v).is_some_and(|m| same_route(&m)) {
             return Err(UnclearPath);

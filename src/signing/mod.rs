@@ -29,6 +29,23 @@ pub fn is_sf_key(label: &str) -> bool {
     sfv::is_key(label)
 }
 
+/// Whether `name` is a derived component that a request can be covered by
+/// without parameters (any case): `@query-param` needs a `name`, `@status`
+/// is a response's, so a policy asking for either could never be met.
+pub fn is_bare_request_component(name: &str) -> bool {
+    [
+        "@method",
+        "@target-uri",
+        "@authority",
+        "@scheme",
+        "@request-target",
+        "@path",
+        "@query",
+    ]
+    .iter()
+    .any(|d| d.eq_ignore_ascii_case(name))
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -678,10 +695,7 @@ fn check_coverage(
     // route match reads overrides only when some route lists `methods`).
     if message.status.is_none() {
         for (name, _) in message.headers.iter() {
-            let is_override = crate::policy::METHOD_OVERRIDE_HEADERS
-                .iter()
-                .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()));
-            if is_override {
+            if crate::policy::is_method_override_header(name) {
                 let name = name.to_ascii_lowercase();
                 if !covers(&name) {
                     return under(&name);
@@ -783,10 +797,7 @@ pub fn default_covered_components(message: &Message<'_>, token_header: &str) -> 
     // A method override that is sent must be covered (see `check_coverage`).
     for (name, _) in message.headers.iter() {
         let name = name.to_ascii_lowercase();
-        let is_override = crate::policy::METHOD_OVERRIDE_HEADERS
-            .iter()
-            .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()));
-        if is_override && !components.contains(&name) {
+        if crate::policy::is_method_override_header(&name) && !components.contains(&name) {
             components.push(name);
         }
     }

@@ -76,7 +76,9 @@ pub struct Replay {
     pub max_entries: u32,
     /// Capacities the local table had under earlier configurations of this
     /// Envoy instance whose values may still be live: checked as well, so
-    /// that changing `max_entries` does not let a used value through again.
+    /// that changing `max_entries` does not let a used value through again;
+    /// and, once a newer configuration replaced this one, the capacity to
+    /// record under ([`crate::store::Layouts`]).
     /// Empty when compiled; the adapter fills it when the configuration
     /// loads ([`crate::store::replay_layouts`]) and refreshes it every
     /// second ([`crate::store::follow_replay_layouts`]), so that a
@@ -618,20 +620,8 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
                 m.clock_skew_seconds,
             );
             for (i, c) in m.components.into_iter().enumerate() {
-                // Derived components that mean something bare on a
-                // request: `@query-param` needs a `name`, `@status` is a
-                // response's, and neither could ever be covered as asked.
-                const DERIVED: [&str; 7] = [
-                    "@method",
-                    "@target-uri",
-                    "@authority",
-                    "@scheme",
-                    "@request-target",
-                    "@path",
-                    "@query",
-                ];
                 let ok = if c.starts_with('@') {
-                    DERIVED.iter().any(|d| d.eq_ignore_ascii_case(&c))
+                    crate::signing::is_bare_request_component(&c)
                 } else {
                     crate::config::header_name("", &c).is_ok()
                 };
