@@ -75,7 +75,8 @@ impl MemoryBackend {
         self.len() == 0
     }
 
-    /// Adds hits to the counters, all or nothing, and returns the new counts.
+    /// The counts of [`MemoryBackend::increment_with_ends`] alone (tests).
+    #[cfg(test)]
     pub fn increment(&self, items: &[Increment], now: i64) -> Result<Vec<u64>, BackendError> {
         Ok(self
             .increment_with_ends(items, now)?
@@ -84,8 +85,9 @@ impl MemoryBackend {
             .collect())
     }
 
-    /// [`MemoryBackend::increment`], with the Unix second at which each
-    /// counter's window ends (set by its first hit).
+    /// Adds hits to the counters, all or nothing, and returns each new count
+    /// with the Unix second at which the counter's window ends (set by its
+    /// first hit).
     pub fn increment_with_ends(
         &self,
         items: &[Increment],

@@ -139,7 +139,8 @@ impl RedisBackend {
                 // Any other answer, an error reply included, shows the
                 // connection carries traffic; a late one from a connection
                 // already replaced says nothing of the current one.
-                if self.manager().0 == generation {
+                // (No lock while nothing timed out: the common path.)
+                if self.timeouts.load(Ordering::Relaxed) != 0 && self.manager().0 == generation {
                     self.timeouts.store(0, Ordering::Relaxed);
                 }
                 Ok(answer?)
