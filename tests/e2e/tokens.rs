@@ -346,6 +346,17 @@ fn remote_jwks_through_a_cluster_with_rotation_and_unknown_kid() {
     );
 }
 
+/// The providers, with `remote` fetching its JWKS from the `jwks` cluster,
+/// refreshed every 10 s (the least allowed), re-fetched for an unknown kid
+/// at most once a minute.
+fn refreshing_every_10s(timeout_ms: u64) -> Value {
+    let mut p = providers(false);
+    p[2] = json!({"name": "remote", "from": [{"header": "x-token"}],
+        "remote_jwks": {"cluster": "jwks", "path": "/jwks.json", "timeout_ms": timeout_ms,
+                        "min_refetch_seconds": 60, "refresh_seconds": 10}});
+    p
+}
+
 /// Answers can come back out of order: a background refresh sent before a
 /// key rotation, and slow to answer, must not replace the rotated keys that
 /// a later fetch already stored for every worker.
@@ -375,10 +386,7 @@ fn a_slow_answer_to_an_earlier_fetch_does_not_undo_a_rotation() {
             body.into_bytes(),
         )
     }));
-    let mut p = providers(false);
-    p[2] = json!({"name": "remote", "from": [{"header": "x-token"}],
-        "remote_jwks": {"cluster": "jwks", "path": "/jwks.json", "timeout_ms": 5000,
-                        "min_refetch_seconds": 60, "refresh_seconds": 10}});
+    let p = refreshing_every_10s(5000);
     let up = Upstream::start();
     let envoy = EnvoyBuilder::new(config(p), up.port)
         .http_cluster("jwks", server.port)
@@ -387,14 +395,9 @@ fn a_slow_answer_to_an_earlier_fetch_does_not_undo_a_rotation() {
     let r = envoy.request(Req::get("/remote/a").header("x-token", &t1));
     assert_eq!(r.status, 200, "{}", r.text());
     // wait for the refresh to be under way, then rotate
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while calls.load(Ordering::SeqCst) < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no background refresh"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until(30, "a background refresh", || {
+        calls.load(Ordering::SeqCst) >= 2
+    });
     *doc.lock().unwrap() = both;
     let t2 = tokens::es256_with(&k2, &claims(60, json!({})));
     let r = envoy.request(Req::get("/remote/b").header("x-token", &t2));
@@ -441,10 +444,7 @@ fn a_key_taken_out_of_the_jwks_stops_its_cached_tokens_at_the_next_refresh() {
     let jwks = JwksServer::start(
         json!({"keys": [tokens::es256_jwk(&k1, "k1"), tokens::es256_jwk(&k2, "k2")]}),
     );
-    let mut p = providers(false);
-    p[2] = json!({"name": "remote", "from": [{"header": "x-token"}],
-        "remote_jwks": {"cluster": "jwks", "path": "/jwks.json", "timeout_ms": 1000,
-                        "min_refetch_seconds": 60, "refresh_seconds": 10}});
+    let p = refreshing_every_10s(1000);
     let up = Upstream::start();
     let envoy = EnvoyBuilder::new(config(p), up.port)
         .http_cluster("jwks", jwks.server.port)
@@ -462,14 +462,7 @@ fn a_key_taken_out_of_the_jwks_stops_its_cached_tokens_at_the_next_refresh() {
         &json!({"keys": [tokens::es256_jwk(&k2, "k2")]}).to_string(),
     );
     let fetched = jwks.fetches();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while jwks.fetches() == fetched {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no background refresh"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_until(30, "a background refresh", || jwks.fetches() != fetched);
     std::thread::sleep(std::time::Duration::from_millis(500));
     let r = envoy.request(Req::get("/remote/b").header("x-token", &t1));
     assert_eq!(
@@ -584,13 +577,20 @@ fn with_max_entries(n: u32, extra_route: bool) -> Value {
 
 /// Waits until the `/open` route of [`with_max_entries`] answers.
 fn wait_for_the_open_route(envoy: &harness::Envoy) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while envoy.request(Req::get("/open/x")).status != 200 {
+    wait_until(15, "the update to take effect", || {
+        envoy.request(Req::get("/open/x")).status == 200
+    });
+}
+
+/// Polls `done` every 50 ms; fails the test naming `what` after `seconds`.
+fn wait_until(seconds: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while !done() {
         assert!(
             std::time::Instant::now() < deadline,
-            "the update never took effect"
+            "waited {seconds} s for {what}"
         );
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 
