@@ -620,10 +620,15 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
                 m.clock_skew_seconds,
             );
             for (i, c) in m.components.into_iter().enumerate() {
+                // A signature cannot cover its own `Signature` or
+                // `Signature-Input` field: a policy asking for either could
+                // never be met.
                 let ok = if c.starts_with('@') {
                     crate::signing::is_bare_request_component(&c)
                 } else {
                     crate::config::header_name("", &c).is_ok()
+                        && !c.eq_ignore_ascii_case("signature")
+                        && !c.eq_ignore_ascii_case("signature-input")
                 };
                 if !ok || c.len() > 64 {
                     return Err(err(

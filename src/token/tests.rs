@@ -486,6 +486,14 @@ fn provider_config_errors_name_the_field() {
             json!({"claim": "ipk", "components": ["@signature-params"]}),
             "components[0]",
         ),
+        (
+            json!({"claim": "ipk", "components": ["@method", "Signature"]}),
+            "components[1]",
+        ),
+        (
+            json!({"claim": "ipk", "components": ["signature-input"]}),
+            "components[0]",
+        ),
     ] {
         let e = bad(json!({"name": "p", "from": [{"header": "x"}],
                            "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
