@@ -558,14 +558,59 @@ impl Config {
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         // Straight from the bytes, so that every error keeps its line and
         // column as well as its field path.
+        // serde reads a struct from an array too (`[]` would be an empty,
+        // allow-everything configuration): the document must be an object.
+        if bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|&b| b != b'{')
+        {
+            return Err(ConfigError::new(
+                "",
+                "the configuration must be a JSON object ({...})",
+            ));
+        }
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            ConfigError::new(path, e.into_inner().to_string())
+            ConfigError::new(path, without_string_values(&e.into_inner().to_string()))
         })?;
         compile(raw)
     }
+}
+
+/// `message` (a serde error) with every quoted string value it shows
+/// (`invalid type: string "…"`) replaced by `a string`: the value may be a
+/// secret written in the wrong place (a bare HMAC secret where a key object
+/// belongs), and Envoy logs the message.
+fn without_string_values(message: &str) -> String {
+    const MARK: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(MARK) {
+        out.push_str(&rest[..at]);
+        let value = &rest[at + MARK.len()..];
+        // The value is Rust-escaped: `\"` and `\\` never end it.
+        let mut escaped = false;
+        let end = value.char_indices().find_map(|(i, c)| {
+            let ends = !escaped && c == '"';
+            escaped = !escaped && c == '\\';
+            ends.then_some(i)
+        });
+        match end {
+            Some(end) => {
+                out.push_str("a string");
+                rest = &value[end + 1..];
+            }
+            None => {
+                out.push_str("a string");
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -1191,6 +1236,29 @@ mod tests {
         assert_eq!(c.mode, Mode::Enforce);
         assert_eq!(c.default_action, Action::Allow);
         assert!(c.routes.is_empty());
+    }
+
+    #[test]
+    fn only_an_object_is_a_config() {
+        for doc in ["[]", " [\"monitor\", \"deny\"]", "\"x\"", "1", "null"] {
+            let e = err(doc);
+            assert!(e.message.contains("JSON object"), "{doc}: {e}");
+        }
+    }
+
+    #[test]
+    fn errors_never_show_a_string_value() {
+        // A bare secret where a key object belongs: Envoy logs the message.
+        let e =
+            err(r#"{"tokens":[{"name":"p","from":[{"header":"x"}],"keys":["s3cr\"et\\-value"]}]}"#);
+        assert_eq!(e.path, "tokens[0].keys[0]");
+        assert!(!e.message.contains("s3cr"), "{e}");
+        assert!(!e.message.contains("value"), "{e}");
+        assert!(e.message.contains("invalid type: a string"), "{e}");
+        assert_eq!(
+            without_string_values(r#"invalid value: string "a\"b", expected x; string "c"#),
+            "invalid value: a string, expected x; a string"
+        );
     }
 
     #[test]
