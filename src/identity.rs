@@ -609,6 +609,12 @@ fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// The longest API key, in bytes, that the filter compares: a longer one
+/// is `api_key_invalid` before any hashing, so that a client cannot make
+/// every request hash kilobytes. Real keys (Google's 39 characters, a
+/// random 32-byte key in base64) are far shorter.
+pub const MAX_API_KEY_BYTES: usize = 256;
+
 /// The SHA-256 of an API key as lower-case hex: what goes into the config.
 pub fn hash_api_key(key: &str) -> String {
     let d = Sha256::digest(key.as_bytes());

@@ -1619,7 +1619,7 @@ fn api_key_of<'r>(
         (None, Some(q)) => std::borrow::Cow::Owned(q),
         (None, None) => return Ok(None),
     };
-    if key.len() > 256 {
+    if key.len() > identity::MAX_API_KEY_BYTES {
         return Err(Reason::ApiKeyInvalid.into());
     }
     Ok(Some(key))

@@ -385,17 +385,52 @@ fn wasm_plugin(doc: &Value) -> Option<Checked> {
         (None, Some(n)) => format!("WasmPlugin {n}"),
         _ => "WasmPlugin".to_owned(),
     };
-    // Istio hands pluginConfig (a protobuf Struct) to the filter as JSON.
+    // Istio hands pluginConfig (a protobuf Struct) to the filter as JSON,
+    // and none at all when the Struct has no fields.
     let result = match spec.and_then(|s| s.get("pluginConfig")) {
-        Some(pc) => serde_json::to_vec(pc)
-            .map_err(|e| ConfigError::new("", e.to_string()))
-            .and_then(|b| Config::from_json(&b)),
+        Some(pc) if pc.as_object().is_some_and(|o| !o.is_empty()) => {
+            serde_json::to_vec(&as_istio_sends(pc))
+                .map_err(|e| ConfigError::new("", e.to_string()))
+                .and_then(|b| Config::from_json(&b))
+        }
+        Some(pc) if pc.is_object() => Err(ConfigError::new(
+            "",
+            "an empty spec.pluginConfig: Istio then sends no configuration, and the filter refuses to start without one",
+        )),
+        Some(_) => Err(ConfigError::new(
+            "",
+            "spec.pluginConfig must be a mapping (Istio reads it as a protobuf Struct)",
+        )),
         None => Err(ConfigError::new(
             "",
             "no plugin configuration: set spec.pluginConfig",
         )),
     };
     Some(Checked { location, result })
+}
+
+/// `v` as Istio hands it to the filter: a protobuf `Struct` holds every
+/// number as a double, and its JSON form writes a whole one without a
+/// fraction (`20.0` in the YAML arrives as `20`, which an integer field
+/// takes).
+fn as_istio_sends(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            // Beyond 2^53 a double no longer holds every integer; leave
+            // such values (and fractions) as they are.
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => {
+                Value::from(f as i64)
+            }
+            _ => v.clone(),
+        },
+        Value::Array(a) => Value::Array(a.iter().map(as_istio_sends).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), as_istio_sends(v)))
+                .collect(),
+        ),
+        _ => v.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -538,6 +573,27 @@ spec: {pluginName: other, pluginConfig: {anything: 1}}
         assert_eq!(r.configs.len(), 1);
         assert_eq!(r.configs[0].location, "WasmPlugin istio-system/appguard");
         assert!(r.all_valid());
+    }
+
+    #[test]
+    fn wasm_plugin_config_is_read_as_istio_sends_it() {
+        let plugin = |config: &str| {
+            format!(
+                "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\n\
+                 metadata: {{name: appguard}}\nspec:\n  pluginName: appguard\n  pluginConfig: {config}\n"
+            )
+        };
+        // A Struct holds numbers as doubles: `20.0` arrives as `20`.
+        let r = report("w.yaml", &plugin("{max_body_bytes: 4096.0}"));
+        assert!(r.all_valid(), "{:?}", r.configs[0].result.as_ref().err());
+        let r = report("w.yaml", &plugin("{max_body_bytes: 4096.5}"));
+        assert!(!r.all_valid());
+        // An empty Struct: Istio sends no configuration at all.
+        let r = report("w.yaml", &plugin("{}"));
+        let e = r.configs[0].result.as_ref().unwrap_err();
+        assert!(e.message.contains("empty spec.pluginConfig"), "{e}");
+        let r = report("w.yaml", &plugin("[1]"));
+        assert!(!r.all_valid());
     }
 
     #[test]

@@ -33,16 +33,27 @@ pub fn now() -> u64 {
 /// Hashes each API key read from `input`, one per line, with the filter's
 /// [`appguard::identity::hash_api_key`]; returns the hashes in input order.
 /// Surrounding whitespace is dropped (a header value never carries it:
-/// Envoy strips it) and blank lines are skipped.
+/// Envoy strips it) and blank lines are skipped. A key longer than the
+/// filter compares ([`appguard::identity::MAX_API_KEY_BYTES`]) is refused:
+/// its hash could never match.
 pub fn hash_keys(input: &str) -> Result<Vec<String>, CliError> {
-    let hashes: Vec<String> = input
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(appguard::identity::hash_api_key)
-        .collect();
+    let mut hashes = Vec::new();
+    for (n, key) in input.lines().map(str::trim).enumerate() {
+        if key.is_empty() {
+            continue;
+        }
+        if key.len() > appguard::identity::MAX_API_KEY_BYTES {
+            return Err(CliError::invalid(format!(
+                "the key on line {} is {} bytes long; the filter refuses keys over {} bytes (api_key_invalid), so its hash could never match",
+                n + 1,
+                key.len(),
+                appguard::identity::MAX_API_KEY_BYTES
+            )));
+        }
+        hashes.push(appguard::identity::hash_api_key(key));
+    }
     if hashes.is_empty() {
-        return Err(CliError::invalid("no API key on standard input"));
+        return Err(CliError::invalid("no API key given"));
     }
     Ok(hashes)
 }

@@ -41,7 +41,8 @@ enum Command {
     /// Without KEY, reads keys from standard input, one per line (keeps them
     /// out of shell history). Never prints a key.
     HashKey {
-        /// The key (prefer standard input).
+        /// The key (prefer standard input). A key may begin with `-`.
+        #[arg(allow_hyphen_values = true)]
         key: Option<String>,
     },
     /// Print an Android signing certificate's SHA-256 and SHA-1 fingerprints
@@ -85,7 +86,7 @@ struct TokenArgs {
     /// HMAC secret in base64 (standard or URL-safe, padding optional), as in
     /// `tokens[].keys[].secret_base64`. Visible in the process list: prefer
     /// --secret-file.
-    #[arg(long, value_name = "B64")]
+    #[arg(long, value_name = "B64", allow_hyphen_values = true)]
     secret_base64: Option<String>,
     /// A file holding the HMAC secret in base64.
     #[arg(long, value_name = "FILE")]
@@ -111,7 +112,8 @@ struct TokenArgs {
     #[arg(long = "claim", value_name = "NAME=VALUE", value_parser = mint::parse_claim)]
     claims: Vec<(String, Value)>,
     /// Seconds until `exp` (appguard's default `max_lifetime_seconds` is 300);
-    /// at most 31622400 (366 days).
+    /// at most 86400 (one day), the largest `max_lifetime_seconds` a
+    /// provider may set.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     lifetime: u64,
     /// The `jti` claim.
@@ -184,6 +186,10 @@ struct SignArgs {
     /// The token (whose `ipk` is this key's public half).
     #[arg(long)]
     token: String,
+    /// The token claim that carries the install key
+    /// (`message_signing.claim`), checked against --install-key.
+    #[arg(long, default_value = "ipk", value_name = "NAME")]
+    ipk_claim: String,
     /// The signature label (`message_signing.label`).
     #[arg(long, default_value_t = sign::default_label())]
     label: String,
@@ -243,7 +249,14 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
         }
         Command::Fingerprint(a) => {
             if let Some(path) = a.pem {
-                let fp = fingerprint::of_pem(&read_text(&path)?)?;
+                let bytes = read_file(&path)?;
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    CliError::invalid(format!(
+                        "{} is binary, not PEM: for a DER certificate use --der",
+                        path.display()
+                    ))
+                })?;
+                let fp = fingerprint::of_pem(&text)?;
                 out!("SHA256: {}", fp.sha256);
                 out!("SHA1: {}", fp.sha1);
             } else if let Some(path) = a.der {
@@ -317,13 +330,23 @@ fn read_stdin(what: &str) -> Result<String, CliError> {
 
 fn mint_token(t: TokenArgs) -> Result<ExitCode, CliError> {
     let alg = t.alg.ok_or_else(|| CliError::input("--alg is required"))?;
-    let decode = |b64: &str| {
-        appguard::token::keys::decode_base64_any(b64)
-            .ok_or_else(|| CliError::invalid("the HMAC secret is not base64"))
+    let decode = |b64: &str, from: &str| {
+        appguard::token::keys::decode_base64_any(b64).ok_or_else(|| {
+            CliError::invalid(format!(
+                "the HMAC secret in {from} is not base64 (standard or URL-safe)"
+            ))
+        })
     };
     let key = match (t.secret_base64, t.secret_file, t.key_pem) {
-        (Some(b64), _, _) => SigningMaterial::Secret(decode(&b64)?),
-        (_, Some(path), _) => SigningMaterial::Secret(decode(&read_text(&path)?)?),
+        (Some(b64), _, _) => SigningMaterial::Secret(decode(&b64, "--secret-base64")?),
+        (_, Some(path), _) => {
+            // `openssl rand -base64 64` wraps its output at 64 columns.
+            let text: String = read_text(&path)?
+                .chars()
+                .filter(|c| !c.is_ascii_whitespace())
+                .collect();
+            SigningMaterial::Secret(decode(&text, &path.display().to_string())?)
+        }
         (_, _, Some(path)) => SigningMaterial::PrivatePem(read_text(&path)?),
         _ => {
             return Err(CliError::input(
@@ -393,10 +416,11 @@ fn sign_request(s: SignArgs) -> Result<ExitCode, CliError> {
         token_header: s.token_header,
         token: s.token,
     };
-    if let Some(ipk) = sign::token_claim(&req.token, "ipk") {
+    if let Some(ipk) = sign::token_claim(&req.token, &s.ipk_claim) {
         if InstallKey::from_ipk(&ipk).ok() != Some(key.public_key()) {
             eprintln!(
-                "warning: the token's `ipk` is not this install key's public half; the filter will refuse the signature"
+                "warning: the token's `{}` is not this install key's public half; the filter will refuse the signature",
+                s.ipk_claim
             );
         }
     }

@@ -33,14 +33,13 @@ impl std::fmt::Debug for SigningMaterial {
 /// token never carries a claim twice (appguard refuses duplicate members).
 pub const REGISTERED_CLAIMS: &[&str] = &["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
 
-/// Longest `--lifetime` accepted: 366 days, in seconds.
-///
-/// A development token never needs more (appguard's providers refuse tokens
-/// living longer than their `max_lifetime_seconds`, 300 by default), and
-/// jwt-simple adds the lifetime to the current time unchecked: a value near
-/// `u32::MAX` seconds or above overflows (a panic in debug builds, a wrapped
-/// `exp` in release builds).
-pub const MAX_LIFETIME_SECONDS: u64 = 366 * 24 * 60 * 60;
+/// Longest `--lifetime` accepted: one day, in seconds, the largest
+/// `max_lifetime_seconds` any provider may set
+/// ([`appguard::token::MAX_LIFETIME_CEILING_SECONDS`]): a token living
+/// longer is refused by every provider (`token_lifetime`). The cap also
+/// keeps jwt-simple, which adds the lifetime to the current time unchecked,
+/// far from an overflow.
+pub const MAX_LIFETIME_SECONDS: u64 = appguard::token::MAX_LIFETIME_CEILING_SECONDS;
 
 /// What goes into a minted token.
 #[derive(Debug)]
@@ -94,7 +93,7 @@ pub fn mint(spec: &TokenSpec) -> Result<String, CliError> {
     }
     if spec.lifetime_seconds > MAX_LIFETIME_SECONDS {
         return Err(CliError::invalid(format!(
-            "--lifetime {} is too long: at most {MAX_LIFETIME_SECONDS} seconds (366 days)",
+            "--lifetime {} is too long: at most {MAX_LIFETIME_SECONDS} seconds (one day); no provider accepts a token living longer",
             spec.lifetime_seconds
         )));
     }
@@ -140,8 +139,16 @@ pub fn mint(spec: &TokenSpec) -> Result<String, CliError> {
         }
     };
     let bad_pem = |e: jwt_simple::Error| {
+        // `openssl ecparam -genkey` and `openssl ec` write SEC1, which
+        // jwt-simple does not read.
+        let hint = match &spec.key {
+            SigningMaterial::PrivatePem(p) if p.contains("-----BEGIN EC PRIVATE KEY-----") => {
+                " (a SEC1 `EC PRIVATE KEY`: convert it with `openssl pkcs8 -topk8 -nocrypt`)"
+            }
+            _ => "",
+        };
         CliError::invalid(format!(
-            "--key-pem is not a {} private key: {e}",
+            "--key-pem is not a {} private key: {e}{hint}",
             spec.alg.name()
         ))
     };

@@ -37,6 +37,26 @@ fn hash_key_reads_one_key_per_line() {
 }
 
 #[test]
+fn hash_key_refuses_what_the_filter_never_compares() {
+    // Over 256 bytes the filter answers `api_key_invalid` before hashing:
+    // such a hash could never match, and the key is not echoed.
+    let long = "k".repeat(257);
+    let r = cli_with_stdin(&["hash-key"], Some(&format!("abc\n{long}\n")));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("line 2"), "{}", r.stderr);
+    assert!(!r.all().contains(&long), "{}", r.all());
+    assert_eq!(ok(&["hash-key", &"k".repeat(256)]).trim().len(), 64);
+    // A key may start with `-`, and is hashed, never echoed by a usage tip.
+    let r = cli(&["hash-key", "--FAKEKEY-123"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        r.stdout.trim(),
+        appguard::identity::hash_api_key("--FAKEKEY-123")
+    );
+    assert!(ok(&["hash-key", "--help"]).contains("Usage"));
+}
+
+#[test]
 fn fingerprint_of_a_pem_certificate_equals_openssls() {
     let dir = tempfile::tempdir().unwrap();
     let cert = dir.path().join("cert.pem");
@@ -81,8 +101,12 @@ fn fingerprint_of_a_pem_certificate_equals_openssls() {
     std::fs::write(&both, text).unwrap();
     assert_eq!(ok(&["fingerprint", "--pem", s(&both)]), out);
 
-    // PEM given as DER, and a key without a certificate: refused.
+    // PEM given as DER, DER given as PEM, and a key without a certificate:
+    // refused.
     assert_eq!(cli(&["fingerprint", "--der", s(&cert)]).code, 1);
+    let r = cli(&["fingerprint", "--pem", s(&der)]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("--der"), "{}", r.stderr);
     assert_eq!(cli(&["fingerprint", "--pem", s(&key)]).code, 1);
     assert_eq!(cli(&["fingerprint", "--pem", "no/such.pem"]).code, 2);
 }

@@ -120,6 +120,21 @@ fn secret_from_file_and_random_jti() {
         .unwrap();
     assert_eq!(j1.len(), 32);
     assert_ne!(j1, j2);
+    // A secret wrapped at 64 columns, as `openssl rand -base64 64` writes it.
+    let long: Vec<u8> = (0..64u8).collect();
+    let wrapped = STANDARD.encode(&long);
+    let (a, b) = wrapped.split_at(64);
+    std::fs::write(&f, format!("{a}\n{b}\n")).unwrap();
+    let t = ok(&["mint", "--alg", "HS512", "--secret-file", s(&f)]);
+    HS512Key::from_bytes(&long)
+        .verify_token::<Custom>(t.trim(), None)
+        .unwrap();
+    // Not base64 at all: the file is named, its content is not shown.
+    std::fs::write(&f, "not*base64*secret\n").unwrap();
+    let r = cli(&["mint", "--alg", "HS256", "--secret-file", s(&f)]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("secret.b64"), "{}", r.stderr);
+    assert!(!r.all().contains("not*base64*secret"), "{}", r.all());
 }
 
 #[test]
@@ -160,6 +175,13 @@ fn mint_refuses_mismatched_keys_and_reserved_claims() {
         &["mint", "--alg", "RS256", "--key-pem", s(&pem)],
         "is not a RS256 private key",
     );
+    // The same key as SEC1 (`openssl ec`): the message says how to convert.
+    let sec1 = dir.path().join("ec-sec1.pem");
+    openssl_run(&["ec", "-in", s(&pem), "-out", s(&sec1)]);
+    refused(
+        &["mint", "--alg", "ES256", "--key-pem", s(&sec1)],
+        "openssl pkcs8 -topk8 -nocrypt",
+    );
     refused(
         &["mint", "--alg", "ES256", "--secret-base64", &b64],
         "ES256 signs with a private key",
@@ -190,8 +212,9 @@ fn mint_refuses_mismatched_keys_and_reserved_claims() {
         ],
         "claim `pay` is set by --bind-header",
     );
-    // A lifetime past 366 days: refused (it used to overflow in jwt-simple).
-    for lifetime in ["31622401", "3000000000"] {
+    // A lifetime past one day, which no provider accepts, or one that used
+    // to overflow in jwt-simple: refused.
+    for lifetime in ["86401", "31622401", "3000000000"] {
         let r = cli(&[
             "mint",
             "--alg",

@@ -127,6 +127,11 @@ pub struct RemoteJwks {
     pub min_refetch_seconds: u64,
 }
 
+/// The largest `max_lifetime_seconds` a provider may set: one day. An
+/// attestation token is short-lived by design; no provider accepts a token
+/// that lives longer, so tools that mint tokens refuse to make one.
+pub const MAX_LIFETIME_CEILING_SECONDS: u64 = 86_400;
+
 /// A token provider (`tokens[]`).
 #[derive(Debug)]
 pub struct Provider {
@@ -531,7 +536,7 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
             ));
         }
     }
-    if raw.max_lifetime_seconds == 0 || raw.max_lifetime_seconds > 86_400 {
+    if raw.max_lifetime_seconds == 0 || raw.max_lifetime_seconds > MAX_LIFETIME_CEILING_SECONDS {
         return Err(err("max_lifetime_seconds", "must be 1..=86400".into()));
     }
     if raw.clock_skew_seconds > 300 {
