@@ -806,11 +806,48 @@ pub fn evaluate_body(
             return deny(pending, r.into());
         }
     }
+    if route.limits_need_body() && !is_plain_json(req) {
+        return deny(pending, Reason::BodyInvalid.into());
+    }
     let values = match body_values(config, route, body) {
         Ok(v) => v,
         Err(r) => return deny(pending, r.into()),
     };
     limits_phase(ctx, req, route, &values, pending, now)
+}
+
+/// Whether the request declares its body as JSON that needs no decoding:
+/// one `Content-Type` of `application/json` or `application/<x>+json` (any
+/// parameters), and no `Content-Encoding` but `identity`. A route whose
+/// limits read body values reads them as JSON, so an upstream must too:
+/// an upstream that also takes forms would otherwise read its own `to`
+/// (`application/x-www-form-urlencoded` and a body such as
+/// `{"to":"+447700900123","x":"&to=%2B88212345678&"}`) past the denied
+/// prefixes and the per-number limits.
+fn is_plain_json(req: &Request<'_>) -> bool {
+    let Ok(Some(content_type)) = req.header_unique("content-type") else {
+        return false;
+    };
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim_matches([' ', '\t']);
+    let json = media.split_once('/').is_some_and(|(kind, sub)| {
+        let suffixed = sub
+            .len()
+            .checked_sub(5)
+            .filter(|&at| at > 0)
+            .and_then(|at| sub.get(at..))
+            .is_some_and(|s| s.eq_ignore_ascii_case("+json"));
+        kind.eq_ignore_ascii_case("application") && (sub.eq_ignore_ascii_case("json") || suffixed)
+    });
+    let plain = match req.header_unique("content-encoding") {
+        Ok(None) => true,
+        Ok(Some(e)) => e.trim_matches([' ', '\t']).eq_ignore_ascii_case("identity"),
+        Err(()) => false,
+    };
+    json && plain
 }
 
 /// Values read from a JSON body: (pointer, read as a phone number) → value.

@@ -98,6 +98,10 @@ impl World {
             (":path", path),
             (":authority", "api.example.com"),
         ];
+        // A JSON body unless the test says otherwise.
+        if !hs.iter().any(|(n, _)| *n == "content-type") {
+            all.push(("content-type", "application/json"));
+        }
         all.extend_from_slice(hs);
         let h = headers(&all);
         let ctx = self.ctx();
@@ -850,6 +854,10 @@ impl World {
             (":path", path),
             (":authority", "api.example.com"),
         ];
+        // A JSON body unless the test says otherwise.
+        if !hs.iter().any(|(n, _)| *n == "content-type") {
+            all.push(("content-type", "application/json"));
+        }
         all.extend_from_slice(hs);
         let h = headers(&all);
         let req = Request::new(&h, Some(ip.parse().unwrap()));
@@ -862,6 +870,77 @@ impl World {
 
 fn rls_descriptors(call: &RlsCall) -> Vec<Vec<(String, String)>> {
     rls_hits(call).into_iter().map(|(d, _)| d).collect()
+}
+
+#[test]
+fn body_values_are_read_only_from_a_body_declared_as_plain_json() {
+    // An upstream that also takes forms would read its own `to` from this
+    // body, past the denied prefix and the per-number limit.
+    let w = limits_world();
+    let smuggled = r#"{"to":"+447700900123","x":"&to=%2B88212345678&y="}"#;
+    // A new /24 each time: the route's local limit is 2 a minute per /24.
+    let n = std::cell::Cell::new(0);
+    let reason = |hs: &[(&str, &str)]| {
+        n.set(n.get() + 1);
+        let ip = format!("198.{}.77.1", n.get());
+        match w.post("/sms", &ip, hs, smuggled) {
+            Step::Done(d, _) => d.reason(),
+            Step::NeedRateLimit(..) => None,
+            s => panic!("{hs:?}: {s:?}"),
+        }
+    };
+    for refused in [
+        &[("content-type", "application/x-www-form-urlencoded")][..],
+        &[("content-type", "text/plain")],
+        &[("content-type", "application/jsonx")],
+        &[("content-type", "application/+json")],
+        &[("content-type", "multipart/form-data; boundary=x")],
+        &[("content-type", "")],
+        &[
+            ("content-type", "application/json"),
+            ("content-type", "text/plain"),
+        ],
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "identity"),
+            ("content-encoding", "br"),
+        ],
+    ] {
+        assert_eq!(reason(refused), Some(Reason::BodyInvalid), "{refused:?}");
+    }
+    // No Content-Type at all (the helper adds one when none is given).
+    let h = headers(&[
+        (":method", "POST"),
+        (":path", "/sms"),
+        (":authority", "api.example.com"),
+    ]);
+    let req = Request::new(&h, Some("198.51.77.2".parse().unwrap()));
+    match evaluate(&w.ctx(), &req, NOW) {
+        Step::NeedBody(p) => match evaluate_body(&w.ctx(), &req, smuggled.as_bytes(), p, NOW) {
+            Step::Done(d, _) => assert_eq!(d.reason(), Some(Reason::BodyInvalid)),
+            s => panic!("{s:?}"),
+        },
+        s => panic!("{s:?}"),
+    }
+    for accepted in [
+        &[("content-type", "application/json")][..],
+        &[("content-type", "Application/JSON; charset=utf-8")],
+        &[("content-type", "application/vnd.api+json")],
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "identity"),
+        ],
+        &[
+            ("content-type", "application/json"),
+            ("content-type", "application/json"),
+        ],
+    ] {
+        assert_eq!(reason(accepted), None, "{accepted:?}");
+    }
 }
 
 #[test]

@@ -1481,8 +1481,46 @@ fn hostile_json_bodies_are_body_invalid() {
             r.text()
         );
     }
+    // A body not declared as plain JSON: an upstream that also reads forms
+    // would find its own `to` in these bytes, past the denied `+882`.
+    let smuggled = br#"{"to":"+447700900111","x":"&to=%2B88212345678&y="}"#;
+    for (label, headers) in [
+        (
+            "a form",
+            &[("content-type", "application/x-www-form-urlencoded")][..],
+        ),
+        ("no content type", &[][..]),
+        (
+            "gzip-encoded",
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ][..],
+        ),
+    ] {
+        let mut req = Req::new("POST", "/sms").body(smuggled);
+        for (n, v) in headers {
+            req = req.header(n, v);
+        }
+        let r = e.request(req);
+        assert_eq!(
+            (r.status, r.reason()),
+            (400, Some("body_invalid")),
+            "{label}: {}",
+            r.text()
+        );
+    }
     assert!(rig.up.seen().is_empty(), "a refused body reached upstream");
     let r = sms(e, json!({"to": "+447700900111"}).to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = e.request(
+        Req::new("POST", "/sms")
+            .header(
+                "content-type",
+                "application/vnd.example+json; charset=utf-8",
+            )
+            .body(json!({"to": "+447700900112"}).to_string().as_bytes()),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     e.assert_vm_healthy();
 }
