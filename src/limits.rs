@@ -649,15 +649,24 @@ pub fn take_local_n<S: SharedStore + ?Sized>(
     let key = local_key(salt, digest, limit);
     store::update(s, &key, |current| {
         let mut entries = local_entries(current.unwrap_or(&[]));
-        let idx = match place(&entries, digest, |t, l| u.idle(t, l, now_ms)) {
+        // A descriptor that finds room again after sharing the bucket's
+        // overflow entry must not get a full entry of its own within the
+        // same period: a new entry starts with what the overflow holds.
+        let start = entries
+            .iter()
+            .find(|(d, _, _)| *d == OVERFLOW)
+            .map_or(u.full, |&(_, t, l)| u.at(t, l, now_ms).min(u.full));
+        let placed = place(&entries, digest, |t, l| u.idle(t, l, now_ms));
+        let existed = matches!(placed, Place::Own(_) | Place::Overflow(Some(_)));
+        let idx = match placed {
             Place::Own(i) | Place::Overflow(Some(i)) => i,
             Place::New => {
-                entries.push((*digest, u.full, now_ms));
+                entries.push((*digest, start, now_ms));
                 entries.len() - 1
             }
             Place::Evict(i) => {
                 if let Some(e) = entries.get_mut(i) {
-                    *e = (*digest, u.full, now_ms);
+                    *e = (*digest, start, now_ms);
                 }
                 i
             }
@@ -679,6 +688,20 @@ pub fn take_local_n<S: SharedStore + ?Sized>(
         // Refill is exact, so `last` can always move to now: nothing
         // earned since the last request is lost.
         let units = u.at(entry.1, entry.2, now_ms);
+        if existed && units < want && units < u.token {
+            // Refused with no whole token to take: the stored entry
+            // already means exactly this, so nothing is written. A flood
+            // of refused requests then only reads, and cannot crowd out
+            // the writes of allowed ones (CAS retries).
+            return (
+                None,
+                LocalOutcome {
+                    allowed: false,
+                    remaining: 0,
+                    retry_after: u.wait_ms(units).div_ceil(1000).max(1),
+                },
+            );
+        }
         entry.2 = now_ms;
         let outcome = if units >= want {
             entry.1 = units - want;
@@ -1332,6 +1355,54 @@ mod tests {
         assert!(!take_local(&s, &SALT, &same[17], l, 0).unwrap().allowed);
         // the first 16 are still limited
         assert!(!take_local(&s, &SALT, &same[0], l, 0).unwrap().allowed);
+    }
+
+    #[test]
+    fn a_descriptor_leaving_the_overflow_gets_no_fresh_bucket_in_the_same_period() {
+        let s = MemStore::default();
+        let l = LocalLimit {
+            requests: 1,
+            per_seconds: 3600,
+        };
+        let same = digests_in_one_bucket(&SALT, 17);
+        for d in same.iter().take(16) {
+            assert!(take_local(&s, &SALT, d, l, 0).unwrap().allowed);
+        }
+        // Half an hour later the 17th finds no room and spends the overflow.
+        let d = &same[16];
+        assert!(take_local(&s, &SALT, d, l, 1_800_000).unwrap().allowed);
+        // An hour in, the 16 entries are idle again: the 17th may take one,
+        // but not with a full token it has not earned (one an hour).
+        let o = take_local(&s, &SALT, d, l, 3_600_000).unwrap();
+        assert!(!o.allowed, "a second token within 30 minutes");
+        assert_eq!(o.retry_after, 1_800);
+        assert!(take_local(&s, &SALT, d, l, 5_400_000).unwrap().allowed);
+    }
+
+    #[test]
+    fn a_refused_request_writes_nothing() {
+        // A flood of refusals only reads the bucket, so its CAS writes
+        // cannot crowd out the writes of the requests that are allowed.
+        let s = MemStore::default();
+        let l = LocalLimit {
+            requests: 2,
+            per_seconds: 60,
+        };
+        let d = [3u8; 16];
+        let key = local_key(&SALT, &d, l);
+        assert!(take_local(&s, &SALT, &d, l, 0).unwrap().allowed);
+        assert!(take_local(&s, &SALT, &d, l, 1_000).unwrap().allowed);
+        let before = s.get(&key).unwrap();
+        for t in [1_000, 2_000, 29_000] {
+            let o = take_local(&s, &SALT, &d, l, t).unwrap();
+            assert!(!o.allowed);
+            assert_eq!(o.retry_after, (30_000 - t).div_ceil(1000), "at {t}");
+        }
+        assert_eq!(s.get(&key).unwrap(), before, "a refusal wrote the bucket");
+        // Refill is unaffected: a token at 30 s, the next at 60 s.
+        assert!(take_local(&s, &SALT, &d, l, 30_000).unwrap().allowed);
+        assert!(!take_local(&s, &SALT, &d, l, 59_999).unwrap().allowed);
+        assert!(take_local(&s, &SALT, &d, l, 60_000).unwrap().allowed);
     }
 
     #[test]

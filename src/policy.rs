@@ -850,6 +850,20 @@ fn is_plain_json(req: &Request<'_>) -> bool {
     json && plain
 }
 
+/// The 429 of a local limit, with the headers a client waits by.
+fn local_refusal(local: limits::LocalLimit, retry_after: u64) -> Denial {
+    let headers = vec![
+        ("retry-after".to_owned(), retry_after.to_string()),
+        ("x-ratelimit-limit".to_owned(), local.requests.to_string()),
+        ("x-ratelimit-remaining".to_owned(), "0".to_owned()),
+        ("x-ratelimit-reset".to_owned(), retry_after.to_string()),
+    ];
+    Denial {
+        headers,
+        ..Denial::new(Reason::RateLimited)
+    }
+}
+
 /// Values read from a JSON body: (pointer, read as a phone number) → value.
 type BodyValues = HashMap<(String, bool), String>;
 
@@ -992,20 +1006,14 @@ fn limits_phase(
                 ctx.now_ms,
             ) {
                 Ok(o) if o.allowed => {}
-                Ok(o) => {
-                    let headers = vec![
-                        ("retry-after".to_owned(), o.retry_after.to_string()),
-                        ("x-ratelimit-limit".to_owned(), local.requests.to_string()),
-                        ("x-ratelimit-remaining".to_owned(), "0".to_owned()),
-                        ("x-ratelimit-reset".to_owned(), o.retry_after.to_string()),
-                    ];
-                    return deny(
-                        pending,
-                        Denial {
-                            headers,
-                            ..Denial::new(Reason::RateLimited)
-                        },
-                    );
+                Ok(o) => return deny(pending, local_refusal(local, o.retry_after)),
+                // Other workers kept writing the same bucket through every
+                // retry: the descriptor is under a flood, so it is refused
+                // as over its limit. `failure_mode` is for a store that
+                // cannot count; letting contention through would let the
+                // flood buy itself unlimited requests.
+                Err(store::StoreError::CasMismatch) => {
+                    return deny(pending, local_refusal(local, 1));
                 }
                 // Shared data refused the update: the count cannot be kept,
                 // so the route's failure mode decides; letting the request

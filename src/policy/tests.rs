@@ -3061,6 +3061,45 @@ fn a_local_limit_that_cannot_be_counted_is_degraded_or_refused() {
 }
 
 #[test]
+fn a_local_limit_under_write_contention_is_rate_limited_whatever_the_failure_mode() {
+    // Every write loses its CAS race (other workers keep writing the
+    // bucket): that is a flood on the descriptor, not a store that cannot
+    // count, so `failure_mode: allow` must not let it through.
+    struct Contended;
+    impl crate::store::SharedStore for Contended {
+        fn get(&self, _: &str) -> Option<(Vec<u8>, u32)> {
+            None
+        }
+        fn set(&self, _: &str, _: &[u8], _: u32) -> Result<(), crate::store::StoreError> {
+            Err(crate::store::StoreError::CasMismatch)
+        }
+    }
+    let w = World::from(json!({
+        "routes": [
+            {"name": "open", "match": {"prefix": "/open"}, "failure_mode": "allow",
+             "rate_limits": [{"entries": [{"type": "client_ip"}], "local": {"requests": 5, "per": "minute"}}]}
+        ]
+    }));
+    let mut ctx = w.ctx();
+    ctx.store = &Contended;
+    let h = headers(&[(":method", "GET"), (":path", "/open"), (":authority", "a")]);
+    let req = Request::new(&h, Some("192.0.2.1".parse().unwrap()));
+    match evaluate(&ctx, &req, NOW) {
+        Step::Done(d, f) => {
+            assert_eq!(d.reason(), Some(Reason::RateLimited));
+            assert_eq!(f.degraded, None);
+            let Decision::Deny(denial) = d else {
+                panic!("{d:?}")
+            };
+            assert!(denial
+                .headers
+                .contains(&("retry-after".to_owned(), "1".to_owned())));
+        }
+        s => panic!("{s:?}"),
+    }
+}
+
+#[test]
 fn a_kidless_forgery_spends_one_failure_per_key_it_was_tried_against() {
     // Without `kid` a token is tried against every key of its algorithm:
     // the budget must bound verifications, so each key tried counts.
