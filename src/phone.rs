@@ -32,7 +32,9 @@
 //! 5. **The `(0)` convention.** In an international number, a group `(0)`
 //!    right after the calling code (as in `+44 (0)20 7946 0000`) marks the
 //!    national trunk prefix that callers from abroad leave out, so it is
-//!    dropped. Anywhere else, `(0)` is the digit `0` in parentheses. A `0`
+//!    dropped; except where that `0` is part of the number (Italy `+39 (0)6`
+//!    is `+39 06`, see `ZERO_IS_SIGNIFICANT`). Anywhere else, `(0)` is the
+//!    digit `0` in parentheses. A `0`
 //!    written without parentheses is kept: `+44 020 …` and `+44 20 …` are
 //!    different strings (the filter carries no numbering plan to know that
 //!    one of them is invalid). Gateways deliver both to one phone, though,
@@ -303,8 +305,13 @@ fn scan(input: &str) -> Result<Scanned, PhoneError> {
                 } else {
                     digits.strip_prefix("00")
                 };
-                let after_calling_code =
-                    code.is_some_and(|c| !c.is_empty() && c.len() == calling_code_len(c));
+                // Where the `0` is part of the number (Italy's `+39 (0)6 …`
+                // is `+39 06 …`), it stays a digit.
+                let after_calling_code = code.is_some_and(|c| {
+                    !c.is_empty()
+                        && c.len() == calling_code_len(c)
+                        && !ZERO_IS_SIGNIFICANT.contains(&c)
+                });
                 if after_calling_code
                     && bytes.get(i + 1) == Some(&b'0')
                     && bytes.get(i + 2) == Some(&b')')
@@ -724,6 +731,19 @@ mod tests {
         assert_eq!(
             norm("00(0)447700900123", &uk()),
             Err(PhoneError::InvalidCountryCode)
+        );
+        // Where the calling code keeps its `0` (Italy, San Marino, …),
+        // `(0)` after it is that `0`: one Rome phone, one key.
+        for written in [
+            "+39 (0)6 1234 5678",
+            "+39 06 1234 5678",
+            "0039 (0)6 1234 5678",
+        ] {
+            assert_eq!(norm(written, &uk()), Ok("+390612345678".to_owned()));
+        }
+        assert_eq!(
+            norm("+378 (0)549 123456", &uk()),
+            Ok("+3780549123456".to_owned())
         );
         // Past the calling code, `(0)` is the digit 0: libphonenumber reads
         // `+44 7(0)…` as `+4470…`, and so must the denied prefixes and the
