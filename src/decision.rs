@@ -187,9 +187,10 @@ pub struct Denial {
 /// logs a refused one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyScrub {
-    /// Whether to remove the key header (`api_keys.header`): the request
-    /// has one. The name itself stays in the configuration.
-    pub header: bool,
+    /// The key headers to remove, by the names the request sent them
+    /// under: `api_keys.header` in every spelling an upstream reads as it
+    /// (`x_api_key` for `x-api-key`). Empty when the request has none.
+    pub headers: Vec<String>,
     /// `:path` without the key query parameter, when it had one.
     pub path: Option<String>,
 }

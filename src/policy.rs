@@ -563,15 +563,28 @@ pub fn match_route<'c>(
 }
 
 /// Whether a raw query parameter name is [`METHOD_OVERRIDE_PARAM`] as the
-/// upstreams that read it see it: decoded, in any case, and as PHP names
-/// `$_GET` keys (which Symfony and Laravel read): cut at a NUL, without
-/// leading spaces, with `.`, ` ` and `[` read as `_` (PHP maps `[` only
-/// inside a name, so this refuses a little more than it must). So
-/// `?.method=`, `?+_method=` and `?_method%00x=` are `_method` there. Bytes
-/// are compared as they decode, so no length or encoding of the rest of the
-/// name hides one.
+/// upstreams that read it see it (see [`php_name_is`]): `?.method=`,
+/// `?+_method=` and `?_method%00x=` are `_method` there.
 fn is_method_param(raw: &str) -> bool {
-    let want = METHOD_OVERRIDE_PARAM.as_bytes();
+    php_name_is(raw, METHOD_OVERRIDE_PARAM)
+}
+
+/// Whether the raw query parameter name `raw` is `want` to some upstream:
+/// decoded, in any case, and as PHP names `$_GET` keys (which Symfony and
+/// Laravel read): cut at a NUL, without leading spaces, with `.`, ` ` and
+/// `[` read as `_` (PHP maps `[` only inside a name, so this matches a
+/// little more than it must; `want` is read the same way). Bytes are
+/// compared as they decode, so no length or encoding of the rest of the
+/// name hides one, and nothing is allocated.
+fn php_name_is(raw: &str, want: &str) -> bool {
+    let canon = |b: u8| {
+        if matches!(b, b'.' | b' ' | b'[') {
+            b'_'
+        } else {
+            b.to_ascii_lowercase()
+        }
+    };
+    let want = want.as_bytes();
     let bytes = raw.as_bytes();
     let hex = |j: usize| bytes.get(j).and_then(|&h| char::from(h).to_digit(16));
     let mut seen = 0;
@@ -596,12 +609,7 @@ fn is_method_param(raw: &str) -> bool {
         if seen == 0 && b == b' ' {
             continue;
         }
-        let b = if matches!(b, b'.' | b' ' | b'[') {
-            b'_'
-        } else {
-            b.to_ascii_lowercase()
-        };
-        if want.get(seen) != Some(&b) {
+        if want.get(seen).map(|&w| canon(w)) != Some(canon(b)) {
             return false;
         }
         seen += 1;
@@ -1639,13 +1647,20 @@ fn api_key_of<'r>(
     req: &Request<'r>,
 ) -> Result<Option<std::borrow::Cow<'r, str>>, Flow> {
     let from_header = req
-        .header_unique(&config.api_keys.header)
+        .header_unique_any_spelling(&config.api_keys.header)
         .map_err(|()| Reason::ApiKeyInvalid)?
         .map(str::trim)
         .filter(|k| !k.is_empty());
     let mut from_query: Option<String> = None;
     if let (Some(param), Some(query)) = (&config.api_keys.query_param, req.query()) {
-        for pair in query.split(['&', ';']) {
+        // Pairs as `&` and `;` split them, and as `&` alone does (PHP):
+        // `?api_key%00;x=K` has an empty key to the first reading and `K`
+        // to PHP, so the two must agree.
+        let php_pairs = query.contains(';').then(|| query.split('&'));
+        for pair in query
+            .split(['&', ';'])
+            .chain(php_pairs.into_iter().flatten())
+        {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             if !form_name_is(k, param) {
                 continue;
@@ -1675,7 +1690,7 @@ fn api_key_of<'r>(
 fn key_scrub(config: &Config, req: &Request<'_>) -> KeyScrub {
     let keys = &config.api_keys;
     KeyScrub {
-        header: req.header(&keys.header).is_some(),
+        headers: req.header_spellings(&keys.header),
         path: keys
             .query_param
             .as_deref()
@@ -1737,14 +1752,11 @@ fn path_without_param(path: &str, param: &str) -> Option<String> {
     Some(out)
 }
 
-/// Whether the raw query name `raw` decodes to `want` (ASCII case aside),
-/// without allocating for the common name that has nothing encoded.
+/// Whether the raw query name `raw` is `want` to some upstream: decoded,
+/// in any case, and as PHP reads names ([`php_name_is`]), so that
+/// `?api.key=` and `?api+key=` are the parameter `api_key`.
 fn form_name_is(raw: &str, want: &str) -> bool {
-    if raw.bytes().any(|b| b == b'%' || b == b'+') {
-        form_decode(raw).is_some_and(|d| d.eq_ignore_ascii_case(want))
-    } else {
-        raw.eq_ignore_ascii_case(want)
-    }
+    php_name_is(raw, want)
 }
 
 /// Decodes a form-urlencoded query name or value (`+` is a space, `%XX` a

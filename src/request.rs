@@ -191,6 +191,39 @@ impl<'a> Request<'a> {
         Ok(found)
     }
 
+    /// [`Request::header_unique`] over every spelling of `name` that an
+    /// upstream may read as it ([`same_header_name`]: `x_api_key` and
+    /// `x.api.key` are `x-api-key` to CGI, PHP and Symfony): copies under
+    /// different spellings must agree too. Every header is looked at, so
+    /// this is for the headers that carry credentials, not for each lookup.
+    #[allow(clippy::result_unit_err)]
+    pub fn header_unique_any_spelling(&self, name: &str) -> Result<Option<&'a str>, ()> {
+        let mut found: Option<&'a str> = None;
+        for (n, v) in self.headers.iter() {
+            if !same_header_name(n.as_bytes(), name.as_bytes()) {
+                continue;
+            }
+            match found {
+                None => found = Some(v),
+                Some(prev) if prev == v => {}
+                Some(_) => return Err(()),
+            }
+        }
+        Ok(found)
+    }
+
+    /// The names, as sent, of the headers that are `name` in any spelling
+    /// ([`same_header_name`]).
+    pub fn header_spellings(&self, name: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (n, _) in self.headers.iter() {
+            if same_header_name(n.as_bytes(), name.as_bytes()) && !out.iter().any(|o| o == n) {
+                out.push(n.to_owned());
+            }
+        }
+        out
+    }
+
     /// `:method`, or empty when absent.
     pub fn method(&self) -> &'a str {
         self.header(":method").unwrap_or("")

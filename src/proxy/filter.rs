@@ -147,7 +147,7 @@ impl GuardFilter {
                     // An `envoy.filters.http.buffer` filter after appguard
                     // keeps the headers from the upstream until the body is
                     // decided (see envoy/envoy.yaml).
-                    self.apply_headers(worker, &pending.grant);
+                    self.apply_headers(&pending.grant);
                     self.state = State::AwaitingBody(pending);
                     Action::Continue
                 }
@@ -380,18 +380,18 @@ impl GuardFilter {
     /// Removes and sets request headers as the grant says. After a body
     /// phase the headers have already gone on and the host refuses changes
     /// (ignored: everything decided before the body was applied then).
-    fn apply_headers(&self, worker: &Worker, grant: &Grant) {
+    fn apply_headers(&self, grant: &Grant) {
         for name in &grant.remove_headers {
             let _ = abi::remove_header(Map::RequestHeaders, name);
         }
-        scrub(worker, &grant.key_scrub);
+        scrub(&grant.key_scrub);
         for (name, value) in &grant.set_headers {
             let _ = abi::set_header(Map::RequestHeaders, name, value);
         }
     }
 
     fn apply_grant(&self, worker: &Worker, grant: &Grant, facts: &Facts, now: u64) {
-        self.apply_headers(worker, grant);
+        self.apply_headers(grant);
         if let Some(reason) = grant.would_deny {
             decision_log(worker, log::Level::Info, now, || {
                 format!(
@@ -422,7 +422,7 @@ impl GuardFilter {
                 budget_note(facts)
             )
         });
-        scrub(worker, &denial.key_scrub);
+        scrub(&denial.key_scrub);
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2 + denial.headers.len());
         headers.push(("content-type", "application/json"));
         headers.push(("x-appguard-reason", reason.code()));
@@ -686,9 +686,9 @@ fn delegated_payload(config: &crate::config::Config, index: usize) -> Option<Cla
 /// Takes the API key out of the request as the core decided (its header,
 /// and `:path` without the key parameter). On a denial too: the request
 /// goes no further, but Envoy's access log reads these headers.
-fn scrub(worker: &Worker, key: &KeyScrub) {
-    if key.header {
-        let _ = abi::remove_header(Map::RequestHeaders, &worker.config.api_keys.header);
+fn scrub(key: &KeyScrub) {
+    for name in &key.headers {
+        let _ = abi::remove_header(Map::RequestHeaders, name);
     }
     if let Some(path) = &key.path {
         let _ = abi::set_header(Map::RequestHeaders, ":path", path);

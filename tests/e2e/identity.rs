@@ -297,21 +297,32 @@ fn with_forward_false_the_api_key_reaches_neither_upstream_nor_access_log() {
             Req::get("/keyed/z?a=1").header("x-api-key", KEY),
             "/keyed/z?a=1",
         ),
+        // The spelling CGI and PHP upstreams read as `x-api-key` too.
+        (Req::get("/keyed/u").header("x_api_key", KEY), "/keyed/u"),
     ] {
         let r = envoy.request(req);
         assert_eq!(r.status, 200, "{}", r.text());
         let seen = up.last();
         assert_eq!(seen.path, path);
         assert_eq!(seen.header("x-api-key"), None, "key header removed");
+        assert_eq!(seen.header("x_api_key"), None, "key header removed");
         assert_eq!(seen.header("x-appguard-key-id"), Some("k1"));
     }
     // A wrong key is refused as before, and its path is logged without it.
     let r = envoy.request(Req::get("/keyed/w?key=not-the-key"));
     assert_eq!((r.status, r.reason()), (403, Some("api_key_invalid")));
+    // Two spellings of the key header with different keys: which one
+    // would the upstream read?
+    let r = envoy.request(
+        Req::get("/keyed/v")
+            .header("x-api-key", KEY)
+            .header("x_api_key", "another-key"),
+    );
+    assert_eq!((r.status, r.reason()), (403, Some("api_key_invalid")));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let text = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.lines().count() >= 4 || std::time::Instant::now() > deadline {
+        if text.lines().count() >= 6 || std::time::Instant::now() > deadline {
             break text;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -322,7 +333,9 @@ fn with_forward_false_the_api_key_reaches_neither_upstream_nor_access_log() {
             "/keyed/x?a=1&b=%20two",
             "/keyed/y",
             "/keyed/z?a=1",
-            "/keyed/w"
+            "/keyed/u",
+            "/keyed/w",
+            "/keyed/v"
         ],
         "Envoy's access log"
     );
