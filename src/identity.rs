@@ -128,11 +128,30 @@ pub(crate) fn compile_apps(raw: Vec<RawApp>) -> Result<Vec<App>, ConfigError> {
         }
         // A token's app claim must name one app: with two, the first in
         // the list would silently win.
+        // An app without `token_app_ids` is named by its `id`.
+        let names = |x: &App, v: &str| {
+            if x.token_app_ids.is_empty() {
+                x.id == v
+            } else {
+                x.token_app_ids.iter().any(|t| t == v)
+            }
+        };
         for (j, v) in a.token_app_ids.iter().enumerate() {
-            if let Some(other) = apps.iter().find(|x| x.token_app_ids.contains(v)) {
+            if let Some(other) = apps.iter().find(|x| names(x, v)) {
                 return Err(ConfigError::new(
                     format!("{at}.token_app_ids[{j}]"),
                     format!("{v:?} already names app {:?}", other.id),
+                ));
+            }
+        }
+        if a.token_app_ids.is_empty() {
+            if let Some(other) = apps.iter().find(|x| names(x, &a.id)) {
+                return Err(ConfigError::new(
+                    format!("{at}.id"),
+                    format!(
+                        "{:?} already names app {:?} in tokens (its token_app_ids); give this app token_app_ids",
+                        a.id, other.id
+                    ),
                 ));
             }
         }
@@ -323,6 +342,18 @@ impl OriginPattern {
                 "{s:?}: `*.` needs a domain of two labels or more after it, not a top-level domain"
             ));
         }
+        // No top-level domain is numeric: `*.0.0.1` would match the IPv4
+        // address 127.0.0.1, not names under a domain.
+        if wildcard
+            && host
+                .rsplit('.')
+                .next()
+                .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(format!(
+                "{s:?}: `*.` covers names under a domain, not IP addresses"
+            ));
+        }
         Ok(OriginPattern {
             scheme: o.scheme,
             host,
@@ -367,6 +398,16 @@ pub fn parse_origin(s: &str) -> Option<Origin> {
 /// `allow_wildcard` is for configured patterns only: a request origin with
 /// `*` in its host is not an origin at all.
 fn parse_origin_inner(s: &str, allow_wildcard: bool) -> Option<Origin> {
+    // Only the scheme and authority count: a `Referer` carries the whole
+    // URL (up to 4 KiB in Chrome), whose path may be long.
+    let end = s
+        .find("://")
+        .and_then(|at| {
+            let rest = s.get(at + 3..)?;
+            rest.find(['/', '?', '#']).map(|e| at + 3 + e)
+        })
+        .unwrap_or(s.len());
+    let s = s.get(..end)?;
     if s.len() > 2048 || !s.is_ascii() {
         return None;
     }
@@ -939,6 +980,8 @@ mod tests {
             "https://x.com:99999",
             "https://*.com",
             "https://*.localhost",
+            "https://*.0.0.1",
+            "http://*.168.1.1:8080",
         ] {
             assert!(OriginPattern::parse(bad).is_err(), "{bad}");
         }
@@ -953,6 +996,16 @@ mod tests {
             assert!(parse_origin(bad).is_none(), "{bad}");
         }
         assert_eq!(origin("https://example.com./x").host, "example.com");
+        // A `Referer` is a whole URL: a long path (Chrome sends up to
+        // 4 KiB) or an unusual one does not make its origin unreadable.
+        let long = format!("https://shop.example.com/search?q={}", "a".repeat(3000));
+        assert_eq!(origin(&long).host, "shop.example.com");
+        assert_eq!(
+            origin("https://shop.example.com/caf\u{e9}").host,
+            "shop.example.com"
+        );
+        let host = format!("https://{}.com/", "a".repeat(2050));
+        assert!(parse_origin(&host).is_none());
     }
 
     #[test]
@@ -965,6 +1018,28 @@ mod tests {
         let e = compile_apps(raw).unwrap_err();
         assert_eq!(e.path, "apps[1].token_app_ids[1]");
         assert!(e.message.contains("already names app \"a\""), "{e}");
+        // An app without `token_app_ids` is named by its id: no other app
+        // may claim that name, before or after it.
+        for (apps, path) in [
+            (
+                serde_json::json!([
+                    {"id": "shop-web", "platform": "web", "origins": ["https://shop.example.com"]},
+                    {"id": "partner", "platform": "android", "package": "com.partner", "token_app_ids": ["shop-web"]}
+                ]),
+                "apps[1].token_app_ids[0]",
+            ),
+            (
+                serde_json::json!([
+                    {"id": "partner", "platform": "android", "package": "com.partner", "token_app_ids": ["shop-web"]},
+                    {"id": "shop-web", "platform": "web", "origins": ["https://shop.example.com"]}
+                ]),
+                "apps[1].id",
+            ),
+        ] {
+            let raw: Vec<RawApp> = serde_json::from_value(apps).unwrap();
+            let e = compile_apps(raw).unwrap_err();
+            assert_eq!(e.path, path, "{e}");
+        }
     }
 
     #[test]
