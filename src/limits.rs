@@ -469,6 +469,8 @@ pub const UNKNOWN_CLIENT: &str = "unknown";
 /// upstream still reads the first); instead every such request shares this
 /// one value, and so one bucket per rule. (A header that is not sent at all
 /// still skips its descriptor, as Envoy's `request_headers` action does.)
+/// A `claim` entry whose claim is present but a list, an object or longer
+/// than 256 bytes takes the same value.
 pub const UNREADABLE_HEADER: &str = "(unreadable)";
 
 /// Who a failure budget charges when the client IP is not known: the

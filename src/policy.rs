@@ -931,7 +931,8 @@ fn body_values(config: &Config, route: &Route, body: &[u8]) -> Result<BodyValues
 /// (the whole descriptor is then skipped, as Envoy's rate-limit actions do).
 /// A client IP always has a value: [`limits::UNKNOWN_CLIENT`] when it is
 /// not known, so that hiding it does not lift the limit; a header sent but
-/// unreadable is [`limits::UNREADABLE_HEADER`] for the same reason.
+/// unreadable, or a claim present but not a short scalar, is
+/// [`limits::UNREADABLE_HEADER`] for the same reason.
 fn entry_value(
     config: &Config,
     route: &Route,
@@ -969,11 +970,22 @@ fn entry_value(
             // Sent, but not one readable value: one shared bucket.
             Ok(Some(_)) | Err(()) => Some(limits::UNREADABLE_HEADER.to_owned()),
         },
-        Source::Claim(c) => facts
-            .token
-            .as_ref()
-            .and_then(|t| t.claim_text(c))
-            .filter(|v| v.len() <= 256),
+        Source::Claim(c) => {
+            let token = facts.token.as_ref()?;
+            match token.claims.get(c) {
+                None | Some(serde_json::Value::Null) => None,
+                // Present, but a list, an object or over 256 bytes: one
+                // shared bucket, as for an unreadable header, so that a
+                // signer copying client input into the claim cannot lift
+                // the limit.
+                Some(_) => Some(
+                    token
+                        .claim_text(c)
+                        .filter(|v| v.len() <= 256)
+                        .unwrap_or_else(|| limits::UNREADABLE_HEADER.to_owned()),
+                ),
+            }
+        }
         Source::Body { pointer, phone } => body.get(&(pointer.clone(), *phone)).cloned(),
     }
 }

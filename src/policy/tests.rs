@@ -3611,6 +3611,42 @@ fn every_entry_type_sends_the_value_it_names() {
             (d(&[("tier", "gold"), ("route", "pay")]), None),
         ]
     );
+    // A claim that is present but not a short scalar (a signer that copies
+    // client input into it) is one shared value, never a skipped limit; an
+    // absent one skips its descriptor, as an absent header does.
+    let long = "u".repeat(257);
+    for (sub, want) in [
+        (json!(["a", "b"]), Some("(unreadable)")),
+        (json!({"id": 1}), Some("(unreadable)")),
+        (json!(long), Some("(unreadable)")),
+        (json!(7), Some("7")),
+        (json!(null), None),
+    ] {
+        let token = hs256_raw(
+            SECRET,
+            &json!({"alg": "HS256"}),
+            &json!({"exp": NOW + 60, "app": "droid", "sub": sub}),
+        );
+        let h = headers(&[
+            (":method", "POST"),
+            (":path", "/pay"),
+            ("x-api-key", "key-droid"),
+            ("x-token", &token),
+            ("x-android-package", "com.example.a"),
+        ]);
+        let Step::NeedRateLimit(_, call) = evaluate(&w.ctx(), &Request::new(&h, None), NOW) else {
+            panic!("a call")
+        };
+        let subs: Vec<String> = rls_hits(&call)
+            .into_iter()
+            .filter_map(|(d, _)| d.into_iter().find(|(k, _)| k == "sub").map(|(_, v)| v))
+            .collect();
+        assert_eq!(
+            subs,
+            want.into_iter().map(str::to_owned).collect::<Vec<_>>(),
+            "{sub}"
+        );
+    }
 }
 
 #[test]
