@@ -105,15 +105,23 @@ pub fn payload_from_struct(bytes: &[u8]) -> Option<Map<String, Value>> {
     struct_to_map(s, 0)
 }
 
-/// Claims whose values Envoy sends as numbers (8-byte little-endian
-/// doubles). Every other claim is read as UTF-8 text: the map encoding does
-/// not say which type a value had, and appguard's own rules only need text
-/// beyond these.
+/// Claims whose values are always numbers (8-byte little-endian doubles),
+/// and must be whole seconds.
 const NUMERIC_CLAIMS: [&str; 3] = ["exp", "iat", "nbf"];
 
 /// Decodes the proxy-wasm map encoding of the payload (what Envoy 1.40
-/// returns for `metadata.filter_metadata.<filter>.<key>`). Values that are
-/// neither a numeric claim nor UTF-8 are left out.
+/// returns for `metadata.filter_metadata.<filter>.<key>`). `None` only when
+/// the bytes are not that encoding (or are empty).
+///
+/// The encoding does not say which type a value had; Envoy 1.40 writes a
+/// string as its UTF-8 bytes, a number as an 8-byte little-endian double, a
+/// boolean as one byte (0 or 1), a list as nested pairs whose keys are the
+/// elements (values empty), and an object as nested pairs. A claim is read
+/// as text when its bytes are UTF-8 without control characters (no JSON
+/// string a signer means as text has them), and else by its shape. A claim
+/// that is present but readable as none of these becomes `null`, so that it
+/// still counts as present: a rule that needs it as text refuses it rather
+/// than taking it for absent.
 pub fn payload_from_pairs(bytes: &[u8]) -> Option<Map<String, Value>> {
     if bytes.is_empty() || bytes.len() > MAX_PAYLOAD_BYTES {
         return None;
@@ -125,21 +133,86 @@ pub fn payload_from_pairs(bytes: &[u8]) -> Option<Map<String, Value>> {
             continue;
         };
         let value = if NUMERIC_CLAIMS.contains(&key.as_str()) {
-            let b: [u8; 8] = v.try_into().ok()?;
-            let n = f64::from_le_bytes(b);
-            if n.fract() != 0.0 || !(0.0..9.0e15).contains(&n) {
-                return None;
+            // Not whole seconds (jwt_authn truncates a fraction) is kept as
+            // the number it is, for the claim rules to refuse as malformed.
+            match <[u8; 8]>::try_from(v).map(f64::from_le_bytes) {
+                Ok(n) => number(n),
+                Err(_) => Value::Null,
             }
-            Value::Number(Number::from(n as u64))
         } else {
-            match std::str::from_utf8(v) {
-                Ok(s) => Value::String(s.to_owned()),
-                Err(_) => continue,
-            }
+            pairs_value(v, 0)
         };
         out.insert(key, value);
     }
     (!out.is_empty()).then_some(out)
+}
+
+/// Text with no control characters: how every string claim arrives.
+fn plain_text(v: &[u8]) -> Option<&str> {
+    std::str::from_utf8(v)
+        .ok()
+        .filter(|s| !s.chars().any(char::is_control))
+}
+
+/// One value of the map encoding, by its shape (see [`payload_from_pairs`]).
+fn pairs_value(v: &[u8], depth: usize) -> Value {
+    if let Some(s) = plain_text(v) {
+        return Value::String(s.to_owned());
+    }
+    match v {
+        [0] => return Value::Bool(false),
+        [1] => return Value::Bool(true),
+        _ => {}
+    }
+    if let Some(nested) = nested_pairs(v).filter(|_| depth < 4) {
+        if nested.iter().all(|(_, val)| val.is_empty()) {
+            // A list: its elements are the keys.
+            return Value::Array(
+                nested
+                    .iter()
+                    .map(|(e, _)| {
+                        plain_text(e).map_or(Value::Null, |s| Value::String(s.to_owned()))
+                    })
+                    .collect(),
+            );
+        }
+        return Value::Object(
+            nested
+                .iter()
+                .filter_map(|(k, val)| {
+                    let k = plain_text(k)?;
+                    Some((k.to_owned(), pairs_value(val, depth + 1)))
+                })
+                .collect(),
+        );
+    }
+    match <[u8; 8]>::try_from(v) {
+        Ok(b) => number(f64::from_le_bytes(b)),
+        Err(_) => Value::Null,
+    }
+}
+
+/// `v` as nested pairs, only when they take up its bytes exactly: an
+/// 8-byte double that starts with four zero bytes is not an empty list.
+fn nested_pairs(v: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    let pairs = crate::wire::decode_pairs(v)?;
+    let used = pairs.iter().try_fold(4 + 8 * pairs.len(), |n, (k, val)| {
+        n.checked_add(k.len())?
+            .checked_add(val.len())?
+            .checked_add(2)
+    })?;
+    (v.len() >= 4 && used == v.len()).then_some(pairs)
+}
+
+/// A double as JSON: whole values in range as integers (Struct numbers
+/// are doubles; `exp` reads like a JWT's), others as they are, and NaN or
+/// infinities as `null`.
+fn number(n: f64) -> Value {
+    if n.fract() == 0.0 && (0.0..9.0e15).contains(&n) {
+        Value::Number(Number::from(n as u64))
+    } else {
+        Number::from_f64(n).map_or(Value::Null, Value::Number)
+    }
 }
 
 /// Reads the payload in either encoding.
@@ -222,5 +295,68 @@ mod tests {
         assert_eq!(m["exp"].as_u64().unwrap() - m["iat"].as_u64().unwrap(), 60);
         assert!(payload_from_struct(b"\xff\xff\xff").is_none());
         assert!(payload_from_struct(&[]).is_none());
+    }
+
+    #[test]
+    fn envoy_map_encoding_of_lists_objects_booleans_and_numbers() {
+        // Captured from Envoy 1.40's jwt_authn for the claims
+        // {"iss": "https://issuer.example", "sub": "u1", "aud": ["p1", "p2"],
+        //  "b": true, "f": false, "n": 7, "x": 1.5, "o": {"k": "v", "m": 2},
+        //  "iat": …, "exp": iat + 60}.
+        let bytes: Vec<u8> = vec![
+            0x0a, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x01, 0x00,
+            0x00, 0x00, 0x23, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x1c, 0x00, 0x00, 0x00,
+            0x03, 0x00, 0x00, 0x00, 0x16, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x08, 0x00,
+            0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00,
+            0x02, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x01, 0x00,
+            0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00,
+            0x65, 0x78, 0x70, 0x00, 0x00, 0x00, 0x40, 0x3c, 0xb0, 0xc4, 0xda, 0x41, 0x00, 0x6f,
+            0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x01,
+            0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x6d, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x40, 0x00, 0x6b, 0x00, 0x76, 0x00, 0x00, 0x61, 0x75, 0x64, 0x00, 0x02,
+            0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x70, 0x31, 0x00, 0x00, 0x70, 0x32, 0x00, 0x00, 0x00,
+            0x69, 0x73, 0x73, 0x00, 0x68, 0x74, 0x74, 0x70, 0x73, 0x3a, 0x2f, 0x2f, 0x69, 0x73,
+            0x73, 0x75, 0x65, 0x72, 0x2e, 0x65, 0x78, 0x61, 0x6d, 0x70, 0x6c, 0x65, 0x00, 0x78,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xf8, 0x3f, 0x00, 0x62, 0x00, 0x01, 0x00,
+            0x73, 0x75, 0x62, 0x00, 0x75, 0x31, 0x00, 0x69, 0x61, 0x74, 0x00, 0x00, 0x00, 0x40,
+            0x2d, 0xb0, 0xc4, 0xda, 0x41, 0x00, 0x6e, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x1c, 0x40, 0x00, 0x66, 0x00, 0x00, 0x00,
+        ];
+        let m = payload(&bytes).unwrap();
+        assert_eq!(m["aud"], json!(["p1", "p2"]));
+        assert_eq!(m["b"], json!(true));
+        assert_eq!(m["f"], json!(false));
+        assert_eq!(m["n"], json!(7));
+        assert_eq!(m["x"], json!(1.5));
+        assert_eq!(m["o"], json!({"k": "v", "m": 2}));
+        assert_eq!(m["sub"], "u1");
+        assert_eq!(m["iss"], "https://issuer.example");
+        assert_eq!(m["exp"].as_u64().unwrap() - m["iat"].as_u64().unwrap(), 60);
+    }
+
+    #[test]
+    fn a_claim_of_no_known_shape_is_present_as_null() {
+        // Control characters, bytes that are not UTF-8, a fractional `exp`:
+        // present, so that a rule needing the claim refuses it rather than
+        // taking it for absent.
+        let exp = 1_900_000_000.5f64.to_le_bytes();
+        let pairs: Vec<(&[u8], &[u8])> = vec![
+            (b"ipk", b"\xff\xfe\x00"),
+            (b"pay", b"a\x07b"),
+            (b"exp", &exp),
+            (b"sub", b"u1"),
+        ];
+        let m = payload(&crate::wire::encode_pairs(pairs.iter().copied())).unwrap();
+        assert_eq!(m["ipk"], Value::Null);
+        assert_eq!(m["pay"], Value::Null);
+        assert_eq!(m["exp"], json!(1_900_000_000.5));
+        assert_eq!(m["sub"], "u1");
+        // A double that starts with four zero bytes is a number, not an
+        // empty list.
+        let seven = 7.0f64.to_le_bytes();
+        let pairs: Vec<(&[u8], &[u8])> = vec![(b"n", &seven)];
+        let m = payload(&crate::wire::encode_pairs(pairs.iter().copied())).unwrap();
+        assert_eq!(m["n"], json!(7));
     }
 }

@@ -515,7 +515,25 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
         None => None,
     };
     let verified_by = match raw.verified_by {
-        Some(v) => Some((v.filter, v.key)),
+        Some(v) => {
+            if !keyset.is_empty() || remote_jwks.is_some() {
+                return Err(err(
+                    "verified_by",
+                    "jwt_authn verifies this provider's tokens: its `keys`, `jwks` and `remote_jwks` would never be used (leave them out, or make a separate provider)".into(),
+                ));
+            }
+            // The payload under one metadata key may be another provider's:
+            // Istio writes every RequestAuthentication rule of a workload
+            // under `payload`, and an allow-any requirement passes with the
+            // first token that verifies (an end user's, say).
+            if raw.issuer.is_none() {
+                return Err(err(
+                    "issuer",
+                    "required with `verified_by`: the payload in metadata must be this provider's, not that of another issuer jwt_authn also accepts".into(),
+                ));
+            }
+            Some((v.filter, v.key))
+        }
         None => None,
     };
     if keyset.is_empty() && remote_jwks.is_none() && verified_by.is_none() {

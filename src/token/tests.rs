@@ -513,6 +513,19 @@ fn provider_config_errors_name_the_field() {
     for ok in ["sig.v1", "*x", "install"] {
         provider(json!({"message_signing": {"claim": "ipk", "label": ok}}));
     }
+    // Delegated providers: pinned to one issuer (the metadata key may hold
+    // another provider's payload), and without keys they would never use.
+    let e = bad(json!({"name": "p", "from": [{"header": "x"}], "verified_by": {"key": "payload"}}));
+    assert_eq!(e.path, "tokens[0].issuer", "{e}");
+    let e = bad(
+        json!({"name": "p", "from": [{"header": "x"}], "verified_by": {"key": "payload"},
+                       "issuer": "https://i.example",
+                       "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]}),
+    );
+    assert_eq!(e.path, "tokens[0].verified_by", "{e}");
+    let ok = json!({"tokens": [{"name": "p", "from": [{"header": "x"}], "verified_by": {"key": "payload"},
+                                "issuer": "https://i.example"}]});
+    crate::config::Config::from_json(ok.to_string().as_bytes()).unwrap();
 }
 
 #[test]

@@ -192,13 +192,21 @@ fn forged_floods_spend_a_small_budget_then_cost_no_verification() {
 }
 
 fn delegated_envoy(up: &Upstream) -> harness::Envoy {
-    let cfg = json!({
+    delegated_envoy_with(up, json!({}))
+}
+
+/// [`delegated_envoy`] with more fields on appguard's provider.
+fn delegated_envoy_with(up: &Upstream, provider: Value) -> harness::Envoy {
+    let mut cfg = json!({
         "tokens": [{"name": "appcheck", "from": [{"header": "x-token"}],
                     "verified_by": {"key": "appcheck_payload"},
                     "issuer": "https://issuer.example", "max_lifetime_seconds": 300,
                     "claim_to_headers": [{"claim": "sub", "header": "x-token-sub"}]}],
         "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["appcheck"]}]
     });
+    if let (Some(p), Some(extra)) = (cfg["tokens"][0].as_object_mut(), provider.as_object()) {
+        p.extend(extra.clone());
+    }
     let jwks = json!({"keys": [tokens::rsa_fixture_jwk("rsa1")]}).to_string();
     let jwt_authn = json!({
         "name": "envoy.filters.http.jwt_authn",
@@ -300,4 +308,52 @@ fn a_monitor_route_counts_and_logs_its_budget_refusals() {
         "{}",
         envoy.log()
     );
+}
+
+#[test]
+fn delegated_claims_keep_their_types_through_envoys_metadata() {
+    // Envoy 1.40 passes the verified payload as an untyped map: a list
+    // audience (App Check tokens carry two), booleans and numbers must
+    // still be read as such for appguard's own rules.
+    let up = Upstream::start();
+    let envoy = delegated_envoy_with(
+        &up,
+        json!({"audiences": ["projects/my-project"],
+               "required_claims": {"attested": true, "level": 2}}),
+    );
+    let token = |aud: Value, attested: Value| {
+        tokens::rs256(
+            "rsa1",
+            &claims(
+                60,
+                json!({"iss": "https://issuer.example", "sub": "u1", "aud": aud,
+                       "attested": attested, "level": 2}),
+            ),
+        )
+    };
+    let ok = token(json!(["projects/123", "projects/my-project"]), json!(true));
+    let r = envoy.request(Req::get("/a").header("x-token", &ok));
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (label, t) in [
+        (
+            "another audience",
+            token(json!(["projects/123"]), json!(true)),
+        ),
+        (
+            "a false flag",
+            token(json!(["projects/my-project"]), json!(false)),
+        ),
+        (
+            "a string for a boolean",
+            token(json!(["projects/my-project"]), json!("true")),
+        ),
+    ] {
+        let r = envoy.request(Req::get("/a").header("x-token", &t));
+        assert_eq!(
+            (r.status, r.reason()),
+            (401, Some("token_claims")),
+            "{label}"
+        );
+    }
+    assert_eq!(up.seen().len(), 1);
 }
