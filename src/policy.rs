@@ -463,6 +463,11 @@ pub enum Step {
     NeedKeys {
         /// Provider index.
         provider: usize,
+        /// The API key to take off the request before it waits
+        /// (`api_keys.forward: false`): a client that goes away during the
+        /// fetch leaves only Envoy's access log line, which must not hold
+        /// the key.
+        key_scrub: KeyScrub,
     },
     /// Buffer the whole body (up to `Pending::max_body_bytes`), then call
     /// [`evaluate_body`].
@@ -740,7 +745,12 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
     facts.client_ip = req.client_ip_if_known();
     let signing = match checked {
         Ok(s) => s,
-        Err(Flow::NeedKeys(p)) => return Step::NeedKeys { provider: p },
+        Err(Flow::NeedKeys(p)) => {
+            return Step::NeedKeys {
+                provider: p,
+                key_scrub: grant.key_scrub,
+            }
+        }
         Err(Flow::Deny(d)) => return Step::Done(finish(mode, grant, d), facts),
     };
     let replay = facts.replay.take();

@@ -134,7 +134,10 @@ impl GuardFilter {
     fn step(&mut self, worker: &Rc<Worker>, step: Step, now: u64) -> Action {
         match step {
             Step::Done(decision, facts) => self.execute(worker, decision, &facts, now),
-            Step::NeedKeys { provider } => self.fetch_keys(worker, provider, now),
+            Step::NeedKeys {
+                provider,
+                key_scrub,
+            } => self.fetch_keys(worker, provider, &key_scrub, now),
             Step::NeedBody(pending) => {
                 if self.headers_end_stream {
                     self.body_complete(worker, pending, &[])
@@ -206,6 +209,9 @@ impl GuardFilter {
             u32::try_from(call.timeout_ms).unwrap_or(u32::MAX),
         ) {
             Ok(token) => {
+                // As before a key fetch: the access log of a request whose
+                // client leaves during the call must not hold the key.
+                scrub(&pending.grant.key_scrub);
                 self.state = State::AwaitingRateLimit { token, pending };
                 Action::Pause
             }
@@ -230,7 +236,13 @@ impl GuardFilter {
         }
     }
 
-    fn fetch_keys(&mut self, worker: &Rc<Worker>, p: usize, now: u64) -> Action {
+    fn fetch_keys(
+        &mut self,
+        worker: &Rc<Worker>,
+        p: usize,
+        key_scrub: &KeyScrub,
+        now: u64,
+    ) -> Action {
         let Some(provider) = worker.config.providers.get(p) else {
             return self.run(false);
         };
@@ -284,6 +296,9 @@ impl GuardFilter {
                 if let Some(slot) = worker.jwks.borrow_mut().get_mut(p) {
                     slot.fetch_started(token, now, remote.timeout_ms);
                 }
+                // The key goes before the wait: if the client leaves, the
+                // access log line is written from these headers.
+                scrub(key_scrub);
                 self.state = State::AwaitingKeys {
                     token,
                     provider: p,

@@ -349,3 +349,83 @@ fn with_forward_false_the_api_key_reaches_neither_upstream_nor_access_log() {
     assert_eq!(up.last().path, query);
     assert_eq!(up.last().header("x-api-key"), Some(KEY));
 }
+
+/// A client that leaves while appguard waits (here for the re-fetch of a
+/// JWKS, for a new `kid`) still gets an access log line, written from the
+/// request's headers as they are then: with `forward: false` the key must
+/// already be out.
+#[test]
+fn a_request_abandoned_while_waiting_leaves_no_api_key_in_the_access_log() {
+    use harness::upstream::Seen;
+    use jwt_simple::prelude::ES256KeyPair;
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const KEY: &str = "e2e-abandoned-key-secret-value";
+    let k1 = ES256KeyPair::generate().with_key_id("k1");
+    let k2 = ES256KeyPair::generate().with_key_id("k2");
+    let first = json!({"keys": [harness::tokens::es256_jwk(&k1, "k1")]}).to_string();
+    let later = json!({"keys": [harness::tokens::es256_jwk(&k1, "k1"),
+                                harness::tokens::es256_jwk(&k2, "k2")]})
+    .to_string();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    // The first fetch answers at once; the re-fetch for `k2` takes 3 s.
+    let jwks = Upstream::with_handler(Arc::new(move |_s: &Seen| {
+        if c.fetch_add(1, Ordering::SeqCst) == 0 {
+            return (200, vec![], first.clone().into_bytes());
+        }
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        (200, vec![], later.clone().into_bytes())
+    }));
+    let cfg = json!({
+        "default_action": "deny",
+        "api_keys": {"query_param": "key", "forward": false,
+                     "keys": [{"id": "k1", "sha256": appguard::identity::hash_api_key(KEY)}]},
+        "tokens": [{"name": "remote", "from": [{"header": "x-token"}],
+                    "remote_jwks": {"cluster": "jwks", "path": "/jwks.json", "timeout_ms": 5000}}],
+        "routes": [{"name": "keyed", "match": {"prefix": "/keyed"}, "api_key": "required",
+                    "tokens": ["remote"]}]
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .http_cluster("jwks", jwks.port)
+        .access_log(&log)
+        .start();
+    // Keys loaded: a `k1` token passes (and is logged without the key).
+    let t1 = harness::tokens::es256_with(&k1, &claims(60, json!({})));
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    wait_for("keys loaded", &|| {
+        envoy
+            .request(Req::get(&format!("/keyed/ok?key={KEY}")).header("x-token", &t1))
+            .status
+            == 200
+    });
+    let t2 = harness::tokens::es256_with(&k2, &claims(60, json!({})));
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+    write!(
+        conn,
+        "GET /keyed/x?a=1&key={KEY} HTTP/1.1\r\nhost: api.example.com\r\nx-token: {t2}\r\n\r\n"
+    )
+    .unwrap();
+    // The re-fetch is under way, the request held for it: leave.
+    wait_for("the re-fetch", &|| calls.load(Ordering::SeqCst) >= 2);
+    drop(conn);
+    let lines = |text: &str| text.lines().filter(|l| l.starts_with("/keyed/x")).count();
+    wait_for("the abandoned request's log line", &|| {
+        lines(&std::fs::read_to_string(&log).unwrap_or_default()) > 0
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains(KEY), "Envoy's access log: {text}");
+    assert!(text.lines().any(|l| l == "/keyed/x?a=1"), "{text}");
+    assert!(up.seen().iter().all(|s| !s.path.starts_with("/keyed/x")));
+    envoy.assert_vm_healthy();
+}
