@@ -15,7 +15,7 @@ use super::abi::{self, Buffer, Map};
 use super::host::{self, now_millis, HostStore};
 use super::jwks;
 use super::metrics::Counted;
-use super::root::Worker;
+use super::root::{Worker, WARN_LINES_PER_SECOND};
 use crate::decision::{Decision, Denial, Grant, KeyScrub};
 use crate::headers::Headers;
 use crate::lograte::Admit;
@@ -216,10 +216,10 @@ impl GuardFilter {
                 Action::Pause
             }
             Err(s) => {
-                warn!(
-                    "#{} cannot call the rate-limit service: {s:?}",
-                    self.context_id
-                );
+                let id = self.context_id;
+                decision_log(worker, log::Level::Warn, now_millis() / 1000, || {
+                    format!("#{id} cannot call the rate-limit service: {s:?}")
+                });
                 let (step, now) = self.ctx_step(worker, false, |ctx, _, now| {
                     policy::evaluate_rls(ctx, pending, Err(()), now)
                 });
@@ -307,10 +307,18 @@ impl GuardFilter {
                 Action::Pause
             }
             Err(s) => {
-                warn!(
-                    "#{} jwks {}: cannot dispatch the fetch: {s:?}",
-                    self.context_id, provider.name
-                );
+                // Not again for this second: every request would retry the
+                // dispatch (and log) while no keys are loaded.
+                if let Some(slot) = worker.jwks.borrow_mut().get_mut(p) {
+                    slot.request_fetch_failed_at = Some(now);
+                }
+                let id = self.context_id;
+                decision_log(worker, log::Level::Warn, now, || {
+                    format!(
+                        "#{id} jwks {}: cannot dispatch the fetch: {s:?}",
+                        provider.name
+                    )
+                });
                 self.run(false)
             }
         }
@@ -474,13 +482,30 @@ const WOULD_DENY_STATE: &str = "appguard_would_deny";
 /// Writes one per-request decision line, within the worker's
 /// `decision_log_per_second`; the first line after a gap says how many were
 /// left out. The line is only formatted when it is written.
+///
+/// Warnings (`Level::Warn`) have their own budget, [`WARN_LINES_PER_SECOND`]:
+/// a flood of denials cannot crowd out the line saying that
+/// `failure_mode: allow` let requests through, and a failing dependency
+/// writes at most that many lines a second.
 fn decision_log(worker: &Worker, level: log::Level, now: u64, line: impl FnOnce() -> String) {
     if !log::log_enabled!(level) {
         return;
     }
-    let admit = worker.decision_log.borrow_mut().admit(now);
+    let warning = level <= log::Level::Warn;
+    let limiter = if warning {
+        &worker.warn_log
+    } else {
+        &worker.decision_log
+    };
+    let admit = limiter.borrow_mut().admit(now);
     if let Admit::Write { suppressed } = admit {
-        if suppressed > 0 {
+        if suppressed > 0 && warning {
+            log::log!(
+                level,
+                "{suppressed} warning lines left out (at most {WARN_LINES_PER_SECOND} a second \
+                 per worker)"
+            );
+        } else if suppressed > 0 {
             log::log!(
                 level,
                 "{suppressed} decision log lines left out (decision_log_per_second = {}; \
@@ -543,10 +568,12 @@ impl Context for GuardFilter {
             None
         };
         if response.is_none() {
-            warn!(
-                "#{} rate-limit service failed (grpc status {status_code}, {response_size} bytes)",
-                self.context_id
-            );
+            let id = self.context_id;
+            decision_log(&worker, log::Level::Warn, now_millis() / 1000, || {
+                format!(
+                    "#{id} rate-limit service failed (grpc status {status_code}, {response_size} bytes)"
+                )
+            });
         }
         let (step, now) = self.ctx_step(&worker, false, |ctx, _, now| {
             policy::evaluate_rls(ctx, pending, response.as_ref().ok_or(()), now)

@@ -23,6 +23,11 @@ use crate::policy::{NegativeCache, RemoteKeys, TokenCache};
 use crate::store::{self, BucketSalt};
 use crate::token::ReplayScope;
 
+/// Per-request warning lines each worker writes per second at most (see
+/// [`Worker::warn_log`]); the first line after a gap says how many were
+/// left out.
+pub const WARN_LINES_PER_SECOND: u32 = 10;
+
 /// Everything one worker keeps between requests.
 pub struct Worker {
     /// The compiled configuration.
@@ -50,6 +55,11 @@ pub struct Worker {
     pub pending_alerts: RefCell<Vec<crate::alerts::Alert>>,
     /// Keeps per-request decision log lines to `decision_log_per_second`.
     pub decision_log: RefCell<crate::lograte::LogLimiter>,
+    /// Keeps per-request warnings (a dependency failing, a request let
+    /// through by `failure_mode: allow`) to [`WARN_LINES_PER_SECOND`], apart
+    /// from the decision lines, so that a flood of cheap denials cannot
+    /// crowd them out, nor a failing dependency flood the log.
+    pub warn_log: RefCell<crate::lograte::LogLimiter>,
     /// Background JWKS refreshes in flight: call token → provider index
     /// and when the GET was dispatched (milliseconds since the epoch).
     pub refreshes: RefCell<HashMap<u32, (usize, u64)>>,
@@ -377,6 +387,7 @@ impl RootContext for FilterRoot {
         let decision_log = crate::lograte::LogLimiter::new(config.decision_log_per_second);
         self.worker = Some(Rc::new(Worker {
             decision_log: RefCell::new(decision_log),
+            warn_log: RefCell::new(crate::lograte::LogLimiter::new(WARN_LINES_PER_SECOND)),
             config,
             bucket_salt,
             token_cache: RefCell::new(TokenCache::default()),

@@ -564,4 +564,29 @@ fn a_rate_limit_cluster_envoy_does_not_have_fails_by_the_failure_mode_without_a_
         );
         envoy.assert_vm_healthy();
     }
+    // Every request fails the same way: the warning is written at most 10
+    // times a second (per worker), not once per request.
+    let envoy = EnvoyBuilder::new(config("allow", 500), up.port).start();
+    let start = std::time::Instant::now();
+    for _ in 0..60 {
+        let r = envoy.request(from_ip(Req::get("/api/x"), "192.0.2.78"));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let seconds = start.elapsed().as_secs() + 1;
+    let log = envoy.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("cannot call the rate-limit service"))
+        .count() as u64;
+    assert!(
+        (1..=10 * (seconds + 1)).contains(&lines),
+        "{lines} warning lines in about {seconds} s"
+    );
+    assert!(lines < 60, "{lines} warning lines for 60 requests");
+    // The next line written says how many were left out.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = envoy.request(from_ip(Req::get("/api/x"), "192.0.2.78"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let log = envoy.log();
+    assert!(log.contains("warning lines left out"), "{log}");
 }
