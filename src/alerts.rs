@@ -68,7 +68,8 @@ fn default_summarize() -> bool {
 pub struct Alerts {
     /// Envoy cluster of the webhook.
     pub cluster: String,
-    /// `:authority` of the POST (default: the cluster name).
+    /// `:authority` of the POST (default: the cluster name, or the
+    /// service host of an Istio `outbound|…` cluster).
     pub authority: String,
     /// Path of the POST.
     pub path: String,
@@ -118,7 +119,9 @@ pub(crate) fn compile(raw: RawAlerts, routes: &[&str]) -> Result<Alerts, ConfigE
         return Err(ConfigError::new("alerts.timeout_ms", "must be 1..=60000"));
     }
     Ok(Alerts {
-        authority: raw.authority.unwrap_or_else(|| raw.cluster.clone()),
+        authority: raw
+            .authority
+            .unwrap_or_else(|| crate::config::default_authority(&raw.cluster)),
         cluster: raw.cluster,
         path: raw.path,
         threshold: raw.threshold,

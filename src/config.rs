@@ -539,6 +539,20 @@ pub enum HostPattern {
     Suffix(String),
 }
 
+/// The `:authority` of a call to `cluster` when the configuration gives
+/// none: the cluster name, except for an Istio outbound cluster
+/// (`outbound|443||hooks.example.com`), whose service host is the name the
+/// far end answers to (the cluster name is no valid `Host`).
+pub fn default_authority(cluster: &str) -> String {
+    let mut parts = cluster.split('|');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("outbound" | "inbound"), Some(_), Some(_), Some(host)) if !host.is_empty() => {
+            host.to_owned()
+        }
+        _ => cluster.to_owned(),
+    }
+}
+
 /// The route label of a request that matched no route, in the
 /// `appguard_decisions` metric, denial alerts and decision log lines alike.
 /// Reserved: no configured route may take the name.
@@ -1236,6 +1250,20 @@ mod tests {
         assert_eq!(c.mode, Mode::Enforce);
         assert_eq!(c.default_action, Action::Allow);
         assert!(c.routes.is_empty());
+    }
+
+    #[test]
+    fn an_istio_cluster_name_gives_its_service_host_as_authority() {
+        assert_eq!(
+            default_authority("outbound|443||firebaseappcheck.googleapis.com"),
+            "firebaseappcheck.googleapis.com"
+        );
+        assert_eq!(
+            default_authority("outbound|8081|v1|ratelimit.appguard.svc.cluster.local"),
+            "ratelimit.appguard.svc.cluster.local"
+        );
+        assert_eq!(default_authority("jwks"), "jwks");
+        assert_eq!(default_authority("outbound|443||"), "outbound|443||");
     }
 
     #[test]

@@ -113,7 +113,8 @@ pub struct AppClaim {
 pub struct RemoteJwks {
     /// Envoy cluster that reaches the JWKS server.
     pub cluster: String,
-    /// `:authority` of the fetch (default: the cluster name).
+    /// `:authority` of the fetch (default: the cluster name, or the
+    /// service host of an Istio `outbound|…` cluster).
     pub authority: String,
     /// Path of the JWKS, e.g. `/.well-known/jwks.json`.
     pub path: String,
@@ -503,7 +504,9 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
                 ));
             }
             Some(RemoteJwks {
-                authority: r.authority.unwrap_or_else(|| r.cluster.clone()),
+                authority: r
+                    .authority
+                    .unwrap_or_else(|| crate::config::default_authority(&r.cluster)),
                 cluster: r.cluster,
                 path: r.path,
                 refresh_seconds: r.refresh_seconds,
