@@ -191,9 +191,13 @@ pub fn record<S: SharedStore + ?Sized>(
     // setting the counters back to the old window, which would reset them
     // and so let a second alert and a second summary through.
     let now_window = now - now % a.window_seconds;
+    // More than one window ahead of now: the clock stepped back. That
+    // window is not coming back soon, and counting on in it would keep
+    // its pairs past their threshold, silent, until the clock caught up.
+    let ahead = |w: u64| w > now_window.saturating_add(a.window_seconds);
     let (window, count) = store::update(s, &key, |cur| {
         let (w, c) = read_pair(cur);
-        let (w, c) = if w >= now_window {
+        let (w, c) = if w >= now_window && !ahead(w) {
             (w, c.saturating_add(1))
         } else {
             (now_window, 1)
@@ -206,6 +210,7 @@ pub fn record<S: SharedStore + ?Sized>(
     }
     let allowed = store::update(s, "appguard/alert-budget", |cur| {
         let (w, c) = read_pair(cur);
+        let (w, c) = if ahead(w) { (window, 0) } else { (w, c) };
         if w > window {
             // the budget has moved on to a newer window: summarize this one
             return (None, false);
@@ -478,6 +483,24 @@ mod tests {
         );
         let body = fired[0].body(&a);
         assert!(body.contains("\"reason\":\"ip_denied\"") && body.contains("\"route\":\"sms\""));
+    }
+
+    #[test]
+    fn a_clock_step_back_does_not_silence_alerts_until_it_catches_up() {
+        // Counted in the window at 1 hour, then the clock steps back to
+        // 120 s: the pair alerts again in the window it is now in, and the
+        // budget of the "future" window does not hold it back.
+        let s = MemStore::default();
+        let a = alerts(3, 1);
+        assert_eq!(cross(&s, &a, "sms", Reason::IpDenied, 3_600).len(), 1);
+        let fired = cross(&s, &a, "sms", Reason::IpDenied, 120);
+        assert_eq!(fired.len(), 1, "alerted again after the step");
+        assert_eq!(fired[0].window_start, 120);
+        // A denial decided a few seconds before its window ended still
+        // counts in the newer window, as before.
+        let s = MemStore::default();
+        assert_eq!(cross(&s, &a, "api", Reason::IpDenied, 180).len(), 1);
+        assert!(record(&s, &a, "api", Reason::IpDenied, 179).is_none());
     }
 
     /// Drives one pair to its threshold; the alert if one was sent.

@@ -63,6 +63,9 @@ pub struct Worker {
     /// Background JWKS refreshes in flight: call token → provider index
     /// and when the GET was dispatched (milliseconds since the epoch).
     pub refreshes: RefCell<HashMap<u32, (usize, u64)>>,
+    /// Alert posts in flight: call token → what was posted (for the log
+    /// line that says whether the webhook took it).
+    pub alert_calls: RefCell<HashMap<u32, String>>,
 }
 
 impl Worker {
@@ -198,44 +201,54 @@ impl Worker {
     pub fn send_alerts(&self, now: u64) {
         let Some(a) = &self.config.alerts else { return };
         let alerts: Vec<_> = self.pending_alerts.borrow_mut().drain(..).collect();
-        for alert in alerts {
-            match host::post_json(
-                &a.cluster,
-                &a.authority,
-                &a.path,
-                &alert.body(a),
-                a.timeout_ms,
-            ) {
-                Ok(_) => info!(
-                    "alert sent route={} reason={} denials={}",
-                    alert.route, alert.reason, alert.count
-                ),
-                Err(e) => warn!(
-                    "alert not sent ({e:?}) route={} reason={}",
-                    alert.route, alert.reason
-                ),
+        let summaries = crate::alerts::take_suppressed(&HostStore, a, now);
+        let posts = alerts
+            .iter()
+            .map(|alert| {
+                (
+                    alert.body(a),
+                    format!(
+                        "alert route={} reason={} denials={}",
+                        alert.route, alert.reason, alert.count
+                    ),
+                )
+            })
+            .chain(summaries.iter().map(|summary| {
+                (
+                    summary.body(a),
+                    format!(
+                        "alert summary window_start={} suppressed={}",
+                        summary.window_start,
+                        summary.pairs.len()
+                    ),
+                )
+            }));
+        for (body, what) in posts {
+            match host::post_json(&a.cluster, &a.authority, &a.path, &body, a.timeout_ms) {
+                Ok(token) => {
+                    self.alert_calls.borrow_mut().insert(token, what);
+                }
+                Err(e) => warn!("{what} not sent ({e:?}): cluster {:?}", a.cluster),
             }
         }
-        for summary in crate::alerts::take_suppressed(&HostStore, a, now) {
-            match host::post_json(
-                &a.cluster,
-                &a.authority,
-                &a.path,
-                &summary.body(a),
-                a.timeout_ms,
-            ) {
-                Ok(_) => info!(
-                    "alert summary sent window_start={} suppressed={}",
-                    summary.window_start,
-                    summary.pairs.len()
-                ),
-                Err(e) => warn!(
-                    "alert summary not sent ({e:?}) window_start={} suppressed={}",
-                    summary.window_start,
-                    summary.pairs.len()
-                ),
-            }
+    }
+
+    /// Logs whether the webhook took the alert posted with call `token`;
+    /// false when `token` is no alert post.
+    pub fn alert_answered(&self, token: u32) -> bool {
+        let Some(what) = self.alert_calls.borrow_mut().remove(&token) else {
+            return false;
+        };
+        // Status 0: no answer (timeout, connection refused or reset).
+        let (status, _) = host::http_call_response(0, 0);
+        if (200..300).contains(&status) {
+            info!("{what} delivered (status {status})");
+        } else if status == 0 {
+            warn!("{what} not delivered: no answer from the webhook");
+        } else {
+            warn!("{what} not delivered: the webhook answered {status}");
         }
+        true
     }
 
     /// The remote keys as the policy reads them.
@@ -282,10 +295,12 @@ impl Context for FilterRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        // Answers to calls dispatched for the root (background JWKS
-        // refreshes; alert posts are fire and forget and end here).
+        // Answers to calls dispatched for the root: background JWKS
+        // refreshes and alert posts.
         if let Some(worker) = &self.worker {
-            Worker::refresh_answered(worker, token_id, body_size);
+            if !Worker::refresh_answered(worker, token_id, body_size) {
+                worker.alert_answered(token_id);
+            }
         }
     }
 }
@@ -388,6 +403,7 @@ impl RootContext for FilterRoot {
         self.worker = Some(Rc::new(Worker {
             decision_log: RefCell::new(decision_log),
             warn_log: RefCell::new(crate::lograte::LogLimiter::new(WARN_LINES_PER_SECOND)),
+            alert_calls: RefCell::new(HashMap::new()),
             config,
             bucket_salt,
             token_cache: RefCell::new(TokenCache::default()),

@@ -365,6 +365,27 @@ fn a_flood_of_denials_sends_a_handful_of_alerts() {
             "{body}"
         );
     }
+    // The log says whether the webhook took them.
+    let delivered = |envoy: &harness::Envoy, says: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !envoy.log().contains(says) {
+            assert!(Instant::now() < deadline, "{says:?} never logged");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    delivered(&envoy, "delivered (status 200)");
+    // A webhook that refuses: said so, not "sent".
+    let refusing = Upstream::with_handler(std::sync::Arc::new(|_s: &harness::upstream::Seen| {
+        (503, vec![], b"busy".to_vec())
+    }));
+    let mut cfg = config("enforce");
+    cfg["alerts"] =
+        json!({"cluster": "alerts", "path": "/hook", "threshold": 1, "window_seconds": 3600});
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .http_cluster("alerts", refusing.port)
+        .start();
+    envoy.request(Req::get("/keyed/x"));
+    delivered(&envoy, "not delivered: the webhook answered 503");
 }
 
 #[test]
