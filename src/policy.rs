@@ -1933,13 +1933,24 @@ fn check_token(
             // The cheap refusals: size, structure, algorithm and key, then
             // the unverified claims. Only then the signature.
             let extra: &[Key] = remote.as_deref().map_or(&[], |v| v.as_slice());
-            let pre = token::precheck(provider, &provider.keys, extra, raw, now).map_err(|e| {
-                if e == TokenError::UnknownKid && has_remote && ctx.may_fetch_keys {
-                    Flow::NeedKeys(pi)
-                } else {
-                    Flow::from(e.reason())
+            let pre = match token::precheck(provider, &provider.keys, extra, raw, now) {
+                Ok(pre) => pre,
+                Err(TokenError::UnknownKid) if has_remote && ctx.may_fetch_keys => {
+                    return Err(Flow::NeedKeys(pi));
                 }
-            })?;
+                Err(e) => {
+                    // A `kid` no key of a remote JWKS has, past any
+                    // re-fetch: made up, as a forged signature is. It spends
+                    // the client's budget like one, so that a flood of
+                    // random `kid`s cannot keep asking for keys (each ask
+                    // copies the stored JWKS and evaluates the request
+                    // twice) once the budget is spent.
+                    if e == TokenError::UnknownKid && has_remote {
+                        budget.charge(1);
+                    }
+                    return Err(Flow::from(e.reason()));
+                }
+            };
             if let Err(e) = pre.check_signature(provider, raw, now) {
                 let until = pre
                     .exp

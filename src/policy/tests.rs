@@ -1734,6 +1734,63 @@ fn a_token_verified_under_a_key_taken_out_of_the_jwks_is_verified_again() {
 }
 
 #[test]
+fn made_up_kids_for_a_remote_jwks_spend_the_budget_and_then_ask_for_no_keys() {
+    use crate::token::keys::{keys_from_jwks, JwksOrigin};
+    let w = World::from(json!({
+        "tokens": [{"name": "r", "from": [{"header": "x-t"}], "remote_jwks": {"cluster": "jwks", "path": "/jwks"},
+                    "failure_budget": {"failures": 3, "window_seconds": 60}}],
+        "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["r"]}]
+    }));
+    let jwk = json!({"kty": "oct", "alg": "HS256", "kid": "k1",
+                     "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(SECRET)});
+    let remote = [RemoteKeys {
+        keys: Some(Rc::new(
+            keys_from_jwks(&json!({ "keys": [jwk] }), JwksOrigin::Configured).unwrap(),
+        )),
+        version: 1,
+    }];
+    // `may_fetch`: the headers phase (an unknown kid asks for keys); else
+    // the evaluation after the adapter declined to re-fetch.
+    let step = |kid: &str, may_fetch: bool| {
+        let t = hs256_raw(
+            SECRET,
+            &json!({"alg": "HS256", "kid": kid}),
+            &json!({"exp": NOW + 60}),
+        );
+        let h = headers(&[
+            (":method", "GET"),
+            (":path", "/x"),
+            (":authority", "a"),
+            ("x-t", &t),
+        ]);
+        let mut ctx = w.ctx();
+        ctx.remote_keys = &remote;
+        ctx.may_fetch_keys = may_fetch;
+        evaluate(&ctx, &Request::new(&h, "192.0.2.9".parse().ok()), NOW)
+    };
+    for i in 0..3 {
+        let kid = format!("made-up-{i}");
+        assert!(matches!(step(&kid, true), Step::NeedKeys { .. }), "{i}");
+        match step(&kid, false) {
+            Step::Done(d, f) => assert_eq!(
+                (d.reason(), f.budget_refused),
+                (Some(Reason::TokenSignature), false),
+                "{i}"
+            ),
+            s => panic!("{s:?}"),
+        }
+    }
+    // Spent: the next made-up kid asks for nothing, and is refused at once.
+    match step("made-up-3", true) {
+        Step::Done(d, f) => assert_eq!(
+            (d.reason(), f.budget_refused),
+            (Some(Reason::TokenSignature), true)
+        ),
+        s => panic!("a spent client must not ask for keys: {s:?}"),
+    }
+}
+
+#[test]
 fn without_keys_a_known_forgery_or_a_spent_client_starts_no_fetch() {
     let w = World::from(json!({
         "tokens": [{"name": "r", "from": [{"header": "x-t"}], "remote_jwks": {"cluster": "jwks", "path": "/jwks"},

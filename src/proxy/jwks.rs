@@ -45,6 +45,10 @@ pub struct JwksSlot {
     pub last_refetch: u64,
     /// Last second this worker looked at the shared copy.
     pub last_maintained: u64,
+    /// Last second a request of this worker looked at the shared copy
+    /// before asking for keys (at most once a second: each look copies
+    /// the stored JWKS, up to 64 KiB, out of shared data).
+    pub last_request_sync: Option<u64>,
     /// Fetches started by requests of this worker that have not answered
     /// yet (at most [`MAX_REQUEST_FETCHES`]): each call's token and the
     /// second after which it no longer counts (its timeout has passed).
