@@ -553,6 +553,49 @@ pub fn default_authority(cluster: &str) -> String {
     }
 }
 
+/// Whether `bytes` parse as a protobuf message. Envoy's Wasm host reads the
+/// service argument of a gRPC call as a serialized `GrpcService` when it
+/// parses as one, and as a cluster name only otherwise: a cluster name
+/// that parses (`h2`, say) names no cluster, Envoy answers `BadArgument`,
+/// and the proxy-wasm SDK aborts the VM on that answer. Conservative: a
+/// group (wire types 3 and 4) counts as parsing.
+fn reads_as_protobuf(bytes: &[u8]) -> bool {
+    fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*i)?;
+            *i += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        let Some(tag) = varint(bytes, &mut i) else {
+            return false;
+        };
+        if tag >> 3 == 0 {
+            return false;
+        }
+        let skip = match tag & 7 {
+            0 => varint(bytes, &mut i).map(|_| 0),
+            1 => Some(8),
+            2 => varint(bytes, &mut i).and_then(|n| usize::try_from(n).ok()),
+            3 | 4 => return true,
+            5 => Some(4),
+            _ => None,
+        };
+        match skip.and_then(|n| i.checked_add(n)) {
+            Some(end) if end <= bytes.len() => i = end,
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// The route label of a request that matched no route, in the
 /// `appguard_decisions` metric, denial alerts and decision log lines alike.
 /// Reserved: no configured route may take the name.
@@ -645,6 +688,15 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         Some(r) => {
             if r.cluster.is_empty() {
                 return Err(ConfigError::new("rate_limit_service.cluster", "required"));
+            }
+            if reads_as_protobuf(r.cluster.as_bytes()) {
+                return Err(ConfigError::new(
+                    "rate_limit_service.cluster",
+                    format!(
+                        "{:?} reads as a serialized GrpcService to Envoy, which would then refuse every call to it: rename the cluster",
+                        r.cluster
+                    ),
+                ));
             }
             if r.domain.is_empty() {
                 return Err(ConfigError::new("rate_limit_service.domain", "required"));
@@ -1264,6 +1316,26 @@ mod tests {
         );
         assert_eq!(default_authority("jwks"), "jwks");
         assert_eq!(default_authority("outbound|443||"), "outbound|443||");
+    }
+
+    #[test]
+    fn a_rate_limit_cluster_name_envoy_would_read_as_a_grpc_service_is_refused() {
+        for parses in ["h2", "hx", "(0", "\u{8}\u{1}"] {
+            assert!(reads_as_protobuf(parses.as_bytes()), "{parses:?}");
+            let e = err(&format!(
+                r#"{{"rate_limit_service": {{"cluster": {parses:?}, "domain": "d"}}}}"#
+            ));
+            assert_eq!(e.path, "rate_limit_service.cluster", "{e}");
+        }
+        for name in [
+            "ratelimit",
+            "rls",
+            "outbound|8081||ratelimit.appguard.svc.cluster.local",
+            "rate_limit_cluster",
+            "appguard-ratelimit",
+        ] {
+            assert!(!reads_as_protobuf(name.as_bytes()), "{name}");
+        }
     }
 
     #[test]

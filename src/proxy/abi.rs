@@ -508,8 +508,11 @@ pub fn http_call(
 }
 
 /// Dispatches a unary gRPC call through a cluster; returns its token.
-/// Through the SDK, for the same reason as [`http_call`] (Envoy answers an
-/// unknown cluster with InternalFailure, which the SDK maps to an error).
+/// Through the SDK, for the same reason as [`http_call`]. Envoy 1.40
+/// answers an unknown cluster with ParseFailure, which the SDK maps to an
+/// error; it would answer BadArgument (on which the SDK aborts the VM) only
+/// for a cluster name that parses as a serialized `GrpcService`, and the
+/// configuration refuses such names (`config::reads_as_protobuf`).
 pub fn grpc_call(
     cluster: &str,
     service: &str,

@@ -69,6 +69,10 @@ pub struct GuardFilter {
     headers: Headers,
     /// The request ended with its headers (no body to wait for).
     headers_end_stream: bool,
+    /// Body bytes arrived while the headers were held for keys. Envoy
+    /// delivers them only with `allow_on_headers_stop_iteration: true`;
+    /// resuming would then send them on past the body checks.
+    body_while_paused: bool,
     /// Headers the rate-limit service asked to add to the response.
     response_headers: Vec<(String, String)>,
 }
@@ -82,6 +86,7 @@ impl GuardFilter {
             state: State::Start,
             headers: Headers::default(),
             headers_end_stream: false,
+            body_while_paused: false,
             response_headers: Vec::new(),
         }
     }
@@ -141,6 +146,19 @@ impl GuardFilter {
             Step::NeedBody(pending) => {
                 if self.headers_end_stream {
                     self.body_complete(worker, pending, &[])
+                } else if self.body_while_paused {
+                    // Fail closed: the body went by while the headers waited
+                    // (a Wasm filter configured with
+                    // `allow_on_headers_stop_iteration: true`), and resuming
+                    // would send it on unchecked.
+                    let id = self.context_id;
+                    decision_log(worker, log::Level::Warn, now, || {
+                        format!(
+                            "#{id} the body arrived while the headers were held; keep \
+                             allow_on_headers_stop_iteration at false"
+                        )
+                    });
+                    self.reply_raw(503, "appguard_host_error")
                 } else {
                     // Envoy's Wasm host turns a paused headers callback into
                     // "stop all", which holds the body back from this filter
@@ -257,7 +275,10 @@ impl GuardFilter {
                 None => false,
                 Some(slot) => {
                     let before = slot.loaded_cas;
-                    jwks::sync(slot, &provider.name, remote, now);
+                    if slot.last_request_sync != Some(now) {
+                        slot.last_request_sync = Some(now);
+                        jwks::sync(slot, &provider.name, remote, now);
+                    }
                     let had_keys = slot.keys.keys.is_some();
                     if slot.loaded_cas != before && had_keys {
                         false
@@ -646,7 +667,11 @@ impl HttpContext for GuardFilter {
             State::AwaitingBody(_) => self.on_body(body_size, end_of_stream),
             // While a decision is pending the body must wait too: Continue
             // here would release the paused headers upstream.
-            State::AwaitingKeys { .. } | State::AwaitingRateLimit { .. } => Action::Pause,
+            State::AwaitingKeys { .. } => {
+                self.body_while_paused = true;
+                Action::Pause
+            }
+            State::AwaitingRateLimit { .. } => Action::Pause,
             State::Start | State::Done => Action::Continue,
         }
     }
@@ -669,7 +694,11 @@ impl HttpContext for GuardFilter {
                     .map_or(0, |b| b.len());
                 self.on_body(size, true)
             }
-            State::AwaitingKeys { .. } | State::AwaitingRateLimit { .. } => Action::Pause,
+            State::AwaitingKeys { .. } => {
+                self.body_while_paused = true;
+                Action::Pause
+            }
+            State::AwaitingRateLimit { .. } => Action::Pause,
             State::Start | State::Done => Action::Continue,
         }
     }
