@@ -1872,7 +1872,20 @@ fn check_token(
         }
     }
     let Some((pi, provider, raw)) = found else {
-        return if route.token_required {
+        // A delegated provider's token in the request, but no payload:
+        // jwt_authn did not verify it (it failed under an
+        // `allow_missing_or_failed` requirement, or jwt_authn does not
+        // cover this path). A bad token is refused, as a native provider's
+        // is, even where a request without one may go on.
+        let unverified = route
+            .providers
+            .iter()
+            .filter_map(|&pi| config.providers.get(pi))
+            .filter(|p| p.verified_by.is_some())
+            .any(|p| !matches!(token::extract(p, req), Ok(None)));
+        return if unverified {
+            Err(Reason::TokenSignature.into())
+        } else if route.token_required {
             Err(Reason::TokenMissing.into())
         } else {
             Ok(None)

@@ -1559,6 +1559,32 @@ fn two_local_limits_on_one_descriptor_keep_their_own_buckets() {
 }
 
 #[test]
+fn a_delegated_token_jwt_authn_did_not_verify_is_refused_even_where_tokens_are_optional() {
+    // jwt_authn under `allow_missing_or_failed` lets a token that failed
+    // through without a payload: that is a bad token, not no token.
+    let w = World::from(json!({
+        "tokens": [{"name": "mesh", "from": [{"header": "x-token"}],
+                    "verified_by": {"key": "mesh_payload"},
+                    "issuer": "https://issuer.example"}],
+        "routes": [
+            {"name": "optional", "match": {"prefix": "/opt/"}, "tokens": ["mesh"], "token_required": false},
+            {"name": "required", "match": {"prefix": "/req/"}, "tokens": ["mesh"]}
+        ]
+    }));
+    let reason = |path: &str, hs: &[(&str, &str)]| w.run(path, "198.51.100.7", hs).0.reason();
+    assert_eq!(reason("/opt/x", &[]), None, "no token: optional");
+    assert_eq!(
+        reason("/opt/x", &[("x-token", "a.b.c")]),
+        Some(Reason::TokenSignature)
+    );
+    assert_eq!(reason("/req/x", &[]), Some(Reason::TokenMissing));
+    assert_eq!(
+        reason("/req/x", &[("x-token", "a.b.c")]),
+        Some(Reason::TokenSignature)
+    );
+}
+
+#[test]
 fn a_token_that_failed_one_provider_still_passes_another() {
     // Two providers read the same header on different routes: a token of
     // `b` sent to `a`'s route fails there, and must still pass on `b`'s.
