@@ -149,10 +149,14 @@ fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, handler: &Handler) {
             headers,
             body,
         };
-        let (status, rh, rb) = handler(&s);
+        // Recorded before the handler answers: a test that changes what the
+        // handler serves and then waits for "the next request" must not
+        // count one that arrived before the change (and was answered from
+        // what it was before).
         if let Ok(mut v) = seen.lock() {
-            v.push(s);
+            v.push(s.clone());
         }
+        let (status, rh, rb) = handler(&s);
         let mut resp = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\n", rb.len());
         for (k, v) in rh {
             resp.push_str(&format!("{k}: {v}\r\n"));
