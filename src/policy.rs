@@ -550,15 +550,9 @@ pub fn match_route<'c>(
             return Err(UnclearPath);
         }
     }
-    // Pairs as `&` and `;` split them (older Go and Python parsers), and as
-    // `&` alone splits them (PHP): `?_method%00;x=DELETE` is a `_method`
-    // without a value to the first reading and `_method=DELETE` to PHP.
-    let query = req.query().unwrap_or("");
-    let php_pairs = query.contains(';').then(|| query.split('&'));
-    for pair in query
-        .split(['&', ';'])
-        .chain(php_pairs.into_iter().flatten())
-    {
+    // `?_method%00;x=DELETE` is a `_method` without a value to one reading
+    // and `_method=DELETE` to PHP's: both must keep the route.
+    for pair in query_pairs(req.query().unwrap_or("")) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if is_method_param(k) && !form_decode(v).is_some_and(|m| same_route(&m)) {
             return Err(UnclearPath);
@@ -572,6 +566,16 @@ pub fn match_route<'c>(
 /// `?+_method=` and `?_method%00x=` are `_method` there.
 fn is_method_param(raw: &str) -> bool {
     php_name_is(raw, METHOD_OVERRIDE_PARAM)
+}
+
+/// The query's `name=value` pairs in every reading an upstream may make:
+/// split on `&` and `;` (older Go and Python parsers), then, when the query
+/// holds a `;` (the only case where they differ), split on `&` alone (PHP).
+fn query_pairs(query: &str) -> impl Iterator<Item = &str> {
+    let php_pairs = query.contains(';').then(|| query.split('&'));
+    query
+        .split(['&', ';'])
+        .chain(php_pairs.into_iter().flatten())
 }
 
 /// Whether the raw query parameter name `raw` is `want` to some upstream:
@@ -1675,16 +1679,11 @@ fn api_key_of<'r>(
         .filter(|k| !k.is_empty());
     let mut from_query: Option<String> = None;
     if let (Some(param), Some(query)) = (&config.api_keys.query_param, req.query()) {
-        // Pairs as `&` and `;` split them, and as `&` alone does (PHP):
-        // `?api_key%00;x=K` has an empty key to the first reading and `K`
-        // to PHP, so the two must agree.
-        let php_pairs = query.contains(';').then(|| query.split('&'));
-        for pair in query
-            .split(['&', ';'])
-            .chain(php_pairs.into_iter().flatten())
-        {
+        // `?api_key%00;x=K` has an empty key to one reading and `K` to
+        // PHP's, so the two must agree.
+        for pair in query_pairs(query) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if !form_name_is(k, param) {
+            if !php_name_is(k, param) {
                 continue;
             }
             let v = form_decode(v).ok_or(Reason::ApiKeyInvalid)?;
@@ -1727,7 +1726,7 @@ fn key_scrub(config: &Config, req: &Request<'_>) -> KeyScrub {
 fn path_without_param(path: &str, param: &str) -> Option<String> {
     let (base, query, fragment) = crate::request::split_target(path);
     let query = query?;
-    let is_param = |pair: &str| form_name_is(pair.split_once('=').map_or(pair, |(k, _)| k), param);
+    let is_param = |pair: &str| php_name_is(pair.split_once('=').map_or(pair, |(k, _)| k), param);
     // Each parameter with the separator before it (none for the first).
     let mut pieces = Vec::new();
     let mut start = 0;
@@ -1772,13 +1771,6 @@ fn path_without_param(path: &str, param: &str) -> Option<String> {
         out.push_str(f);
     }
     Some(out)
-}
-
-/// Whether the raw query name `raw` is `want` to some upstream: decoded,
-/// in any case, and as PHP reads names ([`php_name_is`]), so that
-/// `?api.key=` and `?api+key=` are the parameter `api_key`.
-fn form_name_is(raw: &str, want: &str) -> bool {
-    php_name_is(raw, want)
 }
 
 /// Decodes a form-urlencoded query name or value (`+` is a space, `%XX` a

@@ -42,6 +42,20 @@ pub fn same_header_name(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| canon(x) == canon(y))
 }
 
+/// The one value among `values` (every copy of a header), `None` when there
+/// is none, `Err(())` when copies differ.
+fn one_value<'a>(values: impl Iterator<Item = &'a str>) -> Result<Option<&'a str>, ()> {
+    let mut found: Option<&'a str> = None;
+    for v in values {
+        match found {
+            None => found = Some(v),
+            Some(prev) if prev == v => {}
+            Some(_) => return Err(()),
+        }
+    }
+    Ok(found)
+}
+
 /// One HTTP request as seen by the decision core.
 #[derive(Clone, Debug)]
 pub struct Request<'a> {
@@ -180,15 +194,7 @@ impl<'a> Request<'a> {
     /// read?), so it is reported as `Err(())` and refused by the caller.
     #[allow(clippy::result_unit_err)]
     pub fn header_unique(&self, name: &str) -> Result<Option<&'a str>, ()> {
-        let mut found: Option<&'a str> = None;
-        for v in self.headers.get_all(name) {
-            match found {
-                None => found = Some(v),
-                Some(prev) if prev == v => {}
-                Some(_) => return Err(()),
-            }
-        }
-        Ok(found)
+        one_value(self.headers.get_all(name))
     }
 
     /// [`Request::header_unique`] over every spelling of `name` that an
@@ -198,18 +204,12 @@ impl<'a> Request<'a> {
     /// this is for the headers that carry credentials, not for each lookup.
     #[allow(clippy::result_unit_err)]
     pub fn header_unique_any_spelling(&self, name: &str) -> Result<Option<&'a str>, ()> {
-        let mut found: Option<&'a str> = None;
-        for (n, v) in self.headers.iter() {
-            if !same_header_name(n.as_bytes(), name.as_bytes()) {
-                continue;
-            }
-            match found {
-                None => found = Some(v),
-                Some(prev) if prev == v => {}
-                Some(_) => return Err(()),
-            }
-        }
-        Ok(found)
+        one_value(
+            self.headers
+                .iter()
+                .filter(|(n, _)| same_header_name(n.as_bytes(), name.as_bytes()))
+                .map(|(_, v)| v),
+        )
     }
 
     /// The names, as sent, of the headers that are `name` in any spelling
