@@ -3168,19 +3168,22 @@ fn ipv6_clients_are_limited_per_64_by_default() {
     assert_eq!(w.run("/x", "192.0.2.2", &[]).0.reason(), None);
 }
 
+/// Shared data that holds nothing and fails every write with its error.
+struct FailingStore(crate::store::StoreError);
+
+impl crate::store::SharedStore for FailingStore {
+    fn get(&self, _: &str) -> Option<(Vec<u8>, u32)> {
+        None
+    }
+    fn set(&self, _: &str, _: &[u8], _: u32) -> Result<(), crate::store::StoreError> {
+        Err(self.0)
+    }
+}
+
 #[test]
 fn a_local_limit_that_cannot_be_counted_is_degraded_or_refused() {
     // Shared data refuses every write: the route's failure mode decides,
     // and letting the request through unlimited is reported as degraded.
-    struct Refusing;
-    impl crate::store::SharedStore for Refusing {
-        fn get(&self, _: &str) -> Option<(Vec<u8>, u32)> {
-            None
-        }
-        fn set(&self, _: &str, _: &[u8], _: u32) -> Result<(), crate::store::StoreError> {
-            Err(crate::store::StoreError::Host)
-        }
-    }
     let w = World::from(json!({
         "routes": [
             {"name": "open", "match": {"prefix": "/open"}, "failure_mode": "allow",
@@ -3190,7 +3193,7 @@ fn a_local_limit_that_cannot_be_counted_is_degraded_or_refused() {
         ]
     }));
     let mut ctx = w.ctx();
-    ctx.store = &Refusing;
+    ctx.store = &FailingStore(crate::store::StoreError::Host);
     let run = |path: &str| {
         let h = headers(&[(":method", "GET"), (":path", path), (":authority", "a")]);
         let req = Request::new(&h, Some("192.0.2.1".parse().unwrap()));
@@ -3208,15 +3211,6 @@ fn a_local_limit_under_write_contention_is_rate_limited_whatever_the_failure_mod
     // Every write loses its CAS race (other workers keep writing the
     // bucket): that is a flood on the descriptor, not a store that cannot
     // count, so `failure_mode: allow` must not let it through.
-    struct Contended;
-    impl crate::store::SharedStore for Contended {
-        fn get(&self, _: &str) -> Option<(Vec<u8>, u32)> {
-            None
-        }
-        fn set(&self, _: &str, _: &[u8], _: u32) -> Result<(), crate::store::StoreError> {
-            Err(crate::store::StoreError::CasMismatch)
-        }
-    }
     let w = World::from(json!({
         "routes": [
             {"name": "open", "match": {"prefix": "/open"}, "failure_mode": "allow",
@@ -3224,7 +3218,7 @@ fn a_local_limit_under_write_contention_is_rate_limited_whatever_the_failure_mod
         ]
     }));
     let mut ctx = w.ctx();
-    ctx.store = &Contended;
+    ctx.store = &FailingStore(crate::store::StoreError::CasMismatch);
     let h = headers(&[(":method", "GET"), (":path", "/open"), (":authority", "a")]);
     let req = Request::new(&h, Some("192.0.2.1".parse().unwrap()));
     match evaluate(&ctx, &req, NOW) {
