@@ -80,6 +80,20 @@ pub struct App {
     pub token_app_ids: Vec<String>,
 }
 
+impl App {
+    /// Whether a token's app claim `claim` names this app: one of its
+    /// `token_app_ids`, or its `id` when it has none. Config checks and the
+    /// request path use this one rule, so a claim the config accepted as
+    /// naming one app is read the same way on a request.
+    pub fn is_named_by(&self, claim: &str) -> bool {
+        if self.token_app_ids.is_empty() {
+            self.id == claim
+        } else {
+            self.token_app_ids.iter().any(|t| t == claim)
+        }
+    }
+}
+
 /// What a request must show for its app, per platform.
 #[derive(Debug)]
 pub enum AppProof {
@@ -129,15 +143,8 @@ pub(crate) fn compile_apps(raw: Vec<RawApp>) -> Result<Vec<App>, ConfigError> {
         // A token's app claim must name one app: with two, the first in
         // the list would silently win.
         // An app without `token_app_ids` is named by its `id`.
-        let names = |x: &App, v: &str| {
-            if x.token_app_ids.is_empty() {
-                x.id == v
-            } else {
-                x.token_app_ids.iter().any(|t| t == v)
-            }
-        };
         for (j, v) in a.token_app_ids.iter().enumerate() {
-            if let Some(other) = apps.iter().find(|x| names(x, v)) {
+            if let Some(other) = apps.iter().find(|x| x.is_named_by(v)) {
                 return Err(ConfigError::new(
                     format!("{at}.token_app_ids[{j}]"),
                     format!("{v:?} already names app {:?}", other.id),
@@ -145,7 +152,7 @@ pub(crate) fn compile_apps(raw: Vec<RawApp>) -> Result<Vec<App>, ConfigError> {
             }
         }
         if a.token_app_ids.is_empty() {
-            if let Some(other) = apps.iter().find(|x| names(x, &a.id)) {
+            if let Some(other) = apps.iter().find(|x| x.is_named_by(&a.id)) {
                 return Err(ConfigError::new(
                     format!("{at}.id"),
                     format!(
@@ -928,13 +935,7 @@ pub fn app_from_headers<'c>(
 pub fn app_from_claim<'c>(apps: &'c [App], claim: &str, firebase: bool) -> Result<&'c App, Reason> {
     let app = apps
         .iter()
-        .find(|a| {
-            if a.token_app_ids.is_empty() {
-                a.id == claim
-            } else {
-                a.token_app_ids.iter().any(|v| v == claim)
-            }
-        })
+        .find(|a| a.is_named_by(claim))
         .ok_or(Reason::AppUnknown)?;
     if firebase {
         let platform = claim.split(':').nth(2).ok_or(Reason::AppUnknown)?;
