@@ -655,16 +655,9 @@ fn without_string_values(message: &str) -> String {
             escaped = !escaped && c == '\\';
             ends.then_some(i)
         });
-        match end {
-            Some(end) => {
-                out.push_str("a string");
-                rest = &value[end + 1..];
-            }
-            None => {
-                out.push_str("a string");
-                rest = "";
-            }
-        }
+        out.push_str("a string");
+        // An unterminated value runs to the end of the message.
+        rest = end.and_then(|end| value.get(end + 1..)).unwrap_or("");
     }
     out.push_str(rest);
     out
