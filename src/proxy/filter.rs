@@ -731,11 +731,22 @@ impl GuardFilter {
             self.state = State::AwaitingBody(pending);
             return Action::Pause;
         }
+        // A body that cannot be read is not an empty body: checked as one,
+        // an empty body's `Content-Digest` would pass while the real body
+        // goes upstream. Fail closed, as when the headers cannot be read.
         let body = match abi::buffer(Buffer::RequestBody, 0, body_size) {
-            Ok(b) => b.unwrap_or_default(),
+            Ok(Some(b)) => b,
+            Ok(None) if body_size == 0 => Vec::new(),
+            Ok(None) => {
+                warn!(
+                    "#{} the request body ({body_size} bytes) is missing",
+                    self.context_id
+                );
+                return self.reply_raw(503, "appguard_host_error");
+            }
             Err(s) => {
                 warn!("#{} cannot read the request body: {s:?}", self.context_id);
-                Vec::new()
+                return self.reply_raw(503, "appguard_host_error");
             }
         };
         self.body_complete(&worker, pending, &body)

@@ -354,7 +354,11 @@ fn field_value(
     if bs {
         let mut out = String::new();
         for (i, v) in values.enumerate() {
-            if v.contains(['\r', '\n']) {
+            // U+FFFD: the header map had bytes that are not UTF-8 and were
+            // replaced (see `Headers::from_wire`), so these are not the
+            // bytes the client signed, and two different values would
+            // give one base.
+            if v.contains(['\r', '\n', '\u{FFFD}']) {
                 return Err(SigningError::InvalidComponentValue);
             }
             if i > 0 {

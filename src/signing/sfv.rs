@@ -20,11 +20,15 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 
 /// Byte Sequences are base64 (RFC 8941 §3.3.5). Parsers "SHOULD NOT fail when
-/// `=` padding is not present" (§4.2.7), so padding is optional on input;
-/// non-zero trailing bits are still refused. Output is always padded.
+/// `=` padding is not present" nor when "the final base64 character has
+/// non-zero trailing bits" (§4.2.7), so both are accepted on input (a
+/// signer whose encoder sets those bits still verifies; nothing here is
+/// keyed on the encoded text). Output is always padded.
 const BYTES_LENIENT_PADDING: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
 );
 
 /// Why a structured field did not parse. Kept small: the caller turns it into
@@ -617,7 +621,7 @@ mod tests {
     }
 
     #[test]
-    fn byte_sequences_accept_missing_padding_but_not_junk() {
+    fn byte_sequences_accept_missing_padding_and_trailing_bits_but_not_junk() {
         let d = parse_dictionary("a=:aGk:", &L).unwrap();
         assert_eq!(
             d[0].1,
@@ -628,6 +632,15 @@ mod tests {
         );
         assert!(parse_dictionary("a=:a-k=:", &L).is_err());
         assert!(parse_dictionary("a=:aGk=", &L).is_err());
+        // non-zero trailing bits (`l` where `k` would leave them zero)
+        let d = parse_dictionary("a=:aGl=:", &L).unwrap();
+        assert_eq!(
+            d[0].1,
+            Member::Item(Item {
+                bare: BareItem::ByteSeq(b"hi".to_vec()),
+                params: vec![]
+            })
+        );
     }
 
     #[test]

@@ -1443,6 +1443,28 @@ fn error_invalid_component_value() {
 }
 
 #[test]
+fn a_value_covered_with_bs_must_be_the_bytes_sent() {
+    // Bytes that are not UTF-8 reach the core replaced by U+FFFD: `;bs`
+    // over them would sign other bytes than the client's, and `\xff` and
+    // `\xfe` would give one base.
+    let mut h = app_request_headers();
+    h.push(("x-raw".to_owned(), "a\u{FFFD}b".to_owned()));
+    for covered in [r#""x-raw";bs"#, r#""x-raw""#] {
+        let input = format!(r#"install=("@method" {covered});created={NOW}"#);
+        let mut h = h.clone();
+        h.extend(headers(&[
+            ("signature-input", &input),
+            ("signature", "install=:AAAA:"),
+        ]));
+        assert_eq!(
+            ed_verify(&rfc_policy("install"), &h),
+            Err(SigningError::InvalidComponentValue),
+            "{covered}"
+        );
+    }
+}
+
+#[test]
 fn error_base_too_large() {
     let mut h = app_request_headers();
     h.push(("x-big".to_owned(), "b".repeat(MAX_BASE_BYTES)));
