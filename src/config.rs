@@ -238,7 +238,7 @@ struct RawRoute {
     mode: Option<Mode>,
     #[serde(default, deserialize_with = "restriction")]
     platforms: Vec<Platform>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "restriction")]
     tokens: Vec<String>,
     #[serde(default)]
     token_required: Option<bool>,
@@ -288,9 +288,9 @@ struct RawMatch {
     prefix: Option<String>,
     #[serde(default)]
     path: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "restriction")]
     methods: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "restriction")]
     hosts: Vec<String>,
 }
 
@@ -1629,6 +1629,20 @@ mod tests {
             (
                 r#"{"routes":[{"name":"a","match":{"prefix":"/"},"network":{"ip_allow":[]}}]}"#,
                 "routes[0].network.ip_allow",
+            ),
+            // `tokens: []` would load a paid route with no token check;
+            // `methods: []` and `hosts: []` would widen a route to all.
+            (
+                r#"{"routes":[{"name":"a","match":{"prefix":"/"},"tokens":[]}]}"#,
+                "routes[0].tokens",
+            ),
+            (
+                r#"{"routes":[{"name":"a","match":{"prefix":"/","methods":[]}}]}"#,
+                "routes[0].match.methods",
+            ),
+            (
+                r#"{"routes":[{"name":"a","match":{"prefix":"/","hosts":[]}}]}"#,
+                "routes[0].match.hosts",
             ),
             (
                 r#"{"api_keys":{"keys":[{"id":"k","sha256":"0000000000000000000000000000000000000000000000000000000000000000","ips":[]}]}}"#,

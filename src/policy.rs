@@ -14,7 +14,7 @@ use std::rc::Rc;
 use sha2::{Digest, Sha256};
 
 use crate::config::{
-    Action, Config, FailureMode, HostPattern, KeyRequirement, Mode, Network, Route,
+    Action, Config, FailureMode, HostPattern, KeyRequirement, Mode, Network, PathMatch, Route,
 };
 use crate::decision::{Decision, Denial, Grant, KeyScrub, Reason};
 use crate::identity::{self, KeyMemo, PlatformHeaders};
@@ -83,13 +83,16 @@ impl TokenCache {
 #[derive(Default)]
 pub struct NegativeCache {
     /// Keyed digest of the token text (see [`negative_key`]) → the
-    /// providers it failed for, each with its `until`. By provider: a token
+    /// providers it failed for, each with the version of the provider's
+    /// fetched keys it failed under (see [`RemoteKeys::version`]: a JWKS
+    /// that brings a new key makes the token worth checking again) and its
+    /// `until`. By provider: a token
     /// that fails one provider's keys (two providers may read the same
     /// header on different routes) says nothing of the other's. A digest,
     /// not the text: forged tokens padded to `max_token_bytes` would
     /// otherwise hold up to 4096 × 64 KiB of a worker's memory, which Wasm
     /// never gives back.
-    map: HashMap<[u8; 16], Vec<(usize, u64)>>,
+    map: HashMap<[u8; 16], Vec<(usize, u64, u64)>>,
     spent: HashMap<(usize, IpAddr), u64>,
     /// The latest `until` in `spent`: past it, every entry has expired.
     spent_latest: u64,
@@ -240,22 +243,29 @@ pub const NEGATIVE_CACHE_ENTRIES: usize = 4096;
 
 impl NegativeCache {
     /// Whether the token whose [`negative_key`] `key` computes failed for
-    /// `provider` (the key is computed only if anything failed at all).
-    fn contains(&self, provider: usize, key: impl FnOnce() -> [u8; 16], now: u64) -> bool {
+    /// `provider` under its keys' `version` (the key is computed only if
+    /// anything failed at all).
+    fn contains(
+        &self,
+        provider: usize,
+        version: u64,
+        key: impl FnOnce() -> [u8; 16],
+        now: u64,
+    ) -> bool {
         !self.map.is_empty()
-            && self
-                .map
-                .get(&key())
-                .is_some_and(|f| f.iter().any(|&(p, until)| p == provider && until >= now))
+            && self.map.get(&key()).is_some_and(|f| {
+                f.iter()
+                    .any(|&(p, v, until)| p == provider && v == version && until >= now)
+            })
     }
 
-    fn insert(&mut self, provider: usize, key: [u8; 16], until: u64, now: u64) {
+    fn insert(&mut self, provider: usize, version: u64, key: [u8; 16], until: u64, now: u64) {
         limits::make_room(&mut self.map, NEGATIVE_CACHE_ENTRIES, |f| {
-            f.iter().any(|&(_, u)| u >= now)
+            f.iter().any(|&(_, _, u)| u >= now)
         });
         let failed = self.map.entry(key).or_default();
-        failed.retain(|&(p, u)| p != provider && u >= now);
-        failed.push((provider, until));
+        failed.retain(|&(p, _, u)| p != provider && u >= now);
+        failed.push((provider, version, until));
     }
 
     /// Whether `ip`'s failure budget `slot` (see [`budget_slot`]) is known
@@ -505,6 +515,13 @@ pub fn is_method_override_header(name: &str) -> bool {
         .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()))
 }
 
+/// Headers through which some upstreams take the request target from the
+/// client instead of the request line: Zend Framework 1 (Magento 1),
+/// Symfony before 2018 and IIS URL Rewrite read `X-Original-URL` and
+/// `X-Rewrite-URL`. Read as [`METHOD_OVERRIDE_HEADERS`] are: one naming a
+/// path that would take another route is refused.
+pub const URL_OVERRIDE_HEADERS: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+
 /// The query parameter through which a client asks the same: `_method`
 /// (Laravel reads it from the query as from a form; Express's
 /// `method-override` can be set to). Read as the API key parameter is: the
@@ -519,8 +536,11 @@ pub const METHOD_OVERRIDE_PARAM: &str = "_method";
 /// comma-separated value of each copy, as Express reads the first and
 /// others the last; [`METHOD_OVERRIDE_PARAM`], each copy) naming a method
 /// that takes another route, or none where the method takes one, or one
-/// that cannot be decoded. An override that keeps the route changes
-/// nothing.
+/// that cannot be decoded; or a target override ([`URL_OVERRIDE_HEADERS`])
+/// or a format suffix (`/v1/sms.json`) that takes another route; or a HEAD
+/// request that takes another route than
+/// GET would (upstreams run the GET handler for it). An override that
+/// keeps the route changes nothing.
 pub fn match_route<'c>(
     config: &'c Config,
     req: &Request<'_>,
@@ -535,6 +555,42 @@ pub fn match_route<'c>(
             .find(|(_, r)| route_matches(r, &path, method, host))
     };
     let matched = find(req.method());
+    // `/v1/sms.json` runs `/v1/sms`'s handler on Rails (whose routes take
+    // an optional `(.:format)`), Grape, and Spring before 5.3: it must take
+    // that path's route, or none of its own. A route whose `path` names the
+    // dotted path itself is the operator's word for it.
+    // A target override naming a path of another route (or one that cannot
+    // be read as a path) is refused. One pass over the headers.
+    for (name, value) in req.headers.iter() {
+        if URL_OVERRIDE_HEADERS
+            .iter()
+            .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()))
+        {
+            let target = crate::request::split_target(value.trim()).0;
+            let other = target
+                .starts_with('/')
+                .then(|| route_path(target))
+                .flatten()
+                .ok_or(UnclearPath)?;
+            let route = config
+                .routes
+                .iter()
+                .position(|r| route_matches(r, &other, req.method(), host));
+            if route != matched.map(|(i, _)| i) {
+                return Err(UnclearPath);
+            }
+        }
+    }
+    if let Some(stem) = format_stem(&path) {
+        let named = matched.is_some_and(|(_, r)| matches!(r.path, PathMatch::Exact(_)));
+        let stem_route = config
+            .routes
+            .iter()
+            .position(|r| route_matches(r, stem, req.method(), host));
+        if !named && stem_route != matched.map(|(i, _)| i) {
+            return Err(UnclearPath);
+        }
+    }
     if !config.routes_by_method {
         // Every method takes the same route: no override can change it.
         return Ok(matched);
@@ -544,6 +600,12 @@ pub fn match_route<'c>(
         let method = method.trim();
         method.is_empty() || find(method).map(|(i, _)| i) == index
     };
+    // Upstreams serve HEAD with the GET handler (side effects included): a
+    // route that takes HEAD before the one GET takes would put that handler
+    // under a policy written for something else.
+    if req.method().eq_ignore_ascii_case("HEAD") && !same_route("GET") {
+        return Err(UnclearPath);
+    }
     // One pass over the headers, every spelling of an override name.
     for (name, value) in req.headers.iter() {
         if is_method_override_header(name) && !value.split(',').all(same_route) {
@@ -657,6 +719,15 @@ fn route_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
         out.push_str(segment);
     }
     Some(std::borrow::Cow::Owned(out))
+}
+
+/// The path without the format suffix of its last segment (`/v1/sms` for
+/// `/v1/sms.json`), if it has one: a `.` after the segment's first
+/// character, then at least one character.
+fn format_stem(path: &str) -> Option<&str> {
+    let segment_start = path.rfind('/').map_or(0, |i| i + 1);
+    let dot = path.rfind('.')?;
+    (dot > segment_start && dot + 1 < path.len()).then(|| path.get(..dot))?
 }
 
 /// `.` or `..`, also spelled with `%2e` (which an upstream decodes before
@@ -1205,7 +1276,8 @@ fn rls_verdict(
         .map_or(FailureMode::Deny, |r| r.failure_mode);
     // Replay protection through the service holds only if the service
     // limits the replay descriptor to 1 in windows no shorter than a
-    // token may live (`max_lifetime_seconds`): an answer without a limit
+    // token is accepted in (`max_lifetime_seconds` plus twice the skew,
+    // [`Provider::replay_horizon`]): an answer without a limit
     // for it (no rule in its YAML, a misspelt key or domain) protects
     // nothing, and `5 per minute` lets a five-minute token through up to
     // 30 times.
@@ -1218,7 +1290,7 @@ fn rls_verdict(
                 .token
                 .as_ref()
                 .and_then(|t| config.providers.get(t.provider))
-                .map_or(0, |p| p.max_lifetime_seconds);
+                .map_or(0, crate::token::Provider::replay_horizon);
             resp.statuses
                 .get(i)
                 .and_then(|s| s.current_limit.as_ref())
@@ -1337,7 +1409,7 @@ fn verify_signature_within_budget(
         facts.budget_refused = true;
         return Err(Reason::SignatureInvalid);
     }
-    verify_signature(ctx.config, pi, key, req, body, now).map_err(|e| {
+    let verified = verify_signature(ctx.config, pi, key, req, body, now).map_err(|e| {
         // Charged for the verification it cost, as a token's signature is:
         // malformed fields, a stale `created` or a missing component are
         // refused before any. A body that does not match its digest is
@@ -1347,7 +1419,52 @@ fn verify_signature_within_budget(
             budget.charge(1);
         }
         Reason::SignatureInvalid
-    })
+    })?;
+    match &provider.message_signing {
+        Some(ms) if ms.single_use => signed_request_once(ctx, provider, ms, &verified, now),
+        _ => Ok(()),
+    }
+}
+
+/// Capacity of a provider's table of signed requests seen
+/// (`message_signing.single_use`). Fixed, unlike `replay.max_entries`, so
+/// that a value never moves to another bucket when a configuration changes.
+pub const SIGNED_REQUEST_ENTRIES: u32 = 65_536;
+
+/// Records a verified request signature (by the digest of its base) in the
+/// provider's table of signed requests until it is too old to verify:
+/// `token_replayed` when it was seen before, and when the table cannot
+/// show it was not (a full bucket, a store failure: fail closed).
+fn signed_request_once(
+    ctx: &Ctx<'_>,
+    provider: &token::Provider,
+    ms: &token::MessageSigning,
+    verified: &signing::VerifiedSignature,
+    now: u64,
+) -> Result<(), Reason> {
+    // `#` is not in provider names: no table of a provider's `jti`s.
+    let table = format!("{}#signed", provider.name);
+    let digest =
+        store::Keyed128::new(&ctx.bucket_salt, "signed-request").digest(&[&verified.base_digest]);
+    // Verifiable until `created` is older than the maximum age plus skew.
+    let until = verified
+        .created
+        .unwrap_or(now)
+        .saturating_add(ms.policy.max_age_seconds)
+        .saturating_add(ms.policy.clock_skew_seconds);
+    match store::replay_check(
+        ctx.store,
+        &ctx.bucket_salt,
+        &table,
+        SIGNED_REQUEST_ENTRIES,
+        &[],
+        &digest,
+        until,
+        now,
+    ) {
+        Ok(ReplayOutcome::Fresh) => Ok(()),
+        Ok(ReplayOutcome::Replayed | ReplayOutcome::Full) | Err(_) => Err(Reason::TokenReplayed),
+    }
 }
 
 /// Verifies the request's RFC 9421 signature with the token's install key.
@@ -1358,7 +1475,7 @@ fn verify_signature(
     req: &Request<'_>,
     body: Option<&[u8]>,
     now: u64,
-) -> Result<(), SigningError> {
+) -> Result<signing::VerifiedSignature, SigningError> {
     let ms = config
         .providers
         .get(provider)
@@ -1381,7 +1498,7 @@ fn verify_signature(
         req.headers,
         body,
     );
-    signing::verify(&ms.policy, &msg, key, token_header, now).map(|_| ())
+    signing::verify(&ms.policy, &msg, key, token_header, now)
 }
 
 fn check(
@@ -1406,10 +1523,12 @@ fn check(
             if p.forward {
                 continue;
             }
+            // Every spelling, as the token is read in every spelling.
             for src in &p.sources {
-                if req.header(&src.header).is_some() && !grant.remove_headers.contains(&src.header)
-                {
-                    grant.remove_headers.push(src.header.clone());
+                for name in req.header_spellings(&src.header) {
+                    if !grant.remove_headers.contains(&name) {
+                        grant.remove_headers.push(name);
+                    }
                 }
             }
         }
@@ -1905,11 +2024,12 @@ fn check_token(
                 facts.budget_refused = true;
                 return Err(Reason::TokenSignature.into());
             }
-            if ctx
-                .negative
-                .borrow()
-                .contains(pi, || negative_key(&ctx.bucket_salt, raw), now)
-            {
+            if ctx.negative.borrow().contains(
+                pi,
+                keys_version,
+                || negative_key(&ctx.bucket_salt, raw),
+                now,
+            ) {
                 return Err(Reason::TokenSignature.into());
             }
             if budget.shared_spent() {
@@ -1963,6 +2083,7 @@ fn check_token(
                     .max(now.saturating_add(1));
                 ctx.negative.borrow_mut().insert(
                     pi,
+                    keys_version,
                     negative_key(&ctx.bucket_salt, raw),
                     until,
                     now,
@@ -2053,6 +2174,13 @@ fn local_replay(
     expires: u64,
     now: u64,
 ) -> Result<u32, Reason> {
+    // The table keeps an entry until `expires` and drops it after: a token
+    // checked in time in the headers phase whose body came after that
+    // would find its earlier uses gone and be recorded already expired,
+    // fresh at every use.
+    if now > expires {
+        return Err(Reason::TokenExpired);
+    }
     let (name, replay) = replay_table(ctx.config, provider).ok_or(Reason::TokenReplayed)?;
     let (capacity, checked) = replay.past_layouts.with(|l| {
         let capacity = l.record_under.unwrap_or(replay.max_entries);

@@ -443,6 +443,13 @@ pub fn replay_layouts<S: SharedStore + ?Sized>(
         let Some((old_capacity, old_horizon, old_past)) = parsed else {
             return (Some(layout_bytes(capacity, horizon, &[])), Vec::new());
         };
+        // A capacity that returns while values recorded under it may still
+        // be live: as the head again, it must be remembered at least that
+        // long when it next becomes past.
+        let returning = old_past
+            .iter()
+            .find(|p| p.capacity == capacity && p.until >= now)
+            .map_or(0, |p| p.until.saturating_sub(now));
         let mut past: Vec<PastLayout> = old_past
             .iter()
             .copied()
@@ -461,7 +468,7 @@ pub fn replay_layouts<S: SharedStore + ?Sized>(
                     until,
                 }),
             }
-            horizon
+            horizon.max(returning)
         };
         trim_layouts(&mut past);
         let new = layout_bytes(capacity, head_horizon, &past);
@@ -880,6 +887,14 @@ mod tests {
                 capacity: 2048,
                 until: 95
             }])
+        );
+        // a new capacity: 1024's values recorded under the day-long horizon
+        // (at 10, live until 86,425) stay looked up, though 1024 came back
+        // with a configuration of 60 s tokens in between
+        let past = replay_layouts(&s, "p", 4096, 60, 40).unwrap();
+        assert!(
+            past.iter().any(|p| p.capacity == 1024 && p.until >= 86_425),
+            "{past:?}"
         );
         // tables are separate
         assert_eq!(replay_layouts(&s, "q", 4096, 60, 30), Ok(vec![]));

@@ -717,6 +717,67 @@ fn attested_route_identity_comes_from_the_token() {
 }
 
 #[test]
+fn token_and_binding_headers_are_read_in_every_spelling_an_upstream_reads() {
+    // PHP, CGI and Symfony read `x_app_token` and `x.session.id` as
+    // `x-app-token` and `x-session-id`: a second copy under such a name
+    // must agree, or the upstream may read the one appguard did not check.
+    let w = World::from(json!({
+        "apps": [{"id": "a", "platform": "android", "package": "com.example.a"}],
+        "tokens": [{"name": "t", "from": [{"header": "x-app-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "binding": {"claim": "sid", "headers": ["x-session-id"]}}],
+        "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"]}]
+    }));
+    let token = |sid: &str| {
+        hs256_raw(
+            SECRET,
+            &json!({"alg": "HS256"}),
+            &json!({"exp": NOW + 60, "sid": crate::token::binding_digest(&[sid])}),
+        )
+    };
+    let (t, other) = (token("s1"), token("s2"));
+    let reason = |hs: &[(&str, &str)]| w.reason("/v1/x", hs);
+    assert_eq!(reason(&[("x-app-token", &t), ("x-session-id", "s1")]), None);
+    // a second token under another spelling
+    assert_eq!(
+        reason(&[
+            ("x-app-token", &t),
+            ("x_app_token", &other),
+            ("x-session-id", "s1")
+        ]),
+        Some(Reason::TokenMalformed)
+    );
+    // the same token twice is one token, and both copies stay behind
+    match w.run(
+        "/v1/x",
+        "198.51.100.1",
+        &[
+            ("x-app-token", &t),
+            ("x.app.token", &t),
+            ("x-session-id", "s1"),
+        ],
+    ) {
+        (Decision::Allow(g), _) => assert_eq!(
+            g.remove_headers,
+            vec!["x-app-token".to_string(), "x.app.token".to_string()]
+        ),
+        (d, _) => panic!("{d:?}"),
+    }
+    // the token alone under another spelling is the token
+    assert_eq!(reason(&[("x_app_token", &t), ("x-session-id", "s1")]), None);
+    // the bound header under another spelling with another value
+    assert_eq!(
+        reason(&[
+            ("x-app-token", &t),
+            ("x-session-id", "s1"),
+            ("x_session_id", "s2")
+        ]),
+        Some(Reason::TokenBinding)
+    );
+    assert_eq!(reason(&[("x-app-token", &t), ("x_session_id", "s1")]), None);
+}
+
+#[test]
 fn firebase_app_check_sub_names_the_app_and_its_platform() {
     let w = World::new();
     let t = firebase_token("1:123:ios:def");
@@ -1760,6 +1821,48 @@ fn a_token_verified_under_a_key_taken_out_of_the_jwks_is_verified_again() {
 }
 
 #[test]
+fn a_token_that_failed_is_checked_again_once_the_jwks_changes() {
+    // A signer rotates to a new key and issues tokens without `kid` before
+    // the JWKS here is refreshed: they fail under the old set. Once the
+    // refresh brings the new key, the same tokens must pass, not stay
+    // refused from the negative cache until it forgets them.
+    use crate::token::keys::{keys_from_jwks, JwksOrigin};
+    let w = World::from(json!({
+        "tokens": [{"name": "r", "from": [{"header": "x-t"}], "remote_jwks": {"cluster": "jwks", "path": "/jwks"}}],
+        "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["r"]}]
+    }));
+    let set = |secret: &[u8], version: u64| {
+        let jwk = json!({"kty": "oct", "alg": "HS256",
+                         "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)});
+        [RemoteKeys {
+            keys: Some(Rc::new(
+                keys_from_jwks(&json!({ "keys": [jwk] }), JwksOrigin::Configured).unwrap(),
+            )),
+            version,
+        }]
+    };
+    let t = hs256_raw(SECRET, &json!({"alg": "HS256"}), &json!({"exp": NOW + 60}));
+    let run = |remote: &[RemoteKeys]| {
+        let h = headers(&[
+            (":method", "GET"),
+            (":path", "/x"),
+            (":authority", "a"),
+            ("x-t", &t),
+        ]);
+        let mut ctx = w.ctx();
+        ctx.remote_keys = remote;
+        match evaluate(&ctx, &Request::new(&h, "192.0.2.1".parse().ok()), NOW) {
+            Step::Done(d, _) => d.reason(),
+            s => panic!("{s:?}"),
+        }
+    };
+    let old = set(b"an older secret, since rotated!!", 1);
+    assert_eq!(run(&old), Some(Reason::TokenSignature));
+    assert_eq!(run(&old), Some(Reason::TokenSignature), "from the cache");
+    assert_eq!(run(&set(SECRET, 2)), None, "the new key verifies it");
+}
+
+#[test]
 fn made_up_kids_for_a_remote_jwks_spend_the_budget_and_then_ask_for_no_keys() {
     use crate::token::keys::{keys_from_jwks, JwksOrigin};
     let w = World::from(json!({
@@ -1847,7 +1950,7 @@ fn without_keys_a_known_forgery_or_a_spent_client_starts_no_fetch() {
     let salt = w.ctx().bucket_salt;
     w.neg
         .borrow_mut()
-        .insert(0, negative_key(&salt, &t(1)), NOW + 60, NOW);
+        .insert(0, 0, negative_key(&salt, &t(1)), NOW + 60, NOW);
     match step("192.0.2.1", &t(1)) {
         Step::Done(d, _) => assert_eq!(d.reason(), Some(Reason::TokenSignature)),
         s => panic!("a known forgery must not start a fetch: {s:?}"),
@@ -3098,6 +3201,117 @@ fn a_copied_token_without_the_install_signature_keeps_its_jti() {
 }
 
 #[test]
+fn a_token_that_expires_while_its_body_is_awaited_is_not_recorded_as_fresh() {
+    // The replay table keeps an entry until the token's `exp` plus skew and
+    // drops older ones: a token checked in the headers phase before then,
+    // whose body came after, would find its earlier uses dropped and be
+    // recorded already expired, fresh every time.
+    let w = World::from(json!({
+        "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "clock_skew_seconds": 30,
+                    "replay": {"claim": "jti", "scope": "local"}}],
+        "routes": [{"name": "sms", "match": {"path": "/sms"}, "tokens": ["t"], "failure_mode": "deny",
+                    "rate_limits": [{"entries": [{"type": "body", "pointer": "/to"}],
+                                     "local": {"requests": 100, "per": "minute"}}]}]
+    }));
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 10, "jti": "once"}),
+    );
+    let h = headers(&[
+        (":method", "POST"),
+        (":path", "/sms"),
+        (":authority", "api.example.com"),
+        ("content-type", "application/json"),
+        ("approov-token", token.as_str()),
+    ]);
+    let req = Request::new(&h, Some("192.0.2.1".parse().unwrap()));
+    // Headers within the token's life (and its skew), body after it.
+    let late = NOW + 10 + 30 + 1;
+    let run = |body_at: u64| match evaluate(&w.ctx(), &req, NOW + 10 + 30) {
+        Step::NeedBody(p) => {
+            evaluate_body(&w.ctx(), &req, br#"{"to":"a"}"#, p, body_at).done_reason()
+        }
+        s => panic!("{s:?}"),
+    };
+    assert_eq!(run(late), Some(Reason::TokenExpired));
+    assert_eq!(run(late), Some(Reason::TokenExpired));
+    // In time, the token is single-use as ever.
+    assert_eq!(run(NOW + 10 + 30), None);
+    assert_eq!(run(NOW + 10 + 30), Some(Reason::TokenReplayed));
+}
+
+#[test]
+fn single_use_signing_accepts_a_signed_request_once() {
+    // A signed request captured with a proxy verifies as long as its
+    // `created` is fresh; `single_use` remembers it, so a copy sent again
+    // is refused while a new signature of the same request passes.
+    use crate::signing::{sign_request, InstallSigningKey, SignatureOptions};
+    let key = InstallSigningKey::p256_from_bytes(&[9u8; 32]).unwrap();
+    let world = |single_use: bool| {
+        World::from(json!({
+            "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
+                        "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                        "message_signing": {"claim": "ipk", "max_age_seconds": 60, "single_use": single_use}}],
+            "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"]}]
+        }))
+    };
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 300, "ipk": key.public_key().to_ipk()}),
+    );
+    let msg_headers = vec![("approov-token".to_string(), token.clone())];
+    let msg = crate::signing::Message::request(
+        "GET",
+        "https",
+        "api.example.com",
+        "/v1/x",
+        None,
+        &msg_headers,
+        None,
+    );
+    let sign = |created: u64| {
+        let comps = vec![
+            "@method".into(),
+            "@authority".into(),
+            "@path".into(),
+            "approov-token".into(),
+        ];
+        sign_request(
+            &key,
+            &msg,
+            &SignatureOptions::new("install", comps, created),
+        )
+        .unwrap()
+    };
+    let (first, later) = (sign(NOW), sign(NOW + 1));
+    let run = |w: &World, sig: &crate::signing::SignatureHeaders| {
+        let h = headers(&[
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":path", "/v1/x"),
+            (":authority", "api.example.com"),
+            ("approov-token", token.as_str()),
+            ("signature-input", &sig.signature_input),
+            ("signature", &sig.signature),
+        ]);
+        evaluate(&w.ctx(), &Request::new(&h, None), NOW + 2).done_reason()
+    };
+    let once = world(true);
+    assert_eq!(run(&once, &first), None);
+    assert_eq!(run(&once, &first), Some(Reason::TokenReplayed), "the copy");
+    assert_eq!(run(&once, &later), None, "signed again");
+    assert_eq!(run(&once, &later), Some(Reason::TokenReplayed));
+    // Off (the default): the copy passes while its signature is fresh.
+    let off = world(false);
+    assert_eq!(run(&off, &first), None);
+    assert_eq!(run(&off, &first), None);
+}
+
+#[test]
 fn a_route_that_asks_nothing_does_not_refuse_on_platform_headers() {
     // A browser sends Origin/Referer from any site; an open route (no
     // platforms, no API key, no token) must not refuse it, as an
@@ -3448,8 +3662,10 @@ fn a_service_replay_rule_must_make_a_jti_single_use_for_the_tokens_life() {
     for good in [(1, Unit::Hour), (1, Unit::Day), (1, Unit::Month)] {
         assert_eq!(answer(Some(good)), (None, false), "{good:?}");
     }
-    // Hour-long tokens (Firebase App Check's) with the shipped rule, 1 per
-    // hour: protected (the skew does not count against the window).
+    // Hour-long tokens (Firebase App Check's) are accepted for an hour plus
+    // twice the skew: 1 per hour leaves the last 10 s of that open to one
+    // replay (README, known limitations), so it counts as no protection;
+    // 1 per day protects them.
     let hourly = World::from(json!({
         "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
         "tokens": [{"name": "t", "from": [{"header": "x-token"}],
@@ -3458,25 +3674,32 @@ fn a_service_replay_rule_must_make_a_jti_single_use_for_the_tokens_life() {
                     "replay": {"claim": "jti", "scope": "service"}}],
         "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
     }));
-    let token = hs256_raw(
-        SECRET,
-        &json!({"alg": "HS256", "typ": "JWT"}),
-        &json!({"iat": NOW, "exp": NOW + 3600, "jti": "h"}),
-    );
-    let h = headers(&[(":method", "GET"), (":path", "/x"), ("x-token", &token)]);
-    let Step::NeedRateLimit(p, _) = evaluate(&hourly.ctx(), &Request::new(&h, None), NOW) else {
-        panic!("a call")
-    };
-    let mut resp = ok_response(1, 0, Some(1_000));
-    resp.statuses[0].current_limit = Some(RateLimit {
-        name: String::new(),
-        requests_per_unit: 1,
-        unit: Unit::Hour as i32,
-    });
-    assert_eq!(
-        evaluate_rls(&hourly.ctx(), p, Ok(&resp), NOW).done_reason(),
-        None
-    );
+    for (unit, expected) in [
+        (Unit::Hour, Some(Reason::RatelimitUnavailable)),
+        (Unit::Day, None),
+    ] {
+        let token = hs256_raw(
+            SECRET,
+            &json!({"alg": "HS256", "typ": "JWT"}),
+            &json!({"iat": NOW, "exp": NOW + 3600, "jti": format!("{unit:?}")}),
+        );
+        let h = headers(&[(":method", "GET"), (":path", "/x"), ("x-token", &token)]);
+        let Step::NeedRateLimit(p, _) = evaluate(&hourly.ctx(), &Request::new(&h, None), NOW)
+        else {
+            panic!("a call")
+        };
+        let mut resp = ok_response(1, 0, Some(1_000));
+        resp.statuses[0].current_limit = Some(RateLimit {
+            name: String::new(),
+            requests_per_unit: 1,
+            unit: unit as i32,
+        });
+        assert_eq!(
+            evaluate_rls(&hourly.ctx(), p, Ok(&resp), NOW).done_reason(),
+            expected,
+            "{unit:?}"
+        );
+    }
     // No rule; more than one use; windows shorter than 300 s + skew, in
     // which the token would pass once per window.
     for bad in [
@@ -3724,6 +3947,100 @@ fn every_entry_type_sends_the_value_it_names() {
             "{sub}"
         );
     }
+}
+
+#[test]
+fn a_format_suffix_or_a_target_header_that_would_take_another_route_is_refused() {
+    // Rails runs `/v1/sms`'s handler for `/v1/sms.json`; Zend Framework 1
+    // and old Symfony take the target from `X-Original-URL`. Neither may
+    // carry a request past the route its handler is protected by.
+    let w = World::from(json!({
+        "api_keys": {"keys": [{"id": "k", "sha256": hash_api_key("secret-key")}]},
+        "routes": [
+            {"name": "sms", "match": {"path": "/v1/sms", "methods": ["POST"]}, "api_key": "required"},
+            {"name": "orders", "match": {"path": "/v1/orders"}, "api_key": "required"},
+            {"name": "order", "match": {"prefix": "/v1/orders/"}, "api_key": "required"},
+            {"name": "file", "match": {"path": "/v1/files/terms.pdf"}},
+            {"name": "rest", "match": {"prefix": "/"}, "api_key": "optional"}
+        ]
+    }));
+    let reason = |method: &str, path: &str, extra: &[(&str, &str)]| {
+        let mut pairs = vec![
+            (":method", method),
+            (":path", path),
+            (":authority", "api.example.com"),
+        ];
+        pairs.extend_from_slice(extra);
+        let h = headers(&pairs);
+        evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW).done_reason()
+    };
+    let denied = Some(Reason::RouteDenied);
+    assert_eq!(reason("POST", "/v1/sms.json", &[]), denied);
+    assert_eq!(reason("POST", "/v1/sms.json?x=1", &[]), denied);
+    assert_eq!(reason("GET", "/v1/orders.xml", &[]), denied);
+    // the suffix keeps the route: nothing changes
+    assert_eq!(
+        reason("GET", "/v1/orders/7.json", &[]),
+        Some(Reason::ApiKeyMissing)
+    );
+    assert_eq!(reason("GET", "/assets/app.js", &[]), None);
+    assert_eq!(reason("GET", "/.env", &[]), None);
+    // a route naming the dotted path itself
+    assert_eq!(reason("GET", "/v1/files/terms.pdf", &[]), None);
+    // target headers, in any spelling
+    for name in [
+        "x-original-url",
+        "x-rewrite-url",
+        "X_Original_URL",
+        "x.rewrite.url",
+    ] {
+        assert_eq!(
+            reason("GET", "/v1/public", &[(name, "/v1/orders/1")]),
+            denied,
+            "{name}"
+        );
+        assert_eq!(
+            reason("GET", "/v1/public", &[(name, "v1/orders/1")]),
+            denied,
+            "{name}"
+        );
+        assert_eq!(
+            reason("GET", "/v1/public", &[(name, "/v1/x/../orders/1")]),
+            denied,
+            "{name}"
+        );
+        assert_eq!(
+            reason("GET", "/v1/public", &[(name, "/v1/other?a=1")]),
+            None,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_head_request_that_would_take_another_route_than_get_is_refused() {
+    // Upstreams run the GET handler for HEAD: a HEAD-only route before the
+    // GET route must not let HEAD reach that handler without a key.
+    let w = World::from(json!({
+        "api_keys": {"keys": [{"id": "k", "sha256": hash_api_key("secret-key")}]},
+        "routes": [
+            {"name": "probe", "match": {"path": "/v1/report", "methods": ["HEAD"]}},
+            {"name": "report", "match": {"path": "/v1/report", "methods": ["GET"]}, "api_key": "required"},
+            {"name": "items", "match": {"prefix": "/v1/items/", "methods": ["GET"]}}
+        ]
+    }));
+    let reason = |method: &str, path: &str| {
+        let h = headers(&[
+            (":method", method),
+            (":path", path),
+            (":authority", "api.example.com"),
+        ]);
+        evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW).done_reason()
+    };
+    assert_eq!(reason("HEAD", "/v1/report"), Some(Reason::RouteDenied));
+    assert_eq!(reason("GET", "/v1/report"), Some(Reason::ApiKeyMissing));
+    // HEAD on the GET route's own path takes that route, as ever
+    assert_eq!(reason("HEAD", "/v1/items/1"), None);
 }
 
 #[test]

@@ -418,6 +418,10 @@ pub struct VerifiedSignature {
     /// The `Content-Digest` algorithm checked against the body, when the
     /// signature covers `content-digest`.
     pub content_digest: Option<DigestAlgorithm>,
+    /// SHA-256 of the signature base: what identifies the signed request
+    /// (its covered components and parameters) for a replay check, rather
+    /// than the signature bytes, which ECDSA lets anyone vary.
+    pub base_digest: [u8; 32],
 }
 
 /// Signature parameters (RFC 9421 §2.3) read from the Signature-Input member.
@@ -552,6 +556,10 @@ pub fn verify(
             })
             .collect(),
         content_digest,
+        base_digest: {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(base.as_bytes()).into()
+        },
     })
 }
 

@@ -259,6 +259,13 @@ pub struct MessageSigning {
     /// such tokens pass unsigned, but a token that has the claim must
     /// always come with a valid signature.
     pub required: bool,
+    /// Accept each signed request once (`token_replayed` for a copy): a
+    /// signature that verified is remembered in the instance's shared
+    /// data until it is too old to verify again, so a request captured
+    /// with a proxy cannot be sent again while its signature is fresh.
+    /// Off by default: a client that resends the very same request (same
+    /// components, same `created` second, no `nonce`) is refused too.
+    pub single_use: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -376,6 +383,8 @@ pub(crate) struct RawMessageSigning {
     clock_skew_seconds: u64,
     #[serde(default = "default_true")]
     required: bool,
+    #[serde(default)]
+    single_use: bool,
 }
 
 fn default_ipk() -> String {
@@ -671,6 +680,7 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
                 claim: m.claim,
                 policy,
                 required: m.required,
+                single_use: m.single_use,
             })
         }
         None => None,
@@ -790,8 +800,8 @@ pub fn claim_text(claims: &Map<String, Value>, name: &str) -> Option<String> {
 }
 
 /// Finds the provider's token in the request. `Err(Malformed)` when the
-/// source header is sent twice with different values (which copy would the
-/// upstream read?).
+/// source header is sent twice with different values, also under another
+/// spelling of its name (which copy would the upstream read?).
 pub fn extract<'r>(provider: &Provider, req: &Request<'r>) -> Result<Option<&'r str>, TokenError> {
     Ok(extract_with_source(provider, req)?.map(|(_, t)| t))
 }
@@ -804,8 +814,12 @@ pub fn extract_with_source<'p, 'r>(
     req: &Request<'r>,
 ) -> Result<Option<(&'p str, &'r str)>, TokenError> {
     for src in &provider.sources {
+        // Every spelling an upstream reads as this header (`approov_token`
+        // is `approov-token` to PHP): a second token under another spelling
+        // must be the same token, or the upstream may read the one not
+        // verified.
         let value = req
-            .header_unique(&src.header)
+            .header_unique_any_spelling(&src.header)
             .map_err(|()| TokenError::Malformed("token header repeated"))?;
         let Some(value) = value else { continue };
         if src.prefix.is_empty() {
@@ -1102,6 +1116,8 @@ pub fn check_signature(
 
 /// Token binding: the claim must equal base64(SHA-256(header values
 /// concatenated in order)), compared in constant time on the digest bytes.
+/// Each header is read in every spelling an upstream reads as it, and its
+/// copies must agree.
 pub fn check_binding(
     binding: &Binding,
     claims: &Map<String, Value>,
@@ -1120,7 +1136,9 @@ pub fn check_binding(
         .ok_or(Reason::TokenBinding)?;
     let mut h = Sha256::new();
     for name in &binding.headers {
-        match req.header_unique(name) {
+        // In every spelling, as the upstream may read it: a second copy
+        // under `x_session_id` must hold the bound value too.
+        match req.header_unique_any_spelling(name) {
             Ok(Some(v)) => h.update(v.as_bytes()),
             _ => return Err(Reason::TokenBinding),
         }
