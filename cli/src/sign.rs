@@ -135,11 +135,19 @@ pub fn sign(
 }
 
 /// The header fields of the signed message: the token and the given
-/// headers. Fields the signature produces may not be given.
+/// headers. Fields the signature produces may not be given, nor `Host`:
+/// `@authority` is signed from `--url`, while curl would send the given
+/// `Host`, so the filter would refuse the signature.
 pub fn message_headers(req: &RequestSpec) -> Result<Vec<(String, String)>, CliError> {
     let token_header = req.token_header.to_ascii_lowercase();
     let mut headers = vec![(token_header.clone(), req.token.clone())];
     for (name, value) in &req.headers {
+        if name.eq_ignore_ascii_case("host") {
+            return Err(CliError::invalid(format!(
+                "--header {name}: @authority is signed from --url, so a Host header would \
+                 make a signature the filter refuses; put the host (and port) in --url"
+            )));
+        }
         if *name == token_header {
             return Err(CliError::invalid(format!(
                 "--header {name}: the token header comes from --token"
@@ -264,6 +272,27 @@ mod tests {
         );
         assert!(parse_header("no colon").is_err());
         assert!(parse_header("bad name: x").is_err());
+    }
+
+    #[test]
+    fn a_host_header_is_refused() {
+        let req = |name: &str| RequestSpec {
+            method: "GET".to_owned(),
+            url: "https://api.example.com/".to_owned(),
+            headers: vec![(name.to_owned(), "other.example.com".to_owned())],
+            body: None,
+            token_header: "approov-token".to_owned(),
+            token: "t".to_owned(),
+        };
+        for name in ["host", "Host", "HOST"] {
+            let err = message_headers(&req(name)).unwrap_err();
+            assert_eq!(err.exit_code(), 1, "{name}");
+            let message = err.to_string();
+            assert!(message.contains("--url"), "{message}");
+            assert!(message.contains("@authority"), "{message}");
+        }
+        // Other headers still go in.
+        assert_eq!(message_headers(&req("x-host")).unwrap().len(), 2);
     }
 
     #[test]

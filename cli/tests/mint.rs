@@ -545,3 +545,30 @@ fn ipk_from_public_key_pem_and_a_mismatch_warning() {
     // No body: no Content-Digest.
     assert!(!r.stdout.contains("Content-Digest"), "{}", r.stdout);
 }
+
+#[test]
+fn a_host_header_is_refused_as_the_authority_comes_from_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("k.pem");
+    ok(&["mint", "install-key", "--out", s(&key_file)]);
+    let r = cli(&[
+        "mint",
+        "sign-request",
+        "--install-key",
+        s(&key_file),
+        "--url",
+        "https://api.example.com/v1/sms",
+        "--header",
+        "Host: other.example.com",
+        "--token",
+        "e30.e30.sig",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stdout.is_empty(), "signed anyway: {}", r.stdout);
+    assert!(r.stderr.contains("--url"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("Host") || r.stderr.contains("host"),
+        "{}",
+        r.stderr
+    );
+}

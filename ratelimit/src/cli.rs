@@ -9,10 +9,18 @@
 //! process exits 0. A second signal during the drain ends it at once.
 //!
 //! Exit codes: 0 after a clean shutdown (or a successful `--validate`),
-//! 2 for a bad command line or configuration (including a malformed
-//! `--redis` URL), 1 when the service cannot run (a port cannot be bound, a
-//! server fails).
+//! 2 for a bad command line or configuration (including a malformed or
+//! `rediss://` Redis URL, an unreadable `--redis-url-file`, and a 0
+//! `--redis-timeout-ms` or `--memory-max-keys`), 1 when the service cannot
+//! run (a port cannot be bound, a server fails).
+//!
+//! The Redis URL comes from `--redis`, else from the file named by
+//! `--redis-url-file`, else from the environment variable
+//! [`REDIS_URL_ENV`]; the last two keep a password off the command line
+//! (which every local user can read in the process list).
 
+use std::ffi::OsString;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +33,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::R
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
+use crate::backend::redis::{check_url, mask_password};
 use crate::backend::{Backend, MemoryBackend, RedisBackend};
 use crate::config::{unknown_replaced_names, Quota, RateLimitConfig};
 use crate::logging::{self, LogFormat};
@@ -34,6 +43,10 @@ use crate::service::{unix_now, RateLimiter, RlsService, ServiceOptions, Stats};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often the in-memory store drops expired windows in the background.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The environment variable holding the Redis URL when neither `--redis`
+/// nor `--redis-url-file` is given.
+pub const REDIS_URL_ENV: &str = "APPGUARD_RATELIMIT_REDIS_URL";
 
 /// appguard's rate-limit service: Envoy RLS v3 over gRPC, configured with
 /// envoyproxy/ratelimit YAML, counting in memory or in Redis.
@@ -54,22 +67,29 @@ pub struct Cli {
     pub config: Vec<PathBuf>,
 
     /// Count in Redis (e.g. redis://127.0.0.1:6379) so that replicas share
-    /// counts. Without it, counts live in this process.
+    /// counts. Without it (nor --redis-url-file, nor
+    /// APPGUARD_RATELIMIT_REDIS_URL), counts live in this process. TLS
+    /// (rediss://) is not built in.
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
 
-    /// Bound on each Redis call, in milliseconds; past it the call fails
-    /// with UNAVAILABLE.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    /// A file holding the Redis URL (surrounding whitespace ignored), to
+    /// keep a password off the command line.
+    #[arg(long, value_name = "FILE", conflicts_with = "redis")]
+    pub redis_url_file: Option<PathBuf>,
+
+    /// Bound on each Redis call, in milliseconds (at least 1); past it the
+    /// call fails with UNAVAILABLE.
+    #[arg(long, default_value_t = 1000, value_name = "MS", value_parser = at_least_one::<u64>)]
     pub redis_timeout_ms: u64,
 
     /// Prefix for every counter key (envoyproxy/ratelimit's CACHE_KEY_PREFIX).
     #[arg(long, default_value = "", value_name = "PREFIX")]
     pub cache_key_prefix: String,
 
-    /// Most counters the in-memory store keeps at once; past it calls fail
-    /// with UNAVAILABLE until windows expire.
-    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    /// Most counters the in-memory store keeps at once (at least 1); past
+    /// it calls fail with UNAVAILABLE until windows expire.
+    #[arg(long, default_value_t = 1_000_000, value_name = "N", value_parser = at_least_one::<usize>)]
     pub memory_max_keys: usize,
 
     /// Global shadow mode: count and log, but always answer OK.
@@ -91,9 +111,79 @@ pub struct Cli {
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub drain_seconds: u64,
 
-    /// Load and check the configuration, print a summary, and exit.
+    /// Load and check the configuration and the Redis URL (without
+    /// connecting), print a summary, and exit.
     #[arg(long)]
     pub validate: bool,
+}
+
+/// Parses a number that must be at least 1: 0 would make every call fail
+/// (a zero timeout, an in-memory store that holds nothing).
+fn at_least_one<T>(text: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialEq + From<u8>,
+    T::Err: fmt::Display,
+{
+    let value: T = text.trim().parse().map_err(|e: T::Err| e.to_string())?;
+    if value == T::from(0) {
+        return Err("must be at least 1 (0 would answer every call UNAVAILABLE)".to_owned());
+    }
+    Ok(value)
+}
+
+/// Where the Redis URL came from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisUrlSource {
+    /// `--redis`.
+    Flag,
+    /// The file named by `--redis-url-file`.
+    File(PathBuf),
+    /// The environment variable [`REDIS_URL_ENV`].
+    Env,
+}
+
+impl fmt::Display for RedisUrlSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RedisUrlSource::Flag => f.write_str("--redis"),
+            RedisUrlSource::File(path) => write!(f, "--redis-url-file {}", path.display()),
+            RedisUrlSource::Env => f.write_str(REDIS_URL_ENV),
+        }
+    }
+}
+
+/// The Redis URL to count in and where it came from, or `None` to count in
+/// memory: `--redis`, else the content of `--redis-url-file` (trimmed),
+/// else `env`, the value of [`REDIS_URL_ENV`] if set. An unreadable or
+/// empty file, and a variable that is set but empty or not UTF-8, are
+/// errors (a typo must not silently count in memory). The URL itself is
+/// checked by [`check_url`], not here.
+pub fn redis_url(
+    cli: &Cli,
+    env: Option<OsString>,
+) -> Result<Option<(String, RedisUrlSource)>, String> {
+    if let Some(url) = &cli.redis {
+        return Ok(Some((url.clone(), RedisUrlSource::Flag)));
+    }
+    if let Some(path) = &cli.redis_url_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --redis-url-file {}: {e}", path.display()))?;
+        let url = text.trim();
+        if url.is_empty() {
+            return Err(format!("--redis-url-file {} is empty", path.display()));
+        }
+        return Ok(Some((url.to_owned(), RedisUrlSource::File(path.clone()))));
+    }
+    match env {
+        None => Ok(None),
+        Some(value) => match value.into_string() {
+            Ok(url) if url.trim().is_empty() => Err(format!(
+                "{REDIS_URL_ENV} is set but empty (unset it to count in memory)"
+            )),
+            Ok(url) => Ok(Some((url.trim().to_owned(), RedisUrlSource::Env))),
+            Err(_) => Err(format!("{REDIS_URL_ENV} is not UTF-8")),
+        },
+    }
 }
 
 /// Runs the service as described by `cli`; returns the process exit code.
@@ -139,6 +229,31 @@ pub fn run(cli: Cli) -> ExitCode {
         limits = limits.len(),
         "configuration loaded"
     );
+
+    let env = std::env::var_os(REDIS_URL_ENV);
+    if cli.redis.is_some() && env.is_some() {
+        warn!("--redis is given: {REDIS_URL_ENV} is ignored");
+    }
+    let redis = match redis_url(&cli, env) {
+        Ok(redis) => redis,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some((url, source)) = &redis {
+        if let Err(e) = check_url(url) {
+            error!("invalid Redis URL ({source}): {e}");
+            return ExitCode::from(2);
+        }
+        if *source == RedisUrlSource::Flag && mask_password(url) != *url {
+            warn!(
+                "the --redis URL holds credentials, which other local users can read in the \
+                 process list; give it with --redis-url-file or {REDIS_URL_ENV}"
+            );
+        }
+    }
+
     if cli.validate {
         println!(
             "configuration OK: {} file(s), domains: {}, {} limit(s)",
@@ -146,6 +261,12 @@ pub fn run(cli: Cli) -> ExitCode {
             loaded.config.domains().join(", "),
             limits.len()
         );
+        if let Some((url, source)) = &redis {
+            println!(
+                "redis URL OK ({source}, not connected): {}",
+                mask_password(url)
+            );
+        }
         return ExitCode::SUCCESS;
     }
 
@@ -159,21 +280,27 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(serve(cli, loaded.config))
+    runtime.block_on(serve(cli, loaded.config, redis))
 }
 
-async fn serve(cli: Cli, config: RateLimitConfig) -> ExitCode {
-    let backend = match &cli.redis {
-        Some(url) => match RedisBackend::new(url, Duration::from_millis(cli.redis_timeout_ms)) {
-            Ok(redis) => {
-                info!(url = %redis.display_url(), "counting in redis");
-                Backend::Redis(Box::new(redis))
+async fn serve(
+    cli: Cli,
+    config: RateLimitConfig,
+    redis: Option<(String, RedisUrlSource)>,
+) -> ExitCode {
+    let backend = match &redis {
+        Some((url, source)) => {
+            match RedisBackend::new(url, Duration::from_millis(cli.redis_timeout_ms)) {
+                Ok(redis) => {
+                    info!(url = %redis.display_url(), source = %source, "counting in redis");
+                    Backend::Redis(Box::new(redis))
+                }
+                Err(e) => {
+                    error!("invalid Redis URL ({source}): {e}");
+                    return ExitCode::from(2);
+                }
             }
-            Err(e) => {
-                error!("invalid --redis URL: {e}");
-                return ExitCode::from(2);
-            }
-        },
+        }
         None => {
             info!(max_keys = cli.memory_max_keys, "counting in memory");
             Backend::Memory(MemoryBackend::new(cli.memory_max_keys))
@@ -383,5 +510,93 @@ mod tests {
         assert_eq!(cli.config.len(), 2);
         assert_eq!(cli.log_format, LogFormat::Text);
         assert!(Cli::try_parse_from(["appguard-ratelimit"]).is_err());
+    }
+
+    #[test]
+    fn a_zero_timeout_or_key_cap_is_refused() {
+        for flag in ["--redis-timeout-ms", "--memory-max-keys"] {
+            let err = Cli::try_parse_from(["appguard-ratelimit", "--config", "a.yaml", flag, "0"])
+                .unwrap_err();
+            // clap's usage error: exit code 2.
+            assert_eq!(err.exit_code(), 2, "{flag}");
+            let message = err.to_string();
+            assert!(message.contains(flag), "{message}");
+            assert!(message.contains("at least 1"), "{message}");
+            let cli = Cli::try_parse_from(["appguard-ratelimit", "--config", "a.yaml", flag, "1"])
+                .unwrap();
+            let set = if flag == "--redis-timeout-ms" {
+                cli.redis_timeout_ms
+            } else {
+                u64::try_from(cli.memory_max_keys).unwrap()
+            };
+            assert_eq!(set, 1, "{flag}");
+        }
+        assert!(Cli::try_parse_from([
+            "appguard-ratelimit",
+            "--config",
+            "a.yaml",
+            "--memory-max-keys",
+            "-1"
+        ])
+        .is_err());
+    }
+
+    fn parse(extra: &[&str]) -> Cli {
+        let mut args = vec!["appguard-ratelimit", "--config", "a.yaml"];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn the_redis_url_comes_from_the_flag_then_the_file_then_the_environment() {
+        let env = || Some(OsString::from(" redis://from-env:6379 \n"));
+        // None anywhere: memory.
+        assert_eq!(redis_url(&parse(&[]), None).unwrap(), None);
+        // The environment.
+        assert_eq!(
+            redis_url(&parse(&[]), env()).unwrap(),
+            Some(("redis://from-env:6379".to_owned(), RedisUrlSource::Env))
+        );
+        // The flag wins over the environment.
+        assert_eq!(
+            redis_url(&parse(&["--redis", "redis://flag:1"]), env()).unwrap(),
+            Some(("redis://flag:1".to_owned(), RedisUrlSource::Flag))
+        );
+        // A file, trimmed, wins over the environment.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("redis-url");
+        std::fs::write(&file, "redis://:hunter2@file:6379/0\n").unwrap();
+        let path = file.to_str().unwrap();
+        assert_eq!(
+            redis_url(&parse(&["--redis-url-file", path]), env()).unwrap(),
+            Some((
+                "redis://:hunter2@file:6379/0".to_owned(),
+                RedisUrlSource::File(file.clone())
+            ))
+        );
+        // The flag and the file together are a usage error.
+        assert!(Cli::try_parse_from([
+            "appguard-ratelimit",
+            "--config",
+            "a.yaml",
+            "--redis",
+            "redis://x",
+            "--redis-url-file",
+            path
+        ])
+        .is_err());
+        // An empty or missing file, an empty variable: errors, not memory.
+        std::fs::write(&file, " \n").unwrap();
+        let err = redis_url(&parse(&["--redis-url-file", path]), None).unwrap_err();
+        assert!(err.contains("is empty"), "{err}");
+        let missing = dir.path().join("missing");
+        let err = redis_url(
+            &parse(&["--redis-url-file", missing.to_str().unwrap()]),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.contains("cannot read --redis-url-file"), "{err}");
+        let err = redis_url(&parse(&[]), Some(OsString::new())).unwrap_err();
+        assert!(err.contains(REDIS_URL_ENV), "{err}");
     }
 }

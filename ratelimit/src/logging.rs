@@ -6,15 +6,24 @@
 //!
 //! Request descriptor values (which may be hashed identifiers of people or
 //! keys) are only logged at `debug`.
+//!
+//! Text a caller chooses (the request's `domain`, the keys of a `limit`
+//! override) goes through [`safe_text`] before it is logged: bounded and
+//! with no raw control character, so a request cannot write a huge line
+//! or a forged one (a newline) in either format. Lines written once per
+//! request (over limit, invalid request, store failure) go through a
+//! [`LineThrottle`], so a flood of such requests cannot flood the logs.
 
 use std::fmt;
+use std::fmt::Write as _;
+use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
@@ -42,17 +51,109 @@ pub enum LogError {
 /// such as `info`, or an `EnvFilter` directive such as
 /// `info,appguard_ratelimit=debug`) to stderr.
 pub fn init(format: LogFormat, level: &str) -> Result<(), LogError> {
+    tracing::subscriber::set_global_default(subscriber(format, level, std::io::stderr)?)
+        .map_err(|e| LogError::Init(e.to_string()))
+}
+
+/// The logger [`init`] installs, writing to `writer` instead of stderr
+/// (tests read what the service logs with it).
+pub fn subscriber<W>(
+    format: LogFormat,
+    level: &str,
+    writer: W,
+) -> Result<Box<dyn Subscriber + Send + Sync>, LogError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter =
         EnvFilter::try_new(level).map_err(|e| LogError::Filter(level.to_owned(), e.to_string()))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(false);
-    let result = match format {
-        LogFormat::Json => builder.event_format(JsonLines).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-    result.map_err(|e| LogError::Init(e.to_string()))
+    Ok(match format {
+        LogFormat::Json => Box::new(builder.event_format(JsonLines).finish()),
+        LogFormat::Text => Box::new(builder.finish()),
+    })
+}
+
+/// Caller-chosen `text` as it may be logged: at most `max_bytes` of it
+/// (cut at a character boundary), every control character, quote and
+/// backslash escaped as Rust's `escape_debug` does (`\n`, `\u{1b}`, `\"`),
+/// and, when cut, followed by `…(+N bytes)` naming what was left out.
+///
+/// The result holds no control character, so it cannot end a text log line
+/// or start a forged one, and its length is bounded whatever the caller
+/// sent (at most about six times `max_bytes`, when every byte is escaped).
+pub fn safe_text(text: &str, max_bytes: usize) -> String {
+    let mut cut = max_bytes.min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let (kept, left_out) = text.split_at(cut);
+    let mut out = String::with_capacity(kept.len() + 16);
+    for c in kept.chars() {
+        out.extend(c.escape_debug());
+    }
+    if !left_out.is_empty() {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "…(+{} bytes)", left_out.len());
+    }
+    out
+}
+
+/// A bound on how many lines of one kind are written per second, process
+/// wide: past `max_per_second` in one second, lines are suppressed and
+/// counted, and the count is handed to the next line allowed, so that it
+/// can say how many were left out.
+#[derive(Debug)]
+pub struct LineThrottle {
+    /// Most lines allowed in one second.
+    max_per_second: u32,
+    /// The current second, lines allowed in it, and lines suppressed since
+    /// the last one allowed.
+    state: Mutex<ThrottleState>,
+}
+
+#[derive(Debug)]
+struct ThrottleState {
+    second: i64,
+    allowed: u32,
+    suppressed: u64,
+}
+
+impl LineThrottle {
+    /// A throttle allowing `max_per_second` lines in each second.
+    pub const fn new(max_per_second: u32) -> Self {
+        LineThrottle {
+            max_per_second,
+            state: Mutex::new(ThrottleState {
+                second: i64::MIN,
+                allowed: 0,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// Whether a line may be written at Unix second `now`: `Some(k)` when it
+    /// may, `k` being the lines suppressed since the last one allowed (to be
+    /// reported with it), `None` when it must be left out (it is counted).
+    pub fn admit(&self, now: i64) -> Option<u64> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.second != now {
+            state.second = now;
+            state.allowed = 0;
+        }
+        if state.allowed >= self.max_per_second {
+            state.suppressed = state.suppressed.saturating_add(1);
+            return None;
+        }
+        state.allowed += 1;
+        Some(std::mem::take(&mut state.suppressed))
+    }
 }
 
 /// The JSON line formatter.
@@ -127,5 +228,56 @@ where
             text(meta.target()),
             Value::Object(fields.fields)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_text_escapes_control_characters_and_bounds_the_length() {
+        assert_eq!(safe_text("appguard", 64), "appguard");
+        assert_eq!(safe_text("", 64), "");
+        assert_eq!(
+            safe_text("a\nfake line\r\u{1b}[31m\"\\", 64),
+            "a\\nfake line\\r\\u{1b}[31m\\\"\\\\"
+        );
+        let long = "x".repeat(10_000);
+        assert_eq!(
+            safe_text(&long, 64),
+            format!("{}…(+9936 bytes)", "x".repeat(64))
+        );
+        // Cut at a character boundary: 'é' is two bytes.
+        assert_eq!(safe_text("éé", 3), "é…(+2 bytes)");
+        // Even all escaped, the result stays bounded and one line.
+        let nasty = "\n".repeat(10_000);
+        let safe = safe_text(&nasty, 64);
+        assert!(safe.len() < 64 * 6 + 20, "{}", safe.len());
+        assert!(!safe.chars().any(char::is_control), "{safe}");
+        // A Unicode line separator is escaped too.
+        assert!(!safe_text("a\u{2028}b", 64).contains('\u{2028}'));
+    }
+
+    #[test]
+    fn the_throttle_allows_n_lines_a_second_and_reports_the_rest() {
+        let t = LineThrottle::new(3);
+        assert_eq!(t.admit(100), Some(0));
+        assert_eq!(t.admit(100), Some(0));
+        assert_eq!(t.admit(100), Some(0));
+        for _ in 0..5 {
+            assert_eq!(t.admit(100), None);
+        }
+        // The next second: the first line allowed reports the 5 left out,
+        // the next ones nothing.
+        assert_eq!(t.admit(101), Some(5));
+        assert_eq!(t.admit(101), Some(0));
+        assert_eq!(t.admit(101), Some(0));
+        assert_eq!(t.admit(101), None);
+        assert_eq!(t.admit(200), Some(1));
+        // A clock stepping back starts a new second too.
+        assert_eq!(t.admit(150), Some(0));
+        let never = LineThrottle::new(0);
+        assert_eq!(never.admit(1), None);
     }
 }

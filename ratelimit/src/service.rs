@@ -7,8 +7,8 @@
 //!    `unlimited` is not counted, and a named limit that another matched
 //!    limit `replaces` is dropped;
 //! 2. the hits of each descriptor are its own `hits_addend` when set (0
-//!    allowed: a check that does not consume), else the request's
-//!    `hits_addend`, at least 1;
+//!    allowed: a check that neither consumes nor creates the counter),
+//!    else the request's `hits_addend`, at least 1;
 //! 3. all counters of the request are increased in one batch; a descriptor is
 //!    over limit when its count after adding exceeds `requests_per_unit`;
 //! 4. each descriptor gets a status, in request order: unmatched → OK with no
@@ -31,6 +31,14 @@
 //! headers and response dynamic metadata; `detailed_metric` and
 //! `value_to_metric` only shape its metrics. Like envoyproxy/ratelimit, the
 //! descriptor field `is_negative_hits` is not read: hits always add.
+//!
+//! Logs: the lines written once per request or descriptor (over limit,
+//! invalid request, counter store failure) are throttled to
+//! [`REQUEST_LOG_LINES_PER_SECOND`] for the whole limiter, the next line
+//! written after a suppression being preceded by a `warn` line saying how
+//! many were left out; the request's `domain` and a `limit` override's name
+//! (both chosen by the caller) are logged through
+//! [`crate::logging::safe_text`].
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,10 +54,11 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Level};
 
 use crate::backend::{Backend, BackendError, Increment};
 use crate::config::{Quota, RateLimitConfig};
+use crate::logging::{safe_text, LineThrottle};
 use crate::matching::{LookupError, MatchedLimit};
 use crate::window::{seconds_until_reset, window_end, window_start, Unit};
 
@@ -294,6 +303,22 @@ pub fn hits_for(request: &RateLimitRequest, descriptor: &RateLimitDescriptor) ->
 /// port could try (keep it unexposed).
 pub const MAX_HITS: u64 = u32::MAX as u64;
 
+/// Most per-request log lines (over limit, invalid request, counter store
+/// failure) one limiter writes in a second; past it they are counted and
+/// left out, and the next line written is preceded by a summary of how many
+/// were. A flood of over-limit calls (what a limit is for) would otherwise
+/// write one line per descriptor, as fast as calls arrive.
+pub const REQUEST_LOG_LINES_PER_SECOND: u32 = 20;
+
+/// Most bytes of a request's `domain` that are logged (the caller chooses
+/// it, of any length); see [`crate::logging::safe_text`].
+pub const MAX_LOGGED_DOMAIN_BYTES: usize = 64;
+
+/// Most bytes of a limit's name that are logged: an override's name holds
+/// the request's descriptor keys (see [`crate::matching`]), which the
+/// caller chooses.
+pub const MAX_LOGGED_LIMIT_BYTES: usize = 256;
+
 /// The rate limiter: configuration, counter store and stats.
 #[derive(Debug)]
 pub struct RateLimiter {
@@ -305,6 +330,8 @@ pub struct RateLimiter {
     options: ServiceOptions,
     /// Counters served on `/stats`.
     stats: Arc<Stats>,
+    /// Bounds the per-request log lines.
+    log_throttle: LineThrottle,
 }
 
 /// What the request's descriptor `i` turned into before counting.
@@ -341,6 +368,26 @@ impl RateLimiter {
             backend,
             options,
             stats,
+            log_throttle: LineThrottle::new(REQUEST_LOG_LINES_PER_SECOND),
+        }
+    }
+
+    /// Whether a per-request line may be written at `now` (see
+    /// [`REQUEST_LOG_LINES_PER_SECOND`]); when lines were left out before
+    /// it, writes their count first. Call it only when the line's level is
+    /// enabled, so that lines filtered out anyway are not counted.
+    fn may_log(&self, now: i64) -> bool {
+        match self.log_throttle.admit(now) {
+            None => false,
+            Some(0) => true,
+            Some(suppressed) => {
+                warn!(
+                    suppressed,
+                    max_per_second = REQUEST_LOG_LINES_PER_SECOND,
+                    "suppressed {suppressed} per-request log lines"
+                );
+                true
+            }
         }
     }
 
@@ -365,11 +412,23 @@ impl RateLimiter {
             }
             Err(ServiceError::Backend(e)) => {
                 bump(&self.stats.backend_errors);
-                warn!(domain = %request.domain, error = %e, "counter store failed; answering UNAVAILABLE");
+                if tracing::enabled!(Level::WARN) && self.may_log(now) {
+                    warn!(
+                        domain = %safe_text(&request.domain, MAX_LOGGED_DOMAIN_BYTES),
+                        error = %e,
+                        "counter store failed; answering UNAVAILABLE"
+                    );
+                }
             }
             Err(e) => {
                 bump(&self.stats.invalid_requests);
-                info!(domain = %request.domain, error = %e, "invalid request");
+                if tracing::enabled!(Level::INFO) && self.may_log(now) {
+                    info!(
+                        domain = %safe_text(&request.domain, MAX_LOGGED_DOMAIN_BYTES),
+                        error = %e,
+                        "invalid request"
+                    );
+                }
             }
         }
         result
@@ -403,6 +462,7 @@ impl RateLimiter {
             });
         }
         let domain = request.domain.as_str();
+        let logged_domain = || safe_text(domain, MAX_LOGGED_DOMAIN_BYTES);
 
         // 1. Limits, then unlimited and replaced ones.
         let mut matches = Vec::with_capacity(request.descriptors.len());
@@ -414,7 +474,7 @@ impl RateLimiter {
                     .iter()
                     .map(|e| format!("({}={})", e.key, e.value))
                     .collect();
-                debug!(domain, index, entries = %entries.join(","), "descriptor");
+                debug!(domain = %logged_domain(), index, entries = %entries.join(","), "descriptor");
             }
             let matched = self
                 .config
@@ -446,7 +506,11 @@ impl RateLimiter {
                 } => (requests_per_unit, unit),
             };
             if !limit.name.is_empty() && replaced.contains(limit.name.as_str()) {
-                debug!(domain, limit = %limit.full_key, "limit replaced by another");
+                debug!(
+                    domain = %logged_domain(),
+                    limit = %safe_text(&limit.full_key, MAX_LOGGED_LIMIT_BYTES),
+                    "limit replaced by another"
+                );
                 plans.push(Plan::Unmatched);
                 continue;
             }
@@ -525,22 +589,20 @@ impl RateLimiter {
                         if limit.shadow_mode {
                             code = Code::Ok;
                             bump(&self.stats.shadow_mode);
+                        }
+                        if tracing::enabled!(Level::INFO) && self.may_log(now) {
                             info!(
-                                domain,
-                                limit = %limit.full_key,
+                                domain = %logged_domain(),
+                                limit = %safe_text(&limit.full_key, MAX_LOGGED_LIMIT_BYTES),
                                 count = after,
                                 requests_per_unit,
                                 hits,
-                                "over limit in shadow mode: reported OK"
-                            );
-                        } else {
-                            info!(
-                                domain,
-                                limit = %limit.full_key,
-                                count = after,
-                                requests_per_unit,
-                                hits,
-                                "over limit"
+                                "{}",
+                                if limit.shadow_mode {
+                                    "over limit in shadow mode: reported OK"
+                                } else {
+                                    "over limit"
+                                }
                             );
                         }
                     }
@@ -587,7 +649,12 @@ impl RateLimiter {
         if overall == Code::OverLimit && self.options.global_shadow_mode {
             overall = Code::Ok;
             bump(&self.stats.global_shadow_mode);
-            info!(domain, "over limit in global shadow mode: reported OK");
+            if tracing::enabled!(Level::INFO) && self.may_log(now) {
+                info!(
+                    domain = %logged_domain(),
+                    "over limit in global shadow mode: reported OK"
+                );
+            }
         }
 
         Ok(RateLimitResponse {
@@ -786,6 +853,33 @@ descriptors:
         assert_eq!(
             ask(&rolling, &req, hour_end - 5 + 3600).await.overall_code,
             Code::Ok as i32
+        );
+    }
+
+    #[tokio::test]
+    async fn a_check_of_zero_hits_does_not_start_a_rolling_window() {
+        let yaml = "domain: appguard\ndescriptors:\n  - key: jti\n    rate_limit: {unit: hour, requests_per_unit: 1, rolling: true}\n";
+        let l = limiter(yaml);
+        let mut check = descriptor(&[("jti", "hash-of-token")]);
+        check.hits_addend = Some(UInt64Value { value: 0 });
+        let r = ask(&l, &request("appguard", vec![check]), NOW).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses[0].limit_remaining, 1);
+        assert_eq!(r.statuses[0].duration_until_reset.unwrap().seconds, 3600);
+        // The first use, half an hour after the check, opens the window.
+        let used = request("appguard", vec![descriptor(&[("jti", "hash-of-token")])]);
+        let r = ask(&l, &used, NOW + 1800).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(
+            r.statuses[0].duration_until_reset.unwrap().seconds,
+            3600,
+            "the window started at the check"
+        );
+        // So a replay an hour after the check, within an hour of the use,
+        // is still refused.
+        assert_eq!(
+            ask(&l, &used, NOW + 1800 + 3599).await.overall_code,
+            Code::OverLimit as i32
         );
     }
 
@@ -1268,6 +1362,174 @@ descriptors:
         let hour_only = request("appguard", vec![with(5, Unit::Hour)]);
         let r = ask(&l, &hour_only, hour_start + 130).await;
         assert_eq!(r.statuses[0].limit_remaining, 3);
+    }
+
+    /// Log output written into memory, through [`crate::logging::subscriber`].
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    impl Captured {
+        /// Logs the service's way in `format` at `info` into the returned
+        /// buffer, on this thread, until the guard is dropped.
+        fn install(
+            format: crate::logging::LogFormat,
+        ) -> (Captured, tracing::subscriber::DefaultGuard) {
+            let out = Captured::default();
+            let subscriber = crate::logging::subscriber(format, "info", out.clone()).unwrap();
+            (out, tracing::subscriber::set_default(subscriber))
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+
+        fn json_lines(&self) -> Vec<serde_json::Value> {
+            self.text()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn over_limit_lines_are_throttled_and_the_rest_summarised() {
+        let (out, _guard) = Captured::install(crate::logging::LogFormat::Json);
+        let l = limiter(APP);
+        let req = request("appguard", vec![descriptor(&[("jti", "flood")])]);
+        ask(&l, &req, NOW).await;
+        let flood = 200;
+        for _ in 0..flood {
+            let r = ask(&l, &req, NOW).await;
+            assert_eq!(r.overall_code, Code::OverLimit as i32);
+        }
+        let msgs = |lines: &[serde_json::Value]| -> Vec<String> {
+            lines
+                .iter()
+                .map(|v| v["msg"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let lines = out.json_lines();
+        assert_eq!(
+            msgs(&lines),
+            vec!["over limit"; REQUEST_LOG_LINES_PER_SECOND as usize],
+            "one line per over-limit answer, unbounded"
+        );
+        // Every call was still counted and answered.
+        assert_eq!(l.stats().snapshot().over_limit, flood);
+
+        // The next second: the first line says how many were left out.
+        ask(&l, &req, NOW + 1).await;
+        let lines = out.json_lines();
+        let new = &lines[REQUEST_LOG_LINES_PER_SECOND as usize..];
+        assert_eq!(
+            msgs(new),
+            vec!["suppressed 180 per-request log lines", "over limit"]
+        );
+        assert_eq!(new[0]["level"], "warn");
+        assert_eq!(new[0]["fields"]["suppressed"], 180);
+        ask(&l, &req, NOW + 1).await;
+        assert_eq!(msgs(&out.json_lines()).last().unwrap(), "over limit");
+        assert_eq!(
+            out.json_lines().len(),
+            REQUEST_LOG_LINES_PER_SECOND as usize + 3
+        );
+
+        // Invalid requests share the bound.
+        for _ in 0..flood {
+            l.should_rate_limit(&request("appguard", vec![]), NOW + 2)
+                .await
+                .unwrap_err();
+        }
+        let invalid = msgs(&out.json_lines())
+            .iter()
+            .filter(|m| *m == "invalid request")
+            .count();
+        assert_eq!(invalid, REQUEST_LOG_LINES_PER_SECOND as usize);
+    }
+
+    #[tokio::test]
+    async fn a_callers_domain_and_override_keys_are_logged_short_and_escaped() {
+        use crate::logging::LogFormat;
+        use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
+        let forged = "\n{\"ts\":\"forged\",\"level\":\"error\"}\u{1b}[2J";
+        let domain = format!("evil{forged}{}", "x".repeat(100_000));
+        let key = format!("k{forged}{}", "y".repeat(100_000));
+        for format in [LogFormat::Json, LogFormat::Text] {
+            let (out, _guard) = Captured::install(format);
+            let l = limiter(APP);
+            // An invalid request logs the domain as the caller sent it.
+            let err = l
+                .should_rate_limit(&request(&domain, vec![]), NOW)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, ServiceError::NoDescriptors));
+            // An override's limit name holds the caller's keys.
+            let mut d = descriptor(&[(&key, "v")]);
+            d.limit = Some(RateLimitOverride {
+                requests_per_unit: 0,
+                unit: Unit::Minute.to_pb() as i32,
+            });
+            let r = ask(&l, &request("appguard", vec![d]), NOW).await;
+            assert_eq!(r.overall_code, Code::OverLimit as i32);
+
+            let text = out.text();
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.len(), 2, "{format:?}: a forged line: {text}");
+            for line in &lines {
+                assert!(line.len() < 2_000, "{format:?}: {} bytes", line.len());
+                assert!(!line.contains('\u{1b}'), "{format:?}: {line}");
+                assert!(!line.contains("forged\",\"level"), "{format:?}: {line}");
+            }
+            let safe_domain = safe_text(&domain, MAX_LOGGED_DOMAIN_BYTES);
+            assert!(safe_domain.starts_with("evil\\n{\\\"ts"), "{safe_domain}");
+            assert!(
+                safe_domain.ends_with(&format!(
+                    "…(+{} bytes)",
+                    domain.len() - MAX_LOGGED_DOMAIN_BYTES
+                )),
+                "{safe_domain}"
+            );
+            let safe_limit =
+                safe_text(&format!("appguard.{key}(override)"), MAX_LOGGED_LIMIT_BYTES);
+            match format {
+                LogFormat::Json => {
+                    let v = out.json_lines();
+                    assert_eq!(v[0]["msg"], "invalid request");
+                    assert_eq!(v[0]["fields"]["domain"], safe_domain.as_str());
+                    assert_eq!(v[1]["msg"], "over limit");
+                    assert_eq!(v[1]["fields"]["limit"], safe_limit.as_str());
+                }
+                LogFormat::Text => {
+                    assert!(
+                        lines[0].contains(&format!("domain={safe_domain}")),
+                        "{}",
+                        lines[0]
+                    );
+                    assert!(
+                        lines[1].contains(&format!("limit={safe_limit}")),
+                        "{}",
+                        lines[1]
+                    );
+                }
+            }
+        }
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::google::protobuf::UInt64Value;
 use redis::Commands;
 
 const HOUR: i64 = 3600;
@@ -343,4 +344,99 @@ async fn a_connection_that_goes_silent_is_replaced_after_a_few_timeouts() {
         answer.statuses[0].limit_remaining, 1,
         "3 per hour, the 2nd hit"
     );
+}
+
+#[tokio::test]
+async fn the_redis_url_can_come_from_the_environment_or_a_file() {
+    avoid_window_edge(HOUR, 10);
+    let redis = Redis::start();
+    let config = fixture("appguard.yaml").display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("redis-url");
+    std::fs::write(&file, format!("{}\n", redis.url())).unwrap();
+    let file = file.display().to_string();
+    let common = ["--config", config.as_str(), "--redis-timeout-ms", "500"];
+    let url = redis.url();
+    let from_env = Service::start_healthy_with_env(&common, &[(REDIS_URL_ENV, &url)]);
+    let mut args = common.to_vec();
+    args.extend(["--redis-url-file", &file]);
+    let from_file = Service::start_healthy(&args);
+    assert!(
+        from_env.stderr().contains("counting in redis"),
+        "{}",
+        from_env.stderr()
+    );
+    assert!(
+        from_file.stderr().contains("counting in redis"),
+        "{}",
+        from_file.stderr()
+    );
+
+    // Both count in that Redis: 1 use per token id.
+    let req = request("appguard", vec![descriptor(&[("jti", "from-env-or-file")])]);
+    let mut a = from_env.client().await;
+    let mut b = from_file.client().await;
+    assert_eq!(ask(&mut a, &req).await.overall_code, Code::Ok as i32);
+    assert_eq!(ask(&mut b, &req).await.overall_code, Code::OverLimit as i32);
+    let keys: Vec<String> = redis.conn().keys("*").unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+}
+
+#[tokio::test]
+async fn a_check_of_zero_hits_creates_no_key_and_sets_no_expiry() {
+    avoid_window_edge(HOUR, 10);
+    let redis = Redis::start();
+    let rolling = fixture("rolling.yaml").display().to_string();
+    let epoch = fixture("appguard.yaml").display().to_string();
+    let url = redis.url();
+    let service = |config: &str| {
+        Service::start_healthy(&[
+            "--config",
+            config,
+            "--redis",
+            &url,
+            "--redis-timeout-ms",
+            "500",
+        ])
+    };
+    let check = |entries: &[(&str, &str)]| {
+        let mut d = descriptor(entries);
+        d.hits_addend = Some(UInt64Value { value: 0 });
+        request("appguard", vec![d])
+    };
+    let mut conn = redis.conn();
+
+    // Epoch window: a check reads 0 and writes nothing.
+    let epoch_service = service(&epoch);
+    let mut client = epoch_service.client().await;
+    let r = ask(&mut client, &check(&[("client_ip", "192.0.2.55")])).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 3);
+    let keys: Vec<String> = conn.keys("*").unwrap();
+    assert!(keys.is_empty(), "a check created {keys:?}");
+
+    // Rolling window: a check before the first use starts no window.
+    let rolling_service = service(&rolling);
+    let mut client = rolling_service.client().await;
+    let r = ask(&mut client, &check(&[("jti", "checked-first")])).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 1);
+    assert_eq!(r.statuses[0].duration_until_reset.unwrap().seconds, HOUR);
+    let keys: Vec<String> = conn.keys("*").unwrap();
+    assert!(keys.is_empty(), "a check created {keys:?}");
+
+    // The first use opens it; a check after it reads the count and leaves
+    // the end of the window where it was.
+    let used = request("appguard", vec![descriptor(&[("jti", "checked-first")])]);
+    assert_eq!(ask(&mut client, &used).await.overall_code, Code::Ok as i32);
+    let key = "8:appguard_3:jti=13:checked-first_hour_rolling";
+    let _: () = conn.expire(key, 60).unwrap();
+    let r = ask(&mut client, &check(&[("jti", "checked-first")])).await;
+    assert_eq!(r.statuses[0].limit_remaining, 0);
+    let reset = r.statuses[0].duration_until_reset.unwrap().seconds;
+    assert!(reset > 0 && reset <= 60, "duration_until_reset {reset}");
+    let count: i64 = conn.get(key).unwrap();
+    assert_eq!(count, 1);
+    let ttl: i64 = conn.ttl(key).unwrap();
+    assert!(ttl > 0 && ttl <= 60, "a check moved the end: ttl {ttl}");
 }

@@ -466,3 +466,106 @@ fn validate_checks_and_exits() {
     ]);
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[test]
+fn a_zero_timeout_or_key_cap_exits_2() {
+    let config = fixture("appguard.yaml").display().to_string();
+    for flag in ["--redis-timeout-ms", "--memory-max-keys"] {
+        for validate in [false, true] {
+            let mut args = vec!["--config", &config, flag, "0"];
+            if validate {
+                args.push("--validate");
+            }
+            let (code, stderr) = run_to_exit(&args);
+            assert_eq!(code, Some(2), "{flag}: {stderr}");
+            assert!(stderr.contains(flag), "{flag}: {stderr}");
+            assert!(stderr.contains("at least 1"), "{flag}: {stderr}");
+        }
+    }
+}
+
+/// Extra arguments of a case.
+type Args<'a> = &'a [&'a str];
+/// Extra environment variables of a case.
+type Env<'a> = &'a [(&'a str, &'a str)];
+
+#[test]
+fn validate_checks_the_redis_url_wherever_it_comes_from() {
+    let config = fixture("appguard.yaml").display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("redis-url");
+    // Nothing listens on port 1: --validate does not connect.
+    std::fs::write(&file, "redis://:hunter2@127.0.0.1:1/0\n").unwrap();
+    let file = file.display().to_string();
+    let missing = dir.path().join("missing").display().to_string();
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["--config", config.as_str(), "--validate"];
+        args.extend_from_slice(extra);
+        let (code, stdout, stderr) = run_to_exit_with_env(&args, env);
+        assert!(
+            !stdout.contains("hunter2") && !stderr.contains("hunter2"),
+            "a password was printed: {stdout}{stderr}"
+        );
+        (code, stdout, stderr)
+    };
+
+    let good: &[(Args, Env, &str)] = &[
+        (&["--redis", "redis://127.0.0.1:1"], &[], "--redis"),
+        (&["--redis-url-file", &file], &[], "--redis-url-file"),
+        (
+            &[],
+            &[(REDIS_URL_ENV, "redis://:hunter2@127.0.0.1:1")],
+            REDIS_URL_ENV,
+        ),
+    ];
+    for (extra, env, source) in good {
+        let (code, stdout, stderr) = run(extra, env);
+        assert_eq!(code, Some(0), "{extra:?} {env:?}: {stderr}");
+        assert!(stdout.contains("redis URL OK"), "{stdout}");
+        assert!(stdout.contains(source), "{stdout}");
+    }
+
+    let bad: &[(Args, Env, &[&str])] = &[
+        (&["--redis", "http://127.0.0.1:1"], &[], &["--redis"]),
+        (
+            &["--redis", "rediss://:hunter2@127.0.0.1:6380"],
+            &[],
+            &["--redis", "TLS is not built in", "stunnel"],
+        ),
+        (
+            &[],
+            &[(REDIS_URL_ENV, "rediss://:hunter2@127.0.0.1:6380")],
+            &[REDIS_URL_ENV, "TLS is not built in"],
+        ),
+        (&[], &[(REDIS_URL_ENV, "")], &[REDIS_URL_ENV, "empty"]),
+        (
+            &["--redis-url-file", &missing],
+            &[],
+            &["cannot read --redis-url-file"],
+        ),
+    ];
+    for (extra, env, needles) in bad {
+        let (code, _, stderr) = run(extra, env);
+        assert_eq!(code, Some(2), "{extra:?} {env:?}: {stderr}");
+        for needle in *needles {
+            assert!(
+                stderr.contains(needle),
+                "{extra:?}: '{needle}' missing: {stderr}"
+            );
+        }
+    }
+
+    // Serving, a rediss:// URL is refused at startup too.
+    let (code, stderr) = run_to_exit(&[
+        "--config",
+        &config,
+        "--redis",
+        "rediss://127.0.0.1:6380",
+        "--grpc-addr",
+        &format!("127.0.0.1:{}", free_port()),
+        "--http-addr",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("TLS is not built in"), "{stderr}");
+}

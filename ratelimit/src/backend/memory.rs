@@ -88,6 +88,11 @@ impl MemoryBackend {
     /// Adds hits to the counters, all or nothing, and returns each new count
     /// with the Unix second at which the counter's window ends (set by its
     /// first hit).
+    ///
+    /// An item of 0 hits (a check) only reads: a counter it finds is
+    /// returned as it is, and one it does not find is not created (count 0,
+    /// ending at the item's `window_end`), so a check neither takes room in
+    /// the store nor starts a rolling window.
     pub fn increment_with_ends(
         &self,
         items: &[Increment],
@@ -100,7 +105,9 @@ impl MemoryBackend {
 
         let mut new_keys: Vec<&KeyDigest> = keys
             .iter()
-            .filter(|k| !state.counts.contains_key(*k))
+            .zip(items)
+            .filter(|(k, item)| item.hits > 0 && !state.counts.contains_key(*k))
+            .map(|(k, _)| k)
             .collect();
         new_keys.sort_unstable();
         new_keys.dedup();
@@ -112,6 +119,16 @@ impl MemoryBackend {
 
         let mut results = Vec::with_capacity(items.len());
         for (item, key) in items.iter().zip(keys) {
+            if item.hits == 0 {
+                results.push(
+                    state
+                        .counts
+                        .get(&key)
+                        .copied()
+                        .unwrap_or((0, item.window_end)),
+                );
+                continue;
+            }
             let entry = match state.counts.get_mut(&key) {
                 Some(entry) => entry,
                 None => {
@@ -214,7 +231,61 @@ mod tests {
             .unwrap(),
             vec![1, 2]
         );
-        assert_eq!(m.len(), 3);
+        // "b" was only checked (0 hits): not created.
+        assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn a_check_of_zero_hits_creates_no_counter_and_starts_no_window() {
+        let m = MemoryBackend::new(1);
+        let now = 1_000_000;
+        let rolling = |hits: u64, now: i64| Increment {
+            key: "jti".to_owned(),
+            hits,
+            window_seconds: 3600,
+            window_end: now + 3600,
+            rolling: true,
+        };
+        assert_eq!(
+            m.increment_with_ends(&[rolling(0, now)], now).unwrap(),
+            vec![(0, now + 3600)]
+        );
+        assert!(m.is_empty(), "a check created the counter");
+        // Nor on a full store: a check needs no room.
+        m.increment(&[inc("other", 1, now, Unit::Hour)], now)
+            .unwrap();
+        assert_eq!(
+            m.increment(&[inc("absent", 0, now, Unit::Hour)], now)
+                .unwrap(),
+            vec![0]
+        );
+        let m = MemoryBackend::new(10);
+        m.increment_with_ends(&[rolling(0, now)], now).unwrap();
+        // The window starts at the first hit, half an hour after the check.
+        let later = now + 1800;
+        assert_eq!(
+            m.increment_with_ends(&[rolling(1, later)], later).unwrap(),
+            vec![(1, later + 3600)]
+        );
+        // A check then reads the counter without changing it.
+        assert_eq!(
+            m.increment_with_ends(&[rolling(0, later + 10)], later + 10)
+                .unwrap(),
+            vec![(1, later + 3600)]
+        );
+        // In one batch, a check before the first hit reads 0, one after it 1.
+        assert_eq!(
+            m.increment(
+                &[
+                    inc("x", 0, now, Unit::Minute),
+                    inc("x", 1, now, Unit::Minute),
+                    inc("x", 0, now, Unit::Minute)
+                ],
+                now
+            )
+            .unwrap(),
+            vec![0, 1, 1]
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! increment's hits to its key and return the counts after adding. The key
 //! already names the window (it ends with the window start, or `rolling`
 //! for a window that starts at the first hit), so a counter is never reset,
-//! it just expires once its window is over.
+//! it just expires once its window is over. An increment of 0 hits is a
+//! check: it reads the counter and never creates it.
 
 pub mod memory;
 pub mod redis;
@@ -19,7 +20,8 @@ pub use self::redis::RedisBackend;
 pub struct Increment {
     /// The counter key (see [`crate::service::cache_key`]).
     pub key: String,
-    /// Hits to add (may be 0: a check that does not consume).
+    /// Hits to add (may be 0: a check that does not consume, and that
+    /// creates no counter, so it does not start a rolling window either).
     pub hits: u64,
     /// The window length in seconds: the key's time to live in Redis, as in
     /// envoyproxy/ratelimit.
@@ -51,6 +53,12 @@ pub enum BackendError {
     /// Redis refused the command or the connection failed.
     #[error("redis error: {0}")]
     Redis(#[from] ::redis::RedisError),
+    /// The Redis URL asks for TLS (`rediss://`), which this build lacks.
+    #[error(
+        "TLS is not built in: rediss:// URLs cannot be used; reach a TLS-only Redis \
+         through a TLS-terminating sidecar (such as stunnel) and a redis:// URL to it"
+    )]
+    TlsNotBuiltIn,
     /// Redis did not answer in time.
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),

@@ -5,7 +5,18 @@
 //! envoyproxy/ratelimit pipelines (`src/redis/fixed_cache_impl.go`), so the
 //! count and its expiry are set together and replicas never lose updates.
 //! A `rolling` counter's `EXPIRE` has `NX` (Redis 7 or later): only its
-//! first hit sets when it ends.
+//! first hit sets when it ends. A counter of 0 hits (a check) gets a `GET`
+//! instead (and a `PTTL` when rolling), which neither creates the key nor
+//! sets its expiry: a check does not start a rolling window.
+//!
+//! Redis does not roll back a transaction in which one command fails when
+//! it runs (`INCRBY` of a key that holds no integer, or past `i64::MAX`):
+//! the other counters of the batch are counted, while the call is answered
+//! UNAVAILABLE.
+//!
+//! TLS (`rediss://`) is not built in: the `redis` crate is built without
+//! its TLS features, and [`RedisBackend::new`] refuses such a URL (see
+//! [`check_url`]).
 //!
 //! The connection is a `redis` crate connection manager: it connects lazily
 //! (the service starts, and reports unhealthy, while Redis is down), and
@@ -56,11 +67,11 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
-    /// A store for `url` (`redis://host:port[/db]`, `rediss://…`,
-    /// `redis+unix://…`). Does not connect yet; fails only on a malformed URL.
-    /// Must be called inside a Tokio runtime.
+    /// A store for `url` (`redis://host:port[/db]`, `redis+unix://…`; not
+    /// `rediss://`, see [`check_url`]). Does not connect yet; fails only on
+    /// a URL [`check_url`] refuses. Must be called inside a Tokio runtime.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, BackendError> {
-        let client = redis::Client::open(url)?;
+        let client = check_url(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -163,6 +174,14 @@ impl RedisBackend {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for item in items {
+            if item.hits == 0 {
+                // A check: read, never create the key or set its expiry.
+                pipe.cmd("GET").arg(&item.key);
+                if item.rolling {
+                    pipe.cmd("PTTL").arg(&item.key);
+                }
+                continue;
+            }
             pipe.cmd("INCRBY").arg(&item.key).arg(item.hits);
             let expire = pipe.cmd("EXPIRE").arg(&item.key).arg(item.window_seconds);
             if item.rolling {
@@ -174,7 +193,8 @@ impl RedisBackend {
                 expire.ignore();
             }
         }
-        let replies: Vec<i64> = self
+        // `GET` of a missing key is nil: no hit yet.
+        let replies: Vec<Option<i64>> = self
             .bounded(|mut conn| async move { pipe.query_async(&mut conn).await })
             .await?;
         let expected = items.len() + items.iter().filter(|i| i.rolling).count();
@@ -190,11 +210,12 @@ impl RedisBackend {
         for item in items {
             // A negative count can only come from someone else's DECRBY;
             // treat it as nothing used.
-            let count = u64::try_from(replies.next().unwrap_or(0)).unwrap_or(0);
+            let count = u64::try_from(replies.next().flatten().unwrap_or(0)).unwrap_or(0);
             // Milliseconds left, rounded up to whole seconds; a key without
             // an expiry (-1, someone else's PERSIST) reports the whole unit.
             let resets_in = if item.rolling {
-                let ms = replies.next().unwrap_or(-1);
+                // -2 for a missing key (a check before the first hit).
+                let ms = replies.next().flatten().unwrap_or(-1);
                 Some(if ms < 0 {
                     item.window_seconds
                 } else {
@@ -219,6 +240,26 @@ impl RedisBackend {
             Err(BackendError::UnexpectedReply(reply))
         }
     }
+}
+
+/// URL schemes that ask for TLS, which this build cannot speak.
+const TLS_SCHEMES: &[&str] = &["rediss", "valkeys"];
+
+/// Checks a Redis URL without connecting, and returns its client: a
+/// malformed URL, or one asking for TLS (`rediss://`), is refused.
+///
+/// The `redis` crate is built without its TLS features (they need rustls,
+/// which this build does not carry), so a `rediss://` URL could never
+/// connect: it is refused with [`BackendError::TlsNotBuiltIn`] rather than
+/// failing every call. Reach a TLS-only Redis through a local
+/// TLS-terminating sidecar (stunnel, ghostunnel) and a `redis://` URL to
+/// it.
+pub fn check_url(url: &str) -> Result<redis::Client, BackendError> {
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    if scheme.is_some_and(|s| TLS_SCHEMES.iter().any(|tls| s.eq_ignore_ascii_case(tls))) {
+        return Err(BackendError::TlsNotBuiltIn);
+    }
+    Ok(redis::Client::open(url)?)
 }
 
 /// Query parameters whose value is a password: the `redis` crate reads
@@ -397,6 +438,27 @@ mod tests {
         .unwrap();
         assert!(!backend.display_url().contains("hunter2"));
         assert!(!format!("{backend:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn tls_urls_are_refused_with_a_clear_error() {
+        for url in [
+            "rediss://127.0.0.1:6380",
+            "REDISS://:secret@host:6380/0",
+            "valkeys://host",
+        ] {
+            let err = check_url(url).unwrap_err();
+            assert!(matches!(err, BackendError::TlsNotBuiltIn), "{url}: {err}");
+            let message = err.to_string();
+            assert!(message.contains("TLS is not built in"), "{message}");
+            assert!(message.contains("stunnel"), "{message}");
+        }
+        assert!(check_url("redis://127.0.0.1:6379/0").is_ok());
+        assert!(check_url("redis+unix:///tmp/r.sock?db=1").is_ok());
+        assert!(matches!(
+            check_url("http://nope"),
+            Err(BackendError::Redis(_))
+        ));
     }
 
     #[tokio::test]

@@ -17,6 +17,10 @@ use tonic::transport::Channel;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_appguard-ratelimit");
 
+/// The variable the service reads a Redis URL from: removed from every
+/// child's environment unless a test sets it.
+pub const REDIS_URL_ENV: &str = "APPGUARD_RATELIMIT_REDIS_URL";
+
 /// A port nothing listens on right now (bound to port 0, then released)
 /// and that this test process has not handed out before: two test threads
 /// binding port 0 and letting go could otherwise both get the same port
@@ -175,15 +179,21 @@ impl Service {
     /// Starts the binary with `args` plus free gRPC/HTTP ports, and waits
     /// until `/healthcheck` answers (any status: with Redis down it is 500).
     pub fn start(args: &[&str]) -> Service {
-        Self::start_expect(args, None)
+        Self::start_expect(args, &[], None)
     }
 
     /// Like [`Service::start`], waiting for `/healthcheck` to answer 200.
     pub fn start_healthy(args: &[&str]) -> Service {
-        Self::start_expect(args, Some(200))
+        Self::start_expect(args, &[], Some(200))
     }
 
-    fn start_expect(args: &[&str], want: Option<u16>) -> Service {
+    /// Like [`Service::start_healthy`], with `env` added to the
+    /// environment.
+    pub fn start_healthy_with_env(args: &[&str], env: &[(&str, &str)]) -> Service {
+        Self::start_expect(args, env, Some(200))
+    }
+
+    fn start_expect(args: &[&str], env: &[(&str, &str)], want: Option<u16>) -> Service {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let stderr = tempfile::NamedTempFile::new().unwrap();
@@ -191,6 +201,8 @@ impl Service {
             .args(["--grpc-addr", &grpc.to_string()])
             .args(["--http-addr", &http.to_string()])
             .args(args)
+            .env_remove(REDIS_URL_ENV)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr.reopen().unwrap())
@@ -297,11 +309,21 @@ pub async fn ask(
 /// Runs the binary to completion (it must exit within 10 s); returns its
 /// exit code and stderr.
 pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let (code, _, stderr) = run_to_exit_with_env(args, &[]);
+    (code, stderr)
+}
+
+/// Like [`run_to_exit`], with `env` added to the environment; returns the
+/// exit code, stdout and stderr.
+pub fn run_to_exit_with_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let stdout = tempfile::NamedTempFile::new().unwrap();
     let stderr = tempfile::NamedTempFile::new().unwrap();
     let child = Command::new(BIN)
         .args(args)
+        .env_remove(REDIS_URL_ENV)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(stdout.reopen().unwrap())
         .stderr(stderr.reopen().unwrap())
         .spawn()
         .unwrap();
@@ -311,6 +333,7 @@ pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
         .expect("the process did not exit");
     (
         status.code(),
+        std::fs::read_to_string(stdout.path()).unwrap(),
         std::fs::read_to_string(stderr.path()).unwrap(),
     )
 }
