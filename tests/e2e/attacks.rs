@@ -1082,6 +1082,61 @@ fn path_tricks_cannot_bypass_a_deny_route() {
 }
 
 #[test]
+fn format_suffixes_target_headers_and_token_spellings_cannot_reach_another_handler() {
+    // What Envoy passes on unchanged and upstream frameworks read as
+    // another request: Rails runs `/v1/admin`'s handler for
+    // `/v1/admin.json`; Zend Framework 1 and old Symfony take the target
+    // from `X-Original-URL`; PHP reads `approov_token` as `approov-token`.
+    let rig = start();
+    let e = &rig.envoy;
+    deny(e, Req::get("/v1/admin.json"), 403, "route_denied", "suffix");
+    deny(
+        e,
+        Req::get("/v1/admin.xml?x=1"),
+        403,
+        "route_denied",
+        "suffix+query",
+    );
+    for name in ["x-original-url", "x-rewrite-url", "x_original_url"] {
+        deny(
+            e,
+            Req::get("/open/x").header(name, "/v1/admin"),
+            403,
+            "route_denied",
+            name,
+        );
+        let r = e.request(Req::get("/open/x").header(name, "/open/y"));
+        assert_eq!(r.status, 200, "{name} keeping the route: {}", r.text());
+    }
+    // A suffix that keeps the route changes nothing.
+    let r = e.request(Req::get("/open/app.js"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A second token under another spelling of the token header.
+    let other = hs_with(
+        json!({"alg": "HS256", "kid": "hs1"}),
+        json!({"sub": "someone-else"}),
+    );
+    let r = e.request(hs_req(&good_hs()).header("approov_token", &other));
+    assert_eq!(
+        (r.status, r.reason()),
+        (401, Some("token_malformed")),
+        "{}",
+        r.text()
+    );
+    // The same token twice: one token, and neither copy goes upstream.
+    let t = good_hs();
+    let r = e.request(hs_req(&t).header("approov_token", &t));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = rig.up.last();
+    assert_eq!(seen.header("approov-token"), None);
+    assert_eq!(seen.header("approov_token"), None);
+    for s in rig.up.seen() {
+        assert!(!s.path.starts_with("/v1/admin"), "bypass: {}", s.path);
+    }
+    e.assert_vm_healthy();
+}
+
+#[test]
 fn origin_tricks_are_origin_denied() {
     let rig = start();
     let e = &rig.envoy;

@@ -276,6 +276,50 @@ fn a_copied_token_sent_first_does_not_burn_the_genuine_clients_jti() {
 }
 
 #[test]
+fn single_use_refuses_a_captured_signed_request_sent_again() {
+    // A signature stops changes, not copies: without `single_use` the same
+    // signed request, byte for byte, passes again while `created` is
+    // fresh. With it, the copy is refused and a new signature passes.
+    let start_with = |single_use: bool| {
+        let cfg = json!({
+            "tokens": [{"name": "approov", "from": [{"header": "approov-token"}],
+                        "keys": [{"alg": "HS256", "secret_base64": harness::tokens::secret_b64()}],
+                        "message_signing": {"claim": "ipk", "max_age_seconds": 60, "single_use": single_use}}],
+            "routes": [{"name": "sms", "match": {"prefix": "/v1/"}, "tokens": ["approov"]}]
+        });
+        let up = Upstream::start();
+        let envoy = EnvoyBuilder::new(cfg, up.port).start();
+        (up, envoy)
+    };
+    let key = install_key(7);
+    let t = token_for(&key);
+    let created = now();
+    let captured = signed(&key, &t, "POST", "/v1/sms", BODY, created, None);
+
+    let (up, envoy) = start_with(true);
+    let r = envoy.request(captured.clone());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = envoy.request(captured.clone());
+    assert_eq!(
+        (r.status, r.reason()),
+        (401, Some("token_replayed")),
+        "{}",
+        r.text()
+    );
+    let resigned = signed(&key, &t, "POST", "/v1/sms", BODY, created + 1, None);
+    let r = envoy.request(resigned);
+    assert_eq!(r.status, 200, "signed again: {}", r.text());
+    assert_eq!(up.seen().len(), 2, "the copy never went upstream");
+
+    let (up, envoy) = start_with(false);
+    for _ in 0..2 {
+        let r = envoy.request(captured.clone());
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(up.seen().len(), 2);
+}
+
+#[test]
 fn made_up_signatures_spend_the_failure_budget_then_cost_no_verification() {
     // One genuine token and made-up signatures: each costs a P-256
     // verification until the client's failure budget (2 here) is spent;
