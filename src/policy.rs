@@ -1262,6 +1262,22 @@ pub fn evaluate_rls(
     step
 }
 
+/// A request that waited for the rate-limit service and was abandoned
+/// before the answer (its client left, or Envoy reset the stream): it never
+/// reached the upstream, so the `jti` its local replay entry took is given
+/// back, as for a refusal, and its lease asks are no longer in flight.
+pub fn abandon_rls(ctx: &Ctx<'_>, mut pending: Box<Pending>) {
+    if let Some((provider, digest, capacity)) = pending.local_replay.take() {
+        if let Some((name, _)) = replay_table(ctx.config, provider) {
+            let _ = store::replay_forget(ctx.store, &ctx.bucket_salt, name, capacity, &digest);
+        }
+    }
+    let mut cache = ctx.service_cache.borrow_mut();
+    for s in pending.service.iter().filter(|s| s.asks_lease()) {
+        cache.end_ask(&s.key, pending.sent_ms, s.hits);
+    }
+}
+
 fn rls_verdict(
     ctx: &Ctx<'_>,
     pending: Box<Pending>,

@@ -3719,7 +3719,7 @@ fn a_service_replay_rule_must_make_a_jti_single_use_for_the_tokens_life() {
 }
 
 #[test]
-fn a_jti_whose_request_the_service_refused_is_not_used_up() {
+fn a_jti_whose_request_the_service_refused_or_never_answered_is_not_used_up() {
     // `replay.scope: local` and a service limit: the entry is recorded
     // before the call. A request the service then refuses (over a limit,
     // or down with `failure_mode: deny`) was never let through, so the
@@ -3753,6 +3753,9 @@ fn a_jti_whose_request_the_service_refused_is_not_used_up() {
         evaluate_rls(&w.ctx(), call_at(t), Err(()), t).done_reason(),
         Some(Reason::RatelimitUnavailable)
     );
+    // A client that left while its request waited for the service: the
+    // request never went upstream.
+    abandon_rls(&w.ctx(), call_at(t));
     assert_eq!(
         evaluate_rls(&w.ctx(), call_at(t), Ok(&ok_response(1, 5, None)), t).done_reason(),
         None,

@@ -77,6 +77,25 @@ pub struct GuardFilter {
     response_headers: Vec<(String, String)>,
 }
 
+/// The SDK drops a stream's context when Envoy deletes the stream. One
+/// dropped while it waited for the rate-limit service was abandoned (its
+/// client left, or the stream was reset): see [`policy::abandon_rls`].
+impl Drop for GuardFilter {
+    fn drop(&mut self) {
+        let State::AwaitingRateLimit { pending, .. } =
+            std::mem::replace(&mut self.state, State::Done)
+        else {
+            return;
+        };
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        self.ctx_step(&worker, false, |ctx, _, _| {
+            policy::abandon_rls(ctx, pending)
+        });
+    }
+}
+
 impl GuardFilter {
     /// A filter for one request, sharing the worker's state.
     pub fn new(context_id: u32, worker: Option<Rc<Worker>>) -> Self {
@@ -179,12 +198,12 @@ impl GuardFilter {
 
     /// Runs one of the core's phases with this request and the worker's
     /// state; `may_fetch_keys` only for the headers phase before a fetch.
-    fn ctx_step(
+    fn ctx_step<R>(
         &self,
         worker: &Worker,
         may_fetch_keys: bool,
-        f: impl FnOnce(&Ctx<'_>, &Request<'_>, u64) -> Step,
-    ) -> (Step, u64) {
+        f: impl FnOnce(&Ctx<'_>, &Request<'_>, u64) -> R,
+    ) -> (R, u64) {
         let now_ms = now_millis();
         let remote_keys = worker.remote_keys();
         let ctx = Ctx {

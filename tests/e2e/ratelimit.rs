@@ -590,3 +590,51 @@ fn a_rate_limit_cluster_envoy_does_not_have_fails_by_the_failure_mode_without_a_
     let log = envoy.log();
     assert!(log.contains("warning lines left out"), "{log}");
 }
+
+#[test]
+fn a_client_that_leaves_while_the_service_is_asked_does_not_use_up_its_jti() {
+    // `replay.scope: local` records the `jti` before the rate-limit call. A
+    // client that leaves while the call is out never reached the upstream:
+    // its token must still be good for its retry. The service here accepts
+    // connections and never answers, so the request waits out the timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let up = Upstream::start();
+    let cfg = json!({
+        "client_ip": {"xff_trusted_hops": 1},
+        "rate_limit_service": {"cluster": "ratelimit", "domain": "appguard", "timeout_ms": 1500, "failure_mode": "allow"},
+        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": harness::tokens::secret_b64()}],
+                    "replay": {"claim": "jti", "scope": "local"}}],
+        "routes": [{"name": "api", "match": {"prefix": "/api"}, "tokens": ["t"],
+                    "rate_limits": [{"entries": [{"type": "route"}]}]}]
+    });
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .grpc_cluster("ratelimit", silent_port)
+        .start();
+    let token = hs256(&claims(60, json!({"jti": "left-early"})));
+    {
+        use std::io::Write as _;
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+        write!(
+            c,
+            "GET /api/x HTTP/1.1\r\nhost: localhost\r\nx-token: {token}\r\nx-forwarded-for: 192.0.2.30\r\n\r\n"
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // dropped: the client leaves while the call is out
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let r = envoy.request(from_ip(
+        Req::get("/api/x").header("x-token", &token),
+        "192.0.2.30",
+    ));
+    assert_eq!(r.status, 200, "the retry, after the timeout: {}", r.text());
+    assert_eq!(up.seen().len(), 1, "only the retry went upstream");
+    let r = envoy.request(from_ip(
+        Req::get("/api/x").header("x-token", &token),
+        "192.0.2.30",
+    ));
+    assert_eq!((r.status, r.reason()), (401, Some("token_replayed")));
+    drop(silent);
+}
