@@ -201,6 +201,16 @@ pub fn client_ip<'a>(
     parse_client_ip(entries.get(idx)?)
 }
 
+/// The network an address is in, as its first address (an IPv4-mapped
+/// IPv6 address as IPv4): for keying by network (e.g. a /24 or a /64)
+/// without formatting it.
+pub fn network_of(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask32(v4_prefix.min(32)))),
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask128(v6_prefix.min(128)))),
+    }
+}
+
 /// The address masked to a prefix, for rate-limit descriptors by network
 /// (e.g. a /24 or a /64). Returns the network as `addr/len`.
 pub fn masked(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> String {
@@ -331,6 +341,16 @@ mod tests {
         assert_eq!(asked.get(), 0);
         assert_eq!(client_ip(read, xff.iter().copied(), 0), down);
         assert_eq!(asked.get(), 1);
+    }
+
+    #[test]
+    fn networks_are_their_first_address() {
+        let n = |s: &str, v4: u8, v6: u8| network_of(s.parse().unwrap(), v4, v6).to_string();
+        assert_eq!(n("192.0.2.77", 24, 64), "192.0.2.0");
+        assert_eq!(n("192.0.2.77", 32, 64), "192.0.2.77");
+        assert_eq!(n("::ffff:192.0.2.77", 24, 64), "192.0.2.0");
+        assert_eq!(n("2001:db8:1:2:aaaa::1", 24, 64), "2001:db8:1:2::");
+        assert_eq!(n("2001:db8:1:2:aaaa::1", 24, 0), "::");
     }
 
     #[test]

@@ -175,16 +175,25 @@ impl<'a> Budget<'a> {
         digest
     }
 
+    /// The client's network as the budget counts it (`v4_prefix`,
+    /// `v6_prefix`): what this worker remembers a spent budget by, so that
+    /// a spent /64 that changes its address each request still costs a
+    /// map lookup, not a digest and shared-data reads.
+    fn network(&mut self) -> IpAddr {
+        let b = self.provider.failure_budget;
+        crate::net::network_of(self.client(), b.v4_prefix, b.v6_prefix)
+    }
+
     /// Whether this worker already found the client spent: a map lookup.
     fn known_spent(&mut self) -> bool {
         let ctx = self.ctx;
         if !self.enabled() || !ctx.negative.borrow_mut().may_hold_spent(ctx.now_ms) {
             return false;
         }
-        let ip = self.client();
+        let network = self.network();
         ctx.negative
             .borrow()
-            .budget_spent(self.slot, ip, ctx.now_ms)
+            .budget_spent(self.slot, network, ctx.now_ms)
     }
 
     /// Whether the client's budget is spent in the instance's shared
@@ -204,10 +213,10 @@ impl<'a> Budget<'a> {
         else {
             return false;
         };
-        let ip = self.client();
+        let network = self.network();
         ctx.negative
             .borrow_mut()
-            .note_spent(self.slot, ip, until, ctx.now_ms);
+            .note_spent(self.slot, network, until, ctx.now_ms);
         true
     }
 
@@ -268,8 +277,8 @@ impl NegativeCache {
         failed.push((provider, version, until));
     }
 
-    /// Whether `ip`'s failure budget `slot` (see [`budget_slot`]) is known
-    /// to be spent at `now_ms`.
+    /// Whether the failure budget `slot` (see [`budget_slot`]) of the
+    /// network `ip` (see `Budget::network`) is known to be spent at `now_ms`.
     fn budget_spent(&self, slot: usize, ip: IpAddr, now_ms: u64) -> bool {
         self.spent
             .get(&(slot, ip))
@@ -286,7 +295,8 @@ impl NegativeCache {
         false
     }
 
-    /// Remembers that `ip`'s budget `slot` stays spent until `until_ms`.
+    /// Remembers that the budget `slot` of the network `ip` stays spent
+    /// until `until_ms`.
     fn note_spent(&mut self, slot: usize, ip: IpAddr, until_ms: u64, now_ms: u64) {
         self.spent_latest = self.spent_latest.max(until_ms);
         limits::make_room(&mut self.spent, NEGATIVE_CACHE_ENTRIES, |&u| u > now_ms);

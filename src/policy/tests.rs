@@ -1297,6 +1297,43 @@ impl Step {
 }
 
 #[test]
+fn a_worker_remembers_a_spent_budget_by_network_not_by_address() {
+    // The budget counts a /64: a spent /64 that changes its address each
+    // request must still be refused from the worker's memory (a map
+    // lookup), not by hashing each token and reading shared data again.
+    let w = World::from(json!({
+        "tokens": [{"name": "t", "from": [{"header": "x-t"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "failure_budget": {"failures": 3, "window_seconds": 60}}],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
+    }));
+    let forged = |i: u32| {
+        hs256_raw(
+            &[9u8; 64],
+            &json!({"alg": "HS256"}),
+            &json!({"exp": NOW + 60, "n": i}),
+        )
+    };
+    for i in 0..4 {
+        let ip = format!("2001:db8:1:2::{i}");
+        w.run("/x", &ip, &[("x-t", &forged(i))]);
+    }
+    // with the shared table gone, only the worker's memory can refuse
+    w.store.clear();
+    let (d, f) = w.run("/x", "2001:db8:1:2:ffff::7", &[("x-t", "not-a-token")]);
+    assert_eq!(
+        (d.reason(), f.budget_refused),
+        (Some(Reason::TokenSignature), true)
+    );
+    // another /64 is another client
+    let (d, f) = w.run("/x", "2001:db8:1:3::1", &[("x-t", &forged(9))]);
+    assert_eq!(
+        (d.reason(), f.budget_refused),
+        (Some(Reason::TokenSignature), false)
+    );
+}
+
+#[test]
 fn failed_signatures_are_cached_and_a_client_budget_stops_verification() {
     let w = World::from(json!({
         "tokens": [{"name": "t", "from": [{"header": "x-t"}],
