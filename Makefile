@@ -115,9 +115,12 @@ imports: ## check the built module imports only env.proxy_* and wasi_snapshot_pr
 	python3 scripts/exports.py check $(WASM)
 
 validate: ## envoy --mode validate on every Envoy YAML; CLI and Envoy agree on every example; compose file parses
-	@set -e; for f in $$(git ls-files 'envoy/*.yaml' 'examples/*.yaml' 'examples/**/*.yaml' | grep -v -e istio -e compose -e ratelimit -e prometheus); do \
+	@set -e; files=$$(ls envoy/*.yaml examples/*.yaml examples/*/*.yaml 2>/dev/null | grep -v -e istio -e compose -e ratelimit -e prometheus); \
+	n=$$(echo "$$files" | grep -c . || true); [ "$$n" -ge 3 ] || { echo "validate: found $$n Envoy YAML files, expected at least 3"; exit 1; }; \
+	for f in $$files; do \
 	  echo "validate $$f"; $(PYTHON) scripts/render-envoy.py --wasm $(WASM) $$f > target/validate.yaml; \
-	  $(ENVOY) --mode validate -c target/validate.yaml --log-level error >/dev/null || { echo "INVALID: $$f"; exit 1; }; done
+	  $(ENVOY) --mode validate -c target/validate.yaml --log-level error >/dev/null || { echo "INVALID: $$f"; exit 1; }; done; \
+	echo "validate: $$n Envoy YAML files valid"
 	$(PYTHON) scripts/render-envoy.py --wasm $(WASM) --check-config examples/three-platform.json envoy/envoy.yaml
 	docker-compose -f envoy/docker-compose.yaml config -q && echo "envoy/docker-compose.yaml: docker-compose config ok"
 	cargo build -q --workspace --bins

@@ -91,11 +91,21 @@ fn a_public_route_serves_browsers_from_any_site() {
         ("origin", "https://partner.example"),
         ("x-android-package", "com.example.unknown"),
     ] {
-        let r = envoy.request(Req::get("/public/page").header(name, value));
+        let r = envoy.request(
+            Req::get("/public/page")
+                .header(name, value)
+                .header("x-appguard-app", "forged"),
+        );
         assert_eq!(r.status, 200, "{name}: {}", r.text());
         assert_eq!(up.last().header("x-appguard-app"), None);
     }
     assert_eq!(up.seen().len(), 3);
+    // appguard decided each of them (not a configuration that let it pass
+    // them by).
+    assert_eq!(
+        envoy.stat("appguard_decisions.route.public.decision.allow.reason.none"),
+        Some(3)
+    );
 }
 
 #[test]

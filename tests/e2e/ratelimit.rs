@@ -621,10 +621,21 @@ fn a_client_that_leaves_while_the_service_is_asked_does_not_use_up_its_jti() {
             "GET /api/x HTTP/1.1\r\nhost: localhost\r\nx-token: {token}\r\nx-forwarded-for: 192.0.2.30\r\n\r\n"
         )
         .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        // Until the request is held for the service: its `jti` recorded,
+        // the call out (Envoy counts the gRPC request when it is sent).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while envoy.stat("cluster.ratelimit.upstream_rq_total").unwrap_or(0) < 1 {
+            assert!(Instant::now() < deadline, "the call never went out");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         // dropped: the client leaves while the call is out
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Until Envoy has let go of the stream.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while envoy.stat("http.ingress.downstream_rq_active").unwrap_or(1) > 0 {
+        assert!(Instant::now() < deadline, "the stream is still active");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let r = envoy.request(from_ip(
         Req::get("/api/x").header("x-token", &token),
         "192.0.2.30",

@@ -99,11 +99,13 @@ impl RateLimitService {
             cmd.args(["--redis", url]);
         }
         let service = Service::start("ratelimit", cmd, Some(grpc_port));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if http::get(http_port, "/healthcheck").is_ok_and(|r| r.status == 200) {
-                break;
-            }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !http::get(http_port, "/healthcheck").is_ok_and(|r| r.status == 200) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the rate-limit service never reported healthy:\n{}",
+                service.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         RateLimitService {
