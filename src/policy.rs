@@ -542,91 +542,111 @@ pub const METHOD_OVERRIDE_PARAM: &str = "_method";
 /// Finds the first route that matches the request, if any; [`UnclearPath`]
 /// when the request could reach a different handler upstream than the one
 /// its path and method name (refused as `route_denied`): a path with dot or
-/// empty segments, or a method override ([`METHOD_OVERRIDE_HEADERS`], each
-/// comma-separated value of each copy, as Express reads the first and
-/// others the last; [`METHOD_OVERRIDE_PARAM`], each copy) naming a method
-/// that takes another route, or none where the method takes one, or one
-/// that cannot be decoded; or a target override ([`URL_OVERRIDE_HEADERS`])
-/// or a format suffix (`/v1/sms.json`) that takes another route; or a HEAD
-/// request that takes another route than
-/// GET would (upstreams run the GET handler for it). An override that
-/// keeps the route changes nothing.
+/// empty segments; or, where the upstream may take the request for another
+/// path or method, one that takes another route than the request's own:
+/// - paths: the path without a format suffix (`/v1/sms.json`, also with a
+///   trailing slash, at its first or last dot, `%2e` counted), unless an
+///   exact route names the dotted path itself; each target override
+///   ([`URL_OVERRIDE_HEADERS`]; one that is not a plain path, with `%` or
+///   `\`, is refused outright);
+/// - methods, where a route lists `methods`: each method override
+///   ([`METHOD_OVERRIDE_HEADERS`], each comma-separated value of each
+///   copy, as Express reads the first and others the last;
+///   [`METHOD_OVERRIDE_PARAM`], each copy; one that cannot be decoded is
+///   refused), and GET for a HEAD request (upstreams run the GET handler
+///   for it) when GET takes a route;
+///
+/// every path with every method. A variant that keeps the route changes
+/// nothing.
 pub fn match_route<'c>(
     config: &'c Config,
     req: &Request<'_>,
 ) -> Result<Option<(usize, &'c Route)>, UnclearPath> {
+    use std::borrow::Cow;
     let path = route_path(req.path()).ok_or(UnclearPath)?;
     let host = req.host();
-    let find = |method: &str| {
+    let route_of = |p: &str, method: &str| {
         config
             .routes
             .iter()
-            .enumerate()
-            .find(|(_, r)| route_matches(r, &path, method, host))
+            .position(|r| route_matches(r, p, method, host))
     };
-    let matched = find(req.method());
-    // `/v1/sms.json` runs `/v1/sms`'s handler on Rails (whose routes take
-    // an optional `(.:format)`), Grape, and Spring before 5.3: it must take
-    // that path's route, or none of its own. A route whose `path` names the
-    // dotted path itself is the operator's word for it.
-    // A target override naming a path of another route (or one that cannot
-    // be read as a path) is refused. One pass over the headers.
+    let method = req.method();
+    let index = route_of(&path, method);
+    let matched = index.and_then(|i| config.routes.get(i).map(|r| (i, r)));
+    // The other paths and methods an upstream may read (no allocation
+    // when there are none, the common case). One pass over the headers.
+    let mut paths: Vec<Cow<'_, str>> = Vec::new();
+    let mut methods: Vec<Cow<'_, str>> = Vec::new();
     for (name, value) in req.headers.iter() {
-        if URL_OVERRIDE_HEADERS
+        if config.routes_by_method && is_method_override_header(name) {
+            methods.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .map(Cow::Borrowed),
+            );
+        } else if URL_OVERRIDE_HEADERS
             .iter()
             .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()))
         {
+            // Not decoded by Envoy: `%61` or `\` would be read as another
+            // path upstream than here.
             let target = crate::request::split_target(value.trim()).0;
-            let other = target
-                .starts_with('/')
-                .then(|| route_path(target))
-                .flatten()
-                .ok_or(UnclearPath)?;
-            let route = config
-                .routes
-                .iter()
-                .position(|r| route_matches(r, &other, req.method(), host));
-            if route != matched.map(|(i, _)| i) {
+            if !target.starts_with('/') || target.contains(['%', '\\']) {
                 return Err(UnclearPath);
+            }
+            let target = route_path(target).ok_or(UnclearPath)?.into_owned();
+            for stem in format_stems(&target).into_iter().flatten() {
+                paths.push(Cow::Owned(stem.to_owned()));
+            }
+            paths.push(Cow::Owned(target));
+        }
+    }
+    if config.routes_by_method {
+        // `?_method%00;x=DELETE` is a `_method` without a value to one
+        // reading and `_method=DELETE` to PHP's: both are read.
+        for pair in query_pairs(req.query().unwrap_or("")) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if is_method_param(k) {
+                let m = form_decode(v).ok_or(UnclearPath)?;
+                let m = m.trim();
+                if !m.is_empty() {
+                    methods.push(Cow::Owned(m.to_owned()));
+                }
             }
         }
     }
-    if let Some(stem) = format_stem(&path) {
-        let named = matched.is_some_and(|(_, r)| matches!(r.path, PathMatch::Exact(_)));
-        let stem_route = config
-            .routes
-            .iter()
-            .position(|r| route_matches(r, stem, req.method(), host));
-        if !named && stem_route != matched.map(|(i, _)| i) {
-            return Err(UnclearPath);
-        }
+    // `/v1/sms.json` runs `/v1/sms`'s handler on Rails (whose routes take
+    // an optional `(.:format)`), Grape, and Spring before 5.3. A route
+    // whose `path` names the dotted path itself is the operator's word.
+    if !matched.is_some_and(|(_, r)| matches!(r.path, PathMatch::Exact(_))) {
+        paths.extend(format_stems(&path).into_iter().flatten().map(Cow::Borrowed));
     }
-    if !config.routes_by_method {
-        // Every method takes the same route: no override can change it.
+    let head = config.routes_by_method && method.eq_ignore_ascii_case("HEAD");
+    if paths.is_empty() && methods.is_empty() && !head {
         return Ok(matched);
     }
-    let index = matched.map(|(i, _)| i);
-    let same_route = |method: &str| {
-        let method = method.trim();
-        method.is_empty() || find(method).map(|(i, _)| i) == index
-    };
-    // Upstreams serve HEAD with the GET handler (side effects included): a
-    // route that takes HEAD before the one GET takes would put that handler
-    // under a policy written for something else.
-    if req.method().eq_ignore_ascii_case("HEAD") && !same_route("GET") {
-        return Err(UnclearPath);
-    }
-    // One pass over the headers, every spelling of an override name.
-    for (name, value) in req.headers.iter() {
-        if is_method_override_header(name) && !value.split(',').all(same_route) {
-            return Err(UnclearPath);
+    for (n, p) in std::iter::once(&*path)
+        .chain(paths.iter().map(|p| &**p))
+        .enumerate()
+    {
+        let own_path = n == 0;
+        for (k, m) in std::iter::once(method)
+            .chain(methods.iter().map(|m| &**m))
+            .enumerate()
+        {
+            if own_path && k == 0 {
+                continue;
+            }
+            if route_of(p, m) != index {
+                return Err(UnclearPath);
+            }
         }
-    }
-    // `?_method%00;x=DELETE` is a `_method` without a value to one reading
-    // and `_method=DELETE` to PHP's: both must keep the route.
-    for pair in query_pairs(req.query().unwrap_or("")) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if is_method_param(k) && !form_decode(v).is_some_and(|m| same_route(&m)) {
+        // Upstreams serve HEAD with the GET handler (side effects
+        // included): where GET takes a route, HEAD must take the same.
+        if head && route_of(p, "GET").is_some_and(|g| Some(g) != index) {
             return Err(UnclearPath);
         }
     }
@@ -732,12 +752,26 @@ fn route_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
 }
 
 /// The path without the format suffix of its last segment (`/v1/sms` for
-/// `/v1/sms.json`), if it has one: a `.` after the segment's first
-/// character, then at least one character.
-fn format_stem(path: &str) -> Option<&str> {
-    let segment_start = path.rfind('/').map_or(0, |i| i + 1);
-    let dot = path.rfind('.')?;
-    (dot > segment_start && dot + 1 < path.len()).then(|| path.get(..dot))?
+/// `/v1/sms.json` and `/v1/sms.json/`), cut at the segment's first and at
+/// its last `.` (`%2e` counted, which an upstream decodes), if it has one
+/// after its first character with something after it: at most two stems.
+fn format_stems(path: &str) -> [Option<&str>; 2] {
+    let trimmed = path.strip_suffix('/').unwrap_or(path);
+    let start = trimmed.rfind('/').map_or(0, |i| i + 1);
+    let segment = trimmed.get(start..).unwrap_or("");
+    let b = segment.as_bytes();
+    let dot_at = |i: usize| {
+        b.get(i) == Some(&b'.')
+            || (b.get(i) == Some(&b'%')
+                && b.get(i + 1) == Some(&b'2')
+                && b.get(i + 2).is_some_and(|c| c.eq_ignore_ascii_case(&b'e')))
+    };
+    let dot_len = |i: usize| if b.get(i) == Some(&b'.') { 1 } else { 3 };
+    let dots = || (1..b.len()).filter(|&i| dot_at(i) && i + dot_len(i) < b.len());
+    let stem = |i: usize| trimmed.get(..start + i);
+    let first = dots().next();
+    let last = dots().next_back().filter(|&l| Some(l) != first);
+    [first.and_then(stem), last.and_then(stem)]
 }
 
 /// `.` or `..`, also spelled with `%2e` (which an upstream decodes before
@@ -1455,7 +1489,7 @@ fn verify_signature_within_budget(
 /// Capacity of a provider's table of signed requests seen
 /// (`message_signing.single_use`). Fixed, unlike `replay.max_entries`, so
 /// that a value never moves to another bucket when a configuration changes.
-pub const SIGNED_REQUEST_ENTRIES: u32 = 65_536;
+pub const SIGNED_REQUEST_ENTRIES: u32 = 1 << 20;
 
 /// Records a verified request signature (by the digest of its base) in the
 /// provider's table of signed requests until it is too old to verify:

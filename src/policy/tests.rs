@@ -4018,6 +4018,12 @@ fn a_format_suffix_or_a_target_header_that_would_take_another_route_is_refused()
     assert_eq!(reason("POST", "/v1/sms.json", &[]), denied);
     assert_eq!(reason("POST", "/v1/sms.json?x=1", &[]), denied);
     assert_eq!(reason("GET", "/v1/orders.xml", &[]), denied);
+    // a trailing slash, several dots, `%2e` (Envoy keeps it with
+    // `normalize_path` off)
+    assert_eq!(reason("POST", "/v1/sms.json/", &[]), denied);
+    assert_eq!(reason("POST", "/v1/sms.x.json", &[]), denied);
+    assert_eq!(reason("POST", "/v1/sms%2ejson", &[]), denied);
+    assert_eq!(reason("POST", "/v1/sms%2Ejson", &[]), denied);
     // the suffix keeps the route: nothing changes
     assert_eq!(
         reason("GET", "/v1/orders/7.json", &[]),
@@ -4054,7 +4060,80 @@ fn a_format_suffix_or_a_target_header_that_would_take_another_route_is_refused()
             None,
             "{name}"
         );
+        // not decoded by Envoy: read as another path upstream
+        for target in ["/v1/%6Frders/1", "/v1\\orders\\1", "/v1/orders.json"] {
+            assert_eq!(
+                reason("GET", "/v1/public", &[(name, target)]),
+                denied,
+                "{name} {target}"
+            );
+        }
     }
+}
+
+#[test]
+fn path_and_method_variants_are_checked_together() {
+    // Rails runs `sms#destroy` for `POST /v1/sms.json` with
+    // `X-HTTP-Method-Override: DELETE`: neither the suffix alone (POST
+    // takes `rest` either way) nor the override alone (DELETE on the
+    // dotted path takes `rest`) shows it.
+    let w = World::from(json!({
+        "api_keys": {"keys": [{"id": "k", "sha256": hash_api_key("secret-key")}]},
+        "routes": [
+            {"name": "sms", "match": {"path": "/v1/sms", "methods": ["DELETE"]}, "api_key": "required"},
+            {"name": "probe", "match": {"path": "/healthz", "methods": ["HEAD"]}},
+            {"name": "rest", "match": {"prefix": "/"}, "api_key": "optional"}
+        ]
+    }));
+    let reason = |method: &str, path: &str, extra: &[(&str, &str)]| {
+        let mut pairs = vec![
+            (":method", method),
+            (":path", path),
+            (":authority", "api.example.com"),
+        ];
+        pairs.extend_from_slice(extra);
+        let h = headers(&pairs);
+        evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW).done_reason()
+    };
+    let denied = Some(Reason::RouteDenied);
+    assert_eq!(reason("POST", "/v1/sms.json", &[]), None);
+    assert_eq!(
+        reason(
+            "POST",
+            "/v1/sms.json",
+            &[("x-http-method-override", "DELETE")]
+        ),
+        denied
+    );
+    assert_eq!(reason("POST", "/v1/sms.json?_method=DELETE", &[]), denied);
+    assert_eq!(
+        reason(
+            "POST",
+            "/v1/x",
+            &[
+                ("x-original-url", "/v1/sms"),
+                ("x-http-method-override", "DELETE")
+            ]
+        ),
+        denied
+    );
+    // A HEAD-only route whose path GET takes no route of its own (a load
+    // balancer's health check) is not refused.
+    let only_head = World::from(json!({
+        "default_action": "deny",
+        "routes": [{"name": "probe", "match": {"path": "/healthz", "methods": ["HEAD"]}}]
+    }));
+    let h = headers(&[
+        (":method", "HEAD"),
+        (":path", "/healthz"),
+        (":authority", "a"),
+    ]);
+    assert_eq!(
+        evaluate(&only_head.ctx(), &Request::new(&h, None), NOW).done_reason(),
+        None
+    );
+    // Where GET takes another route (`rest`), it is.
+    assert_eq!(reason("HEAD", "/healthz", &[]), denied);
 }
 
 #[test]

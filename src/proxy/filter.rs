@@ -73,6 +73,10 @@ pub struct GuardFilter {
     /// delivers them only with `allow_on_headers_stop_iteration: true`;
     /// resuming would then send them on past the body checks.
     body_while_paused: bool,
+    /// The most body bytes Envoy said it had buffered for the body phase:
+    /// trailers end the body without a size, and a body that reads back
+    /// shorter is not the body that goes upstream.
+    body_buffered: usize,
     /// Headers the rate-limit service asked to add to the response.
     response_headers: Vec<(String, String)>,
 }
@@ -106,6 +110,7 @@ impl GuardFilter {
             headers: Headers::default(),
             headers_end_stream: false,
             body_while_paused: false,
+            body_buffered: 0,
             response_headers: Vec::new(),
         }
     }
@@ -683,7 +688,10 @@ impl HttpContext for GuardFilter {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         match &self.state {
-            State::AwaitingBody(_) => self.on_body(body_size, end_of_stream),
+            State::AwaitingBody(_) => {
+                self.body_buffered = self.body_buffered.max(body_size);
+                self.on_body(body_size, end_of_stream)
+            }
             // While a decision is pending the body must wait too: Continue
             // here would release the paused headers upstream.
             State::AwaitingKeys { .. } => {
@@ -706,13 +714,26 @@ impl HttpContext for GuardFilter {
         }
         match &self.state {
             // Trailers end the body: evaluate what was buffered.
-            State::AwaitingBody(_) => {
-                let size = abi::buffer(Buffer::RequestBody, 0, usize::MAX)
-                    .ok()
-                    .flatten()
-                    .map_or(0, |b| b.len());
-                self.on_body(size, true)
-            }
+            State::AwaitingBody(_) => match abi::buffer(Buffer::RequestBody, 0, usize::MAX) {
+                Ok(Some(b)) if b.len() >= self.body_buffered => self.on_body(b.len(), true),
+                Ok(None) if self.body_buffered == 0 => self.on_body(0, true),
+                // Shorter than Envoy said, or unreadable: checked as it
+                // reads, a body whose digest covers less (or nothing)
+                // would pass while the whole one goes upstream.
+                other => {
+                    warn!(
+                        "#{} the request body cannot be read at its trailers ({} bytes buffered, {})",
+                        self.context_id,
+                        self.body_buffered,
+                        match other {
+                            Ok(Some(b)) => format!("{} read", b.len()),
+                            Ok(None) => "none read".to_owned(),
+                            Err(s) => format!("{s:?}"),
+                        }
+                    );
+                    self.reply_raw(503, "appguard_host_error")
+                }
+            },
             State::AwaitingKeys { .. } => {
                 self.body_while_paused = true;
                 Action::Pause
