@@ -624,7 +624,11 @@ fn a_client_that_leaves_while_the_service_is_asked_does_not_use_up_its_jti() {
         // Until the request is held for the service: its `jti` recorded,
         // the call out (Envoy counts the gRPC request when it is sent).
         let deadline = Instant::now() + Duration::from_secs(10);
-        while envoy.stat("cluster.ratelimit.upstream_rq_total").unwrap_or(0) < 1 {
+        while envoy
+            .stat("cluster.ratelimit.upstream_rq_total")
+            .unwrap_or(0)
+            < 1
+        {
             assert!(Instant::now() < deadline, "the call never went out");
             std::thread::sleep(Duration::from_millis(20));
         }
