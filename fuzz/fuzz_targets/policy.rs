@@ -138,6 +138,22 @@ fuzz_target!(|data: &[u8]| {
         })
     };
     let route = appguard::policy::match_route(config(), &req);
+    // Decided here, not by `match_route`: a path (before its query or
+    // fragment) with a `.`, `..` (`%2e` in any case counted) or empty
+    // middle segment once each segment's `;` parameters are dropped.
+    let raw_path = path.split(['?', '#']).next().unwrap_or("");
+    let segments: Vec<&str> = raw_path
+        .split('/')
+        .map(|s| s.split(';').next().unwrap_or(""))
+        .collect();
+    let unclear = raw_path.starts_with('/')
+        && segments.iter().enumerate().any(|(i, s)| {
+            let d = s.to_ascii_lowercase().replace("%2e", ".");
+            d == "." || d == ".." || (s.is_empty() && i > 0 && i + 1 < segments.len())
+        });
+    if unclear {
+        assert!(route.is_err(), "{path:?} matched a route");
+    }
     let Ok(route) = route else {
         // A path whose spelling cannot be trusted to name its handler
         // (dot or empty segments once `;` parameters are dropped) is

@@ -95,6 +95,95 @@ fn a_signed_request_passes() {
 }
 
 #[test]
+fn the_authority_is_the_host_the_client_sent_with_its_port() {
+    // A client signs the authority it sends (`Host: API.Example:port`);
+    // Envoy passes it on as `:authority`, and appguard rebuilds
+    // `@authority` and `@target-uri` from it (lower case, the port kept as
+    // it is not the scheme's default). The tests above all send
+    // `host: localhost`.
+    let (up, envoy) = start();
+    let key = install_key(7);
+    let t = token_for(&key);
+    let host = format!("API.Example.TEST:{}", envoy.port);
+    let headers = vec![
+        ("approov-token".to_string(), t.clone()),
+        ("content-type".to_string(), "application/json".to_string()),
+    ];
+    let sign = |components: Vec<String>| {
+        let msg = Message::request(
+            "POST",
+            "http",
+            &host,
+            "/v1/sms",
+            None,
+            &headers,
+            Some(BODY.as_bytes()),
+        );
+        sign_request(
+            &key,
+            &msg,
+            &SignatureOptions::new("install", components, now()),
+        )
+        .unwrap()
+    };
+    let mut with_target: Vec<String> = vec![
+        "@method".into(),
+        "@target-uri".into(),
+        "approov-token".into(),
+        "content-digest".into(),
+    ];
+    let with_authority: Vec<String> = vec![
+        "@method".into(),
+        "@authority".into(),
+        "@path".into(),
+        "approov-token".into(),
+        "content-digest".into(),
+    ];
+    for (what, comps) in [
+        ("@target-uri", with_target.clone()),
+        ("@authority", with_authority),
+    ] {
+        let sig = sign(comps);
+        let req = Req::new("POST", "/v1/sms")
+            .header("host", &host)
+            .header("approov-token", &t)
+            .header("content-type", "application/json")
+            .header("signature-input", &sig.signature_input)
+            .header("signature", &sig.signature)
+            .header("content-digest", sig.content_digest.as_deref().unwrap())
+            .body(BODY.as_bytes());
+        let r = envoy.request(req);
+        assert_eq!(r.status, 200, "{what}: {}", r.text());
+    }
+    assert_eq!(up.seen().len(), 2);
+    // Signed for another port: refused.
+    with_target.retain(|c| c != "content-digest");
+    let msg = Message::request(
+        "GET",
+        "http",
+        "api.example.test:1",
+        "/v1/x",
+        None,
+        &headers,
+        None,
+    );
+    let sig = sign_request(
+        &key,
+        &msg,
+        &SignatureOptions::new("install", with_target, now()),
+    )
+    .unwrap();
+    let r = envoy.request(
+        Req::new("GET", "/v1/x")
+            .header("host", &host)
+            .header("approov-token", &t)
+            .header("signature-input", &sig.signature_input)
+            .header("signature", &sig.signature),
+    );
+    assert_eq!((r.status, r.reason()), (401, Some("signature_invalid")));
+}
+
+#[test]
 fn tampering_and_replays_are_signature_invalid() {
     let (up, envoy) = start();
     let key = install_key(7);
