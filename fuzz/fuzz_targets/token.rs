@@ -77,6 +77,33 @@ fuzz_target!(|data: &[u8]| {
     if pre.check_signature(p, &token, NOW).is_err() {
         return;
     }
+    // The payload as this oracle reads it, not as the code under test
+    // does: strict base64url (RFC 7515), then plain JSON. A verified token
+    // has an `exp` that is a whole number, and it is the `exp` checked.
+    let payload: serde_json::Value = {
+        use base64::Engine as _;
+        let part = token.split('.').nth(1).unwrap_or("");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap_or_else(|e| panic!("verified a payload that is not base64url: {e}"));
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("verified a payload that is not JSON: {e}"))
+    };
+    assert_eq!(
+        payload.get("exp").and_then(serde_json::Value::as_u64),
+        Some(pre.exp),
+        "the exp checked is not the token's: {payload}"
+    );
+    assert_eq!(
+        payload.get("iss"),
+        pre.claims.get("iss"),
+        "the iss checked is not the token's"
+    );
+    assert_eq!(
+        payload.get("aud"),
+        pre.claims.get("aud"),
+        "the aud checked is not the token's"
+    );
     let skew = p.clock_skew_seconds;
     assert!(
         pre.exp.saturating_add(skew) >= NOW,
