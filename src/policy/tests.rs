@@ -1296,24 +1296,33 @@ impl Step {
     }
 }
 
+/// One HS256 provider `t` (header `x-t`) with a failure budget of 3 per
+/// minute, on the route `r` for every path.
+fn budgeted_world() -> World {
+    World::from(json!({
+        "tokens": [{"name": "t", "from": [{"header": "x-t"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "failure_budget": {"failures": 3, "window_seconds": 60}}],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
+    }))
+}
+
+/// A token MACed with another secret than [`budgeted_world`]'s: a forgery,
+/// one per `i`.
+fn forged(i: u32) -> String {
+    hs256_raw(
+        &[9u8; 64],
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "n": i}),
+    )
+}
+
 #[test]
 fn a_worker_remembers_a_spent_budget_by_network_not_by_address() {
     // The budget counts a /64: a spent /64 that changes its address each
     // request must still be refused from the worker's memory (a map
     // lookup), not by hashing each token and reading shared data again.
-    let w = World::from(json!({
-        "tokens": [{"name": "t", "from": [{"header": "x-t"}],
-                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
-                    "failure_budget": {"failures": 3, "window_seconds": 60}}],
-        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
-    }));
-    let forged = |i: u32| {
-        hs256_raw(
-            &[9u8; 64],
-            &json!({"alg": "HS256"}),
-            &json!({"exp": NOW + 60, "n": i}),
-        )
-    };
+    let w = budgeted_world();
     for i in 0..4 {
         let ip = format!("2001:db8:1:2::{i}");
         w.run("/x", &ip, &[("x-t", &forged(i))]);
@@ -1335,19 +1344,7 @@ fn a_worker_remembers_a_spent_budget_by_network_not_by_address() {
 
 #[test]
 fn failed_signatures_are_cached_and_a_client_budget_stops_verification() {
-    let w = World::from(json!({
-        "tokens": [{"name": "t", "from": [{"header": "x-t"}],
-                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
-                    "failure_budget": {"failures": 3, "window_seconds": 60}}],
-        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
-    }));
-    let forged = |i: u32| {
-        hs256_raw(
-            &[9u8; 64],
-            &json!({"alg": "HS256"}),
-            &json!({"exp": NOW + 60, "n": i}),
-        )
-    };
+    let w = budgeted_world();
     let run = |ip: &str, t: &str| w.run("/x", ip, &[("x-t", t)]);
     // three distinct forgeries from one client: verified and refused
     for i in 0..3 {

@@ -86,9 +86,7 @@ pub struct GuardFilter {
 /// client left, or the stream was reset): see [`policy::abandon_rls`].
 impl Drop for GuardFilter {
     fn drop(&mut self) {
-        let State::AwaitingRateLimit { pending, .. } =
-            std::mem::replace(&mut self.state, State::Done)
-        else {
+        let Some(pending) = self.take_awaiting_rls() else {
             return;
         };
         let Some(worker) = self.worker.clone() else {
@@ -101,6 +99,19 @@ impl Drop for GuardFilter {
 }
 
 impl GuardFilter {
+    /// The evaluation of a context held for the rate-limit service, taken
+    /// out (the context is then decided); `None`, and nothing changed, in
+    /// any other state.
+    fn take_awaiting_rls(&mut self) -> Option<Box<Pending>> {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::AwaitingRateLimit { pending, .. } => Some(pending),
+            other => {
+                self.state = other;
+                None
+            }
+        }
+    }
+
     /// A filter for one request, sharing the worker's state.
     pub fn new(context_id: u32, worker: Option<Rc<Worker>>) -> Self {
         GuardFilter {
@@ -596,9 +607,7 @@ impl Context for GuardFilter {
         if *token != token_id {
             return;
         }
-        let State::AwaitingRateLimit { pending, .. } =
-            std::mem::replace(&mut self.state, State::Done)
-        else {
+        let Some(pending) = self.take_awaiting_rls() else {
             return;
         };
         let Some(worker) = self.worker.clone() else {
