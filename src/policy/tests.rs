@@ -113,6 +113,23 @@ impl World {
     fn reason(&self, path: &str, hs: &[(&str, &str)]) -> Option<Reason> {
         self.run(path, "198.51.100.1", hs).0.reason()
     }
+    /// The reason for `method path` on `api.example.com` with `extra`
+    /// headers (and no others) from 192.0.2.1, once decided.
+    fn route(&self, method: &str, path: &str, extra: &[(&str, &str)]) -> Option<Reason> {
+        let mut pairs = vec![
+            (":method", method),
+            (":path", path),
+            (":authority", "api.example.com"),
+        ];
+        pairs.extend_from_slice(extra);
+        let h = headers(&pairs);
+        evaluate(
+            &self.ctx(),
+            &Request::new(&h, "192.0.2.1".parse().ok()),
+            NOW,
+        )
+        .done_reason()
+    }
 }
 
 fn set_headers(d: &Decision) -> Vec<(String, String)> {
@@ -4001,16 +4018,7 @@ fn a_format_suffix_or_a_target_header_that_would_take_another_route_is_refused()
             {"name": "rest", "match": {"prefix": "/"}, "api_key": "optional"}
         ]
     }));
-    let reason = |method: &str, path: &str, extra: &[(&str, &str)]| {
-        let mut pairs = vec![
-            (":method", method),
-            (":path", path),
-            (":authority", "api.example.com"),
-        ];
-        pairs.extend_from_slice(extra);
-        let h = headers(&pairs);
-        evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW).done_reason()
-    };
+    let reason = |method: &str, path: &str, extra: &[(&str, &str)]| w.route(method, path, extra);
     let denied = Some(Reason::RouteDenied);
     assert_eq!(reason("POST", "/v1/sms.json", &[]), denied);
     assert_eq!(reason("POST", "/v1/sms.json?x=1", &[]), denied);
@@ -4082,16 +4090,7 @@ fn path_and_method_variants_are_checked_together() {
             {"name": "rest", "match": {"prefix": "/"}, "api_key": "optional"}
         ]
     }));
-    let reason = |method: &str, path: &str, extra: &[(&str, &str)]| {
-        let mut pairs = vec![
-            (":method", method),
-            (":path", path),
-            (":authority", "api.example.com"),
-        ];
-        pairs.extend_from_slice(extra);
-        let h = headers(&pairs);
-        evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW).done_reason()
-    };
+    let reason = |method: &str, path: &str, extra: &[(&str, &str)]| w.route(method, path, extra);
     let denied = Some(Reason::RouteDenied);
     assert_eq!(reason("POST", "/v1/sms.json", &[]), None);
     assert_eq!(
@@ -4172,16 +4171,7 @@ fn a_method_override_that_would_take_another_route_is_refused() {
             {"name": "public", "match": {"prefix": "/v1/public/"}}
         ]
     }));
-    let reason = |method: &str, path: &str, extra: &[(&str, &str)]| {
-        let mut pairs = vec![
-            (":method", method),
-            (":path", path),
-            (":authority", "api.example.com"),
-        ];
-        pairs.extend_from_slice(extra);
-        let h = headers(&pairs);
-        evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW).done_reason()
-    };
+    let reason = |method: &str, path: &str, extra: &[(&str, &str)]| w.route(method, path, extra);
     let denied = Some(Reason::RouteDenied);
     assert_eq!(reason("POST", "/v1/orders/1", &[]), None);
     for name in [
