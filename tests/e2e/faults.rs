@@ -482,6 +482,8 @@ fn clients_that_go_away_do_not_free_their_fetch_slots() {
     let jwks = JwksServer::start(Jwks::Slow(Duration::from_millis(3 * JWKS_TIMEOUT_MS), doc));
     let e = jwks_envoy(&up, jwks.server.port, "deny");
     let before = e.stat("cluster.jwks.upstream_rq_total").unwrap_or(0);
+    let closed = || e.stat("http.ingress.downstream_cx_destroy").unwrap_or(0);
+    let closed_before = closed();
     let token = tokens::es256_with(&k, &claims(60, json!({})));
     for _ in 0..12 {
         let mut s = TcpStream::connect(("127.0.0.1", e.port)).unwrap();
@@ -493,7 +495,16 @@ fn clients_that_go_away_do_not_free_their_fetch_slots() {
         thread::sleep(Duration::from_millis(20));
         drop(s);
     }
-    thread::sleep(Duration::from_millis(100));
+    // Envoy has read every request (their fetches, if any, are sent from
+    // the headers callback) once it has seen all 12 connections close.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while closed() < closed_before + 12 {
+        assert!(
+            Instant::now() < deadline,
+            "Envoy did not see the 12 clients go"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     let sent = e.stat("cluster.jwks.upstream_rq_total").unwrap_or(0) - before;
     // 4 from requests, plus the root's background refresh (one per second
     // while no keys are loaded).

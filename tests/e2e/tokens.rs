@@ -413,10 +413,12 @@ fn a_slow_answer_to_an_earlier_fetch_does_not_undo_a_rotation() {
         "one re-fetch for the new kid"
     );
     // the refresh now answers with the document from before the rotation
-    while !late_sent.load(Ordering::SeqCst) {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    wait_until(10, "the late answer to be sent", || {
+        late_sent.load(Ordering::SeqCst)
+    });
+    wait_until(10, "the late answer to be read and set aside", || {
+        envoy.log().contains("an answer to an earlier fetch")
+    });
     // new tokens, so that the verified-token cache cannot answer
     for (i, path) in ["/remote/c", "/remote/d"].iter().enumerate() {
         let t = tokens::es256_with(&k2, &claims(60, json!({"n": i})));
@@ -462,14 +464,26 @@ fn a_key_taken_out_of_the_jwks_stops_its_cached_tokens_at_the_next_refresh() {
         &json!({"keys": [tokens::es256_jwk(&k2, "k2")]}).to_string(),
     );
     let fetched = jwks.fetches();
+    let loaded = || envoy.log().matches("bytes loaded").count();
+    let loads = loaded();
     wait_until(30, "a background refresh", || jwks.fetches() != fetched);
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let r = envoy.request(Req::get("/remote/b").header("x-token", &t1));
-    assert_eq!(
-        (r.status, r.reason()),
-        (401, Some("token_signature")),
-        "a cached token of the removed key"
-    );
+    wait_until(10, "the refreshed keys to be stored", || loaded() > loads);
+    // Whichever VM fetched them (the main thread's or the worker's), the
+    // worker uses them from its next tick, a second at most: from then on
+    // the cached token of the removed key is refused. (Without the
+    // version in the cache's key it would pass until its `exp`, a minute.)
+    let stored = std::time::Instant::now();
+    let refused = (401, Some("token_signature".to_owned()));
+    let mut last = (0, None);
+    while stored.elapsed() < std::time::Duration::from_secs(3) {
+        let r = envoy.request(Req::get("/remote/b").header("x-token", &t1));
+        last = (r.status, r.reason().map(str::to_owned));
+        if last == refused {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(last, refused, "a cached token of the removed key");
     let r = envoy.request(Req::get("/remote/c").header("x-token", &t2));
     assert_eq!(r.status, 200, "the kept key's token: {}", r.text());
 }
@@ -662,8 +676,16 @@ fn across_a_listener_drain_old_and_new_configurations_see_each_others_jtis() {
 
     envoy.update_listener(&builder.clone().plugin_config(with_max_entries(65536, true)));
     wait_for_the_open_route(&envoy);
-    // Both configurations' ticks have read the new layout.
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // The new configuration knows the old layout from its start; the old
+    // one's ticks must have read the new layout: the main thread's root
+    // and the one worker's each log it.
+    wait_until(10, "the old configuration to follow the new layout", || {
+        envoy
+            .log()
+            .matches("replaced by a configuration with 65536 replay entries")
+            .count()
+            >= 2
+    });
     let send_new = |t: &str| {
         let r = envoy.request(
             Req::get("/hs/x")
