@@ -198,6 +198,13 @@ pub fn record<S: SharedStore + ?Sized>(
     let (window, count) = store::update(s, &key, |cur| {
         let (w, c) = read_pair(cur);
         let (w, c) = if w >= now_window && !ahead(w) {
+            if c >= a.threshold {
+                // Past the threshold: this window's alert is decided, and
+                // a higher count is never read. Writing it anyway would
+                // make every denial of a flood a contended shared-data
+                // write (Envoy locks all shared data for each one).
+                return (None, (w, c.saturating_add(1)));
+            }
             (w, c.saturating_add(1))
         } else {
             (now_window, 1)
@@ -501,6 +508,27 @@ mod tests {
         let s = MemStore::default();
         assert_eq!(cross(&s, &a, "api", Reason::IpDenied, 180).len(), 1);
         assert!(record(&s, &a, "api", Reason::IpDenied, 179).is_none());
+    }
+
+    #[test]
+    fn a_pair_past_its_threshold_is_not_written_again_in_its_window() {
+        // A flood of one cheap denial: once the window's alert is decided,
+        // further denials only read the counter, so that the workers do
+        // not contend on a shared-data write per denial.
+        let s = MemStore::default();
+        let a = alerts(3, 2);
+        let key = "appguard/alert/sms/ip_denied";
+        let fired = (0..50)
+            .filter_map(|_| record(&s, &a, "sms", Reason::IpDenied, 120))
+            .count();
+        assert_eq!(fired, 1);
+        let (stored, cas) = s.get(key).unwrap();
+        assert_eq!(read_pair(Some(&stored)), (120, 3));
+        assert!(record(&s, &a, "sms", Reason::IpDenied, 121).is_none());
+        assert_eq!(s.get(key).unwrap().1, cas, "written past the threshold");
+        // the next window counts again from 1, and alerts again
+        assert_eq!(cross(&s, &a, "sms", Reason::IpDenied, 180).len(), 1);
+        assert_eq!(read_pair(s.get(key).map(|v| v.0).as_deref()), (180, 3));
     }
 
     /// Drives one pair to its threshold; the alert if one was sent.
