@@ -321,6 +321,28 @@ pub struct RemoteKeys {
     pub version: u64,
 }
 
+/// Where a request stands with the remote keys of its token's provider.
+///
+/// An unknown `kid` means a made-up token only once keys fetched after the
+/// request asked have been looked at. Before that, it may be a key the
+/// issuer has just published, and its genuine clients must not spend their
+/// failure budget on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyFetch {
+    /// The adapter may fetch now (first keys, or an unknown `kid` outside
+    /// the re-fetch rate limit): the evaluation asks for them (`Step::NeedKeys`).
+    May,
+    /// No fetch now: a re-fetch was made recently (by any worker), a fetch
+    /// just failed, or this phase never fetches. Missing keys answer
+    /// `jwks_unavailable` and an unknown `kid` `token_signature`, without
+    /// charging the budget.
+    NotNow,
+    /// Keys were loaded after this request asked (its own fetch, or another
+    /// worker's just copied): an unknown `kid` is in no key the issuer
+    /// publishes, and is charged to the budget like a forged signature.
+    Fetched,
+}
+
 /// What the core needs besides the request: the worker's state.
 pub struct Ctx<'a> {
     /// The compiled configuration.
@@ -334,10 +356,9 @@ pub struct Ctx<'a> {
     pub token_cache: &'a RefCell<TokenCache>,
     /// Remote JWKS keys per provider (same index as `Config::providers`).
     pub remote_keys: &'a [RemoteKeys],
-    /// Whether the adapter may fetch remote keys now (first keys, or an
-    /// unknown `kid` outside the re-fetch rate limit). When false, missing
-    /// keys answer `jwks_unavailable` and an unknown `kid` `token_signature`.
-    pub may_fetch_keys: bool,
+    /// What the adapter can do, in this evaluation, about missing remote
+    /// keys or an unknown `kid` (see [`KeyFetch`]).
+    pub key_fetch: KeyFetch,
     /// The worker's memory of the service's answers: descriptors it
     /// refused, and hits leased from it.
     pub service_cache: &'a RefCell<ServiceCache>,
@@ -2102,14 +2123,14 @@ fn check_token(
             let remote = ctx.remote_keys.get(pi).and_then(|r| r.keys.clone());
             let has_remote = provider.remote_jwks.is_some();
             if has_remote && remote.is_none() && provider.keys.is_empty() {
-                if !ctx.may_fetch_keys && route.failure_mode == FailureMode::Allow {
+                if ctx.key_fetch != KeyFetch::May && route.failure_mode == FailureMode::Allow {
                     // Fail open, as the route asks: the token cannot be
                     // checked, so it is treated as absent (identity then
                     // comes from the headers alone). Counted and logged.
                     facts.degraded = Some(Reason::JwksUnavailable);
                     return Ok(None);
                 }
-                return Err(if ctx.may_fetch_keys {
+                return Err(if ctx.key_fetch == KeyFetch::May {
                     Flow::NeedKeys(pi)
                 } else {
                     Reason::JwksUnavailable.into()
@@ -2120,17 +2141,23 @@ fn check_token(
             let extra: &[Key] = remote.as_deref().map_or(&[], |v| v.as_slice());
             let pre = match token::precheck(provider, &provider.keys, extra, raw, now) {
                 Ok(pre) => pre,
-                Err(TokenError::UnknownKid) if has_remote && ctx.may_fetch_keys => {
+                Err(TokenError::UnknownKid) if has_remote && ctx.key_fetch == KeyFetch::May => {
                     return Err(Flow::NeedKeys(pi));
                 }
                 Err(e) => {
-                    // A `kid` no key of a remote JWKS has, past any
-                    // re-fetch: made up, as a forged signature is. It spends
-                    // the client's budget like one, so that a flood of
-                    // random `kid`s cannot keep asking for keys (each ask
-                    // copies the stored JWKS and evaluates the request
-                    // twice) once the budget is spent.
-                    if e == TokenError::UnknownKid && has_remote {
+                    // A `kid` no key of a remote JWKS has, in keys loaded
+                    // since the request asked: made up, as a forged
+                    // signature is. It spends the client's budget like one,
+                    // so that a flood of random `kid`s cannot keep asking
+                    // for keys once the budget is spent. Refused while no
+                    // re-fetch could be made, it is not charged: the issuer
+                    // may have just published that key, and the clients of
+                    // a rotation must not lock themselves out (such a
+                    // refusal costs no signature work).
+                    if e == TokenError::UnknownKid
+                        && has_remote
+                        && ctx.key_fetch == KeyFetch::Fetched
+                    {
                         budget.charge(1);
                     }
                     return Err(Flow::from(e.reason()));

@@ -24,7 +24,7 @@ use appguard::headers::Headers;
 use appguard::identity::KeyMemo;
 use appguard::limits::ServiceCache;
 use appguard::policy::{
-    evaluate, evaluate_body, evaluate_rls, Ctx, NegativeCache, Step, TokenCache,
+    evaluate, evaluate_body, evaluate_rls, Ctx, KeyFetch, NegativeCache, Step, TokenCache,
 };
 use appguard::request::Request;
 use appguard::store::{BucketSalt, MemStore};
@@ -107,7 +107,7 @@ fuzz_target!(|data: &[u8]| {
         bucket_salt: BucketSalt::new([7; 16]),
         token_cache: &token_cache,
         remote_keys: &[],
-        may_fetch_keys: false,
+        key_fetch: KeyFetch::NotNow,
         service_cache: &over_limit,
         key_memo: &key_memo,
         negative: &negative,

@@ -976,7 +976,7 @@ impl World {
             bucket_salt: BucketSalt::new([7; 16]),
             token_cache: &self.cache,
             remote_keys: &[],
-            may_fetch_keys: false,
+            key_fetch: KeyFetch::NotNow,
             service_cache: &self.over,
             key_memo: &self.keys,
             negative: &self.neg,
@@ -1535,7 +1535,7 @@ fn a_budget_spent_on_one_worker_stops_verification_on_another() {
             bucket_salt: BucketSalt::new([7; 16]),
             token_cache: &b_cache,
             remote_keys: &[],
-            may_fetch_keys: false,
+            key_fetch: KeyFetch::NotNow,
             service_cache: &w.over,
             key_memo: &w.keys,
             negative: &b_neg,
@@ -1929,9 +1929,10 @@ fn made_up_kids_for_a_remote_jwks_spend_the_budget_and_then_ask_for_no_keys() {
         )),
         version: 1,
     }];
-    // `may_fetch`: the headers phase (an unknown kid asks for keys); else
-    // the evaluation after the adapter declined to re-fetch.
-    let step = |kid: &str, may_fetch: bool| {
+    // `May`: the headers phase (an unknown kid asks for keys); `Fetched`:
+    // the evaluation after keys newer than the request were loaded;
+    // `NotNow`: after the adapter declined to re-fetch (one was recent).
+    let step = |kid: &str, key_fetch: KeyFetch| {
         let t = hs256_raw(
             SECRET,
             &json!({"alg": "HS256", "kid": kid}),
@@ -1945,13 +1946,27 @@ fn made_up_kids_for_a_remote_jwks_spend_the_budget_and_then_ask_for_no_keys() {
         ]);
         let mut ctx = w.ctx();
         ctx.remote_keys = &remote;
-        ctx.may_fetch_keys = may_fetch;
+        ctx.key_fetch = key_fetch;
         evaluate(&ctx, &Request::new(&h, "192.0.2.9".parse().ok()), NOW)
     };
+    // A kid the issuer may have just published, refused while a re-fetch
+    // is not allowed yet: refused, but no budget spent, however many.
+    for _ in 0..10 {
+        match step("k2", KeyFetch::NotNow) {
+            Step::Done(d, f) => assert_eq!(
+                (d.reason(), f.budget_refused),
+                (Some(Reason::TokenSignature), false)
+            ),
+            s => panic!("{s:?}"),
+        }
+    }
     for i in 0..3 {
         let kid = format!("made-up-{i}");
-        assert!(matches!(step(&kid, true), Step::NeedKeys { .. }), "{i}");
-        match step(&kid, false) {
+        assert!(
+            matches!(step(&kid, KeyFetch::May), Step::NeedKeys { .. }),
+            "{i}"
+        );
+        match step(&kid, KeyFetch::Fetched) {
             Step::Done(d, f) => assert_eq!(
                 (d.reason(), f.budget_refused),
                 (Some(Reason::TokenSignature), false),
@@ -1961,7 +1976,7 @@ fn made_up_kids_for_a_remote_jwks_spend_the_budget_and_then_ask_for_no_keys() {
         }
     }
     // Spent: the next made-up kid asks for nothing, and is refused at once.
-    match step("made-up-3", true) {
+    match step("made-up-3", KeyFetch::May) {
         Step::Done(d, f) => assert_eq!(
             (d.reason(), f.budget_refused),
             (Some(Reason::TokenSignature), true)
@@ -1985,7 +2000,7 @@ fn without_keys_a_known_forgery_or_a_spent_client_starts_no_fetch() {
             ("x-t", token),
         ]);
         let mut ctx = w.ctx();
-        ctx.may_fetch_keys = true;
+        ctx.key_fetch = KeyFetch::May;
         evaluate(&ctx, &Request::new(&h, ip.parse().ok()), NOW)
     };
     let t = |n: u32| {

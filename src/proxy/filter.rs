@@ -19,7 +19,7 @@ use super::root::{Worker, WARN_LINES_PER_SECOND};
 use crate::decision::{Decision, Denial, Grant, KeyScrub};
 use crate::headers::Headers;
 use crate::lograte::Admit;
-use crate::policy::{self, Ctx, Facts, Pending, RlsCall, Step};
+use crate::policy::{self, Ctx, Facts, KeyFetch, Pending, RlsCall, Step};
 use crate::ratelimit::{decode_response, MAX_RESPONSE_BYTES};
 use crate::request::{reserved_header, Claims, Delegated, Peer, Request};
 
@@ -92,7 +92,7 @@ impl Drop for GuardFilter {
         let Some(worker) = self.worker.clone() else {
             return;
         };
-        self.ctx_step(&worker, false, |ctx, _, _| {
+        self.ctx_step(&worker, KeyFetch::NotNow, |ctx, _, _| {
             policy::abandon_rls(ctx, pending)
         });
     }
@@ -147,7 +147,7 @@ impl GuardFilter {
         for (name, _) in self.headers.iter().filter(|(n, _)| self.is_ours(n)) {
             let _ = abi::remove_header(Map::RequestHeaders, name);
         }
-        self.run(true)
+        self.run(KeyFetch::May)
     }
 
     /// Whether only appguard may set this header: `x-appguard-*`, and the
@@ -162,11 +162,11 @@ impl GuardFilter {
     }
 
     /// Evaluates (or re-evaluates, after keys arrived) and acts on the step.
-    fn run(&mut self, may_fetch_keys: bool) -> Action {
+    fn run(&mut self, key_fetch: KeyFetch) -> Action {
         let Some(worker) = self.worker.clone() else {
             return self.reply_raw(503, "appguard_unconfigured");
         };
-        let (step, now) = self.ctx_step(&worker, may_fetch_keys, policy::evaluate);
+        let (step, now) = self.ctx_step(&worker, key_fetch, policy::evaluate);
         self.step(&worker, step, now)
     }
 
@@ -213,11 +213,12 @@ impl GuardFilter {
     }
 
     /// Runs one of the core's phases with this request and the worker's
-    /// state; `may_fetch_keys` only for the headers phase before a fetch.
+    /// state; `key_fetch` is [`KeyFetch::May`] only for the headers phase
+    /// before a fetch.
     fn ctx_step<R>(
         &self,
         worker: &Worker,
-        may_fetch_keys: bool,
+        key_fetch: KeyFetch,
         f: impl FnOnce(&Ctx<'_>, &Request<'_>, u64) -> R,
     ) -> (R, u64) {
         let now_ms = now_millis();
@@ -228,7 +229,7 @@ impl GuardFilter {
             bucket_salt: worker.bucket_salt,
             token_cache: &worker.token_cache,
             remote_keys: &remote_keys,
-            may_fetch_keys,
+            key_fetch,
             service_cache: &worker.service_cache,
             key_memo: &worker.key_memo,
             negative: &worker.negative,
@@ -242,7 +243,7 @@ impl GuardFilter {
     }
 
     fn body_complete(&mut self, worker: &Rc<Worker>, pending: Box<Pending>, body: &[u8]) -> Action {
-        let (step, now) = self.ctx_step(worker, false, |ctx, req, now| {
+        let (step, now) = self.ctx_step(worker, KeyFetch::NotNow, |ctx, req, now| {
             policy::evaluate_body(ctx, req, body, pending, now)
         });
         self.step(worker, step, now)
@@ -273,7 +274,7 @@ impl GuardFilter {
                 decision_log(worker, log::Level::Warn, now_millis() / 1000, || {
                     format!("#{id} cannot call the rate-limit service: {s:?}")
                 });
-                let (step, now) = self.ctx_step(worker, false, |ctx, _, now| {
+                let (step, now) = self.ctx_step(worker, KeyFetch::NotNow, |ctx, _, now| {
                     policy::evaluate_rls(ctx, pending, Err(()), now)
                 });
                 self.step(worker, step, now)
@@ -297,17 +298,18 @@ impl GuardFilter {
         now: u64,
     ) -> Action {
         let Some(provider) = worker.config.providers.get(p) else {
-            return self.run(false);
+            return self.run(KeyFetch::NotNow);
         };
         let Some(remote) = &provider.remote_jwks else {
-            return self.run(false);
+            return self.run(KeyFetch::NotNow);
         };
         // Another worker may have fetched already. The borrow of the
         // worker's JWKS slots ends before any re-evaluation borrows it again.
-        let fetch = {
+        // `None`: fetch now; else evaluate again as it says.
+        let not_now = {
             let mut slots = worker.jwks.borrow_mut();
             match slots.get_mut(p) {
-                None => false,
+                None => Some(KeyFetch::NotNow),
                 Some(slot) => {
                     let before = slot.loaded_cas;
                     if slot.last_request_sync != Some(now) {
@@ -316,9 +318,10 @@ impl GuardFilter {
                     }
                     let had_keys = slot.keys.keys.is_some();
                     if slot.loaded_cas != before && had_keys {
-                        false
+                        // another worker's keys, copied just now
+                        Some(KeyFetch::Fetched)
                     } else if !had_keys {
-                        slot.may_start_request_fetch(now)
+                        (!slot.may_start_request_fetch(now)).then_some(KeyFetch::NotNow)
                     } else if (slot.last_refetch > now
                         || now.saturating_sub(slot.last_refetch) >= remote.min_refetch_seconds)
                         && jwks::take_lease(
@@ -332,15 +335,15 @@ impl GuardFilter {
                         // Unknown kid with keys loaded: at most one re-fetch
                         // per `min_refetch_seconds` per instance.
                         slot.last_refetch = now;
-                        true
+                        None
                     } else {
-                        false
+                        Some(KeyFetch::NotNow)
                     }
                 }
             }
         };
-        if !fetch {
-            return self.run(false);
+        if let Some(key_fetch) = not_now {
+            return self.run(key_fetch);
         }
         match host::http_get(
             &remote.cluster,
@@ -375,7 +378,7 @@ impl GuardFilter {
                         provider.name
                     )
                 });
-                self.run(false)
+                self.run(KeyFetch::NotNow)
             }
         }
     }
@@ -629,7 +632,7 @@ impl Context for GuardFilter {
                 )
             });
         }
-        let (step, now) = self.ctx_step(&worker, false, |ctx, _, now| {
+        let (step, now) = self.ctx_step(&worker, KeyFetch::NotNow, |ctx, _, now| {
             policy::evaluate_rls(ctx, pending, response.as_ref().ok_or(()), now)
         });
         self.resume_with(&worker, step, now);
@@ -664,6 +667,9 @@ impl Context for GuardFilter {
         };
         let now = now_millis() / 1000;
         let (status, body) = host::http_call_response(body_size, jwks::MAX_JWKS_BYTES);
+        // Fetched only if this answer loaded keys (or newer ones a later
+        // fetch stored): a failed fetch has looked at nothing new.
+        let mut key_fetch = KeyFetch::NotNow;
         let configured = worker.config.providers.get(provider);
         if let Some((p, Some(remote))) = configured.map(|p| (p, &p.remote_jwks)) {
             let mut slots = worker.jwks.borrow_mut();
@@ -673,14 +679,17 @@ impl Context for GuardFilter {
                     (200, Some(body)) => jwks::store(slot, &p.name, remote, &body, started, now),
                     (s, _) => Err(format!("fetch failed (status {s})")),
                 };
-                if let Err(e) = loaded {
-                    slot.request_fetch_failed_at = Some(now);
-                    warn!("#{} jwks {}: {e}", self.context_id, p.name);
+                match loaded {
+                    Ok(()) => key_fetch = KeyFetch::Fetched,
+                    Err(e) => {
+                        slot.request_fetch_failed_at = Some(now);
+                        warn!("#{} jwks {}: {e}", self.context_id, p.name);
+                    }
                 }
             }
         }
         self.state = State::Start;
-        if let Action::Continue = self.run(false) {
+        if let Action::Continue = self.run(key_fetch) {
             let _ = abi::resume_request();
         }
     }
@@ -771,7 +780,7 @@ impl GuardFilter {
         let max = pending.max_body_bytes(&worker.config);
         if body_size > max {
             // Refused by size before reading or parsing any of it.
-            let (step, now) = self.ctx_step(&worker, false, |_, _, _| {
+            let (step, now) = self.ctx_step(&worker, KeyFetch::NotNow, |_, _, _| {
                 policy::finish_pending(pending, crate::decision::Reason::BodyTooLarge.into())
             });
             return self.step(&worker, step, now);

@@ -346,6 +346,67 @@ fn remote_jwks_through_a_cluster_with_rotation_and_unknown_kid() {
     );
 }
 
+/// A key published just after a re-fetch for a made-up `kid`: its tokens
+/// are refused until the next re-fetch is allowed, but those refusals do
+/// not spend their clients' failure budget, so the rotation does not lock
+/// them out once its key is fetched.
+#[test]
+fn a_key_published_within_the_refetch_interval_does_not_spend_the_budget() {
+    let k1 = ES256KeyPair::generate().with_key_id("k1");
+    let k2 = ES256KeyPair::generate().with_key_id("k2");
+    let jwks = JwksServer::start(json!({"keys": [tokens::es256_jwk(&k1, "k1")]}));
+    let mut p = providers(false);
+    p[2] = json!({"name": "remote", "from": [{"header": "x-token"}],
+        "remote_jwks": {"cluster": "jwks", "path": "/jwks.json", "timeout_ms": 1000,
+                        "min_refetch_seconds": 3, "refresh_seconds": 600},
+        "failure_budget": {"failures": 2, "window_seconds": 3600}});
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config(p), up.port)
+        .http_cluster("jwks", jwks.server.port)
+        .start();
+    let send = |t: &str| {
+        let r = envoy.request(Req::get("/remote/a").header("x-token", t));
+        (r.status, r.reason().map(str::to_owned))
+    };
+    let t1 = tokens::es256_with(&k1, &claims(60, json!({})));
+    assert_eq!(send(&t1), (200, None));
+    // A made-up kid: re-fetched, still unknown, charged (1 of 2).
+    let made_up = ES256KeyPair::generate().with_key_id("nobody");
+    let t3 = tokens::es256_with(&made_up, &claims(60, json!({})));
+    let fetched = jwks.fetches();
+    let refused = (401, Some("token_signature".to_owned()));
+    assert_eq!(send(&t3), refused);
+    assert_eq!(jwks.fetches(), fetched + 1, "the made-up kid re-fetched");
+    // The issuer publishes k2 now, inside the re-fetch interval.
+    jwks.set(
+        200,
+        &json!({"keys": [tokens::es256_jwk(&k1, "k1"), tokens::es256_jwk(&k2, "k2")]}).to_string(),
+    );
+    let t2 = tokens::es256_with(&k2, &claims(60, json!({})));
+    let refetch_allowed = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    for _ in 0..5 {
+        assert_eq!(send(&t2), refused, "k2 before the next re-fetch");
+    }
+    assert_eq!(jwks.fetches(), fetched + 1, "no re-fetch within 3 s");
+    assert!(
+        std::time::Instant::now() < refetch_allowed,
+        "the machine is too slow for this test: the re-fetch interval passed"
+    );
+    assert_eq!(
+        envoy
+            .stat("appguard_verification_budget_refusals")
+            .unwrap_or(0),
+        0,
+        "the client's budget was spent by a key it could not know was new"
+    );
+    // Once a re-fetch is allowed, the same client's k2 token passes.
+    wait_until(10, "the k2 token to pass", || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        send(&t2) == (200, None)
+    });
+    assert_eq!(jwks.fetches(), fetched + 2);
+}
+
 /// The providers, with `remote` fetching its JWKS from the `jwks` cluster,
 /// refreshed every 10 s (the least allowed), re-fetched for an unknown kid
 /// at most once a minute.

@@ -32,7 +32,7 @@ use appguard::config::Config;
 use appguard::headers::Headers;
 use appguard::identity::KeyMemo;
 use appguard::limits::ServiceCache;
-use appguard::policy::{self, Ctx, NegativeCache, RemoteKeys, Step, TokenCache};
+use appguard::policy::{self, Ctx, KeyFetch, NegativeCache, RemoteKeys, Step, TokenCache};
 use appguard::ratelimit::rls::DescriptorStatus;
 use appguard::ratelimit::{Code, RateLimitResponse};
 use appguard::request::Request;
@@ -138,7 +138,7 @@ fn main() {
             bucket_salt: BucketSalt::new([7; 16]),
             token_cache: &token_cache,
             remote_keys: &remote,
-            may_fetch_keys: false,
+            key_fetch: KeyFetch::NotNow,
             service_cache: &over_limit,
             key_memo: &key_memo,
             negative: &negative,
