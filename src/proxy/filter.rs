@@ -677,7 +677,10 @@ impl Context for GuardFilter {
                 slot.fetch_ended(token_id);
                 let loaded = match (status, body) {
                     (200, Some(body)) => jwks::store(slot, &p.name, remote, &body, started, now),
-                    (s, _) => Err(format!("fetch failed (status {s})")),
+                    (s, _) => Err(format!(
+                        "fetch failed ({})",
+                        jwks::unread_answer(s, body_size)
+                    )),
                 };
                 match loaded {
                     Ok(()) => key_fetch = KeyFetch::Fetched,

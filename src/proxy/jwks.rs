@@ -128,8 +128,19 @@ fn data_key(provider: &str, remote: &RemoteJwks) -> String {
     shared_key("jwks2", provider, remote)
 }
 
+/// Why a JWKS answer brought no document to load, for the log: its status,
+/// and for a 200, that the document was over [`MAX_JWKS_BYTES`] (the one
+/// way a 200 comes without a body to read).
+pub fn unread_answer(status: u16, body_size: usize) -> String {
+    if body_size > MAX_JWKS_BYTES {
+        format!("status {status}, {body_size} bytes: over the {MAX_JWKS_BYTES}-byte limit")
+    } else {
+        format!("status {status}")
+    }
+}
+
 /// Reloads the worker's keys from shared data when another worker stored a
-/// newer version. Drops keys older than refresh + grace.
+/// newer version. Drops keys older than [`RemoteJwks::keys_expire_after`].
 pub fn sync(slot: &mut JwksSlot, provider: &str, remote: &RemoteJwks, now: u64) {
     if let Some((bytes, cas)) = HostStore.get(&data_key(provider, remote)) {
         if slot.loaded_cas != Some(cas) && bytes.len() > 8 {
@@ -146,9 +157,7 @@ pub fn sync(slot: &mut JwksSlot, provider: &str, remote: &RemoteJwks, now: u64) 
             slot.loaded_cas = Some(cas);
         }
     }
-    if slot.keys.keys.is_some()
-        && now.saturating_sub(slot.fetched_at)
-            > remote.refresh_seconds.saturating_add(remote.grace_seconds)
+    if slot.keys.keys.is_some() && now.saturating_sub(slot.fetched_at) > remote.keys_expire_after()
     {
         warn!("jwks {provider}: keys older than refresh + grace, dropped");
         slot.keys.keys = None;
@@ -372,6 +381,19 @@ mod tests {
         // held until 10_004, and now it is 6_400: taken before the step
         assert!(take_lease_at(&s, "l", 2, 6_400));
         assert!(!take_lease_at(&s, "l", 2, 6_401), "the new lease holds");
+    }
+
+    #[test]
+    fn keys_outlive_a_refresh_that_is_on_its_way() {
+        // grace 0: a refresh sent when due at 600 s, answering just within
+        // its 2 s timeout, copied by another worker at its next tick.
+        let mut r = remote("jwks", "", "/k");
+        r.grace_seconds = 0;
+        assert_eq!(r.keys_expire_after(), 600 + 2 + 2);
+        r.timeout_ms = 2001;
+        assert_eq!(r.keys_expire_after(), 600 + 3 + 2);
+        r.grace_seconds = u64::MAX;
+        assert_eq!(r.keys_expire_after(), u64::MAX);
     }
 
     #[test]

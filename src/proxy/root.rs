@@ -139,8 +139,9 @@ impl Worker {
                     }
                 }
                 (s, _) => warn!(
-                    "jwks {}: refresh failed (status {s}); keeping the previous keys",
-                    provider.name
+                    "jwks {}: refresh failed ({}); keeping the previous keys",
+                    provider.name,
+                    jwks::unread_answer(s, body_size)
                 ),
             }
         }

@@ -128,6 +128,21 @@ pub struct RemoteJwks {
     pub min_refetch_seconds: u64,
 }
 
+impl RemoteJwks {
+    /// The age (seconds since their fetch) past which keys are dropped:
+    /// `refresh_seconds + grace_seconds`, plus the time a refresh that
+    /// started when due may take to answer and reach every worker (its
+    /// timeout, a tick to send it, a tick to copy it). Without that margin,
+    /// a small `grace_seconds` dropped the keys while a healthy refresh was
+    /// still on its way.
+    pub fn keys_expire_after(&self) -> u64 {
+        self.refresh_seconds
+            .saturating_add(self.grace_seconds)
+            .saturating_add(self.timeout_ms.div_ceil(1000))
+            .saturating_add(2)
+    }
+}
+
 /// The largest `max_lifetime_seconds` a provider may set: one day. An
 /// attestation token is short-lived by design; no provider accepts a token
 /// that lives longer, so tools that mint tokens refuse to make one.

@@ -448,6 +448,12 @@ fn jwks_down_slow_or_garbage_before_the_first_keys_is_503_and_nothing_passes() {
         json!({"keys": [tokens::es256_jwk(&k, "k1")], "pad": pad}).to_string(),
     ));
     expect_jwks_unavailable(&e, &k, "JWKS over 64 KiB");
+    let said = || e.log().contains("over the 65536-byte limit");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !said() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(said(), "the log does not say the JWKS was too large");
     // Each document is really fetched (and refused): a request fetches
     // again only from the second after a failed fetch, so wait for it.
     for unusable in [
@@ -669,10 +675,14 @@ fn keys_survive_failed_refreshes_until_refresh_plus_grace() {
         "refreshes were attempted: {}",
         jwks.fetches()
     );
-    // After refresh + grace the stale keys are dropped: refused, not trusted
-    // forever.
+    // After refresh + grace (and the time a refresh may take on its way:
+    // its timeout and two ticks) the stale keys are dropped: refused, not
+    // trusted forever.
     jwks.set(Jwks::Status(503, "down".into()));
-    thread::sleep(Duration::from_secs(REFRESH + GRACE + 2).saturating_sub(loaded.elapsed()));
+    let on_its_way = JWKS_TIMEOUT_MS.div_ceil(1000) + 2;
+    thread::sleep(
+        Duration::from_secs(REFRESH + GRACE + on_its_way + 2).saturating_sub(loaded.elapsed()),
+    );
     expect_jwks_unavailable(&e, &k, "stale keys");
     assert!(
         e.log().contains("keys older than refresh + grace, dropped"),
