@@ -371,6 +371,7 @@ impl GuardFilter {
                 if let Some(slot) = worker.jwks.borrow_mut().get_mut(p) {
                     slot.request_fetch_failed_at = Some(now);
                 }
+                worker.metrics.jwks_failure();
                 let id = self.context_id;
                 decision_log(worker, log::Level::Warn, now, || {
                     format!(
@@ -686,6 +687,7 @@ impl Context for GuardFilter {
                     Ok(()) => key_fetch = KeyFetch::Fetched,
                     Err(e) => {
                         slot.request_fetch_failed_at = Some(now);
+                        worker.metrics.jwks_failure();
                         warn!("#{} jwks {}: {e}", self.context_id, p.name);
                     }
                 }

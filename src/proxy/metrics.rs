@@ -9,9 +9,9 @@
 //! `stats_tags` in envoy/envoy.yaml turn the three parts into labels, so
 //! Prometheus sees `appguard_decisions{route,decision,reason}`.
 //!
-//! Two more: `appguard_verification_budget_refusals` (a counter) and
-//! `appguard_vm_memory_bytes`, a gauge of the linear memory of appguard's
-//! Wasm VMs in this Envoy (their sum).
+//! Three more: the counters `appguard_verification_budget_refusals` and
+//! `appguard_jwks_fetch_failures`, and `appguard_vm_memory_bytes`, a gauge
+//! of the linear memory of appguard's Wasm VMs in this Envoy (their sum).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -54,6 +54,7 @@ pub struct Metrics {
     route_names: Vec<String>,
     ids: RefCell<HashMap<CounterKey, u32>>,
     budget_refusals: Option<u32>,
+    jwks_failures: Option<u32>,
     vm_memory: Option<u32>,
 }
 
@@ -64,6 +65,7 @@ impl Metrics {
             route_names: config.routes.iter().map(|r| r.name.clone()).collect(),
             ids: RefCell::new(HashMap::new()),
             budget_refusals: abi::define_counter("appguard_verification_budget_refusals").ok(),
+            jwks_failures: abi::define_counter("appguard_jwks_fetch_failures").ok(),
             vm_memory: abi::define_gauge("appguard_vm_memory_bytes").ok(),
         }
     }
@@ -101,6 +103,16 @@ impl Metrics {
     /// signature-failure budget is spent.
     pub fn budget_refusal(&self) {
         if let Some(id) = self.budget_refusals {
+            let _ = abi::increment(id, 1);
+        }
+    }
+
+    /// Counts a JWKS fetch or refresh that brought no keys: not sent, no
+    /// answer, not a 200, or a document refused. Keys are kept for
+    /// `grace_seconds` while refreshes fail, so no request is refused for
+    /// it until then: this counter is what shows the failing refreshes.
+    pub fn jwks_failure(&self) {
+        if let Some(id) = self.jwks_failures {
             let _ = abi::increment(id, 1);
         }
     }

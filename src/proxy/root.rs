@@ -132,17 +132,21 @@ impl Worker {
             match (status, body) {
                 (200, Some(body)) => {
                     if let Err(e) = jwks::store(slot, &provider.name, remote, &body, started, now) {
+                        self.metrics.jwks_failure();
                         warn!(
                             "jwks {}: refresh refused: {e}; keeping the previous keys",
                             provider.name
                         );
                     }
                 }
-                (s, _) => warn!(
-                    "jwks {}: refresh failed ({}); keeping the previous keys",
-                    provider.name,
-                    jwks::unread_answer(s, body_size)
-                ),
+                (s, _) => {
+                    self.metrics.jwks_failure();
+                    warn!(
+                        "jwks {}: refresh failed ({}); keeping the previous keys",
+                        provider.name,
+                        jwks::unread_answer(s, body_size)
+                    );
+                }
             }
         }
         true
@@ -190,7 +194,10 @@ impl Worker {
                             .borrow_mut()
                             .insert(t, (p, host::now_millis()));
                     }
-                    Err(s) => warn!("jwks {}: cannot dispatch the refresh: {s:?}", provider.name),
+                    Err(s) => {
+                        self.metrics.jwks_failure();
+                        warn!("jwks {}: cannot dispatch the refresh: {s:?}", provider.name);
+                    }
                 }
             }
         }

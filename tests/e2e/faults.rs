@@ -454,6 +454,7 @@ fn jwks_down_slow_or_garbage_before_the_first_keys_is_503_and_nothing_passes() {
         thread::sleep(Duration::from_millis(100));
     }
     assert!(said(), "the log does not say the JWKS was too large");
+    assert!(e.stat("appguard_jwks_fetch_failures").unwrap_or(0) >= 1);
     // Each document is really fetched (and refused): a request fetches
     // again only from the second after a failed fetch, so wait for it.
     for unusable in [
@@ -675,6 +676,15 @@ fn keys_survive_failed_refreshes_until_refresh_plus_grace() {
         "refreshes were attempted: {}",
         jwks.fetches()
     );
+    // No request was refused, but the failing refreshes are counted: the
+    // metric an operator alerts on long before the grace ends. (The first
+    // fetch succeeded; the last refresh may still be on its way.)
+    let failed = e.stat("appguard_jwks_fetch_failures").unwrap_or(0);
+    assert!(
+        failed >= 1 && failed < jwks.fetches() as u64,
+        "{failed} failures counted of {} fetches",
+        jwks.fetches()
+    );
     // After refresh + grace (and the time a refresh may take on its way:
     // its timeout and two ticks) the stale keys are dropped: refused, not
     // trusted forever.
@@ -684,6 +694,13 @@ fn keys_survive_failed_refreshes_until_refresh_plus_grace() {
         Duration::from_secs(REFRESH + GRACE + on_its_way + 2).saturating_sub(loaded.elapsed()),
     );
     expect_jwks_unavailable(&e, &k, "stale keys");
+    // By now every refresh but perhaps the last has answered, and failed.
+    let failed = e.stat("appguard_jwks_fetch_failures").unwrap_or(0);
+    assert!(
+        failed >= 3 && failed < jwks.fetches() as u64,
+        "{failed} failures counted of {} fetches",
+        jwks.fetches()
+    );
     assert!(
         e.log().contains("keys older than refresh + grace, dropped"),
         "dropped for age"
