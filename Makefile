@@ -114,7 +114,7 @@ imports: ## check the built module imports only env.proxy_* and wasi_snapshot_pr
 	python3 scripts/check-imports.py $(WASM)
 	python3 scripts/exports.py check $(WASM)
 
-validate: ## envoy --mode validate on every Envoy YAML; CLI and Envoy agree on every example; compose file parses
+validate: deps build ## envoy --mode validate on every Envoy YAML; CLI and Envoy agree on every example; compose file parses
 	@set -e; files=$$(ls envoy/*.yaml examples/*.yaml examples/*/*.yaml 2>/dev/null | grep -v -e istio -e compose -e ratelimit -e prometheus); \
 	n=$$(echo "$$files" | grep -c . || true); [ "$$n" -ge 3 ] || { echo "validate: found $$n Envoy YAML files, expected at least 3"; exit 1; }; \
 	for f in $$files; do \

@@ -40,6 +40,9 @@ pub struct Checked {
     pub location: String,
     /// The filter's verdict.
     pub result: Result<Config, ConfigError>,
+    /// Warnings about what may reach the filter otherwise than checked
+    /// here (an Istio WasmPlugin's unquoted `no`), whatever the verdict.
+    pub notes: Vec<String>,
 }
 
 /// The outcome of checking one file.
@@ -126,7 +129,7 @@ fn check_json(bytes: &[u8]) -> Result<Report, CliError> {
         Kind::Envoy => envoy_report(&doc),
         Kind::WasmPlugin => Ok(Report {
             kind: FileKind::Istio,
-            configs: wasm_plugin(&doc).into_iter().collect(),
+            configs: wasm_plugin(&doc, "").into_iter().collect(),
         }),
         Kind::OtherResource(k) => Err(not_ours(&k)),
     }
@@ -169,7 +172,7 @@ fn check_yaml(path: &Path, text: &str) -> Result<Report, CliError> {
                     }
                     Kind::WasmPlugin => {
                         kind.get_or_insert(FileKind::Istio);
-                        configs.extend(wasm_plugin(doc));
+                        configs.extend(wasm_plugin(doc, text));
                     }
                     Kind::OtherResource(k) => skipped.push(k),
                     // A plugin configuration among Kubernetes resources is
@@ -249,6 +252,7 @@ fn plugin_report(bytes: &[u8]) -> Report {
         configs: vec![Checked {
             location: String::new(),
             result: Config::from_json(bytes),
+            notes: Vec::new(),
         }],
     }
 }
@@ -291,6 +295,7 @@ fn envoy_report(doc: &Value) -> Result<Report, CliError> {
             configs.push(Checked {
                 location: path.to_owned(),
                 result: envoy_plugin_bytes(node).and_then(|b| Config::from_json(&b)),
+                notes: Vec::new(),
             });
         }
     });
@@ -369,8 +374,9 @@ fn envoy_plugin_bytes(config: &Value) -> Result<Vec<u8>, ConfigError> {
 }
 
 /// `spec.pluginConfig` of a WasmPlugin for appguard; `None` for a
-/// WasmPlugin that names another plugin.
-fn wasm_plugin(doc: &Value) -> Option<Checked> {
+/// WasmPlugin that names another plugin. `text` is the YAML it came from
+/// (empty for JSON), searched for scalars Kubernetes reads otherwise.
+fn wasm_plugin(doc: &Value, text: &str) -> Option<Checked> {
     let spec = doc.get("spec");
     let plugin_name = spec
         .and_then(|s| s.get("pluginName"))
@@ -406,7 +412,70 @@ fn wasm_plugin(doc: &Value) -> Option<Checked> {
             "no plugin configuration: set spec.pluginConfig",
         )),
     };
-    Some(Checked { location, result })
+    let mut notes = Vec::new();
+    if let Some(pc) = spec.and_then(|s| s.get("pluginConfig")) {
+        yaml11_booleans(pc, &mut "spec.pluginConfig".to_owned(), text, &mut notes);
+    }
+    Some(Checked {
+        location,
+        result,
+        notes,
+    })
+}
+
+/// The scalars YAML 1.1 reads as booleans besides `true` and `false`.
+/// Kubernetes (`kubectl`, the API server) reads manifests that way, so an
+/// unquoted `NO` in a WasmPlugin reaches the filter as `false`. This
+/// checker reads YAML 1.2, where it is the string `"NO"`.
+const YAML11_BOOLEANS: [&str; 16] = [
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+    "OFF",
+];
+
+/// Notes, for every string of `v` that YAML 1.1 reads as a boolean and
+/// that `text` holds unquoted somewhere, where it is.
+fn yaml11_booleans(v: &Value, path: &mut String, text: &str, notes: &mut Vec<String>) {
+    match v {
+        Value::String(s) if YAML11_BOOLEANS.contains(&s.as_str()) && unquoted_in(text, s) => {
+            notes.push(format!(
+                "{path}: `{s}` unquoted is a boolean to Kubernetes (YAML 1.1), and reaches the filter as one; write \"{s}\""
+            ));
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                yaml11_booleans(x, path, text, notes);
+                path.truncate(len);
+            }
+        }
+        Value::Object(o) => {
+            for (k, x) in o {
+                let len = path.len();
+                path.push('.');
+                path.push_str(k);
+                yaml11_booleans(x, path, text, notes);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether `text` holds `word` as a plain (unquoted) scalar value: after
+/// `:`, `-`, `[`, `{` or `,` (and spaces), and before the end of the line,
+/// `,`, `]`, `}` or a comment.
+fn unquoted_in(text: &str, word: &str) -> bool {
+    text.match_indices(word).any(|(at, _)| {
+        let before = text[..at].trim_end_matches([' ', '\t']);
+        let after = &text[at + word.len()..];
+        let rest = after.trim_start_matches([' ', '\t']);
+        let ends = after.is_empty()
+            || after.starts_with([',', ']', '}', '\n', '\r'])
+            || (rest.len() < after.len()
+                && (rest.is_empty() || rest.starts_with(['#', '\n', '\r', ',', ']', '}'])));
+        matches!(before.chars().last(), Some(':' | '-' | '[' | '{' | ',')) && ends
+    })
 }
 
 /// `v` as Istio hands it to the filter: a protobuf `Struct` holds every
@@ -594,6 +663,46 @@ spec: {pluginName: other, pluginConfig: {anything: 1}}
         assert!(e.message.contains("empty spec.pluginConfig"), "{e}");
         let r = report("w.yaml", &plugin("[1]"));
         assert!(!r.all_valid());
+    }
+
+    #[test]
+    fn an_unquoted_yaml_1_1_boolean_in_a_wasm_plugin_is_warned_of() {
+        // `NO` (Norway) unquoted: a string to this YAML 1.2 reader, `false`
+        // to Kubernetes, which the filter then refuses.
+        let plugin = |countries: &str| {
+            format!(
+                "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\n\
+                 metadata: {{name: appguard}}\nspec:\n  pluginName: appguard\n  pluginConfig:\n    \
+                 network:\n      country_header: x-country\n      country_deny: {countries}  # sanctions\n    \
+                 routes:\n    - {{name: a, match: {{prefix: /}}}}\n"
+            )
+        };
+        let r = report("w.yaml", &plugin("[KP, NO]"));
+        assert!(r.all_valid(), "{:?}", r.configs[0].result.as_ref().err());
+        assert_eq!(r.configs[0].notes.len(), 1, "{:?}", r.configs[0].notes);
+        assert!(
+            r.configs[0].notes[0]
+                .starts_with("spec.pluginConfig.network.country_deny[1]: `NO` unquoted"),
+            "{:?}",
+            r.configs[0].notes
+        );
+        // in block style too
+        let r = report("w.yaml", &plugin("\n      - KP\n      - NO\n"));
+        assert_eq!(r.configs[0].notes.len(), 1, "{:?}", r.configs[0].notes);
+        // quoted either way: nothing to say
+        for quoted in [r#"[KP, "NO"]"#, "[KP, 'NO']", "[KP, NOR]"] {
+            let r = report("w.yaml", &plugin(quoted));
+            assert!(
+                r.configs[0].notes.is_empty(),
+                "{quoted}: {:?}",
+                r.configs[0].notes
+            );
+        }
+        // the plain token elsewhere (a key, a longer word) is no value
+        assert!(!unquoted_in("NO: 1\nx: NOT\ny: 'NO'\n", "NO"));
+        assert!(unquoted_in("x: [a,NO]", "NO"));
+        assert!(unquoted_in("x: off # comment", "off"));
+        assert!(!unquoted_in("x: off#tag", "off"));
     }
 
     #[test]

@@ -52,8 +52,16 @@ impl fmt::Display for CliError {
 
 impl std::error::Error for CliError {}
 
-/// Reads a whole file, mapping the I/O error to [`CliError::Input`].
+/// Reads a whole file, mapping the I/O error to [`CliError::Input`]. The
+/// path `-` is standard input, so that a manifest can be piped in
+/// (`kubectl get wasmplugin appguard -o yaml | appguard-cli check-config -`).
 pub fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
+    if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        return std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+            .map(|_| bytes)
+            .map_err(|e| CliError::input(format!("cannot read standard input: {e}")));
+    }
     std::fs::read(path).map_err(|e| CliError::read(path, &e))
 }
 

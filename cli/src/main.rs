@@ -308,6 +308,9 @@ fn check_config(file: &Path) -> Result<ExitCode, CliError> {
             Ok(config) => out!("{name}{at}: valid: {}", check::summary(config)),
             Err(e) => eprintln!("{name}{at}: {e}"),
         }
+        for note in &c.notes {
+            eprintln!("{name}{at}: warning: {note}");
+        }
     }
     Ok(if report.all_valid() {
         ExitCode::SUCCESS
