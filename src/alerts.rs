@@ -18,6 +18,7 @@
 //! the threshold is reported, at the latest about a second after its window.
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::config::ConfigError;
 use crate::decision::Reason;
@@ -90,6 +91,41 @@ pub struct Alerts {
     /// Route names in configuration order: the suppressed-alert bitset
     /// refers to a route by its position (`_unmatched` first).
     routes: Vec<String>,
+    /// Names this configuration's counters in shared data (a digest of
+    /// the settings above and the route names; see [`scope_of`]).
+    scope: String,
+}
+
+/// The part of every shared-data key of an `alerts` configuration that
+/// tells it apart from another one in the same VM: several plugins may
+/// share a `vm_id`, and with it their shared data. Without it, two
+/// configurations with a route of the same name counted their denials in
+/// one counter: the one with the higher threshold could take the crossing
+/// of the other's, whose alert was then lost, and post its own for the
+/// other's traffic. A reload that changes the settings (a lower threshold
+/// under a count already past it) starts counting afresh, so it is not
+/// silent for the rest of the window either.
+fn scope_of(a: &Alerts) -> String {
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    field(a.cluster.as_bytes());
+    field(a.authority.as_bytes());
+    field(a.path.as_bytes());
+    field(&a.threshold.to_le_bytes());
+    field(&a.window_seconds.to_le_bytes());
+    field(&a.max_alerts_per_window.to_le_bytes());
+    field(&[u8::from(a.summarize_suppressed)]);
+    for r in &a.routes {
+        field(r.as_bytes());
+    }
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Validates `alerts`; `routes` are the configured route names, in order.
@@ -118,7 +154,7 @@ pub(crate) fn compile(raw: RawAlerts, routes: &[&str]) -> Result<Alerts, ConfigE
     if raw.timeout_ms == 0 || raw.timeout_ms > 60_000 {
         return Err(ConfigError::new("alerts.timeout_ms", "must be 1..=60000"));
     }
-    Ok(Alerts {
+    let mut alerts = Alerts {
         authority: raw
             .authority
             .unwrap_or_else(|| crate::config::default_authority(&raw.cluster)),
@@ -130,7 +166,10 @@ pub(crate) fn compile(raw: RawAlerts, routes: &[&str]) -> Result<Alerts, ConfigE
         timeout_ms: raw.timeout_ms,
         summarize_suppressed: raw.summarize_suppressed,
         routes: routes.iter().map(|r| (*r).to_owned()).collect(),
-    })
+        scope: String::new(),
+    };
+    alerts.scope = scope_of(&alerts);
+    Ok(alerts)
 }
 
 /// An alert to send.
@@ -184,7 +223,7 @@ pub fn record<S: SharedStore + ?Sized>(
     reason: Reason,
     now: u64,
 ) -> Option<Alert> {
-    let key = format!("appguard/alert/{route}/{}", reason.code());
+    let key = format!("appguard/alert/{}/{route}/{}", a.scope, reason.code());
     // `now` was read when the request was evaluated, which can be seconds
     // before it is denied (a rate-limit call in between). A denial decided
     // in a window that has since ended counts in the newer one instead of
@@ -215,7 +254,7 @@ pub fn record<S: SharedStore + ?Sized>(
     if count != a.threshold {
         return None;
     }
-    let allowed = store::update(s, "appguard/alert-budget", |cur| {
+    let allowed = store::update(s, &format!("appguard/alert-budget/{}", a.scope), |cur| {
         let (w, c) = read_pair(cur);
         let (w, c) = if ahead(w) { (window, 0) } else { (w, c) };
         if w > window {
@@ -292,12 +331,11 @@ fn slots(a: &Alerts) -> usize {
     (a.routes.len() + 1) * Reason::ALL.len()
 }
 
-/// One key per bitset size, so that a configuration with another number of
-/// routes does not misread the bitsets the previous one left. (A reload
-/// that renames routes keeping their number can misname the pairs of the
-/// window in progress; nothing else is shared across it.)
+/// One key per configuration scope (which covers the route names, so their
+/// number too): another configuration never misreads the bitsets this one
+/// left.
 fn suppressed_key(a: &Alerts) -> String {
-    format!("appguard/alert-suppressed/{}", slots(a))
+    format!("appguard/alert-suppressed/{}", a.scope)
 }
 
 /// The suppressed-alert record: the start of the oldest window not yet
@@ -445,7 +483,7 @@ mod tests {
     use crate::store::MemStore;
 
     fn alerts(threshold: u32, max: u32) -> Alerts {
-        Alerts {
+        let mut a = Alerts {
             cluster: "hook".into(),
             authority: "hook".into(),
             path: "/".into(),
@@ -455,7 +493,10 @@ mod tests {
             timeout_ms: 100,
             summarize_suppressed: true,
             routes: vec!["keyed".into(), "api".into(), "sms".into()],
-        }
+            scope: String::new(),
+        };
+        a.scope = scope_of(&a);
+        a
     }
 
     #[test]
@@ -511,13 +552,46 @@ mod tests {
     }
 
     #[test]
+    fn two_configurations_in_one_vm_count_apart() {
+        // Two plugins share a vm_id, so their shared data; both have a
+        // route `sms`. Each must alert at its own threshold, from its own
+        // denials, within its own budget.
+        let s = MemStore::default();
+        let high = alerts(100, 1);
+        let low = alerts(10, 1);
+        assert_ne!(high.scope, low.scope);
+        for _ in 0..9 {
+            assert!(record(&s, &high, "sms", Reason::PhoneDenied, 120).is_none());
+        }
+        let fired = cross(&s, &low, "sms", Reason::PhoneDenied, 120);
+        assert_eq!(fired.len(), 1, "the low threshold's own 10 denials");
+        assert_eq!(fired[0].count, 10);
+        // the low one's budget (1) is spent; the high one's is not
+        let fired = (0..91)
+            .filter_map(|_| record(&s, &high, "sms", Reason::PhoneDenied, 120))
+            .count();
+        assert_eq!(fired, 1, "the high threshold's alert at its 100th denial");
+        // A reload to a lower threshold, past which the window's count
+        // already is: it counts afresh, and alerts.
+        let mut lowered = alerts(100, 1);
+        lowered.threshold = 50;
+        lowered.scope = scope_of(&lowered);
+        assert_eq!(
+            cross(&s, &lowered, "sms", Reason::PhoneDenied, 130).len(),
+            1
+        );
+        // the same settings: the same counters
+        assert_eq!(alerts(100, 1).scope, high.scope);
+    }
+
+    #[test]
     fn a_pair_past_its_threshold_is_not_written_again_in_its_window() {
         // A flood of one cheap denial: once the window's alert is decided,
         // further denials only read the counter, so that the workers do
         // not contend on a shared-data write per denial.
         let s = MemStore::default();
         let a = alerts(3, 2);
-        let key = "appguard/alert/sms/ip_denied";
+        let key = &format!("appguard/alert/{}/sms/ip_denied", a.scope);
         let fired = (0..50)
             .filter_map(|_| record(&s, &a, "sms", Reason::IpDenied, 120))
             .count();
