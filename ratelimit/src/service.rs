@@ -472,7 +472,15 @@ impl RateLimiter {
                 let entries: Vec<String> = descriptor
                     .entries
                     .iter()
-                    .map(|e| format!("({}={})", e.key, e.value))
+                    .map(|e| {
+                        // Client-chosen bytes (header values the caller
+                        // copied): escaped and bounded, as the domain is.
+                        format!(
+                            "({}={})",
+                            safe_text(&e.key, MAX_LOGGED_DOMAIN_BYTES),
+                            safe_text(&e.value, MAX_LOGGED_DOMAIN_BYTES)
+                        )
+                    })
                     .collect();
                 debug!(domain = %logged_domain(), index, entries = %entries.join(","), "descriptor");
             }
