@@ -457,9 +457,9 @@ pub fn pointer_text(doc: &Value, pointer: &str) -> Option<String> {
 
 /// The `client_ip` descriptor value of a request whose client IP is not
 /// known: an `X-Forwarded-For` chain shorter than `xff_trusted_hops` (a
-/// request that did not come through the trusted proxies) or longer than
-/// 64 entries. Skipping the descriptor would let a client escape its
-/// per-IP limit by padding the header; instead every such request shares
+/// request that did not come through the trusted proxies), or an entry
+/// there that is not an address. Skipping the descriptor would let such a
+/// request escape its per-IP limit; instead every such request shares
 /// this one value, and so one bucket per rule.
 pub const UNKNOWN_CLIENT: &str = "unknown";
 

@@ -165,8 +165,8 @@ pub fn parse_client_ip(s: &str) -> Option<IpAddr> {
         .map(|ip| canonical(IpAddr::V6(ip)))
 }
 
-/// The most X-Forwarded-For entries [`client_ip`] reads; a longer chain
-/// gives no client IP. `client_ip.xff_trusted_hops` cannot exceed it.
+/// The most X-Forwarded-For hops a configuration may trust:
+/// `client_ip.xff_trusted_hops` cannot exceed it.
 pub const MAX_XFF_ENTRIES: usize = 64;
 
 /// The client IP: the downstream address, or with `trusted_hops = N > 0`
@@ -186,19 +186,18 @@ pub fn client_ip<'a>(
     if trusted_hops == 0 {
         return downstream().map(canonical);
     }
-    // Bounded: at most MAX_XFF_ENTRIES hops are considered, the rest is refused.
-    let mut entries: Vec<&str> = Vec::new();
-    for v in xff_values {
-        for e in v.split(',') {
-            if entries.len() >= MAX_XFF_ENTRIES {
-                return None;
-            }
-            entries.push(e);
-        }
-    }
+    // From the right, and no further than the N-th entry: the entries the
+    // trusted proxies appended. What the client wrote to their left, however
+    // long, is never read, so it cannot make the address unknown (and put
+    // its requests in the shared bucket of unknown clients) either.
     let n = usize::try_from(trusted_hops).ok()?;
-    let idx = entries.len().checked_sub(n)?;
-    parse_client_ip(entries.get(idx)?)
+    let values: Vec<&str> = xff_values.collect();
+    let entry = values
+        .iter()
+        .rev()
+        .flat_map(|v| v.rsplit(','))
+        .nth(n.checked_sub(1)?)?;
+    parse_client_ip(entry)
 }
 
 /// The network an address is in, as its first address (an IPv4-mapped
@@ -326,8 +325,22 @@ mod tests {
         for bad in ["[192.0.2.1]", "[2001:db8::1", "[fe80::1%eth0]", "[]"] {
             assert_eq!(client_ip(|| down, [bad].iter().copied(), 1), None, "{bad}");
         }
-        let long = vec!["1.1.1.1"; 100].join(",");
-        assert_eq!(client_ip(|| down, [long.as_str()].iter().copied(), 1), None);
+        // Padding on the left, however long or empty, changes nothing: only
+        // the entries the trusted proxies appended are read.
+        for pad in ["1.1.1.1", "", " "] {
+            let long = vec![pad; 100].join(",") + ",203.0.113.9, 198.51.100.7";
+            assert_eq!(
+                client_ip(|| down, [long.as_str()].iter().copied(), 2),
+                Some(ip("203.0.113.9")),
+                "{pad:?}"
+            );
+        }
+        // an empty entry where the client's address should be: unknown
+        assert_eq!(
+            client_ip(|| down, ["203.0.113.9,"].iter().copied(), 1),
+            None
+        );
+        assert_eq!(client_ip(|| down, [" , 1.1.1.1"].iter().copied(), 2), None);
         // the downstream address is asked for only when no proxy is trusted
         let asked = std::cell::Cell::new(0);
         let read = || {

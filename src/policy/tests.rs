@@ -1718,21 +1718,26 @@ fn a_token_that_failed_one_provider_still_passes_another() {
     assert_eq!(on("/b/x"), None, "the failure on a says nothing of b");
 }
 
-/// 64 entries before the one Envoy appends: more than the 64 hops
-/// appguard reads, so the client IP is not known.
-fn padded_xff() -> String {
-    vec!["192.0.2.1"; 64].join(",") + ",203.0.113.9"
+/// With `xff_trusted_hops: 2`, a request that came through one proxy only
+/// (sent to the inner one directly): its client IP is not known.
+fn short_xff() -> String {
+    "203.0.113.9".into()
+}
+
+/// 64 entries the client wrote before the two the proxies appended.
+fn padded_xff(client: &str) -> String {
+    vec![""; 64].join(",") + "," + client + ",10.1.1.1"
 }
 
 #[test]
 fn a_client_that_hides_its_ip_shares_one_bucket_instead_of_escaping_the_limit() {
     let w = World::from(json!({
-        "client_ip": {"xff_trusted_hops": 1},
+        "client_ip": {"xff_trusted_hops": 2},
         "routes": [{"name": "otp", "match": {"path": "/otp"}, "rate_limits": [
             {"entries": [{"type": "client_ip"}], "local": {"requests": 2, "per": "minute"}}
         ]}]
     }));
-    let xff = padded_xff();
+    let xff = short_xff();
     let from = |hs: &[(&str, &str)]| w.run("/otp", "10.0.0.1", hs).0.reason();
     assert_eq!(from(&[("x-forwarded-for", &xff)]), None);
     // No X-Forwarded-For at all (the request did not come through the
@@ -1744,22 +1749,36 @@ fn a_client_that_hides_its_ip_shares_one_bucket_instead_of_escaping_the_limit() 
         "the unknown client's bucket is spent"
     );
     assert_eq!(
-        from(&[("x-forwarded-for", "203.0.113.10")]),
+        from(&[("x-forwarded-for", "203.0.113.10, 10.1.1.1")]),
         None,
         "known clients keep theirs"
+    );
+    // Padding the header does not hide a client, nor put it in the
+    // unknown clients' bucket: it is counted as itself.
+    let padded = padded_xff("203.0.113.10");
+    assert_eq!(from(&[("x-forwarded-for", &padded)]), None);
+    assert_eq!(
+        from(&[("x-forwarded-for", &padded)]),
+        Some(Reason::RateLimited),
+        "its own bucket, with the request above"
+    );
+    assert_eq!(
+        from(&[("x-forwarded-for", &padded_xff("203.0.113.11"))]),
+        None,
+        "another client behind the padding"
     );
 }
 
 #[test]
 fn a_client_that_hides_its_ip_is_charged_a_failure_budget() {
     let w = World::from(json!({
-        "client_ip": {"xff_trusted_hops": 1},
+        "client_ip": {"xff_trusted_hops": 2},
         "tokens": [{"name": "t", "from": [{"header": "x-t"}],
                     "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
                     "failure_budget": {"failures": 2, "window_seconds": 60}}],
         "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
     }));
-    let xff = padded_xff();
+    let xff = short_xff();
     let forged = |n: u32| {
         hs256_raw(
             &[9u8; 64],

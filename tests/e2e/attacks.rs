@@ -852,13 +852,15 @@ fn oversized_header_values_are_refused_without_harm() {
         "ip_denied",
         "59 KB XFF entry",
     );
-    let hops = vec!["192.0.2.1"; 3000].join(",");
+    // A chain of 3000 hops is read from the right only, as far as the
+    // trusted hop: the client is its last entry, whatever is padded before.
+    let hops = vec!["192.0.2.1"; 3000].join(",") + ",10.1.2.3";
     deny(
         e,
         Req::get("/net/x").header("x-forwarded-for", &hops),
         403,
         "ip_denied",
-        "3000 XFF hops",
+        "3000 XFF hops before a denied client",
     );
     deny(
         e,
@@ -873,6 +875,16 @@ fn oversized_header_values_are_refused_without_harm() {
         "a header value was logged in full"
     );
     assert!(rig.up.seen().is_empty());
+    // ... and an allowed client behind 3000 denied ones passes: the padding
+    // is never read.
+    let hops = vec!["10.1.2.3"; 3000].join(",") + ",192.0.2.1";
+    let r = e.request(Req::get("/net/x").header("x-forwarded-for", &hops));
+    assert_eq!(
+        (r.status, r.reason()),
+        (200, None),
+        "3000 denied hops before an allowed client"
+    );
+    assert_eq!(rig.up.seen().len(), 1);
     e.assert_vm_healthy();
 }
 
