@@ -874,6 +874,9 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let route_names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
     let api_keys = identity::compile_api_keys(raw.api_keys, &apps, &route_names)?;
+    // Header names are compared in every spelling an upstream reads as the
+    // same header (`x_api_key` is `x-api-key` to PHP), as requests are.
+    let same = |a: &str, b: &str| crate::request::same_header_name(a.as_bytes(), b.as_bytes());
     let mut claim_headers: Vec<String> = Vec::new();
     for (i, p) in providers.iter().enumerate() {
         for (j, (_, h)) in p.claim_to_headers.iter().enumerate() {
@@ -882,8 +885,8 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             let read = providers
                 .iter()
                 .flat_map(|q| q.sources.iter().map(|src| &src.header))
-                .any(|src| src == h)
-                || *h == api_keys.header;
+                .any(|src| same(src, h))
+                || same(h, &api_keys.header);
             if read {
                 return Err(ConfigError::new(
                     format!("tokens[{i}].claim_to_headers[{j}].header"),
@@ -905,15 +908,14 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 if let limits::Source::Header(h) = &e.source {
                     // A descriptor value goes in clear to the rate-limit
                     // service (its logs, its Redis keys): never a secret.
-                    let secret = *h == api_keys.header
-                        || matches!(
-                            h.as_str(),
-                            "authorization" | "proxy-authorization" | "cookie"
-                        )
+                    let secret = same(h, &api_keys.header)
+                        || ["authorization", "proxy-authorization", "cookie"]
+                            .iter()
+                            .any(|c| same(h, c))
                         || providers
                             .iter()
                             .flat_map(|p| p.sources.iter())
-                            .any(|src| src.header == *h);
+                            .any(|src| same(&src.header, h));
                     if secret {
                         return Err(ConfigError::new(
                             format!("routes[{i}].rate_limits[{j}].entries[{k}].name"),
@@ -922,7 +924,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                              or `claim` entry instead",
                         ));
                     }
-                    if h.starts_with(crate::request::HEADER_PREFIX) || claim_headers.contains(h) {
+                    if crate::request::reserved_header(h, &claim_headers) {
                         return Err(ConfigError::new(
                             format!("routes[{i}].rate_limits[{j}].entries[{k}].name"),
                             "appguard sets this header itself (identity or claim header): \
@@ -1530,7 +1532,17 @@ mod tests {
         let rls = r#""rate_limit_service":{"cluster":"rls","domain":"d"}"#;
         let tokens = r#""tokens":[{"name":"t","from":[{"header":"approov-token"}],
             "keys":[{"alg":"HS256","secret_base64":"MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE="}]}]"#;
-        for header in ["X-Secret-Key", "approov-token", "authorization", "cookie"] {
+        // In every spelling an upstream reads as the same header: a client
+        // sending `x_secret_key: K` has it taken as the API key.
+        for header in [
+            "X-Secret-Key",
+            "x_secret_key",
+            "approov-token",
+            "approov_token",
+            "authorization",
+            "proxy_authorization",
+            "cookie",
+        ] {
             let json = format!(
                 r#"{{{rls},{tokens},"api_keys":{{"header":"x-secret-key"}},
                     "routes":[{{"name":"sms","match":{{"path":"/sms"}},

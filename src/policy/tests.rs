@@ -2240,6 +2240,15 @@ fn headers_appguard_sets_cannot_be_read_from_clients_or_carry_claims() {
                                    "claim_to_headers": [{"claim": "sub", "header": "x-t"}]}]}),
     );
     assert_eq!(e.path, "tokens[0].claim_to_headers[0].header");
+    // in another spelling of the token or API key header, too: stripping
+    // it from every request would strip the client's real one
+    for header in ["x_t", "x_api_key", "X.Api.Key"] {
+        let e = err(
+            json!({"tokens": [{"name": "t", "from": [{"header": "x-t"}], "keys": [{"alg": "HS256", "secret_base64": key}],
+                               "claim_to_headers": [{"claim": "sub", "header": header}]}]}),
+        );
+        assert_eq!(e.path, "tokens[0].claim_to_headers[0].header", "{header}");
+    }
     let e = err(
         json!({"tokens": [{"name": "t", "from": [{"header": "x-t"}], "keys": [{"alg": "HS256", "secret_base64": key}],
                                    "claim_to_headers": [{"claim": "sub", "header": "x-user"}]}],
@@ -2247,11 +2256,23 @@ fn headers_appguard_sets_cannot_be_read_from_clients_or_carry_claims() {
                            {"entries": [{"type": "header", "name": "x-user"}], "local": {"requests": 1, "per": "minute"}}]}]}),
     );
     assert_eq!(e.path, "routes[0].rate_limits[0].entries[0].name");
+    for header in ["x-appguard-app", "x_appguard_app", "X_APPGUARD_APP"] {
+        let e = err(
+            json!({"routes": [{"name": "r", "match": {"prefix": "/"}, "rate_limits": [
+                               {"entries": [{"type": "header", "name": header}], "local": {"requests": 1, "per": "minute"}}]}]}),
+        );
+        assert_eq!(
+            e.path, "routes[0].rate_limits[0].entries[0].name",
+            "{header}"
+        );
+    }
     let e = err(
-        json!({"routes": [{"name": "r", "match": {"prefix": "/"}, "rate_limits": [
-                           {"entries": [{"type": "header", "name": "x-appguard-app"}], "local": {"requests": 1, "per": "minute"}}]}]}),
+        json!({"tokens": [{"name": "t", "from": [{"header": "x-t"}], "keys": [{"alg": "HS256", "secret_base64": key}],
+                           "claim_to_headers": [{"claim": "sub", "header": "x-user"}]}],
+               "routes": [{"name": "r", "match": {"prefix": "/"}, "rate_limits": [
+                   {"entries": [{"type": "header", "name": "x_user"}], "local": {"requests": 1, "per": "minute"}}]}]}),
     );
-    assert_eq!(e.path, "routes[0].rate_limits[0].entries[0].name");
+    assert_eq!(e.path, "routes[0].rate_limits[0].entries[0].name", "x_user");
     let e = err(json!({"routes": [{"name": "_unmatched", "match": {"prefix": "/"}}]}));
     assert_eq!(e.path, "routes[0].name");
     // The claim headers, for the adapter to strip from every request.
