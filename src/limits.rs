@@ -865,11 +865,21 @@ struct Lease {
 struct Ask {
     /// The call's start (ms): with `hits`, which ask an answer ends.
     sent_ms: u64,
-    /// When it is given up: the call's start plus its timeout (an ask whose
-    /// request went away is never answered).
+    /// When it is given up: the call's start plus its timeout.
     until_ms: u64,
     /// Hits asked for.
     hits: u32,
+    /// Its request went away before the answer ([`ServiceCache::abandon_ask`]):
+    /// the service may well have counted its hits, and only a later answer
+    /// will say so. Held until one comes, whatever `until_ms` says.
+    abandoned: bool,
+}
+
+impl Ask {
+    /// Whether the ask still holds back the asks that follow.
+    fn holds(&self, now_ms: u64) -> bool {
+        self.abandoned || self.until_ms > now_ms
+    }
 }
 
 /// Most lease asks in flight per descriptor and worker; beyond, requests
@@ -948,7 +958,7 @@ impl ServiceCache {
     pub fn lease_ask(&self, digest: &[u8; 16], size: u32, now_ms: u64) -> u32 {
         let (count, asked) = self.asking.get(digest).map_or((0, 0u32), |asks| {
             asks.iter()
-                .filter(|a| a.until_ms > now_ms)
+                .filter(|a| a.holds(now_ms))
                 .fold((0, 0u32), |(n, h), a| (n + 1, h.saturating_add(a.hits)))
         });
         if count >= MAX_ASKS {
@@ -967,15 +977,32 @@ impl ServiceCache {
     /// if no answer ends it first ([`ServiceCache::end_ask`]).
     pub fn begin_ask(&mut self, digest: [u8; 16], sent_ms: u64, until_ms: u64, hits: u32) {
         make_room(&mut self.asking, OVER_LIMIT_ENTRIES, |asks| {
-            asks.iter().any(|a| a.until_ms > sent_ms)
+            asks.iter().any(|a| a.holds(sent_ms))
         });
         let asks = self.asking.entry(digest).or_default();
-        asks.retain(|a| a.until_ms > sent_ms);
+        asks.retain(|a| a.holds(sent_ms));
         asks.push(Ask {
             sent_ms,
             until_ms,
             hits,
+            abandoned: false,
         });
+    }
+
+    /// The request of the ask for `hits` sent at `sent_ms` went away before
+    /// the answer. Its hits count as asked for until an answer for the
+    /// descriptor says what remains ([`ServiceCache::grant_lease`]): the
+    /// service counted them, most likely. Ending the ask instead let the
+    /// next request ask for a whole lease again, so a client that sent
+    /// requests and reset them had a lease counted for each: a handful
+    /// spent a limit meant for every client of an app.
+    pub fn abandon_ask(&mut self, digest: &[u8; 16], sent_ms: u64, hits: u32) {
+        if let Some(a) = self.asking.get_mut(digest).and_then(|asks| {
+            asks.iter_mut()
+                .find(|a| a.sent_ms == sent_ms && a.hits == hits && !a.abandoned)
+        }) {
+            a.abandoned = true;
+        }
     }
 
     /// Ends the ask for `hits` sent at `sent_ms` (answered, or failed).
@@ -1005,6 +1032,14 @@ impl ServiceCache {
         until_ms: u64,
         now_ms: u64,
     ) {
+        // The service's answer counts every hit it had counted by then,
+        // those of abandoned asks too: they hold nothing back any more.
+        if let Some(asks) = self.asking.get_mut(&digest) {
+            asks.retain(|a| !a.abandoned);
+            if asks.is_empty() {
+                self.asking.remove(&digest);
+            }
+        }
         if until_ms <= now_ms {
             return;
         }
@@ -1134,6 +1169,46 @@ mod tests {
             c.begin_ask(k, t + 300, t + 400, 2);
         }
         assert!(c.asking.len() <= OVER_LIMIT_ENTRIES, "{}", c.asking.len());
+    }
+
+    #[test]
+    fn an_abandoned_ask_holds_back_the_next_asks_until_an_answer() {
+        // A client sends requests on a leased descriptor and resets each
+        // while its call is out: the service counted every call's hits.
+        let mut c = ServiceCache::new(&SALT);
+        let d = [5u8; 16];
+        let t = 1_000_000;
+        assert_eq!(c.lease_ask(&d, 100, t), 100);
+        c.begin_ask(d, t, t + 100, 100);
+        c.abandon_ask(&d, t, 100);
+        assert_eq!(c.lease_ask(&d, 100, t + 1), 1, "not a second lease");
+        // ... past its timeout too: nothing has said what remains
+        assert_eq!(c.lease_ask(&d, 100, t + 10_000), 1);
+        c.begin_ask(d, t + 10_000, t + 10_100, 1);
+        c.abandon_ask(&d, t + 10_000, 1);
+        assert_eq!(c.lease_ask(&d, 100, t + 10_001), 1);
+        // The next answer (for one hit, 850 remaining) says what remains:
+        // the abandoned hits are in it, and asks go on from it.
+        c.begin_ask(d, t + 10_002, t + 10_102, 1);
+        c.end_ask(&d, t + 10_002, 1);
+        c.grant_lease(d, 1, 850, t + 60_000, t + 10_003);
+        assert_eq!(c.lease_ask(&d, 100, t + 10_004), 100);
+        // With a remainder known, an abandoned ask counts against it.
+        c.begin_ask(d, t + 10_005, t + 10_105, 100);
+        c.abandon_ask(&d, t + 10_005, 100);
+        c.grant_lease(d, 1, 120, t + 60_000, t + 10_006);
+        assert_eq!(
+            c.lease_ask(&d, 100, t + 10_007),
+            100,
+            "cleared by the answer"
+        );
+        c.begin_ask(d, t + 10_008, t + 10_108, 100);
+        c.abandon_ask(&d, t + 10_008, 100);
+        assert_eq!(
+            c.lease_ask(&d, 100, t + 20_000),
+            20,
+            "120 less the 100 abandoned"
+        );
     }
 
     #[test]

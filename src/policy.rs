@@ -1330,7 +1330,9 @@ pub fn evaluate_rls(
 /// A request that waited for the rate-limit service and was abandoned
 /// before the answer (its client left, or Envoy reset the stream): it never
 /// reached the upstream, so the `jti` its local replay entry took is given
-/// back, as for a refusal, and its lease asks are no longer in flight.
+/// back, as for a refusal. Its lease asks were most likely counted by the
+/// service: they hold back the next asks until an answer says what remains
+/// ([`crate::limits::ServiceCache::abandon_ask`]).
 pub fn abandon_rls(ctx: &Ctx<'_>, mut pending: Box<Pending>) {
     if let Some((provider, digest, capacity)) = pending.local_replay.take() {
         if let Some((name, _)) = replay_table(ctx.config, provider) {
@@ -1339,7 +1341,7 @@ pub fn abandon_rls(ctx: &Ctx<'_>, mut pending: Box<Pending>) {
     }
     let mut cache = ctx.service_cache.borrow_mut();
     for s in pending.service.iter().filter(|s| s.asks_lease()) {
-        cache.end_ask(&s.key, pending.sent_ms, s.hits);
+        cache.abandon_ask(&s.key, pending.sent_ms, s.hits);
     }
 }
 
