@@ -635,9 +635,17 @@ pub fn take_local<S: SharedStore + ?Sized>(
     take_local_n(s, salt, digest, limit, 1, now_ms)
 }
 
+/// How far behind a bucket's last refill a worker's clock reading may be
+/// and still be taken for the same moment (workers read the clock apart,
+/// and a request's reading is taken before its checks).
+pub const CLOCK_SLACK_MS: u64 = 1000;
+
 /// [`take_local`] for `n` tokens at once: as many whole tokens as the
 /// bucket holds, up to `n`; allowed only if it held all `n`. (A failure
 /// budget charges one failure per key a forged token was tried against.)
+///
+/// `now_ms` a little behind the stored time of the entry (less than
+/// [`CLOCK_SLACK_MS`]: another worker's clock reading) leaves it as is.
 pub fn take_local_n<S: SharedStore + ?Sized>(
     s: &S,
     salt: &BucketSalt,
@@ -690,7 +698,11 @@ pub fn take_local_n<S: SharedStore + ?Sized>(
         // Refill is exact, so `last` can always move to now: nothing
         // earned since the last request is lost.
         let units = u.at(entry.1, entry.2, now_ms);
-        if existed && units < want && units < u.token {
+        // How far `now_ms` is behind the entry's last refill: a little is
+        // another worker's clock reading, more is a clock set back.
+        let behind = entry.2.saturating_sub(now_ms);
+        let stepped_back = behind >= CLOCK_SLACK_MS;
+        if existed && units < want && units < u.token && !stepped_back {
             // Refused with no whole token to take: the stored entry
             // already means exactly this, so nothing is written. A flood
             // of refused requests then only reads, and cannot crowd out
@@ -704,7 +716,15 @@ pub fn take_local_n<S: SharedStore + ?Sized>(
                 },
             );
         }
-        entry.2 = now_ms;
+        // Workers read the clock a moment apart: one whose `now_ms` is a
+        // little behind the `last` another just wrote gained nothing, and
+        // must not move `last` back (that span would be refilled twice).
+        // Further behind, the clock stepped back: `last` follows it (also
+        // on a refusal, above), or the bucket would not refill until the
+        // clock caught up.
+        if behind == 0 || stepped_back {
+            entry.2 = now_ms;
+        }
         let outcome = if units >= want {
             entry.1 = units - want;
             LocalOutcome {
@@ -1295,6 +1315,35 @@ mod tests {
             .find(|d| bucket(d) != bucket(&first))
             .unwrap();
         assert_eq!(local_refill_at(&s, &SALT, &other, limit, t), None);
+    }
+
+    #[test]
+    fn a_clock_reading_a_little_behind_does_not_refill_twice() {
+        // 3 per minute: a token per 20 s.
+        let s = MemStore::default();
+        let d = [1u8; 16];
+        let l = LocalLimit {
+            requests: 3,
+            per_seconds: 60,
+        };
+        let t0 = 1_700_000_000_000;
+        assert!(take_local(&s, &SALT, &d, l, t0).unwrap().allowed);
+        assert!(take_local(&s, &SALT, &d, l, t0 + 10_000).unwrap().allowed);
+        // another worker's reading, half a second behind: 1.5 tokens, one
+        // taken, and 0.5 left as of t0 + 10 s
+        assert!(take_local(&s, &SALT, &d, l, t0 + 9_500).unwrap().allowed);
+        // a whole token again only 10 s after t0 + 10 s, not after t0 + 9.5 s
+        assert!(!take_local(&s, &SALT, &d, l, t0 + 19_600).unwrap().allowed);
+        assert!(take_local(&s, &SALT, &d, l, t0 + 20_000).unwrap().allowed);
+        // A clock stepped back an hour: the bucket refills from then, not
+        // once the clock has caught up.
+        let back = t0 + 20_000 - 3_600_000;
+        assert!(
+            !take_local(&s, &SALT, &d, l, back).unwrap().allowed,
+            "empty"
+        );
+        assert!(!take_local(&s, &SALT, &d, l, back + 19_000).unwrap().allowed);
+        assert!(take_local(&s, &SALT, &d, l, back + 20_000).unwrap().allowed);
     }
 
     #[test]
