@@ -817,6 +817,24 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         }
         for (j, rl) in route.rate_limits.iter().enumerate() {
+            // The rule name scopes local buckets only: the service gets the
+            // descriptor alone, so two service rules with the same entries
+            // send it twice in one call, and it counts each request twice
+            // under the one limit its YAML can hold for that descriptor.
+            if rl.local.is_none() {
+                if let Some(first) = route.rate_limits[..j]
+                    .iter()
+                    .position(|o| o.local.is_none() && o.entries == rl.entries)
+                {
+                    return Err(ConfigError::new(
+                        format!("{at}.rate_limits[{j}].entries"),
+                        format!(
+                            "the same entries as rate_limits[{first}], and both go to the                              rate-limit service, which would count each request twice under one                              limit: add an entry that tells them apart, e.g.                              {{\"type\": \"value\", \"key\": \"rule\", \"value\": \"{}\"}}, and give                              each its limit in the service's configuration",
+                            rl.name
+                        ),
+                    ));
+                }
+            }
             if rl.local.is_none() && rate_limit_service.is_none() {
                 return Err(ConfigError::new(
                     format!("{at}.rate_limits[{j}]"),
@@ -1523,6 +1541,30 @@ mod tests {
                 "rate_limits":[{{"entries":[{{"type":"api_key"}}],{local}}}]}}]}}"#
         );
         assert!(Config::from_json(ok.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn two_service_rules_with_the_same_entries_are_refused() {
+        let rules = |a: &str, b: &str| {
+            format!(
+                r#"{{"rate_limit_service":{{"cluster":"rls","domain":"d"}},
+                    "routes":[{{"name":"sms","match":{{"path":"/sms"}},"rate_limits":[
+                    {{"name":"burst","entries":[{{"type":"route"}}{a}]}},
+                    {{"name":"daily","entries":[{{"type":"route"}}{b}]}}]}}]}}"#
+            )
+        };
+        let e = err(&rules("", ""));
+        assert_eq!(e.path, "routes[0].rate_limits[1].entries");
+        assert!(e.message.contains("rate_limits[0]"), "{e}");
+        // told apart by an entry: accepted
+        let told = r#",{"type":"value","key":"rule","value":"burst"}"#;
+        assert!(Config::from_json(rules(told, "").as_bytes()).is_ok());
+        // a local rule with the same entries never reaches the service
+        let json = r#"{"rate_limit_service":{"cluster":"rls","domain":"d"},
+            "routes":[{"name":"sms","match":{"path":"/sms"},"rate_limits":[
+            {"name":"burst","entries":[{"type":"route"}],"local":{"requests":2,"per":"minute"}},
+            {"name":"daily","entries":[{"type":"route"}]}]}]}"#;
+        assert!(Config::from_json(json.as_bytes()).is_ok());
     }
 
     #[test]
