@@ -420,6 +420,7 @@ impl PrefixSet {
         for (index, prefix) in prefixes.into_iter().enumerate() {
             let normalized =
                 normalize_prefix(prefix.as_ref()).map_err(|error| PrefixError { index, error })?;
+            out.extend(trunkless_prefix(&normalized));
             out.push(normalized);
         }
         out.sort_unstable();
@@ -472,6 +473,23 @@ impl PrefixSet {
     pub fn is_empty(&self) -> bool {
         self.prefixes.is_empty()
     }
+}
+
+/// A configured prefix written with a trunk `0` after its calling code
+/// (`+44 0871`, copied from a national `0871` range): the prefix of the
+/// same numbers written without it (`+44 871`), which is how they are
+/// usually sent and how carriers reach them. Numbers are matched in both
+/// forms ([`E164::without_trunk_zero`]); without this, such a prefix
+/// matched only the rarer spelling. `None` where the `0` is part of the
+/// number (Italy), or nothing follows it.
+fn trunkless_prefix(prefix: &str) -> Option<String> {
+    let digits = prefix.strip_prefix('+')?;
+    let cc = digits.get(..calling_code_len(digits))?;
+    if ZERO_IS_SIGNIFICANT.contains(&cc) {
+        return None;
+    }
+    let rest = digits.get(cc.len()..)?.strip_prefix('0')?;
+    (!rest.is_empty()).then(|| format!("+{cc}{rest}"))
 }
 
 /// A configured prefix in `+digits` form: international, 1..=15 digits.
@@ -842,6 +860,20 @@ mod tests {
         let mobiles = PrefixSet::new(["+39 3"]).unwrap();
         let brescia = normalize("+39 030 1234567", &uk()).unwrap();
         assert!(!mobiles.contains_prefix_of(&brescia));
+        // A prefix copied with its trunk `0` (`+44 0871` from the national
+        // `0871`) denies the usual spelling too; in Italy the `0` stays.
+        let copied = PrefixSet::new(["+44 0871", "+33 089", "+39 06", "+44 0"]).unwrap();
+        let denied = |s: &str| copied.contains_prefix_of(&normalize(s, &uk()).unwrap());
+        assert!(denied("+44 871 234 5678"));
+        assert!(denied("+44 0871 234 5678"));
+        assert!(denied("0871 234 5678"));
+        assert!(denied("+33 89 12 34 56 78"));
+        assert!(denied("+39 06 1234 5678"));
+        assert!(!denied("+39 6 1234 5678"), "Italy keeps its 0");
+        assert!(!denied("+44 7700 900123"), "`+44 0` is not all of +44");
+        assert_eq!(trunkless_prefix("+4"), None);
+        assert_eq!(trunkless_prefix("+3906"), None);
+        assert_eq!(trunkless_prefix("+440871").as_deref(), Some("+44871"));
         // The form per-number limits count under (`policy`'s body phase).
         let key = |n: &E164| n.without_trunk_zero().unwrap_or_else(|| n.clone());
         assert_eq!(key(&brescia), brescia);
