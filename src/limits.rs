@@ -485,8 +485,11 @@ pub fn ip_value(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> String {
 
 /// Entries per local-limit bucket; one more slot is the bucket's overflow.
 pub const LOCAL_BUCKET_ENTRIES: usize = 16;
-/// Buckets of the local-limit table (so at most 16 × 4096 = 65 536 live
-/// descriptors per instance, about 2 MiB of shared data).
+/// Buckets of a local-limit table: at most 16 × 4096 = 65 536 live
+/// descriptors per table, about 2.2 MiB of shared data when full. There is
+/// one table per distinct limit (`requests` and `per`, and each failure
+/// budget), and a table stays in Envoy's shared data for the life of the
+/// process, including those of earlier configurations.
 pub const LOCAL_BUCKETS: u32 = 4096;
 const LOCAL_ENTRY: usize = 32; // digest 16 + units 8 + last refill ms 8
 const OVERFLOW: [u8; 16] = [0xff; 16];
