@@ -370,6 +370,19 @@ impl OriginPattern {
     }
 
     /// Whether a parsed request origin matches.
+    /// How closely a matching pattern names an origin, to choose between
+    /// apps that both match: an exact host beats any wildcard, and a longer
+    /// wildcard suffix a shorter one (`*.pay.example.com` over
+    /// `*.example.com`).
+    fn specificity(&self) -> usize {
+        if self.wildcard {
+            self.host.len()
+        } else {
+            usize::MAX
+        }
+    }
+
+    /// Whether the origin `o` is one this pattern names.
     pub fn matches(&self, o: &Origin) -> bool {
         if o.scheme != self.scheme || o.port != self.port {
             return false;
@@ -856,6 +869,14 @@ fn cert_matches(certs: &[Vec<u8>], header: &str) -> bool {
 /// Establishes the app from the platform headers alone (no token): the
 /// weakest evidence, since headers are forgeable; routes that matter should
 /// require a token. `Ok(None)` when the request shows no platform at all.
+///
+/// When several apps match, the one that names the request most closely is
+/// chosen, whatever their order: an Android app pinned to the certificate
+/// shown over one without certificates, an iOS app pinned to the team
+/// shown over one without a team, an exact origin over a wildcard (and a
+/// longer wildcard over a shorter). Otherwise a debug app without
+/// certificates listed first would take every release request, and an API
+/// key restricted to the release app would refuse all of them.
 pub fn app_from_headers<'c>(
     apps: &'c [App],
     h: &PlatformHeaders<'_>,
@@ -870,17 +891,21 @@ pub fn app_from_headers<'c>(
     if android {
         let package = h.android_package.ok_or(Reason::AppUnknown)?;
         let mut known = false;
+        let mut unpinned = None;
         for app in apps {
             if let AppProof::Android { package: p, certs } = &app.proof {
                 if p == package {
                     known = true;
-                    let cert_ok =
-                        certs.is_empty() || h.android_cert.is_some_and(|c| cert_matches(certs, c));
-                    if cert_ok {
+                    if certs.is_empty() {
+                        unpinned = unpinned.or(Some(app));
+                    } else if h.android_cert.is_some_and(|c| cert_matches(certs, c)) {
                         return Ok(Some(app));
                     }
                 }
             }
+        }
+        if unpinned.is_some() {
+            return Ok(unpinned);
         }
         return Err(if known {
             Reason::AppMismatch
@@ -891,18 +916,22 @@ pub fn app_from_headers<'c>(
     if ios {
         let bundle = h.ios_bundle_id.ok_or(Reason::AppUnknown)?;
         let mut known = false;
+        let mut loose = None;
         for app in apps {
             if let AppProof::Ios { bundle_id, team_id } = &app.proof {
                 if bundle_id == bundle {
                     known = true;
-                    if team_id.is_none()
-                        || h.ios_team_id.is_none()
-                        || h.ios_team_id == team_id.as_deref()
-                    {
-                        return Ok(Some(app));
+                    match (team_id.as_deref(), h.ios_team_id) {
+                        (Some(want), Some(shown)) if want == shown => return Ok(Some(app)),
+                        (Some(_), Some(_)) => {}
+                        // no team pinned, or none shown
+                        _ => loose = loose.or(Some(app)),
                     }
                 }
             }
+        }
+        if loose.is_some() {
+            return Ok(loose);
         }
         return Err(if known {
             Reason::AppMismatch
@@ -912,11 +941,23 @@ pub fn app_from_headers<'c>(
     }
     if let Some(value) = h.web_origin() {
         let origin = parse_origin(value).ok_or(Reason::OriginDenied)?;
-        return apps
-            .iter()
-            .find(|a| matches!(&a.proof, AppProof::Web { origins } if origins.iter().any(|p| p.matches(&origin))))
-            .map(Some)
-            .ok_or(Reason::OriginDenied);
+        let mut best: Option<(usize, &App)> = None;
+        for app in apps {
+            let AppProof::Web { origins } = &app.proof else {
+                continue;
+            };
+            let closest = origins
+                .iter()
+                .filter(|p| p.matches(&origin))
+                .map(OriginPattern::specificity)
+                .max();
+            if let Some(s) = closest {
+                if best.is_none_or(|(b, _)| s > b) {
+                    best = Some((s, app));
+                }
+            }
+        }
+        return best.map(|(_, app)| Some(app)).ok_or(Reason::OriginDenied);
     }
     if let Some(ip) = ip {
         if let Some(app) = apps
@@ -1007,6 +1048,75 @@ mod tests {
         );
         let host = format!("https://{}.com/", "a".repeat(2050));
         assert!(parse_origin(&host).is_none());
+    }
+
+    #[test]
+    fn the_app_that_names_the_request_most_closely_is_chosen() {
+        const CERT: &str = "14:6D:E9:83:C5:73:06:50:D8:EE:B9:95:2F:34:FC:64:16:A0:83:42:E6:1D:BE:A8:8A:04:96:B2:3F:CF:44:E5";
+        let raw: Vec<RawApp> = serde_json::from_value(serde_json::json!([
+            {"id": "debug", "platform": "android", "package": "com.x"},
+            {"id": "release", "platform": "android", "package": "com.x", "cert_fingerprints": [CERT]},
+            {"id": "ios-any", "platform": "ios", "bundle_id": "com.x"},
+            {"id": "ios-team", "platform": "ios", "bundle_id": "com.x", "team_id": "ABCDE12345"},
+            {"id": "web-all", "platform": "web", "origins": ["https://*.example.com"]},
+            {"id": "web-pay-all", "platform": "web", "origins": ["https://*.pay.example.com"]},
+            {"id": "web-pay", "platform": "web", "origins": ["https://pay.example.com"]}
+        ]))
+        .unwrap();
+        let apps = compile_apps(raw).unwrap();
+        let id = |h: PlatformHeaders<'_>| {
+            app_from_headers(&apps, &h, None).map(|a| a.map(|a| a.id.as_str()))
+        };
+        let none = PlatformHeaders {
+            android_package: None,
+            android_cert: None,
+            ios_bundle_id: None,
+            ios_team_id: None,
+            origin: None,
+            referer: None,
+        };
+        let android = |cert| PlatformHeaders {
+            android_package: Some("com.x"),
+            android_cert: cert,
+            ..none
+        };
+        assert_eq!(id(android(Some(CERT))), Ok(Some("release")));
+        assert_eq!(id(android(None)), Ok(Some("debug")));
+        let other = "AA:6D:E9:83:C5:73:06:50:D8:EE:B9:95:2F:34:FC:64:16:A0:83:42:E6:1D:BE:A8:8A:04:96:B2:3F:CF:44:E5";
+        assert_eq!(id(android(Some(other))), Ok(Some("debug")));
+        let ios = |team| PlatformHeaders {
+            ios_bundle_id: Some("com.x"),
+            ios_team_id: team,
+            ..none
+        };
+        assert_eq!(id(ios(Some("ABCDE12345"))), Ok(Some("ios-team")));
+        assert_eq!(id(ios(Some("ZZZZZ99999"))), Ok(Some("ios-any")));
+        assert_eq!(id(ios(None)), Ok(Some("ios-any")));
+        let web = |o| PlatformHeaders {
+            origin: Some(o),
+            ..none
+        };
+        assert_eq!(id(web("https://pay.example.com")), Ok(Some("web-pay")));
+        assert_eq!(
+            id(web("https://eu.pay.example.com")),
+            Ok(Some("web-pay-all"))
+        );
+        assert_eq!(id(web("https://shop.example.com")), Ok(Some("web-all")));
+        assert_eq!(id(web("https://example.org")), Err(Reason::OriginDenied));
+        // pinned apps alone: a wrong team or cert is still a mismatch
+        let raw: Vec<RawApp> = serde_json::from_value(serde_json::json!([
+            {"id": "ios-team", "platform": "ios", "bundle_id": "com.x", "team_id": "ABCDE12345"},
+            {"id": "release", "platform": "android", "package": "com.x", "cert_fingerprints": [CERT]}
+        ]))
+        .unwrap();
+        let apps = compile_apps(raw).unwrap();
+        let id = |h: PlatformHeaders<'_>| {
+            app_from_headers(&apps, &h, None).map(|a| a.map(|a| a.id.as_str()))
+        };
+        assert_eq!(id(ios(Some("ZZZZZ99999"))), Err(Reason::AppMismatch));
+        assert_eq!(id(ios(None)), Ok(Some("ios-team")));
+        assert_eq!(id(android(Some(other))), Err(Reason::AppMismatch));
+        assert_eq!(id(android(None)), Err(Reason::AppMismatch));
     }
 
     #[test]
