@@ -319,6 +319,50 @@ pub struct OriginPattern {
     port: u16,
 }
 
+/// Domains of two labels or more under which anyone can get a name (country
+/// second-level registries, and hosting platforms that give every customer
+/// a sub-domain): `*.` directly under one of them would allow any stranger's
+/// site. Not the whole Public Suffix List, which is large and changes; the
+/// suffixes web apps are commonly served from, or registered under.
+const OPEN_SUFFIXES: [&str; 36] = [
+    "co.uk",
+    "org.uk",
+    "me.uk",
+    "com.au",
+    "net.au",
+    "co.nz",
+    "co.jp",
+    "co.in",
+    "co.za",
+    "com.br",
+    "com.cn",
+    "com.mx",
+    "com.tr",
+    "com.sg",
+    "co.kr",
+    "com.ar",
+    "web.app",
+    "firebaseapp.com",
+    "appspot.com",
+    "vercel.app",
+    "netlify.app",
+    "herokuapp.com",
+    "github.io",
+    "gitlab.io",
+    "pages.dev",
+    "workers.dev",
+    "azurewebsites.net",
+    "azurestaticapps.net",
+    "cloudfront.net",
+    "amplifyapp.com",
+    "onrender.com",
+    "fly.dev",
+    "glitch.me",
+    "repl.co",
+    "ngrok.io",
+    "ngrok-free.app",
+];
+
 impl OriginPattern {
     /// Parses `scheme://host[:port]` where host may start with `*.`.
     pub fn parse(s: &str) -> Result<OriginPattern, String> {
@@ -347,6 +391,12 @@ impl OriginPattern {
         if wildcard && !host.contains('.') {
             return Err(format!(
                 "{s:?}: `*.` needs a domain of two labels or more after it, not a top-level domain"
+            ));
+        }
+        if wildcard && OPEN_SUFFIXES.contains(&host.as_str()) {
+            return Err(format!(
+                "{s:?}: `{host}` is a public suffix where anyone can register a name, so \
+                 `*.{host}` allows their sites too: list your own origin(s) under it"
             ));
         }
         // No top-level domain is numeric: `*.0.0.1` would match the IPv4
@@ -1024,8 +1074,19 @@ mod tests {
             "https://*.localhost",
             "https://*.0.0.1",
             "http://*.168.1.1:8080",
+            "https://*.web.app",
+            "https://*.co.uk",
+            "https://*.VERCEL.app",
         ] {
             assert!(OriginPattern::parse(bad).is_err(), "{bad}");
+        }
+        // one's own names under such a suffix are fine
+        for good in [
+            "https://*.shop.web.app",
+            "https://shop.web.app",
+            "https://*.example.co.uk",
+        ] {
+            assert!(OriginPattern::parse(good).is_ok(), "{good}");
         }
         for bad in [
             "null",
