@@ -1176,6 +1176,31 @@ mod tests {
         };
         assert_eq!(id(ios(Some("ZZZZZ99999"))), Err(Reason::AppMismatch));
         assert_eq!(id(ios(None)), Ok(Some("ios-team")));
+        // a team id alone names no app
+        let team_only = PlatformHeaders {
+            ios_team_id: Some("ABCDE12345"),
+            ..none
+        };
+        assert_eq!(id(team_only), Err(Reason::AppUnknown));
+        // A token named the app: headers that disagree with it are refused.
+        let pinned = apps.iter().find(|a| a.id == "ios-team").unwrap();
+        assert_eq!(
+            headers_agree(pinned, &ios(Some("ABCDE12345")), None),
+            Ok(())
+        );
+        assert_eq!(headers_agree(pinned, &ios(None), None), Ok(()));
+        assert_eq!(
+            headers_agree(pinned, &ios(Some("ZZZZZ99999")), None),
+            Err(Reason::AppMismatch)
+        );
+        let other_bundle = PlatformHeaders {
+            ios_bundle_id: Some("com.y"),
+            ..none
+        };
+        assert_eq!(
+            headers_agree(pinned, &other_bundle, None),
+            Err(Reason::AppMismatch)
+        );
         assert_eq!(id(android(Some(other))), Err(Reason::AppMismatch));
         assert_eq!(id(android(None)), Err(Reason::AppMismatch));
     }
