@@ -311,26 +311,39 @@ impl GuardFilter {
             match slots.get_mut(p) {
                 None => Some(KeyFetch::NotNow),
                 Some(slot) => {
-                    let before = slot.loaded_cas;
+                    let before = slot.keys.version;
                     if slot.last_request_sync != Some(now) {
                         slot.last_request_sync = Some(now);
                         jwks::sync(slot, &provider.name, remote, now);
                     }
                     let had_keys = slot.keys.keys.is_some();
-                    if slot.loaded_cas != before && had_keys {
-                        // another worker's keys, copied just now
-                        Some(KeyFetch::Fetched)
+                    if slot.keys.version != before && had_keys {
+                        // Another worker's keys, copied just now. Fresher
+                        // than the request only if fetched since it came
+                        // (this second): else they may predate its key.
+                        Some(if slot.fetched_at >= now {
+                            KeyFetch::Fetched
+                        } else {
+                            KeyFetch::NotNow
+                        })
                     } else if !had_keys {
                         (!slot.may_start_request_fetch(now)).then_some(KeyFetch::NotNow)
                     } else if (slot.last_refetch > now
                         || now.saturating_sub(slot.last_refetch) >= remote.min_refetch_seconds)
-                        && jwks::take_lease(
-                            &provider.name,
-                            remote,
-                            "refetch",
-                            remote.min_refetch_seconds.max(1),
-                            now,
-                        )
+                        && slot.refetch_lease_taken_at != Some(now)
+                        && {
+                            let ours = jwks::take_lease(
+                                &provider.name,
+                                remote,
+                                "refetch",
+                                remote.min_refetch_seconds.max(1),
+                                now,
+                            );
+                            if !ours {
+                                slot.refetch_lease_taken_at = Some(now);
+                            }
+                            ours
+                        }
                     {
                         // Unknown kid with keys loaded: at most one re-fetch
                         // per `min_refetch_seconds` per instance.

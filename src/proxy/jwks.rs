@@ -43,6 +43,11 @@ pub struct JwksSlot {
     pub keys: RemoteKeys,
     /// Last unknown-`kid` re-fetch from this worker.
     pub last_refetch: u64,
+    /// Last second this worker asked for the instance's re-fetch lease
+    /// and found it taken: it asks again the next second at the earliest,
+    /// so a flood of unknown `kid`s costs one shared-data look a second,
+    /// not one per request.
+    pub refetch_lease_taken_at: Option<u64>,
     /// Last second this worker looked at the shared copy.
     pub last_maintained: u64,
     /// Last second a request of this worker looked at the shared copy
@@ -132,7 +137,7 @@ fn data_key(provider: &str, remote: &RemoteJwks) -> String {
 /// and for a 200, that the document was over [`MAX_JWKS_BYTES`] (the one
 /// way a 200 comes without a body to read).
 pub fn unread_answer(status: u16, body_size: usize) -> String {
-    if body_size > MAX_JWKS_BYTES {
+    if status == 200 && body_size > MAX_JWKS_BYTES {
         format!("status {status}, {body_size} bytes: over the {MAX_JWKS_BYTES}-byte limit")
     } else {
         format!("status {status}")
