@@ -183,9 +183,10 @@ pub struct LocalLimit {
 #[derive(Clone, Debug)]
 pub struct RateLimit {
     /// The rule's name (default `<route>#<index>`), unique in its route:
-    /// it names the rule in logs and scopes its counts, so that two rules
-    /// with the same entries (a burst and a sustained limit) keep separate
-    /// buckets.
+    /// it names the rule in logs and scopes its local counts, so that two
+    /// `local` rules with the same entries (a burst and a sustained limit)
+    /// keep separate buckets. The service sees descriptors only: two
+    /// service rules of a route with the same entries are refused.
     pub name: String,
     /// `["rate_limit", route, name]`, absorbed once: see [`DigestScope`].
     pub scope: DigestScope,
@@ -824,6 +825,13 @@ pub fn local_refill_at<S: SharedStore + ?Sized>(
         Place::New | Place::Evict(_) | Place::Overflow(None) => return None,
     };
     let &(_, t, l) = entries.get(i)?;
+    // A refill time well after now is a clock set back since: counted from
+    // now, as [`take_local_n`] will, not from when the clock catches up.
+    let l = if l.saturating_sub(now_ms) >= CLOCK_SLACK_MS {
+        now_ms
+    } else {
+        l
+    };
     if u.at(t, l, now_ms) >= u.token {
         return None;
     }
@@ -894,14 +902,21 @@ struct Ask {
     hits: u32,
     /// Its request went away before the answer ([`ServiceCache::abandon_ask`]):
     /// the service may well have counted its hits, and only a later answer
-    /// will say so. Held until one comes, whatever `until_ms` says.
+    /// will say so. Held until one comes ([`ServiceCache::answered`]), or
+    /// [`ABANDONED_ASK_MS`] at most.
     abandoned: bool,
 }
+
+/// How long an abandoned ask holds back the next asks when no answer for
+/// its descriptor comes: an hour, the longest window leases are commonly
+/// kept for. Bounded so that descriptors nobody asks about again do not
+/// stay in the table for good.
+pub const ABANDONED_ASK_MS: u64 = 3_600_000;
 
 impl Ask {
     /// Whether the ask still holds back the asks that follow.
     fn holds(&self, now_ms: u64) -> bool {
-        self.abandoned || self.until_ms > now_ms
+        self.until_ms > now_ms
     }
 }
 
@@ -1025,6 +1040,20 @@ impl ServiceCache {
                 .find(|a| a.sent_ms == sent_ms && a.hits == hits && !a.abandoned)
         }) {
             a.abandoned = true;
+            a.until_ms = sent_ms.saturating_add(ABANDONED_ASK_MS);
+        }
+    }
+
+    /// The service answered, for the descriptor, a call sent at `sent_ms`
+    /// (allowed or over the limit): what it said already counts the hits of
+    /// asks abandoned before that call was sent, which hold nothing back
+    /// any more. Those abandoned after it may not be counted in it yet.
+    pub fn answered(&mut self, digest: &[u8; 16], sent_ms: u64) {
+        if let Some(asks) = self.asking.get_mut(digest) {
+            asks.retain(|a| !(a.abandoned && a.sent_ms < sent_ms));
+            if asks.is_empty() {
+                self.asking.remove(digest);
+            }
         }
     }
 
@@ -1055,14 +1084,6 @@ impl ServiceCache {
         until_ms: u64,
         now_ms: u64,
     ) {
-        // The service's answer counts every hit it had counted by then,
-        // those of abandoned asks too: they hold nothing back any more.
-        if let Some(asks) = self.asking.get_mut(&digest) {
-            asks.retain(|a| !a.abandoned);
-            if asks.is_empty() {
-                self.asking.remove(&digest);
-            }
-        }
         if until_ms <= now_ms {
             return;
         }
@@ -1210,15 +1231,20 @@ mod tests {
         c.begin_ask(d, t + 10_000, t + 10_100, 1);
         c.abandon_ask(&d, t + 10_000, 1);
         assert_eq!(c.lease_ask(&d, 100, t + 10_001), 1);
+        // The answer to a call sent before them says nothing of them.
+        c.answered(&d, t - 1);
+        assert_eq!(c.lease_ask(&d, 100, t + 10_001), 1);
         // The next answer (for one hit, 850 remaining) says what remains:
         // the abandoned hits are in it, and asks go on from it.
         c.begin_ask(d, t + 10_002, t + 10_102, 1);
         c.end_ask(&d, t + 10_002, 1);
+        c.answered(&d, t + 10_002);
         c.grant_lease(d, 1, 850, t + 60_000, t + 10_003);
         assert_eq!(c.lease_ask(&d, 100, t + 10_004), 100);
         // With a remainder known, an abandoned ask counts against it.
         c.begin_ask(d, t + 10_005, t + 10_105, 100);
         c.abandon_ask(&d, t + 10_005, 100);
+        c.answered(&d, t + 10_006);
         c.grant_lease(d, 1, 120, t + 60_000, t + 10_006);
         assert_eq!(
             c.lease_ask(&d, 100, t + 10_007),
@@ -1232,6 +1258,13 @@ mod tests {
             20,
             "120 less the 100 abandoned"
         );
+        // With no answer, it holds for an hour, then is let go (and can be
+        // evicted like any ask past its time).
+        let d2 = [6u8; 16];
+        c.begin_ask(d2, t, t + 100, 100);
+        c.abandon_ask(&d2, t, 100);
+        assert_eq!(c.lease_ask(&d2, 100, t + ABANDONED_ASK_MS - 1), 1);
+        assert_eq!(c.lease_ask(&d2, 100, t + ABANDONED_ASK_MS), 100);
     }
 
     #[test]
@@ -1341,6 +1374,8 @@ mod tests {
         // A clock stepped back an hour: the bucket refills from then, not
         // once the clock has caught up.
         let back = t0 + 20_000 - 3_600_000;
+        // what a failure budget asks first: not an hour away
+        assert_eq!(local_refill_at(&s, &SALT, &d, l, back), Some(back + 20_000));
         assert!(
             !take_local(&s, &SALT, &d, l, back).unwrap().allowed,
             "empty"

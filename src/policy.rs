@@ -1421,6 +1421,7 @@ fn rls_verdict(
             if s.lease.is_none() {
                 continue;
             }
+            cache.answered(&s.key, pending.sent_ms);
             if let Some((ms, remaining)) = ratelimit::lease_window(status) {
                 let until_ms = pending.sent_ms.saturating_add(ms);
                 cache.grant_lease(s.key, s.hits, remaining, until_ms, ctx.now_ms);
