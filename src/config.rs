@@ -822,14 +822,20 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             // send it twice in one call, and it counts each request twice
             // under the one limit its YAML can hold for that descriptor.
             if rl.local.is_none() {
-                if let Some(first) = route.rate_limits[..j]
+                if let Some(first) = route
+                    .rate_limits
                     .iter()
+                    .take(j)
                     .position(|o| o.local.is_none() && o.entries == rl.entries)
                 {
                     return Err(ConfigError::new(
                         format!("{at}.rate_limits[{j}].entries"),
                         format!(
-                            "the same entries as rate_limits[{first}], and both go to the                              rate-limit service, which would count each request twice under one                              limit: add an entry that tells them apart, e.g.                              {{\"type\": \"value\", \"key\": \"rule\", \"value\": \"{}\"}}, and give                              each its limit in the service's configuration",
+                            "the same entries as rate_limits[{first}], and both go to the \
+                             rate-limit service, which would count each request twice under \
+                             one limit: add an entry that tells them apart, e.g. \
+                             {{\"type\": \"value\", \"key\": \"rule\", \"value\": \"{}\"}}, \
+                             and give each its limit in the service's configuration",
                             rl.name
                         ),
                     ));
@@ -1555,7 +1561,14 @@ mod tests {
         };
         let e = err(&rules("", ""));
         assert_eq!(e.path, "routes[0].rate_limits[1].entries");
-        assert!(e.message.contains("rate_limits[0]"), "{e}");
+        assert!(
+            e.message.starts_with(
+                "the same entries as rate_limits[0], and both go to the rate-limit service, \
+                 which would count each request twice under one limit: add an entry that \
+                 tells them apart, e.g. {\"type\": \"value\", \"key\": \"rule\", \"value\": \"daily\"}, and"
+            ),
+            "{e}"
+        );
         // told apart by an entry: accepted
         let told = r#",{"type":"value","key":"rule","value":"burst"}"#;
         assert!(Config::from_json(rules(told, "").as_bytes()).is_ok());

@@ -419,7 +419,6 @@ impl OriginPattern {
         })
     }
 
-    /// Whether a parsed request origin matches.
     /// How closely a matching pattern names an origin, to choose between
     /// apps that both match: an exact host beats any wildcard, and a longer
     /// wildcard suffix a shorter one (`*.pay.example.com` over

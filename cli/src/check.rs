@@ -467,7 +467,7 @@ fn yaml11_booleans(v: &Value, path: &mut String, text: &str, notes: &mut Vec<Str
 /// `,`, `]`, `}` or a comment.
 fn unquoted_in(text: &str, word: &str) -> bool {
     text.match_indices(word).any(|(at, _)| {
-        let before = text[..at].trim_end_matches([' ', '\t']);
+        let before = text[..at].trim_end();
         let after = &text[at + word.len()..];
         let rest = after.trim_start_matches([' ', '\t']);
         let ends = after.is_empty()
@@ -702,6 +702,11 @@ spec: {pluginName: other, pluginConfig: {anything: 1}}
         assert!(!unquoted_in("NO: 1\nx: NOT\ny: 'NO'\n", "NO"));
         assert!(unquoted_in("x: [a,NO]", "NO"));
         assert!(unquoted_in("x: off # comment", "off"));
+        assert!(
+            unquoted_in("x: [KP,\n  NO]", "NO"),
+            "a flow list over lines"
+        );
+        assert!(unquoted_in("x:\n  NO\n", "NO"), "a value on the next line");
         assert!(!unquoted_in("x: off#tag", "off"));
     }
 

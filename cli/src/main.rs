@@ -405,6 +405,14 @@ fn mint_token(t: TokenArgs) -> Result<ExitCode, CliError> {
 }
 
 fn sign_request(s: SignArgs) -> Result<ExitCode, CliError> {
+    // Standard input can be read once: the second reader would get nothing
+    // and sign an empty body without a word.
+    let stdin = std::path::Path::new("-");
+    if s.install_key == stdin && s.body_file.as_deref() == Some(stdin) {
+        return Err(CliError::input(
+            "--install-key - and --body-file - both read standard input: give one of them a file",
+        ));
+    }
     let key = install_key::read_private(&s.install_key)?;
     let body = match (&s.body, &s.body_file) {
         (Some(b), _) => Some(b.clone().into_bytes()),

@@ -209,3 +209,31 @@ fn json_syntax_errors_are_the_filters_refusal() {
         r.stderr
     );
 }
+
+#[test]
+fn a_manifest_piped_in_is_checked_and_an_unquoted_no_is_warned_of() {
+    let manifest = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\n\
+                    metadata: {name: appguard, namespace: istio-system}\nspec:\n  \
+                    pluginName: appguard\n  pluginConfig:\n    network:\n      \
+                    country_header: x-country\n      country_deny: [KP, NO]\n    \
+                    routes: [{name: a, match: {prefix: /}}]\n";
+    let r = common::cli_with_stdin(&["check-config", "-"], Some(manifest));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout
+            .starts_with("- (WasmPlugin istio-system/appguard): valid:"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains(
+            "warning: spec.pluginConfig.network.country_deny[1]: `NO` unquoted is a boolean to Kubernetes"
+        ),
+        "{}",
+        r.stderr
+    );
+    let quoted = manifest.replace("[KP, NO]", r#"[KP, "NO"]"#);
+    let r = common::cli_with_stdin(&["check-config", "-"], Some(&quoted));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+}

@@ -547,6 +547,29 @@ fn ipk_from_public_key_pem_and_a_mismatch_warning() {
 }
 
 #[test]
+fn standard_input_is_read_for_one_argument_only() {
+    // Refused before anything is read (stdin is closed here).
+    let r = cli(&[
+        "mint",
+        "sign-request",
+        "--install-key",
+        "-",
+        "--body-file",
+        "-",
+        "--url",
+        "https://api.example.com/v1/sms",
+        "--token",
+        "x.y.z",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("both read standard input"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn a_host_header_is_refused_as_the_authority_comes_from_the_url() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("k.pem");
