@@ -1014,8 +1014,11 @@ impl ServiceCache {
     /// Records an ask for `hits` sent at `sent_ms`, given up at `until_ms`
     /// if no answer ends it first ([`ServiceCache::end_ask`]).
     pub fn begin_ask(&mut self, digest: [u8; 16], sent_ms: u64, until_ms: u64, hits: u32) {
+        // Full: descriptors held only by abandoned asks go first, so that
+        // a client resetting requests over many descriptors cannot have
+        // the asks in flight of everyone else wiped with them.
         make_room(&mut self.asking, OVER_LIMIT_ENTRIES, |asks| {
-            asks.iter().any(|a| a.holds(sent_ms))
+            asks.iter().any(|a| a.holds(sent_ms) && !a.abandoned)
         });
         let asks = self.asking.entry(digest).or_default();
         asks.retain(|a| a.holds(sent_ms));
@@ -1046,8 +1049,8 @@ impl ServiceCache {
 
     /// The service answered, for the descriptor, a call sent at `sent_ms`
     /// (allowed or over the limit): what it said already counts the hits of
-    /// asks abandoned before that call was sent, which hold nothing back
-    /// any more. Those abandoned after it may not be counted in it yet.
+    /// abandoned asks sent before that call, which hold nothing back any
+    /// more. Those sent after it may not be counted in it yet.
     pub fn answered(&mut self, digest: &[u8; 16], sent_ms: u64) {
         if let Some(asks) = self.asking.get_mut(digest) {
             asks.retain(|a| !(a.abandoned && a.sent_ms < sent_ms));
@@ -1062,7 +1065,7 @@ impl ServiceCache {
         if let Some(asks) = self.asking.get_mut(digest) {
             if let Some(i) = asks
                 .iter()
-                .position(|a| a.sent_ms == sent_ms && a.hits == hits)
+                .position(|a| a.sent_ms == sent_ms && a.hits == hits && !a.abandoned)
             {
                 asks.swap_remove(i);
             }
@@ -1265,6 +1268,35 @@ mod tests {
         c.abandon_ask(&d2, t, 100);
         assert_eq!(c.lease_ask(&d2, 100, t + ABANDONED_ASK_MS - 1), 1);
         assert_eq!(c.lease_ask(&d2, 100, t + ABANDONED_ASK_MS), 100);
+        // Two asks of the same ms and size, one abandoned: the answer to
+        // the other ends that one, not the abandoned twin.
+        let d3 = [7u8; 16];
+        c.begin_ask(d3, t, t + 100, 5);
+        c.begin_ask(d3, t, t + 100, 5);
+        c.abandon_ask(&d3, t, 5);
+        c.end_ask(&d3, t, 5);
+        assert_eq!(
+            c.lease_ask(&d3, 100, t + 1_000),
+            1,
+            "the abandoned one holds"
+        );
+        // Full of descriptors held only by abandoned asks: those go, and an
+        // ask in flight of another descriptor stays.
+        let mut c = ServiceCache::new(&SALT);
+        let busy = [8u8; 16];
+        c.begin_ask(busy, t, t + 100, 5);
+        for i in 0..OVER_LIMIT_ENTRIES as u32 {
+            let mut k = [1u8; 16];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            c.begin_ask(k, t, t + 100, 5);
+            c.abandon_ask(&k, t, 5);
+        }
+        assert!(c.asking.len() <= OVER_LIMIT_ENTRIES);
+        assert_eq!(
+            c.lease_ask(&busy, 5, t + 1),
+            1,
+            "its ask is still in flight"
+        );
     }
 
     #[test]

@@ -318,13 +318,16 @@ impl GuardFilter {
                     }
                     let had_keys = slot.keys.keys.is_some();
                     if slot.keys.version != before && had_keys {
-                        // Another worker's keys, copied just now. Fresher
-                        // than the request only if fetched since it came
-                        // (this second): else they may predate its key.
+                        // Another worker's keys, copied just now: the
+                        // request is evaluated again with them. Fetched
+                        // since it came (this second), a `kid` they lack is
+                        // made up. Older, they may predate its key: it may
+                        // still ask for a re-fetch (back here, where this
+                        // second's copy is not looked at again).
                         Some(if slot.fetched_at >= now {
                             KeyFetch::Fetched
                         } else {
-                            KeyFetch::NotNow
+                            KeyFetch::May
                         })
                     } else if !had_keys {
                         (!slot.may_start_request_fetch(now)).then_some(KeyFetch::NotNow)
@@ -534,6 +537,11 @@ impl GuardFilter {
 
     fn reply_raw(&mut self, status: u32, code: &str) -> Action {
         self.state = State::Done;
+        if code == "appguard_host_error" {
+            if let Some(w) = &self.worker {
+                w.metrics.host_error();
+            }
+        }
         let body = format!("{{\"error\":\"{code}\"}}");
         let _ = abi::send_local_response(
             status,

@@ -9,9 +9,10 @@
 //! `stats_tags` in envoy/envoy.yaml turn the three parts into labels, so
 //! Prometheus sees `appguard_decisions{route,decision,reason}`.
 //!
-//! Three more: the counters `appguard_verification_budget_refusals` and
-//! `appguard_jwks_fetch_failures`, and `appguard_vm_memory_bytes`, a gauge
-//! of the linear memory of appguard's Wasm VMs in this Envoy (their sum).
+//! Four more: the counters `appguard_verification_budget_refusals`,
+//! `appguard_jwks_fetch_failures` and `appguard_host_errors`, and
+//! `appguard_vm_memory_bytes`, a gauge of the linear memory of appguard's
+//! Wasm VMs in this Envoy (their sum).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -55,6 +56,7 @@ pub struct Metrics {
     ids: RefCell<HashMap<CounterKey, u32>>,
     budget_refusals: Option<u32>,
     jwks_failures: Option<u32>,
+    host_errors: Option<u32>,
     vm_memory: Option<u32>,
 }
 
@@ -66,6 +68,7 @@ impl Metrics {
             ids: RefCell::new(HashMap::new()),
             budget_refusals: abi::define_counter("appguard_verification_budget_refusals").ok(),
             jwks_failures: abi::define_counter("appguard_jwks_fetch_failures").ok(),
+            host_errors: abi::define_counter("appguard_host_errors").ok(),
             vm_memory: abi::define_gauge("appguard_vm_memory_bytes").ok(),
         }
     }
@@ -113,6 +116,15 @@ impl Metrics {
     /// it until then: this counter is what shows the failing refreshes.
     pub fn jwks_failure(&self) {
         if let Some(id) = self.jwks_failures {
+            let _ = abi::increment(id, 1);
+        }
+    }
+
+    /// Counts a request answered 503 `appguard_host_error`: Envoy could not
+    /// hand over what appguard must read (headers, body, trailers), so no
+    /// decision was made and none is counted in `appguard_decisions`.
+    pub fn host_error(&self) {
+        if let Some(id) = self.host_errors {
             let _ = abi::increment(id, 1);
         }
     }
