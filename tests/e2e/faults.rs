@@ -1061,3 +1061,49 @@ fn the_module_loads_from_a_remote_source_only_with_its_sha256() {
     }
     assert_eq!(up.seen().len(), 1, "only the request to the right module");
 }
+
+/// With `allow_on_headers_stop_iteration: true` (the README says to keep
+/// it `false`), Envoy hands the body on while appguard's headers callback
+/// waits for the first JWKS. That body can no longer be read whole, so a
+/// route that reads it answers 503 `appguard_host_error` rather than let
+/// it through unchecked, and the reply is counted.
+#[test]
+fn a_body_handed_on_while_the_headers_wait_fails_closed_and_is_counted() {
+    let (k, doc) = key();
+    let jwks = JwksServer::start(Jwks::Slow(Duration::from_millis(700), doc));
+    let up = Upstream::start();
+    let cfg = json!({
+        "phone": {"default_calling_code": "44", "hash_key_base64": "c2VjcmV0LWtleS1mb3ItcGhvbmUtaGFzaGluZy0wMTIz"},
+        "tokens": [{"name": "remote", "from": [{"header": "x-token"}],
+                    "remote_jwks": {"cluster": "jwks", "path": "/jwks.json", "timeout_ms": 3000,
+                                    "refresh_seconds": 600}}],
+        "routes": [{"name": "sms", "match": {"path": "/sms"}, "tokens": ["remote"],
+                    "rate_limits": [{"entries": [{"type": "body", "pointer": "/to", "phone": true}],
+                                     "local": {"requests": 5, "per": "hour"}}]}]
+    });
+    let e = EnvoyBuilder::new(cfg, up.port)
+        .http_cluster("jwks", jwks.server.port)
+        .allow_on_headers_stop_iteration()
+        .start();
+    let token = tokens::es256_with(&k, &claims(60, json!({})));
+    let r =
+        e.request(Req::post_json("/sms", r#"{"to": "+44 7700 900123"}"#).header("x-token", &token));
+    assert_eq!(
+        (r.status, r.reason()),
+        (503, Some("appguard_host_error")),
+        "{}",
+        r.text()
+    );
+    assert!(up.seen().is_empty(), "the body went upstream unchecked");
+    assert_eq!(e.stat("appguard_host_errors"), Some(1));
+    assert!(
+        e.log()
+            .contains("keep allow_on_headers_stop_iteration at false"),
+        "the log says why"
+    );
+    // With the keys loaded nothing waits: the same request passes.
+    let r =
+        e.request(Req::post_json("/sms", r#"{"to": "+44 7700 900123"}"#).header("x-token", &token));
+    assert_eq!(r.status, 200, "{}", r.text());
+    e.assert_vm_healthy();
+}

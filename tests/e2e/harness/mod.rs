@@ -192,6 +192,7 @@ pub struct EnvoyBuilder {
     vm_id: String,
     listener_from_file: bool,
     drain_seconds: u32,
+    allow_on_headers_stop_iteration: bool,
 }
 
 impl EnvoyBuilder {
@@ -207,7 +208,16 @@ impl EnvoyBuilder {
             vm_id: "appguard".into(),
             listener_from_file: false,
             drain_seconds: 1,
+            allow_on_headers_stop_iteration: false,
         }
+    }
+
+    /// Sets the Wasm filter's `allow_on_headers_stop_iteration` (the README
+    /// says to keep it `false`): Envoy then hands the body on while the
+    /// headers callback has paused the stream.
+    pub fn allow_on_headers_stop_iteration(mut self) -> Self {
+        self.allow_on_headers_stop_iteration = true;
+        self
     }
 
     /// The same Envoy with another appguard configuration (for
@@ -328,11 +338,11 @@ impl EnvoyBuilder {
     /// filter and the router.
     fn listener(&self, listen_port: u16) -> Value {
         let mut filters = self.filters_before.clone();
-        filters.push(wasm_filter_in_vm(
-            &self.plugin_config,
-            &wasm_path(),
-            &self.vm_id,
-        ));
+        let mut wasm = wasm_filter_in_vm(&self.plugin_config, &wasm_path(), &self.vm_id);
+        if self.allow_on_headers_stop_iteration {
+            wasm["typed_config"]["config"]["allow_on_headers_stop_iteration"] = json!(true);
+        }
+        filters.push(wasm);
         // Holds the headers back from the upstream until appguard has decided
         // on the body (see envoy/envoy.yaml).
         filters.push(json!({
