@@ -18,7 +18,6 @@
 //! the threshold is reported, at the latest about a second after its window.
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::ConfigError;
 use crate::decision::Reason;
@@ -106,26 +105,23 @@ pub struct Alerts {
 /// under a count already past it) starts counting afresh, so it is not
 /// silent for the rest of the window either.
 fn scope_of(a: &Alerts) -> String {
-    let mut h = Sha256::new();
-    let mut field = |b: &[u8]| {
-        h.update((b.len() as u64).to_le_bytes());
-        h.update(b);
-    };
-    field(a.cluster.as_bytes());
-    field(a.authority.as_bytes());
-    field(a.path.as_bytes());
-    field(&a.threshold.to_le_bytes());
-    field(&a.window_seconds.to_le_bytes());
-    field(&a.max_alerts_per_window.to_le_bytes());
-    field(&[u8::from(a.summarize_suppressed)]);
-    for r in &a.routes {
-        field(r.as_bytes());
-    }
-    h.finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let (threshold, window, max, summarize) = (
+        a.threshold.to_le_bytes(),
+        a.window_seconds.to_le_bytes(),
+        a.max_alerts_per_window.to_le_bytes(),
+        [u8::from(a.summarize_suppressed)],
+    );
+    let mut parts: Vec<&[u8]> = vec![
+        a.cluster.as_bytes(),
+        a.authority.as_bytes(),
+        a.path.as_bytes(),
+        &threshold,
+        &window,
+        &max,
+        &summarize,
+    ];
+    parts.extend(a.routes.iter().map(|r| r.as_bytes()));
+    store::parts_digest_hex(&parts, 8)
 }
 
 /// Validates `alerts`; `routes` are the configured route names, in order.

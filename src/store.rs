@@ -190,6 +190,25 @@ pub fn instance_salt<S: SharedStore + ?Sized>(
     Err(SaltError::Store(StoreError::CasMismatch))
 }
 
+/// The first `bytes` bytes, as lower-case hex, of the SHA-256 of `parts`,
+/// each prefixed with its length (u64, little-endian), so that no choice of
+/// parts (moving bytes from one to the next) gives another's digest. Names
+/// a configuration's state in shared data (a JWKS source, an alert
+/// configuration) apart from another's.
+pub fn parts_digest_hex(parts: &[&[u8]], bytes: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(u64::try_from(p.len()).unwrap_or(u64::MAX).to_le_bytes());
+        h.update(p);
+    }
+    h.finalize()
+        .iter()
+        .take(bytes)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The little-endian u64 at byte `at` of a stored value, `None` when the
 /// value is too short: every table here stores its numbers that way.
 pub fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
@@ -663,6 +682,16 @@ mod tests {
     use super::*;
 
     const SALT: BucketSalt = BucketSalt::new([1; 16]);
+
+    #[test]
+    fn parts_digests_are_the_length_prefixed_sha256() {
+        assert_eq!(parts_digest_hex(&[b"ab", b"c"], 8), "43ee655579de01ca");
+        assert_ne!(
+            parts_digest_hex(&[b"ab", b"c"], 8),
+            parts_digest_hex(&[b"a", b"bc"], 8)
+        );
+        assert_eq!(parts_digest_hex(&[b"ab", b"c"], 4), "43ee6555");
+    }
 
     #[test]
     fn keyed_digests_depend_on_salt_label_and_part_boundaries() {

@@ -111,21 +111,15 @@ pub const MAX_REQUEST_FETCHES: usize = 4;
 /// part of the digest is length-prefixed, so no choice of names makes two
 /// different sources hash alike.
 pub fn shared_key(kind: &str, provider: &str, remote: &RemoteJwks) -> String {
-    fn part(h: &mut Sha256, bytes: &[u8]) {
-        h.update(u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_le_bytes());
-        h.update(bytes);
-    }
-    let mut h = Sha256::new();
-    for field in [
-        provider,
-        remote.cluster.as_str(),
-        remote.authority.as_str(),
-        remote.path.as_str(),
-    ] {
-        part(&mut h, field.as_bytes());
-    }
-    let digest = h.finalize();
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let hex = store::parts_digest_hex(
+        &[
+            provider.as_bytes(),
+            remote.cluster.as_bytes(),
+            remote.authority.as_bytes(),
+            remote.path.as_bytes(),
+        ],
+        16,
+    );
     format!("appguard/{kind}/{provider}/{hex}")
 }
 
@@ -433,6 +427,9 @@ mod tests {
         let key = |p: &str, r: &RemoteJwks| shared_key("jwks", p, r);
         let k = key("idp", &base);
         assert!(k.starts_with("appguard/jwks/idp/"), "{k}");
+        // Pinned: the keys JWKS copies are stored under must not move when
+        // the module is updated (each part length-prefixed, u64 LE).
+        assert_eq!(k, "appguard/jwks/idp/702468b142913298acf6c29441e7e5d6");
 
         // Same provider and source: same key, whatever the timings.
         let mut timings = base.clone();
