@@ -224,16 +224,24 @@ impl E164 {
     /// treat them as one. The calling code's length comes from the ITU
     /// assignment (see [`calling_code_len`]).
     pub fn without_trunk_zero(&self) -> Option<E164> {
-        let digits = self.digits();
-        let cc = digits.get(..calling_code_len(digits))?;
-        if ZERO_IS_SIGNIFICANT.contains(&cc) {
-            return None;
-        }
-        let rest = digits.get(cc.len()..)?.strip_prefix('0')?;
+        let (cc, rest) = split_trunk_zero(self.digits())?;
         let number = format!("{cc}{rest}");
         check_digits(&number, MIN_DIGITS).ok()?;
         Some(E164(format!("+{number}")))
     }
+}
+
+/// `digits` (international, without `+`) as its calling code and what
+/// follows a trunk `0` right after it; `None` when there is no such `0`,
+/// or where the `0` is part of the number ([`ZERO_IS_SIGNIFICANT`]). The
+/// one rule for numbers ([`E164::without_trunk_zero`]) and configured
+/// prefixes alike.
+fn split_trunk_zero(digits: &str) -> Option<(&str, &str)> {
+    let cc = digits.get(..calling_code_len(digits))?;
+    if ZERO_IS_SIGNIFICANT.contains(&cc) {
+        return None;
+    }
+    Some((cc, digits.get(cc.len()..)?.strip_prefix('0')?))
 }
 
 /// Calling codes whose numbers keep their leading `0` in international
@@ -483,12 +491,7 @@ impl PrefixSet {
 /// matched only the rarer spelling. `None` where the `0` is part of the
 /// number (Italy), or nothing follows it.
 fn trunkless_prefix(prefix: &str) -> Option<String> {
-    let digits = prefix.strip_prefix('+')?;
-    let cc = digits.get(..calling_code_len(digits))?;
-    if ZERO_IS_SIGNIFICANT.contains(&cc) {
-        return None;
-    }
-    let rest = digits.get(cc.len()..)?.strip_prefix('0')?;
+    let (cc, rest) = split_trunk_zero(prefix.strip_prefix('+')?)?;
     (!rest.is_empty()).then(|| format!("+{cc}{rest}"))
 }
 
