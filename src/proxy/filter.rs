@@ -331,26 +331,7 @@ impl GuardFilter {
                         })
                     } else if !had_keys {
                         (!slot.may_start_request_fetch(now)).then_some(KeyFetch::NotNow)
-                    } else if (slot.last_refetch > now
-                        || now.saturating_sub(slot.last_refetch) >= remote.min_refetch_seconds)
-                        && slot.refetch_lease_taken_at != Some(now)
-                        && {
-                            let ours = jwks::take_lease(
-                                &provider.name,
-                                remote,
-                                "refetch",
-                                remote.min_refetch_seconds.max(1),
-                                now,
-                            );
-                            if !ours {
-                                slot.refetch_lease_taken_at = Some(now);
-                            }
-                            ours
-                        }
-                    {
-                        // Unknown kid with keys loaded: at most one re-fetch
-                        // per `min_refetch_seconds` per instance.
-                        slot.last_refetch = now;
+                    } else if jwks::take_refetch_lease(slot, &provider.name, remote, now) {
                         None
                     } else {
                         Some(KeyFetch::NotNow)

@@ -286,6 +286,35 @@ pub fn take_refresh_lease(slot: &JwksSlot, provider: &str, remote: &RemoteJwks, 
         && take_lease(provider, remote, "lease", remote.timeout_ms / 1000 + 1, now)
 }
 
+/// Whether this request may re-fetch for an unknown `kid` (keys loaded):
+/// at most once per `min_refetch_seconds` per instance (a lease), and per
+/// worker; a worker that found the lease taken asks again the next second
+/// at the earliest. Records the re-fetch when it may.
+pub fn take_refetch_lease(
+    slot: &mut JwksSlot,
+    provider: &str,
+    remote: &RemoteJwks,
+    now: u64,
+) -> bool {
+    let waited = slot.last_refetch > now
+        || now.saturating_sub(slot.last_refetch) >= remote.min_refetch_seconds;
+    if !waited || slot.refetch_lease_taken_at == Some(now) {
+        return false;
+    }
+    if !take_lease(
+        provider,
+        remote,
+        "refetch",
+        remote.min_refetch_seconds.max(1),
+        now,
+    ) {
+        slot.refetch_lease_taken_at = Some(now);
+        return false;
+    }
+    slot.last_refetch = now;
+    true
+}
+
 /// Whether the keys are due for a refresh: none yet, `refresh_seconds`
 /// old, or fetched "in the future" (the clock was set back since: their
 /// age is unknown, so they are fetched again rather than trusted until the
