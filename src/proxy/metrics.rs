@@ -105,9 +105,7 @@ impl Metrics {
     /// Counts a token refused without verification because its client's
     /// signature-failure budget is spent.
     pub fn budget_refusal(&self) {
-        if let Some(id) = self.budget_refusals {
-            let _ = abi::increment(id, 1);
-        }
+        add_one(self.budget_refusals);
     }
 
     /// Counts a JWKS fetch or refresh that brought no keys: not sent, no
@@ -115,18 +113,14 @@ impl Metrics {
     /// `grace_seconds` while refreshes fail, so no request is refused for
     /// it until then: this counter is what shows the failing refreshes.
     pub fn jwks_failure(&self) {
-        if let Some(id) = self.jwks_failures {
-            let _ = abi::increment(id, 1);
-        }
+        add_one(self.jwks_failures);
     }
 
     /// Counts a request answered 503 `appguard_host_error`: Envoy could not
     /// hand over what appguard must read (headers, body, trailers), so no
     /// decision was made and none is counted in `appguard_decisions`.
     pub fn host_error(&self) {
-        if let Some(id) = self.host_errors {
-            let _ = abi::increment(id, 1);
-        }
+        add_one(self.host_errors);
     }
 
     /// Counts one decision.
@@ -151,6 +145,14 @@ impl Metrics {
                 id
             }
         };
+        let _ = abi::increment(id, 1);
+    }
+}
+
+/// Adds one to a counter, if Envoy defined it (a failed definition leaves
+/// the counter out rather than the request).
+fn add_one(counter: Option<u32>) {
+    if let Some(id) = counter {
         let _ = abi::increment(id, 1);
     }
 }
