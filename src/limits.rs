@@ -644,6 +644,13 @@ pub fn take_local<S: SharedStore + ?Sized>(
 /// and a request's reading is taken before its checks).
 pub const CLOCK_SLACK_MS: u64 = 1000;
 
+/// Whether a bucket's last refill at `last` (ms) is so far after `now_ms`
+/// that the clock was set back since, rather than read a moment apart by
+/// another worker: the bucket then counts from now.
+fn clock_set_back(last: u64, now_ms: u64) -> bool {
+    last.saturating_sub(now_ms) >= CLOCK_SLACK_MS
+}
+
 /// [`take_local`] for `n` tokens at once: as many whole tokens as the
 /// bucket holds, up to `n`; allowed only if it held all `n`. (A failure
 /// budget charges one failure per key a forged token was tried against.)
@@ -702,10 +709,9 @@ pub fn take_local_n<S: SharedStore + ?Sized>(
         // Refill is exact, so `last` can always move to now: nothing
         // earned since the last request is lost.
         let units = u.at(entry.1, entry.2, now_ms);
-        // How far `now_ms` is behind the entry's last refill: a little is
-        // another worker's clock reading, more is a clock set back.
-        let behind = entry.2.saturating_sub(now_ms);
-        let stepped_back = behind >= CLOCK_SLACK_MS;
+        // `now_ms` a little behind the entry's last refill is another
+        // worker's clock reading; far behind, a clock set back.
+        let stepped_back = clock_set_back(entry.2, now_ms);
         if existed && units < want && units < u.token && !stepped_back {
             // Refused with no whole token to take: the stored entry
             // already means exactly this, so nothing is written. A flood
@@ -726,7 +732,7 @@ pub fn take_local_n<S: SharedStore + ?Sized>(
         // Further behind, the clock stepped back: `last` follows it (also
         // on a refusal, above), or the bucket would not refill until the
         // clock caught up.
-        if behind == 0 || stepped_back {
+        if entry.2 <= now_ms || stepped_back {
             entry.2 = now_ms;
         }
         let outcome = if units >= want {
@@ -827,11 +833,7 @@ pub fn local_refill_at<S: SharedStore + ?Sized>(
     let &(_, t, l) = entries.get(i)?;
     // A refill time well after now is a clock set back since: counted from
     // now, as [`take_local_n`] will, not from when the clock catches up.
-    let l = if l.saturating_sub(now_ms) >= CLOCK_SLACK_MS {
-        now_ms
-    } else {
-        l
-    };
+    let l = if clock_set_back(l, now_ms) { now_ms } else { l };
     if u.at(t, l, now_ms) >= u.token {
         return None;
     }
