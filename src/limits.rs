@@ -169,12 +169,38 @@ pub struct EntrySpec {
 
 /// A limit enforced inside the Envoy instance (no service needed): a token
 /// bucket of `requests` tokens refilled over `per`, shared by the workers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LocalLimit {
     /// Bucket size and refill per period.
     pub requests: u32,
     /// The period in seconds.
     pub per_seconds: u64,
+    /// Which family of tables counts it: a failure budget and a route's
+    /// local limit with the same numbers must not share a table, since a
+    /// bucket whose entries are all busy sends every other descriptor to
+    /// its shared overflow entry (route traffic would then spend genuine
+    /// clients' budgets, and the reverse).
+    pub table: LocalTable,
+}
+
+/// The family of shared-data tables a [`LocalLimit`] is counted in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LocalTable {
+    /// A route's `local` rate limit.
+    #[default]
+    Route,
+    /// A provider's failure budget (signature failures per client).
+    Budget,
+}
+
+impl LocalTable {
+    /// The shared-data key prefix of the family's tables.
+    fn prefix(self) -> &'static str {
+        match self {
+            LocalTable::Route => "appguard/local/v2",
+            LocalTable::Budget => "appguard/budget/v1",
+        }
+    }
 }
 
 /// One rate limit of a route: a descriptor and, optionally, a local limit.
@@ -315,6 +341,7 @@ pub(crate) fn compile(
                 Some(LocalLimit {
                     requests: l.requests,
                     per_seconds: l.per.seconds(),
+                    table: LocalTable::Route,
                 })
             }
             None => None,
@@ -565,7 +592,8 @@ pub struct LocalOutcome {
 /// values that share a victim's bucket (see [`BucketSalt`]).
 fn local_key(salt: &BucketSalt, digest: &[u8; 16], limit: LocalLimit) -> String {
     format!(
-        "appguard/local/v2/{}-{}/{}",
+        "{}/{}-{}/{}",
+        limit.table.prefix(),
         limit.requests,
         limit.per_seconds,
         store::bucket_of(salt, digest, LOCAL_BUCKETS)
@@ -1344,6 +1372,7 @@ mod tests {
         let limit = LocalLimit {
             requests: 1,
             per_seconds: 60,
+            ..Default::default()
         };
         let bucket = |d: &[u8; 16]| store::bucket_of(&SALT, d, LOCAL_BUCKETS);
         let first = [0u8; 16];
@@ -1388,6 +1417,50 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_budget_never_shares_a_table_with_a_route_limit_of_the_same_numbers() {
+        // A route's per-client limit of 20 a minute fills one bucket (16
+        // busy entries, then the overflow entry spent). A failure budget
+        // of the same 20 a minute, for a client whose digest lands in the
+        // same bucket, is still whole: it is counted in a table of its own.
+        let s = MemStore::default();
+        let route = LocalLimit {
+            requests: 20,
+            per_seconds: 60,
+            table: LocalTable::Route,
+        };
+        let budget = LocalLimit {
+            table: LocalTable::Budget,
+            ..route
+        };
+        let bucket = |d: &[u8; 16]| store::bucket_of(&SALT, d, LOCAL_BUCKETS);
+        let first = [0u8; 16];
+        let same: Vec<[u8; 16]> = (0u32..)
+            .map(|i| {
+                let mut d = [0u8; 16];
+                d[..4].copy_from_slice(&i.to_le_bytes());
+                d
+            })
+            .filter(|d| bucket(d) == bucket(&first))
+            .take(18)
+            .collect();
+        let t = 1_000_000;
+        for d in &same[..17] {
+            assert!(take_local_n(&s, &SALT, d, route, 20, t).unwrap().allowed);
+        }
+        assert!(
+            local_refill_at(&s, &SALT, &same[17], route, t).is_some(),
+            "the route's overflow entry is spent"
+        );
+        assert_eq!(local_refill_at(&s, &SALT, &same[17], budget, t), None);
+        assert!(take_local(&s, &SALT, &same[17], budget, t).unwrap().allowed);
+        assert_eq!(
+            s.keys_with_prefix("appguard/budget/v1/20-60/").len(),
+            1,
+            "one bucket of the budget's own table"
+        );
+    }
+
+    #[test]
     fn a_clock_reading_a_little_behind_does_not_refill_twice() {
         // 3 per minute: a token per 20 s.
         let s = MemStore::default();
@@ -1395,6 +1468,7 @@ mod tests {
         let l = LocalLimit {
             requests: 3,
             per_seconds: 60,
+            ..Default::default()
         };
         let t0 = 1_700_000_000_000;
         assert!(take_local(&s, &SALT, &d, l, t0).unwrap().allowed);
@@ -1425,6 +1499,7 @@ mod tests {
         let l = LocalLimit {
             requests: 3,
             per_seconds: 60,
+            ..Default::default()
         };
         let t0 = 1_000_000;
         for i in 0..3 {
@@ -1460,6 +1535,7 @@ mod tests {
         let l = LocalLimit {
             requests: 2,
             per_seconds: 10,
+            ..Default::default()
         };
         let t0 = 5_000_000;
         assert!(!failed_within(&s, "p", l, t0), "nothing failed yet");
@@ -1513,6 +1589,7 @@ mod tests {
         let l = LocalLimit {
             requests: 1,
             per_seconds: 3600,
+            ..Default::default()
         };
         let victim = [0u8; 16];
         let known = BucketSalt::new([0x55; 16]);
@@ -1543,6 +1620,7 @@ mod tests {
         let l = LocalLimit {
             requests: 1,
             per_seconds: 3600,
+            ..Default::default()
         };
         let same = digests_in_one_bucket(&SALT, 18);
         for d in same.iter().take(16) {
@@ -1561,6 +1639,7 @@ mod tests {
         let l = LocalLimit {
             requests: 1,
             per_seconds: 3600,
+            ..Default::default()
         };
         let same = digests_in_one_bucket(&SALT, 17);
         for d in same.iter().take(16) {
@@ -1585,6 +1664,7 @@ mod tests {
         let l = LocalLimit {
             requests: 2,
             per_seconds: 60,
+            ..Default::default()
         };
         let d = [3u8; 16];
         let key = local_key(&SALT, &d, l);
@@ -1609,10 +1689,12 @@ mod tests {
         let strict = LocalLimit {
             requests: 1,
             per_seconds: 3600,
+            ..Default::default()
         };
         let generous = LocalLimit {
             requests: 1000,
             per_seconds: 1,
+            ..Default::default()
         };
         let same = digests_in_one_bucket(&SALT, 17);
         // 16 strict descriptors, each spent, fill their bucket position.
@@ -1744,6 +1826,7 @@ mod tests {
         let per_day = LocalLimit {
             requests: 10,
             per_seconds: 86_400,
+            ..Default::default()
         };
         // Drained, then one request every 5 s for two days: 20 tokens.
         assert_eq!(
@@ -1755,6 +1838,7 @@ mod tests {
         let per_hour = LocalLimit {
             requests: 100,
             per_seconds: 3600,
+            ..Default::default()
         };
         let n = allowed_when_polled(per_hour, 30, 2 * 3_600_000, false);
         assert!((299..=301).contains(&n), "{n}");
@@ -1762,6 +1846,7 @@ mod tests {
         let per_minute = LocalLimit {
             requests: 20,
             per_seconds: 60,
+            ..Default::default()
         };
         let n = allowed_when_polled(per_minute, 2, 120_000, false);
         assert!((59..=61).contains(&n), "{n}");
@@ -1774,6 +1859,7 @@ mod tests {
         let l = LocalLimit {
             requests: 10,
             per_seconds: 86_400,
+            ..Default::default()
         };
         let s = MemStore::default();
         let d = [8u8; 16];

@@ -133,6 +133,7 @@ impl<'a> Budget<'a> {
             limit: limits::LocalLimit {
                 requests: b.failures,
                 per_seconds: b.window_seconds,
+                table: limits::LocalTable::Budget,
             },
             monitor,
             slot: budget_slot(pi, monitor),

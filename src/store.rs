@@ -52,6 +52,15 @@ impl MemStore {
     pub fn clear(&self) {
         self.map.borrow_mut().clear();
     }
+
+    /// The keys set so far that start with `prefix`.
+    pub fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let map = self.map.borrow();
+        map.keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
 }
 
 impl SharedStore for MemStore {
