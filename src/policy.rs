@@ -2127,6 +2127,12 @@ fn check_token(
             let remote = ctx.remote_keys.get(pi).and_then(|r| r.keys.clone());
             let has_remote = provider.remote_jwks.is_some();
             if has_remote && remote.is_none() && provider.keys.is_empty() {
+                // What needs no key is checked first: junk, an expired
+                // token or another issuer's is refused as it would be with
+                // keys. It neither starts a fetch nor passes a route that
+                // fails open because the keys are missing.
+                token::precheck_without_keys(provider, raw, now)
+                    .map_err(|e| Flow::from(e.reason()))?;
                 if ctx.key_fetch != KeyFetch::May && route.failure_mode == FailureMode::Allow {
                     // Fail open, as the route asks: the token cannot be
                     // checked, so it is treated as absent (identity then

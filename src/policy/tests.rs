@@ -1439,6 +1439,32 @@ fn jwks_unavailable_follows_the_route_failure_mode() {
     assert_eq!(d.reason(), None, "fails open as configured");
     assert_eq!(f.degraded, Some(Reason::JwksUnavailable));
     assert!(f.token.is_none(), "the token was not trusted");
+    // Failing open does not let through what needs no key to refuse:
+    // junk, an expired token, one past the lifetime cap.
+    let (d, f) = w.run("/open", "192.0.2.1", &[("x-t", "x")]);
+    assert_eq!(d.reason(), Some(Reason::TokenMalformed));
+    assert_eq!(f.degraded, None);
+    let expired = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "kid": "k"}),
+        &json!({"exp": NOW - 60}),
+    );
+    let (d, _) = w.run("/open", "192.0.2.1", &[("x-t", &expired)]);
+    assert_eq!(d.reason(), Some(Reason::TokenExpired));
+    let long = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "kid": "k"}),
+        &json!({"exp": NOW + 86_400, "iat": NOW}),
+    );
+    let (d, _) = w.run("/open", "192.0.2.1", &[("x-t", &long)]);
+    assert_eq!(d.reason(), Some(Reason::TokenLifetime));
+    // With no token at all the route still asks for one.
+    let (d, _) = w.run("/open", "192.0.2.1", &[]);
+    assert_eq!(d.reason(), Some(Reason::TokenMissing));
+    // Junk is malformed whether keys are there or not, on a route that
+    // fails closed too (not a 503 that blames the JWKS).
+    let (d, _) = w.run("/strict", "192.0.2.1", &[("x-t", "x")]);
+    assert_eq!(d.reason(), Some(Reason::TokenMalformed));
 }
 
 thread_local! {

@@ -874,15 +874,24 @@ fn b64url(part: &str) -> Result<Vec<u8>, TokenError> {
     b64::decode(part.as_bytes()).ok_or(TokenError::Malformed("not base64url without padding"))
 }
 
-/// The cheap refusals, in order: size, structure, header, key, claims. No
-/// signature work. `keys` are the provider's keys (configured plus remote).
-pub fn precheck<'k>(
-    provider: &Provider,
-    keys: &'k [Key],
-    extra_keys: &'k [Key],
-    token: &str,
-    now: u64,
-) -> Result<Prechecked<'k>, TokenError> {
+/// A token's header as the cheap checks read it, and its payload part
+/// (still base64url).
+struct Head<'t> {
+    alg: Alg,
+    /// The header (its `kid` is borrowed from it).
+    header: Map<String, Value>,
+    payload: &'t str,
+}
+
+impl Head<'_> {
+    /// The `kid`, already checked to be a string of at most 256 bytes.
+    fn kid(&self) -> Option<&str> {
+        self.header.get("kid").and_then(Value::as_str)
+    }
+}
+
+/// The checks of size, structure and header: no key, no signature work.
+fn read_head<'t>(provider: &Provider, token: &'t str) -> Result<Head<'t>, TokenError> {
     if token.len() > provider.max_token_bytes {
         return Err(TokenError::Malformed("token too large"));
     }
@@ -909,11 +918,11 @@ pub fn precheck<'k>(
         .and_then(Value::as_str)
         .and_then(Alg::from_name)
         .ok_or(TokenError::Malformed("unsupported alg"))?;
-    let kid = match header.get("kid") {
-        None => None,
-        Some(Value::String(k)) if k.len() <= 256 => Some(k.as_str()),
+    match header.get("kid") {
+        None => {}
+        Some(Value::String(k)) if k.len() <= 256 => {}
         Some(_) => return Err(TokenError::Malformed("bad kid")),
-    };
+    }
     if let Some(typ) = header.get("typ") {
         let ok = typ.as_str().is_some_and(|t| {
             t.eq_ignore_ascii_case("JWT") || t.to_ascii_uppercase().ends_with("+JWT")
@@ -922,6 +931,37 @@ pub fn precheck<'k>(
             return Err(TokenError::Malformed("typ is not JWT"));
         }
     }
+    Ok(Head {
+        alg,
+        header,
+        payload: p,
+    })
+}
+
+/// The payload's claims, checked (lifetime, issuer, audience, required
+/// values, app claim); their `exp`.
+fn read_claims(
+    provider: &Provider,
+    payload: &str,
+    now: u64,
+) -> Result<(Map<String, Value>, u64), TokenError> {
+    let claims = strict_json::parse_object(&b64url(payload)?)
+        .ok_or(TokenError::Malformed("payload is not a JSON object"))?;
+    let exp = check_claims(provider, &claims, now)?;
+    Ok((claims, exp))
+}
+
+/// The cheap refusals, in order: size, structure, header, key, claims. No
+/// signature work. `keys` are the provider's keys (configured plus remote).
+pub fn precheck<'k>(
+    provider: &Provider,
+    keys: &'k [Key],
+    extra_keys: &'k [Key],
+    token: &str,
+    now: u64,
+) -> Result<Prechecked<'k>, TokenError> {
+    let head = read_head(provider, token)?;
+    let (alg, kid) = (head.alg, head.kid());
     let key = select_key(keys.iter().chain(extra_keys.iter()), alg, kid)?;
     // Without a `kid`, every key of the algorithm; with one, the other keys
     // of that algorithm under the same `kid` (a fetched JWKS may repeat a
@@ -933,15 +973,23 @@ pub fn precheck<'k>(
             k.alg == alg && !std::ptr::eq(*k, key) && (kid.is_none() || k.kid.as_deref() == kid)
         })
         .collect();
-    let claims = strict_json::parse_object(&b64url(p)?)
-        .ok_or(TokenError::Malformed("payload is not a JSON object"))?;
-    let exp = check_claims(provider, &claims, now)?;
+    let (claims, exp) = read_claims(provider, head.payload, now)?;
     Ok(Prechecked {
         key,
         others,
         exp,
         claims,
     })
+}
+
+/// The cheap refusals of [`precheck`] that need no key: size, structure,
+/// header, then the (unverified) claims. For a token that cannot be
+/// verified because its provider has no keys and the route fails open:
+/// it is then treated as absent, but one that is malformed, expired or
+/// for another issuer or audience is still refused.
+pub fn precheck_without_keys(provider: &Provider, token: &str, now: u64) -> Result<(), TokenError> {
+    let head = read_head(provider, token)?;
+    read_claims(provider, head.payload, now).map(|_| ())
 }
 
 impl Prechecked<'_> {

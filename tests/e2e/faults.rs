@@ -624,6 +624,16 @@ fn jwks_down_under_failure_mode_allow_passes_without_the_token() {
         e.stat("appguard_decisions.route.api.decision.degraded.reason.jwks_unavailable"),
         Some(1)
     );
+    // What needs no key is still refused: junk in the token header does
+    // not pass where sending no token is refused.
+    let r = e.request(Req::get("/api/x").header("x-token", "x"));
+    assert_eq!((r.status, r.reason()), (401, Some("token_malformed")));
+    let r = e.request(Req::get("/api/x"));
+    assert_eq!((r.status, r.reason()), (401, Some("token_missing")));
+    assert_eq!(
+        e.stat("appguard_decisions.route.api.decision.degraded.reason.jwks_unavailable"),
+        Some(1)
+    );
     e.assert_vm_healthy();
 }
 
