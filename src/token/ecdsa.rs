@@ -278,7 +278,10 @@ fn shr1(a: &mut Fe) {
 /// carrying `b` instead of 1). Variable time: for public values only.
 /// `None` when `a` is zero (it has no inverse).
 fn div_mod(b: &Fe, a: &Fe, m: &Fe) -> Option<Fe> {
-    if is_zero(a) {
+    // `a` must be reduced: a non-zero multiple of `m` would bring `u` to 0,
+    // and the halving loop below would never end. The callers reduce it
+    // already (`s < n`, field elements below `p`); this keeps it so.
+    if is_zero(a) || geq(a, m) {
         return None;
     }
     const ONE: Fe = [1, 0, 0, 0, 0, 0, 0, 0];
@@ -1000,6 +1003,10 @@ mod tests {
                     Some(q) => assert_eq!(mul_ref(&q, &a, &m), b),
                 }
             }
+            // A divisor that is not reduced is refused (it used to loop
+            // forever on `m` itself).
+            assert_eq!(div_mod(&[1, 0, 0, 0, 0, 0, 0, 0], &m, &m), None);
+            assert_eq!(div_mod(&[1, 0, 0, 0, 0, 0, 0, 0], &[u32::MAX; 8], &m), None);
         }
     }
 
