@@ -611,6 +611,42 @@ impl Config {
             .map_or(UNMATCHED_ROUTE, |r| r.name.as_str())
     }
 
+    /// Advice on a valid configuration that probably does not do what its
+    /// author meant: logged as warnings when the filter is configured, and
+    /// printed by `appguard-cli check-config`. Not refusals: each case can
+    /// be right for someone.
+    pub fn advisories(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            if p.remote_jwks.is_some()
+                && p.issuer.is_none()
+                && p.audiences.is_empty()
+                && p.required_claims.is_empty()
+                && p.app_claim.is_none()
+            {
+                out.push(format!(
+                    "tokens[{i}] ({}): a remote JWKS without `issuer`, `audiences`, \
+                     `required_claims` or `app_claim` accepts every token its keys sign; a \
+                     JWKS shared by many tenants (Firebase App Check signs every project's \
+                     tokens with one) then lets in tokens minted for another project: set \
+                     `issuer` and `audiences`",
+                    p.name
+                ));
+            }
+            if let Some(b) = p.binding.as_ref().filter(|b| b.headers.len() > 1) {
+                out.push(format!(
+                    "tokens[{i}] ({}).binding: {} headers are hashed concatenated without \
+                     a separator, so values that shift bytes between them (`ab` + `c`, \
+                     `a` + `bc`) match the same claim: bind one header, or headers whose \
+                     values have a fixed length",
+                    p.name,
+                    b.headers.len()
+                ));
+            }
+        }
+        out
+    }
+
     /// Parses and validates a configuration document (JSON).
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         // Straight from the bytes, so that every error keeps its line and
@@ -1313,6 +1349,40 @@ mod tests {
             Ok(_) => panic!("config accepted: {json}"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn advice_names_an_unscoped_remote_jwks_and_a_binding_of_several_headers() {
+        let advice = |json: &str| Config::from_json(json.as_bytes()).unwrap().advisories();
+        let jwks = r#""remote_jwks": {"cluster": "jwks", "path": "/jwks"}"#;
+        let open = advice(&format!(
+            r#"{{"tokens": [{{"name": "fb", "from": [{{"header": "x-t"}}], {jwks}}}]}}"#
+        ));
+        assert_eq!(open.len(), 1, "{open:?}");
+        assert!(open[0].starts_with("tokens[0] (fb): a remote JWKS without `issuer`"));
+        for scope in [
+            r#""issuer": "https://i.example""#,
+            r#""audiences": ["projects/1"]"#,
+            r#""required_claims": {"tenant": "a"}"#,
+            r#""app_claim": {"claim": "sub"}"#,
+        ] {
+            let a = advice(&format!(
+                r#"{{"tokens": [{{"name": "fb", "from": [{{"header": "x-t"}}], {jwks}, {scope}}}]}}"#
+            ));
+            assert!(a.is_empty(), "{scope}: {a:?}");
+        }
+        let bound = |headers: &str| {
+            advice(&format!(
+                r#"{{"tokens": [{{"name": "a", "from": [{{"header": "x-t"}}], "issuer": "i",
+                    "keys": [{{"alg": "HS256", "secret_base64": "{}"}}],
+                    "binding": {{"headers": {headers}}}}}]}}"#,
+                "a".repeat(44)
+            ))
+        };
+        assert!(bound(r#"["authorization"]"#).is_empty());
+        let two = bound(r#"["authorization", "x-device"]"#);
+        assert_eq!(two.len(), 1, "{two:?}");
+        assert!(two[0].starts_with("tokens[0] (a).binding: 2 headers"));
     }
 
     #[test]

@@ -41,8 +41,23 @@ pub struct Checked {
     /// The filter's verdict.
     pub result: Result<Config, ConfigError>,
     /// Warnings about what may reach the filter otherwise than checked
-    /// here (an Istio WasmPlugin's unquoted `no`), whatever the verdict.
+    /// here (an Istio WasmPlugin's unquoted `no`), whatever the verdict,
+    /// then the filter's own advice on a valid configuration
+    /// ([`Config::advisories`], which it also logs when configured).
     pub notes: Vec<String>,
+}
+
+impl Checked {
+    fn new(location: String, result: Result<Config, ConfigError>, mut notes: Vec<String>) -> Self {
+        if let Ok(config) = &result {
+            notes.extend(config.advisories());
+        }
+        Checked {
+            location,
+            result,
+            notes,
+        }
+    }
 }
 
 /// The outcome of checking one file.
@@ -249,11 +264,11 @@ fn classify(doc: &Value) -> Kind {
 fn plugin_report(bytes: &[u8]) -> Report {
     Report {
         kind: FileKind::PluginConfig,
-        configs: vec![Checked {
-            location: String::new(),
-            result: Config::from_json(bytes),
-            notes: Vec::new(),
-        }],
+        configs: vec![Checked::new(
+            String::new(),
+            Config::from_json(bytes),
+            Vec::new(),
+        )],
     }
 }
 
@@ -292,11 +307,11 @@ fn envoy_report(doc: &Value) -> Result<Report, CliError> {
     let mut configs = Vec::new();
     walk(doc, &mut String::new(), &mut |path, node| {
         if is_appguard_filter(node) {
-            configs.push(Checked {
-                location: path.to_owned(),
-                result: envoy_plugin_bytes(node).and_then(|b| Config::from_json(&b)),
-                notes: Vec::new(),
-            });
+            configs.push(Checked::new(
+                path.to_owned(),
+                envoy_plugin_bytes(node).and_then(|b| Config::from_json(&b)),
+                Vec::new(),
+            ));
         }
     });
     if configs.is_empty() {
@@ -416,11 +431,7 @@ fn wasm_plugin(doc: &Value, text: &str) -> Option<Checked> {
     if let Some(pc) = spec.and_then(|s| s.get("pluginConfig")) {
         yaml11_booleans(pc, &mut "spec.pluginConfig".to_owned(), text, &mut notes);
     }
-    Some(Checked {
-        location,
-        result,
-        notes,
-    })
+    Some(Checked::new(location, result, notes))
 }
 
 /// The scalars YAML 1.1 reads as booleans besides `true` and `false`.

@@ -237,3 +237,25 @@ fn a_manifest_piped_in_is_checked_and_an_unquoted_no_is_warned_of() {
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(!r.stderr.contains("warning"), "{}", r.stderr);
 }
+
+#[test]
+fn a_valid_configuration_that_probably_misleads_is_warned_of() {
+    // A remote JWKS with nothing that scopes its tokens to this tenant:
+    // valid (exit 0), with the filter's advice on standard error.
+    let config = r#"{"tokens": [{"name": "fb", "from": [{"header": "x-t"}],
+        "remote_jwks": {"cluster": "jwks", "path": "/jwks"}}]}"#;
+    let r = common::cli_with_stdin(&["check-config", "-"], Some(config));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("valid:"), "{}", r.stdout);
+    assert!(
+        r.stderr.contains(
+            "warning: tokens[0] (fb): a remote JWKS without `issuer`, `audiences`, `required_claims` or `app_claim`"
+        ),
+        "{}",
+        r.stderr
+    );
+    let scoped = config.replace(r#""path": "/jwks"}"#, r#""path": "/jwks"}, "issuer": "i""#);
+    let r = common::cli_with_stdin(&["check-config", "-"], Some(&scoped));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+}

@@ -342,6 +342,9 @@ impl RootContext for FilterRoot {
                 return false;
             }
         };
+        for advice in config.advisories() {
+            warn!("configuration: {advice}");
+        }
         // The instance's bucket salt: local limits, failure budgets and
         // local replay pick their buckets with it, so that clients cannot
         // aim at a victim's. Without it those tables cannot be kept safely,

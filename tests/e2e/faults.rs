@@ -630,6 +630,14 @@ fn jwks_down_under_failure_mode_allow_passes_without_the_token() {
     assert_eq!((r.status, r.reason()), (401, Some("token_malformed")));
     let r = e.request(Req::get("/api/x"));
     assert_eq!((r.status, r.reason()), (401, Some("token_missing")));
+    // The provider names no issuer or audience: the filter said so when
+    // it was configured.
+    assert!(
+        e.log()
+            .contains("configuration: tokens[0] (remote): a remote JWKS without `issuer`"),
+        "{}",
+        e.log()
+    );
     assert_eq!(
         e.stat("appguard_decisions.route.api.decision.degraded.reason.jwks_unavailable"),
         Some(1)
