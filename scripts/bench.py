@@ -1010,10 +1010,9 @@ def measure_memory(envoy, setup, n):
             "before": before, "after": after, "setup": setup.key, "label": setup.label}
 
 
-def run_profile(workdir):
-    """Instruction counts of the pure core (bench/core) under callgrind."""
-    if not shutil.which("valgrind") or not BENCH_CORE.exists():
-        return {"error": "valgrind or bench-core missing"}
+def profile_scenarios():
+    """The requests the core is profiled on (`--profile`, and
+    scripts/v8_profile.py): name -> (bench-core scenario, iterations)."""
     scenarios = {
         "full pipeline, cached HS256 token": ({
             "config": ag_full(), "client_ip": "127.0.0.1",
@@ -1057,6 +1056,14 @@ def run_profile(workdir):
         "signature-input": line[0], "signature": line[1], "content-digest": line[2]}, method="POST")
     scenarios["signed POST (P-256 install key), cached HS256 token"] = ({
         "config": ag_signing(), "client_ip": "127.0.0.1", "headers": signed_headers, "body": SIGNED_BODY}, 20)
+    return scenarios
+
+
+def run_profile(workdir):
+    """Instruction counts of the pure core (bench/core) under callgrind."""
+    if not shutil.which("valgrind") or not BENCH_CORE.exists():
+        return {"error": "valgrind or bench-core missing"}
+    scenarios = profile_scenarios()
     out = {}
     for name, (sc, iters) in scenarios.items():
         f = workdir / (re.sub(r"\W+", "-", name) + ".json")
