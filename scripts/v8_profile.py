@@ -10,7 +10,8 @@ instructions, which is not what the module costs in Envoy: V8 compiles the
 Wasm, and code that native LLVM inlines may stay calls there (the module is
 built for size). This runs the same harness, bench/core's `bench-core`,
 built for wasm32-wasip1 like the module (same profile, same std build), in
-Node's V8 under `--cpu-prof`, and prints per scenario the time per request
+Node's V8 under `--cpu-prof` with Envoy's V8 flag (`--no-liftoff`: every
+function compiled by TurboFan up front), and prints per scenario the time per request
 and the functions with the most samples (self, then inclusive), with Rust
 names demangled (`llvm-cxxfilt`). The scenarios are `make bench
 --profile`'s (bench.py `profile_scenarios`).
@@ -36,6 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench as B  # noqa: E402
 
 WASM = B.ROOT / "target/wasm-v8/wasm32-wasip1/release/bench-core.wasm"
+
+# V8 as Envoy configures it (proxy-wasm-cpp-host's src/v8/v8.cc): no
+# Liftoff, every function compiled by TurboFan up front, so that the times
+# do not depend on when V8 would have tiered a function up.
+V8_FLAGS = ["--no-warnings", "--no-liftoff"]
 
 # Runs a WASI command module with its arguments (the scenario file is read
 # through the /tmp preopen) and exits with its status.
@@ -70,7 +76,7 @@ def profile_once(node, runner, wasm, scenario_file, iterations, workdir):
     """(ns per iteration, self samples, inclusive samples, total samples)."""
     for f in workdir.glob("*.cpuprofile"):
         f.unlink()
-    r = subprocess.run([node, "--no-warnings", "--cpu-prof", f"--cpu-prof-dir={workdir}",
+    r = subprocess.run([node, *V8_FLAGS, "--cpu-prof", f"--cpu-prof-dir={workdir}",
                         "--cpu-prof-interval", "50", str(runner), str(wasm), str(scenario_file), str(iterations)],
                        capture_output=True, text=True)
     if r.returncode != 0:
@@ -92,11 +98,11 @@ def profile_once(node, runner, wasm, scenario_file, iterations, workdir):
     return ns, own, incl, len(prof["samples"])
 
 
-def timed(node, runner, wasm, scenario_file, iterations):
-    """The best ns per iteration of three runs without the profiler."""
+def timed(node, runner, wasm, scenario_file, iterations, rounds=3):
+    """The best ns per iteration of `rounds` runs without the profiler."""
     best = None
-    for _ in range(3):
-        r = subprocess.run([node, "--no-warnings", str(runner), str(wasm), str(scenario_file), str(iterations)],
+    for _ in range(rounds):
+        r = subprocess.run([node, *V8_FLAGS, str(runner), str(wasm), str(scenario_file), str(iterations)],
                            capture_output=True, text=True)
         if r.returncode != 0:
             sys.exit(f"bench-core failed: {r.stderr.strip() or r.stdout.strip()}")
@@ -130,9 +136,13 @@ def main():
         for name, (scenario, iterations) in scenarios.items():
             f = work / (re.sub(r"\W+", "-", name) + ".json")
             f.write_text(json.dumps(scenario))
-            ns = timed(node, runner, wasm, f, max(iterations, 200))
-            n = max(200, int(args.seconds * 1e9 / max(ns, 1)))
-            ns = min(ns, timed(node, runner, wasm, f, n))
+            # Short runs are dominated by warming up (the first pass over
+            # the token stream, memory growing): size the runs from one of
+            # a second or so, then time and profile runs of that size.
+            ns = timed(node, runner, wasm, f, max(iterations, 2000), rounds=1)
+            ns = timed(node, runner, wasm, f, max(2000, int(1e9 / max(ns, 1))), rounds=1)
+            n = max(2000, int(args.seconds * 1e9 / max(ns, 1)))
+            ns = timed(node, runner, wasm, f, n)
             _, own, incl, total = profile_once(node, runner, wasm, f, n, work)
             print(f"\n## {name}: {ns / 1000:.2f} µs per request in V8 (best of 3 × {n:,} requests; "
                   f"{total:,} samples under --cpu-prof)")
