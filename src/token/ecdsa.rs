@@ -1181,6 +1181,91 @@ mod tests {
         }
     }
 
+    /// A key and signature whose point R has x(R) in [n, p), so that
+    /// r = x(R) − n: the verifier's second comparison, `(r + n)·Z²`, is the
+    /// one that must accept it (about one signature in 2¹²⁸ takes it, so
+    /// no random test reaches it). Built backwards: R with such an x, then
+    /// Q = r⁻¹·(s·R − e·G), for which u1·G + u2·Q = R.
+    #[test]
+    fn a_signature_whose_r_was_reduced_mod_n_verifies() {
+        use p256::elliptic_curve::point::DecompressPoint as _;
+        use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+        use p256::elliptic_curve::PrimeField as _;
+        let n_be: Vec<u8> = N.iter().rev().flat_map(|l| l.to_be_bytes()).collect();
+        let msg = b"r was reduced";
+        let e = <p256::Scalar as p256::elliptic_curve::ops::Reduce<p256::U256>>::reduce_bytes(
+            &Sha256::digest(msg),
+        );
+        let s = p256::Scalar::from(7u64);
+        let mut found = 0;
+        for k in 1u64..64 {
+            // x = n + k, below p; a point exists for about half of them.
+            let mut x = [0u8; 32];
+            let (mut carry, kb) = (0u16, k.to_be_bytes());
+            for i in (0..32).rev() {
+                let add = if i >= 24 { u16::from(kb[i - 24]) } else { 0 };
+                let v = u16::from(n_be[i]) + add + carry;
+                x[i] = v as u8;
+                carry = v >> 8;
+            }
+            let r_point = p256::AffinePoint::decompress(&x.into(), 0.into());
+            let Some(r_point) = Option::<p256::AffinePoint>::from(r_point) else {
+                continue;
+            };
+            let r = p256::Scalar::from(k);
+            let q = (p256::ProjectivePoint::from(r_point) * s
+                - p256::ProjectivePoint::GENERATOR * e)
+                * r.invert().unwrap();
+            let sec1 = q.to_affine().to_encoded_point(false);
+            let mut sig = r.to_repr().to_vec();
+            sig.extend_from_slice(&s.to_repr());
+            let key = P256Key::from_sec1(sec1.as_bytes()).unwrap();
+            assert!(key.verify(msg, &sig), "x(R) = n + {k}");
+            assert!(
+                verify_once(sec1.as_bytes(), msg, &sig),
+                "x(R) = n + {k}, once"
+            );
+            // The p256 crate agrees.
+            use p256::ecdsa::signature::Verifier as _;
+            let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(sec1.as_bytes()).unwrap();
+            let theirs = p256::ecdsa::Signature::from_slice(&sig).unwrap();
+            assert!(vk.verify(msg, &theirs).is_ok());
+            // r one off is refused.
+            let mut off = sig.clone();
+            off[31] ^= 1;
+            assert!(!key.verify(msg, &off));
+            found += 1;
+        }
+        assert!(found > 10, "{found} points with x in [n, p)");
+    }
+
+    /// The mixed addition's doubling case (P = Q): the comb with the same
+    /// scalar and the same table on both sides adds each of G's table
+    /// points to itself at the first column.
+    #[test]
+    fn the_comb_doubles_when_it_adds_a_point_to_itself() {
+        use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+        use p256::elliptic_curve::PrimeField as _;
+        let g = g_comb().unwrap();
+        for k in samples(&N).iter().take(24) {
+            let got = comb_mul(k, g, k, g);
+            let mut be = [0u8; 32];
+            for (j, limb) in k.iter().rev().enumerate() {
+                be[4 * j..4 * j + 4].copy_from_slice(&limb.to_be_bytes());
+            }
+            let scalar = Option::<p256::Scalar>::from(p256::Scalar::from_repr(be.into())).unwrap();
+            let want = (p256::ProjectivePoint::GENERATOR * (scalar + scalar)).to_affine();
+            if bool::from(want.is_identity()) {
+                assert!(got.is_infinity());
+                continue;
+            }
+            let enc = want.to_encoded_point(false);
+            let a = to_affine(&got).unwrap();
+            assert_eq!(from_be(enc.x().unwrap()).unwrap(), a.x, "2·{k:x?}·G");
+            assert_eq!(from_be(enc.y().unwrap()).unwrap(), a.y, "2·{k:x?}·G");
+        }
+    }
+
     #[test]
     fn refuses_out_of_range_and_malformed_input() {
         let sk = p256::ecdsa::SigningKey::from_slice(&[7; 32]).unwrap();
