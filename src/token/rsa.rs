@@ -536,6 +536,94 @@ mod tests {
         );
     }
 
+    /// Encoded messages that are almost right, signed raw with the private
+    /// key (so that they decrypt exactly to what is written here): only
+    /// the one correct encoding verifies. A verifier that parses the
+    /// encoding instead of comparing all of it (Bleichenbacher's 2006
+    /// forgery, and its variants) accepts some of these.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn pkcs1_refuses_every_encoding_but_the_exact_one() {
+        use rsa::pkcs8::DecodePrivateKey as _;
+        use rsa::traits::{PrivateKeyParts as _, PublicKeyParts as _};
+        let private = rsa::RsaPrivateKey::from_pkcs8_pem(super::super::tests::RSA_PRIV).unwrap();
+        let (pk, _) = key();
+        let k = private.size();
+        let sign_raw = |em: &[u8]| -> Vec<u8> {
+            assert_eq!(em.len(), k);
+            let s = rsa::BigUint::from_bytes_be(em).modpow(private.d(), private.n());
+            let mut out = vec![0u8; k];
+            let b = s.to_bytes_be();
+            out[k - b.len()..].copy_from_slice(&b);
+            out
+        };
+        let msg = b"header.payload";
+        let digest = Sha256::digest(msg);
+        let prefix = Hash::Sha256.digest_info_prefix();
+        let encode = |lead: &[u8], pad: usize, sep: u8, info: &[u8], tail: &[u8]| -> Vec<u8> {
+            let mut em = lead.to_vec();
+            em.extend(std::iter::repeat_n(0xff, pad));
+            em.push(sep);
+            em.extend_from_slice(info);
+            em.extend_from_slice(&digest);
+            em.extend_from_slice(tail);
+            em
+        };
+        let full_pad = k - 3 - prefix.len() - digest.len();
+        let good = encode(&[0, 1], full_pad, 0, prefix, &[]);
+        assert!(pk.verify_pkcs1v15(Hash::Sha256, msg, &sign_raw(&good)));
+        // DigestInfo without the NULL parameters (two bytes shorter, the
+        // padding two longer): a DER-lenient parser takes it.
+        let mut no_null = prefix.to_vec();
+        no_null[1] -= 2;
+        no_null[3] -= 2;
+        no_null.drain(15..17);
+        let bad: Vec<Vec<u8>> = vec![
+            encode(&[0, 1], full_pad + 2, 0, &no_null, &[]),
+            // Short padding, garbage after the digest (the 2006 forgery).
+            encode(&[0, 1], 8, 0, prefix, &vec![0x5a; full_pad - 8]),
+            // Block type 2 (encryption padding), and 0x01 padding.
+            encode(&[0, 2], full_pad, 0, prefix, &[]),
+            {
+                let mut em = good.clone();
+                em[2..2 + full_pad].fill(0x01);
+                em
+            },
+            // The separator moved or missing.
+            encode(&[0, 1], full_pad, 0xff, prefix, &[]),
+            {
+                let mut em = encode(&[0, 1], full_pad - 1, 0, prefix, &[]);
+                em.insert(2, 0x00);
+                em
+            },
+            // SHA-384's DigestInfo around a SHA-256 digest, truncated.
+            {
+                let p384 = Hash::Sha384.digest_info_prefix();
+                let mut em = encode(&[0, 1], full_pad, 0, &p384[..prefix.len()], &[]);
+                em.truncate(k);
+                em
+            },
+            // One flipped bit in each part.
+            {
+                let mut em = good.clone();
+                em[k - 1] ^= 1;
+                em
+            },
+            {
+                let mut em = good.clone();
+                em[k - digest.len() - 1] ^= 1;
+                em
+            },
+        ];
+        for (i, em) in bad.iter().enumerate() {
+            assert_eq!(em.len(), k, "case {i}");
+            assert!(
+                !pk.verify_pkcs1v15(Hash::Sha256, msg, &sign_raw(em)),
+                "malformed encoding {i} verified"
+            );
+        }
+    }
+
     #[test]
     fn pss_verifies_what_the_rsa_crate_signs_and_nothing_else() {
         use jwt_simple::prelude::*;
