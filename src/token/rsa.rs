@@ -697,6 +697,97 @@ mod tests {
         assert!(pk.verify_pss(Hash::Sha256, input.as_bytes(), &sig));
     }
 
+    /// PSS encoded messages signed raw with the private key: the one
+    /// RFC 8017 encoding verifies; a salt of another length, a set bit
+    /// above `emBits`, another trailer, a non-zero padding byte, and (with
+    /// a 2049-bit modulus, where the encoded message is a byte shorter
+    /// than the modulus) a non-zero leading byte are refused.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn pss_refuses_every_encoding_but_the_exact_one() {
+        use rsa::pkcs8::DecodePrivateKey as _;
+        use rsa::traits::{PrivateKeyParts as _, PublicKeyParts as _};
+        fn encode(msg: &[u8], salt: &[u8], em_bits: usize) -> Vec<u8> {
+            // EMSA-PSS-ENCODE (RFC 8017 §9.1.1), SHA-256 and MGF1-SHA-256.
+            let em_len = em_bits.div_ceil(8);
+            let mut m = vec![0u8; 8];
+            m.extend_from_slice(&Sha256::digest(msg));
+            m.extend_from_slice(salt);
+            let h = Sha256::digest(&m);
+            let mut db = vec![0u8; em_len - salt.len() - 32 - 2];
+            db.push(0x01);
+            db.extend_from_slice(salt);
+            let mask = mgf1(Hash::Sha256, &h, db.len());
+            for (d, k) in db.iter_mut().zip(mask) {
+                *d ^= k;
+            }
+            db[0] &= 0xff >> (8 * em_len - em_bits);
+            db.extend_from_slice(&h);
+            db.push(0xbc);
+            db
+        }
+        for pem in [
+            super::super::tests::RSA_PRIV,
+            include_str!("../../tests/fixtures/rsa-2049-test-key.pem"),
+        ] {
+            let private = rsa::RsaPrivateKey::from_pkcs8_pem(pem).unwrap();
+            let (k, bits) = (private.size(), private.n().bits());
+            let n_be = private.n().to_bytes_be();
+            let pk = RsaPublicKey::new(&n_be, &private.e().to_bytes_be()).unwrap();
+            assert_eq!((pk.k, pk.bits), (k, bits));
+            let sign_raw = |em: &[u8]| -> Option<Vec<u8>> {
+                // Left-padded to k bytes; None if not below n.
+                let mut full = vec![0u8; k - em.len()];
+                full.extend_from_slice(em);
+                let m = rsa::BigUint::from_bytes_be(&full);
+                if &m >= private.n() {
+                    return None;
+                }
+                let s = m.modpow(private.d(), private.n()).to_bytes_be();
+                let mut out = vec![0u8; k];
+                out[k - s.len()..].copy_from_slice(&s);
+                Some(out)
+            };
+            let msg = b"header.payload";
+            let salt = [0x42u8; 32];
+            let em_bits = bits - 1;
+            let good = encode(msg, &salt, em_bits);
+            let verify = |em: &[u8]| pk.verify_pss(Hash::Sha256, msg, &sign_raw(em).unwrap());
+            assert!(verify(&good), "{bits} bits");
+            assert!(!verify(&encode(msg, &[], em_bits)), "no salt, {bits} bits");
+            assert!(!verify(&encode(msg, &salt[..20], em_bits)), "short salt");
+            // The two cases below need the altered value to stay below n
+            // (else no signature opens to it): try salts until one does.
+            let below_n = |alter: &dyn Fn(&[u8]) -> Vec<u8>| -> bool {
+                (0u8..=255).any(|seed| {
+                    let em = alter(&encode(msg, &[seed; 32], em_bits));
+                    sign_raw(&em).is_some_and(|sig| {
+                        assert!(!pk.verify_pss(Hash::Sha256, msg, &sig), "{bits} bits");
+                        true
+                    })
+                })
+            };
+            if 8 * good.len() > em_bits {
+                // The leftmost 8·emLen − emBits bits must be zero: set the
+                // lowest of them (the encoder cleared it).
+                let bit = 0x80u8 >> (8 * good.len() - em_bits - 1);
+                let set_top = |em: &[u8]| {
+                    let mut em = em.to_vec();
+                    em[0] |= bit;
+                    em
+                };
+                assert!(below_n(&set_top), "a bit above emBits, {bits} bits");
+            }
+            if k > good.len() {
+                // 2049 bits: EM is k − 1 bytes, and the byte before it must
+                // be zero.
+                assert_eq!(bits % 8, 1);
+                let lead = |em: &[u8]| [&[1u8][..], em].concat();
+                assert!(below_n(&lead), "a non-zero leading byte");
+            }
+        }
+    }
+
     #[test]
     fn modpow_matches_schoolbook_arithmetic_on_small_known_values() {
         // n = 2^2047 + 1 … built so that s^e mod n is easy to check: for
