@@ -965,12 +965,15 @@ pub fn precheck<'k>(
     let key = select_key(keys.iter().chain(extra_keys.iter()), alg, kid)?;
     // Without a `kid`, every key of the algorithm; with one, the other keys
     // of that algorithm under the same `kid` (a fetched JWKS may repeat a
-    // `kid`: the first key alone would refuse tokens of the second).
+    // `kid`: the first key alone would refuse tokens of the second), then
+    // those that name none.
     let others = keys
         .iter()
         .chain(extra_keys.iter())
         .filter(|k| {
-            k.alg == alg && !std::ptr::eq(*k, key) && (kid.is_none() || k.kid.as_deref() == kid)
+            k.alg == alg
+                && !std::ptr::eq(*k, key)
+                && (kid.is_none() || k.kid.as_deref() == kid || k.kid.is_none())
         })
         .collect();
     let (claims, exp) = read_claims(provider, head.payload, now)?;
@@ -1020,15 +1023,24 @@ fn select_key<'k>(
     alg: Alg,
     kid: Option<&str>,
 ) -> Result<&'k Key, TokenError> {
+    // A key under the token's `kid` first; then, as Envoy's `jwt_authn`
+    // does, a key that names no `kid` at all (a JWKS or a configured
+    // secret without one still verifies tokens that carry one).
     let mut same_kid_other_alg = false;
+    let mut kidless: Option<&'k Key> = None;
+    let mut kidless_other_alg = false;
     for k in keys {
-        let kid_ok = match (kid, &k.kid) {
-            (Some(want), Some(have)) => want == have,
-            (Some(_), None) => false,
-            (None, _) => true,
-        };
-        if !kid_ok {
-            continue;
+        match (kid, &k.kid) {
+            (Some(want), Some(have)) if want != have => continue,
+            (Some(_), None) => {
+                if k.alg == alg {
+                    kidless = kidless.or(Some(k));
+                } else {
+                    kidless_other_alg = true;
+                }
+                continue;
+            }
+            _ => {}
         }
         if k.alg == alg {
             return Ok(k);
@@ -1038,7 +1050,9 @@ fn select_key<'k>(
     if same_kid_other_alg {
         // e.g. HS256 signed with an RSA public key as the secret.
         Err(TokenError::Signature("algorithm does not match the key"))
-    } else if kid.is_some() {
+    } else if let Some(k) = kidless {
+        Ok(k)
+    } else if kid.is_some() && !kidless_other_alg {
         Err(TokenError::UnknownKid)
     } else {
         Err(TokenError::Signature("no key for this algorithm"))

@@ -88,6 +88,40 @@ fn hs256_valid_token_passes_and_is_removed_upstream() {
 }
 
 #[test]
+fn a_token_naming_a_kid_verifies_with_a_key_that_names_none() {
+    // The `hs` provider's secret names no `kid`; the issuer's tokens name
+    // one (an Approov keyset, a rotated signer): as with Envoy's
+    // jwt_authn, the kid-less key is tried, and only a good signature passes.
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config(providers(false)), up.port).start();
+    let body = json!({"iss": "https://issuer.example", "aud": "api", "jti": "kid-1",
+                      "pay": tokens::binding(&["Bearer user"])});
+    let named = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "typ": "JWT", "kid": "2026-12"}),
+        &claims(60, body.clone()),
+    );
+    let r = envoy.request(
+        Req::get("/hs/x")
+            .header("approov-token", &named)
+            .header("authorization", "Bearer user"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let forged = hs256_raw(
+        &[9u8; 64],
+        &json!({"alg": "HS256", "typ": "JWT", "kid": "2026-12"}),
+        &claims(60, body),
+    );
+    let r = envoy.request(
+        Req::get("/hs/x")
+            .header("approov-token", &forged)
+            .header("authorization", "Bearer user"),
+    );
+    assert_eq!((r.status, r.reason()), (401, Some("token_signature")));
+    envoy.assert_vm_healthy();
+}
+
+#[test]
 fn a_client_copy_of_a_claim_header_never_reaches_the_upstream() {
     // `x-token-sub` is what the `hs` provider sets from a verified `sub`:
     // an upstream trusts it. A client's copy is removed on every request,
