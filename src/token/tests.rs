@@ -674,6 +674,77 @@ fn every_key_kind_of_the_spec_verifies_as_pem_jwk_or_secret() {
 }
 
 #[test]
+fn one_rsa_key_verifies_only_the_padding_of_its_configured_alg() {
+    // The same RSA key pair signs RS256 and PS256 tokens; a key configured
+    // for one algorithm refuses the other, with or without a `kid`.
+    let (rs, ps) = (
+        RS256KeyPair::from_pem(RSA_PRIV).unwrap(),
+        PS256KeyPair::from_pem(RSA_PRIV).unwrap(),
+    );
+    let claims = || signed_claims(Map::new(), NOW, NOW + 60);
+    for (configured, good, other) in [
+        (
+            "RS256",
+            rs.clone().with_key_id("k").sign(claims()).unwrap(),
+            ps.clone().with_key_id("k").sign(claims()).unwrap(),
+        ),
+        (
+            "PS256",
+            ps.clone().with_key_id("k").sign(claims()).unwrap(),
+            rs.clone().with_key_id("k").sign(claims()).unwrap(),
+        ),
+    ] {
+        let p = provider(json!({"keys": [{"kid": "k", "alg": configured, "pem": RSA_PUB}]}));
+        assert_eq!(verify(&p, &good, NOW), Ok(NOW + 60), "{configured}");
+        assert!(
+            matches!(verify(&p, &other, NOW), Err(TokenError::Signature(_))),
+            "{configured} key, the other padding"
+        );
+        let kidless = provider(json!({"keys": [{"alg": configured, "pem": RSA_PUB}]}));
+        assert!(matches!(
+            verify(&kidless, &other, NOW),
+            Err(TokenError::Signature(_))
+        ));
+    }
+}
+
+#[test]
+fn hs384_and_hs512_refuse_truncated_and_extended_tags() {
+    let p = provider(json!({"keys": [
+        {"kid": "hs384", "alg": "HS384", "secret_base64": STANDARD.encode([3u8; 48])},
+        {"kid": "hs512", "alg": "HS512", "secret_base64": STANDARD.encode([4u8; 64])}
+    ]}));
+    let claims = || signed_claims(Map::new(), NOW, NOW + 60);
+    for t in [
+        HS384Key::from_bytes(&[3u8; 48])
+            .with_key_id("hs384")
+            .authenticate(claims())
+            .unwrap(),
+        HS512Key::from_bytes(&[4u8; 64])
+            .with_key_id("hs512")
+            .authenticate(claims())
+            .unwrap(),
+    ] {
+        assert_eq!(verify(&p, &t, NOW), Ok(NOW + 60));
+        let (input, sig) = t.rsplit_once('.').unwrap();
+        let tag = URL_SAFE_NO_PAD.decode(sig).unwrap();
+        for bad in [
+            tag[..tag.len() - 1].to_vec(),
+            tag[..32].to_vec(),
+            [&tag[..], &[0u8]].concat(),
+        ] {
+            let forged = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&bad));
+            assert!(
+                matches!(verify(&p, &forged, NOW), Err(TokenError::Signature(_))),
+                "{} tag bytes of {}",
+                bad.len(),
+                tag.len()
+            );
+        }
+    }
+}
+
+#[test]
 fn a_jwk_restricted_to_other_uses_or_with_a_zero_modulus_is_refused() {
     let ps = PS256KeyPair::from_pem(RSA_PRIV).unwrap();
     let rsa = ps.public_key().to_components();
