@@ -54,7 +54,7 @@ EXAMPLE ?= examples/three-platform.json
 .PHONY: help deps build noop test fmt-check lint unit wasm-test imports validate e2e fuzz soak run bench v8-profile clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 # The test tools are built with `cargo install --debug`: they are not on any
 # measured path (wasm-bindgen-test-runner only prepares the test module) and
@@ -180,14 +180,15 @@ bench: deps build ## performance table: appguard vs native jwt_authn/ratelimit, 
 	$(PYTHON) scripts/bench.py --wasm $(WASM) $(BENCH_ARGS)
 
 # The core in V8 (node --cpu-prof), by function: bench/core's harness built
-# for wasm32-wasip1 like the module, in a target directory of its own (its
-# std build must not meet the module's). On the Debian toolchain the C
+# for wasm32-wasip1 like the module (same flags and std build, `opt-level =
+# "s"` and LTO; not wasm-opt), in a target directory of its own (its std
+# build must not meet the module's). On the Debian toolchain the C
 # runtime's start file is named here, since the module's flags link nothing
 # self-contained.
 V8_ARGS ?=
 v8-profile: ## the core's time by function inside V8 (node --cpu-prof), per bench scenario (V8_ARGS="unique HS256")
 	cargo build -q --release --manifest-path bench/core/Cargo.toml --target-dir target/bench-core --bin bench-tools
-	$(WASM_ENV) $(WASM_CARGO) rustc -q --release $(filter-out --target-dir target/wasm,$(WASM_ARGS)) \
+	CARGO_PROFILE_RELEASE_LTO=true $(WASM_ENV) $(WASM_CARGO) rustc -q --release $(filter-out --target-dir target/wasm,$(WASM_ARGS)) \
 	  --target-dir target/wasm-v8 --manifest-path bench/core/Cargo.toml --bin bench-core \
 	  $(if $(filter yes,$(HAVE_RUSTUP_WASI)),,-- -C link-arg=/usr/lib/wasm32-wasi/crt1-command.o)
 	python3 scripts/v8_profile.py $(V8_ARGS)

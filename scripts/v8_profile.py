@@ -9,7 +9,9 @@ callgrind (`make bench BENCH_ARGS=--profile`) counts the native build's
 instructions, which is not what the module costs in Envoy: V8 compiles the
 Wasm, and code that native LLVM inlines may stay calls there (the module is
 built for size). This runs the same harness, bench/core's `bench-core`,
-built for wasm32-wasip1 like the module (same profile, same std build), in
+built for wasm32-wasip1 like the module (same flags and std build,
+`opt-level = "s"` with LTO; without wasm-opt, which V8 compiles
+anyway), in
 Node's V8 under `--cpu-prof` with Envoy's V8 flag (`--no-liftoff`: every
 function compiled by TurboFan up front), and prints per scenario the time per request
 and the functions with the most samples (self, then inclusive), with Rust
@@ -21,7 +23,8 @@ clock read through WASI, the outcome count; with unique tokens, a fresh
 verified-token cache) and Node's WASI, not Envoy's host calls: read it
 against the other scenarios and against a change, not against `make bench`.
 Needs node (18 or later) and what `make bench` builds for the token
-streams (bench-tools).
+streams (bench-tools); names are demangled with `llvm-cxxfilt` where it
+is installed (LLVM's tools).
 """
 import argparse
 import collections
@@ -64,9 +67,10 @@ HARNESS = re.compile(r"^(\(root\)|\(program\)|\(garbage collector\)|\(idle\)|\(a
 
 
 def demangle(names):
-    """Rust names without their crate hashes, in the order given."""
-    if not names:
-        return []
+    """Rust names without their crate hashes, in the order given (as they
+    are, without llvm-cxxfilt)."""
+    if not names or not shutil.which("llvm-cxxfilt"):
+        return names
     out = subprocess.run(["llvm-cxxfilt"], input="\n".join(names), capture_output=True, text=True).stdout
     lines = out.split("\n")
     return [re.sub(r"\[[0-9a-f]{16}\]", "", line) for line in lines[:len(names)]]
@@ -119,8 +123,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=2.0, help="profiled time per scenario")
     args = ap.parse_args()
     node = shutil.which("node")
-    if not node or not shutil.which("llvm-cxxfilt"):
-        sys.exit("needs node and llvm-cxxfilt (make deps)")
+    if not node:
+        sys.exit("needs node (18 or later; make wasm-test uses it too)")
     wasm = Path(args.wasm) if args.wasm else WASM
     if not wasm.exists():
         sys.exit("bench-core.wasm is missing: make v8-profile builds it")

@@ -2078,6 +2078,21 @@ fn without_keys_a_known_forgery_or_a_spent_client_starts_no_fetch() {
         ),
         s => panic!("a spent client must not start a fetch: {s:?}"),
     }
+    // Junk, or a token past its expiry: refused for what it is, no fetch.
+    let expired = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "kid": "k"}),
+        &json!({"exp": NOW - 60}),
+    );
+    for (token, reason) in [
+        ("x", Reason::TokenMalformed),
+        (expired.as_str(), Reason::TokenExpired),
+    ] {
+        match step("192.0.2.1", token) {
+            Step::Done(d, _) => assert_eq!(d.reason(), Some(reason)),
+            s => panic!("{token}: a token refused without keys must not start a fetch: {s:?}"),
+        }
+    }
 }
 
 #[test]

@@ -276,7 +276,7 @@ fn shr1(a: &mut Fe) {
 /// `b / a mod m` for an odd prime `m`, `0 < a < m` and `b < m`, by binary
 /// division (Menezes et al., Handbook of Applied Cryptography, alg. 14.61,
 /// carrying `b` instead of 1). Variable time: for public values only.
-/// `None` when `a` is zero (it has no inverse).
+/// `None` when `a` is zero (it has no inverse) or not below `m`.
 fn div_mod(b: &Fe, a: &Fe, m: &Fe) -> Option<Fe> {
     // `a` must be reduced: a non-zero multiple of `m` would bring `u` to 0,
     // and the halving loop below would never end. The callers reduce it

@@ -938,8 +938,8 @@ fn read_head<'t>(provider: &Provider, token: &'t str) -> Result<Head<'t>, TokenE
     })
 }
 
-/// The payload's claims, checked (lifetime, issuer, audience, required
-/// values, app claim); their `exp`.
+/// The payload's claims, checked ([`check_claims`]: lifetime, issuer,
+/// audience, required values); their `exp`.
 fn read_claims(
     provider: &Provider,
     payload: &str,
@@ -963,18 +963,15 @@ pub fn precheck<'k>(
     let head = read_head(provider, token)?;
     let (alg, kid) = (head.alg, head.kid());
     let key = select_key(keys.iter().chain(extra_keys.iter()), alg, kid)?;
-    // Without a `kid`, every key of the algorithm; with one, the other keys
-    // of that algorithm under the same `kid` (a fetched JWKS may repeat a
-    // `kid`: the first key alone would refuse tokens of the second), then
-    // those that name none.
+    // Without a `kid` (or with one, where no key names any), every key of
+    // the algorithm; with one, the other keys of that algorithm under the
+    // same `kid` (a fetched JWKS may repeat a `kid`: the first key alone
+    // would refuse tokens of the second).
+    let any_key = kid.is_none() || names_no_kid(keys.iter().chain(extra_keys.iter()));
     let others = keys
         .iter()
         .chain(extra_keys.iter())
-        .filter(|k| {
-            k.alg == alg
-                && !std::ptr::eq(*k, key)
-                && (kid.is_none() || k.kid.as_deref() == kid || k.kid.is_none())
-        })
+        .filter(|k| k.alg == alg && !std::ptr::eq(*k, key) && (any_key || k.kid.as_deref() == kid))
         .collect();
     let (claims, exp) = read_claims(provider, head.payload, now)?;
     Ok(Prechecked {
@@ -1019,28 +1016,19 @@ impl Prechecked<'_> {
 }
 
 fn select_key<'k>(
-    keys: impl Iterator<Item = &'k Key>,
+    keys: impl Iterator<Item = &'k Key> + Clone,
     alg: Alg,
     kid: Option<&str>,
 ) -> Result<&'k Key, TokenError> {
-    // A key under the token's `kid` first; then, as Envoy's `jwt_authn`
-    // does, a key that names no `kid` at all (a JWKS or a configured
-    // secret without one still verifies tokens that carry one).
     let mut same_kid_other_alg = false;
-    let mut kidless: Option<&'k Key> = None;
-    let mut kidless_other_alg = false;
-    for k in keys {
-        match (kid, &k.kid) {
-            (Some(want), Some(have)) if want != have => continue,
-            (Some(_), None) => {
-                if k.alg == alg {
-                    kidless = kidless.or(Some(k));
-                } else {
-                    kidless_other_alg = true;
-                }
-                continue;
-            }
-            _ => {}
+    for k in keys.clone() {
+        let kid_ok = match (kid, &k.kid) {
+            (Some(want), Some(have)) => want == have,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        if !kid_ok {
+            continue;
         }
         if k.alg == alg {
             return Ok(k);
@@ -1049,14 +1037,29 @@ fn select_key<'k>(
     }
     if same_kid_other_alg {
         // e.g. HS256 signed with an RSA public key as the secret.
-        Err(TokenError::Signature("algorithm does not match the key"))
-    } else if let Some(k) = kidless {
-        Ok(k)
-    } else if kid.is_some() && !kidless_other_alg {
+        return Err(TokenError::Signature("algorithm does not match the key"));
+    }
+    if kid.is_some() && names_no_kid(keys.clone()) {
+        // Keys that name no `kid` at all verify tokens that carry one, as
+        // with Envoy's `jwt_authn` (a secret configured without a `kid`,
+        // an issuer's JWKS without them). Where any key names a `kid`, an
+        // unknown one stays unknown: it may be a key the issuer has just
+        // published (the re-fetch path), not one to try the others for.
+        return keys
+            .clone()
+            .find(|k| k.alg == alg)
+            .ok_or(TokenError::Signature("no key for this algorithm"));
+    }
+    if kid.is_some() {
         Err(TokenError::UnknownKid)
     } else {
         Err(TokenError::Signature("no key for this algorithm"))
     }
+}
+
+/// Whether no key of the set names a `kid`.
+fn names_no_kid<'k>(mut keys: impl Iterator<Item = &'k Key>) -> bool {
+    keys.all(|k| k.kid.is_none())
 }
 
 fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, TokenError> {

@@ -756,6 +756,15 @@ mod tests {
             assert!(verify(&good), "{bits} bits");
             assert!(!verify(&encode(msg, &[], em_bits)), "no salt, {bits} bits");
             assert!(!verify(&encode(msg, &salt[..20], em_bits)), "short salt");
+            let mut trailer = good.clone();
+            if let Some(last) = trailer.last_mut() {
+                *last = 0xbd;
+            }
+            assert!(!verify(&trailer), "trailer, {bits} bits");
+            // A non-zero byte in PS: flip a bit of a masked padding byte.
+            let mut ps = good.clone();
+            ps[5] ^= 0x10;
+            assert!(!verify(&ps), "padding byte, {bits} bits");
             // The two cases below need the altered value to stay below n
             // (else no signature opens to it): try salts until one does.
             let below_n = |alter: &dyn Fn(&[u8]) -> Vec<u8>| -> bool {
