@@ -2053,6 +2053,7 @@ fn check_token(
     }
     // The first provider (in the route's order) whose sources hold a token.
     let mut found = None;
+    let mut another = false;
     for &pi in &route.providers {
         let Some(p) = config.providers.get(pi) else {
             continue;
@@ -2061,10 +2062,36 @@ fn check_token(
             // Only metadata counts for a delegated provider, never the header.
             continue;
         }
+        if found.is_some() {
+            // Only whether another provider has a token too (its errors
+            // are not this request's: the first provider's token is used).
+            if matches!(token::extract(p, req), Ok(Some(_))) {
+                another = true;
+                break;
+            }
+            continue;
+        }
         let t = token::extract(p, req).map_err(|e| Flow::from(e.reason()))?;
         if let Some(t) = t {
             found = Some((pi, p, t));
-            break;
+        }
+    }
+    if another {
+        // Several providers hold a token (two issuers both sending
+        // `Authorization: Bearer`): the first whose `issuer` is its token's
+        // `iss`, as jwt_authn picks a provider by issuer. Unverified, the
+        // claim only chooses: that provider's checks all still apply.
+        let by_issuer = route.providers.iter().find_map(|&pi| {
+            let p = config.providers.get(pi)?;
+            let iss = p.issuer.as_deref()?;
+            if p.verified_by.is_some() {
+                return None;
+            }
+            let t = token::extract(p, req).ok()??;
+            (token::unverified_issuer(p, t).as_deref() == Some(iss)).then_some((pi, p, t))
+        });
+        if by_issuer.is_some() {
+            found = by_issuer;
         }
     }
     let Some((pi, provider, raw)) = found else {

@@ -2096,6 +2096,52 @@ fn without_keys_a_known_forgery_or_a_spent_client_starts_no_fetch() {
 }
 
 #[test]
+fn two_issuers_on_one_header_each_get_their_own_provider() {
+    // Both providers read `Authorization: Bearer`: a token goes to the
+    // provider whose `issuer` is its `iss` (as jwt_authn picks), not always
+    // to the first; a token of neither is the first provider's to refuse.
+    let other = [7u8; 32];
+    let w = World::from(json!({
+        "tokens": [
+            {"name": "a", "from": [{"header": "authorization", "prefix": "Bearer "}], "issuer": "https://a",
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]},
+            {"name": "b", "from": [{"header": "authorization", "prefix": "Bearer "}], "issuer": "https://b",
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(other)}]}
+        ],
+        "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["a", "b"]}]
+    }));
+    let bearer = |secret: &[u8], iss: &str| {
+        format!(
+            "Bearer {}",
+            hs256_raw(
+                secret,
+                &json!({"alg": "HS256"}),
+                &json!({"exp": NOW + 60, "iss": iss})
+            )
+        )
+    };
+    let run = |auth: &str| {
+        let (d, f) = w.run("/x", "192.0.2.1", &[("authorization", auth)]);
+        (d.reason(), f.token.map(|t| t.provider))
+    };
+    assert_eq!(run(&bearer(SECRET, "https://a")), (None, Some(0)));
+    assert_eq!(run(&bearer(&other, "https://b")), (None, Some(1)));
+    // b's issuer claimed, a's key: b verifies it, and refuses it.
+    assert_eq!(
+        run(&bearer(SECRET, "https://b")).0,
+        Some(Reason::TokenSignature)
+    );
+    // Neither issuer: the first provider's checks answer (its issuer
+    // check comes before any signature work).
+    for secret in [&other[..], SECRET] {
+        assert_eq!(
+            run(&bearer(secret, "https://c")).0,
+            Some(Reason::TokenClaims)
+        );
+    }
+}
+
+#[test]
 fn path_parameters_trailing_slashes_and_host_dots_take_the_route_the_upstream_serves() {
     let w = World::from(json!({
         "routes": [

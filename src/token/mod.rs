@@ -982,6 +982,18 @@ pub fn precheck<'k>(
     })
 }
 
+/// The token's `iss` claim, unverified (only to choose among providers
+/// that all hold a token: the chosen one verifies everything). `None` for
+/// anything that is not a readable token of the provider's size.
+pub fn unverified_issuer(provider: &Provider, token: &str) -> Option<String> {
+    if token.len() > provider.max_token_bytes {
+        return None;
+    }
+    let payload = token.split('.').nth(1)?;
+    let claims = strict_json::parse_object(&b64::decode(payload.as_bytes())?)?;
+    claims.get("iss")?.as_str().map(str::to_owned)
+}
+
 /// The cheap refusals of [`precheck`] that need no key: size, structure,
 /// header, then the (unverified) claims. For a token that cannot be
 /// verified because its provider has no keys and the route fails open:
