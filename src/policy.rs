@@ -2062,10 +2062,12 @@ fn check_token(
             // Only metadata counts for a delegated provider, never the header.
             continue;
         }
-        if found.is_some() {
-            // Only whether another provider has a token too (its errors
-            // are not this request's: the first provider's token is used).
-            if matches!(token::extract(p, req), Ok(Some(_))) {
+        if let Some((_, _, first)) = found {
+            // Only whether another provider reads the same token (its
+            // errors are not this request's: the first provider's token is
+            // used). A token in another header is another provider's
+            // matter only when the first finds none.
+            if matches!(token::extract(p, req), Ok(Some(t)) if t == first) {
                 another = true;
                 break;
             }
@@ -2076,23 +2078,8 @@ fn check_token(
             found = Some((pi, p, t));
         }
     }
-    if another {
-        // Several providers hold a token (two issuers both sending
-        // `Authorization: Bearer`): the first whose `issuer` is its token's
-        // `iss`, as jwt_authn picks a provider by issuer. Unverified, the
-        // claim only chooses: that provider's checks all still apply.
-        let by_issuer = route.providers.iter().find_map(|&pi| {
-            let p = config.providers.get(pi)?;
-            let iss = p.issuer.as_deref()?;
-            if p.verified_by.is_some() {
-                return None;
-            }
-            let t = token::extract(p, req).ok()??;
-            (token::unverified_issuer(p, t).as_deref() == Some(iss)).then_some((pi, p, t))
-        });
-        if by_issuer.is_some() {
-            found = by_issuer;
-        }
+    if let (true, Some(first)) = (another, found) {
+        found = Some(choose_provider(ctx, route, req, first, now));
     }
     let Some((pi, provider, raw)) = found else {
         // A delegated provider's token in the request, but no payload:
@@ -2176,12 +2163,20 @@ fn check_token(
             // The cheap refusals: size, structure, algorithm and key, then
             // the unverified claims. Only then the signature.
             let extra: &[Key] = remote.as_deref().map_or(&[], |v| v.as_slice());
-            let pre = match token::precheck(provider, &provider.keys, extra, raw, now) {
+            let pending = has_remote && remote.is_none();
+            let pre = match token::precheck(provider, &provider.keys, extra, pending, raw, now) {
                 Ok(pre) => pre,
                 Err(TokenError::UnknownKid) if has_remote && ctx.key_fetch == KeyFetch::May => {
+                    // What needs no key first: an expired token or another
+                    // issuer's is refused for that, as before any keys
+                    // were fetched, and asks for no re-fetch.
+                    token::precheck_without_keys(provider, raw, now)
+                        .map_err(|e| Flow::from(e.reason()))?;
                     return Err(Flow::NeedKeys(pi));
                 }
-                Err(e) => {
+                Err(TokenError::UnknownKid) => {
+                    token::precheck_without_keys(provider, raw, now)
+                        .map_err(|e| Flow::from(e.reason()))?;
                     // A `kid` no key of a remote JWKS has, in keys loaded
                     // since the request asked: made up, as a forged
                     // signature is. It spends the client's budget like one,
@@ -2191,14 +2186,12 @@ fn check_token(
                     // may have just published that key, and the clients of
                     // a rotation must not lock themselves out (such a
                     // refusal costs no signature work).
-                    if e == TokenError::UnknownKid
-                        && has_remote
-                        && ctx.key_fetch == KeyFetch::Fetched
-                    {
+                    if has_remote && ctx.key_fetch == KeyFetch::Fetched {
                         budget.charge(1);
                     }
-                    return Err(Flow::from(e.reason()));
+                    return Err(Flow::from(TokenError::UnknownKid.reason()));
                 }
+                Err(e) => return Err(Flow::from(e.reason())),
             };
             if let Err(e) = pre.check_signature(provider, raw, now) {
                 let until = pre
@@ -2233,6 +2226,58 @@ fn check_token(
     };
     token_rules(req, provider, &verified, grant, &mut facts.replay)?;
     Ok(Some(verified))
+}
+
+/// Several of the route's providers read the same token (two issuers both
+/// sending `Authorization: Bearer`, or an issuer migration): the one that
+/// verified it before (a map lookup, nothing decoded on the cached path),
+/// else the first whose `issuer` is the token's unverified `iss` (as
+/// `jwt_authn` picks a provider by issuer), else the first that names no
+/// issuer (one that names another would refuse the token for it), else
+/// `first`. The claim only chooses: the chosen provider's checks all
+/// apply.
+fn choose_provider<'c, 'r>(
+    ctx: &Ctx<'c>,
+    route: &Route,
+    req: &'r Request<'r>,
+    first: (usize, &'c token::Provider, &'r str),
+    now: u64,
+) -> (usize, &'c token::Provider, &'r str) {
+    let raw = first.2;
+    let config = ctx.config;
+    let same_token = || {
+        route.providers.iter().filter_map(move |&pi| {
+            let p = config.providers.get(pi)?;
+            if p.verified_by.is_some() {
+                return None;
+            }
+            match token::extract(p, req) {
+                Ok(Some(t)) if t == raw => Some((pi, p, t)),
+                _ => None,
+            }
+        })
+    };
+    {
+        let cache = ctx.token_cache.borrow();
+        let verified = same_token().find(|&(pi, p, t)| {
+            let version = ctx.remote_keys.get(pi).map_or(0, |r| r.version);
+            cache
+                .get(pi, version, t, now, p.clock_skew_seconds)
+                .is_some()
+        });
+        if let Some(v) = verified {
+            return v;
+        }
+    }
+    let max_bytes = same_token()
+        .map(|(_, p, _)| p.max_token_bytes)
+        .max()
+        .unwrap_or(0);
+    let iss = token::unverified_issuer(max_bytes, raw);
+    same_token()
+        .find(|(_, p, _)| p.issuer.is_some() && p.issuer == iss)
+        .or_else(|| same_token().find(|(_, p, _)| p.issuer.is_none()))
+        .unwrap_or(first)
 }
 
 /// The rules that run on every request with a verified token, cached or

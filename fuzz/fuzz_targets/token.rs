@@ -71,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
         signed(header, payload)
     };
     let p = &config().providers[0];
-    let Ok(pre) = precheck(p, &p.keys, &[], &token, NOW) else {
+    let Ok(pre) = precheck(p, &p.keys, &[], false, &token, NOW) else {
         return;
     };
     if pre.check_signature(p, &token, NOW).is_err() {

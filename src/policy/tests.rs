@@ -2142,6 +2142,156 @@ fn two_issuers_on_one_header_each_get_their_own_provider() {
 }
 
 #[test]
+fn a_provider_that_names_no_issuer_takes_tokens_of_issuers_no_other_names() {
+    // b names its issuer, a names none, both on one header: a token of
+    // b's issuer is b's; any other is a's (b would refuse it for its
+    // issuer). Before, a was never reached while b came first.
+    let other = [7u8; 32];
+    let w = World::from(json!({
+        "tokens": [
+            {"name": "b", "from": [{"header": "authorization", "prefix": "Bearer "}], "issuer": "https://b",
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(other)}]},
+            {"name": "a", "from": [{"header": "authorization", "prefix": "Bearer "}],
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]}
+        ],
+        "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["b", "a"]}]
+    }));
+    let bearer = |secret: &[u8], claims: Value| {
+        format!(
+            "Bearer {}",
+            hs256_raw(secret, &json!({"alg": "HS256"}), &claims)
+        )
+    };
+    let run = |auth: &str| {
+        let (d, f) = w.run("/x", "192.0.2.1", &[("authorization", auth)]);
+        (d.reason(), f.token.map(|t| t.provider))
+    };
+    let a = bearer(SECRET, json!({"exp": NOW + 60, "iss": "https://x"}));
+    assert_eq!(run(&a), (None, Some(1)));
+    assert_eq!(run(&a), (None, Some(1)), "again, from the cache");
+    let a_no_iss = bearer(SECRET, json!({"exp": NOW + 60}));
+    assert_eq!(run(&a_no_iss), (None, Some(1)));
+    let b = bearer(&other, json!({"exp": NOW + 60, "iss": "https://b"}));
+    assert_eq!(run(&b), (None, Some(0)));
+    // b's issuer claimed, a's key: b's to refuse.
+    let forged = bearer(SECRET, json!({"exp": NOW + 60, "iss": "https://b"}));
+    assert_eq!(run(&forged).0, Some(Reason::TokenSignature));
+}
+
+#[test]
+fn a_token_in_another_header_does_not_take_the_request_from_the_first_provider() {
+    // An app sends its attestation token (provider a, no issuer) and, as
+    // its binding asks, a user's bearer token that b (issuer https://b)
+    // would refuse for its lifetime: a's token decides, as before the
+    // choice by issuer (which is for providers reading the same token).
+    let other = [7u8; 32];
+    let w = World::from(json!({
+        "tokens": [
+            {"name": "a", "from": [{"header": "x-a"}],
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]},
+            {"name": "b", "from": [{"header": "authorization", "prefix": "Bearer "}], "issuer": "https://b",
+             "max_lifetime_seconds": 300,
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(other)}]}
+        ],
+        "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["a", "b"]}]
+    }));
+    let a = hs256_raw(SECRET, &json!({"alg": "HS256"}), &json!({"exp": NOW + 60}));
+    let user = format!(
+        "Bearer {}",
+        hs256_raw(
+            &other,
+            &json!({"alg": "HS256"}),
+            &json!({"iat": NOW, "exp": NOW + 3600, "iss": "https://b"})
+        )
+    );
+    let (d, f) = w.run("/x", "192.0.2.1", &[("x-a", &a), ("authorization", &user)]);
+    assert_eq!((d.reason(), f.token.map(|t| t.provider)), (None, Some(0)));
+}
+
+#[test]
+fn a_kid_of_keys_still_to_come_waits_for_them_and_an_expired_one_asks_for_none() {
+    use crate::token::keys::{keys_from_jwks, JwksOrigin};
+    // A configured secret without `kid` beside a remote JWKS. Before the
+    // JWKS is loaded, a token naming a `kid` may be for one of its keys:
+    // it asks for them, rather than being tried against the configured
+    // secret (refused, charged, negative-cached). Once keys are loaded,
+    // an expired token naming a `kid` no key has is refused for its
+    // expiry, asks for no re-fetch, and spends no budget.
+    let w = World::from(json!({
+        "tokens": [{"name": "r", "from": [{"header": "x-t"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode([9u8; 32])}],
+                    "remote_jwks": {"cluster": "jwks", "path": "/jwks"},
+                    "failure_budget": {"failures": 1, "window_seconds": 60}}],
+        "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["r"]}]
+    }));
+    let token = |kid: &str, exp: u64| {
+        hs256_raw(
+            SECRET,
+            &json!({"alg": "HS256", "kid": kid}),
+            &json!({"exp": exp}),
+        )
+    };
+    let step = |t: &str, remote: &[RemoteKeys], key_fetch: KeyFetch| {
+        let h = headers(&[
+            (":method", "GET"),
+            (":path", "/x"),
+            (":authority", "a"),
+            ("x-t", t),
+        ]);
+        let mut ctx = w.ctx();
+        ctx.remote_keys = remote;
+        ctx.key_fetch = key_fetch;
+        evaluate(&ctx, &Request::new(&h, "192.0.2.9".parse().ok()), NOW)
+    };
+    let none = [RemoteKeys {
+        keys: None,
+        version: 0,
+    }];
+    assert!(matches!(
+        step(&token("k1", NOW + 60), &none, KeyFetch::May),
+        Step::NeedKeys { .. }
+    ));
+    let jwk = json!({"kty": "oct", "alg": "HS256", "kid": "k1",
+                     "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(SECRET)});
+    let loaded = [RemoteKeys {
+        keys: Some(Rc::new(
+            keys_from_jwks(&json!({ "keys": [jwk] }), JwksOrigin::Configured).unwrap(),
+        )),
+        version: 1,
+    }];
+    assert!(matches!(
+        step(&token("k1", NOW + 60), &loaded, KeyFetch::May),
+        Step::Done(..)
+    ));
+    for fetch in [KeyFetch::May, KeyFetch::Fetched, KeyFetch::May] {
+        match step(&token("gone", NOW - 60), &loaded, fetch) {
+            Step::Done(d, f) => assert_eq!(
+                (d.reason(), f.budget_refused),
+                (Some(Reason::TokenExpired), false),
+                "{fetch:?}"
+            ),
+            s => panic!("{fetch:?}: an expired token must ask for no keys: {s:?}"),
+        }
+    }
+    // The budget (one failure) is untouched: a made-up kid, unexpired,
+    // after a fetch, is the first failure; the next is refused at once.
+    match step(&token("made-up", NOW + 60), &loaded, KeyFetch::Fetched) {
+        Step::Done(d, f) => assert_eq!(
+            (d.reason(), f.budget_refused),
+            (Some(Reason::TokenSignature), false)
+        ),
+        s => panic!("{s:?}"),
+    }
+    match step(&token("made-up-2", NOW + 60), &loaded, KeyFetch::May) {
+        Step::Done(d, f) => assert_eq!(
+            (d.reason(), f.budget_refused),
+            (Some(Reason::TokenSignature), true)
+        ),
+        s => panic!("{s:?}"),
+    }
+}
+
+#[test]
 fn path_parameters_trailing_slashes_and_host_dots_take_the_route_the_upstream_serves() {
     let w = World::from(json!({
         "routes": [

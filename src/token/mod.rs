@@ -952,22 +952,31 @@ fn read_claims(
 }
 
 /// The cheap refusals, in order: size, structure, header, key, claims. No
-/// signature work. `keys` are the provider's keys (configured plus remote).
+/// signature work. `keys` are the provider's configured keys, `extra_keys`
+/// the fetched ones. `keys_pending`: the provider has a remote JWKS whose
+/// keys are not loaded (not fetched yet, or dropped after the grace): a
+/// `kid` no loaded key names is then unknown — the key may be in the set
+/// still to come — never a case for trying keys that name no `kid`.
 pub fn precheck<'k>(
     provider: &Provider,
     keys: &'k [Key],
     extra_keys: &'k [Key],
+    keys_pending: bool,
     token: &str,
     now: u64,
 ) -> Result<Prechecked<'k>, TokenError> {
     let head = read_head(provider, token)?;
     let (alg, kid) = (head.alg, head.kid());
-    let key = select_key(keys.iter().chain(extra_keys.iter()), alg, kid)?;
+    let all = || keys.iter().chain(extra_keys.iter());
+    // Keys that name no `kid` verify tokens that name one only where the
+    // whole key set names none (see `select_key`).
+    let kidless_set = !keys_pending && names_no_kid(all());
+    let key = select_key(all(), alg, kid, kidless_set)?;
     // Without a `kid` (or with one, where no key names any), every key of
     // the algorithm; with one, the other keys of that algorithm under the
     // same `kid` (a fetched JWKS may repeat a `kid`: the first key alone
     // would refuse tokens of the second).
-    let any_key = kid.is_none() || names_no_kid(keys.iter().chain(extra_keys.iter()));
+    let any_key = kid.is_none() || kidless_set;
     let others = keys
         .iter()
         .chain(extra_keys.iter())
@@ -983,10 +992,11 @@ pub fn precheck<'k>(
 }
 
 /// The token's `iss` claim, unverified (only to choose among providers
-/// that all hold a token: the chosen one verifies everything). `None` for
-/// anything that is not a readable token of the provider's size.
-pub fn unverified_issuer(provider: &Provider, token: &str) -> Option<String> {
-    if token.len() > provider.max_token_bytes {
+/// that all hold the same token: the chosen one verifies everything).
+/// `None` for anything that is not a readable token of at most
+/// `max_bytes`.
+pub fn unverified_issuer(max_bytes: usize, token: &str) -> Option<String> {
+    if token.len() > max_bytes {
         return None;
     }
     let payload = token.split('.').nth(1)?;
@@ -1027,10 +1037,13 @@ impl Prechecked<'_> {
     }
 }
 
+/// The key for a token's `alg` and `kid`. `kidless_set`: no key of the
+/// provider's whole set names a `kid` (see [`precheck`]).
 fn select_key<'k>(
     keys: impl Iterator<Item = &'k Key> + Clone,
     alg: Alg,
     kid: Option<&str>,
+    kidless_set: bool,
 ) -> Result<&'k Key, TokenError> {
     let mut same_kid_other_alg = false;
     for k in keys.clone() {
@@ -1051,7 +1064,7 @@ fn select_key<'k>(
         // e.g. HS256 signed with an RSA public key as the secret.
         return Err(TokenError::Signature("algorithm does not match the key"));
     }
-    if kid.is_some() && names_no_kid(keys.clone()) {
+    if kid.is_some() && kidless_set {
         // Keys that name no `kid` at all verify tokens that carry one, as
         // with Envoy's `jwt_authn` (a secret configured without a `kid`,
         // an issuer's JWKS without them). Where any key names a `kid`, an

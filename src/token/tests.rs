@@ -80,7 +80,7 @@ fn rs256(iat: u64, exp: u64) -> String {
 }
 
 fn verify(p: &Provider, token: &str, now: u64) -> Result<u64, TokenError> {
-    let pre = precheck(p, &p.keys, &[], token, now)?;
+    let pre = precheck(p, &p.keys, &[], false, token, now)?;
     pre.check_signature(p, token, now)?;
     Ok(pre.exp)
 }
@@ -781,11 +781,11 @@ fn a_kid_repeated_in_a_fetched_jwks_tries_each_of_its_keys() {
     let header = json!({"alg": "HS256", "kid": "dup"});
     for secret in [[1u8; 32], [2u8; 32]] {
         let t = hs256_raw(&secret, &header, &claims_at(NOW, 60));
-        let pre = precheck(&p, &p.keys, &fetched, &t, NOW).unwrap();
+        let pre = precheck(&p, &p.keys, &fetched, false, &t, NOW).unwrap();
         assert_eq!(pre.others.len(), 1);
         assert!(pre.check_signature(&p, &t, NOW).is_ok());
     }
     let forged = hs256_raw(&[3u8; 32], &header, &claims_at(NOW, 60));
-    let pre = precheck(&p, &p.keys, &fetched, &forged, NOW).unwrap();
+    let pre = precheck(&p, &p.keys, &fetched, false, &forged, NOW).unwrap();
     assert!(pre.check_signature(&p, &forged, NOW).is_err());
 }
