@@ -129,9 +129,7 @@ pub(crate) fn compile(raw: RawAlerts, routes: &[&str]) -> Result<Alerts, ConfigE
     if raw.cluster.is_empty() {
         return Err(ConfigError::new("alerts.cluster", "required"));
     }
-    if !raw.path.starts_with('/') {
-        return Err(ConfigError::new("alerts.path", "must start with `/`"));
-    }
+    crate::config::check_call_target("alerts", raw.authority.as_deref(), &raw.path)?;
     if raw.threshold == 0 {
         return Err(ConfigError::new("alerts.threshold", "must be at least 1"));
     }

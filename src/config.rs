@@ -333,12 +333,15 @@ pub struct Config {
     /// Phone-number rules for body values marked `phone`.
     pub phone: Option<PhoneConfig>,
     /// Largest request body buffered (default 16 KiB); beyond it,
-    /// `body_too_large` (413). Only routes that read the body buffer it.
+    /// `body_too_large` (413). Only routes that read the body (a `body`
+    /// rate-limit entry, or a provider with `message_signing`, whose
+    /// `Content-Digest` is checked) buffer it.
     pub max_body_bytes: usize,
     /// The denial-alert webhook, when configured.
     pub alerts: Option<crate::alerts::Alerts>,
-    /// Most per-request decision log lines (deny, monitor, degraded) each
-    /// worker writes per second (default 100; 0: none). A flood of bad
+    /// Most per-request decision log lines (deny, monitor) each worker
+    /// writes per second (default 100; 0: none); degraded lines are
+    /// warnings with a budget of their own (10 a second). A flood of bad
     /// requests must not become a flood of log lines; the stats counters
     /// stay complete, and the log says how many lines it left out.
     pub decision_log_per_second: u32,
@@ -451,8 +454,15 @@ pub struct Route {
     /// The route's rate limits, in order.
     pub rate_limits: Vec<RateLimit>,
     /// What a dependency failure (rate-limit service, remote JWKS) does on
-    /// this route.
+    /// this route: the route's `failure_mode`, else the rate-limit
+    /// service's.
     pub failure_mode: FailureMode,
+    /// What a remote JWKS without keys does on this route: only the route's
+    /// own `failure_mode`, else `deny`. Never inherited from
+    /// `rate_limit_service.failure_mode`: letting requests through when the
+    /// limiter is down is common; letting tokens go unchecked because of it
+    /// would be a surprise.
+    pub jwks_failure_mode: FailureMode,
     /// Largest body buffered on this route.
     pub max_body_bytes: usize,
 }
@@ -553,6 +563,43 @@ pub fn default_authority(cluster: &str) -> String {
     }
 }
 
+/// Checks an `authority` and `path` written for an HTTP call Envoy makes
+/// for appguard (a JWKS fetch, an alert POST): `host[:port]` with no scheme
+/// (`https://` there is a common slip: every call would then fail, and
+/// every token route answer 503), and a path of visible ASCII without a
+/// fragment. `at` is the section (`tokens[0].remote_jwks`, `alerts`).
+pub(crate) fn check_call_target(
+    at: &str,
+    authority: Option<&str>,
+    path: &str,
+) -> Result<(), ConfigError> {
+    if let Some(a) = authority {
+        let ok = !a.is_empty()
+            && a.len() <= 255
+            && !a.contains("://")
+            && a.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+            });
+        if !ok {
+            return Err(ConfigError::new(
+                format!("{at}.authority"),
+                "a host name with an optional port (`keys.example.com`, `10.0.0.7:8080`), \
+                 without a scheme or a path",
+            ));
+        }
+    }
+    let ok = path.starts_with('/')
+        && path.len() <= 2048
+        && path.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
+    if !ok {
+        return Err(ConfigError::new(
+            format!("{at}.path"),
+            "must start with `/` and be visible ASCII without `#` (percent-encode the rest)",
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `bytes` parse as a protobuf message. Envoy's Wasm host reads the
 /// service argument of a gRPC call as a serialized `GrpcService` when it
 /// parses as one, and as a cluster name only otherwise: a cluster name
@@ -643,6 +690,78 @@ impl Config {
                     b.headers.len()
                 ));
             }
+            if !self.routes.iter().any(|r| r.providers.contains(&i)) {
+                out.push(format!(
+                    "tokens[{i}] ({}): no route lists this provider in `tokens`, so its \
+                     tokens are never checked",
+                    p.name
+                ));
+            }
+            if !p.platforms.is_empty() && p.app_claim.is_none() {
+                out.push(format!(
+                    "tokens[{i}] ({}).platforms: without `app_claim` the platform is the one \
+                     the request's headers show, which a client chooses: a token minted with \
+                     one platform's key is accepted on another by sending the other's \
+                     headers. Set `app_claim` to take the platform from the token",
+                    p.name
+                ));
+            }
+            if let Some((filter, _)) = &p.verified_by {
+                if filter != "envoy.filters.http.jwt_authn" {
+                    out.push(format!(
+                        "tokens[{i}] ({}).verified_by.filter: {filter:?} is not jwt_authn's \
+                         namespace; the payload is trusted as verified, so only a filter that \
+                         verifies tokens may write there (never one that copies request \
+                         headers into metadata)",
+                        p.name
+                    ));
+                }
+            }
+            if let Some(m) = p.message_signing.as_ref().filter(|m| m.single_use) {
+                let held = m
+                    .policy
+                    .max_age_seconds
+                    .saturating_add(m.policy.clock_skew_seconds.saturating_mul(2));
+                // 2^20 entries in buckets of 16: past about 4 per bucket
+                // on average, full buckets start refusing genuine requests.
+                let rate = (4u64 << 16) / held.max(1);
+                if rate < 100 {
+                    out.push(format!(
+                        "tokens[{i}] ({}).message_signing.single_use: each signed request is \
+                         remembered for {held} s in a table of 1,048,576 entries; above about \
+                         {rate} signed requests a second per instance, genuine requests start \
+                         to be refused `token_replayed`: lower `max_age_seconds`",
+                        p.name
+                    ));
+                }
+            }
+        }
+        if let Some(phone) = &self.phone {
+            let read = self.routes.iter().any(|r| {
+                r.rate_limits
+                    .iter()
+                    .flat_map(|l| &l.entries)
+                    .any(|e| matches!(e.source, crate::limits::Source::Body { phone: true, .. }))
+            });
+            if !read && !phone.denied.is_empty() {
+                out.push(
+                    "phone.denied_prefixes: no route reads a phone number (a `body` entry \
+                     with `phone: true`), so no number is checked against them"
+                        .to_owned(),
+                );
+            }
+        }
+        if !self.api_keys.keys.is_empty()
+            && self
+                .routes
+                .iter()
+                .all(|r| r.api_key == KeyRequirement::None)
+        {
+            out.push(
+                "api_keys.keys: every route has `api_key: none`, so no key is ever read: set \
+                 `api_key: required` (or `optional`) on the routes keys protect"
+                    .to_owned(),
+            );
         }
         out
     }
@@ -667,7 +786,11 @@ impl Config {
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            ConfigError::new(path, without_string_values(&e.into_inner().to_string()))
+            let message = without_string_values(&e.into_inner().to_string());
+            ConfigError::new(
+                without_odd_names(&path, '.'),
+                without_odd_names(&message, '`'),
+            )
         })?;
         compile(raw)
     }
@@ -697,6 +820,69 @@ fn without_string_values(message: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Whether `name` reads like a configuration field or value name
+/// (`prefix`, `v4_prefix`, `optional`): lower case, at most 40 characters
+/// and 3 digits. What serde names in an error (an unknown field or
+/// variant) is otherwise shown as `?`: it may be a secret written where a
+/// name belongs (`"api_key": "AIzaSy…"` on a route, a key as a field of
+/// `api_keys`), and Envoy logs the message.
+fn plausible_name(name: &str) -> bool {
+    name.len() <= 40
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'@' || b == b'_')
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'@')
+        })
+        && name.bytes().filter(u8::is_ascii_digit).count() <= 3
+}
+
+/// `text` with every name that is not [`plausible_name`] replaced by `?`:
+/// with `delimiter` `'`'`, the names serde puts between backticks in a
+/// message; with `'.'`, the segments of a field path (their `[i]`
+/// indexes kept).
+fn without_odd_names(text: &str, delimiter: char) -> String {
+    if delimiter == '`' {
+        return text
+            .split('`')
+            .enumerate()
+            .map(|(i, part)| {
+                // Odd parts are between backticks.
+                if i % 2 == 1 && !plausible_name(part) {
+                    "?"
+                } else {
+                    part
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("`");
+    }
+    text.split(delimiter)
+        .map(|segment| {
+            // Trailing `[i]` indexes are kept; any other `[` is the name's.
+            let mut cut = segment.len();
+            while let Some(open) = segment[..cut].strip_suffix(']').and_then(|s| s.rfind('[')) {
+                if open + 2 >= cut
+                    || !segment[open + 1..cut - 1]
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                {
+                    break;
+                }
+                cut = open;
+            }
+            let (name, index) = segment.split_at(cut);
+            if name.is_empty() || plausible_name(name) {
+                segment.to_owned()
+            } else {
+                format!("?{index}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -937,6 +1123,27 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     // Header names are compared in every spelling an upstream reads as the
     // same header (`x_api_key` is `x-api-key` to PHP), as requests are.
     let same = |a: &str, b: &str| crate::request::same_header_name(a.as_bytes(), b.as_bytes());
+    // One header both an API key and a token: every bearer token would be
+    // read as a key (`api_key_invalid`), and stripped when keys are not
+    // forwarded.
+    if routes.iter().any(|r| r.api_key != KeyRequirement::None) {
+        for (i, p) in providers.iter().enumerate() {
+            if let Some(j) = p
+                .sources
+                .iter()
+                .position(|s| same(&s.header, &api_keys.header))
+            {
+                return Err(ConfigError::new(
+                    format!("tokens[{i}].from[{j}].header"),
+                    format!(
+                        "{:?} is also `api_keys.header`: a header carries an API key or a \
+                         token, not both",
+                        api_keys.header
+                    ),
+                ));
+            }
+        }
+    }
     let mut claim_headers: Vec<String> = Vec::new();
     for (i, p) in providers.iter().enumerate() {
         for (j, (_, h)) in p.claim_to_headers.iter().enumerate() {
@@ -1205,6 +1412,7 @@ fn compile_route(
         network,
         rate_limits,
         failure_mode: r.failure_mode.unwrap_or(default_failure),
+        jwks_failure_mode: r.failure_mode.unwrap_or(FailureMode::Deny),
         max_body_bytes,
     })
 }
@@ -1353,7 +1561,17 @@ mod tests {
 
     #[test]
     fn advice_names_an_unscoped_remote_jwks_and_a_binding_of_several_headers() {
-        let advice = |json: &str| Config::from_json(json.as_bytes()).unwrap().advisories();
+        // Every configuration here has a route that lists its provider
+        // (one that none lists has advice of its own, below).
+        let advice = |json: &str| {
+            let mut doc: serde_json::Value = serde_json::from_str(json).unwrap();
+            let name = doc["tokens"][0]["name"].clone();
+            doc["routes"] =
+                serde_json::json!([{"name": "r", "match": {"prefix": "/"}, "tokens": [name]}]);
+            Config::from_json(doc.to_string().as_bytes())
+                .unwrap()
+                .advisories()
+        };
         let jwks = r#""remote_jwks": {"cluster": "jwks", "path": "/jwks"}"#;
         let open = advice(&format!(
             r#"{{"tokens": [{{"name": "fb", "from": [{{"header": "x-t"}}], {jwks}}}]}}"#
@@ -1383,6 +1601,137 @@ mod tests {
         let two = bound(r#"["authorization", "x-device"]"#);
         assert_eq!(two.len(), 1, "{two:?}");
         assert!(two[0].starts_with("tokens[0] (a).binding: 2 headers"));
+    }
+
+    #[test]
+    fn advice_names_sections_that_do_nothing_and_settings_that_mislead() {
+        let advice = |json: &str| Config::from_json(json.as_bytes()).unwrap().advisories();
+        let hs = format!(
+            r#""issuer": "i", "keys": [{{"alg": "HS256", "secret_base64": "{}"}}]"#,
+            "a".repeat(44)
+        );
+        let route = |extra: &str| {
+            format!(r#"{{"name": "r", "match": {{"prefix": "/"}}, "tokens": ["t"]{extra}}}"#)
+        };
+        let with = |provider: &str, routes: &str, rest: &str| {
+            advice(&format!(
+                r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-t"}}], {hs}{provider}}}],
+                    "routes": [{routes}]{rest}}}"#
+            ))
+        };
+        assert!(with("", &route(""), "").is_empty());
+        // A provider no route lists.
+        let a = with("", r#"{"name": "r", "match": {"prefix": "/"}}"#, "");
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(a[0].starts_with("tokens[0] (t): no route lists this provider"));
+        // Platforms taken from the client's headers.
+        let a = with(r#", "platforms": ["android"]"#, &route(""), "");
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(a[0].starts_with("tokens[0] (t).platforms: without `app_claim`"));
+        assert!(with(
+            r#", "platforms": ["android"], "app_claim": {"claim": "app"}"#,
+            &route(""),
+            ""
+        )
+        .is_empty());
+        // A delegated payload from a namespace jwt_authn does not write.
+        let delegated = |filter: &str| {
+            advice(&format!(
+                r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-t"}}], "issuer": "i",
+                    "verified_by": {{"filter": "{filter}", "key": "p"}}}}], "routes": [{}]}}"#,
+                route("")
+            ))
+        };
+        assert!(delegated("envoy.filters.http.jwt_authn").is_empty());
+        let a = delegated("envoy.filters.http.header_to_metadata");
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(a[0].contains(".verified_by.filter:"), "{a:?}");
+        // Single-use signed requests held for a day: a few a second fill
+        // the table.
+        let signing = |age: u32| {
+            with(
+                &format!(
+                    r#", "message_signing": {{"single_use": true, "max_age_seconds": {age}}}"#
+                ),
+                &route(""),
+                "",
+            )
+        };
+        assert!(signing(300).is_empty());
+        let a = signing(86_400);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(
+            a[0].contains("above about 3 signed requests a second"),
+            "{a:?}"
+        );
+        // Denied prefixes no route checks; keys no route reads.
+        let phone = format!(
+            r#", "phone": {{"hash_key_base64": "{}", "denied_prefixes": ["+882"]}}"#,
+            "a".repeat(44)
+        );
+        let a = with("", &route(""), &phone);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(a[0].starts_with("phone.denied_prefixes: no route reads"));
+        let read = route(
+            r#", "rate_limits": [{"entries": [{"type": "body", "pointer": "/to", "phone": true}],
+                "local": {"requests": 1, "per": "hour"}}]"#,
+        );
+        assert!(with("", &read, &phone).is_empty(), "{read}");
+        let keys = r#", "api_keys": {"keys": [{"id": "k", "sha256": "0000000000000000000000000000000000000000000000000000000000000000"}]}"#;
+        let a = with("", &route(""), keys);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(a[0].starts_with("api_keys.keys: every route has `api_key: none`"));
+        assert!(with("", &route(r#", "api_key": "optional""#), keys).is_empty());
+    }
+
+    #[test]
+    fn a_header_is_an_api_key_or_a_token_and_calls_go_to_a_host() {
+        let hs = format!(
+            r#"[{{"alg": "HS256", "secret_base64": "{}"}}]"#,
+            "a".repeat(44)
+        );
+        let doc = |api_key: &str| {
+            format!(
+                r#"{{"api_keys": {{"header": "authorization"}},
+                    "tokens": [{{"name": "t", "from": [{{"header": "x-t"}}, {{"header": "Authorization", "prefix": "Bearer "}}], "keys": {hs}}}],
+                    "routes": [{{"name": "r", "match": {{"prefix": "/"}}, "tokens": ["t"], "api_key": "{api_key}"}}]}}"#
+            )
+        };
+        let e = err(&doc("optional"));
+        assert_eq!(e.path, "tokens[0].from[1].header");
+        assert!(Config::from_json(doc("none").as_bytes()).is_ok());
+        for (authority, path) in [
+            (r#""authority": "https://keys.example.com""#, "/jwks"),
+            (r#""authority": """#, "/jwks"),
+            (r#""authority": "keys.example.com/x""#, "/jwks"),
+            (r#""authority": "keys.example.com""#, "/jwks#frag"),
+            (r#""authority": "keys.example.com""#, "/a b"),
+        ] {
+            let e = err(&format!(
+                r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-t"}}], "issuer": "i",
+                    "remote_jwks": {{"cluster": "jwks", {authority}, "path": "{path}"}}}}]}}"#
+            ));
+            assert!(
+                e.path.starts_with("tokens[0].remote_jwks."),
+                "{authority} {path}: {e}"
+            );
+            let e = err(&format!(
+                r#"{{"alerts": {{"cluster": "hook", {authority}, "path": "{path}"}}}}"#
+            ));
+            assert!(e.path.starts_with("alerts."), "{authority} {path}: {e}");
+        }
+        for authority in [
+            "keys.example.com",
+            "10.0.0.7:8080",
+            "[2001:db8::1]:443",
+            "jwks_cluster",
+        ] {
+            let ok = format!(
+                r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-t"}}], "issuer": "i",
+                    "remote_jwks": {{"cluster": "jwks", "authority": "{authority}", "path": "/v1/jwks?x=1"}}}}]}}"#
+            );
+            assert!(Config::from_json(ok.as_bytes()).is_ok(), "{authority}");
+        }
     }
 
     #[test]
@@ -1459,6 +1808,41 @@ mod tests {
         assert_eq!(c.route_label(Some(1)), "_unmatched");
         let e = err(r#"{"routes":[{"name":"_unmatched","match":{"prefix":"/"}}]}"#);
         assert_eq!(e.path, "routes[0].name");
+    }
+
+    #[test]
+    fn errors_never_show_a_secret_written_where_a_name_belongs() {
+        // An API key as the value of a route's `api_key`, or as a field of
+        // `api_keys`: serde names unknown variants and fields in the
+        // message (and fields in the path), and Envoy logs both.
+        for doc in [
+            r#"{"routes":[{"name":"a","match":{"prefix":"/"},"api_key":"AIzaSyREALKEY0123"}]}"#,
+            r#"{"api_keys":{"AIzaSyREALKEY0123":"android"}}"#,
+            r#"{"api_keys":{"k3y-0123456789abcdef":"android"}}"#,
+        ] {
+            let e = err(doc);
+            let shown = format!("{e} {}", e.path);
+            assert!(
+                !shown.contains("AIzaSy") && !shown.contains("0123456789"),
+                "{shown}"
+            );
+        }
+        let e = err(
+            r#"{"routes":[{"name":"a","match":{"prefix":"/"},"api_key":"AIzaSyREALKEY0123"}]}"#,
+        );
+        assert_eq!(e.path, "routes[0].api_key");
+        assert!(
+            e.message
+                .contains("unknown variant `?`, expected one of `none`"),
+            "{e}"
+        );
+        let e = err(r#"{"api_keys":{"AIzaSyREALKEY0123":"android"}}"#);
+        assert_eq!(e.path, "api_keys.?");
+        assert_eq!(
+            without_odd_names("routes[0].rate_limits[1].entries[2]", '.'),
+            "routes[0].rate_limits[1].entries[2]"
+        );
+        assert_eq!(without_odd_names("a.B[3]", '.'), "a.?[3]");
     }
 
     #[test]
@@ -1740,7 +2124,12 @@ mod tests {
         let e = err("{\"tokens\":[{\"x\\nINJECTED line\\u001b[31m\":1}]}");
         let shown = e.to_string();
         assert!(!shown.chars().any(char::is_control), "{shown:?}");
-        assert!(shown.contains(r"x\nINJECTED line\u{1b}[31m"), "{shown}");
+        // Not a field name: not shown at all (it could be a secret).
+        assert!(!shown.contains("INJECTED"), "{shown}");
+        assert!(
+            shown.contains("at `tokens[0].?`: unknown field `?`"),
+            "{shown}"
+        );
         assert_eq!(
             ConfigError::new("a.b", "bad").to_string(),
             "invalid configuration at `a.b`: bad"

@@ -2147,7 +2147,7 @@ fn check_token(
                 // fails open because the keys are missing.
                 token::precheck_without_keys(provider, raw, now)
                     .map_err(|e| Flow::from(e.reason()))?;
-                if ctx.key_fetch != KeyFetch::May && route.failure_mode == FailureMode::Allow {
+                if ctx.key_fetch != KeyFetch::May && route.jwks_failure_mode == FailureMode::Allow {
                     // Fail open, as the route asks: the token cannot be
                     // checked, so it is treated as absent (identity then
                     // comes from the headers alone). Counted and logged.

@@ -243,7 +243,8 @@ fn a_valid_configuration_that_probably_misleads_is_warned_of() {
     // A remote JWKS with nothing that scopes its tokens to this tenant:
     // valid (exit 0), with the filter's advice on standard error.
     let config = r#"{"tokens": [{"name": "fb", "from": [{"header": "x-t"}],
-        "remote_jwks": {"cluster": "jwks", "path": "/jwks"}}]}"#;
+        "remote_jwks": {"cluster": "jwks", "path": "/jwks"}}],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["fb"]}]}"#;
     let r = common::cli_with_stdin(&["check-config", "-"], Some(config));
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stdout.contains("valid:"), "{}", r.stdout);

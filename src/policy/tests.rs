@@ -1467,6 +1467,34 @@ fn jwks_unavailable_follows_the_route_failure_mode() {
     assert_eq!(d.reason(), Some(Reason::TokenMalformed));
 }
 
+#[test]
+fn a_rate_limit_service_that_fails_open_does_not_open_the_token_check() {
+    // `rate_limit_service.failure_mode: allow` is the routes' default for
+    // the limiter; a JWKS without keys fails open only where the route
+    // itself says so.
+    let w = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "d", "failure_mode": "allow"},
+        "tokens": [{"name": "r", "from": [{"header": "x-t"}], "remote_jwks": {"cluster": "jwks", "path": "/jwks"}}],
+        "routes": [
+            {"name": "inherits", "match": {"prefix": "/inherits"}, "tokens": ["r"]},
+            {"name": "open", "match": {"prefix": "/open"}, "tokens": ["r"], "failure_mode": "allow"}
+        ]
+    }));
+    assert_eq!(w.config.routes[0].failure_mode, FailureMode::Allow);
+    let t = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "kid": "k"}),
+        &json!({"exp": NOW + 60}),
+    );
+    let (d, _) = w.run("/inherits", "192.0.2.1", &[("x-t", &t)]);
+    assert_eq!(d.reason(), Some(Reason::JwksUnavailable));
+    let (d, f) = w.run("/open", "192.0.2.1", &[("x-t", &t)]);
+    assert_eq!(
+        (d.reason(), f.degraded),
+        (None, Some(Reason::JwksUnavailable))
+    );
+}
+
 thread_local! {
     static PEER_READS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }

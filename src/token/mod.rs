@@ -515,9 +515,11 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
             if r.cluster.is_empty() {
                 return Err(err("remote_jwks.cluster", "required".into()));
             }
-            if !r.path.starts_with('/') {
-                return Err(err("remote_jwks.path", "must start with `/`".into()));
-            }
+            crate::config::check_call_target(
+                &format!("{at}.remote_jwks"),
+                r.authority.as_deref(),
+                &r.path,
+            )?;
             if r.timeout_ms == 0 || r.timeout_ms > 60_000 {
                 return Err(err("remote_jwks.timeout_ms", "must be 1..=60000".into()));
             }
