@@ -665,6 +665,7 @@ impl Config {
     pub fn advisories(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (i, p) in self.providers.iter().enumerate() {
+            let at = format!("tokens[{i}] ({})", p.name);
             if p.remote_jwks.is_some()
                 && p.issuer.is_none()
                 && p.audiences.is_empty()
@@ -672,48 +673,34 @@ impl Config {
                 && p.app_claim.is_none()
             {
                 out.push(format!(
-                    "tokens[{i}] ({}): a remote JWKS without `issuer`, `audiences`, \
-                     `required_claims` or `app_claim` accepts every token its keys sign; a \
-                     JWKS shared by many tenants (Firebase App Check signs every project's \
-                     tokens with one) then lets in tokens minted for another project: set \
-                     `issuer` and `audiences`",
-                    p.name
+                    "{at}: a remote JWKS without `issuer`, `audiences`, `required_claims` or \
+                     `app_claim` accepts any token its keys sign, other tenants' too where the \
+                     JWKS is shared (Firebase App Check): set `issuer` and `audiences`"
                 ));
             }
             if let Some(b) = p.binding.as_ref().filter(|b| b.headers.len() > 1) {
                 out.push(format!(
-                    "tokens[{i}] ({}).binding: {} headers are hashed concatenated without \
-                     a separator, so values that shift bytes between them (`ab` + `c`, \
-                     `a` + `bc`) match the same claim: bind one header, or headers whose \
-                     values have a fixed length",
-                    p.name,
+                    "{at}.binding: {} headers are hashed without a separator (`ab` + `c` is \
+                     `a` + `bc`): bind one header, or values of a fixed length",
                     b.headers.len()
                 ));
             }
             if !self.routes.iter().any(|r| r.providers.contains(&i)) {
                 out.push(format!(
-                    "tokens[{i}] ({}): no route lists this provider in `tokens`, so its \
-                     tokens are never checked",
-                    p.name
+                    "{at}: no route lists this provider in `tokens`: its tokens are never checked"
                 ));
             }
             if !p.platforms.is_empty() && p.app_claim.is_none() {
                 out.push(format!(
-                    "tokens[{i}] ({}).platforms: without `app_claim` the platform is the one \
-                     the request's headers show, which a client chooses: a token minted with \
-                     one platform's key is accepted on another by sending the other's \
-                     headers. Set `app_claim` to take the platform from the token",
-                    p.name
+                    "{at}.platforms: without `app_claim` the platform is the one the client's \
+                     headers show: set `app_claim`"
                 ));
             }
             if let Some((filter, _)) = &p.verified_by {
                 if filter != "envoy.filters.http.jwt_authn" {
                     out.push(format!(
-                        "tokens[{i}] ({}).verified_by.filter: {filter:?} is not jwt_authn's \
-                         namespace; the payload is trusted as verified, so only a filter that \
-                         verifies tokens may write there (never one that copies request \
-                         headers into metadata)",
-                        p.name
+                        "{at}.verified_by.filter: {filter:?} is not jwt_authn's namespace; the \
+                         payload there is trusted as verified"
                     ));
                 }
             }
@@ -727,29 +714,21 @@ impl Config {
                 let rate = (4u64 << 16) / held.max(1);
                 if rate < 100 {
                     out.push(format!(
-                        "tokens[{i}] ({}).message_signing.single_use: each signed request is \
-                         remembered for {held} s in a table of 1,048,576 entries; above about \
-                         {rate} signed requests a second per instance, genuine requests start \
-                         to be refused `token_replayed`: lower `max_age_seconds`",
-                        p.name
+                        "{at}.message_signing.single_use: requests are held {held} s in \
+                         1,048,576 entries: above about {rate} signed requests a second per \
+                         instance, genuine ones get `token_replayed`"
                     ));
                 }
             }
         }
-        if let Some(phone) = &self.phone {
-            let read = self.routes.iter().any(|r| {
-                r.rate_limits
-                    .iter()
-                    .flat_map(|l| &l.entries)
-                    .any(|e| matches!(e.source, crate::limits::Source::Body { phone: true, .. }))
-            });
-            if !read && !phone.denied.is_empty() {
-                out.push(
-                    "phone.denied_prefixes: no route reads a phone number (a `body` entry \
-                     with `phone: true`), so no number is checked against them"
-                        .to_owned(),
-                );
-            }
+        let reads_phones = self.routes.iter().any(|r| {
+            r.rate_limits
+                .iter()
+                .flat_map(|l| &l.entries)
+                .any(|e| matches!(e.source, crate::limits::Source::Body { phone: true, .. }))
+        });
+        if self.phone.as_ref().is_some_and(|p| !p.denied.is_empty()) && !reads_phones {
+            out.push("phone.denied_prefixes: no route reads a phone number".to_owned());
         }
         if !self.api_keys.keys.is_empty()
             && self
@@ -757,11 +736,7 @@ impl Config {
                 .iter()
                 .all(|r| r.api_key == KeyRequirement::None)
         {
-            out.push(
-                "api_keys.keys: every route has `api_key: none`, so no key is ever read: set \
-                 `api_key: required` (or `optional`) on the routes keys protect"
-                    .to_owned(),
-            );
+            out.push("api_keys.keys: every route has `api_key: none`".to_owned());
         }
         out
     }
@@ -845,44 +820,44 @@ fn plausible_name(name: &str) -> bool {
 /// message; with `'.'`, the segments of a field path (their `[i]`
 /// indexes kept).
 fn without_odd_names(text: &str, delimiter: char) -> String {
-    if delimiter == '`' {
-        return text
-            .split('`')
-            .enumerate()
-            .map(|(i, part)| {
-                // Odd parts are between backticks.
-                if i % 2 == 1 && !plausible_name(part) {
-                    "?"
-                } else {
-                    part
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("`");
+    let mut out = String::with_capacity(text.len());
+    for (i, part) in text.split(delimiter).enumerate() {
+        if i > 0 {
+            out.push(delimiter);
+        }
+        // Between backticks: odd parts. In a path: each segment, its
+        // trailing `[i]` indexes kept.
+        let (name, index) = if delimiter == '`' {
+            (if i % 2 == 1 { part } else { "" }, "")
+        } else {
+            part.split_at(index_start(part))
+        };
+        if name.is_empty() || plausible_name(name) {
+            out.push_str(part);
+        } else {
+            out.push('?');
+            out.push_str(index);
+        }
     }
-    text.split(delimiter)
-        .map(|segment| {
-            // Trailing `[i]` indexes are kept; any other `[` is the name's.
-            let mut cut = segment.len();
-            while let Some(open) = segment[..cut].strip_suffix(']').and_then(|s| s.rfind('[')) {
-                if open + 2 >= cut
-                    || !segment[open + 1..cut - 1]
-                        .bytes()
-                        .all(|b| b.is_ascii_digit())
-                {
-                    break;
-                }
-                cut = open;
-            }
-            let (name, index) = segment.split_at(cut);
-            if name.is_empty() || plausible_name(name) {
-                segment.to_owned()
-            } else {
-                format!("?{index}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(".")
+    out
+}
+
+/// Where the trailing `[0][1]` indexes of a path segment start (its
+/// length if it has none; any other `[` belongs to the name).
+fn index_start(segment: &str) -> usize {
+    let b = segment.as_bytes();
+    let mut cut = b.len();
+    while b.get(cut.wrapping_sub(1)) == Some(&b']') {
+        let digits = b.get(..cut - 1).map_or(0, |s| {
+            s.iter().rev().take_while(|c| c.is_ascii_digit()).count()
+        });
+        let open = cut - 1 - digits;
+        if digits == 0 || open == 0 || b.get(open - 1) != Some(&b'[') {
+            break;
+        }
+        cut = open - 1;
+    }
+    cut
 }
 
 fn compile(raw: RawConfig) -> Result<Config, ConfigError> {

@@ -2244,40 +2244,32 @@ fn choose_provider<'c, 'r>(
     now: u64,
 ) -> (usize, &'c token::Provider, &'r str) {
     let raw = first.2;
-    let config = ctx.config;
-    let same_token = || {
-        route.providers.iter().filter_map(move |&pi| {
-            let p = config.providers.get(pi)?;
-            if p.verified_by.is_some() {
-                return None;
-            }
-            match token::extract(p, req) {
-                Ok(Some(t)) if t == raw => Some((pi, p, t)),
-                _ => None,
-            }
-        })
-    };
-    {
-        let cache = ctx.token_cache.borrow();
-        let verified = same_token().find(|&(pi, p, t)| {
-            let version = ctx.remote_keys.get(pi).map_or(0, |r| r.version);
-            cache
-                .get(pi, version, t, now, p.clock_skew_seconds)
-                .is_some()
-        });
-        if let Some(v) = verified {
-            return v;
+    let mut same: Vec<(usize, &'c token::Provider)> = Vec::new();
+    let mut max_bytes = 0;
+    let cache = ctx.token_cache.borrow();
+    for &pi in &route.providers {
+        let Some(p) = ctx.config.providers.get(pi) else {
+            continue;
+        };
+        if p.verified_by.is_some() || !matches!(token::extract(p, req), Ok(Some(t)) if t == raw) {
+            continue;
         }
+        let version = ctx.remote_keys.get(pi).map_or(0, |r| r.version);
+        if cache
+            .get(pi, version, raw, now, p.clock_skew_seconds)
+            .is_some()
+        {
+            return (pi, p, raw);
+        }
+        max_bytes = max_bytes.max(p.max_token_bytes);
+        same.push((pi, p));
     }
-    let max_bytes = same_token()
-        .map(|(_, p, _)| p.max_token_bytes)
-        .max()
-        .unwrap_or(0);
     let iss = token::unverified_issuer(max_bytes, raw);
-    same_token()
-        .find(|(_, p, _)| p.issuer.is_some() && p.issuer == iss)
-        .or_else(|| same_token().find(|(_, p, _)| p.issuer.is_none()))
-        .unwrap_or(first)
+    let by_issuer = same
+        .iter()
+        .find(|(_, p)| p.issuer.is_some() && p.issuer == iss)
+        .or_else(|| same.iter().find(|(_, p)| p.issuer.is_none()));
+    by_issuer.map_or(first, |&(pi, p)| (pi, p, raw))
 }
 
 /// The rules that run on every request with a verified token, cached or
