@@ -141,15 +141,17 @@ def small_seeds():
 
     write("wire_pairs", "headers", pairs([(b":path", b"/x"), (b"x-bin", b"\xff\xfe"), (b"", b"")]))
     write("wire_pairs", "empty", b"")
-    claims = pairs([(b"iss", b"https://issuer.example"), (b"exp", struct.pack("<d", NOW + 60)),
-                    (b"iat", struct.pack("<d", NOW)), (b"sub", b"u1")])
-    write("delegated", "pairs", claims)
-    # google.protobuf.Value{struct_value: Struct{fields: {"sub": "u1", "exp": 1900000060}}}
+    # envoy.config.core.v3.Metadata{filter_metadata: {"envoy.lb": {},
+    #   "envoy.filters.http.jwt_authn": {"p": {"sub": "u1", "exp": 1900000060,
+    #   "ok": true, "aud": ["a", "b"], "n": null}}}}: what Envoy hands over
+    # for the `metadata` property (fields of struct.proto and base.proto).
     def entry(k, v):
         return field(1, 2, field(1, 2, k) + field(2, 2, v))
-    st = entry(b"sub", field(3, 2, b"u1")) + entry(b"exp", b"\x11" + struct.pack("<d", NOW + 60))
-    write("delegated", "struct-value", field(5, 2, st))
-    write("delegated", "struct", st)
+    st = (entry(b"sub", field(3, 2, b"u1")) + entry(b"exp", b"\x11" + struct.pack("<d", NOW + 60))
+          + entry(b"ok", b"\x20\x01") + entry(b"n", b"\x08\x00")
+          + entry(b"aud", field(6, 2, field(1, 2, field(3, 2, b"a")) + field(1, 2, field(3, 2, b"b")))))
+    namespace = entry(b"p", field(5, 2, st))
+    write("delegated", "metadata", entry(b"envoy.lb", b"") + entry(b"envoy.filters.http.jwt_authn", namespace))
 
     write("policy", "admin", "GET /admin/users\nx-forwarded-for: 192.0.2.1\n\n")
     write("policy", "token", "GET /tok/x\nx-token: a.b.c\nauthorization: Bearer u\nx-forwarded-for: 192.0.2.1\n\n")

@@ -1,32 +1,19 @@
-//! Delegated payloads, `token::delegated::payload`: the claims Envoy's
-//! `jwt_authn` left in dynamic metadata, in the proxy-wasm map encoding or
-//! as a serialized `google.protobuf.Struct`/`Value`.
+//! Delegated payloads, `token::delegated::payload_from_metadata`: the
+//! claims Envoy's `jwt_authn` left in the request's dynamic metadata, read
+//! from the serialized `envoy.config.core.v3.Metadata` Envoy hands over.
 //!
-//! Oracles: a payload from the map encoding is never empty, and its `exp`,
-//! `iat` and `nbf` are numbers or `null` (a value that is not a
-//! non-negative integer stays what it is, for the claim rules to refuse as
-//! malformed); a payload re-encoded as a Struct decodes again. (A `Value` holding an empty Struct decodes to an
-//! empty payload: harmless, since the claim rules then refuse it for
-//! lacking `exp`.)
+//! Oracle: a payload read from any bytes, encoded again as metadata, reads
+//! back as the same claims (no claim changes type or value on the way).
 #![no_main]
 
-use appguard::token::delegated::{
-    payload, payload_from_pairs, payload_from_struct, struct_from_payload,
-};
+use appguard::token::delegated::{metadata_from_payload, payload_from_metadata};
 use libfuzzer_sys::fuzz_target;
 
+const FILTER: &str = "envoy.filters.http.jwt_authn";
+
 fuzz_target!(|data: &[u8]| {
-    if let Some(map) = payload_from_pairs(data) {
-        assert!(!map.is_empty());
-        for c in ["exp", "iat", "nbf"] {
-            if let Some(v) = map.get(c) {
-                assert!(v.is_number() || v.is_null(), "{c} = {v}");
-            }
-        }
-    }
-    let _ = payload_from_struct(data);
-    if let Some(map) = payload(data).filter(|m| !m.is_empty()) {
-        let again = payload_from_struct(&struct_from_payload(&map));
-        assert!(again.is_some(), "a payload does not survive re-encoding");
+    if let Some(map) = payload_from_metadata(data, FILTER, "p") {
+        let again = payload_from_metadata(&metadata_from_payload(FILTER, "p", &map), FILTER, "p");
+        assert_eq!(again.as_ref(), Some(&map), "a payload changes on re-encoding");
     }
 });

@@ -822,12 +822,12 @@ impl GuardFilter {
 /// `verified_by`, read from the request's dynamic metadata
 /// (`payload_in_metadata`): only metadata, which clients cannot write,
 /// never a header. Read when a route needs the provider, not per request.
+/// The whole `metadata` property, a serialized message in which claims keep
+/// their types (see [`crate::token::delegated`]).
 fn delegated_payload(config: &crate::config::Config, index: usize) -> Option<Claims> {
     let (filter, key) = config.providers.get(index)?.verified_by.as_ref()?;
-    let bytes = abi::property(&["metadata", "filter_metadata", filter, key])
-        .ok()
-        .flatten()?;
-    crate::token::delegated::payload(&bytes)
+    let bytes = abi::property(&["metadata"]).ok().flatten()?;
+    crate::token::delegated::payload_from_metadata(&bytes, filter, key)
 }
 
 /// Takes the API key out of the request as the core decided (its header,

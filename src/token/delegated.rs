@@ -3,11 +3,14 @@
 //! dynamic metadata (`payload_in_metadata`); appguard reads that payload —
 //! never a header — and applies its own rules on top.
 //!
-//! Envoy 1.40 hands the metadata Struct to Wasm in the proxy-wasm map
-//! encoding (key → value bytes: strings as UTF-8, numbers as 8-byte
-//! little-endian doubles) — see [`payload_from_pairs`]. A serialized
-//! `google.protobuf.Struct` (or `Value`) is understood too
-//! ([`payload_from_struct`]), for hosts that send the message itself.
+//! The payload is read from the request's whole dynamic metadata: Envoy
+//! hands the `metadata` property over as a serialized
+//! `envoy.config.core.v3.Metadata`, in which every claim keeps its JSON
+//! type ([`payload_from_metadata`]). A path into it
+//! (`metadata.filter_metadata.<filter>.<key>`) would come in the proxy-wasm
+//! map encoding instead, which says no value's type (a string claim
+//! `"\u0001"` reads as `true` there, eight bytes as a number) and fails
+//! outright on a `null` claim.
 
 use std::collections::BTreeMap;
 
@@ -48,8 +51,29 @@ enum Kind {
     List(PbList),
 }
 
-/// Largest metadata payload read.
-pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
+/// One entry of `Metadata.filter_metadata` (a protobuf map is a repeated
+/// entry message on the wire): the filter's namespace and its Struct,
+/// kept as bytes until the namespace is the one asked for.
+#[derive(Clone, PartialEq, Message)]
+struct MetadataEntry {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// `envoy.config.core.v3.Metadata`, only `filter_metadata` (field 1);
+/// `typed_filter_metadata` and any other field are skipped.
+#[derive(Clone, PartialEq, Message)]
+struct Metadata {
+    #[prost(message, repeated, tag = "1")]
+    filter_metadata: Vec<MetadataEntry>,
+}
+
+/// Largest dynamic metadata read (every filter's entries, the payload
+/// among them): a request's metadata past it is not read, and a provider
+/// that needs it finds no payload.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 
 fn to_json(v: PbValue, depth: usize) -> Option<Value> {
     if depth > 16 {
@@ -59,13 +83,7 @@ fn to_json(v: PbValue, depth: usize) -> Option<Value> {
         Kind::Null(_) => Value::Null,
         // Struct numbers are doubles: integral values (exp, iat, nbf) come
         // back as integers so the claim rules read them like a JWT's.
-        Kind::Number(n) => {
-            if n.fract() == 0.0 && (0.0..9.0e15).contains(&n) {
-                Value::Number(Number::from(n as u64))
-            } else {
-                Number::from_f64(n).map_or(Value::Null, Value::Number)
-            }
-        }
+        Kind::Number(n) => number(n),
         Kind::String(s) => Value::String(s),
         Kind::Bool(b) => Value::Bool(b),
         Kind::Struct(s) => Value::Object(struct_to_map(s, depth + 1)?),
@@ -85,123 +103,29 @@ fn struct_to_map(s: PbStruct, depth: usize) -> Option<Map<String, Value>> {
         .collect()
 }
 
-/// Decodes the payload `jwt_authn` stored as the claims map. Envoy hands
-/// the metadata entry over as a serialized `google.protobuf.Value` holding
-/// the Struct; a bare Struct is accepted too.
-pub fn payload_from_struct(bytes: &[u8]) -> Option<Map<String, Value>> {
-    if bytes.is_empty() || bytes.len() > MAX_PAYLOAD_BYTES {
+/// The payload `jwt_authn` stored under `filter` (its namespace, usually
+/// `envoy.filters.http.jwt_authn`) and `key` (`payload_in_metadata`), out
+/// of the request's serialized dynamic metadata. `None` when the bytes are
+/// not a `Metadata` of at most [`MAX_METADATA_BYTES`], or hold no such
+/// entry, or its value is not an object of claims.
+pub fn payload_from_metadata(bytes: &[u8], filter: &str, key: &str) -> Option<Map<String, Value>> {
+    if bytes.is_empty() || bytes.len() > MAX_METADATA_BYTES {
         return None;
     }
-    if let Ok(PbValue {
-        kind: Some(Kind::Struct(s)),
-    }) = PbValue::decode(bytes)
-    {
-        return struct_to_map(s, 0);
+    let metadata = Metadata::decode(bytes).ok()?;
+    // A map's last entry for a key is the one that counts.
+    let entry = metadata
+        .filter_metadata
+        .into_iter()
+        .rev()
+        .find(|e| e.key == filter)?;
+    let namespace = PbStruct::decode(entry.value.as_slice()).ok()?;
+    // By value, without a `BTreeMap::remove` (4 KB of the module).
+    let (_, value) = namespace.fields.into_iter().find(|(k, _)| k == key)?;
+    match value.kind? {
+        Kind::Struct(s) => struct_to_map(s, 0),
+        _ => None,
     }
-    let s = PbStruct::decode(bytes).ok()?;
-    if s.fields.is_empty() {
-        return None;
-    }
-    struct_to_map(s, 0)
-}
-
-/// Claims whose values are always numbers (8-byte little-endian doubles),
-/// and must be whole seconds.
-const NUMERIC_CLAIMS: [&str; 3] = ["exp", "iat", "nbf"];
-
-/// Decodes the proxy-wasm map encoding of the payload (what Envoy 1.40
-/// returns for `metadata.filter_metadata.<filter>.<key>`). `None` only when
-/// the bytes are not that encoding (or are empty).
-///
-/// The encoding does not say which type a value had; Envoy 1.40 writes a
-/// string as its UTF-8 bytes, a number as an 8-byte little-endian double, a
-/// boolean as one byte (0 or 1), a list as nested pairs whose keys are the
-/// elements (values empty), and an object as nested pairs. A claim is read
-/// as text when its bytes are UTF-8 without control characters (no JSON
-/// string a signer means as text has them), and else by its shape. A claim
-/// that is present but readable as none of these becomes `null`, so that it
-/// still counts as present: a rule that needs it as text refuses it rather
-/// than taking it for absent.
-pub fn payload_from_pairs(bytes: &[u8]) -> Option<Map<String, Value>> {
-    if bytes.is_empty() || bytes.len() > MAX_PAYLOAD_BYTES {
-        return None;
-    }
-    let pairs = crate::wire::decode_pairs(bytes)?;
-    let mut out = Map::new();
-    for (k, v) in pairs {
-        let Ok(key) = String::from_utf8(k.to_vec()) else {
-            continue;
-        };
-        let value = if NUMERIC_CLAIMS.contains(&key.as_str()) {
-            // Not whole seconds (jwt_authn truncates a fraction) is kept as
-            // the number it is, for the claim rules to refuse as malformed.
-            match <[u8; 8]>::try_from(v).map(f64::from_le_bytes) {
-                Ok(n) => number(n),
-                Err(_) => Value::Null,
-            }
-        } else {
-            pairs_value(v, 0)
-        };
-        out.insert(key, value);
-    }
-    (!out.is_empty()).then_some(out)
-}
-
-/// Text with no control characters: how every string claim arrives.
-fn plain_text(v: &[u8]) -> Option<&str> {
-    std::str::from_utf8(v)
-        .ok()
-        .filter(|s| !s.chars().any(char::is_control))
-}
-
-/// One value of the map encoding, by its shape (see [`payload_from_pairs`]).
-fn pairs_value(v: &[u8], depth: usize) -> Value {
-    if let Some(s) = plain_text(v) {
-        return Value::String(s.to_owned());
-    }
-    match v {
-        [0] => return Value::Bool(false),
-        [1] => return Value::Bool(true),
-        _ => {}
-    }
-    if let Some(nested) = nested_pairs(v).filter(|_| depth < 4) {
-        if nested.iter().all(|(_, val)| val.is_empty()) {
-            // A list: its elements are the keys.
-            return Value::Array(
-                nested
-                    .iter()
-                    .map(|(e, _)| {
-                        plain_text(e).map_or(Value::Null, |s| Value::String(s.to_owned()))
-                    })
-                    .collect(),
-            );
-        }
-        return Value::Object(
-            nested
-                .iter()
-                .filter_map(|(k, val)| {
-                    let k = plain_text(k)?;
-                    Some((k.to_owned(), pairs_value(val, depth + 1)))
-                })
-                .collect(),
-        );
-    }
-    match <[u8; 8]>::try_from(v) {
-        Ok(b) => number(f64::from_le_bytes(b)),
-        Err(_) => Value::Null,
-    }
-}
-
-/// `v` as nested pairs, only when they take up its bytes exactly: an
-/// 8-byte double that starts with four zero bytes is not an empty list.
-fn nested_pairs(v: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
-    let pairs = crate::wire::decode_pairs(v)?;
-    let used = pairs.iter().try_fold(4 + 8 * pairs.len(), |n, (k, val)| {
-        n.checked_add(k.len())?
-            .checked_add(val.len())?
-            .checked_add(2)
-    })?;
-    (v.len() >= 4 && used == v.len()).then_some(pairs)
 }
 
 /// A double as JSON: whole values in range as integers (Struct numbers
@@ -215,30 +139,47 @@ fn number(n: f64) -> Value {
     }
 }
 
-/// Reads the payload in either encoding.
-pub fn payload(bytes: &[u8]) -> Option<Map<String, Value>> {
-    payload_from_pairs(bytes).or_else(|| payload_from_struct(bytes))
+/// A JSON value as a Struct value.
+fn pb_value(v: &Value) -> PbValue {
+    let kind = match v {
+        Value::Null => Kind::Null(0),
+        Value::Bool(b) => Kind::Bool(*b),
+        Value::Number(n) => Kind::Number(n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => Kind::String(s.clone()),
+        Value::Array(a) => Kind::List(PbList {
+            values: a.iter().map(pb_value).collect(),
+        }),
+        Value::Object(o) => Kind::Struct(pb_struct(o)),
+    };
+    PbValue { kind: Some(kind) }
 }
 
-/// Encodes a claims map as a Struct (tests and tools).
-pub fn struct_from_payload(map: &Map<String, Value>) -> Vec<u8> {
-    fn val(v: &Value) -> PbValue {
-        let kind = match v {
-            Value::Null => Kind::Null(0),
-            Value::Bool(b) => Kind::Bool(*b),
-            Value::Number(n) => Kind::Number(n.as_f64().unwrap_or(0.0)),
-            Value::String(s) => Kind::String(s.clone()),
-            Value::Array(a) => Kind::List(PbList {
-                values: a.iter().map(val).collect(),
-            }),
-            Value::Object(o) => Kind::Struct(PbStruct {
-                fields: o.iter().map(|(k, v)| (k.clone(), val(v))).collect(),
-            }),
-        };
-        PbValue { kind: Some(kind) }
-    }
+fn pb_struct(map: &Map<String, Value>) -> PbStruct {
     PbStruct {
-        fields: map.iter().map(|(k, v)| (k.clone(), val(v))).collect(),
+        fields: map.iter().map(|(k, v)| (k.clone(), pb_value(v))).collect(),
+    }
+}
+
+/// Encodes a claims map as Envoy's dynamic metadata holding it under
+/// `filter` and `key`, after another filter's entry (tests and tools).
+pub fn metadata_from_payload(filter: &str, key: &str, map: &Map<String, Value>) -> Vec<u8> {
+    let payload = PbValue {
+        kind: Some(Kind::Struct(pb_struct(map))),
+    };
+    let namespace = PbStruct {
+        fields: [(key.to_owned(), payload)].into_iter().collect(),
+    };
+    Metadata {
+        filter_metadata: vec![
+            MetadataEntry {
+                key: "envoy.lb".into(),
+                value: PbStruct::default().encode_to_vec(),
+            },
+            MetadataEntry {
+                key: filter.into(),
+                value: namespace.encode_to_vec(),
+            },
+        ],
     }
     .encode_to_vec()
 }
@@ -251,112 +192,85 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const JWT_AUTHN: &str = "envoy.filters.http.jwt_authn";
+
+    fn round_trip(claims: &Value) -> Option<Map<String, Value>> {
+        let bytes = metadata_from_payload(JWT_AUTHN, "p", claims.as_object()?);
+        payload_from_metadata(&bytes, JWT_AUTHN, "p")
+    }
+
     #[test]
-    fn struct_round_trip_with_integral_numbers() {
-        let claims = json!({"exp": 1900000060u64, "iss": "i", "aud": ["a", "b"], "n": {"x": true}, "f": 1.5});
-        let map = claims.as_object().unwrap().clone();
-        let back = payload_from_struct(&struct_from_payload(&map)).unwrap();
-        assert_eq!(Value::Object(back), claims);
-        // wrapped in a Value, as Envoy hands it over
-        let wrapped = PbValue {
-            kind: Some(Kind::Struct(
-                PbStruct::decode(struct_from_payload(&map).as_slice()).unwrap(),
-            )),
+    fn claims_keep_their_types_through_the_metadata() {
+        let claims = json!({"exp": 1900000060u64, "iss": "i", "aud": ["a", "b"],
+                            "n": {"x": true, "l": [1, "two", null]}, "f": 1.5, "m": null});
+        assert_eq!(round_trip(&claims).map(Value::Object), Some(claims));
+    }
+
+    #[test]
+    fn strings_that_look_like_other_types_stay_strings() {
+        // Under the map encoding these read as true, false, 2 and an
+        // empty list: a user-chosen claim could pass a rule on a boolean.
+        let claims = json!({"t": "\u{1}", "f": "\u{0}", "two": "\0\0\0\0\0\0\0@",
+                            "list": "\0\0\0\0", "empty": {}, "none": []});
+        assert_eq!(round_trip(&claims).map(Value::Object), Some(claims));
+    }
+
+    #[test]
+    fn only_the_asked_namespace_and_key_and_only_an_object() {
+        let claims = json!({"sub": "u1"});
+        let map = claims.as_object().unwrap();
+        let bytes = metadata_from_payload(JWT_AUTHN, "p", map);
+        assert!(payload_from_metadata(&bytes, JWT_AUTHN, "q").is_none());
+        assert!(payload_from_metadata(&bytes, "envoy.filters.http.lua", "p").is_none());
+        assert!(payload_from_metadata(&bytes, "envoy.lb", "p").is_none());
+        // A value that is not an object of claims.
+        let namespace = PbStruct {
+            fields: [(
+                "p".to_owned(),
+                PbValue {
+                    kind: Some(Kind::String("x".into())),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let odd = Metadata {
+            filter_metadata: vec![MetadataEntry {
+                key: JWT_AUTHN.into(),
+                value: namespace.encode_to_vec(),
+            }],
         }
         .encode_to_vec();
-        assert_eq!(
-            Value::Object(payload_from_struct(&wrapped).unwrap()),
-            claims
-        );
+        assert!(payload_from_metadata(&odd, JWT_AUTHN, "p").is_none());
+        // Not a Metadata, empty, over the cap.
+        assert!(payload_from_metadata(b"\xff\xff\xff", JWT_AUTHN, "p").is_none());
+        assert!(payload_from_metadata(&[], JWT_AUTHN, "p").is_none());
+        let big = json!({"pad": "x".repeat(MAX_METADATA_BYTES)});
+        assert!(round_trip(&big).is_none());
+        // Nested past the depth limits (ours, then prost's): no payload,
+        // no stack overflow.
+        for levels in [20, 40] {
+            let mut deep = json!("x");
+            for _ in 0..levels {
+                deep = json!({ "d": deep });
+            }
+            assert!(round_trip(&json!({ "d": deep })).is_none(), "{levels}");
+        }
+        let mut fine = json!("x");
+        for _ in 0..10 {
+            fine = json!({ "d": fine });
+        }
+        assert!(round_trip(&json!({ "d": fine })).is_some());
     }
 
     #[test]
-    fn envoy_map_encoding_of_a_jwt_authn_payload() {
-        // Captured from Envoy 1.40 (jwt_authn payload_in_metadata, read at
-        // metadata.filter_metadata.envoy.filters.http.jwt_authn.<key>).
-        let bytes: Vec<u8> = [
-            &[5u8, 0, 0, 0][..],
-            &[
-                3, 0, 0, 0, 3, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 8, 0, 0, 0, 3, 0, 0, 0,
-                8, 0, 0, 0, 3, 0, 0, 0, 22, 0, 0, 0,
-            ],
-            b"aud\0api\0sub\0u1\0iat\0",
-            &[0x00, 0x00, 0x80, 0x8b, 0x2d, 0xc1, 0xda, 0x41, 0],
-            b"exp\0",
-            &[0x00, 0x00, 0x80, 0x9a, 0x2d, 0xc1, 0xda, 0x41, 0],
-            b"iss\0https://issuer.example\0",
-        ]
-        .concat();
-        let m = payload(&bytes).unwrap();
-        assert_eq!(m["sub"], "u1");
-        assert_eq!(m["aud"], "api");
-        assert_eq!(m["iss"], "https://issuer.example");
-        assert_eq!(m["iat"], 1_795_470_894u64);
-        assert_eq!(m["exp"].as_u64().unwrap() - m["iat"].as_u64().unwrap(), 60);
-        assert!(payload_from_struct(b"\xff\xff\xff").is_none());
-        assert!(payload_from_struct(&[]).is_none());
-    }
-
-    #[test]
-    fn envoy_map_encoding_of_lists_objects_booleans_and_numbers() {
-        // Captured from Envoy 1.40's jwt_authn for the claims
-        // {"iss": "https://issuer.example", "sub": "u1", "aud": ["p1", "p2"],
-        //  "b": true, "f": false, "n": 7, "x": 1.5, "o": {"k": "v", "m": 2},
-        //  "iat": …, "exp": iat + 60}.
-        let bytes: Vec<u8> = vec![
-            0x0a, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x01, 0x00,
-            0x00, 0x00, 0x23, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x1c, 0x00, 0x00, 0x00,
-            0x03, 0x00, 0x00, 0x00, 0x16, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x08, 0x00,
-            0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00,
-            0x02, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x01, 0x00,
-            0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00,
-            0x65, 0x78, 0x70, 0x00, 0x00, 0x00, 0x40, 0x3c, 0xb0, 0xc4, 0xda, 0x41, 0x00, 0x6f,
-            0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x01,
-            0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x6d, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-            0x00, 0x00, 0x40, 0x00, 0x6b, 0x00, 0x76, 0x00, 0x00, 0x61, 0x75, 0x64, 0x00, 0x02,
-            0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00,
-            0x00, 0x00, 0x00, 0x00, 0x00, 0x70, 0x31, 0x00, 0x00, 0x70, 0x32, 0x00, 0x00, 0x00,
-            0x69, 0x73, 0x73, 0x00, 0x68, 0x74, 0x74, 0x70, 0x73, 0x3a, 0x2f, 0x2f, 0x69, 0x73,
-            0x73, 0x75, 0x65, 0x72, 0x2e, 0x65, 0x78, 0x61, 0x6d, 0x70, 0x6c, 0x65, 0x00, 0x78,
-            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xf8, 0x3f, 0x00, 0x62, 0x00, 0x01, 0x00,
-            0x73, 0x75, 0x62, 0x00, 0x75, 0x31, 0x00, 0x69, 0x61, 0x74, 0x00, 0x00, 0x00, 0x40,
-            0x2d, 0xb0, 0xc4, 0xda, 0x41, 0x00, 0x6e, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-            0x1c, 0x40, 0x00, 0x66, 0x00, 0x00, 0x00,
-        ];
-        let m = payload(&bytes).unwrap();
-        assert_eq!(m["aud"], json!(["p1", "p2"]));
-        assert_eq!(m["b"], json!(true));
-        assert_eq!(m["f"], json!(false));
-        assert_eq!(m["n"], json!(7));
-        assert_eq!(m["x"], json!(1.5));
-        assert_eq!(m["o"], json!({"k": "v", "m": 2}));
-        assert_eq!(m["sub"], "u1");
-        assert_eq!(m["iss"], "https://issuer.example");
-        assert_eq!(m["exp"].as_u64().unwrap() - m["iat"].as_u64().unwrap(), 60);
-    }
-
-    #[test]
-    fn a_claim_of_no_known_shape_is_present_as_null() {
-        // Control characters, bytes that are not UTF-8, a fractional `exp`:
-        // present, so that a rule needing the claim refuses it rather than
-        // taking it for absent.
-        let exp = 1_900_000_000.5f64.to_le_bytes();
-        let pairs: Vec<(&[u8], &[u8])> = vec![
-            (b"ipk", b"\xff\xfe\x00"),
-            (b"pay", b"a\x07b"),
-            (b"exp", &exp),
-            (b"sub", b"u1"),
-        ];
-        let m = payload(&crate::wire::encode_pairs(pairs.iter().copied())).unwrap();
-        assert_eq!(m["ipk"], Value::Null);
-        assert_eq!(m["pay"], Value::Null);
-        assert_eq!(m["exp"], json!(1_900_000_000.5));
-        assert_eq!(m["sub"], "u1");
-        // A double that starts with four zero bytes is a number, not an
-        // empty list.
-        let seven = 7.0f64.to_le_bytes();
-        let pairs: Vec<(&[u8], &[u8])> = vec![(b"n", &seven)];
-        let m = payload(&crate::wire::encode_pairs(pairs.iter().copied())).unwrap();
-        assert_eq!(m["n"], json!(7));
+    fn a_later_entry_for_the_namespace_counts() {
+        let first =
+            metadata_from_payload(JWT_AUTHN, "p", json!({"sub": "old"}).as_object().unwrap());
+        let second =
+            metadata_from_payload(JWT_AUTHN, "p", json!({"sub": "new"}).as_object().unwrap());
+        let both = [first, second].concat();
+        let m = payload_from_metadata(&both, JWT_AUTHN, "p").unwrap();
+        assert_eq!(m["sub"], "new");
     }
 }

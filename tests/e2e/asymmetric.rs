@@ -347,6 +347,11 @@ fn delegated_claims_keep_their_types_through_envoys_metadata() {
             "a string for a boolean",
             token(json!(["projects/my-project"]), json!("true")),
         ),
+        // Read from Envoy's untyped map encoding, this string was `true`.
+        (
+            "a control character for a boolean",
+            token(json!(["projects/my-project"]), json!("\u{1}")),
+        ),
     ] {
         let r = envoy.request(Req::get("/a").header("x-token", &t));
         assert_eq!(
@@ -355,5 +360,21 @@ fn delegated_claims_keep_their_types_through_envoys_metadata() {
             "{label}"
         );
     }
-    assert_eq!(up.seen().len(), 1);
+    // The eight bytes of the double 2.0 as a string are not the number 2,
+    // and a `null` claim (Envoy cannot hand one over in the map encoding)
+    // does not lose the payload.
+    let with = |extra: Value| {
+        let mut c = json!({"iss": "https://issuer.example", "sub": "u1",
+                           "aud": ["projects/my-project"], "attested": true, "level": 2});
+        if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        tokens::rs256("rsa1", &claims(60, c))
+    };
+    let r =
+        envoy.request(Req::get("/a").header("x-token", &with(json!({"level": "\0\0\0\0\0\0\0@"}))));
+    assert_eq!((r.status, r.reason()), (401, Some("token_claims")));
+    let r = envoy.request(Req::get("/a").header("x-token", &with(json!({"middle_name": null}))));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.seen().len(), 2);
 }

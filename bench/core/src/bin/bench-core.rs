@@ -17,7 +17,7 @@
 //! - `client_ip`: the downstream address;
 //! - `delegated` (optional): the claims `jwt_authn` verified, for the
 //!   config's first provider (`verified_by`): encoded once as Envoy hands
-//!   them over (the proxy-wasm map encoding, `exp`/`iat`/`nbf` as doubles)
+//!   them over (the request's dynamic metadata, a serialized `Metadata`)
 //!   and decoded on every request, as the filter does after its property
 //!   read.
 //!
@@ -72,24 +72,18 @@ fn main() {
     let unique = scenario["unique"].as_bool().unwrap_or(false);
     let body = scenario["body"].as_str().map(|s| s.as_bytes().to_vec());
     let ip: Option<IpAddr> = scenario["client_ip"].as_str().and_then(|s| s.parse().ok());
-    let delegated_wire: Option<Vec<u8>> = scenario["delegated"].as_object().map(|claims| {
-        let values: Vec<(String, Vec<u8>)> = claims
-            .iter()
-            .map(|(k, v)| {
-                let bytes = match v {
-                    Value::Number(n) => n.as_f64().unwrap_or(0.0).to_le_bytes().to_vec(),
-                    Value::String(s) => s.as_bytes().to_vec(),
-                    other => other.to_string().into_bytes(),
-                };
-                (k.clone(), bytes)
-            })
-            .collect();
-        appguard::wire::encode_pairs(values.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())))
-    });
+    let (filter, key) = config
+        .providers
+        .first()
+        .and_then(|p| p.verified_by.clone())
+        .unwrap_or_default();
+    let delegated_wire: Option<Vec<u8>> = scenario["delegated"]
+        .as_object()
+        .map(|claims| appguard::token::delegated::metadata_from_payload(&filter, &key, claims));
     let read_delegated = |_: usize| {
         delegated_wire
             .as_deref()
-            .and_then(appguard::token::delegated::payload)
+            .and_then(|b| appguard::token::delegated::payload_from_metadata(b, &filter, &key))
     };
     // One header list per token of the stream, built before the loop: the
     // filter decodes Envoy's map in the adapter, outside the core measured
