@@ -34,11 +34,21 @@ pub const TOKEN_CACHE_ENTRIES: usize = 4096;
 /// them ([`RemoteKeys::version`]): a key taken out of the JWKS stops
 /// passing at the next refresh, cached or not.
 /// Per worker (no locking, no host calls); binding, replay, route and
-/// identity checks still run on every request.
+/// identity checks still run on every request. Bounded in entries
+/// ([`TOKEN_CACHE_ENTRIES`]) and in bytes ([`TOKEN_CACHE_BYTES`]).
 #[derive(Default)]
 pub struct TokenCache {
     map: HashMap<Box<str>, (u64, Rc<VerifiedToken>)>,
+    /// What the entries hold, as [`TokenCache::cost`] counts it.
+    bytes: usize,
 }
+
+/// Most bytes the verified-token cache of a worker holds (token texts and
+/// their claims, estimated): 4,096 tokens of the default 4 KiB. Tokens of
+/// up to 64 KiB (`max_token_bytes`), minted freely with a leaked signing
+/// key, would otherwise keep ~450 MiB of a worker's memory, which Wasm
+/// never gives back; big tokens now share the same 16 MiB.
+pub const TOKEN_CACHE_BYTES: usize = 16 << 20;
 
 impl TokenCache {
     fn get(
@@ -54,14 +64,29 @@ impl TokenCache {
             .then(|| v.clone())
     }
 
+    /// An entry's share of [`TOKEN_CACHE_BYTES`]: its text, its claims
+    /// (about as large again) and the map's own overhead.
+    fn cost(token: &str) -> usize {
+        token.len().saturating_mul(2).saturating_add(128)
+    }
+
     fn put(&mut self, token: &str, keys_version: u64, v: Rc<VerifiedToken>, now: u64) {
-        if self.map.len() >= TOKEN_CACHE_ENTRIES {
+        let cost = Self::cost(token);
+        if self.map.len() >= TOKEN_CACHE_ENTRIES
+            || self.bytes.saturating_add(cost) > TOKEN_CACHE_BYTES
+        {
             self.map.retain(|_, (_, t)| t.exp >= now);
-            if self.map.len() >= TOKEN_CACHE_ENTRIES {
+            self.bytes = self.map.keys().map(|k| Self::cost(k)).sum();
+            if self.map.len() >= TOKEN_CACHE_ENTRIES
+                || self.bytes.saturating_add(cost) > TOKEN_CACHE_BYTES
+            {
                 self.map.clear();
+                self.bytes = 0;
             }
         }
-        self.map.insert(token.into(), (keys_version, v));
+        if self.map.insert(token.into(), (keys_version, v)).is_none() {
+            self.bytes = self.bytes.saturating_add(cost);
+        }
     }
 
     /// Entries held (for tests and stats).

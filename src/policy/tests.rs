@@ -2170,6 +2170,41 @@ fn two_issuers_on_one_header_each_get_their_own_provider() {
 }
 
 #[test]
+fn the_verified_token_cache_holds_big_tokens_within_its_byte_budget() {
+    // Tokens of 60 KiB (max_token_bytes allows 64), minted with a leaked
+    // key: the cache keeps what fits in its bytes, not 4,096 of them.
+    let mut cache = TokenCache::default();
+    let v = Rc::new(VerifiedToken {
+        provider: 0,
+        exp: NOW + 60,
+        claims: Default::default(),
+    });
+    for i in 0..400 {
+        let token = format!("{i:05}{}", "x".repeat(60 * 1024));
+        cache.put(&token, 0, v.clone(), NOW);
+        assert!(cache.bytes <= TOKEN_CACHE_BYTES, "{i}: {}", cache.bytes);
+        assert!(cache.get(0, 0, &token, NOW, 0).is_some(), "{i}: just put");
+    }
+    assert!(
+        cache.len() <= TOKEN_CACHE_BYTES / (120 * 1024),
+        "{}",
+        cache.len()
+    );
+    let held: usize = cache.map.keys().map(|k| TokenCache::cost(k)).sum();
+    assert_eq!(held, cache.bytes, "the count follows the entries");
+    // Small tokens: the entry cap still holds, and the same token put
+    // twice is counted once.
+    let mut cache = TokenCache::default();
+    for i in 0..(TOKEN_CACHE_ENTRIES + 10) {
+        cache.put(&format!("t{i}"), 0, v.clone(), NOW);
+        cache.put(&format!("t{i}"), 0, v.clone(), NOW);
+    }
+    assert!(cache.len() <= TOKEN_CACHE_ENTRIES);
+    let held: usize = cache.map.keys().map(|k| TokenCache::cost(k)).sum();
+    assert_eq!(held, cache.bytes);
+}
+
+#[test]
 fn a_provider_that_names_no_issuer_takes_tokens_of_issuers_no_other_names() {
     // b names its issuer, a names none, both on one header: a token of
     // b's issuer is b's; any other is a's (b would refuse it for its
