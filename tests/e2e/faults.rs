@@ -16,7 +16,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use harness::http::{self, Req};
 use harness::services::{RateLimitService, Redis};
 use harness::tokens::{self, claims};
 use harness::upstream::{Seen, Upstream};
-use harness::{envoy_bin, free_port, temp_file, Envoy, EnvoyBuilder, Service};
+use harness::{envoy_bin, free_port, temp_file, wait_until, Envoy, EnvoyBuilder, Service};
 use jwt_simple::prelude::ES256KeyPair;
 use serde_json::{json, Value};
 
@@ -73,8 +73,11 @@ fn assert_fails_by_mode(deny: &Envoy, allow: &Envoy, up: &Upstream, what: &str) 
     assert_eq!(r.status, 200, "{what}, allow: {}", r.text());
     assert_eq!(up.seen().len(), before + 1);
     assert_eq!(allow.stat(degraded), Some(counted + 1), "{what}: counted");
+    // Answered by the failure mode, not left hanging: a call that never
+    // timed out would hold the request until the client's 20 s read
+    // timeout. (10 s, not a few timeouts: a loaded machine is slow.)
     assert!(
-        t.elapsed() < Duration::from_millis(4 * RLS_TIMEOUT_MS + 2000),
+        t.elapsed() < Duration::from_secs(10),
         "{what}: answered in {:?}",
         t.elapsed()
     );
@@ -316,6 +319,24 @@ enum Jwks {
     Status(u16, String),
     /// The document, after holding the response this long.
     Slow(Duration, String),
+    /// The document, once the test has opened the gate.
+    Gated(Gate, String),
+}
+
+/// Holds JWKS answers back until the test opens it.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    fn open(&self) {
+        *self.0 .0.lock().unwrap() = true;
+        self.0 .1.notify_all();
+    }
+
+    fn wait(&self) {
+        let (open, opened) = &*self.0;
+        drop(opened.wait_while(open.lock().unwrap(), |o| !*o).unwrap());
+    }
 }
 
 /// A JWKS endpoint whose behaviour the test changes while Envoy runs.
@@ -339,6 +360,10 @@ impl JwksServer {
                 Jwks::Status(s, b) => (s, b),
                 Jwks::Slow(wait, d) => {
                     thread::sleep(wait);
+                    (200, d)
+                }
+                Jwks::Gated(gate, d) => {
+                    gate.wait();
                     (200, d)
                 }
             };
@@ -412,8 +437,10 @@ fn expect_jwks_unavailable(envoy: &Envoy, k: &ES256KeyPair, what: &str) {
         "{what}: {}",
         r.text()
     );
+    // Answered, not left hanging until the client's 20 s read timeout.
+    // (10 s, not a few timeouts: a loaded machine is slow.)
     assert!(
-        t.elapsed() < Duration::from_millis(4 * JWKS_TIMEOUT_MS + 2000),
+        t.elapsed() < Duration::from_secs(10),
         "{what}: answered in {:?}",
         t.elapsed()
     );
@@ -442,21 +469,22 @@ fn jwks_down_slow_or_garbage_before_the_first_keys_is_503_and_nothing_passes() {
     ));
     let e = jwks_envoy(&up, jwks.server.port, "deny");
     expect_jwks_unavailable(&e, &k, "slow server");
-    thread::sleep(Duration::from_millis(3 * JWKS_TIMEOUT_MS));
+    // Every JWKS request Envoy sent has answered (or timed out) and was
+    // counted as a failed fetch: nothing loads keys before the last step.
+    let all_refused = || {
+        e.wait_stat("appguard_jwks_fetch_failures", 15, |n| {
+            n >= e.stat("cluster.jwks.upstream_rq_total").unwrap_or(0)
+        })
+    };
     let pad = "x".repeat(70 * 1024);
     jwks.set(Jwks::Doc(
         json!({"keys": [tokens::es256_jwk(&k, "k1")], "pad": pad}).to_string(),
     ));
     expect_jwks_unavailable(&e, &k, "JWKS over 64 KiB");
-    let said = || e.log().contains("over the 65536-byte limit");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !said() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(100));
-    }
-    assert!(said(), "the log does not say the JWKS was too large");
-    assert!(e.stat("appguard_jwks_fetch_failures").unwrap_or(0) >= 1);
-    // Each document is really fetched (and refused): a request fetches
-    // again only from the second after a failed fetch, so wait for it.
+    e.wait_log("over the 65536-byte limit", 1, 15);
+    assert!(all_refused() >= 1);
+    // Each document is really fetched (by a request, from the second after
+    // a failed fetch, or by the background) and refused.
     for unusable in [
         r#"{"keys": []}"#,
         r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#,
@@ -466,15 +494,22 @@ fn jwks_down_slow_or_garbage_before_the_first_keys_is_503_and_nothing_passes() {
     ] {
         jwks.set(Jwks::Doc(unusable.to_string()));
         let before = jwks.server.seen().len();
-        thread::sleep(Duration::from_millis(1100));
+        wait_until(15, &format!("a fetch of {unusable}"), || {
+            jwks.server.seen().len() > before
+        });
+        all_refused();
         expect_jwks_unavailable(&e, &k, unusable);
         assert!(jwks.server.seen().len() > before, "{unusable}: not fetched");
     }
     assert!(up.seen().is_empty(), "a token passed without keys");
     jwks.set(Jwks::Doc(doc));
-    thread::sleep(Duration::from_millis(1100));
-    let r = e.request(token_req(&k));
-    assert_eq!(r.status, 200, "{}", r.text());
+    wait_until(15, "the token to pass", || {
+        let r = e.request(token_req(&k));
+        if r.status != 200 {
+            assert_eq!(r.reason(), Some("jwks_unavailable"), "{}", r.text());
+        }
+        r.status == 200
+    });
     e.assert_vm_healthy();
 }
 
@@ -580,12 +615,11 @@ fn without_keys_the_background_keeps_fetching_and_fast_failures_are_not_one_get_
     let up = Upstream::start();
     let jwks = JwksServer::start(Jwks::Status(503, "down".into()));
     let e = jwks_envoy(&up, jwks.server.port, "deny");
-    thread::sleep(Duration::from_millis(2 * (JWKS_TIMEOUT_MS + 1000) + 500));
-    let idle = jwks.server.seen().len();
-    assert!(
-        idle >= 2,
-        "{idle} background fetches in two periods without requests"
-    );
+    // Two periods are 3 s; a loaded machine gets 10 s, still far from a
+    // background that gave up after its first failure.
+    wait_until(10, "two background fetches without requests", || {
+        jwks.server.seen().len() >= 2
+    });
     let before = jwks.server.seen().len();
     let started = Instant::now();
     for _ in 0..40 {
@@ -602,11 +636,13 @@ fn without_keys_the_background_keeps_fetching_and_fast_failures_are_not_one_get_
     );
     // The background brings the keys in once the endpoint is back.
     jwks.set(Jwks::Doc(doc));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while e.request(token_req(&k)).status != 200 {
-        assert!(Instant::now() < deadline, "keys never loaded");
-        thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(15, "the keys to load", || {
+        let passed = e.request(token_req(&k)).status == 200;
+        if !passed {
+            thread::sleep(Duration::from_millis(200));
+        }
+        passed
+    });
     assert!(!up.seen().is_empty());
     e.assert_vm_healthy();
 }
@@ -668,7 +704,7 @@ fn keys_survive_failed_refreshes_until_refresh_plus_grace() {
         Jwks::Status(200, r#"{"keys": []}"#.into()),
     ];
     jwks.set(failures[0].clone());
-    thread::sleep(Duration::from_secs(REFRESH + 1));
+    wait_until(REFRESH + 15, "the first refresh", || jwks.fetches() >= 2);
     let mut i = 0;
     // Until refresh + grace has passed, the last good keys still verify.
     while loaded.elapsed() < Duration::from_secs(REFRESH + GRACE - 2) {
@@ -681,13 +717,10 @@ fn keys_survive_failed_refreshes_until_refresh_plus_grace() {
             "keys dropped after a failed refresh: {}",
             r.text()
         );
-        // The request started a background refresh, which fails.
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while jwks.fetches() == before && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(100));
-        }
+        // The keys are due: the background refreshes about every second,
+        // and this refresh fails.
+        wait_until(10, "the next refresh", || jwks.fetches() > before);
         i += 1;
-        thread::sleep(Duration::from_millis(1200));
     }
     assert!(
         jwks.fetches() >= 3,
@@ -705,11 +738,22 @@ fn keys_survive_failed_refreshes_until_refresh_plus_grace() {
     );
     // After refresh + grace (and the time a refresh may take on its way:
     // its timeout and two ticks) the stale keys are dropped: refused, not
-    // trusted forever.
+    // trusted forever. Until the worker's next tick drops them they pass.
     jwks.set(Jwks::Status(503, "down".into()));
     let on_its_way = JWKS_TIMEOUT_MS.div_ceil(1000) + 2;
-    thread::sleep(
-        Duration::from_secs(REFRESH + GRACE + on_its_way + 2).saturating_sub(loaded.elapsed()),
+    let dropped_by = REFRESH + GRACE + on_its_way + 15;
+    wait_until(
+        dropped_by.saturating_sub(loaded.elapsed().as_secs()),
+        "the stale keys to be dropped",
+        || {
+            let r = e.request(token_req(&k));
+            if r.status == 200 {
+                thread::sleep(Duration::from_millis(200));
+                return false;
+            }
+            assert_eq!((r.status, r.reason()), (503, Some("jwks_unavailable")));
+            true
+        },
     );
     expect_jwks_unavailable(&e, &k, "stale keys");
     // By now every refresh but perhaps the last has answered, and failed.
@@ -725,9 +769,13 @@ fn keys_survive_failed_refreshes_until_refresh_plus_grace() {
     );
     // Back: from the second after the failed fetch, a request fetches again.
     jwks.set(Jwks::Doc(doc));
-    thread::sleep(Duration::from_millis(1100));
-    let r = e.request(token_req(&k));
-    assert_eq!(r.status, 200, "{}", r.text());
+    wait_until(15, "the token to pass", || {
+        let r = e.request(token_req(&k));
+        if r.status != 200 {
+            assert_eq!(r.reason(), Some("jwks_unavailable"), "{}", r.text());
+        }
+        r.status == 200
+    });
     e.assert_vm_healthy();
 }
 
@@ -1088,12 +1136,17 @@ fn the_module_loads_from_a_remote_source_only_with_its_sha256() {
 #[test]
 fn a_body_handed_on_while_the_headers_wait_fails_closed_and_is_counted() {
     let (k, doc) = key();
-    let jwks = JwksServer::start(Jwks::Slow(Duration::from_millis(700), doc));
+    // No keys until the test opens the gate, however late Envoy is ready.
+    // A fetch times out after 30 s: the fetches held at the gate answer
+    // once it opens, and the root's background fetches are a 31 s lease
+    // apart.
+    let gate = Gate::default();
+    let jwks = JwksServer::start(Jwks::Gated(gate.clone(), doc));
     let up = Upstream::start();
     let cfg = json!({
         "phone": {"default_calling_code": "44", "hash_key_base64": "c2VjcmV0LWtleS1mb3ItcGhvbmUtaGFzaGluZy0wMTIz"},
         "tokens": [{"name": "remote", "from": [{"header": "x-token"}],
-                    "remote_jwks": {"cluster": "jwks", "path": "/jwks.json", "timeout_ms": 3000,
+                    "remote_jwks": {"cluster": "jwks", "path": "/jwks.json", "timeout_ms": 30000,
                                     "refresh_seconds": 600}}],
         "routes": [{"name": "sms", "match": {"path": "/sms"}, "tokens": ["remote"],
                     "rate_limits": [{"entries": [{"type": "body", "pointer": "/to", "phone": true}],
@@ -1103,9 +1156,21 @@ fn a_body_handed_on_while_the_headers_wait_fails_closed_and_is_counted() {
         .http_cluster("jwks", jwks.server.port)
         .allow_on_headers_stop_iteration()
         .start();
+    // The root's first background fetch, held: the next fetch is the
+    // request's.
+    wait_until(15, "the background fetch", || jwks.fetches() >= 1);
     let token = tokens::es256_with(&k, &claims(60, json!({})));
-    let r =
-        e.request(Req::post_json("/sms", r#"{"to": "+44 7700 900123"}"#).header("x-token", &token));
+    let send = || {
+        e.request(Req::post_json("/sms", r#"{"to": "+44 7700 900123"}"#).header("x-token", &token))
+    };
+    let r = thread::scope(|s| {
+        let first = s.spawn(send);
+        // Its headers wait for keys, and its body, sent with them, has
+        // been handed on by the time its fetch arrives: let the keys in.
+        wait_until(15, "the request's fetch", || jwks.fetches() >= 2);
+        gate.open();
+        first.join().unwrap()
+    });
     assert_eq!(
         (r.status, r.reason()),
         (503, Some("appguard_host_error")),
@@ -1119,9 +1184,10 @@ fn a_body_handed_on_while_the_headers_wait_fails_closed_and_is_counted() {
             .contains("keep allow_on_headers_stop_iteration at false"),
         "the log says why"
     );
+    // The worker stored its fetch's keys before it answered.
+    e.wait_log("bytes loaded", 1, 10);
     // With the keys loaded nothing waits: the same request passes.
-    let r =
-        e.request(Req::post_json("/sms", r#"{"to": "+44 7700 900123"}"#).header("x-token", &token));
+    let r = send();
     assert_eq!(r.status, 200, "{}", r.text());
     e.assert_vm_healthy();
 }

@@ -8,7 +8,7 @@ use harness::http::Req;
 use harness::services::RateLimitService;
 use harness::tokens::{claims, hs256_raw, SECRET};
 use harness::upstream::Upstream;
-use harness::{repo_root, Envoy, EnvoyBuilder};
+use harness::{repo_root, wait_until, Envoy, EnvoyBuilder};
 use serde_json::{json, Value};
 
 fn example() -> Value {
@@ -359,7 +359,7 @@ fn a_request_abandoned_while_waiting_leaves_no_api_key_in_the_access_log() {
     use harness::upstream::Seen;
     use jwt_simple::prelude::ES256KeyPair;
     use std::io::Write;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     const KEY: &str = "e2e-abandoned-key-secret-value";
     let k1 = ES256KeyPair::generate().with_key_id("k1");
@@ -369,10 +369,13 @@ fn a_request_abandoned_while_waiting_leaves_no_api_key_in_the_access_log() {
                                 harness::tokens::es256_jwk(&k2, "k2")]})
     .to_string();
     let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    // The first fetch answers at once; the re-fetch for `k2` takes 3 s.
+    let rotated = Arc::new(AtomicBool::new(false));
+    let (c, rot) = (calls.clone(), rotated.clone());
+    // Fetches answer at once with `k1` (however many a cold start sends)
+    // until the test rotates; from then on a fetch takes 3 s and brings `k2`.
     let jwks = Upstream::with_handler(Arc::new(move |_s: &Seen| {
-        if c.fetch_add(1, Ordering::SeqCst) == 0 {
+        c.fetch_add(1, Ordering::SeqCst);
+        if !rot.load(Ordering::SeqCst) {
             return (200, vec![], first.clone().into_bytes());
         }
         std::thread::sleep(std::time::Duration::from_secs(3));
@@ -396,20 +399,15 @@ fn a_request_abandoned_while_waiting_leaves_no_api_key_in_the_access_log() {
         .start();
     // Keys loaded: a `k1` token passes (and is logged without the key).
     let t1 = harness::tokens::es256_with(&k1, &claims(60, json!({})));
-    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        while !done() {
-            assert!(std::time::Instant::now() < deadline, "{what}");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    };
-    wait_for("keys loaded", &|| {
+    wait_until(15, "keys loaded", || {
         envoy
             .request(Req::get(&format!("/keyed/ok?key={KEY}")).header("x-token", &t1))
             .status
             == 200
     });
     let t2 = harness::tokens::es256_with(&k2, &claims(60, json!({})));
+    rotated.store(true, Ordering::SeqCst);
+    let fetched = calls.load(Ordering::SeqCst);
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
     write!(
         conn,
@@ -417,10 +415,12 @@ fn a_request_abandoned_while_waiting_leaves_no_api_key_in_the_access_log() {
     )
     .unwrap();
     // The re-fetch is under way, the request held for it: leave.
-    wait_for("the re-fetch", &|| calls.load(Ordering::SeqCst) >= 2);
+    wait_until(15, "the re-fetch", || {
+        calls.load(Ordering::SeqCst) > fetched
+    });
     drop(conn);
     let lines = |text: &str| text.lines().filter(|l| l.starts_with("/keyed/x")).count();
-    wait_for("the abandoned request's log line", &|| {
+    wait_until(15, "the abandoned request's log line", || {
         lines(&std::fs::read_to_string(&log).unwrap_or_default()) > 0
     });
     let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -294,8 +294,11 @@ fn service_down_gives_503_under_deny_and_200_under_allow_within_the_timeout() {
     );
     let r = allow.request(from_ip(Req::get("/api/x"), "192.0.2.20"));
     assert_eq!(r.status, 200, "{}", r.text());
+    // Both answered by the failure mode, not left hanging: a call that
+    // never timed out would hold the request until the client's 20 s read
+    // timeout. (10 s, not the 300 ms timeouts: a loaded machine is slow.)
     assert!(
-        t.elapsed() < Duration::from_secs(3),
+        t.elapsed() < Duration::from_secs(10),
         "answered within the timeout: {:?}",
         t.elapsed()
     );
@@ -497,9 +500,9 @@ fn a_rolling_jti_rule_holds_a_token_for_an_hour_from_its_first_use() {
     );
     let ttl: i64 = redis.cli(&["TTL", &key]).parse().unwrap();
     assert!(ttl > 3590 && ttl <= 3600, "ttl {ttl}");
-    // As if the first use was 59 minutes and 55 seconds ago: the replay is
-    // refused, and does not move the end of the window.
-    assert_eq!(redis.cli(&["EXPIRE", &key, "5"]), "1");
+    // As if the first use was 59 minutes ago: the replay is refused, and
+    // does not move the end of the window.
+    assert_eq!(redis.cli(&["EXPIRE", &key, "60"]), "1");
     let r = envoy.request(Req::get("/once").header("x-token", &t));
     assert_eq!(
         (r.status, r.reason()),
@@ -508,7 +511,7 @@ fn a_rolling_jti_rule_holds_a_token_for_an_hour_from_its_first_use() {
         r.text()
     );
     let ttl: i64 = redis.cli(&["TTL", &key]).parse().unwrap();
-    assert!((0..=5).contains(&ttl), "a replay moved the end: ttl {ttl}");
+    assert!((0..=60).contains(&ttl), "a replay moved the end: ttl {ttl}");
     envoy.assert_vm_healthy();
 }
 

@@ -101,6 +101,23 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
+/// Polls `done` every 50 ms; fails the test naming `what` after `seconds`.
+/// Tests wait for the event they need with this (a fetch, a log line, an
+/// answer) instead of sleeping for a time a loaded machine may overrun.
+pub fn wait_until(seconds: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited {seconds} s for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().rev().take(n).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
 /// A child process that is killed when dropped, and whose output goes to a
 /// log file printed when the test fails.
 pub struct Service {
@@ -499,8 +516,6 @@ impl Envoy {
     /// Sends a request through Envoy.
     pub fn request(&self, req: http::Req) -> http::Resp {
         http::send(self.port, &req).unwrap_or_else(|e| {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
             panic!(
                 "{} {} ({} body bytes) through Envoy on port {} failed: {e}\n\
                  last lines of Envoy's log:\n{}",
@@ -508,9 +523,49 @@ impl Envoy {
                 req.path,
                 req.body.len(),
                 self.port,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                tail(&self.log(), 40)
             )
         })
+    }
+
+    /// Waits until the stat `name` (absent counts as 0) satisfies `ok`,
+    /// polling every 50 ms, and returns its value; fails the test with the
+    /// value it last had after `secs`.
+    pub fn wait_stat(&self, name: &str, secs: u64, ok: impl Fn(u64) -> bool) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let value = self.stat(name);
+            if ok(value.unwrap_or(0)) {
+                return value.unwrap_or(0);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {secs} s for the stat {name}: still {}",
+                value.map_or("absent".into(), |v| v.to_string())
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until Envoy's log holds `needle` at least `count` times,
+    /// polling every 50 ms; fails the test with the log's last lines
+    /// after `secs`.
+    pub fn wait_log(&self, needle: &str, count: usize, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let log = self.log();
+            let found = log.matches(needle).count();
+            if found >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {secs} s for {count} of {needle:?} in Envoy's log, found {found}; \
+                 last lines:\n{}",
+                tail(&log, 40)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Envoy's log so far.
