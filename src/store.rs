@@ -17,8 +17,12 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-/// CAS sentinel for "create only": the host's CAS counter starts at 1 and
-/// would take years to reach this value.
+/// CAS sentinel for "create only". The host's CAS counter starts at 1,
+/// is shared by every key of the process and wraps (skipping 0): at some
+/// 100,000 writes a second it reaches this value about every 12 hours. A
+/// key written at that very moment reads as absent-and-creatable for a
+/// write racing it, the only moment two creators can both succeed: a
+/// limit of the host ABI, with odds of one write in four billion.
 pub const CAS_CREATE: u32 = u32::MAX;
 
 /// Why a shared-data write failed.

@@ -332,21 +332,29 @@ pub fn take_lease(provider: &str, remote: &RemoteJwks, kind: &str, seconds: u64,
     take_lease_at(&HostStore, &key, seconds, now)
 }
 
-/// [`take_lease`] on `shared` at `key`. A lease held until later than
-/// `now + seconds` (and a second of slack) was taken before the clock was
-/// set back: it is stale, or no worker would fetch until the clock caught
-/// up.
+/// [`take_lease`] on `shared` at `key`. The lease records when it ends and
+/// when it was taken. One taken later than `now` (and a second of slack)
+/// was taken before the clock was set back: it is stale, or no worker
+/// would fetch until the clock caught up. Judged by when it was taken, not
+/// by how far off its end is, so that a configuration with a shorter
+/// `seconds` (another `min_refetch_seconds` for the same source) does not
+/// take over a lease another one holds.
 fn take_lease_at<S: SharedStore + ?Sized>(shared: &S, key: &str, seconds: u64, now: u64) -> bool {
     store::update(shared, key, |cur| {
         let until = cur.and_then(|b| store::u64_at(b, 0)).unwrap_or(0);
-        // A second of slack: workers read the clock a moment apart.
-        if until > now && until <= now.saturating_add(seconds).saturating_add(1) {
+        // A second of slack: workers read the clock a moment apart. A lease
+        // written before the taken time was recorded: by its end alone.
+        let soon = now.saturating_add(1);
+        let taken_before_now = match cur.and_then(|b| store::u64_at(b, 8)) {
+            Some(taken) => taken <= soon,
+            None => until <= soon.saturating_add(seconds),
+        };
+        if until > now && taken_before_now {
             (None, false)
         } else {
-            (
-                Some(now.saturating_add(seconds).to_le_bytes().to_vec()),
-                true,
-            )
+            let mut lease = now.saturating_add(seconds).to_le_bytes().to_vec();
+            lease.extend_from_slice(&now.to_le_bytes());
+            (Some(lease), true)
         }
     })
     .unwrap_or(false)
@@ -409,6 +417,17 @@ mod tests {
         // held until 10_004, and now it is 6_400: taken before the step
         assert!(take_lease_at(&s, "l", 2, 6_400));
         assert!(!take_lease_at(&s, "l", 2, 6_401), "the new lease holds");
+        // Two configurations of one source with different intervals: the
+        // shorter one does not take the longer one's lease early.
+        assert!(take_lease_at(&s, "m", 300, 1_000));
+        assert!(!take_lease_at(&s, "m", 30, 1_001), "held for 300 s");
+        assert!(!take_lease_at(&s, "m", 30, 1_299));
+        assert!(take_lease_at(&s, "m", 30, 1_300), "ended");
+        // A lease of the earlier layout (its end only) is still read.
+        s.set("o", &10_002u64.to_le_bytes(), store::CAS_CREATE)
+            .unwrap();
+        assert!(!take_lease_at(&s, "o", 2, 10_001), "held");
+        assert!(take_lease_at(&s, "o", 2, 6_400), "stale after a step back");
     }
 
     #[test]
