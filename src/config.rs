@@ -574,13 +574,29 @@ pub(crate) fn check_call_target(
     path: &str,
 ) -> Result<(), ConfigError> {
     if let Some(a) = authority {
-        let ok = !a.is_empty()
-            && a.len() <= 255
-            && !a.contains("://")
-            && a.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+        // `host`, `host:port`, `[v6]` or `[v6]:port`.
+        let (host, port, v6) = match a.strip_prefix('[').and_then(|v| v.split_once(']')) {
+            Some((host, port)) => (host, port, true),
+            None => {
+                let cut = a.find(':').unwrap_or(a.len());
+                (
+                    a.get(..cut).unwrap_or(""),
+                    a.get(cut..).unwrap_or(""),
+                    false,
+                )
+            }
+        };
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && host.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_') || (v6 && b == b':')
             });
-        if !ok {
+        let port_ok = port.is_empty()
+            || port
+                .strip_prefix(':')
+                .and_then(|p| p.parse::<u16>().ok())
+                .is_some_and(|p| p > 0);
+        if !(host_ok && port_ok) {
             return Err(ConfigError::new(
                 format!("{at}.authority"),
                 "a host name with an optional port (`keys.example.com`, `10.0.0.7:8080`), \
@@ -762,10 +778,7 @@ impl Config {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
             let message = without_string_values(&e.into_inner().to_string());
-            ConfigError::new(
-                without_odd_names(&path, '.'),
-                without_odd_names(&message, '`'),
-            )
+            ConfigError::new(without_odd_names(&path), without_odd_name(&message))
         })?;
         compile(raw)
     }
@@ -798,42 +811,73 @@ fn without_string_values(message: &str) -> String {
 }
 
 /// Whether `name` reads like a configuration field or value name
-/// (`prefix`, `v4_prefix`, `optional`): lower case, at most 40 characters
-/// and 3 digits. What serde names in an error (an unknown field or
-/// variant) is otherwise shown as `?`: it may be a secret written where a
-/// name belongs (`"api_key": "AIzaSy…"` on a route, a key as a field of
-/// `api_keys`), and Envoy logs the message.
+/// (`prefix`, `v4_prefix`, `optional`, or a camel-case slip such as
+/// `maxLifetimeSeconds`): it starts in lower case, has at most 40
+/// characters, 4 capitals and 3 digits. The unknown field or variant serde
+/// names in an error is otherwise shown as `?`: it may be a secret written
+/// where a name belongs (`"api_key": "AIzaSy…"` on a route, a key as a
+/// field of `api_keys`), and Envoy logs the message.
 fn plausible_name(name: &str) -> bool {
+    let count = |f: fn(&u8) -> bool| name.bytes().filter(f).count();
     name.len() <= 40
         && name
             .bytes()
             .next()
             .is_some_and(|b| b.is_ascii_lowercase() || b == b'@' || b == b'_')
-        && name.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'@')
-        })
-        && name.bytes().filter(u8::is_ascii_digit).count() <= 3
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'@'))
+        && count(u8::is_ascii_digit) <= 3
+        && count(u8::is_ascii_uppercase) <= 4
 }
 
-/// `text` with every name that is not [`plausible_name`] replaced by `?`:
-/// with `delimiter` `'`'`, the names serde puts between backticks in a
-/// message; with `'.'`, the segments of a field path (their `[i]`
-/// indexes kept).
-fn without_odd_names(text: &str, delimiter: char) -> String {
-    let mut out = String::with_capacity(text.len());
-    for (i, part) in text.split(delimiter).enumerate() {
-        if i > 0 {
-            out.push(delimiter);
-        }
-        // Between backticks: odd parts. In a path: each segment, its
-        // trailing `[i]` indexes kept.
-        let (name, index) = if delimiter == '`' {
-            (if i % 2 == 1 { part } else { "" }, "")
-        } else {
-            part.split_at(index_start(part))
+/// A serde message with the unknown field or variant it names (``unknown
+/// field `x`, expected one of …``) replaced by `?` unless it is a
+/// [`plausible_name`]. The name runs to the last `` `, expected`` (or
+/// `` `, there are no``), so that a backtick inside it hides nothing; the
+/// expected names after it are the configuration's own.
+fn without_odd_name(message: &str) -> String {
+    for marker in ["unknown field `", "unknown variant `"] {
+        let Some(at) = message.find(marker) else {
+            continue;
         };
+        let start = at + marker.len();
+        let rest = message.get(start..).unwrap_or("");
+        // The last backtick that closes the name: before `, expected` or
+        // `, there are no` where serde says one, else the last one.
+        let (mut closing, mut last) = (None, None);
+        for (i, c) in rest.char_indices() {
+            if c == '`' {
+                let after = rest.get(i + 1..).unwrap_or("");
+                if after.starts_with(", expected") || after.starts_with(", there are no") {
+                    closing = Some(i);
+                }
+                last = Some(i);
+            }
+        }
+        let (name, after) = rest.split_at(closing.or(last).unwrap_or(rest.len()));
+        if !plausible_name(name) {
+            let mut out = String::with_capacity(message.len());
+            out.push_str(message.get(..start).unwrap_or(""));
+            out.push('?');
+            out.push_str(after);
+            return out;
+        }
+    }
+    message.to_owned()
+}
+
+/// A field path with every segment that is not a [`plausible_name`]
+/// replaced by `?`, its trailing `[i]` indexes kept.
+fn without_odd_names(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('.').enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        let (name, index) = segment.split_at(index_start(segment));
         if name.is_empty() || plausible_name(name) {
-            out.push_str(part);
+            out.push_str(segment);
         } else {
             out.push('?');
             out.push_str(index);
@@ -1098,11 +1142,17 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     // Header names are compared in every spelling an upstream reads as the
     // same header (`x_api_key` is `x-api-key` to PHP), as requests are.
     let same = |a: &str, b: &str| crate::request::same_header_name(a.as_bytes(), b.as_bytes());
-    // One header both an API key and a token: every bearer token would be
-    // read as a key (`api_key_invalid`), and stripped when keys are not
-    // forwarded.
-    if routes.iter().any(|r| r.api_key != KeyRequirement::None) {
-        for (i, p) in providers.iter().enumerate() {
+    // One header both an API key and a token on a route: every bearer
+    // token would be read as a key there (`api_key_invalid`), and
+    // stripped when keys are not forwarded.
+    for (k, r) in routes.iter().enumerate() {
+        if r.api_key == KeyRequirement::None {
+            continue;
+        }
+        for &i in &r.providers {
+            let Some(p) = providers.get(i) else {
+                continue;
+            };
             if let Some(j) = p
                 .sources
                 .iter()
@@ -1111,9 +1161,9 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 return Err(ConfigError::new(
                     format!("tokens[{i}].from[{j}].header"),
                     format!(
-                        "{:?} is also `api_keys.header`: a header carries an API key or a \
-                         token, not both",
-                        api_keys.header
+                        "{:?} is also `api_keys.header`, and route {:?} (routes[{k}]) reads \
+                         both: a header carries an API key or a token, not both",
+                        api_keys.header, r.name
                     ),
                 ));
             }
@@ -1675,12 +1725,26 @@ mod tests {
         let e = err(&doc("optional"));
         assert_eq!(e.path, "tokens[0].from[1].header");
         assert!(Config::from_json(doc("none").as_bytes()).is_ok());
+        // Keys on one route, the token on another: each header means one
+        // thing per route.
+        let apart = format!(
+            r#"{{"api_keys": {{"header": "authorization"}},
+                "tokens": [{{"name": "t", "from": [{{"header": "authorization", "prefix": "Bearer "}}], "keys": {hs}}}],
+                "routes": [{{"name": "v2", "match": {{"prefix": "/v2/"}}, "tokens": ["t"]}},
+                           {{"name": "legacy", "match": {{"prefix": "/"}}, "api_key": "required"}}]}}"#
+        );
+        assert!(Config::from_json(apart.as_bytes()).is_ok(), "{apart}");
         for (authority, path) in [
             (r#""authority": "https://keys.example.com""#, "/jwks"),
             (r#""authority": """#, "/jwks"),
             (r#""authority": "keys.example.com/x""#, "/jwks"),
             (r#""authority": "keys.example.com""#, "/jwks#frag"),
             (r#""authority": "keys.example.com""#, "/a b"),
+            (r#""authority": "keys.example.com:abc""#, "/jwks"),
+            (r#""authority": "keys.example.com:""#, "/jwks"),
+            (r#""authority": "keys.example.com:70000""#, "/jwks"),
+            (r#""authority": "2001:db8::1""#, "/jwks"),
+            (r#""authority": "[::1""#, "/jwks"),
         ] {
             let e = err(&format!(
                 r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-t"}}], "issuer": "i",
@@ -1699,7 +1763,9 @@ mod tests {
             "keys.example.com",
             "10.0.0.7:8080",
             "[2001:db8::1]:443",
+            "[::1]",
             "jwks_cluster",
+            "a.b.c:65535",
         ] {
             let ok = format!(
                 r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-t"}}], "issuer": "i",
@@ -1814,10 +1880,29 @@ mod tests {
         let e = err(r#"{"api_keys":{"AIzaSyREALKEY0123":"android"}}"#);
         assert_eq!(e.path, "api_keys.?");
         assert_eq!(
-            without_odd_names("routes[0].rate_limits[1].entries[2]", '.'),
+            without_odd_names("routes[0].rate_limits[1].entries[2]"),
             "routes[0].rate_limits[1].entries[2]"
         );
-        assert_eq!(without_odd_names("a.B[3]", '.'), "a.?[3]");
+        assert_eq!(without_odd_names("a.B[3]"), "a.?[3]");
+        // A backtick inside the name hides nothing of it.
+        let e = err(r#"{"api_keys":{"ab`SECRETKEY1234":"android"}}"#);
+        assert!(!format!("{e} {}", e.path).contains("SECRET"), "{e}");
+        // What is a name is shown, and the names expected always.
+        let e = err(r#"{"tokens":[{"name":"t","from":[{"header":"x"}],"maxLifetimeSeconds":60}]}"#);
+        assert_eq!(e.path, "tokens[0].maxLifetimeSeconds");
+        assert!(
+            e.message
+                .contains("unknown field `maxLifetimeSeconds`, expected one of `name`"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"tokens":[{"name":"t","from":[{"header":"x"}],"keys":[{"alg":"hs256","secret_base64":"x"}]}]}"#,
+        );
+        assert!(
+            e.message
+                .contains("unknown variant `hs256`, expected one of `HS256`"),
+            "{e}"
+        );
     }
 
     #[test]
