@@ -44,11 +44,13 @@ pub struct TokenCache {
 }
 
 /// Most bytes the verified-token cache of a worker holds (token texts and
-/// their claims, estimated): 4,096 tokens of the default 4 KiB. Tokens of
-/// up to 64 KiB (`max_token_bytes`), minted freely with a leaked signing
-/// key, would otherwise keep ~450 MiB of a worker's memory, which Wasm
-/// never gives back; big tokens now share the same 16 MiB.
-pub const TOKEN_CACHE_BYTES: usize = 16 << 20;
+/// their parsed claims, estimated by [`TokenCache::cost`]): room for
+/// 4,096 tokens of the default 4 KiB with ordinary claims. Tokens of up
+/// to 64 KiB (`max_token_bytes`), or claims that parse into many small
+/// values, minted freely with a leaked signing key, would otherwise keep
+/// hundreds of MiB of a worker's memory, which Wasm never gives back; such
+/// tokens are now simply fewer.
+pub const TOKEN_CACHE_BYTES: usize = 40 << 20;
 
 impl TokenCache {
     fn get(
@@ -64,19 +66,42 @@ impl TokenCache {
             .then(|| v.clone())
     }
 
-    /// An entry's share of [`TOKEN_CACHE_BYTES`]: its text, its claims
-    /// (about as large again) and the map's own overhead.
-    fn cost(token: &str) -> usize {
-        token.len().saturating_mul(2).saturating_add(128)
+    /// An entry's share of [`TOKEN_CACHE_BYTES`]: its text, the map's own
+    /// overhead and what its claims hold.
+    fn cost(token: &str, v: &VerifiedToken) -> usize {
+        /// A parsed value: its node, an allocation's overhead, its text.
+        use serde_json::{Map, Value};
+        fn value(v: &Value) -> usize {
+            let own = std::mem::size_of::<Value>() + 16;
+            own.saturating_add(match v {
+                Value::String(s) => s.len(),
+                Value::Array(a) => a.iter().map(value).fold(0, usize::saturating_add),
+                Value::Object(m) => map(m),
+                _ => 0,
+            })
+        }
+        fn map(m: &Map<String, Value>) -> usize {
+            m.iter()
+                .map(|(k, v)| k.len().saturating_add(48).saturating_add(value(v)))
+                .fold(0, usize::saturating_add)
+        }
+        token
+            .len()
+            .saturating_add(128)
+            .saturating_add(map(&v.claims))
     }
 
     fn put(&mut self, token: &str, keys_version: u64, v: Rc<VerifiedToken>, now: u64) {
-        let cost = Self::cost(token);
+        let cost = Self::cost(token, &v);
         if self.map.len() >= TOKEN_CACHE_ENTRIES
             || self.bytes.saturating_add(cost) > TOKEN_CACHE_BYTES
         {
             self.map.retain(|_, (_, t)| t.exp >= now);
-            self.bytes = self.map.keys().map(|k| Self::cost(k)).sum();
+            self.bytes = self
+                .map
+                .iter()
+                .map(|(k, (_, t))| Self::cost(k, t))
+                .fold(0, usize::saturating_add);
             if self.map.len() >= TOKEN_CACHE_ENTRIES
                 || self.bytes.saturating_add(cost) > TOKEN_CACHE_BYTES
             {
@@ -2202,6 +2227,16 @@ fn check_token(
                 Err(TokenError::UnknownKid) => {
                     token::precheck_without_keys(provider, raw, now)
                         .map_err(|e| Flow::from(e.reason()))?;
+                    if pending {
+                        // Its key may be in the remote set, which could not
+                        // be had: the JWKS is unavailable for this token,
+                        // as for a provider without configured keys.
+                        if route.jwks_failure_mode == FailureMode::Allow {
+                            facts.degraded = Some(Reason::JwksUnavailable);
+                            return Ok(None);
+                        }
+                        return Err(Reason::JwksUnavailable.into());
+                    }
                     // A `kid` no key of a remote JWKS has, in keys loaded
                     // since the request asked: made up, as a forged
                     // signature is. It spends the client's budget like one,

@@ -2171,37 +2171,62 @@ fn two_issuers_on_one_header_each_get_their_own_provider() {
 
 #[test]
 fn the_verified_token_cache_holds_big_tokens_within_its_byte_budget() {
-    // Tokens of 60 KiB (max_token_bytes allows 64), minted with a leaked
-    // key: the cache keeps what fits in its bytes, not 4,096 of them.
+    let held =
+        |c: &TokenCache| -> usize { c.map.iter().map(|(k, (_, t))| TokenCache::cost(k, t)).sum() };
+    let verified = |claims: Value| {
+        Rc::new(VerifiedToken {
+            provider: 0,
+            exp: NOW + 60,
+            claims: claims.as_object().cloned().unwrap_or_default(),
+        })
+    };
+    // 4,096 tokens of the default 4 KiB with ordinary claims (a 3 KB
+    // payload of strings): all held, as before the byte budget.
     let mut cache = TokenCache::default();
-    let v = Rc::new(VerifiedToken {
-        provider: 0,
-        exp: NOW + 60,
-        claims: Default::default(),
-    });
-    for i in 0..400 {
-        let token = format!("{i:05}{}", "x".repeat(60 * 1024));
-        cache.put(&token, 0, v.clone(), NOW);
-        assert!(cache.bytes <= TOKEN_CACHE_BYTES, "{i}: {}", cache.bytes);
-        assert!(cache.get(0, 0, &token, NOW, 0).is_some(), "{i}: just put");
+    let groups: Vec<String> = (0..60).map(|g| format!("group-{g:040}")).collect();
+    let ordinary = verified(json!({"sub": "u", "iss": "https://issuer.example", "groups": groups}));
+    for i in 0..TOKEN_CACHE_ENTRIES - 1 {
+        cache.put(
+            &format!("{i:05}{}", "x".repeat(4091)),
+            0,
+            ordinary.clone(),
+            NOW,
+        );
     }
-    assert!(
-        cache.len() <= TOKEN_CACHE_BYTES / (120 * 1024),
-        "{}",
-        cache.len()
+    assert_eq!(
+        cache.len(),
+        TOKEN_CACHE_ENTRIES - 1,
+        "{} bytes",
+        cache.bytes
     );
-    let held: usize = cache.map.keys().map(|k| TokenCache::cost(k)).sum();
-    assert_eq!(held, cache.bytes, "the count follows the entries");
-    // Small tokens: the entry cap still holds, and the same token put
-    // twice is counted once.
+    // Tokens of 60 KiB (max_token_bytes allows 64), or claims that parse
+    // into many small values, minted with a leaked key: the cache keeps
+    // what fits in its bytes.
+    let zeros = verified(json!({"a": vec![0; 20_000]}));
+    for (i, v) in [ordinary.clone(), zeros].iter().enumerate() {
+        let mut cache = TokenCache::default();
+        for n in 0..1_000 {
+            let token = format!("{i}{n:05}{}", "x".repeat(60 * 1024));
+            cache.put(&token, 0, v.clone(), NOW);
+            assert!(cache.bytes <= TOKEN_CACHE_BYTES, "{n}: {}", cache.bytes);
+            assert!(cache.get(0, 0, &token, NOW, 0).is_some(), "{n}: just put");
+        }
+        // Without the budget all 1,000 would be held (~60 MiB of text).
+        assert!(
+            cache.len() <= TOKEN_CACHE_BYTES / (60 * 1024),
+            "{}",
+            cache.len()
+        );
+        assert_eq!(held(&cache), cache.bytes, "the count follows the entries");
+    }
+    // The entry cap still holds, and a token put twice counts once.
     let mut cache = TokenCache::default();
     for i in 0..(TOKEN_CACHE_ENTRIES + 10) {
-        cache.put(&format!("t{i}"), 0, v.clone(), NOW);
-        cache.put(&format!("t{i}"), 0, v.clone(), NOW);
+        cache.put(&format!("t{i}"), 0, ordinary.clone(), NOW);
+        cache.put(&format!("t{i}"), 0, ordinary.clone(), NOW);
     }
     assert!(cache.len() <= TOKEN_CACHE_ENTRIES);
-    let held: usize = cache.map.keys().map(|k| TokenCache::cost(k)).sum();
-    assert_eq!(held, cache.bytes);
+    assert_eq!(held(&cache), cache.bytes);
 }
 
 #[test]
@@ -2314,6 +2339,15 @@ fn a_kid_of_keys_still_to_come_waits_for_them_and_an_expired_one_asks_for_none()
         step(&token("k1", NOW + 60), &none, KeyFetch::May),
         Step::NeedKeys { .. }
     ));
+    // The fetch failed: the JWKS is unavailable for it (the route fails
+    // closed), not a forged signature.
+    match step(&token("k1", NOW + 60), &none, KeyFetch::NotNow) {
+        Step::Done(d, f) => assert_eq!(
+            (d.reason(), f.budget_refused),
+            (Some(Reason::JwksUnavailable), false)
+        ),
+        s => panic!("{s:?}"),
+    }
     let jwk = json!({"kty": "oct", "alg": "HS256", "kid": "k1",
                      "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(SECRET)});
     let loaded = [RemoteKeys {
