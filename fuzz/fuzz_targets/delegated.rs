@@ -12,6 +12,11 @@ use libfuzzer_sys::fuzz_target;
 const FILTER: &str = "envoy.filters.http.jwt_authn";
 
 fuzz_target!(|data: &[u8]| {
+    // Re-encoding adds another filter's entry (some 14 bytes): an input
+    // that close to the cap could come back over it.
+    if data.len() > appguard::token::delegated::MAX_METADATA_BYTES - 64 {
+        return;
+    }
     if let Some(map) = payload_from_metadata(data, FILTER, "p") {
         let again = payload_from_metadata(&metadata_from_payload(FILTER, "p", &map), FILTER, "p");
         assert_eq!(again.as_ref(), Some(&map), "a payload changes on re-encoding");

@@ -134,6 +134,9 @@ pub fn payload_from_metadata(bytes: &[u8], filter: &str, key: &str) -> Option<Ma
 fn number(n: f64) -> Value {
     if n.fract() == 0.0 && (0.0..9.0e15).contains(&n) {
         Value::Number(Number::from(n as u64))
+    } else if n.fract() == 0.0 && (-9.0e15..0.0).contains(&n) {
+        // As a JWT's `-1` parses: `required_claims {"tier": -1}` matches.
+        Value::Number(Number::from(n as i64))
     } else {
         Number::from_f64(n).map_or(Value::Null, Value::Number)
     }
@@ -201,7 +204,7 @@ mod tests {
 
     #[test]
     fn claims_keep_their_types_through_the_metadata() {
-        let claims = json!({"exp": 1900000060u64, "iss": "i", "aud": ["a", "b"],
+        let claims = json!({"exp": 1900000060u64, "iss": "i", "aud": ["a", "b"], "tier": -1,
                             "n": {"x": true, "l": [1, "two", null]}, "f": 1.5, "m": null});
         assert_eq!(round_trip(&claims).map(Value::Object), Some(claims));
     }

@@ -312,9 +312,9 @@ fn a_monitor_route_counts_and_logs_its_budget_refusals() {
 
 #[test]
 fn delegated_claims_keep_their_types_through_envoys_metadata() {
-    // Envoy 1.40 passes the verified payload as an untyped map: a list
-    // audience (App Check tokens carry two), booleans and numbers must
-    // still be read as such for appguard's own rules.
+    // A list audience (App Check tokens carry two), booleans and numbers
+    // must reach appguard's own rules as such, through Envoy's metadata
+    // (read whole: a path into it is an untyped map).
     let up = Upstream::start();
     let envoy = delegated_envoy_with(
         &up,
