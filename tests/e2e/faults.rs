@@ -499,7 +499,6 @@ fn jwks_down_slow_or_garbage_before_the_first_keys_is_503_and_nothing_passes() {
         });
         all_refused();
         expect_jwks_unavailable(&e, &k, unusable);
-        assert!(jwks.server.seen().len() > before, "{unusable}: not fetched");
     }
     assert!(up.seen().is_empty(), "a token passed without keys");
     jwks.set(Jwks::Doc(doc));
@@ -1168,6 +1167,9 @@ fn a_body_handed_on_while_the_headers_wait_fails_closed_and_is_counted() {
         // Its headers wait for keys, and its body, sent with them, has
         // been handed on by the time its fetch arrives: let the keys in.
         wait_until(15, "the request's fetch", || jwks.fetches() >= 2);
+        // The body was sent with the headers; give Envoy a moment to hand
+        // it on (the slow server this replaced answered after 700 ms).
+        thread::sleep(Duration::from_millis(300));
         gate.open();
         first.join().unwrap()
     });
