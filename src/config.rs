@@ -1,6 +1,7 @@
-//! The plugin configuration: JSON from `plugin_config.configuration`, parsed
-//! with serde into raw structs (unknown fields refused) and then compiled into
-//! a validated [`Config`] that the per-request path reads without parsing.
+//! The plugin configuration: JSON from the Wasm filter's
+//! `config.configuration` (Istio: `pluginConfig`), parsed with serde into
+//! raw structs (unknown fields refused) and then compiled into a validated
+//! [`Config`] that the per-request path reads without parsing.
 //!
 //! Every error names the field it is about, as a path such as
 //! `routes[2].match.prefix`, so that the line Envoy logs when it refuses the

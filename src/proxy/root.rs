@@ -325,7 +325,7 @@ impl RootContext for FilterRoot {
         let bytes = match abi::buffer(Buffer::PluginConfiguration, 0, usize::MAX) {
             Ok(Some(b)) => b,
             Ok(None) => {
-                error!("no plugin configuration: set plugin_config.configuration");
+                error!("no plugin configuration: set the Wasm filter's config.configuration");
                 return false;
             }
             Err(status) => {
