@@ -2123,6 +2123,20 @@ fn without_keys_a_known_forgery_or_a_spent_client_starts_no_fetch() {
     }
 }
 
+/// `Authorization: Bearer` with an HS256 token of `claims` under `secret`.
+fn hs256_bearer(secret: &[u8], claims: &Value) -> String {
+    format!(
+        "Bearer {}",
+        hs256_raw(secret, &json!({"alg": "HS256"}), claims)
+    )
+}
+
+/// The request's refusal, if any, and which provider's token it used.
+fn provider_of(w: &World, authorization: &str) -> (Option<Reason>, Option<usize>) {
+    let (d, f) = w.run("/x", "192.0.2.1", &[("authorization", authorization)]);
+    (d.reason(), f.token.map(|t| t.provider))
+}
+
 #[test]
 fn two_issuers_on_one_header_each_get_their_own_provider() {
     // Both providers read `Authorization: Bearer`: a token goes to the
@@ -2138,20 +2152,9 @@ fn two_issuers_on_one_header_each_get_their_own_provider() {
         ],
         "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["a", "b"]}]
     }));
-    let bearer = |secret: &[u8], iss: &str| {
-        format!(
-            "Bearer {}",
-            hs256_raw(
-                secret,
-                &json!({"alg": "HS256"}),
-                &json!({"exp": NOW + 60, "iss": iss})
-            )
-        )
-    };
-    let run = |auth: &str| {
-        let (d, f) = w.run("/x", "192.0.2.1", &[("authorization", auth)]);
-        (d.reason(), f.token.map(|t| t.provider))
-    };
+    let bearer =
+        |secret: &[u8], iss: &str| hs256_bearer(secret, &json!({"exp": NOW + 60, "iss": iss}));
+    let run = |auth: &str| provider_of(&w, auth);
     assert_eq!(run(&bearer(SECRET, "https://a")), (None, Some(0)));
     assert_eq!(run(&bearer(&other, "https://b")), (None, Some(1)));
     // b's issuer claimed, a's key: b verifies it, and refuses it.
@@ -2244,16 +2247,8 @@ fn a_provider_that_names_no_issuer_takes_tokens_of_issuers_no_other_names() {
         ],
         "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["b", "a"]}]
     }));
-    let bearer = |secret: &[u8], claims: Value| {
-        format!(
-            "Bearer {}",
-            hs256_raw(secret, &json!({"alg": "HS256"}), &claims)
-        )
-    };
-    let run = |auth: &str| {
-        let (d, f) = w.run("/x", "192.0.2.1", &[("authorization", auth)]);
-        (d.reason(), f.token.map(|t| t.provider))
-    };
+    let bearer = |secret: &[u8], claims: Value| hs256_bearer(secret, &claims);
+    let run = |auth: &str| provider_of(&w, auth);
     let a = bearer(SECRET, json!({"exp": NOW + 60, "iss": "https://x"}));
     assert_eq!(run(&a), (None, Some(1)));
     assert_eq!(run(&a), (None, Some(1)), "again, from the cache");
@@ -2284,13 +2279,9 @@ fn a_token_in_another_header_does_not_take_the_request_from_the_first_provider()
         "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["a", "b"]}]
     }));
     let a = hs256_raw(SECRET, &json!({"alg": "HS256"}), &json!({"exp": NOW + 60}));
-    let user = format!(
-        "Bearer {}",
-        hs256_raw(
-            &other,
-            &json!({"alg": "HS256"}),
-            &json!({"iat": NOW, "exp": NOW + 3600, "iss": "https://b"})
-        )
+    let user = hs256_bearer(
+        &other,
+        &json!({"iat": NOW, "exp": NOW + 3600, "iss": "https://b"}),
     );
     let (d, f) = w.run("/x", "192.0.2.1", &[("x-a", &a), ("authorization", &user)]);
     assert_eq!((d.reason(), f.token.map(|t| t.provider)), (None, Some(0)));

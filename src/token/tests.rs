@@ -632,7 +632,7 @@ fn every_key_kind_of_the_spec_verifies_as_pem_jwk_or_secret() {
         {"kid": "hs512", "alg": "HS512", "secret_base64": STANDARD.encode([4u8; 64])}
     ]}));
     let claims = || signed_claims(Map::new(), NOW, NOW + 60);
-    let tokens = [
+    let mut tokens = vec![
         ES384KeyPair::from_bytes(&es384.to_bytes())
             .unwrap()
             .with_key_id("es384-pem")
@@ -643,15 +643,8 @@ fn every_key_kind_of_the_spec_verifies_as_pem_jwk_or_secret() {
         ed.with_key_id("ed-jwk").sign(claims()).unwrap(),
         ps.clone().with_key_id("ps-pem").sign(claims()).unwrap(),
         ps.with_key_id("ps-jwk").sign(claims()).unwrap(),
-        HS384Key::from_bytes(&[3u8; 48])
-            .with_key_id("hs384")
-            .authenticate(claims())
-            .unwrap(),
-        HS512Key::from_bytes(&[4u8; 64])
-            .with_key_id("hs512")
-            .authenticate(claims())
-            .unwrap(),
     ];
+    tokens.extend(hs384_and_hs512());
     for t in &tokens {
         assert_eq!(verify(&p, t, NOW), Ok(NOW + 60), "{t}");
         // the same token with its signature's last character changed
@@ -700,14 +693,11 @@ fn one_rsa_key_verifies_only_the_padding_of_its_configured_alg() {
     }
 }
 
-#[test]
-fn hs384_and_hs512_refuse_truncated_and_extended_tags() {
-    let p = provider(json!({"keys": [
-        {"kid": "hs384", "alg": "HS384", "secret_base64": STANDARD.encode([3u8; 48])},
-        {"kid": "hs512", "alg": "HS512", "secret_base64": STANDARD.encode([4u8; 64])}
-    ]}));
+/// An HS384 and an HS512 token, valid for 60 s at `NOW`, under the keys
+/// `hs384` ([3; 48]) and `hs512` ([4; 64]).
+fn hs384_and_hs512() -> [String; 2] {
     let claims = || signed_claims(Map::new(), NOW, NOW + 60);
-    for t in [
+    [
         HS384Key::from_bytes(&[3u8; 48])
             .with_key_id("hs384")
             .authenticate(claims())
@@ -716,7 +706,16 @@ fn hs384_and_hs512_refuse_truncated_and_extended_tags() {
             .with_key_id("hs512")
             .authenticate(claims())
             .unwrap(),
-    ] {
+    ]
+}
+
+#[test]
+fn hs384_and_hs512_refuse_truncated_and_extended_tags() {
+    let p = provider(json!({"keys": [
+        {"kid": "hs384", "alg": "HS384", "secret_base64": STANDARD.encode([3u8; 48])},
+        {"kid": "hs512", "alg": "HS512", "secret_base64": STANDARD.encode([4u8; 64])}
+    ]}));
+    for t in hs384_and_hs512() {
         assert_eq!(verify(&p, &t, NOW), Ok(NOW + 60));
         let (input, sig) = t.rsplit_once('.').unwrap();
         let tag = URL_SAFE_NO_PAD.decode(sig).unwrap();
