@@ -741,8 +741,7 @@ impl Config {
         let reads_phones = self.routes.iter().any(|r| {
             r.rate_limits
                 .iter()
-                .flat_map(|l| &l.entries)
-                .any(|e| matches!(e.source, crate::limits::Source::Body { phone: true, .. }))
+                .any(crate::limits::RateLimit::reads_phone)
         });
         if self.phone.as_ref().is_some_and(|p| !p.denied.is_empty()) && !reads_phones {
             out.push("phone.denied_prefixes: no route reads a phone number".to_owned());
@@ -1112,12 +1111,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                     ));
                 }
             }
-            if rl
-                .entries
-                .iter()
-                .any(|e| matches!(e.source, limits::Source::Body { phone: true, .. }))
-                && phone.is_none()
-            {
+            if rl.reads_phone() && phone.is_none() {
                 return Err(ConfigError::new(
                     format!("{at}.rate_limits[{j}]"),
                     "a `phone` body entry needs the top-level `phone` section",

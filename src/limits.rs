@@ -242,6 +242,13 @@ impl RateLimit {
             .iter()
             .any(|e| matches!(e.source, Source::Body { .. }))
     }
+
+    /// Whether a value is a phone number read from the body.
+    pub fn reads_phone(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| matches!(e.source, Source::Body { phone: true, .. }))
+    }
 }
 
 /// Most `rate_limits` on one route: each is one descriptor of the call to

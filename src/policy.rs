@@ -2190,47 +2190,37 @@ fn check_token(
             // client or a known forgery never starts a fetch.
             let remote = ctx.remote_keys.get(pi).and_then(|r| r.keys.clone());
             let has_remote = provider.remote_jwks.is_some();
-            if has_remote && remote.is_none() && provider.keys.is_empty() {
-                // What needs no key is checked first: junk, an expired
-                // token or another issuer's is refused as it would be with
-                // keys. It neither starts a fetch nor passes a route that
-                // fails open because the keys are missing.
-                token::precheck_without_keys(provider, raw, now)
-                    .map_err(|e| Flow::from(e.reason()))?;
-                if ctx.key_fetch != KeyFetch::May && route.jwks_failure_mode == FailureMode::Allow {
-                    // Fail open, as the route asks: the token cannot be
-                    // checked, so it is treated as absent (identity then
-                    // comes from the headers alone). Counted and logged.
-                    facts.degraded = Some(Reason::JwksUnavailable);
-                    return Ok(None);
-                }
-                return Err(if ctx.key_fetch == KeyFetch::May {
-                    Flow::NeedKeys(pi)
-                } else {
-                    Reason::JwksUnavailable.into()
-                });
-            }
-            // The cheap refusals: size, structure, algorithm and key, then
-            // the unverified claims. Only then the signature.
-            let extra: &[Key] = remote.as_deref().map_or(&[], |v| v.as_slice());
+            // A remote JWKS whose keys are not loaded (not fetched yet, or
+            // dropped after the grace).
             let pending = has_remote && remote.is_none();
-            let pre = match token::precheck(provider, &provider.keys, extra, pending, raw, now) {
+            // The cheap refusals: size, structure, algorithm and key, then
+            // the unverified claims. Only then the signature. With no key
+            // at all yet, every token waits for the remote set, as one
+            // whose `kid` no loaded key names.
+            let extra: &[Key] = remote.as_deref().map_or(&[], |v| v.as_slice());
+            let pre = if pending && provider.keys.is_empty() {
+                Err(TokenError::UnknownKid)
+            } else {
+                token::precheck(provider, &provider.keys, extra, pending, raw, now)
+            };
+            let pre = match pre {
                 Ok(pre) => pre,
-                Err(TokenError::UnknownKid) if has_remote && ctx.key_fetch == KeyFetch::May => {
-                    // What needs no key first: an expired token or another
-                    // issuer's is refused for that, as before any keys
-                    // were fetched, and asks for no re-fetch.
-                    token::precheck_without_keys(provider, raw, now)
-                        .map_err(|e| Flow::from(e.reason()))?;
-                    return Err(Flow::NeedKeys(pi));
-                }
                 Err(TokenError::UnknownKid) => {
+                    // What needs no key is checked first: junk, an expired
+                    // token or another issuer's is refused as it would be
+                    // with keys. It neither asks for keys nor passes a route
+                    // that fails open because they are missing.
                     token::precheck_without_keys(provider, raw, now)
                         .map_err(|e| Flow::from(e.reason()))?;
+                    if has_remote && ctx.key_fetch == KeyFetch::May {
+                        return Err(Flow::NeedKeys(pi));
+                    }
                     if pending {
                         // Its key may be in the remote set, which could not
-                        // be had: the JWKS is unavailable for this token,
-                        // as for a provider without configured keys.
+                        // be had: the route's own failure mode decides. Fail
+                        // open: the token cannot be checked, so it is
+                        // treated as absent (identity then comes from the
+                        // headers alone). Counted and logged.
                         if route.jwks_failure_mode == FailureMode::Allow {
                             facts.degraded = Some(Reason::JwksUnavailable);
                             return Ok(None);

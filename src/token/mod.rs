@@ -979,9 +979,7 @@ pub fn precheck<'k>(
     // same `kid` (a fetched JWKS may repeat a `kid`: the first key alone
     // would refuse tokens of the second).
     let any_key = kid.is_none() || kidless_set;
-    let others = keys
-        .iter()
-        .chain(extra_keys.iter())
+    let others = all()
         .filter(|k| k.alg == alg && !std::ptr::eq(*k, key) && (any_key || k.kid.as_deref() == kid))
         .collect();
     let (claims, exp) = read_claims(provider, head.payload, now)?;
