@@ -957,7 +957,9 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 default_calling_code: p.default_calling_code,
                 national_prefix: p.national_prefix,
             };
-            rules.validate().map_err(|m| ConfigError::new("phone", m))?;
+            rules
+                .validate()
+                .map_err(|(field, m)| ConfigError::new(format!("phone.{field}"), m))?;
             let denied = PrefixSet::new(&p.denied_prefixes).map_err(|e| {
                 ConfigError::new(format!("phone.denied_prefixes[{}]", e.index), e.to_string())
             })?;
@@ -2024,6 +2026,63 @@ mod tests {
     }
 
     #[test]
+    fn errors_in_phone_rules_and_failure_budgets_name_the_field() {
+        let hash = format!(r#""hash_key_base64": "{}""#, "a".repeat(44));
+        for (phone, path) in [
+            (
+                r#""default_calling_code": "044""#,
+                "phone.default_calling_code",
+            ),
+            (r#""national_prefix": "0000""#, "phone.national_prefix"),
+        ] {
+            let e = err(&format!(r#"{{"phone": {{{phone}, {hash}}}}}"#));
+            assert_eq!(e.path, path, "{e}");
+        }
+        for (budget, path) in [
+            (r#""v4_prefix": 33"#, "tokens[0].failure_budget.v4_prefix"),
+            (r#""v6_prefix": 0"#, "tokens[0].failure_budget.v6_prefix"),
+            (
+                r#""window_seconds": 0"#,
+                "tokens[0].failure_budget.window_seconds",
+            ),
+        ] {
+            let e = err(&format!(
+                r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-t"}}],
+                    "keys": [{{"alg": "HS256", "secret_base64": "{}"}}],
+                    "failure_budget": {{{budget}}}}}]}}"#,
+                "a".repeat(44)
+            ));
+            assert_eq!(e.path, path, "{e}");
+        }
+    }
+
+    #[test]
+    fn a_duplicate_kid_is_named_where_it_was_written() {
+        let hs = |kid: &str| {
+            format!(
+                r#"{{"alg": "HS256", "kid": "{kid}", "secret_base64": "{}"}}"#,
+                "a".repeat(44)
+            )
+        };
+        let oct = |kid: &str| {
+            format!(
+                r#"{{"kty": "oct", "alg": "HS256", "kid": "{kid}", "k": "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s"}}"#
+            )
+        };
+        let provider = |keys: &str, jwks: &str| {
+            err(&format!(
+                r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-t"}}], "keys": [{keys}]{jwks}}}]}}"#
+            ))
+        };
+        let e = provider(&[hs("a"), hs("b"), hs("a")].join(","), "");
+        assert_eq!(e.path, "tokens[0].keys[2].kid", "{e}");
+        assert!(e.message.contains("duplicate kid \"a\""), "{e}");
+        let jwks = format!(r#", "jwks": {{"keys": [{}, {}]}}"#, oct("c"), oct("b"));
+        let e = provider(&[hs("a"), hs("b")].join(","), &jwks);
+        assert_eq!(e.path, "tokens[0].jwks.keys[1].kid", "{e}");
+    }
+
+    #[test]
     fn more_trusted_hops_than_a_chain_may_have_is_refused() {
         // 65 hops: no request could show a client IP, so every client
         // would be denied by IP rules or share one per-IP limit.
@@ -2056,6 +2115,27 @@ mod tests {
                 "rate_limits":[{{"entries":[{{"type":"api_key"}}],{local}}}]}}]}}"#
         );
         assert!(Config::from_json(ok.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_client_ip_entry_names_its_bad_prefix() {
+        for (prefix, path) in [
+            (
+                r#""v4_prefix":0"#,
+                "routes[0].rate_limits[0].entries[0].v4_prefix",
+            ),
+            (
+                r#""v6_prefix":129"#,
+                "routes[0].rate_limits[0].entries[0].v6_prefix",
+            ),
+        ] {
+            let json = format!(
+                r#"{{"routes":[{{"name":"sms","match":{{"path":"/sms"}},
+                    "rate_limits":[{{"entries":[{{"type":"client_ip",{prefix}}}],
+                    "local":{{"requests":5,"per":"minute"}}}}]}}]}}"#
+            );
+            assert_eq!(err(&json).path, path, "{json}");
+        }
     }
 
     #[test]

@@ -284,10 +284,16 @@ pub(crate) fn compile(
                     v4_prefix,
                     v6_prefix,
                 } => {
-                    if v4_prefix == 0 || v4_prefix > 32 || v6_prefix == 0 || v6_prefix > 128 {
+                    if v4_prefix == 0 || v4_prefix > 32 {
                         return Err(ConfigError::new(
-                            eat,
-                            "v4_prefix must be 1..=32 and v6_prefix 1..=128",
+                            format!("{eat}.v4_prefix"),
+                            "must be 1..=32",
+                        ));
+                    }
+                    if v6_prefix == 0 || v6_prefix > 128 {
+                        return Err(ConfigError::new(
+                            format!("{eat}.v6_prefix"),
+                            "must be 1..=128",
                         ));
                     }
                     (

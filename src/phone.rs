@@ -121,17 +121,21 @@ impl PhoneRules {
 
     /// Checks the rules as configuration: the calling code is one to three
     /// ASCII digits not starting with 0, the national prefix at most three
-    /// ASCII digits. The error says which field is wrong, for `on_configure`.
-    pub fn validate(&self) -> Result<(), &'static str> {
+    /// ASCII digits. The error names the field that is wrong and why, for
+    /// `on_configure`.
+    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
         if let Some(code) = &self.default_calling_code {
             if !is_calling_code(code) {
-                return Err("default_calling_code must be 1 to 3 digits, not starting with 0");
+                return Err((
+                    "default_calling_code",
+                    "must be 1 to 3 digits, not starting with 0",
+                ));
             }
         }
         if self.national_prefix.len() > 3
             || !self.national_prefix.bytes().all(|b| b.is_ascii_digit())
         {
-            return Err("national_prefix must be at most 3 digits");
+            return Err(("national_prefix", "must be at most 3 digits"));
         }
         Ok(())
     }

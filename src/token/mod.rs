@@ -494,6 +494,7 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
         });
     }
     let mut keyset = Vec::new();
+    let raw_keys_len = raw.keys.len();
     for (i, k) in raw.keys.into_iter().enumerate() {
         let key = keys::compile_key(k).map_err(|(field, msg)| {
             let path = if field.is_empty() {
@@ -571,15 +572,19 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
             "a provider needs `keys`, `jwks`, `remote_jwks` or `verified_by`".into(),
         ));
     }
-    for (i, a) in keyset.iter().enumerate() {
-        if keyset
-            .iter()
-            .skip(i + 1)
-            .any(|b| a.kid.is_some() && a.kid == b.kid)
-        {
+    // The later of two keys with one `kid`, named where it was written:
+    // `keys[j]`, or the inline `jwks` (whose keys follow `keys`).
+    let configured = raw_keys_len;
+    for (j, b) in keyset.iter().enumerate() {
+        if b.kid.is_some() && keyset[..j].iter().any(|a| a.kid == b.kid) {
+            let field = if j < configured {
+                format!("keys[{j}].kid")
+            } else {
+                format!("jwks.keys[{}].kid", j - configured)
+            };
             return Err(err(
-                "keys",
-                format!("duplicate kid {:?}", a.kid.as_deref().unwrap_or("")),
+                &field,
+                format!("duplicate kid {:?}", b.kid.as_deref().unwrap_or("")),
             ));
         }
     }
@@ -710,11 +715,11 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
                     "must be 1..=86400".into(),
                 ));
             }
-            if b.v4_prefix == 0 || b.v4_prefix > 32 || b.v6_prefix == 0 || b.v6_prefix > 128 {
-                return Err(err(
-                    "failure_budget",
-                    "v4_prefix must be 1..=32 and v6_prefix 1..=128".into(),
-                ));
+            if b.v4_prefix == 0 || b.v4_prefix > 32 {
+                return Err(err("failure_budget.v4_prefix", "must be 1..=32".into()));
+            }
+            if b.v6_prefix == 0 || b.v6_prefix > 128 {
+                return Err(err("failure_budget.v6_prefix", "must be 1..=128".into()));
             }
             FailureBudget {
                 failures: b.failures,
