@@ -350,6 +350,69 @@ async fn a_connection_that_goes_silent_is_replaced_after_a_few_timeouts() {
 }
 
 #[tokio::test]
+async fn a_silent_connection_is_replaced_when_callers_give_up_before_the_redis_timeout() {
+    // Callers with a deadline (grpc-timeout) of 100 ms, shorter than the
+    // service's own 2 s Redis timeout: tonic drops each call at the
+    // deadline, before the backend's timeout fires. Those calls must still
+    // count against the silent connection, or it is never replaced (no
+    // health check polls it here).
+    avoid_window_edge(HOUR, 40);
+    let redis = Redis::start();
+    let proxy = SilencingProxy::start(redis.port);
+    let args = vec![
+        "--config".to_owned(),
+        fixture("appguard.yaml").display().to_string(),
+        "--redis".to_owned(),
+        format!("redis://127.0.0.1:{}", proxy.port),
+        "--redis-timeout-ms".to_owned(),
+        "2000".to_owned(),
+    ];
+    let service = Service::start_healthy(&strs(&args));
+    let mut client = service.client().await;
+    let req = request("appguard", vec![descriptor(&[("client_ip", "192.0.2.78")])]);
+    let with_deadline = || {
+        let mut r = tonic::Request::new(req.clone());
+        r.set_timeout(Duration::from_millis(100));
+        r
+    };
+    let first = client.should_rate_limit(with_deadline()).await.unwrap();
+    assert_eq!(first.into_inner().overall_code, Code::Ok as i32);
+
+    proxy.silence();
+    let started = Instant::now();
+    let mut given_up = 0;
+    let answer = loop {
+        match client.should_rate_limit(with_deadline()).await {
+            Ok(r) => break r.into_inner(),
+            Err(status) => {
+                assert_ne!(status.code(), tonic::Code::Ok, "{status:?}");
+                given_up += 1;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still failing after {given_up} calls: the silent connection was kept\n{}",
+            service.stderr()
+        );
+    };
+    assert!(
+        given_up >= 3,
+        "only {given_up} calls failed before the new connection"
+    );
+    assert_eq!(answer.overall_code, Code::Ok as i32);
+    assert_eq!(
+        answer.statuses[0].limit_remaining, 1,
+        "3 per hour, the 2nd hit"
+    );
+    assert_eq!(
+        service.stderr().matches("opening a new connection").count(),
+        1,
+        "{}",
+        service.stderr()
+    );
+}
+
+#[tokio::test]
 async fn the_redis_url_can_come_from_the_environment_or_a_file() {
     avoid_window_edge(HOUR, 10);
     let redis = Redis::start();

@@ -26,19 +26,62 @@
 //! NAT or firewall dropping it) only ever times out, which the manager does
 //! not take for a broken connection: after [`REBUILD_AFTER_TIMEOUTS`]
 //! timeouts in a row the backend opens a new one, instead of answering
-//! UNAVAILABLE until the kernel gives up on the old flow (minutes).
+//! UNAVAILABLE until the kernel gives up on the old flow. A call its caller
+//! gave up on (its `grpc-timeout`, often shorter than `--redis-timeout-ms`)
+//! after [`CANCELLED_COUNTS_AFTER`] counts as such a timeout. TCP keepalive
+//! and, on Linux, `TCP_USER_TIMEOUT` let the kernel close a dead flow too.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::io::tcp::{socket2, TcpSettings};
 use tracing::warn;
 
 use super::{BackendError, Counted, Increment};
 
+/// Idle time before the first keepalive probe on the Redis connection.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+/// Time between keepalive probes.
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Unanswered probes before the kernel closes the connection.
+const TCP_KEEPALIVE_PROBES: u32 = 3;
+/// How long written data may stay unacknowledged before the kernel closes
+/// the connection (Linux `TCP_USER_TIMEOUT`).
+#[cfg(target_os = "linux")]
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Calls in a row that time out before the connection is replaced.
 pub const REBUILD_AFTER_TIMEOUTS: u32 = 3;
+
+/// A call cancelled by its caller after waiting this long on Redis counts
+/// as a timeout (see [`InFlight`]): Redis answers in well under a
+/// millisecond, while callers give up at their own deadline (Envoy's
+/// `ratelimit` filter after 20 ms by default, appguard after `timeout_ms`).
+pub const CANCELLED_COUNTS_AFTER: Duration = Duration::from_millis(5);
+
+/// One call on the connection, from the moment it is sent. A caller whose
+/// deadline (`grpc-timeout`) is shorter than `--redis-timeout-ms` has the
+/// call dropped before the backend's own timeout fires; on a connection
+/// that went silent every call would end so, and the connection would
+/// never be replaced. Dropped unsettled after [`CANCELLED_COUNTS_AFTER`],
+/// the call counts as a timeout of its connection.
+struct InFlight<'a> {
+    backend: &'a RedisBackend,
+    generation: u64,
+    started: Instant,
+    /// Set once the call has an answer or its own timeout: counted there.
+    settled: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.settled && self.started.elapsed() >= CANCELLED_COUNTS_AFTER {
+            self.backend.timed_out(self.generation);
+        }
+    }
+}
 
 /// A Redis-backed counter store.
 pub struct RedisBackend {
@@ -72,6 +115,21 @@ impl RedisBackend {
     /// a URL [`check_url`] refuses. Must be called inside a Tokio runtime.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, BackendError> {
         let client = check_url(url)?;
+        // A peer that vanished (a failover, a NAT dropping the flow) is
+        // found by the kernel: keepalive probes on an idle connection, and
+        // TCP_USER_TIMEOUT on one with unacknowledged writes. The manager
+        // then sees an I/O error and reconnects.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(TCP_KEEPALIVE_IDLE)
+            .with_interval(TCP_KEEPALIVE_INTERVAL)
+            .with_retries(TCP_KEEPALIVE_PROBES);
+        let tcp = TcpSettings::default()
+            .set_nodelay(true)
+            .set_keepalive(keepalive);
+        #[cfg(target_os = "linux")]
+        let tcp = tcp.set_user_timeout(TCP_USER_TIMEOUT);
+        let client =
+            redis::Client::open(client.get_connection_info().clone().set_tcp_settings(tcp))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -140,11 +198,18 @@ impl RedisBackend {
         // The manager's own response timeout (the same bound) usually fires
         // first, as an error: a timeout either way.
         let (generation, conn) = self.manager().clone();
+        let mut in_flight = InFlight {
+            backend: self,
+            generation,
+            started: Instant::now(),
+            settled: false,
+        };
         let answer = match tokio::time::timeout(self.timeout, call(conn)).await {
             Ok(Err(e)) if e.is_timeout() => Err(()),
             Ok(answer) => Ok(answer),
             Err(_) => Err(()),
         };
+        in_flight.settled = true;
         match answer {
             Ok(answer) => {
                 // Any other answer, an error reply included, shows the
