@@ -44,6 +44,18 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often the in-memory store drops expired windows in the background.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Largest `ShouldRateLimit` request accepted (tonic's default is 4 MiB).
+/// The largest request the service would answer (64 descriptors of 16
+/// entries) is a few kilobytes with the values callers send; a message of
+/// empty descriptors takes some 40 times its size in memory once decoded,
+/// before the descriptor bound refuses it, so the bytes are bounded first.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
+/// Calls of one connection handled at once; more wait. With
+/// [`MAX_REQUEST_BYTES`] it bounds what one caller's connection can hold
+/// in decoded requests. Envoy keeps one connection per worker.
+pub const MAX_CALLS_PER_CONNECTION: usize = 256;
+
 /// The environment variable holding the Redis URL when neither `--redis`
 /// nor `--redis-url-file` is given.
 pub const REDIS_URL_ENV: &str = "APPGUARD_RATELIMIT_REDIS_URL";
@@ -387,7 +399,13 @@ async fn serve(
     }
 
     let grpc = tonic::transport::Server::builder()
-        .add_service(RateLimitServiceServer::new(RlsService::new(limiter)))
+        // Calls answered at once per connection; the rest wait their turn
+        // (not refused), before their message is decoded.
+        .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+        .add_service(
+            RateLimitServiceServer::new(RlsService::new(limiter))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(
             // TCP_NODELAY: an answer is a few small HTTP/2 frames, and with
             // Nagle on, one that follows another on a quiet connection waits

@@ -20,17 +20,18 @@
 //!    limit, or when every quota-mode descriptor is; global shadow mode turns
 //!    it back to OK.
 //!
-//! Before step 1, a request with more than [`MAX_DESCRIPTORS`] descriptors
-//! or a descriptor with more than [`MAX_ENTRIES_PER_DESCRIPTOR`] entries is
-//! refused with INVALID_ARGUMENT, and nothing is counted (envoyproxy/ratelimit
+//! Before step 1, a request with more than [`MAX_DESCRIPTORS`] descriptors,
+//! a descriptor with more than [`MAX_ENTRIES_PER_DESCRIPTOR`] entries, or
+//! one with `is_negative_hits` is refused with INVALID_ARGUMENT, and nothing is counted (envoyproxy/ratelimit
 //! has no such bound).
 //!
 //! Not implemented from envoyproxy/ratelimit (all off by default there):
 //! its over-limit local cache, `STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT`, a
 //! separate per-second Redis, expiry jitter, `x-ratelimit-*` response
 //! headers and response dynamic metadata; `detailed_metric` and
-//! `value_to_metric` only shape its metrics. Like envoyproxy/ratelimit, the
-//! descriptor field `is_negative_hits` is not read: hits always add.
+//! `value_to_metric` only shape its metrics. Refunds are not supported: a
+//! descriptor with `is_negative_hits` is refused with INVALID_ARGUMENT
+//! (nothing counted), rather than charged as hits it meant to give back.
 //!
 //! Logs: the lines written once per request or descriptor (over limit,
 //! invalid request, counter store failure) are throttled to
@@ -102,6 +103,14 @@ pub enum ServiceError {
         index: usize,
         /// The hits asked for.
         hits: u64,
+    },
+    /// A descriptor asks for hits to be given back (`is_negative_hits`):
+    /// refunds are not supported, and counting them as hits would charge
+    /// the caller for what it meant to return.
+    #[error("descriptor {index}: is_negative_hits (refunds) is not supported")]
+    NegativeHits {
+        /// Position of the descriptor in the request.
+        index: usize,
     },
     /// The counter store failed: the answer is unknown, so no answer is given.
     #[error("counter store unavailable: {0}")]
@@ -332,6 +341,9 @@ pub struct RateLimiter {
     stats: Arc<Stats>,
     /// Bounds the per-request log lines.
     log_throttle: LineThrottle,
+    /// Keys the tags that stand for descriptor values in `debug` lines
+    /// (random per process, see [`RateLimiter::value_tag`]).
+    value_tags: std::collections::hash_map::RandomState,
 }
 
 /// What the request's descriptor `i` turned into before counting.
@@ -369,7 +381,19 @@ impl RateLimiter {
             options,
             stats,
             log_throttle: LineThrottle::new(REQUEST_LOG_LINES_PER_SECOND),
+            value_tags: std::collections::hash_map::RandomState::new(),
         }
+    }
+
+    /// What a `debug` line shows of a descriptor value: its length and a
+    /// tag keyed per process, never the value. Values may be API keys,
+    /// phone numbers or their digests (whatever the caller put in the
+    /// descriptor); equal values get equal tags within one run, which is
+    /// what tracing a client through the log needs.
+    fn value_tag(&self, value: &str) -> String {
+        use std::hash::BuildHasher;
+        let tag = self.value_tags.hash_one(value) >> 32;
+        format!("#{tag:08x}/{}B", value.len())
     }
 
     /// Whether a per-request line may be written at `now` (see
@@ -461,6 +485,9 @@ impl RateLimiter {
                 count: descriptor.entries.len(),
             });
         }
+        if let Some(index) = request.descriptors.iter().position(|d| d.is_negative_hits) {
+            return Err(ServiceError::NegativeHits { index });
+        }
         let domain = request.domain.as_str();
         let logged_domain = || safe_text(domain, MAX_LOGGED_DOMAIN_BYTES);
 
@@ -473,12 +500,12 @@ impl RateLimiter {
                     .entries
                     .iter()
                     .map(|e| {
-                        // Client-chosen bytes (header values the caller
-                        // copied): escaped and bounded, as the domain is.
+                        // The key escaped and bounded, as the domain is;
+                        // the value only as a tag (it may be a secret).
                         format!(
                             "({}={})",
                             safe_text(&e.key, MAX_LOGGED_DOMAIN_BYTES),
-                            safe_text(&e.value, MAX_LOGGED_DOMAIN_BYTES)
+                            self.value_tag(&e.value)
                         )
                     })
                     .collect();
@@ -1119,6 +1146,18 @@ descriptors:
         let alone = request("appguard", vec![descriptor(&[("ip", "192.0.2.1")])]);
         assert_eq!(ask(&l, &alone, NOW).await.statuses[0].limit_remaining, 2);
         assert_eq!(l.stats().snapshot().invalid_requests, 3);
+
+        // A refund (`is_negative_hits`) is refused, never counted as hits.
+        let mut refund = descriptor(&[("ip", "192.0.2.1")]);
+        refund.is_negative_hits = true;
+        let req = request("appguard", vec![descriptor(&[("ip", "192.0.2.1")]), refund]);
+        let err = l.should_rate_limit(&req, NOW).await.unwrap_err();
+        assert!(
+            matches!(err, ServiceError::NegativeHits { index: 1 }),
+            "{err}"
+        );
+        assert_eq!(err.to_status().code(), tonic::Code::InvalidArgument);
+        assert_eq!(ask(&l, &alone, NOW).await.statuses[0].limit_remaining, 1);
     }
 
     #[tokio::test]

@@ -264,6 +264,39 @@ async fn limit_override_logs_keys_not_values() {
 }
 
 #[tokio::test]
+async fn debug_lines_tag_descriptor_values_never_show_them() {
+    avoid_window_edge(60, 5);
+    let mut args = appguard_args();
+    args.extend(["--log-level".to_owned(), "debug".to_owned()]);
+    let service = Service::start_healthy(&strs(&args));
+    let mut client = service.client().await;
+    let req = request(
+        "appguard",
+        vec![descriptor(&[("api_key", "SECRET-KEY-123")])],
+    );
+    ask(&mut client, &req).await;
+    ask(&mut client, &req).await;
+    let logs = service.stderr();
+    let tags: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"msg\":\"descriptor\""))
+        .collect();
+    assert_eq!(tags.len(), 2, "{logs}");
+    assert!(tags[0].contains("(api_key=#"), "{}", tags[0]);
+    assert!(tags[0].contains("/14B)"), "{}", tags[0]);
+    // The same value, the same tag: a client can be followed in the log.
+    let entries = |l: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        v["fields"]["entries"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(entries(tags[0]), entries(tags[1]));
+    assert!(
+        !logs.contains("SECRET-KEY-123"),
+        "descriptor value logged: {logs}"
+    );
+}
+
+#[tokio::test]
 async fn malformed_requests_get_invalid_argument() {
     let service = Service::start_healthy(&strs(&appguard_args()));
     let mut client = service.client().await;
@@ -277,6 +310,14 @@ async fn malformed_requests_get_invalid_argument() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // More than 256 KiB: refused before it is decoded, and the service
+    // goes on answering.
+    let huge = "v".repeat(300 * 1024);
+    let err = client
+        .should_rate_limit(request("appguard", vec![descriptor(&[("jti", &huge)])]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
     // An unknown domain is not an error: nothing is limited.
     let r = ask(
         &mut client,
