@@ -629,7 +629,8 @@ pub const METHOD_OVERRIDE_PARAM: &str = "_method";
 ///   for it) when GET takes a route;
 ///
 /// every path with every method. A variant that keeps the route changes
-/// nothing.
+/// nothing; more than [`MAX_ROUTE_VARIANTS`] distinct override paths or
+/// methods make the request unclear.
 pub fn match_route<'c>(
     config: &'c Config,
     req: &Request<'_>,
@@ -652,13 +653,14 @@ pub fn match_route<'c>(
     let mut methods: Vec<Cow<'_, str>> = Vec::new();
     for (name, value) in req.headers.iter() {
         if config.routes_by_method && is_method_override_header(name) {
-            methods.extend(
-                value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|m| !m.is_empty())
-                    .map(Cow::Borrowed),
-            );
+            for m in value.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+                add_variant(
+                    &mut methods,
+                    method,
+                    Cow::Borrowed(m),
+                    str::eq_ignore_ascii_case,
+                )?;
+            }
         } else if URL_OVERRIDE_HEADERS
             .iter()
             .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()))
@@ -671,9 +673,9 @@ pub fn match_route<'c>(
             }
             let target = route_path(target).ok_or(UnclearPath)?.into_owned();
             for stem in format_stems(&target).into_iter().flatten() {
-                paths.push(Cow::Owned(stem.to_owned()));
+                add_variant(&mut paths, &path, Cow::Owned(stem.to_owned()), str::eq)?;
             }
-            paths.push(Cow::Owned(target));
+            add_variant(&mut paths, &path, Cow::Owned(target), str::eq)?;
         }
     }
     if config.routes_by_method {
@@ -685,7 +687,12 @@ pub fn match_route<'c>(
                 let m = form_decode(v).ok_or(UnclearPath)?;
                 let m = m.trim();
                 if !m.is_empty() {
-                    methods.push(Cow::Owned(m.to_owned()));
+                    add_variant(
+                        &mut methods,
+                        method,
+                        Cow::Owned(m.to_owned()),
+                        str::eq_ignore_ascii_case,
+                    )?;
                 }
             }
         }
@@ -723,6 +730,33 @@ pub fn match_route<'c>(
         }
     }
     Ok(matched)
+}
+
+/// Most distinct override paths, and most distinct override methods, one
+/// request may carry (each checked against every route with each of the
+/// other): no client needs more than one or two, and without a bound a
+/// request of thousands of `X-HTTP-Method-Override` values and dozens of
+/// `X-Original-URL` copies cost milliseconds of route matching.
+pub const MAX_ROUTE_VARIANTS: usize = 16;
+
+/// Adds `variant` to `list` unless it is the request's own (`own`) or
+/// already there (by `same`); more than [`MAX_ROUTE_VARIANTS`] distinct
+/// ones make the request [`UnclearPath`].
+#[inline(never)]
+fn add_variant<'a>(
+    list: &mut Vec<std::borrow::Cow<'a, str>>,
+    own: &str,
+    variant: std::borrow::Cow<'a, str>,
+    same: fn(&str, &str) -> bool,
+) -> Result<(), UnclearPath> {
+    if same(&variant, own) || list.iter().any(|v| same(v, &variant)) {
+        return Ok(());
+    }
+    if list.len() >= MAX_ROUTE_VARIANTS {
+        return Err(UnclearPath);
+    }
+    list.push(variant);
+    Ok(())
 }
 
 /// Whether a raw query parameter name is [`METHOD_OVERRIDE_PARAM`] as the

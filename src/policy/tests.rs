@@ -4539,6 +4539,60 @@ fn a_head_request_that_would_take_another_route_than_get_is_refused() {
 }
 
 #[test]
+fn override_variants_are_deduplicated_and_bounded() {
+    // Every override path is checked with every override method against
+    // every route: thousands of values made one request cost milliseconds.
+    // Repeats are one variant; more than 16 distinct ones are refused.
+    let w = World::from(json!({
+        "routes": [
+            {"name": "orders", "match": {"prefix": "/v1/orders/", "methods": ["GET", "POST"]}},
+            {"name": "public", "match": {"prefix": "/v1/public/"}}
+        ]
+    }));
+    let denied = Some(Reason::RouteDenied);
+    let many_posts = vec!["POST"; 12_000].join(",");
+    let same_path: Vec<(&str, &str)> = std::iter::repeat_n(("x-original-url", "/v1/orders/1"), 95)
+        .chain([("x-http-method-override", many_posts.as_str())])
+        .chain([("x-http-method", "post,Post,GET")])
+        .collect();
+    assert_eq!(w.route("POST", "/v1/orders/1", &same_path), None);
+    let methods = |n: usize| {
+        (0..n)
+            .map(|i| format!("M{i}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for (n, expect) in [(16, None), (17, denied)] {
+        let m = methods(n);
+        assert_eq!(
+            w.route("POST", "/v1/public/x", &[("x-http-method-override", &m)]),
+            expect,
+            "{n} methods"
+        );
+        let q = format!(
+            "/v1/public/x?_method=M0&{}",
+            (1..n)
+                .map(|i| format!("_method=M{i}"))
+                .collect::<Vec<_>>()
+                .join("&")
+        );
+        assert_eq!(w.route("POST", &q, &[]), expect, "{n} methods in the query");
+    }
+    for (n, expect) in [(16, None), (17, denied)] {
+        let paths: Vec<String> = (0..n).map(|i| format!("/v1/public/{i}")).collect();
+        let headers: Vec<(&str, &str)> = paths
+            .iter()
+            .map(|p| ("x-original-url", p.as_str()))
+            .collect();
+        assert_eq!(
+            w.route("POST", "/v1/public/x", &headers),
+            expect,
+            "{n} paths"
+        );
+    }
+}
+
+#[test]
 fn a_method_override_that_would_take_another_route_is_refused() {
     // `POST /v1/orders/1` with `X-HTTP-Method-Override: DELETE` runs the
     // DELETE handler on an upstream that honours the header: it must not
