@@ -360,6 +360,10 @@ pub struct Config {
     /// then does route matching read those headers (a per-request cost
     /// the common method-less configuration does not pay).
     pub routes_by_method: bool,
+    /// Whether any route lists `match.hosts`. Only then can a forwarded
+    /// host (`X-Forwarded-Host`, `Forwarded: host=`), which some upstreams
+    /// take for the request's host, take a request to another route.
+    pub routes_by_host: bool,
 }
 
 /// The shared rate-limit service: one `ShouldRateLimit` call per request
@@ -1279,6 +1283,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             .transpose()?,
         decision_log_per_second: raw.decision_log_per_second,
         routes_by_method: routes.iter().any(|r| !r.methods.is_empty()),
+        routes_by_host: routes.iter().any(|r| !r.hosts.is_empty()),
         routes,
         claim_headers,
     })

@@ -604,6 +604,55 @@ pub fn is_method_override_header(name: &str) -> bool {
 /// path that would take another route is refused.
 pub const URL_OVERRIDE_HEADERS: [&str; 2] = ["x-original-url", "x-rewrite-url"];
 
+/// Headers through which some upstreams take the request's host from the
+/// client instead of `:authority`: Rack (Rails), Django with
+/// `USE_X_FORWARDED_HOST`, Express with `trust proxy`, Spring's
+/// `ForwardedHeaderFilter`. Envoy passes them on. Where routes list
+/// `hosts`, one naming a host that would take another route is refused.
+pub const FORWARDED_HOST_HEADERS: [&str; 2] = ["x-forwarded-host", "forwarded"];
+
+/// Adds the hosts a forwarded-host header `name: value` names to `list`
+/// (see [`add_variant`]): every `host=` of every element of `Forwarded`
+/// (`for=…;host=a, host=b`), every value of `X-Forwarded-Host` (`a, b`:
+/// Express reads the first, Rack the last).
+#[inline(never)]
+fn add_forwarded_hosts<'a>(
+    list: &mut Vec<std::borrow::Cow<'a, str>>,
+    own: &str,
+    name: &str,
+    value: &'a str,
+) -> Result<(), UnclearPath> {
+    let forwarded = name.eq_ignore_ascii_case("forwarded");
+    for part in value.split([',', ';']) {
+        let h = match part.split_once('=') {
+            Some((k, v)) if forwarded && k.trim().eq_ignore_ascii_case("host") => v,
+            _ if forwarded => continue,
+            _ => part,
+        };
+        let h = h.trim();
+        let h = h
+            .strip_prefix('"')
+            .and_then(|q| q.strip_suffix('"'))
+            .unwrap_or(h);
+        let h = crate::request::host_name(h);
+        if !h.is_empty() {
+            add_variant(
+                list,
+                own,
+                std::borrow::Cow::Borrowed(h),
+                str::eq_ignore_ascii_case,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn is_forwarded_host_header(name: &str) -> bool {
+    FORWARDED_HOST_HEADERS
+        .iter()
+        .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()))
+}
+
 /// The query parameter through which a client asks the same: `_method`
 /// (Laravel reads it from the query as from a form; Express's
 /// `method-override` can be set to). Read as the API key parameter is: the
@@ -638,12 +687,13 @@ pub fn match_route<'c>(
     use std::borrow::Cow;
     let path = route_path(req.path()).ok_or(UnclearPath)?;
     let host = req.host();
-    let route_of = |p: &str, method: &str| {
+    let route_at = |p: &str, method: &str, host: &str| {
         config
             .routes
             .iter()
             .position(|r| route_matches(r, p, method, host))
     };
+    let route_of = |p: &str, method: &str| route_at(p, method, host);
     let method = req.method();
     let index = route_of(&path, method);
     let matched = index.and_then(|i| config.routes.get(i).map(|r| (i, r)));
@@ -651,8 +701,11 @@ pub fn match_route<'c>(
     // when there are none, the common case). One pass over the headers.
     let mut paths: Vec<Cow<'_, str>> = Vec::new();
     let mut methods: Vec<Cow<'_, str>> = Vec::new();
+    let mut hosts: Vec<Cow<'_, str>> = Vec::new();
     for (name, value) in req.headers.iter() {
-        if config.routes_by_method && is_method_override_header(name) {
+        if config.routes_by_host && is_forwarded_host_header(name) {
+            add_forwarded_hosts(&mut hosts, host, name, value)?;
+        } else if config.routes_by_method && is_method_override_header(name) {
             for m in value.split(',').map(str::trim).filter(|m| !m.is_empty()) {
                 add_variant(
                     &mut methods,
@@ -702,6 +755,11 @@ pub fn match_route<'c>(
     // whose `path` names the dotted path itself is the operator's word.
     if !matched.is_some_and(|(_, r)| matches!(r.path, PathMatch::Exact(_))) {
         paths.extend(format_stems(&path).into_iter().flatten().map(Cow::Borrowed));
+    }
+    // A forwarded host an upstream may take for the request's own must
+    // take the route `:authority` takes.
+    if hosts.iter().any(|h| route_at(&path, method, h) != index) {
+        return Err(UnclearPath);
     }
     let head = config.routes_by_method && method.eq_ignore_ascii_case("HEAD");
     if paths.is_empty() && methods.is_empty() && !head {

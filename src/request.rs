@@ -241,13 +241,17 @@ impl<'a> Request<'a> {
 
     /// `:authority` without its port, as written (compare case-insensitively).
     pub fn host(&self) -> &'a str {
-        let a = self.header(":authority").unwrap_or("");
-        let h = strip_port(a);
-        // `api.example.com.` is the same name (fully qualified), and Envoy
-        // routes it unless `strip_trailing_host_dot` is set: it must match
-        // the same routes.
-        h.strip_suffix('.').unwrap_or(h)
+        host_name(self.header(":authority").unwrap_or(""))
     }
+}
+
+/// The host name of an authority (`host[:port]`, `[v6]:port`), without a
+/// trailing dot: `api.example.com.` is the same name (fully qualified), and
+/// Envoy routes it unless `strip_trailing_host_dot` is set, so it must
+/// match the same routes.
+pub fn host_name(authority: &str) -> &str {
+    let h = strip_port(authority.trim());
+    h.strip_suffix('.').unwrap_or(h)
 }
 
 /// A request target split into path, query and fragment, the one split

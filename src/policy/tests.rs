@@ -2380,6 +2380,81 @@ fn a_kid_of_keys_still_to_come_waits_for_them_and_an_expired_one_asks_for_none()
 }
 
 #[test]
+fn a_forwarded_host_that_would_take_another_route_is_refused() {
+    // Rack, Django (USE_X_FORWARDED_HOST), Express (trust proxy) and
+    // Spring take the host from these headers, which Envoy passes on.
+    let w = World::from(json!({
+        "routes": [
+            {"name": "admin", "match": {"prefix": "/", "hosts": ["admin.example.com"]}},
+            {"name": "api", "match": {"prefix": "/v1/", "hosts": ["api.example.com", "*.api.example.com"]}}
+        ]
+    }));
+    let route = |extra: &[(&str, &str)]| {
+        let mut pairs = vec![
+            (":method", "GET"),
+            (":path", "/v1/orders"),
+            (":authority", "api.example.com:443"),
+        ];
+        pairs.extend_from_slice(extra);
+        let h = headers(&pairs);
+        match match_route(&w.config, &Request::new(&h, None)) {
+            Ok(m) => m.map(|(_, r)| r.name.clone()),
+            Err(UnclearPath) => Some("(unclear)".to_owned()),
+        }
+    };
+    let unclear = Some("(unclear)");
+    assert_eq!(route(&[]).as_deref(), Some("api"));
+    for (name, value) in [
+        ("x-forwarded-host", "admin.example.com"),
+        ("X-Forwarded-Host", "ADMIN.example.com:8443"),
+        ("x_forwarded_host", "admin.example.com."),
+        ("x-forwarded-host", "api.example.com, admin.example.com"),
+        ("x-forwarded-host", "admin.example.com,api.example.com"),
+        ("x-forwarded-host", "elsewhere.example"),
+        (
+            "forwarded",
+            "for=192.0.2.1;host=admin.example.com;proto=https",
+        ),
+        (
+            "Forwarded",
+            "host=api.example.com, for=192.0.2.2;HOST=\"admin.example.com\"",
+        ),
+    ] {
+        assert_eq!(
+            route(&[(name, value)]).as_deref(),
+            unclear,
+            "{name}: {value}"
+        );
+    }
+    // Hosts that take the same route change nothing.
+    for (name, value) in [
+        ("x-forwarded-host", "api.example.com"),
+        (
+            "x-forwarded-host",
+            "eu.api.example.com:443, API.example.com.",
+        ),
+        ("x-forwarded-host", ""),
+        ("forwarded", "for=192.0.2.1;proto=https"),
+        ("forwarded", "host=api.example.com"),
+    ] {
+        assert_eq!(
+            route(&[(name, value)]).as_deref(),
+            Some("api"),
+            "{name}: {value}"
+        );
+    }
+    // Without `hosts` on any route, the headers are not read.
+    let plain = World::from(json!({"routes": [{"name": "api", "match": {"prefix": "/v1/"}}]}));
+    let h = headers(&[
+        (":method", "GET"),
+        (":path", "/v1/orders"),
+        (":authority", "api.example.com"),
+        ("x-forwarded-host", "admin.example.com"),
+    ]);
+    assert!(match_route(&plain.config, &Request::new(&h, None)).is_ok_and(|m| m.is_some()));
+}
+
+#[test]
 fn path_parameters_trailing_slashes_and_host_dots_take_the_route_the_upstream_serves() {
     let w = World::from(json!({
         "routes": [

@@ -89,6 +89,56 @@ fn denying_route_gets_403_route_denied_with_json_body() {
 }
 
 #[test]
+fn a_forwarded_host_naming_another_route_is_refused() {
+    // Envoy passes `X-Forwarded-Host` and `Forwarded` on, and Rails,
+    // Django, Express and Spring may take the host from them: where routes
+    // choose by host, one that names the admin host cannot ride the public
+    // route.
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(
+        json!({
+            "default_action": "deny",
+            "routes": [
+                {"name": "admin", "match": {"prefix": "/", "hosts": ["admin.example.com"]}, "action": "deny"},
+                {"name": "api", "match": {"prefix": "/v1/", "hosts": ["api.example.com"]}}
+            ]
+        }),
+        up.port,
+    )
+    .start();
+    let api = |extra: Option<(&str, &str)>| {
+        let mut r = Req::get("/v1/orders").header("host", "api.example.com");
+        if let Some((k, v)) = extra {
+            r = r.header(k, v);
+        }
+        envoy.request(r)
+    };
+    assert_eq!(api(None).status, 200);
+    assert_eq!(
+        api(Some(("x-forwarded-host", "api.example.com"))).status,
+        200
+    );
+    let before = up.seen().len();
+    for (name, value) in [
+        ("x-forwarded-host", "admin.example.com"),
+        ("x-forwarded-host", "api.example.com, admin.example.com"),
+        ("forwarded", "for=192.0.2.1;host=admin.example.com"),
+    ] {
+        let r = api(Some((name, value)));
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, Some("route_denied")),
+            "{name}: {value}"
+        );
+    }
+    assert_eq!(
+        up.seen().len(),
+        before,
+        "a forwarded admin host reached upstream"
+    );
+}
+
+#[test]
 fn a_public_route_serves_browsers_from_any_site() {
     // No platforms, API key or token on the route: a browser's Origin or
     // Referer from another site, or an app nobody registered, is no reason
