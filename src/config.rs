@@ -2144,6 +2144,23 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_limit_name_is_a_plain_name() {
+        let rule = |name: &str| {
+            format!(
+                r#"{{"routes":[{{"name":"sms","match":{{"path":"/sms"}},
+                    "rate_limits":[{{"name":{name:?},"entries":[{{"type":"route"}}],
+                    "local":{{"requests":5,"per":"minute"}}}}]}}]}}"#
+            )
+        };
+        for bad in ["a b", "a.b", "", "x\ny", &"a".repeat(65)] {
+            let e = err(&rule(bad));
+            assert_eq!(e.path, "routes[0].rate_limits[0].name", "{bad:?}: {e}");
+        }
+        assert!(Config::from_json(rule(&"a".repeat(64)).as_bytes()).is_ok());
+        assert!(Config::from_json(rule("sms-per_ip-2").as_bytes()).is_ok());
+    }
+
+    #[test]
     fn two_service_rules_with_the_same_entries_are_refused() {
         let rules = |a: &str, b: &str| {
             format!(

@@ -376,6 +376,15 @@ pub(crate) fn compile(
                 ))
             }
         };
+        if r.name
+            .as_deref()
+            .is_some_and(|n| !crate::config::valid_name(n))
+        {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                "must be 1-64 characters of [A-Za-z0-9_-] (it appears in logs)",
+            ));
+        }
         let name = r.name.unwrap_or_else(|| format!("{route}#{i}"));
         // The name scopes the rule's counts: two rules with one name would
         // share a bucket.
