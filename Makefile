@@ -1,8 +1,8 @@
 # appguard — the map of the project. `make help` lists the targets.
 #
 # The filter is built for wasm32-wasip1 with rustup's target when it is
-# installed, and otherwise with Debian's Rust and build-std (see
-# ../shared/TOOLCHAIN.md): `make deps` installs what is missing.
+# installed, and otherwise with Debian's Rust and build-std (the `WASM_*`
+# variables below): `make deps` installs what is missing.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
