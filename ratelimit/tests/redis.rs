@@ -219,11 +219,14 @@ async fn a_rolling_counter_expires_an_hour_after_its_first_hit_only() {
 /// A TCP proxy to Redis whose `silence()` makes every connection open at
 /// that moment go quiet (bytes are swallowed, nothing is closed: a
 /// half-open flow after a failover or a NAT timeout), while connections
-/// opened after it work.
+/// opened after it work; `retarget()` sends connections opened after it to
+/// another Redis (a stable endpoint after a failover), leaving open ones
+/// where they are.
 struct SilencingProxy {
     port: u16,
     epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
     accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    target: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SilencingProxy {
@@ -236,12 +239,14 @@ impl SilencingProxy {
         let port = listener.local_addr().unwrap().port();
         let epoch = Arc::new(AtomicU64::new(0));
         let accepted = Arc::new(AtomicU64::new(0));
-        let (e, a) = (epoch.clone(), accepted.clone());
+        let to_port = Arc::new(AtomicU64::new(u64::from(target)));
+        let (e, a, t) = (epoch.clone(), accepted.clone(), to_port.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
                 a.fetch_add(1, Ordering::SeqCst);
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                let port = u16::try_from(t.load(Ordering::SeqCst)).unwrap();
+                let Ok(server) = TcpStream::connect(("127.0.0.1", port)) else {
                     continue;
                 };
                 let born = e.load(Ordering::SeqCst);
@@ -272,6 +277,7 @@ impl SilencingProxy {
             port,
             epoch,
             accepted,
+            target: to_port,
         }
     }
 
@@ -281,6 +287,11 @@ impl SilencingProxy {
 
     fn silence(&self) {
         self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn retarget(&self, port: u16) {
+        self.target
+            .store(u64::from(port), std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -407,6 +418,67 @@ async fn a_silent_connection_is_replaced_when_callers_give_up_before_the_redis_t
     assert_eq!(
         service.stderr().matches("opening a new connection").count(),
         1,
+        "{}",
+        service.stderr()
+    );
+}
+
+#[tokio::test]
+async fn a_connection_to_a_demoted_primary_is_replaced() {
+    // A failover behind a stable endpoint: the old primary becomes a
+    // replica (it answers writes with READONLY, which the `redis` crate
+    // does not reconnect on) and new connections reach the new primary.
+    avoid_window_edge(HOUR, 30);
+    let old_primary = Redis::start();
+    let new_primary = Redis::start();
+    let proxy = SilencingProxy::start(old_primary.port);
+    let args = vec![
+        "--config".to_owned(),
+        fixture("appguard.yaml").display().to_string(),
+        "--redis".to_owned(),
+        format!("redis://127.0.0.1:{}", proxy.port),
+        "--redis-timeout-ms".to_owned(),
+        "500".to_owned(),
+    ];
+    let service = Service::start_healthy(&strs(&args));
+    let mut client = service.client().await;
+    let req = request("appguard", vec![descriptor(&[("client_ip", "192.0.2.79")])]);
+    assert_eq!(ask(&mut client, &req).await.overall_code, Code::Ok as i32);
+
+    let mut old = redis::Client::open(old_primary.url()).unwrap();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(new_primary.port)
+        .query(&mut old)
+        .unwrap();
+    proxy.retarget(new_primary.port);
+    // The connection was opened more than REPLACE_NOT_PRIMARY_EVERY ago.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let started = Instant::now();
+    let mut unavailable = 0;
+    let answer = loop {
+        match client.should_rate_limit(req.clone()).await {
+            Ok(r) => break r.into_inner(),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                unavailable += 1;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still unavailable after {unavailable} calls: the demoted primary was kept\n{}",
+            service.stderr()
+        );
+    };
+    assert_eq!(answer.overall_code, Code::Ok as i32);
+    assert!(
+        unavailable >= 1,
+        "the demoted primary never refused a write"
+    );
+    assert!(
+        service
+            .stderr()
+            .contains("no longer the primary; opening a new connection"),
         "{}",
         service.stderr()
     );

@@ -52,6 +52,31 @@ const TCP_KEEPALIVE_PROBES: u32 = 3;
 #[cfg(target_os = "linux")]
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Shortest time between two replacements of the connection for replies
+/// saying the server is no longer the primary (see
+/// [`RedisBackend::error_reply`]): while a failover is under way a new
+/// connection may still reach the old primary.
+pub const REPLACE_NOT_PRIMARY_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether an error reply says the server is no longer a writable primary.
+fn not_primary(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    let stale = |k: Option<ServerErrorKind>| {
+        matches!(
+            k,
+            Some(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+        )
+    };
+    match e.kind() {
+        ErrorKind::Server(k) if stale(Some(k)) => true,
+        ErrorKind::Server(ServerErrorKind::ExecAbort) => e
+            .clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, s)| stale(s.kind()))),
+        _ => false,
+    }
+}
+
 /// Calls in a row that time out before the connection is replaced.
 pub const REBUILD_AFTER_TIMEOUTS: u32 = 3;
 
@@ -89,9 +114,9 @@ pub struct RedisBackend {
     client: redis::Client,
     /// How connections are opened and bounded.
     config: ConnectionManagerConfig,
-    /// The shared, reconnecting connection and its generation: how many
-    /// times it was replaced after a run of timeouts.
-    manager: Mutex<(u64, ConnectionManager)>,
+    /// The shared, reconnecting connection, its generation (how many
+    /// times it was replaced) and when it was opened.
+    manager: Mutex<(u64, ConnectionManager, Instant)>,
     /// Calls in a row that timed out on the current generation.
     timeouts: AtomicU32,
     /// Bound on each call (connect + transaction).
@@ -141,14 +166,14 @@ impl RedisBackend {
         Ok(RedisBackend {
             client,
             config,
-            manager: Mutex::new((0, manager)),
+            manager: Mutex::new((0, manager, Instant::now())),
             timeouts: AtomicU32::new(0),
             timeout,
             display_url: mask_password(url),
         })
     }
 
-    fn manager(&self) -> std::sync::MutexGuard<'_, (u64, ConnectionManager)> {
+    fn manager(&self) -> std::sync::MutexGuard<'_, (u64, ConnectionManager, Instant)> {
         self.manager
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -170,15 +195,35 @@ impl RedisBackend {
         if run < REBUILD_AFTER_TIMEOUTS {
             return;
         }
+        self.replace(&mut current, "calls in a row timed out");
+    }
+
+    /// Counts an error reply to a call made on connection `generation`:
+    /// one saying the server is no longer a primary (`READONLY`,
+    /// `MASTERDOWN`, also inside an aborted transaction) replaces the
+    /// connection at once, at most once a [`REPLACE_NOT_PRIMARY_EVERY`].
+    /// After a failover behind a stable endpoint (a DNS name, a managed
+    /// service's primary endpoint) the old connection still reaches the
+    /// demoted server, which the `redis` crate does not leave on such a
+    /// reply: every call would fail until a restart.
+    fn error_reply(&self, generation: u64, e: &redis::RedisError) {
+        if !not_primary(e) {
+            return;
+        }
+        let mut current = self.manager();
+        if current.0 != generation || current.2.elapsed() < REPLACE_NOT_PRIMARY_EVERY {
+            return;
+        }
+        self.replace(&mut current, "the server is no longer the primary");
+    }
+
+    /// Opens a new connection in place of `current`'s, logging `why`.
+    fn replace(&self, current: &mut (u64, ConnectionManager, Instant), why: &str) {
         match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
             Ok(fresh) => {
-                *current = (generation.wrapping_add(1), fresh);
+                *current = (current.0.wrapping_add(1), fresh, Instant::now());
                 self.timeouts.store(0, Ordering::Relaxed);
-                warn!(
-                    redis = %self.display_url,
-                    timeouts = run,
-                    "redis: calls in a row timed out; opening a new connection"
-                );
+                warn!(redis = %self.display_url, "redis: {why}; opening a new connection");
             }
             Err(e) => {
                 warn!(redis = %self.display_url, error = %e, "redis: cannot open a new connection")
@@ -197,7 +242,10 @@ impl RedisBackend {
     {
         // The manager's own response timeout (the same bound) usually fires
         // first, as an error: a timeout either way.
-        let (generation, conn) = self.manager().clone();
+        let (generation, conn) = {
+            let current = self.manager();
+            (current.0, current.1.clone())
+        };
         let mut in_flight = InFlight {
             backend: self,
             generation,
@@ -218,6 +266,9 @@ impl RedisBackend {
                 // (No lock while nothing timed out: the common path.)
                 if self.timeouts.load(Ordering::Relaxed) != 0 && self.manager().0 == generation {
                     self.timeouts.store(0, Ordering::Relaxed);
+                }
+                if let Err(e) = &answer {
+                    self.error_reply(generation, e);
                 }
                 Ok(answer?)
             }
