@@ -182,18 +182,20 @@ pub struct Alert {
 impl Alert {
     /// The JSON body of the POST. Names and numbers only: no request data.
     pub fn body(&self, a: &Alerts) -> String {
-        serde_json::json!({
-            "source": "appguard",
-            "kind": "threshold",
-            "route": self.route,
-            "reason": self.reason.code(),
-            "status": self.reason.status(),
-            "denials": self.count,
-            "threshold": a.threshold,
-            "window_seconds": a.window_seconds,
-            "window_start": self.window_start,
-        })
-        .to_string()
+        // Written out (keys in the order serde_json's map gives them): the
+        // route is a validated name (`[A-Za-z0-9_-]`, or `_unmatched`) and
+        // the rest are codes and numbers, so nothing needs escaping, and
+        // the module carries no JSON writer for two alert bodies.
+        format!(
+            r#"{{"denials":{},"kind":"threshold","reason":"{}","route":"{}","source":"appguard","status":{},"threshold":{},"window_seconds":{},"window_start":{}}}"#,
+            self.count,
+            self.reason.code(),
+            self.route,
+            self.reason.status(),
+            a.threshold,
+            a.window_seconds,
+            self.window_start,
+        )
     }
 }
 
@@ -292,27 +294,26 @@ impl Suppressed {
     /// The JSON body of the summary POST. Names and numbers only, as
     /// [`Alert::body`]; each listed pair had `threshold` denials or more.
     pub fn body(&self, a: &Alerts) -> String {
-        let pairs: Vec<_> = self
+        // Written out as [`Alert::body`] is.
+        let pairs: Vec<String> = self
             .pairs
             .iter()
             .map(|(route, reason)| {
-                serde_json::json!({
-                    "route": route,
-                    "reason": reason.code(),
-                    "status": reason.status(),
-                })
+                format!(
+                    r#"{{"reason":"{}","route":"{route}","status":{}}}"#,
+                    reason.code(),
+                    reason.status()
+                )
             })
             .collect();
-        serde_json::json!({
-            "source": "appguard",
-            "kind": "suppressed",
-            "suppressed": pairs,
-            "threshold": a.threshold,
-            "max_alerts_per_window": a.max_alerts_per_window,
-            "window_seconds": a.window_seconds,
-            "window_start": self.window_start,
-        })
-        .to_string()
+        format!(
+            r#"{{"kind":"suppressed","max_alerts_per_window":{},"source":"appguard","suppressed":[{}],"threshold":{},"window_seconds":{},"window_start":{}}}"#,
+            a.max_alerts_per_window,
+            pairs.join(","),
+            a.threshold,
+            a.window_seconds,
+            self.window_start,
+        )
     }
 }
 
@@ -525,6 +526,52 @@ mod tests {
         );
         let body = fired[0].body(&a);
         assert!(body.contains("\"reason\":\"ip_denied\"") && body.contains("\"route\":\"sms\""));
+    }
+
+    #[test]
+    fn alert_bodies_are_the_json_documented() {
+        let a = alerts(3, 2);
+        let alert = Alert {
+            route: "sms".into(),
+            reason: Reason::IpDenied,
+            count: 3,
+            window_start: 1_700_000_040,
+        };
+        let body: serde_json::Value = serde_json::from_str(&alert.body(&a)).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "source": "appguard", "kind": "threshold", "route": "sms",
+                "reason": "ip_denied", "status": 403, "denials": 3, "threshold": 3,
+                "window_seconds": a.window_seconds, "window_start": 1_700_000_040u64,
+            })
+        );
+        let summary = Suppressed {
+            window_start: 1_700_000_040,
+            pairs: vec![
+                ("_unmatched".into(), Reason::RouteDenied),
+                ("sms".into(), Reason::RateLimited),
+            ],
+        };
+        let body: serde_json::Value = serde_json::from_str(&summary.body(&a)).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "source": "appguard", "kind": "suppressed",
+                "suppressed": [
+                    {"route": "_unmatched", "reason": "route_denied", "status": 403},
+                    {"route": "sms", "reason": "rate_limited", "status": 429},
+                ],
+                "threshold": 3, "max_alerts_per_window": 2,
+                "window_seconds": a.window_seconds, "window_start": 1_700_000_040u64,
+            })
+        );
+        let none = Suppressed {
+            window_start: 1,
+            pairs: Vec::new(),
+        };
+        let body: serde_json::Value = serde_json::from_str(&none.body(&a)).unwrap();
+        assert_eq!(body["suppressed"], serde_json::json!([]));
     }
 
     #[test]
