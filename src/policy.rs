@@ -702,6 +702,13 @@ pub fn match_route<'c>(
     let mut paths: Vec<Cow<'_, str>> = Vec::new();
     let mut methods: Vec<Cow<'_, str>> = Vec::new();
     let mut hosts: Vec<Cow<'_, str>> = Vec::new();
+    // `%2F` and `%5C`, which Envoy passes on unless told to reject or
+    // decode them (`path_with_escaped_slashes_action`), are `/` to an
+    // upstream that decodes the path before routing it.
+    if let Some(decoded) = decode_slashes(&path) {
+        let decoded = route_path(&decoded).ok_or(UnclearPath)?.into_owned();
+        add_variant(&mut paths, &path, Cow::Owned(decoded), str::eq)?;
+    }
     for (name, value) in req.headers.iter() {
         if config.routes_by_host && is_forwarded_host_header(name) {
             add_forwarded_hosts(&mut hosts, host, name, value)?;
@@ -913,6 +920,31 @@ fn route_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
         out.push_str(segment);
     }
     Some(std::borrow::Cow::Owned(out))
+}
+
+/// `path` with every `%2F` and `%5C` (any case) turned into `/`; `None`
+/// when it has none.
+fn decode_slashes(path: &str) -> Option<String> {
+    let b = path.as_bytes();
+    let mut out = String::new();
+    let mut from = 0;
+    let mut i = 0;
+    while i + 2 < b.len() {
+        let hex = (b[i + 1], b[i + 2].to_ascii_uppercase());
+        if b[i] == b'%' && (hex == (b'2', b'F') || hex == (b'5', b'C')) {
+            out.push_str(path.get(from..i)?);
+            out.push('/');
+            i += 3;
+            from = i;
+        } else {
+            i += 1;
+        }
+    }
+    if out.is_empty() {
+        return None;
+    }
+    out.push_str(path.get(from..)?);
+    Some(out)
 }
 
 /// The path without the format suffix of its last segment (`/v1/sms` for

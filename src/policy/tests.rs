@@ -2380,6 +2380,41 @@ fn a_kid_of_keys_still_to_come_waits_for_them_and_an_expired_one_asks_for_none()
 }
 
 #[test]
+fn an_encoded_slash_that_would_take_another_route_is_refused() {
+    // With Envoy's `path_with_escaped_slashes_action` left at its default
+    // (keep), `%2F` and `%5C` reach appguard as such, and an upstream that
+    // decodes before routing reads `/`.
+    let w = World::from(json!({
+        "routes": [
+            {"name": "sms", "match": {"path": "/v1/sms"}, "action": "deny"},
+            {"name": "api", "match": {"prefix": "/v1/"}},
+            {"name": "files", "match": {"prefix": "/files/"}}
+        ]
+    }));
+    let denied = Some(Reason::RouteDenied);
+    for path in [
+        "/v1%2Fsms",
+        "/v1%2fsms",
+        "/v1%5Csms",
+        "/v1/x%2F..%2Fsms",
+        "/v1/x%2F%2e%2e%2Fsms",
+        "/v1/x%5c..%5csms",
+        "/v1/a%2F%2Fb",
+    ] {
+        assert_eq!(w.route("GET", path, &[]), denied, "{path}");
+    }
+    // A slash encoded where it changes no route is the upstream's business.
+    for path in [
+        "/files/a%2Fb",
+        "/files/dir%5Cname.txt",
+        "/v1/users/a%2Fb",
+        "/v1/%2",
+    ] {
+        assert_eq!(w.route("GET", path, &[]), None, "{path}");
+    }
+}
+
+#[test]
 fn a_forwarded_host_that_would_take_another_route_is_refused() {
     // Rack, Django (USE_X_FORWARDED_HOST), Express (trust proxy) and
     // Spring take the host from these headers, which Envoy passes on.
