@@ -83,9 +83,26 @@ pub struct GuardFilter {
 
 /// The SDK drops a stream's context when Envoy deletes the stream. One
 /// dropped while it waited for the rate-limit service was abandoned (its
-/// client left, or the stream was reset): see [`policy::abandon_rls`].
+/// client left, or the stream was reset): see [`policy::abandon_rls`]. One
+/// dropped while it waited for keys leaves their fetch to the root (see
+/// [`jwks::JwksSlot::refetch_lost_at`]). Drop makes no host calls: it runs
+/// while the SDK holds its map of streams.
 impl Drop for GuardFilter {
     fn drop(&mut self) {
+        // Held for keys: the fetch's answer will be dropped with this
+        // context, and the root must fetch them instead.
+        if let (
+            State::AwaitingKeys {
+                provider, started, ..
+            },
+            Some(worker),
+        ) = (&self.state, &self.worker)
+        {
+            if let Some(slot) = worker.jwks.borrow_mut().get_mut(*provider) {
+                slot.refetch_lost_at = Some(started / 1000);
+            }
+            return;
+        }
         let Some(pending) = self.take_awaiting_rls() else {
             return;
         };

@@ -66,6 +66,13 @@ pub struct JwksSlot {
     /// another fetch within that second: an endpoint that fails fast would
     /// otherwise free the slots at once and get one GET per request.
     pub request_fetch_failed_at: Option<u64>,
+    /// A request fetch dispatched at this second lost its answer: its
+    /// request went away first, and the SDK drops the answer with the
+    /// request's context. The keys are due (the root fetches them on its
+    /// next tick) until keys fetched after that second are loaded: the
+    /// request most likely named a `kid` of a rotation, and its fetch held
+    /// the instance's re-fetch lease.
+    pub refetch_lost_at: Option<u64>,
 }
 
 impl JwksSlot {
@@ -316,13 +323,15 @@ pub fn take_refetch_lease(
 }
 
 /// Whether the keys are due for a refresh: none yet, `refresh_seconds`
-/// old, or fetched "in the future" (the clock was set back since: their
+/// old, older than a request fetch whose answer was lost (see
+/// [`JwksSlot::refetch_lost_at`]), or fetched "in the future" (the clock was set back since: their
 /// age is unknown, so they are fetched again rather than trusted until the
 /// clock catches up).
 fn due(slot: &JwksSlot, remote: &RemoteJwks, now: u64) -> bool {
     slot.keys.keys.is_none()
         || slot.fetched_at > now
         || now.saturating_sub(slot.fetched_at) >= remote.refresh_seconds
+        || slot.refetch_lost_at.is_some_and(|t| slot.fetched_at <= t)
 }
 
 /// A shared lease: true for exactly one caller per `seconds`, among the
@@ -398,6 +407,21 @@ mod tests {
         // not hold every later fetch off until the clock catches up
         assert_eq!(publish(&s, "k", 40, 50, b"after the step"), Ok(true));
         assert_eq!(&s.get("k").unwrap().0[8..], b"after the step");
+    }
+
+    #[test]
+    fn keys_older_than_a_lost_refetch_are_due() {
+        let r = remote("jwks", "", "/k");
+        let mut slot = JwksSlot::default();
+        slot.keys.keys = Some(Rc::new(Vec::new()));
+        slot.fetched_at = 10_000;
+        assert!(!due(&slot, &r, 10_020));
+        // A request's re-fetch sent at 10,010 lost its answer.
+        slot.refetch_lost_at = Some(10_010);
+        assert!(due(&slot, &r, 10_020));
+        // Keys fetched after it was sent are what it would have brought.
+        slot.fetched_at = 10_011;
+        assert!(!due(&slot, &r, 10_020));
     }
 
     #[test]

@@ -1193,3 +1193,51 @@ fn a_body_handed_on_while_the_headers_wait_fails_closed_and_is_counted() {
     assert_eq!(r.status, 200, "{}", r.text());
     e.assert_vm_healthy();
 }
+
+#[test]
+fn a_rotated_key_is_fetched_even_when_the_client_that_named_it_went_away() {
+    // The one request that may re-fetch for an unknown `kid` (one per
+    // `min_refetch_seconds`, 30 s here, per instance) hangs up while its
+    // GET is out: the SDK drops the answer with the request's context.
+    // The root fetches the keys instead, on its next tick, so the rotated
+    // key verifies within seconds, not after the 30 s lease or the
+    // 600 s refresh.
+    let (k1, doc1) = key();
+    let up = Upstream::start();
+    let jwks = JwksServer::start(Jwks::Doc(doc1));
+    let e = jwks_envoy(&up, jwks.server.port, "deny");
+    let r = e.request(token_req(&k1));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let k2 = ES256KeyPair::generate().with_key_id("k2");
+    let rotated =
+        json!({"keys": [tokens::es256_jwk(&k1, "k1"), tokens::es256_jwk(&k2, "k2")]}).to_string();
+    jwks.set(Jwks::Slow(
+        Duration::from_millis(JWKS_TIMEOUT_MS / 2),
+        rotated,
+    ));
+    let fetched = jwks.fetches();
+    let token = tokens::es256_with(&k2, &claims(60, json!({})));
+    let closed = || e.stat("http.ingress.downstream_cx_destroy").unwrap_or(0);
+    let closed_before = closed();
+    let mut s = TcpStream::connect(("127.0.0.1", e.port)).unwrap();
+    write!(
+        s,
+        "GET /api/x HTTP/1.1\r\nhost: localhost\r\nx-token: {token}\r\n\r\n"
+    )
+    .unwrap();
+    wait_until(10, "the re-fetch for k2", || jwks.fetches() > fetched);
+    drop(s);
+    wait_until(10, "Envoy to see the client go", || {
+        closed() > closed_before
+    });
+    wait_until(10, "k2 to verify", || {
+        let r = e.request(Req::get("/api/x").header("x-token", &token));
+        match (r.status, r.reason()) {
+            (200, _) => true,
+            (401, Some("token_signature")) => false,
+            other => panic!("{other:?}: {}", r.text()),
+        }
+    });
+    assert!(up.seen().iter().all(|s| s.path == "/api/x"));
+    e.assert_vm_healthy();
+}
