@@ -221,12 +221,23 @@ macro_rules! out {
     }};
 }
 
+/// Writes a line to standard error. `eprintln!` panics (exit 101) when
+/// standard error is closed (`2>&-`); this drops the line instead: there is
+/// nowhere to report it, and the exit status still says what happened.
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        // Nowhere left to say that standard error failed.
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("appguard-cli: {e}");
+            err!("appguard-cli: {e}");
             ExitCode::from(e.exit_code())
         }
     }
@@ -281,7 +292,7 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
                 };
                 let (key, der) = install_key::generate(kind)?;
                 install_key::write_private(&out, &pem::encode("PRIVATE KEY", &der), force)?;
-                eprintln!(
+                err!(
                     "wrote the {} install private key to {} (PKCS#8 PEM); its ipk:",
                     key.algorithm(),
                     out.display()
@@ -306,10 +317,10 @@ fn check_config(file: &Path) -> Result<ExitCode, CliError> {
         };
         match &c.result {
             Ok(config) => out!("{name}{at}: valid: {}", check::summary(config)),
-            Err(e) => eprintln!("{name}{at}: {e}"),
+            Err(e) => err!("{name}{at}: {e}"),
         }
         for note in &c.notes {
-            eprintln!("{name}{at}: warning: {note}");
+            err!("{name}{at}: warning: {note}");
         }
     }
     Ok(if report.all_valid() {
@@ -322,7 +333,7 @@ fn check_config(file: &Path) -> Result<ExitCode, CliError> {
 fn read_stdin(what: &str) -> Result<String, CliError> {
     let mut stdin = std::io::stdin();
     if stdin.is_terminal() {
-        eprintln!("reading {what} from standard input; end with Ctrl-D");
+        err!("reading {what} from standard input; end with Ctrl-D");
     }
     let mut s = String::new();
     stdin
@@ -385,7 +396,7 @@ fn mint_token(t: TokenArgs) -> Result<ExitCode, CliError> {
         (None, false) => None,
     };
     if t.lifetime > 300 {
-        eprintln!(
+        err!(
             "note: a provider refuses tokens living longer than its max_lifetime_seconds (default 300)"
         );
     }
@@ -429,7 +440,7 @@ fn sign_request(s: SignArgs) -> Result<ExitCode, CliError> {
     };
     if let Some(ipk) = sign::token_claim(&req.token, &s.ipk_claim) {
         if InstallKey::from_ipk(&ipk).ok() != Some(key.public_key()) {
-            eprintln!(
+            err!(
                 "warning: the token's `{}` is not this install key's public half; the filter will refuse the signature",
                 s.ipk_claim
             );
