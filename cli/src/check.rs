@@ -17,7 +17,7 @@ use std::path::Path;
 use appguard::config::{Config, ConfigError};
 use serde_json::Value;
 
-use crate::error::{read_file, CliError};
+use crate::error::{read_file, CliError, Limit};
 
 /// What a checked file turned out to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,7 +102,7 @@ fn plural(n: usize, what: &str) -> String {
 /// kind of file this understands, or holds no appguard configuration
 /// (exit 2); refused configurations are in the report.
 pub fn check_file(path: &Path) -> Result<Report, CliError> {
-    let bytes = read_file(path)?;
+    let bytes = read_file(path, Limit::CONFIG)?;
     check_bytes(path, &bytes)
 }
 

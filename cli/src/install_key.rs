@@ -7,7 +7,7 @@ use std::path::Path;
 
 use appguard::signing::{InstallKey, InstallSigningKey};
 
-use crate::error::{read_text, CliError};
+use crate::error::{read_text, CliError, Limit};
 use crate::pem;
 
 /// The curve of a generated install key.
@@ -154,7 +154,7 @@ fn write_new(file: &Path, shown: &Path, pem_text: &str) -> Result<(), CliError> 
 /// Reads a private install key: PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`),
 /// as `mint install-key` and `openssl genpkey` write. P-256 or Ed25519.
 pub fn read_private(path: &Path) -> Result<InstallSigningKey, CliError> {
-    let text = read_text(path)?;
+    let text = read_text(path, Limit::KEY)?;
     let blocks =
         pem::parse(&text).map_err(|m| CliError::invalid(format!("{}: {m}", path.display())))?;
     let block = blocks
@@ -178,7 +178,7 @@ pub fn read_private(path: &Path) -> Result<InstallSigningKey, CliError> {
 /// key PEM (its public half is used), a `PUBLIC KEY` (SPKI) PEM, or the
 /// `ipk` claim value itself (base64 SPKI).
 pub fn read_public(path: &Path) -> Result<InstallKey, CliError> {
-    let text = read_text(path)?;
+    let text = read_text(path, Limit::KEY)?;
     let bad = |m: String| CliError::invalid(format!("{}: {m}", path.display()));
     if text.contains("-----BEGIN") {
         let blocks = pem::parse(&text).map_err(bad)?;

@@ -5,13 +5,13 @@
 //! refuses, a bad fingerprint or key), 2 the input could not be read or the
 //! arguments are wrong.
 
-use std::io::{IsTerminal as _, Read as _};
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use appguard::signing::{InstallKey, SignatureOptions};
 use appguard::token::keys::Alg;
-use appguard_cli::error::{read_file, read_text};
+use appguard_cli::error::{read_capped, read_file, read_text, Limit};
 use appguard_cli::install_key::{self, KeyType};
 use appguard_cli::mint::{self, SigningMaterial, TokenSpec};
 use appguard_cli::{check, fingerprint, pem, sign, CliError};
@@ -250,7 +250,7 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
             // `-` reads standard input, as the other commands' file
             // arguments do (it is never an API key to hash).
             let input = match key.as_deref() {
-                Some("-") | None => read_stdin("API key(s), one per line")?,
+                Some("-") | None => read_stdin("API key(s), one per line", Limit::API_KEYS)?,
                 Some(k) => k.to_owned(),
             };
             for h in appguard_cli::hash_keys(&input)? {
@@ -260,7 +260,7 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
         }
         Command::Fingerprint(a) => {
             if let Some(path) = a.pem {
-                let bytes = read_file(&path)?;
+                let bytes = read_file(&path, Limit::CERTIFICATE)?;
                 let text = String::from_utf8(bytes).map_err(|_| {
                     CliError::invalid(format!(
                         "{} is binary, not PEM: for a DER certificate use --der",
@@ -271,7 +271,7 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
                 out!("SHA256: {}", fp.sha256);
                 out!("SHA1: {}", fp.sha1);
             } else if let Some(path) = a.der {
-                let fp = fingerprint::of_der(&read_file(&path)?)?;
+                let fp = fingerprint::of_der(&read_file(&path, Limit::CERTIFICATE)?)?;
                 out!("SHA256: {}", fp.sha256);
                 out!("SHA1: {}", fp.sha1);
             } else if let Some(hex) = a.hex {
@@ -330,16 +330,13 @@ fn check_config(file: &Path) -> Result<ExitCode, CliError> {
     })
 }
 
-fn read_stdin(what: &str) -> Result<String, CliError> {
-    let mut stdin = std::io::stdin();
+fn read_stdin(what: &str, limit: Limit) -> Result<String, CliError> {
+    let stdin = std::io::stdin();
     if stdin.is_terminal() {
         err!("reading {what} from standard input; end with Ctrl-D");
     }
-    let mut s = String::new();
-    stdin
-        .read_to_string(&mut s)
-        .map_err(|e| CliError::input(format!("cannot read standard input: {e}")))?;
-    Ok(s)
+    let bytes = read_capped(stdin.lock(), limit, "standard input")?;
+    String::from_utf8(bytes).map_err(|_| CliError::input("standard input is not UTF-8 text"))
 }
 
 fn mint_token(t: TokenArgs) -> Result<ExitCode, CliError> {
@@ -355,13 +352,13 @@ fn mint_token(t: TokenArgs) -> Result<ExitCode, CliError> {
         (Some(b64), _, _) => SigningMaterial::Secret(decode(&b64, "--secret-base64")?),
         (_, Some(path), _) => {
             // `openssl rand -base64 64` wraps its output at 64 columns.
-            let text: String = read_text(&path)?
+            let text: String = read_text(&path, Limit::KEY)?
                 .chars()
                 .filter(|c| !c.is_ascii_whitespace())
                 .collect();
             SigningMaterial::Secret(decode(&text, &path.display().to_string())?)
         }
-        (_, _, Some(path)) => SigningMaterial::PrivatePem(read_text(&path)?),
+        (_, _, Some(path)) => SigningMaterial::PrivatePem(read_text(&path, Limit::KEY)?),
         _ => {
             return Err(CliError::input(
                 "one of --secret-base64, --secret-file, --key-pem is required",
@@ -427,7 +424,7 @@ fn sign_request(s: SignArgs) -> Result<ExitCode, CliError> {
     let key = install_key::read_private(&s.install_key)?;
     let body = match (&s.body, &s.body_file) {
         (Some(b), _) => Some(b.clone().into_bytes()),
-        (None, Some(path)) => Some(read_file(path)?),
+        (None, Some(path)) => Some(read_file(path, Limit::BODY)?),
         (None, None) => None,
     };
     let req = sign::RequestSpec {
