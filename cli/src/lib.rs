@@ -31,21 +31,38 @@ pub fn now() -> u64 {
 }
 
 /// Hashes each API key read from `input`, one per line, with the filter's
-/// [`appguard::identity::hash_api_key`]; returns the hashes in input order.
-/// Surrounding whitespace is dropped (a header value never carries it:
-/// Envoy strips it) and blank lines are skipped. A key longer than the
-/// filter compares ([`appguard::identity::MAX_API_KEY_BYTES`]) is refused:
-/// its hash could never match.
+/// [`appguard::identity::hash_api_key`]; returns the hashes in input order
+/// (blank lines are skipped).
+///
+/// Each line loses a leading byte order mark (U+FEFF, which Windows tools
+/// write) and then its surrounding whitespace with [`str::trim`], exactly as
+/// the filter trims the header it reads the key from. Refused (exit 1,
+/// naming the line, never the key):
+/// - a key with an ASCII control character (a lone carriage return, NUL,
+///   a tab): Envoy refuses CR, LF and NUL in a header value and no real
+///   key has the others, so such a line comes from a mangled file (mixed
+///   line endings, a tab-separated list), not from a key;
+/// - a key longer than the filter compares
+///   ([`appguard::identity::MAX_API_KEY_BYTES`]): its hash could never
+///   match either.
 pub fn hash_keys(input: &str) -> Result<Vec<String>, CliError> {
     let mut hashes = Vec::new();
-    for (n, key) in input.lines().map(str::trim).enumerate() {
+    let keys = input
+        .lines()
+        .map(|line| line.strip_prefix('\u{feff}').unwrap_or(line).trim());
+    for (n, key) in keys.enumerate() {
+        let line = n + 1;
         if key.is_empty() {
             continue;
         }
+        if let Some(c) = key.bytes().find(u8::is_ascii_control) {
+            return Err(CliError::invalid(format!(
+                "the key on line {line} contains the ASCII control character 0x{c:02X}, which no API key holds (Envoy refuses CR, LF and NUL in a header value): a stray carriage return, or a tab-separated file?"
+            )));
+        }
         if key.len() > appguard::identity::MAX_API_KEY_BYTES {
             return Err(CliError::invalid(format!(
-                "the key on line {} is {} bytes long; the filter refuses keys over {} bytes (api_key_invalid), so its hash could never match",
-                n + 1,
+                "the key on line {line} is {} bytes long; the filter refuses keys over {} bytes (api_key_invalid), so its hash could never match",
                 key.len(),
                 appguard::identity::MAX_API_KEY_BYTES
             )));

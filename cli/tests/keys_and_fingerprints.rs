@@ -37,6 +37,49 @@ fn hash_key_reads_one_key_per_line() {
 }
 
 #[test]
+fn hash_key_drops_a_byte_order_mark_and_refuses_control_characters() {
+    // Windows tools begin a file with U+FEFF: it is no part of the key.
+    let r = cli_with_stdin(&["hash-key"], Some("\u{feff}abc\r\n\u{feff} abc\n"));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(r.stdout, format!("{SHA256_ABC}\n{SHA256_ABC}\n"));
+    // Surrounding whitespace, tabs too, is still dropped as `str::trim` does.
+    let r = cli_with_stdin(&["hash-key"], Some(" \tabc\t \r\n"));
+    assert_eq!(r.stdout, format!("{SHA256_ABC}\n"), "{}", r.all());
+    // A control character inside: refused, the line named, the key never
+    // echoed.
+    for (input, line) in [
+        ("abc\ns3cr3t\rkey\n", 2),
+        ("s3cr3t\0key\n", 1),
+        ("abc\nabc\ns3cr3t\x7fkey", 3),
+        ("s3cr3t\tkey\n", 1),
+        ("\u{feff}s3cr3t\x1bkey\n", 1),
+    ] {
+        let r = cli_with_stdin(&["hash-key"], Some(input));
+        assert_eq!(r.code, 1, "{input:?}: {}", r.all());
+        assert!(r.stdout.is_empty(), "{input:?}: {}", r.stdout);
+        assert!(
+            r.stderr.contains(&format!(
+                "the key on line {line} contains the ASCII control character"
+            )),
+            "{input:?}: {}",
+            r.stderr
+        );
+        assert!(
+            !r.all().contains("s3cr3t"),
+            "the key was printed: {}",
+            r.all()
+        );
+    }
+    let r = cli(&["hash-key", "s3cr3t\x01key"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        !r.all().contains("s3cr3t"),
+        "the key was printed: {}",
+        r.all()
+    );
+}
+
+#[test]
 fn hash_key_refuses_what_the_filter_never_compares() {
     // Over 256 bytes the filter answers `api_key_invalid` before hashing:
     // such a hash could never match, and the key is not echoed.
