@@ -31,13 +31,16 @@ pub fn now() -> u64 {
 }
 
 /// Hashes each API key read from `input`, one per line, with the filter's
-/// [`appguard::identity::hash_api_key`]; returns the hashes in input order
-/// (blank lines are skipped).
+/// [`appguard::identity::hash_api_key`]; returns the hashes in input order,
+/// one per key line, so that `paste ids <(hash-key < keys)` pairs them
+/// right.
 ///
 /// Each line loses a leading byte order mark (U+FEFF, which Windows tools
 /// write) and then its surrounding whitespace with [`str::trim`], exactly as
 /// the filter trims the header it reads the key from. Refused (exit 1,
 /// naming the line, never the key):
+/// - a blank line before the last key: the hashes would no longer line up
+///   with the lines (blank lines after the last key are ignored);
 /// - a key with an ASCII control character (a lone carriage return, NUL,
 ///   a tab): Envoy refuses CR, LF and NUL in a header value and no real
 ///   key has the others, so such a line comes from a mangled file (mixed
@@ -46,14 +49,20 @@ pub fn now() -> u64 {
 ///   ([`appguard::identity::MAX_API_KEY_BYTES`]): its hash could never
 ///   match either.
 pub fn hash_keys(input: &str) -> Result<Vec<String>, CliError> {
-    let mut hashes = Vec::new();
-    let keys = input
+    let keys: Vec<&str> = input
         .lines()
-        .map(|line| line.strip_prefix('\u{feff}').unwrap_or(line).trim());
-    for (n, key) in keys.enumerate() {
+        .map(|line| line.strip_prefix('\u{feff}').unwrap_or(line).trim())
+        .collect();
+    let Some(last) = keys.iter().rposition(|k| !k.is_empty()) else {
+        return Err(CliError::invalid("no API key given"));
+    };
+    let mut hashes = Vec::with_capacity(last + 1);
+    for (n, key) in keys.iter().take(last + 1).enumerate() {
         let line = n + 1;
         if key.is_empty() {
-            continue;
+            return Err(CliError::invalid(format!(
+                "line {line} is blank: each line must hold one key, so that the hashes (one per line) line up with the keys; remove it"
+            )));
         }
         if let Some(c) = key.bytes().find(u8::is_ascii_control) {
             return Err(CliError::invalid(format!(
@@ -68,9 +77,6 @@ pub fn hash_keys(input: &str) -> Result<Vec<String>, CliError> {
             )));
         }
         hashes.push(appguard::identity::hash_api_key(key));
-    }
-    if hashes.is_empty() {
-        return Err(CliError::invalid("no API key given"));
     }
     Ok(hashes)
 }

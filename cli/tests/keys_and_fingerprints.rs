@@ -25,7 +25,8 @@ fn hash_key_from_stdin_never_echoes_the_key() {
 
 #[test]
 fn hash_key_reads_one_key_per_line() {
-    let r = cli_with_stdin(&["hash-key"], Some("abc\r\n\nabc\n"));
+    // Blank lines after the last key are ignored.
+    let r = cli_with_stdin(&["hash-key"], Some("abc\r\nabc\n\n \r\n"));
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(r.stdout, format!("{SHA256_ABC}\n{SHA256_ABC}\n"));
     let r = cli_with_stdin(&["hash-key"], Some(""));
@@ -77,6 +78,31 @@ fn hash_key_drops_a_byte_order_mark_and_refuses_control_characters() {
         "the key was printed: {}",
         r.all()
     );
+}
+
+#[test]
+fn hash_key_refuses_a_blank_line_before_a_key() {
+    // One hash per key line: a skipped blank line would shift every later
+    // hash against `paste ids <(hash-key < keys)`.
+    for (input, line) in [
+        ("abc\n\nabc\n", 2),
+        ("abc\r\n \t\r\nabc\n", 2),
+        ("\nabc\n", 1),
+        ("\u{feff}\nabc\n", 1),
+    ] {
+        let r = cli_with_stdin(&["hash-key"], Some(input));
+        assert_eq!(r.code, 1, "{input:?}: {}", r.all());
+        assert!(r.stdout.is_empty(), "{input:?}: {}", r.stdout);
+        assert!(
+            r.stderr.contains(&format!("line {line} is blank")),
+            "{input:?}: {}",
+            r.stderr
+        );
+    }
+    // Only blank lines: still no key at all.
+    let r = cli_with_stdin(&["hash-key"], Some("\n \n"));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("no API key given"), "{}", r.stderr);
 }
 
 #[test]
