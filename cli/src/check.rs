@@ -41,7 +41,7 @@ pub struct Checked {
     /// The filter's verdict.
     pub result: Result<Config, ConfigError>,
     /// Warnings about what may reach the filter otherwise than checked
-    /// here (an Istio WasmPlugin's unquoted `no`), whatever the verdict,
+    /// here (an Istio WasmPlugin's unquoted `no` or `0123`), whatever the verdict,
     /// then the filter's own advice on a valid configuration
     /// ([`Config::advisories`], which it also logs when configured).
     pub notes: Vec<String>,
@@ -429,7 +429,7 @@ fn wasm_plugin(doc: &Value, text: &str) -> Option<Checked> {
     };
     let mut notes = Vec::new();
     if let Some(pc) = spec.and_then(|s| s.get("pluginConfig")) {
-        yaml11_booleans(pc, &mut "spec.pluginConfig".to_owned(), text, &mut notes);
+        yaml11_scalars(pc, &mut "spec.pluginConfig".to_owned(), text, &mut notes);
     }
     Some(Checked::new(location, result, notes))
 }
@@ -443,20 +443,126 @@ const YAML11_BOOLEANS: [&str; 16] = [
     "OFF",
 ];
 
-/// Notes, for every string of `v` that YAML 1.1 reads as a boolean and
-/// that `text` holds unquoted somewhere, where it is.
-fn yaml11_booleans(v: &Value, path: &mut String, text: &str, notes: &mut Vec<String>) {
+/// The number Kubernetes reads in a plain scalar that this checker read as
+/// the string `s`, if any. Kubernetes reads manifests with go-yaml v2
+/// (through sigs.k8s.io/yaml), YAML 1.1 style: it drops every `_` and
+/// parses the rest as Go's `strconv.ParseInt(s, 0, 64)` does (a leading
+/// `0` is octal, `0x`/`0o`/`0b` in either case are hex, octal, binary),
+/// then as an unsigned integer, then as a float written
+/// `[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?`. So `0123` is 83,
+/// `08` is 8, `1_000` is 1000 and `0X1F` is 31, where YAML 1.2 (and this
+/// checker) reads strings. Scalars that both read the same way (`0b1010`,
+/// `0o17`, `0x1f`, `1e3`: numbers here too) never get here, and go-yaml
+/// has no sexagesimal numbers (`1:20` is a string to both).
+fn yaml11_number(s: &str) -> Option<serde_json::Number> {
+    // go-yaml tries numbers only for scalars starting with these.
+    if !s.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '+' | '-' | '.')) {
+        return None;
+    }
+    let plain: String = s.chars().filter(|&c| c != '_').collect();
+    if let Some(n) = go_parse_int(&plain) {
+        return Some(n);
+    }
+    if yaml_style_float(&plain) {
+        return plain
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64);
+    }
+    None
+}
+
+/// Go's `strconv.ParseInt(s, 0, 64)`, falling back on `ParseUint(s, 0,
+/// 64)` (no sign) as go-yaml does; `s` has no `_` left.
+fn go_parse_int(s: &str) -> Option<serde_json::Number> {
+    let (negative, unsigned) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let lower = unsigned.to_ascii_lowercase();
+    let (radix, digits) = if let Some(d) = lower.strip_prefix("0x") {
+        (16, d)
+    } else if let Some(d) = lower.strip_prefix("0o") {
+        (8, d)
+    } else if let Some(d) = lower.strip_prefix("0b") {
+        (2, d)
+    } else if let Some(d) = lower.strip_prefix('0').filter(|d| !d.is_empty()) {
+        (8, d)
+    } else {
+        (10, lower.as_str())
+    };
+    // from_str_radix would take a second sign; Go does not.
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    let magnitude = u64::from_str_radix(digits, radix).ok()?;
+    if !negative {
+        return Some(magnitude.into());
+    }
+    // -2^63 is the one magnitude beyond i64::MAX that is still an i64.
+    let n = 0i64.checked_sub_unsigned(magnitude)?;
+    Some(n.into())
+}
+
+/// go-yaml v2's `yamlStyleFloat`:
+/// `^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$`.
+fn yaml_style_float(s: &str) -> bool {
+    fn digits(s: &str) -> (&str, &str) {
+        let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        s.split_at(end)
+    }
+    let s = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let rest = if let Some(frac) = s.strip_prefix('.') {
+        let (d, rest) = digits(frac);
+        if d.is_empty() {
+            return false;
+        }
+        rest
+    } else {
+        let (d, rest) = digits(s);
+        if d.is_empty() {
+            return false;
+        }
+        match rest.strip_prefix('.') {
+            Some(frac) => digits(frac).1,
+            None => rest,
+        }
+    };
+    if rest.is_empty() {
+        return true;
+    }
+    let Some(exp) = rest.strip_prefix(['e', 'E']) else {
+        return false;
+    };
+    let (d, rest) = digits(exp.strip_prefix(['+', '-']).unwrap_or(exp));
+    !d.is_empty() && rest.is_empty()
+}
+
+/// Notes, for every string of `v` that Kubernetes (YAML 1.1) reads as a
+/// boolean or a number and that `text` holds unquoted somewhere, where it
+/// is and what the filter gets instead.
+fn yaml11_scalars(v: &Value, path: &mut String, text: &str, notes: &mut Vec<String>) {
     match v {
         Value::String(s) if YAML11_BOOLEANS.contains(&s.as_str()) && unquoted_in(text, s) => {
             notes.push(format!(
                 "{path}: `{s}` unquoted is a boolean to Kubernetes (YAML 1.1), and reaches the filter as one; write \"{s}\""
             ));
         }
+        Value::String(s) => {
+            if let Some(n) = yaml11_number(s).filter(|_| unquoted_in(text, s)) {
+                // As Istio's Struct passes it on: `08` is the double 8,
+                // written `8`.
+                let n = as_istio_sends(&Value::Number(n));
+                notes.push(format!(
+                    "{path}: `{s}` unquoted is the number {n} to Kubernetes (YAML 1.1), and reaches the filter as one; write \"{s}\" for the string, or {n}"
+                ));
+            }
+        }
         Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                yaml11_booleans(x, path, text, notes);
+                yaml11_scalars(x, path, text, notes);
                 path.truncate(len);
             }
         }
@@ -465,7 +571,7 @@ fn yaml11_booleans(v: &Value, path: &mut String, text: &str, notes: &mut Vec<Str
                 let len = path.len();
                 path.push('.');
                 path.push_str(k);
-                yaml11_booleans(x, path, text, notes);
+                yaml11_scalars(x, path, text, notes);
                 path.truncate(len);
             }
         }
@@ -719,6 +825,101 @@ spec: {pluginName: other, pluginConfig: {anything: 1}}
         );
         assert!(unquoted_in("x:\n  NO\n", "NO"), "a value on the next line");
         assert!(!unquoted_in("x: off#tag", "off"));
+    }
+
+    #[test]
+    fn unquoted_yaml_1_1_numbers_in_a_wasm_plugin_are_warned_of() {
+        let plugin = |values: &str| {
+            format!(
+                "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\n\
+                 metadata: {{name: appguard}}\nspec:\n  pluginName: appguard\n  pluginConfig:\n    \
+                 x: {values}\n"
+            )
+        };
+        // What this YAML 1.2 reader takes as strings, Kubernetes as numbers.
+        for (plain, n) in [
+            ("0123", "83"),
+            ("-0123", "-83"),
+            ("+0123", "83"),
+            ("08", "8"),
+            ("1_000", "1000"),
+            ("1_000.5", "1000.5"),
+            ("0X1F", "31"),
+            ("0B101", "5"),
+            ("0_17", "15"),
+        ] {
+            let r = report("w.yaml", &plugin(&format!("[a, {plain}]  # note")));
+            let notes = &r.configs[0].notes;
+            assert_eq!(notes.len(), 1, "{plain}: {notes:?}");
+            assert_eq!(
+                notes[0],
+                format!(
+                    "spec.pluginConfig.x[1]: `{plain}` unquoted is the number {n} to Kubernetes (YAML 1.1), \
+                     and reaches the filter as one; write \"{plain}\" for the string, or {n}"
+                ),
+            );
+            // Block style too.
+            let r = report("w.yaml", &plugin(&format!("\n    - {plain}\n")));
+            assert_eq!(
+                r.configs[0].notes.len(),
+                1,
+                "{plain}: {:?}",
+                r.configs[0].notes
+            );
+            // Quoted: a string to both.
+            for quoted in [format!("\"{plain}\""), format!("'{plain}'")] {
+                let r = report("w.yaml", &plugin(&format!("[{quoted}]")));
+                assert!(
+                    r.configs[0].notes.is_empty(),
+                    "{quoted}: {:?}",
+                    r.configs[0].notes
+                );
+            }
+        }
+        // Read alike by both: numbers here too (`0b1010`, `0o17`), or
+        // strings to both (go-yaml has no sexagesimal `1:20`), or plain
+        // numbers and words.
+        for same in [
+            "0b1010", "0o17", "0x1f", "1e3", ".5", "0", "-7", "1:20", "a_1", "1.2.3", "0x", "09a",
+        ] {
+            let r = report("w.yaml", &plugin(&format!("[{same}]")));
+            assert!(
+                r.configs[0].notes.is_empty(),
+                "{same}: {:?}",
+                r.configs[0].notes
+            );
+        }
+    }
+
+    #[test]
+    fn go_yaml_numbers() {
+        let n = |s: &str| yaml11_number(s).map(|n| n.to_string());
+        assert_eq!(n("0123").as_deref(), Some("83"));
+        assert_eq!(n("0b1010").as_deref(), Some("10"));
+        assert_eq!(n("0o17").as_deref(), Some("15"));
+        assert_eq!(n("1_000").as_deref(), Some("1000"));
+        assert_eq!(
+            n("18446744073709551615").as_deref(),
+            Some("18446744073709551615")
+        );
+        assert_eq!(
+            n("-9223372036854775808").as_deref(),
+            Some("-9223372036854775808")
+        );
+        // Past u64: a float, as go-yaml falls back on one.
+        assert_eq!(
+            n("18446744073709551616").as_deref(),
+            Some("1.8446744073709552e+19")
+        );
+        assert_eq!(n("08").as_deref(), Some("8.0"));
+        assert_eq!(n("1.5e3").as_deref(), Some("1500.0"));
+        for not in [
+            "1:20", "0x", "--1", "+-1", "0x-1", "1e", ".", "e3", "1_a", "inf", ".inf", "",
+        ] {
+            assert_eq!(n(not), None, "{not}");
+        }
+        assert!(yaml_style_float("-1.e+5"));
+        assert!(!yaml_style_float("1.5.1"));
     }
 
     #[test]

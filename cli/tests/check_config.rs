@@ -260,3 +260,25 @@ fn a_valid_configuration_that_probably_misleads_is_warned_of() {
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(!r.stderr.contains("warning"), "{}", r.stderr);
 }
+
+#[test]
+fn an_unquoted_yaml_1_1_number_in_a_manifest_is_warned_of() {
+    // `0100` is the string "0100" to YAML 1.2, the octal 64 to Kubernetes.
+    let manifest = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\n\
+                    metadata: {name: appguard, namespace: istio-system}\nspec:\n  \
+                    pluginName: appguard\n  pluginConfig:\n    \
+                    routes: [{name: 0100, match: {prefix: /}}]\n";
+    let r = common::cli_with_stdin(&["check-config", "-"], Some(manifest));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains(
+            "warning: spec.pluginConfig.routes[0].name: `0100` unquoted is the number 64 to Kubernetes (YAML 1.1)"
+        ),
+        "{}",
+        r.stderr
+    );
+    let quoted = manifest.replace("name: 0100", "name: '0100'");
+    let r = common::cli_with_stdin(&["check-config", "-"], Some(&quoted));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+}
