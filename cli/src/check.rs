@@ -11,6 +11,11 @@
 //!   ECDS, per-route config) has its `configuration` checked;
 //! - an Istio `WasmPlugin`: `spec.pluginConfig` is checked (resources of
 //!   other kinds in a multi-document file are skipped).
+//!
+//! Wasm filters with another `root_id` and WasmPlugins with another
+//! `pluginName` are not checked, but those with a configuration are named
+//! in the report ([`Report::skipped`]): appguard's module serves every root
+//! id, so a canary loading it under another name would run unchecked.
 
 use std::path::Path;
 
@@ -67,6 +72,62 @@ pub struct Report {
     pub kind: FileKind,
     /// Every appguard configuration in it, in file order (at least one).
     pub configs: Vec<Checked>,
+    /// The Wasm filter configurations and WasmPlugins that carry a
+    /// configuration but were not checked, because their `root_id` or
+    /// `pluginName` is not `appguard`, in file order.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A Wasm filter configuration or WasmPlugin with a configuration that was
+/// left unchecked for its `root_id` or `pluginName`. appguard's module
+/// serves every root id (it registers one root context whatever the
+/// name), so if such a filter loads the module, a canary under
+/// `root_id: appguard-canary` say, its configuration reaches the filter
+/// unchecked: the operator is told rather than the file passed as valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// Where it is: a path in an Envoy configuration, or
+    /// `WasmPlugin NAMESPACE/NAME`.
+    pub location: String,
+    /// `root_id` or `pluginName`.
+    pub field: &'static str,
+    /// The field's value; `None` when unset.
+    pub value: Option<String>,
+}
+
+impl Skipped {
+    /// What was skipped, in a few words, for the message of a file with
+    /// nothing else to check.
+    pub fn short(&self) -> String {
+        match &self.value {
+            Some(v) => format!("{} ({} `{v}`)", self.location, self.field),
+            None => format!("{} ({} unset)", self.location, self.field),
+        }
+    }
+}
+
+impl std::fmt::Display for Skipped {
+    /// The warning: why it was skipped and what that means.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (what, config) = if self.field == "root_id" {
+            ("Wasm filter", "configuration")
+        } else {
+            ("WasmPlugin", "pluginConfig")
+        };
+        match &self.value {
+            Some(v) => write!(
+                f,
+                "not checked: its {} is `{v}`, not `appguard`",
+                self.field
+            )?,
+            None => write!(f, "not checked: it has no {}", self.field)?,
+        }
+        write!(
+            f,
+            "; appguard's module serves any {}, so if this {what} loads it, the filter runs this {config} unchecked: check it as a file of its own",
+            self.field
+        )
+    }
 }
 
 impl Report {
@@ -123,7 +184,7 @@ pub fn check_bytes(path: &Path, bytes: &[u8]) -> Result<Report, CliError> {
         ),
     };
     if json {
-        check_json(bytes)
+        check_json(path, bytes)
     } else {
         let text = std::str::from_utf8(bytes)
             .map_err(|_| CliError::input(format!("{} is not UTF-8 text", path.display())))?;
@@ -131,7 +192,7 @@ pub fn check_bytes(path: &Path, bytes: &[u8]) -> Result<Report, CliError> {
     }
 }
 
-fn check_json(bytes: &[u8]) -> Result<Report, CliError> {
+fn check_json(path: &Path, bytes: &[u8]) -> Result<Report, CliError> {
     // Not even JSON: to the filter this is a configuration with a syntax
     // error, and it says so in its own words.
     let Ok(doc) = serde_json::from_slice::<Value>(bytes) else {
@@ -141,12 +202,7 @@ fn check_json(bytes: &[u8]) -> Result<Report, CliError> {
         // The exact bytes, not a re-serialisation: duplicate keys and
         // positions in messages stay what the filter would see.
         Kind::Plugin => Ok(plugin_report(bytes)),
-        Kind::Envoy => envoy_report(&doc),
-        Kind::WasmPlugin => Ok(Report {
-            kind: FileKind::Istio,
-            configs: wasm_plugin(&doc, "").into_iter().collect(),
-        }),
-        Kind::OtherResource(k) => Err(not_ours(&k)),
+        _ => check_resources(path, &[doc], ""),
     }
 }
 
@@ -175,35 +231,59 @@ fn check_yaml(path: &Path, text: &str) -> Result<Report, CliError> {
             let json = serde_json::to_vec(doc).map_err(|e| CliError::input(e.to_string()))?;
             Ok(plugin_report(&json))
         }
-        _ => {
-            let mut kind = None;
-            let mut configs = Vec::new();
-            let mut skipped = Vec::new();
-            for doc in &docs {
-                match classify(doc) {
-                    Kind::Envoy => {
-                        kind.get_or_insert(FileKind::Envoy);
-                        configs.extend(envoy_report(doc)?.configs);
-                    }
-                    Kind::WasmPlugin => {
-                        kind.get_or_insert(FileKind::Istio);
-                        configs.extend(wasm_plugin(doc, text));
-                    }
-                    Kind::OtherResource(k) => skipped.push(k),
-                    // A plugin configuration among Kubernetes resources is
-                    // not something Envoy or Istio would ever read.
-                    Kind::Plugin => skipped.push("a document of unknown kind".into()),
+        _ => check_resources(path, &docs, text),
+    }
+}
+
+/// Checks Envoy configurations and Kubernetes resources (one or more, from
+/// JSON or a multi-document YAML file). `text` is the YAML they came from
+/// (empty for JSON), searched for scalars Kubernetes reads otherwise.
+fn check_resources(path: &Path, docs: &[Value], text: &str) -> Result<Report, CliError> {
+    let mut kind = None;
+    let mut configs = Vec::new();
+    let mut skipped = Vec::new();
+    let mut others = Vec::new();
+    for doc in docs {
+        match classify(doc) {
+            Kind::Envoy => {
+                kind.get_or_insert(FileKind::Envoy);
+                envoy_configs(doc, &mut configs, &mut skipped);
+            }
+            Kind::WasmPlugin => {
+                kind.get_or_insert(FileKind::Istio);
+                match wasm_plugin(doc, text) {
+                    Ok(c) => configs.push(c),
+                    Err(Some(s)) => skipped.push(s),
+                    Err(None) => {}
                 }
             }
-            match kind {
-                Some(kind) if !configs.is_empty() => Ok(Report { kind, configs }),
-                Some(FileKind::Istio) => Err(CliError::input(format!(
-                    "{}: nothing to check: no WasmPlugin for appguard (pluginName `appguard`)",
-                    path.display()
-                ))),
-                _ => Err(not_ours(&skipped.join(", "))),
-            }
+            Kind::OtherResource(k) => others.push(k),
+            // A plugin configuration among Kubernetes resources is
+            // not something Envoy or Istio would ever read.
+            Kind::Plugin => others.push("a document of unknown kind".into()),
         }
+    }
+    let also = if skipped.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = skipped.iter().map(Skipped::short).collect();
+        format!("; not checked: {}", list.join(", "))
+    };
+    match kind {
+        Some(kind) if !configs.is_empty() => Ok(Report {
+            kind,
+            configs,
+            skipped,
+        }),
+        Some(FileKind::Istio) => Err(CliError::input(format!(
+            "{}: nothing to check: no WasmPlugin for appguard (pluginName `appguard`){also}",
+            path.display()
+        ))),
+        Some(_) => Err(CliError::input(format!(
+            "{}: nothing to check: an Envoy configuration without an appguard Wasm filter (`root_id: appguard`){also}",
+            path.display()
+        ))),
+        None => Err(not_ours(&others.join(", "))),
     }
 }
 
@@ -252,7 +332,7 @@ fn classify(doc: &Value) -> Kind {
     }
     let mut found = false;
     walk(doc, &mut String::new(), &mut |_, node| {
-        found |= is_appguard_filter(node);
+        found |= is_appguard_filter(node) || is_other_wasm_filter(node);
     });
     if found {
         Kind::Envoy
@@ -269,6 +349,7 @@ fn plugin_report(bytes: &[u8]) -> Report {
             Config::from_json(bytes),
             Vec::new(),
         )],
+        skipped: Vec::new(),
     }
 }
 
@@ -276,6 +357,15 @@ fn plugin_report(bytes: &[u8]) -> Report {
 /// `PluginConfig`).
 fn is_appguard_filter(node: &Value) -> bool {
     node.get("root_id").and_then(Value::as_str) == Some("appguard")
+}
+
+/// The `config` of another Wasm filter (Envoy's `PluginConfig`: a
+/// `root_id` or a `vm_config`) that carries a `configuration`: skipped,
+/// with a warning, as it may load appguard's module all the same.
+fn is_other_wasm_filter(node: &Value) -> bool {
+    node.get("configuration").is_some()
+        && (node.get("root_id").is_some() || node.get("vm_config").is_some())
+        && !is_appguard_filter(node)
 }
 
 fn walk(node: &Value, path: &mut String, f: &mut dyn FnMut(&str, &Value)) {
@@ -303,8 +393,9 @@ fn walk(node: &Value, path: &mut String, f: &mut dyn FnMut(&str, &Value)) {
     }
 }
 
-fn envoy_report(doc: &Value) -> Result<Report, CliError> {
-    let mut configs = Vec::new();
+/// Adds the appguard Wasm filter configurations in `doc` to `configs`, and
+/// the other Wasm filters with a configuration to `skipped`.
+fn envoy_configs(doc: &Value, configs: &mut Vec<Checked>, skipped: &mut Vec<Skipped>) {
     walk(doc, &mut String::new(), &mut |path, node| {
         if is_appguard_filter(node) {
             configs.push(Checked::new(
@@ -312,17 +403,18 @@ fn envoy_report(doc: &Value) -> Result<Report, CliError> {
                 envoy_plugin_bytes(node).and_then(|b| Config::from_json(&b)),
                 Vec::new(),
             ));
+        } else if is_other_wasm_filter(node) {
+            let root_id = node.get("root_id").map(|r| match r {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+            skipped.push(Skipped {
+                location: path.to_owned(),
+                field: "root_id",
+                value: root_id,
+            });
         }
     });
-    if configs.is_empty() {
-        return Err(CliError::input(
-            "nothing to check: an Envoy configuration without an appguard Wasm filter (`root_id: appguard`)",
-        ));
-    }
-    Ok(Report {
-        kind: FileKind::Envoy,
-        configs,
-    })
 }
 
 /// The bytes Envoy hands the plugin in `on_configure`: Envoy's
@@ -388,17 +480,12 @@ fn envoy_plugin_bytes(config: &Value) -> Result<Vec<u8>, ConfigError> {
     Ok(bytes)
 }
 
-/// `spec.pluginConfig` of a WasmPlugin for appguard; `None` for a
-/// WasmPlugin that names another plugin. `text` is the YAML it came from
-/// (empty for JSON), searched for scalars Kubernetes reads otherwise.
-fn wasm_plugin(doc: &Value, text: &str) -> Option<Checked> {
+/// `spec.pluginConfig` of a WasmPlugin for appguard. A WasmPlugin that
+/// names another plugin is `Err`: with what to warn of when it carries a
+/// `pluginConfig`, else `None`. `text` is the YAML it came from (empty for
+/// JSON), searched for scalars Kubernetes reads otherwise.
+fn wasm_plugin(doc: &Value, text: &str) -> Result<Checked, Option<Skipped>> {
     let spec = doc.get("spec");
-    let plugin_name = spec
-        .and_then(|s| s.get("pluginName"))
-        .and_then(Value::as_str);
-    if plugin_name.is_some_and(|n| n != "appguard") {
-        return None;
-    }
     let meta = doc.get("metadata");
     let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
     let location = match (field("namespace"), field("name")) {
@@ -406,6 +493,21 @@ fn wasm_plugin(doc: &Value, text: &str) -> Option<Checked> {
         (None, Some(n)) => format!("WasmPlugin {n}"),
         _ => "WasmPlugin".to_owned(),
     };
+    match spec.and_then(|s| s.get("pluginName")) {
+        None => {}
+        Some(Value::String(n)) if n == "appguard" => {}
+        Some(other) => {
+            let has_config = spec.is_some_and(|s| s.get("pluginConfig").is_some());
+            return Err(has_config.then(|| Skipped {
+                location,
+                field: "pluginName",
+                value: Some(match other {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                }),
+            }));
+        }
+    }
     // Istio hands pluginConfig (a protobuf Struct) to the filter as JSON,
     // and none at all when the Struct has no fields.
     let result = match spec.and_then(|s| s.get("pluginConfig")) {
@@ -431,7 +533,7 @@ fn wasm_plugin(doc: &Value, text: &str) -> Option<Checked> {
     if let Some(pc) = spec.and_then(|s| s.get("pluginConfig")) {
         yaml11_scalars(pc, &mut "spec.pluginConfig".to_owned(), text, &mut notes);
     }
-    Some(Checked::new(location, result, notes))
+    Ok(Checked::new(location, result, notes))
 }
 
 /// The scalars YAML 1.1 reads as booleans besides `true` and `false`.
@@ -920,6 +1022,148 @@ spec: {pluginName: other, pluginConfig: {anything: 1}}
         }
         assert!(yaml_style_float("-1.e+5"));
         assert!(!yaml_style_float("1.5.1"));
+    }
+
+    #[test]
+    fn other_wasm_filters_with_a_configuration_are_named_not_checked() {
+        let yaml = r#"
+static_resources:
+  listeners:
+  - filter_chains:
+    - filters:
+      - typed_config:
+          http_filters:
+          - name: appguard
+            typed_config:
+              config:
+                root_id: appguard
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{"mode": "monitor"}'
+          - name: canary
+            typed_config:
+              config:
+                root_id: appguard-canary
+                vm_config: {code: {local: {filename: appguard.wasm}}}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{"mdoe": "monitor"}'
+          - name: no-root-id
+            typed_config:
+              config:
+                vm_config: {code: {local: {filename: appguard.wasm}}}
+                configuration: {"@type": type.googleapis.com/google.protobuf.StringValue, value: '{}'}
+          - name: no-configuration
+            typed_config:
+              config: {root_id: stats, vm_config: {code: {local: {filename: stats.wasm}}}}
+"#;
+        let r = report("envoy.yaml", yaml);
+        assert_eq!(r.kind, FileKind::Envoy);
+        assert_eq!(r.configs.len(), 1);
+        assert!(r.all_valid(), "unchanged verdict");
+        let at =
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters";
+        assert_eq!(
+            r.skipped,
+            vec![
+                Skipped {
+                    location: format!("{at}[1].typed_config.config"),
+                    field: "root_id",
+                    value: Some("appguard-canary".into()),
+                },
+                Skipped {
+                    location: format!("{at}[2].typed_config.config"),
+                    field: "root_id",
+                    value: None,
+                },
+            ]
+        );
+        assert_eq!(
+            r.skipped[0].to_string(),
+            "not checked: its root_id is `appguard-canary`, not `appguard`; appguard's module serves \
+             any root_id, so if this Wasm filter loads it, the filter runs this configuration \
+             unchecked: check it as a file of its own"
+        );
+        assert!(r.skipped[1]
+            .to_string()
+            .starts_with("not checked: it has no root_id;"));
+
+        // Only a canary: nothing to check (exit 2), and it is named.
+        let canary = "static_resources: {x: {root_id: appguard-canary, configuration: {}}}\n";
+        let e = check_bytes(Path::new("e.yaml"), canary.as_bytes()).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.to_string()
+                .ends_with("; not checked: static_resources.x (root_id `appguard-canary`)"),
+            "{e}"
+        );
+        // Not even an Envoy bootstrap: found all the same.
+        let e = check_bytes(
+            Path::new("l.json"),
+            br#"{"config": {"root_id": "canary", "configuration": {}}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("config (root_id `canary`)"), "{e}");
+    }
+
+    #[test]
+    fn other_wasm_plugins_with_a_configuration_are_named_not_checked() {
+        let plugin = |name: &str, spec: &str| {
+            format!(
+                "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\n\
+                 metadata: {{name: {name}, namespace: ns}}\nspec: {spec}\n"
+            )
+        };
+        let yaml = [
+            plugin(
+                "appguard",
+                "{pluginName: appguard, pluginConfig: {mode: monitor}}",
+            ),
+            plugin(
+                "canary",
+                "{pluginName: appguard-canary, pluginConfig: {mdoe: x}}",
+            ),
+            plugin("stats", "{pluginName: stats}"),
+        ]
+        .join("---\n");
+        let r = report("w.yaml", &yaml);
+        assert_eq!(r.configs.len(), 1);
+        assert!(r.all_valid(), "unchanged verdict");
+        assert_eq!(
+            r.skipped,
+            vec![Skipped {
+                location: "WasmPlugin ns/canary".into(),
+                field: "pluginName",
+                value: Some("appguard-canary".into()),
+            }]
+        );
+        assert!(
+            r.skipped[0].to_string().contains(
+                "so if this WasmPlugin loads it, the filter runs this pluginConfig unchecked"
+            ),
+            "{}",
+            r.skipped[0]
+        );
+        // Only the canary, in YAML or JSON: nothing to check, and it is named.
+        let only = plugin(
+            "canary",
+            "{pluginName: appguard-canary, pluginConfig: {mdoe: x}}",
+        );
+        let e = check_bytes(Path::new("w.yaml"), only.as_bytes()).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.to_string()
+                .ends_with("; not checked: WasmPlugin ns/canary (pluginName `appguard-canary`)"),
+            "{e}"
+        );
+        let json = br#"{"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+            "metadata": {"name": "canary"}, "spec": {"pluginName": "c", "pluginConfig": {}}}"#;
+        let e = check_bytes(Path::new("w.json"), json).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
+        assert!(
+            e.to_string().contains("WasmPlugin canary (pluginName `c`)"),
+            "{e}"
+        );
     }
 
     #[test]

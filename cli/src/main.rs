@@ -309,12 +309,15 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
 fn check_config(file: &Path) -> Result<ExitCode, CliError> {
     let report = check::check_file(file)?;
     let name = file.display();
-    for c in &report.configs {
-        let at = if c.location.is_empty() {
+    let at = |location: &str| {
+        if location.is_empty() {
             String::new()
         } else {
-            format!(" ({})", c.location)
-        };
+            format!(" ({location})")
+        }
+    };
+    for c in &report.configs {
+        let at = at(&c.location);
         match &c.result {
             Ok(config) => out!("{name}{at}: valid: {}", check::summary(config)),
             Err(e) => err!("{name}{at}: {e}"),
@@ -322,6 +325,9 @@ fn check_config(file: &Path) -> Result<ExitCode, CliError> {
         for note in &c.notes {
             err!("{name}{at}: warning: {note}");
         }
+    }
+    for s in &report.skipped {
+        err!("{name}{}: warning: {s}", at(&s.location));
     }
     Ok(if report.all_valid() {
         ExitCode::SUCCESS

@@ -282,3 +282,41 @@ fn an_unquoted_yaml_1_1_number_in_a_manifest_is_warned_of() {
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(!r.stderr.contains("warning"), "{}", r.stderr);
 }
+
+#[test]
+fn a_canary_under_another_root_id_is_named_as_not_checked() {
+    // appguard's module serves every root_id: a canary filter loading it
+    // under another one runs its configuration unchecked.
+    let envoy = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
+    assert!(envoy.contains("root_id: appguard\n"), "the example changed");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("envoy.yaml");
+    std::fs::write(
+        &file,
+        envoy.replacen("root_id: appguard\n", "root_id: appguard-canary\n", 1),
+    )
+    .unwrap();
+    let r = cli(&["check-config", s(&file)]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("not checked: ") && r.stderr.contains("(root_id `appguard-canary`)"),
+        "{}",
+        r.stderr
+    );
+    // Next to the real plugin: valid (exit 0), with a warning naming it.
+    let manifest = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\n\
+                    metadata: {name: appguard, namespace: istio-system}\nspec:\n  \
+                    pluginName: appguard\n  pluginConfig: {mode: monitor}\n---\n\
+                    apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\n\
+                    metadata: {name: canary, namespace: istio-system}\nspec:\n  \
+                    pluginName: appguard-canary\n  pluginConfig: {mdoe: monitor}\n";
+    let r = common::cli_with_stdin(&["check-config", "-"], Some(manifest));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains(
+            "- (WasmPlugin istio-system/canary): warning: not checked: its pluginName is `appguard-canary`, not `appguard`"
+        ),
+        "{}",
+        r.stderr
+    );
+}
