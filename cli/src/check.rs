@@ -10,7 +10,9 @@
 //!   of an `envoy.filters.http.wasm` filter, wherever it sits: listeners,
 //!   ECDS, per-route config) has its `configuration` checked;
 //! - an Istio `WasmPlugin`: `spec.pluginConfig` is checked (resources of
-//!   other kinds in a multi-document file are skipped).
+//!   other kinds in a multi-document file are skipped). A Kubernetes
+//!   `List` (`kubectl get wasmplugins -o yaml`) is read as the documents
+//!   of its `items`.
 //!
 //! Wasm filters with another `root_id` and WasmPlugins with another
 //! `pluginName` are not checked, but those with a configuration are named
@@ -243,7 +245,9 @@ fn check_resources(path: &Path, docs: &[Value], text: &str) -> Result<Report, Cl
     let mut configs = Vec::new();
     let mut skipped = Vec::new();
     let mut others = Vec::new();
-    for doc in docs {
+    let mut resources = Vec::new();
+    unlist(docs, &mut resources, &mut others);
+    for doc in resources {
         match classify(doc) {
             Kind::Envoy => {
                 kind.get_or_insert(FileKind::Envoy);
@@ -284,6 +288,24 @@ fn check_resources(path: &Path, docs: &[Value], text: &str) -> Result<Report, Cl
             path.display()
         ))),
         None => Err(not_ours(&others.join(", "))),
+    }
+}
+
+/// `docs` with each Kubernetes list (`kind: List` from `kubectl get -o
+/// yaml`, or a typed `WasmPluginList`) replaced by its `items`, as if they
+/// were documents of a multi-document file; an empty list is noted in
+/// `others`.
+fn unlist<'a>(docs: &'a [Value], out: &mut Vec<&'a Value>, others: &mut Vec<String>) {
+    for doc in docs {
+        let list_kind = doc
+            .get("kind")
+            .and_then(Value::as_str)
+            .filter(|k| k.ends_with("List") && doc.get("apiVersion").is_some());
+        match (list_kind, doc.get("items").and_then(Value::as_array)) {
+            (Some(k), Some(items)) if items.is_empty() => others.push(format!("an empty {k}")),
+            (Some(_), Some(items)) => unlist(items, out, others),
+            _ => out.push(doc),
+        }
     }
 }
 
@@ -1164,6 +1186,65 @@ static_resources:
             e.to_string().contains("WasmPlugin canary (pluginName `c`)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_kubernetes_list_is_read_as_its_items() {
+        // What `kubectl get wasmplugins -A -o yaml` prints.
+        let yaml = r#"
+apiVersion: v1
+kind: List
+metadata: {resourceVersion: ""}
+items:
+- apiVersion: extensions.istio.io/v1alpha1
+  kind: WasmPlugin
+  metadata: {name: appguard, namespace: istio-system}
+  spec:
+    pluginName: appguard
+    pluginConfig:
+      network: {country_header: x-country, country_deny: [KP, NO]}
+- apiVersion: extensions.istio.io/v1alpha1
+  kind: WasmPlugin
+  metadata: {name: strict, namespace: shop}
+  spec: {pluginConfig: {mdoe: enforce}}
+- apiVersion: extensions.istio.io/v1alpha1
+  kind: WasmPlugin
+  metadata: {name: canary, namespace: shop}
+  spec: {pluginName: appguard-canary, pluginConfig: {mode: monitor}}
+"#;
+        let r = report("list.yaml", yaml);
+        assert_eq!(r.kind, FileKind::Istio);
+        let at: Vec<_> = r.configs.iter().map(|c| c.location.as_str()).collect();
+        assert_eq!(
+            at,
+            ["WasmPlugin istio-system/appguard", "WasmPlugin shop/strict"]
+        );
+        assert!(r.configs[0].result.is_ok());
+        assert_eq!(r.configs[0].notes.len(), 1, "{:?}", r.configs[0].notes);
+        let e = r.configs[1].result.as_ref().unwrap_err();
+        assert_eq!(e.path, "mdoe");
+        assert_eq!(r.skipped.len(), 1);
+        // The same in JSON (`-o json`), and a typed list.
+        let mut doc: Value = serde_norway::from_str(yaml).unwrap();
+        doc["kind"] = "WasmPluginList".into();
+        let json = serde_json::to_vec(&doc).unwrap();
+        let r = check_bytes(Path::new("list.json"), &json).unwrap();
+        assert_eq!(r.configs.len(), 2);
+        // An empty list: nothing to check.
+        let e = check_bytes(
+            Path::new("l.yaml"),
+            b"apiVersion: v1\nkind: List\nitems: []\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("(an empty List)"), "{e}");
+        // A list of other kinds: not ours, as the kinds are.
+        let e = check_bytes(
+            Path::new("l.yaml"),
+            b"apiVersion: v1\nkind: List\nitems: [{apiVersion: v1, kind: ConfigMap}]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("(ConfigMap)"), "{e}");
     }
 
     #[test]

@@ -320,3 +320,20 @@ fn a_canary_under_another_root_id_is_named_as_not_checked() {
         r.stderr
     );
 }
+
+#[test]
+fn kubectl_get_output_a_list_is_checked_item_by_item() {
+    let list = "apiVersion: v1\nkind: List\nitems:\n\
+                - apiVersion: extensions.istio.io/v1alpha1\n  kind: WasmPlugin\n  \
+                metadata: {name: appguard, namespace: istio-system}\n  \
+                spec: {pluginName: appguard, pluginConfig: {mode: monitor}}\n\
+                metadata: {resourceVersion: \"\"}\n";
+    let r = common::cli_with_stdin(&["check-config", "-"], Some(list));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout
+            .starts_with("- (WasmPlugin istio-system/appguard): valid:"),
+        "{}",
+        r.stdout
+    );
+}
