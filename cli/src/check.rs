@@ -161,9 +161,11 @@ fn plural(n: usize, what: &str) -> String {
     }
 }
 
-/// Reads and checks a file. `Err` only when it cannot be read, is not a
-/// kind of file this understands, or holds no appguard configuration
-/// (exit 2); refused configurations are in the report.
+/// Reads and checks a file. `Err` only when it cannot be read, is empty,
+/// is YAML that does not parse, is not a kind of file this understands, or
+/// holds no appguard configuration (exit 2); refused configurations are in
+/// the report, a JSON file that does not parse among them (the filter
+/// reads JSON itself, and refuses it with the message returned).
 pub fn check_file(path: &Path) -> Result<Report, CliError> {
     let bytes = read_file(path, Limit::CONFIG)?;
     check_bytes(path, &bytes)
@@ -194,7 +196,24 @@ pub fn check_bytes(path: &Path, bytes: &[u8]) -> Result<Report, CliError> {
     }
 }
 
+/// The error for a file with nothing in it: whatever the format, there is
+/// no configuration to check (most often the output of a command that
+/// failed), so it is not reported as the filter's refusal.
+fn empty(path: &Path) -> CliError {
+    CliError::input(format!(
+        "{}: empty: no configuration in it, nothing to check",
+        path.display()
+    ))
+}
+
 fn check_json(path: &Path, bytes: &[u8]) -> Result<Report, CliError> {
+    // JSON's whitespace only: empty, as a YAML file of blank lines is.
+    if bytes
+        .iter()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        return Err(empty(path));
+    }
     // Not even JSON: to the filter this is a configuration with a syntax
     // error, and it says so in its own words.
     let Ok(doc) = serde_json::from_slice::<Value>(bytes) else {
@@ -225,10 +244,7 @@ fn check_yaml(path: &Path, text: &str) -> Result<Report, CliError> {
     }
     docs.retain(|d| !d.is_null());
     match docs.as_slice() {
-        [] => Err(CliError::input(format!(
-            "{}: empty document",
-            path.display()
-        ))),
+        [] => Err(empty(path)),
         [doc] if classify(doc) == Kind::Plugin => {
             let json = serde_json::to_vec(doc).map_err(|e| CliError::input(e.to_string()))?;
             Ok(plugin_report(&json))
@@ -1245,6 +1261,27 @@ items:
         )
         .unwrap_err();
         assert!(e.to_string().contains("(ConfigMap)"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_file_is_nothing_to_check_in_either_format() {
+        for (name, text) in [
+            ("c.json", ""),
+            ("c.json", " \n\t\r\n"),
+            ("c.yaml", ""),
+            ("c.yaml", "# only a comment\n---\n"),
+            ("c", "\n\n"),
+        ] {
+            let e = check_bytes(Path::new(name), text.as_bytes()).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{name} {text:?}: {e}");
+            assert_eq!(
+                e.to_string(),
+                format!("{name}: empty: no configuration in it, nothing to check")
+            );
+        }
+        // JSON that is not whitespace is the filter's to refuse (exit 1).
+        let r = report("c.json", "\u{c}");
+        assert!(r.configs[0].result.is_err());
     }
 
     #[test]

@@ -337,3 +337,34 @@ fn kubectl_get_output_a_list_is_checked_item_by_item() {
         r.stdout
     );
 }
+
+#[test]
+fn syntax_errors_and_empty_files_exit_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, text: &str| {
+        let f = dir.path().join(name);
+        std::fs::write(&f, text).unwrap();
+        cli(&["check-config", s(&f)])
+    };
+    // JSON is what the filter reads: its syntax error is the filter's
+    // refusal, with the message Envoy logs (exit 1).
+    let r = run("bad.json", "{\"mode\": ");
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("invalid configuration"), "{}", r.stderr);
+    // YAML never reaches the filter as such: exit 2.
+    let r = run("bad.yaml", "mode: [\n");
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("not valid YAML"), "{}", r.stderr);
+    // Empty, in either format: nothing to check (exit 2).
+    for name in ["empty.json", "empty.yaml"] {
+        for text in ["", "\n  \n"] {
+            let r = run(name, text);
+            assert_eq!(r.code, 2, "{name} {text:?}: {}", r.all());
+            assert!(
+                r.stderr.contains("empty: no configuration in it"),
+                "{name}: {}",
+                r.stderr
+            );
+        }
+    }
+}
