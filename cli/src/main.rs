@@ -9,7 +9,7 @@ use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use appguard::signing::{InstallKey, SignatureOptions};
+use appguard::signing::SignatureOptions;
 use appguard::token::keys::Alg;
 use appguard_cli::error::{read_capped, read_file, read_text, Limit};
 use appguard_cli::install_key::{self, KeyType};
@@ -441,14 +441,6 @@ fn sign_request(s: SignArgs) -> Result<ExitCode, CliError> {
         token_header: s.token_header,
         token: s.token,
     };
-    if let Some(ipk) = sign::token_claim(&req.token, &s.ipk_claim) {
-        if InstallKey::from_ipk(&ipk).ok() != Some(key.public_key()) {
-            err!(
-                "warning: the token's `{}` is not this install key's public half; the filter will refuse the signature",
-                s.ipk_claim
-            );
-        }
-    }
     let created = s.created.unwrap_or_else(appguard_cli::now);
     let mut options = SignatureOptions::new(s.label, Vec::new(), created);
     options.expires = s.expires_in.map(|e| created.saturating_add(e));
@@ -456,6 +448,9 @@ fn sign_request(s: SignArgs) -> Result<ExitCode, CliError> {
     options.keyid = s.keyid;
     let components = (!s.components.is_empty()).then_some(s.components);
     let signed = sign::sign(&key, &req, &options, components)?;
+    if let Some(warning) = sign::token_warning(&req.token, &s.ipk_claim, &key) {
+        err!("warning: {warning}");
+    }
     let h = &signed.headers;
     if let Some(d) = &h.content_digest {
         out!("Content-Digest: {d}");

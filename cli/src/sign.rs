@@ -4,9 +4,10 @@
 //! command line.
 
 use appguard::signing::{
-    default_covered_components, sign_request, InstallSigningKey, Message, SignatureHeaders,
-    SignatureOptions, SigningPolicy,
+    default_covered_components, sign_request, InstallKey, InstallSigningKey, Message,
+    SignatureHeaders, SignatureOptions, SigningPolicy,
 };
+use serde_json::{Map, Value};
 
 use crate::error::CliError;
 
@@ -163,16 +164,60 @@ pub fn message_headers(req: &RequestSpec) -> Result<Vec<(String, String)>, CliEr
     Ok(headers)
 }
 
+/// A JWT's header and claims, read without verifying it, as the filter
+/// reads them: exactly three `.`-separated parts (surrounding whitespace
+/// aside, which Envoy strips from the header), the first two strict
+/// base64url without padding of JSON objects (the filter's own strict
+/// parser: no duplicate keys, bounded nesting). `None` for anything else,
+/// which the filter refuses as malformed.
+pub fn jwt_parts(token: &str) -> Option<(Map<String, Value>, Map<String, Value>)> {
+    use base64::Engine as _;
+    let mut parts = token.trim().split('.');
+    let (header, payload) = (parts.next()?, parts.next()?);
+    parts.next()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    let object = |part: &str| {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .ok()?;
+        appguard::token::strict_json::parse_object(&bytes)
+    };
+    Some((object(header)?, object(payload)?))
+}
+
 /// A string claim of a JWT, read without verifying it (to warn about a
 /// token whose `ipk` is not the signing key's).
 pub fn token_claim(token: &str, name: &str) -> Option<String> {
-    use base64::Engine as _;
-    let payload = token.trim().split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let (_, claims) = jwt_parts(token)?;
     claims.get(name)?.as_str().map(str::to_owned)
+}
+
+/// Why the filter will refuse a signature by `key` sent with `token`, when
+/// that shows without the token's own key: the filter takes the install key
+/// from the token's `claim` (`message_signing.claim`), so a token that is
+/// no JWT, a JWT without that claim, or one whose claim is another key's
+/// fails `message_signing` however good the signature. `None` when the
+/// claim is `key`'s public half.
+pub fn token_warning(token: &str, claim: &str, key: &InstallSigningKey) -> Option<String> {
+    let Some((_, claims)) = jwt_parts(token) else {
+        return Some(
+            "--token is not a JWT (three base64url parts, the first two JSON objects); the filter will refuse it, and the signature with it"
+                .to_owned(),
+        );
+    };
+    let Some(ipk) = claims.get(claim).and_then(Value::as_str) else {
+        return Some(format!(
+            "the token has no `{claim}` claim (a string) to take the install key from; the filter will refuse the signature (mint the token with --ipk-from)"
+        ));
+    };
+    if InstallKey::from_ipk(ipk).ok() != Some(key.public_key()) {
+        return Some(format!(
+            "the token's `{claim}` is not this install key's public half; the filter will refuse the signature"
+        ));
+    }
+    None
 }
 
 /// The default signature label (`install`), as the filter's policy expects.
@@ -304,6 +349,48 @@ mod tests {
         );
         assert_eq!(token_claim("e30.eyJpcGsiOiJhYmMifQ.sig", "x"), None);
         assert_eq!(token_claim("garbage", "ipk"), None);
+    }
+
+    #[test]
+    fn tokens_the_filter_takes_no_install_key_from_are_warned_of() {
+        use crate::install_key::{generate, KeyType};
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let (key, _) = generate(KeyType::P256).unwrap();
+        let (other, _) = generate(KeyType::Ed25519).unwrap();
+        let ipk = key.public_key().to_ipk();
+        let jwt = |claims: &str| format!("{}.{}.sig", b64(r#"{"alg":"HS256"}"#), b64(claims));
+        let good = jwt(&format!(r#"{{"ipk":"{ipk}"}}"#));
+        assert_eq!(token_warning(&good, "ipk", &key), None);
+        assert_eq!(token_warning(&format!(" {good}\n"), "ipk", &key), None);
+        let warn = |token: &str, claim: &str, k| token_warning(token, claim, k).unwrap_or_default();
+        // Not a JWT at all.
+        for not_jwt in [
+            "opaque-token",
+            "x.y.z",
+            "e30.e30",
+            "e30.e30.sig.more",
+            "e30=.e30.sig",
+            "W10.e30.sig",
+            &jwt(r#"{"ipk":"a","ipk":"b"}"#),
+        ] {
+            assert!(
+                warn(not_jwt, "ipk", &key).starts_with("--token is not a JWT"),
+                "{not_jwt}"
+            );
+        }
+        // A JWT without the claim (or with a claim that is no string).
+        for claims in ["{}", r#"{"ipk": 1}"#, &format!(r#"{{"key":"{ipk}"}}"#)] {
+            assert_eq!(
+                warn(&jwt(claims), "ipk", &key),
+                "the token has no `ipk` claim (a string) to take the install key from; \
+                 the filter will refuse the signature (mint the token with --ipk-from)",
+                "{claims}"
+            );
+        }
+        assert!(warn(&good, "key", &key).contains("no `key` claim"));
+        // Another key's.
+        assert!(warn(&good, "ipk", &other).contains("is not this install key's public half"));
     }
 
     #[test]

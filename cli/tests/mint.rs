@@ -547,6 +547,45 @@ fn ipk_from_public_key_pem_and_a_mismatch_warning() {
 }
 
 #[test]
+fn a_token_without_an_install_key_is_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("k.pem");
+    ok(&["mint", "install-key", "--out", s(&key_file)]);
+    let sign = |token: &str| {
+        cli(&[
+            "mint",
+            "sign-request",
+            "--install-key",
+            s(&key_file),
+            "--url",
+            "https://api.example.com/",
+            "--token",
+            token,
+        ])
+    };
+    // Not a JWT at all: signed (the headers may still be of use), with a
+    // warning that the filter will refuse it.
+    let r = sign("opaque-session-token");
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("Signature: "), "{}", r.stdout);
+    assert!(
+        r.stderr.contains("warning: --token is not a JWT"),
+        "{}",
+        r.stderr
+    );
+    // A JWT without an `ipk` claim.
+    let (_, b64) = secret();
+    let token = ok(&["mint", "--alg", "HS256", "--secret-base64", &b64]);
+    let r = sign(token.trim());
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("warning: the token has no `ipk` claim"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn standard_input_is_read_for_one_argument_only() {
     // Refused before anything is read (stdin is closed here).
     let r = cli(&[
