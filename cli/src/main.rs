@@ -108,9 +108,10 @@ struct TokenArgs {
     #[arg(long)]
     sub: Option<String>,
     /// Another claim, NAME=VALUE (repeatable); VALUE is JSON when it parses,
-    /// else a string.
-    #[arg(long = "claim", value_name = "NAME=VALUE", value_parser = mint::parse_claim)]
-    claims: Vec<(String, Value)>,
+    /// else a string. An integer beyond 64 bits, or nesting deeper than the
+    /// filter reads, is refused.
+    #[arg(long = "claim", value_name = "NAME=VALUE")]
+    claims: Vec<String>,
     /// Seconds until `exp` (appguard's default `max_lifetime_seconds` is 300);
     /// at most 86400 (one day), the largest `max_lifetime_seconds` a
     /// provider may set.
@@ -371,7 +372,11 @@ fn mint_token(t: TokenArgs) -> Result<ExitCode, CliError> {
             ))
         }
     };
-    let mut claims = t.claims;
+    let mut claims = t
+        .claims
+        .iter()
+        .map(|c| mint::claim_from_arg(c))
+        .collect::<Result<Vec<_>, _>>()?;
     let reserved = |claims: &[(String, Value)], name: &str, option: &str| {
         if claims.iter().any(|(n, _)| n == name) {
             return Err(CliError::invalid(format!(

@@ -41,6 +41,14 @@ pub const REGISTERED_CLAIMS: &[&str] = &["iss", "sub", "aud", "exp", "nbf", "iat
 /// far from an overflow.
 pub const MAX_LIFETIME_SECONDS: u64 = appguard::token::MAX_LIFETIME_CEILING_SECONDS;
 
+/// The deepest nesting of arrays and objects the filter accepts in a
+/// token's claims, the claims object itself counted as one level: its strict
+/// JSON parser (`appguard::token::strict_json`) refuses a token nested
+/// deeper as malformed. The filter keeps the number private (`MAX_DEPTH`
+/// in src/token/strict_json.rs), so it is repeated here; a test reads that
+/// file and minting at the bound, to keep the two equal.
+pub const MAX_JSON_DEPTH: usize = 16;
+
 /// What goes into a minted token.
 #[derive(Debug)]
 pub struct TokenSpec {
@@ -77,6 +85,86 @@ pub fn parse_claim(s: &str) -> Result<(String, Value), String> {
     Ok((name.to_owned(), value))
 }
 
+/// A `--claim NAME=VALUE` argument as [`parse_claim`] reads it, refusing
+/// (exit 1) an integer beyond 64 bits: serde_json, like most JSON readers,
+/// would turn it into a float (`18446744073709551616` becomes
+/// `1.8446744073709552e19`), so the token would not carry what was
+/// written. A malformed argument is a usage error (exit 2).
+pub fn claim_from_arg(s: &str) -> Result<(String, Value), CliError> {
+    let (name, value) = parse_claim(s).map_err(|e| CliError::input(format!("--claim {e}")))?;
+    let text = s.split_once('=').map_or("", |(_, text)| text);
+    match serde_json::from_str::<Value>(text) {
+        // Only JSON is read as numbers; other text is a string as written.
+        Ok(_) => {
+            if let Some(int) = oversized_integer(text) {
+                return Err(CliError::invalid(format!(
+                    "--claim {name}: {int} is an integer beyond 64 bits, which would be minted as the float {}; write it as a JSON string (\"{int}\") for the digits as they are",
+                    value_of(int)
+                )));
+            }
+        }
+        // JSON too deep for serde_json: not to be minted as a string.
+        Err(e) if e.to_string().starts_with("recursion limit exceeded") => {
+            return Err(CliError::invalid(format!(
+                "--claim {name}: nests arrays and objects over 128 levels deep; the filter reads at most {} within a claim",
+                MAX_JSON_DEPTH - 1
+            )));
+        }
+        Err(_) => {}
+    }
+    Ok((name, value))
+}
+
+/// How serde_json reads the number `int`, for the message.
+fn value_of(int: &str) -> String {
+    serde_json::from_str::<Value>(int).map_or_else(|_| int.to_owned(), |v| v.to_string())
+}
+
+/// The first integer literal (no `.`, `e` or `E`) in the JSON text `json`,
+/// outside strings, that fits neither an `i64` nor a `u64`.
+fn oversized_integer(json: &str) -> Option<&str> {
+    let b = json.as_bytes();
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'"' => {
+                i += 1;
+                while let Some(&c) = b.get(i) {
+                    i += if c == b'\\' { 2 } else { 1 };
+                    if c == b'"' {
+                        break;
+                    }
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while b
+                    .get(i)
+                    .is_some_and(|c| matches!(c, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-'))
+                {
+                    i += 1;
+                }
+                let literal = json.get(start..i)?;
+                let integer = !literal.contains(['.', 'e', 'E']);
+                if integer && literal.parse::<i64>().is_err() && literal.parse::<u64>().is_err() {
+                    return Some(literal);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// How deeply arrays and objects nest in `v`: 0 for a scalar.
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// Parses an algorithm name exactly as a provider's `keys[].alg` does.
 pub fn parse_alg(s: &str) -> Result<Alg, String> {
     Alg::from_name(s).ok_or_else(|| {
@@ -102,6 +190,14 @@ pub fn mint(spec: &TokenSpec) -> Result<String, CliError> {
         if REGISTERED_CLAIMS.contains(&name.as_str()) {
             return Err(CliError::invalid(format!(
                 "claim `{name}` has its own option (--iss, --sub, --aud, --jti, --lifetime)"
+            )));
+        }
+        // Inside the claims object, one level down.
+        let d = depth(value);
+        if d >= MAX_JSON_DEPTH {
+            return Err(CliError::invalid(format!(
+                "claim `{name}` nests arrays and objects {d} levels deep; the filter refuses a token whose claims nest deeper than {MAX_JSON_DEPTH} levels (the claims object is the first), so at most {} within a claim",
+                MAX_JSON_DEPTH - 1
             )));
         }
         if custom.insert(name.clone(), value.clone()).is_some() {
@@ -239,6 +335,100 @@ mod tests {
         );
         assert!(parse_claim("novalue").is_err());
         assert!(parse_claim("=x").is_err());
+    }
+
+    #[test]
+    fn the_depth_bound_is_the_filters() {
+        // The filter keeps it private: its source is the reference.
+        let source = include_str!("../../src/token/strict_json.rs");
+        assert!(
+            source.contains(&format!("const MAX_DEPTH: usize = {MAX_JSON_DEPTH};")),
+            "src/token/strict_json.rs changed its MAX_DEPTH"
+        );
+        // At the bound a token is minted and the filter's parser reads its
+        // claims; one level deeper it is refused here, as there.
+        let nested = |levels: usize| {
+            let mut v = Value::from(1);
+            for _ in 0..levels {
+                v = Value::Array(vec![v]);
+            }
+            v
+        };
+        let spec = |levels| TokenSpec {
+            claims: vec![("n".into(), nested(levels))],
+            ..hs256()
+        };
+        let payload = |token: &str| {
+            use base64::Engine as _;
+            let part = token.split('.').nth(1).unwrap();
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap()
+        };
+        let token = mint(&spec(MAX_JSON_DEPTH - 1)).unwrap();
+        assert!(appguard::token::strict_json::parse_object(&payload(&token)).is_some());
+        let e = mint(&spec(MAX_JSON_DEPTH)).unwrap_err();
+        assert_eq!(e.exit_code(), 1);
+        assert!(
+            e.to_string()
+                .contains("claim `n` nests arrays and objects 16 levels deep"),
+            "{e}"
+        );
+        let deeper = serde_json::json!({ "n": nested(MAX_JSON_DEPTH) });
+        let bytes = serde_json::to_vec(&deeper).unwrap();
+        assert!(appguard::token::strict_json::parse_object(&bytes).is_none());
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_are_refused() {
+        for arg in [
+            "n=18446744073709551616",
+            "n=-9223372036854775809",
+            "n=[1, 99999999999999999999]",
+            r#"n={"a": {"b": 123456789012345678901234567890}}"#,
+        ] {
+            let e = claim_from_arg(arg).unwrap_err();
+            assert_eq!(e.exit_code(), 1, "{arg}: {e}");
+            assert!(e.to_string().contains("beyond 64 bits"), "{arg}: {e}");
+        }
+        let e = claim_from_arg("n=18446744073709551616").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--claim n: 18446744073709551616 is an integer beyond 64 bits, which would be minted as \
+             the float 1.8446744073709552e+19; write it as a JSON string (\"18446744073709551616\") \
+             for the digits as they are"
+        );
+        // In range, floats as written, digits in strings: as before.
+        for (arg, want) in [
+            ("n=18446744073709551615", Value::from(u64::MAX)),
+            ("n=-9223372036854775808", Value::from(i64::MIN)),
+            ("n=1e30", Value::from(1e30)),
+            (
+                "n=18446744073709551616.0",
+                Value::from(18446744073709551616.0),
+            ),
+            (
+                r#"n="18446744073709551616""#,
+                Value::from("18446744073709551616"),
+            ),
+            (
+                r#"n=["\"", "99999999999999999999"]"#,
+                serde_json::json!(["\"", "99999999999999999999"]),
+            ),
+            (
+                "n=99999999999999999999x",
+                Value::from("99999999999999999999x"),
+            ),
+        ] {
+            assert_eq!(claim_from_arg(arg).unwrap(), ("n".into(), want), "{arg}");
+        }
+        // Deeper than serde_json reads: refused, not minted as a string.
+        let deep = format!("n={}{}", "[".repeat(200), "]".repeat(200));
+        let e = claim_from_arg(&deep).unwrap_err();
+        assert_eq!(e.exit_code(), 1, "{e}");
+        assert!(e.to_string().contains("over 128 levels deep"), "{e}");
+        // Malformed: a usage error, as clap's.
+        assert_eq!(claim_from_arg("novalue").unwrap_err().exit_code(), 2);
     }
 
     #[test]

@@ -138,6 +138,47 @@ fn secret_from_file_and_random_jti() {
 }
 
 #[test]
+fn claims_the_filter_would_read_otherwise_are_refused() {
+    let (bytes, b64) = secret();
+    let mint = |claim: &str| {
+        cli(&[
+            "mint",
+            "--alg",
+            "HS256",
+            "--secret-base64",
+            &b64,
+            "--claim",
+            claim,
+        ])
+    };
+    let nested = |levels: usize| format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+    // 15 levels within the claim (16 with the claims object): minted.
+    let r = mint(&format!("n={}", nested(15)));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let claims = HS256Key::from_bytes(&bytes)
+        .verify_token::<Custom>(r.stdout.trim(), None)
+        .unwrap();
+    assert!(claims.custom["n"].is_array());
+    // One more, or far more: refused, exit 1.
+    for levels in [16, 200] {
+        let r = mint(&format!("n={}", nested(levels)));
+        assert_eq!(r.code, 1, "{levels}: {}", r.all());
+        assert!(r.stdout.is_empty(), "{}", r.stdout);
+        assert!(r.stderr.contains("levels deep"), "{}", r.stderr);
+    }
+    // An integer beyond 64 bits would be minted as a float: refused.
+    let r = mint("id=123456789012345678901");
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("beyond 64 bits"), "{}", r.stderr);
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    // Quoted, the digits are a string.
+    let r = mint(r#"id="123456789012345678901""#);
+    assert_eq!(r.code, 0, "{}", r.all());
+    // A malformed --claim is still a usage error.
+    assert_eq!(mint("novalue").code, 2);
+}
+
+#[test]
 fn hs512_needs_a_64_byte_secret_like_the_filter() {
     let (_, b64) = secret();
     let r = cli(&["mint", "--alg", "HS512", "--secret-base64", &b64]);
