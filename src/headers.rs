@@ -11,11 +11,20 @@
 
 /// A header list in message order: names in lower case as Envoy gives them,
 /// pseudo-headers included. Bytes that are not UTF-8 are replaced (lossy),
-/// so no header can make a lookup fail.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// so no header can make a lookup fail. Its `Debug` shows names and the
+/// length of each value, never a value (tokens, API keys).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Headers {
     text: String,
     spans: Vec<Span>,
+}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|(name, value)| (name, value.len())))
+            .finish()
+    }
 }
 
 /// Where one header's name and value lie in [`Headers::text`].
@@ -200,6 +209,18 @@ mod tests {
 
     use super::*;
     use crate::wire::encode_pairs;
+
+    #[test]
+    fn debug_shows_names_and_lengths_never_values() {
+        let h: Headers = [
+            ("x-api-key", "secret-key-1"),
+            ("approov-token", "eyJhbGciOi"),
+        ]
+        .into_iter()
+        .collect();
+        let d = format!("{h:?}");
+        assert_eq!(d, r#"[("x-api-key", 12), ("approov-token", 10)]"#);
+    }
 
     fn wire(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
         encode_pairs(pairs.iter().copied())

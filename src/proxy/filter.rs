@@ -817,7 +817,17 @@ impl GuardFilter {
         // an empty body's `Content-Digest` would pass while the real body
         // goes upstream. Fail closed, as when the headers cannot be read.
         let body = match abi::buffer(Buffer::RequestBody, 0, body_size) {
-            Ok(Some(b)) => b,
+            // Not a shorter read either: the part checked would not be the
+            // body that goes upstream (as on the trailers path).
+            Ok(Some(b)) if b.len() == body_size => b,
+            Ok(Some(b)) => {
+                warn!(
+                    "#{} the request body read back {} of {body_size} bytes",
+                    self.context_id,
+                    b.len()
+                );
+                return self.reply_raw(503, "appguard_host_error");
+            }
             Ok(None) if body_size == 0 => Vec::new(),
             Ok(None) => {
                 warn!(

@@ -788,3 +788,20 @@ fn a_kid_repeated_in_a_fetched_jwks_tries_each_of_its_keys() {
     let pre = precheck(&p, &p.keys, &fetched, false, &forged, NOW).unwrap();
     assert!(pre.check_signature(&p, &forged, NOW).is_err());
 }
+
+#[test]
+fn a_verified_token_debugs_its_claim_names_not_their_values() {
+    let mut claims = Map::new();
+    claims.insert("phone".into(), Value::String("+447700900123".into()));
+    claims.insert("sub".into(), Value::String("user-42".into()));
+    let t = VerifiedToken {
+        provider: 1,
+        exp: 99,
+        claims,
+    };
+    let d = format!("{t:?}");
+    assert_eq!(
+        d,
+        r#"VerifiedToken { provider: 1, exp: 99, claims: ["phone", "sub"] }"#
+    );
+}
