@@ -2905,6 +2905,10 @@ fn a_429_from_the_over_limit_cache_carries_every_rate_limit_header() {
     assert!(cached.contains(&("x-ratelimit-limit".into(), "5".into())));
     assert!(cached.contains(&("x-ratelimit-remaining".into(), "0".into())));
     assert!(cached.contains(&("retry-after".into(), "42".into())));
+    assert!(
+        cached.contains(&("x-ratelimit-reset".into(), "42".into())),
+        "{cached:?}"
+    );
 }
 
 #[test]
