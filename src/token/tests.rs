@@ -378,11 +378,30 @@ fn structure_encoding_and_size() {
         verify(&p, &padded, NOW).unwrap_err().reason(),
         Reason::TokenMalformed
     );
-    let plus = good.replace('-', "+").replace('_', "/");
-    if plus != good {
+    // `-` and `_` spelled `+` and `/`: in the signature (this token's has
+    // a `_`) and in the claims (`???` encodes to `Pz8_`). Both tokens are
+    // genuine: only the alphabet is wrong.
+    let std_alphabet = |s: &str| s.replace('-', "+").replace('_', "/");
+    let mut odd_claims = claims_at(NOW, 60);
+    odd_claims["sub"] = json!("???");
+    let odd = hs(&odd_claims);
+    assert!(verify(&p, &odd, NOW).is_ok());
+    let mut parts = odd.split('.');
+    let (head, payload, sig) = (parts.next(), parts.next(), parts.next());
+    let (head, payload, sig) = (head.unwrap(), payload.unwrap(), sig.unwrap());
+    for (what, token, spelled) in [
+        ("signature", good.as_str(), std_alphabet(&good)),
+        (
+            "claims",
+            odd.as_str(),
+            format!("{head}.{}.{sig}", std_alphabet(payload)),
+        ),
+    ] {
+        assert_ne!(spelled, token, "no `-` or `_` in the {what}");
         assert_eq!(
-            verify(&p, &plus, NOW).unwrap_err().reason(),
-            Reason::TokenMalformed
+            verify(&p, &spelled, NOW).unwrap_err().reason(),
+            Reason::TokenMalformed,
+            "the standard alphabet in the {what}: {spelled}"
         );
     }
     for t in ["", "a", "a.b", "a.b.c.d", "..", "....", "e30.e30.e30"] {
