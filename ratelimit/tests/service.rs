@@ -500,12 +500,31 @@ fn bad_configuration_exits_2_with_a_clear_message() {
 
 #[test]
 fn validate_checks_and_exits() {
-    let (code, stderr) = run_to_exit(&[
-        "--config",
-        &fixture("appguard.yaml").display().to_string(),
-        "--validate",
-    ]);
+    // A good configuration: exit 0, and a report of what was checked
+    // (the fixture's one file and domain), not only a silent exit.
+    let (code, stdout, stderr) = run_to_exit_with_env(
+        &[
+            "--config",
+            &fixture("appguard.yaml").display().to_string(),
+            "--validate",
+        ],
+        &[],
+    );
     assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("configuration OK: 1 file(s), domains: appguard,"),
+        "{stdout}"
+    );
+    // A bad one: --validate refuses it as the service would, exit 2 with
+    // the reason, and never says OK.
+    let bad = fixture("bad/invalid_unit.yaml").display().to_string();
+    let (code, stdout, stderr) = run_to_exit_with_env(&["--config", &bad, "--validate"], &[]);
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("invalid rate limit unit 'fortnight'"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("OK"), "{stdout}");
 }
 
 #[test]
