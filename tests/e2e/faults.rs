@@ -704,9 +704,14 @@ fn keys_survive_failed_refreshes_until_refresh_plus_grace() {
     ];
     jwks.set(failures[0].clone());
     wait_until(REFRESH + 15, "the first refresh", || jwks.fetches() >= 2);
+    let first_refresh = loaded.elapsed();
     let mut i = 0;
-    // Until refresh + grace has passed, the last good keys still verify.
-    while loaded.elapsed() < Duration::from_secs(REFRESH + GRACE - 2) {
+    // Until refresh + grace has passed, the last good keys still verify:
+    // checked after each failed refresh, which the loop must have done
+    // (the first refresh comes about REFRESH s after the fetch, then one
+    // a second: some six checks).
+    let checked_until = Duration::from_secs(REFRESH + GRACE - 2);
+    while loaded.elapsed() < checked_until {
         jwks.set(failures[i % failures.len()].clone());
         let before = jwks.fetches();
         let r = e.request(token_req(&k));
@@ -721,6 +726,12 @@ fn keys_survive_failed_refreshes_until_refresh_plus_grace() {
         wait_until(10, "the next refresh", || jwks.fetches() > before);
         i += 1;
     }
+    assert!(
+        i >= 2,
+        "the machine is too slow for this test: the first refresh came \
+         {first_refresh:?} after the keys were fetched, and only {i} request(s) \
+         after a failed refresh fitted before {checked_until:?}"
+    );
     assert!(
         jwks.fetches() >= 3,
         "refreshes were attempted: {}",
