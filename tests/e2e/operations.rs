@@ -175,7 +175,12 @@ fn vm_memory_gauge_follows_the_linear_memory() {
 #[test]
 fn an_lds_update_swaps_the_configuration_and_old_vms_leave_the_memory_gauge() {
     let up = Upstream::start();
-    let builder = EnvoyBuilder::new(config("enforce"), up.port).listener_from_file();
+    // Replaced listeners drain for six seconds: long enough to see the
+    // old VMs and the new ones counted together.
+    let drain = Duration::from_secs(6);
+    let builder = EnvoyBuilder::new(config("enforce"), up.port)
+        .listener_from_file()
+        .drain_seconds(drain.as_secs() as u32);
     let envoy = builder.start();
     let r = envoy.request(Req::get("/keyed/x"));
     assert_eq!((r.status, r.reason()), (403, Some("api_key_missing")));
@@ -234,23 +239,43 @@ fn an_lds_update_swaps_the_configuration_and_old_vms_leave_the_memory_gauge() {
         assert!(Instant::now() < deadline, "the update never took effect");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Old VMs count while their listener drains (one second here), then
-    // leave. The new VMs, configured before the first answer above, have
-    // added their share from their first tick (a second) by then: a gauge
-    // still holding the old VMs' share reads about twice `before`.
-    std::thread::sleep(Duration::from_secs(3));
-    let deadline = Instant::now() + Duration::from_secs(12);
+    let swapped = Instant::now();
+    // While the old listener drains, its VMs still count; the new VMs,
+    // configured before the first answer above, add their share from
+    // their first tick (a second): the gauge holds both, about twice
+    // `before`.
+    let mut seen = Vec::new();
+    let mut both = 0;
+    while swapped.elapsed() < drain {
+        let now = envoy.stat(name).unwrap_or(0);
+        seen.push(now);
+        if now >= before + before / 2 {
+            both = now;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        both > 0,
+        "{before} bytes before the update; while the old VMs drained: {seen:?} \
+         (expected at least {}: the new VMs' share added to the old ones')",
+        before + before / 2
+    );
+    // Once drained, the old VMs take their share out: the gauge falls
+    // back to about one set of VMs' worth.
+    let deadline = swapped + drain + Duration::from_secs(12);
     let mut after;
     loop {
         after = envoy.stat(name).unwrap_or(0);
-        if (after > 0 && after < before + (1 << 20)) || Instant::now() > deadline {
+        if (after > 0 && after <= both - before / 2) || Instant::now() > deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(
-        after > 0 && after < before + (1 << 20),
-        "{before} bytes before the update, {after} after the old VMs drained"
+        after >= before / 2 && after <= both - before / 2 && after < before + (1 << 20),
+        "{before} bytes before the update, {both} while the old VMs drained, \
+         {after} after"
     );
     // No VM crashed; the one "Wasm VM failed" line is the refused update.
     envoy.assert_vm_healthy_after_refused_configs(1);
