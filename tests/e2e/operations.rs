@@ -505,17 +505,47 @@ fn no_log_line_carries_a_token_key_or_phone_number() {
     let envoy = EnvoyBuilder::new(config("enforce"), up.port).start();
     let token = hs256(&claims(60, json!({"sub": "someone"})));
     let bad_token = format!("{token}x");
-    envoy.request(Req::get("/keyed/x").header("x-api-key", API_KEY));
-    envoy.request(Req::get("/keyed/x").header("x-api-key", "wrong-key-material-123"));
-    envoy.request(Req::get("/attested/x").header("x-token", &token));
-    envoy.request(Req::get("/attested/x").header("x-token", &bad_token));
-    envoy.request(Req::post_json("/sms", r#"{"to": "+44 7700 900461"}"#));
-    envoy.request(Req::post_json("/sms", r#"{"to": "+882 1234 5678"}"#));
+    // Each secret reached the filter and was decided on, so its absence
+    // from the log below means something.
+    for (req, want) in [
+        (
+            Req::get("/keyed/x").header("x-api-key", API_KEY),
+            (200, None),
+        ),
+        (
+            Req::get("/keyed/x").header("x-api-key", "wrong-key-material-123"),
+            (403, Some("api_key_invalid")),
+        ),
+        (
+            Req::get("/attested/x").header("x-token", &token),
+            (200, None),
+        ),
+        (
+            Req::get("/attested/x").header("x-token", &bad_token),
+            (401, Some("token_signature")),
+        ),
+        (
+            Req::post_json("/sms", r#"{"to": "+44 7700 900461"}"#),
+            (200, None),
+        ),
+        (
+            Req::post_json("/sms", r#"{"to": "+882 1234 5678"}"#),
+            (403, Some("phone_denied")),
+        ),
+    ] {
+        let path = req.path.clone();
+        let r = envoy.request(req);
+        assert_eq!((r.status, r.reason()), want, "{path}: {}", r.text());
+    }
+    // The denials are logged, each once.
     let log = envoy.log();
-    assert!(
-        log.contains("deny reason=token_signature"),
-        "denials are logged:\n{log}"
-    );
+    for line in [
+        "deny reason=api_key_invalid status=403",
+        "deny reason=token_signature status=401",
+        "deny reason=phone_denied status=403",
+    ] {
+        assert_eq!(log.matches(line).count(), 1, "{line:?}:\n{log}");
+    }
     for secret in [
         API_KEY,
         "wrong-key-material-123",
