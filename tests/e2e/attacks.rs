@@ -200,18 +200,7 @@ fn crit_jwk_jku_x5u_x5c_headers_are_malformed_and_no_key_url_is_fetched() {
     let attacker = ES256KeyPair::generate();
     let jwk = tokens::es256_jwk(&attacker, "ec1");
     let claims = tokens::claims(60, json!({}));
-    let signed_by_attacker = |header: Value| {
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        // jwt-simple signs its own header; re-sign the input with p256.
-        let sk = p256::ecdsa::SigningKey::from_slice(&attacker.to_bytes()).unwrap();
-        let sig: p256::ecdsa::Signature =
-            p256::ecdsa::signature::Signer::sign(&sk, input.as_bytes());
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
-    };
+    let signed_by_attacker = |header: Value| es256_raw(&attacker, &header, &claims);
     for (label, h) in [
         (
             "jwk with kid",
@@ -222,7 +211,41 @@ fn crit_jwk_jku_x5u_x5c_headers_are_malformed_and_no_key_url_is_fetched() {
         let t = signed_by_attacker(h);
         cases.push((label.into(), Req::get("/es/x").header("x-token", &t)));
     }
+    // The provider that can fetch keys (`remote`, from its configured
+    // JWKS URL) offered a key URL in the header: `jku` and `x5u` at the
+    // attacker's path on the very server the JWKS comes from, in tokens
+    // genuinely signed with the key that JWKS holds (`ec1`), and with a
+    // `kid` the JWKS lacks (which makes the provider look for keys).
+    let genuine = ES256KeyPair::from_pem(tokens::EC_PRIV).unwrap();
+    let remote_cases = [
+        ("remote jku", "ec1", "jku", "attacker-jwks.json"),
+        ("remote x5u", "ec1", "x5u", "attacker-cert.pem"),
+        (
+            "remote jku, unknown kid",
+            "ec9",
+            "jku",
+            "attacker-jwks.json",
+        ),
+        ("remote x5u, unknown kid", "ec9", "x5u", "attacker-cert.pem"),
+    ];
+    for (label, kid, member, file) in remote_cases {
+        let t = es256_raw(
+            &genuine,
+            &json!({"alg": "ES256", "kid": kid, member: format!("{jwks}/{file}")}),
+            &claims,
+        );
+        cases.push((
+            label.into(),
+            Req::get("/remote/x").header("x-remote-token", &t),
+        ));
+    }
     expect_401(&rig.envoy, "token_malformed", cases);
+    assert_eq!(
+        rig.envoy
+            .stat("appguard_decisions.route.remote.decision.deny.reason.token_malformed"),
+        Some(remote_cases.len() as u64),
+        "the key-URL tokens were decided by the remote provider"
+    );
     // Without the `jwk` member the attacker's token is just a bad signature:
     // the member changes the reason, never the outcome.
     let plain = signed_by_attacker(json!({"alg": "ES256", "kid": "ec1"}));
@@ -237,9 +260,33 @@ fn crit_jwk_jku_x5u_x5c_headers_are_malformed_and_no_key_url_is_fetched() {
         "a token-supplied URL was fetched: {fetched:?}"
     );
     assert!(rig.up.seen().is_empty(), "a refused token reached upstream");
-    // The genuine token still passes.
+    // The genuine tokens still pass, the remote provider's with the keys
+    // of its configured URL, which was fetched.
     assert_eq!(rig.envoy.request(hs_req(&good_hs())).status, 200);
+    let t = tokens::es256("ec1", &claims);
+    let r = rig
+        .envoy
+        .request(Req::get("/remote/x").header("x-remote-token", &t));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let fetched: Vec<String> = rig.jwks.seen().iter().map(|s| s.path.clone()).collect();
+    assert!(
+        fetched.iter().all(|p| p == "/jwks.json") && !fetched.is_empty(),
+        "{fetched:?}"
+    );
     rig.envoy.assert_vm_healthy();
+}
+
+/// A compact JWS over exactly this header, ES256 with `key` (jwt-simple
+/// signs only a header of its own making).
+fn es256_raw(key: &ES256KeyPair, header: &Value, claims: &Value) -> String {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let sk = p256::ecdsa::SigningKey::from_slice(&key.to_bytes()).unwrap();
+    let sig: p256::ecdsa::Signature = p256::ecdsa::signature::Signer::sign(&sk, input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
 }
 
 #[test]
