@@ -339,8 +339,21 @@ fn over_limit_cache_spares_the_service() {
         let r = envoy.request(req());
         assert_eq!((r.status, r.reason()), (429, Some("rate_limited")));
         assert!(r.header("retry-after").is_some());
-        // SPEC §4: the cached 429 names the limit like the first one
+        // SPEC §4: the cached 429 names the limit like the first one, and
+        // carries the other rate-limit headers; the reset is the wait.
         assert!(r.header("x-ratelimit-limit").is_some(), "{:?}", r.headers);
+        assert_eq!(
+            r.header("x-ratelimit-remaining"),
+            Some("0"),
+            "{:?}",
+            r.headers
+        );
+        assert!(
+            r.header("x-ratelimit-reset").is_some()
+                && r.header("x-ratelimit-reset") == r.header("retry-after"),
+            "{:?}",
+            r.headers
+        );
     }
     assert_eq!(
         rls.stats()["requests"].as_u64().unwrap(),
