@@ -455,8 +455,9 @@ pub struct Facts {
 /// A verified token's replay claim, waiting to be recorded as used.
 ///
 /// It is recorded last, once the request has passed every other check
-/// (request signing, platform and app, body) and just before the rate
-/// limits. Recorded earlier, a copied token sent without the install's
+/// (request signing, platform and app, body) and its local limits (a
+/// local one already recorded is refused before those limits count the
+/// request). Recorded earlier, a copied token sent without the install's
 /// signature, or with the wrong platform headers, would burn the genuine
 /// client's `jti` although appguard refused the copy.
 #[derive(Clone, Debug)]
@@ -1327,6 +1328,18 @@ fn limits_phase(
 ) -> Step {
     let config = ctx.config;
     let salt = &ctx.bucket_salt;
+    // A `jti` already used is refused before any limit counts the request:
+    // copies of a captured token must not spend the genuine client's local
+    // limits (the claim is still recorded last, below, so that a request
+    // the limits refuse does not burn it).
+    if let Some(ReplayMark::Local {
+        provider, digest, ..
+    }) = &pending.replay
+    {
+        if local_replay_seen(ctx, *provider, digest, now) {
+            return deny(pending, Reason::TokenReplayed.into());
+        }
+    }
     let mut service: Vec<Sent> = Vec::new();
     for rl in &route.rate_limits {
         let mut d: Descriptor = Vec::with_capacity(rl.entries.len());
@@ -2497,6 +2510,26 @@ fn replay_table(config: &Config, provider: usize) -> Option<(&str, &Replay)> {
         .providers
         .get(provider)
         .and_then(|p| Some((p.name.as_str(), p.replay.as_ref()?)))
+}
+
+/// Whether a token's replay claim is already in the instance's replay
+/// table (`replay.scope: local`), without recording it.
+fn local_replay_seen(ctx: &Ctx<'_>, provider: usize, digest: &[u8; 16], now: u64) -> bool {
+    let Some((name, replay)) = replay_table(ctx.config, provider) else {
+        return false;
+    };
+    replay.past_layouts.with(|l| {
+        let capacity = l.record_under.unwrap_or(replay.max_entries);
+        store::replay_seen(
+            ctx.store,
+            &ctx.bucket_salt,
+            name,
+            capacity,
+            &l.past,
+            digest,
+            now,
+        )
+    })
 }
 
 /// Records a token's replay claim in the instance's replay table

@@ -660,6 +660,30 @@ pub fn replay_check<S: SharedStore + ?Sized>(
     })
 }
 
+/// Whether `digest` is live in the replay table `table` (under `capacity`
+/// or one of its `past` capacities), without recording it: what
+/// [`replay_check`] would answer `Replayed` for, read only.
+pub fn replay_seen<S: SharedStore + ?Sized>(
+    store: &S,
+    salt: &BucketSalt,
+    table: &str,
+    capacity: u32,
+    past: &[PastLayout],
+    digest: &[u8; 16],
+    now: u64,
+) -> bool {
+    let current = PastLayout {
+        capacity,
+        until: now,
+    };
+    std::iter::once(&current)
+        .chain(
+            past.iter()
+                .filter(|p| p.until >= now && p.capacity != capacity),
+        )
+        .any(|p| seen_under(store, salt, table, p, digest, now))
+}
+
 /// Takes `digest` back out of the replay table: its request was refused
 /// after it was recorded (by the rate-limit service), so the `jti` was
 /// never accepted and the genuine client may use it again.

@@ -3692,6 +3692,40 @@ fn bodies_that_do_not_match_their_digest_spend_the_failure_budget() {
 }
 
 #[test]
+fn replays_do_not_spend_the_genuine_clients_local_limit() {
+    // A captured token sent again is refused `token_replayed` before any
+    // local limit counts it: ten copies must not lock its user out.
+    let w = World::from(json!({
+        "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "replay": {"claim": "jti", "scope": "local"}}],
+        "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"],
+                    "rate_limits": [{"entries": [{"type": "claim", "name": "sub"}],
+                                     "local": {"requests": 2, "per": "minute"}}]}]
+    }));
+    let run = |jti: &str| {
+        let token = hs256_raw(
+            SECRET,
+            &json!({"alg": "HS256"}),
+            &json!({"exp": NOW + 60, "jti": jti, "sub": "user-1"}),
+        );
+        let h = headers(&[
+            (":method", "GET"),
+            (":path", "/v1/x"),
+            (":authority", "api.example.com"),
+            ("approov-token", token.as_str()),
+        ]);
+        evaluate(&w.ctx(), &Request::new(&h, None), NOW).done_reason()
+    };
+    assert_eq!(run("a"), None);
+    for _ in 0..5 {
+        assert_eq!(run("a"), Some(Reason::TokenReplayed));
+    }
+    assert_eq!(run("b"), None, "the second of 2 a minute");
+    assert_eq!(run("c"), Some(Reason::RateLimited), "the third");
+}
+
+#[test]
 fn a_copied_token_without_the_install_signature_keeps_its_jti() {
     use crate::signing::{sign_request, InstallSigningKey, SignatureOptions};
     let w = World::from(json!({

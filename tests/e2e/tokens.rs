@@ -88,6 +88,38 @@ fn hs256_valid_token_passes_and_is_removed_upstream() {
 }
 
 #[test]
+fn copies_of_a_captured_token_do_not_spend_its_users_limit() {
+    // A per-user local limit of 2 a minute: five replays of one token are
+    // refused `token_replayed` before the limit counts them, and the user's
+    // next genuine request still passes.
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(
+        json!({
+            "tokens": [{"name": "hs", "from": [{"header": "approov-token"}],
+                        "keys": [{"alg": "HS256", "secret_base64": tokens::secret_b64()}],
+                        "replay": {"claim": "jti", "scope": "local"}}],
+            "routes": [{"name": "api", "match": {"prefix": "/hs/"}, "tokens": ["hs"],
+                        "rate_limits": [{"entries": [{"type": "claim", "name": "sub"}],
+                                         "local": {"requests": 2, "per": "minute"}}]}]
+        }),
+        up.port,
+    )
+    .start();
+    let token = |jti: &str| hs256(&claims(60, json!({"sub": "user-7", "jti": jti})));
+    let send = |t: &str| envoy.request(Req::get("/hs/x").header("approov-token", t));
+    let captured = token("c-1");
+    assert_eq!(send(&captured).status, 200);
+    for _ in 0..5 {
+        let r = send(&captured);
+        assert_eq!((r.status, r.reason()), (401, Some("token_replayed")));
+    }
+    let r = send(&token("c-2"));
+    assert_eq!(r.status, 200, "the user's second request: {}", r.text());
+    let r = send(&token("c-3"));
+    assert_eq!((r.status, r.reason()), (429, Some("rate_limited")));
+}
+
+#[test]
 fn a_token_naming_a_kid_verifies_with_a_key_that_names_none() {
     // The `hs` provider's secret names no `kid`; the issuer's tokens name
     // one (an Approov keyset, a rotated signer): as with Envoy's
