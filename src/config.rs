@@ -2123,6 +2123,14 @@ mod tests {
     }
 
     #[test]
+    fn a_service_limit_without_a_service_is_refused() {
+        let e = err(r#"{"routes":[{"name":"sms","match":{"path":"/sms"},
+                "rate_limits":[{"entries":[{"type":"route"}]}]}]}"#);
+        assert_eq!(e.path, "routes[0].rate_limits[0]");
+        assert!(e.message.contains("no `rate_limit_service`"), "{e}");
+    }
+
+    #[test]
     fn a_client_ip_entry_names_its_bad_prefix() {
         for (prefix, path) in [
             (

@@ -4867,3 +4867,108 @@ fn a_method_override_that_would_take_another_route_is_refused() {
         None
     );
 }
+
+#[test]
+fn a_token_without_its_replay_claim_is_refused() {
+    // `replay.claim: jti` makes the claim required: a token without one
+    // could never be recorded, and would pass any number of times.
+    let w = World::new();
+    let auth = "Bearer u1";
+    let t = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &json!({"iat": NOW, "exp": NOW + 60, "app": "shop-android", "sub": "user-7",
+                "pay": crate::token::binding_digest(&[auth])}),
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            w.reason(
+                "/attested/x",
+                &[("x-app-token", &t), ("authorization", auth), ANDROID[0]]
+            ),
+            Some(Reason::TokenClaims)
+        );
+    }
+}
+
+#[test]
+fn a_providers_platforms_hold_without_an_app_claim() {
+    // Without `app_claim` the app comes from the platform headers, and the
+    // provider's `platforms` still restrict it.
+    let mut v = config_json();
+    v["tokens"].as_array_mut().unwrap().push(
+        json!({"name": "plain", "from": [{"header": "x-plain-token"}],
+                          "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                          "platforms": ["android"]}),
+    );
+    v["routes"].as_array_mut().unwrap().insert(
+        0,
+        json!({"name": "r", "match": {"prefix": "/r/"}, "tokens": ["plain"]}),
+    );
+    let w = World::from(v);
+    let t = hs256_raw(SECRET, &json!({"alg": "HS256"}), &json!({"exp": NOW + 60}));
+    let token = ("x-plain-token", t.as_str());
+    assert_eq!(w.reason("/r/x", &[token, ANDROID[0], ANDROID[1]]), None);
+    assert_eq!(
+        w.reason(
+            "/r/x",
+            &[
+                token,
+                ("x-ios-bundle-identifier", "com.example.shop"),
+                ("x-ios-team-id", "TEAM123456")
+            ]
+        ),
+        Some(Reason::PlatformDenied)
+    );
+    assert_eq!(w.reason("/r/x", &[token]), Some(Reason::PlatformDenied));
+}
+
+#[test]
+fn a_server_app_named_by_a_token_must_call_from_its_cidrs() {
+    let mut v = config_json();
+    v["tokens"].as_array_mut().unwrap().push(
+        json!({"name": "svc", "from": [{"header": "x-svc-token"}],
+                          "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                          "app_claim": {"claim": "app"}}),
+    );
+    v["routes"].as_array_mut().unwrap().insert(
+        0,
+        json!({"name": "r", "match": {"prefix": "/r/"}, "tokens": ["svc"]}),
+    );
+    let w = World::from(v);
+    let t = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "app": "backend"}),
+    );
+    let run = |ip: &str| w.run("/r/x", ip, &[("x-svc-token", &t)]).0.reason();
+    assert_eq!(run("10.1.2.3"), None);
+    assert_eq!(run("198.51.100.1"), Some(Reason::IpDenied));
+}
+
+#[test]
+fn an_android_app_may_be_pinned_by_its_sha1_certificate() {
+    // Older Play listings show the SHA-1 of the signing certificate.
+    let sha1 = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01";
+    let mut v = config_json();
+    v["apps"][0]["cert_fingerprints"] = json!([sha1]);
+    let w = World::from(v);
+    let headers = |cert: &str| {
+        w.reason(
+            "/mobile/x",
+            &[
+                ("x-api-key", "key-android"),
+                ("x-android-package", "com.example.shop"),
+                ("x-android-cert", cert),
+            ],
+        )
+    };
+    assert_eq!(headers("abcdef0123456789abcdef0123456789abcdef01"), None);
+    assert_eq!(headers(sha1), None);
+    assert_eq!(
+        headers("abcdef0123456789abcdef0123456789abcdef02"),
+        Some(Reason::AppMismatch)
+    );
+    // The SHA-256 of another certificate is not a match for a SHA-1 pin.
+    assert_eq!(headers(ANDROID[1].1), Some(Reason::AppMismatch));
+}

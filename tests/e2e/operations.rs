@@ -699,3 +699,50 @@ fn local_counts_carry_over_an_update_with_the_same_vm_id_and_restart_with_a_new_
     assert_eq!([limited(), limited(), limited()], [200, 200, 429]);
     envoy.assert_vm_healthy();
 }
+
+#[test]
+fn a_denial_is_logged_with_its_route_client_app_and_key() {
+    // SPEC: denials are logged with route, reason, client IP and app (and
+    // the key's id): names and ids, never the key or the number.
+    let up = Upstream::start();
+    let cert = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89";
+    let envoy = EnvoyBuilder::new(
+        json!({
+            "default_action": "deny",
+            "phone": {"default_calling_code": "44", "denied_prefixes": ["+882"],
+                      "hash_key_base64": "c2VjcmV0LWtleS1mb3ItcGhvbmUtaGFzaGluZy0wMTIz"},
+            "apps": [{"id": "shop-android", "platform": "android", "package": "com.example.shop",
+                      "cert_fingerprints": [cert]}],
+            "api_keys": {"keys": [{"id": "ops-key", "sha256": appguard::identity::hash_api_key(API_KEY),
+                                   "apps": ["shop-android"]}]},
+            "routes": [{"name": "sms", "match": {"path": "/sms"}, "platforms": ["android"],
+                        "api_key": "required",
+                        "rate_limits": [{"entries": [{"type": "body", "pointer": "/to", "phone": true}],
+                                         "local": {"requests": 100, "per": "minute"}}]}]
+        }),
+        up.port,
+    )
+    .start();
+    let r = envoy.request(
+        Req::post_json("/sms", r#"{"to": "+882 1234 5678"}"#)
+            .header("x-api-key", API_KEY)
+            .header("x-android-package", "com.example.shop")
+            .header("x-android-cert", &cert.replace(':', "").to_lowercase()),
+    );
+    assert_eq!(
+        (r.status, r.reason()),
+        (403, Some("phone_denied")),
+        "{}",
+        r.text()
+    );
+    let log = envoy.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("deny reason=phone_denied"))
+        .unwrap_or_else(|| panic!("no denial logged:\n{log}"));
+    assert!(
+        line.contains("deny reason=phone_denied status=403 route=sms ip=127.0.0.1 app=shop-android key=ops-key"),
+        "{line}"
+    );
+    assert!(!line.contains(API_KEY) && !line.contains("1234"), "{line}");
+}
