@@ -160,9 +160,19 @@ impl GuardFilter {
             }
         };
         // Identity headers and the headers set from verified claims are
-        // ours: a client's copy must never reach upstream.
-        for (name, _) in self.headers.iter().filter(|(n, _)| self.is_ours(n)) {
-            let _ = abi::remove_header(Map::RequestHeaders, name);
+        // ours: a client's copy must never reach upstream, so one that
+        // cannot be removed fails closed.
+        let kept = self
+            .headers
+            .iter()
+            .filter(|(n, _)| self.is_ours(n))
+            .any(|(name, _)| abi::remove_header(Map::RequestHeaders, name).is_err());
+        if kept {
+            warn!(
+                "#{} cannot remove a client's copy of an identity header",
+                self.context_id
+            );
+            return self.reply_raw(503, "appguard_host_error");
         }
         self.run(KeyFetch::May)
     }
