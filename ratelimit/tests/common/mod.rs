@@ -97,10 +97,14 @@ impl Drop for Guard {
     }
 }
 
-/// A `redis-server` with no persistence on a free loopback port.
+/// A `redis-server` with no persistence on a free loopback port, working
+/// in a directory of its own: a replica still writes the data it receives
+/// from its primary to a file there (`REPLICAOF` in the failover test),
+/// which must not land in the source tree.
 pub struct Redis {
     pub port: u16,
     pub guard: Guard,
+    _dir: tempfile::TempDir,
 }
 
 impl Redis {
@@ -109,8 +113,11 @@ impl Redis {
     }
 
     pub fn start_on(port: u16) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
         let child = Command::new("/usr/bin/redis-server")
             .args([
+                "--dir",
+                &dir.path().display().to_string(),
                 "--port",
                 &port.to_string(),
                 "--bind",
@@ -127,6 +134,7 @@ impl Redis {
         let mut redis = Redis {
             port,
             guard: Guard { child },
+            _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
