@@ -69,8 +69,8 @@ impl TokenCache {
     /// An entry's share of [`TOKEN_CACHE_BYTES`]: its text, the map's own
     /// overhead and what its claims hold.
     fn cost(token: &str, v: &VerifiedToken) -> usize {
-        /// A parsed value: its node, an allocation's overhead, its text.
         use serde_json::{Map, Value};
+        /// A parsed value: its node, an allocation's overhead, its text.
         fn value(v: &Value) -> usize {
             let own = std::mem::size_of::<Value>() + 16;
             own.saturating_add(match v {
@@ -2512,24 +2512,37 @@ fn replay_table(config: &Config, provider: usize) -> Option<(&str, &Replay)> {
         .and_then(|p| Some((p.name.as_str(), p.replay.as_ref()?)))
 }
 
+/// Runs `f` on `provider`'s local replay table: its name, the capacity
+/// entries are recorded under now, and its past layouts; `None` when the
+/// provider has no replay table.
+fn with_replay_layout<R>(
+    ctx: &Ctx<'_>,
+    provider: usize,
+    f: impl FnOnce(&str, u32, &[store::PastLayout]) -> R,
+) -> Option<R> {
+    let (name, replay) = replay_table(ctx.config, provider)?;
+    Some(
+        replay
+            .past_layouts
+            .with(|l| f(name, l.record_under.unwrap_or(replay.max_entries), &l.past)),
+    )
+}
+
 /// Whether a token's replay claim is already in the instance's replay
 /// table (`replay.scope: local`), without recording it.
 fn local_replay_seen(ctx: &Ctx<'_>, provider: usize, digest: &[u8; 16], now: u64) -> bool {
-    let Some((name, replay)) = replay_table(ctx.config, provider) else {
-        return false;
-    };
-    replay.past_layouts.with(|l| {
-        let capacity = l.record_under.unwrap_or(replay.max_entries);
+    with_replay_layout(ctx, provider, |name, capacity, past| {
         store::replay_seen(
             ctx.store,
             &ctx.bucket_salt,
             name,
             capacity,
-            &l.past,
+            past,
             digest,
             now,
         )
     })
+    .unwrap_or(false)
 }
 
 /// Records a token's replay claim in the instance's replay table
@@ -2549,21 +2562,20 @@ fn local_replay(
     if now > expires {
         return Err(Reason::TokenExpired);
     }
-    let (name, replay) = replay_table(ctx.config, provider).ok_or(Reason::TokenReplayed)?;
-    let (capacity, checked) = replay.past_layouts.with(|l| {
-        let capacity = l.record_under.unwrap_or(replay.max_entries);
+    let (capacity, checked) = with_replay_layout(ctx, provider, |name, capacity, past| {
         let checked = store::replay_check(
             ctx.store,
             &ctx.bucket_salt,
             name,
             capacity,
-            &l.past,
+            past,
             digest,
             expires,
             now,
         );
         (capacity, checked)
-    });
+    })
+    .ok_or(Reason::TokenReplayed)?;
     match checked {
         Ok(ReplayOutcome::Fresh) => Ok(capacity),
         // A full table or a store failure cannot prove freshness: fail

@@ -617,6 +617,22 @@ fn seen_under<S: SharedStore + ?Sized>(
     })
 }
 
+/// Whether `digest` is live under one of the table's `past` capacities
+/// still in force at `now` (other than the current `capacity`).
+fn seen_in_past<S: SharedStore + ?Sized>(
+    store: &S,
+    salt: &BucketSalt,
+    table: &str,
+    capacity: u32,
+    past: &[PastLayout],
+    digest: &[u8; 16],
+    now: u64,
+) -> bool {
+    past.iter().any(|p| {
+        p.until >= now && p.capacity != capacity && seen_under(store, salt, table, p, digest, now)
+    })
+}
+
 /// Records `digest` (until `expires`) in the replay table `table` of
 /// `capacity` entries, in the bucket `salt` picks; tells whether it was
 /// already there, there or under one of the table's `past` capacities
@@ -632,9 +648,7 @@ pub fn replay_check<S: SharedStore + ?Sized>(
     expires: u64,
     now: u64,
 ) -> Result<ReplayOutcome, StoreError> {
-    if past.iter().any(|p| {
-        p.until >= now && p.capacity != capacity && seen_under(store, salt, table, p, digest, now)
-    }) {
+    if seen_in_past(store, salt, table, capacity, past, digest, now) {
         return Ok(ReplayOutcome::Replayed);
     }
     let key = replay_bucket_key(salt, table, capacity, digest);
@@ -676,12 +690,8 @@ pub fn replay_seen<S: SharedStore + ?Sized>(
         capacity,
         until: now,
     };
-    std::iter::once(&current)
-        .chain(
-            past.iter()
-                .filter(|p| p.until >= now && p.capacity != capacity),
-        )
-        .any(|p| seen_under(store, salt, table, p, digest, now))
+    seen_under(store, salt, table, &current, digest, now)
+        || seen_in_past(store, salt, table, capacity, past, digest, now)
 }
 
 /// Takes `digest` back out of the replay table: its request was refused

@@ -324,9 +324,9 @@ pub fn take_refetch_lease(
 
 /// Whether the keys are due for a refresh: none yet, `refresh_seconds`
 /// old, older than a request fetch whose answer was lost (see
-/// [`JwksSlot::refetch_lost_at`]), or fetched "in the future" (the clock was set back since: their
-/// age is unknown, so they are fetched again rather than trusted until the
-/// clock catches up).
+/// [`JwksSlot::refetch_lost_at`]), or fetched "in the future" (the clock
+/// was set back since: their age is unknown, so they are fetched again
+/// rather than trusted until the clock catches up).
 fn due(slot: &JwksSlot, remote: &RemoteJwks, now: u64) -> bool {
     slot.keys.keys.is_none()
         || slot.fetched_at > now
