@@ -22,7 +22,8 @@
 //!
 //! Before step 1, a request with more than [`MAX_DESCRIPTORS`] descriptors,
 //! a descriptor with more than [`MAX_ENTRIES_PER_DESCRIPTOR`] entries, or
-//! one with `is_negative_hits` is refused with INVALID_ARGUMENT, and nothing is counted (envoyproxy/ratelimit
+//! one with `is_negative_hits` is refused with INVALID_ARGUMENT, and
+//! nothing is counted (envoyproxy/ratelimit
 //! has no such bound).
 //!
 //! Not implemented from envoyproxy/ratelimit (all off by default there):

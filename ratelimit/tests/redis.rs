@@ -14,13 +14,19 @@ use redis::Commands;
 const HOUR: i64 = 3600;
 
 fn redis_args(redis: &Redis) -> Vec<String> {
+    args_for(redis.url(), 500)
+}
+
+/// The service with the appguard fixture, counting in the Redis at `url`
+/// with `--redis-timeout-ms timeout_ms`.
+fn args_for(url: String, timeout_ms: u64) -> Vec<String> {
     vec![
         "--config".to_owned(),
         fixture("appguard.yaml").display().to_string(),
         "--redis".to_owned(),
-        redis.url(),
+        url,
         "--redis-timeout-ms".to_owned(),
-        "500".to_owned(),
+        timeout_ms.to_string(),
     ]
 }
 
@@ -300,14 +306,7 @@ async fn a_connection_that_goes_silent_is_replaced_after_a_few_timeouts() {
     avoid_window_edge(HOUR, 30);
     let redis = Redis::start();
     let proxy = SilencingProxy::start(redis.port);
-    let args = vec![
-        "--config".to_owned(),
-        fixture("appguard.yaml").display().to_string(),
-        "--redis".to_owned(),
-        format!("redis://127.0.0.1:{}", proxy.port),
-        "--redis-timeout-ms".to_owned(),
-        "300".to_owned(),
-    ];
+    let args = args_for(format!("redis://127.0.0.1:{}", proxy.port), 300);
     let service = Service::start_healthy(&strs(&args));
     let mut client = service.client().await;
     let req = request("appguard", vec![descriptor(&[("client_ip", "192.0.2.77")])]);
@@ -370,14 +369,7 @@ async fn a_silent_connection_is_replaced_when_callers_give_up_before_the_redis_t
     avoid_window_edge(HOUR, 40);
     let redis = Redis::start();
     let proxy = SilencingProxy::start(redis.port);
-    let args = vec![
-        "--config".to_owned(),
-        fixture("appguard.yaml").display().to_string(),
-        "--redis".to_owned(),
-        format!("redis://127.0.0.1:{}", proxy.port),
-        "--redis-timeout-ms".to_owned(),
-        "2000".to_owned(),
-    ];
+    let args = args_for(format!("redis://127.0.0.1:{}", proxy.port), 2000);
     let service = Service::start_healthy(&strs(&args));
     let mut client = service.client().await;
     let req = request("appguard", vec![descriptor(&[("client_ip", "192.0.2.78")])]);
@@ -447,14 +439,7 @@ async fn a_connection_to_a_demoted_primary_is_replaced() {
     let old_primary = Redis::start();
     let new_primary = Redis::start();
     let proxy = SilencingProxy::start(old_primary.port);
-    let args = vec![
-        "--config".to_owned(),
-        fixture("appguard.yaml").display().to_string(),
-        "--redis".to_owned(),
-        format!("redis://127.0.0.1:{}", proxy.port),
-        "--redis-timeout-ms".to_owned(),
-        "500".to_owned(),
-    ];
+    let args = args_for(format!("redis://127.0.0.1:{}", proxy.port), 500);
     let service = Service::start_healthy(&strs(&args));
     let mut client = service.client().await;
     let req = request("appguard", vec![descriptor(&[("client_ip", "192.0.2.79")])]);

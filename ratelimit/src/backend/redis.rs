@@ -108,15 +108,24 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The shared, reconnecting connection as it stands.
+struct Connection {
+    /// How many times it was replaced.
+    generation: u64,
+    /// The connection itself (cheap to clone: a handle).
+    manager: ConnectionManager,
+    /// When it was opened.
+    opened: Instant,
+}
+
 /// A Redis-backed counter store.
 pub struct RedisBackend {
     /// Opens connections (a new one after a run of timeouts).
     client: redis::Client,
     /// How connections are opened and bounded.
     config: ConnectionManagerConfig,
-    /// The shared, reconnecting connection, its generation (how many
-    /// times it was replaced) and when it was opened.
-    manager: Mutex<(u64, ConnectionManager, Instant)>,
+    /// The shared, reconnecting connection.
+    manager: Mutex<Connection>,
     /// Calls in a row that timed out on the current generation.
     timeouts: AtomicU32,
     /// Bound on each call (connect + transaction).
@@ -166,14 +175,18 @@ impl RedisBackend {
         Ok(RedisBackend {
             client,
             config,
-            manager: Mutex::new((0, manager, Instant::now())),
+            manager: Mutex::new(Connection {
+                generation: 0,
+                manager,
+                opened: Instant::now(),
+            }),
             timeouts: AtomicU32::new(0),
             timeout,
             display_url: mask_password(url),
         })
     }
 
-    fn manager(&self) -> std::sync::MutexGuard<'_, (u64, ConnectionManager, Instant)> {
+    fn manager(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.manager
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -185,7 +198,7 @@ impl RedisBackend {
     /// nothing, so a burst of them replaces it once, not once per three.
     fn timed_out(&self, generation: u64) {
         let mut current = self.manager();
-        if current.0 != generation {
+        if current.generation != generation {
             return;
         }
         let run = self
@@ -211,17 +224,22 @@ impl RedisBackend {
             return;
         }
         let mut current = self.manager();
-        if current.0 != generation || current.2.elapsed() < REPLACE_NOT_PRIMARY_EVERY {
+        if current.generation != generation || current.opened.elapsed() < REPLACE_NOT_PRIMARY_EVERY
+        {
             return;
         }
         self.replace(&mut current, "the server is no longer the primary");
     }
 
     /// Opens a new connection in place of `current`'s, logging `why`.
-    fn replace(&self, current: &mut (u64, ConnectionManager, Instant), why: &str) {
+    fn replace(&self, current: &mut Connection, why: &str) {
         match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
             Ok(fresh) => {
-                *current = (current.0.wrapping_add(1), fresh, Instant::now());
+                *current = Connection {
+                    generation: current.generation.wrapping_add(1),
+                    manager: fresh,
+                    opened: Instant::now(),
+                };
                 self.timeouts.store(0, Ordering::Relaxed);
                 warn!(redis = %self.display_url, "redis: {why}; opening a new connection");
             }
@@ -244,7 +262,7 @@ impl RedisBackend {
         // first, as an error: a timeout either way.
         let (generation, conn) = {
             let current = self.manager();
-            (current.0, current.1.clone())
+            (current.generation, current.manager.clone())
         };
         let mut in_flight = InFlight {
             backend: self,
@@ -264,7 +282,9 @@ impl RedisBackend {
                 // connection carries traffic; a late one from a connection
                 // already replaced says nothing of the current one.
                 // (No lock while nothing timed out: the common path.)
-                if self.timeouts.load(Ordering::Relaxed) != 0 && self.manager().0 == generation {
+                if self.timeouts.load(Ordering::Relaxed) != 0
+                    && self.manager().generation == generation
+                {
                     self.timeouts.store(0, Ordering::Relaxed);
                 }
                 if let Err(e) = &answer {
