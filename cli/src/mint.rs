@@ -43,11 +43,8 @@ pub const MAX_LIFETIME_SECONDS: u64 = appguard::token::MAX_LIFETIME_CEILING_SECO
 
 /// The deepest nesting of arrays and objects the filter accepts in a
 /// token's claims, the claims object itself counted as one level: its strict
-/// JSON parser (`appguard::token::strict_json`) refuses a token nested
-/// deeper as malformed. The filter keeps the number private (`MAX_DEPTH`
-/// in src/token/strict_json.rs), so it is repeated here; a test reads that
-/// file and minting at the bound, to keep the two equal.
-pub const MAX_JSON_DEPTH: usize = 16;
+/// JSON parser refuses a token nested deeper as malformed.
+pub const MAX_JSON_DEPTH: usize = appguard::token::strict_json::MAX_DEPTH;
 
 /// What goes into a minted token.
 #[derive(Debug)]
@@ -339,12 +336,6 @@ mod tests {
 
     #[test]
     fn the_depth_bound_is_the_filters() {
-        // The filter keeps it private: its source is the reference.
-        let source = include_str!("../../src/token/strict_json.rs");
-        assert!(
-            source.contains(&format!("const MAX_DEPTH: usize = {MAX_JSON_DEPTH};")),
-            "src/token/strict_json.rs changed its MAX_DEPTH"
-        );
         // At the bound a token is minted and the filter's parser reads its
         // claims; one level deeper it is refused here, as there.
         let nested = |levels: usize| {

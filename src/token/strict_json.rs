@@ -10,7 +10,11 @@
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-const MAX_DEPTH: usize = 16;
+/// The deepest nesting of arrays and objects accepted, the outer object
+/// counted as one level: deeper JSON is refused as malformed (a bounded
+/// recursion, and no real header or claims need more). `appguard-cli mint`
+/// refuses claims that would pass it.
+pub const MAX_DEPTH: usize = 16;
 
 struct StrictValue(Value);
 
