@@ -1638,3 +1638,73 @@ fn hostile_json_bodies_are_body_invalid() {
     assert_eq!(r.status, 200, "{}", r.text());
     e.assert_vm_healthy();
 }
+
+#[test]
+fn a_body_ended_by_trailers_is_checked_and_trailers_carry_no_identity() {
+    // A chunked HTTP/1.1 body (or an HTTP/2 stream) may end with trailers
+    // instead of a last data frame; with `enable_trailers` Envoy passes
+    // them upstream, where frameworks merge them into the request's
+    // headers. The body must be decided at the trailers, and a client's
+    // identity header sent as a trailer must not reach the upstream.
+    let cfg = json!({
+        "default_action": "deny",
+        "max_body_bytes": 4096,
+        "apps": [{"id": "shop-android", "platform": "android", "package": "com.example.shop"}],
+        "phone": {"default_calling_code": "44", "denied_prefixes": ["+882"],
+                  "hash_key_base64": STANDARD.encode(b"attack-suite-phone-hash-key-0123")},
+        "routes": [{"name": "sms", "match": {"path": "/sms", "methods": ["POST"]},
+                    "platforms": ["android"],
+                    "rate_limits": [{"entries": [{"type": "body", "pointer": "/to", "phone": true}],
+                                     "local": {"requests": 100, "per": "hour"}}]}]
+    });
+    let sms = |to: &str| {
+        Req::post_json("/sms", &format!(r#"{{"to": "{to}"}}"#))
+            .header("x-android-package", "com.example.shop")
+            .trailer("x-checksum", "c1")
+    };
+    let body = r#"{"to": "+44 7700 900461"}"#;
+    // The trailers reach an HTTP/1.1 upstream only while the body stays
+    // chunked, that is without the buffer filter (as they reach an HTTP/2
+    // upstream with it).
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg.clone(), up.port)
+        .trailers()
+        .without_buffer_filter()
+        .start();
+    let r = envoy.request(
+        sms("+44 7700 900461")
+            .trailer("x-appguard-app", "admin-console")
+            .trailer("x_appguard_platform", "server"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(seen.body, body.as_bytes());
+    assert_eq!(seen.header("x-appguard-app"), Some("shop-android"));
+    assert_eq!(seen.header("x-appguard-platform"), Some("android"));
+    assert_eq!(
+        seen.trailers,
+        vec![("x-checksum".to_string(), "c1".to_string())],
+        "the client's identity trailers are removed, its other trailers kept"
+    );
+    envoy.assert_vm_healthy();
+    // Decided at the trailers, with the buffer filter as deployed: a
+    // denied number, a body that is no JSON and one over the route's
+    // limit (learnt from the chunks alone) never reach the upstream.
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg, up.port).trailers().start();
+    let r = envoy.request(sms("+44 7700 900461"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().body, body.as_bytes());
+    let r = envoy.request(sms("+882 1234 5678"));
+    assert_eq!((r.status, r.reason()), (403, Some("phone_denied")));
+    let r = envoy.request(sms("x").body(b"{\"to\": "));
+    assert_eq!((r.status, r.reason()), (400, Some("body_invalid")));
+    let big = format!(
+        r#"{{"to": "+44 7700 900461", "pad": "{}"}}"#,
+        "a".repeat(10_000)
+    );
+    let r = envoy.request(sms("x").body(big.as_bytes()));
+    assert_eq!((r.status, r.reason()), (413, Some("body_too_large")));
+    assert_eq!(up.seen().len(), 1, "only the allowed request went upstream");
+    envoy.assert_vm_healthy();
+}

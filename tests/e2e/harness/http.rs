@@ -19,6 +19,12 @@ pub struct Req {
     /// Headers whose values are raw bytes (e.g. not UTF-8), sent after
     /// `headers`.
     pub raw_headers: Vec<(String, Vec<u8>)>,
+    /// Send the body in two chunks (`transfer-encoding: chunked`, no
+    /// `content-length`), as HTTP/1.1 clients stream a body.
+    pub chunked: bool,
+    /// Trailers after the last chunk (implies `chunked`; Envoy passes them
+    /// on only with `http_protocol_options.enable_trailers`).
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Req {
@@ -42,6 +48,8 @@ impl Req {
             headers: Vec::new(),
             body: Vec::new(),
             raw_headers: Vec::new(),
+            chunked: false,
+            trailers: Vec::new(),
         }
     }
 
@@ -60,6 +68,19 @@ impl Req {
     /// Sets the body.
     pub fn body(mut self, b: &[u8]) -> Req {
         self.body = b.to_vec();
+        self
+    }
+
+    /// Sends the body in two chunks, its length nowhere in the headers.
+    pub fn chunked(mut self) -> Req {
+        self.chunked = true;
+        self
+    }
+
+    /// Adds a trailer, sent after the body's last chunk.
+    pub fn trailer(mut self, k: &str, v: &str) -> Req {
+        self.chunked = true;
+        self.trailers.push((k.into(), v.into()));
         self
     }
 }
@@ -133,11 +154,26 @@ pub fn send(port: u16, req: &Req) -> std::io::Result<Resp> {
         out.extend_from_slice(v);
         out.extend_from_slice(b"\r\n");
     }
-    if !req.body.is_empty() || req.method == "POST" || req.method == "PUT" {
-        out.extend_from_slice(format!("content-length: {}\r\n", req.body.len()).as_bytes());
+    if req.chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
+        let (a, b) = req.body.split_at(req.body.len() / 2);
+        for part in [a, b].into_iter().filter(|p| !p.is_empty()) {
+            out.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            out.extend_from_slice(part);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n");
+        for (k, v) in &req.trailers {
+            out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    } else {
+        if !req.body.is_empty() || req.method == "POST" || req.method == "PUT" {
+            out.extend_from_slice(format!("content-length: {}\r\n", req.body.len()).as_bytes());
+        }
+        out.extend_from_slice(b"connection: close\r\n\r\n");
+        out.extend_from_slice(&req.body);
     }
-    out.extend_from_slice(b"connection: close\r\n\r\n");
-    out.extend_from_slice(&req.body);
     s.write_all(&out)?;
     // Read until the response is complete (by content-length or the last
     // chunk), not until EOF: after a local reply Envoy waits for the client

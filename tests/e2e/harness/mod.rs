@@ -210,6 +210,8 @@ pub struct EnvoyBuilder {
     listener_from_file: bool,
     drain_seconds: u32,
     allow_on_headers_stop_iteration: bool,
+    trailers: bool,
+    buffer_filter: bool,
 }
 
 impl EnvoyBuilder {
@@ -226,6 +228,8 @@ impl EnvoyBuilder {
             listener_from_file: false,
             drain_seconds: 1,
             allow_on_headers_stop_iteration: false,
+            trailers: false,
+            buffer_filter: true,
         }
     }
 
@@ -265,6 +269,23 @@ impl EnvoyBuilder {
     /// keeps connections on the old configuration.
     pub fn drain_seconds(mut self, seconds: u32) -> Self {
         self.drain_seconds = seconds;
+        self
+    }
+
+    /// HTTP/1.1 trailers passed on (`http_protocol_options.enable_trailers`
+    /// on the listener and on the upstream cluster): without it Envoy drops
+    /// a chunked body's trailers before any filter sees them.
+    pub fn trailers(mut self) -> Self {
+        self.trailers = true;
+        self
+    }
+
+    /// No buffer filter after appguard: the headers then go upstream
+    /// before a body is decided (and a chunked body stays chunked, so that
+    /// its trailers reach an HTTP/1.1 upstream: the buffer filter gives the
+    /// body a `content-length`, and the HTTP/1.1 codec then drops them).
+    pub fn without_buffer_filter(mut self) -> Self {
+        self.buffer_filter = false;
         self
     }
 
@@ -319,7 +340,16 @@ impl EnvoyBuilder {
 
     /// The bootstrap as JSON, with the listener and admin ports given.
     pub fn bootstrap(&self, listen_port: u16, admin_port: u16) -> Value {
-        let mut clusters = vec![cluster("upstream", self.upstream_port, false)];
+        let mut upstream = cluster("upstream", self.upstream_port, false);
+        if self.trailers {
+            upstream["typed_extension_protocol_options"] = json!({
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http_protocol_options": {"enable_trailers": true}}
+                }
+            });
+        }
+        let mut clusters = vec![upstream];
         clusters.extend(self.clusters.iter().cloned());
         json!({
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
@@ -362,10 +392,12 @@ impl EnvoyBuilder {
         filters.push(wasm);
         // Holds the headers back from the upstream until appguard has decided
         // on the body (see envoy/envoy.yaml).
-        filters.push(json!({
-            "name": "envoy.filters.http.buffer",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": 1048576}
-        }));
+        if self.buffer_filter {
+            filters.push(json!({
+                "name": "envoy.filters.http.buffer",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": 1048576}
+            }));
+        }
         filters.push(json!({
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
@@ -385,6 +417,9 @@ impl EnvoyBuilder {
             },
             "http_filters": filters
         });
+        if self.trailers {
+            hcm["http_protocol_options"] = json!({"enable_trailers": true});
+        }
         for (k, v) in &self.hcm_extra {
             hcm[k] = v.clone();
         }

@@ -21,6 +21,8 @@ pub struct Seen {
     pub headers: Vec<(String, String)>,
     /// Body.
     pub body: Vec<u8>,
+    /// Trailers after a chunked body, names lower case, in order.
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Seen {
@@ -137,17 +139,19 @@ fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, handler: &Handler) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
+        let mut trailers = Vec::new();
         if headers
             .iter()
             .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
         {
-            body = read_chunked(&mut reader);
+            (body, trailers) = read_chunked(&mut reader);
         }
         let s = Seen {
             method,
             path,
             headers,
             body,
+            trailers,
         };
         // Recorded before the handler answers: a test that changes what the
         // handler serves and then waits for "the next request" must not
@@ -170,21 +174,36 @@ fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, handler: &Handler) {
     }
 }
 
-fn read_chunked(reader: &mut BufReader<TcpStream>) -> Vec<u8> {
+/// A chunked body and the trailers after its last chunk.
+fn read_chunked(reader: &mut BufReader<TcpStream>) -> (Vec<u8>, Vec<(String, String)>) {
     let mut body = Vec::new();
+    let mut trailers = Vec::new();
     loop {
         let mut size_line = String::new();
         if reader.read_line(&mut size_line).unwrap_or(0) == 0 {
-            return body;
+            return (body, trailers);
         }
         let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16)
             .unwrap_or(0);
+        if size == 0 {
+            // The trailer section, up to an empty line.
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return (body, trailers);
+                }
+                let line = line.trim_end();
+                if line.is_empty() {
+                    return (body, trailers);
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    trailers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+                }
+            }
+        }
         let mut chunk = vec![0; size + 2];
         if reader.read_exact(&mut chunk).is_err() {
-            return body;
-        }
-        if size == 0 {
-            return body;
+            return (body, trailers);
         }
         body.extend_from_slice(&chunk[..size]);
     }
