@@ -361,14 +361,29 @@ pub enum ReplayOutcome {
     Full,
 }
 
+/// Capacities whose buckets are named by their index alone, as modules
+/// before 2026-12-05 named every bucket: the default `replay.max_entries`
+/// and the fixed table of signed requests
+/// ([`crate::policy::SIGNED_REQUEST_ENTRIES`]). An update then still sees
+/// what an earlier module recorded in them.
+pub const INDEX_NAMED_CAPACITIES: [u32; 2] = [65_536, 1 << 20];
+
 /// The shared-data key of the bucket `digest` belongs to in the replay
 /// table `table` of `capacity` entries.
+///
+/// A capacity other than [`INDEX_NAMED_CAPACITIES`] names its bucket count
+/// too, so that two capacities of one table (before and after a change of
+/// `max_entries`) never share a bucket: a past layout's live entries would
+/// otherwise fill the new layout's first buckets, refusing fresh values
+/// there as `Full` until they expired.
 fn replay_bucket_key(salt: &BucketSalt, table: &str, capacity: u32, digest: &[u8; 16]) -> String {
     let buckets = (capacity / REPLAY_BUCKET_ENTRIES as u32).max(1);
-    format!(
-        "appguard/replay/{table}/{}",
-        bucket_of(salt, digest, buckets)
-    )
+    let index = bucket_of(salt, digest, buckets);
+    if INDEX_NAMED_CAPACITIES.contains(&capacity) {
+        format!("appguard/replay/{table}/{index}")
+    } else {
+        format!("appguard/replay/{table}/{buckets}/{index}")
+    }
 }
 
 /// A capacity a replay table had before a configuration changed it, and
@@ -802,6 +817,78 @@ mod tests {
             .filter(|d| *d != not)
             .find(|d| bucket_of(&SALT, d, a / per) != bucket_of(&SALT, d, b / per))
             .unwrap()
+    }
+
+    /// `n` digests (from `skip` on) in bucket `want` of `buckets`.
+    fn in_bucket(buckets: u32, want: u32, n: usize, skip: u32) -> Vec<[u8; 16]> {
+        (skip..)
+            .map(|i| {
+                let mut d = [0u8; 16];
+                d[..4].copy_from_slice(&i.to_le_bytes());
+                d
+            })
+            .filter(|d| bucket_of(&SALT, d, buckets) == want)
+            .take(n)
+            .collect()
+    }
+
+    #[test]
+    fn a_past_layouts_full_buckets_do_not_fill_the_new_layouts() {
+        // The operator grows a full table: the old capacity's bucket 0 is
+        // full of live values; a fresh value in the new capacity's bucket 0
+        // is recorded (it was refused `Full` while both capacities named
+        // their buckets by index alone), and the old values are still
+        // replays.
+        for (old, new) in [(1024, 4096), (1024, 65_536), (65_536, 1024), (4096, 1024)] {
+            let s = MemStore::default();
+            assert_eq!(replay_layouts(&s, "p", old, 310, 0), Ok(vec![]));
+            let old_values = in_bucket(old / 16, 0, 16, 1);
+            for d in &old_values {
+                assert_eq!(
+                    replay_check(&s, &SALT, "p", old, &[], d, 300, 0),
+                    Ok(ReplayOutcome::Fresh)
+                );
+            }
+            let past = replay_layouts(&s, "p", new, 310, 10).unwrap();
+            let fresh = in_bucket(new / 16, 0, 1, 1_000_000)[0];
+            assert_eq!(
+                replay_check(&s, &SALT, "p", new, &past, &fresh, 300, 10),
+                Ok(ReplayOutcome::Fresh),
+                "{old} -> {new}"
+            );
+            for d in &old_values {
+                assert_eq!(
+                    replay_check(&s, &SALT, "p", new, &past, d, 300, 11),
+                    Ok(ReplayOutcome::Replayed),
+                    "{old} -> {new}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_default_and_signed_capacities_keep_the_earlier_bucket_names() {
+        // What a module before the bucket count was named recorded there.
+        assert_eq!(
+            INDEX_NAMED_CAPACITIES,
+            [
+                crate::token::default_replay_entries(),
+                crate::policy::SIGNED_REQUEST_ENTRIES
+            ]
+        );
+        let d = [7; 16];
+        for capacity in INDEX_NAMED_CAPACITIES {
+            let index = bucket_of(&SALT, &d, capacity / 16);
+            assert_eq!(
+                replay_bucket_key(&SALT, "p", capacity, &d),
+                format!("appguard/replay/p/{index}")
+            );
+        }
+        let index = bucket_of(&SALT, &d, 64);
+        assert_eq!(
+            replay_bucket_key(&SALT, "p", 1024, &d),
+            format!("appguard/replay/p/64/{index}")
+        );
     }
 
     #[test]

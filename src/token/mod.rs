@@ -322,7 +322,8 @@ fn default_jti() -> String {
 fn default_scope() -> ReplayScope {
     ReplayScope::Local
 }
-fn default_replay_entries() -> u32 {
+/// The default `replay.max_entries`.
+pub(crate) fn default_replay_entries() -> u32 {
     65_536
 }
 
