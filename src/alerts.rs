@@ -394,6 +394,14 @@ fn mark_suppressed<S: SharedStore + ?Sized>(
             open_from,
             mut entries,
         } = read_pending(cur, bytes);
+        // More than one window ahead: the clock stepped back (as for the
+        // counters in `record`); marks go to the current window, not to
+        // one that would be summarized only once the clock caught up.
+        let open_from = if open_from > window.saturating_add(a.window_seconds) {
+            window
+        } else {
+            open_from
+        };
         let window = window.max(open_from);
         let at = match entries.iter().position(|(w, _)| *w == window) {
             Some(at) => at,
@@ -426,26 +434,33 @@ fn mark_suppressed<S: SharedStore + ?Sized>(
 pub fn take_suppressed<S: SharedStore + ?Sized>(s: &S, a: &Alerts, now: u64) -> Vec<Suppressed> {
     let window = now - now % a.window_seconds;
     let bytes = slots(a).div_ceil(8);
+    // A window more than one ahead of now was marked before the clock
+    // stepped back: summarized now rather than once the clock caught up.
+    let ended = |w: u64| w < window || w > window.saturating_add(a.window_seconds);
     let Some((cur, _)) = s.get(&suppressed_key(a)) else {
         // The common case, read without a write: nothing was suppressed.
         return Vec::new();
     };
-    if read_pending(Some(&cur), bytes)
+    if !read_pending(Some(&cur), bytes)
         .entries
         .iter()
-        .all(|(w, _)| *w >= window)
+        .any(|(w, _)| ended(*w))
     {
         return Vec::new();
     }
     let ended = store::update(s, &suppressed_key(a), |cur| {
         let pending = read_pending(cur, bytes);
-        let (ended, kept): (Vec<_>, Vec<_>) =
-            pending.entries.into_iter().partition(|(w, _)| *w < window);
-        if ended.is_empty() {
-            (None, ended)
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            pending.entries.into_iter().partition(|(w, _)| ended(*w));
+        if gone.is_empty() {
+            (None, gone)
         } else {
-            let open_from = pending.open_from.max(window);
-            (Some(write_pending(open_from, &kept)), ended)
+            let open_from = if pending.open_from > window.saturating_add(a.window_seconds) {
+                window
+            } else {
+                pending.open_from.max(window)
+            };
+            (Some(write_pending(open_from, &kept)), gone)
         }
     })
     .unwrap_or_default();
@@ -644,6 +659,37 @@ mod tests {
         // the next window counts again from 1, and alerts again
         assert_eq!(cross(&s, &a, "sms", Reason::IpDenied, 180).len(), 1);
         assert_eq!(read_pair(s.get(key).map(|v| v.0).as_deref()), (180, 3));
+    }
+
+    #[test]
+    fn summaries_follow_the_clock_after_it_steps_back() {
+        // One alert and one suppressed pair in the window of 36,000, summarized;
+        // then the clock steps back an hour. The suppressed pair of the window
+        // of 32,400 is summarized when that window ends, not an hour later.
+        let s = MemStore::default();
+        let a = alerts(1, 1);
+        assert!(record(&s, &a, "api", Reason::RouteDenied, 36_000).is_some());
+        assert!(record(&s, &a, "sms", Reason::RouteDenied, 36_001).is_none());
+        assert_eq!(take_suppressed(&s, &a, 36_060).len(), 1);
+        assert!(record(&s, &a, "api", Reason::RouteDenied, 32_400).is_some());
+        assert!(record(&s, &a, "sms", Reason::RouteDenied, 32_401).is_none());
+        assert_eq!(
+            take_suppressed(&s, &a, 32_459),
+            vec![],
+            "the window is open"
+        );
+        let due = take_suppressed(&s, &a, 32_460);
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].window_start, 32_400);
+        assert_eq!(take_suppressed(&s, &a, 36_120), vec![], "summarized once");
+        // A mark filed ahead of the clock before a step back (a window the
+        // clock has not reached) is summarized at the next tick.
+        let s = MemStore::default();
+        assert!(record(&s, &a, "api", Reason::RouteDenied, 36_000).is_some());
+        assert!(record(&s, &a, "sms", Reason::RouteDenied, 36_001).is_none());
+        let due = take_suppressed(&s, &a, 32_400);
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].window_start, 36_000);
     }
 
     /// Drives one pair to its threshold; the alert if one was sent.
