@@ -55,9 +55,19 @@ pub struct Checked {
 }
 
 impl Checked {
-    fn new(location: String, result: Result<Config, ConfigError>, mut notes: Vec<String>) -> Self {
+    /// `json`: the configuration as the filter reads it, for the notes on
+    /// published demo values ([`demo_values`]).
+    fn new(
+        location: String,
+        result: Result<Config, ConfigError>,
+        mut notes: Vec<String>,
+        json: Option<&[u8]>,
+    ) -> Self {
         if let Ok(config) = &result {
             notes.extend(config.advisories());
+            if let Some(doc) = json.and_then(|b| serde_json::from_slice::<Value>(b).ok()) {
+                notes.extend(demo_values(&doc));
+            }
         }
         Checked {
             location,
@@ -386,6 +396,7 @@ fn plugin_report(bytes: &[u8]) -> Report {
             String::new(),
             Config::from_json(bytes),
             Vec::new(),
+            Some(bytes),
         )],
         skipped: Vec::new(),
     }
@@ -436,10 +447,15 @@ fn walk(node: &Value, path: &mut String, f: &mut dyn FnMut(&str, &Value)) {
 fn envoy_configs(doc: &Value, configs: &mut Vec<Checked>, skipped: &mut Vec<Skipped>) {
     walk(doc, &mut String::new(), &mut |path, node| {
         if is_appguard_filter(node) {
+            let bytes = envoy_plugin_bytes(node);
             configs.push(Checked::new(
                 path.to_owned(),
-                envoy_plugin_bytes(node).and_then(|b| Config::from_json(&b)),
+                bytes
+                    .as_ref()
+                    .map_err(Clone::clone)
+                    .and_then(|b| Config::from_json(b)),
                 Vec::new(),
+                bytes.as_deref().ok(),
             ));
         } else if is_other_wasm_filter(node) {
             let root_id = node.get("root_id").map(|r| match r {
@@ -548,11 +564,16 @@ fn wasm_plugin(doc: &Value, text: &str) -> Result<Checked, Option<Skipped>> {
     }
     // Istio hands pluginConfig (a protobuf Struct) to the filter as JSON,
     // and none at all when the Struct has no fields.
+    let mut sent = None;
     let result = match spec.and_then(|s| s.get("pluginConfig")) {
         Some(pc) if pc.as_object().is_some_and(|o| !o.is_empty()) => {
             serde_json::to_vec(&as_istio_sends(pc))
                 .map_err(|e| ConfigError::new("", e.to_string()))
-                .and_then(|b| Config::from_json(&b))
+                .and_then(|b| {
+                    let r = Config::from_json(&b);
+                    sent = Some(b);
+                    r
+                })
         }
         Some(pc) if pc.is_object() => Err(ConfigError::new(
             "",
@@ -571,7 +592,60 @@ fn wasm_plugin(doc: &Value, text: &str) -> Result<Checked, Option<Skipped>> {
     if let Some(pc) = spec.and_then(|s| s.get("pluginConfig")) {
         yaml11_scalars(pc, &mut "spec.pluginConfig".to_owned(), text, &mut notes);
     }
-    Ok(Checked::new(location, result, notes))
+    Ok(Checked::new(location, result, notes, sent.as_deref()))
+}
+
+/// Values published in appguard's examples and README, with what they
+/// are. Anyone can read them: a configuration that keeps one trusts
+/// tokens anyone can sign, API keys anyone can send, or phone digests
+/// anyone can reverse.
+const DEMO_VALUES: [(&str, &str); 7] = [
+    (
+        "ZGVtby1vbmx5LXNlY3JldC1kby1ub3QtdXNlLWluLXByb2R1Y3Rpb24tMDEyMzQ1Njc4OWFiY2RlZi14eXoh",
+        "the demo HMAC secret: anyone can sign tokens with it",
+    ),
+    (
+        "YXBwcm9vdi1leGFtcGxlLXNlY3JldC1OT1QtUkVBTC1yZXBsYWNlLXdpdGgteW91cnMh",
+        "the Approov example's secret: anyone can sign tokens with it",
+    ),
+    (
+        "ZGVtby1vbmx5LXBob25lLWhhc2gta2V5LTAxMjM0NTY=",
+        "the demo phone hash key: anyone can reverse the phone digests it keys",
+    ),
+    (
+        "41172213354f5fc5b103633b020992398ae89ebb96dfb142284450802c3cece4",
+        "the hash of the demo API key `demo-android-key`",
+    ),
+    (
+        "749795776c05eea4f6d67991ae9184950eac532f745b01ac46e20c16bc3aedac",
+        "the hash of the demo API key `demo-ios-key`",
+    ),
+    (
+        "742aa448448fa95823a8dd6136752019b25af04d56f8f47eba37db1f7e27df12",
+        "the hash of the demo API key `demo-web-key`",
+    ),
+    (
+        "81705bf28c1d90386216161ddd21979fc5b0d3248c8fcd20858c2946c26d96c6",
+        "the hash of a demo API key",
+    ),
+];
+
+/// Notes on the values of `doc` that appguard's examples publish
+/// ([`DEMO_VALUES`]), each with its path: fine for a demo, never for
+/// traffic that matters.
+fn demo_values(doc: &Value) -> Vec<String> {
+    let mut notes = Vec::new();
+    walk(doc, &mut String::new(), &mut |path, node| {
+        let Some(text) = node.as_str() else {
+            return;
+        };
+        if let Some((_, what)) = DEMO_VALUES.iter().find(|(v, _)| *v == text) {
+            notes.push(format!(
+                "{path} is {what}; it is published in appguard's examples: replace it before real traffic"
+            ));
+        }
+    });
+    notes
 }
 
 /// The scalars YAML 1.1 reads as booleans besides `true` and `false`.

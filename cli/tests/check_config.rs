@@ -368,3 +368,112 @@ fn syntax_errors_and_empty_files_exit_as_documented() {
         }
     }
 }
+
+#[test]
+fn published_demo_secrets_keys_and_hashes_are_warned_of() {
+    // Every secret, phone hash key and API key hash that the shipped
+    // examples publish is named where a configuration keeps it, in each
+    // kind of file; the configuration stays valid (exit 0).
+    let mut published = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(repo().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        collect_secrets(&doc, &mut published);
+    }
+    assert!(published.len() >= 7, "{published:?}");
+    for file in [
+        "examples/three-platform.json",
+        "examples/approov.json",
+        "envoy/envoy.yaml",
+        "examples/istio/wasmplugin.yaml",
+    ] {
+        let r = cli(&["check-config", file]);
+        assert_eq!(r.code, 0, "{file}: {}", r.all());
+        assert!(r.stdout.contains("valid:"), "{file}: {}", r.stdout);
+        assert!(
+            r.stderr
+                .contains("it is published in appguard's examples: replace it before real traffic"),
+            "{file}: {}",
+            r.stderr
+        );
+    }
+    for value in &published {
+        let config = format!(
+            r#"{{"api_keys": {{"keys": [{{"id": "k", "sha256": "{}"}}]}},
+                "tokens": [{{"name": "t", "from": [{{"header": "x-t"}}], "issuer": "i",
+                             "keys": [{{"alg": "HS256", "secret_base64": "{}"}}]}}],
+                "phone": {{"default_calling_code": "44", "hash_key_base64": "{}"}},
+                "routes": [{{"name": "r", "match": {{"prefix": "/"}}, "tokens": ["t"],
+                             "api_key": "required",
+                             "rate_limits": [{{"entries": [{{"type": "body", "pointer": "/to", "phone": true}}],
+                                              "local": {{"requests": 1, "per": "second"}}}}]}}]}}"#,
+            pick(value, 64, "a".repeat(64)),
+            pick(value, 0, STANDARD_SECRET.into()),
+            pick(value, 1, STANDARD_PHONE_KEY.into()),
+        );
+        let r = common::cli_with_stdin(&["check-config", "-"], Some(&config));
+        assert_eq!(r.code, 0, "{value}: {}", r.all());
+        assert_eq!(
+            r.stderr.matches("published in appguard's examples").count(),
+            1,
+            "{value}: {}",
+            r.stderr
+        );
+    }
+    // Values of one's own: no such warning.
+    let own = format!(
+        r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-t"}}], "issuer": "i",
+             "keys": [{{"alg": "HS256", "secret_base64": "{STANDARD_SECRET}"}}]}}],
+             "routes": [{{"name": "r", "match": {{"prefix": "/"}}, "tokens": ["t"]}}]}}"#
+    );
+    let r = common::cli_with_stdin(&["check-config", "-"], Some(&own));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+}
+
+/// A secret of one's own (48 random-looking bytes, base64).
+const STANDARD_SECRET: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq83v";
+/// A phone hash key of one's own.
+const STANDARD_PHONE_KEY: &str = "c29tZS1vdGhlci1waG9uZS1oYXNoLWtleS0wMTIz";
+
+/// `value` in the field it was published in: a 64-hex API key hash for
+/// `len` 64, else a base64 secret (`slot` 0) or phone key (`slot` 1) when
+/// it decodes as one would; `own` otherwise.
+fn pick(value: &str, slot: usize, own: String) -> String {
+    let is_hash = value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit());
+    let is_phone_key = value.starts_with("ZGVtby1vbmx5LXBob25l");
+    let fits = match slot {
+        64 => is_hash,
+        0 => !is_hash && !is_phone_key,
+        _ => is_phone_key,
+    };
+    if fits {
+        value.to_owned()
+    } else {
+        own
+    }
+}
+
+/// The values of `secret_base64`, `hash_key_base64` and API keys'
+/// `sha256` in `doc`.
+fn collect_secrets(doc: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+    match doc {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                if let (true, Some(s)) = (
+                    ["secret_base64", "hash_key_base64", "sha256"].contains(&k.as_str()),
+                    v.as_str(),
+                ) {
+                    out.insert(s.to_owned());
+                }
+                collect_secrets(v, out);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_secrets(v, out)),
+        _ => {}
+    }
+}
