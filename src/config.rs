@@ -127,6 +127,8 @@ struct RawConfig {
     #[serde(default = "default_decision_log_per_second")]
     decision_log_per_second: u32,
     #[serde(default)]
+    bypass_cors_preflight: bool,
+    #[serde(default)]
     routes: Vec<RawRoute>,
 }
 
@@ -346,6 +348,18 @@ pub struct Config {
     /// requests must not become a flood of log lines; the stats counters
     /// stay complete, and the log says how many lines it left out.
     pub decision_log_per_second: u32,
+    /// Whether a browser's CORS preflight (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`, as Envoy's `jwt_authn` reads it for
+    /// its own `bypass_cors_preflight`) passes once the route's action and
+    /// the network rules allow it, without API key, token, platform, body
+    /// or rate-limit checks. A browser sends it before a cross-origin
+    /// request that carries an API key or a token, and never with them: a
+    /// route that requires them refuses every preflight, and so every
+    /// cross-origin call of a web app, where no CORS filter before
+    /// appguard answers it (Istio runs its CORS filter after every
+    /// WasmPlugin). Off by default; a request that also asks for another
+    /// method (a method-override header or `_method`) is no preflight.
+    pub bypass_cors_preflight: bool,
     /// Routes, tried in order; the first match names the policy.
     pub routes: Vec<Route>,
     /// Every header some provider's `claim_to_headers` sets from a verified
@@ -1282,6 +1296,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             .map(|a| crate::alerts::compile(a, &route_names))
             .transpose()?,
         decision_log_per_second: raw.decision_log_per_second,
+        bypass_cors_preflight: raw.bypass_cors_preflight,
         routes_by_method: routes.iter().any(|r| !r.methods.is_empty()),
         routes_by_host: routes.iter().any(|r| !r.hosts.is_empty()),
         routes,

@@ -450,6 +450,9 @@ pub struct Facts {
     /// would pass once per window). Treated as the service failing (the
     /// route's `failure_mode`); the adapter logs the cause.
     pub replay_unprotected: bool,
+    /// A CORS preflight let through by `bypass_cors_preflight`: the
+    /// checks past the route's action and the network rules were skipped.
+    pub cors_preflight: bool,
 }
 
 /// A verified token's replay claim, waiting to be recorded as used.
@@ -832,6 +835,25 @@ fn is_method_param(raw: &str) -> bool {
     php_name_is(raw, METHOD_OVERRIDE_PARAM)
 }
 
+/// A browser's CORS preflight: `OPTIONS` with a non-empty `Origin` and
+/// `Access-Control-Request-Method` (what Envoy's `jwt_authn` bypasses), and
+/// nothing that asks an upstream for another method: no method-override
+/// header in any spelling, no `_method` parameter. Such a request would
+/// run another handler upstream than the preflight it claims to be.
+fn is_cors_preflight(req: &Request<'_>) -> bool {
+    req.method() == "OPTIONS"
+        && req.header("origin").is_some_and(|v| !v.is_empty())
+        && req
+            .header("access-control-request-method")
+            .is_some_and(|v| !v.is_empty())
+        && !req
+            .headers
+            .iter()
+            .any(|(n, _)| is_method_override_header(n))
+        && !query_pairs(req.query().unwrap_or(""))
+            .any(|p| is_method_param(p.split_once('=').map_or(p, |(k, _)| k)))
+}
+
 /// The query's `name=value` pairs in every reading an upstream may make:
 /// split on `&` and `;` (older Go and Python parsers), then, when the query
 /// holds a `;` (the only case where they differ), split on `&` alone (PHP).
@@ -1081,7 +1103,7 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
         local_replay: None,
         replay,
     });
-    let Some(route) = route else {
+    let Some(route) = route.filter(|_| !pending.facts.cors_preflight) else {
         return done(pending);
     };
     if pending.signing.is_some() || route.limits_need_body() {
@@ -1823,6 +1845,12 @@ fn check(
     };
     if let Some(n) = &route.network {
         check_network(n, req, hops)?;
+    }
+    // A browser's CORS preflight, where the configuration lets it pass:
+    // it never carries the key or token the checks below ask for.
+    if config.bypass_cors_preflight && is_cors_preflight(req) {
+        facts.cors_preflight = true;
+        return Ok(None);
     }
     // 3. API key (validity, IP and route restrictions; app restriction in 5)
     let key = match route.api_key {

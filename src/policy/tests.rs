@@ -4972,3 +4972,119 @@ fn an_android_app_may_be_pinned_by_its_sha1_certificate() {
     // The SHA-256 of another certificate is not a match for a SHA-1 pin.
     assert_eq!(headers(ANDROID[1].1), Some(Reason::AppMismatch));
 }
+
+#[test]
+fn a_cors_preflight_passes_only_where_bypass_cors_preflight_is_set() {
+    // The `web` route requires an API key, which a browser's preflight
+    // never carries: refused, unless the configuration lets preflights by.
+    let preflight = [
+        ("origin", "https://shop.example.com"),
+        ("access-control-request-method", "POST"),
+        ("access-control-request-headers", "x-api-key"),
+    ];
+    let off = World::new();
+    assert_eq!(
+        off.route("OPTIONS", "/web/cart", &preflight),
+        Some(Reason::ApiKeyMissing)
+    );
+    let mut json = config_json();
+    json["bypass_cors_preflight"] = json!(true);
+    json["routes"].as_array_mut().unwrap().insert(
+        0,
+        json!({"name": "closed", "match": {"prefix": "/closed/"}, "action": "deny"}),
+    );
+    let on = World::from(json);
+    assert_eq!(on.route("OPTIONS", "/web/cart", &preflight), None);
+    // No key or token checked, nothing set upstream, no limit counted.
+    let h = headers(&[
+        (":method", "OPTIONS"),
+        (":path", "/sms/send"),
+        (":authority", "api.example.com"),
+        ("origin", "https://shop.example.com"),
+        ("access-control-request-method", "POST"),
+    ]);
+    match evaluate(&on.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW) {
+        Step::Done(Decision::Allow(g), f) => {
+            assert!(g.set_headers.is_empty(), "{:?}", g.set_headers);
+            assert!(f.cors_preflight);
+        }
+        s => panic!("{s:?}"),
+    }
+    // Not a preflight: another method, no Origin, no requested method, or
+    // an empty one.
+    let no = |method: &str, extra: &[(&str, &str)]| on.route(method, "/web/cart", extra);
+    assert_eq!(no("GET", &preflight), Some(Reason::ApiKeyMissing));
+    assert_eq!(no("options", &preflight), Some(Reason::ApiKeyMissing));
+    assert_eq!(
+        no("OPTIONS", &[("origin", "https://shop.example.com")]),
+        Some(Reason::ApiKeyMissing)
+    );
+    assert_eq!(
+        no("OPTIONS", &[("access-control-request-method", "POST")]),
+        Some(Reason::ApiKeyMissing)
+    );
+    assert_eq!(
+        no(
+            "OPTIONS",
+            &[
+                ("origin", "https://shop.example.com"),
+                ("access-control-request-method", "")
+            ]
+        ),
+        Some(Reason::ApiKeyMissing)
+    );
+    // An OPTIONS that asks the upstream for another method is none either.
+    for override_header in [
+        "x-http-method-override",
+        "X_HTTP_Method",
+        "x-method-override",
+    ] {
+        let mut hs = preflight.to_vec();
+        hs.push((override_header, "POST"));
+        assert_eq!(
+            no("OPTIONS", &hs),
+            Some(Reason::ApiKeyMissing),
+            "{override_header}"
+        );
+    }
+    for path in [
+        "/web/cart?_method=POST",
+        "/web/cart?a=1&_METHOD=POST",
+        "/web/cart?_method",
+    ] {
+        assert_eq!(
+            on.route("OPTIONS", path, &preflight),
+            Some(Reason::ApiKeyMissing),
+            "{path}"
+        );
+    }
+    // The route's action and the network rules still apply.
+    assert_eq!(
+        on.route("OPTIONS", "/closed/x", &preflight),
+        Some(Reason::RouteDenied)
+    );
+    let mut hs = preflight.to_vec();
+    hs.push(("x-country", "KP"));
+    assert_eq!(no("OPTIONS", &hs), Some(Reason::CountryDenied));
+    assert_eq!(
+        on.route("OPTIONS", "/office/x", &preflight),
+        None,
+        "from 192.0.2.1, inside the route's ip_allow"
+    );
+    let h = headers(&[
+        (":method", "OPTIONS"),
+        (":path", "/office/x"),
+        (":authority", "api.example.com"),
+        ("origin", "https://shop.example.com"),
+        ("access-control-request-method", "POST"),
+    ]);
+    assert_eq!(
+        evaluate(
+            &on.ctx(),
+            &Request::new(&h, "198.51.100.1".parse().ok()),
+            NOW
+        )
+        .done_reason(),
+        Some(Reason::IpDenied)
+    );
+}

@@ -1708,3 +1708,59 @@ fn a_body_ended_by_trailers_is_checked_and_trailers_carry_no_identity() {
     assert_eq!(up.seen().len(), 1, "only the allowed request went upstream");
     envoy.assert_vm_healthy();
 }
+
+#[test]
+fn a_cors_preflight_reaches_the_upstream_only_with_bypass_cors_preflight() {
+    // A browser's preflight before a cross-origin call with an API key
+    // carries no key: refused on a route that requires one, unless the
+    // configuration lets preflights by. An OPTIONS that also asks the
+    // upstream for another method is no preflight.
+    let cfg = |bypass: bool| {
+        json!({
+            "default_action": "deny",
+            "bypass_cors_preflight": bypass,
+            "apps": [{"id": "shop-web", "platform": "web", "origins": ["https://shop.example.com"]}],
+            "api_keys": {"keys": [{"id": "k1", "sha256": appguard::identity::hash_api_key(API_KEY)}]},
+            "routes": [{"name": "web", "match": {"prefix": "/v1/web/"}, "platforms": ["web"],
+                        "api_key": "required"}]
+        })
+    };
+    let preflight = || {
+        Req::new("OPTIONS", "/v1/web/cart")
+            .header("origin", "https://shop.example.com")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "x-api-key")
+    };
+    let up = Upstream::start();
+    let off = EnvoyBuilder::new(cfg(false), up.port).start();
+    let r = off.request(preflight());
+    assert_eq!((r.status, r.reason()), (403, Some("api_key_missing")));
+    let on = EnvoyBuilder::new(cfg(true), up.port).start();
+    let r = on.request(preflight());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(seen.method, "OPTIONS");
+    assert!(
+        !seen
+            .headers
+            .iter()
+            .any(|(k, _)| k.starts_with("x-appguard-")),
+        "{:?}",
+        seen.headers
+    );
+    let r = on.request(preflight().header("x-http-method-override", "POST"));
+    assert_eq!((r.status, r.reason()), (403, Some("api_key_missing")));
+    let r = on
+        .request(Req::new("OPTIONS", "/v1/web/cart").header("origin", "https://shop.example.com"));
+    assert_eq!((r.status, r.reason()), (403, Some("api_key_missing")));
+    // The real call after it is checked as ever.
+    let r = on.request(
+        Req::post_json("/v1/web/cart", "{}")
+            .header("origin", "https://shop.example.com")
+            .header("x-api-key", API_KEY),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().header("x-appguard-app"), Some("shop-web"));
+    assert_eq!(up.seen().len(), 2);
+    on.assert_vm_healthy();
+}
