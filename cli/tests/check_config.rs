@@ -45,6 +45,32 @@ fn istio_wasm_plugin_is_checked() {
 }
 
 #[test]
+fn istio_delegated_wasm_plugin_is_checked_and_runs_after_jwt_authn() {
+    // The RequestAuthentication is skipped; the WasmPlugin beside it is
+    // checked, and is the delegated form examples/istio/README.md describes.
+    let out = ok(&["check-config", "examples/istio/jwt-authn-delegated.yaml"]);
+    assert!(out.contains("WasmPlugin istio-system/appguard"), "{out}");
+    assert!(
+        out.contains("valid: 2 routes, 2 apps, 0 API keys, 1 token provider"),
+        "{out}"
+    );
+    let text =
+        std::fs::read_to_string(repo().join("examples/istio/jwt-authn-delegated.yaml")).unwrap();
+    let plugin = serde_norway::Deserializer::from_str(&text)
+        .map(|d| <serde_json::Value as serde::Deserialize>::deserialize(d).unwrap())
+        .find(|doc| doc["kind"] == "WasmPlugin")
+        .unwrap();
+    assert_eq!(plugin["spec"]["phase"], "AUTHZ");
+    let token = &plugin["spec"]["pluginConfig"]["tokens"][0];
+    assert_eq!(
+        token["verified_by"]["filter"],
+        "envoy.filters.http.jwt_authn"
+    );
+    assert_eq!(token["verified_by"]["key"], "payload");
+    assert!(token["issuer"].is_string(), "{token}");
+}
+
+#[test]
 fn the_istio_plugin_config_is_three_platform_json_but_for_the_cluster() {
     // examples/istio/README.md promises the copy; this keeps it true.
     let text = std::fs::read_to_string(repo().join("examples/istio/wasmplugin.yaml")).unwrap();
@@ -191,7 +217,7 @@ fn unreadable_or_foreign_input_exits_2() {
     assert_eq!(cli(&["check-config", s(&bad_yaml)]).code, 2);
 
     // Kubernetes resources without a WasmPlugin: nothing to check.
-    let r = cli(&["check-config", "examples/istio/jwt-authn-delegated.yaml"]);
+    let r = cli(&["check-config", "examples/istio/ratelimit.yaml"]);
     assert_eq!(r.code, 2, "{}", r.all());
 }
 
