@@ -55,7 +55,7 @@ class Echo(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(out)
 
-    do_GET = do_POST = do_PUT = do_DELETE = _echo
+    do_GET = do_POST = do_PUT = do_DELETE = do_OPTIONS = _echo
 
     def log_message(self, *args):
         pass
