@@ -361,25 +361,40 @@ pub enum ReplayOutcome {
     Full,
 }
 
-/// Capacities whose buckets are named by their index alone, as modules
-/// before 2026-12-05 named every bucket: the default `replay.max_entries`
-/// and the fixed table of signed requests
-/// ([`crate::policy::SIGNED_REQUEST_ENTRIES`]). An update then still sees
-/// what an earlier module recorded in them.
+/// The tables whose buckets are named by their index alone, as modules
+/// before 2026-12-05 named every bucket, so that an update still sees what
+/// an earlier module recorded in them: a token's replay table at the
+/// default `replay.max_entries`, and a signed-request table
+/// (`<provider>#signed`), whose capacity is fixed
+/// ([`crate::policy::SIGNED_REQUEST_ENTRIES`]). Only one capacity of each
+/// kind: two index-named capacities of one table would share buckets.
 pub const INDEX_NAMED_CAPACITIES: [u32; 2] = [65_536, 1 << 20];
+
+/// Whether `table` at `capacity` names its buckets by index alone (see
+/// [`INDEX_NAMED_CAPACITIES`]).
+fn index_named(table: &str, capacity: u32) -> bool {
+    let [token, signed] = INDEX_NAMED_CAPACITIES;
+    capacity
+        == if table.ends_with("#signed") {
+            signed
+        } else {
+            token
+        }
+}
 
 /// The shared-data key of the bucket `digest` belongs to in the replay
 /// table `table` of `capacity` entries.
 ///
-/// A capacity other than [`INDEX_NAMED_CAPACITIES`] names its bucket count
-/// too, so that two capacities of one table (before and after a change of
-/// `max_entries`) never share a bucket: a past layout's live entries would
-/// otherwise fill the new layout's first buckets, refusing fresh values
-/// there as `Full` until they expired.
+/// A capacity other than the table's index-named one
+/// ([`INDEX_NAMED_CAPACITIES`]) names its bucket count too, so that two
+/// capacities of one table (before and after a change of `max_entries`)
+/// never share a bucket: a past layout's live entries would otherwise fill
+/// the new layout's first buckets, refusing fresh values there as `Full`
+/// until they expired.
 fn replay_bucket_key(salt: &BucketSalt, table: &str, capacity: u32, digest: &[u8; 16]) -> String {
     let buckets = (capacity / REPLAY_BUCKET_ENTRIES as u32).max(1);
     let index = bucket_of(salt, digest, buckets);
-    if INDEX_NAMED_CAPACITIES.contains(&capacity) {
+    if index_named(table, capacity) {
         format!("appguard/replay/{table}/{index}")
     } else {
         format!("appguard/replay/{table}/{buckets}/{index}")
@@ -839,7 +854,14 @@ mod tests {
         // is recorded (it was refused `Full` while both capacities named
         // their buckets by index alone), and the old values are still
         // replays.
-        for (old, new) in [(1024, 4096), (1024, 65_536), (65_536, 1024), (4096, 1024)] {
+        for (old, new) in [
+            (1024, 4096),
+            (1024, 65_536),
+            (65_536, 1024),
+            (4096, 1024),
+            (65_536, 1 << 20),
+            (1 << 20, 65_536),
+        ] {
             let s = MemStore::default();
             assert_eq!(replay_layouts(&s, "p", old, 310, 0), Ok(vec![]));
             let old_values = in_bucket(old / 16, 0, 16, 1);
@@ -877,18 +899,28 @@ mod tests {
             ]
         );
         let d = [7; 16];
-        for capacity in INDEX_NAMED_CAPACITIES {
-            let index = bucket_of(&SALT, &d, capacity / 16);
-            assert_eq!(
-                replay_bucket_key(&SALT, "p", capacity, &d),
-                format!("appguard/replay/p/{index}")
-            );
+        let at = |buckets: u32| bucket_of(&SALT, &d, buckets);
+        for (table, capacity, key) in [
+            ("p", 65_536, format!("appguard/replay/p/{}", at(4096))),
+            (
+                "p#signed",
+                1 << 20,
+                format!("appguard/replay/p#signed/{}", at(65_536)),
+            ),
+            ("p", 1024, format!("appguard/replay/p/64/{}", at(64))),
+            (
+                "p",
+                1 << 20,
+                format!("appguard/replay/p/65536/{}", at(65_536)),
+            ),
+            (
+                "p#signed",
+                65_536,
+                format!("appguard/replay/p#signed/4096/{}", at(4096)),
+            ),
+        ] {
+            assert_eq!(replay_bucket_key(&SALT, table, capacity, &d), key);
         }
-        let index = bucket_of(&SALT, &d, 64);
-        assert_eq!(
-            replay_bucket_key(&SALT, "p", 1024, &d),
-            format!("appguard/replay/p/64/{index}")
-        );
     }
 
     #[test]
