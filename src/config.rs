@@ -348,17 +348,18 @@ pub struct Config {
     /// requests must not become a flood of log lines; the stats counters
     /// stay complete, and the log says how many lines it left out.
     pub decision_log_per_second: u32,
-    /// Whether a browser's CORS preflight (`OPTIONS` with `Origin` and
-    /// `Access-Control-Request-Method`, as Envoy's `jwt_authn` reads it for
-    /// its own `bypass_cors_preflight`) passes once the route's action and
-    /// the network rules allow it, without API key, token, platform, body
-    /// or rate-limit checks. A browser sends it before a cross-origin
+    /// Whether a browser's CORS preflight
+    /// ([`crate::policy::cors_preflight_method`]: `OPTIONS` with `Origin`
+    /// and `Access-Control-Request-Method`, as Envoy's `jwt_authn` reads it
+    /// for its own `bypass_cors_preflight`, and no body, credential or
+    /// method override) passes once the action and the network rules of
+    /// the route it asks about allow it, without API key, token, platform,
+    /// body or rate-limit checks. A browser sends it before a cross-origin
     /// request that carries an API key or a token, and never with them: a
     /// route that requires them refuses every preflight, and so every
     /// cross-origin call of a web app, where no CORS filter before
     /// appguard answers it (Istio runs its CORS filter after every
-    /// WasmPlugin). Off by default; a request that also asks for another
-    /// method (a method-override header or `_method`) is no preflight.
+    /// WasmPlugin). Off by default.
     pub bypass_cors_preflight: bool,
     /// Routes, tried in order; the first match names the policy.
     pub routes: Vec<Route>,

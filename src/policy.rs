@@ -450,8 +450,10 @@ pub struct Facts {
     /// would pass once per window). Treated as the service failing (the
     /// route's `failure_mode`); the adapter logs the cause.
     pub replay_unprotected: bool,
-    /// A CORS preflight let through by `bypass_cors_preflight`: the
-    /// checks past the route's action and the network rules were skipped.
+    /// A CORS preflight under `bypass_cors_preflight`
+    /// ([`cors_preflight_method`]), matched to the route of the method it
+    /// asks about: only the route's action and the network rules are
+    /// checked (counted as `decision="preflight"` when it passes).
     pub cors_preflight: bool,
 }
 
@@ -688,6 +690,16 @@ pub fn match_route<'c>(
     config: &'c Config,
     req: &Request<'_>,
 ) -> Result<Option<(usize, &'c Route)>, UnclearPath> {
+    match_route_for(config, req, req.method())
+}
+
+/// [`match_route`] for `req` as if its method were `method` (a CORS
+/// preflight takes the route of the method it asks about).
+fn match_route_for<'c>(
+    config: &'c Config,
+    req: &Request<'_>,
+    method: &str,
+) -> Result<Option<(usize, &'c Route)>, UnclearPath> {
     use std::borrow::Cow;
     let path = route_path(req.path()).ok_or(UnclearPath)?;
     let host = req.host();
@@ -698,7 +710,6 @@ pub fn match_route<'c>(
             .position(|r| route_matches(r, p, method, host))
     };
     let route_of = |p: &str, method: &str| route_at(p, method, host);
-    let method = req.method();
     let index = route_of(&path, method);
     let matched = index.and_then(|i| config.routes.get(i).map(|r| (i, r)));
     // The other paths and methods an upstream may read (no allocation
@@ -835,23 +846,43 @@ fn is_method_param(raw: &str) -> bool {
     php_name_is(raw, METHOD_OVERRIDE_PARAM)
 }
 
-/// A browser's CORS preflight: `OPTIONS` with a non-empty `Origin` and
-/// `Access-Control-Request-Method` (what Envoy's `jwt_authn` bypasses), and
-/// nothing that asks an upstream for another method: no method-override
-/// header in any spelling, no `_method` parameter. Such a request would
-/// run another handler upstream than the preflight it claims to be.
-fn is_cors_preflight(req: &Request<'_>) -> bool {
-    req.method() == "OPTIONS"
+/// The method a browser's CORS preflight asks about, if `req` is one:
+/// `OPTIONS` with a non-empty `Origin` and `Access-Control-Request-Method`
+/// (what Envoy's `jwt_authn` bypasses), and nothing a browser never sends
+/// with a preflight: no body, no API key (header or parameter) and no
+/// header any token provider reads, in any spelling (an upstream that runs
+/// a route's handler for `OPTIONS` then gets no credential appguard did
+/// not check), and nothing that asks an upstream for another method (no
+/// method-override header in any spelling, no `_method` parameter: it
+/// would run another handler than the preflight's).
+pub fn cors_preflight_method<'r>(config: &Config, req: &Request<'r>) -> Option<&'r str> {
+    let asked = req.header("access-control-request-method")?.trim();
+    let names = |name: &str| {
+        req.headers
+            .iter()
+            .any(|(n, _)| crate::request::same_header_name(n.as_bytes(), name.as_bytes()))
+    };
+    let params = |name: &str| {
+        query_pairs(req.query().unwrap_or(""))
+            .any(|p| php_name_is(p.split_once('=').map_or(p, |(k, _)| k), name))
+    };
+    let preflight = req.method() == "OPTIONS"
+        && !asked.is_empty()
         && req.header("origin").is_some_and(|v| !v.is_empty())
-        && req
-            .header("access-control-request-method")
-            .is_some_and(|v| !v.is_empty())
+        && !req.has_body()
+        && !names(&config.api_keys.header)
+        && !config.api_keys.query_param.as_deref().is_some_and(params)
+        && !config
+            .providers
+            .iter()
+            .flat_map(|p| &p.sources)
+            .any(|s| names(&s.header))
         && !req
             .headers
             .iter()
             .any(|(n, _)| is_method_override_header(n))
-        && !query_pairs(req.query().unwrap_or(""))
-            .any(|p| is_method_param(p.split_once('=').map_or(p, |(k, _)| k)))
+        && !params(METHOD_OVERRIDE_PARAM);
+    preflight.then_some(asked)
 }
 
 /// The query's `name=value` pairs in every reading an upstream may make:
@@ -1049,7 +1080,14 @@ impl From<Reason> for Flow {
 /// once per request by the adapter.
 pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
     let config = ctx.config;
-    let Ok(matched) = match_route(config, req) else {
+    // A preflight takes the route of the request it asks about: a route
+    // that lists `methods` lists that method, not `OPTIONS`.
+    let preflight = if config.bypass_cors_preflight {
+        cors_preflight_method(config, req)
+    } else {
+        None
+    };
+    let Ok(matched) = match_route_for(config, req, preflight.unwrap_or(req.method())) else {
         // No route can be trusted to name the handler: refused as if
         // unrouted under `default_action: deny`. Enforced whenever any
         // route is (the handler it reaches may be that route's: monitor
@@ -1075,6 +1113,7 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
     let mode = matched.map_or(config.mode, |(_, r)| r.mode);
     let mut facts = Facts {
         route: matched.map(|(i, _)| i),
+        cors_preflight: preflight.is_some(),
         ..Facts::default()
     };
     let mut grant = Grant::default();
@@ -1846,10 +1885,10 @@ fn check(
     if let Some(n) = &route.network {
         check_network(n, req, hops)?;
     }
-    // A browser's CORS preflight, where the configuration lets it pass:
-    // it never carries the key or token the checks below ask for.
-    if config.bypass_cors_preflight && is_cors_preflight(req) {
-        facts.cors_preflight = true;
+    // A browser's CORS preflight, where the configuration lets it pass
+    // (see `cors_preflight_method`): it carries none of what the checks
+    // below ask for.
+    if facts.cors_preflight {
         return Ok(None);
     }
     // 3. API key (validity, IP and route restrictions; app restriction in 5)

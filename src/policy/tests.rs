@@ -4989,9 +4989,15 @@ fn a_cors_preflight_passes_only_where_bypass_cors_preflight_is_set() {
     );
     let mut json = config_json();
     json["bypass_cors_preflight"] = json!(true);
-    json["routes"].as_array_mut().unwrap().insert(
+    let routes = json["routes"].as_array_mut().unwrap();
+    routes.insert(
         0,
         json!({"name": "closed", "match": {"prefix": "/closed/"}, "action": "deny"}),
+    );
+    routes.insert(
+        0,
+        json!({"name": "post-only", "match": {"prefix": "/post/", "methods": ["POST"]},
+               "api_key": "required"}),
     );
     let on = World::from(json);
     assert_eq!(on.route("OPTIONS", "/web/cart", &preflight), None);
@@ -5058,6 +5064,42 @@ fn a_cors_preflight_passes_only_where_bypass_cors_preflight_is_set() {
             "{path}"
         );
     }
+    // A preflight takes the route of the method it asks about, one that
+    // lists `methods` too; a method no route takes is unrouted.
+    let asking = |method: &str| {
+        let h = headers(&[
+            (":method", "OPTIONS"),
+            (":path", "/post/x"),
+            (":authority", "api.example.com"),
+            ("origin", "https://shop.example.com"),
+            ("access-control-request-method", method),
+        ]);
+        match evaluate(&on.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW) {
+            Step::Done(d, f) => (d.reason(), f.route, f.cors_preflight),
+            s => panic!("{s:?}"),
+        }
+    };
+    assert_eq!(asking("POST"), (None, Some(0), true));
+    assert_eq!(asking("GET"), (Some(Reason::RouteDenied), None, true));
+    // Nothing a browser never sends with a preflight: a body, an API key
+    // (header in any spelling, or parameter), a token header in any
+    // spelling. Such a request is checked as any request, its key too.
+    for (extra, want) in [
+        (("content-length", "5"), Reason::ApiKeyMissing),
+        (("transfer-encoding", "chunked"), Reason::ApiKeyMissing),
+        (("x-api-key", "not-a-key"), Reason::ApiKeyInvalid),
+        (("X_API_KEY", "not-a-key"), Reason::ApiKeyInvalid),
+        (("x-app-token", "x.y.z"), Reason::ApiKeyMissing),
+        (("x_firebase_appcheck", "x.y.z"), Reason::ApiKeyMissing),
+    ] {
+        let mut hs = preflight.to_vec();
+        hs.push(extra);
+        assert_eq!(no("OPTIONS", &hs), Some(want), "{extra:?}");
+    }
+    assert_eq!(
+        on.route("OPTIONS", "/web/cart?key=not-a-key", &preflight),
+        Some(Reason::ApiKeyInvalid)
+    );
     // The route's action and the network rules still apply.
     assert_eq!(
         on.route("OPTIONS", "/closed/x", &preflight),

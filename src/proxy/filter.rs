@@ -462,6 +462,9 @@ impl GuardFilter {
                 match (grant.would_deny, facts.degraded) {
                     (Some(r), _) => worker.metrics.count(facts.route, Counted::Monitor, Some(r)),
                     (None, Some(_)) => {} // counted as degraded above
+                    (None, None) if facts.cors_preflight => {
+                        worker.metrics.count(facts.route, Counted::Preflight, None)
+                    }
                     (None, None) => worker.metrics.count(facts.route, Counted::Allow, None),
                 }
                 self.apply_grant(worker, &grant, facts, now);

@@ -33,6 +33,9 @@ pub enum Counted {
     Monitor,
     /// Let through by `failure_mode: allow` while a dependency was down.
     Degraded,
+    /// A browser's CORS preflight let through by `bypass_cors_preflight`
+    /// without the route's key, token and limit checks.
+    Preflight,
 }
 
 impl Counted {
@@ -42,6 +45,7 @@ impl Counted {
             Counted::Deny => "deny",
             Counted::Monitor => "monitor",
             Counted::Degraded => "degraded",
+            Counted::Preflight => "preflight",
         }
     }
 }

@@ -1722,6 +1722,8 @@ fn a_cors_preflight_reaches_the_upstream_only_with_bypass_cors_preflight() {
             "apps": [{"id": "shop-web", "platform": "web", "origins": ["https://shop.example.com"]}],
             "api_keys": {"keys": [{"id": "k1", "sha256": appguard::identity::hash_api_key(API_KEY)}]},
             "routes": [{"name": "web", "match": {"prefix": "/v1/web/"}, "platforms": ["web"],
+                        "api_key": "required"},
+                       {"name": "send", "match": {"path": "/v1/send", "methods": ["POST"]},
                         "api_key": "required"}]
         })
     };
@@ -1748,8 +1750,26 @@ fn a_cors_preflight_reaches_the_upstream_only_with_bypass_cors_preflight() {
         "{:?}",
         seen.headers
     );
+    // It takes the route of the method it asks about, one that lists
+    // `methods` too, and is counted as a preflight.
+    let r = on.request(
+        Req::new("OPTIONS", "/v1/send")
+            .header("origin", "https://shop.example.com")
+            .header("access-control-request-method", "POST"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        on.stat("appguard_decisions.route.send.decision.preflight.reason.none"),
+        Some(1)
+    );
+    assert_eq!(up.seen().len(), 2);
+    // Not preflights: another method asked for upstream, a body, a key.
     let r = on.request(preflight().header("x-http-method-override", "POST"));
     assert_eq!((r.status, r.reason()), (403, Some("api_key_missing")));
+    let r = on.request(preflight().body(b"{}"));
+    assert_eq!((r.status, r.reason()), (403, Some("api_key_missing")));
+    let r = on.request(preflight().header("x-api-key", "not-the-key"));
+    assert_eq!((r.status, r.reason()), (403, Some("api_key_invalid")));
     let r = on
         .request(Req::new("OPTIONS", "/v1/web/cart").header("origin", "https://shop.example.com"));
     assert_eq!((r.status, r.reason()), (403, Some("api_key_missing")));
@@ -1761,6 +1781,6 @@ fn a_cors_preflight_reaches_the_upstream_only_with_bypass_cors_preflight() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up.last().header("x-appguard-app"), Some("shop-web"));
-    assert_eq!(up.seen().len(), 2);
+    assert_eq!(up.seen().len(), 3);
     on.assert_vm_healthy();
 }
