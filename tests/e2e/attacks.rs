@@ -1784,3 +1784,42 @@ fn a_cors_preflight_reaches_the_upstream_only_with_bypass_cors_preflight() {
     assert_eq!(up.seen().len(), 3);
     on.assert_vm_healthy();
 }
+
+#[test]
+fn a_route_opted_out_of_the_buffer_filter_streams_and_body_routes_stay_held() {
+    // envoy/envoy.yaml buffers every route and shows how a streaming
+    // route opts out (`BufferPerRoute` `disabled: true`). Opted out, a
+    // 2 MiB upload goes through; elsewhere the buffer filter refuses it
+    // (413, not appguard's), and a body route still holds the headers
+    // until appguard decided: a refused number never reaches the upstream.
+    let cfg = json!({
+        "default_action": "deny",
+        "phone": {"default_calling_code": "44", "denied_prefixes": ["+882"],
+                  "hash_key_base64": STANDARD.encode(b"attack-suite-phone-hash-key-0123")},
+        "routes": [
+            {"name": "sms", "match": {"path": "/sms", "methods": ["POST"]},
+             "rate_limits": [{"entries": [{"type": "body", "pointer": "/to", "phone": true}],
+                              "local": {"requests": 100, "per": "hour"}}]},
+            {"name": "files", "match": {"prefix": "/upload/"}},
+            {"name": "other", "match": {"prefix": "/other/"}}
+        ]
+    });
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .unbuffered_prefix("/upload/")
+        .start();
+    let big = vec![b'a'; 2 << 20];
+    let r = envoy.request(Req::new("POST", "/upload/f").body(&big));
+    assert_eq!(r.status, 200, "{}", r.reason().unwrap_or(""));
+    assert_eq!(up.last().body.len(), big.len());
+    let r = envoy.request(Req::new("POST", "/other/f").body(&big));
+    assert_eq!(
+        (r.status, r.reason()),
+        (413, None),
+        "the buffer filter's own 413"
+    );
+    let r = envoy.request(Req::post_json("/sms", r#"{"to": "+882 1234 5678"}"#).chunked());
+    assert_eq!((r.status, r.reason()), (403, Some("phone_denied")));
+    assert_eq!(up.seen().len(), 1);
+    envoy.assert_vm_healthy();
+}

@@ -212,6 +212,7 @@ pub struct EnvoyBuilder {
     allow_on_headers_stop_iteration: bool,
     trailers: bool,
     buffer_filter: bool,
+    unbuffered_prefixes: Vec<String>,
 }
 
 impl EnvoyBuilder {
@@ -230,6 +231,7 @@ impl EnvoyBuilder {
             allow_on_headers_stop_iteration: false,
             trailers: false,
             buffer_filter: true,
+            unbuffered_prefixes: Vec::new(),
         }
     }
 
@@ -286,6 +288,14 @@ impl EnvoyBuilder {
     /// body a `content-length`, and the HTTP/1.1 codec then drops them).
     pub fn without_buffer_filter(mut self) -> Self {
         self.buffer_filter = false;
+        self
+    }
+
+    /// An Envoy route for `prefix`, before the catch-all one, that opts out
+    /// of the buffer filter (`BufferPerRoute` `disabled: true`), as
+    /// envoy/envoy.yaml shows for routes that stream.
+    pub fn unbuffered_prefix(mut self, prefix: &str) -> Self {
+        self.unbuffered_prefixes.push(prefix.into());
         self
     }
 
@@ -402,6 +412,17 @@ impl EnvoyBuilder {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
         }));
+        let mut routes: Vec<Value> = self
+            .unbuffered_prefixes
+            .iter()
+            .map(|p| {
+                json!({"match": {"prefix": p}, "route": {"cluster": "upstream"},
+                       "typed_per_filter_config": {"envoy.filters.http.buffer": {
+                           "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+                           "disabled": true}}})
+            })
+            .collect();
+        routes.push(json!({"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}));
         let mut hcm = json!({
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": "ingress",
@@ -412,7 +433,7 @@ impl EnvoyBuilder {
                 "virtual_hosts": [{
                     "name": "all",
                     "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+                    "routes": routes
                 }]
             },
             "http_filters": filters
