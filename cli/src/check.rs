@@ -632,14 +632,20 @@ const DEMO_VALUES: [(&str, &str); 7] = [
 
 /// Notes on the values of `doc` that appguard's examples publish
 /// ([`DEMO_VALUES`]), each with its path: fine for a demo, never for
-/// traffic that matters.
+/// traffic that matters. Compared as the filter reads them: around
+/// spaces, base64 padding and the case of hex digits make no difference.
 fn demo_values(doc: &Value) -> Vec<String> {
+    let bare = |v: &str| v.trim().trim_end_matches('=').to_owned();
     let mut notes = Vec::new();
     walk(doc, &mut String::new(), &mut |path, node| {
         let Some(text) = node.as_str() else {
             return;
         };
-        if let Some((_, what)) = DEMO_VALUES.iter().find(|(v, _)| *v == text) {
+        let text = bare(text);
+        if let Some((_, what)) = DEMO_VALUES
+            .iter()
+            .find(|(v, _)| bare(v).eq_ignore_ascii_case(&text))
+        {
             notes.push(format!(
                 "{path} is {what}; it is published in appguard's examples: replace it before real traffic"
             ));

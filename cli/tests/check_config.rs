@@ -450,6 +450,21 @@ fn published_demo_secrets_keys_and_hashes_are_warned_of() {
             r.stderr
         );
     }
+    // Spelled otherwise, as the filter still reads them: upper-case hex,
+    // base64 without its padding or with spaces around.
+    let spelled = r#"{"api_keys": {"keys": [{"id": "k", "sha256": "41172213354F5FC5B103633B020992398AE89EBB96DFB142284450802C3CECE4"}]},
+        "phone": {"default_calling_code": "44", "hash_key_base64": " ZGVtby1vbmx5LXBob25lLWhhc2gta2V5LTAxMjM0NTY "},
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "api_key": "required",
+                    "rate_limits": [{"entries": [{"type": "body", "pointer": "/to", "phone": true}],
+                                     "local": {"requests": 1, "per": "second"}}]}]}"#;
+    let r = common::cli_with_stdin(&["check-config", "-"], Some(spelled));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        r.stderr.matches("published in appguard's examples").count(),
+        2,
+        "{}",
+        r.stderr
+    );
     // Values of one's own: no such warning.
     let own = format!(
         r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-t"}}], "issuer": "i",

@@ -762,9 +762,18 @@ impl HttpContext for GuardFilter {
         // Trailers reach an HTTP/2 upstream too: a client's identity or
         // claim header sent as a trailer is removed like one sent as a
         // header.
+        // One that cannot be removed fails closed, as in the headers.
         if let Ok(trailers) = abi::map_headers(Map::RequestTrailers) {
-            for (name, _) in trailers.iter().filter(|(n, _)| self.is_ours(n)) {
-                let _ = abi::remove_header(Map::RequestTrailers, name);
+            let kept = trailers
+                .iter()
+                .filter(|(n, _)| self.is_ours(n))
+                .any(|(name, _)| abi::remove_header(Map::RequestTrailers, name).is_err());
+            if kept {
+                warn!(
+                    "#{} cannot remove a client's copy of an identity header from the trailers",
+                    self.context_id
+                );
+                return self.reply_raw(503, "appguard_host_error");
             }
         }
         match &self.state {

@@ -30,8 +30,11 @@
 //! - the result is never made affine: `x(R) ≡ r (mod n)` is checked as
 //!   `X = r·Z²` (or `(r+n)·Z²`) in the field.
 //!
-//! The key itself is parsed and checked to lie on the curve by the `p256`
-//! crate; this file only verifies.
+//! A key is checked to lie on the curve twice: by the `p256` crate where
+//! a PEM or JWK is parsed, and here again (`parse_point`: coordinates
+//! below p, the curve equation), so that nothing this file verifies with
+//! rests on its caller alone. Keep both: an off-curve key would open an
+//! invalid-curve attack on the verification below.
 
 use std::cell::RefCell;
 use std::sync::{Arc, OnceLock, Weak};
