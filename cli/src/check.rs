@@ -599,10 +599,14 @@ fn wasm_plugin(doc: &Value, text: &str) -> Result<Checked, Option<Skipped>> {
 /// are. Anyone can read them: a configuration that keeps one trusts
 /// tokens anyone can sign, API keys anyone can send, or phone digests
 /// anyone can reverse.
-const DEMO_VALUES: [(&str, &str); 7] = [
+const DEMO_VALUES: [(&str, &str); 8] = [
     (
         "ZGVtby1vbmx5LXNlY3JldC1kby1ub3QtdXNlLWluLXByb2R1Y3Rpb24tMDEyMzQ1Njc4OWFiY2RlZi14eXoh",
         "the demo HMAC secret: anyone can sign tokens with it",
+    ),
+    (
+        "ZGVtby1vbmx5LXNlY3JldC1kby1ub3QtdXNlLWluLXByb2R1Y3Rpb24=",
+        "the HMAC secret of examples/bad/unknown-provider.json: anyone can sign tokens with it",
     ),
     (
         "YXBwcm9vdi1leGFtcGxlLXNlY3JldC1OT1QtUkVBTC1yZXBsYWNlLXdpdGgteW91cnMh",
