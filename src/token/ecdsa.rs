@@ -1400,6 +1400,12 @@ mod tests {
         Option::from(p256::Scalar::from_repr(be32(a).into())).expect("a scalar below n")
     }
 
+    /// Limbs of a `p256` scalar.
+    fn limbs(s: &p256::Scalar) -> Fe {
+        use p256::elliptic_curve::PrimeField as _;
+        from_be(&s.to_repr()).unwrap()
+    }
+
     /// Our affine point from a `p256` one; `None` for the point at infinity.
     fn affine_of(p: &p256::ProjectivePoint) -> Option<Affine> {
         use p256::elliptic_curve::sec1::ToEncodedPoint as _;
@@ -1426,6 +1432,37 @@ mod tests {
             return false;
         };
         key.verify(msg, &sig).is_ok()
+    }
+
+    /// e = SHA-256(msg) mod n.
+    fn e_of(msg: &[u8]) -> p256::Scalar {
+        <p256::Scalar as p256::elliptic_curve::ops::Reduce<p256::U256>>::reduce_bytes(
+            &Sha256::digest(msg),
+        )
+    }
+
+    /// `r || s`, 64 bytes.
+    fn sig_bytes(r: &p256::Scalar, s: &p256::Scalar) -> Vec<u8> {
+        use p256::elliptic_curve::PrimeField as _;
+        [r.to_repr(), s.to_repr()].concat()
+    }
+
+    /// r = x(k·G) mod n, and the s that makes (r, s) a signature of `e`
+    /// by the private key `d`: straight from the ECDSA equations, so that a
+    /// test chooses d and k (FIPS 186-4 §6.4.1). `None` if r or s is 0.
+    fn sign_with(
+        d: &p256::Scalar,
+        k: &p256::Scalar,
+        e: &p256::Scalar,
+    ) -> Option<(p256::Scalar, p256::Scalar)> {
+        use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+        use p256::elliptic_curve::Field as _;
+        let point = (p256::ProjectivePoint::GENERATOR * k).to_affine();
+        let r = <p256::Scalar as p256::elliptic_curve::ops::Reduce<p256::U256>>::reduce_bytes(
+            point.to_encoded_point(false).x()?,
+        );
+        let s = Option::<p256::Scalar>::from(k.invert())? * (*e + r * d);
+        (!bool::from(r.is_zero()) && !bool::from(s.is_zero())).then_some((r, s))
     }
 
     /// Our verifier, with comb tables (`P256Key`) and without
@@ -1522,6 +1559,132 @@ mod tests {
         }
         // Each key's signature and its n − s, nothing else.
         assert_eq!(accepted, 2 * keys.len());
+    }
+
+    /// Valid signatures made so that the verifier's additions meet their
+    /// exceptional cases, which random signatures practically never reach,
+    /// on the way to R: each must still verify.
+    /// - The comb (`P256Key`) with Q = G and with Q = −G, whose tables are
+    ///   G's or their negations: when u1 and u2 have the same top column,
+    ///   its first two additions are P + P (the doubling branch of
+    ///   `add_affine`) or P + (−P) (the point at infinity, from which the
+    ///   sum goes on).
+    /// - The NAF (`verify_once`), the same way, when the NAFs of u1 and u2
+    ///   are as long and their top digits equal.
+    ///
+    /// With d = ±1, u1 ± u2 = k (mod n), so the nonce decides how often
+    /// that happens: for Q = G a nonce whose every limb ends in 0x80, for
+    /// Q = −G one that is n minus a number whose every limb ends in 0x00,
+    /// make u1 and u2 share bit 7 of every limb (the comb's column) for
+    /// most messages, and their top NAF digits for a few in a hundred
+    /// (with a random nonce, the comb's case may not come up in thousands).
+    /// Messages are tried until one does, u1 = e/s and u2 = r/s computed
+    /// by `p256`.
+    #[test]
+    fn a_signature_verifies_when_its_additions_meet_a_point_or_its_negation() {
+        use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+        let mut rng = Rng(7);
+        let g = g_comb().unwrap();
+        let mut k_g = N;
+        let mut delta = [0u32; 8];
+        for (k, d) in k_g.iter_mut().zip(delta.iter_mut().take(7)) {
+            *k = (*k & 0xffff_ff00) | 0x80;
+            *d = rng.next() as u32 & 0xffff_ff00;
+        }
+        k_g[7] = 0xffff_ff80;
+        let k_minus_g = sub_raw(&N, &delta).0;
+        for (d, k) in [
+            (p256::Scalar::ONE, scalar(&k_g)),
+            (-p256::Scalar::ONE, scalar(&k_minus_g)),
+        ] {
+            let q = affine_of(&(p256::ProjectivePoint::GENERATOR * d)).unwrap();
+            let sec1 = sec1_of(&q);
+            let key = P256Key::from_sec1(&sec1).unwrap();
+            let negated = d != p256::Scalar::ONE;
+            // Whether the first point added for u2 is the first one added
+            // for u1 (or its negation, for −G): the comb's column COLS − 1
+            // of table 0, the NAFs' top digits.
+            let comb_meets = |u1: &Fe, u2: &Fe| {
+                let b = comb_index(u1, COLS - 1);
+                if b == 0 || b != comb_index(u2, COLS - 1) {
+                    return false;
+                }
+                let (p, q) = (g[b - 1], key.table[b - 1]);
+                assert!(if negated { q == p.neg() } else { q == p });
+                true
+            };
+            let naf_meets = |u1: &Fe, u2: &Fe| {
+                let ((n1, l1), (n2, l2)) = (wnaf(u1, WIDE), wnaf(u2, NARROW));
+                l1 == l2 && l1 > 0 && n1[l1 - 1] == n2[l2 - 1]
+            };
+            let r_point = (p256::ProjectivePoint::GENERATOR * k).to_affine();
+            let r = <p256::Scalar as p256::elliptic_curve::ops::Reduce<p256::U256>>::reduce_bytes(
+                r_point.to_encoded_point(false).x().unwrap(),
+            );
+            let k_inv = k.invert().unwrap();
+            for path in ["comb", "naf"] {
+                let meets = |u1: &Fe, u2: &Fe| match path {
+                    "comb" => comb_meets(u1, u2),
+                    _ => naf_meets(u1, u2),
+                };
+                let found = (0..512u32).find_map(|m| {
+                    let msg = format!("{path} {m}").into_bytes();
+                    let e = e_of(&msg);
+                    let s = k_inv * (e + r * d);
+                    let w = s.invert().unwrap();
+                    meets(&limbs(&(e * w)), &limbs(&(r * w))).then_some((msg, s))
+                });
+                let (msg, s) = found.expect("a message whose u1 and u2 meet");
+                let sig = sig_bytes(&r, &s);
+                assert!(p256_verdict(&sec1, &msg, &sig), "{path}, d = {d:?}");
+                assert!(key.verify(&msg, &sig), "{path}, d = {d:?}");
+                assert!(verify_once(&sec1, &msg, &sig), "{path}, d = {d:?}");
+                let mut bad = sig.clone();
+                bad[63] ^= 1;
+                assert!(!key.verify(&msg, &bad) && !verify_once(&sec1, &msg, &bad));
+            }
+        }
+    }
+
+    /// Keys made from a signature's (e, r) so that the two halves of the
+    /// verifier's sum u1·G + u2·Q are equal or opposite:
+    /// - d = e/r: u2·Q = (r/s)·(e/r)·G = u1·G, so R = 2·u1·G: the valid
+    ///   signature (s, and n − s) must verify;
+    /// - d = −e/r: the sum is the point at infinity whatever s is, which
+    ///   only the P + (−P) branch of `add_affine` produces: no s may verify
+    ///   (a verifier that took the point at infinity's coordinates for a
+    ///   point would accept some).
+    ///
+    /// 6 rounds natively, 2 under Node (the review ran 3000).
+    #[test]
+    fn a_signature_verifies_when_its_halves_are_equal_and_is_refused_when_they_cancel() {
+        let mut rng = Rng(8);
+        for i in 0..rounds(6, 2) {
+            let msg = format!("halves {i}").into_bytes();
+            let e = e_of(&msg);
+            let k = rng.scalar();
+            let (r, _) = sign_with(&p256::Scalar::ONE, &k, &e).unwrap();
+            let d = e * r.invert().unwrap();
+            let q = affine_of(&(p256::ProjectivePoint::GENERATOR * d)).unwrap();
+            let (r2, s) = sign_with(&d, &k, &e).unwrap();
+            assert_eq!(r2, r);
+            let sec1 = sec1_of(&q);
+            let key = P256Key::from_sec1(&sec1).unwrap();
+            for sig in [sig_bytes(&r, &s), sig_bytes(&r, &-s)] {
+                assert!(p256_verdict(&sec1, &msg, &sig), "round {i}");
+                assert!(key.verify(&msg, &sig), "round {i}: R = 2·u1·G");
+                assert!(verify_once(&sec1, &msg, &sig), "round {i}: R = 2·u1·G");
+            }
+            // −Q: the key of d = −e/r.
+            let sec1 = sec1_of(&q.neg());
+            let key = P256Key::from_sec1(&sec1).unwrap();
+            for s in [s, rng.scalar(), p256::Scalar::ONE] {
+                let sig = sig_bytes(&r, &s);
+                assert!(!p256_verdict(&sec1, &msg, &sig));
+                assert!(!key.verify(&msg, &sig), "round {i}: R = ∞ accepted");
+                assert!(!verify_once(&sec1, &msg, &sig), "round {i}: R = ∞ accepted");
+            }
+        }
     }
 
     /// Key validation (`parse_point`, so `P256Key::from_sec1` and
