@@ -1812,4 +1812,95 @@ mod tests {
             assert_eq!(to_affine(&Jacobian::INFINITY.add_affine(&a2)), Some(a2));
         }
     }
+
+    /// A big integer from limbs. Native only, as the tests that use it:
+    /// `BigUint` comes from the `rsa` crate, a native-only dev-dependency.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn big(a: &[u32]) -> rsa::BigUint {
+        rsa::BigUint::from_slice(a)
+    }
+
+    /// The field arithmetic against big integers: fe_mul, fe_sqr, fe_add,
+    /// fe_sub and fe_neg on values whose limbs are often 0, 1, 2³¹, 2³² − 2
+    /// or 2³² − 1 (where carries and borrows ripple through NIST's
+    /// reduction) or that are just below p; then `reduce` alone on 512-bit
+    /// values below p² (every product of reduced operands) with such limbs,
+    /// (p − 1)² included, which products of random operands seldom come
+    /// near. 10k pairs and 20k products (the review ran 3M and 3.4M).
+    /// Native only (`big`).
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn field_arithmetic_matches_big_integers() {
+        let mut rng = Rng(11);
+        let p = big(&P);
+        for _ in 0..10_000 {
+            let (a, b) = (rng.below_m(&P), rng.below_m(&P));
+            let (ba, bb) = (big(&a), big(&b));
+            assert_eq!(big(&fe_mul(&a, &b)), &ba * &bb % &p, "{a:x?} · {b:x?}");
+            assert_eq!(big(&fe_sqr(&a)), &ba * &ba % &p, "{a:x?}²");
+            assert_eq!(big(&fe_add(&a, &b)), (&ba + &bb) % &p, "{a:x?} + {b:x?}");
+            assert_eq!(
+                big(&fe_sub(&a, &b)),
+                (&ba + &p - &bb) % &p,
+                "{a:x?} − {b:x?}"
+            );
+            assert_eq!(big(&fe_neg(&a)), (&p - &ba) % &p, "−{a:x?}");
+        }
+        let p2 = &p * &p;
+        let mut top = [0u32; 16];
+        let pm1 = big(&sub_raw(&P, &ONE).0);
+        for (limb, bytes) in top.iter_mut().zip((&pm1 * &pm1).to_bytes_le().chunks(4)) {
+            *limb = bytes
+                .iter()
+                .rev()
+                .fold(0, |acc, &b| (acc << 8) | u32::from(b));
+        }
+        assert_eq!(big(&top), &pm1 * &pm1);
+        let mut products = vec![top];
+        while products.len() < 20_000 {
+            let mut t = [0u32; 16];
+            for l in t.iter_mut() {
+                *l = rng.limb();
+            }
+            if big(&t) < p2 {
+                products.push(t);
+            }
+        }
+        for t in &products {
+            assert_eq!(big(&reduce(t)), big(t) % &p, "reduce {t:x?}");
+        }
+    }
+
+    /// Montgomery multiplication mod n and binary division mod n and mod p
+    /// against big integers, on the same biased values:
+    /// mont_n(a, b)·2²⁵⁶ ≡ a·b (mod n), and div_mod(b, a, m)·a ≡ b (mod m)
+    /// for m = n and m = p; a divisor that is zero or not reduced (m,
+    /// m + 1, 2²⁵⁶ − 1) is refused, not looped on. 3000 rounds (the review
+    /// ran 750k). Native only (`big`).
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn scalar_arithmetic_and_division_match_big_integers() {
+        let mut rng = Rng(12);
+        let n = big(&N);
+        for _ in 0..3000 {
+            let (a, b) = (rng.below_m(&N), rng.below_m(&N));
+            assert_eq!(
+                (big(&mont_n(&a, &b)) << 256) % &n,
+                big(&a) * big(&b) % &n,
+                "mont_n {a:x?} {b:x?}"
+            );
+            for m in [N, P] {
+                let (a, b) = (rng.below_m(&m), rng.below_m(&m));
+                match div_mod(&b, &a, &m) {
+                    None => assert!(is_zero(&a)),
+                    Some(q) => assert_eq!(big(&q) * big(&a) % big(&m), big(&b), "{b:x?} / {a:x?}"),
+                }
+            }
+        }
+        for m in [N, P] {
+            for a in [[0; 8], m, add_raw(&m, &ONE).0, [u32::MAX; 8]] {
+                assert_eq!(div_mod(&ONE, &a, &m), None, "{a:x?}");
+            }
+        }
+    }
 }
