@@ -875,4 +875,326 @@ mod tests {
         padded.extend_from_slice(&[0xffu8; 256]);
         assert!(RsaPublicKey::new(&padded, &[0, 1, 0, 1]).is_ok());
     }
+
+    /// Tests against independent references, on many inputs chosen to reach
+    /// the edge cases: the `rsa` crate's verifier (PKCS #1 v1.5 and PSS).
+    /// A crypto review ran them at much larger counts (about 120k
+    /// verifications) and found no disagreement; here they keep that from
+    /// regressing, with fixed seeds and counts that hold each test to about
+    /// a second in a debug build. Native only: `rsa` is a native-only
+    /// dev-dependency, and its private-key operations, which most of these
+    /// need, take too long in a debug build under Node.
+    #[cfg(not(target_arch = "wasm32"))]
+    mod against_the_rsa_crate {
+        use super::*;
+        use rsa::pkcs8::DecodePrivateKey as _;
+        use rsa::traits::PublicKeyParts as _;
+        use rsa::BigUint;
+
+        /// A deterministic generator (splitmix64), which the `rsa` crate also
+        /// takes for PSS salts: no extra crate, and the same failure every
+        /// time.
+        struct Rng(u64);
+
+        impl Rng {
+            fn next(&mut self) -> u64 {
+                self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = self.0;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^ (z >> 31)
+            }
+
+            fn below(&mut self, n: u64) -> u64 {
+                self.next() % n
+            }
+        }
+
+        impl rsa::rand_core::RngCore for Rng {
+            fn next_u32(&mut self) -> u32 {
+                self.next() as u32
+            }
+
+            fn next_u64(&mut self) -> u64 {
+                self.next()
+            }
+
+            fn fill_bytes(&mut self, dest: &mut [u8]) {
+                dest.fill_with(|| self.next() as u8);
+            }
+
+            fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rsa::rand_core::Error> {
+                self.fill_bytes(dest);
+                Ok(())
+            }
+        }
+
+        impl rsa::rand_core::CryptoRng for Rng {}
+
+        /// A fixture key by modulus size: 2048 bits, where PSS masks the top
+        /// bit of the encoded message; 2049, where the encoded message is a
+        /// byte shorter than the modulus; 2050, where PSS masks 7 bits;
+        /// 4096, with e = 3.
+        fn fixture(bits: usize) -> rsa::RsaPrivateKey {
+            let pem = match bits {
+                2048 => super::super::super::tests::RSA_PRIV,
+                2049 => include_str!("../../tests/fixtures/rsa-2049-test-key.pem"),
+                2050 => include_str!("../../tests/fixtures/rsa-2050-test-key.pem"),
+                _ => include_str!("../../tests/fixtures/rsa-4096-e3-test-key.pem"),
+            };
+            let key = rsa::RsaPrivateKey::from_pkcs8_pem(pem).unwrap();
+            assert_eq!(key.n().bits(), bits);
+            key
+        }
+
+        fn ours(key: &rsa::RsaPublicKey) -> RsaPublicKey {
+            RsaPublicKey::new(&key.n().to_bytes_be(), &key.e().to_bytes_be()).unwrap()
+        }
+
+        /// `x` as exactly `k` big-endian bytes.
+        fn be(x: &BigUint, k: usize) -> Vec<u8> {
+            let b = x.to_bytes_be();
+            [vec![0; k - b.len()], b].concat()
+        }
+
+        /// The signature that opens to `em` (RSASP1 on it, with the CRT);
+        /// `None` if `em` is not below n.
+        fn sign_raw(key: &rsa::RsaPrivateKey, em: &[u8]) -> Option<Vec<u8>> {
+            let m = BigUint::from_bytes_be(em);
+            let s = rsa::hazmat::rsa_decrypt::<Rng>(None, key, &m).ok()?;
+            Some(be(&s, key.size()))
+        }
+
+        /// The `rsa` crate's verdict, which ours must match.
+        fn theirs(key: &rsa::RsaPublicKey, hash: Hash, pss: bool, msg: &[u8], sig: &[u8]) -> bool {
+            let digest = hash.digest(msg);
+            let verdict = match (hash, pss) {
+                (Hash::Sha256, false) => {
+                    key.verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &digest, sig)
+                }
+                (Hash::Sha384, false) => {
+                    key.verify(rsa::Pkcs1v15Sign::new::<Sha384>(), &digest, sig)
+                }
+                (Hash::Sha512, false) => {
+                    key.verify(rsa::Pkcs1v15Sign::new::<Sha512>(), &digest, sig)
+                }
+                (Hash::Sha256, true) => key.verify(rsa::Pss::new::<Sha256>(), &digest, sig),
+                (Hash::Sha384, true) => key.verify(rsa::Pss::new::<Sha384>(), &digest, sig),
+                (Hash::Sha512, true) => key.verify(rsa::Pss::new::<Sha512>(), &digest, sig),
+            };
+            verdict.is_ok()
+        }
+
+        fn verify(key: &RsaPublicKey, hash: Hash, pss: bool, msg: &[u8], sig: &[u8]) -> bool {
+            if pss {
+                key.verify_pss(hash, msg, sig)
+            } else {
+                key.verify_pkcs1v15(hash, msg, sig)
+            }
+        }
+
+        /// A signature by the `rsa` crate: PKCS #1 v1.5, or PSS with a
+        /// salt of `salt` bytes.
+        fn sign(
+            key: &rsa::RsaPrivateKey,
+            rng: &mut Rng,
+            hash: Hash,
+            salt: Option<usize>,
+            msg: &[u8],
+        ) -> Vec<u8> {
+            let digest = hash.digest(msg);
+            let sig = match (hash, salt) {
+                (Hash::Sha256, None) => key.sign(rsa::Pkcs1v15Sign::new::<Sha256>(), &digest),
+                (Hash::Sha384, None) => key.sign(rsa::Pkcs1v15Sign::new::<Sha384>(), &digest),
+                (Hash::Sha512, None) => key.sign(rsa::Pkcs1v15Sign::new::<Sha512>(), &digest),
+                (Hash::Sha256, Some(l)) => {
+                    key.sign_with_rng(rng, rsa::Pss::new_with_salt::<Sha256>(l), &digest)
+                }
+                (Hash::Sha384, Some(l)) => {
+                    key.sign_with_rng(rng, rsa::Pss::new_with_salt::<Sha384>(l), &digest)
+                }
+                (Hash::Sha512, Some(l)) => {
+                    key.sign_with_rng(rng, rsa::Pss::new_with_salt::<Sha512>(l), &digest)
+                }
+            };
+            sig.unwrap()
+        }
+
+        /// Our verdict equals the `rsa` crate's on the fixture keys' own
+        /// signatures, each checked under every hash and both paddings (only
+        /// its own may accept it: no padding or hash confusion); on PSS
+        /// signatures with a salt of 0 or 20 bytes, or as long as the
+        /// encoding allows (JWA fixes the salt at the hash's length); and
+        /// on flipped bits, a byte too few or too many, s = 0, 1, n − 1, n
+        /// and all-ones. The 2048-, 2049- and 2050-bit keys (where PSS's
+        /// encoding differs: see `fixture`), with SHA-256, -384 and -512
+        /// and 3 signatures each (the review ran 108k verdicts, with the
+        /// 3072- and 4096-bit keys too; the tests above sign with those).
+        ///
+        /// And s + n, the same value mod n, is refused (RFC 8017 §5.2.2:
+        /// s must be below n). That one is not compared: the `rsa` crate's
+        /// `RsaPublicKey::verify` with `Pss` (0.9.10) skips the range
+        /// check and accepts it.
+        #[test]
+        fn verification_agrees_with_the_rsa_crate_on_every_hash_and_padding() {
+            let mut rng = Rng(12);
+            let hashes = [Hash::Sha256, Hash::Sha384, Hash::Sha512];
+            let mut accepted = 0;
+            for (i, bits) in [2048, 2049, 2050].into_iter().enumerate() {
+                let private = fixture(bits);
+                let public = private.to_public_key();
+                let (pk, k) = (ours(&public), public.size());
+                let hash = hashes[i];
+                let msg: Vec<u8> = (0..rng.below(100)).map(|_| rng.next() as u8).collect();
+                let em_len = (bits - 1).div_ceil(8);
+                let other_salt = [0, 20, em_len - hash.len() - 2][i];
+                let pkcs1 = sign(&private, &mut rng, hash, None, &msg);
+                let pss = sign(&private, &mut rng, hash, Some(hash.len()), &msg);
+                let n = public.n();
+                let everywhere = [
+                    pkcs1.clone(),
+                    pss.clone(),
+                    sign(&private, &mut rng, hash, Some(other_salt), &msg),
+                    pkcs1[1..].to_vec(),
+                    [&[0], &pss[..]].concat(),
+                    be(n, k),
+                    vec![0xff; k],
+                ];
+                let mut own = vec![
+                    be(&BigUint::from(0u32), k),
+                    be(&BigUint::from(1u32), k),
+                    be(&(n - 1u32), k),
+                ];
+                for sig in [&pkcs1, &pss] {
+                    let bit = rng.below(8 * k as u64) as usize;
+                    let mut bad = sig.clone();
+                    bad[bit / 8] ^= 1 << (bit % 8);
+                    own.push(bad);
+                    let alias = BigUint::from_bytes_be(sig) + n;
+                    if alias.bits() <= 8 * k {
+                        let alias = be(&alias, k);
+                        assert!(
+                            !pk.verify_pkcs1v15(hash, &msg, &alias),
+                            "{bits} bits, s + n"
+                        );
+                        assert!(!pk.verify_pss(hash, &msg, &alias), "{bits} bits, s + n");
+                    }
+                }
+                for (sig, hashes) in everywhere
+                    .iter()
+                    .map(|s| (s, &hashes[..]))
+                    .chain(own.iter().map(|s| (s, std::slice::from_ref(&hash))))
+                {
+                    for (&h, pss) in hashes.iter().flat_map(|h| [(h, false), (h, true)]) {
+                        let want = theirs(&public, h, pss, &msg, sig);
+                        assert_eq!(
+                            verify(&pk, h, pss, &msg, sig),
+                            want,
+                            "{bits} bits, {h:?}, pss {pss}, {sig:02x?}"
+                        );
+                        accepted += usize::from(want);
+                    }
+                }
+            }
+            // Each key's PKCS #1 v1.5 and PSS signature, each under its own
+            // hash and padding, and nothing else.
+            assert_eq!(accepted, 2 * 3);
+        }
+
+        /// Encoded messages near the one valid encoding, signed raw with
+        /// the private key (so that they open to exactly that), on the
+        /// 2048-, 2049- and 2050-bit keys: our verdict equals the `rsa`
+        /// crate's. PSS: a flipped bit, a random byte, another trailer;
+        /// PKCS #1 v1.5: a flipped bit; and the valid encodings, which both
+        /// accept (the review ran 14k mutations, PSS only).
+        ///
+        /// And a set bit above emBits, or at 2049 bits a non-zero byte
+        /// before EM, is refused (RFC 8017 §8.1.2 steps 6 and 2c). The
+        /// latter is not compared: the `rsa` crate (0.9.10) skips that byte
+        /// unchecked and accepts it.
+        #[test]
+        fn mutated_encodings_agree_with_the_rsa_crate() {
+            let mut rng = Rng(13);
+            let mut accepted = 0;
+            for (bits, hash) in [
+                (2048, Hash::Sha256),
+                (2049, Hash::Sha384),
+                (2050, Hash::Sha512),
+            ] {
+                let private = fixture(bits);
+                let public = private.to_public_key();
+                let (pk, k) = (ours(&public), public.size());
+                let msg = format!("mutated {bits}").into_bytes();
+                let mut pss_em = || {
+                    let sig = sign(&private, &mut rng, hash, Some(hash.len()), &msg);
+                    be(
+                        &BigUint::from_bytes_be(&sig).modpow(public.e(), public.n()),
+                        k,
+                    )
+                };
+                let (valid, mut other) = (pss_em(), pss_em());
+                let t_len = hash.digest_info_prefix().len() + hash.len();
+                let mut pkcs1_em = vec![0, 1];
+                pkcs1_em.resize(k - t_len - 1, 0xff);
+                pkcs1_em.push(0);
+                pkcs1_em.extend_from_slice(hash.digest_info_prefix());
+                pkcs1_em.extend_from_slice(&hash.digest(&msg));
+                // EM is the last ⌈(bits − 1)/8⌉ bytes, and the bits of its
+                // first byte above emBits must be zero: set the lowest of
+                // them, or (2049 bits: none) the byte before EM. That is
+                // below n for some salts only: try others until it is.
+                let lead = k - (bits - 1).div_ceil(8);
+                let top_bits = 8 * (k - lead) - (bits - 1);
+                let above = |em: &[u8]| {
+                    let mut em = em.to_vec();
+                    match top_bits {
+                        0 => em[0] = 1,
+                        _ => em[lead] |= 0x80 >> (top_bits - 1),
+                    }
+                    em
+                };
+                while BigUint::from_bytes_be(&above(&other)) >= *public.n() {
+                    other = pss_em();
+                }
+                let sig = sign_raw(&private, &above(&other)).unwrap();
+                assert!(
+                    !pk.verify_pss(hash, &msg, &sig),
+                    "{bits} bits, above emBits"
+                );
+                if top_bits > 0 {
+                    assert!(!theirs(&public, hash, true, &msg, &sig));
+                }
+                let mut encodings = vec![(valid.clone(), true), (pkcs1_em.clone(), false)];
+                for (kind, pss) in [(0, true), (1, true), (2, true), (0, false)] {
+                    let mut em = if pss { valid.clone() } else { pkcs1_em.clone() };
+                    match kind {
+                        0 => {
+                            let bit = rng.below(8 * k as u64) as usize;
+                            em[bit / 8] ^= 1 << (bit % 8);
+                        }
+                        1 => em[rng.below(k as u64) as usize] = rng.next() as u8,
+                        _ => em[k - 1] = 0xbc ^ (1 << rng.below(8)),
+                    }
+                    encodings.push((em, pss));
+                }
+                for (em, pss) in &encodings {
+                    let Some(sig) = sign_raw(&private, em) else {
+                        // Not below n (a random byte in front): nothing
+                        // opens to it.
+                        assert!(BigUint::from_bytes_be(em) >= *public.n());
+                        continue;
+                    };
+                    let want = theirs(&public, hash, *pss, &msg, &sig);
+                    assert_eq!(
+                        verify(&pk, hash, *pss, &msg, &sig),
+                        want,
+                        "{bits} bits, pss {pss}, EM {em:02x?}"
+                    );
+                    accepted += usize::from(want);
+                }
+            }
+            // The two valid encodings of each key, nothing else.
+            assert_eq!(accepted, 2 * 3);
+        }
+    }
 }
