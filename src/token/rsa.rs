@@ -877,9 +877,10 @@ mod tests {
     }
 
     /// Tests against independent references, on many inputs chosen to reach
-    /// the edge cases: the `rsa` crate's verifier (PKCS #1 v1.5 and PSS).
-    /// A crypto review ran them at much larger counts (about 120k
-    /// verifications) and found no disagreement; here they keep that from
+    /// the edge cases: the `rsa` crate's verifier (PKCS #1 v1.5 and PSS)
+    /// and its big integers (modular exponentiation). A crypto review ran
+    /// them at much larger counts (about 120k verifications and 270k
+    /// exponentiations) and found no disagreement; here they keep that from
     /// regressing, with fixed seeds and counts that hold each test to about
     /// a second in a debug build. Native only: `rsa` is a native-only
     /// dev-dependency, and its private-key operations, which most of these
@@ -907,6 +908,16 @@ mod tests {
 
             fn below(&mut self, n: u64) -> u64 {
                 self.next() % n
+            }
+
+            /// A byte; when `biased`, often 00 or ff, so that long runs of
+            /// them (where carries ripple) come up.
+            fn byte(&mut self, biased: bool) -> u8 {
+                match self.below(4) {
+                    0 if biased => 0,
+                    1 if biased => 0xff,
+                    _ => self.next() as u8,
+                }
             }
         }
 
@@ -1018,6 +1029,86 @@ mod tests {
                 }
             };
             sig.unwrap()
+        }
+
+        /// s^e mod n (`open`, so Montgomery multiplication and squaring)
+        /// against big integers: for random moduli of 2049, 2055, 2056,
+        /// 2057, 2080, 2081, 3000 and 4095 bits (a top limb of 1 to 32
+        /// bits), some with long runs of 00 and ff bytes; for 2²⁰⁴⁸ − 1,
+        /// 2⁴⁰⁹⁶ − 1, 2²⁰⁴⁷ + 1, 2⁴⁰⁹⁵ + 1, one whose low limb is 1 (so
+        /// that −n⁻¹ mod 2³² is 2³² − 1) and one of repeated 0x80 bytes;
+        /// with exponents 3, 5, 7, 17, 65537, 2³¹ + 1, 2³² − 3, 2³² − 1 and
+        /// a random one; s = 0, 1, 2, n − 1, n − 2, (n − 1)/2 and random
+        /// values. s = n, n + 1 and all-ones are refused. 14 moduli, 112
+        /// exponentiations (the review ran 270k).
+        #[test]
+        fn modpow_matches_big_integers() {
+            let mut rng = Rng(11);
+            let mut cases: Vec<(Vec<u8>, u32)> = Vec::new();
+            let special = |len: usize, top: u8, low: &[u8], fill: u8| {
+                let mut n = vec![fill; len];
+                n[0] = top;
+                n[len - low.len()..].copy_from_slice(low);
+                n
+            };
+            cases.push((vec![0xff; 256], 3));
+            cases.push((vec![0xff; 512], 65537));
+            cases.push((special(256, 0x80, &[1], 0), u32::MAX));
+            cases.push((special(512, 0x80, &[1], 0), 5));
+            cases.push((special(300, 0xff, &[0, 0, 0, 1], 0xff), 0x8000_0001));
+            cases.push((special(384, 0x80, &[0x81], 0x80), 7));
+            let exponents = [17, 65537, 0xffff_fffd, 3, 65537, 0, 17, 5];
+            for (bits, e) in [2049usize, 2055, 2056, 2057, 2080, 2081, 3000, 4095]
+                .into_iter()
+                .zip(exponents)
+            {
+                let k = bits.div_ceil(8);
+                let mut n: Vec<u8> = (0..k).map(|_| rng.byte(bits % 2 == 1)).collect();
+                let top = bits - 8 * (k - 1);
+                n[0] = (n[0] & (0xff >> (8 - top))) | (1 << (top - 1));
+                n[k - 1] |= 1;
+                // 0: a random odd exponent of 32 bits.
+                let e = if e == 0 {
+                    rng.next() as u32 | 0x8000_0001
+                } else {
+                    e
+                };
+                cases.push((n, e));
+            }
+            let mut count = 0;
+            for (n_be, e) in &cases {
+                let pk = RsaPublicKey::new(n_be, &e.to_be_bytes()).unwrap();
+                let (k, n, e) = (pk.k, BigUint::from_bytes_be(n_be), BigUint::from(*e));
+                assert_eq!(k, n_be.len());
+                let mut values = vec![
+                    BigUint::from(0u32),
+                    BigUint::from(1u32),
+                    BigUint::from(2u32),
+                    &n - 1u32,
+                    &n - 2u32,
+                    (&n - 1u32) >> 1,
+                ];
+                for _ in 0..2 {
+                    let biased = rng.below(2) == 0;
+                    let s: Vec<u8> = (0..k).map(|_| rng.byte(biased)).collect();
+                    values.push(BigUint::from_bytes_be(&s) % &n);
+                }
+                for s in &values {
+                    let want = be(&s.modpow(&e, &n), k);
+                    assert_eq!(
+                        pk.open(&be(s, k)),
+                        Some(want),
+                        "n = {n:x}, e = {e}, s = {s:x}"
+                    );
+                    count += 1;
+                }
+                assert_eq!(pk.open(&be(&n, k)), None);
+                if (&n + 1u32).bits() <= 8 * k {
+                    assert_eq!(pk.open(&be(&(&n + 1u32), k)), None);
+                }
+                assert_eq!(pk.open(&vec![0xff; k]), None);
+            }
+            assert_eq!(count, 112);
         }
 
         /// Our verdict equals the `rsa` crate's on the fixture keys' own
