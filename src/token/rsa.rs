@@ -1287,5 +1287,46 @@ mod tests {
             // The two valid encodings of each key, nothing else.
             assert_eq!(accepted, 2 * 3);
         }
+
+        /// Bleichenbacher's 2006 forgery against e = 3 (the 4096-bit
+        /// fixture key): the integer cube root of `00 01 ff.. 00
+        /// DigestInfo H` followed by ff bytes cubes to a value that starts
+        /// with that prefix and ends in garbage, which a verifier that
+        /// parses the encoding and stops after the hash accepts. Ours
+        /// compares the whole encoding and must refuse it, with 1, 8 or 16
+        /// bytes of padding and each hash (the `rsa` crate refuses it too).
+        #[test]
+        fn bleichenbacher_2006_e3_forgery_is_refused() {
+            let private = fixture(4096);
+            let public = private.to_public_key();
+            assert_eq!(public.e(), &BigUint::from(3u32));
+            let (pk, k) = (ours(&public), public.size());
+            let msg = b"forged.payload";
+            for hash in [Hash::Sha256, Hash::Sha384, Hash::Sha512] {
+                for pad in [1, 8, 16] {
+                    let mut prefix = vec![0, 1];
+                    prefix.resize(2 + pad, 0xff);
+                    prefix.push(0);
+                    prefix.extend_from_slice(hash.digest_info_prefix());
+                    prefix.extend_from_slice(&hash.digest(msg));
+                    let mut high = prefix.clone();
+                    high.resize(k, 0xff);
+                    let s = BigUint::from_bytes_be(&high).cbrt();
+                    let cube = &s * &s * &s;
+                    assert!(&cube < public.n());
+                    assert_eq!(
+                        be(&cube, k)[..prefix.len()],
+                        prefix[..],
+                        "a lenient parser would take this"
+                    );
+                    let sig = be(&s, k);
+                    assert!(
+                        !pk.verify_pkcs1v15(hash, msg, &sig),
+                        "{hash:?}, {pad} bytes of padding: forgery accepted"
+                    );
+                    assert!(!theirs(&public, hash, false, msg, &sig));
+                }
+            }
+        }
     }
 }
