@@ -162,12 +162,7 @@ impl GuardFilter {
         // Identity headers and the headers set from verified claims are
         // ours: a client's copy must never reach upstream, so one that
         // cannot be removed fails closed.
-        let kept = self
-            .headers
-            .iter()
-            .filter(|(n, _)| self.is_ours(n))
-            .any(|(name, _)| abi::remove_header(Map::RequestHeaders, name).is_err());
-        if kept {
+        if !self.removed_ours(Map::RequestHeaders, &self.headers) {
             warn!(
                 "#{} cannot remove a client's copy of an identity header",
                 self.context_id
@@ -175,6 +170,16 @@ impl GuardFilter {
             return self.reply_raw(503, "appguard_host_error");
         }
         self.run(KeyFetch::May)
+    }
+
+    /// Removes from `map` (whose pairs are `pairs`) every client copy of a
+    /// header only appguard may set ([`Self::is_ours`]); false when one
+    /// could not be removed, for the caller to fail closed.
+    fn removed_ours(&self, map: Map, pairs: &crate::headers::Headers) -> bool {
+        !pairs
+            .iter()
+            .filter(|(n, _)| self.is_ours(n))
+            .any(|(name, _)| abi::remove_header(map, name).is_err())
     }
 
     /// Whether only appguard may set this header: `x-appguard-*`, and the
@@ -764,11 +769,7 @@ impl HttpContext for GuardFilter {
         // header.
         // One that cannot be removed fails closed, as in the headers.
         if let Ok(trailers) = abi::map_headers(Map::RequestTrailers) {
-            let kept = trailers
-                .iter()
-                .filter(|(n, _)| self.is_ours(n))
-                .any(|(name, _)| abi::remove_header(Map::RequestTrailers, name).is_err());
-            if kept {
+            if !self.removed_ours(Map::RequestTrailers, &trailers) {
                 warn!(
                     "#{} cannot remove a client's copy of an identity header from the trailers",
                     self.context_id
