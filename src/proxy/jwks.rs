@@ -182,13 +182,16 @@ fn version(body: &[u8]) -> u64 {
 }
 
 /// Parses a fetched JWKS: unusable and symmetric (`oct`) keys skipped, at
-/// least one key left.
+/// least one key left. Parsed strictly, as token parts are: a member named
+/// twice (which RFC 7517 §4 lets a parser refuse, and which two parsers
+/// may read differently) or nesting deeper than 16 refuses the document.
 pub fn parse(body: &[u8]) -> Result<Vec<crate::token::Key>, String> {
     if body.len() > MAX_JWKS_BYTES {
         return Err("JWKS too large".into());
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let v = crate::token::strict_json::parse_object(body)
+        .map(serde_json::Value::Object)
+        .ok_or("not a JSON object, or one with a member named twice")?;
     let keys = keys_from_jwks(&v, JwksOrigin::Fetched)?;
     if keys.is_empty() {
         return Err("no usable signing keys".into());
@@ -557,5 +560,43 @@ mod tests {
         // the fetched-JWKS rule, not a malformed key.
         let v: serde_json::Value = serde_json::from_slice(oct).unwrap();
         assert_eq!(keys_from_jwks(&v, JwksOrigin::Configured).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_fetched_jwks_naming_a_member_twice_is_refused() {
+        // RFC 7517 §4 lets a parser refuse it, and two parsers may take
+        // different copies (serde_json's `Value` kept the last).
+        use base64::Engine;
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        let point = p256::SecretKey::from_slice(&[7u8; 32])
+            .unwrap()
+            .public_key()
+            .to_encoded_point(false);
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwk = format!(
+            r#"{{"kty":"EC","crv":"P-256","kid":"e1","alg":"ES256","x":"{}","y":"{}"}}"#,
+            b64(point.x().unwrap()),
+            b64(point.y().unwrap())
+        );
+        assert_eq!(
+            parse(format!(r#"{{"keys":[{jwk}]}}"#).as_bytes())
+                .unwrap()
+                .len(),
+            1
+        );
+        for doc in [
+            format!(r#"{{"keys":[],"keys":[{jwk}]}}"#),
+            format!(
+                r#"{{"keys":[{}]}}"#,
+                jwk.replacen(r#""kid":"e1""#, r#""kid":"e1","kid":"e2""#, 1)
+            ),
+            format!(
+                r#"{{"keys":[{}]}}"#,
+                jwk.replacen(r#""alg":"ES256""#, r#""alg":"ES256","alg":"none""#, 1)
+            ),
+        ] {
+            assert!(parse(doc.as_bytes()).is_err(), "{doc}");
+        }
+        assert!(parse(b"[]").is_err(), "not an object");
     }
 }
