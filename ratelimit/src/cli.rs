@@ -402,6 +402,12 @@ async fn serve(
         // Calls answered at once per connection; the rest wait their turn
         // (not refused), before their message is decoded.
         .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+        // Room for the trace metadata a caller passes on (appguard passes
+        // at most 512 bytes of each trace header; hyper's default is
+        // 16 KiB): a call refused for its metadata fails by the caller's
+        // `failure_mode`, which under `allow` lets the request through
+        // unlimited.
+        .http2_max_header_list_size(64 * 1024)
         .add_service(
             RateLimitServiceServer::new(RlsService::new(limiter))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),

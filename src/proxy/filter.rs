@@ -40,6 +40,19 @@ const TRACE_HEADERS: [&str; 9] = [
     "x-ot-span-context",
 ];
 
+/// Whether a trace header's value is passed on to the rate-limit service:
+/// at most [`MAX_TRACE_VALUE`] bytes of visible ASCII (W3C `tracestate`,
+/// the longest of them, is at most 512). The client writes these headers:
+/// one of 17 KiB (Envoy takes 60 KiB of headers) would make the service's
+/// HTTP/2 server (16 KiB of metadata by default) refuse the call, and under
+/// `failure_mode: allow` the request would then pass without its limits.
+fn is_trace_value(v: &[u8]) -> bool {
+    v.len() <= MAX_TRACE_VALUE && v.iter().all(|b| (0x20..0x7f).contains(b))
+}
+
+/// Longest trace header value passed on (see [`is_trace_value`]).
+const MAX_TRACE_VALUE: usize = 512;
+
 /// Where a request is in its life.
 #[derive(Debug)]
 enum State {
@@ -285,6 +298,7 @@ impl GuardFilter {
         let metadata: Vec<(&str, &[u8])> = TRACE_HEADERS
             .iter()
             .filter_map(|name| self.headers.get(name).map(|v| (*name, v.as_bytes())))
+            .filter(|(_, v)| is_trace_value(v))
             .collect();
         match abi::grpc_call(
             &call.cluster,

@@ -81,6 +81,45 @@ fn per_ip_limit_gives_429_with_headers_on_the_fourth_request() {
 }
 
 #[test]
+fn an_oversized_trace_header_does_not_fail_the_call_and_lift_the_limits_under_allow() {
+    // The client writes `traceparent`: passed on as gRPC metadata as it
+    // was, 17 KiB of it made the service refuse the call (HTTP 431), and
+    // `failure_mode: allow` then let the request through unlimited.
+    let rls = RateLimitService::start(&test_limits(), None);
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("allow", 500), up.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .start();
+    let big = "a".repeat(17 * 1024);
+    let send = |trace: &str| {
+        envoy.request(
+            from_ip(Req::get("/api/x"), "192.0.2.20")
+                .header("traceparent", trace)
+                .header("b3", trace),
+        )
+    };
+    for i in 0..3 {
+        assert_eq!(send(&big).status, 200, "request {i}");
+    }
+    let r = send(&big);
+    assert_eq!(
+        (r.status, r.reason()),
+        (429, Some("rate_limited")),
+        "the limit holds"
+    );
+    // A well-formed one still reaches the service (and is counted there).
+    let r = send("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    assert_eq!((r.status, r.reason()), (429, Some("rate_limited")));
+    assert_eq!(
+        envoy
+            .stat("appguard_decisions.route.api.decision.degraded.reason.ratelimit_unavailable")
+            .unwrap_or(0),
+        0,
+        "no call failed"
+    );
+}
+
+#[test]
 fn per_phone_limit_holds_across_formats_and_denied_prefixes_are_refused() {
     let rls = RateLimitService::start(&test_limits(), None);
     let up = Upstream::start();
