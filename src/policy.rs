@@ -610,6 +610,12 @@ pub fn is_method_override_header(name: &str) -> bool {
 /// path that would take another route is refused.
 pub const URL_OVERRIDE_HEADERS: [&str; 2] = ["x-original-url", "x-rewrite-url"];
 
+fn is_url_override_header(name: &str) -> bool {
+    URL_OVERRIDE_HEADERS
+        .iter()
+        .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()))
+}
+
 /// Headers through which some upstreams take the request's host from the
 /// client instead of `:authority`: Rack (Rails), Django with
 /// `USE_X_FORWARDED_HOST`, Express with `trust proxy`, Spring's
@@ -657,6 +663,35 @@ fn is_forwarded_host_header(name: &str) -> bool {
     FORWARDED_HOST_HEADERS
         .iter()
         .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()))
+}
+
+/// Whether an upstream may take a request carrying header `name: value`
+/// for another method, path or host than its own (whose authority is
+/// `authority`): a method override ([`METHOD_OVERRIDE_HEADERS`]) or target
+/// override ([`URL_OVERRIDE_HEADERS`]) in any spelling, or a forwarded-host
+/// header ([`FORWARDED_HOST_HEADERS`]) naming a host other than the
+/// authority's (or more of them than are told apart). A signed request
+/// must cover such a header (see `signing`): otherwise a captured
+/// `GET /v1/profile` could be sent on with `X-Original-URL:
+/// /v1/delete-account` added. A forwarded host naming the request's own
+/// host, as a proxy in front sets it, changes nothing and need not be
+/// covered (the client could not sign for it).
+pub fn is_redirecting_header(authority: &str, name: &str, value: &str) -> bool {
+    if is_method_override_header(name) || is_url_override_header(name) {
+        return true;
+    }
+    if !is_forwarded_host_header(name) {
+        return false;
+    }
+    let mut hosts = Vec::new();
+    add_forwarded_hosts(
+        &mut hosts,
+        crate::request::host_name(authority),
+        name,
+        value,
+    )
+    .is_err()
+        || !hosts.is_empty()
 }
 
 /// The query parameter through which a client asks the same: `_method`
@@ -736,10 +771,7 @@ fn match_route_for<'c>(
                     str::eq_ignore_ascii_case,
                 )?;
             }
-        } else if URL_OVERRIDE_HEADERS
-            .iter()
-            .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()))
-        {
+        } else if is_url_override_header(name) {
             // Not decoded by Envoy: `%61` or `\` would be read as another
             // path upstream than here.
             let target = crate::request::split_target(value.trim()).0;

@@ -16,8 +16,10 @@
 //! Verification order (cheap refusals first, SPEC §3): field sizes are
 //! checked before parsing; parsing is bounded in members, components and
 //! parameters; the label, parameters, algorithm, timestamps and coverage are
-//! checked next; only then is the signature base built and the one signature
-//! verified, and last the body hashed against `Content-Digest`.
+//! checked next; then the body is hashed against `Content-Digest` (so that
+//! a genuine signature replayed over another body costs no signature
+//! verification), and only then is the signature base built and the one
+//! signature verified.
 
 mod base;
 mod digest;
@@ -697,13 +699,17 @@ fn check_coverage(
     if policy.require_content_digest && message.has_body() && !covers("content-digest") {
         return under("content-digest");
     }
-    // A method override that an upstream may honour changes what a request
-    // does as much as `@method`: one that is sent must be covered too, or a
-    // signed POST could be replayed as a DELETE with the header added (the
-    // route match reads overrides only when some route lists `methods`).
+    // A method or target override that an upstream may honour changes what
+    // a request does as much as `@method` or `@path`: one that is sent must
+    // be covered too, or a signed POST could be replayed as a DELETE, or a
+    // signed `GET /v1/profile` run as `/v1/delete-account`, with the header
+    // added (the route match refuses only overrides that take another
+    // route). So must a forwarded host naming another host than
+    // `@authority` (one naming the same host, as a proxy in front sets it,
+    // changes nothing).
     if message.status.is_none() {
-        for (name, _) in message.headers.iter() {
-            if crate::policy::is_method_override_header(name) {
+        for (name, value) in message.headers.iter() {
+            if crate::policy::is_redirecting_header(message.authority, name, value) {
                 let name = name.to_ascii_lowercase();
                 if !covers(&name) {
                     return under(&name);
@@ -783,8 +789,10 @@ pub struct SignatureHeaders {
 
 /// The components the default [`SigningPolicy`] asks for, in signing order:
 /// `@method`, `@authority`, `@path`, `@query` (when the request has a
-/// query), the token header, `content-digest` (when it has a body), and
-/// any method-override header it carries (which must be covered).
+/// query), the token header, `content-digest` and `content-type` (when it
+/// has a body), and any method or target override it carries, or
+/// forwarded host other than its authority (which must be covered; see
+/// [`crate::policy::is_redirecting_header`]).
 /// `@path` + `@authority` rather than `@target-uri`: the scheme Envoy sees
 /// differs from the client's when TLS ends in front of Envoy.
 pub fn default_covered_components(message: &Message<'_>, token_header: &str) -> Vec<String> {
@@ -802,10 +810,22 @@ pub fn default_covered_components(message: &Message<'_>, token_header: &str) -> 
     if message.has_body() {
         components.push("content-digest".to_owned());
     }
-    // A method override that is sent must be covered (see `check_coverage`).
-    for (name, _) in message.headers.iter() {
+    // So that an upstream that accepts more than one media type cannot be
+    // handed the signed bytes as another one.
+    if message.has_body()
+        && message
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+    {
+        components.push("content-type".to_owned());
+    }
+    // An override that is sent must be covered (see `check_coverage`).
+    for (name, value) in message.headers.iter() {
         let name = name.to_ascii_lowercase();
-        if crate::policy::is_method_override_header(&name) && !components.contains(&name) {
+        if crate::policy::is_redirecting_header(message.authority, &name, value)
+            && !components.contains(&name)
+        {
             components.push(name);
         }
     }

@@ -851,6 +851,75 @@ fn a_method_override_that_is_sent_must_be_covered() {
 }
 
 #[test]
+fn a_target_override_or_another_forwarded_host_that_is_sent_must_be_covered() {
+    // Otherwise a captured signed request is sent on with the header added
+    // and an upstream that reads it runs another endpoint, or acts for
+    // another host, under the signature (the route match refuses only an
+    // override that takes another route).
+    let key = p256_signing_key();
+    for (name, value) in [
+        ("x-original-url", "/v1/delete-account"),
+        ("x_rewrite_url", "/v1/delete-account"),
+        ("x-rewrite-url", "/v1/sms"),
+        ("x-forwarded-host", "admin.example.com"),
+        ("x-forwarded-host", "api.example.com, admin.example.com"),
+        ("forwarded", "for=192.0.2.1;host=admin.example.com"),
+        ("forwarded", "host=\"admin.example.com:443\""),
+    ] {
+        let mut h = signed_app_request(&key, NOW - 5);
+        h.push((name.to_owned(), value.to_owned()));
+        assert_eq!(
+            verify_app(&h, &key),
+            Err(SigningError::UnderCovered {
+                missing: name.to_owned()
+            }),
+            "{name}: {value}"
+        );
+    }
+    // A forwarded host that names the request's own host, as a proxy in
+    // front of Envoy sets it, changes nothing: the client could not have
+    // signed it, and need not.
+    for (name, value) in [
+        ("x-forwarded-host", "api.example.com"),
+        ("x-forwarded-host", "API.example.com:443"),
+        (
+            "forwarded",
+            "for=192.0.2.1;proto=https;host=api.example.com",
+        ),
+        ("forwarded", "for=192.0.2.1"),
+    ] {
+        let mut h = signed_app_request(&key, NOW - 5);
+        h.push((name.to_owned(), value.to_owned()));
+        assert!(verify_app(&h, &key).is_ok(), "{name}: {value}");
+    }
+    // An app that sends one signs it: the default components cover it.
+    let mut h = app_request_headers();
+    h.push(("x-original-url".to_owned(), "/v1/sms".to_owned()));
+    h.push((
+        "x-forwarded-host".to_owned(),
+        "other.example.com".to_owned(),
+    ));
+    let components = default_covered_components(&app_request(&h), TOKEN);
+    assert!(components.contains(&"x-original-url".to_owned()));
+    assert!(components.contains(&"x-forwarded-host".to_owned()));
+    let signed = sign_request(
+        &key,
+        &app_request(&h),
+        &SignatureOptions::new("install", components, NOW),
+    )
+    .unwrap();
+    let h = with(
+        h,
+        &[
+            ("content-digest", &signed.content_digest.unwrap()),
+            ("signature-input", &signed.signature_input),
+            ("signature", &signed.signature),
+        ],
+    );
+    assert!(verify_app(&h, &key).is_ok());
+}
+
+#[test]
 fn default_policy_round_trip_both_key_types() {
     for key in [p256_signing_key(), ed25519_signing_key()] {
         let h = signed_app_request(&key, NOW - 5);
@@ -870,7 +939,8 @@ fn default_policy_round_trip_both_key_types() {
                 "\"@path\"",
                 "\"@query\"",
                 "\"approov-token\"",
-                "\"content-digest\""
+                "\"content-digest\"",
+                "\"content-type\""
             ]
         );
         assert_eq!(verified.content_digest, Some(DigestAlgorithm::Sha256));
