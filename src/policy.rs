@@ -935,6 +935,16 @@ fn query_pairs(query: &str) -> impl Iterator<Item = &str> {
 /// compared as they decode, so no length or encoding of the rest of the
 /// name hides one, and nothing is allocated.
 fn php_name_is(raw: &str, want: &str) -> bool {
+    php_name(raw, want, false)
+}
+
+/// [`php_name_is`], or `want[…]`: a parameter PHP and Rails read into
+/// `want` (`?sms[to]=` is `params[:sms][:to]`, `$_GET['sms']['to']`).
+fn php_name_is_or_under(raw: &str, want: &str) -> bool {
+    php_name(raw, want, true)
+}
+
+fn php_name(raw: &str, want: &str, under: bool) -> bool {
     let canon = |b: u8| {
         if matches!(b, b'.' | b' ' | b'[') {
             b'_'
@@ -966,6 +976,9 @@ fn php_name_is(raw: &str, want: &str) -> bool {
         }
         if seen == 0 && b == b' ' {
             continue;
+        }
+        if under && b == b'[' && seen == want.len() && seen > 0 {
+            return true;
         }
         if want.get(seen).map(|&w| canon(w)) != Some(canon(b)) {
             return false;
@@ -1233,7 +1246,7 @@ pub fn evaluate_body(
             return deny(pending, r.into());
         }
     }
-    if route.limits_need_body() && !is_plain_json(req) {
+    if route.limits_need_body() && (!is_plain_json(req) || query_shadows_body(route, req)) {
         return deny(pending, Reason::BodyInvalid.into());
     }
     let values = match body_values(config, route, body) {
@@ -1241,6 +1254,32 @@ pub fn evaluate_body(
         Err(r) => return deny(pending, r.into()),
     };
     limits_phase(ctx, req, route, &values, pending, now)
+}
+
+/// Whether the query carries a parameter named like the first key of a
+/// value the route reads from the body (`?to=` for `/to`, `?sms[to]=` for
+/// `/sms/to`; named as loosely as `_method` is, see [`php_name_is`]).
+/// Rails (`params`), Symfony and Laravel (`$request->get`) take such a
+/// parameter over the body's member: the upstream would send to another
+/// number than the one checked and counted here.
+fn query_shadows_body(route: &Route, req: &Request<'_>) -> bool {
+    let Some(query) = req.query().filter(|q| !q.is_empty()) else {
+        return false;
+    };
+    route
+        .rate_limits
+        .iter()
+        .flat_map(|rl| &rl.entries)
+        .any(|e| {
+            let Source::Body { pointer, .. } = &e.source else {
+                return false;
+            };
+            let first = pointer.split('/').nth(1).unwrap_or("");
+            let first = first.replace("~1", "/").replace("~0", "~");
+            !first.is_empty()
+                && query_pairs(query)
+                    .any(|p| php_name_is_or_under(p.split_once('=').map_or(p, |(k, _)| k), &first))
+        })
 }
 
 /// Whether the request declares its body as JSON that needs no decoding:

@@ -5135,3 +5135,86 @@ fn a_cors_preflight_passes_only_where_bypass_cors_preflight_is_set() {
         Some(Reason::IpDenied)
     );
 }
+
+/// A route counting SMS per destination number (`/to`), with `phone`.
+fn sms_world(phone: Value) -> World {
+    World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+        "phone": phone,
+        "routes": [
+            {"name": "sms", "match": {"prefix": "/sms"}, "failure_mode": "deny",
+             "rate_limits": [
+                {"entries": [{"type": "route"}, {"type": "body", "pointer": "/to", "phone": true}]},
+                {"entries": [{"type": "body", "pointer": "/msg/lang"}]}
+             ]}
+        ]
+    }))
+}
+
+/// The service descriptors of a rate-limit call.
+type Descriptors = Vec<Vec<(String, String)>>;
+
+/// The decision's reason (`None`: on to the rate-limit call, whose
+/// descriptors come second).
+fn sms_outcome(w: &World, path: &str, body: &str) -> (Option<Reason>, Option<Descriptors>) {
+    match w.post(path, "198.51.100.7", &[], body) {
+        Step::Done(d, _) => (d.reason(), None),
+        Step::NeedRateLimit(_, call) => (None, Some(rls_descriptors(&call))),
+        s => panic!("{s:?}"),
+    }
+}
+
+#[test]
+fn a_query_parameter_named_like_a_body_value_is_refused() {
+    // Rails' `params[:to]` and Symfony's and Laravel's `$request->get('to')`
+    // take `?to=` over the body's `to`: the premium number would get the
+    // SMS while appguard checked and counted the body's.
+    let w = sms_world(
+        json!({"default_calling_code": "44", "denied_prefixes": ["+882"],
+                             "hash_key_base64": STANDARD.encode([5u8; 32])}),
+    );
+    let body = r#"{"to":"+447700900123","msg":{"lang":"en"}}"#;
+    assert_eq!(sms_outcome(&w, "/sms", body).0, None);
+    assert_eq!(
+        sms_outcome(&w, "/sms?lang=en&x=1", body).0,
+        None,
+        "other names pass"
+    );
+    for query in [
+        "to=%2B88212345678",
+        "x=1&to=%2B88212345678",
+        "TO=1",
+        "t%6F=1",
+        "to[]=1",
+        "msg[lang]=fr",
+        "msg%5Blang%5D=fr",
+        "x=1;msg=1",
+    ] {
+        assert_eq!(
+            sms_outcome(&w, &format!("/sms?{query}"), body).0,
+            Some(Reason::BodyInvalid),
+            "{query}"
+        );
+    }
+    // `tomorrow` is not `to`, nor `message` `msg`.
+    assert_eq!(sms_outcome(&w, "/sms?tomorrow=1&message=2", body).0, None);
+}
+
+#[test]
+fn a_body_key_holding_a_nul_is_refused() {
+    // An upstream keeping keys as C strings (cJSON) reads `"to\u0000"` as
+    // `to`, and takes the first.
+    let w = sms_world(
+        json!({"default_calling_code": "44", "denied_prefixes": ["+882"],
+                             "hash_key_base64": STANDARD.encode([5u8; 32])}),
+    );
+    assert_eq!(
+        sms_outcome(
+            &w,
+            "/sms",
+            r#"{"to\u0000":"+88212345678","to":"+447700900123","msg":{"lang":"en"}}"#
+        )
+        .0,
+        Some(Reason::BodyInvalid)
+    );
+}

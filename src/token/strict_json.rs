@@ -5,7 +5,8 @@
 //! Request bodies ([`parse_value`]) also refuse keys that differ only in
 //! case: Go's `encoding/json` and ASP.NET match member names without
 //! regard to case (the last one wins), so an upstream in either would read
-//! `"To"` where appguard checked `"to"`.
+//! `"To"` where appguard checked `"to"`; and keys holding a NUL, which an
+//! upstream keeping keys as C strings reads up to it.
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -99,8 +100,12 @@ impl<'de> Visitor<'de> for StrictVisitor {
         let mut out = Map::new();
         let mut seen = std::collections::HashSet::new();
         while let Some(k) = map.next_key::<String>()? {
-            if self.fold_keys && !seen.insert(folded(&k)) {
-                return Err(de::Error::custom("duplicate key (ignoring case)"));
+            // A NUL ends the key to an upstream that keeps keys as C
+            // strings (cJSON): `"to\u0000"` would be its `to`.
+            if self.fold_keys && (k.contains('\0') || !seen.insert(folded(&k))) {
+                return Err(de::Error::custom(
+                    "duplicate key (ignoring case, or up to a NUL)",
+                ));
             }
             let StrictValue(v) = map.next_value_seed(StrictVisitor {
                 depth: self.depth + 1,

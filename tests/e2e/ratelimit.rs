@@ -157,6 +157,13 @@ fn per_phone_limit_holds_across_formats_and_denied_prefixes_are_refused() {
     assert_eq!((r.status, r.reason()), (429, Some("rate_limited")));
     let r = send("call me maybe");
     assert_eq!((r.status, r.reason()), (400, Some("body_invalid")));
+    // Rails, Symfony and Laravel take `?to=` over the body's `to`: the
+    // number checked and counted here would not be the one sent to.
+    let r = envoy.request(Req::post_json(
+        "/sms?to=%2B88212345678",
+        &json!({"to": "+447700900777", "text": "code 1234"}).to_string(),
+    ));
+    assert_eq!((r.status, r.reason()), (400, Some("body_invalid")));
     let r = envoy.request(Req::post_json(
         "/sms",
         &format!(r#"{{"to":"+447700900999","pad":"{}"}}"#, "x".repeat(20_000)),
