@@ -180,15 +180,11 @@ fn default_rls_timeout() -> u64 {
 struct RawPhone {
     #[serde(default)]
     default_calling_code: Option<String>,
-    #[serde(default = "default_national_prefix")]
-    national_prefix: String,
+    #[serde(default)]
+    national_prefix: Option<String>,
     #[serde(default)]
     denied_prefixes: Vec<String>,
     hash_key_base64: String,
-}
-
-fn default_national_prefix() -> String {
-    "0".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -972,9 +968,12 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     };
     let phone = match raw.phone {
         Some(p) => {
+            let national_prefix = p.national_prefix.unwrap_or_else(|| {
+                crate::phone::default_national_prefix(p.default_calling_code.as_deref()).to_owned()
+            });
             let rules = PhoneRules {
                 default_calling_code: p.default_calling_code,
-                national_prefix: p.national_prefix,
+                national_prefix,
             };
             rules
                 .validate()

@@ -39,10 +39,13 @@
 //!    different strings (the filter carries no numbering plan to know that
 //!    one of them is invalid). Gateways deliver both to one phone, though,
 //!    so denied prefixes and the per-number rate-limit key also read the
-//!    number without that `0` ([`E164::without_trunk_zero`]).
+//!    number without that `0` ([`E164::without_trunk_prefix`], which also
+//!    knows the trunk prefixes that are not `0`: `+1 1 900 …`,
+//!    `+36 06 90 …`, `+7 8 809 …`).
 //! 6. **National numbers.** Anything else is a national number. It needs
 //!    [`PhoneRules::default_calling_code`] (otherwise [`PhoneError::NoCountry`]);
-//!    the national (trunk) prefix, `0` by default, is stripped once if the
+//!    the national (trunk) prefix (by default the calling code's own, see
+//!    [`default_national_prefix`]: `0` for most) is stripped once if the
 //!    number starts with it, and the calling code is put in front.
 //! 7. **The result** is `+` followed by [`MIN_DIGITS`] (7) to [`MAX_DIGITS`]
 //!    (15, the E.164 maximum) digits, the first of which is not `0` (no
@@ -95,8 +98,9 @@ pub struct PhoneRules {
     pub default_calling_code: Option<String>,
     /// Trunk prefix dialled before national numbers (`"0"` in most of Europe,
     /// `"1"` in North America, empty in Italy where the `0` is part of the
-    /// number); it is stripped once from national numbers before the calling
-    /// code is added.
+    /// number; configuration defaults it by the calling code, see
+    /// [`default_national_prefix`]); it is stripped once from national
+    /// numbers before the calling code is added.
     pub national_prefix: String,
 }
 
@@ -111,11 +115,12 @@ impl Default for PhoneRules {
 }
 
 impl PhoneRules {
-    /// Rules with a default country calling code and the usual trunk prefix `0`.
+    /// Rules with a default country calling code and its usual trunk
+    /// prefix ([`default_national_prefix`]).
     pub fn with_calling_code(code: &str) -> Self {
         PhoneRules {
             default_calling_code: Some(code.to_owned()),
-            ..PhoneRules::default()
+            national_prefix: default_national_prefix(Some(code)).to_owned(),
         }
     }
 
@@ -220,15 +225,16 @@ impl E164 {
         self.0.strip_prefix('+').unwrap_or(&self.0)
     }
 
-    /// The number without a `0` written right after its country calling
-    /// code (`+44 07700 900123` → `+447700900123`), or `None` when there is
-    /// none. Carriers and SMS gateways drop that trunk `0` (libphonenumber
-    /// strips the national prefix from international input too), so both
-    /// spellings reach one phone: denied prefixes and per-number limits must
-    /// treat them as one. The calling code's length comes from the ITU
+    /// The number without a trunk prefix written right after its country
+    /// calling code (`+44 07700 900123` → `+447700900123`, `+1 1 900 555
+    /// 1234` → `+19005551234`; see [`split_trunk`]), or `None` when there
+    /// is none. Carriers and SMS gateways drop it (libphonenumber strips the
+    /// national prefix from international input too), so both spellings
+    /// reach one phone: denied prefixes and per-number limits must treat
+    /// them as one. The calling code's length comes from the ITU
     /// assignment (see [`calling_code_len`]).
-    pub fn without_trunk_zero(&self) -> Option<E164> {
-        let (cc, rest) = split_trunk_zero(self.digits())?;
+    pub fn without_trunk_prefix(&self) -> Option<E164> {
+        let (cc, rest) = split_trunk(self.digits(), true)?;
         let number = format!("{cc}{rest}");
         check_digits(&number, MIN_DIGITS).ok()?;
         Some(E164(format!("+{number}")))
@@ -236,16 +242,50 @@ impl E164 {
 }
 
 /// `digits` (international, without `+`) as its calling code and what
-/// follows a trunk `0` right after it; `None` when there is no such `0`,
-/// or where the `0` is part of the number ([`ZERO_IS_SIGNIFICANT`]). The
-/// one rule for numbers ([`E164::without_trunk_zero`]) and configured
-/// prefixes alike.
-fn split_trunk_zero(digits: &str) -> Option<(&str, &str)> {
+/// follows a trunk prefix right after it; `None` when there is none. The
+/// trunk prefix is `0`, except where the `0` is part of the number
+/// ([`ZERO_IS_SIGNIFICANT`]: none), and besides:
+/// - `1` in North America (`+1 1 900 …`): no area code starts with it;
+/// - `06` in Hungary (`+36 06 90 …`);
+/// - `8` in Russia and Kazakhstan (`+7`) and Lithuania (`+370`), only in a
+///   whole number (`whole`) one digit longer than their national numbers
+///   (ten and eight digits), as libphonenumber reads it: `+7 8 809 …` is
+///   `+7 809 …`, while `+7 812 …` is St Petersburg.
+///
+/// The one rule for numbers ([`E164::without_trunk_prefix`]) and
+/// configured prefixes alike.
+fn split_trunk(digits: &str, whole: bool) -> Option<(&str, &str)> {
     let cc = digits.get(..calling_code_len(digits))?;
     if ZERO_IS_SIGNIFICANT.contains(&cc) {
         return None;
     }
-    Some((cc, digits.get(cc.len()..)?.strip_prefix('0')?))
+    let rest = digits.get(cc.len()..)?;
+    let eight = |national: usize| {
+        rest.strip_prefix('8')
+            .filter(|n| whole && n.len() == national)
+    };
+    let own = match cc {
+        "1" => rest.strip_prefix('1'),
+        "36" => rest.strip_prefix("06"),
+        "7" => eight(10),
+        "370" => eight(8),
+        _ => None,
+    };
+    Some((cc, own.or_else(|| rest.strip_prefix('0'))?))
+}
+
+/// The trunk prefix national numbers are written with where `calling_code`
+/// is the default country: `1` in North America, `06` in Hungary, none
+/// where the `0` is part of the number ([`ZERO_IS_SIGNIFICANT`]: Italy),
+/// `0` elsewhere (also for `+7` and `+370`, whose `8` is read off by
+/// length: see [`split_trunk`]). The default of `national_prefix`.
+pub fn default_national_prefix(calling_code: Option<&str>) -> &'static str {
+    match calling_code {
+        Some("1") => "1",
+        Some("36") => "06",
+        Some(cc) if ZERO_IS_SIGNIFICANT.contains(&cc) => "",
+        _ => "0",
+    }
 }
 
 /// Calling codes whose numbers keep their leading `0` in international
@@ -448,14 +488,14 @@ impl PrefixSet {
     /// The shortest denied prefix the number starts with, in `+digits` form,
     /// checked for the number as written and without a trunk `0` after its
     /// calling code (`+44 0909 …` is `+44 909 …` to the carrier; see
-    /// [`E164::without_trunk_zero`]). A prefix is not a number, so it may be
+    /// [`E164::without_trunk_prefix`]). A prefix is not a number, so it may be
     /// logged to say why a number was denied.
     pub fn matching_prefix(&self, number: &E164) -> Option<&str> {
-        self.matching_prefix_of(number, number.without_trunk_zero().as_ref())
+        self.matching_prefix_of(number, number.without_trunk_prefix().as_ref())
     }
 
     /// [`PrefixSet::matching_prefix`] for a caller that already has the
-    /// number's [`E164::without_trunk_zero`] form (the per-number limits
+    /// number's [`E164::without_trunk_prefix`] form (the per-number limits
     /// count under it), so it is not built twice.
     pub fn matching_prefix_of(&self, number: &E164, trunkless: Option<&E164>) -> Option<&str> {
         self.matching_prefix_as_written(number)
@@ -491,11 +531,11 @@ impl PrefixSet {
 /// (`+44 0871`, copied from a national `0871` range): the prefix of the
 /// same numbers written without it (`+44 871`), which is how they are
 /// usually sent and how carriers reach them. Numbers are matched in both
-/// forms ([`E164::without_trunk_zero`]); without this, such a prefix
+/// forms ([`E164::without_trunk_prefix`]); without this, such a prefix
 /// matched only the rarer spelling. `None` where the `0` is part of the
 /// number (Italy), or nothing follows it.
 fn trunkless_prefix(prefix: &str) -> Option<String> {
-    let (cc, rest) = split_trunk_zero(prefix.strip_prefix('+')?)?;
+    let (cc, rest) = split_trunk(prefix.strip_prefix('+')?, false)?;
     (!rest.is_empty()).then(|| format!("+{cc}{rest}"))
 }
 
@@ -861,7 +901,7 @@ mod tests {
         let tunisia = PrefixSet::new(["+216"]).unwrap();
         let egypt = normalize("+20 16 1234 5678", &uk()).unwrap();
         assert!(!tunisia.contains_prefix_of(&egypt));
-        assert_eq!(egypt.without_trunk_zero(), None);
+        assert_eq!(egypt.without_trunk_prefix(), None);
         // Where the `0` is part of the number, it stays: Brescia's
         // `+39 030 …` is not under a denied `+39 3` (Italian mobiles).
         let mobiles = PrefixSet::new(["+39 3"]).unwrap();
@@ -882,7 +922,7 @@ mod tests {
         assert_eq!(trunkless_prefix("+3906"), None);
         assert_eq!(trunkless_prefix("+440871").as_deref(), Some("+44871"));
         // The form per-number limits count under (`policy`'s body phase).
-        let key = |n: &E164| n.without_trunk_zero().unwrap_or_else(|| n.clone());
+        let key = |n: &E164| n.without_trunk_prefix().unwrap_or_else(|| n.clone());
         assert_eq!(key(&brescia), brescia);
         assert!(mobiles.contains_prefix_of(&normalize("+39 347 1234567", &uk()).unwrap()));
         // One number, one rate-limit key.

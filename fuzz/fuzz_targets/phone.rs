@@ -36,9 +36,9 @@ fuzz_target!(|data: &[u8]| {
         let again = normalize(s, &rules);
         assert_eq!(again.as_ref().map(|e| e.as_str()), Ok(s), "not idempotent");
         // "+44 9" and "00 1 900" are +449 and +1900 once normalised; the
-        // number is checked as written and without a trunk `0` after its
-        // calling code.
-        let trunkless = n.without_trunk_zero();
+        // number is checked as written and without a trunk prefix after
+        // its calling code.
+        let trunkless = n.without_trunk_prefix();
         let forms = [Some(s), trunkless.as_ref().map(|t| t.as_str())];
         let want = forms
             .iter()

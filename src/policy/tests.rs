@@ -5201,6 +5201,75 @@ fn a_query_parameter_named_like_a_body_value_is_refused() {
 }
 
 #[test]
+fn trunk_prefixes_other_than_zero_are_read_off_for_denied_prefixes_and_keys() {
+    // libphonenumber (as gateways) reads each as the number without the
+    // trunk prefix, premium-rate ranges included.
+    let w = sms_world(json!({"default_calling_code": "1",
+                             "denied_prefixes": ["+1 900", "+7 809", "+36 90", "+370 900"],
+                             "hash_key_base64": STANDARD.encode([5u8; 32])}));
+    let to = |n: &str| {
+        sms_outcome(
+            &w,
+            "/sms",
+            &format!(r#"{{"to":"{n}","msg":{{"lang":"en"}}}}"#),
+        )
+    };
+    for n in [
+        "+1 900 555 1234",
+        "+1 1900 555 1234",
+        "1 900 555 1234",
+        "900 555 1234",
+        "+7 809 123 45 67",
+        "+7 8 809 123 45 67",
+        "+36 90 123 456",
+        "+36 06 90 123 456",
+        "+370 900 12345",
+        "+370 8 900 12345",
+    ] {
+        assert_eq!(to(n).0, Some(Reason::PhoneDenied), "{n}");
+    }
+    // An `8` that is part of a number of the right length stays:
+    // St Petersburg's `+7 812 …` is not `+7 12 …`.
+    let spb = crate::phone::PrefixSet::new(["+7 12"]).unwrap();
+    let n =
+        crate::phone::normalize("+7 812 123 45 67", &crate::phone::PhoneRules::default()).unwrap();
+    assert!(!spb.contains_prefix_of(&n));
+    // One phone, one per-number key.
+    assert_eq!(to("+1 415 555 2671").1, to("+1 1 415 555 2671").1);
+    assert_eq!(to("+7 495 123 45 67").1, to("+7 8 495 123 45 67").1);
+    assert_ne!(to("+7 495 123 45 67").1, to("+7 812 123 45 67").1);
+}
+
+#[test]
+fn the_national_prefix_defaults_to_the_calling_codes_own() {
+    // North America writes national numbers with `1`, Italy keeps its `0`.
+    let us = sms_world(
+        json!({"default_calling_code": "1", "denied_prefixes": ["+1 900"],
+                              "hash_key_base64": STANDARD.encode([5u8; 32])}),
+    );
+    let it = sms_world(
+        json!({"default_calling_code": "39", "denied_prefixes": ["+39 06"],
+                              "hash_key_base64": STANDARD.encode([5u8; 32])}),
+    );
+    let to = |w: &World, n: &str| {
+        sms_outcome(
+            w,
+            "/sms",
+            &format!(r#"{{"to":"{n}","msg":{{"lang":"en"}}}}"#),
+        )
+        .0
+    };
+    assert_eq!(to(&us, "1 900 555 1234"), Some(Reason::PhoneDenied));
+    assert_eq!(to(&it, "06 1234 5678"), Some(Reason::PhoneDenied));
+    assert_eq!(to(&it, "+39 06 1234 5678"), Some(Reason::PhoneDenied));
+    // A national prefix that is configured is the operator's word.
+    let it0 = sms_world(json!({"default_calling_code": "39", "national_prefix": "0",
+                               "denied_prefixes": ["+39 06"],
+                               "hash_key_base64": STANDARD.encode([5u8; 32])}));
+    assert_eq!(to(&it0, "06 1234 5678"), None);
+}
+
+#[test]
 fn a_body_key_holding_a_nul_is_refused() {
     // An upstream keeping keys as C strings (cJSON) reads `"to\u0000"` as
     // `to`, and takes the first.
