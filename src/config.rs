@@ -753,6 +753,31 @@ impl Config {
                 }
             }
         }
+        // A rule whose entry the client can leave without a value is
+        // skipped for the requests that do (as Envoy's actions skip a
+        // descriptor), so it binds only the clients that show one.
+        for r in &self.routes {
+            for rl in &r.rate_limits {
+                let skippable = rl.entries.iter().find_map(|e| match e.source {
+                    crate::limits::Source::App | crate::limits::Source::Platform
+                        if r.platforms.is_empty() =>
+                    {
+                        Some("the app or platform of a route without `platforms`")
+                    }
+                    crate::limits::Source::ApiKey if r.api_key == KeyRequirement::Optional => {
+                        Some("the API key of a route where it is optional")
+                    }
+                    _ => None,
+                });
+                if let Some(what) = skippable {
+                    out.push(format!(
+                        "routes ({}).rate_limits ({}): a request without {what} skips this \
+                         rule: require it, or add a rule such requests cannot skip (`client_ip`)",
+                        r.name, rl.name
+                    ));
+                }
+            }
+        }
         let reads_phones = self.routes.iter().any(|r| {
             r.rate_limits
                 .iter()
@@ -1685,6 +1710,40 @@ mod tests {
             ))
         };
         assert!(delegated("envoy.filters.http.jwt_authn").is_empty());
+        // A limit a client escapes by showing no app, or no optional key.
+        let limited = |route: &str| {
+            advice(&format!(
+                r#"{{"apps": [{{"id": "a", "platform": "ios", "bundle_id": "b"}}],
+                    "api_keys": {{"keys": [{{"id": "k", "sha256": "{}"}}]}},
+                    "routes": [{route}]}}"#,
+                "0".repeat(64)
+            ))
+        };
+        let rule = |entry: &str, extra: &str| -> Vec<String> {
+            limited(&format!(
+                r#"{{"name": "otp", "match": {{"prefix": "/"}}{extra},
+                    "rate_limits": [{{"name": "n", "entries": [{{"type": "{entry}"}}],
+                                      "local": {{"requests": 1, "per": "hour"}}}}]}}"#
+            ))
+            .into_iter()
+            .filter(|a| a.starts_with("routes ("))
+            .collect()
+        };
+        for (entry, extra) in [
+            ("app", ""),
+            ("platform", ""),
+            ("api_key", r#", "api_key": "optional""#),
+        ] {
+            let a = rule(entry, extra);
+            assert_eq!(a.len(), 1, "{entry}: {a:?}");
+            assert!(
+                a[0].starts_with("routes (otp).rate_limits (n): a request without"),
+                "{a:?}"
+            );
+        }
+        assert!(rule("app", r#", "platforms": ["ios"]"#).is_empty());
+        assert!(rule("api_key", r#", "api_key": "required""#).is_empty());
+        assert!(rule("client_ip", "").is_empty());
         let a = delegated("envoy.filters.http.header_to_metadata");
         assert_eq!(a.len(), 1, "{a:?}");
         assert!(a[0].contains(".verified_by.filter:"), "{a:?}");
