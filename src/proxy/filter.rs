@@ -599,8 +599,18 @@ const WOULD_DENY_STATE: &str = "appguard_would_deny";
 /// `failure_mode: allow` let requests through, and a failing dependency
 /// writes at most that many lines a second.
 fn decision_log(worker: &Worker, level: log::Level, now: u64, line: impl FnOnce() -> String) {
+    if admitted(worker, level, now) {
+        log::log!(level, "{}", line());
+    }
+}
+
+/// Whether [`decision_log`] writes a line at `level` now (and the line
+/// saying how many were left out before it, when some were). Not generic:
+/// every call site of `decision_log` shares it.
+#[inline(never)]
+fn admitted(worker: &Worker, level: log::Level, now: u64) -> bool {
     if !log::log_enabled!(level) {
-        return;
+        return false;
     }
     let warning = level <= log::Level::Warn;
     let limiter = if warning {
@@ -624,8 +634,9 @@ fn decision_log(worker: &Worker, level: log::Level, now: u64, line: impl FnOnce(
                 worker.config.decision_log_per_second
             );
         }
-        log::log!(level, "{}", line());
+        return true;
     }
+    false
 }
 
 /// `route=… ip=… app=… key=…`: the request's route (`_unmatched` when no
