@@ -450,6 +450,12 @@ pub struct Facts {
     /// would pass once per window). Treated as the service failing (the
     /// route's `failure_mode`); the adapter logs the cause.
     pub replay_unprotected: bool,
+    /// The rule (an index into its route's `rate_limits`) whose descriptor
+    /// the rate-limit service answered `OK` without a limit: no rule of the
+    /// service's configuration matches it (a misspelt key or domain), so
+    /// the rule limits nothing, silently (as envoyproxy/ratelimit answers).
+    /// The adapter logs it.
+    pub unlimited_rule: Option<u16>,
     /// A CORS preflight under `bypass_cors_preflight`
     /// ([`cors_preflight_method`]), matched to the route of the method it
     /// asks about: only the route's action and the network rules are
@@ -530,6 +536,9 @@ struct Sent {
     hits: u32,
     /// Its rule's `lease`, if any: an `OK` status is then kept as a lease.
     lease: Option<u32>,
+    /// Its rule's index in the route's `rate_limits` (`u16::MAX`: the
+    /// replay descriptor).
+    rule: u16,
 }
 
 impl Sent {
@@ -1473,7 +1482,7 @@ fn limits_phase(
         }
     }
     let mut service: Vec<Sent> = Vec::new();
-    for rl in &route.rate_limits {
+    for (rule, rl) in (0u16..).zip(&route.rate_limits) {
         let mut d: Descriptor = Vec::with_capacity(rl.entries.len());
         for e in &rl.entries {
             match entry_value(config, route, &e.source, req, &pending.facts, body) {
@@ -1520,6 +1529,7 @@ fn limits_phase(
                     key,
                     hits: 1,
                     lease: rl.lease,
+                    rule,
                 });
             }
         }
@@ -1605,6 +1615,7 @@ fn limits_phase(
             key,
             hits: 1,
             lease: None,
+            rule: u16::MAX,
         });
     }
     if service.is_empty() {
@@ -1731,6 +1742,20 @@ fn rls_verdict(
             }
         }
     };
+    // A rule the service has no limit for limits nothing: said, not
+    // silent (the replay descriptor's own case is handled above).
+    if let Ok(resp) = answer {
+        pending.facts.unlimited_rule = pending
+            .service
+            .iter()
+            .zip(&resp.statuses)
+            .find(|(sent, st)| {
+                sent.rule != u16::MAX
+                    && st.code == ratelimit::rls::Code::Ok as i32
+                    && st.current_limit.is_none()
+            })
+            .map(|(sent, _)| sent.rule);
+    }
     // Leased descriptors the service allowed: their hits are counted,
     // whatever the other descriptors say, so the rest are this worker's.
     // (An answer that cannot be read, or leaves the replay descriptor

@@ -5287,3 +5287,28 @@ fn a_body_key_holding_a_nul_is_refused() {
         Some(Reason::BodyInvalid)
     );
 }
+
+#[test]
+fn a_rule_the_service_has_no_limit_for_is_named_in_the_facts() {
+    // envoyproxy/ratelimit and appguard-ratelimit answer a descriptor no
+    // rule matches (a misspelt key or domain) `OK` without a limit: the
+    // rule then limits nothing, which the adapter logs.
+    let w = sms_world(json!({"default_calling_code": "44",
+                             "hash_key_base64": STANDARD.encode([5u8; 32])}));
+    let body = r#"{"to":"+447700900123","msg":{"lang":"en"}}"#;
+    let answer = |resp: &RateLimitResponse| {
+        let Step::NeedRateLimit(p, _) = w.post("/sms", "198.51.100.7", &[], body) else {
+            panic!("no call")
+        };
+        match evaluate_rls(&w.ctx(), p, Ok(resp), NOW) {
+            Step::Done(Decision::Allow(_), facts) => facts.unlimited_rule,
+            s => panic!("{s:?}"),
+        }
+    };
+    assert_eq!(answer(&ok_response(2, 7, None)), None);
+    let mut resp = ok_response(2, 7, None);
+    resp.statuses[1].current_limit = None;
+    assert_eq!(answer(&resp), Some(1));
+    resp.statuses[0].current_limit = None;
+    assert_eq!(answer(&resp), Some(0), "the first");
+}

@@ -454,6 +454,21 @@ impl GuardFilter {
                 )
             });
         }
+        if let Some(rule) = facts.unlimited_rule {
+            let route = facts.route.and_then(|r| worker.config.routes.get(r));
+            let name = route
+                .and_then(|r| r.rate_limits.get(usize::from(rule)))
+                .map_or("", |rl| rl.name.as_str());
+            decision_log(worker, log::Level::Warn, now, || {
+                format!(
+                    "#{} the rate-limit service has no limit for the descriptor of rule {name} \
+                     of route {}: no rule of its domain matches it, so this one limits \
+                     nothing (check the service's keys and domain)",
+                    self.context_id,
+                    worker.config.route_label(facts.route)
+                )
+            });
+        }
         // Denied, or let through by monitor mode: either way the budget
         // spared the verification, and is counted the same way.
         if facts.budget_refused {

@@ -34,6 +34,8 @@ fn config(failure_mode: &str, timeout_ms: u64) -> Value {
                 {"name": "burst", "entries": [{"type": "client_ip"}], "local": {"requests": 2, "per": "minute"}},
                 {"name": "sustained", "entries": [{"type": "client_ip"}], "local": {"requests": 100, "per": "hour"}}]},
             {"name": "once", "match": {"prefix": "/once"}, "tokens": ["t"]},
+            {"name": "device", "match": {"prefix": "/device"},
+             "rate_limits": [{"entries": [{"type": "header", "name": "x-device", "key": "device"}]}]},
             {"name": "leased", "match": {"prefix": "/leased"},
              "rate_limits": [{"entries": [{"type": "header", "name": "x-tenant", "key": "tenant"}], "lease": 4}]}
         ]
@@ -117,6 +119,38 @@ fn an_oversized_trace_header_does_not_fail_the_call_and_lift_the_limits_under_al
         0,
         "no call failed"
     );
+}
+
+#[test]
+fn a_rule_the_service_has_no_limit_for_is_logged_not_silent() {
+    // tests/fixtures/ratelimit.yaml has no rule for `device`: the service
+    // answers OK without a limit, and the rule limits nothing.
+    let rls = RateLimitService::start(&test_limits(), None);
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("deny", 500), up.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .start();
+    for _ in 0..3 {
+        let r = envoy.request(Req::get("/device/x").header("x-device", "d-1"));
+        assert_eq!(r.status, 200);
+    }
+    let log = envoy.log();
+    assert!(
+        log.contains(
+            "the rate-limit service has no limit for the descriptor of rule device#0 of route \
+             device"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("d-1"), "the value is not logged");
+    // A rule it has a limit for is not named.
+    assert_eq!(
+        envoy
+            .request(from_ip(Req::get("/api/x"), "192.0.2.30"))
+            .status,
+        200
+    );
+    assert!(!envoy.log().contains("of rule api#0"));
 }
 
 #[test]
