@@ -675,19 +675,31 @@ fn is_forwarded_host_header(name: &str) -> bool {
 }
 
 /// Whether an upstream may take a request carrying header `name: value`
-/// for another method, path or host than its own (whose authority is
-/// `authority`): a method override ([`METHOD_OVERRIDE_HEADERS`]) or target
-/// override ([`URL_OVERRIDE_HEADERS`]) in any spelling, or a forwarded-host
-/// header ([`FORWARDED_HOST_HEADERS`]) naming a host other than the
-/// authority's (or more of them than are told apart). A signed request
-/// must cover such a header (see `signing`): otherwise a captured
+/// for another method, target or host than its own (`target`: its path
+/// and query, as `@path` and `@query` read them; `authority`: its
+/// authority): a method override ([`METHOD_OVERRIDE_HEADERS`]) in any
+/// spelling; a target override ([`URL_OVERRIDE_HEADERS`]) naming another
+/// path or query; a forwarded-host header ([`FORWARDED_HOST_HEADERS`])
+/// naming another host (or more of them than are told apart). A signed
+/// request must cover such a header (see `signing`): otherwise a captured
 /// `GET /v1/profile` could be sent on with `X-Original-URL:
-/// /v1/delete-account` added. A forwarded host naming the request's own
-/// host, as a proxy in front sets it, changes nothing and need not be
-/// covered (the client could not sign for it).
-pub fn is_redirecting_header(authority: &str, name: &str, value: &str) -> bool {
-    if is_method_override_header(name) || is_url_override_header(name) {
+/// /v1/delete-account` added. One naming the request's own target or
+/// host changes nothing and need not be covered: a front end sets it
+/// (Azure Application Gateway adds `X-Original-URL` to every request, a
+/// proxy `X-Forwarded-Host`), and the client could not sign it.
+pub fn is_redirecting_header(
+    authority: &str,
+    target: (&str, Option<&str>),
+    name: &str,
+    value: &str,
+) -> bool {
+    if is_method_override_header(name) {
         return true;
+    }
+    if is_url_override_header(name) {
+        let (path, query, _) = crate::request::split_target(value.trim());
+        let query = query.unwrap_or("");
+        return path != target.0 || query != target.1.unwrap_or("");
     }
     if !is_forwarded_host_header(name) {
         return false;

@@ -705,11 +705,17 @@ fn check_coverage(
     // signed `GET /v1/profile` run as `/v1/delete-account`, with the header
     // added (the route match refuses only overrides that take another
     // route). So must a forwarded host naming another host than
-    // `@authority` (one naming the same host, as a proxy in front sets it,
-    // changes nothing).
+    // `@authority`. A target override or forwarded host naming the
+    // request's own target or host, as a front end sets them, changes
+    // nothing.
     if message.status.is_none() {
         for (name, value) in message.headers.iter() {
-            if crate::policy::is_redirecting_header(message.authority, name, value) {
+            if crate::policy::is_redirecting_header(
+                message.authority,
+                (message.path, message.query),
+                name,
+                value,
+            ) {
                 let name = name.to_ascii_lowercase();
                 if !covers(&name) {
                     return under(&name);
@@ -823,8 +829,12 @@ pub fn default_covered_components(message: &Message<'_>, token_header: &str) -> 
     // An override that is sent must be covered (see `check_coverage`).
     for (name, value) in message.headers.iter() {
         let name = name.to_ascii_lowercase();
-        if crate::policy::is_redirecting_header(message.authority, &name, value)
-            && !components.contains(&name)
+        if crate::policy::is_redirecting_header(
+            message.authority,
+            (message.path, message.query),
+            &name,
+            value,
+        ) && !components.contains(&name)
         {
             components.push(name);
         }

@@ -861,6 +861,8 @@ fn a_target_override_or_another_forwarded_host_that_is_sent_must_be_covered() {
         ("x-original-url", "/v1/delete-account"),
         ("x_rewrite_url", "/v1/delete-account"),
         ("x-rewrite-url", "/v1/sms"),
+        ("x-original-url", "/v1/sms?lang=de"),
+        ("x-original-url", "/v1/sms/?lang=en"),
         ("x-forwarded-host", "admin.example.com"),
         ("x-forwarded-host", "api.example.com, admin.example.com"),
         ("forwarded", "for=192.0.2.1;host=admin.example.com"),
@@ -876,10 +878,13 @@ fn a_target_override_or_another_forwarded_host_that_is_sent_must_be_covered() {
             "{name}: {value}"
         );
     }
-    // A forwarded host that names the request's own host, as a proxy in
-    // front of Envoy sets it, changes nothing: the client could not have
-    // signed it, and need not.
+    // A target override or forwarded host that names the request's own
+    // target or host, as a front end sets them (Azure Application Gateway
+    // adds `X-Original-URL` to every request), changes nothing: the client
+    // could not have signed it, and need not.
     for (name, value) in [
+        ("x-original-url", "/v1/sms?lang=en"),
+        ("x-original-url", " /v1/sms?lang=en "),
         ("x-forwarded-host", "api.example.com"),
         ("x-forwarded-host", "API.example.com:443"),
         (
