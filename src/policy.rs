@@ -1754,8 +1754,10 @@ fn rls_verdict(
             }
         }
     };
-    // A rule the service has no limit for limits nothing: said, not
-    // silent (the replay descriptor's own case is handled above).
+    // A rule the service has no limit for (no rule of its configuration
+    // matches the descriptor: `OK`, no limit, nothing remaining) limits
+    // nothing: said, not silent (the replay descriptor's own case is
+    // handled above).
     if let Ok(resp) = answer {
         pending.facts.unlimited_rule = pending
             .service
@@ -1765,6 +1767,9 @@ fn rls_verdict(
                 sent.rule != u16::MAX
                     && st.code == ratelimit::rls::Code::Ok as i32
                     && st.current_limit.is_none()
+                    // `unlimited: true` (an allowlist) is answered the same,
+                    // with all that remains: it is meant.
+                    && st.limit_remaining != u32::MAX
             })
             .map(|(sent, _)| sent.rule);
     }

@@ -5311,4 +5311,9 @@ fn a_rule_the_service_has_no_limit_for_is_named_in_the_facts() {
     assert_eq!(answer(&resp), Some(1));
     resp.statuses[0].current_limit = None;
     assert_eq!(answer(&resp), Some(0), "the first");
+    // `unlimited: true` is answered OK without a limit too, with all that
+    // remains (u32::MAX): an allowlist, not a misconfiguration.
+    let mut allow = ok_response(2, u32::MAX, None);
+    allow.statuses[1].current_limit = None;
+    assert_eq!(answer(&allow), None);
 }

@@ -41,8 +41,9 @@ const TRACE_HEADERS: [&str; 9] = [
 ];
 
 /// Whether a trace header's value is passed on to the rate-limit service:
-/// at most [`MAX_TRACE_VALUE`] bytes of visible ASCII (W3C `tracestate`,
-/// the longest of them, is at most 512). The client writes these headers:
+/// at most [`MAX_TRACE_VALUE`] bytes of visible ASCII (what W3C asks every
+/// vendor to propagate of `tracestate` at least; a longer one is dropped
+/// here, which costs the service's trace only). The client writes these headers:
 /// one of 17 KiB (Envoy takes 60 KiB of headers) would make the service's
 /// HTTP/2 server (16 KiB of metadata by default) refuse the call, and under
 /// `failure_mode: allow` the request would then pass without its limits.
@@ -455,19 +456,19 @@ impl GuardFilter {
             });
         }
         if let Some(rule) = facts.unlimited_rule {
-            let route = facts.route.and_then(|r| worker.config.routes.get(r));
-            let name = route
-                .and_then(|r| r.rate_limits.get(usize::from(rule)))
-                .map_or("", |rl| rl.name.as_str());
-            decision_log(worker, log::Level::Warn, now, || {
-                format!(
-                    "#{} the rate-limit service has no limit for the descriptor of rule {name} \
-                     of route {}: no rule of its domain matches it, so this one limits \
-                     nothing (check the service's keys and domain)",
-                    self.context_id,
+            if now >= worker.unlimited_warned.get().saturating_add(60) {
+                worker.unlimited_warned.set(now);
+                let route = facts.route.and_then(|r| worker.config.routes.get(r));
+                let name = route
+                    .and_then(|r| r.rate_limits.get(usize::from(rule)))
+                    .map_or("", |rl| rl.name.as_str());
+                warn!(
+                    "the rate-limit service has no limit for the descriptor of rule {name} of \
+                     route {}: no rule of its domain matches it, so this one limits nothing \
+                     (check the service's keys and domain; said once a minute per worker)",
                     worker.config.route_label(facts.route)
-                )
-            });
+                );
+            }
         }
         // Denied, or let through by monitor mode: either way the budget
         // spared the verification, and is counted the same way.
@@ -949,5 +950,26 @@ fn budget_note(facts: &Facts) -> &'static str {
         " budget=exhausted"
     } else {
         ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_short_visible_trace_values_go_to_the_rate_limit_service() {
+        // A 17 KiB `traceparent` made the service refuse the call (its
+        // HTTP/2 server took 16 KiB of metadata), and `failure_mode: allow`
+        // then let the request through without its limits.
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(is_trace_value(traceparent.as_bytes()));
+        assert!(is_trace_value("a".repeat(MAX_TRACE_VALUE).as_bytes()));
+        assert!(is_trace_value(b"congo=t61rcWkgMzE, rojo=00f067aa0ba902b7"));
+        assert!(!is_trace_value("a".repeat(MAX_TRACE_VALUE + 1).as_bytes()));
+        assert!(!is_trace_value("a".repeat(17 * 1024).as_bytes()));
+        assert!(!is_trace_value(b"abc\x01def"));
+        assert!(!is_trace_value(b"abc\x7fdef"));
+        assert!(!is_trace_value("caf\u{e9}".as_bytes()));
     }
 }

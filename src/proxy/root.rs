@@ -66,6 +66,11 @@ pub struct Worker {
     /// Alert posts in flight: call token → what was posted (for the log
     /// line that says whether the webhook took it).
     pub alert_calls: RefCell<HashMap<u32, String>>,
+    /// When (seconds) this worker last logged a rule the rate-limit
+    /// service has no limit for: once a minute, outside [`Worker::warn_log`],
+    /// so that a misconfiguration met by every request neither floods the
+    /// log nor crowds out the warnings that budget keeps.
+    pub unlimited_warned: std::cell::Cell<u64>,
 }
 
 impl Worker {
@@ -415,6 +420,7 @@ impl RootContext for FilterRoot {
             decision_log: RefCell::new(decision_log),
             warn_log: RefCell::new(crate::lograte::LogLimiter::new(WARN_LINES_PER_SECOND)),
             alert_calls: RefCell::new(HashMap::new()),
+            unlimited_warned: std::cell::Cell::new(0),
             config,
             bucket_salt,
             token_cache: RefCell::new(TokenCache::default()),
