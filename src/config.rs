@@ -755,16 +755,34 @@ impl Config {
         }
         // A rule whose entry the client can leave without a value is
         // skipped for the requests that do (as Envoy's actions skip a
-        // descriptor), so it binds only the clients that show one.
+        // descriptor), so it binds only the clients that show one: said
+        // where no other rule of the route binds every request.
         for r in &self.routes {
-            for rl in &r.rate_limits {
+            use crate::limits::Source;
+            let binds_all = r.rate_limits.iter().any(|rl| {
+                rl.entries.iter().all(|e| {
+                    matches!(
+                        e.source,
+                        Source::ClientIp { .. }
+                            | Source::Route
+                            | Source::Value(_)
+                            | Source::Body { .. }
+                    )
+                })
+            });
+            // A required token whose every provider names the app
+            // establishes one (or the request is refused).
+            let app_always = r.token_required
+                && !r.providers.is_empty()
+                && r.providers
+                    .iter()
+                    .all(|&p| self.providers.get(p).is_some_and(|p| p.app_claim.is_some()));
+            for rl in r.rate_limits.iter().filter(|_| !binds_all) {
                 let skippable = rl.entries.iter().find_map(|e| match e.source {
-                    crate::limits::Source::App | crate::limits::Source::Platform
-                        if r.platforms.is_empty() =>
-                    {
+                    Source::App | Source::Platform if r.platforms.is_empty() && !app_always => {
                         Some("the app or platform of a route without `platforms`")
                     }
-                    crate::limits::Source::ApiKey if r.api_key == KeyRequirement::Optional => {
+                    Source::ApiKey if r.api_key == KeyRequirement::Optional => {
                         Some("the API key of a route where it is optional")
                     }
                     _ => None,
@@ -1742,6 +1760,29 @@ mod tests {
             );
         }
         assert!(rule("app", r#", "platforms": ["ios"]"#).is_empty());
+        // Following the advice clears it.
+        let both = limited(
+            r#"{"name": "otp", "match": {"prefix": "/"},
+                "rate_limits": [{"name": "n", "entries": [{"type": "app"}],
+                                 "local": {"requests": 1, "per": "hour"}},
+                                {"name": "ip", "entries": [{"type": "client_ip"}],
+                                 "local": {"requests": 5, "per": "hour"}}]}"#,
+        );
+        assert!(!both.iter().any(|a| a.starts_with("routes (")), "{both:?}");
+        // A required token that names the app always establishes one.
+        let app_rule = r#", "rate_limits": [{"name": "n", "entries": [{"type": "app"}],
+                                 "local": {"requests": 1, "per": "hour"}}]"#;
+        let apps = r#", "apps": [{"id": "a", "platform": "ios", "bundle_id": "b"}]"#;
+        let named = with(r#", "app_claim": {"claim": "app"}"#, &route(app_rule), apps);
+        assert!(
+            !named.iter().any(|a| a.starts_with("routes (")),
+            "{named:?}"
+        );
+        let unnamed = with("", &route(app_rule), apps);
+        assert!(
+            unnamed.iter().any(|a| a.starts_with("routes (r)")),
+            "{unnamed:?}"
+        );
         assert!(rule("api_key", r#", "api_key": "required""#).is_empty());
         assert!(rule("client_ip", "").is_empty());
         let a = delegated("envoy.filters.http.header_to_metadata");

@@ -246,7 +246,9 @@ impl E164 {
 /// trunk prefix is `0`, except where the `0` is part of the number
 /// ([`ZERO_IS_SIGNIFICANT`]: none), and besides:
 /// - `1` in North America (`+1 1 900 …`): no area code starts with it;
-/// - `06` in Hungary (`+36 06 90 …`);
+/// - `06` in Hungary (`+36 06 90 …`), in a whole number only where what
+///   follows it is as long as a Hungarian number (eight or nine digits):
+///   `+36 0 62 …` is Szeged (`62`) with a trunk `0`;
 /// - `8` in Russia and Kazakhstan (`+7`) and Lithuania (`+370`), only in a
 ///   whole number (`whole`) one digit longer than their national numbers
 ///   (ten and eight digits), as libphonenumber reads it: `+7 8 809 …` is
@@ -266,7 +268,9 @@ fn split_trunk(digits: &str, whole: bool) -> Option<(&str, &str)> {
     };
     let own = match cc {
         "1" => rest.strip_prefix('1'),
-        "36" => rest.strip_prefix("06"),
+        "36" => rest
+            .strip_prefix("06")
+            .filter(|n| !whole || (8..=9).contains(&n.len())),
         "7" => eight(10),
         "370" => eight(8),
         _ => None,

@@ -1296,7 +1296,11 @@ fn query_shadows_body(route: &Route, req: &Request<'_>) -> bool {
                 return false;
             };
             let first = pointer.split('/').nth(1).unwrap_or("");
-            let first = first.replace("~1", "/").replace("~0", "~");
+            let first = if first.contains('~') {
+                std::borrow::Cow::Owned(first.replace("~1", "/").replace("~0", "~"))
+            } else {
+                std::borrow::Cow::Borrowed(first)
+            };
             !first.is_empty()
                 && query_pairs(query)
                     .any(|p| php_name_is_or_under(p.split_once('=').map_or(p, |(k, _)| k), &first))
@@ -1395,7 +1399,9 @@ fn body_values(config: &Config, route: &Route, body: &[u8]) -> Result<BodyValues
                 // would otherwise double the per-number limit.
                 phone::hash(&pc.hash_key, trunkless.as_ref().unwrap_or(&number))
             } else {
-                if raw.len() > 256 {
+                // A NUL ends the value to an upstream keeping C strings:
+                // `en\u0000x` is its `en`, another count here.
+                if raw.len() > 256 || raw.contains('\0') {
                     return Err(Reason::BodyInvalid);
                 }
                 raw

@@ -5238,6 +5238,10 @@ fn trunk_prefixes_other_than_zero_are_read_off_for_denied_prefixes_and_keys() {
     assert_eq!(to("+1 415 555 2671").1, to("+1 1 415 555 2671").1);
     assert_eq!(to("+7 495 123 45 67").1, to("+7 8 495 123 45 67").1);
     assert_ne!(to("+7 495 123 45 67").1, to("+7 812 123 45 67").1);
+    // Hungary's `06` only where a Hungarian number follows it: `+36 0 62 …`
+    // is Szeged with a trunk `0`, one phone with `+36 62 …`.
+    assert_eq!(to("+36 62 123 456").1, to("+36 0 62 123 456").1);
+    assert_eq!(to("+36 90 123 456").0, Some(Reason::PhoneDenied));
 }
 
 #[test]
@@ -5261,6 +5265,15 @@ fn the_national_prefix_defaults_to_the_calling_codes_own() {
     };
     assert_eq!(to(&us, "1 900 555 1234"), Some(Reason::PhoneDenied));
     assert_eq!(to(&it, "06 1234 5678"), Some(Reason::PhoneDenied));
+    // Hungary writes them with `06`: read as `0` (the old default),
+    // `06 90 …` was `+36 6 90 …`, past a denied `+36 90`.
+    let hu = sms_world(
+        json!({"default_calling_code": "36", "denied_prefixes": ["+36 90"],
+                              "hash_key_base64": STANDARD.encode([5u8; 32])}),
+    );
+    assert_eq!(to(&hu, "06 90 123 456"), Some(Reason::PhoneDenied));
+    assert_eq!(to(&hu, "90 123 456"), Some(Reason::PhoneDenied));
+    assert_eq!(to(&hu, "06 20 123 4567"), None);
     assert_eq!(to(&it, "+39 06 1234 5678"), Some(Reason::PhoneDenied));
     // A national prefix that is configured is the operator's word.
     let it0 = sms_world(json!({"default_calling_code": "39", "national_prefix": "0",
@@ -5282,6 +5295,16 @@ fn a_body_key_holding_a_nul_is_refused() {
             &w,
             "/sms",
             r#"{"to\u0000":"+88212345678","to":"+447700900123","msg":{"lang":"en"}}"#
+        )
+        .0,
+        Some(Reason::BodyInvalid)
+    );
+    // Nor in a value another rule counts by.
+    assert_eq!(
+        sms_outcome(
+            &w,
+            "/sms",
+            r#"{"to":"+447700900123","msg":{"lang":"en\u0000x"}}"#
         )
         .0,
         Some(Reason::BodyInvalid)

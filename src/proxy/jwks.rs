@@ -191,7 +191,10 @@ pub fn parse(body: &[u8]) -> Result<Vec<crate::token::Key>, String> {
     }
     let v = crate::token::strict_json::parse_object(body)
         .map(serde_json::Value::Object)
-        .ok_or("not a JSON object, or one with a member named twice")?;
+        .ok_or(
+            "not a JSON object (invalid JSON, trailing data, a member named twice, or nesting \
+             deeper than 16)",
+        )?;
     let keys = keys_from_jwks(&v, JwksOrigin::Fetched)?;
     if keys.is_empty() {
         return Err("no usable signing keys".into());
