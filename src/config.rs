@@ -1287,12 +1287,12 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let xff_trusted_hops = raw.client_ip.map_or(0, |c| c.xff_trusted_hops);
     if usize::try_from(xff_trusted_hops).map_or(true, |n| n > crate::net::MAX_XFF_ENTRIES) {
-        // No request could ever show a client IP: IP rules would refuse
-        // everyone and per-IP limits would count everyone as one client.
+        // No chain of proxies is that long: a typo, or a count of
+        // something other than the proxies in front of Envoy.
         return Err(ConfigError::new(
             "client_ip.xff_trusted_hops",
             format!(
-                "must be 0..={} (X-Forwarded-For chains longer than that are refused)",
+                "must be 0..={} (the number of your proxies in front of Envoy)",
                 crate::net::MAX_XFF_ENTRIES
             ),
         ));
