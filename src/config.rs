@@ -777,16 +777,42 @@ impl Config {
                 && r.providers
                     .iter()
                     .all(|&p| self.providers.get(p).is_some_and(|p| p.app_claim.is_some()));
-            for rl in r.rate_limits.iter().filter(|_| !binds_all) {
-                let skippable = rl.entries.iter().find_map(|e| match e.source {
-                    Source::App | Source::Platform if r.platforms.is_empty() && !app_always => {
-                        Some("the app or platform of a route without `platforms`")
-                    }
-                    Source::ApiKey if r.api_key == KeyRequirement::Optional => {
-                        Some("the API key of a route where it is optional")
+            for rl in &r.rate_limits {
+                let forwarded = rl.entries.iter().find_map(|e| match &e.source {
+                    Source::Header(h)
+                        if ["x-forwarded-for", "forwarded", "x-real-ip"]
+                            .iter()
+                            .any(|f| {
+                                crate::request::same_header_name(h.as_bytes(), f.as_bytes())
+                            }) =>
+                    {
+                        Some(h)
                     }
                     _ => None,
                 });
+                if let Some(h) = forwarded {
+                    out.push(format!(
+                        "routes ({}).rate_limits ({}): a `header` entry on {h:?} counts what the \
+                         client writes there too (a new value each request escapes it): use a \
+                         `client_ip` entry",
+                        r.name, rl.name
+                    ));
+                }
+                let skippable =
+                    rl.entries
+                        .iter()
+                        .filter(|_| !binds_all)
+                        .find_map(|e| match e.source {
+                            Source::App | Source::Platform
+                                if r.platforms.is_empty() && !app_always =>
+                            {
+                                Some("the app or platform of a route without `platforms`")
+                            }
+                            Source::ApiKey if r.api_key == KeyRequirement::Optional => {
+                                Some("the API key of a route where it is optional")
+                            }
+                            _ => None,
+                        });
                 if let Some(what) = skippable {
                     out.push(format!(
                         "routes ({}).rate_limits ({}): a request without {what} skips this \
@@ -1785,6 +1811,23 @@ mod tests {
         );
         assert!(rule("api_key", r#", "api_key": "required""#).is_empty());
         assert!(rule("client_ip", "").is_empty());
+        // A per-IP limit written as a header the client writes into.
+        for h in [
+            "x-forwarded-for",
+            "X_Forwarded_For",
+            "forwarded",
+            "x-real-ip",
+        ] {
+            let a = limited(&format!(
+                r#"{{"name": "otp", "match": {{"prefix": "/"}},
+                    "rate_limits": [{{"name": "n", "entries": [{{"type": "header", "name": "{h}"}}],
+                                      "local": {{"requests": 1, "per": "hour"}}}}]}}"#
+            ));
+            assert!(
+                a.iter().any(|a| a.contains("use a `client_ip` entry")),
+                "{h}: {a:?}"
+            );
+        }
         let a = delegated("envoy.filters.http.header_to_metadata");
         assert_eq!(a.len(), 1, "{a:?}");
         assert!(a[0].contains(".verified_by.filter:"), "{a:?}");
