@@ -5041,6 +5041,14 @@ fn a_cors_preflight_passes_only_where_bypass_cors_preflight_is_set() {
         ),
         Some(Reason::ApiKeyMissing)
     );
+    assert_eq!(
+        no(
+            "OPTIONS",
+            &[("origin", ""), ("access-control-request-method", "POST")]
+        ),
+        Some(Reason::ApiKeyMissing),
+        "an empty Origin"
+    );
     // An OPTIONS that asks the upstream for another method is none either.
     for override_header in [
         "x-http-method-override",
