@@ -252,7 +252,9 @@ impl E164 {
 /// - `8` in Russia and Kazakhstan (`+7`) and Lithuania (`+370`), only in a
 ///   whole number (`whole`) one digit longer than their national numbers
 ///   (ten and eight digits), as libphonenumber reads it: `+7 8 809 …` is
-///   `+7 809 …`, while `+7 812 …` is St Petersburg.
+///   `+7 809 …`, while `+7 812 …` is St Petersburg;
+/// - `1` in Mexico (`+52`), the mobile prefix of before 2019, only where
+///   ten digits follow it (`+52 1 55 …` is `+52 55 …`).
 ///
 /// The one rule for numbers ([`E164::without_trunk_prefix`]) and
 /// configured prefixes alike.
@@ -273,6 +275,8 @@ fn split_trunk(digits: &str, whole: bool) -> Option<(&str, &str)> {
             .filter(|n| !whole || (8..=9).contains(&n.len())),
         "7" => eight(10),
         "370" => eight(8),
+        // Mexico's old mobile `1` before the ten digits (`+52 1 55 …`).
+        "52" => rest.strip_prefix('1').filter(|n| whole && n.len() == 10),
         _ => None,
     };
     Some((cc, own.or_else(|| rest.strip_prefix('0'))?))

@@ -5246,6 +5246,10 @@ fn trunk_prefixes_other_than_zero_are_read_off_for_denied_prefixes_and_keys() {
     assert_eq!(to("+1 415 555 2671").1, to("+1 1 415 555 2671").1);
     assert_eq!(to("+7 495 123 45 67").1, to("+7 8 495 123 45 67").1);
     assert_ne!(to("+7 495 123 45 67").1, to("+7 812 123 45 67").1);
+    // Mexico's mobiles were written `+52 1 …` until 2019; gateways still
+    // deliver that form to the ten-digit number.
+    assert_eq!(to("+52 55 1234 5678").1, to("+52 1 55 1234 5678").1);
+    assert_ne!(to("+52 1 55 1234 5678").1, to("+52 155 123 4567").1);
     // Hungary's `06` only where a Hungarian number follows it: `+36 0 62 …`
     // is Szeged with a trunk `0`, one phone with `+36 62 …`.
     assert_eq!(to("+36 62 123 456").1, to("+36 0 62 123 456").1);
