@@ -780,11 +780,10 @@ impl Config {
             for rl in &r.rate_limits {
                 let forwarded = rl.entries.iter().find_map(|e| match &e.source {
                     Source::Header(h)
-                        if ["x-forwarded-for", "forwarded", "x-real-ip"]
-                            .iter()
-                            .any(|f| {
-                                crate::request::same_header_name(h.as_bytes(), f.as_bytes())
-                            }) =>
+                        if crate::request::is_header_of(
+                            h,
+                            &["x-forwarded-for", "forwarded", "x-real-ip"],
+                        ) =>
                     {
                         Some(h)
                     }

@@ -607,9 +607,7 @@ pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
 /// header bag read as the same header; see
 /// [`crate::request::same_header_name`]).
 pub fn is_method_override_header(name: &str) -> bool {
-    METHOD_OVERRIDE_HEADERS
-        .iter()
-        .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()))
+    crate::request::is_header_of(name, &METHOD_OVERRIDE_HEADERS)
 }
 
 /// Headers through which some upstreams take the request target from the
@@ -620,9 +618,7 @@ pub fn is_method_override_header(name: &str) -> bool {
 pub const URL_OVERRIDE_HEADERS: [&str; 2] = ["x-original-url", "x-rewrite-url"];
 
 fn is_url_override_header(name: &str) -> bool {
-    URL_OVERRIDE_HEADERS
-        .iter()
-        .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()))
+    crate::request::is_header_of(name, &URL_OVERRIDE_HEADERS)
 }
 
 /// Headers through which some upstreams take the request's host from the
@@ -669,9 +665,7 @@ fn add_forwarded_hosts<'a>(
 }
 
 fn is_forwarded_host_header(name: &str) -> bool {
-    FORWARDED_HOST_HEADERS
-        .iter()
-        .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()))
+    crate::request::is_header_of(name, &FORWARDED_HOST_HEADERS)
 }
 
 /// Whether an upstream may take a request carrying header `name: value`
@@ -916,8 +910,7 @@ pub fn cors_preflight_method<'r>(config: &Config, req: &Request<'r>) -> Option<&
             .any(|(n, _)| crate::request::same_header_name(n.as_bytes(), name.as_bytes()))
     };
     let params = |name: &str| {
-        query_pairs(req.query().unwrap_or(""))
-            .any(|p| php_name_is(p.split_once('=').map_or(p, |(k, _)| k), name))
+        query_pairs(req.query().unwrap_or("")).any(|p| php_name_is(param_name(p), name))
     };
     let preflight = req.method() == "OPTIONS"
         && !asked.is_empty()
@@ -946,6 +939,11 @@ fn query_pairs(query: &str) -> impl Iterator<Item = &str> {
     query
         .split(['&', ';'])
         .chain(php_pairs.into_iter().flatten())
+}
+
+/// The raw name of a query pair (`name=value`, or a bare `name`).
+fn param_name(pair: &str) -> &str {
+    pair.split_once('=').map_or(pair, |(k, _)| k)
 }
 
 /// Whether the raw query parameter name `raw` is `want` to some upstream:
@@ -1302,8 +1300,7 @@ fn query_shadows_body(route: &Route, req: &Request<'_>) -> bool {
                 std::borrow::Cow::Borrowed(first)
             };
             !first.is_empty()
-                && query_pairs(query)
-                    .any(|p| php_name_is_or_under(p.split_once('=').map_or(p, |(k, _)| k), &first))
+                && query_pairs(query).any(|p| php_name_is_or_under(param_name(p), &first))
         })
 }
 
@@ -2303,7 +2300,7 @@ fn key_scrub(config: &Config, req: &Request<'_>) -> KeyScrub {
 fn path_without_param(path: &str, param: &str) -> Option<String> {
     let (base, query, fragment) = crate::request::split_target(path);
     let query = query?;
-    let is_param = |pair: &str| php_name_is(pair.split_once('=').map_or(pair, |(k, _)| k), param);
+    let is_param = |pair: &str| php_name_is(param_name(pair), param);
     // Each parameter with the separator before it (none for the first).
     let mut pieces = Vec::new();
     let mut start = 0;

@@ -26,6 +26,14 @@ pub fn reserved_header(name: &str, claim_headers: &[String]) -> bool {
             .any(|h| same_header_name(n, h.as_bytes()))
 }
 
+/// Whether `name` is one of `names` to such an upstream (see
+/// [`same_header_name`]): the one reading of a header name against a list.
+pub fn is_header_of(name: &str, names: &[&str]) -> bool {
+    names
+        .iter()
+        .any(|h| same_header_name(name.as_bytes(), h.as_bytes()))
+}
+
 /// Whether two header names are the same to an upstream that builds a
 /// CGI-style environment (PHP, Symfony's header bag): compared without
 /// case, `_` and `.` counting as `-` (servers that pass `X.Y` on as
