@@ -264,8 +264,9 @@ fn split_trunk(digits: &str, whole: bool) -> Option<(&str, &str)> {
         return None;
     }
     let rest = digits.get(cc.len()..)?;
-    let eight = |national: usize| {
-        rest.strip_prefix('8')
+    // `prefix` read off a whole number only where `national` digits follow.
+    let by_length = |prefix: char, national: usize| {
+        rest.strip_prefix(prefix)
             .filter(|n| whole && n.len() == national)
     };
     let own = match cc {
@@ -273,10 +274,10 @@ fn split_trunk(digits: &str, whole: bool) -> Option<(&str, &str)> {
         "36" => rest
             .strip_prefix("06")
             .filter(|n| !whole || (8..=9).contains(&n.len())),
-        "7" => eight(10),
-        "370" => eight(8),
+        "7" => by_length('8', 10),
+        "370" => by_length('8', 8),
         // Mexico's old mobile `1` before the ten digits (`+52 1 55 …`).
-        "52" => rest.strip_prefix('1').filter(|n| whole && n.len() == 10),
+        "52" => by_length('1', 10),
         _ => None,
     };
     Some((cc, own.or_else(|| rest.strip_prefix('0'))?))
