@@ -1319,23 +1319,9 @@ mod tests {
         }
     }
 
-    /// A deterministic generator (splitmix64), so that the tests need no
-    /// extra crate and fail the same way every time.
-    struct Rng(u64);
+    use crate::token::tests_support::Rng;
 
     impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-
         /// A limb, often one of those that make carries and borrows ripple
         /// through a whole number: 0, 1, 2³¹, 2³² − 2, 2³² − 1.
         fn limb(&mut self) -> u32 {

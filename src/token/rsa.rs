@@ -892,24 +892,11 @@ mod tests {
         use rsa::traits::PublicKeyParts as _;
         use rsa::BigUint;
 
-        /// A deterministic generator (splitmix64), which the `rsa` crate also
-        /// takes for PSS salts: no extra crate, and the same failure every
-        /// time.
-        struct Rng(u64);
+        // The tests' deterministic generator, which the `rsa` crate also
+        // takes for PSS salts.
+        use crate::token::tests_support::Rng;
 
         impl Rng {
-            fn next(&mut self) -> u64 {
-                self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                let mut z = self.0;
-                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                z ^ (z >> 31)
-            }
-
-            fn below(&mut self, n: u64) -> u64 {
-                self.next() % n
-            }
-
             /// A byte; when `biased`, often 00 or ff, so that long runs of
             /// them (where carries ripple) come up.
             fn byte(&mut self, biased: bool) -> u8 {
