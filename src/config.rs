@@ -728,6 +728,15 @@ impl Config {
                      headers show: set `app_claim`"
                 ));
             }
+            let b = p.failure_budget;
+            if b.failures > 0 && b.v6_prefix > 64 {
+                out.push(format!(
+                    "{at}.failure_budget.v6_prefix: {} counts parts of a /64, and one client \
+                     holds a whole /64 (what a home or a phone is given): each of its \
+                     addresses gets a budget of its own; use 64 or less",
+                    b.v6_prefix
+                ));
+            }
             if let Some((filter, _)) = &p.verified_by {
                 if filter != "envoy.filters.http.jwt_authn" {
                     out.push(format!(
@@ -789,6 +798,18 @@ impl Config {
                     }
                     _ => None,
                 });
+                let wide_v6 = rl.entries.iter().find_map(|e| match e.source {
+                    Source::ClientIp { v6_prefix, .. } if v6_prefix > 64 => Some(v6_prefix),
+                    _ => None,
+                });
+                if let Some(v6) = wide_v6 {
+                    out.push(format!(
+                        "routes ({}).rate_limits ({}): a `client_ip` entry with v6_prefix {v6} \
+                         counts parts of a /64, and one client holds a whole /64: each of its \
+                         addresses gets a limit of its own; use 64 or less",
+                        r.name, rl.name
+                    ));
+                }
                 if let Some(h) = forwarded {
                     out.push(format!(
                         "routes ({}).rate_limits ({}): a `header` entry on {h:?} counts what the \
@@ -1827,6 +1848,47 @@ mod tests {
                 "{h}: {a:?}"
             );
         }
+        // Per-address IPv6 budgets and limits: one /64 holds many.
+        let per_ip = |v6: u8| {
+            rule("client_ip", "")
+                .into_iter()
+                .chain(limited(&format!(
+                    r#"{{"name": "otp", "match": {{"prefix": "/"}},
+                        "rate_limits": [{{"name": "n",
+                            "entries": [{{"type": "client_ip", "v6_prefix": {v6}}}],
+                            "local": {{"requests": 1, "per": "hour"}}}}]}}"#
+                )))
+                .filter(|a| a.starts_with("routes ("))
+                .collect::<Vec<_>>()
+        };
+        assert!(per_ip(64).is_empty());
+        assert!(per_ip(48).is_empty());
+        let a = per_ip(128);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(
+            a[0].starts_with(
+                "routes (otp).rate_limits (n): a `client_ip` entry with v6_prefix 128"
+            ),
+            "{a:?}"
+        );
+        let budget = |v6: u8, failures: u32| {
+            with(
+                &format!(r#", "failure_budget": {{"failures": {failures}, "v6_prefix": {v6}}}"#),
+                &route(""),
+                "",
+            )
+        };
+        assert!(budget(64, 20).is_empty());
+        assert!(
+            budget(128, 0).is_empty(),
+            "a disabled budget has no prefix to advise on"
+        );
+        let a = budget(96, 20);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(
+            a[0].starts_with("tokens[0] (t).failure_budget.v6_prefix: 96 counts parts of a /64"),
+            "{a:?}"
+        );
         let a = delegated("envoy.filters.http.header_to_metadata");
         assert_eq!(a.len(), 1, "{a:?}");
         assert!(a[0].contains(".verified_by.filter:"), "{a:?}");
