@@ -878,11 +878,25 @@ impl Config {
             ));
         }
         let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
             let message = without_string_values(&e.into_inner().to_string());
             ConfigError::new(without_odd_names(&path), without_odd_name(&message))
+        })?;
+        // Only whitespace may follow the object: a stray `}` ends it early
+        // (`{"default_action": "allow"}, "routes": [...]}`), and what comes
+        // after it, the routes, would otherwise be dropped without a word.
+        de.end().map_err(|e| {
+            ConfigError::new(
+                "",
+                format!(
+                    "something follows the configuration's object, at line {} column {} \
+                     (a stray `}}` closing it early?): it would be ignored",
+                    e.line(),
+                    e.column()
+                ),
+            )
         })?;
         compile(raw)
     }
@@ -2044,6 +2058,25 @@ mod tests {
             let e = err(doc);
             assert!(e.message.contains("JSON object"), "{doc}: {e}");
         }
+        // One object and nothing after it but whitespace: a stray `}`
+        // would otherwise drop the routes after it, and with them every
+        // check (`default_action: allow`).
+        for doc in [
+            r#"{"default_action": "allow"}, "routes": [{"name": "admin",
+                "match": {"prefix": "/admin/"}, "action": "deny"}]}"#,
+            r#"{"default_action": "allow"} {"default_action": "deny"}"#,
+            "{} this is not JSON",
+            "{}}",
+        ] {
+            let e = err(doc);
+            assert_eq!(e.path, "", "{doc}: {e}");
+            assert!(
+                e.message
+                    .starts_with("something follows the configuration's object"),
+                "{doc}: {e}"
+            );
+        }
+        assert!(Config::from_json(b" {} \n\t\r\n").is_ok());
     }
 
     #[test]

@@ -234,6 +234,22 @@ fn json_syntax_errors_are_the_filters_refusal() {
         "{}",
         r.stderr
     );
+    // A stray `}` ends the object early: what follows it (the routes) is
+    // refused, not dropped.
+    std::fs::write(
+        &f,
+        "{\"default_action\": \"allow\"},\n \"routes\": [{\"name\": \"admin\", \
+         \"match\": {\"prefix\": \"/admin/\"}, \"action\": \"deny\"}]}\n",
+    )
+    .unwrap();
+    let r = cli(&["check-config", s(&f)]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("something follows the configuration's object, at line 1 column 28"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
