@@ -28,7 +28,7 @@ use crate::store::{self, u32_at, u64_at, SharedStore};
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAlerts {
     cluster: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     authority: Option<String>,
     #[serde(default = "default_path")]
     path: String,

@@ -104,25 +104,25 @@ struct RawConfig {
     mode: Mode,
     #[serde(default)]
     default_action: Action,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     client_ip: Option<RawClientIp>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     network: Option<RawNetwork>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     platform_headers: Option<RawPlatformHeaders>,
     #[serde(default)]
     apps: Vec<identity::RawApp>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     api_keys: Option<identity::RawApiKeys>,
     #[serde(default)]
     tokens: Vec<token::RawProvider>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     rate_limit_service: Option<RawRls>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     phone: Option<RawPhone>,
     #[serde(default = "default_max_body")]
     max_body_bytes: usize,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     alerts: Option<crate::alerts::RawAlerts>,
     #[serde(default = "default_decision_log_per_second")]
     decision_log_per_second: u32,
@@ -130,6 +130,19 @@ struct RawConfig {
     bypass_cors_preflight: bool,
     #[serde(default)]
     routes: Vec<RawRoute>,
+}
+
+/// Reads an optional setting: left out it is `None` (with
+/// `#[serde(default)]`), but written as `null` it is refused like any other
+/// wrong type. YAML reads an empty value (`issuer:`, a template's unset
+/// variable) as `null`; taken for "not set", it would switch a check off
+/// (the issuer, the binding, a route's network rules) without a word.
+pub(crate) fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// Reads an allow-list whose absence means "no restriction". Written but
@@ -178,9 +191,9 @@ fn default_rls_timeout() -> u64 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPhone {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     default_calling_code: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     national_prefix: Option<String>,
     #[serde(default)]
     denied_prefixes: Vec<String>,
@@ -201,7 +214,7 @@ struct RawNetwork {
     ip_allow: Vec<String>,
     #[serde(default)]
     ip_deny: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     country_header: Option<String>,
     #[serde(default, deserialize_with = "restriction")]
     country_allow: Vec<String>,
@@ -215,13 +228,13 @@ struct RawNetwork {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPlatformHeaders {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     android_package: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     android_cert: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     ios_bundle_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     ios_team_id: Option<String>,
 }
 
@@ -233,23 +246,23 @@ struct RawRoute {
     matcher: RawMatch,
     #[serde(default)]
     action: Action,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     mode: Option<Mode>,
     #[serde(default, deserialize_with = "restriction")]
     platforms: Vec<Platform>,
     #[serde(default, deserialize_with = "restriction")]
     tokens: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     token_required: Option<bool>,
     #[serde(default)]
     api_key: KeyRequirement,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     network: Option<RawNetwork>,
     #[serde(default)]
     rate_limits: Vec<limits::RawRateLimit>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     failure_mode: Option<FailureMode>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     max_body_bytes: Option<usize>,
 }
 
@@ -283,9 +296,9 @@ pub enum KeyRequirement {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMatch {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     prefix: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     path: Option<String>,
     #[serde(default, deserialize_with = "restriction")]
     methods: Vec<String>,
@@ -881,7 +894,7 @@ impl Config {
         let raw: RawConfig = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            let message = without_string_values(&e.into_inner().to_string());
+            let message = without_type_names(&without_string_values(&e.into_inner().to_string()));
             ConfigError::new(without_odd_names(&path), without_odd_name(&message))
         })?;
         // Only whitespace may follow the object: a stray `}` ends it early
@@ -923,6 +936,37 @@ fn without_string_values(message: &str) -> String {
         out.push_str("a string");
         // An unterminated value runs to the end of the message.
         rest = end.and_then(|end| value.get(end + 1..)).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `message` (a serde error) with the Rust names of the configuration's
+/// sections (`expected struct RawNetwork`, `internally tagged enum
+/// RawEntry`) said as what they are written as: `an object`.
+fn without_type_names(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("Raw") {
+        let (before, name) = rest.split_at(at);
+        let (name, after) = name.split_at(
+            name.find(|c: char| !c.is_ascii_alphanumeric())
+                .unwrap_or(name.len()),
+        );
+        match ["internally tagged enum ", "struct "]
+            .into_iter()
+            .find_map(|k| before.strip_suffix(k))
+        {
+            Some(before) => {
+                out.push_str(before);
+                out.push_str("an object");
+            }
+            None => {
+                out.push_str(before);
+                out.push_str(name);
+            }
+        }
+        rest = after;
     }
     out.push_str(rest);
     out
@@ -2077,6 +2121,120 @@ mod tests {
             );
         }
         assert!(Config::from_json(b" {} \n\t\r\n").is_ok());
+    }
+
+    #[test]
+    fn a_setting_written_null_is_refused_not_left_out() {
+        // YAML's empty value (`issuer:`) is null: read as "not set" it
+        // would switch the check off.
+        let hs = format!(
+            r#""keys": [{{"alg": "HS256", "secret_base64": "{}"}}]"#,
+            "a".repeat(44)
+        );
+        let provider = |field: &str| {
+            format!(
+                r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-t"}}], {hs}, "issuer": "i",
+                    {field}}}], "routes": [{{"name": "r", "match": {{"prefix": "/"}},
+                    "tokens": ["t"]}}]}}"#
+            )
+        };
+        for field in [
+            "binding",
+            "replay",
+            "app_claim",
+            "message_signing",
+            "failure_budget",
+        ] {
+            let e = err(&provider(&format!(r#""{field}": null"#)));
+            assert_eq!(e.path, format!("tokens[0].{field}"), "{e}");
+            assert!(
+                e.message
+                    .starts_with("invalid type: null, expected an object"),
+                "{e}"
+            );
+        }
+        let e = err(&provider(
+            r#""remote_jwks": {"cluster": "c", "path": "/k", "authority": null}"#,
+        ));
+        assert_eq!(e.path, "tokens[0].remote_jwks.authority", "{e}");
+        let e = err(&provider(r#""jwks": null"#));
+        assert_eq!(e.path, "tokens[0].jwks", "{e}");
+        let e = err(
+            &provider(r#""issuer": null, "audiences": ["a"]"#).replace(r#""issuer": "i","#, "")
+        );
+        assert_eq!(e.path, "tokens[0].issuer", "{e}");
+        assert!(
+            e.message
+                .starts_with("invalid type: null, expected a string"),
+            "{e}"
+        );
+        for (doc, path) in [
+            (r#"{"network": null}"#, "network"),
+            (r#"{"client_ip": null}"#, "client_ip"),
+            (r#"{"api_keys": null}"#, "api_keys"),
+            (r#"{"phone": null}"#, "phone"),
+            (r#"{"alerts": null}"#, "alerts"),
+            (r#"{"rate_limit_service": null}"#, "rate_limit_service"),
+            (
+                r#"{"platform_headers": {"ios_team_id": null}}"#,
+                "platform_headers.ios_team_id",
+            ),
+            (
+                r#"{"network": {"country_header": null}}"#,
+                "network.country_header",
+            ),
+            (
+                r#"{"apps": [{"id": "a", "platform": "ios", "bundle_id": "b", "team_id": null}]}"#,
+                "apps[0].team_id",
+            ),
+            (
+                r#"{"api_keys": {"query_param": null}}"#,
+                "api_keys.query_param",
+            ),
+            (
+                r#"{"routes": [{"name": "r", "match": {"prefix": "/"}, "network": null}]}"#,
+                "routes[0].network",
+            ),
+            (
+                r#"{"routes": [{"name": "r", "match": {"prefix": "/"}, "mode": null}]}"#,
+                "routes[0].mode",
+            ),
+            (
+                r#"{"routes": [{"name": "r", "match": {"prefix": "/"}, "token_required": null}]}"#,
+                "routes[0].token_required",
+            ),
+            (
+                r#"{"routes": [{"name": "r", "match": {"prefix": null, "path": "/"}}]}"#,
+                "routes[0].match.prefix",
+            ),
+            (
+                r#"{"routes": [{"name": "r", "match": {"prefix": "/"}, "rate_limits": [{"name": null,
+                 "entries": [{"type": "client_ip"}], "local": {"requests": 1, "per": "hour"}}]}]}"#,
+                "routes[0].rate_limits[0].name",
+            ),
+            (
+                r#"{"routes": [{"name": "r", "match": {"prefix": "/"}, "rate_limits": [{
+                 "entries": [{"type": "client_ip"}], "local": null}]}]}"#,
+                "routes[0].rate_limits[0].local",
+            ),
+            (
+                r#"{"routes": [{"name": "r", "match": {"prefix": "/"}, "rate_limits": [{
+                 "entries": [{"type": "route", "key": null}], "local": {"requests": 1, "per": "hour"}}]}]}"#,
+                "routes[0].rate_limits[0].entries[0]",
+            ),
+        ] {
+            let e = err(doc);
+            assert_eq!(e.path, path, "{doc}: {e}");
+            // (serde_json says `expected value` for an enum's name.)
+            assert!(
+                e.message.starts_with("invalid type: null, expected")
+                    || e.message.starts_with("expected value"),
+                "{doc}: {e}"
+            );
+            assert!(!e.message.contains("Raw"), "{doc}: {e}");
+        }
+        // Left out, each is still optional.
+        assert!(Config::from_json(provider(r#""forward": false"#).as_bytes()).is_ok());
     }
 
     #[test]

@@ -49,13 +49,13 @@ impl Platform {
 pub(crate) struct RawApp {
     id: String,
     platform: Platform,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     package: Option<String>,
     #[serde(default, deserialize_with = "crate::config::restriction")]
     cert_fingerprints: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     bundle_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     team_id: Option<String>,
     #[serde(default)]
     origins: Vec<String>,
@@ -549,7 +549,7 @@ fn valid_host(h: &str) -> bool {
 pub(crate) struct RawApiKeys {
     #[serde(default = "default_key_header")]
     header: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     query_param: Option<String>,
     #[serde(default = "forward_by_default")]
     forward: bool,

@@ -45,7 +45,7 @@ impl Per {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub(crate) enum RawEntry {
     ClientIp {
-        #[serde(default)]
+        #[serde(default, deserialize_with = "crate::config::present")]
         key: Option<String>,
         #[serde(default = "v4_default")]
         v4_prefix: u8,
@@ -53,19 +53,19 @@ pub(crate) enum RawEntry {
         v6_prefix: u8,
     },
     ApiKey {
-        #[serde(default)]
+        #[serde(default, deserialize_with = "crate::config::present")]
         key: Option<String>,
     },
     App {
-        #[serde(default)]
+        #[serde(default, deserialize_with = "crate::config::present")]
         key: Option<String>,
     },
     Platform {
-        #[serde(default)]
+        #[serde(default, deserialize_with = "crate::config::present")]
         key: Option<String>,
     },
     Route {
-        #[serde(default)]
+        #[serde(default, deserialize_with = "crate::config::present")]
         key: Option<String>,
     },
     Value {
@@ -74,17 +74,17 @@ pub(crate) enum RawEntry {
     },
     Header {
         name: String,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "crate::config::present")]
         key: Option<String>,
     },
     Claim {
         name: String,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "crate::config::present")]
         key: Option<String>,
     },
     Body {
         pointer: String,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "crate::config::present")]
         key: Option<String>,
         #[serde(default)]
         phone: bool,
@@ -113,13 +113,13 @@ pub(crate) struct RawLocal {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRateLimit {
     /// The rule's name, unique in its route (see [`RateLimit::name`]).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     name: Option<String>,
     entries: Vec<RawEntry>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     local: Option<RawLocal>,
     /// Hits taken from the service per call (see [`RateLimit::lease`]).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     lease: Option<u32>,
 }
 

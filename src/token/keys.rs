@@ -199,15 +199,15 @@ pub struct Key {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawKey {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     kid: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     alg: Option<Alg>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     secret_base64: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     pem: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     jwk: Option<Value>,
 }
 

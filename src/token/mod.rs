@@ -339,7 +339,7 @@ pub(crate) struct RawAppClaim {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRemoteJwks {
     cluster: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     authority: Option<String>,
     path: String,
     #[serde(default = "default_refresh")]
@@ -426,11 +426,11 @@ pub(crate) struct RawProvider {
     from: Vec<RawSource>,
     #[serde(default)]
     keys: Vec<keys::RawKey>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     jwks: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     remote_jwks: Option<RawRemoteJwks>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     issuer: Option<String>,
     #[serde(default, deserialize_with = "crate::config::restriction")]
     audiences: Vec<String>,
@@ -442,11 +442,11 @@ pub(crate) struct RawProvider {
     clock_skew_seconds: u64,
     #[serde(default = "default_max_token")]
     max_token_bytes: usize,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     binding: Option<RawBinding>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     replay: Option<RawReplay>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     app_claim: Option<RawAppClaim>,
     #[serde(default, deserialize_with = "crate::config::restriction")]
     platforms: Vec<Platform>,
@@ -454,11 +454,11 @@ pub(crate) struct RawProvider {
     forward: bool,
     #[serde(default)]
     claim_to_headers: Vec<RawClaimHeader>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     verified_by: Option<RawVerifiedBy>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     message_signing: Option<RawMessageSigning>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::present")]
     failure_budget: Option<RawFailureBudget>,
 }
 
