@@ -795,6 +795,66 @@ fn token_and_binding_headers_are_read_in_every_spelling_an_upstream_reads() {
 }
 
 #[test]
+fn a_providers_sources_must_hold_one_token() {
+    // A genuine token in one source and a forged one in another: the
+    // first is verified, and with `forward` the other would reach the
+    // upstream unverified (Envoy's jwt_authn refuses this too).
+    let w = World::from(json!({
+        "tokens": [{"name": "p", "forward": true,
+                    "from": [{"header": "x-app-token"}, {"header": "authorization", "prefix": "Bearer "}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]}],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["p"]}]
+    }));
+    let good = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "sub": "device-1"}),
+    );
+    let forged = hs256_raw(
+        &[9u8; 64],
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "sub": "admin"}),
+    );
+    let bearer = |t: &str| format!("Bearer {t}");
+    assert_eq!(
+        w.reason(
+            "/x",
+            &[("x-app-token", &good), ("authorization", &bearer(&forged))]
+        ),
+        Some(Reason::TokenMalformed)
+    );
+    // The other order too: the forged token first.
+    assert_eq!(
+        w.reason(
+            "/x",
+            &[("x-app-token", &forged), ("authorization", &bearer(&good))]
+        ),
+        Some(Reason::TokenMalformed)
+    );
+    // The same token in both is one token; either source alone is the token.
+    assert_eq!(
+        w.reason(
+            "/x",
+            &[("x-app-token", &good), ("authorization", &bearer(&good))]
+        ),
+        None
+    );
+    assert_eq!(w.reason("/x", &[("authorization", &bearer(&good))]), None);
+    assert_eq!(w.reason("/x", &[("x-app-token", &good)]), None);
+    // A header without the source's prefix holds no token for it.
+    assert_eq!(
+        w.reason(
+            "/x",
+            &[
+                ("x-app-token", &good),
+                ("authorization", "Basic dXNlcjpwYXNz")
+            ]
+        ),
+        None
+    );
+}
+
+#[test]
 fn firebase_app_check_sub_names_the_app_and_its_platform() {
     let w = World::new();
     let t = firebase_token("1:123:ios:def");

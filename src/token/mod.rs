@@ -835,7 +835,8 @@ pub fn claim_text(claims: &Map<String, Value>, name: &str) -> Option<String> {
 
 /// Finds the provider's token in the request. `Err(Malformed)` when the
 /// source header is sent twice with different values, also under another
-/// spelling of its name (which copy would the upstream read?).
+/// spelling of its name, or when two of the provider's sources hold
+/// different tokens (which one would the upstream read?).
 pub fn extract<'r>(provider: &Provider, req: &Request<'r>) -> Result<Option<&'r str>, TokenError> {
     Ok(extract_with_source(provider, req)?.map(|(_, t)| t))
 }
@@ -847,6 +848,7 @@ pub fn extract_with_source<'p, 'r>(
     provider: &'p Provider,
     req: &Request<'r>,
 ) -> Result<Option<(&'p str, &'r str)>, TokenError> {
+    let mut found: Option<(&'p str, &'r str)> = None;
     for src in &provider.sources {
         // Every spelling an upstream reads as this header (`approov_token`
         // is `approov-token` to PHP): a second token under another spelling
@@ -855,19 +857,39 @@ pub fn extract_with_source<'p, 'r>(
         let value = req
             .header_unique_any_spelling(&src.header)
             .map_err(|()| TokenError::Malformed("token header repeated"))?;
-        let Some(value) = value else { continue };
-        if src.prefix.is_empty() {
-            return Ok(Some((src.header.as_str(), value.trim())));
-        }
-        let p = src.prefix.len();
-        if value.len() > p
-            && value.is_char_boundary(p)
-            && value[..p].eq_ignore_ascii_case(&src.prefix)
-        {
-            return Ok(Some((src.header.as_str(), value[p..].trim())));
+        let Some(token) = value.and_then(|v| source_token(src, v)) else {
+            continue;
+        };
+        match found {
+            None => found = Some((src.header.as_str(), token)),
+            // The first source's token is the one verified; another one
+            // beside it would reach the upstream unverified (`forward`), as
+            // Envoy's `jwt_authn` refuses too: every token must be valid.
+            Some((_, first)) if first != token => {
+                return Err(TokenError::Malformed("token sources disagree"))
+            }
+            Some(_) => {}
         }
     }
-    Ok(None)
+    Ok(found)
+}
+
+/// The token a header's `value` holds for the source `src`: all of it, or
+/// what follows the source's prefix (`Bearer `, any case); none if the
+/// prefix is not there.
+fn source_token<'r>(src: &TokenSource, value: &'r str) -> Option<&'r str> {
+    if src.prefix.is_empty() {
+        return Some(value.trim());
+    }
+    let p = src.prefix.len();
+    match (value.get(..p), value.get(p..)) {
+        (Some(prefix), Some(rest))
+            if !rest.is_empty() && prefix.eq_ignore_ascii_case(&src.prefix) =>
+        {
+            Some(rest.trim())
+        }
+        _ => None,
+    }
 }
 
 /// What the cheap checks learned about a token: the claims (unverified until
