@@ -537,6 +537,12 @@ impl GuardFilter {
 
     fn apply_grant(&self, worker: &Worker, grant: &Grant, facts: &Facts, now: u64) {
         self.apply_headers(grant);
+        // Let through by `failure_mode: allow` without a check: the
+        // upstream must be able to tell identity from headers alone (or
+        // no limits) from a verified one. Client copies were removed.
+        if let Some(reason) = facts.degraded {
+            let _ = abi::set_header(Map::RequestHeaders, "x-appguard-degraded", reason.code());
+        }
         if let Some(reason) = grant.would_deny {
             decision_log(worker, log::Level::Info, now, || {
                 format!(

@@ -69,9 +69,15 @@ fn assert_fails_by_mode(deny: &Envoy, allow: &Envoy, up: &Upstream, what: &str) 
     );
     let degraded = "appguard_decisions.route.api.decision.degraded.reason.ratelimit_unavailable";
     let counted = allow.stat(degraded).unwrap_or(0);
-    let r = allow.request(Req::get("/api/x"));
+    let r = allow.request(Req::get("/api/x").header("x-appguard-degraded", "spoof"));
     assert_eq!(r.status, 200, "{what}, allow: {}", r.text());
     assert_eq!(up.seen().len(), before + 1);
+    // The upstream can tell: the request went on without its limits.
+    assert_eq!(
+        up.last().header("x-appguard-degraded"),
+        Some("ratelimit_unavailable"),
+        "{what}"
+    );
     assert_eq!(allow.stat(degraded), Some(counted + 1), "{what}: counted");
     // Answered by the failure mode, not left hanging: a call that never
     // timed out would hold the request until the client's 20 s read
@@ -653,8 +659,13 @@ fn jwks_down_under_failure_mode_allow_passes_without_the_token() {
     let e = jwks_envoy(&up, free_port(), "allow");
     let r = e.request(token_req(&k));
     assert_eq!(r.status, 200, "{}", r.text());
-    // The token could not be checked: it is not forwarded as if it had been.
+    // The token could not be checked: it is not forwarded as if it had been,
+    // and the upstream is told so.
     assert_eq!(up.last().header("x-token"), None);
+    assert_eq!(
+        up.last().header("x-appguard-degraded"),
+        Some("jwks_unavailable")
+    );
     assert_eq!(
         e.stat("appguard_decisions.route.api.decision.degraded.reason.jwks_unavailable"),
         Some(1)
