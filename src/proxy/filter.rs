@@ -814,15 +814,16 @@ impl HttpContext for GuardFilter {
         // Trailers reach an HTTP/2 upstream too: a client's identity or
         // claim header sent as a trailer is removed like one sent as a
         // header.
-        // One that cannot be removed fails closed, as in the headers.
-        if let Ok(trailers) = abi::map_headers(Map::RequestTrailers) {
-            if !self.removed_ours(Map::RequestTrailers, &trailers) {
-                warn!(
-                    "#{} cannot remove a client's copy of an identity header from the trailers",
-                    self.context_id
-                );
-                return self.reply_raw(503, "appguard_host_error");
-            }
+        // One that cannot be removed fails closed, as in the headers, and
+        // so do trailers that cannot be read.
+        let removed = abi::map_headers(Map::RequestTrailers)
+            .is_ok_and(|trailers| self.removed_ours(Map::RequestTrailers, &trailers));
+        if !removed {
+            warn!(
+                "#{} cannot read the trailers or remove a client's copy of an identity header from them",
+                self.context_id
+            );
+            return self.reply_raw(503, "appguard_host_error");
         }
         match &self.state {
             // Trailers end the body: evaluate what was buffered.
