@@ -2402,6 +2402,10 @@ fn check_token(
     }
     let config = ctx.config;
     // Delegated providers: the payload jwt_authn verified, from metadata.
+    // Several may read one key (Istio writes every rule's payload under
+    // `payload`): the one whose issuer issued it decides, else the first.
+    // The payload is verified, so choosing by its `iss` is safe.
+    let mut delegated = None;
     for &pi in &route.providers {
         let Some(p) = config.providers.get(pi) else {
             continue;
@@ -2412,6 +2416,15 @@ fn check_token(
         let Some(claims) = req.delegated.payload(pi) else {
             continue;
         };
+        let issued = claims.get("iss").and_then(serde_json::Value::as_str) == p.issuer.as_deref();
+        if issued || delegated.is_none() {
+            delegated = Some((pi, p, claims));
+        }
+        if issued {
+            break;
+        }
+    }
+    if let Some((pi, p, claims)) = delegated {
         let exp = token::check_claims(p, &claims, now).map_err(|e| Flow::from(e.reason()))?;
         let verified = Rc::new(VerifiedToken {
             provider: pi,

@@ -1743,6 +1743,56 @@ fn delegated_payloads_are_read_only_for_routes_that_need_them() {
 }
 
 #[test]
+fn delegated_providers_on_one_metadata_key_take_the_payload_of_their_issuer() {
+    // Istio writes every RequestAuthentication rule's payload under
+    // `payload`: a user JWT provider and an App Check one then read the
+    // same entry, and the one whose issuer issued it decides.
+    let w = World::from(json!({
+        "tokens": [
+            {"name": "users", "from": [{"header": "authorization", "prefix": "Bearer "}],
+             "verified_by": {"key": "payload"}, "issuer": "https://idp.example"},
+            {"name": "appcheck", "from": [{"header": "x-firebase-appcheck"}],
+             "verified_by": {"key": "payload"}, "issuer": "https://firebaseappcheck.googleapis.com/123"}
+        ],
+        "routes": [
+            {"name": "either", "match": {"prefix": "/either/"}, "tokens": ["users", "appcheck"]},
+            {"name": "users", "match": {"prefix": "/users/"}, "tokens": ["users"]}
+        ]
+    }));
+    let payload = |iss: &str| -> Claims {
+        serde_json::from_value(json!({
+            "iss": iss, "iat": NOW - 10, "exp": NOW + 100, "sub": "1:123:android:abc"
+        }))
+        .unwrap()
+    };
+    let run = |path: &str, claims: &Claims| {
+        let payloads = [(0usize, claims.clone()), (1usize, claims.clone())];
+        let h = headers(&[
+            (":method", "GET"),
+            (":path", path),
+            (":authority", "api.example.com"),
+        ]);
+        let mut req = Request::new(&h, Some("198.51.100.1".parse().unwrap()));
+        req.delegated = Delegated::Known(&payloads);
+        match evaluate(&w.ctx(), &req, NOW) {
+            Step::Done(d, f) => (d.reason(), f.token.map(|t| t.provider)),
+            s => panic!("{s:?}"),
+        }
+    };
+    let appcheck = payload("https://firebaseappcheck.googleapis.com/123");
+    assert_eq!(run("/either/x", &appcheck), (None, Some(1)));
+    let user = payload("https://idp.example");
+    assert_eq!(run("/either/x", &user), (None, Some(0)));
+    // A provider the route does not list is not chosen, and a payload no
+    // listed provider issued is refused by the first.
+    assert_eq!(run("/users/x", &appcheck).0, Some(Reason::TokenClaims));
+    assert_eq!(
+        run("/either/x", &payload("https://other.example")).0,
+        Some(Reason::TokenClaims)
+    );
+}
+
+#[test]
 fn two_local_limits_on_one_descriptor_keep_their_own_buckets() {
     // A burst limit and a sustained limit on the same descriptor (the usual
     // "2 a minute and 100 an hour per client"): each has its own bucket, so
