@@ -2615,10 +2615,11 @@ fn check_token(
 /// sending `Authorization: Bearer`, or an issuer migration): the one that
 /// verified it before (a map lookup, nothing decoded on the cached path),
 /// else the first whose `issuer` is the token's unverified `iss` (as
-/// `jwt_authn` picks a provider by issuer), else the first that names no
-/// issuer (one that names another would refuse the token for it), else
-/// `first`. The claim only chooses: the chosen provider's checks all
-/// apply.
+/// `jwt_authn` picks a provider by issuer) and whose `audiences` take its
+/// `aud` (one project's providers for two apps share an issuer), else the
+/// first of that issuer, else the first that names no issuer (one that
+/// names another would refuse the token for it), else `first`. The claims
+/// only choose: the chosen provider's checks all apply.
 fn choose_provider<'c, 'r>(
     ctx: &Ctx<'c>,
     route: &Route,
@@ -2647,10 +2648,13 @@ fn choose_provider<'c, 'r>(
         max_bytes = max_bytes.max(p.max_token_bytes);
         same.push((pi, p));
     }
-    let iss = token::unverified_issuer(max_bytes, raw);
+    let claims = token::unverified_claims(max_bytes, raw).unwrap_or_default();
+    let iss = claims.get("iss").and_then(serde_json::Value::as_str);
+    let issued = |p: &token::Provider| p.issuer.is_some() && p.issuer.as_deref() == iss;
     let by_issuer = same
         .iter()
-        .find(|(_, p)| p.issuer.is_some() && p.issuer == iss)
+        .find(|(_, p)| issued(p) && token::accepts_audience(p, &claims))
+        .or_else(|| same.iter().find(|(_, p)| issued(p)))
         .or_else(|| same.iter().find(|(_, p)| p.issuer.is_none()));
     by_issuer.map_or(first, |&(pi, p)| (pi, p, raw))
 }

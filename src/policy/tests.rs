@@ -1793,6 +1793,54 @@ fn delegated_providers_on_one_metadata_key_take_the_payload_of_their_issuer() {
 }
 
 #[test]
+fn providers_of_one_issuer_are_chosen_by_audience_too() {
+    // One project, two apps: the same issuer, an audience each. A token
+    // for `b` must not go to `a` (and be refused for its audience) on a
+    // route that accepts both, whatever the cache holds.
+    let w = World::from(json!({
+        "tokens": [
+            {"name": "a", "from": [{"header": "x-t"}], "issuer": "https://iss.example", "audiences": ["app-a"],
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]},
+            {"name": "b", "from": [{"header": "x-t"}], "issuer": "https://iss.example", "audiences": ["app-b"],
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]}
+        ],
+        "routes": [
+            {"name": "both", "match": {"prefix": "/both/"}, "tokens": ["a", "b"]},
+            {"name": "a", "match": {"prefix": "/a/"}, "tokens": ["a"]}
+        ]
+    }));
+    let token = |aud: Value| {
+        hs256_raw(
+            SECRET,
+            &json!({"alg": "HS256"}),
+            &json!({"exp": NOW + 60, "iss": "https://iss.example", "aud": aud}),
+        )
+    };
+    assert_eq!(
+        w.reason("/both/x", &[("x-t", &token(json!("app-b")))]),
+        None
+    );
+    assert_eq!(
+        w.reason("/both/x", &[("x-t", &token(json!(["other", "app-b"])))]),
+        None
+    );
+    assert_eq!(
+        w.reason("/both/x", &[("x-t", &token(json!("app-a")))]),
+        None
+    );
+    // Neither audience: the first of the issuer refuses it.
+    assert_eq!(
+        w.reason("/both/x", &[("x-t", &token(json!("app-c")))]),
+        Some(Reason::TokenClaims)
+    );
+    // Choosing is not accepting: `a` alone still refuses `b`'s token.
+    assert_eq!(
+        w.reason("/a/x", &[("x-t", &token(json!("app-b")))]),
+        Some(Reason::TokenClaims)
+    );
+}
+
+#[test]
 fn two_local_limits_on_one_descriptor_keep_their_own_buckets() {
     // A burst limit and a sustained limit on the same descriptor (the usual
     // "2 a minute and 100 an hour per client"): each has its own bucket, so

@@ -1030,17 +1030,29 @@ pub fn precheck<'k>(
     })
 }
 
-/// The token's `iss` claim, unverified (only to choose among providers
-/// that all hold the same token: the chosen one verifies everything).
-/// `None` for anything that is not a readable token of at most
-/// `max_bytes`.
-pub fn unverified_issuer(max_bytes: usize, token: &str) -> Option<String> {
+/// The token's claims, unverified (only to choose among providers that
+/// all hold the same token: the chosen one verifies everything). `None`
+/// for anything that is not a readable token of at most `max_bytes`.
+pub fn unverified_claims(max_bytes: usize, token: &str) -> Option<Map<String, Value>> {
     if token.len() > max_bytes {
         return None;
     }
     let payload = token.split('.').nth(1)?;
-    let claims = strict_json::parse_object(&b64::decode(payload.as_bytes())?)?;
-    claims.get("iss")?.as_str().map(str::to_owned)
+    strict_json::parse_object(&b64::decode(payload.as_bytes())?)
+}
+
+/// Whether the provider takes a token with these claims for one of its
+/// `audiences` (any token, if it lists none).
+pub fn accepts_audience(provider: &Provider, claims: &Map<String, Value>) -> bool {
+    provider.audiences.is_empty()
+        || match claims.get("aud") {
+            Some(Value::String(a)) => provider.audiences.iter().any(|x| x == a),
+            Some(Value::Array(list)) => list
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|a| provider.audiences.iter().any(|x| x == a)),
+            _ => false,
+        }
 }
 
 /// The cheap refusals of [`precheck`] that need no key: size, structure,
@@ -1171,18 +1183,8 @@ pub fn check_claims(
             return Err(TokenError::Claims("issuer"));
         }
     }
-    if !provider.audiences.is_empty() {
-        let ok = match claims.get("aud") {
-            Some(Value::String(a)) => provider.audiences.iter().any(|x| x == a),
-            Some(Value::Array(list)) => list
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|a| provider.audiences.iter().any(|x| x == a)),
-            _ => false,
-        };
-        if !ok {
-            return Err(TokenError::Claims("audience"));
-        }
+    if !accepts_audience(provider, claims) {
+        return Err(TokenError::Claims("audience"));
     }
     for (name, want) in &provider.required_claims {
         if claims.get(name) != Some(want) {
