@@ -1470,8 +1470,9 @@ fn compile_network(at: &str, n: RawNetwork) -> Result<Network, ConfigError> {
                     Err(ConfigError::new(
                         format!("{at}.{field}[{i}]"),
                         format!(
-                            "{c:?} is not a two-character country code (ISO 3166 alpha-2, \
-                             or a geolocation code such as T1)"
+                            "{} is not a two-character country code (ISO 3166 alpha-2, \
+                             or a geolocation code such as T1)",
+                            shown(&c)
                         ),
                     ))
                 }
@@ -1498,6 +1499,27 @@ fn compile_network(at: &str, n: RawNetwork) -> Result<Network, ConfigError> {
     })
 }
 
+/// `value`, quoted for an error message where it reads like a name, a
+/// header or a host; otherwise only its length. Envoy logs the message, and
+/// a value with many capitals or digits, or base64's `+`, `/` and `=`, may
+/// be a secret written in the wrong place (an API key as `api_keys.header`,
+/// a key as a route's provider name).
+pub(crate) fn shown(value: &str) -> String {
+    let count = |f: fn(&u8) -> bool| value.bytes().filter(f).count();
+    if value.len() <= 64
+        && !value.contains(['+', '/', '='])
+        && count(u8::is_ascii_uppercase) <= 4
+        && count(u8::is_ascii_digit) <= 6
+    {
+        format!("{value:?}")
+    } else {
+        format!(
+            "a value of {} bytes (not shown: it may be a secret)",
+            value.len()
+        )
+    }
+}
+
 /// Validates a header name and returns it in lower case (Envoy's form).
 pub(crate) fn header_name(at: &str, h: &str) -> Result<String, ConfigError> {
     let ok = !h.is_empty()
@@ -1507,7 +1529,10 @@ pub(crate) fn header_name(at: &str, h: &str) -> Result<String, ConfigError> {
     if ok {
         Ok(h.to_ascii_lowercase())
     } else {
-        Err(ConfigError::new(at, format!("{h:?} is not a header name")))
+        Err(ConfigError::new(
+            at,
+            format!("{} is not a header name", shown(h)),
+        ))
     }
 }
 
@@ -1564,7 +1589,7 @@ fn compile_route(
             .ok_or_else(|| {
                 ConfigError::new(
                     format!("{at}.tokens[{j}]"),
-                    format!("no token provider named {name:?}"),
+                    format!("no token provider named {}", shown(name)),
                 )
             })?;
         route_providers.push(idx);
@@ -1725,7 +1750,10 @@ fn compile_host(at: &str, h: &str) -> Result<HostPattern, ConfigError> {
     if !ok {
         return Err(ConfigError::new(
             at,
-            format!("{h:?} is not a host name or `*.` pattern (no port, no scheme)"),
+            format!(
+                "{} is not a host name or `*.` pattern (no port, no scheme)",
+                shown(h)
+            ),
         ));
     }
     Ok(if suffix {
@@ -2291,6 +2319,42 @@ mod tests {
         );
         let e = err(r#"{"api_keys":{"AIzaSyREALKEY0123":"android"}}"#);
         assert_eq!(e.path, "api_keys.?");
+        // A key pasted as a value where a name or a header belongs: the
+        // checks after parsing quote only what reads like one.
+        let key = "AIzaSyD4-Example9Key_0123456789abcdefXY";
+        for (doc, path) in [
+            (
+                format!(r#"{{"api_keys":{{"header":"{key}+"}}}}"#),
+                "api_keys.header",
+            ),
+            (
+                format!(
+                    r#"{{"routes":[{{"name":"a","match":{{"prefix":"/"}},"tokens":["{key}"]}}]}}"#
+                ),
+                "routes[0].tokens[0]",
+            ),
+            (
+                format!(r#"{{"network":{{"country_header":"x-c","country_deny":["{key}"]}}}}"#),
+                "network.country_deny[0]",
+            ),
+            (
+                format!(
+                    r#"{{"apps":[{{"id":"a","platform":"ios","bundle_id":"b"}}],
+                    "api_keys":{{"keys":[{{"id":"k","sha256":"{}","apps":["{key}"]}}]}},
+                    "routes":[{{"name":"r","match":{{"prefix":"/"}},"api_key":"required"}}]}}"#,
+                    "0".repeat(64)
+                ),
+                "api_keys.keys[0].apps[0]",
+            ),
+        ] {
+            let e = err(&doc);
+            assert_eq!(e.path, path, "{e}");
+            assert!(!e.message.contains("AIzaSy"), "{e}");
+            assert!(e.message.contains("(not shown: it may be a secret)"), "{e}");
+        }
+        // A name is still quoted.
+        let e = err(r#"{"routes":[{"name":"a","match":{"prefix":"/"},"tokens":["firebase"]}]}"#);
+        assert_eq!(e.message, r#"no token provider named "firebase""#);
         assert_eq!(
             without_odd_names("routes[0].rate_limits[1].entries[2]"),
             "routes[0].rate_limits[1].entries[2]"

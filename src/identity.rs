@@ -655,7 +655,7 @@ pub(crate) fn compile_api_keys(
         if keys.iter().any(|x| x.id == k.id) {
             return Err(ConfigError::new(
                 format!("{at}.id"),
-                format!("duplicate key id {:?}", k.id),
+                format!("duplicate key id {}", crate::config::shown(&k.id)),
             ));
         }
         let digest = parse_sha256_hex(&k.sha256).ok_or_else(|| {
@@ -675,7 +675,7 @@ pub(crate) fn compile_api_keys(
             let idx = apps.iter().position(|a| &a.id == name).ok_or_else(|| {
                 ConfigError::new(
                     format!("{at}.apps[{j}]"),
-                    format!("no app with id {name:?}"),
+                    format!("no app with id {}", crate::config::shown(name)),
                 )
             })?;
             app_idx.push(idx);
@@ -684,7 +684,7 @@ pub(crate) fn compile_api_keys(
             if !route_names.contains(&r.as_str()) {
                 return Err(ConfigError::new(
                     format!("{at}.routes[{j}]"),
-                    format!("no route named {r:?}"),
+                    format!("no route named {}", crate::config::shown(r)),
                 ));
             }
         }
