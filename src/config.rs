@@ -145,6 +145,41 @@ where
     T::deserialize(d).map(Some)
 }
 
+/// Reads a JSON object of the configuration's own (`required_claims`)
+/// refusing a name written twice: serde_json keeps the last one without a
+/// word, so `{"tier": "gold", "tier": "free"}` would require only `free`.
+pub(crate) fn unique_members<'de, D>(
+    d: D,
+) -> Result<serde_json::Map<String, serde_json::Value>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Members;
+    impl<'de> serde::de::Visitor<'de> for Members {
+        type Value = serde_json::Map<String, serde_json::Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = serde_json::Map::new();
+            while let Some((k, v)) = a.next_entry::<String, serde_json::Value>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!(
+                        "{} is written twice",
+                        shown(&k)
+                    )));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Members)
+}
+
 /// Reads an allow-list whose absence means "no restriction". Written but
 /// empty (`ip_allow: []`, often a template whose list came out empty), it
 /// would read as "allow everything" where the operator most likely meant
@@ -2149,6 +2184,25 @@ mod tests {
             );
         }
         assert!(Config::from_json(b" {} \n\t\r\n").is_ok());
+    }
+
+    #[test]
+    fn a_required_claim_written_twice_is_refused() {
+        let doc = |claims: &str| {
+            format!(
+                r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-t"}}], "issuer": "i",
+                    "keys": [{{"alg": "HS256", "secret_base64": "{}"}}],
+                    "required_claims": {claims}}}]}}"#,
+                "a".repeat(44)
+            )
+        };
+        let e = err(&doc(r#"{"tier": "gold", "tier": "free"}"#));
+        assert_eq!(e.path, "tokens[0].required_claims", "{e}");
+        assert!(e.message.starts_with(r#""tier" is written twice"#), "{e}");
+        let c = Config::from_json(doc(r#"{"tier": "gold", "plan": {"a": 1}}"#).as_bytes()).unwrap();
+        assert_eq!(c.providers[0].required_claims.len(), 2);
+        assert!(Config::from_json(doc("{}").as_bytes()).is_ok());
+        assert_eq!(err(&doc("[]")).path, "tokens[0].required_claims");
     }
 
     #[test]

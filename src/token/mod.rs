@@ -434,7 +434,7 @@ pub(crate) struct RawProvider {
     issuer: Option<String>,
     #[serde(default, deserialize_with = "crate::config::restriction")]
     audiences: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::unique_members")]
     required_claims: Map<String, Value>,
     #[serde(default = "default_lifetime")]
     max_lifetime_seconds: u64,
