@@ -977,8 +977,8 @@ fn without_string_values(message: &str) -> String {
 }
 
 /// `message` (a serde error) with the Rust names of the configuration's
-/// sections (`expected struct RawNetwork`, `internally tagged enum
-/// RawEntry`) said as what they are written as: `an object`.
+/// sections (`expected struct RawNetwork`) said as what they are written
+/// as: `an object`.
 fn without_type_names(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
@@ -988,10 +988,7 @@ fn without_type_names(message: &str) -> String {
             name.find(|c: char| !c.is_ascii_alphanumeric())
                 .unwrap_or(name.len()),
         );
-        match ["internally tagged enum ", "struct "]
-            .into_iter()
-            .find_map(|k| before.strip_suffix(k))
-        {
+        match before.strip_suffix("struct ") {
             Some(before) => {
                 out.push_str(before);
                 out.push_str("an object");
@@ -2302,7 +2299,7 @@ mod tests {
             (
                 r#"{"routes": [{"name": "r", "match": {"prefix": "/"}, "rate_limits": [{
                  "entries": [{"type": "route", "key": null}], "local": {"requests": 1, "per": "hour"}}]}]}"#,
-                "routes[0].rate_limits[0].entries[0]",
+                "routes[0].rate_limits[0].entries[0].key",
             ),
         ] {
             let e = err(doc);
@@ -2677,6 +2674,113 @@ mod tests {
             );
             assert_eq!(err(&json).path, path, "{json}");
         }
+    }
+
+    #[test]
+    fn an_entry_error_names_its_field() {
+        let entry = |e: &str| {
+            err(&format!(
+                r#"{{"routes":[{{"name":"sms","match":{{"path":"/sms"}},
+                    "rate_limits":[{{"entries":[{e}],
+                    "local":{{"requests":5,"per":"minute"}}}}]}}]}}"#
+            ))
+        };
+        let at = "routes[0].rate_limits[0].entries[0]";
+        for (e, field, message) in [
+            // Wrong types and ranges, inside the entry.
+            (
+                r#"{"type":"client_ip","v4_prefix":"24"}"#,
+                "v4_prefix",
+                "invalid type",
+            ),
+            (
+                r#"{"type":"client_ip","v4_prefix":300}"#,
+                "v4_prefix",
+                "invalid value",
+            ),
+            (
+                r#"{"type":"body","pointer":"/to","phone":"yes"}"#,
+                "phone",
+                "invalid type",
+            ),
+            (r#"{"type":"route","key":7}"#, "key", "invalid type"),
+            // A field the type needs, or does not take.
+            (
+                r#"{"type":"header"}"#,
+                "name",
+                "required for a `header` entry",
+            ),
+            (
+                r#"{"type":"claim"}"#,
+                "name",
+                "required for a `claim` entry",
+            ),
+            (
+                r#"{"type":"body"}"#,
+                "pointer",
+                "required for a `body` entry",
+            ),
+            (
+                r#"{"type":"value","key":"k"}"#,
+                "value",
+                "required for a `value` entry",
+            ),
+            (
+                r#"{"type":"value","value":"v"}"#,
+                "key",
+                "required for a `value` entry",
+            ),
+            (
+                r#"{"type":"value","key":"k","value":""}"#,
+                "value",
+                "must not be empty",
+            ),
+            (
+                r#"{"type":"route","v4_prefix":24}"#,
+                "v4_prefix",
+                "not a field of a `route` entry",
+            ),
+            (
+                r#"{"type":"client_ip","name":"x"}"#,
+                "name",
+                "not a field of a `client_ip` entry",
+            ),
+            (
+                r#"{"type":"header","name":"x","phone":true}"#,
+                "phone",
+                "not a field of a `header` entry",
+            ),
+        ] {
+            let got = entry(e);
+            assert_eq!(got.path, format!("{at}.{field}"), "{e}: {got}");
+            assert!(got.message.contains(message), "{e}: {got}");
+        }
+        // An unknown field or type, named.
+        let got = entry(r#"{"type":"client_ip","v4prefix":24}"#);
+        assert!(got.message.starts_with("unknown field `v4prefix`"), "{got}");
+        let got = entry(r#"{"type":"clientip"}"#);
+        assert_eq!(got.path, format!("{at}.type"), "{got}");
+        assert!(
+            got.message.starts_with("unknown variant `clientip`"),
+            "{got}"
+        );
+        let got = entry(r#"{"key":"k"}"#);
+        assert!(got.message.starts_with("missing field `type`"), "{got}");
+        // Every type still loads with what it takes, in any order.
+        let c = Config::from_json(
+            br#"{"routes":[{"name":"sms","match":{"path":"/sms"},
+                "rate_limits":[{"entries":[{"v6_prefix":48,"type":"client_ip"},
+                    {"type":"header","name":"X-Tenant"},{"type":"value","key":"k","value":"v"},
+                    {"type":"body","pointer":"/to","phone":false},{"type":"route"}],
+                "local":{"requests":5,"per":"minute"}}]}]}"#,
+        )
+        .unwrap();
+        let keys: Vec<&str> = c.routes[0].rate_limits[0]
+            .entries
+            .iter()
+            .map(|e| e.key.as_str())
+            .collect();
+        assert_eq!(keys, ["client_ip", "x-tenant", "k", "body", "route"]);
     }
 
     #[test]

@@ -40,55 +40,161 @@ impl Per {
 }
 
 /// `routes[].rate_limits[].entries[]` as written: where one descriptor
-/// entry's value comes from.
+/// entry's value comes from. One flat object rather than a serde enum
+/// tagged by `type`, so that an error names the field it is about
+/// (`entries[0].v4_prefix`); which fields each `type` takes is checked
+/// when the configuration is compiled.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub(crate) enum RawEntry {
-    ClientIp {
-        #[serde(default, deserialize_with = "crate::config::present")]
-        key: Option<String>,
-        #[serde(default = "v4_default")]
-        v4_prefix: u8,
-        #[serde(default = "v6_default")]
-        v6_prefix: u8,
-    },
-    ApiKey {
-        #[serde(default, deserialize_with = "crate::config::present")]
-        key: Option<String>,
-    },
-    App {
-        #[serde(default, deserialize_with = "crate::config::present")]
-        key: Option<String>,
-    },
-    Platform {
-        #[serde(default, deserialize_with = "crate::config::present")]
-        key: Option<String>,
-    },
-    Route {
-        #[serde(default, deserialize_with = "crate::config::present")]
-        key: Option<String>,
-    },
-    Value {
-        key: String,
-        value: String,
-    },
-    Header {
-        name: String,
-        #[serde(default, deserialize_with = "crate::config::present")]
-        key: Option<String>,
-    },
-    Claim {
-        name: String,
-        #[serde(default, deserialize_with = "crate::config::present")]
-        key: Option<String>,
-    },
-    Body {
-        pointer: String,
-        #[serde(default, deserialize_with = "crate::config::present")]
-        key: Option<String>,
-        #[serde(default)]
-        phone: bool,
-    },
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEntry {
+    #[serde(rename = "type")]
+    kind: EntryKind,
+    #[serde(default, deserialize_with = "crate::config::present")]
+    key: Option<String>,
+    #[serde(default, deserialize_with = "crate::config::present")]
+    v4_prefix: Option<u8>,
+    #[serde(default, deserialize_with = "crate::config::present")]
+    v6_prefix: Option<u8>,
+    #[serde(default, deserialize_with = "crate::config::present")]
+    value: Option<String>,
+    #[serde(default, deserialize_with = "crate::config::present")]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "crate::config::present")]
+    pointer: Option<String>,
+    #[serde(default, deserialize_with = "crate::config::present")]
+    phone: Option<bool>,
+}
+
+/// An entry's `type`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum EntryKind {
+    ClientIp,
+    ApiKey,
+    App,
+    Platform,
+    Route,
+    Value,
+    Header,
+    Claim,
+    Body,
+}
+
+impl EntryKind {
+    /// The name the entry's `type` is written as, and its descriptor
+    /// key when it sets none.
+    fn name(self) -> &'static str {
+        match self {
+            EntryKind::ClientIp => "client_ip",
+            EntryKind::ApiKey => "api_key",
+            EntryKind::App => "app",
+            EntryKind::Platform => "platform",
+            EntryKind::Route => "route",
+            EntryKind::Value => "value",
+            EntryKind::Header => "header",
+            EntryKind::Claim => "claim",
+            EntryKind::Body => "body",
+        }
+    }
+}
+
+impl RawEntry {
+    /// The entry's source, each field checked against its `type`: one it
+    /// needs and lacks, or one it does not take, is named (`eat` is the
+    /// entry's path). Also its descriptor key when it sets none.
+    fn source(self, eat: &str) -> Result<(Option<String>, String, Source), ConfigError> {
+        let kind = self.kind;
+        let field = |name: &str| format!("{eat}.{name}");
+        let needed = |name: &str| {
+            ConfigError::new(
+                field(name),
+                format!("required for a `{}` entry", kind.name()),
+            )
+        };
+        let unused = [
+            (
+                "v4_prefix",
+                self.v4_prefix.is_some() && kind != EntryKind::ClientIp,
+            ),
+            (
+                "v6_prefix",
+                self.v6_prefix.is_some() && kind != EntryKind::ClientIp,
+            ),
+            ("value", self.value.is_some() && kind != EntryKind::Value),
+            (
+                "name",
+                self.name.is_some() && !matches!(kind, EntryKind::Header | EntryKind::Claim),
+            ),
+            ("pointer", self.pointer.is_some() && kind != EntryKind::Body),
+            ("phone", self.phone.is_some() && kind != EntryKind::Body),
+        ];
+        if let Some((name, _)) = unused.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::new(
+                field(name),
+                format!("not a field of a `{}` entry", kind.name()),
+            ));
+        }
+        let default_key = kind.name().to_owned();
+        Ok(match kind {
+            EntryKind::ClientIp => {
+                let v4_prefix = self.v4_prefix.unwrap_or_else(v4_default);
+                let v6_prefix = self.v6_prefix.unwrap_or_else(v6_default);
+                if v4_prefix == 0 || v4_prefix > 32 {
+                    return Err(ConfigError::new(field("v4_prefix"), "must be 1..=32"));
+                }
+                if v6_prefix == 0 || v6_prefix > 128 {
+                    return Err(ConfigError::new(field("v6_prefix"), "must be 1..=128"));
+                }
+                (
+                    self.key,
+                    default_key,
+                    Source::ClientIp {
+                        v4_prefix,
+                        v6_prefix,
+                    },
+                )
+            }
+            EntryKind::ApiKey => (self.key, default_key, Source::ApiKey),
+            EntryKind::App => (self.key, default_key, Source::App),
+            EntryKind::Platform => (self.key, default_key, Source::Platform),
+            EntryKind::Route => (self.key, default_key, Source::Route),
+            EntryKind::Value => {
+                let key = self.key.ok_or_else(|| needed("key"))?;
+                let value = self.value.ok_or_else(|| needed("value"))?;
+                // The service's protocol has no empty values (Envoy's
+                // own actions skip a descriptor for one).
+                if value.is_empty() {
+                    return Err(ConfigError::new(field("value"), "must not be empty"));
+                }
+                (Some(key), default_key, Source::Value(value))
+            }
+            EntryKind::Header => {
+                let name = self.name.ok_or_else(|| needed("name"))?;
+                let h = crate::config::header_name(&field("name"), &name)?;
+                (self.key, h.clone(), Source::Header(h))
+            }
+            EntryKind::Claim => {
+                let name = self.name.ok_or_else(|| needed("name"))?;
+                (self.key, name.clone(), Source::Claim(name))
+            }
+            EntryKind::Body => {
+                let pointer = self.pointer.ok_or_else(|| needed("pointer"))?;
+                if !(pointer.is_empty() || pointer.starts_with('/')) || pointer.len() > 256 {
+                    return Err(ConfigError::new(
+                        field("pointer"),
+                        "a JSON pointer (RFC 6901) such as `/to`",
+                    ));
+                }
+                let phone = self.phone.unwrap_or(false);
+                let default = if phone { "phone" } else { "body" };
+                (
+                    self.key,
+                    default.to_owned(),
+                    Source::Body { pointer, phone },
+                )
+            }
+        })
+    }
 }
 
 fn v4_default() -> u8 {
@@ -278,66 +384,8 @@ pub(crate) fn compile(
         let mut entries = Vec::with_capacity(r.entries.len());
         for (j, e) in r.entries.into_iter().enumerate() {
             let eat = format!("{at}.entries[{j}]");
-            let (key, source) = match e {
-                RawEntry::ClientIp {
-                    key,
-                    v4_prefix,
-                    v6_prefix,
-                } => {
-                    if v4_prefix == 0 || v4_prefix > 32 {
-                        return Err(ConfigError::new(
-                            format!("{eat}.v4_prefix"),
-                            "must be 1..=32",
-                        ));
-                    }
-                    if v6_prefix == 0 || v6_prefix > 128 {
-                        return Err(ConfigError::new(
-                            format!("{eat}.v6_prefix"),
-                            "must be 1..=128",
-                        ));
-                    }
-                    (
-                        key.unwrap_or_else(|| "client_ip".into()),
-                        Source::ClientIp {
-                            v4_prefix,
-                            v6_prefix,
-                        },
-                    )
-                }
-                RawEntry::ApiKey { key } => {
-                    (key.unwrap_or_else(|| "api_key".into()), Source::ApiKey)
-                }
-                RawEntry::App { key } => (key.unwrap_or_else(|| "app".into()), Source::App),
-                RawEntry::Platform { key } => {
-                    (key.unwrap_or_else(|| "platform".into()), Source::Platform)
-                }
-                RawEntry::Route { key } => (key.unwrap_or_else(|| "route".into()), Source::Route),
-                RawEntry::Value { key, value } => (key, Source::Value(value)),
-                RawEntry::Header { name, key } => {
-                    let h = crate::config::header_name(&format!("{eat}.name"), &name)?;
-                    (key.unwrap_or_else(|| h.clone()), Source::Header(h))
-                }
-                RawEntry::Claim { name, key } => {
-                    (key.unwrap_or_else(|| name.clone()), Source::Claim(name))
-                }
-                RawEntry::Body {
-                    pointer,
-                    key,
-                    phone,
-                } => {
-                    if !(pointer.is_empty() || pointer.starts_with('/')) || pointer.len() > 256 {
-                        return Err(ConfigError::new(
-                            format!("{eat}.pointer"),
-                            "a JSON pointer (RFC 6901) such as `/to`",
-                        ));
-                    }
-                    let default = if phone { "phone" } else { "body" };
-                    (
-                        key.unwrap_or_else(|| default.into()),
-                        Source::Body { pointer, phone },
-                    )
-                }
-            };
+            let (key, default_key, source) = e.source(&eat)?;
+            let key = key.unwrap_or(default_key);
             if key.is_empty() || key.len() > 64 {
                 return Err(ConfigError::new(format!("{eat}.key"), "1-64 characters"));
             }
