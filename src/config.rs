@@ -1744,22 +1744,15 @@ fn check_path(at: &str, p: String, prefix: bool) -> Result<String, ConfigError> 
             return never("Envoy's normalize_path resolves `.` and `..` segments");
         }
     }
-    let bytes = p.as_bytes();
-    for (i, _) in p.match_indices('%') {
-        let hex = |j: usize| bytes.get(j).and_then(|&h| char::from(h).to_digit(16));
-        let Some(byte) = hex(i + 1).zip(hex(i + 2)).map(|(h, l)| h << 4 | l) else {
-            continue;
-        };
-        let c = char::from_u32(byte).unwrap_or('\0');
-        if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~') {
-            return never(&format!(
-                "Envoy's normalize_path decodes `{}` to `{c}`; write `{c}`",
-                p.get(i..i + 3).unwrap_or("%")
-            ));
-        }
-        if matches!(c, '/' | '\\') {
-            return never("Envoy refuses requests with an encoded slash or backslash (`path_with_escaped_slashes_action: REJECT_REQUEST`)");
-        }
+    if let Some((i, c)) = crate::policy::encoded_unreserved(&p) {
+        return never(&format!(
+            "Envoy's normalize_path decodes `{}` to `{c}`; write `{c}`",
+            p.get(i..i + 3).unwrap_or("%")
+        ));
+    }
+    let lower = p.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return never("Envoy refuses requests with an encoded slash or backslash (`path_with_escaped_slashes_action: REJECT_REQUEST`)");
     }
     Ok(p)
 }

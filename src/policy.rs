@@ -585,8 +585,9 @@ pub enum Step {
 
 /// A request that routes cannot be matched against with confidence: its
 /// path still has dot or empty segments once its `;` parameters are
-/// dropped, or a method-override header names a method that would take
-/// another route than the request's own method.
+/// dropped, or has a percent-encoded unreserved character, or a
+/// method-override header names a method that would take another route
+/// than the request's own method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnclearPath;
 
@@ -719,11 +720,13 @@ pub const METHOD_OVERRIDE_PARAM: &str = "_method";
 /// Finds the first route that matches the request, if any; [`UnclearPath`]
 /// when the request could reach a different handler upstream than the one
 /// its path and method name (refused as `route_denied`): a path with dot or
-/// empty segments; or, where the upstream may take the request for another
-/// path or method, one that takes another route than the request's own:
-/// - paths: the path without a format suffix (`/v1/sms.json`, also with a
-///   trailing slash, at its first or last dot, `%2e` counted), unless an
-///   exact route names the dotted path itself; each target override
+/// empty segments or a percent-encoded unreserved character (`%73`); or,
+/// where the upstream may take the request for another path or method, one
+/// that takes another route than the request's own:
+/// - paths: the path with `%2F`, `%5C` and `\` read as `/`; the path
+///   without a format suffix (`/v1/sms.json`, also with a trailing slash,
+///   at its first or last dot), unless an exact route names the dotted
+///   path itself; each target override
 ///   ([`URL_OVERRIDE_HEADERS`]; one that is not a plain path, with `%` or
 ///   `\`, is refused outright);
 /// - methods, where a route lists `methods`: each method override
@@ -769,7 +772,8 @@ fn match_route_for<'c>(
     let mut hosts: Vec<Cow<'_, str>> = Vec::new();
     // `%2F` and `%5C`, which Envoy passes on unless told to reject or
     // decode them (`path_with_escaped_slashes_action`), are `/` to an
-    // upstream that decodes the path before routing it.
+    // upstream that decodes the path before routing it; so is `\`, which
+    // only `normalize_path` turns into `/`.
     if let Some(decoded) = decode_slashes(&path) {
         let decoded = route_path(&decoded).ok_or(UnclearPath)?.into_owned();
         add_variant(&mut paths, &path, Cow::Owned(decoded), str::eq)?;
@@ -1018,11 +1022,16 @@ fn php_name(raw: &str, want: &str, under: bool) -> bool {
 /// of those, but they come back from `;` (`/v1/public/..;/sms`,
 /// `/v1/;x/sms`, `/v1/sms/.;/send`), or arrive when those settings are off,
 /// and an upstream that resolves them serves another path than the one
-/// appguard would match (`/v1/sms` for `/v1/public/..;/sms`).
+/// appguard would match (`/v1/sms` for `/v1/public/..;/sms`). `None` too
+/// when the path has a `%XX` that decodes to an unreserved character
+/// (see [`encoded_unreserved`]).
 fn route_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
     // The common path: nothing to drop, nothing to resolve.
     if !path.contains(';') && !path.contains("//") && !path.contains("/.") && !path.contains('%') {
         return Some(std::borrow::Cow::Borrowed(path));
+    }
+    if encoded_unreserved(path).is_some() {
+        return None;
     }
     let mut out = String::with_capacity(path.len());
     let mut segments = path.split('/').enumerate().peekable();
@@ -1040,23 +1049,46 @@ fn route_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
     Some(std::borrow::Cow::Owned(out))
 }
 
-/// `path` with every `%2F` and `%5C` (any case) turned into `/`; `None`
-/// when it has none.
+/// The first `%XX` in `path` (its offset) that decodes to a character
+/// RFC 3986 (2.3) calls unreserved: ALPHA, DIGIT, `-`, `.`, `_`, `~`.
+/// Envoy's `normalize_path` decodes those, so one reaches appguard only
+/// with that setting off, and Tomcat/Spring, Go's `net/http` and Werkzeug
+/// decode it before routing (`/v1/%73ms` is `/v1/sms` there).
+pub(crate) fn encoded_unreserved(path: &str) -> Option<(usize, char)> {
+    let b = path.as_bytes();
+    let hex = |j: usize| b.get(j).and_then(|&h| char::from(h).to_digit(16));
+    path.match_indices('%').find_map(|(i, _)| {
+        let c = char::from_u32(hex(i + 1)? << 4 | hex(i + 2)?)?;
+        (c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')).then_some((i, c))
+    })
+}
+
+/// `path` with every `%2F` and `%5C` (any case) and every `\` turned into
+/// `/`; `None` when it has none. Envoy's `normalize_path` turns `\` into
+/// `/` (as IIS does); with it off, `\` arrives as such, and an upstream
+/// that reads it as `/` serves another path, as one that decodes `%5C`
+/// does.
 fn decode_slashes(path: &str) -> Option<String> {
     let b = path.as_bytes();
     let mut out = String::new();
     let mut from = 0;
     let mut i = 0;
-    while i + 2 < b.len() {
-        let hex = (b[i + 1], b[i + 2].to_ascii_uppercase());
-        if b[i] == b'%' && (hex == (b'2', b'F') || hex == (b'5', b'C')) {
-            out.push_str(path.get(from..i)?);
-            out.push('/');
-            i += 3;
-            from = i;
+    while let Some(&c) = b.get(i) {
+        let len = if c == b'\\' {
+            1
+        } else if c == b'%'
+            && b.get(i + 1..i + 3)
+                .is_some_and(|h| h.eq_ignore_ascii_case(b"2f") || h.eq_ignore_ascii_case(b"5c"))
+        {
+            3
         } else {
             i += 1;
-        }
+            continue;
+        };
+        out.push_str(path.get(from..i)?);
+        out.push('/');
+        i += len;
+        from = i;
     }
     if out.is_empty() {
         return None;
@@ -1067,21 +1099,15 @@ fn decode_slashes(path: &str) -> Option<String> {
 
 /// The path without the format suffix of its last segment (`/v1/sms` for
 /// `/v1/sms.json` and `/v1/sms.json/`), cut at the segment's first and at
-/// its last `.` (`%2e` counted, which an upstream decodes), if it has one
-/// after its first character with something after it: at most two stems.
+/// its last `.`, if it has one after its first character with something
+/// after it: at most two stems. (A `%2e` never gets here: [`route_path`]
+/// refuses it.)
 fn format_stems(path: &str) -> [Option<&str>; 2] {
     let trimmed = path.strip_suffix('/').unwrap_or(path);
     let start = trimmed.rfind('/').map_or(0, |i| i + 1);
     let segment = trimmed.get(start..).unwrap_or("");
     let b = segment.as_bytes();
-    let dot_at = |i: usize| {
-        b.get(i) == Some(&b'.')
-            || (b.get(i) == Some(&b'%')
-                && b.get(i + 1) == Some(&b'2')
-                && b.get(i + 2).is_some_and(|c| c.eq_ignore_ascii_case(&b'e')))
-    };
-    let dot_len = |i: usize| if b.get(i) == Some(&b'.') { 1 } else { 3 };
-    let dots = || (1..b.len()).filter(|&i| dot_at(i) && i + dot_len(i) < b.len());
+    let dots = || (1..b.len()).filter(|&i| b.get(i) == Some(&b'.') && i + 1 < b.len());
     let stem = |i: usize| trimmed.get(..start + i);
     let first = dots().next();
     let last = dots().next_back().filter(|&l| Some(l) != first);

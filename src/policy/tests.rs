@@ -2573,6 +2573,50 @@ fn an_encoded_slash_that_would_take_another_route_is_refused() {
 }
 
 #[test]
+fn an_encoded_unreserved_character_or_a_backslash_takes_no_weaker_route() {
+    // With Envoy's `normalize_path` off (its default), `%73` and `\` reach
+    // appguard as such: Spring, Go's `net/http` and Werkzeug decode `%73`
+    // to `s` before routing, and `\` is `/` to the upstreams an encoded
+    // `%5C` is (`normalize_path` would have made it one).
+    let w = World::from(json!({
+        "default_action": "allow",
+        "api_keys": {"keys": [{"id": "k", "sha256": hash_api_key("key")}]},
+        "routes": [{"name": "sms", "match": {"path": "/v1/sms"}, "api_key": "required"}]
+    }));
+    assert_eq!(w.route("POST", "/v1/sms", &[]), Some(Reason::ApiKeyMissing));
+    let denied = Some(Reason::RouteDenied);
+    // Normalised, no request has these: refused wherever they are.
+    for path in [
+        "/v1/%73ms",
+        "/v1/sm%73",
+        "/%761/sms",
+        "/v1/%53MS",
+        "/files/%7e",
+        "/files/a%2Db",
+        "/files/a%5fb",
+        "/files/a%2Eb",
+        "/files/a%30",
+    ] {
+        assert_eq!(w.route("POST", path, &[]), denied, "{path}");
+    }
+    for path in ["/v1\\sms", "/v1\\sms/", "/v1/x\\..\\sms", "\\v1/sms"] {
+        assert_eq!(w.route("POST", path, &[]), denied, "{path}");
+    }
+    // Other escapes stay encoded upstream too; a `\` that changes no route
+    // is the upstream's business.
+    for path in [
+        "/v1/a%20b",
+        "/v1/%C3%A9",
+        "/v1/%2",
+        "/v1/%zz",
+        "/v1/%25",
+        "/files\\a",
+    ] {
+        assert_eq!(w.route("POST", path, &[]), None, "{path}");
+    }
+}
+
+#[test]
 fn a_forwarded_host_that_would_take_another_route_is_refused() {
     // Rack, Django (USE_X_FORWARDED_HOST), Express (trust proxy) and
     // Spring take the host from these headers, which Envoy passes on.
@@ -4255,7 +4299,13 @@ fn head_takes_the_get_route_and_an_unclear_path_is_refused_even_when_unrouted_is
     ] {
         assert_eq!(reason("GET", path), Some(Reason::RouteDenied), "{path}");
     }
-    assert_eq!(reason("GET", "/v1/public/%2e%2e%2e/x"), None, "a name");
+    assert_eq!(reason("GET", "/v1/public/.../x"), None, "a name");
+    // Spelled `%2e%2e%2e`, it is refused as any encoded unreserved
+    // character is (normalised, no request has one).
+    assert_eq!(
+        reason("GET", "/v1/public/%2e%2e%2e/x"),
+        Some(Reason::RouteDenied)
+    );
     // Global monitor mode with an enforce route: the unclear path may
     // reach that route's handler, so it is refused all the same.
     let rollout = World::from(json!({"mode": "monitor", "routes": [
@@ -4710,7 +4760,7 @@ fn a_format_suffix_or_a_target_header_that_would_take_another_route_is_refused()
     assert_eq!(reason("POST", "/v1/sms.json?x=1", &[]), denied);
     assert_eq!(reason("GET", "/v1/orders.xml", &[]), denied);
     // a trailing slash, several dots, `%2e` (Envoy keeps it with
-    // `normalize_path` off)
+    // `normalize_path` off, and appguard refuses it as such)
     assert_eq!(reason("POST", "/v1/sms.json/", &[]), denied);
     assert_eq!(reason("POST", "/v1/sms.x.json", &[]), denied);
     assert_eq!(reason("POST", "/v1/sms%2ejson", &[]), denied);
