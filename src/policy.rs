@@ -1099,15 +1099,16 @@ fn decode_slashes(path: &str) -> Option<String> {
 
 /// The path without the format suffix of its last segment (`/v1/sms` for
 /// `/v1/sms.json` and `/v1/sms.json/`), cut at the segment's first and at
-/// its last `.`, if it has one after its first character with something
-/// after it: at most two stems. (A `%2e` never gets here: [`route_path`]
-/// refuses it.)
+/// its last `.`, if it has one after its first character: at most two
+/// stems. A `.` that ends the segment counts (`/v1/sms.`, `/v1/sms./`):
+/// Spring's suffix pattern `/v1/sms.*` matches it. (A `%2e` never gets
+/// here: [`route_path`] refuses it.)
 fn format_stems(path: &str) -> [Option<&str>; 2] {
     let trimmed = path.strip_suffix('/').unwrap_or(path);
     let start = trimmed.rfind('/').map_or(0, |i| i + 1);
     let segment = trimmed.get(start..).unwrap_or("");
     let b = segment.as_bytes();
-    let dots = || (1..b.len()).filter(|&i| b.get(i) == Some(&b'.') && i + 1 < b.len());
+    let dots = || (1..b.len()).filter(|&i| b.get(i) == Some(&b'.'));
     let stem = |i: usize| trimmed.get(..start + i);
     let first = dots().next();
     let last = dots().next_back().filter(|&l| Some(l) != first);

@@ -4813,6 +4813,34 @@ fn a_format_suffix_or_a_target_header_that_would_take_another_route_is_refused()
 }
 
 #[test]
+fn an_empty_format_suffix_takes_the_route_of_the_path_without_it() {
+    // Spring before 5.3 matches `/v1/sms` as `/v1/sms.*` (AntPathMatcher's
+    // `*` matches nothing too), so `/v1/sms.` runs the `/v1/sms` handler.
+    let w = World::from(json!({
+        "api_keys": {"keys": [{"id": "k", "sha256": hash_api_key("key")}]},
+        "routes": [
+            {"name": "sms", "match": {"path": "/v1/sms"}, "api_key": "required"},
+            {"name": "open", "match": {"prefix": "/v1/"}}
+        ]
+    }));
+    let denied = Some(Reason::RouteDenied);
+    assert_eq!(w.route("POST", "/v1/sms", &[]), Some(Reason::ApiKeyMissing));
+    for path in [
+        "/v1/sms.json",
+        "/v1/sms.",
+        "/v1/sms./",
+        "/v1/sms..",
+        "/v1/sms.?x=1",
+    ] {
+        assert_eq!(w.route("POST", path, &[]), denied, "{path}");
+    }
+    // A final dot that keeps the route, or a dot-only name, changes nothing.
+    assert_eq!(w.route("POST", "/v1/other.", &[]), None);
+    assert_eq!(w.route("POST", "/v1/.", &[]), denied, "a dot segment");
+    assert_eq!(w.route("POST", "/v1/.x", &[]), None);
+}
+
+#[test]
 fn path_and_method_variants_are_checked_together() {
     // Rails runs `sms#destroy` for `POST /v1/sms.json` with
     // `X-HTTP-Method-Override: DELETE`: neither the suffix alone (POST
