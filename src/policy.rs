@@ -721,8 +721,8 @@ pub const METHOD_OVERRIDE_PARAM: &str = "_method";
 /// when the request could reach a different handler upstream than the one
 /// its path and method name (refused as `route_denied`): a path with dot or
 /// empty segments or a percent-encoded unreserved character (`%73`); or,
-/// where the upstream may take the request for another path or method, one
-/// that takes another route than the request's own:
+/// where the upstream may take the request for another path, method or
+/// host, one that takes another route than the request's own:
 /// - paths: the path with `%2F`, `%5C` and `\` read as `/`; the path
 ///   without a format suffix (`/v1/sms.json`, also with a trailing slash,
 ///   at its first or last dot), unless an exact route names the dotted
@@ -735,10 +735,13 @@ pub const METHOD_OVERRIDE_PARAM: &str = "_method";
 ///   [`METHOD_OVERRIDE_PARAM`], each copy; one that cannot be decoded is
 ///   refused), and GET for a HEAD request (upstreams run the GET handler
 ///   for it) when GET takes a route;
+/// - hosts, where a route lists `hosts`: each forwarded host
+///   ([`FORWARDED_HOST_HEADERS`]);
 ///
-/// every path with every method. A variant that keeps the route changes
-/// nothing; more than [`MAX_ROUTE_VARIANTS`] distinct override paths or
-/// methods make the request unclear.
+/// every host with every path and every method. A variant that keeps the
+/// route changes nothing; more than [`MAX_ROUTE_VARIANTS`] distinct
+/// override paths, methods or forwarded hosts (or more combinations of
+/// the three than two such lists make) make the request unclear.
 pub fn match_route<'c>(
     config: &'c Config,
     req: &Request<'_>,
@@ -762,8 +765,7 @@ fn match_route_for<'c>(
             .iter()
             .position(|r| route_matches(r, p, method, host))
     };
-    let route_of = |p: &str, method: &str| route_at(p, method, host);
-    let index = route_of(&path, method);
+    let index = route_at(&path, method, host);
     let matched = index.and_then(|i| config.routes.get(i).map(|r| (i, r)));
     // The other paths and methods an upstream may read (no allocation
     // when there are none, the common case). One pass over the headers.
@@ -829,45 +831,55 @@ fn match_route_for<'c>(
     if !matched.is_some_and(|(_, r)| matches!(r.path, PathMatch::Exact(_))) {
         paths.extend(format_stems(&path).into_iter().flatten().map(Cow::Borrowed));
     }
-    // A forwarded host an upstream may take for the request's own must
-    // take the route `:authority` takes.
-    if hosts.iter().any(|h| route_at(&path, method, h) != index) {
-        return Err(UnclearPath);
-    }
     let head = config.routes_by_method && method.eq_ignore_ascii_case("HEAD");
-    if paths.is_empty() && methods.is_empty() && !head {
+    if paths.is_empty() && methods.is_empty() && hosts.is_empty() && !head {
         return Ok(matched);
     }
-    for (n, p) in std::iter::once(&*path)
-        .chain(paths.iter().map(|p| &**p))
+    // Every host (`:authority`, then each forwarded one an upstream may
+    // take for it) with every path and every method: Rails takes the host
+    // from `X-Forwarded-Host`, strips `(.:format)` and honours method
+    // overrides all at once. Each list is bounded; together they may not
+    // make more combinations than two full lists, as before hosts joined.
+    let bound = MAX_ROUTE_VARIANTS + 1;
+    if (hosts.len() + 1) * (paths.len() + 1) * (methods.len() + 1) > bound * bound {
+        return Err(UnclearPath);
+    }
+    for (j, h) in std::iter::once(host)
+        .chain(hosts.iter().map(|h| &**h))
         .enumerate()
     {
-        let own_path = n == 0;
-        for (k, m) in std::iter::once(method)
-            .chain(methods.iter().map(|m| &**m))
+        for (n, p) in std::iter::once(&*path)
+            .chain(paths.iter().map(|p| &**p))
             .enumerate()
         {
-            if own_path && k == 0 {
-                continue;
+            for (k, m) in std::iter::once(method)
+                .chain(methods.iter().map(|m| &**m))
+                .enumerate()
+            {
+                if j + n + k == 0 {
+                    continue;
+                }
+                if route_at(p, m, h) != index {
+                    return Err(UnclearPath);
+                }
             }
-            if route_of(p, m) != index {
+            // Upstreams serve HEAD with the GET handler (side effects
+            // included): where GET takes a route, HEAD must take the same.
+            if head && route_at(p, "GET", h).is_some_and(|g| Some(g) != index) {
                 return Err(UnclearPath);
             }
-        }
-        // Upstreams serve HEAD with the GET handler (side effects
-        // included): where GET takes a route, HEAD must take the same.
-        if head && route_of(p, "GET").is_some_and(|g| Some(g) != index) {
-            return Err(UnclearPath);
         }
     }
     Ok(matched)
 }
 
-/// Most distinct override paths, and most distinct override methods, one
-/// request may carry (each checked against every route with each of the
-/// other): no client needs more than one or two, and without a bound a
-/// request of thousands of `X-HTTP-Method-Override` values and dozens of
-/// `X-Original-URL` copies cost milliseconds of route matching.
+/// Most distinct override paths, most distinct override methods, and most
+/// distinct forwarded hosts, one request may carry (each checked against
+/// every route with each of the others; all three together make at most
+/// as many combinations as two full lists): no client needs more than one
+/// or two, and without a bound a request of thousands of
+/// `X-HTTP-Method-Override` values and dozens of `X-Original-URL` copies
+/// cost milliseconds of route matching.
 pub const MAX_ROUTE_VARIANTS: usize = 16;
 
 /// Adds `variant` to `list` unless it is the request's own (`own`) or

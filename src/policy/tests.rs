@@ -2692,6 +2692,89 @@ fn a_forwarded_host_that_would_take_another_route_is_refused() {
 }
 
 #[test]
+fn a_forwarded_host_is_checked_with_every_path_and_method_variant() {
+    // Rails takes the host from `X-Forwarded-Host`, strips `(.:format)`
+    // and honours `X-HTTP-Method-Override` (Rack::MethodOverride) at once:
+    // each alone is caught, so together they must be too.
+    let w = World::from(json!({
+        "default_action": "allow",
+        "api_keys": {"keys": [{"id": "k", "sha256": hash_api_key("key")}]},
+        "routes": [
+            {"name": "probe", "match": {"path": "/v1/report", "methods": ["HEAD"]}},
+            {"name": "internal-report", "match": {"path": "/v1/report", "methods": ["GET"],
+             "hosts": ["internal.example.com"]}, "api_key": "required"},
+            {"name": "internal-sms", "match": {"path": "/v1/sms", "hosts": ["internal.example.com"]},
+             "api_key": "required"},
+            {"name": "internal-del", "match": {"prefix": "/v1/orders/", "methods": ["DELETE"],
+             "hosts": ["internal.example.com"]}, "action": "deny"},
+            {"name": "open", "match": {"prefix": "/v1/", "methods": ["POST", "DELETE"]}}
+        ]
+    }));
+    let denied = Some(Reason::RouteDenied);
+    let xfh = ("x-forwarded-host", "internal.example.com");
+    let delete = ("x-http-method-override", "DELETE");
+    assert_eq!(w.route("POST", "/v1/sms", &[xfh]), denied);
+    assert_eq!(w.route("DELETE", "/v1/orders/1", &[xfh]), denied);
+    // Without the host, the variants keep the open route.
+    assert_eq!(w.route("POST", "/v1/sms.json", &[]), None);
+    assert_eq!(w.route("POST", "/v1/orders/1", &[delete]), None);
+    assert_eq!(w.route("HEAD", "/v1/report", &[]), None);
+    // With it, they reach the internal host's handlers.
+    assert_eq!(w.route("POST", "/v1/sms.json", &[xfh]), denied);
+    assert_eq!(w.route("POST", "/v1/sms.json/", &[xfh]), denied);
+    assert_eq!(w.route("POST", "/v1/orders/1", &[xfh, delete]), denied);
+    assert_eq!(
+        w.route("POST", "/v1/orders/1?_method=DELETE", &[xfh]),
+        denied
+    );
+    assert_eq!(
+        w.route("POST", "/v1/x", &[xfh, ("x-original-url", "/v1/sms")]),
+        denied
+    );
+    let fwd = ("forwarded", "for=192.0.2.1;host=internal.example.com");
+    assert_eq!(w.route("POST", "/v1/sms.json", &[fwd]), denied);
+    // HEAD runs the GET handler, the internal host's here.
+    assert_eq!(w.route("HEAD", "/v1/report", &[xfh]), denied);
+    // A forwarded host that takes the same routes changes nothing.
+    let other = ("x-forwarded-host", "api.example.com, cdn.example.net");
+    assert_eq!(w.route("POST", "/v1/sms.json", &[other]), None);
+    assert_eq!(w.route("POST", "/v1/orders/1", &[other, delete]), None);
+
+    // Hosts, paths and methods together make no more combinations than two
+    // full lists (17 × 17); past that the request is refused, as past the
+    // bound of one list.
+    let b = World::from(json!({
+        "default_action": "allow",
+        "routes": [
+            {"name": "internal", "match": {"prefix": "/admin/", "methods": ["GET"],
+             "hosts": ["internal.example.com"]}},
+            {"name": "open", "match": {"prefix": "/v1/"}}
+        ]
+    }));
+    let hosts = (0..16)
+        .map(|i| format!("h{i}.example"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let paths: Vec<String> = (0..16).map(|i| format!("/v1/public/{i}")).collect();
+    let mut extra: Vec<(&str, &str)> = vec![("x-forwarded-host", &hosts)];
+    extra.extend(paths.iter().map(|p| ("x-original-url", p.as_str())));
+    assert_eq!(b.route("POST", "/v1/public/x", &extra), None);
+    extra.push(("x-http-method-override", "PUT"));
+    assert_eq!(b.route("POST", "/v1/public/x", &extra), denied);
+    let methods = (0..16).map(|i| format!("M{i}")).collect::<Vec<_>>();
+    let methods = methods.join(",");
+    let override_all = ("x-http-method-override", methods.as_str());
+    assert_eq!(
+        b.route("POST", "/v1/public/x", &[extra[0], override_all]),
+        None
+    );
+    assert_eq!(
+        b.route("POST", "/v1/public/x", &[extra[0], extra[1], override_all]),
+        denied
+    );
+}
+
+#[test]
 fn path_parameters_trailing_slashes_and_host_dots_take_the_route_the_upstream_serves() {
     let w = World::from(json!({
         "routes": [
