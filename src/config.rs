@@ -2580,6 +2580,59 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_issuer_or_metadata_name_written_empty_is_refused() {
+        let hs = format!(
+            r#""keys": [{{"alg": "HS256", "secret_base64": "{}"}}]"#,
+            "a".repeat(44)
+        );
+        let doc = |source: &str, keys: &str, extra: &str| {
+            format!(
+                r#"{{"tokens": [{{"name": "t", "from": [{source}], {keys}{extra}}}],
+                    "routes": [{{"name": "r", "match": {{"prefix": "/"}}, "tokens": ["t"]}}]}}"#
+            )
+        };
+        let x_t = r#"{"header": "x-t"}"#;
+        for (extra, path) in [
+            (
+                r#", "binding": {"claim": "", "headers": ["authorization"]}"#,
+                "binding.claim",
+            ),
+            (r#", "app_claim": {"claim": " "}"#, "app_claim.claim"),
+            (r#", "replay": {"claim": ""}"#, "replay.claim"),
+            (
+                r#", "message_signing": {"claim": "", "required": false}"#,
+                "message_signing.claim",
+            ),
+            (
+                r#", "claim_to_headers": [{"claim": "", "header": "x-user"}]"#,
+                "claim_to_headers[0].claim",
+            ),
+            (r#", "issuer": """#, "issuer"),
+            (r#", "audiences": ["a", "	"]"#, "audiences[1]"),
+        ] {
+            let e = err(&doc(x_t, &hs, extra));
+            assert_eq!(e.path, format!("tokens[0].{path}"), "{e}");
+        }
+        for (by, path) in [
+            (r#"{"filter": "", "key": "payload"}"#, "verified_by.filter"),
+            (r#"{"key": ""}"#, "verified_by.key"),
+        ] {
+            let by = format!(r#""verified_by": {by}, "issuer": "i""#);
+            let e = err(&doc(x_t, &by, ""));
+            assert_eq!(e.path, format!("tokens[0].{path}"), "{e}");
+        }
+        // A prefix no header value can hold: no token would ever be found.
+        for prefix in [r"Bearer\n", r"Bearer\u0000", r"\u007f"] {
+            let source = format!(r#"{{"header": "x-t", "prefix": "{prefix}"}}"#);
+            let e = err(&doc(&source, &hs, ""));
+            assert_eq!(e.path, "tokens[0].from[0].prefix", "{e}");
+        }
+        let bearer = r#"{"header": "x-t", "prefix": "Bearer "}"#;
+        let named = r#", "issuer": "i", "audiences": ["a"], "app_claim": {"claim": "sub"}"#;
+        assert!(Config::from_json(doc(bearer, &hs, named).as_bytes()).is_ok());
+    }
+
+    #[test]
     fn a_duplicate_kid_is_named_where_it_was_written() {
         let hs = |kid: &str| {
             format!(

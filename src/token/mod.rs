@@ -486,9 +486,26 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
             "at least one source (header) is required".into(),
         ));
     }
+    // A name no token, claim or filter can have: empty, or blank (a
+    // template's unset value). `binding.claim: ""` would let every token
+    // pass unbound; most of the others would refuse every token.
+    let blank = |field: &str, v: &str| {
+        if v.trim().is_empty() {
+            Err(err(field, "must not be empty".into()))
+        } else {
+            Ok(())
+        }
+    };
     let mut sources = Vec::new();
     for (i, s) in raw.from.into_iter().enumerate() {
         let header = crate::config::header_name(&format!("{at}.from[{i}].header"), &s.header)?;
+        // No header value holds one (RFC 9110 §5.5): no token would be found.
+        if s.prefix.contains(char::is_control) {
+            return Err(err(
+                &format!("from[{i}].prefix"),
+                "must not hold control characters".into(),
+            ));
+        }
         sources.push(TokenSource {
             header,
             prefix: s.prefix,
@@ -563,10 +580,18 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
                     "required with `verified_by`: the payload in metadata must be this provider's, not that of another issuer jwt_authn also accepts".into(),
                 ));
             }
+            blank("verified_by.filter", &v.filter)?;
+            blank("verified_by.key", &v.key)?;
             Some((v.filter, v.key))
         }
         None => None,
     };
+    if let Some(iss) = &raw.issuer {
+        blank("issuer", iss)?;
+    }
+    for (i, a) in raw.audiences.iter().enumerate() {
+        blank(&format!("audiences[{i}]"), a)?;
+    }
     if keyset.is_empty() && remote_jwks.is_none() && verified_by.is_none() {
         return Err(err(
             "keys",
@@ -600,6 +625,7 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
     }
     let binding = match raw.binding {
         Some(b) => {
+            blank("binding.claim", &b.claim)?;
             if b.headers.is_empty() {
                 return Err(err(
                     "binding.headers",
@@ -623,6 +649,7 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
     };
     let replay = match raw.replay {
         Some(r) => {
+            blank("replay.claim", &r.claim)?;
             if !(16..=4_194_304).contains(&r.max_entries) {
                 return Err(err("replay.max_entries", "must be 16..=4194304".into()));
             }
@@ -637,6 +664,7 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
     };
     let mut claim_to_headers = Vec::new();
     for (i, c) in raw.claim_to_headers.into_iter().enumerate() {
+        blank(&format!("claim_to_headers[{i}].claim"), &c.claim)?;
         let h =
             crate::config::header_name(&format!("{at}.claim_to_headers[{i}].header"), &c.header)?;
         if h.starts_with(crate::request::HEADER_PREFIX) {
@@ -649,6 +677,7 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
     }
     let message_signing = match raw.message_signing {
         Some(m) => {
+            blank("message_signing.claim", &m.claim)?;
             // An RFC 8941 key (a lower-case letter or `*`, then lower-case
             // letters, digits, `_`, `-`, `.`, `*`): a label such as `1sig`
             // or `-x` could never be found in a client's fields.
@@ -708,6 +737,16 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
         }
         None => None,
     };
+    let app_claim = match raw.app_claim {
+        Some(a) => {
+            blank("app_claim.claim", &a.claim)?;
+            Some(AppClaim {
+                claim: a.claim,
+                format: a.format,
+            })
+        }
+        None => None,
+    };
     let failure_budget = match raw.failure_budget {
         Some(b) => {
             if b.window_seconds == 0 || b.window_seconds > 86_400 {
@@ -746,10 +785,7 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
         max_token_bytes: raw.max_token_bytes,
         binding,
         replay,
-        app_claim: raw.app_claim.map(|a| AppClaim {
-            claim: a.claim,
-            format: a.format,
-        }),
+        app_claim,
         platforms: raw.platforms,
         forward: raw.forward,
         claim_to_headers,
