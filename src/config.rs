@@ -592,6 +592,29 @@ impl PathMatch {
     }
 }
 
+/// The methods of RFC 9110, `PATCH` (RFC 5789) and WebDAV's (RFC 4918,
+/// `SEARCH` of RFC 5323), upper case: a route listing another gets advice,
+/// since a typo (`PSOT`) is likelier than an extension method.
+const REGISTERED_METHODS: [&str; 17] = [
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "PATCH",
+    "PROPFIND",
+    "PROPPATCH",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "LOCK",
+    "UNLOCK",
+    "SEARCH",
+];
+
 /// Whether a route listing `methods` (upper case; empty: any) matches
 /// `method`. Methods compare without case (an upstream's router may read
 /// `get` as `GET`, and Envoy passes it on), and `HEAD` takes a `GET` route:
@@ -888,6 +911,20 @@ impl Config {
                         r.name, rl.name
                     ));
                 }
+            }
+        }
+        for r in &self.routes {
+            for m in r
+                .methods
+                .iter()
+                .filter(|m| !REGISTERED_METHODS.contains(&m.as_str()))
+            {
+                out.push(format!(
+                    "routes ({}).match.methods: {m:?} is not a registered HTTP method; if it \
+                     is a typo, the route never takes the method meant, and those requests \
+                     fall through to a later route or `default_action`",
+                    r.name
+                ));
             }
         }
         let reads_phones = self.routes.iter().any(|r| {
@@ -1601,7 +1638,9 @@ fn compile_route(
     };
     let mut methods = Vec::with_capacity(m.methods.len());
     for (j, meth) in m.methods.iter().enumerate() {
-        if meth.is_empty() || !meth.bytes().all(|b| b.is_ascii_alphabetic()) {
+        // Any RFC 9110 method token (`M-SEARCH`); one outside the
+        // registered methods gets advice instead (`advisories`).
+        if meth.is_empty() || !meth.bytes().all(crate::signing::is_tchar) {
             return Err(ConfigError::new(
                 format!("{at}.match.methods[{j}]"),
                 format!("{meth:?} is not an HTTP method"),
@@ -2457,6 +2496,43 @@ mod tests {
         let e = err("not json");
         assert_eq!(e.path, "");
         assert!(e.to_string().starts_with("invalid configuration"));
+    }
+
+    #[test]
+    fn a_method_is_any_token_and_an_unregistered_one_gets_advice() {
+        let route = |methods: &str| {
+            Config::from_json(
+                format!(
+                    r#"{{"routes": [{{"name": "sms", "match": {{"path": "/v1/sms", "methods": {methods}}},
+                        "api_key": "required"}}]}}"#
+                )
+                .as_bytes(),
+            )
+        };
+        // A typo never takes POST: its requests fall through, so it is named.
+        let c = route(r#"["PSOT"]"#).unwrap();
+        assert!(!method_matches(&c.routes[0].methods, "POST"));
+        let a = c.advisories();
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(
+            a[0].starts_with(r#"routes (sms).match.methods: "PSOT" is not a registered"#),
+            "{a:?}"
+        );
+        // RFC 9110 tokens (UPnP's `M-SEARCH`) are methods too; compared
+        // without case, as requests are.
+        let c = route(r#"["m-search", "get", "Propfind", "PATCH"]"#).unwrap();
+        assert!(method_matches(&c.routes[0].methods, "M-SEARCH"));
+        let a = c.advisories();
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(a[0].contains(r#""M-SEARCH" is not a registered"#), "{a:?}");
+        assert!(route(r#"["GET", "post", "DELETE"]"#)
+            .unwrap()
+            .advisories()
+            .is_empty());
+        for bad in [r#""P ST""#, r#""GET,POST""#, r#""GET/1""#, r#""""#] {
+            let e = route(&format!("[{bad}]")).unwrap_err();
+            assert_eq!(e.path, "routes[0].match.methods[0]", "{bad}");
+        }
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub use digest::{
     content_digest_value, verify_content_digest, DigestAlgorithm, MAX_CONTENT_DIGEST_BYTES,
 };
 pub use key::{InstallKey, InstallSigningKey, SignatureAlgorithm, MAX_IPK_CHARS};
+pub(crate) use sfv::is_tchar;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
