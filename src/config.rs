@@ -1400,21 +1400,66 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         }
     }
+    let network = compile_network("network", raw.network.unwrap_or_default())?;
+    let ph = raw.platform_headers;
+    let ph_name = |field: &str, v: Option<String>, default: &str| -> Result<String, ConfigError> {
+        header_name(
+            &format!("platform_headers.{field}"),
+            v.as_deref().unwrap_or(default),
+        )
+    };
+    let platform_headers = match ph {
+        Some(h) => PlatformHeaderNames {
+            android_package: ph_name("android_package", h.android_package, "x-android-package")?,
+            android_cert: ph_name("android_cert", h.android_cert, "x-android-cert")?,
+            ios_bundle_id: ph_name("ios_bundle_id", h.ios_bundle_id, "x-ios-bundle-identifier")?,
+            ios_team_id: ph_name("ios_team_id", h.ios_team_id, "x-ios-team-id")?,
+        },
+        None => PlatformHeaderNames {
+            android_package: "x-android-package".into(),
+            android_cert: "x-android-cert".into(),
+            ios_bundle_id: "x-ios-bundle-identifier".into(),
+            ios_team_id: "x-ios-team-id".into(),
+        },
+    };
+    // A claim header is stripped from every request: it must not be one
+    // clients send for appguard to read, nor one HTTP framing or the
+    // proxies in front own (the upstream would lose the client's copy, or
+    // take a claim for the request's host, length or client address).
+    let mut owned = vec![
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "x-forwarded-for",
+        "forwarded",
+        "x-real-ip",
+        &api_keys.header,
+        &platform_headers.android_package,
+        &platform_headers.android_cert,
+        &platform_headers.ios_bundle_id,
+        &platform_headers.ios_team_id,
+    ];
+    owned.extend(network.country_header.as_deref());
+    for p in &providers {
+        owned.extend(p.sources.iter().map(|src| src.header.as_str()));
+        owned.extend(
+            p.binding
+                .iter()
+                .flat_map(|b| b.headers.iter().map(String::as_str)),
+        );
+    }
     let mut claim_headers: Vec<String> = Vec::new();
     for (i, p) in providers.iter().enumerate() {
         for (j, (_, h)) in p.claim_to_headers.iter().enumerate() {
-            // Stripped from every request: it must not be a header clients
-            // legitimately send for appguard to read.
-            let read = providers
-                .iter()
-                .flat_map(|q| q.sources.iter().map(|src| &src.header))
-                .any(|src| same(src, h))
-                || same(h, &api_keys.header);
-            if read {
+            if crate::request::is_header_of(h, &owned) {
                 return Err(ConfigError::new(
                     format!("tokens[{i}].claim_to_headers[{j}].header"),
-                    "a header appguard reads from clients (a token source or the API key \
-                     header) cannot carry a verified claim",
+                    "cannot carry a verified claim: appguard reads this header from clients \
+                     (a token source, the API key, platform, country or binding header), or \
+                     HTTP framing or proxies own it (host, content-length, transfer-encoding, \
+                     connection, te, x-forwarded-for, forwarded, x-real-ip)",
                 ));
             }
             if !claim_headers.contains(h) {
@@ -1470,28 +1515,6 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             ),
         ));
     }
-    let network = compile_network("network", raw.network.unwrap_or_default())?;
-    let ph = raw.platform_headers;
-    let ph_name = |field: &str, v: Option<String>, default: &str| -> Result<String, ConfigError> {
-        header_name(
-            &format!("platform_headers.{field}"),
-            v.as_deref().unwrap_or(default),
-        )
-    };
-    let platform_headers = match ph {
-        Some(h) => PlatformHeaderNames {
-            android_package: ph_name("android_package", h.android_package, "x-android-package")?,
-            android_cert: ph_name("android_cert", h.android_cert, "x-android-cert")?,
-            ios_bundle_id: ph_name("ios_bundle_id", h.ios_bundle_id, "x-ios-bundle-identifier")?,
-            ios_team_id: ph_name("ios_team_id", h.ios_team_id, "x-ios-team-id")?,
-        },
-        None => PlatformHeaderNames {
-            android_package: "x-android-package".into(),
-            android_cert: "x-android-cert".into(),
-            ios_bundle_id: "x-ios-bundle-identifier".into(),
-            ios_team_id: "x-ios-team-id".into(),
-        },
-    };
     Ok(Config {
         mode: raw.mode,
         default_action: raw.default_action,

@@ -2969,6 +2969,34 @@ fn headers_appguard_sets_cannot_be_read_from_clients_or_carry_claims() {
         );
         assert_eq!(e.path, "tokens[0].claim_to_headers[0].header", "{header}");
     }
+    // Nor one appguard reads for another role (platform, country, binding;
+    // a platform header renamed too), one of its own in another spelling,
+    // or one HTTP framing or the proxies in front own.
+    for header in [
+        "x_appguard_app",
+        "x.appguard.app",
+        "x-android-package",
+        "X_IOS_Bundle_Identifier",
+        "x-pkg",
+        "x-country",
+        "authorization",
+        "host",
+        "content-length",
+        "Transfer-Encoding",
+        "connection",
+        "te",
+        "x_forwarded_for",
+        "forwarded",
+        "x-real-ip",
+    ] {
+        let e = err(json!({
+            "platform_headers": {"android_cert": "x-pkg"},
+            "network": {"country_header": "x-country", "country_deny": ["RU"]},
+            "tokens": [{"name": "t", "from": [{"header": "x-t"}], "keys": [{"alg": "HS256", "secret_base64": key}],
+                        "binding": {"headers": ["authorization"]},
+                        "claim_to_headers": [{"claim": "sub", "header": header}]}]}));
+        assert_eq!(e.path, "tokens[0].claim_to_headers[0].header", "{header}");
+    }
     let e = err(
         json!({"tokens": [{"name": "t", "from": [{"header": "x-t"}], "keys": [{"alg": "HS256", "secret_base64": key}],
                                    "claim_to_headers": [{"claim": "sub", "header": "x-user"}]}],

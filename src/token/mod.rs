@@ -667,10 +667,12 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
         blank(&format!("claim_to_headers[{i}].claim"), &c.claim)?;
         let h =
             crate::config::header_name(&format!("{at}.claim_to_headers[{i}].header"), &c.header)?;
-        if h.starts_with(crate::request::HEADER_PREFIX) {
+        if crate::request::reserved_header(&h, &[]) {
             return Err(err(
                 &format!("claim_to_headers[{i}].header"),
-                "x-appguard-* headers are reserved for appguard's own identity headers".into(),
+                "x-appguard-* headers (`x_appguard_*` too) are reserved for appguard's own \
+                 identity headers"
+                    .into(),
             ));
         }
         claim_to_headers.push((c.claim, h));
