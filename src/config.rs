@@ -442,8 +442,8 @@ pub struct RateLimitService {
     pub replay_scope: crate::limits::DigestScope,
 }
 
-/// Phone numbers read from bodies (SMS/OTP routes).
-#[derive(Debug)]
+/// Phone numbers read from bodies (SMS/OTP routes). Its `Debug` leaves
+/// the hash key out, as token keys' does (`KeyMaterial(..)`).
 pub struct PhoneConfig {
     /// How national numbers become E.164.
     pub rules: PhoneRules,
@@ -452,6 +452,16 @@ pub struct PhoneConfig {
     /// Key of the HMAC-SHA256 that turns a number into its descriptor value;
     /// the number itself never leaves the filter.
     pub hash_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for PhoneConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhoneConfig")
+            .field("rules", &self.rules)
+            .field("denied", &self.denied)
+            .field("hash_key", &format_args!(".."))
+            .finish()
+    }
 }
 
 /// Client IP and country rules (SPEC §1 step 2).
@@ -2729,6 +2739,22 @@ mod tests {
         let bearer = r#"{"header": "x-t", "prefix": "Bearer "}"#;
         let named = r#", "issuer": "i", "audiences": ["a"], "app_claim": {"claim": "sub"}"#;
         assert!(Config::from_json(doc(bearer, &hs, named).as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn debug_of_a_config_leaves_the_phone_hash_key_out() {
+        // "0123456789abcdef": its bytes would print as [48, 49, 50, ...].
+        let c = Config::from_json(
+            br#"{"phone": {"hash_key_base64": "MDEyMzQ1Njc4OWFiY2RlZg==", "default_calling_code": "44"}}"#,
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(shown.contains("hash_key: .."), "{shown}");
+        assert!(!shown.contains("48, 49, 50"), "{shown}");
+        assert!(
+            shown.contains(r#"default_calling_code: Some("44")"#),
+            "{shown}"
+        );
     }
 
     #[test]
