@@ -2758,6 +2758,36 @@ mod tests {
     }
 
     #[test]
+    fn a_binding_header_listed_twice_is_refused() {
+        let bound = |headers: &str| {
+            Config::from_json(
+                format!(
+                    r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-t"}}],
+                        "keys": [{{"alg": "HS256", "secret_base64": "{}"}}],
+                        "binding": {{"headers": {headers}}}}}]}}"#,
+                    "a".repeat(44)
+                )
+                .as_bytes(),
+            )
+        };
+        for headers in [
+            r#"["authorization", "Authorization"]"#,
+            r#"["x-device", "x-session", "x_session"]"#,
+        ] {
+            let e = bound(headers).unwrap_err();
+            let last = headers.matches(',').count();
+            assert_eq!(
+                e.path,
+                format!("tokens[0].binding.headers[{last}]"),
+                "{headers}: {e}"
+            );
+        }
+        let c = bound(r#"["authorization", "x-device"]"#).unwrap();
+        let b = c.providers[0].binding.as_ref().unwrap();
+        assert_eq!(b.headers, vec!["authorization", "x-device"]);
+    }
+
+    #[test]
     fn a_duplicate_kid_is_named_where_it_was_written() {
         let hs = |kid: &str| {
             format!(

@@ -632,12 +632,19 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
                     "at least one header is required".into(),
                 ));
             }
-            let mut headers = Vec::new();
+            let mut headers: Vec<String> = Vec::new();
             for (i, h) in b.headers.iter().enumerate() {
-                headers.push(crate::config::header_name(
-                    &format!("{at}.binding.headers[{i}]"),
-                    h,
-                )?);
+                let h = crate::config::header_name(&format!("{at}.binding.headers[{i}]"), h)?;
+                // The digest would be of its value twice (also under
+                // another spelling, as each is read in every spelling): no
+                // genuine token's claim could ever match.
+                if headers
+                    .iter()
+                    .any(|p| crate::request::same_header_name(p.as_bytes(), h.as_bytes()))
+                {
+                    return Err(err(&format!("binding.headers[{i}]"), "listed twice".into()));
+                }
+                headers.push(h);
             }
             Some(Binding {
                 claim: b.claim,
