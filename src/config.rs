@@ -2665,6 +2665,11 @@ mod tests {
                 r#""default_calling_code": "044""#,
                 "phone.default_calling_code",
             ),
+            // `44` mistyped: no number has a calling code of its length.
+            (
+                r#""default_calling_code": "440""#,
+                "phone.default_calling_code",
+            ),
             (r#""national_prefix": "0000""#, "phone.national_prefix"),
         ] {
             let e = err(&format!(r#"{{"phone": {{{phone}, {hash}}}}}"#));

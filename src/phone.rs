@@ -125,7 +125,8 @@ impl PhoneRules {
     }
 
     /// Checks the rules as configuration: the calling code is one to three
-    /// ASCII digits not starting with 0, the national prefix at most three
+    /// ASCII digits not starting with 0, of its zone's length (see
+    /// `is_calling_code`), the national prefix at most three
     /// ASCII digits. The error names the field that is wrong and why, for
     /// `on_configure`.
     pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
@@ -133,7 +134,7 @@ impl PhoneRules {
             if !is_calling_code(code) {
                 return Err((
                     "default_calling_code",
-                    "must be 1 to 3 digits, not starting with 0",
+                    "must be a calling code: 1 to 3 digits, not starting with 0, as long as its zone's (`44`, not `440` or `4`)",
                 ));
             }
         }
@@ -146,10 +147,16 @@ impl PhoneRules {
     }
 }
 
+/// One to three digits, not starting with 0, and as long as the codes of
+/// its zone are ([`calling_code_len`]: `44`, not `440` or `4`): no number
+/// has any other, and one normalised under it is then read with another
+/// code (`440` + `7700…` as `+44 07700…`), so denied prefixes and
+/// per-number limits apply to numbers other than those meant.
 fn is_calling_code(code: &str) -> bool {
     (1..=3).contains(&code.len())
         && code.bytes().all(|b| b.is_ascii_digit())
         && !code.starts_with('0')
+        && calling_code_len(code) == code.len()
 }
 
 /// Why a phone number (or a configured prefix) was refused. The messages
@@ -661,7 +668,11 @@ mod tests {
 
     #[test]
     fn bad_default_calling_code_refuses_national_numbers() {
-        for code in ["", "0", "044", "4444", "4a", "+44"] {
+        // A code of another length than its zone's (`calling_code_len`):
+        // no number has it.
+        for code in [
+            "", "0", "044", "4444", "4a", "+44", "4", "440", "9", "21", "80", "10", "710",
+        ] {
             let rules = PhoneRules::with_calling_code(code);
             assert!(rules.validate().is_err(), "{code:?}");
             assert_eq!(
