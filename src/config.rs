@@ -849,6 +849,33 @@ impl Config {
         // where no other rule of the route binds every request.
         for r in &self.routes {
             use crate::limits::Source;
+            // Settings that refuse every request of the route.
+            if r.action == Action::Allow {
+                if r.api_key == KeyRequirement::Required
+                    && !self
+                        .api_keys
+                        .keys
+                        .iter()
+                        .any(|k| !k.disabled && (k.routes.is_empty() || k.routes.contains(&r.name)))
+                {
+                    out.push(format!(
+                        "routes ({}).api_key: required, and no enabled key may be used on this \
+                         route: every request is refused",
+                        r.name
+                    ));
+                }
+                for p in r
+                    .platforms
+                    .iter()
+                    .filter(|&&p| !self.apps.iter().any(|a| a.platform == p))
+                {
+                    out.push(format!(
+                        "routes ({}).platforms: no app of platform `{}`: its requests are refused",
+                        r.name,
+                        p.as_str()
+                    ));
+                }
+            }
             let binds_all = r.rate_limits.iter().any(|rl| {
                 rl.entries.iter().all(|e| {
                     matches!(
@@ -2106,6 +2133,43 @@ mod tests {
                 "local": {"requests": 1, "per": "hour"}}]"#,
         );
         assert!(with("", &read, &phone).is_empty(), "{read}");
+        // A route that refuses every request: a required key with none to
+        // use there, or a platform no app has.
+        let refusing = |route: &str, keys: &str| {
+            advice(&format!(
+                r#"{{"apps": [{{"id": "a", "platform": "ios", "bundle_id": "b"}}],
+                    "api_keys": {{"keys": [{keys}]}}, "routes": [{route},
+                    {{"name": "other", "match": {{"prefix": "/o/"}}, "api_key": "optional"}}]}}"#
+            ))
+        };
+        let key = |extra: &str| format!(r#"{{"id": "k", "sha256": "{}"{extra}}}"#, "0".repeat(64));
+        let required = r#"{"name": "pay", "match": {"prefix": "/p/"}, "api_key": "required"}"#;
+        assert!(refusing(required, &key("")).is_empty());
+        for keys in [
+            String::new(),
+            key(r#", "disabled": true"#),
+            key(r#", "routes": ["other"]"#),
+        ] {
+            let a = refusing(required, &keys);
+            assert_eq!(a.len(), 1, "{keys}: {a:?}");
+            assert!(
+                a[0].starts_with("routes (pay).api_key: required, and no enabled key"),
+                "{a:?}"
+            );
+        }
+        let denied = r#"{"name": "pay", "match": {"prefix": "/p/"}, "api_key": "required", "action": "deny"}"#;
+        assert!(
+            refusing(denied, "").is_empty(),
+            "a route that denies says so itself"
+        );
+        let android =
+            r#"{"name": "pay", "match": {"prefix": "/p/"}, "platforms": ["ios", "android"]}"#;
+        let a = refusing(android, &key(""));
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(
+            a[0],
+            "routes (pay).platforms: no app of platform `android`: its requests are refused"
+        );
         let keys = r#", "api_keys": {"keys": [{"id": "k", "sha256": "0000000000000000000000000000000000000000000000000000000000000000"}]}"#;
         let a = with("", &route(""), keys);
         assert_eq!(a.len(), 1, "{a:?}");
@@ -2537,7 +2601,7 @@ mod tests {
             Config::from_json(
                 format!(
                     r#"{{"routes": [{{"name": "sms", "match": {{"path": "/v1/sms", "methods": {methods}}},
-                        "api_key": "required"}}]}}"#
+                        "api_key": "optional"}}]}}"#
                 )
                 .as_bytes(),
             )
@@ -2956,6 +3020,16 @@ mod tests {
                 "phone",
                 "not a field of a `header` entry",
             ),
+            (
+                r#"{"type":"body","pointer":"/to~2"}"#,
+                "pointer",
+                "a JSON pointer",
+            ),
+            (
+                r#"{"type":"body","pointer":"/to~"}"#,
+                "pointer",
+                "a JSON pointer",
+            ),
         ] {
             let got = entry(e);
             assert_eq!(got.path, format!("{at}.{field}"), "{e}: {got}");
@@ -2977,7 +3051,7 @@ mod tests {
             br#"{"routes":[{"name":"sms","match":{"path":"/sms"},
                 "rate_limits":[{"entries":[{"v6_prefix":48,"type":"client_ip"},
                     {"type":"header","name":"X-Tenant"},{"type":"value","key":"k","value":"v"},
-                    {"type":"body","pointer":"/to","phone":false},{"type":"route"}],
+                    {"type":"body","pointer":"/a~1b/c~0d","phone":false},{"type":"route"}],
                 "local":{"requests":5,"per":"minute"}}]}]}"#,
         )
         .unwrap();

@@ -179,7 +179,15 @@ impl RawEntry {
             }
             EntryKind::Body => {
                 let pointer = self.pointer.ok_or_else(|| needed("pointer"))?;
-                if !(pointer.is_empty() || pointer.starts_with('/')) || pointer.len() > 256 {
+                // RFC 6901 escapes only `~0` and `~1`: another `~` names
+                // no member a JSON body can have as written.
+                let escapes_ok = pointer
+                    .match_indices('~')
+                    .all(|(i, _)| matches!(pointer.as_bytes().get(i + 1), Some(b'0' | b'1')));
+                if !(pointer.is_empty() || pointer.starts_with('/'))
+                    || pointer.len() > 256
+                    || !escapes_ok
+                {
                     return Err(ConfigError::new(
                         field("pointer"),
                         "a JSON pointer (RFC 6901) such as `/to`",
