@@ -1723,6 +1723,12 @@ fn compile_route(
                     format!("no token provider named {}", shown(name)),
                 )
             })?;
+        if route_providers.contains(&idx) {
+            return Err(ConfigError::new(
+                format!("{at}.tokens[{j}]"),
+                "listed twice (a typo for another provider?)",
+            ));
+        }
         route_providers.push(idx);
     }
     if r.token_required == Some(true) && route_providers.is_empty() {
@@ -3078,6 +3084,25 @@ mod tests {
         }
         assert!(Config::from_json(rule(&"a".repeat(64)).as_bytes()).is_ok());
         assert!(Config::from_json(rule("sms-per_ip-2").as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_route_lists_a_provider_once() {
+        let doc = |tokens: &str| {
+            format!(
+                r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-t"}}], "issuer": "i",
+                    "keys": [{{"alg": "HS256", "secret_base64": "{}"}}]}},
+                    {{"name": "u", "from": [{{"header": "x-u"}}], "issuer": "i",
+                    "keys": [{{"alg": "HS256", "secret_base64": "{}"}}]}}],
+                    "routes": [{{"name": "r", "match": {{"prefix": "/"}}, "tokens": {tokens}}}]}}"#,
+                "a".repeat(44),
+                "b".repeat(44)
+            )
+        };
+        let e = err(&doc(r#"["t", "u", "t"]"#));
+        assert_eq!(e.path, "routes[0].tokens[2]", "{e}");
+        assert!(e.message.starts_with("listed twice"), "{e}");
+        assert!(Config::from_json(doc(r#"["t", "u"]"#).as_bytes()).is_ok());
     }
 
     #[test]
