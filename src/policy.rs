@@ -441,7 +441,10 @@ pub struct Facts {
     /// failure budget is spent (counted and logged by the adapter).
     pub budget_refused: bool,
     /// A dependency was down and the route's `failure_mode: allow` let the
-    /// request go on without it (counted and logged by the adapter).
+    /// request go on without it (counted and logged by the adapter, and
+    /// told to the upstream): the first that was, so `jwks_unavailable`
+    /// (identity from headers alone) when the rate-limit service failed
+    /// too.
     pub degraded: Option<Reason>,
     /// The rate-limit service's limit for the replay descriptor
     /// (`replay.scope: service`) does not make a `jti` single-use: there is
@@ -1572,7 +1575,10 @@ fn limits_phase(
                 // so the route's failure mode decides; letting the request
                 // go unlimited is counted and logged as degraded.
                 Err(_) if route.failure_mode == FailureMode::Allow => {
-                    pending.facts.degraded = Some(Reason::RatelimitUnavailable);
+                    pending
+                        .facts
+                        .degraded
+                        .get_or_insert(Reason::RatelimitUnavailable);
                 }
                 Err(_) => return deny(pending, Reason::RatelimitUnavailable.into()),
             },
@@ -1789,7 +1795,10 @@ fn rls_verdict(
         Err(()) => {
             return match failure_mode {
                 FailureMode::Allow => {
-                    pending.facts.degraded = Some(Reason::RatelimitUnavailable);
+                    pending
+                        .facts
+                        .degraded
+                        .get_or_insert(Reason::RatelimitUnavailable);
                     done(pending)
                 }
                 FailureMode::Deny => deny(pending, Reason::RatelimitUnavailable.into()),

@@ -1528,6 +1528,33 @@ fn jwks_unavailable_follows_the_route_failure_mode() {
 }
 
 #[test]
+fn both_dependencies_failing_open_keep_the_identity_one() {
+    // Keys missing and the service down on one request: the upstream must
+    // still learn that identity rested on headers alone.
+    let w = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "d", "failure_mode": "allow"},
+        "tokens": [{"name": "r", "from": [{"header": "x-t"}], "remote_jwks": {"cluster": "jwks", "path": "/jwks"}}],
+        "routes": [{"name": "open", "match": {"prefix": "/open"}, "tokens": ["r"], "failure_mode": "allow",
+                    "rate_limits": [{"entries": [{"type": "client_ip"}]}]}]
+    }));
+    let t = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "kid": "k"}),
+        &json!({"exp": NOW + 60}),
+    );
+    let Step::NeedRateLimit(p, _) = w.post("/open/x", "192.0.2.9", &[("x-t", &t)], "") else {
+        panic!("the limits go to the service")
+    };
+    match evaluate_rls(&w.ctx(), p, Err(()), NOW) {
+        Step::Done(d, f) => assert_eq!(
+            (d.reason(), f.degraded),
+            (None, Some(Reason::JwksUnavailable))
+        ),
+        s => panic!("{s:?}"),
+    }
+}
+
+#[test]
 fn a_rate_limit_service_that_fails_open_does_not_open_the_token_check() {
     // `rate_limit_service.failure_mode: allow` is the routes' default for
     // the limiter; a JWKS without keys fails open only where the route

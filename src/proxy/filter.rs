@@ -250,6 +250,7 @@ impl GuardFilter {
                     // keeps the headers from the upstream until the body is
                     // decided (see envoy/envoy.yaml).
                     self.apply_headers(&pending.grant);
+                    mark_degraded(&pending.facts);
                     self.state = State::AwaitingBody(pending);
                     Action::Continue
                 }
@@ -537,12 +538,7 @@ impl GuardFilter {
 
     fn apply_grant(&self, worker: &Worker, grant: &Grant, facts: &Facts, now: u64) {
         self.apply_headers(grant);
-        // Let through by `failure_mode: allow` without a check: the
-        // upstream must be able to tell identity from headers alone (or
-        // no limits) from a verified one. Client copies were removed.
-        if let Some(reason) = facts.degraded {
-            let _ = abi::set_header(Map::RequestHeaders, "x-appguard-degraded", reason.code());
-        }
+        mark_degraded(facts);
         if let Some(reason) = grant.would_deny {
             decision_log(worker, log::Level::Info, now, || {
                 format!(
@@ -861,6 +857,18 @@ impl HttpContext for GuardFilter {
             let _ = abi::add_header(Map::ResponseHeaders, k, v);
         }
         Action::Continue
+    }
+}
+
+/// Tells the upstream that `failure_mode: allow` let the request through
+/// without a check (`x-appguard-degraded`), so that it can tell identity
+/// from headers alone (or no limits) from a verified one. Client copies
+/// were removed with every `x-appguard-*` header. Before a body phase for
+/// what the headers phase skipped (a JWKS without keys): the headers go
+/// on then, and cannot be changed after.
+fn mark_degraded(facts: &Facts) {
+    if let Some(reason) = facts.degraded {
+        let _ = abi::set_header(Map::RequestHeaders, "x-appguard-degraded", reason.code());
     }
 }
 

@@ -420,6 +420,35 @@ fn jwks_envoy(up: &Upstream, jwks_port: u16, failure_mode: &str) -> Envoy {
         .start()
 }
 
+#[test]
+fn jwks_down_under_failure_mode_allow_is_told_upstream_on_a_body_route_too() {
+    // A route that reads the body sends the headers on before the body
+    // is decided: the mark must go with them.
+    let (k, _doc) = key();
+    let up = Upstream::start();
+    let mut config = jwks_config(600, 3600, "allow");
+    config["routes"] = json!([{"name": "api", "match": {"prefix": "/api"}, "tokens": ["remote"],
+        "failure_mode": "allow",
+        "rate_limits": [{"entries": [{"type": "body", "pointer": "/user"}],
+                         "local": {"requests": 100, "per": "minute"}}]}]);
+    let e = EnvoyBuilder::new(config, up.port)
+        .http_cluster("jwks", free_port())
+        .start();
+    let t = tokens::es256_with(&k, &claims(60, json!({})));
+    let r = e.request(
+        Req::post_json("/api/x", r#"{"user": "u1"}"#)
+            .header("x-token", &t)
+            .header("x-appguard-degraded", "spoof"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        up.last().header("x-appguard-degraded"),
+        Some("jwks_unavailable")
+    );
+    assert_eq!(up.last().header("x-token"), None);
+    e.assert_vm_healthy();
+}
+
 fn key() -> (ES256KeyPair, String) {
     let k = ES256KeyPair::generate().with_key_id("k1");
     let doc = json!({"keys": [tokens::es256_jwk(&k, "k1")]}).to_string();
