@@ -779,8 +779,22 @@ fn match_route_for<'c>(
     // decode them (`path_with_escaped_slashes_action`), are `/` to an
     // upstream that decodes the path before routing it; so is `\`, which
     // only `normalize_path` turns into `/`.
-    if let Some(decoded) = decode_slashes(&path) {
+    // An escaped unreserved character (`%73` for `s`) is decoded by
+    // `normalize_path`, so it arrives only with that off, and Tomcat,
+    // Go's `net/http` and Werkzeug decode it before routing: the decoded
+    // path (slashes decoded too) must take the request's route.
+    let unreserved = encoded_unreserved(&path).map(|_| decode_unreserved(&path));
+    let decoded = match unreserved {
+        Some(d) => Some(decode_slashes(&d).unwrap_or(d)),
+        None => decode_slashes(&path),
+    };
+    if let Some(decoded) = decoded {
         let decoded = route_path(&decoded).ok_or(UnclearPath)?.into_owned();
+        // `/v1/a%2Fsms.json` is `/v1/a/sms` to an upstream that both
+        // decodes and strips format suffixes.
+        for stem in format_stems(&decoded).into_iter().flatten() {
+            add_variant(&mut paths, &path, Cow::Owned(stem.to_owned()), str::eq)?;
+        }
         add_variant(&mut paths, &path, Cow::Owned(decoded), str::eq)?;
     }
     for (name, value) in req.headers.iter() {
@@ -1037,16 +1051,11 @@ fn php_name(raw: &str, want: &str, under: bool) -> bool {
 /// of those, but they come back from `;` (`/v1/public/..;/sms`,
 /// `/v1/;x/sms`, `/v1/sms/.;/send`), or arrive when those settings are off,
 /// and an upstream that resolves them serves another path than the one
-/// appguard would match (`/v1/sms` for `/v1/public/..;/sms`). `None` too
-/// when the path has a `%XX` that decodes to an unreserved character
-/// (see [`encoded_unreserved`]).
+/// appguard would match (`/v1/sms` for `/v1/public/..;/sms`).
 fn route_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
     // The common path: nothing to drop, nothing to resolve.
     if !path.contains(';') && !path.contains("//") && !path.contains("/.") && !path.contains('%') {
         return Some(std::borrow::Cow::Borrowed(path));
-    }
-    if encoded_unreserved(path).is_some() {
-        return None;
     }
     let mut out = String::with_capacity(path.len());
     let mut segments = path.split('/').enumerate().peekable();
@@ -1070,12 +1079,44 @@ fn route_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
 /// with that setting off, and Tomcat/Spring, Go's `net/http` and Werkzeug
 /// decode it before routing (`/v1/%73ms` is `/v1/sms` there).
 pub(crate) fn encoded_unreserved(path: &str) -> Option<(usize, char)> {
-    let b = path.as_bytes();
+    path.match_indices('%')
+        .find_map(|(i, _)| unreserved_escape(path.get(i..)?).map(|c| (i, c)))
+}
+
+/// The unreserved character (see [`encoded_unreserved`]) that `s` starts
+/// with the escape of (`%73…` → `s`), if it does.
+fn unreserved_escape(s: &str) -> Option<char> {
+    let b = s.as_bytes();
     let hex = |j: usize| b.get(j).and_then(|&h| char::from(h).to_digit(16));
-    path.match_indices('%').find_map(|(i, _)| {
-        let c = char::from_u32(hex(i + 1)? << 4 | hex(i + 2)?)?;
-        (c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')).then_some((i, c))
-    })
+    if b.first() != Some(&b'%') {
+        return None;
+    }
+    let c = char::from_u32(hex(1)? << 4 | hex(2)?)?;
+    (c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')).then_some(c)
+}
+
+/// `path` with every escaped unreserved character decoded (`/v1/%73ms`
+/// → `/v1/sms`), as Envoy's `normalize_path` and the upstreams that
+/// decode before routing read it; other escapes stay.
+fn decode_unreserved(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(i) = rest.find('%') {
+        let (head, tail) = rest.split_at(i);
+        out.push_str(head);
+        match unreserved_escape(tail) {
+            Some(c) => {
+                out.push(c);
+                rest = tail.get(3..).unwrap_or("");
+            }
+            None => {
+                out.push('%');
+                rest = tail.get(1..).unwrap_or("");
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `path` with every `%2F` and `%5C` (any case) and every `\` turned into
