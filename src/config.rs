@@ -1479,6 +1479,12 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         &platform_headers.ios_team_id,
     ];
     owned.extend(network.country_header.as_deref());
+    // The headers routes are matched by (a claim written there would
+    // route the request upstream after appguard matched it).
+    owned.extend(crate::policy::METHOD_OVERRIDE_HEADERS);
+    owned.extend(crate::policy::URL_OVERRIDE_HEADERS);
+    owned.extend(crate::policy::FORWARDED_HOST_HEADERS);
+    owned.extend(["x-forwarded-proto", "x-forwarded-port"]);
     for p in &providers {
         owned.extend(p.sources.iter().map(|src| src.header.as_str()));
         owned.extend(
@@ -1494,9 +1500,10 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 return Err(ConfigError::new(
                     format!("tokens[{i}].claim_to_headers[{j}].header"),
                     "cannot carry a verified claim: appguard reads this header from clients \
-                     (a token source, the API key, platform, country or binding header), or \
-                     HTTP framing or proxies own it (host, content-length, transfer-encoding, \
-                     connection, te, x-forwarded-for, forwarded, x-real-ip)",
+                     (a token source, the API key, platform, country, binding, method or \
+                     URL override or forwarded-host header), or HTTP framing or proxies own \
+                     it (host, content-length, transfer-encoding, connection, te, \
+                     x-forwarded-for/-proto/-port, forwarded, x-real-ip)",
                 ));
             }
             if !claim_headers.contains(h) {
