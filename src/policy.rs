@@ -2492,9 +2492,11 @@ fn check_token(
     let config = ctx.config;
     // Delegated providers: the payload jwt_authn verified, from metadata.
     // Several may read one key (Istio writes every rule's payload under
-    // `payload`): the one whose issuer issued it decides, else the first.
-    // The payload is verified, so choosing by its `iss` is safe.
+    // `payload`): the first whose issuer issued it and whose audiences
+    // take it decides, else the first of its issuer, else the first. The
+    // payload is verified, so choosing by its claims is safe.
     let mut delegated = None;
+    let mut rank = 0;
     for &pi in &route.providers {
         let Some(p) = config.providers.get(pi) else {
             continue;
@@ -2506,10 +2508,12 @@ fn check_token(
             continue;
         };
         let issued = claims.get("iss").and_then(serde_json::Value::as_str) == p.issuer.as_deref();
-        if issued || delegated.is_none() {
+        let r = 1 + u8::from(issued) + u8::from(issued && token::accepts_audience(p, &claims));
+        if r > rank {
+            rank = r;
             delegated = Some((pi, p, claims));
         }
-        if issued {
+        if r == 3 {
             break;
         }
     }

@@ -1810,6 +1810,32 @@ fn delegated_providers_on_one_metadata_key_take_the_payload_of_their_issuer() {
     assert_eq!(run("/either/x", &appcheck), (None, Some(1)));
     let user = payload("https://idp.example");
     assert_eq!(run("/either/x", &user), (None, Some(0)));
+    // Of one issuer, the provider whose audiences take the payload.
+    let w2 = World::from(json!({
+        "tokens": [
+            {"name": "a", "from": [{"header": "x-t"}], "verified_by": {"key": "payload"},
+             "issuer": "https://idp.example", "audiences": ["app-a"]},
+            {"name": "b", "from": [{"header": "x-t"}], "verified_by": {"key": "payload"},
+             "issuer": "https://idp.example", "audiences": ["app-b"]}
+        ],
+        "routes": [{"name": "both", "match": {"prefix": "/"}, "tokens": ["a", "b"]}]
+    }));
+    let for_b: Claims = serde_json::from_value(json!({
+        "iss": "https://idp.example", "aud": "app-b", "iat": NOW - 10, "exp": NOW + 100
+    }))
+    .unwrap();
+    let payloads = [(0usize, for_b.clone()), (1usize, for_b)];
+    let h = headers(&[
+        (":method", "GET"),
+        (":path", "/x"),
+        (":authority", "api.example.com"),
+    ]);
+    let mut req = Request::new(&h, Some("198.51.100.1".parse().unwrap()));
+    req.delegated = Delegated::Known(&payloads);
+    match evaluate(&w2.ctx(), &req, NOW) {
+        Step::Done(d, f) => assert_eq!((d.reason(), f.token.map(|t| t.provider)), (None, Some(1))),
+        s => panic!("{s:?}"),
+    }
     // A provider the route does not list is not chosen, and a payload no
     // listed provider issued is refused by the first.
     assert_eq!(run("/users/x", &appcheck).0, Some(Reason::TokenClaims));
