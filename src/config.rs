@@ -1485,6 +1485,18 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     owned.extend(crate::policy::URL_OVERRIDE_HEADERS);
     owned.extend(crate::policy::FORWARDED_HOST_HEADERS);
     owned.extend(["x-forwarded-proto", "x-forwarded-port"]);
+    // And those the body, signature, web-origin and preflight checks read.
+    owned.extend([
+        "content-type",
+        "content-encoding",
+        "content-digest",
+        "signature",
+        "signature-input",
+        "origin",
+        "referer",
+        "access-control-request-method",
+        "access-control-request-headers",
+    ]);
     for p in &providers {
         owned.extend(p.sources.iter().map(|src| src.header.as_str()));
         owned.extend(
@@ -1501,7 +1513,8 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                     format!("tokens[{i}].claim_to_headers[{j}].header"),
                     "cannot carry a verified claim: appguard reads this header from clients \
                      (a token source, the API key, platform, country, binding, method or \
-                     URL override or forwarded-host header), or HTTP framing or proxies own \
+                     URL override or forwarded-host header, or one the body, signature, web \
+                     origin or preflight checks read), or HTTP framing or proxies own \
                      it (host, content-length, transfer-encoding, connection, te, \
                      x-forwarded-for/-proto/-port, forwarded, x-real-ip)",
                 ));

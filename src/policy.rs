@@ -723,10 +723,12 @@ pub const METHOD_OVERRIDE_PARAM: &str = "_method";
 /// Finds the first route that matches the request, if any; [`UnclearPath`]
 /// when the request could reach a different handler upstream than the one
 /// its path and method name (refused as `route_denied`): a path with dot or
-/// empty segments or a percent-encoded unreserved character (`%73`); or,
-/// where the upstream may take the request for another path, method or
-/// host, one that takes another route than the request's own:
-/// - paths: the path with `%2F`, `%5C` and `\` read as `/`; the path
+/// empty segments; or, where the upstream may take the request for another
+/// path, method or host, one that takes another route than the request's
+/// own:
+/// - paths: the path with its percent-encoded unreserved characters
+///   (`%73`) decoded and `%2F`, `%5C` and `\` read as `/` (and that
+///   path's format stems); the path
 ///   without a format suffix (`/v1/sms.json`, also with a trailing slash,
 ///   at its first or last dot), unless an exact route names the dotted
 ///   path itself; each target override
@@ -1157,8 +1159,9 @@ fn decode_slashes(path: &str) -> Option<String> {
 /// `/v1/sms.json` and `/v1/sms.json/`), cut at the segment's first and at
 /// its last `.`, if it has one after its first character: at most two
 /// stems. A `.` that ends the segment counts (`/v1/sms.`, `/v1/sms./`):
-/// Spring's suffix pattern `/v1/sms.*` matches it. (A `%2e` never gets
-/// here: [`route_path`] refuses it.)
+/// Spring's suffix pattern `/v1/sms.*` matches it. (A `%2e` is not a
+/// dot here: the decoded path, whose stems are variants too, has it as
+/// one.)
 fn format_stems(path: &str) -> [Option<&str>; 2] {
     let trimmed = path.strip_suffix('/').unwrap_or(path);
     let start = trimmed.rfind('/').map_or(0, |i| i + 1);

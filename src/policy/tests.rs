@@ -3062,6 +3062,14 @@ fn headers_appguard_sets_cannot_be_read_from_clients_or_carry_claims() {
         "x-original-url",
         "x.rewrite.url",
         "x-forwarded-proto",
+        // and those the body, signature, origin and preflight checks read
+        "content-type",
+        "Content-Encoding",
+        "content-digest",
+        "signature-input",
+        "origin",
+        "referer",
+        "access-control-request-method",
     ] {
         let e = err(json!({
             "platform_headers": {"android_cert": "x-pkg"},
