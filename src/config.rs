@@ -972,6 +972,22 @@ impl Config {
         if self.phone.as_ref().is_some_and(|p| !p.denied.is_empty()) && !reads_phones {
             out.push("phone.denied_prefixes: no route reads a phone number".to_owned());
         }
+        let uses_service = self
+            .routes
+            .iter()
+            .any(|r| r.rate_limits.iter().any(|rl| rl.local.is_none()))
+            || self.providers.iter().any(|p| {
+                p.replay
+                    .as_ref()
+                    .is_some_and(|r| r.scope == crate::token::ReplayScope::Service)
+            });
+        if self.rate_limit_service.is_some() && !uses_service {
+            out.push(
+                "rate_limit_service: no rate limit calls it (every rule has `local`) and no \
+                 replay check has `scope: service`"
+                    .to_owned(),
+            );
+        }
         if !self.api_keys.keys.is_empty()
             && self
                 .routes
@@ -2146,6 +2162,22 @@ mod tests {
             a[0].contains("above about 3 signed requests a second"),
             "{a:?}"
         );
+        // A rate-limit service nothing calls.
+        let service = r#", "rate_limit_service": {"cluster": "rls", "domain": "d"}"#;
+        let a = with("", &route(""), service);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(
+            a[0].starts_with("rate_limit_service: no rate limit calls it"),
+            "{a:?}"
+        );
+        let called = route(r#", "rate_limits": [{"entries": [{"type": "client_ip"}]}]"#);
+        assert!(with("", &called, service).is_empty());
+        assert!(with(
+            r#", "replay": {"claim": "jti", "scope": "service"}"#,
+            &route(""),
+            service
+        )
+        .is_empty());
         // Denied prefixes no route checks; keys no route reads.
         let phone = format!(
             r#", "phone": {{"hash_key_base64": "{}", "denied_prefixes": ["+882"]}}"#,
