@@ -2495,11 +2495,10 @@ fn check_token(
     let config = ctx.config;
     // Delegated providers: the payload jwt_authn verified, from metadata.
     // Several may read one key (Istio writes every rule's payload under
-    // `payload`): the first whose issuer issued it and whose audiences
-    // take it decides, else the first of its issuer, else the first. The
-    // payload is verified, so choosing by its claims is safe.
-    let mut delegated = None;
-    let mut rank = 0;
+    // `payload`): the first that fits it best decides ([`token::fit`]:
+    // issuer and audience, then issuer), else the first. The payload is
+    // verified, so choosing by its claims is safe.
+    let mut delegated: Option<(u8, usize, &token::Provider, _)> = None;
     for &pi in &route.providers {
         let Some(p) = config.providers.get(pi) else {
             continue;
@@ -2510,17 +2509,15 @@ fn check_token(
         let Some(claims) = req.delegated.payload(pi) else {
             continue;
         };
-        let issued = claims.get("iss").and_then(serde_json::Value::as_str) == p.issuer.as_deref();
-        let r = 1 + u8::from(issued) + u8::from(issued && token::accepts_audience(p, &claims));
-        if r > rank {
-            rank = r;
-            delegated = Some((pi, p, claims));
+        let fit = token::fit(p, &claims);
+        if delegated.as_ref().is_none_or(|(best, ..)| fit > *best) {
+            delegated = Some((fit, pi, p, claims));
         }
-        if r == 3 {
+        if fit == 3 {
             break;
         }
     }
-    if let Some((pi, p, claims)) = delegated {
+    if let Some((_, pi, p, claims)) = delegated {
         let exp = token::check_claims(p, &claims, now).map_err(|e| Flow::from(e.reason()))?;
         let verified = Rc::new(VerifiedToken {
             provider: pi,
@@ -2710,12 +2707,11 @@ fn check_token(
 /// Several of the route's providers read the same token (two issuers both
 /// sending `Authorization: Bearer`, or an issuer migration): the one that
 /// verified it before (a map lookup, nothing decoded on the cached path),
-/// else the first whose `issuer` is the token's unverified `iss` (as
-/// `jwt_authn` picks a provider by issuer) and whose `audiences` take its
-/// `aud` (one project's providers for two apps share an issuer), else the
-/// first of that issuer, else the first that names no issuer (one that
-/// names another would refuse the token for it), else `first`. The claims
-/// only choose: the chosen provider's checks all apply.
+/// else the first that fits the token's unverified claims best
+/// ([`token::fit`]: its issuer and audience, then its issuer, then a
+/// provider naming no issuer; one naming another would refuse the token
+/// for it), else `first`. The claims only choose: the chosen provider's
+/// checks all apply.
 fn choose_provider<'c, 'r>(
     ctx: &Ctx<'c>,
     route: &Route,
@@ -2745,14 +2741,14 @@ fn choose_provider<'c, 'r>(
         same.push((pi, p));
     }
     let claims = token::unverified_claims(max_bytes, raw).unwrap_or_default();
-    let iss = claims.get("iss").and_then(serde_json::Value::as_str);
-    let issued = |p: &token::Provider| p.issuer.is_some() && p.issuer.as_deref() == iss;
-    let by_issuer = same
-        .iter()
-        .find(|(_, p)| issued(p) && token::accepts_audience(p, &claims))
-        .or_else(|| same.iter().find(|(_, p)| issued(p)))
-        .or_else(|| same.iter().find(|(_, p)| p.issuer.is_none()));
-    by_issuer.map_or(first, |&(pi, p)| (pi, p, raw))
+    let mut best: Option<(u8, usize, &'c token::Provider)> = None;
+    for &(pi, p) in &same {
+        let fit = token::fit(p, &claims);
+        if fit > best.map_or(0, |(b, ..)| b) {
+            best = Some((fit, pi, p));
+        }
+    }
+    best.map_or(first, |(_, pi, p)| (pi, p, raw))
 }
 
 /// The rules that run on every request with a verified token, cached or

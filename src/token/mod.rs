@@ -1086,6 +1086,23 @@ pub fn unverified_claims(max_bytes: usize, token: &str) -> Option<Map<String, Va
     strict_json::parse_object(&b64::decode(payload.as_bytes())?)
 }
 
+/// How well a token's claims (unverified, or a delegated payload) fit
+/// `provider`, to choose among providers that could each take it, as
+/// `jwt_authn` picks a provider by issuer: 3 for its `issuer` and one of
+/// its `audiences` (one project's providers for two apps share an
+/// issuer), 2 for its issuer alone, 1 for a provider that names no issuer,
+/// 0 for another issuer's. The claims only choose: the chosen provider
+/// checks everything.
+pub fn fit(provider: &Provider, claims: &Map<String, Value>) -> u8 {
+    match provider.issuer.as_deref() {
+        None => 1,
+        Some(i) if claims.get("iss").and_then(Value::as_str) == Some(i) => {
+            2 + u8::from(accepts_audience(provider, claims))
+        }
+        Some(_) => 0,
+    }
+}
+
 /// Whether the provider takes a token with these claims for one of its
 /// `audiences` (any token, if it lists none).
 pub fn accepts_audience(provider: &Provider, claims: &Map<String, Value>) -> bool {
