@@ -588,9 +588,8 @@ pub enum Step {
 
 /// A request that routes cannot be matched against with confidence: its
 /// path still has dot or empty segments once its `;` parameters are
-/// dropped, or has a percent-encoded unreserved character, or a
-/// method-override header names a method that would take another route
-/// than the request's own method.
+/// dropped, or an upstream may read it as another path, method or host
+/// that takes another route than its own (see [`match_route`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnclearPath;
 
@@ -777,16 +776,14 @@ fn match_route_for<'c>(
     let mut paths: Vec<Cow<'_, str>> = Vec::new();
     let mut methods: Vec<Cow<'_, str>> = Vec::new();
     let mut hosts: Vec<Cow<'_, str>> = Vec::new();
-    // `%2F` and `%5C`, which Envoy passes on unless told to reject or
-    // decode them (`path_with_escaped_slashes_action`), are `/` to an
-    // upstream that decodes the path before routing it; so is `\`, which
-    // only `normalize_path` turns into `/`.
-    // An escaped unreserved character (`%73` for `s`) is decoded by
-    // `normalize_path`, so it arrives only with that off, and Tomcat,
-    // Go's `net/http` and Werkzeug decode it before routing: the decoded
-    // path (slashes decoded too) must take the request's route.
-    let unreserved = encoded_unreserved(&path).map(|_| decode_unreserved(&path));
-    let decoded = match unreserved {
+    // The path as an upstream that decodes it before routing reads it
+    // (Tomcat, Go's `net/http`, Werkzeug): escaped unreserved characters
+    // (`%73` for `s`), which only `normalize_path` decodes, decoded; `%2F`
+    // and `%5C`, which Envoy passes on unless told to reject or decode them
+    // (`path_with_escaped_slashes_action`), and `\`, which only
+    // `normalize_path` turns into `/`, read as `/`. It must take the
+    // request's route.
+    let decoded = match decode_unreserved(&path) {
         Some(d) => Some(decode_slashes(&d).unwrap_or(d)),
         None => decode_slashes(&path),
     };
@@ -1099,10 +1096,13 @@ fn unreserved_escape(s: &str) -> Option<char> {
 
 /// `path` with every escaped unreserved character decoded (`/v1/%73ms`
 /// → `/v1/sms`), as Envoy's `normalize_path` and the upstreams that
-/// decode before routing read it; other escapes stay.
-fn decode_unreserved(path: &str) -> String {
+/// decode before routing read it; other escapes stay. `None` when it has
+/// none (as [`decode_slashes`]).
+fn decode_unreserved(path: &str) -> Option<String> {
+    let (first, _) = encoded_unreserved(path)?;
+    let (head, mut rest) = path.split_at(first);
     let mut out = String::with_capacity(path.len());
-    let mut rest = path;
+    out.push_str(head);
     while let Some(i) = rest.find('%') {
         let (head, tail) = rest.split_at(i);
         out.push_str(head);
@@ -1118,7 +1118,7 @@ fn decode_unreserved(path: &str) -> String {
         }
     }
     out.push_str(rest);
-    out
+    Some(out)
 }
 
 /// `path` with every `%2F` and `%5C` (any case) and every `\` turned into
