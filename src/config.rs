@@ -260,7 +260,7 @@ struct RawNetwork {
     country_required: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPlatformHeaders {
     #[serde(default, deserialize_with = "crate::config::present")]
@@ -849,6 +849,18 @@ impl Config {
         // where no other rule of the route binds every request.
         for r in &self.routes {
             use crate::limits::Source;
+            for m in r
+                .methods
+                .iter()
+                .filter(|m| !REGISTERED_METHODS.contains(&m.as_str()))
+            {
+                out.push(format!(
+                    "routes ({}).match.methods: {m:?} is not a registered HTTP method; if it \
+                     is a typo, the route never takes the method meant, and those requests \
+                     fall through to a later route or `default_action`",
+                    r.name
+                ));
+            }
             // Settings that refuse every request of the route.
             if r.action == Action::Allow {
                 if r.api_key == KeyRequirement::Required
@@ -948,20 +960,6 @@ impl Config {
                         r.name, rl.name
                     ));
                 }
-            }
-        }
-        for r in &self.routes {
-            for m in r
-                .methods
-                .iter()
-                .filter(|m| !REGISTERED_METHODS.contains(&m.as_str()))
-            {
-                out.push(format!(
-                    "routes ({}).match.methods: {m:?} is not a registered HTTP method; if it \
-                     is a typo, the route never takes the method meant, and those requests \
-                     fall through to a later route or `default_action`",
-                    r.name
-                ));
             }
         }
         let reads_phones = self.routes.iter().any(|r| {
@@ -1454,26 +1452,18 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
     let network = compile_network("network", raw.network.unwrap_or_default())?;
-    let ph = raw.platform_headers;
+    let ph = raw.platform_headers.unwrap_or_default();
     let ph_name = |field: &str, v: Option<String>, default: &str| -> Result<String, ConfigError> {
         header_name(
             &format!("platform_headers.{field}"),
             v.as_deref().unwrap_or(default),
         )
     };
-    let platform_headers = match ph {
-        Some(h) => PlatformHeaderNames {
-            android_package: ph_name("android_package", h.android_package, "x-android-package")?,
-            android_cert: ph_name("android_cert", h.android_cert, "x-android-cert")?,
-            ios_bundle_id: ph_name("ios_bundle_id", h.ios_bundle_id, "x-ios-bundle-identifier")?,
-            ios_team_id: ph_name("ios_team_id", h.ios_team_id, "x-ios-team-id")?,
-        },
-        None => PlatformHeaderNames {
-            android_package: "x-android-package".into(),
-            android_cert: "x-android-cert".into(),
-            ios_bundle_id: "x-ios-bundle-identifier".into(),
-            ios_team_id: "x-ios-team-id".into(),
-        },
+    let platform_headers = PlatformHeaderNames {
+        android_package: ph_name("android_package", ph.android_package, "x-android-package")?,
+        android_cert: ph_name("android_cert", ph.android_cert, "x-android-cert")?,
+        ios_bundle_id: ph_name("ios_bundle_id", ph.ios_bundle_id, "x-ios-bundle-identifier")?,
+        ios_team_id: ph_name("ios_team_id", ph.ios_team_id, "x-ios-team-id")?,
     };
     // A claim header is stripped from every request: it must not be one
     // clients send for appguard to read, nor one HTTP framing or the
@@ -1486,7 +1476,6 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         "connection",
         "te",
         "x-forwarded-for",
-        "forwarded",
         "x-real-ip",
         &api_keys.header,
         &platform_headers.android_package,
