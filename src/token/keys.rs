@@ -301,10 +301,20 @@ pub fn key_from_jwk(jwk: &Value, alg: Option<Alg>, kid: Option<String>) -> Resul
             return Err("JWK `key_ops` lists no \"verify\"".into());
         }
     }
-    let jwk_alg = match obj.get("alg").and_then(Value::as_str) {
+    // RFC 7517 §4.4/§4.5: `alg` and `kid` are strings. One of another type
+    // is an error, not an absent member: read as absent, a wrong `alg`
+    // would give the key a guessed algorithm (RS256 for RSA) and a wrong
+    // `kid` would make it a key for tokens that name none.
+    let text_member = |name: &str| match obj.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(format!("JWK `{name}` is not a string")),
+    };
+    let jwk_alg = match text_member("alg")? {
         Some(a) => Some(Alg::from_name(a).ok_or_else(|| format!("unsupported JWK alg {a:?}"))?),
         None => None,
     };
+    let jwk_kid = text_member("kid")?;
     if let (Some(a), Some(j)) = (alg, jwk_alg) {
         if a != j {
             return Err(format!(
@@ -314,7 +324,7 @@ pub fn key_from_jwk(jwk: &Value, alg: Option<Alg>, kid: Option<String>) -> Resul
             ));
         }
     }
-    let kid = kid.or_else(|| obj.get("kid").and_then(Value::as_str).map(str::to_owned));
+    let kid = kid.or_else(|| jwk_kid.map(str::to_owned));
     let kty = obj
         .get("kty")
         .and_then(Value::as_str)

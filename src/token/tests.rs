@@ -782,6 +782,44 @@ fn a_jwk_restricted_to_other_uses_or_with_a_zero_modulus_is_refused() {
 }
 
 #[test]
+fn a_jwk_alg_or_kid_that_is_not_a_string_is_refused_not_ignored() {
+    let ps = PS256KeyPair::from_pem(RSA_PRIV).unwrap();
+    let rsa = ps.public_key().to_components();
+    let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+    let rsa_jwk = |extra: serde_json::Value| {
+        let mut j = json!({"kty": "RSA", "n": b64(&rsa.n), "e": b64(&rsa.e)});
+        for (k, v) in extra.as_object().unwrap() {
+            j[k] = v.clone();
+        }
+        j
+    };
+    // Read as absent, `["PS256"]` gave the key RS256, and `7` a key for
+    // tokens without a kid.
+    for (extra, member) in [
+        (json!({"alg": ["PS256"]}), "alg"),
+        (json!({"alg": null}), "alg"),
+        (json!({"kid": 7}), "kid"),
+        (json!({"kid": {"id": "k1"}}), "kid"),
+    ] {
+        let e = keys::key_from_jwk(&rsa_jwk(extra.clone()), None, None).unwrap_err();
+        assert!(
+            e.contains(&format!("`{member}` is not a string")),
+            "{extra}: {e}"
+        );
+        // In configuration that is an error of the set; a fetched set
+        // skips the key rather than guess at it.
+        let set = json!({"keys": [rsa_jwk(extra.clone())]});
+        let e = keys::keys_from_jwks(&set, keys::JwksOrigin::Configured).unwrap_err();
+        assert!(e.starts_with("keys[0]: "), "{e}");
+        let fetched = keys::keys_from_jwks(&set, keys::JwksOrigin::Fetched).unwrap();
+        assert!(fetched.is_empty(), "{extra}");
+    }
+    let ok = keys::key_from_jwk(&rsa_jwk(json!({"alg": "PS256", "kid": "k1"})), None, None);
+    let ok = ok.unwrap();
+    assert_eq!((ok.alg, ok.kid.as_deref()), (Alg::PS256, Some("k1")));
+}
+
+#[test]
 fn a_kid_repeated_in_a_fetched_jwks_tries_each_of_its_keys() {
     // A JWKS may list two keys under one kid: a token signed by the
     // second must verify (the first key alone refused it, and a genuine
