@@ -174,7 +174,9 @@ impl Worker {
                 let Some(slot) = slots.get_mut(p) else {
                     continue;
                 };
-                if slot.last_maintained == now {
+                // Once a second; while the slot has no keys, at every tick
+                // (fast after a configuration: see `FAST_TICK_MS`).
+                if slot.last_maintained == now && slot.keys.keys.is_some() {
                     continue;
                 }
                 slot.last_maintained = now;
@@ -264,6 +266,16 @@ impl Worker {
         true
     }
 
+    /// Whether a provider with remote JWKS has no keys on this worker.
+    pub fn lacks_remote_keys(&self) -> bool {
+        let slots = self.jwks.borrow();
+        self.config
+            .providers
+            .iter()
+            .zip(slots.iter())
+            .any(|(p, slot)| p.remote_jwks.is_some() && slot.keys.keys.is_none())
+    }
+
     /// The remote keys as the policy reads them.
     pub fn remote_keys(&self) -> Vec<RemoteKeys> {
         if !self.has_remote_jwks {
@@ -274,10 +286,30 @@ impl Worker {
     }
 }
 
+/// The root's tick period: memory gauge, JWKS upkeep and alerts.
+const TICK_MS: u32 = 1000;
+
+/// The tick period after a configuration with remote JWKS, while this
+/// worker has no keys for one of them (for at most [`FAST_TICKS_FOR_MS`]).
+/// With the 1 s tick alone the first background fetch came a second after
+/// the configuration, and the other workers loaded its keys a second after
+/// that: a worker that took requests before then had them fetch the keys
+/// themselves, at most four at once (`jwks::MAX_REQUEST_FETCHES`), the
+/// rest of a burst answered by the route's `failure_mode`. Fast ticks only
+/// look sooner: the fetches stay under the instance-wide lease.
+const FAST_TICK_MS: u32 = 10;
+
+/// How long after a configuration the tick may stay fast: a JWKS endpoint
+/// that is down at start leaves the worker to the 1 s tick after this.
+const FAST_TICKS_FOR_MS: u64 = 3000;
+
 /// Owns the worker of one root context.
 pub struct FilterRoot {
     context_id: u32,
     worker: Option<Rc<Worker>>,
+    /// Until when (Envoy's clock, ms) the tick may run at [`FAST_TICK_MS`]:
+    /// set while a remote JWKS has no keys on this worker yet.
+    fast_ticks_until: Option<u64>,
 }
 
 impl FilterRoot {
@@ -286,6 +318,7 @@ impl FilterRoot {
         FilterRoot {
             context_id,
             worker: None,
+            fast_ticks_until: None,
         }
     }
 }
@@ -439,7 +472,12 @@ impl RootContext for FilterRoot {
         // happened to be running. The memory is not reported from here:
         // Envoy configures a canary VM first and discards it without
         // deleting its root context, so its share would stay in the gauge.
-        if let Err(e) = abi::set_tick_period_ms(1000) {
+        // With remote JWKS the tick is fast until this worker has their
+        // keys (see `FAST_TICK_MS`): they are then fetched, and loaded by
+        // every worker, before the first requests come rather than by them.
+        self.fast_ticks_until = has_remote.then(|| host::now_millis() + FAST_TICKS_FOR_MS);
+        let period = if has_remote { FAST_TICK_MS } else { TICK_MS };
+        if let Err(e) = abi::set_tick_period_ms(period) {
             warn!(
                 "cannot set the tick period ({e:?}): JWKS refresh, alerts and \
                  appguard_vm_memory_bytes need it"
@@ -455,6 +493,14 @@ impl RootContext for FilterRoot {
         worker.metrics.report_vm_memory();
         let now = now_seconds();
         worker.maintain_jwks(now);
+        if let Some(until) = self.fast_ticks_until {
+            if !worker.lacks_remote_keys() || host::now_millis() >= until {
+                self.fast_ticks_until = None;
+                if let Err(e) = abi::set_tick_period_ms(TICK_MS) {
+                    warn!("cannot set the tick period to {TICK_MS} ms ({e:?})");
+                }
+            }
+        }
         worker.send_alerts(now);
         worker.follow_replay_layouts(now);
     }

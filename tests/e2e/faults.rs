@@ -640,6 +640,45 @@ fn without_keys_a_burst_of_requests_sends_a_bounded_number_of_fetches() {
 }
 
 #[test]
+fn keys_are_fetched_at_start_and_a_first_burst_sends_no_fetch_of_its_own() {
+    // The root fetches the keys right after the configuration, and every
+    // worker loads them, before any request: a burst that comes first
+    // (here on two workers) neither waits for fetches of its own nor
+    // meets a worker without keys (at most four requests per worker
+    // would fetch; the rest would answer 503 jwks_unavailable).
+    let (k, doc) = key();
+    let up = Upstream::start();
+    let jwks = JwksServer::start(Jwks::Doc(doc));
+    let e = EnvoyBuilder::new(jwks_config(600, 3600, "deny"), up.port)
+        .http_cluster("jwks", jwks.server.port)
+        .concurrency(2)
+        .start();
+    let ready = Instant::now();
+    wait_until(10, "the first JWKS fetch", || {
+        !jwks.server.seen().is_empty()
+    });
+    // The first tick used to come a second after the configuration, which
+    // Envoy applies just before it is ready.
+    let first = jwks.first_fetch();
+    assert!(
+        first <= ready + Duration::from_millis(500),
+        "the first fetch came {:?} after Envoy was ready",
+        first - ready
+    );
+    thread::sleep(Duration::from_millis(200));
+    let statuses: Vec<u16> = thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|_| s.spawn(|| e.request(token_req(&k)).status))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(statuses, vec![200; 16]);
+    assert_eq!(up.seen().len(), 16);
+    assert_eq!(jwks.server.seen().len(), 1, "one fetch for the instance");
+    e.assert_vm_healthy();
+}
+
+#[test]
 fn without_keys_the_background_keeps_fetching_and_fast_failures_are_not_one_get_per_request() {
     // A JWKS endpoint that fails at once (503). With no request at all, the
     // root's background refresh keeps trying (every timeout_ms + 1 s per

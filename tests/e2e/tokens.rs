@@ -519,9 +519,13 @@ fn a_slow_answer_to_an_earlier_fetch_does_not_undo_a_rotation() {
     let envoy = EnvoyBuilder::new(config(p), up.port)
         .http_cluster("jwks", server.port)
         .start();
+    // The first GET, sent at start: its keys are loaded before the first
+    // request, which then sends none of its own.
+    envoy.wait_log("bytes loaded", 1, 10);
     let t1 = tokens::es256_with(&k1, &claims(60, json!({})));
     let r = envoy.request(Req::get("/remote/a").header("x-token", &t1));
     assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
     // wait for the refresh to be under way, then rotate
     wait_until(30, "a background refresh", || {
         calls.load(Ordering::SeqCst) >= 2
