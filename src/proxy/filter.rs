@@ -99,8 +99,11 @@ pub struct GuardFilter {
 /// dropped while it waited for the rate-limit service was abandoned (its
 /// client left, or the stream was reset): see [`policy::abandon_rls`]. One
 /// dropped while it waited for keys leaves their fetch to the root (see
-/// [`jwks::JwksSlot::refetch_lost_at`]). Drop makes no host calls: it runs
-/// while the SDK holds its map of streams.
+/// [`jwks::JwksSlot::refetch_lost_at`]). Drop runs while the SDK holds its
+/// map of streams mutably borrowed: the host calls it makes (the clock,
+/// shared data, logging) do not call back into the module, but anything
+/// that can (`dispatch_*`, a local reply, resuming the stream) would abort
+/// the VM on the SDK's borrow, and must never be made from here.
 impl Drop for GuardFilter {
     fn drop(&mut self) {
         // Held for keys: the fetch's answer will be dropped with this
@@ -334,7 +337,17 @@ impl GuardFilter {
     /// request may go on, resume it.
     fn resume_with(&mut self, worker: &Rc<Worker>, step: Step, now: u64) {
         if let Action::Continue = self.step(worker, step, now) {
-            let _ = abi::resume_request();
+            self.resume(worker);
+        }
+    }
+
+    /// Lets a paused request go on. Envoy answers Ok (a stream that has
+    /// gone is a no-op there); should it not, the request stays held, which
+    /// fails closed, and the log and `appguard_host_errors` say why.
+    fn resume(&self, worker: &Worker) {
+        if let Err(status) = abi::resume_request() {
+            worker.metrics.host_error();
+            warn!("#{} cannot resume the request: {status:?}", self.context_id);
         }
     }
 
@@ -578,6 +591,8 @@ impl GuardFilter {
         if let Err(status) =
             abi::send_local_response(u32::from(reason.status()), &headers, body.as_bytes())
         {
+            // The request stays held (fail closed) until Envoy's timeouts.
+            worker.metrics.host_error();
             warn!("#{} cannot send local reply: {status:?}", self.context_id);
         }
         Action::Pause
@@ -591,14 +606,24 @@ impl GuardFilter {
             }
         }
         let body = format!("{{\"error\":\"{code}\"}}");
-        let _ = abi::send_local_response(
+        if let Err(e) = abi::send_local_response(
             status,
             &[
                 ("content-type", "application/json"),
                 ("x-appguard-reason", code),
             ],
             body.as_bytes(),
-        );
+        ) {
+            // The request stays held (fail closed) until Envoy's timeouts.
+            if let Some(w) = self
+                .worker
+                .as_ref()
+                .filter(|_| code != "appguard_host_error")
+            {
+                w.metrics.host_error();
+            }
+            warn!("#{} cannot send local reply {code}: {e:?}", self.context_id);
+        }
         Action::Pause
     }
 }
@@ -726,12 +751,9 @@ impl Context for GuardFilter {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        if let Some(worker) = &self.worker {
-            // A background refresh this request started for the root.
-            if worker.refresh_answered(token_id, body_size) {
-                return;
-            }
-        }
+        // Background refreshes are dispatched from the root's tick, and the
+        // SDK hands an answer to the context that dispatched its call: only
+        // this request's own fetch answers here.
         let State::AwaitingKeys {
             token,
             provider,
@@ -775,7 +797,7 @@ impl Context for GuardFilter {
         }
         self.state = State::Start;
         if let Action::Continue = self.run(key_fetch) {
-            let _ = abi::resume_request();
+            self.resume(&worker);
         }
     }
 }

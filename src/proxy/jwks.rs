@@ -73,9 +73,39 @@ pub struct JwksSlot {
     /// request most likely named a `kid` of a rotation, and its fetch held
     /// the instance's re-fetch lease.
     pub refetch_lost_at: Option<u64>,
+    /// The last second a failed background refresh was logged, and how
+    /// many failed since without a line: while the endpoint stays down
+    /// (or its cluster is misnamed) the root retries every `timeout_ms` +
+    /// 1 s for as long as Envoy runs, and says so once a minute.
+    pub refresh_failure_logged: Option<(u64, u32)>,
 }
 
+/// How often a run of failed background refreshes is logged.
+const REFRESH_FAILURE_LOG_SECONDS: u64 = 60;
+
 impl JwksSlot {
+    /// A background refresh failed at `now`: `Some(n)` when it is to be
+    /// logged (the first failure of a run, then once a minute), `n` being
+    /// how many failed since the last line; `None` to stay quiet.
+    pub fn refresh_failed(&mut self, now: u64) -> Option<u32> {
+        match &mut self.refresh_failure_logged {
+            Some((at, held)) if now < at.saturating_add(REFRESH_FAILURE_LOG_SECONDS) => {
+                *held = held.saturating_add(1);
+                None
+            }
+            logged => {
+                let held = logged.map_or(0, |(_, held)| held);
+                *logged = Some((now, 0));
+                Some(held)
+            }
+        }
+    }
+
+    /// A background refresh brought keys: the next failure is logged.
+    pub fn refresh_succeeded(&mut self) {
+        self.refresh_failure_logged = None;
+    }
+
     /// How many request fetches are in flight at `now` (seconds), after
     /// dropping those past their timeout.
     pub fn fetches_in_flight(&mut self, now: u64) -> usize {
@@ -99,6 +129,16 @@ impl JwksSlot {
     pub fn may_start_request_fetch(&mut self, now: u64) -> bool {
         self.request_fetch_failed_at != Some(now)
             && self.fetches_in_flight(now) < MAX_REQUEST_FETCHES
+    }
+}
+
+/// ` (n more since the last line)` for a run of failures logged once a
+/// minute, or nothing.
+pub fn held_note(held: u32) -> String {
+    if held == 0 {
+        String::new()
+    } else {
+        format!(" ({held} more failed since the last line)")
     }
 }
 
@@ -389,6 +429,23 @@ mod tests {
             timeout_ms: 2000,
             min_refetch_seconds: 30,
         }
+    }
+
+    #[test]
+    fn a_run_of_failed_refreshes_is_logged_once_a_minute_with_a_count() {
+        let mut slot = JwksSlot::default();
+        // A refresh every 3 s against an endpoint that is down.
+        let logged: Vec<(u64, u32)> = (0..50)
+            .map(|i| 1000 + 3 * i)
+            .filter_map(|t| slot.refresh_failed(t).map(|held| (t, held)))
+            .collect();
+        assert_eq!(logged, vec![(1000, 0), (1060, 19), (1120, 19)]);
+        assert_eq!(held_note(0), "");
+        assert_eq!(held_note(19), " (19 more failed since the last line)");
+        // Keys again: the next failure is news, logged at once.
+        slot.refresh_succeeded();
+        assert_eq!(slot.refresh_failed(1151), Some(0));
+        assert_eq!(slot.refresh_failed(1154), None);
     }
 
     #[test]

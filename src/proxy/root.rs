@@ -134,23 +134,29 @@ impl Worker {
         let now = now_seconds();
         let mut slots = self.jwks.borrow_mut();
         if let Some(slot) = slots.get_mut(p) {
-            match (status, body) {
+            let failure = match (status, body) {
                 (200, Some(body)) => {
-                    if let Err(e) = jwks::store(slot, &provider.name, remote, &body, started, now) {
-                        self.metrics.jwks_failure();
-                        warn!(
-                            "jwks {}: refresh refused: {e}; keeping the previous keys",
-                            provider.name
-                        );
+                    match jwks::store(slot, &provider.name, remote, &body, started, now) {
+                        Ok(()) => None,
+                        Err(e) => Some(format!("refresh refused: {e}")),
                     }
                 }
-                (s, _) => {
+                (s, _) => Some(format!(
+                    "refresh failed ({})",
+                    jwks::unread_answer(s, body_size)
+                )),
+            };
+            match failure {
+                None => slot.refresh_succeeded(),
+                Some(what) => {
                     self.metrics.jwks_failure();
-                    warn!(
-                        "jwks {}: refresh failed ({}); keeping the previous keys",
-                        provider.name,
-                        jwks::unread_answer(s, body_size)
-                    );
+                    if let Some(held) = slot.refresh_failed(now) {
+                        warn!(
+                            "jwks {}: {what}; keeping the previous keys{}",
+                            provider.name,
+                            jwks::held_note(held)
+                        );
+                    }
                 }
             }
         }
@@ -203,7 +209,18 @@ impl Worker {
                     }
                     Err(s) => {
                         self.metrics.jwks_failure();
-                        warn!("jwks {}: cannot dispatch the refresh: {s:?}", provider.name);
+                        let held = self
+                            .jwks
+                            .borrow_mut()
+                            .get_mut(p)
+                            .and_then(|slot| slot.refresh_failed(now));
+                        if let Some(held) = held {
+                            warn!(
+                                "jwks {}: cannot dispatch the refresh: {s:?}{}",
+                                provider.name,
+                                jwks::held_note(held)
+                            );
+                        }
                     }
                 }
             }
