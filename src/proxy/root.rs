@@ -507,6 +507,11 @@ impl RootContext for FilterRoot {
         let Some(worker) = self.worker.clone() else {
             return;
         };
+        // Follow Envoy's level for the wasm logger (`/logging?wasm=debug`
+        // on the admin port) without a restart.
+        if let Ok(level) = abi::log_level() {
+            log::set_max_level(abi::level_filter(level));
+        }
         worker.metrics.report_vm_memory();
         let now = now_seconds();
         worker.maintain_jwks(now);

@@ -113,6 +113,47 @@ fn a_request_no_route_matches_is_unmatched_in_the_log_as_in_the_metrics() {
     );
 }
 
+#[test]
+fn the_wasm_log_level_set_on_the_admin_port_is_followed_without_a_restart() {
+    // Started at `warning`: no denial lines (appguard does not format
+    // them). Raised to `info` on the admin port: they come, from the next
+    // tick on, with no restart; lowered again, they stop.
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("enforce"), up.port)
+        .wasm_log_level("warning")
+        .start();
+    let denials = || envoy.log().matches("deny reason=route_denied").count();
+    let deny = |path: &str| {
+        let r = envoy.request(Req::get(path));
+        assert_eq!((r.status, r.reason()), (403, Some("route_denied")));
+    };
+    deny("/nowhere/1");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(denials(), 0, "a denial logged at warning");
+    let set = |level: &str| {
+        let r = http::send(
+            envoy.admin_port,
+            &Req::new("POST", &format!("/logging?wasm={level}")),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    set("info");
+    // The level is read once a second: a denial at most every 200 ms until
+    // one is logged.
+    harness::wait_until(10, "a denial logged after the level was raised", || {
+        deny("/nowhere/2");
+        std::thread::sleep(Duration::from_millis(150));
+        denials() >= 1
+    });
+    set("warning");
+    std::thread::sleep(Duration::from_millis(2500));
+    let before = denials();
+    deny("/nowhere/3");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(denials(), before, "a denial logged at warning");
+}
+
 /// `appguard_vm_memory_bytes`: the linear memory of appguard's Wasm VMs,
 /// a gauge each VM brings up to date once a second. It is whole 64 KiB
 /// pages, it follows the VMs as they grow (1,000 verified tokens of ~3 KB

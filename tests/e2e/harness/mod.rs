@@ -213,6 +213,7 @@ pub struct EnvoyBuilder {
     trailers: bool,
     buffer_filter: bool,
     unbuffered_prefixes: Vec<String>,
+    wasm_log_level: Option<String>,
 }
 
 impl EnvoyBuilder {
@@ -232,7 +233,15 @@ impl EnvoyBuilder {
             trailers: false,
             buffer_filter: true,
             unbuffered_prefixes: Vec::new(),
+            wasm_log_level: None,
         }
+    }
+
+    /// Starts Envoy with its `wasm` logger at `level` (`info`, `warning`,
+    /// …) instead of the suite's `debug` (or `ENVOY_COMPONENT_LOG`).
+    pub fn wasm_log_level(mut self, level: &str) -> Self {
+        self.wasm_log_level = Some(level.to_owned());
+        self
     }
 
     /// Sets the Wasm filter's `allow_on_headers_stop_iteration` (the README
@@ -510,7 +519,12 @@ impl EnvoyBuilder {
             .arg("--log-level")
             .arg("info")
             .arg("--component-log-level")
-            .arg(std::env::var("ENVOY_COMPONENT_LOG").unwrap_or_else(|_| "wasm:debug".into()));
+            .arg(match &self.wasm_log_level {
+                Some(level) => format!("wasm:{level}"),
+                None => {
+                    std::env::var("ENVOY_COMPONENT_LOG").unwrap_or_else(|_| "wasm:debug".into())
+                }
+            });
         if self.listener_from_file {
             cmd.arg("--drain-time-s")
                 .arg(self.drain_seconds.to_string());
