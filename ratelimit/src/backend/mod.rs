@@ -62,6 +62,10 @@ pub enum BackendError {
     /// Redis did not answer in time.
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    /// The task carrying a Redis call ended without an answer (the runtime
+    /// is shutting down).
+    #[error("the redis call was aborted")]
+    Aborted,
     /// Redis answered with something other than the expected counts.
     #[error("unexpected redis reply: {0}")]
     UnexpectedReply(String),

@@ -24,15 +24,24 @@
 //! failure is returned as an error, never as a count. A connection that
 //! goes silent without an error (a half-open TCP flow after a failover, a
 //! NAT or firewall dropping it) only ever times out, which the manager does
-//! not take for a broken connection: after [`REBUILD_AFTER_TIMEOUTS`]
-//! timeouts in a row the backend opens a new one, instead of answering
-//! UNAVAILABLE until the kernel gives up on the old flow. A call its caller
-//! gave up on (its `grpc-timeout`, often shorter than `--redis-timeout-ms`)
-//! after [`CANCELLED_COUNTS_AFTER`] counts as such a timeout. TCP keepalive
-//! and, on Linux, `TCP_USER_TIMEOUT` let the kernel close a dead flow too.
+//! not take for a broken connection: when a call times out and nothing at
+//! all has been received on the connection for the whole Redis timeout,
+//! the backend opens a new one (at most once a [`REPLACE_TIMED_OUT_EVERY`]),
+//! instead of answering UNAVAILABLE until the kernel gives up on the old
+//! flow. TCP keepalive and, on Linux, `TCP_USER_TIMEOUT` let the kernel
+//! close a dead flow too.
+//!
+//! Each call runs in its own task, which waits for the reply (or the Redis
+//! timeout) even when the caller gave up first (its `grpc-timeout`, often
+//! shorter than `--redis-timeout-ms`): a reply that comes after the caller
+//! left still shows the connection is alive, so a Redis that is slow but
+//! answers (a `BGSAVE` fork, an expiry cycle, a noisy neighbour) keeps its
+//! connection, while a silent one is still found by the calls' own
+//! timeouts. Such a late call has usually been counted by Redis although
+//! its caller saw a failure.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -54,7 +63,7 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Shortest time between two replacements of the connection for replies
 /// saying the server is no longer the primary (see
-/// [`RedisBackend::error_reply`]): while a failover is under way a new
+/// `Inner::error_reply`): while a failover is under way a new
 /// connection may still reach the old primary.
 pub const REPLACE_NOT_PRIMARY_EVERY: Duration = Duration::from_secs(1);
 
@@ -77,34 +86,40 @@ fn not_primary(e: &redis::RedisError) -> bool {
     }
 }
 
-/// Calls in a row that time out before the connection is replaced.
-pub const REBUILD_AFTER_TIMEOUTS: u32 = 3;
+/// Shortest time between a replacement of the connection and one for a
+/// timeout (see `Inner::timed_out`): a Redis that stopped answering
+/// altogether gets a new connection attempt once a second, not one per
+/// call.
+pub const REPLACE_TIMED_OUT_EVERY: Duration = Duration::from_secs(1);
 
-/// A call cancelled by its caller after waiting this long on Redis counts
-/// as a timeout (see [`InFlight`]): Redis answers in well under a
-/// millisecond, while callers give up at their own deadline (Envoy's
-/// `ratelimit` filter after 20 ms by default, appguard after `timeout_ms`).
-pub const CANCELLED_COUNTS_AFTER: Duration = Duration::from_millis(5);
-
-/// One call on the connection, from the moment it is sent. A caller whose
-/// deadline (`grpc-timeout`) is shorter than `--redis-timeout-ms` has the
-/// call dropped before the backend's own timeout fires; on a connection
-/// that went silent every call would end so, and the connection would
-/// never be replaced. Dropped unsettled after [`CANCELLED_COUNTS_AFTER`],
-/// the call counts as a timeout of its connection.
-struct InFlight<'a> {
-    backend: &'a RedisBackend,
-    generation: u64,
-    started: Instant,
-    /// Set once the call has an answer or its own timeout: counted there.
-    settled: bool,
+/// When something was last received on one connection (one generation).
+#[derive(Debug)]
+struct Heard {
+    /// When the connection was opened: the origin of `at_nanos`.
+    opened: Instant,
+    /// Nanoseconds after `opened` of the last answer; 0 while none.
+    at_nanos: AtomicU64,
 }
 
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if !self.settled && self.started.elapsed() >= CANCELLED_COUNTS_AFTER {
-            self.backend.timed_out(self.generation);
+impl Heard {
+    fn new() -> Self {
+        Heard {
+            opened: Instant::now(),
+            at_nanos: AtomicU64::new(0),
         }
+    }
+
+    /// Notes that an answer was received now.
+    fn now(&self) {
+        let nanos = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.at_nanos.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// How long nothing has been received (since the opening, if nothing
+    /// ever was).
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_nanos(self.at_nanos.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last)
     }
 }
 
@@ -116,18 +131,24 @@ struct Connection {
     manager: ConnectionManager,
     /// When it was opened.
     opened: Instant,
+    /// When something was last received on it.
+    heard: Arc<Heard>,
 }
 
 /// A Redis-backed counter store.
 pub struct RedisBackend {
-    /// Opens connections (a new one after a run of timeouts).
+    /// Shared with the tasks that carry the calls.
+    inner: Arc<Inner>,
+}
+
+/// The store's state, shared with the tasks that carry the calls.
+struct Inner {
+    /// Opens connections (a new one for a silent or demoted one).
     client: redis::Client,
     /// How connections are opened and bounded.
     config: ConnectionManagerConfig,
     /// The shared, reconnecting connection.
     manager: Mutex<Connection>,
-    /// Calls in a row that timed out on the current generation.
-    timeouts: AtomicU32,
     /// Bound on each call (connect + transaction).
     timeout: Duration,
     /// The URL with any password masked, for logs.
@@ -137,8 +158,8 @@ pub struct RedisBackend {
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBackend")
-            .field("url", &self.display_url)
-            .field("timeout", &self.timeout)
+            .field("url", &self.inner.display_url)
+            .field("timeout", &self.inner.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -173,135 +194,72 @@ impl RedisBackend {
             .set_max_delay(Duration::from_millis(100));
         let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
         Ok(RedisBackend {
-            client,
-            config,
-            manager: Mutex::new(Connection {
-                generation: 0,
-                manager,
-                opened: Instant::now(),
+            inner: Arc::new(Inner {
+                client,
+                config,
+                manager: Mutex::new(Connection {
+                    generation: 0,
+                    manager,
+                    opened: Instant::now(),
+                    heard: Arc::new(Heard::new()),
+                }),
+                timeout,
+                display_url: mask_password(url),
             }),
-            timeouts: AtomicU32::new(0),
-            timeout,
-            display_url: mask_password(url),
         })
     }
 
-    fn manager(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.manager
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Counts a timeout of a call made on connection `generation`, and
-    /// replaces that connection after [`REBUILD_AFTER_TIMEOUTS`] in a row.
-    /// Calls still in flight on a connection already replaced count
-    /// nothing, so a burst of them replaces it once, not once per three.
-    fn timed_out(&self, generation: u64) {
-        let mut current = self.manager();
-        if current.generation != generation {
-            return;
-        }
-        let run = self
-            .timeouts
-            .fetch_add(1, Ordering::Relaxed)
-            .saturating_add(1);
-        if run < REBUILD_AFTER_TIMEOUTS {
-            return;
-        }
-        self.replace(&mut current, "calls in a row timed out");
-    }
-
-    /// Counts an error reply to a call made on connection `generation`:
-    /// one saying the server is no longer a primary (`READONLY`,
-    /// `MASTERDOWN`, also inside an aborted transaction) replaces the
-    /// connection at once, at most once a [`REPLACE_NOT_PRIMARY_EVERY`].
-    /// After a failover behind a stable endpoint (a DNS name, a managed
-    /// service's primary endpoint) the old connection still reaches the
-    /// demoted server, which the `redis` crate does not leave on such a
-    /// reply: every call would fail until a restart.
-    fn error_reply(&self, generation: u64, e: &redis::RedisError) {
-        if !not_primary(e) {
-            return;
-        }
-        let mut current = self.manager();
-        if current.generation != generation || current.opened.elapsed() < REPLACE_NOT_PRIMARY_EVERY
-        {
-            return;
-        }
-        self.replace(&mut current, "the server is no longer the primary");
-    }
-
-    /// Opens a new connection in place of `current`'s, logging `why`.
-    fn replace(&self, current: &mut Connection, why: &str) {
-        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
-            Ok(fresh) => {
-                *current = Connection {
-                    generation: current.generation.wrapping_add(1),
-                    manager: fresh,
-                    opened: Instant::now(),
-                };
-                self.timeouts.store(0, Ordering::Relaxed);
-                warn!(redis = %self.display_url, "redis: {why}; opening a new connection");
-            }
-            Err(e) => {
-                warn!(redis = %self.display_url, error = %e, "redis: cannot open a new connection")
-            }
-        }
-    }
-
-    /// Runs `call` on the connection within the timeout, and keeps count of
-    /// timeouts in a row (see [`REBUILD_AFTER_TIMEOUTS`]).
+    /// Runs `call` on the connection within the timeout, in a task of its
+    /// own that outlives a caller giving up: it notes a reply whenever it
+    /// comes, and a timeout (see `Inner::timed_out`) whoever still waits.
     async fn bounded<T, F>(
         &self,
         call: impl FnOnce(ConnectionManager) -> F,
     ) -> Result<T, BackendError>
     where
-        F: std::future::Future<Output = Result<T, redis::RedisError>>,
+        F: std::future::Future<Output = Result<T, redis::RedisError>> + Send + 'static,
+        T: Send + 'static,
     {
-        // The manager's own response timeout (the same bound) usually fires
-        // first, as an error: a timeout either way.
-        let (generation, conn) = {
-            let current = self.manager();
-            (current.generation, current.manager.clone())
+        let (generation, conn, heard) = {
+            let current = self.inner.manager();
+            (
+                current.generation,
+                current.manager.clone(),
+                Arc::clone(&current.heard),
+            )
         };
-        let mut in_flight = InFlight {
-            backend: self,
-            generation,
-            started: Instant::now(),
-            settled: false,
-        };
-        let answer = match tokio::time::timeout(self.timeout, call(conn)).await {
-            Ok(Err(e)) if e.is_timeout() => Err(()),
-            Ok(answer) => Ok(answer),
-            Err(_) => Err(()),
-        };
-        in_flight.settled = true;
-        match answer {
-            Ok(answer) => {
-                // Any other answer, an error reply included, shows the
-                // connection carries traffic; a late one from a connection
-                // already replaced says nothing of the current one.
-                // (No lock while nothing timed out: the common path.)
-                if self.timeouts.load(Ordering::Relaxed) != 0
-                    && self.manager().generation == generation
-                {
-                    self.timeouts.store(0, Ordering::Relaxed);
+        let call = call(conn);
+        let inner = Arc::clone(&self.inner);
+        let task = tokio::spawn(async move {
+            // The manager's own response timeout (the same bound) usually
+            // fires first, as an error: a timeout either way.
+            let answer = match tokio::time::timeout(inner.timeout, call).await {
+                Ok(Err(e)) if e.is_timeout() => None,
+                Ok(answer) => Some(answer),
+                Err(_) => None,
+            };
+            match answer {
+                Some(answer) => {
+                    // Any other answer, an error reply included, shows the
+                    // connection carries traffic.
+                    heard.now();
+                    if let Err(e) = &answer {
+                        inner.error_reply(generation, e);
+                    }
+                    Ok(answer?)
                 }
-                if let Err(e) = &answer {
-                    self.error_reply(generation, e);
+                None => {
+                    inner.timed_out(generation);
+                    Err(BackendError::Timeout(inner.timeout))
                 }
-                Ok(answer?)
             }
-            Err(()) => {
-                self.timed_out(generation);
-                Err(BackendError::Timeout(self.timeout))
-            }
-        }
+        });
+        task.await.unwrap_or(Err(BackendError::Aborted))
     }
 
     /// The URL with any password replaced by `*****`.
     pub fn display_url(&self) -> &str {
-        &self.display_url
+        &self.inner.display_url
     }
 
     /// Runs the increments in one transaction and returns the new counts,
@@ -374,6 +332,72 @@ impl RedisBackend {
             Ok(())
         } else {
             Err(BackendError::UnexpectedReply(reply))
+        }
+    }
+}
+
+impl Inner {
+    fn manager(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.manager
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a timeout of a call made on connection `generation`: that
+    /// connection is replaced when nothing at all has been received on it
+    /// for the whole Redis timeout (a silent, half-open flow), and the last
+    /// replacement is at least [`REPLACE_TIMED_OUT_EVERY`] old. A Redis
+    /// that is slow but answers is heard from (late replies included, see
+    /// [`RedisBackend::bounded`]) and keeps its connection: a new one would
+    /// only add a connect to its load. Calls still in flight on a
+    /// connection already replaced count nothing, so a burst of them
+    /// replaces it once.
+    fn timed_out(&self, generation: u64) {
+        let mut current = self.manager();
+        if current.generation != generation || current.heard.quiet_for() < self.timeout {
+            return;
+        }
+        if current.generation != 0 && current.opened.elapsed() < REPLACE_TIMED_OUT_EVERY {
+            return;
+        }
+        self.replace(&mut current, "nothing received on it within the timeout");
+    }
+
+    /// Counts an error reply to a call made on connection `generation`:
+    /// one saying the server is no longer a primary (`READONLY`,
+    /// `MASTERDOWN`, also inside an aborted transaction) replaces the
+    /// connection at once, at most once a [`REPLACE_NOT_PRIMARY_EVERY`].
+    /// After a failover behind a stable endpoint (a DNS name, a managed
+    /// service's primary endpoint) the old connection still reaches the
+    /// demoted server, which the `redis` crate does not leave on such a
+    /// reply: every call would fail until a restart.
+    fn error_reply(&self, generation: u64, e: &redis::RedisError) {
+        if !not_primary(e) {
+            return;
+        }
+        let mut current = self.manager();
+        if current.generation != generation || current.opened.elapsed() < REPLACE_NOT_PRIMARY_EVERY
+        {
+            return;
+        }
+        self.replace(&mut current, "the server is no longer the primary");
+    }
+
+    /// Opens a new connection in place of `current`'s, logging `why`.
+    fn replace(&self, current: &mut Connection, why: &str) {
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+            Ok(fresh) => {
+                *current = Connection {
+                    generation: current.generation.wrapping_add(1),
+                    manager: fresh,
+                    opened: Instant::now(),
+                    heard: Arc::new(Heard::new()),
+                };
+                warn!(redis = %self.display_url, "redis: {why}; opening a new connection");
+            }
+            Err(e) => {
+                warn!(redis = %self.display_url, error = %e, "redis: cannot open a new connection")
+            }
         }
     }
 }
@@ -563,6 +587,31 @@ mod tests {
             assert!(!mask_password(url).contains("hunter2"), "{url}");
             assert!(!mask_password(url).contains("ter2"), "{url}");
         }
+    }
+
+    #[tokio::test]
+    async fn timeouts_replace_only_a_quiet_connection_and_at_most_once_a_second() {
+        // Nothing listens on port 1; the connection is lazy and never used.
+        let backend = RedisBackend::new("redis://127.0.0.1:1", Duration::from_millis(30)).unwrap();
+        let inner = &backend.inner;
+        let generation = || inner.manager().generation;
+        // Heard from just now: a timeout does not replace it.
+        inner.manager().heard.now();
+        inner.timed_out(0);
+        assert_eq!(generation(), 0);
+        // Quiet for longer than the Redis timeout: replaced.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        inner.timed_out(0);
+        assert_eq!(generation(), 1);
+        // The new one is quiet as long, but was opened under a second ago;
+        // and a late timeout from the old one counts nothing.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        inner.timed_out(1);
+        inner.timed_out(0);
+        assert_eq!(generation(), 1);
+        tokio::time::sleep(REPLACE_TIMED_OUT_EVERY).await;
+        inner.timed_out(1);
+        assert_eq!(generation(), 2);
     }
 
     #[tokio::test]
