@@ -34,11 +34,13 @@
 //! descriptor with `is_negative_hits` is refused with INVALID_ARGUMENT
 //! (nothing counted), rather than charged as hits it meant to give back.
 //!
-//! Logs: the lines written once per request or descriptor (over limit,
-//! invalid request, counter store failure) are throttled to
-//! [`REQUEST_LOG_LINES_PER_SECOND`] for the whole limiter, the next line
-//! written after a suppression being preceded by a `warn` line saying how
-//! many were left out; the request's `domain` and a `limit` override's name
+//! Logs: the lines written once per request or descriptor are throttled
+//! to [`REQUEST_LOG_LINES_PER_SECOND`] for the whole limiter, each kind
+//! (`LineKind`: `info` lines for over limit and invalid requests, `warn`
+//! lines for counter store failures) on a budget of its own, so a flood of
+//! over-limit calls cannot hide store failures. The next line of a kind
+//! written after a suppression is preceded by a `warn` line saying how many
+//! of that kind were left out; the request's `domain` and a `limit` override's name
 //! (both chosen by the caller) are logged through
 //! [`crate::logging::safe_text`].
 
@@ -313,10 +315,10 @@ pub fn hits_for(request: &RateLimitRequest, descriptor: &RateLimitDescriptor) ->
 /// port could try (keep it unexposed).
 pub const MAX_HITS: u64 = u32::MAX as u64;
 
-/// Most per-request log lines (over limit, invalid request, counter store
-/// failure) one limiter writes in a second; past it they are counted and
-/// left out, and the next line written is preceded by a summary of how many
-/// were. A flood of over-limit calls (what a limit is for) would otherwise
+/// Most per-request log lines of one kind (`LineKind`: `info` for over
+/// limit and invalid request, `warn` for counter store failure) one limiter
+/// writes in a second; past it they are counted and left out, and the next
+/// line of that kind written is preceded by a summary of how many were. A flood of over-limit calls (what a limit is for) would otherwise
 /// write one line per descriptor, as fast as calls arrive.
 pub const REQUEST_LOG_LINES_PER_SECOND: u32 = 20;
 
@@ -340,11 +342,41 @@ pub struct RateLimiter {
     options: ServiceOptions,
     /// Counters served on `/stats`.
     stats: Arc<Stats>,
-    /// Bounds the per-request log lines.
-    log_throttle: LineThrottle,
+    /// Bounds the per-request `info` lines (over limit, invalid request).
+    info_lines: LineThrottle,
+    /// Bounds the per-request `warn` lines (counter store failure), apart
+    /// from the `info` ones: a flood of over-limit calls must not hide them.
+    warn_lines: LineThrottle,
     /// Keys the tags that stand for descriptor values in `debug` lines
     /// (random per process, see [`RateLimiter::value_tag`]).
     value_tags: std::collections::hash_map::RandomState,
+}
+
+/// The kinds of per-request log lines, each throttled on its own budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineKind {
+    /// `info`: over limit (shadow modes included), invalid request.
+    Info,
+    /// `warn`: counter store failed.
+    Warn,
+}
+
+impl LineKind {
+    /// The `kind` field of a suppression summary.
+    fn name(self) -> &'static str {
+        match self {
+            LineKind::Info => "info",
+            LineKind::Warn => "warn",
+        }
+    }
+
+    /// The lines of this kind, as a suppression summary names them.
+    fn lines(self) -> &'static str {
+        match self {
+            LineKind::Info => "info: over limit, invalid request",
+            LineKind::Warn => "warn: counter store failed",
+        }
+    }
 }
 
 /// What the request's descriptor `i` turned into before counting.
@@ -381,7 +413,8 @@ impl RateLimiter {
             backend,
             options,
             stats,
-            log_throttle: LineThrottle::new(REQUEST_LOG_LINES_PER_SECOND),
+            info_lines: LineThrottle::new(REQUEST_LOG_LINES_PER_SECOND),
+            warn_lines: LineThrottle::new(REQUEST_LOG_LINES_PER_SECOND),
             value_tags: std::collections::hash_map::RandomState::new(),
         }
     }
@@ -397,19 +430,26 @@ impl RateLimiter {
         format!("#{tag:08x}/{}B", value.len())
     }
 
-    /// Whether a per-request line may be written at `now` (see
-    /// [`REQUEST_LOG_LINES_PER_SECOND`]); when lines were left out before
-    /// it, writes their count first. Call it only when the line's level is
-    /// enabled, so that lines filtered out anyway are not counted.
-    fn may_log(&self, now: i64) -> bool {
-        match self.log_throttle.admit(now) {
+    /// Whether a per-request line of `kind` may be written at `now` (see
+    /// [`REQUEST_LOG_LINES_PER_SECOND`]); when lines of that kind were left
+    /// out before it, writes their count first, naming the kind. Call it
+    /// only when the line's level is enabled, so that lines filtered out
+    /// anyway are not counted.
+    fn may_log(&self, kind: LineKind, now: i64) -> bool {
+        let throttle = match kind {
+            LineKind::Info => &self.info_lines,
+            LineKind::Warn => &self.warn_lines,
+        };
+        match throttle.admit(now) {
             None => false,
             Some(0) => true,
             Some(suppressed) => {
                 warn!(
                     suppressed,
+                    kind = kind.name(),
                     max_per_second = REQUEST_LOG_LINES_PER_SECOND,
-                    "suppressed {suppressed} per-request log lines"
+                    "suppressed {suppressed} per-request log lines ({})",
+                    kind.lines()
                 );
                 true
             }
@@ -437,7 +477,7 @@ impl RateLimiter {
             }
             Err(ServiceError::Backend(e)) => {
                 bump(&self.stats.backend_errors);
-                if tracing::enabled!(Level::WARN) && self.may_log(now) {
+                if tracing::enabled!(Level::WARN) && self.may_log(LineKind::Warn, now) {
                     warn!(
                         domain = %safe_text(&request.domain, MAX_LOGGED_DOMAIN_BYTES),
                         error = %e,
@@ -447,7 +487,7 @@ impl RateLimiter {
             }
             Err(e) => {
                 bump(&self.stats.invalid_requests);
-                if tracing::enabled!(Level::INFO) && self.may_log(now) {
+                if tracing::enabled!(Level::INFO) && self.may_log(LineKind::Info, now) {
                     info!(
                         domain = %safe_text(&request.domain, MAX_LOGGED_DOMAIN_BYTES),
                         error = %e,
@@ -626,7 +666,7 @@ impl RateLimiter {
                             code = Code::Ok;
                             bump(&self.stats.shadow_mode);
                         }
-                        if tracing::enabled!(Level::INFO) && self.may_log(now) {
+                        if tracing::enabled!(Level::INFO) && self.may_log(LineKind::Info, now) {
                             info!(
                                 domain = %logged_domain(),
                                 limit = %safe_text(&limit.full_key, MAX_LOGGED_LIMIT_BYTES),
@@ -685,7 +725,7 @@ impl RateLimiter {
         if overall == Code::OverLimit && self.options.global_shadow_mode {
             overall = Code::Ok;
             bump(&self.stats.global_shadow_mode);
-            if tracing::enabled!(Level::INFO) && self.may_log(now) {
+            if tracing::enabled!(Level::INFO) && self.may_log(LineKind::Info, now) {
                 info!(
                     domain = %logged_domain(),
                     "over limit in global shadow mode: reported OK"
@@ -1488,10 +1528,14 @@ descriptors:
         let new = &lines[REQUEST_LOG_LINES_PER_SECOND as usize..];
         assert_eq!(
             msgs(new),
-            vec!["suppressed 180 per-request log lines", "over limit"]
+            vec![
+                "suppressed 180 per-request log lines (info: over limit, invalid request)",
+                "over limit"
+            ]
         );
         assert_eq!(new[0]["level"], "warn");
         assert_eq!(new[0]["fields"]["suppressed"], 180);
+        assert_eq!(new[0]["fields"]["kind"], "info");
         ask(&l, &req, NOW + 1).await;
         assert_eq!(msgs(&out.json_lines()).last().unwrap(), "over limit");
         assert_eq!(

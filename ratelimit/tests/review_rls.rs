@@ -7,8 +7,25 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use appguard_ratelimit::backend::{Increment, RedisBackend};
-use common::Redis;
+use appguard_ratelimit::backend::{Backend, Increment, MemoryBackend, RedisBackend};
+use appguard_ratelimit::config::RateLimitConfig;
+use appguard_ratelimit::service::{RateLimiter, ServiceError, ServiceOptions, Stats};
+use common::{descriptor, request, Redis};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+
+/// 10 s into a minute, 10 s into an hour.
+const NOW: i64 = 1_699_999_210;
+
+fn limiter(yaml: &str, max_keys: usize) -> RateLimiter {
+    let (config, _) =
+        RateLimitConfig::from_sources(&[("t.yaml".to_owned(), yaml.to_owned())]).unwrap();
+    RateLimiter::new(
+        Arc::new(config),
+        Arc::new(Backend::Memory(MemoryBackend::new(max_keys))),
+        ServiceOptions::default(),
+        Arc::new(Stats::default()),
+    )
+}
 
 /// M3: a Redis that is alive but slower than the callers' deadline
 /// (Envoy's ratelimit filter 20 ms, appguard's `timeout_ms`) has every
@@ -123,4 +140,102 @@ impl DelayingProxy {
     fn accepted(&self) -> u64 {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// L1: a client hammering an over-limit key spends the `info` lines'
+/// budget (20 a second) on `over limit` lines; the `counter store failed`
+/// warnings that follow in the same second have a budget of their own and
+/// are all written (they were all left out). A summary of left-out lines
+/// says which kind they were.
+#[test]
+fn store_failure_warnings_have_their_own_log_budget() {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+
+    let buf = Buf::default();
+    let subscriber = appguard_ratelimit::logging::subscriber(
+        appguard_ratelimit::logging::LogFormat::Json,
+        "info",
+        buf.clone(),
+    )
+    .unwrap();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let yaml = "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 0}\n";
+    // max_keys 1: the flood's counter fills the store, so any other
+    // counter fails (MemoryFull: a store failure, logged at warn).
+    let l = limiter(yaml, 1);
+    rt.block_on(async {
+        let flood = request("d", vec![descriptor(&[("k", "attacker")])]);
+        for _ in 0..25 {
+            let r = l.should_rate_limit(&flood, NOW).await.unwrap();
+            assert_eq!(r.overall_code, Code::OverLimit as i32);
+        }
+        let other = request("d", vec![descriptor(&[("k", "someone-else")])]);
+        for _ in 0..5 {
+            let err = l.should_rate_limit(&other, NOW).await.unwrap_err();
+            assert!(matches!(err, ServiceError::Backend(_)));
+        }
+    });
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(log.matches("over limit").count(), 20, "{log}");
+    assert_eq!(
+        log.matches("counter store failed").count(),
+        5,
+        "five store failures in the same second, each logged:\n{log}"
+    );
+    assert_eq!(l.stats().snapshot().backend_errors, 5);
+
+    // The next second: 25 more store failures (20 written), then the
+    // second after, one more, preceded by a summary naming its kind; and
+    // an over-limit line, preceded by the summary of the 5 over-limit
+    // lines left out the first second.
+    rt.block_on(async {
+        let other = request("d", vec![descriptor(&[("k", "someone-else")])]);
+        for now in std::iter::repeat_n(NOW + 1, 25).chain([NOW + 2]) {
+            let err = l.should_rate_limit(&other, now).await.unwrap_err();
+            assert!(matches!(err, ServiceError::Backend(_)));
+        }
+        let flood = request("d", vec![descriptor(&[("k", "attacker")])]);
+        l.should_rate_limit(&flood, NOW + 2).await.unwrap();
+    });
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let msgs: Vec<&str> = lines.iter().map(|v| v["msg"].as_str().unwrap()).collect();
+    assert_eq!(msgs.len(), 20 + 5 + 20 + 4, "{log}");
+    assert_eq!(
+        msgs[45..],
+        [
+            "suppressed 5 per-request log lines (warn: counter store failed)",
+            "counter store failed; answering UNAVAILABLE",
+            "suppressed 5 per-request log lines (info: over limit, invalid request)",
+            "over limit",
+        ],
+        "{log}"
+    );
+    assert_eq!(lines[45]["fields"]["kind"], "warn");
+    assert_eq!(lines[47]["fields"]["kind"], "info");
 }
