@@ -696,7 +696,14 @@ fn compile_file(
     let deserializer = serde_norway::Deserializer::from_str(text);
     let root: YamlRoot = serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
-        yaml_error(path, e.into_inner().to_string())
+        let message = e.into_inner().to_string();
+        // The parser's own message may start with the path too; the error
+        // names it once, in front.
+        let message = match message.strip_prefix(path.as_str()) {
+            Some(rest) if !path.is_empty() => rest.strip_prefix(": ").unwrap_or(rest).to_owned(),
+            _ => message,
+        };
+        yaml_error(path, message)
     })?;
 
     let domain = root.domain.unwrap_or_default();

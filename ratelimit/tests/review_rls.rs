@@ -239,3 +239,27 @@ fn store_failure_warnings_have_their_own_log_budget() {
     assert_eq!(lines[45]["fields"]["kind"], "warn");
     assert_eq!(lines[47]["fields"]["kind"], "info");
 }
+
+/// L2: a type error in the YAML names its path once (it read
+/// `at P: P: invalid value ...`: `ConfigError::Yaml` put the path in front
+/// of the parser's message, which already started with it).
+#[test]
+fn a_yaml_type_error_names_its_path_once() {
+    let yaml = "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 4294967296}\n";
+    let err = RateLimitConfig::from_sources(&[("t.yaml".to_owned(), yaml.to_owned())])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err.matches("descriptors[0].rate_limit.requests_per_unit")
+            .count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.starts_with(
+            "t.yaml: at descriptors[0].rate_limit.requests_per_unit: invalid value: integer `4294967296`"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("line 4 column"), "{err}");
+}
