@@ -1,8 +1,9 @@
 //! The HTTP side port: `GET /healthcheck` and `GET /stats`.
 //!
 //! `/healthcheck` answers 200 `OK` when the service can answer rate-limit
-//! calls: always for the in-memory store, and for Redis only when a PING
-//! succeeds. It answers 500 once shutdown has begun: on SIGINT/SIGTERM both
+//! calls: for the in-memory store while it has room for new counters (not
+//! at its key cap, and no call refused for lack of room in the last
+//! seconds), and for Redis only when a PING succeeds. It answers 500 once shutdown has begun: on SIGINT/SIGTERM both
 //! ports keep serving for `--drain-seconds` (see [`crate::cli`]) with this
 //! 500, so a load balancer stops sending traffic before the gRPC port
 //! closes (as envoyproxy/ratelimit does on SIGTERM).

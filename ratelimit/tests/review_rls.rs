@@ -263,3 +263,74 @@ fn a_yaml_type_error_names_its_path_once() {
     );
     assert!(err.contains("line 4 column"), "{err}");
 }
+
+/// M2: the in-memory store's key cap is global. A client that sends
+/// distinct values for a long-unit limit (a per-phone per-day SMS limit)
+/// fills it, even while its own per-IP limit refuses it; from then on every
+/// call that needs a *new* counter, for any client and any limit, fails
+/// UNAVAILABLE. That is not fixed, but it must be visible: the store's
+/// check (`/healthcheck`) no longer says all is well (it did).
+#[tokio::test]
+async fn a_full_memory_store_is_reported_unhealthy() {
+    let yaml = r#"
+domain: appguard
+descriptors:
+  - key: client_ip
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: phone
+    rate_limit: {unit: day, requests_per_unit: 2}
+"#;
+    let max_keys = 50;
+    let backend = Arc::new(Backend::Memory(MemoryBackend::new(max_keys)));
+    let (config, _) =
+        RateLimitConfig::from_sources(&[("t.yaml".to_owned(), yaml.to_owned())]).unwrap();
+    let l = RateLimiter::new(
+        Arc::new(config),
+        Arc::clone(&backend),
+        ServiceOptions::default(),
+        Arc::new(Stats::default()),
+    );
+    // One attacker IP, many destination numbers: refused (its IP is over
+    // after the first call), but each call leaves a day-long counter.
+    // The store's check reads the clock: count on it too.
+    let now = appguard_ratelimit::service::unix_now();
+    assert!(backend.check().await.is_ok());
+    let mut i = 0;
+    loop {
+        let phone = format!("+4479460{i:05}");
+        let call = request(
+            "appguard",
+            vec![
+                descriptor(&[("client_ip", "203.0.113.9")]),
+                descriptor(&[("phone", &phone)]),
+            ],
+        );
+        match l.should_rate_limit(&call, now).await {
+            Ok(_) => i += 1,
+            Err(ServiceError::Backend(_)) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // client_ip counter + 49 phone counters (one fewer if a minute
+    // boundary passed in between and dropped the client_ip counter).
+    assert!(i >= max_keys - 2, "{i}");
+    // A new client's SMS call (its IP and its number: two new counters)
+    // gets UNAVAILABLE ...
+    let victim = request(
+        "appguard",
+        vec![
+            descriptor(&[("client_ip", "198.51.100.1")]),
+            descriptor(&[("phone", "+447700900123")]),
+        ],
+    );
+    let err = l.should_rate_limit(&victim, now).await.unwrap_err();
+    assert!(matches!(err, ServiceError::Backend(_)), "{err}");
+    assert_eq!(err.to_status().code(), tonic::Code::Unavailable);
+    // ... and the health check says so.
+    let err = backend.check().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("in-memory counter store is full (50 live keys)"),
+        "{err}"
+    );
+}

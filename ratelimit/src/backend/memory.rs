@@ -5,9 +5,13 @@
 //! in `main`). A hard cap on live keys protects against a flood of distinct
 //! values inside one long window; when it is reached the store answers with
 //! an error, which the service reports as UNAVAILABLE so the caller's
-//! failure mode decides.
+//! failure mode decides. The cap is for the whole process: once it is
+//! reached every call that needs a new counter fails, whichever limit it
+//! is for, so a full store is reported by [`MemoryBackend::check`] (and so
+//! by `/healthcheck`) rather than left to be found in `backend_errors`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use sha2::{Digest, Sha256};
@@ -24,6 +28,13 @@ fn digest(key: &str) -> KeyDigest {
     Sha256::digest(key.as_bytes()).into()
 }
 
+/// Seconds after a call was refused for lack of room during which
+/// [`MemoryBackend::check`] still reports the store full: a store kept
+/// topped up by a flood (one new counter per freed slot) is seldom at the
+/// cap at the very moment of a health check, yet refuses nearly every new
+/// counter.
+pub const FULL_REPORTED_FOR_SECONDS: i64 = 10;
+
 /// Counters in a hash map, with an expiry index.
 #[derive(Debug)]
 pub struct MemoryBackend {
@@ -31,6 +42,9 @@ pub struct MemoryBackend {
     state: Mutex<State>,
     /// Most keys alive at once.
     max_keys: usize,
+    /// The Unix second a call was last refused for lack of room
+    /// (`i64::MIN`: never).
+    refused_at: AtomicI64,
 }
 
 #[derive(Debug, Default)]
@@ -47,7 +61,27 @@ impl MemoryBackend {
         MemoryBackend {
             state: Mutex::new(State::default()),
             max_keys,
+            refused_at: AtomicI64::new(i64::MIN),
         }
+    }
+
+    /// Whether the store can take new counters at Unix second `now`: an
+    /// error when it is at its cap, or refused a call for lack of room in
+    /// the last [`FULL_REPORTED_FOR_SECONDS`]. (Counters already in it
+    /// still count; calls that need a new one fail.)
+    pub fn check(&self, now: i64) -> Result<(), BackendError> {
+        let live = {
+            let mut state = self.lock();
+            sweep_locked(&mut state, now);
+            state.counts.len()
+        };
+        let since_refused = now.saturating_sub(self.refused_at.load(Ordering::Relaxed));
+        if live >= self.max_keys || (0..FULL_REPORTED_FOR_SECONDS).contains(&since_refused) {
+            return Err(BackendError::MemoryFull {
+                max_keys: self.max_keys,
+            });
+        }
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -112,6 +146,7 @@ impl MemoryBackend {
         new_keys.sort_unstable();
         new_keys.dedup();
         if state.counts.len() + new_keys.len() > self.max_keys {
+            self.refused_at.store(now, Ordering::Relaxed);
             return Err(BackendError::MemoryFull {
                 max_keys: self.max_keys,
             });
@@ -194,6 +229,31 @@ mod tests {
         let state = m.lock();
         assert_eq!(state.counts.len(), 2);
         assert!(state.counts.keys().all(|k| k.len() == 32));
+    }
+
+    #[test]
+    fn a_full_store_fails_its_check_until_room_is_made() {
+        let m = MemoryBackend::new(2);
+        let now = 1_000_000;
+        assert!(m.check(now).is_ok());
+        m.increment(&[inc("a", 1, now, Unit::Minute)], now).unwrap();
+        assert!(m.check(now).is_ok(), "one slot left");
+        m.increment(&[inc("b", 1, now, Unit::Day)], now).unwrap();
+        assert!(matches!(
+            m.check(now),
+            Err(BackendError::MemoryFull { max_keys: 2 })
+        ));
+        // The minute counter ends: one slot free, but a call needing two
+        // new counters was just refused; reported full for a while.
+        let later = window_end(now, Unit::Minute);
+        let two = [inc("c", 1, later, Unit::Day), inc("d", 1, later, Unit::Day)];
+        assert!(m.increment(&two, later).is_err());
+        assert_eq!(m.len(), 1);
+        assert!(m.check(later).is_err());
+        assert!(m.check(later + FULL_REPORTED_FOR_SECONDS - 1).is_err());
+        assert!(m.check(later + FULL_REPORTED_FOR_SECONDS).is_ok());
+        // A clock stepping back does not keep it reported full.
+        assert!(m.check(later - 100).is_ok());
     }
 
     #[test]

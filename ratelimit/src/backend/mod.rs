@@ -111,10 +111,11 @@ impl Backend {
         }
     }
 
-    /// Whether the store can take requests now (Redis: a PING).
+    /// Whether the store can take requests now (Redis: a PING; memory:
+    /// room for new counters, see [`MemoryBackend::check`]).
     pub async fn check(&self) -> Result<(), BackendError> {
         match self {
-            Backend::Memory(_) => Ok(()),
+            Backend::Memory(memory) => memory.check(crate::service::unix_now()),
             Backend::Redis(redis) => redis.ping().await,
         }
     }
