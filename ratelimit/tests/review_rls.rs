@@ -334,3 +334,60 @@ descriptors:
         "{err}"
     );
 }
+
+/// M1 (documented, not changed): a call refused for one descriptor still
+/// counts every other descriptor of the call, as envoyproxy/ratelimit does
+/// by default (its `STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT` is not
+/// implemented; see the README, "Counting"). One client over its own
+/// per-IP limit keeps spending a shared per-route counter: 100 refused
+/// calls from one IP use up the route's 50/min for every other client. A
+/// change to this must change the README too.
+#[tokio::test]
+async fn a_refused_call_still_counts_its_other_descriptors() {
+    let yaml = r#"
+domain: appguard
+descriptors:
+  - key: client_ip
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: route
+    value: sms
+    rate_limit: {unit: minute, requests_per_unit: 50}
+"#;
+    let l = limiter(yaml, 1000);
+    let attacker = request(
+        "appguard",
+        vec![
+            descriptor(&[("client_ip", "203.0.113.9")]),
+            descriptor(&[("route", "sms")]),
+        ],
+    );
+    let mut refused = 0;
+    for _ in 0..100 {
+        let r = l.should_rate_limit(&attacker, NOW).await.unwrap();
+        if r.overall_code == Code::OverLimit as i32 {
+            refused += 1;
+        }
+    }
+    // Only 2 of the attacker's calls were let through ...
+    assert_eq!(refused, 98);
+    // ... yet a different, well-behaved client is now refused on the route.
+    let victim = request(
+        "appguard",
+        vec![
+            descriptor(&[("client_ip", "198.51.100.1")]),
+            descriptor(&[("route", "sms")]),
+        ],
+    );
+    let r = l.should_rate_limit(&victim, NOW).await.unwrap();
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    assert_eq!(
+        r.statuses[0].code,
+        Code::Ok as i32,
+        "the victim's own IP is fine"
+    );
+    assert_eq!(
+        r.statuses[1].code,
+        Code::OverLimit as i32,
+        "route spent by refused calls"
+    );
+}
