@@ -1,5 +1,6 @@
-//! Tests for the findings of the review of the rate-limit service
-//! (review-rls): each one failed before its fix.
+//! The service under overload and abuse: a slow Redis, a flood of
+//! over-limit calls beside failing ones, a full in-memory store, refused
+//! calls that still count, and a configuration error's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -27,7 +28,7 @@ fn limiter(yaml: &str, max_keys: usize) -> RateLimiter {
     )
 }
 
-/// M3: a Redis that is alive but slower than the callers' deadline
+/// a Redis that is alive but slower than the callers' deadline
 /// (Envoy's ratelimit filter 20 ms, appguard's `timeout_ms`) has every
 /// call given up by its caller. That must not be taken for a dead
 /// connection: it answers, late. (It was: a new connection every 3
@@ -47,7 +48,7 @@ async fn a_slow_but_answering_redis_keeps_its_connection() {
     .unwrap();
     // Warm up (connect through the proxy), not cancelled.
     let item = Increment {
-        key: "review:slow".to_owned(),
+        key: "overload:slow".to_owned(),
         hits: 1,
         window_seconds: 600,
         window_end: 0,
@@ -77,7 +78,7 @@ async fn a_slow_but_answering_redis_keeps_its_connection() {
     // Redis was never down: a plain client answers, and it did count.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let count: i64 = redis::cmd("GET")
-        .arg("review:slow")
+        .arg("overload:slow")
         .query(&mut redis.conn())
         .unwrap();
     assert!(count > 1, "count {count}");
@@ -142,7 +143,7 @@ impl DelayingProxy {
     }
 }
 
-/// L1: a client hammering an over-limit key spends the `info` lines'
+/// a client hammering an over-limit key spends the `info` lines'
 /// budget (20 a second) on `over limit` lines; the `counter store failed`
 /// warnings that follow in the same second have a budget of their own and
 /// are all written (they were all left out). A summary of left-out lines
@@ -240,7 +241,7 @@ fn store_failure_warnings_have_their_own_log_budget() {
     assert_eq!(lines[47]["fields"]["kind"], "info");
 }
 
-/// L2: a type error in the YAML names its path once (it read
+/// a type error in the YAML names its path once (it read
 /// `at P: P: invalid value ...`: `ConfigError::Yaml` put the path in front
 /// of the parser's message, which already started with it).
 #[test]
@@ -264,7 +265,7 @@ fn a_yaml_type_error_names_its_path_once() {
     assert!(err.contains("line 4 column"), "{err}");
 }
 
-/// M2: the in-memory store's key cap is global. A client that sends
+/// the in-memory store's key cap is global. A client that sends
 /// distinct values for a long-unit limit (a per-phone per-day SMS limit)
 /// fills it, even while its own per-IP limit refuses it; from then on every
 /// call that needs a *new* counter, for any client and any limit, fails
@@ -335,9 +336,8 @@ descriptors:
     );
 }
 
-/// M1 (documented, not changed): a call refused for one descriptor still
-/// counts every other descriptor of the call, as envoyproxy/ratelimit does
-/// by default (its `STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT` is not
+/// Documented: a call refused for one descriptor still counts every other
+/// descriptor of the call, as envoyproxy/ratelimit does by default (its `STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT` is not
 /// implemented; see the README, "Counting"). One client over its own
 /// per-IP limit keeps spending a shared per-route counter: 100 refused
 /// calls from one IP use up the route's 50/min for every other client. A
