@@ -29,12 +29,19 @@ pub fn colon_hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Fingerprints of a DER X.509 certificate. Only the outer shape is checked
-/// (one DER SEQUENCE, nothing after it): the fingerprint is a hash of the
-/// bytes, whatever they hold.
+/// Fingerprints of a DER X.509 certificate. The certificate's shape is
+/// checked (RFC 5280 §4.1: a SEQUENCE of tbsCertificate, signatureAlgorithm
+/// and a BIT STRING, nothing after it; tbsCertificate starting with an
+/// optional `[0]` version and an INTEGER serial number): a keystore, a
+/// PKCS#7 bundle or a key is also one DER SEQUENCE, and its hash would be a
+/// plausible but wrong fingerprint. Those are refused with a hint.
 pub fn of_der(der: &[u8]) -> Result<Fingerprints, CliError> {
-    pem::check_sequence(der)
-        .map_err(|m| CliError::invalid(format!("not a DER certificate: {m}")))?;
+    if certificate_shape(der).is_none() {
+        return Err(CliError::invalid(format!(
+            "not a DER certificate: {}",
+            not_a_certificate(der)
+        )));
+    }
     let sha256 = colon_hex(&Sha256::digest(der));
     let sha1 = colon_hex(&hmac_sha1_compact::Hash::hash(der));
     // The filter's parser must read back what we print.
@@ -46,6 +53,91 @@ pub fn of_der(der: &[u8]) -> Result<Fingerprints, CliError> {
         }
     }
     Ok(Fingerprints { sha256, sha1 })
+}
+
+const SEQUENCE: u8 = 0x30;
+const INTEGER: u8 = 0x02;
+const BIT_STRING: u8 = 0x03;
+const OBJECT_IDENTIFIER: u8 = 0x06;
+/// `[0] EXPLICIT`, the tbsCertificate's version.
+const VERSION: u8 = 0xa0;
+/// 1.2.840.113549.1.7.2, PKCS#7 signedData (an APK's `META-INF/CERT.RSA`).
+const PKCS7_SIGNED_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02];
+
+/// `Some` when `der` has the shape of an X.509 certificate.
+fn certificate_shape(der: &[u8]) -> Option<()> {
+    let tagged = |input, tag| {
+        pem::element(input)
+            .ok()
+            .filter(|(e, _)| e.tag == tag)
+            .map(|(e, rest)| (e.content, rest))
+    };
+    let (cert, rest) = tagged(der, SEQUENCE)?;
+    let (tbs, rest_of_cert) = tagged(cert, SEQUENCE)?;
+    let (_algorithm, rest_of_cert) = tagged(rest_of_cert, SEQUENCE)?;
+    let (_signature, after) = tagged(rest_of_cert, BIT_STRING)?;
+    if !rest.is_empty() || !after.is_empty() {
+        return None;
+    }
+    let tbs = tagged(tbs, VERSION).map_or(tbs, |(_, rest)| rest);
+    let (_serial, tbs) = tagged(tbs, INTEGER)?;
+    // tbsCertificate.signature, an AlgorithmIdentifier.
+    tagged(tbs, SEQUENCE).map(|_| ())
+}
+
+/// What `der` (not a certificate) looks like, with what to do instead.
+fn not_a_certificate(der: &[u8]) -> String {
+    if der.starts_with(b"-----BEGIN") {
+        return "this is PEM text: use --pem".into();
+    }
+    if der.starts_with(&[0xfe, 0xed, 0xfe, 0xed]) || der.starts_with(&[0xce, 0xce, 0xce, 0xce]) {
+        return "this is a JKS keystore, not a certificate: export the certificate with \
+                `keytool -exportcert -rfc -alias ALIAS -keystore FILE > signer.pem` and use \
+                --pem (or read it with `keytool -list -v -keystore FILE`)"
+            .into();
+    }
+    let generic = "its shape is not an X.509 certificate's (SEQUENCE { tbsCertificate, \
+                   signatureAlgorithm, signature BIT STRING })"
+        .to_owned();
+    // The outer SEQUENCE's content; PKCS#12 files from some tools use a BER
+    // indefinite length.
+    let content = match der {
+        [SEQUENCE, 0x80, rest @ ..] => rest,
+        _ => match pem::element(der) {
+            Ok((e, _)) if e.tag == SEQUENCE => e.content,
+            Ok(_) => return generic,
+            Err(m) => return m,
+        },
+    };
+    let Ok((first, after)) = pem::element(content) else {
+        return generic;
+    };
+    let second = pem::element(after).ok();
+    match (first.tag, first.content) {
+        (OBJECT_IDENTIFIER, PKCS7_SIGNED_DATA) => {
+            "this is a PKCS#7 bundle (such as an APK's META-INF/CERT.RSA), not a \
+             certificate: print its signer's fingerprint with `keytool -printcert -file FILE`, \
+             or extract the certificate with `openssl pkcs7 -inform DER -in FILE -print_certs \
+             > signer.pem` and use --pem"
+                .into()
+        }
+        (INTEGER, [3]) if second.is_some_and(|(e, _)| e.tag == SEQUENCE) => {
+            "this is a PKCS#12 keystore (what `keytool -genkeypair` writes), not a \
+             certificate: export the certificate with `keytool -exportcert -rfc -alias ALIAS \
+             -keystore FILE > signer.pem` and use --pem (or read it with `keytool -list -v \
+             -keystore FILE`)"
+                .into()
+        }
+        (INTEGER, [0] | [1]) => "this is a private key, not a certificate: give the \
+             signing certificate instead (`keytool -exportcert -rfc`, then --pem)"
+            .into(),
+        (SEQUENCE, _) if second.is_some_and(|(e, rest)| e.tag == BIT_STRING && rest.is_empty()) => {
+            "this is a public key, not a certificate: the fingerprint is of the whole \
+             signing certificate (`keytool -exportcert -rfc`, then --pem)"
+                .into()
+        }
+        _ => generic,
+    }
 }
 
 /// Fingerprints of the first `CERTIFICATE` block of a PEM file (blocks of
@@ -60,6 +152,12 @@ pub fn of_pem(text: &str) -> Result<Fingerprints, CliError> {
                 "no `-----BEGIN CERTIFICATE-----` block (for a binary certificate use --der)",
             )
         })?;
+    if certificate_shape(&cert.der).is_none() {
+        return Err(CliError::invalid(format!(
+            "the CERTIFICATE block is not a certificate: {}",
+            not_a_certificate(&cert.der)
+        )));
+    }
     of_der(&cert.der)
 }
 
@@ -96,10 +194,49 @@ mod tests {
 
     #[test]
     fn der_is_hashed_whole() {
-        // SHA-256 and SHA-1 of the 2-byte input 30 00.
-        let fp = of_der(&[0x30, 0x00]).unwrap();
-        assert_eq!(fp.sha256.len(), 32 * 3 - 1);
+        // The smallest certificate shape: SEQUENCE { SEQUENCE { [0] { INTEGER 2 },
+        // INTEGER 1, SEQUENCE {} }, SEQUENCE {}, BIT STRING { 0 } }.
+        let cert = [
+            0x30, 0x11, 0x30, 0x0a, 0xa0, 0x03, 0x02, 0x01, 0x02, 0x02, 0x01, 0x01, 0x30, 0x00,
+            0x30, 0x00, 0x03, 0x01, 0x00,
+        ];
+        // ... is hashed whole.
+        let fp = of_der(&cert).unwrap();
+        assert_eq!(fp.sha256, colon_hex(&Sha256::digest(cert)));
         assert_eq!(fp.sha1.len(), 20 * 3 - 1);
+        // Without the version, too.
+        let no_version = [
+            0x30, 0x0c, 0x30, 0x05, 0x02, 0x01, 0x01, 0x30, 0x00, 0x30, 0x00, 0x03, 0x01, 0x00,
+        ];
+        assert!(of_der(&no_version[..]).is_ok());
+        // A bare SEQUENCE, trailing bytes, a missing BIT STRING: refused.
+        assert!(of_der(&[0x30, 0x00]).is_err());
+        let mut trailing = cert.to_vec();
+        trailing.push(0);
+        assert!(of_der(&trailing).is_err());
+        assert!(of_der(&cert[..16]).is_err());
         assert!(of_der(b"-----BEGIN CERTIFICATE-----").is_err());
+    }
+
+    #[test]
+    fn not_a_certificate_says_what_it_is() {
+        let e = |der: &[u8]| of_der(der).unwrap_err().to_string();
+        // ContentInfo { OID signedData, [0] {} }
+        let mut p7 = vec![0x30, 0x0d, 0x06, 0x09];
+        p7.extend_from_slice(PKCS7_SIGNED_DATA);
+        p7.extend_from_slice(&[0xa0, 0x00]);
+        assert!(e(&p7).contains("keytool -printcert -file"), "{}", e(&p7));
+        // PFX { INTEGER 3, SEQUENCE {} }, definite and BER indefinite.
+        let p12 = [0x30, 0x05, 0x02, 0x01, 0x03, 0x30, 0x00];
+        assert!(e(&p12).contains("PKCS#12"), "{}", e(&p12));
+        let p12 = [0x30, 0x80, 0x02, 0x01, 0x03, 0x30, 0x00, 0x00, 0x00];
+        assert!(e(&p12).contains("PKCS#12"), "{}", e(&p12));
+        // PrivateKeyInfo { INTEGER 0, SEQUENCE {}, OCTET STRING {} }
+        let pk8 = [0x30, 0x07, 0x02, 0x01, 0x00, 0x30, 0x00, 0x04, 0x00];
+        assert!(e(&pk8).contains("private key"), "{}", e(&pk8));
+        // SubjectPublicKeyInfo { SEQUENCE {}, BIT STRING { 0 } }
+        let spki = [0x30, 0x05, 0x30, 0x00, 0x03, 0x01, 0x00];
+        assert!(e(&spki).contains("public key"), "{}", e(&spki));
+        assert!(e(&[0xfe, 0xed, 0xfe, 0xed, 0, 0, 0, 2]).contains("JKS"));
     }
 }

@@ -114,6 +114,50 @@ pub fn check_sequence(der: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// One DER element: its tag byte and its content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Element<'a> {
+    /// The identifier octet (0x30 SEQUENCE, 0x02 INTEGER, ...). Multi-byte
+    /// tags are refused by [`element`].
+    pub tag: u8,
+    /// The content octets.
+    pub content: &'a [u8],
+}
+
+/// Reads one DER element (definite length, at most 4 length octets) from the
+/// front of `input`; returns it and what follows it.
+pub fn element(input: &[u8]) -> Result<(Element<'_>, &[u8]), String> {
+    let (&tag, rest) = input.split_first().ok_or("truncated DER: no element")?;
+    if tag & 0x1f == 0x1f {
+        return Err(format!("unsupported DER tag 0x{tag:02x}"));
+    }
+    let (&first, rest) = rest.split_first().ok_or("truncated DER length")?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 {
+            return Err("indefinite length (BER, not DER)".into());
+        }
+        if n > 4 || rest.len() < n {
+            return Err("unsupported or truncated DER length".into());
+        }
+        let (bytes, rest) = rest.split_at(n);
+        let len = bytes
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, rest)
+    };
+    if len > rest.len() {
+        return Err(format!(
+            "DER element length {len} is more than the {} bytes that follow",
+            rest.len()
+        ));
+    }
+    let (content, after) = rest.split_at(len);
+    Ok((Element { tag, content }, after))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -180,6 +180,84 @@ fn fingerprint_of_a_pem_certificate_equals_openssls() {
     assert_eq!(cli(&["fingerprint", "--pem", "no/such.pem"]).code, 2);
 }
 
+/// A keystore, an APK's PKCS#7 `CERT.RSA` and a private key are each one
+/// DER SEQUENCE too: their hash is not the certificate's fingerprint and
+/// would refuse every install `app_mismatch`. Refused with what to run.
+#[test]
+fn fingerprint_der_refuses_keystores_pkcs7_and_keys_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.pem");
+    let cert = dir.path().join("c.pem");
+    openssl_run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        s(&key),
+        "-out",
+        s(&cert),
+        "-subj",
+        "/CN=appguard test signer",
+        "-days",
+        "1",
+    ]);
+    let p7 = dir.path().join("CERT.RSA");
+    openssl_run(&[
+        "crl2pkcs7",
+        "-nocrl",
+        "-certfile",
+        s(&cert),
+        "-outform",
+        "DER",
+        "-out",
+        s(&p7),
+    ]);
+    let p12 = dir.path().join("release.p12");
+    openssl_run(&[
+        "pkcs12",
+        "-export",
+        "-inkey",
+        s(&key),
+        "-in",
+        s(&cert),
+        "-passout",
+        "pass:x",
+        "-out",
+        s(&p12),
+    ]);
+    let pk8 = dir.path().join("k.der");
+    openssl_run(&["pkey", "-in", s(&key), "-outform", "DER", "-out", s(&pk8)]);
+    for (file, hint) in [
+        (&p7, "keytool -printcert -file"),
+        (&p7, "openssl pkcs7 -inform DER"),
+        (&p12, "keytool -exportcert -rfc"),
+        (&pk8, "this is a private key"),
+    ] {
+        let r = cli(&["fingerprint", "--der", s(file)]);
+        assert_eq!(r.code, 1, "{}: {}", file.display(), r.all());
+        assert!(r.stdout.is_empty(), "{}", r.stdout);
+        assert!(r.stderr.contains(hint), "{}: {}", file.display(), r.stderr);
+    }
+    // The same check for a CERTIFICATE block holding something else.
+    let fake = dir.path().join("fake.pem");
+    let der = std::fs::read(&pk8).unwrap();
+    std::fs::write(&fake, appguard_cli::pem::encode("CERTIFICATE", &der)).unwrap();
+    let r = cli(&["fingerprint", "--pem", s(&fake)]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("this is a private key"), "{}", r.stderr);
+    // The real certificate still passes.
+    let real = dir.path().join("c.der");
+    openssl_run(&["x509", "-in", s(&cert), "-outform", "DER", "-out", s(&real)]);
+    assert_eq!(
+        ok(&["fingerprint", "--der", s(&real)]),
+        ok(&["fingerprint", "--pem", s(&cert)])
+    );
+}
+
 #[test]
 fn fingerprint_hex_is_normalised() {
     let upper = "14:6D:E9:83:C5:73:06:50:D8:EE:B9:95:2F:34:FC:64:16:A0:83:42:E6:1D:BE:A8:8A:04:96:B2:3F:CF:44:E5";
