@@ -44,6 +44,11 @@ enum Command {
         /// The key (prefer standard input). A key may begin with `-`.
         #[arg(allow_hyphen_values = true)]
         key: Option<String>,
+        // Taken so that `run` refuses them without naming any: clap's
+        // "unexpected argument" error would echo a second key (`hash-key
+        // $KEYS`, unquoted).
+        #[arg(hide = true, allow_hyphen_values = true, num_args = 0..)]
+        extra: Vec<String>,
     },
     /// Print an Android signing certificate's SHA-256 and SHA-1 fingerprints
     /// (from PEM or DER), or normalise a fingerprint given as hex, in the form
@@ -173,8 +178,10 @@ struct SignArgs {
     #[arg(long)]
     url: String,
     /// A header, 'Name: value' (repeatable).
-    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE", value_parser = sign::parse_header)]
-    headers: Vec<(String, String)>,
+    // Parsed by `sign::parse_header` in `sign_request`, not by clap: clap's
+    // error would echo the whole value, which may be a credential.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    headers: Vec<String>,
     /// The body.
     #[arg(long, conflicts_with = "body_file")]
     body: Option<String>,
@@ -247,7 +254,14 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<ExitCode, CliError> {
     match command {
         Command::CheckConfig { file } => check_config(&file),
-        Command::HashKey { key } => {
+        Command::HashKey { key, extra } => {
+            if !extra.is_empty() {
+                return Err(CliError::input(format!(
+                    "hash-key takes one KEY argument, not {} (an unquoted variable?); \
+                     give several keys on standard input, one per line",
+                    extra.len() + 1
+                )));
+            }
             // `-` reads standard input, as the other commands' file
             // arguments do (it is never an API key to hash).
             let input = match key.as_deref() {
@@ -426,6 +440,11 @@ fn mint_token(t: TokenArgs) -> Result<ExitCode, CliError> {
 fn sign_request(s: SignArgs) -> Result<ExitCode, CliError> {
     // Standard input can be read once: the second reader would get nothing
     // and sign an empty body without a word.
+    let headers = s
+        .headers
+        .iter()
+        .map(|h| sign::parse_header(h).map_err(CliError::input))
+        .collect::<Result<Vec<_>, _>>()?;
     let stdin = std::path::Path::new("-");
     if s.install_key == stdin && s.body_file.as_deref() == Some(stdin) {
         return Err(CliError::input(
@@ -441,7 +460,7 @@ fn sign_request(s: SignArgs) -> Result<ExitCode, CliError> {
     let req = sign::RequestSpec {
         method: s.method,
         url: s.url,
-        headers: s.headers,
+        headers,
         body,
         token_header: s.token_header,
         token: s.token,

@@ -45,7 +45,7 @@ pub struct UrlParts {
 
 /// Splits an absolute URL; the fragment is dropped (it is never sent).
 pub fn split_url(url: &str) -> Result<UrlParts, CliError> {
-    let bad = |why: &str| CliError::invalid(format!("--url {url:?}: {why}"));
+    let bad = |why: &str| CliError::invalid(format!("--url {:?}: {why}", redact_url(url)));
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| bad("not an absolute URL"))?;
@@ -78,18 +78,51 @@ pub fn split_url(url: &str) -> Result<UrlParts, CliError> {
     })
 }
 
-/// Parses a `--header` argument, `Name: value`.
+/// A URL for an error message: without its query and fragment (an
+/// `api_key=` or a session in the query is a credential) and without user
+/// information (`user:password@`).
+pub fn redact_url(url: &str) -> String {
+    let cut = url.find(['?', '#']).unwrap_or(url.len());
+    let (shown, rest) = url.split_at(cut);
+    let mut shown = shown.to_owned();
+    let after_scheme = shown.find("://").map_or(0, |i| i + 3);
+    let authority_end = shown
+        .get(after_scheme..)
+        .and_then(|a| a.find('/'))
+        .map_or(shown.len(), |i| after_scheme + i);
+    if let Some(at) = shown
+        .get(after_scheme..authority_end)
+        .and_then(|a| a.rfind('@'))
+    {
+        shown.replace_range(after_scheme..after_scheme + at, "…");
+    }
+    if !rest.is_empty() {
+        shown.push_str("?…");
+    }
+    shown
+}
+
+/// Parses a `--header` argument, `Name: value`. Errors name the header by
+/// the text before its first space or colon only: the rest may be a
+/// credential (`-H "Authorization Bearer …"` without its colon).
 pub fn parse_header(s: &str) -> Result<(String, String), String> {
+    let shown = s
+        .trim_start()
+        .split([' ', '\t', ':'])
+        .next()
+        .unwrap_or_default();
     let (name, value) = s
         .split_once(':')
-        .ok_or_else(|| format!("{s:?}: expected 'Name: value'"))?;
+        .ok_or_else(|| format!("--header {shown:?}…: expected 'Name: value' (no colon)"))?;
     let name = name.trim();
     let ok = !name.is_empty()
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if !ok {
-        return Err(format!("{name:?} is not a header name"));
+        return Err(format!(
+            "--header {shown:?}…: the text before ':' is not a header name"
+        ));
     }
     Ok((name.to_ascii_lowercase(), value.trim().to_owned()))
 }
@@ -307,6 +340,17 @@ mod tests {
         assert!(split_url("http://[::1]/a").is_ok());
         assert!(split_url("ftp://h/").is_err());
         assert!(split_url("https://user@h/").is_err());
+        // Errors show no query, fragment or user information.
+        for url in [
+            "https://h:99999/?api_key=SECRET",
+            "https://h:99999/#SECRET",
+            "https://u:SECRET@h/",
+            "ftp://h/x?SECRET",
+        ] {
+            let e = split_url(url).unwrap_err().to_string();
+            assert!(!e.contains("SECRET"), "{e}");
+        }
+        assert_eq!(redact_url("https://u:p@h:1/a?b#c"), "https://…@h:1/a?…");
     }
 
     #[test]
@@ -317,6 +361,18 @@ mod tests {
         );
         assert!(parse_header("no colon").is_err());
         assert!(parse_header("bad name: x").is_err());
+        // The value, or what may be one, is never in the message.
+        for h in [
+            "Authorization Bearer SECRET",
+            "X-Key SECRET: x",
+            "Bad\tSECRET",
+        ] {
+            let e = parse_header(h).unwrap_err();
+            assert!(!e.contains("SECRET"), "{e}");
+        }
+        assert!(parse_header("Authorization Bearer SECRET")
+            .unwrap_err()
+            .contains("\"Authorization\""));
     }
 
     #[test]

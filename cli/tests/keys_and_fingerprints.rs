@@ -105,6 +105,20 @@ fn hash_key_refuses_a_blank_line_before_a_key() {
     assert!(r.stderr.contains("no API key given"), "{}", r.stderr);
 }
 
+/// `hash-key $KEYS` with the variable unquoted: refused without echoing
+/// any of the keys (clap's own error would name the second).
+#[test]
+fn hash_key_with_two_arguments_names_neither() {
+    let r = cli(&["hash-key", "sk_live_FIRST_KEY", "sk_live_SECOND_KEY"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    assert!(!r.all().contains("sk_live"), "{}", r.all());
+    assert!(r.stderr.contains("standard input"), "{}", r.stderr);
+    let r = cli(&["hash-key", "--", "-k1", "-k2"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(!r.all().contains("-k2"), "{}", r.all());
+}
+
 #[test]
 fn hash_key_refuses_what_the_filter_never_compares() {
     // Over 256 bytes the filter answers `api_key_invalid` before hashing:

@@ -675,3 +675,52 @@ fn a_host_header_is_refused_as_the_authority_comes_from_the_url() {
         r.stderr
     );
 }
+
+/// Argument errors name no credential: a `--header` without its colon is
+/// named by the text before its first space, and a bad `--url` is shown
+/// without its query or user information.
+#[test]
+fn argument_errors_echo_no_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("k.pem");
+    ok(&["mint", "install-key", "--out", s(&key_file)]);
+    let sign = |extra: &[&str]| {
+        let mut args = vec![
+            "mint",
+            "sign-request",
+            "--install-key",
+            s(&key_file),
+            "--token",
+            "e30.e30.sig",
+        ];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let r = sign(&[
+        "--url",
+        "https://api.example.com/",
+        "-H",
+        "Authorization Bearer SESSION_SECRET",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(!r.all().contains("SESSION_SECRET"), "{}", r.all());
+    assert!(r.stderr.contains("\"Authorization\""), "{}", r.stderr);
+    let r = sign(&[
+        "--url",
+        "https://api.example.com/",
+        "-H",
+        "X-Api-Key SESSION_SECRET: x",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(!r.all().contains("SESSION_SECRET"), "{}", r.all());
+    for url in [
+        "https://api.example.com:99999/?api_key=URL_SECRET",
+        "https://user:URL_SECRET@api.example.com/",
+    ] {
+        let r = sign(&["--url", url]);
+        assert_eq!(r.code, 1, "{}", r.all());
+        assert!(r.stdout.is_empty(), "{}", r.stdout);
+        assert!(!r.all().contains("URL_SECRET"), "{}", r.all());
+        assert!(r.stderr.contains("api.example.com"), "{}", r.stderr);
+    }
+}
