@@ -457,7 +457,7 @@ fn sign_request(s: SignArgs) -> Result<ExitCode, CliError> {
         (None, Some(path)) => Some(read_file(path, Limit::BODY)?),
         (None, None) => None,
     };
-    let req = sign::RequestSpec {
+    let mut req = sign::RequestSpec {
         method: s.method,
         url: s.url,
         headers,
@@ -465,6 +465,13 @@ fn sign_request(s: SignArgs) -> Result<ExitCode, CliError> {
         token_header: s.token_header,
         token: s.token,
     };
+    if sign::add_default_content_type(&mut req) {
+        err!(
+            "note: a body without --header content-type: signing and sending \
+             `content-type: {}`",
+            sign::DEFAULT_CONTENT_TYPE
+        );
+    }
     let created = s.created.unwrap_or_else(appguard_cli::now);
     let mut options = SignatureOptions::new(s.label, Vec::new(), created);
     options.expires = s.expires_in.map(|e| created.saturating_add(e));

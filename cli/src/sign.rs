@@ -127,6 +127,25 @@ pub fn parse_header(s: &str) -> Result<(String, String), String> {
     Ok((name.to_ascii_lowercase(), value.trim().to_owned()))
 }
 
+/// The media type signed and sent for a body given without a
+/// `content-type` header.
+pub const DEFAULT_CONTENT_TYPE: &str = "application/json";
+
+/// Adds `content-type: application/json` when there is a body and no
+/// `content-type` header; returns whether it did. curl would otherwise send
+/// its own `application/x-www-form-urlencoded` for `--data-raw` and
+/// `--data-binary`, outside the signature, so the media type could be
+/// changed under it. With the header in the message, the default coverage
+/// covers it and the curl line sends it.
+pub fn add_default_content_type(req: &mut RequestSpec) -> bool {
+    if req.body.is_none() || req.headers.iter().any(|(n, _)| n == "content-type") {
+        return false;
+    }
+    req.headers
+        .push(("content-type".to_owned(), DEFAULT_CONTENT_TYPE.to_owned()));
+    true
+}
+
 /// What signing produced.
 #[derive(Debug, Clone)]
 pub struct Signed {

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use appguard::signing::{verify, InstallKey, Message, SigningPolicy};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use common::{cli, ok, openssl_run, s};
+use common::{cli, curl_line_of, loopback, ok, openssl_run, run_curl, s, verify_captured};
 use jwt_simple::prelude::*;
 use serde_json::{Map, Value};
 
@@ -723,4 +723,61 @@ fn argument_errors_echo_no_credentials() {
         assert!(!r.all().contains("URL_SECRET"), "{}", r.all());
         assert!(r.stderr.contains("api.example.com"), "{}", r.stderr);
     }
+}
+
+/// An install key and a token (HS256) carrying its `ipk`.
+fn install_key_and_token(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let (_, b64) = secret();
+    let key = dir.join("install.pem");
+    ok(&["mint", "install-key", "--out", s(&key)]);
+    let token = ok(&[
+        "mint",
+        "--alg",
+        "HS256",
+        "--secret-base64",
+        &b64,
+        "--ipk-from",
+        s(&key),
+    ]);
+    (key, token.trim().to_owned())
+}
+
+/// A body without `--header content-type`: curl would send its own
+/// `application/x-www-form-urlencoded`, unsigned. The CLI signs and sends
+/// `content-type: application/json` instead, covered, and says so; what
+/// curl sends verifies.
+#[test]
+fn a_body_without_content_type_is_signed_and_sent_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, token) = install_key_and_token(dir.path());
+    let (listener, port) = loopback();
+    let authority = format!("127.0.0.1:{port}");
+    let r = cli(&[
+        "mint",
+        "sign-request",
+        "--install-key",
+        s(&key),
+        "--method",
+        "POST",
+        "--url",
+        &format!("http://{authority}/v1/sms"),
+        "--body",
+        r#"{"to":"+447700900123"}"#,
+        "--token",
+        &token,
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("content-type: application/json"),
+        "{}",
+        r.stderr
+    );
+    let sent = run_curl(&curl_line_of(&r.stdout), listener);
+    assert_eq!(sent.header("content-type"), Some("application/json"));
+    let ipk = InstallKey::from_ipk(&token_claim(&token, "ipk")).unwrap();
+    let covered = verify_captured(&sent, &authority, "approov-token", &ipk).unwrap();
+    assert!(
+        covered.iter().any(|c| c == "\"content-type\""),
+        "{covered:?}"
+    );
 }

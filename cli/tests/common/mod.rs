@@ -103,3 +103,121 @@ pub fn openssl_run(args: &[&str]) -> Vec<u8> {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// A request as it arrived on the wire.
+pub struct Captured {
+    pub method: String,
+    pub target: String,
+    /// Names lower-cased, values trimmed.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Captured {
+    /// The value of header `name` (lower case), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A listener on a free loopback port, for [`run_curl`].
+pub fn loopback() -> (std::net::TcpListener, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+/// Runs a curl line (as `sign-request` prints it) through `sh` against
+/// `listener` and returns the request curl actually sent.
+pub fn run_curl(curl_line: &str, listener: std::net::TcpListener) -> Captured {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{curl_line} -o /dev/null"))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("sh and curl are needed by this test");
+    let (stream, _) = listener.accept().unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let mut parts = line.trim_end().splitn(3, ' ');
+    let method = parts.next().unwrap().to_owned();
+    let target = parts.next().unwrap().to_owned();
+    let mut headers = Vec::new();
+    loop {
+        let mut l = String::new();
+        reader.read_line(&mut l).unwrap();
+        let l = l.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            break;
+        }
+        let (n, v) = l.split_once(':').unwrap();
+        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
+    }
+    let len = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map_or(0, |(_, v)| v.parse::<usize>().unwrap());
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).unwrap();
+    let mut w = stream;
+    w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    drop(w);
+    child.wait().unwrap();
+    Captured {
+        method,
+        target,
+        headers,
+        body,
+    }
+}
+
+/// Verifies what curl sent (over `http`) with the filter's own verifier and
+/// default policy; returns the covered components.
+pub fn verify_captured(
+    c: &Captured,
+    authority: &str,
+    token_header: &str,
+    key: &appguard::signing::InstallKey,
+) -> Result<Vec<String>, String> {
+    use appguard::signing::{verify, Message, SigningPolicy};
+    let (path, query) = match c.target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (c.target.as_str(), None),
+    };
+    let message = Message::request(
+        &c.method,
+        "http",
+        authority,
+        path,
+        query,
+        &c.headers,
+        Some(&c.body),
+    );
+    verify(
+        &SigningPolicy::default(),
+        &message,
+        key,
+        token_header,
+        appguard_cli::now(),
+    )
+    .map(|v| v.covered)
+    .map_err(|e| e.to_string())
+}
+
+/// The `curl …` line of `sign-request`'s output.
+pub fn curl_line_of(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find(|l| l.starts_with("curl "))
+        .unwrap()
+        .to_owned()
+}
