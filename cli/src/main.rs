@@ -185,7 +185,8 @@ struct SignArgs {
     /// The body.
     #[arg(long, conflicts_with = "body_file")]
     body: Option<String>,
-    /// A file holding the body (curl sends it with --data-binary @FILE).
+    /// A file holding the body (curl sends it with --data-binary @FILE;
+    /// `-` reads standard input, and the curl line carries the text inline).
     #[arg(long, value_name = "FILE")]
     body_file: Option<PathBuf>,
     /// The header carrying the token (the provider's `from[].header`).
@@ -454,7 +455,13 @@ fn sign_request(s: SignArgs) -> Result<ExitCode, CliError> {
     let key = install_key::read_private(&s.install_key)?;
     let body = match (&s.body, &s.body_file) {
         (Some(b), _) => Some(b.clone().into_bytes()),
-        (None, Some(path)) => Some(read_file(path, Limit::BODY)?),
+        (None, Some(path)) => {
+            let body = read_file(path, Limit::BODY)?;
+            if path == stdin {
+                sign::inline_body(&body)?;
+            }
+            Some(body)
+        }
         (None, None) => None,
     };
     let mut req = sign::RequestSpec {
@@ -489,9 +496,12 @@ fn sign_request(s: SignArgs) -> Result<ExitCode, CliError> {
     out!("Signature-Input: {}", h.signature_input);
     out!("Signature: {}", h.signature);
     out!();
+    // A body from standard input goes inline: `@-` would make curl read
+    // its own standard input.
     let body_file = s
         .body_file
         .as_deref()
+        .filter(|p| *p != stdin)
         .map(|p| p.to_string_lossy().into_owned());
     out!("{}", sign::curl_line(&req, &signed, body_file.as_deref()));
     Ok(ExitCode::SUCCESS)

@@ -49,6 +49,15 @@ pub fn split_url(url: &str) -> Result<UrlParts, CliError> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| bad("not an absolute URL"))?;
+    // What curl (and any HTTP client) refuses or rewrites would be signed
+    // as given and sent otherwise, or not at all.
+    if let Some(b) = url.bytes().find(|b| *b <= b' ' || *b >= 0x7f) {
+        return Err(bad(&match b {
+            b' ' => "contains a space: percent-encode it (%20)".to_owned(),
+            0x80.. => "contains a non-ASCII character: percent-encode its UTF-8 bytes".to_owned(),
+            _ => format!("contains the control character 0x{b:02x}: percent-encode it"),
+        }));
+    }
     let scheme = scheme.to_ascii_lowercase();
     if scheme != "http" && scheme != "https" {
         return Err(bad("scheme must be http or https"));
@@ -290,7 +299,9 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 /// The curl command that sends the signed request. `body_file`, when set,
-/// is sent with `--data-binary @FILE` instead of inline.
+/// is sent with `--data-binary @FILE` instead of inline; it is never `-`
+/// (the curl line would read curl's own standard input, not the body
+/// signed): see [`inline_body`].
 pub fn curl_line(req: &RequestSpec, signed: &Signed, body_file: Option<&str>) -> String {
     // `--path-as-is`: curl would otherwise resolve `/a/../b` in the URL,
     // and `@path` was signed as given.
@@ -306,7 +317,12 @@ pub fn curl_line(req: &RequestSpec, signed: &Signed, body_file: Option<&str>) ->
     ];
     for (name, value) in &req.headers {
         args.push("-H".to_owned());
-        args.push(shell_quote(&format!("{name}: {value}")));
+        // curl reads `Name:` as "do not send Name"; `Name;` sends it empty.
+        args.push(shell_quote(&if value.is_empty() {
+            format!("{name};")
+        } else {
+            format!("{name}: {value}")
+        }));
     }
     let h = &signed.headers;
     if let Some(d) = &h.content_digest {
@@ -336,6 +352,20 @@ pub fn curl_line(req: &RequestSpec, signed: &Signed, body_file: Option<&str>) ->
     args.join(" ")
 }
 
+/// Whether a body read from standard input can go inline in the curl line
+/// (`--data-raw '…'`): UTF-8 text without NUL, which a shell argument
+/// cannot hold. Otherwise the caller asks for a file.
+pub fn inline_body(body: &[u8]) -> Result<(), CliError> {
+    match std::str::from_utf8(body) {
+        Ok(text) if !text.contains('\0') => Ok(()),
+        _ => Err(CliError::input(
+            "--body-file -: the body is not text (not UTF-8, or it holds NUL), so the curl \
+             line cannot carry it inline and `@-` would read curl's own standard input: \
+             give the body as --body-file FILE",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,6 +389,19 @@ mod tests {
         assert!(split_url("http://[::1]/a").is_ok());
         assert!(split_url("ftp://h/").is_err());
         assert!(split_url("https://user@h/").is_err());
+        for (url, why) in [
+            ("https://h/a b", "space"),
+            ("https://h/a?b=c d", "space"),
+            ("https://h/caf\u{e9}", "non-ASCII"),
+            ("https://h/a\tb", "0x09"),
+            ("https://h/a\nb", "0x0a"),
+            ("https://h/a\x7fb", "0x7f"),
+        ] {
+            let e = split_url(url).unwrap_err().to_string();
+            assert!(e.contains(why), "{url:?}: {e}");
+            assert!(e.contains("percent-encode"), "{url:?}: {e}");
+        }
+        assert!(split_url("https://h/caf%C3%A9?q=a%20b").is_ok());
         // Errors show no query, fragment or user information.
         for url in [
             "https://h:99999/?api_key=SECRET",

@@ -10,7 +10,9 @@ use std::collections::HashSet;
 use appguard::signing::{verify, InstallKey, Message, SigningPolicy};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use common::{cli, curl_line_of, loopback, ok, openssl_run, run_curl, s, verify_captured};
+use common::{
+    cli, cli_with_stdin, curl_line_of, loopback, ok, openssl_run, run_curl, s, verify_captured,
+};
 use jwt_simple::prelude::*;
 use serde_json::{Map, Value};
 
@@ -780,4 +782,112 @@ fn a_body_without_content_type_is_signed_and_sent_as_json() {
         covered.iter().any(|c| c == "\"content-type\""),
         "{covered:?}"
     );
+}
+
+/// An empty header value is signed as present; curl reads `-H 'Name:'` as
+/// "do not send Name", so the curl line says `-H 'Name;'`, which sends it
+/// empty. Here the header is a method override, which the signature must
+/// cover: what curl sends verifies.
+#[test]
+fn an_empty_header_value_is_sent_as_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, token) = install_key_and_token(dir.path());
+    let (listener, port) = loopback();
+    let authority = format!("127.0.0.1:{port}");
+    let r = cli(&[
+        "mint",
+        "sign-request",
+        "--install-key",
+        s(&key),
+        "--url",
+        &format!("http://{authority}/v1/profile"),
+        "--header",
+        "x-http-method-override:",
+        "--token",
+        &token,
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("\"x-http-method-override\""),
+        "{}",
+        r.stdout
+    );
+    let curl = curl_line_of(&r.stdout);
+    assert!(curl.contains("-H 'x-http-method-override;'"), "{curl}");
+    let sent = run_curl(&curl, listener);
+    assert_eq!(sent.header("x-http-method-override"), Some(""));
+    let ipk = InstallKey::from_ipk(&token_claim(&token, "ipk")).unwrap();
+    verify_captured(&sent, &authority, "approov-token", &ipk).unwrap();
+}
+
+/// `--body-file -`: the curl line carries the body read from standard
+/// input inline (`@-` would make curl read its own standard input), and
+/// what curl sends verifies. A body that cannot go in a shell argument is
+/// refused with a request for a file.
+#[test]
+fn a_body_from_standard_input_goes_inline_in_the_curl_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, token) = install_key_and_token(dir.path());
+    let (listener, port) = loopback();
+    let authority = format!("127.0.0.1:{port}");
+    let url = format!("http://{authority}/v1/sms");
+    let args = [
+        "mint",
+        "sign-request",
+        "--install-key",
+        s(&key),
+        "--method",
+        "POST",
+        "--url",
+        &url,
+        "--header",
+        "content-type: application/json",
+        "--body-file",
+        "-",
+        "--token",
+        &token,
+    ];
+    let body = "{\"to\": \"+447700900123\",\n \"text\": \"it's @here\"}\n";
+    let r = cli_with_stdin(&args, Some(body));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let curl = curl_line_of(&r.stdout);
+    assert!(!curl.contains("@-"), "{curl}");
+    assert!(curl.contains("--data-raw"), "{curl}");
+    let sent = run_curl(&curl, listener);
+    assert_eq!(sent.body, body.as_bytes());
+    let ipk = InstallKey::from_ipk(&token_claim(&token, "ipk")).unwrap();
+    verify_captured(&sent, &authority, "approov-token", &ipk).unwrap();
+
+    let r = cli_with_stdin(&args, Some("a\0b"));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    assert!(r.stderr.contains("--body-file FILE"), "{}", r.stderr);
+}
+
+/// A URL no client sends as given (a space, a control character, a
+/// non-ASCII character) is refused, naming the problem, not signed.
+#[test]
+fn a_url_curl_would_refuse_is_not_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, token) = install_key_and_token(dir.path());
+    for (url, why) in [
+        ("https://api.example.com/v1/a b", "space"),
+        ("https://api.example.com/v1/caf\u{e9}", "non-ASCII"),
+        ("https://api.example.com/v1/a\tb", "control character"),
+    ] {
+        let r = cli(&[
+            "mint",
+            "sign-request",
+            "--install-key",
+            s(&key),
+            "--url",
+            url,
+            "--token",
+            &token,
+        ]);
+        assert_eq!(r.code, 1, "{url:?}: {}", r.all());
+        assert!(r.stdout.is_empty(), "{}", r.stdout);
+        assert!(r.stderr.contains(why), "{url:?}: {}", r.stderr);
+        assert!(r.stderr.contains("percent-encode"), "{}", r.stderr);
+    }
 }

@@ -140,7 +140,26 @@ pub fn run_curl(curl_line: &str, listener: std::net::TcpListener) -> Captured {
         .stdin(Stdio::null())
         .spawn()
         .expect("sh and curl are needed by this test");
-    let (stream, _) = listener.accept().unwrap();
+    // Fails, rather than hangs, when curl exits without connecting.
+    listener.set_nonblocking(true).unwrap();
+    let started = std::time::Instant::now();
+    let stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("curl exited ({status}) without sending: {curl_line}");
+                }
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(30),
+                    "curl did not connect: {curl_line}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
@@ -213,11 +232,14 @@ pub fn verify_captured(
     .map_err(|e| e.to_string())
 }
 
-/// The `curl …` line of `sign-request`'s output.
+/// The `curl …` command of `sign-request`'s output: from the line starting
+/// `curl ` to the end (a quoted body may span lines).
 pub fn curl_line_of(stdout: &str) -> String {
-    stdout
-        .lines()
-        .find(|l| l.starts_with("curl "))
-        .unwrap()
-        .to_owned()
+    let start = if stdout.starts_with("curl ") {
+        0
+    } else {
+        stdout.find("\ncurl ").unwrap() + 1
+    };
+    let line = &stdout[start..];
+    line.strip_suffix('\n').unwrap_or(line).to_owned()
 }
