@@ -261,7 +261,12 @@ pub fn token_claim(token: &str, name: &str) -> Option<String> {
 /// no JWT, a JWT without that claim, or one whose claim is another key's
 /// fails `message_signing` however good the signature. `None` when the
 /// claim is `key`'s public half.
+///
+/// A leading `Bearer ` (any case) is not part of the token: a provider
+/// reading `from: [{"header": "authorization", "prefix": "Bearer "}]` needs
+/// the header sent as `Bearer <jwt>`, which `--token` then holds.
 pub fn token_warning(token: &str, claim: &str, key: &InstallSigningKey) -> Option<String> {
+    let token = strip_bearer(token);
     let Some((_, claims)) = jwt_parts(token) else {
         return Some(
             "--token is not a JWT (three base64url parts, the first two JSON objects); the filter will refuse it, and the signature with it"
@@ -279,6 +284,16 @@ pub fn token_warning(token: &str, claim: &str, key: &InstallSigningKey) -> Optio
         ));
     }
     None
+}
+
+/// `token` without a leading `Bearer ` (any case, surrounding whitespace
+/// aside).
+pub fn strip_bearer(token: &str) -> &str {
+    let token = token.trim();
+    match (token.get(..7), token.get(7..)) {
+        (Some(prefix), Some(rest)) if prefix.eq_ignore_ascii_case("bearer ") => rest.trim_start(),
+        _ => token,
+    }
 }
 
 /// The default signature label (`install`), as the filter's policy expects.
@@ -509,6 +524,15 @@ mod tests {
         assert!(warn(&good, "key", &key).contains("no `key` claim"));
         // Another key's.
         assert!(warn(&good, "ipk", &other).contains("is not this install key's public half"));
+        // A `Bearer ` prefix (any case) is not part of the token.
+        for prefix in ["Bearer ", "bearer ", "BEARER  "] {
+            let bearer = format!("{prefix}{good}");
+            assert_eq!(token_warning(&bearer, "ipk", &key), None, "{bearer}");
+            assert!(warn(&bearer, "ipk", &other).contains("is not this install key's public half"));
+        }
+        assert!(warn("Bearer opaque", "ipk", &key).starts_with("--token is not a JWT"));
+        assert_eq!(strip_bearer("Bearerx.y.z"), "Bearerx.y.z");
+        assert_eq!(strip_bearer("Bear"), "Bear");
     }
 
     #[test]

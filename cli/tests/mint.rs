@@ -891,3 +891,44 @@ fn a_url_curl_would_refuse_is_not_signed() {
         assert!(r.stderr.contains("percent-encode"), "{}", r.stderr);
     }
 }
+
+/// A provider reading `from: [{"header": "authorization", "prefix":
+/// "Bearer "}]` needs `Bearer <jwt>`: `--token "Bearer $TOKEN"` is sent as
+/// given, and the token checks (JWT, `ipk` of this key) look past the
+/// prefix: no false warning, and another install's key is still caught.
+#[test]
+fn a_bearer_prefixed_token_is_checked_without_its_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, token) = install_key_and_token(dir.path());
+    let sign = |key_file: &std::path::Path| {
+        cli(&[
+            "mint",
+            "sign-request",
+            "--install-key",
+            s(key_file),
+            "--url",
+            "https://api.example.com/v1/me",
+            "--token-header",
+            "authorization",
+            "--token",
+            &format!("Bearer {token}"),
+        ])
+    };
+    let r = sign(&key);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.is_empty(), "{}", r.stderr);
+    assert!(
+        curl_line_of(&r.stdout).contains(&format!("'authorization: Bearer {token}'")),
+        "{}",
+        r.stdout
+    );
+    let other = dir.path().join("other.pem");
+    ok(&["mint", "install-key", "--out", s(&other)]);
+    let r = sign(&other);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("is not this install key's public half"),
+        "{}",
+        r.stderr
+    );
+}
