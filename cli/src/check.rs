@@ -362,6 +362,29 @@ const BOOTSTRAP_FIELDS: &[&str] = &[
     "stats_config",
 ];
 
+/// Top-level fields of an appguard configuration (the filter's
+/// `RawConfig`). A mapping with any of them is an appguard configuration
+/// even with a bootstrap field name beside it (a stray `admin`): the filter
+/// refuses that as an unknown field, and so must the check, rather than
+/// calling it an Envoy configuration with nothing to check.
+const APPGUARD_FIELDS: &[&str] = &[
+    "mode",
+    "default_action",
+    "client_ip",
+    "network",
+    "platform_headers",
+    "apps",
+    "api_keys",
+    "tokens",
+    "rate_limit_service",
+    "phone",
+    "max_body_bytes",
+    "alerts",
+    "decision_log_per_second",
+    "bypass_cors_preflight",
+    "routes",
+];
+
 fn classify(doc: &Value) -> Kind {
     let Some(obj) = doc.as_object() else {
         return Kind::Plugin;
@@ -375,7 +398,9 @@ fn classify(doc: &Value) -> Kind {
             };
         }
     }
-    if BOOTSTRAP_FIELDS.iter().any(|f| obj.contains_key(*f)) {
+    if BOOTSTRAP_FIELDS.iter().any(|f| obj.contains_key(*f))
+        && !APPGUARD_FIELDS.iter().any(|f| obj.contains_key(*f))
+    {
         return Kind::Envoy;
     }
     let mut found = false;

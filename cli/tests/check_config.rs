@@ -194,6 +194,59 @@ fn unknown_field_in_yaml_plugin_config_and_in_envoy_yaml() {
     );
 }
 
+/// An appguard configuration with a stray field that happens to be an
+/// Envoy bootstrap field name (`admin`, `node`, `stats_config`) is still an
+/// appguard configuration: refused with the filter's own unknown-field
+/// message (exit 1), not "nothing to check" (exit 2). A bootstrap without
+/// appguard's fields is still a bootstrap.
+#[test]
+fn a_stray_bootstrap_field_in_an_appguard_configuration_is_the_filters_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        (
+            "c.json",
+            r#"{"mode": "enforce", "admin": {}, "routes": []}"#,
+        ),
+        (
+            "c.yaml",
+            "tokens: []
+node: {id: x}
+",
+        ),
+        (
+            "d.yaml",
+            "stats_config: {}
+api_keys: {header: x-api-key, keys: []}
+",
+        ),
+    ] {
+        let f = dir.path().join(name);
+        std::fs::write(&f, text).unwrap();
+        let r = cli(&["check-config", s(&f)]);
+        assert_eq!(r.code, 1, "{name}: {}", r.all());
+        assert!(r.stderr.contains("unknown field"), "{name}: {}", r.stderr);
+        assert!(!r.stderr.contains("nothing to check"), "{}", r.stderr);
+    }
+    let filter =
+        appguard::config::Config::from_json(br#"{"mode": "enforce", "admin": {}, "routes": []}"#)
+            .unwrap_err()
+            .to_string();
+    let r = cli(&["check-config", s(&dir.path().join("c.json"))]);
+    assert!(r.stderr.contains(&filter), "{filter}\n{}", r.stderr);
+
+    let bootstrap = dir.path().join("b.yaml");
+    std::fs::write(
+        &bootstrap,
+        "admin: {}
+static_resources: {}
+",
+    )
+    .unwrap();
+    let r = cli(&["check-config", s(&bootstrap)]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("nothing to check"), "{}", r.stderr);
+}
+
 #[test]
 fn format_is_detected_from_content_without_extension() {
     let dir = tempfile::tempdir().unwrap();
