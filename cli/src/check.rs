@@ -237,7 +237,135 @@ fn check_json(path: &Path, bytes: &[u8]) -> Result<Report, CliError> {
     }
 }
 
+/// The deepest YAML nesting `check-config` parses. serde_norway refuses
+/// deeper documents too, but only after loading the whole event stream, in
+/// time quadratic in the depth (100 000 nested `[` take most of a minute);
+/// no configuration comes near this.
+pub const MAX_YAML_DEPTH: usize = 128;
+
+/// The first line (1-based) at which `text` nests deeper than `max`
+/// levels, counting block indentation levels, `- ` sequence entries that
+/// open a line and flow collections (`[`, `{`) outside quoted scalars,
+/// comments and block scalars. A linear pre-scan, an estimate on the safe
+/// side for real files (which nest a few dozen levels at most): it bounds
+/// the parser's work, and the parser decides the rest.
+pub fn yaml_too_deep(text: &str, max: usize) -> Option<usize> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Quote {
+        None,
+        Single,
+        Double,
+    }
+    let mut quote = Quote::None;
+    let mut flow = 0usize;
+    let mut indents: Vec<usize> = Vec::new();
+    // A block scalar (`|`, `>`) opened on a line indented so much: lines
+    // indented more (and blank ones) are its content.
+    let mut block_scalar: Option<usize> = None;
+    for (number, line) in text.lines().enumerate() {
+        let indent = line.bytes().take_while(|b| *b == b' ').count();
+        let content = line.get(indent..).unwrap_or_default();
+        if let Some(parent) = block_scalar {
+            if content.trim().is_empty() || indent > parent {
+                continue;
+            }
+            block_scalar = None;
+        }
+        let mut depth = 0;
+        let mut rest = content;
+        if quote == Quote::None && flow == 0 {
+            if content.is_empty() || content.starts_with('#') {
+                continue;
+            }
+            if content.starts_with("---") || content.starts_with("...") {
+                indents.clear();
+            }
+            while indents.last().is_some_and(|&top| top > indent) {
+                indents.pop();
+            }
+            if indents.last().is_none_or(|&top| top < indent) {
+                indents.push(indent);
+            }
+            // `- - - x`: each entry indicator opens a level.
+            while let Some(r) = rest
+                .strip_prefix('-')
+                .filter(|r| r.is_empty() || r.starts_with(' '))
+            {
+                depth += 1;
+                rest = r.trim_start_matches(' ');
+            }
+        }
+        let mut prev = b' ';
+        let mut bytes = rest.bytes().peekable();
+        let mut last_token = Vec::new();
+        while let Some(b) = bytes.next() {
+            match quote {
+                Quote::Single => {
+                    if b == b'\'' {
+                        if bytes.peek() == Some(&b'\'') {
+                            bytes.next();
+                        } else {
+                            quote = Quote::None;
+                        }
+                    }
+                }
+                Quote::Double => match b {
+                    b'\\' => {
+                        bytes.next();
+                    }
+                    b'"' => quote = Quote::None,
+                    _ => {}
+                },
+                Quote::None => {
+                    let token_start = prev == b' ' || (flow > 0 && b"[{,".contains(&prev));
+                    match b {
+                        b'#' if prev == b' ' => break,
+                        b'\'' if token_start => quote = Quote::Single,
+                        b'"' if token_start => quote = Quote::Double,
+                        b'[' | b'{' if token_start || flow > 0 => {
+                            flow += 1;
+                            if indents.len() + depth + flow > max {
+                                return Some(number + 1);
+                            }
+                        }
+                        b']' | b'}' if flow > 0 => flow -= 1,
+                        _ => {}
+                    }
+                    if b != b' ' {
+                        if prev == b' ' {
+                            last_token.clear();
+                        }
+                        last_token.push(b);
+                    }
+                }
+            }
+            prev = b;
+        }
+        if indents.len() + depth + flow > max {
+            return Some(number + 1);
+        }
+        // A block scalar header ends the line: `key: |`, `- >-`, `|2+`.
+        let header = last_token
+            .strip_prefix(b"|")
+            .or_else(|| last_token.strip_prefix(b">"));
+        if quote == Quote::None
+            && flow == 0
+            && header.is_some_and(|h| h.iter().all(|c| b"+-123456789".contains(c)))
+        {
+            block_scalar = Some(indent);
+        }
+    }
+    None
+}
+
 fn check_yaml(path: &Path, text: &str) -> Result<Report, CliError> {
+    if let Some(line) = yaml_too_deep(text, MAX_YAML_DEPTH) {
+        return Err(CliError::input(format!(
+            "{}: line {line}: YAML nested deeper than {MAX_YAML_DEPTH} levels; not parsed \
+             (no configuration nests so deep)",
+            path.display()
+        )));
+    }
     let mut docs = Vec::new();
     for de in serde_norway::Deserializer::from_str(text) {
         let mut v: serde_norway::Value = serde::Deserialize::deserialize(de)
@@ -871,6 +999,47 @@ fn as_istio_sends(v: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yaml_nesting_is_bounded_before_parsing() {
+        let flow = |n: usize| format!("a: {}{}\n", "[".repeat(n), "]".repeat(n));
+        // The key's level and 127 sequences: 128.
+        assert_eq!(yaml_too_deep(&flow(127), 128), None);
+        assert_eq!(yaml_too_deep(&flow(128), 128), Some(1));
+        assert_eq!(yaml_too_deep(&format!("x: 1\n{}", flow(200)), 128), Some(2));
+        // Block mappings, one level per indentation.
+        let block: String = (0..130)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
+        assert_eq!(yaml_too_deep(&block, 128), Some(129));
+        assert_eq!(yaml_too_deep(&block, 200), None);
+        // Block sequences on one line.
+        assert_eq!(
+            yaml_too_deep(&format!("{}x\n", "- ".repeat(129)), 128),
+            Some(1)
+        );
+        // Brackets that open nothing: in quotes, comments, block scalars,
+        // plain scalars.
+        let many = "[".repeat(500);
+        for text in [
+            format!("a: '{many}'\n"),
+            format!("a: \"{many}\\\"{many}\"\n"),
+            format!("a: 'it''s {many}\n  {many}'\n"),
+            format!("a: 1 # {many}\n"),
+            format!("# {many}\n"),
+            format!("a: |\n  {many}\n\n  {many}\nb: 1\n"),
+            format!("- >- # folded\n  {many}\n"),
+            format!("a: x{many}\n"),
+            format!("a: it's [x\nb: \"{many}\"\n"),
+        ] {
+            assert_eq!(yaml_too_deep(&text, 128), None, "{text}");
+        }
+        // But a block scalar ends where its indentation does.
+        assert_eq!(
+            yaml_too_deep(&format!("a: |\n  x\nb: {many}\n"), 128),
+            Some(3)
+        );
+    }
 
     fn report(name: &str, text: &str) -> Report {
         check_bytes(Path::new(name), text.as_bytes()).unwrap()

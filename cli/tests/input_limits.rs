@@ -119,3 +119,53 @@ fn dev_zero_is_refused_at_once() {
         .into();
     refused(&r, "1 MiB");
 }
+
+/// YAML nested deeper than 128 levels is refused before it is parsed:
+/// serde_norway refuses it too, but only after quadratic work (100 000
+/// nested `[` in 200 KB took most of a minute), so a file from a pull
+/// request could hold a CI job for hours within the 16 MiB bound.
+#[test]
+fn deeply_nested_yaml_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 100_000;
+    let block: String = (0..2_000)
+        .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+        .collect();
+    for (name, text) in [
+        (
+            "flow.yaml",
+            format!("a: {}{}\n", "[".repeat(n), "]".repeat(n)),
+        ),
+        (
+            "map.yaml",
+            format!("a: {}\n", "{b: ".repeat(n) + &"}".repeat(n)),
+        ),
+        ("block.yaml", block),
+    ] {
+        let f = dir.path().join(name);
+        std::fs::write(&f, text).unwrap();
+        let start = std::time::Instant::now();
+        let r = cli(&["check-config", s(&f)]);
+        let took = start.elapsed();
+        assert_eq!(r.code, 2, "{name}: {}", r.all());
+        assert!(
+            r.stderr.contains("nested deeper than 128 levels"),
+            "{name}: {}",
+            r.stderr
+        );
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "{name}: took {took:?}"
+        );
+    }
+    // Within the bound, the parser decides as before.
+    let f = dir.path().join("ok.yaml");
+    std::fs::write(
+        &f,
+        format!("routes: {}{}\n", "[".repeat(100), "]".repeat(100)),
+    )
+    .unwrap();
+    let r = cli(&["check-config", s(&f)]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(!r.stderr.contains("nested deeper"), "{}", r.stderr);
+}
