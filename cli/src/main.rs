@@ -484,7 +484,12 @@ fn sign_request(s: SignArgs) -> Result<ExitCode, CliError> {
     options.expires = s.expires_in.map(|e| created.saturating_add(e));
     options.nonce = s.nonce;
     options.keyid = s.keyid;
-    let components = (!s.components.is_empty()).then_some(s.components);
+    let components = (!s.components.is_empty()).then(|| {
+        s.components
+            .iter()
+            .map(|c| sign::component_name(c))
+            .collect::<Vec<_>>()
+    });
     let signed = sign::sign(&key, &req, &options, components)?;
     if let Some(warning) = sign::token_warning(&req.token, &s.ipk_claim, &key) {
         err!("warning: {warning}");

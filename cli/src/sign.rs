@@ -155,6 +155,19 @@ pub fn add_default_content_type(req: &mut RequestSpec) -> bool {
     true
 }
 
+/// A `--component` as RFC 9421 names it: a header field name in lower
+/// case, as `--header` names are (`Content-Type` is `content-type`); derived
+/// components (`@method`) and parameters after `;` are kept as given.
+pub fn component_name(c: &str) -> String {
+    if c.starts_with('@') {
+        return c.to_owned();
+    }
+    match c.split_once(';') {
+        Some((name, params)) => format!("{};{params}", name.to_ascii_lowercase()),
+        None => c.to_ascii_lowercase(),
+    }
+}
+
 /// What signing produced.
 #[derive(Debug, Clone)]
 pub struct Signed {
@@ -533,6 +546,17 @@ mod tests {
         assert!(warn("Bearer opaque", "ipk", &key).starts_with("--token is not a JWT"));
         assert_eq!(strip_bearer("Bearerx.y.z"), "Bearerx.y.z");
         assert_eq!(strip_bearer("Bear"), "Bear");
+    }
+
+    #[test]
+    fn component_names_are_lower_case_header_names() {
+        assert_eq!(component_name("Content-Type"), "content-type");
+        assert_eq!(component_name("@method"), "@method");
+        assert_eq!(
+            component_name("@query-param;name=\"Foo\""),
+            "@query-param;name=\"Foo\""
+        );
+        assert_eq!(component_name("X-Dict;key=\"A\""), "x-dict;key=\"A\"");
     }
 
     #[test]

@@ -932,3 +932,51 @@ fn a_bearer_prefixed_token_is_checked_without_its_prefix() {
         r.stderr
     );
 }
+
+/// `--component Content-Type` names the header as `--header Content-Type`
+/// does (lower case, as RFC 9421 wants), instead of failing with
+/// "invalid component name"; what curl sends verifies.
+#[test]
+fn a_component_header_name_in_any_case_is_covered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, token) = install_key_and_token(dir.path());
+    let (listener, port) = loopback();
+    let authority = format!("127.0.0.1:{port}");
+    let r = cli(&[
+        "mint",
+        "sign-request",
+        "--install-key",
+        s(&key),
+        "--method",
+        "POST",
+        "--url",
+        &format!("http://{authority}/v1/sms"),
+        "--header",
+        "Content-Type: application/json",
+        "--body",
+        "{}",
+        "--token",
+        &token,
+        "--component",
+        "@method",
+        "--component",
+        "@authority",
+        "--component",
+        "@path",
+        "--component",
+        "Approov-Token",
+        "--component",
+        "Content-Digest",
+        "--component",
+        "Content-Type",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("\"content-type\""), "{}", r.stdout);
+    let sent = run_curl(&curl_line_of(&r.stdout), listener);
+    let ipk = InstallKey::from_ipk(&token_claim(&token, "ipk")).unwrap();
+    let covered = verify_captured(&sent, &authority, "approov-token", &ipk).unwrap();
+    assert!(
+        covered.iter().any(|c| c == "\"content-type\""),
+        "{covered:?}"
+    );
+}
