@@ -13,7 +13,7 @@ ENVOY       := $(VENV)/bin/envoy
 PYTHON      := $(VENV)/bin/python
 TOOLS       := $(ROOT)/.tools
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := rustc-web cargo-web rust-web-src rust-web-clippy lld-22 wasi-libc redis-server wrk docker-compose python3-venv openssl binaryen
+APT_PACKAGES := rustc-web cargo-web rust-web-src rust-web-clippy lld-22 wasi-libc redis-server wrk docker-compose python3-venv openssl binaryen curl
 
 # --- which toolchain builds the wasm module --------------------------------
 HAVE_RUSTUP_WASI := $(shell rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 && echo yes)
