@@ -129,6 +129,8 @@ struct RawConfig {
     #[serde(default)]
     bypass_cors_preflight: bool,
     #[serde(default)]
+    hold_headers_for_body: bool,
+    #[serde(default)]
     routes: Vec<RawRoute>,
 }
 
@@ -405,6 +407,16 @@ pub struct Config {
     /// appguard answers it (Istio runs its CORS filter after every
     /// WasmPlugin). Off by default.
     pub bypass_cors_preflight: bool,
+    /// Whether, on a route that reads the body, the headers are held (not
+    /// sent upstream) until the body is decided, as they are for every
+    /// other check. Needs the Wasm filter's
+    /// `allow_on_headers_stop_iteration: true` (Envoy 1.35 or later), with
+    /// which Envoy hands the body to a filter whose headers are paused;
+    /// without it such a request would wait for a body that never comes.
+    /// Off by default: then the headers go on before the body is read, and
+    /// an `envoy.filters.http.buffer` filter after appguard must hold them
+    /// (Istio's `WasmPlugin` cannot set the flag).
+    pub hold_headers_for_body: bool,
     /// Routes, tried in order; the first match names the policy.
     pub routes: Vec<Route>,
     /// Every header some provider's `claim_to_headers` sets from a verified
@@ -1598,6 +1610,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             .transpose()?,
         decision_log_per_second: raw.decision_log_per_second,
         bypass_cors_preflight: raw.bypass_cors_preflight,
+        hold_headers_for_body: raw.hold_headers_for_body,
         routes_by_method: routes.iter().any(|r| !r.methods.is_empty()),
         routes_by_host: routes.iter().any(|r| !r.hosts.is_empty()),
         routes,

@@ -543,15 +543,54 @@ fn classify(doc: &Value) -> Kind {
 }
 
 fn plugin_report(bytes: &[u8]) -> Report {
+    let result = Config::from_json(bytes);
+    let notes = match &result {
+        Ok(c) if c.hold_headers_for_body => vec![format!(
+            "hold_headers_for_body: {HOLD_NEEDS_FLAG} (checked when this command is given the \
+             Envoy configuration)"
+        )],
+        _ => Vec::new(),
+    };
     Report {
         kind: FileKind::PluginConfig,
-        configs: vec![Checked::new(
-            String::new(),
-            Config::from_json(bytes),
-            Vec::new(),
-            Some(bytes),
-        )],
+        configs: vec![Checked::new(String::new(), result, notes, Some(bytes))],
         skipped: Vec::new(),
+    }
+}
+
+/// What `hold_headers_for_body` asks of the Wasm filter that runs it.
+const HOLD_NEEDS_FLAG: &str = "needs the Wasm filter's allow_on_headers_stop_iteration: true \
+     (Envoy 1.35 or later): without it a request on a route that reads the body waits for a \
+     body Envoy never hands on, until Envoy's stream idle timeout";
+
+/// The filter's verdict on an appguard configuration under the Envoy Wasm
+/// filter `filter` (its `PluginConfig`): `hold_headers_for_body` needs
+/// the filter's `allow_on_headers_stop_iteration`, and the flag without
+/// it answers `503 appguard_host_error` to a body that arrives while the
+/// headers wait (a note).
+fn with_filter_flags(
+    result: Result<Config, ConfigError>,
+    filter: &Value,
+    notes: &mut Vec<String>,
+) -> Result<Config, ConfigError> {
+    let flag = filter.get("allow_on_headers_stop_iteration") == Some(&Value::Bool(true));
+    match result {
+        Ok(c) if c.hold_headers_for_body && !flag => {
+            Err(ConfigError::new("hold_headers_for_body", HOLD_NEEDS_FLAG))
+        }
+        Ok(c) => {
+            if flag && !c.hold_headers_for_body {
+                notes.push(
+                    "allow_on_headers_stop_iteration: true without hold_headers_for_body: a body \
+                     that arrives while the headers wait for a JWKS or the rate-limit service is \
+                     answered 503 appguard_host_error on routes that read it; set \
+                     \"hold_headers_for_body\": true (no buffer filter is then needed)"
+                        .to_owned(),
+                );
+            }
+            Ok(c)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -601,13 +640,16 @@ fn envoy_configs(doc: &Value, configs: &mut Vec<Checked>, skipped: &mut Vec<Skip
     walk(doc, &mut String::new(), &mut |path, node| {
         if is_appguard_filter(node) {
             let bytes = envoy_plugin_bytes(node);
+            let mut notes = Vec::new();
+            let result = bytes
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|b| Config::from_json(b));
+            let result = with_filter_flags(result, node, &mut notes);
             configs.push(Checked::new(
                 path.to_owned(),
-                bytes
-                    .as_ref()
-                    .map_err(Clone::clone)
-                    .and_then(|b| Config::from_json(b)),
-                Vec::new(),
+                result,
+                notes,
                 bytes.as_deref().ok(),
             ));
         } else if is_other_wasm_filter(node) {
@@ -744,6 +786,13 @@ fn wasm_plugin(doc: &Value, text: &str) -> Result<Checked, Option<Skipped>> {
     let mut notes = Vec::new();
     if let Some(pc) = spec.and_then(|s| s.get("pluginConfig")) {
         yaml11_scalars(pc, &mut "spec.pluginConfig".to_owned(), text, &mut notes);
+    }
+    if result.as_ref().is_ok_and(|c| c.hold_headers_for_body) {
+        notes.push(format!(
+            "hold_headers_for_body: {HOLD_NEEDS_FLAG}; a WasmPlugin has no field for it, so \
+             unless an EnvoyFilter sets it on this filter, leave hold_headers_for_body out and \
+             keep the buffer filter"
+        ));
     }
     Ok(Checked::new(location, result, notes, sent.as_deref()))
 }

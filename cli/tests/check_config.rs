@@ -194,6 +194,76 @@ fn unknown_field_in_yaml_plugin_config_and_in_envoy_yaml() {
     );
 }
 
+/// `hold_headers_for_body` needs the Wasm filter's
+/// `allow_on_headers_stop_iteration: true`: without it a request on a body
+/// route would wait for a body Envoy never hands on, so check-config
+/// refuses the pair in an Envoy configuration; the flag without it is a
+/// note; a plugin configuration alone, or a WasmPlugin, gets the note.
+#[test]
+fn hold_headers_for_body_is_checked_against_the_wasm_filters_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let envoy = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
+    let hold = envoy.replacen(
+        r#""default_action""#,
+        r#""hold_headers_for_body": true, "default_action""#,
+        1,
+    );
+    let flag = |text: &str| {
+        text.replacen(
+            "root_id: appguard\n",
+            "root_id: appguard\n                allow_on_headers_stop_iteration: true\n",
+            1,
+        )
+    };
+    let check = |name: &str, text: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        cli(&["check-config", s(&file)])
+    };
+    // Hold without the flag: refused, naming both.
+    assert_ne!(hold, envoy);
+    let r = check("hold.yaml", &hold);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.all().contains("`hold_headers_for_body`")
+            && r.all().contains("allow_on_headers_stop_iteration: true"),
+        "{}",
+        r.all()
+    );
+    // Both: valid, and nothing to say.
+    assert_ne!(flag(&hold), hold);
+    let r = check("both.yaml", &flag(&hold));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        !r.all().contains("allow_on_headers_stop_iteration"),
+        "{}",
+        r.all()
+    );
+    // The flag alone: valid, with a note saying what to add.
+    let r = check("flag.yaml", &flag(&envoy));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.all().contains("without hold_headers_for_body"),
+        "{}",
+        r.all()
+    );
+    // A plugin configuration alone cannot be checked against the flag:
+    // valid, with the note.
+    let plugin = dir.path().join("plugin.json");
+    std::fs::write(
+        &plugin,
+        r#"{"hold_headers_for_body": true, "routes": [{"name": "a", "match": {"prefix": "/"}}]}"#,
+    )
+    .unwrap();
+    let r = cli(&["check-config", s(&plugin)]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.all().contains("allow_on_headers_stop_iteration: true"),
+        "{}",
+        r.all()
+    );
+}
+
 /// An appguard configuration with a stray field that happens to be an
 /// Envoy bootstrap field name (`admin`, `node`, `stats_config`) is still an
 /// appguard configuration: refused with the filter's own unknown-field

@@ -87,6 +87,10 @@ pub struct GuardFilter {
     /// delivers them only with `allow_on_headers_stop_iteration: true`;
     /// resuming would then send them on past the body checks.
     body_while_paused: bool,
+    /// The body ended (its last bytes, or trailers) while the headers were
+    /// held for keys or the rate-limit service: with
+    /// `hold_headers_for_body`, Envoy has it buffered whole.
+    body_ended_while_paused: bool,
     /// The most body bytes Envoy said it had buffered for the body phase:
     /// trailers end the body without a size, and a body that reads back
     /// shorter is not the body that goes upstream.
@@ -155,6 +159,7 @@ impl GuardFilter {
             headers: Headers::default(),
             headers_end_stream: false,
             body_while_paused: false,
+            body_ended_while_paused: false,
             body_buffered: 0,
             response_headers: Vec::new(),
         }
@@ -230,6 +235,21 @@ impl GuardFilter {
             Step::NeedBody(pending) => {
                 if self.headers_end_stream {
                     self.body_complete(worker, pending, &[])
+                } else if worker.config.hold_headers_for_body {
+                    // The headers stay held (with
+                    // `allow_on_headers_stop_iteration: true` Envoy hands
+                    // the body on all the same) until the body is decided;
+                    // the identity headers are set with the decision. The
+                    // key goes now: if the client leaves, the access log
+                    // line is written from these headers.
+                    scrub(&pending.grant.key_scrub);
+                    self.state = State::AwaitingBody(pending);
+                    if self.body_ended_while_paused {
+                        // All of it went by while the headers waited for
+                        // keys or the rate-limit service: Envoy holds it.
+                        return self.on_held_body_end();
+                    }
+                    Action::Pause
                 } else if self.body_while_paused {
                     // Fail closed: the body went by while the headers waited
                     // (a Wasm filter configured with
@@ -239,7 +259,8 @@ impl GuardFilter {
                     decision_log(worker, log::Level::Warn, now, || {
                         format!(
                             "#{id} the body arrived while the headers were held; keep \
-                             allow_on_headers_stop_iteration at false"
+                             allow_on_headers_stop_iteration at false, or set \
+                             hold_headers_for_body: true"
                         )
                     });
                     self.reply_raw(503, "appguard_host_error")
@@ -819,11 +840,12 @@ impl HttpContext for GuardFilter {
             }
             // While a decision is pending the body must wait too: Continue
             // here would release the paused headers upstream.
-            State::AwaitingKeys { .. } => {
-                self.body_while_paused = true;
+            State::AwaitingKeys { .. } | State::AwaitingRateLimit { .. } => {
+                self.body_while_paused |= matches!(self.state, State::AwaitingKeys { .. });
+                self.body_buffered = self.body_buffered.max(body_size);
+                self.body_ended_while_paused |= end_of_stream;
                 Action::Pause
             }
-            State::AwaitingRateLimit { .. } => Action::Pause,
             State::Start | State::Done => Action::Continue,
         }
     }
@@ -845,31 +867,12 @@ impl HttpContext for GuardFilter {
         }
         match &self.state {
             // Trailers end the body: evaluate what was buffered.
-            State::AwaitingBody(_) => match abi::buffer(Buffer::RequestBody, 0, usize::MAX) {
-                Ok(Some(b)) if b.len() >= self.body_buffered => self.on_body(b.len(), true),
-                Ok(None) if self.body_buffered == 0 => self.on_body(0, true),
-                // Shorter than Envoy said, or unreadable: checked as it
-                // reads, a body whose digest covers less (or nothing)
-                // would pass while the whole one goes upstream.
-                other => {
-                    warn!(
-                        "#{} the request body cannot be read at its trailers ({} bytes buffered, {})",
-                        self.context_id,
-                        self.body_buffered,
-                        match other {
-                            Ok(Some(b)) => format!("{} read", b.len()),
-                            Ok(None) => "none read".to_owned(),
-                            Err(s) => format!("{s:?}"),
-                        }
-                    );
-                    self.reply_raw(503, "appguard_host_error")
-                }
-            },
-            State::AwaitingKeys { .. } => {
-                self.body_while_paused = true;
+            State::AwaitingBody(_) => self.on_held_body_end(),
+            State::AwaitingKeys { .. } | State::AwaitingRateLimit { .. } => {
+                self.body_while_paused |= matches!(self.state, State::AwaitingKeys { .. });
+                self.body_ended_while_paused = true;
                 Action::Pause
             }
-            State::AwaitingRateLimit { .. } => Action::Pause,
             State::Start | State::Done => Action::Continue,
         }
     }
@@ -895,6 +898,31 @@ fn mark_degraded(facts: &Facts) {
 }
 
 impl GuardFilter {
+    /// The body ended outside a body callback (at its trailers, or while
+    /// the headers waited): the body phase reads what Envoy buffered.
+    fn on_held_body_end(&mut self) -> Action {
+        match abi::buffer(Buffer::RequestBody, 0, usize::MAX) {
+            Ok(Some(b)) if b.len() >= self.body_buffered => self.on_body(b.len(), true),
+            Ok(None) if self.body_buffered == 0 => self.on_body(0, true),
+            // Shorter than Envoy said, or unreadable: checked as it
+            // reads, a body whose digest covers less (or nothing)
+            // would pass while the whole one goes upstream.
+            other => {
+                warn!(
+                    "#{} the request body cannot be read at its end ({} bytes buffered, {})",
+                    self.context_id,
+                    self.body_buffered,
+                    match other {
+                        Ok(Some(b)) => format!("{} read", b.len()),
+                        Ok(None) => "none read".to_owned(),
+                        Err(s) => format!("{s:?}"),
+                    }
+                );
+                self.reply_raw(503, "appguard_host_error")
+            }
+        }
+    }
+
     fn on_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(worker) = self.worker.clone() else {
             return self.reply_raw(503, "appguard_unconfigured");

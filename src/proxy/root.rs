@@ -400,6 +400,14 @@ impl RootContext for FilterRoot {
         for advice in config.advisories() {
             warn!("configuration: {advice}");
         }
+        if config.hold_headers_for_body {
+            info!(
+                "hold_headers_for_body: the headers of a request on a route that reads the body \
+                 are held until it is decided; this needs the Wasm filter's \
+                 allow_on_headers_stop_iteration: true, without which such requests wait for a \
+                 body Envoy never hands on"
+            );
+        }
         // The instance's bucket salt: local limits, failure budgets and
         // local replay pick their buckets with it, so that clients cannot
         // aim at a victim's. Without it those tables cannot be kept safely,

@@ -20,6 +20,8 @@ mod attacks;
 mod faults;
 /// Routes, local replies, spoofed identity headers, bad configuration.
 mod foundation;
+/// `hold_headers_for_body`: body routes without a buffer filter.
+mod held_headers;
 /// Platforms, apps and API keys (the three-platform example).
 mod identity;
 /// Monitor mode, stats, alerts, logs without secrets.
