@@ -66,6 +66,13 @@ pub enum BackendError {
     /// is shutting down).
     #[error("the redis call was aborted")]
     Aborted,
+    /// [`redis::MAX_CALLS_IN_FLIGHT`] Redis calls were already in flight
+    /// (a slow or silent Redis): the call was not sent.
+    #[error("{max} redis calls already in flight; not sending another")]
+    Busy {
+        /// The bound.
+        max: usize,
+    },
     /// Redis answered with something other than the expected counts.
     #[error("unexpected redis reply: {0}")]
     UnexpectedReply(String),

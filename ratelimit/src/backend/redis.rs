@@ -39,6 +39,14 @@
 //! connection, while a silent one is still found by the calls' own
 //! timeouts. Such a late call has usually been counted by Redis although
 //! its caller saw a failure.
+//!
+//! Since a call's task outlives its caller, the per-connection bound on
+//! gRPC calls handled at once no longer bounds the Redis calls in flight
+//! (a caller with a 20 ms deadline frees its slot while its Redis call
+//! waits on for up to the Redis timeout). So the backend bounds them
+//! itself: at most [`MAX_CALLS_IN_FLIGHT`] at once, for the whole process;
+//! past it a call fails at once with [`BackendError::Busy`] (UNAVAILABLE)
+//! rather than queueing more work for a Redis that is already behind.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +54,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::{socket2, TcpSettings};
+use tokio::sync::Semaphore;
 use tracing::warn;
 
 use super::{BackendError, Counted, Increment};
@@ -60,6 +69,19 @@ const TCP_KEEPALIVE_PROBES: u32 = 3;
 /// the connection (Linux `TCP_USER_TIMEOUT`).
 #[cfg(target_os = "linux")]
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most Redis calls in flight at once (each in its own task, see
+/// [`RedisBackend::bounded`]), across every gRPC connection and the
+/// health check. A call past it fails at once with [`BackendError::Busy`].
+///
+/// 16 connections' worth of the 256 gRPC calls each handles at once: far
+/// above what a Redis that answers needs (calls in flight are the call
+/// rate times Redis's latency: 4096 is 4 million calls a second at 1 ms,
+/// 40 000 at 100 ms), while a silent or stalled Redis, whose calls each
+/// last the whole `--redis-timeout-ms`, holds at most this many
+/// transactions waiting for it (about 4096 small tasks and their
+/// commands: a few MB).
+pub const MAX_CALLS_IN_FLIGHT: usize = 4096;
 
 /// Shortest time between two replacements of the connection for replies
 /// saying the server is no longer the primary (see
@@ -153,6 +175,10 @@ struct Inner {
     timeout: Duration,
     /// The URL with any password masked, for logs.
     display_url: String,
+    /// One permit per call in flight (see [`MAX_CALLS_IN_FLIGHT`]).
+    in_flight: Arc<Semaphore>,
+    /// The number of permits of `in_flight`, for the error.
+    max_in_flight: usize,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -169,6 +195,16 @@ impl RedisBackend {
     /// `rediss://`, see [`check_url`]). Does not connect yet; fails only on
     /// a URL [`check_url`] refuses. Must be called inside a Tokio runtime.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, BackendError> {
+        Self::with_max_in_flight(url, timeout, MAX_CALLS_IN_FLIGHT)
+    }
+
+    /// [`RedisBackend::new`] with at most `max_in_flight` calls in flight
+    /// instead of [`MAX_CALLS_IN_FLIGHT`].
+    fn with_max_in_flight(
+        url: &str,
+        timeout: Duration,
+        max_in_flight: usize,
+    ) -> Result<Self, BackendError> {
         let client = check_url(url)?;
         // A peer that vanished (a failover, a NAT dropping the flow) is
         // found by the kernel: keepalive probes on an idle connection, and
@@ -205,6 +241,8 @@ impl RedisBackend {
                 }),
                 timeout,
                 display_url: mask_password(url),
+                in_flight: Arc::new(Semaphore::new(max_in_flight)),
+                max_in_flight,
             }),
         })
     }
@@ -212,6 +250,8 @@ impl RedisBackend {
     /// Runs `call` on the connection within the timeout, in a task of its
     /// own that outlives a caller giving up: it notes a reply whenever it
     /// comes, and a timeout (see `Inner::timed_out`) whoever still waits.
+    /// With [`MAX_CALLS_IN_FLIGHT`] tasks already running, fails at once
+    /// with [`BackendError::Busy`] and starts none.
     async fn bounded<T, F>(
         &self,
         call: impl FnOnce(ConnectionManager) -> F,
@@ -220,6 +260,13 @@ impl RedisBackend {
         F: std::future::Future<Output = Result<T, redis::RedisError>> + Send + 'static,
         T: Send + 'static,
     {
+        // Held by the task, so released when it ends (answer, timeout,
+        // abort), not when the caller leaves.
+        let Ok(permit) = Arc::clone(&self.inner.in_flight).try_acquire_owned() else {
+            return Err(BackendError::Busy {
+                max: self.inner.max_in_flight,
+            });
+        };
         let (generation, conn, heard) = {
             let current = self.inner.manager();
             (
@@ -231,6 +278,7 @@ impl RedisBackend {
         let call = call(conn);
         let inner = Arc::clone(&self.inner);
         let task = tokio::spawn(async move {
+            let _permit = permit;
             // The manager's own response timeout (the same bound) usually
             // fires first, as an error: a timeout either way.
             let answer = match tokio::time::timeout(inner.timeout, call).await {
@@ -612,6 +660,43 @@ mod tests {
         tokio::time::sleep(REPLACE_TIMED_OUT_EVERY).await;
         inner.timed_out(1);
         assert_eq!(generation(), 2);
+    }
+
+    #[tokio::test]
+    async fn calls_in_flight_are_bounded_and_past_the_bound_fail_at_once() {
+        // A server that accepts connections and never answers: every call
+        // on it lasts the whole Redis timeout.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let timeout = Duration::from_millis(1500);
+        let backend =
+            RedisBackend::with_max_in_flight(&format!("redis://127.0.0.1:{port}"), timeout, 2)
+                .unwrap();
+        // Two callers give up early (as tonic drops a handler at its
+        // deadline); their calls go on, holding the two places.
+        for _ in 0..2 {
+            let r = tokio::time::timeout(Duration::from_millis(20), backend.ping()).await;
+            assert!(r.is_err(), "the caller gave up");
+        }
+        // A third is not sent: it fails at once rather than after the
+        // Redis timeout.
+        let asked = Instant::now();
+        let err = backend.ping().await.unwrap_err();
+        assert!(matches!(err, BackendError::Busy { max: 2 }), "{err}");
+        assert!(asked.elapsed() < Duration::from_millis(500), "{err}");
+        // Once the two have timed out, calls are sent again.
+        tokio::time::sleep(timeout + Duration::from_millis(300)).await;
+        let asked = Instant::now();
+        let err = backend.ping().await.unwrap_err();
+        assert!(!matches!(err, BackendError::Busy { .. }), "{err}");
+        assert!(asked.elapsed() >= Duration::from_millis(500), "{err}");
+        server.abort();
     }
 
     #[tokio::test]
