@@ -35,6 +35,14 @@ fn digest(key: &str) -> KeyDigest {
 /// counter.
 pub const FULL_REPORTED_FOR_SECONDS: i64 = 10;
 
+/// A refused call makes [`MemoryBackend::check`] report the store full
+/// only when at most `1 / NEARLY_FULL_FREE_FRACTION` of the cap (rounded
+/// up) was free: a store kept topped up by a flood. A call refused on a
+/// store with more room needed more new counters than one call normally
+/// does (many descriptors, or anyone reaching the gRPC port); it fails,
+/// but calls needing fewer still succeed, so the instance stays ready.
+pub const NEARLY_FULL_FREE_FRACTION: usize = 10;
+
 /// Counters in a hash map, with an expiry index.
 #[derive(Debug)]
 pub struct MemoryBackend {
@@ -42,8 +50,9 @@ pub struct MemoryBackend {
     state: Mutex<State>,
     /// Most keys alive at once.
     max_keys: usize,
-    /// The Unix second a call was last refused for lack of room
-    /// (`i64::MIN`: never).
+    /// The Unix second a call was last refused for lack of room while the
+    /// store was nearly full (see [`NEARLY_FULL_FREE_FRACTION`];
+    /// `i64::MIN`: never).
     refused_at: AtomicI64,
 }
 
@@ -66,9 +75,10 @@ impl MemoryBackend {
     }
 
     /// Whether the store can take new counters at Unix second `now`: an
-    /// error when it is at its cap, or refused a call for lack of room in
-    /// the last [`FULL_REPORTED_FOR_SECONDS`]. (Counters already in it
-    /// still count; calls that need a new one fail.)
+    /// error when it is at its cap, or refused a call for lack of room
+    /// while nearly full (see [`NEARLY_FULL_FREE_FRACTION`]) in the last
+    /// [`FULL_REPORTED_FOR_SECONDS`]. (Counters already in it still count;
+    /// calls that need a new one fail.)
     pub fn check(&self, now: i64) -> Result<(), BackendError> {
         let live = {
             let mut state = self.lock();
@@ -146,7 +156,10 @@ impl MemoryBackend {
         new_keys.sort_unstable();
         new_keys.dedup();
         if state.counts.len() + new_keys.len() > self.max_keys {
-            self.refused_at.store(now, Ordering::Relaxed);
+            let free = self.max_keys.saturating_sub(state.counts.len());
+            if free <= self.max_keys.div_ceil(NEARLY_FULL_FREE_FRACTION) {
+                self.refused_at.store(now, Ordering::Relaxed);
+            }
             return Err(BackendError::MemoryFull {
                 max_keys: self.max_keys,
             });
@@ -254,6 +267,37 @@ mod tests {
         assert!(m.check(later + FULL_REPORTED_FOR_SECONDS).is_ok());
         // A clock stepping back does not keep it reported full.
         assert!(m.check(later - 100).is_ok());
+    }
+
+    #[test]
+    fn one_oversized_call_does_not_report_a_roomy_store_full() {
+        let m = MemoryBackend::new(20);
+        let now = 1_000_000;
+        let many = |prefix: &str, n: usize| -> Vec<Increment> {
+            (0..n)
+                .map(|i| inc(&format!("{prefix}{i}"), 1, now, Unit::Day))
+                .collect()
+        };
+        // More new counters than the whole cap, on an empty store: refused,
+        // but the store is not full: the check passes and a smaller call
+        // still gets its counters.
+        assert!(matches!(
+            m.increment(&many("a", 21), now),
+            Err(BackendError::MemoryFull { max_keys: 20 })
+        ));
+        assert!(m.is_empty());
+        assert!(m.check(now).is_ok(), "an empty store reported full");
+        m.increment(&many("b", 10), now).unwrap();
+        // More than the room left, on a half-full store: the same.
+        assert!(m.increment(&many("c", 11), now).is_err());
+        assert!(m.check(now).is_ok(), "a half-full store reported full");
+        m.increment(&many("d", 8), now).unwrap();
+        // Two places left (a tenth of the cap): nearly full, and a refused
+        // call reports it, as for a store kept topped up by a flood.
+        assert!(m.increment(&many("e", 3), now).is_err());
+        assert_eq!(m.len(), 18);
+        assert!(m.check(now).is_err());
+        assert!(m.check(now + FULL_REPORTED_FOR_SECONDS).is_ok());
     }
 
     #[test]
