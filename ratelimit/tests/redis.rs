@@ -360,6 +360,49 @@ async fn a_connection_that_goes_silent_is_replaced_after_a_few_timeouts() {
 }
 
 #[tokio::test]
+async fn one_stalled_call_on_an_idle_connection_does_not_replace_it() {
+    // A low-traffic service: the connection idles for longer than the Redis
+    // timeout, then one call hits a stall (here: the connection goes
+    // silent) and times out. The idle time is no sign of a dead
+    // connection: one timeout alone keeps it; a second one, with nothing
+    // answered in between, replaces it.
+    avoid_window_edge(HOUR, 30);
+    let redis = Redis::start();
+    let proxy = SilencingProxy::start(redis.port);
+    let args = args_for(format!("redis://127.0.0.1:{}", proxy.port), 300);
+    let service = Service::start_healthy(&strs(&args));
+    let mut client = service.client().await;
+    let req = request("appguard", vec![descriptor(&[("client_ip", "192.0.2.79")])]);
+    assert_eq!(ask(&mut client, &req).await.overall_code, Code::Ok as i32);
+
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    proxy.silence();
+    let status = client.should_rate_limit(req.clone()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let replaced = || service.stderr().matches("opening a new connection").count();
+    assert_eq!(replaced(), 0, "{}", service.stderr());
+
+    let status = client.should_rate_limit(req.clone()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(replaced(), 1, "{}", service.stderr());
+    assert!(
+        service
+            .stderr()
+            .contains("no call on it completed within the timeout"),
+        "{}",
+        service.stderr()
+    );
+    let answer = ask(&mut client, &req).await;
+    assert_eq!(answer.overall_code, Code::Ok as i32);
+    assert_eq!(
+        answer.statuses[0].limit_remaining, 1,
+        "3 per hour, the 2nd hit"
+    );
+}
+
+#[tokio::test]
 async fn a_silent_connection_is_replaced_when_callers_give_up_before_the_redis_timeout() {
     // Callers with a deadline (grpc-timeout) of 100 ms, shorter than the
     // service's own 2 s Redis timeout: tonic drops each call at the

@@ -24,12 +24,14 @@
 //! failure is returned as an error, never as a count. A connection that
 //! goes silent without an error (a half-open TCP flow after a failover, a
 //! NAT or firewall dropping it) only ever times out, which the manager does
-//! not take for a broken connection: when a call times out and nothing at
-//! all has been received on the connection for the whole Redis timeout,
-//! the backend opens a new one (at most once a [`REPLACE_TIMED_OUT_EVERY`]),
-//! instead of answering UNAVAILABLE until the kernel gives up on the old
-//! flow. TCP keepalive and, on Linux, `TCP_USER_TIMEOUT` let the kernel
-//! close a dead flow too.
+//! not take for a broken connection: when a call times out, no call on the
+//! connection completed within the timeout for the whole Redis timeout,
+//! and either another call is in flight on it or an earlier call already
+//! timed out on it since the last one completed (so one call stalled on a
+//! connection idle until then is not enough), the backend opens a new one
+//! (at most once a [`REPLACE_TIMED_OUT_EVERY`]), instead of answering
+//! UNAVAILABLE until the kernel gives up on the old flow. TCP keepalive
+//! and, on Linux, `TCP_USER_TIMEOUT` let the kernel close a dead flow too.
 //!
 //! Each call runs in its own task, which waits for the reply (or the Redis
 //! timeout) even when the caller gave up first (its `grpc-timeout`, often
@@ -48,7 +50,7 @@
 //! past it a call fails at once with [`BackendError::Busy`] (UNAVAILABLE)
 //! rather than queueing more work for a Redis that is already behind.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,13 +116,18 @@ fn not_primary(e: &redis::RedisError) -> bool {
 /// call.
 pub const REPLACE_TIMED_OUT_EVERY: Duration = Duration::from_secs(1);
 
-/// When something was last received on one connection (one generation).
+/// When a call on one connection (one generation) last completed within
+/// the timeout, and the calls on it in flight and timed out since.
 #[derive(Debug)]
 struct Heard {
     /// When the connection was opened: the origin of `at_nanos`.
     opened: Instant,
     /// Nanoseconds after `opened` of the last answer; 0 while none.
     at_nanos: AtomicU64,
+    /// Calls on the connection not yet ended (answered or timed out).
+    in_flight: AtomicUsize,
+    /// Calls on the connection that timed out since the last answer.
+    timeouts: AtomicU64,
 }
 
 impl Heard {
@@ -128,6 +135,8 @@ impl Heard {
         Heard {
             opened: Instant::now(),
             at_nanos: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            timeouts: AtomicU64::new(0),
         }
     }
 
@@ -135,6 +144,14 @@ impl Heard {
     fn now(&self) {
         let nanos = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.at_nanos.fetch_max(nanos, Ordering::Relaxed);
+        self.timeouts.store(0, Ordering::Relaxed);
+    }
+
+    /// Counts a call on the connection as in flight until the returned
+    /// guard is dropped.
+    fn call(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
     }
 
     /// How long nothing has been received (since the opening, if nothing
@@ -142,6 +159,15 @@ impl Heard {
     fn quiet_for(&self) -> Duration {
         let last = Duration::from_nanos(self.at_nanos.load(Ordering::Relaxed));
         self.opened.elapsed().saturating_sub(last)
+    }
+}
+
+/// One call in flight on a connection (see [`Heard::call`]).
+struct InFlight(Arc<Heard>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -277,8 +303,12 @@ impl RedisBackend {
         };
         let call = call(conn);
         let inner = Arc::clone(&self.inner);
+        // Ended after `timed_out`, which counts this call among those in
+        // flight.
+        let in_flight = heard.call();
         let task = tokio::spawn(async move {
             let _permit = permit;
+            let _in_flight = in_flight;
             // The manager's own response timeout (the same bound) usually
             // fires first, as an error: a timeout either way.
             let answer = match tokio::time::timeout(inner.timeout, call).await {
@@ -392,23 +422,37 @@ impl Inner {
     }
 
     /// Counts a timeout of a call made on connection `generation`: that
-    /// connection is replaced when nothing at all has been received on it
-    /// for the whole Redis timeout (a silent, half-open flow), and the last
-    /// replacement is at least [`REPLACE_TIMED_OUT_EVERY`] old. A Redis
-    /// that is slow but answers is heard from (late replies included, see
-    /// [`RedisBackend::bounded`]) and keeps its connection: a new one would
-    /// only add a connect to its load. Calls still in flight on a
-    /// connection already replaced count nothing, so a burst of them
-    /// replaces it once.
+    /// connection is replaced when no call on it completed within the
+    /// timeout for the whole Redis timeout (a silent, half-open flow),
+    /// another call is in flight on it or an earlier one timed out on it
+    /// since the last answer, and the last replacement is at least
+    /// [`REPLACE_TIMED_OUT_EVERY`] old. One call stalled on a connection
+    /// that was idle until then (a `BGSAVE` fork, an expiry cycle) is not
+    /// enough: the idle time says nothing about the connection. A Redis
+    /// that is slow but answers is heard from (calls whose caller left
+    /// included, see [`RedisBackend::bounded`]) and keeps its connection:
+    /// a new one would only add a connect to its load. Calls still in
+    /// flight on a connection already replaced count nothing, so a burst
+    /// of them replaces it once.
     fn timed_out(&self, generation: u64) {
         let mut current = self.manager();
-        if current.generation != generation || current.heard.quiet_for() < self.timeout {
+        if current.generation != generation {
+            return;
+        }
+        let heard = &current.heard;
+        let timeouts = heard
+            .timeouts
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        // This call is still counted in flight.
+        let others_in_flight = heard.in_flight.load(Ordering::Relaxed) > 1;
+        if heard.quiet_for() < self.timeout || (timeouts < 2 && !others_in_flight) {
             return;
         }
         if current.generation != 0 && current.opened.elapsed() < REPLACE_TIMED_OUT_EVERY {
             return;
         }
-        self.replace(&mut current, "nothing received on it within the timeout");
+        self.replace(&mut current, "no call on it completed within the timeout");
     }
 
     /// Counts an error reply to a call made on connection `generation`:
@@ -659,6 +703,43 @@ mod tests {
         assert_eq!(generation(), 1);
         tokio::time::sleep(REPLACE_TIMED_OUT_EVERY).await;
         inner.timed_out(1);
+        assert_eq!(generation(), 2);
+    }
+
+    #[tokio::test]
+    async fn one_timeout_alone_does_not_replace_an_idle_connection() {
+        // Nothing listens on port 1; the connection is lazy and never used.
+        let backend = RedisBackend::new("redis://127.0.0.1:1", Duration::from_millis(30)).unwrap();
+        let inner = &backend.inner;
+        let generation = || inner.manager().generation;
+        let heard = Arc::clone(&inner.manager().heard);
+        let time_out = |generation| {
+            let _call = heard.call();
+            inner.timed_out(generation);
+        };
+        // Idle for longer than the Redis timeout, then one call times out
+        // with nothing else in flight: kept.
+        heard.now();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        time_out(0);
+        assert_eq!(generation(), 0);
+        // An answer since: one more timeout is again the first.
+        heard.now();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        time_out(0);
+        assert_eq!(generation(), 0);
+        // A second timeout with no answer in between: replaced.
+        time_out(0);
+        assert_eq!(generation(), 1);
+        // On the new one (once the second is up), a first timeout while
+        // another call is in flight: replaced.
+        tokio::time::sleep(REPLACE_TIMED_OUT_EVERY).await;
+        let heard = Arc::clone(&inner.manager().heard);
+        let _other = heard.call();
+        {
+            let _call = heard.call();
+            inner.timed_out(1);
+        }
         assert_eq!(generation(), 2);
     }
 
