@@ -368,7 +368,10 @@ impl GuardFilter {
     fn resume(&self, worker: &Worker) {
         if let Err(status) = abi::resume_request() {
             worker.metrics.host_error();
-            warn!("#{} cannot resume the request: {status:?}", self.context_id);
+            let id = self.context_id;
+            decision_log(worker, log::Level::Warn, now_millis() / 1000, || {
+                format!("#{id} cannot resume the request: {status:?}")
+            });
         }
     }
 
@@ -614,7 +617,10 @@ impl GuardFilter {
         {
             // The request stays held (fail closed) until Envoy's timeouts.
             worker.metrics.host_error();
-            warn!("#{} cannot send local reply: {status:?}", self.context_id);
+            let id = self.context_id;
+            decision_log(worker, log::Level::Warn, now, || {
+                format!("#{id} cannot send local reply: {status:?}")
+            });
         }
         Action::Pause
     }
@@ -636,14 +642,18 @@ impl GuardFilter {
             body.as_bytes(),
         ) {
             // The request stays held (fail closed) until Envoy's timeouts.
-            if let Some(w) = self
-                .worker
-                .as_ref()
-                .filter(|_| code != "appguard_host_error")
-            {
-                w.metrics.host_error();
+            let id = self.context_id;
+            match &self.worker {
+                Some(w) => {
+                    if code != "appguard_host_error" {
+                        w.metrics.host_error();
+                    }
+                    decision_log(w, log::Level::Warn, now_millis() / 1000, || {
+                        format!("#{id} cannot send local reply {code}: {e:?}")
+                    });
+                }
+                None => warn!("#{id} cannot send local reply {code}: {e:?}"),
             }
-            warn!("#{} cannot send local reply {code}: {e:?}", self.context_id);
         }
         Action::Pause
     }

@@ -73,29 +73,42 @@ pub struct JwksSlot {
     /// request most likely named a `kid` of a rotation, and its fetch held
     /// the instance's re-fetch lease.
     pub refetch_lost_at: Option<u64>,
-    /// The last second a failed background refresh was logged, and how
-    /// many failed since without a line: while the endpoint stays down
-    /// (or its cluster is misnamed) the root retries every `timeout_ms` +
-    /// 1 s for as long as Envoy runs, and says so once a minute.
-    pub refresh_failure_logged: Option<(u64, u32)>,
+    /// The last failed background refresh logged: its second, how many
+    /// failed the same way since without a line, and what it said. While
+    /// the endpoint stays down (or its cluster is misnamed) the root
+    /// retries every `timeout_ms` + 1 s for as long as Envoy runs, and
+    /// says so once a minute, and at once when the failure changes.
+    pub refresh_failure_logged: Option<(u64, u32, String)>,
 }
 
 /// How often a run of failed background refreshes is logged.
 const REFRESH_FAILURE_LOG_SECONDS: u64 = 60;
 
 impl JwksSlot {
-    /// A background refresh failed at `now`: `Some(n)` when it is to be
-    /// logged (the first failure of a run, then once a minute), `n` being
-    /// how many failed since the last line; `None` to stay quiet.
-    pub fn refresh_failed(&mut self, now: u64) -> Option<u32> {
+    /// A background refresh failed at `now`, as `what` says: `Some(n)`
+    /// when it is to be logged (the first failure of a run, one that
+    /// failed otherwise than the last line said, then once a minute), `n`
+    /// being how many failed since the last line; `None` to stay quiet.
+    pub fn refresh_failed(&mut self, now: u64, what: &str) -> Option<u32> {
+        // Keys fetched since the last line (by another worker, or by a
+        // request of this one): the run that line belonged to is over.
+        if self
+            .refresh_failure_logged
+            .as_ref()
+            .is_some_and(|(at, _, _)| self.fetched_at > *at)
+        {
+            self.refresh_failure_logged = None;
+        }
         match &mut self.refresh_failure_logged {
-            Some((at, held)) if now < at.saturating_add(REFRESH_FAILURE_LOG_SECONDS) => {
+            Some((at, held, said))
+                if said == what && now < at.saturating_add(REFRESH_FAILURE_LOG_SECONDS) =>
+            {
                 *held = held.saturating_add(1);
                 None
             }
             logged => {
-                let held = logged.map_or(0, |(_, held)| held);
-                *logged = Some((now, 0));
+                let held = logged.as_ref().map_or(0, |(_, held, _)| *held);
+                *logged = Some((now, 0, what.to_owned()));
                 Some(held)
             }
         }
@@ -437,15 +450,24 @@ mod tests {
         // A refresh every 3 s against an endpoint that is down.
         let logged: Vec<(u64, u32)> = (0..50)
             .map(|i| 1000 + 3 * i)
-            .filter_map(|t| slot.refresh_failed(t).map(|held| (t, held)))
+            .filter_map(|t| slot.refresh_failed(t, "down").map(|held| (t, held)))
             .collect();
         assert_eq!(logged, vec![(1000, 0), (1060, 19), (1120, 19)]);
         assert_eq!(held_note(0), "");
         assert_eq!(held_note(19), " (19 more failed since the last line)");
         // Keys again: the next failure is news, logged at once.
         slot.refresh_succeeded();
-        assert_eq!(slot.refresh_failed(1151), Some(0));
-        assert_eq!(slot.refresh_failed(1154), None);
+        assert_eq!(slot.refresh_failed(1151, "down"), Some(0));
+        assert_eq!(slot.refresh_failed(1154, "down"), None);
+        // Failing otherwise is news too (a reason to log, with the count
+        // of the failures before it that went unlogged).
+        assert_eq!(slot.refresh_failed(1157, "too large"), Some(1));
+        assert_eq!(slot.refresh_failed(1158, "too large"), None);
+        // Keys another worker fetched (loaded from shared data) end the
+        // run too: the next failure is logged at once, counted afresh.
+        slot.fetched_at = 1160;
+        assert_eq!(slot.refresh_failed(1170, "down"), Some(0));
+        assert_eq!(slot.refresh_failed(1173, "down"), None);
     }
 
     #[test]

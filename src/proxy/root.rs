@@ -150,7 +150,7 @@ impl Worker {
                 None => slot.refresh_succeeded(),
                 Some(what) => {
                     self.metrics.jwks_failure();
-                    if let Some(held) = slot.refresh_failed(now) {
+                    if let Some(held) = slot.refresh_failed(now, &what) {
                         warn!(
                             "jwks {}: {what}; keeping the previous keys{}",
                             provider.name,
@@ -209,17 +209,14 @@ impl Worker {
                     }
                     Err(s) => {
                         self.metrics.jwks_failure();
+                        let what = format!("cannot dispatch the refresh: {s:?}");
                         let held = self
                             .jwks
                             .borrow_mut()
                             .get_mut(p)
-                            .and_then(|slot| slot.refresh_failed(now));
+                            .and_then(|slot| slot.refresh_failed(now, &what));
                         if let Some(held) = held {
-                            warn!(
-                                "jwks {}: cannot dispatch the refresh: {s:?}{}",
-                                provider.name,
-                                jwks::held_note(held)
-                            );
+                            warn!("jwks {}: {what}{}", provider.name, jwks::held_note(held));
                         }
                     }
                 }
@@ -307,7 +304,7 @@ impl Worker {
 const TICK_MS: u32 = 1000;
 
 /// The tick period after a configuration with remote JWKS, while this
-/// worker has no keys for one of them (for at most [`FAST_TICKS_FOR_MS`]).
+/// worker has no keys for one of them (for at most [`FAST_TICKS`] ticks).
 /// With the 1 s tick alone the first background fetch came a second after
 /// the configuration, and the other workers loaded its keys a second after
 /// that: a worker that took requests before then had them fetch the keys
@@ -316,17 +313,18 @@ const TICK_MS: u32 = 1000;
 /// look sooner: the fetches stay under the instance-wide lease.
 const FAST_TICK_MS: u32 = 10;
 
-/// How long after a configuration the tick may stay fast: a JWKS endpoint
-/// that is down at start leaves the worker to the 1 s tick after this.
-const FAST_TICKS_FOR_MS: u64 = 3000;
+/// How many fast ticks may follow a configuration (3 s of them): a JWKS
+/// endpoint that is down at start leaves the worker to the 1 s tick after
+/// these. Counted, not timed, so that a clock step cannot prolong them.
+const FAST_TICKS: u32 = 300;
 
 /// Owns the worker of one root context.
 pub struct FilterRoot {
     context_id: u32,
     worker: Option<Rc<Worker>>,
-    /// Until when (Envoy's clock, ms) the tick may run at [`FAST_TICK_MS`]:
-    /// set while a remote JWKS has no keys on this worker yet.
-    fast_ticks_until: Option<u64>,
+    /// How many more ticks may run at [`FAST_TICK_MS`]: set while a remote
+    /// JWKS has no keys on this worker yet.
+    fast_ticks_left: Option<u32>,
 }
 
 impl FilterRoot {
@@ -335,7 +333,7 @@ impl FilterRoot {
         FilterRoot {
             context_id,
             worker: None,
-            fast_ticks_until: None,
+            fast_ticks_left: None,
         }
     }
 }
@@ -500,7 +498,7 @@ impl RootContext for FilterRoot {
         // With remote JWKS the tick is fast until this worker has their
         // keys (see `FAST_TICK_MS`): they are then fetched, and loaded by
         // every worker, before the first requests come rather than by them.
-        self.fast_ticks_until = has_remote.then(|| host::now_millis() + FAST_TICKS_FOR_MS);
+        self.fast_ticks_left = has_remote.then_some(FAST_TICKS);
         let period = if has_remote { FAST_TICK_MS } else { TICK_MS };
         if let Err(e) = abi::set_tick_period_ms(period) {
             warn!(
@@ -523,12 +521,14 @@ impl RootContext for FilterRoot {
         worker.metrics.report_vm_memory();
         let now = now_seconds();
         worker.maintain_jwks(now);
-        if let Some(until) = self.fast_ticks_until {
-            if !worker.lacks_remote_keys() || host::now_millis() >= until {
-                self.fast_ticks_until = None;
+        if let Some(left) = self.fast_ticks_left {
+            if left == 0 || !worker.lacks_remote_keys() {
+                self.fast_ticks_left = None;
                 if let Err(e) = abi::set_tick_period_ms(TICK_MS) {
                     warn!("cannot set the tick period to {TICK_MS} ms ({e:?})");
                 }
+            } else {
+                self.fast_ticks_left = Some(left - 1);
             }
         }
         worker.send_alerts(now);

@@ -304,9 +304,10 @@ pub fn key_from_jwk(jwk: &Value, alg: Option<Alg>, kid: Option<String>) -> Resul
     // RFC 7517 §4.4/§4.5: `alg` and `kid` are strings. One of another type
     // is an error, not an absent member: read as absent, a wrong `alg`
     // would give the key a guessed algorithm (RS256 for RSA) and a wrong
-    // `kid` would make it a key for tokens that name none.
+    // `kid` would make it a key for tokens that name none. `null` is read
+    // as absent, as it always was: serializers write it for unset fields.
     let text_member = |name: &str| match obj.get(name) {
-        None => Ok(None),
+        None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
         Some(_) => Err(format!("JWK `{name}` is not a string")),
     };

@@ -674,7 +674,11 @@ fn keys_are_fetched_at_start_and_a_first_burst_sends_no_fetch_of_its_own() {
     });
     assert_eq!(statuses, vec![200; 16]);
     assert_eq!(up.seen().len(), 16);
-    assert_eq!(jwks.server.seen().len(), 1, "one fetch for the instance");
+    // One background fetch for the instance (two when the lease, kept in
+    // whole seconds, ran out at a second boundary while the first was on
+    // its way), and none of the requests'.
+    let fetches = jwks.server.seen().len();
+    assert!((1..=2).contains(&fetches), "{fetches} fetches");
     e.assert_vm_healthy();
 }
 
@@ -769,6 +773,9 @@ fn keys_survive_failed_refreshes_until_refresh_plus_grace() {
     let e = EnvoyBuilder::new(jwks_config(REFRESH, GRACE, "deny"), up.port)
         .http_cluster("jwks", jwks.server.port)
         .start();
+    // The keys fetched at start, before the first request, which then
+    // fetches none of its own.
+    e.wait_log("bytes loaded", 1, 10);
     assert_eq!(e.request(token_req(&k)).status, 200);
     assert_eq!(jwks.fetches(), 1);
     // The keys' age counts from their fetch, which may have come when the
