@@ -230,3 +230,630 @@ fn held_headers_read_a_body_that_arrived_while_they_waited_for_keys() {
     assert_eq!(e.stat("appguard_host_errors").unwrap_or(0), 0);
     e.assert_vm_healthy();
 }
+
+// ---------------------------------------------------------------------
+// Hold mode's other body paths: the rate-limit service after the body,
+// bodies ended by trailers, bodies over the limit, signed bodies, and a
+// client that leaves while its headers are held.
+// ---------------------------------------------------------------------
+
+use crate::harness::services::{test_limits, RateLimitService};
+use crate::harness::{free_port, Envoy};
+use appguard::signing::{
+    default_covered_components, sign_request, InstallSigningKey, Message, SignatureOptions,
+};
+
+/// What a [`Recorder`] saw of one request: its head as it arrived (before
+/// any body), and its body and trailers once whole.
+#[derive(Clone, Debug, Default)]
+struct Recorded {
+    head: String,
+    body: Vec<u8>,
+    trailers: Vec<(String, String)>,
+    whole: bool,
+}
+
+impl Recorded {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+}
+
+/// An upstream that records each request head the moment it arrives (so a
+/// head that went up before its body was decided is seen even if Envoy
+/// then resets the stream), then reads the body (content-length or
+/// chunked, with trailers) and answers `200 ok`.
+struct Recorder {
+    port: u16,
+    seen: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl Recorder {
+    fn start() -> Recorder {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::<Recorded>::new()));
+        let s = seen.clone();
+        thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { continue };
+                let s = s.clone();
+                thread::spawn(move || serve_recorded(c, &s));
+            }
+        });
+        Recorder { port, seen }
+    }
+
+    fn seen(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.seen().into_iter().map(|r| r.head).collect()
+    }
+}
+
+fn serve_recorded(mut c: TcpStream, seen: &Mutex<Vec<Recorded>>) {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    let mut fill = |c: &mut TcpStream, buf: &mut Vec<u8>| -> bool {
+        match c.read(&mut b) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buf.extend_from_slice(&b[..n]);
+                true
+            }
+        }
+    };
+    loop {
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            if !fill(&mut c, &mut buf) {
+                return;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end + 4);
+        let index = {
+            let mut v = seen.lock().unwrap();
+            v.push(Recorded {
+                head: head.clone(),
+                ..Recorded::default()
+            });
+            v.len() - 1
+        };
+        let lower = head.to_ascii_lowercase();
+        let mut body = Vec::new();
+        let mut trailers = Vec::new();
+        if lower.contains("transfer-encoding: chunked") {
+            loop {
+                let line_end = loop {
+                    if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
+                        break p;
+                    }
+                    if !fill(&mut c, &mut buf) {
+                        return;
+                    }
+                };
+                let size_line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+                buf.drain(..line_end + 2);
+                let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap(), 16)
+                    .unwrap_or(0);
+                if size == 0 {
+                    // Trailers up to an empty line.
+                    loop {
+                        let line_end = loop {
+                            if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
+                                break p;
+                            }
+                            if !fill(&mut c, &mut buf) {
+                                return;
+                            }
+                        };
+                        let line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+                        buf.drain(..line_end + 2);
+                        if line.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':') {
+                            trailers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                        }
+                    }
+                    break;
+                }
+                while buf.len() < size + 2 {
+                    if !fill(&mut c, &mut buf) {
+                        return;
+                    }
+                }
+                body.extend_from_slice(&buf[..size]);
+                buf.drain(..size + 2);
+            }
+        } else {
+            let len: usize = lower
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < len {
+                if !fill(&mut c, &mut buf) {
+                    return;
+                }
+            }
+            body = buf.drain(..len).collect();
+        }
+        {
+            let mut v = seen.lock().unwrap();
+            let r = &mut v[index];
+            r.body = body;
+            r.trailers = trailers;
+            r.whole = true;
+        }
+        if c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Sends `req` over a new connection with its body chunked in `pieces`
+/// writes: the headers first, then each piece 300 ms after the one before
+/// (the first 500 ms after the headers), so that Envoy hands appguard the
+/// headers and each piece in callbacks of their own. Then the last chunk
+/// with `req`'s trailers. Returns the status line and the
+/// `x-appguard-reason` of the response (empty when none).
+fn send_slowly(port: u16, req: &Req, pieces: usize) -> (u16, String) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nhost: localhost\r\n",
+        req.method, req.path
+    );
+    for (k, v) in &req.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("transfer-encoding: chunked\r\n\r\n");
+    c.write_all(head.as_bytes()).unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let size = req.body.len().div_ceil(pieces.max(1)).max(1);
+    for (i, piece) in req.body.chunks(size).enumerate() {
+        if i > 0 {
+            thread::sleep(Duration::from_millis(300));
+        }
+        let mut out = format!("{:x}\r\n", piece.len()).into_bytes();
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+        // A refusal may have closed the connection already.
+        if c.write_all(&out).is_err() {
+            break;
+        }
+    }
+    let mut end = b"0\r\n".to_vec();
+    for (k, v) in &req.trailers {
+        end.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    end.extend_from_slice(b"\r\n");
+    let _ = c.write_all(&end);
+    let mut resp = Vec::new();
+    let mut b = [0u8; 8192];
+    while !resp.windows(4).any(|w| w == b"\r\n\r\n") {
+        match c.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => resp.extend_from_slice(&b[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let reason = text
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-appguard-reason")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, reason)
+}
+
+fn held(cfg: Value, upstream: u16) -> EnvoyBuilder {
+    EnvoyBuilder::new(cfg, upstream)
+        .allow_on_headers_stop_iteration()
+        .without_buffer_filter()
+}
+
+/// No request head reached the upstream `rec` (after a moment for one on
+/// its way).
+fn assert_nothing_upstream(rec: &Recorder, what: &str) {
+    thread::sleep(Duration::from_millis(500));
+    assert!(rec.heads().is_empty(), "{what}: {:?}", rec.heads());
+}
+
+fn rls_config(failure_mode: &str) -> Value {
+    json!({
+        "hold_headers_for_body": true,
+        "rate_limit_service": {"cluster": "ratelimit", "domain": "appguard",
+                               "timeout_ms": 1000, "failure_mode": failure_mode},
+        "phone": {"default_calling_code": "44", "denied_prefixes": ["+882"],
+                  "hash_key_base64": "aGVsZC1oZWFkZXJzLXBob25lLWhhc2gta2V5LTAxMjM="},
+        "routes": [{"name": "sms", "match": {"path": "/sms", "methods": ["POST"]},
+                    "rate_limits": [{"entries": [{"type": "route"},
+                                                 {"type": "body", "pointer": "/to", "phone": true}]}]}]
+    })
+}
+
+fn sms(to: &str) -> Req {
+    Req::post_json("/sms", &format!(r#"{{"to": "{to}", "text": "code 1234"}}"#))
+}
+
+#[test]
+fn held_headers_ask_the_rate_limit_service_after_the_body_and_keep_over_limit_from_the_upstream() {
+    // tests/fixtures/ratelimit.yaml: 2 an hour per phone number on route
+    // sms. Two Envoys share the service's counts: one in front of an
+    // upstream that answers, one in front of a recorder of heads.
+    let rls = RateLimitService::start(&test_limits(), None);
+    let up = Recorder::start();
+    let e = held(rls_config("deny"), up.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .start();
+    let body = r#"{"to": "+44 7700 900123", "text": "code 1234"}"#;
+    for i in 0..2 {
+        // Slowly (the body decided in a body callback, the call from it)
+        // and in one piece.
+        let r = if i == 0 {
+            send_slowly(e.port, &sms("+44 7700 900123"), 2)
+        } else {
+            let r = e.request(sms("+44 7700 900123"));
+            (r.status, r.reason().unwrap_or_default().to_owned())
+        };
+        assert_eq!(r, (200, String::new()), "request {i}");
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.iter().all(|s| s.whole && s.body == body.as_bytes()),
+        "{seen:?}"
+    );
+    // Over the limit: refused, and not even the head goes up.
+    let r = send_slowly(e.port, &sms("07700 900123"), 2);
+    assert_eq!(r, (429, "rate_limited".to_owned()));
+    let r = e.request(sms("+44 7700 900123"));
+    assert_eq!((r.status, r.reason()), (429, Some("rate_limited")));
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(up.seen().len(), 2, "{:?}", up.heads());
+    // Another number has its own limit.
+    let r = send_slowly(e.port, &sms("+44 7700 900456"), 2);
+    assert_eq!(r, (200, String::new()));
+    assert_eq!(e.stat("appguard_host_errors").unwrap_or(0), 0);
+    e.assert_vm_healthy();
+}
+
+#[test]
+fn held_headers_tell_the_upstream_a_body_request_went_without_its_rate_limits() {
+    // The service is down. failure_mode allow: the request goes up with
+    // `x-appguard-degraded: ratelimit_unavailable` (the README says hold
+    // mode adds it; the default cannot, the headers having gone before
+    // the body). failure_mode deny: 503 and nothing upstream.
+    let dead = free_port();
+    let up = Recorder::start();
+    let e = held(rls_config("allow"), up.port)
+        .grpc_cluster("ratelimit", dead)
+        .start();
+    let body = r#"{"to": "+44 7700 900123", "text": "code 1234"}"#;
+    let r = send_slowly(e.port, &sms("+44 7700 900123"), 2);
+    assert_eq!(r, (200, String::new()));
+    let r = e.request(sms("+44 7700 900123"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for s in &seen {
+        assert!(s.whole && s.body == body.as_bytes(), "{s:?}");
+        assert_eq!(
+            s.header("x-appguard-degraded").as_deref(),
+            Some("ratelimit_unavailable"),
+            "{}",
+            s.head
+        );
+    }
+    // A client's own copy is no sign.
+    let r = e.request(sms("+44 7700 900124").header("x-appguard-degraded", "none"));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        up.seen()[2].header("x-appguard-degraded").as_deref(),
+        Some("ratelimit_unavailable")
+    );
+    e.assert_vm_healthy();
+    drop(e);
+    let up = Recorder::start();
+    let e = held(rls_config("deny"), up.port)
+        .grpc_cluster("ratelimit", dead)
+        .start();
+    let r = send_slowly(e.port, &sms("+44 7700 900123"), 2);
+    assert_eq!(r, (503, "ratelimit_unavailable".to_owned()));
+    assert_nothing_upstream(&up, "refused for the service being down");
+    e.assert_vm_healthy();
+}
+
+#[test]
+fn held_headers_decide_a_body_ended_by_trailers_and_send_it_up_whole() {
+    let up = Recorder::start();
+    let e = held(config(true, "enforce"), up.port).trailers().start();
+    let body = r#"{"to": "+44 7700 900123", "text": "hello"}"#;
+    let req = |to: &str| {
+        Req::post_json("/sms", &format!(r#"{{"to": "{to}", "text": "hello"}}"#))
+            .header("x-api-key", KEY)
+            .trailer("x-checksum", "c1")
+            .trailer("x-appguard-key-id", "admin")
+    };
+    // In callbacks of their own (the trailers end the held body)...
+    assert_eq!(
+        send_slowly(e.port, &req("+44 7700 900123"), 3),
+        (200, String::new())
+    );
+    // ...and all at once.
+    let r = e.request(req("+44 7700 900123"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for s in &seen {
+        assert!(s.whole, "{s:?}");
+        assert_eq!(String::from_utf8_lossy(&s.body), body);
+        assert_eq!(s.header("x-appguard-key-id").as_deref(), Some("k1"));
+        assert_eq!(s.header("x-api-key"), None, "the key went upstream");
+        assert_eq!(
+            s.trailers,
+            vec![("x-checksum".to_owned(), "c1".to_owned())],
+            "the client's identity trailer is removed, its other trailers kept"
+        );
+    }
+    // A refused number ended by trailers: nothing more upstream.
+    assert_eq!(
+        send_slowly(e.port, &req("+882 1234 5678"), 3),
+        (403, "phone_denied".to_owned())
+    );
+    let r = e.request(req("+882 1234 5678"));
+    assert_eq!((r.status, r.reason()), (403, Some("phone_denied")));
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(up.seen().len(), 2, "{:?}", up.heads());
+    assert_eq!(e.stat("appguard_host_errors").unwrap_or(0), 0);
+    e.assert_vm_healthy();
+}
+
+#[test]
+fn held_headers_refuse_a_body_over_max_body_bytes_before_anything_goes_up() {
+    let up = Recorder::start();
+    let mut cfg = config(true, "enforce");
+    cfg["max_body_bytes"] = json!(64);
+    let e = held(cfg, up.port).start();
+    let big = format!(
+        r#"{{"to": "+44 7700 900123", "pad": "{}"}}"#,
+        "a".repeat(100)
+    );
+    let req = Req::post_json("/sms", &big).header("x-api-key", KEY);
+    // Learnt from the first pieces, before the body ends...
+    assert_eq!(
+        send_slowly(e.port, &req, 4),
+        (413, "body_too_large".to_owned())
+    );
+    // ...from a whole one, with a content-length...
+    let r = e.request(req.clone());
+    assert_eq!((r.status, r.reason()), (413, Some("body_too_large")));
+    // ...and ended by its last chunk.
+    let r = e.request(req.clone().chunked());
+    assert_eq!((r.status, r.reason()), (413, Some("body_too_large")));
+    assert_nothing_upstream(&up, "bodies over the limit");
+    // One within it goes up whole.
+    let small = r#"{"to": "+44 7700 900123"}"#;
+    let r = e.request(Req::post_json("/sms", small).header("x-api-key", KEY));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.seen().len(), 1);
+    assert_eq!(up.seen()[0].body, small.as_bytes());
+    e.assert_vm_healthy();
+}
+
+const SIGNED_BODY: &str = r#"{"to":"+447700900123","template":"otp"}"#;
+
+/// A POST to `path` signed by `key` over `body` (RFC 9421, the default
+/// coverage, `content-digest` included), with `token`.
+fn signed_post(key: &InstallSigningKey, token: &str, path: &str, body: &str) -> Req {
+    let headers = vec![
+        ("approov-token".to_string(), token.to_string()),
+        ("content-type".to_string(), "application/json".to_string()),
+    ];
+    let msg = Message::request(
+        "POST",
+        "http",
+        "localhost",
+        path,
+        None,
+        &headers,
+        Some(body.as_bytes()),
+    );
+    let comps = default_covered_components(&msg, "approov-token");
+    let sig = sign_request(
+        key,
+        &msg,
+        &SignatureOptions::new("install", comps, tokens::now()),
+    )
+    .unwrap();
+    let mut req = Req::new("POST", path)
+        .header("approov-token", token)
+        .header("content-type", "application/json")
+        .header("signature-input", &sig.signature_input)
+        .header("signature", &sig.signature)
+        .body(body.as_bytes());
+    if let Some(d) = sig.content_digest {
+        req = req.header("content-digest", &d);
+    }
+    req
+}
+
+#[test]
+fn held_headers_verify_a_signed_body_and_keep_a_tampered_one_from_the_upstream() {
+    let cfg = json!({
+        "hold_headers_for_body": true,
+        "tokens": [{"name": "approov", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": tokens::secret_b64()}],
+                    "message_signing": {"claim": "ipk", "max_age_seconds": 60}}],
+        "routes": [{"name": "sms", "match": {"prefix": "/v1/"}, "tokens": ["approov"]}]
+    });
+    let up = Recorder::start();
+    let e: Envoy = held(cfg, up.port).start();
+    let key = InstallSigningKey::p256_from_bytes(&[7; 32]).unwrap();
+    let t = tokens::hs256(&claims(120, json!({"ipk": key.public_key().to_ipk()})));
+    // Genuine: in three callbacks, and in one.
+    let good = signed_post(&key, &t, "/v1/sms", SIGNED_BODY);
+    assert_eq!(send_slowly(e.port, &good, 3), (200, String::new()));
+    let r = e.request(signed_post(&key, &t, "/v1/sms", SIGNED_BODY));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|s| s.whole && s.body == SIGNED_BODY.as_bytes()),
+        "{seen:?}"
+    );
+    // The same signature over another body: refused, nothing more up.
+    let mut tampered = signed_post(&key, &t, "/v1/sms", SIGNED_BODY);
+    tampered.body = br#"{"to":"+447700900999","template":"otp"}"#.to_vec();
+    assert_eq!(
+        send_slowly(e.port, &tampered, 3),
+        (401, "signature_invalid".to_owned())
+    );
+    let r = e.request(tampered.clone());
+    assert_eq!((r.status, r.reason()), (401, Some("signature_invalid")));
+    // A body longer than the signed one by a last piece alone.
+    let mut extended = signed_post(&key, &t, "/v1/sms", SIGNED_BODY);
+    extended.body.extend_from_slice(b"   ");
+    assert_eq!(
+        send_slowly(e.port, &extended, 3),
+        (401, "signature_invalid".to_owned())
+    );
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(up.seen().len(), 2, "{:?}", up.heads());
+    assert_eq!(e.stat("appguard_host_errors").unwrap_or(0), 0);
+    e.assert_vm_healthy();
+}
+
+#[test]
+fn a_client_that_leaves_while_its_headers_are_held_sends_nothing_up_and_the_next_request_works() {
+    let up = Recorder::start();
+    let e = held(config(true, "enforce"), up.port).start();
+    for partial in [false, true] {
+        let mut c = TcpStream::connect(("127.0.0.1", e.port)).unwrap();
+        c.write_all(
+            format!(
+                "POST /sms HTTP/1.1\r\nhost: api\r\nx-api-key: {KEY}\r\n\
+                 content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        thread::sleep(Duration::from_millis(300));
+        if partial {
+            // Part of the body, held with the headers.
+            c.write_all(b"c\r\n{\"to\": \"+44 \r\n").unwrap();
+            thread::sleep(Duration::from_millis(300));
+        }
+        drop(c);
+    }
+    assert_nothing_upstream(&up, "clients that left");
+    e.assert_vm_healthy();
+    let body = r#"{"to": "+44 7700 900123"}"#;
+    let r = send_slowly(
+        e.port,
+        &Req::post_json("/sms", body).header("x-api-key", KEY),
+        2,
+    );
+    assert_eq!(r, (200, String::new()));
+    let r = e.request(Req::post_json("/sms", body).header("x-api-key", KEY));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.iter().all(|s| s.whole && s.body == body.as_bytes()),
+        "{seen:?}"
+    );
+    assert_eq!(e.stat("appguard_host_errors").unwrap_or(0), 0);
+    e.assert_vm_healthy();
+}
+
+#[test]
+fn held_headers_read_a_body_ended_by_trailers_while_they_waited_for_keys() {
+    // As held_headers_read_a_body_that_arrived_while_they_waited_for_keys,
+    // the bodies here in pieces of their own and ended by trailers, all
+    // while the headers wait for the JWKS fetch.
+    let k = ES256KeyPair::generate().with_key_id("k1");
+    let doc = json!({"keys": [tokens::es256_jwk(&k, "k1")]}).to_string();
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let fetches = Arc::new(Mutex::new(0usize));
+    let (g, f) = (gate.clone(), fetches.clone());
+    let jwks = Upstream::with_handler(Arc::new(move |_s: &Seen| {
+        *f.lock().unwrap() += 1;
+        let (open, cv) = &*g;
+        let mut o = open.lock().unwrap();
+        while !*o {
+            o = cv.wait(o).unwrap();
+        }
+        (200, vec![], doc.clone().into_bytes())
+    }));
+    let up = Recorder::start();
+    let mut cfg = config(true, "enforce");
+    cfg["tokens"] = json!([{"name": "remote", "from": [{"header": "x-token"}],
+        "remote_jwks": {"cluster": "jwks", "path": "/jwks.json", "timeout_ms": 30000,
+                        "refresh_seconds": 600}}]);
+    cfg["routes"][0]["tokens"] = json!(["remote"]);
+    let e = held(cfg, up.port)
+        .http_cluster("jwks", jwks.port)
+        .trailers()
+        .start();
+    wait_until(15, "the background fetch", || *fetches.lock().unwrap() >= 1);
+    let token = tokens::es256_with(&k, &claims(60, json!({})));
+    let req = |to: &str| {
+        Req::post_json("/sms", &format!(r#"{{"to": "{to}"}}"#))
+            .header("x-api-key", KEY)
+            .header("x-token", &token)
+            .trailer("x-checksum", "c1")
+            .trailer("x-appguard-key-id", "admin")
+    };
+    let (allowed, denied) = thread::scope(|s| {
+        let a = s.spawn(|| send_slowly(e.port, &req("+44 7700 900123"), 2));
+        let d = s.spawn(|| send_slowly(e.port, &req("+882 1234 5678"), 2));
+        wait_until(15, "the requests' fetches", || {
+            *fetches.lock().unwrap() >= 3
+        });
+        // Headers at once, pieces at 500 and 800 ms, then the trailers:
+        // all in while the keys are still held back.
+        thread::sleep(Duration::from_millis(1500));
+        assert!(up.heads().is_empty(), "{:?}", up.heads());
+        let (open, cv) = &*gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+        (a.join().unwrap(), d.join().unwrap())
+    });
+    assert_eq!(allowed, (200, String::new()));
+    assert_eq!(denied, (403, "phone_denied".to_owned()));
+    thread::sleep(Duration::from_millis(500));
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].whole, "{seen:?}");
+    assert_eq!(seen[0].body, br#"{"to": "+44 7700 900123"}"#);
+    assert_eq!(seen[0].header("x-appguard-key-id").as_deref(), Some("k1"));
+    assert_eq!(
+        seen[0].trailers,
+        vec![("x-checksum".to_owned(), "c1".to_owned())]
+    );
+    assert_eq!(e.stat("appguard_host_errors").unwrap_or(0), 0);
+    e.assert_vm_healthy();
+}
