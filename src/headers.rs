@@ -10,8 +10,10 @@
 //! they nearly always are.
 
 /// A header list in message order: names in lower case as Envoy gives them,
-/// pseudo-headers included. Bytes that are not UTF-8 are replaced (lossy),
-/// so no header can make a lookup fail. Its `Debug` shows names and the
+/// pseudo-headers included. A value that is not UTF-8 is read lossily and
+/// marked with a leading NUL, which no header value Envoy accepts holds,
+/// so that it equals no value a check compares it with; a name is read
+/// lossily. No header can make a lookup fail. Its `Debug` shows names and the
 /// length of each value, never a value (tokens, API keys).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Headers {
@@ -42,9 +44,21 @@ impl Headers {
         if let Some(h) = Self::laid_out(bytes, &pairs) {
             return Some(h);
         }
-        let mut h = Headers::with_capacity(bytes.len(), pairs.len());
+        let mut h = Headers::with_capacity(bytes.len().saturating_add(pairs.len()), pairs.len());
         for (k, v) in pairs {
-            h.push(&String::from_utf8_lossy(k), &String::from_utf8_lossy(v));
+            match std::str::from_utf8(v) {
+                Ok(v) => h.push(&String::from_utf8_lossy(k), v),
+                // Lossy, a value would read the same as others (every bad
+                // byte is U+FFFD) and as one a client sent in UTF-8: a
+                // binding or signature over it would be checked against
+                // bytes the upstream never gets. Marked with a NUL, which
+                // no header value can hold (Envoy refuses it), it equals
+                // no value a token bound, a key hashed or an app names.
+                Err(_) => {
+                    let marked = format!("\0{}", String::from_utf8_lossy(v));
+                    h.push(&String::from_utf8_lossy(k), &marked);
+                }
+            }
         }
         Some(h)
     }
@@ -259,7 +273,7 @@ mod tests {
     }
 
     #[test]
-    fn bytes_that_are_not_utf8_are_replaced_not_refused() {
+    fn bytes_that_are_not_utf8_are_replaced_and_marked_not_refused() {
         let enc = wire(&[(b"a", b"ok"), (b"x-bin", b"\xff\xfeok"), (b"b\xc3", b"2")]);
         let h = Headers::from_wire(&enc).unwrap();
         let got: Vec<_> = h.iter().collect();
@@ -267,10 +281,40 @@ mod tests {
             got,
             [
                 ("a", "ok"),
-                ("x-bin", "\u{fffd}\u{fffd}ok"),
+                ("x-bin", "\0\u{fffd}\u{fffd}ok"),
                 ("b\u{fffd}", "2")
             ]
         );
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_matches_no_binding() {
+        // Replaced alone, 0xFF, 0xFE and a client's own U+FFFD read the
+        // same: a token bound to the UTF-8 value passed with either byte in
+        // its place, which is what the upstream then got.
+        let one = |v: &[u8]| Headers::from_wire(&wire(&[(b"authorization", v)])).unwrap();
+        let (ff, fe) = (one(b"Bearer abc\xff"), one(b"Bearer abc\xfe"));
+        let text = one("Bearer abc\u{fffd}".as_bytes());
+        assert_ne!(ff.get("authorization"), text.get("authorization"));
+        assert_eq!(text.get("authorization"), Some("Bearer abc\u{fffd}"));
+        let binding = crate::token::Binding {
+            claim: "pay".into(),
+            headers: vec!["authorization".into()],
+            required: true,
+        };
+        let pay = crate::token::binding_digest(&["Bearer abc\u{fffd}"]);
+        let claims: serde_json::Map<String, serde_json::Value> =
+            [("pay".to_owned(), serde_json::Value::String(pay))]
+                .into_iter()
+                .collect();
+        let check = |h: &Headers| {
+            let req = crate::request::Request::new(h, None);
+            crate::token::check_binding(&binding, &claims, &req)
+        };
+        assert_eq!(check(&text), Ok(()));
+        for h in [&ff, &fe] {
+            assert_eq!(check(h), Err(crate::decision::Reason::TokenBinding));
+        }
     }
 
     #[test]
@@ -287,7 +331,7 @@ mod tests {
         enc.extend([5, 0, 0, 0, 0xd0, 0x87, 0, 1, 0]);
         let h = Headers::from_wire(&enc).unwrap();
         let got: Vec<_> = h.iter().collect();
-        assert_eq!(got, [("", ""), ("", ""), ("", "\u{fffd}\0\u{1}")]);
+        assert_eq!(got, [("", ""), ("", ""), ("", "\0\u{fffd}\0\u{1}")]);
     }
 
     #[test]
@@ -298,7 +342,7 @@ mod tests {
         let h = Headers::from_wire(&enc).unwrap();
         assert_eq!(
             h.iter().collect::<Vec<_>>(),
-            [(":path", "/x"), ("x-bin", "\u{fffd}\u{fffd}ok"), ("", "")]
+            [(":path", "/x"), ("x-bin", "\0\u{fffd}\u{fffd}ok"), ("", "")]
         );
         for cut in 0..enc.len() {
             let _ = Headers::from_wire(&enc[..cut]);
