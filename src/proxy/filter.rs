@@ -110,6 +110,13 @@ pub struct GuardFilter {
 /// the VM on the SDK's borrow, and must never be made from here.
 impl Drop for GuardFilter {
     fn drop(&mut self) {
+        if let Some(w) = self
+            .worker
+            .as_ref()
+            .filter(|w| w.config.hold_headers_for_body)
+        {
+            w.held.borrow_mut().done(self.context_id, false);
+        }
         // Held for keys: the fetch's answer will be dropped with this
         // context, and the root must fetch them instead.
         if let (
@@ -248,6 +255,9 @@ impl GuardFilter {
                         // All of it went by while the headers waited for
                         // keys or the rate-limit service: Envoy holds it.
                         return self.on_held_body_end();
+                    }
+                    if !self.body_while_paused {
+                        worker.held.borrow_mut().held(self.context_id, now_millis());
                     }
                     Action::Pause
                 } else if self.body_while_paused {
@@ -843,6 +853,17 @@ impl HttpContext for GuardFilter {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        // Body bytes while the headers are held: Envoy hands them on, so
+        // `hold_headers_for_body` has the flag it needs.
+        if let Some(w) = self
+            .worker
+            .as_ref()
+            .filter(|w| w.config.hold_headers_for_body)
+        {
+            if !matches!(self.state, State::Start | State::Done) {
+                w.held.borrow_mut().done(self.context_id, true);
+            }
+        }
         match &self.state {
             State::AwaitingBody(_) => {
                 self.body_buffered = self.body_buffered.max(body_size);

@@ -71,6 +71,68 @@ pub struct Worker {
     /// so that a misconfiguration met by every request neither floods the
     /// log nor crowds out the warnings that budget keeps.
     pub unlimited_warned: std::cell::Cell<u64>,
+    /// `hold_headers_for_body` until Envoy has shown that it hands a body to
+    /// this filter while its headers are held (the Wasm filter's
+    /// `allow_on_headers_stop_iteration: true`): the requests held for
+    /// their body meanwhile (context id, since when in ms; a few). Without
+    /// the flag no body ever comes, and the tick says so instead of
+    /// leaving an operator with requests that hang.
+    pub held: RefCell<HeldForBody>,
+}
+
+/// What [`Worker::held`] keeps.
+#[derive(Default)]
+pub struct HeldForBody {
+    /// A body came while the headers were held: the flag is set.
+    pub confirmed: bool,
+    /// Requests held for their body, not yet handed one.
+    pub waiting: Vec<(u32, u64)>,
+    /// When (seconds) the tick last warned.
+    pub warned_at: Option<u64>,
+}
+
+/// How long a held request may wait for its first body bytes before the
+/// tick suspects the flag is missing.
+const HELD_WARN_AFTER_MS: u64 = 5000;
+
+impl HeldForBody {
+    /// At most this many held requests are followed (the first ones tell).
+    const MAX_WAITING: usize = 16;
+
+    /// Request `id` is held for its body from `now_ms`.
+    pub fn held(&mut self, id: u32, now_ms: u64) {
+        if !self.confirmed && self.waiting.len() < Self::MAX_WAITING {
+            self.waiting.push((id, now_ms));
+        }
+    }
+
+    /// Request `id` got body bytes while held, or ended: when it got them,
+    /// the flag is set and nothing more is followed.
+    pub fn done(&mut self, id: u32, got_body: bool) {
+        if got_body {
+            self.confirmed = true;
+            self.waiting = Vec::new();
+        } else {
+            self.waiting.retain(|(w, _)| *w != id);
+        }
+    }
+
+    /// Whether the tick at `now_ms` warns: a request has waited for its
+    /// body past [`HELD_WARN_AFTER_MS`] and no body ever came while held;
+    /// at most once a minute.
+    pub fn warn_now(&mut self, now_ms: u64) -> bool {
+        let now = now_ms / 1000;
+        let overdue = self
+            .waiting
+            .iter()
+            .any(|(_, since)| now_ms.saturating_sub(*since) >= HELD_WARN_AFTER_MS);
+        let quiet = self.warned_at.is_none_or(|at| now >= at.saturating_add(60));
+        if !self.confirmed && overdue && quiet {
+            self.warned_at = Some(now);
+            return true;
+        }
+        false
+    }
 }
 
 impl Worker {
@@ -477,6 +539,7 @@ impl RootContext for FilterRoot {
             warn_log: RefCell::new(crate::lograte::LogLimiter::new(WARN_LINES_PER_SECOND)),
             alert_calls: RefCell::new(HashMap::new()),
             unlimited_warned: std::cell::Cell::new(0),
+            held: RefCell::new(HeldForBody::default()),
             config,
             bucket_salt,
             token_cache: RefCell::new(TokenCache::default()),
@@ -531,6 +594,18 @@ impl RootContext for FilterRoot {
                 self.fast_ticks_left = Some(left - 1);
             }
         }
+        if worker.config.hold_headers_for_body
+            && worker.held.borrow_mut().warn_now(host::now_millis())
+        {
+            warn!(
+                "hold_headers_for_body: requests on routes that read the body have waited over \
+                 {} s for their body, and Envoy has handed on no body while headers were held: \
+                 if they all hang, set the Wasm filter's allow_on_headers_stop_iteration: true \
+                 (Envoy 1.35 or later), or leave hold_headers_for_body out and keep a buffer \
+                 filter after appguard",
+                HELD_WARN_AFTER_MS / 1000
+            );
+        }
         worker.send_alerts(now);
         worker.follow_replay_layouts(now);
     }
@@ -543,5 +618,41 @@ impl RootContext for FilterRoot {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_held_for_a_body_that_never_comes_is_warned_of_once_a_minute() {
+        let mut h = HeldForBody::default();
+        h.held(7, 10_000);
+        h.held(8, 12_000);
+        assert!(!h.warn_now(14_999), "not yet 5 s");
+        assert!(h.warn_now(15_000));
+        assert!(!h.warn_now(16_000), "once a minute");
+        assert!(h.warn_now(75_000));
+        // Requests that ended leave; with none waiting, nothing to say.
+        h.done(7, false);
+        h.done(8, false);
+        assert!(!h.warn_now(200_000));
+        // Followed up to a bound.
+        for id in 0..100 {
+            h.held(id, 300_000);
+        }
+        assert_eq!(h.waiting.len(), HeldForBody::MAX_WAITING);
+    }
+
+    #[test]
+    fn one_body_handed_on_while_held_shows_the_flag_is_set() {
+        let mut h = HeldForBody::default();
+        h.held(7, 10_000);
+        h.done(9, true);
+        assert!(h.confirmed && h.waiting.is_empty());
+        h.held(10, 20_000);
+        assert!(h.waiting.is_empty(), "nothing followed once confirmed");
+        assert!(!h.warn_now(60_000));
     }
 }

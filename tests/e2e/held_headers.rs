@@ -857,3 +857,55 @@ fn held_headers_read_a_body_ended_by_trailers_while_they_waited_for_keys() {
     assert_eq!(e.stat("appguard_host_errors").unwrap_or(0), 0);
     e.assert_vm_healthy();
 }
+
+#[test]
+fn held_headers_without_envoys_flag_are_warned_of_within_seconds() {
+    // The misconfiguration the README warns of: `hold_headers_for_body`
+    // under a Wasm filter without `allow_on_headers_stop_iteration`. Envoy
+    // then never hands the body on and the request waits; the log says
+    // why within seconds rather than leave a hang to be debugged. With
+    // the flag (the tests above) no such line is written.
+    let up = Upstream::start();
+    let e = EnvoyBuilder::new(config(true, "enforce"), up.port).start();
+    let mut c = TcpStream::connect(("127.0.0.1", e.port)).unwrap();
+    let body = r#"{"to": "+44 7700 900123"}"#;
+    c.write_all(
+        format!(
+            "POST /sms HTTP/1.1\r\nhost: api\r\nx-api-key: {KEY}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    wait_until(15, "the warning", || {
+        e.log()
+            .contains("allow_on_headers_stop_iteration: true (Envoy 1.35 or later)")
+    });
+    assert!(up.seen().is_empty());
+    drop(c);
+    e.assert_vm_healthy();
+    // Configured right, one body handed on while held settles it: a
+    // client slow to send its body afterwards draws no line.
+    let e = held(config(true, "enforce"), up.port).start();
+    let r = slow_post(e.port, body);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let mut c = TcpStream::connect(("127.0.0.1", e.port)).unwrap();
+    c.write_all(
+        format!(
+            "POST /sms HTTP/1.1\r\nhost: api\r\nx-api-key: {KEY}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    thread::sleep(Duration::from_millis(6500));
+    c.write_all(body.as_bytes()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut resp = vec![0u8; 4096];
+    let n = c.read(&mut resp).unwrap_or(0);
+    let resp = String::from_utf8_lossy(&resp[..n]);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(!e.log().contains("have waited over"), "{}", e.log());
+}
