@@ -645,10 +645,13 @@ fn jwks_down_before_first_keys_is_503_jwks_unavailable() {
     // again from the second after a failed fetch, the background every
     // 2 s) and every JWKS request Envoy sent, this one included, has been
     // answered and counted as failed, the token is still refused
-    jwks.set(200, "{not json");
-    let fetched = jwks.fetches();
+    // (The failures are read before the document changes: a fetch on its
+    // way, such as the root's first one, may be answered with the garbage
+    // and counted before `fetched` is read.)
     let failures = "appguard_jwks_fetch_failures";
     let failed = envoy.stat(failures).unwrap_or(0);
+    jwks.set(200, "{not json");
+    let fetched = jwks.fetches();
     wait_until(15, "a fetch of the garbage document", || {
         jwks.fetches() > fetched
     });
