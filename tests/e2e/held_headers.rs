@@ -162,6 +162,61 @@ fn held_headers_let_an_allowed_body_go_up_whole_with_the_headers_decided_after_i
     e.assert_vm_healthy();
 }
 
+/// A JWKS endpoint with `k`'s key that holds every fetch until [`open`]:
+/// no keys load before the test lets them, however early Envoy fetches.
+///
+/// [`open`]: GatedJwks::open
+struct GatedJwks {
+    server: Upstream,
+    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    fetches: Arc<Mutex<usize>>,
+}
+
+impl GatedJwks {
+    fn start(k: &ES256KeyPair) -> GatedJwks {
+        let doc = json!({"keys": [tokens::es256_jwk(k, "k1")]}).to_string();
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let fetches = Arc::new(Mutex::new(0usize));
+        let (g, f) = (gate.clone(), fetches.clone());
+        let server = Upstream::with_handler(Arc::new(move |_s: &Seen| {
+            *f.lock().unwrap() += 1;
+            let (open, cv) = &*g;
+            let mut o = open.lock().unwrap();
+            while !*o {
+                o = cv.wait(o).unwrap();
+            }
+            (200, vec![], doc.clone().into_bytes())
+        }));
+        GatedJwks {
+            server,
+            gate,
+            fetches,
+        }
+    }
+
+    /// Fetches received so far, held or answered.
+    fn fetches(&self) -> usize {
+        *self.fetches.lock().unwrap()
+    }
+
+    /// Lets every held fetch, and every later one, have the keys.
+    fn open(&self) {
+        let (open, cv) = &*self.gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+    }
+}
+
+/// `cfg` with its route requiring a token from the `jwks` cluster's keys
+/// (a fetch may wait 30 s).
+fn with_remote_token(mut cfg: Value) -> Value {
+    cfg["tokens"] = json!([{"name": "remote", "from": [{"header": "x-token"}],
+        "remote_jwks": {"cluster": "jwks", "path": "/jwks.json", "timeout_ms": 30000,
+                        "refresh_seconds": 600}}]);
+    cfg["routes"][0]["tokens"] = json!(["remote"]);
+    cfg
+}
+
 #[test]
 fn held_headers_read_a_body_that_arrived_while_they_waited_for_keys() {
     // The default answers such a request 503 appguard_host_error (see
@@ -169,32 +224,16 @@ fn held_headers_read_a_body_that_arrived_while_they_waited_for_keys() {
     // Held, the body Envoy buffered during the wait is read once the keys
     // are in, and decided.
     let k = ES256KeyPair::generate().with_key_id("k1");
-    let doc = json!({"keys": [tokens::es256_jwk(&k, "k1")]}).to_string();
-    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-    let fetches = Arc::new(Mutex::new(0usize));
-    let (g, f) = (gate.clone(), fetches.clone());
-    let jwks = Upstream::with_handler(Arc::new(move |_s: &Seen| {
-        *f.lock().unwrap() += 1;
-        let (open, cv) = &*g;
-        let mut o = open.lock().unwrap();
-        while !*o {
-            o = cv.wait(o).unwrap();
-        }
-        (200, vec![], doc.clone().into_bytes())
-    }));
+    let jwks = GatedJwks::start(&k);
     let up = Upstream::start();
-    let mut cfg = config(true, "enforce");
-    cfg["tokens"] = json!([{"name": "remote", "from": [{"header": "x-token"}],
-        "remote_jwks": {"cluster": "jwks", "path": "/jwks.json", "timeout_ms": 30000,
-                        "refresh_seconds": 600}}]);
-    cfg["routes"][0]["tokens"] = json!(["remote"]);
+    let cfg = with_remote_token(config(true, "enforce"));
     let e = EnvoyBuilder::new(cfg, up.port)
-        .http_cluster("jwks", jwks.port)
+        .http_cluster("jwks", jwks.server.port)
         .allow_on_headers_stop_iteration()
         .without_buffer_filter()
         .start();
     // The root's first fetch, held at the gate: the next is the request's.
-    wait_until(15, "the background fetch", || *fetches.lock().unwrap() >= 1);
+    wait_until(15, "the background fetch", || jwks.fetches() >= 1);
     let token = tokens::es256_with(&k, &claims(60, json!({})));
     let send = |to: &str| {
         e.request(
@@ -206,15 +245,11 @@ fn held_headers_read_a_body_that_arrived_while_they_waited_for_keys() {
     let (allowed, denied) = thread::scope(|s| {
         let a = s.spawn(|| send("+44 7700 900123"));
         let d = s.spawn(|| send("+882 1234 5678"));
-        wait_until(15, "the requests' fetches", || {
-            *fetches.lock().unwrap() >= 3
-        });
+        wait_until(15, "the requests' fetches", || jwks.fetches() >= 3);
         // Their bodies were sent with the headers: give Envoy a moment to
         // hand them on, then let the keys in.
         thread::sleep(Duration::from_millis(300));
-        let (open, cv) = &*gate;
-        *open.lock().unwrap() = true;
-        cv.notify_all();
+        jwks.open();
         (a.join().unwrap(), d.join().unwrap())
     });
     assert_eq!(allowed.status, 200, "{}", allowed.text());
@@ -795,30 +830,14 @@ fn held_headers_read_a_body_ended_by_trailers_while_they_waited_for_keys() {
     // the bodies here in pieces of their own and ended by trailers, all
     // while the headers wait for the JWKS fetch.
     let k = ES256KeyPair::generate().with_key_id("k1");
-    let doc = json!({"keys": [tokens::es256_jwk(&k, "k1")]}).to_string();
-    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-    let fetches = Arc::new(Mutex::new(0usize));
-    let (g, f) = (gate.clone(), fetches.clone());
-    let jwks = Upstream::with_handler(Arc::new(move |_s: &Seen| {
-        *f.lock().unwrap() += 1;
-        let (open, cv) = &*g;
-        let mut o = open.lock().unwrap();
-        while !*o {
-            o = cv.wait(o).unwrap();
-        }
-        (200, vec![], doc.clone().into_bytes())
-    }));
+    let jwks = GatedJwks::start(&k);
     let up = Recorder::start();
-    let mut cfg = config(true, "enforce");
-    cfg["tokens"] = json!([{"name": "remote", "from": [{"header": "x-token"}],
-        "remote_jwks": {"cluster": "jwks", "path": "/jwks.json", "timeout_ms": 30000,
-                        "refresh_seconds": 600}}]);
-    cfg["routes"][0]["tokens"] = json!(["remote"]);
+    let cfg = with_remote_token(config(true, "enforce"));
     let e = held(cfg, up.port)
-        .http_cluster("jwks", jwks.port)
+        .http_cluster("jwks", jwks.server.port)
         .trailers()
         .start();
-    wait_until(15, "the background fetch", || *fetches.lock().unwrap() >= 1);
+    wait_until(15, "the background fetch", || jwks.fetches() >= 1);
     let token = tokens::es256_with(&k, &claims(60, json!({})));
     let req = |to: &str| {
         Req::post_json("/sms", &format!(r#"{{"to": "{to}"}}"#))
@@ -830,16 +849,12 @@ fn held_headers_read_a_body_ended_by_trailers_while_they_waited_for_keys() {
     let (allowed, denied) = thread::scope(|s| {
         let a = s.spawn(|| send_slowly(e.port, &req("+44 7700 900123"), 2));
         let d = s.spawn(|| send_slowly(e.port, &req("+882 1234 5678"), 2));
-        wait_until(15, "the requests' fetches", || {
-            *fetches.lock().unwrap() >= 3
-        });
+        wait_until(15, "the requests' fetches", || jwks.fetches() >= 3);
         // Headers at once, pieces at 500 and 800 ms, then the trailers:
         // all in while the keys are still held back.
         thread::sleep(Duration::from_millis(1500));
         assert!(up.heads().is_empty(), "{:?}", up.heads());
-        let (open, cv) = &*gate;
-        *open.lock().unwrap() = true;
-        cv.notify_all();
+        jwks.open();
         (a.join().unwrap(), d.join().unwrap())
     });
     assert_eq!(allowed, (200, String::new()));
