@@ -157,6 +157,8 @@ def main():
     rls = subprocess.Popen(
         [a.ratelimit, "--config", os.path.join(ROOT, "envoy/ratelimit.yaml"),
          "--grpc-addr", f"127.0.0.1:{RLS_GRPC_PORT}", "--http-addr", f"127.0.0.1:{RLS_HTTP_PORT}",
+         # refused calls spend no other limit (ratelimit/README.md, Counting)
+         "--stop-increment-when-over-limit",
          # a local demo: no load balancer to drain, Ctrl-C stops at once
          "--drain-seconds", "0"],
         stdin=subprocess.DEVNULL, stdout=rls_log, stderr=rls_log)

@@ -108,6 +108,13 @@ pub struct Cli {
     #[arg(long)]
     pub shadow_mode: bool,
 
+    /// A call answered OVER_LIMIT counts nothing, so a client over one
+    /// limit (its IP's) stops spending the call's other limits (an API
+    /// key's, a phone number's). envoyproxy/ratelimit's
+    /// STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT; off by default, as there.
+    #[arg(long)]
+    pub stop_increment_when_over_limit: bool,
+
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value = "json")]
     pub log_format: LogFormat,
@@ -318,6 +325,16 @@ async fn serve(
             Backend::Memory(MemoryBackend::new(cli.memory_max_keys))
         }
     };
+    if cli.stop_increment_when_over_limit {
+        if cli.shadow_mode {
+            warn!(
+                "--stop-increment-when-over-limit has no effect with --shadow-mode: \
+                 no call is answered OVER_LIMIT, so every call counts"
+            );
+        } else {
+            info!("a call answered OVER_LIMIT counts nothing (--stop-increment-when-over-limit)");
+        }
+    }
     let backend = Arc::new(backend);
     let stats = Arc::new(Stats::default());
     let limiter = Arc::new(RateLimiter::new(
@@ -326,6 +343,7 @@ async fn serve(
         ServiceOptions {
             cache_key_prefix: cli.cache_key_prefix.clone(),
             global_shadow_mode: cli.shadow_mode,
+            stop_increment_when_over_limit: cli.stop_increment_when_over_limit,
         },
         Arc::clone(&stats),
     ));

@@ -26,9 +26,14 @@
 //! nothing is counted (envoyproxy/ratelimit
 //! has no such bound).
 //!
+//! With [`ServiceOptions::stop_increment_when_over_limit`]
+//! (envoyproxy/ratelimit's `STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT`),
+//! step 3 first works out the counts the call would reach; if step 5 would
+//! answer OVER_LIMIT with them, nothing is counted and the statuses are
+//! those counts' (in one Redis script, or under the memory store's lock).
+//!
 //! Not implemented from envoyproxy/ratelimit (all off by default there):
-//! its over-limit local cache, `STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT`, a
-//! separate per-second Redis, expiry jitter, `x-ratelimit-*` response
+//! its over-limit local cache, a separate per-second Redis, expiry jitter, `x-ratelimit-*` response
 //! headers and response dynamic metadata; `detailed_metric` and
 //! `value_to_metric` only shape its metrics. Refunds are not supported: a
 //! descriptor with `is_negative_hits` is refused with INVALID_ARGUMENT
@@ -60,7 +65,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn, Level};
 
-use crate::backend::{Backend, BackendError, Increment};
+use crate::backend::{Backend, BackendError, Increment, Refuses};
 use crate::config::{Quota, RateLimitConfig};
 use crate::logging::{safe_text, LineThrottle};
 use crate::matching::{LookupError, MatchedLimit};
@@ -166,6 +171,9 @@ pub struct Stats {
     pub backend_errors: AtomicU64,
     /// Calls refused as malformed.
     pub invalid_requests: AtomicU64,
+    /// Calls answered OVER_LIMIT that counted nothing
+    /// ([`ServiceOptions::stop_increment_when_over_limit`]).
+    pub over_limit_not_counted: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`], for serialisation.
@@ -185,6 +193,8 @@ pub struct StatsSnapshot {
     pub backend_errors: u64,
     /// See [`Stats::invalid_requests`].
     pub invalid_requests: u64,
+    /// See [`Stats::over_limit_not_counted`].
+    pub over_limit_not_counted: u64,
 }
 
 impl Stats {
@@ -199,6 +209,7 @@ impl Stats {
             global_shadow_mode: get(&self.global_shadow_mode),
             backend_errors: get(&self.backend_errors),
             invalid_requests: get(&self.invalid_requests),
+            over_limit_not_counted: get(&self.over_limit_not_counted),
         }
     }
 }
@@ -216,6 +227,12 @@ pub struct ServiceOptions {
     /// Global shadow mode (envoyproxy/ratelimit's `SHADOW_MODE`): everything
     /// is counted, but the overall answer is always OK.
     pub global_shadow_mode: bool,
+    /// A call answered OVER_LIMIT adds nothing to any of its counters
+    /// (envoyproxy/ratelimit's `STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT`,
+    /// decided atomically here): a client over its per-IP limit then no
+    /// longer spends the call's shared limits (an API key's, a phone
+    /// number's, a route's). Without it every descriptor of a call counts.
+    pub stop_increment_when_over_limit: bool,
 }
 
 /// Longest domain, key or value copied into a counter key as is; a longer
@@ -565,6 +582,8 @@ impl RateLimiter {
         // 2. Plans and the counter batch.
         let mut plans = Vec::with_capacity(matches.len());
         let mut items = Vec::new();
+        // Each item's part in refusing the call, as step 5 decides it.
+        let mut rules = Vec::new();
         for (index, (descriptor, matched)) in request.descriptors.iter().zip(&matches).enumerate() {
             let Some(matched) = matched else {
                 plans.push(Plan::Unmatched);
@@ -614,6 +633,14 @@ impl RateLimiter {
                 },
                 rolling,
             });
+            let allowed = u64::from(requests_per_unit);
+            rules.push(if limit.shadow_mode {
+                Refuses::Never
+            } else if limit.quota_mode {
+                Refuses::InQuota(allowed)
+            } else {
+                Refuses::Alone(allowed)
+            });
             plans.push(Plan::Counted {
                 matched: matched.clone(),
                 requests_per_unit,
@@ -623,8 +650,22 @@ impl RateLimiter {
             });
         }
 
-        // 3. Count.
-        let counts = self.backend.increment(&items, now).await?;
+        // 3. Count: everything, or (stop_increment_when_over_limit) nothing
+        // if the counts the call would reach refuse it. Global shadow mode
+        // refuses nothing, so it counts everything.
+        let counts =
+            if self.options.stop_increment_when_over_limit && !self.options.global_shadow_mode {
+                let batch = self
+                    .backend
+                    .increment_unless_refused(&items, &rules, now)
+                    .await?;
+                if batch.refused {
+                    bump(&self.stats.over_limit_not_counted);
+                }
+                batch.counts
+            } else {
+                self.backend.increment(&items, now).await?
+            };
 
         // 4. Statuses.
         let mut statuses = Vec::with_capacity(plans.len());
@@ -1022,6 +1063,166 @@ descriptors:
         assert_eq!(stats.shadow_mode, 1);
         assert_eq!(stats.descriptors_over_limit, 1);
         assert_eq!(stats.over_limit, 0);
+    }
+
+    const STOP: &str = r#"
+domain: appguard
+descriptors:
+  - key: ip
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: phone
+    rate_limit: {unit: hour, requests_per_unit: 3}
+  - key: trial
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: q1
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: q2
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+"#;
+
+    fn stopping() -> ServiceOptions {
+        ServiceOptions {
+            stop_increment_when_over_limit: true,
+            ..Default::default()
+        }
+    }
+
+    /// An attacker over its per-IP limit keeps asking for SMS to a
+    /// victim's number: by default every call spends the number's limit
+    /// and the victim is refused; with the option the refused calls count
+    /// nothing and the victim still gets its code.
+    #[tokio::test]
+    async fn with_stop_increment_a_refused_call_spends_no_other_limit() {
+        for (options, victim_code) in [
+            (ServiceOptions::default(), Code::OverLimit),
+            (stopping(), Code::Ok),
+        ] {
+            let stop = options.stop_increment_when_over_limit;
+            let l = limiter_with(STOP, options);
+            let attack = request(
+                "appguard",
+                vec![
+                    descriptor(&[("ip", "192.0.2.66")]),
+                    descriptor(&[("phone", "victim")]),
+                ],
+            );
+            for _ in 0..2 {
+                assert_eq!(ask(&l, &attack, NOW).await.overall_code, Code::Ok as i32);
+            }
+            for _ in 0..3 {
+                let r = ask(&l, &attack, NOW).await;
+                assert_eq!(r.overall_code, Code::OverLimit as i32, "stop {stop}");
+                assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
+                assert_eq!(r.statuses[0].limit_remaining, 0);
+            }
+            let victim = request(
+                "appguard",
+                vec![
+                    descriptor(&[("ip", "203.0.113.7")]),
+                    descriptor(&[("phone", "victim")]),
+                ],
+            );
+            let r = ask(&l, &victim, NOW).await;
+            assert_eq!(r.overall_code, victim_code as i32, "stop {stop}");
+            if stop {
+                // 2 of 3 were spent by the calls that were allowed.
+                assert_eq!(r.statuses[1].limit_remaining, 0);
+                assert_eq!(l.stats().snapshot().over_limit_not_counted, 3);
+            } else {
+                assert_eq!(l.stats().snapshot().over_limit_not_counted, 0);
+            }
+        }
+    }
+
+    /// Only what makes the answer OVER_LIMIT stops the counting: a
+    /// shadow-mode limit over its allowance, one quota-mode limit of two
+    /// over, or any call under global shadow mode, all still count.
+    #[tokio::test]
+    async fn with_stop_increment_calls_answered_ok_still_count() {
+        let l = limiter_with(STOP, stopping());
+        let shadowed = request(
+            "appguard",
+            vec![
+                descriptor(&[("ip", "192.0.2.1")]),
+                descriptor(&[("trial", "t")]),
+            ],
+        );
+        let r = ask(&l, &shadowed, NOW).await;
+        assert_eq!(r.statuses[0].limit_remaining, 1);
+        // The trial limit (1) is over, in shadow mode: OK, and counted.
+        let r = ask(&l, &shadowed, NOW).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses[0].limit_remaining, 0);
+        assert_eq!(
+            ask(&l, &shadowed, NOW).await.overall_code,
+            Code::OverLimit as i32
+        );
+
+        let quota = request(
+            "appguard",
+            vec![descriptor(&[("q1", "a")]), descriptor(&[("q2", "a")])],
+        );
+        // q1 over from the second call, q2 from the third: only then is
+        // the call refused, and it counts nothing.
+        for _ in 0..2 {
+            assert_eq!(ask(&l, &quota, NOW).await.overall_code, Code::Ok as i32);
+        }
+        let r = ask(&l, &quota, NOW).await;
+        assert_eq!(r.overall_code, Code::OverLimit as i32);
+        // A check (0 hits) reads q2 at 2 of 2: the refused call added none.
+        let mut q2 = descriptor(&[("q2", "a")]);
+        q2.hits_addend = Some(UInt64Value { value: 0 });
+        let r = ask(&l, &request("appguard", vec![q2]), NOW).await;
+        assert_eq!(
+            r.overall_code,
+            Code::Ok as i32,
+            "the refused call counted q2"
+        );
+        assert_eq!(r.statuses[0].limit_remaining, 0);
+
+        let l = limiter_with(
+            STOP,
+            ServiceOptions {
+                global_shadow_mode: true,
+                stop_increment_when_over_limit: true,
+                ..Default::default()
+            },
+        );
+        let ip = request("appguard", vec![descriptor(&[("ip", "192.0.2.2")])]);
+        for _ in 0..3 {
+            assert_eq!(ask(&l, &ip, NOW).await.overall_code, Code::Ok as i32);
+        }
+        let mut check = descriptor(&[("ip", "192.0.2.2")]);
+        check.hits_addend = Some(UInt64Value { value: 0 });
+        let r = ask(&l, &request("appguard", vec![check]), NOW).await;
+        assert_eq!(r.statuses[0].code, Code::OverLimit as i32, "3 counted of 2");
+        assert_eq!(l.stats().snapshot().over_limit_not_counted, 0);
+    }
+
+    /// A key twice in one call is judged as counted in order, as without
+    /// the option: 1 and 2 of 3 pass, then 3 and 4 refuse and count
+    /// nothing, so one more single hit still fits.
+    #[tokio::test]
+    async fn with_stop_increment_a_key_twice_in_a_call_adds_up() {
+        let l = limiter_with(STOP, stopping());
+        let twice = request(
+            "appguard",
+            vec![descriptor(&[("phone", "p")]), descriptor(&[("phone", "p")])],
+        );
+        let r = ask(&l, &twice, NOW).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses[1].limit_remaining, 1);
+        let r = ask(&l, &twice, NOW).await;
+        assert_eq!(r.overall_code, Code::OverLimit as i32);
+        assert_eq!(r.statuses[0].code, Code::Ok as i32);
+        assert_eq!(r.statuses[1].code, Code::OverLimit as i32);
+        let once = request("appguard", vec![descriptor(&[("phone", "p")])]);
+        let r = ask(&l, &once, NOW).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses[0].limit_remaining, 0);
     }
 
     #[tokio::test]

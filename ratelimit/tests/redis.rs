@@ -621,3 +621,81 @@ async fn a_check_of_zero_hits_creates_no_key_and_sets_no_expiry() {
     let ttl: i64 = conn.ttl(key).unwrap();
     assert!(ttl > 0 && ttl <= 60, "a check moved the end: ttl {ttl}");
 }
+
+/// `--stop-increment-when-over-limit` with a real Redis: calls from a
+/// blocked IP (limit 0) asking for SMS to one number are refused and count
+/// nothing, neither the IP's counter nor the number's, so a caller from
+/// another IP still gets its two a day. A call that is not refused counts
+/// as without the option (keys, expiries, a rolling window's end).
+#[tokio::test]
+async fn with_stop_increment_refused_calls_leave_redis_untouched() {
+    let redis = Redis::start();
+    let mut args = redis_args(&redis);
+    args.push("--stop-increment-when-over-limit".to_owned());
+    let service = Service::start_healthy(&strs(&args));
+    let mut client = service.client().await;
+    let sms = |ip: &str| {
+        request(
+            "appguard",
+            vec![
+                descriptor(&[("client_ip", ip)]),
+                descriptor(&[("app", "shop"), ("route", "sms_send"), ("phone_hash", "h1")]),
+            ],
+        )
+    };
+    avoid_window_edge(HOUR, 30);
+    let mut conn = redis.conn();
+    for _ in 0..3 {
+        let r = ask(&mut client, &sms("198.51.100.66")).await;
+        assert_eq!(r.overall_code, Code::OverLimit as i32);
+        assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
+        assert_eq!(r.statuses[1].code, Code::Ok as i32);
+    }
+    let keys: Vec<String> = conn.keys("*").unwrap();
+    assert!(keys.is_empty(), "refused calls wrote {keys:?}");
+
+    for remaining in [1, 0] {
+        let r = ask(&mut client, &sms("192.0.2.7")).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses[1].limit_remaining, remaining);
+    }
+    // The third SMS is over the number's limit: refused, nothing counted,
+    // not even the IP's counter (2 of 3 used, so one more call fits).
+    let r = ask(&mut client, &sms("192.0.2.7")).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    assert_eq!(r.statuses[1].code, Code::OverLimit as i32);
+    let now = unix_now();
+    let ip_key = format!(
+        "8:appguard_9:client_ip=9:192.0.2.7_hour_{}",
+        now - now % HOUR
+    );
+    let count: i64 = conn.get(&ip_key).unwrap();
+    assert_eq!(count, 2);
+    let ttl: i64 = conn.ttl(&ip_key).unwrap();
+    assert!(ttl > 0 && ttl <= HOUR, "ttl {ttl}");
+    let keys: Vec<String> = conn.keys("*").unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let stats: serde_json::Value = serde_json::from_str(&service.http_get("/stats").1).unwrap();
+    assert_eq!(stats["over_limit_not_counted"], 4, "{stats}");
+
+    // A rolling window through the same script: the first use opens it,
+    // a replay is refused, counts nothing and reports when it ends.
+    let mut args = vec![
+        "--config".to_owned(),
+        fixture("rolling.yaml").display().to_string(),
+    ];
+    args.extend(redis_args(&redis).into_iter().skip(2));
+    args.push("--stop-increment-when-over-limit".to_owned());
+    let rolling = Service::start_healthy(&strs(&args));
+    let mut client = rolling.client().await;
+    let req = request("appguard", vec![descriptor(&[("jti", "once")])]);
+    assert_eq!(ask(&mut client, &req).await.overall_code, Code::Ok as i32);
+    let key = "8:appguard_3:jti=4:once_hour_rolling";
+    let _: () = conn.expire(key, 60).unwrap();
+    let r = ask(&mut client, &req).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    let reset = r.statuses[0].duration_until_reset.unwrap().seconds;
+    assert!(reset > 0 && reset <= 60, "duration_until_reset {reset}");
+    let count: i64 = conn.get(key).unwrap();
+    assert_eq!(count, 1);
+}

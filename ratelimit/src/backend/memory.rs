@@ -16,7 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use sha2::{Digest, Sha256};
 
-use super::{BackendError, Increment};
+use super::{BackendError, Increment, Refuses};
 
 /// A counter key as the store holds it: its SHA-256. Keys run to kilobytes
 /// (16 entries of up to 128 bytes each, and the store keeps each twice),
@@ -146,7 +146,54 @@ impl MemoryBackend {
         let keys: Vec<KeyDigest> = items.iter().map(|i| digest(&i.key)).collect();
         let mut state = self.lock();
         sweep_locked(&mut state, now);
+        self.count_locked(&mut state, items, keys, now)
+    }
 
+    /// As [`MemoryBackend::increment_with_ends`], unless the counts the
+    /// call would reach refuse it by `rules` (see
+    /// [`super::is_refused`]): then nothing is added (no counter is
+    /// created either) and each item gets the count it would have reached,
+    /// with `true`. Decided and counted under one lock.
+    pub fn increment_unless_refused(
+        &self,
+        items: &[Increment],
+        rules: &[Refuses],
+        now: i64,
+    ) -> Result<(Vec<(u64, i64)>, bool), BackendError> {
+        let keys: Vec<KeyDigest> = items.iter().map(|i| digest(&i.key)).collect();
+        let mut state = self.lock();
+        sweep_locked(&mut state, now);
+        // What each item would read after the batch's earlier items, as if
+        // counted in order (a key may come twice in one call).
+        let mut added: HashMap<&KeyDigest, u64> = HashMap::new();
+        let mut would = Vec::with_capacity(items.len());
+        for (item, key) in items.iter().zip(&keys) {
+            let (count, end) = state
+                .counts
+                .get(key)
+                .copied()
+                .unwrap_or((0, item.window_end));
+            let sum = added.entry(key).or_insert(0);
+            *sum = sum.saturating_add(item.hits);
+            would.push((count.saturating_add(*sum), end));
+        }
+        let after: Vec<u64> = would.iter().map(|&(count, _)| count).collect();
+        if super::is_refused(rules, &after) {
+            return Ok((would, true));
+        }
+        drop(added);
+        Ok((self.count_locked(&mut state, items, keys, now)?, false))
+    }
+
+    /// The counting of [`MemoryBackend::increment_with_ends`], on the
+    /// locked and swept state, with each item's key digest.
+    fn count_locked(
+        &self,
+        state: &mut State,
+        items: &[Increment],
+        keys: Vec<KeyDigest>,
+        now: i64,
+    ) -> Result<Vec<(u64, i64)>, BackendError> {
         let mut new_keys: Vec<&KeyDigest> = keys
             .iter()
             .zip(items)

@@ -46,6 +46,58 @@ pub struct Counted {
     pub resets_in: Option<i64>,
 }
 
+/// What a counter's descriptor does to the whole call when its count goes
+/// over its limit: what `--stop-increment-when-over-limit` decides by,
+/// before anything is counted (see [`Backend::increment_unless_refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refuses {
+    /// Never refuses the call: a shadow-mode limit.
+    Never,
+    /// Refuses the call on its own when its count would exceed this
+    /// `requests_per_unit`.
+    Alone(u64),
+    /// A quota-mode limit with this `requests_per_unit`: refuses the call
+    /// only when every quota-mode counter of the call would exceed its own.
+    InQuota(u64),
+}
+
+/// Whether a call is refused, given each counter's rule and its count
+/// after the call's hits (in batch order): one [`Refuses::Alone`] counter
+/// over its limit, or every [`Refuses::InQuota`] counter over its own (and
+/// at least one of them). The same rule as the service's overall code.
+pub fn is_refused(rules: &[Refuses], after: &[u64]) -> bool {
+    let mut quota = 0usize;
+    let mut quota_over = 0usize;
+    for (rule, &count) in rules.iter().zip(after) {
+        match *rule {
+            Refuses::Never => {}
+            Refuses::Alone(limit) => {
+                if count > limit {
+                    return true;
+                }
+            }
+            Refuses::InQuota(limit) => {
+                quota += 1;
+                if count > limit {
+                    quota_over += 1;
+                }
+            }
+        }
+    }
+    quota > 0 && quota == quota_over
+}
+
+/// The counts of a batch, and whether the call was refused before anything
+/// was counted ([`Backend::increment_unless_refused`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// One per increment, in order: the count after adding, or for a
+    /// refused call the count it would have reached (nothing was added).
+    pub counts: Vec<Counted>,
+    /// The call was refused and no counter changed.
+    pub refused: bool,
+}
+
 /// Why a counter store could not answer. The service turns every one of these
 /// into a gRPC error (UNAVAILABLE), never into an OK.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +167,43 @@ impl Backend {
                 })
                 .collect()),
             Backend::Redis(redis) => redis.increment(items).await,
+        }
+    }
+
+    /// As [`Backend::increment`], but only if the call is not refused by
+    /// `rules` (one per item, see [`is_refused`]) given the counts it
+    /// would reach: a refused call adds nothing to any counter, so a
+    /// client over one limit does not spend the call's other limits.
+    /// Decided and counted in one step (one Redis script, or under the
+    /// memory store's lock), so no other call comes in between.
+    pub async fn increment_unless_refused(
+        &self,
+        items: &[Increment],
+        rules: &[Refuses],
+        now: i64,
+    ) -> Result<Batch, BackendError> {
+        if items.is_empty() {
+            return Ok(Batch {
+                counts: Vec::new(),
+                refused: false,
+            });
+        }
+        match self {
+            Backend::Memory(memory) => {
+                let (ends, refused) = memory.increment_unless_refused(items, rules, now)?;
+                Ok(Batch {
+                    counts: ends
+                        .into_iter()
+                        .zip(items)
+                        .map(|((count, end), item)| Counted {
+                            count,
+                            resets_in: item.rolling.then(|| end.saturating_sub(now)),
+                        })
+                        .collect(),
+                    refused,
+                })
+            }
+            Backend::Redis(redis) => redis.increment_unless_refused(items, rules).await,
         }
     }
 

@@ -59,7 +59,7 @@ use redis::io::tcp::{socket2, TcpSettings};
 use tokio::sync::Semaphore;
 use tracing::warn;
 
-use super::{BackendError, Counted, Increment};
+use super::{BackendError, Batch, Counted, Increment, Refuses};
 
 /// Idle time before the first keepalive probe on the Redis connection.
 const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
@@ -90,6 +90,66 @@ pub const MAX_CALLS_IN_FLIGHT: usize = 4096;
 /// `Inner::error_reply`): while a failover is under way a new
 /// connection may still reach the old primary.
 pub const REPLACE_NOT_PRIMARY_EVERY: Duration = Duration::from_secs(1);
+
+/// The script of [`RedisBackend::increment_unless_refused`]. `KEYS` are
+/// the counters; `ARGV` has five values per key: hits, window seconds,
+/// rolling (1/0), rule (0 never refuses, 1 refuses alone, 2 quota mode) and
+/// the limit. It first reads every counter and adds the call's hits as if
+/// counted in order (a key may come twice); if that refuses the call it
+/// changes nothing. Otherwise it counts exactly as the transaction of
+/// [`RedisBackend::increment`] does (`GET` for 0 hits; `INCRBY`, then
+/// `EXPIRE`, with `NX` for a rolling key). It answers the refusal (1/0),
+/// then per key the count and its `PTTL` (-3 for an epoch window).
+pub const STOP_WHEN_REFUSED_SCRIPT: &str = r#"
+local n = #KEYS
+local would = {}
+local added = {}
+local alone_over = false
+local quota, quota_over = 0, 0
+for i = 1, n do
+  local b = (i - 1) * 5
+  local hits = tonumber(ARGV[b + 1])
+  local rule = tonumber(ARGV[b + 4])
+  local limit = tonumber(ARGV[b + 5])
+  local count = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
+  if count < 0 then count = 0 end
+  added[KEYS[i]] = (added[KEYS[i]] or 0) + hits
+  would[i] = count + added[KEYS[i]]
+  if rule == 1 and would[i] > limit then alone_over = true end
+  if rule == 2 then
+    quota = quota + 1
+    if would[i] > limit then quota_over = quota_over + 1 end
+  end
+end
+local refused = alone_over or (quota > 0 and quota == quota_over)
+local out = { refused and 1 or 0 }
+for i = 1, n do
+  local b = (i - 1) * 5
+  local hits = tonumber(ARGV[b + 1])
+  local window = ARGV[b + 2]
+  local rolling = ARGV[b + 3] == '1'
+  local count
+  if refused then
+    count = would[i]
+  elseif hits == 0 then
+    count = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
+  else
+    count = redis.call('INCRBY', KEYS[i], hits)
+    if rolling then
+      redis.call('EXPIRE', KEYS[i], window, 'NX')
+    else
+      redis.call('EXPIRE', KEYS[i], window)
+    end
+  end
+  out[#out + 1] = count
+  if rolling then
+    out[#out + 1] = redis.call('PTTL', KEYS[i])
+  else
+    out[#out + 1] = -3
+  end
+end
+return out
+"#;
 
 /// Whether an error reply says the server is no longer a writable primary.
 fn not_primary(e: &redis::RedisError) -> bool {
@@ -399,6 +459,73 @@ impl RedisBackend {
             out.push(Counted { count, resets_in });
         }
         Ok(out)
+    }
+
+    /// As [`RedisBackend::increment`], unless the counts the call would
+    /// reach refuse it by `rules` (see [`super::is_refused`]): then no key
+    /// is changed or created, and each item gets the count it would have
+    /// reached. One script ([`STOP_WHEN_REFUSED_SCRIPT`]), so the decision
+    /// and the counting are atomic, like the transaction of `increment`.
+    pub async fn increment_unless_refused(
+        &self,
+        items: &[Increment],
+        rules: &[Refuses],
+    ) -> Result<Batch, BackendError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(STOP_WHEN_REFUSED_SCRIPT).arg(items.len());
+        for item in items {
+            cmd.arg(&item.key);
+        }
+        for (item, rule) in items.iter().zip(rules) {
+            let (kind, limit) = match *rule {
+                Refuses::Never => (0u8, 0u64),
+                Refuses::Alone(limit) => (1, limit),
+                Refuses::InQuota(limit) => (2, limit),
+            };
+            cmd.arg(item.hits)
+                .arg(item.window_seconds)
+                .arg(u8::from(item.rolling))
+                .arg(kind)
+                .arg(limit);
+        }
+        let replies: Vec<i64> = self
+            .bounded(|mut conn| async move { cmd.query_async(&mut conn).await })
+            .await?;
+        let unexpected = || {
+            BackendError::UnexpectedReply(format!(
+                "{} replies for {} increments",
+                replies.len(),
+                items.len()
+            ))
+        };
+        let Some((&refused, pairs)) = replies.split_first() else {
+            return Err(unexpected());
+        };
+        if pairs.len() != 2 * items.len() || rules.len() != items.len() {
+            return Err(unexpected());
+        }
+        let counts = items
+            .iter()
+            .zip(pairs.chunks_exact(2))
+            .map(|(item, pair)| {
+                let (count, ms) = match *pair {
+                    [count, ms] => (count, ms),
+                    _ => (0, -1),
+                };
+                // As in `increment`: a negative count is someone else's
+                // DECRBY, nothing used; a key without an expiry reports
+                // the whole unit.
+                let count = u64::try_from(count).unwrap_or(0);
+                let resets_in = item.rolling.then_some(if ms < 0 {
+                    item.window_seconds
+                } else {
+                    ms.saturating_add(999) / 1000
+                });
+                Counted { count, resets_in }
+            })
+            .collect();
+        let refused = refused == 1;
+        Ok(Batch { counts, refused })
     }
 
     /// Sends PING and expects PONG.
