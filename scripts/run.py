@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """`make run`: the whole stack on loopback, in the foreground.
 
-Starts an upstream echo server, and Envoy with envoy/envoy.yaml loading the
-built module with an example configuration; then prints the URLs and curl
+Starts an upstream echo server, the rate-limit service (counting in memory),
+and Envoy with envoy/envoy.yaml loading the built module with an example
+configuration; then prints the URLs and curl
 lines for the example's demo requests, runs them to show the real results,
 and waits. Ctrl-C stops everything.
 """
