@@ -1006,6 +1006,17 @@ impl Config {
         {
             out.push("api_keys.keys: every route has `api_key: none`".to_owned());
         }
+        if self.bypass_cors_preflight
+            && !self
+                .apps
+                .iter()
+                .any(|a| a.platform == crate::identity::Platform::Web)
+        {
+            out.push(
+                "bypass_cors_preflight: no app has `platform: web`, and only browsers send                  preflights: the bypass lets OPTIONS requests reach every route's upstream                  without key, token or limit; remove it unless a web app calls from another                  origin"
+                    .to_owned(),
+            );
+        }
         out
     }
 
@@ -2005,6 +2016,17 @@ mod tests {
             ))
         };
         assert!(with("", &route(""), "").is_empty());
+        // A preflight bypass without a web app to send preflights.
+        let a = with("", &route(""), r#", "bypass_cors_preflight": true"#);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(a[0].starts_with("bypass_cors_preflight: no app has `platform: web`"));
+        let web = r#", "bypass_cors_preflight": true,
+            "apps": [{"id": "w", "platform": "web", "origins": ["https://shop.example.com"]}]"#;
+        assert!(
+            with("", &route(""), web).is_empty(),
+            "{:?}",
+            with("", &route(""), web)
+        );
         // A provider no route lists.
         let a = with("", r#"{"name": "r", "match": {"prefix": "/"}}"#, "");
         assert_eq!(a.len(), 1, "{a:?}");
