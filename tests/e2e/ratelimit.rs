@@ -212,6 +212,65 @@ fn per_phone_limit_holds_across_formats_and_denied_prefixes_are_refused() {
     assert!(!envoy.log().contains("7700900123") && !envoy.log().contains("7700 900123"));
 }
 
+/// The SMS-pumping case `--stop-increment-when-over-limit` is for, through
+/// Envoy, appguard and the service counting in Redis: a client that used
+/// up its per-IP limit keeps asking for codes to a victim's number. Its
+/// refused requests count nothing, so the victim (another IP) still gets
+/// the number's two codes an hour; without the flag those five refused
+/// calls would have spent one of them (the first; appguard's over-limit
+/// cache answers the others without a call).
+#[test]
+fn with_stop_increment_a_blocked_client_cannot_spend_a_victims_sms_limit() {
+    let redis = Redis::start();
+    let rls = RateLimitService::start_with(
+        &test_limits(),
+        Some(&redis.url()),
+        &["--stop-increment-when-over-limit"],
+    );
+    let up = Upstream::start();
+    let mut cfg = config("deny", 500);
+    cfg["routes"] = json!([
+        {"name": "sms", "match": {"path": "/sms", "methods": ["POST"]},
+         "rate_limits": [
+            {"name": "per-ip", "entries": [{"type": "client_ip"}]},
+            {"name": "per-number", "entries": [{"type": "route"}, {"type": "body", "pointer": "/to", "phone": true}]}]}
+    ]);
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .start();
+    let send = |ip: &str, to: &str| {
+        envoy.request(from_ip(
+            Req::post_json("/sms", &json!({"to": to, "text": "code"}).to_string()),
+            ip,
+        ))
+    };
+    // The attacker spends its 3 an hour on other numbers...
+    for to in ["+447700900001", "+447700900002", "+447700900003"] {
+        assert_eq!(send("192.0.2.66", to).status, 200);
+    }
+    // ...then is refused for every code it asks for the victim's number.
+    for _ in 0..5 {
+        let r = send("192.0.2.66", "+447700900123");
+        assert_eq!((r.status, r.reason()), (429, Some("rate_limited")));
+    }
+    for _ in 0..2 {
+        let r = send("203.0.113.9", "07700 900123");
+        assert_eq!(
+            r.status,
+            200,
+            "the victim's number was spent: {:?}",
+            r.reason()
+        );
+    }
+    let r = send("203.0.113.9", "07700 900123");
+    assert_eq!((r.status, r.reason()), (429, Some("rate_limited")));
+    // The attacker's first refusal and the victim's third reached the
+    // service; appguard's over-limit cache refused the attacker's next
+    // four without a call.
+    assert_eq!(rls.stats()["over_limit_not_counted"], 2, "{}", rls.stats());
+    assert_eq!(up.seen().len(), 5);
+}
+
 /// Redis, the rate-limit service counting in it (tests/fixtures'
 /// limits), an upstream, and an Envoy calling the service (failure mode
 /// deny, 500 ms).

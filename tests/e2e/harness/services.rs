@@ -86,6 +86,15 @@ impl RateLimitService {
     /// hour boundary that is less than a minute away (a test's counts must
     /// not restart halfway).
     pub fn start(config: &std::path::Path, redis: Option<&str>) -> RateLimitService {
+        Self::start_with(config, redis, &[])
+    }
+
+    /// [`RateLimitService::start`] with more command-line flags.
+    pub fn start_with(
+        config: &std::path::Path,
+        redis: Option<&str>,
+        flags: &[&str],
+    ) -> RateLimitService {
         super::avoid_hour_edge(60);
         let grpc_port = free_port();
         let http_port = free_port();
@@ -98,6 +107,7 @@ impl RateLimitService {
         if let Some(url) = redis {
             cmd.args(["--redis", url]);
         }
+        cmd.args(flags);
         let service = Service::start("ratelimit", cmd, Some(grpc_port));
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while !http::get(http_port, "/healthcheck").is_ok_and(|r| r.status == 200) {
