@@ -567,10 +567,24 @@ fn held_headers_ask_the_rate_limit_service_after_the_body_and_keep_over_limit_fr
     assert_eq!((r.status, r.reason()), (429, Some("rate_limited")));
     thread::sleep(Duration::from_millis(500));
     assert_eq!(up.seen().len(), 2, "{:?}", up.heads());
-    // Another number has its own limit.
-    let r = send_slowly(e.port, &sms("+44 7700 900456"), 2);
+    // Another number has its own limit. Its client's own
+    // `x-appguard-degraded` (a request that went with its limits) does not
+    // reach the upstream: only appguard may say a request was degraded.
+    let r = send_slowly(
+        e.port,
+        &sms("+44 7700 900456").header("x-appguard-degraded", "ratelimit_unavailable"),
+        2,
+    );
     assert_eq!(r, (200, String::new()));
-    assert_eq!(e.stat("appguard_host_errors").unwrap_or(0), 0);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(
+        seen[2].header("x-appguard-degraded"),
+        None,
+        "{}",
+        seen[2].head
+    );
+    assert_eq!(e.stat("appguard_host_errors"), Some(0));
     e.assert_vm_healthy();
 }
 
@@ -687,6 +701,34 @@ fn held_headers_refuse_a_body_over_max_body_bytes_before_anything_goes_up() {
     // ...and ended by its last chunk.
     let r = e.request(req.clone().chunked());
     assert_eq!((r.status, r.reason()), (413, Some("body_too_large")));
+    // Learnt before the body ends: pieces over the limit and no last
+    // chunk, the refusal comes all the same (a check made only at the end
+    // would leave this client waiting).
+    let mut c = TcpStream::connect(("127.0.0.1", e.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(
+        format!(
+            "POST /sms HTTP/1.1\r\nhost: localhost\r\nx-api-key: {KEY}\r\n\
+             content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    for piece in [&big.as_bytes()[..40], &big.as_bytes()[40..80]] {
+        thread::sleep(Duration::from_millis(300));
+        let mut out = format!("{:x}\r\n", piece.len()).into_bytes();
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+        c.write_all(&out).unwrap();
+    }
+    let mut resp = vec![0u8; 4096];
+    let n = c.read(&mut resp).unwrap_or(0);
+    let resp = String::from_utf8_lossy(&resp[..n]);
+    assert!(
+        resp.starts_with("HTTP/1.1 413") && resp.contains("body_too_large"),
+        "refused before the body ended: {resp:?}"
+    );
+    drop(c);
     assert_nothing_upstream(&up, "bodies over the limit");
     // One within it goes up whole.
     let small = r#"{"to": "+44 7700 900123"}"#;
