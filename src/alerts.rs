@@ -23,23 +23,38 @@ use crate::config::ConfigError;
 use crate::decision::Reason;
 use crate::store::{self, u32_at, u64_at, SharedStore};
 
-/// `alerts` as written.
+/// `alerts` as written in the configuration; compiled into [`Alerts`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAlerts {
+    /// Envoy cluster of the webhook. See [`Alerts::cluster`].
     cluster: String,
+    /// `:authority` of the POST, `host[:port]` without a scheme (default:
+    /// the cluster name, or an Istio `outbound|…` cluster's host). See
+    /// [`Alerts::authority`].
     #[serde(default, deserialize_with = "crate::config::present")]
     authority: Option<String>,
+    /// Path of the POST (default `/`). See [`Alerts::path`].
     #[serde(default = "default_path")]
     path: String,
+    /// Denials of one route and reason within a window that send an alert
+    /// (at least 1, default 100). See [`Alerts::threshold`].
     #[serde(default = "default_threshold")]
     threshold: u32,
+    /// The counting window in seconds (1..=86400, default 60). See
+    /// [`Alerts::window_seconds`].
     #[serde(default = "default_window")]
     window_seconds: u64,
+    /// Alerts posted as they happen per window and instance (at least 1,
+    /// default 5). See [`Alerts::max_alerts_per_window`].
     #[serde(default = "default_max")]
     max_alerts_per_window: u32,
+    /// Timeout of the POST (1..=60000, default 2000). See
+    /// [`Alerts::timeout_ms`].
     #[serde(default = "default_timeout")]
     timeout_ms: u64,
+    /// Post a summary of the alerts `max_alerts_per_window` held back
+    /// (default `true`). See [`Alerts::summarize_suppressed`].
     #[serde(default = "default_summarize")]
     summarize_suppressed: bool,
 }

@@ -95,41 +95,82 @@ pub enum Action {
 // Raw configuration, exactly as written by the operator.
 // ---------------------------------------------------------------------------
 
-/// The configuration document as written. Field documentation lives on the
-/// compiled types and in the README's configuration reference.
+/// The configuration document as written by the operator (its top-level
+/// keys); compiled into [`Config`]. The README's configuration reference
+/// has the full rules for each field.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    /// `enforce` (default) answers denials; `monitor` evaluates everything
+    /// and blocks nothing. See [`Config::mode`].
     #[serde(default)]
     mode: Mode,
+    /// What happens to a request no route matches: `allow` (default, after
+    /// the global network checks) or `deny` (`route_denied`). See
+    /// [`Config::default_action`].
     #[serde(default)]
     default_action: Action,
+    /// `client_ip`: how the client IP is read. Its one field becomes
+    /// [`Config::xff_trusted_hops`] (left out: 0, Envoy's downstream
+    /// address).
     #[serde(default, deserialize_with = "crate::config::present")]
     client_ip: Option<RawClientIp>,
+    /// Global IP and country rules, checked for every request, routed or
+    /// not. See [`Config::network`].
     #[serde(default, deserialize_with = "crate::config::present")]
     network: Option<RawNetwork>,
+    /// Header names the apps prove their platform identity with (left out:
+    /// the defaults). See [`Config::platform_headers`].
     #[serde(default, deserialize_with = "crate::config::present")]
     platform_headers: Option<RawPlatformHeaders>,
+    /// `apps[]`: every genuine client build. See [`Config::apps`].
     #[serde(default)]
     apps: Vec<identity::RawApp>,
+    /// API keys (by SHA-256) and their restrictions. See
+    /// [`Config::api_keys`].
     #[serde(default, deserialize_with = "crate::config::present")]
     api_keys: Option<identity::RawApiKeys>,
+    /// `tokens[]`: the attestation-token providers, which routes name in
+    /// their own `tokens`. Compiled into [`Config::providers`] (the name
+    /// differs).
     #[serde(default)]
     tokens: Vec<token::RawProvider>,
+    /// The shared rate-limit service; needed by any rate limit without
+    /// `local`, and by `replay.scope: service`. See
+    /// [`Config::rate_limit_service`].
     #[serde(default, deserialize_with = "crate::config::present")]
     rate_limit_service: Option<RawRls>,
+    /// Phone-number rules; needed by any `body` entry with `phone: true`.
+    /// See [`Config::phone`].
     #[serde(default, deserialize_with = "crate::config::present")]
     phone: Option<RawPhone>,
+    /// Largest body buffered on routes that read it (1..=1048576, default
+    /// 16384); larger is `413 body_too_large`. See
+    /// [`Config::max_body_bytes`].
     #[serde(default = "default_max_body")]
     max_body_bytes: usize,
+    /// A webhook for denial spikes. See [`Config::alerts`].
     #[serde(default, deserialize_with = "crate::config::present")]
     alerts: Option<crate::alerts::RawAlerts>,
+    /// Per-request decision log lines (deny, monitor) each worker writes
+    /// per second (default 100; 0: none). See
+    /// [`Config::decision_log_per_second`].
     #[serde(default = "default_decision_log_per_second")]
     decision_log_per_second: u32,
+    /// `true`: a browser's CORS preflight passes once the action and network
+    /// rules of the route it asks about allow it, without key, token,
+    /// platform, body or rate-limit checks (default `false`). See
+    /// [`Config::bypass_cors_preflight`].
     #[serde(default)]
     bypass_cors_preflight: bool,
+    /// `true`: on a route that reads the body, the request headers are held
+    /// until the body is decided (default `false`; needs the Wasm filter's
+    /// `allow_on_headers_stop_iteration`). See
+    /// [`Config::hold_headers_for_body`].
     #[serde(default)]
     hold_headers_for_body: bool,
+    /// `routes[]`, tried in order; the first match names the policy. See
+    /// [`Config::routes`].
     #[serde(default)]
     routes: Vec<RawRoute>,
 }
@@ -210,13 +251,23 @@ fn default_max_body() -> usize {
     16 * 1024
 }
 
+/// `rate_limit_service` as written in the configuration; compiled into
+/// [`RateLimitService`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRls {
+    /// Envoy cluster of the service (HTTP/2). See
+    /// [`RateLimitService::cluster`].
     cluster: String,
+    /// The `domain` of the service's own configuration. See
+    /// [`RateLimitService::domain`].
     domain: String,
+    /// Call timeout (1..=10000, default 200); then `failure_mode` decides.
+    /// See [`RateLimitService::timeout_ms`].
     #[serde(default = "default_rls_timeout")]
     timeout_ms: u64,
+    /// The routes' default for rate-limit failures (default `deny`); never
+    /// for a remote JWKS. See [`RateLimitService::failure_mode`].
     #[serde(default)]
     failure_mode: FailureMode,
 }
@@ -225,36 +276,69 @@ fn default_rls_timeout() -> u64 {
     200
 }
 
+/// `phone` as written in the configuration; compiled into [`PhoneConfig`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPhone {
+    /// Country calling code (`"44"`) put in front of national numbers; left
+    /// out, every number must start with `+` or `00`. Goes into
+    /// [`PhoneConfig::rules`] ([`PhoneRules::default_calling_code`]).
     #[serde(default, deserialize_with = "crate::config::present")]
     default_calling_code: Option<String>,
+    /// Trunk prefix (at most 3 digits) stripped once from national numbers;
+    /// left out, the calling code's usual one. Goes into
+    /// [`PhoneConfig::rules`] ([`PhoneRules::national_prefix`]).
     #[serde(default, deserialize_with = "crate::config::present")]
     national_prefix: Option<String>,
+    /// International prefixes (`+882`, `00883`, `+44 9`) refused with
+    /// `phone_denied`; compiled into [`PhoneConfig::denied`] (the name
+    /// differs).
     #[serde(default)]
     denied_prefixes: Vec<String>,
+    /// Base64 of the HMAC-SHA256 key (at least 16 bytes, 32 recommended)
+    /// that turns a number into its descriptor value; decoded into
+    /// [`PhoneConfig::hash_key`]. The same on every instance, or shared
+    /// limits split.
     hash_key_base64: String,
 }
 
+/// `client_ip` as written in the configuration; its one field becomes
+/// [`Config::xff_trusted_hops`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawClientIp {
+    /// 0 (default): the client IP is Envoy's downstream address; N (at most
+    /// 64): the N-th `X-Forwarded-For` entry from the right. See
+    /// [`Config::xff_trusted_hops`].
     #[serde(default)]
     xff_trusted_hops: u32,
 }
 
+/// `network` (top level, and per route) as written in the configuration;
+/// compiled into [`Network`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNetwork {
+    /// CIDRs or addresses; when set, the client IP must be in one
+    /// (`ip_denied`). Written empty it is refused. See [`Network::ip_allow`].
     #[serde(default, deserialize_with = "restriction")]
     ip_allow: Vec<String>,
+    /// CIDRs or addresses the client IP must be in none of (checked
+    /// first). See [`Network::ip_deny`].
     #[serde(default)]
     ip_deny: Vec<String>,
+    /// Header holding the client's ISO 3166 alpha-2 country, set by a
+    /// trusted filter; required with either country list and with
+    /// `country_required`. See [`Network::country_header`].
     #[serde(default, deserialize_with = "crate::config::present")]
     country_header: Option<String>,
+    /// When set, the country must be one of these (a request with no
+    /// country is then denied). Written empty it is refused. See
+    /// [`Network::country_allow`].
     #[serde(default, deserialize_with = "restriction")]
     country_allow: Vec<String>,
+    /// Countries refused with `country_denied`; alone, it lets a request
+    /// with no country through. See [`Network::country_deny`].
     #[serde(default)]
     country_deny: Vec<String>,
     /// See [`Network::country_required`].
@@ -262,43 +346,84 @@ struct RawNetwork {
     country_required: bool,
 }
 
+/// `platform_headers` as written in the configuration; compiled into
+/// [`PlatformHeaderNames`], a name left out taking its default.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPlatformHeaders {
+    /// Header with the Android package name (default `x-android-package`).
+    /// See [`PlatformHeaderNames::android_package`].
     #[serde(default, deserialize_with = "crate::config::present")]
     android_package: Option<String>,
+    /// Header with the Android signing-cert digest (default
+    /// `x-android-cert`). See [`PlatformHeaderNames::android_cert`].
     #[serde(default, deserialize_with = "crate::config::present")]
     android_cert: Option<String>,
+    /// Header with the iOS bundle id (default `x-ios-bundle-identifier`).
+    /// See [`PlatformHeaderNames::ios_bundle_id`].
     #[serde(default, deserialize_with = "crate::config::present")]
     ios_bundle_id: Option<String>,
+    /// Header with the iOS team id (default `x-ios-team-id`). See
+    /// [`PlatformHeaderNames::ios_team_id`].
     #[serde(default, deserialize_with = "crate::config::present")]
     ios_team_id: Option<String>,
 }
 
+/// One `routes[]` entry as written in the configuration; compiled into
+/// [`Route`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
+    /// Unique name: in metrics, logs, key restrictions and the `route`
+    /// descriptor entry. See [`Route::name`].
     name: String,
+    /// `match`: which requests take the route. Split into [`Route::path`],
+    /// [`Route::methods`] and [`Route::hosts`].
     #[serde(rename = "match")]
     matcher: RawMatch,
+    /// `allow` (default), or `deny`, which refuses every request on the
+    /// route (`route_denied`). See [`Route::action`].
     #[serde(default)]
     action: Action,
+    /// `enforce` or `monitor` for this route; left out, the global `mode`.
+    /// See [`Route::mode`].
     #[serde(default, deserialize_with = "crate::config::present")]
     mode: Option<Mode>,
+    /// Platforms allowed on the route (`platform_denied` otherwise); left
+    /// out, any; written empty, refused. See [`Route::platforms`].
     #[serde(default, deserialize_with = "restriction")]
     platforms: Vec<Platform>,
+    /// Names of the `tokens[]` providers the route accepts, tried in order;
+    /// written empty, refused. Compiled into [`Route::providers`] (indexes
+    /// into [`Config::providers`]).
     #[serde(default, deserialize_with = "restriction")]
     tokens: Vec<String>,
+    /// Whether a token is required (default `true` when `tokens` is set);
+    /// `false` lets a request without any token go on. See
+    /// [`Route::token_required`].
     #[serde(default, deserialize_with = "crate::config::present")]
     token_required: Option<bool>,
+    /// `none` (default: keys not read), `optional` or `required`. See
+    /// [`Route::api_key`].
     #[serde(default)]
     api_key: KeyRequirement,
+    /// Route-specific IP and country rules, checked after the global ones.
+    /// See [`Route::network`].
     #[serde(default, deserialize_with = "crate::config::present")]
     network: Option<RawNetwork>,
+    /// `rate_limits[]`: the route's rate limits, in order (at most 32). See
+    /// [`Route::rate_limits`].
     #[serde(default)]
     rate_limits: Vec<limits::RawRateLimit>,
+    /// What a failing dependency does on this route: `deny` (503) or
+    /// `allow`. Compiled into two fields: [`Route::failure_mode`] for
+    /// rate-limit failures (left out: `rate_limit_service.failure_mode`,
+    /// else `deny`) and [`Route::jwks_failure_mode`] for a remote JWKS
+    /// without keys (left out: `deny`).
     #[serde(default, deserialize_with = "crate::config::present")]
     failure_mode: Option<FailureMode>,
+    /// Largest body buffered on this route (1..=1048576); left out, the
+    /// top-level `max_body_bytes`. See [`Route::max_body_bytes`].
     #[serde(default, deserialize_with = "crate::config::present")]
     max_body_bytes: Option<usize>,
 }
@@ -330,15 +455,28 @@ pub enum KeyRequirement {
     Required,
 }
 
+/// A route's `match` as written in the configuration: `prefix` or `path`
+/// (exactly one) becomes [`Route::path`], `methods` [`Route::methods`] and
+/// `hosts` [`Route::hosts`]. All three select the route; none allows or
+/// refuses anything by itself.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMatch {
+    /// Path prefix, query excluded, matched by bytes (end it with `/`);
+    /// becomes [`PathMatch::Prefix`].
     #[serde(default, deserialize_with = "crate::config::present")]
     prefix: Option<String>,
+    /// Exact path, query excluded (give or take one trailing slash);
+    /// becomes [`PathMatch::Exact`].
     #[serde(default, deserialize_with = "crate::config::present")]
     path: Option<String>,
+    /// Methods this route matches, any case (`GET` also takes `HEAD`); left
+    /// out, any; written empty, refused. See [`Route::methods`].
     #[serde(default, deserialize_with = "restriction")]
     methods: Vec<String>,
+    /// Hosts this route matches (names or `*.` patterns, compared with
+    /// `:authority` without its port); left out, any; written empty,
+    /// refused. See [`Route::hosts`].
     #[serde(default, deserialize_with = "restriction")]
     hosts: Vec<String>,
 }

@@ -43,24 +43,46 @@ impl Platform {
     }
 }
 
-/// `apps[]` as written.
+/// One `apps[]` entry as written in the configuration; compiled into
+/// [`App`]. The platform's own fields (`package`, `cert_fingerprints`,
+/// `bundle_id`, `team_id`, `origins`, `cidrs`) become its [`AppProof`]
+/// variant; a field of another platform is refused.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawApp {
+    /// Unique id, sent upstream as `x-appguard-app` and named by key
+    /// restrictions and descriptors. See [`App::id`].
     id: String,
+    /// `android`, `ios`, `web` or `server`. See [`App::platform`].
     platform: Platform,
+    /// Android (required): the package name; becomes
+    /// [`AppProof::Android`]'s `package`.
     #[serde(default, deserialize_with = "crate::config::present")]
     package: Option<String>,
+    /// Android: accepted signing-cert digests, SHA-256 or SHA-1 hex (colons
+    /// optional, any case); left out, the cert is not checked; written
+    /// empty, refused. Becomes [`AppProof::Android`]'s `certs`.
     #[serde(default, deserialize_with = "crate::config::restriction")]
     cert_fingerprints: Vec<String>,
+    /// iOS (required): the bundle identifier; becomes [`AppProof::Ios`]'s
+    /// `bundle_id`.
     #[serde(default, deserialize_with = "crate::config::present")]
     bundle_id: Option<String>,
+    /// iOS: the Apple team id; a team-id header that disagrees is refused.
+    /// Becomes [`AppProof::Ios`]'s `team_id`.
     #[serde(default, deserialize_with = "crate::config::present")]
     team_id: Option<String>,
+    /// Web (required): allowed origins, `scheme://host[:port]`, `*.` as
+    /// the whole first label allowed; becomes [`AppProof::Web`]'s
+    /// `origins`.
     #[serde(default)]
     origins: Vec<String>,
+    /// Server (required): ranges the client IP must be in; becomes
+    /// [`AppProof::Server`]'s `cidrs`.
     #[serde(default)]
     cidrs: Vec<String>,
+    /// Values of a token's app claim that name this app (Firebase app
+    /// ids); empty, the claim must equal `id`. See [`App::token_app_ids`].
     #[serde(default)]
     token_app_ids: Vec<String>,
 }
@@ -543,16 +565,23 @@ fn valid_host(h: &str) -> bool {
         })
 }
 
-/// `api_keys` as written.
+/// `api_keys` as written in the configuration; compiled into [`ApiKeys`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawApiKeys {
+    /// Header carrying the key (default `x-api-key`). See
+    /// [`ApiKeys::header`].
     #[serde(default = "default_key_header")]
     header: String,
+    /// Also accept the key from this query parameter. See
+    /// [`ApiKeys::query_param`].
     #[serde(default, deserialize_with = "crate::config::present")]
     query_param: Option<String>,
+    /// Keep the key on the upstream request (default `true`); `false`
+    /// removes it on every route that reads keys. See [`ApiKeys::forward`].
     #[serde(default = "forward_by_default")]
     forward: bool,
+    /// `keys[]`: the configured keys. See [`ApiKeys::keys`].
     #[serde(default)]
     keys: Vec<RawApiKey>,
 }
@@ -565,17 +594,31 @@ fn default_key_header() -> String {
     "x-api-key".into()
 }
 
+/// One `api_keys.keys[]` entry as written in the configuration; compiled
+/// into [`ApiKey`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApiKey {
+    /// Public id: sent upstream as `x-appguard-key-id`, logged instead of
+    /// the key. See [`ApiKey::id`].
     id: String,
+    /// SHA-256 of the key, 64 hex digits (`appguard-cli hash-key`); a
+    /// plaintext key is refused. See [`ApiKey::sha256`].
     sha256: String,
+    /// App ids that may use the key; left out, any; written empty, refused.
+    /// Compiled into indexes, [`ApiKey::apps`].
     #[serde(default, deserialize_with = "crate::config::restriction")]
     apps: Vec<String>,
+    /// CIDRs the key may be used from; left out, anywhere; written empty,
+    /// refused. See [`ApiKey::ips`].
     #[serde(default, deserialize_with = "crate::config::restriction")]
     ips: Vec<String>,
+    /// Route names the key may be used on; left out, any; written empty,
+    /// refused. See [`ApiKey::routes`].
     #[serde(default, deserialize_with = "crate::config::restriction")]
     routes: Vec<String>,
+    /// Revoked: the key is refused as `api_key_invalid` (default `false`).
+    /// See [`ApiKey::disabled`].
     #[serde(default)]
     disabled: bool,
 }

@@ -47,20 +47,38 @@ impl Per {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawEntry {
+    /// `type`: where the value comes from (`client_ip`, `api_key`, `app`,
+    /// `platform`, `route`, `value`, `header`, `claim`, `body`); with the
+    /// fields below it becomes [`EntrySpec::source`].
     #[serde(rename = "type")]
     kind: EntryKind,
+    /// The descriptor key (1-64 characters), as the rate-limit service's
+    /// configuration names it; left out, the type's default (required for
+    /// `value`). See [`EntrySpec::key`].
     #[serde(default, deserialize_with = "crate::config::present")]
     key: Option<String>,
+    /// `client_ip` only: IPv4 prefix the address is masked to (1..=32,
+    /// default 32).
     #[serde(default, deserialize_with = "crate::config::present")]
     v4_prefix: Option<u8>,
+    /// `client_ip` only: IPv6 prefix the address is masked to (1..=128,
+    /// default 64).
     #[serde(default, deserialize_with = "crate::config::present")]
     v6_prefix: Option<u8>,
+    /// `value` only (required): the fixed value, not empty.
     #[serde(default, deserialize_with = "crate::config::present")]
     value: Option<String>,
+    /// `header` and `claim` only (required): the request header or the
+    /// verified token claim whose value is used.
     #[serde(default, deserialize_with = "crate::config::present")]
     name: Option<String>,
+    /// `body` only (required): JSON pointer (RFC 6901, e.g. `/to`) to the
+    /// body value used.
     #[serde(default, deserialize_with = "crate::config::present")]
     pointer: Option<String>,
+    /// `body` only: `true` reads the value as a phone number, normalised,
+    /// checked against `phone.denied_prefixes` and replaced by its keyed
+    /// hash (default `false`).
     #[serde(default, deserialize_with = "crate::config::present")]
     phone: Option<bool>,
 }
@@ -69,14 +87,23 @@ pub(crate) struct RawEntry {
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 enum EntryKind {
+    /// `client_ip`: the client IP, masked to `v4_prefix`/`v6_prefix`.
     ClientIp,
+    /// `api_key`: the API key's `id`.
     ApiKey,
+    /// `app`: the established app's `id`.
     App,
+    /// `platform`: the established platform.
     Platform,
+    /// `route`: the route's name.
     Route,
+    /// `value`: a fixed `value` under a required `key`.
     Value,
+    /// `header`: a request header's value (`name`).
     Header,
+    /// `claim`: a verified token claim (`name`).
     Claim,
+    /// `body`: a JSON body value (`pointer`, optionally `phone`).
     Body,
 }
 
@@ -216,20 +243,33 @@ fn v6_default() -> u8 {
     64
 }
 
+/// `routes[].rate_limits[].local` as written in the configuration
+/// (`{"requests": N, "per": "minute"}`); compiled into [`LocalLimit`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLocal {
+    /// Bucket size and refill per period (1..=1000000). See
+    /// [`LocalLimit::requests`].
     requests: u32,
+    /// The period: `second`, `minute`, `hour` or `day`; compiled into
+    /// seconds, [`LocalLimit::per_seconds`].
     per: Per,
 }
 
+/// One `routes[].rate_limits[]` entry as written in the configuration;
+/// compiled into [`RateLimit`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRateLimit {
     /// The rule's name, unique in its route (see [`RateLimit::name`]).
     #[serde(default, deserialize_with = "crate::config::present")]
     name: Option<String>,
+    /// `entries[]` (1 to 8): the descriptor, in order. See
+    /// [`RateLimit::entries`].
     entries: Vec<RawEntry>,
+    /// A token bucket inside the Envoy instance; left out, the descriptor
+    /// goes to the rate-limit service, whose configuration sets the limit.
+    /// See [`RateLimit::local`].
     #[serde(default, deserialize_with = "crate::config::present")]
     local: Option<RawLocal>,
     /// Hits taken from the service per call (see [`RateLimit::lease`]).

@@ -199,14 +199,25 @@ pub struct Key {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawKey {
+    /// Key id matched against the token's `kid` header; left out, the key
+    /// is tried for tokens of its algorithm. See [`Key::kid`].
     #[serde(default, deserialize_with = "crate::config::present")]
     kid: Option<String>,
+    /// The one algorithm the key verifies: required with `pem`; with
+    /// `secret_base64` HS256 (default), HS384 or HS512; with `jwk`, the
+    /// JWK's own `alg`, else its type's default (none for `oct`). See
+    /// [`Key::alg`].
     #[serde(default, deserialize_with = "crate::config::present")]
     alg: Option<Alg>,
+    /// HMAC secret, standard or url-safe base64 (at least 32/48/64 bytes
+    /// for HS256/384/512); becomes [`Key::material`].
     #[serde(default, deserialize_with = "crate::config::present")]
     secret_base64: Option<String>,
+    /// A PEM public key (RSA, EC or Ed25519); becomes [`Key::material`].
     #[serde(default, deserialize_with = "crate::config::present")]
     pem: Option<String>,
+    /// A JWK: an RSA, EC or OKP public key, or an `oct` secret (private
+    /// members refused); becomes [`Key::material`].
     #[serde(default, deserialize_with = "crate::config::present")]
     jwk: Option<Value>,
 }

@@ -234,15 +234,25 @@ impl Default for FailureBudget {
     }
 }
 
+/// `tokens[].failure_budget` as written in the configuration; compiled
+/// into [`FailureBudget`] (left out: its defaults).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawFailureBudget {
+    /// Signature failures one client may cause per window (default 20; 0
+    /// disables the budget). See [`FailureBudget::failures`].
     #[serde(default = "default_budget_failures")]
     failures: u32,
+    /// The window, in seconds (1..=86400, default 60). See
+    /// [`FailureBudget::window_seconds`].
     #[serde(default = "default_budget_window")]
     window_seconds: u64,
+    /// IPv4 prefix a client is counted by (1..=32, default 32: per
+    /// address). See [`FailureBudget::v4_prefix`].
     #[serde(default = "default_budget_v4")]
     v4_prefix: u8,
+    /// IPv6 prefix a client is counted by (1..=128, default 64). See
+    /// [`FailureBudget::v6_prefix`].
     #[serde(default = "default_budget_v6")]
     v6_prefix: u8,
 }
@@ -283,20 +293,34 @@ pub struct MessageSigning {
     pub single_use: bool,
 }
 
+/// One `tokens[].from[]` entry as written in the configuration
+/// (`{"header": "authorization", "prefix": "Bearer "}`); compiled into a
+/// [`TokenSource`] of [`Provider::sources`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSource {
+    /// Header the token is in (any case). See [`TokenSource::header`].
     header: String,
+    /// Prefix the value must start with, compared without case and removed
+    /// (default: none). See [`TokenSource::prefix`].
     #[serde(default)]
     prefix: String,
 }
 
+/// `tokens[].binding` as written in the configuration; compiled into
+/// [`Binding`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBinding {
+    /// The claim holding base64(SHA-256) of the bound header values
+    /// (default `pay`). See [`Binding::claim`].
     #[serde(default = "default_pay")]
     claim: String,
+    /// The bound headers, in order (at least one, none twice). See
+    /// [`Binding::headers`].
     headers: Vec<String>,
+    /// Refuse tokens without the claim (`token_binding`); default `false`,
+    /// such tokens pass unbound. See [`Binding::required`].
     #[serde(default)]
     required: bool,
 }
@@ -305,13 +329,21 @@ fn default_pay() -> String {
     "pay".into()
 }
 
+/// `tokens[].replay` as written in the configuration (`{}` takes every
+/// default); compiled into [`Replay`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawReplay {
+    /// The claim each value of which is accepted once (default `jti`). See
+    /// [`Replay::claim`].
     #[serde(default = "default_jti")]
     claim: String,
+    /// `local` (default: in the Envoy instance) or `service` (across
+    /// instances, through the rate-limit service). See [`Replay::scope`].
     #[serde(default = "default_scope")]
     scope: ReplayScope,
+    /// Capacity of the local table (16..=4194304, default 65536). See
+    /// [`Replay::max_entries`].
     #[serde(default = "default_replay_entries")]
     max_entries: u32,
 }
@@ -327,27 +359,48 @@ pub(crate) fn default_replay_entries() -> u32 {
     65_536
 }
 
+/// `tokens[].app_claim` as written in the configuration; compiled into
+/// [`AppClaim`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAppClaim {
+    /// The claim naming the app, matched against the apps'
+    /// `token_app_ids` (required). See [`AppClaim::claim`].
     claim: String,
+    /// `plain` (default) or `firebase`, which also checks the platform
+    /// inside the id. See [`AppClaim::format`].
     #[serde(default)]
     format: AppClaimFormat,
 }
 
+/// `tokens[].remote_jwks` as written in the configuration; compiled into
+/// [`RemoteJwks`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRemoteJwks {
+    /// Envoy cluster serving the JWKS. See [`RemoteJwks::cluster`].
     cluster: String,
+    /// `:authority` of the fetch, `host[:port]` without a scheme (default:
+    /// the cluster name, or an Istio `outbound|…` cluster's host). See
+    /// [`RemoteJwks::authority`].
     #[serde(default, deserialize_with = "crate::config::present")]
     authority: Option<String>,
+    /// Path of the JWKS, e.g. `/v1/jwks`. See [`RemoteJwks::path`].
     path: String,
+    /// Refresh interval in seconds (at least 10, default 600). See
+    /// [`RemoteJwks::refresh_seconds`].
     #[serde(default = "default_refresh")]
     refresh_seconds: u64,
+    /// How long the last keys stay in use while refreshes fail (default
+    /// 3600). See [`RemoteJwks::grace_seconds`].
     #[serde(default = "default_grace")]
     grace_seconds: u64,
+    /// Fetch timeout (1..=60000, default 2000). See
+    /// [`RemoteJwks::timeout_ms`].
     #[serde(default = "default_jwks_timeout")]
     timeout_ms: u64,
+    /// At most one re-fetch for an unknown `kid` per this many seconds per
+    /// instance (default 30). See [`RemoteJwks::min_refetch_seconds`].
     #[serde(default = "default_refetch")]
     min_refetch_seconds: u64,
 }
@@ -365,18 +418,33 @@ fn default_refetch() -> u64 {
     30
 }
 
+/// One `tokens[].claim_to_headers[]` entry as written in the configuration
+/// (`{"claim": "sub", "header": "x-user-id"}`); compiled into a
+/// `(claim, header)` pair of [`Provider::claim_to_headers`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawClaimHeader {
+    /// The verified claim whose value is copied upstream (the pair's
+    /// first member).
     claim: String,
+    /// The upstream request header it is copied to (the pair's second
+    /// member); a client's copy of it is removed from every request.
+    /// Headers appguard reads or sets itself are refused.
     header: String,
 }
 
+/// `tokens[].verified_by` as written in the configuration (delegated
+/// verification by Envoy's `jwt_authn`); compiled into the
+/// `(filter, key)` pair of [`Provider::verified_by`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawVerifiedBy {
+    /// The dynamic-metadata namespace the verified payload is read from
+    /// (default `envoy.filters.http.jwt_authn`; the pair's first member).
     #[serde(default = "default_jwt_authn")]
     filter: String,
+    /// The key under that namespace holding the payload (`jwt_authn`'s
+    /// `payload_in_metadata`; required; the pair's second member).
     key: String,
 }
 
@@ -384,21 +452,40 @@ fn default_jwt_authn() -> String {
     "envoy.filters.http.jwt_authn".into()
 }
 
+/// `tokens[].message_signing` as written in the configuration; compiled
+/// into [`MessageSigning`], whose `policy` takes `label`, `components`,
+/// `max_age_seconds` and `clock_skew_seconds`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMessageSigning {
+    /// The claim holding the install public key (default `ipk`). See
+    /// [`MessageSigning::claim`].
     #[serde(default = "default_ipk")]
     claim: String,
+    /// Label of the signature to verify (default `install`). See
+    /// [`crate::signing::SigningPolicy::label`].
     #[serde(default = "default_label")]
     label: String,
+    /// Components the signature must cover on top of the ones always
+    /// required (header names, or derived components such as
+    /// `@authority`); added to
+    /// [`crate::signing::SigningPolicy::required_components`].
     #[serde(default)]
     components: Vec<String>,
+    /// Oldest `created` accepted, in seconds (1..=86400, default 300). See
+    /// [`crate::signing::SigningPolicy::max_age_seconds`].
     #[serde(default = "default_sig_age")]
     max_age_seconds: u64,
+    /// Tolerance for the signer's clock (at most 300, default 30). See
+    /// [`crate::signing::SigningPolicy::clock_skew_seconds`].
     #[serde(default = "default_sig_skew")]
     clock_skew_seconds: u64,
+    /// Refuse tokens without the key claim (default `true`). See
+    /// [`MessageSigning::required`].
     #[serde(default = "default_true")]
     required: bool,
+    /// Accept each signed request once (default `false`). See
+    /// [`MessageSigning::single_use`].
     #[serde(default)]
     single_use: bool,
 }
@@ -419,45 +506,89 @@ fn default_true() -> bool {
     true
 }
 
+/// One `tokens[]` entry as written in the configuration; compiled into
+/// [`Provider`] (the list becomes [`crate::config::Config::providers`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawProvider {
+    /// Unique name, listed by routes in their `tokens`. See
+    /// [`Provider::name`].
     name: String,
+    /// `from[]`: where the token is, tried in order; compiled into
+    /// [`Provider::sources`] (the name differs).
     from: Vec<RawSource>,
+    /// `keys[]`: inline verification keys; they and `jwks` make up
+    /// [`Provider::keys`].
     #[serde(default)]
     keys: Vec<keys::RawKey>,
+    /// An inline JWK Set `{"keys": [...]}` (at most 64 keys, each must
+    /// parse); added to [`Provider::keys`].
     #[serde(default, deserialize_with = "crate::config::present")]
     jwks: Option<Value>,
+    /// A JWKS fetched through an Envoy cluster. See
+    /// [`Provider::remote_jwks`].
     #[serde(default, deserialize_with = "crate::config::present")]
     remote_jwks: Option<RawRemoteJwks>,
+    /// The required `iss` (required with `verified_by`). See
+    /// [`Provider::issuer`].
     #[serde(default, deserialize_with = "crate::config::present")]
     issuer: Option<String>,
+    /// The token's `aud` must contain one of these; left out, any; written
+    /// empty, refused. See [`Provider::audiences`].
     #[serde(default, deserialize_with = "crate::config::restriction")]
     audiences: Vec<String>,
+    /// Claims that must be present with exactly these JSON values (a name
+    /// written twice is refused). See [`Provider::required_claims`].
     #[serde(default, deserialize_with = "crate::config::unique_members")]
     required_claims: Map<String, Value>,
+    /// Longest accepted `exp - iat` and `exp - now` (1..=86400, default
+    /// 300). See [`Provider::max_lifetime_seconds`].
     #[serde(default = "default_lifetime")]
     max_lifetime_seconds: u64,
+    /// Tolerated clock difference (at most 300, default 5). See
+    /// [`Provider::clock_skew_seconds`].
     #[serde(default = "default_skew")]
     clock_skew_seconds: u64,
+    /// Largest accepted token, checked before decoding (64..=65536, default
+    /// 4096). See [`Provider::max_token_bytes`].
     #[serde(default = "default_max_token")]
     max_token_bytes: usize,
+    /// Token binding to request header values. See [`Provider::binding`].
     #[serde(default, deserialize_with = "crate::config::present")]
     binding: Option<RawBinding>,
+    /// Replay protection: each claim value accepted once. See
+    /// [`Provider::replay`].
     #[serde(default, deserialize_with = "crate::config::present")]
     replay: Option<RawReplay>,
+    /// The claim naming the app. See [`Provider::app_claim`].
     #[serde(default, deserialize_with = "crate::config::present")]
     app_claim: Option<RawAppClaim>,
+    /// Platforms whose apps may present this provider's tokens
+    /// (`platform_denied`); left out, any; written empty, refused. See
+    /// [`Provider::platforms`].
     #[serde(default, deserialize_with = "crate::config::restriction")]
     platforms: Vec<Platform>,
+    /// Keep the token on the upstream request (default `false`: removed).
+    /// See [`Provider::forward`].
     #[serde(default)]
     forward: bool,
+    /// `claim_to_headers[]`: verified claims copied to upstream request
+    /// headers; compiled into `(claim, header)` pairs,
+    /// [`Provider::claim_to_headers`].
     #[serde(default)]
     claim_to_headers: Vec<RawClaimHeader>,
+    /// Delegated verification: the payload Envoy's `jwt_authn` verified,
+    /// read from dynamic metadata; compiled into the `(filter, key)` pair
+    /// of [`Provider::verified_by`].
     #[serde(default, deserialize_with = "crate::config::present")]
     verified_by: Option<RawVerifiedBy>,
+    /// Request signing with the install key the token carries (RFC 9421).
+    /// See [`Provider::message_signing`].
     #[serde(default, deserialize_with = "crate::config::present")]
     message_signing: Option<RawMessageSigning>,
+    /// Signature failures one client may cause per window before its
+    /// tokens are refused unverified (left out: the defaults). See
+    /// [`Provider::failure_budget`].
     #[serde(default, deserialize_with = "crate::config::present")]
     failure_budget: Option<RawFailureBudget>,
 }
