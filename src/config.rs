@@ -585,7 +585,9 @@ pub struct RateLimitService {
     pub domain: String,
     /// Call timeout; then `failure_mode` decides.
     pub timeout_ms: u64,
-    /// Default failure mode (routes may override).
+    /// The routes' default for rate-limit failures only (never for a
+    /// remote JWKS, see [`Route::jwks_failure_mode`]); a route's own
+    /// `failure_mode` overrides it.
     pub failure_mode: FailureMode,
     /// The digest scope of replay descriptors (`replay.scope: service`),
     /// absorbed once here so that a request hashes only its `jti`.
@@ -657,9 +659,13 @@ pub struct Route {
     pub name: String,
     /// How the request path is matched.
     pub path: PathMatch,
-    /// Allowed methods, upper case; empty means any.
+    /// Methods this route matches, upper case; empty means any. They
+    /// select the route, they allow nothing: a request with another
+    /// method takes another route or `default_action`.
     pub methods: Vec<String>,
-    /// Allowed hosts (`:authority` without port), lower case; empty means any.
+    /// Hosts this route matches (`:authority` without port), lower case;
+    /// empty means any. They select the route, they allow nothing: a
+    /// request for another host takes another route or `default_action`.
     pub hosts: Vec<HostPattern>,
     /// `deny` refuses every request on the route with `route_denied`.
     pub action: Action,
@@ -677,9 +683,12 @@ pub struct Route {
     pub network: Option<Network>,
     /// The route's rate limits, in order.
     pub rate_limits: Vec<RateLimit>,
-    /// What a dependency failure (rate-limit service, remote JWKS) does on
-    /// this route: the route's `failure_mode`, else the rate-limit
-    /// service's.
+    /// What a rate-limit failure does on this route (the rate-limit
+    /// service failing to answer usably, or shared data refusing a local
+    /// limit's count: `ratelimit_unavailable`): the route's
+    /// `failure_mode`, else `rate_limit_service.failure_mode`, else `deny`.
+    /// A remote JWKS without keys uses [`Route::jwks_failure_mode`]
+    /// instead.
     pub failure_mode: FailureMode,
     /// What a remote JWKS without keys does on this route: only the route's
     /// own `failure_mode`, else `deny`. Never inherited from

@@ -3,8 +3,9 @@
 //!
 //! Names are `appguard_decisions.route.<route>.decision.<decision>.reason.
 //! <reason|none>`, decision one of `allow`, `deny`, `monitor` (a would-be
-//! denial let through) and `degraded` (let through by `failure_mode:
-//! allow` while a dependency was down). Envoy prefixes custom Wasm stats
+//! denial let through), `degraded` (let through by `failure_mode: allow`
+//! while a dependency was down) and `preflight` (a CORS preflight let
+//! through by `bypass_cors_preflight`). Envoy prefixes custom Wasm stats
 //! with `wasmcustom.` (and drops it again in Prometheus output). The
 //! `stats_tags` in envoy/envoy.yaml turn the three parts into labels, so
 //! Prometheus sees `appguard_decisions{route,decision,reason}`.

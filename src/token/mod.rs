@@ -288,8 +288,9 @@ pub struct MessageSigning {
     /// signature that verified is remembered in the instance's shared
     /// data until it is too old to verify again, so a request captured
     /// with a proxy cannot be sent again while its signature is fresh.
-    /// Off by default: a client that resends the very same request (same
-    /// components, same `created` second, no `nonce`) is refused too.
+    /// Off by default, because when on, a client that resends the very
+    /// same request (same components, same `created` second, no `nonce`)
+    /// is refused too.
     pub single_use: bool,
 }
 
