@@ -1868,8 +1868,13 @@ fn rls_verdict(
             })
             .map(|(sent, _)| sent.rule);
     }
-    // Leased descriptors the service allowed: their hits are counted,
-    // whatever the other descriptors say, so the rest are this worker's.
+    // Leased descriptors the service allowed, in a call it allowed: their
+    // hits are counted, so the rest are this worker's. In a call it
+    // refused for another descriptor, none is kept: envoyproxy/ratelimit
+    // (by default) counted them, but a service that counts nothing for a
+    // refused call (appguard-ratelimit's `--stop-increment-when-over-limit`,
+    // envoyproxy/ratelimit's `STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT`)
+    // did not, and the answer does not say which: strict, never looser.
     // (An answer that cannot be read, or leaves the replay descriptor
     // unlimited, returned above and keeps none: strict again.)
     if let Ok(resp) = answer {
@@ -1879,6 +1884,9 @@ fn rls_verdict(
                 continue;
             }
             cache.answered(&s.key, pending.sent_ms);
+            if verdict.over_limit {
+                continue;
+            }
             if let Some((ms, remaining)) = ratelimit::lease_window(status) {
                 let until_ms = pending.sent_ms.saturating_add(ms);
                 cache.grant_lease(s.key, s.hits, remaining, until_ms, ctx.now_ms);

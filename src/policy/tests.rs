@@ -3797,7 +3797,9 @@ fn a_leased_descriptor_is_left_out_of_the_call_while_the_others_go() {
     let sent = rls_hits(&call);
     assert_eq!(sent.len(), 2);
     assert_eq!((sent[0].1, sent[1].1), (Some(3), None));
-    // The per-IP limit refuses; the per-user lease was counted all the same.
+    // The per-IP limit refuses. The service may have counted the per-user
+    // lease (envoyproxy/ratelimit's default) or not (a service that counts
+    // nothing for a refused call): none of it is kept.
     let mut resp = ok_response(2, 7, Some(30_000));
     resp.overall_code = crate::ratelimit::Code::OverLimit as i32;
     resp.statuses[1].code = crate::ratelimit::Code::OverLimit as i32;
@@ -3812,10 +3814,23 @@ fn a_leased_descriptor_is_left_out_of_the_call_while_the_others_go() {
         w.leased_get("/open", "u1", t + 2).done_reason(),
         Some(Reason::RateLimited)
     );
-    // From another address: the per-user descriptor takes a leased hit and
-    // stays out of the call; only the per-IP one goes.
+    // From another address: no leased hit, the per-user descriptor goes
+    // with the per-IP one, and asks for a lease again.
+    let Step::NeedRateLimit(p, call) = w.leased_get_from("/open", "u1", "192.0.2.8", t + 3) else {
+        panic!()
+    };
+    let sent = rls_hits(&call);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!((sent[0].1, sent[1].1), (Some(3), None));
+    // Allowed this time: the lease is kept, and its two other hits spare
+    // the per-user descriptor the next two calls.
+    assert_eq!(
+        w.answer(p, &ok_response(2, 7, Some(30_000)), t + 4)
+            .done_reason(),
+        None
+    );
     for i in 0..2 {
-        let Step::NeedRateLimit(_, call) = w.leased_get_from("/open", "u1", "192.0.2.8", t + 3 + i)
+        let Step::NeedRateLimit(_, call) = w.leased_get_from("/open", "u1", "192.0.2.8", t + 5 + i)
         else {
             panic!()
         };
@@ -3827,7 +3842,7 @@ fn a_leased_descriptor_is_left_out_of_the_call_while_the_others_go() {
         );
     }
     // Both leased hits used: the per-user descriptor is sent again.
-    let Step::NeedRateLimit(_, call) = w.leased_get_from("/open", "u1", "192.0.2.8", t + 5) else {
+    let Step::NeedRateLimit(_, call) = w.leased_get_from("/open", "u1", "192.0.2.8", t + 7) else {
         panic!()
     };
     assert_eq!(rls_hits(&call).len(), 2);
