@@ -982,3 +982,438 @@ fn held_headers_without_envoys_flag_are_warned_of_within_seconds() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(!e.log().contains("have waited over"), "{}", e.log());
 }
+
+// ---------------------------------------------------------------------
+// Hold mode with an HTTP/2 downstream, and clients that leave while the
+// held headers wait for the rate-limit service or for keys.
+// ---------------------------------------------------------------------
+
+use crate::harness::http2::{self, H2};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// `/sms` to `to` with the route's API key.
+fn keyed_sms(to: &str) -> Req {
+    Req::post_json("/sms", &format!(r#"{{"to": "{to}", "text": "hello"}}"#))
+        .header("x-api-key", KEY)
+}
+
+/// The non-zero `appguard_decisions` counters, by name.
+fn decisions(e: &Envoy) -> Vec<(String, u64)> {
+    let text = crate::harness::http::get(e.admin_port, "/stats")
+        .map(|r| r.text())
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("appguard_decisions."))
+        .filter_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            let v: u64 = v.trim().parse().ok()?;
+            (v > 0).then(|| (k.trim_start_matches("wasmcustom.").to_owned(), v))
+        })
+        .collect()
+}
+
+/// The VM is the one Envoy started and its log has no trap, panic or
+/// failed callback ([`Envoy::assert_vm_healthy`], and `unreachable`, what
+/// a panic becomes in the module); appguard warned of nothing.
+fn assert_no_trap(e: &Envoy) {
+    e.assert_vm_healthy();
+    let log = e.log();
+    assert!(log.contains("wasm log appguard"), "no log read: {log}");
+    for bad in ["unreachable", "Function: ", "][warning][wasm]"] {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(bad) && !l.contains("a remote JWKS without `issuer`"))
+            .collect();
+        assert!(lines.is_empty(), "{bad:?} in Envoy's log: {lines:#?}");
+    }
+}
+
+/// Waits until Envoy has let go of every downstream request.
+fn wait_no_active_request(e: &Envoy) {
+    e.wait_stat("http.ingress.downstream_rq_active", 10, |n| n == 0);
+}
+
+#[test]
+fn held_headers_over_http2_send_an_allowed_body_up_once_and_keep_a_refused_one_back() {
+    let up = Recorder::start();
+    // Trailers to the HTTP/1.1 upstream (an HTTP/2 client's trailers need
+    // nothing on the listener).
+    let e = held(config(true, "enforce"), up.port).trailers().start();
+    let h = H2::connect(e.port);
+    let gap = Duration::from_millis(300);
+    let ok = |r: &crate::harness::http::Resp| (r.status, r.reason().map(str::to_owned));
+    // Allowed: in three DATA frames, and in one.
+    assert_eq!(
+        ok(&h.send(&keyed_sms("+44 7700 900101"), 3, gap)),
+        (200, None)
+    );
+    assert_eq!(
+        ok(&h.send(&keyed_sms("+44 7700 900102"), 1, Duration::ZERO)),
+        (200, None)
+    );
+    // Refused: in three DATA frames, and in one; nothing more up.
+    let denied = (403, Some("phone_denied".to_owned()));
+    assert_eq!(ok(&h.send(&keyed_sms("+882 1234 5601"), 3, gap)), denied);
+    assert_eq!(
+        ok(&h.send(&keyed_sms("+882 1234 5602"), 1, Duration::ZERO)),
+        denied
+    );
+    assert_eq!(up.seen().len(), 2, "{:?}", up.heads());
+    // Ended by trailers (a HEADERS frame with END_STREAM).
+    let trailed = |to: &str| {
+        keyed_sms(to)
+            .trailer("x-checksum", "c1")
+            .trailer("x-appguard-key-id", "admin")
+    };
+    assert_eq!(
+        ok(&h.send(&trailed("+44 7700 900103"), 2, gap)),
+        (200, None)
+    );
+    assert_eq!(ok(&h.send(&trailed("+882 1234 5603"), 2, gap)), denied);
+    // Six streams side by side on the connection, their frames interleaved.
+    let side_by_side: Vec<(String, (u16, Option<String>))> = [
+        "+44 7700 900111",
+        "+882 1234 5611",
+        "+44 7700 900112",
+        "+882 1234 5612",
+        "+44 7700 900113",
+        "+882 1234 5613",
+    ]
+    .iter()
+    .map(|to| {
+        let want = if to.starts_with("+44") {
+            (200, None)
+        } else {
+            denied.clone()
+        };
+        ((*to).to_owned(), want)
+    })
+    .collect();
+    let got = h.block_on(async {
+        let tasks: Vec<_> = side_by_side
+            .iter()
+            .map(|(to, _)| {
+                tokio::spawn(http2::send(
+                    h.client(),
+                    keyed_sms(to),
+                    3,
+                    Duration::from_millis(200),
+                ))
+            })
+            .collect();
+        let mut got = Vec::new();
+        for t in tasks {
+            got.push(t.await.unwrap().unwrap());
+        }
+        got
+    });
+    for ((to, want), r) in side_by_side.iter().zip(&got) {
+        assert_eq!(&ok(r), want, "{to}: {}", r.text());
+    }
+    // A stream reset with part of its body held: nothing of it goes up,
+    // and the connection serves on.
+    let left = keyed_sms("+44 7700 900121");
+    let mut o = h
+        .block_on(http2::open(h.client(), &left, &left.body[..12], false))
+        .unwrap();
+    thread::sleep(Duration::from_millis(300));
+    http2::reset(&mut o);
+    wait_no_active_request(&e);
+    assert_eq!(
+        ok(&h.send(&keyed_sms("+44 7700 900122"), 2, gap)),
+        (200, None)
+    );
+    // Upstream: each allowed request once, whole, with its identity
+    // headers and without the key; nothing of a refused one.
+    thread::sleep(Duration::from_millis(500));
+    let seen = up.seen();
+    let mut bodies: Vec<String> = seen
+        .iter()
+        .map(|s| String::from_utf8_lossy(&s.body).into_owned())
+        .collect();
+    bodies.sort();
+    let mut want: Vec<String> = [
+        "+44 7700 900101",
+        "+44 7700 900102",
+        "+44 7700 900103",
+        "+44 7700 900111",
+        "+44 7700 900112",
+        "+44 7700 900113",
+        "+44 7700 900122",
+    ]
+    .iter()
+    .map(|to| format!(r#"{{"to": "{to}", "text": "hello"}}"#))
+    .collect();
+    want.sort();
+    assert_eq!(bodies, want, "{seen:?}");
+    for s in &seen {
+        assert!(s.whole, "{s:?}");
+        assert_eq!(
+            s.header("x-appguard-key-id").as_deref(),
+            Some("k1"),
+            "{}",
+            s.head
+        );
+        assert_eq!(s.header("x-api-key"), None, "the key went upstream");
+    }
+    let trailed_up = seen
+        .iter()
+        .find(|s| s.body.windows(6).any(|w| w == b"900103"))
+        .unwrap();
+    assert_eq!(
+        trailed_up.trailers,
+        vec![("x-checksum".to_owned(), "c1".to_owned())]
+    );
+    // All of it on one HTTP/2 connection.
+    assert_eq!(e.stat("http.ingress.downstream_cx_http2_total"), Some(1));
+    assert_eq!(e.stat("http.ingress.downstream_rq_http2_total"), Some(14));
+    assert_eq!(e.stat("appguard_host_errors").unwrap_or(0), 0);
+    let d = decisions(&e);
+    let count = |what: &str| -> u64 {
+        d.iter()
+            .filter(|(k, _)| k.contains(what))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    assert_eq!(count(".decision.allow."), 7, "{d:?}");
+    assert_eq!(count(".decision.deny.reason.phone_denied"), 6, "{d:?}");
+    assert_no_trap(&e);
+}
+
+/// A TCP proxy to 127.0.0.1:`target` that holds what its clients send
+/// until [`open`] (then passes everything on, both ways): a rate-limit
+/// service that does not answer yet, however early Envoy calls.
+///
+/// [`open`]: GatedTcp::open
+struct GatedTcp {
+    port: u16,
+    open: Arc<AtomicBool>,
+    received: Arc<AtomicUsize>,
+}
+
+impl GatedTcp {
+    fn start(target: u16) -> GatedTcp {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicUsize::new(0));
+        let (o, r) = (open.clone(), received.clone());
+        thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut client) = c else { continue };
+                let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let (mut client_w, mut server_r) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (o, r) = (o.clone(), r.clone());
+                let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+                // Client to channel, counted as it comes.
+                thread::spawn(move || {
+                    let mut b = [0u8; 16384];
+                    while let Ok(n) = client.read(&mut b) {
+                        if n == 0 || tx.send(b[..n].to_vec()).is_err() {
+                            break;
+                        }
+                        r.fetch_add(n, Ordering::SeqCst);
+                    }
+                });
+                // Channel to server once the gate is open.
+                thread::spawn(move || {
+                    while !o.load(Ordering::SeqCst) {
+                        thread::sleep(Duration::from_millis(10));
+                    }
+                    for chunk in rx {
+                        if server.write_all(&chunk).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server.shutdown(std::net::Shutdown::Write);
+                });
+                // Server to client.
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut server_r, &mut client_w);
+                    let _ = client_w.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        GatedTcp {
+            port,
+            open,
+            received,
+        }
+    }
+
+    /// Bytes the clients sent so far, passed on or held.
+    fn received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
+    }
+
+    fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Writes `req`'s head with a `content-length` of `length` and `body`
+/// (all of it, or its beginning) on a new HTTP/1.1 connection, and
+/// returns the connection without reading.
+fn start_h1(port: u16, req: &Req, length: usize, body: &[u8]) -> TcpStream {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nhost: localhost\r\n",
+        req.method, req.path
+    );
+    for (k, v) in &req.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("content-length: {length}\r\n\r\n"));
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body);
+    c.write_all(&out).unwrap();
+    c
+}
+
+#[test]
+fn held_headers_let_clients_leave_while_the_rate_limit_service_is_asked() {
+    // In hold mode the service is asked after the body (its descriptor
+    // reads it), the headers still held. A client that leaves then, over
+    // HTTP/1.1 (closes) or HTTP/2 (resets its stream, keeps the
+    // connection): nothing goes up, the VM is whole, and the next
+    // requests are asked and decided as usual.
+    let rls = RateLimitService::start(&test_limits(), None);
+    let gate = GatedTcp::start(rls.grpc_port);
+    let up = Recorder::start();
+    let mut cfg = rls_config("deny");
+    cfg["rate_limit_service"]["timeout_ms"] = json!(10000);
+    let e = held(cfg, up.port)
+        .grpc_cluster("ratelimit", gate.port)
+        .start();
+    let calls = || e.stat("cluster.ratelimit.upstream_rq_total").unwrap_or(0);
+    // HTTP/1.1: the whole request, then the client leaves once the call is out.
+    let first = sms("+44 7700 900201");
+    let c = start_h1(e.port, &first, first.body.len(), &first.body);
+    wait_until(10, "the first call", || calls() >= 1 && gate.received() > 0);
+    thread::sleep(Duration::from_millis(200));
+    drop(c);
+    wait_no_active_request(&e);
+    // HTTP/2: a whole request whose stream is reset while its call is out.
+    let h = H2::connect(e.port);
+    let second = sms("+44 7700 900202");
+    let mut o = h
+        .block_on(http2::open(h.client(), &second, &second.body, true))
+        .unwrap();
+    wait_until(10, "the second call", || calls() >= 2);
+    thread::sleep(Duration::from_millis(200));
+    http2::reset(&mut o);
+    wait_no_active_request(&e);
+    assert_nothing_upstream(&up, "requests abandoned during the call");
+    assert_eq!(
+        e.stat("cluster.ratelimit.upstream_rq_completed")
+            .unwrap_or(0),
+        0,
+        "the service answered before the gate opened"
+    );
+    // Nothing decided for them, nothing counted as an error.
+    assert_eq!(decisions(&e), vec![]);
+    e.assert_vm_healthy();
+    // The service answers from now on: the next requests, on the same
+    // HTTP/2 connection and over HTTP/1.1, are asked and go up whole.
+    gate.open();
+    let r = h.send(&sms("+44 7700 900203"), 2, Duration::from_millis(200));
+    assert_eq!((r.status, r.reason()), (200, None), "{}", r.text());
+    let r = e.request(sms("+44 7700 900204"));
+    assert_eq!((r.status, r.reason()), (200, None), "{}", r.text());
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().all(|s| s.whole), "{seen:?}");
+    assert!(String::from_utf8_lossy(&seen[0].body).contains("900203"));
+    assert!(String::from_utf8_lossy(&seen[1].body).contains("900204"));
+    // Limits still hold (2 an hour per number): the third of one number
+    // is refused, and does not go up.
+    for i in 0..2 {
+        let r = e.request(sms("+44 7700 900205"));
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    let r = e.request(sms("+44 7700 900205"));
+    assert_eq!((r.status, r.reason()), (429, Some("rate_limited")));
+    assert_eq!(up.seen().len(), 4);
+    // What the service counted of an abandoned request (Envoy reset the
+    // call; whether the service had counted it first is a race): at most
+    // its one hit, so at least one more of its number is allowed.
+    let r = e.request(sms("+44 7700 900201"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    eprintln!(
+        "abandoned number's second retry: {}",
+        e.request(sms("+44 7700 900201")).status
+    );
+    let d = decisions(&e);
+    let count = |what: &str| -> u64 {
+        d.iter()
+            .filter(|(k, _)| k.contains(what))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    assert_eq!(
+        count(".decision.deny.reason.rate_limited"),
+        1 + u64::from(up.seen().len() == 5),
+        "{d:?}"
+    );
+    assert_eq!(count(".decision."), 7, "{d:?}");
+    assert_eq!(e.stat("appguard_host_errors").unwrap_or(0), 0);
+    assert_no_trap(&e);
+}
+
+#[test]
+fn held_headers_let_clients_leave_while_they_wait_for_keys() {
+    // The headers wait for the request's own JWKS fetch (held at the
+    // gate); one client closes its HTTP/1.1 connection, another resets
+    // its HTTP/2 stream with part of its body sent. Nothing goes up, the
+    // VM is whole, and once the keys come the next requests are decided.
+    let k = ES256KeyPair::generate().with_key_id("k1");
+    let jwks = GatedJwks::start(&k);
+    let up = Recorder::start();
+    let cfg = with_remote_token(config(true, "enforce"));
+    let e = held(cfg, up.port)
+        .http_cluster("jwks", jwks.server.port)
+        .start();
+    wait_until(15, "the background fetch", || jwks.fetches() >= 1);
+    let token = tokens::es256_with(&k, &claims(60, json!({})));
+    let req = |to: &str| keyed_sms(to).header("x-token", &token);
+    // HTTP/1.1, the whole body sent.
+    let first = req("+44 7700 900301");
+    let c = start_h1(e.port, &first, first.body.len(), &first.body);
+    wait_until(15, "the first request's fetch", || jwks.fetches() >= 2);
+    thread::sleep(Duration::from_millis(200));
+    drop(c);
+    wait_no_active_request(&e);
+    // HTTP/2, part of the body sent, the stream reset.
+    let h = H2::connect(e.port);
+    let second = req("+44 7700 900302");
+    let mut o = h
+        .block_on(http2::open(h.client(), &second, &second.body[..10], false))
+        .unwrap();
+    wait_until(15, "the second request's fetch", || jwks.fetches() >= 3);
+    thread::sleep(Duration::from_millis(200));
+    http2::reset(&mut o);
+    wait_no_active_request(&e);
+    assert_nothing_upstream(&up, "requests abandoned while waiting for keys");
+    assert_eq!(decisions(&e), vec![]);
+    e.assert_vm_healthy();
+    // The keys come (to fetches whose requests have gone, and the root's).
+    jwks.open();
+    let r = h.send(&req("+44 7700 900303"), 2, Duration::from_millis(200));
+    assert_eq!((r.status, r.reason()), (200, None), "{}", r.text());
+    let r = e.request(req("+882 1234 5678"));
+    assert_eq!((r.status, r.reason()), (403, Some("phone_denied")));
+    let r = e.request(req("+44 7700 900304"));
+    assert_eq!((r.status, r.reason()), (200, None), "{}", r.text());
+    thread::sleep(Duration::from_millis(300));
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().all(|s| s.whole), "{seen:?}");
+    assert!(String::from_utf8_lossy(&seen[0].body).contains("900303"));
+    assert!(String::from_utf8_lossy(&seen[1].body).contains("900304"));
+    assert_eq!(e.stat("appguard_host_errors").unwrap_or(0), 0);
+    assert_eq!(e.stat("appguard_jwks_fetch_failures").unwrap_or(0), 0);
+    assert_no_trap(&e);
+}

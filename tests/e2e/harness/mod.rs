@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod http2;
 pub mod services;
 pub mod tokens;
 pub mod upstream;
