@@ -256,6 +256,12 @@ impl GuardFilter {
                         // keys or the rate-limit service: Envoy holds it.
                         return self.on_held_body_end();
                     }
+                    if self.body_buffered > 0 {
+                        // Part of it went by while they waited: one
+                        // already over `max_body_bytes` is refused now,
+                        // not when (if ever) the client sends more.
+                        return self.on_body(self.body_buffered, false);
+                    }
                     if !self.body_while_paused {
                         worker.held.borrow_mut().held(self.context_id, now_millis());
                     }

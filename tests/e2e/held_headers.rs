@@ -1273,6 +1273,35 @@ fn start_h1(port: u16, req: &Req, length: usize, body: &[u8]) -> TcpStream {
     c
 }
 
+/// The status and `x-appguard-reason` of the response on `c` (`(0, "")`
+/// when none comes within `secs`).
+fn read_status(c: &mut TcpStream, secs: u64) -> (u16, String) {
+    c.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
+    let mut resp = Vec::new();
+    let mut b = [0u8; 8192];
+    while !resp.windows(4).any(|w| w == b"\r\n\r\n") {
+        match c.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => resp.extend_from_slice(&b[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let reason = text
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-appguard-reason")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, reason)
+}
+
 #[test]
 fn held_headers_let_clients_leave_while_the_rate_limit_service_is_asked() {
     // In hold mode the service is asked after the body (its descriptor
@@ -1415,5 +1444,64 @@ fn held_headers_let_clients_leave_while_they_wait_for_keys() {
     assert!(String::from_utf8_lossy(&seen[1].body).contains("900304"));
     assert_eq!(e.stat("appguard_host_errors").unwrap_or(0), 0);
     assert_eq!(e.stat("appguard_jwks_fetch_failures").unwrap_or(0), 0);
+    assert_no_trap(&e);
+}
+
+#[test]
+fn held_headers_refuse_a_body_over_max_body_bytes_that_came_while_they_waited_for_keys() {
+    // The body, or enough of it to be over the limit, came while the
+    // headers waited for keys: refused 413 once they are in, without
+    // waiting for more of it (a client may send no more before it has
+    // an answer), and nothing goes up.
+    let k = ES256KeyPair::generate().with_key_id("k1");
+    let jwks = GatedJwks::start(&k);
+    let up = Recorder::start();
+    let mut cfg = with_remote_token(config(true, "enforce"));
+    cfg["max_body_bytes"] = json!(64);
+    let e = held(cfg, up.port)
+        .http_cluster("jwks", jwks.server.port)
+        .start();
+    wait_until(15, "the background fetch", || jwks.fetches() >= 1);
+    let token = tokens::es256_with(&k, &claims(60, json!({})));
+    let big = Req::post_json(
+        "/sms",
+        &format!(
+            r#"{{"to": "+44 7700 900123", "pad": "{}"}}"#,
+            "a".repeat(200)
+        ),
+    )
+    .header("x-api-key", KEY)
+    .header("x-token", &token);
+    // Over HTTP/1.1: 100 bytes of a 230-byte body; over HTTP/2, 100
+    // bytes in a DATA frame without END_STREAM; and a whole one.
+    let mut partial = start_h1(e.port, &big, big.body.len(), &big.body[..100]);
+    let mut whole = start_h1(e.port, &big, big.body.len(), &big.body);
+    let h = H2::connect(e.port);
+    let o = h
+        .block_on(http2::open(h.client(), &big, &big.body[..100], false))
+        .unwrap();
+    wait_until(15, "the requests' fetches", || jwks.fetches() >= 4);
+    thread::sleep(Duration::from_millis(300));
+    jwks.open();
+    assert_eq!(
+        read_status(&mut whole, 10),
+        (413, "body_too_large".to_owned())
+    );
+    assert_eq!(
+        read_status(&mut partial, 5),
+        (413, "body_too_large".to_owned()),
+        "the part over the limit, no more to come"
+    );
+    let r = h.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), http2::read(o.response)).await
+    });
+    let r = r.expect("no answer over HTTP/2 within 5 s").unwrap();
+    assert_eq!((r.status, r.reason()), (413, Some("body_too_large")));
+    assert_nothing_upstream(&up, "bodies over the limit");
+    // One within the limit goes up.
+    let r = e.request(keyed_sms("+44 7700 900123").header("x-token", &token));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.seen().len(), 1);
+    assert_eq!(e.stat("appguard_host_errors").unwrap_or(0), 0);
     assert_no_trap(&e);
 }
