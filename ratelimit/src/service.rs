@@ -634,7 +634,9 @@ impl RateLimiter {
                 rolling,
             });
             let allowed = u64::from(requests_per_unit);
-            rules.push(if limit.shadow_mode {
+            rules.push(if limit.shadow_mode && limit.quota_mode {
+                Refuses::InQuotaNever
+            } else if limit.shadow_mode {
                 Refuses::Never
             } else if limit.quota_mode {
                 Refuses::InQuota(allowed)

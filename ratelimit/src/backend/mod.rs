@@ -59,6 +59,10 @@ pub enum Refuses {
     /// A quota-mode limit with this `requests_per_unit`: refuses the call
     /// only when every quota-mode counter of the call would exceed its own.
     InQuota(u64),
+    /// A quota-mode limit in shadow mode: one of the call's quota-mode
+    /// limits (step 5 counts it) that is never over, so a call with one is
+    /// never refused for quota.
+    InQuotaNever,
 }
 
 /// Whether a call is refused, given each counter's rule and its count
@@ -76,6 +80,7 @@ pub fn is_refused(rules: &[Refuses], after: &[u64]) -> bool {
                     return true;
                 }
             }
+            Refuses::InQuotaNever => quota += 1,
             Refuses::InQuota(limit) => {
                 quota += 1;
                 if count > limit {

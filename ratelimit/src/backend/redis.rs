@@ -120,6 +120,7 @@ for i = 1, n do
     quota = quota + 1
     if would[i] > limit then quota_over = quota_over + 1 end
   end
+  if rule == 3 then quota = quota + 1 end
 end
 local refused = alone_over or (quota > 0 and quota == quota_over)
 local out = { refused and 1 or 0 }
@@ -141,6 +142,10 @@ for i = 1, n do
       redis.call('EXPIRE', KEYS[i], window)
     end
   end
+  -- Lua numbers are doubles, and a double of 2^63 or more comes back as
+  -- i64::MIN: cap what is answered (any count this high is over any
+  -- u32 limit, and stays over).
+  if count > 9007199254740992 then count = 9007199254740992 end
   out[#out + 1] = count
   if rolling then
     out[#out + 1] = redis.call('PTTL', KEYS[i])
@@ -481,6 +486,7 @@ impl RedisBackend {
                 Refuses::Never => (0u8, 0u64),
                 Refuses::Alone(limit) => (1, limit),
                 Refuses::InQuota(limit) => (2, limit),
+                Refuses::InQuotaNever => (3, 0),
             };
             cmd.arg(item.hits)
                 .arg(item.window_seconds)
