@@ -1227,6 +1227,132 @@ descriptors:
         assert_eq!(r.statuses[0].limit_remaining, 0);
     }
 
+    // ---- review probes (stop_increment_when_over_limit) ----
+
+    const PROBE: &str = r#"
+domain: appguard
+descriptors:
+  - key: ip
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: zero
+    rate_limit: {unit: minute, requests_per_unit: 0}
+  - key: trial
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: q1
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: q2
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: qs
+    quota_mode: true
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 5}
+  - key: free
+    rate_limit: {unlimited: true}
+  - key: roll
+    rate_limit: {unit: hour, requests_per_unit: 2, rolling: true}
+  - key: old
+    rate_limit: {unit: minute, requests_per_unit: 3, name: old}
+  - key: vip
+    rate_limit: {unit: minute, requests_per_unit: 10, replaces: [{name: old}]}
+"#;
+
+    /// A limit both in quota mode and in shadow mode (the config accepts
+    /// it) takes part in step 5's quota count but can never be over, so a
+    /// call with one is never refused for quota; the refusal rule treats
+    /// it as `Never` and leaves it out, so the other quota-mode limit
+    /// alone refuses the call: answered OK, nothing counted.
+    #[tokio::test]
+    async fn probe_stop_increment_shadow_quota_limit_answer_ok_must_count() {
+        let l = limiter_with(PROBE, stopping());
+        let call = request(
+            "appguard",
+            vec![descriptor(&[("q1", "a")]), descriptor(&[("qs", "a")])],
+        );
+        for _ in 0..2 {
+            let r = ask(&l, &call, NOW).await;
+            assert_eq!(r.overall_code, Code::Ok as i32, "step 5 answers OK");
+        }
+        let mut qs = descriptor(&[("qs", "a")]);
+        qs.hits_addend = Some(UInt64Value { value: 0 });
+        let r = ask(&l, &request("appguard", vec![qs]), NOW).await;
+        // Two calls answered OK: 2 of 5 used, 3 left.
+        assert_eq!(
+            r.statuses[0].limit_remaining, 3,
+            "a call answered OK counted nothing"
+        );
+        assert_eq!(l.stats().snapshot().over_limit_not_counted, 0);
+    }
+
+    /// The rule the option promises, over many mixed calls: each answer
+    /// with the option is the answer the calls counted so far would get
+    /// without it, a call answered OVER_LIMIT counts nothing, and one
+    /// answered OK counts.
+    #[tokio::test]
+    async fn probe_stop_increment_agrees_with_the_answer_for_every_mix() {
+        let variants: Vec<RateLimitDescriptor> = {
+            let mut v = vec![
+                descriptor(&[("ip", "a")]),
+                descriptor(&[("zero", "z")]),
+                descriptor(&[("trial", "t")]),
+                descriptor(&[("q1", "a")]),
+                descriptor(&[("q2", "a")]),
+                descriptor(&[("qs", "a")]),
+                descriptor(&[("free", "x")]),
+                descriptor(&[("nomatch", "x")]),
+                descriptor(&[("roll", "r")]),
+                descriptor(&[("old", "o")]),
+                descriptor(&[("vip", "v")]),
+            ];
+            for (key, hits) in [("ip", 0), ("ip", 2), ("q1", 0), ("q2", 3), ("roll", 0)] {
+                let mut d = descriptor(&[(key, if key == "roll" { "r" } else { "a" })]);
+                d.hits_addend = Some(UInt64Value { value: hits });
+                v.push(d);
+            }
+            v
+        };
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for round in 0..40 {
+            let a = limiter_with(PROBE, stopping());
+            let mut counted: Vec<RateLimitRequest> = Vec::new();
+            for step in 0..12 {
+                let len = 1 + next(3);
+                let call = request(
+                    "appguard",
+                    (0..len)
+                        .map(|_| variants[next(variants.len())].clone())
+                        .collect(),
+                );
+                let b = limiter_with(PROBE, ServiceOptions::default());
+                for c in &counted {
+                    ask(&b, c, NOW).await;
+                }
+                let expected = ask(&b, &call, NOW).await;
+                let before = a.stats().snapshot().over_limit_not_counted;
+                let got = ask(&a, &call, NOW).await;
+                let refused = a.stats().snapshot().over_limit_not_counted > before;
+                let what = format!("round {round} step {step}: {:?}", call.descriptors);
+                assert_eq!(got, expected, "{what}");
+                assert_eq!(
+                    refused,
+                    got.overall_code == Code::OverLimit as i32,
+                    "counted iff answered OK: {what}"
+                );
+                if !refused {
+                    counted.push(call);
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn global_shadow_mode_reports_ok() {
         let l = limiter_with(
