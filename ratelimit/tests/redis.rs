@@ -699,3 +699,80 @@ async fn with_stop_increment_refused_calls_leave_redis_untouched() {
     let count: i64 = conn.get(key).unwrap();
     assert_eq!(count, 1);
 }
+
+// ---- review probes (--stop-increment-when-over-limit) ----
+
+/// The service with `yaml` as its only config, counting in `redis`, with
+/// `--stop-increment-when-over-limit`.
+fn stopping_with(redis: &Redis, yaml: &str) -> (Service, tempfile::NamedTempFile) {
+    use std::io::Write;
+    let mut file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    file.write_all(yaml.as_bytes()).unwrap();
+    let args = vec![
+        "--config".to_owned(),
+        file.path().display().to_string(),
+        "--redis".to_owned(),
+        redis.url(),
+        "--redis-timeout-ms".to_owned(),
+        "500".to_owned(),
+        "--stop-increment-when-over-limit".to_owned(),
+    ];
+    (Service::start_healthy(&strs(&args)), file)
+}
+
+/// Through the Lua script: a quota-mode limit in shadow mode keeps the
+/// call from being refused for quota (step 5), so the call is answered OK
+/// and must count.
+#[tokio::test]
+async fn probe_with_stop_increment_a_shadow_quota_limit_answered_ok_counts_in_redis() {
+    let redis = Redis::start();
+    let (service, _file) = stopping_with(
+        &redis,
+        "domain: d\ndescriptors:\n  - key: q1\n    quota_mode: true\n    rate_limit: {unit: hour, requests_per_unit: 1}\n  - key: qs\n    quota_mode: true\n    shadow_mode: true\n    rate_limit: {unit: hour, requests_per_unit: 5}\n",
+    );
+    let mut client = service.client().await;
+    avoid_window_edge(HOUR, 30);
+    let call = request(
+        "d",
+        vec![descriptor(&[("q1", "a")]), descriptor(&[("qs", "a")])],
+    );
+    for _ in 0..2 {
+        assert_eq!(ask(&mut client, &call).await.overall_code, Code::Ok as i32);
+    }
+    let now = unix_now();
+    let key = format!("1:d_2:q1=1:a_hour_{}", now - now % HOUR);
+    let mut conn = redis.conn();
+    let count: Option<i64> = conn.get(&key).unwrap();
+    assert_eq!(count, Some(2), "a call answered OK counted nothing");
+}
+
+/// A counter near `i64::MAX` (Lua 5.1 numbers are doubles; a double of
+/// 2^63 comes back from `EVAL` as `i64::MIN`): the script refuses the
+/// call, and the count it reports for the refused call reads as 0, so the
+/// answer is OK while nothing was counted.
+#[tokio::test]
+async fn probe_with_stop_increment_a_huge_count_is_not_answered_ok() {
+    let redis = Redis::start();
+    let mut args = redis_args(&redis);
+    args.push("--stop-increment-when-over-limit".to_owned());
+    let service = Service::start_healthy(&strs(&args));
+    let mut client = service.client().await;
+    avoid_window_edge(HOUR, 30);
+    let now = unix_now();
+    let key = format!(
+        "8:appguard_9:client_ip=9:192.0.2.9_hour_{}",
+        now - now % HOUR
+    );
+    let mut conn = redis.conn();
+    let _: () = conn.set(&key, i64::MAX - 100).unwrap();
+    let req = request("appguard", vec![descriptor(&[("client_ip", "192.0.2.9")])]);
+    let r = client.should_rate_limit(req).await;
+    if let Ok(r) = r {
+        let r = r.into_inner();
+        assert_eq!(
+            r.overall_code,
+            Code::OverLimit as i32,
+            "a counter at i64::MAX - 100 answered {r:?}"
+        );
+    }
+}
