@@ -776,3 +776,154 @@ async fn probe_with_stop_increment_a_huge_count_is_not_answered_ok() {
         );
     }
 }
+
+const PROBE: &str = r#"
+domain: appguard
+descriptors:
+  - key: ip
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: zero
+    rate_limit: {unit: minute, requests_per_unit: 0}
+  - key: trial
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: q1
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: q2
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: qs
+    quota_mode: true
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 5}
+  - key: free
+    rate_limit: {unlimited: true}
+  - key: roll
+    rate_limit: {unit: hour, requests_per_unit: 2, rolling: true}
+  - key: old
+    rate_limit: {unit: minute, requests_per_unit: 3, name: old}
+  - key: vip
+    rate_limit: {unit: minute, requests_per_unit: 10, replaces: [{name: old}]}
+"#;
+
+/// The Lua script against the rule the option promises, over many mixed
+/// calls (quota mode, shadow mode, checks, per-descriptor hits, a key twice,
+/// unlimited, unmatched and replaced descriptors): each answer is the one
+/// the calls counted so far give without the option (the in-memory store
+/// as reference), and a call counts exactly when it is answered OK.
+#[tokio::test]
+async fn probe_with_stop_increment_the_script_agrees_with_the_answer_for_every_mix() {
+    use appguard_ratelimit::backend::{Backend, MemoryBackend, RedisBackend};
+    use appguard_ratelimit::config::RateLimitConfig;
+    use appguard_ratelimit::service::{RateLimiter, ServiceOptions, Stats};
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+    use std::sync::Arc;
+
+    let redis = Redis::start();
+    let mut conn = redis.conn();
+    let config = Arc::new(
+        RateLimitConfig::from_sources(&[("p.yaml".to_owned(), PROBE.to_owned())])
+            .unwrap()
+            .0,
+    );
+    let memory = |options| {
+        RateLimiter::new(
+            Arc::clone(&config),
+            Arc::new(Backend::Memory(MemoryBackend::new(1000))),
+            options,
+            Arc::new(Stats::default()),
+        )
+    };
+    let variants: Vec<RateLimitDescriptor> = {
+        let mut v: Vec<RateLimitDescriptor> = [
+            ("ip", "a"),
+            ("zero", "z"),
+            ("trial", "t"),
+            ("q1", "a"),
+            ("q2", "a"),
+            ("qs", "a"),
+            ("free", "x"),
+            ("nomatch", "x"),
+            ("roll", "r"),
+            ("old", "o"),
+            ("vip", "v"),
+        ]
+        .iter()
+        .map(|e| descriptor(&[*e]))
+        .collect();
+        for (key, value, hits) in [
+            ("ip", "a", 0),
+            ("ip", "a", 2),
+            ("q1", "a", 0),
+            ("q2", "a", 3),
+            ("roll", "r", 0),
+        ] {
+            let mut d = descriptor(&[(key, value)]);
+            d.hits_addend = Some(UInt64Value { value: hits });
+            v.push(d);
+        }
+        v
+    };
+    let shape = |r: &RateLimitResponse| {
+        (
+            r.overall_code,
+            r.statuses
+                .iter()
+                .map(|s| (s.code, s.limit_remaining))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    avoid_window_edge(60, 20);
+    let now = unix_now();
+    for round in 0..25 {
+        let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
+        let a = RateLimiter::new(
+            Arc::clone(&config),
+            Arc::new(Backend::Redis(Box::new(
+                RedisBackend::new(&redis.url(), Duration::from_millis(500)).unwrap(),
+            ))),
+            ServiceOptions {
+                stop_increment_when_over_limit: true,
+                ..Default::default()
+            },
+            Arc::new(Stats::default()),
+        );
+        let mut counted: Vec<RateLimitRequest> = Vec::new();
+        for step in 0..10 {
+            let len = 1 + next(3);
+            let call = request(
+                "appguard",
+                (0..len)
+                    .map(|_| variants[next(variants.len())].clone())
+                    .collect(),
+            );
+            let b = memory(ServiceOptions::default());
+            for c in &counted {
+                b.should_rate_limit(c, now).await.unwrap();
+            }
+            let expected = b.should_rate_limit(&call, now).await.unwrap();
+            let before = a.stats().snapshot().over_limit_not_counted;
+            let got = a.should_rate_limit(&call, now).await.unwrap();
+            let refused = a.stats().snapshot().over_limit_not_counted > before;
+            let what = format!("round {round} step {step}: {:?}", call.descriptors);
+            assert_eq!(shape(&got), shape(&expected), "{what}");
+            assert_eq!(
+                refused,
+                got.overall_code == Code::OverLimit as i32,
+                "counted iff answered OK: {what}"
+            );
+            if !refused {
+                counted.push(call);
+            }
+        }
+    }
+}
