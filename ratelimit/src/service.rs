@@ -1227,7 +1227,7 @@ descriptors:
         assert_eq!(r.statuses[0].limit_remaining, 0);
     }
 
-    // ---- review probes (stop_increment_when_over_limit) ----
+    // ---- stop_increment_when_over_limit: the answer and what is counted agree ----
 
     const PROBE: &str = r#"
 domain: appguard
@@ -1265,7 +1265,7 @@ descriptors:
     /// it as `Never` and leaves it out, so the other quota-mode limit
     /// alone refuses the call: answered OK, nothing counted.
     #[tokio::test]
-    async fn probe_stop_increment_shadow_quota_limit_answer_ok_must_count() {
+    async fn with_stop_increment_a_shadow_quota_limit_answered_ok_counts() {
         let l = limiter_with(PROBE, stopping());
         let call = request(
             "appguard",
@@ -1291,7 +1291,7 @@ descriptors:
     /// without it, a call answered OVER_LIMIT counts nothing, and one
     /// answered OK counts.
     #[tokio::test]
-    async fn probe_stop_increment_agrees_with_the_answer_for_every_mix() {
+    async fn with_stop_increment_the_answer_agrees_with_what_is_counted_for_every_mix() {
         let variants: Vec<RateLimitDescriptor> = {
             let mut v = vec![
                 descriptor(&[("ip", "a")]),

@@ -700,7 +700,7 @@ async fn with_stop_increment_refused_calls_leave_redis_untouched() {
     assert_eq!(count, 1);
 }
 
-// ---- review probes (--stop-increment-when-over-limit) ----
+// ---- --stop-increment-when-over-limit: the script and the answer agree ----
 
 /// The service with `yaml` as its only config, counting in `redis`, with
 /// `--stop-increment-when-over-limit`.
@@ -724,7 +724,7 @@ fn stopping_with(redis: &Redis, yaml: &str) -> (Service, tempfile::NamedTempFile
 /// call from being refused for quota (step 5), so the call is answered OK
 /// and must count.
 #[tokio::test]
-async fn probe_with_stop_increment_a_shadow_quota_limit_answered_ok_counts_in_redis() {
+async fn with_stop_increment_a_shadow_quota_limit_answered_ok_counts_in_redis() {
     let redis = Redis::start();
     let (service, _file) = stopping_with(
         &redis,
@@ -751,7 +751,7 @@ async fn probe_with_stop_increment_a_shadow_quota_limit_answered_ok_counts_in_re
 /// call, and the count it reports for the refused call reads as 0, so the
 /// answer is OK while nothing was counted.
 #[tokio::test]
-async fn probe_with_stop_increment_a_huge_count_is_not_answered_ok() {
+async fn with_stop_increment_a_huge_count_is_not_answered_ok() {
     let redis = Redis::start();
     let mut args = redis_args(&redis);
     args.push("--stop-increment-when-over-limit".to_owned());
@@ -813,7 +813,7 @@ descriptors:
 /// the calls counted so far give without the option (the in-memory store
 /// as reference), and a call counts exactly when it is answered OK.
 #[tokio::test]
-async fn probe_with_stop_increment_the_script_agrees_with_the_answer_for_every_mix() {
+async fn with_stop_increment_the_script_agrees_with_the_answer_for_every_mix() {
     use appguard_ratelimit::backend::{Backend, MemoryBackend, RedisBackend};
     use appguard_ratelimit::config::RateLimitConfig;
     use appguard_ratelimit::service::{RateLimiter, ServiceOptions, Stats};
