@@ -112,6 +112,7 @@ pub struct Cli {
     /// limit (its IP's) stops spending the call's other limits (an API
     /// key's, a phone number's). envoyproxy/ratelimit's
     /// STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT; off by default, as there.
+    /// No effect with --shadow-mode.
     #[arg(long)]
     pub stop_increment_when_over_limit: bool,
 

@@ -14,6 +14,17 @@
 //! the other counters of the batch are counted, while the call is answered
 //! UNAVAILABLE.
 //!
+//! With `--stop-increment-when-over-limit` a batch is one script instead
+//! ([`STOP_WHEN_REFUSED_SCRIPT`], sent with `EVAL`): it reads every
+//! counter, and counts (the same commands) only if the call is not
+//! refused. A key that holds no string (`WRONGTYPE`) stops it at the
+//! first read, before any write; an `INCRBY` that fails halfway leaves the
+//! earlier counters counted, as the transaction does. The reads take a
+//! stored value as Lua's `tonumber` does (`" 5"` or `1e3` as numbers,
+//! where `INCRBY` would refuse them; a negative count as 0): only another
+//! writer of the keys can store such values, and the answer still agrees
+//! with what is counted.
+//!
 //! TLS (`rediss://`) is not built in: the `redis` crate is built without
 //! its TLS features, and [`RedisBackend::new`] refuses such a URL (see
 //! [`check_url`]).
