@@ -390,26 +390,31 @@ pub struct RateLimit {
 
 /// A wildcard child of a node: its map key and that key split on `*`.
 #[derive(Debug, Clone)]
-pub(crate) struct WildcardEntry {
+pub struct WildcardEntry {
     /// The child's map key (`key` or `key_value`, containing `*`).
-    pub(crate) key: String,
+    pub key: String,
     /// `key` split on `*`.
-    pub(crate) parts: Vec<String>,
+    pub parts: Vec<String>,
 }
 
 /// A node of the matching tree: a domain root or a descriptor entry.
+///
+/// Public, read-only through [`RateLimitConfig::domain_root`], so that a
+/// tool can reason about descriptors whose values are not known yet (the
+/// operator CLI's `check-config --ratelimit-config`) by the same tree
+/// [`RateLimitConfig::get_limit`] walks.
 #[derive(Debug, Default)]
-pub(crate) struct Node {
+pub struct Node {
     /// Children by `key_value` (entry with a value) or `key` (key only), as
     /// envoyproxy/ratelimit keys them.
-    pub(crate) children: HashMap<String, Node>,
+    pub children: HashMap<String, Node>,
     /// Children whose map key contains `*`, in file order.
-    pub(crate) wildcards: Vec<WildcardEntry>,
+    pub wildcards: Vec<WildcardEntry>,
     /// The limit of this node, if it has one.
-    pub(crate) limit: Option<Arc<RateLimit>>,
+    pub limit: Option<Arc<RateLimit>>,
     /// `share_threshold: true` (only allowed on wildcard nodes): the node's
     /// map key, whose value part replaces the request value in counter keys.
-    pub(crate) share_threshold_pattern: Option<String>,
+    pub share_threshold_pattern: Option<String>,
 }
 
 /// The loaded configuration: one tree per domain.
@@ -481,6 +486,18 @@ impl RateLimitConfig {
             config.domains.insert(domain, node);
         }
         Ok((config, warnings))
+    }
+
+    /// The root of `domain`'s matching tree, `None` for an unknown domain:
+    /// for tools that reason about descriptors [`Self::get_limit`] would
+    /// be asked about (the operator CLI's `check-config`).
+    pub fn domain_root(&self, domain: &str) -> Option<&Node> {
+        self.domains.get(domain)
+    }
+
+    /// The file that defines `domain`, as it was named when loaded.
+    pub fn domain_file(&self, domain: &str) -> Option<&str> {
+        self.files.get(domain).map(String::as_str)
     }
 
     /// The configured domains, sorted.
