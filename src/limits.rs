@@ -321,6 +321,27 @@ pub struct EntrySpec {
     pub source: Source,
 }
 
+impl EntrySpec {
+    /// The entry's value when the configuration fixes it (the route's name
+    /// for `route`, the literal of `value`), as `policy` sends it;
+    /// `None` when each request brings its own. For tools that check a
+    /// rate-limit service's configuration against the descriptors
+    /// (`appguard-cli check-config --ratelimit-config`).
+    pub fn fixed_value<'a>(&'a self, route: &'a str) -> Option<&'a str> {
+        match &self.source {
+            Source::Route => Some(route),
+            Source::Value(v) => Some(v),
+            Source::ClientIp { .. }
+            | Source::ApiKey
+            | Source::App
+            | Source::Platform
+            | Source::Header(_)
+            | Source::Claim(_)
+            | Source::Body { .. } => None,
+        }
+    }
+}
+
 /// A limit enforced inside the Envoy instance (no service needed): a token
 /// bucket of `requests` tokens refilled over `per`, shared by the workers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -1282,6 +1303,32 @@ mod tests {
     use crate::store::MemStore;
 
     const SALT: BucketSalt = BucketSalt::new([1; 16]);
+
+    #[test]
+    fn fixed_values_are_the_route_name_and_literals_only() {
+        let json = r#"{"rate_limit_service":{"cluster":"rls","domain":"d"},
+            "routes":[{"name":"sms","match":{"path":"/sms"},"rate_limits":[
+            {"name":"r","entries":[{"type":"route","key":"where"},
+                {"type":"value","key":"rule","value":"burst"},
+                {"type":"client_ip"},{"type":"header","name":"x-tenant"},
+                {"type":"body","pointer":"/to"}]}]}]}"#;
+        let config = crate::config::Config::from_json(json.as_bytes()).unwrap();
+        let entries = &config.routes[0].rate_limits[0].entries;
+        let fixed: Vec<(&str, Option<&str>)> = entries
+            .iter()
+            .map(|e| (e.key.as_str(), e.fixed_value("sms")))
+            .collect();
+        assert_eq!(
+            fixed,
+            [
+                ("where", Some("sms")),
+                ("rule", Some("burst")),
+                ("client_ip", None),
+                ("x-tenant", None),
+                ("body", None),
+            ]
+        );
+    }
 
     #[test]
     fn leases_add_up_and_expire_with_the_earliest_window() {
