@@ -19,6 +19,7 @@ pub mod fingerprint;
 pub mod install_key;
 pub mod mint;
 pub mod pem;
+pub mod service_limits;
 pub mod sign;
 
 pub use error::CliError;

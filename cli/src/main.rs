@@ -14,7 +14,7 @@ use appguard::token::keys::Alg;
 use appguard_cli::error::{read_capped, read_file, read_text, Limit};
 use appguard_cli::install_key::{self, KeyType};
 use appguard_cli::mint::{self, SigningMaterial, TokenSpec};
-use appguard_cli::{check, fingerprint, pem, sign, CliError};
+use appguard_cli::{check, fingerprint, pem, service_limits, sign, CliError};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use serde_json::Value;
 
@@ -32,10 +32,18 @@ struct Cli {
 enum Command {
     /// Validate an appguard configuration (JSON or YAML), an Envoy
     /// configuration with appguard filters, or an Istio WasmPlugin, exactly
-    /// as the filter would. Exit 0 valid, 1 refused, 2 unreadable.
+    /// as the filter would; with --ratelimit-config, also whether the
+    /// rate-limit service has a limit for each descriptor it is sent.
+    /// Exit 0 valid (warnings included), 1 refused, 2 unreadable.
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+        /// The rate-limit service's configuration (envoyproxy/ratelimit
+        /// YAML: a file, or a directory of .yaml/.yml files; repeatable, as
+        /// the service's --config): warn of every service rule and
+        /// replay descriptor it has no limit for.
+        #[arg(long = "ratelimit-config", value_name = "FILE_OR_DIR")]
+        ratelimit_config: Vec<PathBuf>,
     },
     /// Print the SHA-256 of an API key, as `api_keys.keys[].sha256` wants it.
     /// Without KEY, reads keys from standard input, one per line (keeps them
@@ -254,7 +262,10 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode, CliError> {
     match command {
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig {
+            file,
+            ratelimit_config,
+        } => check_config(&file, &ratelimit_config),
         Command::HashKey { key, extra } => {
             if !extra.is_empty() {
                 return Err(CliError::input(format!(
@@ -322,8 +333,24 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
     }
 }
 
-fn check_config(file: &Path) -> Result<ExitCode, CliError> {
-    let report = check::check_file(file)?;
+fn check_config(file: &Path, ratelimit: &[PathBuf]) -> Result<ExitCode, CliError> {
+    let mut report = check::check_file(file)?;
+    if !ratelimit.is_empty() {
+        let loaded = service_limits::load(ratelimit)?;
+        for w in &loaded.warnings {
+            if w.path.is_empty() {
+                err!("{}: warning: {}", w.file, w.message);
+            } else {
+                err!("{}: warning: {}: {}", w.file, w.path, w.message);
+            }
+        }
+        for c in &mut report.configs {
+            if let Ok(config) = &c.result {
+                c.notes
+                    .extend(service_limits::check(config, &loaded.config));
+            }
+        }
+    }
     let name = file.display();
     let at = |location: &str| {
         if location.is_empty() {

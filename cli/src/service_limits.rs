@@ -1,0 +1,708 @@
+//! `check-config --ratelimit-config`: whether the rate-limit service's YAML
+//! has a limit for every descriptor the configuration sends it.
+//!
+//! A service rule (a `rate_limits[]` entry without `local`) and a
+//! `replay.scope: service` provider each send a descriptor to the domain
+//! `rate_limit_service.domain`. When no limit of the service's YAML matches
+//! it, the service answers OK without counting: the rule limits nothing,
+//! and the filter only notices at run time ("no limit for rule").
+//!
+//! The YAML is loaded by the service's own loader
+//! ([`RateLimitConfig::load_paths`]), so it is accepted or refused as the
+//! service would. Each descriptor is then walked down the service's
+//! matching tree by its rules ([`RateLimitConfig::get_limit`]: the exact
+//! `key_value` child, else the first wildcard child that matches, else the
+//! key-only child; the limit is the one on the node the last entry
+//! reaches). An entry whose value the configuration fixes (`route`,
+//! `value`) is walked with that value; one that takes one of a few known
+//! values (`app`, `platform`, `api_key`) with each of them; one whose value
+//! each request brings (client IP, header, claim, body) follows both the
+//! branch most values take (a wildcard taking every value, or the key-only
+//! child) and the branches only some values take (an exact value, a
+//! wildcard with a prefix), which are reported as covering some values
+//! only.
+//!
+//! Findings are warnings, as the filter's advisories are: the
+//! configurations still load, and the exit status stays 0.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use appguard::config::{Config, Route};
+use appguard::limits::{RateLimit as Rule, Source};
+use appguard::token::ReplayScope;
+use appguard_ratelimit::config::{
+    ConfigError, Loaded, Node, Quota, RateLimit as Limit, RateLimitConfig,
+};
+use appguard_ratelimit::matching::wildcard_match;
+
+use crate::CliError;
+
+/// Loads the rate-limit configuration from `paths` exactly as the service's
+/// `--config` does. A path that cannot be read is an input error (exit 2),
+/// a file the service refuses an invalid one (exit 1).
+pub fn load(paths: &[PathBuf]) -> Result<Loaded, CliError> {
+    RateLimitConfig::load_paths(paths).map_err(|e| match e {
+        ConfigError::NoConfig | ConfigError::Read { .. } | ConfigError::EmptyDirectory { .. } => {
+            CliError::input(e.to_string())
+        }
+        _ => CliError::invalid(format!("the rate-limit service refuses it: {e}")),
+    })
+}
+
+/// What a descriptor entry's value can be, as far as the configuration
+/// tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryValue {
+    /// Fixed by the configuration: the route's name, a `value` literal.
+    Fixed(String),
+    /// One of these, all known from the configuration: the ids of the apps
+    /// or API keys a route accepts, their platforms.
+    OneOf(Vec<String>),
+    /// Brought by each request: a client IP, a header, a claim, a body
+    /// value, a token id's hash.
+    PerRequest,
+}
+
+/// One entry of a descriptor as the configuration shapes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeEntry {
+    /// The descriptor key.
+    pub key: String,
+    /// Its value.
+    pub value: EntryValue,
+}
+
+/// The most combinations of known values checked for one descriptor;
+/// beyond it the entry with the most values counts as chosen per request.
+const MAX_COMBINATIONS: usize = 4096;
+
+/// The descriptor `rule` of `route` sends, with what the configuration
+/// says of each value.
+pub fn rule_shape(config: &Config, route: &Route, rule: &Rule) -> Vec<ShapeEntry> {
+    let apps = || {
+        config
+            .apps
+            .iter()
+            .filter(move |a| route.platforms.is_empty() || route.platforms.contains(&a.platform))
+    };
+    let one_of = |mut values: Vec<String>| {
+        values.sort();
+        values.dedup();
+        if values.is_empty() {
+            EntryValue::PerRequest
+        } else {
+            EntryValue::OneOf(values)
+        }
+    };
+    let mut shape: Vec<ShapeEntry> = rule
+        .entries
+        .iter()
+        .map(|e| {
+            let value = match (e.fixed_value(&route.name), &e.source) {
+                (Some(v), _) => EntryValue::Fixed(v.to_owned()),
+                (None, Source::App) => one_of(apps().map(|a| a.id.clone()).collect()),
+                (None, Source::Platform) => {
+                    one_of(apps().map(|a| a.platform.as_str().to_owned()).collect())
+                }
+                (None, Source::ApiKey) => one_of(
+                    config
+                        .api_keys
+                        .keys
+                        .iter()
+                        .filter(|k| {
+                            !k.disabled && (k.routes.is_empty() || k.routes.contains(&route.name))
+                        })
+                        .map(|k| k.id.clone())
+                        .collect(),
+                ),
+                (None, _) => EntryValue::PerRequest,
+            };
+            ShapeEntry {
+                key: e.key.clone(),
+                value,
+            }
+        })
+        .collect();
+    bound(&mut shape);
+    shape
+}
+
+/// Turns the largest lists of known values into per-request values until
+/// at most [`MAX_COMBINATIONS`] combinations remain.
+fn bound(shape: &mut [ShapeEntry]) {
+    loop {
+        let count = |e: &ShapeEntry| match &e.value {
+            EntryValue::OneOf(v) => v.len(),
+            _ => 1,
+        };
+        let total = shape
+            .iter()
+            .map(count)
+            .try_fold(1usize, |acc, n| acc.checked_mul(n));
+        if total.is_some_and(|t| t <= MAX_COMBINATIONS) {
+            return;
+        }
+        match shape.iter_mut().max_by_key(|e| count(e)) {
+            Some(e) => e.value = EntryValue::PerRequest,
+            None => return,
+        }
+    }
+}
+
+/// `[route=sms, phone=<per request>]`: keys, and only the values the
+/// configuration fixes (never a request's).
+pub fn describe(shape: &[ShapeEntry]) -> String {
+    let parts: Vec<String> = shape
+        .iter()
+        .map(|e| match &e.value {
+            EntryValue::Fixed(v) => format!("{}={v}", e.key),
+            _ => format!("{}=<per request>", e.key),
+        })
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// One entry as walked: a known value, or any value.
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    Known(&'a str, &'a str),
+    Any(&'a str),
+}
+
+/// One combination of known values: the steps to walk, and the
+/// `(key, value)` chosen for each [`EntryValue::OneOf`] entry (for the
+/// message).
+type Combination<'a> = (Vec<Step<'a>>, Vec<(&'a str, &'a str)>);
+
+/// Every combination of the known values of `shape`.
+fn combinations(shape: &[ShapeEntry]) -> Vec<Combination<'_>> {
+    let mut out: Vec<Combination<'_>> = vec![(Vec::new(), Vec::new())];
+    for e in shape {
+        out = match &e.value {
+            EntryValue::Fixed(v) => out
+                .into_iter()
+                .map(|(mut steps, chosen)| {
+                    steps.push(Step::Known(&e.key, v));
+                    (steps, chosen)
+                })
+                .collect(),
+            EntryValue::PerRequest => out
+                .into_iter()
+                .map(|(mut steps, chosen)| {
+                    steps.push(Step::Any(&e.key));
+                    (steps, chosen)
+                })
+                .collect(),
+            EntryValue::OneOf(values) => out
+                .into_iter()
+                .flat_map(|(steps, chosen)| {
+                    values.iter().map(move |v| {
+                        let mut steps = steps.clone();
+                        let mut chosen = chosen.clone();
+                        steps.push(Step::Known(&e.key, v));
+                        chosen.push((e.key.as_str(), v.as_str()));
+                        (steps, chosen)
+                    })
+                })
+                .collect(),
+        };
+    }
+    out
+}
+
+/// The child a known value reaches, as [`RateLimitConfig::get_limit`]
+/// picks it: exact `key_value`, else the first matching wildcard, else
+/// the key-only child.
+fn next_known<'n>(node: &'n Node, key: &str, value: &str) -> Option<&'n Node> {
+    let key_value = format!("{key}_{value}");
+    if let Some(n) = node.children.get(&key_value) {
+        return Some(n);
+    }
+    if let Some(w) = node
+        .wildcards
+        .iter()
+        .find(|w| wildcard_match(&w.parts, &key_value))
+    {
+        if let Some(n) = node.children.get(&w.key) {
+            return Some(n);
+        }
+    }
+    node.children.get(key)
+}
+
+/// For a value chosen per request: the child most values reach (the first
+/// wildcard that takes every value, else the key-only child), and the
+/// children only some values reach (exact values, wildcards with a prefix
+/// or suffix that come before one taking every value).
+fn next_any<'n>(node: &'n Node, key: &str) -> (Option<&'n Node>, Vec<&'n Node>) {
+    let prefix = format!("{key}_");
+    let mut some: Vec<&Node> = node
+        .children
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix) && !k.contains('*'))
+        .map(|(_, n)| n)
+        .collect();
+    for w in &node.wildcards {
+        let Some(child) = node.children.get(&w.key) else {
+            continue;
+        };
+        if takes_every_value(&w.parts, &prefix) {
+            return (Some(child), some);
+        }
+        if w.parts
+            .first()
+            .is_some_and(|first| first.starts_with(&prefix) || prefix.starts_with(first.as_str()))
+        {
+            some.push(child);
+        }
+    }
+    (node.children.get(key), some)
+}
+
+/// Whether a wildcard (split on `*`) matches `prefix` followed by any
+/// value: it ends in `*` and already matches the bare prefix.
+fn takes_every_value(parts: &[String], prefix: &str) -> bool {
+    parts.len() > 1 && parts.last().is_some_and(String::is_empty) && wildcard_match(parts, prefix)
+}
+
+/// Where one path of the walk ends.
+struct Reach {
+    /// Every per-request value on the way took the branch most values take.
+    general: bool,
+    /// The limit found there.
+    limit: Option<Arc<Limit>>,
+}
+
+fn walk(node: &Node, steps: &[Step<'_>], general: bool, out: &mut Vec<Reach>) {
+    let Some((step, rest)) = steps.split_first() else {
+        return;
+    };
+    let (main, some) = match *step {
+        Step::Known(key, value) => (next_known(node, key, value), Vec::new()),
+        Step::Any(key) => next_any(node, key),
+    };
+    reach(main, rest, general, out);
+    for child in some {
+        reach(Some(child), rest, false, out);
+    }
+}
+
+fn reach(child: Option<&Node>, rest: &[Step<'_>], general: bool, out: &mut Vec<Reach>) {
+    match child {
+        None => out.push(Reach {
+            general,
+            limit: None,
+        }),
+        Some(n) if rest.is_empty() => out.push(Reach {
+            general,
+            limit: n.limit.clone(),
+        }),
+        // A descriptor longer than the branch matches nothing.
+        Some(n) if n.children.is_empty() => out.push(Reach {
+            general,
+            limit: None,
+        }),
+        Some(n) => walk(n, rest, general, out),
+    }
+}
+
+/// What the service makes of a descriptor for one combination of known
+/// values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Most values (all, when none is per request) get this limit
+    /// (`unlimited: true` and shadow-mode limits included: both are meant).
+    Limited(Arc<Limit>),
+    /// Only some per-request values reach a limit (value-specific nodes,
+    /// wildcards with a prefix); the others none.
+    SomeValues,
+    /// No value reaches a limit.
+    Nothing,
+}
+
+fn outcome(root: &Node, steps: &[Step<'_>]) -> Outcome {
+    let mut reaches = Vec::new();
+    walk(root, steps, true, &mut reaches);
+    if let Some(limit) = reaches
+        .iter()
+        .find(|r| r.general)
+        .and_then(|r| r.limit.clone())
+    {
+        Outcome::Limited(limit)
+    } else if reaches.iter().any(|r| r.limit.is_some()) {
+        Outcome::SomeValues
+    } else {
+        Outcome::Nothing
+    }
+}
+
+/// A descriptor sent on a route, for the `replaces` check: who sends it
+/// and the limits it gets.
+struct Sent {
+    at: String,
+    limits: Vec<Arc<Limit>>,
+}
+
+/// What the filter does when the service does not limit a replay
+/// descriptor to 1 per long enough a window (src/policy.rs `rls_verdict`).
+const REPLAY_TAIL: &str = "the filter then trusts no answer for this provider's tokens \
+    and answers them ratelimit_unavailable (503), or, on a route with failure_mode allow, \
+    lets them through unchecked";
+
+/// Warnings about the descriptors `config` sends that the rate-limit
+/// configuration `rls` does not limit: (a) a rule no limit matches, (b) a
+/// rule only some values of which have a limit, (c) a replay descriptor not
+/// limited to exactly 1 per long enough a window, (d) a domain the service
+/// does not have; and a rule whose limit another descriptor sent with it
+/// `replaces`.
+pub fn check(config: &Config, rls: &RateLimitConfig) -> Vec<String> {
+    let Some(service) = &config.rate_limit_service else {
+        return vec![
+            "rate_limit_service is not set: nothing goes to the rate-limit service, \
+                     so --ratelimit-config has nothing to check"
+                .to_owned(),
+        ];
+    };
+    let domain = service.domain.as_str();
+    let Some(root) = rls.domain_root(domain) else {
+        return vec![format!(
+            "rate_limit_service.domain: `{domain}` is none of the rate-limit configuration's \
+             domains ({}): the service counts nothing for any descriptor, so no service rule \
+             limits anything, and replay.scope: service cannot work",
+            rls.domains().join(", ")
+        )];
+    };
+    let file = rls
+        .domain_file(domain)
+        .unwrap_or("the rate-limit configuration");
+    let mut out = Vec::new();
+    let mut routes: Vec<Vec<Sent>> = Vec::with_capacity(config.routes.len());
+    for route in &config.routes {
+        let mut sent = Vec::new();
+        for rule in route.rate_limits.iter().filter(|r| r.local.is_none()) {
+            let at = format!("routes[{}].rate_limits[{}]", route.name, rule.name);
+            let shape = rule_shape(config, route, rule);
+            let desc = describe(&shape);
+            let mut limits = Vec::new();
+            let mut missing: Vec<(String, bool)> = Vec::new();
+            let mut any_limit = false;
+            for (steps, chosen) in combinations(&shape) {
+                match outcome(root, &steps) {
+                    Outcome::Limited(limit) => {
+                        any_limit = true;
+                        if !limits.contains(&limit) {
+                            limits.push(limit);
+                        }
+                    }
+                    o => {
+                        any_limit |= o == Outcome::SomeValues;
+                        missing.push((with_values(&shape, &chosen), o == Outcome::SomeValues));
+                    }
+                }
+            }
+            let per_request: Vec<&str> = shape
+                .iter()
+                .filter(|e| e.value == EntryValue::PerRequest)
+                .map(|e| e.key.as_str())
+                .collect();
+            if !any_limit {
+                out.push(format!(
+                    "{at}: no limit in {file} (domain {domain}) matches {desc}: the service will \
+                     count nothing"
+                ));
+            } else if limits.is_empty() {
+                out.push(format!(
+                    "{at}: in {file} (domain {domain}) only value-specific nodes (an exact \
+                     `value`, a wildcard with a prefix) match {desc}: for most values of {} no \
+                     limit matches, and the service will count nothing",
+                    per_request.join(", ")
+                ));
+            } else if !missing.is_empty() {
+                out.push(format!(
+                    "{at}: no limit in {file} (domain {domain}) matches {}: the service will \
+                     count nothing for those requests",
+                    listed(&missing)
+                ));
+            }
+            sent.push(Sent { at, limits });
+        }
+        routes.push(sent);
+    }
+    for (i, provider) in config.providers.iter().enumerate() {
+        let Some(replay) = provider
+            .replay
+            .as_ref()
+            .filter(|r| r.scope == ReplayScope::Service)
+        else {
+            continue;
+        };
+        let at = format!("tokens[{i}] ({}).replay", provider.name);
+        let shape = [ShapeEntry {
+            key: replay.claim.clone(),
+            value: EntryValue::PerRequest,
+        }];
+        let steps = [Step::Any(&replay.claim)];
+        let mut limits = Vec::new();
+        match outcome(root, &steps) {
+            Outcome::Limited(limit) => {
+                if let Some(problem) = replay_problem(&limit, provider.replay_horizon()) {
+                    out.push(format!(
+                        "{at}: the limit `{}` in {file} {problem}",
+                        limit.full_key
+                    ));
+                }
+                limits.push(limit);
+            }
+            _ => out.push(format!(
+                "{at}: no limit in {file} (domain {domain}) matches {}: replays pass the \
+                 service; {REPLAY_TAIL}",
+                describe(&shape)
+            )),
+        }
+        for (route, sent) in config.routes.iter().zip(routes.iter_mut()) {
+            if route.providers.contains(&i) {
+                sent.push(Sent {
+                    at: at.clone(),
+                    limits: limits.clone(),
+                });
+            }
+        }
+    }
+    for (route, sent) in config.routes.iter().zip(&routes) {
+        for (i, s) in sent.iter().enumerate() {
+            for limit in s.limits.iter().filter(|l| !l.name.is_empty()) {
+                let by = sent.iter().enumerate().find_map(|(j, other)| {
+                    (j != i)
+                        .then(|| {
+                            other
+                                .limits
+                                .iter()
+                                .find(|o| o.replaces.contains(&limit.name))
+                        })
+                        .flatten()
+                        .map(|o| (other, o))
+                });
+                let Some((other, replacing)) = by else {
+                    continue;
+                };
+                let mut message = format!(
+                    "{}: on route {}, its limit `{}` is replaced by `{}` (of {}, `replaces: \
+                     [{{name: {}}}]`) whenever both are sent: the service then counts nothing \
+                     for it",
+                    s.at, route.name, limit.full_key, replacing.full_key, other.at, limit.name
+                );
+                if s.at.starts_with("tokens[") {
+                    let _ = write!(message, "; replays pass the service, and {REPLAY_TAIL}");
+                }
+                if !out.contains(&message) {
+                    out.push(message);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What is wrong with `limit` for a replay descriptor, whose tokens are
+/// accepted for `horizon` seconds; `None` when it makes each value single
+/// use, as the filter requires (1 per unit, a window at least `horizon`).
+fn replay_problem(limit: &Limit, horizon: u64) -> Option<String> {
+    let (requests, unit) = match limit.quota {
+        Quota::Unlimited => {
+            return Some(format!(
+                "is `unlimited: true`: replays pass the service; {REPLAY_TAIL}"
+            ))
+        }
+        Quota::PerUnit {
+            requests_per_unit,
+            unit,
+        } => (requests_per_unit, unit),
+    };
+    if requests != 1 {
+        return Some(format!(
+            "allows {requests} per {}, not 1: replays pass the service; {REPLAY_TAIL}",
+            unit.name()
+        ));
+    }
+    let window = appguard::ratelimit::rls::Unit::try_from(unit.to_pb() as i32)
+        .ok()
+        .and_then(appguard::ratelimit::rls::Unit::min_window_secs)
+        .unwrap_or(0);
+    if window < horizon {
+        return Some(format!(
+            "is 1 per {}, shorter than this provider accepts a token for ({horizon} s: \
+             max_lifetime_seconds plus twice clock_skew_seconds): a token can be replayed in \
+             the next window; {REPLAY_TAIL}",
+            unit.name()
+        ));
+    }
+    if limit.shadow_mode {
+        return Some(
+            "is in shadow_mode: the service answers OK to a replay, and the filter cannot tell: \
+             replays pass"
+                .to_owned(),
+        );
+    }
+    None
+}
+
+/// The descriptor with the known values chosen for one combination.
+fn with_values(shape: &[ShapeEntry], chosen: &[(&str, &str)]) -> String {
+    let mut chosen = chosen.iter();
+    let parts: Vec<String> = shape
+        .iter()
+        .map(|e| match &e.value {
+            EntryValue::Fixed(v) => format!("{}={v}", e.key),
+            EntryValue::OneOf(_) => match chosen.next() {
+                Some((_, v)) => format!("{}={v}", e.key),
+                None => format!("{}=<per request>", e.key),
+            },
+            EntryValue::PerRequest => format!("{}=<per request>", e.key),
+        })
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// Up to five descriptors, and how many more.
+fn listed(missing: &[(String, bool)]) -> String {
+    let mut text: Vec<String> = missing
+        .iter()
+        .take(5)
+        .map(|(d, some)| {
+            if *some {
+                format!("{d} (but for some values)")
+            } else {
+                d.clone()
+            }
+        })
+        .collect();
+    if missing.len() > 5 {
+        text.push(format!("and {} more", missing.len() - 5));
+    }
+    text.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+
+    fn rls(text: &str) -> RateLimitConfig {
+        RateLimitConfig::from_sources(&[("rl.yaml".to_owned(), text.to_owned())])
+            .unwrap()
+            .0
+    }
+
+    fn steps<'a>(entries: &'a [(&'a str, Option<&'a str>)]) -> Vec<Step<'a>> {
+        entries
+            .iter()
+            .map(|(k, v)| match v {
+                Some(v) => Step::Known(k, v),
+                None => Step::Any(k),
+            })
+            .collect()
+    }
+
+    const YAML: &str = r#"
+domain: d
+descriptors:
+  - key: client_ip
+    rate_limit: {unit: minute, requests_per_unit: 10}
+  - key: blocked
+    value: 10.0.0.1
+    rate_limit: {unit: minute, requests_per_unit: 0}
+  - key: tenant
+    value: "acme*"
+    rate_limit: {unit: minute, requests_per_unit: 5}
+  - key: path
+    value: "*"
+    rate_limit: {unit: minute, requests_per_unit: 7}
+  - key: route
+    value: sms
+    descriptors:
+      - key: phone
+        rate_limit: {unit: hour, requests_per_unit: 2}
+  - key: platform
+    value: android
+    rate_limit: {unlimited: true}
+"#;
+
+    #[test]
+    fn known_values_are_matched_as_the_service_matches_them() {
+        let c = rls(YAML);
+        let root = c.domain_root("d").unwrap();
+        // The walk agrees with the service's own lookup for known values.
+        for entries in [
+            vec![("route", Some("sms")), ("phone", Some("x"))],
+            vec![("route", Some("other")), ("phone", Some("x"))],
+            vec![("client_ip", Some("1.2.3.4"))],
+            vec![("platform", Some("android"))],
+            vec![("platform", Some("ios"))],
+            vec![("route", Some("sms"))],
+            vec![("client_ip", Some("1")), ("x", Some("y"))],
+        ] {
+            let pairs: Vec<(String, String)> = entries
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.unwrap().to_owned()))
+                .collect();
+            let descriptor = envoy_descriptor(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect::<Vec<_>>(),
+            );
+            let service = c.get_limit("d", &descriptor).unwrap().map(|m| m.limit);
+            let ours = match outcome(root, &steps(&entries)) {
+                Outcome::Limited(l) => Some(l),
+                _ => None,
+            };
+            assert_eq!(ours, service, "{entries:?}");
+        }
+    }
+
+    fn envoy_descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+        RateLimitDescriptor {
+            entries: entries
+                .iter()
+                .map(|(k, v)| Entry {
+                    key: (*k).to_owned(),
+                    value: (*v).to_owned(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn per_request_values_take_the_branch_most_values_take() {
+        let c = rls(YAML);
+        let root = c.domain_root("d").unwrap();
+        let o = |e: &[(&str, Option<&str>)]| outcome(root, &steps(e));
+        assert!(matches!(o(&[("client_ip", None)]), Outcome::Limited(_)));
+        assert!(matches!(o(&[("path", None)]), Outcome::Limited(_)));
+        assert!(matches!(
+            o(&[("route", Some("sms")), ("phone", None)]),
+            Outcome::Limited(_)
+        ));
+        assert_eq!(o(&[("blocked", None)]), Outcome::SomeValues);
+        assert_eq!(o(&[("tenant", None)]), Outcome::SomeValues);
+        assert_eq!(o(&[("phone", None)]), Outcome::Nothing);
+        assert_eq!(
+            o(&[("route", Some("sms")), ("phone", None), ("x", None)]),
+            Outcome::Nothing
+        );
+    }
+
+    #[test]
+    fn takes_every_value_only_for_a_bare_star() {
+        let p = |s: &str| s.split('*').map(str::to_owned).collect::<Vec<_>>();
+        assert!(takes_every_value(&p("k_*"), "k_"));
+        assert!(takes_every_value(&p("k*"), "k_"));
+        assert!(!takes_every_value(&p("k_a*"), "k_"));
+        assert!(!takes_every_value(&p("k_*a"), "k_"));
+        assert!(!takes_every_value(&p("k_"), "k_"));
+    }
+}
