@@ -697,6 +697,29 @@ descriptors:
     }
 
     #[test]
+    fn known_values_are_checked_one_by_one() {
+        // Two web apps and a rule per app: a YAML that names one app only
+        // leaves the other unlimited, and says which.
+        let config = Config::from_json(
+            br#"{"rate_limit_service": {"cluster": "rls", "domain": "d"},
+            "apps": [{"id": "web-a", "platform": "web", "origins": ["https://a.example"]},
+                     {"id": "web-b", "platform": "web", "origins": ["https://b.example"]}],
+            "routes": [{"name": "r", "match": {"prefix": "/"}, "platforms": ["web"],
+              "rate_limits": [{"name": "per-app", "entries": [{"type": "app"}]},
+                              {"name": "per-platform", "entries": [{"type": "platform"}]}]}]}"#,
+        )
+        .unwrap();
+        let yaml = "domain: d\ndescriptors:\n  - key: app\n    value: web-a\n    rate_limit: {unit: minute, requests_per_unit: 5}\n  - key: platform\n    value: web\n    rate_limit: {unit: minute, requests_per_unit: 9}\n";
+        assert_eq!(
+            check(&config, &rls(yaml)),
+            ["routes[r].rate_limits[per-app]: no limit in rl.yaml (domain d) matches [app=web-b]: \
+              the service will count nothing for those requests"]
+        );
+        let shape = rule_shape(&config, &config.routes[0], &config.routes[0].rate_limits[1]);
+        assert_eq!(shape[0].value, EntryValue::OneOf(vec!["web".to_owned()]));
+    }
+
+    #[test]
     fn takes_every_value_only_for_a_bare_star() {
         let p = |s: &str| s.split('*').map(str::to_owned).collect::<Vec<_>>();
         assert!(takes_every_value(&p("k_*"), "k_"));

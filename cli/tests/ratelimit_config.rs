@@ -114,6 +114,15 @@ fn a_replay_descriptor_not_limited_to_one_lets_replays_pass() {
         "{}",
         f[0]
     );
+    // 1 per minute, for tokens accepted for longer.
+    let r = check(&["replay-short.yaml"]);
+    let f = findings(&r);
+    assert_eq!(f.len(), 1, "{}", r.all());
+    assert!(
+        f[0].contains("tokens[0] (signer).replay: the limit `appguard.jti` in cli/tests/fixtures/ratelimit/replay-short.yaml is 1 per minute, shorter than this provider accepts a token for"),
+        "{}",
+        f[0]
+    );
     // No limit for it at all.
     let r = check(&["replay-missing.yaml"]);
     let f = findings(&r);
