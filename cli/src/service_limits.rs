@@ -729,3 +729,149 @@ descriptors:
         assert!(!takes_every_value(&p("k_"), "k_"));
     }
 }
+
+#[cfg(test)]
+mod review_agreement {
+    //! Review: the walk against the service's own `get_limit`, over every
+    //! descriptor of up to three entries drawn from a small alphabet, on a
+    //! YAML with exact values, wildcards before and after exact values,
+    //! nested wildcards, placeholders without limits, and share_threshold.
+    use super::*;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+
+    const YAML: &str = r#"
+domain: d
+descriptors:
+  - key: a
+    rate_limit: {unit: minute, requests_per_unit: 1}
+    descriptors:
+      - key: b
+        value: "x*"
+        rate_limit: {unit: minute, requests_per_unit: 2}
+      - key: b
+        rate_limit: {unit: minute, requests_per_unit: 3}
+        descriptors:
+          - key: c
+            rate_limit: {unit: minute, requests_per_unit: 4}
+  - key: a
+    value: x
+    descriptors:
+      - key: b
+        value: "*"
+        share_threshold: true
+        rate_limit: {unit: minute, requests_per_unit: 5}
+  - key: a
+    value: "x*"
+    rate_limit: {unit: minute, requests_per_unit: 6}
+    descriptors:
+      - key: c
+        value: y
+        rate_limit: {unit: minute, requests_per_unit: 7}
+  - key: b
+    value: "*y"
+    rate_limit: {unit: minute, requests_per_unit: 8}
+  - key: b
+    value: xy
+    descriptors:
+      - key: a
+        rate_limit: {unit: minute, requests_per_unit: 9}
+  - key: "c*"
+    rate_limit: {unit: minute, requests_per_unit: 10}
+  - key: c
+    rate_limit: {unit: minute, requests_per_unit: 11}
+"#;
+
+    fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+        RateLimitDescriptor {
+            entries: entries
+                .iter()
+                .map(|(k, v)| Entry {
+                    key: (*k).to_owned(),
+                    value: (*v).to_owned(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn known_values_agree_with_get_limit_exhaustively() {
+        let c = RateLimitConfig::from_sources(&[("rl.yaml".to_owned(), YAML.to_owned())])
+            .unwrap()
+            .0;
+        let root = c.domain_root("d").unwrap();
+        let keys = ["a", "b", "c"];
+        let values = ["x", "xy", "y", "z", "xz", ""];
+        let mut pairs = Vec::new();
+        for k in keys {
+            for v in values {
+                pairs.push((k, v));
+            }
+        }
+        let mut n = 0;
+        let mut check = |entries: &[(&str, &str)]| {
+            let service = c
+                .get_limit("d", &descriptor(entries))
+                .unwrap()
+                .map(|m| m.limit);
+            let steps: Vec<Step<'_>> = entries.iter().map(|(k, v)| Step::Known(k, v)).collect();
+            let ours = match outcome(root, &steps) {
+                Outcome::Limited(l) => Some(l),
+                _ => None,
+            };
+            assert_eq!(ours, service, "{entries:?}");
+            n += 1;
+        };
+        for p in &pairs {
+            check(&[*p]);
+            for q in &pairs {
+                check(&[*p, *q]);
+                for r in &pairs {
+                    check(&[*p, *q, *r]);
+                }
+            }
+        }
+        assert!(n > 5000);
+    }
+
+    #[test]
+    fn per_request_general_branch_is_what_an_unnamed_value_gets() {
+        let c = RateLimitConfig::from_sources(&[("rl.yaml".to_owned(), YAML.to_owned())])
+            .unwrap()
+            .0;
+        let root = c.domain_root("d").unwrap();
+        let keys = ["a", "b", "c"];
+        let known = ["x", "xy", "z"];
+        // A value no pattern names: takes the branch "most values" take.
+        let fresh = "q-unnamed";
+        for k1 in keys {
+            for k2 in keys {
+                for v1 in known {
+                    // [k1=v1 (known), k2=<per request>]
+                    let steps = [Step::Known(k1, v1), Step::Any(k2)];
+                    let service = c
+                        .get_limit("d", &descriptor(&[(k1, v1), (k2, fresh)]))
+                        .unwrap()
+                        .map(|m| m.limit);
+                    match outcome(root, &steps) {
+                        Outcome::Limited(l) => {
+                            assert_eq!(Some(l), service, "{k1}={v1},{k2}=*")
+                        }
+                        _ => assert_eq!(service, None, "{k1}={v1},{k2}=*"),
+                    }
+                }
+                // [k1=<per request>, k2=<per request>]
+                let steps = [Step::Any(k1), Step::Any(k2)];
+                let service = c
+                    .get_limit("d", &descriptor(&[(k1, fresh), (k2, fresh)]))
+                    .unwrap()
+                    .map(|m| m.limit);
+                match outcome(root, &steps) {
+                    Outcome::Limited(l) => assert_eq!(Some(l), service, "{k1}=*,{k2}=*"),
+                    _ => assert_eq!(service, None, "{k1}=*,{k2}=*"),
+                }
+            }
+        }
+    }
+}
