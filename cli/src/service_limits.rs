@@ -74,8 +74,10 @@ pub struct ShapeEntry {
     pub value: EntryValue,
 }
 
-/// The most combinations of known values checked for one descriptor;
-/// beyond it the entry with the most values counts as chosen per request.
+/// The most combinations of known values checked one by one for one
+/// descriptor. Beyond it each known value is checked on its own (linear in
+/// the number of values), with the other entries' known values walked as
+/// per-request values.
 const MAX_COMBINATIONS: usize = 4096;
 
 /// The descriptor `rule` of `route` sends, with what the configuration
@@ -96,8 +98,7 @@ pub fn rule_shape(config: &Config, route: &Route, rule: &Rule) -> Vec<ShapeEntry
             EntryValue::OneOf(values)
         }
     };
-    let mut shape: Vec<ShapeEntry> = rule
-        .entries
+    rule.entries
         .iter()
         .map(|e| {
             let value = match (e.fixed_value(&route.name), &e.source) {
@@ -124,31 +125,7 @@ pub fn rule_shape(config: &Config, route: &Route, rule: &Rule) -> Vec<ShapeEntry
                 value,
             }
         })
-        .collect();
-    bound(&mut shape);
-    shape
-}
-
-/// Turns the largest lists of known values into per-request values until
-/// at most [`MAX_COMBINATIONS`] combinations remain.
-fn bound(shape: &mut [ShapeEntry]) {
-    loop {
-        let count = |e: &ShapeEntry| match &e.value {
-            EntryValue::OneOf(v) => v.len(),
-            _ => 1,
-        };
-        let total = shape
-            .iter()
-            .map(count)
-            .try_fold(1usize, |acc, n| acc.checked_mul(n));
-        if total.is_some_and(|t| t <= MAX_COMBINATIONS) {
-            return;
-        }
-        match shape.iter_mut().max_by_key(|e| count(e)) {
-            Some(e) => e.value = EntryValue::PerRequest,
-            None => return,
-        }
-    }
+        .collect()
 }
 
 /// `[route=sms, phone=<per request>]`: keys, and only the values the
@@ -171,40 +148,63 @@ enum Step<'a> {
     Any(&'a str),
 }
 
-/// One combination of known values: the steps to walk, and the
-/// `(key, value)` chosen for each [`EntryValue::OneOf`] entry (for the
-/// message).
-type Combination<'a> = (Vec<Step<'a>>, Vec<(&'a str, &'a str)>);
+/// The step of an entry walked without choosing among known values.
+fn general(e: &ShapeEntry) -> Step<'_> {
+    match &e.value {
+        EntryValue::Fixed(v) => Step::Known(&e.key, v),
+        _ => Step::Any(&e.key),
+    }
+}
 
-/// Every combination of the known values of `shape`.
-fn combinations(shape: &[ShapeEntry]) -> Vec<Combination<'_>> {
-    let mut out: Vec<Combination<'_>> = vec![(Vec::new(), Vec::new())];
+/// How many combinations of known values `shape` has (saturating).
+fn combination_count(shape: &[ShapeEntry]) -> usize {
+    shape
+        .iter()
+        .map(|e| match &e.value {
+            EntryValue::OneOf(v) => v.len(),
+            _ => 1,
+        })
+        .try_fold(1usize, |acc, n| acc.checked_mul(n))
+        .unwrap_or(usize::MAX)
+}
+
+/// The walks that check `shape`'s known values: every combination of them
+/// when there are at most [`MAX_COMBINATIONS`]; else each known value on
+/// its own, the other entries' known values as per-request values (linear
+/// in the number of values, exact when one entry has known values).
+fn combinations(shape: &[ShapeEntry]) -> Vec<Vec<Step<'_>>> {
+    if combination_count(shape) > MAX_COMBINATIONS {
+        let mut out = Vec::new();
+        for (i, e) in shape.iter().enumerate() {
+            let EntryValue::OneOf(values) = &e.value else {
+                continue;
+            };
+            for v in values {
+                let mut steps: Vec<Step<'_>> = shape.iter().map(general).collect();
+                steps[i] = Step::Known(&e.key, v);
+                out.push(steps);
+            }
+        }
+        return out;
+    }
+    let mut out: Vec<Vec<Step<'_>>> = vec![Vec::new()];
     for e in shape {
         out = match &e.value {
-            EntryValue::Fixed(v) => out
-                .into_iter()
-                .map(|(mut steps, chosen)| {
-                    steps.push(Step::Known(&e.key, v));
-                    (steps, chosen)
-                })
-                .collect(),
-            EntryValue::PerRequest => out
-                .into_iter()
-                .map(|(mut steps, chosen)| {
-                    steps.push(Step::Any(&e.key));
-                    (steps, chosen)
-                })
-                .collect(),
             EntryValue::OneOf(values) => out
                 .into_iter()
-                .flat_map(|(steps, chosen)| {
+                .flat_map(|steps| {
                     values.iter().map(move |v| {
                         let mut steps = steps.clone();
-                        let mut chosen = chosen.clone();
                         steps.push(Step::Known(&e.key, v));
-                        chosen.push((e.key.as_str(), v.as_str()));
-                        (steps, chosen)
+                        steps
                     })
+                })
+                .collect(),
+            _ => out
+                .into_iter()
+                .map(|mut steps| {
+                    steps.push(general(e));
+                    steps
                 })
                 .collect(),
         };
@@ -271,11 +271,21 @@ fn takes_every_value(parts: &[String], prefix: &str) -> bool {
 struct Reach {
     /// Every per-request value on the way took the branch most values take.
     general: bool,
+    /// The keys of the per-request values that, on the way, took a
+    /// `share_threshold` wildcard: all their values share one counter.
+    shared: Vec<String>,
     /// The limit found there.
     limit: Option<Arc<Limit>>,
 }
 
-fn walk(node: &Node, steps: &[Step<'_>], general: bool, out: &mut Vec<Reach>) {
+/// One path's state on the way down.
+#[derive(Clone)]
+struct Path {
+    general: bool,
+    shared: Vec<String>,
+}
+
+fn walk(node: &Node, steps: &[Step<'_>], path: &Path, out: &mut Vec<Reach>) {
     let Some((step, rest)) = steps.split_first() else {
         return;
     };
@@ -283,29 +293,52 @@ fn walk(node: &Node, steps: &[Step<'_>], general: bool, out: &mut Vec<Reach>) {
         Step::Known(key, value) => (next_known(node, key, value), Vec::new()),
         Step::Any(key) => next_any(node, key),
     };
-    reach(main, rest, general, out);
+    // The service shares a value's counter when it took a wildcard with
+    // `share_threshold` (matching.rs `shared_values`); the children a
+    // per-request value takes with `share_threshold` are all wildcards.
+    let along = |child: &Node, general: bool| {
+        let mut p = Path {
+            general,
+            shared: path.shared.clone(),
+        };
+        if let (Step::Any(key), Some(_)) = (step, &child.share_threshold_pattern) {
+            p.shared.push((*key).to_owned());
+        }
+        p
+    };
+    match main {
+        Some(child) => reach(Some(child), rest, &along(child, path.general), out),
+        None => reach(None, rest, path, out),
+    }
     for child in some {
-        reach(Some(child), rest, false, out);
+        reach(Some(child), rest, &along(child, false), out);
     }
 }
 
-fn reach(child: Option<&Node>, rest: &[Step<'_>], general: bool, out: &mut Vec<Reach>) {
+fn reach(child: Option<&Node>, rest: &[Step<'_>], path: &Path, out: &mut Vec<Reach>) {
+    let end = |limit: Option<Arc<Limit>>| Reach {
+        general: path.general,
+        shared: path.shared.clone(),
+        limit,
+    };
     match child {
-        None => out.push(Reach {
-            general,
-            limit: None,
-        }),
-        Some(n) if rest.is_empty() => out.push(Reach {
-            general,
-            limit: n.limit.clone(),
-        }),
+        None => out.push(end(None)),
+        Some(n) if rest.is_empty() => out.push(end(n.limit.clone())),
         // A descriptor longer than the branch matches nothing.
-        Some(n) if n.children.is_empty() => out.push(Reach {
-            general,
-            limit: None,
-        }),
-        Some(n) => walk(n, rest, general, out),
+        Some(n) if n.children.is_empty() => out.push(end(None)),
+        Some(n) => walk(n, rest, path, out),
     }
+}
+
+/// Every path `steps` can take down from `root`, with what it reaches.
+fn reaches(root: &Node, steps: &[Step<'_>]) -> Vec<Reach> {
+    let mut out = Vec::new();
+    let start = Path {
+        general: true,
+        shared: Vec::new(),
+    };
+    walk(root, steps, &start, &mut out);
+    out
 }
 
 /// What the service makes of a descriptor for one combination of known
@@ -322,9 +355,12 @@ pub enum Outcome {
     Nothing,
 }
 
+#[cfg(test)]
 fn outcome(root: &Node, steps: &[Step<'_>]) -> Outcome {
-    let mut reaches = Vec::new();
-    walk(root, steps, true, &mut reaches);
+    outcome_of(&reaches(root, steps))
+}
+
+fn outcome_of(reaches: &[Reach]) -> Outcome {
     if let Some(limit) = reaches
         .iter()
         .find(|r| r.general)
@@ -355,8 +391,10 @@ const REPLAY_TAIL: &str = "the filter then trusts no answer for this provider's 
 /// configuration `rls` does not limit: (a) a rule no limit matches, (b) a
 /// rule only some values of which have a limit, (c) a replay descriptor not
 /// limited to exactly 1 per long enough a window, (d) a domain the service
-/// does not have; and a rule whose limit another descriptor sent with it
-/// `replaces`.
+/// does not have; a limit in `quota_mode` (not supported for appguard's
+/// descriptors) or reached through a `share_threshold` wildcard by a
+/// per-request value; and a rule whose limit another descriptor sent with
+/// it `replaces`.
 pub fn check(config: &Config, rls: &RateLimitConfig) -> Vec<String> {
     let Some(service) = &config.rate_limit_service else {
         return vec![
@@ -385,20 +423,61 @@ pub fn check(config: &Config, rls: &RateLimitConfig) -> Vec<String> {
             let at = format!("routes[{}].rate_limits[{}]", route.name, rule.name);
             let shape = rule_shape(config, route, rule);
             let desc = describe(&shape);
-            let mut limits = Vec::new();
+            let count = combination_count(&shape);
+            // Over the cap, a walk with known values of two entries or more
+            // takes all but one of them as per-request values.
+            let approximate = count > MAX_COMBINATIONS
+                && shape
+                    .iter()
+                    .filter(|e| matches!(e.value, EntryValue::OneOf(_)))
+                    .count()
+                    > 1;
+            let mut limits: Vec<Arc<Limit>> = Vec::new();
+            let mut general_limit = false;
             let mut missing: Vec<(String, bool)> = Vec::new();
             let mut any_limit = false;
-            for (steps, chosen) in combinations(&shape) {
-                match outcome(root, &steps) {
-                    Outcome::Limited(limit) => {
+            let mut notes: Vec<String> = Vec::new();
+            for steps in combinations(&shape) {
+                let reached = reaches(root, &steps);
+                for r in &reached {
+                    let Some(limit) = &r.limit else { continue };
+                    if !limits.contains(limit) {
+                        limits.push(limit.clone());
+                    }
+                    if limit.quota_mode {
+                        push_new(
+                            &mut notes,
+                            format!(
+                                "{at}: the limit `{}` in {file} is in quota_mode, which is not \
+                                 supported for descriptors appguard sends (ratelimit/README.md): \
+                                 the service refuses a call for it only when every quota-mode \
+                                 descriptor of the call is over, and appguard caches it as over \
+                                 whenever the call is refused for another descriptor",
+                                limit.full_key
+                            ),
+                        );
+                    }
+                    if !r.shared.is_empty() && matches!(limit.quota, Quota::PerUnit { .. }) {
+                        push_new(
+                            &mut notes,
+                            format!(
+                                "{at}: the limit `{}` in {file} is reached through a \
+                                 share_threshold wildcard: all values of {} share one counter \
+                                 (share_threshold), so one client can use it up for everyone",
+                                limit.full_key,
+                                r.shared.join(", ")
+                            ),
+                        );
+                    }
+                }
+                match outcome_of(&reached) {
+                    Outcome::Limited(_) => {
                         any_limit = true;
-                        if !limits.contains(&limit) {
-                            limits.push(limit);
-                        }
+                        general_limit = true;
                     }
                     o => {
                         any_limit |= o == Outcome::SomeValues;
-                        missing.push((with_values(&shape, &chosen), o == Outcome::SomeValues));
+                        missing.push((walked(&steps), o == Outcome::SomeValues));
                     }
                 }
             }
@@ -407,25 +486,35 @@ pub fn check(config: &Config, rls: &RateLimitConfig) -> Vec<String> {
                 .filter(|e| e.value == EntryValue::PerRequest)
                 .map(|e| e.key.as_str())
                 .collect();
+            let caveat = if approximate {
+                format!(
+                    " ({count} combinations of known values, more than {MAX_COMBINATIONS}: each \
+                     id was checked on its own, with the other entries' ids as per-request \
+                     values, not every combination one by one)"
+                )
+            } else {
+                String::new()
+            };
             if !any_limit {
                 out.push(format!(
                     "{at}: no limit in {file} (domain {domain}) matches {desc}: the service will \
-                     count nothing"
+                     count nothing{caveat}"
                 ));
-            } else if limits.is_empty() {
+            } else if !general_limit && !per_request.is_empty() {
                 out.push(format!(
                     "{at}: in {file} (domain {domain}) only value-specific nodes (an exact \
                      `value`, a wildcard with a prefix) match {desc}: for most values of {} no \
-                     limit matches, and the service will count nothing",
+                     limit matches, and the service will count nothing{caveat}",
                     per_request.join(", ")
                 ));
             } else if !missing.is_empty() {
                 out.push(format!(
                     "{at}: no limit in {file} (domain {domain}) matches {}: the service will \
-                     count nothing for those requests",
+                     count nothing for those requests{caveat}",
                     listed(&missing)
                 ));
             }
+            out.extend(notes);
             sent.push(Sent { at, limits });
         }
         routes.push(sent);
@@ -444,22 +533,49 @@ pub fn check(config: &Config, rls: &RateLimitConfig) -> Vec<String> {
             value: EntryValue::PerRequest,
         }];
         let steps = [Step::Any(&replay.claim)];
-        let mut limits = Vec::new();
-        match outcome(root, &steps) {
-            Outcome::Limited(limit) => {
-                if let Some(problem) = replay_problem(&limit, provider.replay_horizon()) {
-                    out.push(format!(
-                        "{at}: the limit `{}` in {file} {problem}",
-                        limit.full_key
-                    ));
-                }
-                limits.push(limit);
-            }
-            _ => out.push(format!(
+        let reached = reaches(root, &steps);
+        if !matches!(outcome_of(&reached), Outcome::Limited(_)) {
+            out.push(format!(
                 "{at}: no limit in {file} (domain {domain}) matches {}: replays pass the \
                  service; {REPLAY_TAIL}",
                 describe(&shape)
-            )),
+            ));
+        }
+        // Every limit a token id can reach, the general one and those only
+        // some token ids reach (an exact value, a prefix wildcard).
+        let mut limits: Vec<Arc<Limit>> = Vec::new();
+        for r in &reached {
+            let Some(limit) = &r.limit else { continue };
+            let which = if r.general {
+                ""
+            } else {
+                "for some token ids, "
+            };
+            let mut problems: Vec<String> = Vec::new();
+            if let Some(problem) = replay_problem(limit, provider.replay_horizon()) {
+                problems.push(problem);
+            }
+            if !r.shared.is_empty()
+                && matches!(limit.quota, Quota::PerUnit { requests_per_unit, .. } if requests_per_unit > 0)
+            {
+                problems.push(
+                    "is reached through a share_threshold wildcard: every token shares one \
+                     counter: after the first, tokens are refused as replayed"
+                        .to_owned(),
+                );
+            }
+            for problem in problems {
+                push_new(
+                    &mut out,
+                    format!(
+                        "{at}: {which}the limit `{}` in {file} {problem}",
+                        limit.full_key
+                    ),
+                );
+            }
+            if !limits.contains(limit) {
+                limits.push(limit.clone());
+            }
         }
         for (route, sent) in config.routes.iter().zip(routes.iter_mut()) {
             if route.providers.contains(&i) {
@@ -520,6 +636,11 @@ fn replay_problem(limit: &Limit, horizon: u64) -> Option<String> {
             unit,
         } => (requests_per_unit, unit),
     };
+    if requests == 0 {
+        return Some(format!(
+            "allows none: the service refuses every token of this provider; {REPLAY_TAIL}"
+        ));
+    }
     if requests != 1 {
         return Some(format!(
             "allows {requests} per {}, not 1: replays pass the service; {REPLAY_TAIL}",
@@ -545,24 +666,36 @@ fn replay_problem(limit: &Limit, horizon: u64) -> Option<String> {
                 .to_owned(),
         );
     }
+    if limit.quota_mode {
+        return Some(
+            "is in quota_mode, which is not supported for descriptors appguard sends \
+             (ratelimit/README.md): the service refuses a replay only when every quota-mode \
+             descriptor of the call is over, so replays pass whenever another quota-mode \
+             descriptor of the call is under its limit, and the filter cannot tell"
+                .to_owned(),
+        );
+    }
     None
 }
 
-/// The descriptor with the known values chosen for one combination.
-fn with_values(shape: &[ShapeEntry], chosen: &[(&str, &str)]) -> String {
-    let mut chosen = chosen.iter();
-    let parts: Vec<String> = shape
+/// The descriptor as one walk takes it: the known values it chose, and
+/// `<per request>` for the others.
+fn walked(steps: &[Step<'_>]) -> String {
+    let parts: Vec<String> = steps
         .iter()
-        .map(|e| match &e.value {
-            EntryValue::Fixed(v) => format!("{}={v}", e.key),
-            EntryValue::OneOf(_) => match chosen.next() {
-                Some((_, v)) => format!("{}={v}", e.key),
-                None => format!("{}=<per request>", e.key),
-            },
-            EntryValue::PerRequest => format!("{}=<per request>", e.key),
+        .map(|step| match step {
+            Step::Known(k, v) => format!("{k}={v}"),
+            Step::Any(k) => format!("{k}=<per request>"),
         })
         .collect();
     format!("[{}]", parts.join(", "))
+}
+
+/// Appends `message` unless it is already there.
+fn push_new(out: &mut Vec<String>, message: String) {
+    if !out.contains(&message) {
+        out.push(message);
+    }
 }
 
 /// Up to five descriptors, and how many more.
