@@ -334,23 +334,7 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
 }
 
 fn check_config(file: &Path, ratelimit: &[PathBuf]) -> Result<ExitCode, CliError> {
-    let mut report = check::check_file(file)?;
-    if !ratelimit.is_empty() {
-        let loaded = service_limits::load(ratelimit)?;
-        for w in &loaded.warnings {
-            if w.path.is_empty() {
-                err!("{}: warning: {}", w.file, w.message);
-            } else {
-                err!("{}: warning: {}: {}", w.file, w.path, w.message);
-            }
-        }
-        for c in &mut report.configs {
-            if let Ok(config) = &c.result {
-                c.notes
-                    .extend(service_limits::check(config, &loaded.config));
-            }
-        }
-    }
+    let report = check::check_file(file)?;
     let name = file.display();
     let at = |location: &str| {
         if location.is_empty() {
@@ -359,6 +343,8 @@ fn check_config(file: &Path, ratelimit: &[PathBuf]) -> Result<ExitCode, CliError
             format!(" ({location})")
         }
     };
+    // The configuration's own verdict first: a rate-limit YAML that cannot
+    // be read or is refused (which ends the command) must not hide it.
     for c in &report.configs {
         let at = at(&c.location);
         match &c.result {
@@ -371,6 +357,24 @@ fn check_config(file: &Path, ratelimit: &[PathBuf]) -> Result<ExitCode, CliError
     }
     for s in &report.skipped {
         err!("{name}{}: warning: {s}", at(&s.location));
+    }
+    if !ratelimit.is_empty() {
+        let loaded = service_limits::load(ratelimit)?;
+        for w in &loaded.warnings {
+            if w.path.is_empty() {
+                err!("{}: warning: {}", w.file, w.message);
+            } else {
+                err!("{}: warning: {}: {}", w.file, w.path, w.message);
+            }
+        }
+        for c in &report.configs {
+            if let Ok(config) = &c.result {
+                let at = at(&c.location);
+                for note in service_limits::check(config, &loaded.config) {
+                    err!("{name}{at}: warning: {note}");
+                }
+            }
+        }
     }
     Ok(if report.all_valid() {
         ExitCode::SUCCESS

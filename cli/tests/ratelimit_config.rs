@@ -281,6 +281,34 @@ fn a_replay_limit_of_zero_refuses_every_token() {
     );
 }
 
+#[test]
+fn the_configurations_own_verdict_comes_before_a_missing_yaml() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("plugin.yaml");
+    std::fs::write(
+        &plugin,
+        "mode: monitor\nroutes:\n- name: a\n  match: {prefix: /, mehtods: [GET]}\n",
+    )
+    .unwrap();
+    let r = cli(&[
+        "check-config",
+        plugin.to_str().unwrap(),
+        "--ratelimit-config",
+        "cli/tests/fixtures/ratelimit/missing.yaml",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("mehtods"), "{}", r.all());
+    // A valid one is still said to be valid.
+    let r = cli(&[
+        "check-config",
+        CONFIG,
+        "--ratelimit-config",
+        "cli/tests/fixtures/ratelimit/missing.yaml",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stdout.contains("valid:"), "{}", r.all());
+}
+
 /// A configuration with `n` API keys `k0..`, `apps` web apps `a0..`, and
 /// one route whose service rule is `[api_key]`, or `[api_key, app]` when
 /// there are apps.
