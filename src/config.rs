@@ -1160,7 +1160,10 @@ impl Config {
                 .any(|a| a.platform == crate::identity::Platform::Web)
         {
             out.push(
-                "bypass_cors_preflight: no app has `platform: web`, and only browsers send                  preflights: the bypass lets OPTIONS requests reach every route's upstream                  without key, token or limit; remove it unless a web app calls from another                  origin"
+                "bypass_cors_preflight: no app has `platform: web`, and only browsers send \
+                 preflights: the bypass lets OPTIONS requests through to the upstream of \
+                 every route whose action and network rules allow them, without key, \
+                 token or limit; remove it unless a web app calls from another origin"
                     .to_owned(),
             );
         }
@@ -2167,6 +2170,7 @@ mod tests {
         let a = with("", &route(""), r#", "bypass_cors_preflight": true"#);
         assert_eq!(a.len(), 1, "{a:?}");
         assert!(a[0].starts_with("bypass_cors_preflight: no app has `platform: web`"));
+        assert!(!a[0].contains("  "), "{}", a[0]);
         let web = r#", "bypass_cors_preflight": true,
             "apps": [{"id": "w", "platform": "web", "origins": ["https://shop.example.com"]}]"#;
         assert!(
