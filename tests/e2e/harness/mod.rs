@@ -164,9 +164,13 @@ impl Service {
     /// is not UTF-8 (a client's header echoed in a log line) must not turn
     /// the whole log into "" and so make every check of it pass.
     pub fn log_text(&self) -> String {
-        let bytes = fs::read(&self.log)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", self.log.display()));
-        String::from_utf8_lossy(&bytes).into_owned()
+        self.read_log()
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", self.log.display()))
+    }
+
+    /// The log, lossily, or why it cannot be read.
+    fn read_log(&self) -> std::io::Result<String> {
+        Ok(String::from_utf8_lossy(&fs::read(&self.log)?).into_owned())
     }
 
     /// Stops the process now (SIGKILL), e.g. to test a dependency failure.
@@ -192,11 +196,13 @@ impl Drop for Service {
     fn drop(&mut self) {
         self.stop();
         if std::thread::panicking() {
+            // Not `log_text`: a second panic here would abort every test.
+            let log = self
+                .read_log()
+                .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()));
             eprintln!(
                 "===== {} log =====\n{}\n===== end of {} log =====",
-                self.name,
-                self.log_text(),
-                self.name
+                self.name, log, self.name
             );
         }
     }
