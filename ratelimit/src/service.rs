@@ -671,9 +671,8 @@ impl RateLimiter {
 
         // 4. Statuses.
         let mut statuses = Vec::with_capacity(plans.len());
-        let mut failed = 0usize;
-        let mut quota_total = 0usize;
-        let mut quota_failed = 0usize;
+        // Each item's count after the call, in item order (as `rules`).
+        let mut afters = Vec::with_capacity(items.len());
         for plan in plans {
             match plan {
                 Plan::Unmatched => statuses.push(DescriptorStatus {
@@ -725,14 +724,7 @@ impl RateLimiter {
                             );
                         }
                     }
-                    if limit.quota_mode {
-                        quota_total += 1;
-                        if code == Code::OverLimit {
-                            quota_failed += 1;
-                        }
-                    } else if code == Code::OverLimit {
-                        failed += 1;
-                    }
+                    afters.push(after);
                     statuses.push(DescriptorStatus {
                         code: code as i32,
                         current_limit: Some(PbRateLimit {
@@ -759,8 +751,9 @@ impl RateLimiter {
             }
         }
 
-        // 5. Overall code.
-        let mut overall = if failed > 0 || (quota_total > 0 && quota_total == quota_failed) {
+        // 5. Overall code: by the rules step 3 decided by, so that what
+        // was counted and the answer cannot disagree.
+        let mut overall = if crate::backend::is_refused(&rules, &afters) {
             Code::OverLimit
         } else {
             Code::Ok

@@ -47,8 +47,9 @@ pub struct Counted {
 }
 
 /// What a counter's descriptor does to the whole call when its count goes
-/// over its limit: what `--stop-increment-when-over-limit` decides by,
-/// before anything is counted (see [`Backend::increment_unless_refused`]).
+/// over its limit: what the service's overall code is decided by, and
+/// what `--stop-increment-when-over-limit` decides by before anything is
+/// counted (see [`Backend::increment_unless_refused`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refuses {
     /// Never refuses the call: a shadow-mode limit.
@@ -68,7 +69,7 @@ pub enum Refuses {
 /// Whether a call is refused, given each counter's rule and its count
 /// after the call's hits (in batch order): one [`Refuses::Alone`] counter
 /// over its limit, or every [`Refuses::InQuota`] counter over its own (and
-/// at least one of them). The same rule as the service's overall code.
+/// at least one of them). The service's overall code is this rule too.
 pub fn is_refused(rules: &[Refuses], after: &[u64]) -> bool {
     let mut quota = 0usize;
     let mut quota_over = 0usize;
@@ -141,6 +142,18 @@ pub enum BackendError {
     },
 }
 
+/// The memory store's `(count, window end)` per item as [`Counted`]: a
+/// rolling counter reports the seconds left until its end.
+fn counted_with_ends(ends: Vec<(u64, i64)>, items: &[Increment], now: i64) -> Vec<Counted> {
+    ends.into_iter()
+        .zip(items)
+        .map(|((count, end), item)| Counted {
+            count,
+            resets_in: item.rolling.then(|| end.saturating_sub(now)),
+        })
+        .collect()
+}
+
 /// The configured counter store.
 #[derive(Debug)]
 pub enum Backend {
@@ -162,15 +175,11 @@ impl Backend {
             return Ok(Vec::new());
         }
         match self {
-            Backend::Memory(memory) => Ok(memory
-                .increment_with_ends(items, now)?
-                .into_iter()
-                .zip(items)
-                .map(|((count, end), item)| Counted {
-                    count,
-                    resets_in: item.rolling.then(|| end.saturating_sub(now)),
-                })
-                .collect()),
+            Backend::Memory(memory) => Ok(counted_with_ends(
+                memory.increment_with_ends(items, now)?,
+                items,
+                now,
+            )),
             Backend::Redis(redis) => redis.increment(items).await,
         }
     }
@@ -197,14 +206,7 @@ impl Backend {
             Backend::Memory(memory) => {
                 let (ends, refused) = memory.increment_unless_refused(items, rules, now)?;
                 Ok(Batch {
-                    counts: ends
-                        .into_iter()
-                        .zip(items)
-                        .map(|((count, end), item)| Counted {
-                            count,
-                            resets_in: item.rolling.then(|| end.saturating_sub(now)),
-                        })
-                        .collect(),
+                    counts: counted_with_ends(ends, items, now),
                     refused,
                 })
             }

@@ -102,6 +102,22 @@ pub const MAX_CALLS_IN_FLIGHT: usize = 4096;
 /// connection may still reach the old primary.
 pub const REPLACE_NOT_PRIMARY_EVERY: Duration = Duration::from_secs(1);
 
+/// One counter of a reply: its count and, for a rolling counter, the
+/// milliseconds its key has left (`PTTL`). A negative count can only come
+/// from someone else's `DECRBY`: nothing used. The time left is rounded up
+/// to whole seconds; a key without an expiry (-1, someone else's
+/// `PERSIST`) or a missing one (-2) reports the whole unit.
+fn counted(item: &Increment, count: i64, ms: i64) -> Counted {
+    Counted {
+        count: u64::try_from(count).unwrap_or(0),
+        resets_in: item.rolling.then_some(if ms < 0 {
+            item.window_seconds
+        } else {
+            ms.saturating_add(999) / 1000
+        }),
+    }
+}
+
 /// The script of [`RedisBackend::increment_unless_refused`]. `KEYS` are
 /// the counters; `ARGV` has five values per key: hits, window seconds,
 /// rolling (1/0), rule (0 never refuses, 1 refuses alone, 2 quota mode) and
@@ -456,23 +472,15 @@ impl RedisBackend {
         let mut replies = replies.into_iter();
         let mut out = Vec::with_capacity(items.len());
         for item in items {
-            // A negative count can only come from someone else's DECRBY;
-            // treat it as nothing used.
-            let count = u64::try_from(replies.next().flatten().unwrap_or(0)).unwrap_or(0);
-            // Milliseconds left, rounded up to whole seconds; a key without
-            // an expiry (-1, someone else's PERSIST) reports the whole unit.
-            let resets_in = if item.rolling {
-                // -2 for a missing key (a check before the first hit).
-                let ms = replies.next().flatten().unwrap_or(-1);
-                Some(if ms < 0 {
-                    item.window_seconds
-                } else {
-                    ms.saturating_add(999) / 1000
-                })
+            let count = replies.next().flatten().unwrap_or(0);
+            // `GET` of a missing key is nil, as `PTTL` -2 (a check before
+            // the first hit).
+            let ms = if item.rolling {
+                replies.next().flatten().unwrap_or(-1)
             } else {
-                None
+                -1
             };
-            out.push(Counted { count, resets_in });
+            out.push(counted(item, count, ms));
         }
         Ok(out)
     }
@@ -524,21 +532,9 @@ impl RedisBackend {
         let counts = items
             .iter()
             .zip(pairs.chunks_exact(2))
-            .map(|(item, pair)| {
-                let (count, ms) = match *pair {
-                    [count, ms] => (count, ms),
-                    _ => (0, -1),
-                };
-                // As in `increment`: a negative count is someone else's
-                // DECRBY, nothing used; a key without an expiry reports
-                // the whole unit.
-                let count = u64::try_from(count).unwrap_or(0);
-                let resets_in = item.rolling.then_some(if ms < 0 {
-                    item.window_seconds
-                } else {
-                    ms.saturating_add(999) / 1000
-                });
-                Counted { count, resets_in }
+            .map(|(item, pair)| match *pair {
+                [count, ms] => counted(item, count, ms),
+                _ => counted(item, 0, -1),
             })
             .collect();
         let refused = refused == 1;
