@@ -46,18 +46,16 @@ impl Headers {
         }
         let mut h = Headers::with_capacity(bytes.len().saturating_add(pairs.len()), pairs.len());
         for (k, v) in pairs {
+            let k = String::from_utf8_lossy(k);
             match std::str::from_utf8(v) {
-                Ok(v) => h.push(&String::from_utf8_lossy(k), v),
+                Ok(v) => h.push(&k, v),
                 // Lossy, a value would read the same as others (every bad
                 // byte is U+FFFD) and as one a client sent in UTF-8: a
                 // binding or signature over it would be checked against
                 // bytes the upstream never gets. Marked with a NUL, which
                 // no header value can hold (Envoy refuses it), it equals
                 // no value a token bound, a key hashed or an app names.
-                Err(_) => {
-                    let marked = format!("\0{}", String::from_utf8_lossy(v));
-                    h.push(&String::from_utf8_lossy(k), &marked);
-                }
+                Err(_) => h.push(&k, &format!("\0{}", String::from_utf8_lossy(v))),
             }
         }
         Some(h)
