@@ -796,7 +796,8 @@ descriptors:
         }
     }
 
-    fn envoy_descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    /// A request descriptor from `(key, value)` pairs, as Envoy sends it.
+    pub(super) fn envoy_descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
         RateLimitDescriptor {
             entries: entries
                 .iter()
@@ -864,14 +865,13 @@ descriptors:
 }
 
 #[cfg(test)]
-mod review_agreement {
-    //! Review: the walk against the service's own `get_limit`, over every
+mod agreement {
+    //! The walk against the service's own `get_limit`, over every
     //! descriptor of up to three entries drawn from a small alphabet, on a
     //! YAML with exact values, wildcards before and after exact values,
     //! nested wildcards, placeholders without limits, and share_threshold.
+    use super::tests::envoy_descriptor as descriptor;
     use super::*;
-    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
-    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 
     const YAML: &str = r#"
 domain: d
@@ -914,19 +914,6 @@ descriptors:
   - key: c
     rate_limit: {unit: minute, requests_per_unit: 11}
 "#;
-
-    fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
-        RateLimitDescriptor {
-            entries: entries
-                .iter()
-                .map(|(k, v)| Entry {
-                    key: (*k).to_owned(),
-                    value: (*v).to_owned(),
-                })
-                .collect(),
-            ..Default::default()
-        }
-    }
 
     #[test]
     fn known_values_agree_with_get_limit_exhaustively() {
