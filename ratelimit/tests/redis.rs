@@ -700,6 +700,75 @@ async fn with_stop_increment_refused_calls_leave_redis_untouched() {
     assert_eq!(count, 1);
 }
 
+/// How many times Redis was sent `command`, and how many of those failed
+/// (`NOSCRIPT` for `EVALSHA`), since its stats were last reset (`INFO
+/// commandstats`).
+fn command_calls(conn: &mut redis::Connection, command: &str) -> (u64, u64) {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
+    let prefix = format!("cmdstat_{command}:");
+    let Some(line) = info.lines().find_map(|line| line.strip_prefix(&prefix)) else {
+        return (0, 0);
+    };
+    let field = |name: &str| -> u64 {
+        line.split(',')
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (field("calls"), field("failed_calls"))
+}
+
+/// With `--stop-increment-when-over-limit` the script's body goes to
+/// Redis once (`EVAL`) and each call after runs it by its SHA-1
+/// (`EVALSHA`); when Redis loses it (`SCRIPT FLUSH`, as a restart or a
+/// failover would), the next call sends it again and counts once.
+#[tokio::test]
+async fn with_stop_increment_the_script_body_is_sent_only_when_redis_lacks_it() {
+    let redis = Redis::start();
+    let mut args = redis_args(&redis);
+    args.push("--stop-increment-when-over-limit".to_owned());
+    let service = Service::start_healthy(&strs(&args));
+    let mut client = service.client().await;
+    let req = request("appguard", vec![descriptor(&[("client_ip", "192.0.2.20")])]);
+    let mut conn = redis.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
+    avoid_window_edge(HOUR, 30);
+
+    // Limit 3 per hour.
+    for remaining in [2, 1] {
+        let r = ask(&mut client, &req).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses[0].limit_remaining, remaining);
+    }
+    // The first call's `EVALSHA` found no script; the second's did.
+    assert_eq!(command_calls(&mut conn, "eval"), (1, 0));
+    assert_eq!(command_calls(&mut conn, "evalsha"), (2, 1));
+
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut conn).unwrap();
+    let r = ask(&mut client, &req).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 0);
+    assert_eq!(command_calls(&mut conn, "eval"), (2, 0));
+    assert_eq!(command_calls(&mut conn, "evalsha"), (3, 2));
+    let r = ask(&mut client, &req).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    assert_eq!(command_calls(&mut conn, "eval"), (2, 0));
+    assert_eq!(command_calls(&mut conn, "evalsha"), (4, 2));
+
+    // Three counted; the refused fourth call counted nothing.
+    let now = unix_now();
+    let key = format!(
+        "8:appguard_9:client_ip=10:192.0.2.20_hour_{}",
+        now - now % HOUR
+    );
+    let count: i64 = conn.get(&key).unwrap();
+    assert_eq!(count, 3);
+}
+
 // ---- --stop-increment-when-over-limit: the script and the answer agree ----
 
 /// The service with `yaml` as its only config, counting in `redis`, with

@@ -15,7 +15,8 @@
 //! UNAVAILABLE.
 //!
 //! With `--stop-increment-when-over-limit` a batch is one script instead
-//! ([`STOP_WHEN_REFUSED_SCRIPT`], sent with `EVAL`): it reads every
+//! ([`STOP_WHEN_REFUSED_SCRIPT`], run by its SHA-1 with `EVALSHA`, its
+//! body sent with `EVAL` only when Redis does not hold it): it reads every
 //! counter, and counts (the same commands) only if the call is not
 //! refused. A key that holds no string (`WRONGTYPE`) stops it at the
 //! first read, before any write; an `INCRBY` that fails halfway leaves the
@@ -67,6 +68,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::{socket2, TcpSettings};
+use redis::{ErrorKind, ServerErrorKind};
 use tokio::sync::Semaphore;
 use tracing::warn;
 
@@ -185,7 +187,6 @@ return out
 
 /// Whether an error reply says the server is no longer a writable primary.
 fn not_primary(e: &redis::RedisError) -> bool {
-    use redis::{ErrorKind, ServerErrorKind};
     let stale = |k: Option<ServerErrorKind>| {
         matches!(
             k,
@@ -297,6 +298,8 @@ struct Inner {
     in_flight: Arc<Semaphore>,
     /// The number of permits of `in_flight`, for the error.
     max_in_flight: usize,
+    /// The SHA-1 of [`STOP_WHEN_REFUSED_SCRIPT`] in hex, for `EVALSHA`.
+    script_sha1: String,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -361,6 +364,9 @@ impl RedisBackend {
                 display_url: mask_password(url),
                 in_flight: Arc::new(Semaphore::new(max_in_flight)),
                 max_in_flight,
+                script_sha1: redis::Script::new(STOP_WHEN_REFUSED_SCRIPT)
+                    .get_hash()
+                    .to_owned(),
             }),
         })
     }
@@ -495,27 +501,45 @@ impl RedisBackend {
         items: &[Increment],
         rules: &[Refuses],
     ) -> Result<Batch, BackendError> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(STOP_WHEN_REFUSED_SCRIPT).arg(items.len());
-        for item in items {
-            cmd.arg(&item.key);
-        }
-        for (item, rule) in items.iter().zip(rules) {
-            let (kind, limit) = match *rule {
-                Refuses::Never => (0u8, 0u64),
-                Refuses::Alone(limit) => (1, limit),
-                Refuses::InQuota(limit) => (2, limit),
-                Refuses::InQuotaNever => (3, 0),
-            };
-            cmd.arg(item.hits)
-                .arg(item.window_seconds)
-                .arg(u8::from(item.rolling))
-                .arg(kind)
-                .arg(limit);
-        }
-        let replies: Vec<i64> = self
-            .bounded(|mut conn| async move { cmd.query_async(&mut conn).await })
-            .await?;
+        let script = |command: &str, script: &str| {
+            let mut cmd = redis::cmd(command);
+            cmd.arg(script).arg(items.len());
+            for item in items {
+                cmd.arg(&item.key);
+            }
+            for (item, rule) in items.iter().zip(rules) {
+                let (kind, limit) = match *rule {
+                    Refuses::Never => (0u8, 0u64),
+                    Refuses::Alone(limit) => (1, limit),
+                    Refuses::InQuota(limit) => (2, limit),
+                    Refuses::InQuotaNever => (3, 0),
+                };
+                cmd.arg(item.hits)
+                    .arg(item.window_seconds)
+                    .arg(u8::from(item.rolling))
+                    .arg(kind)
+                    .arg(limit);
+            }
+            cmd
+        };
+        // By its SHA-1: the script's 2 KB are sent only when Redis does
+        // not hold it (a restart, a failover to a replica that never ran
+        // it, `SCRIPT FLUSH`). `NOSCRIPT` runs nothing, so sending the
+        // body then with `EVAL` (which caches it again) counts once.
+        let by_hash = script("EVALSHA", &self.inner.script_sha1);
+        let replies: Vec<i64> = match self
+            .bounded(|mut conn| async move { by_hash.query_async(&mut conn).await })
+            .await
+        {
+            Err(BackendError::Redis(e))
+                if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
+            {
+                let with_body = script("EVAL", STOP_WHEN_REFUSED_SCRIPT);
+                self.bounded(|mut conn| async move { with_body.query_async(&mut conn).await })
+                    .await?
+            }
+            replies => replies?,
+        };
         let unexpected = || {
             BackendError::UnexpectedReply(format!(
                 "{} replies for {} increments",
