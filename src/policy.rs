@@ -21,10 +21,12 @@ use crate::identity::{self, KeyMemo, PlatformHeaders};
 use crate::limits::{self, Descriptor, ServiceCache, Source};
 use crate::phone;
 use crate::ratelimit::{self, RateLimitResponse};
-use crate::request::Request;
+use crate::request::{same_header_name, Request};
 use crate::signing::{self, InstallKey, Message, SigningError};
 use crate::store::{self, BucketSalt, ReplayOutcome, SharedStore};
-use crate::token::{self, AppClaimFormat, Key, Replay, ReplayScope, TokenError, VerifiedToken};
+use crate::token::{
+    self, AppClaimFormat, Key, Provider, Replay, ReplayScope, TokenError, VerifiedToken,
+};
 
 /// Upper bound of the per-worker verified-token cache.
 pub const TOKEN_CACHE_ENTRIES: usize = 4096;
@@ -2069,16 +2071,8 @@ fn check(
             .iter()
             .filter_map(|&pi| config.providers.get(pi))
         {
-            if p.forward {
-                continue;
-            }
-            // Every spelling, as the token is read in every spelling.
-            for src in &p.sources {
-                for name in req.header_spellings(&src.header) {
-                    if !grant.remove_headers.contains(&name) {
-                        grant.remove_headers.push(name);
-                    }
-                }
+            if !p.forward {
+                remove_token_headers(p, req, None, grant);
             }
         }
         // The API key likewise with `api_keys.forward: false`, on routes
@@ -2147,6 +2141,24 @@ fn check(
     };
     // 4. token
     let token = check_token(ctx, req, now, route, grant, facts)?;
+    // A `forward: true` provider's header goes upstream with the token
+    // appguard verified, never with one it did not look at: where another
+    // provider's token was the one used, an upstream reading this
+    // provider's header for its claims would take a forged one.
+    if let Some(used) = token
+        .as_ref()
+        .and_then(|t| config.providers.get(t.provider))
+    {
+        let kept = used.forward.then_some(used);
+        for p in route
+            .providers
+            .iter()
+            .filter_map(|&pi| config.providers.get(pi))
+            .filter(|p| p.forward && !std::ptr::eq(*p, used))
+        {
+            remove_token_headers(p, req, kept, grant);
+        }
+    }
     // Request signing with the token's install key is part of the token
     // (SPEC §3 under step 4), so it decides before the identity checks.
     // When the signature must cover the body's digest it can only be
@@ -2487,6 +2499,31 @@ fn platform_headers<'r>(config: &Config, req: &Request<'r>) -> Result<PlatformHe
         origin: one("origin")?,
         referer: one("referer")?,
     })
+}
+
+/// Marks every spelling of `p`'s token headers in the request for removal,
+/// but those `kept`'s sources read (the verified provider's, forwarded).
+fn remove_token_headers(
+    p: &Provider,
+    req: &Request<'_>,
+    kept: Option<&Provider>,
+    grant: &mut Grant,
+) {
+    let keeps = |name: &str| {
+        kept.is_some_and(|k| {
+            k.sources
+                .iter()
+                .any(|s| same_header_name(s.header.as_bytes(), name.as_bytes()))
+        })
+    };
+    // Every spelling, as the token is read in every spelling.
+    for src in &p.sources {
+        for name in req.header_spellings(&src.header) {
+            if !keeps(&name) && !grant.remove_headers.contains(&name) {
+                grant.remove_headers.push(name);
+            }
+        }
+    }
 }
 
 fn check_token(

@@ -2996,8 +2996,9 @@ fn every_token_header_of_the_route_is_removed_whatever_the_outcome() {
         }
         Decision::Deny(_) => panic!("{d:?}"),
     };
-    // A verified token and an unverified one of a second provider beside it:
-    // neither goes upstream (a forwarded provider's token stays).
+    // A verified token and unverified ones of other providers beside it:
+    // none goes upstream, a forwarded provider's neither (its header is
+    // read upstream as a token appguard checked).
     let (d, _) = w.run(
         "/both",
         "192.0.2.1",
@@ -3005,9 +3006,16 @@ fn every_token_header_of_the_route_is_removed_whatever_the_outcome() {
             ("x-app-token", &good),
             ("x-firebase-appcheck", "forged.unverified.token"),
             ("x-fwd", "x"),
+            ("X_Fwd", "y"),
         ],
     );
-    assert_eq!(removed(&d), vec!["x-app-token", "x-firebase-appcheck"]);
+    assert_eq!(
+        removed(&d),
+        vec!["X_Fwd", "x-app-token", "x-firebase-appcheck", "x-fwd"]
+    );
+    // The forwarded provider's own verified token stays, in its spellings.
+    let (d, _) = w.run("/both", "192.0.2.1", &[("x-fwd", &good), ("x_fwd", &good)]);
+    assert_eq!(removed(&d), Vec::<String>::new());
     // Monitor mode lets a request through that an earlier check refused:
     // its token is still removed.
     let (d, _) = w.run("/watch", "192.0.2.1", &[("x-app-token", &good)]);

@@ -6,6 +6,8 @@ use crate::harness;
 
 use std::sync::{Arc, Mutex};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use harness::http::Req;
 use harness::tokens::{self, claims, hs256, hs256_raw, now, SECRET};
 use harness::upstream::{Seen, Upstream};
@@ -85,6 +87,58 @@ fn hs256_valid_token_passes_and_is_removed_upstream() {
             .header("authorization", "Bearer user"),
     );
     assert_eq!((r.status, r.reason()), (401, Some("token_replayed")));
+}
+
+/// A route that takes two providers, the second forwarding its token to
+/// an upstream that reads its claims: a forged token in the second's
+/// header, sent beside a valid token of the first, is never looked at and
+/// so never reaches the upstream; the second's own token, once verified,
+/// does.
+#[test]
+fn a_forwarded_providers_header_reaches_the_upstream_only_with_its_verified_token() {
+    let up = Upstream::start();
+    let other_secret = [9u8; 32];
+    let envoy = EnvoyBuilder::new(
+        json!({
+            "tokens": [
+                {"name": "device", "from": [{"header": "x-device-token"}],
+                 "keys": [{"alg": "HS256", "secret_base64": tokens::secret_b64()}]},
+                {"name": "session", "from": [{"header": "x-session-token"}], "forward": true,
+                 "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(other_secret)}]}
+            ],
+            "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["device", "session"]}]
+        }),
+        up.port,
+    )
+    .start();
+    let device = hs256(&claims(60, json!({"sub": "device-1"})));
+    // Signed with the device provider's key, not the session provider's.
+    let forged = hs256(&claims(60, json!({"sub": "admin"})));
+    // Alone, the forged token is refused.
+    let r = envoy.request(Req::get("/x").header("x-session-token", &forged));
+    assert_eq!((r.status, r.reason()), (401, Some("token_signature")));
+    // Beside a valid device token: allowed on the device token, and the
+    // forged one (in both spellings an upstream reads) stays behind.
+    let r = envoy.request(
+        Req::get("/x")
+            .header("x-device-token", &device)
+            .header("x-session-token", &forged)
+            .header("x_session_token", &forged),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(seen.header("x-session-token"), None);
+    assert_eq!(seen.header("x_session_token"), None);
+    assert_eq!(seen.header("x-device-token"), None);
+    // The session provider's own token, verified, is forwarded.
+    let session = hs256_raw(
+        &other_secret,
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &claims(60, json!({"sub": "user-9"})),
+    );
+    let r = envoy.request(Req::get("/x").header("x-session-token", &session));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().header("x-session-token"), Some(session.as_str()));
 }
 
 #[test]
