@@ -656,14 +656,16 @@ fn add_forwarded_hosts<'a>(
             .strip_prefix('"')
             .and_then(|q| q.strip_suffix('"'))
             .unwrap_or(h);
-        let h = crate::request::host_name(h);
-        if !h.is_empty() {
-            add_variant(
-                list,
-                own,
-                std::borrow::Cow::Borrowed(h),
-                str::eq_ignore_ascii_case,
-            )?;
+        let cut = crate::request::host_name_cut_at_colon(h);
+        for h in std::iter::once(crate::request::host_name(h)).chain(cut) {
+            if !h.is_empty() {
+                add_variant(
+                    list,
+                    own,
+                    std::borrow::Cow::Borrowed(h),
+                    str::eq_ignore_ascii_case,
+                )?;
+            }
         }
     }
     Ok(())
@@ -797,6 +799,19 @@ fn match_route_for<'c>(
             add_variant(&mut paths, &path, Cow::Owned(stem.to_owned()), str::eq)?;
         }
         add_variant(&mut paths, &path, Cow::Owned(decoded), str::eq)?;
+    }
+    if config.routes_by_host {
+        // `api.example.com:x.cdn.example.com` is `api.example.com` to an
+        // upstream that cuts the authority at its first `:`.
+        let authority = req.header(":authority").unwrap_or("");
+        if let Some(cut) = crate::request::host_name_cut_at_colon(authority) {
+            add_variant(
+                &mut hosts,
+                host,
+                Cow::Borrowed(cut),
+                str::eq_ignore_ascii_case,
+            )?;
+        }
     }
     for (name, value) in req.headers.iter() {
         if config.routes_by_host && is_forwarded_host_header(name) {

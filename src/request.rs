@@ -262,6 +262,22 @@ pub fn host_name(authority: &str) -> &str {
     h.strip_suffix('.').unwrap_or(h)
 }
 
+/// The host name an upstream that cuts an authority at its first `:`
+/// reads (Go's `net.SplitHostPort`, which takes any text for a port,
+/// Express's `req.hostname`), where that is not [`host_name`]'s: an
+/// authority whose port is not digits (`api.example.com:x.cdn.example.com`,
+/// `internal.example.com:-1`, `a.example.com:80:80`), which Envoy passes on
+/// as sent. `None` for a well-formed authority and a bracketed IPv6 one.
+pub fn host_name_cut_at_colon(authority: &str) -> Option<&str> {
+    let a = authority.trim();
+    if a.starts_with('[') {
+        return None;
+    }
+    let (cut, _) = a.split_once(':')?;
+    let cut = cut.strip_suffix('.').unwrap_or(cut);
+    (cut != host_name(a)).then_some(cut)
+}
+
 /// A request target split into path, query and fragment, the one split
 /// every reader of `:path` uses so that they agree: the query runs from the
 /// first `?` to the first `#`, and a `?` inside the fragment starts none.
@@ -360,6 +376,21 @@ mod tests {
             assert_eq!(Request::new(&h, None).host(), "api.example.com");
         }
         assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(host_name_cut_at_colon("example.com"), None);
+        assert_eq!(host_name_cut_at_colon("example.com:443"), None);
+        assert_eq!(host_name_cut_at_colon("example.com.:443"), None);
+        assert_eq!(host_name_cut_at_colon("example.com:"), None);
+        assert_eq!(host_name_cut_at_colon("[::1]:x"), None);
+        for odd in [
+            "example.com:abc",
+            "example.com:-1",
+            "example.com:+80",
+            "example.com:80.",
+            "example.com.:80:80",
+            " example.com:x.cdn.example.com",
+        ] {
+            assert_eq!(host_name_cut_at_colon(odd), Some("example.com"), "{odd}");
+        }
     }
 
     #[test]

@@ -2759,6 +2759,84 @@ fn a_forwarded_host_that_would_take_another_route_is_refused() {
 }
 
 #[test]
+fn an_authority_whose_port_is_not_digits_takes_the_route_of_its_host_too() {
+    // Envoy passes `host:abc` on as sent; Go's `net.SplitHostPort` and
+    // Express's `req.hostname` read the host before the first `:`.
+    let w = World::from(json!({
+        "routes": [
+            {"name": "static", "match": {"prefix": "/", "hosts": ["*.cdn.example.com"]}},
+            {"name": "api", "match": {"prefix": "/v1/", "hosts": ["api.example.com"]}, "action": "deny"}
+        ]
+    }));
+    let route = |authority: &str, extra: &[(&str, &str)]| {
+        let mut pairs = vec![
+            (":method", "GET"),
+            (":path", "/v1/admin"),
+            (":authority", authority),
+        ];
+        pairs.extend_from_slice(extra);
+        let h = headers(&pairs);
+        match match_route(&w.config, &Request::new(&h, None)) {
+            Ok(m) => m.map(|(_, r)| r.name.clone()),
+            Err(UnclearPath) => Some("(unclear)".to_owned()),
+        }
+    };
+    for authority in [
+        "api.example.com:x.cdn.example.com",
+        "api.example.com:443.cdn.example.com",
+        "api.example.com.:x.cdn.example.com",
+        // read whole, these take no route
+        "api.example.com:abc",
+        "api.example.com:80:80",
+        "a.cdn.example.com:x",
+    ] {
+        assert_eq!(
+            route(authority, &[]).as_deref(),
+            Some("(unclear)"),
+            "{authority}"
+        );
+    }
+    // A forwarded host read the same way.
+    assert_eq!(
+        route(
+            "a.cdn.example.com",
+            &[("x-forwarded-host", "api.example.com:x")]
+        )
+        .as_deref(),
+        Some("(unclear)")
+    );
+    // Spellings that take the same route (or none) either way change
+    // nothing.
+    assert_eq!(route("api.example.com:443", &[]).as_deref(), Some("api"));
+    assert_eq!(
+        route("a.cdn.example.com:443", &[]).as_deref(),
+        Some("static")
+    );
+    assert_eq!(route("elsewhere.example:abc", &[]).as_deref(), None);
+    // No route but by the cut host: `default_action` would take the
+    // request, where the upstream serves the named host's route.
+    let deny = World::from(json!({
+        "default_action": "allow",
+        "routes": [{"name": "internal", "match": {"prefix": "/", "hosts": ["internal.example.com"]}, "action": "deny"}]
+    }));
+    for authority in [
+        "internal.example.com:abc",
+        "internal.example.com:-1",
+        "INTERNAL.example.com:+80",
+    ] {
+        let h = headers(&[
+            (":method", "GET"),
+            (":path", "/x"),
+            (":authority", authority),
+        ]);
+        assert!(
+            match_route(&deny.config, &Request::new(&h, None)).is_err(),
+            "{authority}"
+        );
+    }
+}
+
+#[test]
 fn a_forwarded_host_is_checked_with_every_path_and_method_variant() {
     // Rails takes the host from `X-Forwarded-Host`, strips `(.:format)`
     // and honours `X-HTTP-Method-Override` (Rack::MethodOverride) at once:

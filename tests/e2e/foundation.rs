@@ -88,6 +88,44 @@ fn denying_route_gets_403_route_denied_with_json_body() {
     assert_eq!((r.status, r.reason()), (403, Some("route_denied")), "{r:?}");
 }
 
+/// Envoy passes on an authority whose port is not digits as sent, and an
+/// upstream that cuts it at the first `:` (Go's `net/http`, Express)
+/// serves the named host: it cannot ride another route, or
+/// `default_action`, past that host's route.
+#[test]
+fn an_authority_with_a_port_that_is_not_digits_cannot_leave_its_hosts_route() {
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(
+        json!({
+            "default_action": "allow",
+            "routes": [
+                {"name": "static", "match": {"prefix": "/", "hosts": ["*.cdn.example.com"]}},
+                {"name": "internal", "match": {"prefix": "/", "hosts": ["internal.example.com"]}, "action": "deny"}
+            ]
+        }),
+        up.port,
+    )
+    .start();
+    let get = |host: &str| envoy.request(Req::get("/admin/users").header("host", host));
+    assert_eq!(get("a.cdn.example.com").status, 200);
+    assert_eq!(get("a.cdn.example.com:443").status, 200);
+    let before = up.seen().len();
+    for host in [
+        "internal.example.com",
+        "internal.example.com:abc",
+        "internal.example.com:-1",
+        "internal.example.com:x.cdn.example.com",
+    ] {
+        let r = get(host);
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, Some("route_denied")),
+            "{host}"
+        );
+    }
+    assert_eq!(up.seen().len(), before, "a request reached the upstream");
+}
+
 #[test]
 fn a_forwarded_host_naming_another_route_is_refused() {
     // Envoy passes `X-Forwarded-Host` and `Forwarded` on, and Rails,
