@@ -156,10 +156,37 @@ impl Reason {
         }
     }
 
+    /// The gRPC status of a local reply for this reason (see
+    /// [`grpc_status`]).
+    pub const fn grpc_status(self) -> i32 {
+        grpc_status(self.status())
+    }
+
     /// The JSON body of the local reply: `{"error":"<code>"}`. Codes are plain
     /// ASCII identifiers, so no escaping is needed.
     pub fn body(self) -> String {
         format!("{{\"error\":\"{}\"}}", self.code())
+    }
+}
+
+/// The gRPC status a local reply with HTTP `status` carries when the
+/// request is gRPC (Envoy then answers HTTP 200 with `grpc-status`, as
+/// gRPC requires, and appguard's headers beside it). Envoy's own mapping
+/// would answer a rate limit `UNAVAILABLE`, which gRPC clients configured
+/// to retry take as a cue to retry at once, and a bad body `INTERNAL`, a
+/// server fault: a quota is `RESOURCE_EXHAUSTED` (8; Envoy's ratelimit
+/// filter with `rate_limited_as_resource_exhausted`), as is a body over
+/// the size limit, and a bad body `INVALID_ARGUMENT` (3). 401 is
+/// `UNAUTHENTICATED` (16), 403 `PERMISSION_DENIED` (7), 503 `UNAVAILABLE`
+/// (14); any other status `UNKNOWN` (2).
+pub const fn grpc_status(status: u16) -> i32 {
+    match status {
+        400 => 3,
+        401 => 16,
+        403 => 7,
+        413 | 429 => 8,
+        503 => 14,
+        _ => 2,
     }
 }
 
@@ -267,5 +294,21 @@ mod tests {
         assert_eq!(Reason::RateLimited.status(), 429);
         assert_eq!(Reason::JwksUnavailable.status(), 503);
         assert_eq!(Reason::RouteDenied.body(), r#"{"error":"route_denied"}"#);
+    }
+
+    #[test]
+    fn every_reason_has_the_grpc_status_of_its_meaning() {
+        for r in Reason::ALL {
+            let want = match r.status() {
+                401 => 16,      // UNAUTHENTICATED
+                403 => 7,       // PERMISSION_DENIED
+                400 => 3,       // INVALID_ARGUMENT
+                413 | 429 => 8, // RESOURCE_EXHAUSTED
+                503 => 14,      // UNAVAILABLE
+                s => panic!("{r}: status {s} has no gRPC status"),
+            };
+            assert_eq!(r.grpc_status(), want, "{r}");
+        }
+        assert_eq!(grpc_status(500), 2);
     }
 }

@@ -457,9 +457,11 @@ pub fn shared_set(key: &str, value: &[u8], cas: u32) -> Result<(), HostError> {
     })
 }
 
-/// Answers the request locally.
+/// Answers the request locally; a gRPC request gets `grpc_status` (see
+/// [`crate::decision::grpc_status`]).
 pub fn send_local_response(
     status: u32,
+    grpc_status: i32,
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<(), HostError> {
@@ -474,7 +476,7 @@ pub fn send_local_response(
             body.len(),
             h.as_ptr(),
             h.len(),
-            -1,
+            grpc_status,
         )
     })
 }

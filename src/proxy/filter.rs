@@ -628,9 +628,12 @@ impl GuardFilter {
         headers.push(("x-appguard-reason", reason.code()));
         headers.extend(denial.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let body = reason.body();
-        if let Err(status) =
-            abi::send_local_response(u32::from(reason.status()), &headers, body.as_bytes())
-        {
+        if let Err(status) = abi::send_local_response(
+            u32::from(reason.status()),
+            reason.grpc_status(),
+            &headers,
+            body.as_bytes(),
+        ) {
             // The request stays held (fail closed) until Envoy's timeouts.
             worker.metrics.host_error();
             let id = self.context_id;
@@ -641,7 +644,7 @@ impl GuardFilter {
         Action::Pause
     }
 
-    fn reply_raw(&mut self, status: u32, code: &str) -> Action {
+    fn reply_raw(&mut self, status: u16, code: &str) -> Action {
         self.state = State::Done;
         if code == "appguard_host_error" {
             if let Some(w) = &self.worker {
@@ -650,7 +653,8 @@ impl GuardFilter {
         }
         let body = format!("{{\"error\":\"{code}\"}}");
         if let Err(e) = abi::send_local_response(
-            status,
+            u32::from(status),
+            crate::decision::grpc_status(status),
             &[
                 ("content-type", "application/json"),
                 ("x-appguard-reason", code),

@@ -126,6 +126,84 @@ fn an_authority_with_a_port_that_is_not_digits_cannot_leave_its_hosts_route() {
     assert_eq!(up.seen().len(), before, "a request reached the upstream");
 }
 
+/// A gRPC request's refusal is a gRPC answer (HTTP 200 with
+/// `grpc-status`, as Envoy turns every local reply for a gRPC request):
+/// its status says what the reason means, a quota `RESOURCE_EXHAUSTED`
+/// (not `UNAVAILABLE`, which clients retry), and appguard's headers stay.
+#[test]
+fn a_grpc_request_is_refused_with_the_grpc_status_of_its_reason() {
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(
+        json!({
+            "phone": {"default_calling_code": "44",
+                      "hash_key_base64": "YXBwZ3VhcmQtZ3JwYy10ZXN0LXBob25lLWtleS0wMQ=="},
+            "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                        "keys": [{"alg": "HS256", "secret_base64": harness::tokens::secret_b64()}]}],
+            "routes": [
+                {"name": "admin", "match": {"prefix": "/admin.v1.Admin/"}, "action": "deny"},
+                {"name": "secure", "match": {"prefix": "/secure.v1.Secure/"}, "tokens": ["t"]},
+                {"name": "quota", "match": {"prefix": "/quota.v1.Quota/"},
+                 "rate_limits": [{"entries": [{"type": "route"}], "local": {"requests": 1, "per": "hour"}}]},
+                {"name": "sms", "match": {"prefix": "/sms.v1.Sms/"}, "max_body_bytes": 64,
+                 "rate_limits": [{"entries": [{"type": "body", "pointer": "/to", "phone": true}],
+                                  "local": {"requests": 5, "per": "hour"}}]}
+            ]
+        }),
+        up.port,
+    )
+    .start();
+    // A gRPC message: no compression, 4-byte length, then the payload.
+    let message = |payload: &[u8]| {
+        let mut m = vec![0u8];
+        m.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+        m.extend_from_slice(payload);
+        m
+    };
+    let grpc = |path: &str, payload: &[u8]| {
+        Req::new("POST", path)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(&message(payload))
+    };
+    let check = |req: Req, reason: &str, grpc_status: &str| {
+        let r = envoy.request(req);
+        assert_eq!(r.status, 200, "{reason}: {r:?}");
+        assert_eq!(
+            r.header("grpc-status"),
+            Some(grpc_status),
+            "{reason}: {r:?}"
+        );
+        assert_eq!(r.reason(), Some(reason), "{r:?}");
+        r
+    };
+    check(grpc("/admin.v1.Admin/Drop", b""), "route_denied", "7");
+    check(grpc("/secure.v1.Secure/Get", b""), "token_missing", "16");
+    check(
+        grpc("/sms.v1.Sms/Send", b"\x0a\x03abc"),
+        "body_invalid",
+        "3",
+    );
+    check(
+        grpc("/sms.v1.Sms/Send", &[b'x'; 100]),
+        "body_too_large",
+        "8",
+    );
+    let before = up.seen().len();
+    assert_eq!(envoy.request(grpc("/quota.v1.Quota/Get", b"")).status, 200);
+    assert_eq!(
+        up.seen().len(),
+        before + 1,
+        "the first call reached the upstream"
+    );
+    let r = check(grpc("/quota.v1.Quota/Get", b""), "rate_limited", "8");
+    assert!(r.header("retry-after").is_some(), "{r:?}");
+    assert_eq!(up.seen().len(), before + 1);
+    // Not gRPC: the HTTP status, as before.
+    let r = envoy.request(Req::new("POST", "/admin.v1.Admin/Drop"));
+    assert_eq!((r.status, r.reason()), (403, Some("route_denied")));
+    assert_eq!(r.header("grpc-status"), None);
+}
+
 #[test]
 fn a_forwarded_host_naming_another_route_is_refused() {
     // Envoy passes `X-Forwarded-Host` and `Forwarded` on, and Rails,
