@@ -2228,7 +2228,7 @@ fn check(
     // unmatched request. Headers that name a registered app still establish
     // it (`x-appguard-app`).
     let lenient = route.platforms.is_empty() && key.is_none() && token.is_none();
-    let app = match establish_app(config, req, token.as_deref(), ip) {
+    let app = match establish_app(config, req, token.as_deref(), &route.platforms, ip) {
         Ok(app) => app,
         Err(Flow::Deny(_)) if lenient => None,
         Err(e) => return Err(e),
@@ -2261,6 +2261,7 @@ fn establish_app<'c>(
     config: &'c Config,
     req: &Request<'_>,
     token: Option<&VerifiedToken>,
+    route_platforms: &[identity::Platform],
     ip: Option<IpAddr>,
 ) -> Result<Option<&'c identity::App>, Flow> {
     let ph = platform_headers(config, req)?;
@@ -2278,8 +2279,13 @@ fn establish_app<'c>(
                         &claim,
                         ac.format == AppClaimFormat::Firebase,
                     )?;
-                    if !provider.platforms.is_empty() && !provider.platforms.contains(&app.platform)
-                    {
+                    // The token names a platform the provider or the route
+                    // does not take: that is the refusal, whatever headers
+                    // a replaying script copied or left out.
+                    let takes = |list: &[identity::Platform]| {
+                        list.is_empty() || list.contains(&app.platform)
+                    };
+                    if !takes(&provider.platforms) || !takes(route_platforms) {
                         return Err(Reason::PlatformDenied.into());
                     }
                     identity::headers_agree(app, &ph, ip)?;

@@ -910,6 +910,60 @@ fn firebase_app_check_sub_names_the_app_and_its_platform() {
 }
 
 #[test]
+fn a_token_of_a_platform_the_route_does_not_take_is_platform_denied() {
+    // A web App Check token replayed on a mobile-only route: refused for
+    // its platform, whether the script copied the browser's Origin, left
+    // it out, or sent an app's headers instead.
+    let mut v = config_json();
+    v["apps"].as_array_mut().unwrap().push(json!(
+        {"id": "fb-web", "platform": "web", "origins": ["https://fb.example.com"],
+         "token_app_ids": ["1:123:web:ghi"]}
+    ));
+    v["routes"].as_array_mut().unwrap().push(json!(
+        {"name": "mobile-appcheck", "match": {"prefix": "/mobile-appcheck/"},
+         "platforms": ["android", "ios"], "tokens": ["firebase"]}
+    ));
+    let w = World::from(v);
+    let web = firebase_token("1:123:web:ghi");
+    for extra in [
+        vec![],
+        vec![("origin", "https://fb.example.com")],
+        vec![("x-android-package", "com.example.fb")],
+        vec![("referer", "https://elsewhere.example/")],
+    ] {
+        let mut hs = vec![("x-firebase-appcheck", web.as_str())];
+        hs.extend(extra.iter().copied());
+        assert_eq!(
+            w.reason("/mobile-appcheck/x", &hs),
+            Some(Reason::PlatformDenied),
+            "{extra:?}"
+        );
+    }
+    let android = firebase_token("1:123:android:abc");
+    assert_eq!(
+        w.reason(
+            "/mobile-appcheck/x",
+            &[
+                ("x-firebase-appcheck", &android),
+                ("x-android-package", "com.example.fb")
+            ]
+        ),
+        None
+    );
+    // An app's token with another app's headers is still a mismatch.
+    assert_eq!(
+        w.reason(
+            "/mobile-appcheck/x",
+            &[
+                ("x-firebase-appcheck", &android),
+                ("x-ios-bundle-identifier", "com.example.fb")
+            ]
+        ),
+        Some(Reason::AppMismatch)
+    );
+}
+
+#[test]
 fn verified_tokens_are_cached_but_rules_still_run() {
     let w = World::new();
     let t = firebase_token("1:123:android:abc");
