@@ -2511,7 +2511,14 @@ fn form_decode(raw: &str) -> Option<String> {
 /// `app_mismatch`.
 fn platform_headers<'r>(config: &Config, req: &Request<'r>) -> Result<PlatformHeaders<'r>, Reason> {
     let names = &config.platform_headers;
-    let one = |name: &str| req.header_unique(name).map_err(|()| Reason::AppMismatch);
+    // In every spelling an upstream reads as the header (`x_android_package`
+    // is `HTTP_X_ANDROID_PACKAGE` to PHP), as the credential headers are:
+    // a copy that says another app, or another platform's header in
+    // another spelling, must not pass unseen to an upstream that reads it.
+    let one = |name: &str| {
+        req.header_unique_any_spelling(name)
+            .map_err(|()| Reason::AppMismatch)
+    };
     Ok(PlatformHeaders {
         android_package: one(&names.android_package)?,
         android_cert: one(&names.android_cert)?,

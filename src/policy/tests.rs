@@ -910,6 +910,44 @@ fn firebase_app_check_sub_names_the_app_and_its_platform() {
 }
 
 #[test]
+fn platform_headers_are_read_in_every_spelling_an_upstream_reads() {
+    let w = World::new();
+    let mobile = |extra: &[(&str, &str)]| {
+        let mut hs = vec![("x-api-key", "key-any")];
+        hs.extend_from_slice(extra);
+        w.reason("/mobile/a", &hs)
+    };
+    // An agreeing copy, or the header only in another spelling, is the
+    // header.
+    assert_eq!(
+        mobile(&[
+            ANDROID[0],
+            ANDROID[1],
+            ("x_android_package", "com.example.shop")
+        ]),
+        None
+    );
+    assert_eq!(
+        mobile(&[("X.IOS.Bundle.Identifier", "com.example.shop")]),
+        None
+    );
+    // A copy naming another app, or another platform's header in another
+    // spelling, is a mismatch.
+    assert_eq!(
+        mobile(&[ANDROID[0], ANDROID[1], ("x_android_package", "com.evil")]),
+        Some(Reason::AppMismatch)
+    );
+    assert_eq!(
+        mobile(&[
+            ANDROID[0],
+            ANDROID[1],
+            ("x_ios_bundle_identifier", "com.example.shop")
+        ]),
+        Some(Reason::AppMismatch)
+    );
+}
+
+#[test]
 fn a_token_of_a_platform_the_route_does_not_take_is_platform_denied() {
     // A web App Check token replayed on a mobile-only route: refused for
     // its platform, whether the script copied the browser's Origin, left
