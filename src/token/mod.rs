@@ -181,6 +181,13 @@ pub struct Provider {
     /// Platforms whose apps may present this provider's tokens; empty (the
     /// field left out) = any. Written as `[]` it is refused.
     pub platforms: Vec<Platform>,
+    /// `typ` header values accepted beside `JWT` (compared without case),
+    /// for a signer that types its attestation tokens (RFC 8725 §3.11).
+    /// A token without `typ` or with `JWT` is always accepted; any other
+    /// `typ` (`at+jwt`, an OAuth access token; `dpop+jwt`, a DPoP proof)
+    /// only when listed, so that another kind of JWT the same key signs is
+    /// not taken for an attestation token. Empty (left out): `JWT` only.
+    pub typ: Vec<String>,
     /// Keep the token on the upstream request (default: removed).
     pub forward: bool,
     /// Claims copied to upstream request headers: (claim, header).
@@ -569,6 +576,10 @@ pub(crate) struct RawProvider {
     /// [`Provider::platforms`].
     #[serde(default, deserialize_with = "crate::config::restriction")]
     platforms: Vec<Platform>,
+    /// `typ` values accepted beside `JWT`; left out, `JWT` (or none) only;
+    /// written empty, refused. See [`Provider::typ`].
+    #[serde(default, deserialize_with = "crate::config::restriction")]
+    typ: Vec<String>,
     /// Keep the token on the upstream request (default `false`: removed).
     /// See [`Provider::forward`].
     #[serde(default)]
@@ -723,6 +734,22 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
     }
     for (i, a) in raw.audiences.iter().enumerate() {
         blank(&format!("audiences[{i}]"), a)?;
+    }
+    for (i, t) in raw.typ.iter().enumerate() {
+        // A media type's characters (RFC 6838), as `typ` values are.
+        let token_char = |c: char| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c);
+        if t.is_empty() || t.len() > 64 || !t.chars().all(token_char) {
+            return Err(err(
+                &format!("typ[{i}]"),
+                "must be a media type name such as \"attest+jwt\" (letters, digits, !#$&-^_.+; at most 64)".into(),
+            ));
+        }
+    }
+    if !raw.typ.is_empty() && verified_by.is_some() {
+        return Err(err(
+            "typ",
+            "jwt_authn verifies a delegated provider's token and passes on no header: `typ` cannot be checked".into(),
+        ));
     }
     if keyset.is_empty() && remote_jwks.is_none() && verified_by.is_none() {
         return Err(err(
@@ -928,6 +955,7 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
         replay,
         app_claim,
         platforms: raw.platforms,
+        typ: raw.typ,
         forward: raw.forward,
         claim_to_headers,
         verified_by,
@@ -1141,12 +1169,14 @@ fn read_head<'t>(provider: &Provider, token: &'t str) -> Result<Head<'t>, TokenE
         Some(Value::String(k)) if k.len() <= 256 => {}
         Some(_) => return Err(TokenError::Malformed("bad kid")),
     }
+    // RFC 8725 §3.11: another kind of JWT the same key signs (an access
+    // token, a DPoP proof) is not an attestation token.
     if let Some(typ) = header.get("typ") {
         let ok = typ.as_str().is_some_and(|t| {
-            t.eq_ignore_ascii_case("JWT") || t.to_ascii_uppercase().ends_with("+JWT")
+            t.eq_ignore_ascii_case("JWT") || provider.typ.iter().any(|a| a.eq_ignore_ascii_case(t))
         });
         if !ok {
-            return Err(TokenError::Malformed("typ is not JWT"));
+            return Err(TokenError::Malformed("typ not accepted"));
         }
     }
     Ok(Head {

@@ -369,6 +369,48 @@ fn forbidden_and_odd_headers() {
 }
 
 #[test]
+fn only_jwt_or_a_listed_typ_is_an_attestation_token() {
+    // RFC 8725 §3.11: an access token (`at+jwt`) or a DPoP proof the same
+    // key signs is not an attestation token.
+    let claims = claims_at(NOW, 60);
+    let with_typ = |typ: &str| {
+        hs256_raw(
+            SECRET,
+            &json!({"alg": "HS256", "kid": "hs", "typ": typ}),
+            &claims,
+        )
+    };
+    let p = provider(json!({}));
+    for typ in ["JWT", "jwt"] {
+        assert!(verify(&p, &with_typ(typ), NOW).is_ok(), "{typ}");
+    }
+    assert!(verify(
+        &p,
+        &hs256_raw(SECRET, &json!({"alg": "HS256", "kid": "hs"}), &claims),
+        NOW
+    )
+    .is_ok());
+    for typ in [
+        "at+jwt",
+        "dpop+jwt",
+        "+JWT",
+        "attest+jwt",
+        "application/jwt",
+    ] {
+        assert_eq!(
+            verify(&p, &with_typ(typ), NOW),
+            Err(TokenError::Malformed("typ not accepted")),
+            "{typ}"
+        );
+    }
+    let typed = provider(json!({"typ": ["attest+jwt"]}));
+    for typ in ["JWT", "attest+jwt", "Attest+JWT"] {
+        assert!(verify(&typed, &with_typ(typ), NOW).is_ok(), "{typ}");
+    }
+    assert!(verify(&typed, &with_typ("at+jwt"), NOW).is_err());
+}
+
+#[test]
 fn structure_encoding_and_size() {
     let p = provider(json!({}));
     let good = hs(&claims_at(NOW, 60));
@@ -509,6 +551,31 @@ fn provider_config_errors_name_the_field() {
     assert_eq!(e.path, "tokens[0].keys[0].pem");
     let e = bad(json!({"name": "p", "from": [{"header": "x"}]}));
     assert_eq!(e.path, "tokens[0].keys");
+    for typ in [
+        json!([]),
+        json!([""]),
+        json!(["a b"]),
+        json!(["x".repeat(65)]),
+    ] {
+        let v = json!({"name": "p", "from": [{"header": "x"}], "typ": typ,
+                       "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]});
+        match serde_json::from_value::<RawProvider>(v) {
+            Ok(raw) => assert!(
+                compile_provider("tokens[0]", raw)
+                    .unwrap_err()
+                    .path
+                    .starts_with("tokens[0].typ"),
+                "{typ}"
+            ),
+            // `[]` is refused while parsing, as every empty restriction.
+            Err(e) => assert!(e.to_string().contains("empty"), "{typ}: {e}"),
+        }
+    }
+    let e = bad(
+        json!({"name": "p", "from": [{"header": "x"}], "typ": ["attest+jwt"],
+                       "issuer": "https://i.example", "verified_by": {"key": "payload"}}),
+    );
+    assert_eq!(e.path, "tokens[0].typ");
     let e = bad(json!({"name": "p", "from": [], "keys": []}));
     assert_eq!(e.path, "tokens[0].from");
     let e = bad(
