@@ -1002,6 +1002,35 @@ impl Config {
                 }
             }
         }
+        // Replay tables are per provider: two providers that take the same
+        // tokens (one issuer, or one remote JWKS without issuers) accept
+        // each once per provider.
+        let signer = |p: &crate::token::Provider| match (&p.issuer, &p.remote_jwks) {
+            (Some(iss), _) => Some(format!("issuer {iss:?}")),
+            (None, Some(r)) => Some(format!("JWKS {}{}", r.cluster, r.path)),
+            (None, None) => None,
+        };
+        for (i, a) in self.providers.iter().enumerate() {
+            for (j, b) in self.providers.iter().enumerate().skip(i + 1) {
+                let disjoint_audiences = !a.audiences.is_empty()
+                    && !b.audiences.is_empty()
+                    && !a.audiences.iter().any(|x| b.audiences.contains(x));
+                if a.replay.is_none() || b.replay.is_none() || disjoint_audiences {
+                    continue;
+                }
+                if let (Some(sa), Some(sb)) = (signer(a), signer(b)) {
+                    if sa == sb {
+                        out.push(format!(
+                            "tokens[{i}] ({}) and tokens[{j}] ({}): the same {sa}, and each \
+                             keeps its own replay table: a token both accept can be used once \
+                             with each; use one provider, or `audiences` or \
+                             `required_claims` that tell their tokens apart",
+                            a.name, b.name
+                        ));
+                    }
+                }
+            }
+        }
         // A rule whose entry the client can leave without a value is
         // skipped for the requests that do (as Envoy's actions skip a
         // descriptor), so it binds only the clients that show one: said
@@ -2147,6 +2176,41 @@ mod tests {
         let two = bound(r#"["authorization", "x-device"]"#);
         assert_eq!(two.len(), 1, "{two:?}");
         assert!(two[0].starts_with("tokens[0] (a).binding: 2 headers"));
+    }
+
+    #[test]
+    fn advice_names_two_providers_of_one_signer_with_replay_tables_of_their_own() {
+        let advice = |b_extra: &str| {
+            let key = "a".repeat(44);
+            Config::from_json(
+                format!(
+                    r#"{{"tokens": [
+                        {{"name": "a", "from": [{{"header": "x-a"}}], "issuer": "i", "replay": {{}},
+                          "keys": [{{"alg": "HS256", "secret_base64": "{key}"}}]}},
+                        {{"name": "b", "from": [{{"header": "x-b"}}],
+                          "keys": [{{"alg": "HS256", "secret_base64": "{key}"}}]{b_extra}}}],
+                      "routes": [{{"name": "r", "match": {{"prefix": "/"}}, "tokens": ["a", "b"]}}]}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap()
+            .advisories()
+        };
+        assert!(
+            advice(r#", "issuer": "i""#).is_empty(),
+            "b keeps no replay table"
+        );
+        let a = advice(r#", "issuer": "i", "replay": {}"#);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(
+            a[0].starts_with(r#"tokens[0] (a) and tokens[1] (b): the same issuer "i""#),
+            "{a:?}"
+        );
+        assert!(advice(r#", "replay": {}, "issuer": "j""#).is_empty());
+        assert!(advice(r#", "replay": {}"#).is_empty(), "b names no issuer");
+        // Audiences that tell their tokens apart.
+        let a = advice(r#", "issuer": "i", "replay": {}, "audiences": ["x"]"#);
+        assert_eq!(a.len(), 1, "a takes any audience: {a:?}");
     }
 
     #[test]
