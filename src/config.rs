@@ -1006,7 +1006,7 @@ impl Config {
         // tokens (one issuer, or one remote JWKS without issuers) accept
         // each once per provider.
         let signer = |p: &crate::token::Provider| match (&p.issuer, &p.remote_jwks) {
-            (Some(iss), _) => Some(format!("issuer {iss:?}")),
+            (Some(iss), _) => Some(format!("issuer \"{iss}\"")),
             (None, Some(r)) => Some(format!("JWKS {}{}", r.cluster, r.path)),
             (None, None) => None,
         };

@@ -737,8 +737,8 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
     }
     for (i, t) in raw.typ.iter().enumerate() {
         // A media type's characters (RFC 6838), as `typ` values are.
-        let token_char = |c: char| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c);
-        if t.is_empty() || t.len() > 64 || !t.chars().all(token_char) {
+        let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b);
+        if t.is_empty() || t.len() > 64 || !t.bytes().all(token_char) {
             return Err(err(
                 &format!("typ[{i}]"),
                 "must be a media type name such as \"attest+jwt\" (letters, digits, !#$&-^_.+; at most 64)".into(),
