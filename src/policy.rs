@@ -1419,11 +1419,28 @@ fn is_plain_json(req: &Request<'_>) -> bool {
     let Ok(Some(content_type)) = req.header_unique("content-type") else {
         return false;
     };
-    let media = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim_matches([' ', '\t']);
+    let mut parts = content_type.split(';');
+    let media = parts.next().unwrap_or("").trim_matches([' ', '\t']);
+    // JSON is UTF-8 (RFC 8259 §8.1), as read here: an upstream that
+    // decodes the body in another declared charset (UTF-16, UTF-7, where
+    // `+AG8-` is `o`) may read other keys and values than were checked.
+    let utf8 = parts.all(|param| match param.split_once('=') {
+        Some((name, value))
+            if name
+                .trim_matches([' ', '\t'])
+                .eq_ignore_ascii_case("charset") =>
+        {
+            let value = value.trim_matches([' ', '\t']);
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            ["utf-8", "utf8", "us-ascii"]
+                .iter()
+                .any(|c| value.eq_ignore_ascii_case(c))
+        }
+        _ => true,
+    });
     let json = media.split_once('/').is_some_and(|(kind, sub)| {
         let suffixed = sub
             .len()
@@ -1438,7 +1455,7 @@ fn is_plain_json(req: &Request<'_>) -> bool {
         Ok(Some(e)) => e.trim_matches([' ', '\t']).eq_ignore_ascii_case("identity"),
         Err(()) => false,
     };
-    json && plain
+    json && utf8 && plain
 }
 
 /// The 429 of a local limit, with the headers a client waits by.

@@ -1199,6 +1199,15 @@ fn body_values_are_read_only_from_a_body_declared_as_plain_json() {
             ("content-encoding", "identity"),
             ("content-encoding", "br"),
         ],
+        // JSON is read as UTF-8: a body an upstream decodes in another
+        // charset may hold other keys (`t+AG8-` is `to` in UTF-7).
+        &[("content-type", "application/json; charset=utf-7")],
+        &[("content-type", "application/json;charset=UTF-16")],
+        &[("content-type", "application/json; charset=\"ibm037\"")],
+        &[(
+            "content-type",
+            "application/json; charset=utf-8; charset=utf-16",
+        )],
     ] {
         assert_eq!(reason(refused), Some(Reason::BodyInvalid), "{refused:?}");
     }
@@ -1219,6 +1228,9 @@ fn body_values_are_read_only_from_a_body_declared_as_plain_json() {
     for accepted in [
         &[("content-type", "application/json")][..],
         &[("content-type", "Application/JSON; charset=utf-8")],
+        &[("content-type", "application/json;charset=\"UTF-8\"")],
+        &[("content-type", "application/json; charset=utf8; v=1")],
+        &[("content-type", "application/json; Charset = us-ascii")],
         &[("content-type", "application/vnd.api+json")],
         &[
             ("content-type", "application/json"),
