@@ -41,7 +41,9 @@
 //!    so denied prefixes and the per-number rate-limit key also read the
 //!    number without that `0` ([`E164::without_trunk_prefix`], which also
 //!    knows the trunk prefixes that are not `0`: `+1 1 900 …`,
-//!    `+36 06 90 …`, `+7 8 809 …`).
+//!    `+36 06 90 …`, `+7 8 809 …`). A trunk prefix written twice
+//!    (`+44 00 909 …`) makes no number ([`E164::trunk_written_twice`]),
+//!    and the filter refuses it.
 //! 6. **National numbers.** Anything else is a national number. It needs
 //!    [`PhoneRules::default_calling_code`] (otherwise [`PhoneError::NoCountry`]);
 //!    the national (trunk) prefix (by default the calling code's own, see
@@ -245,6 +247,14 @@ impl E164 {
         let number = format!("{cc}{rest}");
         check_digits(&number, MIN_DIGITS).ok()?;
         Some(E164(format!("+{number}")))
+    }
+
+    /// Whether a trunk prefix follows the calling code twice (`+44 00 909
+    /// …`, `+1 1 0 …`): no number is written so, and a gateway that drops
+    /// every `0` there would deliver it to `+44 909 …`, past a denied
+    /// prefix and a per-number limit that read it with one `0` dropped.
+    pub fn trunk_written_twice(&self) -> bool {
+        split_trunk(self.digits(), true).is_some_and(|(_, rest)| rest.starts_with('0'))
     }
 }
 
@@ -905,6 +915,30 @@ mod tests {
         assert_eq!(nested.matching_prefix(&n), Some("+44"));
         assert!(PrefixSet::default().is_empty());
         assert!(!PrefixSet::default().contains_prefix_of(&n));
+    }
+
+    #[test]
+    fn a_trunk_prefix_written_twice_is_no_number() {
+        let twice = |s: &str| normalize(s, &uk()).unwrap().trunk_written_twice();
+        for s in [
+            "+44 00 909 876 5432",
+            "+4400909876543",
+            "0044 0 0 7700 900123",
+            "+1 1 0 555 123 4567",
+            "+36 0 0 1 234 5678",
+        ] {
+            assert!(twice(s), "{s}");
+        }
+        for s in [
+            "+44 0 909 876 5432",
+            "+44 7700 900123",
+            "0909 876 5432",
+            "+39 06 1234 5678",
+            "+39 00 1234 5678",
+            "+1 900 555 1234",
+        ] {
+            assert!(!twice(s), "{s}");
+        }
     }
 
     #[test]

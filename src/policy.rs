@@ -1504,6 +1504,9 @@ fn body_values(config: &Config, route: &Route, body: &[u8]) -> Result<BodyValues
             let value = if *is_phone {
                 let pc = config.phone.as_ref().ok_or(Reason::BodyInvalid)?;
                 let number = phone::normalize(&raw, &pc.rules).map_err(|_| Reason::BodyInvalid)?;
+                if number.trunk_written_twice() {
+                    return Err(Reason::BodyInvalid);
+                }
                 let trunkless = number.without_trunk_prefix();
                 if pc
                     .denied

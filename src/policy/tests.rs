@@ -1268,6 +1268,17 @@ fn a_trunk_zero_after_the_calling_code_is_the_same_phone() {
         Step::Done(d, _) => assert_eq!(d.reason(), Some(Reason::PhoneDenied)),
         s => panic!("{s:?}"),
     }
+    // Two trunk zeros: no number, where a gateway dropping both would
+    // reach `+44 70 …` past the denied prefix.
+    match w.post(
+        "/sms",
+        "198.51.9.3",
+        &[],
+        &json!({"to": "+44 00 70 1234 5678"}).to_string(),
+    ) {
+        Step::Done(d, _) => assert_eq!(d.reason(), Some(Reason::BodyInvalid)),
+        s => panic!("{s:?}"),
+    }
 }
 
 #[test]
