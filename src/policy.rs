@@ -2611,6 +2611,10 @@ fn check_token(
         }
     }
     if let Some((_, pi, p, claims)) = delegated {
+        // jwt_authn verified the header under its one name; a copy under
+        // another spelling (`x_token`, which PHP reads as `x-token`) must
+        // be the same token, as for a provider appguard verifies itself.
+        token::extract(p, req).map_err(|e| Flow::from(e.reason()))?;
         let exp = token::check_claims(p, &claims, now).map_err(|e| Flow::from(e.reason()))?;
         let verified = Rc::new(VerifiedToken {
             provider: pi,

@@ -270,6 +270,38 @@ fn delegated_mode_behind_a_real_jwt_authn() {
     assert_eq!(up.seen().len(), 1);
 }
 
+/// jwt_authn verifies `x-token` only; a forged token beside it as
+/// `x_token`, which a PHP upstream reads as the same header, is refused as
+/// for a provider appguard verifies itself, and never reaches the
+/// upstream (with `forward: true` it went through).
+#[test]
+fn a_delegated_tokens_copy_under_another_spelling_must_be_the_same_token() {
+    let up = Upstream::start();
+    let envoy = delegated_envoy_with(&up, json!({"forward": true}));
+    let good = tokens::rs256("rsa1", &good_claims());
+    let bad = forged(
+        "rsa1",
+        &claims(60, json!({"iss": "https://issuer.example", "sub": "admin"})),
+    );
+    for other in ["x_token", "X.Token"] {
+        let r = envoy.request(Req::get("/a").header("x-token", &good).header(other, &bad));
+        assert_eq!(
+            (r.status, r.reason()),
+            (401, Some("token_malformed")),
+            "{other}"
+        );
+    }
+    assert!(up.seen().is_empty());
+    // The same token under both names is one token.
+    let r = envoy.request(
+        Req::get("/a")
+            .header("x-token", &good)
+            .header("x_token", &good),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().header("x-token"), Some(good.as_str()));
+}
+
 #[test]
 fn a_monitor_route_counts_and_logs_its_budget_refusals() {
     // Monitor mode lets the flood through, but the budget still spares the
