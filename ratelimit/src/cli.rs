@@ -326,6 +326,13 @@ async fn serve(
             Backend::Memory(MemoryBackend::new(cli.memory_max_keys))
         }
     };
+    if cli.shadow_mode {
+        warn!(
+            "--shadow-mode: every call is answered OK, so no limit refuses anything, \
+             appguard's replay limits (replay.scope: service) included: a replayed token \
+             passes as a first use"
+        );
+    }
     if cli.stop_increment_when_over_limit {
         if cli.shadow_mode {
             warn!(

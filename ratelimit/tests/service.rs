@@ -232,6 +232,30 @@ async fn shadow_mode_answers_ok_and_counts() {
     );
 }
 
+/// Global shadow mode answers OK to everything, replays of a token's
+/// `jti` included (appguard cannot tell them from a first use): the
+/// service says so when it starts.
+#[tokio::test]
+async fn global_shadow_mode_lets_replays_through_and_says_so() {
+    avoid_window_edge(HOUR, 10);
+    let mut args = appguard_args();
+    args.push("--shadow-mode".to_owned());
+    let service = Service::start_healthy(&strs(&args));
+    let mut client = service.client().await;
+    let req = request("appguard", vec![descriptor(&[("jti", "7d1a54127b222502")])]);
+    for _ in 0..2 {
+        let r = ask(&mut client, &req).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+    }
+    let logs = service.stderr();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("--shadow-mode: every call is answered OK"))
+        .unwrap_or_else(|| panic!("no warning: {logs}"));
+    assert!(line.contains("WARN") || line.contains("warn"), "{line}");
+    assert!(line.contains("replay"), "{line}");
+}
+
 #[tokio::test]
 async fn limit_override_logs_keys_not_values() {
     avoid_window_edge(60, 5);
