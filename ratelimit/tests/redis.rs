@@ -700,6 +700,65 @@ async fn with_stop_increment_refused_calls_leave_redis_untouched() {
     assert_eq!(count, 1);
 }
 
+/// With `--stop-increment-when-over-limit`, a rolling counter is created
+/// with its expiry: a Redis user that may not run `EXPIRE` (as Redis before
+/// 7 refuses `EXPIRE … NX`) cannot leave a count without one, which the
+/// refused calls that follow, counting nothing, would never repair (the
+/// `jti` or phone number refused for ever). One found without an expiry
+/// gets one.
+#[tokio::test]
+async fn with_stop_increment_a_rolling_count_never_outlives_its_window() {
+    let redis = Redis::start();
+    let mut conn = redis.conn();
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "rl", "on", ">pw", "~*", "+@all", "-expire"])
+        .query(&mut conn)
+        .unwrap();
+    let url = format!(
+        "redis://rl:pw@127.0.0.1:{}",
+        redis.url().rsplit(':').next().unwrap()
+    );
+    let args = vec![
+        "--config".to_owned(),
+        fixture("rolling.yaml").display().to_string(),
+        "--redis".to_owned(),
+        url,
+        "--stop-increment-when-over-limit".to_owned(),
+    ];
+    let service = Service::start_healthy(&strs(&args));
+    let mut client = service.client().await;
+    let req = |jti: &str| request("appguard", vec![descriptor(&[("jti", jti)])]);
+    let key = |jti: &str| format!("8:appguard_3:jti={}:{jti}_hour_rolling", jti.len());
+
+    assert_eq!(
+        ask(&mut client, &req("t1")).await.overall_code,
+        Code::Ok as i32
+    );
+    let r = ask(&mut client, &req("t1")).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    let reset = r.statuses[0].duration_until_reset.unwrap().seconds;
+    assert!(
+        reset > 3500 && reset <= 3600,
+        "duration_until_reset {reset}"
+    );
+    let ttl: i64 = conn.ttl(key("t1")).unwrap();
+    assert!(ttl > 3500 && ttl <= 3600, "ttl {ttl}");
+
+    // A count left without an expiry (by an earlier version, whose EXPIRE
+    // failed after its INCRBY) is given its window again, by a user that
+    // may run EXPIRE.
+    let _: () = conn.set(key("t2"), 1).unwrap();
+    let mut args = redis_args(&redis);
+    args[1] = fixture("rolling.yaml").display().to_string();
+    args.push("--stop-increment-when-over-limit".to_owned());
+    let service = Service::start_healthy(&strs(&args));
+    let mut client = service.client().await;
+    let r = ask(&mut client, &req("t2")).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    let ttl: i64 = conn.ttl(key("t2")).unwrap();
+    assert!(ttl > 3500 && ttl <= 3600, "ttl {ttl}");
+}
+
 /// How many times Redis was sent `command`, and how many of those failed
 /// (`NOSCRIPT` for `EVALSHA`), since its stats were last reset (`INFO
 /// commandstats`).

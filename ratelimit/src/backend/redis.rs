@@ -125,10 +125,18 @@ fn counted(item: &Increment, count: i64, ms: i64) -> Counted {
 /// rolling (1/0), rule (0 never refuses, 1 refuses alone, 2 quota mode) and
 /// the limit. It first reads every counter and adds the call's hits as if
 /// counted in order (a key may come twice); if that refuses the call it
-/// changes nothing. Otherwise it counts exactly as the transaction of
-/// [`RedisBackend::increment`] does (`GET` for 0 hits; `INCRBY`, then
-/// `EXPIRE`, with `NX` for a rolling key). It answers the refusal (1/0),
-/// then per key the count and its `PTTL` (-3 for an epoch window).
+/// changes nothing. Otherwise it counts as the transaction of
+/// [`RedisBackend::increment`] does (`GET` for 0 hits), but gives a key its
+/// expiry as it creates it (`SET key 0 EX window NX`, then `INCRBY`): a
+/// script is not undone when a command of it fails, and `INCRBY` followed
+/// by a failing `EXPIRE` (Redis before 7 refuses `EXPIRE … NX`, an ACL may
+/// lack `EXPIRE`) would leave a count without an expiry, which refused
+/// calls, counting nothing, would never repair: a rolling limit would
+/// refuse for ever. A rolling key found without an expiry (from such a
+/// failure, or another writer) gets one. An epoch-window key's expiry then
+/// runs from its first hit rather than its last, which counts the same
+/// (its window is in its name). It answers the refusal (1/0), then per
+/// key the count and its `PTTL` (-3 for an epoch window).
 pub const STOP_WHEN_REFUSED_SCRIPT: &str = r#"
 local n = #KEYS
 local would = {}
@@ -164,12 +172,11 @@ for i = 1, n do
   elseif hits == 0 then
     count = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
   else
+    -- The expiry comes with the key, before the count: an error between
+    -- the two (an ACL without EXPIRE) can never leave a count that lasts
+    -- for ever. A rolling key is given its end by its first hit only.
+    redis.call('SET', KEYS[i], 0, 'EX', window, 'NX')
     count = redis.call('INCRBY', KEYS[i], hits)
-    if rolling then
-      redis.call('EXPIRE', KEYS[i], window, 'NX')
-    else
-      redis.call('EXPIRE', KEYS[i], window)
-    end
   end
   -- Lua numbers are doubles, and a double of 2^63 or more comes back as
   -- i64::MIN: cap what is answered (any count this high is over any
@@ -177,7 +184,15 @@ for i = 1, n do
   if count > 9007199254740992 then count = 9007199254740992 end
   out[#out + 1] = count
   if rolling then
-    out[#out + 1] = redis.call('PTTL', KEYS[i])
+    local ttl = redis.call('PTTL', KEYS[i])
+    -- A rolling count without an expiry (left by an earlier version whose
+    -- EXPIRE failed, or by another writer) would refuse for ever: its
+    -- window starts now.
+    if ttl == -1 then
+      redis.call('EXPIRE', KEYS[i], window)
+      ttl = redis.call('PTTL', KEYS[i])
+    end
+    out[#out + 1] = ttl
   else
     out[#out + 1] = -3
   end
