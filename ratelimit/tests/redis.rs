@@ -759,6 +759,54 @@ async fn with_stop_increment_a_rolling_count_never_outlives_its_window() {
     assert!(ttl > 3500 && ttl <= 3600, "ttl {ttl}");
 }
 
+/// A service started before Redis takes its credentials (an ACL user not
+/// made yet, a password rotated in the wrong order) connects again once
+/// it does, instead of answering UNAVAILABLE until restarted.
+#[tokio::test]
+async fn credentials_redis_refused_at_first_are_tried_again() {
+    let redis = Redis::start();
+    let mut conn = redis.conn();
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "late", "off", ">pw", "~*", "+@all"])
+        .query(&mut conn)
+        .unwrap();
+    let port = redis.url().rsplit(':').next().unwrap().to_owned();
+    let args = vec![
+        "--config".to_owned(),
+        fixture("appguard.yaml").display().to_string(),
+        "--redis".to_owned(),
+        format!("redis://late:pw@127.0.0.1:{port}"),
+        "--redis-timeout-ms".to_owned(),
+        "500".to_owned(),
+    ];
+    let service = Service::start(&strs(&args));
+    let mut client = service.client().await;
+    let req = request("appguard", vec![descriptor(&[("client_ip", "192.0.2.30")])]);
+    let mut c = client.clone();
+    assert!(
+        c.should_rate_limit(req.clone()).await.is_err(),
+        "the user is off"
+    );
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "late", "on"])
+        .query(&mut conn)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.should_rate_limit(req.clone()).await {
+            Ok(r) => {
+                assert_eq!(r.into_inner().overall_code, Code::Ok as i32);
+                break;
+            }
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("still refused 10 s after Redis took the credentials: {e}"),
+        }
+    }
+    assert_eq!(service.http_get("/healthcheck").0, 200);
+}
+
 /// How many times Redis was sent `command`, and how many of those failed
 /// (`NOSCRIPT` for `EVALSHA`), since its stats were last reset (`INFO
 /// commandstats`).

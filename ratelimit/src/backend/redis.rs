@@ -218,6 +218,11 @@ fn not_primary(e: &redis::RedisError) -> bool {
     }
 }
 
+/// Whether an error says Redis refused the connection's credentials.
+fn auth_refused(e: &redis::RedisError) -> bool {
+    e.kind() == ErrorKind::AuthenticationFailed || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+}
+
 /// Shortest time between a replacement of the connection and one for a
 /// timeout (see `Inner::timed_out`): a Redis that stopped answering
 /// altogether gets a new connection attempt once a second, not one per
@@ -642,16 +647,26 @@ impl Inner {
     /// service's primary endpoint) the old connection still reaches the
     /// demoted server, which the `redis` crate does not leave on such a
     /// reply: every call would fail until a restart.
+    ///
+    /// So does a failed authentication: the `redis` crate keeps a
+    /// connection whose handshake Redis refused (a password rotated in the
+    /// wrong order, an ACL user not made yet) and answers every later call
+    /// with that error without connecting again, so the service would stay
+    /// UNAVAILABLE after Redis takes the credentials.
     fn error_reply(&self, generation: u64, e: &redis::RedisError) {
-        if !not_primary(e) {
+        let why = if not_primary(e) {
+            "the server is no longer the primary"
+        } else if auth_refused(e) {
+            "redis refused the credentials"
+        } else {
             return;
-        }
+        };
         let mut current = self.manager();
         if current.generation != generation || current.opened.elapsed() < REPLACE_NOT_PRIMARY_EVERY
         {
             return;
         }
-        self.replace(&mut current, "the server is no longer the primary");
+        self.replace(&mut current, why);
     }
 
     /// Opens a new connection in place of `current`'s, logging `why`.
