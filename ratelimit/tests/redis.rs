@@ -807,6 +807,31 @@ async fn credentials_redis_refused_at_first_are_tried_again() {
     assert_eq!(service.http_get("/healthcheck").0, 200);
 }
 
+/// Redis echoes a command it does not know with its arguments, the
+/// counter keys that hold descriptor values (a client IP here): neither
+/// the log nor the gRPC answer repeats them, and the answer stays short.
+#[tokio::test]
+async fn redis_errors_are_shown_without_the_keys_redis_echoes() {
+    let redis = Redis::start_with(free_port(), &["--rename-command", "EVALSHA", ""]);
+    let mut args = redis_args(&redis);
+    args.push("--stop-increment-when-over-limit".to_owned());
+    let service = Service::start_healthy(&strs(&args));
+    let mut client = service.client().await;
+    let req = request("appguard", vec![descriptor(&[("client_ip", "192.0.2.77")])]);
+    let err = client.should_rate_limit(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(
+        err.message().contains("unknown command"),
+        "{}",
+        err.message()
+    );
+    assert!(!err.message().contains("192.0.2.77"), "{}", err.message());
+    assert!(err.message().len() < 300, "{}", err.message());
+    let logs = service.stderr();
+    assert!(logs.contains("unknown command"), "{logs}");
+    assert!(!logs.contains("192.0.2.77"), "{logs}");
+}
+
 /// How many times Redis was sent `command`, and how many of those failed
 /// (`NOSCRIPT` for `EVALSHA`), since its stats were last reset (`INFO
 /// commandstats`).

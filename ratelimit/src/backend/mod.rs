@@ -104,12 +104,43 @@ pub struct Batch {
     pub refused: bool,
 }
 
+/// Longest Redis error text shown in a log line or a gRPC answer.
+pub const MAX_REDIS_ERROR_BYTES: usize = 200;
+
+/// A Redis error as the service logs it and answers it: its code and text,
+/// cut where Redis starts echoing the command (`unknown command 'EVALSHA',
+/// with args beginning with: …`, the counter keys that hold descriptor
+/// values: client IPs, key ids) and at [`MAX_REDIS_ERROR_BYTES`] (a failed
+/// transaction's text may list every command, kilobytes that a gRPC client
+/// refuses as a message). Errors without a code (I/O, a refused
+/// handshake) carry no keys and are shown as the client gives them.
+pub fn redis_summary(e: &::redis::RedisError) -> String {
+    let text = match e.code() {
+        Some(code) => {
+            let detail = e.detail().unwrap_or("");
+            let detail = detail
+                .split("with args beginning with")
+                .next()
+                .unwrap_or("")
+                .trim_end_matches([' ', ',']);
+            format!("{code} {detail}")
+        }
+        None => e.to_string(),
+    };
+    let mut end = text.len().min(MAX_REDIS_ERROR_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or("").to_owned()
+}
+
 /// Why a counter store could not answer. The service turns every one of these
 /// into a gRPC error (UNAVAILABLE), never into an OK.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// Redis refused the command or the connection failed.
-    #[error("redis error: {0}")]
+    /// Redis refused the command or the connection failed. Shown as
+    /// [`redis_summary`] says: never with the counter keys Redis may echo.
+    #[error("redis error: {}", redis_summary(.0))]
     Redis(#[from] ::redis::RedisError),
     /// The Redis URL asks for TLS (`rediss://`), which this build lacks.
     #[error(

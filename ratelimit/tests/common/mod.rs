@@ -113,6 +113,11 @@ impl Redis {
     }
 
     pub fn start_on(port: u16) -> Redis {
+        Self::start_with(port, &[])
+    }
+
+    /// A Redis on `port` with `extra` arguments (`--rename-command …`).
+    pub fn start_with(port: u16, extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new("/usr/bin/redis-server")
             .args([
@@ -127,6 +132,7 @@ impl Redis {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
