@@ -56,6 +56,15 @@ pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 /// in decoded requests. Envoy keeps one connection per worker.
 pub const MAX_CALLS_PER_CONNECTION: usize = 256;
 
+/// HTTP/2 streams one gRPC connection may have open at once (the calls
+/// answered at once, [`MAX_CALLS_PER_CONNECTION`], and as many waiting).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 512;
+
+/// Longest a gRPC call may take on the server, message included: a call
+/// that sends its headers and never its message ends with
+/// DEADLINE_EXCEEDED then instead of holding its place for ever.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The environment variable holding the Redis URL when neither `--redis`
 /// nor `--redis-url-file` is given.
 pub const REDIS_URL_ENV: &str = "APPGUARD_RATELIMIT_REDIS_URL";
@@ -434,6 +443,19 @@ async fn serve(
         // `failure_mode`, which under `allow` lets the request through
         // unlimited.
         .http2_max_header_list_size(64 * 1024)
+        // Streams a connection may open at once, as the HTTP/2 setting:
+        // beyond the calls answered at once, those waiting are bounded
+        // too (tonic's default is none, and each waiting stream keeps its
+        // headers), and a caller opens another connection or waits.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        // A call that never sends its message (headers, then nothing)
+        // would hold its place for ever: every call ends by then
+        // (DEADLINE_EXCEEDED), far past any caller's own deadline.
+        .timeout(CALL_TIMEOUT)
+        // A peer that vanished without closing is found and its
+        // connection dropped.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(
             RateLimitServiceServer::new(RlsService::new(limiter))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
@@ -452,8 +474,11 @@ async fn serve(
         stats,
         shutting_down: Arc::clone(&shutting_down),
     };
-    let http = axum::serve(http_listener, crate::http::router(http_state))
-        .with_graceful_shutdown(shutdown_signalled(shutdown_rx.clone()));
+    let http = axum::serve(
+        crate::http::BoundedListener::new(http_listener),
+        crate::http::router(http_state),
+    )
+    .with_graceful_shutdown(shutdown_signalled(shutdown_rx.clone()));
 
     info!(
         grpc_addr = %cli.grpc_addr,

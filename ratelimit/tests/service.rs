@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
@@ -254,6 +254,26 @@ async fn global_shadow_mode_lets_replays_through_and_says_so() {
         .unwrap_or_else(|| panic!("no warning: {logs}"));
     assert!(line.contains("WARN") || line.contains("warn"), "{line}");
     assert!(line.contains("replay"), "{line}");
+}
+
+/// The gRPC port bounds the streams one connection may open (the
+/// HTTP/2 setting): streams waiting beyond the calls answered at once
+/// would otherwise have no bound, each keeping its headers.
+#[tokio::test]
+async fn a_grpc_connection_may_open_a_bounded_number_of_streams() {
+    let service = Service::start_healthy(&strs(&appguard_args()));
+    let tcp = tokio::net::TcpStream::connect(service.grpc).await.unwrap();
+    let (_client, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while conn.max_concurrent_send_streams() != 512 {
+        assert!(
+            Instant::now() < deadline,
+            "the server advertises {} streams",
+            conn.max_concurrent_send_streams()
+        );
+        // Drive the connection until the server's SETTINGS are read.
+        let _ = tokio::time::timeout(Duration::from_millis(50), &mut conn).await;
+    }
 }
 
 #[tokio::test]
