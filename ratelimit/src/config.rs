@@ -456,6 +456,12 @@ impl RateLimitConfig {
                 file: name.clone(),
                 source,
             })?;
+            // A byte-order mark (editors on Windows write one) is not YAML
+            // content; envoyproxy/ratelimit's parser skips it too.
+            let text = match text.strip_prefix('\u{feff}') {
+                Some(rest) => rest.to_owned(),
+                None => text,
+            };
             sources.push((name, text));
         }
         let (config, warnings) = Self::from_sources(&sources)?;
@@ -1215,7 +1221,12 @@ descriptors:
     fn loads_files_and_directories() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("b.yaml"), "domain: b\n").unwrap();
-        std::fs::write(dir.path().join("a.yml"), "domain: a\n").unwrap();
+        // With a byte-order mark, as Windows editors write it.
+        std::fs::write(
+            dir.path().join("a.yml"),
+            "\u{feff}domain: a\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 1}\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join(".hidden.yaml"), "domain: hidden\n").unwrap();
         std::fs::write(dir.path().join("notes.txt"), "not yaml").unwrap();
         let single = dir.path().join("single.conf");
