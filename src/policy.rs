@@ -2100,16 +2100,27 @@ fn check(
     // (the default) no token of any provider the route accepts goes
     // upstream — not the one verified, not a second one beside it, and
     // not one let through by monitor mode after an earlier check failed.
+    // A `forward: true` provider's header goes only with the token
+    // appguard verified: marked too, and given back below once its token
+    // is the one verified (an upstream reading that provider's claims
+    // must never be handed one nobody checked: beside another provider's
+    // token, under `failure_mode: allow` without keys, in monitor mode).
+    let mut forwarded = 0..0;
     if let Some(route) = route {
-        for p in route
-            .providers
-            .iter()
-            .filter_map(|&pi| config.providers.get(pi))
-        {
-            if !p.forward {
-                remove_token_headers(p, req, None, grant);
-            }
+        let providers = || {
+            route
+                .providers
+                .iter()
+                .filter_map(|&pi| config.providers.get(pi))
+        };
+        for p in providers().filter(|p| !p.forward) {
+            remove_token_headers(p, req, grant);
         }
+        let start = grant.remove_headers.len();
+        for p in providers().filter(|p| p.forward) {
+            remove_token_headers(p, req, grant);
+        }
+        forwarded = start..grant.remove_headers.len();
         // The API key likewise with `api_keys.forward: false`, on routes
         // that read keys: its header, and its parameter cut out of `:path`.
         if !config.api_keys.forward && route.api_key != KeyRequirement::None {
@@ -2176,22 +2187,14 @@ fn check(
     };
     // 4. token
     let token = check_token(ctx, req, now, route, grant, facts)?;
-    // A `forward: true` provider's header goes upstream with the token
-    // appguard verified, never with one it did not look at: where another
-    // provider's token was the one used, an upstream reading this
-    // provider's header for its claims would take a forged one.
+    // The verified token's own headers go on when its provider forwards
+    // them (those another provider of the route removes stay removed).
     if let Some(used) = token
         .as_ref()
         .and_then(|t| config.providers.get(t.provider))
     {
-        let kept = used.forward.then_some(used);
-        for p in route
-            .providers
-            .iter()
-            .filter_map(|&pi| config.providers.get(pi))
-            .filter(|p| p.forward && !std::ptr::eq(*p, used))
-        {
-            remove_token_headers(p, req, kept, grant);
+        if used.forward {
+            keep_token_headers(used, forwarded, grant);
         }
     }
     // Request signing with the token's install key is part of the token
@@ -2544,34 +2547,40 @@ fn platform_headers<'r>(config: &Config, req: &Request<'r>) -> Result<PlatformHe
         android_cert: one(&names.android_cert)?,
         ios_bundle_id: one(&names.ios_bundle_id)?,
         ios_team_id: one(&names.ios_team_id)?,
-        origin: one("origin")?,
-        referer: one("referer")?,
+        // No `-` to spell otherwise: the exact name is every spelling.
+        origin: req
+            .header_unique("origin")
+            .map_err(|()| Reason::AppMismatch)?,
+        referer: req
+            .header_unique("referer")
+            .map_err(|()| Reason::AppMismatch)?,
     })
 }
 
-/// Marks every spelling of `p`'s token headers in the request for removal,
-/// but those `kept`'s sources read (the verified provider's, forwarded).
-fn remove_token_headers(
-    p: &Provider,
-    req: &Request<'_>,
-    kept: Option<&Provider>,
-    grant: &mut Grant,
-) {
-    let keeps = |name: &str| {
-        kept.is_some_and(|k| {
-            k.sources
-                .iter()
-                .any(|s| same_header_name(s.header.as_bytes(), name.as_bytes()))
-        })
-    };
+/// Marks every spelling of `p`'s token headers in the request for removal.
+fn remove_token_headers(p: &Provider, req: &Request<'_>, grant: &mut Grant) {
     // Every spelling, as the token is read in every spelling.
     for src in &p.sources {
         for name in req.header_spellings(&src.header) {
-            if !keeps(&name) && !grant.remove_headers.contains(&name) {
+            if !grant.remove_headers.contains(&name) {
                 grant.remove_headers.push(name);
             }
         }
     }
+}
+
+/// Unmarks, among the names `marked` spans in `grant.remove_headers` (a
+/// forwarding provider's, see `check`), those `p`'s sources read.
+fn keep_token_headers(p: &Provider, marked: std::ops::Range<usize>, grant: &mut Grant) {
+    let mut at = 0;
+    grant.remove_headers.retain(|name| {
+        let i = at;
+        at += 1;
+        !(marked.contains(&i)
+            && p.sources
+                .iter()
+                .any(|s| same_header_name(s.header.as_bytes(), name.as_bytes())))
+    });
 }
 
 fn check_token(

@@ -3177,7 +3177,8 @@ fn every_token_header_of_the_route_is_removed_whatever_the_outcome() {
         ],
         "routes": [
             {"name": "both", "match": {"prefix": "/both"}, "tokens": ["own", "firebase", "fwd"]},
-            {"name": "watch", "match": {"prefix": "/watch"}, "tokens": ["own"], "api_key": "required", "mode": "monitor"}
+            {"name": "watch", "match": {"prefix": "/watch"}, "tokens": ["own"], "api_key": "required", "mode": "monitor"},
+            {"name": "watch-fwd", "match": {"prefix": "/fwd-watch"}, "tokens": ["fwd"], "mode": "monitor"}
         ]
     }));
     let good = hs256_raw(SECRET, &json!({"alg": "HS256"}), &json!({"exp": NOW + 60}));
@@ -3217,6 +3218,21 @@ fn every_token_header_of_the_route_is_removed_whatever_the_outcome() {
         d => panic!("{d:?}"),
     }
     assert_eq!(removed(&d), vec!["x-app-token"]);
+    // A forwarded provider's token that did not verify, let through by
+    // monitor mode: it does not go upstream either.
+    let (d, _) = w.run(
+        "/fwd-watch",
+        "192.0.2.1",
+        &[("x-fwd", "forged.unverified.token")],
+    );
+    match &d {
+        Decision::Allow(g) => assert_eq!(g.would_deny, Some(Reason::TokenMalformed)),
+        d => panic!("{d:?}"),
+    }
+    assert_eq!(removed(&d), vec!["x-fwd"]);
+    // Its verified token does.
+    let (d, _) = w.run("/fwd-watch", "192.0.2.1", &[("x-fwd", &good)]);
+    assert_eq!(removed(&d), Vec::<String>::new());
 }
 
 #[test]
