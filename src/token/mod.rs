@@ -183,10 +183,11 @@ pub struct Provider {
     pub platforms: Vec<Platform>,
     /// `typ` header values accepted beside `JWT` (compared without case),
     /// for a signer that types its attestation tokens (RFC 8725 §3.11).
-    /// A token without `typ` or with `JWT` is always accepted; any other
-    /// `typ` (`at+jwt`, an OAuth access token; `dpop+jwt`, a DPoP proof)
-    /// only when listed, so that another kind of JWT the same key signs is
-    /// not taken for an attestation token. Empty (left out): `JWT` only.
+    /// A token without `typ` or with `JWT` is always accepted. Left out
+    /// (empty), any `…+jwt` is accepted too but the registered kinds of
+    /// [`OTHER_JWT_KINDS`] (`at+jwt`, an OAuth access token; `dpop+jwt`, a
+    /// DPoP proof), so that another kind of JWT the same key signs is not
+    /// taken for an attestation token; listed, only those listed.
     pub typ: Vec<String>,
     /// Keep the token on the upstream request (default: removed).
     pub forward: bool,
@@ -576,8 +577,9 @@ pub(crate) struct RawProvider {
     /// [`Provider::platforms`].
     #[serde(default, deserialize_with = "crate::config::restriction")]
     platforms: Vec<Platform>,
-    /// `typ` values accepted beside `JWT`; left out, `JWT` (or none) only;
-    /// written empty, refused. See [`Provider::typ`].
+    /// `typ` values accepted beside `JWT`; left out, any `…+jwt` but the
+    /// registered other kinds; written empty, refused. See
+    /// [`Provider::typ`].
     #[serde(default, deserialize_with = "crate::config::restriction")]
     typ: Vec<String>,
     /// Keep the token on the upstream request (default `false`: removed).
@@ -1136,6 +1138,36 @@ impl Head<'_> {
     }
 }
 
+/// The `typ` values of the registered kinds of JWT that are not
+/// attestation tokens (RFC 8725 §3.11): OAuth access tokens (RFC 9068),
+/// DPoP proofs (RFC 9449), security event tokens (RFC 8417), logout
+/// tokens (OpenID back-channel logout), request objects (RFC 9101),
+/// introspection answers (RFC 9701), client assertions and SD-JWT key
+/// binding proofs.
+pub const OTHER_JWT_KINDS: &[&str] = &[
+    "at+jwt",
+    "application/at+jwt",
+    "dpop+jwt",
+    "secevent+jwt",
+    "logout+jwt",
+    "oauth-authz-req+jwt",
+    "token-introspection+jwt",
+    "client-authentication+jwt",
+    "kb+jwt",
+];
+
+/// Whether `typ` is taken where the provider lists none: a `…+jwt`
+/// (a signer's own kind, such as `attest+jwt`) that is not one of
+/// [`OTHER_JWT_KINDS`].
+fn typ_jwt_of_no_other_kind(typ: &str) -> bool {
+    let jwt = typ
+        .len()
+        .checked_sub(4)
+        .and_then(|at| typ.get(at..))
+        .is_some_and(|s| s.eq_ignore_ascii_case("+jwt"));
+    jwt && !OTHER_JWT_KINDS.iter().any(|k| k.eq_ignore_ascii_case(typ))
+}
+
 /// The checks of size, structure and header: no key, no signature work.
 fn read_head<'t>(provider: &Provider, token: &'t str) -> Result<Head<'t>, TokenError> {
     if token.len() > provider.max_token_bytes {
@@ -1173,7 +1205,12 @@ fn read_head<'t>(provider: &Provider, token: &'t str) -> Result<Head<'t>, TokenE
     // token, a DPoP proof) is not an attestation token.
     if let Some(typ) = header.get("typ") {
         let ok = typ.as_str().is_some_and(|t| {
-            t.eq_ignore_ascii_case("JWT") || provider.typ.iter().any(|a| a.eq_ignore_ascii_case(t))
+            t.eq_ignore_ascii_case("JWT")
+                || if provider.typ.is_empty() {
+                    typ_jwt_of_no_other_kind(t)
+                } else {
+                    provider.typ.iter().any(|a| a.eq_ignore_ascii_case(t))
+                }
         });
         if !ok {
             return Err(TokenError::Malformed("typ not accepted"));

@@ -381,7 +381,8 @@ fn only_jwt_or_a_listed_typ_is_an_attestation_token() {
         )
     };
     let p = provider(json!({}));
-    for typ in ["JWT", "jwt"] {
+    // Without a list: JWT, none, or a signer's own `…+jwt`.
+    for typ in ["JWT", "jwt", "attest+jwt", "Attest+JWT"] {
         assert!(verify(&p, &with_typ(typ), NOW).is_ok(), "{typ}");
     }
     assert!(verify(
@@ -392,10 +393,15 @@ fn only_jwt_or_a_listed_typ_is_an_attestation_token() {
     .is_ok());
     for typ in [
         "at+jwt",
+        "AT+JWT",
+        "application/at+jwt",
         "dpop+jwt",
-        "+JWT",
-        "attest+jwt",
+        "secevent+jwt",
+        "logout+jwt",
+        "kb+jwt",
+        "JOSE",
         "application/jwt",
+        "jwt+",
     ] {
         assert_eq!(
             verify(&p, &with_typ(typ), NOW),
@@ -403,11 +409,14 @@ fn only_jwt_or_a_listed_typ_is_an_attestation_token() {
             "{typ}"
         );
     }
+    // With a list: JWT, none, and those listed only.
     let typed = provider(json!({"typ": ["attest+jwt"]}));
     for typ in ["JWT", "attest+jwt", "Attest+JWT"] {
         assert!(verify(&typed, &with_typ(typ), NOW).is_ok(), "{typ}");
     }
-    assert!(verify(&typed, &with_typ("at+jwt"), NOW).is_err());
+    for typ in ["at+jwt", "device+jwt"] {
+        assert!(verify(&typed, &with_typ(typ), NOW).is_err(), "{typ}");
+    }
 }
 
 #[test]
