@@ -1415,6 +1415,20 @@ fn query_shadows_body(route: &Route, req: &Request<'_>) -> bool {
 /// (`application/x-www-form-urlencoded` and a body such as
 /// `{"to":"+447700900123","x":"&to=%2B88212345678&"}`) past the denied
 /// prefixes and the per-number limits.
+/// The `charset` labels a JSON body may carry (see `is_plain_json`):
+/// UTF-8, and single-byte charsets in which ASCII is itself.
+const ASCII_SAFE_CHARSETS: &[&str] = &[
+    "utf-8",
+    "utf8",
+    "us-ascii",
+    "ascii",
+    "iso-8859-1",
+    "latin1",
+    "iso-8859-15",
+    "windows-1252",
+    "cp1252",
+];
+
 fn is_plain_json(req: &Request<'_>) -> bool {
     let Ok(Some(content_type)) = req.header_unique("content-type") else {
         return false;
@@ -1424,6 +1438,10 @@ fn is_plain_json(req: &Request<'_>) -> bool {
     // JSON is UTF-8 (RFC 8259 §8.1), as read here: an upstream that
     // decodes the body in another declared charset (UTF-16, UTF-7, where
     // `+AG8-` is `o`) may read other keys and values than were checked.
+    // The single-byte charsets that keep ASCII as it is are taken too
+    // (clients still label JSON `ISO-8859-1`): every byte of JSON's
+    // syntax and of a phone number reads the same in them, and a byte
+    // above 0x7F never becomes one of those there.
     let utf8 = parts.all(|param| match param.split_once('=') {
         Some((name, value))
             if name
@@ -1435,7 +1453,7 @@ fn is_plain_json(req: &Request<'_>) -> bool {
                 .strip_prefix('"')
                 .and_then(|v| v.strip_suffix('"'))
                 .unwrap_or(value);
-            ["utf-8", "utf8", "us-ascii"]
+            ASCII_SAFE_CHARSETS
                 .iter()
                 .any(|c| value.eq_ignore_ascii_case(c))
         }

@@ -1231,6 +1231,8 @@ fn body_values_are_read_only_from_a_body_declared_as_plain_json() {
         &[("content-type", "application/json;charset=\"UTF-8\"")],
         &[("content-type", "application/json; charset=utf8; v=1")],
         &[("content-type", "application/json; Charset = us-ascii")],
+        &[("content-type", "application/json; charset=ISO-8859-1")],
+        &[("content-type", "application/json; charset=windows-1252")],
         &[("content-type", "application/vnd.api+json")],
         &[
             ("content-type", "application/json"),
