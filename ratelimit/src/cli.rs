@@ -62,7 +62,8 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 512;
 
 /// Longest a gRPC call may take on the server, message included: a call
 /// that sends its headers and never its message ends with
-/// DEADLINE_EXCEEDED then instead of holding its place for ever.
+/// CANCELLED then (tonic's answer to its own timeout) instead of holding
+/// its place for ever.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The environment variable holding the Redis URL when neither `--redis`
@@ -450,7 +451,7 @@ async fn serve(
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         // A call that never sends its message (headers, then nothing)
         // would hold its place for ever: every call ends by then
-        // (DEADLINE_EXCEEDED), far past any caller's own deadline.
+        // (CANCELLED), far past any caller's own deadline.
         .timeout(CALL_TIMEOUT)
         // A peer that vanished without closing is found and its
         // connection dropped.

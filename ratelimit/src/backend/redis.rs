@@ -125,7 +125,8 @@ fn counted(item: &Increment, count: i64, ms: i64) -> Counted {
 /// rolling (1/0), rule (0 never refuses, 1 refuses alone, 2 quota mode) and
 /// the limit. It first reads every counter and adds the call's hits as if
 /// counted in order (a key may come twice); if that refuses the call it
-/// changes nothing. Otherwise it counts as the transaction of
+/// counts nothing (it only gives a rolling key found without an expiry
+/// its window, see below). Otherwise it counts as the transaction of
 /// [`RedisBackend::increment`] does (`GET` for 0 hits), but gives a key its
 /// expiry as it creates it (`SET key 0 EX window NX`, then `INCRBY`): a
 /// script is not undone when a command of it fails, and `INCRBY` followed
