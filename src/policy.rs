@@ -651,24 +651,25 @@ fn add_forwarded_hosts<'a>(
             _ if forwarded => continue,
             _ => part,
         };
-        let h = h.trim();
-        let h = h
-            .strip_prefix('"')
-            .and_then(|q| q.strip_suffix('"'))
-            .unwrap_or(h);
-        let cut = crate::request::host_name_cut_at_colon(h);
-        for h in std::iter::once(crate::request::host_name(h)).chain(cut) {
-            if !h.is_empty() {
-                add_variant(
-                    list,
-                    own,
-                    std::borrow::Cow::Borrowed(h),
-                    str::eq_ignore_ascii_case,
-                )?;
-            }
+        for h in crate::request::host_readings(unquote(h.trim())) {
+            add_variant(
+                list,
+                own,
+                std::borrow::Cow::Borrowed(h),
+                str::eq_ignore_ascii_case,
+            )?;
         }
     }
     Ok(())
+}
+
+/// A header parameter's value without the double quotes of a quoted
+/// string around it (`host="a.example"`, `charset="utf-8"`).
+fn unquote(value: &str) -> &str {
+    value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value)
 }
 
 fn is_forwarded_host_header(name: &str) -> bool {
@@ -803,12 +804,13 @@ fn match_route_for<'c>(
     if config.routes_by_host {
         // `api.example.com:x.cdn.example.com` is `api.example.com` to an
         // upstream that cuts the authority at its first `:`.
+        // (The first reading is `host` itself, which adds nothing.)
         let authority = req.header(":authority").unwrap_or("");
-        if let Some(cut) = crate::request::host_name_cut_at_colon(authority) {
+        for h in crate::request::host_readings(authority) {
             add_variant(
                 &mut hosts,
                 host,
-                Cow::Borrowed(cut),
+                Cow::Borrowed(h),
                 str::eq_ignore_ascii_case,
             )?;
         }
@@ -1448,11 +1450,7 @@ fn is_plain_json(req: &Request<'_>) -> bool {
                 .trim_matches([' ', '\t'])
                 .eq_ignore_ascii_case("charset") =>
         {
-            let value = value.trim_matches([' ', '\t']);
-            let value = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(value);
+            let value = unquote(value.trim_matches([' ', '\t']));
             ASCII_SAFE_CHARSETS
                 .iter()
                 .any(|c| value.eq_ignore_ascii_case(c))

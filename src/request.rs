@@ -278,6 +278,14 @@ pub fn host_name_cut_at_colon(authority: &str) -> Option<&str> {
     (cut != host_name(a)).then_some(cut)
 }
 
+/// Every host name an upstream may read an authority as: [`host_name`]'s,
+/// then [`host_name_cut_at_colon`]'s where there is one; none empty.
+pub fn host_readings(authority: &str) -> impl Iterator<Item = &str> {
+    std::iter::once(host_name(authority))
+        .chain(host_name_cut_at_colon(authority))
+        .filter(|h| !h.is_empty())
+}
+
 /// A request target split into path, query and fragment, the one split
 /// every reader of `:path` uses so that they agree: the query runs from the
 /// first `?` to the first `#`, and a `?` inside the fragment starts none.
