@@ -763,6 +763,33 @@ fn jwks_down_under_failure_mode_allow_passes_without_the_token() {
     e.assert_vm_healthy();
 }
 
+/// A provider that forwards its token to the upstream: with no keys to
+/// check it, under `failure_mode: allow`, the token still does not go on
+/// as if checked, nor does a forged one.
+#[test]
+fn jwks_down_under_failure_mode_allow_forwards_no_unchecked_token() {
+    let (k, _doc) = key();
+    let up = Upstream::start();
+    let mut config = jwks_config(600, 3600, "allow");
+    config["tokens"][0]["forward"] = json!(true);
+    let e = EnvoyBuilder::new(config, up.port)
+        .http_cluster("jwks", free_port())
+        .start();
+    let genuine = tokens::es256_with(&k, &claims(60, json!({})));
+    let other = ES256KeyPair::generate().with_key_id("k1");
+    let forged = tokens::es256_with(&other, &claims(60, json!({"sub": "admin"})));
+    for t in [&genuine, &forged] {
+        let r = e.request(Req::get("/api/x").header("x-token", t));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(up.last().header("x-token"), None);
+        assert_eq!(
+            up.last().header("x-appguard-degraded"),
+            Some("jwks_unavailable")
+        );
+    }
+    e.assert_vm_healthy();
+}
+
 #[test]
 fn keys_survive_failed_refreshes_until_refresh_plus_grace() {
     const REFRESH: u64 = 10;
