@@ -1,8 +1,9 @@
 //! The in-memory counter store, for a single instance.
 //!
 //! Memory stays bounded: every key is indexed by the end of its window, and
-//! keys whose window is over are swept (on every batch and by a periodic task
-//! in `main`). A hard cap on live keys protects against a flood of distinct
+//! keys whose window is over are swept (a bounded number by every batch,
+//! [`SWEEP_PER_CALL`], the rest by a periodic task in `main`, in chunks);
+//! one whose window is over reads as absent until then. A hard cap on live keys protects against a flood of distinct
 //! values inside one long window; when it is reached the store answers with
 //! an error, which the service reports as UNAVAILABLE so the caller's
 //! failure mode decides. The cap is for the whole process: once it is
@@ -43,6 +44,19 @@ pub const FULL_REPORTED_FOR_SECONDS: i64 = 10;
 /// but calls needing fewer still succeed, so the instance stays ready.
 pub const NEARLY_FULL_FREE_FRACTION: usize = 10;
 
+/// Most expired counters one call removes while it holds the store's lock.
+/// Every counter of a unit ends at the same second (a million minute
+/// counters at once), and removing them all in the first call after it
+/// held every other call for about 150 ms; a counter whose window is over
+/// reads as absent anyway, so the rest are left to later calls and to the
+/// periodic sweep.
+pub const SWEEP_PER_CALL: usize = 1024;
+
+/// Expired counters the periodic sweep ([`MemoryBackend::sweep`]) removes
+/// per hold of the lock, which it lets go of between holds so that calls
+/// go on.
+pub const SWEEP_CHUNK: usize = 16_384;
+
 /// Counters in a hash map, with an expiry index.
 #[derive(Debug)]
 pub struct MemoryBackend {
@@ -80,11 +94,8 @@ impl MemoryBackend {
     /// [`FULL_REPORTED_FOR_SECONDS`]. (Counters already in it still count;
     /// calls that need a new one fail.)
     pub fn check(&self, now: i64) -> Result<(), BackendError> {
-        let live = {
-            let mut state = self.lock();
-            sweep_locked(&mut state, now);
-            state.counts.len()
-        };
+        self.sweep(now);
+        let live = self.lock().counts.len();
         let since_refused = now.saturating_sub(self.refused_at.load(Ordering::Relaxed));
         if live >= self.max_keys || (0..FULL_REPORTED_FOR_SECONDS).contains(&since_refused) {
             return Err(BackendError::MemoryFull {
@@ -102,11 +113,17 @@ impl MemoryBackend {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Drops every counter whose window ended at or before `now`; returns how
-    /// many were dropped.
+    /// Drops every counter whose window ended at or before `now`, at most
+    /// [`SWEEP_CHUNK`] per hold of the lock; returns how many were dropped.
     pub fn sweep(&self, now: i64) -> usize {
-        let mut state = self.lock();
-        sweep_locked(&mut state, now)
+        let mut dropped = 0;
+        loop {
+            let (gone, done) = sweep_locked(&mut self.lock(), now, SWEEP_CHUNK);
+            dropped += gone;
+            if done {
+                return dropped;
+            }
+        }
     }
 
     /// Number of live counters (for tests and stats).
@@ -145,7 +162,7 @@ impl MemoryBackend {
         // Hashed before the lock: keys run to kilobytes.
         let keys: Vec<KeyDigest> = items.iter().map(|i| digest(&i.key)).collect();
         let mut state = self.lock();
-        sweep_locked(&mut state, now);
+        sweep_locked(&mut state, now, SWEEP_PER_CALL);
         self.count_locked(&mut state, items, keys, now)
     }
 
@@ -162,17 +179,13 @@ impl MemoryBackend {
     ) -> Result<(Vec<(u64, i64)>, bool), BackendError> {
         let keys: Vec<KeyDigest> = items.iter().map(|i| digest(&i.key)).collect();
         let mut state = self.lock();
-        sweep_locked(&mut state, now);
+        sweep_locked(&mut state, now, SWEEP_PER_CALL);
         // What each item would read after the batch's earlier items, as if
         // counted in order (a key may come twice in one call).
         let mut added: HashMap<&KeyDigest, u64> = HashMap::new();
         let mut would = Vec::with_capacity(items.len());
         for (item, key) in items.iter().zip(&keys) {
-            let (count, end) = state
-                .counts
-                .get(key)
-                .copied()
-                .unwrap_or((0, item.window_end));
+            let (count, end) = live(&state, key, now).unwrap_or((0, item.window_end));
             let sum = added.entry(key).or_insert(0);
             *sum = sum.saturating_add(item.hits);
             would.push((count.saturating_add(*sum), end));
@@ -194,15 +207,24 @@ impl MemoryBackend {
         keys: Vec<KeyDigest>,
         now: i64,
     ) -> Result<Vec<(u64, i64)>, BackendError> {
-        let mut new_keys: Vec<&KeyDigest> = keys
-            .iter()
-            .zip(items)
-            .filter(|(k, item)| item.hits > 0 && !state.counts.contains_key(*k))
-            .map(|(k, _)| k)
-            .collect();
-        new_keys.sort_unstable();
-        new_keys.dedup();
-        if state.counts.len() + new_keys.len() > self.max_keys {
+        let new_keys = |state: &State| {
+            let mut new: Vec<&KeyDigest> = keys
+                .iter()
+                .zip(items)
+                .filter(|(k, item)| item.hits > 0 && !state.counts.contains_key(*k))
+                .map(|(k, _)| k)
+                .collect();
+            new.sort_unstable();
+            new.dedup();
+            new.len()
+        };
+        let mut needed = new_keys(state);
+        if state.counts.len() + needed > self.max_keys {
+            // Counters left expired by the bounded sweep may hold the room.
+            sweep_locked(state, now, usize::MAX);
+            needed = new_keys(state);
+        }
+        if state.counts.len() + needed > self.max_keys {
             let free = self.max_keys.saturating_sub(state.counts.len());
             if free <= self.max_keys.div_ceil(NEARLY_FULL_FREE_FRACTION) {
                 self.refused_at.store(now, Ordering::Relaxed);
@@ -215,20 +237,22 @@ impl MemoryBackend {
         let mut results = Vec::with_capacity(items.len());
         for (item, key) in items.iter().zip(keys) {
             if item.hits == 0 {
-                results.push(
-                    state
-                        .counts
-                        .get(&key)
-                        .copied()
-                        .unwrap_or((0, item.window_end)),
-                );
+                results.push(live(state, &key, now).unwrap_or((0, item.window_end)));
                 continue;
             }
-            let entry = match state.counts.get_mut(&key) {
-                Some(entry) => entry,
+            let State { counts, expiries } = &mut *state;
+            let entry = match counts.get_mut(&key) {
+                Some(entry) if entry.1 > now => entry,
+                // Its window is over and the sweep has not come to it yet:
+                // a new window, as for a new counter.
+                Some(entry) => {
+                    expiries.entry(item.window_end).or_default().push(key);
+                    *entry = (0, item.window_end);
+                    entry
+                }
                 None => {
-                    state.expiries.entry(item.window_end).or_default().push(key);
-                    state.counts.entry(key).or_insert((0, item.window_end))
+                    expiries.entry(item.window_end).or_default().push(key);
+                    counts.entry(key).or_insert((0, item.window_end))
                 }
             };
             entry.0 = entry.0.saturating_add(item.hits);
@@ -238,19 +262,46 @@ impl MemoryBackend {
     }
 }
 
-fn sweep_locked(state: &mut State, now: i64) -> usize {
-    let mut dropped = 0;
-    while let Some(entry) = state.expiries.first_entry() {
-        if *entry.key() > now {
-            break;
+/// A counter's count and window end, if its window is not over at `now`.
+fn live(state: &State, key: &KeyDigest, now: i64) -> Option<(u64, i64)> {
+    state.counts.get(key).copied().filter(|&(_, end)| end > now)
+}
+
+/// Drops counters whose window ended at or before `now`, looking at most
+/// at `budget` entries of the expiry index; returns how many were dropped
+/// and whether none is left to look at. A counter counted again in a new
+/// window after its old one ended (see `count_locked`) stays: the old
+/// window's entry no longer names its end.
+fn sweep_locked(state: &mut State, now: i64, budget: usize) -> (usize, bool) {
+    let State { counts, expiries } = state;
+    let (mut dropped, mut seen) = (0, 0);
+    while let Some(mut entry) = expiries.first_entry() {
+        let end = *entry.key();
+        if end > now {
+            return (dropped, true);
         }
-        for key in entry.remove() {
-            if state.counts.remove(&key).is_some() {
+        let keys = entry.get_mut();
+        while let Some(key) = keys.pop() {
+            if counts.get(&key).is_some_and(|&(_, e)| e <= end) {
+                counts.remove(&key);
                 dropped += 1;
             }
+            seen += 1;
+            if seen >= budget {
+                break;
+            }
+        }
+        if keys.is_empty() {
+            entry.remove();
+        }
+        if seen >= budget {
+            return (
+                dropped,
+                expiries.first_key_value().is_none_or(|(&e, _)| e > now),
+            );
         }
     }
-    dropped
+    (dropped, true)
 }
 
 #[cfg(test)]
@@ -454,6 +505,58 @@ mod tests {
         assert_eq!(m.sweep(window_end(now, Unit::Minute) - 1), 0);
         assert_eq!(m.sweep(window_end(now, Unit::Minute)), 1);
         assert!(m.is_empty());
+    }
+
+    /// The first call after a window ends removes a bounded number of
+    /// the counters that ended with it, not all of them under the lock;
+    /// the others read as absent until the periodic sweep, which takes
+    /// them in chunks. A counter counted again in its new window stays.
+    #[test]
+    fn a_call_after_a_window_ends_sweeps_a_bounded_number() {
+        let m = MemoryBackend::new(100_000);
+        let now = 1_000_020;
+        let end = window_end(now, Unit::Minute);
+        let n = 3 * SWEEP_PER_CALL;
+        let items: Vec<Increment> = (0..n)
+            .map(|i| inc(&format!("k{i}"), 5, now, Unit::Minute))
+            .collect();
+        for chunk in items.chunks(64) {
+            m.increment(chunk, now).unwrap();
+        }
+        assert_eq!(m.len(), n);
+        // The window is over: `k0` starts a new one at 1, and the call
+        // dropped at most SWEEP_PER_CALL counters.
+        let later = end + 1;
+        assert_eq!(
+            m.increment(&[inc("k0", 1, later, Unit::Minute)], later)
+                .unwrap(),
+            vec![1]
+        );
+        assert!(m.len() >= n - SWEEP_PER_CALL, "{} left", m.len());
+        // Every other old counter reads as absent: a check sees 0.
+        assert_eq!(
+            m.increment(&[inc("k1", 0, later, Unit::Minute)], later)
+                .unwrap(),
+            vec![0]
+        );
+        let (with_ends, refused) = m
+            .increment_unless_refused(
+                &[inc("k2", 1, later, Unit::Minute)],
+                &[Refuses::Alone(1)],
+                later,
+            )
+            .unwrap();
+        assert!(!refused);
+        assert_eq!(with_ends[0].0, 1, "k2's old count does not count");
+        // The periodic sweep takes the rest, but `k0` and `k2`, in their
+        // new window.
+        m.sweep(later);
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            m.increment(&[inc("k0", 1, later, Unit::Minute)], later)
+                .unwrap(),
+            vec![2]
+        );
     }
 
     #[test]
