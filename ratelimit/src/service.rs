@@ -1222,35 +1222,7 @@ descriptors:
 
     // ---- stop_increment_when_over_limit: the answer and what is counted agree ----
 
-    const PROBE: &str = r#"
-domain: appguard
-descriptors:
-  - key: ip
-    rate_limit: {unit: minute, requests_per_unit: 2}
-  - key: zero
-    rate_limit: {unit: minute, requests_per_unit: 0}
-  - key: trial
-    shadow_mode: true
-    rate_limit: {unit: minute, requests_per_unit: 1}
-  - key: q1
-    quota_mode: true
-    rate_limit: {unit: minute, requests_per_unit: 1}
-  - key: q2
-    quota_mode: true
-    rate_limit: {unit: minute, requests_per_unit: 2}
-  - key: qs
-    quota_mode: true
-    shadow_mode: true
-    rate_limit: {unit: minute, requests_per_unit: 5}
-  - key: free
-    rate_limit: {unlimited: true}
-  - key: roll
-    rate_limit: {unit: hour, requests_per_unit: 2, rolling: true}
-  - key: old
-    rate_limit: {unit: minute, requests_per_unit: 3, name: old}
-  - key: vip
-    rate_limit: {unit: minute, requests_per_unit: 10, replaces: [{name: old}]}
-"#;
+    const PROBE: &str = include_str!("../tests/fixtures/stop_increment_mix.yaml");
 
     /// A limit both in quota mode and in shadow mode (the config accepts
     /// it) takes part in step 5's quota count but can never be over, so a

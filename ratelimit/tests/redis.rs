@@ -978,35 +978,7 @@ async fn with_stop_increment_a_huge_count_is_not_answered_ok() {
     }
 }
 
-const PROBE: &str = r#"
-domain: appguard
-descriptors:
-  - key: ip
-    rate_limit: {unit: minute, requests_per_unit: 2}
-  - key: zero
-    rate_limit: {unit: minute, requests_per_unit: 0}
-  - key: trial
-    shadow_mode: true
-    rate_limit: {unit: minute, requests_per_unit: 1}
-  - key: q1
-    quota_mode: true
-    rate_limit: {unit: minute, requests_per_unit: 1}
-  - key: q2
-    quota_mode: true
-    rate_limit: {unit: minute, requests_per_unit: 2}
-  - key: qs
-    quota_mode: true
-    shadow_mode: true
-    rate_limit: {unit: minute, requests_per_unit: 5}
-  - key: free
-    rate_limit: {unlimited: true}
-  - key: roll
-    rate_limit: {unit: hour, requests_per_unit: 2, rolling: true}
-  - key: old
-    rate_limit: {unit: minute, requests_per_unit: 3, name: old}
-  - key: vip
-    rate_limit: {unit: minute, requests_per_unit: 10, replaces: [{name: old}]}
-"#;
+const PROBE: &str = include_str!("fixtures/stop_increment_mix.yaml");
 
 /// The Lua script against the rule the option promises, over many mixed
 /// calls (quota mode, shadow mode, checks, per-descriptor hits, a key twice,
