@@ -126,6 +126,12 @@ pub struct Cli {
     #[arg(long)]
     pub stop_increment_when_over_limit: bool,
 
+    /// Most gRPC connections held at once (at least 1); past it, new ones
+    /// wait to be accepted until one closes. Envoy keeps one connection per
+    /// worker. The soft open-file limit is raised to the hard one at start.
+    #[arg(long, default_value_t = crate::listen::DEFAULT_MAX_GRPC_CONNECTIONS, value_name = "N", value_parser = at_least_one::<usize>)]
+    pub max_grpc_connections: usize,
+
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value = "json")]
     pub log_format: LogFormat,
@@ -366,6 +372,15 @@ async fn serve(
         Arc::clone(&stats),
     ));
 
+    let (open_files, warning) = crate::listen::raise_open_file_limit(cli.max_grpc_connections);
+    match warning {
+        Some(warning) => warn!("{warning}"),
+        None => debug!(
+            open_files = open_files.map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
+            max_grpc_connections = cli.max_grpc_connections,
+            "open-file limit"
+        ),
+    }
     let grpc_listener = match tokio::net::TcpListener::bind(cli.grpc_addr).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -462,12 +477,14 @@ async fn serve(
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .serve_with_incoming_shutdown(
-            // TCP_NODELAY: an answer is a few small HTTP/2 frames, and with
-            // Nagle on, one that follows another on a quiet connection waits
-            // for the client's delayed ACK (40 ms on Linux). Envoy sets it on
-            // its side; without it here, sparse calls (leases, quiet hours)
-            // paid 40 ms each.
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            // Bounded, and with TCP_NODELAY (see crate::listen): Envoy sets
+            // it on its side; without it here, sparse calls (leases, quiet
+            // hours) paid 40 ms each.
+            crate::listen::grpc_incoming(
+                grpc_listener,
+                cli.max_grpc_connections,
+                crate::listen::GRPC_FIRST_BYTES_WITHIN,
+            ),
             shutdown_signalled(shutdown_rx.clone()),
         );
     let http_state = crate::http::HttpState {
@@ -476,7 +493,7 @@ async fn serve(
         shutting_down: Arc::clone(&shutting_down),
     };
     let http = axum::serve(
-        crate::http::BoundedListener::new(http_listener),
+        crate::listen::BoundedListener::new(http_listener),
         crate::http::router(http_state),
     )
     .with_graceful_shutdown(shutdown_signalled(shutdown_rx.clone()));

@@ -16,6 +16,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod listen;
 pub mod logging;
 pub mod matching;
 pub mod service;

@@ -11,6 +11,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_li
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     Code, DescriptorStatus, RateLimit,
 };
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::google::protobuf::UInt64Value;
 
 const HOUR: i64 = 3600;
@@ -274,6 +275,84 @@ async fn a_grpc_connection_may_open_a_bounded_number_of_streams() {
         // Drive the connection until the server's SETTINGS are read.
         let _ = tokio::time::timeout(Duration::from_millis(50), &mut conn).await;
     }
+}
+
+/// The gRPC port holds at most `--max-grpc-connections` connections: past
+/// it a caller waits to be accepted (said once in the log) rather than
+/// taking a file descriptor, and is served as soon as one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_connections_past_the_bound_wait_for_a_place() {
+    let mut args = appguard_args();
+    args.extend(["--max-grpc-connections".to_owned(), "2".to_owned()]);
+    let service = Service::start_healthy(&strs(&args));
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(service.grpc).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        held.push((client, tokio::spawn(conn)));
+    }
+    let grpc = service.grpc;
+    let third = tokio::spawn(async move {
+        let mut client = RateLimitServiceClient::connect(format!("http://{grpc}"))
+            .await
+            .unwrap();
+        let req = request(
+            "appguard",
+            vec![descriptor(&[("client_ip", "203.0.113.8")])],
+        );
+        ask(&mut client, &req).await
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served at once"
+    );
+    let log = service.stderr();
+    assert_eq!(
+        log.matches("new ones wait until one closes").count(),
+        1,
+        "{log}"
+    );
+    let (client, conn) = held.remove(0);
+    drop(client);
+    conn.abort();
+    let answer = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("the waiting call was not served once a connection closed")
+        .unwrap();
+    assert_eq!(answer.overall_code, Code::Ok as i32);
+}
+
+/// The soft open-file limit is raised to the hard one at start; where even
+/// the hard one is below what the connection bounds may take, the log
+/// says so (the service still starts).
+#[test]
+fn a_low_open_file_limit_is_raised_or_reported() {
+    // Soft 200, hard 400: raised to 400, below 4,096 + 256 + 128.
+    let script = "ulimit -Sn 200 && ulimit -Hn 400 && exec \"$0\" \"$@\"";
+    let service = Service::start_healthy_under(script, &strs(&appguard_args()));
+    let log = service.stderr();
+    assert!(
+        log.contains("the open-file limit is 400, below the 4480 descriptors"),
+        "{log}"
+    );
+    // Raised: the process's own limit, as the kernel reports it.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", service.guard.pid())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        open_files.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["400", "400"],
+        "{open_files}"
+    );
+    // With room for the bound, nothing is said.
+    let mut args = appguard_args();
+    args.extend(["--max-grpc-connections".to_owned(), "16".to_owned()]);
+    let service = Service::start_healthy_under(script, &strs(&args));
+    let log = service.stderr();
+    assert!(!log.contains("open-file limit"), "{log}");
 }
 
 #[tokio::test]
@@ -574,7 +653,11 @@ fn validate_checks_and_exits() {
 #[test]
 fn a_zero_timeout_or_key_cap_exits_2() {
     let config = fixture("appguard.yaml").display().to_string();
-    for flag in ["--redis-timeout-ms", "--memory-max-keys"] {
+    for flag in [
+        "--redis-timeout-ms",
+        "--memory-max-keys",
+        "--max-grpc-connections",
+    ] {
         for validate in [false, true] {
             let mut args = vec!["--config", &config, flag, "0"];
             if validate {

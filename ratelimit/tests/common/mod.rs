@@ -193,25 +193,45 @@ impl Service {
     /// Starts the binary with `args` plus free gRPC/HTTP ports, and waits
     /// until `/healthcheck` answers (any status: with Redis down it is 500).
     pub fn start(args: &[&str]) -> Service {
-        Self::start_expect(args, &[], None)
+        Self::start_expect(args, &[], None, None)
+    }
+
+    /// Like [`Service::start_healthy`], started by `sh -c script` with the
+    /// binary and its arguments as `$0 "$@"` (a script that sets limits,
+    /// then `exec "$0" "$@"`).
+    pub fn start_healthy_under(script: &str, args: &[&str]) -> Service {
+        Self::start_expect(args, &[], Some(200), Some(script))
     }
 
     /// Like [`Service::start`], waiting for `/healthcheck` to answer 200.
     pub fn start_healthy(args: &[&str]) -> Service {
-        Self::start_expect(args, &[], Some(200))
+        Self::start_expect(args, &[], Some(200), None)
     }
 
     /// Like [`Service::start_healthy`], with `env` added to the
     /// environment.
     pub fn start_healthy_with_env(args: &[&str], env: &[(&str, &str)]) -> Service {
-        Self::start_expect(args, env, Some(200))
+        Self::start_expect(args, env, Some(200), None)
     }
 
-    fn start_expect(args: &[&str], env: &[(&str, &str)], want: Option<u16>) -> Service {
+    fn start_expect(
+        args: &[&str],
+        env: &[(&str, &str)],
+        want: Option<u16>,
+        script: Option<&str>,
+    ) -> Service {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let stderr = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new(BIN)
+        let mut command = match script {
+            Some(script) => {
+                let mut command = Command::new("sh");
+                command.args(["-c", script, BIN]);
+                command
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .args(["--grpc-addr", &grpc.to_string()])
             .args(["--http-addr", &http.to_string()])
             .args(args)
