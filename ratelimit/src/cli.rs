@@ -1,6 +1,10 @@
 //! Command line and process life cycle: load the configuration, bind the
 //! ports, serve until SIGINT/SIGTERM, stop cleanly.
 //!
+//! SIGHUP loads the configuration files again and puts them in force for
+//! the calls that start from then on, counts kept; a configuration that
+//! does not load is logged and the one in force stays.
+//!
 //! Shutdown drains: on the first SIGINT/SIGTERM `/healthcheck` starts
 //! answering 500 while both servers keep accepting and answering for
 //! `--drain-seconds` (default 5), so load balancers and Kubernetes see the
@@ -35,7 +39,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::backend::redis::{check_url, mask_password};
 use crate::backend::{Backend, MemoryBackend, RedisBackend};
-use crate::config::{unknown_replaced_names, Quota, RateLimitConfig};
+use crate::config::{unknown_replaced_names, ConfigError, Loaded, Quota, RateLimitConfig};
 use crate::logging::{self, LogFormat};
 use crate::service::{unix_now, RateLimiter, RlsService, ServiceOptions, Stats};
 
@@ -222,20 +226,10 @@ pub fn redis_url(
     }
 }
 
-/// Runs the service as described by `cli`; returns the process exit code.
-pub fn run(cli: Cli) -> ExitCode {
-    if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
-        eprintln!("appguard-ratelimit: {e}");
-        return ExitCode::from(2);
-    }
-
-    let loaded = match RateLimitConfig::load_paths(&cli.config) {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            error!("invalid rate-limit configuration: {e}");
-            return ExitCode::from(2);
-        }
-    };
+/// Loads the configuration from `paths` and logs what it holds: its
+/// warnings, each limit (at debug), and a summary line saying `done`.
+fn load_config(paths: &[PathBuf], done: &str) -> Result<Loaded, ConfigError> {
+    let loaded = RateLimitConfig::load_paths(paths)?;
     for warning in &loaded.warnings {
         warn!(file = %warning.file, path = %warning.path, "configuration: {}", warning.message);
     }
@@ -263,8 +257,26 @@ pub fn run(cli: Cli) -> ExitCode {
         files = %loaded.files.join(","),
         domains = %loaded.config.domains().join(","),
         limits = limits.len(),
-        "configuration loaded"
+        "{done}"
     );
+    Ok(loaded)
+}
+
+/// Runs the service as described by `cli`; returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
+        eprintln!("appguard-ratelimit: {e}");
+        return ExitCode::from(2);
+    }
+
+    let loaded = match load_config(&cli.config, "configuration loaded") {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            error!("invalid rate-limit configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let limits = loaded.config.limits();
 
     let env = std::env::var_os(REDIS_URL_ENV);
     if cli.redis.is_some() && env.is_some() {
@@ -436,6 +448,22 @@ async fn serve(
         })
     };
 
+    // Listened for before the ports open, so that a SIGHUP sent once the
+    // service answers never meets the default action (the end of the
+    // process).
+    let reloads = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangup) => Some(tokio::spawn(reload_on_hangup(
+            hangup,
+            cli.config.clone(),
+            Arc::clone(&limiter),
+            Arc::clone(&stats),
+        ))),
+        Err(e) => {
+            error!(error = %e, "cannot listen for SIGHUP: the configuration cannot be reloaded");
+            None
+        }
+    };
+
     if let Backend::Memory(_) = backend.as_ref() {
         let backend = Arc::clone(&backend);
         tokio::spawn(async move {
@@ -529,6 +557,9 @@ async fn serve(
         }
     };
     signals.abort();
+    if let Some(reloads) = reloads {
+        reloads.abort();
+    }
     if !shutting_down.load(Ordering::Relaxed) {
         // A server stopped on its own: that is a failure.
         error!("a server stopped without a shutdown signal");
@@ -546,6 +577,40 @@ async fn shutdown_signalled(mut rx: watch::Receiver<bool>) {
 
 /// The SIGINT and SIGTERM streams, registered once so that a second signal
 /// during the drain is not missed.
+/// On each SIGHUP, loads the configuration from `paths` again and puts it
+/// in force for the calls that start from then on; counts are kept (they
+/// live in the store). One that does not load (a file unreadable or
+/// invalid, a domain twice) is logged and counted, and the configuration
+/// in force stays: a bad edit never leaves the service without limits.
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    paths: Vec<PathBuf>,
+    limiter: Arc<RateLimiter>,
+    stats: Arc<Stats>,
+) {
+    while hangup.recv().await.is_some() {
+        info!("SIGHUP: loading the configuration again");
+        let loaded = {
+            let paths = paths.clone();
+            tokio::task::spawn_blocking(move || load_config(&paths, "configuration reloaded")).await
+        };
+        match loaded {
+            Ok(Ok(loaded)) => {
+                limiter.replace_config(Arc::new(loaded.config));
+                stats.config_reloads.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                error!("configuration not reloaded, the one in force stays: {e}");
+                stats.config_reload_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                error!(error = %e, "configuration not reloaded, the one in force stays");
+                stats.config_reload_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,

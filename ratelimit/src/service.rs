@@ -174,6 +174,11 @@ pub struct Stats {
     /// Calls answered OVER_LIMIT that counted nothing
     /// ([`ServiceOptions::stop_increment_when_over_limit`]).
     pub over_limit_not_counted: AtomicU64,
+    /// Configurations loaded again on `SIGHUP` and put in force.
+    pub config_reloads: AtomicU64,
+    /// Reloads refused (a file unreadable or invalid): the configuration
+    /// in force stays.
+    pub config_reload_errors: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`], for serialisation.
@@ -195,6 +200,10 @@ pub struct StatsSnapshot {
     pub invalid_requests: u64,
     /// See [`Stats::over_limit_not_counted`].
     pub over_limit_not_counted: u64,
+    /// See [`Stats::config_reloads`].
+    pub config_reloads: u64,
+    /// See [`Stats::config_reload_errors`].
+    pub config_reload_errors: u64,
 }
 
 impl Stats {
@@ -210,6 +219,8 @@ impl Stats {
             backend_errors: get(&self.backend_errors),
             invalid_requests: get(&self.invalid_requests),
             over_limit_not_counted: get(&self.over_limit_not_counted),
+            config_reloads: get(&self.config_reloads),
+            config_reload_errors: get(&self.config_reload_errors),
         }
     }
 }
@@ -351,8 +362,10 @@ pub const MAX_LOGGED_LIMIT_BYTES: usize = 256;
 /// The rate limiter: configuration, counter store and stats.
 #[derive(Debug)]
 pub struct RateLimiter {
-    /// The loaded limits (read-only; a new configuration needs a restart).
-    config: Arc<RateLimitConfig>,
+    /// The limits in force: each call reads them once, so a configuration
+    /// reloaded meanwhile ([`RateLimiter::replace_config`]) applies from
+    /// the next call on.
+    config: std::sync::RwLock<Arc<RateLimitConfig>>,
     /// Where counts live.
     backend: Arc<Backend>,
     /// Key prefix and global shadow mode.
@@ -426,7 +439,7 @@ impl RateLimiter {
         stats: Arc<Stats>,
     ) -> Self {
         RateLimiter {
-            config,
+            config: std::sync::RwLock::new(config),
             backend,
             options,
             stats,
@@ -434,6 +447,21 @@ impl RateLimiter {
             warn_lines: LineThrottle::new(REQUEST_LOG_LINES_PER_SECOND),
             value_tags: std::collections::hash_map::RandomState::new(),
         }
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> Arc<RateLimitConfig> {
+        // A writer cannot panic while it holds the lock (it only swaps an
+        // `Arc`), so a poisoned lock still holds a whole configuration.
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Puts `config` in force for the calls that start from now on; calls
+    /// already running finish with the limits they started with. Counts
+    /// are kept: they live in the store, under keys made of the domain,
+    /// the descriptor and the window.
+    pub fn replace_config(&self, config: Arc<RateLimitConfig>) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
     }
 
     /// What a `debug` line shows of a descriptor value: its length and a
@@ -549,7 +577,9 @@ impl RateLimiter {
         let domain = request.domain.as_str();
         let logged_domain = || safe_text(domain, MAX_LOGGED_DOMAIN_BYTES);
 
-        // 1. Limits, then unlimited and replaced ones.
+        // 1. Limits, then unlimited and replaced ones, all from the
+        // configuration in force when the call started.
+        let config = self.config();
         let mut matches = Vec::with_capacity(request.descriptors.len());
         let mut replaced: HashSet<&str> = HashSet::new();
         for (index, descriptor) in request.descriptors.iter().enumerate() {
@@ -569,8 +599,7 @@ impl RateLimiter {
                     .collect();
                 debug!(domain = %logged_domain(), index, entries = %entries.join(","), "descriptor");
             }
-            let matched = self
-                .config
+            let matched = config
                 .get_limit(domain, descriptor)
                 .map_err(|source| ServiceError::Lookup { index, source })?;
             matches.push(matched);

@@ -491,6 +491,92 @@ fn logs_are_json_lines_and_sigterm_exits_zero() {
     assert!(logs.contains("SIGTERM"), "{logs}");
 }
 
+/// Waits until `what` shows in the service's log `times` times.
+fn wait_for_log(service: &Service, what: &str, times: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = service.stderr();
+        if log.matches(what).count() >= times {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "no {what:?} x{times}: {log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGHUP loads the configuration again and puts it in force from the
+/// next call on, counts kept; a file that no longer loads is logged,
+/// counted, and leaves the limits in force as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_configuration_and_keeps_it_when_invalid() {
+    avoid_window_edge(HOUR, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("limits.yaml");
+    let limits = |n: u32| {
+        format!(
+            "domain: reload\ndescriptors:\n  - key: client_ip\n    rate_limit:\n      \
+             unit: hour\n      requests_per_unit: {n}\n"
+        )
+    };
+    std::fs::write(&file, limits(1)).unwrap();
+    let path = file.display().to_string();
+    let service = Service::start_healthy(&["--config", &path]);
+    let mut client = service.client().await;
+    let req = request("reload", vec![descriptor(&[("client_ip", "203.0.113.9")])]);
+    let hup = || {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &service.guard.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    assert_eq!(ask(&mut client, &req).await.overall_code, Code::Ok as i32);
+    assert_eq!(
+        ask(&mut client, &req).await.overall_code,
+        Code::OverLimit as i32
+    );
+
+    // Three an hour now: the two hits so far still count.
+    std::fs::write(&file, limits(3)).unwrap();
+    hup();
+    wait_for_log(&service, "configuration reloaded", 1);
+    let r = ask(&mut client, &req).await;
+    assert_eq!(r.overall_code, Code::Ok as i32, "{r:?}");
+    assert_eq!(r.statuses[0].limit_remaining, 0, "{r:?}");
+    assert_eq!(
+        r.statuses[0]
+            .current_limit
+            .as_ref()
+            .unwrap()
+            .requests_per_unit,
+        3
+    );
+
+    // A broken edit: logged, and the limits of three an hour stay.
+    std::fs::write(&file, "domain: reload\ndescriptors: [").unwrap();
+    hup();
+    let log = wait_for_log(&service, "configuration not reloaded", 1);
+    assert!(log.contains("limits.yaml"), "{log}");
+    let r = ask(&mut client, &req).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32, "{r:?}");
+    assert_eq!(
+        r.statuses[0]
+            .current_limit
+            .as_ref()
+            .unwrap()
+            .requests_per_unit,
+        3
+    );
+
+    let (status, body) = service.http_get("/stats");
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["config_reloads"], 1, "{stats}");
+    assert_eq!(stats["config_reload_errors"], 1, "{stats}");
+    // Still running, still healthy.
+    assert_eq!(service.http_get("/healthcheck").0, 200);
+}
+
 #[test]
 fn sigint_exits_zero() {
     let mut args = appguard_args();
