@@ -136,6 +136,13 @@ pub struct Cli {
     #[arg(long, default_value_t = crate::listen::DEFAULT_MAX_GRPC_CONNECTIONS, value_name = "N", value_parser = at_least_one::<usize>)]
     pub max_grpc_connections: usize,
 
+    /// Load the configuration files again every this many seconds, and put
+    /// them in force when they changed (as a SIGHUP does): a Kubernetes
+    /// ConfigMap mounted as a volume then takes effect without a restart.
+    /// 0 (the default) turns it off.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub watch_config_seconds: u64,
+
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value = "json")]
     pub log_format: LogFormat,
@@ -226,10 +233,17 @@ pub fn redis_url(
     }
 }
 
-/// Loads the configuration from `paths` and logs what it holds: its
-/// warnings, each limit (at debug), and a summary line saying `done`.
+/// Loads the configuration from `paths` and logs what it holds (see
+/// [`log_loaded`]).
 fn load_config(paths: &[PathBuf], done: &str) -> Result<Loaded, ConfigError> {
     let loaded = RateLimitConfig::load_paths(paths)?;
+    log_loaded(&loaded, done);
+    Ok(loaded)
+}
+
+/// Logs what `loaded` holds: its warnings, each limit (at debug), and a
+/// summary line saying `done`.
+fn log_loaded(loaded: &Loaded, done: &str) {
     for warning in &loaded.warnings {
         warn!(file = %warning.file, path = %warning.path, "configuration: {}", warning.message);
     }
@@ -259,7 +273,6 @@ fn load_config(paths: &[PathBuf], done: &str) -> Result<Loaded, ConfigError> {
         limits = limits.len(),
         "{done}"
     );
-    Ok(loaded)
 }
 
 /// Runs the service as described by `cli`; returns the process exit code.
@@ -328,12 +341,13 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(serve(cli, loaded.config, redis))
+    runtime.block_on(serve(cli, loaded.config, loaded.digest, redis))
 }
 
 async fn serve(
     cli: Cli,
     config: RateLimitConfig,
+    config_digest: [u8; 32],
     redis: Option<(String, RedisUrlSource)>,
 ) -> ExitCode {
     let backend = match &redis {
@@ -451,18 +465,28 @@ async fn serve(
     // Listened for before the ports open, so that a SIGHUP sent once the
     // service answers never meets the default action (the end of the
     // process).
+    let reloader = Arc::new(Reloader::new(
+        cli.config.clone(),
+        Arc::clone(&limiter),
+        Arc::clone(&stats),
+        config_digest,
+    ));
     let reloads = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(hangup) => Some(tokio::spawn(reload_on_hangup(
             hangup,
-            cli.config.clone(),
-            Arc::clone(&limiter),
-            Arc::clone(&stats),
+            Arc::clone(&reloader),
         ))),
         Err(e) => {
             error!(error = %e, "cannot listen for SIGHUP: the configuration cannot be reloaded");
             None
         }
     };
+    let watch = (cli.watch_config_seconds > 0).then(|| {
+        tokio::spawn(watch_config(
+            Duration::from_secs(cli.watch_config_seconds),
+            reloader,
+        ))
+    });
 
     if let Backend::Memory(_) = backend.as_ref() {
         let backend = Arc::clone(&backend);
@@ -557,8 +581,8 @@ async fn serve(
         }
     };
     signals.abort();
-    if let Some(reloads) = reloads {
-        reloads.abort();
+    for task in [reloads, watch].into_iter().flatten() {
+        task.abort();
     }
     if !shutting_down.load(Ordering::Relaxed) {
         // A server stopped on its own: that is a failure.
@@ -577,37 +601,107 @@ async fn shutdown_signalled(mut rx: watch::Receiver<bool>) {
 
 /// The SIGINT and SIGTERM streams, registered once so that a second signal
 /// during the drain is not missed.
-/// On each SIGHUP, loads the configuration from `paths` again and puts it
-/// in force for the calls that start from then on; counts are kept (they
-/// live in the store). One that does not load (a file unreadable or
-/// invalid, a domain twice) is logged and counted, and the configuration
-/// in force stays: a bad edit never leaves the service without limits.
-async fn reload_on_hangup(
-    mut hangup: tokio::signal::unix::Signal,
+/// What asked for the configuration to be loaded again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reload {
+    /// A SIGHUP: put in force whatever loads.
+    Hangup,
+    /// `--watch-config-seconds`: put in force only what changed, and say
+    /// only once that the same files fail to load.
+    Watch,
+}
+
+/// Loads the configuration again and puts it in force for the calls that
+/// start from then on; counts are kept (they live in the store). One that
+/// does not load (a file unreadable or invalid, a domain twice) is logged
+/// and counted, and the configuration in force stays: a bad edit never
+/// leaves the service without limits.
+struct Reloader {
+    /// The `--config` paths.
     paths: Vec<PathBuf>,
+    /// Whose limits are replaced.
     limiter: Arc<RateLimiter>,
+    /// Where reloads and failed ones are counted.
     stats: Arc<Stats>,
-) {
-    while hangup.recv().await.is_some() {
-        info!("SIGHUP: loading the configuration again");
-        let loaded = {
-            let paths = paths.clone();
-            tokio::task::spawn_blocking(move || load_config(&paths, "configuration reloaded")).await
-        };
+    /// The digest of the files in force ([`Loaded::digest`]), and the
+    /// last failure to load them, for [`Reload::Watch`].
+    seen: std::sync::Mutex<([u8; 32], Option<String>)>,
+}
+
+impl Reloader {
+    /// A reloader of `paths`, whose configuration in force has `digest`.
+    fn new(
+        paths: Vec<PathBuf>,
+        limiter: Arc<RateLimiter>,
+        stats: Arc<Stats>,
+        digest: [u8; 32],
+    ) -> Self {
+        Reloader {
+            paths,
+            limiter,
+            stats,
+            seen: std::sync::Mutex::new((digest, None)),
+        }
+    }
+
+    /// Loads the files (on a blocking thread) and acts as `why` says.
+    async fn reload(self: &Arc<Self>, why: Reload) {
+        let paths = self.paths.clone();
+        let loaded = tokio::task::spawn_blocking(move || RateLimitConfig::load_paths(&paths))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        // Only this task and the other trigger take the lock, never while
+        // holding it across an await; a poisoned one still holds its data.
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         match loaded {
-            Ok(Ok(loaded)) => {
-                limiter.replace_config(Arc::new(loaded.config));
-                stats.config_reloads.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Err(e)) => {
-                error!("configuration not reloaded, the one in force stays: {e}");
-                stats.config_reload_errors.fetch_add(1, Ordering::Relaxed);
+            Ok(loaded) => {
+                if why == Reload::Watch && loaded.digest == seen.0 {
+                    seen.1 = None;
+                    return;
+                }
+                log_loaded(
+                    &loaded,
+                    match why {
+                        Reload::Hangup => "configuration reloaded",
+                        Reload::Watch => "configuration changed on disk: reloaded",
+                    },
+                );
+                *seen = (loaded.digest, None);
+                self.limiter.replace_config(Arc::new(loaded.config));
+                self.stats.config_reloads.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                error!(error = %e, "configuration not reloaded, the one in force stays");
-                stats.config_reload_errors.fetch_add(1, Ordering::Relaxed);
+                if why == Reload::Watch && seen.1.as_deref() == Some(e.as_str()) {
+                    return;
+                }
+                error!("configuration not reloaded, the one in force stays: {e}");
+                self.stats
+                    .config_reload_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                seen.1 = Some(e);
             }
         }
+    }
+}
+
+/// Reloads on each SIGHUP.
+async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, reloader: Arc<Reloader>) {
+    while hangup.recv().await.is_some() {
+        info!("SIGHUP: loading the configuration again");
+        reloader.reload(Reload::Hangup).await;
+    }
+}
+
+/// Loads the files every `every` and reloads when they changed.
+async fn watch_config(every: Duration, reloader: Arc<Reloader>) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once: the files were just loaded.
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        reloader.reload(Reload::Watch).await;
     }
 }
 

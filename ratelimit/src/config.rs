@@ -435,6 +435,10 @@ pub struct Loaded {
     pub files: Vec<String>,
     /// Non-fatal findings (ignored keys), to be logged.
     pub warnings: Vec<ConfigWarning>,
+    /// SHA-256 of the files' names and texts, in load order: equal digests
+    /// mean the same files with the same content (`--watch-config-seconds`
+    /// reloads only when it changes).
+    pub digest: [u8; 32],
 }
 
 impl RateLimitConfig {
@@ -465,10 +469,22 @@ impl RateLimitConfig {
             sources.push((name, text));
         }
         let (config, warnings) = Self::from_sources(&sources)?;
+        let digest = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            for (name, text) in &sources {
+                for part in [name.as_bytes(), text.as_bytes()] {
+                    h.update(u64::try_from(part.len()).unwrap_or(u64::MAX).to_le_bytes());
+                    h.update(part);
+                }
+            }
+            h.finalize().into()
+        };
         Ok(Loaded {
             config,
             files: sources.into_iter().map(|(name, _)| name).collect(),
             warnings,
+            digest,
         })
     }
 

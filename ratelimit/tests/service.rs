@@ -577,6 +577,91 @@ async fn sighup_reloads_the_configuration_and_keeps_it_when_invalid() {
     assert_eq!(service.http_get("/healthcheck").0, 200);
 }
 
+/// With `--watch-config-seconds`, a changed file (a ConfigMap's update) is
+/// put in force without a signal; the same broken files are reported
+/// once, not at every look; unchanged files are not reloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_configuration_reloads_when_its_files_change() {
+    avoid_window_edge(HOUR, 15);
+    let dir = tempfile::tempdir().unwrap();
+    let limits = |domain: &str, n: u32| {
+        format!(
+            "domain: {domain}\ndescriptors:\n  - key: client_ip\n    rate_limit:\n      \
+             unit: hour\n      requests_per_unit: {n}\n"
+        )
+    };
+    // Written whole, as a ConfigMap's update is (a rename), so that no look
+    // reads a file half written.
+    let put = |name: &str, text: String| {
+        let hidden = dir.path().join(format!(".{name}.new"));
+        std::fs::write(&hidden, text).unwrap();
+        std::fs::rename(&hidden, dir.path().join(name)).unwrap();
+    };
+    put("a.yaml", limits("a", 1));
+    let path = dir.path().display().to_string();
+    let service = Service::start_healthy(&["--config", &path, "--watch-config-seconds", "1"]);
+    let mut client = service.client().await;
+    let ask_in = |domain: &str| request(domain, vec![descriptor(&[("client_ip", "203.0.113.10")])]);
+    assert_eq!(
+        ask(&mut client, &ask_in("a")).await.overall_code,
+        Code::Ok as i32
+    );
+    assert_eq!(
+        ask(&mut client, &ask_in("a")).await.overall_code,
+        Code::OverLimit as i32
+    );
+    // Nothing changed: nothing reloaded.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        !service.stderr().contains("reloaded"),
+        "{}",
+        service.stderr()
+    );
+
+    // A new file in the directory, then a higher limit in the old one
+    // (one change at a time, so that no look falls between the two).
+    put("b.yaml", limits("b", 1));
+    wait_for_log(&service, "configuration changed on disk: reloaded", 1);
+    put("a.yaml", limits("a", 3));
+    wait_for_log(&service, "configuration changed on disk: reloaded", 2);
+    assert_eq!(
+        ask(&mut client, &ask_in("a")).await.overall_code,
+        Code::Ok as i32
+    );
+    assert_eq!(
+        ask(&mut client, &ask_in("b")).await.overall_code,
+        Code::Ok as i32
+    );
+
+    // Broken: said once however many times it is looked at; the limits in
+    // force stay.
+    put("b.yaml", "domain: b\ndescriptors: [".to_owned());
+    wait_for_log(&service, "configuration not reloaded", 1);
+    std::thread::sleep(Duration::from_millis(2500));
+    let log = service.stderr();
+    assert_eq!(
+        log.matches("configuration not reloaded").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        ask(&mut client, &ask_in("b")).await.overall_code,
+        Code::OverLimit as i32
+    );
+
+    // Mended: in force again.
+    put("b.yaml", limits("b", 5));
+    wait_for_log(&service, "configuration changed on disk: reloaded", 3);
+    assert_eq!(
+        ask(&mut client, &ask_in("b")).await.overall_code,
+        Code::Ok as i32
+    );
+    let (_, body) = service.http_get("/stats");
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["config_reloads"], 3, "{stats}");
+    assert_eq!(stats["config_reload_errors"], 1, "{stats}");
+}
+
 #[test]
 fn sigint_exits_zero() {
     let mut args = appguard_args();
