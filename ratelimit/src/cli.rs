@@ -352,7 +352,9 @@ async fn serve(
 ) -> ExitCode {
     let backend = match &redis {
         Some((url, source)) => {
-            match RedisBackend::new(url, Duration::from_millis(cli.redis_timeout_ms)) {
+            match RedisBackend::new(url, Duration::from_millis(cli.redis_timeout_ms))
+                .map(|redis| redis.with_key_prefix(&cli.cache_key_prefix))
+            {
                 Ok(redis) => {
                     info!(url = %redis.display_url(), source = %source, "counting in redis");
                     Backend::Redis(Box::new(redis))

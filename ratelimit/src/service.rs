@@ -174,6 +174,11 @@ pub struct Stats {
     /// Calls answered OVER_LIMIT that counted nothing
     /// ([`ServiceOptions::stop_increment_when_over_limit`]).
     pub over_limit_not_counted: AtomicU64,
+    /// Calls whose caller gave up before they were answered (its deadline,
+    /// e.g. appguard's `timeout_ms`, ran out first): a counter store slower
+    /// than the callers' deadlines shows here, as these calls end before
+    /// they could count in `backend_errors`.
+    pub calls_abandoned: AtomicU64,
     /// Configurations loaded again on `SIGHUP` and put in force.
     pub config_reloads: AtomicU64,
     /// Reloads refused (a file unreadable or invalid): the configuration
@@ -200,6 +205,8 @@ pub struct StatsSnapshot {
     pub invalid_requests: u64,
     /// See [`Stats::over_limit_not_counted`].
     pub over_limit_not_counted: u64,
+    /// See [`Stats::calls_abandoned`].
+    pub calls_abandoned: u64,
     /// See [`Stats::config_reloads`].
     pub config_reloads: u64,
     /// See [`Stats::config_reload_errors`].
@@ -219,6 +226,7 @@ impl Stats {
             backend_errors: get(&self.backend_errors),
             invalid_requests: get(&self.invalid_requests),
             over_limit_not_counted: get(&self.over_limit_not_counted),
+            calls_abandoned: get(&self.calls_abandoned),
             config_reloads: get(&self.config_reloads),
             config_reload_errors: get(&self.config_reload_errors),
         }
@@ -382,6 +390,36 @@ pub struct RateLimiter {
     value_tags: std::collections::hash_map::RandomState,
 }
 
+/// Counts and logs a call dropped before it ended: tonic drops the call
+/// when its caller resets the stream or its `grpc-timeout` passes, so the
+/// lines after the `await` never run for it.
+struct Abandoned<'a> {
+    /// Whose stats and log budget.
+    limiter: &'a RateLimiter,
+    /// The call's domain, for the log line.
+    domain: &'a str,
+    /// When the call came, for the log budget.
+    now: i64,
+    /// Cleared once the call ended.
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        bump(&self.limiter.stats.calls_abandoned);
+        if tracing::enabled!(Level::WARN) && self.limiter.may_log(LineKind::Warn, self.now) {
+            warn!(
+                domain = %safe_text(self.domain, MAX_LOGGED_DOMAIN_BYTES),
+                "the caller gave up on a call before it was answered: the counter store \
+                 answers slower than the callers' deadline (its hits may still be counted)"
+            );
+        }
+    }
+}
+
 /// The kinds of per-request log lines, each throttled on its own budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LineKind {
@@ -512,7 +550,14 @@ impl RateLimiter {
         request: &RateLimitRequest,
         now: i64,
     ) -> Result<RateLimitResponse, ServiceError> {
+        let mut abandoned = Abandoned {
+            limiter: self,
+            domain: &request.domain,
+            now,
+            armed: true,
+        };
         let result = self.evaluate(request, now).await;
+        abandoned.armed = false;
         match &result {
             Ok(response) => {
                 bump(&self.stats.requests);

@@ -78,6 +78,85 @@ async fn two_instances_share_counts_through_redis() {
     assert_eq!(keys, vec![key]);
 }
 
+/// A Redis that answers PING but refuses every write (full under
+/// `noeviction`; an ACL without `EVALSHA` the same way) fails every call:
+/// `/healthcheck` says so, naming the refusal, for either kind of call,
+/// with the probe under the key prefix; once Redis takes writes again it
+/// is 200 at once, without waiting for a client's call.
+#[tokio::test]
+async fn a_redis_that_refuses_writes_is_unhealthy_until_it_takes_them() {
+    avoid_window_edge(HOUR, 15);
+    let redis = Redis::start();
+    let mut admin = redis.conn();
+    for extra in [&[][..], &["--stop-increment-when-over-limit"][..]] {
+        let mut args = redis_args(&redis);
+        args.extend(["--cache-key-prefix".to_owned(), "p:".to_owned()]);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let service = Service::start_healthy(&strs(&args));
+        let mut client = service.client().await;
+        let req = request("appguard", vec![descriptor(&[("client_ip", "192.0.2.90")])]);
+        assert_eq!(service.http_get("/healthcheck").0, 200);
+
+        // Full: 1 MB allowed, more already used.
+        let filler = "x".repeat(2 << 20);
+        let _: () = redis::cmd("SET")
+            .arg("filler")
+            .arg(&filler)
+            .query(&mut admin)
+            .unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg("noeviction")
+            .query(&mut admin)
+            .unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg("1mb")
+            .query(&mut admin)
+            .unwrap();
+        let err = client.should_rate_limit(req.clone()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{extra:?}: {err:?}");
+        let (status, body) = service.http_get("/healthcheck");
+        assert_eq!(status, 500, "{extra:?}: {body}");
+        assert!(body.contains("counting calls fail"), "{extra:?}: {body}");
+        // The script names the refusal; a transaction is only said to be
+        // aborted (Redis's EXECABORT after the queued commands' OOMs).
+        let why = if extra.is_empty() { "EXECABORT" } else { "OOM" };
+        assert!(body.contains(why), "{extra:?}: {body}");
+        // PING alone still answers: the health check's own look did it.
+        let pong: String = redis::cmd("PING").query(&mut admin).unwrap();
+        assert_eq!(pong, "PONG");
+
+        // Room again: healthy at the next look, no client call needed.
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg("0")
+            .query(&mut admin)
+            .unwrap();
+        let _: () = redis::cmd("DEL").arg("filler").query(&mut admin).unwrap();
+        assert_eq!(
+            service.http_get("/healthcheck"),
+            (200, "OK".to_owned()),
+            "{extra:?}"
+        );
+        // The probe counted under the prefix, with an expiry.
+        let ttl: i64 = redis::cmd("TTL")
+            .arg("p:appguard-ratelimit:healthcheck")
+            .query(&mut admin)
+            .unwrap();
+        assert!((1..=60).contains(&ttl), "{extra:?}: ttl {ttl}");
+        let _: () = redis::cmd("DEL")
+            .arg("p:appguard-ratelimit:healthcheck")
+            .query(&mut admin)
+            .unwrap();
+        assert_eq!(ask(&mut client, &req).await.overall_code, Code::Ok as i32);
+        let _: () = redis::cmd("FLUSHALL").query(&mut admin).unwrap();
+    }
+}
+
 #[tokio::test]
 async fn redis_down_is_unavailable_and_unhealthy_then_recovers() {
     avoid_window_edge(HOUR, 15);
@@ -468,6 +547,21 @@ async fn a_silent_connection_is_replaced_when_callers_give_up_before_the_redis_t
     assert_eq!(
         service.stderr().matches("opening a new connection").count(),
         1,
+        "{}",
+        service.stderr()
+    );
+    // The calls given up on are counted and said, though none ended in
+    // a backend error.
+    let (_, body) = service.http_get("/stats");
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        stats["calls_abandoned"].as_u64().unwrap() >= given_up,
+        "{given_up} given up: {stats}"
+    );
+    assert!(
+        service
+            .stderr()
+            .contains("the caller gave up on a call before it was answered"),
         "{}",
         service.stderr()
     );

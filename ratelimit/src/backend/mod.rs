@@ -165,6 +165,10 @@ pub enum BackendError {
     /// Redis answered with something other than the expected counts.
     #[error("unexpected redis reply: {0}")]
     UnexpectedReply(String),
+    /// Redis answers PING, but the last counting calls failed (the health
+    /// check's answer; see [`redis::FAILED_CALL_SHOWS_FOR`]).
+    #[error("it answers PING, but counting calls fail: {0}")]
+    CallsFailing(String),
     /// The in-memory store is full of keys whose windows are still open.
     #[error("in-memory counter store is full ({max_keys} live keys)")]
     MemoryFull {
@@ -211,7 +215,9 @@ impl Backend {
                 items,
                 now,
             )),
-            Backend::Redis(redis) => redis.increment(items).await,
+            Backend::Redis(redis) => {
+                redis.noted(redis::CallKind::Transaction, redis.increment(items).await)
+            }
         }
     }
 
@@ -241,16 +247,20 @@ impl Backend {
                     refused,
                 })
             }
-            Backend::Redis(redis) => redis.increment_unless_refused(items, rules).await,
+            Backend::Redis(redis) => redis.noted(
+                redis::CallKind::Script,
+                redis.increment_unless_refused(items, rules).await,
+            ),
         }
     }
 
-    /// Whether the store can take requests now (Redis: a PING; memory:
-    /// room for new counters, see [`MemoryBackend::check`]).
+    /// Whether the store can take requests now (Redis: a PING, and no
+    /// recent failure of every counting call, see [`RedisBackend::check`];
+    /// memory: room for new counters, see [`MemoryBackend::check`]).
     pub async fn check(&self) -> Result<(), BackendError> {
         match self {
             Backend::Memory(memory) => memory.check(crate::service::unix_now()),
-            Backend::Redis(redis) => redis.ping().await,
+            Backend::Redis(redis) => redis.check().await,
         }
     }
 

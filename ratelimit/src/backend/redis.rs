@@ -230,6 +230,19 @@ fn auth_refused(e: &redis::RedisError) -> bool {
 /// call.
 pub const REPLACE_TIMED_OUT_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a counting call's failure keeps the health check failing when
+/// no counting call succeeded since: a Redis that answers PING but refuses
+/// every write (`OOM` under `noeviction`, an ACL without `EVALSHA`) fails
+/// every call, and must not look healthy.
+pub const FAILED_CALL_SHOWS_FOR: Duration = Duration::from_secs(10);
+
+/// The key the health check counts in while counting calls fail, after the
+/// service's key prefix; it expires [`HEALTH_KEY_SECONDS`] after.
+pub const HEALTH_KEY: &str = "appguard-ratelimit:healthcheck";
+
+/// The time to live of [`HEALTH_KEY`].
+const HEALTH_KEY_SECONDS: i64 = 60;
+
 /// When a call on one connection (one generation) last completed within
 /// the timeout, and the calls on it in flight and timed out since.
 #[derive(Debug)]
@@ -301,6 +314,19 @@ struct Connection {
 pub struct RedisBackend {
     /// Shared with the tasks that carry the calls.
     inner: Arc<Inner>,
+    /// The key the health check counts in while counting calls fail (see
+    /// [`RedisBackend::check`]): under the service's key prefix, so that
+    /// an ACL that allows the counters' keys allows it too.
+    health_key: String,
+}
+
+/// The kinds of counting call, as the health check repeats one that fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// `MULTI`/`INCRBY`/`EXPIRE`/`EXEC` ([`RedisBackend::increment`]).
+    Transaction,
+    /// `EVALSHA` of the script ([`RedisBackend::increment_unless_refused`]).
+    Script,
 }
 
 /// The store's state, shared with the tasks that carry the calls.
@@ -321,6 +347,9 @@ struct Inner {
     max_in_flight: usize,
     /// The SHA-1 of [`STOP_WHEN_REFUSED_SCRIPT`] in hex, for `EVALSHA`.
     script_sha1: String,
+    /// When the last counting call failed, its kind and why, while no
+    /// counting call succeeded since (see [`FAILED_CALL_SHOWS_FOR`]).
+    failing: Mutex<Option<(Instant, CallKind, String)>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -388,7 +417,9 @@ impl RedisBackend {
                 script_sha1: redis::Script::new(STOP_WHEN_REFUSED_SCRIPT)
                     .get_hash()
                     .to_owned(),
+                failing: Mutex::new(None),
             }),
+            health_key: HEALTH_KEY.to_owned(),
         })
     }
 
@@ -584,6 +615,64 @@ impl RedisBackend {
             .collect();
         let refused = refused == 1;
         Ok(Batch { counts, refused })
+    }
+
+    /// Counts the health check's probe under `prefix` (the service's
+    /// `--cache-key-prefix`).
+    pub fn with_key_prefix(mut self, prefix: &str) -> Self {
+        self.health_key = format!("{prefix}{HEALTH_KEY}");
+        self
+    }
+
+    /// Notes how a counting call of `kind` ended, for
+    /// [`RedisBackend::check`], and hands its result on.
+    pub fn noted<T>(
+        &self,
+        kind: CallKind,
+        result: Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        *self.failing() = result
+            .as_ref()
+            .err()
+            .map(|e| (Instant::now(), kind, e.to_string()));
+        result
+    }
+
+    fn failing(&self) -> std::sync::MutexGuard<'_, Option<(Instant, CallKind, String)>> {
+        self.inner
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether Redis can take calls: it answers PING, and when a counting
+    /// call failed in the last [`FAILED_CALL_SHOWS_FOR`] with none
+    /// succeeding since, a call of the same kind on [`HEALTH_KEY`] succeeds
+    /// now (a Redis that answers PING but refuses writes, `OOM` under
+    /// `noeviction` or an ACL without `EVALSHA`, fails every call and must
+    /// not look healthy; one that recovered is healthy at once).
+    pub async fn check(&self) -> Result<(), BackendError> {
+        self.ping().await?;
+        let kind = match &*self.failing() {
+            Some((at, kind, _)) if at.elapsed() < FAILED_CALL_SHOWS_FOR => *kind,
+            _ => return Ok(()),
+        };
+        let probe = [super::Increment {
+            key: self.health_key.clone(),
+            hits: 1,
+            window_seconds: HEALTH_KEY_SECONDS,
+            window_end: 0,
+            rolling: false,
+        }];
+        let result = match kind {
+            CallKind::Transaction => self.increment(&probe).await.map(drop),
+            CallKind::Script => self
+                .increment_unless_refused(&probe, &[super::Refuses::Never])
+                .await
+                .map(drop),
+        };
+        self.noted(kind, result)
+            .map_err(|e| BackendError::CallsFailing(e.to_string()))
     }
 
     /// Sends PING and expects PONG.
