@@ -70,7 +70,14 @@ enum State {
     /// Buffering the body for the body phase.
     AwaitingBody(Box<Pending>),
     /// Held until the rate-limit service (call `token`) answers.
-    AwaitingRateLimit { token: u32, pending: Box<Pending> },
+    AwaitingRateLimit {
+        token: u32,
+        pending: Box<Pending>,
+        /// When the call was dispatched (ms), and its timeout: a failure's
+        /// log line says whether the timeout ran out.
+        since_ms: u64,
+        timeout_ms: u64,
+    },
     /// Decided: allowed upstream or answered locally.
     Done,
 }
@@ -354,7 +361,12 @@ impl GuardFilter {
                 // As before a key fetch: the access log of a request whose
                 // client leaves during the call must not hold the key.
                 scrub(&pending.grant.key_scrub);
-                self.state = State::AwaitingRateLimit { token, pending };
+                self.state = State::AwaitingRateLimit {
+                    token,
+                    pending,
+                    since_ms: now_millis(),
+                    timeout_ms: call.timeout_ms,
+                };
                 Action::Pause
             }
             Err(s) => {
@@ -759,14 +771,65 @@ fn describe(worker: &Worker, facts: &Facts, headers: &Headers) -> String {
     format!("route={route} ip={ip} app={app} key={key}")
 }
 
+/// The log line of a rate-limit call that brought no usable answer: the
+/// gRPC status by name, and whether the call's `timeout_ms` ran out (Envoy
+/// then ends it as CANCELLED or UNAVAILABLE, which alone would not say so).
+fn rls_failure(id: u32, status: u32, bytes: usize, waited_ms: u64, timeout_ms: u64) -> String {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    let name = usize::try_from(status)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .unwrap_or(&"?");
+    if status == 0 {
+        format!("#{id} rate-limit service failed: an answer that does not decode ({bytes} bytes) after {waited_ms} ms")
+    } else if waited_ms.saturating_add(timeout_ms / 10 + 5) >= timeout_ms {
+        // (Envoy's timer and the Wasm clock disagree by a few ms: a call
+        // that ended within a tenth of its timeout of it ran out.)
+        format!(
+            "#{id} rate-limit service failed: no answer within timeout_ms ({timeout_ms} ms): \
+             grpc status {status} {name} after {waited_ms} ms"
+        )
+    } else {
+        format!(
+            "#{id} rate-limit service failed: grpc status {status} {name} ({bytes} bytes) \
+             after {waited_ms} ms"
+        )
+    }
+}
+
 impl Context for GuardFilter {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        let State::AwaitingRateLimit { token, .. } = &self.state else {
+        let State::AwaitingRateLimit {
+            token,
+            since_ms,
+            timeout_ms,
+            ..
+        } = &self.state
+        else {
             return;
         };
         if *token != token_id {
             return;
         }
+        let (since_ms, timeout_ms) = (*since_ms, *timeout_ms);
         let Some(pending) = self.take_awaiting_rls() else {
             return;
         };
@@ -783,9 +846,14 @@ impl Context for GuardFilter {
         };
         if response.is_none() {
             let id = self.context_id;
-            decision_log(&worker, log::Level::Warn, now_millis() / 1000, || {
-                format!(
-                    "#{id} rate-limit service failed (grpc status {status_code}, {response_size} bytes)"
+            let now_ms = now_millis();
+            decision_log(&worker, log::Level::Warn, now_ms / 1000, || {
+                rls_failure(
+                    id,
+                    status_code,
+                    response_size,
+                    now_ms.saturating_sub(since_ms),
+                    timeout_ms,
                 )
             });
         }

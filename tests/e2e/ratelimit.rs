@@ -442,6 +442,15 @@ fn service_down_gives_503_under_deny_and_200_under_allow_within_the_timeout() {
         t.elapsed()
     );
     assert_eq!(up.seen().len(), 1);
+    // Refused at once: the log names the status, and no timeout.
+    deny.wait_log("rate-limit service failed", 1, 10);
+    let log = deny.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("rate-limit service failed"))
+        .unwrap();
+    assert!(line.contains("grpc status 14 UNAVAILABLE"), "{line}");
+    assert!(!line.contains("timeout_ms"), "{line}");
     // a service that was up and is stopped
     let mut rls = RateLimitService::start(&test_limits(), None);
     let deny2 = EnvoyBuilder::new(config("deny", 300), up.port)
@@ -456,6 +465,52 @@ fn service_down_gives_503_under_deny_and_200_under_allow_within_the_timeout() {
     rls.service.stop();
     let r = deny2.request(from_ip(Req::get("/api/x"), "192.0.2.21"));
     assert_eq!((r.status, r.reason()), (503, Some("ratelimit_unavailable")));
+}
+
+/// A service that accepts the connection and never answers: the call
+/// ends at `timeout_ms`, by the failure mode, and the log says it was the
+/// timeout (not only a gRPC status number).
+#[test]
+fn a_silent_service_times_out_and_the_log_says_so() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Holds every connection open, reading nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            match c {
+                Ok(c) => held.push(c),
+                Err(_) => break,
+            }
+        }
+    });
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("deny", 300), up.port)
+        .grpc_cluster("ratelimit", port)
+        .start();
+    let t = Instant::now();
+    let r = envoy.request(from_ip(Req::get("/api/x"), "192.0.2.22"));
+    assert_eq!(
+        (r.status, r.reason()),
+        (503, Some("ratelimit_unavailable")),
+        "{}",
+        r.text()
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    envoy.wait_log("rate-limit service failed", 1, 10);
+    let log = envoy.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("rate-limit service failed"))
+        .unwrap();
+    assert!(
+        line.contains("no answer within timeout_ms (300 ms)"),
+        "{line}"
+    );
 }
 
 #[test]
