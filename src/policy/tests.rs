@@ -5126,9 +5126,22 @@ fn every_entry_type_sends_the_value_it_names() {
     );
     // A claim that is present but not a short scalar (a signer that copies
     // client input into it) is one shared value, never a skipped limit; an
-    // absent one skips its descriptor, as an absent header does.
+    // absent one skips its descriptor, as an absent header does. (A claim
+    // of the signer's own: `sub` must be a string, or the token is
+    // malformed.)
+    let w = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+        "apps": [{"id": "droid", "platform": "android", "package": "com.example.a"}],
+        "api_keys": {"keys": [{"id": "k-droid", "sha256": hash_api_key("key-droid"), "apps": ["droid"]}]},
+        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "app_claim": {"claim": "app"}}],
+        "routes": [{"name": "pay", "match": {"prefix": "/pay"}, "api_key": "required", "tokens": ["t"],
+                    "rate_limits": [{"entries": [{"type": "claim", "name": "user"}]},
+                                    {"entries": [{"type": "route"}]}]}]
+    }));
     let long = "u".repeat(257);
-    for (sub, want) in [
+    for (user, want) in [
         (json!(["a", "b"]), Some("(unreadable)")),
         (json!({"id": 1}), Some("(unreadable)")),
         (json!(long), Some("(unreadable)")),
@@ -5138,7 +5151,7 @@ fn every_entry_type_sends_the_value_it_names() {
         let token = hs256_raw(
             SECRET,
             &json!({"alg": "HS256"}),
-            &json!({"exp": NOW + 60, "app": "droid", "sub": sub}),
+            &json!({"exp": NOW + 60, "app": "droid", "user": user}),
         );
         let h = headers(&[
             (":method", "POST"),
@@ -5152,12 +5165,12 @@ fn every_entry_type_sends_the_value_it_names() {
         };
         let subs: Vec<String> = rls_hits(&call)
             .into_iter()
-            .filter_map(|(d, _)| d.into_iter().find(|(k, _)| k == "sub").map(|(_, v)| v))
+            .filter_map(|(d, _)| d.into_iter().find(|(k, _)| k == "user").map(|(_, v)| v))
             .collect();
         assert_eq!(
             subs,
             want.into_iter().map(str::to_owned).collect::<Vec<_>>(),
-            "{sub}"
+            "{user}"
         );
     }
 }

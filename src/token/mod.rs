@@ -1168,6 +1168,19 @@ fn typ_jwt_of_no_other_kind(typ: &str) -> bool {
     jwt && !OTHER_JWT_KINDS.iter().any(|k| k.eq_ignore_ascii_case(typ))
 }
 
+/// A `typ` as RFC 7515 §4.1.9 compares it: `application/jwt` is `JWT`
+/// (a value without `/` stands for `application/` and that value; media
+/// types compare without regard to case).
+fn media_subtype(typ: &str) -> &str {
+    const APPLICATION: &str = "application/";
+    match typ.get(..APPLICATION.len()) {
+        Some(prefix) if prefix.eq_ignore_ascii_case(APPLICATION) => {
+            typ.get(APPLICATION.len()..).unwrap_or("")
+        }
+        _ => typ,
+    }
+}
+
 /// The checks of size, structure and header: no key, no signature work.
 fn read_head<'t>(provider: &Provider, token: &'t str) -> Result<Head<'t>, TokenError> {
     if token.len() > provider.max_token_bytes {
@@ -1204,12 +1217,16 @@ fn read_head<'t>(provider: &Provider, token: &'t str) -> Result<Head<'t>, TokenE
     // RFC 8725 §3.11: another kind of JWT the same key signs (an access
     // token, a DPoP proof) is not an attestation token.
     if let Some(typ) = header.get("typ") {
-        let ok = typ.as_str().is_some_and(|t| {
+        let ok = typ.as_str().map(media_subtype).is_some_and(|t| {
             t.eq_ignore_ascii_case("JWT")
+                || t.eq_ignore_ascii_case("JOSE")
                 || if provider.typ.is_empty() {
                     typ_jwt_of_no_other_kind(t)
                 } else {
-                    provider.typ.iter().any(|a| a.eq_ignore_ascii_case(t))
+                    provider
+                        .typ
+                        .iter()
+                        .any(|a| media_subtype(a).eq_ignore_ascii_case(t))
                 }
         });
         if !ok {
@@ -1399,20 +1416,58 @@ fn names_no_kid<'k>(mut keys: impl Iterator<Item = &'k Key>) -> bool {
     keys.all(|k| k.kid.is_none())
 }
 
-fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, TokenError> {
+/// Which way a `NumericDate` with a fraction is taken: the stricter way
+/// for its claim (RFC 7519 §2 allows fractions; most signers write whole
+/// seconds).
+#[derive(Clone, Copy)]
+enum Round {
+    /// `exp` and `iat`: the token ends no later, and is no younger.
+    Down,
+    /// `nbf`: the token starts no sooner.
+    Up,
+}
+
+fn time_claim(
+    claims: &Map<String, Value>,
+    name: &str,
+    round: Round,
+) -> Result<Option<u64>, TokenError> {
     match claims.get(name) {
         None => Ok(None),
-        // Integers only: floats, negatives, strings and overflow are malformed.
-        Some(Value::Number(n)) => {
-            n.as_u64()
-                .filter(|v| *v < 1 << 40)
-                .map(Some)
-                .ok_or(TokenError::Malformed(
-                    "time claim is not a non-negative integer",
-                ))
-        }
+        // Non-negative numbers below 2^40 (a date some 34,000 years away):
+        // negatives, strings and larger values are malformed.
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite() && f.is_sign_positive() && *f < (1u64 << 40) as f64)
+                    .map(|f| match round {
+                        Round::Down => f.floor(),
+                        Round::Up => f.ceil(),
+                    } as u64)
+            })
+            .filter(|v| *v < 1 << 40)
+            .map(Some)
+            .ok_or(TokenError::Malformed(
+                "time claim is not a non-negative number",
+            )),
         Some(_) => Err(TokenError::Malformed("time claim is not a number")),
     }
+}
+
+/// Whether the registered claims that must be strings are (RFC 7519 §4.1:
+/// `iss`, `sub`, `jti`, and `aud` as a string or an array of strings): a
+/// token that breaks this is malformed, as `jwt_authn` finds it, however
+/// it was signed.
+fn registered_claims_well_typed(claims: &Map<String, Value>) -> bool {
+    ["iss", "sub", "jti"]
+        .iter()
+        .all(|name| claims.get(*name).is_none_or(Value::is_string))
+        && match claims.get("aud") {
+            None | Some(Value::String(_)) => true,
+            Some(Value::Array(list)) => list.iter().all(Value::is_string),
+            Some(_) => false,
+        }
 }
 
 /// The claim rules, on unverified claims (they can only refuse). Returns `exp`.
@@ -1422,9 +1477,9 @@ pub fn check_claims(
     now: u64,
 ) -> Result<u64, TokenError> {
     let skew = provider.clock_skew_seconds;
-    let exp = time_claim(claims, "exp")?.ok_or(TokenError::Lifetime)?;
-    let nbf = time_claim(claims, "nbf")?;
-    let iat = time_claim(claims, "iat")?;
+    let exp = time_claim(claims, "exp", Round::Down)?.ok_or(TokenError::Lifetime)?;
+    let nbf = time_claim(claims, "nbf", Round::Up)?;
+    let iat = time_claim(claims, "iat", Round::Down)?;
     if exp.saturating_add(skew) < now {
         return Err(TokenError::Expired);
     }
@@ -1446,6 +1501,12 @@ pub fn check_claims(
     }
     if !accepts_audience(provider, claims) {
         return Err(TokenError::Claims("audience"));
+    }
+    // After the issuer and audience: a claim of the wrong shape where the
+    // provider names one is not that issuer or audience (`token_claims`);
+    // the rest of a token that breaks RFC 7519's types is malformed.
+    if !registered_claims_well_typed(claims) {
+        return Err(TokenError::Malformed("a registered claim is not a string"));
     }
     for (name, want) in &provider.required_claims {
         if claims.get(name) != Some(want) {

@@ -193,11 +193,12 @@ fn time_rules() {
 }
 
 #[test]
-fn time_claims_must_be_plain_integers() {
+fn time_claims_must_be_non_negative_numbers() {
     let p = provider(json!({}));
     for exp in [
-        json!(1.9e9),
         json!(-1),
+        json!(-0.5),
+        json!(-0.0),
         json!("1900000060"),
         json!(u64::MAX),
         json!(1e300),
@@ -209,8 +210,63 @@ fn time_claims_must_be_plain_integers() {
             "exp {exp}"
         );
     }
-    let t = hs(&json!({"exp": NOW + 10, "iat": 1.5}));
+    let t = hs(&json!({"exp": NOW + 10, "iat": -1.5}));
     assert!(matches!(verify(&p, &t, NOW), Err(TokenError::Malformed(_))));
+    // RFC 7519 §2: a NumericDate may have a fraction (and an exponent);
+    // each is read the stricter way for its claim.
+    let t = hs(&json!({"exp": NOW as f64 + 10.5, "iat": NOW as f64 - 0.5}));
+    assert_eq!(verify(&p, &t, NOW), Ok(NOW + 10), "exp rounded down");
+    let t = hs(&json!({"exp": 1.9e9, "iat": 1_899_999_990}));
+    assert_eq!(verify(&p, &t, 1_899_999_995), Ok(1_900_000_000));
+    // `exp` 0.9 s in the past is past (down), with no skew.
+    let strict = provider(json!({"clock_skew_seconds": 0}));
+    let t = hs(&json!({"exp": NOW as f64 - 0.1}));
+    assert_eq!(verify(&strict, &t, NOW), Err(TokenError::Expired));
+    // `nbf` 0.1 s ahead is not yet (up).
+    let t = hs(&json!({"exp": NOW + 60, "nbf": NOW as f64 + 0.1}));
+    assert_eq!(verify(&strict, &t, NOW), Err(TokenError::NotYetValid));
+    let t = hs(&json!({"exp": NOW + 60, "nbf": NOW as f64 - 0.1}));
+    assert_eq!(verify(&strict, &t, NOW), Ok(NOW + 60));
+}
+
+#[test]
+fn registered_claims_that_are_strings_must_be_strings() {
+    // RFC 7519 §4.1, as `jwt_authn` holds them: a token that breaks it is
+    // malformed whoever signed it, for every provider.
+    let p = provider(json!({"audiences": ["api"]}));
+    let open = provider(json!({}));
+    for bad in [
+        json!({"aud": [1, "api"]}),
+        json!({"aud": [null, "api"]}),
+        json!({"aud": ["api", ["x"]]}),
+        json!({"sub": 42}),
+        json!({"jti": 7}),
+        json!({"iss": {"a": 1}}),
+    ] {
+        let mut claims = bad.clone();
+        claims["exp"] = json!(NOW + 60);
+        if claims.get("aud").is_none() {
+            claims["aud"] = json!("api");
+        }
+        let t = hs(&claims);
+        for p in [&p, &open] {
+            assert_eq!(
+                verify(p, &t, NOW),
+                Err(TokenError::Malformed("a registered claim is not a string")),
+                "{bad}"
+            );
+        }
+    }
+    // Where the provider names an audience, one of another shape is not
+    // it (`token_claims`, checked first); elsewhere it is malformed.
+    let t = hs(&json!({"exp": NOW + 60, "aud": 7}));
+    assert_eq!(verify(&p, &t, NOW), Err(TokenError::Claims("audience")));
+    assert_eq!(
+        verify(&open, &t, NOW),
+        Err(TokenError::Malformed("a registered claim is not a string"))
+    );
+    let good = json!({"exp": NOW + 60, "aud": ["x", "api"], "sub": "s", "jti": "j", "iss": "i"});
+    assert!(verify(&p, &hs(&good), NOW).is_ok());
 }
 
 #[test]
@@ -382,7 +438,18 @@ fn only_jwt_or_a_listed_typ_is_an_attestation_token() {
     };
     let p = provider(json!({}));
     // Without a list: JWT, none, or a signer's own `…+jwt`.
-    for typ in ["JWT", "jwt", "attest+jwt", "Attest+JWT"] {
+    // RFC 7515 §4.1.9: `application/jwt` is `JWT`; `JOSE` is a JWS in
+    // compact form, as every token here is.
+    for typ in [
+        "JWT",
+        "jwt",
+        "application/jwt",
+        "Application/JWT",
+        "JOSE",
+        "attest+jwt",
+        "Attest+JWT",
+        "application/attest+jwt",
+    ] {
         assert!(verify(&p, &with_typ(typ), NOW).is_ok(), "{typ}");
     }
     assert!(verify(
@@ -399,8 +466,10 @@ fn only_jwt_or_a_listed_typ_is_an_attestation_token() {
         "secevent+jwt",
         "logout+jwt",
         "kb+jwt",
-        "JOSE",
-        "application/jwt",
+        "JOSE+JSON",
+        "JWT ",
+        "application/",
+        "text/jwt",
         "jwt+",
     ] {
         assert_eq!(
@@ -411,7 +480,7 @@ fn only_jwt_or_a_listed_typ_is_an_attestation_token() {
     }
     // With a list: JWT, none, and those listed only.
     let typed = provider(json!({"typ": ["attest+jwt"]}));
-    for typ in ["JWT", "attest+jwt", "Attest+JWT"] {
+    for typ in ["JWT", "attest+jwt", "Attest+JWT", "application/attest+jwt"] {
         assert!(verify(&typed, &with_typ(typ), NOW).is_ok(), "{typ}");
     }
     for typ in ["at+jwt", "device+jwt"] {
@@ -655,9 +724,10 @@ fn provider_config_errors_name_the_field() {
 }
 
 #[test]
-fn es384_and_eddsa_tokens_with_numeric_claims_verify_like_the_others() {
-    // A numeric `sub` or `jti` passes `precheck` for every algorithm; the
-    // signature check must not refuse it as a bad signature for some.
+fn es384_and_eddsa_tokens_with_unusual_claims_verify_like_the_others() {
+    // Claims that pass `precheck` for every algorithm (a fractional `exp`,
+    // numbers in claims of the signer's own) must not be refused as a bad
+    // signature for some; a numeric `sub` or `jti` is malformed for all.
     let es384 = ES384KeyPair::from_bytes(&[7u8; 48]).unwrap();
     let seed = ed25519_compact::Seed::new([9u8; 32]);
     let ed = Ed25519KeyPair::from_bytes(&ed25519_compact::KeyPair::from_seed(seed)[..]).unwrap();
@@ -668,7 +738,8 @@ fn es384_and_eddsa_tokens_with_numeric_claims_verify_like_the_others() {
     // jwt-simple would sign typed fields; sign the raw JSON instead.
     let sign_raw = |kid: &str, alg: &str, sign: &dyn Fn(&[u8]) -> Vec<u8>| {
         let header = json!({"alg": alg, "kid": kid, "typ": "JWT"});
-        let body = json!({"iat": NOW, "exp": NOW + 60, "sub": 42, "jti": 7});
+        let body = json!({"iat": NOW, "exp": NOW as f64 + 60.5, "sub": "s", "jti": "j",
+                          "uid": 42, "n": 7.5});
         let input = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(header.to_string()),

@@ -512,20 +512,18 @@ fn duplicated_and_nested_claims_are_refused() {
 }
 
 #[test]
-fn time_claims_that_are_not_plain_integers_are_malformed() {
+fn time_claims_that_are_not_non_negative_numbers_are_malformed() {
     let rig = start();
     let n = now();
     let good_exp = (n + 60).to_string();
     let good_iat = n.to_string();
     // As JSON text, so that overflowing and odd numbers are sent as written.
+    // (A fraction or an exponent is a NumericDate: RFC 7519 §2; below.)
     let odd = [
         "\"1900000000\"",
         "-1",
         "-0",
-        "1.5",
-        "1.0",
-        "1e3",
-        "1E+3",
+        "-0.5",
         "1e300",
         "18446744073709551616",
         "99999999999999999999999999",
@@ -564,6 +562,20 @@ fn time_claims_that_are_not_plain_integers_are_malformed() {
         r#"{{"iss":"{ISS}","aud":"api","iat":{good_iat},"nbf":{good_iat},"exp":{good_exp}}}"#
     );
     assert_eq!(rig.envoy.request(hs_req(&hs_raw(h, &p))).status, 200);
+    // With a fraction, or written with an exponent, as jwt_authn takes them.
+    for p in [
+        format!(
+            r#"{{"iss":"{ISS}","aud":"api","iat":{good_iat}.25,"nbf":{}.5,"exp":{good_exp}.75}}"#,
+            n - 2
+        ),
+        format!(
+            r#"{{"iss":"{ISS}","aud":"api","iat":{n}e0,"exp":{}E+0}}"#,
+            n + 60
+        ),
+    ] {
+        let r = rig.envoy.request(hs_req(&hs_raw(h, &p)));
+        assert_eq!(r.status, 200, "{p}: {}", r.text());
+    }
     rig.envoy.assert_vm_healthy();
 }
 
