@@ -5,7 +5,7 @@
 //! is one, else from the platform headers (or, for `server`, the client IP) —
 //! and the token, the API key's restriction and the headers must all agree.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use serde::Deserialize;
@@ -640,6 +640,12 @@ pub struct ApiKeys {
     pub forward: bool,
     /// The configured keys.
     pub keys: Vec<ApiKey>,
+    /// Each key's index in `keys`, by its SHA-256: a lookup costs the same
+    /// for one key or 100,000, and a client sending random keys cannot
+    /// make each request compare every digest. (Only the digest of what
+    /// the client sent is looked up, never the key: the lookup's timing
+    /// tells nothing of a configured key.)
+    by_digest: HashMap<[u8; 32], usize>,
 }
 
 /// One API key.
@@ -666,12 +672,12 @@ pub(crate) fn compile_api_keys(
     route_names: &[&str],
 ) -> Result<ApiKeys, ConfigError> {
     let Some(raw) = raw else {
-        return Ok(ApiKeys {
-            header: default_key_header(),
-            query_param: None,
-            forward: forward_by_default(),
-            keys: Vec::new(),
-        });
+        return Ok(ApiKeys::new(
+            default_key_header(),
+            None,
+            forward_by_default(),
+            Vec::new(),
+        ));
     };
     let header = crate::config::header_name("api_keys.header", &raw.header)?;
     if let Some(q) = &raw.query_param {
@@ -687,6 +693,10 @@ pub(crate) fn compile_api_keys(
         }
     }
     let mut keys: Vec<ApiKey> = Vec::with_capacity(raw.keys.len());
+    // Ids and digests seen so far: sets, so that 100,000 keys compile in
+    // linear time.
+    let mut ids: HashSet<String> = HashSet::with_capacity(raw.keys.len());
+    let mut digests: HashSet<[u8; 32]> = HashSet::with_capacity(raw.keys.len());
     for (i, k) in raw.keys.into_iter().enumerate() {
         let at = format!("api_keys.keys[{i}]");
         if !crate::config::valid_name(&k.id) {
@@ -695,7 +705,7 @@ pub(crate) fn compile_api_keys(
                 "must be 1-64 characters of [A-Za-z0-9_-]",
             ));
         }
-        if keys.iter().any(|x| x.id == k.id) {
+        if !ids.insert(k.id.clone()) {
             return Err(ConfigError::new(
                 format!("{at}.id"),
                 format!("duplicate key id {}", crate::config::shown(&k.id)),
@@ -707,10 +717,20 @@ pub(crate) fn compile_api_keys(
                 "must be the key's SHA-256 as 64 hex digits (`appguard-cli hash-key`); plaintext keys are not accepted",
             )
         })?;
-        if keys.iter().any(|x| x.sha256 == digest) {
+        if !digests.insert(digest) {
             return Err(ConfigError::new(
                 format!("{at}.sha256"),
                 "the same key is configured twice",
+            ));
+        }
+        // An id goes upstream (`x-appguard-key-id`) and into logs: one that
+        // is the key itself would put the key there, whatever `forward`
+        // says.
+        if Sha256::digest(k.id.as_bytes()).as_slice() == digest.as_slice() {
+            return Err(ConfigError::new(
+                format!("{at}.id"),
+                "is the key itself (its SHA-256 is `sha256`): the id is sent upstream as \
+                 x-appguard-key-id and logged, so give the key a name instead",
             ));
         }
         let mut app_idx = Vec::new();
@@ -742,12 +762,7 @@ pub(crate) fn compile_api_keys(
             disabled: k.disabled,
         });
     }
-    Ok(ApiKeys {
-        header,
-        query_param: raw.query_param,
-        forward: raw.forward,
-        keys,
-    })
+    Ok(ApiKeys::new(header, raw.query_param, raw.forward, keys))
 }
 
 fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
@@ -793,17 +808,33 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl ApiKeys {
-    /// Finds the key whose SHA-256 equals the presented key's. Every
-    /// configured key is compared, in constant time, whatever matches.
-    pub fn lookup(&self, presented: &str) -> Option<(usize, &ApiKey)> {
-        let d = Sha256::digest(presented.as_bytes());
-        let mut found = None;
-        for (i, k) in self.keys.iter().enumerate() {
-            if ct_eq(&k.sha256, &d) && found.is_none() {
-                found = Some((i, k));
-            }
+    /// The keys, with their index by digest.
+    pub fn new(
+        header: String,
+        query_param: Option<String>,
+        forward: bool,
+        keys: Vec<ApiKey>,
+    ) -> ApiKeys {
+        let mut by_digest = HashMap::with_capacity(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            // The first of two equal digests, as a scan would find it (the
+            // configuration refuses them anyway).
+            by_digest.entry(k.sha256).or_insert(i);
         }
-        found
+        ApiKeys {
+            header,
+            query_param,
+            forward,
+            keys,
+            by_digest,
+        }
+    }
+
+    /// Finds the key whose SHA-256 equals the presented key's.
+    pub fn lookup(&self, presented: &str) -> Option<(usize, &ApiKey)> {
+        let d: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let i = *self.by_digest.get(&d)?;
+        Some((i, self.keys.get(i)?))
     }
 }
 
@@ -1365,16 +1396,16 @@ mod tests {
     }
 
     #[test]
-    fn api_key_hash_and_constant_time_lookup() {
+    fn api_key_hash_and_lookup_by_digest() {
         assert_eq!(
             hash_api_key("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        let keys = ApiKeys {
-            header: "x-api-key".into(),
-            query_param: None,
-            forward: true,
-            keys: vec![ApiKey {
+        let keys = ApiKeys::new(
+            "x-api-key".into(),
+            None,
+            true,
+            vec![ApiKey {
                 id: "k1".into(),
                 sha256: parse_sha256_hex(&hash_api_key("secret-1")).unwrap(),
                 apps: vec![],
@@ -1382,7 +1413,7 @@ mod tests {
                 routes: vec![],
                 disabled: false,
             }],
-        };
+        );
         assert_eq!(
             keys.lookup("secret-1").map(|(_, k)| k.id.as_str()),
             Some("k1")
@@ -1401,12 +1432,12 @@ mod tests {
             routes: vec![],
             disabled: false,
         };
-        let keys = ApiKeys {
-            header: "x-api-key".into(),
-            query_param: None,
-            forward: true,
-            keys: vec![key("k1", "secret-1"), key("k2", "secret-2")],
-        };
+        let keys = ApiKeys::new(
+            "x-api-key".into(),
+            None,
+            true,
+            vec![key("k1", "secret-1"), key("k2", "secret-2")],
+        );
         let mut memo = KeyMemo::new(&BucketSalt::new([3; 16]));
         for _ in 0..3 {
             for (sent, want) in [

@@ -1052,6 +1052,27 @@ fn monitor_mode_keeps_the_grant_and_records_the_reason() {
 }
 
 #[test]
+fn many_api_keys_are_found_by_digest() {
+    // 20,000 keys: each found, the last as the first, and a key that is
+    // not configured is not (the lookup is by digest, not a scan).
+    let keys: Vec<Value> = (0..20_000)
+        .map(|i| json!({"id": format!("k{i}"), "sha256": hash_api_key(&format!("secret-{i}"))}))
+        .collect();
+    let c = Config::from_json(
+        json!({"api_keys": {"keys": keys}, "routes": [{"name": "r", "match": {"prefix": "/"}, "api_key": "required"}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    for i in [0, 1, 9_999, 19_999] {
+        let (at, key) = c.api_keys.lookup(&format!("secret-{i}")).unwrap();
+        assert_eq!((at, key.id.as_str()), (i, format!("k{i}").as_str()));
+    }
+    assert!(c.api_keys.lookup("secret-20000").is_none());
+    assert!(c.api_keys.lookup("").is_none());
+}
+
+#[test]
 fn identity_config_errors_name_the_field() {
     let err = |patch: &dyn Fn(&mut Value)| {
         let mut v = config_json();
@@ -1082,6 +1103,14 @@ fn identity_config_errors_name_the_field() {
         err(&|v| v["api_keys"]["keys"][0]["apps"] = json!(["ghost"])).path,
         "api_keys.keys[0].apps[0]"
     );
+    // An id that is the key itself would go upstream and into logs.
+    let e = err(&|v| {
+        v["api_keys"]["keys"][1]["id"] = json!("k-1Sup3r");
+        v["api_keys"]["keys"][1]["sha256"] = json!(hash_api_key("k-1Sup3r"));
+    });
+    assert_eq!(e.path, "api_keys.keys[1].id");
+    assert!(e.message.contains("is the key itself"), "{}", e.message);
+    assert!(!e.to_string().contains("k-1Sup3r"), "{e}");
     assert_eq!(
         err(&|v| v["api_keys"]["keys"][4]["routes"] = json!(["ghost"])).path,
         "api_keys.keys[4].routes[0]"
