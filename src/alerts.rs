@@ -141,9 +141,7 @@ fn scope_of(a: &Alerts) -> String {
 
 /// Validates `alerts`; `routes` are the configured route names, in order.
 pub(crate) fn compile(raw: RawAlerts, routes: &[&str]) -> Result<Alerts, ConfigError> {
-    if raw.cluster.is_empty() {
-        return Err(ConfigError::new("alerts.cluster", "required"));
-    }
+    crate::config::check_cluster("alerts.cluster", &raw.cluster)?;
     crate::config::check_call_target("alerts", raw.authority.as_deref(), &raw.path)?;
     if raw.threshold == 0 {
         return Err(ConfigError::new("alerts.threshold", "must be at least 1"));

@@ -819,6 +819,32 @@ pub fn default_authority(cluster: &str) -> String {
     }
 }
 
+/// Checks a `cluster` field (`field` is its path): the name of an Envoy
+/// cluster, not empty, without blanks or control characters, and not a
+/// URL. A webhook URL pasted there (a common slip) never reaches its
+/// host, and is often a credential (Slack's, Teams'): it is not shown in
+/// the error either.
+pub(crate) fn check_cluster(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::new(field, "required"));
+    }
+    if name.contains("://") {
+        return Err(ConfigError::new(
+            field,
+            "must name an Envoy cluster, not a URL (not shown here: a webhook URL is often \
+             a credential): define a cluster for the URL's host in Envoy, name it here, and \
+             put the URL's path in `path` where the section has one",
+        ));
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::new(
+            field,
+            "must name an Envoy cluster: no spaces or control characters",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks an `authority` and `path` written for an HTTP call Envoy makes
 /// for appguard (a JWKS fetch, an alert POST): `host[:port]` with no scheme
 /// (`https://` there is a common slip: every call would then fail, and
@@ -1404,9 +1430,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let rate_limit_service = match raw.rate_limit_service {
         Some(r) => {
-            if r.cluster.is_empty() {
-                return Err(ConfigError::new("rate_limit_service.cluster", "required"));
-            }
+            check_cluster("rate_limit_service.cluster", &r.cluster)?;
             if reads_as_protobuf(r.cluster.as_bytes()) {
                 return Err(ConfigError::new(
                     "rate_limit_service.cluster",
@@ -2472,6 +2496,47 @@ mod tests {
         assert_eq!(a.len(), 1, "{a:?}");
         assert!(a[0].starts_with("api_keys.keys: every route has `api_key: none`"));
         assert!(with("", &route(r#", "api_key": "optional""#), keys).is_empty());
+    }
+
+    #[test]
+    fn a_cluster_is_a_name_and_a_url_there_is_refused_unshown() {
+        let hook = "https://hooks.slack.com/services/T0AB12CD3/B0EF45GH6/q8Wx3Zk";
+        for (cluster, shown) in [(hook, false), ("my hook", true), ("a\\tb", true)] {
+            let docs = [
+                (
+                    format!(r#"{{"alerts": {{"cluster": "{cluster}"}}}}"#),
+                    "alerts.cluster",
+                ),
+                (
+                    format!(
+                        r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-t"}}], "issuer": "i",
+                            "remote_jwks": {{"cluster": "{cluster}", "path": "/jwks"}}}}]}}"#
+                    ),
+                    "tokens[0].remote_jwks.cluster",
+                ),
+                (
+                    format!(
+                        r#"{{"rate_limit_service": {{"cluster": "{cluster}", "domain": "d"}}}}"#
+                    ),
+                    "rate_limit_service.cluster",
+                ),
+            ];
+            for (doc, path) in docs {
+                let e = err(&doc);
+                assert_eq!(e.path, path, "{doc}");
+                assert!(e.message.contains("must name an Envoy cluster"), "{e}");
+                if !shown {
+                    assert!(!e.to_string().contains("hooks.slack.com"), "{e}");
+                }
+            }
+        }
+        for ok in [
+            "alerts",
+            "outbound|8081||ratelimit.appguard.svc.cluster.local",
+        ] {
+            let doc = format!(r#"{{"alerts": {{"cluster": "{ok}"}}}}"#);
+            assert!(Config::from_json(doc.as_bytes()).is_ok(), "{doc}");
+        }
     }
 
     #[test]

@@ -16,6 +16,37 @@ use crate::headers::Headers;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostError(pub u32);
 
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.0 {
+            1 => "NotFound",
+            2 => "BadArgument",
+            3 => "SerializationFailure",
+            4 => "ParseFailure",
+            5 => "BadExpression",
+            6 => "InvalidMemoryAccess",
+            7 => "Empty",
+            8 => "CasMismatch",
+            9 => "ResultMismatch",
+            10 => "InternalFailure",
+            11 => "BrokenConnection",
+            12 => "Unimplemented",
+            _ => "unknown status",
+        };
+        write!(f, "{name} ({})", self.0)
+    }
+}
+
+/// Why Envoy would not dispatch a call to `cluster`, for a log line: most
+/// often a cluster this Envoy does not define (or, for gRPC, one without
+/// HTTP/2).
+pub fn call_refused(cluster: &str, e: HostError) -> String {
+    format!(
+        "Envoy refused to dispatch it to cluster {cluster:?}: {e}; is that cluster defined in \
+         this Envoy (and, for the rate-limit service, HTTP/2)?"
+    )
+}
+
 /// `CasMismatch`.
 pub const CAS_MISMATCH: HostError = HostError(8);
 const OK: u32 = 0;

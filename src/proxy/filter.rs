@@ -372,7 +372,10 @@ impl GuardFilter {
             Err(s) => {
                 let id = self.context_id;
                 decision_log(worker, log::Level::Warn, now_millis() / 1000, || {
-                    format!("#{id} cannot call the rate-limit service: {s:?}")
+                    format!(
+                        "#{id} cannot call the rate-limit service: {}",
+                        abi::call_refused(&call.cluster, s)
+                    )
                 });
                 let (step, now) = self.ctx_step(worker, KeyFetch::NotNow, |ctx, _, now| {
                     policy::evaluate_rls(ctx, pending, Err(()), now)
@@ -485,8 +488,9 @@ impl GuardFilter {
                 let id = self.context_id;
                 decision_log(worker, log::Level::Warn, now, || {
                     format!(
-                        "#{id} jwks {}: cannot dispatch the fetch: {s:?}",
-                        provider.name
+                        "#{id} jwks {}: cannot dispatch the fetch: {}",
+                        provider.name,
+                        abi::call_refused(&remote.cluster, s)
                     )
                 });
                 self.run(KeyFetch::NotNow)

@@ -271,7 +271,10 @@ impl Worker {
                     }
                     Err(s) => {
                         self.metrics.jwks_failure();
-                        let what = format!("cannot dispatch the refresh: {s:?}");
+                        let what = format!(
+                            "cannot dispatch the refresh: {}",
+                            abi::call_refused(&remote.cluster, s)
+                        );
                         let held = self
                             .jwks
                             .borrow_mut()
@@ -319,7 +322,7 @@ impl Worker {
                 Ok(token) => {
                     self.alert_calls.borrow_mut().insert(token, what);
                 }
-                Err(e) => warn!("{what} not sent ({e:?}): cluster {:?}", a.cluster),
+                Err(e) => warn!("{what} not sent: {}", abi::call_refused(&a.cluster, e)),
             }
         }
     }

@@ -676,9 +676,7 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
     }
     let remote_jwks = match raw.remote_jwks {
         Some(r) => {
-            if r.cluster.is_empty() {
-                return Err(err("remote_jwks.cluster", "required".into()));
-            }
+            crate::config::check_cluster(&format!("{at}.remote_jwks.cluster"), &r.cluster)?;
             crate::config::check_call_target(
                 &format!("{at}.remote_jwks"),
                 r.authority.as_deref(),

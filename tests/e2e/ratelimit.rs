@@ -766,12 +766,16 @@ fn a_rate_limit_cluster_envoy_does_not_have_fails_by_the_failure_mode_without_a_
                 assert_eq!(r.reason(), Some("ratelimit_unavailable"));
             }
         }
-        // Refused at once by Envoy, not a call that timed out.
+        // Refused at once by Envoy, not a call that timed out; the log
+        // names the cluster and asks whether it is defined.
         let log = envoy.log();
         assert!(
-            log.contains("cannot call the rate-limit service: HostError("),
+            log.contains(
+                "cannot call the rate-limit service: Envoy refused to dispatch it to cluster \"ratelimit\""
+            ),
             "{log}"
         );
+        assert!(log.contains("is that cluster defined"), "{log}");
         envoy.assert_vm_healthy();
     }
     // Every request fails the same way: the warning is written at most 10
