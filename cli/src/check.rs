@@ -784,8 +784,55 @@ fn wasm_plugin(doc: &Value, text: &str) -> Result<Checked, Option<Skipped>> {
         )),
     };
     let mut notes = Vec::new();
-    if let Some(pc) = spec.and_then(|s| s.get("pluginConfig")) {
-        yaml11_scalars(pc, &mut "spec.pluginConfig".to_owned(), text, &mut notes);
+    // What Kubernetes reads where it differs (an unquoted `NO` is `false`
+    // there), and whether it surely does: the configuration the filter
+    // gets is that one, so it is the one that must pass.
+    let read = spec.and_then(|s| s.get("pluginConfig")).map(|pc| {
+        let uncommented = without_comments(text);
+        let mut changed = false;
+        let read = yaml11_scalars(
+            pc,
+            &mut "spec.pluginConfig".to_owned(),
+            &uncommented,
+            &mut notes,
+            &mut changed,
+        );
+        (read, changed)
+    });
+    let result = match (result, read) {
+        (Ok(c), Some((read, true))) => {
+            match serde_json::to_vec(&as_istio_sends(&read))
+                .map_err(|e| ConfigError::new("", e.to_string()))
+                .and_then(|b| Config::from_json(&b))
+            {
+                Ok(_) => Ok(c),
+                Err(e) => Err(ConfigError::new(
+                    e.path.clone(),
+                    format!(
+                        // The line and column are the JSON's this check
+                        // wrote, not the manifest's.
+                        "{} (as Kubernetes reads this manifest, YAML 1.1: see the warnings, \
+                         and quote those values)",
+                        e.message
+                            .split(" at line ")
+                            .next()
+                            .and_then(|m| m.split(" (at line ").next())
+                            .unwrap_or(&e.message)
+                    ),
+                )),
+            }
+        }
+        (result, _) => result,
+    };
+    if let Some(strategy) = spec
+        .and_then(|s| s.get("failStrategy"))
+        .and_then(Value::as_str)
+        .filter(|s| *s == "FAIL_OPEN")
+    {
+        notes.push(format!(
+            "failStrategy: {strategy}: when the VM fails (a crash, a reload that fails), \
+             requests pass unchecked; use FAIL_RELOAD (as examples/istio does) or FAIL_CLOSE"
+        ));
     }
     if result.as_ref().is_ok_and(|c| c.hold_headers_for_body) {
         notes.push(format!(
@@ -964,45 +1011,116 @@ fn yaml_style_float(s: &str) -> bool {
     !d.is_empty() && rest.is_empty()
 }
 
-/// Notes, for every string of `v` that Kubernetes (YAML 1.1) reads as a
-/// boolean or a number and that `text` holds unquoted somewhere, where it
-/// is and what the filter gets instead.
-fn yaml11_scalars(v: &Value, path: &mut String, text: &str, notes: &mut Vec<String>) {
+/// `v` as Kubernetes (YAML 1.1) reads the manifest `text` (its comments
+/// taken out), with a note, for every string of `v` that Kubernetes reads
+/// as a boolean or a number and that `text` holds unquoted somewhere, of
+/// where it is and what the filter gets instead. `changed` is set when a
+/// value was surely read otherwise: one that `text` also holds quoted
+/// somewhere (`"NO"` here, `NO` there) may be either, so it is noted but
+/// kept as this checker read it.
+fn yaml11_scalars(
+    v: &Value,
+    path: &mut String,
+    text: &str,
+    notes: &mut Vec<String>,
+    changed: &mut bool,
+) -> Value {
     match v {
-        Value::String(s) if YAML11_BOOLEANS.contains(&s.as_str()) && unquoted_in(text, s) => {
-            notes.push(format!(
-                "{path}: `{s}` unquoted is a boolean to Kubernetes (YAML 1.1), and reaches the filter as one; write \"{s}\""
-            ));
-        }
         Value::String(s) => {
-            if let Some(n) = yaml11_number(s).filter(|_| unquoted_in(text, s)) {
+            let read = if YAML11_BOOLEANS.contains(&s.as_str()) {
+                Some(Value::Bool(matches!(
+                    s.as_str(),
+                    "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON"
+                )))
+            } else if serde_norway::from_str::<Value>(s).is_ok_and(|v| v.is_number()) {
+                // Plain, YAML 1.2 would read a number too: so the string
+                // was quoted, and Kubernetes reads it as a string as well.
+                None
+            } else {
+                yaml11_number(s).map(|n| as_istio_sends(&Value::Number(n)))
+            };
+            let Some(read) = read.filter(|_| unquoted_in(text, s)) else {
+                return v.clone();
+            };
+            notes.push(match &read {
+                Value::Bool(_) => format!(
+                    "{path}: `{s}` unquoted is a boolean to Kubernetes (YAML 1.1), and reaches the filter as one; write \"{s}\""
+                ),
                 // As Istio's Struct passes it on: `08` is the double 8,
                 // written `8`.
-                let n = as_istio_sends(&Value::Number(n));
-                notes.push(format!(
+                n => format!(
                     "{path}: `{s}` unquoted is the number {n} to Kubernetes (YAML 1.1), and reaches the filter as one; write \"{s}\" for the string, or {n}"
-                ));
+                ),
+            });
+            if quoted_in(text, s) {
+                return v.clone();
             }
+            *changed = true;
+            read
         }
-        Value::Array(a) => {
-            for (i, x) in a.iter().enumerate() {
-                let len = path.len();
-                path.push_str(&format!("[{i}]"));
-                yaml11_scalars(x, path, text, notes);
-                path.truncate(len);
-            }
-        }
-        Value::Object(o) => {
-            for (k, x) in o {
-                let len = path.len();
-                path.push('.');
-                path.push_str(k);
-                yaml11_scalars(x, path, text, notes);
-                path.truncate(len);
-            }
-        }
-        _ => {}
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    let read = yaml11_scalars(x, path, text, notes, changed);
+                    path.truncate(len);
+                    read
+                })
+                .collect(),
+        ),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| {
+                    let len = path.len();
+                    path.push('.');
+                    path.push_str(k);
+                    let read = yaml11_scalars(x, path, text, notes, changed);
+                    path.truncate(len);
+                    (k.clone(), read)
+                })
+                .collect(),
+        ),
+        _ => v.clone(),
     }
+}
+
+/// Whether `text` holds `word` quoted (`"word"` or `'word'`) somewhere.
+fn quoted_in(text: &str, word: &str) -> bool {
+    text.contains(&format!("\"{word}\"")) || text.contains(&format!("'{word}'"))
+}
+
+/// `text` without its YAML comments: from a `#` at the start of a line or
+/// after a blank, outside quotes, to the end of the line.
+fn without_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let (mut single, mut double, mut cut) = (false, false, None);
+        let mut previous = ' ';
+        for (i, c) in line.char_indices() {
+            match c {
+                '\'' if !double => single = !single,
+                '"' if !single => double = !double,
+                '#' if !single && !double && previous.is_whitespace() => {
+                    cut = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+            previous = c;
+        }
+        match cut {
+            Some(i) => {
+                out.push_str(&line[..i]);
+                if line.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
 }
 
 /// Whether `text` holds `word` as a plain (unquoted) scalar value: after
@@ -1261,8 +1379,15 @@ spec: {pluginName: other, pluginConfig: {anything: 1}}
                  routes:\n    - {{name: a, match: {{prefix: /}}}}\n"
             )
         };
+        // The filter gets `false` and refuses it: so does the check.
         let r = report("w.yaml", &plugin("[KP, NO]"));
-        assert!(r.all_valid(), "{:?}", r.configs[0].result.as_ref().err());
+        assert!(!r.all_valid());
+        let e = r.configs[0].result.as_ref().unwrap_err();
+        assert_eq!(e.path, "network.country_deny[1]", "{e}");
+        assert!(
+            e.message.contains("as Kubernetes reads this manifest"),
+            "{e}"
+        );
         assert_eq!(r.configs[0].notes.len(), 1, "{:?}", r.configs[0].notes);
         assert!(
             r.configs[0].notes[0]
@@ -1282,6 +1407,45 @@ spec: {pluginName: other, pluginConfig: {anything: 1}}
                 r.configs[0].notes
             );
         }
+        // Quoted, with the same word plain elsewhere only in a comment, or
+        // a quoted number whose digits appear plain elsewhere: valid, and
+        // nothing to say (YAML 1.2 would read a plain `10` as a number, so a
+        // string "10" was quoted).
+        let quoted_here =
+            plugin("[KP, \"NO\"]").replace("  # sanctions", "  # sanctions: - NO, see the list");
+        let r = report("w.yaml", &quoted_here);
+        assert!(r.all_valid(), "{:?}", r.configs[0].result.as_ref().err());
+        assert!(r.configs[0].notes.is_empty(), "{:?}", r.configs[0].notes);
+        let ten = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\n\
+                   metadata: {name: appguard}\nspec:\n  pluginName: appguard\n  pluginConfig:\n    \
+                   max_body_bytes: 10\n    \
+                   routes:\n    - {name: \"10\", match: {prefix: /}}\n";
+        let r = report("w.yaml", ten);
+        assert!(r.all_valid(), "{:?}", r.configs[0].result.as_ref().err());
+        assert!(r.configs[0].notes.is_empty(), "{:?}", r.configs[0].notes);
+        // Quoted in one place and plain in another: either may be the
+        // plain one, so both are said, and the check keeps this reader's
+        // values.
+        let both =
+            plugin("[KP, NO]").replace("routes:\n    - {name: a,", "routes:\n    - {name: \"NO\",");
+        let r = report("w.yaml", &both);
+        assert!(r.all_valid(), "{:?}", r.configs[0].result.as_ref().err());
+        assert_eq!(r.configs[0].notes.len(), 2, "{:?}", r.configs[0].notes);
+        // An Istio plugin that fails open is said to.
+        let open = plugin("[KP]").replace(
+            "  pluginName: appguard\n",
+            "  pluginName: appguard\n  failStrategy: FAIL_OPEN\n",
+        );
+        let r = report("w.yaml", &open);
+        assert!(r.all_valid(), "{:?}", r.configs[0].result.as_ref().err());
+        assert!(
+            r.configs[0]
+                .notes
+                .iter()
+                .any(|n| n.starts_with("failStrategy: FAIL_OPEN")),
+            "{:?}",
+            r.configs[0].notes
+        );
         // the plain token elsewhere (a key, a longer word) is no value
         assert!(!unquoted_in("NO: 1\nx: NOT\ny: 'NO'\n", "NO"));
         assert!(unquoted_in("x: [a,NO]", "NO"));
@@ -1562,7 +1726,10 @@ items:
             at,
             ["WasmPlugin istio-system/appguard", "WasmPlugin shop/strict"]
         );
-        assert!(r.configs[0].result.is_ok());
+        // The unquoted `NO` is `false` to Kubernetes: refused as the filter
+        // would, and noted.
+        let e = r.configs[0].result.as_ref().unwrap_err();
+        assert_eq!(e.path, "network.country_deny[1]", "{e}");
         assert_eq!(r.configs[0].notes.len(), 1, "{:?}", r.configs[0].notes);
         let e = r.configs[1].result.as_ref().unwrap_err();
         assert_eq!(e.path, "mdoe");
@@ -1573,6 +1740,8 @@ items:
         let json = serde_json::to_vec(&doc).unwrap();
         let r = check_bytes(Path::new("list.json"), &json).unwrap();
         assert_eq!(r.configs.len(), 2);
+        // In JSON the string is quoted: the first one is valid there.
+        assert!(r.configs[0].result.is_ok());
         // An empty list: nothing to check.
         let e = check_bytes(
             Path::new("l.yaml"),
