@@ -637,10 +637,40 @@ fn walk(node: &Value, path: &mut String, f: &mut dyn FnMut(&str, &Value)) {
 /// Adds the appguard Wasm filter configurations in `doc` to `configs`, and
 /// the other Wasm filters with a configuration to `skipped`.
 fn envoy_configs(doc: &Value, configs: &mut Vec<Checked>, skipped: &mut Vec<Skipped>) {
+    // The filter entries that hold an appguard filter and are off until a
+    // route turns them on (`disabled: true` on the `HttpFilter`), by the
+    // location of their `config`.
+    let mut disabled = Vec::new();
+    walk(doc, &mut String::new(), &mut |path, node| {
+        let config = node.get("typed_config").and_then(|t| t.get("config"));
+        if node.get("disabled") == Some(&Value::Bool(true))
+            && config.is_some_and(is_appguard_filter)
+        {
+            disabled.push(format!("{path}.typed_config.config"));
+        }
+    });
     walk(doc, &mut String::new(), &mut |path, node| {
         if is_appguard_filter(node) {
             let bytes = envoy_plugin_bytes(node);
             let mut notes = Vec::new();
+            if disabled.iter().any(|d| d == path) {
+                notes.push(
+                    "the filter entry is `disabled: true`: appguard runs only on the routes \
+                     whose typed_per_filter_config turns it on, and every other request \
+                     passes unchecked"
+                        .to_owned(),
+                );
+            }
+            let open = node.get("failure_policy").and_then(Value::as_str) == Some("FAIL_OPEN")
+                || node.get("fail_open") == Some(&Value::Bool(true));
+            if open {
+                notes.push(
+                    "failure_policy FAIL_OPEN (or fail_open: true): when the VM fails (a \
+                     crash, a reload that fails), Envoy lets requests through unchecked; leave \
+                     it at FAIL_CLOSED, or FAIL_RELOAD to get a new VM and refuse meanwhile"
+                        .to_owned(),
+                );
+            }
             let result = bytes
                 .as_ref()
                 .map_err(Clone::clone)

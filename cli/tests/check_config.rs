@@ -453,6 +453,50 @@ fn an_unquoted_yaml_1_1_number_in_a_manifest_is_warned_of() {
 }
 
 #[test]
+fn envoy_settings_that_let_requests_pass_unchecked_are_warned_of() {
+    // `disabled: true` on the filter entry, and FAIL_OPEN: the
+    // configuration is valid, and appguard would not see every request.
+    let envoy = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
+    let entry = "          - name: envoy.filters.http.wasm\n            typed_config:\n";
+    assert!(envoy.contains(entry), "the example changed");
+    assert!(
+        envoy.contains("failure_policy: FAIL_RELOAD\n"),
+        "the example changed"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("envoy.yaml");
+    for (edited, warning) in [
+        (
+            envoy.replacen(
+                entry,
+                "          - name: envoy.filters.http.wasm\n            disabled: true\n            typed_config:\n",
+                1,
+            ),
+            "the filter entry is `disabled: true`",
+        ),
+        (
+            envoy.replacen("failure_policy: FAIL_RELOAD\n", "failure_policy: FAIL_OPEN\n", 1),
+            "failure_policy FAIL_OPEN",
+        ),
+        (
+            envoy.replacen("failure_policy: FAIL_RELOAD\n", "fail_open: true\n", 1),
+            "failure_policy FAIL_OPEN (or fail_open: true)",
+        ),
+    ] {
+        std::fs::write(&file, edited).unwrap();
+        let r = cli(&["check-config", s(&file)]);
+        assert_eq!(r.code, 0, "{}", r.all());
+        assert!(r.stdout.contains("valid:"), "{}", r.stdout);
+        assert!(r.stderr.contains(warning), "{warning}: {}", r.stderr);
+    }
+    // The example as shipped: neither.
+    let r = cli(&["check-config", "envoy/envoy.yaml"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.stderr.contains("disabled: true"), "{}", r.stderr);
+    assert!(!r.stderr.contains("FAIL_OPEN"), "{}", r.stderr);
+}
+
+#[test]
 fn a_canary_under_another_root_id_is_named_as_not_checked() {
     // appguard's module serves every root_id: a canary filter loading it
     // under another one runs its configuration unchecked.
