@@ -1245,7 +1245,9 @@ impl Config {
         let raw: RawConfig = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            let message = without_type_names(&without_string_values(&e.into_inner().to_string()));
+            let inner = e.into_inner();
+            let message = wrong_kind_of_value(bytes, &inner)
+                .unwrap_or_else(|| without_type_names(&without_string_values(&inner.to_string())));
             ConfigError::new(without_odd_names(&path), without_odd_name(&message))
         })?;
         // Only whitespace may follow the object: a stray `}` ends it early
@@ -1264,6 +1266,54 @@ impl Config {
         })?;
         compile(raw)
     }
+}
+
+/// What serde_json's bare `expected value` means where a name (`mode`,
+/// `api_key`, `platforms[0]`, …) is read and a value of another kind is
+/// written: it reads like a syntax error, and a value is there. `None`
+/// for any other error, and for a real syntax error (`NaN`, `'x'`).
+fn wrong_kind_of_value(bytes: &[u8], e: &serde_json::Error) -> Option<String> {
+    if !e.to_string().starts_with("expected value") {
+        return None;
+    }
+    // The line and column (1-based) of what was read.
+    let line_start = if e.line() <= 1 {
+        0
+    } else {
+        bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(e.line().saturating_sub(2))
+            .map(|(i, _)| i + 1)?
+    };
+    let at = line_start.saturating_add(e.column().saturating_sub(1));
+    let rest = bytes.get(at..)?;
+    let rest = &rest[rest.iter().position(|b| !b.is_ascii_whitespace())?..];
+    let kind = if rest.starts_with(b"null") {
+        return Some(format!(
+            "null is not allowed here: leave the field out for its default (at line {} column {})",
+            e.line(),
+            e.column()
+        ));
+    } else if rest.starts_with(b"true") || rest.starts_with(b"false") {
+        "a boolean"
+    } else if rest
+        .first()
+        .is_some_and(|b| b.is_ascii_digit() || *b == b'-')
+    {
+        "a number"
+    } else if rest.starts_with(b"[") {
+        "a list"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "expected one of this field's names, as a string (see the configuration reference), \
+         found {kind} (at line {} column {})",
+        e.line(),
+        e.column()
+    ))
 }
 
 /// `message` (a serde error) with every quoted string value it shows
@@ -1691,6 +1741,31 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         ios_bundle_id: ph_name("ios_bundle_id", ph.ios_bundle_id, "x-ios-bundle-identifier")?,
         ios_team_id: ph_name("ios_team_id", ph.ios_team_id, "x-ios-team-id")?,
     };
+    // Each names one thing: a header read as two (an Android package and an
+    // iOS bundle id) makes every request that sends it look like two
+    // platforms, refused as `app_mismatch`; so does the API key's header.
+    {
+        let named = [
+            ("android_package", &platform_headers.android_package),
+            ("android_cert", &platform_headers.android_cert),
+            ("ios_bundle_id", &platform_headers.ios_bundle_id),
+            ("ios_team_id", &platform_headers.ios_team_id),
+        ];
+        let mut seen: Vec<(String, &str)> =
+            vec![("api_keys.header".to_owned(), api_keys.header.as_str())];
+        for (field, h) in named {
+            if let Some((other, _)) = seen
+                .iter()
+                .find(|(_, e)| crate::request::is_header_of(h, &[*e]))
+            {
+                return Err(ConfigError::new(
+                    format!("platform_headers.{field}"),
+                    format!("is the header {other} names too: each header must name one thing"),
+                ));
+            }
+            seen.push((format!("platform_headers.{field}"), h.as_str()));
+        }
+    }
     // A claim header is stripped from every request: it must not be one
     // clients send for appguard to read, nor one HTTP framing or the
     // proxies in front own (the upstream would lose the client's copy, or
@@ -2499,6 +2574,33 @@ mod tests {
     }
 
     #[test]
+    fn a_name_field_given_another_kind_of_value_says_so() {
+        // serde_json says only `expected value`, which reads as a syntax
+        // error, where a value of the wrong kind is written.
+        for (doc, path, said) in [
+            (r#"{"mode": null}"#, "mode", "null is not allowed here: leave the field out"),
+            (
+                r#"{"routes": [{"name": "a", "match": {"prefix": "/"}, "api_key": true}]}"#,
+                "routes[0].api_key",
+                "found a boolean",
+            ),
+            (r#"{"mode": 3}"#, "mode", "found a number"),
+            (
+                "{\n\"routes\": [{\"name\": \"a\", \"match\": {\"prefix\": \"/\"},\n \"platforms\": [false]}]}",
+                "routes[0].platforms[0]",
+                "found a boolean (at line 3 column",
+            ),
+        ] {
+            let e = err(doc);
+            assert_eq!(e.path, path, "{doc}");
+            assert!(e.message.contains(said), "{doc}: {e}");
+        }
+        // A syntax error stays one.
+        let e = err(r#"{"mode": NaN}"#);
+        assert!(e.message.starts_with("expected value"), "{e}");
+    }
+
+    #[test]
     fn a_cluster_is_a_name_and_a_url_there_is_refused_unshown() {
         let hook = "https://hooks.slack.com/services/T0AB12CD3/B0EF45GH6/q8Wx3Zk";
         for (cluster, shown) in [(hook, false), ("my hook", true), ("a\\tb", true)] {
@@ -2795,10 +2897,11 @@ mod tests {
         ] {
             let e = err(doc);
             assert_eq!(e.path, path, "{doc}: {e}");
-            // (serde_json says `expected value` for an enum's name.)
+            // (serde_json says only `expected value` for an enum's name:
+            // that is said plainly.)
             assert!(
                 e.message.starts_with("invalid type: null, expected")
-                    || e.message.starts_with("expected value"),
+                    || e.message.starts_with("null is not allowed here"),
                 "{doc}: {e}"
             );
             assert!(!e.message.contains("Raw"), "{doc}: {e}");

@@ -234,6 +234,22 @@ pub(crate) fn compile_apps(raw: Vec<RawApp>) -> Result<Vec<App>, ConfigError> {
                         format!("{bundle_id:?} is not a bundle identifier"),
                     ));
                 }
+                // Apple's team ids are ten upper-case letters and digits
+                // (`ABCDE12345`), and apps send them so: one written
+                // otherwise would refuse every request that sends it.
+                if let Some(t) = &a.team_id {
+                    if t.len() != 10
+                        || !t
+                            .bytes()
+                            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+                    {
+                        return Err(ConfigError::new(
+                            format!("{at}.team_id"),
+                            "must be an Apple team id: 10 upper-case letters and digits, \
+                             such as ABCDE12345",
+                        ));
+                    }
+                }
                 AppProof::Ios {
                     bundle_id,
                     team_id: a.team_id,

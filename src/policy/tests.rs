@@ -1087,6 +1087,37 @@ fn identity_config_errors_name_the_field() {
         err(&|v| v["apps"][0]["cert_fingerprints"] = json!(["zz"])).path,
         "apps[0].cert_fingerprints[0]"
     );
+    // One header, one meaning: read as a package and a bundle id, every
+    // request that sends it would be two platforms.
+    for (field, value, other) in [
+        (
+            "ios_bundle_id",
+            "x-android-package",
+            "platform_headers.android_package",
+        ),
+        (
+            "ios_team_id",
+            "X_Android_Cert",
+            "platform_headers.android_cert",
+        ),
+        ("android_package", "x-api-key", "api_keys.header"),
+    ] {
+        let e = err(&|v| v["platform_headers"] = json!({field: value}));
+        assert_eq!(e.path, format!("platform_headers.{field}"), "{value}");
+        assert!(e.message.contains(other), "{e}");
+    }
+    // Apple's form only: a lower-case or short team id would refuse every
+    // request that sends the real one.
+    for team in ["abcde12345", "ABC", "ABCDE-1234", "ABCDE123456"] {
+        let at = config_json()["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|a| a["platform"] == "ios")
+            .unwrap();
+        let e = err(&|v| v["apps"][at]["team_id"] = json!(team));
+        assert_eq!(e.path, format!("apps[{at}].team_id"), "{team}");
+    }
     assert_eq!(
         err(&|v| v["apps"][2]["origins"] = json!(["https://a.*.com"])).path,
         "apps[2].origins[0]"
