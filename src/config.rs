@@ -962,6 +962,37 @@ impl Config {
     /// be right for someone.
     pub fn advisories(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if self.routes.is_empty() && self.default_action == Action::Allow {
+            out.push(
+                "no routes, and default_action allow: every request passes with no key, \
+                 token or limit checked (a template that rendered empty?); add routes, or \
+                 set default_action deny"
+                    .to_owned(),
+            );
+        }
+        // Codes ISO 3166 reserves and geolocation never sends: the list
+        // entry matches nothing.
+        let networks = std::iter::once(("network".to_owned(), &self.network)).chain(
+            self.routes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| Some((format!("routes[{i}].network"), r.network.as_ref()?))),
+        );
+        for (at, n) in networks {
+            for (field, list) in [
+                ("country_allow", &n.country_allow),
+                ("country_deny", &n.country_deny),
+            ] {
+                for (code, meant) in [("UK", "GB"), ("EL", "GR")] {
+                    if list.iter().any(|c| c == code) {
+                        out.push(format!(
+                            "{at}.{field}: {code} is a code ISO 3166 reserves, and geolocation \
+                             headers never carry it: that country is {meant}"
+                        ));
+                    }
+                }
+            }
+        }
         for (i, p) in self.providers.iter().enumerate() {
             let at = format!("tokens[{i}] ({})", p.name);
             if p.remote_jwks.is_some()
@@ -3095,6 +3126,34 @@ mod tests {
             let e = route(&format!("[{bad}]")).unwrap_err();
             assert_eq!(e.path, "routes[0].match.methods[0]", "{bad}");
         }
+    }
+
+    #[test]
+    fn a_configuration_that_checks_nothing_or_names_a_reserved_country_is_advised_on() {
+        let advice = |json: &str| Config::from_json(json.as_bytes()).unwrap().advisories();
+        for empty in ["{}", r#"{"routes": []}"#, r#"{"default_action": "allow"}"#] {
+            let a = advice(empty);
+            assert!(
+                a.iter()
+                    .any(|x| x.starts_with("no routes, and default_action allow")),
+                "{empty}: {a:?}"
+            );
+        }
+        assert!(advice(r#"{"default_action": "deny"}"#).is_empty());
+        let a = advice(
+            r#"{"network": {"country_header": "x-country", "country_deny": ["KP", "UK"]},
+                "routes": [{"name": "r", "match": {"prefix": "/"},
+                            "network": {"country_header": "x-country", "country_allow": ["el", "DE"]}}]}"#,
+        );
+        assert_eq!(
+            a,
+            [
+                "network.country_deny: UK is a code ISO 3166 reserves, and geolocation headers \
+                 never carry it: that country is GB",
+                "routes[0].network.country_allow: EL is a code ISO 3166 reserves, and \
+                 geolocation headers never carry it: that country is GR",
+            ]
+        );
     }
 
     #[test]
