@@ -357,49 +357,93 @@ pub struct OriginPattern {
     port: u16,
 }
 
-/// Domains of two labels or more under which anyone can get a name (country
-/// second-level registries, and hosting platforms that give every customer
-/// a sub-domain): `*.` directly under one of them would allow any stranger's
-/// site. Not the whole Public Suffix List, which is large and changes; the
-/// suffixes web apps are commonly served from, or registered under.
-const OPEN_SUFFIXES: [&str; 36] = [
-    "co.uk",
-    "org.uk",
-    "me.uk",
-    "com.au",
-    "net.au",
-    "co.nz",
-    "co.jp",
-    "co.in",
-    "co.za",
-    "com.br",
-    "com.cn",
-    "com.mx",
-    "com.tr",
-    "com.sg",
-    "co.kr",
-    "com.ar",
+/// Domains of two labels or more under which anyone can get a name
+/// (hosting platforms that give every customer a sub-domain, dynamic DNS,
+/// open registries): `*.` directly under one of them would allow any
+/// stranger's site. Not the whole Public Suffix List, which is large and
+/// changes: the suffixes web apps are commonly served from. Country
+/// second levels (`co.uk`, `com.hk`) are found by [`is_country_second_level`].
+const OPEN_SUFFIXES: [&str; 56] = [
     "web.app",
     "firebaseapp.com",
     "appspot.com",
+    "run.app",
+    "cloudfunctions.net",
+    "translate.goog",
     "vercel.app",
     "netlify.app",
     "herokuapp.com",
     "github.io",
     "gitlab.io",
+    "bitbucket.io",
     "pages.dev",
     "workers.dev",
+    "r2.dev",
+    "trycloudflare.com",
     "azurewebsites.net",
     "azurestaticapps.net",
+    "cloudapp.net",
     "cloudfront.net",
     "amplifyapp.com",
+    "elasticbeanstalk.com",
     "onrender.com",
     "fly.dev",
+    "deno.dev",
     "glitch.me",
     "repl.co",
+    "replit.dev",
+    "replit.app",
+    "codesandbox.io",
+    "csb.app",
+    "stackblitz.io",
     "ngrok.io",
     "ngrok-free.app",
+    "ngrok.app",
+    "loca.lt",
+    "ondigitalocean.app",
+    "pythonanywhere.com",
+    "surge.sh",
+    "blogspot.com",
+    "wixsite.com",
+    "myshopify.com",
+    "wordpress.com",
+    "webflow.io",
+    "framer.app",
+    "railway.app",
+    "up.railway.app",
+    "uk.com",
+    "us.com",
+    "eu.org",
+    "duckdns.org",
+    "dyndns.org",
+    "no-ip.org",
+    "ddns.net",
+    "storage.googleapis.com",
+    "web.core.windows.net",
 ];
+
+/// Whether `host` is a country's open second level (`co.uk`, `com.hk`,
+/// `org.il`, `ac.jp`): a generic label under a two-letter top-level
+/// domain, where anyone can register a name. Hosts under Amazon's
+/// `amazonaws.com` count too (`s3.amazonaws.com`, any region's): every
+/// bucket and endpoint is someone's.
+fn is_country_second_level(host: &str) -> bool {
+    if host == "amazonaws.com" || host.ends_with(".amazonaws.com") {
+        return true;
+    }
+    const GENERIC: [&str; 17] = [
+        "co", "com", "net", "org", "gov", "edu", "ac", "or", "ne", "go", "gob", "ltd", "plc", "me",
+        "nom", "web", "gen",
+    ];
+    match host.split_once('.') {
+        Some((second, tld)) => {
+            tld.len() == 2
+                && tld.bytes().all(|b| b.is_ascii_alphabetic())
+                && GENERIC.contains(&second)
+        }
+        None => false,
+    }
+}
 
 impl OriginPattern {
     /// Parses `scheme://host[:port]` where host may start with `*.`.
@@ -431,7 +475,7 @@ impl OriginPattern {
                 "{s:?}: `*.` needs a domain of two labels or more after it, not a top-level domain"
             ));
         }
-        if wildcard && OPEN_SUFFIXES.contains(&host.as_str()) {
+        if wildcard && (OPEN_SUFFIXES.contains(&host.as_str()) || is_country_second_level(&host)) {
             return Err(format!(
                 "{s:?}: `{host}` is a public suffix where anyone can register a name, so \
                  `*.{host}` allows their sites too: list your own origin(s) under it"
@@ -1166,6 +1210,18 @@ mod tests {
             "https://*.web.app",
             "https://*.co.uk",
             "https://*.VERCEL.app",
+            // country second levels, found by rule
+            "https://*.com.hk",
+            "https://*.co.il",
+            "https://*.org.uk",
+            "https://*.ac.jp",
+            // hosting where every customer gets a name
+            "https://*.blogspot.com",
+            "https://*.s3.amazonaws.com",
+            "https://*.s3.eu-west-1.amazonaws.com",
+            "https://*.myshopify.com",
+            "https://*.run.app",
+            "https://*.duckdns.org",
         ] {
             assert!(OriginPattern::parse(bad).is_err(), "{bad}");
         }
@@ -1174,6 +1230,9 @@ mod tests {
             "https://*.shop.web.app",
             "https://shop.web.app",
             "https://*.example.co.uk",
+            "https://*.example.com.hk",
+            "https://*.example.io",
+            "https://*.shop.myshopify.com",
         ] {
             assert!(OriginPattern::parse(good).is_ok(), "{good}");
         }
