@@ -139,8 +139,8 @@ pub struct Cli {
     /// Load the configuration files again every this many seconds, and put
     /// them in force when they changed (as a SIGHUP does): a Kubernetes
     /// ConfigMap mounted as a volume then takes effect without a restart.
-    /// 0 (the default) turns it off.
-    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    /// 0 (the default) turns it off; at most 86400 (a day).
+    #[arg(long, default_value_t = 0, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub watch_config_seconds: u64,
 
     /// Log line format on stderr.
@@ -601,8 +601,6 @@ async fn shutdown_signalled(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// The SIGINT and SIGTERM streams, registered once so that a second signal
-/// during the drain is not missed.
 /// What asked for the configuration to be loaded again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reload {
@@ -627,7 +625,9 @@ struct Reloader {
     stats: Arc<Stats>,
     /// The digest of the files in force ([`Loaded::digest`]), and the
     /// last failure to load them, for [`Reload::Watch`].
-    seen: std::sync::Mutex<([u8; 32], Option<String>)>,
+    /// Held from loading the files to putting them in force, so that a
+    /// SIGHUP and a watch tick at once never put the older files last.
+    seen: tokio::sync::Mutex<([u8; 32], Option<String>)>,
 }
 
 impl Reloader {
@@ -642,20 +642,18 @@ impl Reloader {
             paths,
             limiter,
             stats,
-            seen: std::sync::Mutex::new((digest, None)),
+            seen: tokio::sync::Mutex::new((digest, None)),
         }
     }
 
     /// Loads the files (on a blocking thread) and acts as `why` says.
     async fn reload(self: &Arc<Self>, why: Reload) {
+        let mut seen = self.seen.lock().await;
         let paths = self.paths.clone();
         let loaded = tokio::task::spawn_blocking(move || RateLimitConfig::load_paths(&paths))
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
-        // Only this task and the other trigger take the lock, never while
-        // holding it across an await; a poisoned one still holds its data.
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         match loaded {
             Ok(loaded) => {
                 if why == Reload::Watch && loaded.digest == seen.0 {
@@ -707,6 +705,8 @@ async fn watch_config(every: Duration, reloader: Arc<Reloader>) {
     }
 }
 
+/// The SIGINT and SIGTERM streams, registered once so that a second signal
+/// during the drain is not missed.
 struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,

@@ -48,11 +48,15 @@ pub const HTTP_CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 /// from one replica.
 pub const DEFAULT_MAX_GRPC_CONNECTIONS: usize = 4096;
 
-/// How soon a gRPC connection must send its first bytes (the HTTP/2
-/// preface, which Envoy sends at once) before it is closed: a connection
-/// that sends nothing would otherwise hold its place, and its descriptor,
-/// for ever.
+/// How soon a gRPC connection must send its first bytes, the whole HTTP/2
+/// preface (which Envoy sends at once), before it is closed: a connection
+/// that sends nothing, or part of it, would otherwise hold its place, and
+/// its descriptor, for ever.
 pub const GRPC_FIRST_BYTES_WITHIN: Duration = Duration::from_secs(10);
+
+/// Bytes of the HTTP/2 connection preface (RFC 9113 §3.4), which a gRPC
+/// client sends first: the first-bytes deadline ends once they came.
+const HTTP2_PREFACE_BYTES: usize = 24;
 
 /// Descriptors the process needs besides its connections: Redis, the
 /// listeners, the runtime, logs.
@@ -143,21 +147,19 @@ pub fn grpc_incoming(
     let (tx, rx) = mpsc::channel(1);
     let permits = Arc::new(Semaphore::new(max));
     tokio::spawn(async move {
-        let mut said_full = false;
+        // When the port was last said to be full: at most once a minute.
+        let mut said_full: Option<tokio::time::Instant> = None;
         loop {
             let permit = match Arc::clone(&permits).try_acquire_owned() {
-                Ok(permit) => {
-                    said_full = false;
-                    permit
-                }
+                Ok(permit) => permit,
                 Err(_) => {
-                    if !said_full {
+                    if said_full.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
                         warn!(
                             max_grpc_connections = max,
                             "the gRPC port holds as many connections as it may; \
                              new ones wait until one closes (--max-grpc-connections)"
                         );
-                        said_full = true;
+                        said_full = Some(tokio::time::Instant::now());
                     }
                     tokio::select! {
                         permit = Arc::clone(&permits).acquire_owned() => match permit {
@@ -262,6 +264,8 @@ pub struct BoundedStream {
     deadline: Option<Pin<Box<Sleep>>>,
     /// Whether the first bytes read end the deadline (the gRPC port's).
     first_bytes_only: bool,
+    /// Bytes read so far, up to [`HTTP2_PREFACE_BYTES`].
+    first_read: usize,
     /// Its place among the open connections.
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -274,6 +278,7 @@ impl BoundedStream {
             io,
             deadline: Some(timer),
             first_bytes_only,
+            first_read: 0,
             _permit: permit,
         }
     }
@@ -306,8 +311,15 @@ impl AsyncRead for BoundedStream {
         }
         let before = buf.filled().len();
         let read = Pin::new(&mut self.io).poll_read(cx, buf);
-        if self.first_bytes_only && buf.filled().len() > before {
-            self.deadline = None;
+        if self.first_bytes_only {
+            // The whole HTTP/2 preface, not a byte of it: a peer that sends
+            // part and stops would hold its place for ever.
+            self.first_read = self
+                .first_read
+                .saturating_add(buf.filled().len().saturating_sub(before));
+            if self.first_read >= HTTP2_PREFACE_BYTES {
+                self.deadline = None;
+            }
         }
         read
     }
@@ -465,9 +477,10 @@ mod tests {
         }
     }
 
-    /// A gRPC connection that sends nothing is closed once its first bytes
-    /// are late, and its place goes to the next; one that sent its preface
-    /// stays open however quiet it is afterwards.
+    /// A gRPC connection that sends part of the HTTP/2 preface and stops is
+    /// closed once the whole preface is late, and its place goes to the
+    /// next; one that sent its preface stays open however quiet it is
+    /// afterwards.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn silent_grpc_connections_are_closed_and_quiet_ones_kept() {
         let addr = grpc_server(1, Duration::from_millis(300)).await;
@@ -489,6 +502,8 @@ mod tests {
         // (silent) one waits to be accepted, so nothing closes it...
         let waiting = tokio::task::spawn_blocking(move || {
             let mut c = std::net::TcpStream::connect(addr).unwrap();
+            // A part of the preface only: not enough to stay.
+            c.write_all(b"PRI * HTTP/2.0").unwrap();
             let started = Instant::now();
             c.set_read_timeout(Some(Duration::from_millis(800)))
                 .unwrap();

@@ -174,12 +174,14 @@ pub struct Stats {
     /// Calls answered OVER_LIMIT that counted nothing
     /// ([`ServiceOptions::stop_increment_when_over_limit`]).
     pub over_limit_not_counted: AtomicU64,
-    /// Calls whose caller gave up before they were answered (its deadline,
-    /// e.g. appguard's `timeout_ms`, ran out first): a counter store slower
-    /// than the callers' deadlines shows here, as these calls end before
-    /// they could count in `backend_errors`.
+    /// Calls that ended before they were answered: their caller gave up
+    /// (its deadline, e.g. appguard's `timeout_ms`, ran out first), or the
+    /// service's own 30 s bound or its shutdown ended them. A counter store
+    /// slower than the callers' deadlines shows here, as these calls end
+    /// before they could count in `backend_errors`.
     pub calls_abandoned: AtomicU64,
-    /// Configurations loaded again on `SIGHUP` and put in force.
+    /// Configurations loaded again (on `SIGHUP`, or by
+    /// `--watch-config-seconds`) and put in force.
     pub config_reloads: AtomicU64,
     /// Reloads refused (a file unreadable or invalid): the configuration
     /// in force stays.
@@ -413,8 +415,9 @@ impl Drop for Abandoned<'_> {
         if tracing::enabled!(Level::WARN) && self.limiter.may_log(LineKind::Warn, self.now) {
             warn!(
                 domain = %safe_text(self.domain, MAX_LOGGED_DOMAIN_BYTES),
-                "the caller gave up on a call before it was answered: the counter store \
-                 answers slower than the callers' deadline (its hits may still be counted)"
+                "a call ended before it was answered (its caller gave up, or the service's \
+                 own bound or shutdown ended it): the counter store answers slower than the \
+                 callers' deadline? (its hits may still be counted)"
             );
         }
     }

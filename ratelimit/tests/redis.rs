@@ -561,7 +561,7 @@ async fn a_silent_connection_is_replaced_when_callers_give_up_before_the_redis_t
     assert!(
         service
             .stderr()
-            .contains("the caller gave up on a call before it was answered"),
+            .contains("a call ended before it was answered (its caller gave up"),
         "{}",
         service.stderr()
     );

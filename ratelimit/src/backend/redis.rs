@@ -347,9 +347,9 @@ struct Inner {
     max_in_flight: usize,
     /// The SHA-1 of [`STOP_WHEN_REFUSED_SCRIPT`] in hex, for `EVALSHA`.
     script_sha1: String,
-    /// When the last counting call failed, its kind and why, while no
-    /// counting call succeeded since (see [`FAILED_CALL_SHOWS_FOR`]).
-    failing: Mutex<Option<(Instant, CallKind, String)>>,
+    /// When the last counting call failed and its kind, while no counting
+    /// call succeeded since (see [`FAILED_CALL_SHOWS_FOR`]).
+    failing: Mutex<Option<(Instant, CallKind)>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -631,14 +631,11 @@ impl RedisBackend {
         kind: CallKind,
         result: Result<T, BackendError>,
     ) -> Result<T, BackendError> {
-        *self.failing() = result
-            .as_ref()
-            .err()
-            .map(|e| (Instant::now(), kind, e.to_string()));
+        *self.failing() = result.as_ref().err().map(|_| (Instant::now(), kind));
         result
     }
 
-    fn failing(&self) -> std::sync::MutexGuard<'_, Option<(Instant, CallKind, String)>> {
+    fn failing(&self) -> std::sync::MutexGuard<'_, Option<(Instant, CallKind)>> {
         self.inner
             .failing
             .lock()
@@ -654,7 +651,7 @@ impl RedisBackend {
     pub async fn check(&self) -> Result<(), BackendError> {
         self.ping().await?;
         let kind = match &*self.failing() {
-            Some((at, kind, _)) if at.elapsed() < FAILED_CALL_SHOWS_FOR => *kind,
+            Some((at, kind)) if at.elapsed() < FAILED_CALL_SHOWS_FOR => *kind,
             _ => return Ok(()),
         };
         let probe = [super::Increment {
