@@ -363,11 +363,10 @@ pub struct OriginPattern {
 /// stranger's site. Not the whole Public Suffix List, which is large and
 /// changes: the suffixes web apps are commonly served from. Country
 /// second levels (`co.uk`, `com.hk`) are found by [`is_country_second_level`].
-const OPEN_SUFFIXES: [&str; 56] = [
+const OPEN_SUFFIXES: [&str; 54] = [
     "web.app",
     "firebaseapp.com",
     "appspot.com",
-    "run.app",
     "cloudfunctions.net",
     "translate.goog",
     "vercel.app",
@@ -419,21 +418,43 @@ const OPEN_SUFFIXES: [&str; 56] = [
     "no-ip.org",
     "ddns.net",
     "storage.googleapis.com",
-    "web.core.windows.net",
 ];
 
-/// Whether `host` is a country's open second level (`co.uk`, `com.hk`,
-/// `org.il`, `ac.jp`): a generic label under a two-letter top-level
-/// domain, where anyone can register a name. Hosts under Amazon's
-/// `amazonaws.com` count too (`s3.amazonaws.com`, any region's): every
-/// bucket and endpoint is someone's.
+/// Domains whose names one or two labels down are open too: a region or
+/// a service (`s3.eu-west-1.amazonaws.com`, `us-east-1.elasticbeanstalk.com`,
+/// `eastus.cloudapp.azure.com`, `z13.web.core.windows.net`, `a.run.app`)
+/// under which every customer gets a name; names further down are fine
+/// (`*.shop.a.run.app`). Two labels under `amazonaws.com` cannot tell a
+/// region's endpoint from a bucket on the global one
+/// (`mybucket.s3.amazonaws.com`): both are refused, so list such origins
+/// one by one.
+const OPEN_UNDER: [(&str, usize); 5] = [
+    ("amazonaws.com", 2),
+    ("elasticbeanstalk.com", 1),
+    ("cloudapp.azure.com", 1),
+    ("web.core.windows.net", 1),
+    ("run.app", 1),
+];
+
+/// Whether `host` is open to anyone besides [`OPEN_SUFFIXES`]: a country's
+/// second level (`co.uk`, `com.hk`, `org.il`, `ac.jp`: a generic label
+/// under a two-letter top-level domain, where anyone can register a
+/// name), or a name at most [`OPEN_UNDER`]'s depth under one of its
+/// domains.
 fn is_country_second_level(host: &str) -> bool {
-    if host == "amazonaws.com" || host.ends_with(".amazonaws.com") {
+    let under = OPEN_UNDER.iter().any(|(domain, depth)| {
+        host == *domain
+            || host
+                .strip_suffix(domain)
+                .and_then(|rest| rest.strip_suffix('.'))
+                .is_some_and(|rest| rest.split('.').count() <= *depth)
+    });
+    if under {
         return true;
     }
-    const GENERIC: [&str; 17] = [
+    const GENERIC: [&str; 15] = [
         "co", "com", "net", "org", "gov", "edu", "ac", "or", "ne", "go", "gob", "ltd", "plc", "me",
-        "nom", "web", "gen",
+        "nom",
     ];
     match host.split_once('.') {
         Some((second, tld)) => {
@@ -765,12 +786,6 @@ pub(crate) fn compile_api_keys(
                 "must be 1-64 characters of [A-Za-z0-9_-]",
             ));
         }
-        if !ids.insert(k.id.clone()) {
-            return Err(ConfigError::new(
-                format!("{at}.id"),
-                format!("duplicate key id {}", crate::config::shown(&k.id)),
-            ));
-        }
         let digest = parse_sha256_hex(&k.sha256).ok_or_else(|| {
             ConfigError::new(
                 format!("{at}.sha256"),
@@ -791,6 +806,12 @@ pub(crate) fn compile_api_keys(
                 format!("{at}.id"),
                 "is the key itself (its SHA-256 is `sha256`): the id is sent upstream as \
                  x-appguard-key-id and logged, so give the key a name instead",
+            ));
+        }
+        if !ids.insert(k.id.clone()) {
+            return Err(ConfigError::new(
+                format!("{at}.id"),
+                format!("duplicate key id {}", crate::config::shown(&k.id)),
             ));
         }
         let mut app_idx = Vec::new();
@@ -1219,6 +1240,10 @@ mod tests {
             "https://*.blogspot.com",
             "https://*.s3.amazonaws.com",
             "https://*.s3.eu-west-1.amazonaws.com",
+            "https://*.us-east-1.elasticbeanstalk.com",
+            "https://*.eastus.cloudapp.azure.com",
+            "https://*.z13.web.core.windows.net",
+            "https://*.a.run.app",
             "https://*.myshopify.com",
             "https://*.run.app",
             "https://*.duckdns.org",
@@ -1233,6 +1258,8 @@ mod tests {
             "https://*.example.com.hk",
             "https://*.example.io",
             "https://*.shop.myshopify.com",
+            "https://*.shop.a.run.app",
+            "https://*.web.de",
         ] {
             assert!(OriginPattern::parse(good).is_ok(), "{good}");
         }

@@ -804,9 +804,10 @@ fn rls_failure(id: u32, status: u32, bytes: usize, waited_ms: u64, timeout_ms: u
         .unwrap_or(&"?");
     if status == 0 {
         format!("#{id} rate-limit service failed: an answer that does not decode ({bytes} bytes) after {waited_ms} ms")
-    } else if waited_ms.saturating_add(timeout_ms / 10 + 5) >= timeout_ms {
+    } else if waited_ms.saturating_add((timeout_ms / 4).min(10)) >= timeout_ms {
         // (Envoy's timer and the Wasm clock disagree by a few ms: a call
-        // that ended within a tenth of its timeout of it ran out.)
+        // that ended within 10 ms of its timeout, or a quarter of a short
+        // one, ran out.)
         format!(
             "#{id} rate-limit service failed: no answer within timeout_ms ({timeout_ms} ms): \
              grpc status {status} {name} after {waited_ms} ms"

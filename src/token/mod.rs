@@ -1141,10 +1141,10 @@ impl Head<'_> {
 /// DPoP proofs (RFC 9449), security event tokens (RFC 8417), logout
 /// tokens (OpenID back-channel logout), request objects (RFC 9101),
 /// introspection answers (RFC 9701), client assertions and SD-JWT key
-/// binding proofs.
+/// binding proofs. (Written without `application/`, which a `typ` may
+/// carry or not: see [`media_subtype`].)
 pub const OTHER_JWT_KINDS: &[&str] = &[
     "at+jwt",
-    "application/at+jwt",
     "dpop+jwt",
     "secevent+jwt",
     "logout+jwt",
@@ -1414,14 +1414,14 @@ fn names_no_kid<'k>(mut keys: impl Iterator<Item = &'k Key>) -> bool {
     keys.all(|k| k.kid.is_none())
 }
 
-/// Which way a `NumericDate` with a fraction is taken: the stricter way
-/// for its claim (RFC 7519 §2 allows fractions; most signers write whole
+/// Which way a `NumericDate` with a fraction is taken, the stricter way
+/// for each check (RFC 7519 §2 allows fractions; most signers write whole
 /// seconds).
 #[derive(Clone, Copy)]
 enum Round {
-    /// `exp` and `iat`: the token ends no later, and is no younger.
+    /// To the second before.
     Down,
-    /// `nbf`: the token starts no sooner.
+    /// To the second after.
     Up,
 }
 
@@ -1475,20 +1475,25 @@ pub fn check_claims(
     now: u64,
 ) -> Result<u64, TokenError> {
     let skew = provider.clock_skew_seconds;
+    // A fraction is read the stricter way for each check: `exp` down for
+    // expiry and up for the lifetime cap, `iat` up for "issued in the
+    // future" and down for the lifetime, `nbf` up.
     let exp = time_claim(claims, "exp", Round::Down)?.ok_or(TokenError::Lifetime)?;
+    let exp_late = time_claim(claims, "exp", Round::Up)?.unwrap_or(exp);
     let nbf = time_claim(claims, "nbf", Round::Up)?;
     let iat = time_claim(claims, "iat", Round::Down)?;
+    let iat_late = time_claim(claims, "iat", Round::Up)?;
     if exp.saturating_add(skew) < now {
         return Err(TokenError::Expired);
     }
     if nbf.is_some_and(|n| n > now.saturating_add(skew))
-        || iat.is_some_and(|i| i > now.saturating_add(skew))
+        || iat_late.is_some_and(|i| i > now.saturating_add(skew))
     {
         return Err(TokenError::NotYetValid);
     }
     let max = provider.max_lifetime_seconds;
-    if iat.is_some_and(|i| exp.saturating_sub(i) > max)
-        || exp.saturating_sub(now) > max.saturating_add(skew)
+    if iat.is_some_and(|i| exp_late.saturating_sub(i) > max)
+        || exp_late.saturating_sub(now) > max.saturating_add(skew)
     {
         return Err(TokenError::Lifetime);
     }

@@ -227,6 +227,15 @@ fn time_claims_must_be_non_negative_numbers() {
     assert_eq!(verify(&strict, &t, NOW), Err(TokenError::NotYetValid));
     let t = hs(&json!({"exp": NOW + 60, "nbf": NOW as f64 - 0.1}));
     assert_eq!(verify(&strict, &t, NOW), Ok(NOW + 60));
+    // `iat` 0.1 s ahead is issued in the future (up), and a lifetime of
+    // the cap and a fraction is over it (`exp` up there).
+    let t = hs(&json!({"exp": NOW + 60, "iat": NOW as f64 + 0.1}));
+    assert_eq!(verify(&strict, &t, NOW), Err(TokenError::NotYetValid));
+    let capped = provider(json!({"clock_skew_seconds": 0, "max_lifetime_seconds": 60}));
+    let t = hs(&json!({"exp": NOW as f64 + 60.5, "iat": NOW}));
+    assert_eq!(verify(&capped, &t, NOW), Err(TokenError::Lifetime));
+    let t = hs(&json!({"exp": NOW + 60, "iat": NOW}));
+    assert_eq!(verify(&capped, &t, NOW), Ok(NOW + 60));
 }
 
 #[test]
