@@ -636,7 +636,57 @@ fn walk(node: &Value, path: &mut String, f: &mut dyn FnMut(&str, &Value)) {
 
 /// Adds the appguard Wasm filter configurations in `doc` to `configs`, and
 /// the other Wasm filters with a configuration to `skipped`.
+/// The names of the clusters an Envoy bootstrap defines, when it defines
+/// all of them: `static_resources` and no CDS (nor ADS, which may carry
+/// clusters). `None` when clusters may come from elsewhere.
+fn static_clusters(doc: &Value) -> Option<Vec<&str>> {
+    let resources = doc.get("static_resources")?;
+    let dynamic = doc.get("dynamic_resources");
+    if dynamic.is_some_and(|d| d.get("cds_config").is_some() || d.get("ads_config").is_some()) {
+        return None;
+    }
+    Some(
+        resources
+            .get("clusters")
+            .and_then(Value::as_array)
+            .map(|clusters| {
+                clusters
+                    .iter()
+                    .filter_map(|c| c.get("name").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
+}
+
+/// Notes for each cluster `config` calls that `clusters` lacks: every
+/// call to it fails, and requests take the failure mode.
+fn missing_clusters(config: &Config, clusters: &[&str], notes: &mut Vec<String>) {
+    let mut called: Vec<(String, &str)> = Vec::new();
+    if let Some(r) = &config.rate_limit_service {
+        called.push(("rate_limit_service.cluster".to_owned(), &r.cluster));
+    }
+    for (i, p) in config.providers.iter().enumerate() {
+        if let Some(r) = &p.remote_jwks {
+            called.push((format!("tokens[{i}].remote_jwks.cluster"), &r.cluster));
+        }
+    }
+    if let Some(a) = &config.alerts {
+        called.push(("alerts.cluster".to_owned(), &a.cluster));
+    }
+    for (field, cluster) in called {
+        if !clusters.contains(&cluster) {
+            notes.push(format!(
+                "{field}: `{cluster}` is not a cluster of this Envoy configuration (its \
+                 static_resources, with no CDS): every call to it fails, and requests take \
+                 the failure mode"
+            ));
+        }
+    }
+}
+
 fn envoy_configs(doc: &Value, configs: &mut Vec<Checked>, skipped: &mut Vec<Skipped>) {
+    let clusters = static_clusters(doc);
     // The filter entries that hold an appguard filter and are off until a
     // route turns them on (`disabled: true` on the `HttpFilter`), by the
     // location of their `config`.
@@ -676,6 +726,9 @@ fn envoy_configs(doc: &Value, configs: &mut Vec<Checked>, skipped: &mut Vec<Skip
                 .map_err(Clone::clone)
                 .and_then(|b| Config::from_json(b));
             let result = with_filter_flags(result, node, &mut notes);
+            if let (Ok(c), Some(clusters)) = (&result, &clusters) {
+                missing_clusters(c, clusters, &mut notes);
+            }
             configs.push(Checked::new(
                 path.to_owned(),
                 result,

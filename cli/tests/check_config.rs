@@ -489,11 +489,41 @@ fn envoy_settings_that_let_requests_pass_unchecked_are_warned_of() {
         assert!(r.stdout.contains("valid:"), "{}", r.stdout);
         assert!(r.stderr.contains(warning), "{warning}: {}", r.stderr);
     }
+    // A cluster the configuration calls that this Envoy lacks (renamed):
+    // valid, with a warning naming the field.
+    assert!(
+        envoy.contains("  - name: ratelimit\n"),
+        "the example changed"
+    );
+    std::fs::write(
+        &file,
+        envoy.replacen("  - name: ratelimit\n", "  - name: rls\n", 1),
+    )
+    .unwrap();
+    let r = cli(&["check-config", s(&file)]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains(
+            "rate_limit_service.cluster: `ratelimit` is not a cluster of this Envoy configuration"
+        ),
+        "{}",
+        r.stderr
+    );
+    // With CDS the clusters may come from elsewhere: nothing said.
+    std::fs::write(
+        &file,
+        envoy.replacen("  - name: ratelimit\n", "  - name: rls\n", 1)
+            + "dynamic_resources:\n  cds_config: {resource_api_version: V3, path_config_source: {path: /tmp/cds.yaml}}\n",
+    )
+    .unwrap();
+    let r = cli(&["check-config", s(&file)]);
+    assert!(!r.stderr.contains("is not a cluster"), "{}", r.all());
     // The example as shipped: neither.
     let r = cli(&["check-config", "envoy/envoy.yaml"]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(!r.stderr.contains("disabled: true"), "{}", r.stderr);
     assert!(!r.stderr.contains("FAIL_OPEN"), "{}", r.stderr);
+    assert!(!r.stderr.contains("is not a cluster"), "{}", r.stderr);
 }
 
 #[test]
