@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     Code, DescriptorStatus, RateLimit,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
 use envoy_types::pb::google::protobuf::UInt64Value;
 
 const HOUR: i64 = 3600;
@@ -26,6 +27,22 @@ fn appguard_args() -> Vec<String> {
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
+}
+
+/// The service's `/stats`, which must answer 200.
+fn stats(service: &Service) -> serde_json::Value {
+    let (status, body) = service.http_get("/stats");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The allowance of the first status's limit.
+fn first_limit(r: &RateLimitResponse) -> u32 {
+    r.statuses[0]
+        .current_limit
+        .as_ref()
+        .unwrap()
+        .requests_per_unit
 }
 
 /// `duration_until_reset` is the time to the end of the window, measured
@@ -93,18 +110,9 @@ async fn allows_n_then_answers_over_limit() {
     );
     let r = ask(&mut client, &blocked).await;
     assert_eq!(r.overall_code, Code::OverLimit as i32);
-    assert_eq!(
-        r.statuses[0]
-            .current_limit
-            .as_ref()
-            .unwrap()
-            .requests_per_unit,
-        0
-    );
+    assert_eq!(first_limit(&r), 0);
 
-    let (status, body) = service.http_get("/stats");
-    assert_eq!(status, 200);
-    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let stats = stats(&service);
     assert_eq!(stats["requests"], 7);
     assert_eq!(stats["over_limit"], 3);
 }
@@ -219,7 +227,7 @@ async fn shadow_mode_answers_ok_and_counts() {
         assert_eq!(r.overall_code, Code::Ok as i32);
         assert_eq!(r.statuses[0].code, Code::Ok as i32);
     }
-    let stats: serde_json::Value = serde_json::from_str(&service.http_get("/stats").1).unwrap();
+    let stats = stats(&service);
     assert_eq!(stats["shadow_mode"], 2);
     assert_eq!(stats["over_limit"], 0);
     let logs = service.stderr();
@@ -543,14 +551,7 @@ async fn sighup_reloads_the_configuration_and_keeps_it_when_invalid() {
     let r = ask(&mut client, &req).await;
     assert_eq!(r.overall_code, Code::Ok as i32, "{r:?}");
     assert_eq!(r.statuses[0].limit_remaining, 0, "{r:?}");
-    assert_eq!(
-        r.statuses[0]
-            .current_limit
-            .as_ref()
-            .unwrap()
-            .requests_per_unit,
-        3
-    );
+    assert_eq!(first_limit(&r), 3);
 
     // A broken edit: logged, and the limits of three an hour stay.
     std::fs::write(&file, "domain: reload\ndescriptors: [").unwrap();
@@ -559,18 +560,9 @@ async fn sighup_reloads_the_configuration_and_keeps_it_when_invalid() {
     assert!(log.contains("limits.yaml"), "{log}");
     let r = ask(&mut client, &req).await;
     assert_eq!(r.overall_code, Code::OverLimit as i32, "{r:?}");
-    assert_eq!(
-        r.statuses[0]
-            .current_limit
-            .as_ref()
-            .unwrap()
-            .requests_per_unit,
-        3
-    );
+    assert_eq!(first_limit(&r), 3);
 
-    let (status, body) = service.http_get("/stats");
-    assert_eq!(status, 200);
-    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let stats = stats(&service);
     assert_eq!(stats["config_reloads"], 1, "{stats}");
     assert_eq!(stats["config_reload_errors"], 1, "{stats}");
     // Still running, still healthy.
@@ -656,8 +648,7 @@ async fn a_watched_configuration_reloads_when_its_files_change() {
         ask(&mut client, &ask_in("b")).await.overall_code,
         Code::Ok as i32
     );
-    let (_, body) = service.http_get("/stats");
-    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let stats = stats(&service);
     assert_eq!(stats["config_reloads"], 3, "{stats}");
     assert_eq!(stats["config_reload_errors"], 1, "{stats}");
 }

@@ -5139,21 +5139,24 @@ fn made_up_request_signatures_spend_the_clients_failure_budget() {
 fn every_entry_type_sends_the_value_it_names() {
     // What the service counts: the key's id (never the key), the app id,
     // its platform, a verified claim, a fixed value and the route name.
-    let w = World::from(json!({
-        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
-        "apps": [{"id": "droid", "platform": "android", "package": "com.example.a"}],
-        "api_keys": {"keys": [{"id": "k-droid", "sha256": hash_api_key("key-droid"), "apps": ["droid"]}]},
-        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
-                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
-                    "app_claim": {"claim": "app"}}],
-        "routes": [{"name": "pay", "match": {"prefix": "/pay"}, "api_key": "required", "tokens": ["t"],
-                    "rate_limits": [
-                        {"entries": [{"type": "api_key"}]},
-                        {"entries": [{"type": "app"}, {"type": "platform"}]},
-                        {"entries": [{"type": "claim", "name": "sub"}]},
-                        {"entries": [{"type": "value", "key": "tier", "value": "gold"}, {"type": "route"}]}
-                    ]}]
-    }));
+    let world = |rate_limits: Value| {
+        World::from(json!({
+            "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+            "apps": [{"id": "droid", "platform": "android", "package": "com.example.a"}],
+            "api_keys": {"keys": [{"id": "k-droid", "sha256": hash_api_key("key-droid"), "apps": ["droid"]}]},
+            "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                        "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                        "app_claim": {"claim": "app"}}],
+            "routes": [{"name": "pay", "match": {"prefix": "/pay"}, "api_key": "required", "tokens": ["t"],
+                        "rate_limits": rate_limits}]
+        }))
+    };
+    let w = world(json!([
+        {"entries": [{"type": "api_key"}]},
+        {"entries": [{"type": "app"}, {"type": "platform"}]},
+        {"entries": [{"type": "claim", "name": "sub"}]},
+        {"entries": [{"type": "value", "key": "tier", "value": "gold"}, {"type": "route"}]}
+    ]));
     let token = hs256_raw(
         SECRET,
         &json!({"alg": "HS256"}),
@@ -5189,17 +5192,10 @@ fn every_entry_type_sends_the_value_it_names() {
     // absent one skips its descriptor, as an absent header does. (A claim
     // of the signer's own: `sub` must be a string, or the token is
     // malformed.)
-    let w = World::from(json!({
-        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
-        "apps": [{"id": "droid", "platform": "android", "package": "com.example.a"}],
-        "api_keys": {"keys": [{"id": "k-droid", "sha256": hash_api_key("key-droid"), "apps": ["droid"]}]},
-        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
-                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
-                    "app_claim": {"claim": "app"}}],
-        "routes": [{"name": "pay", "match": {"prefix": "/pay"}, "api_key": "required", "tokens": ["t"],
-                    "rate_limits": [{"entries": [{"type": "claim", "name": "user"}]},
-                                    {"entries": [{"type": "route"}]}]}]
-    }));
+    let w = world(json!([
+        {"entries": [{"type": "claim", "name": "user"}]},
+        {"entries": [{"type": "route"}]}
+    ]));
     let long = "u".repeat(257);
     for (user, want) in [
         (json!(["a", "b"]), Some("(unreadable)")),
