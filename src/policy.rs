@@ -529,6 +529,12 @@ impl Pending {
             .and_then(|r| config.routes.get(r))
             .map_or(config.max_body_bytes, |r| r.max_body_bytes)
     }
+
+    /// When the call to the rate-limit service was made (ms since the
+    /// epoch; 0 before it was).
+    pub fn sent_ms(&self) -> u64 {
+        self.sent_ms
+    }
 }
 
 /// A descriptor for the rate-limit service, as sent.
@@ -1409,14 +1415,6 @@ fn query_shadows_body(route: &Route, req: &Request<'_>) -> bool {
         })
 }
 
-/// Whether the request declares its body as JSON that needs no decoding:
-/// one `Content-Type` of `application/json` or `application/<x>+json` (any
-/// parameters), and no `Content-Encoding` but `identity`. A route whose
-/// limits read body values reads them as JSON, so an upstream must too:
-/// an upstream that also takes forms would otherwise read its own `to`
-/// (`application/x-www-form-urlencoded` and a body such as
-/// `{"to":"+447700900123","x":"&to=%2B88212345678&"}`) past the denied
-/// prefixes and the per-number limits.
 /// The `charset` labels a JSON body may carry (see `is_plain_json`):
 /// UTF-8, and single-byte charsets in which ASCII is itself.
 const ASCII_SAFE_CHARSETS: &[&str] = &[
@@ -1431,6 +1429,15 @@ const ASCII_SAFE_CHARSETS: &[&str] = &[
     "cp1252",
 ];
 
+/// Whether the request declares its body as JSON that needs no decoding:
+/// one `Content-Type` of `application/json` or `application/<x>+json` (any
+/// parameters, but a `charset` outside [`ASCII_SAFE_CHARSETS`]), and no
+/// `Content-Encoding` but `identity`. A route whose
+/// limits read body values reads them as JSON, so an upstream must too:
+/// an upstream that also takes forms would otherwise read its own `to`
+/// (`application/x-www-form-urlencoded` and a body such as
+/// `{"to":"+447700900123","x":"&to=%2B88212345678&"}`) past the denied
+/// prefixes and the per-number limits.
 fn is_plain_json(req: &Request<'_>) -> bool {
     let Ok(Some(content_type)) = req.header_unique("content-type") else {
         return false;

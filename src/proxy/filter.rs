@@ -70,14 +70,7 @@ enum State {
     /// Buffering the body for the body phase.
     AwaitingBody(Box<Pending>),
     /// Held until the rate-limit service (call `token`) answers.
-    AwaitingRateLimit {
-        token: u32,
-        pending: Box<Pending>,
-        /// When the call was dispatched (ms), and its timeout: a failure's
-        /// log line says whether the timeout ran out.
-        since_ms: u64,
-        timeout_ms: u64,
-    },
+    AwaitingRateLimit { token: u32, pending: Box<Pending> },
     /// Decided: allowed upstream or answered locally.
     Done,
 }
@@ -361,12 +354,7 @@ impl GuardFilter {
                 // As before a key fetch: the access log of a request whose
                 // client leaves during the call must not hold the key.
                 scrub(&pending.grant.key_scrub);
-                self.state = State::AwaitingRateLimit {
-                    token,
-                    pending,
-                    since_ms: now_millis(),
-                    timeout_ms: call.timeout_ms,
-                };
+                self.state = State::AwaitingRateLimit { token, pending };
                 Action::Pause
             }
             Err(s) => {
@@ -822,19 +810,12 @@ fn rls_failure(id: u32, status: u32, bytes: usize, waited_ms: u64, timeout_ms: u
 
 impl Context for GuardFilter {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        let State::AwaitingRateLimit {
-            token,
-            since_ms,
-            timeout_ms,
-            ..
-        } = &self.state
-        else {
+        let State::AwaitingRateLimit { token, .. } = &self.state else {
             return;
         };
         if *token != token_id {
             return;
         }
-        let (since_ms, timeout_ms) = (*since_ms, *timeout_ms);
         let Some(pending) = self.take_awaiting_rls() else {
             return;
         };
@@ -852,14 +833,15 @@ impl Context for GuardFilter {
         if response.is_none() {
             let id = self.context_id;
             let now_ms = now_millis();
+            // The call's timeout is the service's, as `call_rls` sent it.
+            let timeout_ms = worker
+                .config
+                .rate_limit_service
+                .as_ref()
+                .map_or(0, |s| s.timeout_ms);
+            let waited_ms = now_ms.saturating_sub(pending.sent_ms());
             decision_log(&worker, log::Level::Warn, now_ms / 1000, || {
-                rls_failure(
-                    id,
-                    status_code,
-                    response_size,
-                    now_ms.saturating_sub(since_ms),
-                    timeout_ms,
-                )
+                rls_failure(id, status_code, response_size, waited_ms, timeout_ms)
             });
         }
         let (step, now) = self.ctx_step(&worker, KeyFetch::NotNow, |ctx, _, now| {
