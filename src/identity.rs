@@ -362,8 +362,9 @@ pub struct OriginPattern {
 /// open registries): `*.` directly under one of them would allow any
 /// stranger's site. Not the whole Public Suffix List, which is large and
 /// changes: the suffixes web apps are commonly served from. Country
-/// second levels (`co.uk`, `com.hk`) are found by [`is_country_second_level`].
-const OPEN_SUFFIXES: [&str; 54] = [
+/// second levels (`co.uk`, `com.hk`) and the regions of [`OPEN_UNDER`]
+/// are found by [`is_open_by_rule`].
+const OPEN_SUFFIXES: [&str; 53] = [
     "web.app",
     "firebaseapp.com",
     "appspot.com",
@@ -384,7 +385,6 @@ const OPEN_SUFFIXES: [&str; 54] = [
     "cloudapp.net",
     "cloudfront.net",
     "amplifyapp.com",
-    "elasticbeanstalk.com",
     "onrender.com",
     "fly.dev",
     "deno.dev",
@@ -441,7 +441,7 @@ const OPEN_UNDER: [(&str, usize); 5] = [
 /// under a two-letter top-level domain, where anyone can register a
 /// name), or a name at most [`OPEN_UNDER`]'s depth under one of its
 /// domains.
-fn is_country_second_level(host: &str) -> bool {
+fn is_open_by_rule(host: &str) -> bool {
     let under = OPEN_UNDER.iter().any(|(domain, depth)| {
         host == *domain
             || host
@@ -496,7 +496,7 @@ impl OriginPattern {
                 "{s:?}: `*.` needs a domain of two labels or more after it, not a top-level domain"
             ));
         }
-        if wildcard && (OPEN_SUFFIXES.contains(&host.as_str()) || is_country_second_level(&host)) {
+        if wildcard && (OPEN_SUFFIXES.contains(&host.as_str()) || is_open_by_rule(&host)) {
             return Err(format!(
                 "{s:?}: `{host}` is a public suffix where anyone can register a name, so \
                  `*.{host}` allows their sites too: list your own origin(s) under it"

@@ -1221,10 +1221,8 @@ fn read_head<'t>(provider: &Provider, token: &'t str) -> Result<Head<'t>, TokenE
                 || if provider.typ.is_empty() {
                     typ_jwt_of_no_other_kind(t)
                 } else {
-                    provider
-                        .typ
-                        .iter()
-                        .any(|a| media_subtype(a).eq_ignore_ascii_case(t))
+                    // (Listed values hold no `/`: compile_provider refuses it.)
+                    provider.typ.iter().any(|a| a.eq_ignore_ascii_case(t))
                 }
         });
         if !ok {
@@ -1414,37 +1412,24 @@ fn names_no_kid<'k>(mut keys: impl Iterator<Item = &'k Key>) -> bool {
     keys.all(|k| k.kid.is_none())
 }
 
-/// Which way a `NumericDate` with a fraction is taken, the stricter way
-/// for each check (RFC 7519 §2 allows fractions; most signers write whole
-/// seconds).
-#[derive(Clone, Copy)]
-enum Round {
-    /// To the second before.
-    Down,
-    /// To the second after.
-    Up,
-}
-
-fn time_claim(
-    claims: &Map<String, Value>,
-    name: &str,
-    round: Round,
-) -> Result<Option<u64>, TokenError> {
+/// A time claim as whole seconds: the second at or before it and the one
+/// at or after it, equal unless it has a fraction (RFC 7519 §2 allows
+/// them; most signers write whole seconds), so that each check can read
+/// it the stricter way.
+fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<(u64, u64)>, TokenError> {
     match claims.get(name) {
         None => Ok(None),
         // Non-negative numbers below 2^40 (a date some 34,000 years away):
         // negatives, strings and larger values are malformed.
         Some(Value::Number(n)) => n
             .as_u64()
+            .map(|v| (v, v))
             .or_else(|| {
                 n.as_f64()
                     .filter(|f| f.is_finite() && f.is_sign_positive() && *f < (1u64 << 40) as f64)
-                    .map(|f| match round {
-                        Round::Down => f.floor(),
-                        Round::Up => f.ceil(),
-                    } as u64)
+                    .map(|f| (f.floor() as u64, f.ceil() as u64))
             })
-            .filter(|v| *v < 1 << 40)
+            .filter(|(_, late)| *late < 1 << 40)
             .map(Some)
             .ok_or(TokenError::Malformed(
                 "time claim is not a non-negative number",
@@ -1478,11 +1463,11 @@ pub fn check_claims(
     // A fraction is read the stricter way for each check: `exp` down for
     // expiry and up for the lifetime cap, `iat` up for "issued in the
     // future" and down for the lifetime, `nbf` up.
-    let exp = time_claim(claims, "exp", Round::Down)?.ok_or(TokenError::Lifetime)?;
-    let exp_late = time_claim(claims, "exp", Round::Up)?.unwrap_or(exp);
-    let nbf = time_claim(claims, "nbf", Round::Up)?;
-    let iat = time_claim(claims, "iat", Round::Down)?;
-    let iat_late = time_claim(claims, "iat", Round::Up)?;
+    let (exp, exp_late) = time_claim(claims, "exp")?.ok_or(TokenError::Lifetime)?;
+    let nbf = time_claim(claims, "nbf")?.map(|(_, late)| late);
+    let iat_both = time_claim(claims, "iat")?;
+    let iat = iat_both.map(|(early, _)| early);
+    let iat_late = iat_both.map(|(_, late)| late);
     if exp.saturating_add(skew) < now {
         return Err(TokenError::Expired);
     }
