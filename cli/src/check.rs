@@ -689,7 +689,8 @@ fn envoy_configs(doc: &Value, configs: &mut Vec<Checked>, skipped: &mut Vec<Skip
     let clusters = static_clusters(doc);
     // The filter entries that hold an appguard filter and are off until a
     // route turns them on (`disabled: true` on the `HttpFilter`), by the
-    // location of their `config`.
+    // location of their `config`: the walk meets an entry before its
+    // `config`.
     let mut disabled = Vec::new();
     walk(doc, &mut String::new(), &mut |path, node| {
         let config = node.get("typed_config").and_then(|t| t.get("config"));
@@ -698,8 +699,6 @@ fn envoy_configs(doc: &Value, configs: &mut Vec<Checked>, skipped: &mut Vec<Skip
         {
             disabled.push(format!("{path}.typed_config.config"));
         }
-    });
-    walk(doc, &mut String::new(), &mut |path, node| {
         if is_appguard_filter(node) {
             let bytes = envoy_plugin_bytes(node);
             let mut notes = Vec::new();

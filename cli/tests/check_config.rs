@@ -495,11 +495,8 @@ fn envoy_settings_that_let_requests_pass_unchecked_are_warned_of() {
         envoy.contains("  - name: ratelimit\n"),
         "the example changed"
     );
-    std::fs::write(
-        &file,
-        envoy.replacen("  - name: ratelimit\n", "  - name: rls\n", 1),
-    )
-    .unwrap();
+    let renamed = envoy.replacen("  - name: ratelimit\n", "  - name: rls\n", 1);
+    std::fs::write(&file, &renamed).unwrap();
     let r = cli(&["check-config", s(&file)]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(
@@ -512,7 +509,7 @@ fn envoy_settings_that_let_requests_pass_unchecked_are_warned_of() {
     // With CDS the clusters may come from elsewhere: nothing said.
     std::fs::write(
         &file,
-        envoy.replacen("  - name: ratelimit\n", "  - name: rls\n", 1)
+        renamed
             + "dynamic_resources:\n  cds_config: {resource_api_version: V3, path_config_source: {path: /tmp/cds.yaml}}\n",
     )
     .unwrap();
