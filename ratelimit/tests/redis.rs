@@ -210,6 +210,46 @@ async fn redis_down_is_unavailable_and_unhealthy_then_recovers() {
     );
 }
 
+/// Redis restarting while the service's connection is idle (a deploy, a
+/// crash and restart, Redis's own `timeout` closing idle clients) closes
+/// that connection. The next call was never written to Redis, so it is
+/// sent again on a new connection: the first caller after the restart is
+/// answered, not refused with UNAVAILABLE.
+#[tokio::test]
+async fn the_first_call_after_redis_restarts_is_answered() {
+    avoid_window_edge(HOUR, 15);
+    for pause_ms in [0, 300] {
+        let mut redis = Redis::start();
+        let port = redis.port;
+        let service = Service::start_healthy(&strs(&redis_args(&redis)));
+        let mut client = service.client().await;
+        let req = request("appguard", vec![descriptor(&[("jti", "token-1")])]);
+        assert_eq!(ask(&mut client, &req).await.overall_code, Code::Ok as i32);
+
+        redis.stop();
+        let _redis = Redis::start_on(port);
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        // The restarted Redis is empty: the same counter starts again.
+        let answer = client
+            .should_rate_limit(req.clone())
+            .await
+            .map(|r| r.into_inner().overall_code)
+            .map_err(|e| format!("{e:?}"));
+        assert_eq!(
+            answer,
+            Ok(Code::Ok as i32),
+            "pause {pause_ms} ms: {}",
+            service.stderr()
+        );
+        assert_eq!(
+            ask(&mut client, &req).await.overall_code,
+            Code::OverLimit as i32
+        );
+        let stats: serde_json::Value = serde_json::from_str(&service.http_get("/stats").1).unwrap();
+        assert_eq!(stats["backend_errors"], 0, "pause {pause_ms} ms");
+    }
+}
+
 #[tokio::test]
 async fn starts_while_redis_is_down_and_reports_unhealthy() {
     let port = free_port();

@@ -32,7 +32,9 @@
 //!
 //! The connection is a `redis` crate connection manager: it connects lazily
 //! (the service starts, and reports unhealthy, while Redis is down), and
-//! reconnects after an I/O error. Every call is bounded by a timeout; any
+//! reconnects after an I/O error. A call the closed connection never sent
+//! (Redis restarted while it was idle) is sent once more on the new one
+//! (see `never_sent`). Every call is bounded by a timeout; any
 //! failure is returned as an error, never as a count. A connection that
 //! goes silent without an error (a half-open TCP flow after a failover, a
 //! NAT or firewall dropping it) only ever times out, which the manager does
@@ -70,7 +72,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::{socket2, TcpSettings};
 use redis::{ErrorKind, ServerErrorKind};
 use tokio::sync::Semaphore;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{BackendError, Batch, Counted, Increment, Refuses};
 
@@ -217,6 +219,34 @@ fn not_primary(e: &redis::RedisError) -> bool {
             .is_some_and(|errors| errors.iter().any(|(_, s)| stale(s.kind()))),
         _ => false,
     }
+}
+
+/// Whether the call that failed with `e`, the only call in flight on its
+/// connection, was never written to Redis, so that sending it again cannot
+/// count it twice. The `redis` crate answers `BrokenPipe` for a call it
+/// could not hand to a connection already closed (Redis restarted, or
+/// closed it under its own `timeout`, while it was idle), and for a call
+/// still waiting when Redis closed the connection, which Redis does not do
+/// to a command it ran. It also answers `BrokenPipe` to the other calls in
+/// flight when a connection fails, which Redis may have run: hence only a
+/// call that was alone on its connection (see `RedisBackend::bounded`). A
+/// reset or timeout may come after Redis ran the call, so those are never
+/// sent again; nor is a call that failed to connect (Redis down: a second
+/// try would only double the time every call takes to fail).
+fn never_sent(e: &redis::RedisError) -> bool {
+    // The crate keeps an I/O error as the source behind an `Arc`.
+    let io = std::error::Error::source(e).and_then(|source| {
+        match source.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>() {
+            Some(shared) => shared.downcast_ref::<std::io::Error>(),
+            None => source.downcast_ref::<std::io::Error>(),
+        }
+    });
+    io.is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::NotConnected
+        )
+    })
 }
 
 /// Whether an error says Redis refused the connection's credentials.
@@ -430,7 +460,7 @@ impl RedisBackend {
     /// with [`BackendError::Busy`] and starts none.
     async fn bounded<T, F>(
         &self,
-        call: impl FnOnce(ConnectionManager) -> F,
+        call: impl Fn(ConnectionManager) -> F + Send + 'static,
     ) -> Result<T, BackendError>
     where
         F: std::future::Future<Output = Result<T, redis::RedisError>> + Send + 'static,
@@ -451,16 +481,31 @@ impl RedisBackend {
                 Arc::clone(&current.heard),
             )
         };
-        let call = call(conn);
         let inner = Arc::clone(&self.inner);
         // Ended after `timed_out`, which counts this call among those in
         // flight.
         let in_flight = heard.call();
+        // Alone on its connection: a `BrokenPipe` then says the connection
+        // was closed before this call reached it (see `never_sent`).
+        let alone = heard.in_flight.load(Ordering::Relaxed) == 1;
         let task = tokio::spawn(async move {
             let _permit = permit;
             let _in_flight = in_flight;
             // The manager's own response timeout (the same bound) usually
             // fires first, as an error: a timeout either way.
+            // A call that never reached Redis (its connection was closed
+            // while idle: Redis restarted, or closed it under its own
+            // `timeout`) is sent once more, on the connection the manager
+            // opens in its place, within the same timeout.
+            let call = async move {
+                match call(conn.clone()).await {
+                    Err(e) if alone && never_sent(&e) => {
+                        debug!(error = %e, "redis: connection closed; sending the call again");
+                        call(conn).await
+                    }
+                    answer => answer,
+                }
+            };
             let answer = match tokio::time::timeout(inner.timeout, call).await {
                 Ok(Err(e)) if e.is_timeout() => None,
                 Ok(answer) => Some(answer),
@@ -517,7 +562,10 @@ impl RedisBackend {
         }
         // `GET` of a missing key is nil: no hit yet.
         let replies: Vec<Option<i64>> = self
-            .bounded(|mut conn| async move { pipe.query_async(&mut conn).await })
+            .bounded(move |mut conn| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut conn).await }
+            })
             .await?;
         let expected = items.len() + items.iter().filter(|i| i.rolling).count();
         if replies.len() != expected {
@@ -580,15 +628,21 @@ impl RedisBackend {
         // body then with `EVAL` (which caches it again) counts once.
         let by_hash = script("EVALSHA", &self.inner.script_sha1);
         let replies: Vec<i64> = match self
-            .bounded(|mut conn| async move { by_hash.query_async(&mut conn).await })
+            .bounded(move |mut conn| {
+                let by_hash = by_hash.clone();
+                async move { by_hash.query_async(&mut conn).await }
+            })
             .await
         {
             Err(BackendError::Redis(e))
                 if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
             {
                 let with_body = script("EVAL", STOP_WHEN_REFUSED_SCRIPT);
-                self.bounded(|mut conn| async move { with_body.query_async(&mut conn).await })
-                    .await?
+                self.bounded(move |mut conn| {
+                    let with_body = with_body.clone();
+                    async move { with_body.query_async(&mut conn).await }
+                })
+                .await?
             }
             replies => replies?,
         };
@@ -900,6 +954,25 @@ fn percent_decode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_calls_a_closed_connection_never_wrote_are_sent_again() {
+        use std::io::{Error, ErrorKind as Io};
+        let io = |kind: Io| redis::RedisError::from(Error::from(kind));
+        assert!(never_sent(&io(Io::BrokenPipe)));
+        assert!(never_sent(&io(Io::NotConnected)));
+        for kind in [
+            Io::ConnectionReset,
+            Io::ConnectionAborted,
+            Io::UnexpectedEof,
+            Io::TimedOut,
+            Io::ConnectionRefused,
+        ] {
+            assert!(!never_sent(&io(kind)), "{kind:?}");
+        }
+        let reply = redis::RedisError::from((ErrorKind::Io, "broken pipe"));
+        assert!(!never_sent(&reply), "a message alone says nothing");
+    }
 
     #[test]
     fn passwords_are_masked() {
