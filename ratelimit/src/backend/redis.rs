@@ -260,6 +260,12 @@ fn auth_refused(e: &redis::RedisError) -> bool {
 /// call.
 pub const REPLACE_TIMED_OUT_EVERY: Duration = Duration::from_secs(1);
 
+/// How long calls fail at once after Redis refused a connection (nothing
+/// listens: Redis down or restarting), before a call connects again: at
+/// most one connection attempt per this while Redis is down, and a Redis
+/// that is back is used within this.
+pub const CONNECT_REFUSED_WAIT: Duration = Duration::from_millis(100);
+
 /// How long a counting call's failure keeps the health check failing when
 /// no counting call succeeded since: a Redis that answers PING but refuses
 /// every write (`OOM` under `noeviction`, an ACL without `EVALSHA`) fails
@@ -380,6 +386,9 @@ struct Inner {
     /// When the last counting call failed and its kind, while no counting
     /// call succeeded since (see [`FAILED_CALL_SHOWS_FOR`]).
     failing: Mutex<Option<(Instant, CallKind)>>,
+    /// When Redis last refused a connection, and how, for the
+    /// [`CONNECT_REFUSED_WAIT`] after it.
+    refused: Mutex<Option<(Instant, redis::RedisError)>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -425,10 +434,13 @@ impl RedisBackend {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
-            // Fail fast: the caller (Envoy, appguard) has its own timeout and
-            // failure mode; the next request tries to reconnect again.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(100));
+            // Fail fast: the caller (Envoy, appguard) has its own timeout
+            // and failure mode. A refused connect is not tried again within
+            // the call (which made every call wait ~150 ms through an
+            // outage, under `failure_mode: allow` every request); the calls
+            // of the next [`CONNECT_REFUSED_WAIT`] fail at once, and the
+            // first call after it connects again.
+            .set_number_of_retries(0);
         let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
         Ok(RedisBackend {
             inner: Arc::new(Inner {
@@ -448,6 +460,7 @@ impl RedisBackend {
                     .get_hash()
                     .to_owned(),
                 failing: Mutex::new(None),
+                refused: Mutex::new(None),
             }),
             health_key: HEALTH_KEY.to_owned(),
         })
@@ -466,6 +479,9 @@ impl RedisBackend {
         F: std::future::Future<Output = Result<T, redis::RedisError>> + Send + 'static,
         T: Send + 'static,
     {
+        if let Some(e) = self.inner.refused_lately() {
+            return Err(BackendError::Redis(e));
+        }
         // Held by the task, so released when it ends (answer, timeout,
         // abort), not when the caller leaves.
         let Ok(permit) = Arc::clone(&self.inner.in_flight).try_acquire_owned() else {
@@ -515,10 +531,14 @@ impl RedisBackend {
                 Some(answer) => {
                     // Any other answer, an error reply included, shows the
                     // connection carries traffic.
-                    heard.now();
                     if let Err(e) = &answer {
+                        if e.is_connection_refusal() {
+                            inner.connect_refused(e);
+                            return Err(BackendError::Redis(e.clone()));
+                        }
                         inner.error_reply(generation, e);
                     }
+                    heard.now();
                     Ok(answer?)
                 }
                 None => {
@@ -740,6 +760,29 @@ impl RedisBackend {
 }
 
 impl Inner {
+    /// The error of a connection Redis refused within the last
+    /// [`CONNECT_REFUSED_WAIT`], if any: calls fail with it at once
+    /// instead of each trying to connect (one attempt per call is a
+    /// connection storm at the call rate while Redis is down).
+    fn refused_lately(&self) -> Option<redis::RedisError> {
+        let refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*refused {
+            Some((at, e)) if at.elapsed() < CONNECT_REFUSED_WAIT => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    /// Notes that Redis refused a connection now.
+    fn connect_refused(&self, e: &redis::RedisError) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((Instant::now(), e.clone()));
+    }
+
     fn manager(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.manager
             .lock()
