@@ -37,14 +37,21 @@ impl std::fmt::Display for HostError {
     }
 }
 
-/// Why Envoy would not dispatch a call to `cluster`, for a log line: most
-/// often a cluster this Envoy does not define (or, for gRPC, one without
-/// HTTP/2).
+/// Why Envoy would not dispatch a call to `cluster`, for a log line, with
+/// what most often causes its status: `BadArgument`, a cluster this Envoy
+/// does not define (or, for gRPC, one without HTTP/2); `InternalFailure`,
+/// a cluster with no host to send to (a DNS name that does not resolve,
+/// EDS not fed yet), where the call fails as it starts.
 pub fn call_refused(cluster: &str, e: HostError) -> String {
-    format!(
-        "Envoy refused to dispatch it to cluster {cluster:?}: {e}; is that cluster defined in \
-         this Envoy (and, for the rate-limit service, HTTP/2)?"
-    )
+    let hint = match e.0 {
+        2 => "is that cluster defined in this Envoy (and, for the rate-limit service, HTTP/2)?",
+        10 => "has that cluster a host to send to (its DNS name resolved, an endpoint up)?",
+        _ => {
+            "is that cluster defined in this Envoy (and, for the rate-limit service, HTTP/2), \
+             with a host to send to?"
+        }
+    };
+    format!("Envoy refused to dispatch it to cluster {cluster:?}: {e}; {hint}")
 }
 
 /// `CasMismatch`.

@@ -751,6 +751,37 @@ fn a_jti_replayed_through_another_instance_is_refused() {
 }
 
 #[test]
+fn a_rate_limit_cluster_without_hosts_fails_by_the_failure_mode_and_says_so() {
+    // The cluster is defined, but has no host to send to (DNS that does not
+    // resolve, an EDS cluster not fed yet): not a missing cluster.
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("deny", 500), up.port)
+        .cluster_without_hosts("ratelimit", true)
+        .start();
+    for _ in 0..3 {
+        let r = envoy.request(from_ip(Req::get("/api/x"), "192.0.2.79"));
+        assert_eq!(
+            (r.status, r.reason()),
+            (503, Some("ratelimit_unavailable")),
+            "{}",
+            r.text()
+        );
+    }
+    // The log says what to look at: the cluster's hosts, not whether it
+    // exists.
+    let log = envoy.log();
+    assert!(
+        log.contains(
+            "cannot call the rate-limit service: Envoy refused to dispatch it to cluster \"ratelimit\""
+        ),
+        "{log}"
+    );
+    assert!(log.contains("has that cluster a host to send to"), "{log}");
+    assert!(!log.contains("is that cluster defined"), "{log}");
+    envoy.assert_vm_healthy();
+}
+
+#[test]
 fn a_rate_limit_cluster_envoy_does_not_have_fails_by_the_failure_mode_without_a_crash() {
     // `rate_limit_service.cluster` names no cluster of this Envoy (a typo,
     // or a cluster removed by CDS): Envoy refuses the gRPC call. Every
@@ -776,6 +807,7 @@ fn a_rate_limit_cluster_envoy_does_not_have_fails_by_the_failure_mode_without_a_
             "{log}"
         );
         assert!(log.contains("is that cluster defined"), "{log}");
+        assert!(!log.contains("has that cluster a host"), "{log}");
         envoy.assert_vm_healthy();
     }
     // Every request fails the same way: the warning is written at most 10

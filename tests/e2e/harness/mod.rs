@@ -331,6 +331,16 @@ impl EnvoyBuilder {
         self
     }
 
+    /// Adds a cluster named `name` with no endpoints at all (as a
+    /// `STRICT_DNS` cluster whose name does not resolve, or an EDS one
+    /// not yet fed): HTTP/2 when `http2`.
+    pub fn cluster_without_hosts(mut self, name: &str, http2: bool) -> Self {
+        let mut c = cluster(name, 1, http2);
+        c["load_assignment"]["endpoints"] = json!([]);
+        self.clusters.push(c);
+        self
+    }
+
     /// Worker threads (`--concurrency`).
     pub fn concurrency(mut self, n: u32) -> Self {
         self.concurrency = n;
