@@ -204,19 +204,23 @@ pub struct Denial {
     pub reason: Reason,
     /// Extra headers on the local reply, beyond `x-appguard-reason`.
     pub headers: Vec<(String, String)>,
-    /// The API key cut out of the request although it goes no further:
-    /// Envoy's access log still records the refused request's path.
+    /// The credentials cut out of the request although it goes no
+    /// further (the API key with `api_keys.forward: false`, and the token
+    /// headers an allowed request would lose): Envoy's access log still
+    /// records the refused request's path and headers.
     pub key_scrub: KeyScrub,
 }
 
 /// The API key taken out of the request (`api_keys.forward: false`): what
 /// the adapter removes before the request goes upstream, or before Envoy
-/// logs a refused one.
+/// logs a refused one (with a refused request's token headers, see
+/// [`Denial::key_scrub`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyScrub {
     /// The key headers to remove, by the names the request sent them
     /// under: `api_keys.header` in every spelling an upstream reads as it
-    /// (`x_api_key` for `x-api-key`). Empty when the request has none.
+    /// (`x_api_key` for `x-api-key`). Empty when the request has none. On
+    /// a denial, the token headers to remove as well.
     pub headers: Vec<String>,
     /// `:path` without the key query parameter, when it had one.
     pub path: Option<String>,

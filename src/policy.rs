@@ -3009,12 +3009,25 @@ fn local_replay(
 /// the would-be reason (and whatever the checks before it granted).
 pub fn finish(mode: Mode, grant: Grant, denial: Denial) -> Decision {
     match mode {
-        // The request goes no further, but Envoy still logs its path: an
-        // API key cut out of it stays out of the log too.
-        Mode::Enforce => Decision::Deny(Denial {
-            key_scrub: grant.key_scrub,
-            ..denial
-        }),
+        // The request goes no further, but Envoy still logs it (its path,
+        // and whatever headers an access log, ALS or tap records): an API
+        // key cut out of it stays out of the log too, and so do the token
+        // headers an allowed request would lose (`forward: false`). A
+        // token refused for another check (a wrong key, `app_mismatch`)
+        // was not used up, and would be good for a replay by whoever reads
+        // the log.
+        Mode::Enforce => {
+            let mut scrub = grant.key_scrub;
+            for name in grant.remove_headers {
+                if !scrub.headers.contains(&name) {
+                    scrub.headers.push(name);
+                }
+            }
+            Decision::Deny(Denial {
+                key_scrub: scrub,
+                ..denial
+            })
+        }
         Mode::Monitor => Decision::Allow(Grant {
             would_deny: Some(denial.reason),
             ..grant

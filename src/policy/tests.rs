@@ -795,6 +795,45 @@ fn token_and_binding_headers_are_read_in_every_spelling_an_upstream_reads() {
 }
 
 #[test]
+fn a_refused_requests_token_headers_are_cut_like_its_api_key() {
+    // A refused request goes no further, but Envoy's access log (or ALS,
+    // or tap) still reads its headers. A token refused for another check
+    // than its own was not used up: whoever reads the log could replay it.
+    let w = World::from(json!({
+        "api_keys": {"keys": [{"id": "k", "sha256": hash_api_key("key-1")}]},
+        "tokens": [{"name": "t", "from": [{"header": "x-app-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]},
+                   {"name": "f", "from": [{"header": "x-fwd-token"}], "forward": true,
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]}],
+        "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t", "f"],
+                    "api_key": "required"}]
+    }));
+    let t = hs256_raw(SECRET, &json!({"alg": "HS256"}), &json!({"exp": NOW + 60}));
+    let denial = |hs: &[(&str, &str)]| match w.run("/v1/x", "198.51.100.1", hs).0 {
+        Decision::Deny(d) => d,
+        d => panic!("{d:?}"),
+    };
+    // A genuine token with a wrong key: cut in every spelling sent, and a
+    // forwarding provider's too (it goes upstream only once verified).
+    let d = denial(&[
+        ("x-app-token", &t),
+        ("x_app_token", &t),
+        ("x-fwd-token", &t),
+        ("x-api-key", "wrong"),
+    ]);
+    assert_eq!(d.reason, Reason::ApiKeyInvalid);
+    assert_eq!(
+        d.key_scrub.headers,
+        vec!["x-app-token", "x_app_token", "x-fwd-token"]
+    );
+    // A good key (forwarded: `api_keys.forward` is true by default) and
+    // a malformed token: the token only.
+    let d = denial(&[("x-api-key", "key-1"), ("x-app-token", "a.b.c")]);
+    assert_eq!(d.reason, Reason::TokenMalformed);
+    assert_eq!(d.key_scrub.headers, vec!["x-app-token"]);
+}
+
+#[test]
 fn a_providers_sources_must_hold_one_token() {
     // A genuine token in one source and a forged one in another: the
     // first is verified, and with `forward` the other would reach the

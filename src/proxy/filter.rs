@@ -1083,8 +1083,9 @@ fn delegated_payload(config: &crate::config::Config, index: usize) -> Option<Cla
 }
 
 /// Takes the API key out of the request as the core decided (its header,
-/// and `:path` without the key parameter). On a denial too: the request
-/// goes no further, but Envoy's access log reads these headers.
+/// and `:path` without the key parameter). On a denial too, with the
+/// token headers: the request goes no further, but Envoy's access log
+/// reads these headers.
 fn scrub(key: &KeyScrub) {
     for name in &key.headers {
         let _ = abi::remove_header(Map::RequestHeaders, name);

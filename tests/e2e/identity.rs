@@ -364,6 +364,89 @@ fn with_forward_false_the_api_key_reaches_neither_upstream_nor_access_log() {
     assert_eq!(up.last().header("x-api-key"), Some(KEY));
 }
 
+/// A refused request goes no further, but Envoy's access log reads its
+/// headers: the token headers are cut from it as from an allowed one. A
+/// genuine token refused for another check (a wrong key, another app) was
+/// not used up, and would be good for a replay by whoever reads the log.
+#[test]
+fn a_refused_requests_token_is_not_in_the_access_log() {
+    const KEY: &str = "e2e-key-0123-secret-value";
+    let secret = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, SECRET);
+    let cfg = json!({
+        "default_action": "deny",
+        "api_keys": {"keys": [{"id": "k1", "sha256": appguard::identity::hash_api_key(KEY)}]},
+        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": secret}],
+                    "replay": {"claim": "jti"}}],
+        "routes": [{"name": "r", "match": {"prefix": "/r/"}, "tokens": ["t"], "api_key": "required"}]
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .access_log_format(&log, "%RESPONSE_CODE% %REQ(X-TOKEN)% %REQ(X_TOKEN)%\n")
+        .start();
+    let token = |jti: &str| harness::tokens::hs256(&claims(60, json!({"jti": jti})));
+    let (t1, t2) = (token("j1"), token("j2"));
+    let cases = [
+        // a genuine token, a wrong key
+        (
+            Req::get("/r/a")
+                .header("x-token", &t1)
+                .header("x-api-key", "wrong"),
+            403,
+        ),
+        // and no key at all, the token under another spelling
+        (Req::get("/r/b").header("x_token", &t1), 403),
+        // used once, then replayed
+        (
+            Req::get("/r/c")
+                .header("x-token", &t2)
+                .header("x-api-key", KEY),
+            200,
+        ),
+        (
+            Req::get("/r/d")
+                .header("x-token", &t2)
+                .header("x-api-key", KEY),
+            401,
+        ),
+        // forged
+        (
+            Req::get("/r/e")
+                .header("x-token", &format!("{t1}x"))
+                .header("x-api-key", KEY),
+            401,
+        ),
+    ];
+    let n = cases.len();
+    for (req, status) in cases {
+        let r = envoy.request(req);
+        assert_eq!(r.status, status, "{}", r.text());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= n || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["403 - -", "403 - -", "200 - -", "401 - -", "401 - -"],
+        "Envoy's access log"
+    );
+    // The token that was refused for its key is still good: it was never
+    // in the log to be taken.
+    let r = envoy.request(
+        Req::get("/r/f")
+            .header("x-token", &t1)
+            .header("x-api-key", KEY),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 /// A client that leaves while appguard waits (here for the re-fetch of a
 /// JWKS, for a new `kid`) still gets an access log line, written from the
 /// request's headers as they are then: with `forward: false` the key must

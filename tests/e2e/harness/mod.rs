@@ -363,7 +363,13 @@ impl EnvoyBuilder {
     /// Envoy's access log of the listener, written to `path` as one
     /// `%REQ(:PATH)%` per line, flushed every 100 ms (so a test can read
     /// what an operator's access log would hold).
-    pub fn access_log(mut self, path: &Path) -> Self {
+    pub fn access_log(self, path: &Path) -> Self {
+        self.access_log_format(path, "%REQ(:PATH)%\n")
+    }
+
+    /// Envoy's access log of the listener, written to `path` in `format`
+    /// (an Envoy format string, e.g. `%REQ(X-TOKEN)%` for a header).
+    pub fn access_log_format(mut self, path: &Path, format: &str) -> Self {
         self.hcm_extra.insert(
             "access_log".into(),
             json!([{
@@ -371,7 +377,7 @@ impl EnvoyBuilder {
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
                     "path": path.display().to_string(),
-                    "log_format": {"text_format_source": {"inline_string": "%REQ(:PATH)%\n"}}
+                    "log_format": {"text_format_source": {"inline_string": format}}
                 }
             }]),
         );
