@@ -1877,13 +1877,22 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                         || providers
                             .iter()
                             .flat_map(|p| p.sources.iter())
-                            .any(|src| same(&src.header, h));
+                            .any(|src| same(&src.header, h))
+                        // What a token is bound to is a credential too (a
+                        // session id, a bearer token): its claim holds the
+                        // digest to limit by.
+                        || providers
+                            .iter()
+                            .filter_map(|p| p.binding.as_ref())
+                            .flat_map(|b| b.headers.iter())
+                            .any(|b| same(b, h));
                     if secret {
                         return Err(ConfigError::new(
                             format!("routes[{i}].rate_limits[{j}].entries[{k}].name"),
-                            "carries a secret (API key, token or credentials) that would reach \
-                             the rate-limit service and its logs in clear: use the `api_key` \
-                             or `claim` entry instead",
+                            "carries a secret (API key, token, a header a token is bound to, \
+                             or credentials) that would reach the rate-limit service and its \
+                             logs in clear: use the `api_key` or `claim` entry instead (for a \
+                             bound header, a `claim` entry on the binding's claim: its digest)",
                         ));
                     }
                     if crate::request::reserved_header(h, &claim_headers) {
@@ -3660,7 +3669,8 @@ mod tests {
         // Redis keys) in clear.
         let rls = r#""rate_limit_service":{"cluster":"rls","domain":"d"}"#;
         let tokens = r#""tokens":[{"name":"t","from":[{"header":"approov-token"}],
-            "keys":[{"alg":"HS256","secret_base64":"MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE="}]}]"#;
+            "keys":[{"alg":"HS256","secret_base64":"MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE="}],
+            "binding":{"headers":["x-session-id"]}}]"#;
         // In every spelling an upstream reads as the same header: a client
         // sending `x_secret_key: K` has it taken as the API key.
         for header in [
@@ -3671,6 +3681,9 @@ mod tests {
             "authorization",
             "proxy_authorization",
             "cookie",
+            // what the token is bound to (a session)
+            "x-session-id",
+            "x_session_id",
         ] {
             let json = format!(
                 r#"{{{rls},{tokens},"api_keys":{{"header":"x-secret-key"}},
