@@ -1524,6 +1524,15 @@ fn body_values(config: &Config, route: &Route, body: &[u8]) -> Result<BodyValues
                 continue;
             }
             let raw = limits::pointer_text(&doc, pointer).ok_or(Reason::BodyInvalid)?;
+            // A negative JSON integer is no phone number: its `-` is a
+            // sign, not a separator.
+            let negative = doc
+                .pointer(pointer)
+                .and_then(serde_json::Value::as_i64)
+                .is_some_and(|n| n < 0);
+            if *is_phone && negative {
+                return Err(Reason::BodyInvalid);
+            }
             let value = if *is_phone {
                 let pc = config.phone.as_ref().ok_or(Reason::BodyInvalid)?;
                 let number = phone::normalize(&raw, &pc.rules).map_err(|_| Reason::BodyInvalid)?;

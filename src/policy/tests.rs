@@ -1430,6 +1430,17 @@ fn phone_formats_give_one_descriptor_and_denied_prefixes_are_refused() {
         Some(Reason::BodyInvalid),
         "letters"
     );
+    // A JSON integer is a national number; a negative one is no number at
+    // all (its `-` is not a separator there: the upstream reads a negative
+    // integer, which one gateway may print as `-882…`, another refuse).
+    let number = |n: i64| match w.post("/sms", "192.0.2.51", &[], &json!({"to": n}).to_string()) {
+        Step::Done(d, _) => d.reason(),
+        Step::NeedRateLimit(..) => None,
+        s => panic!("{s:?}"),
+    };
+    assert_eq!(number(7_700_900_123), None);
+    assert_eq!(number(-7_700_900_123), Some(Reason::BodyInvalid));
+    assert_eq!(number(-88_212_345_678), Some(Reason::BodyInvalid));
 }
 
 #[test]
