@@ -479,8 +479,19 @@ pub struct Facts {
 #[derive(Clone, Debug)]
 pub enum ReplayMark {
     /// `replay.scope: service`: a descriptor counted by the rate-limit
-    /// service with limit 1, in the same call as the route's limits.
-    Service(Descriptor),
+    /// service with limit 1, in the same call as the route's limits; and,
+    /// should the call fail under `failure_mode: allow`, the entry the
+    /// instance's replay table takes instead (see `rls_verdict`).
+    Service {
+        /// Index of the provider (its replay claim names the descriptor's
+        /// key, its name the local table).
+        provider: usize,
+        /// Truncated SHA-256 of the provider name and the claim value
+        /// (sent in hex as the descriptor's value).
+        digest: [u8; 16],
+        /// Until when a local entry is kept: the token's `exp` plus skew.
+        expires: u64,
+    },
     /// `replay.scope: local`: an entry in the instance's shared replay
     /// table.
     Local {
@@ -519,6 +530,12 @@ pub struct Pending {
     /// request, so that the `jti` is not used up by a request that was not
     /// let through.
     local_replay: Option<(usize, [u8; 16], u32)>,
+    /// With `replay.scope: service`, the entry (provider, digest, until
+    /// when) the instance's replay table records if the call fails and
+    /// `failure_mode: allow` lets the request through: replays are then
+    /// still refused within the instance, not let through for as long as
+    /// the service is down.
+    replay_fallback: Option<(usize, [u8; 16], u64)>,
 }
 
 impl Pending {
@@ -1315,6 +1332,7 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
         sent_ms: 0,
         replay_index: None,
         local_replay: None,
+        replay_fallback: None,
         replay,
     });
     let Some(route) = route.filter(|_| !pending.facts.cors_preflight) else {
@@ -1752,7 +1770,17 @@ fn limits_phase(
             }
             None
         }
-        Some(ReplayMark::Service(d)) => Some(d),
+        Some(ReplayMark::Service {
+            provider,
+            digest,
+            expires,
+        }) => {
+            pending.replay_fallback = Some((provider, digest, expires));
+            replay_table(config, provider).map(|(_, r)| {
+                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                vec![(r.claim.clone(), hex)]
+            })
+        }
         None => None,
     };
     let Some(svc) = &config.rate_limit_service else {
@@ -1908,6 +1936,20 @@ fn rls_verdict(
         Err(()) => {
             return match failure_mode {
                 FailureMode::Allow => {
+                    // Without the service the limits go, but a token is
+                    // still used once: in this instance, as with
+                    // `replay.scope: local`. (The service does not learn
+                    // of these uses: once back, it takes a token used
+                    // only during the outage once more.)
+                    // A full table lets it through, as the route lets
+                    // its limits go: only a use seen before is refused.
+                    if let Some((provider, digest, expires)) = pending.replay_fallback.take() {
+                        if let Err(r) =
+                            local_replay_strict(ctx, provider, &digest, expires, now, false)
+                        {
+                            return deny(pending, r.into());
+                        }
+                    }
                     pending
                         .facts
                         .degraded
@@ -1915,7 +1957,7 @@ fn rls_verdict(
                     done(pending)
                 }
                 FailureMode::Deny => deny(pending, Reason::RatelimitUnavailable.into()),
-            }
+            };
         }
     };
     // A rule the service has no limit for (no rule of its configuration
@@ -2913,10 +2955,11 @@ fn token_rules(
         // Recorded once the other checks passed (`limits_phase`).
         *replay_out = Some(match r.scope {
             // Checked by the service with the other descriptors (limit 1).
-            ReplayScope::Service => {
-                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-                ReplayMark::Service(vec![(r.claim.clone(), hex)])
-            }
+            ReplayScope::Service => ReplayMark::Service {
+                provider: verified.provider,
+                digest,
+                expires: verified.exp.saturating_add(provider.clock_skew_seconds),
+            },
             ReplayScope::Local => ReplayMark::Local {
                 provider: verified.provider,
                 digest,
@@ -2985,6 +3028,24 @@ fn local_replay(
     expires: u64,
     now: u64,
 ) -> Result<u32, Reason> {
+    local_replay_strict(ctx, provider, digest, expires, now, true)
+}
+
+/// [`local_replay`], failing closed on a full bucket or a store failure
+/// when `strict`; otherwise only a value seen before (or an expired token)
+/// is refused. Not strict where the table stands in for the rate-limit
+/// service under `failure_mode: allow` (see `rls_verdict`): a route that
+/// lets requests through without their limits during an outage should
+/// not refuse genuine tokens because a table it was never sized for is
+/// full.
+fn local_replay_strict(
+    ctx: &Ctx<'_>,
+    provider: usize,
+    digest: &[u8; 16],
+    expires: u64,
+    now: u64,
+    strict: bool,
+) -> Result<u32, Reason> {
     // The table keeps an entry until `expires` and drops it after: a token
     // checked in time in the headers phase whose body came after that
     // would find its earlier uses gone and be recorded already expired,
@@ -3008,9 +3069,11 @@ fn local_replay(
     .ok_or(Reason::TokenReplayed)?;
     match checked {
         Ok(ReplayOutcome::Fresh) => Ok(capacity),
+        Ok(ReplayOutcome::Replayed) => Err(Reason::TokenReplayed),
         // A full table or a store failure cannot prove freshness: fail
-        // closed.
-        Ok(ReplayOutcome::Replayed | ReplayOutcome::Full) | Err(_) => Err(Reason::TokenReplayed),
+        // closed, where the table is the protection.
+        Ok(ReplayOutcome::Full) | Err(_) if strict => Err(Reason::TokenReplayed),
+        Ok(ReplayOutcome::Full) | Err(_) => Ok(capacity),
     }
 }
 

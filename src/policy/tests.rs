@@ -4948,6 +4948,81 @@ fn a_header_limit_holds_when_the_header_is_sent_twice_or_padded() {
 }
 
 #[test]
+fn with_the_service_down_under_allow_a_service_replay_is_still_refused_in_the_instance() {
+    // `failure_mode: allow` lets requests through without the shared
+    // limits while the service is down (or answers without a `jti` rule),
+    // but a captured token must not become good for any number of uses:
+    // the instance's replay table takes over.
+    let w = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100,
+                               "failure_mode": "allow"},
+        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "replay": {"claim": "jti", "scope": "service"}}],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
+    }));
+    let send = |jti: &str, answer: Result<&RateLimitResponse, ()>| {
+        let token = hs256_raw(
+            SECRET,
+            &json!({"alg": "HS256", "typ": "JWT"}),
+            &json!({"iat": NOW, "exp": NOW + 60, "jti": jti}),
+        );
+        let h = headers(&[(":method", "GET"), (":path", "/x"), ("x-token", &token)]);
+        let Step::NeedRateLimit(p, _) = evaluate(&w.ctx(), &Request::new(&h, None), NOW) else {
+            panic!("a call")
+        };
+        match evaluate_rls(&w.ctx(), p, answer, NOW) {
+            Step::Done(d, f) => (d.reason(), f.degraded),
+            s => panic!("{s:?}"),
+        }
+    };
+    let degraded = Some(Reason::RatelimitUnavailable);
+    assert_eq!(send("a", Err(())), (None, degraded));
+    assert_eq!(send("a", Err(())), (Some(Reason::TokenReplayed), None));
+    assert_eq!(send("b", Err(())), (None, degraded));
+    // An answer without a limit for the `jti` protects nothing: the same.
+    let no_rule = ok_response(1, 0, Some(1_000));
+    assert_eq!(send("c", Ok(&no_rule)), (None, degraded));
+    assert_eq!(send("c", Ok(&no_rule)), (Some(Reason::TokenReplayed), None));
+    // A service that answers decides alone (it counts the `jti`).
+    let mut ok = ok_response(1, 0, Some(1_000));
+    ok.statuses[0].current_limit = Some(crate::ratelimit::rls::RateLimit {
+        name: String::new(),
+        requests_per_unit: 1,
+        unit: crate::ratelimit::rls::Unit::Hour as i32,
+    });
+    assert_eq!(send("d", Ok(&ok)), (None, None));
+    assert_eq!(send("d", Err(())), (None, degraded));
+    // The table stands in where nobody sized it: full, it lets a token
+    // through (as the route lets its limits go), and still refuses a use
+    // it holds.
+    let small = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100,
+                               "failure_mode": "allow"},
+        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "replay": {"claim": "jti", "scope": "service", "max_entries": 16}}],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
+    }));
+    let send = |jti: &str| {
+        let token = hs256_raw(
+            SECRET,
+            &json!({"alg": "HS256", "typ": "JWT"}),
+            &json!({"iat": NOW, "exp": NOW + 60, "jti": jti}),
+        );
+        let h = headers(&[(":method", "GET"), (":path", "/x"), ("x-token", &token)]);
+        let Step::NeedRateLimit(p, _) = evaluate(&small.ctx(), &Request::new(&h, None), NOW) else {
+            panic!("a call")
+        };
+        evaluate_rls(&small.ctx(), p, Err(()), NOW).done_reason()
+    };
+    for i in 0..40 {
+        assert_eq!(send(&format!("j{i}")), None, "j{i}");
+    }
+    assert_eq!(send("j0"), Some(Reason::TokenReplayed));
+}
+
+#[test]
 fn a_service_replay_rule_must_make_a_jti_single_use_for_the_tokens_life() {
     use crate::ratelimit::rls::{RateLimit, Unit};
     let w = World::from(json!({

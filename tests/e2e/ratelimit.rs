@@ -751,6 +751,47 @@ fn a_jti_replayed_through_another_instance_is_refused() {
 }
 
 #[test]
+fn with_the_service_down_under_allow_a_service_replay_is_refused_in_the_instance() {
+    // `failure_mode: allow` lets requests through without the shared
+    // limits while the service is down, but a captured token must not be
+    // good for any number of uses meanwhile: the instance's replay table
+    // takes over from the service's `jti` rule.
+    let rls = RateLimitService::start(&test_limits(), None);
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("allow", 300), up.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .concurrency(2)
+        .start();
+    let t = hs256(&claims(60, json!({"jti": "down-1"})));
+    let r = envoy.request(Req::get("/once").header("x-token", &t));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().header("x-appguard-degraded"), None);
+    drop(rls);
+    let t2 = hs256(&claims(60, json!({"jti": "down-2"})));
+    let r = envoy.request(Req::get("/once").header("x-token", &t2));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        up.last().header("x-appguard-degraded"),
+        Some("ratelimit_unavailable")
+    );
+    for _ in 0..3 {
+        // New connections, so that both workers see it.
+        let r = envoy.request(
+            Req::get("/once")
+                .header("x-token", &t2)
+                .header("connection", "close"),
+        );
+        assert_eq!(
+            (r.status, r.reason()),
+            (401, Some("token_replayed")),
+            "{}",
+            r.text()
+        );
+    }
+    envoy.assert_vm_healthy();
+}
+
+#[test]
 fn a_rate_limit_cluster_without_hosts_fails_by_the_failure_mode_and_says_so() {
     // The cluster is defined, but has no host to send to (DNS that does not
     // resolve, an EDS cluster not fed yet): not a missing cluster.
