@@ -252,12 +252,33 @@ pub struct Grant {
     /// Request headers to remove before the request goes upstream (the token,
     /// unless the provider forwards it).
     pub remove_headers: Vec<String>,
+    /// The verified token's headers that go upstream (`forward: true`):
+    /// removed all the same if the request is refused after all, since
+    /// nothing goes upstream then and Envoy's access log reads them.
+    pub forwarded_headers: Vec<String>,
     /// The API key taken out of the request (`api_keys.forward: false`).
     pub key_scrub: KeyScrub,
     /// Headers to add to the response sent back to the client.
     pub response_headers: Vec<(String, String)>,
     /// In monitor mode: the denial that enforce mode would have answered.
     pub would_deny: Option<Reason>,
+}
+
+impl Grant {
+    /// What to take off the request now, before it waits (for the body, or
+    /// the rate-limit service) or is refused: the API key (`forward:
+    /// false`) and the token headers it would lose if allowed. A client
+    /// that leaves meanwhile leaves only Envoy's access log line, written
+    /// from the headers as they are then.
+    pub fn scrub(&self) -> KeyScrub {
+        let mut scrub = self.key_scrub.clone();
+        for name in &self.remove_headers {
+            if !scrub.headers.contains(name) {
+                scrub.headers.push(name.clone());
+            }
+        }
+        scrub
+    }
 }
 
 /// The final word on a request.

@@ -589,7 +589,13 @@ pub struct RlsCall {
 }
 
 /// What the core asks the adapter to do next.
+///
+/// `Done` is much larger than the other variants (a decision and its
+/// facts, ~280 bytes), and stays unboxed on purpose: it is what nearly
+/// every request ends with, returned once and moved a few times, where a
+/// box would cost an allocation per request.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Step {
     /// The decision is final: carry it out.
     Done(Decision, Facts),
@@ -598,10 +604,11 @@ pub enum Step {
     NeedKeys {
         /// Provider index.
         provider: usize,
-        /// The API key to take off the request before it waits
-        /// (`api_keys.forward: false`): a client that goes away during the
-        /// fetch leaves only Envoy's access log line, which must not hold
-        /// the key.
+        /// The credentials to take off the request before it waits: the
+        /// API key (`api_keys.forward: false`) and the token headers of
+        /// providers that do not forward them. A client that goes away
+        /// during the fetch leaves only Envoy's access log line, which
+        /// must not hold them.
         key_scrub: KeyScrub,
     },
     /// Buffer the whole body (up to `Pending::max_body_bytes`), then call
@@ -1315,10 +1322,25 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
     let signing = match checked {
         Ok(s) => s,
         Err(Flow::NeedKeys(p)) => {
+            // The token headers of providers that never forward go too
+            // (evaluated again, the request is read from the headers as
+            // they came); a forwarding provider's stay, since its token
+            // may yet verify and go upstream.
+            let forwarding = |name: &String| {
+                route.is_some_and(|r| {
+                    r.providers
+                        .iter()
+                        .filter_map(|&pi| config.providers.get(pi))
+                        .filter(|p| p.forward)
+                        .flat_map(|p| p.sources.iter())
+                        .any(|s| same_header_name(s.header.as_bytes(), name.as_bytes()))
+                })
+            };
+            grant.remove_headers.retain(|name| !forwarding(name));
             return Step::NeedKeys {
                 provider: p,
-                key_scrub: grant.key_scrub,
-            }
+                key_scrub: grant.scrub(),
+            };
         }
         Err(Flow::Deny(d)) => return Step::Done(finish(mode, grant, d), facts),
     };
@@ -2647,14 +2669,20 @@ fn remove_token_headers(p: &Provider, req: &Request<'_>, grant: &mut Grant) {
 /// forwarding provider's, see `check`), those `p`'s sources read.
 fn keep_token_headers(p: &Provider, marked: std::ops::Range<usize>, grant: &mut Grant) {
     let mut at = 0;
+    let mut kept = Vec::new();
     grant.remove_headers.retain(|name| {
         let i = at;
         at += 1;
-        !(marked.contains(&i)
+        let keep = marked.contains(&i)
             && p.sources
                 .iter()
-                .any(|s| same_header_name(s.header.as_bytes(), name.as_bytes())))
+                .any(|s| same_header_name(s.header.as_bytes(), name.as_bytes()));
+        if keep {
+            kept.push(name.clone());
+        }
+        !keep
     });
+    grant.forwarded_headers = kept;
 }
 
 fn check_token(
@@ -3089,8 +3117,8 @@ pub fn finish(mode: Mode, grant: Grant, denial: Denial) -> Decision {
         // was not used up, and would be good for a replay by whoever reads
         // the log.
         Mode::Enforce => {
-            let mut scrub = grant.key_scrub;
-            for name in grant.remove_headers {
+            let mut scrub = grant.scrub();
+            for name in grant.forwarded_headers {
                 if !scrub.headers.contains(&name) {
                     scrub.headers.push(name);
                 }

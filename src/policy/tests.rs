@@ -806,7 +806,9 @@ fn a_refused_requests_token_headers_are_cut_like_its_api_key() {
                    {"name": "f", "from": [{"header": "x-fwd-token"}], "forward": true,
                     "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]}],
         "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t", "f"],
-                    "api_key": "required"}]
+                    "api_key": "required"},
+                   {"name": "p", "match": {"prefix": "/p/"}, "tokens": ["f"],
+                    "platforms": ["android"]}]
     }));
     let t = hs256_raw(SECRET, &json!({"alg": "HS256"}), &json!({"exp": NOW + 60}));
     let denial = |hs: &[(&str, &str)]| match w.run("/v1/x", "198.51.100.1", hs).0 {
@@ -831,6 +833,25 @@ fn a_refused_requests_token_headers_are_cut_like_its_api_key() {
     let d = denial(&[("x-api-key", "key-1"), ("x-app-token", "a.b.c")]);
     assert_eq!(d.reason, Reason::TokenMalformed);
     assert_eq!(d.key_scrub.headers, vec!["x-app-token"]);
+    // A forwarding provider's token that verified, in a request refused
+    // after all (no platform here): nothing goes upstream, so it goes too.
+    match w.run("/p/x", "198.51.100.1", &[("x-fwd-token", &t)]).0 {
+        Decision::Deny(d) => {
+            assert_ne!(d.reason, Reason::TokenSignature);
+            assert_eq!(d.key_scrub.headers, vec!["x-fwd-token"]);
+        }
+        d => panic!("{d:?}"),
+    }
+    // Allowed, it goes upstream.
+    let w = World::from(json!({
+        "tokens": [{"name": "f", "from": [{"header": "x-fwd-token"}], "forward": true,
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]}],
+        "routes": [{"name": "p", "match": {"prefix": "/p/"}, "tokens": ["f"]}]
+    }));
+    match w.run("/p/x", "198.51.100.1", &[("x-fwd-token", &t)]).0 {
+        Decision::Allow(g) => assert!(g.remove_headers.is_empty(), "{g:?}"),
+        d => panic!("{d:?}"),
+    }
 }
 
 #[test]

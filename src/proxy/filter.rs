@@ -247,9 +247,10 @@ impl GuardFilter {
                     // `allow_on_headers_stop_iteration: true` Envoy hands
                     // the body on all the same) until the body is decided;
                     // the identity headers are set with the decision. The
-                    // key goes now: if the client leaves, the access log
-                    // line is written from these headers.
-                    scrub(&pending.grant.key_scrub);
+                    // key and the token headers go now: if the client
+                    // leaves, the access log line is written from these
+                    // headers.
+                    scrub(&pending.grant.scrub());
                     self.state = State::AwaitingBody(pending);
                     if self.body_ended_while_paused {
                         // All of it went by while the headers waited for
@@ -352,8 +353,9 @@ impl GuardFilter {
         ) {
             Ok(token) => {
                 // As before a key fetch: the access log of a request whose
-                // client leaves during the call must not hold the key.
-                scrub(&pending.grant.key_scrub);
+                // client leaves during the call must not hold the key or
+                // the token.
+                scrub(&pending.grant.scrub());
                 self.state = State::AwaitingRateLimit { token, pending };
                 Action::Pause
             }
@@ -456,8 +458,9 @@ impl GuardFilter {
                 if let Some(slot) = worker.jwks.borrow_mut().get_mut(p) {
                     slot.fetch_started(token, now, remote.timeout_ms);
                 }
-                // The key goes before the wait: if the client leaves, the
-                // access log line is written from these headers.
+                // The key and the token headers go before the wait: if
+                // the client leaves, the access log line is written from
+                // these headers.
                 scrub(key_scrub);
                 self.state = State::AwaitingKeys {
                     token,

@@ -832,15 +832,24 @@ fn a_client_that_leaves_while_its_headers_are_held_sends_nothing_up_and_the_next
     // are held, not at the decision that never comes).
     let mut cfg = config(true, "enforce");
     cfg["api_keys"]["query_param"] = json!("key");
+    // A token too, which must not be there either: never used, it would
+    // still be good for whoever reads the log.
+    cfg["tokens"] = json!([{"name": "t", "from": [{"header": "x-token"}],
+                            "keys": [{"alg": "HS256", "secret_base64": tokens::secret_b64()}]}]);
+    cfg["routes"][0]["tokens"] = json!(["t"]);
+    let token = tokens::hs256(&claims(60, json!({})));
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let e = held(cfg, up.port).access_log(&log).start();
+    let e = held(cfg, up.port)
+        .access_log_format(&log, "%REQ(:PATH)% %REQ(X-TOKEN)%\n")
+        .start();
     for partial in [false, true] {
         let mut c = TcpStream::connect(("127.0.0.1", e.port)).unwrap();
         c.write_all(
             format!(
                 "POST /sms?a={partial}&key={KEY} HTTP/1.1\r\nhost: api\r\n\
-                 content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+                 content-type: application/json\r\nx-token: {token}\r\n\
+                 transfer-encoding: chunked\r\n\r\n"
             )
             .as_bytes(),
         )
@@ -860,17 +869,24 @@ fn a_client_that_leaves_while_its_headers_are_held_sends_nothing_up_and_the_next
     });
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!text.contains(KEY), "Envoy's access log: {text}");
-    assert!(text.lines().any(|l| l == "/sms?a=false"), "{text}");
-    assert!(text.lines().any(|l| l == "/sms?a=true"), "{text}");
+    assert!(!text.contains(&token), "Envoy's access log: {text}");
+    assert!(text.lines().any(|l| l == "/sms?a=false -"), "{text}");
+    assert!(text.lines().any(|l| l == "/sms?a=true -"), "{text}");
     e.assert_vm_healthy();
     let body = r#"{"to": "+44 7700 900123"}"#;
     let r = send_slowly(
         e.port,
-        &Req::post_json("/sms", body).header("x-api-key", KEY),
+        &Req::post_json("/sms", body)
+            .header("x-api-key", KEY)
+            .header("x-token", &token),
         2,
     );
     assert_eq!(r, (200, String::new()));
-    let r = e.request(Req::post_json("/sms", body).header("x-api-key", KEY));
+    let r = e.request(
+        Req::post_json("/sms", body)
+            .header("x-api-key", KEY)
+            .header("x-token", &token),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = up.seen();
     assert_eq!(seen.len(), 2, "{seen:?}");

@@ -452,7 +452,7 @@ fn a_refused_requests_token_is_not_in_the_access_log() {
 /// request's headers as they are then: with `forward: false` the key must
 /// already be out.
 #[test]
-fn a_request_abandoned_while_waiting_leaves_no_api_key_in_the_access_log() {
+fn a_request_abandoned_while_waiting_leaves_no_api_key_or_token_in_the_access_log() {
     use harness::upstream::Seen;
     use jwt_simple::prelude::ES256KeyPair;
     use std::io::Write;
@@ -492,7 +492,7 @@ fn a_request_abandoned_while_waiting_leaves_no_api_key_in_the_access_log() {
     let up = Upstream::start();
     let envoy = EnvoyBuilder::new(cfg, up.port)
         .http_cluster("jwks", jwks.port)
-        .access_log(&log)
+        .access_log_format(&log, "%REQ(:PATH)% %REQ(X-TOKEN)%\n")
         .start();
     // Keys loaded: a `k1` token passes (and is logged without the key).
     let t1 = harness::tokens::es256_with(&k1, &claims(60, json!({})));
@@ -522,7 +522,9 @@ fn a_request_abandoned_while_waiting_leaves_no_api_key_in_the_access_log() {
     });
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!text.contains(KEY), "Envoy's access log: {text}");
-    assert!(text.lines().any(|l| l == "/keyed/x?a=1"), "{text}");
+    // Nor the token, which was never used and would still be good.
+    assert!(!text.contains(&t2), "Envoy's access log: {text}");
+    assert!(text.lines().any(|l| l == "/keyed/x?a=1 -"), "{text}");
     assert!(up.seen().iter().all(|s| !s.path.starts_with("/keyed/x")));
     envoy.assert_vm_healthy();
 }

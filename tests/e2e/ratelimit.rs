@@ -896,8 +896,11 @@ fn a_client_that_leaves_while_the_service_is_asked_does_not_use_up_its_jti() {
         "routes": [{"name": "api", "match": {"prefix": "/api"}, "tokens": ["t"],
                     "rate_limits": [{"entries": [{"type": "route"}]}]}]
     });
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
     let envoy = EnvoyBuilder::new(cfg, up.port)
         .grpc_cluster("ratelimit", silent_port)
+        .access_log_format(&log, "%REQ(:PATH)% %REQ(X-TOKEN)%\n")
         .start();
     let token = hs256(&claims(60, json!({"jti": "left-early"})));
     {
@@ -927,6 +930,13 @@ fn a_client_that_leaves_while_the_service_is_asked_does_not_use_up_its_jti() {
         assert!(Instant::now() < deadline, "the stream is still active");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Its access log line, written from the headers as they were while it
+    // waited, holds no token: taken out before the call, as the API key.
+    harness::wait_until(15, "the abandoned request's log line", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| !t.is_empty())
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(text, "/api/x -\n", "Envoy's access log");
     let r = envoy.request(from_ip(
         Req::get("/api/x").header("x-token", &token),
         "192.0.2.30",
