@@ -222,6 +222,22 @@ impl GuardFilter {
         reserved_header(name, claim_headers)
     }
 
+    /// Whether `name` (in any spelling, see [`reserved_header`]) carries a
+    /// credential appguard checks in the headers: the API-key header, or a
+    /// token provider's header.
+    fn is_credential(&self, name: &str) -> bool {
+        let Some(w) = self.worker.as_ref() else {
+            return false;
+        };
+        let same = |h: &str| crate::request::same_header_name(name.as_bytes(), h.as_bytes());
+        same(&w.config.api_keys.header)
+            || w.config
+                .providers
+                .iter()
+                .flat_map(|p| p.sources.iter())
+                .any(|s| same(&s.header))
+    }
+
     /// Evaluates (or re-evaluates, after keys arrived) and acts on the step.
     fn run(&mut self, key_fetch: KeyFetch) -> Action {
         let Some(worker) = self.worker.clone() else {
@@ -952,11 +968,18 @@ impl HttpContext for GuardFilter {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         // Trailers reach an HTTP/2 upstream too: a client's identity or
         // claim header sent as a trailer is removed like one sent as a
-        // header.
+        // header. So is a credential (an API key, a token) sent as one:
+        // appguard checks only the headers', and an upstream that merges
+        // trailers into the headers would read one nobody checked.
         // One that cannot be removed fails closed, as in the headers, and
         // so do trailers that cannot be read.
-        let removed = abi::map_headers(Map::RequestTrailers)
-            .is_ok_and(|trailers| self.removed_ours(Map::RequestTrailers, &trailers));
+        let removed = abi::map_headers(Map::RequestTrailers).is_ok_and(|trailers| {
+            self.removed_ours(Map::RequestTrailers, &trailers)
+                && !trailers
+                    .iter()
+                    .filter(|(n, _)| self.is_credential(n))
+                    .any(|(name, _)| abi::remove_header(Map::RequestTrailers, name).is_err())
+        });
         if !removed {
             warn!(
                 "#{} cannot read the trailers or remove a client's copy of an identity header from them",

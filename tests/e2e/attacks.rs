@@ -1664,6 +1664,8 @@ fn a_body_ended_by_trailers_is_checked_and_trailers_carry_no_identity() {
         "apps": [{"id": "shop-android", "platform": "android", "package": "com.example.shop"}],
         "phone": {"default_calling_code": "44", "denied_prefixes": ["+882"],
                   "hash_key_base64": STANDARD.encode(b"attack-suite-phone-hash-key-0123")},
+        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(b"attack-suite-token-secret-0123456789")}]}],
         "routes": [{"name": "sms", "match": {"path": "/sms", "methods": ["POST"]},
                     "platforms": ["android"],
                     "rate_limits": [{"entries": [{"type": "body", "pointer": "/to", "phone": true}],
@@ -1683,10 +1685,14 @@ fn a_body_ended_by_trailers_is_checked_and_trailers_carry_no_identity() {
         .trailers()
         .without_buffer_filter()
         .start();
+    // Credentials too: appguard checks the headers' API key and token,
+    // not a trailer's, which an upstream merging trailers would read.
     let r = envoy.request(
         sms("+44 7700 900461")
             .trailer("x-appguard-app", "admin-console")
-            .trailer("x_appguard_platform", "server"),
+            .trailer("x_appguard_platform", "server")
+            .trailer("x-api-key", "unchecked-key")
+            .trailer("x_token", "unchecked.token.value"),
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = up.last();
@@ -1696,7 +1702,7 @@ fn a_body_ended_by_trailers_is_checked_and_trailers_carry_no_identity() {
     assert_eq!(
         seen.trailers,
         vec![("x-checksum".to_string(), "c1".to_string())],
-        "the client's identity trailers are removed, its other trailers kept"
+        "the client's identity and credential trailers are removed, its other trailers kept"
     );
     envoy.assert_vm_healthy();
     // Decided at the trailers, with the buffer filter as deployed: a
