@@ -256,6 +256,24 @@ impl GuardFilter {
                 key_scrub,
             } => self.fetch_keys(worker, provider, &key_scrub, now),
             Step::NeedBody(pending) => {
+                // A body declared longer than the route reads is refused
+                // now, by its `content-length`, not when (if ever) that
+                // many bytes have come: a held request would otherwise wait
+                // for them until Envoy's timeouts.
+                let declared = self
+                    .headers
+                    .get("content-length")
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                let max = pending.max_body_bytes(&worker.config);
+                if declared.is_some_and(|n| n > u64::try_from(max).unwrap_or(u64::MAX)) {
+                    let (step, now) = self.ctx_step(worker, KeyFetch::NotNow, |_, _, _| {
+                        policy::finish_pending(
+                            pending,
+                            crate::decision::Reason::BodyTooLarge.into(),
+                        )
+                    });
+                    return self.step(worker, step, now);
+                }
                 if self.headers_end_stream {
                     self.body_complete(worker, pending, &[])
                 } else if worker.config.hold_headers_for_body {

@@ -824,6 +824,47 @@ fn held_headers_verify_a_signed_body_and_keep_a_tampered_one_from_the_upstream()
 }
 
 #[test]
+fn a_body_declared_longer_than_the_route_reads_is_refused_at_once() {
+    // `content-length` over `max_body_bytes` (16384 by default) decides
+    // it: the request is not held until that many bytes come (which a
+    // client may never send), held or not.
+    let up = Recorder::start();
+    for hold in [true, false] {
+        let e = if hold {
+            held(config(true, "enforce"), up.port).start()
+        } else {
+            EnvoyBuilder::new(config(false, "enforce"), up.port).start()
+        };
+        let mut c = TcpStream::connect(("127.0.0.1", e.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(
+            format!(
+                "POST /sms HTTP/1.1\r\nhost: api\r\nx-api-key: {KEY}\r\n\
+                 content-type: application/json\r\ncontent-length: 100000\r\n\r\n\
+                 {{\"to\": \"+44"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut b = [0u8; 4096];
+        let n = c.read(&mut b).unwrap_or(0);
+        let text = String::from_utf8_lossy(&b[..n]).into_owned();
+        assert!(text.starts_with("HTTP/1.1 413"), "hold {hold}: {text:?}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("x-appguard-reason: body_too_large"),
+            "{text}"
+        );
+        // A body of the declared length within the bound still passes.
+        let r = e.request(
+            Req::post_json("/sms", r#"{"to": "+44 7700 900123"}"#).header("x-api-key", KEY),
+        );
+        assert_eq!(r.status, 200, "hold {hold}: {}", r.text());
+        e.assert_vm_healthy();
+    }
+}
+
+#[test]
 fn a_client_that_leaves_while_its_headers_are_held_sends_nothing_up_and_the_next_request_works() {
     let up = Recorder::start();
     // The key in the query: Envoy's access log line of a request whose
