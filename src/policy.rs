@@ -442,6 +442,10 @@ pub struct Facts {
     /// The token was refused without verification: the client's signature
     /// failure budget is spent (counted and logged by the adapter).
     pub budget_refused: bool,
+    /// Why a request signature was refused (`signature_invalid`), for the
+    /// decision log: names of components and fields only, never request
+    /// data.
+    pub signing_error: Option<crate::signing::SigningError>,
     /// A dependency was down and the route's `failure_mode: allow` let the
     /// request go on without it (counted and logged by the adapter, and
     /// told to the upstream): the first that was, so `jwks_unavailable`
@@ -2100,6 +2104,7 @@ fn verify_signature_within_budget(
         if matches!(e, SigningError::BadSignature | SigningError::DigestMismatch) {
             budget.charge(1);
         }
+        facts.signing_error = Some(e);
         Reason::SignatureInvalid
     })?;
     match &provider.message_signing {

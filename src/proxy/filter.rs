@@ -1149,13 +1149,19 @@ fn downstream_ip() -> Option<IpAddr> {
         .ok()
 }
 
-/// The log note of a token refused without verification because its
-/// client's failure budget is spent.
-fn budget_note(facts: &Facts) -> &'static str {
-    if facts.budget_refused {
+/// The log notes of a refusal: a token refused without verification
+/// because its client's failure budget is spent, and why a request
+/// signature was refused.
+fn budget_note(facts: &Facts) -> std::borrow::Cow<'static, str> {
+    let budget = if facts.budget_refused {
         " budget=exhausted"
     } else {
         ""
+    };
+    // Why a request signature failed: component and field names only.
+    match &facts.signing_error {
+        Some(e) => format!("{budget} signature=\"{e}\"").into(),
+        None => budget.into(),
     }
 }
 

@@ -245,6 +245,17 @@ fn tampering_and_replays_are_signature_invalid() {
         "unsigned",
     );
     assert!(up.seen().is_empty(), "nothing reached the upstream");
+    // The decision log says why each was refused (names, never values).
+    let log = envoy.log();
+    for why in [
+        "signature=\"content-digest does not match the body\"",
+        "signature=\"signature does not verify\"",
+        "signature=\"signature too old\"",
+        "signature=\"signature does not cover content-digest\"",
+        "signature=\"no Signature-Input or Signature field\"",
+    ] {
+        assert!(log.contains(why), "{why}: {log}");
+    }
     // and the untouched request still passes
     assert_eq!(envoy.request(good).status, 200);
 }
