@@ -675,7 +675,17 @@ fn check_coverage(
         })
     };
     for required in &policy.required_components {
-        if !covers(required) {
+        // A header field is required where the request has it, in any
+        // spelling an upstream reads as it: a signature cannot cover an
+        // absent field (RFC 9421 §2.5), and a request without it has
+        // nothing there to change. One added to a signed request is then
+        // required, and not covered.
+        let present = required.starts_with('@')
+            || message
+                .headers
+                .iter()
+                .any(|(n, _)| crate::request::same_header_name(n.as_bytes(), required.as_bytes()));
+        if present && !covers(required) {
             return under(required);
         }
     }

@@ -1326,6 +1326,60 @@ fn error_algorithm_mismatch() {
 }
 
 #[test]
+fn a_configured_header_is_required_where_the_request_has_it() {
+    // `components: ["content-type"]`: a GET without a body has no
+    // content-type to cover, and RFC 9421 cannot cover an absent field.
+    let p = SigningPolicy {
+        required_components: vec!["@method".to_owned(), "content-type".to_owned()],
+        ..SigningPolicy::default()
+    };
+    let sign = |h: Vec<(String, String)>| {
+        let m = Message::request("GET", "https", "api.example.com", "/v1/me", None, &h, None);
+        let signed = sign_request(
+            &ed25519_signing_key(),
+            &m,
+            &SignatureOptions::new("install", default_covered_components(&m, TOKEN), NOW),
+        )
+        .unwrap();
+        with(
+            h,
+            &[
+                ("signature-input", &signed.signature_input),
+                ("signature", &signed.signature),
+            ],
+        )
+    };
+    let check = |h: &[(String, String)]| {
+        let m = Message::request("GET", "https", "api.example.com", "/v1/me", None, h, None);
+        verify(&p, &m, &ed25519_key(), TOKEN, NOW)
+    };
+    let plain = sign(headers(&[(TOKEN, "t")]));
+    assert!(check(&plain).is_ok());
+    // Added after signing, in any spelling: required, and not covered.
+    for name in ["content-type", "content_type"] {
+        let added = with(plain.clone(), &[(name, "text/plain")]);
+        assert_eq!(
+            check(&added),
+            Err(SigningError::UnderCovered {
+                missing: "content-type".to_owned()
+            }),
+            "{name}"
+        );
+    }
+    // Sent and signed, but not covered by the signer: required.
+    let sent = sign(headers(&[
+        (TOKEN, "t"),
+        ("content-type", "application/json"),
+    ]));
+    assert_eq!(
+        check(&sent),
+        Err(SigningError::UnderCovered {
+            missing: "content-type".to_owned()
+        })
+    );
+}
+
+#[test]
 fn error_under_covered() {
     // The RFC's B.2.6 signature under the default policy: it covers @path and
     // @authority but not the query, the token or the body digest.
