@@ -106,6 +106,21 @@ fn dev_zero_is_refused_at_once() {
         return;
     }
     refused(&cli(&["check-config", "/dev/zero"]), "16 MiB");
+    // The rate-limit service's limits too (read by its own loader; the
+    // plugin configuration before them is checked and reported).
+    let r = cli(&[
+        "check-config",
+        "examples/three-platform.json",
+        "--ratelimit-config",
+        "/dev/zero",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("/dev/zero: cannot read: it is larger than 16 MiB"),
+        "{}",
+        r.stderr
+    );
     let r = cli(&["mint", "--alg", "HS256", "--secret-file", "/dev/zero"]);
     refused(&r, "64 KiB");
     let r: Run = Command::new(env!("CARGO_BIN_EXE_appguard-cli"))

@@ -213,7 +213,9 @@ pub fn redis_url(
         return Ok(Some((url.clone(), RedisUrlSource::Flag)));
     }
     if let Some(path) = &cli.redis_url_file {
-        let text = std::fs::read_to_string(path)
+        // A URL is short: a file given by mistake (or `/dev/zero`) is
+        // refused unread past the bound.
+        let text = crate::config::read_text(path, 64 * 1024)
             .map_err(|e| format!("cannot read --redis-url-file {}: {e}", path.display()))?;
         let url = text.trim();
         if url.is_empty() {

@@ -456,10 +456,11 @@ impl RateLimitConfig {
         let mut sources = Vec::with_capacity(files.len());
         for file in &files {
             let name = file.display().to_string();
-            let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-                file: name.clone(),
-                source,
-            })?;
+            let text =
+                read_text(file, MAX_CONFIG_FILE_BYTES).map_err(|source| ConfigError::Read {
+                    file: name.clone(),
+                    source,
+                })?;
             // A byte-order mark (editors on Windows write one) is not YAML
             // content; envoyproxy/ratelimit's parser skips it too.
             let text = match text.strip_prefix('\u{feff}') {
@@ -547,6 +548,34 @@ impl RateLimitConfig {
         out.sort_by(|a, b| a.full_key.cmp(&b.full_key));
         out
     }
+}
+
+/// The largest limits file read (each file of `--config`): far beyond any
+/// real one, so that `--config /dev/zero` or a log file given by mistake
+/// is refused instead of filling memory.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads `path` as UTF-8 text of at most `max` bytes: a longer file (or an
+/// endless one, such as `/dev/zero`) is an error, read no further than the
+/// bound.
+pub fn read_text(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            match max {
+                m if m % (1 << 20) == 0 => format!("it is larger than {} MiB", m >> 20),
+                m if m % (1 << 10) == 0 => format!("it is larger than {} KiB", m >> 10),
+                m => format!("it is larger than {m} bytes"),
+            },
+        ));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
 /// Files named by one `--config` argument.

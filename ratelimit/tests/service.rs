@@ -781,6 +781,22 @@ fn bad_configuration_exits_2_with_a_clear_message() {
     let (code, stderr) = run_to_exit(&[]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--config"), "{stderr}");
+    // An endless file (or a log given by mistake): refused at a bound, not
+    // read until memory runs out.
+    if std::path::Path::new("/dev/zero").exists() {
+        let (code, stderr) = run_to_exit(&["--config", "/dev/zero", "--validate"]);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("it is larger than 16 MiB"), "{stderr}");
+        let (code, stderr) = run_to_exit(&[
+            "--config",
+            &a,
+            "--redis-url-file",
+            "/dev/zero",
+            "--validate",
+        ]);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("it is larger than 64 KiB"), "{stderr}");
+    }
 }
 
 #[test]
