@@ -517,6 +517,13 @@ fn classify(doc: &Value) -> Kind {
     let Some(obj) = doc.as_object() else {
         return Kind::Plugin;
     };
+    // A mapping with appguard's own top-level fields is an appguard
+    // configuration, whatever else it holds (`kind`, a bootstrap field, an
+    // object deep inside that looks like a Wasm filter): the filter reads
+    // it whole, and refuses what it does not know.
+    if APPGUARD_FIELDS.iter().any(|f| obj.contains_key(*f)) {
+        return Kind::Plugin;
+    }
     if let Some(kind) = obj.get("kind").and_then(Value::as_str) {
         if obj.contains_key("apiVersion") {
             return if kind == "WasmPlugin" {
@@ -526,9 +533,7 @@ fn classify(doc: &Value) -> Kind {
             };
         }
     }
-    if BOOTSTRAP_FIELDS.iter().any(|f| obj.contains_key(*f))
-        && !APPGUARD_FIELDS.iter().any(|f| obj.contains_key(*f))
-    {
+    if BOOTSTRAP_FIELDS.iter().any(|f| obj.contains_key(*f)) {
         return Kind::Envoy;
     }
     let mut found = false;
@@ -724,6 +729,19 @@ fn envoy_configs(doc: &Value, configs: &mut Vec<Checked>, skipped: &mut Vec<Skip
                 .as_ref()
                 .map_err(Clone::clone)
                 .and_then(|b| Config::from_json(b));
+            // Envoy's Wasm filter takes no per-route configuration: it
+            // refuses the whole file, whatever the configuration holds.
+            let result = if path.contains("typed_per_filter_config") {
+                Err(ConfigError::new(
+                    "",
+                    "Envoy refuses a Wasm filter's configuration under \
+                     typed_per_filter_config (\"doesn't support virtual host or route specific \
+                     configurations\"): configure appguard once, in http_filters, and give \
+                     routes their policies in its configuration",
+                ))
+            } else {
+                result
+            };
             let result = with_filter_flags(result, node, &mut notes);
             if let (Ok(c), Some(clusters)) = (&result, &clusters) {
                 missing_clusters(c, clusters, &mut notes);
@@ -766,8 +784,23 @@ fn envoy_plugin_bytes(config: &Value) -> Result<Vec<u8>, ConfigError> {
              use type.googleapis.com/google.protobuf.StringValue",
         ));
     };
+    // Envoy reads an Any's type URL as `host/name`, and refuses one
+    // without a `/` or with nothing before it.
+    let Some(name) = ty
+        .rsplit_once('/')
+        .filter(|(host, _)| !host.is_empty())
+        .map(|(_, name)| name)
+    else {
+        return Err(ConfigError::new(
+            "",
+            format!(
+                "plugin_config.configuration \"@type\" {ty:?} has no host (Envoy refuses \
+                 it): use type.googleapis.com/google.protobuf.StringValue"
+            ),
+        ));
+    };
     let value = conf.get("value");
-    let bytes = match ty.rsplit('/').next().unwrap_or("") {
+    let bytes = match name {
         "google.protobuf.StringValue" => match value {
             Some(Value::String(s)) => s.clone().into_bytes(),
             None => Vec::new(),
@@ -881,13 +914,19 @@ fn wasm_plugin(doc: &Value, text: &str) -> Result<Checked, Option<Skipped>> {
         );
         (read, changed)
     });
+    // Where Kubernetes reads the manifest otherwise, its reading decides,
+    // whether or not this one passed (`max_body_bytes: 1_000` is a string
+    // here, refused, and the number 1000 there, taken).
     let result = match (result, read) {
-        (Ok(c), Some((read, true))) => {
+        (_, Some((read, true))) => {
             match serde_json::to_vec(&as_istio_sends(&read))
                 .map_err(|e| ConfigError::new("", e.to_string()))
-                .and_then(|b| Config::from_json(&b))
-            {
-                Ok(_) => Ok(c),
+                .and_then(|b| {
+                    let r = Config::from_json(&b);
+                    sent = Some(b);
+                    r
+                }) {
+                Ok(c) => Ok(c),
                 Err(e) => Err(ConfigError::new(
                     e.path.clone(),
                     format!(

@@ -450,6 +450,22 @@ fn an_unquoted_yaml_1_1_number_in_a_manifest_is_warned_of() {
     let r = common::cli_with_stdin(&["check-config", "-"], Some(&quoted));
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+    // A number YAML 1.2 reads as a string (refused) and Kubernetes as a
+    // number (taken): Kubernetes' reading decides, with the warning.
+    for (written, number) in [("1_000", "1000"), ("0200", "128")] {
+        let sized = quoted.replace(
+            "routes:",
+            &format!("max_body_bytes: {written}\n    routes:"),
+        );
+        let r = common::cli_with_stdin(&["check-config", "-"], Some(&sized));
+        assert_eq!(r.code, 0, "{written}: {}", r.all());
+        assert!(
+            r.stderr
+                .contains(&format!("unquoted is the number {number} to Kubernetes")),
+            "{}",
+            r.stderr
+        );
+    }
 }
 
 #[test]
@@ -738,4 +754,61 @@ fn collect_secrets(doc: &serde_json::Value, out: &mut std::collections::BTreeSet
         serde_json::Value::Array(items) => items.iter().for_each(|v| collect_secrets(v, out)),
         _ => {}
     }
+}
+
+#[test]
+fn the_check_agrees_with_envoy_on_shapes_it_used_to_misread() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, text: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        cli(&["check-config", s(&file)])
+    };
+    // An appguard configuration holding, deep inside, an object that looks
+    // like a Wasm filter: the filter reads the whole document, and refuses
+    // the field.
+    let nested = r#"{"mode":"enforce","routes":[{"name":"a","match":{"prefix":"/"},
+        "x":{"root_id":"appguard","configuration":{"@type":"type.googleapis.com/google.protobuf.StringValue","value":"{}"}}}]}"#;
+    let r = run("nested.json", nested);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("routes[0].x"), "{}", r.stderr);
+    // `kind` and `apiVersion` beside appguard's fields: the filter's
+    // unknown field, not "not an appguard configuration".
+    let r = run(
+        "kind.json",
+        r#"{"kind":"Config","apiVersion":"v1","mode":"enforce"}"#,
+    );
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("kind"), "{}", r.stderr);
+    // A type URL without a host: Envoy refuses the Any.
+    let envoy = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
+    let typed = "type.googleapis.com/google.protobuf.StringValue";
+    assert!(envoy.contains(typed), "the example changed");
+    let r = run(
+        "nohost.yaml",
+        &envoy.replacen(typed, "google.protobuf.StringValue", 1),
+    );
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("has no host"), "{}", r.stderr);
+    let r = run(
+        "otherhost.yaml",
+        &envoy.replacen(typed, "example.com/google.protobuf.StringValue", 1),
+    );
+    assert_eq!(r.code, 0, "any host will do: {}", r.all());
+    // A Wasm configuration under a route's typed_per_filter_config: Envoy
+    // refuses any, whatever it holds.
+    let per_route = serde_json::json!({"static_resources": {"listeners": [{
+        "name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
+        "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{
+                "match": {"prefix": "/"}, "direct_response": {"status": 200},
+                "typed_per_filter_config": {"envoy.filters.http.wasm": {
+                    "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                    "config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                        "config": {"root_id": "appguard", "configuration": {
+                            "@type": typed, "value": "{\"mode\":\"enforce\"}"}}}}}}]}]}}}]}]}]}});
+    let r = run("per-route.json", &per_route.to_string());
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("typed_per_filter_config"), "{}", r.stderr);
 }
