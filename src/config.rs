@@ -147,8 +147,10 @@ struct RawConfig {
     /// Largest body buffered on routes that read it (1..=1048576, default
     /// 16384); larger is `413 body_too_large`. See
     /// [`Config::max_body_bytes`].
+    // `u64`, not `usize`: 32 bits in the module and 64 in the CLI, which
+    // would word a refusal of 2^32 and more differently.
     #[serde(default = "default_max_body")]
-    max_body_bytes: usize,
+    max_body_bytes: u64,
     /// A webhook for denial spikes. See [`Config::alerts`].
     #[serde(default, deserialize_with = "crate::config::present")]
     alerts: Option<crate::alerts::RawAlerts>,
@@ -247,7 +249,7 @@ fn default_decision_log_per_second() -> u32 {
     100
 }
 
-fn default_max_body() -> usize {
+fn default_max_body() -> u64 {
     16 * 1024
 }
 
@@ -425,7 +427,7 @@ struct RawRoute {
     /// Largest body buffered on this route (1..=1048576); left out, the
     /// top-level `max_body_bytes`. See [`Route::max_body_bytes`].
     #[serde(default, deserialize_with = "crate::config::present")]
-    max_body_bytes: Option<usize>,
+    max_body_bytes: Option<u64>,
 }
 
 /// What happens when a dependency fails: the shared rate-limit service does
@@ -1574,6 +1576,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     if raw.max_body_bytes == 0 || raw.max_body_bytes > 1024 * 1024 {
         return Err(ConfigError::new("max_body_bytes", "must be 1..=1048576"));
     }
+    let max_body_bytes = usize::try_from(raw.max_body_bytes).unwrap_or(usize::MAX);
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.into_iter().enumerate() {
         let at = format!("routes[{i}]");
@@ -1598,7 +1601,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             raw.mode,
             &providers,
             default_failure,
-            raw.max_body_bytes,
+            max_body_bytes,
         )?;
         // Routes are tried in order and the first match wins: a route that
         // an earlier one covers entirely never applies, and its policy
@@ -1932,7 +1935,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         providers,
         rate_limit_service,
         phone,
-        max_body_bytes: raw.max_body_bytes,
+        max_body_bytes,
         alerts: raw
             .alerts
             .map(|a| crate::alerts::compile(a, &route_names))
@@ -2109,13 +2112,16 @@ fn compile_route(
         None => None,
     };
     let rate_limits = limits::compile(&format!("{at}.rate_limits"), &r.name, r.rate_limits)?;
-    let max_body_bytes = r.max_body_bytes.unwrap_or(default_max_body);
-    if max_body_bytes == 0 || max_body_bytes > 1024 * 1024 {
-        return Err(ConfigError::new(
-            format!("{at}.max_body_bytes"),
-            "must be 1..=1048576",
-        ));
-    }
+    let max_body_bytes = match r.max_body_bytes {
+        None => default_max_body,
+        Some(n) if (1..=1024 * 1024).contains(&n) => usize::try_from(n).unwrap_or(usize::MAX),
+        Some(_) => {
+            return Err(ConfigError::new(
+                format!("{at}.max_body_bytes"),
+                "must be 1..=1048576",
+            ))
+        }
+    };
     Ok(Route {
         name: r.name,
         path,
@@ -3661,6 +3667,33 @@ mod tests {
             {"name":"burst","entries":[{"type":"route"}],"local":{"requests":2,"per":"minute"}},
             {"name":"daily","entries":[{"type":"route"}]}]}]}"#;
         assert!(Config::from_json(json.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn sizes_of_2_to_the_32_and_more_are_refused_in_the_same_words_everywhere() {
+        // The module is 32-bit and the CLI 64-bit: a `usize` field would be
+        // refused by serde in one and by the range check in the other.
+        // (This test runs in both: `make wasm-test`.)
+        let hs = r#""keys":[{"alg":"HS256","secret_base64":"MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE="}]"#;
+        for n in [4_294_967_296u64, 5_000_000_000, u64::MAX] {
+            let e = err(&format!(r#"{{"max_body_bytes":{n}}}"#));
+            assert_eq!(
+                (e.path.as_str(), e.message.as_str()),
+                ("max_body_bytes", "must be 1..=1048576")
+            );
+            let e = err(&format!(
+                r#"{{"routes":[{{"name":"r","match":{{"prefix":"/"}},"max_body_bytes":{n}}}]}}"#
+            ));
+            assert_eq!(
+                (e.path.as_str(), e.message.as_str()),
+                ("routes[0].max_body_bytes", "must be 1..=1048576")
+            );
+            let e = err(&format!(
+                r#"{{"tokens":[{{"name":"t","from":[{{"header":"x-t"}}],{hs},"max_token_bytes":{n}}}]}}"#
+            ));
+            assert_eq!(e.path, "tokens[0].max_token_bytes", "{e}");
+            assert!(e.message.contains("must be 64..=65536"), "{e}");
+        }
     }
 
     #[test]

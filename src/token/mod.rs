@@ -560,8 +560,9 @@ pub(crate) struct RawProvider {
     clock_skew_seconds: u64,
     /// Largest accepted token, checked before decoding (64..=65536, default
     /// 4096). See [`Provider::max_token_bytes`].
+    // `u64`, not `usize`: see `RawConfig::max_body_bytes`.
     #[serde(default = "default_max_token")]
-    max_token_bytes: usize,
+    max_token_bytes: u64,
     /// Token binding to request header values. See [`Provider::binding`].
     #[serde(default, deserialize_with = "crate::config::present")]
     binding: Option<RawBinding>,
@@ -613,7 +614,7 @@ fn default_lifetime() -> u64 {
 fn default_skew() -> u64 {
     5
 }
-fn default_max_token() -> usize {
+fn default_max_token() -> u64 {
     4096
 }
 
@@ -950,7 +951,7 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
         required_claims: raw.required_claims.into_iter().collect(),
         max_lifetime_seconds: raw.max_lifetime_seconds,
         clock_skew_seconds: raw.clock_skew_seconds,
-        max_token_bytes: raw.max_token_bytes,
+        max_token_bytes: usize::try_from(raw.max_token_bytes).unwrap_or(usize::MAX),
         binding,
         replay,
         app_claim,
