@@ -1354,6 +1354,41 @@ fn wrong_kind_of_value(bytes: &[u8], e: &serde_json::Error) -> Option<String> {
 /// secret written in the wrong place (a bare HMAC secret where a key object
 /// belongs), and Envoy logs the message.
 fn without_string_values(message: &str) -> String {
+    without_wrong_type_numbers(&without_quoted_strings(message))
+}
+
+/// `message` with the number of a type error (`invalid type: integer
+/// `123…`, expected a string`) replaced by `an integer` (or `a number`):
+/// a numeric secret or API key written unquoted is a secret all the same.
+/// A range error (`invalid value: integer `5000`, expected …`) keeps its
+/// number, which only numeric settings show.
+fn without_wrong_type_numbers(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    loop {
+        let found = [
+            ("invalid type: integer `", "invalid type: an integer"),
+            ("invalid type: floating point `", "invalid type: a number"),
+        ]
+        .iter()
+        .filter_map(|&(mark, said)| rest.find(mark).map(|at| (at, mark, said)))
+        .min_by_key(|&(at, _, _)| at);
+        let Some((at, mark, said)) = found else {
+            break;
+        };
+        out.push_str(&rest[..at]);
+        out.push_str(said);
+        let value = &rest[at + mark.len()..];
+        rest = value
+            .find('`')
+            .and_then(|end| value.get(end + 1..))
+            .unwrap_or("");
+    }
+    out.push_str(rest);
+    out
+}
+
+fn without_quoted_strings(message: &str) -> String {
     const MARK: &str = "string \"";
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
@@ -2968,6 +3003,21 @@ mod tests {
         assert_eq!(
             without_string_values(r#"invalid value: string "a\"b", expected x; string "c"#),
             "invalid value: a string, expected x; a string"
+        );
+        // Nor a number written where a string belongs (a numeric secret or
+        // key, unquoted); a range error keeps its number.
+        let e = err(
+            r#"{"tokens":[{"name":"p","from":[{"header":"x"}],"keys":[{"secret_base64":12345678901234567890}]}]}"#,
+        );
+        assert_eq!(e.path, "tokens[0].keys[0].secret_base64");
+        assert!(!e.message.contains("1234"), "{e}");
+        assert!(e.message.contains("invalid type: an integer"), "{e}");
+        let e = err(r#"{"api_keys":{"keys":[{"id":"k","sha256":1.5e300}]}}"#);
+        assert!(!e.message.contains("1.5"), "{e}");
+        assert!(e.message.contains("invalid type: a number"), "{e}");
+        assert_eq!(
+            without_string_values("invalid value: integer `5000`, expected u8"),
+            "invalid value: integer `5000`, expected u8"
         );
     }
 
