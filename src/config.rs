@@ -1350,9 +1350,10 @@ fn wrong_kind_of_value(bytes: &[u8], e: &serde_json::Error) -> Option<String> {
 }
 
 /// `message` (a serde error) with every quoted string value it shows
-/// (`invalid type: string "…"`) replaced by `a string`: the value may be a
-/// secret written in the wrong place (a bare HMAC secret where a key object
-/// belongs), and Envoy logs the message.
+/// (`invalid type: string "…"`) replaced by `a string`, and a type error's
+/// number by `an integer` or `a number`: the value may be a secret written
+/// in the wrong place (a bare HMAC secret where a key object belongs, a
+/// numeric key unquoted), and Envoy logs the message.
 fn without_string_values(message: &str) -> String {
     without_wrong_type_numbers(&without_quoted_strings(message))
 }

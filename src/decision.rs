@@ -220,7 +220,9 @@ pub struct KeyScrub {
     /// The key headers to remove, by the names the request sent them
     /// under: `api_keys.header` in every spelling an upstream reads as it
     /// (`x_api_key` for `x-api-key`). Empty when the request has none. On
-    /// a denial, the token headers to remove as well.
+    /// a denial and before a wait, the token headers to remove as well
+    /// (on a denial, a forwarding provider's verified one too: see
+    /// [`Grant::scrub_refused`]).
     pub headers: Vec<String>,
     /// `:path` without the key query parameter, when it had one.
     pub path: Option<String>,
@@ -272,12 +274,31 @@ impl Grant {
     /// from the headers as they are then.
     pub fn scrub(&self) -> KeyScrub {
         let mut scrub = self.key_scrub.clone();
-        for name in &self.remove_headers {
-            if !scrub.headers.contains(name) {
-                scrub.headers.push(name.clone());
+        scrub.add_headers(self.remove_headers.iter().cloned());
+        scrub
+    }
+}
+
+impl Grant {
+    /// What to take off a request refused after all: [`Grant::scrub`], and
+    /// the verified token's headers a forwarding provider would have sent
+    /// upstream (nothing goes upstream now, and Envoy's access log reads
+    /// them).
+    pub fn scrub_refused(&self) -> KeyScrub {
+        let mut scrub = self.scrub();
+        scrub.add_headers(self.forwarded_headers.iter().cloned());
+        scrub
+    }
+}
+
+impl KeyScrub {
+    /// Adds header names to remove, each once.
+    pub fn add_headers(&mut self, names: impl IntoIterator<Item = String>) {
+        for name in names {
+            if !self.headers.contains(&name) {
+                self.headers.push(name);
             }
         }
-        scrub
     }
 }
 

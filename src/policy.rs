@@ -3121,18 +3121,10 @@ pub fn finish(mode: Mode, grant: Grant, denial: Denial) -> Decision {
         // token refused for another check (a wrong key, `app_mismatch`)
         // was not used up, and would be good for a replay by whoever reads
         // the log.
-        Mode::Enforce => {
-            let mut scrub = grant.scrub();
-            for name in grant.forwarded_headers {
-                if !scrub.headers.contains(&name) {
-                    scrub.headers.push(name);
-                }
-            }
-            Decision::Deny(Denial {
-                key_scrub: scrub,
-                ..denial
-            })
-        }
+        Mode::Enforce => Decision::Deny(Denial {
+            key_scrub: grant.scrub_refused(),
+            ..denial
+        }),
         Mode::Monitor => Decision::Allow(Grant {
             would_deny: Some(denial.reason),
             ..grant

@@ -2518,6 +2518,43 @@ fn made_up_kids_for_a_remote_jwks_spend_the_budget_and_then_ask_for_no_keys() {
 }
 
 #[test]
+fn before_a_key_fetch_only_the_tokens_that_never_go_upstream_are_taken_off() {
+    // The request waits for the JWKS: its credentials go first, so that a
+    // client leaving meanwhile leaves none in the access log. A forwarding
+    // provider's token stays: it may yet verify and go upstream.
+    let w = World::from(json!({
+        "api_keys": {"forward": false, "keys": [{"id": "k", "sha256": hash_api_key("key-1")}]},
+        "tokens": [{"name": "r", "from": [{"header": "x-t"}], "remote_jwks": {"cluster": "jwks", "path": "/jwks"}},
+                   {"name": "f", "from": [{"header": "x-f"}], "forward": true,
+                    "remote_jwks": {"cluster": "jwks", "path": "/jwks"}}],
+        "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["r", "f"],
+                    "api_key": "required"}]
+    }));
+    let t = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "kid": "k"}),
+        &json!({"exp": NOW + 60}),
+    );
+    let h = headers(&[
+        (":method", "GET"),
+        (":path", "/x"),
+        (":authority", "a"),
+        ("x-api-key", "key-1"),
+        ("x-t", &t),
+        ("x_t", &t),
+        ("x-f", &t),
+    ]);
+    let mut ctx = w.ctx();
+    ctx.key_fetch = KeyFetch::May;
+    match evaluate(&ctx, &Request::new(&h, "192.0.2.1".parse().ok()), NOW) {
+        Step::NeedKeys { key_scrub, .. } => {
+            assert_eq!(key_scrub.headers, vec!["x-api-key", "x-t", "x_t"]);
+        }
+        s => panic!("{s:?}"),
+    }
+}
+
+#[test]
 fn without_keys_a_known_forgery_or_a_spent_client_starts_no_fetch() {
     let w = World::from(json!({
         "tokens": [{"name": "r", "from": [{"header": "x-t"}], "remote_jwks": {"cluster": "jwks", "path": "/jwks"},

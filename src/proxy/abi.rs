@@ -43,9 +43,13 @@ impl std::fmt::Display for HostError {
 /// a cluster with no host to send to (a DNS name that does not resolve,
 /// EDS not fed yet), where the call fails as it starts.
 pub fn call_refused(cluster: &str, e: HostError) -> String {
-    let hint = match e.0 {
-        2 => "is that cluster defined in this Envoy (and, for the rate-limit service, HTTP/2)?",
-        10 => "has that cluster a host to send to (its DNS name resolved, an endpoint up)?",
+    let hint = match e {
+        BAD_ARGUMENT => {
+            "is that cluster defined in this Envoy (and, for the rate-limit service, HTTP/2)?"
+        }
+        INTERNAL_FAILURE => {
+            "has that cluster a host to send to (its DNS name resolved, an endpoint up)?"
+        }
         _ => {
             "is that cluster defined in this Envoy (and, for the rate-limit service, HTTP/2), \
              with a host to send to?"
@@ -56,6 +60,11 @@ pub fn call_refused(cluster: &str, e: HostError) -> String {
 
 /// `CasMismatch`.
 pub const CAS_MISMATCH: HostError = HostError(8);
+/// `BadArgument`: for a dispatch, a cluster Envoy does not define.
+pub const BAD_ARGUMENT: HostError = HostError(2);
+/// `InternalFailure`: for a dispatch, a call that failed as it started (a
+/// cluster with no host).
+pub const INTERNAL_FAILURE: HostError = HostError(10);
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
 const EMPTY: u32 = 7;

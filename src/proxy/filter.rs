@@ -266,13 +266,7 @@ impl GuardFilter {
                     .and_then(|v| v.trim().parse::<u64>().ok());
                 let max = pending.max_body_bytes(&worker.config);
                 if declared.is_some_and(|n| n > u64::try_from(max).unwrap_or(u64::MAX)) {
-                    let (step, now) = self.ctx_step(worker, KeyFetch::NotNow, |_, _, _| {
-                        policy::finish_pending(
-                            pending,
-                            crate::decision::Reason::BodyTooLarge.into(),
-                        )
-                    });
-                    return self.step(worker, step, now);
+                    return self.refuse_too_large(worker, pending);
                 }
                 if self.headers_end_stream {
                     self.body_complete(worker, pending, &[])
@@ -314,6 +308,8 @@ impl GuardFilter {
                              hold_headers_for_body: true"
                         )
                     });
+                    // Refused: its credentials go as a refusal's do.
+                    scrub(&pending.grant.scrub_refused());
                     self.reply_raw(503, "appguard_host_error")
                 } else {
                     // Envoy's Wasm host turns a paused headers callback into
@@ -1000,7 +996,7 @@ impl HttpContext for GuardFilter {
         });
         if !removed {
             warn!(
-                "#{} cannot read the trailers or remove a client's copy of an identity header from them",
+                "#{} cannot read the trailers or remove a client's identity or credential header from them",
                 self.context_id
             );
             return self.reply_raw(503, "appguard_host_error");
@@ -1063,6 +1059,15 @@ impl GuardFilter {
         }
     }
 
+    /// `413 body_too_large` for a body over the route's `max_body_bytes`
+    /// (in monitor mode, the request goes on with it as would-deny).
+    fn refuse_too_large(&mut self, worker: &Rc<Worker>, pending: Box<Pending>) -> Action {
+        let (step, now) = self.ctx_step(worker, KeyFetch::NotNow, |_, _, _| {
+            policy::finish_pending(pending, crate::decision::Reason::BodyTooLarge.into())
+        });
+        self.step(worker, step, now)
+    }
+
     fn on_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(worker) = self.worker.clone() else {
             return self.reply_raw(503, "appguard_unconfigured");
@@ -1073,10 +1078,7 @@ impl GuardFilter {
         let max = pending.max_body_bytes(&worker.config);
         if body_size > max {
             // Refused by size before reading or parsing any of it.
-            let (step, now) = self.ctx_step(&worker, KeyFetch::NotNow, |_, _, _| {
-                policy::finish_pending(pending, crate::decision::Reason::BodyTooLarge.into())
-            });
-            return self.step(&worker, step, now);
+            return self.refuse_too_large(&worker, pending);
         }
         if !end_of_stream {
             self.state = State::AwaitingBody(pending);
