@@ -169,20 +169,23 @@ async fn redis_down_is_unavailable_and_unhealthy_then_recovers() {
     assert_eq!(service.http_get("/healthcheck"), (200, "OK".to_owned()));
 
     redis.stop();
-    for _ in 0..3 {
+    let mut took = Vec::new();
+    for _ in 0..5 {
         let started = Instant::now();
         let err = client.should_rate_limit(req.clone()).await.unwrap_err();
+        took.push(started.elapsed());
         assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-        // Nothing listens: the connect is refused at once, and so is the
-        // call, with no retry and backoff inside it (under
-        // `failure_mode: allow` every request would wait for them).
-        assert!(
-            started.elapsed() < Duration::from_millis(100),
-            "too slow to fail: {:?}",
-            started.elapsed()
-        );
         assert!(err.message().contains("refused"), "{err:?}");
     }
+    // Nothing listens: the connect is refused at once, and so is the call,
+    // with no retry and backoff inside it (each took ~150 ms then: under
+    // `failure_mode: allow` every request would wait for them). The
+    // median, so that one slow moment of a busy machine does not decide.
+    took.sort();
+    assert!(
+        took[2] < Duration::from_millis(100),
+        "too slow to fail: {took:?}"
+    );
     // Unmatched descriptors need no counter: still answered.
     let unmatched = request("appguard", vec![descriptor(&[("nothing", "x")])]);
     assert_eq!(
@@ -193,7 +196,7 @@ async fn redis_down_is_unavailable_and_unhealthy_then_recovers() {
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("redis"), "{body}");
     let stats: serde_json::Value = serde_json::from_str(&service.http_get("/stats").1).unwrap();
-    assert_eq!(stats["backend_errors"], 3);
+    assert_eq!(stats["backend_errors"], 5);
 
     // Redis back on the same port (empty: no persistence): the service
     // reconnects by itself.

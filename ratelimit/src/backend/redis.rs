@@ -263,7 +263,8 @@ pub const REPLACE_TIMED_OUT_EVERY: Duration = Duration::from_secs(1);
 /// How long calls fail at once after Redis refused a connection (nothing
 /// listens: Redis down or restarting), before a call connects again: at
 /// most one connection attempt per this while Redis is down, and a Redis
-/// that is back is used within this.
+/// that is back is used within about twice this (the first call after the
+/// wait may get the last failed attempt's error, and start the next).
 pub const CONNECT_REFUSED_WAIT: Duration = Duration::from_millis(100);
 
 /// How long a counting call's failure keeps the health check failing when
