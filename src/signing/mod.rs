@@ -675,18 +675,24 @@ fn check_coverage(
         })
     };
     for required in &policy.required_components {
-        // A header field is required where the request has it, in any
-        // spelling an upstream reads as it: a signature cannot cover an
-        // absent field (RFC 9421 §2.5), and a request without it has
-        // nothing there to change. One added to a signed request is then
-        // required, and not covered.
-        let present = required.starts_with('@')
-            || message
-                .headers
-                .iter()
-                .any(|(n, _)| crate::request::same_header_name(n.as_bytes(), required.as_bytes()));
-        if present && !covers(required) {
-            return under(required);
+        if required.starts_with('@') {
+            if !covers(required) {
+                return under(required);
+            }
+            continue;
+        }
+        // A header field is required where the request has it, under each
+        // name an upstream reads as it (`content_type` is `Content-Type` to
+        // PHP): a signature cannot cover an absent field (RFC 9421 §2.5),
+        // and a request without it has nothing there to change. One added
+        // to a signed request, or sent beside the signed one under another
+        // spelling, is then required, and not covered.
+        for (name, _) in message.headers.iter() {
+            if crate::request::same_header_name(name.as_bytes(), required.as_bytes())
+                && !covers(name)
+            {
+                return under(name);
+            }
         }
     }
     if policy.require_target && !covers("@target-uri") {

@@ -1333,12 +1333,15 @@ fn a_configured_header_is_required_where_the_request_has_it() {
         required_components: vec!["@method".to_owned(), "content-type".to_owned()],
         ..SigningPolicy::default()
     };
-    let sign = |h: Vec<(String, String)>| {
+    let sign_with = |h: Vec<(String, String)>, extra: &[&str]| {
         let m = Message::request("GET", "https", "api.example.com", "/v1/me", None, &h, None);
+        let mut components = default_covered_components(&m, TOKEN);
+        components.extend(extra.iter().map(|c| (*c).to_owned()));
+        components.dedup();
         let signed = sign_request(
             &ed25519_signing_key(),
             &m,
-            &SignatureOptions::new("install", default_covered_components(&m, TOKEN), NOW),
+            &SignatureOptions::new("install", components, NOW),
         )
         .unwrap();
         with(
@@ -1349,6 +1352,7 @@ fn a_configured_header_is_required_where_the_request_has_it() {
             ],
         )
     };
+    let sign = |h: Vec<(String, String)>| sign_with(h, &[]);
     let check = |h: &[(String, String)]| {
         let m = Message::request("GET", "https", "api.example.com", "/v1/me", None, h, None);
         verify(&p, &m, &ed25519_key(), TOKEN, NOW)
@@ -1361,11 +1365,25 @@ fn a_configured_header_is_required_where_the_request_has_it() {
         assert_eq!(
             check(&added),
             Err(SigningError::UnderCovered {
-                missing: "content-type".to_owned()
+                missing: name.to_owned()
             }),
             "{name}"
         );
     }
+    // Covered, with a second copy under another spelling beside it: that
+    // one is not covered.
+    let covered = sign_with(
+        headers(&[(TOKEN, "t"), ("content-type", "application/json")]),
+        &["content-type"],
+    );
+    assert!(check(&covered).is_ok());
+    let beside = with(covered, &[("content_type", "text/plain")]);
+    assert_eq!(
+        check(&beside),
+        Err(SigningError::UnderCovered {
+            missing: "content_type".to_owned()
+        })
+    );
     // Sent and signed, but not covered by the signer: required.
     let sent = sign(headers(&[
         (TOKEN, "t"),
