@@ -481,31 +481,21 @@ pub struct Facts {
 /// signature, or with the wrong platform headers, would burn the genuine
 /// client's `jti` although appguard refused the copy.
 #[derive(Clone, Debug)]
-pub enum ReplayMark {
-    /// `replay.scope: service`: a descriptor counted by the rate-limit
-    /// service with limit 1, in the same call as the route's limits; and,
-    /// should the call fail under `failure_mode: allow`, the entry the
-    /// instance's replay table takes instead (see `rls_verdict`).
-    Service {
-        /// Index of the provider (its replay claim names the descriptor's
-        /// key, its name the local table).
-        provider: usize,
-        /// Truncated SHA-256 of the provider name and the claim value
-        /// (sent in hex as the descriptor's value).
-        digest: [u8; 16],
-        /// Until when a local entry is kept: the token's `exp` plus skew.
-        expires: u64,
-    },
-    /// `replay.scope: local`: an entry in the instance's shared replay
-    /// table.
-    Local {
-        /// Index of the provider (its name names the table).
-        provider: usize,
-        /// Truncated SHA-256 of the provider name and the claim value.
-        digest: [u8; 16],
-        /// Until when the entry is kept: the token's `exp` plus skew.
-        expires: u64,
-    },
+pub struct ReplayMark {
+    /// `local`: an entry in the instance's shared replay table. `service`:
+    /// a descriptor counted by the rate-limit service with limit 1, in the
+    /// same call as the route's limits; and, should the call fail under
+    /// `failure_mode: allow`, the entry the instance's table takes instead
+    /// (see `rls_verdict`).
+    pub scope: ReplayScope,
+    /// Index of the provider (its name names the table, its replay claim
+    /// the descriptor's key).
+    pub provider: usize,
+    /// Truncated SHA-256 of the provider name and the claim value (sent in
+    /// hex as the descriptor's value).
+    pub digest: [u8; 16],
+    /// Until when a local entry is kept: the token's `exp` plus skew.
+    pub expires: u64,
 }
 
 /// An evaluation that waits for the body or the rate-limit service: what
@@ -534,12 +524,11 @@ pub struct Pending {
     /// request, so that the `jti` is not used up by a request that was not
     /// let through.
     local_replay: Option<(usize, [u8; 16], u32)>,
-    /// With `replay.scope: service`, the entry (provider, digest, until
-    /// when) the instance's replay table records if the call fails and
-    /// `failure_mode: allow` lets the request through: replays are then
-    /// still refused within the instance, not let through for as long as
-    /// the service is down.
-    replay_fallback: Option<(usize, [u8; 16], u64)>,
+    /// With `replay.scope: service`, the entry the instance's replay table
+    /// records if the call fails and `failure_mode: allow` lets the request
+    /// through: replays are then still refused within the instance, not
+    /// let through for as long as the service is down.
+    replay_fallback: Option<ReplayMark>,
 }
 
 impl Pending {
@@ -1687,11 +1676,12 @@ fn limits_phase(
     // copies of a captured token must not spend the genuine client's local
     // limits (the claim is still recorded last, below, so that a request
     // the limits refuse does not burn it).
-    if let Some(ReplayMark::Local {
-        provider, digest, ..
-    }) = &pending.replay
+    if let Some(m) = pending
+        .replay
+        .as_ref()
+        .filter(|m| m.scope == ReplayScope::Local)
     {
-        if local_replay_seen(ctx, *provider, digest, now) {
+        if local_replay_seen(ctx, m.provider, &m.digest, now) {
             return deny(pending, Reason::TokenReplayed.into());
         }
     }
@@ -1785,27 +1775,20 @@ fn limits_phase(
     // The replay claim last (see `ReplayMark`): the request passed every
     // check, and the limits counted it without refusing it.
     let service_replay = match pending.replay.take() {
-        Some(ReplayMark::Local {
-            provider,
-            digest,
-            expires,
-        }) => {
-            match local_replay(ctx, provider, &digest, expires, now) {
-                Ok(capacity) => pending.local_replay = Some((provider, digest, capacity)),
+        Some(m) if m.scope == ReplayScope::Local => {
+            match local_replay(ctx, m.provider, &m.digest, m.expires, now) {
+                Ok(capacity) => pending.local_replay = Some((m.provider, m.digest, capacity)),
                 Err(r) => return deny(pending, r.into()),
             }
             None
         }
-        Some(ReplayMark::Service {
-            provider,
-            digest,
-            expires,
-        }) => {
-            pending.replay_fallback = Some((provider, digest, expires));
-            replay_table(config, provider).map(|(_, r)| {
-                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Some(m) => {
+            let descriptor = replay_table(config, m.provider).map(|(_, r)| {
+                let hex: String = m.digest.iter().map(|b| format!("{b:02x}")).collect();
                 vec![(r.claim.clone(), hex)]
-            })
+            });
+            pending.replay_fallback = Some(m);
+            descriptor
         }
         None => None,
     };
@@ -1969,9 +1952,9 @@ fn rls_verdict(
                     // only during the outage once more.)
                     // A full table lets it through, as the route lets
                     // its limits go: only a use seen before is refused.
-                    if let Some((provider, digest, expires)) = pending.replay_fallback.take() {
+                    if let Some(m) = pending.replay_fallback.take() {
                         if let Err(r) =
-                            local_replay_strict(ctx, provider, &digest, expires, now, false)
+                            local_replay_strict(ctx, m.provider, &m.digest, m.expires, now, false)
                         {
                             return deny(pending, r.into());
                         }
@@ -2986,18 +2969,11 @@ fn token_rules(
         let mut digest = [0u8; 16];
         digest.copy_from_slice(d.get(..16).unwrap_or(&[0; 16]));
         // Recorded once the other checks passed (`limits_phase`).
-        *replay_out = Some(match r.scope {
-            // Checked by the service with the other descriptors (limit 1).
-            ReplayScope::Service => ReplayMark::Service {
-                provider: verified.provider,
-                digest,
-                expires: verified.exp.saturating_add(provider.clock_skew_seconds),
-            },
-            ReplayScope::Local => ReplayMark::Local {
-                provider: verified.provider,
-                digest,
-                expires: verified.exp.saturating_add(provider.clock_skew_seconds),
-            },
+        *replay_out = Some(ReplayMark {
+            scope: r.scope,
+            provider: verified.provider,
+            digest,
+            expires: verified.exp.saturating_add(provider.clock_skew_seconds),
         });
     }
     for (claim, header) in &provider.claim_to_headers {
