@@ -277,9 +277,7 @@ impl Grant {
         scrub.add_headers(self.remove_headers.iter().cloned());
         scrub
     }
-}
 
-impl Grant {
     /// What to take off a request refused after all: [`Grant::scrub`], and
     /// the verified token's headers a forwarding provider would have sent
     /// upstream (nothing goes upstream now, and Envoy's access log reads

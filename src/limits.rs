@@ -611,11 +611,11 @@ pub fn descriptor_digest(scope: &DigestScope, d: &Descriptor) -> [u8; 16] {
     out
 }
 
-/// Reads a value by JSON pointer as text: strings as they are, integers
-/// printed; anything else (objects, arrays, floats, booleans, null) is not
-/// a usable value.
-pub fn pointer_text(doc: &Value, pointer: &str) -> Option<String> {
-    match doc.pointer(pointer)? {
+/// A body value (found by JSON pointer) as text: strings as they are,
+/// integers printed; anything else (objects, arrays, floats, booleans,
+/// null) is not a usable value.
+pub fn value_text(value: &Value) -> Option<String> {
+    match value {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
         _ => None,
@@ -1866,6 +1866,7 @@ mod tests {
 
     #[test]
     fn pointer_values() {
+        let pointer_text = |v: &Value, p: &str| v.pointer(p).and_then(value_text);
         let v: Value =
             serde_json::from_str(r#"{"to":"+44 7700","n":447700,"f":1.5,"o":{"x":"y"}}"#).unwrap();
         assert_eq!(pointer_text(&v, "/to").as_deref(), Some("+44 7700"));

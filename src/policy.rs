@@ -1556,16 +1556,13 @@ fn body_values(config: &Config, route: &Route, body: &[u8]) -> Result<BodyValues
             if out.contains_key(&key) {
                 continue;
             }
-            let raw = limits::pointer_text(&doc, pointer).ok_or(Reason::BodyInvalid)?;
+            let node = doc.pointer(pointer).ok_or(Reason::BodyInvalid)?;
             // A negative JSON integer is no phone number: its `-` is a
             // sign, not a separator.
-            let negative = doc
-                .pointer(pointer)
-                .and_then(serde_json::Value::as_i64)
-                .is_some_and(|n| n < 0);
-            if *is_phone && negative {
+            if *is_phone && node.as_i64().is_some_and(|n| n < 0) {
                 return Err(Reason::BodyInvalid);
             }
+            let raw = limits::value_text(node).ok_or(Reason::BodyInvalid)?;
             let value = if *is_phone {
                 let pc = config.phone.as_ref().ok_or(Reason::BodyInvalid)?;
                 let number = phone::normalize(&raw, &pc.rules).map_err(|_| Reason::BodyInvalid)?;

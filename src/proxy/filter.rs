@@ -205,10 +205,7 @@ impl GuardFilter {
     /// header only appguard may set ([`Self::is_ours`]); false when one
     /// could not be removed, for the caller to fail closed.
     fn removed_ours(&self, map: Map, pairs: &crate::headers::Headers) -> bool {
-        !pairs
-            .iter()
-            .filter(|(n, _)| self.is_ours(n))
-            .any(|(name, _)| abi::remove_header(map, name).is_err())
+        removed_where(map, pairs, |n| self.is_ours(n))
     }
 
     /// Whether only appguard may set this header: `x-appguard-*`, and the
@@ -636,7 +633,7 @@ impl GuardFilter {
                     self.context_id,
                     reason,
                     describe(worker, facts, &self.headers),
-                    budget_note(facts)
+                    refusal_notes(facts)
                 )
             });
             let _ = abi::set_header(Map::RequestHeaders, "x-appguard-would-deny", reason.code());
@@ -656,7 +653,7 @@ impl GuardFilter {
                 reason,
                 reason.status(),
                 describe(worker, facts, &self.headers),
-                budget_note(facts)
+                refusal_notes(facts)
             )
         });
         scrub(&denial.key_scrub);
@@ -988,11 +985,9 @@ impl HttpContext for GuardFilter {
         // One that cannot be removed fails closed, as in the headers, and
         // so do trailers that cannot be read.
         let removed = abi::map_headers(Map::RequestTrailers).is_ok_and(|trailers| {
-            self.removed_ours(Map::RequestTrailers, &trailers)
-                && !trailers
-                    .iter()
-                    .filter(|(n, _)| self.is_credential(n))
-                    .any(|(name, _)| abi::remove_header(Map::RequestTrailers, name).is_err())
+            removed_where(Map::RequestTrailers, &trailers, |n| {
+                self.is_ours(n) || self.is_credential(n)
+            })
         });
         if !removed {
             warn!(
@@ -1128,6 +1123,15 @@ fn delegated_payload(config: &crate::config::Config, index: usize) -> Option<Cla
     crate::token::delegated::payload_from_metadata(&bytes, filter, key)
 }
 
+/// Removes from `map` each of `pairs` whose name `which` picks: false when
+/// one could not be removed.
+fn removed_where(map: Map, pairs: &crate::headers::Headers, which: impl Fn(&str) -> bool) -> bool {
+    !pairs
+        .iter()
+        .filter(|(n, _)| which(n))
+        .any(|(name, _)| abi::remove_header(map, name).is_err())
+}
+
 /// Takes the API key out of the request as the core decided (its header,
 /// and `:path` without the key parameter). On a denial too, with the
 /// token headers: the request goes no further, but Envoy's access log
@@ -1154,7 +1158,7 @@ fn downstream_ip() -> Option<IpAddr> {
 /// The log notes of a refusal: a token refused without verification
 /// because its client's failure budget is spent, and why a request
 /// signature was refused.
-fn budget_note(facts: &Facts) -> std::borrow::Cow<'static, str> {
+fn refusal_notes(facts: &Facts) -> std::borrow::Cow<'static, str> {
     let budget = if facts.budget_refused {
         " budget=exhausted"
     } else {
