@@ -918,13 +918,60 @@ pub fn take_local_n<S: SharedStore + ?Sized>(
                 retry_after: u.wait_ms(entry.1).div_ceil(1000).max(1),
             }
         };
-        let mut bytes = Vec::with_capacity(entries.len() * LOCAL_ENTRY);
-        for (d, t, l) in &entries {
-            bytes.extend_from_slice(d);
-            bytes.extend_from_slice(&t.to_le_bytes());
-            bytes.extend_from_slice(&l.to_le_bytes());
+        (Some(entries_bytes(&entries)), outcome)
+    })
+}
+
+/// A bucket's entries as shared data holds them.
+fn entries_bytes(entries: &[LocalEntry]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(entries.len() * LOCAL_ENTRY);
+    for (d, t, l) in entries {
+        bytes.extend_from_slice(d);
+        bytes.extend_from_slice(&t.to_le_bytes());
+        bytes.extend_from_slice(&l.to_le_bytes());
+    }
+    bytes
+}
+
+/// Gives back the token an allowed [`take_local`] took for a request that
+/// was refused after all (by a later limit, the rate-limit service or the
+/// replay check): refused requests must not spend a limit, or a client over
+/// one of its own limits could drain another it shares with others (a
+/// phone number's, an API key's) and lock their owners out.
+///
+/// The token goes back where [`take_local`] would count the descriptor now
+/// (its own entry, or the overflow entry it shares), never above a full
+/// bucket. An entry gone since (evicted when full again) starts full
+/// anyway, so there is nothing to give back to.
+pub fn give_back_local<S: SharedStore + ?Sized>(
+    s: &S,
+    salt: &BucketSalt,
+    digest: &[u8; 16],
+    limit: LocalLimit,
+    now_ms: u64,
+) -> Result<(), store::StoreError> {
+    let u = Units::of(limit);
+    let key = local_key(salt, digest, limit);
+    store::update(s, &key, |current| {
+        let mut entries = local_entries(current.unwrap_or(&[]));
+        let i = match place(&entries, digest, |t, l| u.idle(t, l, now_ms)) {
+            Place::Own(i) | Place::Overflow(Some(i)) => i,
+            Place::New | Place::Evict(_) | Place::Overflow(None) => return (None, ()),
+        };
+        let Some(entry) = entries.get_mut(i) else {
+            return (None, ());
+        };
+        let stepped_back = clock_set_back(entry.2, now_ms);
+        entry.1 = u
+            .at(entry.1, entry.2, now_ms)
+            .saturating_add(u.token)
+            .min(u.full);
+        // As in `take_local_n`: a reading a little behind another
+        // worker's `last` does not move it back.
+        if entry.2 <= now_ms || stepped_back {
+            entry.2 = now_ms;
         }
-        (Some(bytes), outcome)
+        (Some(entries_bytes(&entries)), ())
     })
 }
 
@@ -974,8 +1021,11 @@ pub fn failed_within<S: SharedStore + ?Sized>(
 
 /// When the descriptor's bucket will next hold a whole token (ms since the
 /// epoch), or `None` if it holds one now. A read of shared data, no write.
-/// Other workers can only take tokens, never add them, so the bucket stays
-/// empty at least until then: a worker may remember the answer.
+/// Other workers only take tokens from a failure budget's entry, never add
+/// them, so it stays empty at least until then: a worker may remember the
+/// answer. (A rate limit's tokens can come back early, from requests
+/// refused after taking them: [`give_back_local`]; remembering then errs
+/// on the strict side, and nothing remembers them.)
 ///
 /// A descriptor without an entry of its own is judged where
 /// [`take_local`] would count it: a free or idle slot holds a whole token,
@@ -1526,6 +1576,57 @@ mod tests {
             c.begin_ask(e, t + i, t + 1_000, 2);
         }
         assert_eq!(c.lease_ask(&e, 2, t + 100), 1);
+    }
+
+    #[test]
+    fn a_token_given_back_is_taken_again_and_never_fills_past_the_limit() {
+        let s = MemStore::default();
+        let limit = LocalLimit {
+            requests: 2,
+            per_seconds: 60,
+            ..Default::default()
+        };
+        let d = [7u8; 16];
+        let t = 1_000_000;
+        // Nothing taken: nothing to give back, nothing written.
+        give_back_local(&s, &SALT, &d, limit, t).unwrap();
+        assert!(s.get(&local_key(&SALT, &d, limit)).is_none());
+        assert!(take_local(&s, &SALT, &d, limit, t).unwrap().allowed);
+        assert!(take_local(&s, &SALT, &d, limit, t).unwrap().allowed);
+        assert!(!take_local(&s, &SALT, &d, limit, t).unwrap().allowed);
+        give_back_local(&s, &SALT, &d, limit, t + 5).unwrap();
+        let o = take_local(&s, &SALT, &d, limit, t + 5).unwrap();
+        assert!(o.allowed, "the token given back");
+        assert!(!take_local(&s, &SALT, &d, limit, t + 5).unwrap().allowed);
+        // Given back to a bucket refilled meanwhile: full, not more.
+        give_back_local(&s, &SALT, &d, limit, t + 120_000).unwrap();
+        give_back_local(&s, &SALT, &d, limit, t + 120_000).unwrap();
+        for _ in 0..2 {
+            assert!(
+                take_local(&s, &SALT, &d, limit, t + 120_000)
+                    .unwrap()
+                    .allowed
+            );
+        }
+        assert!(
+            !take_local(&s, &SALT, &d, limit, t + 120_000)
+                .unwrap()
+                .allowed
+        );
+        // A descriptor sharing the overflow entry gives back to it.
+        let same = digests_in_one_bucket(&SALT, 17);
+        let one = LocalLimit {
+            requests: 1,
+            per_seconds: 60,
+            ..Default::default()
+        };
+        for d in &same {
+            assert!(take_local(&s, &SALT, d, one, t).unwrap().allowed);
+        }
+        assert!(local_refill_at(&s, &SALT, &same[16], one, t).is_some());
+        give_back_local(&s, &SALT, &same[16], one, t).unwrap();
+        assert_eq!(local_refill_at(&s, &SALT, &same[16], one, t), None);
+        assert!(local_refill_at(&s, &SALT, &same[0], one, t).is_some());
     }
 
     #[test]

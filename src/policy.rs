@@ -529,6 +529,10 @@ pub struct Pending {
     /// through: replays are then still refused within the instance, not
     /// let through for as long as the service is down.
     replay_fallback: Option<ReplayMark>,
+    /// The local limits' tokens taken (limit, descriptor digest): given
+    /// back if the rate-limit service or the replay check refuses the
+    /// request after all (see [`take_locals`]).
+    local_taken: Vec<(limits::LocalLimit, [u8; 16])>,
 }
 
 impl Pending {
@@ -1348,6 +1352,7 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
         replay_index: None,
         local_replay: None,
         replay_fallback: None,
+        local_taken: Vec::new(),
         replay,
     });
     let Some(route) = route.filter(|_| !pending.facts.cors_preflight) else {
@@ -1528,6 +1533,74 @@ fn local_refusal(local: limits::LocalLimit, retry_after: u64) -> Denial {
     }
 }
 
+/// Takes a token from each of the route's local limits that applies
+/// (`local`: limit and descriptor digest, in the route's order), or none:
+/// a request one of them refuses spends none of the others. Otherwise a
+/// client over its own limit (per IP) could drain a limit it shares with
+/// others (a phone number's, an API key's) with requests that were never
+/// let through, and lock their owners out.
+///
+/// With more than one, each but the last is read before any is taken (a
+/// read of shared data, no write): the usual refusal then writes nothing,
+/// so a flood of refused requests cannot crowd out the writes of allowed
+/// ones. A limit that still refuses when its token is taken (another
+/// worker took the last one meanwhile) gives back the ones already taken.
+/// The tokens taken are kept in `pending`, to be given back if the
+/// request is refused later (replay, the rate-limit service).
+fn take_locals(
+    ctx: &Ctx<'_>,
+    route: &Route,
+    local: &[(limits::LocalLimit, [u8; 16])],
+    pending: &mut Pending,
+) -> Result<(), Denial> {
+    let salt = &ctx.bucket_salt;
+    if let Some((_, before_last)) = local.split_last() {
+        for &(limit, digest) in before_last {
+            if let Some(at) = limits::local_refill_at(ctx.store, salt, &digest, limit, ctx.now_ms) {
+                let wait = at.saturating_sub(ctx.now_ms).div_ceil(1000).max(1);
+                return Err(local_refusal(limit, wait));
+            }
+        }
+    }
+    for &(limit, digest) in local {
+        let refusal = match limits::take_local(ctx.store, salt, &digest, limit, ctx.now_ms) {
+            Ok(o) if o.allowed => {
+                pending.local_taken.push((limit, digest));
+                continue;
+            }
+            Ok(o) => local_refusal(limit, o.retry_after),
+            // Other workers kept writing the same bucket through every
+            // retry: the descriptor is under a flood, so it is refused
+            // as over its limit. `failure_mode` is for a store that
+            // cannot count; letting contention through would let the
+            // flood buy itself unlimited requests.
+            Err(store::StoreError::CasMismatch) => local_refusal(limit, 1),
+            // Shared data refused the update: the count cannot be kept,
+            // so the route's failure mode decides; letting the request
+            // go unlimited is counted and logged as degraded.
+            Err(_) if route.failure_mode == FailureMode::Allow => {
+                pending
+                    .facts
+                    .degraded
+                    .get_or_insert(Reason::RatelimitUnavailable);
+                continue;
+            }
+            Err(_) => Reason::RatelimitUnavailable.into(),
+        };
+        give_back_locals(ctx, std::mem::take(&mut pending.local_taken));
+        return Err(refusal);
+    }
+    Ok(())
+}
+
+/// Gives back the local tokens a request took ([`take_locals`]) when it is
+/// refused after all. One that cannot be given back stays spent: strict.
+fn give_back_locals(ctx: &Ctx<'_>, taken: Vec<(limits::LocalLimit, [u8; 16])>) {
+    for (limit, digest) in taken {
+        let _ = limits::give_back_local(ctx.store, &ctx.bucket_salt, &digest, limit, ctx.now_ms);
+    }
+}
+
 /// Values read from a JSON body: (pointer, read as a phone number) → value.
 type BodyValues = HashMap<(String, bool), String>;
 
@@ -1668,7 +1741,6 @@ fn limits_phase(
     now: u64,
 ) -> Step {
     let config = ctx.config;
-    let salt = &ctx.bucket_salt;
     // A `jti` already used is refused before any limit counts the request:
     // copies of a captured token must not spend the genuine client's local
     // limits (the claim is still recorded last, below, so that a request
@@ -1683,6 +1755,7 @@ fn limits_phase(
         }
     }
     let mut service: Vec<Sent> = Vec::new();
+    let mut local: Vec<(limits::LocalLimit, [u8; 16])> = Vec::new();
     for (rule, rl) in (0u16..).zip(&route.rate_limits) {
         let mut d: Descriptor = Vec::with_capacity(rl.entries.len());
         for e in &rl.entries {
@@ -1698,34 +1771,7 @@ fn limits_phase(
             continue;
         }
         match rl.local {
-            Some(local) => match limits::take_local(
-                ctx.store,
-                salt,
-                &limits::descriptor_digest(&rl.scope, &d),
-                local,
-                ctx.now_ms,
-            ) {
-                Ok(o) if o.allowed => {}
-                Ok(o) => return deny(pending, local_refusal(local, o.retry_after)),
-                // Other workers kept writing the same bucket through every
-                // retry: the descriptor is under a flood, so it is refused
-                // as over its limit. `failure_mode` is for a store that
-                // cannot count; letting contention through would let the
-                // flood buy itself unlimited requests.
-                Err(store::StoreError::CasMismatch) => {
-                    return deny(pending, local_refusal(local, 1));
-                }
-                // Shared data refused the update: the count cannot be kept,
-                // so the route's failure mode decides; letting the request
-                // go unlimited is counted and logged as degraded.
-                Err(_) if route.failure_mode == FailureMode::Allow => {
-                    pending
-                        .facts
-                        .degraded
-                        .get_or_insert(Reason::RatelimitUnavailable);
-                }
-                Err(_) => return deny(pending, Reason::RatelimitUnavailable.into()),
-            },
+            Some(limit) => local.push((limit, limits::descriptor_digest(&rl.scope, &d))),
             None => {
                 let key = ctx.service_cache.borrow().key(&rl.scope, &d);
                 service.push(Sent {
@@ -1743,7 +1789,8 @@ fn limits_phase(
     // does in the service's own answer (`ratelimit::interpret`). A leased
     // descriptor this worker still holds a hit of is not refused here: the
     // service counted that hit within the limit, before the ask it
-    // refused.
+    // refused. Before the local limits, which a refused request must not
+    // spend.
     let cached = {
         let cache = ctx.service_cache.borrow();
         service
@@ -1769,13 +1816,19 @@ fn limits_phase(
             },
         );
     }
+    if let Err(denial) = take_locals(ctx, route, &local, &mut pending) {
+        return deny(pending, denial);
+    }
     // The replay claim last (see `ReplayMark`): the request passed every
     // check, and the limits counted it without refusing it.
     let service_replay = match pending.replay.take() {
         Some(m) if m.scope == ReplayScope::Local => {
             match local_replay(ctx, m.provider, &m.digest, m.expires, now) {
                 Ok(capacity) => pending.local_replay = Some((m.provider, m.digest, capacity)),
-                Err(r) => return deny(pending, r.into()),
+                Err(r) => {
+                    give_back_locals(ctx, std::mem::take(&mut pending.local_taken));
+                    return deny(pending, r.into());
+                }
             }
             None
         }
@@ -1853,6 +1906,7 @@ pub fn evaluate_rls(
     now: u64,
 ) -> Step {
     let recorded = pending.local_replay.take();
+    let taken = std::mem::take(&mut pending.local_taken);
     let step = rls_verdict(ctx, pending, answer, now);
     if let (Some((provider, digest, capacity)), Step::Done(Decision::Deny(_), _)) =
         (recorded, &step)
@@ -1862,14 +1916,26 @@ pub fn evaluate_rls(
             let _ = store::replay_forget(ctx.store, &ctx.bucket_salt, name, capacity, &digest);
         }
     }
+    // The local limits count only what they let through: in monitor mode
+    // too, where a refusal goes upstream marked, so that it counts as
+    // enforce mode would.
+    let refused = match &step {
+        Step::Done(Decision::Deny(_), _) => true,
+        Step::Done(Decision::Allow(g), _) => g.would_deny.is_some(),
+        _ => false,
+    };
+    if refused {
+        give_back_locals(ctx, taken);
+    }
     step
 }
 
 /// A request that waited for the rate-limit service and was abandoned
 /// before the answer (its client left, or Envoy reset the stream): it never
 /// reached the upstream, so the `jti` its local replay entry took is given
-/// back, as for a refusal. Its lease asks were most likely counted by the
-/// service: they hold back the next asks until an answer says what remains
+/// back, as for a refusal, and so are the local limits' tokens it took.
+/// Its lease asks were most likely counted by the service: they hold back
+/// the next asks until an answer says what remains
 /// ([`crate::limits::ServiceCache::abandon_ask`]).
 pub fn abandon_rls(ctx: &Ctx<'_>, mut pending: Box<Pending>) {
     if let Some((provider, digest, capacity)) = pending.local_replay.take() {
@@ -1877,6 +1943,7 @@ pub fn abandon_rls(ctx: &Ctx<'_>, mut pending: Box<Pending>) {
             let _ = store::replay_forget(ctx.store, &ctx.bucket_salt, name, capacity, &digest);
         }
     }
+    give_back_locals(ctx, std::mem::take(&mut pending.local_taken));
     let mut cache = ctx.service_cache.borrow_mut();
     for s in pending.service.iter().filter(|s| s.asks_lease()) {
         cache.abandon_ask(&s.key, pending.sent_ms, s.hits);

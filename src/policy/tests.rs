@@ -2184,6 +2184,93 @@ fn two_local_limits_on_one_descriptor_keep_their_own_buckets() {
 }
 
 #[test]
+fn a_request_one_local_limit_refuses_spends_none_of_the_others() {
+    // A client over its own per-IP limit that keeps asking for codes to a
+    // victim's number must not spend the number's limit with requests
+    // that were never let through, or the victim is locked out.
+    let w = World::from(json!({
+        "routes": [{"name": "sms", "match": {"path": "/sms"}, "rate_limits": [
+            {"name": "per-number", "entries": [{"type": "header", "name": "x-to"}], "local": {"requests": 3, "per": "hour"}},
+            {"name": "per-ip", "entries": [{"type": "client_ip"}], "local": {"requests": 1, "per": "minute"}}
+        ]}]
+    }));
+    let victim = [("x-to", "+447700900123")];
+    assert_eq!(
+        w.post("/sms", "203.0.113.5", &victim, "").done_reason(),
+        None
+    );
+    for i in 0..5 {
+        match w.post("/sms", "203.0.113.5", &victim, "") {
+            Step::Done(Decision::Deny(d), _) => {
+                assert_eq!(d.reason, Reason::RateLimited);
+                let h: HashMap<_, _> = d.headers.into_iter().collect();
+                assert_eq!(
+                    h.get("x-ratelimit-limit").map(String::as_str),
+                    Some("1"),
+                    "refusal {i} is the per-IP limit's"
+                );
+            }
+            s => panic!("the per-IP limit refuses request {i}: {s:?}"),
+        }
+    }
+    // The number spent one token of three, on the one request let through.
+    for ip in ["203.0.113.9", "198.51.100.4"] {
+        assert_eq!(
+            w.post("/sms", ip, &victim, "").done_reason(),
+            None,
+            "{ip}: the number's limit is not spent by the refusals"
+        );
+    }
+    match w.post("/sms", "192.0.2.8", &victim, "") {
+        Step::Done(Decision::Deny(d), _) => {
+            let h: HashMap<_, _> = d.headers.into_iter().collect();
+            assert_eq!(h.get("x-ratelimit-limit").map(String::as_str), Some("3"));
+        }
+        s => panic!("the number's limit holds at 3: {s:?}"),
+    }
+}
+
+#[test]
+fn local_tokens_come_back_when_the_service_refuses_fails_or_the_client_leaves() {
+    // limits_world's /sms: 2 a minute per /24 locally, then the phone
+    // number at the service. A request the service refuses (429), cannot
+    // answer (503 under `failure_mode: deny`), or whose client leaves
+    // before the answer never went upstream: it leaves the local limit as
+    // it found it.
+    let w = limits_world();
+    let post = |to: &str| w.post("/sms", "192.0.2.1", &[], &json!({ "to": to }).to_string());
+    let Step::NeedRateLimit(p, _) = post("+447700900001") else {
+        panic!("to the service")
+    };
+    assert_eq!(
+        evaluate_rls(&w.ctx(), p, Ok(&over_limit_response(42)), NOW).done_reason(),
+        Some(Reason::RateLimited)
+    );
+    let Step::NeedRateLimit(p, _) = post("+447700900002") else {
+        panic!("to the service after a 429")
+    };
+    assert_eq!(
+        evaluate_rls(&w.ctx(), p, Err(()), NOW).done_reason(),
+        Some(Reason::RatelimitUnavailable)
+    );
+    let Step::NeedRateLimit(p, _) = post("+447700900003") else {
+        panic!("to the service after a 503")
+    };
+    abandon_rls(&w.ctx(), p);
+    // Both tokens are still there, and only two.
+    for to in ["+447700900004", "+447700900005"] {
+        assert!(
+            matches!(post(to), Step::NeedRateLimit(..)),
+            "{to}: within the local limit"
+        );
+    }
+    assert_eq!(
+        post("+447700900006").done_reason(),
+        Some(Reason::RateLimited)
+    );
+}
+
+#[test]
 fn a_delegated_token_jwt_authn_did_not_verify_is_refused_even_where_tokens_are_optional() {
     // jwt_authn under `allow_missing_or_failed` lets a token that failed
     // through without a payload: that is a bad token, not no token.

@@ -271,6 +271,79 @@ fn with_stop_increment_a_blocked_client_cannot_spend_a_victims_sms_limit() {
     assert_eq!(up.seen().len(), 5);
 }
 
+#[test]
+fn a_refused_request_spends_no_local_limit_of_its_route() {
+    // A client over its per-IP limit that keeps asking for codes to a
+    // victim's number, before the fix, spent the number's local limit with
+    // every refusal and locked its owner out; and a request the service
+    // refused kept the local tokens it had taken.
+    let rls = RateLimitService::start(&test_limits(), None);
+    let up = Upstream::start();
+    let mut cfg = config("deny", 500);
+    cfg["routes"] = json!([
+        {"name": "otp", "match": {"path": "/otp", "methods": ["POST"]},
+         "rate_limits": [
+            {"name": "per-number", "entries": [{"type": "body", "pointer": "/to", "phone": true}],
+             "local": {"requests": 3, "per": "hour"}},
+            {"name": "per-ip", "entries": [{"type": "client_ip"}], "local": {"requests": 1, "per": "minute"}}]},
+        {"name": "sms", "match": {"path": "/sms", "methods": ["POST"]},
+         "rate_limits": [
+            {"name": "per-ip", "entries": [{"type": "client_ip"}], "local": {"requests": 2, "per": "minute"}},
+            {"name": "per-number", "entries": [{"type": "route"}, {"type": "body", "pointer": "/to", "phone": true}]}]}
+    ]);
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .start();
+    let send = |path: &str, ip: &str, to: &str| {
+        envoy.request(from_ip(
+            Req::post_json(path, &json!({"to": to, "text": "code"}).to_string()),
+            ip,
+        ))
+    };
+    let refused_by = |r: &harness::http::Resp| {
+        assert_eq!((r.status, r.reason()), (429, Some("rate_limited")));
+        r.header("x-ratelimit-limit").map(str::to_owned)
+    };
+    // Two local limits: the per-IP one refuses the attacker's next four.
+    assert_eq!(send("/otp", "192.0.2.66", "+447700900123").status, 200);
+    for _ in 0..4 {
+        let r = send("/otp", "192.0.2.66", "+447700900123");
+        assert_eq!(refused_by(&r).as_deref(), Some("1"));
+    }
+    for ip in ["203.0.113.9", "203.0.113.10"] {
+        let r = send("/otp", ip, "07700 900123");
+        assert_eq!(r.status, 200, "{ip}: the number's limit was spent");
+    }
+    let r = send("/otp", "203.0.113.11", "07700 900123");
+    assert_eq!(
+        refused_by(&r).as_deref(),
+        Some("3"),
+        "3 an hour, all let through"
+    );
+    // A local limit, then the service's 2 an hour per number: two numbers
+    // spent by others, which the service refuses to 192.0.2.77...
+    for (ip, to) in [
+        ("198.51.100.1", "+447700900201"),
+        ("198.51.100.2", "+447700900201"),
+        ("198.51.100.3", "+447700900202"),
+        ("198.51.100.4", "+447700900202"),
+    ] {
+        assert_eq!(send("/sms", ip, to).status, 200);
+    }
+    for to in ["+447700900201", "+447700900202"] {
+        let r = send("/sms", "192.0.2.77", to);
+        assert_eq!(refused_by(&r).as_deref(), Some("2"), "the service refused");
+    }
+    // ...which leaves its 2 a minute whole.
+    for to in ["+447700900203", "+447700900204"] {
+        assert_eq!(send("/sms", "192.0.2.77", to).status, 200, "{to}");
+    }
+    let r = send("/sms", "192.0.2.77", "+447700900205");
+    assert_eq!(refused_by(&r).as_deref(), Some("2"));
+    assert_eq!(up.seen().len(), 1 + 2 + 4 + 2);
+    envoy.assert_vm_healthy();
+}
+
 /// Redis, the rate-limit service counting in it (tests/fixtures'
 /// limits), an upstream, and an Envoy calling the service (failure mode
 /// deny, 500 ms).
