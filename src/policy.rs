@@ -678,7 +678,11 @@ fn add_forwarded_hosts<'a>(
             _ if forwarded => continue,
             _ => part,
         };
-        for h in crate::request::host_readings(unquote(h.trim())) {
+        let h = unquote(h.trim());
+        if !crate::request::is_plain_authority(h) {
+            return Err(UnclearPath);
+        }
+        for h in crate::request::host_readings(h) {
             add_variant(
                 list,
                 own,
@@ -833,6 +837,9 @@ fn match_route_for<'c>(
         // upstream that cuts the authority at its first `:`.
         // (The first reading is `host` itself, which adds nothing.)
         let authority = req.header(":authority").unwrap_or("");
+        if !crate::request::is_plain_authority(authority) {
+            return Err(UnclearPath);
+        }
         for h in crate::request::host_readings(authority) {
             add_variant(
                 &mut hosts,

@@ -278,6 +278,20 @@ pub fn host_name_cut_at_colon(authority: &str) -> Option<&str> {
     (cut != host_name(a)).then_some(cut)
 }
 
+/// Whether an authority (`host[:port]`, `[v6]:port`) holds only what a
+/// host name, an IP literal and a port are made of: ASCII letters and
+/// digits, `-`, `.`, `_`, `:`, `[` and `]`. Anything else is another host
+/// to some upstream: WHATWG URL parsing (Node's `new URL`, Koa's
+/// `ctx.URL`) drops `user@`, percent-decodes `%69nternal` and maps `。` to
+/// `.`, and a comma joins two `Host` headers Envoy merged. Envoy's HTTP/1
+/// codec passes all of these on.
+pub fn is_plain_authority(authority: &str) -> bool {
+    authority
+        .trim()
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']'))
+}
+
 /// Every host name an upstream may read an authority as: [`host_name`]'s,
 /// then [`host_name_cut_at_colon`]'s where there is one; none empty.
 pub fn host_readings(authority: &str) -> impl Iterator<Item = &str> {

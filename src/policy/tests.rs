@@ -3177,6 +3177,38 @@ fn an_authority_whose_port_is_not_digits_takes_the_route_of_its_host_too() {
         .as_deref(),
         Some("(unclear)")
     );
+    // An authority or forwarded host with userinfo, percent-encoding or a
+    // second host: WHATWG URL parsing reads each as `api.example.com`.
+    for authority in [
+        "u@api.example.com",
+        "a.cdn.example.com:1@api.example.com",
+        "%61pi.example.com",
+        "api%2eexample.com",
+        "api%E3%80%82example.com",
+        "api.example.com,a.cdn.example.com",
+        "api.example.com\\@a.cdn.example.com",
+    ] {
+        assert_eq!(
+            route(authority, &[]).as_deref(),
+            Some("(unclear)"),
+            "{authority}"
+        );
+        assert_eq!(
+            route("a.cdn.example.com", &[("x-forwarded-host", authority)]).as_deref(),
+            Some("(unclear)"),
+            "forwarded {authority}"
+        );
+    }
+    assert_eq!(
+        route(
+            "a.cdn.example.com",
+            &[("forwarded", "host=\"u@api.example.com\"")]
+        )
+        .as_deref(),
+        Some("(unclear)")
+    );
+    assert_eq!(route("[::1]:8080", &[]).as_deref(), None);
+    assert_eq!(route("a_b.cdn.example.com", &[]).as_deref(), Some("static"));
     // Spellings that take the same route (or none) either way change
     // nothing.
     assert_eq!(route("api.example.com:443", &[]).as_deref(), Some("api"));

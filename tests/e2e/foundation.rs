@@ -91,7 +91,8 @@ fn denying_route_gets_403_route_denied_with_json_body() {
 /// Envoy passes on an authority whose port is not digits as sent, and an
 /// upstream that cuts it at the first `:` (Go's `net/http`, Express)
 /// serves the named host: it cannot ride another route, or
-/// `default_action`, past that host's route.
+/// `default_action`, past that host's route. Nor can one with userinfo or
+/// percent-encoding, which Envoy's HTTP/1 codec passes on too.
 #[test]
 fn an_authority_with_a_port_that_is_not_digits_cannot_leave_its_hosts_route() {
     let up = Upstream::start();
@@ -115,6 +116,11 @@ fn an_authority_with_a_port_that_is_not_digits_cannot_leave_its_hosts_route() {
         "internal.example.com:abc",
         "internal.example.com:-1",
         "internal.example.com:x.cdn.example.com",
+        // Node's `new URL` reads each of these as internal.example.com.
+        "u@internal.example.com",
+        "a.cdn.example.com:1@internal.example.com",
+        "%69nternal.example.com",
+        "internal%2eexample.com",
     ] {
         let r = get(host);
         assert_eq!(
