@@ -995,7 +995,7 @@ pub fn cors_preflight_method<'r>(config: &Config, req: &Request<'r>) -> Option<&
             .any(|(n, _)| crate::request::same_header_name(n.as_bytes(), name.as_bytes()))
     };
     let params = |name: &str| {
-        query_pairs(req.query().unwrap_or("")).any(|p| php_name_is(param_name(p), name))
+        query_pairs(req.query().unwrap_or("")).any(|p| php_name_is_or_under(param_name(p), name))
     };
     let preflight = req.method() == "OPTIONS"
         && !asked.is_empty()
@@ -2549,7 +2549,9 @@ fn country_of<'r>(req: &Request<'r>, header: &str) -> Result<Option<&'r str>, Fl
 /// upstream frameworks read them (`?%6Bey=…` is the parameter `key`), and
 /// read as loosely as any upstream does: names without case (ASP.NET's
 /// `?KEY=`), and `;` between parameters as well as `&` (older Go and
-/// Python parsers), so that no upstream finds a key appguard did not. A key
+/// Python parsers), and in array form (`?key[]=K`, `?key[0]=K`, which PHP,
+/// Rails and Express's `qs` read as `key`), so that no upstream finds a key
+/// appguard did not. A key
 /// that is sent but over-long, or whose encoding is broken, is
 /// `api_key_invalid`, not "no key": on an optional-key route it must not
 /// pass unchecked.
@@ -2568,7 +2570,7 @@ fn api_key_of<'r>(
         // PHP's, so the two must agree.
         for pair in query_pairs(query) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if !php_name_is(k, param) {
+            if !php_name_is_or_under(k, param) {
                 continue;
             }
             let v = form_decode(v).ok_or(Reason::ApiKeyInvalid)?;
@@ -2611,7 +2613,7 @@ fn key_scrub(config: &Config, req: &Request<'_>) -> KeyScrub {
 fn path_without_param(path: &str, param: &str) -> Option<String> {
     let (base, query, fragment) = crate::request::split_target(path);
     let query = query?;
-    let is_param = |pair: &str| php_name_is(param_name(pair), param);
+    let is_param = |pair: &str| php_name_is_or_under(param_name(pair), param);
     // Each parameter with the separator before it (none for the first).
     let mut pieces = Vec::new();
     let mut start = 0;

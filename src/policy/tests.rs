@@ -374,6 +374,9 @@ fn a_key_under_another_spelling_of_its_header_or_parameter_is_a_copy() {
         ("/sms?+KEY=key-other", &[("x-api-key", "key-sms")]),
         // PHP splits on `&` only: its key is `key-sms;a=1`.
         ("/sms?key=key-sms;a=1&b=2", &[]),
+        // PHP, Rails and Express's `qs` read `key[]` and `key[0]` as `key`.
+        ("/sms?key=key-sms&key[]=key-other", &[]),
+        ("/sms?key%5B0%5D=key-other", &[("x-api-key", "key-sms")]),
         ("/sms?a=1&key=key-sms;b=2", &[]),
     ] {
         assert_eq!(
@@ -390,6 +393,7 @@ fn a_key_under_another_spelling_of_its_header_or_parameter_is_a_copy() {
             &[("x-api-key", "key-sms"), ("x_api_key", "key-sms")],
         ),
         ("/sms?key%00x=key-sms", &[]),
+        ("/sms?key[]=key-sms", &[]),
     ] {
         assert_eq!(w.reason(path, hs), None, "{path} {hs:?}");
     }
@@ -444,6 +448,8 @@ fn api_keys_go_upstream_unless_forward_is_false() {
     let g = grant(&w, "/sms?a=1", &[("x.api.key", "key-sms")]);
     assert_eq!(g.key_scrub.headers, vec!["x.api.key"]);
     let g = grant(&w, "/sms?a=1&key%00x=key-sms", &[]);
+    assert_eq!(path_set(&g).as_deref(), Some("/sms?a=1"));
+    let g = grant(&w, "/sms?key[]=key-sms&a=1&key%5B0%5D=key-sms", &[]);
     assert_eq!(path_set(&g).as_deref(), Some("/sms?a=1"));
     // A refused request goes no further, but Envoy logs it: the denial
     // carries the same changes for the adapter to apply.
@@ -6139,10 +6145,13 @@ fn a_cors_preflight_passes_only_where_bypass_cors_preflight_is_set() {
         hs.push(extra);
         assert_eq!(no("OPTIONS", &hs), Some(want), "{extra:?}");
     }
-    assert_eq!(
-        on.route("OPTIONS", "/web/cart?key=not-a-key", &preflight),
-        Some(Reason::ApiKeyInvalid)
-    );
+    for path in ["/web/cart?key=not-a-key", "/web/cart?key[]=not-a-key"] {
+        assert_eq!(
+            on.route("OPTIONS", path, &preflight),
+            Some(Reason::ApiKeyInvalid),
+            "{path}"
+        );
+    }
     // The route's action and the network rules still apply.
     assert_eq!(
         on.route("OPTIONS", "/closed/x", &preflight),

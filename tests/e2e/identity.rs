@@ -313,6 +313,11 @@ fn with_forward_false_the_api_key_reaches_neither_upstream_nor_access_log() {
         ),
         // The spelling CGI and PHP upstreams read as `x-api-key` too.
         (Req::get("/keyed/u").header("x_api_key", KEY), "/keyed/u"),
+        // The array form PHP, Rails and Express's `qs` read as `key`.
+        (
+            Req::get(&format!("/keyed/t?key[]={KEY}&c=3")),
+            "/keyed/t?c=3",
+        ),
     ] {
         let r = envoy.request(req);
         assert_eq!(r.status, 200, "{}", r.text());
@@ -333,10 +338,14 @@ fn with_forward_false_the_api_key_reaches_neither_upstream_nor_access_log() {
             .header("x_api_key", "another-key"),
     );
     assert_eq!((r.status, r.reason()), (403, Some("api_key_invalid")));
+    // The key, then another one in array form: an upstream that reads the
+    // array would get a key appguard never checked.
+    let r = envoy.request(Req::get(&format!("/keyed/s?key={KEY}&key[0]=another-key")));
+    assert_eq!((r.status, r.reason()), (403, Some("api_key_invalid")));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let text = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.lines().count() >= 6 || std::time::Instant::now() > deadline {
+        if text.lines().count() >= 8 || std::time::Instant::now() > deadline {
             break text;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -348,8 +357,10 @@ fn with_forward_false_the_api_key_reaches_neither_upstream_nor_access_log() {
             "/keyed/y",
             "/keyed/z?a=1",
             "/keyed/u",
+            "/keyed/t?c=3",
             "/keyed/w",
-            "/keyed/v"
+            "/keyed/v",
+            "/keyed/s"
         ],
         "Envoy's access log"
     );
