@@ -1485,7 +1485,16 @@ fn without_odd_name(message: &str) -> String {
             }
         }
         let (name, after) = rest.split_at(closing.or(last).unwrap_or(rest.len()));
-        if !plausible_name(name) {
+        // `Allow` for `allow`, the commonest slip, is shown: a name the
+        // configuration expects in another case is no secret.
+        // (`after` starts with the name's closing backtick: every other
+        // piece after it is an expected name.)
+        let expected_in_other_case = after
+            .split('`')
+            .skip(2)
+            .step_by(2)
+            .any(|e| e.eq_ignore_ascii_case(name));
+        if !plausible_name(name) && !expected_in_other_case {
             let mut out = String::with_capacity(message.len());
             out.push_str(message.get(..start).unwrap_or(""));
             out.push('?');
@@ -3121,6 +3130,19 @@ mod tests {
                 .contains("unknown variant `hs256`, expected one of `HS256`"),
             "{e}"
         );
+        // An expected name in another case is shown, whatever its case.
+        let e = err(r#"{"default_action":"Allow"}"#);
+        assert!(
+            e.message
+                .contains("unknown variant `Allow`, expected `allow` or `deny`"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"tokens":[{"name":"t","from":[{"header":"x"}],"keys":[{"alg":"Hs256","secret_base64":"x"}]}]}"#,
+        );
+        assert!(e.message.contains("unknown variant `Hs256`"), "{e}");
+        let e = err(r#"{"default_action":"AllowAIzaSyREALKEY0123"}"#);
+        assert!(e.message.contains("unknown variant `?`"), "{e}");
     }
 
     #[test]
