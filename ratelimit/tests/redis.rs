@@ -258,6 +258,36 @@ async fn the_first_call_after_redis_restarts_is_answered() {
     }
 }
 
+/// After an outage, the first call once Redis is back is answered: the
+/// connection attempt that Redis refused last (during the outage) is not
+/// the answer to a call made after it came back. It was, and with it the
+/// next 100 ms of calls failed at once (`CONNECT_REFUSED_WAIT`), however
+/// long Redis had been back.
+#[tokio::test]
+async fn the_first_call_after_an_outage_ends_is_answered() {
+    avoid_window_edge(HOUR, 15);
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let service = Service::start_healthy(&strs(&redis_args(&redis)));
+    let mut client = service.client().await;
+    let req = request("appguard", vec![descriptor(&[("jti", "token-1")])]);
+    assert_eq!(ask(&mut client, &req).await.overall_code, Code::Ok as i32);
+    redis.stop();
+    for _ in 0..3 {
+        let err = client.should_rate_limit(req.clone()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let _redis = Redis::start_on(port);
+    std::thread::sleep(Duration::from_millis(500));
+    let answer = client
+        .should_rate_limit(req.clone())
+        .await
+        .map(|r| r.into_inner().overall_code)
+        .map_err(|e| format!("{e:?}"));
+    assert_eq!(answer, Ok(Code::Ok as i32), "{}", service.stderr());
+}
+
 #[tokio::test]
 async fn starts_while_redis_is_down_and_reports_unhealthy() {
     let port = free_port();

@@ -263,8 +263,9 @@ pub const REPLACE_TIMED_OUT_EVERY: Duration = Duration::from_secs(1);
 /// How long calls fail at once after Redis refused a connection (nothing
 /// listens: Redis down or restarting), before a call connects again: at
 /// most one connection attempt per this while Redis is down, and a Redis
-/// that is back is used within about twice this (the first call after the
-/// wait may get the last failed attempt's error, and start the next).
+/// that is back is used within about this (the first call after the wait
+/// gets the last failed attempt's error from the manager, and is sent
+/// again on the attempt that starts).
 pub const CONNECT_REFUSED_WAIT: Duration = Duration::from_millis(100);
 
 /// How long a counting call's failure keeps the health check failing when
@@ -480,9 +481,12 @@ impl RedisBackend {
         F: std::future::Future<Output = Result<T, redis::RedisError>> + Send + 'static,
         T: Send + 'static,
     {
-        if let Some(e) = self.inner.refused_lately() {
-            return Err(BackendError::Redis(e));
-        }
+        // `Some(true)`: Redis refused a connection, longer ago than the
+        // wait; the manager then still holds that attempt's error.
+        let after_refusal = match self.inner.refused_lately() {
+            Err(e) => return Err(BackendError::Redis(e)),
+            Ok(after) => after,
+        };
         // Held by the task, so released when it ends (answer, timeout,
         // abort), not when the caller leaves.
         let Ok(permit) = Arc::clone(&self.inner.in_flight).try_acquire_owned() else {
@@ -514,10 +518,19 @@ impl RedisBackend {
             // while idle: Redis restarted, or closed it under its own
             // `timeout`) is sent once more, on the connection the manager
             // opens in its place, within the same timeout.
+            // The first call after a refused connect's wait gets that
+            // attempt's error back from the manager (which starts the next
+            // attempt as it answers): it is sent again, to be answered by
+            // the attempt it started, so that a Redis that came back is
+            // used at once, not after another wait.
             let call = async move {
                 match call(conn.clone()).await {
                     Err(e) if alone && never_sent(&e) => {
                         debug!(error = %e, "redis: connection closed; sending the call again");
+                        call(conn).await
+                    }
+                    Err(e) if after_refusal && e.is_connection_refusal() => {
+                        debug!(error = %e, "redis: connecting again after a refused connect");
                         call(conn).await
                     }
                     answer => answer,
@@ -764,15 +777,16 @@ impl Inner {
     /// The error of a connection Redis refused within the last
     /// [`CONNECT_REFUSED_WAIT`], if any: calls fail with it at once
     /// instead of each trying to connect (one attempt per call is a
-    /// connection storm at the call rate while Redis is down).
-    fn refused_lately(&self) -> Option<redis::RedisError> {
+    /// connection storm at the call rate while Redis is down). Otherwise
+    /// whether Redis ever refused one.
+    fn refused_lately(&self) -> Result<bool, redis::RedisError> {
         let refused = self
             .refused
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match &*refused {
-            Some((at, e)) if at.elapsed() < CONNECT_REFUSED_WAIT => Some(e.clone()),
-            _ => None,
+            Some((at, e)) if at.elapsed() < CONNECT_REFUSED_WAIT => Err(e.clone()),
+            other => Ok(other.is_some()),
         }
     }
 
