@@ -690,14 +690,131 @@ fn missing_clusters(config: &Config, clusters: &[&str], notes: &mut Vec<String>)
     }
 }
 
+/// What a connection manager (`HttpConnectionManager`) sets of what
+/// appguard's trust model relies on (README, Trust boundaries).
+struct Hcm {
+    /// Where it is: its `http_filters` are under `{path}.http_filters`.
+    path: String,
+    /// `use_remote_address: true`: Envoy takes the downstream address from
+    /// the connection, not from the client's `X-Forwarded-For`.
+    remote_address: bool,
+    /// The path settings it lacks.
+    path_settings_missing: Vec<&'static str>,
+    /// Per filter: whether a filter before it may set or remove a country
+    /// header (geoip, header_mutation, Lua).
+    country_set_before: Vec<bool>,
+}
+
+impl Hcm {
+    fn read(path: &str, node: &Value, filters: &[Value]) -> Hcm {
+        let is_true = |k: &str| node.get(k) == Some(&Value::Bool(true));
+        let mut path_settings_missing = Vec::new();
+        if !is_true("normalize_path") {
+            path_settings_missing.push("normalize_path: true");
+        }
+        if !is_true("merge_slashes") {
+            path_settings_missing.push("merge_slashes: true");
+        }
+        let escaped = node
+            .get("path_with_escaped_slashes_action")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !matches!(
+            escaped,
+            "REJECT_REQUEST" | "UNESCAPE_AND_REDIRECT" | "UNESCAPE_AND_FORWARD"
+        ) {
+            path_settings_missing.push("path_with_escaped_slashes_action: REJECT_REQUEST");
+        }
+        let mut seen = false;
+        let country_set_before = filters
+            .iter()
+            .map(|f| {
+                let before = seen;
+                let name = f.get("name").and_then(Value::as_str).unwrap_or("");
+                let ty = f
+                    .get("typed_config")
+                    .and_then(|t| t.get("@type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                seen |= ["geoip", "header_mutation", "lua"]
+                    .iter()
+                    .any(|k| name.contains(k) || ty.contains(k));
+                before
+            })
+            .collect();
+        Hcm {
+            path: path.to_owned(),
+            remote_address: is_true("use_remote_address"),
+            path_settings_missing,
+            country_set_before,
+        }
+    }
+
+    /// The index in `http_filters` of the filter whose `config` is at
+    /// `config_path`, if it is one of this manager's.
+    fn filter_index(&self, config_path: &str) -> Option<usize> {
+        let rest = config_path
+            .strip_prefix(self.path.as_str())?
+            .strip_prefix(".http_filters[")?;
+        let (index, rest) = rest.split_once(']')?;
+        (rest == ".typed_config.config")
+            .then(|| index.parse().ok())
+            .flatten()
+    }
+
+    /// Notes on what this manager leaves open for `config`, run by its
+    /// filter `index`.
+    fn notes(&self, config: &Config, index: usize, notes: &mut Vec<String>) {
+        if config.xff_trusted_hops == 0 && !self.remote_address {
+            notes.push(
+                "the connection manager that runs appguard has no use_remote_address: true: \
+                 with client_ip.xff_trusted_hops 0 the client is Envoy's downstream address, \
+                 which Envoy then takes from the client's own X-Forwarded-For, so a client \
+                 chooses its IP for IP rules, per-IP limits and failure budgets; set it where \
+                 Envoy is the edge, or count your proxies in xff_trusted_hops (README, Trust \
+                 boundaries)"
+                    .to_owned(),
+            );
+        }
+        if !self.path_settings_missing.is_empty() {
+            notes.push(format!(
+                "the connection manager that runs appguard lacks {}: paths then reach appguard \
+                 as sent, and it refuses (route_denied) the dot, empty-segment and encoded \
+                 forms it cannot match with confidence; keep these settings wherever appguard \
+                 runs (README, Trust boundaries)",
+                self.path_settings_missing.join(", ")
+            ));
+        }
+        let country_headers: Vec<&str> = std::iter::once(&config.network)
+            .chain(config.routes.iter().filter_map(|r| r.network.as_ref()))
+            .filter_map(|n| n.country_header.as_deref())
+            .collect();
+        let set_before = self.country_set_before.get(index).copied().unwrap_or(true);
+        if let (Some(header), false) = (country_headers.first(), set_before) {
+            notes.push(format!(
+                "network.country_header `{header}`: no filter before appguard in this chain \
+                 sets or removes it (envoy.filters.http.geoip, or header_mutation removing the \
+                 client's copy): unless a proxy in front of Envoy removes it, clients choose \
+                 their country (README, Trust boundaries)"
+            ));
+        }
+    }
+}
+
 fn envoy_configs(doc: &Value, configs: &mut Vec<Checked>, skipped: &mut Vec<Skipped>) {
     let clusters = static_clusters(doc);
+    // The connection managers met so far: the walk meets one before the
+    // filters in its `http_filters`.
+    let mut hcms: Vec<Hcm> = Vec::new();
     // The filter entries that hold an appguard filter and are off until a
     // route turns them on (`disabled: true` on the `HttpFilter`), by the
     // location of their `config`: the walk meets an entry before its
     // `config`.
     let mut disabled = Vec::new();
     walk(doc, &mut String::new(), &mut |path, node| {
+        if let Some(filters) = node.get("http_filters").and_then(Value::as_array) {
+            hcms.push(Hcm::read(path, node, filters));
+        }
         let config = node.get("typed_config").and_then(|t| t.get("config"));
         if node.get("disabled") == Some(&Value::Bool(true))
             && config.is_some_and(is_appguard_filter)
@@ -745,6 +862,15 @@ fn envoy_configs(doc: &Value, configs: &mut Vec<Checked>, skipped: &mut Vec<Skip
             let result = with_filter_flags(result, node, &mut notes);
             if let (Ok(c), Some(clusters)) = (&result, &clusters) {
                 missing_clusters(c, clusters, &mut notes);
+            }
+            if let Ok(c) = &result {
+                if let Some((hcm, i)) = hcms
+                    .iter()
+                    .rev()
+                    .find_map(|h| h.filter_index(path).map(|i| (h, i)))
+                {
+                    hcm.notes(c, i, &mut notes);
+                }
             }
             configs.push(Checked::new(
                 path.to_owned(),

@@ -540,6 +540,74 @@ fn envoy_settings_that_let_requests_pass_unchecked_are_warned_of() {
 }
 
 #[test]
+fn a_connection_manager_without_the_trust_settings_is_named() {
+    // README, Trust boundaries: without use_remote_address a client
+    // chooses its IP; without the path settings paths arrive as sent;
+    // a country header nothing before appguard sets is the client's.
+    let envoy = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
+    for line in [
+        "          use_remote_address: true\n",
+        "          normalize_path: true\n",
+        "          merge_slashes: true\n",
+        "          path_with_escaped_slashes_action: REJECT_REQUEST\n",
+        "          http_filters:\n          - name: envoy.filters.http.wasm\n",
+    ] {
+        assert!(envoy.contains(line), "the example changed: {line}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("envoy.yaml");
+    let bare = envoy
+        .replace("          use_remote_address: true\n", "")
+        .replace("          normalize_path: true\n", "")
+        .replace("          merge_slashes: true\n", "");
+    std::fs::write(&file, &bare).unwrap();
+    let r = cli(&["check-config", s(&file)]);
+    assert_eq!(r.code, 0, "notes, not errors: {}", r.all());
+    assert!(
+        r.stderr.contains("has no use_remote_address: true"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("lacks normalize_path: true, merge_slashes: true: paths then reach"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("network.country_header `x-country-code`: no filter before"),
+        "{}",
+        r.stderr
+    );
+    // appguard reading the client from X-Forwarded-For itself needs no
+    // use_remote_address; a header_mutation first owns the country header.
+    let guarded = envoy
+        .replace(
+            "\"xff_trusted_hops\": 0",
+            "\"xff_trusted_hops\": 2",
+        )
+        .replace("          use_remote_address: true\n", "")
+        .replace(
+            "          http_filters:\n          - name: envoy.filters.http.wasm\n",
+            "          http_filters:\n          - name: envoy.filters.http.header_mutation\n            \
+             typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n              \
+             mutations:\n                request_mutations:\n                - remove: x-country-code\n          \
+             - name: envoy.filters.http.wasm\n",
+        );
+    assert!(
+        guarded.contains("\"xff_trusted_hops\": 2"),
+        "the example changed"
+    );
+    std::fs::write(&file, &guarded).unwrap();
+    let r = cli(&["check-config", s(&file)]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.stderr.contains("use_remote_address"), "{}", r.stderr);
+    assert!(!r.stderr.contains("country_header"), "{}", r.stderr);
+    assert!(!r.stderr.contains("connection manager"), "{}", r.stderr);
+}
+
+#[test]
 fn a_canary_under_another_root_id_is_named_as_not_checked() {
     // appguard's module serves every root_id: a canary filter loading it
     // under another one runs its configuration unchecked.
