@@ -52,6 +52,11 @@
 //! 7. **The result** is `+` followed by [`MIN_DIGITS`] (7) to [`MAX_DIGITS`]
 //!    (15, the E.164 maximum) digits, the first of which is not `0` (no
 //!    country calling code starts with 0).
+//! 8. **Fixed plans.** `+1` and `+7` numbers have ten digits after the
+//!    calling code (a trunk prefix written after it aside), and a `+1`
+//!    area code and exchange start with 2–9: other international call
+//!    prefixes (`011`, `001`, `0011`, `8 10`) read as part of a number
+//!    make numbers of these zones that no one has, and are refused.
 //!
 //! For a UK default (`default_calling_code: "44"`, national prefix `0`), all of
 //! `+44 7700 900123`, `+44 (0)7700-900123`, `0044 7700 900123`,
@@ -188,6 +193,10 @@ pub enum PhoneError {
     TooShort,
     /// More than [`MAX_DIGITS`] digits after normalisation.
     TooLongDigits,
+    /// A number of a zone whose plan fixes every number's shape that does
+    /// not have it (rule 8): `+1` and `+7` numbers are ten digits after
+    /// the calling code, and a `+1` area code and exchange start with 2–9.
+    OutsidePlan,
 }
 
 impl fmt::Display for PhoneError {
@@ -208,6 +217,9 @@ impl fmt::Display for PhoneError {
             PhoneError::InvalidCountryCode => f.write_str("country calling code starts with 0"),
             PhoneError::TooShort => write!(f, "fewer than {MIN_DIGITS} digits"),
             PhoneError::TooLongDigits => write!(f, "more than {MAX_DIGITS} digits"),
+            PhoneError::OutsidePlan => f.write_str(
+                "not a number of its zone (+1 and +7: 10 digits after the calling code; +1: area code and exchange from 2 to 9)",
+            ),
         }
     }
 }
@@ -435,7 +447,36 @@ pub fn normalize(input: &str, rules: &PhoneRules) -> Result<E164, PhoneError> {
         number
     };
     check_digits(&number, MIN_DIGITS)?;
+    check_plan(&number)?;
     Ok(E164(format!("+{number}")))
+}
+
+/// Rule 8: the zones whose plan fixes every number's shape. A `+1` (North
+/// America) number is NPA-NXX-XXXX, ten digits whose area code and
+/// exchange start with 2–9; a `+7` (Russia, Kazakhstan) number is ten
+/// digits. Each may have its trunk prefix written after the calling code
+/// once (`+1 1 415 …`, `+7 8 909 …`, see [`E164::without_trunk_prefix`]).
+/// Anything else is an international call prefix read as part of a
+/// number: `011 882 …` under a `1` default is `+882 …` to whoever dials
+/// it, as are `001 882 …` and `0011 882 …` (South Korea's, Australia's)
+/// read as `00` + `1 …`, and `8 10 882 …` under a `7` default.
+fn check_plan(number: &str) -> Result<(), PhoneError> {
+    let (national, trunk, nanp) = match number.as_bytes().first() {
+        Some(b'1') => (number.get(1..).unwrap_or(""), '1', true),
+        Some(b'7') => (number.get(1..).unwrap_or(""), '8', false),
+        _ => return Ok(()),
+    };
+    let national = match national.strip_prefix(trunk) {
+        Some(rest) if national.len() == 11 => rest,
+        _ => national,
+    };
+    let b = national.as_bytes();
+    let from_2 = |i: usize| b.get(i).is_some_and(|d| (b'2'..=b'9').contains(d));
+    if b.len() == 10 && (!nanp || (from_2(0) && from_2(3))) {
+        Ok(())
+    } else {
+        Err(PhoneError::OutsidePlan)
+    }
 }
 
 /// Rule 7: length and first digit. `number` holds only ASCII digits.
@@ -671,9 +712,12 @@ mod tests {
             norm("+39 06 1234 5678", &it),
             Ok("+390612345678".to_owned())
         );
-        // The prefix is stripped once only.
-        assert_eq!(norm("007700900123", &uk()), Ok("+7700900123".to_owned()));
-        assert_eq!(norm("0 07700 900123", &uk()), Ok("+7700900123".to_owned()));
+        // The prefix is stripped once only: `00` then reads as the
+        // international prefix (here `+7 700…`, nine digits: no `+7`
+        // number, rule 8).
+        assert_eq!(norm("003312345678", &uk()), Ok("+3312345678".to_owned()));
+        assert_eq!(norm("0 03312 345678", &uk()), Ok("+3312345678".to_owned()));
+        assert_eq!(norm("007700900123", &uk()), Err(PhoneError::OutsidePlan));
     }
 
     #[test]
@@ -785,12 +829,17 @@ mod tests {
         assert_eq!(norm("+1234", &uk()), Err(PhoneError::TooShort));
         assert_eq!(norm("+683 4002", &uk()), Ok("+6834002".to_owned()));
         assert_eq!(
-            norm("+123456789012345", &uk()),
-            Ok("+123456789012345".to_owned())
+            norm("+443456789012345", &uk()),
+            Ok("+443456789012345".to_owned())
         );
         assert_eq!(
-            norm("+1234567890123456", &uk()),
+            norm("+4434567890123456", &uk()),
             Err(PhoneError::TooLongDigits)
+        );
+        // Fifteen digits, but no `+1` number (rule 8).
+        assert_eq!(
+            norm("+123456789012345", &uk()),
+            Err(PhoneError::OutsidePlan)
         );
         // A national number that the calling code pushes past 15 digits.
         assert_eq!(
@@ -918,17 +967,65 @@ mod tests {
     }
 
     #[test]
+    fn other_international_prefixes_make_no_number_of_the_fixed_plans() {
+        // Read as `00` + `1 …`, or as a national number under a `1` or
+        // `7` default, these are `+882 …` (or `+44 9 …`) to a dialler in
+        // the region whose international prefix they are.
+        let us = PhoneRules::with_calling_code("1");
+        let ru = PhoneRules::with_calling_code("7");
+        for (s, rules) in [
+            ("011 882 1234 5678", &us),
+            ("011 44 909 876 543", &us),
+            ("1 011 882 1234 5678", &us),
+            ("001 882 1234 5678", &uk()),
+            ("0011 882 1234 5678", &uk()),
+            ("0015 882 1234 5678", &uk()),
+            ("0014 44 7700 900012", &uk()),
+            ("0011 44 7700 900012", &PhoneRules::default()),
+            ("8 10 882 1234 5678", &ru),
+            ("+1 055 123 4567", &uk()),
+            ("+1 415 155 0104", &uk()),
+            ("+1 415 555 010", &uk()),
+            ("+7 909 123 45 678", &uk()),
+        ] {
+            assert_eq!(normalize(s, rules), Err(PhoneError::OutsidePlan), "{s}");
+        }
+        // Their numbers, in every spelling, as before.
+        for (s, rules, want) in [
+            ("+1 415 555 0104", &uk(), "+14155550104"),
+            ("1 (415) 555-0104", &us, "+14155550104"),
+            ("415-555-0104", &us, "+14155550104"),
+            ("+1 1 415 555 0104", &uk(), "+114155550104"),
+            ("+1 900 555 0104", &uk(), "+19005550104"),
+            ("001 415 555 0104", &uk(), "+14155550104"),
+            ("+7 909 123 45 67", &uk(), "+79091234567"),
+            ("8 909 123 45 67", &ru, "+789091234567"),
+            ("+7 8 909 123 45 67", &uk(), "+789091234567"),
+        ] {
+            assert_eq!(
+                normalize(s, rules).map(|n| n.as_str().to_owned()),
+                Ok(want.to_owned()),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
     fn a_trunk_prefix_written_twice_is_no_number() {
         let twice = |s: &str| normalize(s, &uk()).unwrap().trunk_written_twice();
         for s in [
             "+44 00 909 876 5432",
             "+4400909876543",
             "0044 0 0 7700 900123",
-            "+1 1 0 555 123 4567",
             "+36 0 0 1 234 5678",
         ] {
             assert!(twice(s), "{s}");
         }
+        // `+1 1 0 555 …` is no `+1` number in the first place (rule 8).
+        assert_eq!(
+            normalize("+1 1 0 555 123 4567", &uk()),
+            Err(PhoneError::OutsidePlan)
+        );
         for s in [
             "+44 0 909 876 5432",
             "+44 7700 900123",

@@ -191,6 +191,17 @@ fn per_phone_limit_holds_across_formats_and_denied_prefixes_are_refused() {
     assert_eq!((r.status, r.reason()), (429, Some("rate_limited")));
     let r = send("call me maybe");
     assert_eq!((r.status, r.reason()), (400, Some("body_invalid")));
+    // Australia's and South Korea's international prefixes, read as `00`
+    // + `1 …`: a `+1` number no one has, where a dialler there reads
+    // `+882 …` (and `+44 7700 900123` under a new key).
+    for to in [
+        "0011 882 1234 5678",
+        "001 882 1234 5678",
+        "0011 44 7700 900123",
+    ] {
+        let r = send(to);
+        assert_eq!((r.status, r.reason()), (400, Some("body_invalid")), "{to}");
+    }
     // Rails, Symfony and Laravel take `?to=` over the body's `to`: the
     // number checked and counted here would not be the one sent to.
     let r = envoy.request(Req::post_json(
