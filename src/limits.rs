@@ -717,6 +717,10 @@ pub struct LocalOutcome {
     pub remaining: u32,
     /// Seconds until the next token (0 when some are left).
     pub retry_after: u64,
+    /// The token was taken from the bucket's overflow entry, which the
+    /// descriptor shares (see [`take_local`]): where [`give_back_local`]
+    /// puts it back.
+    pub shared: bool,
 }
 
 /// The shared-data key of the bucket that holds `digest` under `limit`
@@ -870,15 +874,11 @@ pub fn take_local_n<S: SharedStore + ?Sized>(
                     allowed: false,
                     remaining: 0,
                     retry_after: 1,
+                    shared: false,
                 },
             );
         };
-        // Refill is exact, so `last` can always move to now: nothing
-        // earned since the last request is lost.
-        let units = u.at(entry.1, entry.2, now_ms);
-        // `now_ms` a little behind the entry's last refill is another
-        // worker's clock reading; far behind, a clock set back.
-        let stepped_back = clock_set_back(entry.2, now_ms);
+        let (units, stepped_back) = refill(u, entry, now_ms);
         if existed && units < want && units < u.token && !stepped_back {
             // Refused with no whole token to take: the stored entry
             // already means exactly this, so nothing is written. A flood
@@ -890,17 +890,9 @@ pub fn take_local_n<S: SharedStore + ?Sized>(
                     allowed: false,
                     remaining: 0,
                     retry_after: u.wait_ms(units).div_ceil(1000).max(1),
+                    shared: false,
                 },
             );
-        }
-        // Workers read the clock a moment apart: one whose `now_ms` is a
-        // little behind the `last` another just wrote gained nothing, and
-        // must not move `last` back (that span would be refilled twice).
-        // Further behind, the clock stepped back: `last` follows it (also
-        // on a refusal, above), or the bucket would not refill until the
-        // clock caught up.
-        if entry.2 <= now_ms || stepped_back {
-            entry.2 = now_ms;
         }
         let outcome = if units >= want {
             entry.1 = units - want;
@@ -908,6 +900,7 @@ pub fn take_local_n<S: SharedStore + ?Sized>(
                 allowed: true,
                 remaining: u32::try_from(entry.1 / u.token).unwrap_or(u32::MAX),
                 retry_after: 0,
+                shared: matches!(placed, Place::Overflow(_)),
             }
         } else {
             // The whole tokens it holds are taken; a fraction stays.
@@ -916,10 +909,28 @@ pub fn take_local_n<S: SharedStore + ?Sized>(
                 allowed: false,
                 remaining: 0,
                 retry_after: u.wait_ms(entry.1).div_ceil(1000).max(1),
+                shared: false,
             }
         };
         (Some(entries_bytes(&entries)), outcome)
     })
+}
+
+/// The units `entry` holds at `now_ms`, and whether the clock was set back
+/// since its last refill; its last refill moves to now. Refill is exact,
+/// so nothing earned is lost that way. A `now_ms` a little behind the
+/// entry's last refill is another worker's clock reading (workers read it
+/// a moment apart): it gained nothing, and `last` does not move back (that
+/// span would be refilled twice). Further behind, the clock stepped back:
+/// `last` follows it, or the bucket would not refill until the clock
+/// caught up.
+fn refill(u: Units, entry: &mut LocalEntry, now_ms: u64) -> (u64, bool) {
+    let units = u.at(entry.1, entry.2, now_ms);
+    let stepped_back = clock_set_back(entry.2, now_ms);
+    if entry.2 <= now_ms || stepped_back {
+        entry.2 = now_ms;
+    }
+    (units, stepped_back)
 }
 
 /// A bucket's entries as shared data holds them.
@@ -939,38 +950,28 @@ fn entries_bytes(entries: &[LocalEntry]) -> Vec<u8> {
 /// one of its own limits could drain another it shares with others (a
 /// phone number's, an API key's) and lock their owners out.
 ///
-/// The token goes back where [`take_local`] would count the descriptor now
-/// (its own entry, or the overflow entry it shares), never above a full
-/// bucket. An entry gone since (evicted when full again) starts full
-/// anyway, so there is nothing to give back to.
+/// The token goes back to the entry it was taken from (`shared`: the
+/// bucket's overflow entry, see [`LocalOutcome::shared`]), never above a
+/// full bucket. An own entry gone since (evicted when full again) is not
+/// recreated: it would start full anyway.
 pub fn give_back_local<S: SharedStore + ?Sized>(
     s: &S,
     salt: &BucketSalt,
     digest: &[u8; 16],
     limit: LocalLimit,
+    shared: bool,
     now_ms: u64,
 ) -> Result<(), store::StoreError> {
     let u = Units::of(limit);
     let key = local_key(salt, digest, limit);
+    let from = if shared { OVERFLOW } else { *digest };
     store::update(s, &key, |current| {
         let mut entries = local_entries(current.unwrap_or(&[]));
-        let i = match place(&entries, digest, |t, l| u.idle(t, l, now_ms)) {
-            Place::Own(i) | Place::Overflow(Some(i)) => i,
-            Place::New | Place::Evict(_) | Place::Overflow(None) => return (None, ()),
-        };
-        let Some(entry) = entries.get_mut(i) else {
+        let Some(entry) = entries.iter_mut().find(|(d, _, _)| *d == from) else {
             return (None, ());
         };
-        let stepped_back = clock_set_back(entry.2, now_ms);
-        entry.1 = u
-            .at(entry.1, entry.2, now_ms)
-            .saturating_add(u.token)
-            .min(u.full);
-        // As in `take_local_n`: a reading a little behind another
-        // worker's `last` does not move it back.
-        if entry.2 <= now_ms || stepped_back {
-            entry.2 = now_ms;
-        }
+        let (units, _) = refill(u, entry, now_ms);
+        entry.1 = units.saturating_add(u.token).min(u.full);
         (Some(entries_bytes(&entries)), ())
     })
 }
@@ -1589,18 +1590,18 @@ mod tests {
         let d = [7u8; 16];
         let t = 1_000_000;
         // Nothing taken: nothing to give back, nothing written.
-        give_back_local(&s, &SALT, &d, limit, t).unwrap();
+        give_back_local(&s, &SALT, &d, limit, false, t).unwrap();
         assert!(s.get(&local_key(&SALT, &d, limit)).is_none());
         assert!(take_local(&s, &SALT, &d, limit, t).unwrap().allowed);
         assert!(take_local(&s, &SALT, &d, limit, t).unwrap().allowed);
         assert!(!take_local(&s, &SALT, &d, limit, t).unwrap().allowed);
-        give_back_local(&s, &SALT, &d, limit, t + 5).unwrap();
+        give_back_local(&s, &SALT, &d, limit, false, t + 5).unwrap();
         let o = take_local(&s, &SALT, &d, limit, t + 5).unwrap();
         assert!(o.allowed, "the token given back");
         assert!(!take_local(&s, &SALT, &d, limit, t + 5).unwrap().allowed);
         // Given back to a bucket refilled meanwhile: full, not more.
-        give_back_local(&s, &SALT, &d, limit, t + 120_000).unwrap();
-        give_back_local(&s, &SALT, &d, limit, t + 120_000).unwrap();
+        give_back_local(&s, &SALT, &d, limit, false, t + 120_000).unwrap();
+        give_back_local(&s, &SALT, &d, limit, false, t + 120_000).unwrap();
         for _ in 0..2 {
             assert!(
                 take_local(&s, &SALT, &d, limit, t + 120_000)
@@ -1620,13 +1621,31 @@ mod tests {
             per_seconds: 60,
             ..Default::default()
         };
-        for d in &same {
-            assert!(take_local(&s, &SALT, d, one, t).unwrap().allowed);
-        }
+        let taken: Vec<LocalOutcome> = same
+            .iter()
+            .map(|d| take_local(&s, &SALT, d, one, t).unwrap())
+            .collect();
+        assert!(taken.iter().all(|o| o.allowed));
+        assert!(taken[..16].iter().all(|o| !o.shared));
+        assert!(taken[16].shared, "the 17th shares the overflow entry");
         assert!(local_refill_at(&s, &SALT, &same[16], one, t).is_some());
-        give_back_local(&s, &SALT, &same[16], one, t).unwrap();
+        give_back_local(&s, &SALT, &same[16], one, true, t).unwrap();
         assert_eq!(local_refill_at(&s, &SALT, &same[16], one, t), None);
         assert!(local_refill_at(&s, &SALT, &same[0], one, t).is_some());
+        // Only to the entry it was taken from: an own entry gone since
+        // is not made (nor the overflow entry given a token it never
+        // lent).
+        let fresh = LocalLimit {
+            requests: 1,
+            per_seconds: 3600,
+            ..Default::default()
+        };
+        assert!(take_local(&s, &SALT, &same[0], fresh, t).unwrap().allowed);
+        give_back_local(&s, &SALT, &same[1], fresh, false, t).unwrap();
+        give_back_local(&s, &SALT, &same[1], fresh, true, t).unwrap();
+        assert!(local_refill_at(&s, &SALT, &same[0], fresh, t).is_some());
+        let entries = local_entries(&s.get(&local_key(&SALT, &same[0], fresh)).unwrap().0);
+        assert_eq!(entries.len(), 1, "{entries:?}");
     }
 
     #[test]

@@ -529,10 +529,10 @@ pub struct Pending {
     /// through: replays are then still refused within the instance, not
     /// let through for as long as the service is down.
     replay_fallback: Option<ReplayMark>,
-    /// The local limits' tokens taken (limit, descriptor digest): given
-    /// back if the rate-limit service or the replay check refuses the
-    /// request after all (see [`take_locals`]).
-    local_taken: Vec<(limits::LocalLimit, [u8; 16])>,
+    /// The local limits' tokens taken: given back if the rate-limit
+    /// service or the replay check refuses the request after all (see
+    /// [`take_locals`]).
+    local_taken: Vec<LocalTaken>,
 }
 
 impl Pending {
@@ -1540,6 +1540,11 @@ fn local_refusal(local: limits::LocalLimit, retry_after: u64) -> Denial {
     }
 }
 
+/// A local limit's token a request took: the limit, the descriptor's
+/// digest, and whether it came from the bucket's overflow entry
+/// ([`limits::LocalOutcome::shared`]).
+type LocalTaken = (limits::LocalLimit, [u8; 16], bool);
+
 /// Takes a token from each of the route's local limits that applies
 /// (`local`: limit and descriptor digest, in the route's order), or none:
 /// a request one of them refuses spends none of the others. Otherwise a
@@ -1572,7 +1577,7 @@ fn take_locals(
     for &(limit, digest) in local {
         let refusal = match limits::take_local(ctx.store, salt, &digest, limit, ctx.now_ms) {
             Ok(o) if o.allowed => {
-                pending.local_taken.push((limit, digest));
+                pending.local_taken.push((limit, digest, o.shared));
                 continue;
             }
             Ok(o) => local_refusal(limit, o.retry_after),
@@ -1594,17 +1599,19 @@ fn take_locals(
             }
             Err(_) => Reason::RatelimitUnavailable.into(),
         };
-        give_back_locals(ctx, std::mem::take(&mut pending.local_taken));
+        give_back_locals(ctx, &mut pending.local_taken);
         return Err(refusal);
     }
     Ok(())
 }
 
 /// Gives back the local tokens a request took ([`take_locals`]) when it is
-/// refused after all. One that cannot be given back stays spent: strict.
-fn give_back_locals(ctx: &Ctx<'_>, taken: Vec<(limits::LocalLimit, [u8; 16])>) {
-    for (limit, digest) in taken {
-        let _ = limits::give_back_local(ctx.store, &ctx.bucket_salt, &digest, limit, ctx.now_ms);
+/// refused after all, and forgets them. One that cannot be given back
+/// stays spent: strict.
+fn give_back_locals(ctx: &Ctx<'_>, taken: &mut Vec<LocalTaken>) {
+    for (limit, digest, shared) in taken.drain(..) {
+        let salt = &ctx.bucket_salt;
+        let _ = limits::give_back_local(ctx.store, salt, &digest, limit, shared, ctx.now_ms);
     }
 }
 
@@ -1833,7 +1840,7 @@ fn limits_phase(
             match local_replay(ctx, m.provider, &m.digest, m.expires, now) {
                 Ok(capacity) => pending.local_replay = Some((m.provider, m.digest, capacity)),
                 Err(r) => {
-                    give_back_locals(ctx, std::mem::take(&mut pending.local_taken));
+                    give_back_locals(ctx, &mut pending.local_taken);
                     return deny(pending, r.into());
                 }
             }
@@ -1913,7 +1920,7 @@ pub fn evaluate_rls(
     now: u64,
 ) -> Step {
     let recorded = pending.local_replay.take();
-    let taken = std::mem::take(&mut pending.local_taken);
+    let mut taken = std::mem::take(&mut pending.local_taken);
     let step = rls_verdict(ctx, pending, answer, now);
     if let (Some((provider, digest, capacity)), Step::Done(Decision::Deny(_), _)) =
         (recorded, &step)
@@ -1932,7 +1939,7 @@ pub fn evaluate_rls(
         _ => false,
     };
     if refused {
-        give_back_locals(ctx, taken);
+        give_back_locals(ctx, &mut taken);
     }
     step
 }
@@ -1950,7 +1957,7 @@ pub fn abandon_rls(ctx: &Ctx<'_>, mut pending: Box<Pending>) {
             let _ = store::replay_forget(ctx.store, &ctx.bucket_salt, name, capacity, &digest);
         }
     }
-    give_back_locals(ctx, std::mem::take(&mut pending.local_taken));
+    give_back_locals(ctx, &mut pending.local_taken);
     let mut cache = ctx.service_cache.borrow_mut();
     for s in pending.service.iter().filter(|s| s.asks_lease()) {
         cache.abandon_ask(&s.key, pending.sent_ms, s.hits);

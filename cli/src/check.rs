@@ -676,9 +676,6 @@ fn missing_clusters(config: &Config, clusters: &[&str], notes: &mut Vec<String>)
             called.push((format!("tokens[{i}].remote_jwks.cluster"), &r.cluster));
         }
     }
-    if let Some(a) = &config.alerts {
-        called.push(("alerts.cluster".to_owned(), &a.cluster));
-    }
     for (field, cluster) in called {
         if !clusters.contains(&cluster) {
             notes.push(format!(
@@ -687,6 +684,18 @@ fn missing_clusters(config: &Config, clusters: &[&str], notes: &mut Vec<String>)
                  the failure mode"
             ));
         }
+    }
+    if let Some(a) = config
+        .alerts
+        .as_ref()
+        .filter(|a| !clusters.contains(&&*a.cluster))
+    {
+        notes.push(format!(
+            "alerts.cluster: `{}` is not a cluster of this Envoy configuration (its \
+             static_resources, with no CDS): every alert fails to send (requests are not \
+             affected)",
+            a.cluster
+        ));
     }
 }
 
@@ -700,9 +709,10 @@ struct Hcm {
     remote_address: bool,
     /// The path settings it lacks.
     path_settings_missing: Vec<&'static str>,
-    /// Per filter: whether a filter before it may set or remove a country
-    /// header (geoip, header_mutation, Lua).
-    country_set_before: Vec<bool>,
+    /// Per filter, in order: the request headers it removes (a
+    /// `header_mutation`'s `remove`s, lower-cased), or `*` for a Lua
+    /// filter, whose script may do anything.
+    removes: Vec<Vec<String>>,
 }
 
 impl Hcm {
@@ -725,28 +735,18 @@ impl Hcm {
         ) {
             path_settings_missing.push("path_with_escaped_slashes_action: REJECT_REQUEST");
         }
-        let mut seen = false;
-        let country_set_before = filters
-            .iter()
-            .map(|f| {
-                let before = seen;
-                let name = f.get("name").and_then(Value::as_str).unwrap_or("");
-                let ty = f
-                    .get("typed_config")
-                    .and_then(|t| t.get("@type"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                seen |= ["geoip", "header_mutation", "lua"]
-                    .iter()
-                    .any(|k| name.contains(k) || ty.contains(k));
-                before
-            })
-            .collect();
+        let removes = filters.iter().map(removed_headers).collect();
+        // An original IP detection extension (a trusted `x-real-ip`)
+        // gives Envoy the client's address without use_remote_address.
+        let detects_ip = node
+            .get("original_ip_detection_extensions")
+            .and_then(Value::as_array)
+            .is_some_and(|e| !e.is_empty());
         Hcm {
             path: path.to_owned(),
-            remote_address: is_true("use_remote_address"),
+            remote_address: is_true("use_remote_address") || detects_ip,
             path_settings_missing,
-            country_set_before,
+            removes,
         }
     }
 
@@ -789,16 +789,48 @@ impl Hcm {
             .chain(config.routes.iter().filter_map(|r| r.network.as_ref()))
             .filter_map(|n| n.country_header.as_deref())
             .collect();
-        let set_before = self.country_set_before.get(index).copied().unwrap_or(true);
-        if let (Some(header), false) = (country_headers.first(), set_before) {
+        let before = self.removes.get(..index).unwrap_or(&[]);
+        let removed = |h: &str| {
+            before
+                .iter()
+                .flatten()
+                .any(|r| r == "*" || r.eq_ignore_ascii_case(h))
+        };
+        if let Some(header) = country_headers.into_iter().find(|h| !removed(h)) {
             notes.push(format!(
                 "network.country_header `{header}`: no filter before appguard in this chain \
-                 sets or removes it (envoy.filters.http.geoip, or header_mutation removing the \
-                 client's copy): unless a proxy in front of Envoy removes it, clients choose \
-                 their country (README, Trust boundaries)"
+                 removes the client's copy (a header_mutation with `remove: {header}`; geoip \
+                 alone leaves it where its lookup fails): unless a proxy in front of Envoy \
+                 removes it, clients choose their country (README, Trust boundaries)"
             ));
         }
     }
+}
+
+/// The request headers an HTTP filter entry removes: a `header_mutation`'s
+/// `request_mutations[].remove`, lower-cased; `*` for a Lua filter.
+fn removed_headers(filter: &Value) -> Vec<String> {
+    let config = filter.get("typed_config");
+    let ty = config
+        .and_then(|t| t.get("@type"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if ty.ends_with(".filters.http.lua.v3.Lua") {
+        return vec!["*".to_owned()];
+    }
+    if !ty.ends_with(".filters.http.header_mutation.v3.HeaderMutation") {
+        return Vec::new();
+    }
+    config
+        .and_then(|t| t.pointer("/mutations/request_mutations"))
+        .and_then(Value::as_array)
+        .map(|m| {
+            m.iter()
+                .filter_map(|m| m.get("remove").and_then(Value::as_str))
+                .map(str::to_ascii_lowercase)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn envoy_configs(doc: &Value, configs: &mut Vec<Checked>, skipped: &mut Vec<Skipped>) {

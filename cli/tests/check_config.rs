@@ -522,6 +522,27 @@ fn envoy_settings_that_let_requests_pass_unchecked_are_warned_of() {
         "{}",
         r.stderr
     );
+    // An alerts cluster it lacks fails the alerts, not the requests.
+    assert!(
+        envoy.contains(r#"{"mode": "enforce", "#),
+        "the example changed"
+    );
+    let alerting = envoy.replacen(
+        r#"{"mode": "enforce", "#,
+        r#"{"alerts": {"cluster": "hooks", "path": "/hook"}, "mode": "enforce", "#,
+        1,
+    );
+    std::fs::write(&file, &alerting).unwrap();
+    let r = cli(&["check-config", s(&file)]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains(
+            "alerts.cluster: `hooks` is not a cluster of this Envoy configuration (its \
+             static_resources, with no CDS): every alert fails to send (requests are not affected)"
+        ),
+        "{}",
+        r.stderr
+    );
     // With CDS the clusters may come from elsewhere: nothing said.
     std::fs::write(
         &file,
@@ -605,6 +626,44 @@ fn a_connection_manager_without_the_trust_settings_is_named() {
     assert!(!r.stderr.contains("use_remote_address"), "{}", r.stderr);
     assert!(!r.stderr.contains("country_header"), "{}", r.stderr);
     assert!(!r.stderr.contains("connection manager"), "{}", r.stderr);
+    // A header_mutation that removes another header, or geoip alone
+    // (which leaves the client's copy where its lookup fails), does not.
+    let first = |filter: &str| {
+        envoy.replace(
+            "          http_filters:\n          - name: envoy.filters.http.wasm\n",
+            &format!(
+                "          http_filters:\n{filter}          - name: envoy.filters.http.wasm\n"
+            ),
+        )
+    };
+    for filter in [
+        "          - name: envoy.filters.http.header_mutation\n            typed_config:\n              \
+         \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n              \
+         mutations:\n                request_mutations:\n                - remove: x-other\n",
+        "          - name: envoy.filters.http.geoip\n            typed_config:\n              \
+         \"@type\": type.googleapis.com/envoy.extensions.filters.http.geoip.v3.Geoip\n",
+    ] {
+        std::fs::write(&file, first(filter)).unwrap();
+        let r = cli(&["check-config", s(&file)]);
+        assert!(
+            r.stderr.contains("network.country_header `x-country-code`: no filter before"),
+            "{filter}: {}",
+            r.stderr
+        );
+    }
+    // An original IP detection extension finds the client without
+    // use_remote_address.
+    let detected = bare.replace(
+        "          path_with_escaped_slashes_action",
+        "          original_ip_detection_extensions:\n          - name: envoy.extensions.http.original_ip_detection.custom_header\n            \
+         typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.http.original_ip_detection.custom_header.v3.CustomHeaderConfig\n              \
+         header_name: x-real-ip\n          path_with_escaped_slashes_action",
+    );
+    assert_ne!(detected, bare, "the example changed");
+    std::fs::write(&file, &detected).unwrap();
+    let r = cli(&["check-config", s(&file)]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.stderr.contains("use_remote_address"), "{}", r.stderr);
 }
 
 #[test]
