@@ -566,9 +566,13 @@ impl GuardFilter {
         match decision {
             Decision::Allow(grant) => {
                 if let Some(reason) = facts.degraded {
-                    worker
-                        .metrics
-                        .count(facts.route, Counted::Degraded, Some(reason));
+                    // One counter a request: a would-be denial is
+                    // `monitor` (below), as in enforce mode it is `deny`.
+                    if grant.would_deny.is_none() {
+                        worker
+                            .metrics
+                            .count(facts.route, Counted::Degraded, Some(reason));
+                    }
                     decision_log(worker, log::Level::Warn, now, || {
                         format!(
                             "#{} failure_mode=allow let the request through without {} {}",

@@ -449,6 +449,45 @@ fn jwks_down_under_failure_mode_allow_is_told_upstream_on_a_body_route_too() {
     e.assert_vm_healthy();
 }
 
+#[test]
+fn a_monitored_would_be_denial_let_through_degraded_counts_once() {
+    // JWKS down under `failure_mode: allow` (the token is taken as absent)
+    // and no platform headers on an Android route in monitor mode: one
+    // request, one counter (`monitor`), as enforce mode counts one `deny`.
+    // It counted `degraded` and `monitor` both.
+    let (k, _doc) = key();
+    let up = Upstream::start();
+    let mut config = jwks_config(600, 3600, "allow");
+    config["apps"] = json!([{"id": "a", "platform": "android", "package": "com.example.a"}]);
+    config["routes"] = json!([{"name": "api", "match": {"prefix": "/api"}, "tokens": ["remote"],
+        "mode": "monitor", "platforms": ["android"], "failure_mode": "allow"}]);
+    let e = EnvoyBuilder::new(config, up.port)
+        .http_cluster("jwks", free_port())
+        .start();
+    for _ in 0..3 {
+        let r = e.request(token_req(&k));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            up.last().header("x-appguard-would-deny"),
+            Some("platform_denied")
+        );
+    }
+    let stat = |decision: &str, reason: &str| {
+        e.stat(&format!(
+            "appguard_decisions.route.api.decision.{decision}.reason.{reason}"
+        ))
+        .unwrap_or(0)
+    };
+    assert_eq!(stat("monitor", "platform_denied"), 3);
+    assert_eq!(stat("degraded", "jwks_unavailable"), 0);
+    assert!(
+        e.log()
+            .contains("failure_mode=allow let the request through"),
+        "the degradation is still logged"
+    );
+    e.assert_vm_healthy();
+}
+
 fn key() -> (ES256KeyPair, String) {
     let k = ES256KeyPair::generate().with_key_id("k1");
     let doc = json!({"keys": [tokens::es256_jwk(&k, "k1")]}).to_string();
