@@ -333,14 +333,19 @@ impl Worker {
         let Some(what) = self.alert_calls.borrow_mut().remove(&token) else {
             return false;
         };
-        // Status 0: no answer (timeout, connection refused or reset).
+        // Status 0: no answer at all. Envoy answers a webhook it cannot
+        // reach with its own 503, and one slower than `timeout_ms` with
+        // its own 504: the status alone cannot say whose it is.
         let (status, _) = host::http_call_response(0, 0);
         if (200..300).contains(&status) {
             info!("{what} delivered (status {status})");
         } else if status == 0 {
             warn!("{what} not delivered: no answer from the webhook");
         } else {
-            warn!("{what} not delivered: the webhook answered {status}");
+            warn!(
+                "{what} not delivered: status {status} (the webhook's, or Envoy's when it \
+                 cannot reach it in timeout_ms)"
+            );
         }
         true
     }
