@@ -56,6 +56,49 @@ fn start() -> (Upstream, Envoy, Value) {
     (up, envoy, cfg)
 }
 
+/// One client holding a genuine token, from one address, cannot spend the
+/// Android app's per-key limit (600 a minute, shared by every install)
+/// and lock every other user out: the example's per-IP limit comes first,
+/// and what it refuses never reaches the key's count. (The clients are
+/// told apart by `X-Forwarded-For` here, one trusted hop: the test's
+/// connections all come from 127.0.0.1.)
+#[test]
+fn one_client_cannot_spend_the_apps_key_limit_for_every_install() {
+    let mut cfg = example();
+    cfg["client_ip"] = json!({"xff_trusted_hops": 1});
+    let rls = RateLimitService::start(&repo_root().join("envoy/ratelimit.yaml"), None);
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg.clone(), up.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .start();
+    let token = app_check(&cfg, ANDROID_SUB);
+    let get = |ip: &str| {
+        envoy.request(
+            android(Req::get("/v1/mobile/feed"))
+                .header("x-firebase-appcheck", &token)
+                .header("x-forwarded-for", ip),
+        )
+    };
+    let mut statuses = std::collections::BTreeMap::new();
+    let mut limits = std::collections::BTreeSet::new();
+    for _ in 0..610 {
+        let r = get("192.0.2.66");
+        *statuses.entry(r.status).or_insert(0) += 1;
+        if r.status == 429 {
+            limits.insert(r.header("x-ratelimit-limit").unwrap_or("").to_owned());
+        }
+    }
+    assert_eq!(
+        statuses,
+        [(200, 120), (429, 490)].into_iter().collect(),
+        "{limits:?}"
+    );
+    assert_eq!(limits, ["120".to_owned()].into_iter().collect());
+    let r = get("203.0.113.9");
+    assert_eq!(r.status, 200, "another install: {}", r.text());
+    assert_eq!(rls.stats()["requests"], 121, "{}", rls.stats());
+}
+
 thread_local! {
     /// Keeps each test's rate-limit service alive until the test ends.
     static RLS: std::cell::RefCell<Vec<RateLimitService>> = const { std::cell::RefCell::new(Vec::new()) };
