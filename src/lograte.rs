@@ -4,7 +4,8 @@
 //! line per denial costs more CPU than refusing the request, and fills the
 //! disks that operators rely on during an attack. The decision counters in
 //! Envoy's stats stay complete; the log keeps the first `per_second` lines
-//! of each second and says how many it left out.
+//! of each second and says how many it left out (with the next line, or at
+//! the next tick once the second is over).
 
 /// What to do with one decision log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +55,16 @@ impl LogLimiter {
             Admit::Suppress
         }
     }
+
+    /// The lines left out in a second that is over (`now` is later), taken
+    /// so that they are reported once: a tick reports the tail of a flood
+    /// that no later line would.
+    pub fn take_left_out(&mut self, now: u64) -> u64 {
+        if now == self.window {
+            return 0;
+        }
+        std::mem::take(&mut self.suppressed)
+    }
 }
 
 #[cfg(test)]
@@ -74,6 +85,13 @@ mod tests {
         assert_eq!(l.admit(11), Admit::Write { suppressed: 0 });
         assert_eq!(l.admit(11), Admit::Suppress);
         assert_eq!(l.admit(15), Admit::Write { suppressed: 1 });
+        // A tick in a later second takes what was left out, once.
+        assert_eq!(l.admit(15), Admit::Write { suppressed: 0 });
+        assert_eq!(l.admit(15), Admit::Suppress);
+        assert_eq!(l.take_left_out(15), 0, "the second is not over");
+        assert_eq!(l.take_left_out(16), 1);
+        assert_eq!(l.take_left_out(17), 0);
+        assert_eq!(l.admit(17), Admit::Write { suppressed: 0 });
     }
 
     #[test]

@@ -752,23 +752,37 @@ fn admitted(worker: &Worker, level: log::Level, now: u64) -> bool {
     };
     let admit = limiter.borrow_mut().admit(now);
     if let Admit::Write { suppressed } = admit {
-        if suppressed > 0 && warning {
-            log::log!(
-                level,
-                "{suppressed} warning lines left out (at most {WARN_LINES_PER_SECOND} a second \
-                 per worker)"
-            );
-        } else if suppressed > 0 {
-            log::log!(
-                level,
-                "{suppressed} decision log lines left out (decision_log_per_second = {}; \
-                 the appguard_decisions counters count every request)",
-                worker.config.decision_log_per_second
-            );
-        }
+        left_out(worker, level, warning, suppressed);
         return true;
     }
     false
+}
+
+/// Says how many lines were left out, when some were.
+fn left_out(worker: &Worker, level: log::Level, warning: bool, suppressed: u64) {
+    if suppressed > 0 && warning {
+        log::log!(
+            level,
+            "{suppressed} warning lines left out (at most {WARN_LINES_PER_SECOND} a second \
+             per worker)"
+        );
+    } else if suppressed > 0 {
+        log::log!(
+            level,
+            "{suppressed} decision log lines left out (decision_log_per_second = {}; \
+             the appguard_decisions counters count every request)",
+            worker.config.decision_log_per_second
+        );
+    }
+}
+
+/// From the worker's tick: says how many lines were left out in a second
+/// that is over and no line followed (the tail of a flood), once.
+pub fn report_left_out(worker: &Worker, now: u64) {
+    let decisions = worker.decision_log.borrow_mut().take_left_out(now);
+    left_out(worker, log::Level::Info, false, decisions);
+    let warnings = worker.warn_log.borrow_mut().take_left_out(now);
+    left_out(worker, log::Level::Warn, true, warnings);
 }
 
 /// `route=… ip=… app=… key=…`: the request's route (`_unmatched` when no

@@ -616,6 +616,7 @@ impl RootContext for FilterRoot {
         }
         worker.send_alerts(now);
         worker.follow_replay_layouts(now);
+        super::filter::report_left_out(&worker, now);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
