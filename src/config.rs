@@ -1342,7 +1342,7 @@ fn wrong_kind_of_value(bytes: &[u8], e: &serde_json::Error) -> Option<String> {
         return None;
     };
     Some(format!(
-        "expected one of this field's names, as a string (see the configuration reference), \
+        "expected one of this field's values, as a string (see the configuration reference), \
          found {kind} (at line {} column {})",
         e.line(),
         e.column()
@@ -1451,13 +1451,16 @@ fn plausible_name(name: &str) -> bool {
     name.len() <= 40
         && name
             .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b == b'@' || b == b'_')
-        && name
-            .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'@'))
-        && count(u8::is_ascii_digit) <= 3
         && count(u8::is_ascii_uppercase) <= 4
+        && match name.bytes().next() {
+            // `"per": "5m"`, `"60s"`: too short for a secret.
+            Some(b'0'..=b'9') => name.len() <= 8,
+            Some(b) => {
+                (b.is_ascii_lowercase() || b == b'@' || b == b'_') && count(u8::is_ascii_digit) <= 3
+            }
+            None => false,
+        }
 }
 
 /// A serde message with the unknown field or variant it names (``unknown
@@ -3142,6 +3145,26 @@ mod tests {
         );
         assert!(e.message.contains("unknown variant `Hs256`"), "{e}");
         let e = err(r#"{"default_action":"AllowAIzaSyREALKEY0123"}"#);
+        assert!(e.message.contains("unknown variant `?`"), "{e}");
+        // A duration written where a unit belongs is shown as written: it
+        // is too short to be a secret. A longer value that starts with a
+        // digit is not.
+        let limit = |per: &str| {
+            err(&format!(
+                r#"{{"routes":[{{"name":"a","match":{{"prefix":"/"}},
+                "rate_limits":[{{"entries":[{{"type":"client_ip"}}],"local":{{"requests":5,"per":"{per}"}}}}]}}]}}"#
+            ))
+        };
+        for per in ["5m", "3600s", "2enforce"] {
+            let e = limit(per);
+            assert!(
+                e.message.contains(&format!(
+                    "unknown variant `{per}`, expected one of `second`"
+                )),
+                "{e}"
+            );
+        }
+        let e = limit("1234567890abcdef");
         assert!(e.message.contains("unknown variant `?`"), "{e}");
     }
 
