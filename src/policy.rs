@@ -1978,8 +1978,8 @@ fn rls_verdict(
         .map_or(FailureMode::Deny, |r| r.failure_mode);
     // Replay protection through the service holds only if the service
     // limits the replay descriptor to 1 in windows no shorter than a
-    // token is accepted in (`max_lifetime_seconds` plus twice the skew,
-    // [`Provider::replay_horizon`]): an answer without a limit
+    // token is accepted in (`max_lifetime_seconds` plus twice the skew and
+    // a second, [`Provider::replay_horizon`]): an answer without a limit
     // for it (no rule in its YAML, a misspelt key or domain) protects
     // nothing, and `5 per minute` lets a five-minute token through up to
     // 30 times.

@@ -654,7 +654,7 @@ fn replay_problem(limit: &Limit, horizon: u64) -> Option<String> {
     if window < horizon {
         return Some(format!(
             "is 1 per {}, shorter than this provider accepts a token for ({horizon} s: \
-             max_lifetime_seconds plus twice clock_skew_seconds): a token can be replayed in \
+             max_lifetime_seconds plus twice clock_skew_seconds and one second): a token can be replayed in \
              the next window; {REPLAY_TAIL}",
             unit.name()
         ));
@@ -762,6 +762,36 @@ descriptors:
     value: android
     rate_limit: {unlimited: true}
 "#;
+
+    #[test]
+    fn a_replay_window_must_outlast_the_last_second_a_token_is_taken_in() {
+        // 1 per hour, rolling: enough for tokens of up to 3,589 s with the
+        // default 5 s skew, not for 3,590 s, which the whole-second clock
+        // takes until 3,601 s after their first use.
+        let c = rls("domain: d\ndescriptors:\n  - key: jti\n    rate_limit: {unit: hour, requests_per_unit: 1, rolling: true}\n");
+        let limit = c.domain_root("d").unwrap().children["jti"]
+            .limit
+            .clone()
+            .unwrap();
+        let provider = |max: u64| {
+            let json = format!(
+                r#"{{"tokens":[{{"name":"t","from":[{{"header":"x-t"}}],
+                "keys":[{{"alg":"HS256","secret_base64":"{}"}}],"max_lifetime_seconds":{max}}}]}}"#,
+                "A".repeat(44)
+            );
+            appguard::config::Config::from_json(json.as_bytes())
+                .unwrap()
+                .providers[0]
+                .replay_horizon()
+        };
+        assert_eq!(replay_problem(&limit, provider(3589)), None);
+        let problem = replay_problem(&limit, provider(3590)).unwrap();
+        assert!(
+            problem
+                .contains("is 1 per hour, shorter than this provider accepts a token for (3601 s"),
+            "{problem}"
+        );
+    }
 
     #[test]
     fn known_values_are_matched_as_the_service_matches_them() {

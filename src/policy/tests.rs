@@ -5278,6 +5278,41 @@ fn a_service_replay_rule_must_make_a_jti_single_use_for_the_tokens_life() {
             "{unit:?}"
         );
     }
+    // The clock is read in whole seconds: a token whose `exp` plus skew is
+    // second n passes until n + 1, so 1 per hour protects tokens accepted
+    // for up to 3,599 s in all (3,589 s with the default 5 s skew), and no
+    // longer (3,590 s: a copy would pass in the second after the counter
+    // expired).
+    for (max, expected) in [(3589, None), (3590, Some(Reason::RatelimitUnavailable))] {
+        let w = World::from(json!({
+            "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+            "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                        "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                        "max_lifetime_seconds": max,
+                        "replay": {"claim": "jti", "scope": "service"}}],
+            "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
+        }));
+        let token = hs256_raw(
+            SECRET,
+            &json!({"alg": "HS256", "typ": "JWT"}),
+            &json!({"iat": NOW, "exp": NOW + 60, "jti": "j"}),
+        );
+        let h = headers(&[(":method", "GET"), (":path", "/x"), ("x-token", &token)]);
+        let Step::NeedRateLimit(p, _) = evaluate(&w.ctx(), &Request::new(&h, None), NOW) else {
+            panic!("a call")
+        };
+        let mut resp = ok_response(1, 0, Some(1_000));
+        resp.statuses[0].current_limit = Some(RateLimit {
+            name: String::new(),
+            requests_per_unit: 1,
+            unit: Unit::Hour as i32,
+        });
+        assert_eq!(
+            evaluate_rls(&w.ctx(), p, Ok(&resp), NOW).done_reason(),
+            expected,
+            "{max}"
+        );
+    }
     // No rule; more than one use; windows shorter than 300 s + skew, in
     // which the token would pass once per window.
     for bad in [

@@ -224,10 +224,14 @@ impl Provider {
     /// The longest a replay entry of this provider's tokens is kept after
     /// it is recorded: an accepted token expires at most
     /// `max_lifetime_seconds` plus the clock skew from now, and its entry
-    /// is kept for the skew after that.
+    /// is kept for the skew after that, plus one second: the clock is read
+    /// in whole seconds, so a token whose `exp` plus skew is second `n` is
+    /// still taken until `n + 1` (a service window of exactly the rest
+    /// would forget its `jti` while a copy still passes).
     pub fn replay_horizon(&self) -> u64 {
         self.max_lifetime_seconds
             .saturating_add(self.clock_skew_seconds.saturating_mul(2))
+            .saturating_add(1)
     }
 }
 
