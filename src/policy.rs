@@ -2101,9 +2101,15 @@ fn rls_verdict(
         }
         {
             let mut cache = ctx.service_cache.borrow_mut();
+            // Counted from the second the call went out: the service's
+            // reset is from its own reading of the clock, before the
+            // answer came back (an answer that crossed a second would
+            // otherwise hold a per-second limit's 429 through the next
+            // window, in which the service counted nothing).
+            let sent_at = pending.sent_ms / 1000;
             for o in &verdict.over_limit_descriptors {
-                if let (Some(until), Some(sent)) = (o.until, pending.service.get(o.index)) {
-                    cache.insert(sent.key, until, o.limit, now);
+                if let (Some(reset), Some(sent)) = (o.reset_secs, pending.service.get(o.index)) {
+                    cache.insert(sent.key, sent_at.saturating_add(reset), o.limit, now);
                 }
             }
         }

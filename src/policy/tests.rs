@@ -1618,6 +1618,47 @@ fn service_over_limit_is_cached_and_failures_follow_the_failure_mode() {
     ));
 }
 
+#[test]
+fn a_cached_429_lasts_from_the_call_not_from_the_answer() {
+    // The service's reset is counted from its own clock reading, made
+    // while the call was out: an answer that comes back in the next
+    // second must not hold the 429 for a second more.
+    let w = limits_world();
+    let get = |now_ms: u64| {
+        let h = headers(&[
+            (":method", "GET"),
+            (":path", "/open/x"),
+            (":authority", "api.example.com"),
+            ("x-user", "u1"),
+        ]);
+        let req = Request::new(&h, Some("192.0.2.4".parse().unwrap()));
+        let ctx = Ctx { now_ms, ..w.ctx() };
+        evaluate(&ctx, &req, now_ms / 1000)
+    };
+    let sent = NOW * 1000 + 900;
+    let answered = (NOW + 1) * 1000 + 200;
+    for (reset, cached) in [(1, false), (2, true)] {
+        let Step::NeedRateLimit(p, _) = get(sent) else {
+            panic!("a call")
+        };
+        let ctx = Ctx {
+            now_ms: answered,
+            ..w.ctx()
+        };
+        let resp = over_limit_response(reset);
+        assert_eq!(
+            evaluate_rls(&ctx, p, Ok(&resp), answered / 1000).done_reason(),
+            Some(Reason::RateLimited)
+        );
+        match get(answered + 100) {
+            Step::Done(Decision::Deny(d), _) if cached => assert_eq!(d.reason, Reason::RateLimited),
+            Step::NeedRateLimit(..) if !cached => {}
+            s => panic!("reset {reset}: {s:?}"),
+        }
+        *w.over.borrow_mut() = ServiceCache::new(&BucketSalt::new([7; 16]));
+    }
+}
+
 impl Step {
     fn done_reason(&self) -> Option<Reason> {
         match self {

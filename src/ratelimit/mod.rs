@@ -84,8 +84,6 @@ pub struct OverLimitDescriptor {
     /// [`MAX_RESET_SECS`] and the limit unit's window); `None` when the
     /// service did not say, in which case it must not be cached.
     pub reset_secs: Option<u64>,
-    /// `now + reset_secs`: the Unix time until which it may be cached.
-    pub until: Option<u64>,
     /// Its limit's `requests_per_unit`, when the service said it: the
     /// `x-ratelimit-limit` of a 429 answered later from the cache.
     pub limit: Option<u32>,
@@ -230,7 +228,6 @@ pub fn interpret(
             .map(|&(index, s, reset)| OverLimitDescriptor {
                 index,
                 reset_secs: reset,
-                until: reset.map(|r| now.saturating_add(r)),
                 limit: requests_per_unit(s),
             })
             .collect();
@@ -471,13 +468,11 @@ mod tests {
                 OverLimitDescriptor {
                     index: 1,
                     reset_secs: Some(42),
-                    until: Some(NOW + 42),
                     limit: Some(5)
                 },
                 OverLimitDescriptor {
                     index: 2,
                     reset_secs: Some(120),
-                    until: Some(NOW + 120),
                     limit: Some(3)
                 },
             ]
@@ -518,7 +513,7 @@ mod tests {
             );
             let v = interpret(&r, 1, NOW).unwrap();
             assert_eq!(v.retry_after_secs(), Some(1), "{reset:?}");
-            assert_eq!(v.over_limit_descriptors[0].until, Some(NOW + 1));
+            assert_eq!(v.over_limit_descriptors[0].reset_secs, Some(1));
         }
     }
 
@@ -540,7 +535,6 @@ mod tests {
         let v = interpret(&r, 2, u64::MAX - 5).unwrap();
         assert_eq!(v.over_limit_descriptors[0].reset_secs, Some(60));
         assert_eq!(v.over_limit_descriptors[1].reset_secs, Some(MAX_RESET_SECS));
-        assert_eq!(v.over_limit_descriptors[1].until, Some(u64::MAX));
         assert_eq!(v.retry_after_secs(), Some(MAX_RESET_SECS));
     }
 
@@ -554,7 +548,7 @@ mod tests {
         );
         let v = interpret(&r, 1, NOW).unwrap();
         assert!(v.over_limit);
-        assert_eq!(v.over_limit_descriptors[0].until, None);
+        assert_eq!(v.over_limit_descriptors[0].reset_secs, None);
         let left = (60 - NOW % 60).to_string();
         assert_eq!(
             v.limit_headers(),
@@ -595,8 +589,8 @@ mod tests {
         let end_of_minute = 60 - NOW % 60;
         assert!(end_of_minute > 5);
         assert_eq!(v.retry_after_secs(), Some(end_of_minute));
-        assert_eq!(v.over_limit_descriptors[0].until, None);
-        assert_eq!(v.over_limit_descriptors[1].until, Some(NOW + 5));
+        assert_eq!(v.over_limit_descriptors[0].reset_secs, None);
+        assert_eq!(v.over_limit_descriptors[1].reset_secs, Some(5));
         // No statuses at all: still a retry-after, and nothing remains.
         let v = interpret(&response(Code::OverLimit, vec![]), 1, NOW).unwrap();
         assert!(v.over_limit);
