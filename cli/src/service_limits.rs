@@ -33,7 +33,7 @@ use appguard::config::{Config, Route};
 use appguard::limits::{RateLimit as Rule, Source};
 use appguard::token::ReplayScope;
 use appguard_ratelimit::config::{
-    ConfigError, Loaded, Node, Quota, RateLimit as Limit, RateLimitConfig,
+    child_key, ConfigError, Loaded, Node, Quota, RateLimit as Limit, RateLimitConfig,
 };
 use appguard_ratelimit::matching::wildcard_match;
 
@@ -213,23 +213,25 @@ fn combinations(shape: &[ShapeEntry]) -> Vec<Vec<Step<'_>>> {
 }
 
 /// The child a known value reaches, as [`RateLimitConfig::get_limit`]
-/// picks it: exact `key_value`, else the first matching wildcard, else
-/// the key-only child.
+/// picks it: the child of that key and value, else the first wildcard of
+/// that key matching the value, else the key-only child.
 fn next_known<'n>(node: &'n Node, key: &str, value: &str) -> Option<&'n Node> {
-    let key_value = format!("{key}_{value}");
-    if let Some(n) = node.children.get(&key_value) {
+    if let Some(n) = Some(value)
+        .filter(|v| !v.is_empty())
+        .and_then(|v| node.children.get(&child_key(key, v)))
+    {
         return Some(n);
     }
     if let Some(w) = node
         .wildcards
         .iter()
-        .find(|w| wildcard_match(&w.parts, &key_value))
+        .find(|w| w.descriptor_key == key && wildcard_match(&w.parts, value))
     {
         if let Some(n) = node.children.get(&w.key) {
             return Some(n);
         }
     }
-    node.children.get(key)
+    node.children.get(&child_key(key, ""))
 }
 
 /// For a value chosen per request: the child most values reach (the first
@@ -237,34 +239,31 @@ fn next_known<'n>(node: &'n Node, key: &str, value: &str) -> Option<&'n Node> {
 /// children only some values reach (exact values, wildcards with a prefix
 /// or suffix that come before one taking every value).
 fn next_any<'n>(node: &'n Node, key: &str) -> (Option<&'n Node>, Vec<&'n Node>) {
-    let prefix = format!("{key}_");
+    // Children with a value of this key: `child_key(key, "")` and then `=`
+    // (values with `*` are the wildcards, below).
+    let prefix = format!("{}=", child_key(key, ""));
     let mut some: Vec<&Node> = node
         .children
         .iter()
         .filter(|(k, _)| k.starts_with(&prefix) && !k.contains('*'))
         .map(|(_, n)| n)
         .collect();
-    for w in &node.wildcards {
+    for w in node.wildcards.iter().filter(|w| w.descriptor_key == key) {
         let Some(child) = node.children.get(&w.key) else {
             continue;
         };
-        if takes_every_value(&w.parts, &prefix) {
+        if takes_every_value(&w.parts) {
             return (Some(child), some);
         }
-        if w.parts
-            .first()
-            .is_some_and(|first| first.starts_with(&prefix) || prefix.starts_with(first.as_str()))
-        {
-            some.push(child);
-        }
+        some.push(child);
     }
-    (node.children.get(key), some)
+    (node.children.get(&child_key(key, "")), some)
 }
 
-/// Whether a wildcard (split on `*`) matches `prefix` followed by any
-/// value: it ends in `*` and already matches the bare prefix.
-fn takes_every_value(parts: &[String], prefix: &str) -> bool {
-    parts.len() > 1 && parts.last().is_some_and(String::is_empty) && wildcard_match(parts, prefix)
+/// Whether a value pattern (split on `*`) matches any value: it is `*`
+/// alone (or `**`…).
+fn takes_every_value(parts: &[String]) -> bool {
+    parts.len() > 1 && parts.iter().all(String::is_empty)
 }
 
 /// Where one path of the walk ends.
@@ -769,7 +768,7 @@ descriptors:
         // default 5 s skew, not for 3,590 s, which the whole-second clock
         // takes until 3,601 s after their first use.
         let c = rls("domain: d\ndescriptors:\n  - key: jti\n    rate_limit: {unit: hour, requests_per_unit: 1, rolling: true}\n");
-        let limit = c.domain_root("d").unwrap().children["jti"]
+        let limit = c.domain_root("d").unwrap().children[&child_key("jti", "")]
             .limit
             .clone()
             .unwrap();
@@ -886,11 +885,11 @@ descriptors:
     #[test]
     fn takes_every_value_only_for_a_bare_star() {
         let p = |s: &str| s.split('*').map(str::to_owned).collect::<Vec<_>>();
-        assert!(takes_every_value(&p("k_*"), "k_"));
-        assert!(takes_every_value(&p("k*"), "k_"));
-        assert!(!takes_every_value(&p("k_a*"), "k_"));
-        assert!(!takes_every_value(&p("k_*a"), "k_"));
-        assert!(!takes_every_value(&p("k_"), "k_"));
+        assert!(takes_every_value(&p("*")));
+        assert!(takes_every_value(&p("**")));
+        assert!(!takes_every_value(&p("a*")));
+        assert!(!takes_every_value(&p("*a")));
+        assert!(!takes_every_value(&p("")));
     }
 }
 
@@ -939,10 +938,16 @@ descriptors:
     descriptors:
       - key: a
         rate_limit: {unit: minute, requests_per_unit: 9}
-  - key: "c*"
+  - key: c
+    value: "*"
     rate_limit: {unit: minute, requests_per_unit: 10}
   - key: c
     rate_limit: {unit: minute, requests_per_unit: 11}
+  - key: a_z
+    rate_limit: {unit: minute, requests_per_unit: 12}
+  - key: b_x
+    value: y
+    rate_limit: {unit: minute, requests_per_unit: 13}
 "#;
 
     #[test]
@@ -952,7 +957,9 @@ descriptors:
             .0;
         let root = c.domain_root("d").unwrap();
         let keys = ["a", "b", "c"];
-        let values = ["x", "xy", "y", "z", "xz", ""];
+        // (`a_z` and `b_x=y` are nodes that `a=z` and `b=x_y` reach when
+        // keys and values are joined.)
+        let values = ["x", "xy", "y", "z", "xz", "", "x_y"];
         let mut pairs = Vec::new();
         for k in keys {
             for v in values {

@@ -177,6 +177,9 @@ pub enum Problem {
     /// A descriptor without `key`.
     #[error("descriptor has an empty key")]
     EmptyKey,
+    /// A `*` in a descriptor's `key`: wildcards are for values.
+    #[error("descriptor key '{0}' has a '*': wildcards are for values (`value: \"prefix*\"`)")]
+    WildcardKey(String),
     /// Two entries of one list have the same key and value.
     #[error("duplicate descriptor composite key '{0}'")]
     DuplicateDescriptor(String),
@@ -388,13 +391,30 @@ pub struct RateLimit {
     pub rolling: bool,
 }
 
-/// A wildcard child of a node: its map key and that key split on `*`.
+/// A wildcard child of a node: its map key, its descriptor key, and its
+/// value split on `*`.
 #[derive(Debug, Clone)]
 pub struct WildcardEntry {
-    /// The child's map key (`key` or `key_value`, containing `*`).
+    /// The child's map key ([`child_key`]).
     pub key: String,
-    /// `key` split on `*`.
+    /// The descriptor key a request entry must have, exactly.
+    pub descriptor_key: String,
+    /// The value pattern split on `*`.
     pub parts: Vec<String>,
+}
+
+/// The map key of a node's child: its descriptor `key` and `value` (empty
+/// for a key-only child), the key length-prefixed so that no pair reads as
+/// another. envoyproxy/ratelimit joins them with `_`, so that a key-only
+/// `tier_gold` also took the request entry `tier=gold`, and a node
+/// `user_a=b` the entry `user=a_b`: a value a client chooses could reach
+/// another node's limit.
+pub fn child_key(key: &str, value: &str) -> String {
+    if value.is_empty() {
+        format!("{}:{key}", key.len())
+    } else {
+        format!("{}:{key}={value}", key.len())
+    }
 }
 
 /// A node of the matching tree: a domain root or a descriptor entry.
@@ -405,15 +425,14 @@ pub struct WildcardEntry {
 /// [`RateLimitConfig::get_limit`] walks.
 #[derive(Debug, Default)]
 pub struct Node {
-    /// Children by `key_value` (entry with a value) or `key` (key only), as
-    /// envoyproxy/ratelimit keys them.
+    /// Children by [`child_key`] of their key and value.
     pub children: HashMap<String, Node>,
     /// Children whose map key contains `*`, in file order.
     pub wildcards: Vec<WildcardEntry>,
     /// The limit of this node, if it has one.
     pub limit: Option<Arc<RateLimit>>,
     /// `share_threshold: true` (only allowed on wildcard nodes): the node's
-    /// map key, whose value part replaces the request value in counter keys.
+    /// value pattern, which replaces the request value in counter keys.
     pub share_threshold_pattern: Option<String>,
 }
 
@@ -803,22 +822,29 @@ fn compile_descriptors(
         path: path.to_owned(),
         problem,
     };
+    let mut stats_names = std::collections::HashSet::new();
     for (i, descriptor) in descriptors.into_iter().enumerate() {
         let here = format!("{path}[{i}]");
         let key = descriptor.key.unwrap_or_default();
         if key.is_empty() {
             return Err(invalid(&here, Problem::EmptyKey));
         }
-        // The map key is `key` or `key_value`, as in envoyproxy/ratelimit: an
-        // empty value is the same as no value.
+        if key.contains('*') {
+            return Err(invalid(&here, Problem::WildcardKey(key)));
+        }
+        // An empty value is the same as no value, as in envoyproxy/ratelimit,
+        // whose stats name a node `key` or `key_value`. Two nodes of one
+        // list with one such name (`tier_gold`, and `tier` with `gold`) are
+        // refused: they are matched apart, but their stats would merge.
         let value = descriptor.value.unwrap_or_default();
-        let map_key = if value.is_empty() {
+        let stats_name = if value.is_empty() {
             key.clone()
         } else {
             format!("{key}_{value}")
         };
-        let full_key = format!("{parent_key}{map_key}");
-        if parent.children.contains_key(&map_key) {
+        let full_key = format!("{parent_key}{stats_name}");
+        let map_key = child_key(&key, &value);
+        if !stats_names.insert(stats_name.clone()) {
             return Err(invalid(&here, Problem::DuplicateDescriptor(full_key)));
         }
 
@@ -834,23 +860,24 @@ fn compile_descriptors(
             )?)),
         };
 
-        let is_wildcard = map_key.contains('*');
+        let is_wildcard = value.contains('*');
         if descriptor.share_threshold && !is_wildcard {
             return Err(invalid(
                 &here,
-                Problem::ShareThresholdWithoutWildcard(map_key),
+                Problem::ShareThresholdWithoutWildcard(stats_name),
             ));
         }
         if is_wildcard {
             parent.wildcards.push(WildcardEntry {
                 key: map_key.clone(),
-                parts: map_key.split('*').map(str::to_owned).collect(),
+                descriptor_key: key.clone(),
+                parts: value.split('*').map(str::to_owned).collect(),
             });
         }
 
         let mut node = Node {
             limit,
-            share_threshold_pattern: descriptor.share_threshold.then(|| map_key.clone()),
+            share_threshold_pattern: descriptor.share_threshold.then(|| value.clone()),
             ..Node::default()
         };
         compile_descriptors(
@@ -1181,6 +1208,18 @@ descriptors:
             problem("domain: d\ndescriptors:\n  - value: v\n").1,
             Problem::EmptyKey
         );
+        // A wildcard in a key: envoyproxy/ratelimit matched it against
+        // `key_value`; this service compares keys exactly.
+        assert_eq!(
+            problem("domain: d\ndescriptors:\n  - key: \"user*\"\n").1,
+            Problem::WildcardKey("user*".to_owned())
+        );
+        // Two nodes envoyproxy/ratelimit would name alike in its stats.
+        let (path, p) = problem(
+            "domain: d\ndescriptors:\n  - key: tier_gold\n  - key: tier\n    value: gold\n",
+        );
+        assert_eq!(path, "descriptors[1]");
+        assert_eq!(p, Problem::DuplicateDescriptor("d.tier_gold".to_owned()));
         let (path, p) = problem(
             "domain: d\ndescriptors:\n  - key: a\n    descriptors:\n      - key: b\n        value: c\n      - key: b\n        value: c\n",
         );

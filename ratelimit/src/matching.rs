@@ -6,9 +6,12 @@
 //! - a descriptor that carries its own `limit` override uses it as is (when
 //!   the domain is known);
 //! - otherwise the entries are walked from the domain root, one tree level
-//!   per entry. At each level the exact `key_value` child is preferred, then
-//!   the first wildcard child (file order) whose pattern matches
-//!   `key_value`, then the key-only child;
+//!   per entry. At each level the child with the entry's key and value is
+//!   preferred, then the first wildcard child (file order) of that key
+//!   whose value pattern matches the value, then the key-only child. The
+//!   key and value are compared apart, where envoyproxy/ratelimit compares
+//!   them joined as `key_value` (so that its key-only node `tier_gold`
+//!   also takes the entry `tier=gold`);
 //! - the limit applied is the one on the node reached by the **last** entry;
 //!   a limit on a node reached earlier applies only to descriptors that stop
 //!   there. The walk stops at a node without children, so a descriptor longer
@@ -18,7 +21,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 
-use crate::config::{Node, Quota, RateLimit, RateLimitConfig};
+use crate::config::{child_key, Node, Quota, RateLimit, RateLimitConfig};
 use crate::window::Unit;
 
 /// The limit found for a descriptor.
@@ -108,21 +111,22 @@ impl RateLimitConfig {
         let mut shared_values: Vec<Option<String>> = Vec::new();
 
         for (i, entry) in descriptor.entries.iter().enumerate() {
-            let key_value = format!("{}_{}", entry.key, entry.value);
-            let mut next = level.children.get(&key_value);
+            let mut next = if entry.value.is_empty() {
+                None
+            } else {
+                level.children.get(&child_key(&entry.key, &entry.value))
+            };
             let mut via_wildcard = false;
             if next.is_none() {
-                if let Some(wildcard) = level
-                    .wildcards
-                    .iter()
-                    .find(|w| wildcard_match(&w.parts, &key_value))
-                {
+                if let Some(wildcard) = level.wildcards.iter().find(|w| {
+                    w.descriptor_key == entry.key && wildcard_match(&w.parts, &entry.value)
+                }) {
                     next = level.children.get(&wildcard.key);
                     via_wildcard = next.is_some();
                 }
             }
             if next.is_none() {
-                next = level.children.get(&entry.key);
+                next = level.children.get(&child_key(&entry.key, ""));
             }
             let Some(node) = next else {
                 break;
@@ -130,12 +134,10 @@ impl RateLimitConfig {
 
             if via_wildcard {
                 if let Some(pattern) = &node.share_threshold_pattern {
-                    let prefix = format!("{}_", entry.key);
-                    let shared = pattern.strip_prefix(&prefix).unwrap_or(pattern);
                     if shared_values.len() < descriptor.entries.len() {
                         shared_values.resize(descriptor.entries.len(), None);
                     }
-                    shared_values[i] = Some(shared.to_owned());
+                    shared_values[i] = Some(pattern.clone());
                 }
             }
 
@@ -294,6 +296,56 @@ descriptors:
             key_of(&c, "edge_proxy_per_ip", &[("remote_address", "50.0.0.1")]),
             Some("edge_proxy_per_ip.remote_address".to_owned())
         );
+    }
+
+    #[test]
+    fn keys_and_values_are_matched_apart() {
+        // envoyproxy/ratelimit joins them as `key_value`: its key-only node
+        // `tier_gold` takes the entry `tier=gold`, and the node `user_a`
+        // with value `b` the entry `user=a_b`, a value a client may choose.
+        let c = config(
+            r#"
+domain: d
+descriptors:
+  - key: tier_gold
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: user_a
+    value: b
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: user
+    rate_limit: {unit: minute, requests_per_unit: 3}
+  - key: user_a
+    value: "x*"
+    rate_limit: {unit: minute, requests_per_unit: 4}
+"#,
+        );
+        assert_eq!(key_of(&c, "d", &[("tier", "gold")]), None);
+        assert_eq!(
+            key_of(&c, "d", &[("user", "a_b")]),
+            Some("d.user".to_owned())
+        );
+        assert_eq!(
+            key_of(&c, "d", &[("user", "a_xyz")]),
+            Some("d.user".to_owned())
+        );
+        // Each still takes its own entries.
+        assert_eq!(
+            key_of(&c, "d", &[("tier_gold", "")]),
+            Some("d.tier_gold".to_owned())
+        );
+        assert_eq!(
+            key_of(&c, "d", &[("tier_gold", "v")]),
+            Some("d.tier_gold".to_owned())
+        );
+        assert_eq!(
+            key_of(&c, "d", &[("user_a", "b")]),
+            Some("d.user_a_b".to_owned())
+        );
+        assert_eq!(
+            key_of(&c, "d", &[("user_a", "xyz")]),
+            Some("d.user_a_x*".to_owned())
+        );
+        assert_eq!(key_of(&c, "d", &[("user_a", "c")]), None);
     }
 
     #[test]
