@@ -65,6 +65,7 @@ impl Checked {
     ) -> Self {
         if let Ok(config) = &result {
             notes.extend(config.advisories());
+            notes.extend(prefix_advice(config));
             if let Some(doc) = json.and_then(|b| serde_json::from_slice::<Value>(b).ok()) {
                 notes.extend(demo_values(&doc));
             }
@@ -75,6 +76,44 @@ impl Checked {
             notes,
         }
     }
+}
+
+/// A route `prefix` that does not end in `/` matches by bytes: `/web`
+/// also takes `/webhooks` and `/web-admin`. Advice, not a refusal: the
+/// operator may mean it. (Here, not in the filter's advisories: the module
+/// has no bytes to spare.)
+fn prefix_advice(config: &Config) -> Vec<String> {
+    config
+        .routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match &r.path {
+            appguard::config::PathMatch::Prefix(p) if !p.ends_with('/') => Some(format!(
+                "routes[{i}].match.prefix ({}): \"{p}\" matches by bytes, so also \"{p}-admin\" \
+                 and \"{p}hooks\": end it with / (and give \"{p}\" itself a `path` route) \
+                 unless that is meant",
+                r.name
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A hint for a refusal whose message names a Rust integer type (serde's
+/// `expected u64` for `"timeout_ms": "250ms"`): the CLI says it in the
+/// configuration's words (the filter's message stays as it is: the module
+/// has no bytes to spare).
+pub fn hint(e: &ConfigError) -> Option<&'static str> {
+    ["u8", "u16", "u32", "u64", "usize"]
+        .iter()
+        .any(|t| {
+            e.message.contains(&format!("expected {t} "))
+                || e.message.ends_with(&format!("expected {t}"))
+        })
+        .then_some(
+            "a whole number is expected here, without a unit or quotes: `\"timeout_ms\": 250`, \
+             not `\"250ms\"`; durations are in the unit the field's name says",
+        )
 }
 
 /// The outcome of checking one file.

@@ -34,10 +34,16 @@ enum Command {
     /// configuration with appguard filters, or an Istio WasmPlugin, exactly
     /// as the filter would; with --ratelimit-config, also whether the
     /// rate-limit service has a limit for each descriptor it is sent.
-    /// Exit 0 valid (warnings included), 1 refused, 2 unreadable.
+    /// Exit 0 valid (warnings included, unless --strict), 1 refused, 2
+    /// unreadable.
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+        /// Warnings fail the check too (exit 1), for a CI step: a missing
+        /// rate-limit cluster, a replay rule the service does not enforce,
+        /// a demo secret are valid configurations that do not work as meant.
+        #[arg(long)]
+        strict: bool,
         /// The rate-limit service's configuration (envoyproxy/ratelimit
         /// YAML: a file, or a directory of .yaml/.yml files; repeatable, as
         /// the service's --config): warn of every service rule and
@@ -265,7 +271,8 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::CheckConfig {
             file,
             ratelimit_config,
-        } => check_config(&file, &ratelimit_config),
+            strict,
+        } => check_config(&file, &ratelimit_config, strict),
         Command::HashKey { key, extra } => {
             if !extra.is_empty() {
                 return Err(CliError::input(format!(
@@ -333,8 +340,13 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
     }
 }
 
-fn check_config(file: &Path, ratelimit: &[PathBuf]) -> Result<ExitCode, CliError> {
+fn check_config(file: &Path, ratelimit: &[PathBuf], strict: bool) -> Result<ExitCode, CliError> {
     let report = check::check_file(file)?;
+    let mut warnings = 0usize;
+    let mut warn = |line: String| {
+        warnings += 1;
+        err!("{line}");
+    };
     let name = file.display();
     let at = |location: &str| {
         if location.is_empty() {
@@ -349,37 +361,45 @@ fn check_config(file: &Path, ratelimit: &[PathBuf]) -> Result<ExitCode, CliError
         let at = at(&c.location);
         match &c.result {
             Ok(config) => out!("{name}{at}: valid: {}", check::summary(config)),
-            Err(e) => err!("{name}{at}: {e}"),
+            Err(e) => {
+                err!("{name}{at}: {e}");
+                if let Some(hint) = check::hint(e) {
+                    err!("{name}{at}: hint: {hint}");
+                }
+            }
         }
         for note in &c.notes {
-            err!("{name}{at}: warning: {note}");
+            warn(format!("{name}{at}: warning: {note}"));
         }
     }
     for s in &report.skipped {
-        err!("{name}{}: warning: {s}", at(&s.location));
+        warn(format!("{name}{}: warning: {s}", at(&s.location)));
     }
     if !ratelimit.is_empty() {
         let loaded = service_limits::load(ratelimit)?;
         for w in &loaded.warnings {
             if w.path.is_empty() {
-                err!("{}: warning: {}", w.file, w.message);
+                warn(format!("{}: warning: {}", w.file, w.message));
             } else {
-                err!("{}: warning: {}: {}", w.file, w.path, w.message);
+                warn(format!("{}: warning: {}: {}", w.file, w.path, w.message));
             }
         }
         for c in &report.configs {
             if let Ok(config) = &c.result {
                 let at = at(&c.location);
                 for note in service_limits::check(config, &loaded.config) {
-                    err!("{name}{at}: warning: {note}");
+                    warn(format!("{name}{at}: warning: {note}"));
                 }
             }
         }
     }
-    Ok(if report.all_valid() {
-        ExitCode::SUCCESS
-    } else {
+    Ok(if !report.all_valid() {
         ExitCode::from(1)
+    } else if strict && warnings > 0 {
+        err!("{name}: {warnings} warning(s), and --strict: failed");
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 

@@ -939,3 +939,60 @@ fn the_check_agrees_with_envoy_on_shapes_it_used_to_misread() {
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stderr.contains("typed_per_filter_config"), "{}", r.stderr);
 }
+
+#[test]
+fn strict_fails_on_warnings_and_a_prefix_without_a_slash_gets_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("web.json");
+    std::fs::write(
+        &path,
+        r#"{"default_action": "deny", "routes": [{"name": "web", "match": {"prefix": "/web"}}]}"#,
+    )
+    .unwrap();
+    // Valid, with the advice: exit 0 by default, 1 under --strict.
+    let r = cli(&["check-config", s(&path)]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains(
+            r#"warning: routes[0].match.prefix (web): "/web" matches by bytes, so also "/web-admin""#
+        ),
+        "{}",
+        r.stderr
+    );
+    let r = cli(&["check-config", "--strict", s(&path)]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("1 warning(s), and --strict: failed"),
+        "{}",
+        r.stderr
+    );
+    // A prefix ending in `/` gets none, and passes --strict.
+    std::fs::write(
+        &path,
+        r#"{"default_action": "deny", "routes": [{"name": "web", "match": {"prefix": "/web/"}}]}"#,
+    )
+    .unwrap();
+    let r = cli(&["check-config", "--strict", s(&path)]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+}
+
+#[test]
+fn a_duration_where_a_whole_number_belongs_gets_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.json");
+    std::fs::write(
+        &path,
+        r#"{"rate_limit_service": {"cluster": "c", "domain": "d", "timeout_ms": "250ms"}}"#,
+    )
+    .unwrap();
+    let r = cli(&["check-config", s(&path)]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("expected u64"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("hint: a whole number is expected here, without a unit or quotes"),
+        "{}",
+        r.stderr
+    );
+}
