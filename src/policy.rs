@@ -2311,9 +2311,13 @@ fn check(
     }
     // A browser's CORS preflight, where the configuration lets it pass
     // (see `cors_preflight_method`): it carries none of what the checks
-    // below ask for.
+    // below ask for. Only on a route a web app may use: a preflight to a
+    // mobile-only route is no browser's, and is checked as any request.
     if facts.cors_preflight {
-        return Ok(None);
+        if route.platforms.is_empty() || route.platforms.contains(&identity::Platform::Web) {
+            return Ok(None);
+        }
+        facts.cors_preflight = false;
     }
     // 3. API key (validity, IP and route restrictions; app restriction in 5)
     let key = match route.api_key {

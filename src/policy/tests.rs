@@ -6233,6 +6233,22 @@ fn a_cors_preflight_passes_only_where_bypass_cors_preflight_is_set() {
         on.route("OPTIONS", "/closed/x", &preflight),
         Some(Reason::RouteDenied)
     );
+    // A route no web app may use (`platforms` without `web`) takes no
+    // browser's preflight: checked as any request, and not counted as one.
+    let h = headers(&[
+        (":method", "OPTIONS"),
+        (":path", "/mobile/x"),
+        (":authority", "api.example.com"),
+        ("origin", "https://shop.example.com"),
+        ("access-control-request-method", "POST"),
+    ]);
+    match evaluate(&on.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW) {
+        Step::Done(d, f) => {
+            assert_eq!(d.reason(), Some(Reason::ApiKeyMissing));
+            assert!(!f.cors_preflight);
+        }
+        s => panic!("{s:?}"),
+    }
     let mut hs = preflight.to_vec();
     hs.push(("x-country", "KP"));
     assert_eq!(no("OPTIONS", &hs), Some(Reason::CountryDenied));
