@@ -52,6 +52,10 @@ pub struct Checked {
     /// then the filter's own advice on a valid configuration
     /// ([`Config::advisories`], which it also logs when configured).
     pub notes: Vec<String>,
+    /// For a refusal, what the CLI can tell beyond the filter's message
+    /// ([`hint`]): the filter's messages stay short, as the module has no
+    /// bytes to spare.
+    pub hint: Option<String>,
 }
 
 impl Checked {
@@ -63,17 +67,20 @@ impl Checked {
         mut notes: Vec<String>,
         json: Option<&[u8]>,
     ) -> Self {
+        let doc = json.and_then(|b| serde_json::from_slice::<Value>(b).ok());
         if let Ok(config) = &result {
             notes.extend(config.advisories());
             notes.extend(prefix_advice(config));
-            if let Some(doc) = json.and_then(|b| serde_json::from_slice::<Value>(b).ok()) {
-                notes.extend(demo_values(&doc));
+            if let Some(doc) = &doc {
+                notes.extend(demo_values(doc));
             }
         }
+        let hint = result.as_ref().err().and_then(|e| hint(e, doc.as_ref()));
         Checked {
             location,
             result,
             notes,
+            hint,
         }
     }
 }
@@ -99,21 +106,104 @@ fn prefix_advice(config: &Config) -> Vec<String> {
         .collect()
 }
 
-/// A hint for a refusal whose message names a Rust integer type (serde's
-/// `expected u64` for `"timeout_ms": "250ms"`): the CLI says it in the
-/// configuration's words (the filter's message stays as it is: the module
-/// has no bytes to spare).
-pub fn hint(e: &ConfigError) -> Option<&'static str> {
-    ["u8", "u16", "u32", "u64", "usize"]
-        .iter()
-        .any(|t| {
-            e.message.contains(&format!("expected {t} "))
-                || e.message.ends_with(&format!("expected {t}"))
-        })
-        .then_some(
+/// A hint for a refusal: for a message naming a Rust integer type
+/// (serde's `expected u64` for `"timeout_ms": "250ms"`), the same in the
+/// configuration's words; for a PEM key the filter cannot read, what is
+/// wrong with it ([`pem_hint`]), read from the configuration `doc`.
+fn hint(e: &ConfigError, doc: Option<&Value>) -> Option<String> {
+    let integer = ["u8", "u16", "u32", "u64", "usize"].iter().any(|t| {
+        e.message.contains(&format!("expected {t} "))
+            || e.message.ends_with(&format!("expected {t}"))
+    });
+    if integer {
+        return Some(
             "a whole number is expected here, without a unit or quotes: `\"timeout_ms\": 250`, \
-             not `\"250ms\"`; durations are in the unit the field's name says",
+             not `\"250ms\"`; durations are in the unit the field's name says"
+                .to_owned(),
+        );
+    }
+    if e.path.ends_with(".pem") && e.message.contains("public key in PEM") {
+        let value = value_at(doc?, &e.path)?;
+        let alg =
+            value_at(doc?, &format!("{}alg", e.path.strip_suffix("pem")?)).and_then(Value::as_str);
+        return pem_hint(value.as_str()?, alg);
+    }
+    None
+}
+
+/// The value at a field path such as `tokens[0].keys[1].pem`.
+fn value_at<'v>(doc: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut at = doc;
+    for segment in path.split('.') {
+        let (name, mut indexes) = segment
+            .split_once('[')
+            .map_or((segment, ""), |(n, i)| (n, i));
+        if !name.is_empty() {
+            at = at.get(name)?;
+        }
+        while !indexes.is_empty() {
+            let (index, rest) = indexes.split_once(']')?;
+            at = at.get(index.parse::<usize>().ok()?)?;
+            indexes = rest.strip_prefix('[').unwrap_or(rest);
+        }
+    }
+    Some(at)
+}
+
+/// What is wrong with a PEM the filter refused as a public key for `alg`:
+/// a private key, a certificate, line breaks lost in pasting, or a key of
+/// another type than `alg` names.
+fn pem_hint(text: &str, alg: Option<&str>) -> Option<String> {
+    if text.contains("PRIVATE KEY") {
+        return Some(
+            "this PEM is a private key: configure its public half (`openssl pkey -in key.pem \
+             -pubout`), and keep the private key with the signer only"
+                .to_owned(),
+        );
+    }
+    if text.contains("BEGIN CERTIFICATE") {
+        return Some(
+            "this PEM is a certificate: configure its public key (`openssl x509 -in cert.pem \
+             -pubkey -noout`)"
+                .to_owned(),
+        );
+    }
+    if text.contains("-----BEGIN") && !text.trim().contains('\n') {
+        return Some(
+            "the PEM is on one line: its line breaks were lost (in JSON write each as \\n, \
+             or give the key as a `jwk`)"
+                .to_owned(),
+        );
+    }
+    let blocks = crate::pem::parse(text).ok()?;
+    let der = &blocks.iter().find(|b| b.label == "PUBLIC KEY")?.der;
+    let has = |oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
+    const EC: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+    const RSA: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+    ];
+    const ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+    let (kind, algs, fits): (&str, &str, fn(&str) -> bool) = if has(EC) && has(P256) {
+        ("an EC P-256 key", "ES256", |a| a == "ES256")
+    } else if has(EC) && has(P384) {
+        ("an EC P-384 key", "ES384", |a| a == "ES384")
+    } else if has(RSA) {
+        ("an RSA key", "one of RS256/384/512, PS256/384/512", |a| {
+            a.starts_with("RS") || a.starts_with("PS")
+        })
+    } else if has(ED25519) {
+        ("an Ed25519 key", "EdDSA", |a| a == "EdDSA")
+    } else {
+        return None;
+    };
+    (!alg.is_some_and(fits)).then(|| {
+        format!(
+            "this PEM is {kind}: its `alg` is {algs}, not {}",
+            alg.unwrap_or("unset")
         )
+    })
 }
 
 /// The outcome of checking one file.

@@ -363,7 +363,7 @@ fn check_config(file: &Path, ratelimit: &[PathBuf], strict: bool) -> Result<Exit
             Ok(config) => out!("{name}{at}: valid: {}", check::summary(config)),
             Err(e) => {
                 err!("{name}{at}: {e}");
-                if let Some(hint) = check::hint(e) {
+                if let Some(hint) = &c.hint {
                     err!("{name}{at}: hint: {hint}");
                 }
             }

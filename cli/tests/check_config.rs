@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{cli, ok, repo, s};
+use common::{cli, ok, openssl_run, repo, s};
 
 #[test]
 fn three_platform_example_is_valid_with_a_summary() {
@@ -995,4 +995,56 @@ fn a_duration_where_a_whole_number_belongs_gets_a_hint() {
         "{}",
         r.stderr
     );
+}
+
+#[test]
+fn a_pem_the_filter_cannot_read_gets_a_hint_that_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.pem");
+    openssl_run(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        s(&key),
+    ]);
+    let private = std::fs::read_to_string(&key).unwrap();
+    let public = String::from_utf8(openssl_run(&["ec", "-in", s(&key), "-pubout"])).unwrap();
+    let check = |pem: &str, alg: &str| {
+        let path = dir.path().join("c.json");
+        let config = serde_json::json!({"tokens": [{"name": "t", "from": [{"header": "x-t"}],
+            "keys": [{"kid": "k", "alg": alg, "pem": pem}]}]});
+        std::fs::write(&path, config.to_string()).unwrap();
+        cli(&["check-config", s(&path)])
+    };
+    for (pem, alg, hint) in [
+        (
+            public.as_str(),
+            "RS256",
+            "hint: this PEM is an EC P-256 key: its `alg` is ES256, not RS256",
+        ),
+        (
+            private.as_str(),
+            "ES256",
+            "hint: this PEM is a private key: configure its public half",
+        ),
+        (
+            &public.replace('\n', " "),
+            "ES256",
+            "hint: the PEM is on one line",
+        ),
+    ] {
+        let r = check(pem, alg);
+        assert_eq!(r.code, 1, "{}", r.all());
+        assert!(r.stderr.contains(hint), "{hint}: {}", r.stderr);
+        assert!(
+            !r.stderr.contains("BEGIN"),
+            "no key material echoed: {}",
+            r.stderr
+        );
+    }
+    let r = check(&public, "ES256");
+    assert_eq!(r.code, 0, "{}", r.all());
 }
