@@ -128,6 +128,10 @@ validate: deps build ## envoy --mode validate on every Envoy YAML; CLI and Envoy
 	  $(ENVOY) --mode validate -c target/validate.yaml --log-level error >/dev/null || { echo "INVALID: $$f"; exit 1; }; done; \
 	echo "validate: $$n Envoy YAML files valid"
 	$(PYTHON) scripts/render-envoy.py --wasm $(WASM) --check-config examples/three-platform.json envoy/envoy.yaml
+	@$(PYTHON) scripts/render-envoy.py --wasm $(WASM) --port 10000=10100 --port 9901=10101 envoy/envoy.yaml > target/validate.yaml; \
+	grep -q 'port_value: 10100' target/validate.yaml && grep -q 'port_value: 10101' target/validate.yaml && \
+	! grep -q -e 'port_value: 10000' -e 'port_value: 9901' target/validate.yaml && \
+	$(ENVOY) --mode validate -c target/validate.yaml --log-level error >/dev/null && echo "render-envoy.py --port: ports replaced, valid"
 	docker-compose -f envoy/docker-compose.yaml config -q && echo "envoy/docker-compose.yaml: docker-compose config ok"
 	cargo build -q --workspace --bins
 	scripts/check-config-agreement.sh $(WASM) $(ENVOY)

@@ -4,9 +4,12 @@
 The files under envoy/ are the single source of truth, used as they are by
 docker-compose (module at /etc/appguard/appguard.wasm). For a loopback run or
 `envoy --mode validate` this swaps in the local module path and, optionally,
-another appguard configuration (an example file). Nothing else changes.
+another appguard configuration (an example file), and, with --port, the
+ports (listener 10000, admin 9901, upstream 18080, rate-limit service
+18081 in envoy/envoy.yaml) for a machine where those are taken. Nothing
+else changes; the output is the YAML re-written, without its comments.
 
-Usage: render-envoy.py --wasm PATH [--config FILE.json] ENVOY.yaml > out.yaml
+Usage: render-envoy.py --wasm PATH [--config FILE.json] [--port OLD=NEW ...] ENVOY.yaml > out.yaml
        render-envoy.py --wasm PATH --check-config FILE.json ENVOY.yaml
 """
 import argparse
@@ -26,8 +29,12 @@ def walk(node, fn):
             walk(v, fn)
 
 
-def render(doc, wasm, config_text):
+def render(doc, wasm, config_text, ports=None):
+    ports = ports or {}
+
     def fix(node):
+        if node.get("port_value") in ports:
+            node["port_value"] = ports[node["port_value"]]
         local = node.get("local")
         if isinstance(local, dict) and str(local.get("filename", "")).endswith("appguard.wasm"):
             local["filename"] = wasm
@@ -44,8 +51,16 @@ def main():
     ap.add_argument("--config")
     ap.add_argument("--check-config", metavar="FILE.json",
                     help="exit 1 unless the inline appguard configuration equals FILE.json")
+    ap.add_argument("--port", action="append", default=[], metavar="OLD=NEW",
+                    help="replace every port_value OLD by NEW (repeatable)")
     ap.add_argument("envoy_yaml")
     a = ap.parse_args()
+    ports = {}
+    for p in a.port:
+        old, sep, new = p.partition("=")
+        if not sep or not old.isdigit() or not new.isdigit() or not 0 < int(new) < 65536:
+            sys.exit(f"--port {p}: expected OLD=NEW, two port numbers (e.g. 10000=24000)")
+        ports[int(old)] = int(new)
     with open(a.envoy_yaml) as f:
         doc = yaml.safe_load(f)
     if a.check_config:
@@ -62,7 +77,7 @@ def main():
     if a.config:
         with open(a.config) as f:
             text = json.dumps(json.load(f))
-    yaml.safe_dump(render(doc, a.wasm, text), sys.stdout, sort_keys=False)
+    yaml.safe_dump(render(doc, a.wasm, text, ports), sys.stdout, sort_keys=False)
 
 
 if __name__ == "__main__":

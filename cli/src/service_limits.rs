@@ -10,9 +10,10 @@
 //! The YAML is loaded by the service's own loader
 //! ([`RateLimitConfig::load_paths`]), so it is accepted or refused as the
 //! service would. Each descriptor is then walked down the service's
-//! matching tree by its rules ([`RateLimitConfig::get_limit`]: the exact
-//! `key_value` child, else the first wildcard child that matches, else the
-//! key-only child; the limit is the one on the node the last entry
+//! matching tree by its rules ([`RateLimitConfig::get_limit`]: the child
+//! of that key and value, else the first wildcard child of that key whose
+//! value pattern matches, else the key-only child; the limit is the one on
+//! the node the last entry
 //! reaches). An entry whose value the configuration fixes (`route`,
 //! `value`) is walked with that value; one that takes one of a few known
 //! values (`app`, `platform`, `api_key`) with each of them; one whose value
@@ -956,10 +957,10 @@ descriptors:
             .unwrap()
             .0;
         let root = c.domain_root("d").unwrap();
-        let keys = ["a", "b", "c"];
         // (`a_z` and `b_x=y` are nodes that `a=z` and `b=x_y` reach when
-        // keys and values are joined.)
-        let values = ["x", "xy", "y", "z", "xz", "", "x_y"];
+        // keys and values are joined; `=` and `:` are in the map keys.)
+        let keys = ["a", "b", "c", "a_z", "b_x"];
+        let values = ["x", "xy", "y", "z", "xz", "", "x_y", "=y", "1:a"];
         let mut pairs = Vec::new();
         for k in keys {
             for v in values {

@@ -183,6 +183,15 @@ pub enum Problem {
     /// Two entries of one list have the same key and value.
     #[error("duplicate descriptor composite key '{0}'")]
     DuplicateDescriptor(String),
+    /// Two entries of one list with another key and value each, which
+    /// envoyproxy/ratelimit's stats name alike (`tier_gold` key-only, and
+    /// `tier` with `gold`).
+    #[error(
+        "'{0}' is also the stats name of another node of this list (a key-only `a_b` and \
+         `a` with value `b` are named alike): they are matched apart, but their stats would \
+         merge; rename one"
+    )]
+    StatsNameClash(String),
     /// `unit` is missing or not a unit name.
     #[error("invalid rate limit unit '{0}' (expected one of: {units})", units = unit_names())]
     InvalidUnit(String),
@@ -844,8 +853,11 @@ fn compile_descriptors(
         };
         let full_key = format!("{parent_key}{stats_name}");
         let map_key = child_key(&key, &value);
-        if !stats_names.insert(stats_name.clone()) {
+        if parent.children.contains_key(&map_key) {
             return Err(invalid(&here, Problem::DuplicateDescriptor(full_key)));
+        }
+        if !stats_names.insert(stats_name.clone()) {
+            return Err(invalid(&here, Problem::StatsNameClash(full_key)));
         }
 
         let limit = match descriptor.rate_limit {
@@ -1219,7 +1231,7 @@ descriptors:
             "domain: d\ndescriptors:\n  - key: tier_gold\n  - key: tier\n    value: gold\n",
         );
         assert_eq!(path, "descriptors[1]");
-        assert_eq!(p, Problem::DuplicateDescriptor("d.tier_gold".to_owned()));
+        assert_eq!(p, Problem::StatsNameClash("d.tier_gold".to_owned()));
         let (path, p) = problem(
             "domain: d\ndescriptors:\n  - key: a\n    descriptors:\n      - key: b\n        value: c\n      - key: b\n        value: c\n",
         );
