@@ -501,6 +501,13 @@ fn check_yaml(path: &Path, text: &str) -> Result<Report, CliError> {
             .map_err(|e| CliError::input(format!("{}: not valid YAML: {e}", path.display())))?;
         v.apply_merge()
             .map_err(|e| CliError::input(format!("{}: YAML merge keys: {e}", path.display())))?;
+        if let Some(at) = non_finite(&v, String::new()) {
+            return Err(CliError::invalid(format!(
+                "{}: `{at}` is .inf or .nan: JSON, which the filter is handed, has no such \
+                 number (it would reach the filter as null); write a finite number",
+                path.display()
+            )));
+        }
         let v = serde_json::to_value(v).map_err(|e| {
             CliError::input(format!(
                 "{}: YAML that has no JSON form: {e}",
@@ -517,6 +524,31 @@ fn check_yaml(path: &Path, text: &str) -> Result<Report, CliError> {
             Ok(plugin_report(&json))
         }
         _ => check_resources(path, &docs, text),
+    }
+}
+
+/// The path of the first `.inf` or `.nan` in `v`, a YAML document:
+/// `serde_json` makes them `null`, which the filter would refuse as such
+/// (`invalid type: null`), naming what nobody wrote.
+fn non_finite(v: &serde_norway::Value, at: String) -> Option<String> {
+    use serde_norway::Value as Y;
+    match v {
+        Y::Number(n) if n.as_f64().is_some_and(|f| !f.is_finite()) => Some(at),
+        Y::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| non_finite(item, format!("{at}[{i}]"))),
+        Y::Mapping(map) => map.iter().find_map(|(k, item)| {
+            let name = k.as_str().map_or_else(|| "?".to_owned(), str::to_owned);
+            let at = if at.is_empty() {
+                name
+            } else {
+                format!("{at}.{name}")
+            };
+            non_finite(item, at)
+        }),
+        Y::Tagged(t) => non_finite(&t.value, at),
+        _ => None,
     }
 }
 

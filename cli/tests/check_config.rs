@@ -1048,3 +1048,25 @@ fn a_pem_the_filter_cannot_read_gets_a_hint_that_says_why() {
     let r = check(&public, "ES256");
     assert_eq!(r.code, 0, "{}", r.all());
 }
+
+#[test]
+fn an_infinite_number_in_yaml_is_named_where_it_is() {
+    // serde_json has no .inf: it became null, and the filter's refusal
+    // then named a null nobody wrote.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(
+        &path,
+        "default_action: deny\nroutes:\n- name: sms\n  match: {path: /sms}\n  max_body_bytes: .inf\n",
+    )
+    .unwrap();
+    let r = cli(&["check-config", s(&path)]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("`routes[0].max_body_bytes` is .inf or .nan"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("invalid type: null"), "{}", r.stderr);
+}
