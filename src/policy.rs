@@ -1285,12 +1285,22 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
     let config = ctx.config;
     // A preflight takes the route of the request it asks about: a route
     // that lists `methods` lists that method, not `OPTIONS`.
-    let preflight = if config.bypass_cors_preflight {
+    let mut preflight = if config.bypass_cors_preflight {
         cors_preflight_method(config, req)
     } else {
         None
     };
-    let Ok(matched) = match_route_for(config, req, preflight.unwrap_or(req.method())) else {
+    let mut matched = match_route_for(config, req, preflight.unwrap_or(req.method()));
+    // Only a route a web app may use takes a browser's preflight: one to
+    // a mobile-only route is no browser's, and is checked as any
+    // `OPTIONS`, under the route that method takes.
+    if let (Some(_), Ok(Some((_, r)))) = (preflight, matched) {
+        if !r.platforms.is_empty() && !r.platforms.contains(&identity::Platform::Web) {
+            preflight = None;
+            matched = match_route_for(config, req, req.method());
+        }
+    }
+    let Ok(matched) = matched else {
         // No route can be trusted to name the handler: refused as if
         // unrouted under `default_action: deny`. Enforced whenever any
         // route is (the handler it reaches may be that route's: monitor
@@ -2310,14 +2320,10 @@ fn check(
         check_network(n, req, hops)?;
     }
     // A browser's CORS preflight, where the configuration lets it pass
-    // (see `cors_preflight_method`): it carries none of what the checks
-    // below ask for. Only on a route a web app may use: a preflight to a
-    // mobile-only route is no browser's, and is checked as any request.
+    // (see `cors_preflight_method`; only to a route a web app may use):
+    // it carries none of what the checks below ask for.
     if facts.cors_preflight {
-        if route.platforms.is_empty() || route.platforms.contains(&identity::Platform::Web) {
-            return Ok(None);
-        }
-        facts.cors_preflight = false;
+        return Ok(None);
     }
     // 3. API key (validity, IP and route restrictions; app restriction in 5)
     let key = match route.api_key {

@@ -6249,6 +6249,31 @@ fn a_cors_preflight_passes_only_where_bypass_cors_preflight_is_set() {
         }
         s => panic!("{s:?}"),
     }
+    // ... under the route `OPTIONS` itself takes, not the route of the
+    // method it asks about: here none (a POST-only mobile route), so
+    // `default_action: deny` decides.
+    let w = World::from(json!({
+        "default_action": "deny",
+        "bypass_cors_preflight": true,
+        "apps": [{"id": "a", "platform": "android", "package": "com.example.a"}],
+        "routes": [{"name": "sms", "match": {"prefix": "/sms/", "methods": ["POST"]},
+                    "platforms": ["android"]}]
+    }));
+    let h = headers(&[
+        (":method", "OPTIONS"),
+        (":path", "/sms/send"),
+        (":authority", "api.example.com"),
+        ("origin", "https://shop.example.com"),
+        ("access-control-request-method", "POST"),
+    ]);
+    match evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW) {
+        Step::Done(d, f) => {
+            assert_eq!(d.reason(), Some(Reason::RouteDenied));
+            assert_eq!(f.route, None);
+            assert!(!f.cors_preflight);
+        }
+        s => panic!("{s:?}"),
+    }
     let mut hs = preflight.to_vec();
     hs.push(("x-country", "KP"));
     assert_eq!(no("OPTIONS", &hs), Some(Reason::CountryDenied));
