@@ -49,11 +49,13 @@ export ENVOY_BIN := $(ENVOY)
 WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/\1/p}' Cargo.lock)
 WASM_TEST_RUNNER := $(TOOLS)/bin/wasm-bindgen-test-runner
 
-# The commit the module is built from and its date, logged when the filter
-# is configured (`configured (root 1, build 1a2b3c4 2026-12-06)`): which
-# CHANGELOG entries (dated) a running module has. `-dirty` when the
-# working tree has changes.
-APPGUARD_BUILD := $(shell git describe --always --dirty --abbrev=7 2>/dev/null) $(shell git log -1 --format=%cs 2>/dev/null)
+# The commit the module is built from and its time in UTC, logged when the
+# filter is configured (`configured (root 1, build 1a2b3c4 2026-12-06T05:02Z)`):
+# which CHANGELOG entries (dated, some sections by UTC hour) a running module
+# has. `-dirty` when the working tree has changes; `unknown` outside a git
+# checkout.
+APPGUARD_BUILD := $(or $(strip $(shell git describe --always --dirty --abbrev=7 2>/dev/null) \
+                    $(shell TZ=UTC git log -1 --date=format-local:%Y-%m-%dT%H:%MZ --format=%cd 2>/dev/null)),unknown)
 
 EXAMPLE ?= examples/three-platform.json
 

@@ -34,6 +34,7 @@ def render(doc, wasm, config_text, ports=None):
 
     def fix(node):
         if node.get("port_value") in ports:
+            seen.add(node["port_value"])
             node["port_value"] = ports[node["port_value"]]
         local = node.get("local")
         if isinstance(local, dict) and str(local.get("filename", "")).endswith("appguard.wasm"):
@@ -41,7 +42,11 @@ def render(doc, wasm, config_text, ports=None):
         if config_text is not None and node.get("root_id") == "appguard" and "configuration" in node:
             node["configuration"]["value"] = config_text
 
+    seen = set()
     walk(doc, fix)
+    missing = sorted(set(ports) - seen)
+    if missing:
+        sys.exit(f"--port: no port_value {', '.join(map(str, missing))} in the file")
     return doc
 
 

@@ -1442,7 +1442,9 @@ fn without_type_names(message: &str) -> String {
 /// Whether `name` reads like a configuration field or value name
 /// (`prefix`, `v4_prefix`, `optional`, or a camel-case slip such as
 /// `maxLifetimeSeconds`): it starts in lower case, has at most 40
-/// characters, 4 capitals and 3 digits. The unknown field or variant serde
+/// characters, 4 capitals and 3 digits; or it starts with a digit and has
+/// at most 8 characters (`5m` written for a unit: too short for a
+/// secret). The unknown field or variant serde
 /// names in an error is otherwise shown as `?`: it may be a secret written
 /// where a name belongs (`"api_key": "AIzaSy…"` on a route, a key as a
 /// field of `api_keys`), and Envoy logs the message.

@@ -97,8 +97,8 @@ fn prefix_advice(config: &Config) -> Vec<String> {
         .filter_map(|(i, r)| match &r.path {
             appguard::config::PathMatch::Prefix(p) if !p.ends_with('/') => Some(format!(
                 "routes[{i}].match.prefix ({}): \"{p}\" matches by bytes, so also \"{p}-admin\" \
-                 and \"{p}hooks\": end it with / (and give \"{p}\" itself a `path` route) \
-                 unless that is meant",
+                 and \"{p}hooks\": end it with / unless that is meant (a prefix ending in / \
+                 still takes \"{p}\" itself)",
                 r.name
             )),
             _ => None,
@@ -116,11 +116,13 @@ fn hint(e: &ConfigError, doc: Option<&Value>) -> Option<String> {
             || e.message.ends_with(&format!("expected {t}"))
     });
     if integer {
-        return Some(
-            "a whole number is expected here, without a unit or quotes: `\"timeout_ms\": 250`, \
-             not `\"250ms\"`; durations are in the unit the field's name says"
-                .to_owned(),
-        );
+        let field = e.path.rsplit('.').next().unwrap_or("");
+        let field = field.split('[').next().unwrap_or(field);
+        return Some(format!(
+            "a whole number is expected here, without a unit or quotes: `\"{field}\": 300`, \
+             not `\"300\"` or `\"5m\"`; a duration is in the unit the field's name says \
+             (`_ms`, `_seconds`)"
+        ));
     }
     if e.path.ends_with(".pem") && e.message.contains("public key in PEM") {
         let value = value_at(doc?, &e.path)?;

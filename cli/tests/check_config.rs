@@ -991,7 +991,7 @@ fn a_duration_where_a_whole_number_belongs_gets_a_hint() {
     assert!(r.stderr.contains("expected u64"), "{}", r.stderr);
     assert!(
         r.stderr
-            .contains("hint: a whole number is expected here, without a unit or quotes"),
+            .contains("hint: a whole number is expected here, without a unit or quotes: `\"timeout_ms\": 300`"),
         "{}",
         r.stderr
     );

@@ -5282,7 +5282,7 @@ fn a_service_replay_rule_must_make_a_jti_single_use_for_the_tokens_life() {
         assert_eq!(answer(Some(good)), (None, false), "{good:?}");
     }
     // Hour-long tokens (Firebase App Check's) are accepted for an hour plus
-    // twice the skew: 1 per hour leaves the last 10 s of that open to one
+    // twice the skew and a second: 1 per hour leaves the last 11 s of that open to one
     // replay (README, known limitations), so it counts as no protection;
     // 1 per day protects them.
     let hourly = World::from(json!({

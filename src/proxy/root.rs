@@ -528,8 +528,8 @@ impl RootContext for FilterRoot {
         info!(
             "configured (root {}, build {}): {} routes, {} apps, {} keys, {} token providers, mode {:?}",
             self.context_id,
-            // The commit and its date (`make build` sets it): which
-            // CHANGELOG entries the running module has.
+            // The commit and its time in UTC (`make build` sets it):
+            // which CHANGELOG entries the running module has.
             option_env!("APPGUARD_BUILD").unwrap_or("unknown"),
             config.routes.len(),
             config.apps.len(),

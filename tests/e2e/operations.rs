@@ -60,8 +60,8 @@ fn monitor_mode_passes_what_enforce_would_deny_and_marks_it() {
 
 #[test]
 fn the_module_logs_the_build_it_came_from() {
-    // `make build` sets the commit and its date, so that an operator can
-    // tell which CHANGELOG entries the running module has.
+    // `make build` sets the commit and its time in UTC, so that an
+    // operator can tell which CHANGELOG entries the running module has.
     let up = Upstream::start();
     let envoy = EnvoyBuilder::new(config("enforce"), up.port).start();
     envoy.wait_log("configured (root", 1, 10);
@@ -78,8 +78,12 @@ fn the_module_logs_the_build_it_came_from() {
         commit.len() >= 7 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
         "build {build:?}"
     );
+    // 2026-12-06T05:02Z
     assert!(
-        date.len() == 10 && date.bytes().filter(|b| *b == b'-').count() == 2,
+        date.len() == 17
+            && date.ends_with('Z')
+            && date.bytes().filter(|b| *b == b'-').count() == 2
+            && date.get(10..11) == Some("T"),
         "build {build:?}"
     );
 }
