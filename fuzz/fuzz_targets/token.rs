@@ -79,7 +79,8 @@ fuzz_target!(|data: &[u8]| {
     }
     // The payload as this oracle reads it, not as the code under test
     // does: strict base64url (RFC 7515), then plain JSON. A verified token
-    // has an `exp` that is a whole number, and it is the `exp` checked.
+    // has a numeric `exp` (RFC 7519's NumericDate: a fraction or exponent
+    // is taken, `1.9e9`), and it is the `exp` checked, rounded down.
     let payload: serde_json::Value = {
         use base64::Engine as _;
         let part = token.split('.').nth(1).unwrap_or("");
@@ -90,7 +91,9 @@ fuzz_target!(|data: &[u8]| {
             .unwrap_or_else(|e| panic!("verified a payload that is not JSON: {e}"))
     };
     assert_eq!(
-        payload.get("exp").and_then(serde_json::Value::as_u64),
+        payload.get("exp").and_then(|v| v
+            .as_u64()
+            .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f.floor() as u64))),
         Some(pre.exp),
         "the exp checked is not the token's: {payload}"
     );
@@ -132,7 +135,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(nbf <= (NOW + skew) as f64, "token not yet valid verified");
     }
     if let Some(iat) = time("iat") {
-        assert!(iat <= (NOW + skew) as f64, "token issued in the future verified");
+        assert!(
+            iat <= (NOW + skew) as f64,
+            "token issued in the future verified"
+        );
         assert!(
             (pre.exp as f64) - iat <= (p.max_lifetime_seconds) as f64,
             "exp - iat beyond max_lifetime verified"
