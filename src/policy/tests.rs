@@ -5281,50 +5281,9 @@ fn a_service_replay_rule_must_make_a_jti_single_use_for_the_tokens_life() {
     for good in [(1, Unit::Hour), (1, Unit::Day), (1, Unit::Month)] {
         assert_eq!(answer(Some(good)), (None, false), "{good:?}");
     }
-    // Hour-long tokens (Firebase App Check's) are accepted for an hour plus
-    // twice the skew and a second: 1 per hour leaves the last 11 s of that open to one
-    // replay (README, known limitations), so it counts as no protection;
-    // 1 per day protects them.
-    let hourly = World::from(json!({
-        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
-        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
-                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
-                    "max_lifetime_seconds": 3600,
-                    "replay": {"claim": "jti", "scope": "service"}}],
-        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
-    }));
-    for (unit, expected) in [
-        (Unit::Hour, Some(Reason::RatelimitUnavailable)),
-        (Unit::Day, None),
-    ] {
-        let token = hs256_raw(
-            SECRET,
-            &json!({"alg": "HS256", "typ": "JWT"}),
-            &json!({"iat": NOW, "exp": NOW + 3600, "jti": format!("{unit:?}")}),
-        );
-        let h = headers(&[(":method", "GET"), (":path", "/x"), ("x-token", &token)]);
-        let Step::NeedRateLimit(p, _) = evaluate(&hourly.ctx(), &Request::new(&h, None), NOW)
-        else {
-            panic!("a call")
-        };
-        let mut resp = ok_response(1, 0, Some(1_000));
-        resp.statuses[0].current_limit = Some(RateLimit {
-            name: String::new(),
-            requests_per_unit: 1,
-            unit: unit as i32,
-        });
-        assert_eq!(
-            evaluate_rls(&hourly.ctx(), p, Ok(&resp), NOW).done_reason(),
-            expected,
-            "{unit:?}"
-        );
-    }
-    // The clock is read in whole seconds: a token whose `exp` plus skew is
-    // second n passes until n + 1, so 1 per hour protects tokens accepted
-    // for up to 3,599 s in all (3,589 s with the default 5 s skew), and no
-    // longer (3,590 s: a copy would pass in the second after the counter
-    // expired).
-    for (max, expected) in [(3589, None), (3590, Some(Reason::RatelimitUnavailable))] {
+    // What the answer `1 per unit` decides for a provider whose tokens
+    // live up to `max` seconds, for a token that lives `life`.
+    let one_per = |unit: Unit, max: u64, life: u64| {
         let w = World::from(json!({
             "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
             "tokens": [{"name": "t", "from": [{"header": "x-token"}],
@@ -5336,7 +5295,7 @@ fn a_service_replay_rule_must_make_a_jti_single_use_for_the_tokens_life() {
         let token = hs256_raw(
             SECRET,
             &json!({"alg": "HS256", "typ": "JWT"}),
-            &json!({"iat": NOW, "exp": NOW + 60, "jti": "j"}),
+            &json!({"iat": NOW, "exp": NOW + life, "jti": format!("{unit:?}")}),
         );
         let h = headers(&[(":method", "GET"), (":path", "/x"), ("x-token", &token)]);
         let Step::NeedRateLimit(p, _) = evaluate(&w.ctx(), &Request::new(&h, None), NOW) else {
@@ -5346,13 +5305,27 @@ fn a_service_replay_rule_must_make_a_jti_single_use_for_the_tokens_life() {
         resp.statuses[0].current_limit = Some(RateLimit {
             name: String::new(),
             requests_per_unit: 1,
-            unit: Unit::Hour as i32,
+            unit: unit as i32,
         });
-        assert_eq!(
-            evaluate_rls(&w.ctx(), p, Ok(&resp), NOW).done_reason(),
-            expected,
-            "{max}"
-        );
+        evaluate_rls(&w.ctx(), p, Ok(&resp), NOW).done_reason()
+    };
+    // Hour-long tokens (Firebase App Check's) are accepted for an hour plus
+    // twice the skew and a second: 1 per hour leaves the last 11 s of that
+    // open to one replay (README, known limitations), so it counts as no
+    // protection; 1 per day protects them.
+    for (unit, expected) in [
+        (Unit::Hour, Some(Reason::RatelimitUnavailable)),
+        (Unit::Day, None),
+    ] {
+        assert_eq!(one_per(unit, 3600, 3600), expected, "{unit:?}");
+    }
+    // The clock is read in whole seconds: a token whose `exp` plus skew is
+    // second n passes until n + 1, so 1 per hour protects tokens accepted
+    // for up to 3,599 s in all (3,589 s with the default 5 s skew), and no
+    // longer (3,590 s: a copy would pass in the second after the counter
+    // expired).
+    for (max, expected) in [(3589, None), (3590, Some(Reason::RatelimitUnavailable))] {
+        assert_eq!(one_per(Unit::Hour, max, 60), expected, "{max}");
     }
     // No rule; more than one use; windows shorter than 300 s + skew, in
     // which the token would pass once per window.
