@@ -6207,23 +6207,27 @@ fn a_cors_preflight_passes_only_where_bypass_cors_preflight_is_set() {
         Some(Reason::RouteDenied)
     );
     // A route no web app may use (`platforms` without `web`) takes no
-    // browser's preflight: checked as any request, and not counted as one.
-    let h = headers(&[
-        (":method", "OPTIONS"),
-        (":path", "/mobile/x"),
-        (":authority", "api.example.com"),
-        ("origin", "https://shop.example.com"),
-        ("access-control-request-method", "POST"),
-    ]);
-    match evaluate(&on.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW) {
-        Step::Done(d, f) => {
-            assert_eq!(d.reason(), Some(Reason::ApiKeyMissing));
-            assert!(!f.cors_preflight);
+    // browser's preflight: checked as any request, and not counted as one,
+    // under the route `OPTIONS` itself takes, not the route of the method
+    // it asks about.
+    let preflight_to = |w: &World, path: &str| {
+        let h = headers(&[
+            (":method", "OPTIONS"),
+            (":path", path),
+            (":authority", "api.example.com"),
+            ("origin", "https://shop.example.com"),
+            ("access-control-request-method", "POST"),
+        ]);
+        match evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW) {
+            Step::Done(d, f) => (d.reason(), f.route.is_some(), f.cors_preflight),
+            s => panic!("{s:?}"),
         }
-        s => panic!("{s:?}"),
-    }
-    // ... under the route `OPTIONS` itself takes, not the route of the
-    // method it asks about: here none (a POST-only mobile route), so
+    };
+    assert_eq!(
+        preflight_to(&on, "/mobile/x"),
+        (Some(Reason::ApiKeyMissing), true, false)
+    );
+    // Here no route takes `OPTIONS` (a POST-only mobile route), so
     // `default_action: deny` decides.
     let w = World::from(json!({
         "default_action": "deny",
@@ -6232,21 +6236,10 @@ fn a_cors_preflight_passes_only_where_bypass_cors_preflight_is_set() {
         "routes": [{"name": "sms", "match": {"prefix": "/sms/", "methods": ["POST"]},
                     "platforms": ["android"]}]
     }));
-    let h = headers(&[
-        (":method", "OPTIONS"),
-        (":path", "/sms/send"),
-        (":authority", "api.example.com"),
-        ("origin", "https://shop.example.com"),
-        ("access-control-request-method", "POST"),
-    ]);
-    match evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW) {
-        Step::Done(d, f) => {
-            assert_eq!(d.reason(), Some(Reason::RouteDenied));
-            assert_eq!(f.route, None);
-            assert!(!f.cors_preflight);
-        }
-        s => panic!("{s:?}"),
-    }
+    assert_eq!(
+        preflight_to(&w, "/sms/send"),
+        (Some(Reason::RouteDenied), false, false)
+    );
     let mut hs = preflight.to_vec();
     hs.push(("x-country", "KP"));
     assert_eq!(no("OPTIONS", &hs), Some(Reason::CountryDenied));
