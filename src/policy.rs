@@ -1291,13 +1291,20 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
         None
     };
     let mut matched = match_route_for(config, req, preflight.unwrap_or(req.method()));
-    // Only a route a web app may use takes a browser's preflight: one to
-    // a mobile-only route is no browser's, and is checked as any
-    // `OPTIONS`, under the route that method takes.
-    if let (Some(_), Ok(Some((_, r)))) = (preflight, matched) {
-        if !r.platforms.is_empty() && !r.platforms.contains(&identity::Platform::Web) {
+    // Only a route a web app may use takes a browser's preflight, and
+    // only where the route `OPTIONS` itself takes is one too (the handler
+    // an `OPTIONS` reaches may be that route's): a preflight to a
+    // mobile-only route is no browser's, and is checked as any `OPTIONS`,
+    // under the route that method takes.
+    if preflight.is_some() {
+        let plain = match_route_for(config, req, req.method());
+        let mobile_only = |m: &Result<Option<(usize, &Route)>, UnclearPath>| {
+            matches!(m, Ok(Some((_, r))) if !r.platforms.is_empty()
+                && !r.platforms.contains(&identity::Platform::Web))
+        };
+        if mobile_only(&matched) || mobile_only(&plain) {
             preflight = None;
-            matched = match_route_for(config, req, req.method());
+            matched = plain;
         }
     }
     let Ok(matched) = matched else {
@@ -3056,7 +3063,12 @@ fn token_rules(
         token::check_binding(b, &verified.claims, req)?;
     }
     if let Some(r) = &provider.replay {
-        let value = verified.claim_text(&r.claim).ok_or(Reason::TokenClaims)?;
+        // An empty value is none: it would be one `jti` for every token
+        // that has it, the first of them taken and all the others refused.
+        let value = verified
+            .claim_text(&r.claim)
+            .filter(|v| !v.is_empty())
+            .ok_or(Reason::TokenClaims)?;
         let mut h = Sha256::new();
         h.update(provider.name.as_bytes());
         h.update(b":");

@@ -5956,23 +5956,28 @@ fn a_method_override_that_would_take_another_route_is_refused() {
 #[test]
 fn a_token_without_its_replay_claim_is_refused() {
     // `replay.claim: jti` makes the claim required: a token without one
-    // could never be recorded, and would pass any number of times.
+    // could never be recorded, and would pass any number of times. An
+    // empty one is none: it would be one value for all such tokens, the
+    // first taken and every other refused as a replay.
     let w = World::new();
     let auth = "Bearer u1";
-    let t = hs256_raw(
-        SECRET,
-        &json!({"alg": "HS256", "typ": "JWT"}),
-        &json!({"iat": NOW, "exp": NOW + 60, "app": "shop-android", "sub": "user-7",
-                "pay": crate::token::binding_digest(&[auth])}),
-    );
-    for _ in 0..2 {
-        assert_eq!(
-            w.reason(
-                "/attested/x",
-                &[("x-app-token", &t), ("authorization", auth), ANDROID[0]]
-            ),
-            Some(Reason::TokenClaims)
-        );
+    for jti in [None, Some("")] {
+        let mut claims = json!({"iat": NOW, "exp": NOW + 60, "app": "shop-android",
+                                "sub": "user-7", "pay": crate::token::binding_digest(&[auth])});
+        if let Some(j) = jti {
+            claims["jti"] = json!(j);
+        }
+        let t = hs256_raw(SECRET, &json!({"alg": "HS256", "typ": "JWT"}), &claims);
+        for _ in 0..2 {
+            assert_eq!(
+                w.reason(
+                    "/attested/x",
+                    &[("x-app-token", &t), ("authorization", auth), ANDROID[0]]
+                ),
+                Some(Reason::TokenClaims),
+                "{jti:?}"
+            );
+        }
     }
 }
 
@@ -6240,6 +6245,24 @@ fn a_cors_preflight_passes_only_where_bypass_cors_preflight_is_set() {
         preflight_to(&w, "/sms/send"),
         (Some(Reason::RouteDenied), false, false)
     );
+    // Nor where the method asked about takes an open route but `OPTIONS`
+    // itself takes a mobile-only one (its handler is the one reached).
+    let w = World::from(json!({
+        "default_action": "deny",
+        "bypass_cors_preflight": true,
+        "apps": [{"id": "a", "platform": "android", "package": "com.example.a"}],
+        "api_keys": {"keys": [{"id": "k", "sha256": "0".repeat(64)}]},
+        "routes": [
+            {"name": "open", "match": {"prefix": "/v1/", "methods": ["POST"]}},
+            {"name": "sms", "match": {"prefix": "/v1/sms/"}, "platforms": ["android"],
+             "api_key": "required"}
+        ]
+    }));
+    assert_eq!(
+        preflight_to(&w, "/v1/sms/send"),
+        (Some(Reason::ApiKeyMissing), true, false)
+    );
+    assert_eq!(preflight_to(&w, "/v1/other"), (None, true, true));
     let mut hs = preflight.to_vec();
     hs.push(("x-country", "KP"));
     assert_eq!(no("OPTIONS", &hs), Some(Reason::CountryDenied));
