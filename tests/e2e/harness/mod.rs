@@ -45,7 +45,11 @@ pub fn avoid_hour_edge(margin_secs: u64) {
 /// listeners with `SO_REUSEPORT`, so two Envoys would then both listen on it
 /// and take each other's connections (seen as a connection reset when the
 /// other test's Envoy stops). Remembering every port handed out rules that
-/// out within the process (test binaries run one after another).
+/// out within the process (test binaries run one after another); the
+/// listeners turn `SO_REUSEPORT` off, so that a test run in another process
+/// cannot share one either (a CI run once saw two tests' requests answered
+/// by an Envoy that had not seen the first of them, while other Envoys ran
+/// on the machine).
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
@@ -483,6 +487,12 @@ impl EnvoyBuilder {
         json!({
             "name": "ingress",
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+            // Without SO_REUSEPORT: another process's Envoy on the same
+            // port (a second test run on the machine, whose `free_port`
+            // does not know this one's) makes this one fail to start
+            // ("Address already in use", tried again on other ports),
+            // where both would listen and take each other's connections.
+            "enable_reuse_port": false,
             "filter_chains": [{"filters": [{
                 "name": "envoy.filters.network.http_connection_manager",
                 "typed_config": hcm
