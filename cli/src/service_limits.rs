@@ -36,7 +36,6 @@ use appguard::token::ReplayScope;
 use appguard_ratelimit::config::{
     child_key, ConfigError, Loaded, Node, Quota, RateLimit as Limit, RateLimitConfig,
 };
-use appguard_ratelimit::matching::wildcard_match;
 
 use crate::CliError;
 
@@ -213,26 +212,10 @@ fn combinations(shape: &[ShapeEntry]) -> Vec<Vec<Step<'_>>> {
     out
 }
 
-/// The child a known value reaches, as [`RateLimitConfig::get_limit`]
-/// picks it: the child of that key and value, else the first wildcard of
-/// that key matching the value, else the key-only child.
+/// The child a known value reaches: the service's own step
+/// ([`Node::child`]).
 fn next_known<'n>(node: &'n Node, key: &str, value: &str) -> Option<&'n Node> {
-    if let Some(n) = Some(value)
-        .filter(|v| !v.is_empty())
-        .and_then(|v| node.children.get(&child_key(key, v)))
-    {
-        return Some(n);
-    }
-    if let Some(w) = node
-        .wildcards
-        .iter()
-        .find(|w| w.descriptor_key == key && wildcard_match(&w.parts, value))
-    {
-        if let Some(n) = node.children.get(&w.key) {
-            return Some(n);
-        }
-    }
-    node.children.get(&child_key(key, ""))
+    node.child(key, value).map(|(n, _)| n)
 }
 
 /// For a value chosen per request: the child most values reach (the first

@@ -72,6 +72,32 @@ pub fn wildcard_match(parts: &[String], value: &str) -> bool {
     true
 }
 
+impl Node {
+    /// The child a request entry (`key`, `value`) reaches from this node,
+    /// and whether through a wildcard: the child of that key and value,
+    /// else the first wildcard child of that key whose pattern matches the
+    /// value, else the key-only child. One step of
+    /// [`RateLimitConfig::get_limit`]'s walk, which the operator CLI's
+    /// check takes too.
+    pub fn child(&self, key: &str, value: &str) -> Option<(&Node, bool)> {
+        let exact = Some(value)
+            .filter(|v| !v.is_empty())
+            .and_then(|v| self.children.get(&child_key(key, v)));
+        if let Some(n) = exact {
+            return Some((n, false));
+        }
+        let wildcard = self
+            .wildcards
+            .iter()
+            .find(|w| w.descriptor_key == key && wildcard_match(&w.parts, value))
+            .and_then(|w| self.children.get(&w.key));
+        if let Some(n) = wildcard {
+            return Some((n, true));
+        }
+        self.children.get(&child_key(key, "")).map(|n| (n, false))
+    }
+}
+
 impl RateLimitConfig {
     /// The limit for `descriptor` in `domain`, or `None` when no configured
     /// limit applies (the descriptor is then answered OK without counting).
@@ -111,24 +137,7 @@ impl RateLimitConfig {
         let mut shared_values: Vec<Option<String>> = Vec::new();
 
         for (i, entry) in descriptor.entries.iter().enumerate() {
-            let mut next = if entry.value.is_empty() {
-                None
-            } else {
-                level.children.get(&child_key(&entry.key, &entry.value))
-            };
-            let mut via_wildcard = false;
-            if next.is_none() {
-                if let Some(wildcard) = level.wildcards.iter().find(|w| {
-                    w.descriptor_key == entry.key && wildcard_match(&w.parts, &entry.value)
-                }) {
-                    next = level.children.get(&wildcard.key);
-                    via_wildcard = next.is_some();
-                }
-            }
-            if next.is_none() {
-                next = level.children.get(&child_key(&entry.key, ""));
-            }
-            let Some(node) = next else {
+            let Some((node, via_wildcard)) = level.child(&entry.key, &entry.value) else {
                 break;
             };
 
