@@ -53,8 +53,9 @@ pub struct Checked {
     /// ([`Config::advisories`], which it also logs when configured).
     pub notes: Vec<String>,
     /// For a refusal, what the CLI can tell beyond the filter's message
-    /// ([`hint`]): the filter's messages stay short, as the module has no
-    /// bytes to spare.
+    /// (an integer field's expected form, what is wrong with a PEM key):
+    /// the filter's messages stay short, as the module has no bytes to
+    /// spare.
     pub hint: Option<String>,
 }
 
@@ -125,31 +126,23 @@ fn hint(e: &ConfigError, doc: Option<&Value>) -> Option<String> {
         ));
     }
     if e.path.ends_with(".pem") && e.message.contains("public key in PEM") {
-        let value = value_at(doc?, &e.path)?;
-        let alg =
-            value_at(doc?, &format!("{}alg", e.path.strip_suffix("pem")?)).and_then(Value::as_str);
-        return pem_hint(value.as_str()?, alg);
+        let pem = string_at(doc?, &e.path)?;
+        let alg = string_at(doc?, &format!("{}alg", e.path.strip_suffix("pem")?));
+        return pem_hint(&pem, alg.as_deref());
     }
     None
 }
 
-/// The value at a field path such as `tokens[0].keys[1].pem`.
-fn value_at<'v>(doc: &'v Value, path: &str) -> Option<&'v Value> {
-    let mut at = doc;
-    for segment in path.split('.') {
-        let (name, mut indexes) = segment
-            .split_once('[')
-            .map_or((segment, ""), |(n, i)| (n, i));
-        if !name.is_empty() {
-            at = at.get(name)?;
+/// The string at a field path such as `tokens[0].keys[1].pem`, written as
+/// [`walk`] writes paths (and the filter its errors').
+fn string_at(doc: &Value, path: &str) -> Option<String> {
+    let mut found = None;
+    walk(doc, &mut String::new(), &mut |at, node| {
+        if at == path {
+            found = node.as_str().map(str::to_owned);
         }
-        while !indexes.is_empty() {
-            let (index, rest) = indexes.split_once(']')?;
-            at = at.get(index.parse::<usize>().ok()?)?;
-            indexes = rest.strip_prefix('[').unwrap_or(rest);
-        }
-    }
-    Some(at)
+    });
+    found
 }
 
 /// What is wrong with a PEM the filter refused as a public key for `alg`:

@@ -4,7 +4,20 @@
 
 mod common;
 
-use common::{cli, ok, openssl_run, repo, s};
+use common::{cli, ok, openssl_run, repo, s, Run};
+
+/// `appguard-cli check-config [flags] FILE`, FILE being `text` written as
+/// `name` in a fresh temporary directory (its name tells the CLI JSON from
+/// YAML).
+fn check_text(name: &str, text: &str, flags: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(name);
+    std::fs::write(&file, text).unwrap();
+    let mut args = vec!["check-config"];
+    args.extend_from_slice(flags);
+    args.push(s(&file));
+    cli(&args)
+}
 
 #[test]
 fn three_platform_example_is_valid_with_a_summary() {
@@ -723,12 +736,7 @@ fn kubectl_get_output_a_list_is_checked_item_by_item() {
 
 #[test]
 fn syntax_errors_and_empty_files_exit_as_documented() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = |name: &str, text: &str| {
-        let f = dir.path().join(name);
-        std::fs::write(&f, text).unwrap();
-        cli(&["check-config", s(&f)])
-    };
+    let run = |name: &str, text: &str| check_text(name, text, &[]);
     // JSON is what the filter reads: its syntax error is the filter's
     // refusal, with the message Envoy logs (exit 1).
     let r = run("bad.json", "{\"mode\": ");
@@ -885,12 +893,7 @@ fn collect_secrets(doc: &serde_json::Value, out: &mut std::collections::BTreeSet
 
 #[test]
 fn the_check_agrees_with_envoy_on_shapes_it_used_to_misread() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = |name: &str, text: &str| {
-        let file = dir.path().join(name);
-        std::fs::write(&file, text).unwrap();
-        cli(&["check-config", s(&file)])
-    };
+    let run = |name: &str, text: &str| check_text(name, text, &[]);
     // An appguard configuration holding, deep inside, an object that looks
     // like a Wasm filter: the filter reads the whole document, and refuses
     // the field.
@@ -942,15 +945,10 @@ fn the_check_agrees_with_envoy_on_shapes_it_used_to_misread() {
 
 #[test]
 fn strict_fails_on_warnings_and_a_prefix_without_a_slash_gets_advice() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("web.json");
-    std::fs::write(
-        &path,
-        r#"{"default_action": "deny", "routes": [{"name": "web", "match": {"prefix": "/web"}}]}"#,
-    )
-    .unwrap();
+    let web =
+        r#"{"default_action": "deny", "routes": [{"name": "web", "match": {"prefix": "/web"}}]}"#;
     // Valid, with the advice: exit 0 by default, 1 under --strict.
-    let r = cli(&["check-config", s(&path)]);
+    let r = check_text("web.json", web, &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(
         r.stderr.contains(
@@ -959,7 +957,7 @@ fn strict_fails_on_warnings_and_a_prefix_without_a_slash_gets_advice() {
         "{}",
         r.stderr
     );
-    let r = cli(&["check-config", "--strict", s(&path)]);
+    let r = check_text("web.json", web, &["--strict"]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(
         r.stderr.contains("1 warning(s), and --strict: failed"),
@@ -967,26 +965,18 @@ fn strict_fails_on_warnings_and_a_prefix_without_a_slash_gets_advice() {
         r.stderr
     );
     // A prefix ending in `/` gets none, and passes --strict.
-    std::fs::write(
-        &path,
-        r#"{"default_action": "deny", "routes": [{"name": "web", "match": {"prefix": "/web/"}}]}"#,
-    )
-    .unwrap();
-    let r = cli(&["check-config", "--strict", s(&path)]);
+    let r = check_text("web.json", &web.replace("/web", "/web/"), &["--strict"]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(!r.stderr.contains("warning"), "{}", r.stderr);
 }
 
 #[test]
 fn a_duration_where_a_whole_number_belongs_gets_a_hint() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.json");
-    std::fs::write(
-        &path,
+    let r = check_text(
+        "t.json",
         r#"{"rate_limit_service": {"cluster": "c", "domain": "d", "timeout_ms": "250ms"}}"#,
-    )
-    .unwrap();
-    let r = cli(&["check-config", s(&path)]);
+        &[],
+    );
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stderr.contains("expected u64"), "{}", r.stderr);
     assert!(
@@ -1013,11 +1003,9 @@ fn a_pem_the_filter_cannot_read_gets_a_hint_that_says_why() {
     let private = std::fs::read_to_string(&key).unwrap();
     let public = String::from_utf8(openssl_run(&["ec", "-in", s(&key), "-pubout"])).unwrap();
     let check = |pem: &str, alg: &str| {
-        let path = dir.path().join("c.json");
         let config = serde_json::json!({"tokens": [{"name": "t", "from": [{"header": "x-t"}],
             "keys": [{"kid": "k", "alg": alg, "pem": pem}]}]});
-        std::fs::write(&path, config.to_string()).unwrap();
-        cli(&["check-config", s(&path)])
+        check_text("c.json", &config.to_string(), &[])
     };
     for (pem, alg, hint) in [
         (
@@ -1053,14 +1041,11 @@ fn a_pem_the_filter_cannot_read_gets_a_hint_that_says_why() {
 fn an_infinite_number_in_yaml_is_named_where_it_is() {
     // serde_json has no .inf: it became null, and the filter's refusal
     // then named a null nobody wrote.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p.yaml");
-    std::fs::write(
-        &path,
+    let r = check_text(
+        "p.yaml",
         "default_action: deny\nroutes:\n- name: sms\n  match: {path: /sms}\n  max_body_bytes: .inf\n",
-    )
-    .unwrap();
-    let r = cli(&["check-config", s(&path)]);
+        &[],
+    );
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(
         r.stderr
