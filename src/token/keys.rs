@@ -171,10 +171,12 @@ pub enum KeyMaterial {
     /// ES256 public key, verified by [`super::ecdsa`] (not jwt-simple: see
     /// there why), with its table of multiples computed at load.
     Es256(P256Key),
-    /// ES384 public key.
-    Es384(ES384PublicKey),
-    /// Ed25519 public key.
-    EdDsa(Ed25519PublicKey),
+    /// ES384 public key, verified with the `p384` crate over the signing
+    /// input (jwt-simple's ES384 links the same crate).
+    Es384(p384::ecdsa::VerifyingKey),
+    /// Ed25519 public key, verified with `ed25519-compact` (the crate
+    /// jwt-simple's EdDSA uses).
+    EdDsa(ed25519_compact::PublicKey),
 }
 
 impl std::fmt::Debug for KeyMaterial {
@@ -261,17 +263,38 @@ fn es256(sec1: &[u8]) -> Result<KeyMaterial, String> {
     )?))
 }
 
+/// A PEM public key for `alg`: SubjectPublicKeyInfo (`BEGIN PUBLIC KEY`)
+/// for every algorithm, or PKCS #1 (`BEGIN RSA PUBLIC KEY`) for RSA. The
+/// RustCrypto crates jwt-simple itself calls decode it; calling them
+/// directly keeps jwt-simple's `anyhow` errors, and with them std's
+/// backtrace printer, out of the module (BENCH.md, *Module size*).
 fn from_pem(alg: Alg, pem: &str) -> Result<KeyMaterial, String> {
-    let err = |e: jwt_simple::Error| format!("not a {} public key in PEM: {e}", alg.name());
+    use p256::pkcs8::DecodePublicKey;
+    let pem = pem.trim();
+    let err = || format!("not a {} public key in PEM", alg.name());
     Ok(match alg {
         // The same SubjectPublicKeyInfo for every RS*/PS* algorithm.
         Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512 => {
-            let c = RS256PublicKey::from_pem(pem).map_err(err)?.to_components();
-            KeyMaterial::Rsa(RsaPublicKey::new(&c.n, &c.e)?)
+            use rsa::pkcs1::DecodeRsaPublicKey;
+            use rsa::traits::PublicKeyParts;
+            let k = rsa::RsaPublicKey::from_public_key_pem(pem)
+                .or_else(|_| rsa::RsaPublicKey::from_pkcs1_pem(pem))
+                .map_err(|_| err())?;
+            KeyMaterial::Rsa(RsaPublicKey::new(
+                &k.n().to_bytes_be(),
+                &k.e().to_bytes_be(),
+            )?)
         }
-        Alg::ES256 => es256(&ES256PublicKey::from_pem(pem).map_err(err)?.to_bytes())?,
-        Alg::ES384 => KeyMaterial::Es384(ES384PublicKey::from_pem(pem).map_err(err)?),
-        Alg::EdDSA => KeyMaterial::EdDsa(Ed25519PublicKey::from_pem(pem).map_err(err)?),
+        Alg::ES256 => {
+            let k = p256::ecdsa::VerifyingKey::from_public_key_pem(pem).map_err(|_| err())?;
+            es256(k.to_encoded_point(false).as_bytes())?
+        }
+        Alg::ES384 => KeyMaterial::Es384(
+            p384::ecdsa::VerifyingKey::from_public_key_pem(pem).map_err(|_| err())?,
+        ),
+        Alg::EdDSA => {
+            KeyMaterial::EdDsa(ed25519_compact::PublicKey::from_pem(pem).map_err(|_| err())?)
+        }
         Alg::HS256 | Alg::HS384 | Alg::HS512 => {
             return Err("HMAC keys are given as `secret_base64`, not PEM".into())
         }
@@ -369,14 +392,16 @@ pub fn key_from_jwk(jwk: &Value, alg: Option<Alg>, kid: Option<String>) -> Resul
             point.push(4u8);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
-            let err = |e: jwt_simple::Error| format!("bad EC JWK: {e}");
             match (crv, alg.or(jwk_alg)) {
                 ("P-256", None | Some(Alg::ES256)) if x.len() == 32 && y.len() == 32 => {
                     (Alg::ES256, es256(&point)?)
                 }
                 ("P-384", None | Some(Alg::ES384)) if x.len() == 48 && y.len() == 48 => (
                     Alg::ES384,
-                    KeyMaterial::Es384(ES384PublicKey::from_bytes(&point).map_err(err)?),
+                    KeyMaterial::Es384(
+                        p384::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+                            .map_err(|_| "bad EC JWK: not a point of P-384".to_string())?,
+                    ),
                 ),
                 _ => {
                     return Err(format!(
@@ -391,8 +416,8 @@ pub fn key_from_jwk(jwk: &Value, alg: Option<Alg>, kid: Option<String>) -> Resul
                 return Err(format!("unsupported OKP JWK (crv {crv:?})"));
             }
             let x = b64url_field(jwk, "x")?;
-            let pk =
-                Ed25519PublicKey::from_bytes(&x).map_err(|e| format!("bad Ed25519 JWK: {e}"))?;
+            let pk = ed25519_compact::PublicKey::from_slice(&x)
+                .map_err(|_| "bad Ed25519 JWK: `x` is not a 32-byte public key".to_string())?;
             (Alg::EdDSA, KeyMaterial::EdDsa(pk))
         }
         other => return Err(format!("unsupported JWK kty {other:?}")),
@@ -516,6 +541,58 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Every PEM form a user pastes parses for its own algorithm (RSA as
+    /// SubjectPublicKeyInfo or PKCS #1, surrounding blank lines allowed),
+    /// and a key of another type is refused with the algorithm named: the
+    /// key's type, not the text's header, decides.
+    #[test]
+    fn pem_keys_parse_for_their_algorithm_only() {
+        use super::super::tests::{EC_PUB, RSA_PUB};
+        use ::rsa::pkcs1::EncodeRsaPublicKey;
+        use ::rsa::pkcs8::DecodePublicKey;
+        let pkcs1 = ::rsa::RsaPublicKey::from_public_key_pem(RSA_PUB)
+            .unwrap()
+            .to_pkcs1_pem(::rsa::pkcs8::LineEnding::LF)
+            .unwrap();
+        assert!(pkcs1.starts_with("-----BEGIN RSA PUBLIC KEY-----"));
+        let es384 = ES384KeyPair::from_bytes(&[7u8; 48]).unwrap();
+        let es384 = es384.public_key().to_pem().unwrap();
+        let seed = ed25519_compact::Seed::new([9u8; 32]);
+        let ed = ed25519_compact::KeyPair::from_seed(seed).pk.to_pem();
+        let padded = format!("\n\n{EC_PUB}\n  \n");
+        let good = [
+            (Alg::RS256, RSA_PUB),
+            (Alg::PS512, RSA_PUB),
+            (Alg::RS256, pkcs1.as_str()),
+            (Alg::ES256, EC_PUB),
+            (Alg::ES256, padded.as_str()),
+            (Alg::ES384, es384.as_str()),
+            (Alg::EdDSA, ed.as_str()),
+        ];
+        for (alg, pem) in good {
+            assert!(from_pem(alg, pem).is_ok(), "{alg:?} {pem}");
+        }
+        let wrong = [
+            (Alg::RS256, EC_PUB),
+            (Alg::ES256, RSA_PUB),
+            (Alg::ES256, es384.as_str()),
+            (Alg::ES384, EC_PUB),
+            (Alg::EdDSA, EC_PUB),
+            (Alg::ES256, pkcs1.as_str()),
+            (
+                Alg::RS256,
+                "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----",
+            ),
+        ];
+        for (alg, pem) in wrong {
+            let e = from_pem(alg, pem).err().unwrap();
+            assert_eq!(e, format!("not a {} public key in PEM", alg.name()));
+        }
+        assert!(from_pem(Alg::HS256, EC_PUB)
+            .unwrap_err()
+            .contains("secret_base64"));
     }
 
     #[test]

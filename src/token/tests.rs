@@ -796,12 +796,21 @@ fn every_key_kind_of_the_spec_verifies_as_pem_jwk_or_secret() {
     assert_eq!(p384[0], 4);
     let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
     let rsa = ps.public_key().to_components();
+    let pkcs1 = {
+        use ::rsa::pkcs1::EncodeRsaPublicKey;
+        use ::rsa::pkcs8::DecodePublicKey;
+        ::rsa::RsaPublicKey::from_public_key_pem(RSA_PUB)
+            .unwrap()
+            .to_pkcs1_pem(::rsa::pkcs8::LineEnding::LF)
+            .unwrap()
+    };
     let p = provider(json!({"keys": [
         {"kid": "es384-pem", "alg": "ES384", "pem": es384.public_key().to_pem().unwrap()},
         {"kid": "es384-jwk", "jwk": {"kty": "EC", "crv": "P-384", "x": b64(&p384[1..49]), "y": b64(&p384[49..97])}},
         {"kid": "ed-pem", "alg": "EdDSA", "pem": ed.public_key().to_pem()},
         {"kid": "ed-jwk", "jwk": {"kty": "OKP", "crv": "Ed25519", "x": b64(&ed.public_key().to_bytes())}},
         {"kid": "ps-pem", "alg": "PS256", "pem": RSA_PUB},
+        {"kid": "rs-pkcs1", "alg": "RS256", "pem": pkcs1},
         {"kid": "ps-jwk", "alg": "PS256", "jwk": {"kty": "RSA", "n": b64(&rsa.n), "e": b64(&rsa.e)}},
         {"kid": "hs384", "alg": "HS384", "secret_base64": STANDARD.encode([3u8; 48])},
         {"kid": "hs512", "alg": "HS512", "secret_base64": STANDARD.encode([4u8; 64])}
@@ -817,6 +826,11 @@ fn every_key_kind_of_the_spec_verifies_as_pem_jwk_or_secret() {
         ed.clone().with_key_id("ed-pem").sign(claims()).unwrap(),
         ed.with_key_id("ed-jwk").sign(claims()).unwrap(),
         ps.clone().with_key_id("ps-pem").sign(claims()).unwrap(),
+        RS256KeyPair::from_pem(RSA_PRIV)
+            .unwrap()
+            .with_key_id("rs-pkcs1")
+            .sign(claims())
+            .unwrap(),
         ps.with_key_id("ps-jwk").sign(claims()).unwrap(),
     ];
     tokens.extend(hs384_and_hs512());
