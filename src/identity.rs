@@ -866,13 +866,7 @@ pub const MAX_API_KEY_BYTES: usize = 256;
 
 /// The SHA-256 of an API key as lower-case hex: what goes into the config.
 pub fn hash_api_key(key: &str) -> String {
-    let d = Sha256::digest(key.as_bytes());
-    let mut s = String::with_capacity(64);
-    for b in d {
-        s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-    }
-    s
+    crate::hex_lower(&Sha256::digest(key.as_bytes()))
 }
 
 /// Constant-time equality of two digests.

@@ -33,3 +33,17 @@ pub mod wire;
 
 #[cfg(feature = "proxy")]
 pub mod proxy;
+
+/// `bytes` as lower-case hex, two digits a byte: digests in the
+/// configuration (API-key hashes), the hashed phone numbers and `jti`s
+/// sent to the rate-limit service, shared-data key parts. One writer for
+/// all of them, with one allocation.
+pub fn hex_lower(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    s
+}

@@ -248,7 +248,7 @@ impl E164 {
 
     /// The number without a trunk prefix written right after its country
     /// calling code (`+44 07700 900123` → `+447700900123`, `+1 1 900 555
-    /// 1234` → `+19005551234`; see [`split_trunk`]), or `None` when there
+    /// 1234` → `+19005551234`; see `split_trunk`), or `None` when there
     /// is none. Carriers and SMS gateways drop it (libphonenumber strips the
     /// national prefix from international input too), so both spellings
     /// reach one phone: denied prefixes and per-number limits must treat
@@ -314,9 +314,9 @@ fn split_trunk(digits: &str, whole: bool) -> Option<(&str, &str)> {
 
 /// The trunk prefix national numbers are written with where `calling_code`
 /// is the default country: `1` in North America, `06` in Hungary, none
-/// where the `0` is part of the number ([`ZERO_IS_SIGNIFICANT`]: Italy),
+/// where the `0` is part of the number (`ZERO_IS_SIGNIFICANT`: Italy),
 /// `0` elsewhere (also for `+7` and `+370`, whose `8` is read off by
-/// length: see [`split_trunk`]). The default of `national_prefix`.
+/// length: see `split_trunk`). The default of `national_prefix`.
 pub fn default_national_prefix(calling_code: Option<&str>) -> &'static str {
     match calling_code {
         Some("1") => "1",
@@ -628,14 +628,8 @@ fn normalize_prefix(input: &str) -> Result<String, PhoneError> {
 /// cannot be traced back to the number. `key` should be at least
 /// [`MIN_KEY_BYTES`] random bytes (32 is the natural size for HMAC-SHA256).
 pub fn hash(key: &[u8], number: &E164) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mac = hmac_sha256::HMAC::mac(number.as_str().as_bytes(), key);
-    let mut out = String::with_capacity(HASH_BYTES * 2);
-    for b in mac.iter().take(HASH_BYTES) {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0x0f)]));
-    }
-    out
+    crate::hex_lower(mac.get(..HASH_BYTES).unwrap_or(&mac))
 }
 
 #[cfg(test)]

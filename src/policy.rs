@@ -46,7 +46,7 @@ pub struct TokenCache {
 }
 
 /// Most bytes the verified-token cache of a worker holds (token texts and
-/// their parsed claims, estimated by [`TokenCache::cost`]): room for
+/// their parsed claims, estimated by `TokenCache::cost`): room for
 /// 4,096 tokens of the default 4 KiB with ordinary claims. Tokens of up
 /// to 64 KiB (`max_token_bytes`), or claims that parse into many small
 /// values, minted freely with a leaked signing key, would otherwise keep
@@ -1864,10 +1864,8 @@ fn limits_phase(
             None
         }
         Some(m) => {
-            let descriptor = replay_table(config, m.provider).map(|(_, r)| {
-                let hex: String = m.digest.iter().map(|b| format!("{b:02x}")).collect();
-                vec![(r.claim.clone(), hex)]
-            });
+            let descriptor = replay_table(config, m.provider)
+                .map(|(_, r)| vec![(r.claim.clone(), crate::hex_lower(&m.digest))]);
             pending.replay_fallback = Some(m);
             descriptor
         }
@@ -2968,7 +2966,7 @@ fn check_token(
                 }
                 Err(e) => return Err(Flow::from(e.reason())),
             };
-            if let Err(e) = pre.check_signature(provider, raw, now) {
+            if let Err(e) = pre.check_signature(raw) {
                 let until = pre
                     .exp
                     .min(now.saturating_add(600))

@@ -215,11 +215,8 @@ pub fn parts_digest_hex(parts: &[&[u8]], bytes: usize) -> String {
         h.update(u64::try_from(p.len()).unwrap_or(u64::MAX).to_le_bytes());
         h.update(p);
     }
-    h.finalize()
-        .iter()
-        .take(bytes)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let d = h.finalize();
+    crate::hex_lower(d.get(..bytes).unwrap_or(&d))
 }
 
 /// The little-endian u64 at byte `at` of a stored value, `None` when the

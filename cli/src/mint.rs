@@ -275,7 +275,7 @@ pub fn mint(spec: &TokenSpec) -> Result<String, CliError> {
                 }};
             }
             match material {
-                KeyMaterial::Hs256(k) => mac!(k.key),
+                KeyMaterial::Hs256(_) => mac!(HS256Key::from_bytes(secret)),
                 KeyMaterial::Hs384(k) => mac!(k),
                 KeyMaterial::Hs512(k) => mac!(k),
                 _ => Err(CliError::invalid("not an HMAC key")),

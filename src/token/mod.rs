@@ -1147,7 +1147,7 @@ impl Head<'_> {
 /// tokens (OpenID back-channel logout), request objects (RFC 9101),
 /// introspection answers (RFC 9701), client assertions and SD-JWT key
 /// binding proofs. (Written without `application/`, which a `typ` may
-/// carry or not: see [`media_subtype`].)
+/// carry or not: see `media_subtype`.)
 pub const OTHER_JWT_KINDS: &[&str] = &[
     "at+jwt",
     "dpop+jwt",
@@ -1348,18 +1348,13 @@ impl Prechecked<'_> {
     /// [`check_signature`] with the chosen key, then with each of
     /// [`Prechecked::others`] until one verifies; the chosen key's error
     /// if none does.
-    pub fn check_signature(
-        &self,
-        provider: &Provider,
-        token: &str,
-        now: u64,
-    ) -> Result<(), TokenError> {
-        let first = check_signature(provider, self.key, token, now);
+    pub fn check_signature(&self, token: &str) -> Result<(), TokenError> {
+        let first = check_signature(self.key, token);
         if first.is_ok()
             || self
                 .others
                 .iter()
-                .any(|k| check_signature(provider, k, token, now).is_ok())
+                .any(|k| check_signature(k, token).is_ok())
         {
             return Ok(());
         }
@@ -1514,12 +1509,7 @@ pub fn check_claims(
 /// `precheck` has parsed and checked the header and claims strictly (with
 /// the provider's clock skew and `exp` required), so only the signature is
 /// left, for every algorithm.
-pub fn check_signature(
-    _provider: &Provider,
-    key: &Key,
-    token: &str,
-    _now: u64,
-) -> Result<(), TokenError> {
+pub fn check_signature(key: &Key, token: &str) -> Result<(), TokenError> {
     // Letting jwt-simple's `verify_token` decode and parse the whole token
     // again would double the cost of a cache miss, and it reads the
     // standard claims into typed fields (a numeric `sub` or `jti` would
