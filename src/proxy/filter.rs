@@ -839,7 +839,12 @@ fn rls_failure(id: u32, status: u32, bytes: usize, waited_ms: u64, timeout_ms: u
         .and_then(|i| NAMES.get(i))
         .unwrap_or(&"?");
     if status == 0 {
-        format!("#{id} rate-limit service failed: an answer that does not decode ({bytes} bytes) after {waited_ms} ms")
+        let what = if bytes > MAX_RESPONSE_BYTES {
+            "too large to read"
+        } else {
+            "that does not decode"
+        };
+        format!("#{id} rate-limit service failed: an answer {what} ({bytes} bytes) after {waited_ms} ms")
     } else if waited_ms.saturating_add((timeout_ms / 4).min(10)) >= timeout_ms {
         // (Envoy's timer and the Wasm clock disagree by a few ms: a call
         // that ended within 10 ms of its timeout, or a quarter of a short
