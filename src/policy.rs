@@ -1383,6 +1383,17 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
         return done(pending);
     };
     if pending.signing.is_some() || route.limits_need_body() {
+        // A body declared longer than the route reads is refused now, by
+        // its `content-length`, not when (if ever) that many bytes have
+        // come: a held request would otherwise wait for them until
+        // Envoy's timeouts.
+        let declared = req
+            .header("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let max = u64::try_from(route.max_body_bytes).unwrap_or(u64::MAX);
+        if declared.is_some_and(|n| n > max) {
+            return deny(pending, Reason::BodyTooLarge.into());
+        }
         return Step::NeedBody(pending);
     }
     limits_phase(ctx, req, route, &HashMap::new(), pending, now)
@@ -1404,8 +1415,10 @@ fn deny(p: Box<Pending>, d: Denial) -> Step {
     Step::Done(finish(p.mode, p.grant, d), p.facts)
 }
 
-/// Continues with the whole body (the adapter already refused bodies over
-/// `max_body_bytes`): request signing, body values, then rate limits.
+/// Continues with the whole body (bodies declared or read over
+/// `max_body_bytes` are refused before: [`evaluate`] by `content-length`,
+/// the adapter as the bytes come): request signing, body values, then
+/// rate limits.
 pub fn evaluate_body(
     ctx: &Ctx<'_>,
     req: &Request<'_>,

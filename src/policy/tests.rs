@@ -1505,6 +1505,36 @@ fn bodies_that_cannot_be_read_are_body_invalid_or_too_large() {
     );
 }
 
+/// A body declared longer than the route reads is refused from its
+/// headers, before any byte of it: a held request would otherwise wait for
+/// bytes that may never come. Up to the limit, the body is asked for.
+#[test]
+fn a_body_declared_over_the_route_limit_is_refused_from_the_headers() {
+    let w = limits_world();
+    let eval = |len: &str| {
+        let h = headers(&[
+            (":method", "POST"),
+            (":path", "/sms"),
+            (":authority", "api.example.com"),
+            ("content-type", "application/json"),
+            ("content-length", len),
+        ]);
+        let req = Request::new(&h, Some("192.0.2.60".parse().unwrap()));
+        evaluate(&w.ctx(), &req, NOW)
+    };
+    match eval("257") {
+        Step::Done(d, _) => assert_eq!(d.reason(), Some(Reason::BodyTooLarge)),
+        s => panic!("{s:?}"),
+    }
+    match eval(" 18446744073709551615 ") {
+        Step::Done(d, _) => assert_eq!(d.reason(), Some(Reason::BodyTooLarge)),
+        s => panic!("{s:?}"),
+    }
+    for len in ["256", "0", "x"] {
+        assert!(matches!(eval(len), Step::NeedBody(_)), "{len}");
+    }
+}
+
 #[test]
 fn local_limit_then_429_with_headers() {
     let w = limits_world();

@@ -253,18 +253,8 @@ impl GuardFilter {
                 key_scrub,
             } => self.fetch_keys(worker, provider, &key_scrub, now),
             Step::NeedBody(pending) => {
-                // A body declared longer than the route reads is refused
-                // now, by its `content-length`, not when (if ever) that
-                // many bytes have come: a held request would otherwise wait
-                // for them until Envoy's timeouts.
-                let declared = self
-                    .headers
-                    .get("content-length")
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-                let max = pending.max_body_bytes(&worker.config);
-                if declared.is_some_and(|n| n > u64::try_from(max).unwrap_or(u64::MAX)) {
-                    return self.refuse_too_large(worker, pending);
-                }
+                // (A body declared over the route's size is refused by the
+                // core, `policy::evaluate`.)
                 if self.headers_end_stream {
                     self.body_complete(worker, pending, &[])
                 } else if worker.config.hold_headers_for_body {
