@@ -25,6 +25,7 @@ use crate::request::{reserved_header, Claims, Delegated, Peer, Request};
 
 /// The gRPC service and method of Envoy's rate-limit service API v3.
 const RLS_SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
+/// The one method of [`RLS_SERVICE`] appguard calls (unary).
 const RLS_METHOD: &str = "ShouldRateLimit";
 /// Request headers passed on to the rate-limit service as gRPC metadata, so
 /// its logs and traces join the request's.
@@ -61,7 +62,11 @@ enum State {
     Start,
     /// Held until a JWKS fetch (call `token`) for `provider` answers.
     AwaitingKeys {
+        /// The HTTP call's id: an answer to any other call is not this
+        /// request's.
         token: u32,
+        /// Index of the provider in the configuration whose keys are
+        /// fetched.
         provider: usize,
         /// When the GET was dispatched, in milliseconds since the epoch
         /// (see [`jwks::publish`]).
@@ -70,16 +75,27 @@ enum State {
     /// Buffering the body for the body phase.
     AwaitingBody(Box<Pending>),
     /// Held until the rate-limit service (call `token`) answers.
-    AwaitingRateLimit { token: u32, pending: Box<Pending> },
+    AwaitingRateLimit {
+        /// The gRPC call's id: an answer to any other call is not this
+        /// request's.
+        token: u32,
+        /// The evaluation so far, finished with the service's answer.
+        pending: Box<Pending>,
+    },
     /// Decided: allowed upstream or answered locally.
     Done,
 }
 
 /// The per-request filter.
 pub struct GuardFilter {
+    /// Envoy's id of this request's context (in log lines as `#id`).
     context_id: u32,
+    /// The worker's configuration and tables, `None` until the root
+    /// context was configured (the request is then answered 503).
     worker: Option<Rc<Worker>>,
+    /// Where the request is in its life.
     state: State,
+    /// The request headers, read from Envoy once and looked up from here.
     headers: Headers,
     /// The request ended with its headers (no body to wait for).
     headers_end_stream: bool,
@@ -172,6 +188,8 @@ impl GuardFilter {
         }
     }
 
+    /// The request headers: read once, the client's copies of appguard's
+    /// own headers removed (fail closed if they cannot be), then evaluated.
     fn on_headers(&mut self) -> Action {
         if self.worker.is_none() {
             // Unreachable in practice (Envoy refuses a failed configuration),
@@ -347,6 +365,8 @@ impl GuardFilter {
         (f(&ctx, &req, now_ms / 1000), now_ms / 1000)
     }
 
+    /// The whole body is here (or there is none): the body phase, then
+    /// whatever it asks for.
     fn body_complete(&mut self, worker: &Rc<Worker>, pending: Box<Pending>, body: &[u8]) -> Action {
         let (step, now) = self.ctx_step(worker, KeyFetch::NotNow, |ctx, req, now| {
             policy::evaluate_body(ctx, req, body, pending, now)
@@ -354,6 +374,9 @@ impl GuardFilter {
         self.step(worker, step, now)
     }
 
+    /// Calls the rate-limit service and holds the request for its answer;
+    /// a call the host refuses is a failure of the service, decided by the
+    /// route's `failure_mode` at once.
     fn call_rls(&mut self, worker: &Rc<Worker>, pending: Box<Pending>, call: &RlsCall) -> Action {
         let metadata: Vec<(&str, &[u8])> = TRACE_HEADERS
             .iter()
@@ -413,6 +436,10 @@ impl GuardFilter {
         }
     }
 
+    /// The core needs a remote JWKS for provider `p`: take keys another
+    /// worker stored meanwhile, or start the GET when this worker may
+    /// (first keys, or the refetch lease for an unknown `kid`), holding
+    /// the request for it; otherwise evaluate again as the keys stand.
     fn fetch_keys(
         &mut self,
         worker: &Rc<Worker>,
@@ -617,6 +644,8 @@ impl GuardFilter {
         }
     }
 
+    /// Carries out an allow: the grant's headers, the degraded mark, and in
+    /// monitor mode the would-be denial (log line, header, filter state).
     fn apply_grant(&self, worker: &Worker, grant: &Grant, facts: &Facts, now: u64) {
         self.apply_headers(grant);
         mark_degraded(facts);
@@ -638,6 +667,9 @@ impl GuardFilter {
         }
     }
 
+    /// Carries out a refusal: the decision line, the key and token
+    /// headers scrubbed for the access log, the local reply with its
+    /// reason code.
     fn deny(&self, worker: &Worker, denial: &Denial, facts: &Facts, now: u64) -> Action {
         let reason = denial.reason;
         decision_log(worker, log::Level::Info, now, || {
@@ -672,6 +704,10 @@ impl GuardFilter {
         Action::Pause
     }
 
+    /// A local reply the core did not decide (no configuration, the host
+    /// failing us): `{"error": code}` with `x-appguard-reason`, counted in
+    /// `appguard_host_errors` when it is `appguard_host_error` or cannot be
+    /// sent.
     fn reply_raw(&mut self, status: u16, code: &str) -> Action {
         self.state = State::Done;
         if code == "appguard_host_error" {
@@ -1076,6 +1112,9 @@ impl GuardFilter {
         self.step(worker, step, now)
     }
 
+    /// Body bytes of a request waiting for its body: refused by size as
+    /// soon as they pass the route's limit, else buffered by Envoy until
+    /// the end, then read whole for the body phase.
     fn on_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(worker) = self.worker.clone() else {
             return self.reply_raw(503, "appguard_unconfigured");

@@ -40,6 +40,7 @@ pub enum Counted {
 }
 
 impl Counted {
+    /// The `decision` tag of the counter's name.
     const fn name(self) -> &'static str {
         match self {
             Counted::Allow => "allow",
@@ -57,11 +58,25 @@ type CounterKey = (Option<usize>, Counted, Option<Reason>);
 
 /// Counter ids of one worker.
 pub struct Metrics {
+    /// The configured routes' names, by route index: the `route` tag
+    /// ([`crate::config::UNMATCHED_ROUTE`] for none). Config-chosen, never request-chosen, so
+    /// the number of counters is bounded.
     route_names: Vec<String>,
+    /// Decision counters defined so far, by what they count: defined on
+    /// first use, as routes × outcomes × reasons are too many to define
+    /// up front.
     ids: RefCell<HashMap<CounterKey, u32>>,
+    /// `appguard_verification_budget_refusals`: tokens refused unverified
+    /// because their client's failure budget was spent. `None` when the
+    /// host refused to define it (then it is not counted; so for the others).
     budget_refusals: Option<u32>,
+    /// `appguard_jwks_fetch_failures`: remote JWKS fetches that failed.
     jwks_failures: Option<u32>,
+    /// `appguard_host_errors`: requests answered 503 because the host
+    /// failed a call appguard needed.
     host_errors: Option<u32>,
+    /// `appguard_vm_memory_bytes`: the gauge of the VM's linear memory
+    /// (Envoy 1.40 has none of its own).
     vm_memory: Option<u32>,
 }
 

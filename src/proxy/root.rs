@@ -390,7 +390,10 @@ const FAST_TICKS: u32 = 300;
 
 /// Owns the worker of one root context.
 pub struct FilterRoot {
+    /// Envoy's id of the root context.
     context_id: u32,
+    /// The worker built from the last configuration accepted; `None`
+    /// before the first (new request contexts then answer 503).
     worker: Option<Rc<Worker>>,
     /// How many more ticks may run at [`FAST_TICK_MS`]: set while a remote
     /// JWKS has no keys on this worker yet.
