@@ -156,6 +156,21 @@ impl Reason {
         }
     }
 
+    /// The `www-authenticate` challenge of a 401 (RFC 9110 §11.6.1: a 401
+    /// must carry one; Envoy's `jwt_authn` sends the same form, and some
+    /// HTTP clients treat a 401 without it as a protocol error). RFC 6750's
+    /// `Bearer` scheme, whatever header the token came in, with
+    /// `error="invalid_token"` unless the token was missing; a fixed realm,
+    /// so that nothing of the request is written back. `None` for other
+    /// statuses.
+    pub const fn challenge(self) -> Option<&'static str> {
+        match self {
+            Reason::TokenMissing => Some("Bearer realm=\"appguard\""),
+            _ if self.status() == 401 => Some("Bearer realm=\"appguard\", error=\"invalid_token\""),
+            _ => None,
+        }
+    }
+
     /// The gRPC status of a local reply for this reason (see
     /// [`grpc_status`]).
     pub const fn grpc_status(self) -> i32 {
@@ -354,5 +369,20 @@ mod tests {
             assert_eq!(r.grpc_status(), want, "{r}");
         }
         assert_eq!(grpc_status(500), 2);
+    }
+
+    #[test]
+    fn every_401_and_only_a_401_carries_a_bearer_challenge() {
+        for r in Reason::ALL {
+            assert_eq!(r.challenge().is_some(), r.status() == 401, "{r}");
+        }
+        assert_eq!(
+            Reason::TokenMissing.challenge(),
+            Some(r#"Bearer realm="appguard""#)
+        );
+        assert_eq!(
+            Reason::TokenExpired.challenge(),
+            Some(r#"Bearer realm="appguard", error="invalid_token""#)
+        );
     }
 }

@@ -683,9 +683,12 @@ impl GuardFilter {
             )
         });
         scrub(&denial.key_scrub);
-        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2 + denial.headers.len());
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(3 + denial.headers.len());
         headers.push(("content-type", "application/json"));
         headers.push(("x-appguard-reason", reason.code()));
+        if let Some(challenge) = reason.challenge() {
+            headers.push(("www-authenticate", challenge));
+        }
         headers.extend(denial.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let body = reason.body();
         if let Err(status) = abi::send_local_response(

@@ -377,9 +377,19 @@ fn every_refusal_has_its_status_and_reason() {
             "{path} {token}: {}",
             r.text()
         );
+        // RFC 9110: a 401 carries a challenge (as jwt_authn's do).
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some(r#"Bearer realm="appguard", error="invalid_token""#),
+            "{reason}"
+        );
     }
     let r = envoy.request(Req::get("/hs/x"));
     assert_eq!((r.status, r.reason()), (401, Some("token_missing")));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="appguard""#)
+    );
     assert!(up.seen().is_empty(), "a refused token reached upstream");
 }
 
