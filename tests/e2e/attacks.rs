@@ -1378,6 +1378,41 @@ fn ipv6_zone_ids_and_address_spellings_in_xff_fail_closed() {
     e.assert_vm_healthy();
 }
 
+/// A deny list of the size of a cloud provider's published ranges loads,
+/// and a request is refused inside any of its ranges and let through in a
+/// gap between them (the list is kept as merged, sorted intervals).
+#[test]
+fn a_deny_list_of_twenty_thousand_ranges_loads_and_holds() {
+    let up = Upstream::start();
+    // 20.0.0.0/24 … 20.78.31.0/24, but for the gap 20.5.5.0/24; one IPv6
+    // range beside them.
+    let mut ranges: Vec<String> = (0u32..20_000)
+        .filter(|i| *i != 5 * 256 + 5)
+        .map(|i| format!("20.{}.{}.0/24", i / 256, i % 256))
+        .collect();
+    ranges.push("2001:db8::/32".into());
+    let cfg = json!({
+        "default_action": "allow",
+        "routes": [{"name": "r", "match": {"prefix": "/"},
+                    "network": {"ip_deny": ranges}}]
+    });
+    // Envoy's default reads the client from X-Forwarded-For.
+    let envoy = EnvoyBuilder::new(cfg, up.port).start();
+    let from = |ip: &str| Req::get("/x").header("x-forwarded-for", ip);
+    for ip in [
+        "20.0.0.1",
+        "20.5.4.255",
+        "20.5.6.0",
+        "20.78.31.200",
+        "2001:db8::7",
+    ] {
+        deny(&envoy, from(ip), 403, "ip_denied", ip);
+    }
+    for ip in ["20.5.5.9", "20.78.32.1", "19.255.255.255", "2001:db9::1"] {
+        assert_eq!(envoy.request(from(ip)).status, 200, "{ip}");
+    }
+}
+
 #[test]
 fn a_client_written_x_forwarded_for_never_chooses_the_client_ip() {
     // With `xff_trusted_hops: 0` appguard takes Envoy's downstream address,
