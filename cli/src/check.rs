@@ -125,7 +125,9 @@ fn hint(e: &ConfigError, doc: Option<&Value>) -> Option<String> {
              (`_ms`, `_seconds`)"
         ));
     }
-    if e.path.ends_with(".pem") && e.message.contains("public key in PEM") {
+    if e.path.ends_with(".pem")
+        && (e.message.contains("public key in PEM") || e.message.contains("a private key"))
+    {
         let pem = string_at(doc?, &e.path)?;
         let alg = string_at(doc?, &format!("{}alg", e.path.strip_suffix("pem")?));
         return pem_hint(&pem, alg.as_deref());

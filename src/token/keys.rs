@@ -265,6 +265,12 @@ fn es256(sec1: &[u8]) -> Result<KeyMaterial, String> {
 fn from_pem(alg: Alg, pem: &str) -> Result<KeyMaterial, String> {
     use p256::pkcs8::DecodePublicKey;
     let pem = pem.trim();
+    // Refused by name, whatever else the text holds (Ed25519's reader
+    // takes a public key that follows a private one): a private key does
+    // not belong in a proxy's configuration, which many can read.
+    if pem.contains("PRIVATE KEY") {
+        return Err("the PEM holds a private key; give the public key only".into());
+    }
     let err = || format!("not a {} public key in PEM", alg.name());
     Ok(match alg {
         // The same SubjectPublicKeyInfo for every RS*/PS* algorithm.
@@ -286,13 +292,21 @@ fn from_pem(alg: Alg, pem: &str) -> Result<KeyMaterial, String> {
         Alg::ES384 => KeyMaterial::Es384(
             p384::ecdsa::VerifyingKey::from_public_key_pem(pem).map_err(|_| err())?,
         ),
-        Alg::EdDSA => {
-            KeyMaterial::EdDsa(ed25519_compact::PublicKey::from_pem(pem).map_err(|_| err())?)
-        }
+        Alg::EdDSA => ed25519(ed25519_compact::PublicKey::from_pem(pem).map_err(|_| err())?)?,
         Alg::HS256 | Alg::HS384 | Alg::HS512 => {
             return Err("HMAC keys are given as `secret_base64`, not PEM".into())
         }
     })
+}
+
+/// An Ed25519 key that can verify something: a canonical encoding of a
+/// point of the curve, not of small order (the identity among them). Any
+/// other is refused at load, as every signature would fail under it.
+fn ed25519(pk: ed25519_compact::PublicKey) -> Result<KeyMaterial, String> {
+    pk.validate().map_err(|_| {
+        "not a usable Ed25519 public key (not a point, or of small order)".to_string()
+    })?;
+    Ok(KeyMaterial::EdDsa(pk))
 }
 
 fn b64url_field(jwk: &Value, name: &str) -> Result<Vec<u8>, String> {
@@ -412,7 +426,7 @@ pub fn key_from_jwk(jwk: &Value, alg: Option<Alg>, kid: Option<String>) -> Resul
             let x = b64url_field(jwk, "x")?;
             let pk = ed25519_compact::PublicKey::from_slice(&x)
                 .map_err(|_| "bad Ed25519 JWK: `x` is not a 32-byte public key".to_string())?;
-            (Alg::EdDSA, KeyMaterial::EdDsa(pk))
+            (Alg::EdDSA, ed25519(pk)?)
         }
         other => return Err(format!("unsupported JWK kty {other:?}")),
     };
@@ -587,6 +601,55 @@ mod tests {
         assert!(from_pem(Alg::HS256, EC_PUB)
             .unwrap_err()
             .contains("secret_base64"));
+        // A private key is refused by name, even with its public key after
+        // it (which Ed25519's PEM reader would take).
+        let private = ed25519_compact::KeyPair::from_seed(seed).sk.to_pem();
+        for (alg, pem) in [
+            (Alg::EdDSA, format!("{private}{ed}")),
+            (Alg::ES256, format!("{EC_PUB}-----BEGIN PRIVATE KEY-----\n")),
+            (
+                Alg::RS256,
+                "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n".to_string(),
+            ),
+        ] {
+            assert!(
+                from_pem(alg, &pem).unwrap_err().contains("private key"),
+                "{alg:?}"
+            );
+        }
+    }
+
+    /// An Ed25519 key no signature can verify under (the identity, a point
+    /// of small order, a non-canonical encoding) is refused when it loads,
+    /// as PEM or JWK, rather than refusing every token later.
+    #[test]
+    fn ed25519_keys_that_cannot_verify_are_refused() {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        // y = p (2^255 - 19), not canonical.
+        let mut non_canonical = [0xffu8; 32];
+        non_canonical[0] = 0xed;
+        non_canonical[31] = 0x7f;
+        for x in [identity, [0u8; 32], non_canonical] {
+            let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&x)});
+            let e = key_from_jwk(&jwk, None, None).unwrap_err();
+            assert!(e.contains("not a usable Ed25519"), "{e}");
+            let mut der = vec![
+                0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+            ];
+            der.extend_from_slice(&x);
+            let pem = format!(
+                "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+                base64::engine::general_purpose::STANDARD.encode(&der)
+            );
+            let e = from_pem(Alg::EdDSA, &pem).err().unwrap();
+            assert!(e.contains("not a usable Ed25519"), "{e}");
+        }
+        let seed = ed25519_compact::Seed::new([9u8; 32]);
+        let good = ed25519_compact::KeyPair::from_seed(seed).pk;
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&good[..])});
+        assert!(key_from_jwk(&jwk, None, None).is_ok());
     }
 
     #[test]
