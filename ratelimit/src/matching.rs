@@ -80,11 +80,14 @@ impl Node {
     /// [`RateLimitConfig::get_limit`]'s walk, which the operator CLI's
     /// check takes too.
     pub fn child(&self, key: &str, value: &str) -> Option<(&Node, bool)> {
-        let exact = Some(value)
-            .filter(|v| !v.is_empty())
-            .and_then(|v| self.children.get(&child_key(key, v)));
-        if let Some(n) = exact {
-            return Some((n, false));
+        // One map key serves both lookups, on every call's every entry:
+        // the key-only child's is the same cut before its `=value`.
+        let mut map_key = child_key(key, value);
+        if !value.is_empty() {
+            if let Some(n) = self.children.get(&map_key) {
+                return Some((n, false));
+            }
+            map_key.truncate(map_key.len().saturating_sub(value.len() + 1));
         }
         let wildcard = self
             .wildcards
@@ -94,7 +97,7 @@ impl Node {
         if let Some(n) = wildcard {
             return Some((n, true));
         }
-        self.children.get(&child_key(key, "")).map(|n| (n, false))
+        self.children.get(&map_key).map(|n| (n, false))
     }
 }
 
