@@ -13,7 +13,6 @@ use proxy_wasm::types::Action;
 use super::abi::{self, Buffer, Map};
 
 use super::host::{self, now_millis, HostStore};
-use super::jwks;
 use super::metrics::Counted;
 use super::root::{Worker, WARN_LINES_PER_SECOND};
 use crate::decision::{Decision, Denial, Grant, KeyScrub};
@@ -22,6 +21,7 @@ use crate::lograte::Admit;
 use crate::policy::{self, Ctx, Facts, KeyFetch, Pending, RlsCall, Step};
 use crate::ratelimit::{decode_response, MAX_RESPONSE_BYTES};
 use crate::request::{reserved_header, Claims, Delegated, Peer, Request};
+use crate::token::jwks::{self, RequestFetch};
 
 /// The gRPC service and method of Envoy's rate-limit service API v3.
 const RLS_SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -453,43 +453,13 @@ impl GuardFilter {
         let Some(remote) = &provider.remote_jwks else {
             return self.run(KeyFetch::NotNow);
         };
-        // Another worker may have fetched already. The borrow of the
-        // worker's JWKS slots ends before any re-evaluation borrows it again.
-        // `None`: fetch now; else evaluate again as it says.
-        let not_now = {
-            let mut slots = worker.jwks.borrow_mut();
-            match slots.get_mut(p) {
-                None => Some(KeyFetch::NotNow),
-                Some(slot) => {
-                    let before = slot.keys.version;
-                    if slot.last_request_sync != Some(now) {
-                        slot.last_request_sync = Some(now);
-                        jwks::sync(slot, &provider.name, remote, now);
-                    }
-                    let had_keys = slot.keys.keys.is_some();
-                    if slot.keys.version != before && had_keys {
-                        // Another worker's keys, copied just now: the
-                        // request is evaluated again with them. Fetched
-                        // since it came (this second), a `kid` they lack is
-                        // made up. Older, they may predate its key: it may
-                        // still ask for a re-fetch (back here, where this
-                        // second's copy is not looked at again).
-                        Some(if slot.fetched_at >= now {
-                            KeyFetch::Fetched
-                        } else {
-                            KeyFetch::May
-                        })
-                    } else if !had_keys {
-                        (!slot.may_start_request_fetch(now)).then_some(KeyFetch::NotNow)
-                    } else if jwks::take_refetch_lease(slot, &provider.name, remote, now) {
-                        None
-                    } else {
-                        Some(KeyFetch::NotNow)
-                    }
-                }
-            }
+        // The borrow of the worker's JWKS slots ends before any
+        // re-evaluation borrows it again.
+        let next = match worker.jwks.borrow_mut().get_mut(p) {
+            None => RequestFetch::Evaluate(KeyFetch::NotNow),
+            Some(slot) => jwks::request_fetch(&HostStore, slot, &provider.name, remote, now),
         };
-        if let Some(key_fetch) = not_now {
+        if let RequestFetch::Evaluate(key_fetch) = next {
             return self.run(key_fetch);
         }
         match host::http_get(
@@ -956,7 +926,8 @@ impl Context for GuardFilter {
         let Some(worker) = self.worker.clone() else {
             return;
         };
-        let now = now_millis() / 1000;
+        let now_ms = now_millis();
+        let now = now_ms / 1000;
         let (status, body) = host::http_call_response(body_size, jwks::MAX_JWKS_BYTES);
         // Fetched only if this answer loaded keys (or newer ones a later
         // fetch stored): a failed fetch has looked at nothing new.
@@ -967,7 +938,9 @@ impl Context for GuardFilter {
             if let Some(slot) = slots.get_mut(provider) {
                 slot.fetch_ended(token_id);
                 let loaded = match (status, body) {
-                    (200, Some(body)) => jwks::store(slot, &p.name, remote, &body, started, now),
+                    (200, Some(body)) => {
+                        jwks::store(&HostStore, slot, &p.name, remote, &body, started, now_ms)
+                    }
                     (s, _) => Err(format!(
                         "fetch failed ({})",
                         jwks::unread_answer(s, body_size)

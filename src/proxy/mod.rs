@@ -10,7 +10,6 @@
 pub mod abi;
 mod filter;
 mod host;
-mod jwks;
 mod metrics;
 mod root;
 

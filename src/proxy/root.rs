@@ -14,13 +14,13 @@ use super::abi::{self, Buffer};
 
 use super::filter::GuardFilter;
 use super::host::{self, now_seconds, HostStore};
-use super::jwks::{self, JwksSlot};
 use super::metrics::Metrics;
 use crate::config::Config;
 use crate::identity::KeyMemo;
 use crate::limits::ServiceCache;
 use crate::policy::{NegativeCache, RemoteKeys, TokenCache};
 use crate::store::{self, BucketSalt};
+use crate::token::jwks::{self, JwksSlot};
 use crate::token::ReplayScope;
 
 /// Per-request warning lines each worker writes per second at most (see
@@ -193,12 +193,21 @@ impl Worker {
             return true;
         };
         let (status, body) = host::http_call_response(body_size, jwks::MAX_JWKS_BYTES);
-        let now = now_seconds();
+        let now_ms = host::now_millis();
+        let now = now_ms / 1000;
         let mut slots = self.jwks.borrow_mut();
         if let Some(slot) = slots.get_mut(p) {
             let failure = match (status, body) {
                 (200, Some(body)) => {
-                    match jwks::store(slot, &provider.name, remote, &body, started, now) {
+                    match jwks::store(
+                        &HostStore,
+                        slot,
+                        &provider.name,
+                        remote,
+                        &body,
+                        started,
+                        now_ms,
+                    ) {
                         Ok(()) => None,
                         Err(e) => Some(format!("refresh refused: {e}")),
                     }
@@ -248,13 +257,13 @@ impl Worker {
                     continue;
                 }
                 slot.last_maintained = now;
-                jwks::sync(slot, &provider.name, remote, now);
+                jwks::sync(&HostStore, slot, &provider.name, remote, now);
                 // Also while no keys are loaded (a cold start whose first
                 // fetch failed, keys past their grace): then every
                 // `timeout_ms` + 1 s per instance, whether requests come
                 // or not.
                 !self.refreshes.borrow().values().any(|(x, _)| *x == p)
-                    && jwks::take_refresh_lease(slot, &provider.name, remote, now)
+                    && jwks::take_refresh_lease(&HostStore, slot, &provider.name, remote, now)
             };
             if refresh {
                 let token = host::http_get(

@@ -13,6 +13,7 @@
 mod b64;
 pub mod delegated;
 pub mod ecdsa;
+pub mod jwks;
 pub mod keys;
 pub mod rsa;
 pub mod strict_json;

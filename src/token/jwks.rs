@@ -1,6 +1,14 @@
 //! Remote JWKS: fetched through an Envoy cluster, shared by the workers of an
 //! instance through shared data, parsed once per worker per version.
 //!
+//! The cache's protocol lives here, in the core, as Envoy's `jwt_authn`
+//! keeps its `jwks_cache` apart from its filter: which copy a worker
+//! loads, which answer may replace the shared copy, who refreshes, and
+//! when a request may fetch. It reads the instance's shared data through
+//! [`SharedStore`] and the time as arguments, so that it is tested with a
+//! [`store::MemStore`] shared by several simulated workers; the adapter
+//! only dispatches the GETs and hands their answers here.
+//!
 //! Shared-data layout: `appguard/jwks2/<provider>/<source>` holds 8 bytes of
 //! fetch time (little-endian milliseconds since the epoch at which the GET
 //! was dispatched: a copy is only replaced by a fetch dispatched no earlier;
@@ -22,8 +30,7 @@ use std::rc::Rc;
 use log::{info, warn};
 use sha2::{Digest, Sha256};
 
-use super::host::HostStore;
-use crate::policy::RemoteKeys;
+use crate::policy::{KeyFetch, RemoteKeys};
 use crate::store::{self, SharedStore};
 use crate::token::keys::{keys_from_jwks, JwksOrigin};
 use crate::token::RemoteJwks;
@@ -198,10 +205,17 @@ pub fn unread_answer(status: u16, body_size: usize) -> String {
     }
 }
 
-/// Reloads the worker's keys from shared data when another worker stored a
-/// newer version. Drops keys older than [`RemoteJwks::keys_expire_after`].
-pub fn sync(slot: &mut JwksSlot, provider: &str, remote: &RemoteJwks, now: u64) {
-    if let Some((bytes, cas)) = HostStore.get(&data_key(provider, remote)) {
+/// Reloads the worker's keys from `shared` when another worker stored a
+/// newer version. Drops keys older than [`RemoteJwks::keys_expire_after`]
+/// at `now` (seconds).
+pub fn sync<S: SharedStore + ?Sized>(
+    shared: &S,
+    slot: &mut JwksSlot,
+    provider: &str,
+    remote: &RemoteJwks,
+    now: u64,
+) {
+    if let Some((bytes, cas)) = shared.get(&data_key(provider, remote)) {
         if slot.loaded_cas != Some(cas) && bytes.len() > 8 {
             let (ts, json) = bytes.split_at(8);
             let fetched_at = u64::from_le_bytes(ts.try_into().unwrap_or([0; 8])) / 1000;
@@ -286,39 +300,36 @@ pub fn publish<S: SharedStore + ?Sized>(
 }
 
 /// Stores a JWKS fetched by a GET dispatched at `started_ms` for every worker
-/// of the same provider and source (see [`shared_key`]), and loads it here;
-/// when a later fetch's keys are already stored ([`publish`]), loads those
-/// instead.
-pub fn store(
+/// of the same provider and source (see [`shared_key`]) in `shared`, and
+/// loads it here; when a later fetch's keys are already stored
+/// ([`publish`]), loads those instead. `now_ms` is the time of the answer
+/// (milliseconds since the epoch).
+pub fn store<S: SharedStore + ?Sized>(
+    shared: &S,
     slot: &mut JwksSlot,
     provider: &str,
     remote: &RemoteJwks,
     body: &[u8],
     started_ms: u64,
-    now: u64,
+    now_ms: u64,
 ) -> Result<(), String> {
     let keys = parse(body)?;
     let key = data_key(provider, remote);
-    match publish(
-        &HostStore,
-        &key,
-        started_ms,
-        super::host::now_millis(),
-        body,
-    ) {
+    let now = now_ms / 1000;
+    match publish(shared, &key, started_ms, now_ms, body) {
         Ok(false) => {
             info!(
                 "jwks {provider}: an answer to an earlier fetch ({} bytes) not stored: a later fetch's keys are",
                 body.len()
             );
             slot.loaded_cas = None;
-            sync(slot, provider, remote, now);
+            sync(shared, slot, provider, remote, now);
             return Ok(());
         }
         // The version now stored is ours unless another worker wrote a
         // later fetch's keys since: then those are loaded, not labelled
         // with its version.
-        Ok(true) => match HostStore.get(&key) {
+        Ok(true) => match shared.get(&key) {
             Some((stored, cas))
                 if stored.get(8..) == Some(body)
                     && store::u64_at(&stored, 0) == Some(started_ms) =>
@@ -327,7 +338,7 @@ pub fn store(
             }
             _ => {
                 slot.loaded_cas = None;
-                sync(slot, provider, remote, now);
+                sync(shared, slot, provider, remote, now);
                 return Ok(());
             }
         },
@@ -347,16 +358,30 @@ pub fn store(
 
 /// Whether this worker should refresh now: the shared copy is due, and this
 /// worker won the lease (so one fetch per instance, not one per worker).
-pub fn take_refresh_lease(slot: &JwksSlot, provider: &str, remote: &RemoteJwks, now: u64) -> bool {
+pub fn take_refresh_lease<S: SharedStore + ?Sized>(
+    shared: &S,
+    slot: &JwksSlot,
+    provider: &str,
+    remote: &RemoteJwks,
+    now: u64,
+) -> bool {
     due(slot, remote, now)
-        && take_lease(provider, remote, "lease", remote.timeout_ms / 1000 + 1, now)
+        && take_lease(
+            shared,
+            provider,
+            remote,
+            "lease",
+            remote.timeout_ms / 1000 + 1,
+            now,
+        )
 }
 
 /// Whether this request may re-fetch for an unknown `kid` (keys loaded):
 /// at most once per `min_refetch_seconds` per instance (a lease), and per
 /// worker; a worker that found the lease taken asks again the next second
 /// at the earliest. Records the re-fetch when it may.
-pub fn take_refetch_lease(
+pub fn take_refetch_lease<S: SharedStore + ?Sized>(
+    shared: &S,
     slot: &mut JwksSlot,
     provider: &str,
     remote: &RemoteJwks,
@@ -368,6 +393,7 @@ pub fn take_refetch_lease(
         return false;
     }
     if !take_lease(
+        shared,
         provider,
         remote,
         "refetch",
@@ -379,6 +405,61 @@ pub fn take_refetch_lease(
     }
     slot.last_refetch = now;
     true
+}
+
+/// What a request that needs a provider's keys (none loaded, or its `kid`
+/// unknown) does next: see [`request_fetch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestFetch {
+    /// Fetch the JWKS now and wait for it: the caller dispatches the GET
+    /// and records it with [`JwksSlot::fetch_started`].
+    Dispatch,
+    /// Do not fetch: evaluate the request again with what the slot holds,
+    /// as the [`KeyFetch`] says.
+    Evaluate(KeyFetch),
+}
+
+/// Decides whether a request of this worker fetches `provider`'s keys at
+/// `now` (seconds). First, at most once a second, it loads the copy
+/// another worker stored: if that brought other keys, the request is
+/// evaluated again with them (as `Fetched` when they were fetched this
+/// second, since a `kid` they lack is then made up; as `May` when older,
+/// since they may predate its key). Without keys, it fetches unless
+/// [`JwksSlot::may_start_request_fetch`] says no; with keys (an unknown
+/// `kid`), only when it wins the re-fetch lease
+/// ([`take_refetch_lease`]). Otherwise the request is evaluated as
+/// `NotNow`: missing keys answer by the route's failure mode, an unknown
+/// `kid` is refused without charging the client's budget.
+pub fn request_fetch<S: SharedStore + ?Sized>(
+    shared: &S,
+    slot: &mut JwksSlot,
+    provider: &str,
+    remote: &RemoteJwks,
+    now: u64,
+) -> RequestFetch {
+    let before = slot.keys.version;
+    if slot.last_request_sync != Some(now) {
+        slot.last_request_sync = Some(now);
+        sync(shared, slot, provider, remote, now);
+    }
+    let has_keys = slot.keys.keys.is_some();
+    if has_keys && slot.keys.version != before {
+        RequestFetch::Evaluate(if slot.fetched_at >= now {
+            KeyFetch::Fetched
+        } else {
+            KeyFetch::May
+        })
+    } else if !has_keys {
+        if slot.may_start_request_fetch(now) {
+            RequestFetch::Dispatch
+        } else {
+            RequestFetch::Evaluate(KeyFetch::NotNow)
+        }
+    } else if take_refetch_lease(shared, slot, provider, remote, now) {
+        RequestFetch::Dispatch
+    } else {
+        RequestFetch::Evaluate(KeyFetch::NotNow)
+    }
 }
 
 /// Whether the keys are due for a refresh: none yet, `refresh_seconds`
@@ -395,9 +476,16 @@ fn due(slot: &JwksSlot, remote: &RemoteJwks, now: u64) -> bool {
 
 /// A shared lease: true for exactly one caller per `seconds`, among the
 /// workers of the same provider and source (see [`shared_key`]).
-pub fn take_lease(provider: &str, remote: &RemoteJwks, kind: &str, seconds: u64, now: u64) -> bool {
+fn take_lease<S: SharedStore + ?Sized>(
+    shared: &S,
+    provider: &str,
+    remote: &RemoteJwks,
+    kind: &str,
+    seconds: u64,
+    now: u64,
+) -> bool {
     let key = shared_key(&format!("jwks-{kind}"), provider, remote);
-    take_lease_at(&HostStore, &key, seconds, now)
+    take_lease_at(shared, &key, seconds, now)
 }
 
 /// [`take_lease`] on `shared` at `key`. The lease records when it ends and
@@ -442,6 +530,307 @@ mod tests {
             timeout_ms: 2000,
             min_refetch_seconds: 30,
         }
+    }
+
+    /// A JWKS with one P-256 key made from `seed`, under `kid`.
+    fn jwks_doc(seed: u8, kid: &str) -> Vec<u8> {
+        use base64::Engine;
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        let point = p256::SecretKey::from_slice(&[seed; 32])
+            .unwrap()
+            .public_key()
+            .to_encoded_point(false);
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        format!(
+            r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"{kid}","alg":"ES256","x":"{}","y":"{}"}}]}}"#,
+            b64(point.x().unwrap()),
+            b64(point.y().unwrap())
+        )
+        .into_bytes()
+    }
+
+    fn kids(slot: &JwksSlot) -> Vec<String> {
+        slot.keys
+            .keys
+            .as_ref()
+            .map(|k| k.iter().filter_map(|k| k.kid.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn keys_one_worker_stores_are_loaded_by_the_others() {
+        let shared = store::MemStore::default();
+        let r = remote("jwks", "idp.example", "/k");
+        let (mut a, mut b) = (JwksSlot::default(), JwksSlot::default());
+        let t = 1_000_000u64;
+        store(
+            &shared,
+            &mut a,
+            "idp",
+            &r,
+            &jwks_doc(7, "k1"),
+            t * 1000,
+            t * 1000 + 40,
+        )
+        .unwrap();
+        assert_eq!(kids(&a), ["k1"]);
+        assert_eq!(a.fetched_at, t, "dated by the GET's dispatch");
+        // The other worker copies it, with the same version: a token one
+        // worker verified is not verified again by the other for that.
+        sync(&shared, &mut b, "idp", &r, t + 1);
+        assert_eq!(kids(&b), ["k1"]);
+        assert_eq!(
+            (b.keys.version, b.loaded_cas),
+            (a.keys.version, a.loaded_cas)
+        );
+        assert_ne!(b.keys.version, 0);
+        // Another source's copy is not theirs (another provider, another
+        // path): nothing to load.
+        let mut c = JwksSlot::default();
+        sync(
+            &shared,
+            &mut c,
+            "idp",
+            &remote("jwks", "idp.example", "/other"),
+            t + 1,
+        );
+        sync(&shared, &mut c, "idp2", &r, t + 1);
+        assert!(c.keys.keys.is_none());
+        // Refused documents are neither stored nor loaded.
+        assert!(store(&shared, &mut c, "idp", &r, b"{}", t * 1000, t * 1000).is_err());
+        assert!(c.keys.keys.is_none());
+        // Past refresh and grace without a newer copy, the keys are
+        // dropped where they were loaded.
+        sync(&shared, &mut b, "idp", &r, t + r.keys_expire_after());
+        assert_eq!(kids(&b), ["k1"], "not yet");
+        sync(&shared, &mut b, "idp", &r, t + r.keys_expire_after() + 1);
+        assert!(b.keys.keys.is_none());
+        assert_eq!(b.keys.version, 0);
+    }
+
+    #[test]
+    fn a_late_answer_to_an_earlier_fetch_loads_the_later_keys_instead() {
+        let shared = store::MemStore::default();
+        let r = remote("jwks", "", "/k");
+        let (mut a, mut b) = (JwksSlot::default(), JwksSlot::default());
+        let t = 2_000_000u64;
+        // Worker b sent its GET at t+2 and got the rotated keys first;
+        // worker a's GET, sent at t+1, answers after it with the old ones.
+        store(
+            &shared,
+            &mut b,
+            "idp",
+            &r,
+            &jwks_doc(8, "new"),
+            (t + 2) * 1000,
+            (t + 3) * 1000,
+        )
+        .unwrap();
+        store(
+            &shared,
+            &mut a,
+            "idp",
+            &r,
+            &jwks_doc(7, "old"),
+            (t + 1) * 1000,
+            (t + 4) * 1000,
+        )
+        .unwrap();
+        assert_eq!(
+            kids(&a),
+            ["new"],
+            "a loads what b stored, not its own answer"
+        );
+        assert_eq!(a.fetched_at, t + 2);
+        let mut c = JwksSlot::default();
+        sync(&shared, &mut c, "idp", &r, t + 5);
+        assert_eq!(kids(&c), ["new"], "the shared copy kept the later fetch");
+    }
+
+    #[test]
+    fn one_worker_of_the_instance_refreshes_due_keys() {
+        let shared = store::MemStore::default();
+        let r = remote("jwks", "", "/k");
+        let (a, b) = (JwksSlot::default(), JwksSlot::default());
+        let t = 3_000_000u64;
+        assert!(
+            take_refresh_lease(&shared, &a, "idp", &r, t),
+            "no keys: due"
+        );
+        assert!(
+            !take_refresh_lease(&shared, &b, "idp", &r, t),
+            "a holds the lease"
+        );
+        let held = r.timeout_ms / 1000 + 1;
+        assert!(!take_refresh_lease(&shared, &b, "idp", &r, t + held - 1));
+        assert!(
+            take_refresh_lease(&shared, &b, "idp", &r, t + held),
+            "a's fetch timed out"
+        );
+        // Fresh keys are not due, lease or not.
+        let mut c = JwksSlot::default();
+        store(
+            &shared,
+            &mut c,
+            "idp",
+            &r,
+            &jwks_doc(7, "k1"),
+            t * 1000,
+            t * 1000,
+        )
+        .unwrap();
+        assert!(!take_refresh_lease(&shared, &c, "idp", &r, t + 10 * held));
+        assert!(take_refresh_lease(
+            &shared,
+            &c,
+            "idp",
+            &r,
+            t + r.refresh_seconds
+        ));
+    }
+
+    #[test]
+    fn a_request_fetches_when_no_keys_are_loaded_four_at_a_time() {
+        let shared = store::MemStore::default();
+        let r = remote("jwks", "", "/k");
+        let mut a = JwksSlot::default();
+        let t = 4_000_000u64;
+        for token in 0..4 {
+            assert_eq!(
+                request_fetch(&shared, &mut a, "idp", &r, t),
+                RequestFetch::Dispatch
+            );
+            a.fetch_started(token, t, r.timeout_ms);
+        }
+        assert_eq!(
+            request_fetch(&shared, &mut a, "idp", &r, t),
+            RequestFetch::Evaluate(KeyFetch::NotNow),
+            "four in flight: the route's failure mode answers"
+        );
+        a.fetch_ended(0);
+        a.request_fetch_failed_at = Some(t);
+        assert_eq!(
+            request_fetch(&shared, &mut a, "idp", &r, t),
+            RequestFetch::Evaluate(KeyFetch::NotNow),
+            "a fetch failed this second"
+        );
+        assert_eq!(
+            request_fetch(&shared, &mut a, "idp", &r, t + 1),
+            RequestFetch::Dispatch
+        );
+    }
+
+    #[test]
+    fn an_unknown_kid_refetches_once_per_instance_and_interval() {
+        let shared = store::MemStore::default();
+        let r = remote("jwks", "", "/k");
+        let (mut a, mut b) = (JwksSlot::default(), JwksSlot::default());
+        let t = 5_000_000u64;
+        let doc = jwks_doc(7, "k1");
+        store(
+            &shared,
+            &mut a,
+            "idp",
+            &r,
+            &doc,
+            (t - 100) * 1000,
+            (t - 100) * 1000,
+        )
+        .unwrap();
+        sync(&shared, &mut b, "idp", &r, t - 100);
+        assert_eq!(
+            request_fetch(&shared, &mut a, "idp", &r, t),
+            RequestFetch::Dispatch
+        );
+        // The lease is the instance's: the other worker does not fetch,
+        // nor does a again within `min_refetch_seconds`.
+        for (on_a, at) in [(false, t), (false, t + 1), (true, t + 1), (true, t + 29)] {
+            let slot = if on_a { &mut a } else { &mut b };
+            assert_eq!(
+                request_fetch(&shared, slot, "idp", &r, at),
+                RequestFetch::Evaluate(KeyFetch::NotNow),
+                "{at}"
+            );
+        }
+        assert_eq!(
+            request_fetch(&shared, &mut b, "idp", &r, t + 30),
+            RequestFetch::Dispatch
+        );
+    }
+
+    #[test]
+    fn keys_another_worker_copied_in_are_tried_before_fetching() {
+        let shared = store::MemStore::default();
+        let r = remote("jwks", "", "/k");
+        let (mut a, mut b) = (JwksSlot::default(), JwksSlot::default());
+        let t = 6_000_000u64;
+        store(
+            &shared,
+            &mut a,
+            "idp",
+            &r,
+            &jwks_doc(7, "k1"),
+            (t - 50) * 1000,
+            (t - 50) * 1000,
+        )
+        .unwrap();
+        sync(&shared, &mut b, "idp", &r, t - 50);
+        // a fetched the rotated set this second; b's request with the new
+        // `kid` finds it before asking for a fetch of its own. Fetched this
+        // second, a `kid` it lacks would be made up.
+        store(
+            &shared,
+            &mut a,
+            "idp",
+            &r,
+            &jwks_doc(8, "k2"),
+            t * 1000,
+            t * 1000,
+        )
+        .unwrap();
+        assert_eq!(
+            request_fetch(&shared, &mut b, "idp", &r, t),
+            RequestFetch::Evaluate(KeyFetch::Fetched)
+        );
+        assert_eq!(kids(&b), ["k2"]);
+        // Copied keys fetched before this second may predate the token's
+        // key: the request may still ask for a re-fetch.
+        let mut c = JwksSlot::default();
+        store(
+            &shared,
+            &mut a,
+            "idp",
+            &r,
+            &jwks_doc(9, "k3"),
+            (t + 1) * 1000,
+            (t + 1) * 1000,
+        )
+        .unwrap();
+        assert_eq!(
+            request_fetch(&shared, &mut c, "idp", &r, t + 5),
+            RequestFetch::Evaluate(KeyFetch::May)
+        );
+        // Looked at once a second: the same second, c goes on to the lease.
+        assert_eq!(
+            request_fetch(&shared, &mut c, "idp", &r, t + 5),
+            RequestFetch::Dispatch
+        );
+        // The next second it looks again, and finds a's new keys.
+        store(
+            &shared,
+            &mut a,
+            "idp",
+            &r,
+            &jwks_doc(10, "k4"),
+            (t + 6) * 1000,
+            (t + 6) * 1000,
+        )
+        .unwrap();
+        assert_eq!(
+            request_fetch(&shared, &mut c, "idp", &r, t + 6),
+            RequestFetch::Evaluate(KeyFetch::Fetched)
+        );
+        assert_eq!(kids(&c), ["k4"]);
     }
 
     #[test]
