@@ -518,6 +518,9 @@ fn take_lease_at<S: SharedStore + ?Sized>(shared: &S, key: &str, seconds: u64, n
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     fn remote(cluster: &str, authority: &str, path: &str) -> RemoteJwks {
