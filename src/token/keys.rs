@@ -292,7 +292,17 @@ fn from_pem(alg: Alg, pem: &str) -> Result<KeyMaterial, String> {
         Alg::ES384 => KeyMaterial::Es384(
             p384::ecdsa::VerifyingKey::from_public_key_pem(pem).map_err(|_| err())?,
         ),
-        Alg::EdDSA => ed25519(ed25519_compact::PublicKey::from_pem(pem).map_err(|_| err())?)?,
+        // Read as the RSA and EC keys are (RFC 7468, one `PUBLIC KEY`
+        // block): Ed25519's own reader takes the last public key of the
+        // text and ignores what surrounds it.
+        Alg::EdDSA => {
+            let (label, der) =
+                p256::pkcs8::der::pem::decode_vec(pem.as_bytes()).map_err(|_| err())?;
+            if label != "PUBLIC KEY" {
+                return Err(err());
+            }
+            ed25519(ed25519_compact::PublicKey::from_der(&der).map_err(|_| err())?)?
+        }
         Alg::HS256 | Alg::HS384 | Alg::HS512 => {
             return Err("HMAC keys are given as `secret_base64`, not PEM".into())
         }
@@ -616,6 +626,49 @@ mod tests {
                 from_pem(alg, &pem).unwrap_err().contains("private key"),
                 "{alg:?}"
             );
+        }
+    }
+
+    /// One PEM block and nothing else, whatever the algorithm: text after
+    /// `END` or a second block is refused, as the RSA and EC readers
+    /// always did (Ed25519's own reader took the last public key of the
+    /// text and ignored the rest), so that what loads is what the
+    /// operator sees.
+    #[test]
+    fn a_pem_is_one_block_and_nothing_more() {
+        use super::super::tests::{EC_PUB, RSA_PUB};
+        let ed = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([9u8; 32]))
+            .pk
+            .to_pem();
+        let other = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([3u8; 32]))
+            .pk
+            .to_pem();
+        for (alg, pem) in [
+            (Alg::RS256, RSA_PUB),
+            (Alg::ES256, EC_PUB),
+            (Alg::EdDSA, ed.as_str()),
+        ] {
+            assert!(from_pem(alg, pem).is_ok(), "{alg:?}");
+            assert!(
+                from_pem(alg, &format!("  {pem}\n\n")).is_ok(),
+                "{alg:?} blank around"
+            );
+            // RFC 7468 §2: text before the block is allowed.
+            assert!(
+                from_pem(alg, &format!("prod key:\n{pem}")).is_ok(),
+                "{alg:?} text before"
+            );
+            for bad in [
+                format!("{pem}\nsee the wiki for the rotation\n"),
+                format!("{pem}\n{pem}"),
+                format!("{other}{pem}"),
+            ] {
+                assert_eq!(
+                    from_pem(alg, &bad).err(),
+                    Some(format!("not a {} public key in PEM", alg.name())),
+                    "{alg:?} {bad}"
+                );
+            }
         }
     }
 
