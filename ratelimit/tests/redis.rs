@@ -121,10 +121,12 @@ async fn a_redis_that_refuses_writes_is_unhealthy_until_it_takes_them() {
         let (status, body) = service.http_get("/healthcheck");
         assert_eq!(status, 500, "{extra:?}: {body}");
         assert!(body.contains("counting calls fail"), "{extra:?}: {body}");
-        // The script names the refusal; a transaction is only said to be
-        // aborted (Redis's EXECABORT after the queued commands' OOMs).
-        let why = if extra.is_empty() { "EXECABORT" } else { "OOM" };
-        assert!(body.contains(why), "{extra:?}: {body}");
+        // Both name the refusal; a transaction also says it was aborted
+        // (Redis's EXECABORT after the queued commands' OOMs).
+        assert!(body.contains("OOM"), "{extra:?}: {body}");
+        if extra.is_empty() {
+            assert!(body.contains("EXECABORT"), "{extra:?}: {body}");
+        }
         // PING alone still answers: the health check's own look did it.
         let pong: String = redis::cmd("PING").query(&mut admin).unwrap();
         assert_eq!(pong, "PONG");
@@ -155,6 +157,60 @@ async fn a_redis_that_refuses_writes_is_unhealthy_until_it_takes_them() {
         assert_eq!(ask(&mut client, &req).await.overall_code, Code::Ok as i32);
         let _: () = redis::cmd("FLUSHALL").query(&mut admin).unwrap();
     }
+}
+
+/// A Redis over its `maxmemory` under `noeviction` refuses each command of
+/// a transaction as it is queued (`OOM …`), and then aborts it: the gRPC
+/// answer, the log line and `/healthcheck` name the OOM, not only the
+/// bare `EXECABORT` the `redis` crate reports, so an operator sees the
+/// cause in transaction mode as in script mode. A check (0 hits, a `GET`
+/// queued in the transaction) is refused the same way.
+#[tokio::test]
+async fn a_transaction_refused_for_oom_names_the_oom() {
+    let redis = Redis::start_with(free_port(), &["--maxmemory-policy", "noeviction"]);
+    let mut admin = redis.conn();
+    let service = Service::start_healthy(&strs(&redis_args(&redis)));
+    let mut client = service.client().await;
+
+    // Full: 1 MB allowed, more already used.
+    let filler = "x".repeat(2 << 20);
+    let _: () = redis::cmd("SET")
+        .arg("filler")
+        .arg(&filler)
+        .query(&mut admin)
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1mb")
+        .query(&mut admin)
+        .unwrap();
+
+    let counting = request("appguard", vec![descriptor(&[("client_ip", "192.0.2.91")])]);
+    let mut check = counting.clone();
+    check.hits_addend = 0;
+    check.descriptors[0].hits_addend = Some(UInt64Value { value: 0 });
+    for req in [&counting, &check] {
+        let err = client.should_rate_limit(req.clone()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        let message = err.message();
+        assert!(message.contains("EXECABORT"), "{message}");
+        assert!(message.contains("OOM"), "{message}");
+        assert!(message.contains("maxmemory"), "{message}");
+        assert!(!message.contains("192.0.2.91"), "{message}");
+        assert!(message.len() < 300, "{message}");
+    }
+    let (status, body) = service.http_get("/healthcheck");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("counting calls fail"), "{body}");
+    assert!(body.contains("OOM"), "{body}");
+    let logs = service.stderr();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("counter store failed"))
+        .unwrap_or_else(|| panic!("no counter store line: {logs}"));
+    assert!(line.contains("OOM"), "{line}");
+    assert!(!logs.contains("192.0.2.91"), "{logs}");
 }
 
 #[tokio::test]

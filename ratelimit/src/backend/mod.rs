@@ -107,24 +107,73 @@ pub struct Batch {
 /// Longest Redis error text shown in a log line or a gRPC answer.
 pub const MAX_REDIS_ERROR_BYTES: usize = 200;
 
+/// What is shown for an aborted transaction (`EXECABORT`) whose queued
+/// commands' own errors cannot be read: Redis refused a command as it was
+/// queued (the `redis` crate then reports only the abort), and the usual
+/// cause is named so an operator knows where to look.
+pub const EXEC_ABORT_HINT: &str = "EXECABORT a command queued in the transaction was refused by \
+     Redis (most often OOM: used memory above maxmemory under the noeviction policy; \
+     see INFO errorstats)";
+
+/// An error's text after its code, cut where Redis starts echoing the
+/// command's arguments (`with args beginning with: …`).
+fn detail_without_args(detail: Option<&str>) -> &str {
+    detail
+        .unwrap_or("")
+        .split("with args beginning with")
+        .next()
+        .unwrap_or("")
+        .trim_end_matches([' ', ','])
+}
+
+/// An aborted transaction (`EXECABORT`) as [`redis_summary`] shows it: the
+/// `redis` crate answers a transaction whose commands Redis refused as
+/// they were queued (each `OOM command not allowed when used memory >
+/// 'maxmemory'` under `noeviction`, `NOPERM` under an ACL) with a bare
+/// `EXECABORT` whose text is empty, and keeps the refusals themselves
+/// apart ([`::redis::RedisError::into_server_errors`]). The first
+/// refusal is shown, with how many commands were refused, so the cause
+/// reads as it does in script mode; [`EXEC_ABORT_HINT`] when none can be
+/// read.
+fn exec_abort_summary(e: &::redis::RedisError) -> String {
+    let refusals: Vec<_> = e
+        .clone()
+        .into_server_errors()
+        .map(|errors| {
+            errors
+                .iter()
+                // The abort itself (a plain `EXECABORT` reply) names no
+                // queued command's error.
+                .filter(|(_, error)| error.code() != "EXECABORT")
+                .map(|(_, error)| {
+                    format!("{} {}", error.code(), detail_without_args(error.details()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match refusals.first() {
+        Some(first) => format!(
+            "EXECABORT transaction aborted: Redis refused {} queued command(s), the first with: {}",
+            refusals.len(),
+            first.trim_end()
+        ),
+        None => EXEC_ABORT_HINT.to_owned(),
+    }
+}
+
 /// A Redis error as the service logs it and answers it: its code and text,
 /// cut where Redis starts echoing the command (`unknown command 'EVALSHA',
 /// with args beginning with: …`, the counter keys that hold descriptor
 /// values: client IPs, key ids) and at [`MAX_REDIS_ERROR_BYTES`] (a failed
 /// transaction's text may list every command, kilobytes that a gRPC client
-/// refuses as a message). Errors without a code (I/O, a refused
-/// handshake) carry no keys and are shown as the client gives them.
+/// refuses as a message). An aborted transaction names the refusal of its
+/// queued commands (see `exec_abort_summary`). Errors without a code (I/O,
+/// a refused handshake) carry no keys and are shown as the client gives
+/// them.
 pub fn redis_summary(e: &::redis::RedisError) -> String {
     let text = match e.code() {
-        Some(code) => {
-            let detail = e.detail().unwrap_or("");
-            let detail = detail
-                .split("with args beginning with")
-                .next()
-                .unwrap_or("")
-                .trim_end_matches([' ', ',']);
-            format!("{code} {detail}")
-        }
+        Some("EXECABORT") => exec_abort_summary(e),
+        Some(code) => format!("{code} {}", detail_without_args(e.detail())),
         None => e.to_string(),
     };
     let mut end = text.len().min(MAX_REDIS_ERROR_BYTES);
@@ -270,5 +319,32 @@ impl Backend {
             Backend::Memory(_) => "memory",
             Backend::Redis(_) => "redis",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    #[test]
+    fn an_abort_without_readable_refusals_names_the_usual_cause() {
+        let e = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ExecAbort),
+            "transaction aborted",
+        ));
+        let text = redis_summary(&e);
+        assert_eq!(text, EXEC_ABORT_HINT);
+        assert!(text.contains("OOM") && text.contains("INFO errorstats"));
+        assert!(text.len() <= MAX_REDIS_ERROR_BYTES);
+    }
+
+    #[test]
+    fn echoed_arguments_are_cut() {
+        assert_eq!(
+            detail_without_args(Some("unknown command 'X', with args beginning with: 'k' ")),
+            "unknown command 'X'"
+        );
+        assert_eq!(detail_without_args(None), "");
     }
 }
