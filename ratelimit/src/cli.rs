@@ -147,8 +147,11 @@ pub struct Cli {
     #[arg(long, value_enum, default_value = "json")]
     pub log_format: LogFormat,
 
-    /// Log level or filter directive (error, warn, info, debug, trace).
-    /// Descriptor values are only logged at debug.
+    /// Log level or filter directive (error, warn, info, debug, trace;
+    /// or `info,appguard_ratelimit=debug`). The h2, hyper and hyper_util
+    /// targets (a line per connection, e.g. per rapid-reset connection,
+    /// not throttled) log at error only unless the filter names them
+    /// (`info,h2=warn`). Descriptor values are only logged at debug.
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
 

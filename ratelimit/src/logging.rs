@@ -47,16 +47,59 @@ pub enum LogError {
     Init(String),
 }
 
+/// The HTTP/2 and HTTP libraries whose lines are capped at `error` unless
+/// the operator's filter names them (see [`filter_directives`]): they log
+/// per connection (h2 warns once for every connection that sends rapid
+/// resets), outside the service's per-request [`LineThrottle`], so one
+/// client opening connections fast could write thousands of lines a second
+/// and bury the service's own warnings.
+pub const QUIETED_TARGETS: &[&str] = &["h2", "hyper", "hyper_util"];
+
+/// Whether the `EnvFilter` directive list `level` names `target` (the
+/// target itself or a module under it: `h2`, `h2::proto=debug`), so that
+/// the operator's own level for it stands.
+fn names_target(level: &str, target: &str) -> bool {
+    level.split(',').any(|directive| {
+        // `target[span{field=value}]=level`: the target ends at `[` or `=`.
+        let named = directive.split(['[', '=']).next().unwrap_or("").trim();
+        named == target
+            || named
+                .strip_prefix(target)
+                .is_some_and(|rest| rest.starts_with("::"))
+    })
+}
+
+/// The filter the logger uses for the operator's `level`: `level` itself,
+/// followed by `<target>=error` for each of [`QUIETED_TARGETS`] it does
+/// not name. `info` becomes `info,h2=error,hyper=error,hyper_util=error`;
+/// `info,h2=warn` keeps h2's warnings (and quiets only the others).
+pub fn filter_directives(level: &str) -> String {
+    let mut directives = level.trim().to_owned();
+    for target in QUIETED_TARGETS {
+        if !names_target(level, target) {
+            if !directives.is_empty() {
+                directives.push(',');
+            }
+            directives.push_str(target);
+            directives.push_str("=error");
+        }
+    }
+    directives
+}
+
 /// Installs the global logger writing `format` lines at `level` (a level
 /// such as `info`, or an `EnvFilter` directive such as
-/// `info,appguard_ratelimit=debug`) to stderr.
+/// `info,appguard_ratelimit=debug`) to stderr; the targets of
+/// [`QUIETED_TARGETS`] it does not name log at `error` only (see
+/// [`filter_directives`]).
 pub fn init(format: LogFormat, level: &str) -> Result<(), LogError> {
     tracing::subscriber::set_global_default(subscriber(format, level, std::io::stderr)?)
         .map_err(|e| LogError::Init(e.to_string()))
 }
 
 /// The logger [`init`] installs, writing to `writer` instead of stderr
-/// (tests read what the service logs with it).
+/// (tests read what the service logs with it), with the filter of
+/// [`filter_directives`] for `level`.
 pub fn subscriber<W>(
     format: LogFormat,
     level: &str,
@@ -65,8 +108,11 @@ pub fn subscriber<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter =
-        EnvFilter::try_new(level).map_err(|e| LogError::Filter(level.to_owned(), e.to_string()))?;
+    // The operator's own filter is checked as written, so that an error
+    // names what they wrote.
+    EnvFilter::try_new(level).map_err(|e| LogError::Filter(level.to_owned(), e.to_string()))?;
+    let filter = EnvFilter::try_new(filter_directives(level))
+        .map_err(|e| LogError::Filter(level.to_owned(), e.to_string()))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -257,6 +303,118 @@ mod tests {
         assert!(!safe.chars().any(char::is_control), "{safe}");
         // A Unicode line separator is escaped too.
         assert!(!safe_text("a\u{2028}b", 64).contains('\u{2028}'));
+    }
+
+    #[test]
+    fn h2_and_hyper_log_errors_only_unless_the_filter_names_them() {
+        assert_eq!(
+            filter_directives("info"),
+            "info,h2=error,hyper=error,hyper_util=error"
+        );
+        assert_eq!(
+            filter_directives("debug"),
+            "debug,h2=error,hyper=error,hyper_util=error"
+        );
+        // Named (a module under it too, spaces and span filters aside):
+        // the operator's level stands.
+        assert_eq!(
+            filter_directives("info,h2=warn"),
+            "info,h2=warn,hyper=error,hyper_util=error"
+        );
+        assert_eq!(
+            filter_directives("info, h2::proto=debug,hyper[conn]=trace"),
+            "info, h2::proto=debug,hyper[conn]=trace,hyper_util=error"
+        );
+        assert_eq!(
+            filter_directives("warn,hyper_util"),
+            "warn,hyper_util,h2=error,hyper=error"
+        );
+        // A target that only starts with the same letters is not named.
+        assert_eq!(
+            filter_directives("h2x=debug,hyperx=debug"),
+            "h2x=debug,hyperx=debug,h2=error,hyper=error,hyper_util=error"
+        );
+        assert_eq!(
+            filter_directives(""),
+            "h2=error,hyper=error,hyper_util=error"
+        );
+        // Every result is a filter EnvFilter takes.
+        for level in ["info", "info,", "info,h2=warn", "error", ""] {
+            assert!(
+                EnvFilter::try_new(filter_directives(level)).is_ok(),
+                "{level}"
+            );
+        }
+        assert!(matches!(
+            subscriber(LogFormat::Json, "info,=x=", std::io::sink),
+            Err(LogError::Filter(level, _)) if level == "info,=x="
+        ));
+    }
+
+    /// Log output written into memory.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    /// What the logger built for `level` writes of an h2 warning (as h2
+    /// writes one per connection under rapid resets) and of the service's
+    /// own warning.
+    fn written(level: &str) -> String {
+        let out = Captured::default();
+        let Ok(logger) = subscriber(LogFormat::Json, level, out.clone()) else {
+            return "filter refused".to_owned();
+        };
+        tracing::subscriber::with_default(logger, || {
+            tracing::warn!(
+                target: "h2::proto::streams::recv",
+                "recv_reset; remotely-reset pending-accept streams reached limit (20)"
+            );
+            tracing::warn!(target: "hyper::proto::h2::server", "hyper warning");
+            tracing::error!(target: "h2::proto::connection", "h2 error");
+            tracing::warn!(
+                target: "appguard_ratelimit::service",
+                "counter store failed; answering UNAVAILABLE"
+            );
+        });
+        let text = out
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
+    #[test]
+    fn h2_warnings_are_left_out_and_the_service_lines_kept() {
+        let logs = written("info");
+        assert!(!logs.contains("recv_reset"), "{logs}");
+        assert!(!logs.contains("hyper warning"), "{logs}");
+        assert!(logs.contains("h2 error"), "{logs}");
+        assert!(logs.contains("counter store failed"), "{logs}");
+        // The operator asked for them.
+        let logs = written("info,h2=warn");
+        assert!(logs.contains("recv_reset"), "{logs}");
+        assert!(!logs.contains("hyper warning"), "{logs}");
+        assert!(logs.contains("counter store failed"), "{logs}");
     }
 
     #[test]

@@ -934,3 +934,100 @@ fn validate_checks_the_redis_url_wherever_it_comes_from() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("TLS is not built in"), "{stderr}");
 }
+
+/// One HTTP/2 frame: its 9-byte header, then `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap();
+    let mut frame = len.to_be_bytes()[1..].to_vec();
+    frame.extend([kind, flags]);
+    frame.extend(stream.to_be_bytes());
+    frame.extend(payload);
+    frame
+}
+
+/// The request headers of a `ShouldRateLimit` call, HPACK-encoded without
+/// the dynamic table (static-table names, literal values).
+fn should_rate_limit_headers() -> Vec<u8> {
+    let literal = |index: u8, value: &str| {
+        let mut out = if index < 15 {
+            vec![index]
+        } else {
+            vec![0x0f, index - 15]
+        };
+        out.push(u8::try_from(value.len()).unwrap());
+        out.extend(value.as_bytes());
+        out
+    };
+    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+    block.extend(literal(
+        4,
+        "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+    ));
+    block.extend(literal(1, "localhost"));
+    block.extend(literal(31, "application/grpc"));
+    block
+}
+
+/// The frames read from `tcp` until the peer closes it or `within` ends,
+/// as (type, stream) pairs.
+async fn read_frames(tcp: &mut tokio::net::TcpStream, within: Duration) -> Vec<(u8, u32)> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(within, tcp.read_to_end(&mut bytes)).await;
+    let mut frames = Vec::new();
+    let mut rest = &bytes[..];
+    while rest.len() >= 9 {
+        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
+        frames.push((rest[3], stream));
+        rest = &rest[(9 + len).min(rest.len())..];
+    }
+    frames
+}
+
+/// A client that opens streams and resets them at once (HTTP/2 rapid
+/// reset) is sent GOAWAY by h2, which logs a warning for each such
+/// connection, outside the service's per-request throttle: the service
+/// logs h2's (and hyper's) lines at `error` only unless `--log-level`
+/// names them, so a client cannot flood the log that way, and its own
+/// lines still come.
+#[tokio::test]
+async fn rapid_resets_do_not_flood_the_log() {
+    use tokio::io::AsyncWriteExt;
+    let service = Service::start_healthy(&strs(&appguard_args()));
+    let mut burst = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    burst.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
+    for i in 0..25u32 {
+        let stream = 2 * i + 1;
+        // HEADERS (END_HEADERS, not END_STREAM), then RST_STREAM CANCEL.
+        burst.extend(h2_frame(0x1, 0x4, stream, &should_rate_limit_headers()));
+        burst.extend(h2_frame(0x3, 0, stream, &8u32.to_be_bytes()));
+    }
+    let connections = 30;
+    for _ in 0..connections {
+        let mut tcp = tokio::net::TcpStream::connect(service.grpc).await.unwrap();
+        tcp.write_all(&burst).await.unwrap();
+        let frames = read_frames(&mut tcp, Duration::from_secs(5)).await;
+        // h2's rapid-reset guard answered: GOAWAY on the connection.
+        assert!(
+            frames.iter().any(|&(kind, _)| kind == 0x7),
+            "no GOAWAY: {frames:?}"
+        );
+    }
+    // The service is still answering, and its own lines still come.
+    let mut client = service.client().await;
+    let req = request("appguard", vec![descriptor(&[("jti", "after-resets")])]);
+    assert_eq!(ask(&mut client, &req).await.overall_code, Code::Ok as i32);
+    assert_eq!(
+        ask(&mut client, &req).await.overall_code,
+        Code::OverLimit as i32
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = service.stderr();
+    assert!(logs.contains("over limit"), "{logs}");
+    let h2_lines = logs
+        .lines()
+        .filter(|l| l.contains("\"target\":\"h2") || l.contains("reached limit"))
+        .count();
+    assert_eq!(h2_lines, 0, "{logs}");
+}
