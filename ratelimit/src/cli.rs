@@ -531,10 +531,20 @@ async fn serve(
         // connection dropped.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(
-            RateLimitServiceServer::new(RlsService::new(limiter))
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
+        // Every call passes `observe_call`, which counts the calls tonic
+        // ends before their message reaches the limiter (never sent in
+        // full, too large, not decodable).
+        .add_routes(tonic::service::Routes::from(
+            tonic::service::Routes::new(
+                RateLimitServiceServer::new(RlsService::new(Arc::clone(&limiter)))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(
+                limiter,
+                crate::service::observe_call,
+            )),
+        ))
         .serve_with_incoming_shutdown(
             // Bounded, and with TCP_NODELAY (see crate::listen): Envoy sets
             // it on its side; without it here, sparse calls (leases, quiet

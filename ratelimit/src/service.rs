@@ -175,11 +175,21 @@ pub struct Stats {
     /// ([`ServiceOptions::stop_increment_when_over_limit`]).
     pub over_limit_not_counted: AtomicU64,
     /// Calls that ended before they were answered: their caller gave up
-    /// (its deadline, e.g. appguard's `timeout_ms`, ran out first), or the
-    /// service's own 30 s bound or its shutdown ended them. A counter store
-    /// slower than the callers' deadlines shows here, as these calls end
-    /// before they could count in `backend_errors`.
+    /// (its deadline, e.g. appguard's `timeout_ms`, ran out first, or it
+    /// reset the stream), or the service's own 30 s bound or its shutdown
+    /// ended them, whether their message had arrived or not (a stream
+    /// that sends its headers and never its whole message counts here
+    /// too, see [`observe_call`]). A counter store slower than the
+    /// callers' deadlines shows here, as these calls end before they
+    /// could count in `backend_errors`.
     pub calls_abandoned: AtomicU64,
+    /// Calls refused before their message was decoded, so never seen by
+    /// the rate limiter (see [`observe_call`]): a message over the size
+    /// bound (OUT_OF_RANGE), one that is not a valid request (INTERNAL), a
+    /// compressed one or an unknown method (UNIMPLEMENTED). A client or a
+    /// proxy speaking the protocol wrongly shows here, not in
+    /// `invalid_requests`.
+    pub calls_refused_undecoded: AtomicU64,
     /// Configurations loaded again (on `SIGHUP`, or by
     /// `--watch-config-seconds`) and put in force.
     pub config_reloads: AtomicU64,
@@ -209,6 +219,8 @@ pub struct StatsSnapshot {
     pub over_limit_not_counted: u64,
     /// See [`Stats::calls_abandoned`].
     pub calls_abandoned: u64,
+    /// See [`Stats::calls_refused_undecoded`].
+    pub calls_refused_undecoded: u64,
     /// See [`Stats::config_reloads`].
     pub config_reloads: u64,
     /// See [`Stats::config_reload_errors`].
@@ -229,6 +241,7 @@ impl Stats {
             invalid_requests: get(&self.invalid_requests),
             over_limit_not_counted: get(&self.over_limit_not_counted),
             calls_abandoned: get(&self.calls_abandoned),
+            calls_refused_undecoded: get(&self.calls_refused_undecoded),
             config_reloads: get(&self.config_reloads),
             config_reload_errors: get(&self.config_reload_errors),
         }
@@ -867,6 +880,116 @@ impl RlsService {
     }
 }
 
+/// Set by [`RlsService`] once a call's message was decoded and handed to
+/// it: from then on [`RateLimiter::should_rate_limit`] counts the call,
+/// and [`observe_call`] leaves it alone.
+#[derive(Debug, Clone, Default)]
+pub struct MessageDecoded(Arc<std::sync::atomic::AtomicBool>);
+
+/// Longest method path logged for a call refused before decoding (the
+/// caller chooses it).
+const MAX_LOGGED_PATH_BYTES: usize = 128;
+
+/// Longest `grpc-message` logged for a call refused before decoding.
+const MAX_LOGGED_STATUS_BYTES: usize = 200;
+
+/// Counts a call that ended before its message was decoded (see
+/// [`observe_call`]) when dropped while armed.
+struct Undecoded<'a> {
+    /// Whose stats and log budget.
+    limiter: &'a RateLimiter,
+    /// Set once the message was decoded: the limiter counts it then.
+    decoded: &'a MessageDecoded,
+    /// Cleared once the call was answered.
+    armed: bool,
+}
+
+impl Drop for Undecoded<'_> {
+    fn drop(&mut self) {
+        if !self.armed || self.decoded.0.load(Ordering::Relaxed) {
+            return;
+        }
+        self.limiter.abandoned_undecoded();
+    }
+}
+
+impl RateLimiter {
+    /// Counts, and logs on the `info` budget, a call that ended before its
+    /// message arrived (see [`observe_call`]).
+    fn abandoned_undecoded(&self) {
+        bump(&self.stats.calls_abandoned);
+        if tracing::enabled!(Level::INFO) && self.may_log(LineKind::Info, unix_now()) {
+            info!(
+                "a call ended before its message arrived (its caller gave up or never sent \
+                 it, or the service's own bound or shutdown ended it)"
+            );
+        }
+    }
+}
+
+/// Middleware around every gRPC call (the `ShouldRateLimit` method and
+/// any other path), for the calls the rate limiter never sees because
+/// tonic ended them before their message was decoded:
+///
+/// - dropped before an answer while the message had not arrived (a
+///   stream that sends its headers only, or part of its message): its
+///   `grpc-timeout` passed, or the service's own 30 s bound or shutdown
+///   ended it: counted in [`Stats::calls_abandoned`], as the limiter
+///   counts such calls once their message was decoded;
+/// - answered with an error status before decoding (a message over the
+///   size bound, one that does not decode, `grpc-encoding` compression,
+///   an unknown method): counted in [`Stats::calls_refused_undecoded`].
+///   A caller that resets its stream before its message is complete is
+///   one of these: hyper ends the body there as if the stream had ended,
+///   and tonic answers (to no one) INTERNAL, `Missing request message`
+///   or a decoding error.
+///
+/// Each is logged at `info` on the limiter's per-request budget. A call
+/// whose message was decoded ([`MessageDecoded`]) is left to the limiter,
+/// so no call counts twice.
+pub async fn observe_call(
+    axum::extract::State(limiter): axum::extract::State<Arc<RateLimiter>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let decoded = MessageDecoded::default();
+    request.extensions_mut().insert(decoded.clone());
+    let path = request.uri().path().to_owned();
+    let mut unanswered = Undecoded {
+        limiter: &limiter,
+        decoded: &decoded,
+        armed: true,
+    };
+    let response = next.run(request).await;
+    unanswered.armed = false;
+    if decoded.0.load(Ordering::Relaxed) {
+        return response;
+    }
+    // An error before decoding is a trailers-only answer: the status is
+    // in the headers.
+    let headers = response.headers();
+    let code = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok());
+    if let Some(code) = code.filter(|&c| c != tonic::Code::Ok as i32) {
+        bump(&limiter.stats.calls_refused_undecoded);
+        if tracing::enabled!(Level::INFO) && limiter.may_log(LineKind::Info, unix_now()) {
+            let message = headers
+                .get("grpc-message")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            info!(
+                code = ?tonic::Code::from(code),
+                method = %safe_text(&path, MAX_LOGGED_PATH_BYTES),
+                status = %safe_text(&message, MAX_LOGGED_STATUS_BYTES),
+                "call refused before its message was decoded"
+            );
+        }
+    }
+    response
+}
+
 /// The current Unix second.
 pub fn unix_now() -> i64 {
     SystemTime::now()
@@ -881,6 +1004,11 @@ impl RateLimitService for RlsService {
         &self,
         request: tonic::Request<RateLimitRequest>,
     ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
+        // From here on the call is the limiter's to count (see
+        // `observe_call`).
+        if let Some(decoded) = request.extensions().get::<MessageDecoded>() {
+            decoded.0.store(true, Ordering::Relaxed);
+        }
         let request = request.into_inner();
         self.limiter
             .should_rate_limit(&request, unix_now())

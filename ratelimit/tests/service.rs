@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
 use envoy_types::pb::google::protobuf::UInt64Value;
+use tonic::codegen::{http, Bytes};
 
 const HOUR: i64 = 3600;
 const DAY: i64 = 86_400;
@@ -1030,4 +1031,169 @@ async fn rapid_resets_do_not_flood_the_log() {
         .filter(|l| l.contains("\"target\":\"h2") || l.contains("reached limit"))
         .count();
     assert_eq!(h2_lines, 0, "{logs}");
+}
+
+/// Opens a `ShouldRateLimit` stream on `client` with `extra` headers,
+/// sends `body` (ending the stream when `end`), and returns the answer's
+/// future and the stream.
+async fn open_call(
+    client: &mut h2::client::SendRequest<Bytes>,
+    extra: &[(&str, &str)],
+    path: &str,
+    body: &[u8],
+    end: bool,
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://localhost{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in extra {
+        req = req.header(*name, *value);
+    }
+    let mut client = client.clone().ready().await.unwrap();
+    let (response, mut stream) = client
+        .send_request(req.body(()).unwrap(), body.is_empty() && end)
+        .unwrap();
+    if !body.is_empty() {
+        stream.send_data(Bytes::copy_from_slice(body), end).unwrap();
+    }
+    (response, stream)
+}
+
+/// The `grpc-status` of an answer: its headers (trailers-only) or its
+/// trailers.
+async fn grpc_status(response: h2::client::ResponseFuture) -> String {
+    let response = response.await.unwrap();
+    if let Some(code) = response.headers().get("grpc-status") {
+        return code.to_str().unwrap().to_owned();
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let _ = chunk.unwrap();
+    }
+    let trailers = body.trailers().await.unwrap().unwrap();
+    trailers["grpc-status"].to_str().unwrap().to_owned()
+}
+
+/// Calls tonic ends before their message reaches the rate limiter are
+/// counted in `/stats`: refused before decoding (too large, not
+/// protobuf, compressed, an unknown method, a stream reset mid-message)
+/// in `calls_refused_undecoded`; ended before the message arrived (its
+/// `grpc-timeout`, the service's own 30 s bound) in `calls_abandoned`,
+/// like calls whose message was decoded. None counts in `requests` or
+/// `invalid_requests`.
+#[tokio::test]
+async fn calls_ended_before_their_message_was_decoded_are_counted() {
+    const PATH: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+    let service = Service::start_healthy(&strs(&appguard_args()));
+    let tcp = tokio::net::TcpStream::connect(service.grpc).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client;
+    let started = Instant::now();
+
+    // Held until the service's own 30 s bound: headers only, and headers
+    // with part of a message.
+    let (headers_only, _held_a) = open_call(&mut client, &[], PATH, &[], false).await;
+    let (partial, _held_b) =
+        open_call(&mut client, &[], PATH, &[0, 0, 0, 0, 10, 0x0a, 0x08], false).await;
+
+    // Refused before decoding.
+    let refused = [
+        // A message declared larger than 256 KiB.
+        (vec![], PATH, vec![0, 0, 0x05, 0, 0, 0x0a], "11"),
+        // Not protobuf: a field longer than the message.
+        (vec![], PATH, vec![0, 0, 0, 0, 2, 0x0a, 0x05], "13"),
+        // Compressed.
+        (
+            vec![("grpc-encoding", "gzip")],
+            PATH,
+            vec![1, 0, 0, 0, 1, 0],
+            "12",
+        ),
+        // An unknown method.
+        (
+            vec![],
+            "/envoy.service.ratelimit.v3.RateLimitService/Nope",
+            vec![0, 0, 0, 0, 0],
+            "12",
+        ),
+    ];
+    for (extra, path, body, want) in &refused {
+        let (response, _stream) = open_call(&mut client, extra, path, body, true).await;
+        assert_eq!(grpc_status(response).await, *want, "{path} {body:?}");
+    }
+    let s = stats(&service);
+    assert_eq!(s["calls_refused_undecoded"], 4, "{s}");
+    assert_eq!(s["calls_abandoned"], 0, "{s}");
+
+    // The caller's deadline passes before its message arrived.
+    let (deadline, _held_c) =
+        open_call(&mut client, &[("grpc-timeout", "300m")], PATH, &[], false).await;
+    // CANCELLED
+    assert_eq!(grpc_status(deadline).await, "1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats(&service)["calls_abandoned"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{}\n{}",
+            stats(&service),
+            service.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The caller resets a stream whose message never came in full: hyper
+    // ends the body there, and tonic refuses the call as a message that
+    // is missing.
+    let (reset, mut stream) = open_call(&mut client, &[], PATH, &[0, 0, 0, 0, 4], false).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.send_reset(h2::Reason::CANCEL);
+    drop(reset);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats(&service)["calls_refused_undecoded"] != 5 {
+        assert!(
+            Instant::now() < deadline,
+            "{}\n{}",
+            stats(&service),
+            service.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The service's own bound ends the two held calls, CANCELLED.
+    assert_eq!(grpc_status(headers_only).await, "1");
+    assert_eq!(grpc_status(partial).await, "1");
+    assert!(
+        started.elapsed() >= Duration::from_secs(29),
+        "{:?}",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats(&service)["calls_abandoned"] != 3 {
+        assert!(Instant::now() < deadline, "{}", stats(&service));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = stats(&service);
+    assert_eq!(s["calls_refused_undecoded"], 5, "{s}");
+    assert_eq!(s["requests"], 0, "{s}");
+    assert_eq!(s["invalid_requests"], 0, "{s}");
+
+    // A call whose message was decoded is counted once, by the limiter.
+    let mut rls = service.client().await;
+    let req = request("appguard", vec![descriptor(&[("jti", "decoded-once")])]);
+    assert_eq!(ask(&mut rls, &req).await.overall_code, Code::Ok as i32);
+    let s = stats(&service);
+    assert_eq!(s["requests"], 1, "{s}");
+    assert_eq!(s["calls_refused_undecoded"], 5, "{s}");
+    assert_eq!(s["calls_abandoned"], 3, "{s}");
+    let logs = service.stderr();
+    assert!(
+        logs.contains("call refused before its message was decoded"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("a call ended before its message arrived"),
+        "{logs}"
+    );
 }
