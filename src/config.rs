@@ -1389,6 +1389,10 @@ fn without_wrong_type_numbers(message: &str) -> String {
     out
 }
 
+/// `message` with each `string "…"` serde shows said as `a string`: the
+/// value may be a secret written in the wrong place, and Envoy logs the
+/// message (see [`without_string_values`]). The value is Rust-escaped, so
+/// an escaped quote does not end it.
 fn without_quoted_strings(message: &str) -> String {
     const MARK: &str = "string \"";
     let mut out = String::with_capacity(message.len());
@@ -1547,6 +1551,10 @@ fn index_start(segment: &str) -> usize {
     cut
 }
 
+/// The parsed configuration, checked and compiled: each section by its own
+/// `compile_*`, then what only the whole can show (a route an earlier one
+/// shadows, one header read as two things, a claim header a client or proxy
+/// owns), so that a policy that would silently do nothing fails to load.
 fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     let apps = identity::compile_apps(raw.apps)?;
     let mut providers: Vec<Provider> = Vec::with_capacity(raw.tokens.len());
@@ -2000,6 +2008,9 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
+/// One `network` section (the configuration's or a route's). A country list
+/// or `country_required` without `country_header` is refused: with nothing
+/// to read the country from, it would never apply.
 fn compile_network(at: &str, n: RawNetwork) -> Result<Network, ConfigError> {
     let ip_allow = CidrSet::parse(&n.ip_allow)
         .map_err(|(i, m)| ConfigError::new(format!("{at}.ip_allow[{i}]"), m))?;
@@ -2085,6 +2096,10 @@ pub(crate) fn header_name(at: &str, h: &str) -> Result<String, ConfigError> {
     }
 }
 
+/// One route, on its own (the checks across routes are [`compile`]'s).
+/// Unset settings take the configuration's; `jwks_failure_mode` follows only
+/// the route's own `failure_mode`: `rate_limit_service.failure_mode` never lets a
+/// JWKS outage fail open.
 fn compile_route(
     at: &str,
     r: RawRoute,
@@ -2285,6 +2300,9 @@ fn check_path(at: &str, p: String, prefix: bool) -> Result<String, ConfigError> 
     Ok(p)
 }
 
+/// One `match.hosts` entry, in lower case: a DNS name or a `*.` pattern,
+/// nothing else. A port or scheme is refused, as routes match the
+/// `:authority` host without them and such an entry would never match.
 fn compile_host(at: &str, h: &str) -> Result<HostPattern, ConfigError> {
     let lower = h.to_ascii_lowercase();
     let (suffix, name) = match lower.strip_prefix("*.") {

@@ -40,6 +40,9 @@ pub const TOKEN_CACHE_ENTRIES: usize = 4096;
 /// ([`TOKEN_CACHE_ENTRIES`]) and in bytes ([`TOKEN_CACHE_BYTES`]).
 #[derive(Default)]
 pub struct TokenCache {
+    /// Token text → the [`RemoteKeys::version`] it was verified under, and the
+    /// verified token. `get` hands an entry back only for the same provider and
+    /// key version, and only until its `exp` plus the provider's skew.
     map: HashMap<Box<str>, (u64, Rc<VerifiedToken>)>,
     /// What the entries hold, as [`TokenCache::cost`] counts it.
     bytes: usize,
@@ -145,6 +148,10 @@ pub struct NegativeCache {
     /// otherwise hold up to 4096 × 64 KiB of a worker's memory, which Wasm
     /// never gives back.
     map: HashMap<[u8; 16], Vec<(usize, u64, u64)>>,
+    /// (budget slot, client network) → when its spent failure budget refills
+    /// (ms): a client of a flood that already spent its budget is refused after
+    /// a map lookup, without a digest or shared-data reads (see
+    /// `Budget::known_spent`).
     spent: HashMap<(usize, IpAddr), u64>,
     /// The latest `until` in `spent`: past it, every entry has expired.
     spent_latest: u64,
@@ -155,17 +162,28 @@ pub struct NegativeCache {
 /// and the charge when one fails. The client's IP and its bucket digest
 /// are worked out at most once, and only when needed.
 struct Budget<'a> {
+    /// The evaluation's context: trusted hops, clock, shared store, bucket salt,
+    /// and the worker's negative cache, where spent budgets are remembered.
     ctx: &'a Ctx<'a>,
+    /// The request, read only for the client's IP.
     req: &'a Request<'a>,
+    /// The provider whose `failure_budget` this is: its name scopes the shared
+    /// bucket, its prefixes group clients by network.
     provider: &'a token::Provider,
+    /// The budget as a local limit in the `Budget` table: `failures` per
+    /// `window_seconds`; 0 failures disables it.
     limit: limits::LocalLimit,
     /// Monitor-mode routes keep budgets of their own: rolling out a
     /// provider in monitor mode (keys not right yet, every signature
     /// failing) must not spend the budgets its enforce routes refuse by.
     /// They still spare the CPU of a flood on the monitor route.
     monitor: bool,
+    /// The budget's key in the negative cache ([`budget_slot`]): one per
+    /// provider and mode, as monitor routes spend a budget of their own.
     slot: usize,
+    /// The client IP once worked out (see `client`): most requests never need it.
     ip: Option<IpAddr>,
+    /// The client's bucket digest once computed (see `key`).
     digest: Option<[u8; 16]>,
 }
 
@@ -502,6 +520,9 @@ pub struct ReplayMark {
 /// the header checks established, carried to the next phase.
 #[derive(Debug)]
 pub struct Pending {
+    /// The route's mode (or the configuration's, unrouted), applied by [`deny`]
+    /// when a later phase refuses: in monitor mode a refusal after the body or
+    /// the rate-limit service still lets the request through, marked.
     mode: Mode,
     /// What the request carries upstream if allowed, as decided so far.
     pub grant: Grant,
@@ -554,6 +575,7 @@ impl Pending {
 /// A descriptor for the rate-limit service, as sent.
 #[derive(Debug)]
 struct Sent {
+    /// The descriptor's entries, as encoded in the call to the service.
     descriptor: Descriptor,
     /// Its [`ServiceCache`] key.
     key: [u8; 16],
@@ -649,6 +671,9 @@ pub fn is_method_override_header(name: &str) -> bool {
 /// path that would take another route is refused.
 pub const URL_OVERRIDE_HEADERS: [&str; 2] = ["x-original-url", "x-rewrite-url"];
 
+/// Whether `name` is one of [`URL_OVERRIDE_HEADERS`] in any spelling an
+/// upstream reads as it (`_` or `.` for `-`, any case), as
+/// [`is_method_override_header`] reads method overrides.
 fn is_url_override_header(name: &str) -> bool {
     crate::request::is_header_of(name, &URL_OVERRIDE_HEADERS)
 }
@@ -703,6 +728,9 @@ fn unquote(value: &str) -> &str {
         .unwrap_or(value)
 }
 
+/// Whether `name` is one of [`FORWARDED_HOST_HEADERS`] in any spelling an
+/// upstream reads as it (`X_Forwarded_Host` too), so that no spelling
+/// Envoy passes on can name another route's host unseen.
 fn is_forwarded_host_header(name: &str) -> bool {
     crate::request::is_header_of(name, &FORWARDED_HOST_HEADERS)
 }
@@ -1048,6 +1076,9 @@ fn php_name_is_or_under(raw: &str, want: &str) -> bool {
     php_name(raw, want, true)
 }
 
+/// [`php_name_is`] (`under` false) and [`php_name_is_or_under`] (`under`
+/// true) in one pass. Decodes `%XX` and `+` as it compares, as PHP builds
+/// `$_GET` keys, so that an escaped spelling of the name cannot hide it.
 fn php_name(raw: &str, want: &str, under: bool) -> bool {
     let canon = |b: u8| {
         if matches!(b, b'.' | b' ' | b'[') {
@@ -1250,12 +1281,20 @@ pub(crate) fn is_dot_segment(segment: &str) -> bool {
     dots == 1 || dots == 2
 }
 
+/// Whether route `r` takes a request to `path` (as [`route_path`] reads it,
+/// or one of the variants an upstream may read) with `method` (GET also
+/// takes HEAD, which upstreams serve with the GET handler) and `host`
+/// (`:authority` without its port; any host when the route lists none).
 fn route_matches(r: &Route, path: &str, method: &str, host: &str) -> bool {
     r.path.matches(path)
         && crate::config::method_matches(&r.methods, method)
         && (r.hosts.is_empty() || r.hosts.iter().any(|h| host_matches(h, host)))
 }
 
+/// Whether `host` matches a route's host pattern, without case (DNS names
+/// are case-insensitive). `*.example.com` does not match `example.com`
+/// itself; the boundary check keeps a non-ASCII host from panicking the
+/// slice.
 fn host_matches(pattern: &HostPattern, host: &str) -> bool {
     match pattern {
         HostPattern::Exact(h) => host.eq_ignore_ascii_case(h),
@@ -1269,7 +1308,12 @@ fn host_matches(pattern: &HostPattern, host: &str) -> bool {
 
 /// Internal result of a phase: a denial ends the evaluation.
 enum Flow {
+    /// The provider (by index) whose remote JWKS must be fetched before the
+    /// token can be judged: [`evaluate`] turns it into [`Step::NeedKeys`] and
+    /// runs again once keys came, nothing having been recorded.
     NeedKeys(usize),
+    /// The request is refused; the mode is applied by the caller (see
+    /// [`finish`]), so that monitor mode still lets it through, marked.
     Deny(Denial),
 }
 
@@ -1405,11 +1449,15 @@ pub fn finish_pending(p: Box<Pending>, d: Denial) -> Step {
     deny(p, d)
 }
 
+/// Ends a pending evaluation with an allow: the mode needs no applying, an
+/// allow is one in both modes.
 fn done(p: Box<Pending>) -> Step {
     let p = *p;
     Step::Done(Decision::Allow(p.grant), p.facts)
 }
 
+/// Ends a pending evaluation with `d`, under the mode the header phase
+/// recorded: monitor mode turns it into an allow that carries the reason.
 fn deny(p: Box<Pending>, d: Denial) -> Step {
     let p = *p;
     Step::Done(finish(p.mode, p.grant, d), p.facts)
@@ -1992,6 +2040,11 @@ pub fn abandon_rls(ctx: &Ctx<'_>, mut pending: Box<Pending>) {
     }
 }
 
+/// The decision from the rate-limit service's answer, before
+/// [`evaluate_rls`] gives back what a refusal must not use up. A failed
+/// call, an unreadable answer, or a replay descriptor the service does not
+/// limit to 1 in windows a token's lifetime long, goes to the route's
+/// `failure_mode`: such an answer protects nothing.
 fn rls_verdict(
     ctx: &Ctx<'_>,
     pending: Box<Pending>,
@@ -2283,6 +2336,11 @@ fn verify_signature(
     signing::verify(&ms.policy, &msg, key, token_header, now)
 }
 
+/// Steps 1 to 5 of SPEC §1 on the header phase: route, network, API key,
+/// token (with request signing when it needs no body), then platform and
+/// app identity; the first failure decides. Token headers are marked for
+/// removal before any step can fail. `Ok(Some(..))`: a signature that must
+/// wait for the body, verified first by [`evaluate_body`].
 fn check(
     ctx: &Ctx<'_>,
     req: &Request<'_>,
@@ -2526,6 +2584,10 @@ fn establish_app<'c>(
     Ok(app)
 }
 
+/// Step 2 for one [`Network`] (the configuration's, then the route's): any
+/// IP list needs the client IP, and an unknown IP is refused, never taken
+/// as allowed. A missing country refuses only with `country_required` or an
+/// allow list.
 fn check_network(n: &Network, req: &Request<'_>, hops: u32) -> Result<(), Flow> {
     if !n.ip_deny.is_empty() || !n.ip_allow.is_empty() {
         let ip = req.client_ip(hops).ok_or(Reason::IpDenied)?;
@@ -2571,6 +2633,10 @@ pub(crate) fn is_country_code(c: &str) -> bool {
     c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
+/// The country code the trusted header `header` names, `None` when it is
+/// absent or empty (Envoy's geoip filter leaves it unset when its lookup
+/// fails). Anything but one code, or the header sent twice, is refused: a
+/// deny list would let it through as "no country".
 fn country_of<'r>(req: &Request<'r>, header: &str) -> Result<Option<&'r str>, Flow> {
     match req
         .header_unique(header)
@@ -2787,6 +2853,10 @@ fn keep_token_headers(p: &Provider, marked: std::ops::Range<usize>, grant: &mut 
     grant.forwarded_headers = kept;
 }
 
+/// Step 4: the route's token, delegated (the payload jwt_authn verified)
+/// or verified here (cache, negative cache and failure budget first, then
+/// keys and signature). `Ok(None)`: no token where none is required, or one
+/// that could not be checked under `jwks_failure_mode: allow`.
 fn check_token(
     ctx: &Ctx<'_>,
     req: &Request<'_>,
