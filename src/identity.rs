@@ -146,6 +146,10 @@ pub enum AppProof {
     },
 }
 
+/// `apps[]`, compiled. Each id, and each name a token's app claim may give
+/// (`token_app_ids`, else the id), names one app only: with two, the first
+/// listed would silently win. Fields of another platform are refused rather
+/// than ignored.
 pub(crate) fn compile_apps(raw: Vec<RawApp>) -> Result<Vec<App>, ConfigError> {
     let mut apps: Vec<App> = Vec::with_capacity(raw.len());
     for (i, a) in raw.into_iter().enumerate() {
@@ -303,6 +307,9 @@ pub(crate) fn compile_apps(raw: Vec<RawApp>) -> Result<Vec<App>, ConfigError> {
     Ok(apps)
 }
 
+/// Whether `s` can be an Android package name or an iOS bundle identifier
+/// (ASCII letters, digits, `.`, `_`, `-`; at most 255 bytes). Anything else
+/// is a mistake in the configuration that no app's header would ever match.
 fn valid_app_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
@@ -335,6 +342,8 @@ fn fingerprint_bytes(s: &str) -> Option<([u8; 32], usize)> {
     (digits == 64 || digits == 40).then_some((out, digits / 2))
 }
 
+/// One hex digit's value, in either case: fingerprints and digests are
+/// written both ways (`keytool` prints upper case, `sha256sum` lower).
 fn hex_val(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -350,10 +359,16 @@ fn hex_val(b: u8) -> Option<u8> {
 /// `example.com.evil.io` never match `https://*.example.com`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OriginPattern {
+    /// `http` or `https`, lower case: the same host under another scheme is
+    /// another origin (RFC 6454), so it never matches.
     scheme: String,
     /// Lower-case host; for a wildcard, the suffix without `*.`.
     host: String,
+    /// Written as `*.host`: `host` is then a suffix that matches only whole
+    /// labels, with at least one label before it.
     wildcard: bool,
+    /// The explicit port, or the scheme's default (443, 80), so that
+    /// `https://a.example` and `https://a.example:443` are the same origin.
     port: u16,
 }
 
@@ -631,6 +646,9 @@ fn origin_port(p: &str) -> Option<u16> {
     p.parse().ok()
 }
 
+/// Whether `h` is a host an origin may have: a bracketed IPv6 literal, or
+/// ASCII labels of letters, digits and `-` (browsers send IDNs as
+/// punycode). Anything else is no origin (`None`), never a partial match.
 fn valid_host(h: &str) -> bool {
     if h.starts_with('[') && h.ends_with(']') {
         return h
@@ -747,6 +765,10 @@ pub struct ApiKey {
     pub disabled: bool,
 }
 
+/// `api_keys`, compiled (the defaults when the section is absent). Keys are
+/// configured by SHA-256 only, never in plain text; a key given twice, or
+/// an id that is the key itself (ids go upstream and into logs), is refused.
+/// Sets keep 100,000 keys linear to check.
 pub(crate) fn compile_api_keys(
     raw: Option<RawApiKeys>,
     apps: &[App],
@@ -846,6 +868,8 @@ pub(crate) fn compile_api_keys(
     Ok(ApiKeys::new(header, raw.query_param, raw.forward, keys))
 }
 
+/// A key's `sha256`: exactly 64 hex digits, in either case. Anything else,
+/// such as the key itself pasted there, is refused at load.
 fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
     let b = s.as_bytes();
     if b.len() != 64 {
@@ -923,7 +947,12 @@ impl ApiKeys {
 /// answered (same index, same key), and the memo lives and dies with the
 /// worker's configuration. It holds no key, only its keyed hash.
 pub struct KeyMemo {
+    /// SipHash keys derived from the instance's salt. A memo hit skips the
+    /// SHA-256 comparison, so a client must not be able to make up a key whose
+    /// entry is a found key's: without the salt it cannot compute one.
     keys: Keyed128,
+    /// Keyed hash of a key as sent → its index in [`ApiKeys::keys`]; only keys
+    /// that were found, so it stays within the number configured.
     found: HashMap<[u8; 16], usize>,
 }
 
@@ -985,6 +1014,8 @@ pub struct PlatformHeaders<'a> {
 }
 
 impl PlatformHeaders<'_> {
+    /// Whether any Android or iOS header is present: for a web or server app,
+    /// one is a mismatch (headers of another platform, see [`headers_agree`]).
     fn any_mobile(&self) -> bool {
         self.android_package.is_some()
             || self.android_cert.is_some()
@@ -992,6 +1023,8 @@ impl PlatformHeaders<'_> {
             || self.ios_team_id.is_some()
     }
 
+    /// The origin a browser shows: `Origin`, else `Referer` (browsers send no
+    /// `Origin` on some requests, such as same-origin GETs).
     fn web_origin(&self) -> Option<&str> {
         self.origin.or(self.referer)
     }
@@ -1055,6 +1088,9 @@ pub fn headers_agree(app: &App, h: &PlatformHeaders<'_>, ip: Option<IpAddr>) -> 
     }
 }
 
+/// Whether the fingerprint header names one of the app's pinned signing
+/// certificates (SHA-256, or SHA-1 as Google's API keys accept), compared
+/// in constant time. An unreadable header matches nothing.
 fn cert_matches(certs: &[Vec<u8>], header: &str) -> bool {
     match fingerprint_bytes(header) {
         Some((fp, len)) => fp

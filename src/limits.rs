@@ -232,6 +232,8 @@ impl RawEntry {
     }
 }
 
+/// IPv4 clients are limited per address (/32) unless the entry says
+/// otherwise; IPv6 clients per /64 (see [`v6_default`]).
 fn v4_default() -> u8 {
     32
 }
@@ -431,6 +433,10 @@ impl RateLimit {
 /// replay descriptor, 33 at most here).
 pub const MAX_RULES_PER_ROUTE: usize = 32;
 
+/// A route's `rate_limits`, compiled. Each rule is named (`route#i` by
+/// default), and the name scopes its counts, so names must be unique within
+/// the route; a rule counts either locally or through the service with a
+/// `lease`, never both.
 pub(crate) fn compile(
     at: &str,
     route: &str,
@@ -658,7 +664,13 @@ pub const LOCAL_BUCKET_ENTRIES: usize = 16;
 /// budget), and a table stays in Envoy's shared data for the life of the
 /// process, including those of earlier configurations.
 pub const LOCAL_BUCKETS: u32 = 4096;
+/// Bytes of one entry in a bucket's shared-data value: the descriptor's
+/// digest (16), its units (8), its last refill in ms (8). Fixed, so that a
+/// bucket is read by whole chunks.
 const LOCAL_ENTRY: usize = 32; // digest 16 + units 8 + last refill ms 8
+/// The digest that marks a bucket's overflow entry, which descriptors that
+/// found no room share (see [`take_local`]); no real digest is expected to
+/// be all `0xff`.
 const OVERFLOW: [u8; 16] = [0xff; 16];
 
 /// A local limit's bucket in exact integer units: one token is `per`
@@ -678,6 +690,8 @@ struct Units {
 }
 
 impl Units {
+    /// The units of `limit`. A token is at least one unit and the products
+    /// saturate: no limit, however written, makes an empty token or wraps.
     fn of(limit: LocalLimit) -> Units {
         let token = limit.per_seconds.saturating_mul(1000).max(1);
         let per_ms = u64::from(limit.requests);
@@ -1089,10 +1103,16 @@ pub fn local_refill_at<S: SharedStore + ?Sized>(
 /// SHA-256 digests of the shared tables: the cache never leaves the worker,
 /// and the hash costs a tenth of a SHA-256.
 pub struct ServiceCache {
+    /// Over limit: descriptor key → until when (s), and the limit the service
+    /// named, for the cached 429's `x-ratelimit-limit`. Bounded by
+    /// `OVER_LIMIT_ENTRIES`.
     map: HashMap<[u8; 16], (u64, Option<u32>)>,
+    /// Leased hits this worker holds and has not used, per descriptor key.
     leases: HashMap<[u8; 16], Lease>,
     /// Lease asks in flight, per descriptor.
     asking: HashMap<[u8; 16], Vec<Ask>>,
+    /// SipHash keys derived from the instance's salt, so that no client can
+    /// make up descriptor values whose entries are another client's.
     keys: Keyed128,
 }
 

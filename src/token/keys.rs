@@ -85,6 +85,9 @@ impl Alg {
         matches!(self, Alg::HS256 | Alg::HS384 | Alg::HS512)
     }
 
+    /// The shortest HMAC secret accepted for the algorithm: the hash's output
+    /// size (RFC 7518 §3.2). A shorter secret is easier to brute-force from
+    /// one captured token.
     const fn min_secret_len(self) -> usize {
         // RFC 7518 §3.2: a key of the same size as the hash output or larger.
         match self {
@@ -319,6 +322,9 @@ fn ed25519(pk: ed25519_compact::PublicKey) -> Result<KeyMaterial, String> {
     Ok(KeyMaterial::EdDsa(pk))
 }
 
+/// A JWK member's bytes (RFC 7518 §6: base64url). Trailing `=` is tolerated,
+/// as this reads keys the operator or the issuer wrote, not client input
+/// (tokens get the strict decoder).
 fn b64url_field(jwk: &Value, name: &str) -> Result<Vec<u8>, String> {
     let s = jwk
         .get(name)
@@ -483,6 +489,10 @@ pub fn keys_from_jwks(jwks: &Value, origin: JwksOrigin) -> Result<Vec<Key>, Stri
     Ok(out)
 }
 
+/// One configured `keys[]` entry: exactly one of a secret, a PEM or a JWK.
+/// A PEM needs `alg`, as it does not say which algorithm (one RSA key
+/// serves RS* and PS* alike); a secret is HMAC only. Errors name the field
+/// (`"alg"`, `"pem"`, …) for [`super::compile_provider`]'s path.
 pub(crate) fn compile_key(raw: RawKey) -> Result<Key, (&'static str, String)> {
     let set = [
         raw.secret_base64.is_some(),

@@ -623,6 +623,10 @@ fn default_max_token() -> u64 {
     4096
 }
 
+/// One `tokens[]` entry, checked and compiled. A value that would make the
+/// provider refuse every token (no key of any kind, a blank claim name) or
+/// pass every token unbound (a blank `binding.claim`) is an error at load,
+/// not a surprise at the first request.
 pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, ConfigError> {
     let err = |field: &str, msg: String| ConfigError::new(format!("{at}.{field}"), msg);
     if !crate::config::valid_name(&raw.name) {
@@ -1122,6 +1126,9 @@ pub struct Prechecked<'k> {
     pub claims: Map<String, Value>,
 }
 
+/// A token part decoded by the strict [`b64`] decoder: each byte string has
+/// one spelling, so a token cannot be re-spelled past the negative cache
+/// or the replay check.
 fn b64url(part: &str) -> Result<Vec<u8>, TokenError> {
     b64::decode(part.as_bytes()).ok_or(TokenError::Malformed("not base64url without padding"))
 }
@@ -1129,9 +1136,14 @@ fn b64url(part: &str) -> Result<Vec<u8>, TokenError> {
 /// A token's header as the cheap checks read it, and its payload part
 /// (still base64url).
 struct Head<'t> {
+    /// The header's `alg`, one this module verifies. Only keys of this very
+    /// algorithm are tried (RFC 8725 §3.1: the token never gets a key used
+    /// with another algorithm).
     alg: Alg,
     /// The header (its `kid` is borrowed from it).
     header: Map<String, Value>,
+    /// The payload part, still base64url: its claims are read only after
+    /// the header's checks and the choice of key, the cheaper refusals.
     payload: &'t str,
 }
 
