@@ -212,11 +212,15 @@ impl Alert {
     }
 }
 
+/// A counter record: window start (u64 seconds) and count (u32),
+/// little-endian. Absent or short, `(0, 0)`: a window long over, so counting
+/// starts afresh rather than failing.
 fn read_pair(b: Option<&[u8]>) -> (u64, u32) {
     let b = b.unwrap_or(&[]);
     (u64_at(b, 0).unwrap_or(0), u32_at(b, 8).unwrap_or(0))
 }
 
+/// A counter record as [`read_pair`] reads it.
 fn pair(w: u64, c: u32) -> Vec<u8> {
     let mut v = w.to_le_bytes().to_vec();
     v.extend_from_slice(&c.to_le_bytes());
@@ -335,6 +339,8 @@ impl Suppressed {
 /// ticked for several windows.
 const MAX_PENDING_WINDOWS: usize = 4;
 
+/// Bits in a window's suppressed-alert bitset: one per (route, reason)
+/// pair, route 0 being `_unmatched`.
 fn slots(a: &Alerts) -> usize {
     (a.routes.len() + 1) * Reason::ALL.len()
 }
@@ -351,10 +357,16 @@ fn suppressed_key(a: &Alerts) -> String {
 /// them goes to this one, keeping one summary per window), then
 /// `(window start, bitset)` entries of `8 + ceil(slots / 8)` bytes each.
 struct Pending {
+    /// Start of the oldest window not summarized yet: a late mark for an
+    /// earlier window goes to this one, so each window gets one summary.
     open_from: u64,
+    /// (window start, bitset of [`slots`] bits) for each window with suppressed
+    /// alerts, oldest first, at most `MAX_PENDING_WINDOWS`.
     entries: Vec<(u64, Vec<u8>)>,
 }
 
+/// The suppressed-alert record as stored; absent or too short, empty
+/// (alerts are best effort: a lost mark, never a failed request).
 fn read_pending(b: Option<&[u8]>, bytes: usize) -> Pending {
     let b = b.unwrap_or(&[]);
     let (Some(open_from), Some(rest)) = (u64_at(b, 0), b.get(8..)) else {
@@ -373,6 +385,8 @@ fn read_pending(b: Option<&[u8]>, bytes: usize) -> Pending {
     Pending { open_from, entries }
 }
 
+/// A suppressed-alert record as [`read_pending`] reads it: `open_from`,
+/// then each window's start and bitset, little-endian.
 fn write_pending(open_from: u64, entries: &[(u64, Vec<u8>)]) -> Vec<u8> {
     let mut v = open_from.to_le_bytes().to_vec();
     for (w, bits) in entries {
@@ -382,6 +396,10 @@ fn write_pending(open_from: u64, entries: &[(u64, Vec<u8>)]) -> Vec<u8> {
     v
 }
 
+/// Marks (route, reason) as suppressed in `window`, for the summary posted
+/// once the window ends. Best effort: a route this configuration does not
+/// name, or a store failure, loses the mark. A bit already set is not
+/// written again (each write locks all of Envoy's shared data).
 fn mark_suppressed<S: SharedStore + ?Sized>(
     s: &S,
     a: &Alerts,

@@ -17,7 +17,11 @@
 /// length of each value, never a value (tokens, API keys).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Headers {
+    /// Every name and value, back to back (or as the wire laid them out,
+    /// separators included); [`Span`]s say where each lies.
     text: String,
+    /// One per header, in message order: repetitions stay separate, so each
+    /// copy of a header can be read.
     spans: Vec<Span>,
 }
 
@@ -32,7 +36,9 @@ impl std::fmt::Debug for Headers {
 /// Where one header's name and value lie in [`Headers::text`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Span {
+    /// Start and end of the name in `text` (`u32`: see [`to_u32`]).
     name: (u32, u32),
+    /// Start and end of the value in `text`.
     value: (u32, u32),
 }
 
@@ -150,6 +156,8 @@ impl Headers {
         self.get_all(name).next()
     }
 
+    /// Whether the span's name is `name`, byte for byte: names are lower case
+    /// as Envoy gives them, and callers ask in lower case.
     fn name_is(&self, s: &Span, name: &str) -> bool {
         let (a, b) = s.name;
         b.wrapping_sub(a) as usize == name.len()
@@ -166,6 +174,8 @@ impl Headers {
         self.spans.is_empty()
     }
 
+    /// The text between two positions; `""` if they were not char boundaries,
+    /// which the constructors make impossible, so that no header can panic.
     fn slice(&self, (a, b): (u32, u32)) -> &str {
         // Positions are char boundaries by construction; "" if they were not.
         self.text.get(a as usize..b as usize).unwrap_or("")
@@ -175,8 +185,11 @@ impl Headers {
 /// The values of one header name, in order ([`Headers::get_all`]).
 #[derive(Clone, Debug)]
 pub struct Values<'h, 'n> {
+    /// The list searched.
     headers: &'h Headers,
+    /// The name asked for, in lower case.
     name: &'n str,
+    /// The next span to look at.
     next: usize,
 }
 
@@ -210,6 +223,8 @@ fn offset_in(whole: &[u8], part: &[u8]) -> Option<usize> {
     (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)
 }
 
+/// A position as `u32`, `None` past 4 GiB: the header is then dropped
+/// rather than truncated.
 fn to_u32(n: usize) -> Option<u32> {
     u32::try_from(n).ok()
 }

@@ -23,9 +23,15 @@ pub enum Admit {
 /// Fixed one-second windows; pure (the caller passes the clock).
 #[derive(Clone, Debug)]
 pub struct LogLimiter {
+    /// Lines written per second at most; 0 writes none.
     per_second: u32,
+    /// The second being counted. Any other `now`, a clock stepped back
+    /// included, starts a new one.
     window: u64,
+    /// Lines written in `window`.
     used: u32,
+    /// Lines left out since the last one reported, said with the next line
+    /// written or taken by a tick.
     suppressed: u64,
 }
 

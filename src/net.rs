@@ -62,6 +62,8 @@ impl Cidr {
         Ok(cidr)
     }
 
+    /// This range with its host bits cleared: `parse` refuses a range that
+    /// differs from it (`10.0.0.1/8`), which is a typo, not a network.
     fn network(self) -> Cidr {
         match self {
             Cidr::V4(a, n) => Cidr::V4(a & mask32(n), n),
@@ -69,6 +71,8 @@ impl Cidr {
         }
     }
 
+    /// The range as `address/length`, for `Display` and the host-bits error's
+    /// suggestion.
     fn to_string_repr(self) -> String {
         match self {
             Cidr::V4(a, n) => format!("{}/{n}", Ipv4Addr::from(a)),
@@ -92,6 +96,8 @@ impl std::fmt::Display for Cidr {
     }
 }
 
+/// The netmask of an IPv4 /`n` (at most 32). /0 is its own case: a shift by
+/// 32 overflows a `u32`.
 fn mask32(n: u8) -> u32 {
     if n == 0 {
         0
@@ -100,6 +106,8 @@ fn mask32(n: u8) -> u32 {
     }
 }
 
+/// The netmask of an IPv6 /`n` (at most 128). /0 is its own case: a shift
+/// by 128 overflows a `u128`.
 fn mask128(n: u8) -> u128 {
     if n == 0 {
         0

@@ -361,7 +361,11 @@ impl fmt::Debug for E164 {
 /// The result of scanning an input: its digits (capped by the input size)
 /// and whether it started with `+`.
 struct Scanned {
+    /// Whether the input began with `+`: then the digits start with the calling
+    /// code; otherwise they are `00` and the code, or a national number.
     plus: bool,
+    /// The digits alone, separators and a `(0)` after the calling code left
+    /// out.
     digits: String,
 }
 
@@ -569,6 +573,9 @@ impl PrefixSet {
             .or_else(|| trunkless.and_then(|n| self.matching_prefix_as_written(n)))
     }
 
+    /// The shortest prefix of the set `number` starts with, as written (the reading
+    /// without a trunk `0` is [`PrefixSet::matching_prefix_of`]'s). A binary
+    /// search per length, at most 15, however many prefixes there are.
     fn matching_prefix_as_written(&self, number: &E164) -> Option<&str> {
         let s = number.as_str();
         // Every candidate is `+` and 1..=15 digits: at most 15 lookups.

@@ -46,7 +46,11 @@ pub trait SharedStore {
 /// An in-memory store with the host's semantics, for tests and fuzzing.
 #[derive(Default)]
 pub struct MemStore {
+    /// Key → (value, CAS). As in the host, a write with CAS 0, or to an absent
+    /// key, goes through whatever the CAS; any other CAS must match.
     map: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    /// The last CAS handed out: every write takes a new one, shared by all
+    /// keys as the host's counter is, so a CAS read before another write fails.
     next: RefCell<u32>,
 }
 
@@ -90,6 +94,9 @@ impl SharedStore for MemStore {
     }
 }
 
+/// How often [`update`] tries before giving up with `CasMismatch`. Each lost
+/// race means another worker's write went in, so a few workers seldom need
+/// more than a few tries; the bound keeps a request from spinning.
 const MAX_ATTEMPTS: usize = 16;
 
 /// Reads a key, lets `update` compute the new value from the current one,
@@ -132,7 +139,9 @@ pub fn update<S: SharedStore + ?Sized, T>(
 /// Never logged: `Debug` shows no bytes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct BucketSalt {
+    /// The first half of the SipHash key.
     k0: u64,
+    /// The second half of the SipHash key.
     k1: u64,
 }
 
@@ -259,7 +268,10 @@ pub fn bucket_of(salt: &BucketSalt, digest: &[u8], buckets: u32) -> u32 {
 /// Never logged: `Debug` shows no keys.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Keyed128 {
+    /// SipHash key of the digest's low 64 bits: SipHash gives 64 bits, so two
+    /// instances under independent keys make the 128.
     a: BucketSalt,
+    /// SipHash key of the digest's high 64 bits.
     b: BucketSalt,
 }
 
@@ -344,6 +356,9 @@ fn sip(salt: &BucketSalt) -> std::hash::SipHasher {
 
 /// Entries per replay bucket.
 pub const REPLAY_BUCKET_ENTRIES: usize = 16;
+/// Bytes of one replay entry in a bucket's value: the value's 16-byte
+/// digest and its expiry (u64 seconds). Fixed, so a bucket is read in
+/// whole chunks.
 const REPLAY_ENTRY: usize = 24; // 16-byte digest + 8-byte expiry
 
 /// Result of recording a one-time value.
@@ -469,9 +484,16 @@ pub const PAST_LAYOUTS_MAX: usize = 8;
 /// one away.
 const LAYOUT_SLACK: u64 = 5;
 
+/// Bytes of a layout record's head: the current capacity (u32) and its
+/// horizon (u64 seconds).
 const LAYOUT_HEAD: usize = 12; // capacity u32 + horizon u64
+/// Bytes of each past layout after the head: its capacity (u32) and until
+/// when its values may be live (u64 seconds).
 const LAYOUT_PAST: usize = 12; // capacity u32 + until u64
 
+/// The shared-data key of a replay table's layout record. One per table,
+/// never salted: nothing in it comes from a client. Its last part is not a
+/// number, so it is no bucket's key.
 fn layout_key(table: &str) -> String {
     format!("appguard/replay/{table}/layout")
 }
@@ -615,6 +637,8 @@ fn trim_layouts(past: &mut Vec<PastLayout>) {
     }
 }
 
+/// A layout record as [`parse_layout`] reads it: the head, then each past
+/// layout, little-endian.
 fn layout_bytes(capacity: u32, horizon: u64, past: &[PastLayout]) -> Vec<u8> {
     let mut out = Vec::with_capacity(LAYOUT_HEAD + past.len() * LAYOUT_PAST);
     out.extend_from_slice(&capacity.to_le_bytes());

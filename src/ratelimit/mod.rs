@@ -284,6 +284,8 @@ pub fn lease_window(s: &DescriptorStatus) -> Option<(u64, u32)> {
     ))
 }
 
+/// The limit the service named for a status; `None` when it named none (no
+/// rule of its configuration matched), so no `x-ratelimit-limit` is made up.
 fn requests_per_unit(s: &DescriptorStatus) -> Option<u32> {
     s.current_limit.as_ref().map(|l| l.requests_per_unit)
 }
@@ -319,6 +321,10 @@ fn window_secs(s: &DescriptorStatus) -> u64 {
         .min(MAX_RESET_SECS)
 }
 
+/// The headers of one list the service asks to add that may be set
+/// ([`checked_header`]), of the first [`MAX_SERVICE_HEADERS`]; every other
+/// one counts in `skipped`. Skipped, not an error: one bad header does not
+/// turn a clear answer into a failure.
 fn service_headers(list: &[HeaderValue], skipped: &mut usize) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (i, h) in list.iter().enumerate() {

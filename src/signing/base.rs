@@ -122,6 +122,9 @@ pub fn component_name(item: &Item) -> Result<&str, SigningError> {
     }
 }
 
+/// Whether two covered components are one identifier (RFC 9421 §2.5): the
+/// same name and the same parameters in any order (`;bs;req` is `;req;bs`),
+/// so that no reordering lists a component twice.
 fn same_identifier(a: &Item, b: &Item) -> bool {
     a.bare == b.bare
         && a.params.len() == b.params.len()
@@ -206,6 +209,9 @@ fn derived_value(
     Ok(value)
 }
 
+/// A derived component's source, which must not be empty: an empty
+/// `@method` or `@authority` cannot be derived (RFC 9421 §2.2), and is
+/// refused as missing.
 fn non_empty(s: &str) -> Result<&str, SigningError> {
     if s.is_empty() {
         Err(SigningError::ComponentMissing)
@@ -214,6 +220,7 @@ fn non_empty(s: &str) -> Result<&str, SigningError> {
     }
 }
 
+/// `@path`'s value: the path, or `/` when it is empty (RFC 9421 §2.2.6).
 fn path_or_slash(path: &str) -> &str {
     if path.is_empty() {
         "/"
@@ -312,6 +319,7 @@ fn form_reencode(raw: &str) -> String {
     out
 }
 
+/// One hex digit's value, in either case (RFC 3986 §2.1: `%2f` is `%2F`).
 fn hex_value(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),

@@ -18,6 +18,9 @@ use super::SigningError;
 /// bytes, so this leaves room for a handful of algorithms.
 pub const MAX_CONTENT_DIGEST_BYTES: usize = 1024;
 
+/// Caps on parsing a `Content-Digest` Dictionary: a few members, no Inner
+/// Lists (each member is a Byte Sequence), a few parameters, so that a
+/// hostile field costs bounded work (RFC 9530 §6.7).
 const DIGEST_LIMITS: Limits = Limits {
     max_members: 8,
     max_inner_items: 0,
@@ -43,6 +46,9 @@ impl DigestAlgorithm {
         }
     }
 
+    /// The algorithm a member's key names; `None` for any other, such as the
+    /// deprecated `md5` or `sha`, which are ignored (RFC 9530 §2) and never
+    /// count as verifying the body.
     fn from_key(key: &str) -> Option<Self> {
         match key {
             "sha-256" => Some(DigestAlgorithm::Sha256),
@@ -51,6 +57,7 @@ impl DigestAlgorithm {
         }
     }
 
+    /// The body's digest under this algorithm: one pass of the hash.
     fn digest(self, body: &[u8]) -> Vec<u8> {
         match self {
             DigestAlgorithm::Sha256 => Sha256::digest(body).to_vec(),

@@ -45,6 +45,8 @@ const B64_STANDARD: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
+/// The URL-safe alphabet, padding optional: the other alphabet `ipk` claims
+/// come in, chosen when the claim holds `-` or `_`.
 const B64_URL_SAFE: GeneralPurpose = GeneralPurpose::new(
     &alphabet::URL_SAFE,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),

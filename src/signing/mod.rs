@@ -77,6 +77,9 @@ pub const MAX_COVERED_COMPONENTS: usize = 32;
 /// At most this many parameters on a signature or on one component.
 pub const MAX_PARAMETERS: usize = 8;
 
+/// Caps on parsing `Signature-Input` and `Signature`: members, covered
+/// components, parameters. Checked while parsing, after the fields' byte
+/// caps, so that a hostile field costs a bounded amount of work.
 const SIGNATURE_LIMITS: Limits = Limits {
     max_members: MAX_SIGNATURES,
     max_inner_items: MAX_COVERED_COMPONENTS,
@@ -312,6 +315,9 @@ impl<'a> Message<'a> {
         self.body.is_some_and(|b| !b.is_empty()) || self.declares_body()
     }
 
+    /// Whether the headers announce a body (`content-length` other than 0, or
+    /// any `transfer-encoding`), buffered or not: a covered `content-digest`
+    /// is then never checked against an empty body in its place.
     fn declares_body(&self) -> bool {
         self.headers.iter().any(|(name, value)| {
             (name.eq_ignore_ascii_case("content-length") && value.trim() != "0")
@@ -430,15 +436,27 @@ pub struct VerifiedSignature {
 /// Signature parameters (RFC 9421 §2.3) read from the Signature-Input member.
 #[derive(Default)]
 struct SignatureParams {
+    /// `created`, seconds since the epoch: judged against `max_age_seconds` and
+    /// the skew, so that a captured request cannot be replayed for ever.
     created: Option<u64>,
+    /// `expires`: the signer's own limit, past which (plus skew) it is refused.
     expires: Option<u64>,
+    /// `alg`, when stated: it must name the install key's algorithm, which the
+    /// key fixes whatever the signer says (RFC 9421 §3.2).
     alg: Option<String>,
+    /// `keyid`: not checked (the token's install key is the key); reported.
     keyid: Option<String>,
+    /// `nonce`: not checked here; reported in [`VerifiedSignature`].
     nonce: Option<String>,
+    /// `tag`: not checked here; reported in [`VerifiedSignature`].
     tag: Option<String>,
 }
 
 impl SignatureParams {
+    /// The parameters of the signature's Inner List. A known parameter of the
+    /// wrong type (a string `created`, a negative time) is refused, not
+    /// skipped: skipping it would skip its check. Unknown ones are signed, as
+    /// part of `@signature-params`, and ignored.
     fn read(list: &InnerList) -> Result<Self, SigningError> {
         const WRONG_TYPE: SigningError = SigningError::Malformed {
             field: "signature-input",
@@ -599,6 +617,9 @@ fn combined_field(
     Ok(combined.filter(|c| !c.is_empty()))
 }
 
+/// One of the two signature fields as an RFC 8941 Dictionary, within
+/// [`SIGNATURE_LIMITS`]; an error names `field`. Duplicate labels are
+/// refused (see [`sfv`]), so no second member can be smuggled in.
 fn parse_signature_field(
     value: &str,
     field: &'static str,
@@ -607,6 +628,8 @@ fn parse_signature_field(
         .map_err(|e| SigningError::Malformed { field, reason: e.0 })
 }
 
+/// The member under the configured `label`; `LabelNotFound` when either
+/// field lacks it (RFC 9421 §4). Keys are unique, so the first is the one.
 fn member<'d>(dict: &'d sfv::Dictionary, label: &str) -> Result<&'d Member, SigningError> {
     dict.iter()
         .find(|(k, _)| k == label)
@@ -614,6 +637,8 @@ fn member<'d>(dict: &'d sfv::Dictionary, label: &str) -> Result<&'d Member, Sign
         .ok_or(SigningError::LabelNotFound)
 }
 
+/// The error for a `Signature` member that is not a Byte Sequence
+/// (RFC 9421 §4.2).
 fn malformed_signature() -> SigningError {
     SigningError::Malformed {
         field: "signature",
@@ -621,6 +646,10 @@ fn malformed_signature() -> SigningError {
     }
 }
 
+/// The freshness checks of RFC 9421 §3.2.1, with the policy's skew both
+/// ways: `created` not in the future nor older than `max_age_seconds`
+/// (required with `require_created`), `expires` not passed and not before
+/// `created`.
 fn check_times(
     policy: &SigningPolicy,
     params: &SignatureParams,
@@ -743,6 +772,10 @@ fn check_coverage(
     Ok(())
 }
 
+/// `Content-Digest` against the body (RFC 9530), before the signature: a
+/// genuine signature replayed over another body then fails at a hash, not
+/// after a P-256 verification. A body declared but not buffered cannot be
+/// checked, and is refused.
 fn check_content_digest(message: &Message<'_>) -> Result<DigestAlgorithm, SigningError> {
     let body = match message.body {
         Some(body) => body,

@@ -157,6 +157,9 @@ pub fn is_key(key: &str) -> bool {
     }
 }
 
+/// A key's characters after the first (RFC 8941 §3.1.2: lower-case
+/// letters, digits, `_`, `-`, `.`, `*`). Upper case is refused, not folded:
+/// `Sig1` is no key.
 fn is_key_char(c: u8) -> bool {
     c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'.' | b'*')
 }
@@ -183,12 +186,17 @@ pub fn is_tchar(c: u8) -> bool {
         )
 }
 
+/// A cursor over one field value, in bytes: every byte RFC 8941 accepts is
+/// ASCII, and any other is refused where it is met.
 struct Parser<'a> {
+    /// The field value.
     input: &'a [u8],
+    /// The next byte to read; never past the end.
     pos: usize,
 }
 
 impl<'a> Parser<'a> {
+    /// A parser at the start of `input`.
     fn new(input: &'a str) -> Self {
         Parser {
             input: input.as_bytes(),
@@ -196,20 +204,26 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// The next byte, not consumed; `None` at the end.
     fn peek(&self) -> Option<u8> {
         self.input.get(self.pos).copied()
     }
 
+    /// Whether the whole value is read: a Dictionary ends only there (after
+    /// a member, anything but `,` and another member fails, RFC 8941 §4.2),
+    /// and an Inner List that reaches it unclosed fails.
     fn at_end(&self) -> bool {
         self.pos >= self.input.len()
     }
 
+    /// The next byte, consumed.
     fn bump(&mut self) -> Option<u8> {
         let c = self.peek()?;
         self.pos += 1;
         Some(c)
     }
 
+    /// Consumes `c` if it comes next: how a delimiter is tested for.
     fn eat(&mut self, c: u8) -> bool {
         if self.peek() == Some(c) {
             self.pos += 1;
@@ -219,6 +233,9 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Skips SP only (never HTAB): RFC 8941 allows SP at the start of a field,
+    /// inside Inner Lists and after a parameter's `;`. OWS between members is
+    /// `skip_ows`.
     fn skip_sp(&mut self) {
         while self.peek() == Some(b' ') {
             self.pos += 1;
@@ -445,6 +462,9 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// The input from `start` to the cursor, for keys and Tokens: their bytes
+    /// were checked to be ASCII as they were read, so the UTF-8 check cannot
+    /// fail.
     fn slice_string(&self, start: usize) -> Result<String, SfvError> {
         let bytes = self
             .input

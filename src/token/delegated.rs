@@ -17,36 +17,53 @@ use std::collections::BTreeMap;
 use prost::Message;
 use serde_json::{Map, Number, Value};
 
+/// `google.protobuf.Struct`, as `jwt_authn` writes a payload: decoded with
+/// prost so that every claim keeps its JSON type.
 #[derive(Clone, PartialEq, Message)]
 struct PbStruct {
+    /// Claim name → value; on the wire a repeated map entry, whose last
+    /// occurrence of a name wins, as in protobuf.
     #[prost(btree_map = "string, message", tag = "1")]
     fields: BTreeMap<String, PbValue>,
 }
 
+/// `google.protobuf.ListValue`: a JSON array.
 #[derive(Clone, PartialEq, Message)]
 struct PbList {
+    /// The array's elements, in order.
     #[prost(message, repeated, tag = "1")]
     values: Vec<PbValue>,
 }
 
+/// `google.protobuf.Value`: one JSON value.
 #[derive(Clone, PartialEq, Message)]
 struct PbValue {
+    /// Which value it is; `None` (no field set) is not a value, and refuses the
+    /// payload that holds it.
     #[prost(oneof = "Kind", tags = "1, 2, 3, 4, 5, 6")]
     kind: Option<Kind>,
 }
 
+/// The `kind` oneof of `google.protobuf.Value`, field numbers as in
+/// `struct.proto`.
 #[derive(Clone, PartialEq, prost::Oneof)]
 enum Kind {
+    /// `null_value`: the `NullValue` enum, whose only value is 0.
     #[prost(int32, tag = "1")]
     Null(i32),
+    /// `number_value`: every number is a double (see [`number`]).
     #[prost(double, tag = "2")]
     Number(f64),
+    /// `string_value`.
     #[prost(string, tag = "3")]
     String(String),
+    /// `bool_value`.
     #[prost(bool, tag = "4")]
     Bool(bool),
+    /// `struct_value`: a JSON object.
     #[prost(message, tag = "5")]
     Struct(PbStruct),
+    /// `list_value`: a JSON array.
     #[prost(message, tag = "6")]
     List(PbList),
 }
@@ -75,6 +92,9 @@ struct Metadata {
 /// that needs it finds no payload.
 pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 
+/// A Struct value as JSON. `None` for a value with no kind or nested more
+/// than 16 deep, which refuses the whole payload: the recursion is bounded,
+/// whatever the metadata holds.
 fn to_json(v: PbValue, depth: usize) -> Option<Value> {
     if depth > 16 {
         return None;
@@ -96,6 +116,8 @@ fn to_json(v: PbValue, depth: usize) -> Option<Value> {
     })
 }
 
+/// A Struct's fields as a JSON object (see [`to_json`]); `None` if any
+/// field's value is refused.
 fn struct_to_map(s: PbStruct, depth: usize) -> Option<Map<String, Value>> {
     s.fields
         .into_iter()
@@ -157,6 +179,8 @@ fn pb_value(v: &Value) -> PbValue {
     PbValue { kind: Some(kind) }
 }
 
+/// A JSON object as a Struct: the reverse of [`struct_to_map`], for
+/// [`metadata_from_payload`] (tests and tools).
 fn pb_struct(map: &Map<String, Value>) -> PbStruct {
     PbStruct {
         fields: map.iter().map(|(k, v)| (k.clone(), pb_value(v))).collect(),

@@ -191,6 +191,9 @@ macro_rules! unroll8 {
     }};
 }
 
+/// Whether every limb is zero: for values kept reduced (field elements
+/// below p, scalars below n), whether they are 0. How the point at infinity
+/// (Z = 0), an addition's special cases and a zero `r` or `s` are told.
 #[inline(always)]
 fn is_zero(a: &Fe) -> bool {
     (a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7]) == 0
@@ -268,6 +271,8 @@ fn half_mod(x: &Fe, m: &Fe) -> Fe {
     r
 }
 
+/// `a >> 1` across the limbs; the top bit becomes 0 (callers that carry a
+/// bit in, as [`half_mod`] does, set it after).
 #[inline(always)]
 fn shr1(a: &mut Fe) {
     unroll8!(i => {
@@ -477,14 +482,17 @@ fn reduce(t: &[u32; 16]) -> Fe {
     r
 }
 
+/// `a + b mod p`: [`add_mod`] with the field's prime (it serves n too).
 fn fe_add(a: &Fe, b: &Fe) -> Fe {
     add_mod(a, b, &P)
 }
 
+/// `a − b mod p`.
 fn fe_sub(a: &Fe, b: &Fe) -> Fe {
     sub_mod(a, b, &P)
 }
 
+/// `−a mod p` (0 stays 0): an affine point's negation is (x, −y).
 fn fe_neg(a: &Fe) -> Fe {
     sub_mod(&[0; 8], a, &P)
 }
@@ -494,21 +502,29 @@ fn fe_neg(a: &Fe) -> Fe {
 /// An affine point (never the point at infinity).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Affine {
+    /// x, below p.
     x: Fe,
+    /// y, below p.
     y: Fe,
 }
 
 /// A Jacobian point (X/Z², Y/Z³); Z = 0 is the point at infinity.
 #[derive(Clone, Copy, Debug)]
 struct Jacobian {
+    /// X: the affine x is X/Z².
     x: Fe,
+    /// Y: the affine y is Y/Z³.
     y: Fe,
+    /// Z: 0 for the point at infinity. Never inverted: the last check compares
+    /// X with r·Z² instead (see the module docs).
     z: Fe,
 }
 
+/// 1 as a field element.
 const ONE: Fe = [1, 0, 0, 0, 0, 0, 0, 0];
 
 impl Jacobian {
+    /// The point at infinity: Z = 0 (X and Y are then any; 1 by convention).
     const INFINITY: Jacobian = Jacobian {
         x: ONE,
         y: ONE,
@@ -796,7 +812,11 @@ fn double_mul(u1: &Fe, g: &[Affine], u2: &Fe, q: &[Affine], wq: u32) -> Jacobian
 /// How `u2·Q` is computed: with a key's comb tables ([`P256Key`]) or a
 /// one-off table of odd multiples ([`verify_once`]).
 enum QTable<'a> {
+    /// A loaded key's comb tables, built once per key ([`P256Key`]): `u2·Q`
+    /// shares its 7 doublings with `u1·G`.
     Comb(&'a [Affine]),
+    /// Odd multiples of Q for a width-5 NAF, built for this one call
+    /// ([`verify_once`]): a key used once would not repay a comb table.
     Naf(&'a [Affine]),
 }
 

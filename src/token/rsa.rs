@@ -56,6 +56,8 @@ impl Hash {
         }
     }
 
+    /// The hash's output length in bytes; for PS* also the salt length, which
+    /// RFC 7518 §3.5 fixes at the hash's length.
     fn len(self) -> usize {
         match self {
             Hash::Sha256 => 32,
@@ -64,6 +66,7 @@ impl Hash {
         }
     }
 
+    /// The digest of `msg`: the signing input's, and MGF1's blocks for PSS.
     fn digest(self, msg: &[u8]) -> Vec<u8> {
         match self {
             Hash::Sha256 => Sha256::digest(msg).to_vec(),
@@ -361,6 +364,9 @@ fn mgf1(hash: Hash, seed: &[u8], len: usize) -> Vec<u8> {
     out
 }
 
+/// `b` without leading zero bytes, so that a modulus's size is counted from
+/// its first non-zero byte: padding can neither push a key over the size
+/// limit nor pass a short one as long.
 fn strip_zeros(b: &[u8]) -> &[u8] {
     let i = b.iter().position(|&x| x != 0).unwrap_or(b.len());
     &b[i..]
@@ -387,6 +393,9 @@ fn to_be(limbs: &[u32], len: usize) -> Vec<u8> {
     out
 }
 
+/// `a < b` for little-endian limbs of one length, from the top limb. A
+/// signature not below n is refused (RFC 8017 §5.2.2). Variable time, as
+/// every value here is public.
 fn less_than(a: &[u32], b: &[u32]) -> bool {
     for (x, y) in a.iter().zip(b.iter()).rev() {
         if x != y {

@@ -17,9 +17,16 @@ use serde_json::{Map, Value};
 /// refuses claims that would pass it.
 pub const MAX_DEPTH: usize = 16;
 
+/// The value a [`StrictVisitor`] builds: serde_json's `Value`, reached
+/// only through the strict rules.
 struct StrictValue(Value);
 
+/// Builds a `Value` as serde_json does, but refuses duplicate keys and
+/// nesting past [`MAX_DEPTH`]: two parsers must never read one token two
+/// ways.
 struct StrictVisitor {
+    /// Arrays and objects enclosing the value being read: a container at
+    /// [`MAX_DEPTH`] (one level too many) is refused, bounding the recursion.
     depth: usize,
     /// Refuse keys equal under case folding too (request bodies).
     fold_keys: bool,
