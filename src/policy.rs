@@ -2618,7 +2618,13 @@ fn check_network(n: &Network, req: &Request<'_>, hops: u32) -> Result<(), Flow> 
     Ok(())
 }
 
-/// The country the trusted header names, `None` when it names none (the
+/// Two ASCII letters or digits: an ISO 3166 alpha-2 code, or a
+/// geolocation service's own (`T1`, `A1`, `XX`).
+pub(crate) fn is_country_code(c: &str) -> bool {
+    c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// The country the trusted header `header` names, `None` when it names none (the
 /// header absent, or empty: Envoy's geoip filter leaves it unset when its
 /// lookup fails). A value is one two-character code in any case,
 /// surrounding whitespace ignored: ISO 3166 alpha-2, or the letter-digit
@@ -2627,16 +2633,6 @@ fn check_network(n: &Network, req: &Request<'_>, hops: u32) -> Result<(), Flow> 
 /// else (`DE,FR`, `zz1`, `GBR`, the header sent twice with different
 /// values) is refused rather than read as no country: a deny list would
 /// let it through, and no trusted component writes it.
-/// Two ASCII letters or digits: an ISO 3166 alpha-2 code, or a
-/// geolocation service's own (`T1`, `A1`, `XX`).
-pub(crate) fn is_country_code(c: &str) -> bool {
-    c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
-/// The country code the trusted header `header` names, `None` when it is
-/// absent or empty (Envoy's geoip filter leaves it unset when its lookup
-/// fails). Anything but one code, or the header sent twice, is refused: a
-/// deny list would let it through as "no country".
 fn country_of<'r>(req: &Request<'r>, header: &str) -> Result<Option<&'r str>, Flow> {
     match req
         .header_unique(header)
