@@ -243,6 +243,7 @@ fn within<T: Ord + Copy>(v: &[(T, T)], x: T) -> bool {
 
 /// The next address, `None` past the last: for merging adjacent intervals.
 trait CheckedNext: Sized {
+    /// `self + 1`, `None` for the last address.
     fn checked_next(self) -> Option<Self>;
 }
 

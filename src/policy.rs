@@ -58,6 +58,10 @@ pub struct TokenCache {
 pub const TOKEN_CACHE_BYTES: usize = 40 << 20;
 
 impl TokenCache {
+    /// The verified token for `token`, when it was verified for this
+    /// `provider` under the keys of `keys_version` and its `exp` (plus
+    /// `skew`) has not passed at `now`: a token of keys rotated since, or
+    /// one another provider verified, is verified again.
     fn get(
         &self,
         provider: usize,
@@ -96,6 +100,11 @@ impl TokenCache {
             .saturating_add(map(&v.claims))
     }
 
+    /// Caches a token verified under the keys of `keys_version`. When the
+    /// cache is full (by entries or [`TOKEN_CACHE_BYTES`]), expired tokens
+    /// go first, then everything: a flood of unique valid tokens costs
+    /// verifications, never unbounded memory or an eviction scan per
+    /// request.
     fn put(&mut self, token: &str, keys_version: u64, v: Rc<VerifiedToken>, now: u64) {
         let cost = Self::cost(token, &v);
         if self.map.len() >= TOKEN_CACHE_ENTRIES
@@ -188,6 +197,9 @@ struct Budget<'a> {
 }
 
 impl<'a> Budget<'a> {
+    /// Provider `pi`'s `failure_budget` for this request's client, in the
+    /// slot of the route's mode ([`budget_slot`]): what monitor-mode
+    /// routes let through does not spend the enforced routes' budget.
     fn new(
         ctx: &'a Ctx<'a>,
         req: &'a Request<'a>,
@@ -212,6 +224,8 @@ impl<'a> Budget<'a> {
         }
     }
 
+    /// Whether the provider has a budget at all (`failures: 0` turns it
+    /// off).
     fn enabled(&self) -> bool {
         self.limit.requests > 0
     }
@@ -339,6 +353,11 @@ impl NegativeCache {
             })
     }
 
+    /// Remembers that the token whose [`negative_key`] is `key` failed
+    /// for `provider` under keys `version`, until `until`. Bounded at
+    /// [`NEGATIVE_CACHE_ENTRIES`] (stale entries dropped first, then all:
+    /// `limits::make_room`); the token's earlier failure for the same
+    /// provider is replaced.
     fn insert(&mut self, provider: usize, version: u64, key: [u8; 16], until: u64, now: u64) {
         limits::make_room(&mut self.map, NEGATIVE_CACHE_ENTRIES, |f| {
             f.iter().any(|&(_, _, u)| u >= now)

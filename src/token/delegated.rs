@@ -73,8 +73,10 @@ enum Kind {
 /// kept as bytes until the namespace is the one asked for.
 #[derive(Clone, PartialEq, Message)]
 struct MetadataEntry {
+    /// The filter's namespace (`envoy.filters.http.jwt_authn`).
     #[prost(string, tag = "1")]
     key: String,
+    /// Its `google.protobuf.Struct`, still encoded.
     #[prost(bytes = "vec", tag = "2")]
     value: Vec<u8>,
 }
@@ -83,6 +85,7 @@ struct MetadataEntry {
 /// `typed_filter_metadata` and any other field are skipped.
 #[derive(Clone, PartialEq, Message)]
 struct Metadata {
+    /// One entry per filter namespace.
     #[prost(message, repeated, tag = "1")]
     filter_metadata: Vec<MetadataEntry>,
 }

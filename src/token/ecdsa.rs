@@ -531,6 +531,7 @@ impl Jacobian {
         z: [0; 8],
     };
 
+    /// The same point with Z = 1.
     fn from_affine(p: &Affine) -> Jacobian {
         Jacobian {
             x: p.x,
@@ -539,6 +540,8 @@ impl Jacobian {
         }
     }
 
+    /// Whether this is the point at infinity (Z = 0): the additions treat
+    /// it apart, as their formulas do not hold for it.
     fn is_infinity(&self) -> bool {
         is_zero(&self.z)
     }
@@ -606,6 +609,8 @@ impl Jacobian {
 }
 
 impl Affine {
+    /// −P = (x, −y): a negative wNAF digit adds the negated table point,
+    /// so the tables hold positive multiples only.
     fn neg(&self) -> Affine {
         Affine {
             x: self.x,
@@ -897,6 +902,8 @@ thread_local! {
 /// 64 KB), and cut every later verification from 256 doublings to 7.
 #[derive(Clone)]
 pub struct P256Key {
+    /// The key's comb tables, shared (by `LOADED`) with every other copy
+    /// of the same key, so a key named twice costs one table.
     table: Arc<[Affine]>,
 }
 
