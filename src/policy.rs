@@ -476,6 +476,10 @@ pub struct Facts {
     /// The token's `jti` (or other replay claim), checked once every other
     /// check of the request has passed: see [`ReplayMark`].
     pub replay: Option<ReplayMark>,
+    /// A verified request signature of a `single_use` provider, recorded
+    /// once the request has passed every check and its local limits: see
+    /// [`SignedMark`].
+    pub signed: Option<SignedMark>,
     /// The token was refused without verification: the client's signature
     /// failure budget is spent (counted and logged by the adapter).
     pub budget_refused: bool,
@@ -535,6 +539,28 @@ pub struct ReplayMark {
     pub expires: u64,
 }
 
+/// A verified request signature (`message_signing.single_use`), waiting to
+/// be recorded in its provider's table of signed requests.
+///
+/// Like a [`ReplayMark`], it is recorded last, once the request has passed
+/// every other check and its local limits, and taken back out if the
+/// rate-limit service refuses the request: a copy already recorded is
+/// refused when the signature verifies, before any limit counts it.
+/// Recorded when the signature verified, a client with a genuine token and
+/// its install key could write one entry per request it signs, limited or
+/// not, until buckets filled and other clients' signed requests were
+/// refused as replays.
+#[derive(Clone, Debug)]
+pub struct SignedMark {
+    /// Index of the provider (its name names the table).
+    pub provider: usize,
+    /// The keyed digest of the signature base: the entry's key.
+    pub digest: [u8; 16],
+    /// Until when the entry is kept: until the signature is too old to
+    /// verify (`created` plus `max_age_seconds` plus skew).
+    pub until: u64,
+}
+
 /// An evaluation that waits for the body or the rate-limit service: what
 /// the header checks established, carried to the next phase.
 #[derive(Debug)]
@@ -564,6 +590,9 @@ pub struct Pending {
     /// request, so that the `jti` is not used up by a request that was not
     /// let through.
     local_replay: Option<(usize, [u8; 16], u32)>,
+    /// The signed request recorded before the call to the service (see
+    /// [`SignedMark`]), taken back out if the service refuses the request.
+    signed_recorded: Option<SignedMark>,
     /// With `replay.scope: service`, the entry the instance's replay table
     /// records if the call fails and `failure_mode: allow` lets the request
     /// through: replays are then still refused within the instance, not
@@ -1438,6 +1467,7 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
         sent_ms: 0,
         replay_index: None,
         local_replay: None,
+        signed_recorded: None,
         replay_fallback: None,
         local_taken: Vec::new(),
         replay,
@@ -1930,13 +1960,22 @@ fn limits_phase(
     if let Err(denial) = take_locals(ctx, route, &local, &mut pending) {
         return deny(pending, denial);
     }
-    // The replay claim last (see `ReplayMark`): the request passed every
-    // check, and the limits counted it without refusing it.
+    // The signed request and the replay claim last (see `SignedMark` and
+    // `ReplayMark`): the request passed every check, and the limits
+    // counted it without refusing it.
+    if let Some(m) = pending.facts.signed.take() {
+        if let Err(r) = record_signed(ctx, &m, now) {
+            give_back_locals(ctx, &mut pending.local_taken);
+            return deny(pending, r.into());
+        }
+        pending.signed_recorded = Some(m);
+    }
     let service_replay = match pending.replay.take() {
         Some(m) if m.scope == ReplayScope::Local => {
             match local_replay(ctx, m.provider, &m.digest, m.expires, now) {
                 Ok(capacity) => pending.local_replay = Some((m.provider, m.digest, capacity)),
                 Err(r) => {
+                    forget_signed(ctx, pending.signed_recorded.take());
                     give_back_locals(ctx, &mut pending.local_taken);
                     return deny(pending, r.into());
                 }
@@ -2007,7 +2046,8 @@ fn limits_phase(
 
 /// Finishes with the service's answer: `Ok(response)`, or `Err(())` when the
 /// call failed or timed out (the route's failure mode decides). A request
-/// refused here gives back the `jti` its local replay entry took.
+/// refused here gives back the `jti` its local replay entry took, and its
+/// signed request's entry.
 pub fn evaluate_rls(
     ctx: &Ctx<'_>,
     mut pending: Box<Pending>,
@@ -2015,15 +2055,17 @@ pub fn evaluate_rls(
     now: u64,
 ) -> Step {
     let recorded = pending.local_replay.take();
+    let signed = pending.signed_recorded.take();
     let mut taken = std::mem::take(&mut pending.local_taken);
     let step = rls_verdict(ctx, pending, answer, now);
-    if let (Some((provider, digest, capacity)), Step::Done(Decision::Deny(_), _)) =
-        (recorded, &step)
-    {
-        if let Some((name, _)) = replay_table(ctx.config, provider) {
-            // A failure leaves the `jti` used up: strict, as before.
-            let _ = store::replay_forget(ctx.store, &ctx.bucket_salt, name, capacity, &digest);
+    if let Step::Done(Decision::Deny(_), _) = &step {
+        if let Some((provider, digest, capacity)) = recorded {
+            if let Some((name, _)) = replay_table(ctx.config, provider) {
+                // A failure leaves the `jti` used up: strict, as before.
+                let _ = store::replay_forget(ctx.store, &ctx.bucket_salt, name, capacity, &digest);
+            }
         }
+        forget_signed(ctx, signed);
     }
     // The local limits count only what they let through: in monitor mode
     // too, where a refusal goes upstream marked, so that it counts as
@@ -2042,7 +2084,8 @@ pub fn evaluate_rls(
 /// A request that waited for the rate-limit service and was abandoned
 /// before the answer (its client left, or Envoy reset the stream): it never
 /// reached the upstream, so the `jti` its local replay entry took is given
-/// back, as for a refusal, and so are the local limits' tokens it took.
+/// back, as for a refusal (its signed request's entry too), and so are the
+/// local limits' tokens it took.
 /// Its lease asks were most likely counted by the service: they hold back
 /// the next asks until an answer says what remains
 /// ([`crate::limits::ServiceCache::abandon_ask`]).
@@ -2052,6 +2095,7 @@ pub fn abandon_rls(ctx: &Ctx<'_>, mut pending: Box<Pending>) {
             let _ = store::replay_forget(ctx.store, &ctx.bucket_salt, name, capacity, &digest);
         }
     }
+    forget_signed(ctx, pending.signed_recorded.take());
     give_back_locals(ctx, &mut pending.local_taken);
     let mut cache = ctx.service_cache.borrow_mut();
     for s in pending.service.iter().filter(|s| s.asks_lease()) {
@@ -2274,10 +2318,10 @@ fn verify_signature_within_budget(
         facts.signing_error = Some(e);
         Reason::SignatureInvalid
     })?;
-    match &provider.message_signing {
-        Some(ms) if ms.single_use => signed_request_once(ctx, provider, ms, &verified, now),
-        _ => Ok(()),
+    if let Some(ms) = provider.message_signing.as_ref().filter(|ms| ms.single_use) {
+        facts.signed = Some(signed_once(ctx, pi, provider, ms, &verified, now)?);
     }
+    Ok(())
 }
 
 /// Capacity of a provider's table of signed requests seen
@@ -2285,39 +2329,90 @@ fn verify_signature_within_budget(
 /// that a value never moves to another bucket when a configuration changes.
 pub const SIGNED_REQUEST_ENTRIES: u32 = 1 << 20;
 
-/// Records a verified request signature (by the digest of its base) in the
-/// provider's table of signed requests until it is too old to verify:
-/// `token_replayed` when it was seen before, and when the table cannot
-/// show it was not (a full bucket, a store failure: fail closed).
-fn signed_request_once(
+/// The name of provider `provider`'s table of signed requests. (`#` is not
+/// in provider names: no table of a provider's `jti`s.)
+fn signed_table(provider: &str) -> String {
+    format!("{provider}#signed")
+}
+
+/// A verified request signature of a `single_use` provider, refused as
+/// `token_replayed` when its table shows it was accepted before: a copy is
+/// refused here, before any limit counts it. It is recorded later
+/// ([`record_signed`]), once the request has passed its other checks and
+/// local limits.
+fn signed_once(
     ctx: &Ctx<'_>,
+    pi: usize,
     provider: &token::Provider,
     ms: &token::MessageSigning,
     verified: &signing::VerifiedSignature,
     now: u64,
-) -> Result<(), Reason> {
-    // `#` is not in provider names: no table of a provider's `jti`s.
-    let table = format!("{}#signed", provider.name);
+) -> Result<SignedMark, Reason> {
     let digest =
         store::Keyed128::new(&ctx.bucket_salt, "signed-request").digest(&[&verified.base_digest]);
+    if store::replay_seen(
+        ctx.store,
+        &ctx.bucket_salt,
+        &signed_table(&provider.name),
+        SIGNED_REQUEST_ENTRIES,
+        &[],
+        &digest,
+        now,
+    ) {
+        return Err(Reason::TokenReplayed);
+    }
     // Verifiable until `created` is older than the maximum age plus skew.
     let until = verified
         .created
         .unwrap_or(now)
         .saturating_add(ms.policy.max_age_seconds)
         .saturating_add(ms.policy.clock_skew_seconds);
+    Ok(SignedMark {
+        provider: pi,
+        digest,
+        until,
+    })
+}
+
+/// Records a verified request signature in its provider's table of signed
+/// requests until it is too old to verify: `token_replayed` when it was
+/// seen before (a copy verified at the same moment on another worker), and
+/// when the table cannot show it was not (a full bucket, a store failure:
+/// fail closed).
+fn record_signed(ctx: &Ctx<'_>, m: &SignedMark, now: u64) -> Result<(), Reason> {
+    let provider = ctx
+        .config
+        .providers
+        .get(m.provider)
+        .ok_or(Reason::TokenReplayed)?;
     match store::replay_check(
         ctx.store,
         &ctx.bucket_salt,
-        &table,
+        &signed_table(&provider.name),
         SIGNED_REQUEST_ENTRIES,
         &[],
-        &digest,
-        until,
+        &m.digest,
+        m.until,
         now,
     ) {
         Ok(ReplayOutcome::Fresh) => Ok(()),
         Ok(ReplayOutcome::Replayed | ReplayOutcome::Full) | Err(_) => Err(Reason::TokenReplayed),
+    }
+}
+
+/// Takes a recorded signed request back out of its table: the request was
+/// refused after it was recorded (by the rate-limit service, or its own
+/// `jti`), or abandoned, so it was never accepted.
+fn forget_signed(ctx: &Ctx<'_>, m: Option<SignedMark>) {
+    let Some(m) = m else { return };
+    if let Some(provider) = ctx.config.providers.get(m.provider) {
+        let _ = store::replay_forget(
+            ctx.store,
+            &ctx.bucket_salt,
+            &signed_table(&provider.name),
+            SIGNED_REQUEST_ENTRIES,
+            &m.digest,
+        );
     }
 }
 

@@ -4884,6 +4884,138 @@ fn single_use_signing_accepts_a_signed_request_once() {
 }
 
 #[test]
+fn a_signed_request_is_recorded_only_once_the_limits_let_it_through() {
+    // `single_use` keeps one entry per signed request accepted. Recorded
+    // when the signature verified, a client with a genuine token and its
+    // install key wrote one per request it signed, also for those its
+    // limits refused, until buckets filled and other clients' signed
+    // requests were refused as replays (review-memory46). A copy is still
+    // refused before any limit counts it.
+    use crate::signing::{sign_request, InstallSigningKey, SignatureOptions};
+    let key = InstallSigningKey::p256_from_bytes(&[9u8; 32]).unwrap();
+    let w = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+        "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "message_signing": {"claim": "ipk", "max_age_seconds": 300, "single_use": true}}],
+        "routes": [
+            {"name": "local", "match": {"prefix": "/v1/"}, "tokens": ["t"],
+             "rate_limits": [{"entries": [{"type": "client_ip"}], "local": {"requests": 1, "per": "minute"}}]},
+            {"name": "service", "match": {"prefix": "/v2/"}, "tokens": ["t"], "failure_mode": "deny",
+             "rate_limits": [{"entries": [{"type": "client_ip"}]}]}
+        ]
+    }));
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 200, "ipk": key.public_key().to_ipk()}),
+    );
+    let msg_headers = vec![("approov-token".to_string(), token.clone())];
+    let sign = |path: &str, created: u64| {
+        let msg = crate::signing::Message::request(
+            "GET",
+            "https",
+            "api.example.com",
+            path,
+            None,
+            &msg_headers,
+            None,
+        );
+        let comps = vec![
+            "@method".into(),
+            "@authority".into(),
+            "@path".into(),
+            "approov-token".into(),
+        ];
+        sign_request(
+            &key,
+            &msg,
+            &SignatureOptions::new("install", comps, created),
+        )
+        .unwrap()
+    };
+    let get_from = |ip: &str, path: &str, sig: &crate::signing::SignatureHeaders, now: u64| {
+        let h = headers(&[
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":path", path),
+            (":authority", "api.example.com"),
+            ("approov-token", token.as_str()),
+            ("signature-input", &sig.signature_input),
+            ("signature", &sig.signature),
+        ]);
+        let req = Request::new(&h, Some(ip.parse().unwrap()));
+        let ctx = Ctx {
+            now_ms: now * 1000,
+            ..w.ctx()
+        };
+        evaluate(&ctx, &req, now)
+    };
+    let get = |path: &str, sig: &crate::signing::SignatureHeaders, now: u64| {
+        get_from("192.0.2.7", path, sig, now)
+    };
+    // Local limit: one a minute.
+    let (first, second) = (sign("/v1/x", NOW), sign("/v1/x", NOW + 1));
+    assert_eq!(get("/v1/x", &first, NOW + 2).done_reason(), None);
+    assert_eq!(
+        get("/v1/x", &second, NOW + 3).done_reason(),
+        Some(Reason::RateLimited),
+        "over the limit"
+    );
+    assert_eq!(
+        get("/v1/x", &first, NOW + 4).done_reason(),
+        Some(Reason::TokenReplayed),
+        "a copy: refused before the limit"
+    );
+    assert_eq!(
+        get("/v1/x", &second, NOW + 5).done_reason(),
+        Some(Reason::RateLimited),
+        "not recorded when refused: still the limit's"
+    );
+    // The next window: the request the limit refused is accepted once.
+    assert_eq!(get("/v1/x", &second, NOW + 62).done_reason(), None);
+    assert_eq!(
+        get("/v1/x", &second, NOW + 63).done_reason(),
+        Some(Reason::TokenReplayed)
+    );
+    // Refused by the service: taken back out, as a `jti` is. (Each time
+    // from another client, whose descriptor the over-limit cache does not
+    // hold.)
+    let third = sign("/v2/x", NOW + 10);
+    let Step::NeedRateLimit(p, _) = get("/v2/x", &third, NOW + 11) else {
+        panic!("to the service")
+    };
+    assert_eq!(
+        evaluate_rls(&w.ctx(), p, Ok(&over_limit_response(42)), NOW + 11).done_reason(),
+        Some(Reason::RateLimited)
+    );
+    let Step::NeedRateLimit(p, _) = get_from("192.0.2.8", "/v2/x", &third, NOW + 12) else {
+        panic!("not recorded: to the service again")
+    };
+    // Abandoned (the client left): taken back out too.
+    abandon_rls(&w.ctx(), p);
+    let Step::NeedRateLimit(p, _) = get_from("192.0.2.9", "/v2/x", &third, NOW + 13) else {
+        panic!("not recorded: to the service again")
+    };
+    assert_eq!(
+        evaluate_rls(&w.ctx(), p, Err(()), NOW + 13).done_reason(),
+        Some(Reason::RatelimitUnavailable)
+    );
+    // Let through by the service: recorded, the copy refused.
+    let Step::NeedRateLimit(p, _) = get_from("192.0.2.10", "/v2/x", &third, NOW + 14) else {
+        panic!("to the service")
+    };
+    assert_eq!(
+        evaluate_rls(&w.ctx(), p, Ok(&ok_response(1, 5, None)), NOW + 14).done_reason(),
+        None
+    );
+    assert_eq!(
+        get_from("192.0.2.11", "/v2/x", &third, NOW + 15).done_reason(),
+        Some(Reason::TokenReplayed)
+    );
+}
+
+#[test]
 fn a_route_that_asks_nothing_does_not_refuse_on_platform_headers() {
     // A browser sends Origin/Referer from any site; an open route (no
     // platforms, no API key, no token) must not refuse it, as an

@@ -298,9 +298,11 @@ pub struct MessageSigning {
     /// always come with a valid signature.
     pub required: bool,
     /// Accept each signed request once (`token_replayed` for a copy): a
-    /// signature that verified is remembered in the instance's shared
-    /// data until it is too old to verify again, so a request captured
-    /// with a proxy cannot be sent again while its signature is fresh.
+    /// signed request that passed its checks and local limits is
+    /// remembered in the instance's shared data until its signature is
+    /// too old to verify again, so a request captured with a proxy cannot
+    /// be sent again while its signature is fresh (see
+    /// [`crate::policy::SignedMark`] for when it is written).
     /// Off by default, because when on, a client that resends the very
     /// same request (same components, same `created` second, no `nonce`)
     /// is refused too.

@@ -383,6 +383,55 @@ fn single_use_refuses_a_captured_signed_request_sent_again() {
 }
 
 #[test]
+fn a_signed_request_its_limit_refused_is_not_remembered_as_used() {
+    // `single_use` writes a signed request's entry once the request has
+    // passed its local limits: the requests a client's limit refuses
+    // fill no table (one genuine token and its install key could fill it
+    // for every client). A copy is still refused before the limit counts.
+    let cfg = json!({
+        "tokens": [{"name": "approov", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": harness::tokens::secret_b64()}],
+                    "message_signing": {"claim": "ipk", "max_age_seconds": 60, "single_use": true}}],
+        "routes": [{"name": "sms", "match": {"prefix": "/v1/"}, "tokens": ["approov"],
+                    "rate_limits": [{"entries": [{"type": "client_ip"}],
+                                     "local": {"requests": 1, "per": "second"}}]}]
+    });
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg, up.port).start();
+    let key = install_key(7);
+    let t = token_for(&key);
+    let created = now();
+    let first = signed(&key, &t, "POST", "/v1/sms", BODY, created, None);
+    let second = signed(&key, &t, "POST", "/v1/sms", BODY, created + 1, None);
+    let r = envoy.request(first.clone());
+    assert_eq!(r.status, 200, "{}", r.text());
+    for _ in 0..2 {
+        let r = envoy.request(second.clone());
+        assert_eq!(
+            (r.status, r.reason()),
+            (429, Some("rate_limited")),
+            "refused by the limit, and not recorded: {}",
+            r.text()
+        );
+    }
+    let r = envoy.request(first.clone());
+    assert_eq!(
+        (r.status, r.reason()),
+        (401, Some("token_replayed")),
+        "a copy, refused before the limit: {}",
+        r.text()
+    );
+    // The limit allows one more: the request it refused passes, once.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let r = envoy.request(second.clone());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = envoy.request(second);
+    assert_eq!((r.status, r.reason()), (401, Some("token_replayed")));
+    assert_eq!(up.seen().len(), 2);
+    envoy.assert_vm_healthy();
+}
+
+#[test]
 fn made_up_signatures_spend_the_failure_budget_then_cost_no_verification() {
     // One genuine token and made-up signatures: each costs a P-256
     // verification until the client's failure budget (2 here) is spent;
