@@ -515,12 +515,132 @@ pub fn take_suppressed<S: SharedStore + ?Sized>(s: &S, a: &Alerts, now: u64) -> 
         .collect()
 }
 
+/// How many times one alert (or summary) post is tried in all: the first
+/// post and two more. A webhook that is briefly down (a deploy, a 503 from
+/// its load balancer, an Envoy timeout) would otherwise lose the alert of
+/// the attack it was configured for, which alerts again only in the next
+/// window, if the attack lasts that long.
+pub const ALERT_ATTEMPTS: u8 = 3;
+
+/// Most posts one worker keeps waiting to be tried again: past it the
+/// oldest is given up (and logged), so that a webhook down for long does
+/// not make the queue grow.
+pub const MAX_RETRIES_QUEUED: usize = 32;
+
+/// In how many seconds a post that ended with `status` (0: no answer, or
+/// no usable one) on its `attempt`-th try (1 for the first) is tried
+/// again; `None` to stop: it was taken (2xx), refused as it is (a 4xx
+/// other than 408 and 429: the same body would be refused again), or it
+/// has had its [`ALERT_ATTEMPTS`]. Waits 2 s, then 4 s: posts go out from
+/// the root's tick, about once a second.
+pub fn retry_in(status: u16, attempt: u8) -> Option<u64> {
+    let transient = matches!(status, 0 | 408 | 429) || status >= 500;
+    (transient && attempt < ALERT_ATTEMPTS).then(|| 2u64 << attempt.saturating_sub(1).min(8))
+}
+
+/// A post waiting to be tried again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// The second from which it is due.
+    pub due: u64,
+    /// How many times it was tried already.
+    pub attempts: u8,
+    /// The JSON body, as first posted (the same alert, not a new count).
+    pub body: String,
+    /// What it is, for the log (`alert route=… reason=… denials=…`).
+    pub what: String,
+}
+
+/// One worker's posts waiting to be tried again (see [`retry_in`]), at
+/// most [`MAX_RETRIES_QUEUED`].
+#[derive(Debug, Default)]
+pub struct RetryQueue {
+    /// In the order they failed.
+    waiting: std::collections::VecDeque<Retry>,
+}
+
+impl RetryQueue {
+    /// Queues `retry`; when the queue was full, gives up the oldest post
+    /// and returns it (for the log).
+    pub fn push(&mut self, retry: Retry) -> Option<Retry> {
+        let dropped = if self.waiting.len() >= MAX_RETRIES_QUEUED {
+            self.waiting.pop_front()
+        } else {
+            None
+        };
+        self.waiting.push_back(retry);
+        dropped
+    }
+
+    /// Takes the posts due at `now`, oldest first.
+    pub fn take_due(&mut self, now: u64) -> Vec<Retry> {
+        let mut due = Vec::new();
+        self.waiting.retain(|r| {
+            if r.due <= now {
+                due.push(r.clone());
+                false
+            } else {
+                true
+            }
+        });
+        due
+    }
+
+    /// How many posts wait.
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+
+    #[test]
+    fn a_post_is_tried_again_only_when_the_webhook_may_take_it_later() {
+        // No answer, a timeout, throttling, a server error: again, after
+        // 2 s and 4 s, three tries in all.
+        for status in [0, 408, 429, 500, 502, 503, 504] {
+            assert_eq!(retry_in(status, 1), Some(2), "{status}");
+            assert_eq!(retry_in(status, 2), Some(4), "{status}");
+            assert_eq!(retry_in(status, 3), None, "{status}: three tries");
+        }
+        // Taken, or refused as it is: never again.
+        for status in [200, 201, 204, 400, 401, 403, 404, 413, 422] {
+            assert_eq!(retry_in(status, 1), None, "{status}");
+        }
+    }
+
+    #[test]
+    fn the_retry_queue_hands_out_what_is_due_and_stays_bounded() {
+        let retry = |due: u64, n: usize| Retry {
+            due,
+            attempts: 1,
+            body: format!("{{\"n\":{n}}}"),
+            what: format!("alert {n}"),
+        };
+        let mut q = RetryQueue::default();
+        assert!(q.push(retry(12, 0)).is_none());
+        assert!(q.push(retry(10, 1)).is_none());
+        assert_eq!(q.take_due(9), vec![]);
+        assert_eq!(q.take_due(10), vec![retry(10, 1)]);
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.take_due(20), vec![retry(12, 0)]);
+        assert!(q.is_empty());
+        for n in 0..MAX_RETRIES_QUEUED {
+            assert!(q.push(retry(30, n)).is_none());
+        }
+        assert_eq!(q.push(retry(30, 99)), Some(retry(30, 0)), "the oldest goes");
+        assert_eq!(q.len(), MAX_RETRIES_QUEUED);
+    }
     use crate::store::MemStore;
 
     fn alerts(threshold: u32, max: u32) -> Alerts {

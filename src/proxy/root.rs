@@ -15,6 +15,7 @@ use super::abi::{self, Buffer};
 use super::filter::GuardFilter;
 use super::host::{self, now_seconds, HostStore};
 use super::metrics::Metrics;
+use crate::alerts::{retry_in, Retry, ALERT_ATTEMPTS, MAX_RETRIES_QUEUED};
 use crate::config::Config;
 use crate::identity::KeyMemo;
 use crate::limits::ServiceCache;
@@ -63,9 +64,13 @@ pub struct Worker {
     /// Background JWKS refreshes in flight: call token → provider index
     /// and when the GET was dispatched (milliseconds since the epoch).
     pub refreshes: RefCell<HashMap<u32, (usize, u64)>>,
-    /// Alert posts in flight: call token → what was posted (for the log
-    /// line that says whether the webhook took it).
-    pub alert_calls: RefCell<HashMap<u32, String>>,
+    /// Alert posts in flight: call token → what was posted, its body and
+    /// how many times it was tried (for the log line that says whether the
+    /// webhook took it, and to try it again when it did not).
+    pub alert_calls: RefCell<HashMap<u32, crate::alerts::Retry>>,
+    /// Alert posts the webhook did not take, waiting to be tried again
+    /// (see [`crate::alerts::retry_in`]).
+    pub alert_retries: RefCell<crate::alerts::RetryQueue>,
     /// When (seconds) this worker last logged a rule the rate-limit
     /// service has no limit for: once a minute, outside [`Worker::warn_log`],
     /// so that a misconfiguration met by every request neither floods the
@@ -300,15 +305,22 @@ impl Worker {
 
     /// Posts the alerts the requests queued (from the root's tick, so the
     /// call belongs to the root context and outlives the denied request),
-    /// then the summary of a window that ended with alerts suppressed.
+    /// then the summary of a window that ended with alerts suppressed, then
+    /// the posts the webhook did not take that are due again.
     pub fn send_alerts(&self, now: u64) {
         let Some(a) = &self.config.alerts else { return };
         let alerts: Vec<_> = self.pending_alerts.borrow_mut().drain(..).collect();
         let summaries = crate::alerts::take_suppressed(&HostStore, a, now);
+        let first = |body: String, what: String| Retry {
+            due: now,
+            attempts: 0,
+            body,
+            what,
+        };
         let posts = alerts
             .iter()
             .map(|alert| {
-                (
+                first(
                     alert.body(a),
                     format!(
                         "alert route={} reason={} denials={}",
@@ -317,7 +329,7 @@ impl Worker {
                 )
             })
             .chain(summaries.iter().map(|summary| {
-                (
+                first(
                     summary.body(a),
                     format!(
                         "alert summary window_start={} suppressed={}",
@@ -325,36 +337,71 @@ impl Worker {
                         summary.pairs.len()
                     ),
                 )
-            }));
-        for (body, what) in posts {
-            match host::post_json(&a.cluster, &a.authority, &a.path, &body, a.timeout_ms) {
+            }))
+            .chain(self.alert_retries.borrow_mut().take_due(now));
+        for mut post in posts {
+            match host::post_json(&a.cluster, &a.authority, &a.path, &post.body, a.timeout_ms) {
                 Ok(token) => {
-                    self.alert_calls.borrow_mut().insert(token, what);
+                    post.attempts = post.attempts.saturating_add(1);
+                    self.alert_calls.borrow_mut().insert(token, post);
                 }
-                Err(e) => warn!("{what} not sent: {}", abi::call_refused(&a.cluster, e)),
+                Err(e) => warn!(
+                    "{} not sent: {}",
+                    post.what,
+                    abi::call_refused(&a.cluster, e)
+                ),
             }
         }
     }
 
-    /// Logs whether the webhook took the alert posted with call `token`;
-    /// false when `token` is no alert post.
-    pub fn alert_answered(&self, token: u32) -> bool {
-        let Some(what) = self.alert_calls.borrow_mut().remove(&token) else {
+    /// Logs whether the webhook took the alert posted with call `token`,
+    /// and queues it to be tried again when it may take it later
+    /// ([`crate::alerts::retry_in`]); false when `token` is no alert post.
+    pub fn alert_answered(&self, token: u32, now: u64) -> bool {
+        let Some(post) = self.alert_calls.borrow_mut().remove(&token) else {
             return false;
         };
         // Status 0: no answer at all. Envoy answers a webhook it cannot
         // reach with its own 503, and one slower than `timeout_ms` with
         // its own 504: the status alone cannot say whose it is.
         let (status, _) = host::http_call_response(0, 0);
-        if (200..300).contains(&status) {
-            info!("{what} delivered (status {status})");
-        } else if status == 0 {
-            warn!("{what} not delivered: no answer from the webhook");
+        let what = &post.what;
+        let tried = if post.attempts > 1 {
+            format!(" (try {} of {ALERT_ATTEMPTS})", post.attempts)
         } else {
-            warn!(
-                "{what} not delivered: status {status} (the webhook's, or Envoy's when it \
-                 cannot reach it in timeout_ms)"
-            );
+            String::new()
+        };
+        if (200..300).contains(&status) {
+            info!("{what} delivered (status {status}){tried}");
+            return true;
+        }
+        let why = if status == 0 {
+            "no answer from the webhook".to_owned()
+        } else {
+            format!(
+                "status {status} (the webhook's, or Envoy's when it cannot reach it in \
+                 timeout_ms)"
+            )
+        };
+        match retry_in(status, post.attempts) {
+            Some(wait) => {
+                warn!("{what} not delivered: {why}; trying again in {wait} s{tried}");
+                let dropped = self.alert_retries.borrow_mut().push(Retry {
+                    due: now.saturating_add(wait),
+                    ..post
+                });
+                if let Some(d) = dropped {
+                    warn!(
+                        "{} not delivered: given up, {MAX_RETRIES_QUEUED} later posts wait to \
+                         be tried again",
+                        d.what
+                    );
+                }
+            }
+            None if retry_in(status, 1).is_some() => {
+                warn!("{what} not delivered: {why}; given up after {ALERT_ATTEMPTS} tries");
+            }
+            None => warn!("{what} not delivered: {why}; not sent again (refused as it is)"),
         }
         true
     }
@@ -442,7 +489,7 @@ impl Context for FilterRoot {
         // refreshes and alert posts.
         if let Some(worker) = &self.worker {
             if !Worker::refresh_answered(worker, token_id, body_size) {
-                worker.alert_answered(token_id);
+                worker.alert_answered(token_id, now_seconds());
             }
         }
     }
@@ -561,6 +608,7 @@ impl RootContext for FilterRoot {
             decision_log: RefCell::new(decision_log),
             warn_log: RefCell::new(crate::lograte::LogLimiter::new(WARN_LINES_PER_SECOND)),
             alert_calls: RefCell::new(HashMap::new()),
+            alert_retries: RefCell::new(crate::alerts::RetryQueue::default()),
             unlimited_warned: std::cell::Cell::new(0),
             held: RefCell::new(HeldForBody::default()),
             config,

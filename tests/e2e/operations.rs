@@ -480,6 +480,59 @@ fn a_flood_of_denials_sends_a_handful_of_alerts() {
 }
 
 #[test]
+fn an_alert_the_webhook_could_not_take_is_tried_again() {
+    // A webhook briefly down (503 from its load balancer, a deploy) must
+    // not lose the alert: the same post is tried again after 2 s, then
+    // 4 s. One that refuses it as it is (404) is not.
+    harness::avoid_hour_edge(60);
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = answered.clone();
+    let flaky =
+        Upstream::with_handler(std::sync::Arc::new(
+            move |_s: &harness::upstream::Seen| match seen
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            {
+                0 | 1 => (503, vec![], b"deploying".to_vec()),
+                _ => (200, vec![], b"ok".to_vec()),
+            },
+        ));
+    let up = Upstream::start();
+    let mut cfg = config("enforce");
+    cfg["alerts"] =
+        json!({"cluster": "alerts", "path": "/hook", "threshold": 1, "window_seconds": 3600});
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .http_cluster("alerts", flaky.port)
+        .start();
+    envoy.request(Req::get("/keyed/x"));
+    envoy.wait_log("delivered (status 200) (try 3 of 3)", 1, 20);
+    let posts = flaky.seen();
+    assert_eq!(posts.len(), 3, "{posts:?}");
+    assert!(
+        posts.iter().all(|p| p.body == posts[0].body),
+        "the same alert each time"
+    );
+    let log = envoy.log();
+    assert!(log.contains("not delivered: status 503"), "{log}");
+    assert!(log.contains("trying again in 2 s"), "{log}");
+    assert!(log.contains("trying again in 4 s (try 2 of 3)"), "{log}");
+
+    // Refused as it is: one post, said so.
+    let refusing = Upstream::with_handler(std::sync::Arc::new(|_s: &harness::upstream::Seen| {
+        (404, vec![], b"no such hook".to_vec())
+    }));
+    let mut cfg = config("enforce");
+    cfg["alerts"] =
+        json!({"cluster": "alerts", "path": "/hook", "threshold": 1, "window_seconds": 3600});
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .http_cluster("alerts", refusing.port)
+        .start();
+    envoy.request(Req::get("/keyed/x"));
+    envoy.wait_log("not sent again (refused as it is)", 1, 10);
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(refusing.seen().len(), 1);
+}
+
+#[test]
 fn an_alert_suppressed_by_the_budget_comes_in_the_summary_after_its_window() {
     // Cheap denials (no API key) spend the window's one alert; the phone
     // denials on the SMS route that follow must still reach the webhook.
