@@ -69,11 +69,27 @@ fn names_target(level: &str, target: &str) -> bool {
     })
 }
 
+/// The level a directive list gives every target it does not name (its
+/// last bare `error` … `trace` or `off`), `None` when it gives none: then
+/// `EnvFilter` logs nothing of the targets it does not name.
+fn global_level(level: &str) -> Option<String> {
+    level
+        .split(',')
+        .map(|d| d.trim().to_ascii_lowercase())
+        .rfind(|d| ["off", "error", "warn", "info", "debug", "trace"].contains(&d.as_str()))
+}
+
 /// The filter the logger uses for the operator's `level`: `level` itself,
 /// followed by `<target>=error` for each of [`QUIETED_TARGETS`] it does
 /// not name. `info` becomes `info,h2=error,hyper=error,hyper_util=error`;
-/// `info,h2=warn` keeps h2's warnings (and quiets only the others).
+/// `info,h2=warn` keeps h2's warnings (and quiets only the others). A
+/// filter that logs nothing of unnamed targets (`off`, or only named
+/// targets such as `appguard_ratelimit=debug`) stays as it is: adding
+/// `h2=error` there would log more, not less.
 pub fn filter_directives(level: &str) -> String {
+    if global_level(level).is_none_or(|g| g == "off") {
+        return level.trim().to_owned();
+    }
     let mut directives = level.trim().to_owned();
     for target in QUIETED_TARGETS {
         if !names_target(level, target) {
@@ -331,12 +347,21 @@ mod tests {
         );
         // A target that only starts with the same letters is not named.
         assert_eq!(
-            filter_directives("h2x=debug,hyperx=debug"),
-            "h2x=debug,hyperx=debug,h2=error,hyper=error,hyper_util=error"
+            filter_directives("info,h2x=debug,hyperx=debug"),
+            "info,h2x=debug,hyperx=debug,h2=error,hyper=error,hyper_util=error"
+        );
+        // Nothing of unnamed targets is logged: nothing is added, which
+        // would log h2's errors where the operator asked for none.
+        assert_eq!(filter_directives(""), "");
+        assert_eq!(filter_directives("off"), "off");
+        assert_eq!(filter_directives("info,OFF"), "info,OFF");
+        assert_eq!(
+            filter_directives("appguard_ratelimit=debug"),
+            "appguard_ratelimit=debug"
         );
         assert_eq!(
-            filter_directives(""),
-            "h2=error,hyper=error,hyper_util=error"
+            filter_directives("off,warn"),
+            "off,warn,h2=error,hyper=error,hyper_util=error"
         );
         // Every result is a filter EnvFilter takes.
         for level in ["info", "info,", "info,h2=warn", "error", ""] {

@@ -175,13 +175,15 @@ pub struct Stats {
     /// ([`ServiceOptions::stop_increment_when_over_limit`]).
     pub over_limit_not_counted: AtomicU64,
     /// Calls that ended before they were answered: their caller gave up
-    /// (its deadline, e.g. appguard's `timeout_ms`, ran out first, or it
-    /// reset the stream), or the service's own 30 s bound or its shutdown
-    /// ended them, whether their message had arrived or not (a stream
-    /// that sends its headers and never its whole message counts here
-    /// too, see [`observe_call`]). A counter store slower than the
-    /// callers' deadlines shows here, as these calls end before they
-    /// could count in `backend_errors`.
+    /// (its deadline, e.g. appguard's `timeout_ms`, ran out first, it
+    /// reset the stream once its message was in, or its connection
+    /// closed), or the service's own 30 s bound or its shutdown ended
+    /// them, whether their message had arrived or not (a stream that
+    /// sends its headers and never its whole message counts here too, see
+    /// [`observe_call`]; one reset before its message was complete is
+    /// answered INTERNAL and counts in `calls_refused_undecoded`). A
+    /// counter store slower than the callers' deadlines shows here, as
+    /// these calls end before they could count in `backend_errors`.
     pub calls_abandoned: AtomicU64,
     /// Calls refused before their message was decoded, so never seen by
     /// the rate limiter (see [`observe_call`]): a message over the size
@@ -935,7 +937,9 @@ impl RateLimiter {
 ///   stream that sends its headers only, or part of its message): its
 ///   `grpc-timeout` passed, or the service's own 30 s bound or shutdown
 ///   ended it: counted in [`Stats::calls_abandoned`], as the limiter
-///   counts such calls once their message was decoded;
+///   counts such calls once their message was decoded; so is one whose
+///   connection closed while its message was on its way, which tonic
+///   answers (to no one) `Unknown`;
 /// - answered with an error status before decoding (a message over the
 ///   size bound, one that does not decode, `grpc-encoding` compression,
 ///   an unknown method): counted in [`Stats::calls_refused_undecoded`].
@@ -954,7 +958,9 @@ pub async fn observe_call(
 ) -> axum::response::Response {
     let decoded = MessageDecoded::default();
     request.extensions_mut().insert(decoded.clone());
-    let path = request.uri().path().to_owned();
+    // A clone of the URI shares its bytes: nothing is copied unless a
+    // line is logged.
+    let uri = request.uri().clone();
     let mut unanswered = Undecoded {
         limiter: &limiter,
         decoded: &decoded,
@@ -966,26 +972,28 @@ pub async fn observe_call(
         return response;
     }
     // An error before decoding is a trailers-only answer: the status is
-    // in the headers.
-    let headers = response.headers();
-    let code = headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok());
-    if let Some(code) = code.filter(|&c| c != tonic::Code::Ok as i32) {
-        bump(&limiter.stats.calls_refused_undecoded);
-        if tracing::enabled!(Level::INFO) && limiter.may_log(LineKind::Info, unix_now()) {
-            let message = headers
-                .get("grpc-message")
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .unwrap_or_default();
-            info!(
-                code = ?tonic::Code::from(code),
-                method = %safe_text(&path, MAX_LOGGED_PATH_BYTES),
-                status = %safe_text(&message, MAX_LOGGED_STATUS_BYTES),
-                "call refused before its message was decoded"
-            );
-        }
+    // in the headers (its message percent-decoded by tonic).
+    let Some(status) =
+        tonic::Status::from_header_map(response.headers()).filter(|s| s.code() != tonic::Code::Ok)
+    else {
+        return response;
+    };
+    // `Unknown` is how tonic answers a body that could not be read: the
+    // connection went away while the message was on its way (the caller
+    // closed it, or the service's shutdown did). Nobody refused that
+    // call: it was abandoned, as one ended by its deadline is.
+    if status.code() == tonic::Code::Unknown {
+        limiter.abandoned_undecoded();
+        return response;
+    }
+    bump(&limiter.stats.calls_refused_undecoded);
+    if tracing::enabled!(Level::INFO) && limiter.may_log(LineKind::Info, unix_now()) {
+        info!(
+            code = ?status.code(),
+            method = %safe_text(uri.path(), MAX_LOGGED_PATH_BYTES),
+            status = %safe_text(status.message(), MAX_LOGGED_STATUS_BYTES),
+            "call refused before its message was decoded"
+        );
     }
     response
 }

@@ -1197,3 +1197,36 @@ async fn calls_ended_before_their_message_was_decoded_are_counted() {
         "{logs}"
     );
 }
+
+/// A caller whose connection closes while its message is on its way
+/// (headers only, or part of the message) abandoned the call: counted in
+/// `calls_abandoned`, not as a call the service refused (tonic answers
+/// such a call `Unknown`, to no one).
+#[tokio::test]
+async fn a_call_whose_connection_closes_mid_message_is_abandoned() {
+    const PATH: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+    let service = Service::start_healthy(&strs(&appguard_args()));
+    for (n, body) in [(1, vec![]), (2, vec![0, 0, 0, 0, 10, 0x0a, 0x08])] {
+        let tcp = tokio::net::TcpStream::connect(service.grpc).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let (response, stream) = open_call(&mut client, &[], PATH, &body, false).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The connection goes away: its task and every handle dropped.
+        conn.abort();
+        drop((response, stream, client));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stats(&service)["calls_abandoned"] != n {
+            assert!(
+                Instant::now() < deadline,
+                "{}\n{}",
+                stats(&service),
+                service.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let s = stats(&service);
+    assert_eq!(s["calls_refused_undecoded"], 0, "{s}");
+    assert_eq!(s["requests"], 0, "{s}");
+}
