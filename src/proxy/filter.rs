@@ -926,8 +926,7 @@ impl Context for GuardFilter {
         let Some(worker) = self.worker.clone() else {
             return;
         };
-        let now_ms = now_millis();
-        let now = now_ms / 1000;
+        let now = now_millis() / 1000;
         let (status, body) = host::http_call_response(body_size, jwks::MAX_JWKS_BYTES);
         // Fetched only if this answer loaded keys (or newer ones a later
         // fetch stored): a failed fetch has looked at nothing new.
@@ -938,9 +937,9 @@ impl Context for GuardFilter {
             if let Some(slot) = slots.get_mut(provider) {
                 slot.fetch_ended(token_id);
                 let loaded = match (status, body) {
-                    (200, Some(body)) => {
-                        jwks::store(&HostStore, slot, &p.name, remote, &body, started, now_ms)
-                    }
+                    (200, Some(body)) => jwks::store(
+                        &HostStore, slot, &p.name, remote, &body, started, now, now_millis,
+                    ),
                     (s, _) => Err(format!(
                         "fetch failed ({})",
                         jwks::unread_answer(s, body_size)

@@ -198,8 +198,7 @@ impl Worker {
             return true;
         };
         let (status, body) = host::http_call_response(body_size, jwks::MAX_JWKS_BYTES);
-        let now_ms = host::now_millis();
-        let now = now_ms / 1000;
+        let now = now_seconds();
         let mut slots = self.jwks.borrow_mut();
         if let Some(slot) = slots.get_mut(p) {
             let failure = match (status, body) {
@@ -211,7 +210,8 @@ impl Worker {
                         remote,
                         &body,
                         started,
-                        now_ms,
+                        now,
+                        host::now_millis,
                     ) {
                         Ok(()) => None,
                         Err(e) => Some(format!("refresh refused: {e}")),

@@ -302,8 +302,12 @@ pub fn publish<S: SharedStore + ?Sized>(
 /// Stores a JWKS fetched by a GET dispatched at `started_ms` for every worker
 /// of the same provider and source (see [`shared_key`]) in `shared`, and
 /// loads it here; when a later fetch's keys are already stored
-/// ([`publish`]), loads those instead. `now_ms` is the time of the answer
-/// (milliseconds since the epoch).
+/// ([`publish`]), loads those instead. `now` is the time of the answer
+/// (seconds); `clock_ms` is read for [`publish`] once the document has
+/// parsed, right before the write: another worker may store a later
+/// fetch's keys while this one parses, and a `now_ms` read before that
+/// would take their time for one from before a clock step-back.
+#[allow(clippy::too_many_arguments)]
 pub fn store<S: SharedStore + ?Sized>(
     shared: &S,
     slot: &mut JwksSlot,
@@ -311,12 +315,12 @@ pub fn store<S: SharedStore + ?Sized>(
     remote: &RemoteJwks,
     body: &[u8],
     started_ms: u64,
-    now_ms: u64,
+    now: u64,
+    clock_ms: impl FnOnce() -> u64,
 ) -> Result<(), String> {
     let keys = parse(body)?;
     let key = data_key(provider, remote);
-    let now = now_ms / 1000;
-    match publish(shared, &key, started_ms, now_ms, body) {
+    match publish(shared, &key, started_ms, clock_ms(), body) {
         Ok(false) => {
             info!(
                 "jwks {provider}: an answer to an earlier fetch ({} bytes) not stored: a later fetch's keys are",
@@ -573,7 +577,8 @@ mod tests {
             &r,
             &jwks_doc(7, "k1"),
             t * 1000,
-            t * 1000 + 40,
+            t,
+            || t * 1000 + 40,
         )
         .unwrap();
         assert_eq!(kids(&a), ["k1"]);
@@ -600,7 +605,7 @@ mod tests {
         sync(&shared, &mut c, "idp2", &r, t + 1);
         assert!(c.keys.keys.is_none());
         // Refused documents are neither stored nor loaded.
-        assert!(store(&shared, &mut c, "idp", &r, b"{}", t * 1000, t * 1000).is_err());
+        assert!(store(&shared, &mut c, "idp", &r, b"{}", t * 1000, t, || t * 1000).is_err());
         assert!(c.keys.keys.is_none());
         // Past refresh and grace without a newer copy, the keys are
         // dropped where they were loaded.
@@ -626,7 +631,8 @@ mod tests {
             &r,
             &jwks_doc(8, "new"),
             (t + 2) * 1000,
-            (t + 3) * 1000,
+            t + 3,
+            || (t + 3) * 1000,
         )
         .unwrap();
         store(
@@ -636,7 +642,8 @@ mod tests {
             &r,
             &jwks_doc(7, "old"),
             (t + 1) * 1000,
-            (t + 4) * 1000,
+            t + 4,
+            || (t + 4) * 1000,
         )
         .unwrap();
         assert_eq!(
@@ -679,7 +686,8 @@ mod tests {
             &r,
             &jwks_doc(7, "k1"),
             t * 1000,
-            t * 1000,
+            t,
+            || t * 1000,
         )
         .unwrap();
         assert!(!take_refresh_lease(&shared, &c, "idp", &r, t + 10 * held));
@@ -737,7 +745,8 @@ mod tests {
             &r,
             &doc,
             (t - 100) * 1000,
-            (t - 100) * 1000,
+            t - 100,
+            || (t - 100) * 1000,
         )
         .unwrap();
         sync(&shared, &mut b, "idp", &r, t - 100);
@@ -774,7 +783,8 @@ mod tests {
             &r,
             &jwks_doc(7, "k1"),
             (t - 50) * 1000,
-            (t - 50) * 1000,
+            t - 50,
+            || (t - 50) * 1000,
         )
         .unwrap();
         sync(&shared, &mut b, "idp", &r, t - 50);
@@ -788,7 +798,8 @@ mod tests {
             &r,
             &jwks_doc(8, "k2"),
             t * 1000,
-            t * 1000,
+            t,
+            || t * 1000,
         )
         .unwrap();
         assert_eq!(
@@ -806,7 +817,8 @@ mod tests {
             &r,
             &jwks_doc(9, "k3"),
             (t + 1) * 1000,
-            (t + 1) * 1000,
+            t + 1,
+            || (t + 1) * 1000,
         )
         .unwrap();
         assert_eq!(
@@ -826,7 +838,8 @@ mod tests {
             &r,
             &jwks_doc(10, "k4"),
             (t + 6) * 1000,
-            (t + 6) * 1000,
+            t + 6,
+            || (t + 6) * 1000,
         )
         .unwrap();
         assert_eq!(
