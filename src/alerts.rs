@@ -213,8 +213,9 @@ impl Alert {
 }
 
 /// A counter record: window start (u64 seconds) and count (u32),
-/// little-endian. Absent or short, `(0, 0)`: a window long over, so counting
-/// starts afresh rather than failing.
+/// little-endian. A field the record is too short to hold reads as 0
+/// (absent: `(0, 0)`, a window long over), so counting starts afresh
+/// rather than failing.
 fn read_pair(b: Option<&[u8]>) -> (u64, u32) {
     let b = b.unwrap_or(&[]);
     (u64_at(b, 0).unwrap_or(0), u32_at(b, 8).unwrap_or(0))

@@ -648,7 +648,8 @@ fn origin_port(p: &str) -> Option<u16> {
 
 /// Whether `h` is a host an origin may have: a bracketed IPv6 literal, or
 /// ASCII labels of letters, digits and `-` (browsers send IDNs as
-/// punycode). Anything else is no origin (`None`), never a partial match.
+/// punycode). Anything else is `false` (its caller then finds no origin),
+/// never a partial match.
 fn valid_host(h: &str) -> bool {
     if h.starts_with('[') && h.ends_with(']') {
         return h

@@ -49,8 +49,9 @@ pub struct MemStore {
     /// Key → (value, CAS). As in the host, a write with CAS 0, or to an absent
     /// key, goes through whatever the CAS; any other CAS must match.
     map: RefCell<HashMap<String, (Vec<u8>, u32)>>,
-    /// The last CAS handed out: every write takes a new one, shared by all
-    /// keys as the host's counter is, so a CAS read before another write fails.
+    /// The last CAS handed out: every write takes a new one, from one
+    /// counter for all keys as in the host; a CAS read from a key fails
+    /// once that key was written again.
     next: RefCell<u32>,
 }
 
