@@ -266,6 +266,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether a `hash-key` argument reads as a long option (`--stdin`,
+/// `--help=x`): `--`, then a letter, then letters, digits, `-` or `=`.
+fn looks_like_an_option(key: &str) -> bool {
+    key.strip_prefix("--").is_some_and(|rest| {
+        rest.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'=')
+    })
+}
+
 fn run(command: Command) -> Result<ExitCode, CliError> {
     match command {
         Command::CheckConfig {
@@ -285,7 +296,19 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
             // arguments do (it is never an API key to hash).
             let input = match key.as_deref() {
                 Some("-") | None => read_stdin("API key(s), one per line", Limit::API_KEYS)?,
-                Some(k) => k.to_owned(),
+                Some(k) => {
+                    // `hash-key --stdin` or a mistyped flag would otherwise
+                    // print a hash of that text, silently. Said without
+                    // the text: it may be a key after all.
+                    if looks_like_an_option(k) {
+                        err!(
+                            "warning: the key begins with `--` as an option would; hash-key \
+                             has no options (keys come as its one argument, or on standard \
+                             input): the hash below is of that text"
+                        );
+                    }
+                    k.to_owned()
+                }
             };
             for h in appguard_cli::hash_keys(&input)? {
                 out!("{h}");

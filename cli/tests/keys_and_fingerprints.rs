@@ -24,6 +24,35 @@ fn hash_key_from_stdin_never_echoes_the_key() {
 }
 
 #[test]
+fn hash_key_warns_when_its_key_reads_as_an_option_without_echoing_it() {
+    // A mistyped flag is hashed as the key it may be, with a warning that
+    // does not repeat it.
+    let r = cli(&["hash-key", "--stdinn"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        r.stdout.trim(),
+        appguard::identity::hash_api_key("--stdinn")
+    );
+    assert!(
+        r.stderr.contains("begins with `--` as an option would"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        !r.stderr.contains("stdinn"),
+        "the key was printed: {}",
+        r.all()
+    );
+    // A key that merely begins with `-`, or with `--` and then a symbol,
+    // is hashed without a word.
+    for key in ["-abc", "--+k3y/", "---x"] {
+        let r = cli(&["hash-key", key]);
+        assert_eq!(r.code, 0, "{key}: {}", r.all());
+        assert_eq!(r.stderr, "", "{key}");
+    }
+}
+
+#[test]
 fn hash_key_reads_one_key_per_line() {
     // Blank lines after the last key are ignored.
     let r = cli_with_stdin(&["hash-key"], Some("abc\r\nabc\n\n \r\n"));
