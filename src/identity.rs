@@ -824,7 +824,7 @@ pub(crate) fn compile_api_keys(
         // An id goes upstream (`x-appguard-key-id`) and into logs: one that
         // is the key itself would put the key there, whatever `forward`
         // says.
-        if Sha256::digest(k.id.as_bytes()).as_slice() == digest.as_slice() {
+        if Sha256::digest(k.id.as_bytes())[..] == digest[..] {
             return Err(ConfigError::new(
                 format!("{at}.id"),
                 "is the key itself (its SHA-256 is `sha256`): the id is sent upstream as \
