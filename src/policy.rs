@@ -2058,7 +2058,17 @@ pub fn evaluate_rls(
     let signed = pending.signed_recorded.take();
     let mut taken = std::mem::take(&mut pending.local_taken);
     let step = rls_verdict(ctx, pending, answer, now);
-    if let Step::Done(Decision::Deny(_), _) = &step {
+    // What a refusal must not use up is given back: in monitor mode too,
+    // where a refusal goes upstream marked, so that the local limits, the
+    // `jti` and the signed request count as enforce mode would (where the
+    // request never reached the upstream, and a copy would not be a
+    // replay).
+    let refused = match &step {
+        Step::Done(Decision::Deny(_), _) => true,
+        Step::Done(Decision::Allow(g), _) => g.would_deny.is_some(),
+        _ => false,
+    };
+    if refused {
         if let Some((provider, digest, capacity)) = recorded {
             if let Some((name, _)) = replay_table(ctx.config, provider) {
                 // A failure leaves the `jti` used up: strict, as before.
@@ -2066,16 +2076,6 @@ pub fn evaluate_rls(
             }
         }
         forget_signed(ctx, signed);
-    }
-    // The local limits count only what they let through: in monitor mode
-    // too, where a refusal goes upstream marked, so that it counts as
-    // enforce mode would.
-    let refused = match &step {
-        Step::Done(Decision::Deny(_), _) => true,
-        Step::Done(Decision::Allow(g), _) => g.would_deny.is_some(),
-        _ => false,
-    };
-    if refused {
         give_back_locals(ctx, &mut taken);
     }
     step

@@ -4902,7 +4902,9 @@ fn a_signed_request_is_recorded_only_once_the_limits_let_it_through() {
             {"name": "local", "match": {"prefix": "/v1/"}, "tokens": ["t"],
              "rate_limits": [{"entries": [{"type": "client_ip"}], "local": {"requests": 1, "per": "minute"}}]},
             {"name": "service", "match": {"prefix": "/v2/"}, "tokens": ["t"], "failure_mode": "deny",
-             "rate_limits": [{"entries": [{"type": "client_ip"}]}]}
+             "rate_limits": [{"entries": [{"type": "client_ip"}]}]},
+            {"name": "watched", "match": {"prefix": "/v3/"}, "tokens": ["t"], "failure_mode": "deny",
+             "mode": "monitor", "rate_limits": [{"entries": [{"type": "client_ip"}]}]}
         ]
     }));
     let token = hs256_raw(
@@ -5011,6 +5013,42 @@ fn a_signed_request_is_recorded_only_once_the_limits_let_it_through() {
     );
     assert_eq!(
         get_from("192.0.2.11", "/v2/x", &third, NOW + 15).done_reason(),
+        Some(Reason::TokenReplayed)
+    );
+    // Monitor mode counts as enforce mode would: a request the service
+    // refuses passes marked, and its entry is taken back out, so its copy
+    // is not marked a replay (enforce mode would have let it through).
+    let would_deny = |s: Step| match s {
+        Step::Done(Decision::Allow(g), _) => g.would_deny,
+        s => panic!("monitor mode lets it through: {s:?}"),
+    };
+    let fourth = sign("/v3/x", NOW + 20);
+    let Step::NeedRateLimit(p, _) = get_from("192.0.2.20", "/v3/x", &fourth, NOW + 21) else {
+        panic!("to the service")
+    };
+    assert_eq!(
+        would_deny(evaluate_rls(
+            &w.ctx(),
+            p,
+            Ok(&over_limit_response(42)),
+            NOW + 21
+        )),
+        Some(Reason::RateLimited)
+    );
+    let Step::NeedRateLimit(p, _) = get_from("192.0.2.21", "/v3/x", &fourth, NOW + 22) else {
+        panic!("not recorded: to the service again, not marked a replay")
+    };
+    assert_eq!(
+        would_deny(evaluate_rls(
+            &w.ctx(),
+            p,
+            Ok(&ok_response(1, 5, None)),
+            NOW + 22
+        )),
+        None
+    );
+    assert_eq!(
+        would_deny(get_from("192.0.2.22", "/v3/x", &fourth, NOW + 23)),
         Some(Reason::TokenReplayed)
     );
 }

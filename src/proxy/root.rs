@@ -375,13 +375,13 @@ impl Worker {
             info!("{what} delivered (status {status}){tried}");
             return true;
         }
-        let why = if status == 0 {
-            "no answer from the webhook".to_owned()
-        } else {
-            format!(
+        let why = match status {
+            0 => "no answer from the webhook".to_owned(),
+            503 | 504 => format!(
                 "status {status} (the webhook's, or Envoy's when it cannot reach it in \
                  timeout_ms)"
-            )
+            ),
+            _ => format!("status {status}"),
         };
         match retry_in(status, post.attempts) {
             Some(wait) => {
@@ -401,7 +401,10 @@ impl Worker {
             None if retry_in(status, 1).is_some() => {
                 warn!("{what} not delivered: {why}; given up after {ALERT_ATTEMPTS} tries");
             }
-            None => warn!("{what} not delivered: {why}; not sent again (refused as it is)"),
+            None => warn!(
+                "{what} not delivered: {why}; not sent again (the webhook will not take it as it \
+                 is)"
+            ),
         }
         true
     }
