@@ -37,6 +37,21 @@ fn stats(service: &Service) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// Waits up to 5 s for `/stats` to show `want` in `key` (calls end on the
+/// service's side a moment after the client sees them end).
+async fn wait_stat(service: &Service, key: &str, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats(service)[key] != want {
+        assert!(
+            Instant::now() < deadline,
+            "waited for {key} = {want}: {}\n{}",
+            stats(service),
+            service.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The allowance of the first status's limit.
 fn first_limit(r: &RateLimitResponse) -> u32 {
     r.statuses[0]
@@ -1133,16 +1148,7 @@ async fn calls_ended_before_their_message_was_decoded_are_counted() {
         open_call(&mut client, &[("grpc-timeout", "300m")], PATH, &[], false).await;
     // CANCELLED
     assert_eq!(grpc_status(deadline).await, "1");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while stats(&service)["calls_abandoned"] != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "{}\n{}",
-            stats(&service),
-            service.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_stat(&service, "calls_abandoned", 1).await;
     // The caller resets a stream whose message never came in full: hyper
     // ends the body there, and tonic refuses the call as a message that
     // is missing.
@@ -1150,16 +1156,7 @@ async fn calls_ended_before_their_message_was_decoded_are_counted() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     stream.send_reset(h2::Reason::CANCEL);
     drop(reset);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while stats(&service)["calls_refused_undecoded"] != 5 {
-        assert!(
-            Instant::now() < deadline,
-            "{}\n{}",
-            stats(&service),
-            service.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_stat(&service, "calls_refused_undecoded", 5).await;
 
     // The service's own bound ends the two held calls, CANCELLED.
     assert_eq!(grpc_status(headers_only).await, "1");
@@ -1169,11 +1166,7 @@ async fn calls_ended_before_their_message_was_decoded_are_counted() {
         "{:?}",
         started.elapsed()
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while stats(&service)["calls_abandoned"] != 3 {
-        assert!(Instant::now() < deadline, "{}", stats(&service));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_stat(&service, "calls_abandoned", 3).await;
     let s = stats(&service);
     assert_eq!(s["calls_refused_undecoded"], 5, "{s}");
     assert_eq!(s["requests"], 0, "{s}");
@@ -1215,16 +1208,7 @@ async fn a_call_whose_connection_closes_mid_message_is_abandoned() {
         // The connection goes away: its task and every handle dropped.
         conn.abort();
         drop((response, stream, client));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while stats(&service)["calls_abandoned"] != n {
-            assert!(
-                Instant::now() < deadline,
-                "{}\n{}",
-                stats(&service),
-                service.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_stat(&service, "calls_abandoned", n).await;
     }
     let s = stats(&service);
     assert_eq!(s["calls_refused_undecoded"], 0, "{s}");
