@@ -556,6 +556,29 @@ mod tests {
         .into_bytes()
     }
 
+    /// Stores `doc` as fetched for provider `idp` by a GET dispatched at
+    /// second `started` and answered at second `answered`.
+    fn fetched(
+        shared: &store::MemStore,
+        slot: &mut JwksSlot,
+        r: &RemoteJwks,
+        doc: &[u8],
+        started: u64,
+        answered: u64,
+    ) {
+        store(
+            shared,
+            slot,
+            "idp",
+            r,
+            doc,
+            started * 1000,
+            answered,
+            || answered * 1000,
+        )
+        .unwrap();
+    }
+
     fn kids(slot: &JwksSlot) -> Vec<String> {
         slot.keys
             .keys
@@ -624,28 +647,8 @@ mod tests {
         let t = 2_000_000u64;
         // Worker b sent its GET at t+2 and got the rotated keys first;
         // worker a's GET, sent at t+1, answers after it with the old ones.
-        store(
-            &shared,
-            &mut b,
-            "idp",
-            &r,
-            &jwks_doc(8, "new"),
-            (t + 2) * 1000,
-            t + 3,
-            || (t + 3) * 1000,
-        )
-        .unwrap();
-        store(
-            &shared,
-            &mut a,
-            "idp",
-            &r,
-            &jwks_doc(7, "old"),
-            (t + 1) * 1000,
-            t + 4,
-            || (t + 4) * 1000,
-        )
-        .unwrap();
+        fetched(&shared, &mut b, &r, &jwks_doc(8, "new"), t + 2, t + 3);
+        fetched(&shared, &mut a, &r, &jwks_doc(7, "old"), t + 1, t + 4);
         assert_eq!(
             kids(&a),
             ["new"],
@@ -679,17 +682,7 @@ mod tests {
         );
         // Fresh keys are not due, lease or not.
         let mut c = JwksSlot::default();
-        store(
-            &shared,
-            &mut c,
-            "idp",
-            &r,
-            &jwks_doc(7, "k1"),
-            t * 1000,
-            t,
-            || t * 1000,
-        )
-        .unwrap();
+        fetched(&shared, &mut c, &r, &jwks_doc(7, "k1"), t, t);
         assert!(!take_refresh_lease(&shared, &c, "idp", &r, t + 10 * held));
         assert!(take_refresh_lease(
             &shared,
@@ -738,17 +731,7 @@ mod tests {
         let (mut a, mut b) = (JwksSlot::default(), JwksSlot::default());
         let t = 5_000_000u64;
         let doc = jwks_doc(7, "k1");
-        store(
-            &shared,
-            &mut a,
-            "idp",
-            &r,
-            &doc,
-            (t - 100) * 1000,
-            t - 100,
-            || (t - 100) * 1000,
-        )
-        .unwrap();
+        fetched(&shared, &mut a, &r, &doc, t - 100, t - 100);
         sync(&shared, &mut b, "idp", &r, t - 100);
         assert_eq!(
             request_fetch(&shared, &mut a, "idp", &r, t),
@@ -776,32 +759,12 @@ mod tests {
         let r = remote("jwks", "", "/k");
         let (mut a, mut b) = (JwksSlot::default(), JwksSlot::default());
         let t = 6_000_000u64;
-        store(
-            &shared,
-            &mut a,
-            "idp",
-            &r,
-            &jwks_doc(7, "k1"),
-            (t - 50) * 1000,
-            t - 50,
-            || (t - 50) * 1000,
-        )
-        .unwrap();
+        fetched(&shared, &mut a, &r, &jwks_doc(7, "k1"), t - 50, t - 50);
         sync(&shared, &mut b, "idp", &r, t - 50);
         // a fetched the rotated set this second; b's request with the new
         // `kid` finds it before asking for a fetch of its own. Fetched this
         // second, a `kid` it lacks would be made up.
-        store(
-            &shared,
-            &mut a,
-            "idp",
-            &r,
-            &jwks_doc(8, "k2"),
-            t * 1000,
-            t,
-            || t * 1000,
-        )
-        .unwrap();
+        fetched(&shared, &mut a, &r, &jwks_doc(8, "k2"), t, t);
         assert_eq!(
             request_fetch(&shared, &mut b, "idp", &r, t),
             RequestFetch::Evaluate(KeyFetch::Fetched)
@@ -810,17 +773,7 @@ mod tests {
         // Copied keys fetched before this second may predate the token's
         // key: the request may still ask for a re-fetch.
         let mut c = JwksSlot::default();
-        store(
-            &shared,
-            &mut a,
-            "idp",
-            &r,
-            &jwks_doc(9, "k3"),
-            (t + 1) * 1000,
-            t + 1,
-            || (t + 1) * 1000,
-        )
-        .unwrap();
+        fetched(&shared, &mut a, &r, &jwks_doc(9, "k3"), t + 1, t + 1);
         assert_eq!(
             request_fetch(&shared, &mut c, "idp", &r, t + 5),
             RequestFetch::Evaluate(KeyFetch::May)
@@ -831,17 +784,7 @@ mod tests {
             RequestFetch::Dispatch
         );
         // The next second it looks again, and finds a's new keys.
-        store(
-            &shared,
-            &mut a,
-            "idp",
-            &r,
-            &jwks_doc(10, "k4"),
-            (t + 6) * 1000,
-            t + 6,
-            || (t + 6) * 1000,
-        )
-        .unwrap();
+        fetched(&shared, &mut a, &r, &jwks_doc(10, "k4"), t + 6, t + 6);
         assert_eq!(
             request_fetch(&shared, &mut c, "idp", &r, t + 6),
             RequestFetch::Evaluate(KeyFetch::Fetched)
