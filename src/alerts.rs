@@ -575,16 +575,12 @@ impl RetryQueue {
 
     /// Takes the posts due at `now`, oldest first.
     pub fn take_due(&mut self, now: u64) -> Vec<Retry> {
-        let mut due = Vec::new();
-        self.waiting.retain(|r| {
-            if r.due <= now {
-                due.push(r.clone());
-                false
-            } else {
-                true
-            }
-        });
-        due
+        let (due, waiting): (std::collections::VecDeque<Retry>, _) =
+            std::mem::take(&mut self.waiting)
+                .into_iter()
+                .partition(|r| r.due <= now);
+        self.waiting = waiting;
+        due.into()
     }
 
     /// How many posts wait.
