@@ -268,9 +268,10 @@ fn es256(sec1: &[u8]) -> Result<KeyMaterial, String> {
 fn from_pem(alg: Alg, pem: &str) -> Result<KeyMaterial, String> {
     use p256::pkcs8::DecodePublicKey;
     let pem = pem.trim();
-    // Refused by name, whatever else the text holds (Ed25519's reader
-    // takes a public key that follows a private one): a private key does
-    // not belong in a proxy's configuration, which many can read.
+    // Refused by name, whatever else the text holds, rather than as "not a
+    // public key": a private key does not belong in a proxy's
+    // configuration, which many can read, and the operator should hear
+    // why.
     if pem.contains("PRIVATE KEY") {
         return Err("the PEM holds a private key; give the public key only".into());
     }
@@ -622,7 +623,7 @@ mod tests {
             .unwrap_err()
             .contains("secret_base64"));
         // A private key is refused by name, even with its public key after
-        // it (which Ed25519's PEM reader would take).
+        // it.
         let private = ed25519_compact::KeyPair::from_seed(seed).sk.to_pem();
         for (alg, pem) in [
             (Alg::EdDSA, format!("{private}{ed}")),
