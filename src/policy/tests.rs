@@ -4815,12 +4815,50 @@ fn a_token_that_expires_while_its_body_is_awaited_is_not_recorded_as_fresh() {
     assert_eq!(run(NOW + 10 + 30), Some(Reason::TokenReplayed));
 }
 
+/// A GET of `path` at api.example.com with `token` in `approov-token`,
+/// signed with `key` at `created` over `@method`, `@authority`, `@path` and
+/// the token header, as an app with an install key sends it.
+fn signed_get(
+    key: &crate::signing::InstallSigningKey,
+    token: &str,
+    path: &str,
+    created: u64,
+) -> crate::headers::Headers {
+    use crate::signing::{sign_request, SignatureOptions};
+    let msg_headers = vec![("approov-token".to_string(), token.to_string())];
+    let msg = crate::signing::Message::request(
+        "GET",
+        "https",
+        "api.example.com",
+        path,
+        None,
+        &msg_headers,
+        None,
+    );
+    let comps = vec![
+        "@method".into(),
+        "@authority".into(),
+        "@path".into(),
+        "approov-token".into(),
+    ];
+    let sig = sign_request(key, &msg, &SignatureOptions::new("install", comps, created)).unwrap();
+    headers(&[
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":path", path),
+        (":authority", "api.example.com"),
+        ("approov-token", token),
+        ("signature-input", &sig.signature_input),
+        ("signature", &sig.signature),
+    ])
+}
+
 #[test]
 fn single_use_signing_accepts_a_signed_request_once() {
     // A signed request captured with a proxy verifies as long as its
     // `created` is fresh; `single_use` remembers it, so a copy sent again
     // is refused while a new signature of the same request passes.
-    use crate::signing::{sign_request, InstallSigningKey, SignatureOptions};
+    use crate::signing::InstallSigningKey;
     let key = InstallSigningKey::p256_from_bytes(&[9u8; 32]).unwrap();
     let world = |single_use: bool| {
         World::from(json!({
@@ -4835,42 +4873,12 @@ fn single_use_signing_accepts_a_signed_request_once() {
         &json!({"alg": "HS256"}),
         &json!({"exp": NOW + 300, "ipk": key.public_key().to_ipk()}),
     );
-    let msg_headers = vec![("approov-token".to_string(), token.clone())];
-    let msg = crate::signing::Message::request(
-        "GET",
-        "https",
-        "api.example.com",
-        "/v1/x",
-        None,
-        &msg_headers,
-        None,
+    let (first, later) = (
+        signed_get(&key, &token, "/v1/x", NOW),
+        signed_get(&key, &token, "/v1/x", NOW + 1),
     );
-    let sign = |created: u64| {
-        let comps = vec![
-            "@method".into(),
-            "@authority".into(),
-            "@path".into(),
-            "approov-token".into(),
-        ];
-        sign_request(
-            &key,
-            &msg,
-            &SignatureOptions::new("install", comps, created),
-        )
-        .unwrap()
-    };
-    let (first, later) = (sign(NOW), sign(NOW + 1));
-    let run = |w: &World, sig: &crate::signing::SignatureHeaders| {
-        let h = headers(&[
-            (":method", "GET"),
-            (":scheme", "https"),
-            (":path", "/v1/x"),
-            (":authority", "api.example.com"),
-            ("approov-token", token.as_str()),
-            ("signature-input", &sig.signature_input),
-            ("signature", &sig.signature),
-        ]);
-        evaluate(&w.ctx(), &Request::new(&h, None), NOW + 2).done_reason()
+    let run = |w: &World, h: &crate::headers::Headers| {
+        evaluate(&w.ctx(), &Request::new(h, None), NOW + 2).done_reason()
     };
     let once = world(true);
     assert_eq!(run(&once, &first), None);
@@ -4891,7 +4899,7 @@ fn a_signed_request_is_recorded_only_once_the_limits_let_it_through() {
     // limits refused, until buckets filled and other clients' signed
     // requests were refused as replays (review-memory46). A copy is still
     // refused before any limit counts it.
-    use crate::signing::{sign_request, InstallSigningKey, SignatureOptions};
+    use crate::signing::InstallSigningKey;
     let key = InstallSigningKey::p256_from_bytes(&[9u8; 32]).unwrap();
     let w = World::from(json!({
         "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
@@ -4912,91 +4920,57 @@ fn a_signed_request_is_recorded_only_once_the_limits_let_it_through() {
         &json!({"alg": "HS256"}),
         &json!({"exp": NOW + 200, "ipk": key.public_key().to_ipk()}),
     );
-    let msg_headers = vec![("approov-token".to_string(), token.clone())];
-    let sign = |path: &str, created: u64| {
-        let msg = crate::signing::Message::request(
-            "GET",
-            "https",
-            "api.example.com",
-            path,
-            None,
-            &msg_headers,
-            None,
-        );
-        let comps = vec![
-            "@method".into(),
-            "@authority".into(),
-            "@path".into(),
-            "approov-token".into(),
-        ];
-        sign_request(
-            &key,
-            &msg,
-            &SignatureOptions::new("install", comps, created),
-        )
-        .unwrap()
-    };
-    let get_from = |ip: &str, path: &str, sig: &crate::signing::SignatureHeaders, now: u64| {
-        let h = headers(&[
-            (":method", "GET"),
-            (":scheme", "https"),
-            (":path", path),
-            (":authority", "api.example.com"),
-            ("approov-token", token.as_str()),
-            ("signature-input", &sig.signature_input),
-            ("signature", &sig.signature),
-        ]);
-        let req = Request::new(&h, Some(ip.parse().unwrap()));
+    let sign = |path: &str, created: u64| signed_get(&key, &token, path, created);
+    let get_from = |ip: &str, h: &crate::headers::Headers, now: u64| {
+        let req = Request::new(h, Some(ip.parse().unwrap()));
         let ctx = Ctx {
             now_ms: now * 1000,
             ..w.ctx()
         };
         evaluate(&ctx, &req, now)
     };
-    let get = |path: &str, sig: &crate::signing::SignatureHeaders, now: u64| {
-        get_from("192.0.2.7", path, sig, now)
-    };
+    let get = |h: &crate::headers::Headers, now: u64| get_from("192.0.2.7", h, now);
     // Local limit: one a minute.
     let (first, second) = (sign("/v1/x", NOW), sign("/v1/x", NOW + 1));
-    assert_eq!(get("/v1/x", &first, NOW + 2).done_reason(), None);
+    assert_eq!(get(&first, NOW + 2).done_reason(), None);
     assert_eq!(
-        get("/v1/x", &second, NOW + 3).done_reason(),
+        get(&second, NOW + 3).done_reason(),
         Some(Reason::RateLimited),
         "over the limit"
     );
     assert_eq!(
-        get("/v1/x", &first, NOW + 4).done_reason(),
+        get(&first, NOW + 4).done_reason(),
         Some(Reason::TokenReplayed),
         "a copy: refused before the limit"
     );
     assert_eq!(
-        get("/v1/x", &second, NOW + 5).done_reason(),
+        get(&second, NOW + 5).done_reason(),
         Some(Reason::RateLimited),
         "not recorded when refused: still the limit's"
     );
     // The next window: the request the limit refused is accepted once.
-    assert_eq!(get("/v1/x", &second, NOW + 62).done_reason(), None);
+    assert_eq!(get(&second, NOW + 62).done_reason(), None);
     assert_eq!(
-        get("/v1/x", &second, NOW + 63).done_reason(),
+        get(&second, NOW + 63).done_reason(),
         Some(Reason::TokenReplayed)
     );
     // Refused by the service: taken back out, as a `jti` is. (Each time
     // from another client, whose descriptor the over-limit cache does not
     // hold.)
     let third = sign("/v2/x", NOW + 10);
-    let Step::NeedRateLimit(p, _) = get("/v2/x", &third, NOW + 11) else {
+    let Step::NeedRateLimit(p, _) = get(&third, NOW + 11) else {
         panic!("to the service")
     };
     assert_eq!(
         evaluate_rls(&w.ctx(), p, Ok(&over_limit_response(42)), NOW + 11).done_reason(),
         Some(Reason::RateLimited)
     );
-    let Step::NeedRateLimit(p, _) = get_from("192.0.2.8", "/v2/x", &third, NOW + 12) else {
+    let Step::NeedRateLimit(p, _) = get_from("192.0.2.8", &third, NOW + 12) else {
         panic!("not recorded: to the service again")
     };
     // Abandoned (the client left): taken back out too.
     abandon_rls(&w.ctx(), p);
-    let Step::NeedRateLimit(p, _) = get_from("192.0.2.9", "/v2/x", &third, NOW + 13) else {
+    let Step::NeedRateLimit(p, _) = get_from("192.0.2.9", &third, NOW + 13) else {
         panic!("not recorded: to the service again")
     };
     assert_eq!(
@@ -5004,7 +4978,7 @@ fn a_signed_request_is_recorded_only_once_the_limits_let_it_through() {
         Some(Reason::RatelimitUnavailable)
     );
     // Let through by the service: recorded, the copy refused.
-    let Step::NeedRateLimit(p, _) = get_from("192.0.2.10", "/v2/x", &third, NOW + 14) else {
+    let Step::NeedRateLimit(p, _) = get_from("192.0.2.10", &third, NOW + 14) else {
         panic!("to the service")
     };
     assert_eq!(
@@ -5012,7 +4986,7 @@ fn a_signed_request_is_recorded_only_once_the_limits_let_it_through() {
         None
     );
     assert_eq!(
-        get_from("192.0.2.11", "/v2/x", &third, NOW + 15).done_reason(),
+        get_from("192.0.2.11", &third, NOW + 15).done_reason(),
         Some(Reason::TokenReplayed)
     );
     // Monitor mode counts as enforce mode would: a request the service
@@ -5023,7 +4997,7 @@ fn a_signed_request_is_recorded_only_once_the_limits_let_it_through() {
         s => panic!("monitor mode lets it through: {s:?}"),
     };
     let fourth = sign("/v3/x", NOW + 20);
-    let Step::NeedRateLimit(p, _) = get_from("192.0.2.20", "/v3/x", &fourth, NOW + 21) else {
+    let Step::NeedRateLimit(p, _) = get_from("192.0.2.20", &fourth, NOW + 21) else {
         panic!("to the service")
     };
     assert_eq!(
@@ -5035,7 +5009,7 @@ fn a_signed_request_is_recorded_only_once_the_limits_let_it_through() {
         )),
         Some(Reason::RateLimited)
     );
-    let Step::NeedRateLimit(p, _) = get_from("192.0.2.21", "/v3/x", &fourth, NOW + 22) else {
+    let Step::NeedRateLimit(p, _) = get_from("192.0.2.21", &fourth, NOW + 22) else {
         panic!("not recorded: to the service again, not marked a replay")
     };
     assert_eq!(
@@ -5048,7 +5022,7 @@ fn a_signed_request_is_recorded_only_once_the_limits_let_it_through() {
         None
     );
     assert_eq!(
-        would_deny(get_from("192.0.2.22", "/v3/x", &fourth, NOW + 23)),
+        would_deny(get_from("192.0.2.22", &fourth, NOW + 23)),
         Some(Reason::TokenReplayed)
     );
 }
