@@ -411,6 +411,17 @@ fn a_key_disabled_by_an_lds_update_is_refused_at_once() {
     envoy.assert_vm_healthy();
 }
 
+/// An Envoy whose every denial (`threshold` 1, an hour's window) sends
+/// an alert to `webhook`, and whose upstream is `up`.
+fn alerting_envoy(webhook: &Upstream, up: &Upstream) -> harness::Envoy {
+    let mut cfg = config("enforce");
+    cfg["alerts"] =
+        json!({"cluster": "alerts", "path": "/hook", "threshold": 1, "window_seconds": 3600});
+    EnvoyBuilder::new(cfg, up.port)
+        .http_cluster("alerts", webhook.port)
+        .start()
+}
+
 #[test]
 fn a_flood_of_denials_sends_a_handful_of_alerts() {
     // The alert budget's hour window is aligned on the epoch.
@@ -465,12 +476,7 @@ fn a_flood_of_denials_sends_a_handful_of_alerts() {
     let refusing = Upstream::with_handler(std::sync::Arc::new(|_s: &harness::upstream::Seen| {
         (503, vec![], b"busy".to_vec())
     }));
-    let mut cfg = config("enforce");
-    cfg["alerts"] =
-        json!({"cluster": "alerts", "path": "/hook", "threshold": 1, "window_seconds": 3600});
-    let envoy = EnvoyBuilder::new(cfg, up.port)
-        .http_cluster("alerts", refusing.port)
-        .start();
+    let envoy = alerting_envoy(&refusing, &up);
     envoy.request(Req::get("/keyed/x"));
     envoy.wait_log(
         "not delivered: status 503 (the webhook's, or Envoy's",
@@ -497,12 +503,7 @@ fn an_alert_the_webhook_could_not_take_is_tried_again() {
             },
         ));
     let up = Upstream::start();
-    let mut cfg = config("enforce");
-    cfg["alerts"] =
-        json!({"cluster": "alerts", "path": "/hook", "threshold": 1, "window_seconds": 3600});
-    let envoy = EnvoyBuilder::new(cfg, up.port)
-        .http_cluster("alerts", flaky.port)
-        .start();
+    let envoy = alerting_envoy(&flaky, &up);
     envoy.request(Req::get("/keyed/x"));
     envoy.wait_log("delivered (status 200) (try 3 of 3)", 1, 20);
     let posts = flaky.seen();
@@ -520,12 +521,7 @@ fn an_alert_the_webhook_could_not_take_is_tried_again() {
     let refusing = Upstream::with_handler(std::sync::Arc::new(|_s: &harness::upstream::Seen| {
         (404, vec![], b"no such hook".to_vec())
     }));
-    let mut cfg = config("enforce");
-    cfg["alerts"] =
-        json!({"cluster": "alerts", "path": "/hook", "threshold": 1, "window_seconds": 3600});
-    let envoy = EnvoyBuilder::new(cfg, up.port)
-        .http_cluster("alerts", refusing.port)
-        .start();
+    let envoy = alerting_envoy(&refusing, &up);
     envoy.request(Req::get("/keyed/x"));
     envoy.wait_log("not delivered: status 404; not sent again", 1, 10);
     std::thread::sleep(Duration::from_millis(3000));
