@@ -1030,6 +1030,7 @@ impl RateLimitService for RlsService {
 mod tests {
     use super::*;
     use crate::backend::MemoryBackend;
+    use crate::logging::Captured;
     use crate::matching::tests::{config, descriptor};
     use crate::window::Unit;
     use envoy_types::pb::google::protobuf::UInt64Value;
@@ -1959,27 +1960,6 @@ descriptors:
         assert_eq!(r.statuses[0].limit_remaining, 3);
     }
 
-    /// Log output written into memory, through [`crate::logging::subscriber`].
-    #[derive(Clone, Default)]
-    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-        type Writer = Captured;
-        fn make_writer(&'a self) -> Captured {
-            self.clone()
-        }
-    }
-
     impl Captured {
         /// Logs the service's way in `format` at `info` into the returned
         /// buffer, on this thread, until the guard is dropped.
@@ -1989,10 +1969,6 @@ descriptors:
             let out = Captured::default();
             let subscriber = crate::logging::subscriber(format, "info", out.clone()).unwrap();
             (out, tracing::subscriber::set_default(subscriber))
-        }
-
-        fn text(&self) -> String {
-            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
         }
 
         fn json_lines(&self) -> Vec<serde_json::Value> {
