@@ -97,25 +97,7 @@ async fn a_redis_that_refuses_writes_is_unhealthy_until_it_takes_them() {
         let req = request("appguard", vec![descriptor(&[("client_ip", "192.0.2.90")])]);
         assert_eq!(service.http_get("/healthcheck").0, 200);
 
-        // Full: 1 MB allowed, more already used.
-        let filler = "x".repeat(2 << 20);
-        let _: () = redis::cmd("SET")
-            .arg("filler")
-            .arg(&filler)
-            .query(&mut admin)
-            .unwrap();
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory-policy")
-            .arg("noeviction")
-            .query(&mut admin)
-            .unwrap();
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory")
-            .arg("1mb")
-            .query(&mut admin)
-            .unwrap();
+        fill_past_maxmemory(&mut admin);
         let err = client.should_rate_limit(req.clone()).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable, "{extra:?}: {err:?}");
         let (status, body) = service.http_get("/healthcheck");
@@ -159,6 +141,26 @@ async fn a_redis_that_refuses_writes_is_unhealthy_until_it_takes_them() {
     }
 }
 
+/// Fills Redis past its memory: 2 MiB stored under the key `filler`,
+/// then `noeviction` and a `maxmemory` of 1 MB, so that it refuses every
+/// command that would store more (OOM).
+fn fill_past_maxmemory(admin: &mut redis::Connection) {
+    let filler = "x".repeat(2 << 20);
+    let _: () = redis::cmd("SET")
+        .arg("filler")
+        .arg(&filler)
+        .query(admin)
+        .unwrap();
+    for (setting, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1mb")] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(setting)
+            .arg(value)
+            .query(admin)
+            .unwrap();
+    }
+}
+
 /// A Redis over its `maxmemory` under `noeviction` refuses each command of
 /// a transaction as it is queued (`OOM …`), and then aborts it: the gRPC
 /// answer, the log line and `/healthcheck` name the OOM, not only the
@@ -172,19 +174,7 @@ async fn a_transaction_refused_for_oom_names_the_oom() {
     let service = Service::start_healthy(&strs(&redis_args(&redis)));
     let mut client = service.client().await;
 
-    // Full: 1 MB allowed, more already used.
-    let filler = "x".repeat(2 << 20);
-    let _: () = redis::cmd("SET")
-        .arg("filler")
-        .arg(&filler)
-        .query(&mut admin)
-        .unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg("1mb")
-        .query(&mut admin)
-        .unwrap();
+    fill_past_maxmemory(&mut admin);
 
     let counting = request("appguard", vec![descriptor(&[("client_ip", "192.0.2.91")])]);
     let mut check = counting.clone();
