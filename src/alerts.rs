@@ -528,15 +528,112 @@ pub const ALERT_ATTEMPTS: u8 = 3;
 /// not make the queue grow.
 pub const MAX_RETRIES_QUEUED: usize = 32;
 
+/// The longest wait a webhook's `Retry-After` is followed for: an alert is
+/// about an attack going on now, and one posted a quarter of an hour late
+/// helps no one; a webhook that asks for more is given up on (and the log
+/// says it asked). Within it, a post that asked for 6 minutes of a
+/// 5-minute window still reaches the webhook.
+pub const MAX_RETRY_AFTER_SECONDS: u64 = 900;
+
 /// In how many seconds a post that ended with `status` (0: no answer, or
 /// no usable one) on its `attempt`-th try (1 for the first) is tried
 /// again; `None` to stop: it was taken (2xx), refused as it is (a 4xx
 /// other than 408 and 429: the same body would be refused again), or it
 /// has had its [`ALERT_ATTEMPTS`]. Waits 2 s, then 4 s: posts go out from
-/// the root's tick, about once a second.
+/// the root's tick, about once a second. See [`next_try`] for a webhook
+/// that says when to come back.
 pub fn retry_in(status: u16, attempt: u8) -> Option<u64> {
     let transient = matches!(status, 0 | 408 | 429) || status >= 500;
     (transient && attempt < ALERT_ATTEMPTS).then(|| 2u64 << attempt.saturating_sub(1).min(8))
+}
+
+/// What becomes of a post the webhook did not take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextTry {
+    /// Tried again in this many seconds.
+    In(u64),
+    /// Not again: taken, refused as it is, or tried [`ALERT_ATTEMPTS`]
+    /// times (see [`retry_in`]).
+    Never,
+    /// Not again: the webhook asked to wait this many seconds, more than
+    /// [`MAX_RETRY_AFTER_SECONDS`].
+    AskedTooLong(u64),
+}
+
+/// [`retry_in`], with the webhook's `Retry-After` (`retry_after`, seconds
+/// from now, see [`retry_after_seconds`]) followed where RFC 9110 §10.2.3
+/// and RFC 6585 §4 give it a meaning, a 429 or a 503: such a webhook (a
+/// chat service throttling a channel, a load balancer during a deploy)
+/// refuses a post that comes back sooner, and each early try spends one
+/// of the three. It only ever waits longer than [`retry_in`]'s 2 s and
+/// 4 s, never shorter. (Envoy's own 503, for a webhook it cannot reach,
+/// has none.)
+pub fn next_try(status: u16, attempt: u8, retry_after: Option<u64>) -> NextTry {
+    let Some(wait) = retry_in(status, attempt) else {
+        return NextTry::Never;
+    };
+    match retry_after.filter(|_| matches!(status, 429 | 503)) {
+        Some(asked) if asked > MAX_RETRY_AFTER_SECONDS => NextTry::AskedTooLong(asked),
+        Some(asked) => NextTry::In(wait.max(asked)),
+        None => NextTry::In(wait),
+    }
+}
+
+/// The seconds from `now` (seconds since the epoch) that a `Retry-After`
+/// value asks for (RFC 9110 §10.2.3): delay-seconds (digits alone), or an
+/// HTTP-date in the IMF-fixdate form every sender must use
+/// (`Sun, 06 Nov 1994 08:49:37 GMT`; a date already past is 0). `None`
+/// for anything else (the obsolete date forms included), which then
+/// counts as no `Retry-After`.
+pub fn retry_after_seconds(value: &str, now: u64) -> Option<u64> {
+    let value = value.trim_matches([' ', '\t']);
+    if !value.is_empty() && value.len() <= 19 && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value.parse().ok();
+    }
+    imf_fixdate(value).map(|at| at.saturating_sub(now))
+}
+
+/// Seconds since the epoch of an IMF-fixdate (RFC 9110 §5.6.7), checked
+/// field by field: `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn imf_fixdate(s: &str) -> Option<u64> {
+    const DAYS: [&[u8]; 7] = [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"];
+    const MONTHS: [&[u8]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    // Bytes, not `str` slices: a value of other characters has other
+    // boundaries, and is refused below anyway.
+    let b = s.as_bytes();
+    if b.len() != 29 || &b[3..5] != b", " || &b[25..] != b" GMT" {
+        return None;
+    }
+    let num = |from: usize, len: usize| -> Option<u64> {
+        b[from..from + len].iter().try_fold(0u64, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0'))
+        })
+    };
+    let separators = [(7, b' '), (11, b' '), (16, b' '), (19, b':'), (22, b':')];
+    if !DAYS.contains(&&b[..3]) || separators.iter().any(|&(i, c)| b[i] != c) {
+        return None;
+    }
+    let month = MONTHS.iter().position(|m| *m == &b[8..11])? as u64 + 1;
+    let (day, year) = (num(5, 2)?, num(12, 4)?);
+    let (hour, minute, second) = (num(17, 2)?, num(20, 2)?, num(23, 2)?);
+    if !(1..=31).contains(&day) || year < 1970 || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    // Days from the civil date (H. Hinnant's algorithm), years from March.
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86_400 + hour * 3_600 + minute * 60 + second)
 }
 
 /// A post waiting to be tried again.
@@ -613,6 +710,85 @@ mod tests {
         // Taken, or refused as it is: never again.
         for status in [200, 201, 204, 400, 401, 403, 404, 413, 422] {
             assert_eq!(retry_in(status, 1), None, "{status}");
+        }
+    }
+
+    #[test]
+    fn a_throttling_webhook_is_left_alone_as_long_as_it_asks() {
+        // 429 and 503 say when to come back; never sooner than usual.
+        assert_eq!(next_try(429, 1, Some(30)), NextTry::In(30));
+        assert_eq!(next_try(503, 2, Some(120)), NextTry::In(120));
+        assert_eq!(next_try(503, 1, Some(1)), NextTry::In(2), "never sooner");
+        assert_eq!(next_try(429, 2, Some(0)), NextTry::In(4), "never sooner");
+        assert_eq!(next_try(429, 1, None), NextTry::In(2));
+        assert_eq!(
+            next_try(429, 1, Some(MAX_RETRY_AFTER_SECONDS)),
+            NextTry::In(MAX_RETRY_AFTER_SECONDS)
+        );
+        assert_eq!(
+            next_try(429, 1, Some(MAX_RETRY_AFTER_SECONDS + 1)),
+            NextTry::AskedTooLong(MAX_RETRY_AFTER_SECONDS + 1)
+        );
+        // Other statuses give Retry-After no meaning for a retry.
+        assert_eq!(next_try(500, 1, Some(30)), NextTry::In(2));
+        assert_eq!(next_try(0, 1, Some(30)), NextTry::In(2));
+        // It does not make a post tried more often, nor a refused one again.
+        assert_eq!(next_try(429, ALERT_ATTEMPTS, Some(30)), NextTry::Never);
+        assert_eq!(next_try(404, 1, Some(30)), NextTry::Never);
+        assert_eq!(next_try(200, 1, Some(30)), NextTry::Never);
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+        let now = 1_796_564_700; // Sun, 06 Dec 2026 13:45:00 GMT
+        assert_eq!(retry_after_seconds("120", now), Some(120));
+        assert_eq!(retry_after_seconds(" 7\t", now), Some(7));
+        assert_eq!(retry_after_seconds("0", now), Some(0));
+        assert_eq!(
+            retry_after_seconds("Sun, 06 Dec 2026 13:46:30 GMT", now),
+            Some(90)
+        );
+        assert_eq!(
+            retry_after_seconds("Sun, 06 Dec 2026 13:45:00 GMT", now),
+            Some(0)
+        );
+        assert_eq!(
+            retry_after_seconds("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(0),
+            "a date past is now"
+        );
+        assert_eq!(
+            imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            imf_fixdate("Tue, 29 Feb 2028 23:59:59 GMT"),
+            Some(1_835_481_599)
+        );
+        assert_eq!(imf_fixdate("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        for bad in [
+            "",
+            "-1",
+            "1.5",
+            "+30",
+            "30s",
+            "99999999999999999999",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 06 Nov 1994 08:49:37 gmt",
+            "Sun, 6 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:00:00 GMT",
+            "Sun, 00 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1969 08:49:37 GMT",
+            "Xyz, 06 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nox 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08-49-37 GMT",
+            "Sun, 06 Nov 19+4 08:49:37 GMT",
+            "\u{e9}xxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            "Sun, 06 Nov 1994 08:49:37 G\u{e9}",
+        ] {
+            assert_eq!(retry_after_seconds(bad, now), None, "{bad:?}");
         }
     }
 

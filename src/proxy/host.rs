@@ -74,6 +74,14 @@ pub fn http_call_response(body_size: usize, cap: usize) -> (u16, Option<Vec<u8>>
     (status, body)
 }
 
+/// A header of the HTTP call response being delivered, if it has one (the
+/// first of its values).
+pub fn http_call_response_header(name: &str) -> Option<String> {
+    abi::map_value(Map::HttpCallResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
 /// POSTs a JSON body through an Envoy cluster (fire and forget).
 pub fn post_json(
     cluster: &str,

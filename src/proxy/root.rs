@@ -15,7 +15,10 @@ use super::abi::{self, Buffer};
 use super::filter::GuardFilter;
 use super::host::{self, now_seconds, HostStore};
 use super::metrics::Metrics;
-use crate::alerts::{retry_in, Retry, ALERT_ATTEMPTS, MAX_RETRIES_QUEUED};
+use crate::alerts::{
+    next_try, retry_after_seconds, NextTry, Retry, ALERT_ATTEMPTS, MAX_RETRIES_QUEUED,
+    MAX_RETRY_AFTER_SECONDS,
+};
 use crate::config::Config;
 use crate::identity::KeyMemo;
 use crate::limits::ServiceCache;
@@ -69,7 +72,7 @@ pub struct Worker {
     /// webhook took it, and to try it again when it did not).
     pub alert_calls: RefCell<HashMap<u32, crate::alerts::Retry>>,
     /// Alert posts the webhook did not take, waiting to be tried again
-    /// (see [`crate::alerts::retry_in`]).
+    /// (see [`crate::alerts::next_try`]).
     pub alert_retries: RefCell<crate::alerts::RetryQueue>,
     /// When (seconds) this worker last logged a rule the rate-limit
     /// service has no limit for: once a minute, outside [`Worker::warn_log`],
@@ -356,7 +359,7 @@ impl Worker {
 
     /// Logs whether the webhook took the alert posted with call `token`,
     /// and queues it to be tried again when it may take it later
-    /// ([`crate::alerts::retry_in`]); false when `token` is no alert post.
+    /// ([`crate::alerts::next_try`]); false when `token` is no alert post.
     pub fn alert_answered(&self, token: u32, now: u64) -> bool {
         let Some(post) = self.alert_calls.borrow_mut().remove(&token) else {
             return false;
@@ -383,9 +386,16 @@ impl Worker {
             ),
             _ => format!("status {status}"),
         };
-        match retry_in(status, post.attempts) {
-            Some(wait) => {
-                warn!("{what} not delivered: {why}; trying again in {wait} s{tried}");
+        let asked = host::http_call_response_header(crate::ratelimit::RETRY_AFTER)
+            .and_then(|v| retry_after_seconds(&v, now));
+        match next_try(status, post.attempts, asked) {
+            NextTry::In(wait) => {
+                let as_asked = if asked.is_some_and(|a| a == wait) {
+                    " (as its retry-after asks)"
+                } else {
+                    ""
+                };
+                warn!("{what} not delivered: {why}; trying again in {wait} s{as_asked}{tried}");
                 let dropped = self.alert_retries.borrow_mut().push(Retry {
                     due: now.saturating_add(wait),
                     ..post
@@ -398,10 +408,14 @@ impl Worker {
                     );
                 }
             }
-            None if retry_in(status, 1).is_some() => {
+            NextTry::AskedTooLong(asked) => warn!(
+                "{what} not delivered: {why}; given up: its retry-after asks for {asked} s, more \
+                 than {MAX_RETRY_AFTER_SECONDS}{tried}"
+            ),
+            NextTry::Never if crate::alerts::retry_in(status, 1).is_some() => {
                 warn!("{what} not delivered: {why}; given up after {ALERT_ATTEMPTS} tries");
             }
-            None => warn!(
+            NextTry::Never => warn!(
                 "{what} not delivered: {why}; not sent again (the webhook will not take it as it \
                  is)"
             ),

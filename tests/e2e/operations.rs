@@ -529,6 +529,60 @@ fn an_alert_the_webhook_could_not_take_is_tried_again() {
 }
 
 #[test]
+fn a_throttling_webhook_gets_the_alert_again_when_its_retry_after_says() {
+    // A chat webhook throttling its channel answers 429 with Retry-After:
+    // the post comes back when it asks (6 s here, not the usual 2 s), and
+    // one that asks for longer than is worth waiting is given up, said so.
+    harness::avoid_hour_edge(60);
+    let times = std::sync::Arc::new(std::sync::Mutex::new(Vec::<std::time::Instant>::new()));
+    let seen = times.clone();
+    let throttling =
+        Upstream::with_handler(std::sync::Arc::new(move |_s: &harness::upstream::Seen| {
+            let mut t = seen.lock().unwrap();
+            t.push(std::time::Instant::now());
+            if t.len() == 1 {
+                let asks = vec![("retry-after".to_owned(), "6".to_owned())];
+                (429, asks, b"slow down".to_vec())
+            } else {
+                (200, vec![], b"ok".to_vec())
+            }
+        }));
+    let up = Upstream::start();
+    let envoy = alerting_envoy(&throttling, &up);
+    envoy.request(Req::get("/keyed/x"));
+    envoy.wait_log("delivered (status 200) (try 2 of 3)", 1, 20);
+    let times = times.lock().unwrap().clone();
+    assert_eq!(times.len(), 2, "{times:?}");
+    let waited = times[1] - times[0];
+    assert!(
+        waited >= Duration::from_millis(5500),
+        "tried again after {waited:?}, before the 6 s it asked"
+    );
+    assert!(
+        envoy
+            .log()
+            .contains("not delivered: status 429; trying again in 6 s (as its retry-after asks)"),
+        "{}",
+        envoy.log()
+    );
+
+    // Asked to wait over a quarter of an hour: the alert would be stale.
+    let away = Upstream::with_handler(std::sync::Arc::new(|_s: &harness::upstream::Seen| {
+        let asks = vec![("retry-after".to_owned(), "86400".to_owned())];
+        (503, asks, b"maintenance".to_vec())
+    }));
+    let envoy = alerting_envoy(&away, &up);
+    envoy.request(Req::get("/keyed/x"));
+    envoy.wait_log(
+        "given up: its retry-after asks for 86400 s, more than 900",
+        1,
+        10,
+    );
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(away.seen().len(), 1, "not tried again");
+}
+
+#[test]
 fn an_alert_suppressed_by_the_budget_comes_in_the_summary_after_its_window() {
     // Cheap denials (no API key) spend the window's one alert; the phone
     // denials on the SMS route that follow must still reach the webhook.
