@@ -205,6 +205,60 @@ pub const fn grpc_status(status: u16) -> i32 {
     }
 }
 
+/// The `content-type` a refusal answers a gRPC or gRPC-Web request with,
+/// given the request's, or `None` when the request is neither.
+///
+/// Envoy turns a local reply into a gRPC answer (HTTP 200, `grpc-status`)
+/// only for a request that was gRPC when it arrived; a gRPC-Web request
+/// (`application/grpc-web…`, from a browser) never is, so its refusal
+/// would reach the client as an HTTP 4xx: with Envoy's `grpc_web` filter
+/// in front, that filter then maps the HTTP status itself (a rate limit
+/// to `UNAVAILABLE`, which clients retry at once; a bad body to
+/// `INTERNAL`), and with `grpc_web` after appguard the browser gets plain
+/// JSON with no `grpc-status` at all. appguard therefore answers every
+/// gRPC and gRPC-Web refusal as a trailers-only gRPC answer of its own
+/// (HTTP 200, `grpc-status` and `grpc-message` in the headers, no body):
+/// a gRPC-Web request with its own media type (Envoy's `grpc_web` filter
+/// turns the request into `application/grpc` on the way in, so one seen
+/// as gRPC here is answered as gRPC, and that filter encodes the answer
+/// for the browser on the way out). The media type is compared without
+/// regard to case and parameters, as RFC 9110 §8.3.1 has it.
+pub fn grpc_reply_content_type(request: Option<&str>) -> Option<&str> {
+    let media = request?.split(';').next()?.trim_matches([' ', '\t']);
+    let lower = media.get(.."application/grpc".len())?;
+    if !lower.eq_ignore_ascii_case("application/grpc") {
+        return None;
+    }
+    let rest = &media["application/grpc".len()..];
+    if rest.is_empty() || rest.starts_with('+') {
+        return Some("application/grpc");
+    }
+    let web = rest.get(.."-web".len())?;
+    let after = &rest["-web".len()..];
+    let is_web = web.eq_ignore_ascii_case("-web")
+        && (after.is_empty()
+            || after.starts_with('+')
+            || after
+                .get(.."-text".len())
+                .is_some_and(|t| t.eq_ignore_ascii_case("-text"))
+                && (after.len() == "-text".len() || after["-text".len()..].starts_with('+')));
+    is_web.then_some(media)
+}
+
+/// A `grpc-message` value: `text` percent-encoded as the gRPC protocol
+/// asks (every byte outside printable ASCII, and `%`, as `%XX`).
+pub fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.code())
@@ -353,6 +407,57 @@ mod tests {
         assert_eq!(Reason::RateLimited.status(), 429);
         assert_eq!(Reason::JwksUnavailable.status(), 503);
         assert_eq!(Reason::RouteDenied.body(), r#"{"error":"route_denied"}"#);
+    }
+
+    #[test]
+    fn grpc_and_grpc_web_requests_are_told_apart_by_their_media_type() {
+        for (request, answer) in [
+            ("application/grpc", Some("application/grpc")),
+            ("application/grpc+proto", Some("application/grpc")),
+            ("Application/GRPC; charset=utf-8", Some("application/grpc")),
+            ("application/grpc-web", Some("application/grpc-web")),
+            (
+                "application/grpc-web+proto",
+                Some("application/grpc-web+proto"),
+            ),
+            (
+                "application/grpc-web-text",
+                Some("application/grpc-web-text"),
+            ),
+            (
+                "application/grpc-web-text+proto",
+                Some("application/grpc-web-text+proto"),
+            ),
+            (
+                "application/GRPC-Web+json ; x=1",
+                Some("application/GRPC-Web+json"),
+            ),
+            ("application/grpcx", None),
+            ("application/grpc-webby", None),
+            ("application/grpc-web-textual", None),
+            ("application/grpc-", None),
+            ("application/json", None),
+            ("application/grp", None),
+            ("", None),
+            ("\u{e9}pplication/grpc", None),
+            ("application/grpc\u{e9}", None),
+        ] {
+            assert_eq!(
+                grpc_reply_content_type(Some(request)),
+                answer,
+                "{request:?}"
+            );
+        }
+        assert_eq!(grpc_reply_content_type(None), None);
+    }
+
+    #[test]
+    fn a_grpc_message_is_percent_encoded() {
+        assert_eq!(
+            grpc_message("{\"error\":\"rate_limited\"}"),
+            "{\"error\":\"rate_limited\"}"
+        );
+        assert_eq!(grpc_message("50% \u{e9}\n"), "50%25 %C3%A9%0A");
     }
 
     #[test]

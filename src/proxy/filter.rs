@@ -653,20 +653,13 @@ impl GuardFilter {
             )
         });
         scrub(&denial.key_scrub);
-        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(3 + denial.headers.len());
-        headers.push(("content-type", "application/json"));
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(5 + denial.headers.len());
         headers.push(("x-appguard-reason", reason.code()));
         if let Some(challenge) = reason.challenge() {
             headers.push(("www-authenticate", challenge));
         }
         headers.extend(denial.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let body = reason.body();
-        if let Err(status) = abi::send_local_response(
-            u32::from(reason.status()),
-            reason.grpc_status(),
-            &headers,
-            body.as_bytes(),
-        ) {
+        if let Err(status) = self.local_reply(reason.status(), &reason.body(), headers) {
             // The request stays held (fail closed) until Envoy's timeouts.
             worker.metrics.host_error();
             let id = self.context_id;
@@ -675,6 +668,37 @@ impl GuardFilter {
             });
         }
         Action::Pause
+    }
+
+    /// Sends a refusal with HTTP `status`, JSON `body` and `headers`; to a
+    /// gRPC or gRPC-Web request as a trailers-only gRPC answer instead
+    /// (HTTP 200, `grpc-status`, the body in `grpc-message`; see
+    /// [`crate::decision::grpc_reply_content_type`]).
+    fn local_reply<'a>(
+        &self,
+        status: u16,
+        body: &str,
+        mut headers: Vec<(&'a str, &'a str)>,
+    ) -> Result<(), abi::HostError> {
+        let grpc_status = crate::decision::grpc_status(status);
+        let grpc = crate::decision::grpc_reply_content_type(self.headers.get("content-type"));
+        let Some(content_type) = grpc else {
+            headers.push(("content-type", "application/json"));
+            return abi::send_local_response(
+                u32::from(status),
+                grpc_status,
+                &headers,
+                body.as_bytes(),
+            );
+        };
+        let code = grpc_status.to_string();
+        let message = crate::decision::grpc_message(body);
+        // The same vector, its borrows now as long as this function's.
+        let mut headers: Vec<(&str, &str)> = headers;
+        headers.push(("content-type", content_type));
+        headers.push(("grpc-status", &code));
+        headers.push(("grpc-message", &message));
+        abi::send_local_response(200, grpc_status, &headers, b"")
     }
 
     /// A local reply the core did not decide (no configuration, the host
@@ -689,15 +713,7 @@ impl GuardFilter {
             }
         }
         let body = format!("{{\"error\":\"{code}\"}}");
-        if let Err(e) = abi::send_local_response(
-            u32::from(status),
-            crate::decision::grpc_status(status),
-            &[
-                ("content-type", "application/json"),
-                ("x-appguard-reason", code),
-            ],
-            body.as_bytes(),
-        ) {
+        if let Err(e) = self.local_reply(status, &body, vec![("x-appguard-reason", code)]) {
             // The request stays held (fail closed) until Envoy's timeouts.
             let id = self.context_id;
             match &self.worker {

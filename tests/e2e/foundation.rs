@@ -132,6 +132,35 @@ fn an_authority_with_a_port_that_is_not_digits_cannot_leave_its_hosts_route() {
     assert_eq!(up.seen().len(), before, "a request reached the upstream");
 }
 
+/// gRPC services behind appguard: one denied, one that needs a token, one
+/// limited to a call an hour, one that reads a phone number from a JSON
+/// body of at most 64 bytes.
+fn grpc_services() -> serde_json::Value {
+    json!({
+        "phone": {"default_calling_code": "44",
+                  "hash_key_base64": "YXBwZ3VhcmQtZ3JwYy10ZXN0LXBob25lLWtleS0wMQ=="},
+        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": harness::tokens::secret_b64()}]}],
+        "routes": [
+            {"name": "admin", "match": {"prefix": "/admin.v1.Admin/"}, "action": "deny"},
+            {"name": "secure", "match": {"prefix": "/secure.v1.Secure/"}, "tokens": ["t"]},
+            {"name": "quota", "match": {"prefix": "/quota.v1.Quota/"},
+             "rate_limits": [{"entries": [{"type": "route"}], "local": {"requests": 1, "per": "hour"}}]},
+            {"name": "sms", "match": {"prefix": "/sms.v1.Sms/"}, "max_body_bytes": 64,
+             "rate_limits": [{"entries": [{"type": "body", "pointer": "/to", "phone": true}],
+                              "local": {"requests": 5, "per": "hour"}}]}
+        ]
+    })
+}
+
+/// A gRPC message: no compression, 4-byte length, then the payload.
+fn grpc_message(payload: &[u8]) -> Vec<u8> {
+    let mut m = vec![0u8];
+    m.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+    m.extend_from_slice(payload);
+    m
+}
+
 /// A gRPC request's refusal is a gRPC answer (HTTP 200 with
 /// `grpc-status`, as Envoy turns every local reply for a gRPC request):
 /// its status says what the reason means, a quota `RESOURCE_EXHAUSTED`
@@ -139,37 +168,12 @@ fn an_authority_with_a_port_that_is_not_digits_cannot_leave_its_hosts_route() {
 #[test]
 fn a_grpc_request_is_refused_with_the_grpc_status_of_its_reason() {
     let up = Upstream::start();
-    let envoy = EnvoyBuilder::new(
-        json!({
-            "phone": {"default_calling_code": "44",
-                      "hash_key_base64": "YXBwZ3VhcmQtZ3JwYy10ZXN0LXBob25lLWtleS0wMQ=="},
-            "tokens": [{"name": "t", "from": [{"header": "x-token"}],
-                        "keys": [{"alg": "HS256", "secret_base64": harness::tokens::secret_b64()}]}],
-            "routes": [
-                {"name": "admin", "match": {"prefix": "/admin.v1.Admin/"}, "action": "deny"},
-                {"name": "secure", "match": {"prefix": "/secure.v1.Secure/"}, "tokens": ["t"]},
-                {"name": "quota", "match": {"prefix": "/quota.v1.Quota/"},
-                 "rate_limits": [{"entries": [{"type": "route"}], "local": {"requests": 1, "per": "hour"}}]},
-                {"name": "sms", "match": {"prefix": "/sms.v1.Sms/"}, "max_body_bytes": 64,
-                 "rate_limits": [{"entries": [{"type": "body", "pointer": "/to", "phone": true}],
-                                  "local": {"requests": 5, "per": "hour"}}]}
-            ]
-        }),
-        up.port,
-    )
-    .start();
-    // A gRPC message: no compression, 4-byte length, then the payload.
-    let message = |payload: &[u8]| {
-        let mut m = vec![0u8];
-        m.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
-        m.extend_from_slice(payload);
-        m
-    };
+    let envoy = EnvoyBuilder::new(grpc_services(), up.port).start();
     let grpc = |path: &str, payload: &[u8]| {
         Req::new("POST", path)
             .header("content-type", "application/grpc")
             .header("te", "trailers")
-            .body(&message(payload))
+            .body(&grpc_message(payload))
     };
     let check = |req: Req, reason: &str, grpc_status: &str| {
         let r = envoy.request(req);
@@ -339,4 +343,82 @@ fn envoy_refuses_a_config_with_an_unknown_field_and_names_it() {
         err.contains("routes[0].match.prefx") && err.contains("unknown field `prefx`"),
         "Envoy log does not name the bad field:\n{err}"
     );
+}
+
+/// A gRPC-Web request (a browser's) is refused with the same gRPC status
+/// as a gRPC one, whichever side of appguard Envoy's `grpc_web` filter
+/// sits: Envoy never takes it for gRPC, so appguard answers it as gRPC
+/// itself (HTTP 200, `grpc-status` and `grpc-message`). Before, the
+/// filter in front mapped the HTTP status (a rate limit `UNAVAILABLE`,
+/// which clients retry at once; a bad body `INTERNAL`), and behind it the
+/// browser got plain JSON without any `grpc-status`.
+#[test]
+fn a_grpc_web_request_is_refused_with_the_grpc_status_of_its_reason() {
+    let up = Upstream::start();
+    let grpc_web = json!({"name": "envoy.filters.http.grpc_web",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"}});
+    for (order, builder) in [
+        (
+            "grpc_web before appguard",
+            EnvoyBuilder::new(grpc_services(), up.port).filter_before(grpc_web.clone()),
+        ),
+        (
+            "grpc_web after appguard",
+            EnvoyBuilder::new(grpc_services(), up.port).filter_after(grpc_web.clone()),
+        ),
+    ] {
+        let envoy = builder.start();
+        let call = |path: &str, content_type: &str, payload: &[u8]| {
+            let frame = grpc_message(payload);
+            let body = if content_type.contains("text") {
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, frame)
+                    .into_bytes()
+            } else {
+                frame
+            };
+            envoy.request(
+                Req::new("POST", path)
+                    .header("content-type", content_type)
+                    .header("x-grpc-web", "1")
+                    .body(&body),
+            )
+        };
+        let before = up.seen().len();
+        for content_type in ["application/grpc-web+proto", "application/grpc-web-text"] {
+            for (path, payload, reason, grpc_status) in [
+                ("/admin.v1.Admin/Drop", &b""[..], "route_denied", "7"),
+                ("/secure.v1.Secure/Get", b"", "token_missing", "16"),
+                ("/sms.v1.Sms/Send", b"\x0a\x03abc", "body_invalid", "3"),
+            ] {
+                let r = call(path, content_type, payload);
+                let what = format!("{order}, {content_type}, {reason}: {r:?}");
+                assert_eq!(r.status, 200, "{what}");
+                assert_eq!(r.header("grpc-status"), Some(grpc_status), "{what}");
+                assert_eq!(
+                    r.header("grpc-message"),
+                    Some(format!("{{\"error\":\"{reason}\"}}").as_str()),
+                    "{what}"
+                );
+                assert_eq!(r.reason(), Some(reason), "{what}");
+                assert!(r.body.is_empty(), "trailers only: {what}");
+            }
+        }
+        assert_eq!(up.seen().len(), before, "{order}: a refused call went up");
+        // One call an hour: the second is RESOURCE_EXHAUSTED, with the
+        // rate-limit headers beside it, not the UNAVAILABLE clients retry.
+        let r = call("/quota.v1.Quota/Get", "application/grpc-web+proto", b"");
+        assert_eq!(r.reason(), None, "{order}: {r:?}");
+        assert_eq!(
+            up.seen().len(),
+            before + 1,
+            "{order}: the first call goes up"
+        );
+        let r = call("/quota.v1.Quota/Get", "application/grpc-web+proto", b"");
+        assert_eq!(
+            (r.status, r.header("grpc-status"), r.reason()),
+            (200, Some("8"), Some("rate_limited")),
+            "{order}: {r:?}"
+        );
+        assert!(r.header("retry-after").is_some(), "{order}: {r:?}");
+    }
 }

@@ -220,6 +220,7 @@ pub struct EnvoyBuilder {
     clusters: Vec<Value>,
     concurrency: u32,
     filters_before: Vec<Value>,
+    filters_after: Vec<Value>,
     hcm_extra: serde_json::Map<String, Value>,
     vm_id: String,
     listener_from_file: bool,
@@ -240,6 +241,7 @@ impl EnvoyBuilder {
             clusters: Vec::new(),
             concurrency: 1,
             filters_before: Vec::new(),
+            filters_after: Vec::new(),
             hcm_extra: serde_json::Map::new(),
             vm_id: "appguard".into(),
             listener_from_file: false,
@@ -357,6 +359,13 @@ impl EnvoyBuilder {
         self
     }
 
+    /// An HTTP filter placed right after appguard (before the buffer
+    /// filter, if any).
+    pub fn filter_after(mut self, filter: Value) -> Self {
+        self.filters_after.push(filter);
+        self
+    }
+
     /// A setting of the HTTP connection manager (e.g.
     /// `use_remote_address`), as in Envoy's YAML.
     pub fn hcm(mut self, key: &str, value: Value) -> Self {
@@ -440,6 +449,7 @@ impl EnvoyBuilder {
             wasm["typed_config"]["config"]["allow_on_headers_stop_iteration"] = json!(true);
         }
         filters.push(wasm);
+        filters.extend(self.filters_after.iter().cloned());
         // Holds the headers back from the upstream until appguard has decided
         // on the body (see envoy/envoy.yaml).
         if self.buffer_filter {
