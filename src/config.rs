@@ -165,6 +165,11 @@ struct RawConfig {
     /// [`Config::bypass_cors_preflight`].
     #[serde(default)]
     bypass_cors_preflight: bool,
+    /// `{}` (or `{"allow_credentials": true}`): refusals of a request from
+    /// a web app's origin carry CORS headers. See
+    /// [`Config::cors_on_refusals`].
+    #[serde(default, deserialize_with = "crate::config::present")]
+    cors_on_refusals: Option<RawRefusalCors>,
     /// `true`: on a route that reads the body, the request headers are held
     /// until the body is decided (default `false`; needs the Wasm filter's
     /// `allow_on_headers_stop_iteration`). See
@@ -483,9 +488,28 @@ struct RawMatch {
     hosts: Vec<String>,
 }
 
+/// `cors_on_refusals` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRefusalCors {
+    /// See [`RefusalCors::allow_credentials`].
+    #[serde(default)]
+    allow_credentials: bool,
+}
+
 // ---------------------------------------------------------------------------
 // Compiled configuration.
 // ---------------------------------------------------------------------------
+
+/// CORS headers on refusals (see [`Config::cors_on_refusals`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusalCors {
+    /// `access-control-allow-credentials: true` on them too: needed when the
+    /// web app calls with credentials (cookies, `fetch(…, {credentials:
+    /// "include"})`), as the API's own CORS policy then says; a browser
+    /// hides the answer to such a call without it. Default `false`.
+    pub allow_credentials: bool,
+}
 
 /// The validated configuration, built once in `on_configure` and shared by
 /// every request of a worker.
@@ -547,6 +571,18 @@ pub struct Config {
     /// appguard answers it (Istio runs its CORS filter after every
     /// WasmPlugin). Off by default.
     pub bypass_cors_preflight: bool,
+    /// CORS headers on refusals, when set: a refusal of a request whose one
+    /// `Origin` is an origin a web app lists (`apps[].origins`) names it in
+    /// `access-control-allow-origin` (with `vary: origin`) and exposes
+    /// appguard's headers (`x-appguard-reason`, `retry-after`, the rate-limit
+    /// headers, `grpc-status`), so that the web app can read why it was
+    /// refused. Without them a browser reports the refusal as a network
+    /// error, and the app cannot tell a rate limit (wait) from an expired
+    /// token (fetch a new one). Needed where no CORS filter sees
+    /// appguard's local replies: Istio runs its CORS filter after every
+    /// WasmPlugin. Envoy's CORS filter, where it runs before appguard,
+    /// sets these headers itself on the way out and replaces appguard's.
+    pub cors_on_refusals: Option<RefusalCors>,
     /// Whether, on a route that reads the body, the headers are held (not
     /// sent upstream) until the body is decided, as they are for every
     /// other check. Needs the Wasm filter's
@@ -1967,6 +2003,18 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         }
     }
+    let cors_on_refusals = match raw.cors_on_refusals {
+        Some(_) if !apps.iter().any(|a| a.platform == identity::Platform::Web) => {
+            return Err(ConfigError::new(
+                "cors_on_refusals",
+                "no app has `platform: web`: only a web app's origins get CORS headers",
+            ));
+        }
+        Some(c) => Some(RefusalCors {
+            allow_credentials: c.allow_credentials,
+        }),
+        None => None,
+    };
     let xff_trusted_hops = raw.client_ip.map_or(0, |c| c.xff_trusted_hops);
     if usize::try_from(xff_trusted_hops).map_or(true, |n| n > crate::net::MAX_XFF_ENTRIES) {
         // No chain of proxies is that long: a typo, or a count of
@@ -2000,6 +2048,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             .transpose()?,
         decision_log_per_second: raw.decision_log_per_second,
         bypass_cors_preflight: raw.bypass_cors_preflight,
+        cors_on_refusals,
         hold_headers_for_body: raw.hold_headers_for_body,
         routes_by_method: routes.iter().any(|r| !r.methods.is_empty()),
         routes_by_host: routes.iter().any(|r| !r.hosts.is_empty()),

@@ -582,6 +582,23 @@ pub fn parse_origin(s: &str) -> Option<Origin> {
     parse_origin_inner(s, false)
 }
 
+/// Whether `value` (an `Origin` header as sent) is an origin a web app of
+/// `apps` lists: scheme, host and port only (an `Origin` never carries
+/// more; a `Referer`-like value with a path is not one), and one that
+/// [`parse_origin`] reads.
+pub fn is_listed_web_origin(apps: &[App], value: &str) -> bool {
+    let pure = value
+        .split_once("://")
+        .is_some_and(|(_, rest)| !rest.contains(['/', '?', '#']));
+    let Some(origin) = parse_origin(value).filter(|_| pure) else {
+        return false;
+    };
+    apps.iter().any(|app| match &app.proof {
+        AppProof::Web { origins } => origins.iter().any(|p| p.matches(&origin)),
+        _ => false,
+    })
+}
+
 /// `allow_wildcard` is for configured patterns only: a request origin with
 /// `*` in its host is not an origin at all.
 fn parse_origin_inner(s: &str, allow_wildcard: bool) -> Option<Origin> {

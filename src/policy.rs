@@ -1054,6 +1054,40 @@ fn is_method_param(raw: &str) -> bool {
     php_name_is(raw, METHOD_OVERRIDE_PARAM)
 }
 
+/// What a refusal exposes to a web app under
+/// [`Config::cors_on_refusals`]: appguard's reason and every header a
+/// refusal of its may carry.
+pub const REFUSAL_EXPOSED_HEADERS: &str = "x-appguard-reason, retry-after, x-ratelimit-limit, \
+     x-ratelimit-remaining, x-ratelimit-reset, www-authenticate, grpc-status, grpc-message";
+
+/// The CORS headers a refusal carries under [`Config::cors_on_refusals`],
+/// given the request's `Origin` values: none unless there is exactly one
+/// and a web app lists it ([`identity::is_listed_web_origin`]). It goes
+/// back as sent: a browser compares it with its own, byte for byte.
+pub fn refusal_cors_headers<'h>(
+    config: &Config,
+    mut origins: impl Iterator<Item = &'h str>,
+) -> Vec<(&'static str, &'h str)> {
+    let Some(cors) = &config.cors_on_refusals else {
+        return Vec::new();
+    };
+    let (Some(origin), None) = (origins.next(), origins.next()) else {
+        return Vec::new();
+    };
+    if !identity::is_listed_web_origin(&config.apps, origin) {
+        return Vec::new();
+    }
+    let mut headers = vec![
+        ("access-control-allow-origin", origin),
+        ("vary", "origin"),
+        ("access-control-expose-headers", REFUSAL_EXPOSED_HEADERS),
+    ];
+    if cors.allow_credentials {
+        headers.push(("access-control-allow-credentials", "true"));
+    }
+    headers
+}
+
 /// The method a browser's CORS preflight asks about, if `req` is one:
 /// `OPTIONS` with a non-empty `Origin` and `Access-Control-Request-Method`
 /// (what Envoy's `jwt_authn` bypasses), and nothing a browser never sends

@@ -668,6 +668,8 @@ const APPGUARD_FIELDS: &[&str] = &[
     "alerts",
     "decision_log_per_second",
     "bypass_cors_preflight",
+    "cors_on_refusals",
+    "hold_headers_for_body",
     "routes",
 ];
 

@@ -6671,3 +6671,72 @@ fn a_rule_the_service_has_no_limit_for_is_named_in_the_facts() {
     allow.statuses[1].current_limit = None;
     assert_eq!(answer(&allow), None);
 }
+
+#[test]
+fn refusals_name_a_listed_web_origin_only_where_cors_on_refusals_is_set() {
+    let off = World::new();
+    let one = |o: &'static str| std::iter::once(o);
+    assert!(refusal_cors_headers(&off.config, one("https://shop.example.com")).is_empty());
+    let mut json = config_json();
+    json["cors_on_refusals"] = json!({});
+    let on = World::from(json.clone());
+    assert_eq!(
+        refusal_cors_headers(&on.config, one("https://shop.example.com")),
+        vec![
+            ("access-control-allow-origin", "https://shop.example.com"),
+            ("vary", "origin"),
+            ("access-control-expose-headers", REFUSAL_EXPOSED_HEADERS),
+        ]
+    );
+    // As sent, whichever listed pattern it matches (here `https://*.example.com`
+    // with an explicit default port, and `https://example.com`).
+    for listed in ["https://a.b.example.com:443", "https://example.com"] {
+        assert_eq!(
+            refusal_cors_headers(&on.config, one(listed)).first(),
+            Some(&("access-control-allow-origin", listed)),
+        );
+    }
+    // Not an origin a web app lists, not an origin at all, or not one.
+    for other in [
+        "https://example.org",
+        "http://shop.example.com",
+        "https://shop.example.com/cart",
+        "https://shop.example.com?x",
+        "null",
+        "",
+        "https://evil.com#https://shop.example.com",
+    ] {
+        assert!(
+            refusal_cors_headers(&on.config, one(other)).is_empty(),
+            "{other:?}"
+        );
+    }
+    assert!(refusal_cors_headers(&on.config, std::iter::empty()).is_empty());
+    assert!(
+        refusal_cors_headers(
+            &on.config,
+            ["https://shop.example.com", "https://shop.example.com"].into_iter()
+        )
+        .is_empty(),
+        "two Origin headers"
+    );
+    json["cors_on_refusals"] = json!({"allow_credentials": true});
+    let credentials = World::from(json.clone());
+    assert_eq!(
+        refusal_cors_headers(&credentials.config, one("https://example.com")).last(),
+        Some(&("access-control-allow-credentials", "true"))
+    );
+    // Refused where it can do nothing, or written wrong.
+    json["cors_on_refusals"] = json!({"allow_credential": true});
+    let e = Config::from_json(json.to_string().as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("allow_credential"), "{e}");
+    json["cors_on_refusals"] = json!({});
+    json["apps"] = json!([{"id": "a", "platform": "ios", "bundle_id": "com.example.a"}]);
+    json["api_keys"] = json!({"keys": []});
+    json["routes"] = json!([{"name": "r", "match": {"prefix": "/"}}]);
+    let e = Config::from_json(json.to_string().as_bytes()).unwrap_err();
+    assert!(
+        e.to_string().contains("cors_on_refusals") && e.to_string().contains("platform: web"),
+        "{e}"
+    );
+}

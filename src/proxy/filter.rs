@@ -659,6 +659,10 @@ impl GuardFilter {
             headers.push(("www-authenticate", challenge));
         }
         headers.extend(denial.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        headers.extend(crate::policy::refusal_cors_headers(
+            &worker.config,
+            self.headers.get_all("origin"),
+        ));
         if let Err(status) = self.local_reply(reason.status(), &reason.body(), headers) {
             // The request stays held (fail closed) until Envoy's timeouts.
             worker.metrics.host_error();

@@ -1839,6 +1839,127 @@ fn a_cors_preflight_reaches_the_upstream_only_with_bypass_cors_preflight() {
 }
 
 #[test]
+fn a_web_app_can_read_its_refusals_with_cors_on_refusals() {
+    // Istio runs its CORS filter after every WasmPlugin: appguard's local
+    // replies never pass it, and a browser hid them as network errors. With
+    // `cors_on_refusals`, a refusal names a listed web origin itself; a CORS
+    // filter before appguard sets its own headers over them (one of each).
+    let cfg = |on: bool| {
+        let mut c = json!({
+            "default_action": "deny",
+            "apps": [{"id": "shop-web", "platform": "web", "origins": ["https://shop.example.com"]}],
+            "api_keys": {"keys": [{"id": "k1", "sha256": appguard::identity::hash_api_key(API_KEY)}]},
+            "routes": [{"name": "web", "match": {"prefix": "/v1/web/"}, "platforms": ["web"],
+                        "api_key": "required",
+                        "rate_limits": [{"entries": [{"type": "api_key"}],
+                                         "local": {"requests": 1, "per": "hour"}}]}]
+        });
+        if on {
+            c["cors_on_refusals"] = json!({"allow_credentials": true});
+        }
+        c
+    };
+    let call = |origin: &str| Req::get("/v1/web/cart").header("origin", origin);
+    let count = |r: &Resp, name: &str| r.headers.iter().filter(|(k, _)| k == name).count();
+    let up = Upstream::start();
+    let cors_filter = json!({"name": "envoy.filters.http.cors",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}});
+    let policy = json!({"virtual_hosts": [{"name": "all", "domains": ["*"],
+        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
+        "typed_per_filter_config": {"envoy.filters.http.cors": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+            "allow_origin_string_match": [{"exact": "https://shop.example.com"}],
+            "allow_credentials": true,
+            "expose_headers": "x-appguard-reason,x-from-policy"}}}]});
+
+    // No CORS filter sees the refusal (Istio's order: after appguard).
+    for (what, builder) in [
+        ("no CORS filter", EnvoyBuilder::new(cfg(true), up.port)),
+        (
+            "CORS filter after appguard",
+            EnvoyBuilder::new(cfg(true), up.port)
+                .filter_after(cors_filter.clone())
+                .hcm("route_config", policy.clone()),
+        ),
+    ] {
+        let envoy = builder.start();
+        let r = envoy.request(call("https://shop.example.com"));
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, Some("api_key_missing")),
+            "{what}"
+        );
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some("https://shop.example.com"),
+            "{what}: {r:?}"
+        );
+        assert_eq!(count(&r, "access-control-allow-origin"), 1, "{what}: {r:?}");
+        assert_eq!(
+            r.header("access-control-allow-credentials"),
+            Some("true"),
+            "{what}"
+        );
+        assert_eq!(r.header("vary"), Some("origin"), "{what}");
+        let exposed = r
+            .header("access-control-expose-headers")
+            .unwrap_or_default();
+        for name in ["x-appguard-reason", "retry-after", "x-ratelimit-reset"] {
+            assert!(exposed.contains(name), "{what}: {name} in {exposed:?}");
+        }
+        // A rate limit, the refusal a web app most needs to read.
+        let keyed = || call("https://shop.example.com").header("x-api-key", API_KEY);
+        assert_eq!(envoy.request(keyed()).status, 200, "{what}");
+        let r = envoy.request(keyed());
+        assert_eq!(
+            (r.status, r.reason()),
+            (429, Some("rate_limited")),
+            "{what}"
+        );
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some("https://shop.example.com"),
+            "{what}: {r:?}"
+        );
+        // Another origin, or the origin of no web app: nothing to read.
+        for other in ["https://evil.example", "https://shop.example.com/cart"] {
+            let r = envoy.request(call(other));
+            assert_eq!(r.status, 403, "{what}");
+            assert_eq!(
+                r.header("access-control-allow-origin"),
+                None,
+                "{what}: {other}"
+            );
+        }
+    }
+
+    // Off by default.
+    let envoy = EnvoyBuilder::new(cfg(false), up.port).start();
+    let r = envoy.request(call("https://shop.example.com"));
+    assert_eq!(
+        (r.status, r.header("access-control-allow-origin")),
+        (403, None)
+    );
+
+    // A CORS filter before appguard answers for the policy: its headers
+    // replace appguard's, one of each.
+    let envoy = EnvoyBuilder::new(cfg(true), up.port)
+        .filter_before(cors_filter)
+        .hcm("route_config", policy)
+        .start();
+    let r = envoy.request(call("https://shop.example.com"));
+    assert_eq!((r.status, r.reason()), (403, Some("api_key_missing")));
+    assert_eq!(count(&r, "access-control-allow-origin"), 1, "{r:?}");
+    assert_eq!(count(&r, "access-control-expose-headers"), 1, "{r:?}");
+    assert_eq!(
+        r.header("access-control-expose-headers"),
+        Some("x-appguard-reason,x-from-policy"),
+        "{r:?}"
+    );
+    envoy.assert_vm_healthy();
+}
+
+#[test]
 fn a_route_opted_out_of_the_buffer_filter_streams_and_body_routes_stay_held() {
     // envoy/envoy.yaml buffers every route and shows how a streaming
     // route opts out (`BufferPerRoute` `disabled: true`). Opted out, a
