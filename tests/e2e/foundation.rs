@@ -184,6 +184,11 @@ fn a_grpc_request_is_refused_with_the_grpc_status_of_its_reason() {
             "{reason}: {r:?}"
         );
         assert_eq!(r.reason(), Some(reason), "{r:?}");
+        for name in ["grpc-status", "grpc-message", "content-type"] {
+            let n = r.headers.iter().filter(|(k, _)| k == name).count();
+            assert_eq!(n, 1, "{reason}: one {name}: {r:?}");
+        }
+        assert_eq!(r.header("content-type"), Some("application/grpc"), "{r:?}");
         r
     };
     check(grpc("/admin.v1.Admin/Drop", b""), "route_denied", "7");
