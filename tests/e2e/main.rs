@@ -16,6 +16,8 @@ mod harness;
 mod asymmetric;
 /// Hostile input: token and input attacks, the VM survives.
 mod attacks;
+/// The module in Envoy against the native core, on seeded generated requests.
+mod differential;
 /// Dependency faults and fail-closed deployment.
 mod faults;
 /// Routes, local replies, spoofed identity headers, bad configuration.

@@ -1,0 +1,1387 @@
+//! The module in a real Envoy against the core called natively, on
+//! generated requests: the adapter (`src/proxy/`) is meant to be thin, so
+//! the same request must get the same decision from both.
+//!
+//! A seeded generator (`APPGUARD_DIFF_SEED`, `APPGUARD_DIFF_N`; the seed is
+//! printed) mixes valid and invalid pieces: methods, odd paths, hosts,
+//! `X-Forwarded-For` chains, countries, API keys, platform headers, HS256
+//! tokens, duplicated headers and header-name spellings. Each request goes
+//! through one of two Envoys (see [`INSTANCES`]: the harness's connection
+//! manager, and one at the edge behind a load balancer). The core then
+//! decides the request as Envoy
+//! presents it to the filter (see [`present`]) with the same compiled
+//! configuration, a store and caches of its own that see the same requests
+//! in the same order as the instance's. Status, reason code, body and
+//! refusal headers, and for allowed requests the identity headers the
+//! upstream saw and the token headers it did not, must agree.
+//!
+//! `APPGUARD_DIFF_SHOW=<outcome>` (a reason code, `allowed`, `envoy 400`)
+//! prints every request that got it, to see what the generator reaches.
+//!
+//! The request model is checked too: for every allowed request, the path
+//! and the generated headers the upstream received must be those the model
+//! handed the core (less what the core removed).
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use appguard::config::Config;
+use appguard::decision::Decision;
+use appguard::headers::Headers;
+use appguard::identity::{hash_api_key, KeyMemo};
+use appguard::limits::ServiceCache;
+use appguard::policy::{self, Ctx, KeyFetch, NegativeCache, Step, TokenCache};
+use appguard::request::{same_header_name, Request};
+use appguard::store::{BucketSalt, MemStore};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::harness;
+use harness::http::{Req, Resp};
+use harness::tokens::{hs256_raw, SECRET};
+use harness::upstream::Upstream;
+use harness::EnvoyBuilder;
+
+/// The web provider's HS256 secret (made up here, 40 bytes).
+const WEB_SECRET: &[u8] = b"differential-web-secret-0123456789abcdef";
+/// A secret neither provider has: a forged signature.
+const OTHER_SECRET: &[u8] = b"differential-forger-secret-0123456789abcdefghijklmnopqrstuvwxyz";
+/// The Android app's signing certificate (SHA-256, as the example writes it).
+const CERT: &str = "14:6D:E9:83:C5:73:06:50:D8:EE:B9:95:2F:34:FC:64:16:A0:83:42:E6:1D:BE:A8:8A:04:96:B2:3F:CF:44:E5";
+const OWN_ISS: &str = "https://auth.example.com";
+const WEB_ISS: &str = "https://web-auth.example.com";
+
+/// The two Envoys, as (`use_remote_address` of the connection manager,
+/// appguard's `client_ip.xff_trusted_hops`): the harness's default, where
+/// Envoy takes the downstream address from the client's own
+/// `X-Forwarded-For` (README, *Trust boundaries*); and an edge Envoy
+/// behind one load balancer, which appends the peer to `X-Forwarded-For`
+/// and whose appguard reads the second entry from the right.
+const INSTANCES: [(bool, u32); 2] = [(false, 0), (true, 2)];
+
+/// The configuration both sides compile, from one JSON string. Rich in
+/// what the headers phase decides, and deterministic: no remote JWKS, no
+/// rate-limit service, no body checks; local limits either generous (never
+/// reached) or counted per day (no refill during the test), failure
+/// budgets per day.
+fn config(xff_trusted_hops: u32) -> Value {
+    json!({
+        "default_action": "deny",
+        "bypass_cors_preflight": true,
+        "client_ip": {"xff_trusted_hops": xff_trusted_hops},
+        "network": {
+            "ip_deny": ["203.0.113.0/24", "2001:db8:bad::/48"],
+            "country_header": "x-country-code",
+            "country_deny": ["KP"]
+        },
+        "apps": [
+            {"id": "shop-android", "platform": "android", "package": "com.example.shop", "cert_fingerprints": [CERT]},
+            {"id": "shop-android-debug", "platform": "android", "package": "com.example.shop.debug"},
+            {"id": "shop-ios", "platform": "ios", "bundle_id": "com.example.shop", "team_id": "ABCDE12345"},
+            {"id": "shop-web", "platform": "web", "origins": ["https://shop.example.com", "https://*.shop.example.com"]}
+        ],
+        "api_keys": {
+            "query_param": "api_key",
+            "keys": [
+                {"id": "k-android", "sha256": hash_api_key("key-android"), "apps": ["shop-android", "shop-android-debug"]},
+                {"id": "k-ios", "sha256": hash_api_key("key-ios"), "apps": ["shop-ios"]},
+                {"id": "k-web", "sha256": hash_api_key("key-web"), "apps": ["shop-web"]},
+                {"id": "k-any", "sha256": hash_api_key("key-any")},
+                {"id": "k-office", "sha256": hash_api_key("key-office"), "ips": ["192.0.2.0/24", "127.0.0.1/32"]},
+                {"id": "k-public", "sha256": hash_api_key("key-public"), "routes": ["public"]},
+                {"id": "k-revoked", "sha256": hash_api_key("key-revoked"), "disabled": true}
+            ]
+        },
+        "tokens": [
+            {"name": "own", "from": [{"header": "x-app-token"}],
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+             "issuer": OWN_ISS, "audiences": ["shop-api"],
+             "app_claim": {"claim": "app"}, "platforms": ["android", "ios"],
+             "claim_to_headers": [{"claim": "sub", "header": "x-user-id"}],
+             "failure_budget": {"failures": 1000, "window_seconds": 86400}},
+            {"name": "web-token", "from": [{"header": "authorization", "prefix": "Bearer "}],
+             "keys": [{"kid": "w1", "alg": "HS256", "secret_base64": STANDARD.encode(WEB_SECRET)}],
+             "issuer": WEB_ISS,
+             "app_claim": {"claim": "app"}, "platforms": ["web"],
+             "failure_budget": {"failures": 6, "window_seconds": 86400}}
+        ],
+        "routes": [
+            {"name": "health", "match": {"path": "/health", "methods": ["GET"]}},
+            {"name": "admin", "match": {"prefix": "/admin/"}, "action": "deny"},
+            {"name": "mobile", "match": {"prefix": "/v1/mobile/"}, "platforms": ["android", "ios"],
+             "api_key": "required", "tokens": ["own"]},
+            {"name": "beta", "match": {"prefix": "/v1/beta/"}, "mode": "monitor",
+             "platforms": ["android", "ios"], "api_key": "required", "tokens": ["own"]},
+            {"name": "web", "match": {"prefix": "/v1/web/"}, "platforms": ["web"],
+             "api_key": "required", "tokens": ["web-token"], "token_required": false},
+            {"name": "orders-create", "match": {"path": "/v1/orders", "methods": ["POST"]},
+             "api_key": "required", "tokens": ["own", "web-token"]},
+            {"name": "orders", "match": {"prefix": "/v1/orders/", "methods": ["GET", "DELETE"]},
+             "api_key": "optional"},
+            {"name": "office", "match": {"prefix": "/v1/office/"}, "api_key": "required",
+             "network": {"ip_allow": ["192.0.2.0/24", "127.0.0.0/8"]}},
+            {"name": "public", "match": {"prefix": "/v1/public/"}, "api_key": "optional",
+             "network": {"country_header": "x-country-code", "country_allow": ["GB", "DE", "US"]},
+             "rate_limits": [{"entries": [{"type": "client_ip"}], "local": {"requests": 100000, "per": "minute"}}]},
+            {"name": "limited", "match": {"prefix": "/v1/limited/"},
+             "rate_limits": [{"entries": [{"type": "client_ip"}], "local": {"requests": 3, "per": "day"}}]},
+            {"name": "internal", "match": {"prefix": "/internal/", "hosts": ["internal.example.com"]},
+             "api_key": "required"}
+        ]
+    })
+}
+
+/// xorshift64*: small, seeded, the same sequence everywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        // One splitmix64 step spreads a small seed over the state (and
+        // keeps it off zero, xorshift's fixed point).
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % n as u64).unwrap()
+    }
+    /// True `percent` times in 100.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+}
+
+/// One generated request, as the client writes it.
+#[derive(Clone, Debug)]
+struct Sent {
+    /// Which Envoy, an index into [`INSTANCES`].
+    instance: usize,
+    method: String,
+    target: String,
+    /// Headers in wire order, `host` included, names as spelt, values as
+    /// bytes (a few are not UTF-8).
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Sent {
+    fn header(&mut self, rng: &mut Rng, name: &str, value: &str) {
+        self.header_bytes(rng, name, value.as_bytes());
+    }
+    fn header_bytes(&mut self, rng: &mut Rng, name: &str, value: &[u8]) {
+        let name = spell(rng, name);
+        self.headers.push((name, value.to_vec()));
+    }
+}
+
+/// A header name as a client may spell it: lower case mostly, else
+/// capitalised or upper case (HTTP/1 names are case-insensitive; Envoy
+/// lowers them).
+fn spell(rng: &mut Rng, name: &str) -> String {
+    match rng.below(10) {
+        0..=6 => name.to_owned(),
+        7 | 8 => name
+            .split('-')
+            .map(|w| {
+                let mut c = w.chars();
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("-"),
+        _ => name.to_ascii_uppercase(),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A token for the `own` provider (or a broken one), `app` in its claim.
+fn own_token(rng: &mut Rng, app: &str) -> String {
+    let n = now();
+    let sub = format!("user-{}", rng.below(5));
+    let mut claims = json!({"iat": n, "exp": n + 120, "iss": OWN_ISS, "aud": "shop-api", "app": app, "sub": sub});
+    let header = json!({"alg": "HS256", "typ": "JWT"});
+    let mut secret = SECRET;
+    match rng.below(14) {
+        // valid, as is (half the time)
+        0..=6 => {}
+        7 => claims["exp"] = json!(n - 100),
+        8 => claims["iat"] = json!(n + 200),
+        9 => claims["exp"] = json!(n + 3600),
+        10 => claims["iss"] = json!("https://evil.example.com"),
+        11 => claims["aud"] = json!(["other-api"]),
+        12 => secret = OTHER_SECRET,
+        _ => return malformed(rng),
+    }
+    hs256_raw(secret, &header, &claims)
+}
+
+/// A token for the `web-token` provider (or a broken one).
+fn web_token(rng: &mut Rng, app: &str) -> String {
+    let n = now();
+    let mut claims = json!({"iat": n, "exp": n + 120, "iss": WEB_ISS, "app": app});
+    let mut header = json!({"alg": "HS256", "typ": "JWT", "kid": "w1"});
+    let mut secret = WEB_SECRET;
+    match rng.below(12) {
+        0..=6 => {}
+        7 => header["kid"] = json!("w2"),
+        8 => {
+            header.as_object_mut().unwrap().remove("kid");
+        }
+        9 => claims["exp"] = json!(n - 1000),
+        10 => secret = OTHER_SECRET,
+        _ => return malformed(rng),
+    }
+    hs256_raw(secret, &header, &claims)
+}
+
+/// Something that is not a usable compact JWS.
+fn malformed(rng: &mut Rng) -> String {
+    let n = now();
+    match rng.below(5) {
+        0 => "not-a-token".into(),
+        1 => "a.b.c".into(),
+        // alg none
+        2 => hs256_raw(
+            SECRET,
+            &json!({"alg": "none"}),
+            &json!({"exp": n + 60, "iss": OWN_ISS}),
+        )
+        .rsplit_once('.')
+        .map(|(head, _)| format!("{head}."))
+        .unwrap(),
+        // no exp
+        3 => hs256_raw(
+            SECRET,
+            &json!({"alg": "HS256", "typ": "JWT"}),
+            &json!({"iat": n, "iss": OWN_ISS, "aud": "shop-api", "app": "shop-android"}),
+        ),
+        // payload changed after signing
+        _ => {
+            let t = hs256_raw(
+                SECRET,
+                &json!({"alg": "HS256"}),
+                &json!({"iat": n, "exp": n + 60, "iss": OWN_ISS, "aud": "shop-api", "app": "shop-ios"}),
+            );
+            let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
+            parts[1].push('A');
+            parts.join(".")
+        }
+    }
+}
+
+/// The platform a generated client claims to be.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Platform {
+    None,
+    Android,
+    Ios,
+    Web,
+}
+
+/// Generates request number `i`.
+fn generate(rng: &mut Rng) -> Sent {
+    let instance = rng.below(2);
+    let method = rng.pick(&[
+        "GET", "GET", "GET", "GET", "POST", "POST", "POST", "DELETE", "HEAD", "OPTIONS", "PUT",
+    ]);
+    let mut req = Sent {
+        instance,
+        method: method.to_owned(),
+        target: String::new(),
+        headers: Vec::new(),
+    };
+    // The host first, as clients write it.
+    let host = if rng.chance(88) {
+        rng.pick(&["localhost", "api.example.com", "internal.example.com"])
+    } else {
+        rng.pick(&[
+            "INTERNAL.Example.com.",
+            "internal.example.com:8443",
+            "internal.example.com:x.cdn.example.com",
+            "u@internal.example.com",
+        ])
+    };
+    req.header(rng, "host", host);
+    if rng.chance(4) {
+        req.header(rng, "host", "internal.example.com");
+    }
+
+    let platform = rng.pick(&[
+        Platform::None,
+        Platform::Android,
+        Platform::Android,
+        Platform::Ios,
+        Platform::Ios,
+        Platform::Web,
+        Platform::Web,
+    ]);
+    let mut target = path(rng);
+    let mut query: Vec<String> = Vec::new();
+    if rng.chance(10) {
+        query.push(
+            rng.pick(&[
+                "x=1",
+                "a=%2e&b",
+                "page=2;sort=asc",
+                "_method=DELETE",
+                "q=%41",
+            ])
+            .into(),
+        );
+    }
+
+    // Platform headers.
+    match platform {
+        Platform::None => {}
+        Platform::Android => {
+            let pkg = rng.pick(&[
+                "com.example.shop",
+                "com.example.shop",
+                "com.example.shop.debug",
+                "com.evil.app",
+            ]);
+            let name = if rng.chance(8) {
+                "x_android_package"
+            } else {
+                "x-android-package"
+            };
+            req.header(rng, name, pkg);
+            let cert = rng.pick(&[
+                Some(CERT),
+                Some("146de983c5730650d8eeb9952f34fc6416a08342e61dbea88a0496b23fcf44e5"),
+                Some("00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF"),
+                None,
+            ]);
+            if let Some(c) = cert {
+                req.header(rng, "x-android-cert", c);
+            }
+        }
+        Platform::Ios => {
+            let bundle = rng.pick(&["com.example.shop", "com.example.shop", "com.example.other"]);
+            req.header(rng, "x-ios-bundle-identifier", bundle);
+            if let Some(team) = rng.pick(&[Some("ABCDE12345"), Some("ZZZZZ99999"), None]) {
+                req.header(rng, "x-ios-team-id", team);
+            }
+        }
+        Platform::Web => {
+            let origin = rng.pick(&[
+                "https://shop.example.com",
+                "https://m.shop.example.com",
+                "https://evil.example.net",
+                "null",
+                "",
+            ]);
+            if origin.is_empty() {
+                req.header(rng, "referer", "https://shop.example.com/cart?x=1");
+            } else {
+                req.header(rng, "origin", origin);
+                if rng.chance(5) {
+                    req.header(rng, "origin", "https://shop.example.com");
+                }
+            }
+        }
+    }
+    // A second platform's headers now and then.
+    if rng.chance(5) {
+        req.header(rng, "x-ios-bundle-identifier", "com.example.shop");
+    }
+
+    // The API key: header, query parameter, both, twice, or none.
+    let key = match platform {
+        Platform::Android => "key-android",
+        Platform::Ios => "key-ios",
+        Platform::Web => "key-web",
+        Platform::None => "key-any",
+    };
+    let key = match rng.below(12) {
+        0..=5 => Some(key.to_owned()),
+        6 => Some(
+            rng.pick(&[
+                "key-android",
+                "key-ios",
+                "key-web",
+                "key-any",
+                "key-office",
+                "key-public",
+            ])
+            .to_owned(),
+        ),
+        7 => Some(rng.pick(&["key-revoked", "key-wrong", ""]).to_owned()),
+        8 => Some(format!("  {key} ")),
+        _ => None,
+    };
+    if let Some(k) = &key {
+        match rng.below(10) {
+            0 => query.push(format!("api_key={}", k.trim())),
+            1 => {
+                req.header(rng, "x-api-key", k);
+                let other = rng_other_key(rng);
+                req.header(rng, "x-api-key", other);
+            }
+            2 => req.header(rng, "x_api_key", k),
+            3 => {
+                req.header(rng, "x-api-key", k);
+                query.push(format!("API_KEY={}", k.trim()));
+            }
+            _ => req.header(rng, "x-api-key", k),
+        }
+    }
+
+    // Tokens.
+    let token_app = match (platform, rng.below(6)) {
+        (_, 0) => rng.pick(&[
+            "shop-android",
+            "shop-ios",
+            "shop-web",
+            "shop-android-debug",
+            "ghost",
+        ]),
+        (Platform::Android, 1) => "shop-android-debug",
+        (Platform::Android, _) => "shop-android",
+        (Platform::Ios, _) => "shop-ios",
+        (Platform::Web, _) => "shop-web",
+        (Platform::None, _) => "shop-android",
+    };
+    match rng.below(10) {
+        0..=2 => {}
+        3..=6 => {
+            let t = own_token(rng, token_app);
+            let name = if rng.chance(8) {
+                "x_app_token"
+            } else {
+                "x-app-token"
+            };
+            req.header(rng, name, &t);
+            if rng.chance(6) {
+                let other = own_token(rng, token_app);
+                req.header(rng, "x-app-token", &other);
+            }
+        }
+        _ => {
+            let t = web_token(rng, token_app);
+            let prefix = rng.pick(&["Bearer ", "Bearer ", "bearer ", "Basic ", ""]);
+            req.header(rng, "authorization", &format!("{prefix}{t}"));
+        }
+    }
+
+    // The network.
+    if rng.chance(85) {
+        let xff = rng.pick(&[
+            "198.51.100.7",
+            "198.51.100.7",
+            "198.51.100.7",
+            "10.1.2.3, 198.51.100.7",
+            "203.0.113.5",
+            "192.0.2.10",
+            "10.0.0.1, 198.51.100.8",
+            "203.0.113.9, 192.0.2.11",
+            "198.51.100.9:4711",
+            "[2001:db8::1]:80",
+            "2001:db8:bad::9",
+            "unknown",
+            "127.0.0.1",
+        ]);
+        req.header(rng, "x-forwarded-for", xff);
+        if rng.chance(8) {
+            req.header(rng, "x-forwarded-for", "203.0.113.77");
+        }
+    }
+    if rng.chance(60) {
+        let c = rng.pick(&[
+            "GB", "gb", " US ", "DE", "KP", "kp", "FR", "DE,FR", "XX1", "",
+        ]);
+        req.header(rng, "x-country-code", c);
+        if rng.chance(6) {
+            req.header(rng, "x-country-code", "KP");
+        }
+    }
+
+    // What may move the request to another route upstream, or claim an
+    // identity only appguard may set.
+    if rng.chance(6) {
+        let m = rng.pick(&["DELETE", "GET", "POST", "PUT"]);
+        let name = rng.pick(&[
+            "x-http-method-override",
+            "X_HTTP_Method_Override",
+            "x-method-override",
+        ]);
+        req.headers.push((name.into(), m.into()));
+    }
+    if rng.chance(5) {
+        let h = rng.pick(&[
+            "internal.example.com",
+            "api.example.com",
+            "evil.example.com",
+        ]);
+        req.header(rng, "x-forwarded-host", h);
+    }
+    if rng.chance(6) {
+        let name = rng.pick(&[
+            "x-appguard-app",
+            "x_appguard_app",
+            "x-appguard-key-id",
+            "x.appguard.platform",
+        ]);
+        req.header(rng, name, "shop-android");
+    }
+    // Values that are not ASCII: UTF-8, and Latin-1 (not UTF-8, which
+    // Envoy's HTTP/1 codec passes on as obs-text).
+    if rng.chance(4) {
+        let name = rng.pick(&[
+            "x-api-key",
+            "origin",
+            "x-country-code",
+            "x-android-package",
+            "x-app-token",
+        ]);
+        let value: &[u8] = rng.pick(&[&b"caf\xc3\xa9"[..], &b"caf\xe9"[..], &b"key-any\xe9"[..]]);
+        req.header_bytes(rng, name, value);
+    }
+    if rng.chance(4) {
+        req.header(rng, "x-user-id", "admin");
+    }
+    // A browser's preflight, now and then.
+    if req.method == "OPTIONS" && rng.chance(60) {
+        if !req
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("origin"))
+        {
+            req.header(rng, "origin", "https://shop.example.com");
+        }
+        let m = rng.pick(&["POST", "GET", "DELETE"]);
+        req.header(rng, "access-control-request-method", m);
+    }
+    if !query.is_empty() {
+        target.push('?');
+        target.push_str(&query.join("&"));
+    }
+    req.target = target;
+    req
+}
+
+fn rng_other_key(rng: &mut Rng) -> &'static str {
+    rng.pick(&["key-any", "key-android", "key-wrong"])
+}
+
+/// A path, now and then with what Envoy's normalisation or the core's
+/// route matcher treat specially.
+fn path(rng: &mut Rng) -> String {
+    let base = rng.pick(&[
+        "/health",
+        "/admin/users",
+        "/v1/mobile/profile",
+        "/v1/mobile/feed",
+        "/v1/beta/feature",
+        "/v1/web/cart",
+        "/v1/orders",
+        "/v1/orders/42",
+        "/v1/office/report",
+        "/v1/public/info",
+        "/v1/limited/ping",
+        "/internal/status",
+        "/v1/unknown",
+        "/",
+        "/v1/mobile/profile",
+        "/v1/web/cart",
+        "/v1/orders",
+        "/v1/public/info",
+    ]);
+    let mut p = base.to_owned();
+    if !rng.chance(35) {
+        return p;
+    }
+    match rng.below(14) {
+        // a path parameter on a segment
+        0 => {
+            let cut = p.rfind('/').unwrap_or(0);
+            if cut > 0 {
+                p.insert_str(cut, ";jsessionid=1");
+            } else {
+                p.push_str(";x");
+            }
+        }
+        // an empty segment (merge_slashes)
+        1 => p = p.replacen('/', "//", 1 + rng.below(2)),
+        // dot segments
+        2 => p = p.replacen("/v1/", "/v1/./", 1),
+        3 => p = p.replacen("/v1/", "/v1/x/../", 1),
+        // encoded dots and escapes of unreserved characters
+        4 => p = p.replacen("/v1/", "/v1/public/%2e%2e/", 1),
+        5 => p = p.replacen("/v1/", "/v1/%2E/", 1),
+        6 => p = p.replacen('o', "%6f", 1),
+        7 => p = p.replacen('e', "%65", 1),
+        // an escaped slash (Envoy refuses it before any filter)
+        8 => p = p.replacen("/v1/", "/v1%2F", 1),
+        // a format suffix, a trailing dot, a trailing slash
+        9 => p.push_str(".json"),
+        10 => p.push('.'),
+        11 => p.push('/'),
+        // other case
+        12 => p = p.to_ascii_uppercase(),
+        // an escape that is not unreserved, kept as sent
+        _ => p.push_str("%20x"),
+    }
+    p
+}
+
+/// Header names Envoy's header map keeps as one entry ("inline" headers,
+/// the list Envoy 1.40 logs at start as its "request header map"): a
+/// repeated one is joined into the first with `,` by the HTTP/1 codec
+/// before any filter runs. Other headers stay separate entries, in order.
+const JOINED: [&str; 62] = [
+    ":authority",
+    "accept",
+    "accept-encoding",
+    "access-control-request-headers",
+    "access-control-request-method",
+    "access-control-request-private-network",
+    "authentication",
+    "authorization",
+    "cache-control",
+    "cdn-loop",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "expect",
+    "grpc-accept-encoding",
+    "grpc-timeout",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "keep-alive",
+    "origin",
+    "pragma",
+    "proxy-connection",
+    "proxy-status",
+    "referer",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "user-agent",
+    "via",
+    "x-client-trace-id",
+    "x-envoy-attempt-count",
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-external-address",
+    "x-envoy-force-trace",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-internal",
+    "x-envoy-ip-tags",
+    "x-envoy-is-timeout-retry",
+    "x-envoy-max-retries",
+    "x-envoy-original-host",
+    "x-envoy-original-path",
+    "x-envoy-original-url",
+    "x-envoy-retriable-header-names",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retry-on",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-stream-duration-ms",
+    "x-forwarded-client-cert",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+];
+
+/// The request as Envoy presents it to the filter, or the status Envoy
+/// refuses it with before any filter runs.
+#[derive(Clone, Debug)]
+struct Presented {
+    /// Envoy's downstream address (`source.address`).
+    peer: IpAddr,
+    path: String,
+    /// In map order: pseudo-headers, then the client's headers (lower
+    /// case, values trimmed, repeated inline headers joined), then what
+    /// the connection manager adds.
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+/// `value` without the spaces and tabs around it (HTTP's OWS, which
+/// Envoy's codec drops).
+fn trim_ows(value: &[u8]) -> &[u8] {
+    let start = value.iter().position(|b| !matches!(b, b' ' | b'\t'));
+    let end = value.iter().rposition(|b| !matches!(b, b' ' | b'\t'));
+    match (start, end) {
+        (Some(s), Some(e)) => &value[s..=e],
+        _ => &[],
+    }
+}
+
+/// What Envoy makes of a request before the filter sees it, with the
+/// harness's connection-manager settings (`normalize_path`,
+/// `merge_slashes`, `path_with_escaped_slashes_action: REJECT_REQUEST`,
+/// `use_remote_address` as [`INSTANCES`] says):
+/// - `%2F` or `%5C` in the path (any case): 400, no filter runs;
+/// - the path normalised as RFC 3986 says (Chromium's `CanonicalizePath`):
+///   escapes of unreserved characters decoded, `.` and `..` segments
+///   resolved; other escapes kept as sent; then runs of `/` merged; the
+///   query as sent;
+/// - names in lower case, values without surrounding whitespace, `Host`
+///   as `:authority`, `Connection` dropped (hop by hop), repeated inline
+///   headers joined ([`JOINED`]);
+/// - `x-forwarded-proto` and `x-request-id` added (the connection manager
+///   sets both before the filters);
+/// - with `use_remote_address`, the peer (127.0.0.1) taken as the
+///   downstream address, and `edge_xff` appended to `X-Forwarded-For`
+///   (for a loopback peer Envoy appends its own local address, which
+///   [`edge_address`] asks it for); without it,
+///   the downstream address is the last `X-Forwarded-For` entry when that
+///   is an address (Envoy's `getLastAddressFromXFF`: the text after the
+///   last comma, trimmed, parsed as an IP without a port), else the peer.
+fn present(sent: &Sent, edge_xff: &str) -> Result<Presented, u16> {
+    let (raw_path, query) = match sent.target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (sent.target.as_str(), None),
+    };
+    let lower = raw_path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return Err(400);
+    }
+    let mut path = merge_slashes(&remove_dot_segments(&decode_unreserved(raw_path)));
+    if let Some(q) = query {
+        path.push('?');
+        path.push_str(q);
+    }
+    let mut client: Vec<(String, Vec<u8>)> = Vec::new();
+    for (name, value) in &sent.headers {
+        let name = name.to_ascii_lowercase();
+        let value = trim_ows(value).to_vec();
+        if name == "connection" {
+            continue;
+        }
+        let name = if name == "host" {
+            ":authority".to_owned()
+        } else {
+            name
+        };
+        let inline = JOINED.contains(&name.as_str());
+        match client.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) if inline => {
+                v.push(b',');
+                v.extend_from_slice(&value);
+            }
+            _ => client.push((name, value)),
+        }
+    }
+    let authority = client
+        .iter()
+        .position(|(n, _)| n == ":authority")
+        .map(|i| client.remove(i).1)
+        .unwrap_or_default();
+    let mut headers = vec![
+        (":authority".to_owned(), authority),
+        (":path".to_owned(), path.clone().into_bytes()),
+        (":method".to_owned(), sent.method.clone().into_bytes()),
+        (":scheme".to_owned(), b"http".to_vec()),
+    ];
+    headers.extend(client);
+    // The harness's client adds `content-length: 0` to a POST or PUT
+    // without a body, after the generated headers.
+    if sent.method == "POST" || sent.method == "PUT" {
+        headers.push(("content-length".into(), "0".into()));
+    }
+    let local = IpAddr::from([127, 0, 0, 1]);
+    let xff = headers.iter_mut().find(|(n, _)| n == "x-forwarded-for");
+    let peer = if INSTANCES[sent.instance].0 {
+        match xff {
+            Some((_, v)) => {
+                if !v.is_empty() {
+                    v.push(b',');
+                }
+                v.extend_from_slice(edge_xff.as_bytes());
+            }
+            None => headers.push(("x-forwarded-for".into(), edge_xff.into())),
+        }
+        local
+    } else {
+        xff.and_then(|(_, v)| {
+            let v = std::str::from_utf8(v).ok()?;
+            let last = match v.rfind(',') {
+                Some(i) if i + 1 < v.len() => &v[i + 1..],
+                _ => v,
+            };
+            last.trim().parse().ok()
+        })
+        .unwrap_or(local)
+    };
+    headers.push(("x-forwarded-proto".into(), "http".into()));
+    headers.push((
+        "x-request-id".into(),
+        "00000000-0000-4000-8000-000000000000".into(),
+    ));
+    Ok(Presented {
+        peer,
+        path,
+        headers,
+    })
+}
+
+/// `%XX` of an unreserved character (RFC 3986 2.3) decoded; other
+/// escapes kept as sent.
+fn decode_unreserved(path: &str) -> String {
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(c) = hex.map(char::from) {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~') {
+                    out.push(c);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        out.push(char::from(b[i]));
+        i += 1;
+    }
+    out
+}
+
+/// RFC 3986 5.2.4 on a path.
+fn remove_dot_segments(path: &str) -> String {
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let mut out: Vec<&str> = Vec::new();
+    let last = segments.len().saturating_sub(1);
+    for (i, s) in segments.iter().enumerate() {
+        match *s {
+            "." => {
+                if i == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if i == last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+fn merge_slashes(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && out.ends_with('/')) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The address an edge Envoy (`use_remote_address`) appends to
+/// `X-Forwarded-For` for the harness's loopback connections: its own
+/// local address (Envoy's `ConnectionManagerUtility::mutateRequestHeaders`
+/// appends that instead of a loopback peer), read from what the upstream
+/// receives for a request let through.
+fn edge_address(envoy: &harness::Envoy) -> String {
+    let r = envoy.request(Req::get("/health").header("x-forwarded-for", "198.51.100.1"));
+    assert_eq!(
+        r.status,
+        200,
+        "the probe of the edge's address: {}",
+        r.text()
+    );
+    let seen = r.json();
+    let xff = seen["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h[0] == "x-forwarded-for")
+        .and_then(|h| h[1].as_str())
+        .unwrap_or_default();
+    let edge = xff.strip_prefix("198.51.100.1,").unwrap_or_else(|| {
+        panic!("the edge Envoy appended no address to X-Forwarded-For: {xff:?}")
+    });
+    edge.to_owned()
+}
+
+/// What one side made of a request, in the terms both can state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Envoy answered before the filter ran (no `x-appguard-reason`).
+    Envoy(u16),
+    /// A local reply from appguard.
+    Denied {
+        status: u16,
+        reason: String,
+        /// The body's `error`.
+        body: String,
+        /// Refusal headers: `www-authenticate` and `x-ratelimit-limit` with
+        /// their values, `retry-after`, `x-ratelimit-remaining` and
+        /// `x-ratelimit-reset` by name (their values follow the clock).
+        headers: Vec<String>,
+    },
+    /// Let through. `None` for a HEAD (no body echoes what the upstream
+    /// saw).
+    Allowed(Option<Seen>),
+}
+
+/// What the upstream saw of an allowed request that the core decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Seen {
+    /// `x-appguard-*` headers and the claim header (`x-user-id`), sorted.
+    identity: Vec<(String, String)>,
+    /// Token headers (any spelling) that reached the upstream, sorted.
+    token_headers: Vec<String>,
+}
+
+const REFUSAL_HEADERS: [&str; 5] = [
+    "www-authenticate",
+    "x-ratelimit-limit",
+    "retry-after",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+];
+
+fn refusal_header(name: &str, value: &str) -> Option<String> {
+    let name = name.to_ascii_lowercase();
+    match name.as_str() {
+        "www-authenticate" | "x-ratelimit-limit" => Some(format!("{name}: {value}")),
+        n if REFUSAL_HEADERS.contains(&n) => Some(name),
+        _ => None,
+    }
+}
+
+/// An identity header in any spelling an upstream reads as it (`_` or
+/// `.` for `-`): a client's copy must never reach the upstream.
+fn is_identity(name: &str) -> bool {
+    let name = name.to_ascii_lowercase().replace(['_', '.'], "-");
+    name.starts_with("x-appguard-") || name == "x-user-id"
+}
+
+fn is_token_header(name: &str) -> bool {
+    ["x-app-token", "authorization"]
+        .iter()
+        .any(|h| same_header_name(name.as_bytes(), h.as_bytes()))
+}
+
+/// Envoy's answer in those terms, and what the upstream got (method,
+/// path and headers) when it was let through.
+fn observed(method: &str, r: &Resp) -> (Outcome, Option<Value>) {
+    if let Some(reason) = r.reason() {
+        let body = serde_json::from_slice::<Value>(&r.body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("(not JSON: {})", r.text()));
+        let mut headers: Vec<String> = r
+            .headers
+            .iter()
+            .filter_map(|(n, v)| refusal_header(n, v))
+            .collect();
+        headers.sort();
+        let body = if method == "HEAD" {
+            String::new()
+        } else {
+            body
+        };
+        return (
+            Outcome::Denied {
+                status: r.status,
+                reason: reason.to_owned(),
+                body,
+                headers,
+            },
+            None,
+        );
+    }
+    if r.status != 200 {
+        return (Outcome::Envoy(r.status), None);
+    }
+    if method == "HEAD" {
+        return (Outcome::Allowed(None), None);
+    }
+    let seen = r.json();
+    let pairs: Vec<(String, String)> = seen["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_owned(),
+                p[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut identity: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(n, _)| is_identity(n))
+        .cloned()
+        .collect();
+    identity.sort();
+    let mut token_headers: Vec<String> = pairs
+        .iter()
+        .filter(|(n, _)| is_token_header(n))
+        .map(|(n, _)| n.clone())
+        .collect();
+    token_headers.sort();
+    (
+        Outcome::Allowed(Some(Seen {
+            identity,
+            token_headers,
+        })),
+        Some(seen),
+    )
+}
+
+/// The core's side: the configuration compiled as the adapter compiles it
+/// (`Config::from_json`, as `FilterRoot::on_configure`), and a worker's
+/// state of its own (shared-data store, caches), fed the same requests in
+/// the same order as its Envoy instance.
+struct Native {
+    config: Config,
+    store: MemStore,
+    salt: BucketSalt,
+    token_cache: RefCell<TokenCache>,
+    service_cache: RefCell<ServiceCache>,
+    key_memo: RefCell<KeyMemo>,
+    negative: RefCell<NegativeCache>,
+}
+
+impl Native {
+    fn new(config_json: &str) -> Native {
+        let salt = BucketSalt::new([42; BucketSalt::LEN]);
+        Native {
+            config: Config::from_json(config_json.as_bytes()).expect("the configuration compiles"),
+            store: MemStore::default(),
+            salt,
+            token_cache: RefCell::new(TokenCache::default()),
+            service_cache: RefCell::new(ServiceCache::new(&salt)),
+            key_memo: RefCell::new(KeyMemo::new(&salt)),
+            negative: RefCell::new(NegativeCache::default()),
+        }
+    }
+
+    /// Decides as `GuardFilter::ctx_step` calls the core in the headers
+    /// phase: the headers as read from Envoy (decoded from the host's map
+    /// encoding by the same `Headers::from_wire` as `abi::map_headers`),
+    /// the downstream address Envoy
+    /// reports (see [`present`]), no body following
+    /// (every generated request ends with its headers), `KeyFetch::May`,
+    /// the clock now.
+    fn decide(&self, p: &Presented) -> Decision {
+        let wire = appguard::wire::encode_pairs(
+            p.headers.iter().map(|(n, v)| (n.as_bytes(), v.as_slice())),
+        );
+        let headers = Headers::from_wire(&wire).expect("the map encoding decodes");
+        let req = Request::new(&headers, Some(p.peer));
+        let now_ms = u64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap();
+        let ctx = Ctx {
+            config: &self.config,
+            store: &self.store,
+            bucket_salt: self.salt,
+            token_cache: &self.token_cache,
+            remote_keys: &[],
+            key_fetch: KeyFetch::May,
+            service_cache: &self.service_cache,
+            key_memo: &self.key_memo,
+            negative: &self.negative,
+            now_ms,
+        };
+        match policy::evaluate(&ctx, &req, now_ms / 1000) {
+            Step::Done(decision, _) => decision,
+            other => panic!("the headers phase did not decide: {other:?}"),
+        }
+    }
+}
+
+/// The core's decision in [`Outcome`] terms.
+fn expected(method: &str, p: &Presented, d: &Decision) -> Outcome {
+    match d {
+        Decision::Deny(denial) => {
+            let r = denial.reason;
+            let mut headers: Vec<String> = denial
+                .headers
+                .iter()
+                .filter_map(|(n, v)| refusal_header(n, v))
+                .collect();
+            if let Some(c) = r.challenge() {
+                headers.push(format!("www-authenticate: {c}"));
+            }
+            headers.sort();
+            let body: Value = serde_json::from_str(&r.body()).unwrap();
+            Outcome::Denied {
+                status: r.status(),
+                reason: r.code().to_owned(),
+                body: if method == "HEAD" {
+                    String::new()
+                } else {
+                    body["error"].as_str().unwrap().to_owned()
+                },
+                headers,
+            }
+        }
+        Decision::Allow(_) if method == "HEAD" => Outcome::Allowed(None),
+        Decision::Allow(g) => {
+            let mut identity: Vec<(String, String)> = g
+                .set_headers
+                .iter()
+                .filter(|(n, _)| is_identity(n))
+                .cloned()
+                .collect();
+            if let Some(r) = g.would_deny {
+                identity.push(("x-appguard-would-deny".into(), r.code().into()));
+            }
+            identity.sort();
+            let removed = |n: &str| {
+                g.remove_headers.iter().any(|r| r == n)
+                    || g.key_scrub.headers.iter().any(|r| r == n)
+            };
+            let mut token_headers: Vec<String> = p
+                .headers
+                .iter()
+                .map(|(n, _)| n)
+                .filter(|n| is_token_header(n) && !removed(n))
+                .cloned()
+                .collect();
+            token_headers.sort();
+            Outcome::Allowed(Some(Seen {
+                identity,
+                token_headers,
+            }))
+        }
+    }
+}
+
+/// Where the request model and what the upstream received part, for an
+/// allowed request: the path, and the values of every header the client
+/// sent (by its lower-case name) that the core neither removed nor set.
+fn model_mismatch(sent: &Sent, p: &Presented, d: &Decision, seen: &Value) -> Option<String> {
+    let Decision::Allow(g) = d else { return None };
+    let mut out = String::new();
+    let seen_path = seen["path"].as_str().unwrap_or("");
+    if seen_path != p.path {
+        let _ = write!(out, "path: model {:?}, upstream {:?}; ", p.path, seen_path);
+    }
+    let seen_headers: Vec<(String, String)> = seen["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h[0].as_str().unwrap().to_owned(),
+                h[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut names: Vec<String> = sent
+        .headers
+        .iter()
+        .map(|(n, _)| n.to_ascii_lowercase())
+        .filter(|n| n != "host" && n != "connection" && !is_identity(n))
+        .collect();
+    names.sort();
+    names.dedup();
+    let changed = |n: &str| {
+        g.remove_headers.iter().any(|r| r == n)
+            || g.key_scrub.headers.iter().any(|r| r == n)
+            || g.set_headers.iter().any(|(s, _)| s == n)
+    };
+    for name in names.iter().filter(|n| !changed(n)) {
+        let model: Vec<String> = p
+            .headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        let upstream: Vec<&str> = seen_headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        if model != upstream {
+            let _ = write!(out, "{name}: model {model:?}, upstream {upstream:?}; ");
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// A value short enough to print: tokens cut to their start and length;
+/// bytes that are not UTF-8 as `\xNN`.
+fn short(v: &[u8]) -> String {
+    let shown = if v.len() > 28 { &v[..16] } else { v };
+    let mut s: String = shown.escape_ascii().to_string();
+    if v.len() > 28 {
+        let _ = write!(s, "…({} bytes)", v.len());
+    }
+    s
+}
+
+fn describe(i: usize, sent: &Sent) -> String {
+    let mut s = format!(
+        "#{i} envoy {} (use_remote_address {}, xff_trusted_hops {}): {} {}\n",
+        sent.instance,
+        INSTANCES[sent.instance].0,
+        INSTANCES[sent.instance].1,
+        sent.method,
+        sent.target
+    );
+    for (n, v) in &sent.headers {
+        let _ = writeln!(s, "    {n}: {}", short(v));
+    }
+    s
+}
+
+fn to_req(sent: &Sent) -> Req {
+    let mut r = Req::new(&sent.method, &sent.target);
+    // The host as a header of its own, for the harness not to add one;
+    // every other header as bytes, after it (generated headers start
+    // with the host).
+    for (n, v) in &sent.headers {
+        r = if n.eq_ignore_ascii_case("host") {
+            r.header(n, &String::from_utf8_lossy(v))
+        } else {
+            r.header_bytes(n, v)
+        };
+    }
+    r
+}
+
+/// The seed and the number of requests: `APPGUARD_DIFF_SEED` (a number, or
+/// `random` for one from the clock) and `APPGUARD_DIFF_N`.
+fn seed_and_count() -> (u64, usize) {
+    let seed = match std::env::var("APPGUARD_DIFF_SEED") {
+        Ok(s) if s == "random" => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+        Ok(s) => s
+            .parse()
+            .unwrap_or_else(|_| panic!("APPGUARD_DIFF_SEED={s:?}: a number or `random`")),
+        Err(_) => 20_261_206,
+    };
+    let n = std::env::var("APPGUARD_DIFF_N")
+        .ok()
+        .map(|s| {
+            s.parse()
+                .unwrap_or_else(|_| panic!("APPGUARD_DIFF_N={s:?}: a number"))
+        })
+        .unwrap_or(400);
+    (seed, n)
+}
+
+#[test]
+fn envoy_and_the_native_core_decide_generated_requests_alike() {
+    let (seed, n) = seed_and_count();
+    eprintln!("differential: seed {seed}, {n} requests (APPGUARD_DIFF_SEED, APPGUARD_DIFF_N)");
+    let started = Instant::now();
+    let up = Upstream::start();
+    let configs = INSTANCES.map(|(_, hops)| config(hops).to_string());
+    let natives = [Native::new(&configs[0]), Native::new(&configs[1])];
+    let envoys = [0, 1].map(|i| {
+        let cfg: Value = serde_json::from_str(&configs[i]).unwrap();
+        EnvoyBuilder::new(cfg, up.port)
+            .hcm("use_remote_address", json!(INSTANCES[i].0))
+            .wasm_log_level("warning")
+            .start()
+    });
+    let edge_xff = edge_address(&envoys[1]);
+    let mut rng = Rng::new(seed);
+    let mut mismatches: Vec<String> = Vec::new();
+    let mut tally: std::collections::BTreeMap<String, usize> = Default::default();
+    for i in 0..n {
+        let sent = generate(&mut rng);
+        let envoy = &envoys[sent.instance];
+        let resp = envoy.request(to_req(&sent));
+        let (mut got, seen) = observed(&sent.method, &resp);
+        let (mut want, note) = match present(&sent, &edge_xff) {
+            Err(status) => (Outcome::Envoy(status), None),
+            Ok(p) => {
+                let d = natives[sent.instance].decide(&p);
+                let want = expected(&sent.method, &p, &d);
+                let note = seen.as_ref().and_then(|s| model_mismatch(&sent, &p, &d, s));
+                (want, note)
+            }
+        };
+        // The harness's upstream cannot read a header line that is not
+        // UTF-8 and drops the connection (Envoy then answers 503): what
+        // such an allowed request carried upstream cannot be seen (unless
+        // appguard removed that header).
+        let opaque = sent
+            .headers
+            .iter()
+            .any(|(_, v)| std::str::from_utf8(v).is_err());
+        if opaque && got == Outcome::Envoy(503) && matches!(want, Outcome::Allowed(_)) {
+            got = Outcome::Allowed(None);
+            want = Outcome::Allowed(None);
+        }
+        let label = match &got {
+            Outcome::Envoy(s) => format!("envoy {s}"),
+            Outcome::Denied { reason, .. } => reason.clone(),
+            Outcome::Allowed(_) => "allowed".into(),
+        };
+        if std::env::var("APPGUARD_DIFF_SHOW").is_ok_and(|v| v == label) {
+            eprintln!("{}", describe(i, &sent));
+        }
+        *tally.entry(label).or_default() += 1;
+        if got != want {
+            mismatches.push(format!(
+                "{}    envoy:  {got:?}\n    native: {want:?}\n",
+                describe(i, &sent)
+            ));
+        } else if let Some(note) = note {
+            mismatches.push(format!(
+                "{}    the request model differs from what the upstream received: {note}\n",
+                describe(i, &sent)
+            ));
+        }
+    }
+    for e in &envoys {
+        e.assert_vm_healthy();
+    }
+    eprintln!(
+        "differential: {n} requests in {:.1} s: {tally:?}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        mismatches.is_empty(),
+        "{} of {n} requests differ (seed {seed}; rerun with APPGUARD_DIFF_SEED={seed} APPGUARD_DIFF_N={n}):\n{}",
+        mismatches.len(),
+        mismatches
+            .iter()
+            .take(12)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
