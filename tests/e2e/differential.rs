@@ -25,7 +25,7 @@
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use appguard::config::Config;
 use appguard::decision::Decision;
@@ -41,6 +41,7 @@ use serde_json::{json, Value};
 
 use crate::harness;
 use harness::http::{Req, Resp};
+use harness::http2::H2;
 use harness::tokens::{hs256_raw, SECRET};
 use harness::upstream::Upstream;
 use harness::EnvoyBuilder;
@@ -173,6 +174,11 @@ impl Rng {
 struct Sent {
     /// Which Envoy, an index into [`INSTANCES`].
     instance: usize,
+    /// Sent over HTTP/2 (h2c, one connection per Envoy): the authority
+    /// from the URI (`localhost`), no `Host`; the headers end without
+    /// END_STREAM (an empty DATA frame ends the stream), so the adapter
+    /// passes `body_follows` to the core.
+    h2: bool,
     method: String,
     target: String,
     /// Headers in wire order, `host` included, names as spelt, values as
@@ -360,6 +366,7 @@ fn generate(rng: &mut Rng) -> Sent {
     };
     let mut req = Sent {
         instance,
+        h2: false,
         method: method.to_owned(),
         target: String::new(),
         headers: Vec::new(),
@@ -661,11 +668,41 @@ fn generate(rng: &mut Rng) -> Sent {
         let m = rng.pick(&["POST", "GET", "DELETE"]);
         req.header(rng, "access-control-request-method", m);
     }
+    // Over the limits: a key over 256 bytes, a token over 4096.
+    if rng.chance(2) {
+        let (name, len) = rng.pick(&[("x-api-key", 300), ("x-app-token", 5000)]);
+        req.header(rng, name, &"k".repeat(len));
+    }
     if !query.is_empty() {
         target.push('?');
         target.push_str(&query.join("&"));
     }
+    // The absolute form of the target (RFC 9112 3.2.2), which names the
+    // authority in place of `Host`.
+    if rng.chance(3) {
+        let authority = rng.pick(&["internal.example.com", "localhost:8080", "api.example.com"]);
+        target = format!("http://{authority}{target}");
+    }
+    // A method in lower case (which Envoy's HTTP/1 codec refuses).
+    if rng.chance(2) {
+        req.method = req.method.to_ascii_lowercase();
+    }
     req.target = target;
+    // A quarter over HTTP/2, where a request names its authority in the
+    // URI, its field values carry no surrounding whitespace (RFC 9113
+    // 8.2.1) and the harness's client sends visible ASCII only.
+    if rng.chance(25)
+        && !req.target.starts_with("http://")
+        && req.method.bytes().all(|b| b.is_ascii_uppercase())
+    {
+        req.h2 = true;
+        req.headers.retain(|(n, v)| {
+            !n.eq_ignore_ascii_case("host") && v.iter().all(|b| (0x20..0x7f).contains(b))
+        });
+        for (_, v) in &mut req.headers {
+            *v = trim_ows(v).to_vec();
+        }
+    }
     req
 }
 
@@ -812,6 +849,8 @@ const JOINED: [&str; 62] = [
 /// refuses it with before any filter runs.
 #[derive(Clone, Debug)]
 struct Presented {
+    /// A body follows the headers (Envoy said so to the filter).
+    body_follows: bool,
     /// Envoy's downstream address (`source.address`).
     peer: IpAddr,
     path: String,
@@ -836,13 +875,14 @@ fn trim_ows(value: &[u8]) -> &[u8] {
 /// harness's connection-manager settings (`normalize_path`,
 /// `merge_slashes`, `path_with_escaped_slashes_action: REJECT_REQUEST`,
 /// `use_remote_address` as [`INSTANCES`] says):
-/// - `%2F` or `%5C` in the path (any case): 400, no filter runs;
+/// - `%2F` or `%5C` in the path (any case), or a method in lower case:
+///   400, no filter runs;
 /// - the path normalised as RFC 3986 says (Chromium's `CanonicalizePath`):
 ///   escapes of unreserved characters decoded, `.` and `..` segments
 ///   resolved; other escapes kept as sent; then runs of `/` merged; the
 ///   query as sent;
 /// - names in lower case, values without surrounding whitespace, `Host`
-///   as `:authority`, `Connection` dropped (hop by hop), repeated inline
+///   (or the authority of an absolute-form target) as `:authority`, `Connection` dropped (hop by hop), repeated inline
 ///   headers joined ([`JOINED`]);
 /// - `x-forwarded-proto` and `x-request-id` added (the connection manager
 ///   sets both before the filters);
@@ -854,9 +894,21 @@ fn trim_ows(value: &[u8]) -> &[u8] {
 ///   is an address (Envoy's `getLastAddressFromXFF`: the text after the
 ///   last comma, trimmed, parsed as an IP without a port), else the peer.
 fn present(sent: &Sent, edge_xff: &str) -> Result<Presented, u16> {
-    let (raw_path, query) = match sent.target.split_once('?') {
+    if sent.method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(400);
+    }
+    // The absolute form: its authority is the request's, whatever `Host`
+    // says (Envoy's HTTP/1 codec sets `:authority` from it).
+    let (url_authority, target) = match sent.target.strip_prefix("http://") {
+        Some(rest) => {
+            let cut = rest.find('/').unwrap_or(rest.len());
+            (Some(&rest[..cut]), &rest[cut..])
+        }
+        None => (None, sent.target.as_str()),
+    };
+    let (raw_path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
-        None => (sent.target.as_str(), None),
+        None => (target, None),
     };
     let lower = raw_path.to_ascii_lowercase();
     if lower.contains("%2f") || lower.contains("%5c") {
@@ -893,6 +945,12 @@ fn present(sent: &Sent, edge_xff: &str) -> Result<Presented, u16> {
         .position(|(n, _)| n == ":authority")
         .map(|i| client.remove(i).1)
         .unwrap_or_default();
+    let authority = url_authority.map_or(authority, |a| a.as_bytes().to_vec());
+    let authority = if sent.h2 {
+        b"localhost".to_vec()
+    } else {
+        authority
+    };
     let mut headers = vec![
         (":authority".to_owned(), authority),
         (":path".to_owned(), path.clone().into_bytes()),
@@ -900,9 +958,9 @@ fn present(sent: &Sent, edge_xff: &str) -> Result<Presented, u16> {
         (":scheme".to_owned(), b"http".to_vec()),
     ];
     headers.extend(client);
-    // The harness's client adds `content-length: 0` to a POST or PUT
-    // without a body, after the generated headers.
-    if sent.method == "POST" || sent.method == "PUT" {
+    // The harness's HTTP/1 client adds `content-length: 0` to a POST or
+    // PUT without a body, after the generated headers.
+    if !sent.h2 && (sent.method == "POST" || sent.method == "PUT") {
         headers.push(("content-length".into(), "0".into()));
     }
     let local = IpAddr::from([127, 0, 0, 1]);
@@ -935,6 +993,7 @@ fn present(sent: &Sent, edge_xff: &str) -> Result<Presented, u16> {
         "00000000-0000-4000-8000-000000000000".into(),
     ));
     Ok(Presented {
+        body_follows: sent.h2,
         peer,
         path,
         headers,
@@ -1191,15 +1250,16 @@ impl Native {
     /// phase: the headers as read from Envoy (decoded from the host's map
     /// encoding by the same `Headers::from_wire` as `abi::map_headers`),
     /// the downstream address Envoy
-    /// reports (see [`present`]), no body following
-    /// (every generated request ends with its headers), `KeyFetch::May`,
+    /// reports (see [`present`]), whether a body follows (as Envoy told
+    /// the filter: over HTTP/2 it does), `KeyFetch::May`,
     /// the clock now.
     fn decide(&self, p: &Presented) -> Decision {
         let wire = appguard::wire::encode_pairs(
             p.headers.iter().map(|(n, v)| (n.as_bytes(), v.as_slice())),
         );
         let headers = Headers::from_wire(&wire).expect("the map encoding decodes");
-        let req = Request::new(&headers, Some(p.peer));
+        let mut req = Request::new(&headers, Some(p.peer));
+        req.body_follows = p.body_follows;
         let now_ms = u64::try_from(
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -1316,11 +1376,13 @@ fn model_mismatch(sent: &Sent, p: &Presented, d: &Decision, seen: &Value) -> Opt
             || g.key_scrub.headers.iter().any(|r| r == n)
             || g.set_headers.iter().any(|(s, _)| s == n)
     };
+    // The authority goes upstream as `host`.
+    names.push("host".into());
     for name in names.iter().filter(|n| !changed(n)) {
         let model: Vec<String> = p
             .headers
             .iter()
-            .filter(|(n, _)| n == name)
+            .filter(|(n, _)| n == name || (n == ":authority" && name == "host"))
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
             .collect();
         let upstream: Vec<&str> = seen_headers
@@ -1348,10 +1410,11 @@ fn short(v: &[u8]) -> String {
 
 fn describe(i: usize, sent: &Sent) -> String {
     let mut s = format!(
-        "#{i} envoy {} (use_remote_address {}, xff_trusted_hops {}): {} {}\n",
+        "#{i} envoy {} (use_remote_address {}, xff_trusted_hops {}){}: {} {}\n",
         sent.instance,
         INSTANCES[sent.instance].0,
         INSTANCES[sent.instance].1,
+        if sent.h2 { " HTTP/2" } else { "" },
         sent.method,
         sent.target
     );
@@ -1363,6 +1426,12 @@ fn describe(i: usize, sent: &Sent) -> String {
 
 fn to_req(sent: &Sent) -> Req {
     let mut r = Req::new(&sent.method, &sent.target);
+    if sent.h2 {
+        for (n, v) in &sent.headers {
+            r = r.header(n, std::str::from_utf8(v).unwrap());
+        }
+        return r;
+    }
     // The host as a header of its own, for the harness not to add one;
     // every other header as bytes, after it (generated headers start
     // with the host).
@@ -1414,13 +1483,18 @@ fn envoy_and_the_native_core_decide_generated_requests_alike() {
             .start()
     });
     let edge_xff = edge_address(&envoys[1]);
+    let h2 = [0, 1].map(|i| H2::connect(envoys[i].port));
     let mut rng = Rng::new(seed);
     let mut mismatches: Vec<String> = Vec::new();
     let mut tally: std::collections::BTreeMap<String, usize> = Default::default();
     for i in 0..n {
         let sent = generate(&mut rng);
         let envoy = &envoys[sent.instance];
-        let resp = envoy.request(to_req(&sent));
+        let resp = if sent.h2 {
+            h2[sent.instance].send(&to_req(&sent), 1, Duration::ZERO)
+        } else {
+            envoy.request(to_req(&sent))
+        };
         let (mut got, seen) = observed(&sent.method, &resp);
         let (mut want, note) = match present(&sent, &edge_xff) {
             Err(status) => (Outcome::Envoy(status), None),
