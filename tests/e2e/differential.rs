@@ -593,6 +593,12 @@ fn generate(rng: &mut Rng) -> Sent {
             "2001:db8:bad::9",
             "unknown",
             "127.0.0.1",
+            "::ffff:203.0.113.5",
+            "198.51.100.7,",
+            " 198.51.100.7",
+            "010.1.2.3",
+            "fe80::1%1",
+            "fe80::1%lo",
         ]);
         req.header(rng, "x-forwarded-for", xff);
         if rng.chance(8) {
@@ -892,7 +898,8 @@ fn trim_ows(value: &[u8]) -> &[u8] {
 ///   [`edge_address`] asks it for); without it,
 ///   the downstream address is the last `X-Forwarded-For` entry when that
 ///   is an address (Envoy's `getLastAddressFromXFF`: the text after the
-///   last comma, trimmed, parsed as an IP without a port), else the peer.
+///   last comma, trimmed, parsed as an IP without a port, see
+///   [`envoy_ip`]), else the peer.
 fn present(sent: &Sent, edge_xff: &str) -> Result<Presented, u16> {
     if sent.method.bytes().any(|b| b.is_ascii_lowercase()) {
         return Err(400);
@@ -983,7 +990,7 @@ fn present(sent: &Sent, edge_xff: &str) -> Result<Presented, u16> {
                 Some(i) if i + 1 < v.len() => &v[i + 1..],
                 _ => v,
             };
-            last.trim().parse().ok()
+            envoy_ip(last.trim())
         })
         .unwrap_or(local)
     };
@@ -998,6 +1005,22 @@ fn present(sent: &Sent, edge_xff: &str) -> Result<Presented, u16> {
         path,
         headers,
     })
+}
+
+/// An address as Envoy's `parseInternetAddressNoThrow` reads one
+/// (`getaddrinfo` with numeric hosts): an IPv6 address may carry a zone,
+/// an interface index or name (`fe80::1%1`, `fe80::1%lo`), which Envoy
+/// keeps (`source.address` is then `[fe80::1%1]:0`, which the adapter
+/// reads as `fe80::1`). Only the zones every Linux host has are taken
+/// here; the generator writes no others.
+fn envoy_ip(text: &str) -> Option<IpAddr> {
+    match text.split_once('%') {
+        Some((ip, zone)) if zone == "lo" || zone.bytes().all(|b| b.is_ascii_digit()) => {
+            ip.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
+        }
+        Some(_) => None,
+        None => text.parse().ok(),
+    }
 }
 
 /// `%XX` of an unreserved character (RFC 3986 2.3) decoded; other
