@@ -709,6 +709,13 @@ fn generate(rng: &mut Rng) -> Sent {
             *v = trim_ows(v).to_vec();
         }
     }
+    // A gRPC call: Envoy answers a local reply to one with HTTP 200 and
+    // the `grpc-status` the adapter passes. (Not one Envoy refuses
+    // itself: its own 400 is then `grpc-status: 13`, as is the answer of
+    // the upstream, which is no gRPC server.)
+    if rng.chance(4) && !envoy_refuses(&req) {
+        req.header(rng, "content-type", "application/grpc");
+    }
     req
 }
 
@@ -901,7 +908,7 @@ fn trim_ows(value: &[u8]) -> &[u8] {
 ///   last comma, trimmed, parsed as an IP without a port, see
 ///   [`envoy_ip`]), else the peer.
 fn present(sent: &Sent, edge_xff: &str) -> Result<Presented, u16> {
-    if sent.method.bytes().any(|b| b.is_ascii_lowercase()) {
+    if envoy_refuses(sent) {
         return Err(400);
     }
     // The absolute form: its authority is the request's, whatever `Host`
@@ -917,10 +924,6 @@ fn present(sent: &Sent, edge_xff: &str) -> Result<Presented, u16> {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
-    let lower = raw_path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") {
-        return Err(400);
-    }
     let mut path = merge_slashes(&remove_dot_segments(&decode_unreserved(raw_path)));
     if let Some(q) = query {
         path.push('?');
@@ -1005,6 +1008,23 @@ fn present(sent: &Sent, edge_xff: &str) -> Result<Presented, u16> {
         path,
         headers,
     })
+}
+
+/// Whether Envoy's connection manager answers the request 400 itself,
+/// before any filter: a method in lower case (its HTTP/1 codec), or an
+/// escaped slash in the path (`path_with_escaped_slashes_action:
+/// REJECT_REQUEST`; `%2F` or `%5C`, any case, the query not included).
+fn envoy_refuses(sent: &Sent) -> bool {
+    let target = sent
+        .target
+        .strip_prefix("http://")
+        .map_or(sent.target.as_str(), |rest| {
+            &rest[rest.find('/').unwrap_or(rest.len())..]
+        });
+    let path = target.split('?').next().unwrap_or("").to_ascii_lowercase();
+    sent.method.bytes().any(|b| b.is_ascii_lowercase())
+        || path.contains("%2f")
+        || path.contains("%5c")
 }
 
 /// An address as Envoy's `parseInternetAddressNoThrow` reads one
@@ -1125,8 +1145,8 @@ enum Outcome {
         /// `x-ratelimit-reset` by name (their values follow the clock).
         headers: Vec<String>,
     },
-    /// Let through. `None` for a HEAD (no body echoes what the upstream
-    /// saw).
+    /// Let through. `None` for a HEAD or a gRPC call (no body echoes what
+    /// the upstream saw).
     Allowed(Option<Seen>),
 }
 
@@ -1142,9 +1162,11 @@ struct Seen {
     credentials: Vec<String>,
 }
 
-const REFUSAL_HEADERS: [&str; 5] = [
+const REFUSAL_HEADERS: [&str; 7] = [
     "www-authenticate",
     "x-ratelimit-limit",
+    "grpc-status",
+    "grpc-message",
     "retry-after",
     "x-ratelimit-remaining",
     "x-ratelimit-reset",
@@ -1153,7 +1175,9 @@ const REFUSAL_HEADERS: [&str; 5] = [
 fn refusal_header(name: &str, value: &str) -> Option<String> {
     let name = name.to_ascii_lowercase();
     match name.as_str() {
-        "www-authenticate" | "x-ratelimit-limit" => Some(format!("{name}: {value}")),
+        "www-authenticate" | "x-ratelimit-limit" | "grpc-status" | "grpc-message" => {
+            Some(format!("{name}: {value}"))
+        }
         n if REFUSAL_HEADERS.contains(&n) => Some(name),
         _ => None,
     }
@@ -1176,10 +1200,14 @@ fn is_credential(name: &str) -> bool {
 /// path and headers) when it was let through.
 fn observed(method: &str, r: &Resp) -> (Outcome, Option<Value>) {
     if let Some(reason) = r.reason() {
-        let body = serde_json::from_slice::<Value>(&r.body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| format!("(not JSON: {})", r.text()));
+        let body = if r.body.is_empty() {
+            String::new()
+        } else {
+            serde_json::from_slice::<Value>(&r.body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("(not JSON: {})", r.text()))
+        };
         let mut headers: Vec<String> = r
             .headers
             .iter()
@@ -1204,7 +1232,9 @@ fn observed(method: &str, r: &Resp) -> (Outcome, Option<Value>) {
     if r.status != 200 {
         return (Outcome::Envoy(r.status), None);
     }
-    if method == "HEAD" {
+    // A gRPC call the upstream answered: the echo is no gRPC server, and
+    // Envoy turns its answer into `grpc-status: 13` with no body.
+    if method == "HEAD" || r.header("grpc-status").is_some() {
         return (Outcome::Allowed(None), None);
     }
     let seen = r.json();
@@ -1309,9 +1339,45 @@ impl Native {
     }
 }
 
-/// The core's decision in [`Outcome`] terms.
+/// Whether the request is a gRPC call to Envoy (`content-type:
+/// application/grpc`).
+fn is_grpc(sent: &Sent) -> bool {
+    sent.headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("content-type") && v == b"application/grpc")
+}
+
+/// The core's decision in [`Outcome`] terms. A refused gRPC call
+/// (`content-type: application/grpc`) is answered as gRPC asks: HTTP 200,
+/// the reason's `grpc-status`, the JSON body as `grpc-message` (but after
+/// a HEAD) and no body.
 fn expected(method: &str, p: &Presented, d: &Decision) -> Outcome {
+    let grpc = p
+        .headers
+        .iter()
+        .find(|(n, _)| n == "content-type")
+        .is_some_and(|(_, v)| v == b"application/grpc");
     match d {
+        Decision::Deny(denial) if grpc => {
+            let r = denial.reason;
+            let mut headers: Vec<String> = denial
+                .headers
+                .iter()
+                .filter_map(|(n, v)| refusal_header(n, v))
+                .collect();
+            headers.extend(r.challenge().map(|c| format!("www-authenticate: {c}")));
+            headers.push(format!("grpc-status: {}", r.grpc_status()));
+            if method != "HEAD" {
+                headers.push(format!("grpc-message: {}", r.body()));
+            }
+            headers.sort();
+            Outcome::Denied {
+                status: 200,
+                reason: r.code().to_owned(),
+                body: String::new(),
+                headers,
+            }
+        }
         Decision::Deny(denial) => {
             let r = denial.reason;
             let mut headers: Vec<String> = denial
@@ -1335,7 +1401,7 @@ fn expected(method: &str, p: &Presented, d: &Decision) -> Outcome {
                 headers,
             }
         }
-        Decision::Allow(_) if method == "HEAD" => Outcome::Allowed(None),
+        Decision::Allow(_) if method == "HEAD" || grpc => Outcome::Allowed(None),
         Decision::Allow(g) => {
             let mut identity: Vec<(String, String)> = g
                 .set_headers
@@ -1486,7 +1552,7 @@ fn seed_and_count() -> (u64, usize) {
             s.parse()
                 .unwrap_or_else(|_| panic!("APPGUARD_DIFF_N={s:?}: a number"))
         })
-        .unwrap_or(400);
+        .unwrap_or(1000);
     (seed, n)
 }
 
@@ -1532,6 +1598,11 @@ fn envoy_and_the_native_core_decide_generated_requests_alike() {
         // UTF-8 and drops the connection (Envoy then answers 503): what
         // such an allowed request carried upstream cannot be seen (unless
         // appguard removed that header).
+        // What a gRPC call let through carried upstream is not always
+        // echoed (see `observed`).
+        if is_grpc(&sent) && matches!(got, Outcome::Allowed(_)) {
+            got = Outcome::Allowed(None);
+        }
         let opaque = sent
             .headers
             .iter()
