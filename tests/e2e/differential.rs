@@ -2,25 +2,37 @@
 //! generated requests: the adapter (`src/proxy/`) is meant to be thin, so
 //! the same request must get the same decision from both.
 //!
-//! A seeded generator (`APPGUARD_DIFF_SEED`, `APPGUARD_DIFF_N`; the seed is
-//! printed) mixes valid and invalid pieces: methods, odd paths, hosts,
-//! `X-Forwarded-For` chains, countries, API keys, platform headers, HS256
-//! tokens, duplicated headers and header-name spellings. Each request goes
+//! A seeded generator (`APPGUARD_DIFF_SEED`, a number or `random`;
+//! `APPGUARD_DIFF_N`, 1000 by default; the seed is printed) mixes valid and
+//! invalid pieces: methods, odd paths and query strings, hosts and
+//! absolute-form targets, `X-Forwarded-For` chains, countries, API keys
+//! (header, parameter, both, twice, revoked, restricted), platform
+//! headers, HS256 tokens (valid, expired, future, too long-lived, wrong
+//! issuer, audience, key, `kid` or app, malformed), spoofed identity
+//! headers, method overrides, forwarded hosts, values that are not ASCII
+//! or over their limits, gRPC calls, duplicated headers and name
+//! spellings. About half come from a genuine client with one thing or
+//! another spoilt, so that every check is reached. Each request goes
 //! through one of two Envoys (see [`INSTANCES`]: the harness's connection
-//! manager, and one at the edge behind a load balancer). The core then
-//! decides the request as Envoy
-//! presents it to the filter (see [`present`]) with the same compiled
-//! configuration, a store and caches of its own that see the same requests
-//! in the same order as the instance's. Status, reason code, body and
-//! refusal headers, and for allowed requests the identity headers the
-//! upstream saw and the token headers it did not, must agree.
+//! manager, and an edge behind a load balancer), over HTTP/1.1 or (a
+//! quarter) HTTP/2.
+//!
+//! The core then decides the request as Envoy presents it to the filter
+//! (see [`present`]), with the configuration compiled from the same JSON
+//! and a store and caches of its own that see the same requests in the same
+//! order as its instance (the local limit of one route runs out, per
+//! client, on both sides alike). Status, reason code, body and refusal
+//! headers (and a gRPC call's `grpc-status`), and for allowed requests the
+//! path, the identity headers and the credentials the upstream got, must
+//! agree ([`Outcome`]). A mismatch prints the request (long values cut),
+//! both outcomes and the seed.
+//!
+//! The request model is checked too: for every allowed request, the
+//! authority and the generated headers the upstream received must be those
+//! the model handed the core (less what the core removed).
 //!
 //! `APPGUARD_DIFF_SHOW=<outcome>` (a reason code, `allowed`, `envoy 400`)
 //! prints every request that got it, to see what the generator reaches.
-//!
-//! The request model is checked too: for every allowed request, the path
-//! and the generated headers the upstream received must be those the model
-//! handed the core (less what the core removed).
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
