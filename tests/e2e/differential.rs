@@ -767,7 +767,7 @@ fn mutate(rng: &mut Rng, mut p: String, percent: u64) -> String {
     if !rng.chance(percent) {
         return p;
     }
-    match rng.below(14) {
+    match rng.below(17) {
         // a path parameter on a segment
         0 => {
             let cut = p.rfind('/').unwrap_or(0);
@@ -796,7 +796,11 @@ fn mutate(rng: &mut Rng, mut p: String, percent: u64) -> String {
         // other case
         12 => p = p.to_ascii_uppercase(),
         // an escape that is not unreserved, kept as sent
-        _ => p.push_str("%20x"),
+        13 => p.push_str("%20x"),
+        // a backslash, a fragment, an encoded NUL
+        14 => p = p.replacen("/v1/", "/v1\\", 1),
+        15 => p.push_str("#frag"),
+        _ => p.push_str("%00"),
     }
     p
 }
@@ -904,8 +908,8 @@ fn trim_ows(value: &[u8]) -> &[u8] {
 ///   400, no filter runs;
 /// - the path normalised as RFC 3986 says (Chromium's `CanonicalizePath`):
 ///   escapes of unreserved characters decoded, `.` and `..` segments
-///   resolved; other escapes kept as sent; then runs of `/` merged; the
-///   query as sent;
+///   resolved, `\` read as `/`; other escapes kept as sent; then runs of
+///   `/` merged; the query as sent;
 /// - names in lower case, values without surrounding whitespace, `Host`
 ///   (or the authority of an absolute-form target) as `:authority`, `Connection` dropped (hop by hop), repeated inline
 ///   headers joined ([`JOINED`]);
@@ -932,10 +936,13 @@ fn present(sent: &Sent, edge_xff: &str) -> Result<Presented, u16> {
         }
         None => (None, sent.target.as_str()),
     };
+    let target = target.split('#').next().unwrap_or("");
     let (raw_path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
+    let raw_path = raw_path.replace('\\', "/");
+    let raw_path = raw_path.as_str();
     let mut path = merge_slashes(&remove_dot_segments(&decode_unreserved(raw_path)));
     if let Some(q) = query {
         path.push('?');
@@ -1023,9 +1030,12 @@ fn present(sent: &Sent, edge_xff: &str) -> Result<Presented, u16> {
 }
 
 /// Whether Envoy's connection manager answers the request 400 itself,
-/// before any filter: a method in lower case (its HTTP/1 codec), or an
-/// escaped slash in the path (`path_with_escaped_slashes_action:
-/// REJECT_REQUEST`; `%2F` or `%5C`, any case, the query not included).
+/// before any filter: a method in lower case or a fragment in the target
+/// (its HTTP/1 codec; over HTTP/2 the harness's client drops a fragment
+/// before sending), an escaped slash in the path
+/// (`path_with_escaped_slashes_action: REJECT_REQUEST`; `%2F` or `%5C`,
+/// any case, the query not included), or an escaped NUL (`%00`, which
+/// `normalize_path` refuses).
 fn envoy_refuses(sent: &Sent) -> bool {
     let target = sent
         .target
@@ -1033,10 +1043,13 @@ fn envoy_refuses(sent: &Sent) -> bool {
         .map_or(sent.target.as_str(), |rest| {
             &rest[rest.find('/').unwrap_or(rest.len())..]
         });
+    let target = target.split('#').next().unwrap_or("");
     let path = target.split('?').next().unwrap_or("").to_ascii_lowercase();
     sent.method.bytes().any(|b| b.is_ascii_lowercase())
+        || (!sent.h2 && sent.target.contains('#'))
         || path.contains("%2f")
         || path.contains("%5c")
+        || path.contains("%00")
 }
 
 /// An address as Envoy's `parseInternetAddressNoThrow` reads one
