@@ -701,7 +701,11 @@ impl GuardFilter {
         let mut headers: Vec<(&str, &str)> = headers;
         headers.push(("content-type", content_type));
         headers.push(("grpc-status", &code));
-        headers.push(("grpc-message", &message));
+        // As Envoy answers a gRPC request itself: a HEAD has no body, and
+        // so no message taken from one.
+        if self.headers.get(":method") != Some("HEAD") {
+            headers.push(("grpc-message", &message));
+        }
         abi::send_local_response(200, grpc_status, &headers, b"")
     }
 
