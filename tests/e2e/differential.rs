@@ -84,6 +84,7 @@ fn config(xff_trusted_hops: u32) -> Value {
     json!({
         "default_action": "deny",
         "bypass_cors_preflight": true,
+        "cors_on_refusals": {"allow_credentials": true},
         "client_ip": {"xff_trusted_hops": xff_trusted_hops},
         "network": {
             "ip_deny": ["203.0.113.0/24", "2001:db8:bad::/48"],
@@ -1187,7 +1188,11 @@ struct Seen {
     credentials: Vec<String>,
 }
 
-const REFUSAL_HEADERS: [&str; 7] = [
+const REFUSAL_HEADERS: [&str; 11] = [
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-expose-headers",
+    "vary",
     "www-authenticate",
     "x-ratelimit-limit",
     "grpc-status",
@@ -1200,9 +1205,14 @@ const REFUSAL_HEADERS: [&str; 7] = [
 fn refusal_header(name: &str, value: &str) -> Option<String> {
     let name = name.to_ascii_lowercase();
     match name.as_str() {
-        "www-authenticate" | "x-ratelimit-limit" | "grpc-status" | "grpc-message" => {
-            Some(format!("{name}: {value}"))
-        }
+        "www-authenticate"
+        | "x-ratelimit-limit"
+        | "grpc-status"
+        | "grpc-message"
+        | "access-control-allow-origin"
+        | "access-control-allow-credentials"
+        | "access-control-expose-headers"
+        | "vary" => Some(format!("{name}: {value}")),
         n if REFUSAL_HEADERS.contains(&n) => Some(name),
         _ => None,
     }
@@ -1331,7 +1341,9 @@ impl Native {
     /// reports (see [`present`]), whether a body follows (as Envoy told
     /// the filter: over HTTP/2 it does), `KeyFetch::May`,
     /// the clock now.
-    fn decide(&self, p: &Presented) -> Decision {
+    /// Also the CORS headers a refusal would carry (`cors_on_refusals`),
+    /// from the `Origin` values as the adapter reads them.
+    fn decide(&self, p: &Presented) -> (Decision, Vec<String>) {
         let wire = appguard::wire::encode_pairs(
             p.headers.iter().map(|(n, v)| (n.as_bytes(), v.as_slice())),
         );
@@ -1357,8 +1369,12 @@ impl Native {
             negative: &self.negative,
             now_ms,
         };
+        let cors = policy::refusal_cors_headers(&self.config, headers.get_all("origin"))
+            .into_iter()
+            .map(|(n, v)| format!("{n}: {v}"))
+            .collect();
         match policy::evaluate(&ctx, &req, now_ms / 1000) {
-            Step::Done(decision, _) => decision,
+            Step::Done(decision, _) => (decision, cors),
             other => panic!("the headers phase did not decide: {other:?}"),
         }
     }
@@ -1376,7 +1392,7 @@ fn is_grpc(sent: &Sent) -> bool {
 /// (`content-type: application/grpc`) is answered as gRPC asks: HTTP 200,
 /// the reason's `grpc-status`, the JSON body as `grpc-message` (but after
 /// a HEAD) and no body.
-fn expected(method: &str, p: &Presented, d: &Decision) -> Outcome {
+fn expected(method: &str, p: &Presented, d: &Decision, cors: &[String]) -> Outcome {
     let grpc = p
         .headers
         .iter()
@@ -1391,6 +1407,7 @@ fn expected(method: &str, p: &Presented, d: &Decision) -> Outcome {
                 .filter_map(|(n, v)| refusal_header(n, v))
                 .collect();
             headers.extend(r.challenge().map(|c| format!("www-authenticate: {c}")));
+            headers.extend(cors.iter().cloned());
             headers.push(format!("grpc-status: {}", r.grpc_status()));
             if method != "HEAD" {
                 headers.push(format!("grpc-message: {}", r.body()));
@@ -1413,6 +1430,7 @@ fn expected(method: &str, p: &Presented, d: &Decision) -> Outcome {
             if let Some(c) = r.challenge() {
                 headers.push(format!("www-authenticate: {c}"));
             }
+            headers.extend(cors.iter().cloned());
             headers.sort();
             let body: Value = serde_json::from_str(&r.body()).unwrap();
             Outcome::Denied {
@@ -1613,8 +1631,8 @@ fn envoy_and_the_native_core_decide_generated_requests_alike() {
         let (mut want, note) = match present(&sent, &edge_xff) {
             Err(status) => (Outcome::Envoy(status), None),
             Ok(p) => {
-                let d = natives[sent.instance].decide(&p);
-                let want = expected(&sent.method, &p, &d);
+                let (d, cors) = natives[sent.instance].decide(&p);
+                let want = expected(&sent.method, &p, &d, &cors);
                 let note = seen.as_ref().and_then(|s| model_mismatch(&sent, &p, &d, s));
                 (want, note)
             }
