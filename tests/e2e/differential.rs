@@ -1273,17 +1273,7 @@ fn observed(method: &str, r: &Resp) -> (Outcome, Option<Value>) {
         return (Outcome::Allowed(None), None);
     }
     let seen = r.json();
-    let pairs: Vec<(String, String)> = seen["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p[0].as_str().unwrap().to_owned(),
-                p[1].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let pairs = echoed_headers(&seen);
     let mut identity: Vec<(String, String)> = pairs
         .iter()
         .filter(|(n, _)| is_identity(n))
@@ -1477,14 +1467,9 @@ fn expected(method: &str, p: &Presented, d: &Decision, cors: &[String]) -> Outco
     }
 }
 
-/// Where the request model and what the upstream received part, for an
-/// allowed request: the values of every header the client sent (by its
-/// lower-case name) that the core neither removed nor set. (The path is
-/// part of [`Seen`].)
-fn model_mismatch(sent: &Sent, p: &Presented, d: &Decision, seen: &Value) -> Option<String> {
-    let Decision::Allow(g) = d else { return None };
-    let mut out = String::new();
-    let seen_headers: Vec<(String, String)> = seen["headers"]
+/// The headers the echo upstream reports it received, as (name, value).
+fn echoed_headers(seen: &Value) -> Vec<(String, String)> {
+    seen["headers"]
         .as_array()
         .unwrap()
         .iter()
@@ -1494,7 +1479,17 @@ fn model_mismatch(sent: &Sent, p: &Presented, d: &Decision, seen: &Value) -> Opt
                 h[1].as_str().unwrap().to_owned(),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Where the request model and what the upstream received part, for an
+/// allowed request: the values of every header the client sent (by its
+/// lower-case name) that the core neither removed nor set. (The path is
+/// part of [`Seen`].)
+fn model_mismatch(sent: &Sent, p: &Presented, d: &Decision, seen: &Value) -> Option<String> {
+    let Decision::Allow(g) = d else { return None };
+    let mut out = String::new();
+    let seen_headers = echoed_headers(seen);
     let mut names: Vec<String> = sent
         .headers
         .iter()
