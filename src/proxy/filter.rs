@@ -457,7 +457,9 @@ impl GuardFilter {
         // re-evaluation borrows it again.
         let next = match worker.jwks.borrow_mut().get_mut(p) {
             None => RequestFetch::Evaluate(KeyFetch::NotNow),
-            Some(slot) => jwks::request_fetch(&HostStore, slot, &provider.name, remote, now),
+            Some(slot) => {
+                jwks::request_fetch(&HostStore, slot, &provider.name, remote, now_millis())
+            }
         };
         if let RequestFetch::Evaluate(key_fetch) = next {
             return self.run(key_fetch);

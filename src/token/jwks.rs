@@ -44,8 +44,12 @@ pub struct JwksSlot {
     /// Shared-data CAS of the loaded version.
     pub loaded_cas: Option<u32>,
     /// When the GET that fetched the loaded keys was dispatched (by any
-    /// worker).
+    /// worker), in seconds since the epoch.
     pub fetched_at: u64,
+    /// The same in milliseconds: whether keys were fetched after a
+    /// request arrived must not be judged by the second (see
+    /// [`request_fetch`]).
+    pub fetched_at_ms: u64,
     /// The keys, as the policy sees them.
     pub keys: RemoteKeys,
     /// Last unknown-`kid` re-fetch from this worker.
@@ -218,12 +222,13 @@ pub fn sync<S: SharedStore + ?Sized>(
     if let Some((bytes, cas)) = shared.get(&data_key(provider, remote)) {
         if slot.loaded_cas != Some(cas) && bytes.len() > 8 {
             let (ts, json) = bytes.split_at(8);
-            let fetched_at = u64::from_le_bytes(ts.try_into().unwrap_or([0; 8])) / 1000;
+            let fetched_at_ms = u64::from_le_bytes(ts.try_into().unwrap_or([0; 8]));
             match parse(json) {
                 Ok(keys) => {
                     slot.keys.keys = Some(Rc::new(keys));
                     slot.keys.version = version(json);
-                    slot.fetched_at = fetched_at;
+                    slot.fetched_at = fetched_at_ms / 1000;
+                    slot.fetched_at_ms = fetched_at_ms;
                 }
                 Err(e) => warn!("jwks {provider}: shared copy unusable: {e}"),
             }
@@ -356,6 +361,7 @@ pub fn store<S: SharedStore + ?Sized>(
     slot.keys.keys = Some(Rc::new(keys));
     slot.keys.version = version(body);
     slot.fetched_at = started_ms / 1000;
+    slot.fetched_at_ms = started_ms;
     info!("jwks {provider}: {} bytes loaded", body.len());
     Ok(())
 }
@@ -424,11 +430,12 @@ pub enum RequestFetch {
 }
 
 /// Decides whether a request of this worker fetches `provider`'s keys at
-/// `now` (seconds). First, at most once a second, it loads the copy
-/// another worker stored: if that brought other keys, the request is
-/// evaluated again with them (as `Fetched` when they were fetched this
-/// second, since a `kid` they lack is then made up; as `May` when older,
-/// since they may predate its key). Without keys, it fetches unless
+/// `now_ms` (milliseconds since the epoch). First, at most once a second,
+/// it loads the copy another worker stored: if that brought other keys,
+/// the request is evaluated again with them (as `Fetched` when their GET
+/// went out at `now_ms` or later, since a `kid` they lack is then made
+/// up; as `May` when earlier, even within the same second, since they may
+/// predate its key). Without keys, it fetches unless
 /// [`JwksSlot::may_start_request_fetch`] says no; with keys (an unknown
 /// `kid`), only when it wins the re-fetch lease
 /// ([`take_refetch_lease`]). Otherwise the request is evaluated as
@@ -439,8 +446,9 @@ pub fn request_fetch<S: SharedStore + ?Sized>(
     slot: &mut JwksSlot,
     provider: &str,
     remote: &RemoteJwks,
-    now: u64,
+    now_ms: u64,
 ) -> RequestFetch {
+    let now = now_ms / 1000;
     let before = slot.keys.version;
     if slot.last_request_sync != Some(now) {
         slot.last_request_sync = Some(now);
@@ -448,7 +456,7 @@ pub fn request_fetch<S: SharedStore + ?Sized>(
     }
     let has_keys = slot.keys.keys.is_some();
     if has_keys && slot.keys.version != before {
-        RequestFetch::Evaluate(if slot.fetched_at >= now {
+        RequestFetch::Evaluate(if slot.fetched_at_ms >= now_ms {
             KeyFetch::Fetched
         } else {
             KeyFetch::May
@@ -701,25 +709,25 @@ mod tests {
         let t = 4_000_000u64;
         for token in 0..4 {
             assert_eq!(
-                request_fetch(&shared, &mut a, "idp", &r, t),
+                request_fetch(&shared, &mut a, "idp", &r, t * 1000),
                 RequestFetch::Dispatch
             );
             a.fetch_started(token, t, r.timeout_ms);
         }
         assert_eq!(
-            request_fetch(&shared, &mut a, "idp", &r, t),
+            request_fetch(&shared, &mut a, "idp", &r, t * 1000),
             RequestFetch::Evaluate(KeyFetch::NotNow),
             "four in flight: the route's failure mode answers"
         );
         a.fetch_ended(0);
         a.request_fetch_failed_at = Some(t);
         assert_eq!(
-            request_fetch(&shared, &mut a, "idp", &r, t),
+            request_fetch(&shared, &mut a, "idp", &r, t * 1000),
             RequestFetch::Evaluate(KeyFetch::NotNow),
             "a fetch failed this second"
         );
         assert_eq!(
-            request_fetch(&shared, &mut a, "idp", &r, t + 1),
+            request_fetch(&shared, &mut a, "idp", &r, (t + 1) * 1000),
             RequestFetch::Dispatch
         );
     }
@@ -734,7 +742,7 @@ mod tests {
         fetched(&shared, &mut a, &r, &doc, t - 100, t - 100);
         sync(&shared, &mut b, "idp", &r, t - 100);
         assert_eq!(
-            request_fetch(&shared, &mut a, "idp", &r, t),
+            request_fetch(&shared, &mut a, "idp", &r, t * 1000),
             RequestFetch::Dispatch
         );
         // The lease is the instance's: the other worker does not fetch,
@@ -742,13 +750,13 @@ mod tests {
         for (on_a, at) in [(false, t), (false, t + 1), (true, t + 1), (true, t + 29)] {
             let slot = if on_a { &mut a } else { &mut b };
             assert_eq!(
-                request_fetch(&shared, slot, "idp", &r, at),
+                request_fetch(&shared, slot, "idp", &r, at * 1000),
                 RequestFetch::Evaluate(KeyFetch::NotNow),
                 "{at}"
             );
         }
         assert_eq!(
-            request_fetch(&shared, &mut b, "idp", &r, t + 30),
+            request_fetch(&shared, &mut b, "idp", &r, (t + 30) * 1000),
             RequestFetch::Dispatch
         );
     }
@@ -766,7 +774,7 @@ mod tests {
         // second, a `kid` it lacks would be made up.
         fetched(&shared, &mut a, &r, &jwks_doc(8, "k2"), t, t);
         assert_eq!(
-            request_fetch(&shared, &mut b, "idp", &r, t),
+            request_fetch(&shared, &mut b, "idp", &r, t * 1000),
             RequestFetch::Evaluate(KeyFetch::Fetched)
         );
         assert_eq!(kids(&b), ["k2"]);
@@ -775,21 +783,57 @@ mod tests {
         let mut c = JwksSlot::default();
         fetched(&shared, &mut a, &r, &jwks_doc(9, "k3"), t + 1, t + 1);
         assert_eq!(
-            request_fetch(&shared, &mut c, "idp", &r, t + 5),
+            request_fetch(&shared, &mut c, "idp", &r, (t + 5) * 1000),
             RequestFetch::Evaluate(KeyFetch::May)
         );
         // Looked at once a second: the same second, c goes on to the lease.
         assert_eq!(
-            request_fetch(&shared, &mut c, "idp", &r, t + 5),
+            request_fetch(&shared, &mut c, "idp", &r, (t + 5) * 1000),
             RequestFetch::Dispatch
         );
         // The next second it looks again, and finds a's new keys.
         fetched(&shared, &mut a, &r, &jwks_doc(10, "k4"), t + 6, t + 6);
         assert_eq!(
-            request_fetch(&shared, &mut c, "idp", &r, t + 6),
+            request_fetch(&shared, &mut c, "idp", &r, (t + 6) * 1000),
             RequestFetch::Evaluate(KeyFetch::Fetched)
         );
         assert_eq!(kids(&c), ["k4"]);
+    }
+
+    #[test]
+    fn keys_fetched_before_a_request_are_not_taken_for_keys_fetched_after_it() {
+        // Another worker's GET went out 400 ms before this request came,
+        // in the same second: a `kid` those keys lack may have been
+        // published since, so the request may still ask for a re-fetch,
+        // and is not charged as a made-up `kid` (review-upgrade49 F2).
+        let shared = store::MemStore::default();
+        let r = remote("jwks", "", "/k");
+        let t_ms = 7_000_000_100u64;
+        let at = |slot: &mut JwksSlot, started_ms: u64| {
+            store(
+                &shared,
+                slot,
+                "idp",
+                &r,
+                &jwks_doc(7, "k1"),
+                started_ms,
+                t_ms / 1000,
+                || started_ms + 50,
+            )
+            .unwrap();
+        };
+        let (mut a, mut b) = (JwksSlot::default(), JwksSlot::default());
+        at(&mut a, t_ms);
+        assert_eq!(
+            request_fetch(&shared, &mut b, "idp", &r, t_ms + 400),
+            RequestFetch::Evaluate(KeyFetch::May)
+        );
+        // The same GET, had it gone out when the request came or later.
+        let mut c = JwksSlot::default();
+        assert_eq!(
+            request_fetch(&shared, &mut c, "idp", &r, t_ms),
+            RequestFetch::Evaluate(KeyFetch::Fetched)
+        );
     }
 
     #[test]
