@@ -580,8 +580,11 @@ pub struct Config {
     /// error, and the app cannot tell a rate limit (wait) from an expired
     /// token (fetch a new one). Needed where no CORS filter sees
     /// appguard's local replies: Istio runs its CORS filter after every
-    /// WasmPlugin. Envoy's CORS filter, where it runs before appguard,
-    /// sets these headers itself on the way out and replaces appguard's.
+    /// WasmPlugin. Not for where Envoy's CORS filter runs before appguard:
+    /// on the way out it sets the headers its policy has, for the origins
+    /// it allows, over appguard's, but leaves those its policy lacks
+    /// (`access-control-allow-credentials`) and those of origins it
+    /// refuses, which would then say more than the policy.
     pub cors_on_refusals: Option<RefusalCors>,
     /// Whether, on a route that reads the body, the headers are held (not
     /// sent upstream) until the body is decided, as they are for every

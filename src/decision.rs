@@ -205,44 +205,111 @@ pub const fn grpc_status(status: u16) -> i32 {
     }
 }
 
-/// The `content-type` a refusal answers a gRPC or gRPC-Web request with,
-/// given the request's, or `None` when the request is neither.
-///
-/// Envoy turns a local reply into a gRPC answer (HTTP 200, `grpc-status`)
-/// only for a request that was gRPC when it arrived; a gRPC-Web request
-/// (`application/grpc-web…`, from a browser) never is, so its refusal
-/// would reach the client as an HTTP 4xx: with Envoy's `grpc_web` filter
-/// in front, that filter then maps the HTTP status itself (a rate limit
-/// to `UNAVAILABLE`, which clients retry at once; a bad body to
-/// `INTERNAL`), and with `grpc_web` after appguard the browser gets plain
-/// JSON with no `grpc-status` at all. appguard therefore answers every
-/// gRPC and gRPC-Web refusal as a trailers-only gRPC answer of its own
-/// (HTTP 200, `grpc-status` and `grpc-message` in the headers, no body):
-/// a gRPC-Web request with its own media type (Envoy's `grpc_web` filter
-/// turns the request into `application/grpc` on the way in, so one seen
-/// as gRPC here is answered as gRPC, and that filter encodes the answer
-/// for the browser on the way out). The media type is compared without
+/// How a refusal answers a gRPC or gRPC-Web request (see
+/// [`grpc_reply`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrpcReply<'a> {
+    /// Not gRPC: HTTP status and JSON body.
+    No,
+    /// gRPC, as Envoy took the request when it arrived: the HTTP refusal
+    /// as for any request, with the gRPC status to use. Envoy turns it
+    /// into HTTP 200 with `grpc-status` and the body as `grpc-message`,
+    /// through the connection manager's `local_reply_config` like its own
+    /// replies.
+    Native,
+    /// gRPC-Web that Envoy's `grpc_web` filter, in front of appguard,
+    /// turned into `application/grpc` (the client's `x-grpc-web`
+    /// says so): Envoy did not take it for gRPC when it arrived, so its
+    /// HTTP refusal would reach `grpc_web`, which maps the HTTP status
+    /// itself (a rate limit `UNAVAILABLE`, which clients retry at once; a
+    /// bad body `INTERNAL`). Answered as a trailers-only gRPC answer
+    /// instead: HTTP 200, `grpc-status` and `grpc-message` in the headers,
+    /// no body; `grpc_web` gives it its gRPC-Web `content-type`.
+    WebConverted,
+    /// gRPC-Web as the client sent it (no `grpc_web` filter in front):
+    /// HTTP 200 with the request's media type and the status in a
+    /// gRPC-Web trailer frame, the body every gRPC-Web answer ends with
+    /// (base64 for `application/grpc-web-text`). Headers alone would do
+    /// for some clients, but Envoy drops the `content-type` of a local
+    /// reply without a body, and clients that check it first (Connect's)
+    /// would read the answer as an internal error.
+    Web(&'a str),
+}
+
+/// How a refusal answers a request with this `content-type` (the value
+/// as appguard sees it), and whether the client sent `x-grpc-web`. Envoy
+/// takes a request for gRPC only by its `content-type` when it arrives
+/// (`application/grpc`, `+` a subtype); a gRPC-Web one
+/// (`application/grpc-web…`) never is. The media type is compared without
 /// regard to case and parameters, as RFC 9110 §8.3.1 has it.
-pub fn grpc_reply_content_type(request: Option<&str>) -> Option<&str> {
-    let media = request?.split(';').next()?.trim_matches([' ', '\t']);
-    let lower = media.get(.."application/grpc".len())?;
-    if !lower.eq_ignore_ascii_case("application/grpc") {
-        return None;
-    }
-    let rest = &media["application/grpc".len()..];
+pub fn grpc_reply(content_type: Option<&str>, x_grpc_web: bool) -> GrpcReply<'_> {
+    let Some(media) = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|m| m.trim_matches([' ', '\t']))
+    else {
+        return GrpcReply::No;
+    };
+    let Some(rest) = media
+        .get(.."application/grpc".len())
+        .filter(|t| t.eq_ignore_ascii_case("application/grpc"))
+        .and_then(|_| media.get("application/grpc".len()..))
+    else {
+        return GrpcReply::No;
+    };
     if rest.is_empty() || rest.starts_with('+') {
-        return Some("application/grpc");
+        return if x_grpc_web {
+            GrpcReply::WebConverted
+        } else {
+            GrpcReply::Native
+        };
     }
-    let web = rest.get(.."-web".len())?;
-    let after = &rest["-web".len()..];
-    let is_web = web.eq_ignore_ascii_case("-web")
-        && (after.is_empty()
-            || after.starts_with('+')
-            || after
-                .get(.."-text".len())
-                .is_some_and(|t| t.eq_ignore_ascii_case("-text"))
-                && (after.len() == "-text".len() || after["-text".len()..].starts_with('+')));
-    is_web.then_some(media)
+    let web = rest
+        .get(.."-web".len())
+        .is_some_and(|w| w.eq_ignore_ascii_case("-web"));
+    let after = rest.get("-web".len()..).unwrap_or("");
+    let text = after
+        .get(.."-text".len())
+        .is_some_and(|t| t.eq_ignore_ascii_case("-text"));
+    let tail = if text { &after["-text".len()..] } else { after };
+    if web && (tail.is_empty() || tail.starts_with('+')) {
+        GrpcReply::Web(media)
+    } else {
+        GrpcReply::No
+    }
+}
+
+/// The body of a gRPC-Web refusal with media type `media`: the trailer
+/// frame of [`grpc_web_trailer_frame`], base64-encoded for the `-text`
+/// form (`application/grpc-web-text…`).
+pub fn grpc_web_body(media: &str, status: i32, message: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let frame = grpc_web_trailer_frame(status, message);
+    let text = media
+        .get("application/grpc-web".len().."application/grpc-web-text".len())
+        .is_some_and(|t| t.eq_ignore_ascii_case("-text"));
+    if text {
+        base64::engine::general_purpose::STANDARD
+            .encode(frame)
+            .into_bytes()
+    } else {
+        frame
+    }
+}
+
+/// A gRPC-Web trailer frame (flag 0x80, big-endian length, then the
+/// trailers as HTTP/1 header lines) holding `grpc-status` and
+/// `grpc-message` ([`grpc_message`] of `message`).
+pub fn grpc_web_trailer_frame(status: i32, message: &str) -> Vec<u8> {
+    let trailers = format!(
+        "grpc-status:{status}\r\ngrpc-message:{}\r\n",
+        grpc_message(message)
+    );
+    let len = u32::try_from(trailers.len()).unwrap_or(u32::MAX);
+    let mut frame = Vec::with_capacity(5 + trailers.len());
+    frame.push(0x80);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(trailers.as_bytes());
+    frame
 }
 
 /// A `grpc-message` value: `text` percent-encoded as the gRPC protocol
@@ -411,44 +478,75 @@ mod tests {
 
     #[test]
     fn grpc_and_grpc_web_requests_are_told_apart_by_their_media_type() {
-        for (request, answer) in [
-            ("application/grpc", Some("application/grpc")),
-            ("application/grpc+proto", Some("application/grpc")),
-            ("Application/GRPC; charset=utf-8", Some("application/grpc")),
-            ("application/grpc-web", Some("application/grpc-web")),
+        use GrpcReply::*;
+        for (request, web, answer) in [
+            ("application/grpc", false, Native),
+            ("application/grpc+proto", false, Native),
+            ("Application/GRPC; charset=utf-8", false, Native),
+            ("application/grpc", true, WebConverted),
+            ("application/grpc+proto", true, WebConverted),
+            ("application/grpc-web", false, Web("application/grpc-web")),
             (
                 "application/grpc-web+proto",
-                Some("application/grpc-web+proto"),
+                true,
+                Web("application/grpc-web+proto"),
             ),
             (
                 "application/grpc-web-text",
-                Some("application/grpc-web-text"),
+                false,
+                Web("application/grpc-web-text"),
             ),
             (
                 "application/grpc-web-text+proto",
-                Some("application/grpc-web-text+proto"),
+                false,
+                Web("application/grpc-web-text+proto"),
             ),
             (
                 "application/GRPC-Web+json ; x=1",
-                Some("application/GRPC-Web+json"),
+                false,
+                Web("application/GRPC-Web+json"),
             ),
-            ("application/grpcx", None),
-            ("application/grpc-webby", None),
-            ("application/grpc-web-textual", None),
-            ("application/grpc-", None),
-            ("application/json", None),
-            ("application/grp", None),
-            ("", None),
-            ("\u{e9}pplication/grpc", None),
-            ("application/grpc\u{e9}", None),
+            ("application/grpcx", true, No),
+            ("application/grpc-webby", false, No),
+            ("application/grpc-web-textual", false, No),
+            ("application/grpc-", false, No),
+            ("application/json", true, No),
+            ("application/grp", false, No),
+            ("", false, No),
+            ("\u{e9}pplication/grpc", false, No),
+            ("application/grpc\u{e9}", false, No),
+            ("application/grpc-w\u{e9}b", false, No),
+        ] {
+            assert_eq!(grpc_reply(Some(request), web), answer, "{request:?} {web}");
+        }
+        assert_eq!(grpc_reply(None, true), No);
+    }
+
+    #[test]
+    fn a_grpc_web_trailer_frame_is_flag_length_and_header_lines() {
+        let frame = grpc_web_trailer_frame(8, "{\"error\":\"rate_limited\"}");
+        let lines = b"grpc-status:8\r\ngrpc-message:{\"error\":\"rate_limited\"}\r\n";
+        assert_eq!(frame[0], 0x80);
+        assert_eq!(
+            frame[1..5],
+            u32::try_from(lines.len()).unwrap().to_be_bytes()
+        );
+        assert_eq!(&frame[5..], lines);
+        // The same frame as the body, in base64 for the `-text` form only.
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&frame);
+        for (media, body) in [
+            ("application/grpc-web+proto", frame.clone()),
+            ("application/grpc-web", frame.clone()),
+            ("application/grpc-web-text", b64.clone().into_bytes()),
+            ("application/GRPC-WEB-TEXT+proto", b64.clone().into_bytes()),
         ] {
             assert_eq!(
-                grpc_reply_content_type(Some(request)),
-                answer,
-                "{request:?}"
+                grpc_web_body(media, 8, "{\"error\":\"rate_limited\"}"),
+                body,
+                "{media}"
             );
         }
-        assert_eq!(grpc_reply_content_type(None), None);
     }
 
     #[test]

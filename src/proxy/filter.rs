@@ -95,6 +95,10 @@ pub struct GuardFilter {
     worker: Option<Rc<Worker>>,
     /// Where the request is in its life.
     state: State,
+    /// The headers went on to the filters after appguard before the body
+    /// was decided (a body route without `hold_headers_for_body`): a later
+    /// filter may have changed the request (see [`GuardFilter::local_reply`]).
+    headers_went_on: bool,
     /// The request headers, read from Envoy once and looked up from here.
     headers: Headers,
     /// The request ended with its headers (no body to wait for).
@@ -179,6 +183,7 @@ impl GuardFilter {
             context_id,
             worker,
             state: State::Start,
+            headers_went_on: false,
             headers: Headers::default(),
             headers_end_stream: false,
             body_while_paused: false,
@@ -328,6 +333,7 @@ impl GuardFilter {
                     self.apply_headers(&pending.grant);
                     mark_degraded(&pending.facts);
                     self.state = State::AwaitingBody(pending);
+                    self.headers_went_on = true;
                     Action::Continue
                 }
             }
@@ -676,39 +682,56 @@ impl GuardFilter {
         Action::Pause
     }
 
-    /// Sends a refusal with HTTP `status`, JSON `body` and `headers`; to a
-    /// gRPC or gRPC-Web request as a trailers-only gRPC answer instead
-    /// (HTTP 200, `grpc-status`, the body in `grpc-message`; see
-    /// [`crate::decision::grpc_reply_content_type`]).
+    /// Sends a refusal with HTTP `status`, JSON `body` and `headers`, as
+    /// [`crate::decision::grpc_reply`] says for a gRPC or gRPC-Web request.
     fn local_reply<'a>(
         &self,
         status: u16,
         body: &str,
-        mut headers: Vec<(&'a str, &'a str)>,
+        headers: Vec<(&'a str, &'a str)>,
     ) -> Result<(), abi::HostError> {
+        use crate::decision::GrpcReply;
         let grpc_status = crate::decision::grpc_status(status);
-        let grpc = crate::decision::grpc_reply_content_type(self.headers.get("content-type"));
-        let Some(content_type) = grpc else {
-            headers.push(("content-type", "application/json"));
-            return abi::send_local_response(
-                u32::from(status),
-                grpc_status,
-                &headers,
-                body.as_bytes(),
-            );
+        let kind = match crate::decision::grpc_reply(
+            self.headers.get("content-type"),
+            self.headers.get("x-grpc-web").is_some(),
+        ) {
+            // A body-phase refusal after the headers went on to the
+            // filters behind appguard: a `grpc_web` filter among them has
+            // made the request `application/grpc`, and encodes this answer
+            // for the browser as it does the upstream's (a trailer frame
+            // it would take for a non-gRPC body, and answer `UNKNOWN`).
+            crate::decision::GrpcReply::Web(_) if self.headers_went_on => {
+                crate::decision::GrpcReply::WebConverted
+            }
+            kind => kind,
         };
-        let code = grpc_status.to_string();
-        let message = crate::decision::grpc_message(body);
+        let head = self.headers.get(":method") == Some("HEAD");
         // The same vector, its borrows now as long as this function's.
         let mut headers: Vec<(&str, &str)> = headers;
-        headers.push(("content-type", content_type));
-        headers.push(("grpc-status", &code));
-        // As Envoy answers a gRPC request itself: a HEAD has no body, and
-        // so no message taken from one.
-        if self.headers.get(":method") != Some("HEAD") {
-            headers.push(("grpc-message", &message));
+        match kind {
+            GrpcReply::No | GrpcReply::Native => {
+                headers.push(("content-type", "application/json"));
+                abi::send_local_response(u32::from(status), grpc_status, &headers, body.as_bytes())
+            }
+            GrpcReply::Web(media) if !head => {
+                let frame = crate::decision::grpc_web_body(media, grpc_status, body);
+                headers.push(("content-type", media));
+                abi::send_local_response(200, grpc_status, &headers, &frame)
+            }
+            GrpcReply::WebConverted | GrpcReply::Web(_) => {
+                let code = grpc_status.to_string();
+                let message = crate::decision::grpc_message(body);
+                headers.push(("content-type", "application/grpc"));
+                headers.push(("grpc-status", &code));
+                // As Envoy answers a gRPC request itself: a HEAD has no
+                // body, and so no message taken from one.
+                if !head {
+                    headers.push(("grpc-message", &message));
+                }
+                abi::send_local_response(200, grpc_status, &headers, b"")
+            }
         }
-        abi::send_local_response(200, grpc_status, &headers, b"")
     }
 
     /// A local reply the core did not decide (no configuration, the host

@@ -390,7 +390,8 @@ impl Worker {
             .and_then(|v| retry_after_seconds(&v, now));
         match next_try(status, post.attempts, asked) {
             NextTry::In(wait) => {
-                let as_asked = if asked.is_some_and(|a| a == wait) {
+                let followed = asked.filter(|_| matches!(status, 429 | 503));
+                let as_asked = if followed.is_some_and(|a| a == wait) {
                     " (as its retry-after asks)"
                 } else {
                     ""

@@ -1842,8 +1842,9 @@ fn a_cors_preflight_reaches_the_upstream_only_with_bypass_cors_preflight() {
 fn a_web_app_can_read_its_refusals_with_cors_on_refusals() {
     // Istio runs its CORS filter after every WasmPlugin: appguard's local
     // replies never pass it, and a browser hid them as network errors. With
-    // `cors_on_refusals`, a refusal names a listed web origin itself; a CORS
-    // filter before appguard sets its own headers over them (one of each).
+    // `cors_on_refusals`, a refusal names a listed web origin itself. (A
+    // CORS filter before appguard sets its policy's headers over them:
+    // still one of each.)
     let cfg = |on: bool| {
         let mut c = json!({
             "default_action": "deny",
