@@ -22,6 +22,13 @@ pub struct Req {
     /// Send the body in two chunks (`transfer-encoding: chunked`, no
     /// `content-length`), as HTTP/1.1 clients stream a body.
     pub chunked: bool,
+    /// With `chunked`: the body in this many chunks (2 by default), each
+    /// written `gap` after the one before (the first `gap` after the
+    /// headers), as a client that streams its body does. With a zero gap
+    /// the whole request is one write.
+    pub pieces: usize,
+    /// See `pieces`.
+    pub gap: Duration,
     /// Trailers after the last chunk (implies `chunked`; Envoy passes them
     /// on only with `http_protocol_options.enable_trailers`).
     pub trailers: Vec<(String, String)>,
@@ -49,6 +56,8 @@ impl Req {
             body: Vec::new(),
             raw_headers: Vec::new(),
             chunked: false,
+            pieces: 2,
+            gap: Duration::ZERO,
             trailers: Vec::new(),
         }
     }
@@ -74,6 +83,14 @@ impl Req {
     /// Sends the body in two chunks, its length nowhere in the headers.
     pub fn chunked(mut self) -> Req {
         self.chunked = true;
+        self
+    }
+
+    /// Sends the body in `pieces` chunks, `gap` apart (see [`Req::pieces`]).
+    pub fn chunked_in(mut self, pieces: usize, gap: Duration) -> Req {
+        self.chunked = true;
+        self.pieces = pieces.max(1);
+        self.gap = gap;
         self
     }
 
@@ -156,8 +173,19 @@ pub fn send(port: u16, req: &Req) -> std::io::Result<Resp> {
     }
     if req.chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
-        let (a, b) = req.body.split_at(req.body.len() / 2);
-        for part in [a, b].into_iter().filter(|p| !p.is_empty()) {
+        let size = req.body.len().div_ceil(req.pieces.max(1)).max(1);
+        for part in req.body.chunks(size) {
+            if !req.gap.is_zero() {
+                // What is written so far goes now; a write that fails
+                // (Envoy answered before the end of the body, and closed)
+                // ends the sending, and the answer is read.
+                if s.write_all(&out).is_err() {
+                    out.clear();
+                    break;
+                }
+                out.clear();
+                std::thread::sleep(req.gap);
+            }
             out.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
             out.extend_from_slice(part);
             out.extend_from_slice(b"\r\n");
@@ -174,7 +202,12 @@ pub fn send(port: u16, req: &Req) -> std::io::Result<Resp> {
         out.extend_from_slice(b"connection: close\r\n\r\n");
         out.extend_from_slice(&req.body);
     }
-    s.write_all(&out)?;
+    if req.chunked && !req.gap.is_zero() {
+        // (See above: an answer may have come before the body's end.)
+        let _ = s.write_all(&out);
+    } else {
+        s.write_all(&out)?;
+    }
     // Read until the response is complete (by content-length or the last
     // chunk), not until EOF: after a local reply Envoy waits for the client
     // to close first (HCM delayed_close_timeout, 1 s by default).

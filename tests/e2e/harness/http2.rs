@@ -40,6 +40,10 @@ impl H2 {
             let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .expect("connect");
+            // Without Nagle: a stream's HEADERS and DATA frames are small
+            // writes, and each would otherwise wait for the ACK of the one
+            // before (Envoy delays it up to 40 ms).
+            tcp.set_nodelay(true).expect("TCP_NODELAY");
             let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
             tokio::spawn(async move {
                 let _ = conn.await;
