@@ -225,6 +225,7 @@ pub struct EnvoyBuilder {
     vm_id: String,
     listener_from_file: bool,
     drain_seconds: u32,
+    buffer_limit: Option<u32>,
     allow_on_headers_stop_iteration: bool,
     trailers: bool,
     buffer_filter: bool,
@@ -246,6 +247,7 @@ impl EnvoyBuilder {
             vm_id: "appguard".into(),
             listener_from_file: false,
             drain_seconds: 1,
+            buffer_limit: None,
             allow_on_headers_stop_iteration: false,
             trailers: false,
             buffer_filter: true,
@@ -297,6 +299,14 @@ impl EnvoyBuilder {
     /// keeps connections on the old configuration.
     pub fn drain_seconds(mut self, seconds: u32) -> Self {
         self.drain_seconds = seconds;
+        self
+    }
+
+    /// The listener's `per_connection_buffer_limit_bytes` (Envoy's
+    /// default, 1 MiB, when not set): also the most a stream buffers for
+    /// a filter that holds its body, unless a filter raises it.
+    pub fn per_connection_buffer_limit(mut self, bytes: u32) -> Self {
+        self.buffer_limit = Some(bytes);
         self
     }
 
@@ -494,7 +504,7 @@ impl EnvoyBuilder {
         for (k, v) in &self.hcm_extra {
             hcm[k] = v.clone();
         }
-        json!({
+        let mut listener = json!({
             "name": "ingress",
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
             // Without SO_REUSEPORT: another process's Envoy on the same
@@ -507,7 +517,11 @@ impl EnvoyBuilder {
                 "name": "envoy.filters.network.http_connection_manager",
                 "typed_config": hcm
             }]}]
-        })
+        });
+        if let Some(bytes) = self.buffer_limit {
+            listener["per_connection_buffer_limit_bytes"] = json!(bytes);
+        }
+        listener
     }
 
     /// Starts Envoy and waits until it is ready; panics with its log if not.
