@@ -706,7 +706,7 @@ impl GuardFilter {
             }
             kind => kind,
         };
-        let head = self.headers.get(":method") == Some("HEAD");
+        let head = || self.headers.get(":method") == Some("HEAD");
         // The same vector, its borrows now as long as this function's.
         let mut headers: Vec<(&str, &str)> = headers;
         match kind {
@@ -714,7 +714,7 @@ impl GuardFilter {
                 headers.push(("content-type", "application/json"));
                 abi::send_local_response(u32::from(status), grpc_status, &headers, body.as_bytes())
             }
-            GrpcReply::Web(media) if !head => {
+            GrpcReply::Web(media) if !head() => {
                 let frame = crate::decision::grpc_web_body(media, grpc_status, body);
                 headers.push(("content-type", media));
                 abi::send_local_response(200, grpc_status, &headers, &frame)
@@ -726,7 +726,7 @@ impl GuardFilter {
                 headers.push(("grpc-status", &code));
                 // As Envoy answers a gRPC request itself: a HEAD has no
                 // body, and so no message taken from one.
-                if !head {
+                if !head() {
                     headers.push(("grpc-message", &message));
                 }
                 abi::send_local_response(200, grpc_status, &headers, b"")
