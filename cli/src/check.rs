@@ -759,6 +759,35 @@ fn with_filter_flags(
     }
 }
 
+/// Envoy's `per_connection_buffer_limit_bytes` when a listener leaves it
+/// out: 1 MiB.
+const ENVOY_BUFFER_LIMIT: u64 = 1024 * 1024;
+
+/// With `hold_headers_for_body`, a body waits in Envoy's buffer for the
+/// stream, which the listener's `per_connection_buffer_limit_bytes` caps:
+/// a body over it gets Envoy's own 413 (HTTP/1.1) before appguard decides
+/// anything, though `max_body_bytes` takes it (a note naming both).
+fn held_body_limit(config: &Config, limit: u64, notes: &mut Vec<String>) {
+    if !config.hold_headers_for_body {
+        return;
+    }
+    let largest = config
+        .routes
+        .iter()
+        .map(|r| r.max_body_bytes)
+        .chain(std::iter::once(config.max_body_bytes))
+        .max()
+        .unwrap_or(0);
+    if u64::try_from(largest).is_ok_and(|m| m > limit) {
+        notes.push(format!(
+            "hold_headers_for_body with the listener's per_connection_buffer_limit_bytes at \
+             {limit}, below max_body_bytes {largest}: a held body over {limit} bytes gets Envoy's \
+             own 413 before appguard decides (no reason code, no count); raise the limit to at \
+             least {largest}, or lower max_body_bytes"
+        ));
+    }
+}
+
 /// The `config` of an appguard Wasm filter: `root_id: appguard` (Envoy's
 /// `PluginConfig`).
 fn is_appguard_filter(node: &Value) -> bool {
@@ -1003,7 +1032,19 @@ fn envoy_configs(doc: &Value, configs: &mut Vec<Checked>, skipped: &mut Vec<Skip
     // location of their `config`: the walk meets an entry before its
     // `config`.
     let mut disabled = Vec::new();
+    // The listeners met so far, by location, with their
+    // `per_connection_buffer_limit_bytes`: the walk meets a listener
+    // before the filters in its filter chains.
+    let mut listeners: Vec<(String, u64)> = Vec::new();
     walk(doc, &mut String::new(), &mut |path, node| {
+        if node.get("filter_chains").is_some() {
+            let limit = node.get("per_connection_buffer_limit_bytes");
+            let limit = limit
+                .and_then(Value::as_u64)
+                .or_else(|| limit.and_then(Value::as_str).and_then(|l| l.parse().ok()))
+                .unwrap_or(ENVOY_BUFFER_LIMIT);
+            listeners.push((path.to_owned(), limit));
+        }
         if let Some(filters) = node.get("http_filters").and_then(Value::as_array) {
             hcms.push(Hcm::read(path, node, filters));
         }
@@ -1052,6 +1093,15 @@ fn envoy_configs(doc: &Value, configs: &mut Vec<Checked>, skipped: &mut Vec<Skip
                 result
             };
             let result = with_filter_flags(result, node, &mut notes);
+            if let Ok(c) = &result {
+                let listener = listeners
+                    .iter()
+                    .filter(|(at, _)| path.starts_with(&format!("{at}.")))
+                    .max_by_key(|(at, _)| at.len());
+                if let Some((_, limit)) = listener {
+                    held_body_limit(c, *limit, &mut notes);
+                }
+            }
             if let (Ok(c), Some(clusters)) = (&result, &clusters) {
                 missing_clusters(c, clusters, &mut notes);
             }

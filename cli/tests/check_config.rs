@@ -277,6 +277,69 @@ fn hold_headers_for_body_is_checked_against_the_wasm_filters_flag() {
     );
 }
 
+/// Held, a body waits in Envoy's buffer, which the listener's
+/// `per_connection_buffer_limit_bytes` caps: check-config says so when
+/// `max_body_bytes` takes more (Envoy would answer 413 itself first).
+#[test]
+fn a_held_body_larger_than_the_listeners_buffer_limit_is_noted() {
+    let dir = tempfile::tempdir().unwrap();
+    let envoy = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
+    let held = envoy
+        .replacen(
+            r#""default_action""#,
+            r#""hold_headers_for_body": true, "max_body_bytes": 65536, "default_action""#,
+            1,
+        )
+        .replacen(
+            "root_id: appguard\n",
+            "root_id: appguard\n                allow_on_headers_stop_iteration: true\n",
+            1,
+        );
+    let limited = |limit: &str| {
+        held.replacen(
+            "    filter_chains:\n",
+            &format!("    per_connection_buffer_limit_bytes: {limit}\n    filter_chains:\n"),
+            1,
+        )
+    };
+    let check = |name: &str, text: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        cli(&["check-config", s(&file)])
+    };
+    assert_ne!(limited("32768"), held);
+    let r = check("limited.yaml", &limited("32768"));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.all()
+            .contains("per_connection_buffer_limit_bytes at 32768, below max_body_bytes 65536"),
+        "{}",
+        r.all()
+    );
+    // Envoy's default (1 MiB), or a limit that holds the largest body:
+    // nothing to say; nor without hold_headers_for_body.
+    for (name, text) in [
+        ("default.yaml", held.clone()),
+        ("enough.yaml", limited("65536")),
+        (
+            "buffered.yaml",
+            envoy.replacen(
+                "    filter_chains:\n",
+                "    per_connection_buffer_limit_bytes: 32768\n    filter_chains:\n",
+                1,
+            ),
+        ),
+    ] {
+        let r = check(name, &text);
+        assert_eq!(r.code, 0, "{name}: {}", r.all());
+        assert!(
+            !r.all().contains("per_connection_buffer_limit_bytes"),
+            "{name}: {}",
+            r.all()
+        );
+    }
+}
+
 /// An appguard configuration with a stray field that happens to be an
 /// Envoy bootstrap field name (`admin`, `node`, `stats_config`) is still an
 /// appguard configuration: refused with the filter's own unknown-field
