@@ -1790,8 +1790,7 @@ fn envoy_and_the_native_core_decide_generated_requests_alike() {
     let edge_xff = edge_address(&envoys[1]);
     let h2 = [0, 1].map(|i| H2::connect(envoys[i].port));
     let mut rng = Rng::new(seed);
-    let mut mismatches: Vec<String> = Vec::new();
-    let mut tally: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut found = Comparison::default();
     for i in 0..n {
         let sent = generate(&mut rng);
         let resp = send(&envoys[sent.instance], &h2[sent.instance], &sent);
@@ -1828,40 +1827,76 @@ fn envoy_and_the_native_core_decide_generated_requests_alike() {
             Outcome::Denied { reason, .. } => reason.clone(),
             Outcome::Allowed(_) => "allowed".into(),
         };
+        let envoy = instance_label(sent.instance);
+        found.record(i, &envoy, &sent, label, &got, &want, note);
+    }
+    found.finish("differential", n, seed, started, &envoys);
+}
+
+/// What one differential run found: each outcome counted under its
+/// label, and every request on which Envoy and the core part, described.
+#[derive(Default)]
+struct Comparison {
+    tally: std::collections::BTreeMap<String, usize>,
+    mismatches: Vec<String>,
+}
+
+impl Comparison {
+    /// Counts request `i` (sent to the Envoy described by `envoy`) under
+    /// `label`, printing it when `APPGUARD_DIFF_SHOW` names the label, and
+    /// keeps it when the outcomes differ or the request model parts from
+    /// what the upstream received (`note`).
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        i: usize,
+        envoy: &str,
+        sent: &Sent,
+        label: String,
+        got: &Outcome,
+        want: &Outcome,
+        note: Option<String>,
+    ) {
         if std::env::var("APPGUARD_DIFF_SHOW").is_ok_and(|v| v == label) {
-            eprintln!("{}", describe(i, &instance_label(sent.instance), &sent));
+            eprintln!("{}", describe(i, envoy, sent));
         }
-        *tally.entry(label).or_default() += 1;
+        *self.tally.entry(label).or_default() += 1;
         if got != want {
-            mismatches.push(format!(
+            self.mismatches.push(format!(
                 "{}    envoy:  {got:?}\n    native: {want:?}\n",
-                describe(i, &instance_label(sent.instance), &sent)
+                describe(i, envoy, sent)
             ));
         } else if let Some(note) = note {
-            mismatches.push(format!(
+            self.mismatches.push(format!(
                 "{}    the request model differs from what the upstream received: {note}\n",
-                describe(i, &instance_label(sent.instance), &sent)
+                describe(i, envoy, sent)
             ));
         }
     }
-    for e in &envoys {
-        e.assert_vm_healthy();
+
+    /// Checks that every VM is healthy, prints the tally (as `what`) and
+    /// fails with the first mismatches and the command to rerun them.
+    fn finish(self, what: &str, n: usize, seed: u64, started: Instant, envoys: &[harness::Envoy]) {
+        for e in envoys {
+            e.assert_vm_healthy();
+        }
+        eprintln!(
+            "{what}: {n} requests in {:.1} s: {:?}",
+            started.elapsed().as_secs_f64(),
+            self.tally
+        );
+        assert!(
+            self.mismatches.is_empty(),
+            "{} of {n} requests differ (seed {seed}; rerun with APPGUARD_DIFF_SEED={seed} APPGUARD_DIFF_N={n}):\n{}",
+            self.mismatches.len(),
+            self.mismatches
+                .iter()
+                .take(12)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
-    eprintln!(
-        "differential: {n} requests in {:.1} s: {tally:?}",
-        started.elapsed().as_secs_f64()
-    );
-    assert!(
-        mismatches.is_empty(),
-        "{} of {n} requests differ (seed {seed}; rerun with APPGUARD_DIFF_SEED={seed} APPGUARD_DIFF_N={n}):\n{}",
-        mismatches.len(),
-        mismatches
-            .iter()
-            .take(12)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
 }
 
 // ---------------------------------------------------------------------
@@ -2267,8 +2302,7 @@ fn envoy_and_the_native_core_decide_generated_bodies_alike() {
     let h2 = [0, 1].map(|i| H2::connect(envoys[i].port));
     let label = |i: usize| format!("envoy {i} (hold_headers_for_body {})", BODY_INSTANCES[i]);
     let mut rng = Rng::new(seed);
-    let mut mismatches: Vec<String> = Vec::new();
-    let mut tally: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut found = Comparison::default();
     for i in 0..n {
         let sent = generate_body(&mut rng);
         let resp = send(&envoys[sent.instance], &h2[sent.instance], &sent);
@@ -2291,7 +2325,8 @@ fn envoy_and_the_native_core_decide_generated_bodies_alike() {
             && got == Outcome::Envoy(413)
             && matches!(&want, Outcome::Denied { reason, .. } if reason == "body_too_large")
         {
-            *tally
+            *found
+                .tally
                 .entry("envoy 413 past its buffer limit".into())
                 .or_default() += 1;
             got = want.clone();
@@ -2309,38 +2344,7 @@ fn envoy_and_the_native_core_decide_generated_bodies_alike() {
             },
             Outcome::Allowed(None) => "allowed".into(),
         };
-        if std::env::var("APPGUARD_DIFF_SHOW").is_ok_and(|v| v == label_of) {
-            eprintln!("{}", describe(i, &label(sent.instance), &sent));
-        }
-        *tally.entry(label_of).or_default() += 1;
-        if got != want {
-            mismatches.push(format!(
-                "{}    envoy:  {got:?}\n    native: {want:?}\n",
-                describe(i, &label(sent.instance), &sent)
-            ));
-        } else if let Some(note) = note {
-            mismatches.push(format!(
-                "{}    the request model differs from what the upstream received: {note}\n",
-                describe(i, &label(sent.instance), &sent)
-            ));
-        }
+        found.record(i, &label(sent.instance), &sent, label_of, &got, &want, note);
     }
-    for e in &envoys {
-        e.assert_vm_healthy();
-    }
-    eprintln!(
-        "differential body: {n} requests in {:.1} s: {tally:?}",
-        started.elapsed().as_secs_f64()
-    );
-    assert!(
-        mismatches.is_empty(),
-        "{} of {n} requests differ (seed {seed}; rerun with APPGUARD_DIFF_SEED={seed} APPGUARD_DIFF_N={n}):\n{}",
-        mismatches.len(),
-        mismatches
-            .iter()
-            .take(12)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    found.finish("differential body", n, seed, started, &envoys);
 }
