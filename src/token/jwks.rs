@@ -44,11 +44,9 @@ pub struct JwksSlot {
     /// Shared-data CAS of the loaded version.
     pub loaded_cas: Option<u32>,
     /// When the GET that fetched the loaded keys was dispatched (by any
-    /// worker), in seconds since the epoch.
-    pub fetched_at: u64,
-    /// The same in milliseconds: whether keys were fetched after a
-    /// request arrived must not be judged by the second (see
-    /// [`request_fetch`]).
+    /// worker), in milliseconds since the epoch: whether keys were fetched
+    /// after a request arrived must not be judged by the second (see
+    /// [`request_fetch`]; [`JwksSlot::fetched_at`] in seconds).
     pub fetched_at_ms: u64,
     /// The keys, as the policy sees them.
     pub keys: RemoteKeys,
@@ -96,6 +94,11 @@ pub struct JwksSlot {
 const REFRESH_FAILURE_LOG_SECONDS: u64 = 60;
 
 impl JwksSlot {
+    /// [`JwksSlot::fetched_at_ms`] in seconds.
+    pub fn fetched_at(&self) -> u64 {
+        self.fetched_at_ms / 1000
+    }
+
     /// A background refresh failed at `now`, as `what` says: `Some(n)`
     /// when it is to be logged (the first failure of a run, one that
     /// failed otherwise than the last line said, then once a minute), `n`
@@ -106,7 +109,7 @@ impl JwksSlot {
         if self
             .refresh_failure_logged
             .as_ref()
-            .is_some_and(|(at, _, _)| self.fetched_at > *at)
+            .is_some_and(|(at, _, _)| self.fetched_at() > *at)
         {
             self.refresh_failure_logged = None;
         }
@@ -227,7 +230,6 @@ pub fn sync<S: SharedStore + ?Sized>(
                 Ok(keys) => {
                     slot.keys.keys = Some(Rc::new(keys));
                     slot.keys.version = version(json);
-                    slot.fetched_at = fetched_at_ms / 1000;
                     slot.fetched_at_ms = fetched_at_ms;
                 }
                 Err(e) => warn!("jwks {provider}: shared copy unusable: {e}"),
@@ -235,7 +237,8 @@ pub fn sync<S: SharedStore + ?Sized>(
             slot.loaded_cas = Some(cas);
         }
     }
-    if slot.keys.keys.is_some() && now.saturating_sub(slot.fetched_at) > remote.keys_expire_after()
+    if slot.keys.keys.is_some()
+        && now.saturating_sub(slot.fetched_at()) > remote.keys_expire_after()
     {
         warn!("jwks {provider}: keys older than refresh + grace, dropped");
         slot.keys.keys = None;
@@ -360,7 +363,6 @@ pub fn store<S: SharedStore + ?Sized>(
     }
     slot.keys.keys = Some(Rc::new(keys));
     slot.keys.version = version(body);
-    slot.fetched_at = started_ms / 1000;
     slot.fetched_at_ms = started_ms;
     info!("jwks {provider}: {} bytes loaded", body.len());
     Ok(())
@@ -481,9 +483,9 @@ pub fn request_fetch<S: SharedStore + ?Sized>(
 /// rather than trusted until the clock catches up).
 fn due(slot: &JwksSlot, remote: &RemoteJwks, now: u64) -> bool {
     slot.keys.keys.is_none()
-        || slot.fetched_at > now
-        || now.saturating_sub(slot.fetched_at) >= remote.refresh_seconds
-        || slot.refetch_lost_at.is_some_and(|t| slot.fetched_at <= t)
+        || slot.fetched_at() > now
+        || now.saturating_sub(slot.fetched_at()) >= remote.refresh_seconds
+        || slot.refetch_lost_at.is_some_and(|t| slot.fetched_at() <= t)
 }
 
 /// A shared lease: true for exactly one caller per `seconds`, among the
@@ -613,7 +615,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(kids(&a), ["k1"]);
-        assert_eq!(a.fetched_at, t, "dated by the GET's dispatch");
+        assert_eq!(a.fetched_at(), t, "dated by the GET's dispatch");
         // The other worker copies it, with the same version: a token one
         // worker verified is not verified again by the other for that.
         sync(&shared, &mut b, "idp", &r, t + 1);
@@ -662,7 +664,7 @@ mod tests {
             ["new"],
             "a loads what b stored, not its own answer"
         );
-        assert_eq!(a.fetched_at, t + 2);
+        assert_eq!(a.fetched_at(), t + 2);
         let mut c = JwksSlot::default();
         sync(&shared, &mut c, "idp", &r, t + 5);
         assert_eq!(kids(&c), ["new"], "the shared copy kept the later fetch");
@@ -857,7 +859,7 @@ mod tests {
         assert_eq!(slot.refresh_failed(1158, "too large"), None);
         // Keys another worker fetched (loaded from shared data) end the
         // run too: the next failure is logged at once, counted afresh.
-        slot.fetched_at = 1160;
+        slot.fetched_at_ms = 1160 * 1000;
         assert_eq!(slot.refresh_failed(1170, "down"), Some(0));
         assert_eq!(slot.refresh_failed(1173, "down"), None);
     }
@@ -891,13 +893,13 @@ mod tests {
         let r = remote("jwks", "", "/k");
         let mut slot = JwksSlot::default();
         slot.keys.keys = Some(Rc::new(Vec::new()));
-        slot.fetched_at = 10_000;
+        slot.fetched_at_ms = 10_000 * 1000;
         assert!(!due(&slot, &r, 10_020));
         // A request's re-fetch sent at 10,010 lost its answer.
         slot.refetch_lost_at = Some(10_010);
         assert!(due(&slot, &r, 10_020));
         // Keys fetched after it was sent are what it would have brought.
-        slot.fetched_at = 10_011;
+        slot.fetched_at_ms = 10_011 * 1000;
         assert!(!due(&slot, &r, 10_020));
     }
 
@@ -906,7 +908,7 @@ mod tests {
         let r = remote("jwks", "", "/k");
         let mut slot = JwksSlot::default();
         slot.keys.keys = Some(Rc::new(Vec::new()));
-        slot.fetched_at = 10_000;
+        slot.fetched_at_ms = 10_000 * 1000;
         assert!(!due(&slot, &r, 10_010), "fresh keys");
         assert!(due(&slot, &r, 10_000 + r.refresh_seconds), "old keys");
         // the clock went back an hour: their age is unknown, fetch again
