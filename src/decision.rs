@@ -236,17 +236,38 @@ pub enum GrpcReply<'a> {
     Web(&'a str),
 }
 
+/// The media type of a `Content-Type` value: what comes before its
+/// parameters, without the spaces and tabs around it (still in the case
+/// it was sent: media types compare without regard to case, RFC 9110
+/// §8.3.1).
+pub fn media_type(content_type: &str) -> &str {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim_matches([' ', '\t'])
+}
+
 /// How a refusal answers a request with this `content-type` (the value
-/// as appguard sees it), and whether the client sent `x-grpc-web`. Envoy
-/// takes a request for gRPC only by its `content-type` when it arrives
-/// (`application/grpc`, `+` a subtype); a gRPC-Web one
+/// as appguard sees it), whether the client sent `x-grpc-web`, and
+/// whether the request's headers already went on to the filters after
+/// appguard (a body-phase refusal on a route that does not hold them).
+/// Envoy takes a request for gRPC only by its `content-type` when it
+/// arrives (`application/grpc`, `+` a subtype); a gRPC-Web one
 /// (`application/grpc-web…`) never is. The media type is compared without
 /// regard to case and parameters, as RFC 9110 §8.3.1 has it.
-pub fn grpc_reply(content_type: Option<&str>, x_grpc_web: bool) -> GrpcReply<'_> {
-    let Some(media) = content_type
-        .and_then(|c| c.split(';').next())
-        .map(|m| m.trim_matches([' ', '\t']))
-    else {
+///
+/// Once the headers went on, a `grpc_web` filter behind appguard has made
+/// a gRPC-Web request `application/grpc`, and encodes the refusal for the
+/// browser as it does the upstream's answer: it is then answered as
+/// [`GrpcReply::WebConverted`], since a trailer frame of appguard's would
+/// reach that filter as a non-gRPC body (`UNKNOWN` to the client).
+pub fn grpc_reply(
+    content_type: Option<&str>,
+    x_grpc_web: bool,
+    headers_went_on: bool,
+) -> GrpcReply<'_> {
+    let Some(media) = content_type.map(media_type) else {
         return GrpcReply::No;
     };
     let Some(rest) = media
@@ -272,7 +293,11 @@ pub fn grpc_reply(content_type: Option<&str>, x_grpc_web: bool) -> GrpcReply<'_>
         .is_some_and(|t| t.eq_ignore_ascii_case("-text"));
     let tail = if text { &after["-text".len()..] } else { after };
     if web && (tail.is_empty() || tail.starts_with('+')) {
-        GrpcReply::Web(media)
+        if headers_went_on {
+            GrpcReply::WebConverted
+        } else {
+            GrpcReply::Web(media)
+        }
     } else {
         GrpcReply::No
     }
@@ -517,9 +542,40 @@ mod tests {
             ("application/grpc\u{e9}", false, No),
             ("application/grpc-w\u{e9}b", false, No),
         ] {
-            assert_eq!(grpc_reply(Some(request), web), answer, "{request:?} {web}");
+            assert_eq!(
+                grpc_reply(Some(request), web, false),
+                answer,
+                "{request:?} {web}"
+            );
+            // After the headers went on, gRPC-Web is answered as the
+            // `grpc_web` filter behind appguard has made it: gRPC.
+            let went_on = match answer {
+                Web(_) => WebConverted,
+                other => other,
+            };
+            assert_eq!(
+                grpc_reply(Some(request), web, true),
+                went_on,
+                "{request:?} {web} (headers went on)"
+            );
         }
-        assert_eq!(grpc_reply(None, true), No);
+        assert_eq!(grpc_reply(None, true, false), No);
+        assert_eq!(grpc_reply(None, true, true), No);
+    }
+
+    #[test]
+    fn a_media_type_is_the_content_type_without_parameters_or_blanks() {
+        assert_eq!(media_type("application/json"), "application/json");
+        assert_eq!(
+            media_type(" Application/JSON ;charset=utf-8"),
+            "Application/JSON"
+        );
+        assert_eq!(
+            media_type("\tapplication/grpc-web\t; x=1; y=2"),
+            "application/grpc-web"
+        );
+        assert_eq!(media_type(";charset=utf-8"), "");
+        assert_eq!(media_type(""), "");
     }
 
     #[test]

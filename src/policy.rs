@@ -1648,8 +1648,8 @@ fn is_plain_json(req: &Request<'_>) -> bool {
     let Ok(Some(content_type)) = req.header_unique("content-type") else {
         return false;
     };
-    let mut parts = content_type.split(';');
-    let media = parts.next().unwrap_or("").trim_matches([' ', '\t']);
+    let media = crate::decision::media_type(content_type);
+    let mut parts = content_type.split(';').skip(1);
     // JSON is UTF-8 (RFC 8259 §8.1), as read here: an upstream that
     // decodes the body in another declared charset (UTF-16, UTF-7, where
     // `+AG8-` is `o`) may read other keys and values than were checked.

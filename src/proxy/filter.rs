@@ -692,20 +692,11 @@ impl GuardFilter {
     ) -> Result<(), abi::HostError> {
         use crate::decision::GrpcReply;
         let grpc_status = crate::decision::grpc_status(status);
-        let kind = match crate::decision::grpc_reply(
+        let kind = crate::decision::grpc_reply(
             self.headers.get("content-type"),
             self.headers.get("x-grpc-web").is_some(),
-        ) {
-            // A body-phase refusal after the headers went on to the
-            // filters behind appguard: a `grpc_web` filter among them has
-            // made the request `application/grpc`, and encodes this answer
-            // for the browser as it does the upstream's (a trailer frame
-            // it would take for a non-gRPC body, and answer `UNKNOWN`).
-            crate::decision::GrpcReply::Web(_) if self.headers_went_on => {
-                crate::decision::GrpcReply::WebConverted
-            }
-            kind => kind,
-        };
+            self.headers_went_on,
+        );
         let head = || self.headers.get(":method") == Some("HEAD");
         // The same vector, its borrows now as long as this function's.
         let mut headers: Vec<(&str, &str)> = headers;
