@@ -65,7 +65,8 @@ def main():
         for r in range(rounds):
             for kind, name, e, ld in setups:
                 out, cpu, _ = B.run_load(e, [ld], dur)
-                res.setdefault((kind, name), []).append((cpu, out[0]["rps"], out[0]["bad"]))
+                res.setdefault((kind, name), []).append(
+                    (cpu, out[0]["rps"], out[0]["bad"], out[0]["p99"]))
                 B.log(f"  round {r + 1}/{rounds} {kind:8s} {name:12s} cpu {cpu:7.1f} µs/req")
                 time.sleep(0.2)
         print(f"A/B, {rounds} rounds x {dur} s, interleaved; medians")
@@ -76,8 +77,10 @@ def main():
                 cpu = statistics.median(x[0] for x in v)
                 rps = statistics.median(x[1] for x in v)
                 bad = sum(x[2] for x in v)
+                p99 = statistics.median(x[3] for x in v)
                 first = first or cpu
                 print(f"{kind:8s} {name:14s} CPU {cpu:8.1f} µs/req  {rps:9,.0f} req/s  "
+                      f"p99 {B.fmt_ms(p99):>9s}  "
                       f"CPU vs {variants[0][0]} {cpu / first:5.2f}x" + (f"  BAD {bad}" if bad else ""))
     finally:
         procs.kill_all()

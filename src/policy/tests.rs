@@ -2849,12 +2849,7 @@ fn the_verified_token_cache_holds_big_tokens_within_its_byte_budget() {
     let groups: Vec<String> = (0..60).map(|g| format!("group-{g:040}")).collect();
     let ordinary = verified(json!({"sub": "u", "iss": "https://issuer.example", "groups": groups}));
     for i in 0..TOKEN_CACHE_ENTRIES - 1 {
-        cache.put(
-            &format!("{i:05}{}", "x".repeat(4091)),
-            0,
-            ordinary.clone(),
-            NOW,
-        );
+        cache.put(&format!("{i:05}{}", "x".repeat(4091)), 0, ordinary.clone());
     }
     assert_eq!(
         cache.len(),
@@ -2870,7 +2865,7 @@ fn the_verified_token_cache_holds_big_tokens_within_its_byte_budget() {
         let mut cache = TokenCache::default();
         for n in 0..1_000 {
             let token = format!("{i}{n:05}{}", "x".repeat(60 * 1024));
-            cache.put(&token, 0, v.clone(), NOW);
+            cache.put(&token, 0, v.clone());
             assert!(cache.bytes <= TOKEN_CACHE_BYTES, "{n}: {}", cache.bytes);
             assert!(cache.get(0, 0, &token, NOW, 0).is_some(), "{n}: just put");
         }
@@ -2885,11 +2880,54 @@ fn the_verified_token_cache_holds_big_tokens_within_its_byte_budget() {
     // The entry cap still holds, and a token put twice counts once.
     let mut cache = TokenCache::default();
     for i in 0..(TOKEN_CACHE_ENTRIES + 10) {
-        cache.put(&format!("t{i}"), 0, ordinary.clone(), NOW);
-        cache.put(&format!("t{i}"), 0, ordinary.clone(), NOW);
+        cache.put(&format!("t{i}"), 0, ordinary.clone());
+        cache.put(&format!("t{i}"), 0, ordinary.clone());
     }
     assert!(cache.len() <= TOKEN_CACHE_ENTRIES);
     assert_eq!(held(&cache), cache.bytes);
+}
+
+#[test]
+fn a_full_token_cache_makes_room_by_its_oldest_entries_one_at_a_time() {
+    let verified = Rc::new(VerifiedToken {
+        provider: 0,
+        exp: NOW + 60,
+        claims: json!({"sub": "u"}).as_object().cloned().unwrap_or_default(),
+    });
+    let mut cache = TokenCache::default();
+    for i in 0..TOKEN_CACHE_ENTRIES {
+        cache.put(&format!("t{i}"), 0, verified.clone());
+    }
+    assert_eq!(cache.len(), TOKEN_CACHE_ENTRIES);
+    // Put again: it keeps its place (and is not counted twice).
+    cache.put("t0", 0, verified.clone());
+    // Each new token past the cap takes the place of the oldest alone:
+    // the rest stay cached (before, the whole cache was emptied at once).
+    for n in 0..10 {
+        let new = format!("new{n}");
+        cache.put(&new, 0, verified.clone());
+        assert_eq!(cache.len(), TOKEN_CACHE_ENTRIES, "{n}");
+        assert!(cache.get(0, 0, &new, NOW, 0).is_some(), "{n}: just put");
+        assert!(
+            cache.get(0, 0, &format!("t{n}"), NOW, 0).is_none(),
+            "{n}: the oldest made room"
+        );
+        assert!(
+            cache.get(0, 0, &format!("t{}", n + 1), NOW, 0).is_some(),
+            "{n}: the next stays"
+        );
+        assert!(cache
+            .get(0, 0, &format!("t{}", TOKEN_CACHE_ENTRIES - 1), NOW, 0)
+            .is_some());
+    }
+    let held: usize = cache.order.iter().map(|(_, c)| c).sum();
+    assert_eq!(held, cache.bytes);
+    assert_eq!(cache.order.len(), cache.len());
+    // A token bigger than the whole byte budget is verified, not kept.
+    let huge = "x".repeat(TOKEN_CACHE_BYTES + 1);
+    cache.put(&huge, 0, verified);
+    assert!(cache.get(0, 0, &huge, NOW, 0).is_none());
+    assert_eq!(cache.len(), TOKEN_CACHE_ENTRIES, "nothing made room for it");
 }
 
 #[test]
