@@ -167,6 +167,7 @@ mod ffi {
             grpc_status: i32,
         ) -> u32;
         pub fn proxy_continue_stream(stream_type: u32) -> u32;
+        pub fn proxy_set_effective_context(context_id: u32) -> u32;
         pub fn proxy_define_metric(t: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
         pub fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     }
@@ -274,6 +275,9 @@ mod ffi {
         FAIL
     }
     pub unsafe fn proxy_continue_stream(_: u32) -> u32 {
+        FAIL
+    }
+    pub unsafe fn proxy_set_effective_context(_: u32) -> u32 {
         FAIL
     }
     pub unsafe fn proxy_define_metric(_: u32, _: *const u8, _: usize, _: *mut u32) -> u32 {
@@ -532,6 +536,20 @@ pub fn send_local_response(
 pub fn resume_request() -> Result<(), HostError> {
     // SAFETY: plain value (0 = the HTTP request stream).
     check(unsafe { ffi::proxy_continue_stream(0) })
+}
+
+/// Makes context `context_id` the one the rest of this call into the VM
+/// acts on: its headers, local reply and resuming (Envoy 1.40 defers the
+/// last two until the VM call returns). Calls dispatched meanwhile are
+/// still made for the plugin's root context, whatever context is in
+/// effect, and their answers read from it; the SDK hands an answer to the
+/// context it was running at the dispatch. Envoy resets the effective
+/// context when the VM call returns. `BadArgument` for a context Envoy no
+/// longer has. The SDK's own `set_effective_context` aborts the VM on any
+/// other status.
+pub fn set_effective_context(context_id: u32) -> Result<(), HostError> {
+    // SAFETY: plain value.
+    check(unsafe { ffi::proxy_set_effective_context(context_id) })
 }
 
 /// Dispatches an HTTP call through a cluster; returns its token.

@@ -3,8 +3,9 @@
 //! a late callback (a JWKS fetch that answers after the request was decided)
 //! changes nothing.
 
+use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use log::warn;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -14,7 +15,7 @@ use super::abi::{self, Buffer, Map};
 
 use super::host::{self, now_millis, HostStore};
 use super::metrics::Counted;
-use super::root::{Worker, WARN_LINES_PER_SECOND};
+use super::root::{Waiter, Worker, WARN_LINES_PER_SECOND};
 use crate::decision::{Decision, Denial, Grant, KeyScrub};
 use crate::headers::Headers;
 use crate::lograte::Admit;
@@ -72,6 +73,10 @@ enum State {
         /// (see [`jwks::publish`]).
         started: u64,
     },
+    /// Held until another request's re-fetch of keys answers, or its
+    /// time is up: the root's tick decides it then
+    /// ([`GuardFilter::keys_awaited`], [`jwks::RequestFetch::Wait`]).
+    AwaitingRefetch,
     /// Buffering the body for the body phase.
     AwaitingBody(Box<Pending>),
     /// Held until the rate-limit service (call `token`) answers.
@@ -117,6 +122,10 @@ pub struct GuardFilter {
     body_buffered: usize,
     /// Headers the rate-limit service asked to add to the response.
     response_headers: Vec<(String, String)>,
+    /// This filter as the worker reaches it from the root context: to
+    /// decide it when keys it waits for arrive, and to hand it the answer
+    /// to a call it dispatched then (see [`FilterHandle`]).
+    me: FilterRef,
 }
 
 /// The SDK drops a stream's context when Envoy deletes the stream. One
@@ -177,9 +186,11 @@ impl GuardFilter {
         }
     }
 
-    /// A filter for one request, sharing the worker's state.
-    pub fn new(context_id: u32, worker: Option<Rc<Worker>>) -> Self {
+    /// A filter for one request, sharing the worker's state; `me` is the
+    /// handle the filter lives in ([`FilterHandle`]).
+    fn new(context_id: u32, worker: Option<Rc<Worker>>, me: FilterRef) -> Self {
         GuardFilter {
+            me,
             context_id,
             worker,
             state: State::Start,
@@ -398,6 +409,7 @@ impl GuardFilter {
             u32::try_from(call.timeout_ms).unwrap_or(u32::MAX),
         ) {
             Ok(token) => {
+                worker.relay(token, self.context_id, &self.me);
                 // As before a key fetch: the access log of a request whose
                 // client leaves during the call must not hold the key or
                 // the token.
@@ -418,6 +430,34 @@ impl GuardFilter {
                 });
                 self.step(worker, step, now)
             }
+        }
+    }
+
+    /// Whether the headers are held for keys (its own fetch, or another
+    /// request's): body bytes that arrive meanwhile would go on unchecked
+    /// if the request were then resumed without a body phase.
+    fn held_for_keys(&self) -> bool {
+        matches!(
+            self.state,
+            State::AwaitingKeys { .. } | State::AwaitingRefetch
+        )
+    }
+
+    /// The keys this request waited for arrived, or its wait is over
+    /// ([`jwks::waited`] says which `key_fetch`): from the root's tick,
+    /// with this request's context in effect. Evaluated as after a fetch
+    /// of its own, and resumed when it may go on. A request decided
+    /// meanwhile is left as it is.
+    pub fn keys_awaited(&mut self, key_fetch: KeyFetch) {
+        if !matches!(self.state, State::AwaitingRefetch) {
+            return;
+        }
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        self.state = State::Start;
+        if let Action::Continue = self.run(key_fetch) {
+            self.resume(&worker);
         }
     }
 
@@ -461,14 +501,34 @@ impl GuardFilter {
         };
         // The borrow of the worker's JWKS slots ends before any
         // re-evaluation borrows it again.
+        let now_ms = now_millis();
         let next = match worker.jwks.borrow_mut().get_mut(p) {
             None => RequestFetch::Evaluate(KeyFetch::NotNow),
-            Some(slot) => {
-                jwks::request_fetch(&HostStore, slot, &provider.name, remote, now_millis())
-            }
+            Some(slot) => jwks::request_fetch(&HostStore, slot, &provider.name, remote, now_ms),
         };
-        if let RequestFetch::Evaluate(key_fetch) = next {
-            return self.run(key_fetch);
+        match next {
+            RequestFetch::Evaluate(key_fetch) => return self.run(key_fetch),
+            RequestFetch::Wait { sent_ms } => {
+                let waiter = Waiter {
+                    provider: p,
+                    sent_ms,
+                    arrived_ms: now_ms,
+                    until_ms: jwks::wait_deadline_ms(remote, sent_ms, now_ms),
+                    context_id: self.context_id,
+                    filter: self.me.clone(),
+                };
+                if !worker.wait(waiter) {
+                    // Too many waiting on this worker: refused as before
+                    // waiting was possible (not charged to the budget).
+                    return self.run(KeyFetch::NotNow);
+                }
+                // As before a fetch of its own: if the client leaves, the
+                // access log line is written from these headers.
+                scrub(key_scrub);
+                self.state = State::AwaitingRefetch;
+                return Action::Pause;
+            }
+            RequestFetch::Dispatch => {}
         }
         match host::http_get(
             &remote.cluster,
@@ -480,6 +540,7 @@ impl GuardFilter {
                 if let Some(slot) = worker.jwks.borrow_mut().get_mut(p) {
                     slot.fetch_started(token, now, remote.timeout_ms);
                 }
+                worker.relay(token, self.context_id, &self.me);
                 // The key and the token headers go before the wait: if
                 // the client leaves, the access log line is written from
                 // these headers.
@@ -487,7 +548,9 @@ impl GuardFilter {
                 self.state = State::AwaitingKeys {
                     token,
                     provider: p,
-                    started: now_millis(),
+                    // The time the re-fetch lease recorded, if it took it
+                    // (see `JwksSlot::refetch_sent_ms`).
+                    started: now_ms,
                 };
                 Action::Pause
             }
@@ -496,6 +559,7 @@ impl GuardFilter {
                 // dispatch (and log) while no keys are loaded.
                 if let Some(slot) = worker.jwks.borrow_mut().get_mut(p) {
                     slot.request_fetch_failed_at = Some(now);
+                    slot.forget_refetch(now_ms);
                 }
                 worker.metrics.jwks_failure();
                 let id = self.context_id;
@@ -989,6 +1053,7 @@ impl Context for GuardFilter {
                     Ok(()) => key_fetch = KeyFetch::Fetched,
                     Err(e) => {
                         slot.request_fetch_failed_at = Some(now);
+                        slot.forget_refetch(started);
                         worker.metrics.jwks_failure();
                         warn!("#{} jwks {}: {e}", self.context_id, p.name);
                     }
@@ -1030,8 +1095,10 @@ impl HttpContext for GuardFilter {
             }
             // While a decision is pending the body must wait too: Continue
             // here would release the paused headers upstream.
-            State::AwaitingKeys { .. } | State::AwaitingRateLimit { .. } => {
-                self.body_while_paused |= matches!(self.state, State::AwaitingKeys { .. });
+            State::AwaitingKeys { .. }
+            | State::AwaitingRefetch
+            | State::AwaitingRateLimit { .. } => {
+                self.body_while_paused |= self.held_for_keys();
                 self.body_buffered = self.body_buffered.max(body_size);
                 self.body_ended_while_paused |= end_of_stream;
                 Action::Pause
@@ -1063,8 +1130,10 @@ impl HttpContext for GuardFilter {
         match &self.state {
             // Trailers end the body: evaluate what was buffered.
             State::AwaitingBody(_) => self.on_held_body_end(),
-            State::AwaitingKeys { .. } | State::AwaitingRateLimit { .. } => {
-                self.body_while_paused |= matches!(self.state, State::AwaitingKeys { .. });
+            State::AwaitingKeys { .. }
+            | State::AwaitingRefetch
+            | State::AwaitingRateLimit { .. } => {
+                self.body_while_paused |= self.held_for_keys();
                 self.body_ended_while_paused = true;
                 Action::Pause
             }
@@ -1235,6 +1304,95 @@ fn refusal_notes(facts: &Facts) -> std::borrow::Cow<'static, str> {
     match &facts.signing_error {
         Some(e) => format!("{budget} signature=\"{e}\"").into(),
         None => budget.into(),
+    }
+}
+
+/// A request's filter as the worker holds it: gone once Envoy deleted the
+/// request's context (the SDK then dropped its [`FilterHandle`]).
+pub type FilterRef = Weak<RefCell<GuardFilter>>;
+
+/// What the SDK holds for a request: its filter, shared with the worker
+/// so that the root context can act for it ([`Waiter`], and the answers to
+/// calls dispatched while it did, see [`Worker::relay`]). Every callback
+/// goes to the filter. The filter is never borrowed across a call into the
+/// host that could call back (Envoy defers resuming, local replies and
+/// call answers until the VM call returns), so a borrow that fails is a
+/// bug: it is logged, and the request is held (fail closed) rather than
+/// the VM aborted.
+pub struct FilterHandle {
+    /// Envoy's id of the request's context, for the log line.
+    context_id: u32,
+    /// The request's filter.
+    filter: Rc<RefCell<GuardFilter>>,
+}
+
+impl FilterHandle {
+    /// The filter of a new request, sharing the worker's state.
+    pub fn new(context_id: u32, worker: Option<Rc<Worker>>) -> Self {
+        FilterHandle {
+            context_id,
+            filter: Rc::new_cyclic(|me| {
+                RefCell::new(GuardFilter::new(context_id, worker, me.clone()))
+            }),
+        }
+    }
+
+    /// Runs `f` on the filter; `busy` when it is borrowed already.
+    fn with<R>(&self, busy: R, f: impl FnOnce(&mut GuardFilter) -> R) -> R {
+        match self.filter.try_borrow_mut() {
+            Ok(mut filter) => f(&mut filter),
+            Err(_) => {
+                warn!(
+                    "#{} the filter is busy (a reentrant callback): the request is held",
+                    self.context_id
+                );
+                busy
+            }
+        }
+    }
+}
+
+impl Context for FilterHandle {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        self.with((), |f| {
+            f.on_grpc_call_response(token_id, status_code, response_size)
+        })
+    }
+
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        num_trailers: usize,
+    ) {
+        self.with((), |f| {
+            f.on_http_call_response(token_id, num_headers, body_size, num_trailers)
+        })
+    }
+}
+
+impl HttpContext for FilterHandle {
+    fn on_http_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
+        self.with(Action::Pause, |f| {
+            f.on_http_request_headers(num_headers, end_of_stream)
+        })
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.with(Action::Pause, |f| {
+            f.on_http_request_body(body_size, end_of_stream)
+        })
+    }
+
+    fn on_http_request_trailers(&mut self, num_trailers: usize) -> Action {
+        self.with(Action::Pause, |f| f.on_http_request_trailers(num_trailers))
+    }
+
+    fn on_http_response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
+        self.with(Action::Continue, |f| {
+            f.on_http_response_headers(num_headers, end_of_stream)
+        })
     }
 }
 

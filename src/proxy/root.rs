@@ -2,7 +2,7 @@
 //! `on_configure`, owns the worker's state (shared with every HTTP context
 //! through an `Rc`), and refreshes remote JWKS from its tick.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -12,7 +12,7 @@ use proxy_wasm::types::ContextType;
 
 use super::abi::{self, Buffer};
 
-use super::filter::GuardFilter;
+use super::filter::{FilterHandle, FilterRef, GuardFilter};
 use super::host::{self, now_seconds, HostStore};
 use super::metrics::Metrics;
 use crate::alerts::{
@@ -22,7 +22,7 @@ use crate::alerts::{
 use crate::config::Config;
 use crate::identity::KeyMemo;
 use crate::limits::ServiceCache;
-use crate::policy::{NegativeCache, RemoteKeys, TokenCache};
+use crate::policy::{KeyFetch, NegativeCache, RemoteKeys, TokenCache};
 use crate::store::{self, BucketSalt};
 use crate::token::jwks::{self, JwksSlot};
 use crate::token::ReplayScope;
@@ -86,7 +86,44 @@ pub struct Worker {
     /// the flag no body ever comes, and the tick says so instead of
     /// leaving an operator with requests that hang.
     pub held: RefCell<HeldForBody>,
+    /// Requests held for another request's re-fetch of keys (at most
+    /// [`MAX_WAITERS`]), decided from the root's tick when it answers (see
+    /// [`FilterRoot::wake_waiters`]).
+    pub waiters: RefCell<Vec<Waiter>>,
+    /// Calls dispatched by a request while the root acted for it: call
+    /// token → the request's context id and filter. The SDK hands their
+    /// answers to the root (the context it was running), which hands them
+    /// on (see [`Worker::relay`]).
+    pub relayed: RefCell<HashMap<u32, (u32, FilterRef)>>,
+    /// The request the root is acting for right now, if any (its context
+    /// id): calls it dispatches are relayed.
+    pub acting_for: Cell<Option<u32>>,
+    /// Whether the root's tick runs at [`FAST_TICK_MS`] (else [`TICK_MS`]).
+    pub fast_tick: Cell<bool>,
 }
+
+/// A request held for another request's re-fetch of a provider's keys (see
+/// [`jwks::RequestFetch::Wait`]).
+pub struct Waiter {
+    /// Index of the provider whose keys are awaited.
+    pub provider: usize,
+    /// When the awaited re-fetch was dispatched (ms since the epoch).
+    pub sent_ms: u64,
+    /// When the request asked for keys (ms since the epoch): keys fetched
+    /// since make a `kid` they lack made up (see [`jwks::waited`]).
+    pub arrived_ms: u64,
+    /// When it stops waiting (ms since the epoch, [`jwks::wait_deadline_ms`]).
+    pub until_ms: u64,
+    /// Envoy's id of its context, made the effective context to act for it.
+    pub context_id: u32,
+    /// Its filter; gone once Envoy deleted the request's context.
+    pub filter: FilterRef,
+}
+
+/// How many requests each worker holds for another request's re-fetch at
+/// once. Beyond them, a request with an unknown `kid` is refused at once
+/// as while no re-fetch may be made (`401 token_signature`, not charged).
+pub const MAX_WAITERS: usize = 1024;
 
 /// What [`Worker::held`] keeps.
 #[derive(Default)]
@@ -424,6 +461,64 @@ impl Worker {
         true
     }
 
+    /// Holds `waiter` until its keys come (see [`FilterRoot::wake_waiters`]),
+    /// with the root's tick fast meanwhile; false when [`MAX_WAITERS`]
+    /// already wait.
+    pub fn wait(&self, waiter: Waiter) -> bool {
+        {
+            let mut waiters = self.waiters.borrow_mut();
+            if waiters.len() >= MAX_WAITERS {
+                waiters.retain(|w| w.filter.strong_count() > 0);
+                if waiters.len() >= MAX_WAITERS {
+                    return false;
+                }
+            }
+            waiters.push(waiter);
+        }
+        // Set from a request's context, the period is its root's.
+        self.set_fast_tick(true);
+        true
+    }
+
+    /// Sets the root's tick to [`FAST_TICK_MS`] or back to [`TICK_MS`],
+    /// when it is not so already.
+    pub fn set_fast_tick(&self, fast: bool) {
+        if self.fast_tick.get() == fast {
+            return;
+        }
+        let period = if fast { FAST_TICK_MS } else { TICK_MS };
+        match abi::set_tick_period_ms(period) {
+            Ok(()) => self.fast_tick.set(fast),
+            Err(e) => warn!("cannot set the tick period to {period} ms ({e:?})"),
+        }
+    }
+
+    /// Call `token` was dispatched by request `context_id` (its filter
+    /// `filter`): when the root is acting for that request, the SDK
+    /// registered the call to the context it was running, the root, and
+    /// hands the answer to the root, which hands it on
+    /// ([`Worker::relayed_to`]). Otherwise nothing to do.
+    pub fn relay(&self, token: u32, context_id: u32, filter: &FilterRef) {
+        if self.acting_for.get() != Some(context_id) {
+            return;
+        }
+        let mut relayed = self.relayed.borrow_mut();
+        if relayed.len() >= MAX_WAITERS {
+            relayed.retain(|_, (_, f)| f.strong_count() > 0);
+        }
+        relayed.insert(token, (context_id, filter.clone()));
+    }
+
+    /// The request to hand the answer to call `token` to, made the
+    /// effective context: `None` when the call is not relayed, or the
+    /// request is gone.
+    pub fn relayed_to(&self, token: u32) -> Option<(u32, Rc<RefCell<GuardFilter>>)> {
+        let (id, filter) = self.relayed.borrow_mut().remove(&token)?;
+        let filter = filter.upgrade()?;
+        abi::set_effective_context(id).ok()?;
+        Some((id, filter))
+    }
+
     /// Whether a provider with remote JWKS has no keys on this worker.
     pub fn lacks_remote_keys(&self) -> bool {
         let slots = self.jwks.borrow();
@@ -485,6 +580,89 @@ impl FilterRoot {
     }
 }
 
+impl FilterRoot {
+    /// Decides the requests held for another request's re-fetch whose
+    /// wait is over ([`jwks::waited`]): keys dispatched since it went out
+    /// are loaded (stored by this worker, or copied from shared data here,
+    /// at every tick while requests wait), or its time is up. Each is
+    /// evaluated again with its own context in effect, as after a fetch of
+    /// its own: its local reply or resumption apply to it, and Envoy defers
+    /// them until this tick returns. Calls it dispatches then are
+    /// registered by the SDK to the root, which relays their answers
+    /// ([`Worker::relay`]). A request Envoy deleted meanwhile is skipped.
+    fn wake_waiters(&self, worker: &Rc<Worker>) {
+        if worker.waiters.borrow().is_empty() {
+            if !worker.relayed.borrow().is_empty() {
+                // Calls of requests that went away are cancelled by Envoy.
+                worker
+                    .relayed
+                    .borrow_mut()
+                    .retain(|_, (_, f)| f.strong_count() > 0);
+            }
+            return;
+        }
+        let now_ms = host::now_millis();
+        let mut providers: Vec<usize> =
+            worker.waiters.borrow().iter().map(|w| w.provider).collect();
+        providers.sort_unstable();
+        providers.dedup();
+        {
+            let mut slots = worker.jwks.borrow_mut();
+            for p in providers {
+                let (Some(slot), Some(provider)) =
+                    (slots.get_mut(p), worker.config.providers.get(p))
+                else {
+                    continue;
+                };
+                if let Some(remote) = &provider.remote_jwks {
+                    jwks::sync(&HostStore, slot, &provider.name, remote, now_ms / 1000);
+                }
+            }
+        }
+        let mut ready = Vec::new();
+        {
+            let slots = worker.jwks.borrow();
+            worker.waiters.borrow_mut().retain(|w| {
+                if w.filter.strong_count() == 0 {
+                    return false;
+                }
+                let next = match slots.get(w.provider) {
+                    Some(slot) => jwks::waited(slot, w.sent_ms, w.arrived_ms, w.until_ms, now_ms),
+                    None => Some(KeyFetch::NotNow),
+                };
+                match next {
+                    Some(key_fetch) => {
+                        ready.push((w.context_id, w.filter.clone(), key_fetch));
+                        false
+                    }
+                    None => true,
+                }
+            });
+        }
+        if ready.is_empty() {
+            return;
+        }
+        for (id, filter, key_fetch) in ready {
+            let Some(filter) = filter.upgrade() else {
+                continue;
+            };
+            if abi::set_effective_context(id).is_err() {
+                continue;
+            }
+            worker.acting_for.set(Some(id));
+            match filter.try_borrow_mut() {
+                Ok(mut f) => f.keys_awaited(key_fetch),
+                Err(_) => warn!("#{id} the filter is busy: the request stays held"),
+            }
+            worker.acting_for.set(None);
+        }
+        // Anything else this tick does is the root's own again.
+        if let Err(e) = abi::set_effective_context(self.context_id) {
+            warn!("cannot act for the root context again ({e:?})");
+        }
+    }
+}
+
 impl Drop for FilterRoot {
     /// The SDK drops a root context when Envoy deletes it (the VM or this
     /// configuration is going away).
@@ -496,13 +674,48 @@ impl Drop for FilterRoot {
 }
 
 impl Context for FilterRoot {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        // Only the answers to the rate-limit calls of requests the root
+        // acted for (see `wake_waiters`). Envoy keeps every call's answer
+        // on the root context, readable from any; the request's context
+        // is made the effective one for what the answer decides (its
+        // local reply, or resuming it), which would otherwise apply to
+        // the root and leave the request held.
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        if let Some((id, filter)) = worker.relayed_to(token_id) {
+            worker.acting_for.set(Some(id));
+            match filter.try_borrow_mut() {
+                Ok(mut f) => f.on_grpc_call_response(token_id, status_code, response_size),
+                Err(_) => warn!("#{id} the filter is busy: the rate-limit answer is dropped"),
+            }
+            worker.acting_for.set(None);
+        }
+    }
+
     fn on_http_call_response(
         &mut self,
         token_id: u32,
-        _num_headers: usize,
+        num_headers: usize,
         body_size: usize,
-        _num_trailers: usize,
+        num_trailers: usize,
     ) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        // A call of a request the root acted for (see `wake_waiters`).
+        if let Some((id, filter)) = worker.relayed_to(token_id) {
+            worker.acting_for.set(Some(id));
+            match filter.try_borrow_mut() {
+                Ok(mut f) => {
+                    f.on_http_call_response(token_id, num_headers, body_size, num_trailers)
+                }
+                Err(_) => warn!("#{id} the filter is busy: the call's answer is dropped"),
+            }
+            worker.acting_for.set(None);
+            return;
+        }
         // Answers to calls dispatched for the root: background JWKS
         // refreshes and alert posts.
         if let Some(worker) = &self.worker {
@@ -640,6 +853,10 @@ impl RootContext for FilterRoot {
             pending_alerts: RefCell::new(Vec::new()),
             has_remote_jwks: has_remote,
             refreshes: RefCell::new(HashMap::new()),
+            waiters: RefCell::new(Vec::new()),
+            relayed: RefCell::new(HashMap::new()),
+            acting_for: Cell::new(None),
+            fast_tick: Cell::new(has_remote),
         }));
         // A 1 s tick reports the VM's memory, keeps remote JWKS fresh and
         // posts queued alerts. Calls made from the root's own callback are
@@ -676,9 +893,6 @@ impl RootContext for FilterRoot {
         if let Some(left) = self.fast_ticks_left {
             if left == 0 || !worker.lacks_remote_keys() {
                 self.fast_ticks_left = None;
-                if let Err(e) = abi::set_tick_period_ms(TICK_MS) {
-                    warn!("cannot set the tick period to {TICK_MS} ms ({e:?})");
-                }
             } else {
                 self.fast_ticks_left = Some(left - 1);
             }
@@ -698,12 +912,16 @@ impl RootContext for FilterRoot {
         worker.send_alerts(now);
         worker.follow_replay_layouts(now);
         super::filter::report_left_out(&worker, now);
+        // Last: it makes the waiting requests' contexts the effective one.
+        self.wake_waiters(&worker);
+        let waiting = !worker.waiters.borrow().is_empty();
+        worker.set_fast_tick(self.fast_ticks_left.is_some() || waiting);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never None: the SDK panics on None. Without a configuration the
         // filter fails closed (see `GuardFilter`).
-        Some(Box::new(GuardFilter::new(context_id, self.worker.clone())))
+        Some(Box::new(FilterHandle::new(context_id, self.worker.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {

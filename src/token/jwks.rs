@@ -57,6 +57,15 @@ pub struct JwksSlot {
     /// so a flood of unknown `kid`s costs one shared-data look a second,
     /// not one per request.
     pub refetch_lease_taken_at: Option<u64>,
+    /// When (milliseconds since the epoch) the instance's latest
+    /// unknown-`kid` re-fetch this worker knows of was dispatched: taken
+    /// by a request of this worker, or read from the lease another worker
+    /// holds (see [`take_refetch_lease`]). While its answer is due and no
+    /// keys dispatched since are loaded ([`JwksSlot::refetch_in_flight`]),
+    /// other requests with an unknown `kid` wait for it
+    /// ([`RequestFetch::Wait`]) rather than being refused: they most likely
+    /// carry the key of the same rotation.
+    pub refetch_sent_ms: Option<u64>,
     /// Last second this worker looked at the shared copy.
     pub last_maintained: u64,
     /// Last second a request of this worker looked at the shared copy
@@ -149,6 +158,29 @@ impl JwksSlot {
     /// The fetch with `token` answered (or failed).
     pub fn fetch_ended(&mut self, token: u32) {
         self.request_fetches.retain(|&(t, _)| t != token);
+    }
+
+    /// The dispatch time of the instance's re-fetch ([`JwksSlot::refetch_sent_ms`])
+    /// when it is still in flight at `now_ms`: its `timeout_ms` has not
+    /// passed and no keys dispatched at or after it are loaded here (its
+    /// own answer, a later one, or another worker's copy of either). A
+    /// dispatch time more than a second ahead of `now_ms` is from before
+    /// the clock was set back, and is not waited for.
+    pub fn refetch_in_flight(&self, remote: &RemoteJwks, now_ms: u64) -> Option<u64> {
+        let sent = self.refetch_sent_ms?;
+        (self.fetched_at_ms < sent
+            && sent <= now_ms.saturating_add(1000)
+            && now_ms < sent.saturating_add(remote.timeout_ms))
+        .then_some(sent)
+    }
+
+    /// This worker's re-fetch dispatched at `sent_ms` failed (it could not
+    /// be dispatched, brought no answer, or keys that would not load):
+    /// the requests waiting for it stop waiting ([`waited`]).
+    pub fn forget_refetch(&mut self, sent_ms: u64) {
+        if self.refetch_sent_ms == Some(sent_ms) {
+            self.refetch_sent_ms = None;
+        }
     }
 
     /// Whether a request may start a fetch at `now` (seconds): fewer than
@@ -391,32 +423,38 @@ pub fn take_refresh_lease<S: SharedStore + ?Sized>(
 /// Whether this request may re-fetch for an unknown `kid` (keys loaded):
 /// at most once per `min_refetch_seconds` per instance (a lease), and per
 /// worker; a worker that found the lease taken asks again the next second
-/// at the earliest. Records the re-fetch when it may.
+/// at the earliest. Records the re-fetch when it may, and otherwise when
+/// the re-fetch that holds the lease was dispatched, if the lease says
+/// ([`JwksSlot::refetch_sent_ms`]). `now_ms` is milliseconds since the
+/// epoch.
 pub fn take_refetch_lease<S: SharedStore + ?Sized>(
     shared: &S,
     slot: &mut JwksSlot,
     provider: &str,
     remote: &RemoteJwks,
-    now: u64,
+    now_ms: u64,
 ) -> bool {
+    let now = now_ms / 1000;
     let waited = slot.last_refetch > now
         || now.saturating_sub(slot.last_refetch) >= remote.min_refetch_seconds;
     if !waited || slot.refetch_lease_taken_at == Some(now) {
         return false;
     }
-    if !take_lease(
-        shared,
-        provider,
-        remote,
-        "refetch",
-        remote.min_refetch_seconds.max(1),
-        now,
-    ) {
-        slot.refetch_lease_taken_at = Some(now);
-        return false;
+    let key = shared_key("jwks-refetch", provider, remote);
+    match take_lease_at_ms(shared, &key, remote.min_refetch_seconds.max(1), now_ms) {
+        Ok(()) => {
+            slot.last_refetch = now;
+            slot.refetch_sent_ms = Some(now_ms);
+            true
+        }
+        Err(holder) => {
+            slot.refetch_lease_taken_at = Some(now);
+            if let Some(sent) = holder {
+                slot.refetch_sent_ms = Some(sent);
+            }
+            false
+        }
     }
-    slot.last_refetch = now;
-    true
 }
 
 /// What a request that needs a provider's keys (none loaded, or its `kid`
@@ -429,6 +467,63 @@ pub enum RequestFetch {
     /// Do not fetch: evaluate the request again with what the slot holds,
     /// as the [`KeyFetch`] says.
     Evaluate(KeyFetch),
+    /// Another request's re-fetch for an unknown `kid` (of this worker or
+    /// another) is in flight: hold the request until keys dispatched at or
+    /// after `sent_ms` are loaded, or until [`wait_deadline_ms`], then
+    /// decide it as [`waited`] says. Refused at once instead, the genuine
+    /// tokens of a rotation that arrive together would all but one get a
+    /// 401 they cannot tell from a forgery.
+    Wait {
+        /// When the awaited re-fetch was dispatched (milliseconds since
+        /// the epoch).
+        sent_ms: u64,
+    },
+}
+
+/// Slack after an awaited re-fetch's `timeout_ms` before a waiting request
+/// gives up on it: the answer reaches the other workers through shared
+/// data, which they look at on their next tick.
+pub const WAIT_SLACK_MS: u64 = 250;
+
+/// Until when (milliseconds since the epoch) a request that arrived at
+/// `now_ms` waits for the re-fetch dispatched at `sent_ms`
+/// ([`RequestFetch::Wait`]): its `timeout_ms` and [`WAIT_SLACK_MS`].
+pub fn wait_deadline_ms(remote: &RemoteJwks, sent_ms: u64, now_ms: u64) -> u64 {
+    sent_ms
+        .min(now_ms)
+        .saturating_add(remote.timeout_ms)
+        .saturating_add(WAIT_SLACK_MS)
+}
+
+/// How a request held for the re-fetch dispatched at `sent_ms`
+/// ([`RequestFetch::Wait`]) stands at `now_ms`, with the slot as this
+/// worker has it: `None` to wait on; else evaluate it again as the
+/// [`KeyFetch`] says. Keys dispatched at or after `sent_ms` end the wait.
+/// They are `Fetched` (a `kid` they lack is made up, and charged to the
+/// client's budget) only when they were also dispatched after the request
+/// `arrived_ms`, as for keys copied from another worker
+/// ([`request_fetch`]): the awaited GET went out before the request found
+/// its lease taken (in the same millisecond, often, in a burst), and a key
+/// published in between is not the client's fault. Past `until_ms`, or when the re-fetch is known to have failed
+/// (this worker's own, see [`JwksSlot::refetch_sent_ms`]), `NotNow`.
+pub fn waited(
+    slot: &JwksSlot,
+    sent_ms: u64,
+    arrived_ms: u64,
+    until_ms: u64,
+    now_ms: u64,
+) -> Option<KeyFetch> {
+    if slot.keys.keys.is_some() && slot.fetched_at_ms >= sent_ms {
+        return Some(if slot.fetched_at_ms > arrived_ms {
+            KeyFetch::Fetched
+        } else {
+            KeyFetch::NotNow
+        });
+    }
+    if now_ms >= until_ms || slot.refetch_sent_ms.is_none_or(|s| s < sent_ms) {
+        return Some(KeyFetch::NotNow);
+    }
+    None
 }
 
 /// Decides whether a request of this worker fetches `provider`'s keys at
@@ -440,9 +535,11 @@ pub enum RequestFetch {
 /// predate its key). Without keys, it fetches unless
 /// [`JwksSlot::may_start_request_fetch`] says no; with keys (an unknown
 /// `kid`), only when it wins the re-fetch lease
-/// ([`take_refetch_lease`]). Otherwise the request is evaluated as
-/// `NotNow`: missing keys answer by the route's failure mode, an unknown
-/// `kid` is refused without charging the client's budget.
+/// ([`take_refetch_lease`]); when another request's re-fetch is in
+/// flight ([`JwksSlot::refetch_in_flight`]), it waits for that one.
+/// Otherwise the request is evaluated as `NotNow`: missing keys answer by
+/// the route's failure mode, an unknown `kid` is refused without charging
+/// the client's budget.
 pub fn request_fetch<S: SharedStore + ?Sized>(
     shared: &S,
     slot: &mut JwksSlot,
@@ -469,8 +566,10 @@ pub fn request_fetch<S: SharedStore + ?Sized>(
         } else {
             RequestFetch::Evaluate(KeyFetch::NotNow)
         }
-    } else if take_refetch_lease(shared, slot, provider, remote, now) {
+    } else if take_refetch_lease(shared, slot, provider, remote, now_ms) {
         RequestFetch::Dispatch
+    } else if let Some(sent_ms) = slot.refetch_in_flight(remote, now_ms) {
+        RequestFetch::Wait { sent_ms }
     } else {
         RequestFetch::Evaluate(KeyFetch::NotNow)
     }
@@ -502,32 +601,59 @@ fn take_lease<S: SharedStore + ?Sized>(
     take_lease_at(shared, &key, seconds, now)
 }
 
-/// [`take_lease`] on `shared` at `key`. The lease records when it ends and
-/// when it was taken. One taken later than `now` (and a second of slack)
-/// was taken before the clock was set back: it is stale, or no worker
-/// would fetch until the clock caught up. Judged by when it was taken, not
-/// by how far off its end is, so that a configuration with a shorter
-/// `seconds` (another `min_refetch_seconds` for the same source) does not
-/// take over a lease another one holds.
+/// [`take_lease_at_ms`] at second `now`: whether the lease was taken.
 fn take_lease_at<S: SharedStore + ?Sized>(shared: &S, key: &str, seconds: u64, now: u64) -> bool {
-    store::update(shared, key, |cur| {
+    take_lease_at_ms(shared, key, seconds, now.saturating_mul(1000)).is_ok()
+}
+
+/// [`take_lease`] on `shared` at `key`, at `now_ms` (milliseconds since
+/// the epoch). The lease records when it ends and when it was taken (in
+/// seconds, then in milliseconds). One taken later than now (and a second
+/// of slack) was taken before the clock was set back: it is stale, or no
+/// worker would fetch until the clock caught up. Judged by when it was
+/// taken, not by how far off its end is, so that a configuration with a
+/// shorter `seconds` (another `min_refetch_seconds` for the same source)
+/// does not take over a lease another one holds. A lease that holds is
+/// `Err` with when it was taken in milliseconds, if it says: a lease
+/// written by an earlier module has seconds only (then those), or its end
+/// only (then `None`); earlier modules read the first two fields, and
+/// ignore the third.
+fn take_lease_at_ms<S: SharedStore + ?Sized>(
+    shared: &S,
+    key: &str,
+    seconds: u64,
+    now_ms: u64,
+) -> Result<(), Option<u64>> {
+    let now = now_ms / 1000;
+    let mut holder = None;
+    let taken = store::update(shared, key, |cur| {
         let until = cur.and_then(|b| store::u64_at(b, 0)).unwrap_or(0);
         // A second of slack: workers read the clock a moment apart. A lease
         // written before the taken time was recorded: by its end alone.
         let soon = now.saturating_add(1);
-        let taken_before_now = match cur.and_then(|b| store::u64_at(b, 8)) {
+        let taken_s = cur.and_then(|b| store::u64_at(b, 8));
+        let taken_before_now = match taken_s {
             Some(taken) => taken <= soon,
             None => until <= soon.saturating_add(seconds),
         };
         if until > now && taken_before_now {
+            holder = cur
+                .and_then(|b| store::u64_at(b, 16))
+                .or_else(|| taken_s.map(|t| t.saturating_mul(1000)));
             (None, false)
         } else {
             let mut lease = now.saturating_add(seconds).to_le_bytes().to_vec();
             lease.extend_from_slice(&now.to_le_bytes());
+            lease.extend_from_slice(&now_ms.to_le_bytes());
             (Some(lease), true)
         }
     })
-    .unwrap_or(false)
+    .unwrap_or(false);
+    if taken {
+        Ok(())
+    } else {
+        Err(holder)
+    }
 }
 
 #[cfg(test)]
@@ -748,18 +874,176 @@ mod tests {
             RequestFetch::Dispatch
         );
         // The lease is the instance's: the other worker does not fetch,
-        // nor does a again within `min_refetch_seconds`.
-        for (on_a, at) in [(false, t), (false, t + 1), (true, t + 1), (true, t + 29)] {
+        // nor does a again within `min_refetch_seconds`. While the GET is
+        // in flight (its 2 s timeout) they wait for it; after, they are
+        // refused.
+        let waits = RequestFetch::Wait { sent_ms: t * 1000 };
+        let refused = RequestFetch::Evaluate(KeyFetch::NotNow);
+        for (on_a, at, next) in [
+            (false, t, waits),
+            (false, t + 1, waits),
+            (true, t + 1, waits),
+            (true, t + 29, refused),
+            (false, t + 29, refused),
+        ] {
             let slot = if on_a { &mut a } else { &mut b };
             assert_eq!(
                 request_fetch(&shared, slot, "idp", &r, at * 1000),
-                RequestFetch::Evaluate(KeyFetch::NotNow),
+                next,
                 "{at}"
             );
         }
         assert_eq!(
             request_fetch(&shared, &mut b, "idp", &r, (t + 30) * 1000),
             RequestFetch::Dispatch
+        );
+    }
+
+    #[test]
+    fn other_requests_wait_for_a_refetch_while_it_is_in_flight() {
+        let shared = store::MemStore::default();
+        let r = remote("jwks", "", "/k");
+        let (mut a, mut b) = (JwksSlot::default(), JwksSlot::default());
+        let t = 5_000_000u64;
+        fetched(&shared, &mut a, &r, &jwks_doc(7, "k1"), t - 100, t - 100);
+        sync(&shared, &mut b, "idp", &r, t - 100);
+        // a's request takes the lease at t s + 300 ms and dispatches.
+        let sent = t * 1000 + 300;
+        assert_eq!(
+            request_fetch(&shared, &mut a, "idp", &r, sent),
+            RequestFetch::Dispatch
+        );
+        // The other worker reads the dispatch time from the lease; a knows
+        // its own. Both wait, on either side of a second's edge.
+        for (on_a, at) in [(false, sent + 10), (true, sent + 20), (false, sent + 900)] {
+            let slot = if on_a { &mut a } else { &mut b };
+            assert_eq!(
+                request_fetch(&shared, slot, "idp", &r, at),
+                RequestFetch::Wait { sent_ms: sent },
+                "{at}"
+            );
+        }
+        assert_eq!(a.refetch_in_flight(&r, sent + 1999), Some(sent));
+        // Past its timeout the GET is no longer waited for.
+        assert_eq!(a.refetch_in_flight(&r, sent + 2000), None);
+        assert_eq!(
+            request_fetch(&shared, &mut b, "idp", &r, sent + 2500),
+            RequestFetch::Evaluate(KeyFetch::NotNow)
+        );
+        // Keys dispatched at or after it, loaded: it answered.
+        let mut c = JwksSlot::default();
+        sync(&shared, &mut c, "idp", &r, t);
+        c.refetch_sent_ms = Some(sent);
+        assert_eq!(c.refetch_in_flight(&r, sent + 100), Some(sent));
+        c.fetched_at_ms = sent;
+        assert_eq!(c.refetch_in_flight(&r, sent + 100), None);
+        // A dispatch time far ahead (the clock was set back) is not waited
+        // for; one a moment ahead (another worker's clock) is.
+        let mut d = JwksSlot {
+            refetch_sent_ms: Some(sent + 5_000),
+            ..JwksSlot::default()
+        };
+        assert_eq!(d.refetch_in_flight(&r, sent), None);
+        d.refetch_sent_ms = Some(sent + 500);
+        assert_eq!(d.refetch_in_flight(&r, sent), Some(sent + 500));
+    }
+
+    #[test]
+    fn a_wait_ends_with_keys_sent_since_at_its_deadline_or_when_the_refetch_failed() {
+        let r = remote("jwks", "", "/k");
+        let sent = 9_000_000_000u64;
+        let arrived = sent + 40;
+        let until = wait_deadline_ms(&r, sent, arrived);
+        assert_eq!(until, sent + 2000 + WAIT_SLACK_MS);
+        // A dispatch time ahead of the request is bounded from its arrival.
+        assert_eq!(
+            wait_deadline_ms(&r, sent + 900, sent),
+            sent + 2000 + WAIT_SLACK_MS
+        );
+        let mut slot = JwksSlot {
+            refetch_sent_ms: Some(sent),
+            fetched_at_ms: sent - 60_000,
+            ..JwksSlot::default()
+        };
+        slot.keys.keys = Some(Rc::new(Vec::new()));
+        assert_eq!(waited(&slot, sent, arrived, until, sent + 500), None);
+        assert_eq!(
+            waited(&slot, sent, arrived, until, until),
+            Some(KeyFetch::NotNow),
+            "timed out"
+        );
+        // The awaited GET's keys: dispatched before this request came, a
+        // `kid` they lack may have been published since.
+        slot.fetched_at_ms = sent;
+        assert_eq!(
+            waited(&slot, sent, arrived, until, sent + 500),
+            Some(KeyFetch::NotNow)
+        );
+        // In the millisecond the request came: the awaited GET, which
+        // went out before the request found the lease taken.
+        slot.fetched_at_ms = arrived;
+        assert_eq!(
+            waited(&slot, arrived, arrived, until, sent + 500),
+            Some(KeyFetch::NotNow)
+        );
+        // Keys of a GET sent after the request came: a `kid` they lack is
+        // made up.
+        slot.fetched_at_ms = arrived + 1;
+        assert_eq!(
+            waited(&slot, sent, arrived, until, sent + 500),
+            Some(KeyFetch::Fetched)
+        );
+        assert_eq!(
+            waited(&slot, sent, sent - 5, until, sent + 500),
+            Some(KeyFetch::Fetched),
+            "a request that came before the GET went out"
+        );
+        // This worker's own re-fetch failed (the adapter forgets it).
+        slot.fetched_at_ms = sent - 60_000;
+        slot.refetch_sent_ms = None;
+        assert_eq!(
+            waited(&slot, sent, arrived, until, sent + 500),
+            Some(KeyFetch::NotNow)
+        );
+    }
+
+    #[test]
+    fn a_refetch_lease_of_an_earlier_module_is_waited_for_by_its_second() {
+        let shared = store::MemStore::default();
+        let r = remote("jwks", "", "/k");
+        let mut b = JwksSlot::default();
+        let t = 5_000_000u64;
+        fetched(&shared, &mut b, &r, &jwks_doc(7, "k1"), t - 100, t - 100);
+        let key = shared_key("jwks-refetch", "idp", &r);
+        // [until][taken s]: the dispatch time is known to the second.
+        let mut lease = (t + 30).to_le_bytes().to_vec();
+        lease.extend_from_slice(&t.to_le_bytes());
+        shared.set(&key, &lease, store::CAS_CREATE).unwrap();
+        assert_eq!(
+            request_fetch(&shared, &mut b, "idp", &r, t * 1000 + 700),
+            RequestFetch::Wait { sent_ms: t * 1000 }
+        );
+        // [until] alone: not known, so not waited for.
+        let mut c = JwksSlot::default();
+        fetched(&shared, &mut c, &r, &jwks_doc(7, "k1"), t - 100, t - 100);
+        let (_, cas) = shared.get(&key).unwrap();
+        shared.set(&key, &(t + 30).to_le_bytes(), cas).unwrap();
+        assert_eq!(
+            request_fetch(&shared, &mut c, "idp", &r, t * 1000 + 700),
+            RequestFetch::Evaluate(KeyFetch::NotNow)
+        );
+        // This module's lease: its millisecond.
+        let s = store::MemStore::default();
+        assert_eq!(take_lease_at_ms(&s, "l", 30, 7_000_123), Ok(()));
+        assert_eq!(
+            take_lease_at_ms(&s, "l", 30, 7_000_999),
+            Err(Some(7_000_123))
+        );
+        let (v, _) = s.get("l").unwrap();
+        assert_eq!(
+            (store::u64_at(&v, 0), store::u64_at(&v, 8)),
+            (Some(7_030), Some(7_000)),
+            "what earlier modules read"
         );
     }
 
