@@ -30,6 +30,8 @@ mod identity;
 mod operations;
 /// Shared rate limits through the rate-limit service and Redis.
 mod ratelimit;
+/// A JWKS rotation under concurrent traffic: waiting for the re-fetch.
+mod rotation;
 /// Request signing (RFC 9421) bound to the attested install.
 mod signing;
 /// Attestation tokens: HS256, ES256, RS256, remote JWKS.

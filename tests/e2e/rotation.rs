@@ -1,0 +1,277 @@
+//! A JWKS rotation under concurrent traffic (review-jwks42 F4): while one
+//! request's re-fetch for an unknown `kid` is in flight, the other requests
+//! with a `kid` the loaded keys lack, on either worker, wait for it and are
+//! decided with what it brought, rather than refused at once.
+
+use crate::harness;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harness::http::{self, Req};
+use harness::services::{test_limits, RateLimitService, Redis};
+use harness::tokens::{self, claims};
+use harness::upstream::{Seen, Upstream};
+use harness::EnvoyBuilder;
+use jwt_simple::prelude::ES256KeyPair;
+use serde_json::{json, Value};
+
+/// How long the JWKS server takes to answer once the rotation is
+/// published: the re-fetch is in flight for that long.
+const SLOW: Duration = Duration::from_millis(1000);
+
+/// A JWKS server whose document, and how long it takes to answer, the test
+/// changes while Envoy runs.
+struct SlowJwks {
+    doc: Arc<Mutex<(String, Duration)>>,
+    server: Upstream,
+}
+
+impl SlowJwks {
+    fn start(jwks: &Value) -> SlowJwks {
+        let doc = Arc::new(Mutex::new((jwks.to_string(), Duration::ZERO)));
+        let d = doc.clone();
+        let server = Upstream::with_handler(Arc::new(move |_s: &Seen| {
+            let (body, delay) = d.lock().unwrap().clone();
+            std::thread::sleep(delay);
+            (
+                200,
+                vec![("content-type".into(), "application/json".into())],
+                body.into_bytes(),
+            )
+        }));
+        SlowJwks { doc, server }
+    }
+
+    /// Publishes `jwks`, answered after `delay` from now on.
+    fn publish(&self, jwks: &Value, delay: Duration) {
+        *self.doc.lock().unwrap() = (jwks.to_string(), delay);
+    }
+
+    fn fetches(&self) -> usize {
+        self.server.seen().len()
+    }
+}
+
+/// One provider `remote` whose JWKS comes from the `jwks` cluster (3 s
+/// timeout, one re-fetch per 30 s, refresh every 10 minutes), on route
+/// `/r`; `rate_limited` adds the rate-limit service (client IP, 3 an hour
+/// in tests/fixtures/ratelimit.yaml) to the route.
+fn config(failures: u32, rate_limited: bool) -> Value {
+    let mut route = json!({"name": "r", "match": {"prefix": "/r"}, "tokens": ["remote"]});
+    let mut c = json!({
+        "default_action": "deny",
+        "client_ip": {"xff_trusted_hops": 1},
+        "tokens": [{"name": "remote", "from": [{"header": "x-token"}],
+            "remote_jwks": {"cluster": "jwks", "path": "/jwks.json", "timeout_ms": 3000,
+                            "min_refetch_seconds": 30, "refresh_seconds": 600},
+            "failure_budget": {"failures": failures, "window_seconds": 3600}}],
+        "routes": []
+    });
+    if rate_limited {
+        route["rate_limits"] = json!([{"entries": [{"type": "client_ip"}]}]);
+        c["rate_limit_service"] = json!({"cluster": "ratelimit", "domain": "appguard",
+            "timeout_ms": 2000, "failure_mode": "deny"});
+    }
+    c["routes"] = json!([route]);
+    c
+}
+
+/// Sends every token at once, each on its own connection from the
+/// client address `ip(i)`; returns each one's status, reason and time.
+fn burst(
+    port: u16,
+    tokens: &[String],
+    ip: impl Fn(usize) -> String,
+) -> Vec<(u16, Option<String>, Duration)> {
+    let start = Arc::new(std::sync::Barrier::new(tokens.len()));
+    let threads: Vec<_> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let req = Req::get(&format!("/r/{i}"))
+                .header("x-token", t)
+                .header("x-forwarded-for", &ip(i));
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                let at = Instant::now();
+                let r = http::send(port, &req).expect("request through Envoy");
+                (r.status, r.reason().map(str::to_owned), at.elapsed())
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// Envoy with two workers and the JWKS server publishing `{k1}`; a k1
+/// token has passed, so both workers have keys before the rotation.
+fn rotated_stack(config: Value, k1: &ES256KeyPair) -> (SlowJwks, Upstream, harness::Envoy) {
+    let jwks = SlowJwks::start(&json!({"keys": [tokens::es256_jwk(k1, "k1")]}));
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config, up.port)
+        .http_cluster("jwks", jwks.server.port)
+        .concurrency(2)
+        .start();
+    (jwks, up, envoy)
+}
+
+/// [`rotated_stack`] with the rate-limit service `rls`.
+fn with_rls(
+    config: Value,
+    k1: &ES256KeyPair,
+    rls: &RateLimitService,
+) -> (SlowJwks, Upstream, harness::Envoy) {
+    let jwks = SlowJwks::start(&json!({"keys": [tokens::es256_jwk(k1, "k1")]}));
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config, up.port)
+        .http_cluster("jwks", jwks.server.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .concurrency(2)
+        .start();
+    (jwks, up, envoy)
+}
+
+/// A k1 token passes on whichever worker takes it: the keys are loaded.
+fn k1_passes(envoy: &harness::Envoy, k1: &ES256KeyPair, ip: &str) {
+    let t1 = tokens::es256_with(k1, &claims(60, json!({})));
+    let r = envoy.request(
+        Req::get("/r/k1")
+            .header("x-token", &t1)
+            .header("x-forwarded-for", ip),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// The VM is healthy, and no callback came while the root acted for a
+/// request: Envoy deferred each resumption and local reply made from the
+/// tick (a response callback for one would have found its filter borrowed,
+/// and said so).
+fn assert_acted_for_in_turn(envoy: &harness::Envoy) {
+    envoy.assert_vm_healthy();
+    assert!(
+        !envoy.log().contains("the filter is busy"),
+        "{}",
+        envoy.log()
+    );
+}
+
+#[test]
+fn genuine_tokens_of_a_new_key_wait_for_the_refetch_in_flight_and_pass() {
+    let k1 = ES256KeyPair::generate().with_key_id("k1");
+    let k2 = ES256KeyPair::generate().with_key_id("k2");
+    let (jwks, _up, envoy) = rotated_stack(config(20, false), &k1);
+    k1_passes(&envoy, &k1, "192.0.2.1");
+    jwks.publish(
+        &json!({"keys": [tokens::es256_jwk(&k1, "k1"), tokens::es256_jwk(&k2, "k2")]}),
+        SLOW,
+    );
+    let before = jwks.fetches();
+    let k2_tokens: Vec<String> = (0..20)
+        .map(|i| tokens::es256_with(&k2, &claims(60, json!({"sub": format!("u{i}")}))))
+        .collect();
+    let answers = burst(envoy.port, &k2_tokens, |i| format!("198.51.100.{}", i + 1));
+    let refused: Vec<_> = answers.iter().filter(|(s, _, _)| *s != 200).collect();
+    assert!(
+        refused.is_empty(),
+        "every k2 token passes once the re-fetch answers: {answers:?}\n{}",
+        envoy.log()
+    );
+    // They waited for the one re-fetch (the JWKS server's second), not
+    // for a fetch each.
+    assert!(
+        (1..=2).contains(&(jwks.fetches() - before)),
+        "{} GETs for one rotation",
+        jwks.fetches() - before
+    );
+    let waited = answers.iter().filter(|(_, _, t)| *t >= SLOW / 2).count();
+    assert!(waited >= 19, "they waited for the slow answer: {answers:?}");
+    assert!(
+        answers.iter().all(|(_, _, t)| *t < SLOW * 3),
+        "each was decided soon after the keys came: {answers:?}"
+    );
+    assert_acted_for_in_turn(&envoy);
+}
+
+#[test]
+fn made_up_kids_wait_for_the_refetch_in_flight_and_are_refused_after_it() {
+    let k1 = ES256KeyPair::generate().with_key_id("k1");
+    let k2 = ES256KeyPair::generate().with_key_id("k2");
+    // A budget of 5 failures an hour per client: the 20 below come from
+    // one address.
+    let (jwks, _up, envoy) = rotated_stack(config(5, false), &k1);
+    k1_passes(&envoy, &k1, "192.0.2.1");
+    jwks.publish(
+        &json!({"keys": [tokens::es256_jwk(&k1, "k1"), tokens::es256_jwk(&k2, "k2")]}),
+        SLOW,
+    );
+    let before = jwks.fetches();
+    let made_up: Vec<String> = (0..20)
+        .map(|i| {
+            let kp = ES256KeyPair::generate().with_key_id(&format!("nobody-{i}"));
+            tokens::es256_with(&kp, &claims(60, json!({})))
+        })
+        .collect();
+    let answers = burst(envoy.port, &made_up, |_| "203.0.113.9".to_owned());
+    assert!(
+        answers
+            .iter()
+            .all(|(s, r, _)| (*s, r.as_deref()) == (401, Some("token_signature"))),
+        "{answers:?}"
+    );
+    let waited = answers.iter().filter(|(_, _, t)| *t >= SLOW / 2).count();
+    assert!(
+        waited >= 19,
+        "refused after the re-fetch answered, not at once: {answers:?}"
+    );
+    assert!(
+        (1..=2).contains(&(jwks.fetches() - before)),
+        "{} GETs",
+        jwks.fetches() - before
+    );
+    // The requests that waited for another's GET, which went out before
+    // they came, are not charged (a `kid` published in between would not
+    // be the client's fault); the one whose own GET it was is. So the
+    // client's budget of 5 is not spent, and its genuine token passes.
+    assert_eq!(envoy.stat("appguard_verification_budget_refusals"), Some(0));
+    k1_passes(&envoy, &k1, "203.0.113.9");
+    assert_acted_for_in_turn(&envoy);
+}
+
+#[test]
+fn a_request_that_waited_for_keys_gets_its_rate_limit_answer() {
+    // The waiting requests are decided from the root context's tick: the
+    // rate-limit calls they make then are answered to the root, which
+    // hands each answer to its request.
+    let redis = Redis::start();
+    let rls = RateLimitService::start(&test_limits(), Some(&redis.url()));
+    let k1 = ES256KeyPair::generate().with_key_id("k1");
+    let k2 = ES256KeyPair::generate().with_key_id("k2");
+    let (jwks, _up, envoy) = with_rls(config(20, true), &k1, &rls);
+    k1_passes(&envoy, &k1, "192.0.2.1");
+    jwks.publish(
+        &json!({"keys": [tokens::es256_jwk(&k1, "k1"), tokens::es256_jwk(&k2, "k2")]}),
+        SLOW,
+    );
+    let k2_tokens: Vec<String> = (0..12)
+        .map(|i| tokens::es256_with(&k2, &claims(60, json!({"sub": format!("u{i}")}))))
+        .collect();
+    // Two clients, six requests each, 3 an hour per client.
+    let answers = burst(envoy.port, &k2_tokens, |i| {
+        format!("198.51.100.{}", 50 + i % 2)
+    });
+    let mut statuses: Vec<(u16, Option<String>)> =
+        answers.iter().map(|(s, r, _)| (*s, r.clone())).collect();
+    statuses.sort();
+    let expected: Vec<(u16, Option<String>)> = [
+        vec![(200, None); 6],
+        vec![(429, Some("rate_limited".to_owned())); 6],
+    ]
+    .concat();
+    assert_eq!(statuses, expected, "{answers:?}\n{}", envoy.log());
+    assert!(
+        answers.iter().all(|(_, _, t)| *t < SLOW * 3),
+        "no answer was lost (a lost one waits for Envoy's timeouts): {answers:?}"
+    );
+    assert_acted_for_in_turn(&envoy);
+}
