@@ -296,9 +296,14 @@ impl Worker {
                 let Some(slot) = slots.get_mut(p) else {
                     continue;
                 };
-                // Once a second; while the slot has no keys, at every tick
-                // (fast after a configuration: see `FAST_TICK_MS`).
-                if slot.last_maintained == now && slot.keys.keys.is_some() {
+                // Once a second; while the slot has no keys, or a
+                // request's re-fetch lost its answer, at every tick (fast
+                // after a configuration, or while requests wait for keys:
+                // see `FAST_TICK_MS`).
+                if slot.last_maintained == now
+                    && slot.keys.keys.is_some()
+                    && !jwks::lost_refetch_pending(slot)
+                {
                     continue;
                 }
                 slot.last_maintained = now;
@@ -307,8 +312,11 @@ impl Worker {
                 // fetch failed, keys past their grace): then every
                 // `timeout_ms` + 1 s per instance, whether requests come
                 // or not.
+                // A lost re-fetch is made again at once, without the
+                // refresh lease (which the last refresh may still hold).
                 !self.refreshes.borrow().values().any(|(x, _)| *x == p)
-                    && jwks::take_refresh_lease(&HostStore, slot, &provider.name, remote, now)
+                    && (jwks::redo_lost_refetch(slot)
+                        || jwks::take_refresh_lease(&HostStore, slot, &provider.name, remote, now))
             };
             if refresh {
                 let token = host::http_get(

@@ -91,6 +91,10 @@ pub struct JwksSlot {
     /// request most likely named a `kid` of a rotation, and its fetch held
     /// the instance's re-fetch lease.
     pub refetch_lost_at: Option<u64>,
+    /// The lost re-fetch ([`JwksSlot::refetch_lost_at`]) the root already
+    /// made again at once, without waiting for the refresh lease (see
+    /// [`redo_lost_refetch`]): once; later tries take the lease.
+    pub refetch_redone_at: Option<u64>,
     /// The last failed background refresh logged: its second, how many
     /// failed the same way since without a line, and what it said. While
     /// the endpoint stays down (or its cluster is misnamed) the root
@@ -572,6 +576,30 @@ pub fn request_fetch<S: SharedStore + ?Sized>(
         RequestFetch::Wait { sent_ms }
     } else {
         RequestFetch::Evaluate(KeyFetch::NotNow)
+    }
+}
+
+/// Whether a re-fetch of this worker lost its answer
+/// ([`JwksSlot::refetch_lost_at`]) and no keys fetched since have made up
+/// for it: the root looks at every tick then, not once a second.
+pub fn lost_refetch_pending(slot: &JwksSlot) -> bool {
+    slot.refetch_lost_at.is_some_and(|t| slot.fetched_at() <= t)
+}
+
+/// Whether the root makes a lost re-fetch again now, without the refresh
+/// lease: once per lost re-fetch. The lost GET held the instance's
+/// re-fetch lease, so this worker owes the instance its keys, and other
+/// requests may be waiting for them ([`RequestFetch::Wait`]); the refresh
+/// lease may still be held by the last refresh (for `timeout_ms` + 1 s),
+/// which would leave them to time out. Should this try fail too, the
+/// keys stay due ([`take_refresh_lease`]), under the lease.
+pub fn redo_lost_refetch(slot: &mut JwksSlot) -> bool {
+    match slot.refetch_lost_at {
+        Some(t) if lost_refetch_pending(slot) && slot.refetch_redone_at != Some(t) => {
+            slot.refetch_redone_at = Some(t);
+            true
+        }
+        _ => false,
     }
 }
 
@@ -1185,6 +1213,28 @@ mod tests {
         // Keys fetched after it was sent are what it would have brought.
         slot.fetched_at_ms = 10_011 * 1000;
         assert!(!due(&slot, &r, 10_020));
+    }
+
+    #[test]
+    fn a_lost_refetch_is_made_again_once_without_the_refresh_lease() {
+        let mut slot = JwksSlot::default();
+        slot.keys.keys = Some(Rc::new(Vec::new()));
+        slot.fetched_at_ms = 10_000 * 1000;
+        assert!(!lost_refetch_pending(&slot));
+        assert!(!redo_lost_refetch(&mut slot));
+        slot.refetch_lost_at = Some(10_010);
+        assert!(lost_refetch_pending(&slot));
+        assert!(redo_lost_refetch(&mut slot));
+        assert!(!redo_lost_refetch(&mut slot), "once");
+        assert!(lost_refetch_pending(&slot), "still due, under the lease");
+        // Another one lost later: once again.
+        slot.refetch_lost_at = Some(10_040);
+        assert!(redo_lost_refetch(&mut slot));
+        // Keys fetched after it make up for it.
+        slot.refetch_lost_at = Some(10_050);
+        slot.fetched_at_ms = 10_051 * 1000;
+        assert!(!lost_refetch_pending(&slot));
+        assert!(!redo_lost_refetch(&mut slot));
     }
 
     #[test]
