@@ -15,7 +15,7 @@ use super::abi::{self, Buffer, Map};
 
 use super::host::{self, now_millis, HostStore};
 use super::metrics::Counted;
-use super::root::{Waiter, Worker, WARN_LINES_PER_SECOND};
+use super::root::{CallKind, Waiter, Worker, WARN_LINES_PER_SECOND};
 use crate::decision::{Decision, Denial, Grant, KeyScrub};
 use crate::headers::Headers;
 use crate::lograte::Admit;
@@ -409,7 +409,7 @@ impl GuardFilter {
             u32::try_from(call.timeout_ms).unwrap_or(u32::MAX),
         ) {
             Ok(token) => {
-                worker.relay(token, self.context_id, &self.me);
+                worker.relay(CallKind::Grpc, token, self.context_id, &self.me);
                 // As before a key fetch: the access log of a request whose
                 // client leaves during the call must not hold the key or
                 // the token.
@@ -540,7 +540,7 @@ impl GuardFilter {
                 if let Some(slot) = worker.jwks.borrow_mut().get_mut(p) {
                     slot.fetch_started(token, now, remote.timeout_ms);
                 }
-                worker.relay(token, self.context_id, &self.me);
+                worker.relay(CallKind::Http, token, self.context_id, &self.me);
                 // The key and the token headers go before the wait: if
                 // the client leaves, the access log line is written from
                 // these headers.

@@ -94,7 +94,7 @@ pub struct Worker {
     /// token → the request's context id and filter. The SDK hands their
     /// answers to the root (the context it was running), which hands them
     /// on (see [`Worker::relay`]).
-    pub relayed: RefCell<HashMap<u32, (u32, FilterRef)>>,
+    pub relayed: RefCell<HashMap<(CallKind, u32), (u32, FilterRef)>>,
     /// The request the root is acting for right now, if any (its context
     /// id): calls it dispatches are relayed.
     pub acting_for: Cell<Option<u32>>,
@@ -119,6 +119,28 @@ pub struct Waiter {
     /// Its filter; gone once Envoy deleted the request's context.
     pub filter: FilterRef,
 }
+
+/// The kind of a call relayed to a request ([`Worker::relay`]): Envoy
+/// numbers HTTP calls and gRPC calls apart (1, 2, 3… and 1, 3, 5…), so a
+/// token alone could name a root's own HTTP call and a request's gRPC
+/// call at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CallKind {
+    /// `proxy_http_call` (a JWKS fetch).
+    Http,
+    /// `proxy_grpc_call` (the rate-limit service).
+    Grpc,
+}
+
+/// How many waiting requests the root decides in one tick (the others in
+/// the next ticks, 10 ms apart). Envoy runs the local replies and resumes
+/// made for other contexts during a VM call after it, each one's answer
+/// reaching the module (`proxy_on_response_headers`) inside the VM call of
+/// the one before: a few hundred in one tick overflowed V8's stack and
+/// crashed the VM (review-wait50 F1, about 306 a worker). Thirty-two is a
+/// tenth of that, and still drains the most a worker holds
+/// ([`MAX_WAITERS`]) in a third of a second.
+pub const MAX_WOKEN_PER_TICK: usize = 32;
 
 /// How many requests each worker holds for another request's re-fetch at
 /// once. Beyond them, a request with an unknown `kid` is refused at once
@@ -506,7 +528,7 @@ impl Worker {
     /// registered the call to the context it was running, the root, and
     /// hands the answer to the root, which hands it on
     /// ([`Worker::relayed_to`]). Otherwise nothing to do.
-    pub fn relay(&self, token: u32, context_id: u32, filter: &FilterRef) {
+    pub fn relay(&self, kind: CallKind, token: u32, context_id: u32, filter: &FilterRef) {
         if self.acting_for.get() != Some(context_id) {
             return;
         }
@@ -514,14 +536,18 @@ impl Worker {
         if relayed.len() >= MAX_WAITERS {
             relayed.retain(|_, (_, f)| f.strong_count() > 0);
         }
-        relayed.insert(token, (context_id, filter.clone()));
+        relayed.insert((kind, token), (context_id, filter.clone()));
     }
 
     /// The request to hand the answer to call `token` to, made the
     /// effective context: `None` when the call is not relayed, or the
     /// request is gone.
-    pub fn relayed_to(&self, token: u32) -> Option<(u32, Rc<RefCell<GuardFilter>>)> {
-        let (id, filter) = self.relayed.borrow_mut().remove(&token)?;
+    pub fn relayed_to(
+        &self,
+        kind: CallKind,
+        token: u32,
+    ) -> Option<(u32, Rc<RefCell<GuardFilter>>)> {
+        let (id, filter) = self.relayed.borrow_mut().remove(&(kind, token))?;
         let filter = filter.upgrade()?;
         abi::set_effective_context(id).ok()?;
         Some((id, filter))
@@ -598,6 +624,7 @@ impl FilterRoot {
     /// them until this tick returns. Calls it dispatches then are
     /// registered by the SDK to the root, which relays their answers
     /// ([`Worker::relay`]). A request Envoy deleted meanwhile is skipped.
+    /// At most [`MAX_WOKEN_PER_TICK`] a tick, in the order they came.
     fn wake_waiters(&self, worker: &Rc<Worker>) {
         if worker.waiters.borrow().is_empty() {
             if !worker.relayed.borrow().is_empty() {
@@ -633,6 +660,11 @@ impl FilterRoot {
             worker.waiters.borrow_mut().retain(|w| {
                 if w.filter.strong_count() == 0 {
                     return false;
+                }
+                // The rest in the next ticks (see `MAX_WOKEN_PER_TICK`):
+                // in the order they came.
+                if ready.len() >= MAX_WOKEN_PER_TICK {
+                    return true;
                 }
                 let next = match slots.get(w.provider) {
                     Some(slot) => jwks::waited(slot, w.sent_ms, w.arrived_ms, w.until_ms, now_ms),
@@ -692,7 +724,7 @@ impl Context for FilterRoot {
         let Some(worker) = self.worker.clone() else {
             return;
         };
-        if let Some((id, filter)) = worker.relayed_to(token_id) {
+        if let Some((id, filter)) = worker.relayed_to(CallKind::Grpc, token_id) {
             worker.acting_for.set(Some(id));
             match filter.try_borrow_mut() {
                 Ok(mut f) => f.on_grpc_call_response(token_id, status_code, response_size),
@@ -713,7 +745,7 @@ impl Context for FilterRoot {
             return;
         };
         // A call of a request the root acted for (see `wake_waiters`).
-        if let Some((id, filter)) = worker.relayed_to(token_id) {
+        if let Some((id, filter)) = worker.relayed_to(CallKind::Http, token_id) {
             worker.acting_for.set(Some(id));
             match filter.try_borrow_mut() {
                 Ok(mut f) => {

@@ -300,6 +300,59 @@ fn made_up_kids_wait_for_the_refetch_in_flight_and_are_refused_after_it() {
 }
 
 #[test]
+fn hundreds_waiting_at_once_are_decided_a_few_a_tick_without_crashing_the_vm() {
+    // review-wait50 F1: 800 made-up `kid`s from 800 addresses arrive
+    // while a re-fetch is in flight. Decided all in one tick, each local
+    // reply ran inside the VM call of the one before, and V8's stack ran
+    // out after about 306 a worker: the VM crashed, and every request
+    // after it got a bare 503. Now at most 32 a tick.
+    let k1 = ES256KeyPair::generate().with_key_id("k1");
+    let k2 = ES256KeyPair::generate().with_key_id("k2");
+    let (jwks, _up, envoy) = rotated_stack(config(5, false), &k1);
+    k1_passes(&envoy, &k1, "192.0.2.1");
+    jwks.publish(
+        &json!({"keys": [tokens::es256_jwk(&k1, "k1"), tokens::es256_jwk(&k2, "k2")]}),
+        SLOW,
+    );
+    let pem = ES256KeyPair::generate().to_pem().expect("PEM");
+    let made_up: Vec<String> = (0..800)
+        .map(|i| {
+            let kp = ES256KeyPair::from_pem(&pem)
+                .expect("the PEM just written")
+                .with_key_id(&format!("nobody-{i}"));
+            tokens::es256_with(&kp, &claims(60, json!({})))
+        })
+        .collect();
+    let answers = burst(envoy.port, &made_up, |i| {
+        format!("10.{}.{}.1", 20 + i / 250, i % 250)
+    });
+    let refused = answers
+        .iter()
+        .filter(|(s, r, _)| (*s, r.as_deref()) == (401, Some("token_signature")))
+        .count();
+    let waited = answers.iter().filter(|(_, _, t)| *t >= SLOW / 2).count();
+    assert_eq!(
+        refused,
+        800,
+        "{waited} waited; {:?}",
+        answers.iter().find(|(s, _, _)| *s != 401)
+    );
+    assert!(
+        waited >= 400,
+        "only {waited} of 800 waited: not the batch this test is for"
+    );
+    envoy.assert_vm_healthy();
+    // The worker still serves, and the rotation's key passes.
+    let r = envoy.request(
+        Req::get("/r/after")
+            .header("x-token", &tokens::es256_with(&k2, &claims(60, json!({}))))
+            .header("x-forwarded-for", "192.0.2.77"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_acted_for_in_turn(&envoy);
+}
+
+#[test]
 fn a_request_that_waited_for_keys_gets_its_rate_limit_answer() {
     // The waiting requests are decided from the root context's tick: the
     // rate-limit calls they make then are answered to the root, which
