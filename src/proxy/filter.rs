@@ -559,7 +559,7 @@ impl GuardFilter {
                 // dispatch (and log) while no keys are loaded.
                 if let Some(slot) = worker.jwks.borrow_mut().get_mut(p) {
                     slot.request_fetch_failed_at = Some(now);
-                    slot.forget_refetch(now_ms);
+                    jwks::refetch_failed(&HostStore, slot, &provider.name, remote, now_ms);
                 }
                 worker.metrics.jwks_failure();
                 let id = self.context_id;
@@ -1053,7 +1053,7 @@ impl Context for GuardFilter {
                     Ok(()) => key_fetch = KeyFetch::Fetched,
                     Err(e) => {
                         slot.request_fetch_failed_at = Some(now);
-                        slot.forget_refetch(started);
+                        jwks::refetch_failed(&HostStore, slot, &p.name, remote, started);
                         worker.metrics.jwks_failure();
                         warn!("#{} jwks {}: {e}", self.context_id, p.name);
                     }

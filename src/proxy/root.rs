@@ -618,7 +618,8 @@ impl FilterRoot {
     /// Decides the requests held for another request's re-fetch whose
     /// wait is over ([`jwks::waited`]): keys dispatched since it went out
     /// are loaded (stored by this worker, or copied from shared data here,
-    /// at every tick while requests wait), or its time is up. Each is
+    /// at every tick while requests wait), it failed (on any worker: see
+    /// [`jwks::notice_failed_refetch`]), or its time is up. Each is
     /// evaluated again with its own context in effect, as after a fetch of
     /// its own: its local reply or resumption apply to it, and Envoy defers
     /// them until this tick returns. Calls it dispatches then are
@@ -651,6 +652,7 @@ impl FilterRoot {
                 };
                 if let Some(remote) = &provider.remote_jwks {
                     jwks::sync(&HostStore, slot, &provider.name, remote, now_ms / 1000);
+                    jwks::notice_failed_refetch(&HostStore, slot, &provider.name, remote);
                 }
             }
         }

@@ -186,12 +186,71 @@ impl JwksSlot {
             self.refetch_sent_ms = None;
         }
     }
-
     /// Whether a request may start a fetch at `now` (seconds): fewer than
     /// [`MAX_REQUEST_FETCHES`] in flight, and none failed this second.
     pub fn may_start_request_fetch(&mut self, now: u64) -> bool {
         self.request_fetch_failed_at != Some(now)
             && self.fetches_in_flight(now) < MAX_REQUEST_FETCHES
+    }
+}
+
+/// The instance's re-fetch lease records a failed re-fetch in a fourth
+/// field: its dispatch time again (bytes 24..32).
+const LEASE_FAILED_AT: usize = 24;
+
+/// This worker's re-fetch dispatched at `sent_ms` failed: its own waiting
+/// requests stop waiting ([`JwksSlot::forget_refetch`]), and the lease in
+/// shared data says so, so that the other workers' stop too
+/// ([`notice_failed_refetch`]) rather than waiting out its deadline
+/// (review-wait50 F3). Nothing for a fetch that was not the lease's (the
+/// first keys).
+pub fn refetch_failed<S: SharedStore + ?Sized>(
+    shared: &S,
+    slot: &mut JwksSlot,
+    provider: &str,
+    remote: &RemoteJwks,
+    sent_ms: u64,
+) {
+    if slot.refetch_sent_ms != Some(sent_ms) {
+        return;
+    }
+    slot.forget_refetch(sent_ms);
+    let key = shared_key("jwks-refetch", provider, remote);
+    let _ = store::update(shared, &key, |cur| match cur {
+        Some(lease) if store::u64_at(lease, 16) == Some(sent_ms) => {
+            let mut marked = lease.get(..LEASE_FAILED_AT).unwrap_or(lease).to_vec();
+            marked.extend_from_slice(&sent_ms.to_le_bytes());
+            (Some(marked), ())
+        }
+        _ => (None, ()),
+    });
+}
+
+/// Whether the lease at `lease` (its bytes) records its own re-fetch as
+/// failed ([`refetch_failed`]).
+fn lease_failed(lease: &[u8]) -> bool {
+    let sent = store::u64_at(lease, 16);
+    sent.is_some() && store::u64_at(lease, LEASE_FAILED_AT) == sent
+}
+
+/// From the root's tick while requests wait: if the re-fetch they wait for
+/// failed on another worker (its lease says so), forgets it, so that they
+/// are refused now ([`waited`]) rather than at their deadline.
+pub fn notice_failed_refetch<S: SharedStore + ?Sized>(
+    shared: &S,
+    slot: &mut JwksSlot,
+    provider: &str,
+    remote: &RemoteJwks,
+) {
+    let Some(sent) = slot.refetch_sent_ms else {
+        return;
+    };
+    let key = shared_key("jwks-refetch", provider, remote);
+    if shared
+        .get(&key)
+        .is_some_and(|(lease, _)| lease_failed(&lease) && store::u64_at(&lease, 16) == Some(sent))
+    {
+        slot.forget_refetch(sent);
     }
 }
 
@@ -665,9 +724,10 @@ fn take_lease_at_ms<S: SharedStore + ?Sized>(
             None => until <= soon.saturating_add(seconds),
         };
         if until > now && taken_before_now {
-            holder = cur
-                .and_then(|b| store::u64_at(b, 16))
-                .or_else(|| taken_s.map(|t| t.saturating_mul(1000)));
+            // A re-fetch that failed is waited for no more.
+            holder = cur.filter(|b| !lease_failed(b)).and_then(|b| {
+                store::u64_at(b, 16).or_else(|| taken_s.map(|t| t.saturating_mul(1000)))
+            });
             (None, false)
         } else {
             let mut lease = now.saturating_add(seconds).to_le_bytes().to_vec();
@@ -1033,6 +1093,55 @@ mod tests {
             waited(&slot, sent, arrived, until, sent + 500),
             Some(KeyFetch::NotNow)
         );
+    }
+
+    #[test]
+    fn a_refetch_that_failed_on_one_worker_is_waited_for_no_more_on_any() {
+        let shared = store::MemStore::default();
+        let r = remote("jwks", "", "/k");
+        let (mut a, mut b) = (JwksSlot::default(), JwksSlot::default());
+        let t = 6_000_000u64;
+        fetched(&shared, &mut a, &r, &jwks_doc(7, "k1"), t - 100, t - 100);
+        sync(&shared, &mut b, "idp", &r, t - 100);
+        let sent = t * 1000 + 300;
+        assert_eq!(
+            request_fetch(&shared, &mut a, "idp", &r, sent),
+            RequestFetch::Dispatch
+        );
+        assert_eq!(
+            request_fetch(&shared, &mut b, "idp", &r, sent + 10),
+            RequestFetch::Wait { sent_ms: sent }
+        );
+        let until = wait_deadline_ms(&r, sent, sent + 10);
+        assert_eq!(waited(&b, sent, sent + 10, until, sent + 200), None);
+        // a's GET fails: a forgets it, and the lease says so.
+        refetch_failed(&shared, &mut a, "idp", &r, sent);
+        assert_eq!(a.refetch_sent_ms, None);
+        // b's tick notices: its waiter is refused now, not at `until`.
+        notice_failed_refetch(&shared, &mut b, "idp", &r);
+        assert_eq!(
+            waited(&b, sent, sent + 10, until, sent + 210),
+            Some(KeyFetch::NotNow)
+        );
+        // A request that comes next second on either worker does not wait
+        // for the failed GET (the lease still holds: no new re-fetch).
+        let mut c = JwksSlot::default();
+        sync(&shared, &mut c, "idp", &r, t);
+        for slot in [&mut b, &mut c] {
+            assert_eq!(
+                request_fetch(&shared, slot, "idp", &r, sent + 1_000),
+                RequestFetch::Evaluate(KeyFetch::NotNow)
+            );
+        }
+        // What earlier modules read of the lease is unchanged.
+        let key = shared_key("jwks-refetch", "idp", &r);
+        let (v, _) = shared.get(&key).unwrap();
+        assert_eq!(store::u64_at(&v, 8), Some(t));
+        // A first-keys fetch is not the lease's: nothing is marked.
+        let mut d = JwksSlot::default();
+        refetch_failed(&shared, &mut d, "idp", &r, sent + 5);
+        let (w, _) = shared.get(&key).unwrap();
+        assert_eq!(v, w);
     }
 
     #[test]

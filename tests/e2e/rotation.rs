@@ -23,19 +23,19 @@ const SLOW: Duration = Duration::from_millis(1000);
 /// A JWKS server whose document, and how long it takes to answer, the test
 /// changes while Envoy runs.
 struct SlowJwks {
-    doc: Arc<Mutex<(String, Duration)>>,
+    doc: Arc<Mutex<(String, Duration, u16)>>,
     server: Upstream,
 }
 
 impl SlowJwks {
     fn start(jwks: &Value) -> SlowJwks {
-        let doc = Arc::new(Mutex::new((jwks.to_string(), Duration::ZERO)));
+        let doc = Arc::new(Mutex::new((jwks.to_string(), Duration::ZERO, 200)));
         let d = doc.clone();
         let server = Upstream::with_handler(Arc::new(move |_s: &Seen| {
-            let (body, delay) = d.lock().unwrap().clone();
+            let (body, delay, status) = d.lock().unwrap().clone();
             std::thread::sleep(delay);
             (
-                200,
+                status,
                 vec![("content-type".into(), "application/json".into())],
                 body.into_bytes(),
             )
@@ -45,7 +45,14 @@ impl SlowJwks {
 
     /// Publishes `jwks`, answered after `delay` from now on.
     fn publish(&self, jwks: &Value, delay: Duration) {
-        *self.doc.lock().unwrap() = (jwks.to_string(), delay);
+        *self.doc.lock().unwrap() = (jwks.to_string(), delay, 200);
+    }
+
+    /// Answers 500 after `delay` from now on.
+    fn fail(&self, delay: Duration) {
+        let mut doc = self.doc.lock().unwrap();
+        doc.1 = delay;
+        doc.2 = 500;
     }
 
     fn fetches(&self) -> usize {
@@ -349,6 +356,35 @@ fn hundreds_waiting_at_once_are_decided_a_few_a_tick_without_crashing_the_vm() {
             .header("x-forwarded-for", "192.0.2.77"),
     );
     assert_eq!(r.status, 200, "{}", r.text());
+    assert_acted_for_in_turn(&envoy);
+}
+
+#[test]
+fn a_refetch_that_fails_ends_the_wait_on_every_worker() {
+    // review-wait50 F3: the re-fetch answers 500 after 300 ms. The
+    // requests on the worker that sent it were refused then; those on the
+    // other waited out the GET's 3 s timeout. Now the lease says the GET
+    // failed, and every waiter is refused within a tick or two of it.
+    let k1 = ES256KeyPair::generate().with_key_id("k1");
+    let k2 = ES256KeyPair::generate().with_key_id("k2");
+    let (jwks, _up, envoy) = rotated_stack(config(20, false), &k1);
+    k1_passes(&envoy, &k1, "192.0.2.1");
+    jwks.fail(Duration::from_millis(300));
+    let k2_tokens: Vec<String> = (0..20)
+        .map(|i| tokens::es256_with(&k2, &claims(60, json!({"sub": format!("u{i}")}))))
+        .collect();
+    let answers = burst(envoy.port, &k2_tokens, |i| format!("198.51.100.{}", 10 + i));
+    assert!(
+        answers
+            .iter()
+            .all(|(s, r, _)| (*s, r.as_deref()) == (401, Some("token_signature"))),
+        "{answers:?}"
+    );
+    let slowest = answers.iter().map(|(_, _, t)| *t).max().unwrap_or_default();
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "the slowest waited {slowest:?} (the GET failed after 300 ms; its timeout is 3 s): {answers:?}"
+    );
     assert_acted_for_in_turn(&envoy);
 }
 
