@@ -553,6 +553,26 @@ impl Worker {
         Some((id, filter))
     }
 
+    /// Runs `f` on request `id`'s filter as the root acting for it (its
+    /// context already made the effective one): calls it dispatches
+    /// meanwhile are relayed to it ([`Worker::relay`]). A filter found
+    /// borrowed is left as it is (fail closed), and the log says what was
+    /// `left` undone.
+    pub fn act_for(
+        &self,
+        id: u32,
+        filter: &RefCell<GuardFilter>,
+        left: &str,
+        f: impl FnOnce(&mut GuardFilter),
+    ) {
+        self.acting_for.set(Some(id));
+        match filter.try_borrow_mut() {
+            Ok(mut filter) => f(&mut filter),
+            Err(_) => warn!("#{id} the filter is busy: {left}"),
+        }
+        self.acting_for.set(None);
+    }
+
     /// Whether a provider with remote JWKS has no keys on this worker.
     pub fn lacks_remote_keys(&self) -> bool {
         let slots = self.jwks.borrow();
@@ -691,12 +711,9 @@ impl FilterRoot {
             if abi::set_effective_context(id).is_err() {
                 continue;
             }
-            worker.acting_for.set(Some(id));
-            match filter.try_borrow_mut() {
-                Ok(mut f) => f.keys_awaited(key_fetch),
-                Err(_) => warn!("#{id} the filter is busy: the request stays held"),
-            }
-            worker.acting_for.set(None);
+            worker.act_for(id, &filter, "the request stays held", |f| {
+                f.keys_awaited(key_fetch)
+            });
         }
         // Anything else this tick does is the root's own again.
         if let Err(e) = abi::set_effective_context(self.context_id) {
@@ -727,12 +744,9 @@ impl Context for FilterRoot {
             return;
         };
         if let Some((id, filter)) = worker.relayed_to(CallKind::Grpc, token_id) {
-            worker.acting_for.set(Some(id));
-            match filter.try_borrow_mut() {
-                Ok(mut f) => f.on_grpc_call_response(token_id, status_code, response_size),
-                Err(_) => warn!("#{id} the filter is busy: the rate-limit answer is dropped"),
-            }
-            worker.acting_for.set(None);
+            worker.act_for(id, &filter, "the rate-limit answer is dropped", |f| {
+                f.on_grpc_call_response(token_id, status_code, response_size)
+            });
         }
     }
 
@@ -748,14 +762,9 @@ impl Context for FilterRoot {
         };
         // A call of a request the root acted for (see `wake_waiters`).
         if let Some((id, filter)) = worker.relayed_to(CallKind::Http, token_id) {
-            worker.acting_for.set(Some(id));
-            match filter.try_borrow_mut() {
-                Ok(mut f) => {
-                    f.on_http_call_response(token_id, num_headers, body_size, num_trailers)
-                }
-                Err(_) => warn!("#{id} the filter is busy: the call's answer is dropped"),
-            }
-            worker.acting_for.set(None);
+            worker.act_for(id, &filter, "the call's answer is dropped", |f| {
+                f.on_http_call_response(token_id, num_headers, body_size, num_trailers)
+            });
             return;
         }
         // Answers to calls dispatched for the root: background JWKS
