@@ -112,42 +112,76 @@ fn burst(
 }
 
 /// Envoy with two workers and the JWKS server publishing `{k1}`; a k1
-/// token has passed, so both workers have keys before the rotation.
-fn rotated_stack(config: Value, k1: &ES256KeyPair) -> (SlowJwks, Upstream, harness::Envoy) {
-    let jwks = SlowJwks::start(&json!({"keys": [tokens::es256_jwk(k1, "k1")]}));
-    let up = Upstream::start();
-    let envoy = EnvoyBuilder::new(config, up.port)
-        .http_cluster("jwks", jwks.server.port)
-        .concurrency(2)
-        .start();
-    (jwks, up, envoy)
+/// token has passed, so both workers have keys before the rotation to
+/// `k2`; `rls`, the rate-limit service of a `rate_limited` [`config`].
+struct Rotation {
+    k1: ES256KeyPair,
+    k2: ES256KeyPair,
+    jwks: SlowJwks,
+    _up: Upstream,
+    envoy: harness::Envoy,
 }
 
-/// [`rotated_stack`] with the rate-limit service `rls`.
-fn with_rls(
-    config: Value,
-    k1: &ES256KeyPair,
-    rls: &RateLimitService,
-) -> (SlowJwks, Upstream, harness::Envoy) {
-    let jwks = SlowJwks::start(&json!({"keys": [tokens::es256_jwk(k1, "k1")]}));
-    let up = Upstream::start();
-    let envoy = EnvoyBuilder::new(config, up.port)
-        .http_cluster("jwks", jwks.server.port)
-        .grpc_cluster("ratelimit", rls.grpc_port)
-        .concurrency(2)
-        .start();
-    (jwks, up, envoy)
+impl Rotation {
+    fn start(config: Value, rls: Option<&RateLimitService>) -> Rotation {
+        let k1 = ES256KeyPair::generate().with_key_id("k1");
+        let k2 = ES256KeyPair::generate().with_key_id("k2");
+        let jwks = SlowJwks::start(&json!({"keys": [tokens::es256_jwk(&k1, "k1")]}));
+        let up = Upstream::start();
+        let mut builder = EnvoyBuilder::new(config, up.port)
+            .http_cluster("jwks", jwks.server.port)
+            .concurrency(2);
+        if let Some(rls) = rls {
+            builder = builder.grpc_cluster("ratelimit", rls.grpc_port);
+        }
+        let rotation = Rotation {
+            k1,
+            k2,
+            jwks,
+            _up: up,
+            envoy: builder.start(),
+        };
+        rotation.k1_passes("192.0.2.1");
+        rotation
+    }
+
+    /// Publishes `{k1, k2}`, answered [`SLOW`]ly from now on; the JWKS
+    /// GETs so far.
+    fn publish_k2(&self) -> usize {
+        self.jwks.publish(
+            &json!({"keys": [tokens::es256_jwk(&self.k1, "k1"), tokens::es256_jwk(&self.k2, "k2")]}),
+            SLOW,
+        );
+        self.jwks.fetches()
+    }
+
+    /// `n` tokens of `k2`, each with its own `sub` (`{prefix}{i}`).
+    fn k2_tokens(&self, n: usize, prefix: &str) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                tokens::es256_with(
+                    &self.k2,
+                    &claims(60, json!({"sub": format!("{prefix}{i}")})),
+                )
+            })
+            .collect()
+    }
+
+    /// A k1 token passes on whichever worker takes it: the keys are loaded.
+    fn k1_passes(&self, ip: &str) {
+        let t1 = tokens::es256_with(&self.k1, &claims(60, json!({})));
+        let r = self.envoy.request(
+            Req::get("/r/k1")
+                .header("x-token", &t1)
+                .header("x-forwarded-for", ip),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
 }
 
-/// A k1 token passes on whichever worker takes it: the keys are loaded.
-fn k1_passes(envoy: &harness::Envoy, k1: &ES256KeyPair, ip: &str) {
-    let t1 = tokens::es256_with(k1, &claims(60, json!({})));
-    let r = envoy.request(
-        Req::get("/r/k1")
-            .header("x-token", &t1)
-            .header("x-forwarded-for", ip),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+/// Whether an answer of [`burst`] is `401 token_signature`.
+fn token_signature(answer: &(u16, Option<String>, Duration)) -> bool {
+    (answer.0, answer.1.as_deref()) == (401, Some("token_signature"))
 }
 
 /// The VM is healthy, and no callback came while the root acted for a
@@ -165,18 +199,10 @@ fn assert_acted_for_in_turn(envoy: &harness::Envoy) {
 
 #[test]
 fn genuine_tokens_of_a_new_key_wait_for_the_refetch_in_flight_and_pass() {
-    let k1 = ES256KeyPair::generate().with_key_id("k1");
-    let k2 = ES256KeyPair::generate().with_key_id("k2");
-    let (jwks, _up, envoy) = rotated_stack(config(20, false), &k1);
-    k1_passes(&envoy, &k1, "192.0.2.1");
-    jwks.publish(
-        &json!({"keys": [tokens::es256_jwk(&k1, "k1"), tokens::es256_jwk(&k2, "k2")]}),
-        SLOW,
-    );
-    let before = jwks.fetches();
-    let k2_tokens: Vec<String> = (0..20)
-        .map(|i| tokens::es256_with(&k2, &claims(60, json!({"sub": format!("u{i}")}))))
-        .collect();
+    let rot = Rotation::start(config(20, false), None);
+    let (jwks, envoy) = (&rot.jwks, &rot.envoy);
+    let before = rot.publish_k2();
+    let k2_tokens = rot.k2_tokens(20, "u");
     let answers = burst(envoy.port, &k2_tokens, |i| format!("198.51.100.{}", i + 1));
     let refused: Vec<_> = answers.iter().filter(|(s, _, _)| *s != 200).collect();
     assert!(
@@ -199,26 +225,20 @@ fn genuine_tokens_of_a_new_key_wait_for_the_refetch_in_flight_and_pass() {
         answers.iter().all(|(_, _, t)| *t < SLOW + SLOW / 2),
         "each was decided soon after the keys came: {answers:?}"
     );
-    assert_acted_for_in_turn(&envoy);
+    assert_acted_for_in_turn(envoy);
 }
 
 #[test]
 fn a_request_that_leaves_while_it_waits_is_skipped_and_the_others_pass() {
     use std::io::Write;
-    let k1 = ES256KeyPair::generate().with_key_id("k1");
-    let k2 = ES256KeyPair::generate().with_key_id("k2");
-    let (jwks, _up, envoy) = rotated_stack(config(20, false), &k1);
-    k1_passes(&envoy, &k1, "192.0.2.1");
-    jwks.publish(
-        &json!({"keys": [tokens::es256_jwk(&k1, "k1"), tokens::es256_jwk(&k2, "k2")]}),
-        SLOW,
-    );
-    let before = jwks.fetches();
+    let rot = Rotation::start(config(20, false), None);
+    let (jwks, envoy) = (&rot.jwks, &rot.envoy);
+    let before = rot.publish_k2();
     // Ten clients send a k2 token and hang up a fifth of a second later,
     // while the re-fetch is in flight; one of them may hold it.
     let leavers: Vec<_> = (0..10)
         .map(|i| {
-            let t = tokens::es256_with(&k2, &claims(60, json!({"sub": format!("gone{i}")})));
+            let t = tokens::es256_with(&rot.k2, &claims(60, json!({"sub": format!("gone{i}")})));
             let port = envoy.port;
             std::thread::spawn(move || {
                 let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -234,9 +254,7 @@ fn a_request_that_leaves_while_it_waits_is_skipped_and_the_others_pass() {
         })
         .collect();
     std::thread::sleep(SLOW / 10);
-    let k2_tokens: Vec<String> = (0..10)
-        .map(|i| tokens::es256_with(&k2, &claims(60, json!({"sub": format!("u{i}")}))))
-        .collect();
+    let k2_tokens = rot.k2_tokens(10, "u");
     let answers = burst(envoy.port, &k2_tokens, |i| format!("198.51.100.{}", i + 1));
     for l in leavers {
         l.join().unwrap();
@@ -253,27 +271,21 @@ fn a_request_that_leaves_while_it_waits_is_skipped_and_the_others_pass() {
     let gets = jwks.fetches() - before;
     assert!((1..=3).contains(&gets), "{gets} GETs");
     // After the wait, later tokens pass at once: nothing is left held.
-    let t = tokens::es256_with(&k2, &claims(60, json!({"sub": "later"})));
+    let t = tokens::es256_with(&rot.k2, &claims(60, json!({"sub": "later"})));
     let at = Instant::now();
     let r = envoy.request(Req::get("/r/later").header("x-token", &t));
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(at.elapsed() < SLOW / 2);
-    assert_acted_for_in_turn(&envoy);
+    assert_acted_for_in_turn(envoy);
 }
 
 #[test]
 fn made_up_kids_wait_for_the_refetch_in_flight_and_are_refused_after_it() {
-    let k1 = ES256KeyPair::generate().with_key_id("k1");
-    let k2 = ES256KeyPair::generate().with_key_id("k2");
     // A budget of 5 failures an hour per client: the 20 below come from
     // one address.
-    let (jwks, _up, envoy) = rotated_stack(config(5, false), &k1);
-    k1_passes(&envoy, &k1, "192.0.2.1");
-    jwks.publish(
-        &json!({"keys": [tokens::es256_jwk(&k1, "k1"), tokens::es256_jwk(&k2, "k2")]}),
-        SLOW,
-    );
-    let before = jwks.fetches();
+    let rot = Rotation::start(config(5, false), None);
+    let (jwks, envoy) = (&rot.jwks, &rot.envoy);
+    let before = rot.publish_k2();
     let made_up: Vec<String> = (0..20)
         .map(|i| {
             let kp = ES256KeyPair::generate().with_key_id(&format!("nobody-{i}"));
@@ -281,12 +293,7 @@ fn made_up_kids_wait_for_the_refetch_in_flight_and_are_refused_after_it() {
         })
         .collect();
     let answers = burst(envoy.port, &made_up, |_| "203.0.113.9".to_owned());
-    assert!(
-        answers
-            .iter()
-            .all(|(s, r, _)| (*s, r.as_deref()) == (401, Some("token_signature"))),
-        "{answers:?}"
-    );
+    assert!(answers.iter().all(token_signature), "{answers:?}");
     let waited = answers.iter().filter(|(_, _, t)| *t >= SLOW / 2).count();
     assert!(
         waited >= 19,
@@ -302,8 +309,8 @@ fn made_up_kids_wait_for_the_refetch_in_flight_and_are_refused_after_it() {
     // be the client's fault); the one whose own GET it was is. So the
     // client's budget of 5 is not spent, and its genuine token passes.
     assert_eq!(envoy.stat("appguard_verification_budget_refusals"), Some(0));
-    k1_passes(&envoy, &k1, "203.0.113.9");
-    assert_acted_for_in_turn(&envoy);
+    rot.k1_passes("203.0.113.9");
+    assert_acted_for_in_turn(envoy);
 }
 
 #[test]
@@ -313,14 +320,9 @@ fn hundreds_waiting_at_once_are_decided_a_few_a_tick_without_crashing_the_vm() {
     // reply ran inside the VM call of the one before, and V8's stack ran
     // out after about 306 a worker: the VM crashed, and every request
     // after it got a bare 503. Now at most 32 a tick.
-    let k1 = ES256KeyPair::generate().with_key_id("k1");
-    let k2 = ES256KeyPair::generate().with_key_id("k2");
-    let (jwks, _up, envoy) = rotated_stack(config(5, false), &k1);
-    k1_passes(&envoy, &k1, "192.0.2.1");
-    jwks.publish(
-        &json!({"keys": [tokens::es256_jwk(&k1, "k1"), tokens::es256_jwk(&k2, "k2")]}),
-        SLOW,
-    );
+    let rot = Rotation::start(config(5, false), None);
+    let envoy = &rot.envoy;
+    rot.publish_k2();
     let pem = ES256KeyPair::generate().to_pem().expect("PEM");
     let made_up: Vec<String> = (0..800)
         .map(|i| {
@@ -333,10 +335,7 @@ fn hundreds_waiting_at_once_are_decided_a_few_a_tick_without_crashing_the_vm() {
     let answers = burst(envoy.port, &made_up, |i| {
         format!("10.{}.{}.1", 20 + i / 250, i % 250)
     });
-    let refused = answers
-        .iter()
-        .filter(|(s, r, _)| (*s, r.as_deref()) == (401, Some("token_signature")))
-        .count();
+    let refused = answers.iter().filter(|a| token_signature(a)).count();
     let waited = answers.iter().filter(|(_, _, t)| *t >= SLOW / 2).count();
     assert_eq!(
         refused,
@@ -352,11 +351,14 @@ fn hundreds_waiting_at_once_are_decided_a_few_a_tick_without_crashing_the_vm() {
     // The worker still serves, and the rotation's key passes.
     let r = envoy.request(
         Req::get("/r/after")
-            .header("x-token", &tokens::es256_with(&k2, &claims(60, json!({}))))
+            .header(
+                "x-token",
+                &tokens::es256_with(&rot.k2, &claims(60, json!({}))),
+            )
             .header("x-forwarded-for", "192.0.2.77"),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_acted_for_in_turn(&envoy);
+    assert_acted_for_in_turn(envoy);
 }
 
 #[test]
@@ -365,27 +367,18 @@ fn a_refetch_that_fails_ends_the_wait_on_every_worker() {
     // requests on the worker that sent it were refused then; those on the
     // other waited out the GET's 3 s timeout. Now the lease says the GET
     // failed, and every waiter is refused within a tick or two of it.
-    let k1 = ES256KeyPair::generate().with_key_id("k1");
-    let k2 = ES256KeyPair::generate().with_key_id("k2");
-    let (jwks, _up, envoy) = rotated_stack(config(20, false), &k1);
-    k1_passes(&envoy, &k1, "192.0.2.1");
-    jwks.fail(Duration::from_millis(300));
-    let k2_tokens: Vec<String> = (0..20)
-        .map(|i| tokens::es256_with(&k2, &claims(60, json!({"sub": format!("u{i}")}))))
-        .collect();
+    let rot = Rotation::start(config(20, false), None);
+    let envoy = &rot.envoy;
+    rot.jwks.fail(Duration::from_millis(300));
+    let k2_tokens = rot.k2_tokens(20, "u");
     let answers = burst(envoy.port, &k2_tokens, |i| format!("198.51.100.{}", 10 + i));
-    assert!(
-        answers
-            .iter()
-            .all(|(s, r, _)| (*s, r.as_deref()) == (401, Some("token_signature"))),
-        "{answers:?}"
-    );
+    assert!(answers.iter().all(token_signature), "{answers:?}");
     let slowest = answers.iter().map(|(_, _, t)| *t).max().unwrap_or_default();
     assert!(
         slowest < Duration::from_millis(1500),
         "the slowest waited {slowest:?} (the GET failed after 300 ms; its timeout is 3 s): {answers:?}"
     );
-    assert_acted_for_in_turn(&envoy);
+    assert_acted_for_in_turn(envoy);
 }
 
 #[test]
@@ -395,17 +388,10 @@ fn a_request_that_waited_for_keys_gets_its_rate_limit_answer() {
     // hands each answer to its request.
     let redis = Redis::start();
     let rls = RateLimitService::start(&test_limits(), Some(&redis.url()));
-    let k1 = ES256KeyPair::generate().with_key_id("k1");
-    let k2 = ES256KeyPair::generate().with_key_id("k2");
-    let (jwks, _up, envoy) = with_rls(config(20, true), &k1, &rls);
-    k1_passes(&envoy, &k1, "192.0.2.1");
-    jwks.publish(
-        &json!({"keys": [tokens::es256_jwk(&k1, "k1"), tokens::es256_jwk(&k2, "k2")]}),
-        SLOW,
-    );
-    let k2_tokens: Vec<String> = (0..12)
-        .map(|i| tokens::es256_with(&k2, &claims(60, json!({"sub": format!("u{i}")}))))
-        .collect();
+    let rot = Rotation::start(config(20, true), Some(&rls));
+    let envoy = &rot.envoy;
+    rot.publish_k2();
+    let k2_tokens = rot.k2_tokens(12, "u");
     // Two clients, six requests each, 3 an hour per client.
     let answers = burst(envoy.port, &k2_tokens, |i| {
         format!("198.51.100.{}", 50 + i % 2)
@@ -423,5 +409,5 @@ fn a_request_that_waited_for_keys_gets_its_rate_limit_answer() {
         answers.iter().all(|(_, _, t)| *t < SLOW * 3),
         "no answer was lost (a lost one waits for Envoy's timeouts): {answers:?}"
     );
-    assert_acted_for_in_turn(&envoy);
+    assert_acted_for_in_turn(envoy);
 }
