@@ -948,19 +948,26 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_unknown_kid_refetches_once_per_instance_and_interval() {
+    /// Two workers' slots, `a` and `b`, with keys `k1` that `a` stored at
+    /// second `t - 100`; then a request of `a` with an unknown `kid` takes
+    /// the re-fetch lease and dispatches its GET at `sent_ms`.
+    fn a_refetching(t: u64, sent_ms: u64) -> (store::MemStore, RemoteJwks, JwksSlot, JwksSlot) {
         let shared = store::MemStore::default();
         let r = remote("jwks", "", "/k");
         let (mut a, mut b) = (JwksSlot::default(), JwksSlot::default());
-        let t = 5_000_000u64;
-        let doc = jwks_doc(7, "k1");
-        fetched(&shared, &mut a, &r, &doc, t - 100, t - 100);
+        fetched(&shared, &mut a, &r, &jwks_doc(7, "k1"), t - 100, t - 100);
         sync(&shared, &mut b, "idp", &r, t - 100);
         assert_eq!(
-            request_fetch(&shared, &mut a, "idp", &r, t * 1000),
+            request_fetch(&shared, &mut a, "idp", &r, sent_ms),
             RequestFetch::Dispatch
         );
+        (shared, r, a, b)
+    }
+
+    #[test]
+    fn an_unknown_kid_refetches_once_per_instance_and_interval() {
+        let t = 5_000_000u64;
+        let (shared, r, mut a, mut b) = a_refetching(t, t * 1000);
         // The lease is the instance's: the other worker does not fetch,
         // nor does a again within `min_refetch_seconds`. While the GET is
         // in flight (its 2 s timeout) they wait for it; after, they are
@@ -989,18 +996,10 @@ mod tests {
 
     #[test]
     fn other_requests_wait_for_a_refetch_while_it_is_in_flight() {
-        let shared = store::MemStore::default();
-        let r = remote("jwks", "", "/k");
-        let (mut a, mut b) = (JwksSlot::default(), JwksSlot::default());
         let t = 5_000_000u64;
-        fetched(&shared, &mut a, &r, &jwks_doc(7, "k1"), t - 100, t - 100);
-        sync(&shared, &mut b, "idp", &r, t - 100);
         // a's request takes the lease at t s + 300 ms and dispatches.
         let sent = t * 1000 + 300;
-        assert_eq!(
-            request_fetch(&shared, &mut a, "idp", &r, sent),
-            RequestFetch::Dispatch
-        );
+        let (shared, r, mut a, mut b) = a_refetching(t, sent);
         // The other worker reads the dispatch time from the lease; a knows
         // its own. Both wait, on either side of a second's edge.
         for (on_a, at) in [(false, sent + 10), (true, sent + 20), (false, sent + 900)] {
@@ -1097,17 +1096,9 @@ mod tests {
 
     #[test]
     fn a_refetch_that_failed_on_one_worker_is_waited_for_no_more_on_any() {
-        let shared = store::MemStore::default();
-        let r = remote("jwks", "", "/k");
-        let (mut a, mut b) = (JwksSlot::default(), JwksSlot::default());
         let t = 6_000_000u64;
-        fetched(&shared, &mut a, &r, &jwks_doc(7, "k1"), t - 100, t - 100);
-        sync(&shared, &mut b, "idp", &r, t - 100);
         let sent = t * 1000 + 300;
-        assert_eq!(
-            request_fetch(&shared, &mut a, "idp", &r, sent),
-            RequestFetch::Dispatch
-        );
+        let (shared, r, mut a, mut b) = a_refetching(t, sent);
         assert_eq!(
             request_fetch(&shared, &mut b, "idp", &r, sent + 10),
             RequestFetch::Wait { sent_ms: sent }
