@@ -235,6 +235,22 @@ struct Sent {
 }
 
 impl Sent {
+    /// A request without headers, body or trailers yet.
+    fn new(instance: usize, h2: bool, method: &str, target: String) -> Sent {
+        Sent {
+            instance,
+            h2,
+            method: method.to_owned(),
+            target,
+            headers: Vec::new(),
+            body: Vec::new(),
+            chunked: false,
+            pieces: 1,
+            gap: Duration::ZERO,
+            trailers: Vec::new(),
+        }
+    }
+
     fn header(&mut self, rng: &mut Rng, name: &str, value: &str) {
         self.header_bytes(rng, name, value.as_bytes());
     }
@@ -412,18 +428,7 @@ fn generate(rng: &mut Rng) -> Sent {
         ]);
         (m, path(rng))
     };
-    let mut req = Sent {
-        instance,
-        h2: false,
-        method: method.to_owned(),
-        target: String::new(),
-        headers: Vec::new(),
-        body: Vec::new(),
-        chunked: false,
-        pieces: 1,
-        gap: Duration::ZERO,
-        trailers: Vec::new(),
-    };
+    let mut req = Sent::new(instance, false, method, String::new());
     // The host first, as clients write it.
     let host = if genuine && rng.chance(95) {
         if target.starts_with("/internal/") {
@@ -2175,18 +2180,7 @@ fn generate_body(rng: &mut Rng) -> Sent {
     } else {
         rng.pick(&["PUT", "GET", "PATCH"])
     };
-    let mut req = Sent {
-        instance,
-        h2: rng.chance(25),
-        method: method.to_owned(),
-        target: path.to_owned(),
-        headers: Vec::new(),
-        body: Vec::new(),
-        chunked: false,
-        pieces: 1,
-        gap: Duration::ZERO,
-        trailers: Vec::new(),
-    };
+    let mut req = Sent::new(instance, rng.chance(25), method, path.to_owned());
     if !req.h2 {
         req.header(rng, "host", "localhost");
     }
