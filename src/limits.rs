@@ -1354,14 +1354,28 @@ impl ServiceCache {
 }
 
 /// Keeps a per-worker table under `max` entries before an insert (the
-/// service cache's two tables, the negative cache's): when full, drops the
-/// entries no longer `live`, and everything if that is not enough.
+/// service cache's three tables, the negative cache's two): when full,
+/// drops the entries no longer `live` and then, while more than seven
+/// eighths of `max` remain, live ones in the map's order (arbitrary: the
+/// hasher is seeded per VM).
+///
+/// Each scan leaves room for at least `max / 8` inserts, so a full table
+/// is scanned at most once per `max / 8` of them however its entries
+/// expire (dropping only what had just expired left it full again after
+/// one insert: a scan of the whole table on every insert), and a flood of
+/// new entries pushes out an eighth at a time, never everything at once.
 pub(crate) fn make_room<K, V>(map: &mut HashMap<K, V>, max: usize, live: impl Fn(&V) -> bool) {
-    if map.len() >= max {
-        map.retain(|_, v| live(v));
-        if map.len() >= max {
-            map.clear();
-        }
+    if map.len() < max {
+        return;
+    }
+    map.retain(|_, v| live(v));
+    let mut excess = map.len().saturating_sub(max - max / 8);
+    if excess > 0 {
+        map.retain(|_, _| {
+            let keep = excess == 0;
+            excess = excess.saturating_sub(1);
+            keep
+        });
     }
 }
 
@@ -1374,6 +1388,33 @@ mod tests {
     use crate::store::MemStore;
 
     const SALT: BucketSalt = BucketSalt::new([1; 16]);
+
+    #[test]
+    fn a_full_table_is_scanned_once_per_eighth_and_never_emptied() {
+        // Full of live entries: an eighth goes, not everything.
+        let max = 64;
+        let mut map: HashMap<u64, u64> = (0..max as u64).map(|i| (i, u64::MAX)).collect();
+        make_room(&mut map, max, |_| true);
+        assert_eq!(map.len(), max - max / 8);
+        // Dead entries go first: a live one stays while dead ones are enough.
+        let mut map: HashMap<u64, u64> = (0..max as u64).map(|i| (i, i % 2)).collect();
+        make_room(&mut map, max, |&v| v == 1);
+        assert_eq!(map.len(), max / 2);
+        assert!(map.values().all(|&v| v == 1));
+        // One entry expires per insert (entry `i` lives until `i`): a table
+        // kept full that way is scanned once per eighth of it, not on every
+        // insert.
+        let mut map: HashMap<u64, u64> = (0..max as u64).map(|i| (i, i)).collect();
+        let mut scans = 0;
+        for now in 0..1_000u64 {
+            let before = map.len();
+            make_room(&mut map, max, |&until| until > now);
+            scans += usize::from(map.len() < before);
+            assert!(map.len() < max);
+            map.insert(max as u64 + now, max as u64 + now);
+        }
+        assert!(scans <= 1_000 / (max / 8) + 1, "{scans} scans");
+    }
 
     #[test]
     fn fixed_values_are_the_route_name_and_literals_only() {
@@ -1425,12 +1466,15 @@ mod tests {
         // An answer that arrives after its window ended keeps nothing.
         c.grant_lease(d, 5, 40, t + 1_000, t + 1_000);
         assert!(!c.take_lease(&d, t + 1_000));
-        // A full table drops expired leases first.
-        for i in 0..OVER_LIMIT_ENTRIES as u32 {
+        // A full table drops expired leases first: filled up to the
+        // brim, half of it expiring at t + 2 s.
+        let held = c.leases.len();
+        for i in 0..(OVER_LIMIT_ENTRIES - held) as u32 {
             let mut k = [0u8; 16];
             k[..4].copy_from_slice(&i.to_le_bytes());
             c.grant_lease(k, 2, 1, t + 2_000 + u64::from(i % 2) * 10_000, t + 1_000);
         }
+        assert_eq!(c.leases.len(), OVER_LIMIT_ENTRIES);
         c.grant_lease(d, 2, 1, t + 20_000, t + 5_000);
         assert!(c.take_lease(&d, t + 5_000));
         assert!(

@@ -365,9 +365,9 @@ impl NegativeCache {
 
     /// Remembers that the token whose [`negative_key`] is `key` failed
     /// for `provider` under keys `version`, until `until`. Bounded at
-    /// [`NEGATIVE_CACHE_ENTRIES`] (stale entries dropped first, then all:
-    /// `limits::make_room`); the token's earlier failure for the same
-    /// provider is replaced.
+    /// [`NEGATIVE_CACHE_ENTRIES`] (stale entries dropped first, then live
+    /// ones down to seven eighths of it: `limits::make_room`); the token's earlier
+    /// failure for the same provider is replaced.
     fn insert(&mut self, provider: usize, version: u64, key: [u8; 16], until: u64, now: u64) {
         limits::make_room(&mut self.map, NEGATIVE_CACHE_ENTRIES, |f| {
             f.iter().any(|&(_, _, u)| u >= now)
