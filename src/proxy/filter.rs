@@ -520,8 +520,10 @@ impl GuardFilter {
                 if !worker.wait(waiter) {
                     // Too many waiting on this worker: refused as before
                     // waiting was possible (not charged to the budget).
+                    worker.metrics.jwks_wait_overflow();
                     return self.run(KeyFetch::NotNow);
                 }
+                worker.metrics.jwks_wait();
                 // As before a fetch of its own: if the client leaves, the
                 // access log line is written from these headers.
                 scrub(key_scrub);

@@ -10,8 +10,9 @@
 //! `stats_tags` in envoy/envoy.yaml turn the three parts into labels, so
 //! Prometheus sees `appguard_decisions{route,decision,reason}`.
 //!
-//! Four more: the counters `appguard_verification_budget_refusals`,
-//! `appguard_jwks_fetch_failures` and `appguard_host_errors`, and
+//! Six more: the counters `appguard_verification_budget_refusals`,
+//! `appguard_jwks_fetch_failures`, `appguard_jwks_waits`,
+//! `appguard_jwks_wait_overflows` and `appguard_host_errors`, and
 //! `appguard_vm_memory_bytes`, a gauge of the linear memory of appguard's
 //! Wasm VMs in this Envoy (their sum).
 
@@ -72,6 +73,13 @@ pub struct Metrics {
     budget_refusals: Option<u32>,
     /// `appguard_jwks_fetch_failures`: remote JWKS fetches that failed.
     jwks_failures: Option<u32>,
+    /// `appguard_jwks_waits`: requests held for another request's JWKS
+    /// re-fetch (a key rotation's tokens, or made-up `kid`s meanwhile).
+    jwks_waits: Option<u32>,
+    /// `appguard_jwks_wait_overflows`: requests that would have waited
+    /// for a re-fetch but found their worker's waiting room full, and
+    /// were refused at once.
+    jwks_wait_overflows: Option<u32>,
     /// `appguard_host_errors`: requests answered 503 because the host
     /// failed a call appguard needed.
     host_errors: Option<u32>,
@@ -88,6 +96,8 @@ impl Metrics {
             ids: RefCell::new(HashMap::new()),
             budget_refusals: abi::define_counter("appguard_verification_budget_refusals").ok(),
             jwks_failures: abi::define_counter("appguard_jwks_fetch_failures").ok(),
+            jwks_waits: abi::define_counter("appguard_jwks_waits").ok(),
+            jwks_wait_overflows: abi::define_counter("appguard_jwks_wait_overflows").ok(),
             host_errors: abi::define_counter("appguard_host_errors").ok(),
             vm_memory: abi::define_gauge("appguard_vm_memory_bytes").ok(),
         }
@@ -134,6 +144,20 @@ impl Metrics {
     /// it until then: this counter is what shows the failing refreshes.
     pub fn jwks_failure(&self) {
         add_one(self.jwks_failures);
+    }
+
+    /// Counts a request held for another request's JWKS re-fetch. A key
+    /// rotation shows as a burst of these followed by allowed requests; a
+    /// steady stream, with `token_signature` refusals, is a flood of
+    /// made-up `kid`s.
+    pub fn jwks_wait(&self) {
+        add_one(self.jwks_waits);
+    }
+
+    /// Counts a request that found [`super::root::MAX_WAITERS`] already
+    /// waiting on its worker and was refused without waiting.
+    pub fn jwks_wait_overflow(&self) {
+        add_one(self.jwks_wait_overflows);
     }
 
     /// Counts a request answered 503 `appguard_host_error`: Envoy could not

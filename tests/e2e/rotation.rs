@@ -124,13 +124,18 @@ struct Rotation {
 
 impl Rotation {
     fn start(config: Value, rls: Option<&RateLimitService>) -> Rotation {
+        Rotation::start_on(config, rls, 2)
+    }
+
+    /// [`Rotation::start`] with `workers` worker threads.
+    fn start_on(config: Value, rls: Option<&RateLimitService>, workers: u32) -> Rotation {
         let k1 = ES256KeyPair::generate().with_key_id("k1");
         let k2 = ES256KeyPair::generate().with_key_id("k2");
         let jwks = SlowJwks::start(&json!({"keys": [tokens::es256_jwk(&k1, "k1")]}));
         let up = Upstream::start();
         let mut builder = EnvoyBuilder::new(config, up.port)
             .http_cluster("jwks", jwks.server.port)
-            .concurrency(2);
+            .concurrency(workers);
         if let Some(rls) = rls {
             builder = builder.grpc_cluster("ratelimit", rls.grpc_port);
         }
@@ -148,11 +153,30 @@ impl Rotation {
     /// Publishes `{k1, k2}`, answered [`SLOW`]ly from now on; the JWKS
     /// GETs so far.
     fn publish_k2(&self) -> usize {
+        self.publish_k2_after(SLOW)
+    }
+
+    /// [`Rotation::publish_k2`], answered after `delay`.
+    fn publish_k2_after(&self, delay: Duration) -> usize {
         self.jwks.publish(
             &json!({"keys": [tokens::es256_jwk(&self.k1, "k1"), tokens::es256_jwk(&self.k2, "k2")]}),
-            SLOW,
+            delay,
         );
         self.jwks.fetches()
+    }
+
+    /// `n` tokens, each naming its own made-up `kid` (`nobody-{i}`), all
+    /// signed with one key no JWKS has.
+    fn made_up_tokens(n: usize) -> Vec<String> {
+        let pem = ES256KeyPair::generate().to_pem().expect("PEM");
+        (0..n)
+            .map(|i| {
+                let kp = ES256KeyPair::from_pem(&pem)
+                    .expect("the PEM just written")
+                    .with_key_id(&format!("nobody-{i}"));
+                tokens::es256_with(&kp, &claims(60, json!({})))
+            })
+            .collect()
     }
 
     /// `n` tokens of `k2`, each with its own `sub` (`{prefix}{i}`).
@@ -219,6 +243,11 @@ fn genuine_tokens_of_a_new_key_wait_for_the_refetch_in_flight_and_pass() {
     );
     let waited = answers.iter().filter(|(_, _, t)| *t >= SLOW / 2).count();
     assert!(waited >= 19, "they waited for the slow answer: {answers:?}");
+    // Counted: all but the one whose request sent the GET (and on the
+    // other worker perhaps one more, sent before the lease was seen).
+    let waits = envoy.stat("appguard_jwks_waits").unwrap_or_default();
+    assert!((18..=19).contains(&waits), "{waits} counted waits");
+    assert_eq!(envoy.stat("appguard_jwks_wait_overflows"), Some(0));
     // Within a few fast ticks (10 ms) of the answer on either worker: a
     // waiter on the other worker is not left to the 1 s tick.
     assert!(
@@ -323,15 +352,7 @@ fn hundreds_waiting_at_once_are_decided_a_few_a_tick_without_crashing_the_vm() {
     let rot = Rotation::start(config(5, false), None);
     let envoy = &rot.envoy;
     rot.publish_k2();
-    let pem = ES256KeyPair::generate().to_pem().expect("PEM");
-    let made_up: Vec<String> = (0..800)
-        .map(|i| {
-            let kp = ES256KeyPair::from_pem(&pem)
-                .expect("the PEM just written")
-                .with_key_id(&format!("nobody-{i}"));
-            tokens::es256_with(&kp, &claims(60, json!({})))
-        })
-        .collect();
+    let made_up = Rotation::made_up_tokens(800);
     let answers = burst(envoy.port, &made_up, |i| {
         format!("10.{}.{}.1", 20 + i / 250, i % 250)
     });
@@ -346,6 +367,11 @@ fn hundreds_waiting_at_once_are_decided_a_few_a_tick_without_crashing_the_vm() {
     assert!(
         waited >= 400,
         "only {waited} of 800 waited: not the batch this test is for"
+    );
+    let waits = envoy.stat("appguard_jwks_waits").unwrap_or_default();
+    assert!(
+        waits as usize + 2 >= waited && waits < 800,
+        "{waits} counted waits, {waited} slow answers"
     );
     envoy.assert_vm_healthy();
     // The worker still serves, and the rotation's key passes.
@@ -410,4 +436,36 @@ fn a_request_that_waited_for_keys_gets_its_rate_limit_answer() {
         "no answer was lost (a lost one waits for Envoy's timeouts): {answers:?}"
     );
     assert_acted_for_in_turn(envoy);
+}
+
+#[test]
+fn past_a_full_waiting_room_requests_are_refused_at_once_and_counted() {
+    // One worker, and 1,150 made-up `kid`s from as many addresses while a
+    // slow re-fetch is in flight: 1,024 (the most a worker holds) wait
+    // for it; the rest are refused at once, as before waiting existed,
+    // and `appguard_jwks_wait_overflows` counts them.
+    let rot = Rotation::start_on(config(5, false), None, 1);
+    let envoy = &rot.envoy;
+    let delay = Duration::from_millis(2500);
+    rot.publish_k2_after(delay);
+    let answers = burst(envoy.port, &Rotation::made_up_tokens(1150), |i| {
+        format!("10.{}.{}.2", 40 + i / 250, i % 250)
+    });
+    assert!(
+        answers.iter().all(token_signature),
+        "{:?}",
+        answers.iter().find(|a| !token_signature(a))
+    );
+    let waits = envoy.stat("appguard_jwks_waits").unwrap_or_default();
+    let overflows = envoy
+        .stat("appguard_jwks_wait_overflows")
+        .unwrap_or_default();
+    let quick = answers.iter().filter(|(_, _, t)| *t < delay / 2).count();
+    assert_eq!(waits, 1024, "{overflows} overflows, {quick} quick answers");
+    assert!(
+        overflows >= 1 && quick as u64 >= overflows,
+        "{overflows} overflows, {quick} answered before the re-fetch"
+    );
+    envoy.assert_vm_healthy();
+    rot.k1_passes("192.0.2.78");
 }
