@@ -73,9 +73,10 @@ enum State {
         /// (see [`jwks::publish`]).
         started: u64,
     },
-    /// Held until another request's re-fetch of keys answers, or its
-    /// time is up: the root's tick decides it then
-    /// ([`GuardFilter::keys_awaited`], [`jwks::RequestFetch::Wait`]).
+    /// Held until another request's re-fetch of keys answers (or, before
+    /// the first keys, the fetches of other requests do), or its time is
+    /// up: the root's tick decides it then ([`GuardFilter::keys_awaited`],
+    /// [`jwks::RequestFetch::Wait`], [`jwks::RequestFetch::WaitFirstKeys`]).
     AwaitingRefetch,
     /// Buffering the body for the body phase.
     AwaitingBody(Box<Pending>),
@@ -482,6 +483,45 @@ impl GuardFilter {
         }
     }
 
+    /// Holds the request for provider `p`'s keys from the GET another
+    /// request dispatched at `sent_ms` (the instance's re-fetch), or with
+    /// `None` from the fetches of this worker's requests (the first keys,
+    /// sent at or before `now_ms`): the root's tick decides it when keys
+    /// come or its time is up ([`GuardFilter::keys_awaited`]). With
+    /// [`super::root::MAX_WAITERS`] already waiting, evaluated at once
+    /// instead.
+    fn hold_for_keys(
+        &mut self,
+        worker: &Rc<Worker>,
+        p: usize,
+        remote: &crate::token::RemoteJwks,
+        sent_ms: Option<u64>,
+        key_scrub: &KeyScrub,
+        now_ms: u64,
+    ) -> Action {
+        let waiter = Waiter {
+            provider: p,
+            sent_ms,
+            arrived_ms: now_ms,
+            until_ms: jwks::wait_deadline_ms(remote, sent_ms.unwrap_or(now_ms), now_ms),
+            context_id: self.context_id,
+            filter: self.me.clone(),
+        };
+        if !worker.wait(waiter) {
+            // Too many waiting on this worker: answered as before waiting
+            // was possible (an unknown `kid` refused, not charged to the
+            // budget; without keys, the route's failure mode).
+            worker.metrics.jwks_wait_overflow();
+            return self.run(KeyFetch::NotNow);
+        }
+        worker.metrics.jwks_wait();
+        // As before a fetch of its own: if the client leaves, the access
+        // log line is written from these headers.
+        scrub(key_scrub);
+        self.state = State::AwaitingRefetch;
+        Action::Pause
+    }
+
     /// The core needs a remote JWKS for provider `p`: take keys another
     /// worker stored meanwhile, or start the GET when this worker may
     /// (first keys, or the refetch lease for an unknown `kid`), holding
@@ -509,26 +549,10 @@ impl GuardFilter {
         match next {
             RequestFetch::Evaluate(key_fetch) => return self.run(key_fetch),
             RequestFetch::Wait { sent_ms } => {
-                let waiter = Waiter {
-                    provider: p,
-                    sent_ms,
-                    arrived_ms: now_ms,
-                    until_ms: jwks::wait_deadline_ms(remote, sent_ms, now_ms),
-                    context_id: self.context_id,
-                    filter: self.me.clone(),
-                };
-                if !worker.wait(waiter) {
-                    // Too many waiting on this worker: refused as before
-                    // waiting was possible (not charged to the budget).
-                    worker.metrics.jwks_wait_overflow();
-                    return self.run(KeyFetch::NotNow);
-                }
-                worker.metrics.jwks_wait();
-                // As before a fetch of its own: if the client leaves, the
-                // access log line is written from these headers.
-                scrub(key_scrub);
-                self.state = State::AwaitingRefetch;
-                return Action::Pause;
+                return self.hold_for_keys(worker, p, remote, Some(sent_ms), key_scrub, now_ms)
+            }
+            RequestFetch::WaitFirstKeys => {
+                return self.hold_for_keys(worker, p, remote, None, key_scrub, now_ms)
             }
             RequestFetch::Dispatch => {}
         }

@@ -74,7 +74,8 @@ pub struct Metrics {
     /// `appguard_jwks_fetch_failures`: remote JWKS fetches that failed.
     jwks_failures: Option<u32>,
     /// `appguard_jwks_waits`: requests held for another request's JWKS
-    /// re-fetch (a key rotation's tokens, or made-up `kid`s meanwhile).
+    /// re-fetch (a key rotation's tokens, or made-up `kid`s meanwhile),
+    /// or for the first keys other requests are fetching.
     jwks_waits: Option<u32>,
     /// `appguard_jwks_wait_overflows`: requests that would have waited
     /// for a re-fetch but found their worker's waiting room full, and
@@ -146,7 +147,8 @@ impl Metrics {
         add_one(self.jwks_failures);
     }
 
-    /// Counts a request held for another request's JWKS re-fetch. A key
+    /// Counts a request held for another request's JWKS re-fetch, or for
+    /// the first keys other requests of its worker are fetching. A key
     /// rotation shows as a burst of these followed by allowed requests; a
     /// steady stream, with `token_signature` refusals, is a flood of
     /// made-up `kid`s.
@@ -155,7 +157,7 @@ impl Metrics {
     }
 
     /// Counts a request that found [`super::root::MAX_WAITERS`] already
-    /// waiting on its worker and was refused without waiting.
+    /// waiting on its worker and was answered without waiting.
     pub fn jwks_wait_overflow(&self) {
         add_one(self.jwks_wait_overflows);
     }

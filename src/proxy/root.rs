@@ -86,8 +86,9 @@ pub struct Worker {
     /// the flag no body ever comes, and the tick says so instead of
     /// leaving an operator with requests that hang.
     pub held: RefCell<HeldForBody>,
-    /// Requests held for another request's re-fetch of keys (at most
-    /// [`MAX_WAITERS`]), decided from the root's tick when it answers (see
+    /// Requests held for another request's re-fetch of keys, or for the
+    /// first keys other requests are fetching (at most [`MAX_WAITERS`]),
+    /// decided from the root's tick when keys come (see
     /// [`FilterRoot::wake_waiters`]).
     pub waiters: RefCell<Vec<Waiter>>,
     /// Calls dispatched by a request while the root acted for it: call
@@ -107,8 +108,9 @@ pub struct Worker {
 pub struct Waiter {
     /// Index of the provider whose keys are awaited.
     pub provider: usize,
-    /// When the awaited re-fetch was dispatched (ms since the epoch).
-    pub sent_ms: u64,
+    /// When the awaited re-fetch was dispatched (ms since the epoch);
+    /// `None` for the first keys ([`jwks::RequestFetch::WaitFirstKeys`]).
+    pub sent_ms: Option<u64>,
     /// When the request asked for keys (ms since the epoch): keys fetched
     /// since make a `kid` they lack made up (see [`jwks::waited`]).
     pub arrived_ms: u64,
@@ -142,9 +144,11 @@ pub enum CallKind {
 /// ([`MAX_WAITERS`]) in a third of a second.
 pub const MAX_WOKEN_PER_TICK: usize = 32;
 
-/// How many requests each worker holds for another request's re-fetch at
-/// once. Beyond them, a request with an unknown `kid` is refused at once
-/// as while no re-fetch may be made (`401 token_signature`, not charged).
+/// How many requests each worker holds for keys at once (another request's
+/// re-fetch, or the first keys). Beyond them, a request with an unknown
+/// `kid` is refused at once as while no re-fetch may be made (`401
+/// token_signature`, not charged), and one that finds no keys answers by
+/// its route's `failure_mode`.
 pub const MAX_WAITERS: usize = 1024;
 
 /// What [`Worker::held`] keeps.
@@ -689,7 +693,10 @@ impl FilterRoot {
                     return true;
                 }
                 let next = match slots.get(w.provider) {
-                    Some(slot) => jwks::waited(slot, w.sent_ms, w.arrived_ms, w.until_ms, now_ms),
+                    Some(slot) => match w.sent_ms {
+                        Some(sent) => jwks::waited(slot, sent, w.arrived_ms, w.until_ms, now_ms),
+                        None => jwks::waited_first_keys(slot, w.until_ms, now_ms),
+                    },
                     None => Some(KeyFetch::NotNow),
                 };
                 match next {

@@ -268,8 +268,10 @@ pub fn held_note(held: u32) -> String {
 /// provider. While no keys are loaded (a cold start, a JWKS down past its
 /// grace) each request with a token would otherwise send its own GET and
 /// wait for it: a flood would become a flood on the JWKS endpoint, just
-/// when it is struggling. Requests beyond this answer by the route's
-/// `failure_mode` at once; the root's background refresh keeps trying.
+/// when it is struggling. Requests beyond this wait for those fetches
+/// ([`RequestFetch::WaitFirstKeys`]), or answer by the route's
+/// `failure_mode` at once in the second after one failed; the root's
+/// background refresh keeps trying.
 pub const MAX_REQUEST_FETCHES: usize = 4;
 
 /// The shared-data key of one kind of a provider's JWKS state: `jwks` (the
@@ -541,6 +543,16 @@ pub enum RequestFetch {
         /// the epoch).
         sent_ms: u64,
     },
+    /// No keys are loaded yet and [`MAX_REQUEST_FETCHES`] requests of this
+    /// worker are fetching them: hold the request until keys are loaded
+    /// (theirs, another worker's or the background refresh's) or those
+    /// fetches are over, then decide it as [`waited_first_keys`] says.
+    /// Answered at once instead, a burst that comes before the first keys
+    /// (a new Envoy or Istio proxy taking traffic while its first fetch
+    /// is on its way) would get `503 jwks_unavailable`, or under
+    /// `failure_mode: allow` go on with its token unverified, for all but
+    /// the four requests that fetch.
+    WaitFirstKeys,
 }
 
 /// Slack after an awaited re-fetch's `timeout_ms` before a waiting request
@@ -589,6 +601,18 @@ pub fn waited(
     None
 }
 
+/// How a request held for the first keys ([`RequestFetch::WaitFirstKeys`])
+/// stands at `now_ms`: `None` to wait on; `NotNow` once keys are loaded
+/// (dispatched before the request came, as far as it can tell: a `kid`
+/// they lack is refused without charge to the client's budget), and also
+/// past `until_ms` ([`wait_deadline_ms`] from its arrival) or once none of
+/// this worker's request fetches is left in flight (they failed: the
+/// route's `failure_mode` answers, as it did at once before waiting).
+pub fn waited_first_keys(slot: &JwksSlot, until_ms: u64, now_ms: u64) -> Option<KeyFetch> {
+    (slot.keys.keys.is_some() || now_ms >= until_ms || slot.request_fetches.is_empty())
+        .then_some(KeyFetch::NotNow)
+}
+
 /// Decides whether a request of this worker fetches `provider`'s keys at
 /// `now_ms` (milliseconds since the epoch). First, at most once a second,
 /// it loads the copy another worker stored: if that brought other keys,
@@ -596,7 +620,9 @@ pub fn waited(
 /// went out at `now_ms` or later, since a `kid` they lack is then made
 /// up; as `May` when earlier, even within the same second, since they may
 /// predate its key). Without keys, it fetches unless
-/// [`JwksSlot::may_start_request_fetch`] says no; with keys (an unknown
+/// [`JwksSlot::may_start_request_fetch`] says no, and then waits for the
+/// fetches in flight ([`RequestFetch::WaitFirstKeys`]) unless one failed
+/// this second (the endpoint is down: answered at once); with keys (an unknown
 /// `kid`), only when it wins the re-fetch lease
 /// ([`take_refetch_lease`]); when another request's re-fetch is in
 /// flight ([`JwksSlot::refetch_in_flight`]), it waits for that one.
@@ -626,6 +652,8 @@ pub fn request_fetch<S: SharedStore + ?Sized>(
     } else if !has_keys {
         if slot.may_start_request_fetch(now) {
             RequestFetch::Dispatch
+        } else if slot.request_fetch_failed_at != Some(now) {
+            RequestFetch::WaitFirstKeys
         } else {
             RequestFetch::Evaluate(KeyFetch::NotNow)
         }
@@ -932,8 +960,8 @@ mod tests {
         }
         assert_eq!(
             request_fetch(&shared, &mut a, "idp", &r, t * 1000),
-            RequestFetch::Evaluate(KeyFetch::NotNow),
-            "four in flight: the route's failure mode answers"
+            RequestFetch::WaitFirstKeys,
+            "four in flight: the others wait for them"
         );
         a.fetch_ended(0);
         a.request_fetch_failed_at = Some(t);
@@ -945,6 +973,53 @@ mod tests {
         assert_eq!(
             request_fetch(&shared, &mut a, "idp", &r, (t + 1) * 1000),
             RequestFetch::Dispatch
+        );
+    }
+
+    #[test]
+    fn a_wait_for_the_first_keys_ends_with_any_keys_at_its_deadline_or_when_the_fetches_are_over() {
+        let shared = store::MemStore::default();
+        let r = remote("jwks", "", "/k");
+        let (mut a, mut b) = (JwksSlot::default(), JwksSlot::default());
+        let t = 4_000_000u64;
+        for token in 0..4 {
+            a.fetch_started(token, t, r.timeout_ms);
+        }
+        let arrived = t * 1000 + 20;
+        assert_eq!(
+            request_fetch(&shared, &mut a, "idp", &r, arrived),
+            RequestFetch::WaitFirstKeys
+        );
+        let until = wait_deadline_ms(&r, arrived, arrived);
+        assert_eq!(waited_first_keys(&a, until, arrived + 300), None);
+        assert_eq!(
+            waited_first_keys(&a, until, until),
+            Some(KeyFetch::NotNow),
+            "timed out"
+        );
+        // Three fetches failed; one is still on its way.
+        for token in 0..3 {
+            a.fetch_ended(token);
+        }
+        assert_eq!(waited_first_keys(&a, until, arrived + 300), None);
+        a.fetch_ended(3);
+        assert_eq!(
+            waited_first_keys(&a, until, arrived + 300),
+            Some(KeyFetch::NotNow),
+            "no fetch left: the failure mode answers"
+        );
+        // Keys another worker fetched (sent before the request came) end
+        // the wait, while this worker's fetches are still out: evaluated
+        // as `NotNow`, a `kid` they lack is not charged.
+        for token in 0..4 {
+            b.fetch_started(token, t, r.timeout_ms);
+        }
+        fetched(&shared, &mut a, &r, &jwks_doc(7, "k1"), t, t);
+        assert_eq!(waited_first_keys(&b, until, arrived + 300), None);
+        sync(&shared, &mut b, "idp", &r, t);
+        assert_eq!(
+            waited_first_keys(&b, until, arrived + 300),
+            Some(KeyFetch::NotNow)
         );
     }
 

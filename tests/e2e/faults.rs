@@ -635,8 +635,9 @@ fn clients_that_go_away_do_not_free_their_fetch_slots() {
 fn without_keys_a_burst_of_requests_sends_a_bounded_number_of_fetches() {
     // A JWKS endpoint slower than timeout_ms: every fetch times out. 16
     // requests at once on one worker: at most MAX_REQUEST_FETCHES (4) of
-    // them fetch; the others answer 503 at once instead of each sending a
-    // GET to an endpoint that is already struggling.
+    // them fetch; the others wait for those four instead of each sending
+    // a GET to an endpoint that is already struggling, and answer 503
+    // when they time out.
     let (k, doc) = key();
     let up = Upstream::start();
     let jwks = JwksServer::start(Jwks::Slow(Duration::from_millis(3 * JWKS_TIMEOUT_MS), doc));
@@ -675,6 +676,45 @@ fn without_keys_a_burst_of_requests_sends_a_bounded_number_of_fetches() {
         assert!(Instant::now() < deadline, "no recovery: {}", r.text());
         thread::sleep(Duration::from_millis(200));
     }
+    e.assert_vm_healthy();
+}
+
+#[test]
+fn without_keys_a_burst_past_the_four_fetches_waits_for_them_and_passes() {
+    // No keys yet (the fetch at start failed), then a JWKS endpoint that
+    // answers in 300 ms (timeout 500 ms), and 16 requests at once on one
+    // worker: 4 fetch the keys. The other 12 used to answer 503
+    // jwks_unavailable at once (or, under failure_mode allow, go on
+    // unverified); now they wait for those fetches and pass.
+    let (k, doc) = key();
+    let up = Upstream::start();
+    let jwks = JwksServer::start(Jwks::Status(503, "down".into()));
+    let e = jwks_envoy(&up, jwks.server.port, "deny");
+    wait_until(10, "the fetch at start", || !jwks.server.seen().is_empty());
+    thread::sleep(Duration::from_millis(100));
+    jwks.set(Jwks::Slow(Duration::from_millis(300), doc));
+    let before = jwks.server.seen().len();
+    let answers: Vec<(u16, Option<String>)> = thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = e.request(token_req(&k));
+                    (r.status, r.reason().map(str::to_owned))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(answers, vec![(200, None); 16], "{}", e.log());
+    assert_eq!(up.seen().len(), 16);
+    // Four GETs of the requests', and perhaps the background's.
+    let sent = jwks.server.seen().len() - before;
+    assert!((1..=5).contains(&sent), "{sent} GETs for 16 requests");
+    let waits = e.stat("appguard_jwks_waits").unwrap_or_default();
+    assert!(
+        (1..=12).contains(&waits),
+        "{waits} waited for the first keys"
+    );
     e.assert_vm_healthy();
 }
 
