@@ -502,6 +502,22 @@ fn token_req(k: &ES256KeyPair) -> Req {
     Req::get("/api/x").header("x-token", &tokens::es256_with(k, &claims(60, json!({}))))
 }
 
+/// `n` requests with a token of `k` sent at once, each on a thread of its
+/// own: their statuses and reasons.
+fn token_burst(e: &Envoy, k: &ES256KeyPair, n: usize) -> Vec<(u16, Option<String>)> {
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = e.request(token_req(k));
+                    (r.status, r.reason().map(str::to_owned))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 fn expect_jwks_unavailable(envoy: &Envoy, k: &ES256KeyPair, what: &str) {
     let t = Instant::now();
     let r = envoy.request(token_req(k));
@@ -643,17 +659,7 @@ fn without_keys_a_burst_of_requests_sends_a_bounded_number_of_fetches() {
     let jwks = JwksServer::start(Jwks::Slow(Duration::from_millis(3 * JWKS_TIMEOUT_MS), doc));
     let e = jwks_envoy(&up, jwks.server.port, "deny");
     let before = e.stat("cluster.jwks.upstream_rq_total").unwrap_or(0);
-    let answers: Vec<(u16, Option<String>)> = thread::scope(|s| {
-        let handles: Vec<_> = (0..16)
-            .map(|_| {
-                s.spawn(|| {
-                    let r = e.request(token_req(&k));
-                    (r.status, r.reason().map(str::to_owned))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let answers = token_burst(&e, &k, 16);
     for a in &answers {
         assert_eq!((a.0, a.1.as_deref()), (503, Some("jwks_unavailable")));
     }
@@ -694,17 +700,7 @@ fn without_keys_a_burst_past_the_four_fetches_waits_for_them_and_passes() {
     thread::sleep(Duration::from_millis(100));
     jwks.set(Jwks::Slow(Duration::from_millis(300), doc));
     let before = jwks.server.seen().len();
-    let answers: Vec<(u16, Option<String>)> = thread::scope(|s| {
-        let handles: Vec<_> = (0..16)
-            .map(|_| {
-                s.spawn(|| {
-                    let r = e.request(token_req(&k));
-                    (r.status, r.reason().map(str::to_owned))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let answers = token_burst(&e, &k, 16);
     assert_eq!(answers, vec![(200, None); 16], "{}", e.log());
     assert_eq!(up.seen().len(), 16);
     // Four GETs of the requests', and perhaps the background's.
@@ -745,13 +741,7 @@ fn keys_are_fetched_at_start_and_a_first_burst_sends_no_fetch_of_its_own() {
         first - ready
     );
     thread::sleep(Duration::from_millis(200));
-    let statuses: Vec<u16> = thread::scope(|s| {
-        let handles: Vec<_> = (0..16)
-            .map(|_| s.spawn(|| e.request(token_req(&k)).status))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    assert_eq!(statuses, vec![200; 16]);
+    assert_eq!(token_burst(&e, &k, 16), vec![(200, None); 16]);
     assert_eq!(up.seen().len(), 16);
     // One background fetch for the instance (two when the lease, kept in
     // whole seconds, ran out at a second boundary while the first was on
