@@ -78,8 +78,9 @@ pub struct Metrics {
     /// or for the first keys other requests are fetching.
     jwks_waits: Option<u32>,
     /// `appguard_jwks_wait_overflows`: requests that would have waited
-    /// for a re-fetch but found their worker's waiting room full, and
-    /// were refused at once.
+    /// for keys but found their worker's waiting room full, and were
+    /// answered at once (an unknown `kid` refused; without keys, the
+    /// route's `failure_mode`).
     jwks_wait_overflows: Option<u32>,
     /// `appguard_host_errors`: requests answered 503 because the host
     /// failed a call appguard needed.

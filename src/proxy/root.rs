@@ -695,7 +695,7 @@ impl FilterRoot {
                 let next = match slots.get(w.provider) {
                     Some(slot) => match w.sent_ms {
                         Some(sent) => jwks::waited(slot, sent, w.arrived_ms, w.until_ms, now_ms),
-                        None => jwks::waited_first_keys(slot, w.until_ms, now_ms),
+                        None => jwks::waited_first_keys(slot, w.arrived_ms, w.until_ms, now_ms),
                     },
                     None => Some(KeyFetch::NotNow),
                 };

@@ -147,9 +147,10 @@ impl JwksSlot {
     }
 
     /// How many request fetches are in flight at `now` (seconds), after
-    /// dropping those past their timeout.
+    /// dropping those past their timeout (see [`fetch_live`]).
     pub fn fetches_in_flight(&mut self, now: u64) -> usize {
-        self.request_fetches.retain(|&(_, until)| until > now);
+        self.request_fetches
+            .retain(|&(_, until)| fetch_live(until, now));
         self.request_fetches.len()
     }
 
@@ -192,6 +193,27 @@ impl JwksSlot {
         self.request_fetch_failed_at != Some(now)
             && self.fetches_in_flight(now) < MAX_REQUEST_FETCHES
     }
+}
+
+/// The longest a request fetch counts as in flight, in seconds: the
+/// largest `timeout_ms` (60 s), rounded up, and one more
+/// ([`JwksSlot::fetch_started`]).
+const MAX_FETCH_SECONDS: u64 = 61;
+
+/// Whether a request fetch that counts until second `until` is still in
+/// flight at `now`: its timeout has not passed, and it was not started
+/// "later" than `now` (a clock set back: counted on, a fetch whose answer
+/// was lost would hold the worker's fetches and its waiters for as long
+/// as the step).
+fn fetch_live(until: u64, now: u64) -> bool {
+    until > now && until <= now.saturating_add(MAX_FETCH_SECONDS)
+}
+
+/// Whether the clock at `now_ms` is more than a second behind a request
+/// that arrived at `arrived_ms`: set back while it waited, so that its
+/// deadline, from the clock before, no longer bounds its wait.
+fn clock_set_back(arrived_ms: u64, now_ms: u64) -> bool {
+    now_ms.saturating_add(1000) < arrived_ms
 }
 
 /// The instance's re-fetch lease records a failed re-fetch in a fourth
@@ -580,7 +602,8 @@ pub fn wait_deadline_ms(remote: &RemoteJwks, sent_ms: u64, now_ms: u64) -> u64 {
 /// ([`request_fetch`]): the awaited GET went out before the request found
 /// its lease taken (in the same millisecond, often, in a burst), and a key
 /// published in between is not the client's fault. Past `until_ms`, or when the re-fetch is known to have failed
-/// (this worker's own, see [`JwksSlot::refetch_sent_ms`]), `NotNow`.
+/// (this worker's own, see [`JwksSlot::refetch_sent_ms`]), `NotNow`;
+/// so too once the clock is set back behind its arrival.
 pub fn waited(
     slot: &JwksSlot,
     sent_ms: u64,
@@ -595,7 +618,10 @@ pub fn waited(
             KeyFetch::NotNow
         });
     }
-    if now_ms >= until_ms || slot.refetch_sent_ms.is_none_or(|s| s < sent_ms) {
+    if now_ms >= until_ms
+        || clock_set_back(arrived_ms, now_ms)
+        || slot.refetch_sent_ms.is_none_or(|s| s < sent_ms)
+    {
         return Some(KeyFetch::NotNow);
     }
     None
@@ -605,11 +631,25 @@ pub fn waited(
 /// stands at `now_ms`: `None` to wait on; `NotNow` once keys are loaded
 /// (dispatched before the request came, as far as it can tell: a `kid`
 /// they lack is refused without charge to the client's budget), and also
-/// past `until_ms` ([`wait_deadline_ms`] from its arrival) or once none of
-/// this worker's request fetches is left in flight (they failed: the
-/// route's `failure_mode` answers, as it did at once before waiting).
-pub fn waited_first_keys(slot: &JwksSlot, until_ms: u64, now_ms: u64) -> Option<KeyFetch> {
-    (slot.keys.keys.is_some() || now_ms >= until_ms || slot.request_fetches.is_empty())
+/// past `until_ms` ([`wait_deadline_ms`] from its arrival `arrived_ms`),
+/// once the clock is set back behind that arrival, or once none of this
+/// worker's request fetches is left in flight (they failed: the route's
+/// `failure_mode` answers, as it did at once before waiting).
+pub fn waited_first_keys(
+    slot: &JwksSlot,
+    arrived_ms: u64,
+    until_ms: u64,
+    now_ms: u64,
+) -> Option<KeyFetch> {
+    let now = now_ms / 1000;
+    let fetching = slot
+        .request_fetches
+        .iter()
+        .any(|&(_, until)| fetch_live(until, now));
+    (slot.keys.keys.is_some()
+        || now_ms >= until_ms
+        || clock_set_back(arrived_ms, now_ms)
+        || !fetching)
         .then_some(KeyFetch::NotNow)
 }
 
@@ -991,20 +1031,37 @@ mod tests {
             RequestFetch::WaitFirstKeys
         );
         let until = wait_deadline_ms(&r, arrived, arrived);
-        assert_eq!(waited_first_keys(&a, until, arrived + 300), None);
+        assert_eq!(waited_first_keys(&a, arrived, until, arrived + 300), None);
         assert_eq!(
-            waited_first_keys(&a, until, until),
+            waited_first_keys(&a, arrived, until, until),
             Some(KeyFetch::NotNow),
             "timed out"
         );
+        // The clock set back an hour (review51 F1): the wait ends, and the
+        // fetches started "later" (their answers lost, say) no longer hold
+        // the worker's fetches.
+        let back = arrived - 3_600_000;
+        assert_eq!(
+            waited_first_keys(&a, arrived, until, back + 300),
+            Some(KeyFetch::NotNow)
+        );
+        let mut stepped = JwksSlot {
+            request_fetches: a.request_fetches.clone(),
+            ..JwksSlot::default()
+        };
+        assert_eq!(
+            request_fetch(&shared, &mut stepped, "idp", &r, back + 300),
+            RequestFetch::Dispatch
+        );
+        assert_eq!(stepped.request_fetches.len(), 0);
         // Three fetches failed; one is still on its way.
         for token in 0..3 {
             a.fetch_ended(token);
         }
-        assert_eq!(waited_first_keys(&a, until, arrived + 300), None);
+        assert_eq!(waited_first_keys(&a, arrived, until, arrived + 300), None);
         a.fetch_ended(3);
         assert_eq!(
-            waited_first_keys(&a, until, arrived + 300),
+            waited_first_keys(&a, arrived, until, arrived + 300),
             Some(KeyFetch::NotNow),
             "no fetch left: the failure mode answers"
         );
@@ -1015,10 +1072,10 @@ mod tests {
             b.fetch_started(token, t, r.timeout_ms);
         }
         fetched(&shared, &mut a, &r, &jwks_doc(7, "k1"), t, t);
-        assert_eq!(waited_first_keys(&b, until, arrived + 300), None);
+        assert_eq!(waited_first_keys(&b, arrived, until, arrived + 300), None);
         sync(&shared, &mut b, "idp", &r, t);
         assert_eq!(
-            waited_first_keys(&b, until, arrived + 300),
+            waited_first_keys(&b, arrived, until, arrived + 300),
             Some(KeyFetch::NotNow)
         );
     }
@@ -1133,6 +1190,11 @@ mod tests {
             waited(&slot, sent, arrived, until, until),
             Some(KeyFetch::NotNow),
             "timed out"
+        );
+        assert_eq!(
+            waited(&slot, sent, arrived, until, arrived - 3_600_000),
+            Some(KeyFetch::NotNow),
+            "the clock set back behind its arrival"
         );
         // The awaited GET's keys: dispatched before this request came, a
         // `kid` they lack may have been published since.
