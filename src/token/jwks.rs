@@ -187,6 +187,20 @@ impl JwksSlot {
             self.refetch_sent_ms = None;
         }
     }
+    /// Whether a request fetch failed at `now` (seconds) or within the
+    /// `timeout_ms` and second before it: the endpoint is failing, or does
+    /// not answer at all, and requests that find no keys answer by their
+    /// route's `failure_mode` at once rather than wait for the fetches in
+    /// flight ([`RequestFetch::WaitFirstKeys`]), which would most likely
+    /// fail too: an endpoint that hangs would otherwise hold every request
+    /// for `timeout_ms`. A failure dated ahead of `now` (a clock set back)
+    /// counts as lately.
+    pub fn request_fetch_failed_lately(&self, now: u64, remote: &RemoteJwks) -> bool {
+        let span = remote.timeout_ms.div_ceil(1000).saturating_add(1);
+        self.request_fetch_failed_at
+            .is_some_and(|f| now <= f.saturating_add(span))
+    }
+
     /// Whether a request may start a fetch at `now` (seconds): fewer than
     /// [`MAX_REQUEST_FETCHES`] in flight, and none failed this second.
     pub fn may_start_request_fetch(&mut self, now: u64) -> bool {
@@ -292,8 +306,9 @@ pub fn held_note(held: u32) -> String {
 /// wait for it: a flood would become a flood on the JWKS endpoint, just
 /// when it is struggling. Requests beyond this wait for those fetches
 /// ([`RequestFetch::WaitFirstKeys`]), or answer by the route's
-/// `failure_mode` at once in the second after one failed; the root's
-/// background refresh keeps trying.
+/// `failure_mode` at once while one failed lately
+/// ([`JwksSlot::request_fetch_failed_lately`]); the root's background
+/// refresh keeps trying.
 pub const MAX_REQUEST_FETCHES: usize = 4;
 
 /// The shared-data key of one kind of a provider's JWKS state: `jwks` (the
@@ -662,7 +677,8 @@ pub fn waited_first_keys(
 /// predate its key). Without keys, it fetches unless
 /// [`JwksSlot::may_start_request_fetch`] says no, and then waits for the
 /// fetches in flight ([`RequestFetch::WaitFirstKeys`]) unless one failed
-/// this second (the endpoint is down: answered at once); with keys (an unknown
+/// lately ([`JwksSlot::request_fetch_failed_lately`]: the endpoint is
+/// down or hangs, answered at once); with keys (an unknown
 /// `kid`), only when it wins the re-fetch lease
 /// ([`take_refetch_lease`]); when another request's re-fetch is in
 /// flight ([`JwksSlot::refetch_in_flight`]), it waits for that one.
@@ -692,7 +708,7 @@ pub fn request_fetch<S: SharedStore + ?Sized>(
     } else if !has_keys {
         if slot.may_start_request_fetch(now) {
             RequestFetch::Dispatch
-        } else if slot.request_fetch_failed_at != Some(now) {
+        } else if !slot.request_fetch_failed_lately(now, remote) {
             RequestFetch::WaitFirstKeys
         } else {
             RequestFetch::Evaluate(KeyFetch::NotNow)
@@ -1014,6 +1030,26 @@ mod tests {
             request_fetch(&shared, &mut a, "idp", &r, (t + 1) * 1000),
             RequestFetch::Dispatch
         );
+        // Four in flight, and one failed lately (within the 2 s timeout
+        // and a second, or "later", the clock set back): the endpoint
+        // fails or hangs, so the others answer at once rather than wait
+        // for fetches that will most likely fail too.
+        for (at, next) in [
+            (t + 3, RequestFetch::Evaluate(KeyFetch::NotNow)),
+            (t + 4, RequestFetch::WaitFirstKeys),
+            (t - 100, RequestFetch::Evaluate(KeyFetch::NotNow)),
+        ] {
+            let mut b = JwksSlot {
+                request_fetches: vec![(1, at + 3), (2, at + 3), (3, at + 3), (4, at + 3)],
+                request_fetch_failed_at: Some(t),
+                ..JwksSlot::default()
+            };
+            assert_eq!(
+                request_fetch(&shared, &mut b, "idp", &r, at * 1000),
+                next,
+                "at {at}"
+            );
+        }
     }
 
     #[test]

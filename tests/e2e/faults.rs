@@ -503,19 +503,29 @@ fn token_req(k: &ES256KeyPair) -> Req {
 }
 
 /// `n` requests with a token of `k` sent at once, each on a thread of its
-/// own: their statuses and reasons.
-fn token_burst(e: &Envoy, k: &ES256KeyPair, n: usize) -> Vec<(u16, Option<String>)> {
+/// own: their statuses and reasons, and how long each took.
+fn timed_token_burst(
+    e: &Envoy,
+    k: &ES256KeyPair,
+    n: usize,
+) -> (Vec<(u16, Option<String>)>, Vec<Duration>) {
     thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .map(|_| {
                 s.spawn(|| {
+                    let at = Instant::now();
                     let r = e.request(token_req(k));
-                    (r.status, r.reason().map(str::to_owned))
+                    ((r.status, r.reason().map(str::to_owned)), at.elapsed())
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        handles.into_iter().map(|h| h.join().unwrap()).unzip()
     })
+}
+
+/// [`timed_token_burst`]'s answers.
+fn token_burst(e: &Envoy, k: &ES256KeyPair, n: usize) -> Vec<(u16, Option<String>)> {
+    timed_token_burst(e, k, n).0
 }
 
 fn expect_jwks_unavailable(envoy: &Envoy, k: &ES256KeyPair, what: &str) {
@@ -671,6 +681,22 @@ fn without_keys_a_burst_of_requests_sends_a_bounded_number_of_fetches() {
         "{sent} JWKS requests for 16 concurrent requests"
     );
     assert!(up.seen().is_empty());
+    // Those fetches timed out a moment ago. A second burst, after the
+    // second of that failure (when fetches may go out again) and within
+    // the timeout and a second after it, does not wait for the next ones:
+    // the endpoint hangs, and they would time out too. All but the four
+    // that fetch are answered at once.
+    thread::sleep(Duration::from_millis(1_100));
+    let (answers, times) = timed_token_burst(&e, &k, 16);
+    assert!(answers
+        .iter()
+        .all(|a| (a.0, a.1.as_deref()) == (503, Some("jwks_unavailable"))));
+    let quick = times
+        .iter()
+        .filter(|t| **t < Duration::from_millis(JWKS_TIMEOUT_MS / 2))
+        .count();
+    assert!(quick >= 12, "{quick} of 16 answered at once: {times:?}");
+    assert_eq!(e.stat("appguard_jwks_waits"), Some(12), "the first burst's");
     // Once the endpoint answers in time, keys load and requests pass.
     jwks.set(Jwks::Doc(key_doc(&k)));
     let deadline = Instant::now() + Duration::from_secs(10);
