@@ -502,25 +502,46 @@ fn token_req(k: &ES256KeyPair) -> Req {
     Req::get("/api/x").header("x-token", &tokens::es256_with(k, &claims(60, json!({}))))
 }
 
-/// `n` requests with a token of `k` sent at once, each on a thread of its
-/// own: their statuses and reasons, and how long each took.
-fn timed_token_burst(
-    e: &Envoy,
-    k: &ES256KeyPair,
-    n: usize,
-) -> (Vec<(u16, Option<String>)>, Vec<Duration>) {
+/// An Envoy (one worker, routes under `failure_mode`) whose fetch of the
+/// keys at start failed (503), and its JWKS endpoint, now answering `doc`
+/// in 300 ms: no keys are loaded, and the next fetches bring them.
+fn without_keys_yet(up: &Upstream, doc: String, failure_mode: &str) -> (JwksServer, Envoy) {
+    let jwks = JwksServer::start(Jwks::Status(503, "down".into()));
+    let e = jwks_envoy(up, jwks.server.port, failure_mode);
+    wait_until(10, "the fetch at start", || !jwks.server.seen().is_empty());
+    thread::sleep(Duration::from_millis(100));
+    jwks.set(Jwks::Slow(Duration::from_millis(300), doc));
+    (jwks, e)
+}
+
+/// A request of [`token_req`] for each token, sent at once, each on a
+/// thread of its own: their statuses and reasons, and how long each took.
+fn timed_burst(e: &Envoy, tokens: &[String]) -> (Vec<(u16, Option<String>)>, Vec<Duration>) {
     thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .map(|_| {
-                s.spawn(|| {
+        let handles: Vec<_> = tokens
+            .iter()
+            .map(|t| {
+                s.spawn(move || {
                     let at = Instant::now();
-                    let r = e.request(token_req(k));
+                    let r = e.request(Req::get("/api/x").header("x-token", t));
                     ((r.status, r.reason().map(str::to_owned)), at.elapsed())
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).unzip()
     })
+}
+
+/// [`timed_burst`] of `n` tokens of `k`.
+fn timed_token_burst(
+    e: &Envoy,
+    k: &ES256KeyPair,
+    n: usize,
+) -> (Vec<(u16, Option<String>)>, Vec<Duration>) {
+    let tokens: Vec<String> = (0..n)
+        .map(|_| tokens::es256_with(k, &claims(60, json!({}))))
+        .collect();
+    timed_burst(e, &tokens)
 }
 
 /// [`timed_token_burst`]'s answers.
@@ -720,11 +741,7 @@ fn without_keys_a_burst_past_the_four_fetches_waits_for_them_and_passes() {
     // unverified); now they wait for those fetches and pass.
     let (k, doc) = key();
     let up = Upstream::start();
-    let jwks = JwksServer::start(Jwks::Status(503, "down".into()));
-    let e = jwks_envoy(&up, jwks.server.port, "deny");
-    wait_until(10, "the fetch at start", || !jwks.server.seen().is_empty());
-    thread::sleep(Duration::from_millis(100));
-    jwks.set(Jwks::Slow(Duration::from_millis(300), doc));
+    let (jwks, e) = without_keys_yet(&up, doc, "deny");
     let before = jwks.server.seen().len();
     let answers = token_burst(&e, &k, 16);
     assert_eq!(answers, vec![(200, None); 16], "{}", e.log());
@@ -736,6 +753,40 @@ fn without_keys_a_burst_past_the_four_fetches_waits_for_them_and_passes() {
     assert!(
         (1..=12).contains(&waits),
         "{waits} waited for the first keys"
+    );
+    e.assert_vm_healthy();
+}
+
+#[test]
+fn under_failure_mode_allow_a_burst_before_the_first_keys_is_verified_not_let_through() {
+    // failure_mode allow, no keys yet, the JWKS answering in 300 ms: 16
+    // genuine tokens and 8 forged ones (the same `kid`, another key) at
+    // once on one worker. Past the four that fetch, requests used to take
+    // the failure mode at once: let through unverified (their token
+    // treated as absent, `x-appguard-degraded`), the forged ones too.
+    // Now they wait for the keys and are verified.
+    let (k, doc) = key();
+    let forger = ES256KeyPair::generate().with_key_id("k1");
+    let up = Upstream::start();
+    let (_jwks, e) = without_keys_yet(&up, doc, "allow");
+    let genuine =
+        (0..16).map(|i| tokens::es256_with(&k, &claims(60, json!({"sub": format!("g{i}")}))));
+    let forged =
+        (0..8).map(|i| tokens::es256_with(&forger, &claims(60, json!({"sub": format!("f{i}")}))));
+    let all: Vec<String> = genuine.chain(forged).collect();
+    let (answers, _) = timed_burst(&e, &all);
+    let expected: Vec<(u16, Option<String>)> = [
+        vec![(200, None); 16],
+        vec![(401, Some("token_signature".to_owned())); 8],
+    ]
+    .concat();
+    assert_eq!(answers, expected, "{}", e.log());
+    let seen = up.seen();
+    assert_eq!(seen.len(), 16);
+    assert!(
+        seen.iter()
+            .all(|r| r.header("x-appguard-degraded").is_none()),
+        "none let through degraded"
     );
     e.assert_vm_healthy();
 }
