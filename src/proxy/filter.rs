@@ -15,7 +15,7 @@ use super::abi::{self, Buffer, Map};
 
 use super::host::{self, now_millis, HostStore};
 use super::metrics::Counted;
-use super::root::{CallKind, Waiter, Worker, WARN_LINES_PER_SECOND};
+use super::root::{Awaited, CallKind, Waiter, Worker, WARN_LINES_PER_SECOND};
 use crate::decision::{Decision, Denial, Grant, KeyScrub};
 use crate::headers::Headers;
 use crate::lograte::Admit;
@@ -61,18 +61,9 @@ const MAX_TRACE_VALUE: usize = 512;
 enum State {
     /// Headers not seen yet.
     Start,
-    /// Held until a JWKS fetch (call `token`) for `provider` answers.
-    AwaitingKeys {
-        /// The HTTP call's id: an answer to any other call is not this
-        /// request's.
-        token: u32,
-        /// Index of the provider in the configuration whose keys are
-        /// fetched.
-        provider: usize,
-        /// When the GET was dispatched, in milliseconds since the epoch
-        /// (see [`jwks::publish`]).
-        started: u64,
-    },
+    /// Held until its own JWKS fetch answers, or keys loaded elsewhere
+    /// overtake it ([`jwks::overtaken`]).
+    AwaitingKeys(OwnFetch),
     /// Held until another request's re-fetch of keys answers (or, before
     /// the first keys, the fetches of other requests do), or its time is
     /// up: the root's tick decides it then ([`GuardFilter::keys_awaited`],
@@ -90,6 +81,19 @@ enum State {
     },
     /// Decided: allowed upstream or answered locally.
     Done,
+}
+
+/// A JWKS fetch a request dispatched itself.
+#[derive(Clone, Copy, Debug)]
+struct OwnFetch {
+    /// The HTTP call's id: an answer to any other call is not this
+    /// request's.
+    token: u32,
+    /// Index of the provider in the configuration whose keys are fetched.
+    provider: usize,
+    /// When the GET was dispatched, in milliseconds since the epoch (see
+    /// [`jwks::publish`]).
+    started: u64,
 }
 
 /// The per-request filter.
@@ -123,6 +127,11 @@ pub struct GuardFilter {
     body_buffered: usize,
     /// Headers the rate-limit service asked to add to the response.
     response_headers: Vec<(String, String)>,
+    /// Its own JWKS fetch, when keys loaded elsewhere decided the request
+    /// before that fetch answered: the answer, should it still come, is
+    /// stored for the worker (and frees its place among the fetches in
+    /// flight) without deciding the request again.
+    overtaken_fetch: Option<OwnFetch>,
     /// This filter as the worker reaches it from the root context: to
     /// decide it when keys it waits for arrive, and to hand it the answer
     /// to a call it dispatched then (see [`FilterHandle`]).
@@ -149,15 +158,9 @@ impl Drop for GuardFilter {
         }
         // Held for keys: the fetch's answer will be dropped with this
         // context, and the root must fetch them instead.
-        if let (
-            State::AwaitingKeys {
-                provider, started, ..
-            },
-            Some(worker),
-        ) = (&self.state, &self.worker)
-        {
-            if let Some(slot) = worker.jwks.borrow_mut().get_mut(*provider) {
-                slot.refetch_lost_at = Some(started / 1000);
+        if let (State::AwaitingKeys(fetch), Some(worker)) = (&self.state, &self.worker) {
+            if let Some(slot) = worker.jwks.borrow_mut().get_mut(fetch.provider) {
+                slot.refetch_lost_at = Some(fetch.started / 1000);
             }
             return;
         }
@@ -197,6 +200,7 @@ impl GuardFilter {
             state: State::Start,
             headers_went_on: false,
             headers: Headers::default(),
+            overtaken_fetch: None,
             headers_end_stream: false,
             body_while_paused: false,
             body_ended_while_paused: false,
@@ -438,20 +442,21 @@ impl GuardFilter {
     /// request's): body bytes that arrive meanwhile would go on unchecked
     /// if the request were then resumed without a body phase.
     fn held_for_keys(&self) -> bool {
-        matches!(
-            self.state,
-            State::AwaitingKeys { .. } | State::AwaitingRefetch
-        )
+        matches!(self.state, State::AwaitingKeys(_) | State::AwaitingRefetch)
     }
 
     /// The keys this request waited for arrived, or its wait is over
-    /// ([`jwks::waited`] says which `key_fetch`): from the root's tick,
-    /// with this request's context in effect. Evaluated as after a fetch
-    /// of its own, and resumed when it may go on. A request decided
-    /// meanwhile is left as it is.
+    /// ([`jwks::waited`] says which `key_fetch`), or keys loaded elsewhere
+    /// overtook its own fetch ([`jwks::overtaken`]; that fetch's answer is
+    /// then only stored): from the root's tick, with this request's
+    /// context in effect. Evaluated as after a fetch of its own, and
+    /// resumed when it may go on. A request decided meanwhile is left as
+    /// it is.
     pub fn keys_awaited(&mut self, key_fetch: KeyFetch) {
-        if !matches!(self.state, State::AwaitingRefetch) {
-            return;
+        match self.state {
+            State::AwaitingRefetch => {}
+            State::AwaitingKeys(fetch) => self.overtaken_fetch = Some(fetch),
+            _ => return,
         }
         let Some(worker) = self.worker.clone() else {
             return;
@@ -501,7 +506,7 @@ impl GuardFilter {
     ) -> Action {
         let waiter = Waiter {
             provider: p,
-            sent_ms,
+            awaited: sent_ms.map_or(Awaited::FirstKeys, |sent_ms| Awaited::Refetch { sent_ms }),
             arrived_ms: now_ms,
             until_ms: jwks::wait_deadline_ms(remote, sent_ms.unwrap_or(now_ms), now_ms),
             context_id: self.context_id,
@@ -563,21 +568,41 @@ impl GuardFilter {
             remote.timeout_ms,
         ) {
             Ok(token) => {
-                if let Some(slot) = worker.jwks.borrow_mut().get_mut(p) {
-                    slot.fetch_started(token, now, remote.timeout_ms);
-                }
+                let first = match worker.jwks.borrow_mut().get_mut(p) {
+                    Some(slot) => {
+                        slot.fetch_started(token, now, remote.timeout_ms);
+                        slot.keys.keys.is_none()
+                    }
+                    None => false,
+                };
                 worker.relay(CallKind::Http, token, self.context_id, &self.me);
                 // The key and the token headers go before the wait: if
                 // the client leaves, the access log line is written from
                 // these headers.
                 scrub(key_scrub);
-                self.state = State::AwaitingKeys {
+                let fetch = OwnFetch {
                     token,
                     provider: p,
                     // The time the re-fetch lease recorded, if it took it
                     // (see `JwksSlot::refetch_sent_ms`).
                     started: now_ms,
                 };
+                self.state = State::AwaitingKeys(fetch);
+                // Keys another worker or the background refresh loads
+                // meanwhile may decide it before its own answer comes. Not
+                // counted as a wait; should the waiting room be full, its
+                // own answer decides it.
+                let _ = worker.wait(Waiter {
+                    provider: p,
+                    awaited: Awaited::OwnFetch {
+                        started_ms: now_ms,
+                        first,
+                    },
+                    arrived_ms: now_ms,
+                    until_ms: jwks::wait_deadline_ms(remote, now_ms, now_ms),
+                    context_id: self.context_id,
+                    filter: self.me.clone(),
+                });
                 Action::Pause
             }
             Err(s) => {
@@ -599,6 +624,47 @@ impl GuardFilter {
                 self.run(KeyFetch::NotNow)
             }
         }
+    }
+
+    /// The answer to this request's own JWKS fetch `fetch`: ends it, and
+    /// stores the keys it brought (for every worker) or records that it
+    /// failed. `Fetched` only if this answer loaded keys (or newer ones a
+    /// later fetch stored): a failed fetch has looked at nothing new.
+    fn fetch_answered(&self, worker: &Worker, fetch: OwnFetch, body_size: usize) -> KeyFetch {
+        let OwnFetch {
+            token: token_id,
+            provider,
+            started,
+        } = fetch;
+        let now = now_millis() / 1000;
+        let (status, body) = host::http_call_response(body_size, jwks::MAX_JWKS_BYTES);
+        let mut key_fetch = KeyFetch::NotNow;
+        let configured = worker.config.providers.get(provider);
+        if let Some((p, Some(remote))) = configured.map(|p| (p, &p.remote_jwks)) {
+            let mut slots = worker.jwks.borrow_mut();
+            if let Some(slot) = slots.get_mut(provider) {
+                slot.fetch_ended(token_id);
+                let loaded = match (status, body) {
+                    (200, Some(body)) => jwks::store(
+                        &HostStore, slot, &p.name, remote, &body, started, now, now_millis,
+                    ),
+                    (s, _) => Err(format!(
+                        "fetch failed ({})",
+                        jwks::unread_answer(s, body_size)
+                    )),
+                };
+                match loaded {
+                    Ok(()) => key_fetch = KeyFetch::Fetched,
+                    Err(e) => {
+                        slot.request_fetch_failed_at = Some(now);
+                        jwks::refetch_failed(&HostStore, slot, &p.name, remote, started);
+                        worker.metrics.jwks_failure();
+                        warn!("#{} jwks {}: {e}", self.context_id, p.name);
+                    }
+                }
+            }
+        }
+        key_fetch
     }
 
     /// Acts on the core's decision. `now` is the evaluation's clock reading
@@ -1042,53 +1108,28 @@ impl Context for GuardFilter {
         // Background refreshes are dispatched from the root's tick, and the
         // SDK hands an answer to the context that dispatched its call: only
         // this request's own fetch answers here.
-        let State::AwaitingKeys {
-            token,
-            provider,
-            started,
-        } = self.state
-        else {
-            return;
-        };
-        if token != token_id {
-            return;
-        }
         let Some(worker) = self.worker.clone() else {
             return;
         };
-        let now = now_millis() / 1000;
-        let (status, body) = host::http_call_response(body_size, jwks::MAX_JWKS_BYTES);
-        // Fetched only if this answer loaded keys (or newer ones a later
-        // fetch stored): a failed fetch has looked at nothing new.
-        let mut key_fetch = KeyFetch::NotNow;
-        let configured = worker.config.providers.get(provider);
-        if let Some((p, Some(remote))) = configured.map(|p| (p, &p.remote_jwks)) {
-            let mut slots = worker.jwks.borrow_mut();
-            if let Some(slot) = slots.get_mut(provider) {
-                slot.fetch_ended(token_id);
-                let loaded = match (status, body) {
-                    (200, Some(body)) => jwks::store(
-                        &HostStore, slot, &p.name, remote, &body, started, now, now_millis,
-                    ),
-                    (s, _) => Err(format!(
-                        "fetch failed ({})",
-                        jwks::unread_answer(s, body_size)
-                    )),
-                };
-                match loaded {
-                    Ok(()) => key_fetch = KeyFetch::Fetched,
-                    Err(e) => {
-                        slot.request_fetch_failed_at = Some(now);
-                        jwks::refetch_failed(&HostStore, slot, &p.name, remote, started);
-                        worker.metrics.jwks_failure();
-                        warn!("#{} jwks {}: {e}", self.context_id, p.name);
-                    }
+        match (&self.state, self.overtaken_fetch) {
+            (State::AwaitingKeys(fetch), _) if fetch.token == token_id => {
+                let fetch = *fetch;
+                // No longer to be woken by keys from elsewhere.
+                let id = self.context_id;
+                worker.waiters.borrow_mut().retain(|w| w.context_id != id);
+                let key_fetch = self.fetch_answered(&worker, fetch, body_size);
+                self.state = State::Start;
+                if let Action::Continue = self.run(key_fetch) {
+                    self.resume(&worker);
                 }
             }
-        }
-        self.state = State::Start;
-        if let Action::Continue = self.run(key_fetch) {
-            self.resume(&worker);
+            // Decided already by keys loaded elsewhere: the answer is
+            // still stored, and ends the fetch.
+            (_, Some(fetch)) if fetch.token == token_id => {
+                self.overtaken_fetch = None;
+                self.fetch_answered(&worker, fetch, body_size);
+            }
+            _ => {}
         }
     }
 }

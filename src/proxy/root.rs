@@ -103,14 +103,38 @@ pub struct Worker {
     pub fast_tick: Cell<bool>,
 }
 
-/// A request held for another request's re-fetch of a provider's keys (see
-/// [`jwks::RequestFetch::Wait`]).
+/// What a held request waits for (see [`Waiter`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Awaited {
+    /// Another request's re-fetch, dispatched at `sent_ms` (ms since the
+    /// epoch): [`jwks::RequestFetch::Wait`], decided by [`jwks::waited`].
+    Refetch {
+        /// When that re-fetch was dispatched.
+        sent_ms: u64,
+    },
+    /// The first keys, which other requests of this worker are fetching:
+    /// [`jwks::RequestFetch::WaitFirstKeys`], decided by
+    /// [`jwks::waited_first_keys`].
+    FirstKeys,
+    /// Its own fetch, dispatched at `started_ms`: its answer decides it as
+    /// before, unless keys loaded elsewhere overtake it
+    /// ([`jwks::overtaken`]). Not counted as a wait.
+    OwnFetch {
+        /// When its GET was dispatched (ms since the epoch).
+        started_ms: u64,
+        /// No keys were loaded when it went out.
+        first: bool,
+    },
+}
+
+/// A request held for keys: another request's re-fetch of a provider's
+/// keys, the first keys, or (to be decided sooner when keys come from
+/// elsewhere) its own fetch.
 pub struct Waiter {
     /// Index of the provider whose keys are awaited.
     pub provider: usize,
-    /// When the awaited re-fetch was dispatched (ms since the epoch);
-    /// `None` for the first keys ([`jwks::RequestFetch::WaitFirstKeys`]).
-    pub sent_ms: Option<u64>,
+    /// What it waits for.
+    pub awaited: Awaited,
     /// When the request asked for keys (ms since the epoch): keys fetched
     /// since make a `kid` they lack made up (see [`jwks::waited`]).
     pub arrived_ms: u64,
@@ -150,6 +174,13 @@ pub const MAX_WOKEN_PER_TICK: usize = 32;
 /// token_signature`, not charged), and one that finds no keys answers by
 /// its route's `failure_mode`.
 pub const MAX_WAITERS: usize = 1024;
+
+/// How many requests fetching keys themselves each worker watches besides
+/// ([`Awaited::OwnFetch`]), so that keys loaded elsewhere decide them
+/// sooner: they do not take the room of the [`MAX_WAITERS`], and there
+/// are few (at most four a provider fetch the first keys, one the
+/// instance's re-fetch). Past them, a request's own answer decides it.
+pub const MAX_FETCHING: usize = 64;
 
 /// What [`Worker::held`] keeps.
 #[derive(Default)]
@@ -497,13 +528,23 @@ impl Worker {
 
     /// Holds `waiter` until its keys come (see [`FilterRoot::wake_waiters`]),
     /// with the root's tick fast meanwhile; false when [`MAX_WAITERS`]
-    /// already wait.
+    /// already wait (for a request fetching keys itself: when
+    /// [`MAX_FETCHING`] more are watched besides).
     pub fn wait(&self, waiter: Waiter) -> bool {
         {
             let mut waiters = self.waiters.borrow_mut();
             if waiters.len() >= MAX_WAITERS {
                 waiters.retain(|w| w.filter.strong_count() > 0);
-                if waiters.len() >= MAX_WAITERS {
+                let full = if let Awaited::OwnFetch { .. } = waiter.awaited {
+                    waiters.len() >= MAX_WAITERS + MAX_FETCHING
+                } else {
+                    let fetching = waiters
+                        .iter()
+                        .filter(|w| matches!(w.awaited, Awaited::OwnFetch { .. }))
+                        .count();
+                    waiters.len() - fetching >= MAX_WAITERS
+                };
+                if full {
                     return false;
                 }
             }
@@ -643,7 +684,10 @@ impl FilterRoot {
     /// wait is over ([`jwks::waited`]): keys dispatched since it went out
     /// are loaded (stored by this worker, or copied from shared data here,
     /// at every tick while requests wait), it failed (on any worker: see
-    /// [`jwks::notice_failed_refetch`]), or its time is up. Each is
+    /// [`jwks::notice_failed_refetch`]), or its time is up; likewise those
+    /// held for the first keys ([`jwks::waited_first_keys`]) and those
+    /// fetching keys themselves that keys loaded elsewhere overtook
+    /// ([`jwks::overtaken`]). Each is
     /// evaluated again with its own context in effect, as after a fetch of
     /// its own: its local reply or resumption apply to it, and Envoy defers
     /// them until this tick returns. Calls it dispatches then are
@@ -693,9 +737,16 @@ impl FilterRoot {
                     return true;
                 }
                 let next = match slots.get(w.provider) {
-                    Some(slot) => match w.sent_ms {
-                        Some(sent) => jwks::waited(slot, sent, w.arrived_ms, w.until_ms, now_ms),
-                        None => jwks::waited_first_keys(slot, w.arrived_ms, w.until_ms, now_ms),
+                    Some(slot) => match w.awaited {
+                        Awaited::Refetch { sent_ms } => {
+                            jwks::waited(slot, sent_ms, w.arrived_ms, w.until_ms, now_ms)
+                        }
+                        Awaited::FirstKeys => {
+                            jwks::waited_first_keys(slot, w.arrived_ms, w.until_ms, now_ms)
+                        }
+                        Awaited::OwnFetch { started_ms, first } => {
+                            jwks::overtaken(slot, started_ms, first)
+                        }
                     },
                     None => Some(KeyFetch::NotNow),
                 };

@@ -668,6 +668,31 @@ pub fn waited_first_keys(
         .then_some(KeyFetch::NotNow)
 }
 
+/// How a request whose own fetch of the keys, dispatched at `started_ms`,
+/// is still on its way stands with the slot as this worker has it now
+/// (keys another worker or the background refresh loaded meanwhile):
+/// `None` to wait on for its own answer. Keys dispatched at or after its
+/// GET are all that GET could bring: the request is decided as if its own
+/// answer had loaded them (`Fetched`: a `kid` they lack is made up). When
+/// it fetched the `first` keys (none were loaded then), any keys end the
+/// wait as they end the wait of the requests held for the first keys
+/// ([`waited_first_keys`], `NotNow`): fetched a moment before its GET,
+/// they are the keys it would bring, and the requests that came after it
+/// already passed with them. Otherwise it waits, as it did for every
+/// fetch, for its own GET (at most `timeout_ms`): review51 F5 saw four
+/// fetching requests held 3 s by GETs that hung while 36 later ones passed
+/// in milliseconds with another worker's keys.
+pub fn overtaken(slot: &JwksSlot, started_ms: u64, first: bool) -> Option<KeyFetch> {
+    slot.keys.keys.as_ref()?;
+    if slot.fetched_at_ms >= started_ms {
+        Some(KeyFetch::Fetched)
+    } else if first {
+        Some(KeyFetch::NotNow)
+    } else {
+        None
+    }
+}
+
 /// Decides whether a request of this worker fetches `provider`'s keys at
 /// `now_ms` (milliseconds since the epoch). First, at most once a second,
 /// it loads the copy another worker stored: if that brought other keys,
@@ -1114,6 +1139,41 @@ mod tests {
             waited_first_keys(&b, arrived, until, arrived + 300),
             Some(KeyFetch::NotNow)
         );
+    }
+
+    #[test]
+    fn a_fetching_request_is_overtaken_by_keys_as_new_as_its_own_get() {
+        let shared = store::MemStore::default();
+        let r = remote("jwks", "", "/k");
+        let t = 6_000_000u64;
+        let started = t * 1000 + 20;
+        let (mut a, mut b) = (JwksSlot::default(), JwksSlot::default());
+        // The first keys: nothing loaded yet, nothing to end the wait.
+        assert_eq!(overtaken(&b, started, true), None);
+        assert_eq!(overtaken(&b, started, false), None);
+        // Keys dispatched a moment before its GET (the background refresh,
+        // another worker): the first keys' fetch ends as the waiters'
+        // does; a re-fetch for an unknown `kid` waits for its own answer.
+        fetched(&shared, &mut a, &r, &jwks_doc(7, "k1"), t, t);
+        sync(&shared, &mut b, "idp", &r, t);
+        assert_eq!(overtaken(&b, started, true), Some(KeyFetch::NotNow));
+        assert_eq!(overtaken(&b, started, false), None);
+        // Keys dispatched with or after its GET: what it would bring.
+        store(
+            &shared,
+            &mut a,
+            "idp",
+            &r,
+            &jwks_doc(8, "k2"),
+            started,
+            t,
+            || started + 1,
+        )
+        .unwrap();
+        sync(&shared, &mut b, "idp", &r, t);
+        assert_eq!(overtaken(&b, started, false), Some(KeyFetch::Fetched));
+        assert_eq!(overtaken(&b, started, true), Some(KeyFetch::Fetched));
+        assert_eq!(overtaken(&b, started + 1, false), None);
     }
 
     /// Two workers' slots, `a` and `b`, with keys `k1` that `a` stored at

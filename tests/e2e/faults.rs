@@ -327,6 +327,9 @@ enum Jwks {
     Slow(Duration, String),
     /// The document, once the test has opened the gate.
     Gated(Gate, String),
+    /// The document: after holding the response this long while the
+    /// count is above 0 (and taking one off), at once after.
+    SlowFirst(Arc<AtomicUsize>, Duration, String),
 }
 
 /// Holds JWKS answers back until the test opens it.
@@ -370,6 +373,15 @@ impl JwksServer {
                 }
                 Jwks::Gated(gate, d) => {
                     gate.wait();
+                    (200, d)
+                }
+                Jwks::SlowFirst(left, wait, d) => {
+                    let slow = left
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    if slow {
+                        thread::sleep(wait);
+                    }
                     (200, d)
                 }
             };
@@ -753,6 +765,75 @@ fn without_keys_a_burst_past_the_four_fetches_waits_for_them_and_passes() {
     assert!(
         (1..=12).contains(&waits),
         "{waits} waited for the first keys"
+    );
+    e.assert_vm_healthy();
+}
+
+#[test]
+fn requests_fetching_the_first_keys_pass_once_keys_come_from_elsewhere() {
+    // review51 F5: the requests that fetch the first keys themselves were
+    // decided only by their own GET's answer, even when keys came first
+    // from elsewhere (another worker, the background refresh): behind GETs
+    // that hang they waited the whole timeout_ms while later requests
+    // passed at once. Here four requests fetch (their GETs hang past the
+    // 3 s timeout); one client hangs up, and the root fetches the keys at
+    // once in its stead (that GET answers at once). The other three pass
+    // with those keys, not 3 s later when their own GETs time out.
+    let (k, doc) = key();
+    let up = Upstream::start();
+    let jwks = JwksServer::start(Jwks::Status(503, "down".into()));
+    let mut config = jwks_config(600, 3600, "deny");
+    config["tokens"][0]["remote_jwks"]["timeout_ms"] = json!(3000);
+    let e = EnvoyBuilder::new(config, up.port)
+        .http_cluster("jwks", jwks.server.port)
+        .start();
+    wait_until(10, "the fetch at start", || jwks.fetches() > 0);
+    let before = jwks.fetches();
+    jwks.set(Jwks::SlowFirst(
+        Arc::new(AtomicUsize::new(4)),
+        Duration::from_secs(10),
+        doc,
+    ));
+    let token = tokens::es256_with(&k, &claims(60, json!({})));
+    let mut leaving = TcpStream::connect(("127.0.0.1", e.port)).unwrap();
+    write!(
+        leaving,
+        "GET /api/x HTTP/1.1\r\nhost: localhost\r\nx-token: {token}\r\n\r\n"
+    )
+    .unwrap();
+    let gone = thread::scope(|s| {
+        let staying: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = e.request(Req::get("/api/x").header("x-token", &token));
+                    (r.status, r.reason().map(str::to_owned), Instant::now())
+                })
+            })
+            .collect();
+        wait_until(10, "the four requests' GETs", || {
+            jwks.fetches() >= before + 4
+        });
+        drop(leaving);
+        let gone = Instant::now();
+        for h in staying {
+            let (status, reason, done) = h.join().unwrap();
+            assert_eq!((status, reason), (200, None), "{}", e.log());
+            let took = done.duration_since(gone);
+            assert!(
+                took < Duration::from_millis(1_500),
+                "passed {took:?} after the keys could come (timeout 3 s)"
+            );
+        }
+        gone
+    });
+    assert_eq!(up.seen().len(), 3);
+    // The root's GET in the leaving request's stead, after the four.
+    assert!(jwks.fetches() >= before + 5);
+    assert!(gone.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        e.stat("appguard_jwks_waits"),
+        Some(0),
+        "fetching is not waiting"
     );
     e.assert_vm_healthy();
 }
