@@ -458,12 +458,17 @@ impl GuardFilter {
             State::AwaitingKeys(fetch) => self.overtaken_fetch = Some(fetch),
             _ => return,
         }
-        let Some(worker) = self.worker.clone() else {
-            return;
-        };
+        if let Some(worker) = self.worker.clone() {
+            self.evaluate_after_keys(&worker, key_fetch);
+        }
+    }
+
+    /// Evaluates a request held for keys again, as after a fetch of its
+    /// own (`key_fetch`), and resumes it when it may go on.
+    fn evaluate_after_keys(&mut self, worker: &Worker, key_fetch: KeyFetch) {
         self.state = State::Start;
         if let Action::Continue = self.run(key_fetch) {
-            self.resume(&worker);
+            self.resume(worker);
         }
     }
 
@@ -1118,10 +1123,7 @@ impl Context for GuardFilter {
                 let id = self.context_id;
                 worker.waiters.borrow_mut().retain(|w| w.context_id != id);
                 let key_fetch = self.fetch_answered(&worker, fetch, body_size);
-                self.state = State::Start;
-                if let Action::Continue = self.run(key_fetch) {
-                    self.resume(&worker);
-                }
+                self.evaluate_after_keys(&worker, key_fetch);
             }
             // Decided already by keys loaded elsewhere: the answer is
             // still stored, and ends the fetch.
