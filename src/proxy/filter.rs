@@ -128,9 +128,13 @@ pub struct GuardFilter {
     /// Headers the rate-limit service asked to add to the response.
     response_headers: Vec<(String, String)>,
     /// Its own JWKS fetch, when keys loaded elsewhere decided the request
-    /// before that fetch answered: the answer, should it still come, is
-    /// stored for the worker (and frees its place among the fetches in
-    /// flight) without deciding the request again.
+    /// before that fetch answered: an answer that comes while the request
+    /// is still there (its upstream slower than the GET) is stored for the
+    /// workers, or its failure counted, and frees its place among the
+    /// fetches in flight, without deciding the request again. Once the
+    /// request is gone the SDK drops the answer with its context: the
+    /// keys are loaded already, the place frees itself at the fetch's
+    /// timeout, and a failure goes uncounted.
     overtaken_fetch: Option<OwnFetch>,
     /// This filter as the worker reaches it from the root context: to
     /// decide it when keys it waits for arrive, and to hand it the answer
@@ -1125,8 +1129,9 @@ impl Context for GuardFilter {
                 let key_fetch = self.fetch_answered(&worker, fetch, body_size);
                 self.evaluate_after_keys(&worker, key_fetch);
             }
-            // Decided already by keys loaded elsewhere: the answer is
-            // still stored, and ends the fetch.
+            // Decided already by keys loaded elsewhere, and still here:
+            // the answer is stored (or its failure counted), and ends the
+            // fetch.
             (_, Some(fetch)) if fetch.token == token_id => {
                 self.overtaken_fetch = None;
                 self.fetch_answered(&worker, fetch, body_size);

@@ -88,7 +88,8 @@ pub struct Worker {
     pub held: RefCell<HeldForBody>,
     /// Requests held for another request's re-fetch of keys, or for the
     /// first keys other requests are fetching (at most [`MAX_WAITERS`]),
-    /// decided from the root's tick when keys come (see
+    /// and requests fetching keys themselves (at most [`MAX_FETCHING`]
+    /// more), decided from the root's tick when keys come (see
     /// [`FilterRoot::wake_waiters`]).
     pub waiters: RefCell<Vec<Waiter>>,
     /// Calls dispatched by a request while the root acted for it: call
@@ -178,8 +179,9 @@ pub const MAX_WAITERS: usize = 1024;
 /// How many requests fetching keys themselves each worker watches besides
 /// ([`Awaited::OwnFetch`]), so that keys loaded elsewhere decide them
 /// sooner: they do not take the room of the [`MAX_WAITERS`], and there
-/// are few (at most four a provider fetch the first keys, one the
-/// instance's re-fetch). Past them, a request's own answer decides it.
+/// are few (at most four a provider fetch the first keys; a re-fetch for
+/// an unknown `kid` once per `min_refetch_seconds`, each in flight for at
+/// most `timeout_ms`). Past them, a request's own answer decides it.
 pub const MAX_FETCHING: usize = 64;
 
 /// What [`Worker::held`] keeps.
@@ -648,7 +650,11 @@ const TICK_MS: u32 = 1000;
 /// that: a worker that took requests before then had them fetch the keys
 /// themselves, at most four at once (`jwks::MAX_REQUEST_FETCHES`), the
 /// rest of a burst answered by the route's `failure_mode`. Fast ticks only
-/// look sooner: the fetches stay under the instance-wide lease.
+/// look sooner: the fetches stay under the instance-wide lease. The tick
+/// is also fast while any request of the worker waits for keys or fetches
+/// them itself ([`Worker::wait`]; the shared copy of the keys is looked at
+/// each tick then), so for at most `timeout_ms` and a quarter second after
+/// the last such request came.
 const FAST_TICK_MS: u32 = 10;
 
 /// How many fast ticks may follow a configuration (3 s of them): a JWKS
@@ -745,7 +751,7 @@ impl FilterRoot {
                             jwks::waited_first_keys(slot, w.arrived_ms, w.until_ms, now_ms)
                         }
                         Awaited::OwnFetch { started_ms, first } => {
-                            jwks::overtaken(slot, started_ms, first)
+                            jwks::overtaken(slot, started_ms, first, now_ms)
                         }
                     },
                     None => Some(KeyFetch::NotNow),

@@ -669,11 +669,15 @@ pub fn waited_first_keys(
 }
 
 /// How a request whose own fetch of the keys, dispatched at `started_ms`,
-/// is still on its way stands with the slot as this worker has it now
-/// (keys another worker or the background refresh loaded meanwhile):
+/// is still on its way stands at `now_ms` with the slot as this worker has
+/// it (keys another worker or the background refresh loaded meanwhile):
 /// `None` to wait on for its own answer. Keys dispatched at or after its
 /// GET are all that GET could bring: the request is decided as if its own
-/// answer had loaded them (`Fetched`: a `kid` they lack is made up). When
+/// answer had loaded them (`Fetched`: a `kid` they lack is made up). Keys
+/// dated more than a second ahead of `now_ms` were fetched before the
+/// clock was set back, most likely the very keys that lacked its `kid`,
+/// and overtake nothing (review52 F1: they decided a re-fetch for a
+/// rotated `kid` as `Fetched`, refused and charged). When
 /// it fetched the `first` keys (none were loaded then), any keys end the
 /// wait as they end the wait of the requests held for the first keys
 /// ([`waited_first_keys`], `NotNow`): fetched a moment before its GET,
@@ -682,9 +686,10 @@ pub fn waited_first_keys(
 /// fetch, for its own GET (at most `timeout_ms`): review51 F5 saw four
 /// fetching requests held 3 s by GETs that hung while 36 later ones passed
 /// in milliseconds with another worker's keys.
-pub fn overtaken(slot: &JwksSlot, started_ms: u64, first: bool) -> Option<KeyFetch> {
+pub fn overtaken(slot: &JwksSlot, started_ms: u64, first: bool, now_ms: u64) -> Option<KeyFetch> {
     slot.keys.keys.as_ref()?;
-    if slot.fetched_at_ms >= started_ms {
+    let at = slot.fetched_at_ms;
+    if at >= started_ms && at <= now_ms.saturating_add(1000) {
         Some(KeyFetch::Fetched)
     } else if first {
         Some(KeyFetch::NotNow)
@@ -1149,15 +1154,16 @@ mod tests {
         let started = t * 1000 + 20;
         let (mut a, mut b) = (JwksSlot::default(), JwksSlot::default());
         // The first keys: nothing loaded yet, nothing to end the wait.
-        assert_eq!(overtaken(&b, started, true), None);
-        assert_eq!(overtaken(&b, started, false), None);
+        let now = started + 300;
+        assert_eq!(overtaken(&b, started, true, now), None);
+        assert_eq!(overtaken(&b, started, false, now), None);
         // Keys dispatched a moment before its GET (the background refresh,
         // another worker): the first keys' fetch ends as the waiters'
         // does; a re-fetch for an unknown `kid` waits for its own answer.
         fetched(&shared, &mut a, &r, &jwks_doc(7, "k1"), t, t);
         sync(&shared, &mut b, "idp", &r, t);
-        assert_eq!(overtaken(&b, started, true), Some(KeyFetch::NotNow));
-        assert_eq!(overtaken(&b, started, false), None);
+        assert_eq!(overtaken(&b, started, true, now), Some(KeyFetch::NotNow));
+        assert_eq!(overtaken(&b, started, false, now), None);
         // Keys dispatched with or after its GET: what it would bring.
         store(
             &shared,
@@ -1171,9 +1177,48 @@ mod tests {
         )
         .unwrap();
         sync(&shared, &mut b, "idp", &r, t);
-        assert_eq!(overtaken(&b, started, false), Some(KeyFetch::Fetched));
-        assert_eq!(overtaken(&b, started, true), Some(KeyFetch::Fetched));
-        assert_eq!(overtaken(&b, started + 1, false), None);
+        assert_eq!(overtaken(&b, started, false, now), Some(KeyFetch::Fetched));
+        assert_eq!(overtaken(&b, started, true, now), Some(KeyFetch::Fetched));
+        assert_eq!(overtaken(&b, started + 1, false, now), None);
+    }
+
+    #[test]
+    fn keys_from_before_the_clock_was_set_back_overtake_no_fetch() {
+        // review52 F1: keys {k1} fetched while the clock was 5 min ahead
+        // (stamped t + 300 s); the clock is set back to t. A request with
+        // an unknown `kid` takes the re-fetch lease and dispatches at t:
+        // the keys that lacked its `kid` must not decide it as its GET's
+        // answer would (`Fetched`, charged), nor the first keys' rule
+        // apply, since keys were loaded when it went out.
+        let shared = store::MemStore::default();
+        let r = remote("jwks", "", "/k");
+        let t = 6_000_000u64;
+        let mut slot = JwksSlot::default();
+        fetched(&shared, &mut slot, &r, &jwks_doc(7, "k1"), t + 300, t + 300);
+        let started = t * 1000 + 20;
+        assert_eq!(
+            request_fetch(&shared, &mut slot, "idp", &r, started),
+            RequestFetch::Dispatch
+        );
+        assert_eq!(overtaken(&slot, started, false, started + 10), None);
+        assert_eq!(overtaken(&slot, started, false, started + 2000), None);
+        // Keys the root fetches once it sees them dated ahead: they do.
+        let refresh = started + 1000;
+        store(
+            &shared,
+            &mut slot,
+            "idp",
+            &r,
+            &jwks_doc(8, "k2"),
+            refresh,
+            t + 1,
+            || refresh + 5,
+        )
+        .unwrap();
+        assert_eq!(
+            overtaken(&slot, started, false, refresh + 10),
+            Some(KeyFetch::Fetched)
+        );
     }
 
     /// Two workers' slots, `a` and `b`, with keys `k1` that `a` stored at
