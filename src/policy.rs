@@ -687,6 +687,10 @@ pub enum Step {
         /// during the fetch leaves only Envoy's access log line, which
         /// must not hold them.
         key_scrub: KeyScrub,
+        /// The token's `kid`, if it names one: keys loaded meanwhile that
+        /// name it end the request's wait, wherever they came from
+        /// ([`crate::token::jwks::names_kid`]).
+        kid: Option<Box<str>>,
     },
     /// Buffer the whole body (up to `Pending::max_body_bytes`), then call
     /// [`evaluate_body`].
@@ -1401,9 +1405,10 @@ fn host_matches(pattern: &HostPattern, host: &str) -> bool {
 /// Internal result of a phase: a denial ends the evaluation.
 enum Flow {
     /// The provider (by index) whose remote JWKS must be fetched before the
-    /// token can be judged: [`evaluate`] turns it into [`Step::NeedKeys`] and
-    /// runs again once keys came, nothing having been recorded.
-    NeedKeys(usize),
+    /// token can be judged, and the token's `kid`: [`evaluate`] turns it
+    /// into [`Step::NeedKeys`] and runs again once keys came, nothing
+    /// having been recorded.
+    NeedKeys(usize, Option<Box<str>>),
     /// The request is refused; the mode is applied by the caller (see
     /// [`finish`]), so that monitor mode still lets it through, marked.
     Deny(Denial),
@@ -1478,7 +1483,7 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
     facts.client_ip = req.client_ip_if_known();
     let signing = match checked {
         Ok(s) => s,
-        Err(Flow::NeedKeys(p)) => {
+        Err(Flow::NeedKeys(p, kid)) => {
             // The token headers of providers that never forward go too
             // (evaluated again, the request is read from the headers as
             // they came); a forwarding provider's stay, since its token
@@ -1497,6 +1502,7 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
             return Step::NeedKeys {
                 provider: p,
                 key_scrub: grant.scrub(),
+                kid,
             };
         }
         Err(Flow::Deny(d)) => return Step::Done(finish(mode, grant, d), facts),
@@ -3170,10 +3176,10 @@ fn check_token(
                     // token or another issuer's is refused as it would be
                     // with keys. It neither asks for keys nor passes a route
                     // that fails open because they are missing.
-                    token::precheck_without_keys(provider, raw, now)
+                    let kid = token::precheck_without_keys(provider, raw, now)
                         .map_err(|e| Flow::from(e.reason()))?;
                     if has_remote && ctx.key_fetch == KeyFetch::May {
-                        return Err(Flow::NeedKeys(pi));
+                        return Err(Flow::NeedKeys(pi, kid));
                     }
                     if pending {
                         // Its key may be in the remote set, which could not

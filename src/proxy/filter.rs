@@ -294,7 +294,8 @@ impl GuardFilter {
             Step::NeedKeys {
                 provider,
                 key_scrub,
-            } => self.fetch_keys(worker, provider, &key_scrub, now),
+                kid,
+            } => self.fetch_keys(worker, provider, &key_scrub, kid, now),
             Step::NeedBody(pending) => {
                 // (A body declared over the route's size is refused by the
                 // core, `policy::evaluate`.)
@@ -497,30 +498,41 @@ impl GuardFilter {
         }
     }
 
-    /// Holds the request for provider `p`'s keys from the GET another
-    /// request dispatched at `sent_ms` (the instance's re-fetch), or with
-    /// `None` from the fetches of this worker's requests (the first keys,
-    /// sent at or before `now_ms`): the root's tick decides it when keys
-    /// come or its time is up ([`GuardFilter::keys_awaited`]). With
-    /// [`super::root::MAX_WAITERS`] already waiting, evaluated at once
-    /// instead.
+    /// This request as held for provider `p`'s keys from `now_ms`, as
+    /// `awaited` says: until the `timeout_ms` (and slack) of the GET sent
+    /// at `sent_ms` ([`jwks::wait_deadline_ms`]), or until keys naming its
+    /// token's `kid` load.
+    fn waiter(
+        &self,
+        p: usize,
+        remote: &crate::token::RemoteJwks,
+        awaited: Awaited,
+        sent_ms: u64,
+        kid: Option<Box<str>>,
+        now_ms: u64,
+    ) -> Waiter {
+        Waiter {
+            provider: p,
+            awaited,
+            kid,
+            arrived_ms: now_ms,
+            until_ms: jwks::wait_deadline_ms(remote, sent_ms, now_ms),
+            context_id: self.context_id,
+            filter: self.me.clone(),
+        }
+    }
+
+    /// Holds the request as `waiter` says (another request's re-fetch, or
+    /// the first keys this worker's requests fetch): the root's tick
+    /// decides it when keys come or its time is up
+    /// ([`GuardFilter::keys_awaited`]). With [`super::root::MAX_WAITERS`]
+    /// already waiting, evaluated at once instead.
     fn hold_for_keys(
         &mut self,
         worker: &Rc<Worker>,
-        p: usize,
-        remote: &crate::token::RemoteJwks,
-        sent_ms: Option<u64>,
+        waiter: Waiter,
         key_scrub: &KeyScrub,
-        now_ms: u64,
     ) -> Action {
-        let waiter = Waiter {
-            provider: p,
-            awaited: sent_ms.map_or(Awaited::FirstKeys, |sent_ms| Awaited::Refetch { sent_ms }),
-            arrived_ms: now_ms,
-            until_ms: jwks::wait_deadline_ms(remote, sent_ms.unwrap_or(now_ms), now_ms),
-            context_id: self.context_id,
-            filter: self.me.clone(),
-        };
         if !worker.wait(waiter) {
             // Too many waiting on this worker: answered as before waiting
             // was possible (an unknown `kid` refused, not charged to the
@@ -545,6 +557,7 @@ impl GuardFilter {
         worker: &Rc<Worker>,
         p: usize,
         key_scrub: &KeyScrub,
+        kid: Option<Box<str>>,
         now: u64,
     ) -> Action {
         let Some(provider) = worker.config.providers.get(p) else {
@@ -563,10 +576,13 @@ impl GuardFilter {
         match next {
             RequestFetch::Evaluate(key_fetch) => return self.run(key_fetch),
             RequestFetch::Wait { sent_ms } => {
-                return self.hold_for_keys(worker, p, remote, Some(sent_ms), key_scrub, now_ms)
+                let refetch = Awaited::Refetch { sent_ms };
+                let waiter = self.waiter(p, remote, refetch, sent_ms, kid, now_ms);
+                return self.hold_for_keys(worker, waiter, key_scrub);
             }
             RequestFetch::WaitFirstKeys => {
-                return self.hold_for_keys(worker, p, remote, None, key_scrub, now_ms)
+                let waiter = self.waiter(p, remote, Awaited::FirstKeys, now_ms, kid, now_ms);
+                return self.hold_for_keys(worker, waiter, key_scrub);
             }
             RequestFetch::Dispatch => {}
         }
@@ -601,17 +617,11 @@ impl GuardFilter {
                 // meanwhile may decide it before its own answer comes. Not
                 // counted as a wait; should the waiting room be full, its
                 // own answer decides it.
-                let _ = worker.wait(Waiter {
-                    provider: p,
-                    awaited: Awaited::OwnFetch {
-                        started_ms: now_ms,
-                        first,
-                    },
-                    arrived_ms: now_ms,
-                    until_ms: jwks::wait_deadline_ms(remote, now_ms, now_ms),
-                    context_id: self.context_id,
-                    filter: self.me.clone(),
-                });
+                let own = Awaited::OwnFetch {
+                    started_ms: now_ms,
+                    first,
+                };
+                let _ = worker.wait(self.waiter(p, remote, own, now_ms, kid, now_ms));
                 Action::Pause
             }
             Err(s) => {

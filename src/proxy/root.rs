@@ -136,10 +136,15 @@ pub struct Waiter {
     pub provider: usize,
     /// What it waits for.
     pub awaited: Awaited,
+    /// Its token's `kid`, if it names one: keys that name it end the wait
+    /// whatever GET brought them ([`jwks::names_kid`]).
+    pub kid: Option<Box<str>>,
     /// When the request asked for keys (ms since the epoch): keys fetched
     /// since make a `kid` they lack made up (see [`jwks::waited`]).
     pub arrived_ms: u64,
     /// When it stops waiting (ms since the epoch, [`jwks::wait_deadline_ms`]).
+    /// Not read for [`Awaited::OwnFetch`]: Envoy answers its GET by
+    /// `timeout_ms` at the latest, and that answer ends the watch.
     pub until_ms: u64,
     /// Envoy's id of its context, made the effective context to act for it.
     pub context_id: u32,
@@ -753,7 +758,13 @@ impl FilterRoot {
                         Awaited::OwnFetch { started_ms, first } => {
                             jwks::overtaken(slot, started_ms, first, now_ms)
                         }
-                    },
+                    }
+                    .or_else(|| {
+                        w.kid
+                            .as_deref()
+                            .is_some_and(|kid| jwks::names_kid(slot, kid))
+                            .then_some(KeyFetch::NotNow)
+                    }),
                     None => Some(KeyFetch::NotNow),
                 };
                 match next {

@@ -683,9 +683,10 @@ pub fn waited_first_keys(
 /// ([`waited_first_keys`], `NotNow`): fetched a moment before its GET,
 /// they are the keys it would bring, and the requests that came after it
 /// already passed with them. Otherwise it waits, as it did for every
-/// fetch, for its own GET (at most `timeout_ms`): review51 F5 saw four
-/// fetching requests held 3 s by GETs that hung while 36 later ones passed
-/// in milliseconds with another worker's keys.
+/// fetch, for its own GET (at most `timeout_ms`), unless the keys loaded
+/// name its token's `kid` ([`names_kid`], checked by the caller):
+/// review51 F5 saw four fetching requests held 3 s by GETs that hung
+/// while 36 later ones passed in milliseconds with another worker's keys.
 pub fn overtaken(slot: &JwksSlot, started_ms: u64, first: bool, now_ms: u64) -> Option<KeyFetch> {
     slot.keys.keys.as_ref()?;
     let at = slot.fetched_at_ms;
@@ -696,6 +697,21 @@ pub fn overtaken(slot: &JwksSlot, started_ms: u64, first: bool, now_ms: u64) -> 
     } else {
         None
     }
+}
+
+/// Whether the keys this worker has loaded name `kid`. A request held for
+/// keys because no loaded key named its token's `kid` (waiting for a
+/// re-fetch, or making one) goes on once such keys load, whichever GET
+/// brought them, evaluated as `NotNow`: its key is there, and the
+/// signature decides. Keys from a refresh sent just before the re-fetch
+/// would otherwise leave it waiting for that re-fetch, up to `timeout_ms`
+/// when its GET hangs, while later requests with the same `kid` pass
+/// (review52 F3).
+pub fn names_kid(slot: &JwksSlot, kid: &str) -> bool {
+    slot.keys
+        .keys
+        .as_ref()
+        .is_some_and(|keys| keys.iter().any(|k| k.kid.as_deref() == Some(kid)))
 }
 
 /// Decides whether a request of this worker fetches `provider`'s keys at
@@ -1180,6 +1196,18 @@ mod tests {
         assert_eq!(overtaken(&b, started, false, now), Some(KeyFetch::Fetched));
         assert_eq!(overtaken(&b, started, true, now), Some(KeyFetch::Fetched));
         assert_eq!(overtaken(&b, started + 1, false, now), None);
+    }
+
+    #[test]
+    fn keys_naming_a_kid_are_told_from_keys_that_do_not() {
+        let shared = store::MemStore::default();
+        let r = remote("jwks", "", "/k");
+        let mut slot = JwksSlot::default();
+        assert!(!names_kid(&slot, "k1"), "no keys");
+        fetched(&shared, &mut slot, &r, &jwks_doc(7, "k1"), 100, 100);
+        assert!(names_kid(&slot, "k1"));
+        assert!(!names_kid(&slot, "k2"));
+        assert!(!names_kid(&slot, ""));
     }
 
     #[test]

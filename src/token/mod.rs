@@ -1353,10 +1353,17 @@ pub fn accepts_audience(provider: &Provider, claims: &Map<String, Value>) -> boo
 /// header, then the (unverified) claims. For a token that cannot be
 /// verified because its provider has no keys and the route fails open:
 /// it is then treated as absent, but one that is malformed, expired or
-/// for another issuer or audience is still refused.
-pub fn precheck_without_keys(provider: &Provider, token: &str, now: u64) -> Result<(), TokenError> {
+/// for another issuer or audience is still refused. Passed, the token's
+/// `kid` if it names one: a request held for keys goes on once keys
+/// naming it load.
+pub fn precheck_without_keys(
+    provider: &Provider,
+    token: &str,
+    now: u64,
+) -> Result<Option<Box<str>>, TokenError> {
     let head = read_head(provider, token)?;
-    read_claims(provider, head.payload, now).map(|_| ())
+    read_claims(provider, head.payload, now)?;
+    Ok(head.kid().map(Box::from))
 }
 
 impl Prechecked<'_> {

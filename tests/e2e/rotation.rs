@@ -5,6 +5,7 @@
 
 use crate::harness;
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,15 +25,19 @@ const SLOW: Duration = Duration::from_millis(1000);
 /// changes while Envoy runs.
 struct SlowJwks {
     doc: Arc<Mutex<(String, Duration, u16)>>,
+    /// Answers for the next GETs, one each, before `doc` again.
+    next: Arc<Mutex<VecDeque<(String, Duration, u16)>>>,
     server: Upstream,
 }
 
 impl SlowJwks {
     fn start(jwks: &Value) -> SlowJwks {
         let doc = Arc::new(Mutex::new((jwks.to_string(), Duration::ZERO, 200)));
-        let d = doc.clone();
+        let next = Arc::new(Mutex::new(VecDeque::new()));
+        let (d, n) = (doc.clone(), next.clone());
         let server = Upstream::with_handler(Arc::new(move |_s: &Seen| {
-            let (body, delay, status) = d.lock().unwrap().clone();
+            let queued = n.lock().unwrap().pop_front();
+            let (body, delay, status) = queued.unwrap_or_else(|| d.lock().unwrap().clone());
             std::thread::sleep(delay);
             (
                 status,
@@ -40,7 +45,14 @@ impl SlowJwks {
                 body.into_bytes(),
             )
         }));
-        SlowJwks { doc, server }
+        SlowJwks { doc, next, server }
+    }
+
+    /// The next GET gets `jwks` after `delay` (then the ones queued
+    /// before it have had theirs).
+    fn queue(&self, jwks: &Value, delay: Duration) {
+        let answer = (jwks.to_string(), delay, 200);
+        self.next.lock().unwrap().push_back(answer);
     }
 
     /// Publishes `jwks`, answered after `delay` from now on.
@@ -158,11 +170,13 @@ impl Rotation {
 
     /// [`Rotation::publish_k2`], answered after `delay`.
     fn publish_k2_after(&self, delay: Duration) -> usize {
-        self.jwks.publish(
-            &json!({"keys": [tokens::es256_jwk(&self.k1, "k1"), tokens::es256_jwk(&self.k2, "k2")]}),
-            delay,
-        );
+        self.jwks.publish(&self.k1_k2(), delay);
         self.jwks.fetches()
+    }
+
+    /// The JWKS of the rotation: `{k1, k2}`.
+    fn k1_k2(&self) -> Value {
+        json!({"keys": [tokens::es256_jwk(&self.k1, "k1"), tokens::es256_jwk(&self.k2, "k2")]})
     }
 
     /// `n` tokens, each naming its own made-up `kid` (`nobody-{i}`), all
@@ -468,4 +482,53 @@ fn past_a_full_waiting_room_requests_are_refused_at_once_and_counted() {
     );
     envoy.assert_vm_healthy();
     rot.k1_passes("192.0.2.78");
+}
+
+#[test]
+fn keys_naming_the_new_kid_end_the_refetch_whatever_get_brought_them() {
+    // review52 F3: the background refresh goes out (its answer, {k1, k2},
+    // takes 2 s); then a k2 token re-fetches (its GET hangs past the 5 s
+    // timeout), and a second k2 token waits for that re-fetch. The
+    // refresh lands with k2: both go on with it, where they waited for
+    // the re-fetch's timeout, though later k2 tokens passed at once (the
+    // refresh's keys were sent before the re-fetch, so they did not count
+    // as its answer).
+    let mut c = config(20, false);
+    c["tokens"][0]["remote_jwks"]["refresh_seconds"] = json!(10);
+    c["tokens"][0]["remote_jwks"]["timeout_ms"] = json!(5000);
+    let rot = Rotation::start_on(c, None, 1);
+    let (jwks, envoy) = (&rot.jwks, &rot.envoy);
+    let before = jwks.fetches();
+    jwks.queue(&rot.k1_k2(), Duration::from_secs(2));
+    jwks.queue(&rot.k1_k2(), Duration::from_secs(10));
+    // The refresh is due 10 s after the keys were fetched at start.
+    harness::wait_until(20, "the refresh", || jwks.fetches() > before);
+    let refresh_out = Instant::now();
+    let tokens = rot.k2_tokens(2, "f3-");
+    let send = |t: &String, ip: &str| {
+        let req = Req::get("/r/k2")
+            .header("x-token", t)
+            .header("x-forwarded-for", ip);
+        let port = envoy.port;
+        std::thread::spawn(move || {
+            let r = http::send(port, &req).expect("request through Envoy");
+            (r.status, r.reason().map(str::to_owned), Instant::now())
+        })
+    };
+    let refetching = send(&tokens[0], "198.51.100.1");
+    harness::wait_until(2, "the re-fetch", || jwks.fetches() > before + 1);
+    let waiting = send(&tokens[1], "198.51.100.2");
+    for (what, t) in [("re-fetching", refetching), ("waiting", waiting)] {
+        let (status, reason, done) = t.join().unwrap();
+        assert_eq!((status, reason), (200, None), "{what}: {}", envoy.log());
+        let took = done.duration_since(refresh_out);
+        assert!(
+            took < Duration::from_millis(3500),
+            "{what}: passed {took:?} after the refresh went out (it answered in 2 s; \
+             the re-fetch times out at 5 s)"
+        );
+    }
+    assert_eq!(jwks.fetches(), before + 2, "the refresh and one re-fetch");
+    assert_eq!(envoy.stat("appguard_jwks_waits"), Some(1));
+    assert_acted_for_in_turn(envoy);
 }
