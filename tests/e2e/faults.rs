@@ -518,11 +518,20 @@ fn token_req(k: &ES256KeyPair) -> Req {
 /// keys at start failed (503), and its JWKS endpoint, now answering `doc`
 /// in 300 ms: no keys are loaded, and the next fetches bring them.
 fn without_keys_yet(up: &Upstream, doc: String, failure_mode: &str) -> (JwksServer, Envoy) {
-    let jwks = JwksServer::start(Jwks::Status(503, "down".into()));
-    let e = jwks_envoy(up, jwks.server.port, failure_mode);
-    wait_until(10, "the fetch at start", || !jwks.server.seen().is_empty());
+    let (jwks, e) = keys_down_at_start(up, jwks_config(600, 3600, failure_mode));
     thread::sleep(Duration::from_millis(100));
     jwks.set(Jwks::Slow(Duration::from_millis(300), doc));
+    (jwks, e)
+}
+
+/// An Envoy (one worker) with `config`, once its fetch of the keys at
+/// start has failed (503), and its JWKS endpoint, still answering 503.
+fn keys_down_at_start(up: &Upstream, config: Value) -> (JwksServer, Envoy) {
+    let jwks = JwksServer::start(Jwks::Status(503, "down".into()));
+    let e = EnvoyBuilder::new(config, up.port)
+        .http_cluster("jwks", jwks.server.port)
+        .start();
+    wait_until(10, "the fetch at start", || jwks.fetches() > 0);
     (jwks, e)
 }
 
@@ -781,13 +790,9 @@ fn requests_fetching_the_first_keys_pass_once_keys_come_from_elsewhere() {
     // with those keys, not 3 s later when their own GETs time out.
     let (k, doc) = key();
     let up = Upstream::start();
-    let jwks = JwksServer::start(Jwks::Status(503, "down".into()));
     let mut config = jwks_config(600, 3600, "deny");
     config["tokens"][0]["remote_jwks"]["timeout_ms"] = json!(3000);
-    let e = EnvoyBuilder::new(config, up.port)
-        .http_cluster("jwks", jwks.server.port)
-        .start();
-    wait_until(10, "the fetch at start", || jwks.fetches() > 0);
+    let (jwks, e) = keys_down_at_start(&up, config);
     let before = jwks.fetches();
     jwks.set(Jwks::SlowFirst(
         Arc::new(AtomicUsize::new(4)),
