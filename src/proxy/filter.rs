@@ -499,18 +499,22 @@ impl GuardFilter {
     }
 
     /// This request as held for provider `p`'s keys from `now_ms`, as
-    /// `awaited` says: until the `timeout_ms` (and slack) of the GET sent
-    /// at `sent_ms` ([`jwks::wait_deadline_ms`]), or until keys naming its
-    /// token's `kid` load.
+    /// `awaited` says: until the `timeout_ms` (and slack) of the GET it
+    /// awaits ([`jwks::wait_deadline_ms`]; the first keys' GETs went out at
+    /// or before now), or until keys naming its token's `kid` load.
     fn waiter(
         &self,
         p: usize,
         remote: &crate::token::RemoteJwks,
         awaited: Awaited,
-        sent_ms: u64,
         kid: Option<Box<str>>,
         now_ms: u64,
     ) -> Waiter {
+        let sent_ms = match awaited {
+            Awaited::Refetch { sent_ms } => sent_ms,
+            Awaited::OwnFetch { started_ms, .. } => started_ms,
+            Awaited::FirstKeys => now_ms,
+        };
         Waiter {
             provider: p,
             awaited,
@@ -577,11 +581,11 @@ impl GuardFilter {
             RequestFetch::Evaluate(key_fetch) => return self.run(key_fetch),
             RequestFetch::Wait { sent_ms } => {
                 let refetch = Awaited::Refetch { sent_ms };
-                let waiter = self.waiter(p, remote, refetch, sent_ms, kid, now_ms);
+                let waiter = self.waiter(p, remote, refetch, kid, now_ms);
                 return self.hold_for_keys(worker, waiter, key_scrub);
             }
             RequestFetch::WaitFirstKeys => {
-                let waiter = self.waiter(p, remote, Awaited::FirstKeys, now_ms, kid, now_ms);
+                let waiter = self.waiter(p, remote, Awaited::FirstKeys, kid, now_ms);
                 return self.hold_for_keys(worker, waiter, key_scrub);
             }
             RequestFetch::Dispatch => {}
@@ -621,7 +625,7 @@ impl GuardFilter {
                     started_ms: now_ms,
                     first,
                 };
-                let _ = worker.wait(self.waiter(p, remote, own, now_ms, kid, now_ms));
+                let _ = worker.wait(self.waiter(p, remote, own, kid, now_ms));
                 Action::Pause
             }
             Err(s) => {
