@@ -398,22 +398,39 @@ fn a_signed_request_its_limit_refused_is_not_remembered_as_used() {
     });
     let up = Upstream::start();
     let envoy = EnvoyBuilder::new(cfg, up.port).start();
-    let key = install_key(7);
-    let t = token_for(&key);
-    let created = now();
-    let first = signed(&key, &t, "POST", "/v1/sms", BODY, created, None);
-    let second = signed(&key, &t, "POST", "/v1/sms", BODY, created + 1, None);
-    let r = envoy.request(first.clone());
-    assert_eq!(r.status, 200, "{}", r.text());
-    for _ in 0..2 {
-        let r = envoy.request(second.clone());
-        assert_eq!(
-            (r.status, r.reason()),
-            (429, Some("rate_limited")),
-            "refused by the limit, and not recorded: {}",
-            r.text()
-        );
-    }
+    // The bucket refills one request a second, exactly: the two refusals
+    // prove something only if they come within a second of the request
+    // that emptied it. A host that stalls longer than that makes the
+    // attempt inconclusive, not failed: it is made again with another
+    // install (at most three times) once the bucket is full again.
+    let mut attempt = 0u8;
+    let mut passed_late = 0;
+    let (first, second) = loop {
+        attempt += 1;
+        let key = install_key(7 + attempt);
+        let t = token_for(&key);
+        let created = now();
+        let first = signed(&key, &t, "POST", "/v1/sms", BODY, created, None);
+        let second = signed(&key, &t, "POST", "/v1/sms", BODY, created + 1, None);
+        let began = std::time::Instant::now();
+        let r = envoy.request(first.clone());
+        assert_eq!(r.status, 200, "{}", r.text());
+        let refused: Vec<_> = (0..2).map(|_| envoy.request(second.clone())).collect();
+        if began.elapsed() >= std::time::Duration::from_millis(900) && attempt < 3 {
+            passed_late += refused.iter().filter(|r| r.status == 200).count();
+            std::thread::sleep(std::time::Duration::from_millis(1200));
+            continue;
+        }
+        for r in refused {
+            assert_eq!(
+                (r.status, r.reason()),
+                (429, Some("rate_limited")),
+                "refused by the limit, and not recorded: {}",
+                r.text()
+            );
+        }
+        break (first, second);
+    };
     let r = envoy.request(first.clone());
     assert_eq!(
         (r.status, r.reason()),
@@ -427,7 +444,9 @@ fn a_signed_request_its_limit_refused_is_not_remembered_as_used() {
     assert_eq!(r.status, 200, "{}", r.text());
     let r = envoy.request(second);
     assert_eq!((r.status, r.reason()), (401, Some("token_replayed")));
-    assert_eq!(up.seen().len(), 2);
+    // Each attempt's first request (and what a stalled one let through
+    // after the refill), and the one the limit refused.
+    assert_eq!(up.seen().len(), usize::from(attempt) + passed_late + 1);
     envoy.assert_vm_healthy();
 }
 
