@@ -164,10 +164,24 @@ pub fn safe_text(text: &str, max_bytes: usize) -> String {
     out
 }
 
+/// How many seconds before a [`LineThrottle`]'s current second a line's
+/// second must be for the throttle to take it as the wall clock set back
+/// (a new budget) rather than a call that took long (the current budget):
+/// longer than a call waits on the counter store at the default
+/// `--redis-timeout-ms` many times over.
+pub const CLOCK_STEPPED_BACK: i64 = 60;
+
 /// A bound on how many lines of one kind are written per second, process
 /// wide: past `max_per_second` in one second, lines are suppressed and
 /// counted, and the count is handed to the next line allowed, so that it
 /// can say how many were left out.
+///
+/// A line's second is the second its call came in, and calls end out of
+/// order (a call that waited on a slow store beside calls of the next
+/// second that failed at once): only a later second starts a new budget,
+/// and a line of an earlier one spends the current budget. A second more
+/// than [`CLOCK_STEPPED_BACK`] earlier is the wall clock set back, not a
+/// slow call, and starts a new budget too.
 #[derive(Debug)]
 pub struct LineThrottle {
     /// Most lines allowed in one second.
@@ -205,7 +219,7 @@ impl LineThrottle {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.second != now {
+        if now > state.second || now < state.second.saturating_sub(CLOCK_STEPPED_BACK) {
             state.second = now;
             state.allowed = 0;
         }
@@ -470,9 +484,28 @@ mod tests {
         assert_eq!(t.admit(101), Some(0));
         assert_eq!(t.admit(101), None);
         assert_eq!(t.admit(200), Some(1));
-        // A clock stepping back starts a new second too.
-        assert_eq!(t.admit(150), Some(0));
+        // A clock set back starts a new second too.
+        assert_eq!(t.admit(100), Some(0));
         let never = LineThrottle::new(0);
         assert_eq!(never.admit(1), None);
+    }
+
+    #[test]
+    fn lines_of_an_earlier_second_spend_the_current_budget() {
+        // Lines of two seconds in turn (calls that came in one second and
+        // ended in the next, beside calls of the next) get one budget
+        // each, not one per change of second.
+        let t = LineThrottle::new(3);
+        let admitted = (0..100).filter(|i| t.admit(100 + i % 2).is_some()).count();
+        assert_eq!(admitted, 1 + 3, "1 in second 100 before 101 came, then 3");
+        assert_eq!(t.admit(100), None);
+        assert_eq!(t.admit(102), Some(100 - 4 + 1));
+        // Up to CLOCK_STEPPED_BACK earlier is a slow call; further, the
+        // clock set back.
+        for _ in 0..2 {
+            t.admit(102);
+        }
+        assert_eq!(t.admit(102 - CLOCK_STEPPED_BACK), None);
+        assert_eq!(t.admit(101 - CLOCK_STEPPED_BACK), Some(1));
     }
 }

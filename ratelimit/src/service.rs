@@ -2040,6 +2040,28 @@ descriptors:
     }
 
     #[tokio::test]
+    async fn calls_of_two_seconds_ending_in_turn_share_one_log_budget() {
+        // A stalled store: calls that came in one second end in the next,
+        // beside calls that came there. Every change of second between
+        // their lines used to start a new budget: no bound at all.
+        let (out, _guard) = Captured::install(crate::logging::LogFormat::Json);
+        let l = limiter(APP);
+        let req = request("appguard", vec![descriptor(&[("jti", "flood")])]);
+        ask(&l, &req, NOW).await;
+        for i in 0..200 {
+            let r = ask(&l, &req, NOW + i % 2).await;
+            assert_eq!(r.overall_code, Code::OverLimit as i32);
+        }
+        let over = out
+            .json_lines()
+            .iter()
+            .filter(|v| v["msg"] == "over limit")
+            .count();
+        // One line of the first second before the next second's came.
+        assert_eq!(over, 1 + REQUEST_LOG_LINES_PER_SECOND as usize);
+    }
+
+    #[tokio::test]
     async fn a_callers_domain_and_override_keys_are_logged_short_and_escaped() {
         use crate::logging::LogFormat;
         use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
