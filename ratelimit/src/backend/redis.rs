@@ -32,14 +32,21 @@
 //!
 //! The connection is a `redis` crate connection manager: it connects lazily
 //! (the service starts, and reports unhealthy, while Redis is down), and
-//! reconnects after an I/O error. A call the closed connection never sent
-//! (Redis restarted while it was idle) is sent once more on the new one
-//! (see `never_sent`). Every call is bounded by a timeout; any
-//! failure is returned as an error, never as a count. A connection that
-//! goes silent without an error (a half-open TCP flow after a failover, a
-//! NAT or firewall dropping it) only ever times out, which the manager does
-//! not take for a broken connection: when a call times out, no call on the
-//! connection completed within the timeout for the whole Redis timeout,
+//! reconnects after an I/O error. A counting call is never sent twice: the
+//! crate answers the same error for a call its closed connection never
+//! wrote and for one Redis ran before the connection closed (a failover's
+//! `CLIENT KILL`, a restart or a proxy dropping the connection right
+//! after), so a counting call whose connection closed fails. To keep that
+//! from hitting the first call on a connection Redis closed while it was
+//! idle (a restart, Redis's own `timeout` for idle clients), a counting
+//! call on a connection quiet for 100 ms (`PING_WHEN_QUIET_FOR`) is
+//! preceded by a PING, which is sent again on the new connection when the
+//! old one turns out closed (see `closed_connection`). Every call is
+//! bounded by a timeout; any failure is returned as an error, never as a
+//! count. A connection that goes silent without an error (a half-open TCP
+//! flow after a failover, a NAT or firewall dropping it) only ever times
+//! out, which the manager does not take for a broken connection: when a
+//! call times out, no call on the connection completed within the timeout for the whole Redis timeout,
 //! and either another call is in flight on it or an earlier call already
 //! timed out on it since the last one completed (so one call stalled on a
 //! connection idle until then is not enough), the backend opens a new one
@@ -221,19 +228,18 @@ fn not_primary(e: &redis::RedisError) -> bool {
     }
 }
 
-/// Whether the call that failed with `e`, the only call in flight on its
-/// connection, was never written to Redis, so that sending it again cannot
-/// count it twice. The `redis` crate answers `BrokenPipe` for a call it
-/// could not hand to a connection already closed (Redis restarted, or
-/// closed it under its own `timeout`, while it was idle), and for a call
-/// still waiting when Redis closed the connection, which Redis does not do
-/// to a command it ran. It also answers `BrokenPipe` to the other calls in
-/// flight when a connection fails, which Redis may have run: hence only a
-/// call that was alone on its connection (see `RedisBackend::bounded`). A
-/// reset or timeout may come after Redis ran the call, so those are never
-/// sent again; nor is a call that failed to connect (Redis down: a second
-/// try would only double the time every call takes to fail).
-fn never_sent(e: &redis::RedisError) -> bool {
+/// Whether a call failed with `e` because its connection was closed: the
+/// `redis` crate answers `BrokenPipe` for a call it could not hand to a
+/// connection already closed (Redis restarted, or closed it under its own
+/// `timeout`, while it was idle), and for every call still waiting when
+/// the connection closed, which Redis may have run (a `CLIENT KILL` read
+/// in the same turn as the call, Redis killed right after running it, a
+/// proxy closing the connection before passing the reply on). So only a
+/// call that may run twice (PING, reads) is sent again on such an error
+/// (see `RedisBackend::bounded`). A reset or timeout says no more, and a
+/// call that failed to connect is not sent again either (Redis down: a
+/// second try would only double the time every call takes to fail).
+fn closed_connection(e: &redis::RedisError) -> bool {
     // The crate keeps an I/O error as the source behind an `Arc`.
     let io = std::error::Error::source(e).and_then(|source| {
         match source.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>() {
@@ -253,6 +259,15 @@ fn never_sent(e: &redis::RedisError) -> bool {
 fn auth_refused(e: &redis::RedisError) -> bool {
     e.kind() == ErrorKind::AuthenticationFailed || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
 }
+
+/// How long a connection may have received nothing before a counting call
+/// on it is preceded by a PING (see [`RedisBackend::ready_to_count`]). A
+/// connection Redis closed while idle (a restart, Redis's `timeout` for
+/// idle clients, at least a second) has been quiet at least this long, so
+/// its first counting call does not find it closed and fail. Busy
+/// connections pay nothing; below ten calls a second, one round trip more
+/// per call.
+const PING_WHEN_QUIET_FOR: Duration = Duration::from_millis(100);
 
 /// Shortest time between a replacement of the connection and one for a
 /// timeout (see `Inner::timed_out`): a Redis that stopped answering
@@ -472,9 +487,12 @@ impl RedisBackend {
     /// own that outlives a caller giving up: it notes a reply whenever it
     /// comes, and a timeout (see `Inner::timed_out`) whoever still waits.
     /// With [`MAX_CALLS_IN_FLIGHT`] tasks already running, fails at once
-    /// with [`BackendError::Busy`] and starts none.
+    /// with [`BackendError::Busy`] and starts none. `may_repeat`: the call
+    /// changes nothing in Redis (PING, reads), so that it is sent again
+    /// when its connection turns out closed.
     async fn bounded<T, F>(
         &self,
+        may_repeat: bool,
         call: impl Fn(ConnectionManager) -> F + Send + 'static,
     ) -> Result<T, BackendError>
     where
@@ -506,18 +524,16 @@ impl RedisBackend {
         // Ended after `timed_out`, which counts this call among those in
         // flight.
         let in_flight = heard.call();
-        // Alone on its connection: a `BrokenPipe` then says the connection
-        // was closed before this call reached it (see `never_sent`).
-        let alone = heard.in_flight.load(Ordering::Relaxed) == 1;
         let task = tokio::spawn(async move {
             let _permit = permit;
             let _in_flight = in_flight;
             // The manager's own response timeout (the same bound) usually
             // fires first, as an error: a timeout either way.
-            // A call that never reached Redis (its connection was closed
-            // while idle: Redis restarted, or closed it under its own
-            // `timeout`) is sent once more, on the connection the manager
-            // opens in its place, within the same timeout.
+            // A call that may run twice is sent once more when its
+            // connection was closed (while idle: Redis restarted, or closed
+            // it under its own `timeout`), on the connection the manager
+            // opens in its place, within the same timeout. A counting call
+            // is not: Redis may have run it (see `closed_connection`).
             // The first call after a refused connect's wait gets that
             // attempt's error back from the manager (which starts the next
             // attempt as it answers): it is sent again, to be answered by
@@ -525,7 +541,7 @@ impl RedisBackend {
             // used at once, not after another wait.
             let call = async move {
                 match call(conn.clone()).await {
-                    Err(e) if alone && never_sent(&e) => {
+                    Err(e) if may_repeat && closed_connection(&e) => {
                         debug!(error = %e, "redis: connection closed; sending the call again");
                         call(conn).await
                     }
@@ -594,9 +610,14 @@ impl RedisBackend {
                 expire.ignore();
             }
         }
+        // Only checks (no hit): nothing changes in Redis.
+        let may_repeat = items.iter().all(|item| item.hits == 0);
+        if !may_repeat {
+            self.ready_to_count().await?;
+        }
         // `GET` of a missing key is nil: no hit yet.
         let replies: Vec<Option<i64>> = self
-            .bounded(move |mut conn| {
+            .bounded(may_repeat, move |mut conn| {
                 let pipe = pipe.clone();
                 async move { pipe.query_async(&mut conn).await }
             })
@@ -661,8 +682,9 @@ impl RedisBackend {
         // it, `SCRIPT FLUSH`). `NOSCRIPT` runs nothing, so sending the
         // body then with `EVAL` (which caches it again) counts once.
         let by_hash = script("EVALSHA", &self.inner.script_sha1);
+        self.ready_to_count().await?;
         let replies: Vec<i64> = match self
-            .bounded(move |mut conn| {
+            .bounded(false, move |mut conn| {
                 let by_hash = by_hash.clone();
                 async move { by_hash.query_async(&mut conn).await }
             })
@@ -672,7 +694,7 @@ impl RedisBackend {
                 if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
             {
                 let with_body = script("EVAL", STOP_WHEN_REFUSED_SCRIPT);
-                self.bounded(move |mut conn| {
+                self.bounded(false, move |mut conn| {
                     let with_body = with_body.clone();
                     async move { with_body.query_async(&mut conn).await }
                 })
@@ -760,10 +782,25 @@ impl RedisBackend {
             .map_err(|e| BackendError::CallsFailing(e.to_string()))
     }
 
+    /// Readies the connection for a call that must not be sent twice: when
+    /// nothing was received on it for [`PING_WHEN_QUIET_FOR`], a PING first,
+    /// which finds a connection Redis closed while it was idle (and is
+    /// answered on the new one). Its error, if any, is the call's: the
+    /// call is then not made.
+    async fn ready_to_count(&self) -> Result<(), BackendError> {
+        let quiet_for = self.inner.manager().heard.quiet_for();
+        if quiet_for >= PING_WHEN_QUIET_FOR {
+            self.ping().await?;
+        }
+        Ok(())
+    }
+
     /// Sends PING and expects PONG.
     pub async fn ping(&self) -> Result<(), BackendError> {
         let reply: String = self
-            .bounded(|mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
+            .bounded(true, |mut conn| async move {
+                redis::cmd("PING").query_async(&mut conn).await
+            })
             .await?;
         if reply == "PONG" {
             Ok(())
@@ -1014,11 +1051,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_calls_a_closed_connection_never_wrote_are_sent_again() {
+    fn a_closed_connection_is_told_from_other_failures() {
         use std::io::{Error, ErrorKind as Io};
         let io = |kind: Io| redis::RedisError::from(Error::from(kind));
-        assert!(never_sent(&io(Io::BrokenPipe)));
-        assert!(never_sent(&io(Io::NotConnected)));
+        assert!(closed_connection(&io(Io::BrokenPipe)));
+        assert!(closed_connection(&io(Io::NotConnected)));
         for kind in [
             Io::ConnectionReset,
             Io::ConnectionAborted,
@@ -1026,10 +1063,10 @@ mod tests {
             Io::TimedOut,
             Io::ConnectionRefused,
         ] {
-            assert!(!never_sent(&io(kind)), "{kind:?}");
+            assert!(!closed_connection(&io(kind)), "{kind:?}");
         }
         let reply = redis::RedisError::from((ErrorKind::Io, "broken pipe"));
-        assert!(!never_sent(&reply), "a message alone says nothing");
+        assert!(!closed_connection(&reply), "a message alone says nothing");
     }
 
     #[test]
