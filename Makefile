@@ -106,9 +106,10 @@ test: deps ## everything CI runs: format, lints, unit tests (native + wasm), imp
 fmt-check: ## check formatting (cargo fmt)
 	cargo fmt --all -- --check
 
-lint: ## clippy with -D warnings, for the host and the wasm target
+lint: ## clippy with -D warnings, for the host and the wasm target; rustdoc's link checks
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(WASM_ENV) $(WASM_CARGO) clippy --release $(WASM_ARGS) -p appguard -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
 
 unit: ## native unit tests of every crate
 	cargo test --workspace --lib --bins

@@ -147,7 +147,7 @@ impl JwksSlot {
     }
 
     /// How many request fetches are in flight at `now` (seconds), after
-    /// dropping those past their timeout (see [`fetch_live`]).
+    /// dropping those past their timeout (see `fetch_live`).
     pub fn fetches_in_flight(&mut self, now: u64) -> usize {
         self.request_fetches
             .retain(|&(_, until)| fetch_live(until, now));

@@ -95,7 +95,7 @@ const TCP_KEEPALIVE_PROBES: u32 = 3;
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most Redis calls in flight at once (each in its own task, see
-/// [`RedisBackend::bounded`]), across every gRPC connection and the
+/// `RedisBackend::bounded`), across every gRPC connection and the
 /// health check. A call past it fails at once with [`BackendError::Busy`].
 ///
 /// 16 connections' worth of the 256 gRPC calls each handles at once: far
@@ -290,7 +290,7 @@ pub const CONNECT_REFUSED_WAIT: Duration = Duration::from_millis(100);
 pub const FAILED_CALL_SHOWS_FOR: Duration = Duration::from_secs(10);
 
 /// The key the health check counts in while counting calls fail, after the
-/// service's key prefix; it expires [`HEALTH_KEY_SECONDS`] after.
+/// service's key prefix; it expires `HEALTH_KEY_SECONDS` after.
 pub const HEALTH_KEY: &str = "appguard-ratelimit:healthcheck";
 
 /// The time to live of [`HEALTH_KEY`].
