@@ -820,9 +820,12 @@ pub fn is_redirecting_header(
         return true;
     }
     if is_url_override_header(name) {
-        let (path, query, _) = crate::request::split_target(value.trim());
+        // A request-target has no fragment: an override carrying one names
+        // something else to an upstream that takes it as it is
+        // (`/v1/status#/../admin`, its dot segments then removed).
+        let (path, query, fragment) = crate::request::split_target(value.trim());
         let query = query.unwrap_or("");
-        return path != target.0 || query != target.1.unwrap_or("");
+        return fragment.is_some() || path != target.0 || query != target.1.unwrap_or("");
     }
     if !is_forwarded_host_header(name) {
         return false;
@@ -953,9 +956,10 @@ fn match_route_for<'c>(
             }
         } else if is_url_override_header(name) {
             // Not decoded by Envoy: `%61` or `\` would be read as another
-            // path upstream than here.
-            let target = crate::request::split_target(value.trim()).0;
-            if !target.starts_with('/') || target.contains(['%', '\\']) {
+            // path upstream than here; nor is a `#`, which no request-target
+            // has, cut off upstream (`/v1/status#/../admin`).
+            let (target, _, fragment) = crate::request::split_target(value.trim());
+            if !target.starts_with('/') || target.contains(['%', '\\']) || fragment.is_some() {
                 return Err(UnclearPath);
             }
             let target = route_path(target).ok_or(UnclearPath)?.into_owned();

@@ -724,6 +724,24 @@ fn check_coverage(
             }
         }
     }
+    // A covered header sent again under another spelling an upstream reads
+    // as the same field (`content_type` beside a covered `content-type`,
+    // which PHP and Symfony read as `Content-Type`): the copy is not
+    // covered, and may be the one the upstream reads. It must be covered
+    // too, as the required components' other spellings are.
+    for item in &covered.items {
+        let Some(signed) = item.bare.as_str().filter(|n| !n.starts_with('@')) else {
+            continue;
+        };
+        for (name, _) in message.headers.iter() {
+            if name != signed
+                && crate::request::same_header_name(name.as_bytes(), signed.as_bytes())
+                && !covers(name)
+            {
+                return under(name);
+            }
+        }
+    }
     if policy.require_target && !covers("@target-uri") {
         if !(covers("@path") && covers("@authority")) {
             return under("@target-uri");
@@ -885,6 +903,23 @@ pub fn default_covered_components(message: &Message<'_>, token_header: &str) -> 
             &name,
             value,
         ) && !components.contains(&name)
+        {
+            components.push(name);
+        }
+    }
+    // So is another spelling of a covered header that is sent
+    // (`content_type` beside `content-type`, see `check_coverage`).
+    let covered_headers: Vec<String> = components
+        .iter()
+        .filter(|c| !c.starts_with('@'))
+        .cloned()
+        .collect();
+    for (name, _) in message.headers.iter() {
+        let name = name.to_ascii_lowercase();
+        if !components.contains(&name)
+            && covered_headers
+                .iter()
+                .any(|c| crate::request::same_header_name(name.as_bytes(), c.as_bytes()))
         {
             components.push(name);
         }

@@ -848,6 +848,33 @@ fn a_method_override_that_is_sent_must_be_covered() {
 }
 
 #[test]
+fn a_covered_header_sent_again_under_another_spelling_must_be_covered_too() {
+    // The default signer covers `content-type`. A copy under
+    // `content_type`, which CGI-style upstreams (PHP, Symfony) read as
+    // `Content-Type`, could be the one the upstream reads: the signed
+    // bytes handed to it as a form.
+    let key = p256_signing_key();
+    let mut h = signed_app_request(&key, NOW - 5);
+    assert!(verify_app(&h, &key).is_ok());
+    h.push((
+        "content_type".to_owned(),
+        "application/x-www-form-urlencoded".to_owned(),
+    ));
+    assert_eq!(
+        verify_app(&h, &key).map(|_| ()),
+        Err(SigningError::UnderCovered {
+            missing: "content_type".to_owned()
+        })
+    );
+    // An app that sends both signs both: the default components cover it.
+    let mut h = app_request_headers();
+    h.push(("content_type".to_owned(), "application/json".to_owned()));
+    let components = default_covered_components(&app_request(&h), TOKEN);
+    assert!(components.contains(&"content_type".to_owned()));
+    assert!(verify_app(&sign_app(&key, h, NOW, None), &key).is_ok());
+}
+
+#[test]
 fn a_target_override_or_another_forwarded_host_that_is_sent_must_be_covered() {
     // Otherwise a captured signed request is sent on with the header added
     // and an upstream that reads it runs another endpoint, or acts for
@@ -860,6 +887,9 @@ fn a_target_override_or_another_forwarded_host_that_is_sent_must_be_covered() {
         ("x-rewrite-url", "/v1/sms"),
         ("x-original-url", "/v1/sms?lang=de"),
         ("x-original-url", "/v1/sms/?lang=en"),
+        // No request-target has a fragment: `#/../admin` is another
+        // target to an upstream that cleans the value as it is.
+        ("x-original-url", "/v1/sms?lang=en#/../../v1/admin"),
         ("x-forwarded-host", "admin.example.com"),
         ("x-forwarded-host", "api.example.com, admin.example.com"),
         ("forwarded", "for=192.0.2.1;host=admin.example.com"),
