@@ -1690,7 +1690,19 @@ fn is_plain_json(req: &Request<'_>) -> bool {
         }
         _ => true,
     });
+    // Type and subtype each one token (RFC 9110 §8.3.1): Rack and PHP cut
+    // a type at `,` (PHP at a space too), so that
+    // `application/x-www-form-urlencoded, application/a+json` is a form
+    // to them, whatever it ends with.
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
     let json = media.split_once('/').is_some_and(|(kind, sub)| {
+        if !token(kind) || !token(sub) {
+            return false;
+        }
         let suffixed = sub
             .len()
             .checked_sub(5)

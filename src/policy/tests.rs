@@ -1334,6 +1334,20 @@ fn body_values_are_read_only_from_a_body_declared_as_plain_json() {
             "content-type",
             "application/json; charset=utf-8; charset=utf-16",
         )],
+        // A form type first: Rack cuts a type at `,`, PHP at `,` or a
+        // space, so these are forms to Rails and PHP, whatever they end
+        // with.
+        &[(
+            "content-type",
+            "application/x-www-form-urlencoded, application/vnd.api+json",
+        )],
+        &[("content-type", "application/x-www-form-urlencoded,+json")],
+        &[(
+            "content-type",
+            "application/x-www-form-urlencoded application/a+json",
+        )],
+        &[("content-type", "application/json, application/json")],
+        &[("content-type", "application /json")],
     ] {
         assert_eq!(reason(refused), Some(Reason::BodyInvalid), "{refused:?}");
     }
