@@ -455,6 +455,71 @@ pub fn normalize(input: &str, rules: &PhoneRules) -> Result<E164, PhoneError> {
     Ok(E164(format!("+{number}")))
 }
 
+/// The calling codes of countries whose international call prefixes
+/// include `00` followed by more digits (a carrier's or a service's, from
+/// libphonenumber's `internationalPrefix`): Brazil's `00` and a two-digit
+/// carrier code, Colombia's `005`, `007`, `009`, Australia's `0011`,
+/// `0014`…, Indonesia's `008`, `009`, Singapore's `001`, `002`, `008`…,
+/// Thailand's `001`–`009`, South Korea's `001`, `002`, `005`, `008`,
+/// `00700`…, Nigeria's `009`, Kenya's `000`, Tanzania's `000`, `005`,
+/// `006`, Uganda's `000`, `005`, `007`, Hong Kong's `001`, `0060`…,
+/// Cambodia's `001`, `004`–`009`, Taiwan's `002`, `005`–`007`, `009`,
+/// Mongolia's `001`. An upstream parsing numbers for such a country reads
+/// `002 882 …` as `+882 …`; appguard, reading `00` alone, as `+2882 …`.
+pub const CARRIER_PREFIX_COUNTRIES: [&str; 15] = [
+    "55", "57", "61", "62", "65", "66", "82", "234", "254", "255", "256", "852", "855", "886",
+    "976",
+];
+
+/// Other readings of `input` than [`normalize`]'s that an upstream may
+/// dial, for checking denied prefixes (a number is denied if any reading
+/// is; it is still counted under [`normalize`]'s alone):
+///
+/// - under a default country of [`CARRIER_PREFIX_COUNTRIES`], a number
+///   written with `00` read without the one to three digits after it that
+///   a carrier's prefix adds (`002 882 …` is `+882 …` in South Korea);
+/// - under a default country, a national number that starts with that
+///   country's calling code, and would be longer than 12 digits with it
+///   added again, read as international (`44 70 …` under `44`, `+44 4470
+///   …` to [`normalize`], is `+44 70 …` to libphonenumber, which drops a
+///   calling code that makes the number too long; Italy's `393 …` mobiles
+///   stay national).
+///
+/// Only readings with a valid shape (rules 7 and 8) are given.
+pub fn other_readings(input: &str, rules: &PhoneRules) -> Vec<E164> {
+    let Ok(Scanned { plus, digits }) = scan(input) else {
+        return Vec::new();
+    };
+    let Some(code) = rules.default_calling_code.as_deref() else {
+        return Vec::new();
+    };
+    if plus || !is_calling_code(code) {
+        return Vec::new();
+    }
+    let valid =
+        |number: &str| check_digits(number, MIN_DIGITS).is_ok() && check_plan(number).is_ok();
+    let mut out = Vec::new();
+    if let Some(rest) = digits.strip_prefix("00") {
+        if CARRIER_PREFIX_COUNTRIES.contains(&code) {
+            for skip in 1..=3 {
+                if let Some(number) = rest.get(skip..).filter(|n| valid(n)) {
+                    out.push(E164(format!("+{number}")));
+                }
+            }
+        }
+    } else {
+        let prefix = rules.national_prefix.as_str();
+        let national = match prefix {
+            "" => digits.as_str(),
+            _ => digits.strip_prefix(prefix).unwrap_or(&digits),
+        };
+        if code.len() + national.len() > 12 && digits.starts_with(code) && valid(&digits) {
+            out.push(E164(format!("+{digits}")));
+        }
+    }
+    out
+}
+
 /// Rule 8: the zones whose plan fixes every number's shape. A `+1` (North
 /// America) number is NPA-NXX-XXXX, ten digits whose area code and
 /// exchange start with 2–9; a `+7` (Russia, Kazakhstan) number is ten
@@ -641,6 +706,34 @@ pub fn hash(key: &[u8], number: &E164) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn other_readings_are_a_carriers_prefix_dropped_and_a_calling_code_without_plus() {
+        let kr = PhoneRules::with_calling_code("82");
+        let digits = |input: &str, rules: &PhoneRules| -> Vec<String> {
+            other_readings(input, rules)
+                .iter()
+                .map(|n| n.as_str().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            digits("002 882 1234 5678", &kr),
+            ["+88212345678", "+8212345678", "+212345678"]
+        );
+        // `+` numbers, and countries whose only prefix is `00`, have none.
+        assert!(digits("+882 1234 5678", &kr).is_empty());
+        let gb = PhoneRules::with_calling_code("44");
+        assert!(digits("002 882 1234 5678", &gb).is_empty());
+        assert!(digits("002 882 1234 5678", &PhoneRules::default()).is_empty());
+        // A calling code without `+`, when the national reading is too long.
+        assert_eq!(digits("44 70 1234 5678", &gb), ["+447012345678"]);
+        assert!(digits("07700 900123", &gb).is_empty());
+        // Italy's mobiles starting `39` stay national: 12 digits with it.
+        let it = PhoneRules::with_calling_code("39");
+        assert!(digits("393 123 4567", &it).is_empty());
+        // Readings of no valid shape are left out.
+        assert!(digits("000 1", &kr).is_empty());
+    }
     use super::*;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;

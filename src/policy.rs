@@ -1850,10 +1850,17 @@ fn body_values(config: &Config, route: &Route, body: &[u8]) -> Result<BodyValues
                     return Err(Reason::BodyInvalid);
                 }
                 let trunkless = number.without_trunk_prefix();
+                // Denied under any reading an upstream may dial (a
+                // carrier's `00X` prefix, a calling code written without
+                // `+`), counted under this one.
                 if pc
                     .denied
                     .matching_prefix_of(&number, trunkless.as_ref())
                     .is_some()
+                    || (!pc.denied.is_empty()
+                        && phone::other_readings(&raw, &pc.rules)
+                            .iter()
+                            .any(|n| pc.denied.contains_prefix_of(n)))
                 {
                     return Err(Reason::PhoneDenied);
                 }

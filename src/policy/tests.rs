@@ -1424,6 +1424,87 @@ fn a_trunk_zero_after_the_calling_code_is_the_same_phone() {
 }
 
 #[test]
+fn a_carriers_international_prefix_does_not_take_a_number_past_denied_prefixes() {
+    // South Korea dials abroad with `001`, `002`, `005`, `008`: an upstream
+    // parsing for `KR` (libphonenumber) reads `002 371 …` as `+371 …`,
+    // which `00` alone reads as `+2371 …`.
+    let w = sms_world(json!({"default_calling_code": "82",
+                             "denied_prefixes": ["+882", "+371"],
+                             "hash_key_base64": STANDARD.encode([5u8; 32])}));
+    assert_eq!(
+        sms_outcome(&w, "/sms", r#"{"to":"+371 2123 4567","msg":{"lang":"en"}}"#).0,
+        Some(Reason::PhoneDenied)
+    );
+    for to in [
+        "002 371 2123 4567",
+        "008 371 2123 4567",
+        "002 882 1234 5678",
+        "005 882 1234 5678",
+    ] {
+        assert_eq!(
+            sms_outcome(
+                &w,
+                "/sms",
+                &json!({"to": to, "msg": {"lang": "en"}}).to_string()
+            )
+            .0,
+            Some(Reason::PhoneDenied),
+            "{to}"
+        );
+    }
+    // `00700 …` is `+7 00…` to `00` alone: outside `+7`'s plan, refused.
+    assert_eq!(
+        sms_outcome(
+            &w,
+            "/sms",
+            r#"{"to":"00700 882 1234 5678","msg":{"lang":"en"}}"#
+        )
+        .0,
+        Some(Reason::BodyInvalid)
+    );
+    // A number no reading denies goes on, counted as `00` reads it.
+    assert_eq!(
+        sms_outcome(
+            &w,
+            "/sms",
+            r#"{"to":"0044 7700 900123","msg":{"lang":"en"}}"#
+        )
+        .0,
+        None
+    );
+    // Under a country whose only prefix is `00`, `002 …` stays `+2 …`.
+    let w = sms_world(json!({"default_calling_code": "44",
+                             "denied_prefixes": ["+882"],
+                             "hash_key_base64": STANDARD.encode([5u8; 32])}));
+    assert_eq!(
+        sms_outcome(
+            &w,
+            "/sms",
+            r#"{"to":"002 882 1234 5678","msg":{"lang":"en"}}"#
+        )
+        .0,
+        None
+    );
+}
+
+#[test]
+fn a_calling_code_written_without_plus_does_not_take_a_number_past_denied_prefixes() {
+    // `44 70 1234 5678` under `44` is the national `+44 4470 …` here, and
+    // `+44 70 …` to libphonenumber (`GB`), which drops a calling code
+    // that makes the number too long.
+    let w = limits_world(); // default 44, denied "+44 70"
+    let reason = |to: &str| match w.post("/sms", "192.0.2.77", &[], &json!({"to": to}).to_string())
+    {
+        Step::Done(d, _) => d.reason(),
+        Step::NeedRateLimit(..) => None,
+        s => panic!("{s:?}"),
+    };
+    assert_eq!(reason("070 1234 5678"), Some(Reason::PhoneDenied));
+    assert_eq!(reason("44 70 1234 5678"), Some(Reason::PhoneDenied));
+    assert_eq!(reason("4470 1234 5678"), Some(Reason::PhoneDenied));
+}
+
+#[test]
 fn phone_formats_give_one_descriptor_and_denied_prefixes_are_refused() {
     let w = limits_world();
     let mut seen = Vec::new();
