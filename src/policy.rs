@@ -1178,7 +1178,8 @@ fn php_name_is_or_under(raw: &str, want: &str) -> bool {
 
 /// [`php_name_is`] (`under` false) and [`php_name_is_or_under`] (`under`
 /// true) in one pass. Decodes `%XX` and `+` as it compares, as PHP builds
-/// `$_GET` keys, so that an escaped spelling of the name cannot hide it.
+/// `$_GET` keys, and `%uXXXX` as ASP.NET does, so that an escaped
+/// spelling of the name cannot hide it.
 fn php_name(raw: &str, want: &str, under: bool) -> bool {
     let canon = |b: u8| {
         if matches!(b, b'.' | b' ' | b'[') {
@@ -1200,6 +1201,21 @@ fn php_name(raw: &str, want: &str, under: bool) -> bool {
                 (Some(hi), Some(lo)) => {
                     i += 2;
                     u8::try_from(hi * 16 + lo).unwrap_or(b'%')
+                }
+                // ASP.NET on .NET Framework (`HttpUtility.UrlDecode`)
+                // decodes `%uXXXX`: `%u006Bey` is its `key`. A character
+                // outside ASCII matches no name here.
+                _ if matches!(bytes.get(i + 1), Some(b'u' | b'U')) => {
+                    match (hex(i + 2), hex(i + 3), hex(i + 4), hex(i + 5)) {
+                        (Some(a), Some(b), Some(c), Some(d)) => {
+                            i += 5;
+                            u8::try_from(((a * 16 + b) * 16 + c) * 16 + d)
+                                .ok()
+                                .filter(u8::is_ascii)
+                                .unwrap_or(0xFF)
+                        }
+                        _ => b'%',
+                    }
                 }
                 _ => b'%',
             },
@@ -2871,6 +2887,25 @@ fn api_key_of<'r>(
         }
     }
     let from_query = from_query.filter(|k| !k.is_empty());
+    // A cookie named like the key parameter is one to upstreams that merge
+    // cookies into their parameters (PHP's `$_REQUEST` without a php.ini,
+    // as in the official images, takes it over the query): it may carry no
+    // other key than the one checked, nor one where none is.
+    if let Some(param) = &config.api_keys.query_param {
+        let checked = from_header.or(from_query.as_deref());
+        for cookie in req.header_all("cookie") {
+            for pair in cookie.split(';') {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                if !php_name_is_or_under(k.trim_start_matches([' ', '\t']), param) {
+                    continue;
+                }
+                let v = form_decode(v.trim_matches([' ', '\t'])).ok_or(Reason::ApiKeyInvalid)?;
+                if !v.is_empty() && checked != Some(v.as_str()) {
+                    return Err(Reason::ApiKeyInvalid.into());
+                }
+            }
+        }
+    }
     let key = match (from_header, from_query) {
         (Some(h), Some(q)) if h != q => return Err(Reason::ApiKeyInvalid.into()),
         (Some(h), _) => std::borrow::Cow::Borrowed(h),

@@ -6860,3 +6860,95 @@ fn refusals_name_a_listed_web_origin_only_where_cors_on_refusals_is_set() {
         "{e}"
     );
 }
+
+/// The test configuration with an `optional` API-key route at `/opt/`.
+fn with_optional_key_route() -> World {
+    let mut cfg = config_json();
+    if let Some(routes) = cfg["routes"].as_array_mut() {
+        routes.insert(
+            0,
+            json!({"name": "opt", "match": {"prefix": "/opt/"}, "api_key": "optional"}),
+        );
+    }
+    World::from(cfg)
+}
+
+#[test]
+fn a_percent_u_spelling_of_the_key_parameter_is_read_as_it() {
+    // ASP.NET on .NET Framework (`HttpUtility.UrlDecode`, behind
+    // `Request.QueryString`) decodes `%uXXXX` in names and compares them
+    // without case: `?%u006Bey=` and `?%u004B%u0045%u0059=` are its `key`.
+    let w = with_optional_key_route();
+    assert_eq!(
+        w.reason("/opt/x?key=key-revoked", &[]),
+        Some(Reason::ApiKeyInvalid)
+    );
+    for (path, hs) in [
+        // a revoked key on an optional-key route
+        ("/opt/x?%u006Bey=key-revoked", &[][..]),
+        ("/opt/x?%U006Bey=key-revoked", &[][..]),
+        // the header's key checked, another read upstream
+        ("/sms?%u006Bey=key-office", &[("x-api-key", "key-sms")][..]),
+        ("/sms?key=key-sms&%u004B%u0045%u0059=key-office", &[][..]),
+    ] {
+        assert_eq!(w.reason(path, hs), Some(Reason::ApiKeyInvalid), "{path}");
+    }
+    // A name that decodes to another, or outside ASCII, is not the key's.
+    for path in ["/opt/x?%u006Bez=1", "/opt/x?%u212Aey=1", "/opt/x?%u00=1"] {
+        assert_eq!(w.reason(path, &[]), None, "{path}");
+    }
+}
+
+#[test]
+fn a_percent_u_key_parameter_is_cut_with_forward_false() {
+    let mut cfg = config_json();
+    cfg["api_keys"]["forward"] = json!(false);
+    let w = World::from(cfg);
+    match w
+        .run(
+            "/sms?a=1&%u006Bey=key-sms",
+            "198.51.100.1",
+            &[("x-api-key", "key-sms")],
+        )
+        .0
+    {
+        Decision::Allow(g) => assert_eq!(g.key_scrub.path.as_deref(), Some("/sms?a=1")),
+        d => panic!("{d:?}"),
+    }
+}
+
+#[test]
+fn a_cookie_named_like_the_key_parameter_carries_the_checked_key_or_none() {
+    // PHP's `$_REQUEST` without a php.ini (the official images) takes
+    // cookies over the query: a cookie `key=` is a key to it.
+    let w = with_optional_key_route();
+    for (path, hs) in [
+        ("/sms?key=key-sms", &[("cookie", "key=key-office")][..]),
+        (
+            "/sms",
+            &[("x-api-key", "key-sms"), ("cookie", "a=1; KEY=key-office")][..],
+        ),
+        (
+            "/sms?key=key-sms",
+            &[("cookie", "a=1"), ("cookie", "key%5B0%5D=key-office")][..],
+        ),
+        // no key checked, one in a cookie: it would pass unchecked
+        ("/opt/x", &[("cookie", "key=key-revoked")][..]),
+    ] {
+        assert_eq!(
+            w.reason(path, hs),
+            Some(Reason::ApiKeyInvalid),
+            "{path} {hs:?}"
+        );
+    }
+    // The checked key itself, an empty one, and other cookies are fine.
+    for (path, hs) in [
+        (
+            "/sms?key=key-sms",
+            &[("cookie", "key=key-sms; session=abc")][..],
+        ),
+        ("/opt/x", &[("cookie", "key=; keys=1; monkey=2")][..]),
+    ] {
+        assert_eq!(w.reason(path, hs), None, "{path} {hs:?}");
+    }
+}
