@@ -1651,6 +1651,15 @@ fn hostile_json_bodies_are_body_invalid() {
             &[("content-type", "application/x-www-form-urlencoded")][..],
         ),
         ("no content type", &[][..]),
+        // A form to Rack (which cuts the type at `,`) and PHP, whatever
+        // it ends with.
+        (
+            "a form type listed before a +json one",
+            &[(
+                "content-type",
+                "application/x-www-form-urlencoded, application/vnd.api+json",
+            )][..],
+        ),
         (
             "gzip-encoded",
             &[
