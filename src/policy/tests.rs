@@ -1428,63 +1428,34 @@ fn a_carriers_international_prefix_does_not_take_a_number_past_denied_prefixes()
     // South Korea dials abroad with `001`, `002`, `005`, `008`: an upstream
     // parsing for `KR` (libphonenumber) reads `002 371 …` as `+371 …`,
     // which `00` alone reads as `+2371 …`.
+    let outcome = |w: &World, to: &str| {
+        let body = json!({"to": to, "msg": {"lang": "en"}}).to_string();
+        sms_outcome(w, "/sms", &body).0
+    };
     let w = sms_world(json!({"default_calling_code": "82",
                              "denied_prefixes": ["+882", "+371"],
                              "hash_key_base64": STANDARD.encode([5u8; 32])}));
-    assert_eq!(
-        sms_outcome(&w, "/sms", r#"{"to":"+371 2123 4567","msg":{"lang":"en"}}"#).0,
-        Some(Reason::PhoneDenied)
-    );
+    assert_eq!(outcome(&w, "+371 2123 4567"), Some(Reason::PhoneDenied));
     for to in [
         "002 371 2123 4567",
         "008 371 2123 4567",
         "002 882 1234 5678",
         "005 882 1234 5678",
     ] {
-        assert_eq!(
-            sms_outcome(
-                &w,
-                "/sms",
-                &json!({"to": to, "msg": {"lang": "en"}}).to_string()
-            )
-            .0,
-            Some(Reason::PhoneDenied),
-            "{to}"
-        );
+        assert_eq!(outcome(&w, to), Some(Reason::PhoneDenied), "{to}");
     }
     // `00700 …` is `+7 00…` to `00` alone: outside `+7`'s plan, refused.
     assert_eq!(
-        sms_outcome(
-            &w,
-            "/sms",
-            r#"{"to":"00700 882 1234 5678","msg":{"lang":"en"}}"#
-        )
-        .0,
+        outcome(&w, "00700 882 1234 5678"),
         Some(Reason::BodyInvalid)
     );
     // A number no reading denies goes on, counted as `00` reads it.
-    assert_eq!(
-        sms_outcome(
-            &w,
-            "/sms",
-            r#"{"to":"0044 7700 900123","msg":{"lang":"en"}}"#
-        )
-        .0,
-        None
-    );
+    assert_eq!(outcome(&w, "0044 7700 900123"), None);
     // Under a country whose only prefix is `00`, `002 …` stays `+2 …`.
     let w = sms_world(json!({"default_calling_code": "44",
                              "denied_prefixes": ["+882"],
                              "hash_key_base64": STANDARD.encode([5u8; 32])}));
-    assert_eq!(
-        sms_outcome(
-            &w,
-            "/sms",
-            r#"{"to":"002 882 1234 5678","msg":{"lang":"en"}}"#
-        )
-        .0,
-        None
-    );
+    assert_eq!(outcome(&w, "002 882 1234 5678"), None);
 }
 
 #[test]
