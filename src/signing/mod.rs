@@ -734,7 +734,7 @@ fn check_coverage(
             continue;
         };
         for (name, _) in message.headers.iter() {
-            if name != signed
+            if !name.eq_ignore_ascii_case(signed)
                 && crate::request::same_header_name(name.as_bytes(), signed.as_bytes())
                 && !covers(name)
             {
