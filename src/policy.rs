@@ -2651,7 +2651,7 @@ fn check(
         .and_then(|t| config.providers.get(t.provider))
     {
         if used.forward {
-            keep_token_headers(used, forwarded, grant);
+            keep_token_headers(used, req, forwarded, grant);
         }
     }
     // Request signing with the token's install key is part of the token
@@ -3052,17 +3052,31 @@ fn remove_token_headers(p: &Provider, req: &Request<'_>, grant: &mut Grant) {
 }
 
 /// Unmarks, among the names `marked` spans in `grant.remove_headers` (a
-/// forwarding provider's, see `check`), those `p`'s sources read.
-fn keep_token_headers(p: &Provider, marked: std::ops::Range<usize>, grant: &mut Grant) {
+/// forwarding provider's, see `check`), those `p`'s sources read and that
+/// hold a token for them: the verified one, since the sources that hold
+/// one must agree ([`token::extract_with_source`]). A source header that
+/// holds none for its source (`Authorization: JWT …` where the source
+/// takes `Bearer `) stays removed: to an upstream that splits the value at
+/// its space, it is a token nobody checked.
+fn keep_token_headers(
+    p: &Provider,
+    req: &Request<'_>,
+    marked: std::ops::Range<usize>,
+    grant: &mut Grant,
+) {
     let mut at = 0;
     let mut kept = Vec::new();
     grant.remove_headers.retain(|name| {
         let i = at;
         at += 1;
         let keep = marked.contains(&i)
-            && p.sources
-                .iter()
-                .any(|s| same_header_name(s.header.as_bytes(), name.as_bytes()));
+            && p.sources.iter().any(|s| {
+                same_header_name(s.header.as_bytes(), name.as_bytes())
+                    && req.header(name).is_some()
+                    && req
+                        .header_all(name)
+                        .all(|v| token::source_token(s, v).is_some())
+            });
         if keep {
             kept.push(name.clone());
         }

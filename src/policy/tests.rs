@@ -918,6 +918,36 @@ fn a_providers_sources_must_hold_one_token() {
         ),
         None
     );
+    // Nor does it go upstream with the verified token: under another
+    // scheme (`JWT …`, `Token …`) it is a token nobody checked to an
+    // upstream that splits the value at its space.
+    for other in [format!("JWT {forged}"), format!("Token {forged}")] {
+        match w
+            .run(
+                "/x",
+                "198.51.100.1",
+                &[("x-app-token", &good), ("authorization", &other)],
+            )
+            .0
+        {
+            Decision::Allow(g) => {
+                assert!(
+                    g.remove_headers.iter().any(|h| h == "authorization"),
+                    "{g:?}"
+                );
+                assert_eq!(g.forwarded_headers, ["x-app-token"], "{g:?}");
+            }
+            d => panic!("{other}: {d:?}"),
+        }
+    }
+    // The token's own source goes on, whichever it is.
+    match w
+        .run("/x", "198.51.100.1", &[("authorization", &bearer(&good))])
+        .0
+    {
+        Decision::Allow(g) => assert_eq!(g.forwarded_headers, ["authorization"], "{g:?}"),
+        d => panic!("{d:?}"),
+    }
 }
 
 #[test]

@@ -1094,7 +1094,7 @@ pub fn extract_with_source<'p, 'r>(
 /// The token a header's `value` holds for the source `src`: all of it, or
 /// what follows the source's prefix (`Bearer `, any case); none if the
 /// prefix is not there.
-fn source_token<'r>(src: &TokenSource, value: &'r str) -> Option<&'r str> {
+pub(crate) fn source_token<'r>(src: &TokenSource, value: &'r str) -> Option<&'r str> {
     if src.prefix.is_empty() {
         return Some(value.trim());
     }
