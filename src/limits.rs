@@ -968,26 +968,49 @@ fn entries_bytes(entries: &[LocalEntry]) -> Vec<u8> {
 /// bucket's overflow entry, see [`LocalOutcome::shared`]), never above a
 /// full bucket. An own entry gone since (evicted when full again) is not
 /// recreated: it would start full anyway.
+///
+/// Only the part of the token the bucket has not refilled since it was
+/// taken goes back (`when`): the bucket refilled into the room the token
+/// left while the request waited (on the rate-limit service, up to its
+/// timeout), and giving the whole token back on top would let a client
+/// that spent that refill spend the token again: twice its limit at once.
+/// What goes back never makes the bucket hold more than it would had the
+/// token not been taken.
 pub fn give_back_local<S: SharedStore + ?Sized>(
     s: &S,
     salt: &BucketSalt,
     digest: &[u8; 16],
     limit: LocalLimit,
     shared: bool,
-    now_ms: u64,
+    when: TakenAt,
 ) -> Result<(), store::StoreError> {
     let u = Units::of(limit);
     let key = local_key(salt, digest, limit);
     let from = if shared { OVERFLOW } else { *digest };
+    let refilled = u128::from(when.now_ms.saturating_sub(when.taken_ms)) * u128::from(u.per_ms);
+    let back = u64::try_from(u128::from(u.token).saturating_sub(refilled)).unwrap_or(0);
+    if back == 0 {
+        return Ok(());
+    }
     store::update(s, &key, |current| {
         let mut entries = local_entries(current.unwrap_or(&[]));
         let Some(entry) = entries.iter_mut().find(|(d, _, _)| *d == from) else {
             return (None, ());
         };
-        let (units, _) = refill(u, entry, now_ms);
-        entry.1 = units.saturating_add(u.token).min(u.full);
+        let (units, _) = refill(u, entry, when.now_ms);
+        entry.1 = units.saturating_add(back).min(u.full);
         (Some(entries_bytes(&entries)), ())
     })
+}
+
+/// When a local token was taken, and when it is given back (ms), for
+/// [`give_back_local`].
+#[derive(Clone, Copy, Debug)]
+pub struct TakenAt {
+    /// When the request took the token.
+    pub taken_ms: u64,
+    /// Now, as the token goes back.
+    pub now_ms: u64,
 }
 
 /// The shared-data key holding the time (ms) of the last signature failure
@@ -1643,6 +1666,50 @@ mod tests {
         assert_eq!(c.lease_ask(&e, 2, t + 100), 1);
     }
 
+    /// A token taken at `taken_ms`, given back at `now_ms`.
+    fn at(taken_ms: u64, now_ms: u64) -> TakenAt {
+        TakenAt { taken_ms, now_ms }
+    }
+
+    #[test]
+    fn a_token_given_back_after_the_bucket_refilled_adds_nothing() {
+        // Five requests take a 5-a-second bucket and wait on the rate-limit
+        // service for a second; meanwhile it refills and the client spends
+        // the refill. Their tokens, given back then, must not be spent a
+        // second time: ten at once against a limit of five.
+        let s = MemStore::default();
+        let limit = LocalLimit {
+            requests: 5,
+            per_seconds: 1,
+            ..Default::default()
+        };
+        let d = [8u8; 16];
+        let t = 2_000_000;
+        for _ in 0..5 {
+            assert!(take_local(&s, &SALT, &d, limit, t).unwrap().allowed);
+        }
+        for _ in 0..5 {
+            assert!(take_local(&s, &SALT, &d, limit, t + 1_000).unwrap().allowed);
+        }
+        for _ in 0..5 {
+            give_back_local(&s, &SALT, &d, limit, false, at(t, t + 1_000)).unwrap();
+        }
+        assert!(!take_local(&s, &SALT, &d, limit, t + 1_000).unwrap().allowed);
+        // Given back a tenth of a second after it was taken, a token is
+        // worth the half the bucket has not refilled since (a token is
+        // 200 ms of refill here): with the half refilled, one request.
+        let e = [9u8; 16];
+        for _ in 0..5 {
+            assert!(take_local(&s, &SALT, &e, limit, t).unwrap().allowed);
+        }
+        give_back_local(&s, &SALT, &e, limit, false, at(t, t + 100)).unwrap();
+        assert!(take_local(&s, &SALT, &e, limit, t + 100).unwrap().allowed);
+        assert!(!take_local(&s, &SALT, &e, limit, t + 100).unwrap().allowed);
+        // Another half alone is not a request.
+        give_back_local(&s, &SALT, &e, limit, false, at(t, t + 100)).unwrap();
+        assert!(!take_local(&s, &SALT, &e, limit, t + 100).unwrap().allowed);
+    }
+
     #[test]
     fn a_token_given_back_is_taken_again_and_never_fills_past_the_limit() {
         let s = MemStore::default();
@@ -1654,18 +1721,18 @@ mod tests {
         let d = [7u8; 16];
         let t = 1_000_000;
         // Nothing taken: nothing to give back, nothing written.
-        give_back_local(&s, &SALT, &d, limit, false, t).unwrap();
+        give_back_local(&s, &SALT, &d, limit, false, at(t, t)).unwrap();
         assert!(s.get(&local_key(&SALT, &d, limit)).is_none());
         assert!(take_local(&s, &SALT, &d, limit, t).unwrap().allowed);
         assert!(take_local(&s, &SALT, &d, limit, t).unwrap().allowed);
         assert!(!take_local(&s, &SALT, &d, limit, t).unwrap().allowed);
-        give_back_local(&s, &SALT, &d, limit, false, t + 5).unwrap();
+        give_back_local(&s, &SALT, &d, limit, false, at(t, t + 5)).unwrap();
         let o = take_local(&s, &SALT, &d, limit, t + 5).unwrap();
         assert!(o.allowed, "the token given back");
         assert!(!take_local(&s, &SALT, &d, limit, t + 5).unwrap().allowed);
         // Given back to a bucket refilled meanwhile: full, not more.
-        give_back_local(&s, &SALT, &d, limit, false, t + 120_000).unwrap();
-        give_back_local(&s, &SALT, &d, limit, false, t + 120_000).unwrap();
+        give_back_local(&s, &SALT, &d, limit, false, at(t, t + 120_000)).unwrap();
+        give_back_local(&s, &SALT, &d, limit, false, at(t, t + 120_000)).unwrap();
         for _ in 0..2 {
             assert!(
                 take_local(&s, &SALT, &d, limit, t + 120_000)
@@ -1693,7 +1760,7 @@ mod tests {
         assert!(taken[..16].iter().all(|o| !o.shared));
         assert!(taken[16].shared, "the 17th shares the overflow entry");
         assert!(local_refill_at(&s, &SALT, &same[16], one, t).is_some());
-        give_back_local(&s, &SALT, &same[16], one, true, t).unwrap();
+        give_back_local(&s, &SALT, &same[16], one, true, at(t, t)).unwrap();
         assert_eq!(local_refill_at(&s, &SALT, &same[16], one, t), None);
         assert!(local_refill_at(&s, &SALT, &same[0], one, t).is_some());
         // Only to the entry it was taken from: an own entry gone since
@@ -1705,8 +1772,8 @@ mod tests {
             ..Default::default()
         };
         assert!(take_local(&s, &SALT, &same[0], fresh, t).unwrap().allowed);
-        give_back_local(&s, &SALT, &same[1], fresh, false, t).unwrap();
-        give_back_local(&s, &SALT, &same[1], fresh, true, t).unwrap();
+        give_back_local(&s, &SALT, &same[1], fresh, false, at(t, t)).unwrap();
+        give_back_local(&s, &SALT, &same[1], fresh, true, at(t, t)).unwrap();
         assert!(local_refill_at(&s, &SALT, &same[0], fresh, t).is_some());
         let entries = local_entries(&s.get(&local_key(&SALT, &same[0], fresh)).unwrap().0);
         assert_eq!(entries.len(), 1, "{entries:?}");

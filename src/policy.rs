@@ -1750,9 +1750,9 @@ fn local_refusal(local: limits::LocalLimit, retry_after: u64) -> Denial {
 }
 
 /// A local limit's token a request took: the limit, the descriptor's
-/// digest, and whether it came from the bucket's overflow entry
-/// ([`limits::LocalOutcome::shared`]).
-type LocalTaken = (limits::LocalLimit, [u8; 16], bool);
+/// digest, whether it came from the bucket's overflow entry
+/// ([`limits::LocalOutcome::shared`]), and when (ms).
+type LocalTaken = (limits::LocalLimit, [u8; 16], bool, u64);
 
 /// Takes a token from each of the route's local limits that applies
 /// (`local`: limit and descriptor digest, in the route's order), or none:
@@ -1786,7 +1786,9 @@ fn take_locals(
     for &(limit, digest) in local {
         let refusal = match limits::take_local(ctx.store, salt, &digest, limit, ctx.now_ms) {
             Ok(o) if o.allowed => {
-                pending.local_taken.push((limit, digest, o.shared));
+                pending
+                    .local_taken
+                    .push((limit, digest, o.shared, ctx.now_ms));
                 continue;
             }
             Ok(o) => local_refusal(limit, o.retry_after),
@@ -1818,9 +1820,13 @@ fn take_locals(
 /// refused after all, and forgets them. One that cannot be given back
 /// stays spent: strict.
 fn give_back_locals(ctx: &Ctx<'_>, taken: &mut Vec<LocalTaken>) {
-    for (limit, digest, shared) in taken.drain(..) {
+    for (limit, digest, shared, taken_ms) in taken.drain(..) {
         let salt = &ctx.bucket_salt;
-        let _ = limits::give_back_local(ctx.store, salt, &digest, limit, shared, ctx.now_ms);
+        let when = limits::TakenAt {
+            taken_ms,
+            now_ms: ctx.now_ms,
+        };
+        let _ = limits::give_back_local(ctx.store, salt, &digest, limit, shared, when);
     }
 }
 
