@@ -1152,6 +1152,20 @@ struct Lease {
     /// What the service said remained of the limit after the lease: the
     /// most the next lease in this window asks for.
     service_remaining: u32,
+    /// Unix time (ms) at which the lease was granted (the earliest, for
+    /// leases added up): a clock read before it by more than
+    /// [`CLOCK_SLACK_MS`] was set back, and the lease's window, measured
+    /// on the clock as it was, no longer says when its hits were counted.
+    granted_ms: u64,
+}
+
+impl Lease {
+    /// Whether the lease's hits may be used at `now_ms`: its window has
+    /// not reset, and the clock was not set back since it was granted
+    /// (its hits would then outlive their window by the step).
+    fn live(&self, now_ms: u64) -> bool {
+        self.until_ms > now_ms && now_ms.saturating_add(CLOCK_SLACK_MS) >= self.granted_ms
+    }
 }
 
 /// A lease asked for and not answered yet.
@@ -1235,7 +1249,7 @@ impl ServiceCache {
     /// window that has not reset at `now_ms`.
     pub fn take_lease(&mut self, digest: &[u8; 16], now_ms: u64) -> bool {
         match self.leases.get_mut(digest) {
-            Some(l) if l.until_ms > now_ms && l.remaining > 0 => {
+            Some(l) if l.live(now_ms) && l.remaining > 0 => {
                 l.remaining -= 1;
                 true
             }
@@ -1248,7 +1262,7 @@ impl ServiceCache {
     pub fn has_lease(&self, digest: &[u8; 16], now_ms: u64) -> bool {
         self.leases
             .get(digest)
-            .is_some_and(|l| l.until_ms > now_ms && l.remaining > 0)
+            .is_some_and(|l| l.live(now_ms) && l.remaining > 0)
     }
 
     /// How many hits to ask the service for, for a descriptor whose rule
@@ -1266,9 +1280,7 @@ impl ServiceCache {
             return 1;
         }
         match self.leases.get(digest) {
-            Some(l) if l.until_ms > now_ms => {
-                size.min(l.service_remaining.saturating_sub(asked)).max(1)
-            }
+            Some(l) if l.live(now_ms) => size.min(l.service_remaining.saturating_sub(asked)).max(1),
             _ if count > 0 => 1,
             _ => size,
         }
@@ -1357,6 +1369,7 @@ impl ServiceCache {
             remaining: hits.saturating_sub(1),
             until_ms,
             service_remaining,
+            granted_ms: now_ms,
         };
         // Calls made side by side (concurrent requests before the first
         // answer) each bring hits: they add up, and all of them expire at
@@ -1364,14 +1377,13 @@ impl ServiceCache {
         // counted it. Within a window the service's count only rises, so
         // the smallest remainder it named is the latest, whatever order
         // the answers came back in.
-        if let Some(held) = self.leases.get(&digest).filter(|l| l.until_ms > now_ms) {
+        if let Some(held) = self.leases.get(&digest).filter(|l| l.live(now_ms)) {
             lease.remaining = lease.remaining.saturating_add(held.remaining);
             lease.until_ms = lease.until_ms.min(held.until_ms);
             lease.service_remaining = lease.service_remaining.min(held.service_remaining);
+            lease.granted_ms = lease.granted_ms.min(held.granted_ms);
         }
-        make_room(&mut self.leases, OVER_LIMIT_ENTRIES, |l| {
-            l.until_ms > now_ms
-        });
+        make_room(&mut self.leases, OVER_LIMIT_ENTRIES, |l| l.live(now_ms));
         self.leases.insert(digest, lease);
     }
 }
@@ -1463,6 +1475,24 @@ mod tests {
                 ("body", None),
             ]
         );
+    }
+
+    #[test]
+    fn a_lease_ends_when_the_clock_is_set_back() {
+        // The lease's window is measured on the clock as it was: set back
+        // an hour, its hits would be used in windows the service never
+        // counted them in, for that hour.
+        let mut c = ServiceCache::new(&SALT);
+        let d = [10u8; 16];
+        let t = 10_000_000;
+        c.grant_lease(d, 20, 80, t + 59_000, t);
+        assert!(c.take_lease(&d, t + 1));
+        let back = t - 3_600_000;
+        assert!(!c.has_lease(&d, back));
+        assert!(!c.take_lease(&d, back + 1_800_000), "half an hour later");
+        assert_eq!(c.lease_ask(&d, 20, back), 20, "nothing known: a full ask");
+        // Under a second behind (another worker's clock reading): kept.
+        assert!(c.take_lease(&d, t - 500));
     }
 
     #[test]
