@@ -425,6 +425,14 @@ fn scan(input: &str) -> Result<Scanned, PhoneError> {
     Ok(Scanned { plus, digits })
 }
 
+/// A national number's digits without the trunk prefix written before
+/// them (stripped once; an empty prefix strips nothing).
+fn national_digits<'d>(digits: &'d str, rules: &PhoneRules) -> &'d str {
+    digits
+        .strip_prefix(rules.national_prefix.as_str())
+        .unwrap_or(digits)
+}
+
 /// Normalises a phone number to E.164 by the rules of the module
 /// documentation. The error never contains the number.
 pub fn normalize(input: &str, rules: &PhoneRules) -> Result<E164, PhoneError> {
@@ -439,12 +447,7 @@ pub fn normalize(input: &str, rules: &PhoneRules) -> Result<E164, PhoneError> {
             .as_deref()
             .filter(|c| is_calling_code(c))
             .ok_or(PhoneError::NoCountry)?;
-        let prefix = rules.national_prefix.as_str();
-        let national = if prefix.is_empty() {
-            digits.as_str()
-        } else {
-            digits.strip_prefix(prefix).unwrap_or(&digits)
-        };
+        let national = national_digits(&digits, rules);
         let mut number = String::with_capacity(code.len() + national.len());
         number.push_str(code);
         number.push_str(national);
@@ -508,11 +511,7 @@ pub fn other_readings(input: &str, rules: &PhoneRules) -> Vec<E164> {
             }
         }
     } else {
-        let prefix = rules.national_prefix.as_str();
-        let national = match prefix {
-            "" => digits.as_str(),
-            _ => digits.strip_prefix(prefix).unwrap_or(&digits),
-        };
+        let national = national_digits(&digits, rules);
         if code.len() + national.len() > 12 && digits.starts_with(code) && valid(&digits) {
             out.push(E164(format!("+{digits}")));
         }

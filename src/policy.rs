@@ -1710,11 +1710,7 @@ fn is_plain_json(req: &Request<'_>) -> bool {
     // a type at `,` (PHP at a space too), so that
     // `application/x-www-form-urlencoded, application/a+json` is a form
     // to them, whatever it ends with.
-    let token = |t: &str| {
-        !t.is_empty()
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-    };
+    let token = |t: &str| !t.is_empty() && t.bytes().all(crate::signing::is_tchar);
     let json = media.split_once('/').is_some_and(|(kind, sub)| {
         if !token(kind) || !token(sub) {
             return false;

@@ -343,7 +343,10 @@ fn service_headers(list: &[HeaderValue], skipped: &mut usize) -> Vec<(String, St
 /// set (the rules of [`interpret`]).
 fn checked_header(h: &HeaderValue) -> Option<(String, String)> {
     let name = &h.key;
-    if name.is_empty() || name.len() > MAX_HEADER_NAME_BYTES || !name.bytes().all(is_tchar) {
+    if name.is_empty()
+        || name.len() > MAX_HEADER_NAME_BYTES
+        || !name.bytes().all(crate::signing::is_tchar)
+    {
         return None;
     }
     let name = name.to_ascii_lowercase();
@@ -361,11 +364,6 @@ fn checked_header(h: &HeaderValue) -> Option<(String, String)> {
         return None;
     }
     Some((name, value.to_owned()))
-}
-
-/// `tchar` of RFC 9110 §5.6.2: the characters of a header field name.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]
