@@ -1456,14 +1456,26 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
     // only where the route `OPTIONS` itself takes is one too (the handler
     // an `OPTIONS` reaches may be that route's): a preflight to a
     // mobile-only route is no browser's, and is checked as any `OPTIONS`,
-    // under the route that method takes.
+    // under the route that method takes. So is one the `action` or the
+    // network rules of that route refuse: the method it asks about is the
+    // client's to choose, and naming one that route does not list must
+    // not take its `OPTIONS` past them to a laxer route.
     if preflight.is_some() {
         let plain = match_route_for(config, req, req.method());
         let mobile_only = |m: &Result<Option<(usize, &Route)>, UnclearPath>| {
             matches!(m, Ok(Some((_, r))) if !r.platforms.is_empty()
                 && !r.platforms.contains(&identity::Platform::Web))
         };
-        if mobile_only(&matched) || mobile_only(&plain) {
+        let plain_refuses = match (&matched, &plain) {
+            (Ok(m), Ok(Some((i, r)))) if m.map(|(mi, _)| mi) != Some(*i) => {
+                r.action == Action::Deny
+                    || r.network
+                        .as_ref()
+                        .is_some_and(|n| check_network(n, req, config.xff_trusted_hops).is_err())
+            }
+            _ => false,
+        };
+        if mobile_only(&matched) || mobile_only(&plain) || plain_refuses {
             preflight = None;
             matched = plain;
         }

@@ -6941,3 +6941,82 @@ fn a_cookie_named_like_the_key_parameter_carries_the_checked_key_or_none() {
         assert_eq!(w.reason(path, hs), None, "{path} {hs:?}");
     }
 }
+
+#[test]
+fn a_preflight_is_held_to_the_action_and_network_of_the_route_options_takes() {
+    // The route `OPTIONS` itself takes (whose handler the request reaches)
+    // restricts it to the office network, or denies it outright. Asking
+    // about a method those routes do not list (the client's choice) would
+    // take the open catch-all: the preflight is then checked as any
+    // OPTIONS under the route it takes, and refused as one.
+    let w = World::from(json!({
+        "default_action": "deny",
+        "bypass_cors_preflight": true,
+        "apps": [{"id": "w", "platform": "web", "origins": ["https://shop.example.com"]}],
+        "routes": [
+            {"name": "admin", "match": {"prefix": "/admin/", "methods": ["GET", "POST", "OPTIONS"]},
+             "network": {"ip_allow": ["10.0.0.0/8"]}},
+            {"name": "closed", "match": {"prefix": "/closed/", "methods": ["GET", "OPTIONS"]},
+             "action": "deny"},
+            {"name": "public", "match": {"prefix": "/"}}
+        ]
+    }));
+    let options = |path: &str, asked: Option<&str>, from: &str| {
+        let mut pairs = vec![
+            (":method", "OPTIONS"),
+            (":path", path),
+            (":authority", "api.example.com"),
+            ("origin", "https://shop.example.com"),
+        ];
+        if let Some(m) = asked {
+            pairs.push(("access-control-request-method", m));
+        }
+        let h = headers(&pairs);
+        match evaluate(&w.ctx(), &Request::new(&h, from.parse().ok()), NOW) {
+            Step::Done(d, f) => (d.reason(), f.route, f.cors_preflight),
+            _ => panic!("no decision"),
+        }
+    };
+    let outside = "198.51.100.1";
+    assert_eq!(options("/admin/x", None, outside).0, Some(Reason::IpDenied));
+    assert_eq!(
+        options("/closed/x", None, outside).0,
+        Some(Reason::RouteDenied)
+    );
+    // Asking about a method the route lists, the preflight is that
+    // route's, held to its rules as before.
+    assert_eq!(
+        options("/admin/x", Some("POST"), outside),
+        (Some(Reason::IpDenied), Some(0), true)
+    );
+    for asked in ["PUT", "XYZ"] {
+        assert_eq!(
+            options("/admin/x", Some(asked), outside),
+            (Some(Reason::IpDenied), Some(0), false),
+            "{asked}"
+        );
+        assert_eq!(
+            options("/closed/x", Some(asked), outside),
+            (Some(Reason::RouteDenied), Some(1), false),
+            "{asked}"
+        );
+    }
+    assert_eq!(
+        options("/closed/x", Some("GET"), outside),
+        (Some(Reason::RouteDenied), Some(1), true)
+    );
+    // From inside admin's network a preflight asking about a method the
+    // catch-all takes passes as one; elsewhere preflights pass as before.
+    assert_eq!(
+        options("/admin/x", Some("PUT"), "10.1.2.3"),
+        (None, Some(2), true)
+    );
+    assert_eq!(
+        options("/admin/x", Some("POST"), "10.1.2.3"),
+        (None, Some(0), true)
+    );
+    assert_eq!(
+        options("/other", Some("PUT"), outside),
+        (None, Some(2), true)
+    );
+}

@@ -1848,6 +1848,50 @@ fn a_cors_preflight_reaches_the_upstream_only_with_bypass_cors_preflight() {
 }
 
 #[test]
+fn a_preflight_asking_about_another_method_keeps_the_network_rule_of_the_route_options_takes() {
+    // `admin` takes OPTIONS (and GET, POST) only from 10.0.0.0/8; the
+    // catch-all after it is open. Dressed as a preflight asking about a
+    // method `admin` does not list, an OPTIONS /admin/x from outside would
+    // take the catch-all and reach admin's handler: it is refused as the
+    // plain OPTIONS is.
+    let cfg = json!({
+        "default_action": "deny",
+        "bypass_cors_preflight": true,
+        "apps": [{"id": "shop-web", "platform": "web", "origins": ["https://shop.example.com"]}],
+        "routes": [
+            {"name": "admin", "match": {"prefix": "/admin/", "methods": ["GET", "POST", "OPTIONS"]},
+             "network": {"ip_allow": ["10.0.0.0/8"]}},
+            {"name": "public", "match": {"prefix": "/"}}
+        ]
+    });
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg, up.port).start();
+    let dressed = |path: &str| {
+        Req::new("OPTIONS", path)
+            .header("origin", "https://shop.example.com")
+            .header("access-control-request-method", "PUT")
+    };
+    let r = envoy.request(Req::new("OPTIONS", "/admin/x"));
+    assert_eq!((r.status, r.reason()), (403, Some("ip_denied")));
+    let r = envoy.request(dressed("/admin/x"));
+    assert_eq!((r.status, r.reason()), (403, Some("ip_denied")));
+    assert_eq!(
+        envoy.stat("appguard_decisions.route.admin.decision.deny.reason.ip_denied"),
+        Some(2)
+    );
+    assert!(up.seen().is_empty());
+    // A preflight elsewhere still passes as one.
+    let r = envoy.request(dressed("/shop/cart"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        envoy.stat("appguard_decisions.route.public.decision.preflight.reason.none"),
+        Some(1)
+    );
+    assert_eq!(up.seen().len(), 1);
+    envoy.assert_vm_healthy();
+}
+
+#[test]
 fn a_web_app_can_read_its_refusals_with_cors_on_refusals() {
     // Istio runs its CORS filter after every WasmPlugin: appguard's local
     // replies never pass it, and a browser hid them as network errors. With
