@@ -642,6 +642,9 @@ fn imf_fixdate(s: &str) -> Option<u64> {
 pub struct Retry {
     /// The second from which it is due.
     pub due: u64,
+    /// The second it was queued at: a clock read before it was set back
+    /// since, and the post is due then (see [`RetryQueue::take_due`]).
+    pub queued: u64,
     /// How many times it was tried already.
     pub attempts: u8,
     /// The JSON body, as first posted (the same alert, not a new count).
@@ -671,12 +674,14 @@ impl RetryQueue {
         dropped
     }
 
-    /// Takes the posts due at `now`, oldest first.
+    /// Takes the posts due at `now`, oldest first. One queued after `now`
+    /// was queued before the clock was set back: it is due now, not once
+    /// the clock has caught up (an hour's step held it an hour late).
     pub fn take_due(&mut self, now: u64) -> Vec<Retry> {
         let (due, waiting): (std::collections::VecDeque<Retry>, _) =
             std::mem::take(&mut self.waiting)
                 .into_iter()
-                .partition(|r| r.due <= now);
+                .partition(|r| r.due <= now || now < r.queued);
         self.waiting = waiting;
         due.into()
     }
@@ -801,6 +806,7 @@ mod tests {
     fn the_retry_queue_hands_out_what_is_due_and_stays_bounded() {
         let retry = |due: u64, n: usize| Retry {
             due,
+            queued: 0,
             attempts: 1,
             body: format!("{{\"n\":{n}}}"),
             what: format!("alert {n}"),
@@ -818,6 +824,31 @@ mod tests {
         }
         assert_eq!(q.push(retry(30, 99)), Some(retry(30, 0)), "the oldest goes");
         assert_eq!(q.len(), MAX_RETRIES_QUEUED);
+    }
+
+    #[test]
+    fn a_retry_is_not_held_back_by_a_clock_set_back() {
+        // Failed at 10,000 s and due 2 s or 15 minutes later; the clock is
+        // then set back (NTP, a VM restored). It goes out at the next tick,
+        // not as late as the step; on a clock not set back it waits.
+        let retry = |due: u64| Retry {
+            due,
+            queued: 10_000,
+            attempts: 1,
+            body: "{}".into(),
+            what: "alert".into(),
+        };
+        let late = 10_000 + MAX_RETRY_AFTER_SECONDS;
+        let mut q = RetryQueue::default();
+        q.push(retry(10_002));
+        q.push(retry(late));
+        assert_eq!(q.take_due(10_000), vec![]);
+        assert_eq!(q.take_due(10_002), vec![retry(10_002)]);
+        assert_eq!(q.take_due(late - 1), vec![]);
+        assert_eq!(q.take_due(10_000 - 1), vec![retry(late)]);
+        q.push(retry(10_002));
+        assert_eq!(q.take_due(10_000 - 3_600), vec![retry(10_002)]);
+        assert!(q.is_empty());
     }
     use crate::store::MemStore;
 

@@ -425,6 +425,7 @@ impl Worker {
         let summaries = crate::alerts::take_suppressed(&HostStore, a, now);
         let first = |body: String, what: String| Retry {
             due: now,
+            queued: now,
             attempts: 0,
             body,
             what,
@@ -508,6 +509,7 @@ impl Worker {
                 warn!("{what} not delivered: {why}; trying again in {wait} s{as_asked}{tried}");
                 let dropped = self.alert_retries.borrow_mut().push(Retry {
                     due: now.saturating_add(wait),
+                    queued: now,
                     ..post
                 });
                 if let Some(d) = dropped {
