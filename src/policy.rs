@@ -3099,6 +3099,12 @@ fn keep_token_headers(
     grant.forwarded_headers = kept;
 }
 
+/// The query parameter Envoy's `jwt_authn` (and Istio's
+/// `RequestAuthentication`) reads a token from when its provider names no
+/// token location: beside a delegated provider's header it is refused
+/// (see [`check_token`]).
+pub const JWT_AUTHN_QUERY_PARAM: &str = "access_token";
+
 /// Step 4: the route's token, delegated (the payload jwt_authn verified)
 /// or verified here (cache, negative cache and failure budget first, then
 /// keys and signature). `Ok(None)`: no token where none is required, or one
@@ -3143,7 +3149,19 @@ fn check_token(
         // jwt_authn verified the header under its one name; a copy under
         // another spelling (`x_token`, which PHP reads as `x-token`) must
         // be the same token, as for a provider appguard verifies itself.
-        token::extract(p, req).map_err(|e| Flow::from(e.reason()))?;
+        let in_header = token::extract(p, req).map_err(|e| Flow::from(e.reason()))?;
+        // `jwt_authn` with its default token locations (a provider naming
+        // none; Istio's rule without `fromHeaders`) also reads the
+        // `access_token` query parameter, verifies every token it finds and
+        // keeps one payload, the header's. Beside the header such a
+        // parameter is a second token none of appguard's rules saw: a used
+        // token replayed to an upstream that reads it.
+        if in_header.is_some()
+            && query_pairs(req.query().unwrap_or(""))
+                .any(|pair| php_name_is(param_name(pair), JWT_AUTHN_QUERY_PARAM))
+        {
+            return Err(Reason::TokenMalformed.into());
+        }
         let exp = token::check_claims(p, &claims, now).map_err(|e| Flow::from(e.reason()))?;
         let verified = Rc::new(VerifiedToken {
             provider: pi,

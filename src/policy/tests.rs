@@ -2178,6 +2178,61 @@ fn delegated_payloads_are_read_only_for_routes_that_need_them() {
     );
 }
 
+/// `jwt_authn` with its default locations also verifies an `access_token`
+/// query parameter and keeps the header token's payload: beside the header
+/// such a parameter is a token none of appguard's rules saw (a used one,
+/// replayed to an upstream that reads it), and the request is refused.
+#[test]
+fn a_delegated_token_beside_an_access_token_parameter_is_refused() {
+    let w = World::from(json!({
+        "tokens": [{"name": "mesh", "from": [{"header": "authorization", "prefix": "Bearer "}],
+                    "verified_by": {"key": "mesh_payload"},
+                    "issuer": "https://issuer.example", "max_lifetime_seconds": 300}],
+        "routes": [{"name": "meshed", "match": {"prefix": "/meshed/"}, "tokens": ["mesh"]}]
+    }));
+    let claims: Claims = serde_json::from_value(json!({
+        "iss": "https://issuer.example", "iat": NOW - 10, "exp": NOW + 100, "sub": "device-1"
+    }))
+    .unwrap();
+    let read = |p: usize| (p == 0).then(|| claims.clone());
+    let run = |path: &str, header: bool| {
+        let mut pairs = vec![
+            (":method", "GET"),
+            (":path", path),
+            (":authority", "api.example.com"),
+        ];
+        if header {
+            pairs.push(("authorization", "Bearer a.b.c"));
+        }
+        let h = headers(&pairs);
+        let ctx = w.ctx();
+        let mut req = Request::new(&h, Some("198.51.100.1".parse().unwrap()));
+        req.delegated = Delegated::Lazy(&read);
+        match evaluate(&ctx, &req, NOW) {
+            Step::Done(d, _) => d.reason(),
+            s => panic!("{s:?}"),
+        }
+    };
+    assert_eq!(run("/meshed/x", true), None);
+    assert_eq!(run("/meshed/x?access_tokens=1&token=2", true), None);
+    for query in [
+        "access_token=v.v.v",
+        "x=1&access_token=",
+        "ACCESS_TOKEN=v.v.v",
+        "access%5Ftoken=v.v.v",
+        "x=1;access_token=v.v.v",
+    ] {
+        assert_eq!(
+            run(&format!("/meshed/x?{query}"), true),
+            Some(Reason::TokenMalformed),
+            "{query}"
+        );
+    }
+    // The parameter alone holds the token jwt_authn verified: the payload
+    // is that token's, and appguard's rules apply to it.
+    assert_eq!(run("/meshed/x?access_token=v.v.v", false), None);
+}
+
 #[test]
 fn delegated_providers_on_one_metadata_key_take_the_payload_of_their_issuer() {
     // Istio writes every RequestAuthentication rule's payload under

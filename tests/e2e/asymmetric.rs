@@ -410,3 +410,69 @@ fn delegated_claims_keep_their_types_through_envoys_metadata() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up.seen().len(), 2);
 }
+
+/// `jwt_authn` with its default token locations (no `from_headers`:
+/// `Authorization: Bearer` and the `access_token` query parameter) verifies
+/// every token it finds and keeps one payload, the header's. A used token
+/// in the parameter beside a fresh one in the header would reach the
+/// upstream past appguard's replay check: the two together are refused.
+/// The parameter alone is the token jwt_authn verified, and appguard's
+/// rules apply to it.
+#[test]
+fn a_delegated_token_beside_jwt_authns_default_query_parameter_is_refused() {
+    let cfg = json!({
+        "tokens": [{"name": "oauth",
+                    "from": [{"header": "authorization", "prefix": "Bearer "}],
+                    "verified_by": {"key": "oauth_payload"},
+                    "issuer": "https://issuer.example", "max_lifetime_seconds": 300,
+                    "replay": {}}],
+        "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["oauth"]}]
+    });
+    let jwks = json!({"keys": [tokens::rsa_fixture_jwk("rsa1")]}).to_string();
+    let jwt_authn = json!({
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"oauth": {
+                "issuer": "https://issuer.example",
+                "local_jwks": {"inline_string": jwks},
+                "payload_in_metadata": "oauth_payload",
+                "forward": true
+            }},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
+                {"provider_name": "oauth"}, {"allow_missing": {}}
+            ]}}}]
+        }
+    });
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .filter_before(jwt_authn)
+        .start();
+    let tok = |jti: &str| {
+        tokens::rs256(
+            "rsa1",
+            &claims(120, json!({"iss": "https://issuer.example", "jti": jti})),
+        )
+    };
+    let used = tok("used");
+    let bearer = |t: &str| format!("Bearer {t}");
+    let r = envoy.request(Req::get("/a").header("authorization", &bearer(&used)));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let fresh = tok("fresh-1");
+    let r = envoy.request(
+        Req::get(&format!("/a?access_token={used}")).header("authorization", &bearer(&fresh)),
+    );
+    assert_eq!((r.status, r.reason()), (401, Some("token_malformed")));
+    let r = envoy.request(
+        Req::get(&format!("/a?access_token={fresh}")).header("authorization", &bearer(&used)),
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(up.seen().len(), 1);
+    // In the parameter alone: the token jwt_authn verified, held to replay.
+    let r = envoy.request(Req::get(&format!("/a?access_token={used}")));
+    assert_eq!((r.status, r.reason()), (401, Some("token_replayed")));
+    let r = envoy.request(Req::get(&format!("/a?access_token={}", tok("fresh-2"))));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.seen().len(), 2);
+    envoy.assert_vm_healthy();
+}
