@@ -2349,6 +2349,17 @@ fn check_path(at: &str, p: String, prefix: bool) -> Result<String, ConfigError> 
     if lower.contains("%2f") || lower.contains("%5c") {
         return never("Envoy refuses requests with an encoded slash or backslash (`path_with_escaped_slashes_action: REJECT_REQUEST`)");
     }
+    // Envoy sends every other byte a path may not hold as it is escaped
+    // (and refuses raw non-ASCII), and upstreams that decode paths read an
+    // escaped `:` or `@` as the character: a route is written the one way
+    // both compare with.
+    if let Some(c) = crate::policy::canonical_path(&p) {
+        return never(&format!(
+            "a request has it as {c:?} (a path holds `:`, `@`, `!`, `$`, `&`, `'`, `(`, \
+             `)`, `*`, `+`, `,` and `=` as they are, every other character escaped, in \
+             upper case); write that"
+        ));
+    }
     Ok(p)
 }
 
@@ -3929,6 +3940,18 @@ mod tests {
             "/v1/%2e/x",
             "/v1%2Fsms",
             "/v1%5csms",
+            // Envoy sends these escaped, or refuses them (raw non-ASCII);
+            // a decoding upstream reads `%3A` as `:`.
+            "/v1/café",
+            "/v1/a b",
+            "/v1/a\"b",
+            "/v1/a<b",
+            "/v1/users/{id}",
+            "/v1/a|b",
+            "/v1/a`b",
+            "/v1/things%3AbatchDelete",
+            "/v1/users/%40me",
+            "/v1/caf%c3%a9",
         ] {
             for kind in ["path", "prefix"] {
                 let e = route(kind, p).unwrap_err();
@@ -3945,6 +3968,11 @@ mod tests {
             ("prefix", "/v1/.."),
             ("path", "/.well-known/jwks.json"),
             ("path", "/v1/a%20b"),
+            ("path", "/v1/caf%C3%A9"),
+            ("path", "/v1/things:batchDelete"),
+            ("prefix", "/v1/users/@me/"),
+            ("path", "/v1/a%3Bb"),
+            ("path", "/v1/a!$&'()*+,=b"),
             ("prefix", "/v1/"),
             ("prefix", "/"),
             ("path", "/v1/sms/"),

@@ -906,17 +906,21 @@ fn match_route_for<'c>(
     let mut methods: Vec<Cow<'_, str>> = Vec::new();
     let mut hosts: Vec<Cow<'_, str>> = Vec::new();
     // The path as an upstream that decodes it before routing reads it
-    // (Tomcat, Go's `net/http`, Werkzeug): escaped unreserved characters
-    // (`%73` for `s`), which only `normalize_path` decodes, decoded; `%2F`
-    // and `%5C`, which Envoy passes on unless told to reject or decode them
+    // (Tomcat, Spring, Go's `net/http`, Werkzeug, ASP.NET Core), read from
+    // the path as it came, `;` parameters and all (a `%2F..` inside one is
+    // a traversal to an upstream that decodes first): every escape of a
+    // character a path holds as it is decoded, as Envoy's `normalize_path`
+    // does only for unreserved ones (`%73` for `s`, and `%3A` for the `:`
+    // of `/v1/things:batchDelete`), the rest in one case (see
+    // [`canonical_path`]); then also with `%2F` and `%5C`, which Envoy
+    // passes on unless told to reject or decode them
     // (`path_with_escaped_slashes_action`), and `\`, which only
-    // `normalize_path` turns into `/`, read as `/`. It must take the
+    // `normalize_path` turns into `/`, read as `/`. Each must take the
     // request's route.
-    let decoded = match decode_unreserved(&path) {
-        Some(d) => Some(decode_slashes(&d).unwrap_or(d)),
-        None => decode_slashes(&path),
-    };
-    if let Some(decoded) = decoded {
+    let raw = req.path();
+    let canonical = canonical_path(raw);
+    let slashes = decode_slashes(canonical.as_deref().unwrap_or(raw));
+    for decoded in [canonical, slashes].into_iter().flatten() {
         let decoded = route_path(&decoded).ok_or(UnclearPath)?.into_owned();
         // `/v1/a%2Fsms.json` is `/v1/a/sms` to an upstream that both
         // decodes and strips format suffixes.
@@ -1294,31 +1298,75 @@ fn unreserved_escape(s: &str) -> Option<char> {
     (c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')).then_some(c)
 }
 
-/// `path` with every escaped unreserved character decoded (`/v1/%73ms`
-/// → `/v1/sms`), as Envoy's `normalize_path` and the upstreams that
-/// decode before routing read it; other escapes stay. `None` when it has
-/// none (as [`decode_slashes`]).
-fn decode_unreserved(path: &str) -> Option<String> {
-    let (first, _) = encoded_unreserved(path)?;
-    let (head, mut rest) = path.split_at(first);
-    let mut out = String::with_capacity(path.len());
-    out.push_str(head);
-    while let Some(i) = rest.find('%') {
-        let (head, tail) = rest.split_at(i);
-        out.push_str(head);
-        match unreserved_escape(tail) {
-            Some(c) => {
-                out.push(c);
-                rest = tail.get(3..).unwrap_or("");
+/// Whether a path may hold `b` as it is (RFC 3986 `pchar` but `%`, and
+/// `/`): what Envoy hands over unescaped once `normalize_path` ran.
+pub(crate) fn is_path_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b)
+}
+
+/// `path` written one way, so that two spellings an upstream that decodes
+/// paths reads as one compare equal (and route paths, which are written
+/// this way, compare with them): the escape of each character a path may
+/// hold as it is decoded (`%73` → `s`, `%3A` → `:`, `%40` → `@`), but for
+/// `%2F` and `%3B` (a decoded `/` or `;` would make another segment or a
+/// `;` parameter of it); every other escape in upper case (`%c3%a9` →
+/// `%C3%A9`); and every byte a path never holds as it is but `%` escaped
+/// (`{` → `%7B`, `\` → `%5C`, `é` → `%C3%A9`), as Envoy's
+/// `normalize_path` sends them. A `%` that starts no escape stays. `None`
+/// when `path` is written so already.
+pub(crate) fn canonical_path(path: &str) -> Option<String> {
+    let b = path.as_bytes();
+    let hex = |j: usize| b.get(j).and_then(|&h| char::from(h).to_digit(16));
+    let escape = |i: usize| u8::try_from(hex(i + 1)? << 4 | hex(i + 2)?).ok();
+    let keeps = |c: u8| is_path_char(c) && !matches!(c, b'/' | b';');
+    let changes = |i: usize, c: u8| match c {
+        b'%' => escape(i).is_some_and(|e| {
+            keeps(e)
+                || b.get(i + 1..i + 3)
+                    .is_some_and(|h| h.iter().any(u8::is_ascii_lowercase))
+        }),
+        _ => !is_path_char(c),
+    };
+    let first = b.iter().enumerate().position(|(i, &c)| changes(i, c))?;
+    let mut out = String::with_capacity(path.len() + 8);
+    out.push_str(path.get(..first)?);
+    let mut i = first;
+    while let Some(&c) = b.get(i) {
+        match (c, escape(i)) {
+            (b'%', Some(e)) => {
+                if keeps(e) {
+                    out.push(char::from(e));
+                } else {
+                    push_escape(&mut out, e);
+                }
+                i += 3;
             }
-            None => {
+            (b'%', None) => {
                 out.push('%');
-                rest = tail.get(1..).unwrap_or("");
+                i += 1;
+            }
+            _ => {
+                if is_path_char(c) {
+                    out.push(char::from(c));
+                } else {
+                    push_escape(&mut out, c);
+                }
+                i += 1;
             }
         }
     }
-    out.push_str(rest);
     Some(out)
+}
+
+/// Appends `%XX` for `b`, in upper case.
+fn push_escape(out: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    for nibble in [b >> 4, b & 0xf] {
+        out.push(char::from(
+            HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+        ));
+    }
 }
 
 /// `path` with every `%2F` and `%5C` (any case) and every `\` turned into

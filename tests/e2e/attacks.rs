@@ -1152,6 +1152,59 @@ fn path_tricks_cannot_bypass_a_deny_route() {
     e.assert_vm_healthy();
 }
 
+/// What Envoy passes on escaped and upstreams that decode paths before
+/// routing (Go, Spring, Tomcat, Werkzeug) read decoded: `%3A` is the `:` of
+/// `/v1/things:batchDelete`, `%40` the `@` of `/v1/users/@me/`, `%c3%a9`
+/// the `%C3%A9` a route names; with `path_with_escaped_slashes_action` at
+/// Envoy's default (keep), a `%2F..%2F` inside a `;` parameter is a
+/// traversal to an upstream that decodes, then resolves dot segments
+/// without knowing `;` parameters (nginx). None takes the open catch-all.
+#[test]
+fn escaped_path_characters_take_no_weaker_route() {
+    let up = Upstream::start();
+    let config = json!({
+        "default_action": "allow",
+        "routes": [
+            {"name": "batch", "match": {"path": "/v1/things:batchDelete"}, "action": "deny"},
+            {"name": "me", "match": {"prefix": "/v1/users/@me/"}, "action": "deny"},
+            {"name": "cafe", "match": {"path": "/v1/caf%C3%A9"}, "action": "deny"},
+            {"name": "sms", "match": {"path": "/v1/sms"}, "action": "deny"},
+            {"name": "api", "match": {"prefix": "/v1/"}}
+        ]
+    });
+    let envoy = EnvoyBuilder::new(config, up.port)
+        .hcm("path_with_escaped_slashes_action", json!("KEEP_UNCHANGED"))
+        .start();
+    for p in [
+        "/v1/things:batchDelete",
+        "/v1/things%3AbatchDelete",
+        "/v1/things%3abatchDelete",
+        "/v1/users/@me/x",
+        "/v1/users/%40me/x",
+        "/v1/caf%C3%A9",
+        "/v1/caf%c3%a9",
+        "/v1/x%2F..%2Fsms",
+        "/v1/x;%2F..%2Fsms",
+        "/v1/x;p%2F%2e%2e%2Fsms",
+        "/v1/x;%5C..%5Csms",
+    ] {
+        let r = envoy.request(Req::new("POST", p));
+        assert_eq!((r.status, r.reason()), (403, Some("route_denied")), "{p}");
+    }
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+    for p in [
+        "/v1/things",
+        "/v1/users/%40you/x",
+        "/v1/x;p=1",
+        "/v1/x;a%2Fb",
+    ] {
+        let r = envoy.request(Req::new("POST", p));
+        assert_eq!(r.status, 200, "{p}: {}", r.text());
+    }
+    assert_eq!(up.seen().len(), 4);
+    envoy.assert_vm_healthy();
+}
+
 #[test]
 fn format_suffixes_target_headers_and_token_spellings_cannot_reach_another_handler() {
     // What Envoy passes on unchanged and upstream frameworks read as
