@@ -1002,6 +1002,20 @@ impl Config {
     /// printed by `appguard-cli check-config`. Not refusals: each case can
     /// be right for someone.
     pub fn advisories(&self) -> Vec<String> {
+        let mut out = self.advice();
+        // Names and values quoted from the configuration are written with
+        // their control characters escaped, as in [`ConfigError`]: Envoy
+        // logs each line, and a `\n` would start one of the writer's own.
+        for line in &mut out {
+            if line.contains(char::is_control) {
+                *line = line.chars().flat_map(char::escape_default).collect();
+            }
+        }
+        out
+    }
+
+    /// [`Config::advisories`] as written, before escaping.
+    fn advice(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.routes.is_empty() && self.default_action == Action::Allow {
             out.push(
@@ -1236,6 +1250,9 @@ impl Config {
                             }
                             Source::ApiKey if r.api_key == KeyRequirement::Optional => {
                                 Some("the API key of a route where it is optional")
+                            }
+                            Source::Claim(_) if !r.token_required => {
+                                Some("a token, on a route where it is optional,")
                             }
                             _ => None,
                         });
@@ -4086,5 +4103,100 @@ mod tests {
         assert_eq!(c.routes[0].mode, Mode::Enforce);
         assert_eq!(c.routes[1].mode, Mode::Monitor);
         assert_eq!(c.routes[0].action, Action::Deny);
+    }
+
+    /// A route's token provider reading `x-t` with an HS256 key, and the
+    /// given route fields and provider fields.
+    fn with_token(provider: &str, route: &str) -> String {
+        format!(
+            r#"{{"tokens": [{{"name": "p", "from": [{{"header": "x-t"}}],
+                "keys": [{{"secret_base64": "Zm9vYmFyU0VDUkVUU0VDUkVUU0VDUkVUU0VDUkVUU0VDUkVU"}}]
+                {provider}}}],
+              "routes": [{{"name": "sms", "match": {{"prefix": "/"}}, "tokens": ["p"] {route}}}]}}"#
+        )
+    }
+
+    #[test]
+    fn a_claim_entry_with_a_blank_claim_name_is_refused() {
+        // No token has it: the rule would be skipped for every request.
+        for name in ["", " "] {
+            let doc = with_token(
+                "",
+                &format!(
+                    r#", "rate_limits": [{{"entries": [{{"type": "claim", "name": "{name}",
+                        "key": "user"}}], "local": {{"requests": 5, "per": "minute"}}}}]"#
+                ),
+            );
+            assert_eq!(
+                err(&doc).path,
+                "routes[0].rate_limits[0].entries[0].name",
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_claim_rule_a_request_without_a_token_skips_is_advised() {
+        let rule = r#", "rate_limits": [{"name": "per-user", "entries": [{"type": "claim",
+            "name": "sub"}], "local": {"requests": 5, "per": "minute"}}]"#;
+        let advice = |route: &str| {
+            Config::from_json(with_token("", route).as_bytes())
+                .unwrap()
+                .advisories()
+        };
+        let optional = advice(&format!(r#", "token_required": false{rule}"#));
+        assert!(
+            optional.iter().any(|a| a.contains("per-user")
+                && a.contains("without a token, on a route where it is optional, skips")),
+            "{optional:?}"
+        );
+        assert!(!advice(rule).iter().any(|a| a.contains("per-user")));
+    }
+
+    #[test]
+    fn no_issuer_or_audience_holds_a_control_character() {
+        // Advice quotes the issuer (two providers of one issuer with
+        // `replay`), and Envoy logs each line: a `\n` would start a line
+        // of the configuration writer's own. (Advice lines are written
+        // escaped too.)
+        let forged = "https://iss\n[2026-12-07 05:00:00.000][1][critical][main] forged";
+        for field in ["issuer", "audiences"] {
+            let value = if field == "issuer" {
+                format!("{forged:?}")
+            } else {
+                format!("[{forged:?}]")
+            };
+            let e = err(&with_token(&format!(r#", "{field}": {value}"#), ""));
+            assert!(e.message.contains("control characters"), "{e}");
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_required_claim_number_that_is_no_64_bit_integer_is_refused() {
+        // As a double it would also match its neighbours: the token's
+        // `123456789012345678900000` rounds to the same one.
+        for v in [
+            "123456789012345678901234",
+            "0.1",
+            "1e3",
+            "[1, 2.5]",
+            r#"{"a": -1.0}"#,
+        ] {
+            let e = err(&with_token(
+                &format!(r#", "required_claims": {{"acct": {v}}}"#),
+                "",
+            ));
+            assert_eq!(e.path, "tokens[0].required_claims.acct", "{v}");
+        }
+        for v in [
+            "18446744073709551615",
+            "-9223372036854775808",
+            "[1, \"2.5\"]",
+            "true",
+        ] {
+            let doc = with_token(&format!(r#", "required_claims": {{"acct": {v}}}"#), "");
+            assert!(Config::from_json(doc.as_bytes()).is_ok(), "{v}");
+        }
     }
 }

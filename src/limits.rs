@@ -202,6 +202,11 @@ impl RawEntry {
             }
             EntryKind::Claim => {
                 let name = self.name.ok_or_else(|| needed("name"))?;
+                // No token has a blank claim (a template's unset value):
+                // the rule would be skipped for every request.
+                if name.trim().is_empty() {
+                    return Err(ConfigError::new(field("name"), "must not be empty"));
+                }
                 (self.key, name.clone(), Source::Claim(name))
             }
             EntryKind::Body => {

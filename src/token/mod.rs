@@ -741,11 +741,40 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
         }
         None => None,
     };
+    // No issuer or audience holds a control character; one quoted in
+    // advice would write into Envoy's log as it is.
+    let plain = |field: &str, v: &str| {
+        blank(field, v)?;
+        if v.contains(char::is_control) {
+            return Err(err(field, "must not hold control characters".into()));
+        }
+        Ok(())
+    };
     if let Some(iss) = &raw.issuer {
-        blank("issuer", iss)?;
+        plain("issuer", iss)?;
+    }
+    // A number is compared as a double unless it is an integer of 64 bits:
+    // `123456789012345678901234` or `0.1` would also match the neighbours
+    // that round to the same double, and "exactly these values" would not
+    // hold.
+    fn exact(v: &Value) -> bool {
+        match v {
+            Value::Number(n) => !n.is_f64(),
+            Value::Array(a) => a.iter().all(exact),
+            Value::Object(o) => o.values().all(exact),
+            _ => true,
+        }
+    }
+    if let Some((name, _)) = raw.required_claims.iter().find(|(_, v)| !exact(v)) {
+        return Err(err(
+            &format!("required_claims.{name}"),
+            "a number here must be an integer of at most 64 bits: one with a fraction, an \
+             exponent or more digits is compared as a double, and also matches its neighbours"
+                .into(),
+        ));
     }
     for (i, a) in raw.audiences.iter().enumerate() {
-        blank(&format!("audiences[{i}]"), a)?;
+        plain(&format!("audiences[{i}]"), a)?;
     }
     for (i, t) in raw.typ.iter().enumerate() {
         // A media type's characters (RFC 6838), as `typ` values are.
