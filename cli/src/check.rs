@@ -738,7 +738,7 @@ fn with_filter_flags(
     filter: &Value,
     notes: &mut Vec<String>,
 ) -> Result<Config, ConfigError> {
-    let flag = filter.get("allow_on_headers_stop_iteration") == Some(&Value::Bool(true));
+    let flag = envoy_true(filter.get("allow_on_headers_stop_iteration"));
     match result {
         Ok(c) if c.hold_headers_for_body && !flag => {
             Err(ConfigError::new("hold_headers_for_body", HOLD_NEEDS_FLAG))
@@ -906,7 +906,7 @@ struct Hcm {
 
 impl Hcm {
     fn read(path: &str, node: &Value, filters: &[Value]) -> Hcm {
-        let is_true = |k: &str| node.get(k) == Some(&Value::Bool(true));
+        let is_true = |k: &str| envoy_true(node.get(k));
         let mut path_settings_missing = Vec::new();
         if !is_true("normalize_path") {
             path_settings_missing.push("normalize_path: true");
@@ -1049,9 +1049,7 @@ fn envoy_configs(doc: &Value, configs: &mut Vec<Checked>, skipped: &mut Vec<Skip
             hcms.push(Hcm::read(path, node, filters));
         }
         let config = node.get("typed_config").and_then(|t| t.get("config"));
-        if node.get("disabled") == Some(&Value::Bool(true))
-            && config.is_some_and(is_appguard_filter)
-        {
+        if envoy_true(node.get("disabled")) && config.is_some_and(is_appguard_filter) {
             disabled.push(format!("{path}.typed_config.config"));
         }
         if is_appguard_filter(node) {
@@ -1066,7 +1064,7 @@ fn envoy_configs(doc: &Value, configs: &mut Vec<Checked>, skipped: &mut Vec<Skip
                 );
             }
             let open = node.get("failure_policy").and_then(Value::as_str) == Some("FAIL_OPEN")
-                || node.get("fail_open") == Some(&Value::Bool(true));
+                || envoy_true(node.get("fail_open"));
             if open {
                 notes.push(
                     "failure_policy FAIL_OPEN (or fail_open: true): when the VM fails (a \
@@ -1516,11 +1514,8 @@ fn yaml11_scalars(
 ) -> Value {
     match v {
         Value::String(s) => {
-            let read = if YAML11_BOOLEANS.contains(&s.as_str()) {
-                Some(Value::Bool(matches!(
-                    s.as_str(),
-                    "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON"
-                )))
+            let read = if let Some(b) = yaml11_boolean(s) {
+                Some(Value::Bool(b))
             } else if serde_norway::from_str::<Value>(s).is_ok_and(|v| v.is_number()) {
                 // Plain, YAML 1.2 would read a number too: so the string
                 // was quoted, and Kubernetes reads it as a string as well.
@@ -1566,13 +1561,88 @@ fn yaml11_scalars(
                     path.push('.');
                     path.push_str(k);
                     let read = yaml11_scalars(x, path, text, notes, changed);
+                    // A key too: sigs.k8s.io/yaml writes a boolean key as
+                    // "true" or "false" (an EC JWK's `y`, an RSA JWK's `n`).
+                    let key = match yaml11_boolean(k).filter(|_| unquoted_key_in(text, k)) {
+                        Some(b) => {
+                            notes.push(format!(
+                                "{path}: the key `{k}` unquoted is the boolean {b} to Kubernetes \
+                                 (YAML 1.1), and reaches the filter as the key \"{b}\"; write \"{k}\""
+                            ));
+                            if quoted_key_in(text, k) {
+                                k.clone()
+                            } else {
+                                *changed = true;
+                                b.to_string()
+                            }
+                        }
+                        None => k.clone(),
+                    };
                     path.truncate(len);
-                    (k.clone(), read)
+                    (key, read)
                 })
                 .collect(),
         ),
         _ => v.clone(),
     }
+}
+
+/// Whether Envoy reads `v` as `true`. Envoy reads its YAML with yaml-cpp,
+/// which takes a plain `y`, `yes`, `true` or `on` (all in lower or upper
+/// case, or capitalised) for true: `disabled: yes` turns a filter off,
+/// though YAML 1.2, as this checker reads it, has the string "yes".
+fn envoy_true(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => {
+            let flexible = s == &s.to_lowercase()
+                || s == &s.to_uppercase()
+                || s.get(1..).is_some_and(|rest| rest == rest.to_lowercase());
+            flexible && matches!(s.to_lowercase().as_str(), "y" | "yes" | "true" | "on")
+        }
+        _ => false,
+    }
+}
+
+/// The boolean Kubernetes (go-yaml v2, YAML 1.1) reads in the plain scalar
+/// `s`, if it reads one where YAML 1.2 reads a string.
+fn yaml11_boolean(s: &str) -> Option<bool> {
+    YAML11_BOOLEANS.contains(&s).then_some(matches!(
+        s,
+        "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON"
+    ))
+}
+
+/// Whether `text` holds `key` as a plain mapping key somewhere: first on
+/// its line (after any `- `), or after `{` or `,` in a flow mapping, and
+/// followed by `:` and a blank or the line's end.
+fn unquoted_key_in(text: &str, key: &str) -> bool {
+    text.match_indices(key).any(|(at, _)| {
+        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let before = text[line_start..at].trim_end_matches([' ', '\t']);
+        let starts = before.is_empty()
+            || before.ends_with(['{', ','])
+            || before
+                .trim_start()
+                .trim_start_matches(['-', ' '])
+                .is_empty();
+        let after = text[at + key.len()..].trim_start_matches([' ', '\t']);
+        let colon = after
+            .strip_prefix(':')
+            .is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t', '\n', '\r']));
+        starts && colon
+    })
+}
+
+/// Whether `text` holds `key` quoted as a mapping key (`"y":`, `'y':`).
+fn quoted_key_in(text: &str, key: &str) -> bool {
+    ['"', '\''].iter().any(|q| {
+        text.match_indices(&format!("{q}{key}{q}")).any(|(at, m)| {
+            text[at + m.len()..]
+                .trim_start_matches([' ', '\t'])
+                .starts_with(':')
+        })
+    })
 }
 
 /// Whether `text` holds `word` quoted (`"word"` or `'word'`) somewhere.

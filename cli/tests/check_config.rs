@@ -1118,3 +1118,97 @@ fn an_infinite_number_in_yaml_is_named_where_it_is() {
     );
     assert!(!r.stderr.contains("invalid type: null"), "{}", r.stderr);
 }
+
+/// Envoy reads its YAML with yaml-cpp, which takes the
+/// YAML 1.1 booleans (`yes`, `on`, `y`, any case form) as booleans: an
+/// appguard filter entry with `disabled: yes` is off on every route (a
+/// request appguard would refuse gets the upstream's 200 with Envoy
+/// 1.40). check-config reads YAML 1.2, sees the string "yes", and passes
+/// the file without the warning it gives `disabled: true`.
+#[test]
+fn a_filter_entry_disabled_in_yaml_1_1_spelling_is_warned_of() {
+    let envoy = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
+    let entry = "          - name: envoy.filters.http.wasm\n            typed_config:\n";
+    assert!(envoy.contains(entry), "the example changed");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("envoy.yaml");
+    for spelling in ["yes", "on", "Yes", "ON"] {
+        let edited = envoy.replacen(
+            entry,
+            &format!(
+                "          - name: envoy.filters.http.wasm\n            disabled: {spelling}\n            typed_config:\n"
+            ),
+            1,
+        );
+        std::fs::write(&file, edited).unwrap();
+        let r = cli(&["check-config", s(&file)]);
+        assert!(
+            r.stderr.contains("the filter entry is `disabled: true`"),
+            "disabled: {spelling} (appguard off on every route) passed without the warning \
+             `disabled: true` gets: code {}: {}",
+            r.code,
+            r.all()
+        );
+    }
+}
+
+/// Kubernetes reads a WasmPlugin with go-yaml v2
+/// (YAML 1.1) through sigs.k8s.io/yaml, which resolves the plain keys `y`
+/// and `n` (like `yes`, `no`, `on`, `off`) as booleans and writes them as
+/// the JSON keys "true" and "false" (ghodss/yaml `convertToJSONableObject`:
+/// `case bool: keyString = "true"`). An inline EC JWK written as YAML
+/// (its `y` member; an RSA JWK's `n`) reaches the filter without it, and
+/// the filter refuses the configuration; check-config, which converts
+/// scalar values the Kubernetes way but not keys, calls it valid.
+#[test]
+fn a_jwk_member_kubernetes_reads_as_a_boolean_key_is_checked_as_it_reads_it() {
+    let manifest = "\
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: appguard, namespace: istio-system}
+spec:
+  pluginName: appguard
+  failStrategy: FAIL_CLOSE
+  pluginConfig:
+    tokens:
+    - name: signer
+      from: [{header: x-app-token}]
+      issuer: https://signer.example.com
+      jwks:
+        keys:
+        - kty: EC
+          crv: P-256
+          kid: signer-2026-01
+          alg: ES256
+          use: sig
+          x: snkJelxVvRvSjzxKcaLBlQ6mVaX58iHIn4TpuniZdKs
+          y: r4j2ww7SLo2OsdCLglfCN10r1LBM7ojEtuY4A1XCFJE
+    routes:
+    - name: api
+      match: {prefix: /}
+      tokens: [signer]
+";
+    // What the filter gets once Kubernetes has read the manifest: the
+    // member `y` is now "true"; the filter refuses that configuration.
+    let as_kubernetes_sends = r#"{"tokens": [{"name": "signer", "from": [{"header": "x-app-token"}],
+        "issuer": "https://signer.example.com",
+        "jwks": {"keys": [{"kty": "EC", "crv": "P-256", "kid": "signer-2026-01", "alg": "ES256",
+          "use": "sig", "x": "snkJelxVvRvSjzxKcaLBlQ6mVaX58iHIn4TpuniZdKs",
+          "true": "r4j2ww7SLo2OsdCLglfCN10r1LBM7ojEtuY4A1XCFJE"}]}}],
+      "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["signer"]}]}"#;
+    let filter = check_text("sent.json", as_kubernetes_sends, &[]);
+    assert_eq!(filter.code, 1, "the filter's verdict: {}", filter.all());
+    let r = check_text("wasmplugin.yaml", manifest, &[]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("the key `y` unquoted is the boolean true to Kubernetes"),
+        "{}",
+        r.all()
+    );
+    // Quoted, it is the member `y`.
+    let quoted = manifest.replace("          y: r4j2", "          \"y\": r4j2");
+    let r = check_text("wasmplugin.yaml", &quoted, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.stderr.contains("the key `y`"), "{}", r.all());
+}
