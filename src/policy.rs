@@ -3322,6 +3322,15 @@ fn check_token(
                 token::precheck(provider, &provider.keys, extra, pending, raw, now)
             };
             let pre = match pre {
+                // A token naming no `kid` may be signed by a key of the set
+                // still to come: it waits for it first, as one naming an
+                // unknown `kid` does (and is then tried against them all).
+                Ok(pre) if pending && pre.kidless && ctx.key_fetch == KeyFetch::May => {
+                    Err(TokenError::UnknownKid)
+                }
+                other => other,
+            };
+            let pre = match pre {
                 Ok(pre) => pre,
                 Err(TokenError::UnknownKid) => {
                     // What needs no key is checked first: junk, an expired
@@ -3362,6 +3371,23 @@ fn check_token(
                 Err(e) => return Err(Flow::from(e.reason())),
             };
             if let Err(e) = pre.check_signature(raw) {
+                // One failure per key the token was tried against: a forged
+                // token without `kid`, tried against every key of its
+                // algorithm, spends the budget as fast as that many forged
+                // tokens would (the budget bounds the verifications, not
+                // the tokens).
+                budget.charge(u32::try_from(1 + pre.others.len()).unwrap_or(u32::MAX));
+                if pending && pre.kidless {
+                    // The remote set could not be had, and the token's key
+                    // may be in it: not known to be forged (not remembered
+                    // as such), and the route's failure mode decides, as
+                    // for an unknown `kid`.
+                    if route.jwks_failure_mode == FailureMode::Allow {
+                        facts.degraded = Some(Reason::JwksUnavailable);
+                        return Ok(None);
+                    }
+                    return Err(Reason::JwksUnavailable.into());
+                }
                 let until = pre
                     .exp
                     .min(now.saturating_add(600))
@@ -3373,12 +3399,6 @@ fn check_token(
                     until,
                     now,
                 );
-                // One failure per key the token was tried against: a forged
-                // token without `kid`, tried against every key of its
-                // algorithm, spends the budget as fast as that many forged
-                // tokens would (the budget bounds the verifications, not
-                // the tokens).
-                budget.charge(u32::try_from(1 + pre.others.len()).unwrap_or(u32::MAX));
                 return Err(e.reason().into());
             }
             let v = Rc::new(VerifiedToken {

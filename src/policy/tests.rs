@@ -7169,3 +7169,100 @@ fn a_preflight_is_held_to_the_action_and_network_of_the_route_options_takes() {
         (None, Some(2), true)
     );
 }
+
+/// A provider with a configured key (no `kid`) beside a remote JWKS.
+/// Before the JWKS loads (cold start, or dropped after the grace), a token
+/// without `kid` may be for one of its keys as much as a token naming one:
+/// it asks for the keys first, and where they cannot be had, one the
+/// configured key does not verify is answered by the route's failure mode,
+/// not refused as forged.
+#[test]
+fn a_token_without_kid_waits_for_remote_keys_still_to_come() {
+    use crate::token::keys::{keys_from_jwks, JwksOrigin};
+    use jwt_simple::prelude::*;
+    let ec_pub = include_str!("../../tests/fixtures/ec-p256-test-key.pub.pem");
+    let w = World::from(json!({
+        "tokens": [{"name": "r", "from": [{"header": "x-t"}],
+                    "keys": [{"alg": "ES256", "pem": ec_pub}],
+                    "remote_jwks": {"cluster": "jwks", "path": "/jwks"}}],
+        "routes": [{"name": "open", "match": {"prefix": "/open"}, "tokens": ["r"], "failure_mode": "allow"},
+                   {"name": "api", "match": {"prefix": "/"}, "tokens": ["r"]}]
+    }));
+    // The issuer's key, published in the remote JWKS without a `kid`.
+    let issuer = ES256KeyPair::from_bytes(&[5u8; 32]).unwrap();
+    let pk = issuer.public_key().public_key().to_bytes_uncompressed();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(&pk[1..33]), "y": b64(&pk[33..65])});
+    let token = |jti: &str| {
+        let mut c = Claims::create(Duration::from_secs(60)).with_jwt_id(jti);
+        c.issued_at = Some(Duration::from_secs(NOW));
+        c.expires_at = Some(Duration::from_secs(NOW + 60));
+        c.invalid_before = None;
+        issuer.sign(c).unwrap()
+    };
+    let step = |path: &str, t: &str, remote: &[RemoteKeys], key_fetch: KeyFetch| {
+        let h = headers(&[
+            (":method", "GET"),
+            (":path", path),
+            (":authority", "a"),
+            ("x-t", t),
+        ]);
+        let mut ctx = w.ctx();
+        ctx.remote_keys = remote;
+        ctx.key_fetch = key_fetch;
+        evaluate(&ctx, &Request::new(&h, "192.0.2.9".parse().ok()), NOW)
+    };
+    let none = [RemoteKeys {
+        keys: None,
+        version: 0,
+    }];
+    let loaded = [RemoteKeys {
+        keys: Some(Rc::new(
+            keys_from_jwks(&json!({ "keys": [jwk] }), JwksOrigin::Fetched).unwrap(),
+        )),
+        version: 7,
+    }];
+    // With the keys loaded, the issuer's kid-less token passes.
+    assert!(
+        matches!(step("/x", &token("a"), &loaded, KeyFetch::May), Step::Done(ref d, _) if d.reason().is_none()),
+        "the genuine token verifies once the keys are there"
+    );
+    // Before the keys load, it asks for them, before any signature work.
+    assert!(matches!(
+        step("/x", &token("b"), &none, KeyFetch::May),
+        Step::NeedKeys { .. }
+    ));
+    // They could not be had: the route's failure mode decides.
+    let outcome = |path: &str, t: &str| match step(path, t, &none, KeyFetch::NotNow) {
+        Step::Done(d, f) => (d.reason(), f.degraded),
+        s => panic!("{s:?}"),
+    };
+    assert_eq!(
+        outcome("/open", &token("c")),
+        (None, Some(Reason::JwksUnavailable))
+    );
+    assert_eq!(
+        outcome("/x", &token("d")),
+        (Some(Reason::JwksUnavailable), None)
+    );
+    // A token of another algorithm than the configured key's too, with no
+    // signature work.
+    let rs = jwt_simple::prelude::RS256KeyPair::from_pem(include_str!(
+        "../../tests/fixtures/rsa-test-key.pem"
+    ))
+    .unwrap();
+    let mut c = Claims::create(Duration::from_secs(60));
+    c.issued_at = Some(Duration::from_secs(NOW));
+    c.expires_at = Some(Duration::from_secs(NOW + 60));
+    c.invalid_before = None;
+    let rs_token = rs.sign(c).unwrap();
+    assert_eq!(
+        outcome("/open", &rs_token),
+        (None, Some(Reason::JwksUnavailable))
+    );
+    // Once the keys have loaded, the client's genuine tokens pass.
+    match step("/x", &token("e"), &loaded, KeyFetch::May) {
+        Step::Done(d, f) => assert_eq!((d.reason(), f.budget_refused), (None, false)),
+        s => panic!("{s:?}"),
+    }
+}

@@ -1155,6 +1155,9 @@ pub struct Prechecked<'k> {
     pub exp: u64,
     /// The payload.
     pub claims: Map<String, Value>,
+    /// Whether the token names no `kid`: while a remote JWKS is pending,
+    /// its key may be one of the set still to come.
+    pub kidless: bool,
 }
 
 /// A token part decoded by the strict [`b64`] decoder: each byte string has
@@ -1318,6 +1321,11 @@ pub fn precheck<'k>(
     // Keys that name no `kid` verify tokens that name one only where the
     // whole key set names none (see `select_key`).
     let kidless_set = !keys_pending && names_no_kid(all());
+    // Nor is a token without `kid` one for keys of another algorithm while
+    // the remote set is still to come: its key may be there.
+    if keys_pending && kid.is_none() && !all().any(|k| k.alg == alg) {
+        return Err(TokenError::UnknownKid);
+    }
     let key = select_key(all(), alg, kid, kidless_set)?;
     // Without a `kid` (or with one, where no key names any), every key of
     // the algorithm; with one, the other keys of that algorithm under the
@@ -1333,6 +1341,7 @@ pub fn precheck<'k>(
         others,
         exp,
         claims,
+        kidless: kid.is_none(),
     })
 }
 

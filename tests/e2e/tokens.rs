@@ -980,3 +980,53 @@ fn a_jti_used_before_max_entries_changed_is_still_a_replay_after() {
     );
     envoy.assert_vm_healthy();
 }
+
+/// A provider with a configured key (no `kid`) beside a remote JWKS whose
+/// keys name none. While the JWKS is down, a genuine kid-less token on a
+/// `failure_mode: allow` route asks for the keys, then is let through
+/// degraded (the JWKS is unavailable), not refused `token_signature`; once
+/// the keys load, it verifies.
+#[test]
+fn a_kidless_token_waits_for_remote_keys_and_follows_the_failure_mode_without_them() {
+    let issuer = ES256KeyPair::generate();
+    let mut issuer_jwk = tokens::es256_jwk(&issuer, "x");
+    issuer_jwk.as_object_mut().unwrap().remove("kid");
+    let mut own_jwk = tokens::ec_fixture_jwk("x");
+    own_jwk.as_object_mut().unwrap().remove("kid");
+    let doc = json!({"keys": [issuer_jwk]}).to_string();
+    let jwks = JwksServer::start(json!({"keys": []}));
+    jwks.set(503, "down");
+    let cfg = json!({
+        "default_action": "deny",
+        "tokens": [{"name": "remote", "from": [{"header": "x-token"}],
+                    "keys": [{"jwk": own_jwk}],
+                    "remote_jwks": {"cluster": "jwks", "path": "/jwks.json", "timeout_ms": 1000,
+                                    "refresh_seconds": 600}}],
+        "routes": [{"name": "remote", "match": {"prefix": "/remote"}, "tokens": ["remote"],
+                    "failure_mode": "allow"}]
+    });
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .http_cluster("jwks", jwks.server.port)
+        .start();
+    let send = |jti: &str| {
+        let t = tokens::es256_with(&issuer, &claims(60, json!({"jti": jti})));
+        let r = envoy.request(Req::get("/remote/a").header("x-token", &t));
+        (r.status, r.reason().map(str::to_owned))
+    };
+    let before = jwks.fetches();
+    assert_eq!(send("a"), (200, None));
+    assert!(jwks.fetches() > before, "the request asked for the keys");
+    assert_eq!(
+        envoy.stat("appguard_decisions.route.remote.decision.degraded.reason.jwks_unavailable"),
+        Some(1)
+    );
+    jwks.set(200, &doc);
+    envoy.wait_log("bytes loaded", 1, 15);
+    assert_eq!(send("b"), (200, None));
+    assert_eq!(
+        envoy.stat("appguard_decisions.route.remote.decision.allow.reason.none"),
+        Some(1)
+    );
+    envoy.assert_vm_healthy();
+}
