@@ -675,13 +675,19 @@ impl RetryQueue {
     }
 
     /// Takes the posts due at `now`, oldest first. One queued after `now`
-    /// was queued before the clock was set back: it is due now, not once
-    /// the clock has caught up (an hour's step held it an hour late).
+    /// was queued before the clock was set back: it waits what it had
+    /// left to wait from now, not until the clock has caught up (an
+    /// hour's step held it an hour late), nor less (a webhook's
+    /// `Retry-After` holds).
     pub fn take_due(&mut self, now: u64) -> Vec<Retry> {
+        for r in self.waiting.iter_mut().filter(|r| now < r.queued) {
+            r.due = now.saturating_add(r.due.saturating_sub(r.queued));
+            r.queued = now;
+        }
         let (due, waiting): (std::collections::VecDeque<Retry>, _) =
             std::mem::take(&mut self.waiting)
                 .into_iter()
-                .partition(|r| r.due <= now || now < r.queued);
+                .partition(|r| r.due <= now);
         self.waiting = waiting;
         due.into()
     }
@@ -828,26 +834,35 @@ mod tests {
 
     #[test]
     fn a_retry_is_not_held_back_by_a_clock_set_back() {
-        // Failed at 10,000 s and due 2 s or 15 minutes later; the clock is
-        // then set back (NTP, a VM restored). It goes out at the next tick,
-        // not as late as the step; on a clock not set back it waits.
-        let retry = |due: u64| Retry {
+        // Failed at 10,000 s and due 2 s or 15 minutes later (a webhook's
+        // `Retry-After`); the clock is then set back (NTP, a VM restored).
+        // Each waits what it had left to wait from the step on: not as long
+        // as the step, nor less than asked.
+        let retry = |due: u64, queued: u64| Retry {
             due,
-            queued: 10_000,
+            queued,
             attempts: 1,
             body: "{}".into(),
             what: "alert".into(),
         };
         let late = 10_000 + MAX_RETRY_AFTER_SECONDS;
         let mut q = RetryQueue::default();
-        q.push(retry(10_002));
-        q.push(retry(late));
+        q.push(retry(10_002, 10_000));
+        q.push(retry(late, 10_000));
         assert_eq!(q.take_due(10_000), vec![]);
-        assert_eq!(q.take_due(10_002), vec![retry(10_002)]);
-        assert_eq!(q.take_due(late - 1), vec![]);
-        assert_eq!(q.take_due(10_000 - 1), vec![retry(late)]);
-        q.push(retry(10_002));
-        assert_eq!(q.take_due(10_000 - 3_600), vec![retry(10_002)]);
+        assert_eq!(q.take_due(10_002), vec![retry(10_002, 10_000)]);
+        let back = 10_000 - 3_600;
+        assert_eq!(q.take_due(back), vec![]);
+        assert_eq!(q.take_due(back + MAX_RETRY_AFTER_SECONDS - 1), vec![]);
+        assert_eq!(
+            q.take_due(back + MAX_RETRY_AFTER_SECONDS),
+            vec![retry(back + MAX_RETRY_AFTER_SECONDS, back)]
+        );
+        // Set back by a second: the Retry-After still holds.
+        q.push(retry(10_600, 10_000));
+        assert_eq!(q.take_due(9_999), vec![]);
+        assert_eq!(q.take_due(10_598), vec![]);
+        assert_eq!(q.take_due(10_599), vec![retry(10_599, 9_999)]);
         assert!(q.is_empty());
     }
     use crate::store::MemStore;

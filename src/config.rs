@@ -2373,8 +2373,8 @@ fn check_path(at: &str, p: String, prefix: bool) -> Result<String, ConfigError> 
     if let Some(c) = crate::policy::canonical_path(&p) {
         return never(&format!(
             "a request has it as {c:?} (a path holds `:`, `@`, `!`, `$`, `&`, `'`, `(`, \
-             `)`, `*`, `+`, `,` and `=` as they are, every other character escaped, in \
-             upper case); write that"
+             `)`, `*`, `+`, `,`, `=`, `[` and `]` as they are, every other character \
+             escaped, in upper case); write that"
         ));
     }
     Ok(p)
@@ -3969,6 +3969,8 @@ mod tests {
             "/v1/things%3AbatchDelete",
             "/v1/users/%40me",
             "/v1/caf%c3%a9",
+            "/v1/%u0073ms",
+            "/v1/items%5B0%5D",
         ] {
             for kind in ["path", "prefix"] {
                 let e = route(kind, p).unwrap_err();
@@ -3990,6 +3992,7 @@ mod tests {
             ("prefix", "/v1/users/@me/"),
             ("path", "/v1/a%3Bb"),
             ("path", "/v1/a!$&'()*+,=b"),
+            ("path", "/v1/items[0]"),
             ("prefix", "/v1/"),
             ("prefix", "/"),
             ("path", "/v1/sms/"),
@@ -4197,6 +4200,30 @@ mod tests {
         ] {
             let doc = with_token(&format!(r#", "required_claims": {{"acct": {v}}}"#), "");
             assert!(Config::from_json(doc.as_bytes()).is_ok(), "{v}");
+        }
+        // jwt_authn's metadata holds numbers as doubles: from 9e15 on, one
+        // comes back as a double and matches no token.
+        let delegated = |v: &str| {
+            format!(
+                r#"{{"tokens": [{{"name": "p", "from": [{{"header": "x-t"}}],
+                    "verified_by": {{"key": "p"}}, "issuer": "i",
+                    "required_claims": {{"acct": {v}}}}}],
+                  "routes": [{{"name": "r", "match": {{"prefix": "/"}}, "tokens": ["p"]}}]}}"#
+            )
+        };
+        for v in [
+            "9000000000000000",
+            "-12345678901234567",
+            "[1, 9007199254740993]",
+        ] {
+            assert_eq!(
+                err(&delegated(v)).path,
+                "tokens[0].required_claims.acct",
+                "{v}"
+            );
+        }
+        for v in ["8999999999999999", "-1", "\"12345678901234567\""] {
+            assert!(Config::from_json(delegated(v).as_bytes()).is_ok(), "{v}");
         }
     }
 }

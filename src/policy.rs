@@ -1299,32 +1299,52 @@ fn unreserved_escape(s: &str) -> Option<char> {
 }
 
 /// Whether a path may hold `b` as it is (RFC 3986 `pchar` but `%`, and
-/// `/`): what Envoy hands over unescaped once `normalize_path` ran.
+/// `/`), and `[` and `]`, which Envoy passes on unescaped (as browsers send
+/// them): what Envoy hands over unescaped once `normalize_path` ran.
 pub(crate) fn is_path_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b)
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/[]".contains(&b)
+}
+
+/// The escape `b` holds at `i`, if any, as its length and value: `%XX`
+/// (3 bytes, a byte) or `%uXXXX` (6 bytes, a character), which IIS's
+/// http.sys decodes in paths (`/v1/%u0073ms` is `/v1/sms` there).
+fn escape_at(b: &[u8], i: usize) -> Option<(usize, u32)> {
+    let hex = |j: usize| b.get(j).and_then(|&h| char::from(h).to_digit(16));
+    if b.get(i) != Some(&b'%') {
+        return None;
+    }
+    if matches!(b.get(i + 1), Some(b'u' | b'U')) {
+        let mut v = 0;
+        for j in i + 2..i + 6 {
+            v = v << 4 | hex(j)?;
+        }
+        return Some((6, v));
+    }
+    Some((3, hex(i + 1)? << 4 | hex(i + 2)?))
 }
 
 /// `path` written one way, so that two spellings an upstream that decodes
 /// paths reads as one compare equal (and route paths, which are written
 /// this way, compare with them): the escape of each character a path may
-/// hold as it is decoded (`%73` → `s`, `%3A` → `:`, `%40` → `@`), but for
-/// `%2F` and `%3B` (a decoded `/` or `;` would make another segment or a
-/// `;` parameter of it); every other escape in upper case (`%c3%a9` →
-/// `%C3%A9`); and every byte a path never holds as it is but `%` escaped
-/// (`{` → `%7B`, `\` → `%5C`, `é` → `%C3%A9`), as Envoy's
-/// `normalize_path` sends them. A `%` that starts no escape stays. `None`
-/// when `path` is written so already.
+/// hold as it is decoded (`%73` → `s`, `%3A` → `:`, `%40` → `@`, IIS's
+/// `%u0073` → `s`), but for `%2F` and `%3B` (a decoded `/` or `;` would
+/// make another segment or a `;` parameter of it); every other escape in
+/// upper case (`%c3%a9` → `%C3%A9`, `%u00e9` → `%C3%A9`); and every byte a
+/// path never holds as it is but `%` escaped (`{` → `%7B`, `\\` → `%5C`,
+/// `é` → `%C3%A9`), as Envoy's `normalize_path` sends them. A `%` that
+/// starts no escape stays. `None` when `path` is written so already.
 pub(crate) fn canonical_path(path: &str) -> Option<String> {
     let b = path.as_bytes();
-    let hex = |j: usize| b.get(j).and_then(|&h| char::from(h).to_digit(16));
-    let escape = |i: usize| u8::try_from(hex(i + 1)? << 4 | hex(i + 2)?).ok();
-    let keeps = |c: u8| is_path_char(c) && !matches!(c, b'/' | b';');
-    let changes = |i: usize, c: u8| match c {
-        b'%' => escape(i).is_some_and(|e| {
+    let keeps =
+        |c: u32| u8::try_from(c).is_ok_and(|c| is_path_char(c) && !matches!(c, b'/' | b';'));
+    let changes = |i: usize, c: u8| match (c, escape_at(b, i)) {
+        (b'%', Some((6, e))) => char::from_u32(e).is_some(),
+        (b'%', Some((_, e))) => {
             keeps(e)
                 || b.get(i + 1..i + 3)
                     .is_some_and(|h| h.iter().any(u8::is_ascii_lowercase))
-        }),
+        }
+        (b'%', None) => false,
         _ => !is_path_char(c),
     };
     let first = b.iter().enumerate().position(|(i, &c)| changes(i, c))?;
@@ -1332,21 +1352,33 @@ pub(crate) fn canonical_path(path: &str) -> Option<String> {
     out.push_str(path.get(..first)?);
     let mut i = first;
     while let Some(&c) = b.get(i) {
-        match (c, escape(i)) {
-            (b'%', Some(e)) => {
-                if keeps(e) {
-                    out.push(char::from(e));
-                } else {
-                    push_escape(&mut out, e);
+        match (c, escape_at(b, i)) {
+            (b'%', Some((len, e))) => {
+                match (u8::try_from(e), char::from_u32(e)) {
+                    (Ok(byte), _) if len == 3 || byte < 0x80 => {
+                        if keeps(e) {
+                            out.push(char::from(byte));
+                        } else {
+                            push_escape(&mut out, byte);
+                        }
+                    }
+                    (_, Some(ch)) => {
+                        let mut utf8 = [0u8; 4];
+                        for &byte in ch.encode_utf8(&mut utf8).as_bytes() {
+                            push_escape(&mut out, byte);
+                        }
+                    }
+                    // A `%u` of a lone surrogate: no character, kept.
+                    _ => {
+                        out.push('%');
+                        i += 1;
+                        continue;
+                    }
                 }
-                i += 3;
-            }
-            (b'%', None) => {
-                out.push('%');
-                i += 1;
+                i += len;
             }
             _ => {
-                if is_path_char(c) {
+                if is_path_char(c) || c == b'%' {
                     out.push(char::from(c));
                 } else {
                     push_escape(&mut out, c);
@@ -1505,9 +1537,13 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
     // an `OPTIONS` reaches may be that route's): a preflight to a
     // mobile-only route is no browser's, and is checked as any `OPTIONS`,
     // under the route that method takes. So is one the `action` or the
-    // network rules of that route refuse: the method it asks about is the
+    // network rules of that route refuse, where it comes before the route
+    // asked about or lists `OPTIONS` itself: the method asked about is the
     // client's to choose, and naming one that route does not list must
-    // not take its `OPTIONS` past them to a laxer route.
+    // not take its `OPTIONS` past them to a laxer route. (A later route
+    // that takes every method is the catch-all a browser's preflight to
+    // the earlier route falls under too.) And one whose plain `OPTIONS`
+    // is unclear (`/v1/sms.json` where `/v1/sms` has a route) is too.
     if preflight.is_some() {
         let plain = match_route_for(config, req, req.method());
         let mobile_only = |m: &Result<Option<(usize, &Route)>, UnclearPath>| {
@@ -1515,11 +1551,16 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
                 && !r.platforms.contains(&identity::Platform::Web))
         };
         let plain_refuses = match (&matched, &plain) {
+            (Ok(_), Err(UnclearPath)) => true,
             (Ok(m), Ok(Some((i, r)))) if m.map(|(mi, _)| mi) != Some(*i) => {
-                r.action == Action::Deny
-                    || r.network
-                        .as_ref()
-                        .is_some_and(|n| check_network(n, req, config.xff_trusted_hops).is_err())
+                let earlier = m.is_none_or(|(mi, _)| *i < mi);
+                let lists_options =
+                    !r.methods.is_empty() && crate::config::method_matches(&r.methods, "OPTIONS");
+                (earlier || lists_options)
+                    && (r.action == Action::Deny
+                        || r.network.as_ref().is_some_and(|n| {
+                            check_network(n, req, config.xff_trusted_hops).is_err()
+                        }))
             }
             _ => false,
         };
@@ -3197,17 +3238,31 @@ fn check_token(
         // jwt_authn verified the header under its one name; a copy under
         // another spelling (`x_token`, which PHP reads as `x-token`) must
         // be the same token, as for a provider appguard verifies itself.
-        let in_header = token::extract(p, req).map_err(|e| Flow::from(e.reason()))?;
+        token::extract(p, req).map_err(|e| Flow::from(e.reason()))?;
         // `jwt_authn` with its default token locations (a provider naming
         // none; Istio's rule without `fromHeaders`) also reads the
-        // `access_token` query parameter, verifies every token it finds and
-        // keeps one payload, the header's. Beside the header such a
-        // parameter is a second token none of appguard's rules saw: a used
-        // token replayed to an upstream that reads it.
-        if in_header.is_some()
-            && query_pairs(req.query().unwrap_or(""))
-                .any(|pair| php_name_is(param_name(pair), JWT_AUTHN_QUERY_PARAM))
-        {
+        // `access_token` query parameter, verifies the tokens it finds (the
+        // first copy of the parameter only; `Bearer ` anywhere in the
+        // header) and keeps one payload, the header's. Beside the header, or
+        // a first copy, such a parameter is a token none of appguard's
+        // rules saw: a used one replayed to an upstream that reads it.
+        // (Counted in each reading of `;`: see [`query_pairs`].)
+        let query = req.query().unwrap_or("");
+        let copies = |seps: &[char]| {
+            query
+                .split(seps)
+                .filter(|pair| php_name_is(param_name(pair), JWT_AUTHN_QUERY_PARAM))
+                .count()
+        };
+        let params = copies(&['&', ';']).max(copies(&['&']));
+        let header = || {
+            p.sources.iter().any(|s| {
+                req.headers
+                    .iter()
+                    .any(|(n, _)| same_header_name(n.as_bytes(), s.header.as_bytes()))
+            })
+        };
+        if params > 1 || (params == 1 && header()) {
             return Err(Reason::TokenMalformed.into());
         }
         let exp = token::check_claims(p, &claims, now).map_err(|e| Flow::from(e.reason()))?;

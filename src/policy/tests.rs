@@ -2195,14 +2195,14 @@ fn a_delegated_token_beside_an_access_token_parameter_is_refused() {
     }))
     .unwrap();
     let read = |p: usize| (p == 0).then(|| claims.clone());
-    let run = |path: &str, header: bool| {
+    let run = |path: &str, header: Option<&str>| {
         let mut pairs = vec![
             (":method", "GET"),
             (":path", path),
             (":authority", "api.example.com"),
         ];
-        if header {
-            pairs.push(("authorization", "Bearer a.b.c"));
+        if let Some(v) = header {
+            pairs.push(("authorization", v));
         }
         let h = headers(&pairs);
         let ctx = w.ctx();
@@ -2213,8 +2213,9 @@ fn a_delegated_token_beside_an_access_token_parameter_is_refused() {
             s => panic!("{s:?}"),
         }
     };
-    assert_eq!(run("/meshed/x", true), None);
-    assert_eq!(run("/meshed/x?access_tokens=1&token=2", true), None);
+    let bearer = Some("Bearer a.b.c");
+    assert_eq!(run("/meshed/x", bearer), None);
+    assert_eq!(run("/meshed/x?access_tokens=1&token=2", bearer), None);
     for query in [
         "access_token=v.v.v",
         "x=1&access_token=",
@@ -2223,14 +2224,36 @@ fn a_delegated_token_beside_an_access_token_parameter_is_refused() {
         "x=1;access_token=v.v.v",
     ] {
         assert_eq!(
-            run(&format!("/meshed/x?{query}"), true),
+            run(&format!("/meshed/x?{query}"), bearer),
             Some(Reason::TokenMalformed),
             "{query}"
         );
     }
+    // jwt_authn finds `Bearer ` anywhere in the header, where appguard
+    // finds no token: the header's presence is enough.
+    for header in ["x Bearer a.b.c", "Basic Zm9v, Bearer a.b.c", "Basic Zm9v"] {
+        assert_eq!(
+            run("/meshed/x?access_token=v.v.v", Some(header)),
+            Some(Reason::TokenMalformed),
+            "{header}"
+        );
+    }
     // The parameter alone holds the token jwt_authn verified: the payload
-    // is that token's, and appguard's rules apply to it.
-    assert_eq!(run("/meshed/x?access_token=v.v.v", false), None);
+    // is that token's, and appguard's rules apply to it. jwt_authn reads
+    // only the first of two copies: the other is a token nobody checked.
+    assert_eq!(run("/meshed/x?access_token=v.v.v", None), None);
+    assert_eq!(run("/meshed/x?access_token=v.v.v;x=1", None), None);
+    for query in [
+        "access_token=v.v.v&access_token=w.w.w",
+        "access_token=v.v.v;access_token=w.w.w",
+        "access_token=v.v.v&Access%5FToken=w.w.w",
+    ] {
+        assert_eq!(
+            run(&format!("/meshed/x?{query}"), None),
+            Some(Reason::TokenMalformed),
+            "{query}"
+        );
+    }
 }
 
 #[test]
@@ -3270,6 +3293,9 @@ fn an_encoded_slash_inside_a_path_parameter_is_read_as_decoding_upstreams_do() {
         "/v1/x;%5C..%5Csms",
         "/v1/x;\\..\\sms",
         "/v1/x;%2F%2Fsms",
+        "/v1/%u0073ms",
+        "/v1/x/%u002e%u002e/sms",
+        "/v1/x;%u002F..%u002Fsms",
     ] {
         assert_eq!(w.route("GET", path, &[]), denied, "{path}");
     }
@@ -3305,6 +3331,9 @@ fn an_escaped_character_a_path_holds_as_it_is_takes_no_weaker_route() {
         "/v1/caf%C3%a9",
         "/v1/caf\u{e9}",
         "/v1/things%3AbatchDelete.json",
+        "/v1/things%u003AbatchDelete",
+        "/v1/users/%u0040me/x",
+        "/v1/caf%u00e9",
     ] {
         assert_eq!(w.route("POST", path, &[]), denied, "{path}");
     }
@@ -3340,6 +3369,14 @@ fn paths_are_written_one_way_for_the_readings_of_decoding_upstreams() {
         ("/v1/a{b}|`\"<> ", Some("/v1/a%7Bb%7D%7C%60%22%3C%3E%20")),
         ("/v1\\sms", Some("/v1%5Csms")),
         ("/v1/%2e%2E", Some("/v1/..")),
+        ("/v1/%u0073ms", Some("/v1/sms")),
+        ("/v1/%U0073ms", Some("/v1/sms")),
+        ("/v1/%u00e9%u20AC", Some("/v1/%C3%A9%E2%82%AC")),
+        ("/v1/%u002F%u003b", Some("/v1/%2F%3B")),
+        ("/v1/%uD800", None),
+        ("/v1/%u12", None),
+        ("/v1/a[0]", None),
+        ("/v1/a%5B0%5d", Some("/v1/a[0]")),
     ] {
         assert_eq!(canonical_path(path).as_deref(), want, "{path}");
     }
@@ -7168,6 +7205,73 @@ fn a_preflight_is_held_to_the_action_and_network_of_the_route_options_takes() {
         options("/other", Some("PUT"), outside),
         (None, Some(2), true)
     );
+    // A later route that takes every method is the catch-all a browser's
+    // preflight to the earlier route falls under too: it does not hold the
+    // preflight; one that lists OPTIONS itself does.
+    let w = World::from(json!({
+        "bypass_cors_preflight": true,
+        "apps": [{"id": "w", "platform": "web", "origins": ["https://shop.example.com"]}],
+        "routes": [
+            {"name": "send", "match": {"path": "/v1/sms/send", "methods": ["POST"]}},
+            {"name": "opts", "match": {"prefix": "/v1/sms/", "methods": ["OPTIONS"]},
+             "network": {"ip_allow": ["10.0.0.0/8"]}},
+            {"name": "sms", "match": {"path": "/v1/sms", "methods": ["GET", "OPTIONS"]},
+             "network": {"ip_allow": ["10.0.0.0/8"]}},
+            {"name": "rest", "match": {"prefix": "/v1/"}, "action": "deny"},
+            {"name": "open", "match": {"prefix": "/"}}
+        ]
+    }));
+    let preflight = |path: &str, asked: &str| {
+        let h = headers(&[
+            (":method", "OPTIONS"),
+            (":path", path),
+            (":authority", "api.example.com"),
+            ("origin", "https://shop.example.com"),
+            ("access-control-request-method", asked),
+        ]);
+        match evaluate(&w.ctx(), &Request::new(&h, outside.parse().ok()), NOW) {
+            Step::Done(d, f) => (d.reason(), f.route, f.cors_preflight),
+            _ => panic!("no decision"),
+        }
+    };
+    assert_eq!(
+        preflight("/v1/other", "POST"),
+        (Some(Reason::RouteDenied), Some(3), true)
+    );
+    assert_eq!(
+        preflight("/v1/sms/send", "POST"),
+        (Some(Reason::IpDenied), Some(1), false),
+        "a later route listing OPTIONS holds it"
+    );
+    // Where the plain OPTIONS is unclear (`/v1/sms.json` is `/v1/sms` to
+    // Rails, whose route takes OPTIONS), so is the preflight, whatever
+    // method it asks about.
+    assert_eq!(
+        preflight("/v1/sms.json", "PUT"),
+        (Some(Reason::RouteDenied), None, false)
+    );
+    let w = World::from(json!({
+        "bypass_cors_preflight": true,
+        "apps": [{"id": "w", "platform": "web", "origins": ["https://shop.example.com"]}],
+        "routes": [
+            {"name": "send", "match": {"path": "/v1/sms/send", "methods": ["POST"]}},
+            {"name": "rest", "match": {"prefix": "/v1/"}, "action": "deny"}
+        ]
+    }));
+    let h = headers(&[
+        (":method", "OPTIONS"),
+        (":path", "/v1/sms/send"),
+        (":authority", "api.example.com"),
+        ("origin", "https://shop.example.com"),
+        ("access-control-request-method", "POST"),
+    ]);
+    match evaluate(&w.ctx(), &Request::new(&h, outside.parse().ok()), NOW) {
+        Step::Done(d, f) => assert_eq!(
+            (d.reason(), f.route, f.cors_preflight),
+            (None, Some(0), true)
+        ),
+        _ => panic!("no decision"),
+    }
 }
 
 /// A provider with a configured key (no `kid`) beside a remote JWKS.

@@ -773,6 +773,33 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
                 .into(),
         ));
     }
+    // jwt_authn hands a delegated payload over as a protobuf Struct, whose
+    // numbers are doubles: an integer from 9e15 on comes back as a double
+    // (see `delegated::number`), and would match no token.
+    fn within_metadata(v: &Value) -> bool {
+        match v {
+            Value::Number(n) => n
+                .as_i64()
+                .is_some_and(|i| i.unsigned_abs() < 9_000_000_000_000_000),
+            Value::Array(a) => a.iter().all(within_metadata),
+            Value::Object(o) => o.values().all(within_metadata),
+            _ => true,
+        }
+    }
+    if verified_by.is_some() {
+        if let Some((name, _)) = raw
+            .required_claims
+            .iter()
+            .find(|(_, v)| !within_metadata(v))
+        {
+            return Err(err(
+                &format!("required_claims.{name}"),
+                "with `verified_by`, a number here must be within ±9e15: jwt_authn hands \
+                 claims over as doubles, and a larger one would match no token"
+                    .into(),
+            ));
+        }
+    }
     for (i, a) in raw.audiences.iter().enumerate() {
         plain(&format!("audiences[{i}]"), a)?;
     }

@@ -467,6 +467,17 @@ fn a_delegated_token_beside_jwt_authns_default_query_parameter_is_refused() {
         Req::get(&format!("/a?access_token={fresh}")).header("authorization", &bearer(&used)),
     );
     assert_eq!(r.status, 401, "{}", r.text());
+    // jwt_authn finds `Bearer ` anywhere in the header, and verifies only
+    // the first of two parameters.
+    let r = envoy.request(
+        Req::get(&format!("/a?access_token={used}"))
+            .header("authorization", &format!("Basic Zm9v, Bearer {fresh}")),
+    );
+    assert_eq!((r.status, r.reason()), (401, Some("token_malformed")));
+    let r = envoy.request(Req::get(&format!(
+        "/a?access_token={fresh}&access_token={used}"
+    )));
+    assert_eq!((r.status, r.reason()), (401, Some("token_malformed")));
     assert_eq!(up.seen().len(), 1);
     // In the parameter alone: the token jwt_authn verified, held to replay.
     let r = envoy.request(Req::get(&format!("/a?access_token={used}")));

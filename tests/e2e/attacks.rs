@@ -1169,6 +1169,7 @@ fn escaped_path_characters_take_no_weaker_route() {
             {"name": "me", "match": {"prefix": "/v1/users/@me/"}, "action": "deny"},
             {"name": "cafe", "match": {"path": "/v1/caf%C3%A9"}, "action": "deny"},
             {"name": "sms", "match": {"path": "/v1/sms"}, "action": "deny"},
+            {"name": "item", "match": {"path": "/v1/items[0]"}, "action": "deny"},
             {"name": "api", "match": {"prefix": "/v1/"}}
         ]
     });
@@ -1187,6 +1188,11 @@ fn escaped_path_characters_take_no_weaker_route() {
         "/v1/x;%2F..%2Fsms",
         "/v1/x;p%2F%2e%2e%2Fsms",
         "/v1/x;%5C..%5Csms",
+        // IIS (http.sys) decodes `%uXXXX`; Envoy passes `[` on as it is.
+        "/v1/%u0073ms",
+        "/v1/things%u003AbatchDelete",
+        "/v1/items[0]",
+        "/v1/items%5B0%5D",
     ] {
         let r = envoy.request(Req::new("POST", p));
         assert_eq!((r.status, r.reason()), (403, Some("route_denied")), "{p}");
