@@ -3191,7 +3191,7 @@ fn keep_token_headers(
 /// The query parameter Envoy's `jwt_authn` (and Istio's
 /// `RequestAuthentication`) reads a token from when its provider names no
 /// token location: beside a delegated provider's header it is refused
-/// (see [`check_token`]).
+/// (by `check_token`).
 pub const JWT_AUTHN_QUERY_PARAM: &str = "access_token";
 
 /// Step 4: the route's token, delegated (the payload jwt_authn verified)

@@ -1597,3 +1597,36 @@ fn a_rotated_key_is_fetched_even_when_the_client_that_named_it_went_away() {
     assert!(up.seen().iter().all(|s| s.path == "/api/x"));
     e.assert_vm_healthy();
 }
+
+/// A JWKS cluster without hosts, one Envoy does not define, and an alerts
+/// cluster without hosts: each dispatch fails, the route's failure mode
+/// answers, and the VM lives on (also once the alerts' tick has tried to
+/// post).
+#[test]
+fn jwks_and_alert_clusters_without_hosts_do_not_abort_the_vm() {
+    let (k, _doc) = key();
+    let up = Upstream::start();
+    for (missing, mode) in [(false, "deny"), (true, "deny"), (false, "allow")] {
+        let mut cfg = jwks_config(600, 3600, mode);
+        cfg["alerts"] = json!({"cluster": "alerts", "path": "/hook", "threshold": 2,
+                               "window_seconds": 3600, "max_alerts_per_window": 5});
+        let mut b = EnvoyBuilder::new(cfg, up.port).cluster_without_hosts("alerts", false);
+        if !missing {
+            b = b.cluster_without_hosts("jwks", false);
+        }
+        let e = b.start();
+        for _ in 0..6 {
+            let r = e.request(token_req(&k));
+            let want = if mode == "deny" { 503 } else { 200 };
+            assert_eq!(r.status, want, "missing={missing} {mode}: {:?}", r.reason());
+            let r = e.request(Req::get("/api/x"));
+            assert_eq!(r.status, 401, "{:?}", r.reason());
+        }
+        thread::sleep(Duration::from_millis(2500));
+        let r = e.request(token_req(&k));
+        assert_eq!(r.status, if mode == "deny" { 503 } else { 200 });
+        e.assert_vm_healthy();
+        let log = e.log();
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}

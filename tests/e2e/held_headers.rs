@@ -1601,3 +1601,209 @@ fn held_headers_need_a_listener_buffer_limit_of_max_body_bytes() {
     let r = buffered.request(req().chunked_in(4, Duration::from_millis(5)));
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+// ---------------------------------------------------------------------
+// Callback orders a client can make: pipelining, `Expect: 100-continue`,
+// HTTP/2 trailers, gRPC, and Envoy answering a request appguard holds.
+// ---------------------------------------------------------------------
+
+/// Reads every response on `c` until `n` heads were read or `secs` pass;
+/// the status codes.
+fn read_statuses(c: &mut TcpStream, n: usize, secs: u64) -> (Vec<u16>, String) {
+    c.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
+    let mut all = Vec::new();
+    let mut b = [0u8; 8192];
+    loop {
+        let text = String::from_utf8_lossy(&all).into_owned();
+        let heads: Vec<u16> = text
+            .split("HTTP/1.1 ")
+            .skip(1)
+            .filter_map(|s| s.get(..3)?.parse().ok())
+            .filter(|s| *s != 100)
+            .collect();
+        if heads.len() >= n {
+            return (heads, text);
+        }
+        match c.read(&mut b) {
+            Ok(0) | Err(_) => return (heads, text),
+            Ok(k) => all.extend_from_slice(&b[..k]),
+        }
+    }
+}
+
+#[test]
+fn pipelined_body_requests_are_each_decided_once() {
+    let up = Recorder::start();
+    let e = held(config(true, "enforce"), up.port).start();
+    let good = r#"{"to": "+44 7700 900123", "text": "hi"}"#;
+    let bad = r#"{"to": "+882 1234 5678", "text": "hi"}"#;
+    let mut out = String::new();
+    for b in [good, bad, good] {
+        out.push_str(&format!(
+            "POST /sms HTTP/1.1\r\nhost: api\r\nx-api-key: {KEY}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
+            b.len()
+        ));
+    }
+    let mut c = TcpStream::connect(("127.0.0.1", e.port)).unwrap();
+    c.write_all(out.as_bytes()).unwrap();
+    let (statuses, text) = read_statuses(&mut c, 2, 10);
+    assert_eq!(statuses.first(), Some(&200), "{text}");
+    assert_eq!(statuses.get(1), Some(&403), "{text}");
+    thread::sleep(Duration::from_millis(500));
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1, "{:?}", up.heads());
+    assert!(seen[0].whole);
+    assert_eq!(seen[0].body, good.as_bytes());
+    assert_no_trap(&e);
+}
+
+#[test]
+fn expect_100_continue_on_a_held_body_route() {
+    let up = Recorder::start();
+    let e = held(config(true, "enforce"), up.port).start();
+    let good = r#"{"to": "+44 7700 900123", "text": "hi"}"#;
+    let mut c = TcpStream::connect(("127.0.0.1", e.port)).unwrap();
+    c.write_all(
+        format!(
+            "POST /sms HTTP/1.1\r\nhost: api\r\nx-api-key: {KEY}\r\nexpect: 100-continue\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            good.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut b = [0u8; 1024];
+    let n = c.read(&mut b).unwrap_or(0);
+    let first = String::from_utf8_lossy(&b[..n]).into_owned();
+    assert!(
+        first.starts_with("HTTP/1.1 100"),
+        "no 100 Continue: {first:?}"
+    );
+    c.write_all(good.as_bytes()).unwrap();
+    let (statuses, text) = read_statuses(&mut c, 1, 10);
+    assert_eq!(statuses, vec![200], "{text}");
+    assert_no_trap(&e);
+}
+
+#[test]
+fn monitor_body_over_max_chunked_goes_up_whole_and_counts_once() {
+    let up = Recorder::start();
+    let mut cfg = config(true, "monitor");
+    cfg["routes"][0]["max_body_bytes"] = json!(64);
+    let e = held(cfg, up.port).start();
+    let body = format!(
+        r#"{{"to": "+44 7700 900123", "text": "{}"}}"#,
+        "x".repeat(200)
+    );
+    let req = keyed_sms("x").body(body.as_bytes());
+    let (status, _) = send_slowly(e.port, &req, 4);
+    assert_eq!(status, 200);
+    wait_until(5, "the body upstream", || up.seen().iter().any(|r| r.whole));
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, body.as_bytes());
+    assert_eq!(
+        seen[0].header("x-appguard-would-deny").as_deref(),
+        Some("body_too_large"),
+        "{}",
+        seen[0].head
+    );
+    assert!(seen[0].header("x-api-key").is_none(), "{}", seen[0].head);
+    let d = decisions(&e);
+    assert_eq!(d.iter().map(|(_, v)| v).sum::<u64>(), 1, "{d:?}");
+    assert_no_trap(&e);
+}
+
+#[test]
+fn grpc_request_to_a_held_body_route() {
+    let up = Recorder::start();
+    let e = held(config(true, "enforce"), up.port).start();
+    let req = Req::new("POST", "/sms")
+        .header("x-api-key", KEY)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(b"\x00\x00\x00\x00\x05hello");
+    let (status, reason) = send_slowly(e.port, &req, 2);
+    assert_eq!((status, reason.as_str()), (200, "body_invalid"));
+    assert_nothing_upstream(&up, "grpc");
+    assert_no_trap(&e);
+}
+
+#[test]
+fn h2_trailers_only_body_on_a_body_route_is_decided() {
+    for hold in [true, false] {
+        let up = Recorder::start();
+        let b = if hold {
+            held(config(true, "enforce"), up.port)
+        } else {
+            EnvoyBuilder::new(config(false, "enforce"), up.port)
+        };
+        let e = b.trailers().start();
+        let h = H2::connect(e.port);
+        let req = keyed_sms("x").body(b"").trailer("x-note", "1");
+        let r = h.send(&req, 1, Duration::from_millis(300));
+        assert_eq!(
+            (r.status, r.reason()),
+            (400, Some("body_invalid")),
+            "hold={hold}"
+        );
+        // An empty body with END_STREAM on the headers.
+        let r = h.send(&keyed_sms("x").body(b""), 1, Duration::from_millis(0));
+        assert_eq!(
+            (r.status, r.reason()),
+            (400, Some("body_invalid")),
+            "hold={hold}"
+        );
+        // Body then trailers, allowed.
+        let good = keyed_sms("+44 7700 900123").trailer("x-note", "1");
+        let r = h.send(&good, 3, Duration::from_millis(200));
+        assert_eq!(r.status, 200, "hold={hold} {:?}", r.reason());
+        thread::sleep(Duration::from_millis(500));
+        assert_eq!(up.seen().len(), 1, "hold={hold} {:?}", up.heads());
+        let d = decisions(&e);
+        assert_eq!(
+            d.iter().map(|(_, v)| v).sum::<u64>(),
+            3,
+            "hold={hold} {d:?}"
+        );
+        assert_no_trap(&e);
+    }
+}
+
+#[test]
+fn envoy_times_out_a_request_appguard_holds() {
+    // A silent rate-limit service; Envoy's own request_timeout answers
+    // while appguard holds the headers for the body and for the service.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let rls = l.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let mut keep = Vec::new();
+        for c in l.incoming().flatten() {
+            keep.push(c);
+        }
+    });
+    let up = Recorder::start();
+    let mut cfg = rls_config("allow");
+    cfg["rate_limit_service"]["timeout_ms"] = json!(5000);
+    let e = held(cfg, up.port)
+        .grpc_cluster("ratelimit", rls)
+        .hcm("request_timeout", json!("1s"))
+        .start();
+    // Held for the body that never comes.
+    let req = sms("+44 7700 900123");
+    let mut c = start_h1(e.port, &req, req.body.len() + 10, &req.body);
+    let (s1, _) = read_status(&mut c, 5);
+    assert_eq!(s1, 408);
+    // Held for the silent service (request_timeout no longer applies once
+    // the request is whole): the call's timeout and failure_mode decide.
+    let h = H2::connect(e.port);
+    let r = h.send(&req, 1, Duration::from_millis(0));
+    assert_eq!(r.status, 200, "{:?}", r.reason());
+    up.seen().clear();
+    let d = decisions(&e);
+    assert_eq!(d.iter().map(|(_, v)| v).sum::<u64>(), 1, "{d:?}");
+    assert_eq!(up.seen().len(), 1);
+    e.assert_vm_healthy();
+}
