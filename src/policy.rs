@@ -3190,8 +3190,8 @@ fn keep_token_headers(
 
 /// The query parameter Envoy's `jwt_authn` (and Istio's
 /// `RequestAuthentication`) reads a token from when its provider names no
-/// token location: beside a delegated provider's header it is refused
-/// (by `check_token`).
+/// token location: on a route that takes a delegated provider it is
+/// refused (by `check_token`).
 pub const JWT_AUTHN_QUERY_PARAM: &str = "access_token";
 
 /// Step 4: the route's token, delegated (the payload jwt_authn verified)
@@ -3210,6 +3210,27 @@ fn check_token(
         return Ok(None);
     }
     let config = ctx.config;
+    // A token in an `access_token` query parameter, on a route that takes
+    // a delegated provider's, is one appguard cannot tie to the payload it
+    // reads: `jwt_authn` with its default token locations verifies it
+    // beside the header's (whose payload it keeps), only its first copy,
+    // and none at all where the provider names its header or the header's
+    // token it verified was removed (`forward: false`). Tokens come in
+    // headers: such a parameter is refused, in any spelling an upstream
+    // reads as it (a used or forged token otherwise reached an upstream
+    // that reads it, past replay, binding and signing).
+    let delegated_route = route.providers.iter().any(|&pi| {
+        config
+            .providers
+            .get(pi)
+            .is_some_and(|p| p.verified_by.is_some())
+    });
+    if delegated_route
+        && query_pairs(req.query().unwrap_or(""))
+            .any(|pair| php_name_is(param_name(pair), JWT_AUTHN_QUERY_PARAM))
+    {
+        return Err(Reason::TokenMalformed.into());
+    }
     // Delegated providers: the payload jwt_authn verified, from metadata.
     // Several may read one key (Istio writes every rule's payload under
     // `payload`): the first that fits it best decides ([`token::fit`]:
@@ -3239,32 +3260,6 @@ fn check_token(
         // another spelling (`x_token`, which PHP reads as `x-token`) must
         // be the same token, as for a provider appguard verifies itself.
         token::extract(p, req).map_err(|e| Flow::from(e.reason()))?;
-        // `jwt_authn` with its default token locations (a provider naming
-        // none; Istio's rule without `fromHeaders`) also reads the
-        // `access_token` query parameter, verifies the tokens it finds (the
-        // first copy of the parameter only; `Bearer ` anywhere in the
-        // header) and keeps one payload, the header's. Beside the header, or
-        // a first copy, such a parameter is a token none of appguard's
-        // rules saw: a used one replayed to an upstream that reads it.
-        // (Counted in each reading of `;`: see [`query_pairs`].)
-        let query = req.query().unwrap_or("");
-        let copies = |seps: &[char]| {
-            query
-                .split(seps)
-                .filter(|pair| php_name_is(param_name(pair), JWT_AUTHN_QUERY_PARAM))
-                .count()
-        };
-        let params = copies(&['&', ';']).max(copies(&['&']));
-        let header = || {
-            p.sources.iter().any(|s| {
-                req.headers
-                    .iter()
-                    .any(|(n, _)| same_header_name(n.as_bytes(), s.header.as_bytes()))
-            })
-        };
-        if params > 1 || (params == 1 && header()) {
-            return Err(Reason::TokenMalformed.into());
-        }
         let exp = token::check_claims(p, &claims, now).map_err(|e| Flow::from(e.reason()))?;
         let verified = Rc::new(VerifiedToken {
             provider: pi,
