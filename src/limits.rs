@@ -1276,12 +1276,17 @@ impl ServiceCache {
     /// still in flight (at least 1, so that the service decides). With
     /// nothing known of what remains, 1 while another ask is in flight.
     pub fn lease_ask(&self, digest: &[u8; 16], size: u32, now_ms: u64) -> u32 {
-        let (count, asked) = self.asking.get(digest).map_or((0, 0u32), |asks| {
+        let (count, asked, abandoned) = self.asking.get(digest).map_or((0, 0u32, false), |asks| {
             asks.iter()
                 .filter(|a| a.holds(now_ms))
-                .fold((0, 0u32), |(n, h), a| (n + 1, h.saturating_add(a.hits)))
+                .fold((0, 0u32, false), |(n, h, g), a| {
+                    (n + 1, h.saturating_add(a.hits), g || a.abandoned)
+                })
         });
-        if count >= MAX_ASKS {
+        // While an ask whose request went away holds, 1: a client that
+        // sends requests and resets them while the call is out would
+        // otherwise have a whole lease counted for each.
+        if count >= MAX_ASKS || abandoned {
             return 1;
         }
         match self.leases.get(digest) {
@@ -1626,9 +1631,13 @@ mod tests {
         c.abandon_ask(&d, t + 10_008, 100);
         assert_eq!(
             c.lease_ask(&d, 100, t + 20_000),
-            20,
-            "120 less the 100 abandoned"
+            1,
+            "one hit at a time while an abandoned ask holds, though 20 remain"
         );
+        // An answer to a call sent after it clears it.
+        c.answered(&d, t + 20_001);
+        c.grant_lease(d, 1, 300, t + 60_000, t + 20_001);
+        assert_eq!(c.lease_ask(&d, 100, t + 20_002), 100);
         // With no answer, it holds for an hour, then is let go (and can be
         // evicted like any ask past its time).
         let d2 = [6u8; 16];

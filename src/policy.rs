@@ -2276,8 +2276,11 @@ pub fn evaluate_rls(
 /// A request that waited for the rate-limit service and was abandoned
 /// before the answer (its client left, or Envoy reset the stream): it never
 /// reached the upstream, so the `jti` its local replay entry took is given
-/// back, as for a refusal (its signed request's entry too), and so are the
-/// local limits' tokens it took.
+/// back, as for a refusal (its signed request's entry too). The local
+/// limits' tokens it took are not: the service most likely counted its
+/// hits, and a client resetting its requests while the call is out would
+/// otherwise spend a key's or a number's shared limit past its own
+/// per-client one.
 /// Its lease asks were most likely counted by the service: they hold back
 /// the next asks until an answer says what remains
 /// ([`crate::limits::ServiceCache::abandon_ask`]).
@@ -2288,7 +2291,6 @@ pub fn abandon_rls(ctx: &Ctx<'_>, mut pending: Box<Pending>) {
         }
     }
     forget_signed(ctx, pending.signed_recorded.take());
-    give_back_locals(ctx, &mut pending.local_taken);
     let mut cache = ctx.service_cache.borrow_mut();
     for s in pending.service.iter().filter(|s| s.asks_lease()) {
         cache.abandon_ask(&s.key, pending.sent_ms, s.hits);

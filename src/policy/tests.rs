@@ -2454,12 +2454,14 @@ fn a_request_one_local_limit_refuses_spends_none_of_the_others() {
 }
 
 #[test]
-fn local_tokens_come_back_when_the_service_refuses_fails_or_the_client_leaves() {
+fn local_tokens_come_back_when_the_service_refuses_or_fails_not_when_the_client_leaves() {
     // limits_world's /sms: 2 a minute per /24 locally, then the phone
-    // number at the service. A request the service refuses (429), cannot
-    // answer (503 under `failure_mode: deny`), or whose client leaves
-    // before the answer never went upstream: it leaves the local limit as
-    // it found it.
+    // number at the service. A request the service refuses (429) or cannot
+    // answer (503 under `failure_mode: deny`) never went upstream: it
+    // leaves the local limit as it found it. One whose client leaves
+    // before the answer keeps its token: the service counted its hit, and
+    // a client resetting its requests must not spend the number's limit
+    // past its own.
     let w = limits_world();
     let post = |to: &str| w.post("/sms", "192.0.2.1", &[], &json!({ "to": to }).to_string());
     let Step::NeedRateLimit(p, _) = post("+447700900001") else {
@@ -2480,15 +2482,10 @@ fn local_tokens_come_back_when_the_service_refuses_fails_or_the_client_leaves() 
         panic!("to the service after a 503")
     };
     abandon_rls(&w.ctx(), p);
-    // Both tokens are still there, and only two.
-    for to in ["+447700900004", "+447700900005"] {
-        assert!(
-            matches!(post(to), Step::NeedRateLimit(..)),
-            "{to}: within the local limit"
-        );
-    }
+    // One token is left.
+    assert!(matches!(post("+447700900004"), Step::NeedRateLimit(..)));
     assert_eq!(
-        post("+447700900006").done_reason(),
+        post("+447700900005").done_reason(),
         Some(Reason::RateLimited)
     );
 }
@@ -7338,4 +7335,41 @@ fn a_token_without_kid_waits_for_remote_keys_still_to_come() {
         Step::Done(d, f) => assert_eq!((d.reason(), f.budget_refused), (None, false)),
         s => panic!("{s:?}"),
     }
+}
+
+// Requests a client resets while their lease ask is out (README, Leases:
+// "a client resetting its requests must not have a whole lease counted for
+// each"): with a remainder known (any busy descriptor after its first
+// answer), each asked for a whole lease, until the asks added up to what
+// remained. While an abandoned ask holds, the next ask is for one hit.
+#[test]
+fn requests_reset_while_asking_do_not_each_have_a_whole_lease_counted() {
+    let w = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+        "routes": [
+            {"name": "leased", "match": {"prefix": "/leased"}, "failure_mode": "deny",
+             "rate_limits": [{"name": "per-user", "entries": [{"type": "header", "name": "x-user"}], "lease": 100}]}
+        ]
+    }));
+    let t = NOW * 1000;
+    // A busy descriptor: one lease of 100 taken and used; the service said
+    // 900 of the limit remain in its window.
+    let (p, sent) = w.leased_call("u1", t);
+    assert_eq!(sent[0].1, Some(100));
+    w.leased_ok(p, 900, 50_000, t + 5);
+    for i in 0..99 {
+        assert!(w.leased_pass("u1", t + 10 + i), "kept hit {i}");
+    }
+    // A client sends 5 requests and resets each while its call is out:
+    // the service counts every call's hits.
+    let mut counted = 0;
+    for i in 0..5 {
+        let (p, sent) = w.leased_call("u1", t + 200 + i);
+        counted += sent[0].1.unwrap_or(1);
+        abandon_rls(&w.ctx(), p);
+    }
+    assert!(
+        counted <= 100 + 4,
+        "5 requests reset while asking had {counted} hits counted by the service"
+    );
 }

@@ -1034,3 +1034,159 @@ fn a_client_that_leaves_while_the_service_is_asked_does_not_use_up_its_jti() {
     assert_eq!((r.status, r.reason()), (401, Some("token_replayed")));
     drop(silent);
 }
+
+/// A TCP proxy to `port` that passes the client's
+/// bytes at once and holds the server's for `delay` (the service counts a
+/// call as soon as it reads it; its answer comes late).
+fn slow_answers(port: u16, delay: Duration) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut down) = conn else { return };
+            let Ok(mut up) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                return;
+            };
+            let (mut down2, mut up2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                while let Ok(n) = down.read(&mut buf) {
+                    if n == 0 || up.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+            let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                while let Ok(n) = up2.read(&mut buf) {
+                    if n == 0 || tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            });
+            std::thread::spawn(move || {
+                for (at, bytes) in rx {
+                    let due = at + delay;
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    if down2.write_all(&bytes).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    proxy_port
+}
+
+#[test]
+fn requests_reset_while_asking_do_not_each_spend_a_lease() {
+    // README (Leases): "a client resetting its requests must not have a
+    // whole lease counted for each". The tenant's limit is 10 a day, leased
+    // 4 at a time. 4 requests pass on one lease (the service said 6
+    // remain); then the client sends 2 requests and resets each while its
+    // call is out. The first asks for a lease (4); while it holds, the
+    // second asks for one hit: 9 are counted, and the next request passes.
+    // (Each asked for what remained before: all 10 were spent.)
+    let redis = Redis::start();
+    let rls = RateLimitService::start(&test_limits(), Some(&redis.url()));
+    let slow = slow_answers(rls.grpc_port, Duration::from_millis(400));
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("deny", 3000), up.port)
+        .grpc_cluster("ratelimit", slow)
+        .start();
+    let req = || Req::get("/leased/x").header("x-tenant", "umbrella");
+    for i in 0..4 {
+        assert_eq!(envoy.request(req()).status, 200, "request {i}");
+    }
+    assert_eq!(rls.stats()["requests"].as_u64().unwrap(), 1, "one call");
+    for i in 0..2u64 {
+        use std::io::Write as _;
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+        write!(
+            c,
+            "GET /leased/x HTTP/1.1\r\nhost: localhost\r\nx-tenant: umbrella\r\n\r\n"
+        )
+        .unwrap();
+        harness::wait_until(10, "the call to go out", || {
+            rls.stats()["requests"].as_u64().unwrap() >= 2 + i
+        });
+        drop(c); // the client resets it while the call is out
+        harness::wait_until(10, "the stream to end", || {
+            envoy.stat("http.ingress.downstream_rq_active").unwrap_or(1) == 0
+        });
+    }
+    assert_eq!(up.seen().len(), 4, "the reset requests never went upstream");
+    let r = envoy.request(req());
+    assert_eq!(
+        r.status,
+        200,
+        "2 requests reset while asking spent the rest of the tenant's 10 a day: {:?}",
+        r.reason()
+    );
+    envoy.assert_vm_healthy();
+}
+
+#[test]
+fn a_per_client_local_limit_bounds_requests_reset_while_asking() {
+    // README (`local`): "a client over its own per-IP limit cannot use up a
+    // number's or a key's limit for its owner". The per-client limit is 1 a
+    // minute, the shared (tenant's) service limit 10 a day. A request whose
+    // client resets it while its call is out keeps its local token: the
+    // service counted the shared hit. (It was given back, and one client
+    // spent the tenant's whole limit, 10 times its own.)
+    let redis = Redis::start();
+    let rls = RateLimitService::start(&test_limits(), Some(&redis.url()));
+    let slow = slow_answers(rls.grpc_port, Duration::from_millis(400));
+    let up = Upstream::start();
+    let cfg = json!({
+        "client_ip": {"xff_trusted_hops": 1},
+        "rate_limit_service": {"cluster": "ratelimit", "domain": "appguard", "timeout_ms": 3000, "failure_mode": "deny"},
+        "routes": [{"name": "shared", "match": {"prefix": "/shared"},
+                    "rate_limits": [
+                        {"name": "per-client", "entries": [{"type": "client_ip"}], "local": {"requests": 1, "per": "minute"}},
+                        {"name": "per-tenant", "entries": [{"type": "header", "name": "x-tenant", "key": "tenant"}]}]}]
+    });
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .grpc_cluster("ratelimit", slow)
+        .start();
+    {
+        use std::io::Write as _;
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+        write!(
+            c,
+            "GET /shared/x HTTP/1.1\r\nhost: localhost\r\nx-tenant: acme\r\nx-forwarded-for: 192.0.2.50\r\n\r\n"
+        )
+        .unwrap();
+        harness::wait_until(10, "the call to be counted", || {
+            rls.stats()["requests"].as_u64().unwrap() >= 1
+        });
+        drop(c); // reset while the call is out
+        harness::wait_until(10, "the stream to end", || {
+            envoy.stat("http.ingress.downstream_rq_active").unwrap_or(1) == 0
+        });
+    }
+    // Its token is spent: the client's next requests are refused locally,
+    // with no call to the service.
+    for i in 0..9 {
+        let r = envoy.request(
+            Req::get("/shared/x")
+                .header("x-tenant", "acme")
+                .header("x-forwarded-for", "192.0.2.50"),
+        );
+        assert_eq!((r.status, r.reason()), (429, Some("rate_limited")), "{i}");
+    }
+    assert_eq!(rls.stats()["requests"].as_u64().unwrap(), 1);
+    assert_eq!(up.seen().len(), 0);
+    let victim = envoy.request(
+        Req::get("/shared/x")
+            .header("x-tenant", "acme")
+            .header("x-forwarded-for", "198.51.100.60"),
+    );
+    assert_eq!(victim.status, 200, "{:?}", victim.reason());
+    envoy.assert_vm_healthy();
+}
