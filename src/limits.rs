@@ -1187,7 +1187,17 @@ struct Ask {
     /// will say so. Held until one comes ([`ServiceCache::answered`]), or
     /// [`ABANDONED_ASK_MS`] at most.
     abandoned: bool,
+    /// Abandoned, and a later answer counted its hits: they no longer
+    /// hold back what remains, but the ask still keeps the next asks to
+    /// one hit for [`RESET_COOLDOWN_MS`].
+    counted: bool,
 }
+
+/// How long, after an answer counted an abandoned ask's hits, the asks for
+/// its descriptor stay at one hit: a client that resets a request, lets
+/// the next one be answered and resets the one after would otherwise have
+/// a whole lease counted for every other request.
+pub const RESET_COOLDOWN_MS: u64 = 60_000;
 
 /// How long an abandoned ask holds back the next asks when no answer for
 /// its descriptor comes: an hour, the longest window leases are commonly
@@ -1274,19 +1284,23 @@ impl ServiceCache {
     /// leases `size`: `size`, or within the window of the last lease no
     /// more than the service said remained then, less the hits of the asks
     /// still in flight (at least 1, so that the service decides). With
-    /// nothing known of what remains, 1 while another ask is in flight.
+    /// nothing known of what remains, 1 while another ask is in flight; 1
+    /// while an ask whose request went away holds, and for
+    /// [`RESET_COOLDOWN_MS`] after an answer counted it.
     pub fn lease_ask(&self, digest: &[u8; 16], size: u32, now_ms: u64) -> u32 {
-        let (count, asked, abandoned) = self.asking.get(digest).map_or((0, 0u32, false), |asks| {
+        let (count, asked, one_only) = self.asking.get(digest).map_or((0, 0u32, false), |asks| {
             asks.iter()
                 .filter(|a| a.holds(now_ms))
-                .fold((0, 0u32, false), |(n, h, g), a| {
-                    (n + 1, h.saturating_add(a.hits), g || a.abandoned)
+                .fold((0, 0u32, false), |(n, h, one), a| {
+                    let hits = if a.counted { 0 } else { a.hits };
+                    (n + 1, h.saturating_add(hits), one || a.abandoned)
                 })
         });
-        // While an ask whose request went away holds, 1: a client that
-        // sends requests and resets them while the call is out would
-        // otherwise have a whole lease counted for each.
-        if count >= MAX_ASKS || abandoned {
+        // 1 while an ask whose request went away holds (and for a cooldown
+        // after an answer counted it): a client that sends requests and
+        // resets them while the call is out would otherwise have a whole
+        // lease counted for each.
+        if count >= MAX_ASKS || one_only {
             return 1;
         }
         match self.leases.get(digest) {
@@ -1312,6 +1326,7 @@ impl ServiceCache {
             until_ms,
             hits,
             abandoned: false,
+            counted: false,
         });
     }
 
@@ -1334,13 +1349,18 @@ impl ServiceCache {
 
     /// The service answered, for the descriptor, a call sent at `sent_ms`
     /// (allowed or over the limit): what it said already counts the hits of
-    /// abandoned asks sent before that call, which hold nothing back any
-    /// more. Those sent after it may not be counted in it yet.
+    /// abandoned asks sent before that call, which hold nothing of what
+    /// remains back any more, and keep the next asks to one hit for
+    /// [`RESET_COOLDOWN_MS`]. Those sent after it may not be counted in it
+    /// yet.
     pub fn answered(&mut self, digest: &[u8; 16], sent_ms: u64) {
         if let Some(asks) = self.asking.get_mut(digest) {
-            asks.retain(|a| !(a.abandoned && a.sent_ms < sent_ms));
-            if asks.is_empty() {
-                self.asking.remove(digest);
+            for a in asks
+                .iter_mut()
+                .filter(|a| a.abandoned && !a.counted && a.sent_ms < sent_ms)
+            {
+                a.counted = true;
+                a.until_ms = a.until_ms.min(sent_ms.saturating_add(RESET_COOLDOWN_MS));
             }
         }
     }
@@ -1611,33 +1631,35 @@ mod tests {
         c.answered(&d, t - 1);
         assert_eq!(c.lease_ask(&d, 100, t + 10_001), 1);
         // The next answer (for one hit, 850 remaining) says what remains:
-        // the abandoned hits are in it, and asks go on from it.
+        // the abandoned hits are in it. Asks stay at one hit for a
+        // cooldown after it, then go on from it: a client resetting every
+        // other request would otherwise have a lease counted for each.
         c.begin_ask(d, t + 10_002, t + 10_102, 1);
         c.end_ask(&d, t + 10_002, 1);
         c.answered(&d, t + 10_002);
         c.grant_lease(d, 1, 850, t + 60_000, t + 10_003);
-        assert_eq!(c.lease_ask(&d, 100, t + 10_004), 100);
-        // With a remainder known, an abandoned ask counts against it.
-        c.begin_ask(d, t + 10_005, t + 10_105, 100);
-        c.abandon_ask(&d, t + 10_005, 100);
-        c.answered(&d, t + 10_006);
-        c.grant_lease(d, 1, 120, t + 60_000, t + 10_006);
+        assert_eq!(c.lease_ask(&d, 100, t + 10_004), 1);
+        assert_eq!(c.lease_ask(&d, 100, t + 10_002 + RESET_COOLDOWN_MS - 1), 1);
+        let t2 = t + 10_002 + RESET_COOLDOWN_MS;
+        c.grant_lease(d, 1, 850, t2 + 60_000, t2);
+        assert_eq!(c.lease_ask(&d, 100, t2), 100);
+        // With a remainder known, an abandoned ask counts against it until
+        // an answer counts it.
+        c.begin_ask(d, t2 + 1, t2 + 101, 100);
+        c.abandon_ask(&d, t2 + 1, 100);
+        c.answered(&d, t2 + 2);
+        c.grant_lease(d, 1, 120, t2 + 60_000, t2 + 2);
+        assert_eq!(c.lease_ask(&d, 100, t2 + 3), 1, "the cooldown");
+        let t3 = t2 + 2 + RESET_COOLDOWN_MS;
+        c.grant_lease(d, 1, 120, t3 + 60_000, t3);
+        assert_eq!(c.lease_ask(&d, 100, t3), 100, "cleared by the answer");
+        c.begin_ask(d, t3 + 1, t3 + 101, 100);
+        c.abandon_ask(&d, t3 + 1, 100);
         assert_eq!(
-            c.lease_ask(&d, 100, t + 10_007),
-            100,
-            "cleared by the answer"
-        );
-        c.begin_ask(d, t + 10_008, t + 10_108, 100);
-        c.abandon_ask(&d, t + 10_008, 100);
-        assert_eq!(
-            c.lease_ask(&d, 100, t + 20_000),
+            c.lease_ask(&d, 100, t3 + 10_000),
             1,
             "one hit at a time while an abandoned ask holds, though 20 remain"
         );
-        // An answer to a call sent after it clears it.
-        c.answered(&d, t + 20_001);
-        c.grant_lease(d, 1, 300, t + 60_000, t + 20_001);
-        assert_eq!(c.lease_ask(&d, 100, t + 20_002), 100);
         // With no answer, it holds for an hour, then is let go (and can be
         // evicted like any ask past its time).
         let d2 = [6u8; 16];

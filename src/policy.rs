@@ -1144,7 +1144,11 @@ pub fn cors_preflight_method<'r>(config: &Config, req: &Request<'r>) -> Option<&
             .headers
             .iter()
             .any(|(n, _)| is_method_override_header(n))
-        && !params(METHOD_OVERRIDE_PARAM);
+        && !params(METHOD_OVERRIDE_PARAM)
+        // Nor the token parameter a delegated provider's route refuses
+        // (see `check_token`).
+        && !(config.providers.iter().any(|p| p.verified_by.is_some())
+            && params(JWT_AUTHN_QUERY_PARAM));
     preflight.then_some(asked)
 }
 

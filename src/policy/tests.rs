@@ -7373,3 +7373,82 @@ fn requests_reset_while_asking_do_not_each_have_a_whole_lease_counted() {
         "5 requests reset while asking had {counted} hits counted by the service"
     );
 }
+
+// A CORS preflight (under `bypass_cors_preflight`) with an `access_token`
+// query parameter, which a delegated provider's route refuses whatever else
+// the request holds, is no preflight: it is checked, and refused.
+#[test]
+fn a_preflight_carries_no_access_token_parameter_to_a_delegated_route() {
+    let w = World::from(json!({
+        "bypass_cors_preflight": true,
+        "tokens": [{"name": "mesh", "from": [{"header": "authorization", "prefix": "Bearer "}],
+                    "verified_by": {"key": "mesh_payload"},
+                    "issuer": "https://issuer.example", "max_lifetime_seconds": 300}],
+        "routes": [{"name": "meshed", "match": {"prefix": "/meshed/"}, "tokens": ["mesh"]}]
+    }));
+    let h = headers(&[
+        (":method", "OPTIONS"),
+        (":path", "/meshed/x?access_token=used.or.forged"),
+        (":authority", "api.example.com"),
+        ("origin", "https://shop.example.com"),
+        ("access-control-request-method", "POST"),
+    ]);
+    let read = |_: usize| -> Option<Claims> { None };
+    let mut req = Request::new(&h, Some("198.51.100.1".parse().unwrap()));
+    req.delegated = Delegated::Lazy(&read);
+    match evaluate(&w.ctx(), &req, NOW) {
+        Step::Done(d, f) => assert_eq!(
+            d.reason(),
+            Some(Reason::TokenMalformed),
+            "let through as a preflight: {}",
+            f.cors_preflight
+        ),
+        s => panic!("{s:?}"),
+    }
+}
+
+// A client that alternates (a request it resets while its lease ask is
+// out, then one it lets finish, whose one-hit call's answer counts the
+// first) keeps the asks at one hit for a cooldown after that answer: it
+// had a whole lease counted for every reset request (README, Leases).
+#[test]
+fn alternating_resets_do_not_each_have_a_whole_lease_counted() {
+    let w = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+        "routes": [
+            {"name": "leased", "match": {"prefix": "/leased"}, "failure_mode": "deny",
+             "rate_limits": [{"name": "per-user", "entries": [{"type": "header", "name": "x-user"}], "lease": 100}]}
+        ]
+    }));
+    let t = NOW * 1000;
+    // A busy descriptor: one lease of 100 taken and used; 900 remain.
+    let (p, sent) = w.leased_call("u1", t);
+    assert_eq!(sent[0].1, Some(100));
+    let mut remaining: u64 = 900;
+    w.leased_ok(p, 900, 50_000, t + 5);
+    for i in 0..99 {
+        assert!(w.leased_pass("u1", t + 10 + i), "kept hit {i}");
+    }
+    let mut counted_for_resets = 0;
+    let mut at = t + 200;
+    for _ in 0..5 {
+        // Reset while its call is out: the service counts its hits.
+        let (p, sent) = w.leased_call("u1", at);
+        let hits = sent[0].1.unwrap_or(1);
+        counted_for_resets += hits;
+        remaining = remaining.saturating_sub(hits);
+        abandon_rls(&w.ctx(), p);
+        at += 1;
+        // Then one it lets finish: a call for one hit, whose answer (which
+        // counts both) ends the hold.
+        let (p, sent) = w.leased_call("u1", at);
+        let hits = sent[0].1.unwrap_or(1);
+        remaining = remaining.saturating_sub(hits);
+        w.leased_ok(p, u32::try_from(remaining).unwrap(), 50_000, at + 1);
+        at += 2;
+    }
+    assert!(
+        counted_for_resets <= 5 + 100,
+        "5 requests reset while asking (5 others finished) had {counted_for_resets} hits counted; {remaining} of the 1000 remain"
+    );
+}
