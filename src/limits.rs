@@ -1193,10 +1193,11 @@ struct Ask {
     counted: bool,
 }
 
-/// How long, after an answer counted an abandoned ask's hits, the asks for
-/// its descriptor stay at one hit: a client that resets a request, lets
-/// the next one be answered and resets the one after would otherwise have
-/// a whole lease counted for every other request.
+/// How long, at least, after an answer counted an abandoned ask's hits,
+/// the asks for its descriptor stay at one hit (and to the end of the
+/// window a lease granted then names): a client that resets a request,
+/// lets the next one be answered and resets the one after would otherwise
+/// have a whole lease counted for every other request.
 pub const RESET_COOLDOWN_MS: u64 = 60_000;
 
 /// How long an abandoned ask holds back the next asks when no answer for
@@ -1206,9 +1207,11 @@ pub const RESET_COOLDOWN_MS: u64 = 60_000;
 pub const ABANDONED_ASK_MS: u64 = 3_600_000;
 
 impl Ask {
-    /// Whether the ask still holds back the asks that follow.
+    /// Whether the ask still holds back the asks that follow: not past its
+    /// time, nor sent after `now_ms` (the clock was set back since: no
+    /// later answer could count it).
     fn holds(&self, now_ms: u64) -> bool {
-        self.until_ms > now_ms
+        self.until_ms > now_ms && self.sent_ms <= now_ms.saturating_add(CLOCK_SLACK_MS)
     }
 }
 
@@ -1321,6 +1324,16 @@ impl ServiceCache {
         });
         let asks = self.asking.entry(digest).or_default();
         asks.retain(|a| a.holds(sent_ms));
+        // Bounded: a client resetting every request would otherwise add an
+        // ask an hour long for each. The oldest abandoned ones go first
+        // (the newest still keeps the asks at one hit); asks in flight end
+        // with their call's timeout.
+        while asks.len() >= MAX_ASKS {
+            let Some(i) = asks.iter().position(|a| a.abandoned) else {
+                break;
+            };
+            asks.remove(i);
+        }
         asks.push(Ask {
             sent_ms,
             until_ms,
@@ -1412,6 +1425,13 @@ impl ServiceCache {
             lease.until_ms = lease.until_ms.min(held.until_ms);
             lease.service_remaining = lease.service_remaining.min(held.service_remaining);
             lease.granted_ms = lease.granted_ms.min(held.granted_ms);
+        }
+        // The cooldown after a counted reset lasts the window: a client
+        // resetting one request a window has at most one lease counted.
+        if let Some(asks) = self.asking.get_mut(&digest) {
+            for a in asks.iter_mut().filter(|a| a.counted && a.holds(now_ms)) {
+                a.until_ms = a.until_ms.max(lease.until_ms);
+            }
         }
         make_room(&mut self.leases, OVER_LIMIT_ENTRIES, |l| l.live(now_ms));
         self.leases.insert(digest, lease);
@@ -2350,5 +2370,51 @@ mod tests {
                 .unwrap()
                 .allowed
         );
+    }
+
+    // A wall clock set back after a request was reset: its ask, sent
+    // "after" every later call, no answer can count; it no longer holds
+    // (it held for the step plus the hour, "an hour at most" in README).
+    #[test]
+    fn a_clock_set_back_does_not_hold_asks_past_the_hour() {
+        let mut c = ServiceCache::new(&SALT);
+        let d = [9u8; 16];
+        let t = 10_000_000_000;
+        c.begin_ask(d, t, t + 100, 100);
+        c.abandon_ask(&d, t, 100);
+        // The clock is set back two hours (NTP correcting a fast clock).
+        let back = t - 2 * 3_600_000;
+        // A finished request's call is answered: it counts nothing.
+        c.begin_ask(d, back + 10, back + 110, 1);
+        c.end_ask(&d, back + 10, 1);
+        c.answered(&d, back + 10);
+        c.grant_lease(d, 1, 500, back + 3_000_000, back + 20);
+        // Two hours on by the new clock, and 100 s past the cooldown.
+        assert_eq!(
+            c.lease_ask(&d, 100, back + 10 + RESET_COOLDOWN_MS + 100_000),
+            100,
+            "still one hit at a time, 160 s after an answer and by the clock's reading of the reset"
+        );
+    }
+
+    // Abandoned asks that no answer counts hold for an hour each: a client
+    // resetting each of its requests (HEADERS then RST_STREAM) grew its
+    // descriptor's entry by one ask a request, and every request scanned
+    // them all twice. At most `MAX_ASKS` are kept.
+    #[test]
+    fn abandoned_asks_per_descriptor_are_bounded() {
+        let mut c = ServiceCache::new(&SALT);
+        let d = [10u8; 16];
+        let t = 1_000_000;
+        // 50 resets a second for 100 s (60,000 of them, 20 minutes, take
+        // 69 s here: each request scans all the asks held).
+        for i in 0..5_000u64 {
+            let now = t + i * 20;
+            let hits = c.lease_ask(&d, 100, now);
+            c.begin_ask(d, now, now + 100, hits);
+            c.abandon_ask(&d, now, hits);
+        }
+        let n = c.asking.get(&d).map_or(0, Vec::len);
+        assert!(n <= 2 * MAX_ASKS, "{n} asks held for one descriptor");
     }
 }

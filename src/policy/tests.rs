@@ -7452,3 +7452,53 @@ fn alternating_resets_do_not_each_have_a_whole_lease_counted() {
         "5 requests reset while asking (5 others finished) had {counted_for_resets} hits counted; {remaining} of the 1000 remain"
     );
 }
+
+// The cooldown after a counted reset lasts to the end of the lease's
+// window: a client that resets one request a minute (and lets one finish,
+// so that an answer counts it) had a whole lease counted every minute; on
+// an hourly limit of 1000 with `lease: 100`, 20 requests in ten minutes
+// spent the whole hour's limit of every client sharing the descriptor.
+#[test]
+fn one_reset_a_minute_has_at_most_one_lease_counted_a_window() {
+    let w = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+        "routes": [
+            {"name": "leased", "match": {"prefix": "/leased"}, "failure_mode": "deny",
+             "rate_limits": [{"name": "per-user", "entries": [{"type": "header", "name": "x-user"}], "lease": 100}]}
+        ]
+    }));
+    let t = NOW * 1000;
+    let hour: u64 = 3_600_000;
+    let mut remaining: u64 = 1000;
+    let mut counted_for_resets = 0;
+    let mut requests = 0;
+    let mut at = t;
+    for _ in 0..10 {
+        // Reset while its call is out: the service counts its hits.
+        let (p, sent) = w.leased_call("u1", at);
+        let hits = sent[0].1.unwrap_or(1);
+        counted_for_resets += hits;
+        remaining = remaining.saturating_sub(hits);
+        abandon_rls(&w.ctx(), p);
+        // Then one it lets finish, whose answer counts the first.
+        let (p, sent) = w.leased_call("u1", at + 1);
+        let hits = sent[0].1.unwrap_or(1);
+        remaining = remaining.saturating_sub(hits);
+        let left = i64::try_from(t + hour - (at + 1)).unwrap();
+        let mut resp = ok_response(1, u32::try_from(remaining).unwrap(), Some(left));
+        if let Some(l) = resp.statuses[0].current_limit.as_mut() {
+            l.requests_per_unit = 1000;
+            l.unit = crate::ratelimit::rls::Unit::Hour as i32;
+        }
+        assert!(matches!(
+            w.answer(p, &resp, at + 2),
+            Step::Done(Decision::Allow(_), _)
+        ));
+        requests += 2;
+        at += 61_000;
+    }
+    assert!(
+        counted_for_resets <= 100 + 10,
+        "{requests} requests over ten minutes (10 reset) had {counted_for_resets} hits counted; {remaining} of the hour's 1000 remain"
+    );
+}
