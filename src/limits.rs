@@ -1195,7 +1195,7 @@ struct Ask {
 
 /// How long, at least, after an answer counted an abandoned ask's hits,
 /// the asks for its descriptor stay at one hit (and to the end of the
-/// window a lease granted then names): a client that resets a request,
+/// window that answer names): a client that resets a request,
 /// lets the next one be answered and resets the one after would otherwise
 /// have a whole lease counted for every other request.
 pub const RESET_COOLDOWN_MS: u64 = 60_000;
@@ -1366,14 +1366,20 @@ impl ServiceCache {
     /// remains back any more, and keep the next asks to one hit for
     /// [`RESET_COOLDOWN_MS`]. Those sent after it may not be counted in it
     /// yet.
-    pub fn answered(&mut self, digest: &[u8; 16], sent_ms: u64) {
+    /// `window_end_ms`: when the window the answer counted in ends, where
+    /// its status for the descriptor says (allowed or not: a call refused
+    /// for another descriptor counts this one too).
+    pub fn answered(&mut self, digest: &[u8; 16], sent_ms: u64, window_end_ms: Option<u64>) {
         if let Some(asks) = self.asking.get_mut(digest) {
+            let until = sent_ms
+                .saturating_add(RESET_COOLDOWN_MS)
+                .max(window_end_ms.unwrap_or(0));
             for a in asks
                 .iter_mut()
                 .filter(|a| a.abandoned && !a.counted && a.sent_ms < sent_ms)
             {
                 a.counted = true;
-                a.until_ms = a.until_ms.min(sent_ms.saturating_add(RESET_COOLDOWN_MS));
+                a.until_ms = until;
             }
         }
     }
@@ -1425,13 +1431,6 @@ impl ServiceCache {
             lease.until_ms = lease.until_ms.min(held.until_ms);
             lease.service_remaining = lease.service_remaining.min(held.service_remaining);
             lease.granted_ms = lease.granted_ms.min(held.granted_ms);
-        }
-        // The cooldown after a counted reset lasts the window: a client
-        // resetting one request a window has at most one lease counted.
-        if let Some(asks) = self.asking.get_mut(&digest) {
-            for a in asks.iter_mut().filter(|a| a.counted && a.holds(now_ms)) {
-                a.until_ms = a.until_ms.max(lease.until_ms);
-            }
         }
         make_room(&mut self.leases, OVER_LIMIT_ENTRIES, |l| l.live(now_ms));
         self.leases.insert(digest, lease);
@@ -1648,7 +1647,7 @@ mod tests {
         c.abandon_ask(&d, t + 10_000, 1);
         assert_eq!(c.lease_ask(&d, 100, t + 10_001), 1);
         // The answer to a call sent before them says nothing of them.
-        c.answered(&d, t - 1);
+        c.answered(&d, t - 1, None);
         assert_eq!(c.lease_ask(&d, 100, t + 10_001), 1);
         // The next answer (for one hit, 850 remaining) says what remains:
         // the abandoned hits are in it. Asks stay at one hit for a
@@ -1656,7 +1655,7 @@ mod tests {
         // other request would otherwise have a lease counted for each.
         c.begin_ask(d, t + 10_002, t + 10_102, 1);
         c.end_ask(&d, t + 10_002, 1);
-        c.answered(&d, t + 10_002);
+        c.answered(&d, t + 10_002, Some(t + 60_000));
         c.grant_lease(d, 1, 850, t + 60_000, t + 10_003);
         assert_eq!(c.lease_ask(&d, 100, t + 10_004), 1);
         assert_eq!(c.lease_ask(&d, 100, t + 10_002 + RESET_COOLDOWN_MS - 1), 1);
@@ -1667,7 +1666,7 @@ mod tests {
         // an answer counts it.
         c.begin_ask(d, t2 + 1, t2 + 101, 100);
         c.abandon_ask(&d, t2 + 1, 100);
-        c.answered(&d, t2 + 2);
+        c.answered(&d, t2 + 2, Some(t2 + 60_000));
         c.grant_lease(d, 1, 120, t2 + 60_000, t2 + 2);
         assert_eq!(c.lease_ask(&d, 100, t2 + 3), 1, "the cooldown");
         let t3 = t2 + 2 + RESET_COOLDOWN_MS;
@@ -2387,7 +2386,7 @@ mod tests {
         // A finished request's call is answered: it counts nothing.
         c.begin_ask(d, back + 10, back + 110, 1);
         c.end_ask(&d, back + 10, 1);
-        c.answered(&d, back + 10);
+        c.answered(&d, back + 10, Some(back + 3_000_000));
         c.grant_lease(d, 1, 500, back + 3_000_000, back + 20);
         // Two hours on by the new clock, and 100 s past the cooldown.
         assert_eq!(
@@ -2397,10 +2396,10 @@ mod tests {
         );
     }
 
-    // Abandoned asks that no answer counts hold for an hour each: a client
-    // resetting each of its requests (HEADERS then RST_STREAM) grew its
-    // descriptor's entry by one ask a request, and every request scanned
-    // them all twice. At most `MAX_ASKS` are kept.
+    // Abandoned asks that no answer counts hold for an hour each. The
+    // filter records only lease asks, which an abandoned one keeps at one
+    // hit, so it never piles them up; the cache bounds them itself too, at
+    // `MAX_ASKS` a descriptor, whoever calls it.
     #[test]
     fn abandoned_asks_per_descriptor_are_bounded() {
         let mut c = ServiceCache::new(&SALT);

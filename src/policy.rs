@@ -2423,12 +2423,13 @@ fn rls_verdict(
             if s.lease.is_none() {
                 continue;
             }
-            cache.answered(&s.key, pending.sent_ms);
+            let window = ratelimit::lease_window(status);
+            let window_end = window.map(|(ms, _)| pending.sent_ms.saturating_add(ms));
+            cache.answered(&s.key, pending.sent_ms, window_end);
             if verdict.over_limit {
                 continue;
             }
-            if let Some((ms, remaining)) = ratelimit::lease_window(status) {
-                let until_ms = pending.sent_ms.saturating_add(ms);
+            if let (Some(until_ms), Some((_, remaining))) = (window_end, window) {
                 cache.grant_lease(s.key, s.hits, remaining, until_ms, ctx.now_ms);
             }
         }

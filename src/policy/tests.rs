@@ -7502,3 +7502,67 @@ fn one_reset_a_minute_has_at_most_one_lease_counted_a_window() {
         "{requests} requests over ten minutes (10 reset) had {counted_for_resets} hits counted; {remaining} of the hour's 1000 remain"
     );
 }
+
+// The answer that counts a reset ask may refuse the call for another
+// descriptor (the client's own per-IP limit, README's example): its status
+// for this descriptor still names the window, and the hold lasts to its
+// end. (It was extended only where a lease was granted: one reset request
+// plus one request over its per-IP limit a minute spent an hour's limit
+// of 1000, `lease: 100`, in ten minutes.)
+#[test]
+fn a_refused_answer_counts_a_reset_with_the_window_s_cooldown() {
+    let w = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+        "routes": [
+            {"name": "open", "match": {"prefix": "/open"}, "failure_mode": "deny",
+             "rate_limits": [
+                {"name": "per-user", "entries": [{"type": "header", "name": "x-user"}], "lease": 100},
+                {"name": "per-ip", "entries": [{"type": "client_ip"}]}
+             ]}
+        ]
+    }));
+    let call = |at: u64| match w.leased_get("/open", "u1", at) {
+        Step::NeedRateLimit(p, call) => (p, rls_hits(&call)),
+        s => panic!("expected a call at {at}: {s:?}"),
+    };
+    let t = NOW * 1000;
+    let hour: u64 = 3_600_000;
+    let mut remaining: u64 = 1000;
+    let mut counted_for_resets = 0;
+    let mut at = t;
+    for _ in 0..10 {
+        // Reset while its call is out: the service counts its hits.
+        let (p, sent) = call(at);
+        assert_eq!(sent[0].0[0].0, "x-user");
+        let hits = sent[0].1.unwrap_or(1);
+        counted_for_resets += hits;
+        remaining = remaining.saturating_sub(hits);
+        abandon_rls(&w.ctx(), p);
+        // Then one over the client's per-IP limit (a minute's): the
+        // service counts its one hit of the user's limit and refuses it.
+        let (p, sent) = call(at + 1);
+        remaining = remaining.saturating_sub(sent[0].1.unwrap_or(1));
+        let left = i64::try_from(t + hour - (at + 1)).unwrap();
+        let mut resp = ok_response(2, u32::try_from(remaining).unwrap(), Some(left));
+        if let Some(l) = resp.statuses[0].current_limit.as_mut() {
+            l.requests_per_unit = 1000;
+            l.unit = crate::ratelimit::rls::Unit::Hour as i32;
+        }
+        resp.overall_code = crate::ratelimit::Code::OverLimit as i32;
+        resp.statuses[1].code = crate::ratelimit::Code::OverLimit as i32;
+        resp.statuses[1].limit_remaining = 0;
+        resp.statuses[1].duration_until_reset = Some(crate::ratelimit::rls::Duration {
+            seconds: 50,
+            nanos: 0,
+        });
+        assert_eq!(
+            w.answer(p, &resp, at + 2).done_reason(),
+            Some(Reason::RateLimited)
+        );
+        at += 61_000;
+    }
+    assert!(
+        counted_for_resets <= 100 + 10,
+        "20 requests over ten minutes (10 reset, 10 over their per-IP limit) had {counted_for_resets} hits counted; {remaining} of the hour's 1000 remain"
+    );
+}
