@@ -1198,34 +1198,25 @@ fn php_name(raw: &str, want: &str, under: bool) -> bool {
     };
     let want = want.as_bytes();
     let bytes = raw.as_bytes();
-    let hex = |j: usize| bytes.get(j).and_then(|&h| char::from(h).to_digit(16));
     let mut seen = 0;
     let mut i = 0;
     while let Some(&c) = bytes.get(i) {
         let b = match c {
             b'+' => b' ',
-            // PHP keeps a `%` that starts no escape as it is.
-            b'%' => match (hex(i + 1), hex(i + 2)) {
-                (Some(hi), Some(lo)) => {
+            b'%' => match escape_at(bytes, i) {
+                Some((3, v)) => {
                     i += 2;
-                    u8::try_from(hi * 16 + lo).unwrap_or(b'%')
+                    u8::try_from(v).unwrap_or(b'%')
                 }
                 // ASP.NET on .NET Framework (`HttpUtility.UrlDecode`)
                 // decodes `%uXXXX`: `%u006Bey` is its `key`. A character
                 // outside ASCII matches no name here.
-                _ if matches!(bytes.get(i + 1), Some(b'u' | b'U')) => {
-                    match (hex(i + 2), hex(i + 3), hex(i + 4), hex(i + 5)) {
-                        (Some(a), Some(b), Some(c), Some(d)) => {
-                            i += 5;
-                            u8::try_from(((a * 16 + b) * 16 + c) * 16 + d)
-                                .ok()
-                                .filter(u8::is_ascii)
-                                .unwrap_or(0xFF)
-                        }
-                        _ => b'%',
-                    }
+                Some((len, v)) => {
+                    i += len - 1;
+                    u8::try_from(v).ok().filter(u8::is_ascii).unwrap_or(0xFF)
                 }
-                _ => b'%',
+                // PHP keeps a `%` that starts no escape as it is.
+                None => b'%',
             },
             _ => c,
         };
@@ -1293,12 +1284,10 @@ pub(crate) fn encoded_unreserved(path: &str) -> Option<(usize, char)> {
 /// The unreserved character (see [`encoded_unreserved`]) that `s` starts
 /// with the escape of (`%73…` → `s`), if it does.
 fn unreserved_escape(s: &str) -> Option<char> {
-    let b = s.as_bytes();
-    let hex = |j: usize| b.get(j).and_then(|&h| char::from(h).to_digit(16));
-    if b.first() != Some(&b'%') {
+    let (3, v) = escape_at(s.as_bytes(), 0)? else {
         return None;
-    }
-    let c = char::from_u32(hex(1)? << 4 | hex(2)?)?;
+    };
+    let c = char::from_u32(v)?;
     (c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')).then_some(c)
 }
 
