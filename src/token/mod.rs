@@ -753,19 +753,25 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
     if let Some(iss) = &raw.issuer {
         plain("issuer", iss)?;
     }
+    // Whether every number in `v`, at any depth, is one `ok` takes.
+    fn every_number(v: &Value, ok: fn(&serde_json::Number) -> bool) -> bool {
+        match v {
+            Value::Number(n) => ok(n),
+            Value::Array(a) => a.iter().all(|x| every_number(x, ok)),
+            Value::Object(o) => o.values().all(|x| every_number(x, ok)),
+            _ => true,
+        }
+    }
     // A number is compared as a double unless it is an integer of 64 bits:
     // `123456789012345678901234` or `0.1` would also match the neighbours
     // that round to the same double, and "exactly these values" would not
     // hold.
-    fn exact(v: &Value) -> bool {
-        match v {
-            Value::Number(n) => !n.is_f64(),
-            Value::Array(a) => a.iter().all(exact),
-            Value::Object(o) => o.values().all(exact),
-            _ => true,
-        }
-    }
-    if let Some((name, _)) = raw.required_claims.iter().find(|(_, v)| !exact(v)) {
+    let exact = |n: &serde_json::Number| !n.is_f64();
+    if let Some((name, _)) = raw
+        .required_claims
+        .iter()
+        .find(|(_, v)| !every_number(v, exact))
+    {
         return Err(err(
             &format!("required_claims.{name}"),
             "a number here must be an integer of at most 64 bits: one with a fraction, an \
@@ -776,21 +782,15 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
     // jwt_authn hands a delegated payload over as a protobuf Struct, whose
     // numbers are doubles: an integer from 9e15 on comes back as a double
     // (see `delegated::number`), and would match no token.
-    fn within_metadata(v: &Value) -> bool {
-        match v {
-            Value::Number(n) => n
-                .as_i64()
-                .is_some_and(|i| i.unsigned_abs() < 9_000_000_000_000_000),
-            Value::Array(a) => a.iter().all(within_metadata),
-            Value::Object(o) => o.values().all(within_metadata),
-            _ => true,
-        }
-    }
+    let within_metadata = |n: &serde_json::Number| {
+        n.as_i64()
+            .is_some_and(|i| i.unsigned_abs() < 9_000_000_000_000_000)
+    };
     if verified_by.is_some() {
         if let Some((name, _)) = raw
             .required_claims
             .iter()
-            .find(|(_, v)| !within_metadata(v))
+            .find(|(_, v)| !every_number(v, within_metadata))
         {
             return Err(err(
                 &format!("required_claims.{name}"),
