@@ -43,25 +43,27 @@ impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("invalid configuration")?;
         if !self.path.is_empty() {
-            f.write_str(" at `")?;
-            write_escaped(f, &self.path)?;
-            f.write_str("`")?;
+            write!(f, " at `{}`", Escaped(&self.path))?;
         }
-        f.write_str(": ")?;
-        write_escaped(f, &self.message)
+        write!(f, ": {}", Escaped(&self.message))
     }
 }
 
-/// Writes `s` with its control characters escaped (`\n`, `\u{1b}`).
-fn write_escaped(f: &mut std::fmt::Formatter<'_>, s: &str) -> std::fmt::Result {
-    for c in s.chars() {
-        if c.is_control() {
-            write!(f, "{}", c.escape_default())?;
-        } else {
-            write!(f, "{c}")?;
+/// A text written with its control characters escaped (`\n`, `\u{1b}`):
+/// one line in Envoy's log, whatever the configuration quoted into it.
+struct Escaped<'a>(&'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                write!(f, "{c}")?;
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 impl std::error::Error for ConfigError {}
@@ -1008,7 +1010,7 @@ impl Config {
         // logs each line, and a `\n` would start one of the writer's own.
         for line in &mut out {
             if line.contains(char::is_control) {
-                *line = line.chars().flat_map(char::escape_default).collect();
+                *line = Escaped(line).to_string();
             }
         }
         out
