@@ -4387,16 +4387,21 @@ fn request_signing_is_checked_before_the_platform_and_app() {
 }
 
 fn lease_world() -> World {
+    lease_world_of(3)
+}
+
+/// [`lease_world`] with its per-user rules leased `size` at a time.
+fn lease_world_of(size: u32) -> World {
     World::from(json!({
         "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
         "routes": [
             {"name": "open", "match": {"prefix": "/open"}, "failure_mode": "deny",
              "rate_limits": [
-                {"name": "per-user", "entries": [{"type": "header", "name": "x-user"}], "lease": 3},
+                {"name": "per-user", "entries": [{"type": "header", "name": "x-user"}], "lease": size},
                 {"name": "per-ip", "entries": [{"type": "client_ip"}]}
              ]},
             {"name": "leased", "match": {"prefix": "/leased"}, "failure_mode": "deny",
-             "rate_limits": [{"name": "per-user", "entries": [{"type": "header", "name": "x-user"}], "lease": 3}]}
+             "rate_limits": [{"name": "per-user", "entries": [{"type": "header", "name": "x-user"}], "lease": size}]}
         ]
     }))
 }
@@ -7337,6 +7342,18 @@ fn a_token_without_kid_waits_for_remote_keys_still_to_come() {
     }
 }
 
+/// Makes `u1`'s descriptor on `w` ([`lease_world_of`] 100) a busy one at
+/// `t`: one lease of 100 asked for, granted with 900 of the limit
+/// remaining in the service's window, and all its hits used.
+fn use_a_lease_of_100(w: &World, t: u64) {
+    let (p, sent) = w.leased_call("u1", t);
+    assert_eq!(sent[0].1, Some(100));
+    w.leased_ok(p, 900, 50_000, t + 5);
+    for i in 0..99 {
+        assert!(w.leased_pass("u1", t + 10 + i), "kept hit {i}");
+    }
+}
+
 // Requests a client resets while their lease ask is out (README, Leases:
 // "a client resetting its requests must not have a whole lease counted for
 // each"): with a remainder known (any busy descriptor after its first
@@ -7344,22 +7361,9 @@ fn a_token_without_kid_waits_for_remote_keys_still_to_come() {
 // remained. While an abandoned ask holds, the next ask is for one hit.
 #[test]
 fn requests_reset_while_asking_do_not_each_have_a_whole_lease_counted() {
-    let w = World::from(json!({
-        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
-        "routes": [
-            {"name": "leased", "match": {"prefix": "/leased"}, "failure_mode": "deny",
-             "rate_limits": [{"name": "per-user", "entries": [{"type": "header", "name": "x-user"}], "lease": 100}]}
-        ]
-    }));
+    let w = lease_world_of(100);
     let t = NOW * 1000;
-    // A busy descriptor: one lease of 100 taken and used; the service said
-    // 900 of the limit remain in its window.
-    let (p, sent) = w.leased_call("u1", t);
-    assert_eq!(sent[0].1, Some(100));
-    w.leased_ok(p, 900, 50_000, t + 5);
-    for i in 0..99 {
-        assert!(w.leased_pass("u1", t + 10 + i), "kept hit {i}");
-    }
+    use_a_lease_of_100(&w, t);
     // A client sends 5 requests and resets each while its call is out:
     // the service counts every call's hits.
     let mut counted = 0;
@@ -7413,22 +7417,10 @@ fn a_preflight_carries_no_access_token_parameter_to_a_delegated_route() {
 // had a whole lease counted for every reset request (README, Leases).
 #[test]
 fn alternating_resets_do_not_each_have_a_whole_lease_counted() {
-    let w = World::from(json!({
-        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
-        "routes": [
-            {"name": "leased", "match": {"prefix": "/leased"}, "failure_mode": "deny",
-             "rate_limits": [{"name": "per-user", "entries": [{"type": "header", "name": "x-user"}], "lease": 100}]}
-        ]
-    }));
+    let w = lease_world_of(100);
     let t = NOW * 1000;
-    // A busy descriptor: one lease of 100 taken and used; 900 remain.
-    let (p, sent) = w.leased_call("u1", t);
-    assert_eq!(sent[0].1, Some(100));
+    use_a_lease_of_100(&w, t);
     let mut remaining: u64 = 900;
-    w.leased_ok(p, 900, 50_000, t + 5);
-    for i in 0..99 {
-        assert!(w.leased_pass("u1", t + 10 + i), "kept hit {i}");
-    }
     let mut counted_for_resets = 0;
     let mut at = t + 200;
     for _ in 0..5 {
@@ -7460,13 +7452,7 @@ fn alternating_resets_do_not_each_have_a_whole_lease_counted() {
 // spent the whole hour's limit of every client sharing the descriptor.
 #[test]
 fn one_reset_a_minute_has_at_most_one_lease_counted_a_window() {
-    let w = World::from(json!({
-        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
-        "routes": [
-            {"name": "leased", "match": {"prefix": "/leased"}, "failure_mode": "deny",
-             "rate_limits": [{"name": "per-user", "entries": [{"type": "header", "name": "x-user"}], "lease": 100}]}
-        ]
-    }));
+    let w = lease_world_of(100);
     let t = NOW * 1000;
     let hour: u64 = 3_600_000;
     let mut remaining: u64 = 1000;
@@ -7511,16 +7497,7 @@ fn one_reset_a_minute_has_at_most_one_lease_counted_a_window() {
 // of 1000, `lease: 100`, in ten minutes.)
 #[test]
 fn a_refused_answer_counts_a_reset_with_the_window_s_cooldown() {
-    let w = World::from(json!({
-        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
-        "routes": [
-            {"name": "open", "match": {"prefix": "/open"}, "failure_mode": "deny",
-             "rate_limits": [
-                {"name": "per-user", "entries": [{"type": "header", "name": "x-user"}], "lease": 100},
-                {"name": "per-ip", "entries": [{"type": "client_ip"}]}
-             ]}
-        ]
-    }));
+    let w = lease_world_of(100);
     let call = |at: u64| match w.leased_get("/open", "u1", at) {
         Step::NeedRateLimit(p, call) => (p, rls_hits(&call)),
         s => panic!("expected a call at {at}: {s:?}"),
