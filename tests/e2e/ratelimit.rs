@@ -1083,6 +1083,34 @@ fn slow_answers(port: u16, delay: Duration) -> u16 {
     proxy_port
 }
 
+/// Sends `GET path` with `headers` over a connection of its own, waits
+/// until the service has been called `calls` times in all (this request's
+/// call among them), then resets the connection while the answer is held
+/// back (see [`slow_answers`]), and waits for Envoy to end the stream.
+fn reset_while_asking(
+    envoy: &harness::Envoy,
+    rls: &RateLimitService,
+    path: &str,
+    headers: &[(&str, &str)],
+    calls: u64,
+) {
+    use std::io::Write as _;
+    let mut head = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+    c.write_all(head.as_bytes()).unwrap();
+    harness::wait_until(10, "the call to go out", || {
+        rls.stats()["requests"].as_u64().unwrap() >= calls
+    });
+    drop(c); // the client resets it while the call is out
+    harness::wait_until(10, "the stream to end", || {
+        envoy.stat("http.ingress.downstream_rq_active").unwrap_or(1) == 0
+    });
+}
+
 #[test]
 fn requests_reset_while_asking_do_not_each_spend_a_lease() {
     // README (Leases): "a client resetting its requests must not have a
@@ -1105,20 +1133,13 @@ fn requests_reset_while_asking_do_not_each_spend_a_lease() {
     }
     assert_eq!(rls.stats()["requests"].as_u64().unwrap(), 1, "one call");
     for i in 0..2u64 {
-        use std::io::Write as _;
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
-        write!(
-            c,
-            "GET /leased/x HTTP/1.1\r\nhost: localhost\r\nx-tenant: umbrella\r\n\r\n"
-        )
-        .unwrap();
-        harness::wait_until(10, "the call to go out", || {
-            rls.stats()["requests"].as_u64().unwrap() >= 2 + i
-        });
-        drop(c); // the client resets it while the call is out
-        harness::wait_until(10, "the stream to end", || {
-            envoy.stat("http.ingress.downstream_rq_active").unwrap_or(1) == 0
-        });
+        reset_while_asking(
+            &envoy,
+            &rls,
+            "/leased/x",
+            &[("x-tenant", "umbrella")],
+            2 + i,
+        );
     }
     assert_eq!(up.seen().len(), 4, "the reset requests never went upstream");
     let r = envoy.request(req());
@@ -1154,22 +1175,13 @@ fn a_per_client_local_limit_bounds_requests_reset_while_asking() {
     let envoy = EnvoyBuilder::new(cfg, up.port)
         .grpc_cluster("ratelimit", slow)
         .start();
-    {
-        use std::io::Write as _;
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
-        write!(
-            c,
-            "GET /shared/x HTTP/1.1\r\nhost: localhost\r\nx-tenant: acme\r\nx-forwarded-for: 192.0.2.50\r\n\r\n"
-        )
-        .unwrap();
-        harness::wait_until(10, "the call to be counted", || {
-            rls.stats()["requests"].as_u64().unwrap() >= 1
-        });
-        drop(c); // reset while the call is out
-        harness::wait_until(10, "the stream to end", || {
-            envoy.stat("http.ingress.downstream_rq_active").unwrap_or(1) == 0
-        });
-    }
+    reset_while_asking(
+        &envoy,
+        &rls,
+        "/shared/x",
+        &[("x-tenant", "acme"), ("x-forwarded-for", "192.0.2.50")],
+        1,
+    );
     // Its token is spent: the client's next requests are refused locally,
     // with no call to the service.
     for i in 0..9 {
