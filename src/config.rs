@@ -1891,31 +1891,6 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         ios_bundle_id: ph_name("ios_bundle_id", ph.ios_bundle_id, "x-ios-bundle-identifier")?,
         ios_team_id: ph_name("ios_team_id", ph.ios_team_id, "x-ios-team-id")?,
     };
-    // Each names one thing: a header read as two (an Android package and an
-    // iOS bundle id) makes every request that sends it look like two
-    // platforms, refused as `app_mismatch`; so does the API key's header.
-    {
-        let named = [
-            ("android_package", &platform_headers.android_package),
-            ("android_cert", &platform_headers.android_cert),
-            ("ios_bundle_id", &platform_headers.ios_bundle_id),
-            ("ios_team_id", &platform_headers.ios_team_id),
-        ];
-        let mut seen: Vec<(String, &str)> =
-            vec![("api_keys.header".to_owned(), api_keys.header.as_str())];
-        for (field, h) in named {
-            if let Some((other, _)) = seen
-                .iter()
-                .find(|(_, e)| crate::request::is_header_of(h, &[*e]))
-            {
-                return Err(ConfigError::new(
-                    format!("platform_headers.{field}"),
-                    format!("is the header {other} names too: each header must name one thing"),
-                ));
-            }
-            seen.push((format!("platform_headers.{field}"), h.as_str()));
-        }
-    }
     // A claim header is stripped from every request: it must not be one
     // clients send for appguard to read, nor one HTTP framing or the
     // proxies in front own (the upstream would lose the client's copy, or
@@ -1929,10 +1904,6 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         "x-forwarded-for",
         "x-real-ip",
         &api_keys.header,
-        &platform_headers.android_package,
-        &platform_headers.android_cert,
-        &platform_headers.ios_bundle_id,
-        &platform_headers.ios_team_id,
     ];
     owned.extend(network.country_header.as_deref());
     // The headers routes are matched by (a claim written there would
@@ -1961,6 +1932,50 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 .flat_map(|b| b.headers.iter().map(String::as_str)),
         );
     }
+    // Each platform header names one thing: a header read as two (an
+    // Android package and an iOS bundle id, or `origin`, a token's or the
+    // country's header) makes every request that sends it look like two
+    // platforms, refused as `app_mismatch`; so does the API key's header.
+    {
+        let named = [
+            ("android_package", &platform_headers.android_package),
+            ("android_cert", &platform_headers.android_cert),
+            ("ios_bundle_id", &platform_headers.ios_bundle_id),
+            ("ios_team_id", &platform_headers.ios_team_id),
+        ];
+        let mut seen: Vec<(String, &str)> =
+            vec![("api_keys.header".to_owned(), api_keys.header.as_str())];
+        for (field, h) in named {
+            if let Some((other, _)) = seen
+                .iter()
+                .find(|(_, e)| crate::request::is_header_of(h, &[*e]))
+            {
+                return Err(ConfigError::new(
+                    format!("platform_headers.{field}"),
+                    format!("is the header {other} names too: each header must name one thing"),
+                ));
+            }
+            if crate::request::is_header_of(h, &owned) {
+                return Err(ConfigError::new(
+                    format!("platform_headers.{field}"),
+                    format!(
+                        "{h:?} is a header appguard reads for something else (a token source, \
+                         the country, a binding, origin or referer, a method or URL override, \
+                         forwarded host, or a header the body, signature or preflight checks \
+                         read), or one HTTP framing or proxies own: each header must name one \
+                         thing"
+                    ),
+                ));
+            }
+            seen.push((format!("platform_headers.{field}"), h.as_str()));
+        }
+    }
+    owned.extend([
+        platform_headers.android_package.as_str(),
+        platform_headers.android_cert.as_str(),
+        platform_headers.ios_bundle_id.as_str(),
+        platform_headers.ios_team_id.as_str(),
+    ]);
     let mut claim_headers: Vec<String> = Vec::new();
     for (i, p) in providers.iter().enumerate() {
         for (j, (_, h)) in p.claim_to_headers.iter().enumerate() {

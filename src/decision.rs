@@ -387,6 +387,11 @@ pub struct KeyScrub {
     pub headers: Vec<String>,
     /// `:path` without the key query parameter, when it had one.
     pub path: Option<String>,
+    /// The `cookie` header without the cookies named like the key query
+    /// parameter, when it had one: the key's copy that upstreams merging
+    /// cookies into their parameters (PHP's `$_REQUEST`) read. Empty: no
+    /// cookie is left, and the header goes.
+    pub cookie: Option<String>,
 }
 
 impl Denial {

@@ -297,6 +297,25 @@ pub(crate) fn compile_apps(raw: Vec<RawApp>) -> Result<Vec<App>, ConfigError> {
                 AppProof::Server { cidrs }
             }
         };
+        // From headers, the app that names the request most closely is
+        // chosen; two apps the headers name equally closely would leave it
+        // to the list's order (a key restricted to the second refused on
+        // every request the first takes).
+        if let Some((other, field)) = apps
+            .iter()
+            .find_map(|x| same_header_proof(&x.proof, &proof).map(|f| (x, f)))
+        {
+            return Err(ConfigError::new(
+                format!("{at}.{field}"),
+                format!(
+                    "the platform headers cannot tell this app from app {:?} (the same \
+                     {field}): a request showing them would be taken as whichever is \
+                     listed first; pin each build to its own certificates or team, or make \
+                     them one app with several token_app_ids",
+                    other.id
+                ),
+            ));
+        }
         apps.push(App {
             id: a.id,
             platform: a.platform,
@@ -305,6 +324,51 @@ pub(crate) fn compile_apps(raw: Vec<RawApp>) -> Result<Vec<App>, ConfigError> {
         });
     }
     Ok(apps)
+}
+
+/// The field by which two apps' header proofs name the same requests
+/// equally closely, if they do: one Android package with no certificates
+/// pinned in either or a certificate pinned in both, one iOS bundle id
+/// with the same team (or none in both), one web origin pattern in both.
+/// Server apps go by list order (the README says to list the narrower
+/// ranges first), so they never clash.
+fn same_header_proof(a: &AppProof, b: &AppProof) -> Option<&'static str> {
+    match (a, b) {
+        (
+            AppProof::Android {
+                package: p,
+                certs: c,
+            },
+            AppProof::Android {
+                package: q,
+                certs: d,
+            },
+        ) if p == q => {
+            if c.is_empty() && d.is_empty() {
+                Some("package")
+            } else if c.iter().any(|x| d.contains(x)) {
+                Some("cert_fingerprints")
+            } else {
+                None
+            }
+        }
+        (
+            AppProof::Ios {
+                bundle_id: b1,
+                team_id: t1,
+            },
+            AppProof::Ios {
+                bundle_id: b2,
+                team_id: t2,
+            },
+        ) if b1 == b2 && t1 == t2 => Some(if t1.is_some() { "team_id" } else { "bundle_id" }),
+        (AppProof::Web { origins: o1 }, AppProof::Web { origins: o2 })
+            if o1.iter().any(|o| o2.contains(o)) =>
+        {
+            Some("origins")
+        }
+        _ => None,
+    }
 }
 
 /// Whether `s` can be an Android package name or an iOS bundle identifier
@@ -1125,10 +1189,13 @@ fn cert_matches(certs: &[Vec<u8>], header: &str) -> bool {
 /// When several apps match, the one that names the request most closely is
 /// chosen, whatever their order: an Android app pinned to the certificate
 /// shown over one without certificates, an iOS app pinned to the team
-/// shown over one without a team, an exact origin over a wildcard (and a
-/// longer wildcard over a shorter). Otherwise a debug app without
-/// certificates listed first would take every release request, and an API
-/// key restricted to the release app would refuse all of them.
+/// shown over one without a team (and, when no team is shown, the one
+/// without a team over those pinned to one; apps of two teams are then
+/// `app_mismatch`), an exact origin over a wildcard (and a longer wildcard
+/// over a shorter). Otherwise a debug app without certificates listed
+/// first would take every release request, and an API key restricted to
+/// the release app would refuse all of them. Apps the headers name
+/// equally closely are refused when the config loads.
 pub fn app_from_headers<'c>(
     apps: &'c [App],
     h: &PlatformHeaders<'_>,
@@ -1168,7 +1235,11 @@ pub fn app_from_headers<'c>(
     if ios {
         let bundle = h.ios_bundle_id.ok_or(Reason::AppUnknown)?;
         let mut known = false;
-        let mut loose = None;
+        // The app of this bundle without a team (one at most: the config
+        // refuses two), and the apps pinned to a team when none is shown.
+        let mut unpinned = None;
+        let mut pinned = None;
+        let mut pinned_more = false;
         for app in apps {
             if let AppProof::Ios { bundle_id, team_id } = &app.proof {
                 if bundle_id == bundle {
@@ -1176,14 +1247,22 @@ pub fn app_from_headers<'c>(
                     match (team_id.as_deref(), h.ios_team_id) {
                         (Some(want), Some(shown)) if want == shown => return Ok(Some(app)),
                         (Some(_), Some(_)) => {}
-                        // no team pinned, or none shown
-                        _ => loose = loose.or(Some(app)),
+                        (None, _) => unpinned = unpinned.or(Some(app)),
+                        (Some(_), None) => {
+                            pinned_more |= pinned.is_some();
+                            pinned = pinned.or(Some(app));
+                        }
                     }
                 }
             }
         }
-        if loose.is_some() {
-            return Ok(loose);
+        // Without a team shown, the app that asks for none names the
+        // request most closely; apps of two teams cannot be told apart.
+        if unpinned.is_some() {
+            return Ok(unpinned);
+        }
+        if pinned.is_some() && !pinned_more {
+            return Ok(pinned);
         }
         return Err(if known {
             Reason::AppMismatch

@@ -3018,7 +3018,8 @@ fn api_key_of<'r>(
 }
 
 /// What `api_keys.forward: false` takes off the request: the key header
-/// (if sent), and the key parameter cut out of `:path` (if any).
+/// (if sent), the key parameter cut out of `:path` (if any), and cookies
+/// named like the key parameter (a copy of the key, see [`api_key_of`]).
 fn key_scrub(config: &Config, req: &Request<'_>) -> KeyScrub {
     let keys = &config.api_keys;
     KeyScrub {
@@ -3027,7 +3028,35 @@ fn key_scrub(config: &Config, req: &Request<'_>) -> KeyScrub {
             .query_param
             .as_deref()
             .and_then(|param| path_without_param(req.header(":path").unwrap_or(""), param)),
+        cookie: keys
+            .query_param
+            .as_deref()
+            .and_then(|param| cookie_without_param(req, param)),
     }
+}
+
+/// The request's cookies, every `cookie` header's, without those named
+/// like the key parameter `param` (names read as [`api_key_of`] reads
+/// them), joined by `; `; or `None` when none is so named. The others keep
+/// their order and their bytes.
+fn cookie_without_param(req: &Request<'_>, param: &str) -> Option<String> {
+    let is_param =
+        |pair: &str| php_name_is_or_under(param_name(pair).trim_start_matches([' ', '\t']), param);
+    if !req.header_all("cookie").any(|c| c.split(';').any(is_param)) {
+        return None;
+    }
+    let mut out = String::new();
+    for pair in req.header_all("cookie").flat_map(|c| c.split(';')) {
+        let pair = pair.trim_matches([' ', '\t']);
+        if pair.is_empty() || is_param(pair) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        out.push_str(pair);
+    }
+    Some(out)
 }
 
 /// `path` without the query parameters named `param` (names read as

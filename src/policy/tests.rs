@@ -7543,3 +7543,358 @@ fn a_refused_answer_counts_a_reset_with_the_window_s_cooldown() {
         "20 requests over ten minutes (10 reset, 10 over their per-IP limit) had {counted_for_resets} hits counted; {remaining} of the hour's 1000 remain"
     );
 }
+
+// ---------------------------------------------------------------------
+// Platform and app identity, API keys (review56).
+// ---------------------------------------------------------------------
+
+/// README (`apps[]`): "From headers, the app that names the request most
+/// closely is chosen, whatever the order of the list". Two apps that the
+/// headers cannot tell apart (one package, no pins: a prod and a staging
+/// Firebase registration of one build, told apart only by
+/// `token_app_ids`) are accepted, and then the first listed silently
+/// takes every header-identified request: a key restricted to the second
+/// is refused on all of them, and listing them the other way round
+/// flips it. The configuration refuses the same ambiguity for token app
+/// names (`a_token_app_id_names_one_app`); here it should be refused too
+/// (or the request refused as ambiguous), never decided by list order.
+#[test]
+fn apps_the_headers_cannot_tell_apart_do_not_depend_on_list_order() {
+    let cfg = |first: &str, second: &str| {
+        json!({
+            "apps": [
+                {"id": first, "platform": "android", "package": "com.example.shop",
+                 "token_app_ids": [format!("1:1:android:{first}")]},
+                {"id": second, "platform": "android", "package": "com.example.shop",
+                 "token_app_ids": [format!("1:2:android:{second}")]}
+            ],
+            "api_keys": {"keys": [
+                {"id": "k-staging", "sha256": hash_api_key("key-staging"), "apps": ["staging"]}
+            ]},
+            "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "api_key": "required"}]
+        })
+    };
+    let outcome = |first: &str, second: &str| -> Result<Option<Reason>, String> {
+        let v = cfg(first, second);
+        Config::from_json(v.to_string().as_bytes()).map_err(|e| e.path)?;
+        Ok(World::from(v).reason(
+            "/v1/x",
+            &[
+                ("x-api-key", "key-staging"),
+                ("x-android-package", "com.example.shop"),
+            ],
+        ))
+    };
+    let a = outcome("prod", "staging");
+    let b = outcome("staging", "prod");
+    // Refused at load (both orders), or the same answer in both orders.
+    let refused = a.is_err() && b.is_err();
+    assert!(
+        refused || a == b,
+        "the decision depends on the order of apps[]: prod first {a:?}, staging first {b:?}"
+    );
+}
+
+/// README (`api_keys.forward`): "`false`: ... so that the key reaches
+/// neither the upstream nor Envoy's access log". A cookie named like the
+/// key parameter that holds the checked key is let through
+/// (`a_cookie_named_like_the_key_parameter_carries_the_checked_key_or_none`),
+/// and with `forward: false` nothing takes it out: the header and the
+/// parameter go, the `Cookie: key=<the key>` reaches the upstream (and
+/// whatever logs cookies), which PHP's `$_REQUEST` then reads as the key.
+#[test]
+fn with_forward_false_a_cookie_copy_of_the_key_does_not_go_upstream() {
+    let mut cfg = config_json();
+    cfg["api_keys"]["forward"] = json!(false);
+    let w = World::from(cfg);
+    for (path, hs, want) in [
+        ("/sms?key=key-sms", vec![("cookie", "key=key-sms")], ""),
+        (
+            "/sms",
+            vec![("x-api-key", "key-sms"), ("cookie", "a=1; key=key-sms")],
+            "a=1",
+        ),
+    ] {
+        match w.run(path, "198.51.100.1", &hs).0 {
+            // Refusing such a cookie where keys are not forwarded is fine.
+            Decision::Deny(d) => assert_eq!(d.reason, Reason::ApiKeyInvalid),
+            Decision::Allow(g) => assert_eq!(
+                g.key_scrub.cookie.as_deref(),
+                Some(want),
+                "{path} {hs:?}: the key header/parameter are cut ({:?}) but the cookie \
+                 carrying the same key goes upstream",
+                g.key_scrub
+            ),
+        }
+    }
+    // Several cookie headers come back as one, in their order; cookies
+    // not named like the parameter, and requests without one, are left
+    // alone.
+    let (d, _) = w.run(
+        "/sms?key=key-sms",
+        "198.51.100.1",
+        &[
+            ("cookie", "a=1;key=key-sms"),
+            ("cookie", " b=2 ;\tKEY[]=key-sms;c"),
+        ],
+    );
+    let Decision::Allow(g) = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(g.key_scrub.cookie.as_deref(), Some("a=1; b=2; c"));
+    for hs in [vec![("cookie", "keys=1; monkey=2")], vec![]] {
+        let (d, _) = w.run("/sms?key=key-sms", "198.51.100.1", &hs);
+        let Decision::Allow(g) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(g.key_scrub.cookie, None, "{hs:?}");
+    }
+}
+
+/// README (`platform_headers`): "Each header names one thing". A platform
+/// header that is `origin` or `referer` (every browser request would show
+/// two platforms and be `app_mismatch`), a token source, the country
+/// header, or one HTTP framing owns is refused when the config loads.
+#[test]
+fn a_platform_header_cannot_be_a_header_appguard_reads_for_something_else() {
+    for (field, name) in [
+        ("android_package", "origin"),
+        ("ios_bundle_id", "referer"),
+        ("android_cert", "x-firebase-appcheck"),
+        ("ios_team_id", "x-country"),
+        ("android_package", "Host"),
+        ("ios_bundle_id", "x_forwarded_for"),
+        ("android_cert", "content-type"),
+    ] {
+        let mut v = config_json();
+        v["platform_headers"] = json!({ field: name });
+        let e = Config::from_json(v.to_string().as_bytes()).expect_err(name);
+        assert_eq!(e.path, format!("platform_headers.{field}"), "{name}");
+        assert!(
+            e.message.contains("each header must name one thing"),
+            "{e:?}"
+        );
+    }
+    // Headers of its own are fine.
+    let mut v = config_json();
+    v["platform_headers"] = json!({"android_package": "x-app-package", "ios_team_id": "x-team"});
+    Config::from_json(v.to_string().as_bytes()).expect("own header names");
+}
+
+/// Probes that hold today (kept as regression tests): mixed, empty or
+/// repeated platform evidence next to a verified token, and the reason
+/// each gets.
+#[test]
+fn probes_of_identity_evidence_that_hold() {
+    let w = World::new();
+    let t = firebase_token("1:123:android:abc");
+    for (hs, want) in [
+        // an empty Origin or Referer is still a browser's header
+        (vec![("origin", "")], Some(Reason::AppMismatch)),
+        (vec![("referer", "")], Some(Reason::AppMismatch)),
+        (
+            vec![("referer", "https://app.example.com/")],
+            Some(Reason::AppMismatch),
+        ),
+        // an empty package is another package
+        (vec![("x-android-package", "")], Some(Reason::AppMismatch)),
+        (vec![("X_Android_Package", "com.example.fb")], None),
+        (
+            vec![
+                ("x-android-package", "com.example.fb"),
+                ("x.android.package", "com.example.FB"),
+            ],
+            Some(Reason::AppMismatch),
+        ),
+        // a team id alone is iOS evidence
+        (
+            vec![("x-ios-team-id", "TEAM123456")],
+            Some(Reason::AppMismatch),
+        ),
+    ] {
+        let mut all = vec![("x-firebase-appcheck", t.as_str())];
+        all.extend(hs.iter().copied());
+        assert_eq!(w.reason("/appcheck/x", &all), want, "{hs:?}");
+    }
+    // Package names are compared exactly (Android's are case-sensitive).
+    assert_eq!(
+        w.reason(
+            "/mobile/a",
+            &[
+                ("x-api-key", "key-android"),
+                ("x-android-package", "com.example.Shop"),
+                ANDROID[1]
+            ]
+        ),
+        Some(Reason::AppUnknown)
+    );
+    // A pinned cert in SHA-1 form is not the SHA-256 pinned.
+    assert_eq!(
+        w.reason(
+            "/mobile/a",
+            &[
+                ("x-api-key", "key-android"),
+                ANDROID[0],
+                ("x-android-cert", "abcdef0123456789abcdef0123456789abcdef01")
+            ]
+        ),
+        Some(Reason::AppMismatch)
+    );
+    // Cert digests with other separators are not read as the pin.
+    for cert in [
+        "ab cd ef 01 23 45 67 89 ab cd ef 01 23 45 67 89 ab cd ef 01 23 45 67 89 ab cd ef 01 23 45 67 89",
+        "ab-cd-ef-01-23-45-67-89-ab-cd-ef-01-23-45-67-89-ab-cd-ef-01-23-45-67-89-ab-cd-ef-01-23-45-67-89",
+        "q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k=",
+    ] {
+        assert_eq!(
+            w.reason(
+                "/mobile/a",
+                &[("x-api-key", "key-android"), ANDROID[0], ("x-android-cert", cert)]
+            ),
+            Some(Reason::AppMismatch),
+            "{cert}"
+        );
+    }
+}
+
+/// Apps the platform headers cannot tell apart are refused when the
+/// configuration loads, in either order; apps they can are accepted.
+#[test]
+fn apps_with_the_same_header_proof_are_refused_and_others_accepted() {
+    const C1: &str = "aa:bb:cc:dd:ee:ff:00:11:22:33:44:55:66:77:88:99:aa:bb:cc:dd:ee:ff:00:11:22:33:44:55:66:77:88:99";
+    const C2: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    let load = |a: Value, b: Value| {
+        let (mut a, mut b) = (a, b);
+        a["id"] = json!("one");
+        b["id"] = json!("two");
+        let both = |x: &Value, y: &Value| {
+            Config::from_json(json!({"apps": [x, y]}).to_string().as_bytes()).map_err(|e| e.path)
+        };
+        (both(&a, &b).map(|_| ()), both(&b, &a).map(|_| ()))
+    };
+    let android = |certs: &[&str]| {
+        let mut v = json!({"platform": "android", "package": "com.example.shop"});
+        if !certs.is_empty() {
+            v["cert_fingerprints"] = json!(certs);
+        }
+        v
+    };
+    let ios = |team: Option<&str>| {
+        let mut v = json!({"platform": "ios", "bundle_id": "com.example.shop"});
+        if let Some(t) = team {
+            v["team_id"] = json!(t);
+        }
+        v
+    };
+    let web = |o: &[&str]| json!({"platform": "web", "origins": o});
+    for (a, b, field) in [
+        (android(&[]), android(&[]), "package"),
+        (
+            android(&[C1]),
+            android(&[C2, &C1.replace(':', "")]),
+            "cert_fingerprints",
+        ),
+        (ios(None), ios(None), "bundle_id"),
+        (ios(Some("ABCDE12345")), ios(Some("ABCDE12345")), "team_id"),
+        (
+            web(&["https://a.example.com"]),
+            web(&["https://b.example.com", "https://A.example.com:443"]),
+            "origins",
+        ),
+        (
+            web(&["https://*.example.com"]),
+            web(&["https://*.EXAMPLE.com"]),
+            "origins",
+        ),
+    ] {
+        let (x, y) = load(a.clone(), b.clone());
+        assert_eq!(x, Err(format!("apps[1].{field}")), "{a} {b}");
+        assert_eq!(y, Err(format!("apps[1].{field}")), "{b} {a}");
+    }
+    for (a, b) in [
+        (android(&[]), android(&[C1])),
+        (android(&[C1]), android(&[C2])),
+        (ios(None), ios(Some("ABCDE12345"))),
+        (ios(Some("ABCDE12345")), ios(Some("FGHIJ67890"))),
+        (
+            web(&["https://*.example.com"]),
+            web(&["https://a.example.com"]),
+        ),
+        (
+            web(&["https://a.example.com"]),
+            web(&["http://a.example.com"]),
+        ),
+        (
+            json!({"platform": "server", "cidrs": ["10.0.0.0/8"]}),
+            json!({"platform": "server", "cidrs": ["10.0.0.0/8"]}),
+        ),
+    ] {
+        assert_eq!(load(a.clone(), b.clone()), (Ok(()), Ok(())), "{a} {b}");
+    }
+}
+
+/// An iOS request without a team id is the app of its bundle without a
+/// team, whatever the order; between apps pinned to two teams it is
+/// ambiguous (`app_mismatch`); with a team, the app pinned to it.
+#[test]
+fn an_ios_request_without_a_team_id_is_the_app_without_one_whatever_the_order() {
+    let world = |apps: Value| {
+        World::from(json!({
+            "apps": apps,
+            "api_keys": {"keys": [
+                {"id": "k-pinned", "sha256": hash_api_key("key-pinned"), "apps": ["pinned"]},
+                {"id": "k-loose", "sha256": hash_api_key("key-loose"), "apps": ["loose"]}
+            ]},
+            "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "api_key": "required"}]
+        }))
+    };
+    let pinned = json!({"id": "pinned", "platform": "ios", "bundle_id": "com.example.shop", "team_id": "ABCDE12345"});
+    let loose = json!({"id": "loose", "platform": "ios", "bundle_id": "com.example.shop"});
+    let bundle = ("x-ios-bundle-identifier", "com.example.shop");
+    for apps in [json!([pinned, loose]), json!([loose, pinned])] {
+        let w = world(apps.clone());
+        assert_eq!(
+            w.reason("/v1/x", &[("x-api-key", "key-loose"), bundle]),
+            None,
+            "{apps}"
+        );
+        assert_eq!(
+            w.reason("/v1/x", &[("x-api-key", "key-pinned"), bundle]),
+            Some(Reason::ApiKeyRestricted),
+            "{apps}"
+        );
+        let team = ("x-ios-team-id", "ABCDE12345");
+        assert_eq!(
+            w.reason("/v1/x", &[("x-api-key", "key-pinned"), bundle, team]),
+            None
+        );
+        let other = ("x-ios-team-id", "FGHIJ67890");
+        assert_eq!(
+            w.reason("/v1/x", &[("x-api-key", "key-loose"), bundle, other]),
+            None
+        );
+    }
+    let mut other_team = pinned.clone();
+    other_team["id"] = json!("loose");
+    other_team["team_id"] = json!("FGHIJ67890");
+    let w = world(json!([pinned, other_team]));
+    for key in ["key-pinned", "key-loose"] {
+        assert_eq!(
+            w.reason("/v1/x", &[("x-api-key", key), bundle]),
+            Some(Reason::AppMismatch),
+            "{key}"
+        );
+    }
+    // A single app pinned to a team still takes requests that show none.
+    let w = World::from(json!({
+        "apps": [pinned],
+        "api_keys": {"keys": [
+            {"id": "k-pinned", "sha256": hash_api_key("key-pinned"), "apps": ["pinned"]}
+        ]},
+        "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "api_key": "required"}]
+    }));
+    assert_eq!(
+        w.reason("/v1/x", &[("x-api-key", "key-pinned"), bundle]),
+        None
+    );
+}

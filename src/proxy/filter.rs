@@ -1367,6 +1367,13 @@ fn scrub(key: &KeyScrub) {
     if let Some(path) = &key.path {
         let _ = abi::set_header(Map::RequestHeaders, ":path", path);
     }
+    if let Some(cookie) = &key.cookie {
+        // Every `cookie` header goes, and the cookies kept come back as one.
+        let _ = abi::remove_header(Map::RequestHeaders, "cookie");
+        if !cookie.is_empty() {
+            let _ = abi::add_header(Map::RequestHeaders, "cookie", cookie);
+        }
+    }
 }
 
 /// Envoy's downstream remote address (`source.address`, "ip:port").

@@ -391,6 +391,26 @@ fn with_forward_false_the_api_key_reaches_neither_upstream_nor_access_log() {
         assert_eq!(seen.header("x_api_key"), None, "key header removed");
         assert_eq!(seen.header("x-appguard-key-id"), Some("k1"));
     }
+    // A cookie named like the parameter is a copy of the key to PHP's
+    // `$_REQUEST`: it goes too, the other cookies stay.
+    for (req, cookie) in [
+        (
+            Req::get("/keyed/c")
+                .header("x-api-key", KEY)
+                .header("cookie", &format!("a=1; key={KEY}; b=2")),
+            Some("a=1; b=2"),
+        ),
+        (
+            Req::get(&format!("/keyed/d?key={KEY}")).header("cookie", &format!("KEY={KEY}")),
+            None,
+        ),
+    ] {
+        let r = envoy.request(req);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let seen = up.last();
+        assert_eq!(seen.header("cookie"), cookie);
+        assert_eq!(seen.header("x-appguard-key-id"), Some("k1"));
+    }
     // A wrong key is refused as before, and its path is logged without it.
     let r = envoy.request(Req::get("/keyed/w?key=not-the-key"));
     assert_eq!((r.status, r.reason()), (403, Some("api_key_invalid")));
@@ -409,7 +429,7 @@ fn with_forward_false_the_api_key_reaches_neither_upstream_nor_access_log() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let text = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.lines().count() >= 8 || std::time::Instant::now() > deadline {
+        if text.lines().count() >= 10 || std::time::Instant::now() > deadline {
             break text;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -422,6 +442,8 @@ fn with_forward_false_the_api_key_reaches_neither_upstream_nor_access_log() {
             "/keyed/z?a=1",
             "/keyed/u",
             "/keyed/t?c=3",
+            "/keyed/c",
+            "/keyed/d",
             "/keyed/w",
             "/keyed/v",
             "/keyed/s"
