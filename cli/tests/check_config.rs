@@ -1212,3 +1212,37 @@ spec:
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(!r.stderr.contains("the key `y`"), "{}", r.all());
 }
+
+/// examples/prometheus/appguard-alerts.yaml, `AppguardHostErrors`, tells
+/// the operator paged at night what check-config does with the Wasm
+/// filter's `allow_on_headers_stop_iteration: true` without
+/// `hold_headers_for_body`: a warning (exit 0), a failure with `--strict`.
+/// It once said check-config refused the pair.
+#[test]
+fn the_host_error_alert_says_what_check_config_does_with_the_flag_alone() {
+    let envoy = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
+    let flag = envoy.replacen(
+        "root_id: appguard\n",
+        "root_id: appguard\n                allow_on_headers_stop_iteration: true\n",
+        1,
+    );
+    assert_ne!(flag, envoy);
+    let r = check_text("flag.yaml", &flag, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.all()
+            .contains("allow_on_headers_stop_iteration: true without hold_headers_for_body"),
+        "{}",
+        r.all()
+    );
+    let r = check_text("flag.yaml", &flag, &["--strict"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    let alerts =
+        std::fs::read_to_string(repo().join("examples/prometheus/appguard-alerts.yaml")).unwrap();
+    let alerts = alerts.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        alerts.contains("check-config warns of that pair; with --strict it fails"),
+        "the alert's description must say what check-config does"
+    );
+    assert!(!alerts.contains("check-config refuses that pair"));
+}
