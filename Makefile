@@ -106,10 +106,11 @@ test: deps ## everything CI runs: format, lints, unit tests (native + wasm), imp
 fmt-check: ## check formatting (cargo fmt)
 	cargo fmt --all -- --check
 
-lint: ## clippy with -D warnings, for the host and the wasm target; rustdoc's link checks
+lint: ## clippy with -D warnings, for the host and the wasm target; rustdoc's link checks; rust-version covers the locked crates
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(WASM_ENV) $(WASM_CARGO) clippy --release $(WASM_ARGS) -p appguard -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
+	python3 scripts/msrv_check.py
 
 unit: ## native unit tests of every crate
 	cargo test --workspace --lib --bins

@@ -189,7 +189,7 @@ mod tests {
             let input: Vec<u8> = (0..len)
                 .map(|_| {
                     let r = rng.next();
-                    if r % 16 == 0 {
+                    if r.is_multiple_of(16) {
                         extra[(r >> 8) as usize % extra.len()]
                     } else {
                         alphabet[(r >> 8) as usize % alphabet.len()]
