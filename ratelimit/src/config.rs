@@ -30,7 +30,11 @@
 //!
 //! Like envoyproxy/ratelimit, a key name that the format does not know
 //! anywhere is an error (it is strict), while a known key in a place where it
-//! has no meaning is ignored; here it also produces a warning.
+//! has no meaning is ignored; here it also produces a warning. Merge keys
+//! (`<<: *anchor`) are applied first, as its YAML library does. It reads a
+//! file's first YAML document and ignores the rest: here documents after
+//! the first must be empty (a trailing `---`), since limits in them would
+//! not hold there.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -162,6 +166,12 @@ pub enum Problem {
     /// The document is not a mapping.
     #[error("the document must be a mapping with `domain` and `descriptors`")]
     NotAMapping,
+    /// A file's second or later YAML document is not empty.
+    #[error(
+        "YAML document {0} of the file is not empty: envoyproxy/ratelimit reads only the \
+         first and would ignore its limits; put each domain in a file of its own"
+    )]
+    LaterDocument(usize),
     /// A mapping key is not a string.
     #[error("key is not a string: {0}")]
     NonStringKey(String),
@@ -779,8 +789,27 @@ fn compile_file(
         problem,
     };
 
-    let value: serde_norway::Value =
-        serde_norway::from_str(text).map_err(|e| yaml_error(String::new(), e.to_string()))?;
+    // envoyproxy/ratelimit (yaml.v2) reads a file's first document, and
+    // applies merge keys (`<<: *anchor`) before it checks the names.
+    let mut documents = serde_norway::Deserializer::from_str(text);
+    let mut value = match documents.next() {
+        Some(d) => serde_norway::Value::deserialize(d)
+            .map_err(|e| yaml_error(String::new(), e.to_string()))?,
+        None => serde_norway::Value::Null,
+    };
+    // It ignores the documents after the first; a limit written there would
+    // silently not hold, so only empty ones (a trailing `---`) are let be.
+    for (i, d) in documents.enumerate() {
+        let later = serde_norway::Value::deserialize(d)
+            .map_err(|e| yaml_error(String::new(), e.to_string()))?;
+        if !later.is_null() {
+            return Err(invalid("", Problem::LaterDocument(i + 2)));
+        }
+    }
+    let unmerged = value.clone();
+    value
+        .apply_merge()
+        .map_err(|e| yaml_error(String::new(), e.to_string()))?;
     match &value {
         // An empty file: no domain.
         serde_norway::Value::Null => return Err(invalid("", Problem::EmptyDomain)),
@@ -789,8 +818,19 @@ fn compile_file(
     }
     check_keys(file, &value, "", Level::Root, warnings)?;
 
-    let deserializer = serde_norway::Deserializer::from_str(text);
-    let root: YamlRoot = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+    // Read from the text, as envoyproxy/ratelimit reads it (an unquoted
+    // `42` where a string is expected is the string "42"), with the error's
+    // line; a file with merge keys from the merged document written out.
+    let merged;
+    let first = if value == unmerged {
+        serde_norway::Deserializer::from_str(text).next()
+    } else {
+        merged = serde_norway::to_string(&value)
+            .map_err(|e| yaml_error(String::new(), e.to_string()))?;
+        serde_norway::Deserializer::from_str(&merged).next()
+    };
+    let first = first.ok_or_else(|| invalid("", Problem::EmptyDomain))?;
+    let root: YamlRoot = serde_path_to_error::deserialize(first).map_err(|e| {
         let path = e.path().to_string();
         let message = e.into_inner().to_string();
         // The parser's own message may start with the path too; the error
@@ -1123,6 +1163,57 @@ descriptors:
         .unwrap();
         assert_eq!(config.domains(), vec!["42"]);
         assert_eq!(config.limits()[0].full_key, "42.zip_01234");
+    }
+
+    /// envoyproxy/ratelimit reads its files with
+    /// gopkg.in/yaml.v2, which applies YAML merge keys (`<<: *anchor`) both
+    /// when it checks the key names (`validateYamlKeys` on the merged map)
+    /// and when it decodes the file: a file that shares a limit's fields
+    /// through an anchor loads there, with the merged fields, and here: the
+    /// mapping's own fields win over the merged ones.
+    #[test]
+    fn yaml_merge_keys_load_as_in_envoyproxy_ratelimit() {
+        let text = "domain: d\ndescriptors:\n  - key: a\n    rate_limit: &per_minute\n      unit: minute\n      requests_per_unit: 10\n  - key: b\n    rate_limit:\n      <<: *per_minute\n      requests_per_unit: 20\n";
+        let (config, _) = load(text).unwrap_or_else(|e| panic!("refused: {e}"));
+        let d = crate::matching::tests::descriptor(&[("b", "x")]);
+        let limit = config.get_limit("d", &d).unwrap().unwrap().limit;
+        assert_eq!(
+            limit.quota,
+            Quota::PerUnit {
+                requests_per_unit: 20,
+                unit: Unit::Minute
+            }
+        );
+    }
+
+    /// yaml.v2's `Unmarshal` (envoyproxy/ratelimit) reads
+    /// the first document of a file and ignores what follows, so a file
+    /// ending in a document marker (`---`, as generated or concatenated
+    /// YAML often does) loads there, and here. A second document that is
+    /// not empty is refused: its limits would not hold there.
+    #[test]
+    fn a_trailing_document_marker_loads_as_in_envoyproxy_ratelimit() {
+        let text = "---\ndomain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 1}\n---\n";
+        let (config, _) = load(text).unwrap_or_else(|e| panic!("refused: {e}"));
+        assert_eq!(config.domains(), vec!["d"]);
+        let e = load(&format!("{text}domain: e\n")).unwrap_err().to_string();
+        assert!(
+            e.contains("YAML document 2 of the file is not empty"),
+            "{e}"
+        );
+        // A merge key with something other than a mapping is a YAML error.
+        let e = load("domain: d\ndescriptors:\n  - key: a\n    <<: 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("merging"), "{e}");
+        // Names the merge brings in are checked as any other.
+        let e = load("x: &x {colour: red}\ndomain: d\ndescriptors:\n  - key: a\n    <<: *x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown key 'x'") || e.contains("unknown key 'colour'"),
+            "{e}"
+        );
     }
 
     #[test]
