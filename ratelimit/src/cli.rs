@@ -130,10 +130,10 @@ pub struct Cli {
     #[arg(long)]
     pub stop_increment_when_over_limit: bool,
 
-    /// Most gRPC connections held at once (at least 1); past it, new ones
+    /// Most gRPC connections held at once (1 to 1048576); past it, new ones
     /// wait to be accepted until one closes. Envoy keeps one connection per
     /// worker. The soft open-file limit is raised to the hard one at start.
-    #[arg(long, default_value_t = crate::listen::DEFAULT_MAX_GRPC_CONNECTIONS, value_name = "N", value_parser = at_least_one::<usize>)]
+    #[arg(long, default_value_t = crate::listen::DEFAULT_MAX_GRPC_CONNECTIONS, value_name = "N", value_parser = grpc_connections)]
     pub max_grpc_connections: usize,
 
     /// Load the configuration files again every this many seconds, and put
@@ -179,6 +179,22 @@ where
         return Err("must be at least 1 (0 would answer every call UNAVAILABLE)".to_owned());
     }
     Ok(value)
+}
+
+/// The most `--max-grpc-connections` may be: more than any open-file limit
+/// lets a process hold (and the connection semaphore's own bound is far
+/// above it).
+pub const MAX_GRPC_CONNECTIONS: usize = 1 << 20;
+
+/// Parses `--max-grpc-connections`: 1 to [`MAX_GRPC_CONNECTIONS`].
+fn grpc_connections(text: &str) -> Result<usize, String> {
+    let n: usize = at_least_one(text)?;
+    if n > MAX_GRPC_CONNECTIONS {
+        return Err(format!(
+            "must be at most {MAX_GRPC_CONNECTIONS} (no open-file limit allows more connections)"
+        ));
+    }
+    Ok(n)
 }
 
 /// Where the Redis URL came from, for messages.
