@@ -242,14 +242,29 @@ where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    let list = Vec::<T>::deserialize(d)?;
-    if list.is_empty() {
-        return Err(serde::de::Error::custom(
-            "an empty list here would mean \"no restriction\" (allow all): \
-             leave the field out for that, or list what is allowed",
-        ));
+    // Refused while the list is read, so that the error's position (and
+    // so its path, see `json_path_at`) is the list's own.
+    struct NonEmpty<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for NonEmpty<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Vec<T>, A::Error> {
+            let mut list = Vec::new();
+            while let Some(item) = a.next_element()? {
+                list.push(item);
+            }
+            if list.is_empty() {
+                return Err(serde::de::Error::custom(
+                    "an empty list here would mean \"no restriction\" (allow all): \
+                     leave the field out for that, or list what is allowed",
+                ));
+            }
+            Ok(list)
+        }
     }
-    Ok(list)
+    d.deserialize_seq(NonEmpty(std::marker::PhantomData))
 }
 
 fn default_decision_log_per_second() -> u32 {
@@ -1332,31 +1347,177 @@ impl Config {
                 "the configuration must be a JSON object ({...})",
             ));
         }
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            let inner = e.into_inner();
-            let message = wrong_kind_of_value(bytes, &inner)
-                .unwrap_or_else(|| without_type_names(&without_string_values(&inner.to_string())));
-            ConfigError::new(without_odd_names(&path), without_odd_name(&message))
-        })?;
-        // Only whitespace may follow the object: a stray `}` ends it early
-        // (`{"default_action": "allow"}, "routes": [...]}`), and what comes
-        // after it, the routes, would otherwise be dropped without a word.
-        de.end().map_err(|e| {
-            ConfigError::new(
-                "",
-                format!(
-                    "something follows the configuration's object, at line {} column {} \
-                     (a stray `}}` closing it early?): it would be ignored",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })?;
-        compile(raw)
+        compile(raw_from_json(bytes)?)
     }
+}
+
+/// The configuration document read into its raw form, without the checks
+/// of [`compile`]: errors of JSON syntax, unknown fields and values of the
+/// wrong type, with their field paths.
+fn raw_from_json(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let raw = RawConfig::deserialize(&mut *de).map_err(|inner| {
+        let path = json_path_at(bytes, &inner);
+        let message = wrong_kind_of_value(bytes, &inner)
+            .unwrap_or_else(|| without_type_names(&without_string_values(&inner.to_string())));
+        ConfigError::new(without_odd_names(&path), without_odd_name(&message))
+    })?;
+    // Only whitespace may follow the object: a stray `}` ends it early
+    // (`{"default_action": "allow"}, "routes": [...]}`), and what comes
+    // after it, the routes, would otherwise be dropped without a word.
+    de.end().map_err(|e| {
+        ConfigError::new(
+            "",
+            format!(
+                "something follows the configuration's object, at line {} column {} \
+                     (a stray `}}` closing it early?): it would be ignored",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    Ok(raw)
+}
+
+/// The byte offset just past what serde_json had read when it found an
+/// error at `line` and `column` (1-based; the column counts the line's
+/// bytes read), within `bytes`.
+fn json_offset(bytes: &[u8], line: usize, column: usize) -> usize {
+    let line_start = if line <= 1 {
+        0
+    } else {
+        bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(line.saturating_sub(2))
+            .map_or(bytes.len(), |(i, _)| i + 1)
+    };
+    line_start.saturating_add(column).min(bytes.len())
+}
+
+/// The field path (`routes[0].match.prefix`) of the value serde_json was
+/// reading when it found an error at `line` and `column` of the document
+/// `bytes`: the key last read in each object still open there, the element
+/// that had begun (or was next, for one not read yet) in each array; `""`
+/// for the document itself. The error's position is where serde_json
+/// stopped: after an unknown key's name (the path ends with it), after a
+/// value of the wrong type or a list or object refused as a whole (the
+/// value's path), after the `}` of an object missing a field (the
+/// object's path). Found by reading the document again up to there,
+/// rather than by tracking the path while deserializing, which took 76 KB
+/// of the module. A check that refuses a value after serde_json read it
+/// must refuse it from within its visitor (see `restriction`), or its
+/// error comes at the end of the enclosing object.
+fn json_path_at(bytes: &[u8], e: &serde_json::Error) -> String {
+    /// An object (the key last read, and whether its `:` was) or an array
+    /// (the index of its current element, and whether that one began).
+    enum Frame {
+        Object(Option<String>, bool),
+        Array(usize, bool),
+    }
+    fn begin(stack: &mut [Frame]) {
+        if let Some(Frame::Array(_, begun)) = stack.last_mut() {
+            *begun = true;
+        }
+    }
+    let message = e.to_string();
+    let mut end = json_offset(bytes, e.line(), e.column());
+    // serde_json's `expected value` (a `[` where a name belongs) counts the
+    // value's first byte, which it only looked at: the value is what is
+    // refused, not something in it.
+    if message.starts_with("expected value")
+        && end > 0
+        && matches!(bytes.get(end - 1), Some(b'[' | b'{'))
+    {
+        end -= 1;
+    }
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut i = 0;
+    while i < end {
+        let b = bytes.get(i).copied().unwrap_or(b' ');
+        i += 1;
+        match b {
+            b'{' | b'[' => {
+                begin(&mut stack);
+                stack.push(if b == b'{' {
+                    Frame::Object(None, false)
+                } else {
+                    Frame::Array(0, false)
+                });
+            }
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b',' => match stack.last_mut() {
+                Some(Frame::Object(key, colon)) => (*key, *colon) = (None, false),
+                Some(Frame::Array(index, begun)) => (*index, *begun) = (*index + 1, false),
+                None => {}
+            },
+            b':' => {
+                if let Some(Frame::Object(_, colon)) = stack.last_mut() {
+                    *colon = true;
+                }
+            }
+            b'"' => {
+                let start = i - 1;
+                let mut escaped = false;
+                while i < bytes.len() {
+                    let c = bytes.get(i).copied().unwrap_or(b'"');
+                    i += 1;
+                    if c == b'"' && !escaped {
+                        break;
+                    }
+                    escaped = !escaped && c == b'\\';
+                }
+                match stack.last_mut() {
+                    Some(Frame::Object(key, false)) => {
+                        *key = bytes
+                            .get(start..i)
+                            .and_then(|k| serde_json::from_slice::<String>(k).ok());
+                    }
+                    _ => begin(&mut stack),
+                }
+            }
+            b' ' | b'\t' | b'\n' | b'\r' => {}
+            _ => begin(&mut stack),
+        }
+    }
+    // A name read as an enum's variant (`{"bogus": …}` where a name
+    // belongs) is the value refused, not a field.
+    if message.starts_with("unknown variant") {
+        if let Some(Frame::Object(key, false)) = stack.last_mut() {
+            *key = None;
+        }
+    }
+    // An array's next element, not read yet, is the one serde_json was
+    // about to read (it found the error on its first byte).
+    let next = bytes
+        .get(end..)
+        .and_then(|rest| rest.iter().find(|b| !b.is_ascii_whitespace()));
+    if let (Some(Frame::Array(_, begun)), Some(&b)) = (stack.last_mut(), next) {
+        if b != b']' {
+            *begun = true;
+        }
+    }
+    let mut path = String::new();
+    for frame in &stack {
+        match frame {
+            Frame::Object(Some(key), _) => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+            }
+            Frame::Array(index, true) => {
+                path.push('[');
+                path.push_str(&index.to_string());
+                path.push(']');
+            }
+            _ => break,
+        }
+    }
+    path
 }
 
 /// What serde_json's bare `expected value` means where a name (`mode`,
@@ -4242,5 +4403,117 @@ mod tests {
         for v in ["8999999999999999", "-1", "\"12345678901234567\""] {
             assert!(Config::from_json(delegated(v).as_bytes()).is_ok(), "{v}");
         }
+    }
+
+    /// The error paths found from serde_json's position (`json_path_at`)
+    /// are those a deserializer tracking the path as it goes
+    /// (serde_path_to_error) gives, for every node of the examples turned
+    /// into an unknown field, a value of another type, an empty list or
+    /// object, or with a field taken out; written compact and pretty.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn error_paths_are_those_a_path_tracking_deserializer_gives() {
+        use serde_json::{json, Value};
+        fn nodes(v: &Value, at: Vec<String>, out: &mut Vec<Vec<String>>) {
+            out.push(at.clone());
+            match v {
+                Value::Object(m) => {
+                    for (k, c) in m {
+                        let mut p = at.clone();
+                        p.push(k.clone());
+                        nodes(c, p, out);
+                    }
+                }
+                Value::Array(a) => {
+                    for (i, c) in a.iter().enumerate() {
+                        let mut p = at.clone();
+                        p.push(i.to_string());
+                        nodes(c, p, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        fn node<'v>(v: &'v mut Value, at: &[String]) -> &'v mut Value {
+            at.iter().fold(v, |v, k| match v {
+                Value::Object(m) => m.get_mut(k).unwrap(),
+                Value::Array(a) => &mut a[k.parse::<usize>().unwrap()],
+                _ => unreachable!(),
+            })
+        }
+        let examples = [
+            include_str!("../examples/approov.json"),
+            include_str!("../examples/firebase-app-check.json"),
+            include_str!("../examples/own-signer.json"),
+            include_str!("../examples/quickstart.json"),
+            include_str!("../examples/three-platform.json"),
+        ];
+        let (mut compared, mut differ) = (0, Vec::new());
+        for text in examples {
+            let doc: Value = serde_json::from_str(text).unwrap();
+            let mut all = Vec::new();
+            nodes(&doc, Vec::new(), &mut all);
+            for at in all.iter().filter(|a| !a.is_empty()) {
+                let mut variants = Vec::new();
+                for with in [
+                    json!(7),
+                    json!(-1),
+                    json!("x"),
+                    json!(true),
+                    json!([]),
+                    json!({}),
+                    json!(["x"]),
+                    json!({"zz": 1}),
+                ] {
+                    let mut d = doc.clone();
+                    *node(&mut d, at) = with;
+                    variants.push(d);
+                }
+                let mut d = doc.clone();
+                let keys: Option<Vec<String>> = match node(&mut d, at) {
+                    Value::Object(m) => {
+                        let keys = m.keys().cloned().collect();
+                        m.insert("not_a_field".into(), json!(1));
+                        Some(keys)
+                    }
+                    _ => None,
+                };
+                if let Some(keys) = keys {
+                    variants.push(d);
+                    for k in keys {
+                        let mut d = doc.clone();
+                        if let Value::Object(m) = node(&mut d, at) {
+                            m.remove(&k);
+                        }
+                        variants.push(d);
+                    }
+                }
+                for d in variants {
+                    for bytes in [
+                        serde_json::to_vec(&d).unwrap(),
+                        serde_json::to_vec_pretty(&d).unwrap(),
+                    ] {
+                        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+                        let Err(e) = serde_path_to_error::deserialize::<_, RawConfig>(de) else {
+                            continue;
+                        };
+                        let want = e.path().to_string();
+                        let want = if want == "." { String::new() } else { want };
+                        let got = raw_from_json(&bytes).err().map(|e| e.path);
+                        compared += 1;
+                        if got.as_deref() != Some(without_odd_names(&want).as_str()) {
+                            differ.push(format!("{at:?}: {got:?}, want {want:?}"));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(compared > 1000, "{compared}");
+        assert!(
+            differ.is_empty(),
+            "{} of {compared}: {:#?}",
+            differ.len(),
+            &differ[..differ.len().min(20)]
+        );
     }
 }
