@@ -524,6 +524,11 @@ async fn serve(
         });
     }
 
+    let http_state = crate::http::HttpState {
+        backend: Arc::clone(&backend),
+        stats,
+        shutting_down: Arc::clone(&shutting_down),
+    };
     let grpc = tonic::transport::Server::builder()
         // Calls answered at once per connection; the rest wait their turn
         // (not refused), before their message is decoded.
@@ -550,17 +555,22 @@ async fn serve(
         // Every call passes `observe_call`, which counts the calls tonic
         // ends before their message reaches the limiter (never sent in
         // full, too large, not decodable).
-        .add_routes(tonic::service::Routes::from(
-            tonic::service::Routes::new(
-                RateLimitServiceServer::new(RlsService::new(Arc::clone(&limiter)))
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+        .add_routes(
+            tonic::service::Routes::from(
+                tonic::service::Routes::new(
+                    RateLimitServiceServer::new(RlsService::new(Arc::clone(&limiter)))
+                        .max_decoding_message_size(MAX_REQUEST_BYTES),
+                )
+                .into_axum_router()
+                .layer(axum::middleware::from_fn_with_state(
+                    limiter,
+                    crate::service::observe_call,
+                )),
             )
-            .into_axum_router()
-            .layer(axum::middleware::from_fn_with_state(
-                limiter,
-                crate::service::observe_call,
-            )),
-        ))
+            // The standard health check, for Kubernetes `grpc:` probes (not a
+            // rate-limit call: outside `observe_call`).
+            .add_service(crate::health::HealthServer::new(http_state.clone())),
+        )
         .serve_with_incoming_shutdown(
             // Bounded, and with TCP_NODELAY (see crate::listen): Envoy sets
             // it on its side; without it here, sparse calls (leases, quiet
@@ -572,11 +582,6 @@ async fn serve(
             ),
             shutdown_signalled(shutdown_rx.clone()),
         );
-    let http_state = crate::http::HttpState {
-        backend: Arc::clone(&backend),
-        stats,
-        shutting_down: Arc::clone(&shutting_down),
-    };
     let http = axum::serve(
         crate::listen::BoundedListener::new(http_listener),
         crate::http::router(http_state),

@@ -245,6 +245,11 @@ async fn redis_down_is_unavailable_and_unhealthy_then_recovers() {
     let (status, body) = service.http_get("/healthcheck");
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("redis"), "{body}");
+    // The gRPC health check says the same (a Kubernetes `grpc:` probe).
+    assert_eq!(
+        service.health("", false).await.ok(),
+        Some(appguard_ratelimit::health::NOT_SERVING)
+    );
     let stats: serde_json::Value = serde_json::from_str(&service.http_get("/stats").1).unwrap();
     assert_eq!(stats["backend_errors"], 5);
 

@@ -4,6 +4,8 @@
 
 mod common;
 
+use appguard_ratelimit::health::{NOT_SERVING, SERVING};
+
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -720,6 +722,8 @@ async fn sigterm_drains_with_healthcheck_500_then_closes_both_ports() {
         "{}",
         service.stderr()
     );
+    // So does the gRPC health check.
+    assert_eq!(service.health("", false).await.ok(), Some(NOT_SERVING));
     // gRPC still accepts a new connection and answers while draining.
     let mut client = service.client().await;
     let r = ask(&mut client, &req).await;
@@ -1213,4 +1217,31 @@ async fn a_call_whose_connection_closes_mid_message_is_abandoned() {
     let s = stats(&service);
     assert_eq!(s["calls_refused_undecoded"], 0, "{s}");
     assert_eq!(s["requests"], 0, "{s}");
+}
+
+/// The standard gRPC health service answers on the gRPC port as
+/// `/healthcheck` does on the HTTP port (a Kubernetes `grpc:` probe): for
+/// the server and the rate-limit service, `NOT_FOUND` for other services,
+/// `UNIMPLEMENTED` for `Watch`; and it is no rate-limit call in `/stats`.
+#[tokio::test]
+async fn the_grpc_health_service_answers_as_healthcheck_does() {
+    let service = Service::start_healthy(&strs(&appguard_args()));
+    assert_eq!(service.health("", false).await.ok(), Some(SERVING));
+    assert_eq!(
+        service
+            .health("envoy.service.ratelimit.v3.RateLimitService", false)
+            .await
+            .ok(),
+        Some(SERVING)
+    );
+    let e = service.health("other.Service", false).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = service.health("", true).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
+    let (code, stats) = service.http_get("/stats");
+    assert_eq!(code, 200);
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    for counter in ["requests", "invalid_requests", "calls_refused_undecoded"] {
+        assert_eq!(stats[counter], 0, "{counter}: {stats}");
+    }
 }

@@ -282,6 +282,34 @@ impl Service {
         self.try_http_get(path).expect("HTTP request failed")
     }
 
+    /// `grpc.health.v1.Health/Check` for `service` on the gRPC port (or
+    /// `Watch`, with `watch`): the serving status, or the call's status.
+    pub async fn health(&self, service: &str, watch: bool) -> Result<i32, tonic::Status> {
+        use appguard_ratelimit::health::{HealthCheckRequest, HealthCheckResponse};
+        let channel = Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let path = if watch {
+            "/grpc.health.v1.Health/Watch"
+        } else {
+            "/grpc.health.v1.Health/Check"
+        };
+        let r: tonic::Response<HealthCheckResponse> = grpc
+            .unary(
+                tonic::Request::new(HealthCheckRequest {
+                    service: service.to_owned(),
+                }),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await?;
+        Ok(r.into_inner().status)
+    }
+
     pub async fn client(&self) -> RateLimitServiceClient<Channel> {
         RateLimitServiceClient::connect(format!("http://{}", self.grpc))
             .await
