@@ -1286,10 +1286,10 @@ impl ServiceCache {
     /// How many hits to ask the service for, for a descriptor whose rule
     /// leases `size`: `size`, or within the window of the last lease no
     /// more than the service said remained then, less the hits of the asks
-    /// still in flight (at least 1, so that the service decides). With
-    /// nothing known of what remains, 1 while another ask is in flight; 1
-    /// while an ask whose request went away holds, and for
-    /// [`RESET_COOLDOWN_MS`] after an answer counted it.
+    /// still in flight, and halved for each of those (at least 1, so that
+    /// the service decides). With nothing known of what remains, 1 while
+    /// another ask is in flight; 1 while an ask whose request went away
+    /// holds, and for [`RESET_COOLDOWN_MS`] after an answer counted it.
     pub fn lease_ask(&self, digest: &[u8; 16], size: u32, now_ms: u64) -> u32 {
         let (count, asked, one_only) = self.asking.get(digest).map_or((0, 0u32, false), |asks| {
             asks.iter()
@@ -1307,7 +1307,15 @@ impl ServiceCache {
             return 1;
         }
         match self.leases.get(digest) {
-            Some(l) if l.live(now_ms) => size.min(l.service_remaining.saturating_sub(asked)).max(1),
+            // Halved for each ask in flight (a lease, a half, a quarter…):
+            // requests sent side by side then reset before any answer, whose
+            // hits the service counts all the same, have at most two leases
+            // and a hit each counted between them, not a lease each.
+            Some(l) if l.live(now_ms) => size
+                .min(l.service_remaining.saturating_sub(asked))
+                .checked_shr(u32::try_from(count).unwrap_or(u32::MAX))
+                .unwrap_or(0)
+                .max(1),
             _ if count > 0 => 1,
             _ => size,
         }
@@ -1719,9 +1727,10 @@ mod tests {
 
     #[test]
     fn with_a_known_remainder_asks_side_by_side_share_it() {
-        // The service said 250 remain: asks in flight may take it all, in
-        // leases of 100 while that fits, then what is left, then single
-        // hits; never more than 250 asked at once.
+        // The service said 250 remain: asks in flight share it, each
+        // halved for every ask already out (a lease, a half, a quarter…),
+        // so that side by side they ask for at most two leases, and never
+        // more than the 250 left.
         let mut c = ServiceCache::new(&SALT);
         let d = [5u8; 16];
         let t = 1_000_000;
@@ -1737,11 +1746,19 @@ mod tests {
             }
             asked.push(hits);
         }
-        assert_eq!(asked, [100, 100, 50, 1, 1]);
-        // The first answer in: its ask ends, and its hits are held.
+        assert_eq!(asked, [100, 50, 25, 9, 4]);
+        // The first answer in: its ask ends, and its hits are held; 88 are
+        // still asked for in four asks.
         c.end_ask(&d, t + 2, 100);
         c.grant_lease(d, 100, 150, t + 60_000, t + 10);
-        assert_eq!(c.lease_ask(&d, 100, t + 11), 1, "150 left, 150 asked");
+        assert_eq!(c.lease_ask(&d, 100, t + 11), 3, "(150 - 88) / 2^4");
+        // Little left: what remains less what is asked, halved.
+        let f = [7u8; 16];
+        c.grant_lease(f, 100, 30, t + 60_000, t);
+        c.begin_ask(f, t + 1, t + 1_000, 20);
+        assert_eq!(c.lease_ask(&f, 100, t + 2), 5, "(30 - 20) / 2");
+        c.begin_ask(f, t + 2, t + 1_000, 5);
+        assert_eq!(c.lease_ask(&f, 100, t + 3), 1, "(30 - 25) / 4");
         // Too many asks at once: single hits.
         let e = [6u8; 16];
         c.grant_lease(e, 2, u32::MAX, t + 60_000, t);

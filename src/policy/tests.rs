@@ -7378,6 +7378,32 @@ fn requests_reset_while_asking_do_not_each_have_a_whole_lease_counted() {
     );
 }
 
+// A burst of requests sent side by side on a busy descriptor, all out
+// before any is reset (README, Leases): each asked for a whole lease while
+// what remained allowed, so a client resetting the burst had a lease
+// counted for each request. Asks in flight now halve the next ask: the
+// burst has at most two leases and a hit a request counted.
+#[test]
+fn a_burst_reset_together_has_at_most_two_leases_counted() {
+    let w = lease_world_of(100);
+    let t = NOW * 1000;
+    use_a_lease_of_100(&w, t);
+    let mut pending = Vec::new();
+    let mut counted = 0;
+    for i in 0..8 {
+        let (p, sent) = w.leased_call("u1", t + 200 + i);
+        counted += sent[0].1.unwrap_or(1);
+        pending.push(p);
+    }
+    for p in pending {
+        abandon_rls(&w.ctx(), p);
+    }
+    assert!(
+        counted <= 2 * 100 + 8,
+        "8 requests sent side by side and reset had {counted} hits counted by the service"
+    );
+}
+
 // A CORS preflight (under `bypass_cors_preflight`) with an `access_token`
 // query parameter, which a delegated provider's route refuses whatever else
 // the request holds, is no preflight: it is checked, and refused.
