@@ -896,6 +896,10 @@ struct Hcm {
     /// `use_remote_address: true`: Envoy takes the downstream address from
     /// the connection, not from the client's `X-Forwarded-For`.
     remote_address: bool,
+    /// `use_remote_address: true` without `skip_xff_append: true`: Envoy
+    /// appends the peer's address to `X-Forwarded-For`, an entry
+    /// `client_ip.xff_trusted_hops` counts.
+    appends_xff: bool,
     /// The path settings it lacks.
     path_settings_missing: Vec<&'static str>,
     /// Per filter, in order: the request headers it removes (a
@@ -934,6 +938,7 @@ impl Hcm {
         Hcm {
             path: path.to_owned(),
             remote_address: is_true("use_remote_address") || detects_ip,
+            appends_xff: is_true("use_remote_address") && !is_true("skip_xff_append"),
             path_settings_missing,
             removes,
         }
@@ -964,6 +969,16 @@ impl Hcm {
                  boundaries)"
                     .to_owned(),
             );
+        }
+        if config.xff_trusted_hops > 0 && !self.appends_xff {
+            notes.push(format!(
+                "client_ip.xff_trusted_hops {}: the connection manager that runs appguard \
+                 appends no X-Forwarded-For entry of its own (it has no use_remote_address: \
+                 true, or has skip_xff_append: true), so the hops must count the load \
+                 balancers' entries alone: one more, for an Envoy entry that is not there, \
+                 lets a client choose its IP (README, Trust boundaries)",
+                config.xff_trusted_hops
+            ));
         }
         if !self.path_settings_missing.is_empty() {
             notes.push(format!(

@@ -699,9 +699,52 @@ fn a_connection_manager_without_the_trust_settings_is_named() {
     std::fs::write(&file, &guarded).unwrap();
     let r = cli(&["check-config", s(&file)]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert!(!r.stderr.contains("use_remote_address"), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("with client_ip.xff_trusted_hops 0"),
+        "{}",
+        r.stderr
+    );
+    // Envoy appends no entry of its own here: the hops count the load
+    // balancers alone, which the note asks to check.
+    assert!(
+        r.stderr.contains(
+            "client_ip.xff_trusted_hops 2: the connection manager that runs appguard \
+             appends no X-Forwarded-For entry of its own"
+        ),
+        "{}",
+        r.stderr
+    );
     assert!(!r.stderr.contains("country_header"), "{}", r.stderr);
-    assert!(!r.stderr.contains("connection manager"), "{}", r.stderr);
+    assert!(
+        !r.stderr
+            .contains("connection manager that runs appguard has no"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr
+            .contains("connection manager that runs appguard lacks"),
+        "{}",
+        r.stderr
+    );
+    // With use_remote_address (and no skip_xff_append), Envoy's own entry
+    // is one of the hops: no note.
+    let edge = guarded.replace(
+        "          stat_prefix:",
+        "          use_remote_address: true\n          stat_prefix:",
+    );
+    assert_ne!(edge, guarded, "the example changed");
+    std::fs::write(&file, &edge).unwrap();
+    let r = cli(&["check-config", s(&file)]);
+    assert!(!r.stderr.contains("X-Forwarded-For entry"), "{}", r.stderr);
+    let skipped = edge.replace(
+        "          use_remote_address: true\n",
+        "          use_remote_address: true\n          skip_xff_append: true\n",
+    );
+    std::fs::write(&file, &skipped).unwrap();
+    let r = cli(&["check-config", s(&file)]);
+    assert!(r.stderr.contains("X-Forwarded-For entry"), "{}", r.stderr);
+    std::fs::write(&file, &guarded).unwrap();
     // A header_mutation that removes another header, or geoip alone
     // (which leaves the client's copy where its lookup fails), does not.
     let first = |filter: &str| {

@@ -2113,3 +2113,44 @@ fn a_route_opted_out_of_the_buffer_filter_streams_and_body_routes_stay_held() {
     assert_eq!(up.seen().len(), 1);
     envoy.assert_vm_healthy();
 }
+
+/// README (Trust boundaries, Client IP): with appguard reading
+/// `X-Forwarded-For`, its hops count the load balancers, plus Envoy's own
+/// entry only where Envoy appends one (`use_remote_address: true`). One
+/// load balancer in front: 2 hops with it, 1 without (Envoy's default,
+/// Istio's sidecars, where 2 would read an entry the client wrote). The
+/// client (203.0.113.5, denied) writes 198.51.100.7; the load balancer
+/// appends the address it saw.
+#[test]
+fn appguards_hops_count_envoys_entry_only_where_envoy_appends_one() {
+    let up = Upstream::start();
+    let cfg = |hops: u32| {
+        json!({
+            "default_action": "allow",
+            "client_ip": {"xff_trusted_hops": hops},
+            "routes": [{"name": "r", "match": {"prefix": "/"},
+                        "network": {"ip_deny": ["203.0.113.0/24"]}}]
+        })
+    };
+    let through_lb = || Req::get("/x").header("x-forwarded-for", "198.51.100.7, 203.0.113.5");
+    let edge = EnvoyBuilder::new(cfg(2), up.port)
+        .hcm("use_remote_address", json!(true))
+        .start();
+    deny(
+        &edge,
+        through_lb(),
+        403,
+        "ip_denied",
+        "use_remote_address: true, 2 hops",
+    );
+    drop(edge);
+    let default = EnvoyBuilder::new(cfg(1), up.port).start();
+    deny(
+        &default,
+        through_lb(),
+        403,
+        "ip_denied",
+        "Envoy's default, 1 hop",
+    );
+    assert!(up.seen().is_empty());
+}
