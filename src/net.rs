@@ -565,4 +565,57 @@ mod tests {
         );
         assert_eq!(masked(ip("::ffff:192.0.2.77"), 16, 64), "192.0.0.0/16");
     }
+    /// X-Forwarded-For forms and CIDR edges (review56 probes).
+    #[test]
+    fn xff_and_cidr_edges_hold() {
+        let down = Some(ip("192.0.2.1"));
+        let at = |v: &[&str], n: u32| client_ip(|| down, v.iter().copied(), n);
+        // Header copies are one list, in order; blanks and ports.
+        assert_eq!(
+            at(&["6.6.6.6", "203.0.113.9,198.51.100.7"], 2),
+            Some(ip("203.0.113.9"))
+        );
+        assert_eq!(at(&["6.6.6.6,", "198.51.100.7"], 2), None, "empty element");
+        assert_eq!(at(&["\t198.51.100.7:8080 "], 1), Some(ip("198.51.100.7")));
+        assert_eq!(at(&["\"198.51.100.7\""], 1), None, "quoted");
+        assert_eq!(
+            at(&["198.51.100.7 203.0.113.9"], 1),
+            None,
+            "obs-fold joined by a space"
+        );
+        assert_eq!(
+            at(&["[::ffff:198.51.100.7]:1"], 1),
+            Some(ip("198.51.100.7"))
+        );
+        assert_eq!(at(&["1.2.3.4"], 64), None);
+        // CIDR edges
+        for (c, a, inside) in [
+            ("0.0.0.0/0", "255.255.255.255", true),
+            ("0.0.0.0/0", "::ffff:1.2.3.4", true),
+            ("0.0.0.0/0", "2001:db8::1", false),
+            ("::/0", "::ffff:1.2.3.4", false),
+            ("::/0", "2001:db8::1", true),
+            ("255.255.255.255/32", "255.255.255.255", true),
+            (
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                true,
+            ),
+        ] {
+            let set = CidrSet::parse(&[c.to_owned()]).unwrap();
+            assert_eq!(set.contains(ip(a)), inside, "{c} {a}");
+        }
+        for bad in [
+            "10.0.0.0/8/8",
+            "1.2.3.4 /32",
+            "::ffff:0:0/96",
+            "2001:db8::1/64",
+            "10.0.0.0/",
+        ] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+        // masked prefixes: mapped addresses are IPv4
+        assert_eq!(masked(ip("::ffff:198.51.100.7"), 32, 64), "198.51.100.7");
+        assert_eq!(masked(ip("2001:db8:1:2:3::1"), 32, 48), "2001:db8:1::/48");
+    }
 }

@@ -1865,15 +1865,29 @@ fn take_locals(
     pending: &mut Pending,
 ) -> Result<(), Denial> {
     let salt = &ctx.bucket_salt;
+    // The refusal whose limit refills last, of `first` (a limit and its
+    // wait in seconds) and the limits of `rest` that refuse too: a client
+    // that waits as told is not refused again by another spent limit.
+    let latest = |first: (limits::LocalLimit, u64), rest: &[(limits::LocalLimit, [u8; 16])]| {
+        let (limit, wait) = rest
+            .iter()
+            .filter_map(|&(limit, digest)| {
+                let at = limits::local_refill_at(ctx.store, salt, &digest, limit, ctx.now_ms)?;
+                Some((limit, at.saturating_sub(ctx.now_ms).div_ceil(1000).max(1)))
+            })
+            .fold(first, |a, b| if b.1 > a.1 { b } else { a });
+        local_refusal(limit, wait)
+    };
     if let Some((_, before_last)) = local.split_last() {
-        for &(limit, digest) in before_last {
+        for (i, &(limit, digest)) in before_last.iter().enumerate() {
             if let Some(at) = limits::local_refill_at(ctx.store, salt, &digest, limit, ctx.now_ms) {
                 let wait = at.saturating_sub(ctx.now_ms).div_ceil(1000).max(1);
-                return Err(local_refusal(limit, wait));
+                return Err(latest((limit, wait), local.get(i + 1..).unwrap_or(&[])));
             }
         }
     }
-    for &(limit, digest) in local {
+    for (i, &(limit, digest)) in local.iter().enumerate() {
+        let rest = local.get(i + 1..).unwrap_or(&[]);
         let refusal = match limits::take_local(ctx.store, salt, &digest, limit, ctx.now_ms) {
             Ok(o) if o.allowed => {
                 pending
@@ -1881,13 +1895,13 @@ fn take_locals(
                     .push((limit, digest, o.shared, ctx.now_ms));
                 continue;
             }
-            Ok(o) => local_refusal(limit, o.retry_after),
+            Ok(o) => latest((limit, o.retry_after), rest),
             // Other workers kept writing the same bucket through every
             // retry: the descriptor is under a flood, so it is refused
             // as over its limit. `failure_mode` is for a store that
             // cannot count; letting contention through would let the
             // flood buy itself unlimited requests.
-            Err(store::StoreError::CasMismatch) => local_refusal(limit, 1),
+            Err(store::StoreError::CasMismatch) => latest((limit, 1), rest),
             // Shared data refused the update: the count cannot be kept,
             // so the route's failure mode decides; letting the request
             // go unlimited is counted and logged as degraded.

@@ -7924,3 +7924,40 @@ fn an_ios_request_without_a_team_id_is_the_app_without_one_whatever_the_order() 
         None
     );
 }
+
+/// The 429 of a request two local limits refuse says when
+/// the request can pass, not when the first of them refills: a client that
+/// waits `retry-after` must not be refused again at once (the service path
+/// already lets the limit that resets last decide).
+#[test]
+fn the_retry_after_of_two_spent_local_limits_is_the_later_refill() {
+    let w = World::from(json!({
+        "routes": [{"name": "otp", "match": {"path": "/otp"}, "rate_limits": [
+            {"name": "burst", "entries": [{"type": "client_ip"}], "local": {"requests": 1, "per": "second"}},
+            {"name": "sustained", "entries": [{"type": "client_ip"}], "local": {"requests": 2, "per": "minute"}}
+        ]}]
+    }));
+    let t0 = NOW * 1000;
+    let reason = |at: u64| {
+        w.leased_get_from("/otp", "u", "203.0.113.7", at)
+            .done_reason()
+    };
+    assert_eq!(reason(t0), None);
+    assert_eq!(reason(t0 + 1_000), None, "both limits hold a token");
+    // Both spent now: the burst limit refills in 0.5 s, the sustained one
+    // in about 28.5 s.
+    let retry_after = match w.leased_get_from("/otp", "u", "203.0.113.7", t0 + 1_500) {
+        Step::Done(Decision::Deny(d), _) => {
+            assert_eq!(d.reason, Reason::RateLimited);
+            let h: HashMap<_, _> = d.headers.into_iter().collect();
+            h.get("retry-after").unwrap().parse::<u64>().unwrap()
+        }
+        s => panic!("{s:?}"),
+    };
+    // The client waits as told, and tries again.
+    assert_eq!(
+        reason(t0 + 1_500 + retry_after * 1000),
+        None,
+        "retry-after {retry_after} s was too early: refused again"
+    );
+}
