@@ -1432,6 +1432,11 @@ fn json_path_at(bytes: &[u8], e: &serde_json::Error) -> String {
     {
         end -= 1;
     }
+    // Its `expected ident` (a literal cut short: `fals,`) counts the byte
+    // that did not match, which may be the `,` or `}` after the value.
+    if message.starts_with("expected ident") && end > 0 {
+        end -= 1;
+    }
     let mut stack: Vec<Frame> = Vec::new();
     let mut i = 0;
     while i < end {
@@ -4515,5 +4520,187 @@ mod tests {
             differ.len(),
             &differ[..differ.len().min(20)]
         );
+    }
+}
+/// Config error paths against serde_path_to_error's, on hand-written
+/// documents (review56): escaped keys, nested arrays, literals cut short.
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod error_paths {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn want_path(bytes: &[u8]) -> Option<String> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let e = serde_path_to_error::deserialize::<_, RawConfig>(de).err()?;
+        let want = e.path().to_string();
+        let want = if want == "." { String::new() } else { want };
+        Some(without_odd_names(&want))
+    }
+
+    fn got_path(bytes: &[u8]) -> Option<String> {
+        raw_from_json(bytes).err().map(|e| e.path)
+    }
+
+    fn nodes(v: &Value, at: Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(at.clone());
+        match v {
+            Value::Object(m) => {
+                for (k, c) in m {
+                    let mut p = at.clone();
+                    p.push(k.clone());
+                    nodes(c, p, out);
+                }
+            }
+            Value::Array(a) => {
+                for (i, c) in a.iter().enumerate() {
+                    let mut p = at.clone();
+                    p.push(i.to_string());
+                    nodes(c, p, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn node<'v>(v: &'v mut Value, at: &[String]) -> &'v mut Value {
+        at.iter().fold(v, |v, k| match v {
+            Value::Object(m) => m.get_mut(k).unwrap(),
+            Value::Array(a) => &mut a[k.parse::<usize>().unwrap()],
+            _ => unreachable!(),
+        })
+    }
+
+    /// Raw-text variants: a marker value replaced by raw JSON text.
+    fn raw_variants(doc: &Value, at: &[String]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let raws = [
+            "[[1, [2]], [3]]",
+            "[{\"a\": [1, {\"b\": 2}]}, 5]",
+            "1e400",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "4294967296",
+            "65536",
+            "1.5",
+            "\"a\\\"b]}\"",
+            "\"\\u0041\"",
+            "{\"not\\u005ffield\": 1}",
+            "{\"a\\\"b\": 1}",
+            "{\"k.x[0]\": 1}",
+            "[\"x\", ]",
+            "[,]",
+            "{\"a\": 1,}",
+            "nul",
+            "\"\u{1}\"",
+            "\"\\q\"",
+            "[\"\\ud800\"]",
+        ];
+        for r in raws {
+            let mut d = doc.clone();
+            *node(&mut d, at) = json!("@@MARK@@");
+            for text in [
+                serde_json::to_string(&d).unwrap(),
+                serde_json::to_string_pretty(&d).unwrap(),
+            ] {
+                out.push(text.replace("\"@@MARK@@\"", r).into_bytes());
+            }
+        }
+        // A duplicate key in an object node.
+        let mut d = doc.clone();
+        if let Value::Object(m) = node(&mut d, at) {
+            if let Some((k, v)) = m.iter().next().map(|(k, v)| (k.clone(), v.clone())) {
+                m.insert("@@DUP@@".into(), json!(0));
+                let dup = format!("{}: {}", serde_json::to_string(&k).unwrap(), v);
+                for text in [
+                    serde_json::to_string(&d).unwrap(),
+                    serde_json::to_string_pretty(&d).unwrap(),
+                ] {
+                    out.push(text.replace("\"@@DUP@@\": 0", &dup).into_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn error_paths_hold_under_more_mutations() {
+        let examples = [
+            include_str!("../examples/approov.json"),
+            include_str!("../examples/firebase-app-check.json"),
+            include_str!("../examples/own-signer.json"),
+            include_str!("../examples/quickstart.json"),
+            include_str!("../examples/three-platform.json"),
+        ];
+        let (mut compared, mut differ) = (0, Vec::new());
+        for text in examples {
+            let doc: Value = serde_json::from_str(text).unwrap();
+            let mut all = Vec::new();
+            nodes(&doc, Vec::new(), &mut all);
+            for at in all.iter().filter(|a| !a.is_empty()) {
+                for bytes in raw_variants(&doc, at) {
+                    let Some(want) = want_path(&bytes) else {
+                        continue;
+                    };
+                    let got = got_path(&bytes);
+                    let e = raw_from_json(&bytes)
+                        .err()
+                        .map(|e| e.message)
+                        .unwrap_or_default();
+                    // Syntax errors and duplicate fields: see the test below.
+                    if [
+                        "expected value",
+                        "expected ident",
+                        "duplicate field",
+                        "trailing comma",
+                    ]
+                    .iter()
+                    .any(|m| e.contains(m))
+                    {
+                        continue;
+                    }
+                    compared += 1;
+                    if got.as_deref() != Some(want.as_str()) {
+                        let e = raw_from_json(&bytes)
+                            .err()
+                            .map(|e| e.message)
+                            .unwrap_or_default();
+                        differ.push(format!("{at:?}: got {got:?}, want {want:?} ({e})"));
+                    }
+                }
+            }
+        }
+        assert!(compared > 5000, "{compared}");
+        assert!(
+            differ.is_empty(),
+            "{} of {compared}: {:#?}",
+            differ.len(),
+            &differ[..differ.len().min(20)]
+        );
+    }
+
+    /// A literal cut short (`fals`, `nul`) is a syntax error whose position
+    /// serde_json gives one byte past the literal, after the `,` or `}`
+    /// that follows it: the path then loses the field (the `,` starts the
+    /// next member), or names the next element of a list. The tracking
+    /// deserializer named the field.
+    #[test]
+    fn a_literal_cut_short_names_its_field() {
+        let docs = [
+            r#"{"mode": "enforce", "hold_headers_for_body": fals, "routes": []}"#,
+            r#"{"routes": [{"name": "a", "match": {"prefix": "/a"}, "mode": nul}]}"#,
+            r#"{"apps": [{"id": "w", "platform": "web", "origins": [nul, "https://a.example.com"]}]}"#,
+        ];
+        let mut differ = Vec::new();
+        for doc in docs {
+            let want = want_path(doc.as_bytes()).unwrap();
+            let got = raw_from_json(doc.as_bytes()).unwrap_err();
+            if got.path != want {
+                differ.push(format!(
+                    "{doc}\n  got {:?} ({}), want {want:?}",
+                    got.path, got.message
+                ));
+            }
+        }
+        assert!(differ.is_empty(), "{}", differ.join("\n"));
     }
 }

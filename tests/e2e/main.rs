@@ -26,6 +26,8 @@ mod foundation;
 mod held_headers;
 /// Platforms, apps and API keys (the three-platform example).
 mod identity;
+/// The API key's cookie copy cut with `api_keys.forward: false`.
+mod key_cookies;
 /// Monitor mode, stats, alerts, logs without secrets.
 mod operations;
 /// Shared rate limits through the rate-limit service and Redis.
