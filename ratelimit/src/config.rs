@@ -30,11 +30,11 @@
 //!
 //! Like envoyproxy/ratelimit, a key name that the format does not know
 //! anywhere is an error (it is strict), while a known key in a place where it
-//! has no meaning is ignored; here it also produces a warning. Merge keys
-//! (`<<: *anchor`) are applied first, as its YAML library does. It reads a
-//! file's first YAML document and ignores the rest: here documents after
-//! the first must be empty (a trailing `---`), since limits in them would
-//! not hold there.
+//! has no meaning is ignored; here it also produces a warning. Its YAML
+//! library applies merge keys (`<<: *anchor`); here they are refused with
+//! a message saying so (see [`Problem::MergeKey`]). It reads a file's first
+//! YAML document and ignores the rest: here documents after the first must
+//! be empty (a trailing `---`), since limits in them would not hold there.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -166,6 +166,14 @@ pub enum Problem {
     /// The document is not a mapping.
     #[error("the document must be a mapping with `domain` and `descriptors`")]
     NotAMapping,
+    /// A YAML merge key (`<<: *anchor`).
+    #[error(
+        "YAML merge keys (`<<`) are not read here: write the fields out (anchors and \
+         aliases of whole values are fine). envoyproxy/ratelimit's YAML library merges \
+         them, with rules of its own (a field before `<<` is overwritten); here the \
+         merged document could not keep values as written (`+44` would be read as `44`)"
+    )]
+    MergeKey,
     /// A file's second or later YAML document is not empty.
     #[error(
         "YAML document {0} of the file is not empty: envoyproxy/ratelimit reads only the \
@@ -723,6 +731,9 @@ fn check_keys(
                 } else {
                     format!("{path}.{key}")
                 };
+                if key == "<<" {
+                    return Err(invalid(&child_path, Problem::MergeKey));
+                }
                 if !VALID_KEYS.contains(&key) {
                     return Err(invalid(&child_path, Problem::UnknownKey(key.to_owned())));
                 }
@@ -792,7 +803,7 @@ fn compile_file(
     // envoyproxy/ratelimit (yaml.v2) reads a file's first document, and
     // applies merge keys (`<<: *anchor`) before it checks the names.
     let mut documents = serde_norway::Deserializer::from_str(text);
-    let mut value = match documents.next() {
+    let value = match documents.next() {
         Some(d) => serde_norway::Value::deserialize(d)
             .map_err(|e| yaml_error(String::new(), e.to_string()))?,
         None => serde_norway::Value::Null,
@@ -806,10 +817,6 @@ fn compile_file(
             return Err(invalid("", Problem::LaterDocument(i + 2)));
         }
     }
-    let unmerged = value.clone();
-    value
-        .apply_merge()
-        .map_err(|e| yaml_error(String::new(), e.to_string()))?;
     match &value {
         // An empty file: no domain.
         serde_norway::Value::Null => return Err(invalid("", Problem::EmptyDomain)),
@@ -819,16 +826,9 @@ fn compile_file(
     check_keys(file, &value, "", Level::Root, warnings)?;
 
     // Read from the text, as envoyproxy/ratelimit reads it (an unquoted
-    // `42` where a string is expected is the string "42"), with the error's
-    // line; a file with merge keys from the merged document written out.
-    let merged;
-    let first = if value == unmerged {
-        serde_norway::Deserializer::from_str(text).next()
-    } else {
-        merged = serde_norway::to_string(&value)
-            .map_err(|e| yaml_error(String::new(), e.to_string()))?;
-        serde_norway::Deserializer::from_str(&merged).next()
-    };
+    // `42` where a string is expected is the string "42"), with the
+    // error's line: its first document.
+    let first = serde_norway::Deserializer::from_str(text).next();
     let first = first.ok_or_else(|| invalid("", Problem::EmptyDomain))?;
     let root: YamlRoot = serde_path_to_error::deserialize(first).map_err(|e| {
         let path = e.path().to_string();
@@ -1165,22 +1165,29 @@ descriptors:
         assert_eq!(config.limits()[0].full_key, "42.zip_01234");
     }
 
-    /// envoyproxy/ratelimit reads its files with
-    /// gopkg.in/yaml.v2, which applies YAML merge keys (`<<: *anchor`) both
-    /// when it checks the key names (`validateYamlKeys` on the merged map)
-    /// and when it decodes the file: a file that shares a limit's fields
-    /// through an anchor loads there, with the merged fields, and here: the
-    /// mapping's own fields win over the merged ones.
+    /// envoyproxy/ratelimit's YAML library applies merge keys
+    /// (`<<: *anchor`), with rules of its own; here they are refused with a
+    /// message that says so, not as an unknown key: the merged document
+    /// would lose values as written (`+44` read as `44`). Anchors and
+    /// aliases of whole values load.
     #[test]
-    fn yaml_merge_keys_load_as_in_envoyproxy_ratelimit() {
+    fn yaml_merge_keys_are_refused_with_a_message_that_says_so() {
         let text = "domain: d\ndescriptors:\n  - key: a\n    rate_limit: &per_minute\n      unit: minute\n      requests_per_unit: 10\n  - key: b\n    rate_limit:\n      <<: *per_minute\n      requests_per_unit: 20\n";
-        let (config, _) = load(text).unwrap_or_else(|e| panic!("refused: {e}"));
-        let d = crate::matching::tests::descriptor(&[("b", "x")]);
+        let e = load(text).unwrap_err();
+        assert_eq!(
+            problem(text),
+            ("descriptors[1].rate_limit.<<".to_owned(), Problem::MergeKey),
+            "{e}"
+        );
+        assert!(e.to_string().contains("write the fields out"), "{e}");
+        let aliased = "domain: d\ndescriptors:\n  - key: a\n    rate_limit: &per_minute\n      unit: minute\n      requests_per_unit: 10\n  - key: b\n    value: +44\n    rate_limit: *per_minute\n";
+        let (config, _) = load(aliased).unwrap_or_else(|e| panic!("refused: {e}"));
+        let d = crate::matching::tests::descriptor(&[("b", "+44")]);
         let limit = config.get_limit("d", &d).unwrap().unwrap().limit;
         assert_eq!(
             limit.quota,
             Quota::PerUnit {
-                requests_per_unit: 20,
+                requests_per_unit: 10,
                 unit: Unit::Minute
             }
         );
@@ -1199,19 +1206,6 @@ descriptors:
         let e = load(&format!("{text}domain: e\n")).unwrap_err().to_string();
         assert!(
             e.contains("YAML document 2 of the file is not empty"),
-            "{e}"
-        );
-        // A merge key with something other than a mapping is a YAML error.
-        let e = load("domain: d\ndescriptors:\n  - key: a\n    <<: 3\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("merging"), "{e}");
-        // Names the merge brings in are checked as any other.
-        let e = load("x: &x {colour: red}\ndomain: d\ndescriptors:\n  - key: a\n    <<: *x\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("unknown key 'x'") || e.contains("unknown key 'colour'"),
             "{e}"
         );
     }
