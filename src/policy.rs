@@ -2392,6 +2392,22 @@ fn rls_verdict(
             };
         }
     };
+    // A service in global shadow mode (envoyproxy/ratelimit's
+    // `SHADOW_MODE`, appguard-ratelimit's `--shadow-mode`) answers OK
+    // overall but keeps each descriptor's `OVER_LIMIT`: the `jti`
+    // descriptor over its limit of 1 is a replay, whatever the overall
+    // code says.
+    if !verdict.over_limit {
+        if let (Ok(resp), Some(i)) = (answer, pending.replay_index) {
+            if resp
+                .statuses
+                .get(i)
+                .is_some_and(|s| s.code == ratelimit::rls::Code::OverLimit as i32)
+            {
+                return deny(pending, Reason::TokenReplayed.into());
+            }
+        }
+    }
     // A rule the service has no limit for (no rule of its configuration
     // matches the descriptor: `OK`, no limit, nothing remaining) limits
     // nothing: said, not silent (the replay descriptor's own case is
@@ -3588,7 +3604,9 @@ fn token_rules(
     }
     for (claim, header) in &provider.claim_to_headers {
         if let Some(v) = verified.claim_text(claim) {
-            if v.len() <= 1024 && !v.bytes().any(|b| b < 0x20 || b == 0x7f) {
+            // Control characters in any range (C0, DEL and the C1
+            // controls U+0080..U+009F, such as NEL), as the README says.
+            if v.len() <= 1024 && !v.chars().any(char::is_control) {
                 grant.set_headers.push((header.clone(), v));
             }
         }

@@ -393,9 +393,9 @@ async fn serve(
     };
     if cli.shadow_mode {
         warn!(
-            "--shadow-mode: every call is answered OK, so no limit refuses anything, \
-             appguard's replay limits (replay.scope: service) included: a replayed token \
-             passes as a first use"
+            "--shadow-mode: every call is answered OK, so no limit refuses anything; \
+             each descriptor's status still says OVER_LIMIT, which appguard reads for its \
+             replay limits (replay.scope: service): a replayed token is still refused"
         );
     }
     if cli.stop_increment_when_over_limit {

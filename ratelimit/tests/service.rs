@@ -259,9 +259,9 @@ async fn shadow_mode_answers_ok_and_counts() {
     );
 }
 
-/// Global shadow mode answers OK to everything, replays of a token's
-/// `jti` included (appguard cannot tell them from a first use): the
-/// service says so when it starts.
+/// Global shadow mode answers OK to everything overall, replays of a
+/// token's `jti` included (their descriptor's own status still says
+/// OVER_LIMIT, which appguard reads): the service says so when it starts.
 #[tokio::test]
 async fn global_shadow_mode_lets_replays_through_and_says_so() {
     avoid_window_edge(HOUR, 10);

@@ -7961,3 +7961,191 @@ fn the_retry_after_of_two_spent_local_limits_is_the_later_refill() {
         "retry-after {retry_after} s was too early: refused again"
     );
 }
+
+// Token rules after the signature: binding, replay, claim headers (review56).
+
+/// An `own` token (see `config_json`) for the Android app with `sub` and
+/// `jti` as given, bound to `auth`.
+fn own_token_with(sub: &str, jti: &str, auth: &str) -> String {
+    hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &json!({"iat": NOW, "exp": NOW + 60, "app": "shop-android", "jti": jti, "sub": sub,
+                "pay": crate::token::binding_digest(&[auth])}),
+    )
+}
+
+#[test]
+fn claim_headers_skip_values_with_control_characters_outside_ascii() {
+    // README, `claim_to_headers[]`: "Values over 1024 bytes or with control
+    // characters are skipped (the header is then absent)". The C1 controls
+    // (U+0080..U+009F: NEL U+0085, CSI U+009B) are control characters
+    // (Unicode category Cc, Rust's `char::is_control`), which the
+    // configuration's own checks refuse (`from[].prefix`, `issuer`); the
+    // claim check only looks at ASCII bytes, so they go upstream.
+    let w = World::new();
+    let auth = "Bearer u1";
+    for (i, sub) in ["user\u{85}admin", "user\u{9b}31m", "user\u{1}x"]
+        .iter()
+        .enumerate()
+    {
+        let t = own_token_with(sub, &format!("c1-{i}"), auth);
+        let (d, _) = w.run(
+            "/attested/x",
+            "198.51.100.1",
+            &[("x-app-token", &t), ("authorization", auth), ANDROID[0]],
+        );
+        let set = set_headers(&d);
+        assert!(
+            !set.iter().any(|(h, _)| h == "x-user"),
+            "sub {sub:?} went upstream as x-user: {set:?}"
+        );
+    }
+}
+
+#[test]
+fn binding_edges_hold() {
+    // Probes that hold (kept as regression tests): the bound header absent,
+    // empty, sent twice with different values, or under another spelling
+    // with another value is `token_binding`; an empty value a token was
+    // bound to passes only as itself.
+    let w = World::new();
+    let run = |jti: &str, bound: &str, hs: &[(&str, &str)]| {
+        let t = own_token_with("user-7", jti, bound);
+        let mut all = vec![("x-app-token", t.as_str()), ANDROID[0]];
+        all.extend_from_slice(hs);
+        w.reason("/attested/x", &all)
+    };
+    let binding = Some(Reason::TokenBinding);
+    assert_eq!(run("b1", "Bearer u1", &[]), binding, "absent");
+    assert_eq!(run("b2", "Bearer u1", &[("authorization", "")]), binding);
+    assert_eq!(
+        run(
+            "b3",
+            "Bearer u1",
+            &[
+                ("authorization", "Bearer u1"),
+                ("authorization", "Bearer u2")
+            ]
+        ),
+        binding,
+        "two values"
+    );
+    assert_eq!(
+        run(
+            "b4",
+            "Bearer u1",
+            &[
+                ("authorization", "Bearer u1"),
+                ("Authorization", "Bearer u2")
+            ]
+        ),
+        binding,
+        "two values, another case"
+    );
+    assert_eq!(
+        run(
+            "b5",
+            "Bearer u1",
+            &[
+                ("authorization", "Bearer u1"),
+                ("authorization_", "Bearer u2")
+            ]
+        ),
+        None,
+        "another header altogether"
+    );
+    assert_eq!(
+        run("b6", "Bearer u1", &[("authorization", "Bearer u1")]),
+        None
+    );
+    // Bound to an empty value: the header must be there, empty.
+    assert_eq!(run("b7", "", &[]), binding);
+    assert_eq!(run("b8", "", &[("authorization", "")]), None);
+}
+
+#[test]
+fn replay_of_jti_variants_holds() {
+    // A replay is the same signed token sent again: every respelling of
+    // the token (the cache is keyed on its text) keeps its `jti`. Distinct
+    // `jti`s that differ in case, whitespace or Unicode form are distinct
+    // values the issuer signed, each accepted once; a long one too.
+    let w = World::new();
+    let auth = "Bearer u1";
+    let long = "j".repeat(1500);
+    for jti in ["v", "V", "v ", " v", "v\u{301}", "\u{1e7d}", long.as_str()] {
+        let t = own_token_with("user-7", jti, auth);
+        let hs = [
+            ("x-app-token", t.as_str()),
+            ("authorization", auth),
+            ANDROID[0],
+        ];
+        assert_eq!(w.reason("/attested/x", &hs), None, "{jti:?} first");
+        assert_eq!(
+            w.reason("/attested/x", &hs),
+            Some(Reason::TokenReplayed),
+            "{jti:?} again"
+        );
+        // The same token with padding around it in its header.
+        let padded = format!("  {t}\t");
+        let hs = [
+            ("x-app-token", padded.as_str()),
+            ("authorization", auth),
+            ANDROID[0],
+        ];
+        assert_eq!(
+            w.reason("/attested/x", &hs),
+            Some(Reason::TokenReplayed),
+            "{jti:?} padded"
+        );
+    }
+}
+
+#[test]
+fn a_replay_the_service_reports_over_limit_in_global_shadow_mode_is_refused() {
+    // `replay.scope: service`. A rate-limit service in global shadow mode
+    // (envoyproxy/ratelimit's `SHADOW_MODE=true`, appguard-ratelimit's
+    // `--shadow-mode`) counts every descriptor and keeps each status's
+    // `OVER_LIMIT`, but reports the call's overall code as OK (see
+    // envoyproxy/ratelimit `TestServiceGlobalShadowMode`, and
+    // ratelimit/src/service.rs: only `overall` is rewritten). The answer
+    // to a replayed `jti` then says so, in its own status: the `jti`
+    // descriptor is over its limit of 1. appguard reads only the overall
+    // code and accepts the copy (README: "which appguard cannot tell from
+    // a first use" — it can, for this mode).
+    use crate::ratelimit::rls::{Code, RateLimit, Unit};
+    let w = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "replay": {"claim": "jti", "scope": "service"}}],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"]}]
+    }));
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &json!({"iat": NOW, "exp": NOW + 60, "jti": "shadowed"}),
+    );
+    let h = headers(&[(":method", "GET"), (":path", "/x"), ("x-token", &token)]);
+    let send = |code: Code| {
+        let Step::NeedRateLimit(p, _) = evaluate(&w.ctx(), &Request::new(&h, None), NOW) else {
+            panic!("a call")
+        };
+        let mut resp = ok_response(1, 0, Some(1_000));
+        resp.statuses[0].code = code as i32;
+        resp.statuses[0].current_limit = Some(RateLimit {
+            name: String::new(),
+            requests_per_unit: 1,
+            unit: Unit::Hour as i32,
+        });
+        // Global shadow mode: the overall code stays OK.
+        resp.overall_code = Code::Ok as i32;
+        evaluate_rls(&w.ctx(), p, Ok(&resp), NOW).done_reason()
+    };
+    assert_eq!(send(Code::Ok), None, "the first use");
+    assert_eq!(
+        send(Code::OverLimit),
+        Some(Reason::TokenReplayed),
+        "the service says this jti was used: the copy must not pass"
+    );
+}

@@ -263,8 +263,10 @@ impl GuardFilter {
     }
 
     /// Whether `name` (in any spelling, see [`reserved_header`]) carries a
-    /// credential appguard checks in the headers: the API-key header, or a
-    /// token provider's header.
+    /// credential appguard checks in the headers: the API-key header, a
+    /// token provider's header, or a header a token is bound to (a session
+    /// id, a bearer token: a trailer copy would pair a captured token with
+    /// another value than the one its binding checked).
     fn is_credential(&self, name: &str) -> bool {
         let Some(w) = self.worker.as_ref() else {
             return false;
@@ -276,6 +278,12 @@ impl GuardFilter {
                 .iter()
                 .flat_map(|p| p.sources.iter())
                 .any(|s| same(&s.header))
+            || w.config
+                .providers
+                .iter()
+                .filter_map(|p| p.binding.as_ref())
+                .flat_map(|b| b.headers.iter())
+                .any(|h| same(h))
     }
 
     /// Evaluates (or re-evaluates, after keys arrived) and acts on the step.

@@ -1202,3 +1202,28 @@ fn a_per_client_local_limit_bounds_requests_reset_while_asking() {
     assert_eq!(victim.status, 200, "{:?}", victim.reason());
     envoy.assert_vm_healthy();
 }
+
+/// appguard-ratelimit's `--shadow-mode` (envoyproxy/ratelimit's
+/// `SHADOW_MODE=true`) counts the `jti` and answers its descriptor
+/// `OVER_LIMIT` on a replay, rewriting only the overall code to OK. The
+/// replay is then accepted, although the answer says the `jti` was used
+/// (README: "which appguard cannot tell from a first use").
+#[test]
+fn a_replay_the_service_reports_in_global_shadow_mode_is_refused() {
+    let rls = RateLimitService::start_with(&test_limits(), None, &["--shadow-mode"]);
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(config("deny", 500), up.port)
+        .grpc_cluster("ratelimit", rls.grpc_port)
+        .start();
+    let t = hs256(&claims(60, json!({"jti": "shadowed-1"})));
+    let r = envoy.request(Req::get("/once").header("x-token", &t));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = envoy.request(Req::get("/once").header("x-token", &t));
+    assert_eq!(
+        (r.status, r.reason()),
+        (401, Some("token_replayed")),
+        "the copy went upstream: {} (upstream saw {} requests)",
+        r.text(),
+        up.seen().len()
+    );
+}

@@ -1030,3 +1030,55 @@ fn a_kidless_token_waits_for_remote_keys_and_follows_the_failure_mode_without_th
     );
     envoy.assert_vm_healthy();
 }
+
+/// The header a token is bound to (`binding.headers`) is
+/// checked in the request headers only. Sent again as a trailer, which
+/// Envoy passes on with `enable_trailers` and which an upstream that merges
+/// trailers into the headers reads, it reaches the upstream unchecked: a
+/// captured token is then used with another session than the one it is
+/// bound to. appguard already removes the token and API-key headers from
+/// trailers for this very reason (`on_http_request_trailers`); the bound
+/// header is a credential too (`config.rs` says so of it: "What a token is
+/// bound to is a credential too (a session id, a bearer token)").
+#[test]
+fn a_bound_header_sent_as_a_trailer_does_not_reach_the_upstream() {
+    let cfg = json!({
+        "default_action": "deny",
+        "tokens": [{"name": "bound", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": tokens::secret_b64()}],
+                    "binding": {"claim": "pay", "headers": ["x-session-id"], "required": true}}],
+        "routes": [{"name": "api", "match": {"prefix": "/api"}, "tokens": ["bound"]}]
+    });
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .trailers()
+        .without_buffer_filter()
+        .start();
+    let t = hs256(&claims(
+        60,
+        json!({"pay": tokens::binding(&["victim-session"])}),
+    ));
+    let send = |session: &str, trailer: Option<&str>| {
+        let mut req = Req::post_json("/api/x", r#"{"a":1}"#)
+            .header("approov-token", &t)
+            .header("x-session-id", session)
+            .trailer("x-checksum", "c1");
+        if let Some(v) = trailer {
+            req = req.trailer("x-session-id", v);
+        }
+        envoy.request(req)
+    };
+    // The binding holds in the headers.
+    let r = send("attacker-session", None);
+    assert_eq!((r.status, r.reason()), (401, Some("token_binding")));
+    let r = send("victim-session", Some("attacker-session"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(seen.header("x-session-id"), Some("victim-session"));
+    assert_eq!(
+        seen.trailers,
+        vec![("x-checksum".to_string(), "c1".to_string())],
+        "a trailer copy of the bound header went upstream unchecked"
+    );
+    envoy.assert_vm_healthy();
+}
