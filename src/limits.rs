@@ -1290,7 +1290,16 @@ impl ServiceCache {
     /// the service decides). With nothing known of what remains, 1 while
     /// another ask is in flight; 1 while an ask whose request went away
     /// holds, and for [`RESET_COOLDOWN_MS`] after an answer counted it.
+    /// Never more than the limit an over-limit answer named for it.
     pub fn lease_ask(&self, digest: &[u8; 16], size: u32, now_ms: u64) -> u32 {
+        // No more than the limit the service last named for it (in an
+        // over-limit answer, kept past its window while the table has
+        // room): a lease above the limit is refused, and counted, at the
+        // start of every window.
+        let size = match self.map.get(digest) {
+            Some(&(_, Some(limit))) => size.min(limit.max(1)),
+            _ => size,
+        };
         let (count, asked, one_only) = self.asking.get(digest).map_or((0, 0u32, false), |asks| {
             asks.iter()
                 .filter(|a| a.holds(now_ms))

@@ -256,7 +256,10 @@ macro_rules! err {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return command_line_error(&e),
+    };
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -264,6 +267,44 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Reports a command line clap could not read, as clap would (help and
+/// version as asked, exit 2 for an error), but without the arguments as
+/// given that are not option names: an unquoted secret or token split by
+/// the shell (`--secret-base64 $SECRET` of a wrapped `openssl rand
+/// -base64 64`, `--token Bearer $TOKEN`) would otherwise be echoed to a
+/// terminal or a CI log in clap's "unexpected argument" message.
+fn command_line_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+    }
+    let mut message = e.render().to_string();
+    // Option names stay (`--secret-base64`); values go, also after `=`.
+    let mut values: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .map(|a| match a.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => value.to_owned(),
+            _ if looks_like_an_option(&a) => String::new(),
+            _ => a,
+        })
+        .filter(|v| v.len() >= 8)
+        .collect();
+    // Longest first, so that a value inside another is not left in part.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    for v in &values {
+        message = message.replace(v.as_str(), "<an argument, not shown>");
+    }
+    err!("{}", message.trim_end());
+    ExitCode::from(2)
 }
 
 /// Whether a `hash-key` argument reads as a long option (`--stdin`,
@@ -527,11 +568,15 @@ fn sign_request(s: SignArgs) -> Result<ExitCode, CliError> {
         ));
     }
     let key = install_key::read_private(&s.install_key)?;
+    // A body file curl cannot read again later (standard input as `-` or
+    // `/dev/stdin`, a pipe, a process substitution's `/dev/fd/N`) goes
+    // inline in the curl line, as `-` does.
+    let inline = |path: &Path| path == stdin || !std::fs::metadata(path).is_ok_and(|m| m.is_file());
     let body = match (&s.body, &s.body_file) {
         (Some(b), _) => Some(b.clone().into_bytes()),
         (None, Some(path)) => {
             let body = read_file(path, Limit::BODY)?;
-            if path == stdin {
+            if inline(path) {
                 sign::inline_body(&body)?;
             }
             Some(body)
@@ -580,7 +625,7 @@ fn sign_request(s: SignArgs) -> Result<ExitCode, CliError> {
     let body_file = s
         .body_file
         .as_deref()
-        .filter(|p| *p != stdin)
+        .filter(|p| !inline(p))
         .map(|p| p.to_string_lossy().into_owned());
     out!("{}", sign::curl_line(&req, &signed, body_file.as_deref()));
     Ok(ExitCode::SUCCESS)

@@ -440,6 +440,31 @@ pub fn check(config: &Config, rls: &RateLimitConfig) -> Vec<String> {
                             ),
                         );
                     }
+                    // The first ask of a window is for the whole lease:
+                    // more than the limit, the service refuses it (and
+                    // counts it), and the filter keeps the refusal to the
+                    // window's end, window after window.
+                    if let (
+                        Some(lease),
+                        Quota::PerUnit {
+                            requests_per_unit, ..
+                        },
+                    ) = (rule.lease, &limit.quota)
+                    {
+                        if lease > *requests_per_unit {
+                            push_new(
+                                &mut notes,
+                                format!(
+                                    "{at}: lease {lease} is more than the limit `{}` in {file} \
+                                     ({requests_per_unit} a window): the first ask of every window \
+                                     is for {lease} hits, which the service refuses (and counts), \
+                                     so the rule refuses every request; set lease well under \
+                                     {requests_per_unit}",
+                                    limit.full_key
+                                ),
+                            );
+                        }
+                    }
                     if !r.shared.is_empty() && matches!(limit.quota, Quota::PerUnit { .. }) {
                         push_new(
                             &mut notes,

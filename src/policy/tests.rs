@@ -8149,3 +8149,52 @@ fn a_replay_the_service_reports_over_limit_in_global_shadow_mode_is_refused() {
         "the service says this jti was used: the copy must not pass"
     );
 }
+
+/// A rule leased 20 at a time against a service limit of 10 a minute
+/// (`check-config --ratelimit-config` warns of it): every window's first
+/// ask was for 20, which the service refuses (20 > 10, as appguard-ratelimit
+/// and envoyproxy/ratelimit count), the refusal was cached until the window
+/// reset, and the next window started the same way: not one request was
+/// ever admitted. The refusal names the limit, and later asks stay within
+/// it.
+#[test]
+fn a_lease_larger_than_the_services_limit_is_asked_within_it_after_a_refusal() {
+    let w = lease_world_of(20);
+    let t = NOW * 1000;
+    let mut admitted = 0;
+    let mut asks = Vec::new();
+    for window in 0..3u64 {
+        // The service's window resets: a fresh count of 0.
+        let service = CountingService(std::cell::Cell::new(0));
+        let at = t + window * 60_000;
+        for i in 0..5u64 {
+            match w.leased_get("/leased", "u1", at + i * 10) {
+                Step::NeedRateLimit(p, call) => {
+                    let sent = rls_hits(&call);
+                    asks.push(sent[0].1);
+                    let answer = service.count(&sent);
+                    if matches!(
+                        w.answer(p, &answer, at + i * 10 + 1),
+                        Step::Done(Decision::Allow(_), _)
+                    ) {
+                        admitted += 1;
+                    }
+                }
+                Step::Done(Decision::Allow(_), _) => admitted += 1,
+                s => assert_eq!(s.done_reason(), Some(Reason::RateLimited)),
+            }
+        }
+    }
+    // The first window's ask of 20 is refused (and counted); once the
+    // refusal named the limit, the asks stay within it and the next two
+    // windows admit their 5 requests each.
+    assert_eq!(asks.first(), Some(&Some(20)), "{asks:?}");
+    assert!(
+        asks.iter().skip(1).all(|a| a.unwrap_or(1) <= 10),
+        "{asks:?}"
+    );
+    assert_eq!(
+        admitted, 10,
+        "15 requests over 3 windows of a limit of 10; asks: {asks:?}"
+    );
+}

@@ -1,0 +1,166 @@
+//! What operators get wrong on a command line, and what `appguard-cli`
+//! must still get right: secrets split by the shell, bodies from pipes,
+//! leases above the service's limit.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use appguard::signing::InstallKey;
+use common::{cli, cli_with_stdin, curl_line_of, loopback, ok, run_curl, s, verify_captured};
+
+/// `openssl rand -base64 64` wraps its output at 64 columns (the CLI's own
+/// `--secret-file` reader says so), so `--secret-base64 $SECRET` with the
+/// variable unquoted passes the secret as two arguments. clap's error then
+/// prints the second half of the HMAC secret to standard error (a CI log, a
+/// terminal), though the README promises "Secrets are never printed", and
+/// `hash-key` already takes extra arguments precisely so that clap does not
+/// echo a second key.
+#[test]
+fn mint_with_a_wrapped_unquoted_secret_does_not_echo_it() {
+    // 64 bytes of secret as `openssl rand -base64 64` prints it: 64 + 24
+    // characters on two lines.
+    let line1 = "rOLUD/dkUJSL3mmqDeq5pOG0DzqAxPBi+Uvsdwn8IRp9Zye7RWQtcKjYSGEbEyAU";
+    let line2 = "4WJjVXbnCmgzbCo8BTRTZQ==";
+    let r = cli(&["mint", "--alg", "HS512", "--secret-base64", line1, line2]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        !r.all().contains(line2),
+        "part of the HMAC secret echoed:\n{}",
+        r.all()
+    );
+}
+
+/// The README's sign-request section: "For a provider whose `from[]` has
+/// `"prefix": "Bearer "`, pass `--token "Bearer $TOKEN"`". Unquoted, the
+/// token becomes a second argument, and clap's "unexpected argument" error
+/// prints the whole token.
+#[test]
+fn sign_request_with_an_unquoted_bearer_token_does_not_echo_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.pem");
+    ok(&["mint", "install-key", "--out", s(&key)]);
+    let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJUT0tFTl9TRUNSRVQifQ.c2ln";
+    let r = cli(&[
+        "mint",
+        "sign-request",
+        "--install-key",
+        s(&key),
+        "--url",
+        "https://api.example.com/",
+        "--token",
+        "Bearer",
+        token,
+    ]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(!r.all().contains(token), "token echoed:\n{}", r.all());
+}
+
+/// A rule with `lease: 20` whose service limit is 10 a minute: the filter's
+/// first ask of every window is for the whole lease (`ServiceCache::lease_ask`
+/// returns `size` while nothing is known), the service counts 20 > 10 and
+/// answers OVER_LIMIT, the filter caches the 429 until the window resets, and
+/// the next window starts the same way: the rule refuses every request, for
+/// ever. `--ratelimit-config` loads both files to say whether the service's
+/// limits work for the descriptors the configuration sends, and warns of far
+/// milder things (quota_mode, share_threshold), but says nothing here.
+#[test]
+fn ratelimit_config_warns_of_a_lease_larger_than_the_services_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("appguard.json");
+    std::fs::write(
+        &config,
+        r#"{
+  "rate_limit_service": {"cluster": "rls", "domain": "appguard"},
+  "routes": [
+    {"name": "api", "match": {"prefix": "/api/"}, "action": "allow",
+     "rate_limits": [
+       {"name": "per-tenant", "entries": [{"type": "header", "name": "x-tenant"}], "lease": 20}
+     ]}
+  ]
+}"#,
+    )
+    .unwrap();
+    let yaml = dir.path().join("ratelimit.yaml");
+    std::fs::write(
+        &yaml,
+        "domain: appguard\ndescriptors:\n  - key: x-tenant\n    rate_limit: {unit: minute, requests_per_unit: 10}\n",
+    )
+    .unwrap();
+    let r = cli(&["check-config", s(&config), "--ratelimit-config", s(&yaml)]);
+    assert!(r.stdout.contains("valid:"), "{}", r.all());
+    assert!(
+        r.stderr.contains("lease"),
+        "no warning that a lease of 20 against a limit of 10 is refused on every ask:\n{}",
+        r.all()
+    );
+    // And with --strict, a CI step, the rollout goes ahead.
+    let r = cli(&[
+        "check-config",
+        "--strict",
+        s(&config),
+        "--ratelimit-config",
+        s(&yaml),
+    ]);
+    assert_eq!(r.code, 1, "--strict passes it:\n{}", r.all());
+}
+
+/// `--body-file -` is special-cased because "`@-` would make curl read its
+/// own standard input" (README): the body goes inline. The same standard
+/// input named `/dev/stdin` (or a process substitution, `--body-file
+/// <(echo …)`, which is `/dev/fd/63`) is read and signed, but the curl line
+/// says `--data-binary @/dev/stdin`: curl then reads its own standard input
+/// (here: nothing) and sends a body other than the one signed, which the
+/// filter refuses (content-digest does not match).
+#[test]
+fn a_body_from_dev_stdin_is_sent_as_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("install.pem");
+    ok(&["mint", "install-key", "--out", s(&key)]);
+    let secret = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]);
+    let token = ok(&[
+        "mint",
+        "--alg",
+        "HS256",
+        "--secret-base64",
+        &secret,
+        "--ipk-from",
+        s(&key),
+    ]);
+    let token = token.trim().to_owned();
+    let (listener, port) = loopback();
+    let authority = format!("127.0.0.1:{port}");
+    let url = format!("http://{authority}/v1/sms");
+    let body = "{\"to\": \"+447700900123\"}";
+    let r = cli_with_stdin(
+        &[
+            "mint",
+            "sign-request",
+            "--install-key",
+            s(&key),
+            "--method",
+            "POST",
+            "--url",
+            &url,
+            "--header",
+            "content-type: application/json",
+            "--body-file",
+            "/dev/stdin",
+            "--token",
+            &token,
+        ],
+        Some(body),
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    let curl = curl_line_of(&r.stdout);
+    let sent = run_curl(&curl, listener);
+    let ipk =
+        InstallKey::from_ipk(&appguard_cli::sign::token_claim(&token, "ipk").unwrap()).unwrap();
+    // What the filter makes of what curl sent.
+    if let Err(e) = verify_captured(&sent, &authority, "approov-token", &ipk) {
+        panic!(
+            "the filter refuses the signed request ({e}): curl sent the body {:?}, not the \
+             one signed; curl line: {curl}",
+            String::from_utf8_lossy(&sent.body)
+        );
+    }
+}
