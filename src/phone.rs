@@ -283,7 +283,10 @@ impl E164 {
 ///   (ten and eight digits), as libphonenumber reads it: `+7 8 809 …` is
 ///   `+7 809 …`, while `+7 812 …` is St Petersburg;
 /// - `1` in Mexico (`+52`), the mobile prefix of before 2019, only where
-///   ten digits follow it (`+52 1 55 …` is `+52 55 …`).
+///   ten digits follow it (`+52 1 55 …` is `+52 55 …`);
+/// - `8` or `80` in Belarus (`+375`), only in a whole number and before
+///   nine digits that do not start with `0`, or ten of its `9…` premium
+///   range (`+375 8 029 …` and `+375 80 29 …` are `+375 29 …`).
 ///
 /// The one rule for numbers ([`E164::without_trunk_prefix`]) and
 /// configured prefixes alike.
@@ -305,6 +308,19 @@ fn split_trunk(digits: &str, whole: bool) -> Option<(&str, &str)> {
             .filter(|n| !whole || (8..=9).contains(&n.len())),
         "7" => by_length('8', 10),
         "370" => by_length('8', 8),
+        // Belarus's `8`, and `80` (libphonenumber's `0|80?`), before nine
+        // digits, or ten of its premium `9…` range (`+375 8 902 …`); never
+        // before a `0`, so that a toll-free `+375 800 …` or `820 …` stays.
+        "375" => {
+            let national = |n: &&str| {
+                whole
+                    && !n.starts_with('0')
+                    && (n.len() == 9 || (n.len() == 10 && n.starts_with('9')))
+            };
+            rest.strip_prefix("80")
+                .filter(national)
+                .or_else(|| rest.strip_prefix('8').filter(national))
+        }
         // Mexico's old mobile `1` before the ten digits (`+52 1 55 …`).
         "52" => by_length('1', 10),
         _ => None,
@@ -488,6 +504,13 @@ pub const CARRIER_PREFIX_COUNTRIES: [&str; 15] = [
 ///   calling code that makes the number too long; Italy's `393 …` mobiles
 ///   stay national).
 ///
+/// - under a default country that dials abroad with another prefix than
+///   `00` (Japan's `010`, Mexico's `09`, Singapore's `01X`–`03X`), a number
+///   written with it read without it (`010 1 900 …` is `+1 900 …` in
+///   Japan); and under Japan's, a number after its carrier prefix for
+///   national calls `003768` read as Japanese (`0037680 990 …` is `+81 990
+///   …`).
+///
 /// Only readings with a valid shape (rules 7 and 8) are given.
 pub fn other_readings(input: &str, rules: &PhoneRules) -> Vec<E164> {
     let Ok(Scanned { plus, digits }) = scan(input) else {
@@ -502,6 +525,31 @@ pub fn other_readings(input: &str, rules: &PhoneRules) -> Vec<E164> {
     let valid =
         |number: &str| check_digits(number, MIN_DIGITS).is_ok() && check_plan(number).is_ok();
     let mut out = Vec::new();
+    // Where the country dials abroad with another prefix than `00`
+    // (libphonenumber's `internationalPrefix`): Japan's `010`, Mexico's
+    // `09`, Singapore's `01X` to `03X`. Read as national numbers of a valid
+    // length, they went past the denied prefixes of where they are dialled.
+    let abroad = match code {
+        "81" => digits.strip_prefix("010"),
+        "52" => digits.strip_prefix("09"),
+        "65" => digits
+            .strip_prefix('0')
+            .filter(|r| matches!(r.as_bytes().first(), Some(b'1'..=b'3')))
+            .and_then(|r| r.get(2..)),
+        _ => None,
+    };
+    if let Some(number) = abroad.filter(|n| valid(n)) {
+        out.push(E164(format!("+{number}")));
+    }
+    // Japan's carrier prefix for national calls (`003768`, and the trunk
+    // `0` after it or not): `0037680 990 …` is `+81 990 …` there, and
+    // `+376 80990 …` to `00`.
+    if let Some(rest) = digits.strip_prefix("003768").filter(|_| code == "81") {
+        let number = format!("81{}", rest.strip_prefix('0').unwrap_or(rest));
+        if valid(&number) {
+            out.push(E164(format!("+{number}")));
+        }
+    }
     if let Some(rest) = digits.strip_prefix("00") {
         if CARRIER_PREFIX_COUNTRIES.contains(&code) {
             for skip in 1..=3 {

@@ -8198,3 +8198,170 @@ fn a_lease_larger_than_the_services_limit_is_asked_within_it_after_a_refusal() {
         "15 requests over 3 windows of a limit of 10; asks: {asks:?}"
     );
 }
+
+#[test]
+fn international_prefixes_other_than_00_do_not_take_a_number_past_denied_prefixes() {
+    // libphonenumber's `internationalPrefix`: Japan dials abroad with
+    // `010`, Mexico with `00` or `09`, Singapore with `0[0-3]\d` (`012`,
+    // `013`, `018`, `019`, `020`…). An upstream parsing numbers for that
+    // country reads `010 1 900 555 1234` (JP) as `+1 900 555 1234`, and
+    // `09 882 1234 5678` (MX) and `012 882 1234 5678` (SG) as `+882 …`.
+    // appguard reads them as national numbers (`+81 10 1 900 …`,
+    // `+52 9 882 …`, `+65 12 882 …`) of a valid length in zones with no
+    // fixed plan: past the denied prefixes (and under another per-number
+    // key than the number the upstream sends to).
+    let mut passed = Vec::new();
+    for (cc, spellings) in [
+        ("81", ["010 1 900 555 1234", "010 882 1234 5678"]),
+        // And JP's carrier prefix for national calls (libphonenumber's
+        // `nationalPrefixForParsing` `…|(?:003768)0?|0`): `0037680 990 …`
+        // is Japan's premium `+81 990 …` there, `+376 80990 …` (Andorra)
+        // to `00` alone.
+        ("81", ["0037680 990 123 456", "003768 0990 123 456"]),
+        ("52", ["09 1 900 555 1234", "09 882 1234 5678"]),
+        ("65", ["012 1 900 555 1234", "012 882 1234 5678"]),
+    ] {
+        let w = sms_world(json!({"default_calling_code": cc,
+                                 "denied_prefixes": ["+882", "+1 900", "+81 990"],
+                                 "hash_key_base64": STANDARD.encode([5u8; 32])}));
+        let to = |n: &str| {
+            sms_outcome(
+                &w,
+                "/sms",
+                &format!(r#"{{"to":"{n}","msg":{{"lang":"en"}}}}"#),
+            )
+        };
+        assert_eq!(to("+1 900 555 1234").0, Some(Reason::PhoneDenied));
+        assert_eq!(to("+882 1234 5678").0, Some(Reason::PhoneDenied));
+        assert_eq!(to("+81 990 123 456").0, Some(Reason::PhoneDenied));
+        for n in spellings {
+            if !matches!(
+                to(n).0,
+                Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)
+            ) {
+                passed.push(format!("default {cc}: {n:?}"));
+            }
+        }
+    }
+    assert!(
+        passed.is_empty(),
+        "denied numbers to an upstream parsing for the default country, let through: {passed:#?}"
+    );
+}
+
+#[test]
+fn belarus_trunk_prefix_8_does_not_take_a_number_past_denied_prefixes() {
+    // Belarus (`+375`) writes its trunk prefix `8` (libphonenumber's
+    // `nationalPrefix` `8`, `nationalPrefixForParsing` `0|80?`), as Russia
+    // and Lithuania do, and libphonenumber strips it from international
+    // input too: `+375 8 902 …` and `+375 80 902 …` are the premium-rate
+    // `+375 902 …`, and `8 029 …` under a `375` default is `+375 29 …`.
+    // appguard reads the `8` off only for `+7` and `+370` (`split_trunk`),
+    // and defaults `national_prefix` to `0` for `375`.
+    let mut passed = Vec::new();
+    for default in [None, Some("375")] {
+        let mut phone = json!({"denied_prefixes": ["+375 902"],
+                               "hash_key_base64": STANDARD.encode([5u8; 32])});
+        if let Some(cc) = default {
+            phone["default_calling_code"] = json!(cc);
+        }
+        let w = sms_world(phone);
+        let to = |n: &str| {
+            sms_outcome(
+                &w,
+                "/sms",
+                &format!(r#"{{"to":"{n}","msg":{{"lang":"en"}}}}"#),
+            )
+        };
+        assert_eq!(to("+375 902 123 4567").0, Some(Reason::PhoneDenied));
+        let mut spellings = vec!["+375 8 902 123 4567", "+375 80 902 123 4567"];
+        if default.is_some() {
+            spellings.extend(["8 902 123 4567", "8 0902 123 4567"]);
+        }
+        for n in spellings {
+            if !matches!(
+                to(n).0,
+                Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)
+            ) {
+                passed.push(format!("default {default:?}: {n:?} not denied"));
+            }
+        }
+        // One phone, one per-number key.
+        let mut same = vec!["+375 8 029 123 45 67"];
+        if default.is_some() {
+            same.push("8 029 123 45 67");
+        }
+        for n in same {
+            if to(n).0.is_none() && to(n).1 != to("+375 29 123 45 67").1 {
+                passed.push(format!(
+                    "default {default:?}: {n:?} counted apart from +375 29 123 45 67"
+                ));
+            }
+        }
+    }
+    assert!(passed.is_empty(), "{passed:#?}");
+}
+
+#[test]
+fn json_an_upstream_may_read_otherwise_is_body_invalid() {
+    // Probes that hold today: JSON other parsers read leniently, or
+    // another way, is refused rather than read one way here.
+    let w = sms_world(
+        json!({"default_calling_code": "44", "denied_prefixes": ["+882"],
+                             "hash_key_base64": STANDARD.encode([5u8; 32])}),
+    );
+    let reason = |body: &str| sms_outcome(&w, "/sms", body).0;
+    for body in [
+        "\u{feff}{\"to\":\"+447700900123\",\"msg\":{\"lang\":\"en\"}}",
+        r#"{"to":"+447700900123","msg":{"lang":"en"}} // c"#,
+        r#"{"to":"+447700900123",/*c*/"msg":{"lang":"en"}}"#,
+        r#"{"to":"+447700900123","msg":{"lang":"en"},}"#,
+        r#"{"to":"+447700900123","msg":{"lang":"en"}}{"to":"+88212345678"}"#,
+        r#"{"to":"\ud800+447700900123","msg":{"lang":"en"}}"#,
+        r#"{"to":-0,"msg":{"lang":"en"}}"#,
+        r#"{"to":7.7009e9,"msg":{"lang":"en"}}"#,
+        r#"{"to":7700900123.0,"msg":{"lang":"en"}}"#,
+        r#"{"to":"+44 7700 900123 x12","msg":{"lang":"en"}}"#,
+        r#"{"to":"tel:+447700900123","msg":{"lang":"en"}}"#,
+        r#"{"to":"+４４7700900123","msg":{"lang":"en"}}"#,
+        r#"{"to":"+447700900123","msg":{"lang":"en","LANG":"fr"}}"#,
+        r#"{"to":"+447700900123","msg":{"lang":1.0}}"#,
+        r#"{'to':'+447700900123','msg':{'lang':'en'}}"#,
+    ] {
+        assert_eq!(reason(body), Some(Reason::BodyInvalid), "{body}");
+    }
+    // Escapes decode as every parser decodes them: `\u002b` is `+`, and
+    // `"t\u006f"` is `to`.
+    let plain = sms_outcome(&w, "/sms", r#"{"to":"+882 1234 5678","msg":{"lang":"en"}}"#).0;
+    assert_eq!(plain, Some(Reason::PhoneDenied));
+    assert_eq!(
+        reason(r#"{"t\u006f":"\u002b882 1234 5678","msg":{"lang":"en"}}"#),
+        Some(Reason::PhoneDenied)
+    );
+}
+
+#[test]
+fn body_sizes_at_the_limit_and_empty_bodies() {
+    // `/sms` of `limits_world` reads at most 256 bytes.
+    let w = limits_world();
+    let body_of = |len: usize| {
+        let head = r#"{"to":"+447700900123","p":""#;
+        let pad = "x".repeat(len - head.len() - 2);
+        format!("{head}{pad}\"}}")
+    };
+    assert_eq!(body_of(256).len(), 256);
+    assert!(matches!(
+        w.post("/sms", "203.0.113.81", &[], &body_of(256)),
+        Step::NeedRateLimit(..)
+    ));
+    assert_eq!(
+        w.post("/sms", "203.0.113.82", &[], &body_of(257))
+            .done_reason(),
+        Some(Reason::BodyTooLarge)
+    );
+    // No body at all (a GET, or a POST whose headers end the stream).
+    assert_eq!(
+        w.post("/sms", "203.0.113.83", &[], "").done_reason(),
+        Some(Reason::BodyInvalid)
+    );
+}
