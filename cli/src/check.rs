@@ -938,7 +938,8 @@ impl Hcm {
         Hcm {
             path: path.to_owned(),
             remote_address: is_true("use_remote_address") || detects_ip,
-            appends_xff: is_true("use_remote_address") && !is_true("skip_xff_append"),
+            appends_xff: (is_true("use_remote_address") && !is_true("skip_xff_append"))
+                || xff_extension_appends(node),
             path_settings_missing,
             removes,
         }
@@ -1009,6 +1010,31 @@ impl Hcm {
             ));
         }
     }
+}
+
+/// Whether an HCM's XFF original IP detection extension has
+/// `skip_xff_append: false`: Envoy then appends the peer's address to
+/// `X-Forwarded-For` without `use_remote_address` (its default, unset, is
+/// true: no entry).
+fn xff_extension_appends(node: &Value) -> bool {
+    node.get("original_ip_detection_extensions")
+        .and_then(Value::as_array)
+        .is_some_and(|e| {
+            e.iter().filter_map(|x| x.get("typed_config")).any(|t| {
+                let xff = t
+                    .get("@type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|ty| ty.ends_with(".http.original_ip_detection.xff.v3.XffConfig"));
+                let off = match t.get("skip_xff_append") {
+                    Some(Value::Bool(b)) => !*b,
+                    Some(Value::String(s)) => {
+                        matches!(s.to_lowercase().as_str(), "false" | "n" | "no" | "off")
+                    }
+                    _ => false,
+                };
+                xff && off
+            })
+        })
 }
 
 /// The request headers an HTTP filter entry removes: a `header_mutation`'s

@@ -1289,3 +1289,46 @@ fn the_host_error_alert_says_what_check_config_does_with_the_flag_alone() {
     );
     assert!(!alerts.contains("check-config refuses that pair"));
 }
+
+/// Envoy also appends its own X-Forwarded-For entry
+/// without `use_remote_address`, where the connection manager's XFF
+/// original IP detection extension has `skip_xff_append: false` (Envoy
+/// 1.40, the version the e2e tests run: shown with a real Envoy, a request
+/// with `x-forwarded-for: 9.9.9.9, 10.0.0.1` reached the upstream as
+/// `9.9.9.9, 10.0.0.1,192.0.2.2`). The note that Envoy "appends no
+/// X-Forwarded-For entry of its own" and that the hops "must count the load
+/// balancers' entries alone" is then wrong: an operator who follows it
+/// drops Envoy's entry from the count, and appguard then reads the entry
+/// Envoy wrote (the load balancer's address) as every client's IP.
+#[test]
+fn xff_hops_note_knows_the_xff_extension_appends() {
+    let envoy = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
+    let line = "          use_remote_address: true\n";
+    assert!(envoy.contains(line), "the example changed");
+    assert!(
+        envoy.contains("\"xff_trusted_hops\": 0"),
+        "the example changed"
+    );
+    let appending = envoy
+        .replace("\"xff_trusted_hops\": 0", "\"xff_trusted_hops\": 2")
+        .replace(
+            line,
+            "          original_ip_detection_extensions:\n          \
+             - name: envoy.http.original_ip_detection.xff\n            \
+             typed_config:\n              \
+             \"@type\": type.googleapis.com/envoy.extensions.http.original_ip_detection.xff.v3.XffConfig\n              \
+             xff_num_trusted_hops: 1\n              \
+             skip_xff_append: false\n",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("envoy.yaml");
+    std::fs::write(&file, &appending).unwrap();
+    let r = cli(&["check-config", s(&file)]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        !r.stderr
+            .contains("appends no X-Forwarded-For entry of its own"),
+        "the note says Envoy appends no entry, but this Envoy does:\n{}",
+        r.stderr
+    );
+}

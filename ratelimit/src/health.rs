@@ -3,7 +3,8 @@
 //! probe, or a gRPC load balancer's health check, sees the same state as
 //! `GET /healthcheck` on the HTTP port (see [`crate::http`]).
 //!
-//! `Check` with the service `""` (the server as a whole) or
+//! `Check` with the service `""` (the server as a whole), `ratelimit` (the
+//! name envoyproxy/ratelimit registers its status under) or
 //! `envoy.service.ratelimit.v3.RateLimitService` answers `SERVING` when
 //! `/healthcheck` would answer 200, `NOT_SERVING` when it would answer
 //! 500 (the store cannot count, or shutdown has begun); any other service
@@ -74,7 +75,9 @@ impl tonic::server::UnaryService<HealthCheckRequest> for CheckSvc {
         let state = self.0.clone();
         Box::pin(async move {
             let service = request.into_inner().service;
-            if !service.is_empty() && service != RLS_NAME {
+            // `ratelimit`: the name envoyproxy/ratelimit registers its status
+            // under (NewHealthChecker(.., "ratelimit", ..)).
+            if !service.is_empty() && service != RLS_NAME && service != "ratelimit" {
                 return Err(tonic::Status::not_found("unknown service"));
             }
             let status = if state.shutting_down.load(Ordering::Relaxed) {

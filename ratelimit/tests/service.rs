@@ -1245,3 +1245,24 @@ async fn the_grpc_health_service_answers_as_healthcheck_does() {
         assert_eq!(stats[counter], 0, "{counter}: {stats}");
     }
 }
+
+/// envoyproxy/ratelimit registers its health status under
+/// the service name `ratelimit` (`NewHealthChecker(health.NewServer(),
+/// "ratelimit", ...)`, src/server/server_impl.go), and that is the name whose
+/// status follows Redis and SIGTERM there (`""` stays SERVING until the
+/// server stops). A Kubernetes `grpc: {service: ratelimit}` probe, or an
+/// Envoy `grpc_health_check: {service_name: ratelimit}`, moved over from
+/// envoyproxy/ratelimit must see SERVING here too, as the README promises
+/// ("as envoyproxy/ratelimit answers both"), not NOT_FOUND.
+#[tokio::test]
+async fn the_grpc_health_service_answers_envoyproxy_ratelimits_service_name() {
+    let service = Service::start_healthy(&strs(&appguard_args()));
+    assert_eq!(
+        service
+            .health("ratelimit", false)
+            .await
+            .map_err(|e| e.code()),
+        Ok(SERVING),
+        "envoyproxy/ratelimit's health service name is refused"
+    );
+}

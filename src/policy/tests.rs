@@ -8003,6 +8003,132 @@ fn claim_headers_skip_values_with_control_characters_outside_ascii() {
     }
 }
 
+/// With asks halved for every ask in
+/// flight (74e57b0), a worker still admits exactly the limit of 10, for
+/// every lease size, burst size and answer order.
+#[test]
+fn halved_asks_still_admit_exactly_the_limit() {
+    for size in 2..=10u32 {
+        for burst in 1..=8u64 {
+            for order in 0..3 {
+                let w = lease_world_of(size);
+                let service = CountingService(std::cell::Cell::new(0));
+                let t = NOW * 1000;
+                let mut admitted = 0;
+                for round in 0..12u64 {
+                    let at = t + round * 100;
+                    let mut calls = Vec::new();
+                    for i in 0..burst {
+                        match w.leased_get("/leased", "u1", at + i) {
+                            Step::NeedRateLimit(p, call) => {
+                                let sent = rls_hits(&call);
+                                let answer = service.count(&sent);
+                                calls.push((p, answer));
+                            }
+                            Step::Done(Decision::Allow(_), _) => admitted += 1,
+                            s => assert_eq!(s.done_reason(), Some(Reason::RateLimited)),
+                        }
+                    }
+                    match order {
+                        1 => calls.reverse(),
+                        2 => {
+                            let n = calls.len();
+                            calls.rotate_left(n / 2);
+                        }
+                        _ => {}
+                    }
+                    for (p, answer) in calls {
+                        if matches!(
+                            w.answer(p, &answer, at + 50),
+                            Step::Done(Decision::Allow(_), _)
+                        ) {
+                            admitted += 1;
+                        }
+                    }
+                }
+                assert_eq!(admitted, 10, "size {size}, burst {burst}, order {order}");
+            }
+        }
+    }
+}
+
+/// The shadow-mode replay check (f5b702c)
+/// with a misbehaving service: no status for the `jti` descriptor (fewer
+/// statuses than descriptors) is the service failing, never a pass; and
+/// with `replay.scope: local` a service status is not read as a replay.
+#[test]
+fn shadow_mode_replay_check_with_missing_statuses_and_local_scope() {
+    use crate::ratelimit::rls::Code;
+    let world = |scope: &str| {
+        World::from(json!({
+            "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+            "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                        "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                        "replay": {"claim": "jti", "scope": scope}}],
+            "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"],
+                        "rate_limits": [{"name": "per-user",
+                                         "entries": [{"type": "header", "name": "x-user"}]}]}]
+        }))
+    };
+    let token = |jti: &str| {
+        hs256_raw(
+            SECRET,
+            &json!({"alg": "HS256", "typ": "JWT"}),
+            &json!({"iat": NOW, "exp": NOW + 60, "jti": jti}),
+        )
+    };
+    // Service scope, the answer has one status for two descriptors.
+    let w = world("service");
+    let t = token("short");
+    let h = headers(&[
+        (":method", "GET"),
+        (":path", "/x"),
+        ("x-token", &t),
+        ("x-user", "u1"),
+    ]);
+    let Step::NeedRateLimit(p, call) = evaluate(&w.ctx(), &Request::new(&h, None), NOW) else {
+        panic!("a call")
+    };
+    assert_eq!(rls_hits_any(&call), 2);
+    let resp = ok_response(1, 5, Some(1_000));
+    let r = evaluate_rls(&w.ctx(), p, Ok(&resp), NOW).done_reason();
+    assert_eq!(
+        r,
+        Some(Reason::RatelimitUnavailable),
+        "no status for the jti"
+    );
+    // Local scope: the service's statuses are the route's only; a status
+    // OVER_LIMIT under an overall OK (shadow mode) refuses nothing.
+    let w = world("local");
+    let t = token("local-1");
+    let h = headers(&[
+        (":method", "GET"),
+        (":path", "/x"),
+        ("x-token", &t),
+        ("x-user", "u1"),
+    ]);
+    let Step::NeedRateLimit(p, call) = evaluate(&w.ctx(), &Request::new(&h, None), NOW) else {
+        panic!("a call")
+    };
+    assert_eq!(rls_hits_any(&call), 1);
+    let mut resp = ok_response(1, 0, Some(1_000));
+    resp.statuses[0].code = Code::OverLimit as i32;
+    let r = evaluate_rls(&w.ctx(), p, Ok(&resp), NOW).done_reason();
+    assert_eq!(
+        r, None,
+        "global shadow mode: the route's limit refuses nothing"
+    );
+}
+
+/// The number of descriptors of a call, any domain.
+fn rls_hits_any(call: &RlsCall) -> usize {
+    use prost::Message;
+    crate::ratelimit::rls::RateLimitRequest::decode(call.message.as_slice())
+        .unwrap()
+        .descriptors
+        .len()
+}
+
 #[test]
 fn binding_edges_hold() {
     // Probes that hold (kept as regression tests): the bound header absent,

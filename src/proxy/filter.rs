@@ -264,9 +264,12 @@ impl GuardFilter {
 
     /// Whether `name` (in any spelling, see [`reserved_header`]) carries a
     /// credential appguard checks in the headers: the API-key header, a
-    /// token provider's header, or a header a token is bound to (a session
+    /// token provider's header, a header a token is bound to (a session
     /// id, a bearer token: a trailer copy would pair a captured token with
-    /// another value than the one its binding checked).
+    /// another value than the one its binding checked), or one a request
+    /// signature must cover (`message_signing.components`, the signature
+    /// headers, `content-digest` and `content-type`: a trailer copy would
+    /// stand beside the signed value).
     fn is_credential(&self, name: &str) -> bool {
         let Some(w) = self.worker.as_ref() else {
             return false;
@@ -284,6 +287,23 @@ impl GuardFilter {
                 .filter_map(|p| p.binding.as_ref())
                 .flat_map(|b| b.headers.iter())
                 .any(|h| same(h))
+            || w.config.providers.iter().any(|p| {
+                p.message_signing.as_ref().is_some_and(|m| {
+                    [
+                        "signature",
+                        "signature-input",
+                        "content-digest",
+                        "content-type",
+                    ]
+                    .iter()
+                    .any(|h| same(h))
+                        || m.policy
+                            .required_components
+                            .iter()
+                            .filter(|c| !c.starts_with('@'))
+                            .any(|c| same(c))
+                })
+            })
     }
 
     /// Evaluates (or re-evaluates, after keys arrived) and acts on the step.

@@ -358,9 +358,7 @@ fn checked_header(h: &HeaderValue) -> Option<(String, String)> {
     } else {
         h.value.as_str()
     };
-    if value.len() > MAX_HEADER_VALUE_BYTES
-        || value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
-    {
+    if value.len() > MAX_HEADER_VALUE_BYTES || value.chars().any(|c| c.is_control() && c != '\t') {
         return None;
     }
     Some((name, value.to_owned()))
@@ -711,6 +709,25 @@ mod tests {
         );
         assert_eq!(v.response_headers, pairs(&[("x-custom", "1")]));
         assert_eq!(v.skipped_headers, 15);
+    }
+
+    /// The service's header values are "UTF-8 without
+    /// control characters other than tab" (`interpret`'s contract), and
+    /// f5b702c made `claim_to_headers` skip every control character,
+    /// C1 included (U+0085 NEL, U+009B CSI), "as the README says". The
+    /// service's headers, which reach the same upstream, still let the C1
+    /// controls through.
+    #[test]
+    fn service_headers_skip_c1_controls() {
+        let mut r = response(Code::Ok, vec![]);
+        r.request_headers_to_add = vec![
+            header("x-nel", "a\u{85}x-appguard-app: forged"),
+            header("x-csi", "a\u{9b}31m"),
+            header("x-ok", "v"),
+        ];
+        let v = interpret(&r, 0, NOW).unwrap();
+        assert_eq!(v.request_headers, pairs(&[("x-ok", "v")]));
+        assert_eq!(v.skipped_headers, 2);
     }
 
     #[test]

@@ -485,3 +485,69 @@ fn made_up_signatures_spend_the_failure_budget_then_cost_no_verification() {
     assert_eq!(up.seen().len(), 1);
     envoy.assert_vm_healthy();
 }
+
+/// f5b702c cut the headers a token is bound to from the
+/// trailers, since an upstream that merges trailers into the headers would
+/// read a copy nobody checked. A header the request signature covers
+/// (`message_signing.components`) is bound to the request the same way
+/// ("A signature only stops a request being *changed*", README), but a
+/// trailer copy still reaches the upstream: a captured signed request sent
+/// again (it verifies until `created` is `max_age_seconds` old) carries
+/// another `x-amount` in a trailer, and the upstream gets it beside the
+/// signed one.
+#[test]
+fn a_signed_header_sent_again_as_a_trailer_does_not_reach_the_upstream() {
+    let cfg = json!({
+        "tokens": [{"name": "approov", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": harness::tokens::secret_b64()}],
+                    "message_signing": {"claim": "ipk", "max_age_seconds": 60,
+                                        "components": ["x-amount"]}}],
+        "routes": [{"name": "sms", "match": {"prefix": "/v1/"}, "tokens": ["approov"]}]
+    });
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .trailers()
+        .without_buffer_filter()
+        .start();
+    let key = install_key(7);
+    let t = token_for(&key);
+    let headers = vec![
+        ("approov-token".to_string(), t.clone()),
+        ("content-type".to_string(), "application/json".to_string()),
+        ("x-amount".to_string(), "1".to_string()),
+    ];
+    let msg = Message::request(
+        "POST",
+        "http",
+        "localhost",
+        "/v1/sms",
+        None,
+        &headers,
+        Some(BODY.as_bytes()),
+    );
+    let mut comps = default_covered_components(&msg, "approov-token");
+    comps.push("x-amount".to_owned());
+    let sig = sign_request(&key, &msg, &SignatureOptions::new("install", comps, now())).unwrap();
+    let mut req = Req::new("POST", "/v1/sms")
+        .header("approov-token", &t)
+        .header("content-type", "application/json")
+        .header("x-amount", "1")
+        .header("signature-input", &sig.signature_input)
+        .header("signature", &sig.signature)
+        .body(BODY.as_bytes())
+        .trailer("x-checksum", "c1")
+        .trailer("x-amount", "1000000");
+    if let Some(d) = sig.content_digest {
+        req = req.header("content-digest", &d);
+    }
+    let r = envoy.request(req);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(seen.header("x-amount"), Some("1"));
+    assert_eq!(
+        seen.trailers,
+        vec![("x-checksum".to_string(), "c1".to_string())],
+        "a trailer copy of a signed header went upstream unchecked"
+    );
+    envoy.assert_vm_healthy();
+}
