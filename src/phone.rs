@@ -285,8 +285,9 @@ impl E164 {
 /// - `1` in Mexico (`+52`), the mobile prefix of before 2019, only where
 ///   ten digits follow it (`+52 1 55 …` is `+52 55 …`);
 /// - `8` or `80` in Belarus (`+375`), only in a whole number and before
-///   nine digits that do not start with `0`, or ten of its `9…` premium
-///   range (`+375 8 029 …` and `+375 80 29 …` are `+375 29 …`).
+///   nine digits that do not start with `0`, or ten of its premium
+///   ranges `810…` and `9…` (`+375 8 029 …` and `+375 80 29 …` are
+///   `+375 29 …`).
 ///
 /// The one rule for numbers ([`E164::without_trunk_prefix`]) and
 /// configured prefixes alike.
@@ -309,13 +310,15 @@ fn split_trunk(digits: &str, whole: bool) -> Option<(&str, &str)> {
         "7" => by_length('8', 10),
         "370" => by_length('8', 8),
         // Belarus's `8`, and `80` (libphonenumber's `0|80?`), before nine
-        // digits, or ten of its premium `9…` range (`+375 8 902 …`); never
+        // digits, or ten of its premium `810…` and `9…` ranges (`+375 8 902
+        // …`); never
         // before a `0`, so that a toll-free `+375 800 …` or `820 …` stays.
         "375" => {
             let national = |n: &&str| {
                 whole
                     && !n.starts_with('0')
-                    && (n.len() == 9 || (n.len() == 10 && n.starts_with('9')))
+                    && (n.len() == 9
+                        || (n.len() == 10 && (n.starts_with('9') || n.starts_with("810"))))
             };
             rest.strip_prefix("80")
                 .filter(national)

@@ -287,13 +287,22 @@ fn command_line_error(e: &clap::Error) -> ExitCode {
         return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
     }
     let mut message = e.render().to_string();
+    // The command's own words (subcommand names) are no secrets.
+    fn names(c: &clap::Command, out: &mut Vec<String>) {
+        for sub in c.get_subcommands() {
+            out.push(sub.get_name().to_owned());
+            names(sub, out);
+        }
+    }
+    let mut words = Vec::new();
+    names(&<Cli as clap::CommandFactory>::command(), &mut words);
     // Option names stay (`--secret-base64`); values go, also after `=`.
     let mut values: Vec<String> = std::env::args_os()
         .skip(1)
         .map(|a| a.to_string_lossy().into_owned())
         .map(|a| match a.split_once('=') {
             Some((name, value)) if name.starts_with("--") => value.to_owned(),
-            _ if looks_like_an_option(&a) => String::new(),
+            _ if looks_like_an_option(&a) || words.contains(&a) => String::new(),
             _ => a,
         })
         .filter(|v| v.len() >= 8)
@@ -562,16 +571,29 @@ fn sign_request(s: SignArgs) -> Result<ExitCode, CliError> {
         .map(|h| sign::parse_header(h).map_err(CliError::input))
         .collect::<Result<Vec<_>, _>>()?;
     let stdin = std::path::Path::new("-");
-    if s.install_key == stdin && s.body_file.as_deref() == Some(stdin) {
+    // Standard input by any name: `-`, `/dev/stdin`, `/dev/fd/0`.
+    let reads_stdin = |path: &Path| {
+        path == stdin
+            || path == Path::new("/dev/stdin")
+            || path == Path::new("/dev/fd/0")
+            || path == Path::new("/proc/self/fd/0")
+    };
+    if reads_stdin(&s.install_key) && s.body_file.as_deref().is_some_and(reads_stdin) {
         return Err(CliError::input(
-            "--install-key - and --body-file - both read standard input: give one of them a file",
+            "--install-key and --body-file both read standard input: give one of them a file",
         ));
     }
     let key = install_key::read_private(&s.install_key)?;
-    // A body file curl cannot read again later (standard input as `-` or
-    // `/dev/stdin`, a pipe, a process substitution's `/dev/fd/N`) goes
+    // A body file curl cannot read again later (standard input by any
+    // name, even redirected from a file; a pipe; a process substitution's
+    // `/dev/fd/N`; anything under `/dev` or not a regular file) goes
     // inline in the curl line, as `-` does.
-    let inline = |path: &Path| path == stdin || !std::fs::metadata(path).is_ok_and(|m| m.is_file());
+    let inline = |path: &Path| {
+        reads_stdin(path)
+            || path.starts_with("/dev")
+            || path.starts_with("/proc")
+            || !std::fs::metadata(path).is_ok_and(|m| m.is_file())
+    };
     let body = match (&s.body, &s.body_file) {
         (Some(b), _) => Some(b.clone().into_bytes()),
         (None, Some(path)) => {

@@ -6,7 +6,8 @@
 mod common;
 
 use appguard::signing::InstallKey;
-use common::{cli, cli_with_stdin, curl_line_of, loopback, ok, run_curl, s, verify_captured};
+use common::{cli, cli_with_stdin, curl_line_of, loopback, ok, repo, run_curl, s, verify_captured};
+use std::process::{Command, Stdio};
 
 /// `openssl rand -base64 64` wraps its output at 64 columns (the CLI's own
 /// `--secret-file` reader says so), so `--secret-base64 $SECRET` with the
@@ -163,4 +164,113 @@ fn a_body_from_dev_stdin_is_sent_as_signed() {
             String::from_utf8_lossy(&sent.body)
         );
     }
+}
+
+/// `appguard-cli mint sign-request --body-file /dev/stdin < body.json`:
+/// standard input is a regular file, so `/dev/stdin` (a link to
+/// `/proc/self/fd/0`, then to body.json) passes 762a5cd's `is_file()` test
+/// and the curl line says `--data-binary @/dev/stdin`. Run later, curl reads
+/// its own standard input (a terminal, or nothing) and sends another body
+/// than the one signed: the filter refuses it (content-digest). The case
+/// the commit meant to mend, in its most usual shell form.
+#[test]
+fn a_body_from_dev_stdin_redirected_from_a_file_is_inlined() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("install.pem");
+    ok(&["mint", "install-key", "--out", s(&key)]);
+    let secret = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]);
+    let token = ok(&[
+        "mint",
+        "--alg",
+        "HS256",
+        "--secret-base64",
+        &secret,
+        "--ipk-from",
+        s(&key),
+    ]);
+    let body_path = dir.path().join("body.json");
+    std::fs::write(&body_path, "{\"to\": \"+447700900123\"}").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_appguard-cli"))
+        .args([
+            "mint",
+            "sign-request",
+            "--install-key",
+            s(&key),
+            "--method",
+            "POST",
+            "--url",
+            "http://127.0.0.1:9/v1/sms",
+            "--header",
+            "content-type: application/json",
+            "--body-file",
+            "/dev/stdin",
+            "--token",
+            token.trim(),
+        ])
+        .current_dir(repo())
+        .stdin(Stdio::from(std::fs::File::open(&body_path).unwrap()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let curl = curl_line_of(&stdout);
+    assert!(
+        !curl.contains("@/dev/stdin"),
+        "curl will read its own standard input, not the body signed: {curl}"
+    );
+}
+
+/// 762a5cd's `command_line_error` replaces every argument of 8 characters
+/// or more in clap's message, subcommand names included: `check-config`,
+/// `sign-request`, `install-key`, `fingerprint`, `hash-key`. The usage line
+/// of every error under them names no command.
+#[test]
+fn a_command_line_error_keeps_the_subcommand_in_its_usage_line() {
+    let r = cli(&["check-config", "appguard.yaml", "--no-such-option"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("Usage: appguard-cli check-config"),
+        "usage line without its command:\n{}",
+        r.stderr
+    );
+}
+
+/// `--install-key - --body-file -` is refused ("both read standard
+/// input"); 762a5cd makes `/dev/stdin` standard input for the body too, but
+/// `--install-key - --body-file /dev/stdin` is still taken: the key reads
+/// all of standard input, the body reads nothing, and the request is signed
+/// (exit 0) for an empty body the operator never meant to send.
+#[test]
+fn install_key_and_body_both_from_standard_input_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("install.pem");
+    ok(&["mint", "install-key", "--out", s(&key)]);
+    let pem = std::fs::read_to_string(&key).unwrap();
+    let r = common::cli_with_stdin(
+        &[
+            "mint",
+            "sign-request",
+            "--install-key",
+            "-",
+            "--method",
+            "POST",
+            "--url",
+            "http://127.0.0.1:9/v1/sms",
+            "--body-file",
+            "/dev/stdin",
+            "--token",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
+        ],
+        Some(&pem),
+    );
+    assert_ne!(
+        r.code,
+        0,
+        "signed an empty body, standard input read twice:\n{}",
+        r.all()
+    );
 }

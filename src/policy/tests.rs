@@ -8491,3 +8491,46 @@ fn body_sizes_at_the_limit_and_empty_bodies() {
         Some(Reason::BodyInvalid)
     );
 }
+
+#[test]
+fn belarus_trunk_8_before_the_810_premium_range() {
+    // libphonenumber (BY: nationalPrefixForParsing `0|80?`, premiumRate
+    // `(?:810|902)\d{7}`) reads `+375 8 810 123 4567` and `+375 80 810 123
+    // 4567` as the premium `+375 810 123 4567` (`88101234567` is no BY
+    // number; `8101234567` is). 79293b5 reads the `8` off only before nine
+    // digits or ten of `9…`: the `810` premium range, ten digits of `8…`,
+    // keeps its trunk prefix, and goes past a denied `+375 810`.
+    let mut passed = Vec::new();
+    for default in [None, Some("375")] {
+        let mut phone = json!({"denied_prefixes": ["+375 810"],
+                               "hash_key_base64": STANDARD.encode([5u8; 32])});
+        if let Some(cc) = default {
+            phone["default_calling_code"] = json!(cc);
+        }
+        let w = sms_world(phone);
+        let to = |n: &str| {
+            sms_outcome(
+                &w,
+                "/sms",
+                &format!(r#"{{"to":"{n}","msg":{{"lang":"en"}}}}"#),
+            )
+        };
+        assert_eq!(to("+375 810 123 4567").0, Some(Reason::PhoneDenied));
+        let mut spellings = vec!["+375 8 810 123 4567", "+375 80 810 123 4567"];
+        if default.is_some() {
+            spellings.extend(["8 810 123 4567"]);
+        }
+        for n in spellings {
+            if !matches!(
+                to(n).0,
+                Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)
+            ) {
+                passed.push(format!("default {default:?}: {n:?} not denied"));
+            }
+        }
+    }
+    assert!(
+        passed.is_empty(),
+        "denied +375 810 premium let through: {passed:#?}"
+    );
+}
