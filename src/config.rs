@@ -4409,43 +4409,63 @@ mod tests {
             assert!(Config::from_json(delegated(v).as_bytes()).is_ok(), "{v}");
         }
     }
+}
+
+/// Config error paths against serde_path_to_error's, on hand-written
+/// documents (review56): escaped keys, nested arrays, literals cut short.
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod error_paths {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn want_path(bytes: &[u8]) -> Option<String> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let e = serde_path_to_error::deserialize::<_, RawConfig>(de).err()?;
+        let want = e.path().to_string();
+        let want = if want == "." { String::new() } else { want };
+        Some(without_odd_names(&want))
+    }
+
+    fn got_path(bytes: &[u8]) -> Option<String> {
+        raw_from_json(bytes).err().map(|e| e.path)
+    }
+
+    fn nodes(v: &Value, at: Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(at.clone());
+        match v {
+            Value::Object(m) => {
+                for (k, c) in m {
+                    let mut p = at.clone();
+                    p.push(k.clone());
+                    nodes(c, p, out);
+                }
+            }
+            Value::Array(a) => {
+                for (i, c) in a.iter().enumerate() {
+                    let mut p = at.clone();
+                    p.push(i.to_string());
+                    nodes(c, p, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn node<'v>(v: &'v mut Value, at: &[String]) -> &'v mut Value {
+        at.iter().fold(v, |v, k| match v {
+            Value::Object(m) => m.get_mut(k).unwrap(),
+            Value::Array(a) => &mut a[k.parse::<usize>().unwrap()],
+            _ => unreachable!(),
+        })
+    }
 
     /// The error paths found from serde_json's position (`json_path_at`)
     /// are those a deserializer tracking the path as it goes
     /// (serde_path_to_error) gives, for every node of the examples turned
     /// into an unknown field, a value of another type, an empty list or
     /// object, or with a field taken out; written compact and pretty.
-    #[cfg(not(target_arch = "wasm32"))]
     #[test]
     fn error_paths_are_those_a_path_tracking_deserializer_gives() {
-        use serde_json::{json, Value};
-        fn nodes(v: &Value, at: Vec<String>, out: &mut Vec<Vec<String>>) {
-            out.push(at.clone());
-            match v {
-                Value::Object(m) => {
-                    for (k, c) in m {
-                        let mut p = at.clone();
-                        p.push(k.clone());
-                        nodes(c, p, out);
-                    }
-                }
-                Value::Array(a) => {
-                    for (i, c) in a.iter().enumerate() {
-                        let mut p = at.clone();
-                        p.push(i.to_string());
-                        nodes(c, p, out);
-                    }
-                }
-                _ => {}
-            }
-        }
-        fn node<'v>(v: &'v mut Value, at: &[String]) -> &'v mut Value {
-            at.iter().fold(v, |v, k| match v {
-                Value::Object(m) => m.get_mut(k).unwrap(),
-                Value::Array(a) => &mut a[k.parse::<usize>().unwrap()],
-                _ => unreachable!(),
-            })
-        }
         let examples = [
             include_str!("../examples/approov.json"),
             include_str!("../examples/firebase-app-check.json"),
@@ -4520,54 +4540,6 @@ mod tests {
             differ.len(),
             &differ[..differ.len().min(20)]
         );
-    }
-}
-/// Config error paths against serde_path_to_error's, on hand-written
-/// documents (review56): escaped keys, nested arrays, literals cut short.
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod error_paths {
-    use super::*;
-    use serde_json::{json, Value};
-
-    fn want_path(bytes: &[u8]) -> Option<String> {
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let e = serde_path_to_error::deserialize::<_, RawConfig>(de).err()?;
-        let want = e.path().to_string();
-        let want = if want == "." { String::new() } else { want };
-        Some(without_odd_names(&want))
-    }
-
-    fn got_path(bytes: &[u8]) -> Option<String> {
-        raw_from_json(bytes).err().map(|e| e.path)
-    }
-
-    fn nodes(v: &Value, at: Vec<String>, out: &mut Vec<Vec<String>>) {
-        out.push(at.clone());
-        match v {
-            Value::Object(m) => {
-                for (k, c) in m {
-                    let mut p = at.clone();
-                    p.push(k.clone());
-                    nodes(c, p, out);
-                }
-            }
-            Value::Array(a) => {
-                for (i, c) in a.iter().enumerate() {
-                    let mut p = at.clone();
-                    p.push(i.to_string());
-                    nodes(c, p, out);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn node<'v>(v: &'v mut Value, at: &[String]) -> &'v mut Value {
-        at.iter().fold(v, |v, k| match v {
-            Value::Object(m) => m.get_mut(k).unwrap(),
-            Value::Array(a) => &mut a[k.parse::<usize>().unwrap()],
-            _ => unreachable!(),
-        })
     }
 
     /// Raw-text variants: a marker value replaced by raw JSON text.
