@@ -278,10 +278,11 @@ impl E164 {
 /// - `06` in Hungary (`+36 06 90 …`), in a whole number only where what
 ///   follows it is as long as a Hungarian number (eight or nine digits):
 ///   `+36 0 62 …` is Szeged (`62`) with a trunk `0`;
-/// - `8` in Russia and Kazakhstan (`+7`) and Lithuania (`+370`), only in a
-///   whole number (`whole`) one digit longer than their national numbers
-///   (ten and eight digits), as libphonenumber reads it: `+7 8 809 …` is
-///   `+7 809 …`, while `+7 812 …` is St Petersburg;
+/// - `8` in Russia and Kazakhstan (`+7`), Lithuania (`+370`) and
+///   Turkmenistan (`+993`), only in a whole number (`whole`) one digit
+///   longer than their national numbers (ten, eight and eight digits), as
+///   libphonenumber reads it: `+7 8 809 …` is `+7 809 …`, while
+///   `+7 812 …` is St Petersburg;
 /// - `1` in Mexico (`+52`), the mobile prefix of before 2019, only where
 ///   ten digits follow it (`+52 1 55 …` is `+52 55 …`);
 /// - `8` or `80` in Belarus (`+375`), only in a whole number and before
@@ -309,6 +310,8 @@ fn split_trunk(digits: &str, whole: bool) -> Option<(&str, &str)> {
             .filter(|n| !whole || (8..=9).contains(&n.len())),
         "7" => by_length('8', 10),
         "370" => by_length('8', 8),
+        // Turkmenistan's `8` before its eight digits (which start 1–6).
+        "993" => by_length('8', 8),
         // Belarus's `8`, and `80` (libphonenumber's `0|80?`), before nine
         // digits, or ten of its premium `810…` and `9…` ranges (`+375 8 902
         // …`); never

@@ -8375,6 +8375,41 @@ fn international_prefixes_other_than_00_do_not_take_a_number_past_denied_prefixe
     );
 }
 
+/// Turkmenistan (`+993`) writes its trunk prefix `8` before its eight
+/// digits (libphonenumber's `nationalPrefix` `8`), as Lithuania does:
+/// `+993 8 12 345678` is `+993 12 345678`, for denied prefixes and the
+/// per-number key; a national `8 …` under a `993` default too.
+#[test]
+fn turkmenistan_trunk_prefix_8_is_read_off() {
+    for default in [None, Some("993")] {
+        let mut phone = json!({"denied_prefixes": ["+993 12"],
+                               "hash_key_base64": STANDARD.encode([5u8; 32])});
+        if let Some(cc) = default {
+            phone["default_calling_code"] = json!(cc);
+        }
+        let w = sms_world(phone);
+        let to = |n: &str| {
+            sms_outcome(
+                &w,
+                "/sms",
+                &format!(r#"{{"to":"{n}","msg":{{"lang":"en"}}}}"#),
+            )
+        };
+        assert_eq!(to("+993 12 345678").0, Some(Reason::PhoneDenied));
+        assert_eq!(
+            to("+993 8 12 345678").0,
+            Some(Reason::PhoneDenied),
+            "{default:?}"
+        );
+        if default.is_some() {
+            assert_eq!(to("8 12 345678").0, Some(Reason::PhoneDenied));
+        }
+        let mobile = to("+993 66 123456");
+        assert_eq!(mobile.0, None);
+        assert_eq!(to("+993 8 66 123456"), mobile, "{default:?}");
+    }
+}
+
 #[test]
 fn belarus_trunk_prefix_8_does_not_take_a_number_past_denied_prefixes() {
     // Belarus (`+375`) writes its trunk prefix `8` (libphonenumber's
