@@ -14,10 +14,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-
-use tracing::warn;
 
 use crate::http::HttpState;
 
@@ -80,16 +77,9 @@ impl tonic::server::UnaryService<HealthCheckRequest> for CheckSvc {
             if !service.is_empty() && service != RLS_NAME && service != "ratelimit" {
                 return Err(tonic::Status::not_found("unknown service"));
             }
-            let status = if state.shutting_down.load(Ordering::Relaxed) {
-                NOT_SERVING
-            } else {
-                match state.backend.check().await {
-                    Ok(()) => SERVING,
-                    Err(e) => {
-                        warn!(backend = state.backend.kind(), error = %e, "health check failed");
-                        NOT_SERVING
-                    }
-                }
+            let status = match state.health().await {
+                Ok(()) => SERVING,
+                Err(_) => NOT_SERVING,
             };
             Ok(tonic::Response::new(HealthCheckResponse { status }))
         })

@@ -39,22 +39,26 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-async fn healthcheck(State(state): State<HttpState>) -> (StatusCode, String) {
-    if state.shutting_down.load(Ordering::Relaxed) {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "shutting down\n".to_owned(),
-        );
-    }
-    match state.backend.check().await {
-        Ok(()) => (StatusCode::OK, "OK".to_owned()),
-        Err(e) => {
-            warn!(backend = state.backend.kind(), error = %e, "health check failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("{} unavailable: {e}\n", state.backend.kind()),
-            )
+impl HttpState {
+    /// Whether the service can answer rate-limit calls: not shutting down,
+    /// and the store able to count (a failed check is logged). The one
+    /// rule of `/healthcheck` and the gRPC health service
+    /// ([`crate::health`]); the error says why, for `/healthcheck`'s body.
+    pub async fn health(&self) -> Result<(), String> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err("shutting down\n".to_owned());
         }
+        self.backend.check().await.map_err(|e| {
+            warn!(backend = self.backend.kind(), error = %e, "health check failed");
+            format!("{} unavailable: {e}\n", self.backend.kind())
+        })
+    }
+}
+
+async fn healthcheck(State(state): State<HttpState>) -> (StatusCode, String) {
+    match state.health().await {
+        Ok(()) => (StatusCode::OK, "OK".to_owned()),
+        Err(why) => (StatusCode::INTERNAL_SERVER_ERROR, why),
     }
 }
 
