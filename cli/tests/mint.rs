@@ -11,7 +11,8 @@ use appguard::signing::{verify, InstallKey, Message, SigningPolicy};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use common::{
-    cli, cli_with_stdin, curl_line_of, loopback, ok, openssl_run, run_curl, s, verify_captured,
+    cli, cli_with_stdin, curl_line_of, install_key_and_token, loopback, ok, openssl_run, run_curl,
+    s, verify_captured,
 };
 use jwt_simple::prelude::*;
 use serde_json::{Map, Value};
@@ -727,23 +728,6 @@ fn argument_errors_echo_no_credentials() {
     }
 }
 
-/// An install key and a token (HS256) carrying its `ipk`.
-fn install_key_and_token(dir: &std::path::Path) -> (std::path::PathBuf, String) {
-    let (_, b64) = secret();
-    let key = dir.join("install.pem");
-    ok(&["mint", "install-key", "--out", s(&key)]);
-    let token = ok(&[
-        "mint",
-        "--alg",
-        "HS256",
-        "--secret-base64",
-        &b64,
-        "--ipk-from",
-        s(&key),
-    ]);
-    (key, token.trim().to_owned())
-}
-
 /// A body without `--header content-type`: curl would send its own
 /// `application/x-www-form-urlencoded`, unsigned. The CLI signs and sends
 /// `content-type: application/json` instead, covered, and says so; what
@@ -751,7 +735,7 @@ fn install_key_and_token(dir: &std::path::Path) -> (std::path::PathBuf, String) 
 #[test]
 fn a_body_without_content_type_is_signed_and_sent_as_json() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, token) = install_key_and_token(dir.path());
+    let (key, token) = install_key_and_token(dir.path(), &secret().1);
     let (listener, port) = loopback();
     let authority = format!("127.0.0.1:{port}");
     let r = cli(&[
@@ -791,7 +775,7 @@ fn a_body_without_content_type_is_signed_and_sent_as_json() {
 #[test]
 fn an_empty_header_value_is_sent_as_signed() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, token) = install_key_and_token(dir.path());
+    let (key, token) = install_key_and_token(dir.path(), &secret().1);
     let (listener, port) = loopback();
     let authority = format!("127.0.0.1:{port}");
     let r = cli(&[
@@ -827,7 +811,7 @@ fn an_empty_header_value_is_sent_as_signed() {
 #[test]
 fn a_body_from_standard_input_goes_inline_in_the_curl_line() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, token) = install_key_and_token(dir.path());
+    let (key, token) = install_key_and_token(dir.path(), &secret().1);
     let (listener, port) = loopback();
     let authority = format!("127.0.0.1:{port}");
     let url = format!("http://{authority}/v1/sms");
@@ -869,7 +853,7 @@ fn a_body_from_standard_input_goes_inline_in_the_curl_line() {
 #[test]
 fn a_url_curl_would_refuse_is_not_signed() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, token) = install_key_and_token(dir.path());
+    let (key, token) = install_key_and_token(dir.path(), &secret().1);
     for (url, why) in [
         ("https://api.example.com/v1/a b", "space"),
         ("https://api.example.com/v1/caf\u{e9}", "non-ASCII"),
@@ -899,7 +883,7 @@ fn a_url_curl_would_refuse_is_not_signed() {
 #[test]
 fn a_bearer_prefixed_token_is_checked_without_its_prefix() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, token) = install_key_and_token(dir.path());
+    let (key, token) = install_key_and_token(dir.path(), &secret().1);
     let sign = |key_file: &std::path::Path| {
         cli(&[
             "mint",
@@ -939,7 +923,7 @@ fn a_bearer_prefixed_token_is_checked_without_its_prefix() {
 #[test]
 fn a_component_header_name_in_any_case_is_covered() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, token) = install_key_and_token(dir.path());
+    let (key, token) = install_key_and_token(dir.path(), &secret().1);
     let (listener, port) = loopback();
     let authority = format!("127.0.0.1:{port}");
     let r = cli(&[

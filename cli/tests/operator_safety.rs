@@ -6,7 +6,13 @@
 mod common;
 
 use appguard::signing::InstallKey;
-use common::{cli, cli_with_stdin, curl_line_of, loopback, ok, repo, run_curl, s, verify_captured};
+use common::{
+    cli, cli_with_stdin, curl_line_of, install_key_and_token, loopback, ok, repo, run_curl, s,
+    verify_captured,
+};
+
+/// The HMAC secret of the tokens minted here (32 bytes of 7, base64).
+const SECRET_B64: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
 use std::process::{Command, Stdio};
 
 /// `openssl rand -base64 64` wraps its output at 64 columns (the CLI's own
@@ -115,19 +121,7 @@ fn ratelimit_config_warns_of_a_lease_larger_than_the_services_limit() {
 #[test]
 fn a_body_from_dev_stdin_is_sent_as_signed() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("install.pem");
-    ok(&["mint", "install-key", "--out", s(&key)]);
-    let secret = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]);
-    let token = ok(&[
-        "mint",
-        "--alg",
-        "HS256",
-        "--secret-base64",
-        &secret,
-        "--ipk-from",
-        s(&key),
-    ]);
-    let token = token.trim().to_owned();
+    let (key, token) = install_key_and_token(dir.path(), SECRET_B64);
     let (listener, port) = loopback();
     let authority = format!("127.0.0.1:{port}");
     let url = format!("http://{authority}/v1/sms");
@@ -176,18 +170,7 @@ fn a_body_from_dev_stdin_is_sent_as_signed() {
 #[test]
 fn a_body_from_dev_stdin_redirected_from_a_file_is_inlined() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("install.pem");
-    ok(&["mint", "install-key", "--out", s(&key)]);
-    let secret = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]);
-    let token = ok(&[
-        "mint",
-        "--alg",
-        "HS256",
-        "--secret-base64",
-        &secret,
-        "--ipk-from",
-        s(&key),
-    ]);
+    let (key, token) = install_key_and_token(dir.path(), SECRET_B64);
     let body_path = dir.path().join("body.json");
     std::fs::write(&body_path, "{\"to\": \"+447700900123\"}").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_appguard-cli"))
@@ -205,7 +188,7 @@ fn a_body_from_dev_stdin_redirected_from_a_file_is_inlined() {
             "--body-file",
             "/dev/stdin",
             "--token",
-            token.trim(),
+            &token,
         ])
         .current_dir(repo())
         .stdin(Stdio::from(std::fs::File::open(&body_path).unwrap()))

@@ -6747,6 +6747,26 @@ fn sms_world(phone: Value) -> World {
 /// The service descriptors of a rate-limit call.
 type Descriptors = Vec<Vec<(String, String)>>;
 
+/// [`sms_world`] with these denied prefixes and default calling code (the
+/// phone hash key fixed).
+fn phone_world(denied: &[&str], default: Option<&str>) -> World {
+    let mut phone = json!({"denied_prefixes": denied,
+                           "hash_key_base64": STANDARD.encode([5u8; 32])});
+    if let Some(cc) = default {
+        phone["default_calling_code"] = json!(cc);
+    }
+    sms_world(phone)
+}
+
+/// [`sms_outcome`] of an SMS to the number `n` on `/sms`.
+fn sms_to(w: &World, n: &str) -> (Option<Reason>, Option<Descriptors>) {
+    sms_outcome(
+        w,
+        "/sms",
+        &format!(r#"{{"to":"{n}","msg":{{"lang":"en"}}}}"#),
+    )
+}
+
 /// The decision's reason (`None`: on to the rate-limit call, whose
 /// descriptors come second).
 fn sms_outcome(w: &World, path: &str, body: &str) -> (Option<Reason>, Option<Descriptors>) {
@@ -6800,13 +6820,7 @@ fn trunk_prefixes_other_than_zero_are_read_off_for_denied_prefixes_and_keys() {
     let w = sms_world(json!({"default_calling_code": "1",
                              "denied_prefixes": ["+1 900", "+7 809", "+36 90", "+370 900"],
                              "hash_key_base64": STANDARD.encode([5u8; 32])}));
-    let to = |n: &str| {
-        sms_outcome(
-            &w,
-            "/sms",
-            &format!(r#"{{"to":"{n}","msg":{{"lang":"en"}}}}"#),
-        )
-    };
+    let to = |n: &str| sms_to(&w, n);
     for n in [
         "+1 900 555 1234",
         "+1 1900 555 1234",
@@ -6852,14 +6866,7 @@ fn the_national_prefix_defaults_to_the_calling_codes_own() {
         json!({"default_calling_code": "39", "denied_prefixes": ["+39 06"],
                               "hash_key_base64": STANDARD.encode([5u8; 32])}),
     );
-    let to = |w: &World, n: &str| {
-        sms_outcome(
-            w,
-            "/sms",
-            &format!(r#"{{"to":"{n}","msg":{{"lang":"en"}}}}"#),
-        )
-        .0
-    };
+    let to = |w: &World, n: &str| sms_to(w, n).0;
     assert_eq!(to(&us, "1 900 555 1234"), Some(Reason::PhoneDenied));
     assert_eq!(to(&it, "06 1234 5678"), Some(Reason::PhoneDenied));
     // Hungary writes them with `06`: read as `0` (the old default),
@@ -8347,16 +8354,8 @@ fn international_prefixes_other_than_00_do_not_take_a_number_past_denied_prefixe
         ("52", ["09 1 900 555 1234", "09 882 1234 5678"]),
         ("65", ["012 1 900 555 1234", "012 882 1234 5678"]),
     ] {
-        let w = sms_world(json!({"default_calling_code": cc,
-                                 "denied_prefixes": ["+882", "+1 900", "+81 990"],
-                                 "hash_key_base64": STANDARD.encode([5u8; 32])}));
-        let to = |n: &str| {
-            sms_outcome(
-                &w,
-                "/sms",
-                &format!(r#"{{"to":"{n}","msg":{{"lang":"en"}}}}"#),
-            )
-        };
+        let w = phone_world(&["+882", "+1 900", "+81 990"], Some(cc));
+        let to = |n: &str| sms_to(&w, n);
         assert_eq!(to("+1 900 555 1234").0, Some(Reason::PhoneDenied));
         assert_eq!(to("+882 1234 5678").0, Some(Reason::PhoneDenied));
         assert_eq!(to("+81 990 123 456").0, Some(Reason::PhoneDenied));
@@ -8382,19 +8381,8 @@ fn international_prefixes_other_than_00_do_not_take_a_number_past_denied_prefixe
 #[test]
 fn turkmenistan_trunk_prefix_8_is_read_off() {
     for default in [None, Some("993")] {
-        let mut phone = json!({"denied_prefixes": ["+993 12"],
-                               "hash_key_base64": STANDARD.encode([5u8; 32])});
-        if let Some(cc) = default {
-            phone["default_calling_code"] = json!(cc);
-        }
-        let w = sms_world(phone);
-        let to = |n: &str| {
-            sms_outcome(
-                &w,
-                "/sms",
-                &format!(r#"{{"to":"{n}","msg":{{"lang":"en"}}}}"#),
-            )
-        };
+        let w = phone_world(&["+993 12"], default);
+        let to = |n: &str| sms_to(&w, n);
         assert_eq!(to("+993 12 345678").0, Some(Reason::PhoneDenied));
         assert_eq!(
             to("+993 8 12 345678").0,
@@ -8421,19 +8409,8 @@ fn belarus_trunk_prefix_8_does_not_take_a_number_past_denied_prefixes() {
     // and defaults `national_prefix` to `0` for `375`.
     let mut passed = Vec::new();
     for default in [None, Some("375")] {
-        let mut phone = json!({"denied_prefixes": ["+375 902"],
-                               "hash_key_base64": STANDARD.encode([5u8; 32])});
-        if let Some(cc) = default {
-            phone["default_calling_code"] = json!(cc);
-        }
-        let w = sms_world(phone);
-        let to = |n: &str| {
-            sms_outcome(
-                &w,
-                "/sms",
-                &format!(r#"{{"to":"{n}","msg":{{"lang":"en"}}}}"#),
-            )
-        };
+        let w = phone_world(&["+375 902"], default);
+        let to = |n: &str| sms_to(&w, n);
         assert_eq!(to("+375 902 123 4567").0, Some(Reason::PhoneDenied));
         let mut spellings = vec!["+375 8 902 123 4567", "+375 80 902 123 4567"];
         if default.is_some() {
@@ -8537,19 +8514,8 @@ fn belarus_trunk_8_before_the_810_premium_range() {
     // keeps its trunk prefix, and goes past a denied `+375 810`.
     let mut passed = Vec::new();
     for default in [None, Some("375")] {
-        let mut phone = json!({"denied_prefixes": ["+375 810"],
-                               "hash_key_base64": STANDARD.encode([5u8; 32])});
-        if let Some(cc) = default {
-            phone["default_calling_code"] = json!(cc);
-        }
-        let w = sms_world(phone);
-        let to = |n: &str| {
-            sms_outcome(
-                &w,
-                "/sms",
-                &format!(r#"{{"to":"{n}","msg":{{"lang":"en"}}}}"#),
-            )
-        };
+        let w = phone_world(&["+375 810"], default);
+        let to = |n: &str| sms_to(&w, n);
         assert_eq!(to("+375 810 123 4567").0, Some(Reason::PhoneDenied));
         let mut spellings = vec!["+375 8 810 123 4567", "+375 80 810 123 4567"];
         if default.is_some() {

@@ -242,3 +242,20 @@ pub fn curl_line_of(stdout: &str) -> String {
     let line = &stdout[start..];
     line.strip_suffix('\n').unwrap_or(line).to_owned()
 }
+
+/// An install key written to `dir`, and a token (HS256 with the base64
+/// secret `secret_b64`) carrying its `ipk`.
+pub fn install_key_and_token(dir: &Path, secret_b64: &str) -> (PathBuf, String) {
+    let key = dir.join("install.pem");
+    ok(&["mint", "install-key", "--out", s(&key)]);
+    let token = ok(&[
+        "mint",
+        "--alg",
+        "HS256",
+        "--secret-base64",
+        secret_b64,
+        "--ipk-from",
+        s(&key),
+    ]);
+    (key, token.trim().to_owned())
+}
