@@ -622,6 +622,15 @@ pub struct Config {
     /// reach the upstream whenever appguard sets nothing (no token on an
     /// optional-token route, a claim missing or too long, monitor mode).
     pub claim_headers: Vec<String>,
+    /// Every header that carries a credential appguard checks in the
+    /// headers: the API-key header, each token provider's header, each
+    /// header a token is bound to, and, where a provider has
+    /// `message_signing`, the signature headers, `content-digest`,
+    /// `content-type` and the headers a signature must cover. A client's
+    /// copy sent as a request trailer is removed (appguard checked only
+    /// the headers' copy). Compiled once here so that a request with
+    /// trailers compares each trailer name with one list.
+    pub credential_headers: Vec<String>,
     /// Whether any route lists `match.methods`. Only then can a
     /// method-override header take a request to another route, so only
     /// then does route matching read those headers (a per-request cost
@@ -2222,6 +2231,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             ),
         ));
     }
+    let credential_headers = credential_headers(&api_keys, &providers);
     Ok(Config {
         mode: raw.mode,
         default_action: raw.default_action,
@@ -2249,7 +2259,46 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         routes_by_host: routes.iter().any(|r| !r.hosts.is_empty()),
         routes,
         claim_headers,
+        credential_headers,
     })
+}
+
+/// The headers of [`Config::credential_headers`], each once.
+fn credential_headers(api_keys: &ApiKeys, providers: &[Provider]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |h: &str| {
+        if !out
+            .iter()
+            .any(|o| crate::request::same_header_name(o.as_bytes(), h.as_bytes()))
+        {
+            out.push(h.to_owned());
+        }
+    };
+    add(&api_keys.header);
+    for p in providers {
+        for s in &p.sources {
+            add(&s.header);
+        }
+        for h in p.binding.iter().flat_map(|b| b.headers.iter()) {
+            add(h);
+        }
+        if let Some(m) = &p.message_signing {
+            for h in [
+                "signature",
+                "signature-input",
+                "content-digest",
+                "content-type",
+            ] {
+                add(h);
+            }
+            for c in m.policy.required_components.iter() {
+                if !c.starts_with('@') {
+                    add(c);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// One `network` section (the configuration's or a route's). A country list

@@ -3974,6 +3974,43 @@ fn headers_appguard_sets_cannot_be_read_from_clients_or_carry_claims() {
 }
 
 #[test]
+fn the_credential_headers_a_trailer_may_not_carry_are_compiled_once() {
+    // The adapter removes a request trailer named like any of these; each
+    // is listed once, whichever providers name it and in whichever spelling.
+    let key = STANDARD.encode(SECRET);
+    let c = Config::from_json(
+        json!({"api_keys": {"header": "x-api-key", "keys": []},
+               "tokens": [{"name": "a", "from": [{"header": "x-app-token"}, {"header": "authorization", "prefix": "Bearer "}],
+                           "keys": [{"alg": "HS256", "secret_base64": key}],
+                           "binding": {"claim": "sid", "headers": ["x-session-id"]}},
+                          {"name": "b", "from": [{"header": "x_app_token"}],
+                           "keys": [{"alg": "HS256", "secret_base64": key}],
+                           "message_signing": {"claim": "ipk", "components": ["@method", "x-session-id", "x-nonce"]}}]})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.credential_headers,
+        vec![
+            "x-api-key",
+            "x-app-token",
+            "authorization",
+            "x-session-id",
+            "signature",
+            "signature-input",
+            "content-digest",
+            "content-type",
+            "x-nonce"
+        ]
+    );
+    // Without API keys, tokens or signing, only the API-key header (its
+    // default name) is one.
+    let c = Config::from_json(b"{}").unwrap();
+    assert_eq!(c.credential_headers, vec![c.api_keys.header.clone()]);
+}
+
+#[test]
 fn a_signature_covers_the_header_the_token_came_from() {
     use crate::signing::{sign_request, InstallSigningKey, SignatureOptions};
     let w = World::from(json!({
@@ -8534,4 +8571,17 @@ fn belarus_trunk_8_before_the_810_premium_range() {
         passed.is_empty(),
         "denied +375 810 premium let through: {passed:#?}"
     );
+}
+
+#[test]
+fn path_characters_are_pchar_but_percent_with_slash_and_brackets() {
+    // `is_path_char` is a `match` for speed: the same set as the list of
+    // RFC 3986's marks it replaced.
+    for b in 0..=255u8 {
+        assert_eq!(
+            crate::policy::is_path_char(b),
+            b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/[]".contains(&b),
+            "byte {b}"
+        );
+    }
 }

@@ -271,39 +271,12 @@ impl GuardFilter {
     /// headers, `content-digest` and `content-type`: a trailer copy would
     /// stand beside the signed value).
     fn is_credential(&self, name: &str) -> bool {
-        let Some(w) = self.worker.as_ref() else {
-            return false;
-        };
-        let same = |h: &str| crate::request::same_header_name(name.as_bytes(), h.as_bytes());
-        same(&w.config.api_keys.header)
-            || w.config
-                .providers
+        self.worker.as_ref().is_some_and(|w| {
+            w.config
+                .credential_headers
                 .iter()
-                .flat_map(|p| p.sources.iter())
-                .any(|s| same(&s.header))
-            || w.config
-                .providers
-                .iter()
-                .filter_map(|p| p.binding.as_ref())
-                .flat_map(|b| b.headers.iter())
-                .any(|h| same(h))
-            || w.config.providers.iter().any(|p| {
-                p.message_signing.as_ref().is_some_and(|m| {
-                    [
-                        "signature",
-                        "signature-input",
-                        "content-digest",
-                        "content-type",
-                    ]
-                    .iter()
-                    .any(|h| same(h))
-                        || m.policy
-                            .required_components
-                            .iter()
-                            .filter(|c| !c.starts_with('@'))
-                            .any(|c| same(c))
-                })
-            })
+                .any(|h| crate::request::same_header_name(name.as_bytes(), h.as_bytes()))
+        })
     }
 
     /// Evaluates (or re-evaluates, after keys arrived) and acts on the step.
