@@ -1658,7 +1658,9 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
         }
         return Step::NeedBody(pending);
     }
-    limits_phase(ctx, req, route, &HashMap::new(), pending, now)
+    // The `jti` was looked up in `check` in this same callback: nothing
+    // can have recorded it since.
+    limits_phase(ctx, req, route, &HashMap::new(), pending, now, false)
 }
 
 /// The decision for a pending evaluation refused by the adapter (a body
@@ -1724,7 +1726,7 @@ pub fn evaluate_body(
         Ok(v) => v,
         Err(r) => return deny(pending, r.into()),
     };
-    limits_phase(ctx, req, route, &values, pending, now)
+    limits_phase(ctx, req, route, &values, pending, now, true)
 }
 
 /// Whether the query carries a parameter named like the first key of a
@@ -2076,7 +2078,10 @@ fn entry_value(
 }
 
 /// Local limits, the over-limit cache, then one call to the service with
-/// every service descriptor.
+/// every service descriptor. `replay_again`: whether to look the token's
+/// `jti` up again (after the body was awaited, another request may have
+/// used it since `check` looked).
+#[allow(clippy::too_many_arguments)]
 fn limits_phase(
     ctx: &Ctx<'_>,
     req: &Request<'_>,
@@ -2084,6 +2089,7 @@ fn limits_phase(
     body: &BodyValues,
     mut pending: Box<Pending>,
     now: u64,
+    replay_again: bool,
 ) -> Step {
     let config = ctx.config;
     // A `jti` already used is refused before any limit counts the request:
@@ -2093,7 +2099,7 @@ fn limits_phase(
     if let Some(m) = pending
         .replay
         .as_ref()
-        .filter(|m| m.scope == ReplayScope::Local)
+        .filter(|m| replay_again && m.scope == ReplayScope::Local)
     {
         if local_replay_seen(ctx, m.provider, &m.digest, now) {
             return deny(pending, Reason::TokenReplayed.into());
@@ -2529,6 +2535,18 @@ fn verify_signature_within_budget(
         facts.budget_refused = true;
         return Err(Reason::SignatureInvalid);
     }
+    // A copy of a signed request accepted before (`single_use`) is a
+    // cheap refusal: looked up by its signature base before the signature
+    // operation (SPEC §3), so that copies of a captured request cost a
+    // hash each, not a verification the budget never counts (they verify).
+    if let Some(ms) = provider.message_signing.as_ref().filter(|ms| ms.single_use) {
+        let msg = signing_message(ctx.config, pi, req, body);
+        if let Some(base) = msg.and_then(|m| signing::base_digest_of(&ms.policy, &m)) {
+            if signed_seen(ctx, provider, &base, now) {
+                return Err(Reason::TokenReplayed);
+            }
+        }
+    }
     let verified = verify_signature(ctx.config, pi, key, req, body, now).map_err(|e| {
         // Charged for the verification it cost, as a token's signature is:
         // malformed fields, a stale `created` or a missing component are
@@ -2571,17 +2589,8 @@ fn signed_once(
     verified: &signing::VerifiedSignature,
     now: u64,
 ) -> Result<SignedMark, Reason> {
-    let digest =
-        store::Keyed128::new(&ctx.bucket_salt, "signed-request").digest(&[&verified.base_digest]);
-    if store::replay_seen(
-        ctx.store,
-        &ctx.bucket_salt,
-        &signed_table(&provider.name),
-        SIGNED_REQUEST_ENTRIES,
-        &[],
-        &digest,
-        now,
-    ) {
+    let digest = signed_digest(ctx, &verified.base_digest);
+    if signed_seen(ctx, provider, &verified.base_digest, now) {
         return Err(Reason::TokenReplayed);
     }
     // Verifiable until `created` is older than the maximum age plus skew.
@@ -2595,6 +2604,31 @@ fn signed_once(
         digest,
         until,
     })
+}
+
+/// The key of a signed request in its provider's table: its signature
+/// base's SHA-256, keyed with the instance's salt.
+fn signed_digest(ctx: &Ctx<'_>, base_digest: &[u8; 32]) -> [u8; 16] {
+    store::Keyed128::new(&ctx.bucket_salt, "signed-request").digest(&[base_digest])
+}
+
+/// Whether a signed request with this signature base was accepted before
+/// (its provider's table of signed requests, `single_use`).
+fn signed_seen(
+    ctx: &Ctx<'_>,
+    provider: &token::Provider,
+    base_digest: &[u8; 32],
+    now: u64,
+) -> bool {
+    store::replay_seen(
+        ctx.store,
+        &ctx.bucket_salt,
+        &signed_table(&provider.name),
+        SIGNED_REQUEST_ENTRIES,
+        &[],
+        &signed_digest(ctx, base_digest),
+        now,
+    )
 }
 
 /// Records a verified request signature in its provider's table of signed
@@ -2661,7 +2695,23 @@ fn verify_signature(
         .map(|(h, _)| h)
         .or_else(|| p.sources.first().map(|s| s.header.as_str()))
         .unwrap_or("");
-    let msg = Message::request(
+    let msg = signing_message(config, provider, req, body).ok_or(SigningError::Missing)?;
+    signing::verify(&ms.policy, &msg, key, token_header, now)
+}
+
+/// The request as provider `provider`'s request signatures cover it
+/// (`None` for a provider without `message_signing`).
+fn signing_message<'m>(
+    config: &Config,
+    provider: usize,
+    req: &'m Request<'_>,
+    body: Option<&'m [u8]>,
+) -> Option<Message<'m>> {
+    config
+        .providers
+        .get(provider)
+        .and_then(|p| p.message_signing.as_ref())?;
+    Some(Message::request(
         req.method(),
         req.header(":scheme").unwrap_or("https"),
         req.header(":authority").unwrap_or(""),
@@ -2669,8 +2719,7 @@ fn verify_signature(
         req.query(),
         req.headers,
         body,
-    );
-    signing::verify(&ms.policy, &msg, key, token_header, now)
+    ))
 }
 
 /// Steps 1 to 5 of SPEC §1 on the header phase: route, network, API key,
@@ -2778,6 +2827,22 @@ fn check(
     };
     // 4. token
     let token = check_token(ctx, req, now, route, grant, facts)?;
+    // A `jti` already used (`replay.scope: local`) is one of the token's
+    // rules (SPEC §3, step 4), and a cheap refusal: it is looked up here,
+    // before the request signature is verified and before the identity,
+    // body and limit checks, so that a copy of a used token costs no
+    // signature work and is refused as what it is. Only looked up: the
+    // value is recorded once every check passed (`limits_phase`, which
+    // looks again, for a copy decided meanwhile on another worker).
+    if let Some(m) = facts
+        .replay
+        .as_ref()
+        .filter(|m| m.scope == ReplayScope::Local)
+    {
+        if local_replay_seen(ctx, m.provider, &m.digest, now) {
+            return Err(Reason::TokenReplayed.into());
+        }
+    }
     // The verified token's own headers go on when its provider forwards
     // them (those another provider of the route removes stay removed).
     if let Some(used) = token
@@ -2848,6 +2913,10 @@ fn check(
         Err(e) => return Err(e),
     };
     let app_idx = app.and_then(|a| config.apps.iter().position(|x| std::ptr::eq(x, a)));
+    // Named from here on, also when refused below (a key restricted to
+    // another app, a platform the route does not take): the denial's log
+    // line shows which app the request established (SPEC §4).
+    facts.app = app_idx;
     if let Some(key) = key {
         if !key.apps.is_empty() && !app_idx.is_some_and(|i| key.apps.contains(&i)) {
             return Err(Reason::ApiKeyRestricted.into());
@@ -2856,7 +2925,6 @@ fn check(
     if !route.platforms.is_empty() && !app.is_some_and(|a| route.platforms.contains(&a.platform)) {
         return Err(Reason::PlatformDenied.into());
     }
-    facts.app = app_idx;
     if let Some(app) = app {
         grant
             .set_headers

@@ -5102,7 +5102,8 @@ fn a_token_that_expires_while_its_body_is_awaited_is_not_recorded_as_fresh() {
         Step::NeedBody(p) => {
             evaluate_body(&w.ctx(), &req, br#"{"to":"a"}"#, p, body_at).done_reason()
         }
-        s => panic!("{s:?}"),
+        // A `jti` used before is refused in the headers phase (step 4).
+        s => s.done_reason(),
     };
     assert_eq!(run(late), Some(Reason::TokenExpired));
     assert_eq!(run(late), Some(Reason::TokenExpired));
@@ -8584,4 +8585,434 @@ fn path_characters_are_pchar_but_percent_with_slash_and_brackets() {
             "byte {b}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// SPEC conformance (review57 `spec`): §4's table row by row, §1's order
+// of checks pair by pair, the denial log's app (§4), and a replayed token
+// refused as a token problem (§3, step 4).
+// ---------------------------------------------------------------------------
+
+/// SPEC §4, row by row: each reason code the table lists has its row's
+/// status and the body `{"error": "<reason>"}`, and there is no other.
+#[test]
+fn spec_every_reason_code_has_the_status_of_its_row() {
+    let rows: [(&[&str], u16); 6] = [
+        (
+            &[
+                "token_missing",
+                "token_malformed",
+                "token_signature",
+                "token_expired",
+                "token_not_yet_valid",
+                "token_lifetime",
+                "token_claims",
+                "token_binding",
+                "token_replayed",
+                "signature_invalid",
+            ],
+            401,
+        ),
+        (
+            &[
+                "route_denied",
+                "ip_denied",
+                "country_denied",
+                "api_key_missing",
+                "api_key_invalid",
+                "api_key_restricted",
+                "platform_denied",
+                "app_unknown",
+                "app_mismatch",
+                "origin_denied",
+                "phone_denied",
+            ],
+            403,
+        ),
+        (&["body_invalid"], 400),
+        (&["body_too_large"], 413),
+        (&["rate_limited"], 429),
+        (&["ratelimit_unavailable", "jwks_unavailable"], 503),
+    ];
+    let mut listed = 0;
+    for (codes, status) in rows {
+        for code in codes {
+            let r = Reason::ALL
+                .iter()
+                .find(|r| r.code() == *code)
+                .unwrap_or_else(|| panic!("no reason {code}"));
+            assert_eq!(r.status(), status, "{code}");
+            assert_eq!(r.body(), format!("{{\"error\":\"{code}\"}}"), "{code}");
+            listed += 1;
+        }
+    }
+    assert_eq!(listed, Reason::ALL.len(), "a reason the spec does not list");
+}
+
+/// SPEC §1: "the first failure decides", in the order route, network, API
+/// key, token, platform and app, body, rate limits. Each case fails two
+/// adjacent steps at once and must get the earlier step's reason.
+#[test]
+fn spec_the_first_failing_check_in_spec_order_decides() {
+    let w = World::new();
+    let denied_ip = "203.0.113.5";
+    let ok_ip = "198.51.100.1";
+    let ios = ("x-ios-bundle-identifier", "com.example.shop");
+    let web = ("origin", "https://app.example.com");
+    let reason = |path: &str, ip: &str, hs: &[(&str, &str)]| w.run(path, ip, hs).0.reason();
+    // 1 route before 2 network: unrouted (`default_action: deny`) from a
+    // denied address.
+    assert_eq!(
+        reason("/nowhere", denied_ip, &[]),
+        Some(Reason::RouteDenied)
+    );
+    // 2 network before 3 API key: no key where one is required.
+    assert_eq!(reason("/mobile/a", denied_ip, &[]), Some(Reason::IpDenied));
+    assert_eq!(
+        reason("/mobile/a", ok_ip, &[("x-country", "KP")]),
+        Some(Reason::CountryDenied)
+    );
+    // 3 API key (validity, IP and route restrictions) before 4 token: no
+    // token where one is required.
+    for (key, want) in [
+        ("nope", Reason::ApiKeyInvalid),
+        ("key-revoked", Reason::ApiKeyInvalid),
+        ("key-sms", Reason::ApiKeyRestricted),
+        ("key-office", Reason::ApiKeyRestricted),
+    ] {
+        assert_eq!(
+            reason("/appcheck/x", ok_ip, &[("x-api-key", key)]),
+            Some(want),
+            "{key}"
+        );
+    }
+    // 4 token before 5 platform and app: a bad token sent with another
+    // platform's headers.
+    let auth = "Bearer order-1";
+    let forged = hs256_raw(
+        &[9u8; 64],
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &json!({"iat": NOW, "exp": NOW + 60, "app": "shop-android", "jti": "f-1"}),
+    );
+    let expired = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &json!({"iat": NOW - 100, "exp": NOW - 50, "app": "shop-android", "jti": "e-1"}),
+    );
+    let unbound = own_token("shop-android", "u-1", "Bearer someone-else");
+    for (t, want) in [
+        (forged.as_str(), Reason::TokenSignature),
+        (expired.as_str(), Reason::TokenExpired),
+        (unbound.as_str(), Reason::TokenBinding),
+    ] {
+        for other in [ios, web] {
+            assert_eq!(
+                reason(
+                    "/attested/x",
+                    ok_ip,
+                    &[("x-app-token", t), ("authorization", auth), other]
+                ),
+                Some(want),
+                "{want:?} with {other:?}"
+            );
+        }
+    }
+    // 5 platform and app before 6 body, and 6 body before 7 rate limits.
+    let w = World::from(json!({
+        "apps": [{"id": "droid", "platform": "android", "package": "com.example.droid"},
+                 {"id": "site", "platform": "web", "origins": ["https://app.example.com"]}],
+        "phone": {"denied_prefixes": ["+882"], "hash_key_base64": STANDARD.encode([5u8; 32])},
+        "routes": [{"name": "sms", "match": {"path": "/sms"}, "platforms": ["android"],
+                    "rate_limits": [
+                        {"entries": [{"type": "client_ip"}], "local": {"requests": 1, "per": "minute"}},
+                        {"entries": [{"type": "body", "pointer": "/to", "phone": true}],
+                         "local": {"requests": 100, "per": "minute"}}]}]
+    }));
+    let droid = ("x-android-package", "com.example.droid");
+    let sms = |hs: &[(&str, &str)], body: &str| match w.post("/sms", ok_ip, hs, body) {
+        Step::Done(d, _) => d.reason(),
+        s => panic!("{s:?}"),
+    };
+    assert_eq!(
+        sms(&[web], r#"{"to":"+88212345678"}"#),
+        Some(Reason::PlatformDenied)
+    );
+    assert_eq!(sms(&[web], "not json"), Some(Reason::PlatformDenied));
+    assert_eq!(sms(&[droid], r#"{"to":"+447700900123"}"#), None);
+    // The client's one request a minute is spent: body refusals first.
+    assert_eq!(
+        sms(&[droid], r#"{"to":"+88212345678"}"#),
+        Some(Reason::PhoneDenied)
+    );
+    assert_eq!(sms(&[droid], "not json"), Some(Reason::BodyInvalid));
+    assert_eq!(
+        sms(&[droid], r#"{"to":"+447700900124"}"#),
+        Some(Reason::RateLimited)
+    );
+}
+
+/// SPEC §4: "denials are logged with route, reason, client IP and app".
+/// A refusal decided after the request established its app (an API key
+/// restricted to another app, a platform the route does not take) names
+/// that app in the facts the log line reads (README: `-` is an app "the
+/// request did not show"), as it names the refused key.
+#[test]
+fn spec_a_denial_after_the_app_is_established_names_the_app() {
+    let w = World::new();
+    let app = |f: &Facts| f.app.map(|a| w.config.apps[a].id.clone());
+    // The Android-only key, used by the iOS app: which app used it is what
+    // the operator needs to see.
+    let (d, f) = w.run(
+        "/mobile/a",
+        "198.51.100.1",
+        &[
+            ("x-ios-bundle-identifier", "com.example.shop"),
+            ("x-api-key", "key-android"),
+        ],
+    );
+    assert_eq!(d.reason(), Some(Reason::ApiKeyRestricted));
+    assert_eq!(app(&f).as_deref(), Some("shop-ios"), "api_key_restricted");
+    // The web app on a mobile-only route.
+    let (d, f) = w.run(
+        "/mobile/a",
+        "198.51.100.1",
+        &[
+            ("origin", "https://app.example.com"),
+            ("x-api-key", "key-any"),
+        ],
+    );
+    assert_eq!(d.reason(), Some(Reason::PlatformDenied));
+    assert_eq!(app(&f).as_deref(), Some("shop-web"), "platform_denied");
+}
+
+/// SPEC §3 puts replay among the token's rules (step 4 of §1), and "the
+/// first failure decides": a used `jti` (`replay.scope: local`) is
+/// `token_replayed` whatever the platform headers sent with the copy
+/// (step 5). Today the copy is judged on its headers first
+/// (`app_mismatch`).
+#[test]
+fn spec_a_replayed_token_is_refused_before_the_platform_and_app_checks() {
+    let w = World::new();
+    let auth = "Bearer replay-1";
+    let t = own_token("shop-android", "replay-order-1", auth);
+    let genuine = [("x-app-token", t.as_str()), ("authorization", auth)];
+    assert_eq!(
+        w.reason("/attested/x", &genuine),
+        None,
+        "the genuine request"
+    );
+    assert_eq!(
+        w.reason("/attested/x", &genuine),
+        Some(Reason::TokenReplayed)
+    );
+    for other in [
+        ("x-ios-bundle-identifier", "com.example.shop"),
+        ("origin", "https://app.example.com"),
+        ("x-android-package", "com.evil.clone"),
+    ] {
+        assert_eq!(
+            w.reason(
+                "/attested/x",
+                &[("x-app-token", &t), ("authorization", auth), other]
+            ),
+            Some(Reason::TokenReplayed),
+            "a copy with {other:?}"
+        );
+    }
+}
+
+/// The same for the body checks (step 6): a copy of a used token with a
+/// body aimed at a denied prefix, or one that is not JSON, is a replay.
+/// Today it is buffered and parsed first (`phone_denied`, `body_invalid`).
+#[test]
+fn spec_a_replayed_token_is_refused_before_the_body_checks() {
+    let w = World::from(json!({
+        "phone": {"denied_prefixes": ["+882"], "hash_key_base64": STANDARD.encode([5u8; 32])},
+        "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "replay": {"claim": "jti", "scope": "local"}}],
+        "routes": [{"name": "sms", "match": {"path": "/sms"}, "tokens": ["t"],
+                    "rate_limits": [{"entries": [{"type": "body", "pointer": "/to", "phone": true}],
+                                     "local": {"requests": 100, "per": "minute"}}]}]
+    }));
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "jti": "sms-once"}),
+    );
+    let sms = |body: &str| match w.post("/sms", "192.0.2.1", &[("approov-token", &token)], body) {
+        Step::Done(d, _) => d.reason(),
+        s => panic!("{s:?}"),
+    };
+    assert_eq!(
+        sms(r#"{"to":"+447700900123"}"#),
+        None,
+        "the genuine request"
+    );
+    assert_eq!(
+        sms(r#"{"to":"+447700900123"}"#),
+        Some(Reason::TokenReplayed)
+    );
+    assert_eq!(
+        sms(r#"{"to":"+88212345678"}"#),
+        Some(Reason::TokenReplayed),
+        "a copy to a denied prefix"
+    );
+    assert_eq!(
+        sms("not json"),
+        Some(Reason::TokenReplayed),
+        "a copy, not JSON"
+    );
+}
+
+/// SPEC §3: replay comes before request signing among the token's rules,
+/// and "cheap refusals come before any signature work". A used `jti` is
+/// a cheap refusal (a lookup in the instance's table): a copy of the
+/// token is `token_replayed` without its RFC 9421 signature being
+/// verified. Today the signature is verified first, so a copy with a
+/// made-up signature is `signature_invalid`, and an exact copy of the
+/// whole signed request costs a P-256 verification every time it is sent
+/// (never charged to the failure budget: it verifies) before it is
+/// refused.
+#[test]
+fn spec_a_replayed_token_is_refused_before_its_request_signature_is_verified() {
+    use crate::signing::InstallSigningKey;
+    let w = World::from(json!({
+        "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "replay": {"claim": "jti", "scope": "local"},
+                    "message_signing": {"claim": "ipk", "max_age_seconds": 60}}],
+        "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"]}]
+    }));
+    let key = InstallSigningKey::p256_from_bytes(&[7u8; 32]).unwrap();
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "jti": "signed-once", "ipk": key.public_key().to_ipk()}),
+    );
+    let signed = signed_get(&key, &token, "/v1/x", NOW);
+    let unsigned = headers(&[
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":path", "/v1/x"),
+        (":authority", "api.example.com"),
+        ("approov-token", token.as_str()),
+        (
+            "signature-input",
+            "install=(\"@method\");created=1900000000",
+        ),
+        ("signature", "install=:AAAA:"),
+    ]);
+    let run = |h: &crate::headers::Headers| {
+        let (d, f) = match evaluate(&w.ctx(), &Request::new(h, None), NOW) {
+            Step::Done(d, f) => (d, f),
+            s => panic!("{s:?}"),
+        };
+        (d.reason(), f.signing_error.is_some())
+    };
+    assert_eq!(run(&signed), (None, false), "the genuine request");
+    assert_eq!(
+        run(&unsigned),
+        (Some(Reason::TokenReplayed), false),
+        "a copy of the used token with a made-up signature: no signature work"
+    );
+    assert_eq!(run(&signed), (Some(Reason::TokenReplayed), false));
+}
+
+/// SPEC §5: the shared rate-limit service slow or down (its call failed
+/// or timed out after `timeout_ms`): the route's `failure_mode` decides,
+/// `deny` (the default, left out everywhere) → 503 `ratelimit_unavailable`,
+/// `allow` → the request goes on, counted as degraded. The call carries
+/// the configured `timeout_ms` (default 200).
+#[test]
+fn spec_the_rate_limit_service_down_follows_the_routes_failure_mode() {
+    for (svc, route, want) in [
+        (None, None, Some(Reason::RatelimitUnavailable)),
+        (Some("deny"), None, Some(Reason::RatelimitUnavailable)),
+        (Some("allow"), None, None),
+        (
+            Some("allow"),
+            Some("deny"),
+            Some(Reason::RatelimitUnavailable),
+        ),
+        (None, Some("allow"), None),
+    ] {
+        let mut rls = json!({"cluster": "rls", "domain": "d"});
+        if let Some(m) = svc {
+            rls["failure_mode"] = json!(m);
+        }
+        let mut r = json!({"name": "r", "match": {"prefix": "/"},
+                           "rate_limits": [{"entries": [{"type": "client_ip"}]}]});
+        if let Some(m) = route {
+            r["failure_mode"] = json!(m);
+        }
+        let w = World::from(json!({"rate_limit_service": rls, "routes": [r]}));
+        let Step::NeedRateLimit(p, call) = w.post("/x", "192.0.2.1", &[], "") else {
+            panic!("the limit goes to the service")
+        };
+        assert_eq!(call.timeout_ms, 200);
+        match evaluate_rls(&w.ctx(), p, Err(()), NOW) {
+            Step::Done(d, f) => {
+                assert_eq!(d.reason(), want, "service {svc:?}, route {route:?}");
+                if let Some(r) = want {
+                    assert_eq!(r.status(), 503);
+                    assert_eq!(f.degraded, None);
+                } else {
+                    assert_eq!(f.degraded, Some(Reason::RatelimitUnavailable));
+                }
+            }
+            s => panic!("{s:?}"),
+        }
+    }
+}
+
+/// With `message_signing.single_use`, a request whose signature base was
+/// accepted before is a copy of an accepted signed request: SPEC §3's
+/// "cheap refusals come before any signature work" asks for it to be
+/// refused `token_replayed` by the table lookup, before the P-256
+/// verification. Today the copy is verified first: an exact copy costs
+/// one verification per request sent (never charged to the failure
+/// budget, since it verifies) before `token_replayed`, and one with its
+/// signature bytes altered is `signature_invalid` (charged to the
+/// sender's budget after the verification ran).
+#[test]
+fn spec_a_copy_of_an_accepted_signed_request_is_refused_before_verification() {
+    use crate::signing::InstallSigningKey;
+    let key = InstallSigningKey::p256_from_bytes(&[9u8; 32]).unwrap();
+    let w = World::from(json!({
+        "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "message_signing": {"claim": "ipk", "max_age_seconds": 60, "single_use": true}}],
+        "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"]}]
+    }));
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 300, "ipk": key.public_key().to_ipk()}),
+    );
+    let first = signed_get(&key, &token, "/v1/x", NOW);
+    let zeros = format!("install=:{}:", STANDARD.encode([0u8; 64]));
+    let altered: Vec<(&str, &str)> = first
+        .iter()
+        .map(|(n, v)| {
+            if n == "signature" {
+                (n, zeros.as_str())
+            } else {
+                (n, v)
+            }
+        })
+        .collect();
+    let altered = headers(&altered);
+    let run =
+        |h: &crate::headers::Headers| match evaluate(&w.ctx(), &Request::new(h, None), NOW + 1) {
+            Step::Done(d, f) => (d.reason(), f.signing_error.is_some()),
+            s => panic!("{s:?}"),
+        };
+    assert_eq!(run(&first), (None, false), "the genuine request");
+    assert_eq!(
+        run(&altered),
+        (Some(Reason::TokenReplayed), false),
+        "a copy of its base, signature altered: refused without verification"
+    );
+    assert_eq!(run(&first), (Some(Reason::TokenReplayed), false));
 }

@@ -584,6 +584,23 @@ pub fn verify(
     })
 }
 
+/// The SHA-256 of the signature base [`verify`] would check for the
+/// signature labelled `policy.label`, when the fields parse and the base
+/// can be built (`None` otherwise): what [`VerifiedSignature::base_digest`]
+/// holds once that signature verifies. For a table of accepted signed
+/// requests to be looked up before the verification (a copy of an
+/// accepted request then costs a hash, not a signature operation).
+pub fn base_digest_of(policy: &SigningPolicy, message: &Message<'_>) -> Option<[u8; 32]> {
+    use sha2::Digest as _;
+    let inputs = combined_field(message, "signature-input", MAX_SIGNATURE_INPUT_BYTES).ok()??;
+    let inputs = parse_signature_field(&inputs, "signature-input").ok()?;
+    let Member::InnerList(covered) = member(&inputs, &policy.label).ok()? else {
+        return None;
+    };
+    let base = base::signature_base(message, covered).ok()?;
+    Some(sha2::Sha256::digest(base.as_bytes()).into())
+}
+
 /// Verifies raw signature bytes over a signature base already built
 /// (RFC 9421 §3.3, `HTTP_VERIFY`), with the algorithm the key fixes.
 pub fn verify_base(key: &InstallKey, base: &[u8], signature: &[u8]) -> Result<(), SigningError> {
