@@ -75,9 +75,12 @@ pub enum Mode {
     /// Denials are answered locally with their status and reason.
     #[default]
     Enforce,
-    /// Everything is evaluated and counted, the would-be denial is logged and
-    /// sent upstream as `x-appguard-would-deny`, but nothing is blocked: the
-    /// safe way to roll out a new policy.
+    /// Requests are evaluated up to the first check that would refuse; that
+    /// would-be denial is counted, logged and sent upstream as
+    /// `x-appguard-would-deny`, but nothing is blocked: the safe way to roll
+    /// out a new policy. The checks after it are not run (a request
+    /// without a token shows `token_missing`, not also a denied phone
+    /// number), and the limits do not count it.
     Monitor,
 }
 
@@ -103,8 +106,8 @@ pub enum Action {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    /// `enforce` (default) answers denials; `monitor` evaluates everything
-    /// and blocks nothing. See [`Config::mode`].
+    /// `enforce` (default) answers denials; `monitor` reports the first
+    /// would-be denial and blocks nothing. See [`Config::mode`].
     #[serde(default)]
     mode: Mode,
     /// What happens to a request no route matches: `allow` (default, after
