@@ -1073,7 +1073,9 @@ pub fn failed_within<S: SharedStore + ?Sized>(
 /// A descriptor without an entry of its own is judged where
 /// [`take_local`] would count it: a free or idle slot holds a whole token,
 /// but in a bucket whose 16 entries are all busy it shares the overflow
-/// entry, and that entry's refill time is its own.
+/// entry, and that entry's refill time is its own. An entry last refilled
+/// after `now_ms` (the clock was set back since) is not known to be spent:
+/// `None`, so that the take or charge that follows counts it from now.
 pub fn local_refill_at<S: SharedStore + ?Sized>(
     s: &S,
     salt: &BucketSalt,
@@ -1091,9 +1093,18 @@ pub fn local_refill_at<S: SharedStore + ?Sized>(
         Place::New | Place::Evict(_) | Place::Overflow(None) => return None,
     };
     let &(_, t, l) = entries.get(i)?;
-    // A refill time well after now is a clock set back since: counted from
-    // now, as [`take_local_n`] will, not from when the clock catches up.
-    let l = if clock_set_back(l, now_ms) { now_ms } else { l };
+    // A refill time well after now is a clock set back since. This read
+    // writes nothing, so it cannot count the entry from now as
+    // [`take_local_n`] does: each later read would count from its own now,
+    // and an entry that is only read while it refuses (a failure budget,
+    // whose spent clients are refused unverified and so never charged; a
+    // route's limits before its last) would read as spent until the clock
+    // caught up. Not known to be spent: the take or charge that follows
+    // counts it from now (at most one verification, or one take, per
+    // entry and step).
+    if clock_set_back(l, now_ms) {
+        return None;
+    }
     if u.at(t, l, now_ms) >= u.token {
         return None;
     }
@@ -1131,10 +1142,13 @@ pub fn local_refill_at<S: SharedStore + ?Sized>(
 /// SHA-256 digests of the shared tables: the cache never leaves the worker,
 /// and the hash costs a tenth of a SHA-256.
 pub struct ServiceCache {
-    /// Over limit: descriptor key → until when (s), and the limit the service
-    /// named, for the cached 429's `x-ratelimit-limit`. Bounded by
+    /// Over limit: descriptor key → until when (s), the limit the service
+    /// named, for the cached 429's `x-ratelimit-limit`, and when (s) the
+    /// answer was cached: one cached later than now (and a second) is from
+    /// before the clock was set back, and its `until`, read on the clock as
+    /// it was, no longer says when the window resets. Bounded by
     /// `OVER_LIMIT_ENTRIES`.
-    map: HashMap<[u8; 16], (u64, Option<u32>)>,
+    map: HashMap<[u8; 16], (u64, Option<u32>, u64)>,
     /// Leased hits this worker holds and has not used, per descriptor key.
     leases: HashMap<[u8; 16], Lease>,
     /// Lease asks in flight, per descriptor.
@@ -1251,16 +1265,21 @@ impl ServiceCache {
     }
 
     /// Until when a descriptor is known to be over its limit, and the
-    /// limit's `requests_per_unit` when the service said it.
+    /// limit's `requests_per_unit` when the service said it. Not after the
+    /// clock was set back since it was cached: its window is measured on
+    /// the clock as it was (the service is asked again).
     pub fn get(&self, digest: &[u8; 16], now: u64) -> Option<(u64, Option<u32>)> {
-        self.map.get(digest).copied().filter(|(u, _)| *u > now)
+        self.map
+            .get(digest)
+            .filter(|(u, _, at)| *u > now && *at <= now.saturating_add(1))
+            .map(|&(u, limit, _)| (u, limit))
     }
 
     /// Remembers a descriptor as over its `limit` (requests per unit, when
     /// known) until `until`.
     pub fn insert(&mut self, digest: [u8; 16], until: u64, limit: Option<u32>, now: u64) {
-        make_room(&mut self.map, OVER_LIMIT_ENTRIES, |(u, _)| *u > now);
-        self.map.insert(digest, (until, limit));
+        make_room(&mut self.map, OVER_LIMIT_ENTRIES, |(u, _, _)| *u > now);
+        self.map.insert(digest, (until, limit, now));
     }
 
     /// Takes one leased hit of a descriptor, if this worker holds one in a
@@ -1297,7 +1316,7 @@ impl ServiceCache {
         // room): a lease above the limit is refused, and counted, at the
         // start of every window.
         let size = match self.map.get(digest) {
-            Some(&(_, Some(limit))) => size.min(limit.max(1)),
+            Some(&(_, Some(limit), _)) => size.min(limit.max(1)),
             _ => size,
         };
         let (count, asked, one_only) = self.asking.get(digest).map_or((0, 0u32, false), |asks| {
@@ -1992,12 +2011,15 @@ mod tests {
         // A clock stepped back an hour: the bucket refills from then, not
         // once the clock has caught up.
         let back = t0 + 20_000 - 3_600_000;
-        // what a failure budget asks first: not an hour away
-        assert_eq!(local_refill_at(&s, &SALT, &d, l, back), Some(back + 20_000));
+        // what a failure budget asks first: not spent (only a write can
+        // count the entry from now, and a budget refusing would never
+        // write it), so the take that follows counts it from here
+        assert_eq!(local_refill_at(&s, &SALT, &d, l, back), None);
         assert!(
             !take_local(&s, &SALT, &d, l, back).unwrap().allowed,
             "empty"
         );
+        assert_eq!(local_refill_at(&s, &SALT, &d, l, back), Some(back + 20_000));
         assert!(!take_local(&s, &SALT, &d, l, back + 19_000).unwrap().allowed);
         assert!(take_local(&s, &SALT, &d, l, back + 20_000).unwrap().allowed);
     }
@@ -2441,5 +2463,54 @@ mod tests {
         }
         let n = c.asking.get(&d).map_or(0, Vec::len);
         assert!(n <= 2 * MAX_ASKS, "{n} asks held for one descriptor");
+    }
+
+    // review57-state F1. A failure budget only reads its entry while it
+    // refuses (a spent client's tokens are not verified, so nothing is
+    // charged), and a route's local limits before its last are only read
+    // while one refuses: such an entry is not written again. Set back an
+    // hour after it was drained, it was counted from each read's own now,
+    // so it read as spent until the clock caught up: an hour of refusals.
+    #[test]
+    fn a_drained_entry_that_is_only_read_is_not_spent_for_the_whole_clock_step() {
+        let s = MemStore::default();
+        let d = [5u8; 16];
+        // 3 a minute: a token per 20 s.
+        let l = LocalLimit {
+            requests: 3,
+            per_seconds: 60,
+            ..Default::default()
+        };
+        let t0 = 1_700_000_000_000;
+        for _ in 0..3 {
+            assert!(take_local(&s, &SALT, &d, l, t0).unwrap().allowed);
+        }
+        assert_eq!(local_refill_at(&s, &SALT, &d, l, t0), Some(t0 + 20_000));
+        // The clock is set back an hour; nothing takes from the entry.
+        let back = t0 - 3_600_000;
+        for later in [60_000, 600_000, 3_000_000] {
+            assert_eq!(
+                local_refill_at(&s, &SALT, &d, l, back + later),
+                None,
+                "{} s after the step, a 3-a-minute entry still reads as spent",
+                later / 1000
+            );
+        }
+    }
+
+    // review57-state F2 (over-limit cache). A 429 the service gave is kept
+    // until the window's end as the clock read it then: set back an hour,
+    // the worker answered the descriptor 429 itself for that hour (and a
+    // `retry-after` of an hour), where leases and asks end at a step.
+    #[test]
+    fn a_cached_over_limit_answer_ends_when_the_clock_is_set_back() {
+        let mut c = ServiceCache::new(&SALT);
+        let d = [12u8; 16];
+        let t = 1_700_000_000;
+        c.insert(d, t + 30, Some(10), t);
+        assert_eq!(c.get(&d, t + 29), Some((t + 30, Some(10))));
+        let back = t - 3_600;
+        assert_eq!(c.get(&d, back), None, "refused for {} s", t + 30 - back);
+        assert_eq!(c.get(&d, back + 60), None);
     }
 }

@@ -168,10 +168,13 @@ pub struct NegativeCache {
     /// never gives back.
     map: HashMap<[u8; 16], Vec<(usize, u64, u64)>>,
     /// (budget slot, client network) → when its spent failure budget refills
-    /// (ms): a client of a flood that already spent its budget is refused after
-    /// a map lookup, without a digest or shared-data reads (see
-    /// `Budget::known_spent`).
-    spent: HashMap<(usize, IpAddr), u64>,
+    /// (ms), and when that was noted (ms): a client of a flood that already
+    /// spent its budget is refused after a map lookup, without a digest or
+    /// shared-data reads (see `Budget::known_spent`). Noted later than now
+    /// (beyond `limits::CLOCK_SLACK_MS`), it is from before the clock was
+    /// set back, and its refill time, read on the clock as it was, says
+    /// nothing any more: the shared table is asked again.
+    spent: HashMap<(usize, IpAddr), (u64, u64)>,
     /// The latest `until` in `spent`: past it, every entry has expired.
     spent_latest: u64,
 }
@@ -380,9 +383,9 @@ impl NegativeCache {
     /// Whether the failure budget `slot` (see [`budget_slot`]) of the
     /// network `ip` (see `Budget::network`) is known to be spent at `now_ms`.
     fn budget_spent(&self, slot: usize, ip: IpAddr, now_ms: u64) -> bool {
-        self.spent
-            .get(&(slot, ip))
-            .is_some_and(|until| *until > now_ms)
+        self.spent.get(&(slot, ip)).is_some_and(|&(until, noted)| {
+            until > now_ms && noted <= now_ms.saturating_add(limits::CLOCK_SLACK_MS)
+        })
     }
 
     /// Whether any remembered spent budget may still hold at `now_ms`; if
@@ -399,8 +402,10 @@ impl NegativeCache {
     /// until `until_ms`.
     fn note_spent(&mut self, slot: usize, ip: IpAddr, until_ms: u64, now_ms: u64) {
         self.spent_latest = self.spent_latest.max(until_ms);
-        limits::make_room(&mut self.spent, NEGATIVE_CACHE_ENTRIES, |&u| u > now_ms);
-        self.spent.insert((slot, ip), until_ms);
+        limits::make_room(&mut self.spent, NEGATIVE_CACHE_ENTRIES, |&(u, _)| {
+            u > now_ms
+        });
+        self.spent.insert((slot, ip), (until_ms, now_ms));
     }
 }
 

@@ -362,6 +362,15 @@ pub const REPLAY_BUCKET_ENTRIES: usize = 16;
 /// whole chunks.
 const REPLAY_ENTRY: usize = 24; // 16-byte digest + 8-byte expiry
 
+/// Seconds a replay entry is kept past its expiry, as this worker's clock
+/// reads it, when the bucket is written: workers read the clock a moment
+/// apart (and a request reads it before its token is verified), so another
+/// worker may still be at the entry's last second, where the token is
+/// accepted and the entry must be found. Such entries refuse nothing here
+/// (they count for no `Full`, and the value is fresh again for a worker
+/// whose clock is past them), they are only not dropped yet.
+const REPLAY_EXPIRED_KEPT_SECONDS: u64 = 2;
+
 /// Result of recording a one-time value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplayOutcome {
@@ -706,18 +715,23 @@ pub fn replay_check<S: SharedStore + ?Sized>(
     let key = replay_bucket_key(salt, table, capacity, digest);
     update(store, &key, |current| {
         let mut kept: Vec<u8> = Vec::with_capacity((REPLAY_BUCKET_ENTRIES + 1) * REPLAY_ENTRY);
+        let mut live = 0;
         for e in current.unwrap_or(&[]).chunks_exact(REPLAY_ENTRY) {
             let (d, exp) = e.split_at(16);
             let exp = u64::from_le_bytes(exp.try_into().unwrap_or([0; 8]));
-            if exp < now {
+            if exp >= now {
+                if d == digest {
+                    return (None, ReplayOutcome::Replayed);
+                }
+                live += 1;
+            } else if d == digest || exp.saturating_add(REPLAY_EXPIRED_KEPT_SECONDS) < now {
+                // Recorded again (its earlier entry is replaced), or expired
+                // for every worker's clock by now: dropped.
                 continue;
-            }
-            if d == digest {
-                return (None, ReplayOutcome::Replayed);
             }
             kept.extend_from_slice(e);
         }
-        if kept.len() / REPLAY_ENTRY >= REPLAY_BUCKET_ENTRIES {
+        if live >= REPLAY_BUCKET_ENTRIES {
             return (None, ReplayOutcome::Full);
         }
         kept.extend_from_slice(digest);
@@ -1126,6 +1140,34 @@ mod tests {
         assert_eq!(past.len(), PAST_LAYOUTS_MAX);
         assert!(past.iter().any(|p| p.capacity == 160));
         assert!(past.iter().all(|p| p.capacity > 32));
+    }
+
+    // review57-state F3: workers read the clock a moment apart, and a
+    // token whose `exp` plus skew is second 100 is accepted until 100 ends.
+    // A worker whose clock already reads 101 records another value in the
+    // same bucket and drops the entry (expired, by its clock); a copy of
+    // the first token, checked by a worker still at 100 (its clock read
+    // before the signature was verified), then finds nothing: fresh, and
+    // accepted a second time.
+    #[test]
+    fn a_writer_a_second_ahead_keeps_a_value_a_reader_still_accepts() {
+        let s = MemStore::default();
+        let d = [3u8; 16];
+        // capacity 16: one bucket, so the other value shares it
+        assert_eq!(
+            replay_check(&s, &SALT, "p", 16, &[], &d, 100, 90),
+            Ok(ReplayOutcome::Fresh)
+        );
+        assert_eq!(
+            replay_check(&s, &SALT, "p", 16, &[], &[4u8; 16], 200, 101),
+            Ok(ReplayOutcome::Fresh)
+        );
+        assert!(replay_seen(&s, &SALT, "p", 16, &[], &d, 100), "seen");
+        assert_eq!(
+            replay_check(&s, &SALT, "p", 16, &[], &d, 100, 100),
+            Ok(ReplayOutcome::Replayed),
+            "the copy checked at 100 is a replay"
+        );
     }
 
     #[test]

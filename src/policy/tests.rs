@@ -9016,3 +9016,120 @@ fn spec_a_copy_of_an_accepted_signed_request_is_refused_before_verification() {
     );
     assert_eq!(run(&first), (Some(Reason::TokenReplayed), false));
 }
+
+// ---------------------------------------------------------------------
+// review57-state: refusals after the clock is set back.
+
+/// Evaluates `path` from `ip` with `hs` at second `t` (the clock as the
+/// request reads it), on a worker whose state is `w`'s.
+fn at_time(w: &World, t: u64, path: &str, ip: &str, hs: &[(&str, &str)]) -> (Decision, Facts) {
+    let mut all = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", "api.example.com"),
+    ];
+    all.extend_from_slice(hs);
+    let h = headers(&all);
+    let mut ctx = w.ctx();
+    ctx.now_ms = t * 1000;
+    match evaluate(&ctx, &Request::new(&h, ip.parse().ok()), t) {
+        Step::Done(d, f) => (d, f),
+        s => panic!("{s:?}"),
+    }
+}
+
+// review57-state F1: a route's local limits before its last are only read
+// while one refuses (`local_refill_at`), so a drained burst limit is never
+// written again while it refuses; set back an hour, it counted from each
+// request's own now and refused (with `retry-after: 60`) until the clock
+// caught up: an hour.
+#[test]
+fn a_burst_limit_drained_before_a_clock_step_back_refills_in_a_minute_of_the_new_clock() {
+    let w = World::from(json!({
+        "routes": [{"name": "otp", "match": {"path": "/otp"}, "rate_limits": [
+            {"name": "burst", "entries": [{"type": "client_ip"}], "local": {"requests": 1, "per": "minute"}},
+            {"name": "sustained", "entries": [{"type": "client_ip"}], "local": {"requests": 100, "per": "hour"}}
+        ]}]
+    }));
+    let reason = |t: u64| at_time(&w, t, "/otp", "203.0.113.7", &[]).0.reason();
+    assert_eq!(reason(NOW), None);
+    assert_eq!(reason(NOW + 1), Some(Reason::RateLimited));
+    // NTP sets the clock back an hour. The first request after may be
+    // refused (the bucket counts from then), but not an hour of them.
+    let back = NOW - 3600;
+    let _ = reason(back);
+    for later in [120, 600, 1800] {
+        assert_eq!(
+            reason(back + later),
+            None,
+            "{later} s after the step, a 1-a-minute limit still refuses"
+        );
+    }
+}
+
+// review57-state F1, the failure budget: a spent client's tokens are
+// refused unverified, so nothing charges (writes) its entry; set back an
+// hour, the shared table said "spent" for the whole hour, to every worker,
+// valid tokens included. (A worker that never saw the client spent: its
+// own memory is F2, below.)
+#[test]
+fn a_budget_spent_before_a_clock_step_back_refills_on_the_new_clock() {
+    let w = budgeted_world();
+    for i in 0..3 {
+        let (d, f) = at_time(&w, NOW, "/x", "198.51.100.9", &[("x-t", &forged(i))]);
+        assert_eq!(
+            (d.reason(), f.budget_refused),
+            (Some(Reason::TokenSignature), false)
+        );
+    }
+    let back = NOW - 3600;
+    let t = back + 120; // two windows of 60 s after the step
+    let good = hs256_raw(SECRET, &json!({"alg": "HS256"}), &json!({"exp": t + 60}));
+    // Another worker (nothing remembered of the client).
+    *w.neg.borrow_mut() = NegativeCache::default();
+    let (d, f) = at_time(&w, t, "/x", "198.51.100.9", &[("x-t", &good)]);
+    assert_eq!(
+        (d.reason(), f.budget_refused),
+        (None, false),
+        "a valid token refused unverified two budget windows after the step"
+    );
+}
+
+// review57-state F2: the worker's memory of a spent budget keeps its
+// refill time as the clock read it: set back an hour, the client is
+// refused unverified by that worker for the hour, while the shared table
+// (with F1 fixed) lets it be verified.
+#[test]
+fn a_worker_forgets_a_spent_budget_when_the_clock_is_set_back() {
+    let ip: IpAddr = "198.51.100.9".parse().unwrap();
+    let mut neg = NegativeCache::default();
+    let t = NOW * 1000;
+    neg.note_spent(0, ip, t + 20_000, t);
+    assert!(neg.budget_spent(0, ip, t + 19_999));
+    let back = t - 3_600_000;
+    assert!(neg.may_hold_spent(back));
+    assert!(
+        !neg.budget_spent(0, ip, back + 60_000),
+        "still spent a minute after an hour's step back"
+    );
+    // and through the policy: a valid token from the client, on the
+    // worker that remembered it spent
+    let w = budgeted_world();
+    for i in 0..3 {
+        at_time(&w, NOW, "/x", "198.51.100.9", &[("x-t", &forged(i))]);
+    }
+    // The next one finds the budget spent, and the worker remembers it.
+    let (_, f) = at_time(&w, NOW, "/x", "198.51.100.9", &[("x-t", &forged(3))]);
+    assert!(f.budget_refused);
+    let t = NOW - 3600 + 120;
+    let good = hs256_raw(SECRET, &json!({"alg": "HS256"}), &json!({"exp": t + 60}));
+    // The shared table is dropped (F1 aside), so that only the worker's
+    // memory can refuse.
+    w.store.clear();
+    let (d, f) = at_time(&w, t, "/x", "198.51.100.9", &[("x-t", &good)]);
+    assert_eq!(
+        (d.reason(), f.budget_refused),
+        (None, false),
+        "refused from the worker's memory of a budget spent before the step"
+    );
+}
