@@ -1313,4 +1313,111 @@ mod tests {
         );
         assert_eq!(s.inner.get(SALT_KEY).unwrap().0, [9; 16]);
     }
+
+    // review57-state answers (passing): two workers racing on one `jti`,
+    // and shared data that fails.
+
+    /// A store where another worker runs `hook` between this worker's read
+    /// and its first write.
+    struct Interleaved<'a> {
+        inner: &'a MemStore,
+        hook: RefCell<Option<Box<dyn FnOnce() + 'a>>>,
+    }
+
+    impl SharedStore for Interleaved<'_> {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+            if let Some(hook) = self.hook.borrow_mut().take() {
+                hook();
+            }
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn two_workers_racing_one_value_accept_it_once() {
+        let d = [42u8; 16];
+        // The bucket absent for both (creation race), then present.
+        for existing in [false, true] {
+            let s = MemStore::default();
+            if existing {
+                assert_eq!(
+                    replay_check(&s, &SALT, "p", 16, &[], &[1; 16], 100, 0),
+                    Ok(ReplayOutcome::Fresh)
+                );
+            }
+            let other = RefCell::new(None);
+            let a = Interleaved {
+                inner: &s,
+                hook: RefCell::new(Some(Box::new(|| {
+                    *other.borrow_mut() = Some(replay_check(&s, &SALT, "p", 16, &[], &d, 100, 0));
+                }))),
+            };
+            let mine = replay_check(&a, &SALT, "p", 16, &[], &d, 100, 0);
+            assert_eq!(*other.borrow(), Some(Ok(ReplayOutcome::Fresh)));
+            assert_eq!(mine, Ok(ReplayOutcome::Replayed), "existing={existing}");
+        }
+    }
+
+    /// Shared data whose reads fail (read as absent, as `HostStore` does),
+    /// or whose writes fail.
+    struct Failing<'a> {
+        inner: &'a MemStore,
+        reads: bool,
+    }
+
+    impl SharedStore for Failing<'_> {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            if self.reads {
+                None
+            } else {
+                self.inner.get(key)
+            }
+        }
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+            if self.reads {
+                self.inner.set(key, value, cas)
+            } else {
+                Err(StoreError::Host)
+            }
+        }
+    }
+
+    #[test]
+    fn a_replay_check_on_failing_shared_data_never_says_fresh_for_a_recorded_value() {
+        let s = MemStore::default();
+        let d = [42u8; 16];
+        assert_eq!(
+            replay_check(&s, &SALT, "p", 16, &[], &d, 100, 0),
+            Ok(ReplayOutcome::Fresh)
+        );
+        for reads in [true, false] {
+            let f = Failing { inner: &s, reads };
+            let r = replay_check(&f, &SALT, "p", 16, &[], &d, 100, 1);
+            assert_ne!(r, Ok(ReplayOutcome::Fresh), "reads fail: {reads}");
+            // a fresh value cannot be recorded: an error (fail closed)
+            let r = replay_check(&f, &SALT, "p", 16, &[], &[9; 16], 100, 1);
+            assert!(r.is_err(), "reads fail: {reads}: {r:?}");
+        }
+        // a recorded value under a past layout, whose read fails, is not
+        // seen there (the current bucket, absent, is created): the one
+        // case where a failing read would say Fresh
+        let past = [PastLayout {
+            capacity: 32,
+            until: 100,
+        }];
+        let s = MemStore::default();
+        let e = [7u8; 16];
+        replay_check(&s, &SALT, "p", 32, &[], &e, 100, 0).unwrap();
+        let f = Failing {
+            inner: &s,
+            reads: true,
+        };
+        assert_eq!(
+            replay_check(&f, &SALT, "p", 16, &past, &e, 100, 1),
+            Ok(ReplayOutcome::Fresh)
+        );
+    }
 }
