@@ -1259,6 +1259,27 @@ impl Config {
                         r.name, rl.name
                     ));
                 }
+                // OpenID Connect's standard claims for personal data
+                // (OIDC Core §5.1): their values would go to the service,
+                // its Redis keys and logs, as they are.
+                let personal = rl.entries.iter().find_map(|e| match &e.source {
+                    Source::Claim(c)
+                        if ["phone_number", "email", "name", "address", "birthdate"]
+                            .contains(&c.as_str()) =>
+                    {
+                        Some(c)
+                    }
+                    _ => None,
+                });
+                if let Some(c) = personal {
+                    out.push(format!(
+                        "routes ({}).rate_limits ({}): a `claim` entry on {c:?} sends that \
+                         personal data in clear to the rate-limit service (its keys and \
+                         logs): key the limit by an opaque id such as `sub` (for a phone \
+                         number in the body, a `body` entry with `phone: true`, hashed)",
+                        r.name, rl.name
+                    ));
+                }
                 if let Some(h) = forwarded {
                     out.push(format!(
                         "routes ({}).rate_limits ({}): a `header` entry on {h:?} counts what the \
@@ -1301,6 +1322,19 @@ impl Config {
         });
         if self.phone.as_ref().is_some_and(|p| !p.denied.is_empty()) && !reads_phones {
             out.push("phone.denied_prefixes: no route reads a phone number".to_owned());
+        }
+        if self
+            .phone
+            .as_ref()
+            .is_some_and(|p| !looks_random(&p.hash_key))
+        {
+            out.push(
+                "phone.hash_key_base64: the key is text, or a few bytes repeated, not random \
+                 bytes: whoever guesses it turns the hashed numbers in the rate-limit \
+                 service's keys back into phone numbers (every number of a country is tried \
+                 in seconds); make one with `head -c32 /dev/urandom | base64`"
+                    .to_owned(),
+            );
         }
         let uses_service = self
             .routes
@@ -1389,6 +1423,27 @@ fn raw_from_json(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
         )
     })?;
     Ok(raw)
+}
+
+/// Whether `key` may be random bytes, as a secret key should be: not all
+/// printable ASCII (a passphrase, a name, the demo key edited; 16 random
+/// bytes are all printable once in about 7 million), and at least half its
+/// bytes distinct (not a run of one or a few bytes, such as base64 of
+/// zeros). A heuristic for advice only: a key that passes may still be
+/// known to others.
+fn looks_random(key: &[u8]) -> bool {
+    let text = key.iter().all(|b| (0x20..0x7f).contains(b));
+    let mut seen = [false; 256];
+    let mut distinct = 0usize;
+    for &b in key {
+        if let Some(s) = seen.get_mut(usize::from(b)) {
+            if !*s {
+                *s = true;
+                distinct += 1;
+            }
+        }
+    }
+    !text && distinct.saturating_mul(2) >= key.len()
 }
 
 /// The byte offset `column` bytes into line `line` (1-based) of `bytes`:
@@ -2938,18 +2993,17 @@ mod tests {
         )
         .is_empty());
         // Denied prefixes no route checks; keys no route reads.
-        let phone = format!(
-            r#", "phone": {{"hash_key_base64": "{}", "denied_prefixes": ["+882"]}}"#,
-            "a".repeat(44)
-        );
-        let a = with("", &route(""), &phone);
+        // A random key (a text or repeated one is advised against too).
+        let phone = r#", "phone": {"hash_key_base64": "q1Jr3H0Z8Vf7yT2nQm9sKx4bWc6eLp5aUo0iR8dGzYk=",
+            "denied_prefixes": ["+882"]}"#;
+        let a = with("", &route(""), phone);
         assert_eq!(a.len(), 1, "{a:?}");
         assert!(a[0].starts_with("phone.denied_prefixes: no route reads"));
         let read = route(
             r#", "rate_limits": [{"entries": [{"type": "body", "pointer": "/to", "phone": true}],
                 "local": {"requests": 1, "per": "hour"}}]"#,
         );
-        assert!(with("", &read, &phone).is_empty(), "{read}");
+        assert!(with("", &read, phone).is_empty(), "{read}");
         // A route that refuses every request: a required key with none to
         // use there, or a platform no app has.
         let refusing = |route: &str, keys: &str| {
@@ -4710,5 +4764,80 @@ mod error_paths {
             }
         }
         assert!(differ.is_empty(), "{}", differ.join("\n"));
+    }
+
+    /// review57 (secrets): the phone hash key is what keeps the hashed
+    /// numbers in the rate-limit service's Redis keys from being read back
+    /// (10^10 numbers per calling code are tried in seconds under a known
+    /// key). A key that is text (the demo key with a few letters changed,
+    /// `echo -n our-phone-key-2026 | base64`) or a run of one byte is
+    /// guessable, and is taken without a word today: the loader says only
+    /// "base64 of at least 16 random bytes" and checks the length.
+    #[test]
+    fn a_phone_hash_key_that_is_not_random_is_pointed_out() {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        for key in [
+            b64(b"acme-prod-phone-hash-key-2026"),
+            b64(&[0u8; 32]),
+            b64(&[0x41u8; 16]),
+        ] {
+            let doc = format!(
+                r#"{{"phone": {{"hash_key_base64": "{key}", "default_calling_code": "44"}},
+                    "routes": [{{"name": "sms", "match": {{"path": "/sms"}},
+                      "rate_limits": [{{"name": "n", "entries": [
+                        {{"type": "body", "pointer": "/to", "phone": true}}],
+                        "local": {{"requests": 5, "per": "hour"}}}}]}}]}}"#
+            );
+            let c = Config::from_json(doc.as_bytes()).unwrap();
+            let advice = c.advisories();
+            assert!(
+                advice
+                    .iter()
+                    .any(|a| a.starts_with("phone.hash_key_base64")),
+                "{key}: no word on a guessable phone hash key: {advice:?}"
+            );
+        }
+        // 32 bytes from a CSPRNG (fixed here) are not pointed out.
+        let random = "q1Jr3H0Z8Vf7yT2nQm9sKx4bWc6eLp5aUo0iR8dGzYk=";
+        let doc = format!(r#"{{"phone": {{"hash_key_base64": "{random}"}}}}"#);
+        let c = Config::from_json(doc.as_bytes()).unwrap();
+        assert!(
+            !c.advisories()
+                .iter()
+                .any(|a| a.starts_with("phone.hash_key_base64")),
+            "{:?}",
+            c.advisories()
+        );
+    }
+
+    /// review57 (secrets): a `claim` entry sends the claim's value to the
+    /// rate-limit service in clear (its Redis keys, and envoyproxy/ratelimit's
+    /// debug log). README asks to key by an opaque id, never by a claim
+    /// holding personal data; the configuration says nothing when the claim
+    /// is OpenID Connect's own `phone_number` (Firebase Auth ID tokens carry
+    /// it for phone sign-in) or `email`, although for body values it refuses
+    /// the same number read in clear.
+    #[test]
+    fn a_claim_entry_on_a_phone_number_or_email_claim_is_pointed_out() {
+        for claim in ["phone_number", "email"] {
+            let doc = format!(
+                r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-token"}}],
+                    "keys": [{{"secret_base64": "{}"}}]}}],
+                  "rate_limit_service": {{"cluster": "rls", "domain": "d"}},
+                  "routes": [{{"name": "otp", "match": {{"path": "/otp"}}, "tokens": ["t"],
+                    "rate_limits": [{{"name": "per-user", "entries": [
+                      {{"type": "claim", "name": "{claim}"}}]}}]}}]}}"#,
+                "a".repeat(44)
+            );
+            let c = Config::from_json(doc.as_bytes()).unwrap();
+            let advice = c.advisories();
+            assert!(
+                advice
+                    .iter()
+                    .any(|a| a.contains(claim) && a.contains("in clear")),
+                "{claim}: {advice:?}"
+            );
+        }
     }
 }

@@ -167,6 +167,53 @@ pub struct Cli {
     pub validate: bool,
 }
 
+/// Reports a command line clap could not read, as clap would (help and
+/// version as asked, exit 2 for an error), but with every argument value
+/// that is not an option name left out: clap's "unexpected argument"
+/// message echoes a stray value, and a Redis URL on the command line
+/// (`--redis` left out, or split by the shell at a space in its password)
+/// would reach the service's log with its password. `args` are the
+/// arguments as given, without the program name.
+pub fn command_line_error(e: &clap::Error, args: &[String]) -> ExitCode {
+    use clap::error::ErrorKind;
+    use std::io::Write as _;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+    }
+    let message = without_argument_values(&e.render().to_string(), args);
+    // Nowhere left to say that standard error failed.
+    let _ = writeln!(std::io::stderr(), "{}", message.trim_end());
+    ExitCode::from(2)
+}
+
+/// `message` with each value of `args` (an argument that is no `--name`,
+/// or what follows the `=` of `--name=value`) of 8 bytes or more replaced
+/// by `<an argument, not shown>`, longest first so that no part of one is
+/// left.
+fn without_argument_values(message: &str, args: &[String]) -> String {
+    let mut values: Vec<&str> = args
+        .iter()
+        .map(|a| match a.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => value,
+            _ if a.starts_with("--") => "",
+            _ => a.as_str(),
+        })
+        .filter(|v| v.len() >= 8)
+        .collect();
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    let mut out = message.to_owned();
+    for v in values {
+        out = out.replace(v, "<an argument, not shown>");
+    }
+    out
+}
+
 /// Parses a number that must be at least 1: 0 would make every call fail
 /// (a zero timeout, an in-memory store that holds nothing).
 fn at_least_one<T>(text: &str) -> Result<T, String>
@@ -234,8 +281,20 @@ pub fn redis_url(
     if let Some(path) = &cli.redis_url_file {
         // A URL is short: a file given by mistake (or `/dev/zero`) is
         // refused unread past the bound.
-        let text = crate::config::read_text(path, 64 * 1024)
-            .map_err(|e| format!("cannot read --redis-url-file {}: {e}", path.display()))?;
+        let text = crate::config::read_text(path, 64 * 1024).map_err(|e| {
+            // The "file" may be the URL itself (`--redis-url-file
+            // redis://:secret@host`, the flag read as "the Redis URL"): named
+            // as the URL would be logged, its password masked.
+            let shown = mask_password(&path.display().to_string());
+            if shown.contains("://") {
+                format!(
+                    "cannot read --redis-url-file {shown}: {e} (that is a URL, not a file: \
+                     give the URL with --redis or {REDIS_URL_ENV}, or write it to a file)"
+                )
+            } else {
+                format!("cannot read --redis-url-file {shown}: {e}")
+            }
+        })?;
         let url = text.trim();
         if url.is_empty() {
             return Err(format!("--redis-url-file {} is empty", path.display()));
