@@ -1336,6 +1336,16 @@ impl Config {
                     .to_owned(),
             );
         }
+        for (i, p) in self.providers.iter().enumerate() {
+            for j in &p.text_secrets {
+                out.push(format!(
+                    "tokens[{i}].keys[{j}].secret_base64: the secret is text, or a few bytes \
+                     repeated, not random bytes: one captured token lets anyone test guesses \
+                     offline and, once one is right, sign tokens of their own; make one with \
+                     `head -c32 /dev/urandom | base64`"
+                ));
+            }
+        }
         let uses_service = self
             .routes
             .iter()
@@ -1431,7 +1441,7 @@ fn raw_from_json(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
 /// bytes distinct (not a run of one or a few bytes, such as base64 of
 /// zeros). A heuristic for advice only: a key that passes may still be
 /// known to others.
-fn looks_random(key: &[u8]) -> bool {
+pub(crate) fn looks_random(key: &[u8]) -> bool {
     let text = key.iter().all(|b| (0x20..0x7f).contains(b));
     let mut seen = [false; 256];
     let mut distinct = 0usize;
@@ -2699,6 +2709,9 @@ fn compile_host(at: &str, h: &str) -> Result<HostPattern, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 32 bytes from a CSPRNG (fixed here): a key no advisory points out.
+    const RANDOM_KEY: &str = "q1Jr3H0Z8Vf7yT2nQm9sKx4bWc6eLp5aUo0iR8dGzYk=";
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -2744,7 +2757,7 @@ mod tests {
                 r#"{{"tokens": [{{"name": "a", "from": [{{"header": "x-t"}}], "issuer": "i",
                     "keys": [{{"alg": "HS256", "secret_base64": "{}"}}],
                     "binding": {{"headers": {headers}}}}}]}}"#,
-                "a".repeat(44)
+                RANDOM_KEY.to_owned()
             ))
         };
         assert!(bound(r#"["authorization"]"#).is_empty());
@@ -2756,7 +2769,7 @@ mod tests {
     #[test]
     fn advice_names_two_providers_of_one_signer_with_replay_tables_of_their_own() {
         let advice = |b_extra: &str| {
-            let key = "a".repeat(44);
+            let key = RANDOM_KEY.to_owned();
             Config::from_json(
                 format!(
                     r#"{{"tokens": [
@@ -2793,7 +2806,7 @@ mod tests {
         let advice = |json: &str| Config::from_json(json.as_bytes()).unwrap().advisories();
         let hs = format!(
             r#""issuer": "i", "keys": [{{"alg": "HS256", "secret_base64": "{}"}}]"#,
-            "a".repeat(44)
+            RANDOM_KEY.to_owned()
         );
         let route = |extra: &str| {
             format!(r#"{{"name": "r", "match": {{"prefix": "/"}}, "tokens": ["t"]{extra}}}"#)
@@ -4773,6 +4786,40 @@ mod error_paths {
     /// `echo -n our-phone-key-2026 | base64`) or a run of one byte is
     /// guessable, and is taken without a word today: the loader says only
     /// "base64 of at least 16 random bytes" and checks the length.
+    #[test]
+    fn an_hmac_secret_that_is_not_random_is_pointed_out() {
+        // One captured token lets anyone test guesses of a text secret
+        // offline (hashcat's JWT mode), then sign tokens of their own.
+        use base64::Engine as _;
+        // 32 bytes from a CSPRNG (fixed here).
+        const RANDOM_KEY: &str = "q1Jr3H0Z8Vf7yT2nQm9sKx4bWc6eLp5aUo0iR8dGzYk=";
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let advice = |secret: &str| {
+            let doc = format!(
+                r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-token"}}],
+                    "keys": [{{"secret_base64": "{RANDOM_KEY}"}}, {{"secret_base64": "{secret}"}}]}}]}}"#
+            );
+            Config::from_json(doc.as_bytes()).unwrap().advisories()
+        };
+        for secret in [
+            b64(b"acme-production-jwt-signing-secret-2026"),
+            b64(&[0u8; 32]),
+        ] {
+            let a = advice(&secret);
+            assert!(
+                a.iter()
+                    .any(|a| a.starts_with("tokens[0].keys[1].secret_base64: the secret is text")),
+                "{a:?}"
+            );
+            assert!(
+                !a.iter().any(|a| a.starts_with("tokens[0].keys[0]")),
+                "{a:?}"
+            );
+        }
+        let a = advice(RANDOM_KEY);
+        assert!(!a.iter().any(|a| a.contains("secret_base64")), "{a:?}");
+    }
+
     #[test]
     fn a_phone_hash_key_that_is_not_random_is_pointed_out() {
         use base64::Engine as _;

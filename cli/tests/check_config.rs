@@ -955,7 +955,7 @@ fn published_demo_secrets_keys_and_hashes_are_warned_of() {
 }
 
 /// A secret of one's own (48 random-looking bytes, base64).
-const STANDARD_SECRET: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq83v";
+const STANDARD_SECRET: &str = "YaplJpuwaPhpQz2OVGx/HFnJAp7whhgNWvsCKygZPYRdV+EI16wSgoRgYNwwaiCi";
 /// A phone hash key of one's own.
 const STANDARD_PHONE_KEY: &str = "c29tZS1vdGhlci1waG9uZS1oYXNoLWtleS0wMTIz";
 

@@ -490,6 +490,18 @@ pub fn keys_from_jwks(jwks: &Value, origin: JwksOrigin) -> Result<Vec<Key>, Stri
     Ok(out)
 }
 
+impl RawKey {
+    /// Whether the entry is an HMAC secret that is text or a few bytes
+    /// repeated (see [`crate::config::looks_random`]): a secret anyone may
+    /// guess, offline, from one captured token.
+    pub(crate) fn secret_is_text(&self) -> bool {
+        self.secret_base64
+            .as_deref()
+            .and_then(decode_base64_any)
+            .is_some_and(|b| !crate::config::looks_random(&b))
+    }
+}
+
 /// One configured `keys[]` entry: exactly one of a secret, a PEM or a JWK.
 /// A PEM needs `alg`, as it does not say which algorithm (one RSA key
 /// serves RS* and PS* alike); a secret is HMAC only. Errors name the field

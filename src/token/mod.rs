@@ -158,6 +158,11 @@ pub struct Provider {
     pub sources: Vec<TokenSource>,
     /// Configured keys (`keys` and inline `jwks`).
     pub keys: Vec<Key>,
+    /// Indices in `keys[]` of HMAC secrets that are text or a few bytes
+    /// repeated: pointed out at load ([`crate::config::Config::advisories`]),
+    /// as one captured token lets anyone test guesses of such a secret
+    /// offline and then sign tokens.
+    pub text_secrets: Vec<usize>,
     /// Remote JWKS, if any.
     pub remote_jwks: Option<RemoteJwks>,
     /// Required `iss`, when set.
@@ -669,8 +674,12 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
         });
     }
     let mut keyset = Vec::new();
+    let mut text_secrets = Vec::new();
     let raw_keys_len = raw.keys.len();
     for (i, k) in raw.keys.into_iter().enumerate() {
+        if k.secret_is_text() {
+            text_secrets.push(i);
+        }
         let key = keys::compile_key(k).map_err(|(field, msg)| {
             let path = if field.is_empty() {
                 format!("{at}.keys[{i}]")
@@ -1027,6 +1036,7 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
         forward: raw.forward,
         claim_to_headers,
         verified_by,
+        text_secrets,
     })
 }
 
