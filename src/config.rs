@@ -1261,16 +1261,22 @@ impl Config {
                 }
                 // OpenID Connect's standard claims for personal data
                 // (OIDC Core §5.1): their values would go to the service,
-                // its Redis keys and logs, as they are.
-                let personal = rl.entries.iter().find_map(|e| match &e.source {
-                    Source::Claim(c)
-                        if ["phone_number", "email", "name", "address", "birthdate"]
-                            .contains(&c.as_str()) =>
-                    {
-                        Some(c)
-                    }
-                    _ => None,
-                });
+                // its Redis keys and logs, as they are. A `local` rule's
+                // values are digested in the worker and go nowhere.
+                let sent = rl.local.is_none();
+                let personal = rl
+                    .entries
+                    .iter()
+                    .filter(|_| sent)
+                    .find_map(|e| match &e.source {
+                        Source::Claim(c)
+                            if ["phone_number", "email", "name", "address", "birthdate"]
+                                .contains(&c.as_str()) =>
+                        {
+                            Some(c)
+                        }
+                        _ => None,
+                    });
                 if let Some(c) = personal {
                     out.push(format!(
                         "routes ({}).rate_limits ({}): a `claim` entry on {c:?} sends that \
@@ -4884,6 +4890,32 @@ mod error_paths {
                     .iter()
                     .any(|a| a.contains(claim) && a.contains("in clear")),
                 "{claim}: {advice:?}"
+            );
+        }
+    }
+
+    /// review57 `fixes`: a `claim` entry of a `local` rule is digested in
+    /// the worker (`limits::descriptor_digest`) and never reaches the
+    /// rate-limit service, its keys or its logs; the advice says it is
+    /// sent there "in clear", which sends an operator to rework a rule
+    /// that leaks nothing (and teaches them to skip the advice).
+    #[test]
+    fn fixes_a_claim_entry_of_a_local_rule_is_not_said_to_reach_the_service() {
+        for claim in ["phone_number", "email"] {
+            let doc = format!(
+                r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-token"}}],
+                    "keys": [{{"secret_base64": "{}"}}]}}],
+                  "routes": [{{"name": "otp", "match": {{"path": "/otp"}}, "tokens": ["t"],
+                    "rate_limits": [{{"name": "per-user", "entries": [
+                      {{"type": "claim", "name": "{claim}"}}],
+                      "local": {{"requests": 5, "per": "hour"}}}}]}}]}}"#,
+                "q1Jr3H0Z8Vf7yT2nQm9sKx4bWc6eLp5aUo0iR8dGzYk="
+            );
+            let c = Config::from_json(doc.as_bytes()).unwrap();
+            let advice = c.advisories();
+            assert!(
+                !advice.iter().any(|a| a.contains("in clear")),
+                "{claim}: a local rule's claim said to go to the service: {advice:?}"
             );
         }
     }

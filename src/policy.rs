@@ -1663,9 +1663,10 @@ pub fn evaluate(ctx: &Ctx<'_>, req: &Request<'_>, now: u64) -> Step {
         }
         return Step::NeedBody(pending);
     }
-    // The `jti` was looked up in `check` in this same callback: nothing
-    // can have recorded it since.
-    limits_phase(ctx, req, route, &HashMap::new(), pending, now, false)
+    // The `jti` was looked up in `check` in this same callback (enforce
+    // mode): nothing can have recorded it since. Monitor mode looks here.
+    let replay_again = route.mode == Mode::Monitor;
+    limits_phase(ctx, req, route, &HashMap::new(), pending, now, replay_again)
 }
 
 /// The decision for a pending evaluation refused by the adapter (a body
@@ -2544,13 +2545,8 @@ fn verify_signature_within_budget(
     // cheap refusal: looked up by its signature base before the signature
     // operation (SPEC §3), so that copies of a captured request cost a
     // hash each, not a verification the budget never counts (they verify).
-    if let Some(ms) = provider.message_signing.as_ref().filter(|ms| ms.single_use) {
-        let msg = signing_message(ctx.config, pi, req, body);
-        if let Some(base) = msg.and_then(|m| signing::base_digest_of(&ms.policy, &m)) {
-            if signed_seen(ctx, provider, &base, now) {
-                return Err(Reason::TokenReplayed);
-            }
-        }
+    if signed_copy_seen(ctx, (pi, provider), req, body, now) {
+        return Err(Reason::TokenReplayed);
     }
     let verified = verify_signature(ctx.config, pi, key, req, body, now).map_err(|e| {
         // Charged for the verification it cost, as a token's signature is:
@@ -2609,6 +2605,25 @@ fn signed_once(
         digest,
         until,
     })
+}
+
+/// Whether the request is a copy of a signed request provider `pi`
+/// accepted before (`single_use`), by its signature base: a hash and a
+/// shared-data read, no signature operation. The base holds the
+/// `content-digest` header, never the body, so this needs no body.
+fn signed_copy_seen(
+    ctx: &Ctx<'_>,
+    (pi, provider): (usize, &token::Provider),
+    req: &Request<'_>,
+    body: Option<&[u8]>,
+    now: u64,
+) -> bool {
+    let Some(ms) = provider.message_signing.as_ref().filter(|ms| ms.single_use) else {
+        return false;
+    };
+    signing_message(ctx.config, pi, req, body)
+        .and_then(|m| signing::base_digest_of(&ms.policy, &m))
+        .is_some_and(|base| signed_seen(ctx, provider, &base, now))
 }
 
 /// The key of a signed request in its provider's table: its signature
@@ -2839,10 +2854,15 @@ fn check(
     // signature work and is refused as what it is. Only looked up: the
     // value is recorded once every check passed (`limits_phase`, which
     // looks again, for a copy decided meanwhile on another worker).
+    // Enforce mode only: monitor mode forwards a copy as it forwarded the
+    // first use (its `forward` header given back, its app's headers set,
+    // marked `token_replayed` by `limits_phase`, which looks again there),
+    // or a client's retry would reach the upstream without the token it
+    // authenticates by: refused in effect.
     if let Some(m) = facts
         .replay
         .as_ref()
-        .filter(|m| m.scope == ReplayScope::Local)
+        .filter(|m| m.scope == ReplayScope::Local && route.mode == Mode::Enforce)
     {
         if local_replay_seen(ctx, m.provider, &m.digest, now) {
             return Err(Reason::TokenReplayed.into());
@@ -2881,6 +2901,14 @@ fn check(
                 Some(ipk) => {
                     let key = InstallKey::from_ipk(&ipk).map_err(|_| Reason::SignatureInvalid)?;
                     if req.has_body() && ms.policy.require_content_digest {
+                        // A copy of an accepted signed request is known
+                        // by its headers: refused now (enforce mode, as
+                        // for a used `jti`), not once its body came.
+                        if route.mode == Mode::Enforce
+                            && signed_copy_seen(ctx, (t.provider, p), req, None, now)
+                        {
+                            return Err(Reason::TokenReplayed.into());
+                        }
                         deferred = Some((t.provider, key));
                     } else {
                         let monitor = route.mode == Mode::Monitor;

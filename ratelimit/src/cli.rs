@@ -193,9 +193,9 @@ pub fn command_line_error(e: &clap::Error, args: &[String]) -> ExitCode {
 }
 
 /// `message` with each value of `args` (an argument that is no `--name`,
-/// or what follows the `=` of `--name=value`) of 8 bytes or more replaced
-/// by `<an argument, not shown>`, longest first so that no part of one is
-/// left.
+/// or what follows the `=` of `--name=value`) replaced by `<an argument,
+/// not shown>`, longest first so that no part of one is left: wherever it
+/// stands when 8 bytes or more, where clap quotes it when shorter.
 fn without_argument_values(message: &str, args: &[String]) -> String {
     let mut values: Vec<&str> = args
         .iter()
@@ -204,12 +204,21 @@ fn without_argument_values(message: &str, args: &[String]) -> String {
             _ if a.starts_with("--") => "",
             _ => a.as_str(),
         })
-        .filter(|v| v.len() >= 8)
+        .filter(|v| !v.is_empty())
         .collect();
     values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     let mut out = message.to_owned();
     for v in values {
-        out = out.replace(v, "<an argument, not shown>");
+        if v.len() >= 8 {
+            out = out.replace(v, "<an argument, not shown>");
+        } else {
+            // A short piece (the end of a password split by the shell at a
+            // space) only where clap quotes an argument: replaced
+            // everywhere, it would eat words of the message.
+            out = out
+                .replace(&format!("'{v}'"), "'<an argument, not shown>'")
+                .replace(&format!("'-- {v}'"), "'-- <an argument, not shown>'");
+        }
     }
     out
 }
@@ -285,11 +294,14 @@ pub fn redis_url(
             // The "file" may be the URL itself (`--redis-url-file
             // redis://:secret@host`, the flag read as "the Redis URL"): named
             // as the URL would be logged, its password masked.
-            let shown = mask_password(&path.display().to_string());
+            // Not shown at all: `mask_password` splits as a URL parser
+            // does, and a password with a `#`, `/` or `?` typed as it is
+            // would end the user-info early and be printed whole.
+            let shown = path.display().to_string();
             if shown.contains("://") {
                 format!(
-                    "cannot read --redis-url-file {shown}: {e} (that is a URL, not a file: \
-                     give the URL with --redis or {REDIS_URL_ENV}, or write it to a file)"
+                    "cannot read --redis-url-file (a URL, not shown): {e} (that is a URL, not a \
+                     file: give the URL with --redis or {REDIS_URL_ENV}, or write it to a file)"
                 )
             } else {
                 format!("cannot read --redis-url-file {shown}: {e}")
@@ -947,5 +959,48 @@ mod tests {
         assert!(err.contains("cannot read --redis-url-file"), "{err}");
         let err = redis_url(&parse(&[]), Some(OsString::new())).unwrap_err();
         assert!(err.contains(REDIS_URL_ENV), "{err}");
+    }
+
+    // review57 `fixes`: what the review57-secrets fixes still print.
+
+    /// A URL handed to `--redis-url-file` is shown with `mask_password`,
+    /// a URL parser's split: a password with a `#`, `/` or `?` in it (not
+    /// percent-encoded, as people type them) ends the user-info early, so
+    /// nothing is masked and the password is printed whole.
+    #[test]
+    fn fixes_a_url_given_as_the_url_file_is_not_printed_whatever_its_password_holds() {
+        for url in [
+            "redis://:hunter2#s3cret@redis.internal:6379",
+            "redis://default:hunter2/s3cret@redis.internal:6379",
+            "redis://default:hunter2?s3cret@redis.internal:6379",
+        ] {
+            let e = redis_url(&parse(&["--redis-url-file", url]), None).unwrap_err();
+            assert!(!e.contains("s3cret"), "{url}: {e}");
+        }
+    }
+
+    /// clap's "unexpected argument" error for a stray piece of a split
+    /// URL shorter than 8 bytes is printed as it is: `--redis
+    /// redis://default:hunter2 s3cr@r1` (a space in the password) shows
+    /// `s3cr@r1`, the end of the password.
+    #[test]
+    fn fixes_a_short_stray_piece_of_a_split_url_is_not_echoed() {
+        let args: Vec<String> = [
+            "--config",
+            "a.yaml",
+            "--redis",
+            "redis://default:hunter2",
+            "s3cr@r1",
+        ]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+        let e = Cli::try_parse_from(
+            std::iter::once("appguard-ratelimit".to_owned()).chain(args.clone()),
+        )
+        .unwrap_err();
+        let shown = without_argument_values(&e.render().to_string(), &args);
+        assert!(shown.contains("unexpected argument"), "{shown}");
+        assert!(!shown.contains("s3cr"), "{shown}");
     }
 }

@@ -9133,3 +9133,158 @@ fn a_worker_forgets_a_spent_budget_when_the_clock_is_set_back() {
         "refused from the worker's memory of a budget spent before the step"
     );
 }
+
+// ---------------------------------------------------------------------------
+// review57 `fixes`: re-review of the review57 fixes.
+// ---------------------------------------------------------------------------
+
+/// Monitor mode never blocks, and before the early `jti` look-up a copy
+/// of a used token went upstream as the first use had (its
+/// `forward: true` header given back, its app's headers set), marked
+/// `would_deny: token_replayed`. Refused in `check` right after the token
+/// is verified, the copy now returns before `keep_token_headers` and the
+/// identity step: in monitor mode a client's retry with the same token
+/// reaches the upstream without the token it authenticates by, and
+/// without `x-appguard-app` — monitor mode refuses it in effect.
+#[test]
+fn fixes_monitor_mode_forwards_a_replayed_token_as_it_forwards_the_first_use() {
+    let w = World::from(json!({
+        "mode": "monitor",
+        "tokens": [{"name": "f", "from": [{"header": "x-fwd-token"}], "forward": true,
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "replay": {"claim": "jti", "scope": "local"}}],
+        "routes": [{"name": "p", "match": {"prefix": "/p/"}, "tokens": ["f"]}]
+    }));
+    let t = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "jti": "retry-1"}),
+    );
+    let grant = |d: Decision| match d {
+        Decision::Allow(g) => g,
+        d => panic!("monitor mode refused: {d:?}"),
+    };
+    let first = grant(w.run("/p/x", "198.51.100.1", &[("x-fwd-token", &t)]).0);
+    assert_eq!(first.would_deny, None);
+    assert!(first.remove_headers.is_empty(), "{first:?}");
+    let copy = grant(w.run("/p/x", "198.51.100.1", &[("x-fwd-token", &t)]).0);
+    assert_eq!(copy.would_deny, Some(Reason::TokenReplayed));
+    assert!(
+        copy.remove_headers.is_empty(),
+        "monitor mode took the forwarded token off a replayed request: {:?}",
+        copy.remove_headers
+    );
+}
+
+/// Coverage (passes): the clock-step fix must not turn a spent budget
+/// into an open one: after the step, one forged token is verified (and
+/// charged, which counts the entry from the new clock), the next is
+/// refused unverified again, on a fresh worker too.
+#[test]
+fn fixes_a_budget_spent_before_a_clock_step_back_still_refuses_after_one_verification() {
+    let w = budgeted_world();
+    for i in 0..3 {
+        at_time(&w, NOW, "/x", "198.51.100.9", &[("x-t", &forged(i))]);
+    }
+    let back = NOW - 3600;
+    for worker_fresh in [false, true] {
+        if worker_fresh {
+            *w.neg.borrow_mut() = NegativeCache::default();
+        }
+        let mut verified = 0;
+        for i in 10..20 {
+            let t = hs256_raw(
+                &[9u8; 64],
+                &json!({"alg": "HS256"}),
+                &json!({"exp": back + 60, "n": i}),
+            );
+            let (d, f) = at_time(&w, back + 5, "/x", "198.51.100.9", &[("x-t", &t)]);
+            assert_eq!(d.reason(), Some(Reason::TokenSignature));
+            verified += u32::from(!f.budget_refused);
+        }
+        assert!(
+            verified <= 1,
+            "{verified} forged tokens verified after the step (fresh worker: {worker_fresh})"
+        );
+    }
+}
+
+/// README (bc1d212): "a copy of a signed request accepted before
+/// (`message_signing.single_use`), is refused with the token's rules,
+/// before the identity, body and signature checks". Not for a signature
+/// that covers `content-digest` (the default for a request with a body):
+/// its look-up waits for the body phase, so an exact copy of an accepted
+/// signed POST is held for its body (up to `max_body_bytes` buffered) and
+/// passes the platform and app checks before `token_replayed`. The
+/// signature base holds the `content-digest` header, not the body: the
+/// copy can be looked up in the header phase.
+#[test]
+fn fixes_a_copy_of_an_accepted_signed_post_is_refused_in_the_header_phase() {
+    use crate::signing::{sign_request, InstallSigningKey, SignatureOptions};
+    let key = InstallSigningKey::p256_from_bytes(&[9u8; 32]).unwrap();
+    let w = World::from(json!({
+        "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "message_signing": {"claim": "ipk", "max_age_seconds": 60, "single_use": true}}],
+        "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"]}]
+    }));
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "ipk": key.public_key().to_ipk()}),
+    );
+    let body = r#"{"to":"+447700900123"}"#;
+    let hs = vec![
+        ("approov-token".to_string(), token.clone()),
+        ("content-length".to_string(), body.len().to_string()),
+    ];
+    let msg = crate::signing::Message::request(
+        "POST",
+        "https",
+        "api.example.com",
+        "/v1/sms",
+        None,
+        &hs,
+        Some(body.as_bytes()),
+    );
+    let comps = vec![
+        "@method".into(),
+        "@authority".into(),
+        "@path".into(),
+        "approov-token".into(),
+        "content-digest".into(),
+    ];
+    let sig = sign_request(&key, &msg, &SignatureOptions::new("install", comps, NOW)).unwrap();
+    let digest = sig.content_digest.clone().unwrap();
+    let len = body.len().to_string();
+    let request = [
+        (":scheme", "https"),
+        ("approov-token", token.as_str()),
+        ("content-length", len.as_str()),
+        ("content-digest", digest.as_str()),
+        ("signature-input", sig.signature_input.as_str()),
+        ("signature", sig.signature.as_str()),
+    ];
+    match w.post("/v1/sms", "192.0.2.1", &request, body) {
+        Step::Done(d, _) => assert_eq!(d.reason(), None, "the genuine request"),
+        s => panic!("{s:?}"),
+    }
+    let mut all = vec![
+        (":method", "POST"),
+        (":path", "/v1/sms"),
+        (":authority", "api.example.com"),
+        ("content-type", "application/json"),
+    ];
+    all.extend_from_slice(&request);
+    let h = headers(&all);
+    match evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW) {
+        Step::Done(d, f) => assert_eq!(
+            (d.reason(), f.signing_error.is_some()),
+            (Some(Reason::TokenReplayed), false)
+        ),
+        Step::NeedBody(_) => {
+            panic!("an exact copy of an accepted signed POST is held for its body")
+        }
+        s => panic!("{s:?}"),
+    }
+}
