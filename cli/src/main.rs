@@ -305,12 +305,21 @@ fn command_line_error(e: &clap::Error) -> ExitCode {
             _ if looks_like_an_option(&a) || words.contains(&a) => String::new(),
             _ => a,
         })
-        .filter(|v| v.len() >= 8)
+        .filter(|v| !v.is_empty())
         .collect();
     // Longest first, so that a value inside another is not left in part.
     values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     for v in &values {
-        message = message.replace(v.as_str(), "<an argument, not shown>");
+        if v.len() >= 8 {
+            message = message.replace(v.as_str(), "<an argument, not shown>");
+        } else {
+            // A short piece (the end of a secret the shell split at a
+            // space) only where clap quotes an argument: replaced
+            // everywhere, it would eat words of the message.
+            message = message
+                .replace(&format!("'{v}'"), "'<an argument, not shown>'")
+                .replace(&format!("'-- {v}'"), "'-- <an argument, not shown>'");
+        }
     }
     err!("{}", message.trim_end());
     ExitCode::from(2)

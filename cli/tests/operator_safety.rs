@@ -37,6 +37,17 @@ fn mint_with_a_wrapped_unquoted_secret_does_not_echo_it() {
     );
 }
 
+/// A secret with a space, unquoted: the shell passes its end as an
+/// argument of its own, shorter than the 8 bytes below which a value is
+/// not hidden everywhere in clap's message; where clap quotes it, it is.
+#[test]
+fn a_short_stray_piece_of_a_secret_is_not_quoted_back() {
+    let r = cli(&["check-config", "missing.json", "Zq9!x"]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(!r.all().contains("Zq9!x"), "piece echoed:\n{}", r.all());
+    assert!(r.all().contains("<an argument, not shown>"), "{}", r.all());
+}
+
 /// The README's sign-request section: "For a provider whose `from[]` has
 /// `"prefix": "Bearer "`, pass `--token "Bearer $TOKEN"`". Unquoted, the
 /// token becomes a second argument, and clap's "unexpected argument" error
