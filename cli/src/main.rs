@@ -276,17 +276,9 @@ fn main() -> ExitCode {
 /// -base64 64`, `--token Bearer $TOKEN`) would otherwise be echoed to a
 /// terminal or a CI log in clap's "unexpected argument" message.
 fn command_line_error(e: &clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    if matches!(
-        e.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
-        let _ = e.print();
-        return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+    if let Some(code) = appguard_ratelimit::cli::clap_help_or_version(e) {
+        return code;
     }
-    let mut message = e.render().to_string();
     // The command's own words (subcommand names) are no secrets.
     fn names(c: &clap::Command, out: &mut Vec<String>) {
         for sub in c.get_subcommands() {
@@ -297,7 +289,7 @@ fn command_line_error(e: &clap::Error) -> ExitCode {
     let mut words = Vec::new();
     names(&<Cli as clap::CommandFactory>::command(), &mut words);
     // Option names stay (`--secret-base64`); values go, also after `=`.
-    let mut values: Vec<String> = std::env::args_os()
+    let values: Vec<String> = std::env::args_os()
         .skip(1)
         .map(|a| a.to_string_lossy().into_owned())
         .map(|a| match a.split_once('=') {
@@ -305,22 +297,11 @@ fn command_line_error(e: &clap::Error) -> ExitCode {
             _ if looks_like_an_option(&a) || words.contains(&a) => String::new(),
             _ => a,
         })
-        .filter(|v| !v.is_empty())
         .collect();
-    // Longest first, so that a value inside another is not left in part.
-    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-    for v in &values {
-        if v.len() >= 8 {
-            message = message.replace(v.as_str(), "<an argument, not shown>");
-        } else {
-            // A short piece (the end of a secret the shell split at a
-            // space) only where clap quotes an argument: replaced
-            // everywhere, it would eat words of the message.
-            message = message
-                .replace(&format!("'{v}'"), "'<an argument, not shown>'")
-                .replace(&format!("'-- {v}'"), "'-- <an argument, not shown>'");
-        }
-    }
+    let message = appguard_ratelimit::cli::hide_values(
+        &e.render().to_string(),
+        values.iter().map(String::as_str).collect(),
+    );
     err!("{}", message.trim_end());
     ExitCode::from(2)
 }

@@ -175,16 +175,9 @@ pub struct Cli {
 /// would reach the service's log with its password. `args` are the
 /// arguments as given, without the program name.
 pub fn command_line_error(e: &clap::Error, args: &[String]) -> ExitCode {
-    use clap::error::ErrorKind;
     use std::io::Write as _;
-    if matches!(
-        e.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
-        let _ = e.print();
-        return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+    if let Some(code) = clap_help_or_version(e) {
+        return code;
     }
     let message = without_argument_values(&e.render().to_string(), args);
     // Nowhere left to say that standard error failed.
@@ -192,29 +185,51 @@ pub fn command_line_error(e: &clap::Error, args: &[String]) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Prints what clap's "error" `e` is when it is help or a version asked
+/// for (no values in it), and gives the exit code; `None` for a real error.
+/// Shared with `appguard-cli`'s command-line errors.
+pub fn clap_help_or_version(e: &clap::Error) -> Option<ExitCode> {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return Some(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)));
+    }
+    None
+}
+
 /// `message` with each value of `args` (an argument that is no `--name`,
-/// or what follows the `=` of `--name=value`) replaced by `<an argument,
-/// not shown>`, longest first so that no part of one is left: wherever it
-/// stands when 8 bytes or more, where clap quotes it when shorter.
+/// or what follows the `=` of `--name=value`) hidden ([`hide_values`]).
 fn without_argument_values(message: &str, args: &[String]) -> String {
-    let mut values: Vec<&str> = args
+    let values: Vec<&str> = args
         .iter()
         .map(|a| match a.split_once('=') {
             Some((name, value)) if name.starts_with("--") => value,
             _ if a.starts_with("--") => "",
             _ => a.as_str(),
         })
-        .filter(|v| !v.is_empty())
         .collect();
+    hide_values(message, values)
+}
+
+/// `message` (clap's rendering of a command-line error) with each of
+/// `values` replaced by `<an argument, not shown>`, longest first so that
+/// no part of one is left: wherever it stands when 8 bytes or more, and
+/// where clap quotes it when shorter (the end of a secret the shell split
+/// at a space; replaced everywhere, a short value would eat words of the
+/// message). Shared with `appguard-cli`.
+pub fn hide_values(message: &str, mut values: Vec<&str>) -> String {
+    values.retain(|v| !v.is_empty());
     values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     let mut out = message.to_owned();
     for v in values {
         if v.len() >= 8 {
             out = out.replace(v, "<an argument, not shown>");
         } else {
-            // A short piece (the end of a password split by the shell at a
-            // space) only where clap quotes an argument: replaced
-            // everywhere, it would eat words of the message.
             out = out
                 .replace(&format!("'{v}'"), "'<an argument, not shown>'")
                 .replace(&format!("'-- {v}'"), "'-- <an argument, not shown>'");
