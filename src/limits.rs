@@ -1294,31 +1294,6 @@ impl ServiceCache {
         }
     }
 
-    /// Whether a request should ask for the next lease of a descriptor
-    /// whose rule leases `size` now, instead of taking one of the hits
-    /// this worker still holds: less than a quarter of a lease is left (so
-    /// never for leases under 8, which side-by-side asks hardly halve), the
-    /// service said a whole lease more remains in the window, and no ask
-    /// for the descriptor is out (nor an over-limit answer known). The
-    /// others go on taking the kept hits while the call is out, so a lease
-    /// that runs out under load does not set off an ask from each request
-    /// (halving each other's, 100, 50, 25, …: a call for one request in
-    /// eight at 16 requests side by side, where one in a hundred is the
-    /// point of a lease). One ask at a time: the bound on what a burst
-    /// reset together has counted stays as it is.
-    pub fn ask_ahead(&self, digest: &[u8; 16], size: u32, now_ms: u64) -> bool {
-        self.leases.get(digest).is_some_and(|l| {
-            l.live(now_ms)
-                && l.remaining > 0
-                && l.remaining < size / 4
-                && l.service_remaining >= size
-        }) && !self.map.contains_key(digest)
-            && !self
-                .asking
-                .get(digest)
-                .is_some_and(|asks| asks.iter().any(|a| a.holds(now_ms)))
-    }
-
     /// Whether this worker holds a leased hit of a descriptor at `now_ms`
     /// (without taking it).
     pub fn has_lease(&self, digest: &[u8; 16], now_ms: u64) -> bool {
@@ -1776,57 +1751,6 @@ mod tests {
             1,
             "its ask is still in flight"
         );
-    }
-
-    #[test]
-    fn the_next_lease_is_asked_for_ahead_while_a_quarter_is_left() {
-        // A lease of 100 (99 kept, one went to the request that asked)
-        // with 1,000 left at the service: 75 hits are taken; with 24
-        // left, one request asks for the next lease while the others go
-        // on taking the kept hits.
-        let mut c = ServiceCache::new(&SALT);
-        let d = [9u8; 16];
-        let t = 1_000_000;
-        c.grant_lease(d, 100, 1_000, t + 60_000, t);
-        for i in 0..75 {
-            assert!(!c.ask_ahead(&d, 100, t + 1), "hit {i}");
-            assert!(c.take_lease(&d, t + 1));
-        }
-        assert!(c.ask_ahead(&d, 100, t + 2), "24 left");
-        assert_eq!(c.lease_ask(&d, 100, t + 2), 100);
-        c.begin_ask(d, t + 2, t + 1_000, 100);
-        // One ask at a time: the others take the 24 kept hits.
-        for _ in 0..24 {
-            assert!(!c.ask_ahead(&d, 100, t + 3));
-            assert!(c.take_lease(&d, t + 3));
-        }
-        assert!(!c.take_lease(&d, t + 3), "spent before the answer");
-        c.end_ask(&d, t + 2, 100);
-        c.grant_lease(d, 100, 900, t + 60_000, t + 4);
-        assert!(!c.ask_ahead(&d, 100, t + 5), "99 held");
-        // Not ahead of the service's limit: with less than a lease left
-        // there, the lease runs out first, as before.
-        let e = [10u8; 16];
-        c.grant_lease(e, 100, 50, t + 60_000, t);
-        for _ in 0..80 {
-            assert!(c.take_lease(&e, t + 1));
-        }
-        assert!(!c.ask_ahead(&e, 100, t + 1), "50 left at the service");
-        // Nor with an over-limit answer known for it, nor for a lease
-        // too small to have a quarter.
-        let f = [11u8; 16];
-        c.grant_lease(f, 100, 1_000, t + 60_000, t);
-        for _ in 0..80 {
-            assert!(c.take_lease(&f, t + 1));
-        }
-        assert!(c.ask_ahead(&f, 100, t + 1));
-        c.insert(f, t / 1000 + 30, Some(10), t / 1000);
-        assert!(!c.ask_ahead(&f, 100, t + 1), "over limit known");
-        let g = [12u8; 16];
-        c.grant_lease(g, 4, 1_000, t + 60_000, t);
-        assert!(c.take_lease(&g, t + 1));
-        assert!(c.take_lease(&g, t + 1));
-        assert!(!c.ask_ahead(&g, 4, t + 1), "1 of 4 left");
     }
 
     #[test]
