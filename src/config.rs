@@ -2236,6 +2236,10 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         }
     }
+    // The API-key header, the token headers and the headers tokens are
+    // bound to: never a descriptor (below), never a request trailer
+    // (`credential_headers`).
+    let credentials = key_and_token_headers(&api_keys, &providers);
     // A descriptor read from a header appguard removes (its own identity
     // headers, claim headers) would read the client's copy: a value the
     // client picks, or omits to skip the limit.
@@ -2245,22 +2249,13 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 if let limits::Source::Header(h) = &e.source {
                     // A descriptor value goes in clear to the rate-limit
                     // service (its logs, its Redis keys): never a secret.
-                    let secret = same(h, &api_keys.header)
+                    // What a token is bound to is a credential too (a
+                    // session id, a bearer token): its claim holds the
+                    // digest to limit by.
+                    let secret = credentials.iter().any(|c| same(h, c))
                         || ["authorization", "proxy-authorization", "cookie"]
                             .iter()
-                            .any(|c| same(h, c))
-                        || providers
-                            .iter()
-                            .flat_map(|p| p.sources.iter())
-                            .any(|src| same(&src.header, h))
-                        // What a token is bound to is a credential too (a
-                        // session id, a bearer token): its claim holds the
-                        // digest to limit by.
-                        || providers
-                            .iter()
-                            .filter_map(|p| p.binding.as_ref())
-                            .flat_map(|b| b.headers.iter())
-                            .any(|b| same(b, h));
+                            .any(|c| same(h, c));
                     if secret {
                         return Err(ConfigError::new(
                             format!("routes[{i}].rate_limits[{j}].entries[{k}].name"),
@@ -2305,7 +2300,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             ),
         ));
     }
-    let credential_headers = credential_headers(&api_keys, &providers);
+    let credential_headers = with_signed_headers(credentials, &providers);
     Ok(Config {
         mode: raw.mode,
         default_action: raw.default_action,
@@ -2337,42 +2332,54 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
-/// The headers of [`Config::credential_headers`], each once.
-fn credential_headers(api_keys: &ApiKeys, providers: &[Provider]) -> Vec<String> {
+/// `h` added to `out` unless a spelling of it is there already.
+fn push_header_once(out: &mut Vec<String>, h: &str) {
+    if !out
+        .iter()
+        .any(|o| crate::request::same_header_name(o.as_bytes(), h.as_bytes()))
+    {
+        out.push(h.to_owned());
+    }
+}
+
+/// The API-key header, each token provider's headers and each header a
+/// token is bound to, each once: the headers that carry a credential of a
+/// key or a token.
+fn key_and_token_headers(api_keys: &ApiKeys, providers: &[Provider]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    let mut add = |h: &str| {
-        if !out
-            .iter()
-            .any(|o| crate::request::same_header_name(o.as_bytes(), h.as_bytes()))
-        {
-            out.push(h.to_owned());
-        }
-    };
-    add(&api_keys.header);
+    push_header_once(&mut out, &api_keys.header);
     for p in providers {
         for s in &p.sources {
-            add(&s.header);
+            push_header_once(&mut out, &s.header);
         }
         for h in p.binding.iter().flat_map(|b| b.headers.iter()) {
-            add(h);
-        }
-        if let Some(m) = &p.message_signing {
-            for h in [
-                "signature",
-                "signature-input",
-                "content-digest",
-                "content-type",
-            ] {
-                add(h);
-            }
-            for c in m.policy.required_components.iter() {
-                if !c.starts_with('@') {
-                    add(c);
-                }
-            }
+            push_header_once(&mut out, h);
         }
     }
     out
+}
+
+/// [`Config::credential_headers`]: `credentials` (see
+/// [`key_and_token_headers`]) and, for each provider with
+/// `message_signing`, the signature headers, `content-digest`,
+/// `content-type` and the headers a signature must cover, each once.
+fn with_signed_headers(mut credentials: Vec<String>, providers: &[Provider]) -> Vec<String> {
+    for m in providers.iter().filter_map(|p| p.message_signing.as_ref()) {
+        for h in [
+            "signature",
+            "signature-input",
+            "content-digest",
+            "content-type",
+        ] {
+            push_header_once(&mut credentials, h);
+        }
+        for c in &m.policy.required_components {
+            if !c.starts_with('@') {
+                push_header_once(&mut credentials, c);
+            }
+        }
+    }
+    credentials
 }
 
 /// One `network` section (the configuration's or a route's). A country list
@@ -2717,7 +2724,7 @@ mod tests {
     use super::*;
 
     /// 32 bytes from a CSPRNG (fixed here): a key no advisory points out.
-    const RANDOM_KEY: &str = "q1Jr3H0Z8Vf7yT2nQm9sKx4bWc6eLp5aUo0iR8dGzYk=";
+    pub(super) const RANDOM_KEY: &str = "q1Jr3H0Z8Vf7yT2nQm9sKx4bWc6eLp5aUo0iR8dGzYk=";
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -3013,16 +3020,17 @@ mod tests {
         .is_empty());
         // Denied prefixes no route checks; keys no route reads.
         // A random key (a text or repeated one is advised against too).
-        let phone = r#", "phone": {"hash_key_base64": "q1Jr3H0Z8Vf7yT2nQm9sKx4bWc6eLp5aUo0iR8dGzYk=",
-            "denied_prefixes": ["+882"]}"#;
-        let a = with("", &route(""), phone);
+        let phone = format!(
+            r#", "phone": {{"hash_key_base64": "{RANDOM_KEY}", "denied_prefixes": ["+882"]}}"#
+        );
+        let a = with("", &route(""), &phone);
         assert_eq!(a.len(), 1, "{a:?}");
         assert!(a[0].starts_with("phone.denied_prefixes: no route reads"));
         let read = route(
             r#", "rate_limits": [{"entries": [{"type": "body", "pointer": "/to", "phone": true}],
                 "local": {"requests": 1, "per": "hour"}}]"#,
         );
-        assert!(with("", &read, phone).is_empty(), "{read}");
+        assert!(with("", &read, &phone).is_empty(), "{read}");
         // A route that refuses every request: a required key with none to
         // use there, or a platform no app has.
         let refusing = |route: &str, keys: &str| {
@@ -4796,9 +4804,8 @@ mod error_paths {
     fn an_hmac_secret_that_is_not_random_is_pointed_out() {
         // One captured token lets anyone test guesses of a text secret
         // offline (hashcat's JWT mode), then sign tokens of their own.
+        use super::tests::RANDOM_KEY;
         use base64::Engine as _;
-        // 32 bytes from a CSPRNG (fixed here).
-        const RANDOM_KEY: &str = "q1Jr3H0Z8Vf7yT2nQm9sKx4bWc6eLp5aUo0iR8dGzYk=";
         let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
         let advice = |secret: &str| {
             let doc = format!(
@@ -4852,7 +4859,7 @@ mod error_paths {
             );
         }
         // 32 bytes from a CSPRNG (fixed here) are not pointed out.
-        let random = "q1Jr3H0Z8Vf7yT2nQm9sKx4bWc6eLp5aUo0iR8dGzYk=";
+        let random = super::tests::RANDOM_KEY;
         let doc = format!(r#"{{"phone": {{"hash_key_base64": "{random}"}}}}"#);
         let c = Config::from_json(doc.as_bytes()).unwrap();
         assert!(
@@ -4862,6 +4869,29 @@ mod error_paths {
             "{:?}",
             c.advisories()
         );
+    }
+
+    /// The advisories of a configuration whose route limits per `claim`,
+    /// in a rule sent to the rate-limit service, or one that is `local`.
+    fn claim_limit_advice(claim: &str, local: bool) -> Vec<String> {
+        let (service, rule_tail) = if local {
+            ("", r#", "local": {"requests": 5, "per": "hour"}"#)
+        } else {
+            (
+                r#""rate_limit_service": {"cluster": "rls", "domain": "d"},"#,
+                "",
+            )
+        };
+        let doc = format!(
+            r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-token"}}],
+                "keys": [{{"secret_base64": "{key}"}}]}}],
+              {service}
+              "routes": [{{"name": "otp", "match": {{"path": "/otp"}}, "tokens": ["t"],
+                "rate_limits": [{{"name": "per-user", "entries": [
+                  {{"type": "claim", "name": "{claim}"}}]{rule_tail}}}]}}]}}"#,
+            key = super::tests::RANDOM_KEY
+        );
+        Config::from_json(doc.as_bytes()).unwrap().advisories()
     }
 
     /// review57 (secrets): a `claim` entry sends the claim's value to the
@@ -4874,17 +4904,7 @@ mod error_paths {
     #[test]
     fn a_claim_entry_on_a_phone_number_or_email_claim_is_pointed_out() {
         for claim in ["phone_number", "email"] {
-            let doc = format!(
-                r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-token"}}],
-                    "keys": [{{"secret_base64": "{}"}}]}}],
-                  "rate_limit_service": {{"cluster": "rls", "domain": "d"}},
-                  "routes": [{{"name": "otp", "match": {{"path": "/otp"}}, "tokens": ["t"],
-                    "rate_limits": [{{"name": "per-user", "entries": [
-                      {{"type": "claim", "name": "{claim}"}}]}}]}}]}}"#,
-                "a".repeat(44)
-            );
-            let c = Config::from_json(doc.as_bytes()).unwrap();
-            let advice = c.advisories();
+            let advice = claim_limit_advice(claim, false);
             assert!(
                 advice
                     .iter()
@@ -4902,17 +4922,7 @@ mod error_paths {
     #[test]
     fn fixes_a_claim_entry_of_a_local_rule_is_not_said_to_reach_the_service() {
         for claim in ["phone_number", "email"] {
-            let doc = format!(
-                r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-token"}}],
-                    "keys": [{{"secret_base64": "{}"}}]}}],
-                  "routes": [{{"name": "otp", "match": {{"path": "/otp"}}, "tokens": ["t"],
-                    "rate_limits": [{{"name": "per-user", "entries": [
-                      {{"type": "claim", "name": "{claim}"}}],
-                      "local": {{"requests": 5, "per": "hour"}}}}]}}]}}"#,
-                "q1Jr3H0Z8Vf7yT2nQm9sKx4bWc6eLp5aUo0iR8dGzYk="
-            );
-            let c = Config::from_json(doc.as_bytes()).unwrap();
-            let advice = c.advisories();
+            let advice = claim_limit_advice(claim, true);
             assert!(
                 !advice.iter().any(|a| a.contains("in clear")),
                 "{claim}: a local rule's claim said to go to the service: {advice:?}"
