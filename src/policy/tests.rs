@@ -5034,9 +5034,10 @@ fn replays_do_not_spend_the_genuine_clients_local_limit() {
     assert_eq!(run("c"), Some(Reason::RateLimited), "the third");
 }
 
-#[test]
-fn a_copied_token_without_the_install_signature_keeps_its_jti() {
-    use crate::signing::InstallSigningKey;
+/// A provider with `replay` (local) and `message_signing`, the install
+/// key its token names, and a token with `jti`: for the tests of a
+/// signed request's copies.
+fn replay_and_signing_world(jti: &str) -> (World, crate::signing::InstallSigningKey, String) {
     let w = World::from(json!({
         "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
                     "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
@@ -5044,20 +5045,34 @@ fn a_copied_token_without_the_install_signature_keeps_its_jti() {
                     "message_signing": {"claim": "ipk", "max_age_seconds": 60}}],
         "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"]}]
     }));
-    let key = InstallSigningKey::p256_from_bytes(&[7u8; 32]).unwrap();
+    let key = crate::signing::InstallSigningKey::p256_from_bytes(&[7u8; 32]).unwrap();
     let token = hs256_raw(
         SECRET,
         &json!({"alg": "HS256"}),
-        &json!({"exp": NOW + 60, "jti": "once", "ipk": key.public_key().to_ipk()}),
+        &json!({"exp": NOW + 60, "jti": jti, "ipk": key.public_key().to_ipk()}),
     );
-    let signed_h = signed_get(&key, &token, "/v1/x", NOW);
-    let copy = headers(&[
+    (w, key, token)
+}
+
+/// `GET /v1/x` with `token` and `extra` headers, without a valid request
+/// signature.
+fn unsigned_get(token: &str, extra: &[(&str, &str)]) -> crate::headers::Headers {
+    let mut all = vec![
         (":method", "GET"),
         (":scheme", "https"),
         (":path", "/v1/x"),
         (":authority", "api.example.com"),
-        ("approov-token", token.as_str()),
-    ]);
+        ("approov-token", token),
+    ];
+    all.extend_from_slice(extra);
+    headers(&all)
+}
+
+#[test]
+fn a_copied_token_without_the_install_signature_keeps_its_jti() {
+    let (w, key, token) = replay_and_signing_world("once");
+    let signed_h = signed_get(&key, &token, "/v1/x", NOW);
+    let copy = unsigned_get(&token, &[]);
     let run = |signed: bool| {
         let h = if signed { &signed_h } else { &copy };
         evaluate(&w.ctx(), &Request::new(h, None), NOW).done_reason()
@@ -8876,33 +8891,18 @@ fn spec_a_replayed_token_is_refused_before_the_body_checks() {
 /// refused.
 #[test]
 fn spec_a_replayed_token_is_refused_before_its_request_signature_is_verified() {
-    use crate::signing::InstallSigningKey;
-    let w = World::from(json!({
-        "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
-                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
-                    "replay": {"claim": "jti", "scope": "local"},
-                    "message_signing": {"claim": "ipk", "max_age_seconds": 60}}],
-        "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"]}]
-    }));
-    let key = InstallSigningKey::p256_from_bytes(&[7u8; 32]).unwrap();
-    let token = hs256_raw(
-        SECRET,
-        &json!({"alg": "HS256"}),
-        &json!({"exp": NOW + 60, "jti": "signed-once", "ipk": key.public_key().to_ipk()}),
-    );
+    let (w, key, token) = replay_and_signing_world("signed-once");
     let signed = signed_get(&key, &token, "/v1/x", NOW);
-    let unsigned = headers(&[
-        (":method", "GET"),
-        (":scheme", "https"),
-        (":path", "/v1/x"),
-        (":authority", "api.example.com"),
-        ("approov-token", token.as_str()),
-        (
-            "signature-input",
-            "install=(\"@method\");created=1900000000",
-        ),
-        ("signature", "install=:AAAA:"),
-    ]);
+    let unsigned = unsigned_get(
+        &token,
+        &[
+            (
+                "signature-input",
+                "install=(\"@method\");created=1900000000",
+            ),
+            ("signature", "install=:AAAA:"),
+        ],
+    );
     let run = |h: &crate::headers::Headers| {
         let (d, f) = match evaluate(&w.ctx(), &Request::new(h, None), NOW) {
             Step::Done(d, f) => (d, f),
