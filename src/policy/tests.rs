@@ -4946,30 +4946,9 @@ fn bodies_that_do_not_match_their_digest_spend_the_failure_budget() {
     // A genuine signed POST replayed over other bodies costs a hash each
     // (the digest is checked before the signature), and is charged, so a
     // flood of them stops at the budget.
-    use crate::signing::{sign_request, SignatureOptions};
     let (w, key, token) = budgeted_signing_world();
     let body = r#"{"to":"+447700900123"}"#;
-    let hs = vec![
-        ("approov-token".to_string(), token.clone()),
-        ("content-length".to_string(), body.len().to_string()),
-    ];
-    let msg = crate::signing::Message::request(
-        "POST",
-        "https",
-        "api.example.com",
-        "/v1/sms",
-        None,
-        &hs,
-        Some(body.as_bytes()),
-    );
-    let comps = vec![
-        "@method".into(),
-        "@authority".into(),
-        "@path".into(),
-        "approov-token".into(),
-        "content-digest".into(),
-    ];
-    let sig = sign_request(&key, &msg, &SignatureOptions::new("install", comps, NOW)).unwrap();
+    let sig = signed_sms_post(&key, &token, body);
     let digest = sig.content_digest.clone().unwrap();
     let run = |body: &str| {
         let len = body.len().to_string();
@@ -5125,6 +5104,37 @@ fn a_token_that_expires_while_its_body_is_awaited_is_not_recorded_as_fresh() {
     // In time, the token is single-use as ever.
     assert_eq!(run(NOW + 10 + 30), None);
     assert_eq!(run(NOW + 10 + 30), Some(Reason::TokenReplayed));
+}
+
+/// The install signature (created at `NOW`) of `POST /v1/sms` with
+/// `body`: the method, authority, path, token and `content-digest`.
+fn signed_sms_post(
+    key: &crate::signing::InstallSigningKey,
+    token: &str,
+    body: &str,
+) -> crate::signing::SignatureHeaders {
+    use crate::signing::{sign_request, SignatureOptions};
+    let hs = vec![
+        ("approov-token".to_string(), token.to_string()),
+        ("content-length".to_string(), body.len().to_string()),
+    ];
+    let msg = crate::signing::Message::request(
+        "POST",
+        "https",
+        "api.example.com",
+        "/v1/sms",
+        None,
+        &hs,
+        Some(body.as_bytes()),
+    );
+    let comps = vec![
+        "@method".into(),
+        "@authority".into(),
+        "@path".into(),
+        "approov-token".into(),
+        "content-digest".into(),
+    ];
+    sign_request(key, &msg, &SignatureOptions::new("install", comps, NOW)).unwrap()
 }
 
 /// A GET of `path` at api.example.com with `token` in `approov-token`,
@@ -9220,7 +9230,7 @@ fn fixes_a_budget_spent_before_a_clock_step_back_still_refuses_after_one_verific
 /// copy can be looked up in the header phase.
 #[test]
 fn fixes_a_copy_of_an_accepted_signed_post_is_refused_in_the_header_phase() {
-    use crate::signing::{sign_request, InstallSigningKey, SignatureOptions};
+    use crate::signing::InstallSigningKey;
     let key = InstallSigningKey::p256_from_bytes(&[9u8; 32]).unwrap();
     let w = World::from(json!({
         "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
@@ -9234,27 +9244,7 @@ fn fixes_a_copy_of_an_accepted_signed_post_is_refused_in_the_header_phase() {
         &json!({"exp": NOW + 60, "ipk": key.public_key().to_ipk()}),
     );
     let body = r#"{"to":"+447700900123"}"#;
-    let hs = vec![
-        ("approov-token".to_string(), token.clone()),
-        ("content-length".to_string(), body.len().to_string()),
-    ];
-    let msg = crate::signing::Message::request(
-        "POST",
-        "https",
-        "api.example.com",
-        "/v1/sms",
-        None,
-        &hs,
-        Some(body.as_bytes()),
-    );
-    let comps = vec![
-        "@method".into(),
-        "@authority".into(),
-        "@path".into(),
-        "approov-token".into(),
-        "content-digest".into(),
-    ];
-    let sig = sign_request(&key, &msg, &SignatureOptions::new("install", comps, NOW)).unwrap();
+    let sig = signed_sms_post(&key, &token, body);
     let digest = sig.content_digest.clone().unwrap();
     let len = body.len().to_string();
     let request = [
