@@ -5033,6 +5033,24 @@ fn replay_and_signing_world(jti: &str) -> (World, crate::signing::InstallSigning
     (w, key, token)
 }
 
+/// A provider with `message_signing.single_use`, the install key its
+/// token names, and a token expiring at `exp`.
+fn single_use_signing_world(exp: u64) -> (World, crate::signing::InstallSigningKey, String) {
+    let key = crate::signing::InstallSigningKey::p256_from_bytes(&[9u8; 32]).unwrap();
+    let w = World::from(json!({
+        "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "message_signing": {"claim": "ipk", "max_age_seconds": 60, "single_use": true}}],
+        "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"]}]
+    }));
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": exp, "ipk": key.public_key().to_ipk()}),
+    );
+    (w, key, token)
+}
+
 /// `GET /v1/x` with `token` and `extra` headers, without a valid request
 /// signature.
 fn unsigned_get(token: &str, extra: &[(&str, &str)]) -> crate::headers::Headers {
@@ -8987,19 +9005,7 @@ fn spec_the_rate_limit_service_down_follows_the_routes_failure_mode() {
 /// sender's budget after the verification ran).
 #[test]
 fn spec_a_copy_of_an_accepted_signed_request_is_refused_before_verification() {
-    use crate::signing::InstallSigningKey;
-    let key = InstallSigningKey::p256_from_bytes(&[9u8; 32]).unwrap();
-    let w = World::from(json!({
-        "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
-                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
-                    "message_signing": {"claim": "ipk", "max_age_seconds": 60, "single_use": true}}],
-        "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"]}]
-    }));
-    let token = hs256_raw(
-        SECRET,
-        &json!({"alg": "HS256"}),
-        &json!({"exp": NOW + 300, "ipk": key.public_key().to_ipk()}),
-    );
+    let (w, key, token) = single_use_signing_world(NOW + 300);
     let first = signed_get(&key, &token, "/v1/x", NOW);
     let zeros = format!("install=:{}:", STANDARD.encode([0u8; 64]));
     let altered: Vec<(&str, &str)> = first
@@ -9230,19 +9236,7 @@ fn fixes_a_budget_spent_before_a_clock_step_back_still_refuses_after_one_verific
 /// copy can be looked up in the header phase.
 #[test]
 fn fixes_a_copy_of_an_accepted_signed_post_is_refused_in_the_header_phase() {
-    use crate::signing::InstallSigningKey;
-    let key = InstallSigningKey::p256_from_bytes(&[9u8; 32]).unwrap();
-    let w = World::from(json!({
-        "tokens": [{"name": "t", "from": [{"header": "approov-token"}],
-                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
-                    "message_signing": {"claim": "ipk", "max_age_seconds": 60, "single_use": true}}],
-        "routes": [{"name": "r", "match": {"prefix": "/v1/"}, "tokens": ["t"]}]
-    }));
-    let token = hs256_raw(
-        SECRET,
-        &json!({"alg": "HS256"}),
-        &json!({"exp": NOW + 60, "ipk": key.public_key().to_ipk()}),
-    );
+    let (w, key, token) = single_use_signing_world(NOW + 60);
     let body = r#"{"to":"+447700900123"}"#;
     let sig = signed_sms_post(&key, &token, body);
     let digest = sig.content_digest.clone().unwrap();
