@@ -380,7 +380,13 @@ impl Worker {
                 // refresh lease (which the last refresh may still hold).
                 !self.refreshes.borrow().values().any(|(x, _)| *x == p)
                     && (jwks::redo_lost_refetch(slot)
-                        || jwks::take_refresh_lease(&HostStore, slot, &provider.name, remote, now))
+                        || jwks::take_refresh_lease(
+                            &HostStore,
+                            slot,
+                            &provider.name,
+                            remote,
+                            host::now_millis(),
+                        ))
             };
             if refresh {
                 let token = host::http_get(

@@ -504,22 +504,25 @@ pub fn store<S: SharedStore + ?Sized>(
 
 /// Whether this worker should refresh now: the shared copy is due, and this
 /// worker won the lease (so one fetch per instance, not one per worker).
+/// `now_ms` is milliseconds since the epoch: the lease holds for the whole
+/// of the fetch's timeout from the moment it was taken, not to the end of
+/// a second (two workers starting a millisecond either side of a second
+/// would both fetch).
 pub fn take_refresh_lease<S: SharedStore + ?Sized>(
     shared: &S,
     slot: &JwksSlot,
     provider: &str,
     remote: &RemoteJwks,
-    now: u64,
+    now_ms: u64,
 ) -> bool {
-    due(slot, remote, now)
-        && take_lease(
+    due(slot, remote, now_ms / 1000)
+        && take_lease_at_ms(
             shared,
-            provider,
-            remote,
-            "lease",
+            &shared_key("jwks-lease", provider, remote),
             remote.timeout_ms / 1000 + 1,
-            now,
+            now_ms,
         )
+        .is_ok()
 }
 
 /// Whether this request may re-fetch for an unknown `kid` (keys loaded):
@@ -804,27 +807,15 @@ fn due(slot: &JwksSlot, remote: &RemoteJwks, now: u64) -> bool {
         || slot.refetch_lost_at.is_some_and(|t| slot.fetched_at() <= t)
 }
 
-/// A shared lease: true for exactly one caller per `seconds`, among the
-/// workers of the same provider and source (see [`shared_key`]).
-fn take_lease<S: SharedStore + ?Sized>(
-    shared: &S,
-    provider: &str,
-    remote: &RemoteJwks,
-    kind: &str,
-    seconds: u64,
-    now: u64,
-) -> bool {
-    let key = shared_key(&format!("jwks-{kind}"), provider, remote);
-    take_lease_at(shared, &key, seconds, now)
-}
-
 /// [`take_lease_at_ms`] at second `now`: whether the lease was taken.
+#[cfg(test)]
 fn take_lease_at<S: SharedStore + ?Sized>(shared: &S, key: &str, seconds: u64, now: u64) -> bool {
     take_lease_at_ms(shared, key, seconds, now.saturating_mul(1000)).is_ok()
 }
 
-/// [`take_lease`] on `shared` at `key`, at `now_ms` (milliseconds since
-/// the epoch). The lease records when it ends and when it was taken (in
+/// A shared lease on `shared` at `key`, at `now_ms` (milliseconds since
+/// the epoch): true for exactly one caller per `seconds`, among the
+/// workers of the same provider and source (see [`shared_key`]). The lease records when it ends and when it was taken (in
 /// seconds, then in milliseconds). One taken later than now (and a second
 /// of slack) was taken before the clock was set back: it is stale, or no
 /// worker would fetch until the clock caught up. Judged by when it was
@@ -860,7 +851,14 @@ fn take_lease_at_ms<S: SharedStore + ?Sized>(
             });
             (None, false)
         } else {
-            let mut lease = now.saturating_add(seconds).to_le_bytes().to_vec();
+            // Its end rounded up to the second: held for at least
+            // `seconds` from now, not only to the end of the second `now
+            // + seconds` begins (which may be a millisecond away when
+            // `seconds` is 1).
+            let until = now_ms
+                .saturating_add(seconds.saturating_mul(1000))
+                .div_ceil(1000);
+            let mut lease = until.to_le_bytes().to_vec();
             lease.extend_from_slice(&now.to_le_bytes());
             lease.extend_from_slice(&now_ms.to_le_bytes());
             (Some(lease), true)
@@ -1020,31 +1018,64 @@ mod tests {
         let r = remote("jwks", "", "/k");
         let (a, b) = (JwksSlot::default(), JwksSlot::default());
         let t = 3_000_000u64;
+        let ms = |s: u64| s * 1000;
         assert!(
-            take_refresh_lease(&shared, &a, "idp", &r, t),
+            take_refresh_lease(&shared, &a, "idp", &r, ms(t)),
             "no keys: due"
         );
         assert!(
-            !take_refresh_lease(&shared, &b, "idp", &r, t),
+            !take_refresh_lease(&shared, &b, "idp", &r, ms(t)),
             "a holds the lease"
         );
         let held = r.timeout_ms / 1000 + 1;
-        assert!(!take_refresh_lease(&shared, &b, "idp", &r, t + held - 1));
+        assert!(!take_refresh_lease(
+            &shared,
+            &b,
+            "idp",
+            &r,
+            ms(t + held) - 1
+        ));
         assert!(
-            take_refresh_lease(&shared, &b, "idp", &r, t + held),
+            take_refresh_lease(&shared, &b, "idp", &r, ms(t + held)),
             "a's fetch timed out"
         );
         // Fresh keys are not due, lease or not.
         let mut c = JwksSlot::default();
         fetched(&shared, &mut c, &r, &jwks_doc(7, "k1"), t, t);
-        assert!(!take_refresh_lease(&shared, &c, "idp", &r, t + 10 * held));
+        assert!(!take_refresh_lease(
+            &shared,
+            &c,
+            "idp",
+            &r,
+            ms(t + 10 * held)
+        ));
         assert!(take_refresh_lease(
             &shared,
             &c,
             "idp",
             &r,
-            t + r.refresh_seconds
+            ms(t + r.refresh_seconds)
         ));
+    }
+
+    #[test]
+    fn the_refresh_lease_holds_for_its_time_across_a_second_boundary() {
+        // Envoy's main thread and a worker start a few milliseconds apart,
+        // either side of a second: the worker must not fetch too while the
+        // main thread's fetch is on its way (the lease was held to the end
+        // of a second, here 5 ms).
+        let shared = store::MemStore::default();
+        let mut r = remote("jwks", "", "/k");
+        r.timeout_ms = 500;
+        let (a, b) = (JwksSlot::default(), JwksSlot::default());
+        let t = 3_000_000_000u64;
+        assert!(take_refresh_lease(&shared, &a, "idp", &r, t + 995));
+        assert!(!take_refresh_lease(&shared, &b, "idp", &r, t + 1_000));
+        assert!(!take_refresh_lease(&shared, &b, "idp", &r, t + 1_994));
+        assert!(
+            take_refresh_lease(&shared, &b, "idp", &r, t + 2_000),
+            "held a second at least, and to the end of the second it ends in"
+        );
     }
 
     #[test]
@@ -1476,8 +1507,8 @@ mod tests {
         let (v, _) = s.get("l").unwrap();
         assert_eq!(
             (store::u64_at(&v, 0), store::u64_at(&v, 8)),
-            (Some(7_030), Some(7_000)),
-            "what earlier modules read"
+            (Some(7_031), Some(7_000)),
+            "what earlier modules read: its end rounded up to the second"
         );
     }
 
