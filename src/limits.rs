@@ -1176,6 +1176,9 @@ struct Lease {
     /// [`CLOCK_SLACK_MS`] was set back, and the lease's window, measured
     /// on the clock as it was, no longer says when its hits were counted.
     granted_ms: u64,
+    /// A request asked for the next lease ahead of this one's running out
+    /// ([`ServiceCache::ask_ahead`]): not again until a lease is kept.
+    asked_ahead: bool,
 }
 
 impl Lease {
@@ -1292,6 +1295,56 @@ impl ServiceCache {
             }
             _ => false,
         }
+    }
+
+    /// Whether a request should ask for the next lease of a descriptor
+    /// whose rule leases `size` now, instead of taking one of the hits
+    /// this worker still holds; if so, the held lease is marked as asked
+    /// ahead for. The others go on taking the kept hits while the call is
+    /// out, so a lease that runs out under load does not set off an ask
+    /// from each request (halving each other's, 100, 50, 25, …: a call
+    /// for one request in eight at 16 requests side by side, where one in
+    /// a hundred is the point of a lease).
+    ///
+    /// Only when all of these hold: less than a quarter of a lease is left
+    /// (so never for leases under 8, which side-by-side asks hardly
+    /// halve); the service said a whole lease more remains in the window;
+    /// the window does not reset within a second of when the call is
+    /// given up (`give_up_ms`: an answer in its last second keeps no
+    /// lease, and hits asked for then would mostly go unused); no ask for
+    /// the descriptor is out, nor an over-limit answer known for it now;
+    /// and this lease was not asked ahead for already. Once per lease: an
+    /// ask whose answer keeps nothing (a failed call, a refusal) leaves
+    /// the held hits to the requests after it, which ask again only once
+    /// they are spent, as without asking ahead; only a lease kept since
+    /// ([`ServiceCache::grant_lease`]) is asked ahead for again. One ask
+    /// at a time: the bound on what a burst reset together has counted
+    /// stays as it is.
+    pub fn ask_ahead(
+        &mut self,
+        digest: &[u8; 16],
+        size: u32,
+        now_ms: u64,
+        give_up_ms: u64,
+    ) -> bool {
+        let due = self.leases.get(digest).is_some_and(|l| {
+            !l.asked_ahead
+                && l.remaining > 0
+                && l.remaining < size / 4
+                && l.live(now_ms)
+                && l.service_remaining >= size
+                && l.until_ms > give_up_ms.saturating_add(1000)
+        }) && self.get(digest, now_ms / 1000).is_none()
+            && !self
+                .asking
+                .get(digest)
+                .is_some_and(|asks| asks.iter().any(|a| a.holds(now_ms)));
+        if due {
+            if let Some(l) = self.leases.get_mut(digest) {
+                l.asked_ahead = true;
+            }
+        }
+        due
     }
 
     /// Whether this worker holds a leased hit of a descriptor at `now_ms`
@@ -1455,6 +1508,7 @@ impl ServiceCache {
             until_ms,
             service_remaining,
             granted_ms: now_ms,
+            asked_ahead: false,
         };
         // Calls made side by side (concurrent requests before the first
         // answer) each bring hits: they add up, and all of them expire at
@@ -1750,6 +1804,168 @@ mod tests {
             c.lease_ask(&busy, 5, t + 1),
             1,
             "its ask is still in flight"
+        );
+    }
+
+    #[test]
+    fn the_next_lease_is_asked_for_ahead_while_a_quarter_is_left() {
+        // A lease of 100 (99 kept, one went to the request that asked)
+        // with 1,000 left at the service: 75 hits are taken; with 24
+        // left, one request asks for the next lease while the others go
+        // on taking the kept hits.
+        let mut c = ServiceCache::new(&SALT);
+        let d = [9u8; 16];
+        let t = 1_000_000;
+        c.grant_lease(d, 100, 1_000, t + 60_000, t);
+        for i in 0..75 {
+            assert!(!ahead(&mut c, &d, 100, t + 1), "hit {i}");
+            assert!(c.take_lease(&d, t + 1));
+        }
+        assert!(ahead(&mut c, &d, 100, t + 2), "24 left");
+        assert_eq!(c.lease_ask(&d, 100, t + 2), 100);
+        c.begin_ask(d, t + 2, t + 1_000, 100);
+        // One ask at a time: the others take the 24 kept hits.
+        for _ in 0..24 {
+            assert!(!ahead(&mut c, &d, 100, t + 3));
+            assert!(c.take_lease(&d, t + 3));
+        }
+        assert!(!c.take_lease(&d, t + 3), "spent before the answer");
+        c.end_ask(&d, t + 2, 100);
+        c.grant_lease(d, 100, 900, t + 60_000, t + 4);
+        assert!(!ahead(&mut c, &d, 100, t + 5), "99 held");
+        // Not ahead of the service's limit: with less than a lease left
+        // there, the lease runs out first, as before.
+        let e = [10u8; 16];
+        c.grant_lease(e, 100, 50, t + 60_000, t);
+        for _ in 0..80 {
+            assert!(c.take_lease(&e, t + 1));
+        }
+        assert!(!ahead(&mut c, &e, 100, t + 1), "50 left at the service");
+        // Nor with an over-limit answer known for it, nor for a lease
+        // too small to have a quarter.
+        let f = [11u8; 16];
+        c.grant_lease(f, 100, 1_000, t + 60_000, t);
+        for _ in 0..80 {
+            assert!(c.take_lease(&f, t + 1));
+        }
+        c.insert(f, t / 1000 + 30, Some(10), t / 1000);
+        assert!(!ahead(&mut c, &f, 100, t + 1), "over limit known");
+        let g = [12u8; 16];
+        c.grant_lease(g, 4, 1_000, t + 60_000, t);
+        assert!(c.take_lease(&g, t + 1));
+        assert!(c.take_lease(&g, t + 1));
+        assert!(!ahead(&mut c, &g, 4, t + 1), "1 of 4 left");
+    }
+
+    /// [`ServiceCache::ask_ahead`] for a call given up a second after
+    /// `now_ms`.
+    fn ahead(c: &mut ServiceCache, d: &[u8; 16], size: u32, now_ms: u64) -> bool {
+        c.ask_ahead(d, size, now_ms, now_ms + 1_000)
+    }
+
+    #[test]
+    fn a_lease_is_asked_ahead_for_once_and_again_only_after_a_lease_is_kept() {
+        let mut c = ServiceCache::new(&SALT);
+        let d = [15u8; 16];
+        let t: u64 = 1_000_000_000;
+        c.grant_lease(d, 100, 1_000, t + 60_000, t);
+        for _ in 0..80 {
+            assert!(c.take_lease(&d, t + 1));
+        }
+        assert!(ahead(&mut c, &d, 100, t + 2), "19 left");
+        let hits = c.lease_ask(&d, 100, t + 2);
+        c.begin_ask(d, t + 2, t + 1_002, hits);
+        // The call fails (or is refused): nothing kept, nothing learnt.
+        c.end_ask(&d, t + 2, hits);
+        for i in 0..19 {
+            assert!(
+                !ahead(&mut c, &d, 100, t + 10 + i),
+                "asked ahead again at hit {i}"
+            );
+            assert!(c.take_lease(&d, t + 10 + i), "a held hit {i}");
+        }
+        assert!(!c.has_lease(&d, t + 30), "spent: the next request asks");
+        // A lease kept (the next request's ask): asked ahead for again once
+        // under a quarter of it is left.
+        c.grant_lease(d, 100, 800, t + 60_000, t + 40);
+        for _ in 0..75 {
+            assert!(!ahead(&mut c, &d, 100, t + 41));
+            assert!(c.take_lease(&d, t + 41));
+        }
+        assert!(ahead(&mut c, &d, 100, t + 42), "a new lease");
+        assert!(!ahead(&mut c, &d, 100, t + 43), "once");
+    }
+
+    #[test]
+    fn no_lease_is_asked_ahead_for_in_the_last_second_before_its_window_resets() {
+        let mut c = ServiceCache::new(&SALT);
+        let d = [16u8; 16];
+        let t: u64 = 1_000_000_000;
+        c.grant_lease(d, 100, 1_000, t + 60_000, t);
+        for _ in 0..80 {
+            assert!(c.take_lease(&d, t + 1));
+        }
+        // A call given up at t + 59,000 + 500 may answer in the window's
+        // last second: its lease would not be kept.
+        assert!(!c.ask_ahead(&d, 100, t + 59_000, t + 59_500));
+        assert!(!c.ask_ahead(&d, 100, t + 58_400, t + 59_000));
+        assert!(c.ask_ahead(&d, 100, t + 58_400, t + 58_900));
+    }
+
+    // review57-lease F1: an over-limit answer whose window has reset is kept
+    // in `map` (for `lease_ask`'s cap) but is no longer "known": it must not
+    // turn asking ahead off for the descriptor for good.
+    #[test]
+    fn an_over_limit_answer_of_a_past_window_does_not_stop_asking_ahead() {
+        let mut c = ServiceCache::new(&SALT);
+        let d = [13u8; 16];
+        let t: u64 = 1_000_000_000;
+        // Refused in the last window, which reset a second ago.
+        c.insert(d, t / 1000 - 1, Some(10_000), t / 1000 - 30);
+        assert_eq!(c.until(&d, t / 1000), None, "not over the limit now");
+        c.grant_lease(d, 100, 1_000, t + 60_000, t);
+        for _ in 0..80 {
+            assert!(c.take_lease(&d, t + 1));
+        }
+        assert_eq!(c.lease_ask(&d, 100, t + 2), 100);
+        assert!(
+            ahead(&mut c, &d, 100, t + 2),
+            "19 of 100 left, 1,000 at the service, no ask out, not over the limit"
+        );
+    }
+
+    // review57-lease F2: an ask ahead whose answer keeps no lease (here the
+    // service answered in the last second of its window: window 0) must not
+    // be made again by every following request while hits are held: each
+    // such ask is counted (`size` hits) by the service and thrown away.
+    #[test]
+    fn an_ask_ahead_whose_lease_is_not_kept_is_not_repeated_for_each_request() {
+        let mut c = ServiceCache::new(&SALT);
+        let d = [14u8; 16];
+        let t: u64 = 1_000_000_000;
+        c.grant_lease(d, 100, 1_000, t + 60_000, t);
+        for _ in 0..80 {
+            assert!(c.take_lease(&d, t + 1));
+        }
+        let mut counted = 0;
+        for i in 0..10 {
+            let now = t + 59_000 + i * 10;
+            if ahead(&mut c, &d, 100, now) {
+                let hits = c.lease_ask(&d, 100, now);
+                counted += hits;
+                c.begin_ask(d, now, now + 100, hits);
+                // As `rls_verdict`: the ask ends, the answer is recorded, and
+                // its window (1 s in whole seconds, less a second) is over.
+                c.end_ask(&d, now, hits);
+                c.answered(&d, now, Some(now));
+                c.grant_lease(d, hits, 1_000 - counted, now, now + 5);
+            } else {
+                assert!(c.take_lease(&d, now), "a held hit at {i}");
+            }
+        }
+        assert!(
+            counted <= 100,
+            "{counted} hits asked ahead (all counted, none kept) by 10 requests, 19 hits held"
         );
     }
 

@@ -2220,7 +2220,12 @@ fn limits_phase(
         let mut cache = ctx.service_cache.borrow_mut();
         let give_up_ms = ctx.now_ms.saturating_add(svc.timeout_ms);
         service.retain_mut(|s| match s.lease {
-            Some(_) if cache.take_lease(&s.key, ctx.now_ms) => false,
+            Some(size)
+                if !cache.ask_ahead(&s.key, size, ctx.now_ms, give_up_ms)
+                    && cache.take_lease(&s.key, ctx.now_ms) =>
+            {
+                false
+            }
             Some(size) => {
                 s.hits = cache.lease_ask(&s.key, size, ctx.now_ms);
                 if s.asks_lease() {

@@ -7436,9 +7436,19 @@ fn a_token_without_kid_waits_for_remote_keys_still_to_come() {
 fn use_a_lease_of_100(w: &World, t: u64) {
     let (p, sent) = w.leased_call("u1", t);
     assert_eq!(sent[0].1, Some(100));
+    let key = p.service[0].key;
     w.leased_ok(p, 900, 50_000, t + 5);
-    for i in 0..99 {
+    for i in 0..75 {
         assert!(w.leased_pass("u1", t + 10 + i), "kept hit {i}");
+    }
+    // With under a quarter left the next request would ask ahead (leaving an
+    // ask out, which the callers set up themselves): the last 25 are
+    // taken as requests side by side with that ask would take them.
+    for i in 75..99 {
+        assert!(
+            w.over.borrow_mut().take_lease(&key, t + 10 + i),
+            "kept hit {i}"
+        );
     }
 }
 
@@ -7490,6 +7500,72 @@ fn a_burst_reset_together_has_at_most_two_leases_counted() {
         counted <= 2 * 100 + 8,
         "8 requests sent side by side and reset had {counted} hits counted by the service"
     );
+}
+
+// The same burst as it comes on a busy descriptor (review57-lease F4): the
+// lease is used by requests, one of them asks ahead while a quarter is
+// left, the others take the held hits, then a burst finds them spent while
+// the ask ahead is out; all are reset. The bound stays: two leases and a
+// hit a request.
+#[test]
+fn a_burst_after_an_ask_ahead_reset_together_has_at_most_two_leases_counted() {
+    let w = lease_world_of(100);
+    let t = NOW * 1000;
+    let (p, sent) = w.leased_call("u1", t);
+    assert_eq!(sent[0].1, Some(100));
+    w.leased_ok(p, 900, 50_000, t + 5);
+    for i in 0..75 {
+        assert!(w.leased_pass("u1", t + 10 + i), "kept hit {i}");
+    }
+    let (ahead, sent) = w.leased_call("u1", t + 100);
+    assert_eq!(sent[0].1, Some(100), "asked ahead, 24 held");
+    let mut counted = 100;
+    for i in 0..24 {
+        assert!(w.leased_pass("u1", t + 101 + i), "held hit {i}");
+    }
+    // Within the ask ahead's timeout (100 ms).
+    let mut pending = vec![ahead];
+    for i in 0..8 {
+        let (p, sent) = w.leased_call("u1", t + 130 + i);
+        counted += sent[0].1.unwrap_or(1);
+        pending.push(p);
+    }
+    for p in pending {
+        abandon_rls(&w.ctx(), p);
+    }
+    assert!(
+        counted <= 2 * 100 + 9,
+        "an ask ahead and 8 requests side by side, all reset, had {counted} hits counted"
+    );
+}
+
+// An ask ahead that the service answers: its lease is added to the hits
+// still held, and the requests side by side with it took those hits
+// without a call.
+#[test]
+fn an_answered_ask_ahead_adds_its_lease_to_the_held_hits() {
+    let w = lease_world_of(100);
+    let t = NOW * 1000;
+    let (p, _) = w.leased_call("u1", t);
+    w.leased_ok(p, 900, 50_000, t + 5);
+    for i in 0..75 {
+        assert!(w.leased_pass("u1", t + 10 + i), "kept hit {i}");
+    }
+    let (ahead, sent) = w.leased_call("u1", t + 100);
+    assert_eq!(sent[0].1, Some(100), "asked ahead, 24 held");
+    for i in 0..10 {
+        assert!(w.leased_pass("u1", t + 101 + i), "held hit {i}");
+    }
+    w.leased_ok(ahead, 800, 49_000, t + 120);
+    // 14 held and 99 kept of the new lease: 113 hits, of which 89 are
+    // taken before under a quarter of a lease is left and the next lease
+    // is asked for ahead.
+    for i in 0..89 {
+        assert!(w.leased_pass("u1", t + 200 + i), "hit {i} after the answer");
+    }
+    let (_, sent) = w.leased_call("u1", t + 400);
+    assert_eq!(sent[0].1, Some(100), "24 held: asked ahead again");
+    assert!(w.leased_pass("u1", t + 401), "the held hits still serve");
 }
 
 // A CORS preflight (under `bypass_cors_preflight`) with an `access_token`
@@ -9271,4 +9347,53 @@ fn fixes_a_copy_of_an_accepted_signed_post_is_refused_in_the_header_phase() {
         }
         s => panic!("{s:?}"),
     }
+}
+
+// review57-lease F2a/F3: a request that asks ahead while the worker holds
+// hits, and whose call fails (service down, timeout, circuit breaker), is
+// refused under `failure_mode: deny`; the requests after it must go on
+// taking the held hits (which the service counted), not each ask again and
+// each be refused 503 until the lease's window resets.
+#[test]
+fn a_failed_ask_ahead_leaves_the_held_hits_to_the_next_requests() {
+    let w = lease_world_of(100);
+    let t = NOW * 1000;
+    let (p, sent) = w.leased_call("u1", t);
+    assert_eq!(sent[0].1, Some(100));
+    w.leased_ok(p, 900, 50_000, t + 5);
+    for i in 0..75 {
+        assert!(w.leased_pass("u1", t + 10 + i), "kept hit {i}");
+    }
+    // 24 held: this request asks ahead; the call fails.
+    let (p, sent) = w.leased_call("u1", t + 100);
+    assert_eq!(sent[0].1, Some(100), "asked ahead");
+    let ctx = Ctx {
+        now_ms: t + 150,
+        ..w.ctx()
+    };
+    assert_eq!(
+        evaluate_rls(&ctx, p, Err(()), (t + 150) / 1000).done_reason(),
+        Some(Reason::RatelimitUnavailable)
+    );
+    // One at a time, as a single client's requests come; every call fails.
+    let mut refused = 0;
+    for i in 0..24 {
+        let now = t + 200 + 10 * i;
+        match w.leased_get("/leased", "u1", now) {
+            Step::Done(Decision::Allow(_), _) => {}
+            Step::NeedRateLimit(p, _) => {
+                let ctx = Ctx {
+                    now_ms: now + 5,
+                    ..w.ctx()
+                };
+                let _ = evaluate_rls(&ctx, p, Err(()), (now + 5) / 1000);
+                refused += 1;
+            }
+            s => panic!("{s:?}"),
+        }
+    }
+    assert_eq!(
+        refused, 0,
+        "{refused} of 24 requests called again (and, the service down, were refused 503) while the worker held hits"
+    );
 }
