@@ -18,7 +18,8 @@ whose failure budget is spent after the warm-up: the refusal path) and
 `delegated` (`jwt_authn` RS256 in front, appguard reading its payload)
 and `full` (the full pipeline of `make bench`: token, platform, API key
 and a call to the project's rate-limit service, started for the run;
-`full-lease` with the per-key limit leased, as the `ag-full-lease` row).
+`full-lease` with the per-key limit leased, as the `ag-full-lease` row;
+both print the rate-limit calls per request of each round).
 Needs what `make bench` builds (bench-tools for the token streams).
 """
 import os
@@ -65,9 +66,11 @@ def main():
         for r in range(rounds):
             for kind, name, e, ld in setups:
                 out, cpu, _ = B.run_load(e, [ld], dur)
+                rls = out[0]["rls_per_request"]
                 res.setdefault((kind, name), []).append(
-                    (cpu, out[0]["rps"], out[0]["bad"], out[0]["p99"]))
-                B.log(f"  round {r + 1}/{rounds} {kind:8s} {name:12s} cpu {cpu:7.1f} µs/req")
+                    (cpu, out[0]["rps"], out[0]["bad"], out[0]["p99"], rls))
+                B.log(f"  round {r + 1}/{rounds} {kind:8s} {name:12s} cpu {cpu:7.1f} µs/req"
+                      + (f"  {rls:.3f} rate-limit calls/req" if kind.startswith("full") else ""))
                 time.sleep(0.2)
         print(f"A/B, {rounds} rounds x {dur} s, interleaved; medians")
         for kind in kinds:
@@ -78,10 +81,13 @@ def main():
                 rps = statistics.median(x[1] for x in v)
                 bad = sum(x[2] for x in v)
                 p99 = statistics.median(x[3] for x in v)
+                rls = statistics.median(x[4] for x in v)
                 first = first or cpu
                 print(f"{kind:8s} {name:14s} CPU {cpu:8.1f} µs/req  {rps:9,.0f} req/s  "
                       f"p99 {B.fmt_ms(p99):>9s}  "
-                      f"CPU vs {variants[0][0]} {cpu / first:5.2f}x" + (f"  BAD {bad}" if bad else ""))
+                      f"CPU vs {variants[0][0]} {cpu / first:5.2f}x"
+                      + (f"  {rls:.3f} rate-limit calls/req" if kind.startswith("full") else "")
+                      + (f"  BAD {bad}" if bad else ""))
     finally:
         procs.kill_all()
 

@@ -1205,16 +1205,16 @@ struct Ask {
     /// [`ABANDONED_ASK_MS`] at most.
     abandoned: bool,
     /// Abandoned, and a later answer counted its hits: they no longer
-    /// hold back what remains, but the ask still keeps the next asks to
-    /// one hit for [`RESET_COOLDOWN_MS`].
+    /// hold back what remains, but the ask still quarters the next asks
+    /// for [`RESET_COOLDOWN_MS`] ([`ServiceCache::lease_ask`]).
     counted: bool,
 }
 
 /// How long, at least, after an answer counted an abandoned ask's hits,
-/// the asks for its descriptor stay at one hit (and to the end of the
-/// window that answer names): a client that resets a request,
-/// lets the next one be answered and resets the one after would otherwise
-/// have a whole lease counted for every other request.
+/// it still quarters the asks for its descriptor (and to the end of the
+/// window that answer names): a client that resets a request, lets the
+/// next one be answered and resets the one after would otherwise have a
+/// whole lease counted for every other request.
 pub const RESET_COOLDOWN_MS: u64 = 60_000;
 
 /// How long an abandoned ask holds back the next asks when no answer for
@@ -1359,10 +1359,12 @@ impl ServiceCache {
     /// leases `size`: `size`, or within the window of the last lease no
     /// more than the service said remained then, less the hits of the asks
     /// still in flight, and halved for each of those (at least 1, so that
-    /// the service decides). With nothing known of what remains, 1 while
-    /// another ask is in flight; 1 while an ask whose request went away
-    /// holds, and for [`RESET_COOLDOWN_MS`] after an answer counted it.
-    /// Never more than the limit an over-limit answer named for it.
+    /// the service decides). An ask whose request went away counts twice
+    /// while it holds (until an answer counted it, and for
+    /// [`RESET_COOLDOWN_MS`] after): a quarter of a lease after one, a
+    /// sixteenth after two, and so on. With nothing known of what remains,
+    /// 1 while another ask is in flight or held. Never more than the limit
+    /// an over-limit answer named for it.
     pub fn lease_ask(&self, digest: &[u8; 16], size: u32, now_ms: u64) -> u32 {
         // No more than the limit the service last named for it (in an
         // over-limit answer, kept past its window while the table has
@@ -1372,29 +1374,35 @@ impl ServiceCache {
             Some(&(_, Some(limit), _)) => size.min(limit.max(1)),
             _ => size,
         };
-        let (count, asked, one_only) = self.asking.get(digest).map_or((0, 0u32, false), |asks| {
+        let (count, asked, abandoned) = self.asking.get(digest).map_or((0, 0u32, 0), |asks| {
             asks.iter()
                 .filter(|a| a.holds(now_ms))
-                .fold((0, 0u32, false), |(n, h, one), a| {
+                .fold((0, 0u32, 0), |(n, h, gone), a| {
                     let hits = if a.counted { 0 } else { a.hits };
-                    (n + 1, h.saturating_add(hits), one || a.abandoned)
+                    (
+                        n + 1,
+                        h.saturating_add(hits),
+                        gone + usize::from(a.abandoned),
+                    )
                 })
         });
-        // 1 while an ask whose request went away holds (and for a cooldown
-        // after an answer counted it): a client that sends requests and
-        // resets them while the call is out would otherwise have a whole
-        // lease counted for each.
-        if count >= MAX_ASKS || one_only {
+        if count >= MAX_ASKS {
             return 1;
         }
         match self.leases.get(digest) {
             // Halved for each ask in flight (a lease, a half, a quarter…):
             // requests sent side by side then reset before any answer, whose
             // hits the service counts all the same, have at most two leases
-            // and a hit each counted between them, not a lease each.
+            // and a hit each counted between them, not a lease each. Halved
+            // twice for each held ask whose request went away: a client
+            // that resets its requests one after another has at most a
+            // lease and a third counted for them in a cooldown (a lease, a
+            // quarter, a sixteenth…), and other clients' requests, while
+            // one reset now and then holds, still take leases (a quarter
+            // of one), not one call each.
             Some(l) if l.live(now_ms) => size
                 .min(l.service_remaining.saturating_sub(asked))
-                .checked_shr(u32::try_from(count).unwrap_or(u32::MAX))
+                .checked_shr(u32::try_from(count + abandoned).unwrap_or(u32::MAX))
                 .unwrap_or(0)
                 .max(1),
             _ if count > 0 => 1,
@@ -1415,8 +1423,8 @@ impl ServiceCache {
         asks.retain(|a| a.holds(sent_ms));
         // Bounded: a client resetting every request would otherwise add an
         // ask an hour long for each. The oldest abandoned ones go first
-        // (the newest still keeps the asks at one hit); asks in flight end
-        // with their call's timeout.
+        // (the others still quarter the asks: with 31 held, one hit);
+        // asks in flight end with their call's timeout.
         while asks.len() >= MAX_ASKS {
             let Some(i) = asks.iter().position(|a| a.abandoned) else {
                 break;
@@ -1740,14 +1748,17 @@ mod tests {
         c.answered(&d, t - 1, None);
         assert_eq!(c.lease_ask(&d, 100, t + 10_001), 1);
         // The next answer (for one hit, 850 remaining) says what remains:
-        // the abandoned hits are in it. Asks stay at one hit for a
-        // cooldown after it, then go on from it: a client resetting every
-        // other request would otherwise have a lease counted for each.
+        // the abandoned hits are in it. For a cooldown after it, each of
+        // the two abandoned asks quarters the next asks (a sixteenth of a
+        // lease), then they go on from it: a client resetting every other
+        // request would otherwise have a lease counted for each.
         c.begin_ask(d, t + 10_002, t + 10_102, 1);
         c.end_ask(&d, t + 10_002, 1);
         c.answered(&d, t + 10_002, Some(t + 60_000));
         c.grant_lease(d, 1, 850, t + 60_000, t + 10_003);
-        assert_eq!(c.lease_ask(&d, 100, t + 10_004), 1);
+        assert_eq!(c.lease_ask(&d, 100, t + 10_004), 100 / 16);
+        // Past the lease's window, nothing is known of what remains: one
+        // hit while the cooldown holds.
         assert_eq!(c.lease_ask(&d, 100, t + 10_002 + RESET_COOLDOWN_MS - 1), 1);
         let t2 = t + 10_002 + RESET_COOLDOWN_MS;
         c.grant_lease(d, 1, 850, t2 + 60_000, t2);
@@ -1758,7 +1769,7 @@ mod tests {
         c.abandon_ask(&d, t2 + 1, 100);
         c.answered(&d, t2 + 2, Some(t2 + 60_000));
         c.grant_lease(d, 1, 120, t2 + 60_000, t2 + 2);
-        assert_eq!(c.lease_ask(&d, 100, t2 + 3), 1, "the cooldown");
+        assert_eq!(c.lease_ask(&d, 100, t2 + 3), 25, "the cooldown");
         let t3 = t2 + 2 + RESET_COOLDOWN_MS;
         c.grant_lease(d, 1, 120, t3 + 60_000, t3);
         assert_eq!(c.lease_ask(&d, 100, t3), 100, "cleared by the answer");
@@ -1766,8 +1777,8 @@ mod tests {
         c.abandon_ask(&d, t3 + 1, 100);
         assert_eq!(
             c.lease_ask(&d, 100, t3 + 10_000),
-            1,
-            "one hit at a time while an abandoned ask holds, though 20 remain"
+            5,
+            "a quarter of the 20 that remain, less the 100 the abandoned ask holds"
         );
         // With no answer, it holds for an hour, then is let go (and can be
         // evicted like any ask past its time).
@@ -2661,9 +2672,10 @@ mod tests {
     }
 
     // Abandoned asks that no answer counts hold for an hour each. The
-    // filter records only lease asks, which an abandoned one keeps at one
-    // hit, so it never piles them up; the cache bounds them itself too, at
-    // `MAX_ASKS` a descriptor, whoever calls it.
+    // filter records only lease asks (more than one hit), which the
+    // abandoned ones quarter down to one hit after a few, so it never
+    // piles them up; the cache bounds them itself too, at `MAX_ASKS` a
+    // descriptor, whoever calls it.
     #[test]
     fn abandoned_asks_per_descriptor_are_bounded() {
         let mut c = ServiceCache::new(&SALT);

@@ -4537,6 +4537,24 @@ impl World {
         }
     }
 
+    /// The first request for `user` on `/leased` from `now_ms` on (one a
+    /// millisecond) that makes a call, the others taking held hits: the
+    /// request a client resetting its calls resets. Its call's hits, and
+    /// the time it was sent.
+    fn next_call(&self, user: &str, now_ms: u64) -> (Box<Pending>, u64, u64) {
+        for at in now_ms..now_ms + 1_000 {
+            match self.leased_get("/leased", user, at) {
+                Step::NeedRateLimit(p, call) => {
+                    let hits = rls_hits(&call)[0].1.unwrap_or(1);
+                    return (p, hits, at);
+                }
+                Step::Done(Decision::Allow(_), _) => {}
+                s => panic!("{s:?}"),
+            }
+        }
+        panic!("no call in 1,000 requests from {now_ms}");
+    }
+
     /// Whether a request for `user` at `now_ms` passes without a call.
     fn leased_pass(&self, user: &str, now_ms: u64) -> bool {
         matches!(
@@ -7465,13 +7483,17 @@ fn requests_reset_while_asking_do_not_each_have_a_whole_lease_counted() {
     // A client sends 5 requests and resets each while its call is out:
     // the service counts every call's hits.
     let mut counted = 0;
+    let mut asks = Vec::new();
     for i in 0..5 {
         let (p, sent) = w.leased_call("u1", t + 200 + i);
         counted += sent[0].1.unwrap_or(1);
+        asks.push(sent[0].1.unwrap_or(1));
         abandon_rls(&w.ctx(), p);
     }
+    // A lease, then a quarter, a sixteenth…: a lease and a third at most.
+    assert_eq!(asks, [100, 25, 6, 1, 1]);
     assert!(
-        counted <= 100 + 4,
+        counted <= 100 + 100 / 3 + 5,
         "5 requests reset while asking had {counted} hits counted by the service"
     );
 }
@@ -7601,10 +7623,48 @@ fn a_preflight_carries_no_access_token_parameter_to_a_delegated_route() {
     }
 }
 
+// One client resets one request while its lease ask is out (a phone that
+// loses its network): the descriptor's other requests on that worker went
+// on to make a call each for the rest of the window (a minute at least),
+// as if it had no lease. Now they take a quarter of a lease at a time.
+#[test]
+fn one_reset_leaves_the_others_leases_of_a_quarter_not_a_call_each() {
+    let w = lease_world_of(100);
+    let t = NOW * 1000;
+    use_a_lease_of_100(&w, t);
+    let (p, sent) = w.leased_call("u1", t + 200);
+    assert_eq!(sent[0].1, Some(100));
+    abandon_rls(&w.ctx(), p);
+    let mut remaining: u32 = 800;
+    let mut calls = 0;
+    let mut at = t + 300;
+    let mut requests = 0;
+    while requests < 200 {
+        match w.leased_get("/leased", "u1", at) {
+            Step::Done(Decision::Allow(_), _) => {}
+            Step::NeedRateLimit(p, call) => {
+                calls += 1;
+                let hits = rls_hits(&call)[0].1.unwrap_or(1);
+                remaining -= u32::try_from(hits).unwrap();
+                w.leased_ok(p, remaining, 50_000, at + 1);
+            }
+            s => panic!("{s:?}"),
+        }
+        requests += 1;
+        at += 2;
+    }
+    assert!(
+        calls <= 200 / 25 + 2,
+        "{calls} calls for {requests} requests after one reset"
+    );
+}
+
 // A client that alternates (a request it resets while its lease ask is
-// out, then one it lets finish, whose one-hit call's answer counts the
-// first) keeps the asks at one hit for a cooldown after that answer: it
-// had a whole lease counted for every reset request (README, Leases).
+// out, then one it lets finish, whose call's answer counts the first) keeps
+// the asks at a quarter of a lease for a cooldown after that answer, and a
+// sixteenth after the next: it had a whole lease counted for every reset
+// request (README, Leases). The requests it lets finish take the hits
+// their answers kept until the next one makes a call.
 #[test]
 fn alternating_resets_do_not_each_have_a_whole_lease_counted() {
     let w = lease_world_of(100);
@@ -7615,22 +7675,19 @@ fn alternating_resets_do_not_each_have_a_whole_lease_counted() {
     let mut at = t + 200;
     for _ in 0..5 {
         // Reset while its call is out: the service counts its hits.
-        let (p, sent) = w.leased_call("u1", at);
-        let hits = sent[0].1.unwrap_or(1);
+        let (p, hits, sent) = w.next_call("u1", at);
         counted_for_resets += hits;
         remaining = remaining.saturating_sub(hits);
         abandon_rls(&w.ctx(), p);
-        at += 1;
-        // Then one it lets finish: a call for one hit, whose answer (which
-        // counts both) ends the hold.
-        let (p, sent) = w.leased_call("u1", at);
-        let hits = sent[0].1.unwrap_or(1);
+        // Then one it lets finish, whose answer (which counts both) ends
+        // the hold.
+        let (p, hits, sent) = w.next_call("u1", sent + 1);
         remaining = remaining.saturating_sub(hits);
-        w.leased_ok(p, u32::try_from(remaining).unwrap(), 50_000, at + 1);
-        at += 2;
+        w.leased_ok(p, u32::try_from(remaining).unwrap(), 50_000, sent + 1);
+        at = sent + 2;
     }
     assert!(
-        counted_for_resets <= 5 + 100,
+        counted_for_resets <= 100 + 100 / 3 + 5,
         "5 requests reset while asking (5 others finished) had {counted_for_resets} hits counted; {remaining} of the 1000 remain"
     );
 }
@@ -7640,8 +7697,9 @@ fn alternating_resets_do_not_each_have_a_whole_lease_counted() {
 // so that an answer counts it) had a whole lease counted every minute; on
 // an hourly limit of 1000 with `lease: 100`, 20 requests in ten minutes
 // spent the whole hour's limit of every client sharing the descriptor.
+// Now a lease, a quarter, a sixteenth…: a lease and a third a window.
 #[test]
-fn one_reset_a_minute_has_at_most_one_lease_counted_a_window() {
+fn one_reset_a_minute_has_at_most_a_lease_and_a_third_counted_a_window() {
     let w = lease_world_of(100);
     let t = NOW * 1000;
     let hour: u64 = 3_600_000;
@@ -7651,30 +7709,29 @@ fn one_reset_a_minute_has_at_most_one_lease_counted_a_window() {
     let mut at = t;
     for _ in 0..10 {
         // Reset while its call is out: the service counts its hits.
-        let (p, sent) = w.leased_call("u1", at);
-        let hits = sent[0].1.unwrap_or(1);
+        let (p, hits, sent) = w.next_call("u1", at);
+        requests += sent - at + 1;
         counted_for_resets += hits;
         remaining = remaining.saturating_sub(hits);
         abandon_rls(&w.ctx(), p);
         // Then one it lets finish, whose answer counts the first.
-        let (p, sent) = w.leased_call("u1", at + 1);
-        let hits = sent[0].1.unwrap_or(1);
+        let (p, hits, sent) = w.next_call("u1", sent + 1);
         remaining = remaining.saturating_sub(hits);
-        let left = i64::try_from(t + hour - (at + 1)).unwrap();
+        let left = i64::try_from(t + hour - sent).unwrap();
         let mut resp = ok_response(1, u32::try_from(remaining).unwrap(), Some(left));
         if let Some(l) = resp.statuses[0].current_limit.as_mut() {
             l.requests_per_unit = 1000;
             l.unit = crate::ratelimit::rls::Unit::Hour as i32;
         }
         assert!(matches!(
-            w.answer(p, &resp, at + 2),
+            w.answer(p, &resp, sent + 1),
             Step::Done(Decision::Allow(_), _)
         ));
-        requests += 2;
+        requests += 1;
         at += 61_000;
     }
     assert!(
-        counted_for_resets <= 100 + 10,
+        counted_for_resets <= 100 + 100 / 3 + 10,
         "{requests} requests over ten minutes (10 reset) had {counted_for_resets} hits counted; {remaining} of the hour's 1000 remain"
     );
 }

@@ -1153,6 +1153,40 @@ fn requests_reset_while_asking_do_not_each_spend_a_lease() {
 }
 
 #[test]
+fn one_request_reset_while_asking_leaves_the_others_their_leases() {
+    // A busy descriptor (a fleet's 1,000 a day, leased 40 at a time): one
+    // client resets its request while its call is out (a phone losing its
+    // network). The requests after it, other clients' too, went on to make
+    // a call each for the rest of the day; now each reset quarters the
+    // leases while it holds (README, Leases).
+    let redis = Redis::start();
+    let rls = RateLimitService::start(&test_limits(), Some(&redis.url()));
+    let slow = slow_answers(rls.grpc_port, Duration::from_millis(100));
+    let up = Upstream::start();
+    let cfg = json!({
+        "rate_limit_service": {"cluster": "ratelimit", "domain": "appguard", "timeout_ms": 3000, "failure_mode": "deny"},
+        "routes": [{"name": "fleet", "match": {"prefix": "/fleet"},
+                    "rate_limits": [{"entries": [{"type": "header", "name": "x-fleet", "key": "fleet"}], "lease": 40}]}]
+    });
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .grpc_cluster("ratelimit", slow)
+        .start();
+    reset_while_asking(&envoy, &rls, "/fleet/x", &[("x-fleet", "f1")], 1);
+    for i in 0..60 {
+        let r = envoy.request(Req::get("/fleet/x").header("x-fleet", "f1"));
+        assert_eq!(r.status, 200, "request {i}: {:?}", r.reason());
+    }
+    let calls = rls.stats()["requests"].as_u64().unwrap();
+    // One for the reset request, one for a single hit (nothing known of
+    // what remains until an answer), then leases of 10: 8 in all.
+    assert!(
+        calls <= 10,
+        "{calls} calls for 61 requests, one of them reset while asking"
+    );
+    envoy.assert_vm_healthy();
+}
+
+#[test]
 fn a_per_client_local_limit_bounds_requests_reset_while_asking() {
     // README (`local`): "a client over its own per-IP limit cannot use up a
     // number's or a key's limit for its owner". The per-client limit is 1 a
