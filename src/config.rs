@@ -1343,9 +1343,9 @@ impl Config {
             );
         }
         for (i, p) in self.providers.iter().enumerate() {
-            for j in &p.text_secrets {
+            for at in &p.text_secrets {
                 out.push(format!(
-                    "tokens[{i}].keys[{j}].secret_base64: the secret is text, or a few bytes \
+                    "tokens[{i}].{at}: the secret is text, or a few bytes \
                      repeated, not random bytes: one captured token lets anyone test guesses \
                      offline and, once one is right, sign tokens of their own; make one with \
                      `head -c32 /dev/urandom | base64`"
@@ -4831,6 +4831,30 @@ mod error_paths {
         }
         let a = advice(RANDOM_KEY);
         assert!(!a.iter().any(|a| a.contains("secret_base64")), "{a:?}");
+        // The same secret as an `oct` JWK, in `keys` or in an inline `jwks`.
+        let b64url = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let random = base64::engine::general_purpose::STANDARD
+            .decode(RANDOM_KEY)
+            .unwrap();
+        for (k, text) in [
+            (b64url(b"acme-production-jwt-signing-secret-2026"), true),
+            (b64url(&random), false),
+        ] {
+            let doc = format!(
+                r#"{{"tokens": [{{"name": "t", "from": [{{"header": "x-token"}}],
+                    "keys": [{{"jwk": {{"kty": "oct", "alg": "HS256", "k": "{k}"}}}}],
+                    "jwks": {{"keys": [{{"kty": "oct", "alg": "HS256", "kid": "h2", "k": "{k}"}}]}}}}]}}"#
+            );
+            let a = Config::from_json(doc.as_bytes()).unwrap().advisories();
+            for at in ["tokens[0].keys[0].jwk.k", "tokens[0].jwks.keys[0].k"] {
+                assert_eq!(
+                    a.iter()
+                        .any(|a| a.starts_with(&format!("{at}: the secret is text"))),
+                    text,
+                    "{at}: {a:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -491,15 +491,26 @@ pub fn keys_from_jwks(jwks: &Value, origin: JwksOrigin) -> Result<Vec<Key>, Stri
 }
 
 impl RawKey {
-    /// Whether the entry is an HMAC secret that is text or a few bytes
-    /// repeated (see [`crate::config::looks_random`]): a secret anyone may
-    /// guess, offline, from one captured token.
-    pub(crate) fn secret_is_text(&self) -> bool {
-        self.secret_base64
-            .as_deref()
-            .and_then(decode_base64_any)
-            .is_some_and(|b| !crate::config::looks_random(&b))
+    /// The field of the entry that holds an HMAC secret that is text or a
+    /// few bytes repeated (see [`crate::config::looks_random`]), if it
+    /// does: `secret_base64`, or `jwk.k` for an `oct` JWK. A secret anyone
+    /// may guess, offline, from one captured token.
+    pub(crate) fn text_secret_field(&self) -> Option<&'static str> {
+        if let Some(b) = self.secret_base64.as_deref().and_then(decode_base64_any) {
+            return (!crate::config::looks_random(&b)).then_some("secret_base64");
+        }
+        self.jwk
+            .as_ref()
+            .is_some_and(oct_secret_is_text)
+            .then_some("jwk.k")
     }
+}
+
+/// Whether `jwk` is an `oct` JWK whose secret `k` is text or a few bytes
+/// repeated (see [`RawKey::text_secret_field`]).
+pub(crate) fn oct_secret_is_text(jwk: &Value) -> bool {
+    jwk.get("kty").and_then(Value::as_str) == Some("oct")
+        && b64url_field(jwk, "k").is_ok_and(|k| !crate::config::looks_random(&k))
 }
 
 /// One configured `keys[]` entry: exactly one of a secret, a PEM or a JWK.

@@ -158,11 +158,12 @@ pub struct Provider {
     pub sources: Vec<TokenSource>,
     /// Configured keys (`keys` and inline `jwks`).
     pub keys: Vec<Key>,
-    /// Indices in `keys[]` of HMAC secrets that are text or a few bytes
-    /// repeated: pointed out at load ([`crate::config::Config::advisories`]),
-    /// as one captured token lets anyone test guesses of such a secret
-    /// offline and then sign tokens.
-    pub text_secrets: Vec<usize>,
+    /// Where, in the provider's configuration, HMAC secrets that are text
+    /// or a few bytes repeated are (`keys[1].secret_base64`,
+    /// `keys[2].jwk.k`, `jwks.keys[0].k`): pointed out at load
+    /// ([`crate::config::Config::advisories`]), as one captured token lets
+    /// anyone test guesses of such a secret offline and then sign tokens.
+    pub text_secrets: Vec<String>,
     /// Remote JWKS, if any.
     pub remote_jwks: Option<RemoteJwks>,
     /// Required `iss`, when set.
@@ -677,8 +678,8 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
     let mut text_secrets = Vec::new();
     let raw_keys_len = raw.keys.len();
     for (i, k) in raw.keys.into_iter().enumerate() {
-        if k.secret_is_text() {
-            text_secrets.push(i);
+        if let Some(field) = k.text_secret_field() {
+            text_secrets.push(format!("keys[{i}].{field}"));
         }
         let key = keys::compile_key(k).map_err(|(field, msg)| {
             let path = if field.is_empty() {
@@ -691,6 +692,13 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
         keyset.push(key);
     }
     if let Some(jwks) = &raw.jwks {
+        if let Some(members) = jwks.get("keys").and_then(Value::as_array) {
+            for (j, k) in members.iter().enumerate() {
+                if keys::oct_secret_is_text(k) {
+                    text_secrets.push(format!("jwks.keys[{j}].k"));
+                }
+            }
+        }
         keyset.extend(
             keys::keys_from_jwks(jwks, keys::JwksOrigin::Configured).map_err(|m| err("jwks", m))?,
         );
