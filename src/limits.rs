@@ -1202,7 +1202,8 @@ struct Ask {
     /// Its request went away before the answer ([`ServiceCache::abandon_ask`]):
     /// the service may well have counted its hits, and only a later answer
     /// will say so. Held until one comes ([`ServiceCache::answered`]), or
-    /// [`ABANDONED_ASK_MS`] at most.
+    /// [`ABANDONED_ASK_MS`] at most (to the end of the window of the lease
+    /// held when it was sent, when that is later).
     abandoned: bool,
     /// Abandoned, and a later answer counted its hits: they no longer
     /// hold back what remains, but the ask still quarters the next asks
@@ -1219,8 +1220,9 @@ pub const RESET_COOLDOWN_MS: u64 = 60_000;
 
 /// How long an abandoned ask holds back the next asks when no answer for
 /// its descriptor comes: an hour, the longest window leases are commonly
-/// kept for. Bounded so that descriptors nobody asks about again do not
-/// stay in the table for good.
+/// kept for, or to the end of the window of the lease held when it was
+/// sent, when that is later (a `per: day` limit). Bounded so that
+/// descriptors nobody asks about again do not stay in the table for good.
 pub const ABANDONED_ASK_MS: u64 = 3_600_000;
 
 impl Ask {
@@ -1312,7 +1314,9 @@ impl ServiceCache {
     /// the window does not reset within a second of when the call is
     /// given up (`give_up_ms`: an answer in its last second keeps no
     /// lease, and hits asked for then would mostly go unused); no ask for
-    /// the descriptor is out, nor an over-limit answer known for it now;
+    /// the descriptor is out (an abandoned one an answer has counted is
+    /// not: it quarters this ask like any other), nor an over-limit answer
+    /// known for it now;
     /// and this lease was not asked ahead for already. Once per lease: an
     /// ask whose answer keeps nothing (a failed call, a refusal) leaves
     /// the held hits to the requests after it, which ask again only once
@@ -1335,10 +1339,13 @@ impl ServiceCache {
                 && l.service_remaining >= size
                 && l.until_ms > give_up_ms.saturating_add(1000)
         }) && self.get(digest, now_ms / 1000).is_none()
-            && !self
-                .asking
-                .get(digest)
-                .is_some_and(|asks| asks.iter().any(|a| a.holds(now_ms)));
+            && !self.asking.get(digest).is_some_and(|asks| {
+                // An abandoned ask an answer counted is out no more: it
+                // only quarters the asks (this one's too) for the rest of
+                // its window, so that one reset does not turn asking
+                // ahead off for that long (a day with `per: day`).
+                asks.iter().any(|a| a.holds(now_ms) && !a.counted)
+            });
         if due {
             if let Some(l) = self.leases.get_mut(digest) {
                 l.asked_ahead = true;
@@ -1448,21 +1455,30 @@ impl ServiceCache {
     /// requests and reset them had a lease counted for each: a handful
     /// spent a limit meant for every client of an app.
     pub fn abandon_ask(&mut self, digest: &[u8; 16], sent_ms: u64, hits: u32) {
+        // Held to the end of the window the lease held when it was sent
+        // names, when that is further than an hour (a `per: day` limit): a
+        // client alone on a descriptor, resetting every request, would
+        // otherwise have a lease and a third counted every hour.
+        let window_end = self
+            .leases
+            .get(digest)
+            .filter(|l| l.live(sent_ms))
+            .map_or(0, |l| l.until_ms);
         if let Some(a) = self.asking.get_mut(digest).and_then(|asks| {
             asks.iter_mut()
                 .find(|a| a.sent_ms == sent_ms && a.hits == hits && !a.abandoned)
         }) {
             a.abandoned = true;
-            a.until_ms = sent_ms.saturating_add(ABANDONED_ASK_MS);
+            a.until_ms = sent_ms.saturating_add(ABANDONED_ASK_MS).max(window_end);
         }
     }
 
     /// The service answered, for the descriptor, a call sent at `sent_ms`
     /// (allowed or over the limit): what it said already counts the hits of
     /// abandoned asks sent before that call, which hold nothing of what
-    /// remains back any more, and keep the next asks to one hit for
-    /// [`RESET_COOLDOWN_MS`]. Those sent after it may not be counted in it
-    /// yet.
+    /// remains back any more, and still quarter the next asks for
+    /// [`RESET_COOLDOWN_MS`] (and to the end of that answer's window).
+    /// Those sent after it may not be counted in it yet.
     /// `window_end_ms`: when the window the answer counted in ends, where
     /// its status for the descriptor says (allowed or not: a call refused
     /// for another descriptor counts this one too).
@@ -2691,6 +2707,73 @@ mod tests {
         }
         let n = c.asking.get(&d).map_or(0, Vec::len);
         assert!(n <= 2 * MAX_ASKS, "{n} asks held for one descriptor");
+    }
+
+    // review58-leases L2: README said "after a burst of four or more, one
+    // hit each"; four abandoned asks quarter four times: a 256th of a
+    // lease, one hit only for leases under 512 (`lease` goes to 10,000), as
+    // README now says.
+    #[test]
+    fn after_a_burst_of_four_reset_the_asks_are_a_256th_of_a_lease() {
+        let mut c = ServiceCache::new(&SALT);
+        let d = [17u8; 16];
+        let t: u64 = 1_000_000_000;
+        let hour = 3_600_000;
+        c.grant_lease(d, 1_000, 100_000, t + hour, t);
+        let mut burst = Vec::new();
+        for i in 0..4 {
+            let hits = c.lease_ask(&d, 1_000, t + 1 + i);
+            c.begin_ask(d, t + 1 + i, t + 101 + i, hits);
+            burst.push(hits);
+        }
+        assert_eq!(burst, [1_000, 500, 250, 125]);
+        for (i, hits) in (0..4).zip(burst) {
+            c.abandon_ask(&d, t + 1 + i, hits);
+        }
+        // An answer (another client's, for one hit) counts them.
+        c.answered(&d, t + 10, Some(t + hour));
+        c.grant_lease(d, 1, 98_000, t + hour, t + 11);
+        assert_eq!(
+            c.lease_ask(&d, 1_000, t + 20),
+            1_000 >> 8,
+            "the next ask after a burst of four, all reset: a 256th of a lease"
+        );
+    }
+
+    // review58-leases L3 (README, Leases): "a client that resets its
+    // requests one after another has at most a lease and a third a window
+    // counted for them". An abandoned ask holds an hour when no answer
+    // comes: a client alone on a descriptor (its own key, or the only one
+    // on that worker) that resets every request, its one-hit calls too, has
+    // a lease and a third counted every hour of a `per: day` window.
+    #[test]
+    fn resets_without_answers_have_a_lease_and_a_third_counted_a_day_window() {
+        let mut c = ServiceCache::new(&SALT);
+        let d = [18u8; 16];
+        let t: u64 = 1_000_000_000;
+        let hour = ABANDONED_ASK_MS;
+        // A lease of a day's window, its hits spent.
+        c.grant_lease(d, 100, 10_000, t + 24 * hour, t);
+        while c.take_lease(&d, t + 1) {}
+        let (mut counted, mut requests) = (0u64, 0u64);
+        for h in 0..23 {
+            for i in 0..10 {
+                let now = t + 10 + h * hour + i * 1_000;
+                let hits = c.lease_ask(&d, 100, now);
+                // As `limits_phase` and `abandon_rls`: only lease asks
+                // (more than one hit) are recorded.
+                if hits > 1 {
+                    c.begin_ask(d, now, now + 100, hits);
+                    c.abandon_ask(&d, now, hits);
+                }
+                counted += u64::from(hits);
+                requests += 1;
+            }
+        }
+        assert!(
+            counted <= 100 + 100 / 3 + requests,
+            "{requests} requests reset over 23 hours of a day window had {counted} hits counted"
+        );
     }
 
     // review57-state F1. A failure budget only reads its entry while it

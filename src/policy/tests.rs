@@ -7659,6 +7659,56 @@ fn one_reset_leaves_the_others_leases_of_a_quarter_not_a_call_each() {
     );
 }
 
+// review58-leases L1: one reset while a lease ask is out (a phone losing its
+// network) turned asking ahead off on that worker for as long as the reset
+// ask holds, which after an answer counted it is the rest of the window (a
+// day with `per: day`): a busy descriptor's requests side by side then
+// halve each other's quartered asks (25, 12, 6, 3, then one hit each) and
+// make a call for one request in about four, where README promises
+// "leases, a quarter of one after a single reset, rather than a call
+// each". Once an answer counted the reset ask, the next lease should be
+// asked for ahead again (its hits quartered like any ask's).
+#[test]
+fn one_reset_leaves_a_busy_descriptor_asking_ahead() {
+    let w = lease_world_of(100);
+    let t = NOW * 1000;
+    use_a_lease_of_100(&w, t);
+    let (p, sent) = w.leased_call("u1", t + 200);
+    assert_eq!(sent[0].1, Some(100));
+    abandon_rls(&w.ctx(), p);
+    // 20 rounds of 16 requests side by side (an HTTP/2 client's streams,
+    // or 16 clients of one key), each round's calls answered before the
+    // next round.
+    let mut remaining: u32 = 40_000;
+    let (mut calls, mut requests) = (0u32, 0u32);
+    let mut at = t + 300;
+    for _ in 0..20 {
+        let mut out = Vec::new();
+        for _ in 0..16 {
+            match w.leased_get("/leased", "u1", at) {
+                Step::Done(Decision::Allow(_), _) => {}
+                Step::NeedRateLimit(p, call) => {
+                    calls += 1;
+                    let hits = rls_hits(&call)[0].1.unwrap_or(1);
+                    remaining -= u32::try_from(hits).unwrap();
+                    out.push(p);
+                }
+                s => panic!("{s:?}"),
+            }
+            requests += 1;
+            at += 1;
+        }
+        for p in out {
+            w.leased_ok(p, remaining, 50_000, at);
+            at += 1;
+        }
+    }
+    assert!(
+        calls <= 16 + requests / 20,
+        "{calls} calls for {requests} requests (16 side by side) after one reset"
+    );
+}
+
 // A client that alternates (a request it resets while its lease ask is
 // out, then one it lets finish, whose call's answer counts the first) keeps
 // the asks at a quarter of a lease for a cooldown after that answer, and a

@@ -1078,6 +1078,34 @@ mod tests {
         );
     }
 
+    // review58-leases L4 (README, `remote_jwks.timeout_ms`): "the background
+    // refresh keeps trying every `timeout_ms` + 1 s". The lease is
+    // `timeout_ms` + 1 s long and its end is now rounded up to the second
+    // as well: taken at any time but a whole second, the next try waits
+    // up to `timeout_ms` + 2 s (a cold start with the IdP down stays
+    // without keys a second longer each time).
+    #[test]
+    fn the_refresh_is_tried_again_timeout_and_a_second_after_the_lease_was_taken() {
+        let shared = store::MemStore::default();
+        let r = remote("jwks", "", "/k");
+        let (a, b) = (JwksSlot::default(), JwksSlot::default());
+        let t = 3_000_000_000u64;
+        assert!(take_refresh_lease(&shared, &a, "idp", &r, t + 5));
+        // Held `timeout_ms` + 1 s, rounded up to the second: up to
+        // `timeout_ms` + 2 s (README).
+        assert!(!take_refresh_lease(
+            &shared,
+            &b,
+            "idp",
+            &r,
+            t + 5 + r.timeout_ms + 1_000
+        ));
+        assert!(
+            take_refresh_lease(&shared, &b, "idp", &r, t + r.timeout_ms + 2_000),
+            "a's fetch failed (no keys): tried again by timeout_ms + 2 s"
+        );
+    }
+
     #[test]
     fn a_request_fetches_when_no_keys_are_loaded_four_at_a_time() {
         let shared = store::MemStore::default();
