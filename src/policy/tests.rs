@@ -4555,6 +4555,23 @@ impl World {
         panic!("no call in 1,000 requests from {now_ms}");
     }
 
+    /// `n` requests for `u1` sent side by side from `from_ms` (one a
+    /// millisecond), each making a call, then reset with the calls in
+    /// `pending` while all are out: the hits the service counted for the
+    /// `n`.
+    fn burst_then_reset(&self, n: u64, from_ms: u64, mut pending: Vec<Box<Pending>>) -> u64 {
+        let mut counted = 0;
+        for i in 0..n {
+            let (p, sent) = self.leased_call("u1", from_ms + i);
+            counted += sent[0].1.unwrap_or(1);
+            pending.push(p);
+        }
+        for p in pending {
+            abandon_rls(&self.ctx(), p);
+        }
+        counted
+    }
+
     /// Whether a request for `user` at `now_ms` passes without a call.
     fn leased_pass(&self, user: &str, now_ms: u64) -> bool {
         matches!(
@@ -7448,10 +7465,11 @@ fn a_token_without_kid_waits_for_remote_keys_still_to_come() {
     }
 }
 
-/// Makes `u1`'s descriptor on `w` ([`lease_world_of`] 100) a busy one at
-/// `t`: one lease of 100 asked for, granted with 900 of the limit
-/// remaining in the service's window, and all its hits used.
-fn use_a_lease_of_100(w: &World, t: u64) {
+/// `u1`'s first lease on `w` ([`lease_world_of`] 100), asked for at `t`
+/// and granted with 900 of the limit remaining in the service's window
+/// (50 s of it), and 75 of its 99 kept hits used by requests until `t +
+/// 85`: the next request asks ahead. The descriptor's key.
+fn use_75_of_a_lease_of_100(w: &World, t: u64) -> [u8; 16] {
     let (p, sent) = w.leased_call("u1", t);
     assert_eq!(sent[0].1, Some(100));
     let key = p.service[0].key;
@@ -7459,6 +7477,14 @@ fn use_a_lease_of_100(w: &World, t: u64) {
     for i in 0..75 {
         assert!(w.leased_pass("u1", t + 10 + i), "kept hit {i}");
     }
+    key
+}
+
+/// Makes `u1`'s descriptor on `w` ([`lease_world_of`] 100) a busy one at
+/// `t`: one lease of 100 asked for, granted with 900 of the limit
+/// remaining in the service's window, and all its hits used.
+fn use_a_lease_of_100(w: &World, t: u64) {
+    let key = use_75_of_a_lease_of_100(w, t);
     // With under a quarter left the next request would ask ahead (leaving an
     // ask out, which the callers set up themselves): the last 25 are
     // taken as requests side by side with that ask would take them.
@@ -7474,7 +7500,7 @@ fn use_a_lease_of_100(w: &World, t: u64) {
 // "a client resetting its requests must not have a whole lease counted for
 // each"): with a remainder known (any busy descriptor after its first
 // answer), each asked for a whole lease, until the asks added up to what
-// remained. While an abandoned ask holds, the next ask is for one hit.
+// remained. While an abandoned ask holds, it quarters the next asks.
 #[test]
 fn requests_reset_while_asking_do_not_each_have_a_whole_lease_counted() {
     let w = lease_world_of(100);
@@ -7508,16 +7534,7 @@ fn a_burst_reset_together_has_at_most_two_leases_counted() {
     let w = lease_world_of(100);
     let t = NOW * 1000;
     use_a_lease_of_100(&w, t);
-    let mut pending = Vec::new();
-    let mut counted = 0;
-    for i in 0..8 {
-        let (p, sent) = w.leased_call("u1", t + 200 + i);
-        counted += sent[0].1.unwrap_or(1);
-        pending.push(p);
-    }
-    for p in pending {
-        abandon_rls(&w.ctx(), p);
-    }
+    let counted = w.burst_then_reset(8, t + 200, Vec::new());
     assert!(
         counted <= 2 * 100 + 8,
         "8 requests sent side by side and reset had {counted} hits counted by the service"
@@ -7533,28 +7550,14 @@ fn a_burst_reset_together_has_at_most_two_leases_counted() {
 fn a_burst_after_an_ask_ahead_reset_together_has_at_most_two_leases_counted() {
     let w = lease_world_of(100);
     let t = NOW * 1000;
-    let (p, sent) = w.leased_call("u1", t);
-    assert_eq!(sent[0].1, Some(100));
-    w.leased_ok(p, 900, 50_000, t + 5);
-    for i in 0..75 {
-        assert!(w.leased_pass("u1", t + 10 + i), "kept hit {i}");
-    }
+    use_75_of_a_lease_of_100(&w, t);
     let (ahead, sent) = w.leased_call("u1", t + 100);
     assert_eq!(sent[0].1, Some(100), "asked ahead, 24 held");
-    let mut counted = 100;
     for i in 0..24 {
         assert!(w.leased_pass("u1", t + 101 + i), "held hit {i}");
     }
     // Within the ask ahead's timeout (100 ms).
-    let mut pending = vec![ahead];
-    for i in 0..8 {
-        let (p, sent) = w.leased_call("u1", t + 130 + i);
-        counted += sent[0].1.unwrap_or(1);
-        pending.push(p);
-    }
-    for p in pending {
-        abandon_rls(&w.ctx(), p);
-    }
+    let counted = 100 + w.burst_then_reset(8, t + 130, vec![ahead]);
     assert!(
         counted <= 2 * 100 + 9,
         "an ask ahead and 8 requests side by side, all reset, had {counted} hits counted"
@@ -7568,11 +7571,7 @@ fn a_burst_after_an_ask_ahead_reset_together_has_at_most_two_leases_counted() {
 fn an_answered_ask_ahead_adds_its_lease_to_the_held_hits() {
     let w = lease_world_of(100);
     let t = NOW * 1000;
-    let (p, _) = w.leased_call("u1", t);
-    w.leased_ok(p, 900, 50_000, t + 5);
-    for i in 0..75 {
-        assert!(w.leased_pass("u1", t + 10 + i), "kept hit {i}");
-    }
+    use_75_of_a_lease_of_100(&w, t);
     let (ahead, sent) = w.leased_call("u1", t + 100);
     assert_eq!(sent[0].1, Some(100), "asked ahead, 24 held");
     for i in 0..10 {
@@ -9465,12 +9464,7 @@ fn fixes_a_copy_of_an_accepted_signed_post_is_refused_in_the_header_phase() {
 fn a_failed_ask_ahead_leaves_the_held_hits_to_the_next_requests() {
     let w = lease_world_of(100);
     let t = NOW * 1000;
-    let (p, sent) = w.leased_call("u1", t);
-    assert_eq!(sent[0].1, Some(100));
-    w.leased_ok(p, 900, 50_000, t + 5);
-    for i in 0..75 {
-        assert!(w.leased_pass("u1", t + 10 + i), "kept hit {i}");
-    }
+    use_75_of_a_lease_of_100(&w, t);
     // 24 held: this request asks ahead; the call fails.
     let (p, sent) = w.leased_call("u1", t + 100);
     assert_eq!(sent[0].1, Some(100), "asked ahead");
