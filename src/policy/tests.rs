@@ -4556,10 +4556,11 @@ impl World {
     }
 
     /// `n` requests for `u1` sent side by side from `from_ms` (one a
-    /// millisecond), each making a call, then reset with the calls in
-    /// `pending` while all are out: the hits the service counted for the
-    /// `n`.
-    fn burst_then_reset(&self, n: u64, from_ms: u64, mut pending: Vec<Box<Pending>>) -> u64 {
+    /// millisecond), each making a call, then reset with the request of
+    /// the call `also` while all are out: the hits the service counted for
+    /// the `n`.
+    fn burst_then_reset(&self, n: u64, from_ms: u64, also: Option<Box<Pending>>) -> u64 {
+        let mut pending: Vec<_> = also.into_iter().collect();
         let mut counted = 0;
         for i in 0..n {
             let (p, sent) = self.leased_call("u1", from_ms + i);
@@ -7534,7 +7535,7 @@ fn a_burst_reset_together_has_at_most_two_leases_counted() {
     let w = lease_world_of(100);
     let t = NOW * 1000;
     use_a_lease_of_100(&w, t);
-    let counted = w.burst_then_reset(8, t + 200, Vec::new());
+    let counted = w.burst_then_reset(8, t + 200, None);
     assert!(
         counted <= 2 * 100 + 8,
         "8 requests sent side by side and reset had {counted} hits counted by the service"
@@ -7557,7 +7558,7 @@ fn a_burst_after_an_ask_ahead_reset_together_has_at_most_two_leases_counted() {
         assert!(w.leased_pass("u1", t + 101 + i), "held hit {i}");
     }
     // Within the ask ahead's timeout (100 ms).
-    let counted = 100 + w.burst_then_reset(8, t + 130, vec![ahead]);
+    let counted = 100 + w.burst_then_reset(8, t + 130, Some(ahead));
     assert!(
         counted <= 2 * 100 + 9,
         "an ask ahead and 8 requests side by side, all reset, had {counted} hits counted"
