@@ -1345,7 +1345,11 @@ impl ServiceCache {
                 // its window, so that one reset does not turn asking
                 // ahead off for that long (a day with `per: day`).
                 asks.iter().any(|a| a.holds(now_ms) && !a.counted)
-            });
+            })
+            // Not for a single hit (counted resets quartered it down to
+            // one): it would keep nothing, and its request would make a
+            // call where it could take a held hit.
+            && self.lease_ask(digest, size, now_ms) > 1;
         if due {
             if let Some(l) = self.leases.get_mut(digest) {
                 l.asked_ahead = true;
@@ -1545,6 +1549,9 @@ impl ServiceCache {
             lease.until_ms = lease.until_ms.min(held.until_ms);
             lease.service_remaining = lease.service_remaining.min(held.service_remaining);
             lease.granted_ms = lease.granted_ms.min(held.granted_ms);
+            // A grant of one hit keeps none: the held lease was not
+            // renewed, and is not asked ahead for again.
+            lease.asked_ahead = held.asked_ahead && hits <= 1;
         }
         make_room(&mut self.leases, OVER_LIMIT_ENTRIES, |l| l.live(now_ms));
         self.leases.insert(digest, lease);
@@ -1921,6 +1928,58 @@ mod tests {
         }
         assert!(ahead(&mut c, &d, 100, t + 42), "a new lease");
         assert!(!ahead(&mut c, &d, 100, t + 43), "once");
+    }
+
+    // A re-review of review58-leases' L1 fix: with counted resets holding
+    // (they no longer stop asking ahead), enough of them quarter the ask
+    // down to one hit. Such an ask ahead kept nothing, its one-hit grant
+    // cleared the once-per-lease mark, and each request then asked ahead
+    // again: a call per request while hits were held.
+    #[test]
+    fn no_lease_is_asked_ahead_for_a_single_hit() {
+        let mut c = ServiceCache::new(&SALT);
+        let d = [18u8; 16];
+        let t: u64 = 1_000_000_000;
+        let hour = 3_600_000;
+        c.grant_lease(d, 100, 10_000, t + hour, t);
+        for i in 0..4 {
+            let hits = c.lease_ask(&d, 100, t + 1 + i);
+            c.begin_ask(d, t + 1 + i, t + 101 + i, hits);
+            c.abandon_ask(&d, t + 1 + i, hits);
+        }
+        c.answered(&d, t + 10, Some(t + hour));
+        c.grant_lease(d, 1, 9_000, t + hour, t + 11);
+        for _ in 0..80 {
+            assert!(c.take_lease(&d, t + 12));
+        }
+        assert_eq!(c.lease_ask(&d, 100, t + 13), 1, "quartered four times");
+        let mut calls = 0;
+        for i in 0..18 {
+            let now = t + 20 + i * 10;
+            if ahead(&mut c, &d, 100, now) {
+                calls += 1;
+                let hits = c.lease_ask(&d, 100, now);
+                c.begin_ask(d, now, now + 100, hits);
+                c.end_ask(&d, now, hits);
+                c.answered(&d, now, Some(t + hour));
+                c.grant_lease(d, hits, 8_000, t + hour, now + 5);
+            } else {
+                assert!(c.take_lease(&d, now), "a held hit at {i}");
+            }
+        }
+        assert_eq!(
+            calls, 0,
+            "{calls} one-hit asks ahead while 18 hits were held"
+        );
+        // A one-hit grant keeps the mark of an ask ahead made for more.
+        let e = [19u8; 16];
+        c.grant_lease(e, 100, 10_000, t + hour, t);
+        for _ in 0..80 {
+            assert!(c.take_lease(&e, t + 1));
+        }
+        assert!(ahead(&mut c, &e, 100, t + 2));
+        c.grant_lease(e, 1, 9_000, t + hour, t + 3);
+        assert!(!ahead(&mut c, &e, 100, t + 4), "asked ahead already");
     }
 
     #[test]
