@@ -279,6 +279,28 @@ impl GuardFilter {
         })
     }
 
+    /// The header fields the request's own signatures cover
+    /// (`Signature-Input`, beyond the configured `components`), where a
+    /// provider verifies request signatures: a trailer copy of one would
+    /// stand beside the signed value, as for the configured ones
+    /// ([`Self::is_credential`]). Read, from the request headers as they
+    /// came, only when trailers come.
+    fn signed_fields(&self) -> Vec<String> {
+        let signs = self.worker.as_ref().is_some_and(|w| {
+            w.config
+                .providers
+                .iter()
+                .any(|p| p.message_signing.is_some())
+        });
+        if !signs {
+            return Vec::new();
+        }
+        self.headers
+            .get_all("signature-input")
+            .flat_map(crate::signing::covered_fields)
+            .collect()
+    }
+
     /// Evaluates (or re-evaluates, after keys arrived) and acts on the step.
     fn run(&mut self, key_fetch: KeyFetch) -> Action {
         let Some(worker) = self.worker.clone() else {
@@ -1204,9 +1226,14 @@ impl HttpContext for GuardFilter {
         // trailers into the headers would read one nobody checked.
         // One that cannot be removed fails closed, as in the headers, and
         // so do trailers that cannot be read.
+        let signed = self.signed_fields();
         let removed = abi::map_headers(Map::RequestTrailers).is_ok_and(|trailers| {
             removed_where(Map::RequestTrailers, &trailers, |n| {
-                self.is_ours(n) || self.is_credential(n)
+                self.is_ours(n)
+                    || self.is_credential(n)
+                    || signed
+                        .iter()
+                        .any(|h| crate::request::same_header_name(n.as_bytes(), h.as_bytes()))
             })
         });
         if !removed {

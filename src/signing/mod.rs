@@ -645,6 +645,27 @@ fn parse_signature_field(
         .map_err(|e| SigningError::Malformed { field, reason: e.0 })
 }
 
+/// The HTTP fields (not derived components) that a request's
+/// `Signature-Input` value says its signatures cover, under any label: a
+/// copy of one sent as a trailer would stand beside the signed value, so
+/// the filter removes such trailers. Empty when the value does not parse
+/// (the request's signature check refuses it).
+pub fn covered_fields(signature_input: &str) -> Vec<String> {
+    let Ok(dict) = parse_signature_field(signature_input, "signature-input") else {
+        return Vec::new();
+    };
+    dict.iter()
+        .filter_map(|(_, m)| match m {
+            Member::InnerList(l) => Some(l),
+            Member::Item(_) => None,
+        })
+        .flat_map(|l| l.items.iter())
+        .filter_map(|i| base::component_name(i).ok())
+        .filter(|n| !n.starts_with('@'))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The member under the configured `label`; `LabelNotFound` when either
 /// field lacks it (RFC 9421 §4). Keys are unique, so the first is the one.
 fn member<'d>(dict: &'d sfv::Dictionary, label: &str) -> Result<&'d Member, SigningError> {

@@ -1800,3 +1800,15 @@ fn components_cannot_make_the_base_read_the_same_long_input_over_and_over() {
         Err(SigningError::BaseTooLarge)
     );
 }
+
+#[test]
+fn the_fields_a_signature_input_covers_are_named_for_the_trailer_cut() {
+    assert_eq!(
+        covered_fields(
+            r#"install=("@method" "@path" "x-amount" "content-digest");created=1, other=("x-user")"#
+        ),
+        ["x-amount", "content-digest", "x-user"]
+    );
+    assert!(covered_fields("install=(").is_empty(), "does not parse");
+    assert!(covered_fields(r#"install="not a list""#).is_empty());
+}
