@@ -1207,7 +1207,8 @@ struct Ask {
     abandoned: bool,
     /// Abandoned, and a later answer counted its hits: they no longer
     /// hold back what remains, but the ask still quarters the next asks
-    /// for [`RESET_COOLDOWN_MS`] ([`ServiceCache::lease_ask`]).
+    /// for [`RESET_COOLDOWN_MS`] at least, and to the end of that answer's
+    /// window ([`ServiceCache::answered`], [`ServiceCache::lease_ask`]).
     counted: bool,
 }
 
@@ -1310,7 +1311,9 @@ impl ServiceCache {
     ///
     /// Only when all of these hold: less than a quarter of a lease is left
     /// (so never for leases under 8, which side-by-side asks hardly
-    /// halve); the service said a whole lease more remains in the window;
+    /// halve), and the ask ([`ServiceCache::lease_ask`], which reset
+    /// requests quarter) brings it back to a quarter at least (so never
+    /// for one hit); the service said a whole lease more remains in the window;
     /// the window does not reset within a second of when the call is
     /// given up (`give_up_ms`: an answer in its last second keeps no
     /// lease, and hits asked for then would mostly go unused); no ask for
@@ -1338,6 +1341,16 @@ impl ServiceCache {
                 && l.live(now_ms)
                 && l.service_remaining >= size
                 && l.until_ms > give_up_ms.saturating_add(1000)
+                // Its grant lifts the held hits back to a quarter of a
+                // lease: an ask quartered by resets to a few hits would
+                // otherwise leave them under it, and each answer kept
+                // would have the next request ask ahead again (a call per
+                // request while up to a quarter of a lease is held).
+                // Never for one hit, which keeps nothing.
+                && {
+                    let kept = self.lease_ask(digest, size, now_ms).saturating_sub(1);
+                    l.remaining.saturating_add(kept) >= size / 4
+                }
         }) && self.get(digest, now_ms / 1000).is_none()
             && !self.asking.get(digest).is_some_and(|asks| {
                 // An abandoned ask an answer counted is out no more: it
@@ -1345,11 +1358,7 @@ impl ServiceCache {
                 // its window, so that one reset does not turn asking
                 // ahead off for that long (a day with `per: day`).
                 asks.iter().any(|a| a.holds(now_ms) && !a.counted)
-            })
-            // Not for a single hit (counted resets quartered it down to
-            // one): it would keep nothing, and its request would make a
-            // call where it could take a held hit.
-            && self.lease_ask(digest, size, now_ms) > 1;
+            });
         if due {
             if let Some(l) = self.leases.get_mut(digest) {
                 l.asked_ahead = true;
@@ -1371,8 +1380,9 @@ impl ServiceCache {
     /// more than the service said remained then, less the hits of the asks
     /// still in flight, and halved for each of those (at least 1, so that
     /// the service decides). An ask whose request went away counts twice
-    /// while it holds (until an answer counted it, and for
-    /// [`RESET_COOLDOWN_MS`] after): a quarter of a lease after one, a
+    /// while it holds (until an answer counted it, and after that for
+    /// [`RESET_COOLDOWN_MS`] at least, to the end of that answer's window):
+    /// a quarter of a lease after one, a
     /// sixteenth after two, and so on. With nothing known of what remains,
     /// 1 while another ask is in flight or held. Never more than the limit
     /// an over-limit answer named for it.
@@ -1407,7 +1417,7 @@ impl ServiceCache {
             // and a hit each counted between them, not a lease each. Halved
             // twice for each held ask whose request went away: a client
             // that resets its requests one after another has at most a
-            // lease and a third counted for them in a cooldown (a lease, a
+            // lease and a third counted for them in a window (a lease, a
             // quarter, a sixteenth…), and other clients' requests, while
             // one reset now and then holds, still take leases (a quarter
             // of one), not one call each.
@@ -1980,6 +1990,51 @@ mod tests {
         assert!(ahead(&mut c, &e, 100, t + 2));
         c.grant_lease(e, 1, 9_000, t + hour, t + 3);
         assert!(!ahead(&mut c, &e, 100, t + 4), "asked ahead already");
+    }
+
+    // review58-leasefix F1: a9bd129 stops asks ahead for one hit, but an
+    // ask ahead quartered down to two or three hits loops the same way: its
+    // grant keeps one or two hits, clears the once-per-lease mark, and the
+    // held hits stay under a quarter of the rule's lease, so the next
+    // request asks ahead again: a call per request while the worker holds
+    // a couple of hundred hits (a lease of 1,000 after four counted
+    // resets: 1,000 >> 8 = 3 hits an ask).
+    #[test]
+    fn no_lease_is_asked_ahead_for_a_few_hits_while_many_are_held() {
+        let mut c = ServiceCache::new(&SALT);
+        let d = [20u8; 16];
+        let t: u64 = 1_000_000_000;
+        let hour = 3_600_000;
+        c.grant_lease(d, 1_000, 100_000, t + hour, t);
+        for i in 0..4 {
+            let hits = c.lease_ask(&d, 1_000, t + 1 + i);
+            c.begin_ask(d, t + 1 + i, t + 101 + i, hits);
+            c.abandon_ask(&d, t + 1 + i, hits);
+        }
+        c.answered(&d, t + 10, Some(t + hour));
+        c.grant_lease(d, 1, 90_000, t + hour, t + 11);
+        for _ in 0..800 {
+            assert!(c.take_lease(&d, t + 12));
+        }
+        assert_eq!(c.lease_ask(&d, 1_000, t + 13), 3, "quartered four times");
+        let mut calls = 0;
+        for i in 0..18 {
+            let now = t + 20 + i * 10;
+            if ahead(&mut c, &d, 1_000, now) {
+                calls += 1;
+                let hits = c.lease_ask(&d, 1_000, now);
+                c.begin_ask(d, now, now + 100, hits);
+                c.end_ask(&d, now, hits);
+                c.answered(&d, now, Some(t + hour));
+                c.grant_lease(d, hits, 80_000, t + hour, now + 5);
+            } else {
+                assert!(c.take_lease(&d, now), "a held hit at {i}");
+            }
+        }
+        assert_eq!(
+            calls, 0,
+            "{calls} asks ahead for 3 hits in 18 requests while 199 or more hits were held"
+        );
     }
 
     #[test]
@@ -2832,6 +2887,47 @@ mod tests {
         assert!(
             counted <= 100 + 100 / 3 + requests,
             "{requests} requests reset over 23 hours of a day window had {counted} hits counted"
+        );
+    }
+
+    // review58-leasefix F2: 4328e22 holds an abandoned ask to the end of
+    // the window of the lease live when it was sent; with none live (the
+    // window just reset, the worker's lease was of yesterday's window, or
+    // it never had one) it still holds an hour, and "at most a lease and a
+    // third a window" (README, Leases) is a lease an hour again: a client
+    // alone on a `per: day` descriptor on that worker, resetting every
+    // request from the start of the day, has a whole lease counted each
+    // hour.
+    #[test]
+    fn resets_from_a_windows_start_before_any_answer_have_a_lease_an_hour_counted() {
+        let mut c = ServiceCache::new(&SALT);
+        let d = [21u8; 16];
+        let hour = ABANDONED_ASK_MS;
+        let day = 24 * hour;
+        let t: u64 = 1_000 * day;
+        // Yesterday's lease, its window now over.
+        c.grant_lease(d, 100, 10_000, t, t - day + 10);
+        let (mut counted, mut requests) = (0u64, 0u64);
+        for h in 0..23 {
+            for i in 0..10 {
+                let now = t + 10 + h * hour + i * 1_000;
+                let hits = c.lease_ask(&d, 100, now);
+                // As `limits_phase` and `abandon_rls`: only lease asks
+                // (more than one hit) are recorded.
+                if hits > 1 {
+                    c.begin_ask(d, now, now + 100, hits);
+                    c.abandon_ask(&d, now, hits);
+                }
+                counted += u64::from(hits);
+                requests += 1;
+            }
+        }
+        // README: before the worker has had an answer in the window (or
+        // held its lease when the first ask was sent), a lease an hour and
+        // a hit a request.
+        assert!(
+            counted <= 23 * 100 + requests,
+            "{requests} requests reset over the first 23 hours of a day window had {counted} hits counted"
         );
     }
 

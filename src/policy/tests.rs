@@ -7709,6 +7709,64 @@ fn one_reset_leaves_a_busy_descriptor_asking_ahead() {
     );
 }
 
+// review58-leasefix F1, through the filter: after a burst of four reset
+// (README: the asks are then a 256th of a lease, 3 hits for `lease: 1000`),
+// every request asked ahead for 3 hits while the worker held hits, its
+// answer keeping 2 and clearing the once-per-lease mark: a call per
+// request, where taking the held hits and then asking for 3 makes one in
+// three.
+#[test]
+fn after_a_burst_reset_small_asks_ahead_do_not_make_a_call_per_request() {
+    let w = lease_world_of(1000);
+    let t = NOW * 1000;
+    let (p, sent) = w.leased_call("u1", t);
+    assert_eq!(sent[0].1, Some(1000));
+    let key = p.service[0].key;
+    w.leased_ok(p, 99_000, 3_000_000, t + 5);
+    for i in 0..750 {
+        assert!(w.leased_pass("u1", t + 10 + i), "kept hit {i}");
+    }
+    // The last quarter taken as requests side by side with an ask ahead
+    // would take them (as `use_a_lease_of_100`).
+    for i in 750..999 {
+        assert!(
+            w.over.borrow_mut().take_lease(&key, t + 10 + i),
+            "kept hit {i}"
+        );
+    }
+    let mut at = t + 1_010;
+    let mut remaining: u32 = 99_000;
+    remaining -= u32::try_from(w.burst_then_reset(4, at, None)).unwrap();
+    at += 10;
+    // Another request's call, answered: it counts the four.
+    let (p, hits, _) = w.next_call("u2", at);
+    assert_eq!(hits, 1000, "u2's own descriptor");
+    w.leased_ok(p, 98_000, 3_000_000, at + 1);
+    let (p, hits, sent) = w.next_call("u1", at + 2);
+    assert_eq!(hits, 3, "a 256th of a lease");
+    remaining -= 3;
+    w.leased_ok(p, remaining, 3_000_000, sent + 1);
+    at = sent + 2;
+    let (mut calls, requests) = (0u32, 30u32);
+    for _ in 0..requests {
+        match w.leased_get("/leased", "u1", at) {
+            Step::Done(Decision::Allow(_), _) => {}
+            Step::NeedRateLimit(p, call) => {
+                calls += 1;
+                let hits = rls_hits(&call)[0].1.unwrap_or(1);
+                remaining -= u32::try_from(hits).unwrap();
+                w.leased_ok(p, remaining, 3_000_000, at + 1);
+            }
+            s => panic!("{s:?}"),
+        }
+        at += 2;
+    }
+    assert!(
+        calls <= requests / 3 + 1,
+        "{calls} calls for {requests} requests one after another, each answered before the next"
+    );
+}
+
 // A client that alternates (a request it resets while its lease ask is
 // out, then one it lets finish, whose call's answer counts the first) keeps
 // the asks at a quarter of a lease for a cooldown after that answer, and a
