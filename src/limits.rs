@@ -1179,6 +1179,11 @@ struct Lease {
     /// A request asked for the next lease ahead of this one's running out
     /// ([`ServiceCache::ask_ahead`]): not again until a lease is kept.
     asked_ahead: bool,
+    /// How long the limit's windows are (ms; 0 while no answer said):
+    /// how long a reset ask sent after this lease's window ended holds
+    /// ([`ServiceCache::abandon_ask`]). Kept when the lease is no longer
+    /// live, as the entry is.
+    window_ms: u64,
 }
 
 impl Lease {
@@ -1473,17 +1478,36 @@ impl ServiceCache {
         // names, when that is further than an hour (a `per: day` limit): a
         // client alone on a descriptor, resetting every request, would
         // otherwise have a lease and a third counted every hour.
-        let window_end = self
-            .leases
-            .get(digest)
-            .filter(|l| l.live(sent_ms))
-            .map_or(0, |l| l.until_ms);
+        // With the lease's window over by then, to the end of the window
+        // that follows it and holds `sent_ms` (windows follow each other;
+        // a lease's end is up to a second before its window's, hence the
+        // second more), when an answer said how long its windows are.
+        let window_end = match self.leases.get(digest) {
+            Some(l) if l.live(sent_ms) => l.until_ms,
+            Some(l) if l.window_ms > 0 && l.until_ms <= sent_ms => {
+                let windows = (sent_ms - l.until_ms) / l.window_ms + 1;
+                l.until_ms
+                    .saturating_add(windows.saturating_mul(l.window_ms))
+                    .saturating_add(1000)
+            }
+            _ => 0,
+        };
         if let Some(a) = self.asking.get_mut(digest).and_then(|asks| {
             asks.iter_mut()
                 .find(|a| a.sent_ms == sent_ms && a.hits == hits && !a.abandoned)
         }) {
             a.abandoned = true;
             a.until_ms = sent_ms.saturating_add(ABANDONED_ASK_MS).max(window_end);
+        }
+    }
+
+    /// The service named the limit of a leased descriptor, whose windows
+    /// last `window_ms` (its unit's): remembered with the worker's lease
+    /// of it, if any, for the reset asks sent once that lease's window is
+    /// over ([`ServiceCache::abandon_ask`]).
+    pub fn note_window(&mut self, digest: &[u8; 16], window_ms: u64) {
+        if let Some(l) = self.leases.get_mut(digest) {
+            l.window_ms = window_ms;
         }
     }
 
@@ -1547,6 +1571,7 @@ impl ServiceCache {
             service_remaining,
             granted_ms: now_ms,
             asked_ahead: false,
+            window_ms: 0,
         };
         // Calls made side by side (concurrent requests before the first
         // answer) each bring hits: they add up, and all of them expire at
@@ -1562,6 +1587,9 @@ impl ServiceCache {
             // A grant of one hit keeps none: the held lease was not
             // renewed, and is not asked ahead for again.
             lease.asked_ahead = held.asked_ahead && hits <= 1;
+        }
+        if let Some(held) = self.leases.get(&digest) {
+            lease.window_ms = held.window_ms;
         }
         make_room(&mut self.leases, OVER_LIMIT_ENTRIES, |l| l.live(now_ms));
         self.leases.insert(digest, lease);
@@ -2892,21 +2920,23 @@ mod tests {
 
     // review58-leasefix F2: 4328e22 holds an abandoned ask to the end of
     // the window of the lease live when it was sent; with none live (the
-    // window just reset, the worker's lease was of yesterday's window, or
-    // it never had one) it still holds an hour, and "at most a lease and a
-    // third a window" (README, Leases) is a lease an hour again: a client
-    // alone on a `per: day` descriptor on that worker, resetting every
-    // request from the start of the day, has a whole lease counted each
-    // hour.
+    // window just reset, the worker's lease was of yesterday's window) it
+    // held an hour, and "at most a lease and a third a window" (README,
+    // Leases) was a lease an hour again: a client alone on a `per: day`
+    // descriptor on that worker, resetting every request from the start of
+    // the day, had a whole lease counted each hour. The lease's entry
+    // keeps the length of the limit's windows an answer named.
     #[test]
-    fn resets_from_a_windows_start_before_any_answer_have_a_lease_an_hour_counted() {
+    fn resets_from_a_windows_start_have_a_lease_and_a_third_counted_a_day_window() {
         let mut c = ServiceCache::new(&SALT);
         let d = [21u8; 16];
         let hour = ABANDONED_ASK_MS;
         let day = 24 * hour;
         let t: u64 = 1_000 * day;
-        // Yesterday's lease, its window now over.
+        // Yesterday's lease, its window now over; the answer named a limit
+        // per day.
         c.grant_lease(d, 100, 10_000, t, t - day + 10);
+        c.note_window(&d, day);
         let (mut counted, mut requests) = (0u64, 0u64);
         for h in 0..23 {
             for i in 0..10 {
@@ -2922,13 +2952,19 @@ mod tests {
                 requests += 1;
             }
         }
-        // README: before the worker has had an answer in the window (or
-        // held its lease when the first ask was sent), a lease an hour and
-        // a hit a request.
         assert!(
-            counted <= 23 * 100 + requests,
+            counted <= 100 + 100 / 3 + requests,
             "{requests} requests reset over the first 23 hours of a day window had {counted} hits counted"
         );
+        // The next day's window: the ask no longer holds.
+        assert_eq!(c.lease_ask(&d, 100, t + day + 1_001), 100);
+        // A worker that never had an answer for a descriptor knows no
+        // window: its reset asks hold an hour (README).
+        let e = [22u8; 16];
+        c.begin_ask(e, t, t + 100, 100);
+        c.abandon_ask(&e, t, 100);
+        assert_eq!(c.lease_ask(&e, 100, t + hour - 1), 1);
+        assert_eq!(c.lease_ask(&e, 100, t + hour), 100);
     }
 
     // review57-state F1. A failure budget only reads its entry while it

@@ -2467,11 +2467,13 @@ fn rls_verdict(
             let window = ratelimit::lease_window(status);
             let window_end = window.map(|(ms, _)| pending.sent_ms.saturating_add(ms));
             cache.answered(&s.key, pending.sent_ms, window_end);
-            if verdict.over_limit {
-                continue;
+            if !verdict.over_limit {
+                if let (Some(until_ms), Some((_, remaining))) = (window_end, window) {
+                    cache.grant_lease(s.key, s.hits, remaining, until_ms, ctx.now_ms);
+                }
             }
-            if let (Some(until_ms), Some((_, remaining))) = (window_end, window) {
-                cache.grant_lease(s.key, s.hits, remaining, until_ms, ctx.now_ms);
+            if let Some(ms) = ratelimit::unit_window_ms(status) {
+                cache.note_window(&s.key, ms);
             }
         }
     }

@@ -7767,6 +7767,48 @@ fn after_a_burst_reset_small_asks_ahead_do_not_make_a_call_per_request() {
     );
 }
 
+// review58-leasefix F2 through the policy: the answer that granted the
+// worker's lease named a limit per day, and that lease's window ended (the
+// service said 10 s were left). A client alone on the descriptor then
+// resets every request for 23 hours: its reset ask holds to the end of
+// the day's window, not an hour, so it has a lease, not one an hour,
+// counted.
+#[test]
+fn resets_after_a_day_limits_lease_ended_hold_to_the_next_windows_end() {
+    let w = lease_world_of(100);
+    let t = NOW * 1000;
+    let (p, _) = w.leased_call("u1", t);
+    let mut resp = ok_response(1, 900, Some(10_000));
+    if let Some(l) = resp.statuses[0].current_limit.as_mut() {
+        l.requests_per_unit = 1000;
+        l.unit = crate::ratelimit::rls::Unit::Day as i32;
+    }
+    assert!(matches!(
+        w.answer(p, &resp, t + 5),
+        Step::Done(Decision::Allow(_), _)
+    ));
+    let hour = 3_600_000;
+    let mut counted = 0;
+    let mut requests = 0;
+    for h in 0..23 {
+        for i in 0..10 {
+            let at = t + 20_000 + h * hour + i * 1_000;
+            match w.leased_get("/leased", "u1", at) {
+                Step::NeedRateLimit(p, call) => {
+                    counted += rls_hits(&call)[0].1.unwrap_or(1);
+                    abandon_rls(&w.ctx(), p);
+                }
+                s => panic!("{s:?}"),
+            }
+            requests += 1;
+        }
+    }
+    assert!(
+        counted <= 100 + 100 / 3 + requests,
+        "{requests} requests reset over 23 hours after the lease's window ended had {counted} hits counted"
+    );
+}
+
 // A client that alternates (a request it resets while its lease ask is
 // out, then one it lets finish, whose call's answer counts the first) keeps
 // the asks at a quarter of a lease for a cooldown after that answer, and a
