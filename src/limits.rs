@@ -1207,8 +1207,8 @@ struct Ask {
     /// Its request went away before the answer ([`ServiceCache::abandon_ask`]):
     /// the service may well have counted its hits, and only a later answer
     /// will say so. Held until one comes ([`ServiceCache::answered`]), or
-    /// [`ABANDONED_ASK_MS`] at most (to the end of the window of the lease
-    /// held when it was sent, when that is later).
+    /// [`ABANDONED_ASK_MS`] at most (to the end of the window it was sent
+    /// in, when that is later and known: see [`ServiceCache::abandon_ask`]).
     abandoned: bool,
     /// Abandoned, and a later answer counted its hits: they no longer
     /// hold back what remains, but the ask still quarters the next asks
@@ -1226,9 +1226,11 @@ pub const RESET_COOLDOWN_MS: u64 = 60_000;
 
 /// How long an abandoned ask holds back the next asks when no answer for
 /// its descriptor comes: an hour, the longest window leases are commonly
-/// kept for, or to the end of the window of the lease held when it was
-/// sent, when that is later (a `per: day` limit). Bounded so that
-/// descriptors nobody asks about again do not stay in the table for good.
+/// kept for, or to the end of the window it was sent in, when that is
+/// later (a `per: day` limit) and the worker knows it, from its lease or
+/// the window length an answer named ([`ServiceCache::abandon_ask`]).
+/// Bounded so that descriptors nobody asks about again do not stay in the
+/// table for good.
 pub const ABANDONED_ASK_MS: u64 = 3_600_000;
 
 impl Ask {
