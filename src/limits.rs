@@ -1581,17 +1581,18 @@ impl ServiceCache {
         // counted it. Within a window the service's count only rises, so
         // the smallest remainder it named is the latest, whatever order
         // the answers came back in.
-        if let Some(held) = self.leases.get(&digest).filter(|l| l.live(now_ms)) {
-            lease.remaining = lease.remaining.saturating_add(held.remaining);
-            lease.until_ms = lease.until_ms.min(held.until_ms);
-            lease.service_remaining = lease.service_remaining.min(held.service_remaining);
-            lease.granted_ms = lease.granted_ms.min(held.granted_ms);
-            // A grant of one hit keeps none: the held lease was not
-            // renewed, and is not asked ahead for again.
-            lease.asked_ahead = held.asked_ahead && hits <= 1;
-        }
         if let Some(held) = self.leases.get(&digest) {
+            // The window length an answer named outlives the lease.
             lease.window_ms = held.window_ms;
+            if held.live(now_ms) {
+                lease.remaining = lease.remaining.saturating_add(held.remaining);
+                lease.until_ms = lease.until_ms.min(held.until_ms);
+                lease.service_remaining = lease.service_remaining.min(held.service_remaining);
+                lease.granted_ms = lease.granted_ms.min(held.granted_ms);
+                // A grant of one hit keeps none: the held lease was not
+                // renewed, and is not asked ahead for again.
+                lease.asked_ahead = held.asked_ahead && hits <= 1;
+            }
         }
         make_room(&mut self.leases, OVER_LIMIT_ENTRIES, |l| l.live(now_ms));
         self.leases.insert(digest, lease);

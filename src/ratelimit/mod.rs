@@ -314,22 +314,23 @@ fn fixed_window_reset(s: &DescriptorStatus, now: u64) -> Option<u64> {
 /// it names a limit of a known unit (at most [`MAX_RESET_SECS`]): how
 /// long a lease's reset asks may have to hold ([`crate::limits::ServiceCache::note_window`]).
 pub fn unit_window_ms(s: &DescriptorStatus) -> Option<u64> {
+    unit_window_secs(s).map(|w| w.saturating_mul(1000))
+}
+
+/// The window of a status's limit unit, when it names a limit of a known
+/// unit, at most [`MAX_RESET_SECS`].
+fn unit_window_secs(s: &DescriptorStatus) -> Option<u64> {
     s.current_limit
         .as_ref()
         .and_then(|l| Unit::try_from(l.unit).ok())
         .and_then(Unit::max_window_secs)
-        .map(|w| w.min(MAX_RESET_SECS).saturating_mul(1000))
+        .map(|w| w.min(MAX_RESET_SECS))
 }
 
 /// The longest a status's window can last: its limit unit's window (when
 /// known), at most [`MAX_RESET_SECS`].
 fn window_secs(s: &DescriptorStatus) -> u64 {
-    s.current_limit
-        .as_ref()
-        .and_then(|l| Unit::try_from(l.unit).ok())
-        .and_then(Unit::max_window_secs)
-        .unwrap_or(MAX_RESET_SECS)
-        .min(MAX_RESET_SECS)
+    unit_window_secs(s).unwrap_or(MAX_RESET_SECS)
 }
 
 /// The headers of one list the service asks to add that may be set
