@@ -634,6 +634,10 @@ pub struct Config {
     /// the headers' copy). Compiled once here so that a request with
     /// trailers compares each trailer name with one list.
     pub credential_headers: Vec<String>,
+    /// Whether any provider has `message_signing`. Only then can a
+    /// request's own `Signature-Input` name header fields whose trailer
+    /// copies must go too, so only then is it read when trailers come.
+    pub signs_requests: bool,
     /// Whether any route lists `match.methods`. Only then can a
     /// method-override header take a request to another route, so only
     /// then does route matching read those headers (a per-request cost
@@ -2301,6 +2305,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         ));
     }
     let credential_headers = with_signed_headers(credentials, &providers);
+    let signs_requests = providers.iter().any(|p| p.message_signing.is_some());
     Ok(Config {
         mode: raw.mode,
         default_action: raw.default_action,
@@ -2329,6 +2334,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         routes,
         claim_headers,
         credential_headers,
+        signs_requests,
     })
 }
 

@@ -286,13 +286,11 @@ impl GuardFilter {
     /// ([`Self::is_credential`]). Read, from the request headers as they
     /// came, only when trailers come.
     fn signed_fields(&self) -> Vec<String> {
-        let signs = self.worker.as_ref().is_some_and(|w| {
-            w.config
-                .providers
-                .iter()
-                .any(|p| p.message_signing.is_some())
-        });
-        if !signs {
+        if !self
+            .worker
+            .as_ref()
+            .is_some_and(|w| w.config.signs_requests)
+        {
             return Vec::new();
         }
         self.headers
