@@ -489,12 +489,95 @@ pub fn normalize(input: &str, rules: &PhoneRules) -> Result<E164, PhoneError> {
 /// `00700`…, Nigeria's `009`, Kenya's `000`, Tanzania's `000`, `005`,
 /// `006`, Uganda's `000`, `005`, `007`, Hong Kong's `001`, `0060`…,
 /// Cambodia's `001`, `004`–`009`, Taiwan's `002`, `005`–`007`, `009`,
-/// Mongolia's `001`. An upstream parsing numbers for such a country reads
+/// Mongolia's `001`, Bolivia's `0010`–`0019`, Guyana's `001`. An upstream
+/// parsing numbers for such a country reads
 /// `002 882 …` as `+882 …`; appguard, reading `00` alone, as `+2882 …`.
-pub const CARRIER_PREFIX_COUNTRIES: [&str; 15] = [
-    "55", "57", "61", "62", "65", "66", "82", "234", "254", "255", "256", "852", "855", "886",
-    "976",
+pub const CARRIER_PREFIX_COUNTRIES: [&str; 17] = [
+    "55", "57", "61", "62", "65", "66", "82", "234", "254", "255", "256", "591", "592", "852",
+    "855", "886", "976",
 ];
+
+/// The international call prefixes other than `00` of the countries that
+/// dial abroad with one (libphonenumber's `internationalPrefix`, spelt
+/// out; `x` is any digit), by default calling code: where a number is
+/// written with one, an upstream parsing numbers for that country dials
+/// what follows it, and appguard, which reads `00` alone, a national
+/// number. [`other_readings`] reads it both ways. `00` and one to three
+/// digits more (carriers' prefixes) are [`CARRIER_PREFIX_COUNTRIES`]';
+/// `011` under `+1` and `810` under `+7` make numbers of no valid shape
+/// there (rule 8), so are refused. Left out: Australia's `14XX0011` and
+/// China's `1XXXX00`, after which no number fits in 15 digits with the
+/// calling code.
+pub const ABROAD_PREFIXES: [(&str, &[&str]); 28] = [
+    ("51", &["191100", "191200", "191400", "197700", "199000"]), // Peru
+    ("52", &["09"]),                                             // Mexico
+    ("53", &["119"]),                                            // Cuba
+    // Chile: `1XY0` for the carriers XY, or `00`.
+    (
+        "56",
+        &[
+            "1100", "1110", "1120", "1130", "1140", "1150", "1160", "1190", "1200", "1220", "1230",
+            "1240", "1250", "1510", "1530", "1540", "1550", "1580", "1690", "1700", "1710", "1760",
+            "1770", "1800", "1810", "1880",
+        ],
+    ),
+    ("64", &["0161"]),                                           // New Zealand
+    ("65", &["01x", "02x", "03x"]),                              // Singapore (`00X`: a carrier's)
+    ("81", &["010"]),                                            // Japan
+    ("230", &["020", "030", "033", "040", "050", "060", "070"]), // Mauritius
+    ("235", &["16"]),                                            // Chad
+    ("238", &["0"]),                                             // Cape Verde
+    ("248", &["01", "010", "02"]),                               // Seychelles
+    ("354", &["1001", "1010", "1020", "1100"]),                  // Iceland
+    // Finland (and Åland): `99X`, and `995XY` for the carriers XY.
+    (
+        "358",
+        &[
+            "990", "991", "994", "996", "999", "99511", "99541", "99532", "99533", "99555",
+            "99559", "99577", "99588", "99590", "99599",
+        ],
+    ),
+    ("375", &["810"]),                          // Belarus
+    ("386", &["1022", "1066", "1088", "1099"]), // Slovenia
+    // Uruguay: `01YX` for Y of 3 to 9.
+    (
+        "598",
+        &["013x", "014x", "015x", "016x", "017x", "018x", "019x"],
+    ),
+    ("675", &["1401", "1402", "1403"]), // Papua New Guinea
+    ("677", &["01"]),                   // Solomon Islands
+    ("679", &["052"]),                  // Fiji
+    ("680", &["011", "012"]),           // Palau
+    ("685", &["0"]),                    // Samoa
+    ("692", &["011"]),                  // Marshall Islands
+    ("850", &["99"]),                   // North Korea
+    ("886", &["019"]),                  // Taiwan (`00X`: a carrier's)
+    ("960", &["019"]),                  // Maldives
+    // Israel: `01X` and `0105` for the carriers.
+    (
+        "972",
+        &[
+            "012", "013", "014", "015", "016", "017", "018", "019", "0105",
+        ],
+    ),
+    ("992", &["810"]), // Tajikistan
+    ("993", &["810"]), // Turkmenistan
+];
+
+/// What follows `prefix` (digits, `x` for any digit) in `digits`, when
+/// `digits` starts with it.
+fn after_prefix<'d>(digits: &'d str, prefix: &str) -> Option<&'d str> {
+    let head = digits.as_bytes().get(..prefix.len())?;
+    let matches = head
+        .iter()
+        .zip(prefix.bytes())
+        .all(|(&d, p)| d == p || (p == b'x' && d.is_ascii_digit()));
+    if matches {
+        digits.get(prefix.len()..)
+    } else {
+        None
+    }
+}
 
 /// Other readings of `input` than [`normalize`]'s that an upstream may
 /// dial, for checking denied prefixes (a number is denied if any reading
@@ -511,9 +594,10 @@ pub const CARRIER_PREFIX_COUNTRIES: [&str; 15] = [
 ///   stay national).
 ///
 /// - under a default country that dials abroad with another prefix than
-///   `00` (Japan's `010`, Mexico's `09`, Singapore's `01X`–`03X`), a number
-///   written with it read without it (`010 1 900 …` is `+1 900 …` in
-///   Japan); and under Japan's, a number after its carrier prefix for
+///   `00` ([`ABROAD_PREFIXES`]: Japan's `010`, Israel's `012`–`019`,
+///   Finland's `99X`, …), a number written with it read without it
+///   (`010 1 900 …` is `+1 900 …` in Japan); and under Japan's, a number
+///   after its carrier prefix for
 ///   national calls `003768` read as Japanese (`0037680 990 …` is `+81 990
 ///   …`).
 ///
@@ -532,20 +616,21 @@ pub fn other_readings(input: &str, rules: &PhoneRules) -> Vec<E164> {
         |number: &str| check_digits(number, MIN_DIGITS).is_ok() && check_plan(number).is_ok();
     let mut out = Vec::new();
     // Where the country dials abroad with another prefix than `00`
-    // (libphonenumber's `internationalPrefix`): Japan's `010`, Mexico's
-    // `09`, Singapore's `01X` to `03X`. Read as national numbers of a valid
-    // length, they went past the denied prefixes of where they are dialled.
-    let abroad = match code {
-        "81" => digits.strip_prefix("010"),
-        "52" => digits.strip_prefix("09"),
-        "65" => digits
-            .strip_prefix('0')
-            .filter(|r| matches!(r.as_bytes().first(), Some(b'1'..=b'3')))
-            .and_then(|r| r.get(2..)),
-        _ => None,
-    };
-    if let Some(number) = abroad.filter(|n| valid(n)) {
-        out.push(E164(format!("+{number}")));
+    // (libphonenumber's `internationalPrefix`, [`ABROAD_PREFIXES`]):
+    // Japan's `010`, Israel's `012`, Finland's `990`, … Read as national
+    // numbers of a valid length, they went past the denied prefixes of
+    // where they are dialled.
+    let prefixes = ABROAD_PREFIXES
+        .iter()
+        .find(|(cc, _)| *cc == code)
+        .map_or(&[][..], |(_, p)| *p);
+    for prefix in prefixes {
+        if let Some(number) = after_prefix(&digits, prefix).filter(|n| valid(n)) {
+            let reading = E164(format!("+{number}"));
+            if !out.contains(&reading) {
+                out.push(reading);
+            }
+        }
     }
     // Japan's carrier prefix for national calls (`003768`, and the trunk
     // `0` after it or not): `0037680 990 …` is `+81 990 …` there, and
@@ -790,6 +875,34 @@ mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn abroad_prefixes_are_read_off_and_well_formed() {
+        let il = PhoneRules::with_calling_code("972");
+        let readings: Vec<String> = other_readings("012 882 1234 567", &il)
+            .iter()
+            .map(|n| n.as_str().to_owned())
+            .collect();
+        assert_eq!(readings, ["+8821234567"]);
+        // `x` is one digit, any; no reading without the whole prefix.
+        assert_eq!(after_prefix("0134882", "013x"), Some("882"));
+        assert_eq!(after_prefix("013", "013x"), None);
+        assert_eq!(after_prefix("0124882", "013x"), None);
+        let mut seen = Vec::new();
+        for (cc, prefixes) in ABROAD_PREFIXES {
+            assert!(is_calling_code(cc), "{cc}");
+            assert!(!seen.contains(&cc), "{cc} twice: only the first is read");
+            seen.push(cc);
+            assert!(!prefixes.is_empty(), "{cc}");
+            for p in prefixes {
+                assert!(
+                    !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit() || b == b'x'),
+                    "{cc}: {p:?}"
+                );
+                assert!(!p.starts_with("00"), "{cc}: {p:?} is `00`'s");
+            }
+        }
+    }
 
     fn uk() -> PhoneRules {
         PhoneRules::with_calling_code("44")

@@ -8738,6 +8738,68 @@ fn international_prefixes_other_than_00_do_not_take_a_number_past_denied_prefixe
     );
 }
 
+/// The other countries whose `internationalPrefix` (libphonenumber) is not
+/// `00`, or `00` and digits beyond `CARRIER_PREFIX_COUNTRIES`' one to
+/// three: each spelling below is a `+882 …` (or `+1 900 …`) number to an
+/// upstream parsing numbers for the default country, and a national
+/// number of a valid length to appguard reading `00` alone.
+#[test]
+fn every_known_international_prefix_is_read_for_denied_prefixes() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "972",
+            &["012 882 1234 567", "019 1 900 555 1234", "0105 882 1234 56"],
+        ), // Israel
+        (
+            "358",
+            &["990 882 1234 56", "999 882 1234 56", "99511 882 1234"],
+        ), // Finland
+        ("56", &["1100 882 1234 56", "1880 882 1234 56"]), // Chile
+        ("51", &["191100 882 1234", "199000 882 1234"]),   // Peru
+        ("53", &["119 882 1234 567"]),                     // Cuba
+        ("375", &["810 882 1234 56"]),                     // Belarus
+        ("992", &["810 882 1234 56"]),                     // Tajikistan
+        ("993", &["810 882 1234 56"]),                     // Turkmenistan
+        ("354", &["1001 882 1234 5", "1100 882 1234 5"]),  // Iceland
+        ("386", &["1022 882 1234 5", "1099 882 1234 5"]),  // Slovenia
+        ("64", &["0161 882 1234 567"]),                    // New Zealand
+        ("230", &["020 882 1234 56", "033 882 1234 56"]),  // Mauritius
+        ("235", &["16 882 1234 567"]),                     // Chad
+        ("238", &["0 882 1234 5678"]),                     // Cape Verde
+        ("248", &["02 882 1234 567", "010 882 1234 56"]),  // Seychelles
+        ("675", &["1401 882 1234 5"]),                     // Papua New Guinea
+        ("677", &["01 882 1234 567"]),                     // Solomon Islands
+        ("679", &["052 882 1234 56"]),                     // Fiji
+        ("680", &["011 882 1234 56", "012 882 1234 56"]),  // Palau
+        ("685", &["0 882 1234 5678"]),                     // Samoa
+        ("692", &["011 882 1234 56"]),                     // Marshall Islands
+        ("850", &["99 882 1234 567"]),                     // North Korea
+        ("886", &["019 882 1234 56"]),                     // Taiwan
+        ("960", &["019 882 1234 56"]),                     // Maldives
+        ("598", &["0130 882 1234 5", "0199 882 1234 5"]),  // Uruguay
+        ("591", &["0012 882 234 567"]),                    // Bolivia: `00 1X`
+        ("592", &["001 882 2345 678"]),                    // Guyana: `001`
+    ];
+    let mut passed = Vec::new();
+    for (cc, spellings) in cases {
+        let w = phone_world(&["+882", "+1 900"], Some(cc));
+        let to = |n: &str| sms_to(&w, n);
+        assert_eq!(to("+882 1234 5678").0, Some(Reason::PhoneDenied));
+        for n in *spellings {
+            if !matches!(
+                to(n).0,
+                Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)
+            ) {
+                passed.push(format!("default {cc}: {n:?}"));
+            }
+        }
+    }
+    assert!(
+        passed.is_empty(),
+        "denied numbers to an upstream parsing for the default country, let through: {passed:#?}"
+    );
+}
+
 /// Turkmenistan (`+993`) writes its trunk prefix `8` before its eight
 /// digits (libphonenumber's `nationalPrefix` `8`), as Lithuania does:
 /// `+993 8 12 345678` is `+993 12 345678`, for denied prefixes and the
