@@ -18,7 +18,20 @@ use axum::{Json, Router};
 use tracing::warn;
 
 use crate::backend::Backend;
-use crate::service::{Stats, StatsSnapshot};
+use crate::logging::LineThrottle;
+use crate::service::{unix_now, Stats, StatsSnapshot};
+
+/// Most `health check failed` lines written in a second. Health checks
+/// come from probes, and from anyone who reaches the gRPC port
+/// (`grpc.health.v1.Health/Check`): while the store fails, a client
+/// calling it in a loop would otherwise write one `warn` line per call and
+/// bury the service's other warnings. The next line written after some
+/// were left out says how many (`suppressed`).
+pub const HEALTH_LOG_LINES_PER_SECOND: u32 = 1;
+
+/// Bounds the `health check failed` lines of the process (one service per
+/// process: the HTTP port and the gRPC health service share it).
+static HEALTH_LINES: LineThrottle = LineThrottle::new(HEALTH_LOG_LINES_PER_SECOND);
 
 /// What the HTTP handlers look at.
 #[derive(Debug, Clone)]
@@ -49,7 +62,14 @@ impl HttpState {
             return Err("shutting down\n".to_owned());
         }
         self.backend.check().await.map_err(|e| {
-            warn!(backend = self.backend.kind(), error = %e, "health check failed");
+            if let Some(suppressed) = HEALTH_LINES.admit(unix_now()) {
+                warn!(
+                    backend = self.backend.kind(),
+                    error = %e,
+                    suppressed,
+                    "health check failed"
+                );
+            }
             format!("{} unavailable: {e}\n", self.backend.kind())
         })
     }

@@ -260,19 +260,22 @@ async fn shadow_mode_answers_ok_and_counts() {
 }
 
 /// Global shadow mode answers OK to everything overall, replays of a
-/// token's `jti` included (their descriptor's own status still says
-/// OVER_LIMIT, which appguard reads): the service says so when it starts.
+/// token's `jti` included, but their descriptor's own status still says
+/// OVER_LIMIT, which appguard refuses: the service says so when it starts.
 #[tokio::test]
-async fn global_shadow_mode_lets_replays_through_and_says_so() {
+async fn global_shadow_mode_answers_replays_ok_overall_and_says_so() {
     avoid_window_edge(HOUR, 10);
     let mut args = appguard_args();
     args.push("--shadow-mode".to_owned());
     let service = Service::start_healthy(&strs(&args));
     let mut client = service.client().await;
     let req = request("appguard", vec![descriptor(&[("jti", "7d1a54127b222502")])]);
-    for _ in 0..2 {
+    for use_ in 0..2 {
         let r = ask(&mut client, &req).await;
         assert_eq!(r.overall_code, Code::Ok as i32);
+        // The replay's own status says so: appguard refuses it.
+        let own = if use_ == 0 { Code::Ok } else { Code::OverLimit };
+        assert_eq!(r.statuses[0].code, own as i32, "use {use_}");
     }
     let logs = service.stderr();
     let line = logs

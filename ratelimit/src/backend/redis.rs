@@ -283,6 +283,12 @@ pub const REPLACE_TIMED_OUT_EVERY: Duration = Duration::from_secs(1);
 /// again on the attempt that starts).
 pub const CONNECT_REFUSED_WAIT: Duration = Duration::from_millis(100);
 
+/// Connections failed one after another under their calls (closed,
+/// reset), with no answer between them, before the calls of the next
+/// [`CONNECT_REFUSED_WAIT`] fail at once, as after a refused connect (see
+/// `Inner::connection_failed`).
+pub const CONNECTION_FAILURES_BEFORE_WAIT: u64 = 2;
+
 /// How long a counting call's failure keeps the health check failing when
 /// no counting call succeeded since: a Redis that answers PING but refuses
 /// every write (`OOM` under `noeviction`, an ACL without `EVALSHA`) fails
@@ -406,6 +412,14 @@ struct Inner {
     /// When Redis last refused a connection, and how, for the
     /// [`CONNECT_REFUSED_WAIT`] after it.
     refused: Mutex<Option<(Instant, redis::RedisError)>>,
+    /// Connections that failed one after another under their calls
+    /// (closed, reset), since the last answer: at most one a failure, however
+    /// many calls were in flight on it (see `Inner::connection_failed`).
+    connection_failures: AtomicU64,
+    /// How many connection failures were counted so far (never reset): a
+    /// call notes it when it starts, so that of the calls in flight on a
+    /// connection that fails, only the first to see it counts.
+    connection_drops: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -478,6 +492,8 @@ impl RedisBackend {
                     .to_owned(),
                 failing: Mutex::new(None),
                 refused: Mutex::new(None),
+                connection_failures: AtomicU64::new(0),
+                connection_drops: AtomicU64::new(0),
             }),
             health_key: HEALTH_KEY.to_owned(),
         })
@@ -520,6 +536,7 @@ impl RedisBackend {
                 Arc::clone(&current.heard),
             )
         };
+        let drops_before = self.inner.connection_drops.load(Ordering::Relaxed);
         let inner = Arc::clone(&self.inner);
         // Ended after `timed_out`, which counts this call among those in
         // flight.
@@ -561,12 +578,16 @@ impl RedisBackend {
                 Some(answer) => {
                     // Any other answer, an error reply included, shows the
                     // connection carries traffic.
-                    if let Err(e) = &answer {
-                        if e.is_connection_refusal() {
-                            inner.connect_refused(e);
-                            return Err(BackendError::Redis(e.clone()));
+                    match &answer {
+                        Err(e) => {
+                            if e.is_connection_refusal() {
+                                inner.connect_refused(e);
+                                return Err(BackendError::Redis(e.clone()));
+                            }
+                            inner.connection_failed(e, drops_before);
+                            inner.error_reply(generation, e);
                         }
-                        inner.error_reply(generation, e);
+                        Ok(_) => inner.connection_failures.store(0, Ordering::Relaxed),
                     }
                     heard.now();
                     Ok(answer?)
@@ -824,6 +845,46 @@ impl Inner {
         match &*refused {
             Some((at, e)) if at.elapsed() < CONNECT_REFUSED_WAIT => Err(e.clone()),
             other => Ok(other.is_some()),
+        }
+    }
+
+    /// Counts a call that failed with `e`, having started when
+    /// `drops_before` connection failures had been counted. A connection
+    /// that failed under it (closed, reset, broken pipe) counts towards
+    /// [`CONNECTION_FAILURES_BEFORE_WAIT`] once, for the first of its calls
+    /// to see it (the others in flight on it started before that count),
+    /// after which the calls of the next [`CONNECT_REFUSED_WAIT`] fail at
+    /// once, as after a refused connect; any other error (an error reply:
+    /// the connection works) starts the count again, as an answer does.
+    /// An endpoint that accepts connections and closes them at once (Redis
+    /// at `maxclients`, a proxy or load balancer in front of a Redis that
+    /// is down) is then tried about ten times a second, not at the call
+    /// rate. One dropped connection (a failover's `CLIENT KILL`, a
+    /// restart), with however many calls in flight, does not start the
+    /// wait: the calls after it are sent on a new connection.
+    fn connection_failed(&self, e: &redis::RedisError, drops_before: u64) {
+        if !(e.is_io_error() || e.is_connection_dropped() || closed_connection(e)) {
+            self.connection_failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let first_to_see_it = self
+            .connection_drops
+            .compare_exchange(
+                drops_before,
+                drops_before.wrapping_add(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+        if !first_to_see_it {
+            return;
+        }
+        let failures = self
+            .connection_failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if failures >= CONNECTION_FAILURES_BEFORE_WAIT {
+            self.connect_refused(e);
         }
     }
 
