@@ -763,6 +763,12 @@ fn add_forwarded_hosts<'a>(
     name: &str,
     value: &'a str,
 ) -> Result<(), UnclearPath> {
+    // A value that is not UTF-8 carries a leading NUL mark (see
+    // `Headers::from_wire`), which would hide its first element's `host`
+    // key: it names hosts no one can read here.
+    if value.contains('\0') {
+        return Err(UnclearPath);
+    }
     let forwarded = name.eq_ignore_ascii_case("forwarded");
     for part in value.split([',', ';']) {
         let h = match part.split_once('=') {
@@ -895,6 +901,15 @@ fn match_route_for<'c>(
     method: &str,
 ) -> Result<Option<(usize, &'c Route)>, UnclearPath> {
     use std::borrow::Cow;
+    // A `:path` that is not UTF-8 was read lossily and marked with a NUL
+    // (see `Headers::from_wire`; Envoy never passes a NUL). Its path names
+    // no route then, not even `/`, while the upstream serves the route its
+    // readable part names (Envoy's HTTP/2 codec passes bytes 0x80-0xFF in
+    // the query on, and `normalize_path` leaves the query as sent): no
+    // route can be trusted with it, as Envoy's HTTP/1 codec refuses it.
+    if req.header(":path").is_some_and(|p| p.contains('\0')) {
+        return Err(UnclearPath);
+    }
     let path = route_path(req.path()).ok_or(UnclearPath)?;
     let host = req.host();
     let route_at = |p: &str, method: &str, host: &str| {
@@ -955,6 +970,11 @@ fn match_route_for<'c>(
         if config.routes_by_host && is_forwarded_host_header(name) {
             add_forwarded_hosts(&mut hosts, host, name, value)?;
         } else if config.routes_by_method && is_method_override_header(name) {
+            // Not UTF-8: the NUL mark in front (see `Headers::from_wire`)
+            // would hide the first value's method.
+            if value.contains('\0') {
+                return Err(UnclearPath);
+            }
             for m in value.split(',').map(str::trim).filter(|m| !m.is_empty()) {
                 add_variant(
                     &mut methods,
@@ -3135,7 +3155,7 @@ fn api_key_of<'r>(
     // other key than the one checked, nor one where none is.
     if let Some(param) = &config.api_keys.query_param {
         let checked = from_header.or(from_query.as_deref());
-        for cookie in req.header_all("cookie") {
+        for cookie in req.header_all("cookie").map(unmarked) {
             for pair in cookie.split(';') {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
                 if !php_name_is_or_under(k.trim_start_matches([' ', '\t']), param) {
@@ -3185,11 +3205,12 @@ fn key_scrub(config: &Config, req: &Request<'_>) -> KeyScrub {
 fn cookie_without_param(req: &Request<'_>, param: &str) -> Option<String> {
     let is_param =
         |pair: &str| php_name_is_or_under(param_name(pair).trim_start_matches([' ', '\t']), param);
-    if !req.header_all("cookie").any(|c| c.split(';').any(is_param)) {
+    let cookies = || req.header_all("cookie").map(unmarked);
+    if !cookies().any(|c| c.split(';').any(is_param)) {
         return None;
     }
     let mut out = String::new();
-    for pair in req.header_all("cookie").flat_map(|c| c.split(';')) {
+    for pair in cookies().flat_map(|c| c.split(';')) {
         let pair = pair.trim_matches([' ', '\t']);
         if pair.is_empty() || is_param(pair) {
             continue;
@@ -3202,11 +3223,28 @@ fn cookie_without_param(req: &Request<'_>, param: &str) -> Option<String> {
     Some(out)
 }
 
+/// A header value without the NUL that marks one that was not UTF-8 (see
+/// `Headers::from_wire`), for reading the names in it: a name is ASCII and
+/// reads the same lossily, while a value with a byte that was not UTF-8
+/// keeps its U+FFFD and still equals no key. With the mark in front, the
+/// first cookie's name named nothing (`\0key=…`), and a key cookie beside
+/// any such byte went upstream unseen.
+fn unmarked(value: &str) -> &str {
+    value.strip_prefix('\0').unwrap_or(value)
+}
+
 /// `path` without the query parameters named `param` (names read as
 /// [`api_key_of`] reads them, between `&` or `;`), or `None` when it has
 /// none. The other parameters keep their order, their separators and their
 /// encoding as sent; a query left empty goes with its `?`.
 fn path_without_param(path: &str, param: &str) -> Option<String> {
+    // A `:path` that was not UTF-8 (NUL-marked, see `Headers::from_wire`)
+    // is never rewritten: its bytes cannot be given back as they came, and
+    // a NUL must not go into `:path`. Such a request is refused as unclear
+    // (see `match_route_for`).
+    if path.contains('\0') {
+        return None;
+    }
     let (base, query, fragment) = crate::request::split_target(path);
     let query = query?;
     let is_param = |pair: &str| php_name_is_or_under(param_name(pair), param);

@@ -9661,3 +9661,198 @@ fn a_failed_ask_ahead_leaves_the_held_hits_to_the_next_requests() {
         "{refused} of 24 requests called again (and, the service down, were refused 503) while the worker held hits"
     );
 }
+
+/// Headers as Envoy hands them to the filter (the proxy-wasm map
+/// encoding), bytes that are not UTF-8 included: Envoy's HTTP/2 codec
+/// passes bytes 0x80–0xFF in the query on, and both codecs in other
+/// header values (README, "A request header value that is not UTF-8").
+fn wire_headers(pairs: &[(&[u8], &[u8])]) -> crate::headers::Headers {
+    crate::headers::Headers::from_wire(&crate::wire::encode_pairs(pairs.iter().copied())).unwrap()
+}
+
+/// A `:path` with a byte that is not UTF-8 in its query
+/// (`POST /v1/sms?x=\xff` over HTTP/2: Envoy's `normalize_path` escapes
+/// such bytes in the path but leaves the query as sent) is refused as an
+/// unclear path (`route_denied`), as Envoy's HTTP/1 codec refuses it.
+/// Read lossily and marked with a leading NUL, it matched no route, not
+/// even a catch-all `/`, and went on under `default_action` (`allow` by
+/// default) past every route's key, token, platform and limit checks; the
+/// upstream served `/v1/sms`.
+#[test]
+fn a_path_with_a_byte_that_is_not_utf8_is_refused_not_unrouted() {
+    let w = World::from(json!({
+        "api_keys": {"keys": [{"id": "k", "sha256": hash_api_key("key-any")}]},
+        "routes": [
+            {"name": "sms", "match": {"path": "/v1/sms"}, "api_key": "required"},
+            {"name": "all", "match": {"prefix": "/"}, "api_key": "required"}
+        ]
+    }));
+    for path in [
+        &b"/v1/sms?x=\xff"[..],
+        b"/v1/sms?to=%2B44&n=\xe9",
+        b"/v1/sms/\xc3",
+        b"/other?\xff",
+    ] {
+        let h = wire_headers(&[
+            (b":method", b"POST"),
+            (b":path", path),
+            (b":authority", b"api.example.com"),
+        ]);
+        let got =
+            evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW).done_reason();
+        assert!(
+            got.is_some(),
+            "{:?}: let through without the key its route requires",
+            String::from_utf8_lossy(path)
+        );
+    }
+    // With `forward: false`, a refusal cuts the key parameter out of the
+    // `:path` Envoy logs; never by writing the lossy, NUL-marked reading
+    // back into `:path`.
+    let w = World::from(json!({
+        "api_keys": {"forward": false, "query_param": "key",
+                     "keys": [{"id": "k", "sha256": hash_api_key("key-any")}]},
+        "routes": [{"name": "sms", "match": {"path": "/v1/sms"}, "api_key": "required"}]
+    }));
+    let h = wire_headers(&[
+        (b":method", b"POST"),
+        (b":path", b"/v1/sms?key=key-any&x=\xff"),
+        (b":authority", b"api.example.com"),
+    ]);
+    match evaluate(&w.ctx(), &Request::new(&h, "192.0.2.1".parse().ok()), NOW) {
+        Step::Done(Decision::Deny(d), _) => assert!(
+            !d.key_scrub
+                .path
+                .as_deref()
+                .is_some_and(|p| p.contains('\0')),
+            "{:?}",
+            d.key_scrub.path
+        ),
+        s => panic!("not refused: {s:?}"),
+    }
+}
+
+/// A cookie named like the key parameter holding
+/// another key is `api_key_invalid` (PHP's `$_REQUEST` takes it over the
+/// query), and with `forward: false` it is cut. A byte that is not UTF-8
+/// anywhere in the `cookie` header (HTTP/1 too) put the NUL mark in front
+/// of its first cookie's name, which then named nothing: the other key
+/// went upstream unseen, and with `forward: false` the key's copy stayed.
+#[test]
+fn a_cookie_header_with_a_byte_that_is_not_utf8_still_shows_its_key_cookie() {
+    let w = World::new();
+    for cookie in [
+        &b"key=key-web; x=\xff"[..],
+        b"key=key-web; \xe9=1",
+        b"KEY[]=key-web;\xff",
+    ] {
+        let h = wire_headers(&[
+            (b":method", b"GET"),
+            (b":path", b"/sms?key=key-sms"),
+            (b":authority", b"api.example.com"),
+            (b"cookie", cookie),
+        ]);
+        let got = evaluate(
+            &w.ctx(),
+            &Request::new(&h, "198.51.100.1".parse().ok()),
+            NOW,
+        )
+        .done_reason();
+        assert_eq!(
+            got,
+            Some(Reason::ApiKeyInvalid),
+            "{:?}: a cookie with another key than the one checked",
+            String::from_utf8_lossy(cookie)
+        );
+    }
+    // `forward: false`: the key's cookie copy is cut like any other.
+    let mut cfg = config_json();
+    cfg["api_keys"]["forward"] = json!(false);
+    let w = World::from(cfg);
+    let h = wire_headers(&[
+        (b":method", b"GET"),
+        (b":path", b"/sms?key=key-sms"),
+        (b":authority", b"api.example.com"),
+        (b"cookie", b"key=key-sms; x=\xff"),
+    ]);
+    let scrub = match evaluate(
+        &w.ctx(),
+        &Request::new(&h, "198.51.100.1".parse().ok()),
+        NOW,
+    ) {
+        Step::Done(Decision::Allow(g), _) => g.key_scrub,
+        Step::Done(Decision::Deny(d), _) => d.key_scrub,
+        s => panic!("{s:?}"),
+    };
+    assert!(
+        scrub
+            .cookie
+            .as_deref()
+            .is_some_and(|c| !c.contains("key-sms")),
+        "the key's cookie copy goes upstream: {:?}",
+        scrub.cookie
+    );
+}
+
+/// `Forwarded: host=admin.example.com;for=…` takes the
+/// admin host's route (Spring's `ForwardedHeaderFilter` reads the first
+/// element's `host`). With a byte that is not UTF-8 anywhere in the value
+/// the NUL mark hid that first element's `host` key, and the request kept
+/// the weaker route of its `:authority`.
+#[test]
+fn a_forwarded_host_is_read_past_a_byte_that_is_not_utf8() {
+    let w = World::from(json!({
+        "routes": [
+            {"name": "admin", "match": {"prefix": "/", "hosts": ["admin.example.com"]}},
+            {"name": "api", "match": {"prefix": "/v1/", "hosts": ["api.example.com"]}}
+        ]
+    }));
+    for value in [
+        &b"host=admin.example.com;for=\xff"[..],
+        b"host=admin.example.com;for=192.0.2.1, for=\xe9",
+    ] {
+        let h = wire_headers(&[
+            (b":method", b"GET"),
+            (b":path", b"/v1/orders"),
+            (b":authority", b"api.example.com"),
+            (b"forwarded", value),
+        ]);
+        let m = match_route(&w.config, &Request::new(&h, None));
+        assert!(
+            m.is_err(),
+            "{:?}: taken as {:?}",
+            String::from_utf8_lossy(value),
+            m.map(|m| m.map(|(_, r)| r.name.clone()))
+        );
+    }
+}
+
+/// A method override whose first comma-separated value
+/// is another route's method takes that route's check (README: "each
+/// comma-separated value of each copy, as Express reads the first and
+/// others the last"). A byte that is not UTF-8 later in the value put the
+/// NUL mark in front of that first value, which then named no method.
+#[test]
+fn a_method_override_is_read_past_a_byte_that_is_not_utf8() {
+    let w = World::from(json!({
+        "routes": [
+            {"name": "delete", "match": {"prefix": "/v1/items", "methods": ["DELETE"]}, "action": "deny"},
+            {"name": "api", "match": {"prefix": "/v1/"}}
+        ]
+    }));
+    for value in [&b"DELETE, \xff"[..], b"DELETE,x\xe9"] {
+        let h = wire_headers(&[
+            (b":method", b"POST"),
+            (b":path", b"/v1/items"),
+            (b":authority", b"api.example.com"),
+            (b"x-http-method-override", value),
+        ]);
+        let m = match_route(&w.config, &Request::new(&h, None));
+        assert!(
+            m.is_err(),
+            "{:?}: taken as {:?}",
+            String::from_utf8_lossy(value),
+            m.map(|m| m.map(|(_, r)| r.name.clone()))
+        );
+    }
+}

@@ -2154,3 +2154,69 @@ fn appguards_hops_count_envoys_entry_only_where_envoy_appends_one() {
     );
     assert!(up.seen().is_empty());
 }
+
+/// A byte that is not UTF-8 in the query of an HTTP/2 `:path` (Envoy's
+/// HTTP/2 codec passes it on; `normalize_path` escapes such bytes in the
+/// path only, and its HTTP/1 codec answers 400) made appguard read the
+/// path lossily, marked, as one no route matched, not even `prefix: "/"`:
+/// the request went on under `default_action` (`allow` when left out)
+/// past its route's API key and every other route check, and the upstream
+/// served `/v1/sms`. It is refused, `route_denied`, as other unclear paths
+/// are. (The control requests show the frames reach the upstream when
+/// nothing is wrong.)
+#[test]
+fn an_http2_query_byte_that_is_not_utf8_takes_no_request_past_its_route() {
+    use harness::http2::raw_request;
+    let up = Upstream::start();
+    let cfg = json!({
+        "api_keys": {"keys": [{"id": "k", "sha256": appguard::identity::hash_api_key("e2e-raw-key-0123")}]},
+        "routes": [
+            {"name": "open", "match": {"prefix": "/open"}},
+            {"name": "sms", "match": {"path": "/v1/sms"}, "api_key": "required"},
+            {"name": "all", "match": {"prefix": "/"}, "api_key": "required"}
+        ]
+    });
+    let envoy = EnvoyBuilder::new(cfg, up.port).start();
+    let req = |path: &[u8], key: Option<&[u8]>| {
+        let mut h: Vec<(&[u8], &[u8])> = vec![
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", path),
+            (b":authority", b"api.example.com"),
+        ];
+        if let Some(k) = key {
+            h.push((b"x-api-key", k));
+        }
+        raw_request(envoy.port, &h)
+    };
+    // Controls: the frames are read, an open route is served, a keyed
+    // one with its key too, and refused without it.
+    let status = |r: Option<(bool, Vec<u8>)>| r.map(|(ok, _)| ok);
+    assert_eq!(status(req(b"/open?x=1", None)), Some(true));
+    assert_eq!(
+        status(req(b"/v1/sms?x=1", Some(b"e2e-raw-key-0123"))),
+        Some(true)
+    );
+    let served = up.seen().len();
+    let (ok, body) = req(b"/v1/sms?x=1", None).unwrap();
+    assert!(!ok && String::from_utf8_lossy(&body).contains("api_key_missing"));
+    // appguard's own refusal, not Envoy's or the upstream's (an HTTP/1
+    // upstream cannot be sent such a target: Envoy answers 503 then).
+    for path in [
+        &b"/v1/sms?x=\xff"[..],
+        b"/v1/sms?to=1&n=\xc3",
+        b"/other?\xe9",
+    ] {
+        let r = req(path, None);
+        let body = r
+            .as_ref()
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned());
+        assert!(
+            r.as_ref().is_some_and(|(ok, _)| !ok)
+                && body.as_deref().is_some_and(|b| b.contains("route_denied")),
+            "{:?} without the key its route requires: {body:?}",
+            String::from_utf8_lossy(path)
+        );
+    }
+    assert_eq!(up.seen().len(), served, "a request reached the upstream");
+}

@@ -169,3 +169,83 @@ pub async fn read(response: ResponseFuture) -> Result<Resp, h2::Error> {
         body: bytes,
     })
 }
+
+/// Sends one request of `headers` (pseudo-headers first, as given) over a
+/// fresh h2c connection, written frame by frame without an HTTP/2 library:
+/// so that a header may hold bytes the `h2` crate refuses to send (a
+/// `:path` with a byte that is not UTF-8, which Envoy's HTTP/2 codec
+/// passes on in the query). Each header is an HPACK literal without
+/// indexing, name and value under 127 bytes each. Returns whether the
+/// response was `200` (`:status` as HPACK's static entry 8, as Envoy
+/// sends it) and the response body, or `None` when the response did not
+/// end within 5 s.
+pub fn raw_request(port: u16, headers: &[(&[u8], &[u8])]) -> Option<(bool, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = u32::try_from(payload.len()).unwrap();
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut block = Vec::new();
+    for (name, value) in headers {
+        assert!(name.len() < 127 && value.len() < 127);
+        block.push(0x00);
+        block.push(u8::try_from(name.len()).unwrap());
+        block.extend_from_slice(name);
+        block.push(u8::try_from(value.len()).unwrap());
+        block.extend_from_slice(value);
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    out.extend(frame(0x1, 0x4 | 0x1, 1, &block)); // HEADERS, END_HEADERS | END_STREAM
+    s.write_all(&out).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut ok = None;
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        while buf.len() >= at + 9 {
+            let len = usize::from(buf[at]) << 16
+                | usize::from(buf[at + 1]) << 8
+                | usize::from(buf[at + 2]);
+            let (kind, flags) = (buf[at + 3], buf[at + 4]);
+            let stream = u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]])
+                & 0x7fff_ffff;
+            if buf.len() < at + 9 + len {
+                break;
+            }
+            let mut payload = &buf[at + 9..at + 9 + len];
+            at += 9 + len;
+            if stream != 1 || !matches!(kind, 0x0 | 0x1) {
+                continue;
+            }
+            if flags & 0x8 != 0 {
+                // PADDED: the pad length, then the padding at the end.
+                let pad = usize::from(payload[0]);
+                payload = &payload[1..payload.len() - pad];
+            }
+            if kind == 0x1 {
+                if flags & 0x20 != 0 {
+                    // PRIORITY: five bytes first.
+                    payload = &payload[5..];
+                }
+                ok = Some(payload.first() == Some(&0x88));
+            } else {
+                body.extend_from_slice(payload);
+            }
+            if flags & 0x1 != 0 {
+                return ok.map(|ok| (ok, body));
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
