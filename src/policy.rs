@@ -808,6 +808,19 @@ fn is_forwarded_host_header(name: &str) -> bool {
     crate::request::is_header_of(name, &FORWARDED_HOST_HEADERS)
 }
 
+/// Whether an upstream may take a request carrying a header named `name`
+/// (any value) for another method, target or host than its own: a method
+/// override, a target override or a forwarded host, in any spelling. Such
+/// a header is never a trailer a client needs: the filter cuts it from
+/// request trailers, where no route match and no signature coverage
+/// (see [`is_redirecting_header`]) reads it, but an upstream that merges
+/// trailers into the headers would.
+pub fn is_redirecting_header_name(name: &str) -> bool {
+    is_method_override_header(name)
+        || is_url_override_header(name)
+        || is_forwarded_host_header(name)
+}
+
 /// Whether an upstream may take a request carrying header `name: value`
 /// for another method, target or host than its own (`target`: its path
 /// and query, as `@path` and `@query` read them; `authority`: its

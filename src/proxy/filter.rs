@@ -293,10 +293,7 @@ impl GuardFilter {
         {
             return Vec::new();
         }
-        self.headers
-            .get_all("signature-input")
-            .flat_map(crate::signing::covered_fields)
-            .collect()
+        crate::signing::covered_fields_of_lines(self.headers.get_all("signature-input"))
     }
 
     /// Evaluates (or re-evaluates, after keys arrived) and acts on the step.
@@ -1229,6 +1226,7 @@ impl HttpContext for GuardFilter {
             removed_where(Map::RequestTrailers, &trailers, |n| {
                 self.is_ours(n)
                     || self.is_credential(n)
+                    || crate::policy::is_redirecting_header_name(n)
                     || signed
                         .iter()
                         .any(|h| crate::request::same_header_name(n.as_bytes(), h.as_bytes()))

@@ -614,24 +614,32 @@ fn combined_field(
     field: &'static str,
     cap: usize,
 ) -> Result<Option<String>, SigningError> {
-    let mut combined: Option<String> = None;
-    for (_, value) in message
+    let values = message
         .headers
         .iter()
         .filter(|(name, _)| name.eq_ignore_ascii_case(field))
-    {
+        .map(|(_, value)| value);
+    joined_lines(values, cap).ok_or(SigningError::HeaderTooLarge { field })
+}
+
+/// `values` trimmed of SP and HTAB and joined with `", "`, as
+/// [`combined_field`] reads a field: `None` as soon as the result would
+/// pass `cap`, `Some(None)` when it is empty.
+fn joined_lines<'a>(values: impl Iterator<Item = &'a str>, cap: usize) -> Option<Option<String>> {
+    let mut combined: Option<String> = None;
+    for value in values {
         let value = value.trim_matches([' ', '\t']);
         let out = combined.get_or_insert_with(String::new);
         let separator = if out.is_empty() { 0 } else { 2 };
         if out.len() + separator + value.len() > cap {
-            return Err(SigningError::HeaderTooLarge { field });
+            return None;
         }
         if separator > 0 {
             out.push_str(", ");
         }
         out.push_str(value);
     }
-    Ok(combined.filter(|c| !c.is_empty()))
+    Some(combined.filter(|c| !c.is_empty()))
 }
 
 /// One of the two signature fields as an RFC 8941 Dictionary, within
@@ -664,6 +672,26 @@ pub fn covered_fields(signature_input: &str) -> Vec<String> {
         .filter(|n| !n.starts_with('@'))
         .map(str::to_owned)
         .collect()
+}
+
+/// [`covered_fields`] of a request's `Signature-Input` lines as [`verify`]
+/// reads them ([`combined_field`]: each trimmed of SP and HTAB, joined
+/// with `", "`), and of each line alone: a superset of the fields any
+/// signature the verifier accepts covers. Parsing only the lines as they
+/// came would miss a line that starts with a tab (HTTP/2 passes one): the
+/// verifier trims it, and a resent request may add it, since it is nowhere
+/// in the signature base.
+pub fn covered_fields_of_lines<'a>(lines: impl Iterator<Item = &'a str> + Clone) -> Vec<String> {
+    let joined = joined_lines(lines.clone(), MAX_SIGNATURE_INPUT_BYTES).flatten();
+    let mut fields = joined.as_deref().map(covered_fields).unwrap_or_default();
+    for line in lines {
+        for field in covered_fields(line.trim_matches([' ', '\t'])) {
+            if !fields.contains(&field) {
+                fields.push(field);
+            }
+        }
+    }
+    fields
 }
 
 /// The member under the configured `label`; `LabelNotFound` when either

@@ -1812,3 +1812,28 @@ fn the_fields_a_signature_input_covers_are_named_for_the_trailer_cut() {
     assert!(covered_fields("install=(").is_empty(), "does not parse");
     assert!(covered_fields(r#"install="not a list""#).is_empty());
 }
+
+#[test]
+fn the_trailer_cut_reads_signature_input_lines_as_the_verifier_does() {
+    // A tab before a line: the verifier trims it.
+    assert_eq!(
+        covered_fields_of_lines(["\tinstall=(\"@method\" \"x-amount\");created=1"].into_iter()),
+        ["x-amount"]
+    );
+    // Lines are joined with ", ": a String split there parses only joined.
+    assert_eq!(
+        covered_fields_of_lines(
+            [
+                r#"install=("x-amount");created=1;tag="a"#,
+                r#"b", other=("x-user")"#
+            ]
+            .into_iter()
+        ),
+        ["x-amount", "x-user"]
+    );
+    // Each line alone still counts.
+    assert_eq!(
+        covered_fields_of_lines([r#"install=("x-a")"#, "junk("].into_iter()),
+        ["x-a"]
+    );
+}

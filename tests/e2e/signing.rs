@@ -578,3 +578,107 @@ fn signed_amount_with_a_trailer_copy(
     envoy.assert_vm_healthy();
     seen.trailers
 }
+
+/// A header that must be covered when the request carries
+/// it (a method override, a target override, a forwarded host naming
+/// another host: `check_coverage` refuses a signed request that sends one
+/// uncovered) is cut from the trailers too. It was not: an upstream that
+/// merges trailers into the headers (the reason the token, API-key and
+/// signed headers are cut from them) then ran a captured signed `POST
+/// /v1/sms` as a `DELETE` of `/v1/delete-account` on another host, its
+/// signature still verifying: exactly what covering these headers is for.
+#[test]
+fn an_override_sent_as_a_trailer_does_not_reach_the_upstream() {
+    let cfg = json!({
+        "tokens": [{"name": "approov", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": harness::tokens::secret_b64()}],
+                    "message_signing": {"claim": "ipk", "max_age_seconds": 60}}],
+        "routes": [{"name": "sms", "match": {"prefix": "/v1/"}, "tokens": ["approov"]}]
+    });
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .trailers()
+        .without_buffer_filter()
+        .start();
+    let key = install_key(7);
+    let t = token_for(&key);
+    let req = signed(&key, &t, "POST", "/v1/sms", BODY, now(), None)
+        .trailer("x-checksum", "c1")
+        .trailer("x-http-method-override", "DELETE")
+        .trailer("x-original-url", "/v1/delete-account")
+        .trailer("x-forwarded-host", "admin.internal");
+    let r = envoy.request(req);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    envoy.assert_vm_healthy();
+    assert_eq!(
+        seen.trailers,
+        vec![("x-checksum".to_string(), "c1".to_string())],
+        "an uncovered override went upstream as a trailer of a signed request"
+    );
+}
+
+/// The trailer cut (`signed_fields`) parsed each
+/// `Signature-Input` line as it came, the verifier (`combined_field`)
+/// the lines trimmed of SP and HTAB and joined; now both read them so. Over HTTP/2 a
+/// line may start with a tab: the verifier still accepts the signature
+/// (the tab is nowhere in the signature base, so anyone resending a
+/// captured request may add it), but the cut found no field in the line,
+/// and a trailer copy of a header the client signed went upstream, as it
+/// did before the fix this repeats
+/// (`a_header_the_client_signed_beyond_the_components_is_cut_from_the_trailers`).
+#[test]
+fn a_tab_before_the_signature_input_does_not_let_a_signed_header_through_as_a_trailer() {
+    use crate::harness::http2::H2;
+    let cfg = json!({
+        "tokens": [{"name": "approov", "from": [{"header": "approov-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": harness::tokens::secret_b64()}],
+                    "message_signing": {"claim": "ipk", "max_age_seconds": 60}}],
+        "routes": [{"name": "sms", "match": {"prefix": "/v1/"}, "tokens": ["approov"]}]
+    });
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .trailers()
+        .without_buffer_filter()
+        .start();
+    let key = install_key(7);
+    let t = token_for(&key);
+    let headers = vec![
+        ("approov-token".to_string(), t.clone()),
+        ("content-type".to_string(), "application/json".to_string()),
+        ("x-amount".to_string(), "1".to_string()),
+    ];
+    let msg = Message::request(
+        "POST",
+        "http",
+        "localhost",
+        "/v1/sms",
+        None,
+        &headers,
+        Some(BODY.as_bytes()),
+    );
+    let mut comps = default_covered_components(&msg, "approov-token");
+    comps.push("x-amount".to_owned());
+    let sig = sign_request(&key, &msg, &SignatureOptions::new("install", comps, now())).unwrap();
+    let req = Req::new("POST", "/v1/sms")
+        .header("approov-token", &t)
+        .header("content-type", "application/json")
+        .header("x-amount", "1")
+        .header("signature-input", &format!("\t{}", sig.signature_input))
+        .header("signature", &sig.signature)
+        .header("content-digest", sig.content_digest.as_deref().unwrap())
+        .body(BODY.as_bytes())
+        .trailer("x-checksum", "c1")
+        .trailer("x-amount", "1000000");
+    let h = H2::connect(envoy.port);
+    let r = h.send(&req, 1, std::time::Duration::ZERO);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    envoy.assert_vm_healthy();
+    assert_eq!(seen.header("x-amount"), Some("1"));
+    assert_eq!(
+        seen.trailers,
+        vec![("x-checksum".to_string(), "c1".to_string())],
+        "a trailer copy of a header the client signed went upstream"
+    );
+}
