@@ -675,7 +675,7 @@ pub fn covered_fields(signature_input: &str) -> Vec<String> {
 }
 
 /// [`covered_fields`] of a request's `Signature-Input` lines as [`verify`]
-/// reads them ([`combined_field`]: each trimmed of SP and HTAB, joined
+/// reads them (as `combined_field` does: each trimmed of SP and HTAB, joined
 /// with `", "`), and of each line alone: a superset of the fields any
 /// signature the verifier accepts covers. Parsing only the lines as they
 /// came would miss a line that starts with a tab (HTTP/2 passes one): the
