@@ -504,11 +504,17 @@ pub const CARRIER_PREFIX_COUNTRIES: [&str; 17] = [
 /// what follows it, and appguard, which reads `00` alone, a national
 /// number. [`other_readings`] reads it both ways. `00` and one to three
 /// digits more (carriers' prefixes) are [`CARRIER_PREFIX_COUNTRIES`]';
-/// `011` under `+1` and `810` under `+7` make numbers of no valid shape
-/// there (rule 8), so are refused. Left out: Australia's `14XX0011` and
+/// `011` under `+1` makes numbers of no valid shape there (rule 8: the
+/// area code would start with `0`), so is refused. `810` under `+7` does
+/// too, but not before an eight-digit number (`810 682 71234`, Cook
+/// Islands), which rule 8 reads as `+7`, the trunk `8` and ten digits, nor
+/// (where the national prefix is not `8`) a seven-digit one (`810 683
+/// 4123`, Niue: `+7 810 683 4123`): it is listed. Left out: Australia's
+/// `14XX0011` and
 /// China's `1XXXX00`, after which no number fits in 15 digits with the
 /// calling code.
-pub const ABROAD_PREFIXES: [(&str, &[&str]); 28] = [
+pub const ABROAD_PREFIXES: [(&str, &[&str]); 29] = [
+    ("7", &["810"]),                                             // Russia, Kazakhstan
     ("51", &["191100", "191200", "191400", "197700", "199000"]), // Peru
     ("52", &["09"]),                                             // Mexico
     ("53", &["119"]),                                            // Cuba

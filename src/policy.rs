@@ -1151,8 +1151,9 @@ pub fn refusal_cors_headers<'h>(
 /// The method a browser's CORS preflight asks about, if `req` is one:
 /// `OPTIONS` with a non-empty `Origin` and `Access-Control-Request-Method`
 /// (what Envoy's `jwt_authn` bypasses), and nothing a browser never sends
-/// with a preflight: no body, no API key (header or parameter) and no
-/// header any token provider reads, in any spelling (an upstream that runs
+/// with a preflight: no body, no API key (header, parameter, or a cookie
+/// named like the parameter) and no header any token provider reads, in
+/// any spelling (an upstream that runs
 /// a route's handler for `OPTIONS` then gets no credential appguard did
 /// not check), and nothing that asks an upstream for another method (no
 /// method-override header in any spelling, no `_method` parameter: it
@@ -1167,12 +1168,22 @@ pub fn cors_preflight_method<'r>(config: &Config, req: &Request<'r>) -> Option<&
     let params = |name: &str| {
         query_pairs(req.query().unwrap_or("")).any(|p| php_name_is_or_under(param_name(p), name))
     };
+    // A cookie named like the key parameter is a key to an upstream that
+    // merges cookies into its parameters (see `api_key_of`); no browser
+    // sends cookies with a preflight.
+    let key_cookie = |name: &str| {
+        req.header_all("cookie").map(unmarked).any(|c| {
+            c.split(';')
+                .any(|p| php_name_is_or_under(param_name(p).trim_start_matches([' ', '\t']), name))
+        })
+    };
     let preflight = req.method() == "OPTIONS"
         && !asked.is_empty()
         && req.header("origin").is_some_and(|v| !v.is_empty())
         && !req.has_body()
         && !names(&config.api_keys.header)
         && !config.api_keys.query_param.as_deref().is_some_and(params)
+        && !config.api_keys.query_param.as_deref().is_some_and(key_cookie)
         && !config
             .providers
             .iter()

@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
     }
     // Countries with carriers' prefixes, other international prefixes
     // (with `x` digits), a `0` one, and `00` alone.
-    for cc in ["82", "972", "598", "238", "358", "81", "44"] {
+    for cc in ["82", "972", "598", "238", "358", "81", "7", "44"] {
         for r in other_readings(input, &PhoneRules::with_calling_code(cc)) {
             let s = r.as_str();
             let digits = &s[1..];

@@ -9856,3 +9856,134 @@ fn a_method_override_is_read_past_a_byte_that_is_not_utf8() {
         );
     }
 }
+
+/// Under a `+7` default (Russia, Kazakhstan), `810` is the
+/// international prefix (libphonenumber's `internationalPrefix` `810`,
+/// `preferredInternationalPrefix` `8~10`). `ABROAD_PREFIXES` leaves it out
+/// as "numbers of no valid shape there (rule 8)", but rule 8 asks a `+7`
+/// number for ten digits after its trunk `8`, and `810` + an eight-digit
+/// number is just that: `810 682 71234` is `+7 8 1068271234` to appguard
+/// (ten digits after the trunk `8`) and `+682 71234` (Cook Islands, a
+/// common revenue-share fraud destination) to an upstream parsing for RU.
+/// Eight-digit numbers: Cook Islands, Falklands, St Helena, Tokelau,
+/// Tuvalu, Kiribati, Solomon Islands, Vanuatu, Samoa, Tonga.
+#[test]
+fn an_810_under_7_before_an_eight_digit_number_is_read_off() {
+    let mut passed = Vec::new();
+    for national_prefix in [None, Some("8")] {
+        let mut phone = json!({"denied_prefixes": ["+682", "+500", "+690", "+688", "+683"],
+                               "default_calling_code": "7",
+                               "hash_key_base64": STANDARD.encode([5u8; 32])});
+        if let Some(p) = national_prefix {
+            phone["national_prefix"] = json!(p);
+        }
+        let w = sms_world(phone);
+        let to = |n: &str| sms_to(&w, n);
+        assert_eq!(to("+682 71234").0, Some(Reason::PhoneDenied));
+        for n in [
+            "810 682 71234",
+            "8 10 500 51234",
+            "810 690 12345",
+            "810 688 20123",
+            // Seven digits (Niue): ten after `7` where `8` is not the
+            // national prefix.
+            "810 683 4123",
+        ] {
+            let got = to(n).0;
+            if !matches!(got, Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)) {
+                passed.push(format!(
+                    "national_prefix {national_prefix:?}: {n:?} -> {got:?}"
+                ));
+            }
+        }
+    }
+    assert!(
+        passed.is_empty(),
+        "denied numbers to an upstream parsing for RU, let through: {passed:#?}"
+    );
+}
+
+/// A token header holding a byte that is not UTF-8 carries
+/// the NUL mark in front (`Headers::from_wire`), which hides a source's
+/// prefix (`\0Bearer …`): the header then holds "no token" for it, and on a
+/// route where tokens are optional the request went on as one without a
+/// token, where the same header without that byte is refused (a delegated
+/// provider's header without a payload: `token_signature`, see
+/// `a_delegated_token_jwt_authn_did_not_verify_is_refused_even_where_tokens_are_optional`;
+/// a native provider's bad token: refused). A token that cannot be read is
+/// a bad token, not no token.
+#[test]
+fn a_token_header_with_a_byte_that_is_not_utf8_is_not_taken_for_none() {
+    let w = World::from(json!({
+        "tokens": [
+            {"name": "mesh", "from": [{"header": "authorization", "prefix": "Bearer "}],
+             "verified_by": {"key": "mesh_payload"}, "issuer": "https://issuer.example"},
+            {"name": "own", "from": [{"header": "x-token", "prefix": "Bearer "}],
+             "issuer": "https://a", "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]}
+        ],
+        "routes": [
+            {"name": "mesh", "match": {"prefix": "/mesh/"}, "tokens": ["mesh"], "token_required": false},
+            {"name": "own", "match": {"prefix": "/own/"}, "tokens": ["own"], "token_required": false}
+        ]
+    }));
+    let run = |path: &[u8], name: &[u8], value: &[u8]| {
+        let h = wire_headers(&[
+            (b":method", b"GET"),
+            (b":path", path),
+            (b":authority", b"api.example.com"),
+            (name, value),
+        ]);
+        evaluate(
+            &w.ctx(),
+            &Request::new(&h, "198.51.100.7".parse().ok()),
+            NOW,
+        )
+        .done_reason()
+    };
+    let mut passed = Vec::new();
+    for (path, name) in [
+        (&b"/mesh/x"[..], &b"authorization"[..]),
+        (b"/own/x", b"x-token"),
+    ] {
+        // Without the byte: refused.
+        assert!(run(path, name, b"Bearer a.b.c").is_some());
+        for value in [&b"Bearer a.b.c\xff"[..], b"Bearer \xe9a.b.c"] {
+            if run(path, name, value).is_none() {
+                passed.push(String::from_utf8_lossy(value).into_owned());
+            }
+        }
+    }
+    assert!(passed.is_empty(), "taken for no token: {passed:?}");
+}
+
+/// A cookie named like the key parameter is a key to
+/// upstreams that merge cookies into their parameters (PHP's `$_REQUEST`
+/// without a php.ini; README `query_param`), and no browser sends a cookie
+/// with a preflight. Like a key header or parameter, it makes an `OPTIONS`
+/// no preflight, checked as any request: otherwise, under
+/// `bypass_cors_preflight`, a key nobody checked reaches an upstream that
+/// runs the route's handler for `OPTIONS` (PHP scripts run for any method).
+#[test]
+fn a_key_cookie_makes_an_options_no_preflight() {
+    let mut json = config_json();
+    json["bypass_cors_preflight"] = json!(true);
+    let on = World::from(json);
+    let preflight = [
+        ("origin", "https://shop.example.com"),
+        ("access-control-request-method", "POST"),
+    ];
+    assert_eq!(on.route("OPTIONS", "/web/cart", &preflight), None);
+    for cookie in ["key=not-a-key", "a=1; KEY[]=not-a-key"] {
+        let mut hs = preflight.to_vec();
+        hs.push(("cookie", cookie));
+        assert_eq!(
+            on.route("OPTIONS", "/web/cart", &hs),
+            Some(Reason::ApiKeyInvalid),
+            "{cookie}"
+        );
+    }
+    // Other cookies change nothing.
+    let mut hs = preflight.to_vec();
+    hs.push(("cookie", "session=abc"));
+    assert_eq!(on.route("OPTIONS", "/web/cart", &hs), None);
+}
