@@ -9859,7 +9859,7 @@ fn a_method_override_is_read_past_a_byte_that_is_not_utf8() {
 
 /// Under a `+7` default (Russia, Kazakhstan), `810` is the
 /// international prefix (libphonenumber's `internationalPrefix` `810`,
-/// `preferredInternationalPrefix` `8~10`). `ABROAD_PREFIXES` leaves it out
+/// `preferredInternationalPrefix` `8~10`). `ABROAD_PREFIXES` left it out
 /// as "numbers of no valid shape there (rule 8)", but rule 8 asks a `+7`
 /// number for ten digits after its trunk `8`, and `810` + an eight-digit
 /// number is just that: `810 682 71234` is `+7 8 1068271234` to appguard
