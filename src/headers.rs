@@ -9,6 +9,28 @@
 //! single UTF-8 check over the header bytes when they are all valid, as
 //! they nearly always are.
 
+/// The mark in front of a header value that was not UTF-8 (see
+/// [`Headers::from_wire`]): a NUL, which no header value Envoy accepts
+/// holds.
+const MARK: char = '\0';
+
+/// Whether a header value is marked as not UTF-8 (it holds the NUL
+/// mark, which nothing else puts there). Read lossily, such a value
+/// must not be taken apart: the mark hides its first element (a list's
+/// first item, a path, a parameter's name), so a reader of targets,
+/// hosts or methods refuses it instead.
+pub fn is_marked(value: &str) -> bool {
+    value.contains(MARK)
+}
+
+/// A header value without the mark in front ([`is_marked`]), for reading
+/// the ASCII names in it (a cookie's): a name reads the same lossily,
+/// while a value with a byte that was not UTF-8 keeps its U+FFFD and
+/// still equals nothing a check compares it with.
+pub fn unmarked(value: &str) -> &str {
+    value.strip_prefix(MARK).unwrap_or(value)
+}
+
 /// A header list in message order: names in lower case as Envoy gives them,
 /// pseudo-headers included. A value that is not UTF-8 is read lossily and
 /// marked with a leading NUL, which no header value Envoy accepts holds,
@@ -61,7 +83,7 @@ impl Headers {
                 // bytes the upstream never gets. Marked with a NUL, which
                 // no header value can hold (Envoy refuses it), it equals
                 // no value a token bound, a key hashed or an app names.
-                Err(_) => h.push(&k, &format!("\0{}", String::from_utf8_lossy(v))),
+                Err(_) => h.push(&k, &format!("{MARK}{}", String::from_utf8_lossy(v))),
             }
         }
         Some(h)

@@ -510,9 +510,8 @@ pub const CARRIER_PREFIX_COUNTRIES: [&str; 17] = [
 /// Islands), which rule 8 reads as `+7`, the trunk `8` and ten digits, nor
 /// (where the national prefix is not `8`) a seven-digit one (`810 683
 /// 4123`, Niue: `+7 810 683 4123`): it is listed. Left out: Australia's
-/// `14XX0011` and
-/// China's `1XXXX00`, after which no number fits in 15 digits with the
-/// calling code.
+/// `14XX0011` and China's `1XXXX00`, after which no number fits in 15
+/// digits with the calling code.
 pub const ABROAD_PREFIXES: [(&str, &[&str]); 29] = [
     ("7", &["810"]),                                             // Russia, Kazakhstan
     ("51", &["191100", "191200", "191400", "197700", "199000"]), // Peru

@@ -763,10 +763,9 @@ fn add_forwarded_hosts<'a>(
     name: &str,
     value: &'a str,
 ) -> Result<(), UnclearPath> {
-    // A value that is not UTF-8 carries a leading NUL mark (see
-    // `Headers::from_wire`), which would hide its first element's `host`
-    // key: it names hosts no one can read here.
-    if value.contains('\0') {
+    // A value that is not UTF-8 carries a leading mark, which would hide
+    // its first element's `host` key: it names hosts no one can read here.
+    if crate::headers::is_marked(value) {
         return Err(UnclearPath);
     }
     let forwarded = name.eq_ignore_ascii_case("forwarded");
@@ -914,13 +913,13 @@ fn match_route_for<'c>(
     method: &str,
 ) -> Result<Option<(usize, &'c Route)>, UnclearPath> {
     use std::borrow::Cow;
-    // A `:path` that is not UTF-8 was read lossily and marked with a NUL
-    // (see `Headers::from_wire`; Envoy never passes a NUL). Its path names
+    // A `:path` that is not UTF-8 was read lossily and marked
+    // (`headers::is_marked`; Envoy never passes a NUL). Its path names
     // no route then, not even `/`, while the upstream serves the route its
     // readable part names (Envoy's HTTP/2 codec passes bytes 0x80-0xFF in
     // the query on, and `normalize_path` leaves the query as sent): no
     // route can be trusted with it, as Envoy's HTTP/1 codec refuses it.
-    if req.header(":path").is_some_and(|p| p.contains('\0')) {
+    if req.header(":path").is_some_and(crate::headers::is_marked) {
         return Err(UnclearPath);
     }
     let path = route_path(req.path()).ok_or(UnclearPath)?;
@@ -983,9 +982,9 @@ fn match_route_for<'c>(
         if config.routes_by_host && is_forwarded_host_header(name) {
             add_forwarded_hosts(&mut hosts, host, name, value)?;
         } else if config.routes_by_method && is_method_override_header(name) {
-            // Not UTF-8: the NUL mark in front (see `Headers::from_wire`)
-            // would hide the first value's method.
-            if value.contains('\0') {
+            // Not UTF-8: the mark in front would hide the first value's
+            // method.
+            if crate::headers::is_marked(value) {
                 return Err(UnclearPath);
             }
             for m in value.split(',').map(str::trim).filter(|m| !m.is_empty()) {
@@ -1171,12 +1170,7 @@ pub fn cors_preflight_method<'r>(config: &Config, req: &Request<'r>) -> Option<&
     // A cookie named like the key parameter is a key to an upstream that
     // merges cookies into its parameters (see `api_key_of`); no browser
     // sends cookies with a preflight.
-    let key_cookie = |name: &str| {
-        req.header_all("cookie").map(unmarked).any(|c| {
-            c.split(';')
-                .any(|p| php_name_is_or_under(param_name(p).trim_start_matches([' ', '\t']), name))
-        })
-    };
+    let key_cookie = |name: &str| has_param_cookie(req, name);
     let preflight = req.method() == "OPTIONS"
         && !asked.is_empty()
         && req.header("origin").is_some_and(|v| !v.is_empty())
@@ -3179,7 +3173,7 @@ fn api_key_of<'r>(
     // other key than the one checked, nor one where none is.
     if let Some(param) = &config.api_keys.query_param {
         let checked = from_header.or(from_query.as_deref());
-        for cookie in req.header_all("cookie").map(unmarked) {
+        for cookie in cookie_values(req) {
             for pair in cookie.split(';') {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
                 if !php_name_is_or_under(k.trim_start_matches([' ', '\t']), param) {
@@ -3227,16 +3221,13 @@ fn key_scrub(config: &Config, req: &Request<'_>) -> KeyScrub {
 /// them), joined by `; `; or `None` when none is so named. The others keep
 /// their order and their bytes.
 fn cookie_without_param(req: &Request<'_>, param: &str) -> Option<String> {
-    let is_param =
-        |pair: &str| php_name_is_or_under(param_name(pair).trim_start_matches([' ', '\t']), param);
-    let cookies = || req.header_all("cookie").map(unmarked);
-    if !cookies().any(|c| c.split(';').any(is_param)) {
+    if !has_param_cookie(req, param) {
         return None;
     }
     let mut out = String::new();
-    for pair in cookies().flat_map(|c| c.split(';')) {
+    for pair in cookie_values(req).flat_map(|c| c.split(';')) {
         let pair = pair.trim_matches([' ', '\t']);
-        if pair.is_empty() || is_param(pair) {
+        if pair.is_empty() || is_param_cookie(pair, param) {
             continue;
         }
         if !out.is_empty() {
@@ -3247,14 +3238,24 @@ fn cookie_without_param(req: &Request<'_>, param: &str) -> Option<String> {
     Some(out)
 }
 
-/// A header value without the NUL that marks one that was not UTF-8 (see
-/// `Headers::from_wire`), for reading the names in it: a name is ASCII and
-/// reads the same lossily, while a value with a byte that was not UTF-8
-/// keeps its U+FFFD and still equals no key. With the mark in front, the
-/// first cookie's name named nothing (`\0key=…`), and a key cookie beside
-/// any such byte went upstream unseen.
-fn unmarked(value: &str) -> &str {
-    value.strip_prefix('\0').unwrap_or(value)
+/// Every `cookie` header's value, without the mark of one that was not
+/// UTF-8 (`headers::unmarked`): with it in front, the first cookie's name
+/// named nothing (`\0key=…`), and a key cookie beside any such byte went
+/// unseen.
+fn cookie_values<'s, 'r>(req: &'s Request<'r>) -> impl Iterator<Item = &'r str> + 's {
+    req.header_all("cookie").map(crate::headers::unmarked)
+}
+
+/// Whether the cookie `pair` (`name=value`) is named like the key
+/// parameter `param`, read as [`api_key_of`] reads cookie names.
+fn is_param_cookie(pair: &str, param: &str) -> bool {
+    php_name_is_or_under(param_name(pair).trim_start_matches([' ', '\t']), param)
+}
+
+/// Whether any of the request's cookies is named like the key parameter
+/// `param` ([`is_param_cookie`]).
+fn has_param_cookie(req: &Request<'_>, param: &str) -> bool {
+    cookie_values(req).any(|c| c.split(';').any(|pair| is_param_cookie(pair, param)))
 }
 
 /// `path` without the query parameters named `param` (names read as
@@ -3262,11 +3263,11 @@ fn unmarked(value: &str) -> &str {
 /// none. The other parameters keep their order, their separators and their
 /// encoding as sent; a query left empty goes with its `?`.
 fn path_without_param(path: &str, param: &str) -> Option<String> {
-    // A `:path` that was not UTF-8 (NUL-marked, see `Headers::from_wire`)
-    // is never rewritten: its bytes cannot be given back as they came, and
-    // a NUL must not go into `:path`. Such a request is refused as unclear
+    // A `:path` that was not UTF-8 (`headers::is_marked`) is never
+    // rewritten: its bytes cannot be given back as they came, and the
+    // mark must not go into `:path`. Such a request is refused as unclear
     // (see `match_route_for`).
-    if path.contains('\0') {
+    if crate::headers::is_marked(path) {
         return None;
     }
     let (base, query, fragment) = crate::request::split_target(path);

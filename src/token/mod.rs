@@ -1167,13 +1167,14 @@ pub fn extract_with_source<'p, 'r>(
 
 /// The token a header's `value` holds for the source `src`: all of it, or
 /// what follows the source's prefix (`Bearer `, any case); none if the
-/// prefix is not there. A value that was not UTF-8 carries a NUL mark in
-/// front (see `Headers::from_wire`), which would hide the prefix: where
-/// the prefix follows the mark, the token is the whole marked value, which
+/// prefix is not there. A value that was not UTF-8 carries a mark in
+/// front (`headers::is_marked`), which would hide the prefix: where the
+/// prefix follows the mark, the token is the whole marked value, which
 /// equals and verifies as no token (a bad token, refused as one, not a
 /// header without a token).
 pub(crate) fn source_token<'r>(src: &TokenSource, value: &'r str) -> Option<&'r str> {
-    if let Some(unmarked) = value.strip_prefix('\0') {
+    let unmarked = crate::headers::unmarked(value);
+    if unmarked.len() < value.len() {
         return unmarked_source_token(src, unmarked).map(|_| value);
     }
     unmarked_source_token(src, value)
