@@ -1971,11 +1971,6 @@ mod tests {
         assert!(!ahead(&mut c, &d, 100, t + 43), "once");
     }
 
-    // A re-review of review58-leases' L1 fix: with counted resets holding
-    // (they no longer stop asking ahead), enough of them quarter the ask
-    // down to one hit. Such an ask ahead kept nothing, its one-hit grant
-    // cleared the once-per-lease mark, and each request then asked ahead
-    // again: a call per request while hits were held.
     /// A lease of `size` at `t` (the service said 100 leases remain),
     /// four asks reset side by side and counted by an answer, a one-hit
     /// grant, then eight tenths of the held hits used: the asks are now
@@ -2883,21 +2878,15 @@ mod tests {
         );
     }
 
-    // review58-leases L3 (README, Leases): "a client that resets its
-    // requests one after another has at most a lease and a third a window
-    // counted for them". An abandoned ask holds an hour when no answer
-    // comes: a client alone on a descriptor (its own key, or the only one
-    // on that worker) that resets every request, its one-hit calls too, has
-    // a lease and a third counted every hour of a `per: day` window.
-    #[test]
-    fn resets_without_answers_have_a_lease_and_a_third_counted_a_day_window() {
-        let mut c = ServiceCache::new(&SALT);
-        let d = [18u8; 16];
-        let t: u64 = 1_000_000_000;
+    /// Ten requests an hour from `t + 10` for 23 hours, each asking for a
+    /// lease of 100 and reset while its ask is out: the hits asked for,
+    /// and the requests.
+    fn reset_ten_requests_an_hour_for_23_hours(
+        c: &mut ServiceCache,
+        d: [u8; 16],
+        t: u64,
+    ) -> (u64, u64) {
         let hour = ABANDONED_ASK_MS;
-        // A lease of a day's window, its hits spent.
-        c.grant_lease(d, 100, 10_000, t + 24 * hour, t);
-        while c.take_lease(&d, t + 1) {}
         let (mut counted, mut requests) = (0u64, 0u64);
         for h in 0..23 {
             for i in 0..10 {
@@ -2913,6 +2902,25 @@ mod tests {
                 requests += 1;
             }
         }
+        (counted, requests)
+    }
+
+    // review58-leases L3 (README, Leases): "a client that resets its
+    // requests one after another has at most a lease and a third a window
+    // counted for them". An abandoned ask holds an hour when no answer
+    // comes: a client alone on a descriptor (its own key, or the only one
+    // on that worker) that resets every request, its one-hit calls too, has
+    // a lease and a third counted every hour of a `per: day` window.
+    #[test]
+    fn resets_without_answers_have_a_lease_and_a_third_counted_a_day_window() {
+        let mut c = ServiceCache::new(&SALT);
+        let d = [18u8; 16];
+        let t: u64 = 1_000_000_000;
+        let hour = ABANDONED_ASK_MS;
+        // A lease of a day's window, its hits spent.
+        c.grant_lease(d, 100, 10_000, t + 24 * hour, t);
+        while c.take_lease(&d, t + 1) {}
+        let (counted, requests) = reset_ten_requests_an_hour_for_23_hours(&mut c, d, t);
         assert!(
             counted <= 100 + 100 / 3 + requests,
             "{requests} requests reset over 23 hours of a day window had {counted} hits counted"
@@ -2938,21 +2946,7 @@ mod tests {
         // per day.
         c.grant_lease(d, 100, 10_000, t, t - day + 10);
         c.note_window(&d, day);
-        let (mut counted, mut requests) = (0u64, 0u64);
-        for h in 0..23 {
-            for i in 0..10 {
-                let now = t + 10 + h * hour + i * 1_000;
-                let hits = c.lease_ask(&d, 100, now);
-                // As `limits_phase` and `abandon_rls`: only lease asks
-                // (more than one hit) are recorded.
-                if hits > 1 {
-                    c.begin_ask(d, now, now + 100, hits);
-                    c.abandon_ask(&d, now, hits);
-                }
-                counted += u64::from(hits);
-                requests += 1;
-            }
-        }
+        let (counted, requests) = reset_ten_requests_an_hour_for_23_hours(&mut c, d, t);
         assert!(
             counted <= 100 + 100 / 3 + requests,
             "{requests} requests reset over the first 23 hours of a day window had {counted} hits counted"

@@ -35,6 +35,17 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Sink {
     }
 }
 
+/// One hit on the counter `key`, in a minute's window from now.
+fn one_hit(key: &str) -> [Increment; 1] {
+    [Increment {
+        key: key.to_owned(),
+        hits: 1,
+        window_seconds: 60,
+        window_end: unix_now() + 60,
+        rolling: false,
+    }]
+}
+
 /// Every failed health check wrote a `warn` line, without the
 /// per-second budget the per-call lines have. The gRPC health service is
 /// on the unauthenticated gRPC port: a client that filled the in-memory
@@ -111,13 +122,7 @@ mod reconnects {
         let backend = Backend::Redis(Box::new(
             RedisBackend::new(&format!("redis://{addr}"), Duration::from_secs(1)).unwrap(),
         ));
-        let item = [Increment {
-            key: "k".to_owned(),
-            hits: 1,
-            window_seconds: 60,
-            window_end: unix_now() + 60,
-            rolling: false,
-        }];
+        let item = one_hit("k");
         let start = Instant::now();
         let mut calls = 0;
         while start.elapsed() < Duration::from_secs(1) {
@@ -148,13 +153,7 @@ mod maxclients {
         let backend = Backend::Redis(Box::new(
             RedisBackend::new(&redis.url(), Duration::from_secs(1)).unwrap(),
         ));
-        let item = [Increment {
-            key: "k".to_owned(),
-            hits: 1,
-            window_seconds: 60,
-            window_end: unix_now() + 60,
-            rolling: false,
-        }];
+        let item = one_hit("k");
         let start = Instant::now();
         let mut calls = 0;
         let mut last_err = String::new();
@@ -196,16 +195,10 @@ async fn one_connection_killed_under_many_calls_does_not_fail_the_next() {
     let backend = Arc::new(Backend::Redis(Box::new(
         RedisBackend::new(&redis.url(), Duration::from_secs(3)).unwrap(),
     )));
-    let item = |key: &str| {
-        [Increment {
-            key: key.to_owned(),
-            hits: 1,
-            window_seconds: 60,
-            window_end: unix_now() + 60,
-            rolling: false,
-        }]
-    };
-    backend.increment(&item("warm"), unix_now()).await.unwrap();
+    backend
+        .increment(&one_hit("warm"), unix_now())
+        .await
+        .unwrap();
     // Redis busy for 500 ms while eight calls wait on the connection,
     // which is then killed.
     let mut sleeper = redis.conn();
@@ -220,7 +213,7 @@ async fn one_connection_killed_under_many_calls_does_not_fail_the_next() {
     let calls: Vec<_> = (0..8)
         .map(|i| {
             let backend = Arc::clone(&backend);
-            let items = item(&format!("k{i}"));
+            let items = one_hit(&format!("k{i}"));
             tokio::spawn(async move { backend.increment(&items, unix_now()).await })
         })
         .collect();
@@ -241,7 +234,7 @@ async fn one_connection_killed_under_many_calls_does_not_fail_the_next() {
     }
     sleeping.join().unwrap();
     assert!(failed >= 2, "only {failed} of the 8 calls saw the kill");
-    let next = backend.increment(&item("next"), unix_now()).await;
+    let next = backend.increment(&one_hit("next"), unix_now()).await;
     assert!(next.is_ok(), "the call after the kill: {next:?}");
 }
 
