@@ -19,6 +19,17 @@ import sys
 import yaml
 
 
+def no_repeats(pairs):
+    """A JSON object's members, refusing a name written twice: the filter
+    refuses such a configuration, and `dict` would keep the last silently."""
+    seen = {}
+    for k, v in pairs:
+        if k in seen:
+            raise ValueError(f"{k!r} is written twice")
+        seen[k] = v
+    return seen
+
+
 def walk(node, fn):
     if isinstance(node, dict):
         fn(node)
@@ -81,7 +92,14 @@ def main():
     text = None
     if a.config:
         with open(a.config) as f:
-            text = json.dumps(json.load(f))
+            text = f.read()
+        # Inlined as written, so that Envoy hands the filter what
+        # `appguard-cli check-config` checked; only refused here when it is
+        # no JSON or names a member twice (the filter would refuse it too).
+        try:
+            json.loads(text, object_pairs_hook=no_repeats)
+        except ValueError as e:
+            sys.exit(f"{a.config}: not a configuration the filter takes: {e}")
     yaml.safe_dump(render(doc, a.wasm, text, ports), sys.stdout, sort_keys=False)
 
 

@@ -1194,6 +1194,34 @@ impl Config {
                     r.name
                 ));
             }
+            // HEAD without GET, where another route takes GET on every
+            // path and host this one matches: upstreams run the GET
+            // handler for HEAD, so such a HEAD is refused (`route_denied`,
+            // see `policy::route_of`): the route lets no HEAD through.
+            let head_only = method_matches(&r.methods, "HEAD")
+                && !r.methods.is_empty()
+                && !r.methods.iter().any(|m| m == "GET");
+            if head_only {
+                let takes_get = |b: &&Route| {
+                    !std::ptr::eq(*b, r)
+                        && method_matches(&b.methods, "GET")
+                        && b.path.covers(&r.path)
+                        && (b.hosts.is_empty()
+                            || (!r.hosts.is_empty()
+                                && r.hosts
+                                    .iter()
+                                    .all(|h| b.hosts.iter().any(|e| host_covers(e, h)))))
+                };
+                if let Some(b) = self.routes.iter().find(takes_get) {
+                    out.push(format!(
+                        "routes ({}).match.methods: HEAD without GET, and route {} takes GET \
+                         on every path this one matches: upstreams run the GET handler for \
+                         HEAD, so every HEAD request here is refused (route_denied); list \
+                         GET on this route too, or narrow route {}",
+                        r.name, b.name, b.name
+                    ));
+                }
+            }
             // Settings that refuse every request of the route.
             if r.action == Action::Allow {
                 if r.api_key == KeyRequirement::Required
@@ -1281,6 +1309,41 @@ impl Config {
                         }
                         _ => None,
                     });
+                // The same data read from the body without `phone: true`:
+                // by the name of the pointer's last member.
+                let personal_body =
+                    rl.entries
+                        .iter()
+                        .filter(|_| sent)
+                        .find_map(|e| match &e.source {
+                            Source::Body {
+                                pointer,
+                                phone: false,
+                            } => {
+                                let last = pointer.rsplit('/').next().unwrap_or("");
+                                [
+                                    "phone_number",
+                                    "phone",
+                                    "msisdn",
+                                    "mobile",
+                                    "email",
+                                    "e-mail",
+                                ]
+                                .iter()
+                                .any(|n| last.eq_ignore_ascii_case(n))
+                                .then_some(pointer)
+                            }
+                            _ => None,
+                        });
+                if let Some(p) = personal_body {
+                    out.push(format!(
+                        "routes ({}).rate_limits ({}): a `body` entry on {p:?} sends that \
+                         personal data in clear to the rate-limit service (its keys and \
+                         logs): for a phone number set `phone: true` (hashed), otherwise key \
+                         the limit by an opaque id, or make the rule `local`",
+                        r.name, rl.name
+                    ));
+                }
                 if let Some(c) = personal {
                     out.push(format!(
                         "routes ({}).rate_limits ({}): a `claim` entry on {c:?} sends that \
@@ -4958,5 +5021,82 @@ mod error_paths {
                 "{claim}: a local rule's claim said to go to the service: {advice:?}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod advice_on_routes {
+    use super::*;
+
+    /// The advisories of a configuration whose SMS route limits, in a rule
+    /// sent to the rate-limit service, by the body value at `pointer`
+    /// read without `phone: true`.
+    fn body_limit_advice(pointer: &str) -> Vec<String> {
+        let doc = format!(
+            r#"{{"rate_limit_service": {{"cluster": "rls", "domain": "d"}},
+              "routes": [{{"name": "sms", "match": {{"path": "/sms"}},
+                "rate_limits": [{{"name": "per-number", "entries": [
+                  {{"type": "body", "pointer": "{pointer}"}}]}}]}}]}}"#
+        );
+        Config::from_json(doc.as_bytes()).unwrap().advisories()
+    }
+
+    /// review57 made a `claim` entry on `phone_number`
+    /// or `email` advice (its value goes to the rate-limit service, its
+    /// Redis keys and logs in clear), but a `body` entry on the same
+    /// personal data, without `phone: true`, sends it in clear just the
+    /// same without a word: a phone number (SPEC: "hashed before they leave
+    /// the filter") or an e-mail address.
+    #[test]
+    fn a_body_entry_on_a_phone_number_or_email_in_clear_is_pointed_out() {
+        for pointer in ["/phone_number", "/phone", "/email", "/user/msisdn"] {
+            let advice = body_limit_advice(pointer);
+            assert!(
+                advice
+                    .iter()
+                    .any(|a| a.contains(pointer) && a.contains("in clear")),
+                "{pointer}: {advice:?}"
+            );
+        }
+        // An opaque value is not personal data.
+        assert!(!body_limit_advice("/device_id")
+            .iter()
+            .any(|a| a.contains("in clear")),);
+    }
+    /// a route for `HEAD` alone (a load balancer's
+    /// health check) before a route that takes `GET` on the same paths:
+    /// every `HEAD` request it matches is refused `route_denied` (upstreams
+    /// run the GET handler for HEAD, so HEAD must take GET's route), so the
+    /// route never lets anything through. Accepted without a word, where a
+    /// route that could never match is refused at load.
+    #[test]
+    fn a_head_route_that_get_takes_elsewhere_is_pointed_out() {
+        let doc = |later: &str| {
+            format!(
+                r#"{{"routes": [
+                  {{"name": "health", "match": {{"path": "/healthz", "methods": ["HEAD"]}}}},
+                  {{"name": "api", "match": {later}}}]}}"#
+            )
+        };
+        for later in [
+            r#"{"prefix": "/"}"#,
+            r#"{"prefix": "/", "methods": ["GET", "POST"]}"#,
+        ] {
+            let said = match Config::from_json(doc(later).as_bytes()) {
+                Ok(c) => c.advisories().iter().any(|a| a.contains("health")),
+                Err(e) => e.to_string().contains("health") || e.path.starts_with("routes[0]"),
+            };
+            assert!(
+                said,
+                "{later}: every HEAD /healthz is route_denied, and nothing says so"
+            );
+        }
+        // GET taking no route there: the health check works, nothing to say.
+        let c = Config::from_json(doc(r#"{"prefix": "/v1/"}"#).as_bytes()).unwrap();
+        assert!(
+            !c.advisories().iter().any(|a| a.contains("health")),
+            "{:?}",
+            c.advisories()
+        );
     }
 }

@@ -1306,6 +1306,9 @@ fn wasm_plugin(doc: &Value, text: &str) -> Result<Checked, Option<Skipped>> {
         )),
     };
     let mut notes = Vec::new();
+    if let Some(pc) = spec.and_then(|s| s.get("pluginConfig")) {
+        istio_rounded(pc, &as_istio_sends(pc), "spec.pluginConfig", &mut notes);
+    }
     // What Kubernetes reads where it differs (an unquoted `NO` is `false`
     // there), and whether it surely does: the configuration the filter
     // gets is that one, so it is the one that must pass.
@@ -1742,14 +1745,28 @@ fn unquoted_in(text: &str, word: &str) -> bool {
 /// `v` as Istio hands it to the filter: a protobuf `Struct` holds every
 /// number as a double, and its JSON form writes a whole one without a
 /// fraction (`20.0` in the YAML arrives as `20`, which an integer field
-/// takes).
+/// takes), and an integer beyond 2^53 as the double nearest it
+/// (`1541815603606036481` arrives as `1541815603606036480`: see
+/// [`istio_rounded`]).
 fn as_istio_sends(v: &Value) -> Value {
     match v {
         Value::Number(n) => match n.as_f64() {
-            // Beyond 2^53 a double no longer holds every integer; leave
-            // such values (and fractions) as they are.
-            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => {
-                Value::from(f as i64)
+            // A whole double under 1e21 is written without exponent (Go's
+            // protojson, as `encoding/json`); from there on with one, read
+            // as a double here too. One outside the 64-bit integers
+            // (2^64 is the double nearest u64::MAX) reaches the filter as
+            // a number no integer field takes: a double here too.
+            Some(f)
+                if f.fract() == 0.0
+                    && f.abs() < 1e21
+                    && (-9_223_372_036_854_775_808.0..18_446_744_073_709_551_616.0)
+                        .contains(&f) =>
+            {
+                if f < 0.0 {
+                    Value::from(f as i64)
+                } else {
+                    Value::from(f as u64)
+                }
             }
             _ => v.clone(),
         },
@@ -1760,6 +1777,36 @@ fn as_istio_sends(v: &Value) -> Value {
                 .collect(),
         ),
         _ => v.clone(),
+    }
+}
+
+/// Notes on the integers of `written` (a `pluginConfig`) that Istio hands
+/// the filter as another number (`sent`, [`as_istio_sends`]): beyond 2^53
+/// a double does not hold every integer, so a `required_claims` id such as
+/// a snowflake would require the rounded one, refusing the genuine tokens
+/// and taking those of the id it rounded to.
+fn istio_rounded(written: &Value, sent: &Value, at: &str, notes: &mut Vec<String>) {
+    match (written, sent) {
+        (Value::Number(w), Value::Number(s)) if (w.is_i64() || w.is_u64()) && w != s => {
+            notes.push(format!(
+                "{at}: {w} is beyond 2^53, and Istio (which holds pluginConfig numbers as \
+                     doubles) hands the filter {s} instead: write an id this large as a string, \
+                     or configure it where it is not rounded"
+            ));
+        }
+        (Value::Array(w), Value::Array(s)) => {
+            for (i, (w, s)) in w.iter().zip(s).enumerate() {
+                istio_rounded(w, s, &format!("{at}[{i}]"), notes);
+            }
+        }
+        (Value::Object(w), Value::Object(s)) => {
+            for (k, w) in w {
+                if let Some(s) = s.get(k) {
+                    istio_rounded(w, s, &format!("{at}.{k}"), notes);
+                }
+            }
+        }
+        _ => {}
     }
 }
 

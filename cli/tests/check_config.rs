@@ -1332,3 +1332,44 @@ fn xff_hops_note_knows_the_xff_extension_appends() {
         r.stderr
     );
 }
+
+/// Istio hands `pluginConfig` over as a protobuf
+/// `Struct`, whose numbers are doubles: a `required_claims` integer beyond
+/// 2^53 (a snowflake id) reaches the filter rounded, so the genuine tokens
+/// are refused and those of the id it rounded to pass. `check-config` must
+/// not call that WasmPlugin valid without a word.
+#[test]
+fn a_wasm_plugin_integer_istio_rounds_is_not_passed_silently() {
+    let manifest = r#"apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: appguard, namespace: istio-system}
+spec:
+  pluginName: appguard
+  url: oci://example/appguard:1
+  pluginConfig:
+    tokens:
+    - name: t
+      from: [{header: x-t}]
+      keys: [{alg: HS256, secret_base64: "3q2+7wEjRWeJq83vEjRWeDJrze8SNFZ4kKvN7xI0Vng="}]
+      required_claims: {org_id: ORG}
+    routes:
+    - name: r
+      match: {prefix: /}
+      tokens: [t]
+"#;
+    // Within 2^53 it is valid, and said nothing of.
+    let small = check_text("plugin.yaml", &manifest.replace("ORG", "1541815603"), &[]);
+    assert_eq!(small.code, 0, "{}", small.all());
+    assert!(!small.all().contains("org_id"), "{}", small.all());
+    let r = check_text(
+        "plugin.yaml",
+        &manifest.replace("ORG", "1541815603606036481"),
+        &[],
+    );
+    let all = r.all();
+    assert!(
+        r.code != 0 || all.contains("org_id"),
+        "Istio sends 1541815603606036480 (the nearest double), not 1541815603606036481, and \
+         check-config says nothing:\n{all}"
+    );
+}

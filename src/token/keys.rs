@@ -698,7 +698,7 @@ mod tests {
         }
     }
 
-    /// review60-crypto L1: an RSA key outside the size and exponent rules
+    /// an RSA key outside the size and exponent rules
     /// is refused with the reason, as a PEM as it is as a JWK (README:
     /// "RSA 2048–4096 bits with an odd exponent below 2³²"), not as "not
     /// a RS256 public key in PEM", which sends the operator looking for a
