@@ -3010,4 +3010,30 @@ mod tests {
         assert_eq!(c.get(&d, back), None, "refused for {} s", t + 30 - back);
         assert_eq!(c.get(&d, back + 60), None);
     }
+
+    // An IPv4 client that reaches Envoy translated to IPv6 (RFC 6052's
+    // well-known prefix `64:ff9b::/96`, which SIIT/NAT46 edges in front of
+    // an IPv6-only Envoy use, RFC 7755) is keyed as the IPv4 address in its
+    // last 32 bits (masked to `v4_prefix`), as an IPv4-mapped address is:
+    // by the translator's /64, every IPv4 client would share one
+    // `client_ip` descriptor and one failure budget.
+    #[test]
+    fn translated_ipv4_clients_are_keyed_apart() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let (a, b) = (ip("64:ff9b::c000:207"), ip("64:ff9b::c633:6407"));
+        // 192.0.2.7 and 198.51.100.7, as a translator writes them
+        assert_ne!(
+            ip_value(a, 32, 64),
+            ip_value(b, 32, 64),
+            "two IPv4 clients, one `client_ip` value"
+        );
+        assert_eq!(ip_value(a, 32, 64), "192.0.2.7");
+        assert_eq!(ip_value(a, 24, 64), ip_value(ip("192.0.2.99"), 24, 64));
+        // the failure budget's network (and its per-worker memory)
+        assert_ne!(
+            crate::net::network_of(a, 32, 64),
+            crate::net::network_of(b, 32, 64),
+            "two IPv4 clients, one failure budget"
+        );
+    }
 }

@@ -314,20 +314,42 @@ pub fn client_ip<'a>(
     parse_client_ip(entry)
 }
 
-/// The network an address is in, as its first address (an IPv4-mapped
-/// IPv6 address as IPv4): for keying by network (e.g. a /24 or a /64)
+/// RFC 6052's well-known prefix `64:ff9b::/96`: an IPv4 address translated
+/// into IPv6, in the prefix's last 32 bits.
+const WELL_KNOWN_NAT64: u128 = 0x0064_ff9b_0000_0000_0000_0000_0000_0000;
+
+/// The address a client is counted by (rate-limit descriptors, failure
+/// budgets): [`canonical`], and an IPv4 address that a SIIT or NAT46
+/// translator in front of an IPv6-only Envoy wrote into the well-known
+/// prefix `64:ff9b::/96` as that IPv4 address. Otherwise every IPv4 client
+/// of the translator would fall in its one /64 and share one limit and one
+/// budget. The prefix holds only translated global IPv4 addresses (RFC 6052
+/// §3.1), never an IPv6 host of its own.
+pub fn counted(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) if u128::from(v6) & !0xffff_ffff == WELL_KNOWN_NAT64 => {
+            let low = u32::try_from(u128::from(v6) & 0xffff_ffff).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(low))
+        }
+        other => other,
+    }
+}
+
+/// The network an address is in, as its first address (an IPv4-mapped or
+/// translated IPv6 address as IPv4, see [`counted`]): for keying by network (e.g. a /24 or a /64)
 /// without formatting it.
 pub fn network_of(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> IpAddr {
-    match canonical(ip) {
+    match counted(ip) {
         IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask32(v4_prefix.min(32)))),
         IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask128(v6_prefix.min(128)))),
     }
 }
 
 /// The address masked to a prefix, for rate-limit descriptors by network
-/// (e.g. a /24 or a /64). Returns the network as `addr/len`.
+/// (e.g. a /24 or a /64), read as [`counted`] reads it. Returns the network
+/// as `addr/len`.
 pub fn masked(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> String {
-    match canonical(ip) {
+    match counted(ip) {
         IpAddr::V4(a) => {
             let n = v4_prefix.min(32);
             if n == 32 {

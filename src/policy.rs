@@ -200,8 +200,14 @@ struct Budget<'a> {
     /// failing) must not spend the budgets its enforce routes refuse by.
     /// They still spare the CPU of a flood on the monitor route.
     monitor: bool,
+    /// The provider, by index: with `monitor` and `keys_missing`, which
+    /// budget this is ([`budget_slot`]).
+    pi: usize,
+    /// Whether this is the budget of tokens tried while the provider's
+    /// remote keys are missing (see [`Budget::while_keys_missing`]).
+    keys_missing: bool,
     /// The budget's key in the negative cache ([`budget_slot`]): one per
-    /// provider and mode, as monitor routes spend a budget of their own.
+    /// provider, mode and state of the remote keys.
     slot: usize,
     /// The client IP once worked out (see `client`): most requests never need it.
     ip: Option<IpAddr>,
@@ -231,7 +237,9 @@ impl<'a> Budget<'a> {
                 table: limits::LocalTable::Budget,
             },
             monitor,
-            slot: budget_slot(pi, monitor),
+            pi,
+            keys_missing: false,
+            slot: budget_slot(pi, monitor, false),
             ip: None,
             digest: None,
         }
@@ -263,10 +271,11 @@ impl<'a> Budget<'a> {
         let b = self.provider.failure_budget;
         let d: Descriptor = vec![("ip".into(), limits::ip_value(ip, b.v4_prefix, b.v6_prefix))];
         let name = self.provider.name.as_str();
-        let scope = if self.monitor {
-            limits::DigestScope::new(&["budget", name, "monitor"])
-        } else {
-            limits::DigestScope::new(&["budget", name])
+        let scope = match (self.monitor, self.keys_missing) {
+            (false, false) => limits::DigestScope::new(&["budget", name]),
+            (true, false) => limits::DigestScope::new(&["budget", name, "monitor"]),
+            (false, true) => limits::DigestScope::new(&["budget", name, "keys-missing"]),
+            (true, true) => limits::DigestScope::new(&["budget", name, "monitor", "keys-missing"]),
         };
         let digest = limits::descriptor_digest(&scope, &d);
         self.digest = Some(digest);
@@ -280,6 +289,22 @@ impl<'a> Budget<'a> {
     fn network(&mut self) -> IpAddr {
         let b = self.provider.failure_budget;
         crate::net::network_of(self.client(), b.v4_prefix, b.v6_prefix)
+    }
+
+    /// From here on, the client's budget of tokens tried while the
+    /// provider's remote keys are missing: a token without `kid` that no
+    /// configured key verifies may be signed by a key of the missing set,
+    /// so its failure is not known to be a forgery and must not spend the
+    /// budget its client's tokens are refused by once the keys are back.
+    /// It spends this one instead, which bounds the verifications such
+    /// tokens cost during an outage; once it is spent, they get the
+    /// route's failure mode without any.
+    fn while_keys_missing(&mut self) {
+        if !self.keys_missing {
+            self.keys_missing = true;
+            self.digest = None;
+            self.slot = budget_slot(self.pi, self.monitor, true);
+        }
     }
 
     /// Whether this worker already found the client spent: a map lookup.
@@ -410,9 +435,11 @@ impl NegativeCache {
 }
 
 /// Which failure budget of provider `provider` a route spends: enforce
-/// routes share one, monitor-mode routes another (`2 × provider + mode`).
-fn budget_slot(provider: usize, monitor: bool) -> usize {
-    provider.saturating_mul(2) + usize::from(monitor)
+/// routes share one, monitor-mode routes another, and each has one more
+/// for tokens tried while the remote keys are missing
+/// (`4 × provider + 2 × keys_missing + mode`).
+fn budget_slot(provider: usize, monitor: bool, keys_missing: bool) -> usize {
+    provider.saturating_mul(4) + 2 * usize::from(keys_missing) + usize::from(monitor)
 }
 
 /// Remote JWKS keys currently known for one provider.
@@ -3651,6 +3678,25 @@ fn check_token(
                 }
                 Err(e) => return Err(Flow::from(e.reason())),
             };
+            // The remote set could not be had, and a token without `kid`
+            // may be signed by a key of it: one that the configured keys
+            // do not verify is not known to be forged (not remembered as
+            // such, and charged to a budget of its own), and the route's
+            // failure mode decides, as for an unknown `kid`.
+            let keys_missing = pending && pre.kidless;
+            let missing_keys = |facts: &mut Facts| {
+                if route.jwks_failure_mode == FailureMode::Allow {
+                    facts.degraded = Some(Reason::JwksUnavailable);
+                    return Ok(None);
+                }
+                Err(Reason::JwksUnavailable.into())
+            };
+            if keys_missing {
+                budget.while_keys_missing();
+                if budget.known_spent() || budget.shared_spent() {
+                    return missing_keys(facts);
+                }
+            }
             if let Err(e) = pre.check_signature(raw) {
                 // One failure per key the token was tried against: a forged
                 // token without `kid`, tried against every key of its
@@ -3658,16 +3704,8 @@ fn check_token(
                 // tokens would (the budget bounds the verifications, not
                 // the tokens).
                 budget.charge(u32::try_from(1 + pre.others.len()).unwrap_or(u32::MAX));
-                if pending && pre.kidless {
-                    // The remote set could not be had, and the token's key
-                    // may be in it: not known to be forged (not remembered
-                    // as such), and the route's failure mode decides, as
-                    // for an unknown `kid`.
-                    if route.jwks_failure_mode == FailureMode::Allow {
-                        facts.degraded = Some(Reason::JwksUnavailable);
-                        return Ok(None);
-                    }
-                    return Err(Reason::JwksUnavailable.into());
+                if keys_missing {
+                    return missing_keys(facts);
                 }
                 let until = pre
                     .exp

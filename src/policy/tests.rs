@@ -9992,3 +9992,130 @@ fn a_key_cookie_makes_an_options_no_preflight() {
     hs.push(("cookie", "session=abc"));
     assert_eq!(on.route("OPTIONS", "/web/cart", &hs), None);
 }
+
+// A provider with a configured key beside a remote JWKS, whose issuer
+// signs without `kid`. While the remote set cannot be had, a genuine
+// kidless token is tried against the configured key and fails: it is not
+// known to be forged, so the route's `failure_mode` decides, every time,
+// and its failure must not spend the budget the client is refused
+// `token_signature` by (with `failures` such requests it would be refused
+// on a route that fails open, and still, unverified, once the JWKS is
+// back, until the budget refilled).
+#[test]
+fn a_jwks_outage_does_not_spend_genuine_kidless_clients_budgets() {
+    use crate::token::keys::{keys_from_jwks, JwksOrigin};
+    let w = World::from(json!({
+        "tokens": [{"name": "r", "from": [{"header": "x-t"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode([9u8; 32])}],
+                    "remote_jwks": {"cluster": "jwks", "path": "/jwks"},
+                    "failure_budget": {"failures": 2, "window_seconds": 60}}],
+        "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["r"], "failure_mode": "allow"}]
+    }));
+    // Signed with the issuer's key (in the remote set), no `kid`.
+    let genuine = hs256_raw(SECRET, &json!({"alg": "HS256"}), &json!({"exp": NOW + 60}));
+    let step = |remote: &[RemoteKeys]| {
+        let h = headers(&[
+            (":method", "GET"),
+            (":path", "/x"),
+            (":authority", "a"),
+            ("x-t", &genuine),
+        ]);
+        let mut ctx = w.ctx();
+        ctx.remote_keys = remote;
+        match evaluate(&ctx, &Request::new(&h, "192.0.2.9".parse().ok()), NOW) {
+            Step::Done(d, f) => (d.reason(), f.degraded),
+            s => panic!("{s:?}"),
+        }
+    };
+    let none = [RemoteKeys {
+        keys: None,
+        version: 0,
+    }];
+    // The JWKS cannot be had: the route fails open, every time.
+    for i in 0..5 {
+        assert_eq!(
+            step(&none),
+            (None, Some(Reason::JwksUnavailable)),
+            "request {i} of a genuine client during the outage"
+        );
+    }
+    // The JWKS is back: the genuine token verifies.
+    let jwk = json!({"kty": "oct", "alg": "HS256",
+                     "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(SECRET)});
+    let loaded = [RemoteKeys {
+        keys: Some(Rc::new(
+            keys_from_jwks(&json!({ "keys": [jwk] }), JwksOrigin::Configured).unwrap(),
+        )),
+        version: 1,
+    }];
+    assert_eq!(step(&loaded), (None, None), "once the keys are back");
+}
+
+// The other side of the same outage: tokens without `kid` that no
+// configured key verifies spend a budget of their own, so a flood of
+// forged ones costs at most `failures` verifications per client; once it
+// is spent, that client's kidless tokens get the route's failure mode
+// without any signature work (a token the configured key would verify
+// too), while another client's still verify and the budget tokens are
+// refused by once the keys are back stays whole.
+#[test]
+fn while_remote_keys_are_missing_kidless_failures_spend_a_budget_of_their_own() {
+    let configured = [9u8; 32];
+    let w = World::from(json!({
+        "tokens": [{"name": "r", "from": [{"header": "x-t"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(configured)}],
+                    "remote_jwks": {"cluster": "jwks", "path": "/jwks"},
+                    "failure_budget": {"failures": 2, "window_seconds": 60}}],
+        "routes": [{"name": "api", "match": {"prefix": "/"}, "tokens": ["r"]}]
+    }));
+    let none = [RemoteKeys {
+        keys: None,
+        version: 0,
+    }];
+    let step = |token: &str, ip: &str| {
+        let h = headers(&[
+            (":method", "GET"),
+            (":path", "/x"),
+            (":authority", "a"),
+            ("x-t", token),
+        ]);
+        let mut ctx = w.ctx();
+        ctx.remote_keys = &none;
+        match evaluate(&ctx, &Request::new(&h, ip.parse().ok()), NOW) {
+            Step::Done(d, f) => (d.reason(), f.budget_refused),
+            s => panic!("{s:?}"),
+        }
+    };
+    let good = hs256_raw(
+        &configured,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60}),
+    );
+    // Before any failure, the configured key verifies it.
+    assert_eq!(step(&good, "192.0.2.9"), (None, false));
+    for i in 0..4 {
+        let forged = hs256_raw(
+            b"not the key",
+            &json!({"alg": "HS256"}),
+            &json!({"exp": NOW + 60 + i}),
+        );
+        assert_eq!(
+            step(&forged, "192.0.2.9"),
+            (Some(Reason::JwksUnavailable), false),
+            "forged kidless token {i} during the outage"
+        );
+    }
+    // Spent: this client's kidless tokens are no longer verified, so even
+    // one the configured key signed gets the failure mode (fail closed here).
+    let fresh = hs256_raw(
+        &configured,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 61}),
+    );
+    assert_eq!(
+        step(&fresh, "192.0.2.9"),
+        (Some(Reason::JwksUnavailable), false)
+    );
+    // Another client's is verified.
+    assert_eq!(step(&fresh, "198.51.100.7"), (None, false));
+}
