@@ -1084,16 +1084,29 @@ impl Config {
         for (i, p) in self.providers.iter().enumerate() {
             let at = format!("tokens[{i}] ({})", p.name);
             if p.remote_jwks.is_some()
-                && p.issuer.is_none()
                 && p.audiences.is_empty()
                 && p.required_claims.is_empty()
                 && p.app_claim.is_none()
             {
-                out.push(format!(
-                    "{at}: a remote JWKS without `issuer`, `audiences`, `required_claims` or \
-                     `app_claim` accepts any token its keys sign, other tenants' too where the \
-                     JWKS is shared (Firebase App Check): set `issuer` and `audiences`"
-                ));
+                if p.issuer.is_none() {
+                    out.push(format!(
+                        "{at}: a remote JWKS without `issuer`, `audiences`, `required_claims` or \
+                         `app_claim` accepts any token its keys sign, other tenants' too where \
+                         the JWKS is shared (Firebase App Check): set `issuer` and `audiences`"
+                    ));
+                } else {
+                    // An issuer names a tenant only where the issuer
+                    // gives each its own (Firebase App Check's project
+                    // number); Google and Apple sign every client's
+                    // tokens under one `iss`, and `aud` names the client.
+                    out.push(format!(
+                        "{at}: a remote JWKS scoped by `issuer` alone accepts every token that \
+                         issuer signs, for any client, where it signs many under one `iss` \
+                         (Google's `https://accounts.google.com`, Apple's \
+                         `https://appleid.apple.com`: anyone can get one for an app of their \
+                         own): set `audiences` (or `app_claim`)"
+                    ));
+                }
             }
             if let Some(b) = p.binding.as_ref().filter(|b| b.headers.len() > 1) {
                 out.push(format!(
@@ -2824,7 +2837,7 @@ mod tests {
         assert_eq!(open.len(), 1, "{open:?}");
         assert!(open[0].starts_with("tokens[0] (fb): a remote JWKS without `issuer`"));
         for scope in [
-            r#""issuer": "https://i.example""#,
+            r#""issuer": "https://i.example", "audiences": ["projects/1"]"#,
             r#""audiences": ["projects/1"]"#,
             r#""required_claims": {"tenant": "a"}"#,
             r#""app_claim": {"claim": "sub"}"#,
@@ -2846,6 +2859,28 @@ mod tests {
         let two = bound(r#"["authorization", "x-device"]"#);
         assert_eq!(two.len(), 1, "{two:?}");
         assert!(two[0].starts_with("tokens[0] (a).binding: 2 headers"));
+    }
+
+    /// An `issuer` does not scope a JWKS whose issuer
+    /// signs every client's tokens: Google signs every OAuth client's ID
+    /// tokens under `https://accounts.google.com` with one JWKS (Apple
+    /// likewise under `https://appleid.apple.com`), and only `aud` names
+    /// the client. A provider with that issuer and no `audiences` (nor
+    /// `app_claim` or `required_claims`) takes a token anyone mints for an
+    /// app of their own; the advice must name it.
+    #[test]
+    fn advice_names_a_remote_jwks_scoped_by_its_issuer_alone() {
+        let json = r#"{"tokens": [{"name": "google", "from": [{"header": "authorization", "prefix": "Bearer "}],
+            "issuer": "https://accounts.google.com",
+            "remote_jwks": {"cluster": "google", "path": "/oauth2/v3/certs"}}],
+            "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["google"]}]}"#;
+        let advice = Config::from_json(json.as_bytes()).unwrap().advisories();
+        assert!(
+            advice
+                .iter()
+                .any(|a| a.starts_with("tokens[0] (google): ") && a.contains("`audiences`")),
+            "{advice:?}"
+        );
     }
 
     #[test]

@@ -888,6 +888,66 @@ fn missing_clusters(config: &Config, clusters: &[&str], notes: &mut Vec<String>)
     }
 }
 
+/// Notes for each remote JWKS `config` fetches through a static cluster
+/// of `doc` that has no `transport_socket` (nor `transport_socket_matches`)
+/// and an endpoint off this host: the keys come in the clear, and anyone
+/// on the path to the issuer can hand the filter keys of their own, then
+/// sign tokens it accepts. A cluster to this host (a local sidecar that
+/// serves the JWKS) is left alone.
+fn cleartext_jwks_clusters(config: &Config, doc: &Value, notes: &mut Vec<String>) {
+    let Some(clusters) = doc
+        .get("static_resources")
+        .and_then(|r| r.get("clusters"))
+        .and_then(Value::as_array)
+    else {
+        return;
+    };
+    let local = |host: &str| {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    };
+    for (i, p) in config.providers.iter().enumerate() {
+        let Some(r) = &p.remote_jwks else { continue };
+        let Some(cluster) = clusters
+            .iter()
+            .find(|c| c.get("name").and_then(Value::as_str) == Some(r.cluster.as_str()))
+        else {
+            continue;
+        };
+        if cluster.get("transport_socket").is_some()
+            || cluster.get("transport_socket_matches").is_some()
+        {
+            continue;
+        }
+        let mut hosts = Vec::new();
+        walk(cluster, &mut String::new(), &mut |_, node| {
+            if let Some(a) = node
+                .get("socket_address")
+                .and_then(|s| s.get("address"))
+                .and_then(Value::as_str)
+            {
+                hosts.push(a.to_owned());
+            } else if node.get("pipe").is_some() || node.get("envoy_internal_address").is_some() {
+                // A Unix socket or an internal listener: this host.
+                hosts.push("localhost".to_owned());
+            }
+        });
+        if hosts.iter().all(|h| local(h)) && !hosts.is_empty() {
+            continue;
+        }
+        notes.push(format!(
+            "tokens[{i}].remote_jwks.cluster: `{}` has no transport_socket: the JWKS is \
+             fetched without TLS, and anyone on the path to the issuer can serve keys of \
+             their own and sign tokens appguard accepts; give the cluster TLS with \
+             certificate checking (examples/firebase-app-check.envoy-cluster.yaml)",
+            r.cluster
+        ));
+    }
+}
+
 /// What a connection manager (`HttpConnectionManager`) sets of what
 /// appguard's trust model relies on (README, Trust boundaries).
 struct Hcm {
@@ -1143,6 +1203,9 @@ fn envoy_configs(doc: &Value, configs: &mut Vec<Checked>, skipped: &mut Vec<Skip
             }
             if let (Ok(c), Some(clusters)) = (&result, &clusters) {
                 missing_clusters(c, clusters, &mut notes);
+            }
+            if let Ok(c) = &result {
+                cleartext_jwks_clusters(c, doc, &mut notes);
             }
             if let Ok(c) = &result {
                 if let Some((hcm, i)) = hcms
@@ -1880,6 +1943,63 @@ mod tests {
             summary(c),
             "1 route, 0 apps, 0 API keys, 0 token providers (mode monitor, default_action allow)"
         );
+    }
+
+    /// A remote JWKS fetched in the clear lets anyone on
+    /// the path to the issuer hand the filter keys of their own, and sign
+    /// tokens it accepts (SECURITY.md: "serve remote JWKS over TLS").
+    /// check-config reads the cluster: one without a `transport_socket`
+    /// whose endpoint is not on this host is named.
+    #[test]
+    fn a_remote_jwks_cluster_without_tls_is_named() {
+        let envoy = |cluster: &str| {
+            format!(
+                r#"
+static_resources:
+  listeners:
+  - filter_chains:
+    - filters:
+      - typed_config:
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              config:
+                root_id: appguard
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{{"tokens": [{{"name": "idp", "from": [{{"header": "x-t"}}], "issuer": "https://idp.example", "remote_jwks": {{"cluster": "idp_jwks", "authority": "idp.example", "path": "/jwks"}}}}], "routes": [{{"name": "a", "match": {{"prefix": "/"}}, "tokens": ["idp"]}}]}}'
+  clusters:
+{cluster}
+"#
+            )
+        };
+        let plain = |host: &str| {
+            format!(
+                "  - name: idp_jwks\n    type: LOGICAL_DNS\n    load_assignment:\n      cluster_name: idp_jwks\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: {host}, port_value: 443}}}}}}\n"
+            )
+        };
+        let notes = |yaml: &str| {
+            let r = report("envoy.yaml", yaml);
+            let c = &r.configs[0];
+            assert!(c.result.is_ok(), "{:?}", c.result.as_ref().err());
+            c.notes.clone()
+        };
+        let cleartext = notes(&envoy(&plain("idp.example")));
+        assert!(
+            cleartext
+                .iter()
+                .any(|n| n.contains("tokens[0].remote_jwks.cluster") && n.contains("TLS")),
+            "{cleartext:?}"
+        );
+        // With TLS, or to this host (a local sidecar), nothing to say.
+        let tls = format!(
+            "{}    transport_socket:\n      name: envoy.transport_sockets.tls\n",
+            plain("idp.example")
+        );
+        for quiet in [tls, plain("127.0.0.1"), plain("localhost")] {
+            let n = notes(&envoy(&quiet));
+            assert!(!n.iter().any(|n| n.contains("TLS")), "{quiet}: {n:?}");
+        }
     }
 
     #[test]

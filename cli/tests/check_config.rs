@@ -500,7 +500,21 @@ fn a_valid_configuration_that_probably_misleads_is_warned_of() {
         "{}",
         r.stderr
     );
-    let scoped = config.replace(r#""path": "/jwks"}"#, r#""path": "/jwks"}, "issuer": "i""#);
+    // An issuer alone: scoped where the issuer is the tenant's own, not
+    // where it signs every client's tokens.
+    let issuer = config.replace(r#""path": "/jwks"}"#, r#""path": "/jwks"}, "issuer": "i""#);
+    let r = common::cli_with_stdin(&["check-config", "-"], Some(&issuer));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("warning: tokens[0] (fb): a remote JWKS scoped by `issuer` alone"),
+        "{}",
+        r.stderr
+    );
+    let scoped = config.replace(
+        r#""path": "/jwks"}"#,
+        r#""path": "/jwks"}, "issuer": "i", "audiences": ["a"]"#,
+    );
     let r = common::cli_with_stdin(&["check-config", "-"], Some(&scoped));
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(!r.stderr.contains("warning"), "{}", r.stderr);

@@ -371,13 +371,20 @@ fn b64url_field(jwk: &Value, name: &str) -> Result<Vec<u8>, String> {
         .map_err(|_| format!("JWK member `{name}` is not base64url"))
 }
 
+/// The members of a JWK that hold private key material (RFC 7518 §6.2.2
+/// for EC and OKP, §6.3.2 for RSA). A JWK holding any of them is refused.
+const PRIVATE_MEMBERS: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "oth"];
+
 /// Parses one JWK (RFC 7517/7518) into a key. `alg` from the configuration
 /// wins; otherwise the JWK's own `alg`; RSA keys without either default to
 /// RS256 (what Firebase and most IdPs publish). Private keys are refused:
 /// they do not belong in a proxy's configuration.
 pub fn key_from_jwk(jwk: &Value, alg: Option<Alg>, kid: Option<String>) -> Result<Key, String> {
     let obj = jwk.as_object().ok_or("a JWK must be a JSON object")?;
-    if obj.contains_key("d") || obj.contains_key("p") {
+    // Every private member RFC 7518 §6.2.2 and §6.3.2 define: `q`, `dp`
+    // or `dq` alone factors an RSA modulus as surely as `d` or `p` does,
+    // and a key published with one can be signed with by anyone.
+    if PRIVATE_MEMBERS.iter().any(|m| obj.contains_key(*m)) {
         return Err("the JWK contains private key material; give the public key only".into());
     }
     match obj.get("use") {
@@ -857,6 +864,50 @@ mod tests {
         assert!(key_from_jwk(&private, None, None)
             .unwrap_err()
             .contains("private"));
+    }
+
+    /// A JWK that carries any RSA private member (RFC
+    /// 7518 §6.3.2: `d`, `p`, `q`, `dp`, `dq`, `qi`, `oth`) is refused,
+    /// not only one with `d` or `p`. `q` is the other prime (n / q = p, and
+    /// then `d`), and `dp` or `dq` alone factor `n` too (gcd(m^(e·dp) − m,
+    /// n) = p): a fetched JWKS holding one hands anyone who fetches it the
+    /// issuer's private key, and its keys must not verify tokens, as an
+    /// `oct` secret in a fetched set does not.
+    #[test]
+    fn rsa_jwk_with_any_private_member_is_refused() {
+        use ::rsa::pkcs8::DecodePrivateKey;
+        use ::rsa::traits::{PrivateKeyParts, PublicKeyParts};
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let private = ::rsa::RsaPrivateKey::from_pkcs8_pem(super::super::tests::RSA_PRIV).unwrap();
+        let q = private.primes()[1].to_bytes_be();
+        let n = private.n().to_bytes_be();
+        let e = private.e().to_bytes_be();
+        // The key a forger rebuilds from `n`, `e` and `q` alone signs
+        // tokens the published key verifies.
+        let p = private.n() / &private.primes()[1];
+        let rebuilt =
+            ::rsa::RsaPrivateKey::from_p_q(p, private.primes()[1].clone(), private.e().clone())
+                .unwrap();
+        assert_eq!(rebuilt.d(), private.d(), "q gives the private key away");
+        for member in ["q", "dp", "dq", "qi", "oth"] {
+            let mut jwk =
+                json!({"kty": "RSA", "kid": "r1", "alg": "RS256", "n": b64(&n), "e": b64(&e)});
+            jwk[member] = if member == "oth" {
+                json!([])
+            } else {
+                json!(b64(&q))
+            };
+            let e = key_from_jwk(&jwk, None, None).err();
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains("private")),
+                "{member}: accepted ({e:?})"
+            );
+            let fetched = keys_from_jwks(&json!({"keys": [jwk]}), JwksOrigin::Fetched).unwrap();
+            assert!(
+                fetched.is_empty(),
+                "{member}: a fetched key with it verifies tokens"
+            );
+        }
     }
 
     /// A fetched JWKS is public: an HMAC secret in it would let anyone who
