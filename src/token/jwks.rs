@@ -360,10 +360,10 @@ pub fn sync<S: SharedStore + ?Sized>(
         if slot.loaded_cas != Some(cas) && bytes.len() > 8 {
             let (ts, json) = bytes.split_at(8);
             let fetched_at_ms = u64::from_le_bytes(ts.try_into().unwrap_or([0; 8]));
-            match parse(json) {
-                Ok(keys) => {
-                    slot.keys.keys = Some(Rc::new(keys));
-                    slot.keys.version = version(json);
+            match keys_of(slot, json) {
+                Ok((keys, version)) => {
+                    slot.keys.keys = Some(keys);
+                    slot.keys.version = version;
                     slot.fetched_at_ms = fetched_at_ms;
                 }
                 Err(e) => warn!("jwks {provider}: shared copy unusable: {e}"),
@@ -377,6 +377,19 @@ pub fn sync<S: SharedStore + ?Sized>(
         warn!("jwks {provider}: keys older than refresh + grace, dropped");
         slot.keys.keys = None;
         slot.keys.version = 0;
+    }
+}
+
+/// The keys of the fetched JWKS `body`, with its [`version`]: the slot's
+/// own when it holds that document already (a refresh that brings the same
+/// JWKS, as most do, written again to the shared copy for every worker),
+/// else parsed. Parsing a JWKS of many keys costs tens of ms; the digest of
+/// its bytes a fraction of that.
+fn keys_of(slot: &JwksSlot, body: &[u8]) -> Result<(Rc<Vec<crate::token::Key>>, u64), String> {
+    let v = version(body);
+    match &slot.keys.keys {
+        Some(keys) if slot.keys.version == v => Ok((keys.clone(), v)),
+        _ => Ok((Rc::new(parse(body)?), v)),
     }
 }
 
@@ -460,7 +473,7 @@ pub fn store<S: SharedStore + ?Sized>(
     now: u64,
     clock_ms: impl FnOnce() -> u64,
 ) -> Result<(), String> {
-    let keys = parse(body)?;
+    let (keys, version) = keys_of(slot, body)?;
     let key = data_key(provider, remote);
     match publish(shared, &key, started_ms, clock_ms(), body) {
         Ok(false) => {
@@ -495,8 +508,8 @@ pub fn store<S: SharedStore + ?Sized>(
             slot.loaded_cas = None;
         }
     }
-    slot.keys.keys = Some(Rc::new(keys));
-    slot.keys.version = version(body);
+    slot.keys.keys = Some(keys);
+    slot.keys.version = version;
     slot.fetched_at_ms = started_ms;
     info!("jwks {provider}: {} bytes loaded", body.len());
     Ok(())
@@ -989,6 +1002,76 @@ mod tests {
         sync(&shared, &mut b, "idp", &r, t + r.keys_expire_after() + 1);
         assert!(b.keys.keys.is_none());
         assert_eq!(b.keys.version, 0);
+    }
+
+    #[test]
+    fn a_refresh_that_brings_the_same_document_is_not_parsed_again() {
+        let shared = store::MemStore::default();
+        let r = remote("jwks", "idp.example", "/k");
+        let (mut a, mut b) = (JwksSlot::default(), JwksSlot::default());
+        let t = 1_000_000u64;
+        let at = |t: u64| move || t * 1000;
+        store(
+            &shared,
+            &mut a,
+            "idp",
+            &r,
+            &jwks_doc(7, "k1"),
+            t * 1000,
+            t,
+            at(t),
+        )
+        .unwrap();
+        sync(&shared, &mut b, "idp", &r, t + 1);
+        let (held_a, held_b) = (a.keys.keys.clone().unwrap(), b.keys.keys.clone().unwrap());
+        let (version, cas) = (b.keys.version, b.loaded_cas);
+        // The refresh writes the same document again, a new CAS for every
+        // worker: both read it, take its date, and keep the keys they hold.
+        let t2 = t + 60;
+        store(
+            &shared,
+            &mut a,
+            "idp",
+            &r,
+            &jwks_doc(7, "k1"),
+            t2 * 1000,
+            t2,
+            at(t2),
+        )
+        .unwrap();
+        sync(&shared, &mut b, "idp", &r, t2 + 1);
+        assert_ne!(b.loaded_cas, cas, "the new copy was read");
+        assert!(
+            Rc::ptr_eq(a.keys.keys.as_ref().unwrap(), &held_a),
+            "a parsed it again"
+        );
+        assert!(
+            Rc::ptr_eq(b.keys.keys.as_ref().unwrap(), &held_b),
+            "b parsed it again"
+        );
+        assert_eq!((a.keys.version, b.keys.version), (version, version));
+        assert_eq!(
+            (a.fetched_at(), b.fetched_at()),
+            (t2, t2),
+            "dated by the new fetch"
+        );
+        // Another document is parsed.
+        let t3 = t2 + 60;
+        store(
+            &shared,
+            &mut a,
+            "idp",
+            &r,
+            &jwks_doc(8, "k2"),
+            t3 * 1000,
+            t3,
+            at(t3),
+        )
+        .unwrap();
+        sync(&shared, &mut b, "idp", &r, t3 + 1);
+        assert_eq!(kids(&a), ["k2"]);
+        assert_eq!(kids(&b), ["k2"]);
+        assert_ne!(b.keys.version, version);
     }
 
     #[test]
