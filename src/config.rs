@@ -1120,6 +1120,30 @@ impl Config {
                     "{at}: no route lists this provider in `tokens`: its tokens are never checked"
                 ));
             }
+            // A Firebase app id names its platform: one listed for an
+            // app of another platform refuses every token that names it
+            // (`app_mismatch`). (Entries of another shape may be another
+            // provider's names for the app.)
+            if p.app_claim
+                .as_ref()
+                .is_some_and(|a| a.format == crate::token::AppClaimFormat::Firebase)
+            {
+                for (ai, app) in self.apps.iter().enumerate() {
+                    for (j, v) in app.token_app_ids.iter().enumerate() {
+                        let platform = v.split(':').nth(2);
+                        if v.split(':').count() == 4 && platform != Some(app.platform.as_str()) {
+                            out.push(format!(
+                                "apps[{ai}] ({}).token_app_ids[{j}]: {} is a Firebase app id \
+                                 of another platform than {}, and {at} reads the platform from \
+                                 the app id: a token that names it is refused as app_mismatch",
+                                app.id,
+                                shown(v),
+                                app.platform.as_str()
+                            ));
+                        }
+                    }
+                }
+            }
             if !p.platforms.is_empty() && p.app_claim.is_none() {
                 out.push(format!(
                     "{at}.platforms: without `app_claim` the platform is the one the client's \
@@ -2199,6 +2223,53 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
     let network = compile_network("network", raw.network.unwrap_or_default())?;
+    // The API-key header names one thing, as the platform headers do: one
+    // appguard reads for something else (the web origin, the country, a
+    // method, URL or host override, a body, signature or preflight
+    // header), one HTTP framing or proxies own, a cookie, or one only
+    // appguard sets would make every keyed request show a second thing
+    // (an `Origin` that holds a key is `origin_denied`), or, with
+    // `forward: false`, lose that header.
+    {
+        let mut elsewhere = vec![
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "te",
+            "x-forwarded-for",
+            "x-real-ip",
+            "x-forwarded-proto",
+            "x-forwarded-port",
+            "forwarded",
+            "cookie",
+            "content-type",
+            "content-encoding",
+            "content-digest",
+            "signature",
+            "signature-input",
+            "origin",
+            "referer",
+            "access-control-request-method",
+            "access-control-request-headers",
+        ];
+        elsewhere.extend(network.country_header.as_deref());
+        elsewhere.extend(crate::policy::METHOD_OVERRIDE_HEADERS);
+        elsewhere.extend(crate::policy::URL_OVERRIDE_HEADERS);
+        elsewhere.extend(crate::policy::FORWARDED_HOST_HEADERS);
+        let h = api_keys.header.as_str();
+        if crate::request::is_header_of(h, &elsewhere) || crate::request::reserved_header(h, &[]) {
+            return Err(ConfigError::new(
+                "api_keys.header",
+                format!(
+                    "{h:?} is a header appguard reads for something else (origin or referer, \
+                     the country, a method, URL or host override, a body, signature or \
+                     preflight header), one HTTP framing, proxies or cookies own, or an \
+                     x-appguard-* header: each header must name one thing"
+                ),
+            ));
+        }
+    }
     let ph = raw.platform_headers.unwrap_or_default();
     let ph_name = |field: &str, v: Option<String>, default: &str| -> Result<String, ConfigError> {
         header_name(

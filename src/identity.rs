@@ -170,6 +170,16 @@ pub(crate) fn compile_apps(raw: Vec<RawApp>) -> Result<Vec<App>, ConfigError> {
         // the list would silently win.
         // An app without `token_app_ids` is named by its `id`.
         for (j, v) in a.token_app_ids.iter().enumerate() {
+            // An empty entry would name the app for a token whose claim is
+            // empty; one with spaces around it or control characters names
+            // nothing an issuer writes (a paste slip).
+            if v.is_empty() || v.len() > 256 || v.trim() != v || v.chars().any(char::is_control) {
+                return Err(ConfigError::new(
+                    format!("{at}.token_app_ids[{j}]"),
+                    "must be the app claim's value: 1-256 bytes, without spaces around it \
+                     or control characters",
+                ));
+            }
             if let Some(other) = apps.iter().find(|x| x.is_named_by(v)) {
                 return Err(ConfigError::new(
                     format!("{at}.token_app_ids[{j}]"),
@@ -443,7 +453,7 @@ pub struct OriginPattern {
 /// changes: the suffixes web apps are commonly served from. Country
 /// second levels (`co.uk`, `com.hk`) and the regions of [`OPEN_UNDER`]
 /// are found by [`is_open_by_rule`].
-const OPEN_SUFFIXES: [&str; 53] = [
+const OPEN_SUFFIXES: [&str; 56] = [
     "web.app",
     "firebaseapp.com",
     "appspot.com",
@@ -461,6 +471,9 @@ const OPEN_SUFFIXES: [&str; 53] = [
     "trycloudflare.com",
     "azurewebsites.net",
     "azurestaticapps.net",
+    "azureedge.net",
+    "azurefd.net",
+    "blob.core.windows.net",
     "cloudapp.net",
     "cloudfront.net",
     "amplifyapp.com",
@@ -575,10 +588,29 @@ impl OriginPattern {
                 "{s:?}: `*.` needs a domain of two labels or more after it, not a top-level domain"
             ));
         }
+        // `*.` covers names at any depth: a suffix above an open one
+        // (`googleapis.com` above `storage.googleapis.com`) covers the
+        // strangers' names under it too.
+        let above_open = |d: &str| {
+            d.len() > host.len() + 1
+                && d.ends_with(host.as_str())
+                && d.as_bytes().get(d.len() - host.len() - 1) == Some(&b'.')
+        };
         if wildcard && (OPEN_SUFFIXES.contains(&host.as_str()) || is_open_by_rule(&host)) {
             return Err(format!(
                 "{s:?}: `{host}` is a public suffix where anyone can register a name, so \
                  `*.{host}` allows their sites too: list your own origin(s) under it"
+            ));
+        }
+        let over_open = OPEN_SUFFIXES
+            .iter()
+            .copied()
+            .chain(OPEN_UNDER.iter().map(|(d, _)| *d))
+            .find(|d| above_open(d));
+        if let Some(open) = over_open.filter(|_| wildcard) {
+            return Err(format!(
+                "{s:?}: `*.` matches names at any depth, so `*.{host}` also matches names \
+                 under `{open}`, where anyone can get one: list your own origin(s) under it"
             ));
         }
         // No top-level domain is numeric: `*.0.0.1` would match the IPv4
@@ -709,6 +741,16 @@ fn parse_origin_inner(s: &str, allow_wildcard: bool) -> Option<Origin> {
     };
     let host = host.to_ascii_lowercase();
     let host = host.strip_suffix('.').map(str::to_owned).unwrap_or(host);
+    // An IPv6 host in the form browsers send (RFC 5952, as the URL
+    // standard serialises it): one address, one spelling.
+    let host = match host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .and_then(|h| h.parse::<std::net::Ipv6Addr>().ok())
+    {
+        Some(addr) => format!("[{}]", ipv6_text(addr)),
+        None => host,
+    };
     if allow_wildcard && host.starts_with("*.") {
         // Only patterns carry `*`; the rest is checked by OriginPattern::parse.
         return Some(Origin { scheme, host, port });
@@ -717,6 +759,38 @@ fn parse_origin_inner(s: &str, allow_wildcard: bool) -> Option<Origin> {
         return None;
     }
     Some(Origin { scheme, host, port })
+}
+
+/// An IPv6 address as the URL standard serialises a host: eight groups
+/// of lower-case hex without leading zeros, the first longest run of two
+/// or more zero groups written `::`, never a dotted IPv4 tail (unlike
+/// `Ipv6Addr`'s `Display`, which writes `::ffff:1.2.3.4`).
+fn ipv6_text(addr: std::net::Ipv6Addr) -> String {
+    let groups = addr.segments();
+    // The first longest run of zero groups, if two or more long.
+    let mut best: Option<(usize, usize)> = None;
+    let mut i = 0;
+    while i < groups.len() {
+        let len = groups.iter().skip(i).take_while(|g| **g == 0).count();
+        if len >= 2 && best.is_none_or(|(_, l)| len > l) {
+            best = Some((i, len));
+        }
+        i += len.max(1);
+    }
+    let hex = |gs: &[u16]| {
+        gs.iter()
+            .map(|g| format!("{g:x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    match best {
+        Some((start, len)) => format!(
+            "{}::{}",
+            hex(groups.get(..start).unwrap_or(&[])),
+            hex(groups.get(start + len..).unwrap_or(&[]))
+        ),
+        None => hex(&groups),
+    }
 }
 
 /// An origin's explicit port: 1–5 ASCII digits that make a `u16`.
@@ -1561,6 +1635,82 @@ mod tests {
         ] {
             assert!(parse_origin(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_wildcard_over_an_open_suffix_is_refused() {
+        // `*.` matches one or more labels: a pattern above a suffix where
+        // anyone gets a name (`storage.googleapis.com`, a region of
+        // `web.core.windows.net` or `cloudapp.azure.com`) covers strangers'
+        // sites under it, as `*.` directly under it would.
+        for (bad, stranger) in [
+            (
+                "https://*.googleapis.com",
+                "https://evil.storage.googleapis.com",
+            ),
+            (
+                "https://*.core.windows.net",
+                "https://evil.z13.web.core.windows.net",
+            ),
+            (
+                "https://*.azure.com",
+                "https://evil.eastus.cloudapp.azure.com",
+            ),
+            // Azure's CDN and Front Door endpoints, and blob storage.
+            ("https://*.azureedge.net", "https://evil.azureedge.net"),
+            ("https://*.azurefd.net", "https://evil.azurefd.net"),
+            (
+                "https://*.blob.core.windows.net",
+                "https://evil.blob.core.windows.net",
+            ),
+        ] {
+            if let Ok(p) = OriginPattern::parse(bad) {
+                panic!(
+                    "{bad} accepted; it matches {stranger}: {}",
+                    p.matches(&origin(stranger))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_token_app_id_is_refused() {
+        // A token whose app claim is the empty string (an issuer writing
+        // `"app": ""` on tokens minted without an app) must name no app.
+        for bad in ["", " ", " 1:1:android:x"] {
+            let raw: Vec<RawApp> = serde_json::from_value(serde_json::json!([
+                {"id": "a", "platform": "android", "package": "com.example.a", "token_app_ids": [bad]}
+            ]))
+            .unwrap();
+            if let Ok(apps) = compile_apps(raw) {
+                panic!(
+                    "token_app_ids [{bad:?}] accepted; a claim {bad:?} names: {:?}",
+                    app_from_claim(&apps, bad, false).map(|a| a.id.as_str())
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ipv6_origins_compare_as_addresses() {
+        // Browsers send an IPv6 origin in its canonical form (RFC 5952,
+        // `[2001:db8::1]`, `[::ffff:102:304]`): a pattern written in
+        // another form of the same address must name it, and two apps
+        // listing one address in two forms cannot be told apart.
+        for (pattern, sent) in [
+            ("https://[2001:DB8:0::1]", "https://[2001:db8::1]"),
+            ("https://[2001:db8:0:0:0:0:0:1]", "https://[2001:db8::1]"),
+            ("https://[::ffff:1.2.3.4]", "https://[::ffff:102:304]"),
+        ] {
+            let p = OriginPattern::parse(pattern).unwrap();
+            assert!(p.matches(&origin(sent)), "{pattern} does not match {sent}");
+        }
+        let raw: Vec<RawApp> = serde_json::from_value(serde_json::json!([
+            {"id": "a", "platform": "web", "origins": ["https://[2001:db8:0::1]"]},
+            {"id": "b", "platform": "web", "origins": ["https://[2001:db8::1]"]}
+        ]))
+        .unwrap();
+        assert!(compile_apps(raw).is_err(), "one address in two apps");
     }
 
     #[test]

@@ -10119,3 +10119,55 @@ fn while_remote_keys_are_missing_kidless_failures_spend_a_budget_of_their_own() 
     // Another client's is verified.
     assert_eq!(step(&fresh, "198.51.100.7"), (None, false));
 }
+
+#[test]
+fn a_firebase_app_id_of_another_platform_is_advised_on() {
+    // With `format: firebase` the platform in the claim must be the app's:
+    // an Android app listing a web app id refuses every token that names
+    // it (`app_mismatch`); the configuration should say so when it loads.
+    let mut v = config_json();
+    v["apps"][4]["token_app_ids"] = json!(["1:123:web:abc"]);
+    let w = World::from(v);
+    let t = firebase_token("1:123:web:abc");
+    assert_eq!(
+        w.reason("/appcheck/x", &[("x-firebase-appcheck", &t)]),
+        Some(Reason::AppMismatch)
+    );
+    let advice = w.config.advisories();
+    assert!(
+        advice.iter().any(|a| a.contains("token_app_ids")),
+        "no advice: {advice:?}"
+    );
+}
+
+#[test]
+fn the_api_key_header_cannot_be_a_header_appguard_reads_for_something_else() {
+    // As for the platform headers: a key header that is also the web
+    // origin, the country, a routing override, framing or a header only
+    // appguard sets makes every keyed request show a second thing (an
+    // `Origin` holding a key is `origin_denied` on every keyed route), or
+    // with `forward: false` removes that header from every request.
+    for name in [
+        "origin",
+        "referer",
+        "x-country",
+        "x-appguard-key",
+        "x-forwarded-host",
+        "x-original-url",
+        "x-http-method-override",
+        "cookie",
+        "Host",
+        "x_forwarded_for",
+        "content-type",
+    ] {
+        let mut v = config_json();
+        v["api_keys"]["header"] = json!(name);
+        match Config::from_json(v.to_string().as_bytes()) {
+            Ok(_) => panic!("api_keys.header {name:?} accepted"),
+            Err(e) => assert_eq!(e.path, "api_keys.header", "{name}: {e:?}"),
+        }
+    }
+    let mut v = config_json();
+    v["api_keys"]["header"] = json!("x-goog-api-key");
+    Config::from_json(v.to_string().as_bytes()).expect("a header of its own");
+}
