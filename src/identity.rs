@@ -761,35 +761,22 @@ fn parse_origin_inner(s: &str, allow_wildcard: bool) -> Option<Origin> {
     Some(Origin { scheme, host, port })
 }
 
-/// An IPv6 address as the URL standard serialises a host: eight groups
-/// of lower-case hex without leading zeros, the first longest run of two
-/// or more zero groups written `::`, never a dotted IPv4 tail (unlike
-/// `Ipv6Addr`'s `Display`, which writes `::ffff:1.2.3.4`).
+/// An IPv6 address as the URL standard serialises a host: RFC 5952's text
+/// (lower-case hex, the first longest run of two or more zero groups as
+/// `::`), which `Ipv6Addr`'s `Display` writes, except that an IPv4-mapped
+/// address keeps hex groups (`::ffff:102:304`, where `Display` writes
+/// `::ffff:1.2.3.4`).
 fn ipv6_text(addr: std::net::Ipv6Addr) -> String {
-    let groups = addr.segments();
-    // The first longest run of zero groups, if two or more long.
-    let mut best: Option<(usize, usize)> = None;
-    let mut i = 0;
-    while i < groups.len() {
-        let len = groups.iter().skip(i).take_while(|g| **g == 0).count();
-        if len >= 2 && best.is_none_or(|(_, l)| len > l) {
-            best = Some((i, len));
+    match addr.to_ipv4_mapped() {
+        Some(v4) => {
+            let [a, b, c, d] = v4.octets();
+            format!(
+                "::ffff:{:x}:{:x}",
+                u16::from_be_bytes([a, b]),
+                u16::from_be_bytes([c, d])
+            )
         }
-        i += len.max(1);
-    }
-    let hex = |gs: &[u16]| {
-        gs.iter()
-            .map(|g| format!("{g:x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    };
-    match best {
-        Some((start, len)) => format!(
-            "{}::{}",
-            hex(groups.get(..start).unwrap_or(&[])),
-            hex(groups.get(start + len..).unwrap_or(&[]))
-        ),
-        None => hex(&groups),
+        None => addr.to_string(),
     }
 }
 
