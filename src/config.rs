@@ -2451,7 +2451,13 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             ),
         ));
     }
-    let credential_headers = with_signed_headers(credentials, &providers);
+    let mut credential_headers = with_signed_headers(credentials, &providers);
+    // With a key parameter, a cookie of its name is a key too (to upstreams
+    // that merge cookies into their parameters): checked in the headers,
+    // never in a trailer, so a `cookie` trailer is cut.
+    if api_keys.query_param.is_some() {
+        push_header_once(&mut credential_headers, "cookie");
+    }
     let signs_requests = providers.iter().any(|p| p.message_signing.is_some());
     Ok(Config {
         mode: raw.mode,

@@ -840,11 +840,25 @@ fn is_forwarded_host_header(name: &str) -> bool {
 /// a header is never a trailer a client needs: the filter cuts it from
 /// request trailers, where no route match and no signature coverage
 /// (see [`is_redirecting_header`]) reads it, but an upstream that merges
-/// trailers into the headers would.
+/// trailers into the headers would. So is `host` itself: in a trailer it
+/// is no `:authority` (Envoy passes it on as it came), and RFC 9110 (6.5.1)
+/// forbids it there.
 pub fn is_redirecting_header_name(name: &str) -> bool {
     is_method_override_header(name)
         || is_url_override_header(name)
         || is_forwarded_host_header(name)
+        || crate::request::is_header_of(name, &["host"])
+}
+
+/// Whether `name` (in any spelling, see [`crate::request::is_header_of`])
+/// says how the body reads: `Content-Type`, `Content-Encoding`. A route
+/// that reads body values checks them in the headers (`is_plain_json`:
+/// one JSON type, no encoding); a trailer copy would stand beside them for
+/// an upstream that merges trailers into its headers (a form type over a
+/// body built to read as both). No client needs one as a trailer (RFC 9110
+/// 6.5.1): the filter cuts them from every request's trailers.
+pub fn is_body_format_header_name(name: &str) -> bool {
+    crate::request::is_header_of(name, &["content-type", "content-encoding"])
 }
 
 /// Whether an upstream may take a request carrying header `name: value`

@@ -4010,6 +4010,60 @@ fn the_credential_headers_a_trailer_may_not_carry_are_compiled_once() {
     assert_eq!(c.credential_headers, vec![c.api_keys.header.clone()]);
 }
 
+/// A `host` request trailer (Envoy passes one on: an
+/// HTTP/1.1 chunked trailer is no `:authority`) is cut like the
+/// forwarded-host trailers: an upstream that merges trailers into its
+/// headers would take the request for another host than the one
+/// `match.hosts` checked (RFC 9110 6.5.1 forbids `Host` in trailers, which
+/// is why no client needs it there).
+#[test]
+fn a_host_trailer_is_a_redirecting_header() {
+    for name in ["host", "Host", "x-forwarded-host", "forwarded"] {
+        assert!(crate::policy::is_redirecting_header_name(name), "{name}");
+    }
+    assert!(!crate::policy::is_redirecting_header_name("x-checksum"));
+}
+
+/// The body's format headers are cut from trailers.
+#[test]
+fn the_body_format_headers_are_cut_from_trailers() {
+    for name in [
+        "content-type",
+        "Content-Type",
+        "content_type",
+        "content-encoding",
+    ] {
+        assert!(crate::policy::is_body_format_header_name(name), "{name}");
+    }
+    assert!(!crate::policy::is_body_format_header_name("content-length"));
+    assert!(!crate::policy::is_body_format_header_name("x-checksum"));
+}
+
+/// With a key parameter, a cookie of its name is a key
+/// to upstreams that merge cookies into their parameters (README
+/// `query_param`), and appguard checks the headers' cookies for one. A
+/// `cookie` sent as a request trailer is not checked: it must be cut like
+/// a trailer copy of the key header, or such an upstream that also merges
+/// trailers reads a key nobody checked (the victim's, while appguard checked
+/// the attacker's own key in the query).
+#[test]
+fn with_a_key_parameter_a_cookie_trailer_is_a_credential() {
+    let c = Config::from_json(
+        json!({"api_keys": {"header": "x-api-key", "query_param": "key", "keys": []}})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert!(
+        c.credential_headers.iter().any(|h| h == "cookie"),
+        "{:?}",
+        c.credential_headers
+    );
+    // Without a key parameter no cookie is a key: nothing changes.
+    let c = Config::from_json(b"{}").unwrap();
+    assert!(!c.credential_headers.iter().any(|h| h == "cookie"));
+}
+
 #[test]
 fn a_signature_covers_the_header_the_token_came_from() {
     use crate::signing::{sign_request, InstallSigningKey, SignatureOptions};

@@ -1227,6 +1227,7 @@ impl HttpContext for GuardFilter {
                 self.is_ours(n)
                     || self.is_credential(n)
                     || crate::policy::is_redirecting_header_name(n)
+                    || crate::policy::is_body_format_header_name(n)
                     || signed
                         .iter()
                         .any(|h| crate::request::same_header_name(n.as_bytes(), h.as_bytes()))

@@ -2220,3 +2220,45 @@ fn an_http2_query_byte_that_is_not_utf8_takes_no_request_past_its_route() {
     }
     assert_eq!(up.seen().len(), served, "a request reached the upstream");
 }
+
+/// A route whose limits read body values takes only a
+/// body with one `Content-Type` of JSON and no `Content-Encoding` but
+/// `identity` (`is_plain_json`): an upstream that also takes forms would
+/// read its own `to` out of a body built for both readings. Sent as a
+/// trailer, a second `Content-Type` (or a `Content-Encoding`) is not
+/// checked, and an upstream that merges trailers into its headers reads
+/// it: the trailers must not carry one.
+#[test]
+fn a_content_type_sent_as_a_trailer_does_not_reach_the_upstream() {
+    let cfg = json!({
+        "default_action": "deny",
+        "max_body_bytes": 4096,
+        "phone": {"default_calling_code": "44", "denied_prefixes": ["+882"],
+                  "hash_key_base64": STANDARD.encode(b"attack-suite-phone-hash-key-0123")},
+        "routes": [{"name": "sms", "match": {"path": "/sms", "methods": ["POST"]},
+                    "rate_limits": [{"entries": [{"type": "body", "pointer": "/to", "phone": true}],
+                                     "local": {"requests": 100, "per": "hour"}}]}]
+    });
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .trailers()
+        .without_buffer_filter()
+        .start();
+    // JSON to appguard (`to` +447700900123, allowed); to a form reader,
+    // `to` is +88212345678, a denied prefix.
+    let body = r#"{"to":"+447700900123","x":"&to=%2B88212345678&"}"#;
+    let r = envoy.request(
+        Req::post_json("/sms", body)
+            .trailer("x-checksum", "c1")
+            .trailer("content-type", "application/x-www-form-urlencoded")
+            .trailer("content-encoding", "identity"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(
+        seen.trailers,
+        vec![("x-checksum".to_string(), "c1".to_string())],
+        "a content-type or content-encoding trailer went upstream unchecked"
+    );
+    envoy.assert_vm_healthy();
+}

@@ -133,3 +133,66 @@ fn key_cookie_cut_from_http2_crumbs() {
         .collect();
     assert_eq!(all, ["a=1; b=2"]);
 }
+
+/// With `query_param`, a cookie of the parameter's name
+/// is a key to upstreams that merge cookies into their parameters, and
+/// appguard checks the headers' cookies for one. A `cookie` request trailer
+/// (Envoy passes trailers on with `enable_trailers`) is not checked: it
+/// must not reach the upstream, as a trailer copy of the key header does
+/// not.
+#[test]
+fn a_key_cookie_sent_as_a_trailer_does_not_reach_the_upstream() {
+    let up = Upstream::start();
+    let envoy = EnvoyBuilder::new(cfg(true), up.port)
+        .trailers()
+        .without_buffer_filter()
+        .start();
+    let r = envoy.request(
+        Req::post_json("/keyed/c", r#"{"a":1}"#)
+            .header("x-api-key", KEY)
+            .trailer("x-checksum", "c1")
+            .trailer("cookie", "key=victims-key"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(
+        seen.trailers,
+        vec![("x-checksum".to_string(), "c1".to_string())],
+        "a key cookie sent as a trailer went upstream unchecked"
+    );
+    envoy.assert_vm_healthy();
+}
+
+/// A `host` request trailer is cut like the
+/// forwarded-host trailers (`X-Forwarded-Host`, `Forwarded`): an upstream
+/// that merges trailers into its headers would take the request for
+/// another host than the one the routes' `match.hosts` checked.
+#[test]
+fn a_host_sent_as_a_trailer_does_not_reach_the_upstream() {
+    let up = Upstream::start();
+    let cfg = json!({
+        "default_action": "deny",
+        "api_keys": {"keys": [{"id": "k1", "sha256": appguard::identity::hash_api_key(KEY)}]},
+        "routes": [{"name": "admin", "match": {"prefix": "/", "hosts": ["admin.example.com"]}, "action": "deny"},
+                   {"name": "pub", "match": {"prefix": "/"}, "api_key": "required"}]
+    });
+    let envoy = EnvoyBuilder::new(cfg, up.port)
+        .trailers()
+        .without_buffer_filter()
+        .start();
+    let r = envoy.request(
+        Req::post_json("/c", r#"{"a":1}"#)
+            .header("x-api-key", KEY)
+            .trailer("x-checksum", "c1")
+            .trailer("x-forwarded-host", "admin.example.com")
+            .trailer("host", "admin.example.com"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(
+        seen.trailers,
+        vec![("x-checksum".to_string(), "c1".to_string())],
+        "a host trailer went upstream unchecked"
+    );
+    envoy.assert_vm_healthy();
+}
