@@ -1357,17 +1357,26 @@ impl Config {
                                 pointer,
                                 phone: false,
                             } => {
-                                let last = pointer.rsplit('/').next().unwrap_or("");
+                                // Any case, `_` and `-` left out: `phone_number`,
+                                // `phoneNumber` and `PhoneNumber` are one name.
+                                let last: String = pointer
+                                    .rsplit('/')
+                                    .next()
+                                    .unwrap_or("")
+                                    .chars()
+                                    .filter(|c| *c != '_' && *c != '-')
+                                    .map(|c| c.to_ascii_lowercase())
+                                    .collect();
                                 [
-                                    "phone_number",
+                                    "phonenumber",
                                     "phone",
                                     "msisdn",
                                     "mobile",
+                                    "mobilenumber",
                                     "email",
-                                    "e-mail",
+                                    "emailaddress",
                                 ]
-                                .iter()
-                                .any(|n| last.eq_ignore_ascii_case(n))
+                                .contains(&last.as_str())
                                 .then_some(pointer)
                             }
                             _ => None,
@@ -5174,6 +5183,33 @@ mod advice_on_routes {
         assert!(!body_limit_advice("/device_id")
             .iter()
             .any(|a| a.contains("in clear")),);
+    }
+    /// JSON bodies name these members in camelCase as
+    /// often as in snake_case: Firebase Auth's `sendVerificationCode` takes
+    /// `phoneNumber`, and `mobileNumber` or `emailAddress` are as common.
+    /// Such a `body` entry without `phone: true` sends the number or
+    /// address in clear just the same, and must get the same advice.
+    #[test]
+    fn a_body_entry_on_a_camel_case_phone_number_or_email_is_pointed_out() {
+        for pointer in [
+            "/phoneNumber",
+            "/user/phoneNumber",
+            "/PhoneNumber",
+            "/mobileNumber",
+            "/emailAddress",
+            "/email_address",
+        ] {
+            let advice = body_limit_advice(pointer);
+            assert!(
+                advice
+                    .iter()
+                    .any(|a| a.contains(pointer) && a.contains("in clear")),
+                "{pointer}: {advice:?}"
+            );
+        }
+        assert!(!body_limit_advice("/phoneModel")
+            .iter()
+            .any(|a| a.contains("in clear")));
     }
     /// a route for `HEAD` alone (a load balancer's
     /// health check) before a route that takes `GET` on the same paths:

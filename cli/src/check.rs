@@ -917,11 +917,12 @@ fn cleartext_jwks_clusters(config: &Config, doc: &Value, notes: &mut Vec<String>
         else {
             continue;
         };
-        if cluster.get("transport_socket").is_some()
-            || cluster.get("transport_socket_matches").is_some()
-        {
+        if cluster.get("transport_socket_matches").is_some() {
             continue;
         }
+        let Some(why) = unchecked_transport(cluster.get("transport_socket")) else {
+            continue;
+        };
         let mut hosts = Vec::new();
         walk(cluster, &mut String::new(), &mut |_, node| {
             if let Some(a) = node
@@ -939,13 +940,50 @@ fn cleartext_jwks_clusters(config: &Config, doc: &Value, notes: &mut Vec<String>
             continue;
         }
         notes.push(format!(
-            "tokens[{i}].remote_jwks.cluster: `{}` has no transport_socket: the JWKS is \
-             fetched without TLS, and anyone on the path to the issuer can serve keys of \
-             their own and sign tokens appguard accepts; give the cluster TLS with \
-             certificate checking (examples/firebase-app-check.envoy-cluster.yaml)",
+            "tokens[{i}].remote_jwks.cluster: `{}` {why}: anyone on the path to the issuer \
+             can serve keys of their own and sign tokens appguard accepts; give the cluster \
+             TLS with certificate checking (examples/firebase-app-check.envoy-cluster.yaml)",
             r.cluster
         ));
     }
+}
+
+/// Why a cluster's `transport_socket` leaves its peer unchecked, if it
+/// does: none (plain text), `raw_buffer`, or an `UpstreamTlsContext`
+/// without a validation context (Envoy then takes any certificate).
+/// Another socket (one wrapping TLS, a tap) is not judged.
+fn unchecked_transport(socket: Option<&Value>) -> Option<&'static str> {
+    let Some(socket) = socket else {
+        return Some("has no transport_socket: the JWKS is fetched without TLS");
+    };
+    let name = socket.get("name").and_then(Value::as_str).unwrap_or("");
+    let config = socket.get("typed_config");
+    let kind = config
+        .and_then(|c| c.get("@type"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if name == "envoy.transport_sockets.raw_buffer" || kind.ends_with(".RawBuffer") {
+        return Some("has a raw_buffer transport_socket: the JWKS is fetched without TLS");
+    }
+    if !kind.ends_with("tls.v3.UpstreamTlsContext") {
+        return None;
+    }
+    let checked = config
+        .and_then(|c| c.get("common_tls_context"))
+        .is_some_and(|c| {
+            [
+                "validation_context",
+                "validation_context_sds_secret_config",
+                "combined_validation_context",
+                "validation_context_certificate_provider",
+                "validation_context_certificate_provider_instance",
+            ]
+            .iter()
+            .any(|k| c.get(*k).is_some())
+        });
+    (!checked).then_some(
+        "has TLS without a validation_context: Envoy takes any certificate the JWKS host shows",
+    )
 }
 
 /// What a connection manager (`HttpConnectionManager`) sets of what
@@ -1806,30 +1844,22 @@ fn unquoted_in(text: &str, word: &str) -> bool {
 }
 
 /// `v` as Istio hands it to the filter: a protobuf `Struct` holds every
-/// number as a double, and its JSON form writes a whole one without a
-/// fraction (`20.0` in the YAML arrives as `20`, which an integer field
-/// takes), and an integer beyond 2^53 as the double nearest it
-/// (`1541815603606036481` arrives as `1541815603606036480`: see
-/// [`istio_rounded`]).
+/// number as a double, and its JSON form writes a whole one under 1e21
+/// without a fraction or exponent, as Go formats a float: the fewest
+/// digits that read back as that double, then zeros (`20.0` in the YAML
+/// arrives as `20`, which an integer field takes; `1541815603606036481`,
+/// beyond 2^53, as `1541815603606036500`, and `2^60`, which a double holds
+/// exactly, as `1152921504606847000`: see [`istio_rounded`]). Rust's
+/// `Display` of an `f64` writes the same digits.
 fn as_istio_sends(v: &Value) -> Value {
     match v {
         Value::Number(n) => match n.as_f64() {
-            // A whole double under 1e21 is written without exponent (Go's
-            // protojson, as `encoding/json`); from there on with one, read
-            // as a double here too. One outside the 64-bit integers
-            // (2^64 is the double nearest u64::MAX) reaches the filter as
-            // a number no integer field takes: a double here too.
-            Some(f)
-                if f.fract() == 0.0
-                    && f.abs() < 1e21
-                    && (-9_223_372_036_854_775_808.0..18_446_744_073_709_551_616.0)
-                        .contains(&f) =>
-            {
-                if f < 0.0 {
-                    Value::from(f as i64)
-                } else {
-                    Value::from(f as u64)
-                }
+            // From 1e21 on Go writes an exponent: read as a double here
+            // too. Written back and read as the filter reads it, a value
+            // outside the 64-bit integers (`u64::MAX` arrives as
+            // `18446744073709552000`) is a double no integer field takes.
+            Some(f) if f.fract() == 0.0 && f.abs() < 1e21 => {
+                serde_json::from_str::<Value>(&format!("{f}")).unwrap_or_else(|_| v.clone())
             }
             _ => v.clone(),
         },
@@ -2000,6 +2030,72 @@ static_resources:
             let n = notes(&envoy(&quiet));
             assert!(!n.iter().any(|n| n.contains("TLS")), "{quiet}: {n:?}");
         }
+    }
+
+    /// A TLS transport socket that checks no certificate
+    /// (an `UpstreamTlsContext` without a `validation_context`: Envoy then
+    /// accepts any server certificate) or a `raw_buffer` one lets anyone on
+    /// the path serve keys of their own just as no `transport_socket` does,
+    /// and the note (which asks for "TLS with certificate checking") must
+    /// name those clusters too; one with a trusted CA stays quiet.
+    #[test]
+    fn a_remote_jwks_cluster_whose_tls_checks_no_certificate_is_named() {
+        let envoy = |socket: &str| {
+            format!(
+                r#"
+static_resources:
+  listeners:
+  - filter_chains:
+    - filters:
+      - typed_config:
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              config:
+                root_id: appguard
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{{"tokens": [{{"name": "idp", "from": [{{"header": "x-t"}}], "issuer": "https://idp.example", "audiences": ["a"], "remote_jwks": {{"cluster": "idp_jwks", "authority": "idp.example", "path": "/jwks"}}}}], "routes": [{{"name": "a", "match": {{"prefix": "/"}}, "tokens": ["idp"]}}]}}'
+  clusters:
+  - name: idp_jwks
+    type: LOGICAL_DNS
+    load_assignment:
+      cluster_name: idp_jwks
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: idp.example, port_value: 443}}}}}}
+    transport_socket:
+{socket}
+"#
+            )
+        };
+        let notes = |yaml: &str| {
+            let r = report("envoy.yaml", yaml);
+            let c = &r.configs[0];
+            assert!(c.result.is_ok(), "{:?}", c.result.as_ref().err());
+            c.notes.clone()
+        };
+        let unchecked = "      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        sni: idp.example\n";
+        let raw = "      name: envoy.transport_sockets.raw_buffer\n";
+        for (what, socket) in [
+            ("TLS without a validation_context", unchecked),
+            ("raw_buffer", raw),
+        ] {
+            let n = notes(&envoy(socket));
+            assert!(
+                n.iter()
+                    .any(|n| n.contains("tokens[0].remote_jwks.cluster")),
+                "{what}: anyone on the path serves the keys, and nothing says so: {n:?}"
+            );
+        }
+        let checked = format!(
+            "{unchecked}        common_tls_context:\n          validation_context:\n            trusted_ca: {{filename: /etc/ssl/certs/ca-certificates.crt}}\n"
+        );
+        let n = notes(&envoy(&checked));
+        assert!(
+            !n.iter().any(|n| n.contains("remote_jwks.cluster")),
+            "{n:?}"
+        );
     }
 
     #[test]

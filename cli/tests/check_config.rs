@@ -1387,3 +1387,55 @@ spec:
          check-config says nothing:\n{all}"
     );
 }
+
+/// Istio writes a `pluginConfig` number (a protobuf `Struct` double) as Go
+/// formats a float: the fewest digits that read back as that double, then
+/// zeros (`1541815603606036481` reaches the filter as
+/// `1541815603606036500`, `2^60` as `1152921504606847000`, as
+/// `format!("{}", f)` and JavaScript print them). An integer beyond 2^53
+/// that a double holds exactly (every 256th snowflake id near 1.5e18) is
+/// still changed, and one near `u64::MAX` or `i64::MIN` becomes a number
+/// no integer field takes, so the filter refuses the configuration that
+/// check-config called valid.
+#[test]
+fn a_wasm_plugin_integer_istio_rewrites_is_noted_even_when_a_double_holds_it() {
+    let manifest = |org: &str| {
+        format!(
+            r#"apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: appguard, namespace: istio-system}}
+spec:
+  pluginName: appguard
+  url: oci://example/appguard:1
+  pluginConfig:
+    tokens:
+    - name: t
+      from: [{{header: x-t}}]
+      keys: [{{alg: HS256, secret_base64: "3q2+7wEjRWeJq83vEjRWeDJrze8SNFZ4kKvN7xI0Vng="}}]
+      required_claims: {{org_id: {org}}}
+    routes:
+    - name: r
+      match: {{prefix: /}}
+      tokens: [t]
+"#
+        )
+    };
+    // (written, what Istio hands the filter)
+    for (written, sent) in [
+        // a double exactly: 2^60, and the snowflake id 256 below the README's
+        ("1152921504606846976", "1152921504606847000"),
+        ("1541815603606036480", "1541815603606036500"),
+        // the README's example: said, but with the number Istio does not send
+        ("1541815603606036481", "1541815603606036500"),
+        // no 64-bit integer once Istio wrote it: the filter refuses the plugin
+        ("18446744073709551615", "18446744073709552000"),
+        ("-9223372036854775808", "-9223372036854776000"),
+    ] {
+        let r = check_text("plugin.yaml", &manifest(written), &[]);
+        let all = r.all();
+        assert!(
+            r.code != 0 || (all.contains("org_id") && all.contains(sent)),
+            "{written}: Istio hands the filter {sent}, and check-config does not say so:\n{all}"
+        );
+    }
+}
