@@ -1975,74 +1975,13 @@ mod tests {
         );
     }
 
-    /// A remote JWKS fetched in the clear lets anyone on
-    /// the path to the issuer hand the filter keys of their own, and sign
-    /// tokens it accepts (SECURITY.md: "serve remote JWKS over TLS").
-    /// check-config reads the cluster: one without a `transport_socket`
-    /// whose endpoint is not on this host is named.
-    #[test]
-    fn a_remote_jwks_cluster_without_tls_is_named() {
-        let envoy = |cluster: &str| {
-            format!(
-                r#"
-static_resources:
-  listeners:
-  - filter_chains:
-    - filters:
-      - typed_config:
-          http_filters:
-          - name: envoy.filters.http.wasm
-            typed_config:
-              config:
-                root_id: appguard
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: '{{"tokens": [{{"name": "idp", "from": [{{"header": "x-t"}}], "issuer": "https://idp.example", "remote_jwks": {{"cluster": "idp_jwks", "authority": "idp.example", "path": "/jwks"}}}}], "routes": [{{"name": "a", "match": {{"prefix": "/"}}, "tokens": ["idp"]}}]}}'
-  clusters:
-{cluster}
-"#
-            )
-        };
-        let plain = |host: &str| {
-            format!(
-                "  - name: idp_jwks\n    type: LOGICAL_DNS\n    load_assignment:\n      cluster_name: idp_jwks\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: {host}, port_value: 443}}}}}}\n"
-            )
-        };
-        let notes = |yaml: &str| {
-            let r = report("envoy.yaml", yaml);
-            let c = &r.configs[0];
-            assert!(c.result.is_ok(), "{:?}", c.result.as_ref().err());
-            c.notes.clone()
-        };
-        let cleartext = notes(&envoy(&plain("idp.example")));
-        assert!(
-            cleartext
-                .iter()
-                .any(|n| n.contains("tokens[0].remote_jwks.cluster") && n.contains("TLS")),
-            "{cleartext:?}"
-        );
-        // With TLS, or to this host (a local sidecar), nothing to say.
-        let tls = format!(
-            "{}    transport_socket:\n      name: envoy.transport_sockets.tls\n",
-            plain("idp.example")
-        );
-        for quiet in [tls, plain("127.0.0.1"), plain("localhost")] {
-            let n = notes(&envoy(&quiet));
-            assert!(!n.iter().any(|n| n.contains("TLS")), "{quiet}: {n:?}");
-        }
-    }
-
-    /// A TLS transport socket that checks no certificate
-    /// (an `UpstreamTlsContext` without a `validation_context`: Envoy then
-    /// accepts any server certificate) or a `raw_buffer` one lets anyone on
-    /// the path serve keys of their own just as no `transport_socket` does,
-    /// and the note (which asks for "TLS with certificate checking") must
-    /// name those clusters too; one with a trusted CA stays quiet.
-    #[test]
-    fn a_remote_jwks_cluster_whose_tls_checks_no_certificate_is_named() {
-        let envoy = |socket: &str| {
-            format!(
-                r#"
+    /// The notes check-config gives on an Envoy file whose appguard
+    /// provider fetches its JWKS through the cluster `idp_jwks`, to `host`,
+    /// with `socket` (the YAML under `transport_socket:`) or none.
+    fn jwks_cluster_notes(host: &str, socket: Option<&str>) -> Vec<String> {
+        let socket = socket.map_or(String::new(), |s| format!("    transport_socket:\n{s}"));
+        let yaml = format!(
+            r#"
 static_resources:
   listeners:
   - filter_chains:
@@ -2063,39 +2002,52 @@ static_resources:
       cluster_name: idp_jwks
       endpoints:
       - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: idp.example, port_value: 443}}}}}}
-    transport_socket:
-{socket}
-"#
-            )
-        };
-        let notes = |yaml: &str| {
-            let r = report("envoy.yaml", yaml);
-            let c = &r.configs[0];
-            assert!(c.result.is_ok(), "{:?}", c.result.as_ref().err());
-            c.notes.clone()
-        };
+        - endpoint: {{address: {{socket_address: {{address: {host}, port_value: 443}}}}}}
+{socket}"#
+        );
+        let r = report("envoy.yaml", &yaml);
+        let c = &r.configs[0];
+        assert!(c.result.is_ok(), "{:?}", c.result.as_ref().err());
+        c.notes.clone()
+    }
+
+    /// A remote JWKS fetched without TLS, or with TLS that checks no
+    /// certificate (an `UpstreamTlsContext` without a `validation_context`:
+    /// Envoy then accepts any server certificate), lets anyone on the path
+    /// to the issuer hand the filter keys of their own, and sign tokens it
+    /// accepts (SECURITY.md: "serve remote JWKS over TLS"). check-config
+    /// reads the cluster and names it; one with a trusted CA, or one to
+    /// this host (a local sidecar), is left alone.
+    #[test]
+    fn a_remote_jwks_cluster_that_checks_no_certificate_is_named() {
         let unchecked = "      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        sni: idp.example\n";
-        let raw = "      name: envoy.transport_sockets.raw_buffer\n";
-        for (what, socket) in [
-            ("TLS without a validation_context", unchecked),
-            ("raw_buffer", raw),
-        ] {
-            let n = notes(&envoy(socket));
-            assert!(
-                n.iter()
-                    .any(|n| n.contains("tokens[0].remote_jwks.cluster")),
-                "{what}: anyone on the path serves the keys, and nothing says so: {n:?}"
-            );
-        }
         let checked = format!(
             "{unchecked}        common_tls_context:\n          validation_context:\n            trusted_ca: {{filename: /etc/ssl/certs/ca-certificates.crt}}\n"
         );
-        let n = notes(&envoy(&checked));
-        assert!(
-            !n.iter().any(|n| n.contains("remote_jwks.cluster")),
-            "{n:?}"
-        );
+        let raw = "      name: envoy.transport_sockets.raw_buffer\n";
+        for (what, socket) in [
+            ("no transport_socket", None),
+            ("TLS without a validation_context", Some(unchecked)),
+            ("raw_buffer", Some(raw)),
+        ] {
+            let n = jwks_cluster_notes("idp.example", socket);
+            assert!(
+                n.iter()
+                    .any(|n| n.contains("tokens[0].remote_jwks.cluster") && n.contains("TLS")),
+                "{what}: anyone on the path serves the keys, and nothing says so: {n:?}"
+            );
+        }
+        for (host, socket) in [
+            ("idp.example", Some(checked.as_str())),
+            ("127.0.0.1", None),
+            ("localhost", None),
+        ] {
+            let n = jwks_cluster_notes(host, socket);
+            assert!(
+                !n.iter().any(|n| n.contains("remote_jwks.cluster")),
+                "{host} {socket:?}: {n:?}"
+            );
+        }
     }
 
     #[test]

@@ -1009,37 +1009,19 @@ mod tests {
         let shared = store::MemStore::default();
         let r = remote("jwks", "idp.example", "/k");
         let (mut a, mut b) = (JwksSlot::default(), JwksSlot::default());
+        // Worker a fetches `doc` at `t`; worker b reads the shared copy.
+        let fetch = |a: &mut JwksSlot, b: &mut JwksSlot, doc: &[u8], t: u64| {
+            store(&shared, a, "idp", &r, doc, t * 1000, t, || t * 1000).unwrap();
+            sync(&shared, b, "idp", &r, t + 1);
+        };
         let t = 1_000_000u64;
-        let at = |t: u64| move || t * 1000;
-        store(
-            &shared,
-            &mut a,
-            "idp",
-            &r,
-            &jwks_doc(7, "k1"),
-            t * 1000,
-            t,
-            at(t),
-        )
-        .unwrap();
-        sync(&shared, &mut b, "idp", &r, t + 1);
+        fetch(&mut a, &mut b, &jwks_doc(7, "k1"), t);
         let (held_a, held_b) = (a.keys.keys.clone().unwrap(), b.keys.keys.clone().unwrap());
         let (version, cas) = (b.keys.version, b.loaded_cas);
         // The refresh writes the same document again, a new CAS for every
         // worker: both read it, take its date, and keep the keys they hold.
         let t2 = t + 60;
-        store(
-            &shared,
-            &mut a,
-            "idp",
-            &r,
-            &jwks_doc(7, "k1"),
-            t2 * 1000,
-            t2,
-            at(t2),
-        )
-        .unwrap();
-        sync(&shared, &mut b, "idp", &r, t2 + 1);
+        fetch(&mut a, &mut b, &jwks_doc(7, "k1"), t2);
         assert_ne!(b.loaded_cas, cas, "the new copy was read");
         assert!(
             Rc::ptr_eq(a.keys.keys.as_ref().unwrap(), &held_a),
@@ -1056,19 +1038,7 @@ mod tests {
             "dated by the new fetch"
         );
         // Another document is parsed.
-        let t3 = t2 + 60;
-        store(
-            &shared,
-            &mut a,
-            "idp",
-            &r,
-            &jwks_doc(8, "k2"),
-            t3 * 1000,
-            t3,
-            at(t3),
-        )
-        .unwrap();
-        sync(&shared, &mut b, "idp", &r, t3 + 1);
+        fetch(&mut a, &mut b, &jwks_doc(8, "k2"), t2 + 60);
         assert_eq!(kids(&a), ["k2"]);
         assert_eq!(kids(&b), ["k2"]);
         assert_ne!(b.keys.version, version);
