@@ -48,6 +48,10 @@ impl LogLimiter {
 
     /// Decides about one line at `now` (seconds).
     pub fn admit(&mut self, now: u64) -> Admit {
+        if self.per_second == 0 {
+            // Off: nothing to say was left out either, once a second.
+            return Admit::Suppress;
+        }
         if now != self.window {
             self.window = now;
             self.used = 0;
@@ -98,6 +102,18 @@ mod tests {
         assert_eq!(l.take_left_out(16), 1);
         assert_eq!(l.take_left_out(17), 0);
         assert_eq!(l.admit(17), Admit::Write { suppressed: 0 });
+    }
+
+    #[test]
+    fn zero_reports_no_left_out_lines_either() {
+        // `decision_log_per_second: 0` turns the per-request lines off
+        // (README); the tick must not then write "N decision log lines
+        // left out" every second of traffic instead.
+        let mut l = LogLimiter::new(0);
+        for _ in 0..1_000 {
+            assert_eq!(l.admit(10), Admit::Suppress);
+        }
+        assert_eq!(l.take_left_out(11), 0, "a line a second per worker");
     }
 
     #[test]
