@@ -83,7 +83,8 @@ pub struct Metrics {
     /// route's `failure_mode`).
     jwks_wait_overflows: Option<u32>,
     /// `appguard_host_errors`: requests answered 503 because the host
-    /// failed a call appguard needed.
+    /// failed a call appguard needed, and decided requests whose local
+    /// reply or resume the host refused.
     host_errors: Option<u32>,
     /// `appguard_vm_memory_bytes`: the gauge of the VM's linear memory
     /// (Envoy 1.40 has none of its own).
