@@ -1356,29 +1356,8 @@ impl Config {
                             Source::Body {
                                 pointer,
                                 phone: false,
-                            } => {
-                                // Any case, `_` and `-` left out: `phone_number`,
-                                // `phoneNumber` and `PhoneNumber` are one name.
-                                let last: String = pointer
-                                    .rsplit('/')
-                                    .next()
-                                    .unwrap_or("")
-                                    .chars()
-                                    .filter(|c| *c != '_' && *c != '-')
-                                    .map(|c| c.to_ascii_lowercase())
-                                    .collect();
-                                [
-                                    "phonenumber",
-                                    "phone",
-                                    "msisdn",
-                                    "mobile",
-                                    "mobilenumber",
-                                    "email",
-                                    "emailaddress",
-                                ]
-                                .contains(&last.as_str())
-                                .then_some(pointer)
-                            }
+                            } => names_personal_data(pointer.rsplit('/').next().unwrap_or(""))
+                                .then_some(pointer),
                             _ => None,
                         });
                 if let Some(p) = personal_body {
@@ -2263,6 +2242,13 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             "access-control-request-headers",
         ];
         elsewhere.extend(network.country_header.as_deref());
+        // A route's own network reads its own country header.
+        elsewhere.extend(
+            routes
+                .iter()
+                .filter_map(|r| r.network.as_ref())
+                .filter_map(|n| n.country_header.as_deref()),
+        );
         elsewhere.extend(crate::policy::METHOD_OVERRIDE_HEADERS);
         elsewhere.extend(crate::policy::URL_OVERRIDE_HEADERS);
         elsewhere.extend(crate::policy::FORWARDED_HOST_HEADERS);
@@ -2525,6 +2511,43 @@ fn key_and_token_headers(api_keys: &ApiKeys, providers: &[Provider]) -> Vec<Stri
         }
     }
     out
+}
+
+/// Whether a JSON member name `member` (a body pointer's last one) names
+/// a phone number or an e-mail address: its last word is `phone`,
+/// `msisdn`, `mobile` or `email`, or its last two `phone number`, `mobile
+/// number`, `email address` or `e mail`, words split at `_`, `-` and where
+/// a capital follows a small letter or a digit, in any case
+/// (`phone_number`, `phoneNumber`, `recipientPhone`, `contact_email`).
+fn names_personal_data(member: &str) -> bool {
+    let mut words: Vec<String> = Vec::new();
+    let mut prev_small = false;
+    for c in member.chars() {
+        if c == '_' || c == '-' {
+            words.push(String::new());
+            prev_small = false;
+            continue;
+        }
+        if (c.is_ascii_uppercase() && prev_small) || words.is_empty() {
+            words.push(String::new());
+        }
+        prev_small = c.is_ascii_lowercase() || c.is_ascii_digit();
+        if let Some(w) = words.last_mut() {
+            w.push(c.to_ascii_lowercase());
+        }
+    }
+    words.retain(|w| !w.is_empty());
+    let last = words.last().map(String::as_str);
+    let last_two = words
+        .len()
+        .checked_sub(2)
+        .and_then(|at| words.get(at..))
+        .map(|w| w.join(" "));
+    matches!(last, Some("phone" | "msisdn" | "mobile" | "email"))
+        || matches!(
+            last_two.as_deref(),
+            Some("phone number" | "mobile number" | "email address" | "e mail")
+        )
 }
 
 /// [`Config::credential_headers`]: `credentials` (see
@@ -5168,7 +5191,8 @@ mod advice_on_routes {
     /// `phone: true`, sends it in clear just the same: a phone number
     /// (SPEC: "hashed before they leave the filter") or an e-mail address,
     /// named in snake_case or camelCase (Firebase Auth's
-    /// `sendVerificationCode` takes `phoneNumber`).
+    /// `sendVerificationCode` takes `phoneNumber`), alone or as the last
+    /// word of a longer name (`recipientPhone`, `contact_email`).
     #[test]
     fn a_body_entry_on_a_phone_number_or_email_in_clear_is_pointed_out() {
         let in_clear = |pointer: &str| {
@@ -5187,6 +5211,11 @@ mod advice_on_routes {
             "/mobileNumber",
             "/emailAddress",
             "/email_address",
+            "/recipientPhone",
+            "/to_phone",
+            "/userEmail",
+            "/contact_email",
+            "/customerPhoneNumber",
         ] {
             assert!(
                 in_clear(pointer),
@@ -5195,7 +5224,7 @@ mod advice_on_routes {
             );
         }
         // An opaque value is not personal data.
-        for pointer in ["/device_id", "/phoneModel"] {
+        for pointer in ["/device_id", "/phoneModel", "/iphone", "/microphone"] {
             assert!(!in_clear(pointer), "{pointer}");
         }
     }

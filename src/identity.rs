@@ -751,6 +751,13 @@ fn parse_origin_inner(s: &str, allow_wildcard: bool) -> Option<Origin> {
         Some(addr) => format!("[{}]", ipv6_text(addr)),
         None => host,
     };
+    // A host whose last label is a number is an IPv4 address to the URL
+    // standard, which browsers serialise dotted-decimal (`127.1`,
+    // `0x7f.0.0.1` and `2130706433` are sent as `127.0.0.1`, `010.0.0.1`
+    // as `8.0.0.1`): only that spelling names what a browser sends.
+    if ends_in_a_number(&host) && host.parse::<std::net::Ipv4Addr>().is_err() {
+        return None;
+    }
     if allow_wildcard && host.starts_with("*.") {
         // Only patterns carry `*`; the rest is checked by OriginPattern::parse.
         return Some(Origin { scheme, host, port });
@@ -759,6 +766,18 @@ fn parse_origin_inner(s: &str, allow_wildcard: bool) -> Option<Origin> {
         return None;
     }
     Some(Origin { scheme, host, port })
+}
+
+/// Whether the URL standard reads `host` as an IPv4 address: its last
+/// label (a trailing dot already cut) is decimal digits or `0x` and hex
+/// digits. `Ipv4Addr`'s parser takes only four decimal parts without
+/// leading zeros, the one form browsers send.
+fn ends_in_a_number(host: &str) -> bool {
+    let last = host.rsplit('.').next().unwrap_or("");
+    let hex = last
+        .strip_prefix("0x")
+        .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+    !last.is_empty() && (last.bytes().all(|b| b.is_ascii_digit()) || hex)
 }
 
 /// An IPv6 address as the URL standard serialises a host: RFC 5952's text
@@ -1673,6 +1692,31 @@ mod tests {
                 panic!(
                     "token_app_ids [{bad:?}] accepted; a claim {bad:?} names: {:?}",
                     app_from_claim(&apps, bad, false).map(|a| a.id.as_str())
+                );
+            }
+        }
+    }
+
+    /// The URL standard reads a host whose last label is a number as an
+    /// IPv4 address and serialises it dotted-decimal: browsers send
+    /// `https://127.0.0.1` for `https://127.1`, `https://0x7f.0.0.1`,
+    /// `https://2130706433` and `https://127.000.000.001`, and
+    /// `https://8.0.0.1` for `https://010.0.0.1` (octal). Such a pattern
+    /// loads and matches no browser's request (or another address than
+    /// written); it must be read as the address or refused.
+    #[test]
+    fn ipv4_origins_in_another_spelling_are_read_as_addresses_or_refused() {
+        for (pattern, sent) in [
+            ("https://127.1", "https://127.0.0.1"),
+            ("https://0x7f.0.0.1", "https://127.0.0.1"),
+            ("https://2130706433", "https://127.0.0.1"),
+            ("https://127.000.000.001", "https://127.0.0.1"),
+            ("https://010.0.0.1", "https://8.0.0.1"),
+        ] {
+            if let Ok(p) = OriginPattern::parse(pattern) {
+                assert!(
+                    p.matches(&origin(sent)),
+                    "{pattern} loads but does not match {sent}, the origin a browser sends for it"
                 );
             }
         }

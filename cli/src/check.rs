@@ -920,7 +920,7 @@ fn cleartext_jwks_clusters(config: &Config, doc: &Value, notes: &mut Vec<String>
         if cluster.get("transport_socket_matches").is_some() {
             continue;
         }
-        let Some(why) = unchecked_transport(cluster.get("transport_socket")) else {
+        let Some(why) = unchecked_transport(cluster) else {
             continue;
         };
         let mut hosts = Vec::new();
@@ -950,10 +950,14 @@ fn cleartext_jwks_clusters(config: &Config, doc: &Value, notes: &mut Vec<String>
 
 /// Why a cluster's `transport_socket` leaves its peer unchecked, if it
 /// does: none (plain text), `raw_buffer`, or an `UpstreamTlsContext`
-/// without a validation context (Envoy then takes any certificate).
-/// Another socket (one wrapping TLS, a tap) is not judged.
-fn unchecked_transport(socket: Option<&Value>) -> Option<&'static str> {
-    let Some(socket) = socket else {
+/// whose inline `validation_context` checks no chain (none, no
+/// `trusted_ca`, `ACCEPT_UNTRUSTED`) or no name (Envoy checks a server's
+/// name only when told: `match_typed_subject_alt_names`, or the cluster's
+/// `auto_san_validation`; a pinned key or certificate hash needs none).
+/// A validation context from SDS or a certificate provider, and another
+/// socket (one wrapping TLS, a tap), are not judged.
+fn unchecked_transport(cluster: &Value) -> Option<&'static str> {
+    let Some(socket) = cluster.get("transport_socket") else {
         return Some("has no transport_socket: the JWKS is fetched without TLS");
     };
     let name = socket.get("name").and_then(Value::as_str).unwrap_or("");
@@ -968,21 +972,57 @@ fn unchecked_transport(socket: Option<&Value>) -> Option<&'static str> {
     if !kind.ends_with("tls.v3.UpstreamTlsContext") {
         return None;
     }
-    let checked = config
-        .and_then(|c| c.get("common_tls_context"))
-        .is_some_and(|c| {
-            [
-                "validation_context",
-                "validation_context_sds_secret_config",
-                "combined_validation_context",
-                "validation_context_certificate_provider",
-                "validation_context_certificate_provider_instance",
-            ]
-            .iter()
-            .any(|k| c.get(*k).is_some())
+    let common = config.and_then(|c| c.get("common_tls_context"));
+    let elsewhere = common.is_some_and(|c| {
+        [
+            "validation_context_sds_secret_config",
+            "combined_validation_context",
+            "validation_context_certificate_provider",
+            "validation_context_certificate_provider_instance",
+        ]
+        .iter()
+        .any(|k| c.get(*k).is_some())
+    });
+    if elsewhere {
+        return None;
+    }
+    let Some(v) = common.and_then(|c| c.get("validation_context")) else {
+        return Some(
+            "has TLS without a validation_context: Envoy takes any certificate the JWKS host shows",
+        );
+    };
+    let has = |k: &str| {
+        v.get(k)
+            .is_some_and(|x| !x.is_null() && x.as_array().is_none_or(|a| !a.is_empty()))
+    };
+    if has("custom_validator_config") {
+        return None;
+    }
+    let pinned = has("verify_certificate_spki") || has("verify_certificate_hash");
+    let untrusted =
+        v.get("trust_chain_verification").and_then(Value::as_str) == Some("ACCEPT_UNTRUSTED");
+    if untrusted || (!has("trusted_ca") && !pinned) {
+        return Some(
+            "has TLS whose validation_context checks no certificate chain (no trusted_ca, or \
+             ACCEPT_UNTRUSTED): Envoy takes any certificate the JWKS host shows",
+        );
+    }
+    let auto_san = cluster
+        .get("typed_extension_protocol_options")
+        .and_then(Value::as_object)
+        .is_some_and(|o| {
+            o.values().any(|p| {
+                p.get("upstream_http_protocol_options")
+                    .and_then(|u| u.get("auto_san_validation"))
+                    .and_then(Value::as_bool)
+                    == Some(true)
+            })
         });
-    (!checked).then_some(
-        "has TLS without a validation_context: Envoy takes any certificate the JWKS host shows",
+    let named = has("match_typed_subject_alt_names") || has("match_subject_alt_names");
+    (!pinned && !named && !auto_san).then_some(
+        "has TLS that checks the certificate's chain but not its name (no \
+         match_typed_subject_alt_names or auto_san_validation): Envoy takes any publicly \
+         trusted certificate, for any domain",
     )
 }
 
@@ -2012,31 +2052,55 @@ static_resources:
     }
 
     /// A remote JWKS fetched without TLS, or with TLS that checks no
-    /// certificate (an `UpstreamTlsContext` without a `validation_context`:
-    /// Envoy then accepts any server certificate), lets anyone on the path
-    /// to the issuer hand the filter keys of their own, and sign tokens it
-    /// accepts (SECURITY.md: "serve remote JWKS over TLS"). check-config
-    /// reads the cluster and names it; one with a trusted CA, or one to
-    /// this host (a local sidecar), is left alone.
+    /// certificate, lets anyone on the path to the issuer hand the filter
+    /// keys of their own, and sign tokens it accepts (SECURITY.md: "serve
+    /// remote JWKS over TLS"). Envoy checks a chain only with a
+    /// `validation_context` that names one, and a name only when told:
+    /// with `trusted_ca` alone it takes any publicly trusted certificate
+    /// (the one an attacker holds for a domain of their own), with an
+    /// empty `validation_context` anything, and with `ACCEPT_UNTRUSTED`
+    /// any chain. check-config names each such cluster; one that checks
+    /// chain and name (the shipped examples), or one to this host (a
+    /// local sidecar), is left alone.
     #[test]
     fn a_remote_jwks_cluster_that_checks_no_certificate_is_named() {
-        let unchecked = "      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        sni: idp.example\n";
-        let checked = format!(
-            "{unchecked}        common_tls_context:\n          validation_context:\n            trusted_ca: {{filename: /etc/ssl/certs/ca-certificates.crt}}\n"
-        );
-        let raw = "      name: envoy.transport_sockets.raw_buffer\n";
+        let tls = |validation: &str| {
+            format!(
+                "      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        sni: idp.example\n{validation}"
+            )
+        };
+        let context = |inner: &str| {
+            tls(&format!(
+                "        common_tls_context:\n          validation_context:\n{inner}"
+            ))
+        };
+        let ca = "            trusted_ca: {filename: /etc/ssl/certs/ca-certificates.crt}\n";
+        let san = "            match_typed_subject_alt_names:\n            - san_type: DNS\n              matcher: {exact: idp.example}\n";
+        let raw = "      name: envoy.transport_sockets.raw_buffer\n".to_owned();
         for (what, socket) in [
             ("no transport_socket", None),
-            ("TLS without a validation_context", Some(unchecked)),
+            ("TLS without a validation_context", Some(tls(""))),
             ("raw_buffer", Some(raw)),
+            ("a trusted CA and no name check", Some(context(ca))),
+            (
+                "an empty validation_context",
+                Some(context("            {}\n")),
+            ),
+            (
+                "ACCEPT_UNTRUSTED",
+                Some(context(&format!(
+                    "{ca}{san}            trust_chain_verification: ACCEPT_UNTRUSTED\n"
+                ))),
+            ),
         ] {
-            let n = jwks_cluster_notes("idp.example", socket);
+            let n = jwks_cluster_notes("idp.example", socket.as_deref());
             assert!(
                 n.iter()
                     .any(|n| n.contains("tokens[0].remote_jwks.cluster") && n.contains("TLS")),
                 "{what}: anyone on the path serves the keys, and nothing says so: {n:?}"
             );
         }
+        let checked = context(&format!("{ca}{san}"));
         for (host, socket) in [
             ("idp.example", Some(checked.as_str())),
             ("127.0.0.1", None),

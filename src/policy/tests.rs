@@ -10225,3 +10225,21 @@ fn the_api_key_header_cannot_be_a_header_appguard_reads_for_something_else() {
     v["api_keys"]["header"] = json!("x-goog-api-key");
     Config::from_json(v.to_string().as_bytes()).expect("a header of its own");
 }
+
+/// The API-key header may not be the
+/// country header, a route's own (`routes[].network.country_header`) no
+/// more than the top-level one: on that route every keyed request would
+/// show its key as the country (and a geolocation filter in front would
+/// overwrite the key).
+#[test]
+fn the_api_key_header_cannot_be_a_routes_country_header() {
+    let cfg = json!({
+        "api_keys": {"header": "x-country", "keys": []},
+        "routes": [{"name": "eu", "match": {"prefix": "/"}, "api_key": "required",
+                    "network": {"country_header": "x-country", "country_allow": ["DE"]}}]
+    });
+    match Config::from_json(cfg.to_string().as_bytes()) {
+        Ok(_) => panic!("api_keys.header \"x-country\" accepted beside routes[0].network.country_header \"x-country\""),
+        Err(e) => assert_eq!(e.path, "api_keys.header", "{e:?}"),
+    }
+}
