@@ -265,8 +265,14 @@ impl E164 {
     /// …`, `+1 1 0 …`): no number is written so, and a gateway that drops
     /// every `0` there would deliver it to `+44 909 …`, past a denied
     /// prefix and a per-number limit that read it with one `0` dropped.
+    /// Hungary's `06` counts too, before more digits than `split_trunk`
+    /// reads it off before (`+36 06 06 90 …`).
     pub fn trunk_written_twice(&self) -> bool {
         split_trunk(self.digits(), true).is_some_and(|(_, rest)| rest.starts_with('0'))
+            || self
+                .digits()
+                .strip_prefix("3606")
+                .is_some_and(|rest| rest.starts_with('0'))
     }
 }
 
@@ -421,12 +427,17 @@ fn scan(input: &str) -> Result<Scanned, PhoneError> {
                 } else {
                     digits.strip_prefix("00")
                 };
-                // Where the `0` is part of the number (Italy's `+39 (0)6 …`
-                // is `+39 06 …`), it stays a digit.
+                // Only where the trunk prefix is `0` alone: where the `0`
+                // is part of the number (Italy's `+39 (0)6 …` is `+39 06
+                // …`), or the start of a longer trunk prefix (Hungary's
+                // `+36 (0)6 90 …` is `+36 06 90 …`, read off as `06` by
+                // `split_trunk`: dropping the `0` alone left `+36 690 …`,
+                // past a denied `+36 90`), or no trunk prefix at all
+                // (North America's is `1`), it stays a digit.
                 let after_calling_code = code.is_some_and(|c| {
                     !c.is_empty()
                         && c.len() == calling_code_len(c)
-                        && !ZERO_IS_SIGNIFICANT.contains(&c)
+                        && default_national_prefix(Some(c)) == "0"
                 });
                 if after_calling_code
                     && bytes.get(i + 1) == Some(&b'0')
@@ -592,8 +603,9 @@ fn after_prefix<'d>(digits: &'d str, prefix: &str) -> Option<&'d str> {
 ///   written with `00` read without the one to three digits after it that
 ///   a carrier's prefix adds (`002 882 …` is `+882 …` in South Korea);
 /// - under a default country, a national number that starts with that
-///   country's calling code, and would be longer than 12 digits with it
-///   added again, read as international (`44 70 …` under `44`, `+44 4470
+///   country's calling code, and is longer than the country's national
+///   numbers with it (`longest_national`: ten digits for most two-digit
+///   codes, eight in Denmark), read as international (`44 70 …` under `44`, `+44 4470
 ///   …` to [`normalize`], is `+44 70 …` to libphonenumber, which drops a
 ///   calling code that makes the number too long; Italy's `393 …` mobiles
 ///   stay national).
@@ -656,11 +668,29 @@ pub fn other_readings(input: &str, rules: &PhoneRules) -> Vec<E164> {
         }
     } else {
         let national = national_digits(&digits, rules);
-        if code.len() + national.len() > 12 && digits.starts_with(code) && valid(&digits) {
+        if national.len() > longest_national(code) && digits.starts_with(code) && valid(&digits) {
             out.push(E164(format!("+{digits}")));
         }
     }
     out
+}
+
+/// The most digits a national number of `code` has (libphonenumber's
+/// longest possible length): a national reading longer than this is too
+/// long for the country, and libphonenumber then reads a calling code
+/// written without `+` in front of it as that code. Ten for a two-digit
+/// code (as in the United Kingdom, Germany, Italy), nine for a
+/// three-digit one, eleven for `1` and `7`, unless listed: countries of
+/// shorter numbers, where `32 900 12345` (Belgium, nine digits at most)
+/// is `+32 900 12345` to libphonenumber.
+fn longest_national(code: &str) -> usize {
+    match code {
+        // Belgium: 8 (fixed, premium `90x`) or 9 (mobile).
+        "32" => 9,
+        // Denmark (premium `90`), Norway (premium `820`): eight.
+        "45" | "47" => 8,
+        _ => 12usize.saturating_sub(code.len()),
+    }
 }
 
 /// Rule 8: the zones whose plan fixes every number's shape. A `+1` (North

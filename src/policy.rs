@@ -2055,6 +2055,15 @@ fn body_values(config: &Config, route: &Route, body: &[u8]) -> Result<BodyValues
                 continue;
             }
             let node = doc.pointer(pointer).ok_or(Reason::BodyInvalid)?;
+            // lodash's `_.get(body, "sms.to")` takes a top-level key named
+            // like the whole dotted path before it splits the path: beside
+            // `{"sms":{"to":…}}`, a `"sms.to"` member is the value such an
+            // upstream reads.
+            if dotted_path(pointer)
+                .is_some_and(|d| doc.as_object().is_some_and(|o| o.contains_key(&d)))
+            {
+                return Err(Reason::BodyInvalid);
+            }
             // A negative JSON integer is no phone number: its `-` is a
             // sign, not a separator.
             if *is_phone && node.as_i64().is_some_and(|n| n < 0) {
@@ -2097,6 +2106,18 @@ fn body_values(config: &Config, route: &Route, body: &[u8]) -> Result<BodyValues
         }
     }
     Ok(out)
+}
+
+/// A JSON pointer of two or more segments as a dotted path (`/sms/to` is
+/// `sms.to`, `~1` and `~0` unescaped), as path helpers such as lodash's
+/// `_.get` take it; `None` for a pointer of one segment.
+fn dotted_path(pointer: &str) -> Option<String> {
+    let segments: Vec<String> = pointer
+        .split('/')
+        .skip(1)
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    (segments.len() >= 2).then(|| segments.join("."))
 }
 
 /// The value of one descriptor entry, or `None` when the request has none

@@ -10243,3 +10243,126 @@ fn the_api_key_header_cannot_be_a_routes_country_header() {
         Err(e) => assert_eq!(e.path, "api_keys.header", "{e:?}"),
     }
 }
+
+/// A calling code written without `+` under a default whose national
+/// numbers are short: libphonenumber drops it when the number is too long
+/// for the country with it (longer than the country's longest national
+/// number: nine digits in Belgium, eight in Denmark and Norway), or is no
+/// number of the country with it and one without. `other_readings` used to
+/// read it so only when the whole was longer than 12 digits, which fits
+/// countries of ten-digit numbers: `32 900 12345` under `32` (appguard:
+/// `+32 3290012345`) is `+32 900 12345`, Belgium's premium 0900, to an
+/// upstream parsing for BE, and went past a denied `+32 90`.
+#[test]
+fn a_calling_code_before_a_short_national_number_is_read_off() {
+    let mut passed = Vec::new();
+    for (cc, denied, n) in [
+        ("32", "+32 90", "32 900 12345"),
+        ("32", "+32 90", "32 90012345"),
+        ("45", "+45 90", "45 90 12 34 56"),
+        ("47", "+47 82", "47 820 12 345"),
+    ] {
+        let w = phone_world(&[denied], Some(cc));
+        // The same number with `+` is denied.
+        assert_eq!(
+            sms_to(&w, &format!("+{n}")).0,
+            Some(Reason::PhoneDenied),
+            "+{n}"
+        );
+        let got = sms_to(&w, n).0;
+        if !matches!(got, Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)) {
+            passed.push(format!("under {cc}: {n:?} past {denied}: {got:?}"));
+        }
+    }
+    assert!(passed.is_empty(), "denied numbers let through: {passed:#?}");
+}
+
+/// Hungary's trunk prefix is `06`, not `0`: `scan` drops a `(0)` right
+/// after the calling code as a trunk `0`, which leaves the `6` as the
+/// first digit of the number. `+36 (0)6 90 123 456` read `+36 690 123 456`
+/// (no trunk prefix left to read off), while libphonenumber (and a gateway
+/// keeping only the digits) reads `+36 06 90 123 456`, strips the
+/// national prefix `06` as it does for international input, and dials
+/// `+36 90 123 456`, premium rate: past a denied `+36 90`.
+#[test]
+fn a_zero_group_before_the_rest_of_a_trunk_prefix_is_not_dropped() {
+    let mut passed = Vec::new();
+    for default in [None, Some("36"), Some("44")] {
+        let w = phone_world(&["+36 90"], default);
+        // Written without the group, with `06` or with `(06)`: denied.
+        for n in ["+36 06 90 123 456", "+36 (06) 90 123 456", "+36 90 123 456"] {
+            assert_eq!(sms_to(&w, n).0, Some(Reason::PhoneDenied), "{n}");
+        }
+        for n in [
+            "+36 (0)6 90 123 456",
+            "0036 (0)6 90 123 456",
+            "+36(0)690123456",
+        ] {
+            let got = sms_to(&w, n).0;
+            if !matches!(got, Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)) {
+                passed.push(format!("default {default:?}: {n:?} -> {got:?}"));
+            }
+        }
+    }
+    assert!(
+        passed.is_empty(),
+        "premium numbers let through: {passed:#?}"
+    );
+}
+
+/// A nested phone pointer (`/sms/to`) beside a top-level key that spells
+/// the same path with dots (`"sms.to"`): lodash's `_.get(body, "sms.to")`
+/// (and `_.has`, `_.result`) take a key of the object named exactly like
+/// the whole path before splitting it at dots, so a Node upstream
+/// reading the number so sends to `"sms.to"`'s number, not the one
+/// appguard checked and counted.
+#[test]
+fn a_key_spelling_a_nested_pointer_with_dots_is_refused() {
+    let w = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+        "phone": {"denied_prefixes": ["+882"], "hash_key_base64": STANDARD.encode([5u8; 32])},
+        "routes": [
+            {"name": "sms", "match": {"prefix": "/sms"}, "failure_mode": "deny",
+             "rate_limits": [
+                {"entries": [{"type": "route"}, {"type": "body", "pointer": "/sms/to", "phone": true}]}
+             ]}
+        ]
+    }));
+    let ok = r#"{"sms":{"to":"+447700900123"}}"#;
+    assert_eq!(sms_outcome(&w, "/sms", ok).0, None);
+    let smuggled = r#"{"sms":{"to":"+447700900123"},"sms.to":"+88212345678"}"#;
+    assert_eq!(
+        sms_outcome(&w, "/sms", smuggled).0,
+        Some(Reason::BodyInvalid),
+        "`sms.to` beside `sms`/`to`"
+    );
+}
+
+/// Hungary's trunk prefix written twice: `+44 00 909 …` and `+36 06 0 90 …`
+/// are refused as no number (`trunk_written_twice`: a gateway that drops
+/// every trunk prefix there delivers them past the denied prefix), but
+/// `+36 06 06 90 …` passed: the `06` is read off only before eight or
+/// nine digits, and ten follow it here, so the second `06` was never
+/// looked at. A gateway dropping both reaches `+36 90 …`.
+#[test]
+fn hungarys_trunk_prefix_written_twice_is_no_number() {
+    let w = phone_world(&["+36 90"], Some("36"));
+    for n in ["+36 06 0 90 123 456", "+44 0 0 909 123 4567"] {
+        assert_eq!(sms_to(&w, n).0, Some(Reason::BodyInvalid), "{n}");
+    }
+    let mut passed = Vec::new();
+    for n in [
+        "+36 06 06 90 123 456",
+        "+36 0606 90123456",
+        "0036 06 06 90 123 456",
+    ] {
+        let got = sms_to(&w, n).0;
+        if !matches!(got, Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)) {
+            passed.push(format!("{n:?} -> {got:?}"));
+        }
+    }
+    assert!(
+        passed.is_empty(),
+        "premium numbers let through: {passed:#?}"
+    );
+}
