@@ -2211,6 +2211,19 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
     let network = compile_network("network", raw.network.unwrap_or_default())?;
+    // Every country header a request is read by: the top-level one and
+    // each route's own (`routes[].network`).
+    let country_headers: Vec<&str> = network
+        .country_header
+        .as_deref()
+        .into_iter()
+        .chain(
+            routes
+                .iter()
+                .filter_map(|r| r.network.as_ref())
+                .filter_map(|n| n.country_header.as_deref()),
+        )
+        .collect();
     // The API-key header names one thing, as the platform headers do: one
     // appguard reads for something else (the web origin, the country, a
     // method, URL or host override, a body, signature or preflight
@@ -2241,14 +2254,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             "access-control-request-method",
             "access-control-request-headers",
         ];
-        elsewhere.extend(network.country_header.as_deref());
-        // A route's own network reads its own country header.
-        elsewhere.extend(
-            routes
-                .iter()
-                .filter_map(|r| r.network.as_ref())
-                .filter_map(|n| n.country_header.as_deref()),
-        );
+        elsewhere.extend(&country_headers);
         elsewhere.extend(crate::policy::METHOD_OVERRIDE_HEADERS);
         elsewhere.extend(crate::policy::URL_OVERRIDE_HEADERS);
         elsewhere.extend(crate::policy::FORWARDED_HOST_HEADERS);
@@ -2292,7 +2298,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         "x-real-ip",
         &api_keys.header,
     ];
-    owned.extend(network.country_header.as_deref());
+    owned.extend(&country_headers);
     // The headers routes are matched by (a claim written there would
     // route the request upstream after appguard matched it).
     owned.extend(crate::policy::METHOD_OVERRIDE_HEADERS);
@@ -2515,7 +2521,8 @@ fn key_and_token_headers(api_keys: &ApiKeys, providers: &[Provider]) -> Vec<Stri
 
 /// Whether a JSON member name `member` (a body pointer's last one) names
 /// a phone number or an e-mail address: its last word is `phone`,
-/// `msisdn`, `mobile` or `email`, or its last two `phone number`, `mobile
+/// `msisdn`, `mobile` or `email` (or, written as one word, `phonenumber`,
+/// `mobilenumber`, `emailaddress`), or its last two `phone number`, `mobile
 /// number`, `email address` or `e mail`, words split at `_`, `-` and where
 /// a capital follows a small letter or a digit, in any case
 /// (`phone_number`, `phoneNumber`, `recipientPhone`, `contact_email`).
@@ -2543,11 +2550,22 @@ fn names_personal_data(member: &str) -> bool {
         .checked_sub(2)
         .and_then(|at| words.get(at..))
         .map(|w| w.join(" "));
-    matches!(last, Some("phone" | "msisdn" | "mobile" | "email"))
-        || matches!(
-            last_two.as_deref(),
-            Some("phone number" | "mobile number" | "email address" | "e mail")
+    // One word written without a break (`phonenumber`, `PHONENUMBER`).
+    matches!(
+        last,
+        Some(
+            "phone"
+                | "msisdn"
+                | "mobile"
+                | "email"
+                | "phonenumber"
+                | "mobilenumber"
+                | "emailaddress"
         )
+    ) || matches!(
+        last_two.as_deref(),
+        Some("phone number" | "mobile number" | "email address" | "e mail")
+    )
 }
 
 /// [`Config::credential_headers`]: `credentials` (see
@@ -5216,6 +5234,11 @@ mod advice_on_routes {
             "/userEmail",
             "/contact_email",
             "/customerPhoneNumber",
+            "/phonenumber",
+            "/emailaddress",
+            "/mobilenumber",
+            "/PHONENUMBER",
+            "/user/Phonenumber",
         ] {
             assert!(
                 in_clear(pointer),
@@ -5230,7 +5253,6 @@ mod advice_on_routes {
     }
 
     /// A route for `HEAD` alone (a load balancer's
-    /// a route for `HEAD` alone (a load balancer's
     /// health check) before a route that takes `GET` on the same paths:
     /// every `HEAD` request it matches is refused `route_denied` (upstreams
     /// run the GET handler for HEAD, so HEAD must take GET's route), so the

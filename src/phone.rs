@@ -682,13 +682,16 @@ pub fn other_readings(input: &str, rules: &PhoneRules) -> Vec<E164> {
 /// code (as in the United Kingdom, Germany, Italy), nine for a
 /// three-digit one, eleven for `1` and `7`, unless listed: countries of
 /// shorter numbers, where `32 900 12345` (Belgium, nine digits at most)
-/// is `+32 900 12345` to libphonenumber.
+/// is `+32 900 12345` to libphonenumber, and `36 90 123 456` (Hungary,
+/// nine) `+36 90 123 456`.
 fn longest_national(code: &str) -> usize {
     match code {
         // Belgium: 8 (fixed, premium `90x`) or 9 (mobile).
         "32" => 9,
         // Denmark (premium `90`), Norway (premium `820`): eight.
         "45" | "47" => 8,
+        // Hungary: 8 (fixed, premium `90`/`91`) or 9 (mobile).
+        "36" => 9,
         _ => 12usize.saturating_sub(code.len()),
     }
 }

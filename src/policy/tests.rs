@@ -10366,3 +10366,87 @@ fn hungarys_trunk_prefix_written_twice_is_no_number() {
         "premium numbers let through: {passed:#?}"
     );
 }
+
+/// Hungary's numbers are eight or nine digits
+/// (libphonenumber HU: general `[235-7]\d{8}|[1-9]\d{7}`, premium
+/// `9[01]\d{6}`), so `36 90 123 456` under a default of `36` (ten digits)
+/// is too long for the country, and libphonenumber reads it as
+/// `+36 90 123 456`, premium rate, as it reads `32 900 12345` under
+/// Belgium. `longest_national` gives `36` the two-digit default of ten.
+#[test]
+fn hungary_calling_code_before_a_premium_number_is_read_off() {
+    let mut passed = Vec::new();
+    for (cc, denied, n) in [
+        ("36", "+36 90", "36 90 123 456"),
+        ("36", "+36 90", "3690123456"),
+        ("36", "+36 91", "36 91 123 456"),
+    ] {
+        let w = phone_world(&[denied], Some(cc));
+        assert_eq!(
+            sms_to(&w, &format!("+{n}")).0,
+            Some(Reason::PhoneDenied),
+            "+{n}"
+        );
+        let got = sms_to(&w, n).0;
+        if !matches!(got, Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)) {
+            passed.push(format!("under {cc}: {n:?} past {denied}: {got:?}"));
+        }
+    }
+    assert!(passed.is_empty(), "denied numbers let through: {passed:#?}");
+}
+
+/// legitimate international spellings with `(0)` that
+/// real clients send must still be accepted and count as the number
+/// without the `0` (guards the 9d3952b change against over-reach).
+#[test]
+fn zero_group_after_a_zero_trunk_country_still_accepted() {
+    let w = phone_world(&["+44 909"], None);
+    for (with, without) in [
+        ("+44 (0)20 7946 0000", "+44 20 7946 0000"),
+        ("+49 (0)30 1234 5678", "+49 30 1234 5678"),
+        ("+33 (0)1 23 45 67 89", "+33 1 23 45 67 89"),
+        ("+36 (0)1 234 5678", "+36 1 234 5678"),
+    ] {
+        let a = sms_to(&w, with);
+        let b = sms_to(&w, without);
+        assert_eq!(a.0, None, "{with}");
+        assert_eq!(
+            format!("{:?}", a.1),
+            format!("{:?}", b.1),
+            "{with} and {without} are one phone"
+        );
+    }
+}
+
+/// A route's own `network.country_header` is a header a claim header or
+/// a platform header may not be, as the top-level one is. A
+/// claim header named like a route's country header strips the edge's
+/// country from every request and writes a token's claim in its place;
+/// a platform header named so reads the country as a package name. Both
+/// are refused when the country header is the top-level one.
+#[test]
+fn claim_and_platform_headers_cannot_be_a_routes_country_header() {
+    let key = STANDARD.encode(SECRET);
+    let route = json!([{"name": "eu", "match": {"prefix": "/"},
+                        "network": {"country_header": "x-country", "country_allow": ["DE"]}}]);
+    let mut accepted = Vec::new();
+    let claim = json!({
+        "tokens": [{"name": "t", "from": [{"header": "x-t"}], "keys": [{"alg": "HS256", "secret_base64": key}],
+                    "claim_to_headers": [{"claim": "sub", "header": "x-country"}]}],
+        "routes": route,
+    });
+    if Config::from_json(claim.to_string().as_bytes()).is_ok() {
+        accepted.push("tokens[0].claim_to_headers[0].header \"x-country\"");
+    }
+    let platform = json!({
+        "platform_headers": {"android_package": "x-country"},
+        "routes": route,
+    });
+    if Config::from_json(platform.to_string().as_bytes()).is_ok() {
+        accepted.push("platform_headers.android_package \"x-country\"");
+    }
+    assert!(
+        accepted.is_empty(),
+        "accepted beside routes[0].network.country_header \"x-country\": {accepted:?}"
+    );
+}
