@@ -2224,40 +2224,42 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 .filter_map(|n| n.country_header.as_deref()),
         )
         .collect();
+    // The headers HTTP framing or the proxies in front own, and those
+    // appguard reads for something of their own (the country, a method,
+    // URL or host override, the body's format, a signature, the web
+    // origin, a preflight): neither the API key nor a claim header can be
+    // one of them.
+    let mut taken: Vec<&str> = vec![
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-forwarded-proto",
+        "x-forwarded-port",
+        "content-type",
+        "content-encoding",
+        "content-digest",
+        "signature",
+        "signature-input",
+        "origin",
+        "referer",
+        "access-control-request-method",
+        "access-control-request-headers",
+    ];
+    taken.extend(&country_headers);
+    taken.extend(crate::policy::METHOD_OVERRIDE_HEADERS);
+    taken.extend(crate::policy::URL_OVERRIDE_HEADERS);
+    taken.extend(crate::policy::FORWARDED_HOST_HEADERS);
     // The API-key header names one thing, as the platform headers do: one
-    // appguard reads for something else (the web origin, the country, a
-    // method, URL or host override, a body, signature or preflight
-    // header), one HTTP framing or proxies own, a cookie, or one only
-    // appguard sets would make every keyed request show a second thing
-    // (an `Origin` that holds a key is `origin_denied`), or, with
-    // `forward: false`, lose that header.
+    // of those, a cookie, or one only appguard sets would make every keyed
+    // request show a second thing (an `Origin` that holds a key is
+    // `origin_denied`), or, with `forward: false`, lose that header.
     {
-        let mut elsewhere = vec![
-            "host",
-            "content-length",
-            "transfer-encoding",
-            "connection",
-            "te",
-            "x-forwarded-for",
-            "x-real-ip",
-            "x-forwarded-proto",
-            "x-forwarded-port",
-            "forwarded",
-            "cookie",
-            "content-type",
-            "content-encoding",
-            "content-digest",
-            "signature",
-            "signature-input",
-            "origin",
-            "referer",
-            "access-control-request-method",
-            "access-control-request-headers",
-        ];
-        elsewhere.extend(&country_headers);
-        elsewhere.extend(crate::policy::METHOD_OVERRIDE_HEADERS);
-        elsewhere.extend(crate::policy::URL_OVERRIDE_HEADERS);
-        elsewhere.extend(crate::policy::FORWARDED_HOST_HEADERS);
+        let mut elsewhere = taken.clone();
+        elsewhere.extend(["forwarded", "cookie"]);
         let h = api_keys.header.as_str();
         if crate::request::is_header_of(h, &elsewhere) || crate::request::reserved_header(h, &[]) {
             return Err(ConfigError::new(
@@ -2287,36 +2289,11 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     // A claim header is stripped from every request: it must not be one
     // clients send for appguard to read, nor one HTTP framing or the
     // proxies in front own (the upstream would lose the client's copy, or
-    // take a claim for the request's host, length or client address).
-    let mut owned = vec![
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "te",
-        "x-forwarded-for",
-        "x-real-ip",
-        &api_keys.header,
-    ];
-    owned.extend(&country_headers);
-    // The headers routes are matched by (a claim written there would
-    // route the request upstream after appguard matched it).
-    owned.extend(crate::policy::METHOD_OVERRIDE_HEADERS);
-    owned.extend(crate::policy::URL_OVERRIDE_HEADERS);
-    owned.extend(crate::policy::FORWARDED_HOST_HEADERS);
-    owned.extend(["x-forwarded-proto", "x-forwarded-port"]);
-    // And those the body, signature, web-origin and preflight checks read.
-    owned.extend([
-        "content-type",
-        "content-encoding",
-        "content-digest",
-        "signature",
-        "signature-input",
-        "origin",
-        "referer",
-        "access-control-request-method",
-        "access-control-request-headers",
-    ]);
+    // take a claim for the request's host, length or client address), nor
+    // one routes are matched by (a claim written there would route the
+    // request upstream after appguard matched it).
+    let mut owned = taken;
+    owned.push(&api_keys.header);
     for p in &providers {
         owned.extend(p.sources.iter().map(|src| src.header.as_str()));
         owned.extend(

@@ -10247,7 +10247,8 @@ fn the_api_key_header_cannot_be_a_routes_country_header() {
 /// A calling code written without `+` under a default whose national
 /// numbers are short: libphonenumber drops it when the number is too long
 /// for the country with it (longer than the country's longest national
-/// number: nine digits in Belgium, eight in Denmark and Norway), or is no
+/// number: nine digits in Belgium and Hungary, eight in Denmark and
+/// Norway), or is no
 /// number of the country with it and one without. `other_readings` used to
 /// read it so only when the whole was longer than 12 digits, which fits
 /// countries of ten-digit numbers: `32 900 12345` under `32` (appguard:
@@ -10261,6 +10262,10 @@ fn a_calling_code_before_a_short_national_number_is_read_off() {
         ("32", "+32 90", "32 90012345"),
         ("45", "+45 90", "45 90 12 34 56"),
         ("47", "+47 82", "47 820 12 345"),
+        // Hungary: eight or nine digits (premium `9[01]` and six more).
+        ("36", "+36 90", "36 90 123 456"),
+        ("36", "+36 90", "3690123456"),
+        ("36", "+36 91", "36 91 123 456"),
     ] {
         let w = phone_world(&[denied], Some(cc));
         // The same number with `+` is denied.
@@ -10367,35 +10372,7 @@ fn hungarys_trunk_prefix_written_twice_is_no_number() {
     );
 }
 
-/// Hungary's numbers are eight or nine digits
-/// (libphonenumber HU: general `[235-7]\d{8}|[1-9]\d{7}`, premium
-/// `9[01]\d{6}`), so `36 90 123 456` under a default of `36` (ten digits)
-/// is too long for the country, and libphonenumber reads it as
-/// `+36 90 123 456`, premium rate, as it reads `32 900 12345` under
-/// Belgium. `longest_national` gives `36` the two-digit default of ten.
-#[test]
-fn hungary_calling_code_before_a_premium_number_is_read_off() {
-    let mut passed = Vec::new();
-    for (cc, denied, n) in [
-        ("36", "+36 90", "36 90 123 456"),
-        ("36", "+36 90", "3690123456"),
-        ("36", "+36 91", "36 91 123 456"),
-    ] {
-        let w = phone_world(&[denied], Some(cc));
-        assert_eq!(
-            sms_to(&w, &format!("+{n}")).0,
-            Some(Reason::PhoneDenied),
-            "+{n}"
-        );
-        let got = sms_to(&w, n).0;
-        if !matches!(got, Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)) {
-            passed.push(format!("under {cc}: {n:?} past {denied}: {got:?}"));
-        }
-    }
-    assert!(passed.is_empty(), "denied numbers let through: {passed:#?}");
-}
-
-/// legitimate international spellings with `(0)` that
+/// Legitimate international spellings with `(0)` that
 /// real clients send must still be accepted and count as the number
 /// without the `0` (guards the 9d3952b change against over-reach).
 #[test]
