@@ -6929,6 +6929,24 @@ fn phone_world(denied: &[&str], default: Option<&str>) -> World {
     sms_world(phone)
 }
 
+/// Those of `numbers` whose SMS `w` neither denies nor refuses
+/// (`phone_denied`, `body_invalid`), each as `label`, the number and what
+/// it got: for tests where every spelling of a denied number must stop.
+fn let_through<'n>(
+    w: &World,
+    label: &str,
+    numbers: impl IntoIterator<Item = &'n str>,
+) -> Vec<String> {
+    numbers
+        .into_iter()
+        .filter_map(|n| {
+            let got = sms_to(w, n).0;
+            (!matches!(got, Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)))
+                .then(|| format!("{label}{n:?} -> {got:?}"))
+        })
+        .collect()
+}
+
 /// [`sms_outcome`] of an SMS to the number `n` on `/sms`.
 fn sms_to(w: &World, n: &str) -> (Option<Reason>, Option<Descriptors>) {
     sms_outcome(
@@ -8777,14 +8795,7 @@ fn international_prefixes_other_than_00_do_not_take_a_number_past_denied_prefixe
         assert_eq!(to("+1 900 555 1234").0, Some(Reason::PhoneDenied));
         assert_eq!(to("+882 1234 5678").0, Some(Reason::PhoneDenied));
         assert_eq!(to("+81 990 123 456").0, Some(Reason::PhoneDenied));
-        for n in spellings {
-            if !matches!(
-                to(n).0,
-                Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)
-            ) {
-                passed.push(format!("default {cc}: {n:?}"));
-            }
-        }
+        passed.extend(let_through(&w, &format!("default {cc}: "), spellings));
     }
     assert!(
         passed.is_empty(),
@@ -8839,14 +8850,11 @@ fn every_known_international_prefix_is_read_for_denied_prefixes() {
         let w = phone_world(&["+882", "+1 900"], Some(cc));
         let to = |n: &str| sms_to(&w, n);
         assert_eq!(to("+882 1234 5678").0, Some(Reason::PhoneDenied));
-        for n in *spellings {
-            if !matches!(
-                to(n).0,
-                Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)
-            ) {
-                passed.push(format!("default {cc}: {n:?}"));
-            }
-        }
+        passed.extend(let_through(
+            &w,
+            &format!("default {cc}: "),
+            spellings.iter().copied(),
+        ));
     }
     assert!(
         passed.is_empty(),
@@ -8896,14 +8904,11 @@ fn belarus_trunk_prefix_8_does_not_take_a_number_past_denied_prefixes() {
         if default.is_some() {
             spellings.extend(["8 902 123 4567", "8 0902 123 4567"]);
         }
-        for n in spellings {
-            if !matches!(
-                to(n).0,
-                Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)
-            ) {
-                passed.push(format!("default {default:?}: {n:?} not denied"));
-            }
-        }
+        passed.extend(let_through(
+            &w,
+            &format!("default {default:?}: "),
+            spellings,
+        ));
         // One phone, one per-number key.
         let mut same = vec!["+375 8 029 123 45 67"];
         if default.is_some() {
@@ -9001,14 +9006,11 @@ fn belarus_trunk_8_before_the_810_premium_range() {
         if default.is_some() {
             spellings.extend(["8 810 123 4567"]);
         }
-        for n in spellings {
-            if !matches!(
-                to(n).0,
-                Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)
-            ) {
-                passed.push(format!("default {default:?}: {n:?} not denied"));
-            }
-        }
+        passed.extend(let_through(
+            &w,
+            &format!("default {default:?}: "),
+            spellings,
+        ));
     }
     assert!(
         passed.is_empty(),
@@ -9948,12 +9950,11 @@ fn an_810_under_7_before_an_eight_digit_number_is_read_off() {
             // national prefix.
             "810 683 4123",
         ] {
-            let got = to(n).0;
-            if !matches!(got, Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)) {
-                passed.push(format!(
-                    "national_prefix {national_prefix:?}: {n:?} -> {got:?}"
-                ));
-            }
+            passed.extend(let_through(
+                &w,
+                &format!("national_prefix {national_prefix:?}: "),
+                [n],
+            ));
         }
     }
     assert!(
@@ -10274,10 +10275,11 @@ fn a_calling_code_before_a_short_national_number_is_read_off() {
             Some(Reason::PhoneDenied),
             "+{n}"
         );
-        let got = sms_to(&w, n).0;
-        if !matches!(got, Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)) {
-            passed.push(format!("under {cc}: {n:?} past {denied}: {got:?}"));
-        }
+        passed.extend(let_through(
+            &w,
+            &format!("under {cc}, past {denied}: "),
+            [n],
+        ));
     }
     assert!(passed.is_empty(), "denied numbers let through: {passed:#?}");
 }
@@ -10298,16 +10300,15 @@ fn a_zero_group_before_the_rest_of_a_trunk_prefix_is_not_dropped() {
         for n in ["+36 06 90 123 456", "+36 (06) 90 123 456", "+36 90 123 456"] {
             assert_eq!(sms_to(&w, n).0, Some(Reason::PhoneDenied), "{n}");
         }
-        for n in [
-            "+36 (0)6 90 123 456",
-            "0036 (0)6 90 123 456",
-            "+36(0)690123456",
-        ] {
-            let got = sms_to(&w, n).0;
-            if !matches!(got, Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)) {
-                passed.push(format!("default {default:?}: {n:?} -> {got:?}"));
-            }
-        }
+        passed.extend(let_through(
+            &w,
+            &format!("default {default:?}: "),
+            [
+                "+36 (0)6 90 123 456",
+                "0036 (0)6 90 123 456",
+                "+36(0)690123456",
+            ],
+        ));
     }
     assert!(
         passed.is_empty(),
@@ -10355,17 +10356,15 @@ fn hungarys_trunk_prefix_written_twice_is_no_number() {
     for n in ["+36 06 0 90 123 456", "+44 0 0 909 123 4567"] {
         assert_eq!(sms_to(&w, n).0, Some(Reason::BodyInvalid), "{n}");
     }
-    let mut passed = Vec::new();
-    for n in [
-        "+36 06 06 90 123 456",
-        "+36 0606 90123456",
-        "0036 06 06 90 123 456",
-    ] {
-        let got = sms_to(&w, n).0;
-        if !matches!(got, Some(Reason::PhoneDenied) | Some(Reason::BodyInvalid)) {
-            passed.push(format!("{n:?} -> {got:?}"));
-        }
-    }
+    let passed = let_through(
+        &w,
+        "",
+        [
+            "+36 06 06 90 123 456",
+            "+36 0606 90123456",
+            "0036 06 06 90 123 456",
+        ],
+    );
     assert!(
         passed.is_empty(),
         "premium numbers let through: {passed:#?}"
