@@ -265,14 +265,13 @@ impl E164 {
     /// …`, `+1 1 0 …`): no number is written so, and a gateway that drops
     /// every `0` there would deliver it to `+44 909 …`, past a denied
     /// prefix and a per-number limit that read it with one `0` dropped.
-    /// Hungary's `06` counts too, before more digits than `split_trunk`
-    /// reads it off before (`+36 06 06 90 …`).
+    /// A trunk prefix read off by its length in a whole number counts
+    /// too where more digits follow it (Hungary's `06`: `+36 06 06 90 …`),
+    /// so `split_trunk` is asked both ways.
     pub fn trunk_written_twice(&self) -> bool {
-        split_trunk(self.digits(), true).is_some_and(|(_, rest)| rest.starts_with('0'))
-            || self
-                .digits()
-                .strip_prefix("3606")
-                .is_some_and(|rest| rest.starts_with('0'))
+        [true, false].into_iter().any(|whole| {
+            split_trunk(self.digits(), whole).is_some_and(|(_, rest)| rest.starts_with('0'))
+        })
     }
 }
 
