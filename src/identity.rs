@@ -591,11 +591,6 @@ impl OriginPattern {
         // `*.` covers names at any depth: a suffix above an open one
         // (`googleapis.com` above `storage.googleapis.com`) covers the
         // strangers' names under it too.
-        let above_open = |d: &str| {
-            d.len() > host.len() + 1
-                && d.ends_with(host.as_str())
-                && d.as_bytes().get(d.len() - host.len() - 1) == Some(&b'.')
-        };
         if wildcard && (OPEN_SUFFIXES.contains(&host.as_str()) || is_open_by_rule(&host)) {
             return Err(format!(
                 "{s:?}: `{host}` is a public suffix where anyone can register a name, so \
@@ -606,7 +601,7 @@ impl OriginPattern {
             .iter()
             .copied()
             .chain(OPEN_UNDER.iter().map(|(d, _)| *d))
-            .find(|d| above_open(d));
+            .find(|d| is_below(d, &host));
         if let Some(open) = over_open.filter(|_| wildcard) {
             return Err(format!(
                 "{s:?}: `*.` matches names at any depth, so `*.{host}` also matches names \
@@ -651,13 +646,20 @@ impl OriginPattern {
             return false;
         }
         if self.wildcard {
-            o.host.len() > self.host.len() + 1
-                && o.host.ends_with(self.host.as_str())
-                && o.host.as_bytes().get(o.host.len() - self.host.len() - 1) == Some(&b'.')
+            is_below(&o.host, &self.host)
         } else {
             o.host == self.host
         }
     }
+}
+
+/// Whether the host `name` is a name under `domain`, one or more whole
+/// labels down (`a.b.example.com` under `example.com`; not `example.com`
+/// itself, nor `badexample.com`): what a `*.` pattern matches.
+fn is_below(name: &str, domain: &str) -> bool {
+    name.strip_suffix(domain)
+        .and_then(|rest| rest.strip_suffix('.'))
+        .is_some_and(|label| !label.is_empty())
 }
 
 /// A request origin: scheme, lower-case host, port (defaulted by scheme).
