@@ -1356,6 +1356,7 @@ impl Config {
                             Source::Body {
                                 pointer,
                                 phone: false,
+                                ..
                             } => names_personal_data(pointer.rsplit('/').next().unwrap_or(""))
                                 .then_some(pointer),
                             _ => None,
@@ -2080,6 +2081,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 limits::Source::Body {
                     pointer,
                     phone: true,
+                    ..
                 } => Some(pointer.as_str()),
                 _ => None,
             })
@@ -2089,6 +2091,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 if let limits::Source::Body {
                     pointer,
                     phone: false,
+                    ..
                 } = &e.source
                 {
                     if phone_pointers.contains(&pointer.as_str()) {

@@ -227,10 +227,15 @@ impl RawEntry {
                 }
                 let phone = self.phone.unwrap_or(false);
                 let default = if phone { "phone" } else { "body" };
+                let dotted = dotted_path(&pointer);
                 (
                     self.key,
                     default.to_owned(),
-                    Source::Body { pointer, phone },
+                    Source::Body {
+                        pointer,
+                        phone,
+                        dotted,
+                    },
                 )
             }
         })
@@ -316,7 +321,25 @@ pub enum Source {
         pointer: String,
         /// Normalise as a phone number, check, and hash.
         phone: bool,
+        /// The pointer as a dotted path (`/sms/to` is `sms.to`) when it has
+        /// two or more segments: a body with a top-level member of that
+        /// name is refused, since path helpers such as lodash's `_.get`
+        /// read that member instead. Worked out once with the
+        /// configuration, not per request.
+        dotted: Option<String>,
     },
+}
+
+/// A JSON pointer of two or more segments as a dotted path (`/sms/to` is
+/// `sms.to`, `~1` and `~0` unescaped), as path helpers such as lodash's
+/// `_.get` take it; `None` for a pointer of one segment.
+fn dotted_path(pointer: &str) -> Option<String> {
+    let segments: Vec<String> = pointer
+        .split('/')
+        .skip(1)
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    (segments.len() >= 2).then(|| segments.join("."))
 }
 
 /// One descriptor entry: its key and where its value comes from.
@@ -2627,6 +2650,25 @@ mod tests {
                 "a strict bucket spent an hour long stays spent"
             );
         }
+    }
+
+    /// The dotted path is worked out with the configuration, escapes
+    /// undone, and only for nested pointers.
+    #[test]
+    fn a_nested_pointer_has_its_dotted_path_compiled() {
+        let dotted = |p: &str| {
+            let raw: RawEntry = serde_json::from_value(
+                serde_json::json!({"type": "body", "pointer": p, "phone": true}),
+            )
+            .map_err(|e| e.to_string())?;
+            match raw.source("e").map_err(|e| e.to_string())?.2 {
+                Source::Body { dotted, .. } => Ok(dotted),
+                other => Err(format!("{other:?}")),
+            }
+        };
+        assert_eq!(dotted("/sms/to"), Ok(Some("sms.to".to_owned())));
+        assert_eq!(dotted("/a~1b/c~0d"), Ok(Some("a/b.c~d".to_owned())));
+        assert_eq!(dotted("/to"), Ok(None));
     }
 
     #[test]

@@ -2027,7 +2027,7 @@ fn give_back_locals(ctx: &Ctx<'_>, taken: &mut Vec<LocalTaken>) {
 }
 
 /// Values read from a JSON body: (pointer, read as a phone number) → value.
-type BodyValues = HashMap<(String, bool), String>;
+type BodyValues<'r> = HashMap<(&'r str, bool), String>;
 
 /// Body values the route's descriptors read, by JSON pointer and whether
 /// the entry reads a phone number. Phone numbers are normalised, checked
@@ -2035,7 +2035,11 @@ type BodyValues = HashMap<(String, bool), String>;
 /// further: even if another entry read the same pointer as plain text (the
 /// configuration refuses that), the phone entry would get the hash and the
 /// prefix check would still run.
-fn body_values(config: &Config, route: &Route, body: &[u8]) -> Result<BodyValues, Reason> {
+fn body_values<'r>(
+    config: &Config,
+    route: &'r Route,
+    body: &[u8],
+) -> Result<BodyValues<'r>, Reason> {
     let mut out = HashMap::new();
     if !route.limits_need_body() {
         return Ok(out);
@@ -2046,11 +2050,12 @@ fn body_values(config: &Config, route: &Route, body: &[u8]) -> Result<BodyValues
             let Source::Body {
                 pointer,
                 phone: is_phone,
+                dotted,
             } = &e.source
             else {
                 continue;
             };
-            let key = (pointer.clone(), *is_phone);
+            let key = (pointer.as_str(), *is_phone);
             if out.contains_key(&key) {
                 continue;
             }
@@ -2059,8 +2064,9 @@ fn body_values(config: &Config, route: &Route, body: &[u8]) -> Result<BodyValues
             // like the whole dotted path before it splits the path: beside
             // `{"sms":{"to":…}}`, a `"sms.to"` member is the value such an
             // upstream reads.
-            if dotted_path(pointer)
-                .is_some_and(|d| doc.as_object().is_some_and(|o| o.contains_key(&d)))
+            if dotted
+                .as_ref()
+                .is_some_and(|d| doc.as_object().is_some_and(|o| o.contains_key(d)))
             {
                 return Err(Reason::BodyInvalid);
             }
@@ -2108,18 +2114,6 @@ fn body_values(config: &Config, route: &Route, body: &[u8]) -> Result<BodyValues
     Ok(out)
 }
 
-/// A JSON pointer of two or more segments as a dotted path (`/sms/to` is
-/// `sms.to`, `~1` and `~0` unescaped), as path helpers such as lodash's
-/// `_.get` take it; `None` for a pointer of one segment.
-fn dotted_path(pointer: &str) -> Option<String> {
-    let segments: Vec<String> = pointer
-        .split('/')
-        .skip(1)
-        .map(|s| s.replace("~1", "/").replace("~0", "~"))
-        .collect();
-    (segments.len() >= 2).then(|| segments.join("."))
-}
-
 /// The value of one descriptor entry, or `None` when the request has none
 /// (the whole descriptor is then skipped, as Envoy's rate-limit actions do).
 /// A client IP always has a value: [`limits::UNKNOWN_CLIENT`] when it is
@@ -2132,7 +2126,7 @@ fn entry_value(
     source: &Source,
     req: &Request<'_>,
     facts: &Facts,
-    body: &BodyValues,
+    body: &BodyValues<'_>,
 ) -> Option<String> {
     match source {
         Source::ClientIp {
@@ -2179,7 +2173,7 @@ fn entry_value(
                 ),
             }
         }
-        Source::Body { pointer, phone } => body.get(&(pointer.clone(), *phone)).cloned(),
+        Source::Body { pointer, phone, .. } => body.get(&(pointer.as_str(), *phone)).cloned(),
     }
 }
 
@@ -2192,7 +2186,7 @@ fn limits_phase(
     ctx: &Ctx<'_>,
     req: &Request<'_>,
     route: &Route,
-    body: &BodyValues,
+    body: &BodyValues<'_>,
     mut pending: Box<Pending>,
     now: u64,
     replay_again: bool,
