@@ -127,6 +127,14 @@ pub struct GuardFilter {
     body_buffered: usize,
     /// Headers the rate-limit service asked to add to the response.
     response_headers: Vec<(String, String)>,
+    /// The headers an allow set on the upstream request (identity headers,
+    /// forwarded claims, the rate-limit service's `request_headers_to_add`,
+    /// whose names come only with each answer): a client's trailer copy of
+    /// one is cut, as of the headers appguard always sets.
+    granted_headers: Vec<(String, String)>,
+    /// The request's trailers came (and were cut) before it was decided:
+    /// an allow then cuts the copies of its own headers from them too.
+    trailers_seen: bool,
     /// Its own JWKS fetch, when keys loaded elsewhere decided the request
     /// before that fetch answered: an answer that comes while the request
     /// is still there (its upstream slower than the GET) is stored for the
@@ -210,6 +218,8 @@ impl GuardFilter {
             body_ended_while_paused: false,
             body_buffered: 0,
             response_headers: Vec::new(),
+            granted_headers: Vec::new(),
+            trailers_seen: false,
         }
     }
 
@@ -294,6 +304,38 @@ impl GuardFilter {
             return Vec::new();
         }
         crate::signing::covered_fields_of_lines(self.headers.get_all("signature-input"))
+    }
+
+    /// Removes from the request's trailers what must not reach an
+    /// upstream that merges them into the headers: a client's identity or
+    /// claim header, a credential (an API key, a token: appguard checks
+    /// only the headers'), a header that redirects the request or says how
+    /// its body reads, a field the request's signatures cover, and a copy
+    /// of a header this request's allow set. `false` when the trailers
+    /// cannot be read or one cannot be removed (the caller fails closed).
+    fn cut_trailers(&self) -> bool {
+        let signed = self.signed_fields();
+        let same = |n: &str, h: &str| crate::request::same_header_name(n.as_bytes(), h.as_bytes());
+        abi::map_headers(Map::RequestTrailers).is_ok_and(|trailers| {
+            removed_where(Map::RequestTrailers, &trailers, |n| {
+                self.is_ours(n)
+                    || self.is_credential(n)
+                    || crate::policy::is_redirecting_header_name(n)
+                    || crate::policy::is_body_format_header_name(n)
+                    || signed.iter().any(|h| same(n, h))
+                    || self.granted_headers.iter().any(|(h, _)| same(n, h))
+            })
+        })
+    }
+
+    /// The reply when [`Self::cut_trailers`] failed: 503, as for the
+    /// headers, since the trailers would go on uncut.
+    fn trailers_uncut(&mut self) -> Action {
+        warn!(
+            "#{} cannot read the trailers or remove a client's identity or credential header from them",
+            self.context_id
+        );
+        self.reply_raw(503, "appguard_host_error")
     }
 
     /// Evaluates (or re-evaluates, after keys arrived) and acts on the step.
@@ -712,9 +754,6 @@ impl GuardFilter {
     /// (seconds), reused for the log limiter and alerts: each host call
     /// costs a crossing out of V8.
     fn execute(&mut self, worker: &Worker, decision: Decision, facts: &Facts, now: u64) -> Action {
-        if let Decision::Allow(g) = &decision {
-            self.response_headers = g.response_headers.clone();
-        }
         self.state = State::Done;
         if facts.replay_unprotected {
             decision_log(worker, log::Level::Warn, now, || {
@@ -787,6 +826,14 @@ impl GuardFilter {
                     (None, None) => worker.metrics.count(facts.route, Counted::Allow, None),
                 }
                 self.apply_grant(worker, &grant, facts, now);
+                self.response_headers = grant.response_headers;
+                self.granted_headers = grant.set_headers;
+                // Trailers that came while the request waited (for the
+                // rate-limit service, keys, the body) were cut before
+                // these headers were known.
+                if self.trailers_seen && !self.cut_trailers() {
+                    return self.trailers_uncut();
+                }
                 Action::Continue
             }
             Decision::Deny(denial) => {
@@ -1221,25 +1268,10 @@ impl HttpContext for GuardFilter {
         // trailers into the headers would read one nobody checked.
         // One that cannot be removed fails closed, as in the headers, and
         // so do trailers that cannot be read.
-        let signed = self.signed_fields();
-        let removed = abi::map_headers(Map::RequestTrailers).is_ok_and(|trailers| {
-            removed_where(Map::RequestTrailers, &trailers, |n| {
-                self.is_ours(n)
-                    || self.is_credential(n)
-                    || crate::policy::is_redirecting_header_name(n)
-                    || crate::policy::is_body_format_header_name(n)
-                    || signed
-                        .iter()
-                        .any(|h| crate::request::same_header_name(n.as_bytes(), h.as_bytes()))
-            })
-        });
-        if !removed {
-            warn!(
-                "#{} cannot read the trailers or remove a client's identity or credential header from them",
-                self.context_id
-            );
-            return self.reply_raw(503, "appguard_host_error");
+        if !self.cut_trailers() {
+            return self.trailers_uncut();
         }
+        self.trailers_seen = true;
         match &self.state {
             // Trailers end the body: evaluate what was buffered.
             State::AwaitingBody(_) => self.on_held_body_end(),

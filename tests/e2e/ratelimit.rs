@@ -1261,3 +1261,57 @@ fn a_replay_the_service_reports_in_global_shadow_mode_is_refused() {
         up.seen().len()
     );
 }
+
+/// A rate-limit service that asks for request headers
+/// (`request_headers_to_add`: a tier, a quota left) gets them set on the
+/// upstream request, and a client's trailer copy of one does not reach
+/// the upstream beside it: an upstream merging trailers into the headers
+/// would read the client's value. The names come only with each answer,
+/// so the cut must also cover trailers that came while the call was out
+/// (`waiting`: the service answers after the whole request came, and
+/// Envoy hands the trailers on before) as well as those after the answer
+/// (the body sent slowly).
+#[test]
+fn a_header_the_rate_limit_service_adds_cannot_be_sent_as_a_trailer() {
+    use harness::scripted_rls::ScriptedRls;
+    let cfg = json!({
+        "rate_limit_service": {"cluster": "ratelimit", "domain": "appguard", "timeout_ms": 3000, "failure_mode": "deny"},
+        "routes": [{"name": "api", "match": {"prefix": "/api"},
+                    "rate_limits": [{"entries": [{"type": "route"}]}]}]
+    });
+    for waiting in [false, true] {
+        let delay = Duration::from_millis(if waiting { 600 } else { 0 });
+        let rls = ScriptedRls::start(&[("x-tier", "gold")], delay);
+        let up = Upstream::start();
+        let builder = EnvoyBuilder::new(cfg.clone(), up.port)
+            .grpc_cluster("ratelimit", rls.port)
+            .trailers()
+            .without_buffer_filter();
+        // Envoy hands the trailers on while the headers wait only with
+        // `allow_on_headers_stop_iteration`; by default they come after.
+        let builder = if waiting {
+            builder.allow_on_headers_stop_iteration()
+        } else {
+            builder
+        };
+        let envoy = builder.start();
+        let req = Req::post_json("/api/orders", r#"{"item":1}"#)
+            .trailer("x-checksum", "c1")
+            .trailer("x-tier", "platinum");
+        let req = if waiting {
+            req
+        } else {
+            req.chunked_in(2, Duration::from_millis(500))
+        };
+        let r = envoy.request(req);
+        assert_eq!(r.status, 200, "waiting={waiting}: {}", r.text());
+        let seen = up.last();
+        assert_eq!(seen.header("x-tier"), Some("gold"), "waiting={waiting}");
+        assert_eq!(
+            seen.trailers,
+            vec![("x-checksum".to_string(), "c1".to_string())],
+            "waiting={waiting}: the client's trailer copy of the service's header went upstream"
+        );
+        envoy.assert_vm_healthy();
+    }
+}

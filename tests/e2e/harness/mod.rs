@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod http2;
+pub mod scripted_rls;
 pub mod services;
 pub mod tokens;
 pub mod upstream;
