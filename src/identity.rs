@@ -519,9 +519,12 @@ const OPEN_SUFFIXES: [&str; 56] = [
 /// (`*.shop.a.run.app`). Two labels under `amazonaws.com` cannot tell a
 /// region's endpoint from a bucket on the global one
 /// (`mybucket.s3.amazonaws.com`): both are refused, so list such origins
-/// one by one.
-const OPEN_UNDER: [(&str, usize); 5] = [
+/// one by one. AWS's dual-stack endpoints sit one label further down
+/// (`s3.dualstack.eu-west-1.amazonaws.com`, see [`is_open_by_rule`]), and
+/// its China regions under `amazonaws.com.cn`.
+const OPEN_UNDER: [(&str, usize); 6] = [
     ("amazonaws.com", 2),
+    ("amazonaws.com.cn", 2),
     ("elasticbeanstalk.com", 1),
     ("cloudapp.azure.com", 1),
     ("web.core.windows.net", 1),
@@ -532,14 +535,22 @@ const OPEN_UNDER: [(&str, usize); 5] = [
 /// second level (`co.uk`, `com.hk`, `org.il`, `ac.jp`: a generic label
 /// under a two-letter top-level domain, where anyone can register a
 /// name), or a name at most [`OPEN_UNDER`]'s depth under one of its
-/// domains.
+/// domains, or an AWS dual-stack endpoint (`s3.dualstack.<region>`, with
+/// `dualstack` second of three labels under `amazonaws.com`), under which
+/// every bucket has a name as under `s3.<region>`.
 fn is_open_by_rule(host: &str) -> bool {
     let under = OPEN_UNDER.iter().any(|(domain, depth)| {
         host == *domain
             || host
                 .strip_suffix(domain)
                 .and_then(|rest| rest.strip_suffix('.'))
-                .is_some_and(|rest| rest.split('.').count() <= *depth)
+                .is_some_and(|rest| {
+                    let labels = rest.split('.').count();
+                    labels <= *depth
+                        || (domain.starts_with("amazonaws.")
+                            && labels == 3
+                            && rest.split('.').nth(1) == Some("dualstack"))
+                })
     });
     if under {
         return true;
@@ -1449,6 +1460,10 @@ mod tests {
             "https://*.blogspot.com",
             "https://*.s3.amazonaws.com",
             "https://*.s3.eu-west-1.amazonaws.com",
+            "https://*.s3.dualstack.eu-west-1.amazonaws.com",
+            "https://*.s3-accesspoint.dualstack.us-east-1.amazonaws.com",
+            "https://*.s3.cn-north-1.amazonaws.com.cn",
+            "https://*.amazonaws.com.cn",
             "https://*.us-east-1.elasticbeanstalk.com",
             "https://*.eastus.cloudapp.azure.com",
             "https://*.z13.web.core.windows.net",
@@ -1469,6 +1484,8 @@ mod tests {
             "https://*.shop.myshopify.com",
             "https://*.shop.a.run.app",
             "https://*.web.de",
+            "https://*.mybucket.s3.dualstack.eu-west-1.amazonaws.com",
+            "https://mybucket.s3.dualstack.eu-west-1.amazonaws.com",
         ] {
             assert!(OriginPattern::parse(good).is_ok(), "{good}");
         }
