@@ -332,11 +332,15 @@ pub fn shell_quote(s: &str) -> String {
 /// signed): see [`inline_body`].
 pub fn curl_line(req: &RequestSpec, signed: &Signed, body_file: Option<&str>) -> String {
     // `--path-as-is`: curl would otherwise resolve `/a/../b` in the URL,
-    // and `@path` was signed as given.
+    // and `@path` was signed as given. `--globoff`: curl would otherwise
+    // read `{a,b}` and `[1-9]` in the URL as lists of URLs to send
+    // (`?filter={a}` sent as `?filter=a`), while `@path` and `@query`
+    // were signed as given.
     let mut args = vec![
         "curl".to_owned(),
         "-sS".to_owned(),
         "--path-as-is".to_owned(),
+        "--globoff".to_owned(),
         "-X".to_owned(),
         shell_quote(&req.method),
         shell_quote(&req.url),
@@ -564,5 +568,76 @@ mod tests {
         assert_eq!(shell_quote("abc"), "abc");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote("a b"), "'a b'");
+    }
+
+    /// `--component` keeps parameters after `;` (see [`component_name`]):
+    /// `@query-param;name="id"` or `example-dict;key="a"` are RFC 9421
+    /// components the filter verifies, so `sign-request` must sign them,
+    /// not fail with "invalid component name".
+    #[test]
+    fn a_component_with_parameters_is_signed() {
+        use crate::install_key::{generate, KeyType};
+        let (key, _) = generate(KeyType::P256).unwrap();
+        let req = RequestSpec {
+            method: "GET".to_owned(),
+            url: "https://api.example.com/v1/x?id=7".to_owned(),
+            headers: vec![("example-dict".to_owned(), "a=1, b=2".to_owned())],
+            body: None,
+            token_header: "approov-token".to_owned(),
+            token: "t".to_owned(),
+        };
+        let components: Vec<String> = [
+            "@method",
+            "@authority",
+            "@path",
+            "@query",
+            "approov-token",
+            "@query-param;name=\"id\"",
+            "example-dict;key=\"a\"",
+        ]
+        .iter()
+        .map(|c| component_name(c))
+        .collect();
+        let options = SignatureOptions::new("install", Vec::new(), crate::now());
+        let signed = sign(&key, &req, &options, Some(components));
+        let signed = match signed {
+            Ok(s) => s,
+            Err(e) => panic!("not signed: {e}"),
+        };
+        assert!(
+            signed
+                .headers
+                .signature_input
+                .contains(r#""@query-param";name="id" "example-dict";key="a""#),
+            "{}",
+            signed.headers.signature_input
+        );
+        // And the filter's verifier accepts what was signed.
+        let headers = vec![
+            ("approov-token".to_owned(), "t".to_owned()),
+            ("example-dict".to_owned(), "a=1, b=2".to_owned()),
+            (
+                "signature-input".to_owned(),
+                signed.headers.signature_input.clone(),
+            ),
+            ("signature".to_owned(), signed.headers.signature.clone()),
+        ];
+        let message = Message::request(
+            "GET",
+            "https",
+            "api.example.com",
+            "/v1/x",
+            Some("id=7"),
+            &headers,
+            None,
+        );
+        assert!(appguard::signing::verify(
+            &SigningPolicy::default(),
+            &message,
+            &key.public_key(),
+            "approov-token",
+            crate::now(),
+        )
+        .is_ok());
     }
 }

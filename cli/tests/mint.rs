@@ -964,3 +964,31 @@ fn a_component_header_name_in_any_case_is_covered() {
         "{covered:?}"
     );
 }
+
+/// A URL holding `{}` or `[]` (a JSON value or a bracketed parameter name in
+/// the query, an OpenAPI-style path) is signed as given, but curl reads
+/// those characters as its URL "globbing" unless told `--globoff`: `{a}`
+/// is sent as `a`, `[1-2]` as two requests. The curl line must send the
+/// URL that was signed.
+#[test]
+fn the_curl_line_sends_a_url_with_braces_as_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, token) = install_key_and_token(dir.path(), &secret().1);
+    let (listener, port) = loopback();
+    let authority = format!("127.0.0.1:{port}");
+    let r = cli(&[
+        "mint",
+        "sign-request",
+        "--install-key",
+        s(&key),
+        "--url",
+        &format!("http://{authority}/v1/items?filter={{a}}&ids[]=7"),
+        "--token",
+        &token,
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let sent = run_curl(&curl_line_of(&r.stdout), listener);
+    assert_eq!(sent.target, "/v1/items?filter={a}&ids[]=7");
+    let ipk = InstallKey::from_ipk(&token_claim(&token, "ipk")).unwrap();
+    verify_captured(&sent, &authority, "approov-token", &ipk).unwrap();
+}

@@ -404,19 +404,50 @@ fn field_value(
     }
 }
 
-/// Convenience for building a covered list in code: plain component names,
-/// no parameters.
-pub fn covered_list(names: &[&str], params: Parameters) -> InnerList {
-    InnerList {
-        items: names
-            .iter()
-            .map(|n| Item {
-                bare: BareItem::String((*n).to_owned()),
-                params: Vec::new(),
-            })
-            .collect(),
-        params,
+/// A covered list from components written as a signer names them: a name,
+/// optionally followed by parameters (`@query-param;name="id"`,
+/// `example-dict;key="a"`). Each is read with the strict parser as the
+/// item `"name";params`, so the rules a received `Signature-Input` meets
+/// apply (a name that is not a component name, a parameter that does not
+/// parse, are `Malformed`).
+pub fn covered_list_of(components: &[&str], params: Parameters) -> Result<InnerList, SigningError> {
+    const MALFORMED: SigningError = SigningError::Malformed {
+        field: "signature-input",
+        reason: "invalid component",
+    };
+    const ONE: Limits = Limits {
+        max_members: 1,
+        max_inner_items: 1,
+        max_params: super::MAX_PARAMETERS,
+    };
+    let mut items = Vec::with_capacity(components.len());
+    for component in components {
+        let (name, parameters) = match component.split_once(';') {
+            Some((name, parameters)) => (name, Some(parameters)),
+            None => (*component, None),
+        };
+        let mut text = String::from("c=(");
+        sfv::write_string(&mut text, name);
+        if let Some(parameters) = parameters {
+            text.push(';');
+            text.push_str(parameters);
+        }
+        text.push(')');
+        let mut dict = sfv::parse_dictionary(&text, &ONE).map_err(|_| MALFORMED)?;
+        let item = match dict.pop() {
+            Some((_, sfv::Member::InnerList(mut list))) if list.items.len() == 1 => {
+                list.items.pop().ok_or(MALFORMED)?
+            }
+            _ => return Err(MALFORMED),
+        };
+        // The name as given: `write_string` drops what a String cannot hold.
+        if item.bare.as_str() != Some(name) {
+            return Err(MALFORMED);
+        }
+        component_name(&item)?;
+        items.push(item);
     }
+    Ok(InnerList { items, params })
 }
 
 #[cfg(test)]

@@ -16,10 +16,10 @@
 //! Verification order (cheap refusals first, SPEC §3): field sizes are
 //! checked before parsing; parsing is bounded in members, components and
 //! parameters; the label, parameters, algorithm, timestamps and coverage are
-//! checked next; then the body is hashed against `Content-Digest` (so that
-//! a genuine signature replayed over another body costs no signature
-//! verification), and only then is the signature base built and the one
-//! signature verified.
+//! checked next; then the signature base is built (from the headers
+//! alone), the body is hashed against `Content-Digest` (so that a genuine
+//! signature replayed over another body costs no signature verification),
+//! and only then is the one signature verified.
 
 mod base;
 mod digest;
@@ -543,7 +543,14 @@ pub fn verify(
         .collect::<Result<Vec<_>, _>>()?;
     check_coverage(policy, message, covered, token_header)?;
 
-    // 4. The body, when its digest is covered (RFC 9530 §6.3), before the
+    // 4. The signature base (§3.2 step 7), from the headers alone: a
+    // component that cannot go into it is refused before the body is
+    // hashed, as those refusals are not charged to the client's failure
+    // budget (a correct digest beside a covered header that is not sent
+    // would otherwise buy a hash of a whole body per request).
+    let base = base::signature_base(message, covered)?;
+
+    // 5. The body, when its digest is covered (RFC 9530 §6.3), before the
     // signature: a hash of a body the client sent, where a genuine
     // signature replayed over another body would otherwise buy a P-256
     // verification per request that no failure budget counts (it fails
@@ -554,9 +561,8 @@ pub fn verify(
         None
     };
 
-    // 5. The one signature operation (§3.2 steps 7–9): nothing fails after
+    // 6. The one signature operation (§3.2 steps 8–9): nothing fails after
     // it but the signature itself, which the caller charges.
-    let base = base::signature_base(message, covered)?;
     key.verify(base.as_bytes(), signature_bytes)?;
 
     Ok(VerifiedSignature {
@@ -876,9 +882,11 @@ fn check_content_digest(message: &Message<'_>) -> Result<DigestAlgorithm, Signin
 pub struct SignatureOptions {
     /// The label (an RFC 8941 key, e.g. `install`).
     pub label: String,
-    /// Covered component names, in order, without parameters (e.g. from
-    /// [`default_covered_components`]). When `content-digest` is among them,
-    /// the digest of the body is computed and returned.
+    /// Covered component names, in order (e.g. from
+    /// [`default_covered_components`]), each optionally followed by its
+    /// parameters as RFC 9421 writes them (`@query-param;name="id"`,
+    /// `example-dict;key="a"`). When `content-digest` is among them, the
+    /// digest of the body is computed and returned.
     pub components: Vec<String>,
     /// `created`, seconds since the epoch.
     pub created: u64,
@@ -993,6 +1001,17 @@ pub fn default_covered_components(message: &Message<'_>, token_header: &str) -> 
     components
 }
 
+/// `t` as an RFC 8941 Integer, which has at most 15 digits (§3.3.1): a
+/// larger `created` or `expires` would make a `Signature-Input` that
+/// [`verify`] (any RFC 8941 parser) refuses.
+fn sf_integer(t: u64) -> Option<i64> {
+    const MAX_SF_INTEGER: u64 = 999_999_999_999_999;
+    if t > MAX_SF_INTEGER {
+        return None;
+    }
+    i64::try_from(t).ok()
+}
+
 /// Signs a request with an install key (RFC 9421 §3.1): for the operator
 /// CLI's `mint` and for tests. Returns the `Signature-Input`, `Signature` and
 /// (when `content-digest` is covered) `Content-Digest` values; the base is
@@ -1008,11 +1027,11 @@ pub fn sign_request(
     let mut params: sfv::Parameters = vec![(
         "created".to_owned(),
         BareItem::Integer(
-            i64::try_from(options.created).map_err(|_| SigningError::InvalidInput("created"))?,
+            sf_integer(options.created).ok_or(SigningError::InvalidInput("created"))?,
         ),
     )];
     if let Some(expires) = options.expires {
-        let expires = i64::try_from(expires).map_err(|_| SigningError::InvalidInput("expires"))?;
+        let expires = sf_integer(expires).ok_or(SigningError::InvalidInput("expires"))?;
         params.push(("expires".to_owned(), BareItem::Integer(expires)));
     }
     for (name, value) in [
@@ -1034,7 +1053,7 @@ pub fn sign_request(
         ));
     }
     let names: Vec<&str> = options.components.iter().map(String::as_str).collect();
-    let covered = base::covered_list(&names, params);
+    let covered = base::covered_list_of(&names, params)?;
 
     let content_digest = names
         .contains(&"content-digest")

@@ -1837,3 +1837,63 @@ fn the_trailer_cut_reads_signature_input_lines_as_the_verifier_does() {
         ["x-a"]
     );
 }
+
+// --- the signer and the order of refusals ------------------------------------
+
+/// A signature whose base cannot be built (here: it covers a header the
+/// request does not carry) is refused before the body is hashed against
+/// its `Content-Digest`. Today the body is hashed first, and such a
+/// failure is not charged to the client's failure budget (only
+/// `BadSignature` and `DigestMismatch` are): one genuine token buys a
+/// hash of a whole body per request, for free, with a correct digest and
+/// a covered `x-not-sent`. Shown by the order: with a wrong digest too, the
+/// cheap refusal must win.
+#[test]
+fn a_base_that_cannot_be_built_is_refused_before_the_body_is_hashed() {
+    let wrong = content_digest_value(DigestAlgorithm::Sha256, b"another body");
+    let h = with(app_request_headers(), &[("content-digest", &wrong)]);
+    let input = format!(
+        r#"install=("@method" "@authority" "@path" "@query" "{TOKEN}" "content-digest" "x-not-sent");created={NOW}"#
+    );
+    let h = with(
+        h,
+        &[("signature-input", &input), ("signature", "install=:AAAA:")],
+    );
+    assert_eq!(
+        ed_verify(&SigningPolicy::default(), &h),
+        Err(SigningError::ComponentMissing),
+        "the body was hashed before the base was built"
+    );
+}
+
+/// `sign_request` (the CLI's `mint sign-request --created/--expires-in`)
+/// writes `created` and `expires` as RFC 8941 Integers, which have at most
+/// 15 digits: a larger time makes a `Signature-Input` that appguard's own
+/// parser refuses. The signer must refuse it instead of printing fields
+/// that can never verify.
+#[test]
+fn sign_request_refuses_times_its_verifier_cannot_read() {
+    let key = ed25519_signing_key();
+    let h = app_request_headers();
+    let m = app_request(&h);
+    let components = default_covered_components(&m, TOKEN);
+    let too_big: u64 = 1_000_000_000_000_000; // 16 digits
+    let signed = sign_request(
+        &key,
+        &m,
+        &SignatureOptions::new("install", components.clone(), too_big),
+    );
+    assert_eq!(
+        signed.as_ref().err(),
+        Some(&SigningError::InvalidInput("created")),
+        "signed {signed:?}"
+    );
+    let mut options = SignatureOptions::new("install", components, NOW);
+    options.expires = Some(too_big);
+    let signed = sign_request(&key, &m, &options);
+    assert_eq!(
+        signed.as_ref().err(),
+        Some(&SigningError::InvalidInput("expires")),
+        "signed {signed:?}"
+    );
+}
