@@ -402,6 +402,9 @@ pub struct RateLimiter {
     /// Bounds the per-request `warn` lines (counter store failure), apart
     /// from the `info` ones: a flood of over-limit calls must not hide them.
     warn_lines: LineThrottle,
+    /// Bounds the per-request `warn` lines of calls given up on
+    /// (`LineKind::Abandoned`), apart from store failures.
+    abandoned_lines: LineThrottle,
     /// Keys the tags that stand for descriptor values in `debug` lines
     /// (random per process, see [`RateLimiter::value_tag`]).
     value_tags: std::collections::hash_map::RandomState,
@@ -427,7 +430,7 @@ impl Drop for Abandoned<'_> {
             return;
         }
         bump(&self.limiter.stats.calls_abandoned);
-        if tracing::enabled!(Level::WARN) && self.limiter.may_log(LineKind::Warn, self.now) {
+        if tracing::enabled!(Level::WARN) && self.limiter.may_log(LineKind::Abandoned, self.now) {
             warn!(
                 domain = %safe_text(self.domain, MAX_LOGGED_DOMAIN_BYTES),
                 "a call ended before it was answered (its caller gave up, or the service's \
@@ -441,10 +444,16 @@ impl Drop for Abandoned<'_> {
 /// The kinds of per-request log lines, each throttled on its own budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LineKind {
-    /// `info`: over limit (shadow modes included), invalid request.
+    /// `info`: over limit (shadow modes included), invalid request, a
+    /// call that ended or was refused before its message was decoded.
     Info,
     /// `warn`: counter store failed.
     Warn,
+    /// `warn`: a call its caller gave up on while the store was asked.
+    /// Its own budget: any client can end its calls early (a short
+    /// `grpc-timeout`), and must not spend the store failures' budget
+    /// nor have its lines summarised as store failures.
+    Abandoned,
 }
 
 impl LineKind {
@@ -453,6 +462,7 @@ impl LineKind {
         match self {
             LineKind::Info => "info",
             LineKind::Warn => "warn",
+            LineKind::Abandoned => "abandoned",
         }
     }
 
@@ -461,6 +471,7 @@ impl LineKind {
         match self {
             LineKind::Info => "info: over limit, invalid request",
             LineKind::Warn => "warn: counter store failed",
+            LineKind::Abandoned => "warn: call ended before it was answered",
         }
     }
 }
@@ -501,6 +512,7 @@ impl RateLimiter {
             stats,
             info_lines: LineThrottle::new(REQUEST_LOG_LINES_PER_SECOND),
             warn_lines: LineThrottle::new(REQUEST_LOG_LINES_PER_SECOND),
+            abandoned_lines: LineThrottle::new(REQUEST_LOG_LINES_PER_SECOND),
             value_tags: std::collections::hash_map::RandomState::new(),
         }
     }
@@ -540,6 +552,7 @@ impl RateLimiter {
         let throttle = match kind {
             LineKind::Info => &self.info_lines,
             LineKind::Warn => &self.warn_lines,
+            LineKind::Abandoned => &self.abandoned_lines,
         };
         match throttle.admit(now) {
             None => false,

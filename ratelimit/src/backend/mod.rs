@@ -265,7 +265,17 @@ impl Backend {
                 now,
             )),
             Backend::Redis(redis) => {
-                redis.noted(redis::CallKind::Transaction, redis.increment(items).await)
+                // Only checks (0 hits): Redis answered reads, nothing was
+                // stored.
+                let wrote = items.iter().any(|item| item.hits > 0);
+                // A rolling counter needs Redis 7 (`EXPIRE … NX`): its
+                // calls are told apart for the health check.
+                let kind = if items.iter().any(|item| item.rolling && item.hits > 0) {
+                    redis::CallKind::RollingTransaction
+                } else {
+                    redis::CallKind::Transaction
+                };
+                redis.noted(kind, redis.increment(items).await, |_| wrote)
             }
         }
     }
@@ -296,10 +306,16 @@ impl Backend {
                     refused,
                 })
             }
-            Backend::Redis(redis) => redis.noted(
-                redis::CallKind::Script,
-                redis.increment_unless_refused(items, rules).await,
-            ),
+            Backend::Redis(redis) => {
+                let hits = items.iter().any(|item| item.hits > 0);
+                // A refused call, or one of checks only, was answered by
+                // the script's reads: it stored nothing.
+                redis.noted(
+                    redis::CallKind::Script,
+                    redis.increment_unless_refused(items, rules).await,
+                    |batch| hits && !batch.refused,
+                )
+            }
         }
     }
 

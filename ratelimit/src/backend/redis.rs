@@ -384,8 +384,30 @@ pub struct RedisBackend {
 pub enum CallKind {
     /// `MULTI`/`INCRBY`/`EXPIRE`/`EXEC` ([`RedisBackend::increment`]).
     Transaction,
+    /// A transaction that counts a `rolling` counter (`EXPIRE … NX`,
+    /// which a Redis before 7 refuses: every such call fails there while
+    /// the others succeed).
+    RollingTransaction,
     /// `EVALSHA` of the script ([`RedisBackend::increment_unless_refused`]).
     Script,
+}
+
+impl CallKind {
+    /// Every kind, in the order the health check probes them.
+    const ALL: [CallKind; 3] = [
+        CallKind::Transaction,
+        CallKind::RollingTransaction,
+        CallKind::Script,
+    ];
+
+    /// Its place in [`Inner::failing`].
+    fn index(self) -> usize {
+        match self {
+            CallKind::Transaction => 0,
+            CallKind::RollingTransaction => 1,
+            CallKind::Script => 2,
+        }
+    }
 }
 
 /// The store's state, shared with the tasks that carry the calls.
@@ -408,7 +430,7 @@ struct Inner {
     script_sha1: String,
     /// When the last counting call failed and its kind, while no counting
     /// call succeeded since (see [`FAILED_CALL_SHOWS_FOR`]).
-    failing: Mutex<Option<(Instant, CallKind)>>,
+    failing: Mutex<[Option<Instant>; 3]>,
     /// When Redis last refused a connection, and how, for the
     /// [`CONNECT_REFUSED_WAIT`] after it.
     refused: Mutex<Option<(Instant, redis::RedisError)>>,
@@ -490,7 +512,7 @@ impl RedisBackend {
                 script_sha1: redis::Script::new(STOP_WHEN_REFUSED_SCRIPT)
                     .get_hash()
                     .to_owned(),
-                failing: Mutex::new(None),
+                failing: Mutex::new([None; 3]),
                 refused: Mutex::new(None),
                 connection_failures: AtomicU64::new(0),
                 connection_drops: AtomicU64::new(0),
@@ -756,17 +778,29 @@ impl RedisBackend {
     }
 
     /// Notes how a counting call of `kind` ended, for
-    /// [`RedisBackend::check`], and hands its result on.
+    /// [`RedisBackend::check`], and hands its result on. A failure is
+    /// noted; a success clears the failure only when `wrote` says the call
+    /// stored something: a call Redis answered from reads alone (a call
+    /// the script refused, checks of 0 hits) says nothing of writes, which
+    /// a Redis full under `noeviction` refuses while it answers reads.
     pub fn noted<T>(
         &self,
         kind: CallKind,
         result: Result<T, BackendError>,
+        wrote: impl FnOnce(&T) -> bool,
     ) -> Result<T, BackendError> {
-        *self.failing() = result.as_ref().err().map(|_| (Instant::now(), kind));
+        let slot = kind.index();
+        match &result {
+            Err(_) => self.failing()[slot] = Some(Instant::now()),
+            Ok(answer) if wrote(answer) => self.failing()[slot] = None,
+            Ok(_) => {}
+        }
         result
     }
 
-    fn failing(&self) -> std::sync::MutexGuard<'_, Option<(Instant, CallKind)>> {
+    /// When a counting call of each kind ([`CallKind::index`]) last
+    /// failed, with none of that kind storing anything since.
+    fn failing(&self) -> std::sync::MutexGuard<'_, [Option<Instant>; 3]> {
         self.inner
             .failing
             .lock()
@@ -781,26 +815,40 @@ impl RedisBackend {
     /// not look healthy; one that recovered is healthy at once).
     pub async fn check(&self) -> Result<(), BackendError> {
         self.ping().await?;
-        let kind = match &*self.failing() {
-            Some((at, kind)) if at.elapsed() < FAILED_CALL_SHOWS_FOR => *kind,
-            _ => return Ok(()),
+        // Each kind of call is judged apart: with a Redis before 7 every
+        // transaction counting a rolling limit fails while the others
+        // succeed, and one kind's success says nothing of the other's.
+        let failing: Vec<CallKind> = {
+            let slots = self.failing();
+            CallKind::ALL
+                .into_iter()
+                .filter(|kind| {
+                    slots[kind.index()].is_some_and(|at| at.elapsed() < FAILED_CALL_SHOWS_FOR)
+                })
+                .collect()
         };
-        let probe = [super::Increment {
-            key: self.health_key.clone(),
-            hits: 1,
-            window_seconds: HEALTH_KEY_SECONDS,
-            window_end: 0,
-            rolling: false,
-        }];
-        let result = match kind {
-            CallKind::Transaction => self.increment(&probe).await.map(drop),
-            CallKind::Script => self
-                .increment_unless_refused(&probe, &[super::Refuses::Never])
-                .await
-                .map(drop),
-        };
-        self.noted(kind, result)
-            .map_err(|e| BackendError::CallsFailing(e.to_string()))
+        for kind in failing {
+            let probe = [super::Increment {
+                key: self.health_key.clone(),
+                hits: 1,
+                window_seconds: HEALTH_KEY_SECONDS,
+                window_end: 0,
+                rolling: kind == CallKind::RollingTransaction,
+            }];
+            let result = match kind {
+                CallKind::Transaction | CallKind::RollingTransaction => {
+                    self.increment(&probe).await.map(drop)
+                }
+                CallKind::Script => self
+                    .increment_unless_refused(&probe, &[super::Refuses::Never])
+                    .await
+                    .map(drop),
+            };
+            // The probe counts one hit: a success is a write.
+            self.noted(kind, result, |()| true)
+                .map_err(|e| BackendError::CallsFailing(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Readies the connection for a call that must not be sent twice: when
