@@ -1414,8 +1414,10 @@ impl ServiceCache {
     /// [`RESET_COOLDOWN_MS`] at least, to the end of that answer's window):
     /// a quarter of a lease after one, a
     /// sixteenth after two, and so on. With nothing known of what remains,
-    /// 1 while another ask is in flight or held. Never more than the limit
-    /// an over-limit answer named for it.
+    /// 1 while another ask is in flight or held; 1 too within a second of
+    /// the end of the last lease (or of an answer that kept nothing),
+    /// whose window may not have reset yet. Never more than the limit an
+    /// over-limit answer named for it.
     pub fn lease_ask(&self, digest: &[u8; 16], size: u32, now_ms: u64) -> u32 {
         // No more than the limit the service last named for it (in an
         // over-limit answer, kept past its window while the table has
@@ -1456,6 +1458,13 @@ impl ServiceCache {
                 .checked_shr(u32::try_from(count + abandoned).unwrap_or(u32::MAX))
                 .unwrap_or(0)
                 .max(1),
+            // Within a second of the end of the last lease (or of an
+            // answer that kept nothing): its window may not have reset
+            // yet (a whole-second answer's lease ends up to a second
+            // before it), and a lease counted in it now would be kept by
+            // no one. One hit, which the service decides; its answer says
+            // when the next window starts.
+            Some(l) if l.until_ms <= now_ms && now_ms < l.until_ms.saturating_add(1000) => 1,
             _ if count > 0 => 1,
             _ => size,
         }
@@ -1578,7 +1587,9 @@ impl ServiceCache {
     /// Records a lease: the service counted `hits` for the descriptor and
     /// allowed it; one went to the request that asked, the rest are this
     /// worker's until `until_ms`. `service_remaining` is the status's
-    /// `limit_remaining`.
+    /// `limit_remaining`. An answer whose `until_ms` is not after `now_ms`
+    /// keeps none; unless a live lease is held, it is remembered as a
+    /// lease of none that ended then (see [`ServiceCache::lease_ask`]).
     pub fn grant_lease(
         &mut self,
         digest: [u8; 16],
@@ -1588,6 +1599,29 @@ impl ServiceCache {
         now_ms: u64,
     ) {
         if until_ms <= now_ms {
+            // The answer's window ends (or, in whole seconds, may end)
+            // before the hits could be used: none is kept. It is
+            // remembered as a lease of none that ended then (unless one
+            // is still held), so that the next asks, for a second, are for
+            // one hit ([`ServiceCache::lease_ask`]): each would otherwise
+            // ask for (and have counted) a whole lease and keep nothing,
+            // request after request, in the last second of every window
+            // (and always, for a per-second limit).
+            let held = self.leases.get(&digest).copied();
+            if !held.is_some_and(|h| h.live(now_ms)) {
+                make_room(&mut self.leases, OVER_LIMIT_ENTRIES, |l| l.live(now_ms));
+                self.leases.insert(
+                    digest,
+                    Lease {
+                        remaining: 0,
+                        until_ms,
+                        service_remaining,
+                        granted_ms: now_ms,
+                        asked_ahead: false,
+                        window_ms: held.map_or(0, |h| h.window_ms),
+                    },
+                );
+            }
             return;
         }
         let mut lease = Lease {
@@ -1749,7 +1783,11 @@ mod tests {
         assert_eq!(c.lease_ask(&d, 5, t + 20), 1, "none left: ask for one");
         // The earliest window end holds for all of them.
         assert!(!c.take_lease(&d, t + 900));
-        assert_eq!(c.lease_ask(&d, 5, t + 900), 5, "a new window");
+        // Within a second of its end the window may not have reset (a
+        // whole-second answer's lease ends up to a second before it): a
+        // lease asked then would be counted and kept by no one.
+        assert_eq!(c.lease_ask(&d, 5, t + 900), 1, "maybe the same window");
+        assert_eq!(c.lease_ask(&d, 5, t + 1_900), 5, "a new window");
         // An answer that arrives after its window ended keeps nothing.
         c.grant_lease(d, 5, 40, t + 1_000, t + 1_000);
         assert!(!c.take_lease(&d, t + 1_000));

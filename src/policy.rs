@@ -2205,6 +2205,16 @@ fn limits_phase(
             return deny(pending, Reason::TokenReplayed.into());
         }
     }
+    // A `jti` the service already refused as used (`replay.scope:
+    // service`) is refused from the over-limit cache, until the service's
+    // window for it resets, before any limit counts the request and
+    // without a call: each copy would otherwise make a call that the
+    // service counts for the request's other descriptors (by default, a
+    // whole lease for a leased one whose held hits are gone), and nothing
+    // else slows copies down (their local tokens are given back).
+    if service_replay_refused(ctx, pending.replay.as_ref(), now) {
+        return deny(pending, Reason::TokenReplayed.into());
+    }
     let mut service: Vec<Sent> = Vec::new();
     let mut local: Vec<(limits::LocalLimit, [u8; 16])> = Vec::new();
     for (rule, rl) in (0u16..).zip(&route.rate_limits) {
@@ -2293,8 +2303,7 @@ fn limits_phase(
             None
         }
         Some(m) => {
-            let descriptor = replay_table(config, m.provider)
-                .map(|(_, r)| vec![(r.claim.clone(), crate::hex_lower(&m.digest))]);
+            let descriptor = service_replay_descriptor(config, &m);
             pending.replay_fallback = Some(m);
             descriptor
         }
@@ -2357,6 +2366,29 @@ fn limits_phase(
             timeout_ms: svc.timeout_ms,
         },
     )
+}
+
+/// The `replay.scope: service` descriptor of a token's replay claim.
+fn service_replay_descriptor(config: &Config, m: &ReplayMark) -> Option<Descriptor> {
+    replay_table(config, m.provider)
+        .map(|(_, r)| vec![(r.claim.clone(), crate::hex_lower(&m.digest))])
+}
+
+/// Whether the service refused this token's replay claim as used
+/// (`replay.scope: service`) in a window that has not reset at `now`:
+/// remembered in the worker's over-limit cache ([`rls_verdict`]).
+fn service_replay_refused(ctx: &Ctx<'_>, m: Option<&ReplayMark>, now: u64) -> bool {
+    let (Some(m), Some(svc)) = (
+        m.filter(|m| m.scope == ReplayScope::Service),
+        &ctx.config.rate_limit_service,
+    ) else {
+        return false;
+    };
+    let Some(d) = service_replay_descriptor(ctx.config, m) else {
+        return false;
+    };
+    let cache = ctx.service_cache.borrow();
+    cache.get(&cache.key(&svc.replay_scope, &d), now).is_some()
 }
 
 /// Finishes with the service's answer: `Ok(response)`, or `Err(())` when the
@@ -2572,13 +2604,6 @@ fn rls_verdict(
         }
     }
     if verdict.over_limit {
-        let replayed = verdict
-            .over_limit_descriptors
-            .iter()
-            .any(|o| Some(o.index) == pending.replay_index);
-        if replayed {
-            return deny(pending, Reason::TokenReplayed.into());
-        }
         {
             let mut cache = ctx.service_cache.borrow_mut();
             // Counted from the second the call went out: the service's
@@ -2586,12 +2611,22 @@ fn rls_verdict(
             // answer came back (an answer that crossed a second would
             // otherwise hold a per-second limit's 429 through the next
             // window, in which the service counted nothing).
+            // The replay descriptor too, when it is the one over: copies
+            // of the token are then refused without a call
+            // ([`service_replay_refused`]).
             let sent_at = pending.sent_ms / 1000;
             for o in &verdict.over_limit_descriptors {
                 if let (Some(reset), Some(sent)) = (o.reset_secs, pending.service.get(o.index)) {
                     cache.insert(sent.key, sent_at.saturating_add(reset), o.limit, now);
                 }
             }
+        }
+        let replayed = verdict
+            .over_limit_descriptors
+            .iter()
+            .any(|o| Some(o.index) == pending.replay_index);
+        if replayed {
+            return deny(pending, Reason::TokenReplayed.into());
         }
         return deny(
             pending,

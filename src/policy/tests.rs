@@ -4682,7 +4682,11 @@ fn a_lease_spares_the_service_until_its_hits_are_used_or_its_window_resets() {
     // 60 s in whole seconds, counted from the start of the service's
     // second: the window may end a second sooner, and the lease with it.
     assert!(w.leased_pass("u1", t + 88_999), "within the window");
+    // The lease is over, but its window may not be: a lease asked for in
+    // its last second would be counted there and kept by no one.
     let (_, sent) = w.leased_call("u1", t + 89_000);
+    assert_eq!(sent, u1(None), "the window's last second: one hit");
+    let (_, sent) = w.leased_call("u1", t + 90_000);
     assert_eq!(sent, u1(Some(3)), "a new window: the last kept hit is gone");
 }
 
@@ -10424,5 +10428,250 @@ fn claim_and_platform_headers_cannot_be_a_routes_country_header() {
     assert!(
         accepted.is_empty(),
         "accepted beside routes[0].network.country_header \"x-country\": {accepted:?}"
+    );
+}
+
+/// A rate-limit service for one descriptor, counting in fixed windows of
+/// the epoch (as envoyproxy/ratelimit and appguard-ratelimit do), answering
+/// in whole seconds ("the unit less the current second's place in it") and
+/// counting refused hits too: `limit` a `unit`.
+struct WindowService {
+    limit: u32,
+    unit: crate::ratelimit::rls::Unit,
+    counts: std::cell::RefCell<std::collections::HashMap<u64, u32>>,
+}
+
+impl WindowService {
+    fn new(limit: u32, unit: crate::ratelimit::rls::Unit) -> WindowService {
+        WindowService {
+            limit,
+            unit,
+            counts: Default::default(),
+        }
+    }
+
+    /// Counts a call's hits at `at_ms` (the service's reading of the
+    /// clock) and answers it.
+    fn count(&self, sent: &[(Descriptor, Option<u64>)], at_ms: u64) -> RateLimitResponse {
+        use crate::ratelimit::rls::*;
+        let hits = u32::try_from(sent[0].1.unwrap_or(1)).unwrap();
+        let unit_s = self.unit.max_window_secs().unwrap();
+        let window = at_ms / 1000 / unit_s;
+        let mut counts = self.counts.borrow_mut();
+        let n = counts.entry(window).or_insert(0);
+        *n += hits;
+        let over = *n > self.limit;
+        let secs = unit_s - (at_ms / 1000) % unit_s;
+        let code = if over { Code::OverLimit } else { Code::Ok };
+        RateLimitResponse {
+            overall_code: code as i32,
+            statuses: vec![DescriptorStatus {
+                code: code as i32,
+                current_limit: Some(RateLimit {
+                    name: String::new(),
+                    requests_per_unit: self.limit,
+                    unit: self.unit as i32,
+                }),
+                limit_remaining: self.limit.saturating_sub(*n),
+                duration_until_reset: Some(Duration {
+                    seconds: i64::try_from(secs).unwrap(),
+                    nanos: 0,
+                }),
+            }],
+            ..Default::default()
+        }
+    }
+}
+
+impl World {
+    /// `n` requests for `u1` on `/leased`, one every `every_ms` from
+    /// `start_ms`, each call answered by `service` a millisecond after it
+    /// is sent: how many were refused, and the calls and hits asked in the
+    /// last second of a minute.
+    fn steady_leased(
+        &self,
+        service: &WindowService,
+        start_ms: u64,
+        every_ms: u64,
+        n: u64,
+    ) -> (u32, u32, u64) {
+        let (mut refused, mut calls_last_second, mut hits_last_second) = (0, 0, 0u64);
+        for i in 0..n {
+            let at = start_ms + i * every_ms;
+            let last_second = at % 60_000 >= 59_000;
+            match self.leased_get("/leased", "u1", at) {
+                Step::NeedRateLimit(p, call) => {
+                    let sent = rls_hits(&call);
+                    if last_second {
+                        calls_last_second += 1;
+                        hits_last_second += sent[0].1.unwrap_or(1);
+                    }
+                    let answer = service.count(&sent, at + 1);
+                    match self.answer(p, &answer, at + 1) {
+                        Step::Done(Decision::Allow(_), _) => {}
+                        _ => refused += 1,
+                    }
+                }
+                Step::Done(Decision::Allow(_), _) => {}
+                _ => refused += 1,
+            }
+        }
+        (refused, calls_last_second, hits_last_second)
+    }
+}
+
+#[test]
+fn the_last_second_of_a_window_does_not_spend_a_lease_a_request() {
+    // One worker, one client's steady 50 requests a second (one every
+    // 20 ms, each answered a millisecond after it is sent) against a leased
+    // (100) limit of 4,000 a minute: 3,000 requests a minute, well under
+    // the limit, so none should be refused. But from the moment the held
+    // lease ends (up to a second before the window does) until the window
+    // resets, every answer is in whole seconds with 1 s left, which keeps
+    // nothing, and each request asks (and the service counts) a whole
+    // lease again.
+    let w = lease_world_of(100);
+    let service = WindowService::new(4_000, crate::ratelimit::rls::Unit::Minute);
+    let start = (NOW * 1000 / 60_000 + 1) * 60_000 + 137;
+    let (refused, calls, hits) = w.steady_leased(&service, start, 20, 3 * 60 * 50);
+    let counted: Vec<u32> = service.counts.borrow().values().copied().collect();
+    assert_eq!(
+        refused, 0,
+        "{refused} of 9,000 requests refused at 3,000 a minute under a limit of 4,000 \
+         ({calls} calls asking {hits} hits in the windows' last seconds; counted per \
+         window: {counted:?})"
+    );
+}
+
+#[test]
+fn a_leased_per_second_limit_costs_a_hit_a_request() {
+    // README: "A per-second limit therefore keeps no lease from those
+    // services". It keeps none, but each request still asks for (and the
+    // service counts) a whole lease: a limit of 100 a second leased 10 at
+    // a time admits 10 requests a second, not 100.
+    let w = lease_world_of(10);
+    let service = WindowService::new(100, crate::ratelimit::rls::Unit::Second);
+    let start = (NOW + 1) * 1000 + 3;
+    let (refused, _, _) = w.steady_leased(&service, start, 20, 5 * 50);
+    let mut counted: Vec<u32> = service.counts.borrow().values().copied().collect();
+    counted.sort_unstable();
+    assert_eq!(
+        refused, 0,
+        "{refused} of 250 requests refused at 50 a second under a limit of 100 a second \
+         (counted per second: {counted:?})"
+    );
+}
+
+#[test]
+fn copies_of_a_used_token_do_not_spend_a_lease_each() {
+    // `replay.scope: service` beside a leased route-wide limit (10,000 a
+    // minute, `lease: 100`), with a service that counts every descriptor of
+    // a call, refused ones too (envoyproxy/ratelimit's default,
+    // appguard-ratelimit without --stop-increment-when-over-limit). A
+    // client sends its token once, then copies of it. The service refuses
+    // each copy (`token_replayed`), and counts the call's other
+    // descriptors: without a lease, a hit a copy (README, "A refused call
+    // counts"). With the lease, once the held hits are gone each copy asks
+    // for (and has counted) a whole lease of the route's limit, which the
+    // refusal does not keep: the replayed answer is never cached, the
+    // client's local limits get their tokens back, so nothing slows the
+    // copies down. 200 copies from one client spend 10,000 hits: every
+    // client of the route is refused for the rest of the minute.
+    use crate::ratelimit::rls::*;
+    let w = World::from(json!({
+        "rate_limit_service": {"cluster": "rls", "domain": "appguard", "timeout_ms": 100},
+        "tokens": [{"name": "t", "from": [{"header": "x-token"}],
+                    "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+                    "replay": {"claim": "jti", "scope": "service"}}],
+        "routes": [{"name": "r", "match": {"prefix": "/"}, "tokens": ["t"],
+                    "rate_limits": [{"entries": [{"type": "route"}], "lease": 100}]}]
+    }));
+    let token = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &json!({"iat": NOW, "exp": NOW + 300, "jti": "a"}),
+    );
+    let route_hits = std::cell::Cell::new(0u64);
+    let seen = std::cell::RefCell::new(std::collections::HashSet::<String>::new());
+    let status = |code: Code, rpu: u32, unit: Unit, remaining: u32, secs: i64| DescriptorStatus {
+        code: code as i32,
+        current_limit: Some(RateLimit {
+            name: String::new(),
+            requests_per_unit: rpu,
+            unit: unit as i32,
+        }),
+        limit_remaining: remaining,
+        duration_until_reset: Some(Duration {
+            seconds: secs,
+            nanos: 0,
+        }),
+    };
+    let t0 = NOW * 1000 + 5_000;
+    let send = |at: u64| -> Option<Reason> {
+        let h = headers(&[
+            (":method", "GET"),
+            (":path", "/x"),
+            (":authority", "api.example.com"),
+            ("x-token", &token),
+        ]);
+        let ctx = Ctx {
+            now_ms: at,
+            ..w.ctx()
+        };
+        match evaluate(
+            &ctx,
+            &Request::new(&h, Some("192.0.2.7".parse().unwrap())),
+            at / 1000,
+        ) {
+            Step::NeedRateLimit(p, call) => {
+                let sent = rls_hits(&call);
+                let mut statuses = Vec::new();
+                let mut over = false;
+                for (d, hits) in &sent {
+                    if d[0].0 == "jti" {
+                        let again = !seen.borrow_mut().insert(d[0].1.clone());
+                        over |= again;
+                        let code = if again { Code::OverLimit } else { Code::Ok };
+                        statuses.push(status(code, 1, Unit::Hour, 0, 3_000));
+                    } else {
+                        route_hits.set(route_hits.get() + hits.unwrap_or(1));
+                        let left = 10_000u64.saturating_sub(route_hits.get());
+                        statuses.push(status(
+                            Code::Ok,
+                            10_000,
+                            Unit::Minute,
+                            u32::try_from(left).unwrap(),
+                            50,
+                        ));
+                    }
+                }
+                let resp = RateLimitResponse {
+                    overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
+                    statuses,
+                    ..Default::default()
+                };
+                let ctx = Ctx {
+                    now_ms: at + 1,
+                    ..w.ctx()
+                };
+                match evaluate_rls(&ctx, p, Ok(&resp), (at + 1) / 1000) {
+                    Step::Done(d, _) => d.reason(),
+                    s => panic!("{s:?}"),
+                }
+            }
+            Step::Done(d, _) => d.reason(),
+            s => panic!("{s:?}"),
+        }
+    };
+    assert_eq!(send(t0), None, "the first use");
+    let before = route_hits.get();
+    for i in 1..=200 {
+        assert_eq!(send(t0 + i * 10), Some(Reason::TokenReplayed), "copy {i}");
+    }
+    let spent = route_hits.get() - before;
+    assert!(
+        spent <= 200,
+        "200 copies of one used token had {spent} hits of the route's limit counted \
+         (at most a hit a copy, as without a lease)"
     );
 }
