@@ -1197,19 +1197,46 @@ impl Config {
                 let disjoint_audiences = !a.audiences.is_empty()
                     && !b.audiences.is_empty()
                     && !a.audiences.iter().any(|x| b.audiences.contains(x));
-                if a.replay.is_none() || b.replay.is_none() || disjoint_audiences {
+                // A claim both require, with other values: no token is both's.
+                let disjoint_claims = a
+                    .required_claims
+                    .iter()
+                    .any(|(n, v)| b.required_claims.iter().any(|(m, w)| m == n && w != v));
+                if a.replay.is_none() || b.replay.is_none() || disjoint_audiences || disjoint_claims
+                {
                     continue;
                 }
-                if let (Some(sa), Some(sb)) = (signer(a), signer(b)) {
-                    if sa == sb {
-                        out.push(format!(
-                            "tokens[{i}] ({}) and tokens[{j}] ({}): the same {sa}, and each \
-                             keeps its own replay table: a token both accept can be used once \
-                             with each; use one provider, or `audiences` or \
-                             `required_claims` that tell their tokens apart",
-                            a.name, b.name
-                        ));
-                    }
+                let same_signer = match (signer(a), signer(b)) {
+                    (Some(sa), Some(sb)) if sa == sb => Some(sa),
+                    _ => None,
+                };
+                // One key (configured in both, or one JWKS), and issuers
+                // that do not tell the tokens apart: one names none, and
+                // takes the other's tokens too (Approov's tokens carry no
+                // `iss` at all).
+                let issuers_overlap =
+                    a.issuer.is_none() || b.issuer.is_none() || a.issuer == b.issuer;
+                let same_jwks = match (&a.remote_jwks, &b.remote_jwks) {
+                    (Some(x), Some(y)) => x.cluster == y.cluster && x.path == y.path,
+                    _ => false,
+                };
+                let same_key = same_jwks
+                    || a.key_fingerprints
+                        .iter()
+                        .any(|f| b.key_fingerprints.contains(f));
+                let what = match same_signer {
+                    Some(s) => Some(format!("the same {s}")),
+                    None if same_key && issuers_overlap => Some("a key in common".to_owned()),
+                    None => None,
+                };
+                if let Some(what) = what {
+                    out.push(format!(
+                        "tokens[{i}] ({}) and tokens[{j}] ({}): {what}, and each keeps its \
+                         own replay table: a token both accept can be used once with each; \
+                         use one provider, or `audiences` or `required_claims` that tell \
+                         their tokens apart",
+                        a.name, b.name
+                    ));
                 }
             }
         }
@@ -3019,10 +3046,44 @@ mod tests {
             "{a:?}"
         );
         assert!(advice(r#", "replay": {}, "issuer": "j""#).is_empty());
-        assert!(advice(r#", "replay": {}"#).is_empty(), "b names no issuer");
+        // b names no issuer: it takes a's tokens too.
+        let a = advice(r#", "replay": {}"#);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(
+            a[0].starts_with("tokens[0] (a) and tokens[1] (b): a key in common"),
+            "{a:?}"
+        );
         // Audiences that tell their tokens apart.
         let a = advice(r#", "issuer": "i", "replay": {}, "audiences": ["x"]"#);
         assert_eq!(a.len(), 1, "a takes any audience: {a:?}");
+        // A claim b requires that a's tokens may lack: still one signer.
+        let a = advice(r#", "replay": {}, "required_claims": {"tenant": 2}"#);
+        assert_eq!(a.len(), 1, "{a:?}");
+    }
+
+    #[test]
+    fn advice_names_two_providers_of_one_inline_key_with_replay_tables_of_their_own() {
+        // README (`replay`): "two providers that accept the same tokens (one
+        // issuer split in two for different bindings or platforms) each
+        // accept a token once, which `check-config` points out". Approov
+        // tokens carry no `iss`: split in two providers of one secret, both
+        // with replay, a token is used once with each, and nothing is said.
+        let key = RANDOM_KEY;
+        let json = format!(
+            r#"{{"tokens": [
+                {{"name": "sms", "from": [{{"header": "approov-token"}}], "replay": {{}},
+                  "keys": [{{"alg": "HS256", "secret_base64": "{key}"}}]}},
+                {{"name": "login", "from": [{{"header": "approov-token"}}], "replay": {{}}, "forward": true,
+                  "keys": [{{"alg": "HS256", "secret_base64": "{key}"}}]}}],
+              "routes": [{{"name": "sms", "match": {{"prefix": "/sms"}}, "tokens": ["sms"]}},
+                         {{"name": "login", "match": {{"prefix": "/login"}}, "tokens": ["login"]}}]}}"#
+        );
+        let a = Config::from_json(json.as_bytes()).unwrap().advisories();
+        assert!(
+            a.iter()
+                .any(|x| x.starts_with("tokens[0] (sms) and tokens[1] (login)")),
+            "{a:?}"
+        );
     }
 
     #[test]

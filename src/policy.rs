@@ -3800,12 +3800,13 @@ fn check_token(
 }
 
 /// Several of the route's providers read the same token (two issuers both
-/// sending `Authorization: Bearer`, or an issuer migration): the one that
-/// verified it before (a map lookup, nothing decoded on the cached path),
-/// else the first that fits the token's unverified claims best
-/// ([`token::fit`]: its issuer and audience, then its issuer, then a
-/// provider naming no issuer; one naming another would refuse the token
-/// for it), else `first`. The claims only choose: the chosen provider's
+/// sending `Authorization: Bearer`, or an issuer migration): the first
+/// that fits the token's claims best ([`token::fit`]: its issuer and
+/// audience, then its issuer, then a provider naming no issuer; one naming
+/// another would refuse the token for it), else `first`. The claims are
+/// those a provider of the route verified before, where one did (nothing
+/// decoded on the cached path), else the unverified ones: the choice is
+/// the same either way. The claims only choose: the chosen provider's
 /// checks all apply.
 fn choose_provider<'c, 'r>(
     ctx: &Ctx<'c>,
@@ -3817,33 +3818,103 @@ fn choose_provider<'c, 'r>(
     let raw = first.2;
     let mut same: Vec<(usize, &'c token::Provider)> = Vec::new();
     let mut max_bytes = 0;
-    let cache = ctx.token_cache.borrow();
-    for &pi in &route.providers {
-        let Some(p) = ctx.config.providers.get(pi) else {
-            continue;
-        };
-        if p.verified_by.is_some() || !matches!(token::extract(p, req), Ok(Some(t)) if t == raw) {
-            continue;
+    // A provider that verified the token before lends its claims (the
+    // token's own, so nothing is decoded on the cached path); the choice
+    // is still made by fit, so that it is the same whatever this worker
+    // cached: a token once verified by a laxer provider of the route (one
+    // naming no issuer, sent to a route of its own) must not take that
+    // provider's rules on a route where another fits it better.
+    let mut known: Option<Rc<VerifiedToken>> = None;
+    {
+        let cache = ctx.token_cache.borrow();
+        for &pi in &route.providers {
+            let Some(p) = ctx.config.providers.get(pi) else {
+                continue;
+            };
+            if p.verified_by.is_some() || !matches!(token::extract(p, req), Ok(Some(t)) if t == raw)
+            {
+                continue;
+            }
+            if known.is_none() {
+                let version = ctx.remote_keys.get(pi).map_or(0, |r| r.version);
+                known = cache.get(pi, version, raw, now, p.clock_skew_seconds);
+            }
+            max_bytes = max_bytes.max(p.max_token_bytes);
+            same.push((pi, p));
         }
-        let version = ctx.remote_keys.get(pi).map_or(0, |r| r.version);
-        if cache
-            .get(pi, version, raw, now, p.clock_skew_seconds)
-            .is_some()
-        {
-            return (pi, p, raw);
-        }
-        max_bytes = max_bytes.max(p.max_token_bytes);
-        same.push((pi, p));
     }
-    let claims = token::unverified_claims(max_bytes, raw).unwrap_or_default();
+    let decoded;
+    let claims = match &known {
+        Some(v) => &v.claims,
+        None => {
+            decoded = token::unverified_claims(max_bytes, raw).unwrap_or_default();
+            &decoded
+        }
+    };
+    // Among providers of one fit (one issuer split in two for different
+    // platforms, say), the first that could take the token: the others
+    // would refuse it for what needs no signature to tell.
+    // (With one candidate there is no tie to break.)
+    let kid = if same.len() > 1 {
+        token::unverified_kid(max_bytes, raw)
+    } else {
+        None
+    };
     let mut best: Option<(u8, usize, &'c token::Provider)> = None;
     for &(pi, p) in &same {
-        let fit = token::fit(p, &claims);
-        if fit > best.map_or(0, |(b, ..)| b) {
-            best = Some((fit, pi, p));
+        let fit = token::fit(p, claims);
+        let rank = if fit == 0 {
+            0
+        } else {
+            let takes = could_take(ctx, p, claims, kid.as_deref());
+            fit.saturating_mul(2).saturating_add(u8::from(takes))
+        };
+        if rank > best.map_or(0, |(b, ..)| b) {
+            best = Some((rank, pi, p));
         }
     }
     best.map_or(first, |(_, pi, p)| (pi, p, raw))
+}
+
+/// Whether provider `p` could take a token with these claims and header
+/// `kid`, as far as needs no signature: a configured key under the `kid`
+/// (where its keys name any; a remote JWKS may publish one at any time,
+/// so a provider that has one is not judged by its `kid`s), its
+/// `audiences`, its `required_claims`, and an app claim naming an app of
+/// its `platforms`.
+/// Only to choose among the route's providers of one [`token::fit`] (see
+/// [`choose_provider`]): the chosen one checks everything.
+fn could_take(
+    ctx: &Ctx<'_>,
+    p: &token::Provider,
+    claims: &serde_json::Map<String, serde_json::Value>,
+    kid: Option<&str>,
+) -> bool {
+    if let Some(kid) = kid {
+        if p.remote_jwks.is_none()
+            && p.keys.iter().any(|k| k.kid.is_some())
+            && !p.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+        {
+            return false;
+        }
+    }
+    // Its audiences (`token::fit` weighs them only beside an issuer).
+    if !token::accepts_audience(p, claims)
+        || p.required_claims
+            .iter()
+            .any(|(name, want)| claims.get(name) != Some(want))
+    {
+        return false;
+    }
+    if let Some(ac) = p.app_claim.as_ref().filter(|_| !p.platforms.is_empty()) {
+        let Some(named) = token::claim_text(claims, &ac.claim) else {
+            return false;
+        };
+        let firebase = ac.format == AppClaimFormat::Firebase;
+        return identity::app_from_claim(&ctx.config.apps, &named, firebase)
+            .is_ok_and(|app| p.platforms.contains(&app.platform));
+    }
+    true
 }
 
 /// The rules that run on every request with a verified token, cached or

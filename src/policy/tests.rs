@@ -10675,3 +10675,132 @@ fn copies_of_a_used_token_do_not_spend_a_lease_each() {
          (at most a hit a copy, as without a lease)"
     );
 }
+
+#[test]
+fn a_cached_token_does_not_move_to_a_laxer_provider_of_the_route() {
+    // An issuer migration: `new` names the issuer and binds its tokens to
+    // `authorization`; `legacy` names no issuer (same key) and binds
+    // nothing, for the old read-only routes. On a route that takes both, a
+    // token of the issuer goes to `new` (token::fit): its binding holds.
+    // Sending the token once to a `legacy`-only route must not make the
+    // route that takes both verify it with `legacy`'s rules instead: the
+    // decision would then depend on the worker's cache, and the attacker
+    // chooses it.
+    let w = World::from(json!({
+        "tokens": [
+            {"name": "legacy", "from": [{"header": "x-t"}],
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]},
+            {"name": "new", "from": [{"header": "x-t"}], "issuer": "https://iss.example",
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+             "binding": {"claim": "pay", "headers": ["authorization"], "required": true},
+             "replay": {}}
+        ],
+        "routes": [
+            {"name": "sms", "match": {"prefix": "/sms/"}, "tokens": ["legacy", "new"]},
+            {"name": "read", "match": {"prefix": "/read/"}, "tokens": ["legacy"]}
+        ]
+    }));
+    let t = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "iss": "https://iss.example", "jti": "j-61",
+                "pay": crate::token::binding_digest(&["Bearer alice"])}),
+    );
+    let on = |path: &str, auth: &str| {
+        w.run(
+            path,
+            "198.51.100.7",
+            &[("x-t", &t), ("authorization", auth)],
+        )
+        .0
+        .reason()
+    };
+    // Cold cache: `new` decides, and refuses another Authorization.
+    assert_eq!(on("/sms/x", "Bearer mallory"), Some(Reason::TokenBinding));
+    // The genuine use, once.
+    assert_eq!(on("/sms/x", "Bearer alice"), None);
+    assert_eq!(on("/sms/x", "Bearer alice"), Some(Reason::TokenReplayed));
+    // The token once on a legacy route (it is a valid legacy token there).
+    assert_eq!(on("/read/x", "Bearer mallory"), None);
+    // The same requests as above, decided the same way.
+    assert_eq!(
+        on("/sms/x", "Bearer mallory"),
+        Some(Reason::TokenBinding),
+        "the binding of `new` is skipped once `legacy` cached the token"
+    );
+    assert_eq!(
+        on("/sms/x", "Bearer alice"),
+        Some(Reason::TokenReplayed),
+        "the replay check of `new` is skipped once `legacy` cached the token"
+    );
+}
+
+#[test]
+fn a_route_that_takes_two_providers_of_one_issuer_split_by_platform_takes_both() {
+    // README (`replay`): "one issuer split in two for different bindings
+    // or platforms". A route that lists both providers must take the
+    // tokens of each: an iOS app's token is the `ios` provider's, and goes
+    // to it, not to the first provider of the issuer, which refuses it.
+    let w = World::from(json!({
+        "apps": [
+            {"id": "a-android", "platform": "android", "package": "com.example.a"},
+            {"id": "a-ios", "platform": "ios", "bundle_id": "com.example.a", "team_id": "TEAM123456"}
+        ],
+        "tokens": [
+            {"name": "android", "from": [{"header": "x-t"}], "issuer": "https://iss.example",
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+             "app_claim": {"claim": "app"}, "platforms": ["android"]},
+            {"name": "ios", "from": [{"header": "x-t"}], "issuer": "https://iss.example",
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}],
+             "app_claim": {"claim": "app"}, "platforms": ["ios"]}
+        ],
+        "routes": [
+            {"name": "both", "match": {"prefix": "/both/"}, "tokens": ["android", "ios"]},
+            {"name": "ios", "match": {"prefix": "/ios/"}, "tokens": ["ios"]}
+        ]
+    }));
+    let t = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "iss": "https://iss.example", "app": "a-ios"}),
+    );
+    let on = |path: &str| {
+        w.run(
+            path,
+            "198.51.100.7",
+            &[("x-t", &t), ("x-ios-bundle-id", "com.example.a")],
+        )
+        .0
+        .reason()
+    };
+    // Cold cache: the route that takes both (at HEAD, the cache only hid
+    // this once the ios-only route had verified the token).
+    assert_eq!(
+        on("/both/x"),
+        None,
+        "a route that lists the ios provider takes its token"
+    );
+    assert_eq!(on("/ios/x"), None, "the ios provider takes it");
+}
+
+#[test]
+fn providers_naming_no_issuer_are_chosen_by_audience_too() {
+    // Two providers of one key without `issuer` (Approov's tokens carry
+    // none), told apart by `audiences`: a route that lists both takes the
+    // tokens of each.
+    let w = World::from(json!({
+        "tokens": [
+            {"name": "a", "from": [{"header": "x-t"}], "audiences": ["app-a"],
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]},
+            {"name": "b", "from": [{"header": "x-t"}], "audiences": ["app-b"],
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]}
+        ],
+        "routes": [{"name": "both", "match": {"prefix": "/both/"}, "tokens": ["a", "b"]}]
+    }));
+    let t = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": NOW + 60, "aud": "app-b"}),
+    );
+    assert_eq!(w.reason("/both/x", &[("x-t", &t)]), None);
+}

@@ -9,6 +9,7 @@ use base64::Engine;
 use jwt_simple::prelude::*;
 use serde::Deserialize;
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 use super::ecdsa::P256Key;
 use super::rsa::RsaPublicKey;
@@ -546,6 +547,58 @@ impl RawKey {
             .is_some_and(oct_secret_is_text)
             .then_some("jwk.k")
     }
+}
+
+impl RawKey {
+    /// A digest of the key as written (the secret's bytes, the PEM without
+    /// its whitespace, the JWK's members), only to tell whether two
+    /// providers were given one key (see `Config::advisories`): never
+    /// logged, and not the secret.
+    pub(crate) fn fingerprint(&self) -> [u8; 16] {
+        let mut text: Vec<u8> = b"appguard configured key\0".to_vec();
+        if let Some(b) = self.secret_base64.as_deref().and_then(decode_base64_any) {
+            text.extend_from_slice(b"secret\0");
+            text.extend_from_slice(&b);
+        } else if let Some(pem) = &self.pem {
+            text.extend_from_slice(b"pem\0");
+            text.extend(pem.bytes().filter(|b| !b.is_ascii_whitespace()));
+        } else if let Some(jwk) = &self.jwk {
+            text.extend_from_slice(b"jwk\0");
+            jwk_members(&mut text, jwk);
+        }
+        let d = Sha256::digest(&text);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(d.get(..16).unwrap_or(&[0; 16]));
+        out
+    }
+}
+
+/// A JWK's key members, for [`RawKey::fingerprint`] and the inline `jwks`:
+/// those that make the key (RFC 7518 §6: `kty`, `crv`, `x`, `y`, `n`, `e`,
+/// `k`), in that order; `kid`, `alg` and `use` say nothing of it (one key
+/// under two names is one key).
+fn jwk_members(out: &mut Vec<u8>, jwk: &Value) {
+    for name in ["kty", "crv", "x", "y", "n", "e", "k"] {
+        if let Some(v) = jwk.get(name).and_then(Value::as_str) {
+            out.extend_from_slice(name.as_bytes());
+            out.push(b'=');
+            out.extend_from_slice(v.as_bytes());
+            out.push(0);
+        }
+    }
+}
+
+/// A digest of an inline `jwks` member, as [`RawKey::fingerprint`] has it
+/// for a `jwk`.
+pub(crate) fn jwk_fingerprint(jwk: &Value) -> [u8; 16] {
+    RawKey {
+        kid: None,
+        alg: None,
+        secret_base64: None,
+        pem: None,
+        jwk: Some(jwk.clone()),
+    }
+    .fingerprint()
 }
 
 /// Whether `jwk` is an `oct` JWK whose secret `k` is text or a few bytes

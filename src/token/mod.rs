@@ -164,6 +164,11 @@ pub struct Provider {
     /// ([`crate::config::Config::advisories`]), as one captured token lets
     /// anyone test guesses of such a secret offline and then sign tokens.
     pub text_secrets: Vec<String>,
+    /// A digest of each configured key (`keys` and inline `jwks`, see
+    /// `keys::RawKey::fingerprint`): two providers given one key accept
+    /// each other's tokens, which [`crate::config::Config::advisories`]
+    /// points out where each keeps a replay table of its own.
+    pub key_fingerprints: Vec<[u8; 16]>,
     /// Remote JWKS, if any.
     pub remote_jwks: Option<RemoteJwks>,
     /// Required `iss`, when set.
@@ -676,11 +681,13 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
     }
     let mut keyset = Vec::new();
     let mut text_secrets = Vec::new();
+    let mut key_fingerprints = Vec::new();
     let raw_keys_len = raw.keys.len();
     for (i, k) in raw.keys.into_iter().enumerate() {
         if let Some(field) = k.text_secret_field() {
             text_secrets.push(format!("keys[{i}].{field}"));
         }
+        key_fingerprints.push(k.fingerprint());
         let key = keys::compile_key(k).map_err(|(field, msg)| {
             let path = if field.is_empty() {
                 format!("{at}.keys[{i}]")
@@ -697,6 +704,7 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
                 if keys::oct_secret_is_text(k) {
                     text_secrets.push(format!("jwks.keys[{j}].k"));
                 }
+                key_fingerprints.push(keys::jwk_fingerprint(k));
             }
         }
         keyset.extend(
@@ -1045,6 +1053,7 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
         claim_to_headers,
         verified_by,
         text_secrets,
+        key_fingerprints,
     })
 }
 
@@ -1412,6 +1421,20 @@ pub fn unverified_claims(max_bytes: usize, token: &str) -> Option<Map<String, Va
     }
     let payload = token.split('.').nth(1)?;
     strict_json::parse_object(&b64::decode(payload.as_bytes())?)
+}
+
+/// The `kid` a token's header names, unverified (only to choose among
+/// providers that all hold the same token, as [`unverified_claims`]).
+/// `None` for a token over `max_bytes`, an unreadable header, or no `kid`.
+pub fn unverified_kid(max_bytes: usize, token: &str) -> Option<String> {
+    if token.len() > max_bytes {
+        return None;
+    }
+    let header = token.split('.').next()?;
+    strict_json::parse_object(&b64::decode(header.as_bytes())?)?
+        .get("kid")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// How well a token's claims (unverified, or a delegated payload) fit
