@@ -4120,6 +4120,16 @@ mod tests {
             let e = err(&doc(&source, &hs, ""));
             assert_eq!(e.path, "tokens[0].from[0].prefix", "{e}");
         }
+        // `cookie` holds all of the request's cookies, not one token.
+        for name in ["cookie", "Cookie", "COOKIE"] {
+            let source = format!(r#"{{"header": "{name}", "prefix": "token="}}"#);
+            let e = err(&doc(&source, &hs, ""));
+            assert_eq!(e.path, "tokens[0].from[0].header", "{e}");
+            assert!(
+                e.to_string().contains("all of the request's cookies"),
+                "{e}"
+            );
+        }
         let bearer = r#"{"header": "x-t", "prefix": "Bearer "}"#;
         let named = r#", "issuer": "i", "audiences": ["a"], "app_claim": {"claim": "sub"}"#;
         assert!(Config::from_json(doc(bearer, &hs, named).as_bytes()).is_ok());

@@ -667,6 +667,18 @@ pub(crate) fn compile_provider(at: &str, raw: RawProvider) -> Result<Provider, C
     let mut sources = Vec::new();
     for (i, s) in raw.from.into_iter().enumerate() {
         let header = crate::config::header_name(&format!("{at}.from[{i}].header"), &s.header)?;
+        // `cookie` holds every cookie of the request: a token there would
+        // be found only as the request's one cookie (beside another it
+        // reads `T; sid=…`, and HTTP/2 sends cookies as separate headers),
+        // and removing the token would remove the session cookies with it.
+        if crate::request::same_header_name(header.as_bytes(), b"cookie") {
+            return Err(err(
+                &format!("from[{i}].header"),
+                "`cookie` holds all of the request's cookies, not one token: send the token \
+                 in a header of its own"
+                    .into(),
+            ));
+        }
         // No header value holds one (RFC 9110 §5.5): no token would be found.
         if s.prefix.contains(char::is_control) {
             return Err(err(
