@@ -366,9 +366,11 @@ struct Sent {
 
 /// What the filter does when the service does not limit a replay
 /// descriptor to 1 per long enough a window (src/policy.rs `rls_verdict`).
-const REPLAY_TAIL: &str = "the filter then trusts no answer for this provider's tokens \
-    and answers them ratelimit_unavailable (503), or, on a route with failure_mode allow, \
-    lets them through unchecked";
+const REPLAY_TAIL: &str = "the filter then counts the service as failing for this \
+    provider's tokens: on a route with failure_mode deny it answers them \
+    ratelimit_unavailable (503); with failure_mode allow it lets them through without the \
+    route's service limits, each token accepted once per Envoy instance (its local replay \
+    table stands in)";
 
 /// Warnings about the descriptors `config` sends that the rate-limit
 /// configuration `rls` does not limit: (a) a rule no limit matches, (b) a
@@ -646,7 +648,8 @@ fn replay_problem(limit: &Limit, horizon: u64) -> Option<String> {
     };
     if requests == 0 {
         return Some(format!(
-            "allows none: the service refuses every token of this provider; {REPLAY_TAIL}"
+            "allows none (a limit other than 1 per window is no replay protection the filter \
+             can use); {REPLAY_TAIL}"
         ));
     }
     if requests != 1 {
