@@ -469,7 +469,9 @@ impl LineKind {
     /// The lines of this kind, as a suppression summary names them.
     fn lines(self) -> &'static str {
         match self {
-            LineKind::Info => "info: over limit, invalid request",
+            LineKind::Info => {
+                "info: over limit, invalid request, call ended before its message was read"
+            }
             LineKind::Warn => "warn: counter store failed",
             LineKind::Abandoned => "warn: call ended before it was answered",
         }
@@ -2025,7 +2027,7 @@ descriptors:
         assert_eq!(
             msgs(new),
             vec![
-                "suppressed 180 per-request log lines (info: over limit, invalid request)",
+                "suppressed 180 per-request log lines (info: over limit, invalid request, call ended before its message was read)",
                 "over limit"
             ]
         );
