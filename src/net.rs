@@ -640,4 +640,16 @@ mod tests {
         assert_eq!(masked(ip("::ffff:198.51.100.7"), 32, 64), "198.51.100.7");
         assert_eq!(masked(ip("2001:db8:1:2:3::1"), 32, 48), "2001:db8:1::/48");
     }
+
+    /// An X-Forwarded-For entry with an IPv6 zone
+    /// (`[fe80::1%1]:80`, which `SocketAddr` parses, dropping the zone) is
+    /// not an address: unknown, as the `%` check says. Without this test
+    /// the check could go with the suite passing.
+    #[test]
+    fn an_xff_entry_with_a_zone_is_no_address() {
+        for entry in ["[fe80::1%1]:80", "fe80::1%1", "[fe80::1%eth0]:80"] {
+            assert_eq!(parse_client_ip(entry), None, "{entry}");
+            assert_eq!(client_ip(|| None, [entry].into_iter(), 1), None, "{entry}");
+        }
+    }
 }

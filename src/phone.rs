@@ -1455,4 +1455,23 @@ mod tests {
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }
+
+    /// A denied "prefix" that is a whole number (1 to
+    /// 15 digits are allowed, so an operator may block one number) denies
+    /// that number, in each spelling. The prefix search stopping one digit
+    /// short of the number passed the whole suite.
+    #[test]
+    fn a_denied_prefix_as_long_as_the_number_denies_it() {
+        let set = PrefixSet::new(["+44 7700 900123", "+882 1234 5678 9012"]).unwrap();
+        let denied = |s: &str| set.contains_prefix_of(&normalize(s, &uk()).unwrap());
+        assert!(denied("+44 7700 900123"));
+        assert!(denied("07700 900123"));
+        assert!(denied("+44 07700 900123"));
+        assert!(denied("+882 1234 5678 9012"), "15 digits");
+        assert!(!denied("+44 7700 900124"));
+        assert_eq!(
+            set.matching_prefix(&normalize("+44 7700 900123", &uk()).unwrap()),
+            Some("+447700900123")
+        );
+    }
 }

@@ -10804,3 +10804,79 @@ fn providers_naming_no_issuer_are_chosen_by_audience_too() {
     );
     assert_eq!(w.reason("/both/x", &[("x-t", &t)]), None);
 }
+
+/// A token naming an Android app pinned to its
+/// signing certificate, sent with the fingerprint of another certificate
+/// (a repackaged app that reports its own): `app_mismatch`. No test sent
+/// a wrong certificate beside a token, so the certificate check of
+/// `headers_agree` could be dropped with the whole suite passing.
+#[test]
+fn a_token_for_a_pinned_android_app_with_another_certificate_is_app_mismatch() {
+    let w = World::new();
+    let auth = "Bearer u1";
+    let other = "00".repeat(32);
+    let t = own_token("shop-android", "jc1", auth);
+    assert_eq!(
+        w.reason(
+            "/attested/x",
+            &[
+                ("x-app-token", &t),
+                ("authorization", auth),
+                ANDROID[0],
+                ("x-android-cert", &other)
+            ]
+        ),
+        Some(Reason::AppMismatch)
+    );
+    // The pinned certificate passes.
+    let t = own_token("shop-android", "jc2", auth);
+    assert_eq!(
+        w.reason(
+            "/attested/x",
+            &[
+                ("x-app-token", &t),
+                ("authorization", auth),
+                ANDROID[0],
+                ANDROID[1]
+            ]
+        ),
+        None
+    );
+}
+
+/// One `network` with both an allow list and a deny
+/// list (the configuration's or a route's): an address in neither is
+/// refused by the allow list, one in both by the deny list. Every test
+/// gave a network one list or the other, so skipping the allow list
+/// whenever a deny list was there passed the whole suite.
+#[test]
+fn a_network_with_both_lists_holds_each_of_them() {
+    let mut v = config_json();
+    v["network"]["ip_allow"] = json!(["192.0.2.0/24", "203.0.113.0/24"]);
+    let w = World::from(v);
+    assert_eq!(w.run("/open/x", "192.0.2.7", &[]).0.reason(), None);
+    assert_eq!(
+        w.run("/open/x", "198.51.100.1", &[]).0.reason(),
+        Some(Reason::IpDenied),
+        "outside the allow list"
+    );
+    assert_eq!(
+        w.run("/open/x", "203.0.113.7", &[]).0.reason(),
+        Some(Reason::IpDenied),
+        "in both: the deny list wins"
+    );
+    // A route's own network, the same way.
+    let mut v = config_json();
+    v["routes"][6]["network"]["ip_deny"] = json!(["192.0.2.128/25"]);
+    let w = World::from(v);
+    let key = [("x-api-key", "key-office")];
+    assert_eq!(w.run("/office/x", "192.0.2.5", &key).0.reason(), None);
+    assert_eq!(
+        w.run("/office/x", "198.51.100.1", &key).0.reason(),
+        Some(Reason::IpDenied)
+    );
+    assert_eq!(
+        w.run("/office/x", "192.0.2.200", &key).0.reason(),
+        Some(Reason::IpDenied)
+    );
+}

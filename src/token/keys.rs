@@ -994,4 +994,29 @@ mod tests {
             (Some("h1"), Alg::HS256)
         );
     }
+
+    /// A JWK whose own `alg` is not the one the
+    /// configuration (or the JWKS entry) asks for is refused, for RSA (PS256
+    /// published, RS256 asked) and HMAC: RFC 8725 §3.1, a key is used with
+    /// its one algorithm. No test gave a disagreeing pair, so the check
+    /// could go with the suite passing.
+    #[test]
+    fn a_jwk_whose_alg_disagrees_with_the_one_asked_for_is_refused() {
+        use ::rsa::pkcs8::DecodePrivateKey;
+        use ::rsa::traits::PublicKeyParts;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let private = ::rsa::RsaPrivateKey::from_pkcs8_pem(super::super::tests::RSA_PRIV).unwrap();
+        let n = b64(&private.n().to_bytes_be());
+        let e = b64(&private.e().to_bytes_be());
+        let rsa = json!({"kty": "RSA", "alg": "PS256", "n": n, "e": e});
+        assert!(key_from_jwk(&rsa, Some(Alg::PS256), None).is_ok());
+        let err = key_from_jwk(&rsa, Some(Alg::RS256), None).err();
+        assert!(
+            err.as_deref().is_some_and(|m| m.contains("disagrees")),
+            "{err:?}"
+        );
+        let oct = json!({"kty": "oct", "alg": "HS512", "k": b64(&[7u8; 64])});
+        assert!(key_from_jwk(&oct, Some(Alg::HS512), None).is_ok());
+        assert!(key_from_jwk(&oct, Some(Alg::HS256), None).is_err());
+    }
 }

@@ -1036,3 +1036,80 @@ fn a_verified_token_debugs_its_claim_names_not_their_values() {
         r#"VerifiedToken { provider: 1, exp: 99, claims: ["phone", "sub"] }"#
     );
 }
+
+/// Each time rule at its exact edge with the default
+/// 5 s skew. `time_rules` tests `nbf` 30 s ahead only, so a skew doubled
+/// (or any `nbf` tolerance up to 29 s) for `nbf` passed the whole suite.
+#[test]
+fn each_time_rule_holds_at_its_edge() {
+    let p = provider(json!({}));
+    let skew = p.clock_skew_seconds;
+    assert_eq!(skew, 5, "the edges below are for the default skew");
+    // `nbf`: up to the skew ahead is taken, a second more is not.
+    let nbf = |n: u64| json!({"exp": NOW + 60, "nbf": n, "sub": "u"});
+    assert!(verify(&p, &hs(&nbf(NOW + skew)), NOW).is_ok());
+    assert_eq!(
+        verify(&p, &hs(&nbf(NOW + skew + 1)), NOW),
+        Err(TokenError::NotYetValid)
+    );
+    // `iat` likewise.
+    assert!(verify(&p, &hs(&claims_at(NOW + skew, 60)), NOW).is_ok());
+    assert_eq!(
+        verify(&p, &hs(&claims_at(NOW + skew + 1, 60)), NOW),
+        Err(TokenError::NotYetValid)
+    );
+    // `exp`: up to the skew behind is taken, a second more is not.
+    assert!(verify(&p, &hs(&claims_at(NOW - 60, 60 - skew)), NOW).is_ok());
+    assert_eq!(
+        verify(&p, &hs(&claims_at(NOW - 60, 60 - skew - 1)), NOW),
+        Err(TokenError::Expired)
+    );
+    // Lifetime from `iat`: exactly the cap is taken, a second more is not.
+    assert!(verify(&p, &hs(&claims_at(NOW - 10, 300)), NOW).is_ok());
+    assert_eq!(
+        verify(&p, &hs(&claims_at(NOW - 10, 301)), NOW),
+        Err(TokenError::Lifetime)
+    );
+    // Without `iat`: `exp` up to the cap plus the skew ahead.
+    assert!(verify(&p, &hs(&json!({"exp": NOW + 300 + skew})), NOW).is_ok());
+    assert_eq!(
+        verify(&p, &hs(&json!({"exp": NOW + 301 + skew})), NOW),
+        Err(TokenError::Lifetime)
+    );
+}
+
+/// The configuration's ceilings on the token's time
+/// rules hold at their edge. Only `message_signing.clock_skew_seconds` was
+/// tested: the token's own `clock_skew_seconds` (300), `max_lifetime_seconds`
+/// (86 400) and `message_signing.max_age_seconds` (86 400) could each be
+/// lifted with the suite passing, and a skew of an hour then taken.
+#[test]
+fn time_ceilings_of_a_provider_hold_at_their_edge() {
+    let compile = |extra: Value| {
+        let mut v = json!({"name": "p", "from": [{"header": "x"}],
+                           "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        let raw: RawProvider = serde_json::from_value(v).unwrap();
+        compile_provider("tokens[0]", raw).err().map(|e| e.path)
+    };
+    assert_eq!(compile(json!({"clock_skew_seconds": 300})), None);
+    assert_eq!(
+        compile(json!({"clock_skew_seconds": 301})).as_deref(),
+        Some("tokens[0].clock_skew_seconds")
+    );
+    assert_eq!(compile(json!({"max_lifetime_seconds": 86_400})), None);
+    assert_eq!(
+        compile(json!({"max_lifetime_seconds": 86_401})).as_deref(),
+        Some("tokens[0].max_lifetime_seconds")
+    );
+    assert_eq!(
+        compile(json!({"message_signing": {"claim": "ipk", "max_age_seconds": 86_400}})),
+        None
+    );
+    assert_eq!(
+        compile(json!({"message_signing": {"claim": "ipk", "max_age_seconds": 86_401}})).as_deref(),
+        Some("tokens[0].message_signing.max_age_seconds")
+    );
+}

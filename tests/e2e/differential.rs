@@ -1890,6 +1890,23 @@ impl Comparison {
             started.elapsed().as_secs_f64(),
             self.tally
         );
+        // Agreement on requests that all end the same way proves nothing:
+        // a generator (or a shared configuration) that stops reaching a
+        // check would leave both sides agreeing on the rest. With enough
+        // requests, some must pass and several kinds of refusal must come.
+        if n >= 500 {
+            let allowed = self.tally.get("allowed").copied().unwrap_or(0);
+            let refusals = self
+                .tally
+                .keys()
+                .filter(|k| *k != "allowed" && !k.starts_with("envoy "))
+                .count();
+            assert!(
+                allowed * 20 >= n && refusals >= 6,
+                "{what}: the generated requests reach too few outcomes (seed {seed}): {:?}",
+                self.tally
+            );
+        }
         assert!(
             self.mismatches.is_empty(),
             "{} of {n} requests differ (seed {seed}; rerun with APPGUARD_DIFF_SEED={seed} APPGUARD_DIFF_N={n}):\n{}",
