@@ -1416,8 +1416,9 @@ impl ServiceCache {
     /// sixteenth after two, and so on. With nothing known of what remains,
     /// 1 while another ask is in flight or held; 1 too within a second of
     /// the end of the last lease (or of an answer that kept nothing),
-    /// whose window may not have reset yet. Never more than the limit an
-    /// over-limit answer named for it.
+    /// whose window may not have reset yet, and always for a limit whose
+    /// windows last a second or less (once an answer said so). Never more
+    /// than the limit an over-limit answer named for it.
     pub fn lease_ask(&self, digest: &[u8; 16], size: u32, now_ms: u64) -> u32 {
         // No more than the limit the service last named for it (in an
         // over-limit answer, kept past its window while the table has
@@ -1465,6 +1466,11 @@ impl ServiceCache {
             // no one. One hit, which the service decides; its answer says
             // when the next window starts.
             Some(l) if l.until_ms <= now_ms && now_ms < l.until_ms.saturating_add(1000) => 1,
+            // A limit whose windows last a second at most: an answer in
+            // whole seconds never keeps a lease of it, however long ago
+            // the last one came (each ask for more than one would be
+            // counted there and kept by no one).
+            Some(l) if l.window_ms > 0 && l.window_ms <= 1000 => 1,
             _ if count > 0 => 1,
             _ => size,
         }
@@ -1539,9 +1545,26 @@ impl ServiceCache {
     /// last `window_ms` (its unit's): remembered with the worker's lease
     /// of it, if any, for the reset asks sent once that lease's window is
     /// over ([`ServiceCache::abandon_ask`]).
+    ///
+    /// A limit of windows of a second or less is remembered even where no
+    /// lease is (its answer was a refusal): its asks are then for one hit
+    /// ([`ServiceCache::lease_ask`]), as no lease of it is ever kept.
     pub fn note_window(&mut self, digest: &[u8; 16], window_ms: u64) {
         if let Some(l) = self.leases.get_mut(digest) {
             l.window_ms = window_ms;
+        } else if window_ms > 0 && window_ms <= 1000 && self.leases.len() < OVER_LIMIT_ENTRIES {
+            // Not when the table is full: the next lease granted makes room.
+            self.leases.insert(
+                *digest,
+                Lease {
+                    remaining: 0,
+                    until_ms: 0,
+                    service_remaining: 0,
+                    granted_ms: 0,
+                    asked_ahead: false,
+                    window_ms,
+                },
+            );
         }
     }
 

@@ -2212,7 +2212,13 @@ fn limits_phase(
     // service counts for the request's other descriptors (by default, a
     // whole lease for a leased one whose held hits are gone), and nothing
     // else slows copies down (their local tokens are given back).
-    if service_replay_refused(ctx, pending.replay.as_ref(), now) {
+    // (Built once: the same descriptor goes in the call below.)
+    let mut replay_descriptor = pending
+        .replay
+        .as_ref()
+        .filter(|m| m.scope == ReplayScope::Service)
+        .and_then(|m| service_replay_descriptor(config, m));
+    if service_replay_refused(ctx, replay_descriptor.as_ref(), now) {
         return deny(pending, Reason::TokenReplayed.into());
     }
     let mut service: Vec<Sent> = Vec::new();
@@ -2303,9 +2309,8 @@ fn limits_phase(
             None
         }
         Some(m) => {
-            let descriptor = service_replay_descriptor(config, &m);
             pending.replay_fallback = Some(m);
-            descriptor
+            replay_descriptor.take()
         }
         None => None,
     };
@@ -2374,21 +2379,16 @@ fn service_replay_descriptor(config: &Config, m: &ReplayMark) -> Option<Descript
         .map(|(_, r)| vec![(r.claim.clone(), crate::hex_lower(&m.digest))])
 }
 
-/// Whether the service refused this token's replay claim as used
-/// (`replay.scope: service`) in a window that has not reset at `now`:
-/// remembered in the worker's over-limit cache ([`rls_verdict`]).
-fn service_replay_refused(ctx: &Ctx<'_>, m: Option<&ReplayMark>, now: u64) -> bool {
-    let (Some(m), Some(svc)) = (
-        m.filter(|m| m.scope == ReplayScope::Service),
-        &ctx.config.rate_limit_service,
-    ) else {
-        return false;
-    };
-    let Some(d) = service_replay_descriptor(ctx.config, m) else {
+/// Whether the service refused this token's replay descriptor
+/// (`replay.scope: service`, see [`service_replay_descriptor`]) as used in
+/// a window that has not reset at `now`: remembered in the worker's
+/// over-limit cache ([`rls_verdict`]).
+fn service_replay_refused(ctx: &Ctx<'_>, d: Option<&Descriptor>, now: u64) -> bool {
+    let (Some(d), Some(svc)) = (d, &ctx.config.rate_limit_service) else {
         return false;
     };
     let cache = ctx.service_cache.borrow();
-    cache.get(&cache.key(&svc.replay_scope, &d), now).is_some()
+    cache.get(&cache.key(&svc.replay_scope, d), now).is_some()
 }
 
 /// Finishes with the service's answer: `Ok(response)`, or `Err(())` when the
@@ -3806,7 +3806,9 @@ fn check_token(
 /// another would refuse the token for it), else `first`. The claims are
 /// those a provider of the route verified before, where one did (nothing
 /// decoded on the cached path), else the unverified ones: the choice is
-/// the same either way. The claims only choose: the chosen provider's
+/// the same either way. Among providers of the best fit, the first that
+/// could take the token ([`could_take`]; the token's header is decoded for
+/// its `kid` only then). The claims only choose: the chosen provider's
 /// checks all apply.
 fn choose_provider<'c, 'r>(
     ctx: &Ctx<'c>,
@@ -3851,29 +3853,28 @@ fn choose_provider<'c, 'r>(
             &decoded
         }
     };
-    // Among providers of one fit (one issuer split in two for different
-    // platforms, say), the first that could take the token: the others
-    // would refuse it for what needs no signature to tell.
-    // (With one candidate there is no tie to break.)
-    let kid = if same.len() > 1 {
-        token::unverified_kid(max_bytes, raw)
-    } else {
-        None
-    };
-    let mut best: Option<(u8, usize, &'c token::Provider)> = None;
-    for &(pi, p) in &same {
-        let fit = token::fit(p, claims);
-        let rank = if fit == 0 {
-            0
-        } else {
-            let takes = could_take(ctx, p, claims, kid.as_deref());
-            fit.saturating_mul(2).saturating_add(u8::from(takes))
-        };
-        if rank > best.map_or(0, |(b, ..)| b) {
-            best = Some((rank, pi, p));
-        }
+    // The best fit first; among providers of that fit (one issuer split
+    // in two for different platforms, say), the first that could take the
+    // token: the others would refuse it for what needs no signature to
+    // tell. Without a tie nothing more is read (the token's header is
+    // decoded for its `kid` only to break one).
+    let fit = |p: &token::Provider| token::fit(p, claims);
+    let top = same.iter().map(|&(_, p)| fit(p)).max().unwrap_or(0);
+    if top == 0 {
+        return first;
     }
-    best.map_or(first, |(_, pi, p)| (pi, p, raw))
+    let mut tied = same.iter().copied().filter(|&(_, p)| fit(p) == top);
+    let Some((pi, p)) = tied.next() else {
+        return first;
+    };
+    if same.iter().filter(|&&(_, p)| fit(p) == top).count() == 1 {
+        return (pi, p, raw);
+    }
+    let kid = token::unverified_kid(max_bytes, raw);
+    std::iter::once((pi, p))
+        .chain(tied)
+        .find(|&(_, p)| could_take(ctx, p, claims, kid.as_deref()))
+        .map_or((pi, p, raw), |(pi, p)| (pi, p, raw))
 }
 
 /// Whether provider `p` could take a token with these claims and header

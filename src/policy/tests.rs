@@ -10880,3 +10880,93 @@ fn a_network_with_both_lists_holds_each_of_them() {
         Some(Reason::IpDenied)
     );
 }
+
+#[test]
+fn a_cached_token_is_not_decoded_again_to_choose_among_providers() {
+    // On a route where two providers read one token (an
+    // issuer migration: `legacy` names no issuer, `new` names it), the
+    // choice is by fit; once a provider verified the token its cached
+    // claims are used, "nothing decoded on the cached path" (the doc of
+    // `choose_provider`). Since 01d22a4 the token's header is base64-
+    // decoded and parsed as JSON on every request all the same, for the
+    // `kid` of a tie-break that cannot happen here (the fits differ).
+    let w = World::from(json!({
+        "tokens": [
+            {"name": "legacy", "from": [{"header": "x-t"}],
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]},
+            {"name": "new", "from": [{"header": "x-t"}], "issuer": "https://iss.example",
+             "keys": [{"alg": "HS256", "secret_base64": STANDARD.encode(SECRET)}]}
+        ],
+        "routes": [
+            {"name": "both", "match": {"prefix": "/both/"}, "tokens": ["legacy", "new"]}
+        ]
+    }));
+    let t = hs256_raw(
+        SECRET,
+        &json!({"alg": "HS256", "kid": "k1"}),
+        &json!({"exp": NOW + 60, "iss": "https://iss.example"}),
+    );
+    // Cold: decoded to choose, verified and cached.
+    assert_eq!(w.reason("/both/x", &[("x-t", &t)]), None);
+    crate::token::UNVERIFIED_DECODES.with(|n| n.set(0));
+    // Warm: the cached claims choose; nothing of the token is decoded.
+    assert_eq!(w.reason("/both/x", &[("x-t", &t)]), None);
+    let decodes = crate::token::UNVERIFIED_DECODES.with(std::cell::Cell::get);
+    assert_eq!(
+        decodes, 0,
+        "the cached path decoded the token {decodes} time(s) to choose its provider"
+    );
+}
+
+#[test]
+fn a_leased_per_second_limit_costs_a_hit_a_request_when_requests_are_a_second_apart() {
+    // README (Leases): "A per-second limit therefore
+    // keeps no lease from those services, and costs a hit a request as
+    // without `lease`". That holds only while a worker's requests come
+    // less than a second apart: the one-hit guard lasts a second after the
+    // last answer (whose lease ended when it came), and a request after
+    // that asks for a whole lease again, which the service counts and the
+    // worker cannot keep. Twenty workers (Envoys, replicas) each seeing a
+    // request every 1.5 s on one descriptor, 100 a second leased 10 at a
+    // time: about 14 requests a second, each counted as 10, and the
+    // service refuses about a third of them, far under the limit.
+    let service = WindowService::new(100, crate::ratelimit::rls::Unit::Second);
+    let workers: Vec<World> = (0..20).map(|_| lease_world_of(10)).collect();
+    let start = (NOW + 1) * 1000 + 3;
+    let mut refused_after_first_round = 0;
+    let mut hits_after_first_round = Vec::new();
+    for round in 0..10u64 {
+        for (i, w) in workers.iter().enumerate() {
+            let at = start + round * 1_500 + i as u64 * 20;
+            match w.leased_get("/leased", "u1", at) {
+                Step::NeedRateLimit(p, call) => {
+                    let sent = rls_hits(&call);
+                    if round > 0 {
+                        hits_after_first_round.push(sent[0].1.unwrap_or(1));
+                    }
+                    let answer = service.count(&sent, at + 1);
+                    match w.answer(p, &answer, at + 1) {
+                        Step::Done(Decision::Allow(_), _) => {}
+                        _ if round > 0 => refused_after_first_round += 1,
+                        _ => {}
+                    }
+                }
+                Step::Done(Decision::Allow(_), _) => {}
+                _ if round > 0 => refused_after_first_round += 1,
+                _ => {}
+            }
+        }
+    }
+    let whole = hits_after_first_round.iter().filter(|&&h| h > 1).count();
+    assert_eq!(
+        whole,
+        0,
+        "{whole} of {} asks after the first round were for a whole lease of a \
+         per-second limit, which is never kept ({refused_after_first_round} refused)",
+        hits_after_first_round.len()
+    );
+    assert_eq!(
+        refused_after_first_round, 0,
+        "refused at ~14 requests a second under a limit of 100 a second"
+    );
+}

@@ -554,7 +554,7 @@ impl RawKey {
     /// its whitespace, the JWK's members), only to tell whether two
     /// providers were given one key (see `Config::advisories`): never
     /// logged, and not the secret.
-    pub(crate) fn fingerprint(&self) -> [u8; 16] {
+    pub(crate) fn fingerprint(&self) -> KeyDigest {
         let mut text: Vec<u8> = b"appguard configured key\0".to_vec();
         if let Some(b) = self.secret_base64.as_deref().and_then(decode_base64_any) {
             text.extend_from_slice(b"secret\0");
@@ -569,7 +569,20 @@ impl RawKey {
         let d = Sha256::digest(&text);
         let mut out = [0u8; 16];
         out.copy_from_slice(d.get(..16).unwrap_or(&[0; 16]));
-        out
+        KeyDigest(out)
+    }
+}
+
+/// A digest of a configured key (`RawKey::fingerprint`): compared to
+/// tell whether two providers were given one key, never shown (its
+/// `Debug` prints no bytes, so a provider's `Debug` leaks nothing of a
+/// low-entropy secret to guess offline).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeyDigest([u8; 16]);
+
+impl std::fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyDigest(..)")
     }
 }
 
@@ -590,7 +603,7 @@ fn jwk_members(out: &mut Vec<u8>, jwk: &Value) {
 
 /// A digest of an inline `jwks` member, as [`RawKey::fingerprint`] has it
 /// for a `jwk`.
-pub(crate) fn jwk_fingerprint(jwk: &Value) -> [u8; 16] {
+pub(crate) fn jwk_fingerprint(jwk: &Value) -> KeyDigest {
     RawKey {
         kid: None,
         alg: None,
@@ -993,6 +1006,28 @@ mod tests {
             (configured[0].kid.as_deref(), configured[0].alg),
             (Some("h1"), Alg::HS256)
         );
+    }
+
+    /// One key written two ways (base64 with and without padding, a JWK
+    /// under another `kid`) has one digest, another key another; and a
+    /// digest's `Debug` (in a provider's) prints none of its bytes.
+    #[test]
+    fn a_key_digest_tells_keys_apart_and_shows_nothing() {
+        let raw = |v: serde_json::Value| -> RawKey { serde_json::from_value(v).unwrap() };
+        let a = raw(
+            serde_json::json!({"alg": "HS256", "secret_base64": "c2VjcmV0LWtleS1mb3ItdGVzdHMtMDEyMzQ1Njc4OQ=="}),
+        );
+        let a2 = raw(
+            serde_json::json!({"alg": "HS256", "secret_base64": "c2VjcmV0LWtleS1mb3ItdGVzdHMtMDEyMzQ1Njc4OQ"}),
+        );
+        let b = raw(
+            serde_json::json!({"alg": "HS256", "secret_base64": "b3RoZXIta2V5LWZvci10ZXN0cy0wMTIzNDU2Nzg5"}),
+        );
+        assert_eq!(a.fingerprint(), a2.fingerprint());
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        let jwk = |kid: &str| serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": "AA", "y": "BB"});
+        assert_eq!(jwk_fingerprint(&jwk("1")), jwk_fingerprint(&jwk("2")));
+        assert_eq!(format!("{:?}", a.fingerprint()), "KeyDigest(..)");
     }
 
     /// A JWK whose own `alg` is not the one the

@@ -168,7 +168,7 @@ pub struct Provider {
     /// `keys::RawKey::fingerprint`): two providers given one key accept
     /// each other's tokens, which [`crate::config::Config::advisories`]
     /// points out where each keeps a replay table of its own.
-    pub key_fingerprints: Vec<[u8; 16]>,
+    pub key_fingerprints: Vec<keys::KeyDigest>,
     /// Remote JWKS, if any.
     pub remote_jwks: Option<RemoteJwks>,
     /// Required `iss`, when set.
@@ -1424,10 +1424,19 @@ pub fn precheck<'k>(
     })
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Test-only: how many times a token's header or payload was decoded
+    /// unverified, to show what the cached path costs.
+    pub(crate) static UNVERIFIED_DECODES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// The token's claims, unverified (only to choose among providers that
 /// all hold the same token: the chosen one verifies everything). `None`
 /// for anything that is not a readable token of at most `max_bytes`.
 pub fn unverified_claims(max_bytes: usize, token: &str) -> Option<Map<String, Value>> {
+    #[cfg(test)]
+    UNVERIFIED_DECODES.with(|n| n.set(n.get() + 1));
     if token.len() > max_bytes {
         return None;
     }
@@ -1439,6 +1448,8 @@ pub fn unverified_claims(max_bytes: usize, token: &str) -> Option<Map<String, Va
 /// providers that all hold the same token, as [`unverified_claims`]).
 /// `None` for a token over `max_bytes`, an unreadable header, or no `kid`.
 pub fn unverified_kid(max_bytes: usize, token: &str) -> Option<String> {
+    #[cfg(test)]
+    UNVERIFIED_DECODES.with(|n| n.set(n.get() + 1));
     if token.len() > max_bytes {
         return None;
     }
