@@ -17,25 +17,6 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-/// As `tests/redis.rs`: 2 MiB under `filler`, then `noeviction` and a
-/// `maxmemory` of 1 MB: every command that would store more is refused.
-fn fill_past_maxmemory(admin: &mut redis::Connection) {
-    let filler = "x".repeat(2 << 20);
-    let _: () = redis::cmd("SET")
-        .arg("filler")
-        .arg(&filler)
-        .query(admin)
-        .unwrap();
-    for (setting, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1mb")] {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(setting)
-            .arg(value)
-            .query(admin)
-            .unwrap();
-    }
-}
-
 /// Room again, and nothing stored.
 fn continue_after_reset(admin: &mut redis::Connection) {
     let _: () = redis::cmd("CONFIG")

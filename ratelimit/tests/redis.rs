@@ -141,26 +141,6 @@ async fn a_redis_that_refuses_writes_is_unhealthy_until_it_takes_them() {
     }
 }
 
-/// Fills Redis past its memory: 2 MiB stored under the key `filler`,
-/// then `noeviction` and a `maxmemory` of 1 MB, so that it refuses every
-/// command that would store more (OOM).
-fn fill_past_maxmemory(admin: &mut redis::Connection) {
-    let filler = "x".repeat(2 << 20);
-    let _: () = redis::cmd("SET")
-        .arg("filler")
-        .arg(&filler)
-        .query(admin)
-        .unwrap();
-    for (setting, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1mb")] {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(setting)
-            .arg(value)
-            .query(admin)
-            .unwrap();
-    }
-}
-
 /// A Redis over its `maxmemory` under `noeviction` refuses each command of
 /// a transaction as it is queued (`OOM …`), and then aborts it: the gRPC
 /// answer, the log line and `/healthcheck` name the OOM, not only the

@@ -399,3 +399,23 @@ pub fn run_to_exit_with_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>
         std::fs::read_to_string(stderr.path()).unwrap(),
     )
 }
+
+/// Fills Redis past its memory: 2 MiB stored under the key `filler`,
+/// then `noeviction` and a `maxmemory` of 1 MB, so that it refuses every
+/// command that would store more (OOM).
+pub fn fill_past_maxmemory(admin: &mut redis::Connection) {
+    let filler = "x".repeat(2 << 20);
+    let _: () = redis::cmd("SET")
+        .arg("filler")
+        .arg(&filler)
+        .query(admin)
+        .unwrap();
+    for (setting, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1mb")] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(setting)
+            .arg(value)
+            .query(admin)
+            .unwrap();
+    }
+}
