@@ -1216,6 +1216,14 @@ impl Lease {
     fn live(&self, now_ms: u64) -> bool {
         self.until_ms > now_ms && now_ms.saturating_add(CLOCK_SLACK_MS) >= self.granted_ms
     }
+
+    /// Whether the entry says its limit's windows last a second or less
+    /// (so that its asks are for one hit, [`ServiceCache::lease_ask`]):
+    /// worth keeping past its lease, which a purge of expired leases
+    /// would otherwise drop with it.
+    fn short_window(&self) -> bool {
+        self.window_ms > 0 && self.window_ms <= 1000
+    }
 }
 
 /// A lease asked for and not answered yet.
@@ -1470,7 +1478,7 @@ impl ServiceCache {
             // whole seconds never keeps a lease of it, however long ago
             // the last one came (each ask for more than one would be
             // counted there and kept by no one).
-            Some(l) if l.window_ms > 0 && l.window_ms <= 1000 => 1,
+            Some(l) if l.short_window() => 1,
             _ if count > 0 => 1,
             _ => size,
         }
@@ -1552,7 +1560,7 @@ impl ServiceCache {
     pub fn note_window(&mut self, digest: &[u8; 16], window_ms: u64) {
         if let Some(l) = self.leases.get_mut(digest) {
             l.window_ms = window_ms;
-        } else if window_ms > 0 && window_ms <= 1000 && self.leases.len() < OVER_LIMIT_ENTRIES {
+        } else if (1..=1000).contains(&window_ms) && self.leases.len() < OVER_LIMIT_ENTRIES {
             // Not when the table is full: the next lease granted makes room.
             self.leases.insert(
                 *digest,
@@ -1632,7 +1640,7 @@ impl ServiceCache {
             // (and always, for a per-second limit).
             let held = self.leases.get(&digest).copied();
             if !held.is_some_and(|h| h.live(now_ms)) {
-                make_room(&mut self.leases, OVER_LIMIT_ENTRIES, |l| l.live(now_ms));
+                make_lease_room(&mut self.leases, now_ms);
                 self.leases.insert(
                     digest,
                     Lease {
@@ -1674,9 +1682,26 @@ impl ServiceCache {
                 lease.asked_ahead = held.asked_ahead && hits <= 1;
             }
         }
-        make_room(&mut self.leases, OVER_LIMIT_ENTRIES, |l| l.live(now_ms));
+        make_lease_room(&mut self.leases, now_ms);
         self.leases.insert(digest, lease);
     }
+}
+
+/// Keeps the lease table under [`OVER_LIMIT_ENTRIES`] before an insert,
+/// as [`make_room`] does, dropping first the leases that expired and say
+/// nothing more, then (while the table stays over seven eighths full) the
+/// entries that only say their limit's windows last a second or less, and
+/// only then live leases. The per-second entries outlive a purge of
+/// expired leases (else the next ask of each would be for a whole lease,
+/// counted and kept by no one), and never push live leases out.
+fn make_lease_room(leases: &mut HashMap<[u8; 16], Lease>, now_ms: u64) {
+    if leases.len() >= OVER_LIMIT_ENTRIES {
+        leases.retain(|_, l| l.live(now_ms) || l.short_window());
+        if leases.len() > OVER_LIMIT_ENTRIES - OVER_LIMIT_ENTRIES / 8 {
+            leases.retain(|_, l| l.live(now_ms));
+        }
+    }
+    make_room(leases, OVER_LIMIT_ENTRIES, |l| l.live(now_ms));
 }
 
 /// Keeps a per-worker table under `max` entries before an insert (the
@@ -1784,6 +1809,58 @@ mod tests {
         assert_eq!(c.lease_ask(&d, 20, back), 20, "nothing known: a full ask");
         // Under a second behind (another worker's clock reading): kept.
         assert!(c.take_lease(&d, t - 500));
+    }
+
+    // The per-second memory of dfc818c (`note_window`'s
+    // entry of no lease, and the lease of none an answer in whole seconds
+    // leaves) is "not live" to `make_room`: the first grant into a full
+    // table drops it with the leases that merely expired, and the
+    // descriptor then asks for (and has counted) a whole lease again. On a
+    // busy worker whose other leased rules (per client, per minute) fill
+    // the table with expired leases, that is every time it fills.
+    #[test]
+    fn a_per_second_limit_is_remembered_past_a_full_table() {
+        let mut c = ServiceCache::new(&SALT);
+        let t = 1_700_000_000_000;
+        let a = [0xA5u8; 16];
+        // A genuine client's per-second limit: its answer kept nothing and
+        // said the windows last a second.
+        c.grant_lease(a, 20, 80, t, t);
+        c.note_window(&a, 1000);
+        assert_eq!(c.lease_ask(&a, 20, t + 5_000), 1, "known per second");
+        // Clients of a per-minute rule, each granted a lease, until the
+        // table is full; a minute later all of them have expired.
+        let mut i = 0u32;
+        while c.leases.len() < OVER_LIMIT_ENTRIES {
+            let mut k = [0u8; 16];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            c.grant_lease(k, 20, 80, t + 60_000, t + 1_000);
+            c.note_window(&k, 60_000);
+            i += 1;
+        }
+        // One more lease granted later: room is made.
+        let mut k = [0u8; 16];
+        k[..4].copy_from_slice(&i.to_le_bytes());
+        c.grant_lease(k, 20, 80, t + 120_000, t + 61_000);
+        assert_eq!(
+            c.lease_ask(&a, 20, t + 62_000),
+            1,
+            "the per-second limit was forgotten with the expired leases ({} left): the \
+             genuine client's next request has a whole lease counted",
+            c.leases.len()
+        );
+        // And a flood of per-second descriptors never pushes a live lease
+        // out, nor grows the table past its bound.
+        let live = [0x5Au8; 16];
+        c.grant_lease(live, 20, 80, t + 200_000, t + 62_000);
+        for j in 0..2 * OVER_LIMIT_ENTRIES as u32 {
+            let mut k = [0xFFu8; 16];
+            k[..4].copy_from_slice(&j.to_le_bytes());
+            c.grant_lease(k, 20, 80, t + 63_000, t + 63_000);
+            c.note_window(&k, 1000);
+        }
+        assert!(c.has_lease(&live, t + 63_000));
+        assert!(c.leases.len() <= OVER_LIMIT_ENTRIES, "{}", c.leases.len());
     }
 
     #[test]

@@ -470,7 +470,7 @@ impl LineKind {
     fn lines(self) -> &'static str {
         match self {
             LineKind::Info => {
-                "info: over limit, invalid request, call ended before its message was read"
+                "info: over limit, invalid request, call ended or refused before its message was read"
             }
             LineKind::Warn => "warn: counter store failed",
             LineKind::Abandoned => "warn: call ended before it was answered",
@@ -1044,6 +1044,19 @@ impl RateLimitService for RlsService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The `info` budget also holds the throttled line of
+    // a call refused before its message was decoded (`observe_call`: an
+    // unknown method, a message over the size bound, a bad content type,
+    // which anyone reaching the port can send); after a flood of those the
+    // summary named only calls ended early.
+    #[test]
+    fn the_info_summary_names_each_line_on_its_budget() {
+        let s = LineKind::Info.lines();
+        for part in ["over limit", "invalid request", "ended", "refused"] {
+            assert!(s.contains(part), "{part:?} missing from {s:?}");
+        }
+    }
     use crate::backend::MemoryBackend;
     use crate::logging::Captured;
     use crate::matching::tests::{config, descriptor};
@@ -2027,7 +2040,7 @@ descriptors:
         assert_eq!(
             msgs(new),
             vec![
-                "suppressed 180 per-request log lines (info: over limit, invalid request, call ended before its message was read)",
+                "suppressed 180 per-request log lines (info: over limit, invalid request, call ended or refused before its message was read)",
                 "over limit"
             ]
         );

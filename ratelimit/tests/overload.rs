@@ -232,7 +232,7 @@ fn store_failure_warnings_have_their_own_log_budget() {
         [
             "suppressed 5 per-request log lines (warn: counter store failed)",
             "counter store failed; answering UNAVAILABLE",
-            "suppressed 5 per-request log lines (info: over limit, invalid request, call ended before its message was read)",
+            "suppressed 5 per-request log lines (info: over limit, invalid request, call ended or refused before its message was read)",
             "over limit",
         ],
         "{log}"

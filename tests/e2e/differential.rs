@@ -1893,7 +1893,9 @@ impl Comparison {
         // Agreement on requests that all end the same way proves nothing:
         // a generator (or a shared configuration) that stops reaching a
         // check would leave both sides agreeing on the rest. With enough
-        // requests, some must pass and several kinds of refusal must come.
+        // requests, some must pass and several kinds of refusal must come
+        // (a monitor route's `allowed, would deny <reason>` counts as its
+        // reason's kind: the check was reached; not as allowed).
         if n >= 500 {
             let allowed = self.tally.get("allowed").copied().unwrap_or(0);
             let refusals = self
