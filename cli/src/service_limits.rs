@@ -36,6 +36,7 @@ use appguard::token::ReplayScope;
 use appguard_ratelimit::config::{
     child_key, ConfigError, Loaded, Node, Quota, RateLimit as Limit, RateLimitConfig,
 };
+use appguard_ratelimit::window::Unit;
 
 use crate::CliError;
 
@@ -449,10 +450,26 @@ pub fn check(config: &Config, rls: &RateLimitConfig) -> Vec<String> {
                     if let (
                         Some(lease),
                         Quota::PerUnit {
-                            requests_per_unit, ..
+                            requests_per_unit,
+                            unit,
                         },
                     ) = (rule.lease, &limit.quota)
                     {
+                        // Answers come in whole seconds: no lease of a
+                        // per-second limit is ever kept (README, Leases).
+                        if *unit == Unit::Second && lease > 1 {
+                            push_new(
+                                &mut notes,
+                                format!(
+                                    "{at}: lease {lease} on the limit `{}` in {file}, which is \
+                                     per second: the service answers in whole seconds, so no \
+                                     lease of it is kept; each request still costs a call, and \
+                                     each worker's first ask has {lease} hits counted; leave \
+                                     lease out, or lease a per-minute limit",
+                                    limit.full_key
+                                ),
+                            );
+                        }
                         if lease > *requests_per_unit {
                             push_new(
                                 &mut notes,

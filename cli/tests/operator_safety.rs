@@ -73,6 +73,65 @@ fn sign_request_with_an_unquoted_bearer_token_does_not_echo_it() {
     assert!(!r.all().contains(token), "token echoed:\n{}", r.all());
 }
 
+/// A rule with a lease whose service limit is per second: the services
+/// answer in whole seconds, so no lease of it is kept (README, *Leases*):
+/// each request still costs a call and each worker's first ask has the
+/// whole lease counted. `--ratelimit-config` says so.
+#[test]
+fn ratelimit_config_notes_a_lease_on_a_per_second_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("appguard.json");
+    std::fs::write(
+        &config,
+        r#"{
+  "rate_limit_service": {"cluster": "rls", "domain": "appguard"},
+  "routes": [
+    {"name": "api", "match": {"prefix": "/api/"}, "action": "allow",
+     "rate_limits": [
+       {"name": "per-tenant", "entries": [{"type": "header", "name": "x-tenant"}], "lease": 10}
+     ]}
+  ]
+}"#,
+    )
+    .unwrap();
+    let yaml = |unit: &str| {
+        let path = dir.path().join(format!("ratelimit-{unit}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "domain: appguard\ndescriptors:\n  - key: x-tenant\n    rate_limit: {{unit: {unit}, requests_per_unit: 100}}\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let per_second = yaml("second");
+    let r = cli(&[
+        "check-config",
+        s(&config),
+        "--ratelimit-config",
+        s(&per_second),
+    ]);
+    assert!(r.stdout.contains("valid:"), "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("lease 10 on the limit `appguard.x-tenant`")
+            && r.stderr.contains("per second"),
+        "no note that a lease of a per-second limit is never kept:\n{}",
+        r.all()
+    );
+    // A per-minute limit keeps its leases: nothing to say.
+    let per_minute = yaml("minute");
+    let r = cli(&[
+        "check-config",
+        s(&config),
+        "--ratelimit-config",
+        s(&per_minute),
+    ]);
+    assert!(r.stdout.contains("valid:"), "{}", r.all());
+    assert!(!r.stderr.contains("lease"), "{}", r.all());
+}
+
 /// A rule with `lease: 20` whose service limit is 10 a minute: the filter's
 /// first ask of every window is for the whole lease (`ServiceCache::lease_ask`
 /// returns `size` while nothing is known), the service counts 20 > 10 and
