@@ -453,7 +453,7 @@ pub struct OriginPattern {
 /// changes: the suffixes web apps are commonly served from. Country
 /// second levels (`co.uk`, `com.hk`) and the regions of [`OPEN_UNDER`]
 /// are found by [`is_open_by_rule`].
-const OPEN_SUFFIXES: [&str; 56] = [
+const OPEN_SUFFIXES: [&str; 61] = [
     "web.app",
     "firebaseapp.com",
     "appspot.com",
@@ -463,6 +463,11 @@ const OPEN_SUFFIXES: [&str; 56] = [
     "netlify.app",
     "herokuapp.com",
     "github.io",
+    "readthedocs.io",
+    "hf.space",
+    "streamlit.app",
+    "now.sh",
+    "netlify.com",
     "gitlab.io",
     "bitbucket.io",
     "pages.dev",
@@ -519,12 +524,14 @@ const OPEN_SUFFIXES: [&str; 56] = [
 /// (`*.shop.a.run.app`). Two labels under `amazonaws.com` cannot tell a
 /// region's endpoint from a bucket on the global one
 /// (`mybucket.s3.amazonaws.com`): both are refused, so list such origins
-/// one by one. AWS's dual-stack endpoints sit one label further down
+/// one by one. AWS Lambda function URLs are `<id>.lambda-url.<region>.on.aws`.
+/// AWS's dual-stack endpoints sit one label further down
 /// (`s3.dualstack.eu-west-1.amazonaws.com`, see [`is_open_by_rule`]), and
 /// its China regions under `amazonaws.com.cn`.
-const OPEN_UNDER: [(&str, usize); 6] = [
+const OPEN_UNDER: [(&str, usize); 7] = [
     ("amazonaws.com", 2),
     ("amazonaws.com.cn", 2),
+    ("on.aws", 2),
     ("elasticbeanstalk.com", 1),
     ("cloudapp.azure.com", 1),
     ("web.core.windows.net", 1),
@@ -1464,6 +1471,13 @@ mod tests {
             "https://*.s3-accesspoint.dualstack.us-east-1.amazonaws.com",
             "https://*.s3.cn-north-1.amazonaws.com.cn",
             "https://*.amazonaws.com.cn",
+            "https://*.lambda-url.us-east-1.on.aws",
+            "https://*.on.aws",
+            "https://*.readthedocs.io",
+            "https://*.hf.space",
+            "https://*.streamlit.app",
+            "https://*.now.sh",
+            "https://*.netlify.com",
             "https://*.us-east-1.elasticbeanstalk.com",
             "https://*.eastus.cloudapp.azure.com",
             "https://*.z13.web.core.windows.net",
